@@ -1,0 +1,324 @@
+"""Deterministic communication topologies over a federation's member ids.
+
+Every node that knows the same member set (and seed) computes the same graph, with no
+coordination: members are sorted first, and all randomness comes from
+``np.random.default_rng`` seeded with ``seed`` together with a BLAKE2b digest of the sorted
+member ids, so different federations get different graphs from the same seed. Python's
+``hash()`` is never used (it is salted per process).
+
+A topology is a ``dict`` from member id to the ``frozenset`` of its neighbours' ids. It is
+symmetric, has no self-links and has every member as a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import pairwise
+
+import numpy as np
+
+__all__ = [
+    "KINDS",
+    "REGULAR_MAX_ATTEMPTS",
+    "Topology",
+    "adjacency_matrix",
+    "build_topology",
+    "is_connected",
+    "max_degree",
+]
+
+Topology = dict[str, frozenset[str]]
+
+KINDS: tuple[str, ...] = ("ring", "full", "regular")
+"""Topology kinds understood by :func:`build_topology`."""
+
+REGULAR_MAX_ATTEMPTS: int = 100
+"""Random pairings tried for a ``"regular"`` topology before the circulant fallback."""
+
+_Edge = tuple[int, int]
+
+
+def _check_members(members: Sequence[str]) -> list[str]:
+    """Return the member ids sorted, after checking they are unique strings."""
+    for member in members:
+        if not isinstance(member, str):
+            raise TypeError(f"member ids must be strings, got {type(member).__name__}")
+    ordered = sorted(members)
+    duplicates = sorted({a for a, b in pairwise(ordered) if a == b})
+    if duplicates:
+        raise ValueError(f"member ids must be unique, duplicated: {duplicates}")
+    return ordered
+
+
+def _check_int(value: int, name: str, minimum: int) -> int:
+    """Return ``value`` as an ``int`` of at least ``minimum`` or raise naming the broken rule."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _rng(seed: int, ordered: Sequence[str]) -> np.random.Generator:
+    """Generator seeded by ``seed`` and a BLAKE2b digest of the sorted member ids."""
+    digest = hashlib.blake2b(digest_size=16, person=b"gossipfl-topo")
+    for member in ordered:
+        encoded = member.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "big"))
+        digest.update(encoded)
+    return np.random.default_rng([seed, int.from_bytes(digest.digest(), "big")])
+
+
+def _edges_to_topology(ordered: Sequence[str], edges: Iterable[_Edge]) -> Topology:
+    """Turn index pairs over ``ordered`` into a symmetric topology."""
+    neighbours: list[set[str]] = [set() for _ in ordered]
+    for i, j in edges:
+        neighbours[i].add(ordered[j])
+        neighbours[j].add(ordered[i])
+    return {member: frozenset(peers) for member, peers in zip(ordered, neighbours, strict=True)}
+
+
+def _connected_edges(n: int, edges: Iterable[_Edge]) -> bool:
+    """Whether the graph on nodes ``0..n-1`` with these edges is connected."""
+    adjacency: list[list[int]] = [[] for _ in range(n)]
+    for i, j in edges:
+        adjacency[i].append(j)
+        adjacency[j].append(i)
+    seen = {0}
+    stack = [0]
+    while stack:
+        for j in adjacency[stack.pop()]:
+            if j not in seen:
+                seen.add(j)
+                stack.append(j)
+    return len(seen) == n
+
+
+def _ring_edges(rng: np.random.Generator, n: int) -> set[_Edge]:
+    """A Hamiltonian cycle through a seeded permutation (one link for two nodes)."""
+    order = rng.permutation(n).tolist()
+    if n < 2:
+        return set()
+    return {_edge(order[k], order[(k + 1) % n]) for k in range(n)}
+
+
+def _edge(i: int, j: int) -> _Edge:
+    return (i, j) if i < j else (j, i)
+
+
+def _random_pairing(rng: np.random.Generator, stubs_per_node: Sequence[int]) -> set[_Edge] | None:
+    """One attempt at a simple graph with the given degrees by random stub pairing.
+
+    Pairing in the style of Steger & Wormald (1999): stubs are shuffled and paired; pairs that
+    would be a self-loop or a repeated edge go back into the pool, which is reshuffled until it
+    is empty. Returns ``None`` when no valid pair is left (or the bounded number of rounds runs
+    out) so that the caller can retry.
+    """
+    edges: set[_Edge] = set()
+    pool = np.repeat(np.arange(len(stubs_per_node)), stubs_per_node)
+    for _ in range(4 * len(pool) + 16):
+        if len(pool) == 0:
+            return edges
+        shuffled = rng.permutation(pool).tolist()
+        leftover: list[int] = []
+        for u, v in zip(shuffled[0::2], shuffled[1::2], strict=True):
+            if u == v or _edge(u, v) in edges:
+                leftover += [u, v]
+            else:
+                edges.add(_edge(u, v))
+        remaining = sorted(set(leftover))
+        if not any(
+            _edge(u, v) not in edges for a, u in enumerate(remaining) for v in remaining[a + 1 :]
+        ):
+            return edges if not leftover else None
+        pool = np.array(sorted(leftover), dtype=np.int64)
+    return None
+
+
+def _circulant_edges(rng: np.random.Generator, n: int, degree: int) -> set[_Edge]:
+    """Connected graph of max degree ``degree`` (``2 <= degree < n - 1``) over a permutation.
+
+    Node ``k`` of a seeded permutation is linked to nodes ``k ± 1, …, k ± ⌊d/2⌋``. For odd
+    ``d`` a matching across the cycle adds one more link per node (all but one node when ``n``
+    is odd), so the result is ``d``-regular whenever ``n * d`` is even.
+    """
+    order = rng.permutation(n).tolist()
+    edges = {
+        _edge(order[k], order[(k + s) % n]) for k in range(n) for s in range(1, degree // 2 + 1)
+    }
+    if degree % 2 == 1:
+        half = n // 2
+        edges |= {_edge(order[k], order[k + half]) for k in range(half)}
+    return edges
+
+
+def _regular_edges(rng: np.random.Generator, n: int, degree: int) -> set[_Edge]:
+    """Random connected ``degree``-regular graph (one node one short if ``n * degree`` is odd)."""
+    stubs = [degree] * n
+    if (n * degree) % 2 == 1:
+        stubs[int(rng.integers(n))] -= 1
+    for _ in range(REGULAR_MAX_ATTEMPTS):
+        edges = _random_pairing(rng, stubs)
+        if edges is not None and _connected_edges(n, edges):
+            return edges
+    return _circulant_edges(rng, n, degree)
+
+
+def build_topology(
+    kind: str, members: Sequence[str], *, degree: int = 4, seed: int = 0
+) -> Topology:
+    """Build a deterministic, symmetric communication graph over ``members``.
+
+    Kinds:
+
+    * ``"ring"``: each member linked to its predecessor and successor in a seeded random
+      permutation of the sorted ids (a single link for two members, none for one).
+    * ``"full"``: the complete graph.
+    * ``"regular"``: a random connected ``degree``-regular graph, drawn by seeded random stub
+      pairing that rejects self-loops, repeated edges and disconnected results, retried up to
+      ``REGULAR_MAX_ATTEMPTS`` times before falling back to a connected circulant graph (which
+      is also ``degree``-regular). If ``n * degree`` is odd, one member gets ``degree − 1``
+      links. If ``degree >= n − 1`` the complete graph is returned.
+
+    ``degree`` is only used by ``"regular"``. The result depends only on ``kind``, the *set* of
+    members, ``degree`` and ``seed``, never on the order of ``members``.
+
+    Args:
+        kind: One of ``KINDS``.
+        members: Unique member ids.
+        degree: Target degree for ``"regular"``, at least 1.
+        seed: Non-negative seed; different seeds give different random graphs.
+
+    Returns:
+        ``{member: frozenset(neighbours)}``, symmetric, without self-links, every member a key,
+        and connected whenever there are at least two members.
+
+    Raises:
+        TypeError: If a member id is not a string, or ``degree``/``seed`` not an integer.
+        ValueError: If ``kind`` is unknown, member ids repeat, ``degree < 1``, ``seed < 0``, or
+            a ``"regular"`` graph of degree 1 is asked for over more than two members (it
+            cannot be connected).
+
+    Example:
+        >>> topology = build_topology("ring", ["c", "a", "b"])
+        >>> sorted(topology["a"])
+        ['b', 'c']
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown topology kind {kind!r}, expected one of {list(KINDS)}")
+    ordered = _check_members(members)
+    d = _check_int(degree, "degree", 1)
+    s = _check_int(seed, "seed", 0)
+    n = len(ordered)
+    rng = _rng(s, ordered)
+
+    if kind == "ring":
+        return _edges_to_topology(ordered, _ring_edges(rng, n))
+    if kind == "full" or d >= n - 1:
+        return _edges_to_topology(ordered, ((i, j) for i in range(n) for j in range(i + 1, n)))
+    if d == 1:
+        raise ValueError(
+            f"a 'regular' topology of degree 1 over {n} members cannot be connected; "
+            "degree must be at least 2 when there are more than two members"
+        )
+    return _edges_to_topology(ordered, _regular_edges(rng, n, d))
+
+
+def _check_topology(topology: Mapping[str, Iterable[str]]) -> dict[str, frozenset[str]]:
+    """Normalise to frozensets and check: neighbours are members, no self-links, symmetric."""
+    normalised = {member: frozenset(peers) for member, peers in topology.items()}
+    for member, peers in normalised.items():
+        if member in peers:
+            raise ValueError(f"topology must have no self-links, {member!r} links to itself")
+        unknown = sorted(peers - normalised.keys())
+        if unknown:
+            raise ValueError(f"neighbours of {member!r} must all be members, unknown: {unknown}")
+        one_way = sorted(peer for peer in peers if member not in normalised[peer])
+        if one_way:
+            raise ValueError(
+                f"topology must be symmetric: {member!r} links to {one_way} but not back"
+            )
+    return normalised
+
+
+def adjacency_matrix(topology: Mapping[str, Iterable[str]], order: Sequence[str]) -> np.ndarray:
+    """0/1 adjacency matrix of ``topology`` with rows and columns in ``order``.
+
+    Args:
+        topology: Symmetric topology, e.g. from :func:`build_topology`.
+        order: Every member of ``topology`` exactly once, in the row order wanted.
+
+    Returns:
+        Symmetric ``(n, n)`` int64 matrix with a zero diagonal.
+
+    Raises:
+        ValueError: If ``order`` is not exactly the members of ``topology``, or the topology is
+            not symmetric, has self-links or names unknown neighbours.
+
+    Example:
+        >>> adjacency_matrix({"a": frozenset({"b"}), "b": frozenset({"a"})}, ["a", "b"])
+        array([[0, 1],
+               [1, 0]])
+    """
+    normalised = _check_topology(topology)
+    if len(set(order)) != len(order):
+        raise ValueError("order must list each member once, found duplicates")
+    if set(order) != normalised.keys():
+        raise ValueError(
+            "order must list exactly the members of the topology: "
+            f"missing {sorted(normalised.keys() - set(order))}, "
+            f"extra {sorted(set(order) - normalised.keys())}"
+        )
+    index = {member: i for i, member in enumerate(order)}
+    matrix = np.zeros((len(order), len(order)), dtype=np.int64)
+    for member, peers in normalised.items():
+        for peer in peers:
+            matrix[index[member], index[peer]] = 1
+    return matrix
+
+
+def is_connected(topology: Mapping[str, Iterable[str]]) -> bool:
+    """Whether every member can reach every other through the topology.
+
+    Args:
+        topology: Symmetric topology.
+
+    Returns:
+        ``True`` if connected; ``True`` for zero or one member.
+
+    Raises:
+        ValueError: If the topology is not symmetric, has self-links or names unknown
+            neighbours.
+
+    Example:
+        >>> is_connected({"a": frozenset({"b"}), "b": frozenset({"a"}), "c": frozenset()})
+        False
+    """
+    normalised = _check_topology(topology)
+    ordered = sorted(normalised)
+    if len(ordered) <= 1:
+        return True
+    index = {member: i for i, member in enumerate(ordered)}
+    edges = [(index[m], index[p]) for m in ordered for p in normalised[m]]
+    return _connected_edges(len(ordered), edges)
+
+
+def max_degree(topology: Mapping[str, Iterable[str]]) -> int:
+    """Largest number of neighbours of any member (``0`` for an empty topology).
+
+    Args:
+        topology: Symmetric topology.
+
+    Returns:
+        The maximum degree.
+
+    Raises:
+        ValueError: If the topology is not symmetric, has self-links or names unknown
+            neighbours.
+
+    Example:
+        >>> max_degree(build_topology("full", ["a", "b", "c"]))
+        2
+    """
+    return max((len(peers) for peers in _check_topology(topology).values()), default=0)

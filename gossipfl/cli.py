@@ -1,0 +1,112 @@
+"""Command line: ``gossipfl node`` (one participant) and ``gossipfl run`` (a scenario).
+
+Thin on purpose: it parses flags into configuration data and hands over. Heavy imports (JAX,
+libp2p) happen after the flags are read, so ``--help`` is instant and thread settings for JAX are
+in place before it loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+NODE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _node_parser(sub: Any) -> None:
+    p = sub.add_parser("node", help="run one federation member (one OS process)")
+    p.add_argument("--config", help="node TOML file (flags below override it)")
+    p.add_argument("--listen", action="append", help="listen multiaddr (repeatable)")
+    p.add_argument("--bootstrap", action="append",
+                   help="bootstrap multiaddr with /p2p/<peer id> (repeatable)")
+    p.add_argument("--key-file", help="Ed25519 identity file (created with mode 0600)")
+    p.add_argument("--federation", help="federation name")
+    p.add_argument("--dataset", help="digits, wine, breast_cancer, iris, mnist1d or npz")
+    p.add_argument("--data-path", help="the .npz file for --dataset npz")
+    p.add_argument("--partition", help="iid, dirichlet, shards or none")
+    p.add_argument("--node-index", type=int, help="this node's partition index")
+    p.add_argument("--node-count", type=int, help="number of partitions")
+    p.add_argument("--model", help="logreg, mlp or cnn")
+    p.add_argument("--rounds", type=int, help="training rounds")
+    p.add_argument("--expect", type=int, help="wait for this many members before training")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--threads", action="store_true",
+                   help="let XLA use all cores (default: one thread, for many nodes per machine)")
+
+
+def _run_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a scenario: start its nodes, wait, write a report")
+    p.add_argument("scenario", help="scenario TOML file")
+    p.add_argument("--out", help="output directory (default runs/<name>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--no-centralised", action="store_true",
+                   help="skip the pooled-data baseline in the report")
+
+
+def _node_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    top = {
+        "listen": args.listen, "bootstrap": args.bootstrap, "key_file": args.key_file,
+        "federation": args.federation, "node_index": args.node_index,
+        "node_count": args.node_count, "rounds": args.rounds, "expected_members": args.expect,
+        "out_dir": args.out,
+    }
+    overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
+    data = {"dataset": args.dataset, "path": args.data_path, "partition": args.partition}
+    data = {k: v for k, v in data.items() if v is not None}
+    if data:
+        overrides["data"] = data
+    if args.model:
+        overrides["model"] = {"name": args.model}
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def node_command(args: argparse.Namespace) -> int:
+    if not args.threads:
+        os.environ.setdefault("XLA_FLAGS", NODE_THREAD_FLAGS)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from gossipfl.config import ConfigError, NodeConfig, from_dict, load_toml
+    from gossipfl.node.main import run_node
+
+    try:
+        base = load_toml(args.config) if args.config else {}
+        config = from_dict(NodeConfig, _merge(base, _node_overrides(args)))
+    except (ConfigError, OSError) as error:
+        print(f"gossipfl node: {error}", file=sys.stderr)
+        return 2
+    return run_node(config, args.log_level)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from gossipfl.config import ConfigError
+    from gossipfl.scenario.runner import run_scenario
+
+    try:
+        return run_scenario(args.scenario, out=args.out, quiet=args.quiet,
+                            centralised=not args.no_centralised)
+    except (ConfigError, OSError) as error:
+        print(f"gossipfl run: {error}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gossipfl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _node_parser(sub)
+    _run_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "node":
+        return node_command(args)
+    return run_command(args)

@@ -1,0 +1,243 @@
+"""Configuration as data: frozen dataclasses with defaults and validation, read from TOML.
+
+One node's configuration is a :class:`NodeConfig`; a scenario (many nodes started by the runner)
+is a :class:`gossipfl.scenario.config.ScenarioConfig` built from the same sections. Unknown keys are
+errors, so a typo in a TOML file never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gossipfl.learning.train import TrainConfig
+
+T = TypeVar("T")
+
+DATASETS = ("digits", "wine", "breast_cancer", "iris", "mnist1d", "npz")
+PARTITIONS = ("iid", "dirichlet", "shards", "none")
+MODELS = ("logreg", "mlp", "cnn")
+TOPOLOGIES = ("regular", "ring", "full")
+
+
+class ConfigError(ValueError):
+    """A configuration value that breaks a rule; the message names the key."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"
+    path: str | None = None  # the user's .npz, for dataset = "npz"
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    shards_per_node: int = 2
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.dataset in DATASETS, f"data.dataset must be one of {DATASETS}")
+        _require(self.dataset != "npz" or bool(self.path), "data.path is required for npz data")
+        _require(self.partition in PARTITIONS, f"data.partition must be one of {PARTITIONS}")
+        _require(self.alpha > 0, "data.alpha must be positive")
+        _require(self.shards_per_node >= 1, "data.shards_per_node must be at least 1")
+        _require(0 < self.test_fraction < 1, "data.test_fraction must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp"
+    hidden: tuple[int, ...] = (64, 64)
+
+    def __post_init__(self) -> None:
+        _require(self.name in MODELS, f"model.name must be one of {MODELS}")
+        _require(all(h > 0 for h in self.hidden), "model.hidden sizes must be positive")
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    kind: str = "regular"
+    degree: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self.kind in TOPOLOGIES, f"topology.kind must be one of {TOPOLOGIES}")
+        _require(self.degree >= 1, "topology.degree must be at least 1")
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Timing and limits of the gossip protocol (seconds, counts, bytes)."""
+
+    round_timeout: float = 30.0
+    join_timeout: float = 60.0
+    heartbeat_interval: float = 1.0
+    member_timeout: float = 10.0
+    request_timeout: float = 10.0
+    max_missed_rounds: int = 3
+    consensus_tolerance: float = 1e-4
+    max_consensus_rounds: int = 60
+    gamma: float = 1.0
+    max_payload_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("round_timeout", "join_timeout", "heartbeat_interval", "member_timeout",
+                     "request_timeout"):
+            _require(getattr(self, name) > 0, f"protocol.{name} must be positive")
+        _require(self.member_timeout > self.heartbeat_interval,
+                 "protocol.member_timeout must exceed protocol.heartbeat_interval")
+        _require(self.max_missed_rounds >= 1, "protocol.max_missed_rounds must be at least 1")
+        _require(self.consensus_tolerance > 0, "protocol.consensus_tolerance must be positive")
+        _require(self.max_consensus_rounds >= 0, "protocol.max_consensus_rounds must be >= 0")
+        _require(0 < self.gamma <= 1, "protocol.gamma must be in (0, 1]")
+        _require(self.max_payload_bytes >= 1024, "protocol.max_payload_bytes is too small")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything one node process needs."""
+
+    federation: str = "gossipfl"
+    key_file: str = "node.key"
+    out_dir: str = "node-out"
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()
+    node_index: int = 0  # which partition of a simulated dataset this node holds
+    node_count: int = 1
+    expected_members: int = 0  # 0: start once membership has been stable for settle_seconds
+    settle_seconds: float = 3.0
+    rounds: int = 30
+    seed: int = 0  # shared by the federation: model init and topology
+    keep_round_models: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.federation) and len(self.federation) <= 64,
+                 "federation must be 1 to 64 characters")
+        _require(len(self.listen) >= 1, "listen needs at least one multiaddr")
+        _require(self.node_count >= 1, "node_count must be at least 1")
+        _require(0 <= self.node_index < self.node_count, "node_index must be in [0, node_count)")
+        _require(self.expected_members >= 0, "expected_members must be >= 0")
+        _require(self.rounds >= 0, "rounds must be >= 0")
+        _require(self.settle_seconds > 0, "settle_seconds must be positive")
+
+
+# -- building dataclasses from plain data ------------------------------------------------------
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _convert(non_none[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list")
+        (item_type, _) = typing.get_args(tp)
+        return tuple(_convert(item_type, v, f"{where}[]") for v in value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build the dataclass ``cls`` from nested plain data, refusing unknown keys."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _convert(hints[name], value, key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"{where or cls.__name__}: {error}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (TOML/JSON-ready) from a config dataclass; None values are left out."""
+    if dataclasses.is_dataclass(obj):
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if getattr(obj, f.name) is not None
+        }
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer for the plain data :func:`to_dict` produces."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append(f"\n[{name}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} to TOML")

@@ -1,0 +1,62 @@
+"""Reading and writing whole wire frames on a libp2p stream.
+
+A frame's announced length is checked against the cap before anything is allocated, and exactly
+that many bytes are read (a sender closing its stream does not end a py-libp2p read). Callers put
+every call under a deadline (``trio.move_on_after``/``fail_after``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gossipfl.gossip.wire import (
+    HEADER_BYTES,
+    M,
+    Message,
+    WireError,
+    decode_body,
+    encode_frame,
+    frame_length,
+)
+
+
+class ByteStream(Protocol):
+    async def read(self, n: int | None = None) -> bytes: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+
+class StreamEnded(ConnectionError):
+    """The stream ended in the middle of a frame."""
+
+
+async def read_exactly(stream: ByteStream, n: int) -> bytes:
+    buffer = bytearray()
+    while len(buffer) < n:
+        chunk = await stream.read(n - len(buffer))
+        if not chunk:
+            raise StreamEnded(f"stream ended after {len(buffer)} of {n} bytes")
+        buffer += chunk
+    return bytes(buffer)
+
+
+async def read_frame(stream: ByteStream, expected: type[M], max_bytes: int) -> tuple[M, int]:
+    """Read one frame and decode it; returns the message and the bytes read.
+
+    Raises :class:`WireError` for a frame that breaks the wire rules (too long, malformed...) and
+    :class:`StreamEnded` if the stream ends early.
+    """
+    header = await read_exactly(stream, HEADER_BYTES)
+    length = frame_length(header, max_bytes)
+    body = await read_exactly(stream, length)
+    return decode_body(body, expected), HEADER_BYTES + length
+
+
+async def write_frame(stream: ByteStream, message: Message, max_bytes: int) -> int:
+    """Encode and write one frame; returns the bytes written."""
+    frame = encode_frame(message, max_bytes)
+    await stream.write(frame)
+    return len(frame)
+
+
+__all__ = ["ByteStream", "StreamEnded", "WireError", "read_exactly", "read_frame", "write_frame"]

@@ -1,0 +1,428 @@
+"""The wire: every message gossipfl sends, as frozen dataclasses with explicit encode/decode.
+
+A frame is a 4-byte big-endian body length followed by a msgpack map. The map always holds
+``v`` (the wire version), ``t`` (the message kind) and ``fed`` (the federation); the other keys are
+the fields of the dataclass. Nothing else in gossipfl builds or parses bytes: the network layer
+calls :func:`encode_frame`, :func:`frame_length` and :func:`decode_body`.
+
+Decoding treats its input as hostile. It refuses an over-long frame before allocating it, an
+unknown version or kind, a missing or extra key, a value of the wrong type, an array whose data
+does not match its dtype and shape, and non-finite parameters, always with a :class:`WireError`
+that says which rule was broken.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+import numpy as np
+
+WIRE_VERSION = 1
+HEADER = struct.Struct(">I")
+HEADER_BYTES = HEADER.size
+
+#: Size cap for control frames (heartbeats, link requests, acks).
+MAX_CONTROL_BYTES = 256 * 1024
+#: Default size cap for frames that carry parameters; nodes may configure another.
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+MAX_NAME_CHARS = 128
+MAX_PEER_ID_CHARS = 128
+MAX_ADDRS = 16
+MAX_ADDR_CHARS = 256
+MAX_MEMBERS = 256
+MAX_TENSORS = 1024
+MAX_TENSOR_DIMS = 8
+ALLOWED_DTYPES = frozenset({"float32"})
+
+
+class WireError(ValueError):
+    """A frame that breaks the wire rules; the message names the rule."""
+
+
+# -- arrays -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One named array, framework independent: ``{name, dtype, shape, data}``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+    @classmethod
+    def from_array(cls, name: str, array: np.ndarray) -> Tensor:
+        contiguous = np.ascontiguousarray(array)
+        if contiguous.dtype.name not in ALLOWED_DTYPES:
+            raise WireError(f"tensor {name!r}: dtype {contiguous.dtype.name} is not allowed")
+        return cls(name, contiguous.dtype.name, tuple(contiguous.shape), contiguous.tobytes())
+
+    def to_array(self) -> np.ndarray:
+        """The array (read-only view over the frame's bytes)."""
+        return np.frombuffer(self.data, dtype=np.dtype(self.dtype)).reshape(self.shape)
+
+    def _to_wire(self) -> list[Any]:
+        return [self.name, self.dtype, list(self.shape), self.data]
+
+    @classmethod
+    def _from_wire(cls, value: Any) -> Tensor:
+        if not isinstance(value, list) or len(value) != 4:
+            raise WireError("tensor must be [name, dtype, shape, data]")
+        name, dtype, shape, data = value
+        name = _check_str(name, "tensor name", MAX_NAME_CHARS)
+        if dtype not in ALLOWED_DTYPES:
+            raise WireError(f"tensor {name!r}: dtype {dtype!r} is not allowed")
+        if not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS:
+            raise WireError(f"tensor {name!r}: shape must be a list of at most "
+                            f"{MAX_TENSOR_DIMS} dimensions")
+        dims = tuple(_check_int(d, f"tensor {name!r} dimension", 0, 2**31) for d in shape)
+        if not isinstance(data, bytes):
+            raise WireError(f"tensor {name!r}: data must be bytes")
+        expected = math.prod(dims) * np.dtype(dtype).itemsize
+        if len(data) != expected:
+            raise WireError(
+                f"tensor {name!r}: {len(data)} data bytes do not match shape {dims} of {dtype}"
+            )
+        tensor = cls(name, dtype, dims, data)
+        if not np.isfinite(tensor.to_array()).all():
+            raise WireError(f"tensor {name!r}: holds NaN or infinite values")
+        return tensor
+
+
+# -- field checks ----------------------------------------------------------------------------------
+
+
+def _check_str(value: Any, what: str, max_chars: int) -> str:
+    if not isinstance(value, str):
+        raise WireError(f"{what} must be a string")
+    if len(value) > max_chars:
+        raise WireError(f"{what} is longer than {max_chars} characters")
+    return value
+
+
+def _check_int(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WireError(f"{what} must be an integer")
+    if not low <= value <= high:
+        raise WireError(f"{what} {value} is outside [{low}, {high}]")
+    return value
+
+
+def _check_float(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WireError(f"{what} must be a number")
+    if not math.isfinite(value):
+        raise WireError(f"{what} must be finite")
+    return float(value)
+
+
+def _check_bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise WireError(f"{what} must be a boolean")
+    return value
+
+
+def _check_addrs(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_ADDRS:
+        raise WireError(f"{what} must be a list of at most {MAX_ADDRS} addresses")
+    return tuple(_check_str(a, f"{what} entry", MAX_ADDR_CHARS) for a in value)
+
+
+MAX_ROUND = 2**31 - 1
+
+
+# -- messages --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """What a heartbeat says about one member: who, where, and how long ago it was heard of."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+    age: float  # seconds since the sender last heard of this member
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Membership gossip: the sender is alive, and these are the members it knows.
+
+    Sent as a request on the membership protocol; the receiver answers with its own heartbeat.
+    """
+
+    KIND: ClassVar[str] = "heartbeat"
+    federation: str
+    sender: str
+    addrs: tuple[str, ...]
+    members: tuple[MemberInfo, ...]
+    round: int
+    degree: int
+    status: str  # "joining" | "training" | "consensus" | "done"
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {
+            "sender": self.sender,
+            "addrs": list(self.addrs),
+            "members": [[m.peer_id, list(m.addrs), m.age] for m in self.members],
+            "round": self.round,
+            "degree": self.degree,
+            "status": self.status,
+        }
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Heartbeat:
+        members_raw = body["members"]
+        if not isinstance(members_raw, list) or len(members_raw) > MAX_MEMBERS:
+            raise WireError(f"members must be a list of at most {MAX_MEMBERS} entries")
+        members = []
+        for entry in members_raw:
+            if not isinstance(entry, list) or len(entry) != 3:
+                raise WireError("member entry must be [peer_id, addrs, age]")
+            age = _check_float(entry[2], "member age")
+            if age < 0:
+                raise WireError("member age must not be negative")
+            members.append(
+                MemberInfo(
+                    _check_str(entry[0], "member peer id", MAX_PEER_ID_CHARS),
+                    _check_addrs(entry[1], "member addrs"),
+                    age,
+                )
+            )
+        status = _check_str(body["status"], "status", 16)
+        if status not in ("joining", "training", "consensus", "done"):
+            raise WireError(f"status {status!r} is unknown")
+        return cls(
+            federation=federation,
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            addrs=_check_addrs(body["addrs"], "addrs"),
+            members=tuple(members),
+            round=_check_int(body["round"], "round", -1, MAX_ROUND),
+            degree=_check_int(body["degree"], "degree", 0, MAX_MEMBERS),
+            status=status,
+        )
+
+
+@dataclass(frozen=True)
+class LinkRequest:
+    """Ask the receiver to confirm a neighbour link that the sender's topology contains."""
+
+    KIND: ClassVar[str] = "link_request"
+    federation: str
+    sender: str
+    topology_digest: str  # hex digest of the sender's member set, for diagnosis
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"sender": self.sender, "topology_digest": self.topology_digest}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> LinkRequest:
+        return cls(
+            federation=federation,
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            topology_digest=_check_str(body["topology_digest"], "topology digest", 128),
+        )
+
+
+@dataclass(frozen=True)
+class LinkReply:
+    """The answer to a :class:`LinkRequest`: ``accepted``, ``not_ready`` or ``rejected``."""
+
+    KIND: ClassVar[str] = "link_reply"
+    federation: str
+    sender: str
+    status: str
+    reason: str
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"sender": self.sender, "status": self.status, "reason": self.reason}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> LinkReply:
+        status = _check_str(body["status"], "status", 16)
+        if status not in ("accepted", "not_ready", "rejected"):
+            raise WireError(f"link status {status!r} is unknown")
+        return cls(
+            federation=federation,
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            status=status,
+            reason=_check_str(body["reason"], "reason", 512),
+        )
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """A node's public model estimate for one round, sent to one neighbour.
+
+    ``kind`` is ``"delta"`` (add ``tensors`` to the estimate the receiver holds for the sender at
+    ``base_round``) or ``"full"`` (the estimate itself, ``base_round`` = -1). ``degree`` is the
+    sender's neighbour count, for Metropolis–Hastings weights; ``disagreement`` its relative
+    distance to its neighbours after its previous round; ``done`` says it has stopped.
+    """
+
+    KIND: ClassVar[str] = "contribution"
+    federation: str
+    round: int
+    sender: str
+    receiver: str
+    degree: int
+    kind: str
+    base_round: int
+    disagreement: float
+    done: bool
+    tensors: tuple[Tensor, ...]
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "sender": self.sender,
+            "receiver": self.receiver,
+            "degree": self.degree,
+            "kind": self.kind,
+            "base_round": self.base_round,
+            "disagreement": self.disagreement,
+            "done": self.done,
+            "tensors": [t._to_wire() for t in self.tensors],
+        }
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Contribution:
+        kind = _check_str(body["kind"], "kind", 16)
+        if kind not in ("delta", "full"):
+            raise WireError(f"contribution kind {kind!r} is unknown")
+        raw = body["tensors"]
+        if not isinstance(raw, list) or len(raw) > MAX_TENSORS:
+            raise WireError(f"tensors must be a list of at most {MAX_TENSORS}")
+        round_ = _check_int(body["round"], "round", 0, MAX_ROUND)
+        base_round = _check_int(body["base_round"], "base round", -1, MAX_ROUND)
+        if kind == "delta" and not 0 <= base_round < round_:
+            raise WireError(f"delta base round {base_round} must precede round {round_}")
+        if kind == "full" and base_round != -1:
+            raise WireError("a full contribution has base round -1")
+        return cls(
+            federation=federation,
+            round=round_,
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            receiver=_check_str(body["receiver"], "receiver", MAX_PEER_ID_CHARS),
+            degree=_check_int(body["degree"], "degree", 0, MAX_MEMBERS),
+            kind=kind,
+            base_round=base_round,
+            disagreement=_check_float(body["disagreement"], "disagreement"),
+            done=_check_bool(body["done"], "done"),
+            tensors=tuple(Tensor._from_wire(t) for t in raw),
+        )
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The receiver's answer to a contribution: ``ok``, ``need_full`` or ``rejected``."""
+
+    KIND: ClassVar[str] = "ack"
+    federation: str
+    round: int
+    sender: str
+    status: str
+    reason: str
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "status": self.status,
+                "reason": self.reason}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Ack:
+        status = _check_str(body["status"], "status", 16)
+        if status not in ("ok", "need_full", "rejected"):
+            raise WireError(f"ack status {status!r} is unknown")
+        return cls(
+            federation=federation,
+            round=_check_int(body["round"], "round", -1, MAX_ROUND),
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            status=status,
+            reason=_check_str(body["reason"], "reason", 512),
+        )
+
+
+Message = Heartbeat | LinkRequest | LinkReply | Contribution | Ack
+M = TypeVar("M", Heartbeat, LinkRequest, LinkReply, Contribution, Ack)
+_KINDS: dict[str, type[Any]] = {
+    cls.KIND: cls for cls in (Heartbeat, LinkRequest, LinkReply, Contribution, Ack)
+}
+
+
+def _field_names(cls: type[Any]) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls)) - {"federation"}
+
+
+# -- frames ----------------------------------------------------------------------------------------
+
+
+def encode_body(message: Message) -> bytes:
+    """The msgpack body of ``message`` (no length header)."""
+    body = {"v": WIRE_VERSION, "t": message.KIND, "fed": message.federation}
+    body.update(message._fields_to_wire())
+    return msgpack.packb(body, use_bin_type=True, strict_types=False)
+
+
+def encode_frame(message: Message, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
+    """Header + body. Raises :class:`WireError` if the frame would exceed ``max_bytes``."""
+    body = encode_body(message)
+    if len(body) > max_bytes:
+        raise WireError(f"{message.KIND} frame of {len(body)} bytes exceeds the {max_bytes} cap")
+    return HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes, max_bytes: int) -> int:
+    """Parse a frame header and check the announced length against ``max_bytes``."""
+    if len(header) != HEADER_BYTES:
+        raise WireError(f"frame header must be {HEADER_BYTES} bytes")
+    (length,) = HEADER.unpack(header)
+    if length == 0:
+        raise WireError("empty frame")
+    if length > max_bytes:
+        raise WireError(f"frame of {length} bytes exceeds the {max_bytes} cap")
+    return length
+
+
+def decode_body(body: bytes, expected: type[M]) -> M:
+    """Decode one frame body into a message of type ``expected``."""
+    try:
+        data = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
+        raise WireError(f"malformed msgpack: {error}") from None
+    except Exception as error:  # msgpack raises several unrelated types on garbage
+        raise WireError(f"malformed msgpack: {type(error).__name__}") from None
+    if not isinstance(data, dict):
+        raise WireError("frame body must be a map")
+    version = data.get("v")
+    if version != WIRE_VERSION:
+        raise WireError(f"wire version {version!r} is not supported (expected {WIRE_VERSION})")
+    kind = data.get("t")
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise WireError(f"message kind {kind!r} is unknown")
+    if cls is not expected:
+        raise WireError(f"expected a {expected.KIND} message, got {kind}")
+    federation = _check_str(data.get("fed"), "federation", MAX_NAME_CHARS)
+    keys = set(data) - {"v", "t", "fed"}
+    wanted = _field_names(cls)
+    if keys != wanted:
+        missing = sorted(wanted - keys)
+        extra = sorted(str(k) for k in keys - wanted)
+        raise WireError(f"{kind} fields wrong: missing {missing}, unexpected {extra}")
+    return cls._fields_from_wire(federation, data)
+
+
+def decode_frame(frame: bytes, expected: type[M], max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> M:
+    """Decode a whole frame (header + body), as read from a stream."""
+    length = frame_length(frame[:HEADER_BYTES], max_bytes)
+    if len(frame) - HEADER_BYTES != length:
+        raise WireError(
+            f"frame announces {length} body bytes but carries {len(frame) - HEADER_BYTES}"
+        )
+    return decode_body(frame[HEADER_BYTES:], expected)

@@ -1,0 +1,342 @@
+"""Local training and evaluation with optax.
+
+:class:`Trainer` owns one jitted training step and one jitted evaluation step.
+Every training minibatch has exactly ``batch_size`` rows: the last, partial
+minibatch of an epoch is *kept*, padded to full size, and its padding rows are
+masked out of the loss. The step is therefore compiled once per Trainer (per
+feature width and parameter structure), however many rounds run and whatever a
+node's data size is. Evaluation runs in padded, masked chunks of at most 1024
+rows (a power of two), so it compiles at most a handful of times.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gossipfl.learning.data import Dataset
+from gossipfl.learning.models import Model
+from gossipfl.learning.params import Params
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
+"""Optimiser names accepted by :class:`TrainConfig`."""
+
+MOMENTUM = 0.9
+"""Momentum coefficient of the ``"momentum"`` optimiser."""
+
+EVAL_CHUNK = 1024
+"""Largest number of rows evaluated in one call of the jitted evaluation step."""
+
+OptState = Any
+"""An optax optimiser state (a pytree)."""
+
+
+def _is_int(value: object) -> bool:
+    """Return whether ``value`` is an integer but not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of local training.
+
+    Attributes:
+        optimizer: ``"sgd"``, ``"momentum"`` (SGD with momentum 0.9) or ``"adam"``.
+        learning_rate: Step size, finite and ``> 0``.
+        batch_size: Minibatch size, ``>= 1``.
+        local_epochs: Epochs per round (default for :meth:`Trainer.train`), ``>= 1``.
+        weight_decay: ``>= 0``. For ``"sgd"``/``"momentum"`` it adds
+            ``weight_decay * params`` to the gradient (an L2 penalty); for
+            ``"adam"`` it is AdamW's decoupled decay. Applies to all parameters.
+    """
+
+    optimizer: str = "sgd"
+    learning_rate: float = 0.05
+    batch_size: int = 32
+    local_epochs: int = 1
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Validate the fields.
+
+        Raises:
+            ValueError: Naming the first invalid field and its value.
+        """
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
+        for name in ("learning_rate", "weight_decay"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float | np.floating | np.integer)
+                or not math.isfinite(value)
+            ):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("batch_size", "local_epochs"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Build the optax optimiser described by ``config``.
+
+    Args:
+        config: Training configuration.
+
+    Returns:
+        The gradient transformation.
+    """
+    lr = float(config.learning_rate)
+    wd = float(config.weight_decay)
+    if config.optimizer == "adam":
+        return optax.adamw(lr, weight_decay=wd)
+    momentum = MOMENTUM if config.optimizer == "momentum" else None
+    return optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=momentum))
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a feature/label pair and convert to float32/int32 NumPy arrays.
+
+    Args:
+        x: Features, ``(n, features)``.
+        y: Labels, ``(n,)``, integers ``>= 0``.
+
+    Returns:
+        ``(x, y)`` as float32 and int32 arrays.
+
+    Raises:
+        ValueError: If shapes disagree, the set is empty or labels are invalid.
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (n, features), got shape {x.shape}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {y.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("x and y must contain at least one example, got 0")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"y must have an integer dtype, got {y.dtype}")
+    if y.min() < 0:
+        raise ValueError(f"labels must be >= 0, got {y.min()}")
+    return np.asarray(x, np.float32), np.asarray(y, np.int32)
+
+
+class Trainer:
+    """Trains and evaluates one model with one optimiser configuration.
+
+    The jitted step functions live on the instance, so reusing one Trainer across
+    rounds never recompiles.
+
+    Args:
+        model: The model to train.
+        config: Training hyper-parameters.
+    """
+
+    def __init__(self, model: Model, config: TrainConfig) -> None:
+        """Build the optimiser and the jitted step functions."""
+        self.model = model
+        self.config = config
+        self.optimizer = make_optimizer(config)
+        self._train_step = jax.jit(self._train_step_impl)
+        self._eval_step = jax.jit(self._eval_step_impl)
+
+    def _masked_loss(
+        self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array
+    ) -> jax.Array:
+        """Mean cross-entropy over the rows where ``mask`` is 1."""
+        logits = self.model.apply(params, x)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+    def _train_step_impl(
+        self,
+        params: Params,
+        opt_state: OptState,
+        x: jax.Array,
+        y: jax.Array,
+        mask: jax.Array,
+    ) -> tuple[Params, OptState, jax.Array]:
+        """One optimiser step on a (possibly padded) minibatch."""
+        loss, grads = jax.value_and_grad(self._masked_loss)(params, x, y, mask)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def _eval_step_impl(
+        self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Summed loss and number of correct predictions over the unmasked rows."""
+        logits = self.model.apply(params, x)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+        return jnp.sum(losses * mask), jnp.sum(correct * mask)
+
+    def _check_labels_fit(self, params: Params, x: np.ndarray, y: np.ndarray) -> None:
+        """Raise ValueError if a label is not below the model's number of logits."""
+        out = jax.eval_shape(self.model.apply, params, jax.ShapeDtypeStruct(x[:1].shape, x.dtype))
+        num_classes = out.shape[-1]
+        if y.max() >= num_classes:
+            raise ValueError(f"label {y.max()} out of range for a model with {num_classes} classes")
+
+    def init_opt_state(self, params: Params) -> OptState:
+        """Return a fresh optimiser state for ``params``.
+
+        Args:
+            params: Parameter pytree.
+
+        Returns:
+            The optax state.
+        """
+        return self.optimizer.init(params)
+
+    def train(
+        self,
+        params: Params,
+        opt_state: OptState,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int | None = None,
+        seed: int,
+    ) -> tuple[Params, OptState, float]:
+        """Run local training.
+
+        Each epoch visits the examples in a fresh random order drawn from
+        ``np.random.default_rng(seed)``; the last partial minibatch is kept (padded
+        and masked), so every example is used once per epoch.
+
+        Args:
+            params: Starting parameters.
+            opt_state: Starting optimiser state (from :meth:`init_opt_state`).
+            x: Features, ``(n, features)``.
+            y: Integer labels, ``(n,)``.
+            epochs: Number of epochs, ``>= 1``; defaults to ``config.local_epochs``.
+            seed: Non-negative shuffling seed.
+
+        Returns:
+            ``(params, opt_state, mean_loss)`` where ``mean_loss`` is the
+            per-example training loss averaged over all epochs, each minibatch's
+            loss measured before its update.
+
+        Raises:
+            ValueError: For invalid data, ``epochs`` or ``seed``.
+        """
+        epochs = self.config.local_epochs if epochs is None else epochs
+        if not _is_int(epochs) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        if not _is_int(seed) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        x, y = _check_xy(x, y)
+        self._check_labels_fit(params, x, y)
+        n = x.shape[0]
+        batch = self.config.batch_size
+        num_batches = -(-n // batch)
+        padded = num_batches * batch
+        mask = np.zeros(padded, np.float32)
+        mask[:n] = 1.0
+        mask_batches = mask.reshape(num_batches, batch)
+        rng = np.random.default_rng(seed)
+        losses: list[jax.Array] = []
+        weights: list[float] = []
+        for _ in range(epochs):
+            order = np.zeros(padded, np.int64)
+            order[:n] = rng.permutation(n)
+            xs = x[order].reshape(num_batches, batch, x.shape[1])
+            ys = y[order].reshape(num_batches, batch)
+            for b in range(num_batches):
+                params, opt_state, loss = self._train_step(
+                    params, opt_state, xs[b], ys[b], mask_batches[b]
+                )
+                losses.append(loss)
+                weights.append(float(min(batch, n - b * batch)))
+        mean_loss = float(np.dot(np.asarray(jnp.stack(losses)), weights) / (epochs * n))
+        return params, opt_state, mean_loss
+
+    def evaluate(self, params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """Compute mean cross-entropy and accuracy.
+
+        Args:
+            params: Parameters to evaluate.
+            x: Features, ``(n, features)``.
+            y: Integer labels, ``(n,)``.
+
+        Returns:
+            ``(mean_loss, accuracy)`` over all ``n`` examples.
+
+        Raises:
+            ValueError: For invalid data.
+        """
+        x, y = _check_xy(x, y)
+        self._check_labels_fit(params, x, y)
+        n = x.shape[0]
+        chunk = min(EVAL_CHUNK, 1 << (n - 1).bit_length())
+        total_loss = jnp.zeros((), jnp.float32)
+        total_correct = jnp.zeros((), jnp.float32)
+        for start in range(0, n, chunk):
+            xb = x[start : start + chunk]
+            yb = y[start : start + chunk]
+            m = xb.shape[0]
+            mask = np.zeros(chunk, np.float32)
+            mask[:m] = 1.0
+            if m < chunk:
+                xb = np.concatenate([xb, np.zeros((chunk - m, x.shape[1]), np.float32)])
+                yb = np.concatenate([yb, np.zeros(chunk - m, np.int32)])
+            loss_sum, correct = self._eval_step(params, xb, yb, mask)
+            total_loss = total_loss + loss_sum
+            total_correct = total_correct + correct
+        return float(total_loss) / n, float(total_correct) / n
+
+
+def train_centralised(
+    dataset: Dataset,
+    model: Model,
+    config: TrainConfig,
+    *,
+    epochs: int,
+    seed: int,
+) -> tuple[Params, list[float]]:
+    """Train on the pooled training set: the non-federated baseline.
+
+    Parameters are initialised with ``jax.random.key(seed)``; epoch ``e`` shuffles
+    with a seed drawn from ``np.random.default_rng(seed)``.
+
+    Args:
+        dataset: Full dataset.
+        model: Model to train.
+        config: Hyper-parameters (``local_epochs`` is ignored).
+        epochs: Number of epochs, ``>= 1``.
+        seed: Non-negative seed for initialisation and shuffling.
+
+    Returns:
+        ``(params, accuracies)`` with the test accuracy after each epoch.
+
+    Raises:
+        ValueError: For invalid ``epochs`` or ``seed``.
+    """
+    if not _is_int(epochs) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    trainer = Trainer(model, config)
+    params = model.init(jax.random.key(seed))
+    opt_state = trainer.init_opt_state(params)
+    epoch_seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=epochs)
+    accuracies: list[float] = []
+    for epoch_seed in epoch_seeds:
+        params, opt_state, _ = trainer.train(
+            params, opt_state, dataset.x_train, dataset.y_train, epochs=1, seed=int(epoch_seed)
+        )
+        _, accuracy = trainer.evaluate(params, dataset.x_test, dataset.y_test)
+        accuracies.append(accuracy)
+    return params, accuracies

@@ -1,0 +1,112 @@
+"""Public model estimates (CHOCO-gossip bookkeeping), for this node and for each neighbour.
+
+Every node j keeps a public estimate x̂_j that its neighbours also hold. Each round j publishes a
+linear delta q_j = C(x_j − x̂_j) (C = identity today; quantisation or sparsification later) and
+everyone applies x̂_j += q_j with the same float32 arithmetic, so all copies stay bit-identical.
+A neighbour whose copy fell behind (a lost frame, a new link) is sent the full estimate instead.
+Because i only ever needs Σ_j W_ij x̂_j, the deltas stay summable for secure aggregation.
+
+This module is state and arithmetic only: no I/O and no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gossipfl.gossip.wire import Contribution
+
+
+@dataclass
+class OwnEstimate:
+    """This node's public estimate, and the last delta it published."""
+
+    vector: np.ndarray
+    round: int = -1
+    last_delta: np.ndarray | None = None
+    base_round: int = -1  # the round ``last_delta`` applies on top of
+
+    def publish(self, half_step: np.ndarray, round_: int) -> np.ndarray:
+        """q = x^{1/2} − x̂ (identity compression); x̂ += q. Returns q."""
+        delta = (np.asarray(half_step, np.float32) - self.vector).astype(np.float32)
+        self.base_round = self.round
+        self.vector = (self.vector + delta).astype(np.float32)
+        self.last_delta = delta
+        self.round = round_
+        return delta
+
+    def payload_for(self, peer_holds: int) -> tuple[str, int, np.ndarray]:
+        """What to send a peer that holds our estimate as of ``peer_holds``.
+
+        Returns (kind, base_round, array): the last delta when the peer holds its base, else
+        the full estimate.
+        """
+        if self.last_delta is not None and peer_holds == self.base_round >= 0:
+            return "delta", self.base_round, self.last_delta
+        return "full", -1, self.vector
+
+
+@dataclass
+class PeerEstimate:
+    vector: np.ndarray
+    round: int
+    degree: int
+    disagreement: float
+    done: bool
+
+
+class EstimateError(ValueError):
+    """A contribution that cannot be applied; ``status`` is the ack to send back."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class PeerEstimates:
+    """The estimates this node holds of its neighbours."""
+
+    size: int
+    peers: dict[str, PeerEstimate]
+
+    @classmethod
+    def empty(cls, size: int) -> PeerEstimates:
+        return cls(size=size, peers={})
+
+    def holds(self, peer: str) -> int:
+        entry = self.peers.get(peer)
+        return entry.round if entry else -1
+
+    def apply(self, message: Contribution, vector: np.ndarray) -> None:
+        """Apply a validated contribution's array; raises :class:`EstimateError` if it cannot.
+
+        Stale or replayed frames (round not newer than what we hold) are rejected; a delta on a
+        base we do not hold asks for the full estimate.
+        """
+        if vector.shape != (self.size,):
+            raise EstimateError("rejected", f"parameter count {vector.size} != {self.size}")
+        entry = self.peers.get(message.sender)
+        held = entry.round if entry else -1
+        if message.round <= held:
+            raise EstimateError("rejected", f"stale round {message.round} (hold {held})")
+        if message.kind == "full":
+            new_vector = np.array(vector, dtype=np.float32)
+        else:
+            if entry is None or message.base_round != held:
+                raise EstimateError(
+                    "need_full", f"delta on round {message.base_round}, hold {held}"
+                )
+            new_vector = (entry.vector + vector).astype(np.float32)
+        self.peers[message.sender] = PeerEstimate(
+            vector=new_vector,
+            round=message.round,
+            degree=message.degree,
+            disagreement=message.disagreement,
+            done=message.done,
+        )
+
+    def forget(self, peer: str) -> None:
+        self.peers.pop(peer, None)

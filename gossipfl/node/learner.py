@@ -1,0 +1,97 @@
+"""The node's local learning: its data partition, the model, and train/evaluate on flat vectors.
+
+The round code sees parameters only as flat float32 vectors; this class converts to and from the
+model's pytree and runs the JAX work (called from a worker thread, so the node keeps answering
+its peers while it trains).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from gossipfl.config import NodeConfig
+from gossipfl.learning.data import Dataset, load_dataset
+from gossipfl.learning.models import Model, build_model
+from gossipfl.learning.params import flatten_params, named_arrays, unflatten_params
+from gossipfl.learning.partition import node_partition
+from gossipfl.learning.train import Trainer
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    vector: np.ndarray
+    loss: float
+    seconds: float
+    examples: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    seconds: float
+
+
+def load_node_data(config: NodeConfig) -> tuple[Dataset, np.ndarray]:
+    """The dataset and the indices of this node's training partition."""
+    spec = config.data
+    dataset = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
+                           path=spec.path)
+    if spec.partition == "none":
+        return dataset, np.arange(len(dataset.y_train))
+    indices = node_partition(
+        dataset.y_train, config.node_index, config.node_count, scheme=spec.partition,
+        seed=spec.seed, alpha=spec.alpha, shards_per_node=spec.shards_per_node,
+    )
+    return dataset, indices
+
+
+def make_model(config: NodeConfig, dataset: Dataset) -> Model:
+    return build_model(config.model.name, dataset.input_shape, dataset.num_classes,
+                       hidden=config.model.hidden)
+
+
+class LocalLearner:
+    """Train and evaluate one node's model on its own partition."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.dataset, self.indices = load_node_data(config)
+        self.x = self.dataset.x_train[self.indices]
+        self.y = self.dataset.y_train[self.indices]
+        self.model = make_model(config, self.dataset)
+        # Every member starts from the same initial model: the federation seed decides it.
+        self.template = self.model.init(jax.random.PRNGKey(config.seed))
+        self.trainer = Trainer(self.model, config.train)
+        self.opt_state = self.trainer.init_opt_state(self.template)
+
+    def initial_vector(self) -> np.ndarray:
+        return flatten_params(self.template)
+
+    @property
+    def size(self) -> int:
+        return int(self.initial_vector().size)
+
+    def tensor_names(self) -> list[str]:
+        return [name for name, _ in named_arrays(self.template)]
+
+    def train(self, vector: np.ndarray, round_: int) -> TrainResult:
+        start = time.perf_counter()
+        params = unflatten_params(vector, self.template)
+        seed = (self.config.seed * 1_000_003 + self.config.node_index * 7919 + round_) % 2**31
+        params, self.opt_state, loss = self.trainer.train(
+            params, self.opt_state, self.x, self.y,
+            epochs=self.config.train.local_epochs, seed=seed,
+        )
+        out = flatten_params(params)
+        return TrainResult(out, float(loss), time.perf_counter() - start, len(self.y))
+
+    def evaluate(self, vector: np.ndarray) -> EvalResult:
+        start = time.perf_counter()
+        params = unflatten_params(vector, self.template)
+        loss, accuracy = self.trainer.evaluate(params, self.dataset.x_test, self.dataset.y_test)
+        return EvalResult(float(loss), float(accuracy), time.perf_counter() - start)

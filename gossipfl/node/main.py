@@ -1,0 +1,65 @@
+"""Start one node process: logging, identity, data, then the trio event loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gossipfl.config import NodeConfig
+
+log = logging.getLogger("gossipfl.node")
+
+
+def configure_logging(out_dir: Path, name: str, level: str = "INFO") -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter(
+        f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s", "%H:%M:%S"
+    )
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(level)
+    file_handler = logging.FileHandler(out_dir / "node.log")
+    file_handler.setFormatter(fmt)
+    root.addHandler(file_handler)
+    stream_handler = logging.StreamHandler(sys.stderr)
+    stream_handler.setFormatter(fmt)
+    stream_handler.setLevel(logging.WARNING)
+    root.addHandler(stream_handler)
+    # py-libp2p is chatty at INFO; keep its warnings (failed handshakes, refused security).
+    for noisy in ("libp2p", "multiaddr", "async_service", "jax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
+    """Run a node to its end. Exit code 0: done or stopped by a signal; 2: cannot go on."""
+    import trio
+
+    from gossipfl.crypto.identity import IdentityError, load_or_create_identity
+
+    out = Path(config.out_dir)
+    try:
+        identity, created = load_or_create_identity(config.key_file)
+    except IdentityError as error:
+        print(f"gossipfl node: {error}", file=sys.stderr)
+        return 2
+    configure_logging(out, f"node {config.node_index} {str(identity.peer_id)[-8:]}", log_level)
+    log.info("identity %s (%s key file %s)", identity.peer_id,
+             "created" if created else "loaded", config.key_file)
+
+    from gossipfl.node.learner import LocalLearner
+    from gossipfl.node.runtime import Node, NodeError
+
+    learner = LocalLearner(config)
+    log.info("data: %s, partition %s: %d training examples; model %s with %d parameters",
+             config.data.dataset, config.data.partition, len(learner.y), config.model.name,
+             learner.size)
+    node = Node(config, identity, learner)
+    try:
+        status = trio.run(node.run)
+    except NodeError as error:
+        log.error("%s", error)
+        return 2
+    log.info("exit: %s (pid %d)", status, os.getpid())
+    return 0

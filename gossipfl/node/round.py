@@ -1,0 +1,237 @@
+"""The round, composed in one place: train → delta → (privacy) → send → receive → aggregate.
+
+Rounds are each node's own business. A node advances when it holds every live neighbour's
+contribution for the round, or when the round timeout passes; a neighbour that fails to deliver
+``max_missed_rounds`` rounds in a row is dropped (and the drop is logged and reported). After the
+training rounds come consensus rounds (averaging only) until this node and its neighbours agree
+within the tolerance, or the consensus round limit is reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+
+from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
+from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
+from gossipfl.node.checkpoint import save_checkpoint, save_vector
+from gossipfl.node.runtime import PROTO_CONTRIBUTION, peak_rss_bytes
+
+if TYPE_CHECKING:
+    from gossipfl.node.runtime import Node
+
+log = logging.getLogger("gossipfl.round")
+
+
+async def run_rounds(node: Node) -> None:
+    """Training rounds, then consensus rounds, then a last 'done' contribution."""
+    config = node.config
+    last_round = config.rounds + config.protocol.max_consensus_rounds - 1
+    for r in range(config.rounds + config.protocol.max_consensus_rounds):
+        training = r < config.rounds
+        node.status = "training" if training else "consensus"
+        await run_round(node, r, training)
+        if not training and consensus_reached(node):
+            log.info("consensus reached at round %d (disagreement %.2e)", r, node.disagreement)
+            break
+        if r == last_round and not training:
+            log.warning("consensus round limit reached at round %d (disagreement %.2e)", r,
+                        node.disagreement)
+    await announce_done(node)
+
+
+async def run_round(node: Node, r: int, training: bool) -> None:
+    start = trio.current_time()
+    record: dict[str, Any] = {"round": r, "phase": "train" if training else "consensus"}
+
+    # 1. train locally (in a worker thread: the node keeps serving its peers meanwhile)
+    if training:
+        result = await trio.to_thread.run_sync(node.learner.train, node.model, r)
+        half_step = result.vector
+        record.update(train_loss=result.loss, train_seconds=result.seconds)
+    else:
+        half_step = node.model
+        record.update(train_loss=None, train_seconds=0.0)
+
+    # 2. delta: publish q = x^{1/2} − x̂ and advance our public estimate
+    node.own.publish(half_step, r)
+
+    # 3. privacy: clipping, noise and masking come in here (none configured yet)
+
+    # 4. send our contribution to every live neighbour
+    await send_to_neighbours(node, r, done=False)
+
+    # 5. receive: wait for the neighbours' contributions for this round, or the timeout
+    wait_start = trio.current_time()
+    missing = await wait_for_neighbours(node, r, start + node.protocol.round_timeout)
+    record["wait_seconds"] = trio.current_time() - wait_start
+
+    # 6. aggregate: Metropolis–Hastings weights over the neighbours we hold estimates of
+    node.model = aggregate(node, half_step)
+    node.round = r
+    update_liveness(node, r, missing)
+    present = [p for p in node.neighbours if p in node.estimates.peers]
+    node.disagreement = relative_disagreement(
+        node.model, [node.estimates.peers[p].vector for p in present]
+    )
+
+    # 7. measure and persist
+    evaluation = await trio.to_thread.run_sync(node.learner.evaluate, node.model)
+    if training and not node.neighbours:
+        node.isolated_rounds += 1
+    record.update(
+        test_loss=evaluation.loss, test_accuracy=evaluation.accuracy,
+        eval_seconds=evaluation.seconds, round_seconds=trio.current_time() - start,
+        time=trio.current_time(), disagreement=_finite(node.disagreement),
+        neighbours=sorted(node.neighbours), degree=len(node.neighbours), missing=missing,
+        bytes_sent=node.traffic.bytes_sent, bytes_received=node.traffic.bytes_received,
+        messages_sent=node.traffic.messages_sent,
+        messages_received=node.traffic.messages_received,
+        rejected=dict(node.rejections), timeouts=node.timeouts, peak_rss_bytes=peak_rss_bytes(),
+    )
+    node.final_accuracy = evaluation.accuracy
+    save_checkpoint(node.out / "checkpoint.npz", node.model, r, status=node.status)
+    if node.config.keep_round_models:
+        save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model)
+    node.write_metrics(record)
+    log.info("round %d %s: acc %.4f loss %.4f disagreement %.2e missing %d (%.2f s)", r,
+             record["phase"], evaluation.accuracy, evaluation.loss, node.disagreement,
+             len(missing), record["round_seconds"])
+
+
+def aggregate(node: Node, half_step: np.ndarray) -> np.ndarray:
+    held = {p: node.estimates.peers[p] for p in node.neighbours if p in node.estimates.peers}
+    self_weight, weights = neighbour_weights(
+        len(node.neighbours), {p: e.degree for p, e in held.items()}
+    )
+    del self_weight  # choco_step uses the weights of the neighbours only
+    return choco_step(
+        half_step, node.own.vector, {p: e.vector for p, e in held.items()}, weights,
+        gamma=node.protocol.gamma,
+    )
+
+
+async def send_to_neighbours(node: Node, r: int, *, done: bool) -> None:
+    targets = [
+        p for p in node.neighbours
+        if not (p in node.estimates.peers and node.estimates.peers[p].done)
+    ]
+    async with trio.open_nursery() as nursery:
+        for peer in targets:
+            nursery.start_soon(send_contribution, node, peer, r, done)
+
+
+async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
+    """Send our round-r estimate (delta or full) to one neighbour and read its ack."""
+    assert node.net is not None
+    state = node.neighbours[peer]
+
+    def frame(kind: str, base: int, array: np.ndarray) -> Contribution:
+        return Contribution(
+            federation=node.config.federation, round=r, sender=node.peer_id, receiver=peer,
+            degree=len(node.neighbours), kind=kind, base_round=base,
+            disagreement=_finite(node.disagreement, default=1e9), done=done,
+            tensors=node.layout.to_tensors(array),
+        )
+
+    cap = node.protocol.max_payload_bytes
+    with trio.move_on_after(node.protocol.request_timeout) as scope:
+        try:
+            channel = await node.net.open(peer, node.membership.addrs(peer), PROTO_CONTRIBUTION)
+            try:
+                kind, base, array = node.own.payload_for(state.peer_holds)
+                await channel.send(frame(kind, base, array), cap)
+                ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
+                if ack.status == "need_full" and kind == "delta":
+                    await channel.send(frame("full", -1, node.own.vector), cap)
+                    ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
+            finally:
+                await channel.close()
+        except Exception as error:
+            state.unreachable_round = r
+            log.warning("could not send round %d to %s: %s: %s", r, peer,
+                        type(error).__name__, error)
+            node.notify()
+            return
+        if ack.status == "ok":
+            state.peer_holds = r
+        else:
+            log.warning("%s did not take our round %d: %s %s", peer, r, ack.status, ack.reason)
+    if scope.cancelled_caught:
+        node.timeouts += 1
+        state.unreachable_round = r
+        log.warning("sending round %d to %s timed out", r, peer)
+        node.notify()
+
+
+async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
+    """Wait until every live neighbour delivered round r (or is done); returns those missing."""
+    while True:
+        waiting = [
+            p for p, state in node.neighbours.items()
+            if node.estimates.holds(p) < r
+            and not (p in node.estimates.peers and node.estimates.peers[p].done)
+            and state.unreachable_round != r
+        ]
+        remaining = deadline - trio.current_time()
+        if not waiting or remaining <= 0:
+            break
+        event = node.changed
+        with trio.move_on_after(remaining):
+            await event.wait()
+    if waiting:
+        node.timeouts += 1
+        log.warning("round %d: no contribution from %s within %.1f s", r, ", ".join(waiting),
+                    node.protocol.round_timeout)
+    return sorted(
+        p for p in node.neighbours
+        if node.estimates.holds(p) < r
+        and not (p in node.estimates.peers and node.estimates.peers[p].done)
+    )
+
+
+def update_liveness(node: Node, r: int, missing: list[str]) -> None:
+    """Count missed rounds; drop a neighbour that missed too many in a row."""
+    for peer in list(node.neighbours):
+        state = node.neighbours[peer]
+        if peer not in missing:
+            state.missed = 0
+            continue
+        state.missed += 1
+        if state.missed >= node.protocol.max_missed_rounds:
+            log.warning("dropping neighbour %s: no contribution for %d rounds", peer,
+                        state.missed)
+            del node.neighbours[peer]
+            node.estimates.forget(peer)
+            node.dropped.append({"peer_id": peer, "round": r, "reason": "missed rounds"})
+            if not node.neighbours:
+                log.error("no neighbours left: this node now trains alone")
+
+
+def consensus_reached(node: Node) -> bool:
+    tolerance = node.protocol.consensus_tolerance
+    if node.disagreement > tolerance:
+        return False
+    for peer in node.neighbours:
+        estimate = node.estimates.peers.get(peer)
+        if estimate is None:
+            return False
+        if not estimate.done and estimate.disagreement > tolerance:
+            return False
+    return True
+
+
+async def announce_done(node: Node) -> None:
+    """Publish the final model to the neighbours with done=True, so they stop waiting for us."""
+    r = node.round + 1
+    node.own.publish(node.model, r)
+    node.status = "done"
+    await send_to_neighbours(node, r, done=True)
+
+
+def _finite(value: float, default: float | None = None) -> float | None:
+    return value if math.isfinite(value) else default

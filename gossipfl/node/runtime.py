@@ -1,0 +1,447 @@
+"""One gossipfl node: a libp2p host, membership gossip, neighbour links, and the round loop.
+
+The node owns one trio nursery. Its tasks: the membership heartbeat loop, the stream handlers
+(membership, link, contribution), the signal watcher, and the main sequence
+join → form links → rounds (:mod:`gossipfl.node.round`) → consensus → final model. Every network
+wait runs under a deadline; a dead or slow peer costs at most a timeout, never a stall.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import resource
+import signal
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.abc import INetStream
+
+from gossipfl.aggregation.topology import build_topology
+from gossipfl.config import NodeConfig
+from gossipfl.crypto.identity import Identity
+from gossipfl.gossip.framing import StreamEnded
+from gossipfl.gossip.host import make_host
+from gossipfl.gossip.membership import Membership
+from gossipfl.gossip.peers import Channel, PeerNet, Traffic
+from gossipfl.gossip.wire import (
+    MAX_CONTROL_BYTES,
+    Ack,
+    Contribution,
+    Heartbeat,
+    LinkReply,
+    LinkRequest,
+    WireError,
+)
+from gossipfl.learning.params import named_arrays
+from gossipfl.node.checkpoint import atomic_write_json, save_checkpoint
+from gossipfl.node.estimates import EstimateError, OwnEstimate, PeerEstimates
+from gossipfl.node.layout import Layout, LayoutError
+from gossipfl.node.learner import LocalLearner
+
+log = logging.getLogger("gossipfl.node")
+
+PROTO_MEMBERSHIP = "/gossipfl/membership/1.0.0"
+PROTO_LINK = "/gossipfl/link/1.0.0"
+PROTO_CONTRIBUTION = "/gossipfl/contribution/1.0.0"
+HEARTBEAT_FANOUT = 16
+
+
+class NodeError(RuntimeError):
+    """The node cannot go on (no members, no neighbours): the message says why."""
+
+
+@dataclass
+class NeighbourState:
+    missed: int = 0  # consecutive rounds without its contribution
+    peer_holds: int = -1  # the round of our estimate it acknowledged
+    unreachable_round: int = -1  # last round in which sending to it failed
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def split_p2p_addr(addr: str) -> tuple[str, str]:
+    """'/ip4/../tcp/../p2p/ID' → (ID, the whole address). Raises ValueError without /p2p/."""
+    maddr = multiaddr.Multiaddr(addr)
+    peer_id = maddr.value_for_protocol("p2p")
+    if not peer_id:
+        raise ValueError(f"bootstrap address {addr} has no /p2p/<peer id> part")
+    return str(peer_id), addr
+
+
+class Node:
+    """A federation member. Build it, then ``await node.run()`` inside ``trio.run``."""
+
+    def __init__(self, config: NodeConfig, identity: Identity, learner: LocalLearner) -> None:
+        self.config = config
+        self.identity = identity
+        self.peer_id = str(identity.peer_id)
+        self.learner = learner
+        self.out = Path(config.out_dir)
+        self.protocol = config.protocol
+        self.membership = Membership(self.peer_id, config.protocol.member_timeout)
+        self.traffic = Traffic()
+        self.rejections: Counter[str] = Counter()
+        self.timeouts = 0
+        self.layout = Layout.from_named(named_arrays(learner.template))
+        initial = learner.initial_vector()
+        self.model = initial.copy()
+        self.own = OwnEstimate(initial.copy())
+        self.estimates = PeerEstimates.empty(self.layout.size)
+        self.topology: dict[str, frozenset[str]] | None = None
+        self.neighbours: dict[str, NeighbourState] = {}
+        self.dropped: list[dict[str, Any]] = []
+        self.round = -1
+        self.status = "joining"
+        self.disagreement = math.inf
+        self.addrs: list[str] = []
+        self.changed = trio.Event()
+        self.bootstrap = [split_p2p_addr(a) for a in config.bootstrap]
+        self.final_accuracy: float | None = None
+        self.history: list[dict[str, Any]] = []
+        self.isolated_rounds = 0
+        self.net: PeerNet | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> str:
+        """Run the node to the end; returns its final status ("done" or "stopped")."""
+        from gossipfl.node.round import run_rounds  # the one place a round is composed
+
+        host, listen = make_host(self.identity, self.config.listen)
+        self.net = PeerNet(host, self.traffic)
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
+                host.set_stream_handler(PROTO_MEMBERSHIP, self._guard(self._on_heartbeat))
+                host.set_stream_handler(PROTO_LINK, self._guard(self._on_link))
+                host.set_stream_handler(PROTO_CONTRIBUTION, self._guard(self._on_contribution))
+                self.addrs = [str(a) for a in host.get_addrs()]
+                self._write_node_info()
+                log.info("listening on %s", ", ".join(self.addrs))
+                nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                nursery.start_soon(self._heartbeat_loop)
+                task_status.started(self.addrs)
+                await self._join()
+                await self._form_links()
+                self.status = "training"
+                await run_rounds(self)
+                self.status = "done"
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.status != "done":
+                self.status = "stopped"
+            self._write_final()
+        return self.status
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.warning("stopping on %s: writing a checkpoint", signal.Signals(signum).name)
+                scope.cancel()
+                return
+
+    def _write_node_info(self) -> None:
+        atomic_write_json(self.out / "node.json", {
+            "peer_id": self.peer_id, "pid": os.getpid(), "addrs": self.addrs,
+            "node_index": self.config.node_index, "federation": self.config.federation,
+            "parameters": self.layout.size, "examples": len(self.learner.y),
+        })
+
+    def _write_final(self) -> None:
+        save_checkpoint(self.out / "checkpoint.npz", self.model, self.round, status=self.status)
+        if self.status == "done":
+            save_checkpoint(self.out / "final.npz", self.model, self.round, status="done")
+        atomic_write_json(self.out / "summary.json", self.summary())
+        log.info("finished with status %s at round %d", self.status, self.round)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "pid": os.getpid(),
+            "node_index": self.config.node_index,
+            "status": self.status,
+            "round": self.round,
+            "final_accuracy": self.final_accuracy,
+            "bytes_sent": self.traffic.bytes_sent,
+            "bytes_received": self.traffic.bytes_received,
+            "messages_sent": self.traffic.messages_sent,
+            "messages_received": self.traffic.messages_received,
+            "bytes_sent_by_kind": dict(self.traffic.by_kind_sent),
+            "train_seconds": sum(h.get("train_seconds", 0.0) for h in self.history),
+            "eval_seconds": sum(h.get("eval_seconds", 0.0) for h in self.history),
+            "peak_rss_bytes": peak_rss_bytes(),
+            "rejected": dict(self.rejections),
+            "timeouts": self.timeouts,
+            "neighbours": sorted(self.neighbours),
+            "dropped_neighbours": self.dropped,
+            "isolated_rounds": self.isolated_rounds,
+            "parameters": self.layout.size,
+            "examples": len(self.learner.y),
+        }
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake whoever waits for a change (a contribution arrived, a peer failed)."""
+        event, self.changed = self.changed, trio.Event()
+        event.set()
+
+    def reject(self, peer: str, what: str, reason_key: str, detail: str) -> None:
+        self.rejections[reason_key] += 1
+        log.warning("dropped %s from %s: %s (%s)", what, peer, reason_key, detail)
+
+    def _guard(self, handler: Any) -> Any:
+        """Wrap a stream handler: a deadline, and no exception ever escapes into libp2p."""
+
+        async def guarded(stream: INetStream) -> None:
+            channel = Channel(stream, self.traffic)
+            remote = channel.remote
+            try:
+                with trio.move_on_after(self.protocol.request_timeout) as scope:
+                    await handler(channel)
+                if scope.cancelled_caught:
+                    self.timeouts += 1
+                    log.warning("timed out serving %s", remote)
+                    await channel.reset()
+                    return
+            except WireError as error:
+                self.reject(remote, "frame", "malformed", str(error))
+                await channel.reset()
+                return
+            except (StreamEnded, ConnectionError) as error:
+                log.info("stream from %s ended early: %s", remote, error)
+                await channel.reset()
+                return
+            except Exception as error:  # a broken stream must not take the node down
+                log.warning("error serving %s: %s: %s", remote, type(error).__name__, error)
+                await channel.reset()
+                return
+            await channel.close()
+
+        return guarded
+
+    def _check_origin(self, channel: Channel, what: str, federation: str, sender: str) -> bool:
+        remote = channel.remote
+        if federation != self.config.federation:
+            self.reject(remote, what, "federation", f"federation {federation!r}")
+            return False
+        if sender != remote:
+            self.reject(remote, what, "sender_mismatch", f"frame names sender {sender}")
+            return False
+        return True
+
+    # -- membership --------------------------------------------------------------------------
+
+    def heartbeat(self) -> Heartbeat:
+        now = trio.current_time()
+        return Heartbeat(
+            federation=self.config.federation, sender=self.peer_id, addrs=tuple(self.addrs),
+            members=self.membership.snapshot(now), round=self.round,
+            degree=len(self.neighbours), status=self.status if self.status != "stopped"
+            else "done",
+        )
+
+    def _absorb(self, beat: Heartbeat) -> None:
+        now = trio.current_time()
+        if self.membership.heard_from(beat.sender, beat.addrs, now):
+            log.info("new member %s (heard directly)", beat.sender)
+        for peer in self.membership.merge(beat.members, now):
+            log.info("new member %s (via %s)", peer, beat.sender)
+
+    async def _on_heartbeat(self, channel: Channel) -> None:
+        beat = await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
+        if not self._check_origin(channel, "heartbeat", beat.federation, beat.sender):
+            return
+        self._absorb(beat)
+        await channel.send(self.heartbeat(), MAX_CONTROL_BYTES)
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.net is not None
+        while True:
+            targets = {p: self.membership.addrs(p) for p in self.membership.ids()}
+            if len(targets) > HEARTBEAT_FANOUT:
+                chosen = random.sample(sorted(targets), HEARTBEAT_FANOUT)
+                targets = {p: targets[p] for p in chosen}
+            for peer, addr in self.bootstrap:
+                if peer not in self.membership and peer != self.peer_id:
+                    targets[peer] = (addr,)
+            async with trio.open_nursery() as nursery:
+                for peer, addrs in targets.items():
+                    nursery.start_soon(self._send_heartbeat, peer, addrs)
+            for peer in self.membership.prune(trio.current_time()):
+                log.warning("forgot member %s: silent for %.1f s", peer,
+                            self.protocol.member_timeout)
+            await trio.sleep(self.protocol.heartbeat_interval)
+
+    async def _send_heartbeat(self, peer: str, addrs: tuple[str, ...]) -> None:
+        assert self.net is not None
+        with trio.move_on_after(self.protocol.request_timeout):
+            try:
+                channel = await self.net.open(peer, addrs, PROTO_MEMBERSHIP)
+                try:
+                    await channel.send(self.heartbeat(), MAX_CONTROL_BYTES)
+                    reply = await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
+                finally:
+                    await channel.close()
+            except WireError as error:
+                self.reject(peer, "heartbeat reply", "malformed", str(error))
+                return
+            except Exception as error:
+                log.debug("heartbeat to %s failed: %s", peer, error)
+                return
+            if self._check_origin(channel, "heartbeat reply", reply.federation, reply.sender):
+                self._absorb(reply)
+
+    async def _join(self) -> None:
+        """Wait until the federation's membership is known (expected count, or stable)."""
+        expected = self.config.expected_members
+        settle = self.config.settle_seconds
+        last_count, stable_since = -1, trio.current_time()
+        with trio.move_on_after(self.protocol.join_timeout):
+            while True:
+                count = len(self.membership) + 1
+                now = trio.current_time()
+                if count != last_count:
+                    last_count, stable_since = count, now
+                if expected and count >= expected:
+                    break
+                if not expected and count > 1 and now - stable_since >= settle:
+                    break
+                await trio.sleep(0.05)
+        count = len(self.membership) + 1
+        if count < 2:
+            raise NodeError(
+                f"no other member found within {self.protocol.join_timeout:.0f} s "
+                f"(bootstrap: {len(self.bootstrap)} address(es)); refusing to train alone"
+            )
+        if expected and count < expected:
+            log.warning("joining with %d of %d expected members after %.0f s", count, expected,
+                        self.protocol.join_timeout)
+        log.info("membership: %d members", count)
+
+    # -- links -------------------------------------------------------------------------------
+
+    def _topology_digest(self) -> str:
+        import hashlib
+
+        members = sorted(self.topology or {})
+        return hashlib.blake2b("\n".join(members).encode(), digest_size=8).hexdigest()
+
+    async def _form_links(self) -> None:
+        members = [self.peer_id, *self.membership.ids()]
+        self.topology = build_topology(self.config.topology.kind, members,
+                                       degree=self.config.topology.degree, seed=self.config.seed)
+        wanted = set(self.topology[self.peer_id])
+        log.info("topology %s over %d members: %d neighbour(s) wanted",
+                 self.config.topology.kind, len(members), len(wanted))
+        refused: set[str] = set()
+        with trio.move_on_after(self.protocol.join_timeout):
+            while wanted - set(self.neighbours) - refused:
+                async with trio.open_nursery() as nursery:
+                    for peer in sorted(wanted - set(self.neighbours) - refused):
+                        nursery.start_soon(self._request_link, peer, refused)
+                if wanted - set(self.neighbours) - refused:
+                    await trio.sleep(0.1)
+        missing = wanted - set(self.neighbours)
+        if missing:
+            log.warning("links not confirmed with %s", ", ".join(sorted(missing)))
+        if not self.neighbours:
+            raise NodeError("no neighbour confirmed a link; refusing to train alone")
+        log.info("neighbours: %s", ", ".join(sorted(self.neighbours)))
+
+    async def _request_link(self, peer: str, refused: set[str]) -> None:
+        assert self.net is not None
+        request = LinkRequest(self.config.federation, self.peer_id, self._topology_digest())
+        with trio.move_on_after(self.protocol.request_timeout):
+            try:
+                channel = await self.net.open(peer, self.membership.addrs(peer), PROTO_LINK)
+                try:
+                    await channel.send(request, MAX_CONTROL_BYTES)
+                    reply = await channel.receive(LinkReply, MAX_CONTROL_BYTES)
+                finally:
+                    await channel.close()
+            except Exception as error:
+                log.debug("link request to %s failed: %s", peer, error)
+                return
+            if not self._check_origin(channel, "link reply", reply.federation, reply.sender):
+                return
+            if reply.status == "accepted":
+                self.neighbours.setdefault(peer, NeighbourState())
+            elif reply.status == "rejected":
+                log.warning("%s refused a link: %s", peer, reply.reason)
+                refused.add(peer)
+
+    async def _on_link(self, channel: Channel) -> None:
+        request = await channel.receive(LinkRequest, MAX_CONTROL_BYTES)
+        if not self._check_origin(channel, "link request", request.federation, request.sender):
+            return
+        if self.topology is None:
+            status, reason = "not_ready", "still joining"
+        elif request.sender in self.topology.get(self.peer_id, frozenset()):
+            status, reason = "accepted", ""
+            if request.sender not in self.neighbours and self.round < 0:
+                self.neighbours[request.sender] = NeighbourState()
+            elif request.sender not in self.neighbours:
+                status, reason = "rejected", "links are fixed once rounds have started"
+        else:
+            status, reason = "rejected", "not a neighbour in my topology"
+        await channel.send(
+            LinkReply(self.config.federation, self.peer_id, status, reason), MAX_CONTROL_BYTES
+        )
+
+    # -- contributions -----------------------------------------------------------------------
+
+    async def _on_contribution(self, channel: Channel) -> None:
+        # A delta answered with need_full is followed by the full estimate on the same stream.
+        for _ in range(2):
+            message = await channel.receive(Contribution, self.protocol.max_payload_bytes)
+            status, reason = self._accept_contribution(channel.remote, message)
+            ack = Ack(self.config.federation, message.round, self.peer_id, status, reason)
+            await channel.send(ack, MAX_CONTROL_BYTES)
+            if status != "need_full":
+                return
+
+    def _accept_contribution(self, remote: str, message: Contribution) -> tuple[str, str]:
+        """Validate and apply one contribution; returns the ack (status, reason)."""
+        if message.federation != self.config.federation:
+            self.reject(remote, "contribution", "federation", repr(message.federation))
+            return "rejected", "wrong federation"
+        if message.sender != remote:
+            self.reject(remote, "contribution", "sender_mismatch", f"names {message.sender}")
+            return "rejected", "sender does not match the connection"
+        if message.receiver != self.peer_id:
+            self.reject(remote, "contribution", "misaddressed", f"for {message.receiver}")
+            return "rejected", "misaddressed"
+        if message.sender not in self.neighbours:
+            self.reject(remote, "contribution", "not_neighbour", "no link with this peer")
+            return "rejected", "not a neighbour"
+        try:
+            vector = self.layout.from_tensors(message.tensors)
+            self.estimates.apply(message, vector)
+        except LayoutError as error:
+            self.reject(remote, "contribution", "layout", str(error))
+            return "rejected", str(error)
+        except EstimateError as error:
+            if error.status == "need_full":
+                log.info("asking %s for its full estimate: %s", remote, error.reason)
+            else:
+                self.reject(remote, "contribution", "stale", error.reason)
+            return error.status, error.reason
+        self.neighbours[message.sender].missed = 0
+        self.notify()
+        return "ok", ""
+
+    def write_metrics(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        with open(self.out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")

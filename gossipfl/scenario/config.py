@@ -1,0 +1,70 @@
+"""A scenario: how many nodes, on what data and model, over which topology, with which faults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gossipfl.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ProtocolConfig,
+    TopologyConfig,
+    from_dict,
+    load_toml,
+)
+from gossipfl.learning.train import TrainConfig
+
+FAULT_KINDS = ("kill",)
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """``kill``: send SIGKILL to node ``node`` once it has finished round ``at_round``."""
+
+    kind: str = "kill"
+    node: int = 0
+    at_round: int = 10
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ConfigError(f"faults.kind must be one of {FAULT_KINDS}")
+        if self.node < 0 or self.at_round < 0:
+            raise ConfigError("faults.node and faults.at_round must be >= 0")
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    name: str = "scenario"
+    nodes: int = 8
+    rounds: int = 30
+    seed: int = 0
+    federation: str = ""  # default: the scenario's name
+    timeout: float = 600.0  # the whole run, seconds
+    keep_round_models: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    faults: tuple[FaultConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.nodes < 2:
+            raise ConfigError("nodes must be at least 2")
+        if self.rounds < 1:
+            raise ConfigError("rounds must be at least 1")
+        if self.timeout <= 0:
+            raise ConfigError("timeout must be positive")
+        for fault in self.faults:
+            if fault.node >= self.nodes:
+                raise ConfigError(f"fault names node {fault.node}, the scenario has {self.nodes}")
+
+    @property
+    def federation_name(self) -> str:
+        return self.federation or self.name
+
+
+def load_scenario(path: str | Path) -> ScenarioConfig:
+    return from_dict(ScenarioConfig, load_toml(path))

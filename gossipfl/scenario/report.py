@@ -1,0 +1,184 @@
+"""Build ``report.json`` from what the nodes wrote (metrics, summaries, per-round models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gossipfl.aggregation.mixing import consensus_distance
+from gossipfl.config import to_dict
+
+if TYPE_CHECKING:
+    from gossipfl.scenario.config import ScenarioConfig
+    from gossipfl.scenario.runner import NodeProcess
+
+REPORT_VERSION = 1
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a node killed mid-line
+            break
+    return records
+
+
+def _round_models(out: Path) -> dict[int, Path]:
+    folder = out / "rounds"
+    if not folder.is_dir():
+        return {}
+    return {int(p.stem[1:]): p for p in folder.glob("r*.npy")}
+
+
+def consensus_by_round(nodes: list[NodeProcess], last_round: int) -> list[float | None]:
+    """mean_i ||x_i − x̄|| / ||x̄|| per round, over the nodes still in the federation.
+
+    A node that finished early keeps its final model in later rounds; a killed node counts only
+    up to its last round.
+    """
+    per_node = {n.index: _round_models(n.out) for n in nodes}
+    distances: list[float | None] = []
+    cache: dict[Path, np.ndarray] = {}
+
+    def load(path: Path) -> np.ndarray:
+        if path not in cache:
+            cache[path] = np.load(path)
+        return cache[path]
+
+    for r in range(last_round + 1):
+        vectors = []
+        for node in nodes:
+            models = per_node[node.index]
+            if r in models:
+                vectors.append(load(models[r]))
+            elif models and node.killed_at is None and r > max(models):
+                vectors.append(load(models[max(models)]))
+        distances.append(float(consensus_distance(vectors)) if len(vectors) >= 2 else None)
+    return distances
+
+
+def node_entry(node: NodeProcess) -> dict[str, Any]:
+    info = _read_json(node.out / "node.json") or {}
+    summary = _read_json(node.out / "summary.json") or {}
+    metrics = _metrics(node.out / "metrics.jsonl")
+    last = metrics[-1] if metrics else {}
+    accuracy = [m["test_accuracy"] for m in metrics]
+    status = "killed" if node.killed_at is not None else summary.get("status", "unknown")
+    return {
+        "index": node.index,
+        "peer_id": node.peer_id,
+        "pid": info.get("pid", node.process.pid if node.process else None),
+        "status": status,
+        "exit_code": node.exit_code,
+        "events": node.events,
+        "examples": info.get("examples"),
+        "rounds_completed": len(metrics),
+        "accuracy": accuracy,
+        "final_accuracy": accuracy[-1] if accuracy else None,
+        "bytes_sent": summary.get("bytes_sent", last.get("bytes_sent", 0)),
+        "bytes_received": summary.get("bytes_received", last.get("bytes_received", 0)),
+        "messages_sent": summary.get("messages_sent", last.get("messages_sent", 0)),
+        "messages_received": summary.get("messages_received", last.get("messages_received", 0)),
+        "train_seconds": sum(m.get("train_seconds") or 0.0 for m in metrics),
+        "eval_seconds": sum(m.get("eval_seconds") or 0.0 for m in metrics),
+        "round_seconds_mean": (
+            float(np.mean([m["round_seconds"] for m in metrics])) if metrics else None
+        ),
+        "peak_rss_bytes": summary.get("peak_rss_bytes", last.get("peak_rss_bytes")),
+        "neighbours": summary.get("neighbours", last.get("neighbours", [])),
+        "dropped_neighbours": summary.get("dropped_neighbours", []),
+        "isolated_rounds": summary.get("isolated_rounds", 0),
+        "rejected": summary.get("rejected", last.get("rejected", {})),
+        "timeouts": summary.get("timeouts", last.get("timeouts", 0)),
+    }
+
+
+def centralised_baseline(scenario: ScenarioConfig) -> float:
+    """The same model and epochs trained on the pooled training data: the bar to reach."""
+    from gossipfl.learning.data import load_dataset
+    from gossipfl.learning.models import build_model
+    from gossipfl.learning.train import train_centralised
+
+    spec = scenario.data
+    dataset = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
+                           path=spec.path)
+    model = build_model(scenario.model.name, dataset.input_shape, dataset.num_classes,
+                        hidden=scenario.model.hidden)
+    _, accuracies = train_centralised(
+        dataset, model, scenario.train, epochs=scenario.rounds * scenario.train.local_epochs,
+        seed=scenario.seed,
+    )
+    return float(accuracies[-1])
+
+
+def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_seconds: float,
+                 centralised: bool, timed_out: bool) -> dict[str, Any]:
+    entries = [node_entry(n) for n in nodes]
+    last_round = max((e["rounds_completed"] for e in entries), default=0) - 1
+    distances = consensus_by_round(nodes, last_round)
+    survivors = [e for e in entries if e["status"] != "killed"]
+    finals = [e["final_accuracy"] for e in survivors if e["final_accuracy"] is not None]
+    return {
+        "report_version": REPORT_VERSION,
+        "scenario": scenario.name,
+        "config": to_dict(scenario),
+        "wall_seconds": wall_seconds,
+        "timed_out": timed_out,
+        "rounds": scenario.rounds,
+        "total_rounds": last_round + 1,
+        "centralised_accuracy": centralised_baseline(scenario) if centralised else None,
+        "consensus_distance": distances,
+        "final_consensus_distance": next(
+            (d for d in reversed(distances) if d is not None), None
+        ),
+        "distinct_pids": len({e["pid"] for e in entries if e["pid"] is not None}),
+        "summary": {
+            "nodes": len(entries),
+            "survivors": len(survivors),
+            "min_final_accuracy": min(finals) if finals else None,
+            "mean_final_accuracy": float(np.mean(finals)) if finals else None,
+            "max_final_accuracy": max(finals) if finals else None,
+            "max_peak_rss_bytes": max((e["peak_rss_bytes"] or 0) for e in entries),
+            "total_bytes_sent": sum(e["bytes_sent"] for e in entries),
+            "isolated_nodes": [e["index"] for e in entries if e["isolated_rounds"]],
+        },
+        "nodes": entries,
+    }
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['scenario']}: {report['wall_seconds']:.1f} s wall")
+    for column in ("node", "status", "final acc", "rounds", "sent MB", "train s", "peak RSS MB"):
+        table.add_column(column, justify="right")
+    for e in report["nodes"]:
+        final = e["final_accuracy"]
+        table.add_row(
+            str(e["index"]), e["status"], "-" if final is None else f"{final:.4f}",
+            str(e["rounds_completed"]), f"{e['bytes_sent'] / 1e6:.2f}",
+            f"{e['train_seconds']:.1f}", f"{(e['peak_rss_bytes'] or 0) / 2**20:.0f}",
+        )
+    console = Console()
+    console.print(table)
+    central = report["centralised_accuracy"]
+    distance = report["final_consensus_distance"]
+    console.print(
+        f"centralised accuracy: {'-' if central is None else f'{central:.4f}'}   "
+        f"final consensus distance: {'-' if distance is None else f'{distance:.2e}'}"
+    )

@@ -1,0 +1,255 @@
+"""``gossipfl run``: start a scenario's nodes as separate OS processes on loopback, watch, report.
+
+The runner never carries model data and never decides rounds: it writes each node's
+configuration, starts the processes (each in its own session, so they would go on without the
+runner), shows their progress from the metrics files they write, applies the scenario's faults,
+and collects what they left behind into ``report.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gossipfl.config import NodeConfig, dump_toml, to_dict
+from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.scenario.config import ScenarioConfig, load_scenario
+from gossipfl.scenario.report import build_report, print_summary
+
+log = logging.getLogger("gossipfl.runner")
+
+POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 10.0
+NODE_ENV = {
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+@dataclass
+class NodeProcess:
+    index: int
+    config: NodeConfig
+    peer_id: str
+    process: subprocess.Popen[bytes] | None = None
+    metrics_offset: int = 0
+    last_round: int = -1
+    last_accuracy: float | None = None
+    phase: str = "starting"
+    killed_at: float | None = None
+    killed_after_round: int | None = None
+    exit_code: int | None = None
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out_dir)
+
+    def poll_metrics(self) -> None:
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        with open(path) as handle:
+            handle.seek(self.metrics_offset)
+            chunk = handle.read()
+        complete = chunk[: chunk.rfind("\n") + 1]
+        self.metrics_offset += len(complete.encode())
+        for line in complete.splitlines():
+            record = json.loads(line)
+            self.last_round = record["round"]
+            self.last_accuracy = record["test_accuracy"]
+            self.phase = record["phase"]
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out now for 127.0.0.1 (released again for the nodes to bind)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
+    """Identity, ports, bootstrap lists and a TOML file for each node."""
+    ports = free_ports(scenario.nodes)
+    nodes: list[NodeProcess] = []
+    addrs: list[str] = []
+    for index in range(scenario.nodes):
+        node_dir = out / "nodes" / f"node-{index:02d}"
+        node_dir.mkdir(parents=True, exist_ok=True)
+        key_file = node_dir / "node.key"
+        identity, _ = load_or_create_identity(key_file)
+        listen = f"/ip4/127.0.0.1/tcp/{ports[index]}"
+        config = NodeConfig(
+            federation=scenario.federation_name,
+            key_file=str(key_file),
+            out_dir=str(node_dir),
+            listen=(listen,),
+            bootstrap=tuple(addrs),
+            node_index=index,
+            node_count=scenario.nodes,
+            expected_members=scenario.nodes,
+            rounds=scenario.rounds,
+            seed=scenario.seed,
+            keep_round_models=scenario.keep_round_models,
+            data=scenario.data,
+            model=scenario.model,
+            train=scenario.train,
+            topology=scenario.topology,
+            protocol=scenario.protocol,
+        )
+        (node_dir / "node.toml").write_text(dump_toml(to_dict(config)))
+        addrs.append(f"{listen}/p2p/{identity.peer_id}")
+        nodes.append(NodeProcess(index, config, str(identity.peer_id)))
+    return nodes
+
+
+def start_node(node: NodeProcess) -> None:
+    env = {**os.environ, **NODE_ENV}
+    with open(node.out / "stdout.log", "wb") as output:
+        node.process = subprocess.Popen(
+            [sys.executable, "-m", "gossipfl", "node", "--config", str(node.out / "node.toml")],
+            stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+
+
+def stop_all(nodes: list[NodeProcess]) -> None:
+    """SIGTERM the nodes still running, then SIGKILL those that outlive the grace period."""
+    running = [n for n in nodes if n.process and n.process.poll() is None]
+    for node in running:
+        assert node.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            node.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for node in running:
+        assert node.process is not None
+        try:
+            node.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+
+
+class Progress:
+    """A rich progress display of every node's round and accuracy (or nothing, when quiet)."""
+
+    def __init__(self, nodes: list[NodeProcess], total_rounds: int, quiet: bool) -> None:
+        self.nodes = nodes
+        self.quiet = quiet
+        self._progress: Any = None
+        self._tasks: dict[int, Any] = {}
+        if quiet:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self._progress = RichProgress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+        )
+        for node in nodes:
+            self._tasks[node.index] = self._progress.add_task(
+                f"node {node.index:2d} {node.peer_id[-6:]}", total=total_rounds, status="starting"
+            )
+
+    def __enter__(self) -> Progress:
+        if self._progress:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress:
+            self.update()
+            self._progress.stop()
+
+    def update(self) -> None:
+        if not self._progress:
+            return
+        for node in self.nodes:
+            acc = "" if node.last_accuracy is None else f"acc {node.last_accuracy:.3f}"
+            state = node.phase
+            if node.exit_code is not None:
+                state = "killed" if node.killed_at else f"exit {node.exit_code}"
+            self._progress.update(self._tasks[node.index], completed=node.last_round + 1,
+                                  status=f"{state} {acc}")
+
+
+def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bool:
+    """Poll until every node has exited or the scenario times out; returns False on timeout."""
+    pending = list(scenario.faults)
+    deadline = time.monotonic() + scenario.timeout
+    total = scenario.rounds + scenario.protocol.max_consensus_rounds
+    with Progress(nodes, total, quiet) as progress:
+        while time.monotonic() < deadline:
+            for node in nodes:
+                node.poll_metrics()
+                if node.exit_code is None and node.process is not None:
+                    node.exit_code = node.process.poll()
+            for fault in list(pending):
+                target = nodes[fault.node]
+                if target.last_round >= fault.at_round and target.exit_code is None:
+                    assert target.process is not None
+                    target.process.kill()
+                    target.killed_at = time.monotonic()
+                    target.killed_after_round = target.last_round
+                    target.events.append(f"SIGKILL after round {target.last_round}")
+                    pending.remove(fault)
+            progress.update()
+            if all(n.exit_code is not None for n in nodes):
+                return True
+            time.sleep(POLL_SECONDS)
+    return False
+
+
+def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool = False,
+                 centralised: bool = True) -> int:
+    """Run a scenario file end to end; returns 0 when every surviving node finished."""
+    scenario = load_scenario(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out) if out else Path("runs") / f"{scenario.name}-{stamp}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scenario.toml").write_text(Path(path).read_text())
+    nodes = prepare_nodes(scenario, out_dir)
+    start = time.monotonic()
+    try:
+        for node in nodes:
+            start_node(node)
+        finished = watch(scenario, nodes, quiet)
+    finally:
+        stop_all(nodes)
+    wall = time.monotonic() - start
+    for node in nodes:
+        node.poll_metrics()
+        if node.process is not None:
+            node.exit_code = node.process.poll()
+    if not finished:
+        print(f"gossipfl run: scenario timed out after {scenario.timeout:.0f} s; nodes stopped",
+              file=sys.stderr)
+    report = build_report(scenario, nodes, wall_seconds=wall, centralised=centralised,
+                          timed_out=not finished)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    if not quiet:
+        print_summary(report)
+    print(f"report: {out_dir / 'report.json'}")
+    survivors_ok = all(n.exit_code == 0 for n in nodes if n.killed_at is None)
+    return 0 if finished and survivors_ok else 1
+
+
+__all__ = ["NodeProcess", "prepare_nodes", "replace", "run_scenario"]
