@@ -514,7 +514,7 @@ def test_centralised_digits_mlp(digits: Dataset) -> None:
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 def test_trainer_reduces_loss_without_recompiling(digits: Dataset, optimizer: str) -> None:
     model = build_model("mlp", digits.input_shape, digits.num_classes)
-    lr = 0.003 if optimizer == "adam" else 0.05
+    lr = {"adam": 0.003, "momentum": 0.05, "sgd": 0.2}[optimizer]
     trainer = Trainer(model, TrainConfig(optimizer=optimizer, learning_rate=lr, batch_size=32))
     params = model.init(jax.random.key(0))
     opt_state = trainer.init_opt_state(params)
@@ -579,3 +579,23 @@ def test_trainer_rejects_bad_input(digits: Dataset) -> None:
         trainer.train(params, state, x, y, seed=-1)
     with pytest.raises(ValueError, match="at least one"):
         trainer.evaluate(params, x[:0], y[:0])
+
+
+@pytest.mark.parametrize("name", ["digits", "wine", "breast_cancer", "iris"])
+def test_bundled_files_hold_what_sklearn_loads(name: str) -> None:
+    """We read scikit-learn's data files directly; the rows must be exactly its loader's."""
+    from sklearn import datasets as sk_datasets
+
+    from gossipfl.learning.data import _read_bundled
+
+    bunch = getattr(sk_datasets, f"load_{name}")()
+    x, y = _read_bundled(name)
+    np.testing.assert_array_equal(x, bunch.data)
+    np.testing.assert_array_equal(y, bunch.target)
+
+
+def test_stratified_split_keeps_class_proportions(digits: Dataset) -> None:
+    train_counts = np.bincount(digits.y_train, minlength=10)
+    test_counts = np.bincount(digits.y_test, minlength=10)
+    fraction = test_counts / (train_counts + test_counts)
+    assert np.all(np.abs(fraction - 0.2) < 0.02)

@@ -1,0 +1,98 @@
+"""End to end: real node processes talking real libp2p (Noise, yamux) over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from gossipfl.scenario.runner import run_scenario
+
+pytestmark = pytest.mark.e2e
+
+BASE = """
+name = "{name}"
+nodes = {nodes}
+rounds = {rounds}
+seed = 1
+timeout = 240.0
+
+[data]
+dataset = "digits"
+partition = "dirichlet"
+alpha = 0.5
+
+[model]
+name = "mlp"
+hidden = [32]
+
+[train]
+optimizer = "momentum"
+learning_rate = 0.05
+local_epochs = 2
+
+[topology]
+kind = "{topology}"
+degree = {degree}
+
+[protocol]
+round_timeout = {round_timeout}
+heartbeat_interval = 0.5
+member_timeout = 5.0
+consensus_tolerance = 1e-4
+max_consensus_rounds = 60
+"""
+
+
+def _run(tmp_path: Path, text: str) -> tuple[int, dict]:
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(text)
+    out = tmp_path / "out"
+    code = run_scenario(scenario, out=out, quiet=True, centralised=False)
+    return code, json.loads((out / "report.json").read_text())
+
+
+def test_three_nodes_converge_to_one_model(tmp_path: Path) -> None:
+    code, report = _run(tmp_path, BASE.format(name="e2e3", nodes=3, rounds=8, topology="full",
+                                              degree=2, round_timeout=20.0))
+    assert code == 0
+    nodes = report["nodes"]
+    assert [n["status"] for n in nodes] == ["done"] * 3
+    assert report["distinct_pids"] == 3
+    assert len({n["peer_id"] for n in nodes}) == 3
+    # they learnt: well above chance (0.1), and from each other (every node got bytes)
+    assert min(n["final_accuracy"] for n in nodes) > 0.8
+    assert all(n["bytes_received"] > 0 and n["bytes_sent"] > 0 for n in nodes)
+    # and they agree: one shared model at the end
+    assert report["final_consensus_distance"] <= 1e-3
+    assert max(n["final_accuracy"] for n in nodes) - min(n["final_accuracy"] for n in nodes) < 0.01
+    assert report["consensus_distance"][-1] < report["consensus_distance"][0]
+    for n in nodes:
+        assert n["rejected"] == {}
+        assert len(n["neighbours"]) == 2
+    # the identity keys were written owner-only and the final models exist
+    for index in range(3):
+        node_dir = tmp_path / "out" / "nodes" / f"node-{index:02d}"
+        assert stat.S_IMODE(os.stat(node_dir / "node.key").st_mode) == 0o600
+        assert (node_dir / "final.npz").exists()
+
+
+def test_a_killed_node_is_timed_out_and_the_others_finish(tmp_path: Path) -> None:
+    text = BASE.format(name="e2ekill", nodes=4, rounds=8, topology="ring", degree=2,
+                       round_timeout=3.0)
+    text += "\n[[faults]]\nkind = \"kill\"\nnode = 1\nat_round = 2\n"
+    code, report = _run(tmp_path, text)
+    assert code == 0
+    nodes = report["nodes"]
+    assert nodes[1]["status"] == "killed"
+    survivors = [n for i, n in enumerate(nodes) if i != 1]
+    assert [n["status"] for n in survivors] == ["done"] * 3
+    assert all(n["rounds_completed"] >= 8 for n in survivors)
+    assert min(n["final_accuracy"] for n in survivors) > 0.8
+    assert report["final_consensus_distance"] <= 1e-3
+    # the killed node's two ring neighbours noticed and dropped it
+    dropped = [d["peer_id"] for n in survivors for d in n["dropped_neighbours"]]
+    assert dropped.count(nodes[1]["peer_id"]) == 2
