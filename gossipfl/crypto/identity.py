@@ -77,10 +77,9 @@ def load_or_create_identity(path: str | os.PathLike[str]) -> tuple[Identity, boo
             f"key file {key_path} has mode {mode:o}; it must be readable by its owner only "
             f"(chmod 600 {key_path})"
         )
-    text = key_path.read_text().strip()
     try:
-        seed = bytes.fromhex(text)
-    except ValueError:
+        seed = bytes.fromhex(key_path.read_bytes().decode("ascii").strip())
+    except ValueError:  # UnicodeDecodeError is a ValueError too
         raise IdentityError(f"key file {key_path} does not hold a hex Ed25519 seed") from None
     if len(seed) != _SEED_BYTES:
         raise IdentityError(f"key file {key_path} holds {len(seed)} bytes, expected {_SEED_BYTES}")

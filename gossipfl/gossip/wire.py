@@ -77,6 +77,7 @@ class Tensor:
             raise WireError("tensor must be [name, dtype, shape, data]")
         name, dtype, shape, data = value
         name = _check_str(name, "tensor name", MAX_NAME_CHARS)
+        dtype = _check_str(dtype, f"tensor {name!r} dtype", 16)
         if dtype not in ALLOWED_DTYPES:
             raise WireError(f"tensor {name!r}: dtype {dtype!r} is not allowed")
         if not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS:
@@ -400,7 +401,7 @@ def decode_body(body: bytes, expected: type[M]) -> M:
     if not isinstance(data, dict):
         raise WireError("frame body must be a map")
     version = data.get("v")
-    if version != WIRE_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version != WIRE_VERSION:
         raise WireError(f"wire version {version!r} is not supported (expected {WIRE_VERSION})")
     kind = data.get("t")
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
