@@ -96,3 +96,24 @@ def test_a_killed_node_is_timed_out_and_the_others_finish(tmp_path: Path) -> Non
     # the killed node's two ring neighbours noticed and dropped it
     dropped = [d["peer_id"] for n in survivors for d in n["dropped_neighbours"]]
     assert dropped.count(nodes[1]["peer_id"]) == 2
+
+
+def test_sigterm_stops_a_node_cleanly_and_the_others_finish(tmp_path: Path) -> None:
+    text = BASE.format(name="e2eterm", nodes=3, rounds=8, topology="full", degree=2,
+                       round_timeout=3.0)
+    text += "\n[[faults]]\nkind = \"terminate\"\nnode = 2\nat_round = 2\n"
+    code, report = _run(tmp_path, text)
+    assert code == 0
+    stopped, others = report["nodes"][2], report["nodes"][:2]
+    assert stopped["status"] == "stopped"
+    assert stopped["exit_code"] == 0
+    assert stopped["events"] and stopped["events"][0].startswith("SIGTERM")
+    # the stopped node wrote a checkpoint at the round it had reached, atomically
+    from gossipfl.node.checkpoint import load_checkpoint
+
+    params, round_, meta = load_checkpoint(tmp_path / "out" / "nodes" / "node-02" /
+                                           "checkpoint.npz")
+    assert round_ >= 2 and meta["status"] == "stopped"
+    assert params.dtype.name == "float32" and params.size > 0
+    assert [n["status"] for n in others] == ["done", "done"]
+    assert min(n["final_accuracy"] for n in others) > 0.8

@@ -445,28 +445,28 @@ def test_from_named_arrays_rejects_mismatches() -> None:
 @pytest.mark.parametrize(("input_shape", "num_classes"), [((8, 8, 1), 10), ((40, 1), 10)])
 def test_model_output_shapes(name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
     model = build_model(name, input_shape, num_classes)
-    params = model.init(jax.random.key(0))
+    params = model.init(0)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(params))
     x = jnp.ones((5, int(np.prod(input_shape))), jnp.float32)
     logits = model.apply(params, x)
     assert logits.shape == (5, num_classes)
     assert bool(jnp.all(jnp.isfinite(logits)))
-    again = model.init(jax.random.key(0))
+    again = model.init(0)
     np.testing.assert_array_equal(flatten_params(params), flatten_params(again))
-    other = model.init(jax.random.key(1))
+    other = model.init(1)
     assert not np.array_equal(flatten_params(params), flatten_params(other))
 
 
 def test_model_param_counts() -> None:
     mlp = build_model("mlp", (8, 8, 1), 10)
-    assert param_count(mlp.init(jax.random.key(0))) == 8970
+    assert param_count(mlp.init(0)) == 8970
     logreg = build_model("logreg", (64,), 10)
-    assert param_count(logreg.init(jax.random.key(0))) == 650
+    assert param_count(logreg.init(0)) == 650
     mlp_small = build_model("mlp", (4,), 3, hidden=(5,))
-    assert param_count(mlp_small.init(jax.random.key(0))) == 4 * 5 + 5 + 5 * 3 + 3
+    assert param_count(mlp_small.init(0)) == 4 * 5 + 5 + 5 * 3 + 3
     cnn = build_model("cnn", (8, 8, 1), 10)
     expected = (9 * 16 + 16) + (9 * 16 * 32 + 32) + (64 * 32 * 10 + 10)
-    assert param_count(cnn.init(jax.random.key(0))) == expected
+    assert param_count(cnn.init(0)) == expected
 
 
 def test_build_model_errors() -> None:
@@ -480,7 +480,7 @@ def test_build_model_errors() -> None:
         build_model("mlp", (4,), 3, hidden=(0,))
     model = build_model("mlp", (4,), 3)
     with pytest.raises(ValueError, match=r"\(batch, 4\)"):
-        model.apply(model.init(jax.random.key(0)), jnp.ones((2, 5)))
+        model.apply(model.init(0), jnp.ones((2, 5)))
 
 
 # --------------------------------------------------------------------------- training
@@ -516,7 +516,7 @@ def test_trainer_reduces_loss_without_recompiling(digits: Dataset, optimizer: st
     model = build_model("mlp", digits.input_shape, digits.num_classes)
     lr = {"adam": 0.003, "momentum": 0.05, "sgd": 0.2}[optimizer]
     trainer = Trainer(model, TrainConfig(optimizer=optimizer, learning_rate=lr, batch_size=32))
-    params = model.init(jax.random.key(0))
+    params = model.init(0)
     opt_state = trainer.init_opt_state(params)
     x, y = digits.x_train[:300], digits.y_train[:300]  # 300 = 9 full batches + one of 12
     loss0, _ = trainer.evaluate(params, x, y)
@@ -538,7 +538,7 @@ def test_trainer_reduces_loss_without_recompiling(digits: Dataset, optimizer: st
 def test_trainer_deterministic_and_partial_batches(digits: Dataset) -> None:
     model = build_model("logreg", digits.input_shape, digits.num_classes)
     trainer = Trainer(model, TrainConfig(batch_size=64, local_epochs=2))
-    params = model.init(jax.random.key(0))
+    params = model.init(0)
     x, y = digits.x_train[:70], digits.y_train[:70]
     outs = [trainer.train(params, trainer.init_opt_state(params), x, y, seed=1) for _ in range(2)]
     np.testing.assert_array_equal(flatten_params(outs[0][0]), flatten_params(outs[1][0]))
@@ -552,7 +552,7 @@ def test_trainer_deterministic_and_partial_batches(digits: Dataset) -> None:
 def test_evaluate_matches_direct_computation(digits: Dataset) -> None:
     model = build_model("mlp", digits.input_shape, digits.num_classes)
     trainer = Trainer(model, TrainConfig())
-    params = model.init(jax.random.key(3))
+    params = model.init(3)
     x = np.concatenate([digits.x_train] * 2)[:2100]  # > 1024: several chunks, one partial
     y = np.concatenate([digits.y_train] * 2)[:2100]
     loss, acc = trainer.evaluate(params, x, y)
@@ -566,7 +566,7 @@ def test_evaluate_matches_direct_computation(digits: Dataset) -> None:
 def test_trainer_rejects_bad_input(digits: Dataset) -> None:
     model = build_model("logreg", digits.input_shape, digits.num_classes)
     trainer = Trainer(model, TrainConfig())
-    params = model.init(jax.random.key(0))
+    params = model.init(0)
     state = trainer.init_opt_state(params)
     x, y = digits.x_train[:10], digits.y_train[:10]
     with pytest.raises(ValueError, match="shape"):

@@ -238,6 +238,8 @@ class Trainer:
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         x, y = _check_xy(x, y)
+        # numpy and jax leaves would compile two versions of the step: always pass jax arrays
+        params = jax.tree_util.tree_map(jnp.asarray, params)
         self._check_labels_fit(params, x, y)
         n = x.shape[0]
         batch = self.config.batch_size
@@ -278,6 +280,8 @@ class Trainer:
             ValueError: For invalid data.
         """
         x, y = _check_xy(x, y)
+        # numpy and jax leaves would compile two versions of the step: always pass jax arrays
+        params = jax.tree_util.tree_map(jnp.asarray, params)
         self._check_labels_fit(params, x, y)
         n = x.shape[0]
         chunk = min(EVAL_CHUNK, 1 << (n - 1).bit_length())
@@ -329,7 +333,7 @@ def train_centralised(
     if not _is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     trainer = Trainer(model, config)
-    params = model.init(jax.random.key(seed))
+    params = model.init(seed)
     opt_state = trainer.init_opt_state(params)
     epoch_seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=epochs)
     accuracies: list[float] = []

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temp file and a rename; fsync first if ``durable``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
@@ -20,7 +21,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
@@ -46,7 +48,7 @@ def load_checkpoint(path: str | Path) -> tuple[np.ndarray, int, dict[str, Any]]:
                 json.loads(bytes(data["meta"]).decode() or "{}"))
 
 
-def save_vector(path: str | Path, vector: np.ndarray) -> None:
+def save_vector(path: str | Path, vector: np.ndarray, *, durable: bool = True) -> None:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(vector, dtype=np.float32), allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), durable=durable)

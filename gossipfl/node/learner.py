@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import jax
 import numpy as np
 
 from gossipfl.config import NodeConfig
@@ -65,7 +64,7 @@ class LocalLearner:
         self.y = self.dataset.y_train[self.indices]
         self.model = make_model(config, self.dataset)
         # Every member starts from the same initial model: the federation seed decides it.
-        self.template = self.model.init(jax.random.PRNGKey(config.seed))
+        self.template = self.model.init(config.seed)
         self.trainer = Trainer(self.model, config.train)
         self.opt_state = self.trainer.init_opt_state(self.template)
 

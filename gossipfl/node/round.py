@@ -63,7 +63,9 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     # 3. privacy: clipping, noise and masking come in here (none configured yet)
 
     # 4. send our contribution to every live neighbour
+    send_start = trio.current_time()
     await send_to_neighbours(node, r, done=False)
+    record["send_seconds"] = trio.current_time() - send_start
 
     # 5. receive: wait for the neighbours' contributions for this round, or the timeout
     wait_start = trio.current_time()
@@ -94,13 +96,20 @@ async def run_round(node: Node, r: int, training: bool) -> None:
         rejected=dict(node.rejections), timeouts=node.timeouts, peak_rss_bytes=peak_rss_bytes(),
     )
     node.final_accuracy = evaluation.accuracy
-    save_checkpoint(node.out / "checkpoint.npz", node.model, r, status=node.status)
-    if node.config.keep_round_models:
-        save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model)
+    persist_start = trio.current_time()
+    await trio.to_thread.run_sync(persist_round, node, r)
+    record["persist_seconds"] = trio.current_time() - persist_start
     node.write_metrics(record)
     log.info("round %d %s: acc %.4f loss %.4f disagreement %.2e missing %d (%.2f s)", r,
              record["phase"], evaluation.accuracy, evaluation.loss, node.disagreement,
              len(missing), record["round_seconds"])
+
+
+def persist_round(node: Node, r: int) -> None:
+    """Checkpoint (fsync'd) and, if kept, the round's model for the consensus-distance report."""
+    save_checkpoint(node.out / "checkpoint.npz", node.model, r, status=node.status)
+    if node.config.keep_round_models:
+        save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model, durable=False)
 
 
 def aggregate(node: Node, half_step: np.ndarray) -> np.ndarray:

@@ -52,6 +52,7 @@ PROTO_MEMBERSHIP = "/gossipfl/membership/1.0.0"
 PROTO_LINK = "/gossipfl/link/1.0.0"
 PROTO_CONTRIBUTION = "/gossipfl/contribution/1.0.0"
 HEARTBEAT_FANOUT = 16
+HEARTBEAT_EXTRA = 2
 
 
 class NodeError(RuntimeError):
@@ -265,18 +266,31 @@ class Node:
         self._absorb(beat)
         await channel.send(self.heartbeat(), MAX_CONTROL_BYTES)
 
+    def heartbeat_targets(self) -> dict[str, tuple[str, ...]]:
+        """Whom to heartbeat now: everyone while joining; then the neighbours and a few others.
+
+        Each heartbeat is a libp2p stream, which costs CPU in every process; once links are
+        formed, neighbours plus ``HEARTBEAT_EXTRA`` random members keep membership fresh (ages
+        travel with the member lists, so hearsay covers the rest).
+        """
+        members = self.membership.ids()
+        if self.topology is None:
+            chosen = members if len(members) <= HEARTBEAT_FANOUT else random.sample(
+                members, HEARTBEAT_FANOUT)
+        else:
+            others = [p for p in members if p not in self.neighbours]
+            chosen = [p for p in members if p in self.neighbours]
+            chosen += random.sample(others, min(HEARTBEAT_EXTRA, len(others)))
+        targets = {p: self.membership.addrs(p) for p in chosen}
+        for peer, addr in self.bootstrap:
+            if peer not in self.membership and peer != self.peer_id:
+                targets[peer] = (addr,)
+        return targets
+
     async def _heartbeat_loop(self) -> None:
-        assert self.net is not None
         while True:
-            targets = {p: self.membership.addrs(p) for p in self.membership.ids()}
-            if len(targets) > HEARTBEAT_FANOUT:
-                chosen = random.sample(sorted(targets), HEARTBEAT_FANOUT)
-                targets = {p: targets[p] for p in chosen}
-            for peer, addr in self.bootstrap:
-                if peer not in self.membership and peer != self.peer_id:
-                    targets[peer] = (addr,)
             async with trio.open_nursery() as nursery:
-                for peer, addrs in targets.items():
+                for peer, addrs in self.heartbeat_targets().items():
                     nursery.start_soon(self._send_heartbeat, peer, addrs)
             for peer in self.membership.prune(trio.current_time()):
                 log.warning("forgot member %s: silent for %.1f s", peer,
@@ -438,6 +452,7 @@ class Node:
                 self.reject(remote, "contribution", "stale", error.reason)
             return error.status, error.reason
         self.neighbours[message.sender].missed = 0
+        self.membership.heard_from(message.sender, (), trio.current_time())
         self.notify()
         return "ok", ""
 

@@ -16,12 +16,16 @@ from gossipfl.config import (
 )
 from gossipfl.learning.train import TrainConfig
 
-FAULT_KINDS = ("kill",)
+FAULT_KINDS = ("kill", "terminate")
 
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """``kill``: send SIGKILL to node ``node`` once it has finished round ``at_round``."""
+    """Signal node ``node`` once it has finished round ``at_round``.
+
+    ``kill`` sends SIGKILL (a crash: no checkpoint, no goodbye); ``terminate`` sends SIGTERM
+    (a clean stop: the node writes its checkpoint and exits 0).
+    """
 
     kind: str = "kill"
     node: int = 0

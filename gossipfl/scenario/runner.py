@@ -206,10 +206,14 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bo
                 target = nodes[fault.node]
                 if target.last_round >= fault.at_round and target.exit_code is None:
                     assert target.process is not None
-                    target.process.kill()
-                    target.killed_at = time.monotonic()
-                    target.killed_after_round = target.last_round
-                    target.events.append(f"SIGKILL after round {target.last_round}")
+                    if fault.kind == "kill":
+                        target.process.kill()
+                        target.killed_at = time.monotonic()
+                        target.killed_after_round = target.last_round
+                    else:
+                        target.process.terminate()
+                    name = "SIGKILL" if fault.kind == "kill" else "SIGTERM"
+                    target.events.append(f"{name} after round {target.last_round}")
                     pending.remove(fault)
             progress.update()
             if all(n.exit_code is not None for n in nodes):
