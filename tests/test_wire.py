@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gossipfl.gossip import wire
-from gossipfl.gossip.framing import StreamEnded, read_exactly, read_frame, write_frame
+from gossipfl.gossip.framing import (
+    StreamClosed,
+    StreamEnded,
+    read_exactly,
+    read_frame,
+    write_frame,
+)
 from gossipfl.gossip.wire import (
     HEADER,
     HEADER_BYTES,
@@ -589,7 +595,6 @@ BODY_BYTES = len(encode_body(ACK))
 @pytest.mark.parametrize(
     ("cut", "expected"),
     [
-        (0, "after 0 of 4 bytes"),
         (2, "after 2 of 4 bytes"),
         (HEADER_BYTES, f"after 0 of {BODY_BYTES} bytes"),
         (HEADER_BYTES + 5, f"after 5 of {BODY_BYTES} bytes"),
@@ -601,7 +606,18 @@ def test_read_frame_stream_ends_mid_frame(cut: int, expected: str) -> None:
     async def main() -> None:
         await read_frame(stream, Ack, max_bytes=1024)
 
-    with pytest.raises(StreamEnded, match=f"stream ended {expected}"):
+    with pytest.raises(StreamEnded, match=f"stream ended {expected}") as caught:
+        trio.run(main)
+    assert not isinstance(caught.value, StreamClosed)
+
+
+def test_read_frame_end_between_frames_is_a_clean_close() -> None:
+    stream = FakeStream(b"", chunk=3)
+
+    async def main() -> None:
+        await read_frame(stream, Ack, max_bytes=1024)
+
+    with pytest.raises(StreamClosed, match="between frames"):
         trio.run(main)
 
 

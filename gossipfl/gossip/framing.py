@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from libp2p.network.stream.exceptions import StreamEOF
+
 from gossipfl.gossip.wire import (
     HEADER_BYTES,
     M,
@@ -30,11 +32,21 @@ class StreamEnded(ConnectionError):
     """The stream ended in the middle of a frame."""
 
 
-async def read_exactly(stream: ByteStream, n: int) -> bytes:
+class StreamClosed(StreamEnded):
+    """The stream ended cleanly, between frames."""
+
+
+async def read_exactly(stream: ByteStream, n: int, *, frame_start: bool = False) -> bytes:
+    """Read exactly ``n`` bytes. At a frame start, an end before any byte is a clean close."""
     buffer = bytearray()
     while len(buffer) < n:
-        chunk = await stream.read(n - len(buffer))
+        try:
+            chunk = await stream.read(n - len(buffer))
+        except StreamEOF:
+            chunk = b""
         if not chunk:
+            if frame_start and not buffer:
+                raise StreamClosed("stream closed between frames")
             raise StreamEnded(f"stream ended after {len(buffer)} of {n} bytes")
         buffer += chunk
     return bytes(buffer)
@@ -46,7 +58,7 @@ async def read_frame(stream: ByteStream, expected: type[M], max_bytes: int) -> t
     Raises :class:`WireError` for a frame that breaks the wire rules (too long, malformed...) and
     :class:`StreamEnded` if the stream ends early.
     """
-    header = await read_exactly(stream, HEADER_BYTES)
+    header = await read_exactly(stream, HEADER_BYTES, frame_start=True)
     length = frame_length(header, max_bytes)
     body = await read_exactly(stream, length)
     return decode_body(body, expected), HEADER_BYTES + length
@@ -59,4 +71,7 @@ async def write_frame(stream: ByteStream, message: Message, max_bytes: int) -> i
     return len(frame)
 
 
-__all__ = ["ByteStream", "StreamEnded", "WireError", "read_exactly", "read_frame", "write_frame"]
+__all__ = [
+    "ByteStream", "StreamClosed", "StreamEnded", "WireError", "read_exactly", "read_frame",
+    "write_frame",
+]

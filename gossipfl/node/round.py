@@ -75,7 +75,7 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     # 6. aggregate: Metropolis–Hastings weights over the neighbours we hold estimates of
     node.model = aggregate(node, half_step)
     node.round = r
-    update_liveness(node, r, missing)
+    await update_liveness(node, r, missing)
     present = [p for p in node.neighbours if p in node.estimates.peers]
     node.disagreement = relative_disagreement(
         node.model, [node.estimates.peers[p].vector for p in present]
@@ -135,9 +135,45 @@ async def send_to_neighbours(node: Node, r: int, *, done: bool) -> None:
 
 
 async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
-    """Send our round-r estimate (delta or full) to one neighbour and read its ack."""
+    """Send our round-r estimate (delta or full) to one neighbour and read its ack.
+
+    Uses the neighbour's open stream; a broken stream (the peer restarted, or closed it as
+    idle) is replaced by a new one once before the neighbour counts as unreachable.
+    """
+    state = node.neighbours[peer]
+    with trio.move_on_after(node.protocol.request_timeout) as scope:
+        for attempt in (1, 2):
+            try:
+                ack = await _exchange(node, peer, r, done)
+                break
+            except Exception as error:
+                if state.channel is not None:
+                    await state.channel.reset()
+                    state.channel = None
+                if attempt == 2:
+                    state.unreachable_round = r
+                    log.warning("could not send round %d to %s: %s: %s", r, peer,
+                                type(error).__name__, error)
+                    node.notify()
+                    return
+        if ack.status == "ok":
+            state.peer_holds = r
+        else:
+            log.warning("%s did not take our round %d: %s %s", peer, r, ack.status, ack.reason)
+    if scope.cancelled_caught:
+        node.timeouts += 1
+        state.unreachable_round = r
+        if state.channel is not None:
+            await state.channel.reset()
+            state.channel = None
+        log.warning("sending round %d to %s timed out", r, peer)
+        node.notify()
+
+
+async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
     assert node.net is not None
     state = node.neighbours[peer]
+    cap = node.protocol.max_payload_bytes
 
     def frame(kind: str, base: int, array: np.ndarray) -> Contribution:
         return Contribution(
@@ -147,34 +183,25 @@ async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
             tensors=node.layout.to_tensors(array),
         )
 
-    cap = node.protocol.max_payload_bytes
-    with trio.move_on_after(node.protocol.request_timeout) as scope:
-        try:
-            channel = await node.net.open(peer, node.membership.addrs(peer), PROTO_CONTRIBUTION)
-            try:
-                kind, base, array = node.own.payload_for(state.peer_holds)
-                await channel.send(frame(kind, base, array), cap)
-                ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
-                if ack.status == "need_full" and kind == "delta":
-                    await channel.send(frame("full", -1, node.own.vector), cap)
-                    ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
-            finally:
-                await channel.close()
-        except Exception as error:
-            state.unreachable_round = r
-            log.warning("could not send round %d to %s: %s: %s", r, peer,
-                        type(error).__name__, error)
-            node.notify()
-            return
-        if ack.status == "ok":
-            state.peer_holds = r
-        else:
-            log.warning("%s did not take our round %d: %s %s", peer, r, ack.status, ack.reason)
-    if scope.cancelled_caught:
-        node.timeouts += 1
-        state.unreachable_round = r
-        log.warning("sending round %d to %s timed out", r, peer)
-        node.notify()
+    if state.channel is None:
+        state.channel = await node.net.open(peer, node.membership.addrs(peer), PROTO_CONTRIBUTION)
+    channel = state.channel
+    kind, base, array = node.own.payload_for(state.peer_holds)
+    await channel.send(frame(kind, base, array), cap)
+    ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
+    if ack.status == "need_full" and kind == "delta":
+        await channel.send(frame("full", -1, node.own.vector), cap)
+        ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
+    if ack.round != r or ack.sender != peer:
+        raise ConnectionError(f"ack for round {ack.round} from {ack.sender}, expected {r}")
+    return ack
+
+
+async def close_channels(node: Node) -> None:
+    for state in node.neighbours.values():
+        if state.channel is not None:
+            await state.channel.close()
+            state.channel = None
 
 
 async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
@@ -203,7 +230,7 @@ async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
     )
 
 
-def update_liveness(node: Node, r: int, missing: list[str]) -> None:
+async def update_liveness(node: Node, r: int, missing: list[str]) -> None:
     """Count missed rounds; drop a neighbour that missed too many in a row."""
     for peer in list(node.neighbours):
         state = node.neighbours[peer]
@@ -214,6 +241,8 @@ def update_liveness(node: Node, r: int, missing: list[str]) -> None:
         if state.missed >= node.protocol.max_missed_rounds:
             log.warning("dropping neighbour %s: no contribution for %d rounds", peer,
                         state.missed)
+            if state.channel is not None:
+                await state.channel.reset()
             del node.neighbours[peer]
             node.estimates.forget(peer)
             node.dropped.append({"peer_id": peer, "round": r, "reason": "missed rounds"})
@@ -240,6 +269,7 @@ async def announce_done(node: Node) -> None:
     node.own.publish(node.model, r)
     node.status = "done"
     await send_to_neighbours(node, r, done=True)
+    await close_channels(node)
 
 
 def _finite(value: float, default: float | None = None) -> float | None:

@@ -27,7 +27,7 @@ from libp2p.abc import INetStream
 from gossipfl.aggregation.topology import build_topology
 from gossipfl.config import NodeConfig
 from gossipfl.crypto.identity import Identity
-from gossipfl.gossip.framing import StreamEnded
+from gossipfl.gossip.framing import StreamClosed, StreamEnded
 from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import Membership
 from gossipfl.gossip.peers import Channel, PeerNet, Traffic
@@ -64,6 +64,7 @@ class NeighbourState:
     missed: int = 0  # consecutive rounds without its contribution
     peer_holds: int = -1  # the round of our estimate it acknowledged
     unreachable_round: int = -1  # last round in which sending to it failed
+    channel: Channel | None = None  # our open contribution stream to it
 
 
 def peak_rss_bytes() -> int:
@@ -125,7 +126,10 @@ class Node:
             async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
                 host.set_stream_handler(PROTO_MEMBERSHIP, self._guard(self._on_heartbeat))
                 host.set_stream_handler(PROTO_LINK, self._guard(self._on_link))
-                host.set_stream_handler(PROTO_CONTRIBUTION, self._guard(self._on_contribution))
+                host.set_stream_handler(
+                    PROTO_CONTRIBUTION,
+                    self._guard(self._on_contribution, timeout=math.inf),  # per frame inside
+                )
                 self.addrs = [str(a) for a in host.get_addrs()]
                 self._write_node_info()
                 log.info("listening on %s", ", ".join(self.addrs))
@@ -201,14 +205,15 @@ class Node:
         self.rejections[reason_key] += 1
         log.warning("dropped %s from %s: %s (%s)", what, peer, reason_key, detail)
 
-    def _guard(self, handler: Any) -> Any:
+    def _guard(self, handler: Any, timeout: float | None = None) -> Any:
         """Wrap a stream handler: a deadline, and no exception ever escapes into libp2p."""
+        limit = self.protocol.request_timeout if timeout is None else timeout
 
         async def guarded(stream: INetStream) -> None:
             channel = Channel(stream, self.traffic)
             remote = channel.remote
             try:
-                with trio.move_on_after(self.protocol.request_timeout) as scope:
+                with trio.move_on_after(limit) as scope:
                     await handler(channel)
                 if scope.cancelled_caught:
                     self.timeouts += 1
@@ -218,6 +223,9 @@ class Node:
             except WireError as error:
                 self.reject(remote, "frame", "malformed", str(error))
                 await channel.reset()
+                return
+            except StreamClosed:
+                await channel.close()
                 return
             except (StreamEnded, ConnectionError) as error:
                 log.info("stream from %s ended early: %s", remote, error)
@@ -416,14 +424,29 @@ class Node:
     # -- contributions -----------------------------------------------------------------------
 
     async def _on_contribution(self, channel: Channel) -> None:
-        # A delta answered with need_full is followed by the full estimate on the same stream.
-        for _ in range(2):
-            message = await channel.receive(Contribution, self.protocol.max_payload_bytes)
+        """Serve one neighbour's contribution stream: a frame, an ack, and again.
+
+        The stream stays open across rounds (opening a libp2p stream costs several times more
+        CPU than sending on one). Each frame must arrive within ``idle_timeout`` of the last;
+        an idle stream is closed, and the sender opens a new one when it next needs to.
+        """
+        idle = self.idle_timeout
+        while True:
+            with trio.move_on_after(idle) as scope:
+                message = await channel.receive(Contribution, self.protocol.max_payload_bytes)
+            if scope.cancelled_caught:
+                log.debug("closing the idle contribution stream from %s", channel.remote)
+                return
             status, reason = self._accept_contribution(channel.remote, message)
             ack = Ack(self.config.federation, message.round, self.peer_id, status, reason)
-            await channel.send(ack, MAX_CONTROL_BYTES)
-            if status != "need_full":
+            with trio.fail_after(self.protocol.request_timeout):
+                await channel.send(ack, MAX_CONTROL_BYTES)
+            if status == "rejected" and reason in ("wrong federation", "not a neighbour"):
                 return
+
+    @property
+    def idle_timeout(self) -> float:
+        return max(60.0, 2 * self.protocol.round_timeout)
 
     def _accept_contribution(self, remote: str, message: Contribution) -> tuple[str, str]:
         """Validate and apply one contribution; returns the ack (status, reason)."""
