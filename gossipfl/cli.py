@@ -44,6 +44,9 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--no-centralised", action="store_true",
                    help="skip the pooled-data baseline in the report")
+    p.add_argument("--spawn", action="store_true",
+                   help="start each node as a fresh interpreter instead of forking them from "
+                        "one launcher that imports once")
 
 
 def _node_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -95,7 +98,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         return run_scenario(args.scenario, out=args.out, quiet=args.quiet,
-                            centralised=not args.no_centralised)
+                            centralised=not args.no_centralised, spawn=args.spawn)
     except (ConfigError, OSError) as error:
         print(f"gossipfl run: {error}", file=sys.stderr)
         return 2

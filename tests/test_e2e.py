@@ -47,17 +47,18 @@ max_consensus_rounds = 60
 """
 
 
-def _run(tmp_path: Path, text: str) -> tuple[int, dict]:
+def _run(tmp_path: Path, text: str, *, spawn: bool = False) -> tuple[int, dict]:
     scenario = tmp_path / "scenario.toml"
     scenario.write_text(text)
     out = tmp_path / "out"
-    code = run_scenario(scenario, out=out, quiet=True, centralised=False)
+    code = run_scenario(scenario, out=out, quiet=True, centralised=False, spawn=spawn)
     return code, json.loads((out / "report.json").read_text())
 
 
-def test_three_nodes_converge_to_one_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spawn", [False, True], ids=["forked", "spawned"])
+def test_three_nodes_converge_to_one_model(tmp_path: Path, spawn: bool) -> None:
     code, report = _run(tmp_path, BASE.format(name="e2e3", nodes=3, rounds=8, topology="full",
-                                              degree=2, round_timeout=20.0))
+                                              degree=2, round_timeout=20.0), spawn=spawn)
     assert code == 0
     nodes = report["nodes"]
     assert [n["status"] for n in nodes] == ["done"] * 3

@@ -37,12 +37,63 @@ NODE_ENV = {
 }
 
 
+class ForkedProcess:
+    """A node process forked by the launcher, with the part of Popen's interface we use."""
+
+    def __init__(self, pid: int, index: int, state_path: Path, launcher: subprocess.Popen[bytes]):
+        self.pid = pid
+        self.index = index
+        self.state_path = state_path
+        self.launcher = launcher
+
+    def poll(self) -> int | None:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            state = {"exit_codes": {}}
+        code = state["exit_codes"].get(str(self.index))
+        if code is not None:
+            return int(code)
+        if self.launcher.poll() is not None and not _alive(self.pid):
+            return -1  # the launcher died and cannot tell us: the node is gone
+        return None
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"node {self.index}", timeout or 0.0)
+            time.sleep(0.05)
+        return code
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class NodeProcess:
     index: int
     config: NodeConfig
     peer_id: str
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
     metrics_offset: int = 0
     last_round: int = -1
     last_accuracy: float | None = None
@@ -122,12 +173,38 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
 
 
 def start_node(node: NodeProcess) -> None:
+    """One fresh interpreter per node (``--spawn``): slower to start, nothing shared."""
     env = {**os.environ, **NODE_ENV}
     with open(node.out / "stdout.log", "wb") as output:
         node.process = subprocess.Popen(
             [sys.executable, "-m", "gossipfl", "node", "--config", str(node.out / "node.toml")],
             stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
+
+
+def start_forked(nodes: list[NodeProcess], out: Path, timeout: float) -> subprocess.Popen[bytes]:
+    """Start the launcher, which forks one process per node (see :mod:`launcher`)."""
+    state_path = out / "launcher.json"
+    env = {**os.environ, **NODE_ENV, "GOSSIPFL_COMPILE_CACHE": str(out / "xla-cache")}
+    with open(out / "launcher.log", "wb") as output:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "gossipfl.scenario.launcher", str(state_path),
+             *(str(n.out / "node.toml") for n in nodes)],
+            stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while not state_path.exists():
+        if launcher.poll() is not None:
+            raise RuntimeError(f"the node launcher exited ({launcher.returncode}); see "
+                               f"{out / 'launcher.log'}")
+        if time.monotonic() > deadline:
+            launcher.kill()
+            raise RuntimeError("the node launcher did not start the nodes in time")
+        time.sleep(0.05)
+    pids = json.loads(state_path.read_text())["pids"]
+    for node in nodes:
+        node.process = ForkedProcess(int(pids[str(node.index)]), node.index, state_path, launcher)
+    return launcher
 
 
 def stop_all(nodes: list[NodeProcess]) -> None:
@@ -223,8 +300,12 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bo
 
 
 def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool = False,
-                 centralised: bool = True) -> int:
-    """Run a scenario file end to end; returns 0 when every surviving node finished."""
+                 centralised: bool = True, spawn: bool = False) -> int:
+    """Run a scenario file end to end; returns 0 when every surviving node finished.
+
+    Nodes are forked from one launcher process (shared imports) unless ``spawn`` asks for a
+    fresh interpreter per node.
+    """
     scenario = load_scenario(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out) if out else Path("runs") / f"{scenario.name}-{stamp}"
@@ -232,12 +313,22 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
     (out_dir / "scenario.toml").write_text(Path(path).read_text())
     nodes = prepare_nodes(scenario, out_dir)
     start = time.monotonic()
+    launcher = None
     try:
-        for node in nodes:
-            start_node(node)
+        if spawn or not hasattr(os, "fork"):
+            for node in nodes:
+                start_node(node)
+        else:
+            launcher = start_forked(nodes, out_dir, timeout=min(120.0, scenario.timeout))
         finished = watch(scenario, nodes, quiet)
     finally:
         stop_all(nodes)
+        if launcher is not None:
+            try:
+                launcher.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait()
     wall = time.monotonic() - start
     for node in nodes:
         node.poll_metrics()
