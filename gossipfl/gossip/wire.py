@@ -218,14 +218,17 @@ class LinkRequest:
     federation: str
     sender: str
     topology_digest: str  # hex digest of the sender's member set, for diagnosis
+    round: int = -1  # the sender's current round (-1 before its first)
 
     def _fields_to_wire(self) -> dict[str, Any]:
-        return {"sender": self.sender, "topology_digest": self.topology_digest}
+        return {"sender": self.sender, "topology_digest": self.topology_digest,
+                "round": self.round}
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> LinkRequest:
         return cls(
             federation=federation,
+            round=_check_int(body["round"], "round", -1, MAX_ROUND),
             sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
             topology_digest=_check_str(body["topology_digest"], "topology digest", 128),
         )
@@ -240,9 +243,11 @@ class LinkReply:
     sender: str
     status: str
     reason: str
+    round: int = -1  # the sender's current round (-1 before its first)
 
     def _fields_to_wire(self) -> dict[str, Any]:
-        return {"sender": self.sender, "status": self.status, "reason": self.reason}
+        return {"sender": self.sender, "status": self.status, "reason": self.reason,
+                "round": self.round}
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> LinkReply:
@@ -251,6 +256,7 @@ class LinkReply:
             raise WireError(f"link status {status!r} is unknown")
         return cls(
             federation=federation,
+            round=_check_int(body["round"], "round", -1, MAX_ROUND),
             sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
             status=status,
             reason=_check_str(body["reason"], "reason", 512),

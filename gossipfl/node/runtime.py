@@ -383,7 +383,8 @@ class Node:
 
     async def _request_link(self, peer: str, refused: set[str]) -> None:
         assert self.net is not None
-        request = LinkRequest(self.config.federation, self.peer_id, self._topology_digest())
+        request = LinkRequest(self.config.federation, self.peer_id, self._topology_digest(),
+                              self.round)
         with trio.move_on_after(self.protocol.request_timeout):
             try:
                 channel = await self.net.open(peer, self.membership.addrs(peer), PROTO_LINK)
@@ -418,7 +419,8 @@ class Node:
         else:
             status, reason = "rejected", "not a neighbour in my topology"
         await channel.send(
-            LinkReply(self.config.federation, self.peer_id, status, reason), MAX_CONTROL_BYTES
+            LinkReply(self.config.federation, self.peer_id, status, reason, self.round),
+            MAX_CONTROL_BYTES
         )
 
     # -- contributions -----------------------------------------------------------------------
