@@ -1,0 +1,131 @@
+"""Round timing and liveness, deterministic under trio's MockClock (no real waiting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from gossipfl.config import ProtocolConfig
+from gossipfl.gossip.wire import Contribution
+from gossipfl.node.estimates import PeerEstimates
+from gossipfl.node.round import consensus_reached, update_liveness, wait_for_neighbours
+from gossipfl.node.runtime import NeighbourState
+
+SIZE = 4
+
+
+@dataclass
+class FakeNode:
+    """The parts of a Node that the round's waiting and liveness logic reads."""
+
+    neighbours: dict[str, NeighbourState]
+    protocol: ProtocolConfig = field(default_factory=lambda: ProtocolConfig(
+        round_timeout=5.0, max_missed_rounds=2, consensus_tolerance=1e-3))
+    estimates: PeerEstimates = field(default_factory=lambda: PeerEstimates.empty(SIZE))
+    changed: trio.Event = field(default_factory=trio.Event)
+    timeouts: int = 0
+    disagreement: float = 1.0
+    dropped: list = field(default_factory=list)
+
+    def notify(self) -> None:
+        event, self.changed = self.changed, trio.Event()
+        event.set()
+
+    def deliver(self, peer: str, r: int, *, done: bool = False,
+                disagreement: float = 0.5) -> None:
+        message = Contribution("f", r, peer, "me", 2, "full", -1, disagreement, done, ())
+        self.estimates.apply(message, np.full(SIZE, r, np.float32))
+        self.notify()
+
+
+def _node(*peers: str) -> FakeNode:
+    return FakeNode(neighbours={p: NeighbourState() for p in peers})
+
+
+def _run(fn) -> None:
+    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_wait_gives_up_at_the_round_deadline_and_names_the_missing() -> None:
+    async def main() -> None:
+        node = _node("a", "b")
+        start = trio.current_time()
+        missing = await wait_for_neighbours(node, 0, start + 5.0)
+        assert missing == ["a", "b"]
+        assert trio.current_time() == pytest.approx(start + 5.0)
+        assert node.timeouts == 1
+
+    _run(main)
+
+
+def test_wait_returns_as_soon_as_every_neighbour_delivered() -> None:
+    async def main() -> None:
+        node = _node("a", "b")
+        start = trio.current_time()
+
+        async def deliveries() -> None:
+            await trio.sleep(1.0)
+            node.deliver("a", 0)
+            await trio.sleep(1.0)
+            node.deliver("b", 0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(deliveries)
+            missing = await wait_for_neighbours(node, 0, start + 5.0)
+        assert missing == []
+        assert trio.current_time() == pytest.approx(start + 2.0)
+        assert node.timeouts == 0
+
+    _run(main)
+
+
+def test_unreachable_and_finished_neighbours_are_not_waited_for() -> None:
+    async def main() -> None:
+        node = _node("a", "b", "c")
+        node.neighbours["a"].unreachable_round = 3  # sending to it failed this round
+        node.deliver("b", 2, done=True)  # finished: its last estimate stays in the mix
+        node.deliver("c", 3)
+        start = trio.current_time()
+        missing = await wait_for_neighbours(node, 3, start + 5.0)
+        assert trio.current_time() == start  # nothing to wait for
+        assert missing == ["a"]  # still reported missing (it did not deliver)
+
+    _run(main)
+
+
+def test_a_neighbour_is_dropped_after_max_missed_rounds_in_a_row() -> None:
+    async def main() -> None:
+        node = _node("a", "b")
+        await update_liveness(node, 0, ["a"])
+        assert node.neighbours["a"].missed == 1
+        await update_liveness(node, 1, [])  # delivered again: the count restarts
+        assert node.neighbours["a"].missed == 0
+        await update_liveness(node, 2, ["a"])
+        await update_liveness(node, 3, ["a"])
+        assert "a" not in node.neighbours and "b" in node.neighbours
+        assert node.dropped == [{"peer_id": "a", "round": 3, "reason": "missed rounds"}]
+
+    _run(main)
+
+
+def test_consensus_needs_this_node_and_every_live_neighbour_within_tolerance() -> None:
+    async def main() -> None:
+        node = _node("a", "b")
+        node.disagreement = 1e-4
+        assert not consensus_reached(node)  # no estimates yet
+        node.deliver("a", 5, disagreement=1e-4)
+        node.deliver("b", 5, disagreement=0.1)
+        assert not consensus_reached(node)  # b still disagrees
+        node.deliver("b", 6, disagreement=1e-4)
+        assert consensus_reached(node)
+        node.disagreement = 0.01
+        assert not consensus_reached(node)  # this node itself disagrees
+        node.disagreement = 1e-4
+        node.deliver("a", 7, done=True, disagreement=0.5)  # a finished: its figure is moot
+        assert consensus_reached(node)
+
+    _run(main)
