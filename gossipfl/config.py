@@ -102,6 +102,35 @@ class ProtocolConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """Admission and payload protection, on top of Noise on every link.
+
+    With ``admission`` on, a node takes part only with peers that present a membership
+    certificate signed by the federation key (``federation_public``); its own certificate is
+    ``certificate``. With ``encrypt_payloads`` on as well, every contribution is signed by its
+    sender and encrypted to its receiver (the receiver's X25519 key is in its certificate).
+    """
+
+    admission: bool = False
+    federation_public: str | None = None  # path to federation.pub
+    certificate: str | None = None  # path to this node's certificate
+    encrypt_payloads: bool = True
+    clock_leeway: float = 60.0  # seconds of clock difference tolerated on certificate times
+
+    def __post_init__(self) -> None:
+        if self.admission:
+            _require(bool(self.federation_public),
+                     "security.federation_public is required with security.admission")
+            _require(bool(self.certificate),
+                     "security.certificate is required with security.admission")
+        _require(self.clock_leeway >= 0, "security.clock_leeway must be >= 0")
+
+    @property
+    def sealed(self) -> bool:
+        return self.admission and self.encrypt_payloads
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything one node process needs."""
 
@@ -122,6 +151,7 @@ class NodeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def __post_init__(self) -> None:
         _require(bool(self.federation) and len(self.federation) <= 64,

@@ -100,7 +100,8 @@ def test_a_killed_node_is_timed_out_and_the_others_finish(tmp_path: Path) -> Non
 
 
 def test_sigterm_stops_a_node_cleanly_and_the_others_finish(tmp_path: Path) -> None:
-    text = BASE.format(name="e2eterm", nodes=3, rounds=8, topology="full", degree=2,
+    # enough rounds that the runner (polling every 0.2 s) signals the node mid-run
+    text = BASE.format(name="e2eterm", nodes=3, rounds=60, topology="full", degree=2,
                        round_timeout=3.0)
     text += "\n[[faults]]\nkind = \"terminate\"\nnode = 2\nat_round = 2\n"
     code, report = _run(tmp_path, text)
@@ -118,3 +119,106 @@ def test_sigterm_stops_a_node_cleanly_and_the_others_finish(tmp_path: Path) -> N
     assert params.dtype.name == "float32" and params.size > 0
     assert [n["status"] for n in others] == ["done", "done"]
     assert min(n["final_accuracy"] for n in others) > 0.8
+
+
+async def _attack(node_dir: Path) -> dict[str, str]:
+    """A non-member and a plaintext-only peer try a running node; returns what each saw."""
+    import secrets
+
+    import multiaddr
+    import trio
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+
+    from gossipfl.crypto.identity import Identity
+    from gossipfl.gossip.framing import read_frame, write_frame
+    from gossipfl.gossip.host import make_host
+    from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Heartbeat, Sealed
+    from gossipfl.node.runtime import PROTO_MEMBERSHIP, PROTO_SEALED
+
+    info = json.loads((node_dir / "node.json").read_text())
+    target = info_from_p2p_addr(multiaddr.Multiaddr(info["addrs"][0]))
+    seen: dict[str, str] = {}
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+
+    key_pair = create_new_key_pair(secrets.token_bytes(32))
+    from libp2p.peer.id import ID
+
+    stranger = Identity(key_pair, ID.from_pubkey(key_pair.public_key))
+    host, _ = make_host(stranger, ["/ip4/127.0.0.1/tcp/0"])
+    async with host.run(listen_addrs=listen):
+        with trio.fail_after(20):
+            await host.connect(target)
+            # a heartbeat without a certificate: no answer, the stream is dropped
+            stream = await host.new_stream(target.peer_id, [PROTO_MEMBERSHIP])
+            beat = Heartbeat(info["federation"], str(stranger.peer_id), (), (), -1, 0, "joining")
+            await write_frame(stream, beat, MAX_CONTROL_BYTES)
+            try:
+                await read_frame(stream, Heartbeat, MAX_CONTROL_BYTES)
+                seen["heartbeat"] = "answered"
+            except Exception as error:
+                seen["heartbeat"] = f"refused ({type(error).__name__})"
+        with trio.move_on_after(5):
+            try:
+                await host.connect(target)
+                stream = await host.new_stream(target.peer_id, [PROTO_SEALED])
+                forged = Sealed(info["federation"], 1, str(stranger.peer_id), info["peer_id"],
+                                b"\x00" * 64)
+                await write_frame(stream, forged, MAX_CONTROL_BYTES)
+                ack, _ = await read_frame(stream, Ack, MAX_CONTROL_BYTES)
+                seen["sealed"] = ack.status
+                await stream.write(b"\xff\xff\xff\xff")  # announces a 4 GiB frame
+                await stream.read(1)
+            except Exception as error:
+                seen.setdefault("sealed", f"refused ({type(error).__name__})")
+
+    plain_keys = create_new_key_pair(secrets.token_bytes(32))
+    plain = new_host(key_pair=plain_keys,
+                     sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(plain_keys)})
+    async with plain.run(listen_addrs=listen):
+        try:
+            with trio.fail_after(10):
+                await plain.connect(target)
+            seen["plaintext"] = "connected"
+        except Exception as error:
+            seen["plaintext"] = f"refused ({type(error).__name__})"
+    return seen
+
+
+def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
+    tmp_path: Path,
+) -> None:
+    import threading
+    import time
+
+    import trio
+
+    text = BASE.format(name="e2ehostile", nodes=3, rounds=150, topology="full", degree=2,
+                       round_timeout=5.0)
+    result: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: result.update(zip(("code", "report"),
+                                                               _run(tmp_path, text),
+                                                               strict=True)))
+    runner.start()
+    node_dir = tmp_path / "out" / "nodes" / "node-00"
+    deadline = time.monotonic() + 60
+    while not (node_dir / "node.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen = trio.run(_attack, node_dir)
+    runner.join(timeout=240)
+    assert result["code"] == 0
+    report = result["report"]
+    assert isinstance(report, dict)
+    assert [n["status"] for n in report["nodes"]] == ["done"] * 3
+    assert seen["heartbeat"].startswith("refused")
+    assert seen["sealed"] in ("rejected",) or seen["sealed"].startswith("refused")
+    assert seen["plaintext"].startswith("refused")
+    rejected = report["nodes"][0]["rejected"]
+    assert rejected.get("not_member", 0) >= 1
+    log = (node_dir / "node.log").read_text()
+    assert "not_member" in log
+    assert "refused a connection" in log and "only Noise is accepted" in log
+    # the federation still converged to one model
+    assert report["final_consensus_distance"] <= 1e-3

@@ -39,6 +39,7 @@ MAX_MEMBERS = 256
 MAX_TENSORS = 1024
 MAX_TENSOR_DIMS = 8
 ALLOWED_DTYPES = frozenset({"float32"})
+MAX_CERTIFICATE_BYTES = 1024
 
 
 class WireError(ValueError):
@@ -166,9 +167,11 @@ class Heartbeat:
     round: int
     degree: int
     status: str  # "joining" | "training" | "consensus" | "done"
+    certificate: bytes = b""  # the sender's membership certificate (empty without admission)
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {
+            "certificate": self.certificate,
             "sender": self.sender,
             "addrs": list(self.addrs),
             "members": [[m.peer_id, list(m.addrs), m.age] for m in self.members],
@@ -199,8 +202,12 @@ class Heartbeat:
         status = _check_str(body["status"], "status", 16)
         if status not in ("joining", "training", "consensus", "done"):
             raise WireError(f"status {status!r} is unknown")
+        certificate = body["certificate"]
+        if not isinstance(certificate, bytes) or len(certificate) > MAX_CERTIFICATE_BYTES:
+            raise WireError(f"certificate must be at most {MAX_CERTIFICATE_BYTES} bytes")
         return cls(
             federation=federation,
+            certificate=certificate,
             sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
             addrs=_check_addrs(body["addrs"], "addrs"),
             members=tuple(members),
@@ -355,10 +362,43 @@ class Ack:
         )
 
 
-Message = Heartbeat | LinkRequest | LinkReply | Contribution | Ack
-M = TypeVar("M", Heartbeat, LinkRequest, LinkReply, Contribution, Ack)
+@dataclass(frozen=True)
+class Sealed:
+    """A contribution signed by its sender and encrypted to its receiver.
+
+    ``data`` is an envelope (:mod:`gossipfl.crypto.envelope`) whose payload is the msgpack body
+    of a :class:`Contribution`; the clear fields here only route it and must match the inside.
+    """
+
+    KIND: ClassVar[str] = "sealed"
+    federation: str
+    round: int
+    sender: str
+    receiver: str
+    data: bytes
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "receiver": self.receiver,
+                "data": self.data}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Sealed:
+        data = body["data"]
+        if not isinstance(data, bytes):
+            raise WireError("sealed data must be bytes")
+        return cls(
+            federation=federation,
+            round=_check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            receiver=_check_str(body["receiver"], "receiver", MAX_PEER_ID_CHARS),
+            data=data,
+        )
+
+
+Message = Heartbeat | LinkRequest | LinkReply | Contribution | Ack | Sealed
+M = TypeVar("M", Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed)
 _KINDS: dict[str, type[Any]] = {
-    cls.KIND: cls for cls in (Heartbeat, LinkRequest, LinkReply, Contribution, Ack)
+    cls.KIND: cls for cls in (Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed)
 }
 
 

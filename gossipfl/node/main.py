@@ -12,6 +12,27 @@ from gossipfl.config import NodeConfig
 log = logging.getLogger("gossipfl.node")
 
 
+class RefusedHandshakes(logging.Filter):
+    """Turn py-libp2p's debug note of a failed inbound security handshake into a warning.
+
+    Our host offers Noise only, so a peer that speaks plaintext (or secio, or TLS) fails the
+    handshake inside py-libp2p, which notes it at DEBUG. Every other debug record of that logger
+    is dropped here; warnings and errors pass unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        message = record.getMessage()
+        if not message.startswith("failed to upgrade security"):
+            return False
+        record.msg = "refused a connection: %s (only Noise is accepted; plaintext is never)"
+        record.args = (message,)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.name = "gossipfl.security"
+        return True
+
+
 def configure_logging(out_dir: Path, name: str, level: str = "INFO") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter(
@@ -30,6 +51,12 @@ def configure_logging(out_dir: Path, name: str, level: str = "INFO") -> None:
     # py-libp2p is chatty at INFO; keep its warnings (failed handshakes, refused security).
     for noisy in ("libp2p", "multiaddr", "async_service", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # py-libp2p detaches its loggers (propagate off, no handler) unless LIBP2P_DEBUG is set, so
+    # its warnings would bypass node.log; route them through ours.
+    logging.getLogger("libp2p").propagate = True
+    swarm = logging.getLogger("libp2p.network.swarm")
+    swarm.setLevel(logging.DEBUG)
+    swarm.addFilter(RefusedHandshakes())
 
 
 def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
@@ -50,12 +77,17 @@ def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
 
     from gossipfl.node.learner import LocalLearner
     from gossipfl.node.runtime import Node, NodeError
+    from gossipfl.node.security import SecurityError
 
     learner = LocalLearner(config)
     log.info("data: %s, partition %s: %d training examples; model %s with %d parameters",
              config.data.dataset, config.data.partition, len(learner.y), config.model.name,
              learner.size)
-    node = Node(config, identity, learner)
+    try:
+        node = Node(config, identity, learner)
+    except SecurityError as error:
+        log.error("%s", error)
+        return 2
     try:
         status = trio.run(node.run)
     except NodeError as error:

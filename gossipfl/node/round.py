@@ -19,7 +19,7 @@ import trio
 from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node.checkpoint import save_checkpoint, save_vector
-from gossipfl.node.runtime import PROTO_CONTRIBUTION, peak_rss_bytes
+from gossipfl.node.runtime import ENVELOPE_ALLOWANCE, peak_rss_bytes
 
 if TYPE_CHECKING:
     from gossipfl.node.runtime import Node
@@ -183,14 +183,21 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
             tensors=node.layout.to_tensors(array),
         )
 
+    async def send(message: Contribution) -> None:
+        if node.security.sealed:
+            await channel.send(node.security.seal(message), cap + ENVELOPE_ALLOWANCE)
+        else:
+            await channel.send(message, cap)
+
     if state.channel is None:
-        state.channel = await node.net.open(peer, node.membership.addrs(peer), PROTO_CONTRIBUTION)
+        state.channel = await node.net.open(peer, node.membership.addrs(peer),
+                                            node.contribution_protocol)
     channel = state.channel
     kind, base, array = node.own.payload_for(state.peer_holds)
-    await channel.send(frame(kind, base, array), cap)
+    await send(frame(kind, base, array))
     ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
     if ack.status == "need_full" and kind == "delta":
-        await channel.send(frame("full", -1, node.own.vector), cap)
+        await send(frame("full", -1, node.own.vector))
         ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
     if ack.round != r or ack.sender != peer:
         raise ConnectionError(f"ack for round {ack.round} from {ack.sender}, expected {r}")

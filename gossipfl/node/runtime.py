@@ -38,6 +38,7 @@ from gossipfl.gossip.wire import (
     Heartbeat,
     LinkReply,
     LinkRequest,
+    Sealed,
     WireError,
 )
 from gossipfl.learning.params import named_arrays
@@ -45,14 +46,17 @@ from gossipfl.node.checkpoint import atomic_write_json, save_checkpoint
 from gossipfl.node.estimates import EstimateError, OwnEstimate, PeerEstimates
 from gossipfl.node.layout import Layout, LayoutError
 from gossipfl.node.learner import LocalLearner
+from gossipfl.node.security import EnvelopeError, NodeSecurity
 
 log = logging.getLogger("gossipfl.node")
 
 PROTO_MEMBERSHIP = "/gossipfl/membership/1.0.0"
 PROTO_LINK = "/gossipfl/link/1.0.0"
 PROTO_CONTRIBUTION = "/gossipfl/contribution/1.0.0"
+PROTO_SEALED = "/gossipfl/sealed-contribution/1.0.0"
 HEARTBEAT_FANOUT = 16
 HEARTBEAT_EXTRA = 2
+ENVELOPE_ALLOWANCE = 4096  # bytes an envelope and the sealed frame add around a contribution
 
 
 class NodeError(RuntimeError):
@@ -112,6 +116,11 @@ class Node:
         self.history: list[dict[str, Any]] = []
         self.isolated_rounds = 0
         self.net: PeerNet | None = None
+        self.security = NodeSecurity(config, identity)
+
+    @property
+    def contribution_protocol(self) -> str:
+        return PROTO_SEALED if self.security.sealed else PROTO_CONTRIBUTION
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -127,7 +136,7 @@ class Node:
                 host.set_stream_handler(PROTO_MEMBERSHIP, self._guard(self._on_heartbeat))
                 host.set_stream_handler(PROTO_LINK, self._guard(self._on_link))
                 host.set_stream_handler(
-                    PROTO_CONTRIBUTION,
+                    self.contribution_protocol,
                     self._guard(self._on_contribution, timeout=math.inf),  # per frame inside
                 )
                 self.addrs = [str(a) for a in host.get_addrs()]
@@ -143,6 +152,9 @@ class Node:
                 self.status = "done"
                 nursery.cancel_scope.cancel()
         finally:
+            # Stopping now either way: a second signal must not cut the final writes short.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             if self.status != "done":
                 self.status = "stopped"
             self._write_final()
@@ -257,7 +269,7 @@ class Node:
             federation=self.config.federation, sender=self.peer_id, addrs=tuple(self.addrs),
             members=self.membership.snapshot(now), round=self.round,
             degree=len(self.neighbours), status=self.status if self.status != "stopped"
-            else "done",
+            else "done", certificate=self.security.own_certificate,
         )
 
     def _absorb(self, beat: Heartbeat) -> None:
@@ -267,9 +279,22 @@ class Node:
         for peer in self.membership.merge(beat.members, now):
             log.info("new member %s (via %s)", peer, beat.sender)
 
+    def _admitted(self, channel: Channel, what: str, beat: Heartbeat) -> bool:
+        """Origin checks, then the membership certificate (when admission is on)."""
+        if not self._check_origin(channel, what, beat.federation, beat.sender):
+            return False
+        reason = self.security.admit(beat.sender, beat.certificate)
+        if reason is not None:
+            self.reject(beat.sender, what, "not_member", reason)
+            return False
+        return True
+
     async def _on_heartbeat(self, channel: Channel) -> None:
         beat = await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
-        if not self._check_origin(channel, "heartbeat", beat.federation, beat.sender):
+        if not self._admitted(channel, "heartbeat", beat):
+            await channel.reset()
+            if self.security.enabled and self.net is not None:
+                await self.net.disconnect(channel.remote)  # no certificate, no connection
             return
         self._absorb(beat)
         await channel.send(self.heartbeat(), MAX_CONTROL_BYTES)
@@ -321,7 +346,7 @@ class Node:
             except Exception as error:
                 log.debug("heartbeat to %s failed: %s", peer, error)
                 return
-            if self._check_origin(channel, "heartbeat reply", reply.federation, reply.sender):
+            if self._admitted(channel, "heartbeat reply", reply):
                 self._absorb(reply)
 
     async def _join(self) -> None:
@@ -331,7 +356,7 @@ class Node:
         last_count, stable_since = -1, trio.current_time()
         with trio.move_on_after(self.protocol.join_timeout):
             while True:
-                count = len(self.membership) + 1
+                count = len(self.known_members()) + 1
                 now = trio.current_time()
                 if count != last_count:
                     last_count, stable_since = count, now
@@ -340,7 +365,7 @@ class Node:
                 if not expected and count > 1 and now - stable_since >= settle:
                     break
                 await trio.sleep(0.05)
-        count = len(self.membership) + 1
+        count = len(self.known_members()) + 1
         if count < 2:
             raise NodeError(
                 f"no other member found within {self.protocol.join_timeout:.0f} s "
@@ -359,8 +384,12 @@ class Node:
         members = sorted(self.topology or {})
         return hashlib.blake2b("\n".join(members).encode(), digest_size=8).hexdigest()
 
+    def known_members(self) -> list[str]:
+        """Members to build the topology over: those admitted, when admission is on."""
+        return [p for p in self.membership.ids() if self.security.is_member(p)]
+
     async def _form_links(self) -> None:
-        members = [self.peer_id, *self.membership.ids()]
+        members = [self.peer_id, *self.known_members()]
         self.topology = build_topology(self.config.topology.kind, members,
                                        degree=self.config.topology.degree, seed=self.config.seed)
         wanted = set(self.topology[self.peer_id])
@@ -408,7 +437,10 @@ class Node:
         request = await channel.receive(LinkRequest, MAX_CONTROL_BYTES)
         if not self._check_origin(channel, "link request", request.federation, request.sender):
             return
-        if self.topology is None:
+        if not self.security.is_member(request.sender):
+            self.reject(request.sender, "link request", "not_member", "no valid certificate")
+            status, reason = "rejected", "no valid certificate seen"
+        elif self.topology is None:
             status, reason = "not_ready", "still joining"
         elif request.sender in self.topology.get(self.peer_id, frozenset()):
             status, reason = "accepted", ""
@@ -433,18 +465,47 @@ class Node:
         an idle stream is closed, and the sender opens a new one when it next needs to.
         """
         idle = self.idle_timeout
+        cap = self.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
         while True:
             with trio.move_on_after(idle) as scope:
-                message = await channel.receive(Contribution, self.protocol.max_payload_bytes)
+                if self.security.sealed:
+                    sealed = await channel.receive(Sealed, cap)
+                else:
+                    message = await channel.receive(Contribution, cap)
             if scope.cancelled_caught:
                 log.debug("closing the idle contribution stream from %s", channel.remote)
                 return
+            if self.security.sealed:
+                opened = self._open_sealed(channel.remote, sealed)
+                if opened is None:
+                    ack = Ack(self.config.federation, sealed.round, self.peer_id, "rejected",
+                              "envelope refused")
+                    with trio.fail_after(self.protocol.request_timeout):
+                        await channel.send(ack, MAX_CONTROL_BYTES)
+                    continue
+                message = opened
             status, reason = self._accept_contribution(channel.remote, message)
             ack = Ack(self.config.federation, message.round, self.peer_id, status, reason)
             with trio.fail_after(self.protocol.request_timeout):
                 await channel.send(ack, MAX_CONTROL_BYTES)
             if status == "rejected" and reason in ("wrong federation", "not a neighbour"):
                 return
+
+    def _open_sealed(self, remote: str, sealed: Sealed) -> Contribution | None:
+        """Open an envelope; a tampered, redirected or forged one is dropped with a log line."""
+        if not self.security.is_member(remote):
+            self.reject(remote, "sealed contribution", "not_member", "no valid certificate")
+            return None
+        if sealed.receiver != self.peer_id:
+            self.reject(remote, "sealed contribution", "misaddressed", f"for {sealed.receiver}")
+            return None
+        try:
+            return self.security.open(remote, sealed)
+        except EnvelopeError as error:
+            self.reject(remote, "sealed contribution", f"envelope_{error.reason}", str(error))
+        except WireError as error:
+            self.reject(remote, "sealed contribution", "malformed", str(error))
+        return None
 
     @property
     def idle_timeout(self) -> float:
@@ -461,6 +522,9 @@ class Node:
         if message.receiver != self.peer_id:
             self.reject(remote, "contribution", "misaddressed", f"for {message.receiver}")
             return "rejected", "misaddressed"
+        if not self.security.is_member(message.sender):
+            self.reject(remote, "contribution", "not_member", "no valid certificate")
+            return "rejected", "not a member"
         if message.sender not in self.neighbours:
             self.reject(remote, "contribution", "not_neighbour", "no link with this peer")
             return "rejected", "not a neighbour"

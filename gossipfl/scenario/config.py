@@ -47,6 +47,8 @@ class ScenarioConfig:
     federation: str = ""  # default: the scenario's name
     timeout: float = 600.0  # the whole run, seconds
     keep_round_models: bool = True
+    admission: bool = True  # a federation key and a certificate for each node, made by the runner
+    encrypt_payloads: bool = True  # contributions signed and encrypted end to end (with admission)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

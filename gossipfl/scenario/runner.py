@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gossipfl.config import NodeConfig, dump_toml, to_dict
+from gossipfl.config import NodeConfig, SecurityConfig, dump_toml, to_dict
+from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
 from gossipfl.scenario.report import build_report, print_summary
@@ -29,6 +30,7 @@ from gossipfl.scenario.report import build_report, print_summary
 log = logging.getLogger("gossipfl.runner")
 
 POLL_SECONDS = 0.2
+CERTIFICATE_DAYS = 7.0
 STOP_GRACE_SECONDS = 10.0
 NODE_ENV = {
     "JAX_PLATFORMS": "cpu",
@@ -142,11 +144,22 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
     ports = free_ports(scenario.nodes)
     nodes: list[NodeProcess] = []
     addrs: list[str] = []
+    federation_dir = out / "federation"
+    if scenario.admission and not (federation_dir / "federation.pub").exists():
+        init_federation(federation_dir, scenario.federation_name)
     for index in range(scenario.nodes):
         node_dir = out / "nodes" / f"node-{index:02d}"
         node_dir.mkdir(parents=True, exist_ok=True)
         key_file = node_dir / "node.key"
         identity, _ = load_or_create_identity(key_file)
+        security = SecurityConfig()
+        if scenario.admission:
+            certificate = admit_identity(federation_dir, key_file, valid_days=CERTIFICATE_DAYS,
+                                         now=time.time())
+            security = SecurityConfig(
+                admission=True, federation_public=str(federation_dir / "federation.pub"),
+                certificate=str(certificate), encrypt_payloads=scenario.encrypt_payloads,
+            )
         listen = f"/ip4/127.0.0.1/tcp/{ports[index]}"
         config = NodeConfig(
             federation=scenario.federation_name,
@@ -165,6 +178,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
             train=scenario.train,
             topology=scenario.topology,
             protocol=scenario.protocol,
+            security=security,
         )
         (node_dir / "node.toml").write_text(dump_toml(to_dict(config)))
         addrs.append(f"{listen}/p2p/{identity.peer_id}")

@@ -1,0 +1,153 @@
+"""A node's handling of sealed contributions: tampered, replayed, redirected, forged, non-member.
+
+Node-level (no network): real keys, certificates and envelopes, fed straight to the handlers
+that the contribution stream calls. The end-to-end tests cover the same paths over libp2p.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecurityConfig
+from gossipfl.crypto.admission import admit_identity, init_federation
+from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.gossip.wire import Contribution
+from gossipfl.node.learner import LocalLearner
+from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.security import NodeSecurity, SecurityError
+
+
+def _config(tmp_path: Path, name: str, *, admitted: bool = True) -> tuple[NodeConfig, object]:
+    federation = tmp_path / "federation"
+    if not (federation / "federation.pub").exists():
+        init_federation(federation, "fed")
+    key_file = tmp_path / name / "node.key"
+    identity, _ = load_or_create_identity(key_file)
+    cert = tmp_path / name / "missing.cert"
+    if admitted:
+        cert = admit_identity(federation, key_file, valid_days=1, now=time.time())
+    config = NodeConfig(
+        federation="fed", key_file=str(key_file), out_dir=str(tmp_path / name),
+        data=DataConfig(dataset="iris", partition="iid"),
+        model=ModelConfig(name="logreg"),
+        security=SecurityConfig(admission=True,
+                                federation_public=str(federation / "federation.pub"),
+                                certificate=str(cert)),
+    )
+    return config, identity
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    config_a, id_a = _config(tmp_path, "a")
+    node = Node(config_a, id_a, LocalLearner(config_a))
+    senders = {}
+    for name in ("b", "c"):
+        config, identity = _config(tmp_path, name)
+        security = NodeSecurity(config, identity)
+        # each sender has met every other member (their heartbeats carried the certificates)
+        for other, other_security in [("a", node.security), *senders.values()]:
+            del other
+            security.admit(other_security.peer_id, other_security.own_certificate)
+            other_security.admit(security.peer_id, security.own_certificate)
+        senders[name] = (name, security)
+    b, c = senders["b"][1], senders["c"][1]
+    node.neighbours[b.peer_id] = NeighbourState()
+    return node, b, c
+
+
+def _contribution(sender: NodeSecurity, receiver: str, round_: int, node: Node) -> Contribution:
+    vector = np.full(node.layout.size, float(round_), np.float32)
+    return Contribution("fed", round_, sender.peer_id, receiver, 1, "full", -1, 0.5, False,
+                        node.layout.to_tensors(vector))
+
+
+def _deliver(node: Node, remote: str, sealed) -> str:
+    opened = node._open_sealed(remote, sealed)
+    if opened is None:
+        return "dropped"
+    return node._accept_contribution(remote, opened)[0]
+
+
+def test_valid_then_replayed_tampered_redirected_forged_and_foreign_frames(
+    setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    trio.run(_frames_scenario, setup, caplog)
+
+
+async def _frames_scenario(setup, caplog: pytest.LogCaptureFixture) -> None:
+    node, b, c = setup
+    caplog.set_level(logging.WARNING)
+    me = node.peer_id
+
+    first = b.seal(_contribution(b, me, 0, node))
+    assert _deliver(node, b.peer_id, first) == "ok"
+    held = node.estimates.peers[b.peer_id]
+    assert held.round == 0 and np.all(held.vector == 0.0)
+
+    # replayed: the same frame again opens, but its round is not newer than what we hold
+    assert _deliver(node, b.peer_id, first) == "rejected"
+    assert node.rejections["stale"] == 1
+
+    # tampered: one flipped byte in the ciphertext
+    second = b.seal(_contribution(b, me, 1, node))
+    data = bytearray(second.data)
+    data[len(data) // 2] ^= 0x01
+    assert _deliver(node, b.peer_id, dataclasses.replace(second, data=bytes(data))) == "dropped"
+    assert node.rejections["envelope_decryption_failed"] == 1
+
+    # redirected: a frame sealed for c, relabelled for us, cannot be opened by us
+    for_c = b.seal(_contribution(b, c.peer_id, 1, node))
+    assert _deliver(node, b.peer_id, dataclasses.replace(for_c, receiver=me)) == "dropped"
+    assert node.rejections["envelope_decryption_failed"] == 2
+    assert _deliver(node, b.peer_id, for_c) == "dropped"  # addressed to someone else
+    assert node.rejections["misaddressed"] == 1
+
+    # forged: c (a member, not our neighbour) relays b's genuine frame as if it were b
+    assert _deliver(node, c.peer_id, second) == "dropped"
+    assert node.rejections["envelope_wrong_sender"] == 1
+
+    # c's own frame: a member, but not a neighbour
+    assert _deliver(node, c.peer_id, c.seal(_contribution(c, me, 1, node))) == "rejected"
+    assert node.rejections["not_neighbour"] == 1
+
+    # a peer with no certificate at all
+    assert _deliver(node, "12D3KooWStrangerStrangerStranger", second) == "dropped"
+    assert node.rejections["not_member"] == 1
+
+    # every drop was logged, naming the peer and the reason
+    text = caplog.text
+    for reason in ("stale", "envelope_decryption_failed", "misaddressed",
+                   "envelope_wrong_sender", "not_neighbour", "not_member"):
+        assert reason in text
+    assert b.peer_id in text and c.peer_id in text
+
+    # and the node kept what it had and keeps working: b's genuine round 1 is accepted
+    assert node.estimates.peers[b.peer_id].round == 0
+    assert _deliver(node, b.peer_id, second) == "ok"
+    assert node.estimates.peers[b.peer_id].round == 1
+    assert np.all(node.estimates.peers[b.peer_id].vector == 1.0)
+
+
+def test_a_node_without_a_valid_certificate_refuses_to_start(tmp_path: Path) -> None:
+    config, identity = _config(tmp_path, "x", admitted=False)
+    with pytest.raises(SecurityError, match="own certificate is not usable"):
+        NodeSecurity(config, identity)
+
+
+def test_heartbeat_certificates_decide_membership(setup) -> None:
+    node, b, _ = setup
+    assert node.security.admit(b.peer_id, b"") is not None  # no certificate: refused
+    assert not node.security.is_member(b.peer_id)
+    assert node.security.admit(b.peer_id, b.own_certificate) is None
+    assert node.security.is_member(b.peer_id)
+    # a certificate presented by someone else is not theirs
+    reason = node.security.admit("12D3KooWStrangerStrangerStranger", b.own_certificate)
+    assert reason is not None and "wrong_peer" in reason
