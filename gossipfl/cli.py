@@ -49,6 +49,64 @@ def _run_parser(sub: Any) -> None:
                         "one launcher that imports once")
 
 
+def _federation_parser(sub: Any) -> None:
+    p = sub.add_parser("federation", help="make a federation key and admit members")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    init = verbs.add_parser("init", help="create federation.key (0600) and federation.pub")
+    init.add_argument("directory")
+    init.add_argument("--name", required=True, help="the federation's name")
+    admit = verbs.add_parser("admit", help="issue a signed membership certificate")
+    admit.add_argument("directory")
+    admit.add_argument("--key-file", help="the member's identity file (gives both values below)")
+    admit.add_argument("--peer-id", help="the member's peer id")
+    admit.add_argument("--x25519", help="the member's X25519 public key, hex")
+    admit.add_argument("--days", type=float, default=30.0, help="validity (default 30 days)")
+    ident = sub.add_parser("identity", help="show (and create) a node identity")
+    ident.add_argument("--key-file", required=True)
+
+
+def federation_command(args: argparse.Namespace) -> int:
+    import time
+
+    from gossipfl.crypto.admission import AdmissionError, admit, admit_identity, init_federation
+
+    try:
+        if args.verb == "init":
+            public = init_federation(args.directory, args.name)
+            print(f"federation {args.name!r}: public key in {public}")
+            return 0
+        if args.key_file:
+            path = admit_identity(args.directory, args.key_file, valid_days=args.days,
+                                  now=time.time())
+        elif args.peer_id and args.x25519:
+            path = admit(args.directory, args.peer_id, args.x25519, valid_days=args.days,
+                         now=time.time())
+        else:
+            print("gossipfl federation admit: give --key-file, or --peer-id and --x25519",
+                  file=sys.stderr)
+            return 2
+    except (AdmissionError, OSError) as error:
+        print(f"gossipfl federation: {error}", file=sys.stderr)
+        return 2
+    print(f"certificate: {path}")
+    return 0
+
+
+def identity_command(args: argparse.Namespace) -> int:
+    from gossipfl.crypto.admission import identity_x25519_keypair
+    from gossipfl.crypto.identity import IdentityError, load_or_create_identity
+
+    try:
+        identity, created = load_or_create_identity(args.key_file)
+    except IdentityError as error:
+        print(f"gossipfl identity: {error}", file=sys.stderr)
+        return 2
+    _, x25519 = identity_x25519_keypair(identity)
+    print(f"peer_id {identity.peer_id}\nx25519 {x25519.hex()}"
+          + (f"\n(created {args.key_file}, mode 0600)" if created else ""))
+    return 0
+
+
 def _node_overrides(args: argparse.Namespace) -> dict[str, Any]:
     top = {
         "listen": args.listen, "bootstrap": args.bootstrap, "key_file": args.key_file,
@@ -109,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _node_parser(sub)
     _run_parser(sub)
+    _federation_parser(sub)
     args = parser.parse_args(argv)
-    if args.command == "node":
-        return node_command(args)
-    return run_command(args)
+    commands = {"node": node_command, "run": run_command, "federation": federation_command,
+                "identity": identity_command}
+    return commands[args.command](args)

@@ -312,3 +312,15 @@ def test_replaying_any_earlier_frame_is_rejected(seed: int, size: int, rounds: i
         assert info.value.status == "rejected"
     assert np.array_equal(peers.peers[SENDER].vector, snapshot)
     assert np.array_equal(snapshot, own.vector)
+
+
+def test_as_of_gives_the_round_asked_for_when_a_neighbour_is_one_ahead() -> None:
+    estimates = PeerEstimates.empty(2)
+    for round_ in (0, 1, 2):
+        message = Contribution("fed", round_, "b", "a", 1, "full", -1, 0.0, False, ())
+        estimates.apply(message, np.full(2, float(round_), np.float32))
+    entry = estimates.peers["b"]
+    assert np.all(entry.as_of(1) == 1.0)  # we are finishing round 1, b already sent round 2
+    assert np.all(entry.as_of(2) == 2.0)
+    assert np.all(entry.as_of(5) == 2.0)  # b is behind: its latest estimate is all we have
+    assert np.all(entry.as_of(0) == 2.0)  # older rounds are not kept

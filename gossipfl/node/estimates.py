@@ -54,6 +54,14 @@ class PeerEstimate:
     degree: int
     disagreement: float
     done: bool
+    previous: np.ndarray | None = None  # the estimate one contribution earlier
+    previous_round: int = -1
+
+    def as_of(self, round_: int) -> np.ndarray:
+        """The estimate for ``round_``: a neighbour may already be one round ahead of us."""
+        if self.round > round_ and self.previous_round == round_ and self.previous is not None:
+            return self.previous
+        return self.vector
 
 
 class EstimateError(ValueError):
@@ -106,6 +114,8 @@ class PeerEstimates:
             degree=message.degree,
             disagreement=message.disagreement,
             done=message.done,
+            previous=entry.vector if entry else None,
+            previous_round=held,
         )
 
     def forget(self, peer: str) -> None:

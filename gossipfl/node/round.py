@@ -73,7 +73,7 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     record["wait_seconds"] = trio.current_time() - wait_start
 
     # 6. aggregate: Metropolis–Hastings weights over the neighbours we hold estimates of
-    node.model = aggregate(node, half_step)
+    node.model = aggregate(node, half_step, r)
     node.round = r
     await update_liveness(node, r, missing)
     present = [p for p in node.neighbours if p in node.estimates.peers]
@@ -112,14 +112,19 @@ def persist_round(node: Node, r: int) -> None:
         save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model, durable=False)
 
 
-def aggregate(node: Node, half_step: np.ndarray) -> np.ndarray:
+def aggregate(node: Node, half_step: np.ndarray, r: int) -> np.ndarray:
+    """x_i ← x½ + γ Σ_j W_ij (x̂_j − x̂_i), with each neighbour's estimate as of round r.
+
+    A neighbour one round ahead already sent its round r+1 estimate; using its round-r one keeps
+    the rounds synchronous, so a run does not depend on which process the scheduler favoured.
+    """
     held = {p: node.estimates.peers[p] for p in node.neighbours if p in node.estimates.peers}
     self_weight, weights = neighbour_weights(
         len(node.neighbours), {p: e.degree for p, e in held.items()}
     )
     del self_weight  # choco_step uses the weights of the neighbours only
     return choco_step(
-        half_step, node.own.vector, {p: e.vector for p, e in held.items()}, weights,
+        half_step, node.own.vector, {p: e.as_of(r) for p, e in held.items()}, weights,
         gamma=node.protocol.gamma,
     )
 

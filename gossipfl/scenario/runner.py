@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gossipfl.config import NodeConfig, SecurityConfig, dump_toml, to_dict
+from gossipfl.config import ConfigError, NodeConfig, SecurityConfig, dump_toml, to_dict
 from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
@@ -323,6 +323,8 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
     scenario = load_scenario(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out) if out else Path("runs") / f"{scenario.name}-{stamp}"
+    if (out_dir / "nodes").exists():
+        raise ConfigError(f"{out_dir} already holds a run; choose another --out (or remove it)")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scenario.toml").write_text(Path(path).read_text())
     nodes = prepare_nodes(scenario, out_dir)
