@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gossipfl.learning.train import TrainConfig
+from gossipfl.privacy.dp import DPConfig
 
 T = TypeVar("T")
 
@@ -152,6 +153,7 @@ class NodeConfig:
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    privacy: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
         _require(bool(self.federation) and len(self.federation) <= 64,

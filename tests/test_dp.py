@@ -14,15 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gossipfl.privacy import (
+from gossipfl.privacy.accountant import (
     BudgetExhausted,
-    DPConfig,
     PrivacyBudget,
+    epsilon_after,
+    noise_for_budget,
+)
+from gossipfl.privacy.dp import (
+    DPConfig,
     clip_update,
     dp_update_transform,
-    epsilon_after,
     gaussian_noise,
-    noise_for_budget,
     noise_stddev,
     privatise_update,
 )

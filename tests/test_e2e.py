@@ -222,3 +222,28 @@ def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
     assert "refused a connection" in log and "only Noise is accepted" in log
     # the federation still converged to one model
     assert report["final_consensus_distance"] <= 1e-3
+
+
+def test_dp_budget_is_accounted_and_a_spent_node_stops_contributing(tmp_path: Path) -> None:
+    from gossipfl.privacy.accountant import epsilon_after
+    from gossipfl.privacy.dp import DPConfig
+
+    dp = DPConfig(enabled=True, clip_norm=1.0, noise_multiplier=1.0, delta=1e-5)
+    target = (epsilon_after(4, dp) + epsilon_after(5, dp)) / 2  # room for exactly 4 rounds
+    text = BASE.format(name="e2edp", nodes=3, rounds=8, topology="full", degree=2,
+                       round_timeout=5.0)
+    text += (f"\n[privacy]\nenabled = true\nclip_norm = 1.0\nnoise_multiplier = 1.0\n"
+             f"delta = 1e-5\ntarget_epsilon = {target!r}\n")
+    code, report = _run(tmp_path, text)
+    assert code == 0
+    privacy = report["privacy"]
+    assert privacy["dp"]["enabled"] is True and privacy["delta"] == 1e-5
+    for node in report["nodes"]:
+        assert node["status"] == "done"
+        assert node["privacy"]["epsilon"] == pytest.approx(epsilon_after(4, dp), rel=1e-9)
+        assert node["privacy"]["epsilon"] <= target
+        assert node["privacy"]["rounds_spent"] == 4
+        assert node["privacy"]["stopped_contributing_round"] == 4
+        assert privacy["epsilon"][str(node["index"])] == node["privacy"]["epsilon"]
+    log = (tmp_path / "out" / "nodes" / "node-00" / "node.log").read_text()
+    assert "privacy budget spent" in log

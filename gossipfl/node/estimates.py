@@ -11,6 +11,7 @@ This module is state and arithmetic only: no I/O and no clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +28,15 @@ class OwnEstimate:
     last_delta: np.ndarray | None = None
     base_round: int = -1  # the round ``last_delta`` applies on top of
 
-    def publish(self, half_step: np.ndarray, round_: int) -> np.ndarray:
-        """q = x^{1/2} − x̂ (identity compression); x̂ += q. Returns q."""
+    def publish(self, half_step: np.ndarray, round_: int,
+                privatise: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """q = C(x^{1/2} − x̂) (C = identity, then ``privatise``: DP clip and noise); x̂ += q.
+
+        Returns q: exactly what the neighbours will add to their copy of x̂.
+        """
         delta = (np.asarray(half_step, np.float32) - self.vector).astype(np.float32)
+        if privatise is not None:
+            delta = np.asarray(privatise(delta), np.float32)
         self.base_round = self.round
         self.vector = (self.vector + delta).astype(np.float32)
         self.last_delta = delta

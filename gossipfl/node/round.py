@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node.checkpoint import save_checkpoint, save_vector
 from gossipfl.node.runtime import ENVELOPE_ALLOWANCE, peak_rss_bytes
+from gossipfl.privacy.dp import privatise_update
 
 if TYPE_CHECKING:
     from gossipfl.node.runtime import Node
@@ -54,13 +56,16 @@ async def run_round(node: Node, r: int, training: bool) -> None:
         half_step = result.vector
         record.update(train_loss=result.loss, train_seconds=result.seconds)
     else:
+        if node.budget is not None and r == node.config.rounds:
+            # From here on only public estimates (already privatised) are mixed and published:
+            # post-processing, so consensus rounds spend no privacy budget.
+            node.model = node.own.vector.copy()
         half_step = node.model
         record.update(train_loss=None, train_seconds=0.0)
 
-    # 2. delta: publish q = x^{1/2} − x̂ and advance our public estimate
-    node.own.publish(half_step, r)
-
-    # 3. privacy: clipping, noise and masking come in here (none configured yet)
+    # 2.+3. delta and privacy: q = DP(x½ − x̂) (clip + Gaussian noise, while the budget lasts);
+    # x̂ += q, exactly as every neighbour will apply it
+    node.own.publish(half_step, r, privatise=privacy_step(node, r, training, record))
 
     # 4. send our contribution to every live neighbour
     send_start = trio.current_time()
@@ -103,6 +108,26 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     log.info("round %d %s: acc %.4f loss %.4f disagreement %.2e missing %d (%.2f s)", r,
              record["phase"], evaluation.accuracy, evaluation.loss, node.disagreement,
              len(missing), record["round_seconds"])
+
+
+def privacy_step(node: Node, r: int, training: bool,
+                 record: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The DP transform for this round's delta, or None without DP (or in consensus rounds)."""
+    if node.budget is None or not training:
+        return None
+    config = node.config.privacy
+    if not node.budget.can_spend():
+        if node.dp_exhausted_round is None:
+            node.dp_exhausted_round = r
+            log.warning("privacy budget spent: epsilon %.3f of %.3f at delta %g after %d rounds; "
+                        "no longer contributing updates", node.budget.epsilon(),
+                        config.target_epsilon, config.delta, node.budget.rounds_spent)
+        record["epsilon"] = node.budget.epsilon()
+        return np.zeros_like
+    record["epsilon"] = node.budget.spend()
+    rng = node.dp_rng
+    assert rng is not None
+    return lambda delta: privatise_update(delta, config, rng)
 
 
 def persist_round(node: Node, r: int) -> None:

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import resource
+import secrets
 import signal
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import multiaddr
+import numpy as np
 import trio
 from libp2p.abc import INetStream
 
@@ -117,6 +119,15 @@ class Node:
         self.isolated_rounds = 0
         self.net: PeerNet | None = None
         self.security = NodeSecurity(config, identity)
+        self.budget: Any = None
+        self.dp_rng: np.random.Generator | None = None
+        self.dp_exhausted_round: int | None = None
+        if config.privacy.enabled:
+            from gossipfl.privacy.accountant import PrivacyBudget
+
+            self.budget = PrivacyBudget(config.privacy)
+            # fresh entropy: noise that peers could predict would protect nothing
+            self.dp_rng = np.random.default_rng(secrets.randbits(128))
 
     @property
     def contribution_protocol(self) -> str:
@@ -204,7 +215,23 @@ class Node:
             "isolated_rounds": self.isolated_rounds,
             "parameters": self.layout.size,
             "examples": len(self.learner.y),
+            "privacy": self.privacy_summary(),
         }
+
+    def privacy_summary(self) -> dict[str, Any]:
+        dp = self.config.privacy
+        summary: dict[str, Any] = {
+            "transport": "noise", "admission": self.security.enabled,
+            "payload_encryption": self.security.sealed, "dp": dp.enabled,
+        }
+        if self.budget is not None:
+            summary.update(
+                epsilon=self.budget.epsilon(), delta=dp.delta, target_epsilon=dp.target_epsilon,
+                noise_multiplier=dp.noise_multiplier, clip_norm=dp.clip_norm,
+                rounds_spent=self.budget.rounds_spent,
+                stopped_contributing_round=self.dp_exhausted_round,
+            )
+        return summary
 
     # -- helpers -----------------------------------------------------------------------------
 

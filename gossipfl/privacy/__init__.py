@@ -1,33 +1,6 @@
-"""Differential privacy for node updates: clipping, Gaussian noise and ε accounting."""
+"""Differential privacy for node updates (``dp``: clipping and Gaussian noise; ``accountant``: ε
+with dp-accounting) and the privacy audit (``audit``).
 
-from gossipfl.privacy.accountant import (
-    BudgetExhausted,
-    PrivacyBudget,
-    epsilon_after,
-    noise_for_budget,
-)
-from gossipfl.privacy.dp import (
-    DPConfig,
-    DPUpdateState,
-    clip_update,
-    dp_update_transform,
-    gaussian_noise,
-    gaussian_noise_transform,
-    noise_stddev,
-    privatise_update,
-)
-
-__all__ = [
-    "BudgetExhausted",
-    "DPConfig",
-    "DPUpdateState",
-    "PrivacyBudget",
-    "clip_update",
-    "dp_update_transform",
-    "epsilon_after",
-    "gaussian_noise",
-    "gaussian_noise_transform",
-    "noise_for_budget",
-    "noise_stddev",
-    "privatise_update",
-]
+Import the submodules directly: this package imports nothing eagerly, so a node that does not use
+DP never loads dp-accounting (and SciPy) at start-up.
+"""

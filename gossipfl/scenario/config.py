@@ -15,6 +15,7 @@ from gossipfl.config import (
     load_toml,
 )
 from gossipfl.learning.train import TrainConfig
+from gossipfl.privacy.dp import DPConfig
 
 FAULT_KINDS = ("kill", "terminate")
 
@@ -54,6 +55,7 @@ class ScenarioConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    privacy: DPConfig = field(default_factory=DPConfig)
     faults: tuple[FaultConfig, ...] = ()
 
     def __post_init__(self) -> None:

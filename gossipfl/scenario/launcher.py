@@ -86,6 +86,9 @@ def main(argv: list[str]) -> int:
     import gossipfl.node.round
     import gossipfl.node.runtime
 
+    if any(c.privacy.enabled for c in configs):
+        import gossipfl.privacy.accountant  # dp-accounting and SciPy, imported once
+
     cache = os.environ.get("GOSSIPFL_COMPILE_CACHE")
     if cache:
         enable_compile_cache(cache)

@@ -104,6 +104,7 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
         "isolated_rounds": summary.get("isolated_rounds", 0),
         "rejected": summary.get("rejected", last.get("rejected", {})),
         "timeouts": summary.get("timeouts", last.get("timeouts", 0)),
+        "privacy": summary.get("privacy", {}),
     }
 
 
@@ -123,6 +124,23 @@ def centralised_baseline(scenario: ScenarioConfig) -> float:
         seed=scenario.seed,
     )
     return float(accuracies[-1])
+
+
+def privacy_section(scenario: ScenarioConfig, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """What protected the run: transport, admission, payload encryption, DP and each node's ε."""
+    dp = scenario.privacy
+    return {
+        "transport": "libp2p Noise (XX, ChaCha20-Poly1305); plaintext refused",
+        "admission": scenario.admission,
+        "payload_encryption": scenario.admission and scenario.encrypt_payloads,
+        "secure_aggregation": {"enabled": False, "note": "not wired into the round yet"},
+        "dp": to_dict(dp),
+        "dp_unit": "one node's whole update per round (add/remove), Gaussian mechanism, RDP",
+        "epsilon": {
+            str(e["index"]): e["privacy"].get("epsilon") for e in entries if dp.enabled
+        },
+        "delta": dp.delta if dp.enabled else None,
+    }
 
 
 def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_seconds: float,
@@ -146,6 +164,7 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
             (d for d in reversed(distances) if d is not None), None
         ),
         "distinct_pids": len({e["pid"] for e in entries if e["pid"] is not None}),
+        "privacy": privacy_section(scenario, entries),
         "summary": {
             "nodes": len(entries),
             "survivors": len(survivors),

@@ -179,6 +179,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
             topology=scenario.topology,
             protocol=scenario.protocol,
             security=security,
+            privacy=scenario.privacy,
         )
         (node_dir / "node.toml").write_text(dump_toml(to_dict(config)))
         addrs.append(f"{listen}/p2p/{identity.peer_id}")
