@@ -132,6 +132,26 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation over each neighbourhood (needs admission: pair masks come from the
+    members' certified X25519 keys).
+
+    Values are clipped to ``[-clip, clip]`` and quantised with ``scale`` levels per unit into
+    Z_{2^32} before masking; an aggregator refuses a round with fewer than ``min_contributors``.
+    """
+
+    enabled: bool = False
+    min_contributors: int = 3
+    clip: float = 8.0
+    scale: int = 2**20
+
+    def __post_init__(self) -> None:
+        _require(self.min_contributors >= 3, "secagg.min_contributors must be at least 3")
+        _require(self.clip > 0, "secagg.clip must be positive")
+        _require(self.scale >= 2, "secagg.scale must be at least 2")
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything one node process needs."""
 
@@ -154,8 +174,11 @@ class NodeConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     privacy: DPConfig = field(default_factory=DPConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
+        _require(not self.secagg.enabled or self.security.admission,
+                 "secagg needs security.admission (pair masks use the certified keys)")
         _require(bool(self.federation) and len(self.federation) <= 64,
                  "federation must be 1 to 64 characters")
         _require(len(self.listen) >= 1, "listen needs at least one multiaddr")

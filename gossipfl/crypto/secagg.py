@@ -626,6 +626,52 @@ def decrypt_shares(
     return body[: shamir.SHARE_BYTES], body[shamir.SHARE_BYTES :]
 
 
+def encrypt_seed_share(
+    *,
+    sender: str,
+    recipient: str,
+    context: bytes,
+    share: bytes,
+    sender_private: bytes,
+    recipient_public: bytes,
+    rng_bytes: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """Seal one encoded share of ``sender``'s self seed for ``recipient`` (NaCl Box).
+
+    The variant of :func:`encrypt_shares` for neighbourhoods whose pair masks come from the
+    members' certified long-term X25519 keys (a fresh context per aggregator and round): only
+    the self seed is shared, and a survivor reveals a dropped member's round pair seed directly
+    instead of a share of a mask key. Sender, recipient and round are bound inside.
+    """
+    header = _shares_header(sender, recipient, context)
+    box = Box(PrivateKey(_check_bytes("sender_private", sender_private, KEY_BYTES)),
+              PublicKey(_check_bytes("recipient_public", recipient_public, KEY_BYTES)))
+    nonce = _check_bytes("rng_bytes(24)", rng_bytes(Box.NONCE_SIZE), Box.NONCE_SIZE)
+    return bytes(box.encrypt(header + _check_bytes("share", share, shamir.SHARE_BYTES), nonce))
+
+
+def decrypt_seed_share(
+    ciphertext: bytes,
+    *,
+    sender: str,
+    recipient: str,
+    context: bytes,
+    recipient_private: bytes,
+    sender_public: bytes,
+) -> bytes:
+    """Open a share sealed by :func:`encrypt_seed_share`; ValueError if it is not authentic."""
+    box = Box(PrivateKey(_check_bytes("recipient_private", recipient_private, KEY_BYTES)),
+              PublicKey(_check_bytes("sender_public", sender_public, KEY_BYTES)))
+    try:
+        plaintext = box.decrypt(bytes(ciphertext))
+    except CryptoError as exc:
+        raise ValueError(f"share from {sender!r} to {recipient!r} does not authenticate") from exc
+    header = _shares_header(sender, recipient, context)
+    if len(plaintext) != len(header) + shamir.SHARE_BYTES or not plaintext.startswith(header):
+        raise ValueError(f"share was not sealed from {sender!r} to {recipient!r} in this round")
+    return plaintext[len(header):]
+
+
 # --------------------------------------------------------------------------- simulation
 
 

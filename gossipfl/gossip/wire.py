@@ -395,10 +395,158 @@ class Sealed:
         )
 
 
-Message = Heartbeat | LinkRequest | LinkReply | Contribution | Ack | Sealed
-M = TypeVar("M", Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed)
+def _check_pairs(value: Any, what: str, max_items: int, max_bytes: int) -> tuple[tuple[str, bytes],
+                                                                                  ...]:
+    """A list of [peer id, bytes] pairs with distinct peer ids."""
+    if not isinstance(value, list) or len(value) > max_items:
+        raise WireError(f"{what} must be a list of at most {max_items} [peer, bytes] pairs")
+    pairs = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise WireError(f"{what} entries must be [peer, bytes]")
+        peer = _check_str(item[0], f"{what} peer", MAX_PEER_ID_CHARS)
+        if not isinstance(item[1], bytes) or len(item[1]) > max_bytes:
+            raise WireError(f"{what} values must be at most {max_bytes} bytes")
+        pairs.append((peer, item[1]))
+    if len({p for p, _ in pairs}) != len(pairs):
+        raise WireError(f"{what} names a peer twice")
+    return tuple(pairs)
+
+
+def _check_peers(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_MEMBERS:
+        raise WireError(f"{what} must be a list of at most {MAX_MEMBERS} peer ids")
+    peers = tuple(_check_str(p, f"{what} entry", MAX_PEER_ID_CHARS) for p in value)
+    if len(set(peers)) != len(peers):
+        raise WireError(f"{what} names a peer twice")
+    return peers
+
+
+MAX_SHARE_CIPHERTEXT = 512
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Secure aggregation: one contributor's masked, weighted estimate for one aggregator's sum.
+
+    ``data`` is a little-endian uint32 vector (the quantised ``weight · x̂`` plus masks, mod
+    2^32), meaningless alone; ``shares`` are encrypted Shamir shares of the contributor's self
+    seed, one per co-neighbour, which the aggregator relays but cannot read.
+    """
+
+    KIND: ClassVar[str] = "masked_input"
+    federation: str
+    round: int
+    sender: str
+    aggregator: str
+    weight: float
+    disagreement: float
+    done: bool
+    data: bytes
+    shares: tuple[tuple[str, bytes], ...]
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
+                "weight": self.weight, "disagreement": self.disagreement, "done": self.done,
+                "data": self.data, "shares": [[p, c] for p, c in self.shares]}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
+        data = body["data"]
+        if not isinstance(data, bytes) or len(data) % 4:
+            raise WireError("masked data must be bytes holding uint32 words")
+        weight = _check_float(body["weight"], "weight")
+        if not 0.0 < weight <= 1.0:
+            raise WireError(f"weight {weight} is outside (0, 1]")
+        return cls(
+            federation=federation,
+            round=_check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            aggregator=_check_str(body["aggregator"], "aggregator", MAX_PEER_ID_CHARS),
+            weight=weight,
+            disagreement=_check_float(body["disagreement"], "disagreement"),
+            done=_check_bool(body["done"], "done"),
+            data=data,
+            shares=_check_pairs(body["shares"], "shares", MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
+        )
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Secure aggregation: the aggregator fixes the survivors and asks one of them to unmask.
+
+    ``shares`` are the encrypted self-seed shares addressed to the receiver, keyed by the
+    contributor they belong to.
+    """
+
+    KIND: ClassVar[str] = "unmask_request"
+    federation: str
+    round: int
+    sender: str
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    shares: tuple[tuple[str, bytes], ...]
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
+                "dropped": list(self.dropped), "shares": [[p, c] for p, c in self.shares]}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> UnmaskRequest:
+        return cls(
+            federation=federation,
+            round=_check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            survivors=_check_peers(body["survivors"], "survivors"),
+            dropped=_check_peers(body["dropped"], "dropped"),
+            shares=_check_pairs(body["shares"], "shares", MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
+        )
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """A survivor's answer: its own self seed, the shares it holds of the other survivors' self
+    seeds, and its round pair seeds with the dropped members; never both kinds for one member.
+    """
+
+    KIND: ClassVar[str] = "unmask_response"
+    federation: str
+    round: int
+    sender: str
+    self_seed: bytes
+    seed_shares: tuple[tuple[str, bytes], ...]
+    pair_seeds: tuple[tuple[str, bytes], ...]
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "self_seed": self.self_seed,
+                "seed_shares": [[p, v] for p, v in self.seed_shares],
+                "pair_seeds": [[p, v] for p, v in self.pair_seeds]}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> UnmaskResponse:
+        self_seed = body["self_seed"]
+        if not isinstance(self_seed, bytes) or len(self_seed) != 32:
+            raise WireError("self seed must be 32 bytes")
+        pair_seeds = _check_pairs(body["pair_seeds"], "pair seeds", MAX_MEMBERS, 32)
+        if any(len(v) != 32 for _, v in pair_seeds):
+            raise WireError("pair seeds must be 32 bytes")
+        return cls(
+            federation=federation,
+            round=_check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            self_seed=self_seed,
+            seed_shares=_check_pairs(body["seed_shares"], "seed shares", MAX_MEMBERS, 128),
+            pair_seeds=pair_seeds,
+        )
+
+
+Message = (Heartbeat | LinkRequest | LinkReply | Contribution | Ack | Sealed | MaskedInput
+           | UnmaskRequest | UnmaskResponse)
+M = TypeVar("M", Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed, MaskedInput,
+            UnmaskRequest, UnmaskResponse)
 _KINDS: dict[str, type[Any]] = {
-    cls.KIND: cls for cls in (Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed)
+    cls.KIND: cls for cls in (Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed,
+                              MaskedInput, UnmaskRequest, UnmaskResponse)
 }
 
 

@@ -19,6 +19,7 @@ import trio
 
 from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
+from gossipfl.node import secure_round
 from gossipfl.node.checkpoint import save_checkpoint, save_vector
 from gossipfl.node.runtime import ENVELOPE_ALLOWANCE, peak_rss_bytes
 from gossipfl.privacy.dp import privatise_update
@@ -37,7 +38,7 @@ async def run_rounds(node: Node) -> None:
         training = r < config.rounds
         node.status = "training" if training else "consensus"
         await run_round(node, r, training)
-        if not training and consensus_reached(node):
+        if not training and finished(node, r):
             log.info("consensus reached at round %d (disagreement %.2e)", r, node.disagreement)
             break
         if r == last_round and not training:
@@ -67,24 +68,28 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     # x̂ += q, exactly as every neighbour will apply it
     node.own.publish(half_step, r, privatise=privacy_step(node, r, training, record))
 
-    # 4. send our contribution to every live neighbour
-    send_start = trio.current_time()
-    await send_to_neighbours(node, r, done=False)
-    record["send_seconds"] = trio.current_time() - send_start
+    if node.config.secagg.enabled:
+        # 4.-6. masked inputs out, wait, unmask the neighbourhood's sum (secure_round.py)
+        missing = await secure_exchange(node, r, half_step, start, record)
+    else:
+        # 4. send our contribution to every live neighbour
+        send_start = trio.current_time()
+        await send_to_neighbours(node, r, done=False)
+        record["send_seconds"] = trio.current_time() - send_start
 
-    # 5. receive: wait for the neighbours' contributions for this round, or the timeout
-    wait_start = trio.current_time()
-    missing = await wait_for_neighbours(node, r, start + node.protocol.round_timeout)
-    record["wait_seconds"] = trio.current_time() - wait_start
+        # 5. receive: wait for the neighbours' contributions for this round, or the timeout
+        wait_start = trio.current_time()
+        missing = await wait_for_neighbours(node, r, start + node.protocol.round_timeout)
+        record["wait_seconds"] = trio.current_time() - wait_start
 
-    # 6. aggregate: Metropolis–Hastings weights over the neighbours we hold estimates of
-    node.model = aggregate(node, half_step, r)
+        # 6. aggregate: Metropolis–Hastings weights over the neighbours we hold estimates of
+        node.model = aggregate(node, half_step, r)
+        present = [p for p in node.neighbours if p in node.estimates.peers]
+        node.disagreement = relative_disagreement(
+            node.model, [node.estimates.peers[p].vector for p in present]
+        )
     node.round = r
     await update_liveness(node, r, missing)
-    present = [p for p in node.neighbours if p in node.estimates.peers]
-    node.disagreement = relative_disagreement(
-        node.model, [node.estimates.peers[p].vector for p in present]
-    )
 
     # 7. measure and persist
     evaluation = await trio.to_thread.run_sync(node.learner.evaluate, node.model)
@@ -135,6 +140,29 @@ def persist_round(node: Node, r: int) -> None:
     save_checkpoint(node.out / "checkpoint.npz", node.model, r, status=node.status)
     if node.config.keep_round_models:
         save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model, durable=False)
+
+
+async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: float,
+                          record: dict[str, Any]) -> list[str]:
+    """Steps 4-6 under secure aggregation; returns the neighbours whose input is missing."""
+    send_start = trio.current_time()
+    await secure_round.send_masked_inputs(node, r, done=False)
+    record["send_seconds"] = trio.current_time() - send_start
+    wait_start = trio.current_time()
+    missing = await secure_round.wait_for_inputs(node, r, start + node.protocol.round_timeout)
+    record["wait_seconds"] = trio.current_time() - wait_start
+    result = await secure_round.secure_sum(node, r)
+    node.secagg.forget_before(r)
+    if result is None:
+        record["secure_aggregation"] = "refused"
+        node.model = half_step.copy()
+        return missing
+    total, weights, survivors = result
+    record["secure_aggregation"] = f"{len(survivors)} contributors"
+    node.model = ((1.0 - weights) * half_step + total).astype(np.float32)
+    neighbourhood_mean = total / weights  # all this node learns: an average, never one input
+    node.disagreement = relative_disagreement(node.model, [neighbourhood_mean])
+    return missing
 
 
 def aggregate(node: Node, half_step: np.ndarray, r: int) -> np.ndarray:
@@ -287,6 +315,18 @@ async def update_liveness(node: Node, r: int, missing: list[str]) -> None:
                 log.error("no neighbours left: this node now trains alone")
 
 
+def finished(node: Node, r: int) -> bool:
+    if not node.config.secagg.enabled:
+        return consensus_reached(node)
+    live = [p for p in node.neighbours
+            if not node.secagg.peer_status.get(p, (-1, 0.0, False))[2]]
+    if r in node.secagg.refused_rounds and len(live) < node.config.secagg.min_contributors:
+        log.warning("round %d: the neighbours still running are too few for secure "
+                    "aggregation; ending consensus here", r)
+        return True
+    return secure_round.consensus_reached(node)
+
+
 def consensus_reached(node: Node) -> bool:
     tolerance = node.protocol.consensus_tolerance
     if node.disagreement > tolerance:
@@ -305,6 +345,9 @@ async def announce_done(node: Node) -> None:
     r = node.round + 1
     node.own.publish(node.model, r)
     node.status = "done"
+    if node.config.secagg.enabled:
+        await secure_round.send_masked_inputs(node, r, done=True)
+        return
     await send_to_neighbours(node, r, done=True)
     await close_channels(node)
 

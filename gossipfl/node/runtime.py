@@ -48,6 +48,13 @@ from gossipfl.node.checkpoint import atomic_write_json, save_checkpoint
 from gossipfl.node.estimates import EstimateError, OwnEstimate, PeerEstimates
 from gossipfl.node.layout import Layout, LayoutError
 from gossipfl.node.learner import LocalLearner
+from gossipfl.node.secure_round import (
+    PROTO_MASKED,
+    PROTO_UNMASK,
+    SecAggState,
+    on_masked_input,
+    on_unmask_request,
+)
 from gossipfl.node.security import EnvelopeError, NodeSecurity
 
 log = logging.getLogger("gossipfl.node")
@@ -119,6 +126,7 @@ class Node:
         self.isolated_rounds = 0
         self.net: PeerNet | None = None
         self.security = NodeSecurity(config, identity)
+        self.secagg = SecAggState()
         self.budget: Any = None
         self.dp_rng: np.random.Generator | None = None
         self.dp_exhausted_round: int | None = None
@@ -146,6 +154,9 @@ class Node:
             async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
                 host.set_stream_handler(PROTO_MEMBERSHIP, self._guard(self._on_heartbeat))
                 host.set_stream_handler(PROTO_LINK, self._guard(self._on_link))
+                if self.config.secagg.enabled:
+                    host.set_stream_handler(PROTO_MASKED, self._guard(self._on_masked))
+                    host.set_stream_handler(PROTO_UNMASK, self._guard(self._on_unmask))
                 host.set_stream_handler(
                     self.contribution_protocol,
                     self._guard(self._on_contribution, timeout=math.inf),  # per frame inside
@@ -223,6 +234,12 @@ class Node:
         summary: dict[str, Any] = {
             "transport": "noise", "admission": self.security.enabled,
             "payload_encryption": self.security.sealed, "dp": dp.enabled,
+        }
+        summary["secure_aggregation"] = {
+            "enabled": self.config.secagg.enabled,
+            "min_contributors": self.config.secagg.min_contributors,
+            "refused_rounds": self.secagg.refused_rounds,
+            "failed_rounds": self.secagg.failed_rounds,
         }
         if self.budget is not None:
             summary.update(
@@ -517,6 +534,12 @@ class Node:
                 await channel.send(ack, MAX_CONTROL_BYTES)
             if status == "rejected" and reason in ("wrong federation", "not a neighbour"):
                 return
+
+    async def _on_masked(self, channel: Channel) -> None:
+        await on_masked_input(self, channel)
+
+    async def _on_unmask(self, channel: Channel) -> None:
+        await on_unmask_request(self, channel)
 
     def _open_sealed(self, remote: str, sealed: Sealed) -> Contribution | None:
         """Open an envelope; a tampered, redirected or forged one is dropped with a log line."""

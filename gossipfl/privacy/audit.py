@@ -326,6 +326,10 @@ def simulate_federation(
 
     Returns:
         The :class:`FederationTrace`.
+
+    Raises:
+        ValueError: if ``rounds < 1`` or a node's update stops being finite (local training
+            diverged, e.g. on models carrying much DP noise).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
@@ -347,6 +351,12 @@ def simulate_federation(
     for r in range(rounds):
         half = {i: by_id[i].train(models[i], r).vector.astype(np.float32) for i in ids}
         deltas = {i: (half[i] - estimates[i]).astype(np.float32) for i in ids}
+        diverged = sorted(i for i in ids if not np.all(np.isfinite(deltas[i])))
+        if diverged:
+            raise ValueError(
+                f"training diverged in round {r} (non-finite update at {', '.join(diverged)})"
+                + ("; the DP noise is too large for this model and learning rate" if dp else "")
+            )
         sent = {
             i: deltas[i] if dp is None else privatise_update(deltas[i], dp, noise[i])
             for i in ids
@@ -561,8 +571,9 @@ def run_audit(
           :func:`membership_advantage` plus sample sizes, mean losses and test accuracy.
 
     Raises:
-        ValueError: for too few nodes or rounds, a disabled ``privacy``, or a target that is not
-            a neighbour of node 0, or node 0 with fewer than three neighbours.
+        ValueError: for too few nodes or rounds, a disabled ``privacy``, a target that is not a
+            neighbour of node 0, node 0 with fewer than three neighbours, or training that
+            diverges (:func:`simulate_federation`).
     """
     if nodes < secagg.MIN_CONTRIBUTORS + 1:
         raise ValueError(f"nodes must be at least {secagg.MIN_CONTRIBUTORS + 1}, got {nodes}")

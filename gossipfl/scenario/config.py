@@ -10,6 +10,7 @@ from gossipfl.config import (
     DataConfig,
     ModelConfig,
     ProtocolConfig,
+    SecAggConfig,
     TopologyConfig,
     from_dict,
     load_toml,
@@ -56,6 +57,7 @@ class ScenarioConfig:
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     privacy: DPConfig = field(default_factory=DPConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
     faults: tuple[FaultConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -65,6 +67,8 @@ class ScenarioConfig:
             raise ConfigError("rounds must be at least 1")
         if self.timeout <= 0:
             raise ConfigError("timeout must be positive")
+        if self.secagg.enabled and not self.admission:
+            raise ConfigError("secagg needs admission = true (pair masks use certified keys)")
         for fault in self.faults:
             if fault.node >= self.nodes:
                 raise ConfigError(f"fault names node {fault.node}, the scenario has {self.nodes}")

@@ -133,7 +133,17 @@ def privacy_section(scenario: ScenarioConfig, entries: list[dict[str, Any]]) -> 
         "transport": "libp2p Noise (XX, ChaCha20-Poly1305); plaintext refused",
         "admission": scenario.admission,
         "payload_encryption": scenario.admission and scenario.encrypt_payloads,
-        "secure_aggregation": {"enabled": False, "note": "not wired into the round yet"},
+        "secure_aggregation": {
+            **to_dict(scenario.secagg),
+            "refused_rounds": {
+                str(e["index"]): e["privacy"].get("secure_aggregation", {}).get(
+                    "refused_rounds", []) for e in entries
+            },
+            "failed_rounds": {
+                str(e["index"]): e["privacy"].get("secure_aggregation", {}).get(
+                    "failed_rounds", []) for e in entries
+            },
+        },
         "dp": to_dict(dp),
         "dp_unit": "one node's whole update per round (add/remove), Gaussian mechanism, RDP",
         "epsilon": {

@@ -180,6 +180,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
             protocol=scenario.protocol,
             security=security,
             privacy=scenario.privacy,
+            secagg=scenario.secagg,
         )
         (node_dir / "node.toml").write_text(dump_toml(to_dict(config)))
         addrs.append(f"{listen}/p2p/{identity.peer_id}")

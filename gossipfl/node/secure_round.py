@@ -1,0 +1,410 @@
+"""Secure aggregation over each neighbourhood: node i learns Σ_j W_ij x̂_j, never one x̂_j.
+
+Node i is the aggregator of its own neighbourhood U_i (its neighbours in the federation's
+topology) and a contributor to each neighbour's. Per round r (Bonawitz et al., CCS 2017, with
+the pair keys taken from the members' certificates, so no key round is needed):
+
+1. Contributor j, for aggregator k: quantise ``w_kj · x̂_j`` into Z_{2^32} inside [-clip, clip],
+   add a fresh self mask PRG(b_j) and the pair masks ±PRG(p_jl) with every co-neighbour l in
+   U_k (p_jl = KDF(X25519(j, l), federation ‖ k ‖ r)), Shamir-share b_j among U_k (threshold: a
+   majority), encrypt each share to its holder, and send it all to k (``MaskedInput``).
+2. Aggregator i waits for its neighbours' inputs (or the round timeout), fixes the survivors V
+   (later inputs for the round are refused), and refuses the round outright with fewer than
+   ``min_contributors``: a sum of one or two is no secret.
+3. It asks each survivor to unmask (``UnmaskRequest``): the survivor returns its own b, the shares
+   it holds of the other survivors' b (for a survivor that drops after masking), and its round
+   pair seeds with the dropped members; never both kinds for one member, and only for one
+   survivor set per aggregator and round.
+4. i removes the self masks and the dropped members' pair masks and gets Σ_{j∈V} w_ij x̂_j;
+   the model becomes (1 − Σ_{j∈V} w_ij) x½ + that sum.
+
+Every contributor sends its full weighted estimate each round (with identity compression a delta
+is no smaller), so a dropout never leaves the aggregator's running sums out of step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import trio
+
+from gossipfl.crypto import secagg, shamir
+from gossipfl.gossip.wire import (
+    MAX_CONTROL_BYTES,
+    Ack,
+    MaskedInput,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+
+if TYPE_CHECKING:
+    from gossipfl.gossip.peers import Channel
+    from gossipfl.node.runtime import Node
+
+log = logging.getLogger("gossipfl.secagg")
+
+PROTO_MASKED = "/gossipfl/secagg/input/1.0.0"
+PROTO_UNMASK = "/gossipfl/secagg/unmask/1.0.0"
+KEEP_ROUNDS = 4  # how many past rounds of secrets a contributor keeps for late unmask requests
+
+
+@dataclass
+class SecAggState:
+    """Per-node secure-aggregation state, for both roles."""
+
+    inbox: dict[int, dict[str, MaskedInput]] = field(default_factory=dict)  # aggregator role
+    closed: set[int] = field(default_factory=set)  # rounds whose survivor set is fixed
+    my_seeds: dict[tuple[str, int], bytes] = field(default_factory=dict)  # contributor role
+    answered: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict)
+    refused_rounds: list[int] = field(default_factory=list)
+    failed_rounds: list[int] = field(default_factory=list)
+    peer_status: dict[str, tuple[int, float, bool]] = field(default_factory=dict)
+
+    def forget_before(self, round_: int) -> None:
+        for r in [r for r in self.inbox if r < round_]:
+            del self.inbox[r]
+        self.closed = {r for r in self.closed if r >= round_}
+        for key in [k for k in self.my_seeds if k[1] < round_ - KEEP_ROUNDS]:
+            del self.my_seeds[key]
+        for key in [k for k in self.answered if k[1] < round_ - KEEP_ROUNDS]:
+            del self.answered[key]
+
+
+def neighbourhood(node: Node, aggregator: str) -> frozenset[str]:
+    assert node.topology is not None
+    return node.topology.get(aggregator, frozenset())
+
+
+def weight(node: Node, aggregator: str, contributor: str) -> float:
+    """Metropolis–Hastings weight from the topology's degrees, known to both ends in advance."""
+    degree_k = len(neighbourhood(node, aggregator))
+    degree_j = len(neighbourhood(node, contributor))
+    return 1.0 / (1 + max(degree_k, degree_j))
+
+
+def threshold(members: int) -> int:
+    return members // 2 + 1
+
+
+def _x25519_public(node: Node, peer: str) -> bytes:
+    return node.security.certificates[peer].x25519_public
+
+
+def _my_private(node: Node) -> bytes:
+    return bytes(node.security.x25519_private)
+
+
+# -- contributor ------------------------------------------------------------------------------
+
+
+def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
+                 done: bool) -> MaskedInput:
+    """Quantise, mask and share: this node's input to ``aggregator``'s sum for round ``r``."""
+    config = node.config.secagg
+    members = neighbourhood(node, aggregator)
+    context = secagg.seed_context(node.config.federation, aggregator, r)
+    me = node.peer_id
+    w = weight(node, aggregator, me)
+    q = secagg.quantise(w * estimate, config.clip, config.scale)
+    self_seed = secagg.fresh_self_seed()
+    pairs = {
+        other: secagg.agree_seed(_my_private(node), _x25519_public(node, other), context=context)
+        for other in members if other != me
+    }
+    y = secagg.mask_input(q, my_id=me, self_seed=self_seed, pair_seeds=pairs)
+    ids = secagg.share_ids_for(members)
+    shares = shamir.split_secret(self_seed, threshold(len(members)), sorted(ids.values()))
+    sealed = tuple(
+        (other, secagg.encrypt_seed_share(
+            sender=me, recipient=other, context=context,
+            share=shamir.encode_share(ids[other], shares[ids[other]]),
+            sender_private=_my_private(node), recipient_public=_x25519_public(node, other)))
+        for other in sorted(members) if other != me
+    )
+    node.secagg.my_seeds[(aggregator, r)] = self_seed
+    return MaskedInput(
+        federation=node.config.federation, round=r, sender=me, aggregator=aggregator, weight=w,
+        disagreement=float(min(node.disagreement, 1e9)), done=done,
+        data=y.astype("<u4").tobytes(), shares=sealed,
+    )
+
+
+async def send_masked_inputs(node: Node, r: int, *, done: bool) -> None:
+    """Send this round's masked input to every neighbour (as aggregator), concurrently."""
+    estimate = node.own.vector
+    async with trio.open_nursery() as nursery:
+        for peer in list(node.neighbours):
+            if len(neighbourhood(node, peer)) < node.config.secagg.min_contributors:
+                continue  # that aggregator will refuse: sending would only cost bandwidth
+            nursery.start_soon(_send_masked, node, peer, r, estimate, done)
+
+
+async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done: bool) -> None:
+    assert node.net is not None
+    state = node.neighbours.get(peer)
+    with trio.move_on_after(node.protocol.request_timeout) as scope:
+        try:
+            message = await trio.to_thread.run_sync(masked_input, node, peer, r, estimate, done)
+            channel = await node.net.open(peer, node.membership.addrs(peer), PROTO_MASKED)
+            try:
+                await channel.send(message, node.protocol.max_payload_bytes)
+                ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
+            finally:
+                await channel.close()
+        except Exception as error:
+            if state is not None:
+                state.unreachable_round = r
+            log.warning("could not send masked round %d to %s: %s: %s", r, peer,
+                        type(error).__name__, error)
+            return
+        if ack.status != "ok":
+            log.warning("%s refused our masked round %d: %s", peer, r, ack.reason)
+    if scope.cancelled_caught:
+        node.timeouts += 1
+        log.warning("sending masked round %d to %s timed out", r, peer)
+
+
+async def on_unmask_request(node: Node, channel: Channel) -> None:
+    """Serve an aggregator's unmask request (see :func:`answer_unmask`)."""
+    request = await channel.receive(UnmaskRequest, node.protocol.max_payload_bytes)
+    response = answer_unmask(node, channel.remote, request)
+    if response is not None:
+        await channel.send(response, MAX_CONTROL_BYTES)
+
+
+def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> UnmaskResponse | None:
+    """This node's unmask answer for ``aggregator``, or None (logged) when it must refuse.
+
+    Refuses anything that could unmask one input: a survivor set that does not split the
+    neighbourhood, one without us, one smaller than the minimum, or a second, different survivor
+    set for a round already answered (the aggregator claiming a live member dropped). Shares of a
+    dropped member's self seed are never revealed; pair seeds only with the dropped.
+    """
+    r, me = request.round, node.peer_id
+    if request.federation != node.config.federation or request.sender != aggregator:
+        node.reject(aggregator, "unmask request", "sender_mismatch", "names another sender")
+        return None
+    members = neighbourhood(node, aggregator)
+    survivors, dropped = set(request.survivors), set(request.dropped)
+    seed = node.secagg.my_seeds.get((aggregator, r))
+    reason = None
+    if seed is None:
+        reason = "we sent no masked input for that round"
+    elif survivors & dropped or survivors | dropped != set(members):
+        reason = "survivors and dropped must split the neighbourhood"
+    elif me not in survivors:
+        reason = "we are not among the survivors"
+    elif len(survivors) < node.config.secagg.min_contributors:
+        reason = f"fewer than {node.config.secagg.min_contributors} survivors"
+    elif node.secagg.answered.get((aggregator, r), frozenset(survivors)) != frozenset(survivors):
+        reason = "a different survivor set was already answered for this round"
+    if reason is not None:
+        node.reject(aggregator, "unmask request", "unmask_refused", f"round {r}: {reason}")
+        return None
+    assert seed is not None
+    node.secagg.answered[(aggregator, r)] = frozenset(survivors)
+    context = secagg.seed_context(node.config.federation, aggregator, r)
+    shares = []
+    for owner, ciphertext in request.shares:
+        if owner not in survivors or owner == me:
+            continue  # shares of a dropped member's self seed are never revealed
+        try:
+            shares.append((owner, secagg.decrypt_seed_share(
+                ciphertext, sender=owner, recipient=me, context=context,
+                recipient_private=_my_private(node), sender_public=_x25519_public(node, owner))))
+        except (ValueError, KeyError) as error:
+            node.reject(aggregator, "unmask request", "bad_share", f"{owner}: {error}")
+    pair_seeds = tuple(
+        (other, secagg.agree_seed(_my_private(node), _x25519_public(node, other),
+                                  context=context))
+        for other in sorted(dropped)
+    )
+    return UnmaskResponse(node.config.federation, r, me, seed, tuple(shares), pair_seeds)
+
+
+# -- aggregator --------------------------------------------------------------------------------
+
+
+async def on_masked_input(node: Node, channel: Channel) -> None:
+    message = await channel.receive(MaskedInput, node.protocol.max_payload_bytes)
+    remote = channel.remote
+    status, reason = accept_masked(node, remote, message)
+    await channel.send(Ack(node.config.federation, message.round, node.peer_id, status, reason),
+                       MAX_CONTROL_BYTES)
+
+
+def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[str, str]:
+    def refuse(key: str, detail: str) -> tuple[str, str]:
+        node.reject(remote, "masked input", key, detail)
+        return "rejected", detail
+
+    if message.federation != node.config.federation or message.sender != remote:
+        return refuse("sender_mismatch", "federation or sender does not match the connection")
+    if not node.security.is_member(remote):
+        return refuse("not_member", "no valid certificate")
+    if message.aggregator != node.peer_id:
+        return refuse("misaddressed", f"for {message.aggregator}")
+    if remote not in node.neighbours:
+        return refuse("not_neighbour", "no link with this peer")
+    if message.round in node.secagg.closed or message.round < node.round:
+        return refuse("late", f"round {message.round} is already fixed")
+    if message.round > node.round + 2:
+        return refuse("future", f"round {message.round} is too far ahead of {node.round}")
+    inbox = node.secagg.inbox.setdefault(message.round, {})
+    if remote in inbox:
+        return refuse("duplicate", f"a second input for round {message.round}")
+    if len(message.data) != 4 * node.layout.size:
+        return refuse("layout", f"{len(message.data) // 4} values, the model has "
+                                f"{node.layout.size}")
+    expected = weight(node, node.peer_id, remote)
+    if abs(message.weight - expected) > 1e-9:
+        return refuse("weight", f"weight {message.weight}, expected {expected}")
+    members = neighbourhood(node, node.peer_id)
+    if {p for p, _ in message.shares} != set(members) - {remote}:
+        return refuse("shares", "shares must go to every other member of the neighbourhood")
+    inbox[remote] = message
+    node.secagg.peer_status[remote] = (message.round, message.disagreement, message.done)
+    node.neighbours[remote].missed = 0
+    node.membership.heard_from(remote, (), trio.current_time())
+    node.notify()
+    return "ok", ""
+
+
+async def wait_for_inputs(node: Node, r: int, deadline: float) -> list[str]:
+    """Wait for every live neighbour's masked input for round r; returns those missing."""
+    while True:
+        inbox = node.secagg.inbox.get(r, {})
+        waiting = [
+            p for p, state in node.neighbours.items()
+            if p not in inbox and state.unreachable_round != r
+            and not node.secagg.peer_status.get(p, (-1, 0.0, False))[2]
+        ]
+        remaining = deadline - trio.current_time()
+        if not waiting or remaining <= 0:
+            break
+        event = node.changed
+        with trio.move_on_after(remaining):
+            await event.wait()
+    if waiting:
+        node.timeouts += 1
+        log.warning("round %d: no masked input from %s", r, ", ".join(waiting))
+    return sorted(p for p in node.neighbours if p not in node.secagg.inbox.get(r, {}))
+
+
+async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] | None:
+    """Fix the survivors, unmask; returns (Σ w x̂, Σ w, survivors) or None if refused/failed."""
+    node.secagg.closed.add(r)
+    inputs = node.secagg.inbox.get(r, {})
+    members = sorted(neighbourhood(node, node.peer_id))
+    survivors = sorted(inputs)
+    minimum = node.config.secagg.min_contributors
+    if len(survivors) < minimum:
+        node.secagg.refused_rounds.append(r)
+        log.warning("round %d: secure aggregation refused: %d contributor(s), fewer than %d; "
+                    "this round goes on without them", r, len(survivors), minimum)
+        return None
+    dropped = [m for m in members if m not in inputs]
+    responses: dict[str, UnmaskResponse] = {}
+    async with trio.open_nursery() as nursery:
+        for peer in survivors:
+            request = unmask_request(node, r, inputs, survivors, dropped, peer)
+            nursery.start_soon(_ask_unmask, node, peer, request, responses)
+    try:
+        total = await trio.to_thread.run_sync(unmask, node, r, inputs, survivors, dropped,
+                                              responses)
+    except ValueError as error:
+        node.secagg.failed_rounds.append(r)
+        log.warning("round %d: secure aggregation failed: %s; this round goes on without it",
+                    r, error)
+        return None
+    weights = sum(inputs[p].weight for p in survivors)
+    return total, weights, survivors
+
+
+def unmask_request(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[str],
+                   dropped: list[str], peer: str) -> UnmaskRequest:
+    """The request to survivor ``peer``: the survivor set, and the shares addressed to it."""
+    shares = tuple((owner, dict(inputs[owner].shares)[peer])
+                   for owner in survivors if owner != peer)
+    return UnmaskRequest(node.config.federation, r, node.peer_id, tuple(survivors),
+                         tuple(dropped), shares)
+
+
+async def _ask_unmask(node: Node, peer: str, request: UnmaskRequest,
+                      responses: dict[str, UnmaskResponse]) -> None:
+    assert node.net is not None
+    with trio.move_on_after(node.protocol.request_timeout):
+        try:
+            channel = await node.net.open(peer, node.membership.addrs(peer), PROTO_UNMASK)
+            try:
+                await channel.send(request, node.protocol.max_payload_bytes)
+                response = await channel.receive(UnmaskResponse, MAX_CONTROL_BYTES)
+            finally:
+                await channel.close()
+        except Exception as error:
+            log.info("no unmask answer from %s for round %d: %s", peer, request.round, error)
+            return
+        if response.sender == peer and response.round == request.round:
+            responses[peer] = response
+
+
+def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[str],
+           dropped: list[str], responses: dict[str, UnmaskResponse]) -> np.ndarray:
+    """Σ_{j∈V} w_ij x̂_j from the survivors' masked inputs and their unmask answers.
+
+    Raises ValueError when the answers cannot remove every mask (too few shares of a member
+    that left after masking, or a pair seed missing).
+    """
+    config = node.config.secagg
+    members = sorted(neighbourhood(node, node.peer_id))
+    ids = secagg.share_ids_for(members)
+    need = threshold(len(members))
+    self_seeds: dict[str, bytes] = {}
+    for peer in survivors:
+        if peer in responses:
+            self_seeds[peer] = responses[peer].self_seed
+            continue
+        # dropped after masking: rebuild its self seed from the shares the others hold
+        held = {}
+        for response in responses.values():
+            for owner, encoded in response.seed_shares:
+                if owner == peer:
+                    share_id, value = shamir.decode_share(encoded)
+                    if share_id == ids[response.sender]:
+                        held[share_id] = value
+        if len(held) < need:
+            raise ValueError(f"{peer} left after masking and only {len(held)} of {need} shares "
+                             "of its self seed came back")
+        self_seeds[peer] = shamir.combine_shares(held, need)
+    pair_seeds: dict[tuple[str, str], bytes] = {}
+    for peer in survivors:
+        for gone in dropped:
+            if peer not in responses:
+                raise ValueError(f"{peer} left after masking while {gone} had dropped: their pair "
+                                 "mask cannot be removed")
+            seeds = dict(responses[peer].pair_seeds)
+            if gone not in seeds:
+                raise ValueError(f"{peer} did not reveal its pair seed with {gone}")
+            pair_seeds[(peer, gone)] = seeds[gone]
+    masked = {p: np.frombuffer(inputs[p].data, dtype="<u4").astype(np.uint32) for p in survivors}
+    total = secagg.unmask_sum(masked, survivors_self_seeds=self_seeds,
+                              dropped_pair_seeds=pair_seeds)
+    return secagg.dequantise_sum(total, len(survivors), config.clip, config.scale)
+
+
+def consensus_reached(node: Node) -> bool:
+    """Secure-aggregation variant: neighbours' disagreement comes with their masked inputs."""
+    tolerance = node.protocol.consensus_tolerance
+    if node.disagreement > tolerance:
+        return False
+    for peer in node.neighbours:
+        _, disagreement, done = node.secagg.peer_status.get(peer, (-1, 1e9, False))
+        if not done and disagreement > tolerance:
+            return False
+    return True
+
+
+__all__ = ["PROTO_MASKED", "PROTO_UNMASK", "SecAggState"]
