@@ -247,3 +247,27 @@ def test_dp_budget_is_accounted_and_a_spent_node_stops_contributing(tmp_path: Pa
         assert privacy["epsilon"][str(node["index"])] == node["privacy"]["epsilon"]
     log = (tmp_path / "out" / "nodes" / "node-00" / "node.log").read_text()
     assert "privacy budget spent" in log
+
+
+def test_secure_aggregation_with_a_member_killed_mid_run(tmp_path: Path) -> None:
+    text = BASE.format(name="e2esecagg", nodes=5, rounds=10, topology="full", degree=4,
+                       round_timeout=3.0)
+    text += "\n[secagg]\nenabled = true\nmin_contributors = 3\n"
+    text += "\n[[faults]]\nkind = \"kill\"\nnode = 4\nat_round = 3\n"
+    code, report = _run(tmp_path, text)
+    assert code == 0
+    survivors = report["nodes"][:4]
+    assert [n["status"] for n in survivors] == ["done"] * 4
+    assert report["nodes"][4]["status"] == "killed"
+    assert min(n["final_accuracy"] for n in survivors) > 0.8
+    assert report["final_consensus_distance"] <= 1e-3
+    secure = report["privacy"]["secure_aggregation"]
+    assert secure["enabled"] is True
+    for index in "0123":
+        assert secure["failed_rounds"][index] == []
+    # every survivor aggregated through masks: its metrics name the contributors each round
+    for index in range(4):
+        lines = (tmp_path / "out" / "nodes" / f"node-{index:02d}" / "metrics.jsonl").read_text()
+        records = [json.loads(line) for line in lines.splitlines()]
+        counts = [r.get("secure_aggregation") for r in records]
+        assert "4 contributors" in counts and "3 contributors" in counts  # before / after kill

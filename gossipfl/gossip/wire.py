@@ -40,6 +40,7 @@ MAX_TENSORS = 1024
 MAX_TENSOR_DIMS = 8
 ALLOWED_DTYPES = frozenset({"float32"})
 MAX_CERTIFICATE_BYTES = 1024
+MAX_TENSOR_ELEMENTS = 2**31
 
 
 class WireError(ValueError):
@@ -85,6 +86,8 @@ class Tensor:
             raise WireError(f"tensor {name!r}: shape must be a list of at most "
                             f"{MAX_TENSOR_DIMS} dimensions")
         dims = tuple(_check_int(d, f"tensor {name!r} dimension", 0, 2**31) for d in shape)
+        if math.prod(max(d, 1) for d in dims) > MAX_TENSOR_ELEMENTS:
+            raise WireError(f"tensor {name!r}: shape {dims} is too large")
         if not isinstance(data, bytes):
             raise WireError(f"tensor {name!r}: data must be bytes")
         expected = math.prod(dims) * np.dtype(dtype).itemsize

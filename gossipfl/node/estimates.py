@@ -74,10 +74,11 @@ class PeerEstimate:
 class EstimateError(ValueError):
     """A contribution that cannot be applied; ``status`` is the ack to send back."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: str, reason: str, key: str = "stale") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.key = key  # the rejection counter it belongs to
 
 
 @dataclass
@@ -102,7 +103,8 @@ class PeerEstimates:
         base we do not hold asks for the full estimate.
         """
         if vector.shape != (self.size,):
-            raise EstimateError("rejected", f"parameter count {vector.size} != {self.size}")
+            raise EstimateError("rejected", f"parameter count {vector.size} != {self.size}",
+                                "layout")
         entry = self.peers.get(message.sender)
         held = entry.round if entry else -1
         if message.round <= held:
@@ -114,7 +116,11 @@ class PeerEstimates:
                 raise EstimateError(
                     "need_full", f"delta on round {message.base_round}, hold {held}"
                 )
-            new_vector = (entry.vector + vector).astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):
+                new_vector = (entry.vector + vector).astype(np.float32)
+        if not np.isfinite(new_vector).all():
+            raise EstimateError("rejected", "the estimate would hold NaN or infinite values",
+                                "non_finite")
         self.peers[message.sender] = PeerEstimate(
             vector=new_vector,
             round=message.round,

@@ -553,7 +553,7 @@ class Node:
             return self.security.open(remote, sealed)
         except EnvelopeError as error:
             self.reject(remote, "sealed contribution", f"envelope_{error.reason}", str(error))
-        except WireError as error:
+        except (WireError, ValueError) as error:  # anything else the inside may break
             self.reject(remote, "sealed contribution", "malformed", str(error))
         return None
 
@@ -588,7 +588,7 @@ class Node:
             if error.status == "need_full":
                 log.info("asking %s for its full estimate: %s", remote, error.reason)
             else:
-                self.reject(remote, "contribution", "stale", error.reason)
+                self.reject(remote, "contribution", error.key, error.reason)
             return error.status, error.reason
         self.neighbours[message.sender].missed = 0
         self.membership.heard_from(message.sender, (), trio.current_time())
