@@ -40,6 +40,7 @@ from gossipfl.gossip.wire import (
     Heartbeat,
     LinkReply,
     LinkRequest,
+    M,
     Sealed,
     WireError,
 )
@@ -542,19 +543,23 @@ class Node:
         await on_unmask_request(self, channel)
 
     def _open_sealed(self, remote: str, sealed: Sealed) -> Contribution | None:
+        return self.open_sealed_message(remote, sealed, Contribution)
+
+    def open_sealed_message(self, remote: str, sealed: Sealed, expected: type[M]) -> M | None:
         """Open an envelope; a tampered, redirected or forged one is dropped with a log line."""
+        what = f"sealed {expected.KIND}"
         if not self.security.is_member(remote):
-            self.reject(remote, "sealed contribution", "not_member", "no valid certificate")
+            self.reject(remote, what, "not_member", "no valid certificate")
             return None
         if sealed.receiver != self.peer_id:
-            self.reject(remote, "sealed contribution", "misaddressed", f"for {sealed.receiver}")
+            self.reject(remote, what, "misaddressed", f"for {sealed.receiver}")
             return None
         try:
-            return self.security.open(remote, sealed)
+            return self.security.open(remote, sealed, expected)
         except EnvelopeError as error:
-            self.reject(remote, "sealed contribution", f"envelope_{error.reason}", str(error))
+            self.reject(remote, what, f"envelope_{error.reason}", str(error))
         except (WireError, ValueError) as error:  # anything else the inside may break
-            self.reject(remote, "sealed contribution", "malformed", str(error))
+            self.reject(remote, what, "malformed", str(error))
         return None
 
     @property

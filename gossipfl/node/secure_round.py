@@ -36,6 +36,7 @@ from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
     Ack,
     MaskedInput,
+    Sealed,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from gossipfl.node.runtime import Node
 
 log = logging.getLogger("gossipfl.secagg")
+ENVELOPE_ALLOWANCE = 4096  # bytes an envelope and the sealed frame add
 
 PROTO_MASKED = "/gossipfl/secagg/input/1.0.0"
 PROTO_UNMASK = "/gossipfl/secagg/unmask/1.0.0"
@@ -150,7 +152,11 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
             message = await trio.to_thread.run_sync(masked_input, node, peer, r, estimate, done)
             channel = await node.net.open(peer, node.membership.addrs(peer), PROTO_MASKED)
             try:
-                await channel.send(message, node.protocol.max_payload_bytes)
+                cap = node.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
+                if node.security.sealed:
+                    await channel.send(node.security.seal(message), cap)
+                else:
+                    await channel.send(message, cap)
                 ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
             finally:
                 await channel.close()
@@ -229,8 +235,18 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
 
 
 async def on_masked_input(node: Node, channel: Channel) -> None:
-    message = await channel.receive(MaskedInput, node.protocol.max_payload_bytes)
+    """Receive one masked input (signed and encrypted to us when payloads are sealed)."""
+    cap = node.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
     remote = channel.remote
+    if node.security.sealed:
+        sealed = await channel.receive(Sealed, cap)
+        message = node.open_sealed_message(remote, sealed, MaskedInput)
+        if message is None:
+            await channel.send(Ack(node.config.federation, sealed.round, node.peer_id,
+                                   "rejected", "envelope refused"), MAX_CONTROL_BYTES)
+            return
+    else:
+        message = await channel.receive(MaskedInput, cap)
     status, reason = accept_masked(node, remote, message)
     await channel.send(Ack(node.config.federation, message.round, node.peer_id, status, reason),
                        MAX_CONTROL_BYTES)

@@ -24,7 +24,15 @@ from gossipfl.crypto.admission import (
 )
 from gossipfl.crypto.envelope import EnvelopeError, open_envelope, seal
 from gossipfl.crypto.identity import Identity
-from gossipfl.gossip.wire import Contribution, Sealed, WireError, decode_body, encode_body
+from gossipfl.gossip.wire import (
+    Contribution,
+    M,
+    MaskedInput,
+    Sealed,
+    WireError,
+    decode_body,
+    encode_body,
+)
 
 
 class SecurityError(RuntimeError):
@@ -92,20 +100,25 @@ class NodeSecurity:
             return False
         return True
 
-    def seal(self, message: Contribution) -> Sealed:
-        receiver = self.certificates[message.receiver]
+    def seal(self, message: Contribution | MaskedInput) -> Sealed:
+        """Sign and encrypt ``message`` to its receiver (a contribution's receiver, a masked
+        input's aggregator), bound to federation, round, sender and receiver."""
+        to = message.receiver if isinstance(message, Contribution) else message.aggregator
         data = seal(
             encode_body(message), federation=self.federation, round=message.round,
-            sender=self.peer_id, receiver=message.receiver, sender_signing_key=self.signing_key,
-            receiver_x25519_public=receiver.x25519_public, max_payload_bytes=self.max_payload,
+            sender=self.peer_id, receiver=to, sender_signing_key=self.signing_key,
+            receiver_x25519_public=self.certificates[to].x25519_public,
+            max_payload_bytes=self.max_payload,
         )
-        return Sealed(self.federation, message.round, self.peer_id, message.receiver, data)
+        return Sealed(self.federation, message.round, self.peer_id, to, data)
 
-    def open(self, remote: str, sealed: Sealed) -> Contribution:
-        """Open a sealed contribution from ``remote`` (the Noise-authenticated peer).
+    def open(self, remote: str, sealed: Sealed,
+             expected: type[M] = Contribution) -> M:  # type: ignore[assignment]
+        """Open a sealed message from ``remote`` (the Noise-authenticated peer).
 
         Raises :class:`EnvelopeError` (tampered, redirected, wrong sender or round...) or
-        :class:`WireError` (the inside is not a valid contribution, or differs from the outside).
+        :class:`WireError` (the inside is not a valid ``expected`` message, or differs from the
+        outside).
         """
         round_, payload = open_envelope(
             sealed.data, federation=self.federation, expected_round=sealed.round,
@@ -114,11 +127,12 @@ class NodeSecurity:
             sender_verify_key=verify_key_from_peer_id(remote),
             max_payload_bytes=self.max_payload,
         )
-        message = decode_body(payload, Contribution)
+        message = decode_body(payload, expected)
+        to = message.receiver if isinstance(message, Contribution) else message.aggregator
         outside = (sealed.federation, round_, sealed.sender, sealed.receiver)
-        inside = (message.federation, message.round, message.sender, message.receiver)
+        inside = (message.federation, message.round, message.sender, to)
         if outside != inside:
-            raise WireError(f"sealed contribution's inside {inside} differs from its outside")
+            raise WireError(f"sealed message's inside {inside} differs from its outside")
         return message
 
 
