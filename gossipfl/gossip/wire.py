@@ -229,15 +229,17 @@ class LinkRequest:
     sender: str
     topology_digest: str  # hex digest of the sender's member set, for diagnosis
     round: int = -1  # the sender's current round (-1 before its first)
+    rejoin: bool = False  # the sender restarted: forget what you held of it
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {"sender": self.sender, "topology_digest": self.topology_digest,
-                "round": self.round}
+                "round": self.round, "rejoin": self.rejoin}
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> LinkRequest:
         return cls(
             federation=federation,
+            rejoin=_check_bool(body["rejoin"], "rejoin"),
             round=_check_int(body["round"], "round", -1, MAX_ROUND),
             sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
             topology_digest=_check_str(body["topology_digest"], "topology digest", 128),

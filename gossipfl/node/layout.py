@@ -48,6 +48,9 @@ class Layout:
                 raise LayoutError(f"tensor {name!r} has shape {tensor.shape}, expected {shape}")
             if tensor.dtype != "float32":
                 raise LayoutError(f"tensor {name!r} has dtype {tensor.dtype}, expected float32")
+            if len(tensor.data) != math.prod(shape) * 4:
+                raise LayoutError(f"tensor {name!r} carries {len(tensor.data)} bytes for shape "
+                                  f"{shape}")
         if not tensors:
             return np.zeros(0, np.float32)
         return np.concatenate([t.to_array().reshape(-1) for t in tensors]).astype(np.float32)

@@ -88,10 +88,12 @@ def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
     except SecurityError as error:
         log.error("%s", error)
         return 2
+    status = "stopped"
     try:
         status = trio.run(node.run)
-    except NodeError as error:
-        log.error("%s", error)
-        return 2
+    except* NodeError as group:  # raised inside the node's nursery, so it comes grouped
+        for error in group.exceptions:
+            log.error("%s", error)
+        status = "failed"
     log.info("exit: %s (pid %d)", status, os.getpid())
-    return 0
+    return 2 if status == "failed" else 0

@@ -34,7 +34,7 @@ async def run_rounds(node: Node) -> None:
     """Training rounds, then consensus rounds, then a last 'done' contribution."""
     config = node.config
     last_round = config.rounds + config.protocol.max_consensus_rounds - 1
-    for r in range(config.rounds + config.protocol.max_consensus_rounds):
+    for r in range(node.start_round, config.rounds + config.protocol.max_consensus_rounds):
         training = r < config.rounds
         node.status = "training" if training else "consensus"
         await run_round(node, r, training)
@@ -137,7 +137,9 @@ def privacy_step(node: Node, r: int, training: bool,
 
 def persist_round(node: Node, r: int) -> None:
     """Checkpoint (fsync'd) and, if kept, the round's model for the consensus-distance report."""
-    save_checkpoint(node.out / "checkpoint.npz", node.model, r, status=node.status)
+    dp_rounds = node.budget.rounds_spent if node.budget is not None else 0
+    save_checkpoint(node.out / "checkpoint.npz", node.model, r, status=node.status,
+                    dp_rounds=dp_rounds)
     if node.config.keep_round_models:
         save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model, durable=False)
 

@@ -64,8 +64,12 @@ PROTO_MEMBERSHIP = "/gossipfl/membership/1.0.0"
 PROTO_LINK = "/gossipfl/link/1.0.0"
 PROTO_CONTRIBUTION = "/gossipfl/contribution/1.0.0"
 PROTO_SEALED = "/gossipfl/sealed-contribution/1.0.0"
+PROTO_STATE = "/gossipfl/state/1.0.0"
 HEARTBEAT_FANOUT = 16
 HEARTBEAT_EXTRA = 2
+# A neighbour is at most a round or two ahead in the synchronous protocol; a contribution far
+# beyond that would make every later genuine one look stale, so it is refused.
+FUTURE_ROUNDS = 3
 ENVELOPE_ALLOWANCE = 4096  # bytes an envelope and the sealed frame add around a contribution
 
 
@@ -117,6 +121,9 @@ class Node:
         self.neighbours: dict[str, NeighbourState] = {}
         self.dropped: list[dict[str, Any]] = []
         self.round = -1
+        self.start_round = 0
+        self.resumed_from: int | None = None
+        self.rejoins_served = 0
         self.status = "joining"
         self.disagreement = math.inf
         self.addrs: list[str] = []
@@ -168,8 +175,12 @@ class Node:
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 nursery.start_soon(self._heartbeat_loop)
                 task_status.started(self.addrs)
+                host.set_stream_handler(PROTO_STATE, self._guard(self._on_state_request))
+                self._resume()
                 await self._join()
                 await self._form_links()
+                if self.resumed_from is not None:
+                    await self._catch_up()
                 self.status = "training"
                 await run_rounds(self)
                 self.status = "done"
@@ -225,6 +236,8 @@ class Node:
             "neighbours": sorted(self.neighbours),
             "dropped_neighbours": self.dropped,
             "isolated_rounds": self.isolated_rounds,
+            "resumed_from": self.resumed_from,
+            "rejoins_served": self.rejoins_served,
             "parameters": self.layout.size,
             "examples": len(self.learner.y),
             "privacy": self.privacy_summary(),
@@ -433,10 +446,47 @@ class Node:
         """Members to build the topology over: those admitted, when admission is on."""
         return [p for p in self.membership.ids() if self.security.is_member(p)]
 
+    def _resume(self) -> None:
+        """Start from the last checkpoint, if this node ran before (same identity, same folder)."""
+        from gossipfl.node.checkpoint import load_latest_checkpoint
+
+        state = load_latest_checkpoint(self.out / "checkpoint.npz")
+        if state is None:
+            return
+        params, round_, meta = state
+        if meta.get("status") == "done":
+            log.warning("the checkpoint says this node had finished; starting again from it")
+        if params.shape != self.model.shape:
+            log.error("checkpoint holds %d parameters, the model has %d: not resuming",
+                      params.size, self.model.size)
+            return
+        self.model = params.copy()
+        self.own = OwnEstimate(params.copy())
+        self.round = round_
+        self.resumed_from = round_
+        if self.budget is not None:
+            from gossipfl.privacy.accountant import PrivacyBudget
+
+            self.budget = PrivacyBudget(self.config.privacy,
+                                        rounds_spent=int(meta.get("dp_rounds", 0)))
+        members = self._saved_members()
+        log.warning("resuming from the checkpoint of round %d (%s members in the saved "
+                    "topology)", round_, len(members) if members else "no")
+
+    def _saved_members(self) -> list[str] | None:
+        try:
+            members = json.loads((self.out / "topology.json").read_text())["members"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return [str(m) for m in members]
+
     async def _form_links(self) -> None:
-        members = [self.peer_id, *self.known_members()]
+        # The topology is the federation's from its start: a node that restarts reuses the member
+        # set it saved then, so it finds the same neighbours, who still have it in theirs.
+        members = self._saved_members() or [self.peer_id, *self.known_members()]
         self.topology = build_topology(self.config.topology.kind, members,
                                        degree=self.config.topology.degree, seed=self.config.seed)
+        atomic_write_json(self.out / "topology.json", {"members": sorted(members)})
         wanted = set(self.topology[self.peer_id])
         log.info("topology %s over %d members: %d neighbour(s) wanted",
                  self.config.topology.kind, len(members), len(wanted))
@@ -458,7 +508,7 @@ class Node:
     async def _request_link(self, peer: str, refused: set[str]) -> None:
         assert self.net is not None
         request = LinkRequest(self.config.federation, self.peer_id, self._topology_digest(),
-                              self.round)
+                              self.round, rejoin=self.resumed_from is not None)
         with trio.move_on_after(self.protocol.request_timeout):
             try:
                 channel = await self.net.open(peer, self.membership.addrs(peer), PROTO_LINK)
@@ -489,16 +539,103 @@ class Node:
             status, reason = "not_ready", "still joining"
         elif request.sender in self.topology.get(self.peer_id, frozenset()):
             status, reason = "accepted", ""
-            if request.sender not in self.neighbours and self.round < 0:
-                self.neighbours[request.sender] = NeighbourState()
-            elif request.sender not in self.neighbours:
-                status, reason = "rejected", "links are fixed once rounds have started"
+            if request.rejoin:
+                await self._relink(request.sender)
+            else:
+                self.neighbours.setdefault(request.sender, NeighbourState())
         else:
             status, reason = "rejected", "not a neighbour in my topology"
         await channel.send(
             LinkReply(self.config.federation, self.peer_id, status, reason, self.round),
             MAX_CONTROL_BYTES
         )
+
+    async def _relink(self, peer: str) -> None:
+        """A neighbour restarted: it lost our estimate and we drop the one we held of it."""
+        old = self.neighbours.pop(peer, None)
+        if old is not None and old.channel is not None:
+            await old.channel.reset()
+        self.neighbours[peer] = NeighbourState()
+        self.estimates.forget(peer)
+        self.rejoins_served += 1
+        log.warning("neighbour %s rejoined after a restart", peer)
+        self.notify()
+
+    async def _catch_up(self) -> None:
+        """After a restart: pull the neighbours' current estimates and continue from them.
+
+        The node takes the mean of what its neighbours hold now (not its old checkpoint, which
+        would drag the average back) and joins the round they are in.
+        """
+        pulled: dict[str, Contribution] = {}
+        async with trio.open_nursery() as nursery:
+            for peer in list(self.neighbours):
+                nursery.start_soon(self._pull_state, peer, pulled)
+        if not pulled:
+            log.warning("no neighbour answered the state request; continuing from the checkpoint")
+            self.start_round = (self.resumed_from or 0) + 1
+            return
+        vectors = []
+        for peer, message in pulled.items():
+            vector = self.layout.from_tensors(message.tensors)
+            try:
+                self.estimates.apply(message, vector)
+            except EstimateError as error:
+                log.warning("state from %s not usable: %s", peer, error.reason)
+                continue
+            vectors.append(vector)
+        if vectors:
+            self.model = np.mean(vectors, axis=0).astype(np.float32)
+        self.start_round = max(m.round for m in pulled.values())
+        self.round = self.start_round - 1
+        log.warning("caught up from %d neighbour(s): continuing at round %d (checkpoint was "
+                    "round %d)", len(vectors), self.start_round, self.resumed_from)
+
+    async def _pull_state(self, peer: str, pulled: dict[str, Contribution]) -> None:
+        assert self.net is not None
+        request = LinkRequest(self.config.federation, self.peer_id, self._topology_digest(),
+                              self.round, rejoin=True)
+        with trio.move_on_after(self.protocol.request_timeout):
+            try:
+                channel = await self.net.open(peer, self.membership.addrs(peer), PROTO_STATE)
+                try:
+                    await channel.send(request, MAX_CONTROL_BYTES)
+                    cap = self.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
+                    if self.security.sealed:
+                        sealed = await channel.receive(Sealed, cap)
+                        message = self.open_sealed_message(peer, sealed, Contribution)
+                    else:
+                        message = await channel.receive(Contribution, cap)
+                finally:
+                    await channel.close()
+            except Exception as error:
+                log.info("state request to %s failed: %s", peer, error)
+                return
+            if message is not None and message.sender == peer and message.kind == "full":
+                pulled[peer] = message
+
+    async def _on_state_request(self, channel: Channel) -> None:
+        """Give a (re)joining neighbour our current public estimate and round."""
+        request = await channel.receive(LinkRequest, MAX_CONTROL_BYTES)
+        remote = channel.remote
+        if not self._check_origin(channel, "state request", request.federation, request.sender):
+            return
+        if remote not in self.neighbours or not self.security.is_member(remote):
+            self.reject(remote, "state request", "not_neighbour", "no link with this peer")
+            return
+        message = Contribution(
+            federation=self.config.federation, round=max(self.own.round, 0),
+            sender=self.peer_id, receiver=remote, degree=len(self.neighbours), kind="full",
+            base_round=-1, disagreement=float(min(self.disagreement, 1e9)),
+            done=self.status == "done", tensors=self.layout.to_tensors(self.own.vector),
+        )
+        cap = self.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
+        if self.security.sealed:
+            await channel.send(self.security.seal(message), cap)
+        else:
+            await channel.send(message, cap)
+        # it holds our estimate as of this round now
+        self.neighbours[remote].peer_holds = self.own.round
 
     # -- contributions -----------------------------------------------------------------------
 
@@ -583,6 +720,10 @@ class Node:
         if message.sender not in self.neighbours:
             self.reject(remote, "contribution", "not_neighbour", "no link with this peer")
             return "rejected", "not a neighbour"
+        if message.round > max(self.round, 0) + FUTURE_ROUNDS:
+            self.reject(remote, "contribution", "future",
+                        f"round {message.round}, this node is at {self.round}")
+            return "rejected", "round too far ahead"
         try:
             vector = self.layout.from_tensors(message.tensors)
             self.estimates.apply(message, vector)

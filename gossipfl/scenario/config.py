@@ -18,7 +18,7 @@ from gossipfl.config import (
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
 
-FAULT_KINDS = ("kill", "terminate")
+FAULT_KINDS = ("kill", "terminate", "restart")
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,14 @@ class FaultConfig:
     """Signal node ``node`` once it has finished round ``at_round``.
 
     ``kill`` sends SIGKILL (a crash: no checkpoint, no goodbye); ``terminate`` sends SIGTERM
-    (a clean stop: the node writes its checkpoint and exits 0).
+    (a clean stop: the node writes its checkpoint and exits 0); ``restart`` sends SIGKILL and
+    starts the node again ``down_seconds`` later, with the same identity and folder.
     """
 
     kind: str = "kill"
     node: int = 0
     at_round: int = 10
+    down_seconds: float = 2.0  # restart: how long the node stays down after the SIGKILL
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:

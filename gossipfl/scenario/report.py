@@ -85,6 +85,8 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
         "status": status,
         "exit_code": node.exit_code,
         "events": node.events,
+        "restarts": node.restarts,
+        "resumed_from": summary.get("resumed_from"),
         "examples": info.get("examples"),
         "rounds_completed": len(metrics),
         "accuracy": accuracy,

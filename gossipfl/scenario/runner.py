@@ -102,6 +102,8 @@ class NodeProcess:
     phase: str = "starting"
     killed_at: float | None = None
     killed_after_round: int | None = None
+    restart_at: float | None = None  # a restart fault: when to start it again
+    restarts: int = 0
     exit_code: int | None = None
     events: list[str] = field(default_factory=list)
 
@@ -191,7 +193,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
 def start_node(node: NodeProcess) -> None:
     """One fresh interpreter per node (``--spawn``): slower to start, nothing shared."""
     env = {**os.environ, **NODE_ENV}
-    with open(node.out / "stdout.log", "wb") as output:
+    with open(node.out / "stdout.log", "ab") as output:  # a restart appends
         node.process = subprocess.Popen(
             [sys.executable, "-m", "gossipfl", "node", "--config", str(node.out / "node.toml")],
             stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -288,6 +290,7 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bo
     """Poll until every node has exited or the scenario times out; returns False on timeout."""
     pending = list(scenario.faults)
     deadline = time.monotonic() + scenario.timeout
+    down = {f.node: f.down_seconds for f in scenario.faults if f.kind == "restart"}
     total = scenario.rounds + scenario.protocol.max_consensus_rounds
     with Progress(nodes, total, quiet) as progress:
         while time.monotonic() < deadline:
@@ -299,17 +302,29 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bo
                 target = nodes[fault.node]
                 if target.last_round >= fault.at_round and target.exit_code is None:
                     assert target.process is not None
-                    if fault.kind == "kill":
+                    if fault.kind in ("kill", "restart"):
                         target.process.kill()
                         target.killed_at = time.monotonic()
                         target.killed_after_round = target.last_round
                     else:
                         target.process.terminate()
-                    name = "SIGKILL" if fault.kind == "kill" else "SIGTERM"
+                    if fault.kind == "restart":
+                        target.restart_at = time.monotonic() + down[fault.node]
+                    name = "SIGTERM" if fault.kind == "terminate" else "SIGKILL"
                     target.events.append(f"{name} after round {target.last_round}")
                     pending.remove(fault)
+            for node in nodes:
+                if node.restart_at is not None and time.monotonic() >= node.restart_at:
+                    assert node.process is not None
+                    node.process.wait()
+                    node.restart_at = None
+                    node.killed_at = None
+                    node.exit_code = None
+                    node.restarts += 1
+                    node.events.append(f"restarted (after round {node.killed_after_round})")
+                    start_node(node)
             progress.update()
-            if all(n.exit_code is not None for n in nodes):
+            if all(n.exit_code is not None and n.restart_at is None for n in nodes):
                 return True
             time.sleep(POLL_SECONDS)
     return False
