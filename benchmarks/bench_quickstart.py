@@ -59,6 +59,9 @@ def main() -> int:
     summary = report["summary"]
     wall = report["wall_seconds"]
     min_acc = summary["min_final_accuracy"]
+    if min_acc is None:
+        print(f"the run failed (exit {code}): no node finished a round; see {out}/nodes/*/")
+        return code or 1
     rss_mb = summary["max_peak_rss_bytes"] / 2**20
     print(f"\nwall time (all processes, start to last exit): {wall:.1f} s")
     print(f"min / mean node accuracy: {min_acc:.4f} / {summary['mean_final_accuracy']:.4f}")

@@ -88,6 +88,9 @@ class ProtocolConfig:
     max_consensus_rounds: int = 60
     gamma: float = 1.0
     max_payload_bytes: int = 64 * 1024 * 1024
+    peer_rate: float = 50.0  # streams + frames a second one peer may send us
+    peer_burst: float = 100.0
+    peer_streams: int = 16  # streams one peer may hold open to us at once
 
     def __post_init__(self) -> None:
         for name in ("round_timeout", "join_timeout", "heartbeat_interval", "member_timeout",
@@ -100,6 +103,9 @@ class ProtocolConfig:
         _require(self.max_consensus_rounds >= 0, "protocol.max_consensus_rounds must be >= 0")
         _require(0 < self.gamma <= 1, "protocol.gamma must be in (0, 1]")
         _require(self.max_payload_bytes >= 1024, "protocol.max_payload_bytes is too small")
+        _require(self.peer_rate > 0 and self.peer_burst >= 1,
+                 "protocol.peer_rate and peer_burst must be positive")
+        _require(self.peer_streams >= 4, "protocol.peer_streams must be at least 4")
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,7 @@ class NodeConfig:
     settle_seconds: float = 3.0
     rounds: int = 30
     seed: int = 0  # shared by the federation: model init and topology
+    slowdown: float = 1.0  # emulate a slower machine: local training takes this many times longer
     keep_round_models: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -187,6 +194,7 @@ class NodeConfig:
         _require(self.expected_members >= 0, "expected_members must be >= 0")
         _require(self.rounds >= 0, "rounds must be >= 0")
         _require(self.settle_seconds > 0, "settle_seconds must be positive")
+        _require(self.slowdown >= 1.0, "slowdown must be at least 1")
 
 
 # -- building dataclasses from plain data ------------------------------------------------------

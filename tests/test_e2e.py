@@ -174,6 +174,27 @@ async def _attack(node_dir: Path) -> dict[str, str]:
             except Exception as error:
                 seen.setdefault("sealed", f"refused ({type(error).__name__})")
 
+    # a flood from a fresh peer: 400 streams as fast as we can open them (bounded in count and
+    # in time)
+    from gossipfl.node.runtime import PROTO_LINK
+
+    flood_keys = create_new_key_pair(secrets.token_bytes(32))
+    flooder, _ = make_host(Identity(flood_keys, ID.from_pubkey(flood_keys.public_key)),
+                           ["/ip4/127.0.0.1/tcp/0"])
+    opened = 0
+    async with flooder.run(listen_addrs=listen):
+        with trio.move_on_after(20):
+            await flooder.connect(target)
+            for _ in range(400):
+                try:
+                    stream = await flooder.new_stream(target.peer_id, [PROTO_LINK])
+                    await stream.reset()
+                    opened += 1
+                except Exception as error:
+                    seen["flood_error"] = f"{type(error).__name__}: {error}"
+                    break
+    seen["flood"] = str(opened)
+
     plain_keys = create_new_key_pair(secrets.token_bytes(32))
     plain = new_host(key_pair=plain_keys,
                      sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(plain_keys)})
@@ -217,6 +238,7 @@ def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
     assert seen["plaintext"].startswith("refused")
     rejected = report["nodes"][0]["rejected"]
     assert rejected.get("not_member", 0) >= 1
+    assert int(seen["flood"]) > 200 and rejected.get("flood", 0) >= 1  # bounded, not served
     log = (node_dir / "node.log").read_text()
     assert "not_member" in log
     assert "refused a connection" in log and "only Noise is accepted" in log

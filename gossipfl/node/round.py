@@ -54,7 +54,14 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     # 1. train locally (in a worker thread: the node keeps serving its peers meanwhile)
     if training:
         result = await trio.to_thread.run_sync(node.learner.train, node.model, r)
+        if node.config.slowdown > 1.0:  # an emulated slower machine
+            await trio.sleep((node.config.slowdown - 1.0) * result.seconds)
         half_step = result.vector
+        if not np.isfinite(half_step).all():
+            node.diverged_rounds.append(r)
+            log.error("round %d: local training diverged (NaN or infinite parameters); this "
+                      "round's training is discarded and the model before it kept", r)
+            half_step = node.model if np.isfinite(node.model).all() else node.own.vector.copy()
         record.update(train_loss=result.loss, train_seconds=result.seconds)
     else:
         if node.budget is not None and r == node.config.rounds:

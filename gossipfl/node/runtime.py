@@ -33,6 +33,7 @@ from gossipfl.gossip.framing import StreamClosed, StreamEnded
 from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import Membership
 from gossipfl.gossip.peers import Channel, PeerNet, Traffic
+from gossipfl.gossip.ratelimit import PeerLimiter
 from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
     Ack,
@@ -124,6 +125,7 @@ class Node:
         self.start_round = 0
         self.resumed_from: int | None = None
         self.rejoins_served = 0
+        self.diverged_rounds: list[int] = []
         self.status = "joining"
         self.disagreement = math.inf
         self.addrs: list[str] = []
@@ -135,6 +137,10 @@ class Node:
         self.net: PeerNet | None = None
         self.security = NodeSecurity(config, identity)
         self.secagg = SecAggState()
+        self.limiter = PeerLimiter(rate=config.protocol.peer_rate,
+                                   burst=config.protocol.peer_burst,
+                                   max_open=config.protocol.peer_streams)
+        self._flood_logged: dict[str, float] = {}
         self.budget: Any = None
         self.dp_rng: np.random.Generator | None = None
         self.dp_exhausted_round: int | None = None
@@ -237,6 +243,7 @@ class Node:
             "dropped_neighbours": self.dropped,
             "isolated_rounds": self.isolated_rounds,
             "resumed_from": self.resumed_from,
+            "diverged_rounds": self.diverged_rounds,
             "rejoins_served": self.rejoins_served,
             "parameters": self.layout.size,
             "examples": len(self.learner.y),
@@ -271,6 +278,15 @@ class Node:
         event, self.changed = self.changed, trio.Event()
         event.set()
 
+    def flood(self, peer: str, detail: str) -> None:
+        """Count input dropped by the per-peer bounds; log it at most once a second a peer."""
+        self.rejections["flood"] += 1
+        now = trio.current_time()
+        if now - self._flood_logged.get(peer, -math.inf) >= 1.0:
+            self._flood_logged[peer] = now
+            log.warning("dropped input from %s: flood (%s; %d dropped so far from all peers)",
+                        peer, detail, self.rejections["flood"])
+
     def reject(self, peer: str, what: str, reason_key: str, detail: str) -> None:
         self.rejections[reason_key] += 1
         log.warning("dropped %s from %s: %s (%s)", what, peer, reason_key, detail)
@@ -282,6 +298,20 @@ class Node:
         async def guarded(stream: INetStream) -> None:
             channel = Channel(stream, self.traffic)
             remote = channel.remote
+            if not self.limiter.allow(remote, trio.current_time()):
+                self.flood(remote, "more streams a second than allowed")
+                await channel.reset()
+                return
+            if not self.limiter.open(remote):
+                self.flood(remote, f"more than {self.limiter.max_open} streams open at once")
+                await channel.reset()
+                return
+            try:
+                await serve(channel, remote)
+            finally:
+                self.limiter.close(remote)
+
+        async def serve(channel: Channel, remote: str) -> None:
             try:
                 with trio.move_on_after(limit) as scope:
                     await handler(channel)
@@ -656,6 +686,9 @@ class Node:
                     message = await channel.receive(Contribution, cap)
             if scope.cancelled_caught:
                 log.debug("closing the idle contribution stream from %s", channel.remote)
+                return
+            if not self.limiter.allow(channel.remote, trio.current_time()):
+                self.flood(channel.remote, "more frames a second than allowed")
                 return
             if self.security.sealed:
                 opened = self._open_sealed(channel.remote, sealed)

@@ -32,14 +32,26 @@ class FaultConfig:
 
     kind: str = "kill"
     node: int = 0
-    at_round: int = 10
+    at_round: int = 10  # -1: a random round, drawn from the scenario's seed
     down_seconds: float = 2.0  # restart: how long the node stays down after the SIGKILL
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ConfigError(f"faults.kind must be one of {FAULT_KINDS}")
-        if self.node < 0 or self.at_round < 0:
-            raise ConfigError("faults.node and faults.at_round must be >= 0")
+        if self.node < 0 or self.at_round < -1:
+            raise ConfigError("faults.node must be >= 0 and faults.at_round >= -1")
+
+
+@dataclass(frozen=True)
+class SlowConfig:
+    """Emulate a slower machine: node ``node``'s local training takes ``factor`` times longer."""
+
+    node: int = 0
+    factor: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.node < 0 or self.factor < 1.0:
+            raise ConfigError("slow.node must be >= 0 and slow.factor >= 1")
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class ScenarioConfig:
     privacy: DPConfig = field(default_factory=DPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     faults: tuple[FaultConfig, ...] = ()
+    slow: tuple[SlowConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -71,6 +84,9 @@ class ScenarioConfig:
             raise ConfigError("timeout must be positive")
         if self.secagg.enabled and not self.admission:
             raise ConfigError("secagg needs admission = true (pair masks use certified keys)")
+        for slow in self.slow:
+            if slow.node >= self.nodes:
+                raise ConfigError(f"slow names node {slow.node}, the scenario has {self.nodes}")
         for fault in self.faults:
             if fault.node >= self.nodes:
                 raise ConfigError(f"fault names node {fault.node}, the scenario has {self.nodes}")

@@ -24,7 +24,7 @@ from typing import Any
 from gossipfl.config import ConfigError, NodeConfig, SecurityConfig, dump_toml, to_dict
 from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
-from gossipfl.scenario.config import ScenarioConfig, load_scenario
+from gossipfl.scenario.config import FaultConfig, ScenarioConfig, load_scenario
 from gossipfl.scenario.report import build_report, print_summary
 
 log = logging.getLogger("gossipfl.runner")
@@ -183,6 +183,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
             security=security,
             privacy=scenario.privacy,
             secagg=scenario.secagg,
+            slowdown=max([s.factor for s in scenario.slow if s.node == index], default=1.0),
         )
         (node_dir / "node.toml").write_text(dump_toml(to_dict(config)))
         addrs.append(f"{listen}/p2p/{identity.peer_id}")
@@ -286,9 +287,22 @@ class Progress:
                                   status=f"{state} {acc}")
 
 
+def resolve_faults(scenario: ScenarioConfig) -> list[FaultConfig]:
+    """The scenario's faults, with random rounds (``at_round = -1``) drawn from its seed."""
+    import random as _random
+
+    rng = _random.Random(scenario.seed * 7919 + 17)
+    resolved = []
+    for fault in scenario.faults:
+        if fault.at_round < 0:
+            fault = replace(fault, at_round=rng.randint(1, max(1, scenario.rounds - 2)))
+        resolved.append(fault)
+    return resolved
+
+
 def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bool:
     """Poll until every node has exited or the scenario times out; returns False on timeout."""
-    pending = list(scenario.faults)
+    pending = resolve_faults(scenario)
     deadline = time.monotonic() + scenario.timeout
     down = {f.node: f.down_seconds for f in scenario.faults if f.kind == "restart"}
     total = scenario.rounds + scenario.protocol.max_consensus_rounds
