@@ -442,15 +442,29 @@ class Node:
         expected = self.config.expected_members
         settle = self.config.settle_seconds
         last_count, stable_since = -1, trio.current_time()
+        # A node that restarts needs its own neighbours back, not the whole federation (which may
+        # have lost members for good since it started).
+        saved = self._saved_members() if self.resumed_from is not None else None
+        wanted = None
+        if saved:
+            topology = build_topology(self.config.topology.kind, saved,
+                                      degree=self.config.topology.degree, seed=self.config.seed)
+            wanted = set(topology.get(self.peer_id, frozenset()))
         with trio.move_on_after(self.protocol.join_timeout):
             while True:
-                count = len(self.known_members()) + 1
+                known = set(self.known_members())
+                count = len(known) + 1
                 now = trio.current_time()
                 if count != last_count:
                     last_count, stable_since = count, now
-                if expected and count >= expected:
-                    break
-                if not expected and count > 1 and now - stable_since >= settle:
+                settled = now - stable_since >= settle
+                if wanted is not None:
+                    done = wanted <= known or bool(wanted & known and settled)
+                elif expected:
+                    done = count >= expected
+                else:
+                    done = count > 1 and settled
+                if done:
                     break
                 await trio.sleep(0.05)
         count = len(self.known_members()) + 1
@@ -521,11 +535,18 @@ class Node:
         log.info("topology %s over %d members: %d neighbour(s) wanted",
                  self.config.topology.kind, len(members), len(wanted))
         refused: set[str] = set()
+        last_change, linked = trio.current_time(), 0
         with trio.move_on_after(self.protocol.join_timeout):
             while wanted - set(self.neighbours) - refused:
                 async with trio.open_nursery() as nursery:
                     for peer in sorted(wanted - set(self.neighbours) - refused):
                         nursery.start_soon(self._request_link, peer, refused)
+                if len(self.neighbours) != linked:
+                    last_change, linked = trio.current_time(), len(self.neighbours)
+                # some links confirmed and no new one for a while: the others are gone for good
+                # (a member that left), so go on with these rather than wait out the timeout
+                if linked and trio.current_time() - last_change >= self.config.settle_seconds:
+                    break
                 if wanted - set(self.neighbours) - refused:
                     await trio.sleep(0.1)
         missing = wanted - set(self.neighbours)
