@@ -238,7 +238,9 @@ def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
     assert seen["plaintext"].startswith("refused")
     rejected = report["nodes"][0]["rejected"]
     assert rejected.get("not_member", 0) >= 1
-    assert int(seen["flood"]) > 200 and rejected.get("flood", 0) >= 1  # bounded, not served
+    # the flood (a burst of well over the per-peer bound) was cut off, counted and logged
+    assert int(seen["flood"]) >= 100 and rejected.get("flood", 0) >= 1
+    assert "flood" in (node_dir / "node.log").read_text()
     log = (node_dir / "node.log").read_text()
     assert "not_member" in log
     assert "refused a connection" in log and "only Noise is accepted" in log
