@@ -13,7 +13,7 @@ from gossipfl.config import ProtocolConfig
 from gossipfl.gossip.wire import Contribution
 from gossipfl.node.estimates import PeerEstimates
 from gossipfl.node.round import consensus_reached, update_liveness, wait_for_neighbours
-from gossipfl.node.runtime import NeighbourState
+from gossipfl.node.runtime import NeighbourState, Node
 
 SIZE = 4
 
@@ -34,6 +34,8 @@ class FakeNode:
     def notify(self) -> None:
         event, self.changed = self.changed, trio.Event()
         event.set()
+
+    wait_for = Node.wait_for  # the real waiting logic, on this fake's event
 
     def deliver(self, peer: str, r: int, *, done: bool = False,
                 disagreement: float = 0.5) -> None:

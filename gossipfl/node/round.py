@@ -21,7 +21,7 @@ from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node import secure_round
 from gossipfl.node.checkpoint import save_checkpoint, save_vector
-from gossipfl.node.runtime import ENVELOPE_ALLOWANCE, peak_rss_bytes
+from gossipfl.node.runtime import peak_rss_bytes
 from gossipfl.privacy.dp import privatise_update
 
 if TYPE_CHECKING:
@@ -240,7 +240,6 @@ async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
 async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
     assert node.net is not None
     state = node.neighbours[peer]
-    cap = node.protocol.max_payload_bytes
 
     def frame(kind: str, base: int, array: np.ndarray) -> Contribution:
         return Contribution(
@@ -250,21 +249,15 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
             tensors=node.layout.to_tensors(array),
         )
 
-    async def send(message: Contribution) -> None:
-        if node.security.sealed:
-            await channel.send(node.security.seal(message), cap + ENVELOPE_ALLOWANCE)
-        else:
-            await channel.send(message, cap)
-
     if state.channel is None:
         state.channel = await node.net.open(peer, node.membership.addrs(peer),
                                             node.contribution_protocol)
     channel = state.channel
     kind, base, array = node.own.payload_for(state.peer_holds)
-    await send(frame(kind, base, array))
+    await node.send_payload(channel, frame(kind, base, array))
     ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
     if ack.status == "need_full" and kind == "delta":
-        await send(frame("full", -1, node.own.vector))
+        await node.send_payload(channel, frame("full", -1, node.own.vector))
         ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
     if ack.round != r or ack.sender != peer:
         raise ConnectionError(f"ack for round {ack.round} from {ack.sender}, expected {r}")
@@ -280,19 +273,15 @@ async def close_channels(node: Node) -> None:
 
 async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
     """Wait until every live neighbour delivered round r (or is done); returns those missing."""
-    while True:
-        waiting = [
+    def pending() -> list[str]:
+        return [
             p for p, state in node.neighbours.items()
             if node.estimates.holds(p) < r
             and not (p in node.estimates.peers and node.estimates.peers[p].done)
             and state.unreachable_round != r
         ]
-        remaining = deadline - trio.current_time()
-        if not waiting or remaining <= 0:
-            break
-        event = node.changed
-        with trio.move_on_after(remaining):
-            await event.wait()
+
+    waiting = await node.wait_for(pending, deadline)
     if waiting:
         node.timeouts += 1
         log.warning("round %d: no contribution from %s within %.1f s", r, ", ".join(waiting),

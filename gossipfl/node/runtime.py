@@ -17,6 +17,7 @@ import resource
 import secrets
 import signal
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from gossipfl.gossip.wire import (
     LinkReply,
     LinkRequest,
     M,
+    MaskedInput,
     Sealed,
     WireError,
 )
@@ -272,6 +274,42 @@ class Node:
         return summary
 
     # -- helpers -----------------------------------------------------------------------------
+
+    @property
+    def payload_cap(self) -> int:
+        """Frame cap for messages that carry parameters (plus room for an envelope)."""
+        return self.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
+
+    async def send_payload(self, channel: Channel, message: Contribution | MaskedInput) -> None:
+        """Send a parameter-carrying message, sealed (signed and encrypted to its receiver) when
+        payloads are sealed."""
+        if self.security.sealed:
+            await channel.send(self.security.seal(message), self.payload_cap)
+        else:
+            await channel.send(message, self.payload_cap)
+
+    async def receive_payload(self, channel: Channel, expected: type[M]) -> tuple[M | None, int]:
+        """Receive one; returns (message, round), message None when its envelope was refused
+        (the refusal is logged and counted)."""
+        if self.security.sealed:
+            sealed = await channel.receive(Sealed, self.payload_cap)
+            return self.open_sealed_message(channel.remote, sealed, expected), sealed.round
+        message = await channel.receive(expected, self.payload_cap)
+        return message, message.round
+
+    async def wait_for(self, pending: Callable[[], list[str]], deadline: float) -> list[str]:
+        """Wait until ``pending()`` is empty or ``deadline`` passes; returns what still pends.
+
+        Woken by :meth:`notify` (a contribution arrived, a peer failed), never polling.
+        """
+        while True:
+            waiting = pending()
+            remaining = deadline - trio.current_time()
+            if not waiting or remaining <= 0:
+                return waiting
+            event = self.changed
+            with trio.move_on_after(remaining):
+                await event.wait()
 
     def notify(self) -> None:
         """Wake whoever waits for a change (a contribution arrived, a peer failed)."""
@@ -651,12 +689,7 @@ class Node:
                 channel = await self.net.open(peer, self.membership.addrs(peer), PROTO_STATE)
                 try:
                     await channel.send(request, MAX_CONTROL_BYTES)
-                    cap = self.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
-                    if self.security.sealed:
-                        sealed = await channel.receive(Sealed, cap)
-                        message = self.open_sealed_message(peer, sealed, Contribution)
-                    else:
-                        message = await channel.receive(Contribution, cap)
+                    message, _ = await self.receive_payload(channel, Contribution)
                 finally:
                     await channel.close()
             except Exception as error:
@@ -680,11 +713,7 @@ class Node:
             base_round=-1, disagreement=float(min(self.disagreement, 1e9)),
             done=self.status == "done", tensors=self.layout.to_tensors(self.own.vector),
         )
-        cap = self.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
-        if self.security.sealed:
-            await channel.send(self.security.seal(message), cap)
-        else:
-            await channel.send(message, cap)
+        await self.send_payload(channel, message)
         # it holds our estimate as of this round now
         self.neighbours[remote].peer_holds = self.own.round
 
@@ -697,31 +726,20 @@ class Node:
         CPU than sending on one). Each frame must arrive within ``idle_timeout`` of the last;
         an idle stream is closed, and the sender opens a new one when it next needs to.
         """
-        idle = self.idle_timeout
-        cap = self.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
         while True:
-            with trio.move_on_after(idle) as scope:
-                if self.security.sealed:
-                    sealed = await channel.receive(Sealed, cap)
-                else:
-                    message = await channel.receive(Contribution, cap)
+            with trio.move_on_after(self.idle_timeout) as scope:
+                message, round_ = await self.receive_payload(channel, Contribution)
             if scope.cancelled_caught:
                 log.debug("closing the idle contribution stream from %s", channel.remote)
                 return
             if not self.limiter.allow(channel.remote, trio.current_time()):
                 self.flood(channel.remote, "more frames a second than allowed")
                 return
-            if self.security.sealed:
-                opened = self._open_sealed(channel.remote, sealed)
-                if opened is None:
-                    ack = Ack(self.config.federation, sealed.round, self.peer_id, "rejected",
-                              "envelope refused")
-                    with trio.fail_after(self.protocol.request_timeout):
-                        await channel.send(ack, MAX_CONTROL_BYTES)
-                    continue
-                message = opened
-            status, reason = self._accept_contribution(channel.remote, message)
-            ack = Ack(self.config.federation, message.round, self.peer_id, status, reason)
+            if message is None:
+                status, reason = "rejected", "envelope refused"
+            else:
+                status, reason = self._accept_contribution(channel.remote, message)
+            ack = Ack(self.config.federation, round_, self.peer_id, status, reason)
             with trio.fail_after(self.protocol.request_timeout):
                 await channel.send(ack, MAX_CONTROL_BYTES)
             if status == "rejected" and reason in ("wrong federation", "not a neighbour"):

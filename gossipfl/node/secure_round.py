@@ -36,7 +36,6 @@ from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
     Ack,
     MaskedInput,
-    Sealed,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
     from gossipfl.node.runtime import Node
 
 log = logging.getLogger("gossipfl.secagg")
-ENVELOPE_ALLOWANCE = 4096  # bytes an envelope and the sealed frame add
 
 PROTO_MASKED = "/gossipfl/secagg/input/1.0.0"
 PROTO_UNMASK = "/gossipfl/secagg/unmask/1.0.0"
@@ -152,11 +150,7 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
             message = await trio.to_thread.run_sync(masked_input, node, peer, r, estimate, done)
             channel = await node.net.open(peer, node.membership.addrs(peer), PROTO_MASKED)
             try:
-                cap = node.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
-                if node.security.sealed:
-                    await channel.send(node.security.seal(message), cap)
-                else:
-                    await channel.send(message, cap)
+                await node.send_payload(channel, message)
                 ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
             finally:
                 await channel.close()
@@ -236,19 +230,12 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
 
 async def on_masked_input(node: Node, channel: Channel) -> None:
     """Receive one masked input (signed and encrypted to us when payloads are sealed)."""
-    cap = node.protocol.max_payload_bytes + ENVELOPE_ALLOWANCE
-    remote = channel.remote
-    if node.security.sealed:
-        sealed = await channel.receive(Sealed, cap)
-        message = node.open_sealed_message(remote, sealed, MaskedInput)
-        if message is None:
-            await channel.send(Ack(node.config.federation, sealed.round, node.peer_id,
-                                   "rejected", "envelope refused"), MAX_CONTROL_BYTES)
-            return
+    message, round_ = await node.receive_payload(channel, MaskedInput)
+    if message is None:
+        status, reason = "rejected", "envelope refused"
     else:
-        message = await channel.receive(MaskedInput, cap)
-    status, reason = accept_masked(node, remote, message)
-    await channel.send(Ack(node.config.federation, message.round, node.peer_id, status, reason),
+        status, reason = accept_masked(node, channel.remote, message)
+    await channel.send(Ack(node.config.federation, round_, node.peer_id, status, reason),
                        MAX_CONTROL_BYTES)
 
 
@@ -291,19 +278,15 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[str, s
 
 async def wait_for_inputs(node: Node, r: int, deadline: float) -> list[str]:
     """Wait for every live neighbour's masked input for round r; returns those missing."""
-    while True:
+    def pending() -> list[str]:
         inbox = node.secagg.inbox.get(r, {})
-        waiting = [
+        return [
             p for p, state in node.neighbours.items()
             if p not in inbox and state.unreachable_round != r
             and not node.secagg.peer_status.get(p, (-1, 0.0, False))[2]
         ]
-        remaining = deadline - trio.current_time()
-        if not waiting or remaining <= 0:
-            break
-        event = node.changed
-        with trio.move_on_after(remaining):
-            await event.wait()
+
+    waiting = await node.wait_for(pending, deadline)
     if waiting:
         node.timeouts += 1
         log.warning("round %d: no masked input from %s", r, ", ".join(waiting))
