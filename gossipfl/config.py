@@ -88,6 +88,8 @@ class ProtocolConfig:
     max_consensus_rounds: int = 60
     gamma: float = 1.0
     max_payload_bytes: int = 64 * 1024 * 1024
+    mode: str = "sync"  # "async": no node waits for a round barrier
+    staleness_decay: float = 0.9  # async: a neighbour's weight × decay^(my rounds since it sent)
     peer_rate: float = 50.0  # streams + frames a second one peer may send us
     peer_burst: float = 100.0
     peer_streams: int = 16  # streams one peer may hold open to us at once
@@ -102,6 +104,8 @@ class ProtocolConfig:
         _require(self.consensus_tolerance > 0, "protocol.consensus_tolerance must be positive")
         _require(self.max_consensus_rounds >= 0, "protocol.max_consensus_rounds must be >= 0")
         _require(0 < self.gamma <= 1, "protocol.gamma must be in (0, 1]")
+        _require(self.mode in ("sync", "async"), "protocol.mode must be sync or async")
+        _require(0 < self.staleness_decay <= 1, "protocol.staleness_decay must be in (0, 1]")
         _require(self.max_payload_bytes >= 1024, "protocol.max_payload_bytes is too small")
         _require(self.peer_rate > 0 and self.peer_burst >= 1,
                  "protocol.peer_rate and peer_burst must be positive")
@@ -184,6 +188,8 @@ class NodeConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
+        _require(not (self.secagg.enabled and self.protocol.mode == "async"),
+                 "secagg needs protocol.mode = sync (its sums are per round)")
         _require(not self.secagg.enabled or self.security.admission,
                  "secagg needs security.admission (pair masks use the certified keys)")
         _require(bool(self.federation) and len(self.federation) <= 64,

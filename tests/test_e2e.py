@@ -322,3 +322,27 @@ def test_a_node_killed_and_restarted_resumes_and_rejoins(tmp_path: Path) -> None
     assert info["peer_id"] == restarted["peer_id"]
     assert min(n["final_accuracy"] for n in nodes) > 0.8
     assert report["final_consensus_distance"] <= 1e-3
+
+
+def test_async_mode_does_not_hold_the_federation_to_its_slowest_node(tmp_path: Path) -> None:
+    text = BASE.format(name="e2easync", nodes=4, rounds=20, topology="full", degree=3,
+                       round_timeout=5.0)
+    text = text.replace("max_consensus_rounds = 60",
+                        "max_consensus_rounds = 60\nmode = \"async\"\nstaleness_decay = 0.9")
+    text += "\n[[slow]]\nnode = 3\nfactor = 8.0\n"
+    code, report = _run(tmp_path, text)
+    assert code == 0
+    nodes = report["nodes"]
+    assert [n["status"] for n in nodes] == ["done"] * 4
+    assert report["final_consensus_distance"] <= 1e-3
+
+    def training_rounds(index: int) -> int:
+        lines = (tmp_path / "out" / "nodes" / f"node-{index:02d}" / "metrics.jsonl").read_text()
+        return sum(json.loads(line)["phase"] == "train" for line in lines.splitlines())
+
+    # the fast nodes did all their training rounds; the slow one stopped when they had finished
+    assert [training_rounds(i) for i in range(3)] == [20, 20, 20]
+    assert training_rounds(3) < 20
+    log = (tmp_path / "out" / "nodes" / "node-03" / "node.log").read_text()
+    assert "every neighbour has finished training" in log
+    assert min(n["final_accuracy"] for n in nodes) > 0.7

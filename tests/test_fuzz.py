@@ -695,7 +695,7 @@ def expected_status(node: Node, remote: str, message: Contribution) -> str:
                    for t, n, s in zip(message.tensors, layout.names, layout.shapes,
                                       strict=False))):
         return "rejected"
-    if message.round > max(node.round, 0) + FUTURE_ROUNDS:
+    if message.round > max(node.round, node.estimates.holds(message.sender), 0) + FUTURE_ROUNDS:
         return "rejected"  # too far in the future
     held = node.estimates.holds(message.sender)
     if message.round <= held:

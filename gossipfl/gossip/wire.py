@@ -296,9 +296,11 @@ class Contribution:
     disagreement: float
     done: bool
     tensors: tuple[Tensor, ...]
+    training: bool = True  # the sender is still in its training rounds
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {
+            "training": self.training,
             "round": self.round,
             "sender": self.sender,
             "receiver": self.receiver,
@@ -335,6 +337,7 @@ class Contribution:
             disagreement=_check_float(body["disagreement"], "disagreement"),
             done=_check_bool(body["done"], "done"),
             tensors=tuple(Tensor._from_wire(t) for t in raw),
+            training=_check_bool(body["training"], "training"),
         )
 
 

@@ -63,6 +63,8 @@ class PeerEstimate:
     done: bool
     previous: np.ndarray | None = None  # the estimate one contribution earlier
     previous_round: int = -1
+    training: bool = True  # the sender was still training when it sent this
+    arrived: int = -1  # the receiver's own round when this arrived (async staleness)
 
     def as_of(self, round_: int) -> np.ndarray:
         """The estimate for ``round_``: a neighbour may already be one round ahead of us."""
@@ -87,6 +89,7 @@ class PeerEstimates:
 
     size: int
     peers: dict[str, PeerEstimate]
+    clock: int = -1  # the holder's current round, stamped on what arrives
 
     @classmethod
     def empty(cls, size: int) -> PeerEstimates:
@@ -129,6 +132,8 @@ class PeerEstimates:
             done=message.done,
             previous=entry.vector if entry else None,
             previous_round=held,
+            training=message.training,
+            arrived=self.clock,
         )
 
     def forget(self, peer: str) -> None:

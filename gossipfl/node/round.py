@@ -34,8 +34,13 @@ async def run_rounds(node: Node) -> None:
     """Training rounds, then consensus rounds, then a last 'done' contribution."""
     config = node.config
     last_round = config.rounds + config.protocol.max_consensus_rounds - 1
+    stopped_training = False
     for r in range(node.start_round, config.rounds + config.protocol.max_consensus_rounds):
-        training = r < config.rounds
+        if not stopped_training and async_neighbours_done_training(node, r):
+            stopped_training = True
+            log.info("round %d: every neighbour has finished training; stopping training here",
+                     r)
+        training = r < config.rounds and not stopped_training
         node.status = "training" if training else "consensus"
         await run_round(node, r, training)
         if not training and finished(node, r):
@@ -47,8 +52,18 @@ async def run_rounds(node: Node) -> None:
     await announce_done(node)
 
 
+def async_neighbours_done_training(node: Node, r: int) -> bool:
+    """Async mode: a slower node stops training once all its neighbours have finished theirs,
+    so the federation is not held to the pace of its slowest members."""
+    if node.config.protocol.mode != "async" or r == 0 or not node.neighbours:
+        return False
+    return all(p in node.estimates.peers and not node.estimates.peers[p].training
+               for p in node.neighbours)
+
+
 async def run_round(node: Node, r: int, training: bool) -> None:
     start = trio.current_time()
+    node.estimates.clock = r
     record: dict[str, Any] = {"round": r, "phase": "train" if training else "consensus"}
 
     # 1. train locally (in a worker thread: the node keeps serving its peers meanwhile)
@@ -86,7 +101,10 @@ async def run_round(node: Node, r: int, training: bool) -> None:
 
         # 5. receive: wait for the neighbours' contributions for this round, or the timeout
         wait_start = trio.current_time()
-        missing = await wait_for_neighbours(node, r, start + node.protocol.round_timeout)
+        if node.config.protocol.mode == "async":
+            missing = await wait_async(node, training, start + node.protocol.round_timeout)
+        else:
+            missing = await wait_for_neighbours(node, r, start + node.protocol.round_timeout)
         record["wait_seconds"] = trio.current_time() - wait_start
 
         # 6. aggregate: Metropolis–Hastings weights over the neighbours we hold estimates of
@@ -185,6 +203,11 @@ def aggregate(node: Node, half_step: np.ndarray, r: int) -> np.ndarray:
         len(node.neighbours), {p: e.degree for p, e in held.items()}
     )
     del self_weight  # choco_step uses the weights of the neighbours only
+    if node.config.protocol.mode == "async":
+        # staleness weighting: an estimate that arrived k of our rounds ago counts decay^k as
+        # much; the weight it loses stays with this node
+        decay = node.config.protocol.staleness_decay
+        weights = {p: w * decay ** max(0, r - held[p].arrived) for p, w in weights.items()}
     return choco_step(
         half_step, node.own.vector, {p: e.as_of(r) for p, e in held.items()}, weights,
         gamma=node.protocol.gamma,
@@ -246,7 +269,7 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
             federation=node.config.federation, round=r, sender=node.peer_id, receiver=peer,
             degree=len(node.neighbours), kind=kind, base_round=base,
             disagreement=_finite(node.disagreement, default=1e9), done=done,
-            tensors=node.layout.to_tensors(array),
+            tensors=node.layout.to_tensors(array), training=node.status == "training",
         )
 
     if state.channel is None:
@@ -291,6 +314,28 @@ async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
         if node.estimates.holds(p) < r
         and not (p in node.estimates.peers and node.estimates.peers[p].done)
     )
+
+
+async def wait_async(node: Node, training: bool, deadline: float) -> list[str]:
+    """Async mode: no barrier while training. A training round waits for news from half of its
+    live neighbours (the faster ones: a slow neighbour's estimate is mixed, staleness-weighted,
+    whenever it comes), a consensus round for news from all of them, or the round timeout. Returns
+    the neighbours that could not be reached this round (liveness counts only those)."""
+    seen = node.async_seen
+
+    def pending() -> list[str]:
+        live = [p for p in node.neighbours
+                if not (p in node.estimates.peers and node.estimates.peers[p].done)]
+        fresh = [p for p in live if node.estimates.holds(p) > seen.get(p, -1)]
+        # consensus rounds (no training left to wait for) wait for every live neighbour, so the
+        # fast cannot spin through the round limit before the slow have joined
+        quorum = max(1, math.ceil(len(live) / 2)) if training else len(live)
+        return [] if len(fresh) >= quorum or not live else [p for p in live if p not in fresh]
+
+    await node.wait_for(pending, deadline)
+    node.async_seen = {p: node.estimates.holds(p) for p in node.neighbours}
+    return sorted(p for p, state in node.neighbours.items()
+                  if state.unreachable_round == node.estimates.clock)
 
 
 async def update_liveness(node: Node, r: int, missing: list[str]) -> None:

@@ -128,6 +128,7 @@ class Node:
         self.resumed_from: int | None = None
         self.rejoins_served = 0
         self.diverged_rounds: list[int] = []
+        self.async_seen: dict[str, int] = {}  # async mode: neighbours' rounds at our last round
         self.status = "joining"
         self.disagreement = math.inf
         self.addrs: list[str] = []
@@ -712,6 +713,7 @@ class Node:
             sender=self.peer_id, receiver=remote, degree=len(self.neighbours), kind="full",
             base_round=-1, disagreement=float(min(self.disagreement, 1e9)),
             done=self.status == "done", tensors=self.layout.to_tensors(self.own.vector),
+            training=self.status == "training",
         )
         await self.send_payload(channel, message)
         # it holds our estimate as of this round now
@@ -792,7 +794,9 @@ class Node:
         if message.sender not in self.neighbours:
             self.reject(remote, "contribution", "not_neighbour", "no link with this peer")
             return "rejected", "not a neighbour"
-        if message.round > max(self.round, 0) + FUTURE_ROUNDS:
+        # a round far beyond both the sender's last one and ours would make every later genuine
+        # contribution look stale (in async mode neighbours' rounds drift apart, one at a time)
+        if message.round > max(self.round, self.estimates.holds(message.sender), 0) + FUTURE_ROUNDS:
             self.reject(remote, "contribution", "future",
                         f"round {message.round}, this node is at {self.round}")
             return "rejected", "round too far ahead"
