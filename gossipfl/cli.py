@@ -33,6 +33,8 @@ def _node_parser(sub: Any) -> None:
     p.add_argument("--expect", type=int, help="wait for this many members before training")
     p.add_argument("--out", help="output directory")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--start-when", help=argparse.SUPPRESS)  # standby: start once FILE exists
+    p.add_argument("--start-timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     p.add_argument("--threads", action="store_true",
                    help="let XLA use all cores (default: one thread, for many nodes per machine)")
 
@@ -141,6 +143,15 @@ def node_command(args: argparse.Namespace) -> int:
     from gossipfl.config import ConfigError, NodeConfig, from_dict, load_toml
     from gossipfl.node.main import run_node
 
+    if args.start_when:
+        # a standby node (scenario restarts): imports done, it starts the moment the file exists
+        import gossipfl.node.round
+        import gossipfl.node.runtime  # noqa: F401
+
+        if not _wait_for_file(args.start_when, args.start_timeout):
+            print(f"gossipfl node: {args.start_when} did not appear in {args.start_timeout} s",
+                  file=sys.stderr)
+            return 2
     try:
         base = load_toml(args.config) if args.config else {}
         config = from_dict(NodeConfig, _merge(base, _node_overrides(args)))
@@ -148,6 +159,17 @@ def node_command(args: argparse.Namespace) -> int:
         print(f"gossipfl node: {error}", file=sys.stderr)
         return 2
     return run_node(config, args.log_level)
+
+
+def _wait_for_file(path: str, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -513,8 +513,7 @@ class Node:
                 f"(bootstrap: {len(self.bootstrap)} address(es)); refusing to train alone"
             )
         if expected and count < expected:
-            log.warning("joining with %d of %d expected members after %.0f s", count, expected,
-                        self.protocol.join_timeout)
+            log.warning("joining with %d of %d expected members", count, expected)
         log.info("membership: %d members", count)
 
     # -- links -------------------------------------------------------------------------------

@@ -104,6 +104,7 @@ class NodeProcess:
     killed_after_round: int | None = None
     restart_at: float | None = None  # a restart fault: when to start it again
     restarts: int = 0
+    standby: subprocess.Popen[bytes] | None = None  # a pre-started process for the restart
     exit_code: int | None = None
     events: list[str] = field(default_factory=list)
 
@@ -191,14 +192,33 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
     return nodes
 
 
-def start_node(node: NodeProcess) -> None:
-    """One fresh interpreter per node (``--spawn``): slower to start, nothing shared."""
+def start_node(node: NodeProcess, *, standby: bool = False,
+               timeout: float = 600.0) -> subprocess.Popen[bytes]:
+    """One fresh interpreter per node (``--spawn``): slower to start, nothing shared.
+
+    With ``standby``, the interpreter imports everything and then waits for the file
+    ``<out>/go`` (see :func:`release_standby`): a restart then takes a fraction of a second
+    instead of the several seconds a fresh interpreter needs to import JAX and libp2p.
+    """
     env = {**os.environ, **NODE_ENV}
+    command = [sys.executable, "-m", "gossipfl", "node", "--config", str(node.out / "node.toml")]
+    if standby:
+        command += ["--start-when", str(node.out / "go"), "--start-timeout", str(timeout)]
     with open(node.out / "stdout.log", "ab") as output:  # a restart appends
-        node.process = subprocess.Popen(
-            [sys.executable, "-m", "gossipfl", "node", "--config", str(node.out / "node.toml")],
-            stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    if not standby:
+        node.process = process
+    return process
+
+
+def release_standby(node: NodeProcess) -> None:
+    """Start a restarted node: its standby process if it has one, else a fresh interpreter."""
+    if node.standby is not None and node.standby.poll() is None:
+        (node.out / "go").touch()
+        node.process, node.standby = node.standby, None
+    else:
+        start_node(node)
 
 
 def start_forked(nodes: list[NodeProcess], out: Path, timeout: float) -> subprocess.Popen[bytes]:
@@ -228,6 +248,10 @@ def start_forked(nodes: list[NodeProcess], out: Path, timeout: float) -> subproc
 
 def stop_all(nodes: list[NodeProcess]) -> None:
     """SIGTERM the nodes still running, then SIGKILL those that outlive the grace period."""
+    for node in nodes:  # standbys that were never needed
+        if node.standby is not None and node.standby.poll() is None:
+            node.standby.kill()
+            node.standby.wait()
     running = [n for n in nodes if n.process and n.process.poll() is None]
     for node in running:
         assert node.process is not None
@@ -288,14 +312,18 @@ class Progress:
 
 
 def resolve_faults(scenario: ScenarioConfig) -> list[FaultConfig]:
-    """The scenario's faults, with random rounds (``at_round = -1``) drawn from its seed."""
+    """The scenario's faults, with random rounds (``at_round = -1``) drawn from its seed.
+
+    Random rounds fall in the first two thirds of the training rounds: a node restarted later
+    would often come back to a federation that has already finished.
+    """
     import random as _random
 
     rng = _random.Random(scenario.seed * 7919 + 17)
     resolved = []
     for fault in scenario.faults:
         if fault.at_round < 0:
-            fault = replace(fault, at_round=rng.randint(1, max(1, scenario.rounds - 2)))
+            fault = replace(fault, at_round=rng.randint(1, max(1, 2 * scenario.rounds // 3)))
         resolved.append(fault)
     return resolved
 
@@ -303,6 +331,10 @@ def resolve_faults(scenario: ScenarioConfig) -> list[FaultConfig]:
 def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bool:
     """Poll until every node has exited or the scenario times out; returns False on timeout."""
     pending = resolve_faults(scenario)
+    for fault in pending:
+        if fault.kind == "restart" and nodes[fault.node].standby is None:
+            nodes[fault.node].standby = start_node(nodes[fault.node], standby=True,
+                                                   timeout=scenario.timeout)
     deadline = time.monotonic() + scenario.timeout
     down = {f.node: f.down_seconds for f in scenario.faults if f.kind == "restart"}
     total = scenario.rounds + scenario.protocol.max_consensus_rounds
@@ -336,7 +368,7 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bo
                     node.exit_code = None
                     node.restarts += 1
                     node.events.append(f"restarted (after round {node.killed_after_round})")
-                    start_node(node)
+                    release_standby(node)
             progress.update()
             if all(n.exit_code is not None and n.restart_at is None for n in nodes):
                 return True
