@@ -8,6 +8,7 @@ wait runs under a deadline; a dead or slow peer costs at most a timeout, never a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -17,7 +18,7 @@ import resource
 import secrets
 import signal
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,18 @@ class Node:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def channel_to(self, peer: str, protocol: str,
+                         addrs: tuple[str, ...] | None = None) -> AsyncIterator[Channel]:
+        """A new stream to ``peer`` for ``protocol`` (dialling it if needed), closed after."""
+        assert self.net is not None
+        known = self.membership.addrs(peer) if addrs is None else addrs
+        channel = await self.net.open(peer, known, protocol)
+        try:
+            yield channel
+        finally:
+            await channel.close()
+
     @property
     def payload_cap(self) -> int:
         """Frame cap for messages that carry parameters (plus room for an envelope)."""
@@ -458,15 +471,11 @@ class Node:
             await trio.sleep(self.protocol.heartbeat_interval)
 
     async def _send_heartbeat(self, peer: str, addrs: tuple[str, ...]) -> None:
-        assert self.net is not None
         with trio.move_on_after(self.protocol.request_timeout):
             try:
-                channel = await self.net.open(peer, addrs, PROTO_MEMBERSHIP)
-                try:
+                async with self.channel_to(peer, PROTO_MEMBERSHIP, addrs) as channel:
                     await channel.send(self.heartbeat(), MAX_CONTROL_BYTES)
                     reply = await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
-                finally:
-                    await channel.close()
             except WireError as error:
                 self.reject(peer, "heartbeat reply", "malformed", str(error))
                 return
@@ -595,17 +604,13 @@ class Node:
         log.info("neighbours: %s", ", ".join(sorted(self.neighbours)))
 
     async def _request_link(self, peer: str, refused: set[str]) -> None:
-        assert self.net is not None
         request = LinkRequest(self.config.federation, self.peer_id, self._topology_digest(),
                               self.round, rejoin=self.resumed_from is not None)
         with trio.move_on_after(self.protocol.request_timeout):
             try:
-                channel = await self.net.open(peer, self.membership.addrs(peer), PROTO_LINK)
-                try:
+                async with self.channel_to(peer, PROTO_LINK) as channel:
                     await channel.send(request, MAX_CONTROL_BYTES)
                     reply = await channel.receive(LinkReply, MAX_CONTROL_BYTES)
-                finally:
-                    await channel.close()
             except Exception as error:
                 log.debug("link request to %s failed: %s", peer, error)
                 return
@@ -681,17 +686,13 @@ class Node:
                     "round %d)", len(vectors), self.start_round, self.resumed_from)
 
     async def _pull_state(self, peer: str, pulled: dict[str, Contribution]) -> None:
-        assert self.net is not None
         request = LinkRequest(self.config.federation, self.peer_id, self._topology_digest(),
                               self.round, rejoin=True)
         with trio.move_on_after(self.protocol.request_timeout):
             try:
-                channel = await self.net.open(peer, self.membership.addrs(peer), PROTO_STATE)
-                try:
+                async with self.channel_to(peer, PROTO_STATE) as channel:
                     await channel.send(request, MAX_CONTROL_BYTES)
                     message, _ = await self.receive_payload(channel, Contribution)
-                finally:
-                    await channel.close()
             except Exception as error:
                 log.info("state request to %s failed: %s", peer, error)
                 return

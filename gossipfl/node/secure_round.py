@@ -143,17 +143,13 @@ async def send_masked_inputs(node: Node, r: int, *, done: bool) -> None:
 
 
 async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done: bool) -> None:
-    assert node.net is not None
     state = node.neighbours.get(peer)
     with trio.move_on_after(node.protocol.request_timeout) as scope:
         try:
             message = await trio.to_thread.run_sync(masked_input, node, peer, r, estimate, done)
-            channel = await node.net.open(peer, node.membership.addrs(peer), PROTO_MASKED)
-            try:
+            async with node.channel_to(peer, PROTO_MASKED) as channel:
                 await node.send_payload(channel, message)
                 ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
-            finally:
-                await channel.close()
         except Exception as error:
             if state is not None:
                 state.unreachable_round = r
@@ -334,15 +330,11 @@ def unmask_request(node: Node, r: int, inputs: dict[str, MaskedInput], survivors
 
 async def _ask_unmask(node: Node, peer: str, request: UnmaskRequest,
                       responses: dict[str, UnmaskResponse]) -> None:
-    assert node.net is not None
     with trio.move_on_after(node.protocol.request_timeout):
         try:
-            channel = await node.net.open(peer, node.membership.addrs(peer), PROTO_UNMASK)
-            try:
+            async with node.channel_to(peer, PROTO_UNMASK) as channel:
                 await channel.send(request, node.protocol.max_payload_bytes)
                 response = await channel.receive(UnmaskResponse, MAX_CONTROL_BYTES)
-            finally:
-                await channel.close()
         except Exception as error:
             log.info("no unmask answer from %s for round %d: %s", peer, request.round, error)
             return
