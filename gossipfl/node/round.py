@@ -231,7 +231,10 @@ async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
     idle) is replaced by a new one once before the neighbour counts as unreachable.
     """
     state = node.neighbours[peer]
-    with trio.move_on_after(node.protocol.request_timeout) as scope:
+    # a frozen or overloaded neighbour may hold the stream open without answering: never let
+    # one send hold the round longer than the round itself may last
+    limit = min(node.protocol.request_timeout, node.protocol.round_timeout)
+    with trio.move_on_after(limit) as scope:
         for attempt in (1, 2):
             try:
                 ack = await _exchange(node, peer, r, done)

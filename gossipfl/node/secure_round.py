@@ -144,7 +144,10 @@ async def send_masked_inputs(node: Node, r: int, *, done: bool) -> None:
 
 async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done: bool) -> None:
     state = node.neighbours.get(peer)
-    with trio.move_on_after(node.protocol.request_timeout) as scope:
+    # a frozen or overloaded neighbour may hold the stream open without answering: never let
+    # one send hold the round longer than the round itself may last
+    limit = min(node.protocol.request_timeout, node.protocol.round_timeout)
+    with trio.move_on_after(limit) as scope:
         try:
             message = await trio.to_thread.run_sync(masked_input, node, peer, r, estimate, done)
             async with node.channel_to(peer, PROTO_MASKED) as channel:
