@@ -93,6 +93,9 @@ class ProtocolConfig:
     peer_rate: float = 50.0  # streams + frames a second one peer may send us
     peer_burst: float = 100.0
     peer_streams: int = 16  # streams one peer may hold open to us at once
+    relink_interval: float = 2.0  # how often to ask a lost neighbour (dropped, cut off) back
+    catch_up_rounds: int = 2  # sync: neighbours this many rounds ahead → pull their state, jump
+    extra_links: int = 2  # late joiners a node takes beyond its topology degree
 
     def __post_init__(self) -> None:
         for name in ("round_timeout", "join_timeout", "heartbeat_interval", "member_timeout",
@@ -110,6 +113,9 @@ class ProtocolConfig:
         _require(self.peer_rate > 0 and self.peer_burst >= 1,
                  "protocol.peer_rate and peer_burst must be positive")
         _require(self.peer_streams >= 4, "protocol.peer_streams must be at least 4")
+        _require(self.relink_interval > 0, "protocol.relink_interval must be positive")
+        _require(self.catch_up_rounds >= 1, "protocol.catch_up_rounds must be at least 1")
+        _require(self.extra_links >= 0, "protocol.extra_links must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,15 @@ def test_scenario_faults_are_built() -> None:
         ({"faults": [{"node": 1, "when": 3}]}, r"unknown key\(s\) faults\[\]\.when"),
         ({"faults": {"node": 1}}, "faults must be a list"),
         ({"protocol": {"round_timout": 1.0}}, r"unknown key\(s\) protocol\.round_timout"),
+        ({"nodes": 4, "joins": [{"node": 4}]}, "joins names node 4, the scenario has 4"),
+        ({"joins": [{"node": 1}, {"node": 1}]}, "joins names a node twice"),
+        ({"rounds": 5, "joins": [{"node": 1, "at_round": 5}]}, "past the last training round"),
+        ({"nodes": 2, "joins": [{"node": 1}]}, "at least two nodes must start"),
+        ({"joins": [{"node": 1, "at_round": -3}]}, "joins.at_round >= -1"),
+        ({"admission": True, "secagg": {"enabled": True}, "joins": [{"node": 1}]},
+         "late joiners cannot take part in secure aggregation"),
+        ({"protocol": {"relink_interval": 0}}, "relink_interval must be positive"),
+        ({"protocol": {"catch_up_rounds": 0}}, "catch_up_rounds must be at least 1"),
     ],
 )
 def test_scenario_validation(data: dict[str, Any], rule: str) -> None:

@@ -354,3 +354,54 @@ def test_async_mode_does_not_hold_the_federation_to_its_slowest_node(tmp_path: P
     log = (tmp_path / "out" / "nodes" / "node-03" / "node.log").read_text()
     assert "every neighbour has finished training" in log
     assert min(n["final_accuracy"] for n in nodes) > 0.7
+
+
+def test_a_paused_node_is_dropped_then_relinked_and_catches_up(tmp_path: Path) -> None:
+    """SIGSTOP for longer than the neighbours wait: they drop it and go on; after SIGCONT it is
+    linked again (no restart) and jumps to their round by pulling their state, instead of
+    dragging the average back from where it stopped."""
+    text = BASE.format(name="e2epause", nodes=5, rounds=120, topology="full", degree=4,
+                       round_timeout=1.5)
+    text = text.replace("max_consensus_rounds = 60",
+                        "max_consensus_rounds = 60\nrequest_timeout = 1.5\nrelink_interval = 1.0")
+    text += ("\n[[faults]]\nkind = \"pause\"\nnode = 2\nat_round = 4\n"
+             "down_seconds = 10.0\n")
+    code, report = _run(tmp_path, text)
+    assert code == 0
+    nodes = report["nodes"]
+    assert [n["status"] for n in nodes] == ["done"] * 5
+    paused = nodes[2]
+    assert paused["events"][0].startswith("SIGSTOP") and paused["restarts"] == 0
+    # the others stopped waiting for it (dropped it) ...
+    assert sum(any(d["peer_id"] == paused["peer_id"] for d in n["dropped_neighbours"])
+               for n in nodes) >= 2
+    # ... and took it back; it caught up by jumping ahead, not by replaying the rounds it missed
+    assert sum(n["relinks"] + n["rejoins_served"] for n in nodes) >= 2
+    jumps = [c for c in paused["catch_ups"] if c["why"] == "behind"]
+    assert jumps and jumps[0]["to_round"] > jumps[0]["from_round"] + 2
+    assert paused["rounds_completed"] < nodes[0]["rounds_completed"]
+    assert min(n["final_accuracy"] for n in nodes) > 0.8
+    assert report["final_consensus_distance"] <= 1e-3
+
+
+def test_late_joiners_link_pull_the_model_and_finish_with_the_others(tmp_path: Path) -> None:
+    text = BASE.format(name="e2elate", nodes=6, rounds=100, topology="regular", degree=2,
+                       round_timeout=5.0)
+    text += "\n[[joins]]\nnode = 5\nat_round = 5\n\n[[joins]]\nnode = 2\nat_round = 10\n"
+    code, report = _run(tmp_path, text)
+    assert code == 0
+    nodes = report["nodes"]
+    assert [n["status"] for n in nodes] == ["done"] * 6
+    for index in (2, 5):
+        late = nodes[index]
+        assert late["joined_late"] and late["events"][0].startswith("joined late")
+        assert len(late["neighbours"]) >= 1
+        # it started from the federation's round and model, not from round 0
+        (catch_up,) = late["catch_ups"]
+        assert catch_up["why"] == "late" and catch_up["to_round"] >= 5
+        assert late["rounds_completed"] < nodes[0]["rounds_completed"]
+        # and the members that took it count it among their neighbours
+        assert any(late["peer_id"] in n["neighbours"] for n in nodes if n is not late)
+    assert all(not n["joined_late"] for i, n in enumerate(nodes) if i not in (2, 5))
+    assert min(n["final_accuracy"] for n in nodes) > 0.8
+    assert report["final_consensus_distance"] <= 1e-3

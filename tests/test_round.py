@@ -30,12 +30,15 @@ class FakeNode:
     timeouts: int = 0
     disagreement: float = 1.0
     dropped: list = field(default_factory=list)
+    behind: int | None = None
+    _linked_at: dict = field(default_factory=dict)
 
     def notify(self) -> None:
         event, self.changed = self.changed, trio.Event()
         event.set()
 
     wait_for = Node.wait_for  # the real waiting logic, on this fake's event
+    drop_neighbour = Node.drop_neighbour
 
     def deliver(self, peer: str, r: int, *, done: bool = False,
                 disagreement: float = 0.5) -> None:
@@ -129,5 +132,40 @@ def test_consensus_needs_this_node_and_every_live_neighbour_within_tolerance() -
         node.disagreement = 1e-4
         node.deliver("a", 7, done=True, disagreement=0.5)  # a finished: its figure is moot
         assert consensus_reached(node)
+
+    _run(main)
+
+
+def test_wait_ends_early_when_the_neighbours_went_on_without_us() -> None:
+    """A neighbour far ahead (we were cut off or paused) ends the wait: catching up beats
+    waiting out the round for neighbours that stopped waiting for us."""
+    async def main() -> None:
+        node = _node("a", "b")
+        start = trio.current_time()
+
+        async def news() -> None:
+            await trio.sleep(1.0)
+            node.behind = 12
+            node.notify()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(news)
+            missing = await wait_for_neighbours(node, 3, start + 5.0)
+        assert trio.current_time() == pytest.approx(start + 1.0)
+        assert missing == ["a", "b"]
+
+    _run(main)
+
+
+def test_a_dropped_neighbour_is_remembered_and_its_estimate_forgotten() -> None:
+    async def main() -> None:
+        node = _node("a", "b")
+        node.deliver("a", 0)
+        await node.drop_neighbour("a", 4, "missed rounds")
+        assert list(node.neighbours) == ["b"]
+        assert "a" not in node.estimates.peers
+        assert node.dropped == [{"peer_id": "a", "round": 4, "reason": "missed rounds"}]
+        await node.drop_neighbour("a", 5, "again")  # already gone: nothing happens
+        assert len(node.dropped) == 1
 
     _run(main)

@@ -229,16 +229,18 @@ class LinkRequest:
     sender: str
     topology_digest: str  # hex digest of the sender's member set, for diagnosis
     round: int = -1  # the sender's current round (-1 before its first)
-    rejoin: bool = False  # the sender restarted: forget what you held of it
+    rejoin: bool = False  # the sender restarted or re-links: forget what you held of it
+    joining: bool = False  # the sender joined late: add it to your neighbours if you have room
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {"sender": self.sender, "topology_digest": self.topology_digest,
-                "round": self.round, "rejoin": self.rejoin}
+                "round": self.round, "rejoin": self.rejoin, "joining": self.joining}
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> LinkRequest:
         return cls(
             federation=federation,
+            joining=_check_bool(body["joining"], "joining"),
             rejoin=_check_bool(body["rejoin"], "rejoin"),
             round=_check_int(body["round"], "round", -1, MAX_ROUND),
             sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),

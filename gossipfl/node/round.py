@@ -33,9 +33,15 @@ log = logging.getLogger("gossipfl.round")
 async def run_rounds(node: Node) -> None:
     """Training rounds, then consensus rounds, then a last 'done' contribution."""
     config = node.config
-    last_round = config.rounds + config.protocol.max_consensus_rounds - 1
+    total = config.rounds + config.protocol.max_consensus_rounds
+    last_round = total - 1
     stopped_training = False
-    for r in range(node.start_round, config.rounds + config.protocol.max_consensus_rounds):
+    r = node.start_round
+    while r < total:
+        if node.behind is not None:  # cut off or paused while the neighbours went on
+            r = await node.catch_up_now(r)
+            if r >= total:
+                break
         if not stopped_training and async_neighbours_done_training(node, r):
             stopped_training = True
             log.info("round %d: every neighbour has finished training; stopping training here",
@@ -49,6 +55,7 @@ async def run_rounds(node: Node) -> None:
         if r == last_round and not training:
             log.warning("consensus round limit reached at round %d (disagreement %.2e)", r,
                         node.disagreement)
+        r += 1
     await announce_done(node)
 
 
@@ -251,6 +258,12 @@ async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
                     return
         if ack.status == "ok":
             state.peer_holds = r
+        elif ack.reason == "not a neighbour":
+            # it dropped us (we were cut off or paused): stop waiting for it; the re-link loop
+            # asks it back
+            log.warning("%s no longer counts us as a neighbour (round %d); re-linking", peer, r)
+            await node.drop_neighbour(peer, r, "it dropped this node")
+            return
         else:
             log.warning("%s did not take our round %d: %s %s", peer, r, ack.status, ack.reason)
     if scope.cancelled_caught:
@@ -276,7 +289,7 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
         )
 
     if state.channel is None:
-        state.channel = await node.net.open(peer, node.membership.addrs(peer),
+        state.channel = await node.net.open(peer, node.addrs_of(peer),
                                             node.contribution_protocol)
     channel = state.channel
     kind, base, array = node.own.payload_for(state.peer_holds)
@@ -300,6 +313,8 @@ async def close_channels(node: Node) -> None:
 async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
     """Wait until every live neighbour delivered round r (or is done); returns those missing."""
     def pending() -> list[str]:
+        if node.behind is not None:  # the neighbours went on without us: catch up instead
+            return []
         return [
             p for p, state in node.neighbours.items()
             if node.estimates.holds(p) < r
@@ -352,13 +367,7 @@ async def update_liveness(node: Node, r: int, missing: list[str]) -> None:
         if state.missed >= node.protocol.max_missed_rounds:
             log.warning("dropping neighbour %s: no contribution for %d rounds", peer,
                         state.missed)
-            if state.channel is not None:
-                await state.channel.reset()
-            del node.neighbours[peer]
-            node.estimates.forget(peer)
-            node.dropped.append({"peer_id": peer, "round": r, "reason": "missed rounds"})
-            if not node.neighbours:
-                log.error("no neighbours left: this node now trains alone")
+            await node.drop_neighbour(peer, r, "missed rounds")
 
 
 def finished(node: Node, r: int) -> bool:

@@ -9,6 +9,8 @@ wait runs under a deadline; a dead or slow peer costs at most a timeout, never a
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -122,7 +124,17 @@ class Node:
         self.own = OwnEstimate(initial.copy())
         self.estimates = PeerEstimates.empty(self.layout.size)
         self.topology: dict[str, frozenset[str]] | None = None
+        self.wanted: set[str] = set()  # this node's neighbours by topology (+ late joiners)
+        self.link_cap = 0  # the most neighbours it takes (topology degree + extra_links)
         self.neighbours: dict[str, NeighbourState] = {}
+        self.addr_book: dict[str, tuple[str, ...]] = {}  # last addresses heard, kept for re-links
+        self.member_state: dict[str, tuple[int, str]] = {}  # (round, status) heard directly
+        self.behind: int | None = None  # a neighbour's round far ahead of ours: catch up
+        self.joined_late = False
+        self.relinks = 0  # lost neighbours linked again (after an outage or a partition)
+        self.catch_ups: list[dict[str, Any]] = []
+        self._linked_at: dict[str, float] = {}
+        self._relink_refused: dict[str, float] = {}
         self.dropped: list[dict[str, Any]] = []
         self.round = -1
         self.start_round = 0
@@ -189,8 +201,9 @@ class Node:
                 self._resume()
                 await self._join()
                 await self._form_links()
-                if self.resumed_from is not None:
+                if self.resumed_from is not None or self.joined_late:
                     await self._catch_up()
+                nursery.start_soon(self._relink_loop)
                 self.status = "training"
                 await run_rounds(self)
                 self.status = "done"
@@ -249,6 +262,9 @@ class Node:
             "resumed_from": self.resumed_from,
             "diverged_rounds": self.diverged_rounds,
             "rejoins_served": self.rejoins_served,
+            "joined_late": self.joined_late,
+            "relinks": self.relinks,
+            "catch_ups": self.catch_ups,
             "parameters": self.layout.size,
             "examples": len(self.learner.y),
             "privacy": self.privacy_summary(),
@@ -282,12 +298,17 @@ class Node:
                          addrs: tuple[str, ...] | None = None) -> AsyncIterator[Channel]:
         """A new stream to ``peer`` for ``protocol`` (dialling it if needed), closed after."""
         assert self.net is not None
-        known = self.membership.addrs(peer) if addrs is None else addrs
+        known = self.addrs_of(peer) if addrs is None else addrs
         channel = await self.net.open(peer, known, protocol)
         try:
             yield channel
         finally:
             await channel.close()
+
+    def addrs_of(self, peer: str) -> tuple[str, ...]:
+        """Where to dial ``peer``: what membership knows, else the last addresses it gave us
+        (membership forgets a member silent for a while; a lost neighbour is still asked back)."""
+        return self.membership.addrs(peer) or self.addr_book.get(peer, ())
 
     @property
     def payload_cap(self) -> int:
@@ -416,6 +437,10 @@ class Node:
         now = trio.current_time()
         if self.membership.heard_from(beat.sender, beat.addrs, now):
             log.info("new member %s (heard directly)", beat.sender)
+        if beat.addrs:
+            self.addr_book[beat.sender] = beat.addrs
+        self.member_state[beat.sender] = (beat.round, beat.status)
+        self.note_peer_round(beat.sender, beat.round, beat.status)
         for peer in self.membership.merge(beat.members, now):
             log.info("new member %s (via %s)", peer, beat.sender)
 
@@ -492,12 +517,8 @@ class Node:
         last_count, stable_since = -1, trio.current_time()
         # A node that restarts needs its own neighbours back, not the whole federation (which may
         # have lost members for good since it started).
-        saved = self._saved_members() if self.resumed_from is not None else None
-        wanted = None
-        if saved:
-            topology = build_topology(self.config.topology.kind, saved,
-                                      degree=self.config.topology.degree, seed=self.config.seed)
-            wanted = set(topology.get(self.peer_id, frozenset()))
+        saved = self._saved_neighbours() if self.resumed_from is not None else None
+        wanted = set(saved) if saved else None
         with trio.move_on_after(self.protocol.join_timeout):
             while True:
                 known = set(self.known_members())
@@ -508,6 +529,9 @@ class Node:
                 settled = now - stable_since >= settle
                 if wanted is not None:
                     done = wanted <= known or bool(wanted & known and settled)
+                elif self.federation_running():
+                    # joining late: the member lists we were sent name whoever is there now
+                    done = count > 1 and now - stable_since >= min(settle, 1.0)
                 elif expected:
                     done = count >= expected
                 else:
@@ -528,8 +552,6 @@ class Node:
     # -- links -------------------------------------------------------------------------------
 
     def _topology_digest(self) -> str:
-        import hashlib
-
         members = sorted(self.topology or {})
         return hashlib.blake2b("\n".join(members).encode(), digest_size=8).hexdigest()
 
@@ -564,21 +586,53 @@ class Node:
         log.warning("resuming from the checkpoint of round %d (%s members in the saved "
                     "topology)", round_, len(members) if members else "no")
 
-    def _saved_members(self) -> list[str] | None:
+    def _saved_topology(self, key: str) -> list[str] | None:
         try:
-            members = json.loads((self.out / "topology.json").read_text())["members"]
-        except (OSError, ValueError, KeyError):
+            saved = json.loads((self.out / "topology.json").read_text())[key]
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        return [str(m) for m in members]
+        return [str(m) for m in saved]
+
+    def _saved_members(self) -> list[str] | None:
+        return self._saved_topology("members")
+
+    def _saved_neighbours(self) -> list[str] | None:
+        """The neighbours saved at the last start (topology ones plus late joiners taken)."""
+        saved = self._saved_topology("neighbours")
+        if saved is not None:
+            return saved
+        members = self._saved_members()
+        if not members:
+            return None
+        topology = build_topology(self.config.topology.kind, members,
+                                  degree=self.config.topology.degree, seed=self.config.seed)
+        return sorted(topology.get(self.peer_id, frozenset()))
+
+    def _save_topology(self, members: list[str]) -> None:
+        atomic_write_json(self.out / "topology.json",
+                          {"members": sorted(members), "neighbours": sorted(self.wanted)})
+
+    def federation_running(self) -> bool:
+        """Some member we heard from directly is already past link formation (we are late)."""
+        return any(status in ("training", "consensus", "done") and round_ >= 0
+                   for round_, status in self.member_state.values())
 
     async def _form_links(self) -> None:
         # The topology is the federation's from its start: a node that restarts reuses the member
-        # set it saved then, so it finds the same neighbours, who still have it in theirs.
-        members = self._saved_members() or [self.peer_id, *self.known_members()]
+        # set and the neighbours it saved then, so it finds the same neighbours, who still have
+        # it in theirs.
+        saved = self._saved_members()
+        if saved is None and self.federation_running():
+            await self._join_late()
+            return
+        members = saved or [self.peer_id, *self.known_members()]
         self.topology = build_topology(self.config.topology.kind, members,
                                        degree=self.config.topology.degree, seed=self.config.seed)
-        atomic_write_json(self.out / "topology.json", {"members": sorted(members)})
-        wanted = set(self.topology[self.peer_id])
+        saved_neighbours = self._saved_neighbours() if saved else None
+        self.wanted = set(saved_neighbours or self.topology[self.peer_id])
+        self.link_cap = len(self.topology[self.peer_id]) + self.protocol.extra_links
+        self._save_topology(members)
+        wanted = set(self.wanted)
         log.info("topology %s over %d members: %d neighbour(s) wanted",
                  self.config.topology.kind, len(members), len(wanted))
         refused: set[str] = set()
@@ -603,9 +657,54 @@ class Node:
             raise NodeError("no neighbour confirmed a link; refusing to train alone")
         log.info("neighbours: %s", ", ".join(sorted(self.neighbours)))
 
-    async def _request_link(self, peer: str, refused: set[str]) -> None:
+    def _late_degree(self) -> int:
+        """How many neighbours a late joiner looks for: its degree in a topology of the same
+        kind over the members it found."""
+        members = [self.peer_id, *self.known_members()]
+        topology = build_topology(self.config.topology.kind, members,
+                                  degree=self.config.topology.degree, seed=self.config.seed)
+        return max(1, len(topology[self.peer_id]))
+
+    async def _join_late(self) -> None:
+        """Join a federation already training: ask members (in an order of our own, so joiners
+        spread out) to take us as an extra neighbour, until we have our degree of them."""
+        if self.config.secagg.enabled:
+            raise NodeError("the federation is already training and secure aggregation needs "
+                            "the topology fixed at formation: a late joiner cannot take part")
+        self.joined_late = True
+        degree = self._late_degree()
+        running = sorted(
+            (p for p in self.known_members()
+             if self.member_state.get(p, (-1, ""))[1] in ("training", "consensus")),
+            key=lambda p: hashlib.blake2b(f"{self.peer_id}/{p}".encode()).digest(),
+        )
+        log.warning("joining late: the federation is already training; asking up to %d of %d "
+                    "running member(s) for a link", degree, len(running))
+        self.topology = {self.peer_id: frozenset()}
+        refused: set[str] = set()
+        with trio.move_on_after(self.protocol.join_timeout):
+            queue = list(running)
+            while queue and len(self.neighbours) < degree:
+                need = degree - len(self.neighbours)
+                batch, queue = queue[:need], queue[need:]
+                async with trio.open_nursery() as nursery:
+                    for peer in batch:
+                        nursery.start_soon(functools.partial(
+                            self._request_link, peer, refused, joining=True))
+        if not self.neighbours:
+            raise NodeError(f"joining late: none of the {len(running)} running member(s) took "
+                            "this node as a neighbour; refusing to train alone")
+        self.wanted = set(self.neighbours)
+        self.link_cap = len(self.wanted) + self.protocol.extra_links
+        self.topology = {self.peer_id: frozenset(self.wanted)}
+        self._save_topology([self.peer_id, *running])
+        log.info("neighbours: %s", ", ".join(sorted(self.neighbours)))
+
+    async def _request_link(self, peer: str, refused: set[str], *, joining: bool = False,
+                            repair: bool = False) -> None:
+        rejoin = self.resumed_from is not None or repair
         request = LinkRequest(self.config.federation, self.peer_id, self._topology_digest(),
-                              self.round, rejoin=self.resumed_from is not None)
+                              self.round, rejoin=rejoin, joining=joining)
         with trio.move_on_after(self.protocol.request_timeout):
             try:
                 async with self.channel_to(peer, PROTO_LINK) as channel:
@@ -617,10 +716,85 @@ class Node:
             if not self._check_origin(channel, "link reply", reply.federation, reply.sender):
                 return
             if reply.status == "accepted":
-                self.neighbours.setdefault(peer, NeighbourState())
+                if joining or repair:
+                    await self._reset_link(peer)
+                else:
+                    self.neighbours.setdefault(peer, NeighbourState())
+                if repair:
+                    self.relinks += 1
+                    log.warning("re-linked with neighbour %s (it is at round %d, this node at "
+                                "%d)", peer, reply.round, self.round)
+                    self.note_peer_round(peer, reply.round, "training")
             elif reply.status == "rejected":
-                log.warning("%s refused a link: %s", peer, reply.reason)
+                log.log(logging.INFO if repair or joining else logging.WARNING,
+                        "%s refused a link: %s", peer, reply.reason)
                 refused.add(peer)
+
+    async def _reset_link(self, peer: str) -> None:
+        """Start a link afresh: each end forgets what it held of the other (a restart, a
+        repair after an outage, a late joiner), so the next contributions are full estimates.
+        A link reset moments ago (both ends asked at once) is kept as it is."""
+        now = trio.current_time()
+        if peer in self.neighbours and now - self._linked_at.get(peer, -math.inf) < \
+                self.protocol.relink_interval:
+            return
+        old = self.neighbours.pop(peer, None)
+        if old is not None and old.channel is not None:
+            await old.channel.reset()
+        self.neighbours[peer] = NeighbourState()
+        self.estimates.forget(peer)
+        self._linked_at[peer] = now
+        self.notify()
+
+    async def _relink_loop(self) -> None:
+        """Ask lost neighbours back: a neighbour dropped for missed rounds (it paused, or a
+        partition cut it off) that answers again is linked afresh. Each ask is one stream under
+        the request timeout; one that refused is left alone for a while."""
+        interval = self.protocol.relink_interval
+        while True:
+            await trio.sleep(interval)
+            if self.status not in ("training", "consensus"):
+                continue
+            now = trio.current_time()
+            lost = [p for p in sorted(self.wanted - set(self.neighbours))
+                    if self._relink_refused.get(p, -math.inf) <= now
+                    and self.member_state.get(p, (-1, ""))[1] != "done"]
+            if not lost:
+                continue
+            refused: set[str] = set()
+            async with trio.open_nursery() as nursery:
+                for peer in lost:
+                    nursery.start_soon(functools.partial(self._request_link, peer, refused,
+                                                         repair=True))
+            for peer in refused:
+                self._relink_refused[peer] = now + 10 * interval
+
+    def note_peer_round(self, peer: str, round_: int, status: str) -> None:
+        """A neighbour told us its round. In the synchronous protocol a neighbour can be more
+        than a round or two ahead only if it stopped waiting for us (we were cut off, paused or
+        dropped): then pulling its state beats dragging the average back."""
+        if (self.protocol.mode != "sync" or peer not in self.neighbours
+                or status not in ("training", "consensus")
+                or self.status not in ("training", "consensus")):
+            return
+        ahead = round_ - self.round > self.protocol.catch_up_rounds
+        if ahead and (self.behind is None or round_ > self.behind):
+            self.behind = round_
+            self.notify()
+
+    async def drop_neighbour(self, peer: str, r: int, reason: str) -> None:
+        """Stop waiting for ``peer`` (it stays wanted: the re-link loop asks it back)."""
+        state = self.neighbours.pop(peer, None)
+        if state is None:
+            return
+        self.estimates.forget(peer)
+        self._linked_at.pop(peer, None)
+        self.dropped.append({"peer_id": peer, "round": r, "reason": reason})
+        self.notify()
+        if state.channel is not None:
+            await state.channel.reset()
+        if not self.neighbours:
+            log.error("no neighbours left: this node trains alone until one comes back")
 
     async def _on_link(self, channel: Channel) -> None:
         request = await channel.receive(LinkRequest, MAX_CONTROL_BYTES)
@@ -631,59 +805,112 @@ class Node:
             status, reason = "rejected", "no valid certificate seen"
         elif self.topology is None:
             status, reason = "not_ready", "still joining"
-        elif request.sender in self.topology.get(self.peer_id, frozenset()):
+        elif self.status == "done":
+            status, reason = "rejected", "finished"
+        elif request.sender in self.wanted:
             status, reason = "accepted", ""
             if request.rejoin:
                 await self._relink(request.sender)
             else:
                 self.neighbours.setdefault(request.sender, NeighbourState())
+        elif request.joining:
+            status, reason = self._take_joiner(request.sender)
+            if status == "accepted":
+                await self._reset_link(request.sender)
         else:
             status, reason = "rejected", "not a neighbour in my topology"
         await channel.send(
             LinkReply(self.config.federation, self.peer_id, status, reason, self.round),
             MAX_CONTROL_BYTES
         )
+        if status == "accepted":
+            self.note_peer_round(request.sender, request.round, "training")
+
+    def _take_joiner(self, peer: str) -> tuple[str, str]:
+        """A late joiner asks to be our neighbour: yes while we have room (degree + extra)."""
+        if self.config.secagg.enabled:
+            return "rejected", "secure aggregation: the topology is fixed at formation"
+        if len(self.neighbours) >= self.link_cap:
+            return "rejected", f"no room: {len(self.neighbours)} neighbours already"
+        self.wanted.add(peer)
+        self._save_topology(self._saved_members() or [self.peer_id, *self.wanted])
+        log.warning("took late joiner %s as a neighbour (%d neighbours now)", peer,
+                    len(self.neighbours) + 1)
+        return "accepted", ""
 
     async def _relink(self, peer: str) -> None:
-        """A neighbour restarted: it lost our estimate and we drop the one we held of it."""
-        old = self.neighbours.pop(peer, None)
-        if old is not None and old.channel is not None:
-            await old.channel.reset()
-        self.neighbours[peer] = NeighbourState()
-        self.estimates.forget(peer)
+        """A neighbour restarted or comes back after an outage: it lost our estimate (or we
+        dropped it) and we drop the one we held of it."""
+        await self._reset_link(peer)
         self.rejoins_served += 1
-        log.warning("neighbour %s rejoined after a restart", peer)
-        self.notify()
+        log.warning("neighbour %s rejoined after a restart or an outage", peer)
 
     async def _catch_up(self) -> None:
-        """After a restart: pull the neighbours' current estimates and continue from them.
+        """After a restart or a late join: pull the neighbours' current estimates and continue
+        from them.
 
         The node takes the mean of what its neighbours hold now (not its old checkpoint, which
         would drag the average back) and joins the round they are in.
         """
+        pulled = await self._pull_neighbourhood()
+        if not pulled:
+            log.warning("no neighbour answered the state request; continuing from %s",
+                        "the checkpoint" if self.resumed_from is not None else "the start")
+            self.start_round = self.round + 1
+            return
+        self.start_round = max(pulled.values())
+        self.round = self.start_round - 1
+        log.warning("caught up from %d neighbour(s): continuing at round %d (%s)", len(pulled),
+                    self.start_round, "joined late" if self.resumed_from is None
+                    else f"checkpoint was round {self.resumed_from}")
+        self.catch_ups.append({"from_round": self.resumed_from, "to_round": self.start_round,
+                               "neighbours": len(pulled),
+                               "why": "restart" if self.resumed_from is not None else "late"})
+
+    async def catch_up_now(self, r: int) -> int:
+        """Mid-run: neighbours are far ahead (we were cut off, paused or dropped). Pull their
+        state, take its mean, and return the round to go on from (``r`` when nothing useful
+        came back)."""
+        target, self.behind = self.behind, None
+        pulled = await self._pull_neighbourhood(ahead_of=r)
+        if not pulled:
+            log.warning("round %d: neighbours are ahead (round %s) but none answered the state "
+                        "request; going on", r, target)
+            return r
+        jump = max(pulled.values())
+        self.round = jump - 1
+        self.catch_ups.append({"from_round": r, "to_round": jump, "neighbours": len(pulled),
+                               "why": "behind"})
+        log.warning("round %d: neighbours were ahead; caught up from %d of them: continuing at "
+                    "round %d", r, len(pulled), jump)
+        return jump
+
+    async def _pull_neighbourhood(self, ahead_of: int = -1) -> dict[str, int]:
+        """Pull every neighbour's current public estimate (those past round ``ahead_of``), hold
+        them as its estimates, and make their mean our model; returns peer → round."""
         pulled: dict[str, Contribution] = {}
         async with trio.open_nursery() as nursery:
             for peer in list(self.neighbours):
                 nursery.start_soon(self._pull_state, peer, pulled)
-        if not pulled:
-            log.warning("no neighbour answered the state request; continuing from the checkpoint")
-            self.start_round = (self.resumed_from or 0) + 1
-            return
-        vectors = []
+        vectors, rounds = [], {}
         for peer, message in pulled.items():
+            if message.round <= ahead_of:
+                continue
             vector = self.layout.from_tensors(message.tensors)
+            held = self.estimates.peers.get(peer)
+            self.estimates.forget(peer)  # the pulled state replaces whatever we held
             try:
                 self.estimates.apply(message, vector)
             except EstimateError as error:
+                if held is not None:
+                    self.estimates.peers[peer] = held
                 log.warning("state from %s not usable: %s", peer, error.reason)
                 continue
             vectors.append(vector)
+            rounds[peer] = message.round
         if vectors:
             self.model = np.mean(vectors, axis=0).astype(np.float32)
-        self.start_round = max(m.round for m in pulled.values())
-        self.round = self.start_round - 1
-        log.warning("caught up from %d neighbour(s): continuing at round %d (checkpoint was "
-                    "round %d)", len(vectors), self.start_round, self.resumed_from)
+        return rounds
 
     async def _pull_state(self, peer: str, pulled: dict[str, Contribution]) -> None:
         request = LinkRequest(self.config.federation, self.peer_id, self._topology_digest(),

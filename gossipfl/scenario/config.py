@@ -18,7 +18,7 @@ from gossipfl.config import (
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
 
-FAULT_KINDS = ("kill", "terminate", "restart")
+FAULT_KINDS = ("kill", "terminate", "restart", "pause")
 
 
 @dataclass(frozen=True)
@@ -27,19 +27,33 @@ class FaultConfig:
 
     ``kill`` sends SIGKILL (a crash: no checkpoint, no goodbye); ``terminate`` sends SIGTERM
     (a clean stop: the node writes its checkpoint and exits 0); ``restart`` sends SIGKILL and
-    starts the node again ``down_seconds`` later, with the same identity and folder.
+    starts the node again ``down_seconds`` later, with the same identity and folder; ``pause``
+    sends SIGSTOP and SIGCONT ``down_seconds`` later (an outage without a restart: the node
+    comes back with its state, far behind, to neighbours that dropped it).
     """
 
     kind: str = "kill"
     node: int = 0
     at_round: int = 10  # -1: a random round, drawn from the scenario's seed
-    down_seconds: float = 2.0  # restart: how long the node stays down after the SIGKILL
+    down_seconds: float = 2.0  # restart, pause: how long the node stays down
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ConfigError(f"faults.kind must be one of {FAULT_KINDS}")
         if self.node < 0 or self.at_round < -1:
             raise ConfigError("faults.node must be >= 0 and faults.at_round >= -1")
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    """Node ``node`` starts late: once the federation has finished round ``at_round``."""
+
+    node: int = 0
+    at_round: int = 5  # -1: a random round in the first half of training, from the seed
+
+    def __post_init__(self) -> None:
+        if self.node < 0 or self.at_round < -1:
+            raise ConfigError("joins.node must be >= 0 and joins.at_round >= -1")
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class ScenarioConfig:
     privacy: DPConfig = field(default_factory=DPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     faults: tuple[FaultConfig, ...] = ()
+    joins: tuple[JoinConfig, ...] = ()
     slow: tuple[SlowConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -90,6 +105,20 @@ class ScenarioConfig:
         for fault in self.faults:
             if fault.node >= self.nodes:
                 raise ConfigError(f"fault names node {fault.node}, the scenario has {self.nodes}")
+        late = [j.node for j in self.joins]
+        if len(set(late)) != len(late):
+            raise ConfigError("joins names a node twice")
+        for join in self.joins:
+            if join.node >= self.nodes:
+                raise ConfigError(f"joins names node {join.node}, the scenario has {self.nodes}")
+            if join.at_round >= self.rounds:
+                raise ConfigError(f"joins.at_round {join.at_round} is past the last training "
+                                  f"round ({self.rounds - 1})")
+        if self.nodes - len(late) < 2:
+            raise ConfigError("at least two nodes must start at the beginning")
+        if late and self.secagg.enabled:
+            raise ConfigError("late joiners cannot take part in secure aggregation (its "
+                              "topology is fixed at formation)")
 
     @property
     def federation_name(self) -> str:

@@ -99,7 +99,8 @@ def main(argv: list[str]) -> int:
         os.waitpid(pid, 0)
 
     pids: dict[int, int] = {}
-    for index, (config, path) in enumerate(zip(configs, config_paths, strict=True)):
+    for config, path in zip(configs, config_paths, strict=True):
+        index = config.node_index
         pid = os.fork()
         if pid == 0:
             _redirect(path.with_name("stdout.log"))

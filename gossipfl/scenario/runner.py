@@ -24,7 +24,7 @@ from typing import Any
 from gossipfl.config import ConfigError, NodeConfig, SecurityConfig, dump_toml, to_dict
 from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
-from gossipfl.scenario.config import FaultConfig, ScenarioConfig, load_scenario
+from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
 from gossipfl.scenario.report import build_report, print_summary
 
 log = logging.getLogger("gossipfl.runner")
@@ -103,6 +103,8 @@ class NodeProcess:
     killed_at: float | None = None
     killed_after_round: int | None = None
     restart_at: float | None = None  # a restart fault: when to start it again
+    resume_at: float | None = None  # a pause fault: when to SIGCONT it
+    join_round: int | None = None  # a late joiner: start it once the federation is this far
     restarts: int = 0
     standby: subprocess.Popen[bytes] | None = None  # a pre-started process for the restart
     exit_code: int | None = None
@@ -147,6 +149,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
     ports = free_ports(scenario.nodes)
     nodes: list[NodeProcess] = []
     addrs: list[str] = []
+    late = {j.node for j in scenario.joins}
     federation_dir = out / "federation"
     if scenario.admission and not (federation_dir / "federation.pub").exists():
         init_federation(federation_dir, scenario.federation_name)
@@ -172,7 +175,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
             bootstrap=tuple(addrs),
             node_index=index,
             node_count=scenario.nodes,
-            expected_members=scenario.nodes,
+            expected_members=scenario.nodes - len(late),
             rounds=scenario.rounds,
             seed=scenario.seed,
             keep_round_models=scenario.keep_round_models,
@@ -328,6 +331,21 @@ def resolve_faults(scenario: ScenarioConfig) -> list[FaultConfig]:
     return resolved
 
 
+def resolve_joins(scenario: ScenarioConfig) -> list[JoinConfig]:
+    """The late joiners, with random rounds (``at_round = -1``) drawn from the seed in the first
+    half of training."""
+    import random as _random
+
+    rng = _random.Random(scenario.seed * 104729 + 31)
+    return [replace(j, at_round=rng.randint(1, max(1, scenario.rounds // 2)))
+            if j.at_round < 0 else j for j in scenario.joins]
+
+
+def federation_round(nodes: list[NodeProcess]) -> int:
+    """The furthest round any running node has finished."""
+    return max((n.last_round for n in nodes if n.process is not None), default=-1)
+
+
 def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bool:
     """Poll until every node has exited or the scenario times out; returns False on timeout."""
     pending = resolve_faults(scenario)
@@ -335,6 +353,12 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bo
         if fault.kind == "restart" and nodes[fault.node].standby is None:
             nodes[fault.node].standby = start_node(nodes[fault.node], standby=True,
                                                    timeout=scenario.timeout)
+    joins = resolve_joins(scenario)
+    for join in joins:  # started now, importing; released when the federation is far enough
+        nodes[join.node].join_round = join.at_round
+        if nodes[join.node].standby is None:
+            nodes[join.node].standby = start_node(nodes[join.node], standby=True,
+                                                  timeout=scenario.timeout)
     deadline = time.monotonic() + scenario.timeout
     down = {f.node: f.down_seconds for f in scenario.faults if f.kind == "restart"}
     total = scenario.rounds + scenario.protocol.max_consensus_rounds
@@ -348,6 +372,12 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bo
                 target = nodes[fault.node]
                 if target.last_round >= fault.at_round and target.exit_code is None:
                     assert target.process is not None
+                    if fault.kind == "pause":
+                        target.process.send_signal(signal.SIGSTOP)
+                        target.resume_at = time.monotonic() + fault.down_seconds
+                        target.events.append(f"SIGSTOP after round {target.last_round}")
+                        pending.remove(fault)
+                        continue
                     if fault.kind in ("kill", "restart"):
                         target.process.kill()
                         target.killed_at = time.monotonic()
@@ -359,7 +389,19 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bo
                     name = "SIGTERM" if fault.kind == "terminate" else "SIGKILL"
                     target.events.append(f"{name} after round {target.last_round}")
                     pending.remove(fault)
+            for join in list(joins):
+                late = nodes[join.node]
+                if federation_round(nodes) >= join.at_round:
+                    late.events.append(f"joined late (federation at round "
+                                       f"{federation_round(nodes)})")
+                    release_standby(late)
+                    joins.remove(join)
             for node in nodes:
+                if node.resume_at is not None and time.monotonic() >= node.resume_at:
+                    assert node.process is not None
+                    node.process.send_signal(signal.SIGCONT)
+                    node.resume_at = None
+                    node.events.append(f"SIGCONT (stopped after round {node.last_round})")
                 if node.restart_at is not None and time.monotonic() >= node.restart_at:
                     assert node.process is not None
                     node.process.wait()
@@ -370,7 +412,8 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bo
                     node.events.append(f"restarted (after round {node.killed_after_round})")
                     release_standby(node)
             progress.update()
-            if all(n.exit_code is not None and n.restart_at is None for n in nodes):
+            if not joins and all(n.exit_code is not None and n.restart_at is None
+                                 for n in nodes):
                 return True
             time.sleep(POLL_SECONDS)
     return False
@@ -394,11 +437,13 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
     start = time.monotonic()
     launcher = None
     try:
+        late = {j.node for j in scenario.joins}
+        first = [n for n in nodes if n.index not in late]
         if spawn or not hasattr(os, "fork"):
-            for node in nodes:
+            for node in first:
                 start_node(node)
         else:
-            launcher = start_forked(nodes, out_dir, timeout=min(120.0, scenario.timeout))
+            launcher = start_forked(first, out_dir, timeout=min(120.0, scenario.timeout))
         finished = watch(scenario, nodes, quiet)
     finally:
         stop_all(nodes)

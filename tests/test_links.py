@@ -1,0 +1,139 @@
+"""Links that change during a run, on real node objects without a network: neighbours far ahead
+(catch up), late joiners taken while there is room, links reset afresh, the saved topology."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from gossipfl.config import DataConfig, ModelConfig, NodeConfig, ProtocolConfig, SecAggConfig
+from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.gossip.wire import Contribution
+from gossipfl.node.learner import LocalLearner
+from gossipfl.node.runtime import NeighbourState, Node
+
+
+def _node(tmp_path: Path, *, mode: str = "sync", extra_links: int = 2,
+          secagg: bool = False) -> Node:
+    key_file = tmp_path / "node.key"
+    identity, _ = load_or_create_identity(key_file)
+    config = NodeConfig(
+        federation="fed", key_file=str(key_file), out_dir=str(tmp_path),
+        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
+        protocol=ProtocolConfig(mode=mode, extra_links=extra_links, relink_interval=2.0),
+    )
+    node = Node(config, identity, LocalLearner(config))
+    if secagg:  # only the flag is read here; a full secagg set-up needs admission keys
+        node.config = replace(config, secagg=SecAggConfig())
+        object.__setattr__(node.config.secagg, "enabled", True)
+    node.status = "training"
+    return node
+
+
+def test_a_neighbour_far_ahead_means_this_node_fell_behind(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.neighbours["a"] = NeighbourState()
+    node.round = 10
+    node.note_peer_round("a", 12, "training")  # one or two ahead: normal in sync rounds
+    assert node.behind is None
+    node.note_peer_round("b", 20, "training")  # not a neighbour: its round says nothing
+    node.note_peer_round("a", 20, "done")  # finished: it is not waiting for anyone
+    assert node.behind is None
+    node.note_peer_round("a", 13, "training")
+    assert node.behind == 13
+    node.note_peer_round("a", 12, "consensus")  # an older report never lowers the target
+    assert node.behind == 13
+
+
+def test_async_nodes_drift_apart_by_design_and_never_jump(tmp_path: Path) -> None:
+    node = _node(tmp_path, mode="async")
+    node.neighbours["a"] = NeighbourState()
+    node.round = 3
+    node.note_peer_round("a", 30, "training")
+    assert node.behind is None
+
+
+def test_late_joiners_are_taken_while_there_is_room(tmp_path: Path) -> None:
+    node = _node(tmp_path, extra_links=1)
+    node.topology = {node.peer_id: frozenset({"a", "b"})}
+    node.wanted = {"a", "b"}
+    node.link_cap = 3
+    node.neighbours = {"a": NeighbourState(), "b": NeighbourState()}
+    assert node._take_joiner("late1") == ("accepted", "")
+    assert "late1" in node.wanted
+    node.neighbours["late1"] = NeighbourState()
+    status, reason = node._take_joiner("late2")
+    assert status == "rejected" and "no room" in reason
+    assert "late2" not in node.wanted
+    # the joiner is saved with the topology, so a restart links with it again
+    saved = json.loads((tmp_path / "topology.json").read_text())
+    assert saved["neighbours"] == sorted(["a", "b", "late1"])
+    assert sorted(node._saved_neighbours() or []) == ["a", "b", "late1"]
+
+
+def test_secure_aggregation_takes_no_late_joiner(tmp_path: Path) -> None:
+    node = _node(tmp_path, secagg=True)
+    node.topology, node.link_cap = {node.peer_id: frozenset()}, 4
+    status, reason = node._take_joiner("late")
+    assert status == "rejected" and "secure aggregation" in reason
+
+
+def test_saved_neighbours_fall_back_to_the_saved_member_set(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    members = [node.peer_id, "p1", "p2", "p3", "p4"]
+    (tmp_path / "topology.json").write_text(json.dumps({"members": members}))
+    neighbours = node._saved_neighbours()
+    assert neighbours is not None and 1 <= len(neighbours) <= 4
+    assert set(neighbours) <= set(members) - {node.peer_id}
+    (tmp_path / "topology.json").write_text("{not json")
+    assert node._saved_neighbours() is None
+
+
+def test_the_federation_is_running_once_a_member_reports_a_round(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.member_state = {"a": (-1, "joining"), "b": (-1, "training")}
+    assert not node.federation_running()
+    node.member_state["c"] = (4, "training")
+    assert node.federation_running()
+
+
+def test_a_reset_link_starts_afresh_once_even_when_both_ends_ask(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = _node(tmp_path)
+        node.neighbours["a"] = NeighbourState(peer_holds=7, missed=2)
+        message = Contribution("fed", 7, "a", node.peer_id, 2, "full", -1, 0.5, False, ())
+        node.estimates.apply(message, np.zeros(node.layout.size, np.float32))
+        await node._reset_link("a")
+        assert node.neighbours["a"].peer_holds == -1  # our next contribution is full
+        assert "a" not in node.estimates.peers
+        # the other end's request arrives a moment later: the fresh link is kept as it is
+        node.neighbours["a"].peer_holds = 8
+        await trio.sleep(0.5)
+        await node._reset_link("a")
+        assert node.neighbours["a"].peer_holds == 8
+        await trio.sleep(2.0)  # later resets (a second outage) start afresh again
+        await node._reset_link("a")
+        assert node.neighbours["a"].peer_holds == -1
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("status", ["training", "consensus"])
+def test_dropping_a_neighbour_keeps_it_wanted_for_the_relink_loop(tmp_path: Path,
+                                                                  status: str) -> None:
+    async def main() -> None:
+        node = _node(tmp_path)
+        node.status = status
+        node.wanted = {"a", "b"}
+        node.neighbours = {"a": NeighbourState(), "b": NeighbourState()}
+        await node.drop_neighbour("a", 5, "missed rounds")
+        assert node.wanted - set(node.neighbours) == {"a"}
+        assert node.dropped[-1] == {"peer_id": "a", "round": 5, "reason": "missed rounds"}
+
+    trio.run(main)
