@@ -41,6 +41,7 @@ MAX_DELAY_SECONDS = 60.0
 CONNECT_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 1.0
 CONTROL_TIMEOUT = 10.0
+ACCEPT_BACKOFF = 0.1
 
 
 def require_loopback(host: str, what: str) -> str:
@@ -310,7 +311,12 @@ class Relay:
                 task_status.started(self.port)
                 async with trio.open_nursery() as nursery:
                     while True:
-                        stream = await listeners[0].accept()
+                        try:
+                            stream = await listeners[0].accept()
+                        except OSError as error:  # out of file descriptors, say: back off
+                            log.warning("relay %s: accept failed: %s", self.name, error)
+                            await trio.sleep(ACCEPT_BACKOFF)
+                            continue
                         nursery.start_soon(self._handle, stream)
             finally:
                 with trio.CancelScope(shield=True):
