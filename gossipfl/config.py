@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import multiaddr
+
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
 
@@ -192,8 +194,13 @@ class NodeConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     privacy: DPConfig = field(default_factory=DPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    # peer id → multiaddr to dial that peer through (a relay): a routed peer is dialled there
+    # only, never at the addresses it advertises
+    routes: dict[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
+        for peer, route in self.routes.items():
+            _check_route(peer, route)
         _require(not (self.secagg.enabled and self.protocol.mode == "async"),
                  "secagg needs protocol.mode = sync (its sums are per round)")
         _require(not self.secagg.enabled or self.security.admission,
@@ -207,6 +214,21 @@ class NodeConfig:
         _require(self.rounds >= 0, "rounds must be >= 0")
         _require(self.settle_seconds > 0, "settle_seconds must be positive")
         _require(self.slowdown >= 1.0, "slowdown must be at least 1")
+
+
+_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+
+
+def _check_route(peer: str, route: str) -> None:
+    _require(bool(peer) and set(peer) <= _BASE58 and len(peer) <= 128,
+             f"routes: {peer!r} is not a peer id (base58)")
+    try:
+        maddr = multiaddr.Multiaddr(route)
+        port = maddr.value_for_protocol("tcp")
+    except Exception:
+        raise ConfigError(f"routes.{peer}: {route!r} is not a multiaddr with a /tcp/ part"
+                          ) from None
+    _require(bool(port), f"routes.{peer}: {route!r} is not a multiaddr with a /tcp/ part")
 
 
 # -- building dataclasses from plain data ------------------------------------------------------
@@ -224,6 +246,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return None
         non_none = [a for a in args if a is not type(None)]
         return _convert(non_none[0], value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table")
+        (key_type, item_type) = typing.get_args(tp)
+        return {_convert(key_type, k, f"{where} key"): _convert(item_type, v, f"{where}.{k}")
+                for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list")
@@ -299,10 +327,17 @@ def dump_toml(data: dict[str, Any]) -> str:
         else:
             lines.append(f"{key} = {_toml_value(value)}")
     for name, table in tables:
-        lines.append(f"\n[{name}]")
+        lines.append(f"\n[{_toml_key(name)}]")
         for key, value in table.items():
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    """A bare key when TOML allows one, else a quoted key."""
+    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
+        return key
+    return _toml_value(key)
 
 
 def _toml_value(value: Any) -> str:

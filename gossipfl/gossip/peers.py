@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import multiaddr
@@ -76,17 +77,32 @@ class Channel:
 
 
 class PeerNet:
-    """Opens channels to peers by id, dialling their known addresses when not connected."""
+    """Opens channels to peers by id, dialling their known addresses when not connected.
 
-    def __init__(self, host: IHost, traffic: Traffic) -> None:
+    ``routes`` maps a peer id to the one address to dial it at (a relay that forwards to it): a
+    routed peer is never dialled at the addresses it advertises, whoever told us them (heartbeats,
+    bootstrap lists, libp2p's identify), so everything we send it passes the relay.
+    """
+
+    def __init__(self, host: IHost, traffic: Traffic,
+                 routes: Mapping[str, str] | None = None) -> None:
         self.host = host
         self.traffic = traffic
+        self.routes: dict[str, multiaddr.Multiaddr] = {
+            peer: _transport_part(multiaddr.Multiaddr(addr), peer)
+            for peer, addr in (routes or {}).items()
+        }
 
     def remember(
         self, peer_id: str, addrs: tuple[str, ...]
     ) -> tuple[ID, list[multiaddr.Multiaddr]]:
-        """Parse ``peer_id`` and its addresses (transport parts only) and store them."""
+        """Parse ``peer_id`` and its addresses (transport parts only) and store them.
+
+        For a routed peer, its route replaces every address the peerstore holds for it.
+        """
         pid = ID.from_base58(peer_id)
+        if peer_id in self.routes:
+            return pid, self._pin_route(pid, peer_id)
         maddrs = []
         for addr in addrs:
             try:
@@ -95,17 +111,26 @@ class PeerNet:
                 log.warning("ignoring malformed address %r for %s", addr, peer_id)
                 continue
             # keep the transport part only: the peer id is added by the peerstore
-            with contextlib.suppress(Exception):
-                maddr = maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}"))
-            maddrs.append(maddr)
+            maddrs.append(_transport_part(maddr, peer_id))
         if maddrs:
             self.host.get_peerstore().add_addrs(pid, maddrs, ADDR_TTL_SECONDS)
         return pid, maddrs
+
+    def _pin_route(self, pid: ID, peer_id: str) -> list[multiaddr.Multiaddr]:
+        """Leave the peer's route as the only address the peerstore holds for it (identify may
+        have added the addresses it listens on since we last looked)."""
+        route = self.routes[peer_id]
+        peerstore = self.host.get_peerstore()
+        peerstore.clear_addrs(pid)
+        peerstore.add_addrs(pid, [route], ADDR_TTL_SECONDS)
+        return [route]
 
     async def open(self, peer_id: str, addrs: tuple[str, ...], protocol: str) -> Channel:
         """Connect (if not connected already) and open a stream for ``protocol``."""
         pid, maddrs = self.remember(peer_id, addrs)
         await self.host.connect(PeerInfo(pid, maddrs))
+        if peer_id in self.routes:
+            self._pin_route(pid, peer_id)  # new_stream redials from the peerstore if need be
         stream = await self.host.new_stream(pid, [protocol])
         return Channel(stream, self.traffic)
 
@@ -114,3 +139,10 @@ class PeerNet:
             await self.host.disconnect(ID.from_base58(peer_id))
         except Exception:
             log.debug("disconnecting %s failed", peer_id, exc_info=True)
+
+
+def _transport_part(maddr: multiaddr.Multiaddr, peer_id: str) -> multiaddr.Multiaddr:
+    """``maddr`` without a trailing ``/p2p/<peer_id>`` (the peerstore adds the peer id)."""
+    with contextlib.suppress(Exception):
+        maddr = maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}"))
+    return maddr

@@ -178,7 +178,7 @@ class Node:
         from gossipfl.node.round import run_rounds  # the one place a round is composed
 
         host, listen = make_host(self.identity, self.config.listen)
-        self.net = PeerNet(host, self.traffic)
+        self.net = PeerNet(host, self.traffic, self.config.routes)
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:

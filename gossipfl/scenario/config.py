@@ -17,6 +17,7 @@ from gossipfl.config import (
 )
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
+from gossipfl.scenario.relay import LinkFaults
 
 FAULT_KINDS = ("kill", "terminate", "restart", "pause")
 
@@ -69,6 +70,96 @@ class SlowConfig:
 
 
 @dataclass(frozen=True)
+class LinkConfig:
+    """Route every link between a node of ``nodes_a`` and a node of ``nodes_b`` through
+    loopback relays that add these faults (both directions; see :mod:`gossipfl.scenario.relay`).
+
+    ``latency`` and ``jitter`` are seconds (each chunk waits ``latency ± jitter``, uniform, never
+    less than 0); ``reset_rate`` is the rate (per second, per connection) of abrupt resets.
+    """
+
+    nodes_a: tuple[int, ...] = ()
+    nodes_b: tuple[int, ...] = ()
+    latency: float = 0.0
+    jitter: float = 0.0
+    reset_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.nodes_a or not self.nodes_b:
+            raise ConfigError("links.nodes_a and links.nodes_b must each name at least one node")
+        for name in ("nodes_a", "nodes_b"):
+            nodes = getattr(self, name)
+            if min(nodes) < 0 or len(set(nodes)) != len(nodes):
+                raise ConfigError(f"links.{name} must hold distinct node indices >= 0")
+        if set(self.nodes_a) & set(self.nodes_b):
+            raise ConfigError("links.nodes_a and links.nodes_b must not share a node")
+        try:
+            self.faults()
+        except ValueError as error:
+            raise ConfigError(f"links: {error}") from None
+
+    def faults(self) -> LinkFaults:
+        return LinkFaults(latency=self.latency, jitter=self.jitter, reset_rate=self.reset_rate)
+
+    def pairs(self) -> set[tuple[int, int]]:
+        """The links this entry routes, as ordered pairs (both directions)."""
+        return {p for a in self.nodes_a for b in self.nodes_b for p in ((a, b), (b, a))}
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """Cut every link between different ``groups`` (or between ``side`` and the other nodes),
+    then heal it.
+
+    The cut comes once the most advanced node has finished round ``at_round``, or ``at_seconds``
+    after the nodes were started; the heal likewise at ``heal_round`` or ``heal_seconds`` (never
+    before the cut; without either, the partition lasts to the end). Cut links pass through
+    relays: every open connection is reset and new ones are refused until the heal.
+    """
+
+    groups: tuple[tuple[int, ...], ...] = ()
+    side: tuple[int, ...] = ()
+    at_round: int | None = None
+    heal_round: int | None = None
+    at_seconds: float | None = None
+    heal_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.groups) == bool(self.side):
+            raise ConfigError("partitions: give either groups or side")
+        if self.groups and (len(self.groups) < 2 or not all(self.groups)):
+            raise ConfigError("partitions.groups needs at least two non-empty groups")
+        members = [n for g in self.groups for n in g] + list(self.side)
+        if min(members) < 0 or len(set(members)) != len(members):
+            raise ConfigError("partitions: a node may appear once only, with an index >= 0")
+        if (self.at_round is None) == (self.at_seconds is None):
+            raise ConfigError("partitions: give exactly one of at_round and at_seconds")
+        if self.heal_round is not None and self.heal_seconds is not None:
+            raise ConfigError("partitions: give at most one of heal_round and heal_seconds")
+        for name in ("at_round", "heal_round", "at_seconds", "heal_seconds"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"partitions.{name} must be >= 0")
+        if None not in (self.at_round, self.heal_round) and self.heal_round <= self.at_round:
+            raise ConfigError("partitions.heal_round must come after at_round")
+        if None not in (self.at_seconds, self.heal_seconds) and \
+                self.heal_seconds <= self.at_seconds:
+            raise ConfigError("partitions.heal_seconds must come after at_seconds")
+
+    def resolved_groups(self, nodes: int) -> tuple[tuple[int, ...], ...]:
+        """The groups, with ``side`` turned into (side, every other node)."""
+        if self.groups:
+            return self.groups
+        return (self.side, tuple(n for n in range(nodes) if n not in self.side))
+
+    def cross_pairs(self, nodes: int) -> set[tuple[int, int]]:
+        """The links this partition cuts, as ordered pairs (both directions)."""
+        groups = self.resolved_groups(nodes)
+        return {(a, b) for i, g in enumerate(groups) for j, h in enumerate(groups) if i != j
+                for a in g for b in h}
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str = "scenario"
     nodes: int = 8
@@ -89,6 +180,8 @@ class ScenarioConfig:
     faults: tuple[FaultConfig, ...] = ()
     joins: tuple[JoinConfig, ...] = ()
     slow: tuple[SlowConfig, ...] = ()
+    links: tuple[LinkConfig, ...] = ()
+    partitions: tuple[PartitionConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -119,6 +212,29 @@ class ScenarioConfig:
         if late and self.secagg.enabled:
             raise ConfigError("late joiners cannot take part in secure aggregation (its "
                               "topology is fixed at formation)")
+
+        self._check_network()
+
+    def _check_network(self) -> None:
+        seen: dict[tuple[int, int], int] = {}
+        for index, link in enumerate(self.links):
+            highest = max(*link.nodes_a, *link.nodes_b)
+            if highest >= self.nodes:
+                raise ConfigError(f"links names node {highest}, the scenario has {self.nodes}")
+            for pair in link.pairs():
+                if pair in seen:
+                    raise ConfigError(f"links entries {seen[pair]} and {index} both route the "
+                                      f"link {pair[0]}-{pair[1]}")
+                seen[pair] = index
+        for partition in self.partitions:
+            members = [n for g in partition.groups for n in g] + list(partition.side)
+            if max(members) >= self.nodes:
+                raise ConfigError(f"partitions names node {max(members)}, the scenario has "
+                                  f"{self.nodes}")
+            if partition.side and len(partition.side) >= self.nodes:
+                raise ConfigError("partitions.side must leave at least one node on the other side")
+            if partition.at_round is not None and partition.at_round >= self.rounds:
+                raise ConfigError(f"partitions.at_round must be below rounds ({self.rounds})")
 
     @property
     def federation_name(self) -> str:

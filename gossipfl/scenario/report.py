@@ -159,8 +159,31 @@ def privacy_section(scenario: ScenarioConfig, entries: list[dict[str, Any]]) -> 
     }
 
 
+def network_section(section: dict[str, Any], nodes: list[NodeProcess]) -> dict[str, Any]:
+    """The runner's relay section, plus per partition the neighbour links across its groups in
+    each round (from the nodes' metrics) and whether any came back after the heal."""
+    from gossipfl.scenario.network import cross_group_links
+
+    index_of = {n.peer_id: n.index for n in nodes}
+    by_round: dict[int, dict[int, list[int]]] = {}
+    for node in nodes:
+        for record in _metrics(node.out / "metrics.jsonl"):
+            near = [index_of[p] for p in record.get("neighbours", []) if p in index_of]
+            by_round.setdefault(record["round"], {})[node.index] = near
+    for partition in section["partitions"]:
+        groups = tuple(tuple(g) for g in partition["groups"])
+        counts = [cross_group_links(groups, by_round[r]) if r in by_round else None
+                  for r in range(max(by_round, default=-1) + 1)]
+        partition["cross_links_by_round"] = counts  # index: round
+        healed = partition.get("healed")
+        partition["rejoined"] = None if healed is None else any(
+            (c or 0) > 0 for c in counts[healed["max_round"] + 1:])
+    return section
+
+
 def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_seconds: float,
-                 centralised: bool, timed_out: bool) -> dict[str, Any]:
+                 centralised: bool, timed_out: bool,
+                 network: dict[str, Any] | None = None) -> dict[str, Any]:
     entries = [node_entry(n) for n in nodes]
     last_round = max((e["rounds_completed"] for e in entries), default=0) - 1
     distances = consensus_by_round(nodes, last_round)
@@ -192,6 +215,7 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
             "isolated_nodes": [e["index"] for e in entries if e["isolated_rounds"]],
         },
         "nodes": entries,
+        **({"network": network_section(network, nodes)} if network is not None else {}),
     }
 
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from gossipfl.config import ConfigError, NodeConfig, SecurityConfig, dump_toml, 
 from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
+from gossipfl.scenario.network import ScenarioNetwork
 from gossipfl.scenario.report import build_report, print_summary
 
 log = logging.getLogger("gossipfl.runner")
@@ -130,34 +132,54 @@ class NodeProcess:
             self.phase = record["phase"]
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out now for 127.0.0.1 (released again for the nodes to bind)."""
+@contextlib.contextmanager
+def reserved_ports(count: int) -> Iterator[list[int]]:
+    """Ports the kernel hands out now for 127.0.0.1, held until the block ends (so relays
+    bound meanwhile cannot take them), then released for the nodes to bind."""
     sockets = []
     try:
         for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind(("127.0.0.1", 0))
             sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
+        yield [s.getsockname()[1] for s in sockets]
     finally:
         for sock in sockets:
             sock.close()
 
 
-def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
-    """Identity, ports, bootstrap lists and a TOML file for each node."""
-    ports = free_ports(scenario.nodes)
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out now for 127.0.0.1 (released again for the nodes to bind)."""
+    with reserved_ports(count) as ports:
+        return ports
+
+
+def prepare_nodes(scenario: ScenarioConfig, out: Path,
+                  network: ScenarioNetwork | None = None) -> list[NodeProcess]:
+    """Identity, ports, bootstrap lists and a TOML file for each node.
+
+    With a ``network``, its relays are started first; a node reaches each routed peer through
+    its relay only (``routes``), and its bootstrap list names the relay for such a peer.
+    """
+    with reserved_ports(scenario.nodes) as ports:
+        relays = network.build(ports) if network is not None else {}
     nodes: list[NodeProcess] = []
     addrs: list[str] = []
     late = {j.node for j in scenario.joins}
     federation_dir = out / "federation"
     if scenario.admission and not (federation_dir / "federation.pub").exists():
         init_federation(federation_dir, scenario.federation_name)
+    identities = []
     for index in range(scenario.nodes):
         node_dir = out / "nodes" / f"node-{index:02d}"
         node_dir.mkdir(parents=True, exist_ok=True)
+        identities.append(load_or_create_identity(node_dir / "node.key")[0])
+    peer_ids = [str(identity.peer_id) for identity in identities]
+    for index, identity in enumerate(identities):
+        node_dir = out / "nodes" / f"node-{index:02d}"
         key_file = node_dir / "node.key"
-        identity, _ = load_or_create_identity(key_file)
+        routes = {peer_ids[dst]: f"/ip4/127.0.0.1/tcp/{port}"
+                  for dst, port in relays.get(index, {}).items()}
         security = SecurityConfig()
         if scenario.admission:
             certificate = admit_identity(federation_dir, key_file, valid_days=CERTIFICATE_DAYS,
@@ -167,12 +189,16 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
                 certificate=str(certificate), encrypt_payloads=scenario.encrypt_payloads,
             )
         listen = f"/ip4/127.0.0.1/tcp/{ports[index]}"
+        bootstrap = tuple(  # a routed peer's relay, never its own address
+            f"{routes[peer_ids[j]]}/p2p/{peer_ids[j]}" if peer_ids[j] in routes else addr
+            for j, addr in enumerate(addrs)
+        )
         config = NodeConfig(
             federation=scenario.federation_name,
             key_file=str(key_file),
             out_dir=str(node_dir),
             listen=(listen,),
-            bootstrap=tuple(addrs),
+            bootstrap=bootstrap,
             node_index=index,
             node_count=scenario.nodes,
             expected_members=scenario.nodes - len(late),
@@ -188,6 +214,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path) -> list[NodeProcess]:
             privacy=scenario.privacy,
             secagg=scenario.secagg,
             slowdown=max([s.factor for s in scenario.slow if s.node == index], default=1.0),
+            routes=routes,
         )
         (node_dir / "node.toml").write_text(dump_toml(to_dict(config)))
         addrs.append(f"{listen}/p2p/{identity.peer_id}")
@@ -346,8 +373,13 @@ def federation_round(nodes: list[NodeProcess]) -> int:
     return max((n.last_round for n in nodes if n.process is not None), default=-1)
 
 
-def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bool:
-    """Poll until every node has exited or the scenario times out; returns False on timeout."""
+def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool,
+          network: ScenarioNetwork | None = None) -> bool:
+    """Poll until every node has exited or the scenario times out; returns False on timeout.
+
+    With a ``network``, its partitions are cut and healed as the nodes' rounds (or the seconds
+    since the start) reach their times.
+    """
     pending = resolve_faults(scenario)
     for fault in pending:
         if fault.kind == "restart" and nodes[fault.node].standby is None:
@@ -411,6 +443,8 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool) -> bo
                     node.restarts += 1
                     node.events.append(f"restarted (after round {node.killed_after_round})")
                     release_standby(node)
+            if network is not None:
+                network.step([n.last_round for n in nodes], time.monotonic())
             progress.update()
             if not joins and all(n.exit_code is not None and n.restart_at is None
                                  for n in nodes):
@@ -433,10 +467,15 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
         raise ConfigError(f"{out_dir} already holds a run; choose another --out (or remove it)")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scenario.toml").write_text(Path(path).read_text())
-    nodes = prepare_nodes(scenario, out_dir)
-    start = time.monotonic()
+    network = ScenarioNetwork(scenario) if scenario.links or scenario.partitions else None
+    network_section = None
     launcher = None
+    nodes: list[NodeProcess] = []
     try:
+        nodes = prepare_nodes(scenario, out_dir, network)
+        start = time.monotonic()
+        if network is not None:
+            network.started = start
         late = {j.node for j in scenario.joins}
         first = [n for n in nodes if n.index not in late]
         if spawn or not hasattr(os, "fork"):
@@ -444,7 +483,7 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
                 start_node(node)
         else:
             launcher = start_forked(first, out_dir, timeout=min(120.0, scenario.timeout))
-        finished = watch(scenario, nodes, quiet)
+        finished = watch(scenario, nodes, quiet, network)
     finally:
         stop_all(nodes)
         if launcher is not None:
@@ -453,6 +492,11 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
             except subprocess.TimeoutExpired:
                 launcher.kill()
                 launcher.wait()
+        if network is not None:
+            try:
+                network_section = network.section()
+            finally:
+                network.close()
     wall = time.monotonic() - start
     for node in nodes:
         node.poll_metrics()
@@ -462,7 +506,7 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
         print(f"gossipfl run: scenario timed out after {scenario.timeout:.0f} s; nodes stopped",
               file=sys.stderr)
     report = build_report(scenario, nodes, wall_seconds=wall, centralised=centralised,
-                          timed_out=not finished)
+                          timed_out=not finished, network=network_section)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     if not quiet:
         print_summary(report)

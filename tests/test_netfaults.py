@@ -1,0 +1,124 @@
+"""End to end through fault-injecting relays: real node processes, real libp2p, loopback relays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gossipfl.scenario.network import relay_name
+from gossipfl.scenario.runner import run_scenario
+
+pytestmark = pytest.mark.e2e
+
+SCENARIO = """
+name = "e2enet"
+nodes = 4
+rounds = 6
+seed = 1
+timeout = 240.0
+admission = false
+
+[data]
+dataset = "digits"
+partition = "dirichlet"
+alpha = 0.5
+
+[model]
+name = "mlp"
+hidden = [32]
+
+[train]
+optimizer = "momentum"
+learning_rate = 0.05
+local_epochs = 2
+
+[topology]
+kind = "full"
+degree = 3
+
+[protocol]
+round_timeout = 10.0
+request_timeout = 5.0
+heartbeat_interval = 0.5
+member_timeout = 5.0
+consensus_tolerance = 1e-4
+max_consensus_rounds = 60
+
+[[links]]
+nodes_a = [0, 1]
+nodes_b = [2, 3]
+latency = 0.02
+jitter = 0.01
+"""
+
+
+def test_a_federation_behind_slow_jittery_relays_still_converges(tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO)
+    out = tmp_path / "out"
+    code = run_scenario(scenario, out=out, quiet=True, centralised=False)
+    report = json.loads((out / "report.json").read_text())
+    assert code == 0
+    nodes = report["nodes"]
+    assert [n["status"] for n in nodes] == ["done"] * 4
+    assert min(n["final_accuracy"] for n in nodes) > 0.8
+    assert report["final_consensus_distance"] <= 1e-3
+
+    network = report["network"]
+    relays = network["relays"]
+    assert network["routed_links"] == 4 and len(relays) == 8
+    assert all(r["faults"]["latency"] == 0.02 and r["faults"]["jitter"] == 0.01
+               for r in relays.values())
+    # Every pair across the groups are neighbours (full topology) and exchanged every round's
+    # contribution through a relay, one way or the other (libp2p keeps one connection a pair).
+    model_bytes = 4 * (64 * 32 + 32 + 32 * 10 + 10)
+    for a in (0, 1):
+        for b in (2, 3):
+            pair = [relays[relay_name(a, b)], relays[relay_name(b, a)]]
+            assert sum(r["accepted"] for r in pair) >= 1
+            for way in ("bytes_to_target", "bytes_from_target"):
+                assert sum(r[way] for r in pair) > model_bytes
+    assert network["totals"]["refused"] == 0 and network["totals"]["resets"] == 0
+    # the pairs inside a group talk directly: no relay for them
+    assert relay_name(0, 1) not in relays and relay_name(2, 3) not in relays
+
+
+def test_a_partition_cuts_the_links_between_its_halves_for_real(tmp_path: Path) -> None:
+    text = SCENARIO.replace("rounds = 6", "rounds = 12").replace("round_timeout = 10.0",
+                                                                 "round_timeout = 2.0")
+    text = text[: text.index("[[links]]")] + """
+max_missed_rounds = 2
+
+[[partitions]]
+groups = [[0, 1], [2, 3]]
+at_round = 2
+heal_round = 7
+"""
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(text)
+    out = tmp_path / "out"
+    code = run_scenario(scenario, out=out, quiet=True, centralised=False)
+    report = json.loads((out / "report.json").read_text())
+    assert code == 0
+    nodes = report["nodes"]
+    assert [n["status"] for n in nodes] == ["done"] * 4  # each half finishes on its own
+    assert min(n["final_accuracy"] for n in nodes) > 0.7
+
+    [partition] = report["network"]["partitions"]
+    assert [e["event"] for e in report["network"]["events"]] == ["cut", "heal"]
+    assert partition["cut"]["max_round"] >= 2 and partition["healed"]["max_round"] >= 7
+    # the connections open at the cut were reset, and the nodes' redials refused
+    assert partition["while_cut"]["resets"] >= 1
+    assert partition["while_cut"]["refused"] >= 1
+    assert partition["while_cut"]["accepted"] == 0
+    # the nodes felt it: each dropped its two neighbours across the cut, and only those
+    peers = [n["peer_id"] for n in nodes]
+    for node in nodes:
+        across = {peers[j] for j in range(4) if (j < 2) != (node["index"] < 2)}
+        dropped = {d["peer_id"] for d in node["dropped_neighbours"]}
+        assert dropped == across, node["index"]
+    links = partition["cross_links_by_round"]
+    assert links[0] == 4  # full topology: 2 × 2 links across before the cut
+    assert 0 in links[partition["cut"]["max_round"]:]
