@@ -128,6 +128,12 @@ class PeerNet:
     async def open(self, peer_id: str, addrs: tuple[str, ...], protocol: str) -> Channel:
         """Connect (if not connected already) and open a stream for ``protocol``."""
         pid, maddrs = self.remember(peer_id, addrs)
+        # Our callers pace their own retries (heartbeat and re-link intervals, each under a
+        # deadline). libp2p blocks a peer whose dials all failed for 60 s, which would keep a
+        # healed partition or a restarted peer apart long after it answers again.
+        unblock = getattr(self.host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(pid)
         await self.host.connect(PeerInfo(pid, maddrs))
         if peer_id in self.routes:
             self._pin_route(pid, peer_id)  # new_stream redials from the peerstore if need be
