@@ -86,15 +86,18 @@ def test_a_federation_behind_slow_jittery_relays_still_converges(tmp_path: Path)
 
 
 def test_a_partition_cuts_the_links_between_its_halves_for_real(tmp_path: Path) -> None:
-    text = SCENARIO.replace("rounds = 6", "rounds = 12").replace("round_timeout = 10.0",
+    # rounds here take a few hundredths of a second: many of them, so that the re-link (asked
+    # every relink_interval) has time to happen after the heal
+    text = SCENARIO.replace("rounds = 6", "rounds = 80").replace("round_timeout = 10.0",
                                                                  "round_timeout = 2.0")
     text = text[: text.index("[[links]]")] + """
 max_missed_rounds = 2
+relink_interval = 0.5
 
 [[partitions]]
 groups = [[0, 1], [2, 3]]
-at_round = 2
-heal_round = 7
+at_round = 3
+heal_round = 15
 """
     scenario = tmp_path / "scenario.toml"
     scenario.write_text(text)
@@ -103,12 +106,12 @@ heal_round = 7
     report = json.loads((out / "report.json").read_text())
     assert code == 0
     nodes = report["nodes"]
-    assert [n["status"] for n in nodes] == ["done"] * 4  # each half finishes on its own
+    assert [n["status"] for n in nodes] == ["done"] * 4
     assert min(n["final_accuracy"] for n in nodes) > 0.7
 
     [partition] = report["network"]["partitions"]
     assert [e["event"] for e in report["network"]["events"]] == ["cut", "heal"]
-    assert partition["cut"]["max_round"] >= 2 and partition["healed"]["max_round"] >= 7
+    assert partition["cut"]["max_round"] >= 3 and partition["healed"]["max_round"] >= 15
     # the connections open at the cut were reset, and the nodes' redials refused
     assert partition["while_cut"]["resets"] >= 1
     assert partition["while_cut"]["refused"] >= 1
@@ -121,4 +124,11 @@ heal_round = 7
         assert dropped == across, node["index"]
     links = partition["cross_links_by_round"]
     assert links[0] == 4  # full topology: 2 × 2 links across before the cut
-    assert 0 in links[partition["cut"]["max_round"]:]
+    cut = partition["cut"]["max_round"]
+    assert 0 in links[cut:]
+    # healed: the lost neighbours were asked back and linked afresh, and the two halves'
+    # models merged into one
+    assert partition["rejoined"] and links[-1] == 4
+    assert partition["after_heal"]["accepted"] >= 1
+    assert sum(n["relinks"] for n in nodes) >= 2
+    assert report["final_consensus_distance"] <= 1e-3
