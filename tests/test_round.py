@@ -31,6 +31,7 @@ class FakeNode:
     disagreement: float = 1.0
     dropped: list = field(default_factory=list)
     behind: int | None = None
+    net: None = None  # no network: nothing to disconnect
     _linked_at: dict = field(default_factory=dict)
 
     def notify(self) -> None:

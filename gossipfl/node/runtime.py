@@ -793,6 +793,11 @@ class Node:
         self.notify()
         if state.channel is not None:
             await state.channel.reset()
+        if self.net is not None:
+            # a connection that went silent (a partition that drops packets, a frozen peer)
+            # would carry the next re-link request into the void: start from a fresh dial
+            with trio.move_on_after(self.protocol.request_timeout):
+                await self.net.disconnect(peer)
         if not self.neighbours:
             log.error("no neighbours left: this node trains alone until one comes back")
 

@@ -114,7 +114,9 @@ class PartitionConfig:
     The cut comes once the most advanced node has finished round ``at_round``, or ``at_seconds``
     after the nodes were started; the heal likewise at ``heal_round`` or ``heal_seconds`` (never
     before the cut; without either, the partition lasts to the end). Cut links pass through
-    relays: every open connection is reset and new ones are refused until the heal.
+    relays: every open connection is reset and new ones are refused until the heal; with
+    ``silent``, connections stay open (and new ones are accepted) but every byte is dropped, as
+    behind a firewall that drops packets, so only timeouts tell the nodes.
     """
 
     groups: tuple[tuple[int, ...], ...] = ()
@@ -123,6 +125,7 @@ class PartitionConfig:
     heal_round: int | None = None
     at_seconds: float | None = None
     heal_seconds: float | None = None
+    silent: bool = False  # drop everything instead of resetting: nodes find out by timeouts
 
     def __post_init__(self) -> None:
         if bool(self.groups) == bool(self.side):
