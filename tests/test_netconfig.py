@@ -277,7 +277,7 @@ def test_overlapping_partitions_heal_a_link_only_when_both_have_healed() -> None
     assert faults == {"0->1": True, "1->0": True, "0->2": False, "2->0": False}
 
 
-def test_a_silent_partition_drops_traffic_instead_of_resetting() -> None:
+def test_a_silent_partition_stalls_traffic_instead_of_resetting() -> None:
     scenario = from_dict(ScenarioConfig, {
         "nodes": 2, "rounds": 10, "admission": False,
         "partitions": [{"side": [0], "at_round": 1, "heal_round": 3, "silent": True}],
@@ -292,5 +292,5 @@ def test_a_silent_partition_drops_traffic_instead_of_resetting() -> None:
     finally:
         network.close()
     assert set(cut) == {"0->1", "1->0"}
-    assert all(f["blackhole"] and not f["cut"] for f in cut.values())
-    assert not any(f["blackhole"] or f["cut"] for f in healed.values())
+    assert all(f["stall"] and not f["cut"] and not f["blackhole"] for f in cut.values())
+    assert not any(f["stall"] or f["cut"] for f in healed.values())

@@ -79,7 +79,8 @@ def test_with_no_jitter_delivery_is_at_least_arrival_plus_latency() -> None:
         ({"jitter": math.nan}, "jitter must be finite and >= 0"),
         ({"reset_rate": math.inf}, "reset_rate must be finite and >= 0"),
         ({"latency": 50.0, "jitter": 20.0}, "latency \\+ jitter must be at most 60 s"),
-        ({"cut": 1}, "blackhole and cut must be true or false"),
+        ({"cut": 1}, "blackhole, cut and stall must be true or false"),
+        ({"stall": "yes"}, "blackhole, cut and stall must be true or false"),
     ],
 )
 def test_link_faults_are_validated(kwargs: dict[str, Any], rule: str) -> None:
@@ -265,6 +266,38 @@ def test_blackhole_forwards_nothing_but_keeps_the_connection() -> None:
     relay = run_with_relay(test)
     assert echoed == []
     assert relay.stats.bytes_to_target == 4 and relay.stats.resets == 0
+
+
+def test_a_stall_holds_everything_and_lets_it_through_intact_when_lifted() -> None:
+    echoed: list[bytes] = []
+
+    async def test(relay: Relay, nursery: trio.Nursery) -> None:
+        before = await _connect(relay)  # open before the stall
+        relay.set_faults(LinkFaults(stall=True))
+        async with before:
+            await before.send_all(b"held ")
+            later_stream: list[trio.SocketStream] = []
+
+            async def connect_during_stall() -> None:
+                later_stream.append(await _connect(relay))  # accepted, not forwarded yet
+
+            nursery.start_soon(connect_during_stall)
+            with trio.move_on_after(0.3):
+                echoed.append(await before.receive_some(100))
+            assert relay.stats.bytes_to_target == 0 and relay.stats.accepted == 1
+            await before.send_all(b"then more")
+            relay.set_faults(LinkFaults())
+            assert await _receive_exactly(before, 14) == b"held then more"  # nothing lost
+            await trio.sleep(0.1)
+            [later] = later_stream
+            async with later:
+                await later.send_all(b"late")
+                assert await _receive_exactly(later, 4) == b"late"
+
+    relay = run_with_relay(test)
+    assert echoed == []
+    assert relay.stats.accepted == 2 and relay.stats.resets == 0
+    assert relay.stats.bytes_dropped == 0
 
 
 def test_a_high_reset_rate_resets_connections() -> None:

@@ -115,8 +115,9 @@ class PartitionConfig:
     after the nodes were started; the heal likewise at ``heal_round`` or ``heal_seconds`` (never
     before the cut; without either, the partition lasts to the end). Cut links pass through
     relays: every open connection is reset and new ones are refused until the heal; with
-    ``silent``, connections stay open (and new ones are accepted) but every byte is dropped, as
-    behind a firewall that drops packets, so only timeouts tell the nodes.
+    ``silent``, nothing moves and nothing is refused (the relays stall: a path that drops
+    packets), so only timeouts tell the nodes, and a connection neither end gave up on resumes
+    intact after the heal.
     """
 
     groups: tuple[tuple[int, ...], ...] = ()
@@ -125,7 +126,7 @@ class PartitionConfig:
     heal_round: int | None = None
     at_seconds: float | None = None
     heal_seconds: float | None = None
-    silent: bool = False  # drop everything instead of resetting: nodes find out by timeouts
+    silent: bool = False  # hold everything instead of resetting: nodes find out by timeouts
 
     def __post_init__(self) -> None:
         if bool(self.groups) == bool(self.side):

@@ -135,7 +135,7 @@ class ScenarioNetwork:
         state.stats_at_cut = totals(self.fleet.stats(), self._names(state.pairs))
         for pair in state.pairs:
             self.cut_by.setdefault(pair, set()).add(index)
-        fault = LinkFaults(blackhole=True) if state.config.silent else LinkFaults(cut=True)
+        fault = LinkFaults(stall=True) if state.config.silent else LinkFaults(cut=True)
         self.fleet.set_faults(self._names(state.pairs), fault)
 
     def _heal(self, index: int, state: PartitionState) -> None:

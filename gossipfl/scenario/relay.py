@@ -10,6 +10,9 @@ through it, so a relay sees only ciphertext). Each relay applies its current :cl
 * ``reset_rate``: each connection is reset (RST on both sides: ``SO_LINGER`` 0 then close) after
   an exponentially distributed time with this rate (per second), re-drawn when the faults change.
 * ``blackhole``: connections are accepted and kept, but everything read is dropped.
+* ``stall``: nothing moves either way, and new connections wait before they are forwarded, until
+  the fault is lifted; then everything held goes through intact (a path that drops packets: TCP
+  retransmits, so a connection that neither end gave up on resumes where it stopped).
 * ``cut``: every open connection is reset, and new ones are accepted and reset at once.
 
 Relays listen and forward on 127.0.0.0/8 only. Each holds at most ``max_connections``
@@ -65,6 +68,7 @@ class LinkFaults:
     reset_rate: float = 0.0  # per connection, per second: Poisson resets
     blackhole: bool = False
     cut: bool = False
+    stall: bool = False
 
     def __post_init__(self) -> None:
         for name in ("latency", "jitter", "reset_rate"):
@@ -75,8 +79,8 @@ class LinkFaults:
                 raise ValueError(f"{name} must be finite and >= 0")
         if self.latency + self.jitter > MAX_DELAY_SECONDS:
             raise ValueError(f"latency + jitter must be at most {MAX_DELAY_SECONDS:.0f} s")
-        if not isinstance(self.blackhole, bool) or not isinstance(self.cut, bool):
-            raise ValueError("blackhole and cut must be true or false")
+        if not all(isinstance(getattr(self, n), bool) for n in ("blackhole", "cut", "stall")):
+            raise ValueError("blackhole, cut and stall must be true or false")
 
 
 # -- the schedule (pure) -----------------------------------------------------------------------
@@ -200,6 +204,7 @@ class _Connection:
                 while way.queued >= relay.queue_bytes:  # backpressure: stop reading
                     way.space = trio.Event()
                     await way.space.wait()
+                await relay.unstalled()
                 try:
                     data = await source.receive_some(CHUNK_BYTES)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
@@ -223,6 +228,7 @@ class _Connection:
             async with receive:
                 async for at, data in receive:
                     await trio.sleep_until(at)
+                    await relay.unstalled()
                     way.queued -= len(data)
                     way.space.set()
                     if relay.faults.blackhole:
@@ -281,7 +287,13 @@ class Relay:
         self.port: int | None = None
         self.changed = trio.Event()
         self._connections: set[_Connection] = set()
+        self._waiting = 0  # accepted while stalled, not forwarded yet
         self._scope = trio.CancelScope()
+
+    async def unstalled(self) -> None:
+        """Return once the relay is not stalled (at once when it is not)."""
+        while self.faults.stall:
+            await self.changed.wait()
 
     def set_faults(self, faults: LinkFaults) -> None:
         """Apply ``faults`` now (call from the trio thread running the relay)."""
@@ -324,10 +336,20 @@ class Relay:
                         await listener.aclose()
 
     async def _handle(self, client: trio.SocketStream) -> None:
-        if self.faults.cut or len(self._connections) >= self.max_connections:
+        if self.faults.cut or len(self._connections) + self._waiting >= self.max_connections:
             self.stats.refused += 1
             await _close_streams((client,), abort=True)
             return
+        if self.faults.stall:  # the "SYN" is held: forward once the stall is lifted
+            self._waiting += 1
+            try:
+                await self.unstalled()
+            finally:
+                self._waiting -= 1
+            if self.faults.cut:
+                self.stats.refused += 1
+                await _close_streams((client,), abort=True)
+                return
         server = None
         with trio.move_on_after(CONNECT_TIMEOUT):
             try:
