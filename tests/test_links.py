@@ -137,3 +137,12 @@ def test_dropping_a_neighbour_keeps_it_wanted_for_the_relink_loop(tmp_path: Path
         assert node.dropped[-1] == {"peer_id": "a", "round": 5, "reason": "missed rounds"}
 
     trio.run(main)
+
+
+def test_the_round_to_jump_to_is_the_upper_median_of_the_neighbours() -> None:
+    from gossipfl.node.runtime import consensus_round
+
+    assert consensus_round([7]) == 7
+    assert consensus_round([7, 9]) == 9
+    assert consensus_round([12, 12, 10**6]) == 12  # one far-off claim does not carry us away
+    assert consensus_round([3, 12, 12, 10**6]) == 12

@@ -20,7 +20,7 @@ import resource
 import secrets
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,13 @@ class NeighbourState:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def consensus_round(rounds: Iterable[int]) -> int:
+    """The round to jump to from the rounds neighbours report: the upper median, so that one
+    neighbour claiming a far-off round cannot carry a node there on its own."""
+    ordered = sorted(rounds)
+    return ordered[len(ordered) // 2]
 
 
 def split_p2p_addr(addr: str) -> tuple[str, str]:
@@ -863,7 +870,8 @@ class Node:
                         "the checkpoint" if self.resumed_from is not None else "the start")
             self.start_round = self.round + 1
             return
-        self.start_round = max(pulled.values())
+        self.model = np.mean([v for _, v in pulled.values()], axis=0).astype(np.float32)
+        self.start_round = consensus_round(r for r, _ in pulled.values())
         self.round = self.start_round - 1
         log.warning("caught up from %d neighbour(s): continuing at round %d (%s)", len(pulled),
                     self.start_round, "joined late" if self.resumed_from is None
@@ -873,35 +881,39 @@ class Node:
                                "why": "restart" if self.resumed_from is not None else "late"})
 
     async def catch_up_now(self, r: int) -> int:
-        """Mid-run: neighbours are far ahead (we were cut off, paused or dropped). Pull their
-        state, take its mean, and return the round to go on from (``r`` when nothing useful
-        came back)."""
+        """Mid-run: a neighbour said it is far ahead (we were cut off, paused or dropped). Pull
+        every neighbour's state; if most of them are ahead of round ``r``, take the mean of
+        those ahead as our model and return the round to go on from; else return ``r``."""
         target, self.behind = self.behind, None
-        pulled = await self._pull_neighbourhood(ahead_of=r)
-        if not pulled:
-            log.warning("round %d: neighbours are ahead (round %s) but none answered the state "
-                        "request; going on", r, target)
+        pulled = await self._pull_neighbourhood()
+        jump = consensus_round(r for r, _ in pulled.values()) if pulled else r
+        if jump <= r:
+            log.info("round %d: a neighbour reported round %s, but most are not ahead (%d "
+                     "answered); going on", r, target, len(pulled))
             return r
-        jump = max(pulled.values())
+        ahead = [v for round_, v in pulled.values() if round_ > r]
+        self.model = np.mean(ahead, axis=0).astype(np.float32)
         self.round = jump - 1
-        self.catch_ups.append({"from_round": r, "to_round": jump, "neighbours": len(pulled),
+        self.catch_ups.append({"from_round": r, "to_round": jump, "neighbours": len(ahead),
                                "why": "behind"})
         log.warning("round %d: neighbours were ahead; caught up from %d of them: continuing at "
-                    "round %d", r, len(pulled), jump)
+                    "round %d", r, len(ahead), jump)
         return jump
 
-    async def _pull_neighbourhood(self, ahead_of: int = -1) -> dict[str, int]:
-        """Pull every neighbour's current public estimate (those past round ``ahead_of``), hold
-        them as its estimates, and make their mean our model; returns peer → round."""
+    async def _pull_neighbourhood(self) -> dict[str, tuple[int, np.ndarray]]:
+        """Pull every neighbour's current public estimate and hold it as its estimate; returns
+        peer → (round, vector) for those that answered with a usable one."""
         pulled: dict[str, Contribution] = {}
         async with trio.open_nursery() as nursery:
             for peer in list(self.neighbours):
                 nursery.start_soon(self._pull_state, peer, pulled)
-        vectors, rounds = [], {}
+        result = {}
         for peer, message in pulled.items():
-            if message.round <= ahead_of:
+            try:
+                vector = self.layout.from_tensors(message.tensors)
+            except LayoutError as error:
+                self.reject(peer, "state", "layout", str(error))
                 continue
-            vector = self.layout.from_tensors(message.tensors)
             held = self.estimates.peers.get(peer)
             self.estimates.forget(peer)  # the pulled state replaces whatever we held
             try:
@@ -909,13 +921,10 @@ class Node:
             except EstimateError as error:
                 if held is not None:
                     self.estimates.peers[peer] = held
-                log.warning("state from %s not usable: %s", peer, error.reason)
+                self.reject(peer, "state", error.key, error.reason)
                 continue
-            vectors.append(vector)
-            rounds[peer] = message.round
-        if vectors:
-            self.model = np.mean(vectors, axis=0).astype(np.float32)
-        return rounds
+            result[peer] = (message.round, vector)
+        return result
 
     async def _pull_state(self, peer: str, pulled: dict[str, Contribution]) -> None:
         request = LinkRequest(self.config.federation, self.peer_id, self._topology_digest(),
@@ -1026,9 +1035,13 @@ class Node:
         if message.sender not in self.neighbours:
             self.reject(remote, "contribution", "not_neighbour", "no link with this peer")
             return "rejected", "not a neighbour"
-        # a round far beyond both the sender's last one and ours would make every later genuine
-        # contribution look stale (in async mode neighbours' rounds drift apart, one at a time)
-        if message.round > max(self.round, self.estimates.holds(message.sender), 0) + FUTURE_ROUNDS:
+        # a round far beyond the sender's last one (as its contributions and heartbeats told us)
+        # and ours would make every later genuine contribution look stale (in async mode
+        # neighbours' rounds drift apart, one at a time)
+        known = max(self.round, self.estimates.holds(message.sender),
+                    self.member_state.get(message.sender, (-1, ""))[0], 0)
+        if message.round > known + FUTURE_ROUNDS:
+            self.note_peer_round(message.sender, message.round, "training")
             self.reject(remote, "contribution", "future",
                         f"round {message.round}, this node is at {self.round}")
             return "rejected", "round too far ahead"
