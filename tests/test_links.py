@@ -146,3 +146,36 @@ def test_the_round_to_jump_to_is_the_upper_median_of_the_neighbours() -> None:
     assert consensus_round([7, 9]) == 9
     assert consensus_round([12, 12, 10**6]) == 12  # one far-off claim does not carry us away
     assert consensus_round([3, 12, 12, 10**6]) == 12
+
+
+def _pulled(node: Node, rounds: dict[str, int]) -> dict[str, tuple[int, np.ndarray]]:
+    return {p: (r, np.full(node.layout.size, float(r), np.float32)) for p, r in rounds.items()}
+
+
+@pytest.mark.parametrize(
+    ("rounds", "jump", "model"),
+    [
+        ({"a": 20, "b": 22, "c": 5}, 20, 21.0),  # most are ahead: mean of those ahead
+        ({"a": 10**6, "b": 5, "c": 6}, 10, 0.0),  # one far-off claim: stay (model untouched)
+        ({}, 10, 0.0),  # nobody answered: stay
+    ],
+)
+def test_catching_up_mid_run_follows_most_neighbours(tmp_path: Path, rounds: dict[str, int],
+                                                     jump: int, model: float) -> None:
+    node = _node(tmp_path)
+    node.model = np.zeros(node.layout.size, np.float32)
+    node.round, node.behind = 9, 25
+
+    async def pull() -> dict[str, tuple[int, np.ndarray]]:
+        return _pulled(node, rounds)
+
+    node._pull_neighbourhood = pull  # type: ignore[method-assign]
+    assert trio.run(node.catch_up_now, 10) == jump
+    assert node.behind is None
+    np.testing.assert_allclose(node.model, model)
+    if jump > 10:
+        assert node.round == jump - 1
+        assert node.catch_ups == [{"from_round": 10, "to_round": jump, "neighbours": 2,
+                                   "why": "behind"}]
+    else:
+        assert node.round == 9 and node.catch_ups == []
