@@ -8,56 +8,13 @@ import stat
 from pathlib import Path
 
 import pytest
-
-from gossipfl.scenario.runner import run_scenario
+from e2e_scenarios import BASE, run_text
 
 pytestmark = pytest.mark.e2e
 
-BASE = """
-name = "{name}"
-nodes = {nodes}
-rounds = {rounds}
-seed = 1
-timeout = 240.0
-
-[data]
-dataset = "digits"
-partition = "dirichlet"
-alpha = 0.5
-
-[model]
-name = "mlp"
-hidden = [32]
-
-[train]
-optimizer = "momentum"
-learning_rate = 0.05
-local_epochs = 2
-
-[topology]
-kind = "{topology}"
-degree = {degree}
-
-[protocol]
-round_timeout = {round_timeout}
-heartbeat_interval = 0.5
-member_timeout = 5.0
-consensus_tolerance = 1e-4
-max_consensus_rounds = 60
-"""
-
-
-def _run(tmp_path: Path, text: str, *, spawn: bool = False) -> tuple[int, dict]:
-    scenario = tmp_path / "scenario.toml"
-    scenario.write_text(text)
-    out = tmp_path / "out"
-    code = run_scenario(scenario, out=out, quiet=True, centralised=False, spawn=spawn)
-    return code, json.loads((out / "report.json").read_text())
-
-
 @pytest.mark.parametrize("spawn", [False, True], ids=["forked", "spawned"])
 def test_three_nodes_converge_to_one_model(tmp_path: Path, spawn: bool) -> None:
-    code, report = _run(tmp_path, BASE.format(name="e2e3", nodes=3, rounds=8, topology="full",
+    code, report = run_text(tmp_path, BASE.format(name="e2e3", nodes=3, rounds=8, topology="full",
                                               degree=2, round_timeout=20.0), spawn=spawn)
     assert code == 0
     nodes = report["nodes"]
@@ -85,7 +42,7 @@ def test_a_killed_node_is_timed_out_and_the_others_finish(tmp_path: Path) -> Non
     text = BASE.format(name="e2ekill", nodes=4, rounds=8, topology="ring", degree=2,
                        round_timeout=3.0)
     text += "\n[[faults]]\nkind = \"kill\"\nnode = 1\nat_round = 2\n"
-    code, report = _run(tmp_path, text)
+    code, report = run_text(tmp_path, text)
     assert code == 0
     nodes = report["nodes"]
     assert nodes[1]["status"] == "killed"
@@ -104,7 +61,7 @@ def test_sigterm_stops_a_node_cleanly_and_the_others_finish(tmp_path: Path) -> N
     text = BASE.format(name="e2eterm", nodes=3, rounds=60, topology="full", degree=2,
                        round_timeout=3.0)
     text += "\n[[faults]]\nkind = \"terminate\"\nnode = 2\nat_round = 2\n"
-    code, report = _run(tmp_path, text)
+    code, report = run_text(tmp_path, text)
     assert code == 0
     stopped, others = report["nodes"][2], report["nodes"][:2]
     assert stopped["status"] == "stopped"
@@ -226,7 +183,7 @@ def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
                        round_timeout=5.0)
     result: dict[str, object] = {}
     runner = threading.Thread(target=lambda: result.update(zip(("code", "report"),
-                                                               _run(tmp_path, text),
+                                                               run_text(tmp_path, text),
                                                                strict=True)))
     runner.start()
     node_dir = tmp_path / "out" / "nodes" / "node-00"
@@ -264,7 +221,7 @@ def test_dp_budget_is_accounted_and_a_spent_node_stops_contributing(tmp_path: Pa
                        round_timeout=5.0)
     text += (f"\n[privacy]\nenabled = true\nclip_norm = 1.0\nnoise_multiplier = 1.0\n"
              f"delta = 1e-5\ntarget_epsilon = {target!r}\n")
-    code, report = _run(tmp_path, text)
+    code, report = run_text(tmp_path, text)
     assert code == 0
     privacy = report["privacy"]
     assert privacy["dp"]["enabled"] is True and privacy["delta"] == 1e-5
@@ -284,7 +241,7 @@ def test_secure_aggregation_with_a_member_killed_mid_run(tmp_path: Path) -> None
                        round_timeout=3.0)
     text += "\n[secagg]\nenabled = true\nmin_contributors = 3\n"
     text += "\n[[faults]]\nkind = \"kill\"\nnode = 4\nat_round = 3\n"
-    code, report = _run(tmp_path, text)
+    code, report = run_text(tmp_path, text)
     assert code == 0
     survivors = report["nodes"][:4]
     assert [n["status"] for n in survivors] == ["done"] * 4
@@ -312,7 +269,7 @@ def test_a_node_killed_and_restarted_resumes_and_rejoins(tmp_path: Path) -> None
                        round_timeout=5.0)
     text += ("\n[[faults]]\nkind = \"restart\"\nnode = 2\nat_round = 4\n"
              "down_seconds = 0.5\n")
-    code, report = _run(tmp_path, text)
+    code, report = run_text(tmp_path, text)
     assert code == 0
     nodes = report["nodes"]
     assert [n["status"] for n in nodes] == ["done"] * 4
@@ -338,7 +295,7 @@ def test_async_mode_does_not_hold_the_federation_to_its_slowest_node(tmp_path: P
     text = text.replace("max_consensus_rounds = 60",
                         "max_consensus_rounds = 60\nmode = \"async\"\nstaleness_decay = 0.9")
     text += "\n[[slow]]\nnode = 3\nfactor = 8.0\n"
-    code, report = _run(tmp_path, text)
+    code, report = run_text(tmp_path, text)
     assert code == 0
     nodes = report["nodes"]
     assert [n["status"] for n in nodes] == ["done"] * 4
@@ -366,7 +323,7 @@ def test_a_paused_node_is_dropped_then_relinked_and_catches_up(tmp_path: Path) -
                         "max_consensus_rounds = 60\nrequest_timeout = 1.5\nrelink_interval = 1.0")
     text += ("\n[[faults]]\nkind = \"pause\"\nnode = 2\nat_round = 4\n"
              "down_seconds = 10.0\n")
-    code, report = _run(tmp_path, text)
+    code, report = run_text(tmp_path, text)
     assert code == 0
     nodes = report["nodes"]
     assert [n["status"] for n in nodes] == ["done"] * 5
@@ -388,7 +345,7 @@ def test_late_joiners_link_pull_the_model_and_finish_with_the_others(tmp_path: P
     text = BASE.format(name="e2elate", nodes=6, rounds=100, topology="regular", degree=2,
                        round_timeout=5.0)
     text += "\n[[joins]]\nnode = 5\nat_round = 5\n\n[[joins]]\nnode = 2\nat_round = 10\n"
-    code, report = _run(tmp_path, text)
+    code, report = run_text(tmp_path, text)
     assert code == 0
     nodes = report["nodes"]
     assert [n["status"] for n in nodes] == ["done"] * 6
