@@ -199,6 +199,15 @@ def test_the_pace_halves_the_work_of_a_node_its_neighbours_wait_for() -> None:
     assert record["lag"] == 1
 
 
+def test_with_no_lead_a_neighbour_one_round_ahead_is_already_waiting() -> None:
+    node = _node("a", max_lead=0)
+    node.history = [_round(1, 4.0, work=0.3, length=0.4)]
+    node.deliver("a", 2)  # level: a at our last round
+    assert async_local_epochs(node, 3, {}) == 4.0
+    node.deliver("a", 3)  # a sent round 3 and waits for ours
+    assert async_local_epochs(node, 3, {}) == 2.0
+
+
 def test_the_pace_keeps_the_work_of_a_node_held_up_or_slow_for_another_reason() -> None:
     node = _node("a")
     node.deliver("a", 4)

@@ -83,9 +83,10 @@ def async_local_epochs(node: Node, r: int, record: dict[str, Any]) -> float | No
         return float(configured)
     share = work_share([h["work_seconds"] for h in recent], [h["round_seconds"] for h in recent])
     # behind means a neighbour waits for us: with a bounded lead L it is L + 1 rounds ahead
+    slack = protocol.max_lead if protocol.max_lead >= 0 else SLACK
     return local_epochs(recent[-1]["local_epochs"], lag, held=recent[-1].get("held", False),
                         work_share=share, configured=configured,
-                        minimum=protocol.pace_min_epochs, slack=max(SLACK, protocol.max_lead))
+                        minimum=protocol.pace_min_epochs, slack=slack)
 
 
 def async_joins_late(node: Node, r: int) -> bool:
