@@ -172,6 +172,20 @@ def test_a_late_joiner_skips_to_the_round_its_neighbours_are_in() -> None:
     assert not async_joins_late(node, 5)
 
 
+def test_a_late_joiner_takes_up_its_neighbours_mean_plus_its_own_last_update() -> None:
+    node = _node("a", "b")
+    node.estimates.clock = 0  # its round 0 (slow) is over: it published its first update
+    node.own.publish(np.array([1.0, 3.0], np.float32), 0)  # from 0: last_delta = [1, 3]
+    node.model = np.array([9.0, 9.0], np.float32)
+    node.deliver("a", 12, value=2.0)
+    node.deliver("b", 10, value=4.0)
+    assert async_joins_late(node, 1)
+    np.testing.assert_array_equal(node.model, [4.0, 6.0])  # mean [3, 3] + [1, 3]
+    node.model = np.zeros(SIZE, np.float32)
+    assert async_joins_late(node, 2)  # later skipped rounds leave the model alone
+    np.testing.assert_array_equal(node.model, [0.0, 0.0])
+
+
 @pytest.mark.parametrize("config", [{"mode": "sync"}, {"max_lead": -1}])
 def test_no_skipping_in_sync_mode_or_without_a_bounded_lead(config: dict) -> None:
     node = _node("a", **config)

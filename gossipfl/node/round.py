@@ -95,8 +95,8 @@ def async_joins_late(node: Node, r: int) -> bool:
     waited for us: we joined late (our first round was slow, or we started late). Like a restarted
     node, we take up the round the neighbours are in rather than train, one by one, rounds they
     finished long ago: it goes on at the round the furthest neighbour waits for (its round less
-    L). Skipped rounds do not age the estimates we hold (staleness counts the rounds we take
-    part in)."""
+    L), from the neighbours' mean model plus its own last update. Skipped rounds do not age the
+    estimates we hold (staleness counts the rounds we take part in)."""
     lead = node.config.protocol.max_lead
     if node.config.protocol.mode != "async" or lead < 0 or r == 0:
         return False
@@ -105,6 +105,12 @@ def async_joins_late(node: Node, r: int) -> bool:
     resume = ahead - lead  # a neighbour can be L + 1 rounds past our last round, no further
     if resume <= r:
         return False
+    if node.estimates.clock == r - 1 and node.own.last_delta is not None:
+        # the first round skipped: take up the neighbours' mean model (as a restarted node does),
+        # plus the update this node trained in its last round (its data's share, which mixing its
+        # stale estimate would mostly lose)
+        held = [e.vector for p, e in node.estimates.peers.items() if p in node.neighbours]
+        node.model = (np.mean(held, axis=0) + node.own.last_delta).astype(np.float32)
     if r + 1 == resume:
         log.info("joined late: neighbours at round %d; rounds up to %d skipped", ahead, r)
     for estimate in node.estimates.peers.values():
