@@ -91,7 +91,12 @@ class ProtocolConfig:
     gamma: float = 1.0
     max_payload_bytes: int = 64 * 1024 * 1024
     mode: str = "sync"  # "async": no node waits for a round barrier
-    staleness_decay: float = 0.9  # async: a neighbour's weight × decay^(my rounds since it sent)
+    # async: a neighbour's weight × decay^k, k = rounds its estimate is older than ours (with
+    # max_lead = -1: how many of my rounds ago it arrived)
+    staleness_decay: float = 0.9
+    max_lead: int = 1  # async: rounds a node may train ahead of a live neighbour (-1: no bound)
+    pace: bool = True  # async: a node its neighbours are ahead of trains less (node/pace.py)
+    pace_min_epochs: float = 0.25  # async pace: the least local work in a round, in epochs
     peer_rate: float = 50.0  # streams + frames a second one peer may send us
     peer_burst: float = 100.0
     peer_streams: int = 16  # streams one peer may hold open to us at once
@@ -111,6 +116,8 @@ class ProtocolConfig:
         _require(0 < self.gamma <= 1, "protocol.gamma must be in (0, 1]")
         _require(self.mode in ("sync", "async"), "protocol.mode must be sync or async")
         _require(0 < self.staleness_decay <= 1, "protocol.staleness_decay must be in (0, 1]")
+        _require(self.max_lead >= -1, "protocol.max_lead must be -1 (no bound) or >= 0")
+        _require(self.pace_min_epochs > 0, "protocol.pace_min_epochs must be positive")
         _require(self.max_payload_bytes >= 1024, "protocol.max_payload_bytes is too small")
         _require(self.peer_rate > 0 and self.peer_burst >= 1,
                  "protocol.peer_rate and peer_burst must be positive")

@@ -577,8 +577,40 @@ def test_trainer_rejects_bad_input(digits: Dataset) -> None:
         trainer.train(params, state, x, y, epochs=0, seed=0)
     with pytest.raises(ValueError, match="seed"):
         trainer.train(params, state, x, y, seed=-1)
+    with pytest.raises(ValueError, match="max_steps"):
+        trainer.train(params, state, x, y, seed=0, max_steps=0)
     with pytest.raises(ValueError, match="at least one"):
         trainer.evaluate(params, x[:0], y[:0])
+
+
+def test_max_steps_trains_the_first_steps_of_the_full_run(digits: Dataset) -> None:
+    model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=(16,))
+    trainer = Trainer(model, TrainConfig(optimizer="momentum", batch_size=32, local_epochs=3))
+    params = model.init(0)
+    x, y = digits.x_train[:100], digits.y_train[:100]  # 4 minibatches an epoch, the last of 4
+
+    def run(**kwargs: int) -> tuple[np.ndarray, float]:
+        out, _, loss = trainer.train(params, trainer.init_opt_state(params), x, y, seed=5,
+                                     **kwargs)
+        return flatten_params(out), loss
+
+    full, full_loss = run()
+    one_epoch, one_epoch_loss = run(epochs=1)
+    # a limit at or past the whole run changes nothing, to the bit
+    for limit in (12, 13, 100):
+        vector, loss = run(max_steps=limit)
+        np.testing.assert_array_equal(vector, full)
+        assert loss == full_loss
+    # the steps taken are those the full run starts with: 4 steps of 3 epochs = 1 epoch
+    vector, loss = run(max_steps=4)
+    np.testing.assert_array_equal(vector, one_epoch)
+    assert loss == one_epoch_loss
+    # part of an epoch (the loss is over the examples seen), and part of the last epoch
+    first, second, sixth = (run(max_steps=k)[0] for k in (1, 2, 6))
+    assert not np.array_equal(first, second) and not np.array_equal(second, sixth)
+    assert all(np.isfinite(run(max_steps=k)[1]) for k in (1, 2, 6))
+    if hasattr(trainer._train_step, "_cache_size"):
+        assert trainer._train_step._cache_size() == 1  # however many steps: one compilation
 
 
 @pytest.mark.parametrize("name", ["digits", "wine", "breast_cancer", "iris"])

@@ -209,12 +209,16 @@ class Trainer:
         *,
         epochs: int | None = None,
         seed: int,
+        max_steps: int | None = None,
     ) -> tuple[Params, OptState, float]:
         """Run local training.
 
         Each epoch visits the examples in a fresh random order drawn from
         ``np.random.default_rng(seed)``; the last partial minibatch is kept (padded
-        and masked), so every example is used once per epoch.
+        and masked), so every example is used once per epoch. With ``max_steps``,
+        training stops after that many minibatch steps (a fraction of an epoch, or of
+        the last epoch); the steps it does take are exactly those the full run starts
+        with.
 
         Args:
             params: Starting parameters.
@@ -223,20 +227,23 @@ class Trainer:
             y: Integer labels, ``(n,)``.
             epochs: Number of epochs, ``>= 1``; defaults to ``config.local_epochs``.
             seed: Non-negative shuffling seed.
+            max_steps: At most this many minibatch steps, ``>= 1``; ``None``: no limit.
 
         Returns:
             ``(params, opt_state, mean_loss)`` where ``mean_loss`` is the
-            per-example training loss averaged over all epochs, each minibatch's
-            loss measured before its update.
+            per-example training loss averaged over all minibatches taken, each
+            minibatch's loss measured before its update.
 
         Raises:
-            ValueError: For invalid data, ``epochs`` or ``seed``.
+            ValueError: For invalid data, ``epochs``, ``seed`` or ``max_steps``.
         """
         epochs = self.config.local_epochs if epochs is None else epochs
         if not _is_int(epochs) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
+            raise ValueError(f"max_steps must be an int >= 1 or None, got {max_steps!r}")
         x, y = _check_xy(x, y)
         # numpy and jax leaves would compile two versions of the step: always pass jax arrays
         params = jax.tree_util.tree_map(jnp.asarray, params)
@@ -251,18 +258,20 @@ class Trainer:
         rng = np.random.default_rng(seed)
         losses: list[jax.Array] = []
         weights: list[float] = []
-        for _ in range(epochs):
+        steps = epochs * num_batches if max_steps is None else min(max_steps, epochs * num_batches)
+        for _ in range(-(-steps // num_batches)):
             order = np.zeros(padded, np.int64)
             order[:n] = rng.permutation(n)
             xs = x[order].reshape(num_batches, batch, x.shape[1])
             ys = y[order].reshape(num_batches, batch)
-            for b in range(num_batches):
+            for b in range(min(num_batches, steps - len(losses))):
                 params, opt_state, loss = self._train_step(
                     params, opt_state, xs[b], ys[b], mask_batches[b]
                 )
                 losses.append(loss)
                 weights.append(float(min(batch, n - b * batch)))
-        mean_loss = float(np.dot(np.asarray(jnp.stack(losses)), weights) / (epochs * n))
+        # device_get, not jnp.stack: a stack compiles once per number of steps
+        mean_loss = float(np.dot(np.asarray(jax.device_get(losses)), weights) / sum(weights))
         return params, opt_state, mean_loss
 
     def evaluate(self, params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -7,6 +7,7 @@ its peers while it trains).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ class TrainResult:
     loss: float
     seconds: float
     examples: int
+    epochs: float  # the local work done: whole epochs, or minibatch steps / steps per epoch
 
 
 @dataclass(frozen=True)
@@ -78,16 +80,28 @@ class LocalLearner:
     def tensor_names(self) -> list[str]:
         return [name for name, _ in named_arrays(self.template)]
 
-    def train(self, vector: np.ndarray, round_: int) -> TrainResult:
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.y) // self.config.train.batch_size)
+
+    def train(self, vector: np.ndarray, round_: int, epochs: float | None = None) -> TrainResult:
+        """Train from ``vector``: the configured epochs, or ``epochs`` of local work (rounded up
+        to whole minibatch steps)."""
         start = time.perf_counter()
         params = unflatten_params(vector, self.template)
         seed = (self.config.seed * 1_000_003 + self.config.node_index * 7919 + round_) % 2**31
+        configured = self.config.train.local_epochs
+        steps = None
+        if epochs is not None and epochs != configured:
+            steps = max(1, math.ceil(epochs * self.steps_per_epoch - 1e-9))
         params, self.opt_state, loss = self.trainer.train(
             params, self.opt_state, self.x, self.y,
-            epochs=self.config.train.local_epochs, seed=seed,
+            epochs=configured if steps is None else -(-steps // self.steps_per_epoch),
+            seed=seed, max_steps=steps,
         )
         out = flatten_params(params)
-        return TrainResult(out, float(loss), time.perf_counter() - start, len(self.y))
+        done = float(configured) if steps is None else steps / self.steps_per_epoch
+        return TrainResult(out, float(loss), time.perf_counter() - start, len(self.y), done)
 
     def evaluate(self, vector: np.ndarray) -> EvalResult:
         start = time.perf_counter()

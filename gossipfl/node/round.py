@@ -4,7 +4,9 @@ Rounds are each node's own business. A node advances when it holds every live ne
 contribution for the round, or when the round timeout passes; a neighbour that fails to deliver
 ``max_missed_rounds`` rounds in a row is dropped (and the drop is logged and reported). After the
 training rounds come consensus rounds (averaging only) until this node and its neighbours agree
-within the tolerance, or the consensus round limit is reached.
+within the tolerance, or the consensus round limit is reached. In async mode a training round
+waits only for the neighbours more than ``protocol.max_lead`` rounds behind (wait_async), and a
+node its neighbours wait for trains less (pace.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node import secure_round
 from gossipfl.node.checkpoint import save_checkpoint, save_vector
+from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
 from gossipfl.node.runtime import peak_rss_bytes
 from gossipfl.privacy.dp import privatise_update
 
@@ -68,16 +71,76 @@ def async_neighbours_done_training(node: Node, r: int) -> bool:
                for p in node.neighbours)
 
 
+def async_local_epochs(node: Node, r: int, record: dict[str, Any]) -> float | None:
+    """Async mode with ``protocol.pace``: the local work for training round ``r`` (pace.py), from
+    this node's last training round (its work; whether it waited for a neighbour) and how far
+    the neighbour furthest ahead is; the lag goes into ``record``. None elsewhere: the
+    configured epochs."""
+    protocol = node.config.protocol
+    if protocol.mode != "async" or not protocol.pace:
+        return None
+    training = [e.round for p, e in node.estimates.peers.items()
+                if p in node.neighbours and e.training and not e.done]
+    lag = max(0, max(training, default=r - 1) - (r - 1))
+    recent = [h for h in node.history[-WINDOW:]  # round 0 compiles: not a measure of work
+              if h["phase"] == "train" and "local_epochs" in h and h["round"] > 0]
+    configured = node.config.train.local_epochs
+    record["lag"] = lag
+    if not recent:
+        return float(configured)
+    share = work_share([h["work_seconds"] for h in recent], [h["round_seconds"] for h in recent])
+    # behind means a neighbour waits for us: with a bounded lead L it is L + 1 rounds ahead
+    slack = protocol.max_lead if protocol.max_lead >= 0 else SLACK
+    return local_epochs(recent[-1]["local_epochs"], lag, held=recent[-1].get("held", False),
+                        work_share=share, configured=configured,
+                        minimum=protocol.pace_min_epochs, slack=slack)
+
+
+def async_joins_late(node: Node, r: int) -> bool:
+    """Async mode with a bounded lead L: whether this node skips training round ``r`` because a
+    neighbour still training is further ahead than the bound allows. Such a neighbour never
+    waited for us: we joined late (our first round was slow, or we started late). Like a restarted
+    node, we take up the round the neighbours are in rather than train, one by one, rounds they
+    finished long ago: it goes on at the round the furthest neighbour waits for (its round less
+    L), from the neighbours' mean model plus its own last update. Skipped rounds do not age the
+    estimates we hold (staleness counts the rounds we take part in)."""
+    lead = node.config.protocol.max_lead
+    if node.config.protocol.mode != "async" or lead < 0 or r == 0:
+        return False
+    ahead = max((e.round for p, e in node.estimates.peers.items()
+                 if p in node.neighbours and e.training and not e.done), default=-1)
+    resume = ahead - lead  # a neighbour can be L + 1 rounds past our last round, no further
+    if resume <= r:
+        return False
+    if node.estimates.clock == r - 1 and node.own.last_delta is not None:
+        # the first round skipped: take up the neighbours' mean model (as a restarted node does),
+        # plus the update this node trained in its last round (its data's share, which mixing its
+        # stale estimate would mostly lose)
+        held = [e.vector for p, e in node.estimates.peers.items() if p in node.neighbours]
+        node.model = (np.mean(held, axis=0) + node.own.last_delta).astype(np.float32)
+    if r + 1 == resume:
+        log.info("joined late: neighbours at round %d; rounds up to %d skipped", ahead, r)
+    for estimate in node.estimates.peers.values():
+        estimate.arrived = max(estimate.arrived, r)
+    node.round = r  # what neighbours may send us is bounded relative to this
+    return True
+
+
 async def run_round(node: Node, r: int, training: bool) -> None:
+    if training and async_joins_late(node, r):
+        return
     start = trio.current_time()
     node.estimates.clock = r
     record: dict[str, Any] = {"round": r, "phase": "train" if training else "consensus"}
 
     # 1. train locally (in a worker thread: the node keeps serving its peers meanwhile)
     if training:
-        result = await trio.to_thread.run_sync(node.learner.train, node.model, r)
+        epochs = async_local_epochs(node, r, record)  # None: the configured epochs
+        result = await trio.to_thread.run_sync(node.learner.train, node.model, r, epochs)
         if node.config.slowdown > 1.0:  # an emulated slower machine
             await trio.sleep((node.config.slowdown - 1.0) * result.seconds)
+        if epochs is not None:
+            record.update(local_epochs=result.epochs, work_seconds=trio.current_time() - start)
         half_step = result.vector
         if not np.isfinite(half_step).all():
             node.diverged_rounds.append(r)
@@ -109,7 +172,8 @@ async def run_round(node: Node, r: int, training: bool) -> None:
         # 5. receive: wait for the neighbours' contributions for this round, or the timeout
         wait_start = trio.current_time()
         if node.config.protocol.mode == "async":
-            missing = await wait_async(node, training, start + node.protocol.round_timeout)
+            missing = await wait_async(node, training, start + node.protocol.round_timeout,
+                                       record)
         else:
             missing = await wait_for_neighbours(node, r, start + node.protocol.round_timeout)
         record["wait_seconds"] = trio.current_time() - wait_start
@@ -210,11 +274,18 @@ def aggregate(node: Node, half_step: np.ndarray, r: int) -> np.ndarray:
         len(node.neighbours), {p: e.degree for p, e in held.items()}
     )
     del self_weight  # choco_step uses the weights of the neighbours only
-    if node.config.protocol.mode == "async":
+    protocol = node.config.protocol
+    if protocol.mode == "async" and protocol.max_lead < 0:
         # staleness weighting: an estimate that arrived k of our rounds ago counts decay^k as
         # much; the weight it loses stays with this node
-        decay = node.config.protocol.staleness_decay
+        decay = protocol.staleness_decay
         weights = {p: w * decay ** max(0, r - held[p].arrived) for p, w in weights.items()}
+    elif protocol.mode == "async" and node.status == "training":
+        # with a bounded lead rounds keep step, so an estimate k rounds older than ours counts
+        # decay^k as much (a late joiner's first estimate, many rounds old, hardly counts);
+        # consensus rounds wait as in sync and mix as in sync
+        decay = protocol.staleness_decay
+        weights = {p: w * decay ** max(0, r - held[p].round) for p, w in weights.items()}
     return choco_step(
         half_step, node.own.vector, {p: e.as_of(r) for p, e in held.items()}, weights,
         gamma=node.protocol.gamma,
@@ -334,11 +405,22 @@ async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
     )
 
 
-async def wait_async(node: Node, training: bool, deadline: float) -> list[str]:
-    """Async mode: no barrier while training. A training round waits for news from half of its
-    live neighbours (the faster ones: a slow neighbour's estimate is mixed, staleness-weighted,
-    whenever it comes), a consensus round for news from all of them, or the round timeout. Returns
-    the neighbours that could not be reached this round (liveness counts only those)."""
+async def wait_async(node: Node, training: bool, deadline: float,
+                     record: dict[str, Any]) -> list[str]:
+    """Async mode: no barrier while training. With ``protocol.max_lead`` = L >= 0, a training
+    round r waits only for the neighbours more than L rounds behind (until each has delivered
+    round r − L: bounded staleness); with L < 0 it waits for news from half of its live neighbours
+    (the faster ones: a slow neighbour's estimate is mixed, staleness-weighted, whenever it comes).
+    A consensus round waits for every neighbour's round r with a bounded lead, for news from each
+    without. All under the round timeout. Returns the
+    neighbours that could not be reached this round, and with a bounded lead those still too far
+    behind at the timeout (liveness counts only those). ``record["held"]``: whether the round
+    waited for a neighbour behind the bound."""
+    if node.config.protocol.max_lead >= 0:
+        # consensus rounds wait as in sync (rounds keep within the bound of each other)
+        r = node.estimates.clock
+        least = r - node.config.protocol.max_lead if training else r
+        return await wait_bounded(node, least, deadline, record, unheard=not training)
     seen = node.async_seen
 
     def pending() -> list[str]:
@@ -354,6 +436,35 @@ async def wait_async(node: Node, training: bool, deadline: float) -> list[str]:
     node.async_seen = {p: node.estimates.holds(p) for p in node.neighbours}
     return sorted(p for p, state in node.neighbours.items()
                   if state.unreachable_round == node.estimates.clock)
+
+
+async def wait_bounded(node: Node, least: int, deadline: float, record: dict[str, Any], *,
+                       unheard: bool) -> list[str]:
+    """Wait until every live neighbour has delivered round ``least`` (or is done, or could not be
+    reached this round); returns those still behind at the deadline, and the unreachable.
+    ``record["held"]``: whether there was anyone to wait for.
+
+    A neighbour not heard from yet is waited for only if ``unheard`` (consensus rounds, so that
+    the fast cannot spin through the round limit before a late joiner has joined), and never
+    counted missing: one whose first round is slow joins late (async_joins_late). In training
+    rounds a node only ever waits for neighbours behind it, so no two wait for each other."""
+    r = node.estimates.clock
+
+    def behind() -> list[str]:
+        return [p for p, state in node.neighbours.items()
+                if p in node.estimates.peers and node.estimates.holds(p) < least
+                and not node.estimates.peers[p].done and state.unreachable_round != r]
+
+    def pending() -> list[str]:
+        silent = [p for p, state in node.neighbours.items()
+                  if unheard and p not in node.estimates.peers and state.unreachable_round != r]
+        return sorted(behind() + silent)
+
+    record["held"] = bool(pending())
+    await node.wait_for(pending, deadline)
+    node.async_seen = {p: node.estimates.holds(p) for p in node.neighbours}
+    return sorted(set(behind()) | {p for p, state in node.neighbours.items()
+                                   if state.unreachable_round == r})
 
 
 async def update_liveness(node: Node, r: int, missing: list[str]) -> None:
