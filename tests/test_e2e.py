@@ -324,12 +324,14 @@ def test_a_paused_node_is_dropped_then_relinked_and_catches_up(tmp_path: Path) -
     """SIGSTOP for longer than the neighbours wait: they drop it and go on; after SIGCONT it is
     linked again (no restart) and jumps to their round by pulling their state, instead of
     dragging the average back from where it stopped."""
-    text = BASE.format(name="e2epause", nodes=5, rounds=120, topology="full", degree=4,
+    # rounds here take a few hundredths of a second: enough of them that the others are still
+    # training when the paused node wakes up
+    text = BASE.format(name="e2epause", nodes=5, rounds=300, topology="full", degree=4,
                        round_timeout=1.5)
     text = text.replace("max_consensus_rounds = 60",
                         "max_consensus_rounds = 60\nrequest_timeout = 1.5\nrelink_interval = 1.0")
     text += ("\n[[faults]]\nkind = \"pause\"\nnode = 2\nat_round = 4\n"
-             "down_seconds = 10.0\n")
+             "down_seconds = 8.0\n")
     code, report = run_text(tmp_path, text)
     assert code == 0
     nodes = report["nodes"]
@@ -349,7 +351,8 @@ def test_a_paused_node_is_dropped_then_relinked_and_catches_up(tmp_path: Path) -
 
 
 def test_late_joiners_link_pull_the_model_and_finish_with_the_others(tmp_path: Path) -> None:
-    text = BASE.format(name="e2elate", nodes=6, rounds=100, topology="regular", degree=2,
+    # a joiner needs a few seconds to start and link; rounds here take a few hundredths
+    text = BASE.format(name="e2elate", nodes=6, rounds=160, topology="regular", degree=2,
                        round_timeout=5.0)
     text += "\n[[joins]]\nnode = 5\nat_round = 5\n\n[[joins]]\nnode = 2\nat_round = 10\n"
     code, report = run_text(tmp_path, text)
