@@ -92,32 +92,25 @@ def test_a_training_round_waits_only_for_neighbours_further_behind_than_the_lead
     _run(main)
 
 
-def test_a_neighbour_still_too_far_behind_at_the_timeout_counts_as_missing() -> None:
+@pytest.mark.parametrize(
+    ("held_a", "missing", "waited", "held"),
+    [
+        (1, ["a"], 5.0, True),  # still too far behind at the timeout: missing
+        (4, [], 0.0, False),  # within the lead (one behind): no wait at all
+    ],
+)
+def test_a_training_round_waits_only_for_neighbours_behind_the_lead(
+        held_a: int, missing: list[str], waited: float, held: bool) -> None:
     async def main() -> None:
         node = _node("a", "b")
-        node.deliver("a", 1)
-        node.deliver("b", 5)
-        node.estimates.clock = 5
-        start = trio.current_time()
-        record: dict[str, Any] = {}
-        missing = await wait_async(node, True, start + 5.0, record)
-        assert missing == ["a"]
-        assert trio.current_time() == pytest.approx(start + 5.0)
-
-    _run(main)
-
-
-def test_no_wait_when_every_neighbour_is_within_the_lead() -> None:
-    async def main() -> None:
-        node = _node("a", "b")
-        node.deliver("a", 4)
+        node.deliver("a", held_a)
         node.deliver("b", 6)
         node.estimates.clock = 5
         start = trio.current_time()
         record: dict[str, Any] = {}
-        assert await wait_async(node, True, start + 5.0, record) == []
-        assert trio.current_time() == start
-        assert record["held"] is False
+        assert await wait_async(node, True, start + 5.0, record) == missing
+        assert trio.current_time() == pytest.approx(start + waited)
+        assert record["held"] is held
 
     _run(main)
 
