@@ -12,7 +12,12 @@ import trio.testing
 from gossipfl.config import ProtocolConfig
 from gossipfl.gossip.wire import Contribution
 from gossipfl.node.estimates import PeerEstimates
-from gossipfl.node.round import consensus_reached, update_liveness, wait_for_neighbours
+from gossipfl.node.round import (
+    consensus_reached,
+    still_working,
+    update_liveness,
+    wait_for_neighbours,
+)
 from gossipfl.node.runtime import NeighbourState, Node
 
 SIZE = 4
@@ -33,6 +38,8 @@ class FakeNode:
     behind: int | None = None
     net: None = None  # no network: nothing to disconnect
     _linked_at: dict = field(default_factory=dict)
+    member_state: dict = field(default_factory=dict)  # (round, status) from heartbeats
+    heard_at: dict = field(default_factory=dict)
 
     def notify(self) -> None:
         event, self.changed = self.changed, trio.Event()
@@ -114,6 +121,51 @@ def test_a_neighbour_is_dropped_after_max_missed_rounds_in_a_row() -> None:
         await update_liveness(node, 3, ["a"])
         assert "a" not in node.neighbours and "b" in node.neighbours
         assert node.dropped == [{"peer_id": "a", "round": 3, "reason": "missed rounds"}]
+
+    _run(main)
+
+
+def test_a_neighbour_alive_and_waiting_on_its_own_neighbours_is_not_counted_missing() -> None:
+    # a cascade of timeouts: b is stuck in the round before ours, waiting for a neighbour of its
+    # own that is gone; it heartbeats us all the while, so it is not dropped. a is silent.
+    async def main() -> None:
+        node = _node("a", "b")
+        for r in range(4):
+            now = trio.current_time()
+            node.member_state["b"] = (r - 2, "training")  # working on round r - 1
+            node.heard_at["b"] = now - 0.2
+            await update_liveness(node, r, ["a", "b"])
+            await trio.sleep(1.0)
+        assert "a" not in node.neighbours and "b" in node.neighbours
+        assert node.neighbours["b"].missed == 0
+        # once it falls further behind, or goes quiet, its misses count again
+        node.member_state["b"] = (1, "training")
+        node.heard_at["b"] = trio.current_time()
+        await update_liveness(node, 4, ["b"])
+        assert node.neighbours["b"].missed == 1
+
+    _run(main)
+
+
+def test_still_working_needs_a_recent_direct_heartbeat_a_close_round_and_a_running_status() -> None:
+    interval = 0.5
+    assert still_working(9.0, 8, "training", 10.0, 10, interval)
+    assert still_working(9.0, 9, "consensus", 10.0, 10, interval)
+    assert not still_working(None, 9, "training", 10.0, 10, interval)  # never heard directly
+    assert not still_working(8.4, 9, "training", 10.0, 10, interval)  # silent for 1.6 s > 1.5 s
+    assert not still_working(9.9, 7, "training", 10.0, 10, interval)  # three rounds behind
+    assert not still_working(9.9, 9, "done", 10.0, 10, interval)
+    assert not still_working(9.9, 9, "joining", 10.0, 10, interval)
+
+
+def test_an_unreachable_neighbour_counts_missing_even_if_it_heartbeats() -> None:
+    async def main() -> None:
+        node = _node("a")
+        node.member_state["a"] = (4, "training")
+        node.heard_at["a"] = trio.current_time()
+        node.neighbours["a"].unreachable_round = 5
+        await update_liveness(node, 5, ["a"])
+        assert node.neighbours["a"].missed == 1
 
     _run(main)
 

@@ -467,12 +467,33 @@ async def wait_bounded(node: Node, least: int, deadline: float, record: dict[str
                                    if state.unreachable_round == r})
 
 
+def still_working(heard_at: float | None, beat_round: int, status: str, now: float, r: int,
+                  interval: float) -> bool:
+    """Whether a neighbour that missed round ``r`` is alive and keeping up: it heartbeat us
+    directly within the last three heartbeat intervals, while training or in consensus, having
+    finished round r − 2 or later (a heartbeat carries the last round finished: it is working on
+    our round or the one before). Such a neighbour is itself waiting for a neighbour of its own that
+    is gone (a cascade of timeouts, as on one side of a partition): it is not counted missing.
+    A neighbour that is silent, stopped, or further behind is."""
+    return (heard_at is not None and now - heard_at <= 3 * interval
+            and status in ("training", "consensus") and beat_round >= r - 2)
+
+
 async def update_liveness(node: Node, r: int, missing: list[str]) -> None:
-    """Count missed rounds; drop a neighbour that missed too many in a row."""
+    """Count missed rounds; drop a neighbour that missed too many in a row. A neighbour that
+    could be reached this round and is alive and keeping up (``still_working``) is not counted."""
+    now = trio.current_time()
     for peer in list(node.neighbours):
         state = node.neighbours[peer]
         if peer not in missing:
             state.missed = 0
+            continue
+        beat_round, status = node.member_state.get(peer, (-1, ""))
+        if state.unreachable_round != r and still_working(
+                node.heard_at.get(peer), beat_round, status, now, r,
+                node.protocol.heartbeat_interval):
+            log.info("round %d: no contribution from %s, but it is alive and keeping up "
+                     "(its last round %d); the miss is not counted", r, peer, beat_round)
             continue
         state.missed += 1
         if state.missed >= node.protocol.max_missed_rounds:

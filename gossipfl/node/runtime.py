@@ -136,6 +136,7 @@ class Node:
         self.neighbours: dict[str, NeighbourState] = {}
         self.addr_book: dict[str, tuple[str, ...]] = {}  # last addresses heard, kept for re-links
         self.member_state: dict[str, tuple[int, str]] = {}  # (round, status) heard directly
+        self.heard_at: dict[str, float] = {}  # when each member last heartbeat us directly
         self.behind: int | None = None  # a neighbour's round far ahead of ours: catch up
         self.joined_late = False
         self.relinks = 0  # lost neighbours linked again (after an outage or a partition)
@@ -447,6 +448,7 @@ class Node:
         if beat.addrs:
             self.addr_book[beat.sender] = beat.addrs
         self.member_state[beat.sender] = (beat.round, beat.status)
+        self.heard_at[beat.sender] = now
         self.note_peer_round(beat.sender, beat.round, beat.status)
         for peer in self.membership.merge(beat.members, now):
             log.info("new member %s (via %s)", peer, beat.sender)
@@ -493,14 +495,28 @@ class Node:
         return targets
 
     async def _heartbeat_loop(self) -> None:
-        while True:
-            async with trio.open_nursery() as nursery:
+        """Heartbeat every interval. Each send runs on its own (under the request timeout), so
+        a peer that does not answer (cut off, paused) delays no one else's heartbeats: the
+        neighbours that are alive keep hearing from us every interval, which their liveness
+        counting relies on. A peer whose last heartbeat is still in flight is skipped."""
+        in_flight: set[str] = set()
+
+        async def send(peer: str, addrs: tuple[str, ...]) -> None:
+            try:
+                await self._send_heartbeat(peer, addrs)
+            finally:
+                in_flight.discard(peer)
+
+        async with trio.open_nursery() as nursery:
+            while True:
                 for peer, addrs in self.heartbeat_targets().items():
-                    nursery.start_soon(self._send_heartbeat, peer, addrs)
-            for peer in self.membership.prune(trio.current_time()):
-                log.warning("forgot member %s: silent for %.1f s", peer,
-                            self.protocol.member_timeout)
-            await trio.sleep(self.protocol.heartbeat_interval)
+                    if peer not in in_flight:
+                        in_flight.add(peer)
+                        nursery.start_soon(send, peer, addrs)
+                for peer in self.membership.prune(trio.current_time()):
+                    log.warning("forgot member %s: silent for %.1f s", peer,
+                                self.protocol.member_timeout)
+                await trio.sleep(self.protocol.heartbeat_interval)
 
     async def _send_heartbeat(self, peer: str, addrs: tuple[str, ...]) -> None:
         with trio.move_on_after(self.protocol.request_timeout):
