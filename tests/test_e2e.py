@@ -372,3 +372,39 @@ def test_late_joiners_link_pull_the_model_and_finish_with_the_others(tmp_path: P
     assert all(not n["joined_late"] for i, n in enumerate(nodes) if i not in (2, 5))
     assert min(n["final_accuracy"] for n in nodes) > 0.8
     assert report["final_consensus_distance"] <= 1e-3
+
+
+def test_neighbours_of_a_node_gone_for_good_link_with_others_instead(tmp_path: Path) -> None:
+    """A node leaves for good: once the membership forgets it (silent for member_timeout), each
+    of its ring neighbours, now one short of its degree, asks another running member for a link
+    (unless one has asked it first), and the federation still converges."""
+    text = BASE.format(name="e2ereplace", nodes=5, rounds=300, topology="ring", degree=2,
+                       round_timeout=1.5)
+    text = text.replace("member_timeout = 5.0", "member_timeout = 3.0").replace(
+        "max_consensus_rounds = 60",
+        "max_consensus_rounds = 60\nrequest_timeout = 1.5\nrelink_interval = 0.5")
+    text += "\n[[faults]]\nkind = \"kill\"\nnode = 1\nat_round = 3\n"
+    code, report = run_text(tmp_path, text)
+    assert code == 0
+    nodes = report["nodes"]
+    gone = nodes[1]["peer_id"]
+    survivors = [n for n in nodes if n["index"] != 1]
+    assert [n["status"] for n in survivors] == ["done"] * 4
+    # its two ring neighbours (the ring is laid over the sorted peer ids) dropped it ...
+    bereft = [n for n in survivors if any(d["peer_id"] == gone for d in n["dropped_neighbours"])]
+    assert len(bereft) == 2
+    # ... and made up for it: one asked another running member for a link (the other may have
+    # been asked first, by its fellow or by someone else, and so need none of its own)
+    made = [(n, r) for n in survivors for r in n["replacements"]]
+    assert made and all(n in bereft for n, _ in made)
+    for node, replacement in made:
+        assert replacement["replacing"] == [gone]
+        assert replacement["peer_id"] in {n["peer_id"] for n in survivors} - {node["peer_id"]}
+        # linked for real, on both ends, and still at the end
+        assert replacement["peer_id"] in node["neighbours"]
+        other = next(n for n in nodes if n["peer_id"] == replacement["peer_id"])
+        assert node["peer_id"] in other["neighbours"]
+    # each is back at its degree
+    assert all(len(n["neighbours"]) >= 2 for n in bereft)
+    assert min(n["final_accuracy"] for n in survivors) > 0.8
+    assert report["final_consensus_distance"] <= 1e-3

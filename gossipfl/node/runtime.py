@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -76,6 +77,7 @@ HEARTBEAT_EXTRA = 2
 # A neighbour is at most a round or two ahead in the synchronous protocol; a contribution far
 # beyond that would make every later genuine one look stale, so it is refused.
 FUTURE_ROUNDS = 3
+FORGOTTEN_RELINK_EVERY = 5  # a lost neighbour the membership forgot: asked back this rarely
 ENVELOPE_ALLOWANCE = 4096  # bytes an envelope and the sealed frame add around a contribution
 
 
@@ -133,6 +135,9 @@ class Node:
         self.topology: dict[str, frozenset[str]] | None = None
         self.wanted: set[str] = set()  # this node's neighbours by topology (+ late joiners)
         self.link_cap = 0  # the most neighbours it takes (topology degree + extra_links)
+        self.degree_target = 0  # how many neighbours it keeps linked (its degree at formation)
+        self.replacements: list[dict[str, Any]] = []  # links made for neighbours gone for good
+        self._extra_refused: dict[str, float] = {}
         self.neighbours: dict[str, NeighbourState] = {}
         self.addr_book: dict[str, tuple[str, ...]] = {}  # last addresses heard, kept for re-links
         self.member_state: dict[str, tuple[int, str]] = {}  # (round, status) heard directly
@@ -272,6 +277,7 @@ class Node:
             "rejoins_served": self.rejoins_served,
             "joined_late": self.joined_late,
             "relinks": self.relinks,
+            "replacements": self.replacements,
             "catch_ups": self.catch_ups,
             "parameters": self.layout.size,
             "examples": len(self.learner.y),
@@ -653,7 +659,8 @@ class Node:
                                        degree=self.config.topology.degree, seed=self.config.seed)
         saved_neighbours = self._saved_neighbours() if saved else None
         self.wanted = set(saved_neighbours or self.topology[self.peer_id])
-        self.link_cap = len(self.topology[self.peer_id]) + self.protocol.extra_links
+        self.degree_target = len(self.topology[self.peer_id])
+        self.link_cap = self.degree_target + self.protocol.extra_links
         self._save_topology(members)
         wanted = set(self.wanted)
         log.info("topology %s over %d members: %d neighbour(s) wanted",
@@ -718,6 +725,7 @@ class Node:
             raise NodeError(f"joining late: none of the {len(running)} running member(s) took "
                             "this node as a neighbour; refusing to train alone")
         self.wanted = set(self.neighbours)
+        self.degree_target = degree
         self.link_cap = len(self.wanted) + self.protocol.extra_links
         self.topology = {self.peer_id: frozenset(self.wanted)}
         self._save_topology([self.peer_id, *running])
@@ -772,25 +780,72 @@ class Node:
     async def _relink_loop(self) -> None:
         """Ask lost neighbours back: a neighbour dropped for missed rounds (it paused, or a
         partition cut it off) that answers again is linked afresh. Each ask is one stream under
-        the request timeout; one that refused is left alone for a while."""
+        the request timeout; one that refused is left alone for a while, and one the membership
+        forgot (silent for ``member_timeout``: most likely gone for good) is asked only every
+        ``FORGOTTEN_RELINK_EVERY`` intervals. While such departed neighbours leave this node
+        short of its degree, it links with other members instead (``_replace_departed``)."""
         interval = self.protocol.relink_interval
-        while True:
+        for tick in itertools.count(1):
             await trio.sleep(interval)
             if self.status not in ("training", "consensus"):
                 continue
             now = trio.current_time()
             lost = [p for p in sorted(self.wanted - set(self.neighbours))
                     if self._relink_refused.get(p, -math.inf) <= now
-                    and self.member_state.get(p, (-1, ""))[1] != "done"]
-            if not lost:
-                continue
-            refused: set[str] = set()
-            async with trio.open_nursery() as nursery:
-                for peer in lost:
-                    nursery.start_soon(functools.partial(self._request_link, peer, refused,
-                                                         repair=True))
-            for peer in refused:
-                self._relink_refused[peer] = now + 10 * interval
+                    and self.member_state.get(p, (-1, ""))[1] != "done"
+                    and (p in self.membership or tick % FORGOTTEN_RELINK_EVERY == 0)]
+            if lost:
+                refused: set[str] = set()
+                async with trio.open_nursery() as nursery:
+                    for peer in lost:
+                        nursery.start_soon(functools.partial(self._request_link, peer,
+                                                             refused, repair=True))
+                for peer in refused:
+                    self._relink_refused[peer] = now + 10 * interval
+            if not self.config.secagg.enabled:
+                await self._replace_departed(now)
+
+    def replacement_candidates(self, now: float) -> list[str]:
+        """Running members we are not linked with, in an order of our own (so that nodes
+        replacing at once spread over different members); those that refused lately last out."""
+        return sorted(
+            (p for p in self.membership.ids()
+             if p not in self.wanted and p != self.peer_id
+             and self.member_state.get(p, (-1, ""))[1] in ("training", "consensus")
+             and self._extra_refused.get(p, -math.inf) <= now),
+            key=lambda p: hashlib.blake2b(f"{self.peer_id}/{p}".encode()).digest(),
+        )
+
+    async def _replace_departed(self, now: float) -> None:
+        """Neighbours gone for good (the membership forgot them: silent for
+        ``member_timeout``) that leave this node short of its degree are replaced: it asks other
+        running members for an extra link, as a late joiner does, one per missing neighbour. A
+        departed neighbour stays wanted; if it comes back it is linked again, above the degree
+        (up to the link cap)."""
+        gone = sorted(p for p in self.wanted - set(self.neighbours) if p not in self.membership)
+        need = min(len(gone), self.degree_target - len(self.neighbours))
+        if need <= 0:
+            return
+        candidates = self.replacement_candidates(now)[:need]
+        if not candidates:
+            return
+        before = set(self.neighbours)
+        refused: set[str] = set()
+        async with trio.open_nursery() as nursery:
+            for peer in candidates:
+                nursery.start_soon(functools.partial(self._request_link, peer, refused,
+                                                     joining=True))
+        for peer in refused:
+            self._extra_refused[peer] = now + 10 * self.protocol.relink_interval
+        new = sorted(set(self.neighbours) - before - self.wanted)
+        if not new:
+            return
+        self.wanted.update(new)
+        self._save_topology(self._saved_members() or [self.peer_id, *self.wanted])
+        for peer in new:
+            self.replacements.append({"peer_id": peer, "round": self.round, "replacing": gone})
+        log.warning("round %d: neighbour(s) %s gone for good; linked with %s instead",
+                    self.round, ", ".join(gone), ", ".join(new))
 
     def note_peer_round(self, peer: str, round_: int, status: str) -> None:
         """A neighbour told us its round. In the synchronous protocol a neighbour can be more
@@ -862,8 +917,8 @@ class Node:
             return "rejected", f"no room: {len(self.neighbours)} neighbours already"
         self.wanted.add(peer)
         self._save_topology(self._saved_members() or [self.peer_id, *self.wanted])
-        log.warning("took late joiner %s as a neighbour (%d neighbours now)", peer,
-                    len(self.neighbours) + 1)
+        log.warning("took %s as an extra neighbour, a late joiner or one replacing a departed "
+                    "neighbour (%d neighbours now)", peer, len(self.neighbours) + 1)
         return "accepted", ""
 
     async def _relink(self, peer: str) -> None:

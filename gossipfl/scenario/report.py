@@ -90,6 +90,7 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
         "joined_late": summary.get("joined_late", False),
         "relinks": summary.get("relinks", 0),
         "rejoins_served": summary.get("rejoins_served", 0),
+        "replacements": summary.get("replacements", []),
         "catch_ups": summary.get("catch_ups", []),
         "examples": info.get("examples"),
         "rounds_completed": len(metrics),
