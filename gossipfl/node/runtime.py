@@ -501,28 +501,37 @@ class Node:
         return targets
 
     async def _heartbeat_loop(self) -> None:
-        """Heartbeat every interval. Each send runs on its own (under the request timeout), so
-        a peer that does not answer (cut off, paused) delays no one else's heartbeats: the
-        neighbours that are alive keep hearing from us every interval, which their liveness
-        counting relies on. A peer whose last heartbeat is still in flight is skipped."""
+        """Heartbeat every interval. Each cycle waits for its heartbeats' answers (so the rate
+        stays one cycle per interval plus a round trip: each heartbeat is a libp2p stream, which
+        costs CPU in every process), but at most one interval: a peer that does not answer (cut
+        off, paused) keeps its heartbeat in flight under the request timeout and is skipped
+        until it ends, so it delays no one else's. The neighbours that are alive keep hearing
+        from us every cycle, which their liveness counting relies on."""
         in_flight: set[str] = set()
 
-        async def send(peer: str, addrs: tuple[str, ...]) -> None:
+        async def send(peer: str, addrs: tuple[str, ...], done: trio.Event) -> None:
             try:
                 await self._send_heartbeat(peer, addrs)
             finally:
                 in_flight.discard(peer)
+                done.set()
 
+        interval = self.protocol.heartbeat_interval
         async with trio.open_nursery() as nursery:
             while True:
+                answers = []
                 for peer, addrs in self.heartbeat_targets().items():
                     if peer not in in_flight:
                         in_flight.add(peer)
-                        nursery.start_soon(send, peer, addrs)
+                        answers.append(trio.Event())
+                        nursery.start_soon(send, peer, addrs, answers[-1])
+                with trio.move_on_after(interval):
+                    for answer in answers:
+                        await answer.wait()
                 for peer in self.membership.prune(trio.current_time()):
                     log.warning("forgot member %s: silent for %.1f s", peer,
                                 self.protocol.member_timeout)
-                await trio.sleep(self.protocol.heartbeat_interval)
+                await trio.sleep(interval)
 
     async def _send_heartbeat(self, peer: str, addrs: tuple[str, ...]) -> None:
         with trio.move_on_after(self.protocol.request_timeout):
