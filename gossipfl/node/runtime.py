@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -77,7 +76,6 @@ HEARTBEAT_EXTRA = 2
 # A neighbour is at most a round or two ahead in the synchronous protocol; a contribution far
 # beyond that would make every later genuine one look stale, so it is refused.
 FUTURE_ROUNDS = 3
-FORGOTTEN_RELINK_EVERY = 5  # a lost neighbour the membership forgot: asked back this rarely
 ENVELOPE_ALLOWANCE = 4096  # bytes an envelope and the sealed frame add around a contribution
 
 
@@ -789,20 +787,21 @@ class Node:
     async def _relink_loop(self) -> None:
         """Ask lost neighbours back: a neighbour dropped for missed rounds (it paused, or a
         partition cut it off) that answers again is linked afresh. Each ask is one stream under
-        the request timeout; one that refused is left alone for a while, and one the membership
-        forgot (silent for ``member_timeout``: most likely gone for good) is asked only every
-        ``FORGOTTEN_RELINK_EVERY`` intervals. While such departed neighbours leave this node
-        short of its degree, it links with other members instead (``_replace_departed``)."""
+        the request timeout; one that refused is left alone for a while. One the membership
+        forgot (silent for ``member_timeout``) may be gone for good, or behind a partition that
+        will heal, so it is still asked every interval (one cheap failed dial while it is away;
+        a node that gave up on it would leave a healed partition apart). While such neighbours
+        leave this node short of its degree, it links with other members too
+        (``_replace_departed``)."""
         interval = self.protocol.relink_interval
-        for tick in itertools.count(1):
+        while True:
             await trio.sleep(interval)
             if self.status not in ("training", "consensus"):
                 continue
             now = trio.current_time()
             lost = [p for p in sorted(self.wanted - set(self.neighbours))
                     if self._relink_refused.get(p, -math.inf) <= now
-                    and self.member_state.get(p, (-1, ""))[1] != "done"
-                    and (p in self.membership or tick % FORGOTTEN_RELINK_EVERY == 0)]
+                    and self.member_state.get(p, (-1, ""))[1] != "done"]
             if lost:
                 refused: set[str] = set()
                 async with trio.open_nursery() as nursery:
