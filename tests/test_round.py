@@ -14,6 +14,7 @@ from gossipfl.gossip.wire import Contribution
 from gossipfl.node.estimates import PeerEstimates
 from gossipfl.node.round import (
     consensus_reached,
+    gone_silent,
     still_working,
     update_liveness,
     wait_for_neighbours,
@@ -108,6 +109,63 @@ def test_unreachable_and_finished_neighbours_are_not_waited_for() -> None:
         assert missing == ["a"]  # still reported missing (it did not deliver)
 
     _run(main)
+
+
+def test_a_neighbour_gone_silent_is_not_waited_for_the_rest_of_the_round() -> None:
+    # heartbeats every 0.5 s (the loop also wakes the wait); a stops at t0, b keeps going and
+    # delivers at t0 + 4: the round ends then, not at the 5 s timeout, and names a missing
+    async def main() -> None:
+        node = _node("a", "b")
+        node.protocol = ProtocolConfig(round_timeout=5.0, heartbeat_interval=0.5)
+        start = trio.current_time()
+        node.heard_at.update(a=start, b=start)
+
+        async def heartbeats() -> None:
+            for _ in range(8):
+                await trio.sleep(0.5)
+                node.heard_at["b"] = trio.current_time()
+                node.notify()
+            node.deliver("b", 0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heartbeats)
+            missing = await wait_for_neighbours(node, 0, start + 5.0)
+            ended = trio.current_time()
+        assert missing == ["a"]
+        assert ended == pytest.approx(start + 4.0)
+        assert node.timeouts == 0
+
+    _run(main)
+
+
+def test_a_silent_neighbour_alone_ends_the_wait_once_silence_is_noticed() -> None:
+    async def main() -> None:
+        node = _node("a")
+        node.protocol = ProtocolConfig(round_timeout=5.0, heartbeat_interval=0.5)
+        start = trio.current_time()
+        node.heard_at["a"] = start - 1.0  # last heard 1 s ago: silent just after start + 0.5,
+        # noticed at the next wake-up
+
+        async def ticks() -> None:  # the heartbeat loop's wake-ups
+            for _ in range(4):
+                await trio.sleep(0.5)
+                node.notify()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticks)
+            missing = await wait_for_neighbours(node, 0, start + 5.0)
+            ended = trio.current_time()
+            nursery.cancel_scope.cancel()
+        assert missing == ["a"]
+        assert ended == pytest.approx(start + 1.0)
+
+    _run(main)
+
+
+def test_gone_silent_after_three_heartbeat_intervals_and_never_for_the_unheard() -> None:
+    assert not gone_silent(8.5, 10.0, 0.5)  # exactly three intervals
+    assert gone_silent(8.4, 10.0, 0.5)
+    assert not gone_silent(None, 10.0, 0.5)
 
 
 def test_a_neighbour_is_dropped_after_max_missed_rounds_in_a_row() -> None:

@@ -381,16 +381,36 @@ async def close_channels(node: Node) -> None:
             state.channel = None
 
 
+SILENT_INTERVALS = 3  # heartbeat intervals without one: a neighbour has gone silent
+
+
+def gone_silent(heard_at: float | None, now: float, interval: float) -> bool:
+    """Whether a neighbour we heard from directly has not heartbeat us for
+    ``SILENT_INTERVALS`` intervals (killed, paused, cut off). One never heard from directly is
+    not judged."""
+    return heard_at is not None and now - heard_at > SILENT_INTERVALS * interval
+
+
 async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
-    """Wait until every live neighbour delivered round r (or is done); returns those missing."""
+    """Wait until every live neighbour delivered round r (or is done); returns those missing.
+
+    A neighbour that has gone silent (no heartbeat for a few intervals: killed, paused, cut
+    off) is not waited for: its neighbours go on at once instead of spending the round timeout
+    on it, which in the synchronous protocol its neighbours' neighbours would wait out too. The
+    heartbeat loop wakes the wait every interval so that silence is noticed. Its contribution,
+    if it comes later, is mixed in a later round."""
+    interval = node.protocol.heartbeat_interval
+
     def pending() -> list[str]:
         if node.behind is not None:  # the neighbours went on without us: catch up instead
             return []
+        now = trio.current_time()
         return [
             p for p, state in node.neighbours.items()
             if node.estimates.holds(p) < r
             and not (p in node.estimates.peers and node.estimates.peers[p].done)
             and state.unreachable_round != r
+            and not gone_silent(node.heard_at.get(p), now, interval)
         ]
 
     waiting = await node.wait_for(pending, deadline)
@@ -475,7 +495,7 @@ def still_working(heard_at: float | None, beat_round: int, status: str, now: flo
     our round or the one before). Such a neighbour is itself waiting for a neighbour of its own that
     is gone (a cascade of timeouts, as on one side of a partition): it is not counted missing.
     A neighbour that is silent, stopped, or further behind is."""
-    return (heard_at is not None and now - heard_at <= 3 * interval
+    return (heard_at is not None and not gone_silent(heard_at, now, interval)
             and status in ("training", "consensus") and beat_round >= r - 2)
 
 

@@ -529,6 +529,7 @@ class Node:
                 for peer in self.membership.prune(trio.current_time()):
                     log.warning("forgot member %s: silent for %.1f s", peer,
                                 self.protocol.member_timeout)
+                self.notify()  # a round waiting on a neighbour notices it went silent
                 await trio.sleep(interval)
 
     async def _send_heartbeat(self, peer: str, addrs: tuple[str, ...]) -> None:
