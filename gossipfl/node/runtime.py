@@ -711,11 +711,7 @@ class Node:
                             "the topology fixed at formation: a late joiner cannot take part")
         self.joined_late = True
         degree = self._late_degree()
-        running = sorted(
-            (p for p in self.known_members()
-             if self.member_state.get(p, (-1, ""))[1] in ("training", "consensus")),
-            key=lambda p: hashlib.blake2b(f"{self.peer_id}/{p}".encode()).digest(),
-        )
+        running = self.running_members()
         log.warning("joining late: the federation is already training; asking up to %d of %d "
                     "running member(s) for a link", degree, len(running))
         self.topology = {self.peer_id: frozenset()}
@@ -814,16 +810,19 @@ class Node:
             if not self.config.secagg.enabled:
                 await self._replace_departed(now)
 
-    def replacement_candidates(self, now: float) -> list[str]:
-        """Running members we are not linked with, in an order of our own (so that nodes
-        replacing at once spread over different members); those that refused lately last out."""
+    def running_members(self) -> list[str]:
+        """Members heard to be training or in consensus, in an order of this node's own (a hash
+        of both ids), so that nodes asking for links at once spread over different members."""
         return sorted(
-            (p for p in self.membership.ids()
-             if p not in self.wanted and p != self.peer_id
-             and self.member_state.get(p, (-1, ""))[1] in ("training", "consensus")
-             and self._extra_refused.get(p, -math.inf) <= now),
+            (p for p in self.known_members()
+             if self.member_state.get(p, (-1, ""))[1] in ("training", "consensus")),
             key=lambda p: hashlib.blake2b(f"{self.peer_id}/{p}".encode()).digest(),
         )
+
+    def replacement_candidates(self, now: float) -> list[str]:
+        """Running members we are not linked with, leaving out those that refused lately."""
+        return [p for p in self.running_members()
+                if p not in self.wanted and self._extra_refused.get(p, -math.inf) <= now]
 
     async def _replace_departed(self, now: float) -> None:
         """Neighbours gone for good (the membership forgot them: silent for
