@@ -103,6 +103,7 @@ class FakeNet:
 def test_a_clean_stop_with_dp_keeps_the_budget_spent_and_a_resume_restores_it(
         tmp_path: Path, status: str) -> None:
     node = _node(tmp_path, dp=True)
+    node._resume()  # nothing saved yet: a fresh start
     for _ in range(3):
         node.budget.spend()
     node.round, node.status = 5, status
@@ -120,6 +121,7 @@ def test_a_clean_stop_with_dp_keeps_the_budget_spent_and_a_resume_restores_it(
 
 def test_every_round_checkpoint_carries_the_same_dp_state(tmp_path: Path) -> None:
     node = _node(tmp_path, dp=True)
+    node._resume()
     node.budget.spend()
     node.budget.spend()
     persist_round(node, 4)
@@ -142,11 +144,31 @@ def test_a_dp_state_that_cannot_be_restored_stops_the_node(tmp_path: Path) -> No
         node._resume()
 
 
+def test_a_node_stopped_before_loading_its_state_leaves_the_checkpoint_alone(
+        tmp_path: Path) -> None:
+    # e.g. its port was taken, or its DP state could not be restored: the final write must not
+    # replace a checkpoint it never loaded (a fresh model and a budget of 0 would follow)
+    node = _node(tmp_path, dp=True)
+    save_checkpoint(tmp_path / "checkpoint.npz", _full(node, 3.0), 7, public=node.own.vector,
+                    status="stopped", dp_rounds=2)
+    node.status = "stopped"
+    node._write_final()
+    state = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert state.round == 7 and state.meta["dp_rounds"] == 2
+    # a model of another size is not resumed, but the budget spent on this data still is
+    other = _node(tmp_path, dp=True)
+    save_checkpoint(tmp_path / "checkpoint.npz", np.zeros(3, np.float32), 7,
+                    public=np.zeros(3, np.float32), status="stopped", dp_rounds=2)
+    other._resume()
+    assert other.resumed_from is None and other.budget.rounds_spent == 2
+
+
 # -- point 3: a resumed node publishes its public estimate, never its model ---------------------
 
 
 def test_resume_restores_the_public_estimate_not_the_model(tmp_path: Path) -> None:
     node = _node(tmp_path, dp=True)
+    node._resume()
     node.model, node.own = _full(node, 3.0), OwnEstimate(_full(node, 1.0), round=5)
     node.round, node.status = 5, "stopped"
     node._write_final()
@@ -160,6 +182,7 @@ def test_resume_restores_the_public_estimate_not_the_model(tmp_path: Path) -> No
 def test_the_first_full_contribution_after_a_resume_carries_the_public_estimate(
         tmp_path: Path) -> None:
     node = _node(tmp_path, dp=True)
+    node._resume()
     node.model, node.own = _full(node, 3.0), OwnEstimate(_full(node, 1.0), round=5)
     node.round, node.status = 5, "stopped"
     node._write_final()

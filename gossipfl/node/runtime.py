@@ -162,6 +162,9 @@ class Node:
         self.start_round = 0
         self.resumed_from: int | None = None
         self.model_public = False  # the model holds only public values (round.stop_training)
+        # whether this node's state is its own (resumed, or fresh): only then may a checkpoint
+        # replace the one on disk, whose model, x̂ and DP budget would otherwise be lost
+        self.state_loaded = False
         self.rejoins_served = 0
         self.diverged_rounds: list[int] = []
         self.async_seen: dict[str, int] = {}  # async mode: neighbours' rounds at our last round
@@ -264,9 +267,13 @@ class Node:
     def _write_final(self) -> None:
         # the same checkpoint as every round's (public estimate and DP state included), so a
         # node stopped cleanly resumes as one killed would, ε and all
-        save_node_checkpoint(self, self.out / "checkpoint.npz", self.round)
-        if self.status == "done":
-            save_node_checkpoint(self, self.out / "final.npz", self.round)
+        if self.state_loaded:
+            save_node_checkpoint(self, self.out / "checkpoint.npz", self.round)
+            if self.status == "done":
+                save_node_checkpoint(self, self.out / "final.npz", self.round)
+        else:
+            log.warning("stopped before its saved state was loaded: the checkpoint on disk is "
+                        "left as it was")
         atomic_write_json(self.out / "summary.json", self.summary())
         log.info("finished with status %s at round %d", self.status, self.round)
 
@@ -625,23 +632,26 @@ class Node:
 
         state = load_latest_checkpoint(self.out / "checkpoint.npz")
         if state is None:
+            self.state_loaded = True
             return
         round_ = state.round
         if state.meta.get("status") == "done":
             log.warning("the checkpoint says this node had finished; starting again from it")
-        if state.model.shape != self.model.shape:
-            log.error("checkpoint holds %d parameters, the model has %d: not resuming",
-                      state.model.size, self.model.size)
-            return
-        try:
+        try:  # the budget spent is the data's, whatever the model: restored in every case
             restore_dp_state(self, state.meta)
         except CheckpointError as error:
             raise NodeError(f"{error}; refusing to start rather than forget the privacy budget "
                             "spent") from None
+        if state.model.shape != self.model.shape:
+            log.error("checkpoint holds %d parameters, the model has %d: not resuming",
+                      state.model.size, self.model.size)
+            self.state_loaded = True  # another model: this run's checkpoints replace it
+            return
         self.model = state.model.copy()
         self.own = restored_public_estimate(state, self.own.vector)  # self.own: the initial
         self.round = round_
         self.resumed_from = round_
+        self.state_loaded = True
         members = self._saved_members()
         log.warning("resuming from the checkpoint of round %d (%s members in the saved "
                     "topology)", round_, len(members) if members else "no")
