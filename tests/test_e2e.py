@@ -70,10 +70,10 @@ def test_sigterm_stops_a_node_cleanly_and_the_others_finish(tmp_path: Path) -> N
     # the stopped node wrote a checkpoint at the round it had reached, atomically
     from gossipfl.node.checkpoint import load_checkpoint
 
-    params, round_, meta = load_checkpoint(tmp_path / "out" / "nodes" / "node-02" /
-                                           "checkpoint.npz")
-    assert round_ >= 2 and meta["status"] == "stopped"
-    assert params.dtype.name == "float32" and params.size > 0
+    state = load_checkpoint(tmp_path / "out" / "nodes" / "node-02" / "checkpoint.npz")
+    assert state.round >= 2 and state.meta["status"] == "stopped"
+    assert state.model.dtype.name == "float32" and state.model.size > 0
+    assert state.public is not None and state.public.shape == state.model.shape
     assert [n["status"] for n in others] == ["done", "done"]
     assert min(n["final_accuracy"] for n in others) > 0.8
 

@@ -1,5 +1,9 @@
 """Atomic files: a checkpoint is never half-written (temp file, fsync, rename), carries a
 checksum, and the one before it is kept, so a corrupt checkpoint falls back to the previous one.
+
+A node's checkpoint holds its private model and, apart from it, its public estimate x̂ (what its
+neighbours hold of it), under one checksum, with its DP state: a resume publishes and serves x̂,
+never the model, and never forgets the privacy budget spent.
 """
 
 from __future__ import annotations
@@ -11,10 +15,16 @@ import logging
 import os
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from gossipfl.node.estimates import OwnEstimate
+
+if TYPE_CHECKING:
+    from gossipfl.node.runtime import Node
 
 log = logging.getLogger("gossipfl.checkpoint")
 
@@ -45,11 +55,34 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be trusted (unreadable, or its checksum does not match)."""
 
 
-def _checksum(params: np.ndarray, round_: int, meta: bytes) -> str:
+FORMAT = 2  # 2: the public estimate x̂ is stored apart from the private model; 1: model only
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a node saved: its private model, its public estimate x̂ (what its neighbours hold
+    of it), the round, and the rest as JSON (status, DP state).
+
+    ``public`` is None for a checkpoint written before the public estimate was stored apart
+    (format 1): x̂ is then unknown, and must never be taken from the model.
+    """
+
+    model: np.ndarray
+    round: int
+    meta: dict[str, Any]
+    public: np.ndarray | None = None
+    public_round: int = -1
+
+
+def _checksum(params: np.ndarray, round_: int, meta: bytes,
+              public: np.ndarray | None = None) -> str:
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(params, dtype=np.float32).tobytes())
     digest.update(int(round_).to_bytes(8, "big", signed=True))
     digest.update(meta)
+    if public is not None:  # format 1 had none: its checksums still verify
+        digest.update(b"public")
+        digest.update(np.ascontiguousarray(public, dtype=np.float32).tobytes())
     return digest.hexdigest()
 
 
@@ -58,37 +91,60 @@ def previous_path(path: str | Path) -> Path:
     return target.with_name(target.stem + ".prev" + target.suffix)
 
 
-def save_checkpoint(path: str | Path, params: np.ndarray, round_: int, **extra: Any) -> None:
-    """Write the flat parameter vector and its round, with a checksum, atomically and durably;
-    the checkpoint it replaces is kept as ``<name>.prev.npz``."""
+def save_checkpoint(path: str | Path, params: np.ndarray, round_: int, *,
+                    public: np.ndarray | None = None, public_round: int = -1,
+                    **extra: Any) -> None:
+    """Write the flat parameter vector, its round and (if given) the public estimate, with one
+    checksum over all of them, atomically and durably; the checkpoint it replaces is kept as
+    ``<name>.prev.npz``."""
     vector = np.asarray(params, dtype=np.float32)
+    arrays: dict[str, np.ndarray] = {}
+    if public is not None:
+        arrays["public"] = np.asarray(public, dtype=np.float32)
+        if arrays["public"].shape != vector.shape:
+            raise ValueError(f"public estimate shape {arrays['public'].shape} != model shape "
+                             f"{vector.shape}")
+        extra = {**extra, "format": FORMAT, "public_round": int(public_round)}
     meta = json.dumps(extra, sort_keys=True).encode()
+    checksum = _checksum(vector, round_, meta, arrays.get("public"))
     buffer = io.BytesIO()
     np.savez(buffer, params=vector, round=np.int64(round_),
              meta=np.frombuffer(meta, np.uint8),
-             checksum=np.frombuffer(_checksum(vector, round_, meta).encode(), np.uint8))
+             checksum=np.frombuffer(checksum.encode(), np.uint8), **arrays)
     target = Path(path)
     if target.exists():
         os.replace(target, previous_path(target))
     atomic_write_bytes(target, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> tuple[np.ndarray, int, dict[str, Any]]:
+def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and verify a checkpoint; :class:`CheckpointError` if it is corrupt."""
     try:
         with np.load(path, allow_pickle=False) as data:
             params = np.array(data["params"], dtype=np.float32)
             round_ = int(data["round"])
-            meta = bytes(data["meta"])
+            meta_bytes = bytes(data["meta"])
             checksum = bytes(data["checksum"]).decode()
+            public = (np.array(data["public"], dtype=np.float32) if "public" in data.files
+                      else None)
+        meta = json.loads(meta_bytes.decode() or "{}")
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"checkpoint {path} is unreadable: {error}") from None
-    if checksum != _checksum(params, round_, meta):
+    if checksum != _checksum(params, round_, meta_bytes, public):
         raise CheckpointError(f"checkpoint {path} does not match its checksum")
-    return params, round_, json.loads(meta.decode() or "{}")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: its metadata is not a map")
+    stored = meta.pop("format", 1)
+    public_round = meta.pop("public_round", -1)
+    if stored != 1 and public is None:
+        raise CheckpointError(f"checkpoint {path} (format {stored}) lacks its public estimate")
+    if public is not None and public.shape != params.shape:
+        raise CheckpointError(f"checkpoint {path}: public estimate and model differ in shape")
+    return Checkpoint(params, round_, meta, public,
+                      int(public_round) if isinstance(public_round, int) else -1)
 
 
-def load_latest_checkpoint(path: str | Path) -> tuple[np.ndarray, int, dict[str, Any]] | None:
+def load_latest_checkpoint(path: str | Path) -> Checkpoint | None:
     """The checkpoint at ``path``, or the previous one if that is corrupt; None if neither.
 
     A corrupt checkpoint is reported (logged) and skipped, never used.
@@ -107,3 +163,58 @@ def save_vector(path: str | Path, vector: np.ndarray, *, durable: bool = True) -
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(vector, dtype=np.float32), allow_pickle=False)
     atomic_write_bytes(path, buffer.getvalue(), durable=durable)
+
+
+# -- what a node saves and restores ------------------------------------------------------------
+# Every checkpoint a node writes (each round, the final one, on SIGTERM) goes through
+# save_node_checkpoint; a resume restores it in Node._resume through the functions below.
+
+
+def dp_state(node: Node) -> dict[str, Any]:
+    """The DP state every checkpoint carries: what the node has spent, so that no restart (after
+    SIGKILL, SIGTERM or the end) ever forgets ε. Empty with DP off."""
+    if node.budget is None:
+        return {}
+    return {"dp_rounds": int(node.budget.rounds_spent)}
+
+
+def restore_dp_state(node: Node, meta: dict[str, Any]) -> None:
+    """Restore what :func:`dp_state` saved into ``node.budget``; :class:`CheckpointError` if the
+    saved state cannot be used (the node must then not start rather than forget ε)."""
+    if node.budget is None:
+        return
+    from gossipfl.privacy.accountant import PrivacyBudget
+
+    spent = meta.get("dp_rounds")
+    if spent is None:
+        log.error("the checkpoint does not say how much privacy budget this node had spent "
+                  "(DP was off, or an older version wrote it on stopping): counting from 0, "
+                  "which understates ε if DP was on")
+        spent = 0
+    if not isinstance(spent, int) or isinstance(spent, bool):
+        raise CheckpointError(f"the checkpoint's DP state is not a round count: {spent!r}")
+    try:
+        node.budget = PrivacyBudget(node.config.privacy, rounds_spent=spent)
+    except ValueError as error:
+        raise CheckpointError(f"the checkpoint's DP state cannot be restored: {error}") from None
+
+
+def save_node_checkpoint(node: Node, path: str | Path, round_: int) -> None:
+    """Checkpoint ``node``: its private model, its public estimate x̂ stored apart (what a resume
+    publishes and serves), the round, its status and its DP state (:func:`dp_state`)."""
+    save_checkpoint(path, node.model, round_, public=node.own.vector,
+                    public_round=node.own.round, status=node.status, **dp_state(node))
+
+
+def restored_public_estimate(checkpoint: Checkpoint, initial: np.ndarray) -> OwnEstimate:
+    """The public estimate x̂ to resume with: the one the checkpoint stored.
+
+    A format-1 checkpoint stored only the model, which is private (un-noised with DP on): x̂ is
+    then taken as ``initial`` (the initial model every member starts from, so nothing private),
+    never the model; the node's next contribution publishes its (DP-protected) delta from it.
+    """
+    if checkpoint.public is None:
+        log.warning("the checkpoint (an older format) does not hold the public estimate: "
+                    "starting it from the initial model, never from the private model")
+        return OwnEstimate(np.array(initial, dtype=np.float32))
+    return OwnEstimate(checkpoint.public.copy(), round=checkpoint.public_round)

@@ -11,6 +11,7 @@ node its neighbours wait for trains less (pace.py).
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import trio
 from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node import secure_round
-from gossipfl.node.checkpoint import save_checkpoint, save_vector
+from gossipfl.node.checkpoint import save_node_checkpoint, save_vector
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
 from gossipfl.node.runtime import peak_rss_bytes
 from gossipfl.privacy.dp import privatise_update
@@ -33,23 +34,77 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipfl.round")
 
 
+class TrainingStop(enum.Enum):
+    """Why a node stops training (it does not train again in this run)."""
+
+    ROUNDS_DONE = "the training rounds are over"
+    NEIGHBOURS_DONE = "every neighbour has finished training"
+    BUDGET_SPENT = "the privacy budget is spent"
+    DONE = "the node is done"
+
+
+def training_stop(r: int, rounds: int, *, neighbours_done: bool,
+                  budget_spent: bool) -> TrainingStop | None:
+    """Whether a node still training stops at round ``r``, and why; None: it trains."""
+    if r >= rounds:  # also a restart or a catch-up that lands past the training rounds
+        return TrainingStop.ROUNDS_DONE
+    if neighbours_done:
+        return TrainingStop.NEIGHBOURS_DONE
+    if budget_spent:
+        return TrainingStop.BUDGET_SPENT
+    return None
+
+
+def budget_spent(node: Node) -> bool:
+    """With DP on: whether the node can no longer spend privacy budget on a round."""
+    return node.budget is not None and not node.budget.can_spend()
+
+
+def stop_training(node: Node, r: int, why: TrainingStop) -> None:
+    """The one place training ends, whatever the reason (training rounds over, async early
+    stop, budget spent, a restart or catch-up past the training rounds, done).
+
+    With DP on the model becomes the public estimate x̂ (already privatised) before anything
+    more is published: from here on only public estimates are mixed and published, which is
+    post-processing and spends nothing; the un-noised model never leaves. A model known to
+    hold only public values (a catch-up took the neighbours' public estimates) is kept.
+    """
+    if why is TrainingStop.BUDGET_SPENT and node.dp_exhausted_round is None:
+        node.dp_exhausted_round = r
+        config = node.config.privacy
+        log.warning("privacy budget spent: epsilon %.3f of %.3f at delta %g after %d rounds; "
+                    "no longer training", node.budget.epsilon(), config.target_epsilon,
+                    config.delta, node.budget.rounds_spent)
+    elif why is not TrainingStop.DONE:
+        log.info("round %d: stopping training: %s", r, why.value)
+    if node.config.privacy.enabled and not node.model_public:
+        node.model = node.own.vector.copy()
+        log.info("round %d: DP: the model is now this node's public estimate; only public "
+                 "(already privatised) estimates are mixed and published from here on", r)
+    node.model_public = True
+
+
 async def run_rounds(node: Node) -> None:
     """Training rounds, then consensus rounds, then a last 'done' contribution."""
     config = node.config
     total = config.rounds + config.protocol.max_consensus_rounds
     last_round = total - 1
-    stopped_training = False
+    stopped: TrainingStop | None = None
     r = node.start_round
     while r < total:
         if node.behind is not None:  # cut off or paused while the neighbours went on
             r = await node.catch_up_now(r)
             if r >= total:
                 break
-        if not stopped_training and async_neighbours_done_training(node, r):
-            stopped_training = True
-            log.info("round %d: every neighbour has finished training; stopping training here",
-                     r)
-        training = r < config.rounds and not stopped_training
+        if stopped is None:
+            stopped = training_stop(r, config.rounds,
+                                    neighbours_done=async_neighbours_done_training(node, r),
+                                    budget_spent=budget_spent(node))
+            if stopped is not None:
+                stop_training(node, r, stopped)
+        training = stopped is None
+        if training:
+            node.model_public = False  # the round trains on private data
         node.status = "training" if training else "consensus"
         await run_round(node, r, training)
         if not training and finished(node, r):
@@ -59,6 +114,7 @@ async def run_rounds(node: Node) -> None:
             log.warning("consensus round limit reached at round %d (disagreement %.2e)", r,
                         node.disagreement)
         r += 1
+    stop_training(node, r, TrainingStop.DONE)  # no consensus round ran (a restart past them)
     await announce_done(node)
 
 
@@ -148,11 +204,7 @@ async def run_round(node: Node, r: int, training: bool) -> None:
                       "round's training is discarded and the model before it kept", r)
             half_step = node.model if np.isfinite(node.model).all() else node.own.vector.copy()
         record.update(train_loss=result.loss, train_seconds=result.seconds)
-    else:
-        if node.budget is not None and r == node.config.rounds:
-            # From here on only public estimates (already privatised) are mixed and published:
-            # post-processing, so consensus rounds spend no privacy budget.
-            node.model = node.own.vector.copy()
+    else:  # with DP on the model holds public values only by now (stop_training)
         half_step = node.model
         record.update(train_loss=None, train_seconds=0.0)
 
@@ -232,10 +284,9 @@ def privacy_step(node: Node, r: int, training: bool,
 
 
 def persist_round(node: Node, r: int) -> None:
-    """Checkpoint (fsync'd) and, if kept, the round's model for the consensus-distance report."""
-    dp_rounds = node.budget.rounds_spent if node.budget is not None else 0
-    save_checkpoint(node.out / "checkpoint.npz", node.model, r, status=node.status,
-                    dp_rounds=dp_rounds)
+    """Checkpoint (fsync'd: model, public estimate, DP state) and, if kept, the round's model
+    for the consensus-distance report."""
+    save_node_checkpoint(node, node.out / "checkpoint.npz", r)
     if node.config.keep_round_models:
         save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model, durable=False)
 

@@ -51,7 +51,19 @@ from gossipfl.gossip.wire import (
     WireError,
 )
 from gossipfl.learning.params import named_arrays
-from gossipfl.node.checkpoint import atomic_write_json, save_checkpoint
+from gossipfl.node.catchup import (
+    rounds_in_progress,
+    secure_catch_up_round,
+    state_refusal,
+    upper_median,
+)
+from gossipfl.node.checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    restore_dp_state,
+    restored_public_estimate,
+    save_node_checkpoint,
+)
 from gossipfl.node.estimates import EstimateError, OwnEstimate, PeerEstimates
 from gossipfl.node.layout import Layout, LayoutError
 from gossipfl.node.learner import LocalLearner
@@ -98,8 +110,7 @@ def peak_rss_bytes() -> int:
 def consensus_round(rounds: Iterable[int]) -> int:
     """The round to jump to from the rounds neighbours report: the upper median, so that one
     neighbour claiming a far-off round cannot carry a node there on its own."""
-    ordered = sorted(rounds)
-    return ordered[len(ordered) // 2]
+    return upper_median(rounds)
 
 
 def split_p2p_addr(addr: str) -> tuple[str, str]:
@@ -150,6 +161,10 @@ class Node:
         self.round = -1
         self.start_round = 0
         self.resumed_from: int | None = None
+        self.model_public = False  # the model holds only public values (round.stop_training)
+        # whether this node's state is its own (resumed, or fresh): only then may a checkpoint
+        # replace the one on disk, whose model, x̂ and DP budget would otherwise be lost
+        self.state_loaded = False
         self.rejoins_served = 0
         self.diverged_rounds: list[int] = []
         self.async_seen: dict[str, int] = {}  # async mode: neighbours' rounds at our last round
@@ -182,6 +197,12 @@ class Node:
     def contribution_protocol(self) -> str:
         return PROTO_SEALED if self.security.sealed else PROTO_CONTRIBUTION
 
+    @property
+    def serves_state(self) -> bool:
+        """Whether the state protocol is registered: never under secure aggregation, where it
+        would hand one member's estimate to whoever asks (catchup.py)."""
+        return not self.config.secagg.enabled
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> str:
@@ -208,7 +229,8 @@ class Node:
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 nursery.start_soon(self._heartbeat_loop)
                 task_status.started(self.addrs)
-                host.set_stream_handler(PROTO_STATE, self._guard(self._on_state_request))
+                if self.serves_state:  # never under secure aggregation (catchup.py)
+                    host.set_stream_handler(PROTO_STATE, self._guard(self._on_state_request))
                 self._resume()
                 await self._join()
                 await self._form_links()
@@ -243,9 +265,15 @@ class Node:
         })
 
     def _write_final(self) -> None:
-        save_checkpoint(self.out / "checkpoint.npz", self.model, self.round, status=self.status)
-        if self.status == "done":
-            save_checkpoint(self.out / "final.npz", self.model, self.round, status="done")
+        # the same checkpoint as every round's (public estimate and DP state included), so a
+        # node stopped cleanly resumes as one killed would, ε and all
+        if self.state_loaded:
+            save_node_checkpoint(self, self.out / "checkpoint.npz", self.round)
+            if self.status == "done":
+                save_node_checkpoint(self, self.out / "final.npz", self.round)
+        else:
+            log.warning("stopped before its saved state was loaded: the checkpoint on disk is "
+                        "left as it was")
         atomic_write_json(self.out / "summary.json", self.summary())
         log.info("finished with status %s at round %d", self.status, self.round)
 
@@ -597,28 +625,33 @@ class Node:
         return [p for p in self.membership.ids() if self.security.is_member(p)]
 
     def _resume(self) -> None:
-        """Start from the last checkpoint, if this node ran before (same identity, same folder)."""
+        """Start from the last checkpoint, if this node ran before (same identity, same folder):
+        the private model as the model, the public estimate stored apart from it as x̂ (what
+        is published and served: never the model), and the DP budget spent."""
         from gossipfl.node.checkpoint import load_latest_checkpoint
 
         state = load_latest_checkpoint(self.out / "checkpoint.npz")
         if state is None:
+            self.state_loaded = True
             return
-        params, round_, meta = state
-        if meta.get("status") == "done":
+        round_ = state.round
+        if state.meta.get("status") == "done":
             log.warning("the checkpoint says this node had finished; starting again from it")
-        if params.shape != self.model.shape:
+        try:  # the budget spent is the data's, whatever the model: restored in every case
+            restore_dp_state(self, state.meta)
+        except CheckpointError as error:
+            raise NodeError(f"{error}; refusing to start rather than forget the privacy budget "
+                            "spent") from None
+        if state.model.shape != self.model.shape:
             log.error("checkpoint holds %d parameters, the model has %d: not resuming",
-                      params.size, self.model.size)
+                      state.model.size, self.model.size)
+            self.state_loaded = True  # another model: this run's checkpoints replace it
             return
-        self.model = params.copy()
-        self.own = OwnEstimate(params.copy())
+        self.model = state.model.copy()
+        self.own = restored_public_estimate(state, self.own.vector)  # self.own: the initial
         self.round = round_
         self.resumed_from = round_
-        if self.budget is not None:
-            from gossipfl.privacy.accountant import PrivacyBudget
-
-            self.budget = PrivacyBudget(self.config.privacy,
-                                        rounds_spent=int(meta.get("dp_rounds", 0)))
+        self.state_loaded = True
         members = self._saved_members()
         log.warning("resuming from the checkpoint of round %d (%s members in the saved "
                     "topology)", round_, len(members) if members else "no")
@@ -941,8 +974,13 @@ class Node:
         from them.
 
         The node takes the mean of what its neighbours hold now (not its old checkpoint, which
-        would drag the average back) and joins the round they are in.
+        would drag the average back) and joins the round they are in. Under secure aggregation
+        nothing is pulled (:meth:`_catch_up_secure`).
         """
+        if self.config.secagg.enabled:
+            self._catch_up_secure(self.round + 1, "restart")
+            self.start_round = self.round + 1
+            return
         pulled = await self._pull_neighbourhood()
         if not pulled:
             log.warning("no neighbour answered the state request; continuing from %s",
@@ -950,6 +988,7 @@ class Node:
             self.start_round = self.round + 1
             return
         self.model = np.mean([v for _, v in pulled.values()], axis=0).astype(np.float32)
+        self.model_public = True  # the neighbours' public estimates only
         self.start_round = consensus_round(r for r, _ in pulled.values())
         self.round = self.start_round - 1
         log.warning("caught up from %d neighbour(s): continuing at round %d (%s)", len(pulled),
@@ -964,6 +1003,8 @@ class Node:
         every neighbour's state; if most of them are ahead of round ``r``, take the mean of
         those ahead as our model and return the round to go on from; else return ``r``."""
         target, self.behind = self.behind, None
+        if self.config.secagg.enabled:
+            return self._catch_up_secure(r, "behind")
         pulled = await self._pull_neighbourhood()
         jump = consensus_round(r for r, _ in pulled.values()) if pulled else r
         if jump <= r:
@@ -972,6 +1013,7 @@ class Node:
             return r
         ahead = [v for round_, v in pulled.values() if round_ > r]
         self.model = np.mean(ahead, axis=0).astype(np.float32)
+        self.model_public = True  # the neighbours' public estimates only
         self.round = jump - 1
         self.catch_ups.append({"from_round": r, "to_round": jump, "neighbours": len(ahead),
                                "why": "behind"})
@@ -979,9 +1021,33 @@ class Node:
                     "round %d", r, len(ahead), jump)
         return jump
 
+    def _catch_up_secure(self, r: int, why: str) -> int:
+        """Under secure aggregation: no neighbour's estimate is pulled (that would be one
+        member's estimate in the clear). The node keeps its own model and goes on at the round
+        most of its neighbours are in, as their heartbeats and masked inputs told it; its next
+        secure round brings in the neighbourhood's masked sum. Returns the round to go on at
+        (``r``: stay) and sets ``self.round`` to the one before."""
+        masked = {p: status[0] for p, status in self.secagg.peer_status.items()}
+        in_progress = rounds_in_progress(self.neighbours, self.member_state, masked)
+        jump = secure_catch_up_round(r, in_progress.values())
+        log.warning("secure aggregation (%s): no neighbour's estimate is pulled; going on from "
+                    "this node's own model at round %d (%d neighbour(s) reported their round); "
+                    "its next secure round brings in the neighbourhood's masked sum", why, jump,
+                    len(in_progress))
+        if jump <= r:
+            return r
+        self.round = jump - 1
+        self.catch_ups.append({"from_round": r if why == "behind" else self.resumed_from,
+                               "to_round": jump, "neighbours": len(in_progress), "why": why})
+        return jump
+
     async def _pull_neighbourhood(self) -> dict[str, tuple[int, np.ndarray]]:
         """Pull every neighbour's current public estimate and hold it as its estimate; returns
-        peer → (round, vector) for those that answered with a usable one."""
+        peer → (round, vector) for those that answered with a usable one. Never under secure
+        aggregation (no plaintext path to one member's estimate): returns nothing."""
+        if self.config.secagg.enabled:
+            log.error("not pulling neighbours' estimates: secure aggregation is on")
+            return {}
         pulled: dict[str, Contribution] = {}
         async with trio.open_nursery() as nursery:
             for peer in list(self.neighbours):
@@ -1020,13 +1086,17 @@ class Node:
                 pulled[peer] = message
 
     async def _on_state_request(self, channel: Channel) -> None:
-        """Give a (re)joining neighbour our current public estimate and round."""
-        request = await channel.receive(LinkRequest, MAX_CONTROL_BYTES)
-        remote = channel.remote
-        if not self._check_origin(channel, "state request", request.federation, request.sender):
+        """Give a (re)joining neighbour our current public estimate x̂ (never the private model)
+        and round; refused to anyone under secure aggregation (catchup.py)."""
+        remote = channel.remote  # authenticated by Noise: judged before anything is read
+        refusal = state_refusal(secure_aggregation=self.config.secagg.enabled,
+                                neighbour=remote in self.neighbours,
+                                member=self.security.is_member(remote))
+        if refusal is not None:
+            self.reject(remote, "state request", refusal.key, refusal.value)
             return
-        if remote not in self.neighbours or not self.security.is_member(remote):
-            self.reject(remote, "state request", "not_neighbour", "no link with this peer")
+        request = await channel.receive(LinkRequest, MAX_CONTROL_BYTES)
+        if not self._check_origin(channel, "state request", request.federation, request.sender):
             return
         message = Contribution(
             federation=self.config.federation, round=max(self.own.round, 0),
