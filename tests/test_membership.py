@@ -57,12 +57,13 @@ def test_merge_adds_hearsay_with_its_age() -> None:
     table = Membership("me", timeout=10.0)
     new = table.merge(
         (MemberInfo("a", ADDR_A, 2.0), MemberInfo("b", ADDR_B, 0.0)),
-        now=50.0,
+        now=50.0, reporter="r", vouched=True,
     )
     assert sorted(new) == ["a", "b"]
     assert table.ids() == ["a", "b"]
     assert _ages(table, 51.0) == {"a": 3.0, "b": 1.0}
     assert table.addrs("b") == ADDR_B
+    assert not table.is_direct("a") and table.is_vouched("a")
 
 
 def test_merge_ignores_self_and_entries_at_or_over_the_timeout() -> None:
@@ -82,15 +83,25 @@ def test_merge_ignores_self_and_entries_at_or_over_the_timeout() -> None:
 
 def test_merge_never_makes_a_member_older_or_changes_addrs_with_older_news() -> None:
     table = Membership("me", timeout=10.0)
-    table.heard_from("a", ADDR_A, now=100.0)
+    table.merge((MemberInfo("a", ADDR_A, 0.0),), now=100.0, reporter="r", vouched=True)
     # Someone heard of "a" 4 s ago (at 96): older than what we know; nothing changes.
-    assert table.merge((MemberInfo("a", ADDR_A2, 4.0),), now=100.0) == []
+    assert table.merge((MemberInfo("a", ADDR_A2, 4.0),), now=100.0, reporter="s") == []
     assert _ages(table, 100.0) == {"a": 0.0}
     assert table.addrs("a") == ADDR_A
     # Someone heard of it 1 s ago at 104, we last heard at 100: fresher news wins.
-    assert table.merge((MemberInfo("a", ADDR_A2, 1.0),), now=105.0) == []
+    assert table.merge((MemberInfo("a", ADDR_A2, 1.0),), now=105.0, reporter="s") == []
     assert _ages(table, 105.0) == {"a": 1.0}
     assert table.addrs("a") == ADDR_A2
+
+
+def test_hearsay_refreshes_a_direct_member_but_never_moves_its_addrs() -> None:
+    table = Membership("me", timeout=10.0)
+    table.heard_from("a", ADDR_A, now=100.0)
+    assert table.merge((MemberInfo("a", ("/ip4/6.6.6.6/tcp/1",), 0.0),), now=104.0,
+                       reporter="liar", vouched=True) == []
+    assert _ages(table, 104.0) == {"a": 0.0}
+    assert table.addrs("a") == ADDR_A  # what "a" itself said, not what others claim
+    assert table.is_direct("a")
 
 
 def test_prune_forgets_silent_members() -> None:
@@ -119,7 +130,8 @@ def test_capacity_is_respected() -> None:
     table = Membership("me", timeout=10.0, capacity=3)
     assert [table.heard_from(p, (), now=0.0) for p in "abcd"] == [True, True, True, False]
     assert table.ids() == ["a", "b", "c"]
-    assert table.merge((MemberInfo("e", (), 0.0), MemberInfo("a", (), 0.0)), now=1.0) == []
+    assert table.merge((MemberInfo("e", (), 0.0), MemberInfo("a", (), 0.0)), now=1.0,
+                       reporter="a") == []
     assert len(table) == 3 and "e" not in table
     # Known members are still refreshed at capacity.
     assert table.heard_from("b", ADDR_B, now=2.0) is False
@@ -160,7 +172,7 @@ def test_snapshot_ages_are_non_negative_and_sorted(
         if direct:
             table.heard_from(peer, (), now=when)
         else:
-            table.merge((MemberInfo(peer, (), age),), now=when)
+            table.merge((MemberInfo(peer, (), age),), now=when, vouched=True)
         latest = max(latest, when)
     # Including "now" earlier than a member's last_heard (clock skew between callers).
     for now in (0.0, latest, latest + later):
