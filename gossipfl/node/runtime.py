@@ -142,6 +142,7 @@ class Node:
         self.member_state: dict[str, tuple[int, str]] = {}  # (round, status) heard directly
         self.heard_at: dict[str, float] = {}  # when each member last heartbeat us directly
         self._hearsay_dialled: dict[str, int] = {}  # admission off: dials of hearsay ids
+        self._stale_revocations_logged: dict[str, int] = {}  # peer → our serial when logged
         self.behind: int | None = None  # a neighbour's round far ahead of ours: catch up
         self.joined_late = False
         self.relinks = 0  # lost neighbours linked again (after an outage or a partition)
@@ -469,12 +470,18 @@ class Node:
         """A revocation list a peer sent: a newer valid one is honoured at once (the revoked
         leave membership, the topology and the neighbours); a forged or older one is refused
         with a log line. Returns the newly revoked peers (their links are then dropped)."""
-        verdict, newly, detail = self.security.take_revocations(data)
+        return self._revocations_judged(peer, *self.security.take_revocations(data))
+
+    def _revocations_judged(self, peer: str, verdict: RevocationUpdate, newly: frozenset[str],
+                            detail: str) -> frozenset[str]:
         if verdict is RevocationUpdate.INVALID:
             self.reject(peer, "revocation list", "bad_revocations", detail)
         elif verdict is RevocationUpdate.OLDER:
-            self.rejections["old_revocations"] += 1
-            log.info("kept our revocation list; %s sent an older one (%s)", peer, detail)
+            # a member that has not had the newer list yet (our reply carries it): log once
+            serial = self.security.revocations.serial if self.security.revocations else 0
+            if self._stale_revocations_logged.get(peer) != serial:
+                self._stale_revocations_logged[peer] = serial
+                log.info("refused an older revocation list from %s (%s)", peer, detail)
         elif verdict is RevocationUpdate.NEWER:
             log.warning("revocation list %s from %s: %d peer(s) revoked now", detail, peer,
                         len(newly))
@@ -580,6 +587,9 @@ class Node:
                 with trio.move_on_after(interval):
                     for answer in answers:
                         await answer.wait()
+                # the configured list file, re-read when its holder writes a newer one
+                await self._drop_revoked(self._revocations_judged(
+                    "the revocations file", *self.security.poll_revocations_file()))
                 for peer in self.membership.prune(trio.current_time()):
                     self._hearsay_dialled.pop(peer, None)
                     log.warning("forgot member %s: silent for %.1f s", peer,

@@ -38,6 +38,7 @@ from gossipfl.crypto.revocation import (
     load_revocations,
 )
 from gossipfl.gossip.wire import (
+    MAX_REVOCATION_BYTES,
     Contribution,
     M,
     MaskedInput,
@@ -71,6 +72,7 @@ class NodeSecurity:
         self.own_certificate = b""
         self.revocations: RevocationList | None = None
         self.revoked: frozenset[str] = frozenset()
+        self._revocations_stamp: tuple[int, int] | None = None
         if not self.config.admission:
             return
         assert self.config.federation_public and self.config.certificate
@@ -83,10 +85,11 @@ class NodeSecurity:
         except (AdmissionError, OSError) as error:
             raise SecurityError(f"this node's own certificate is not usable: {error}") from None
         if self.config.revocations:
+            path = Path(self.config.revocations)
             try:
-                self.revocations = load_revocations(
-                    Path(self.config.revocations), self.federation_public,
-                    federation=self.federation)
+                self._revocations_stamp = self._stamp(path)
+                self.revocations = load_revocations(path, self.federation_public,
+                                                    federation=self.federation)
             except (AdmissionError, OSError) as error:
                 raise SecurityError(f"the revocation list is not usable: {error}") from None
             self.revoked = self.revocations.ids
@@ -186,6 +189,29 @@ class NodeSecurity:
     @property
     def revocation_bytes(self) -> bytes:
         return self.revocations.to_bytes() if self.revocations is not None else b""
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        info = path.stat()
+        return info.st_mtime_ns, info.st_size
+
+    def poll_revocations_file(self) -> tuple[RevocationUpdate, frozenset[str], str]:
+        """Read the configured revocation list file again if it changed since last read (the
+        federation's holder writes a new one there, ``gossipfl federation revoke``), and judge
+        it like a list a peer sent."""
+        if not self.enabled or not self.config.revocations:
+            return RevocationUpdate.SAME, frozenset(), ""
+        path = Path(self.config.revocations)
+        try:
+            stamp = self._stamp(path)
+            if stamp == self._revocations_stamp:
+                return RevocationUpdate.SAME, frozenset(), ""
+            self._revocations_stamp = stamp
+            with path.open("rb") as handle:
+                data = handle.read(MAX_REVOCATION_BYTES + 1)
+        except OSError as error:
+            return RevocationUpdate.INVALID, frozenset(), f"cannot read {path}: {error}"
+        return self.take_revocations(data)
 
     def take_revocations(self, data: bytes) -> tuple[RevocationUpdate, frozenset[str], str]:
         """Judge a revocation list a peer sent. Returns ``(verdict, newly revoked ids,
