@@ -345,3 +345,35 @@ def test_a_node_starts_from_its_configured_list_and_rereads_it(tmp_path: Path) -
     path.write_bytes(sign_revocations(SigningKey.generate(), "fed", 9, {}, now=1.0).to_bytes())
     with pytest.raises(SecurityError, match="revocation list is not usable"):
         NodeSecurity(with_list, identity)
+
+
+def test_members_met_only_through_hearsay_are_found_through_their_certificates(
+        tmp_path: Path) -> None:
+    """Four admitted nodes in a star (each has met only the hub): the certificates carried in
+    the hub's member list let the others dial each other, and all end up knowing all."""
+    nodes = []
+    for name in ("hub", "n1", "n2", "n3"):
+        config, identity = _config(tmp_path, name)
+        nodes.append(Node(config, identity, LocalLearner(config)))
+    by_id = {n.peer_id: n for n in nodes}
+
+    async def exchange(sender: Node, receiver: Node) -> None:
+        channel = FakeChannel(sender.peer_id, sender.heartbeat())
+        await receiver._on_heartbeat(channel)
+        (reply,) = channel.sent
+        assert sender._admitted(FakeChannel(receiver.peer_id, reply), "reply", reply)
+        sender._absorb(reply)
+
+    async def scenario() -> None:
+        hub = nodes[0]
+        for node in nodes[1:]:
+            await exchange(node, hub)  # the bootstrap heartbeat
+        for _ in range(2):  # heartbeat cycles: each node dials whom it may
+            for node in nodes:
+                for target in node.heartbeat_targets():
+                    await exchange(node, by_id[target])
+        for node in nodes:
+            assert sorted(node.known_members()) == sorted(set(by_id) - {node.peer_id})
+            assert sum(node.rejections.values()) == 0
+
+    trio.run(scenario, clock=trio.testing.MockClock())

@@ -555,7 +555,8 @@ class Node:
             if not self.membership.is_direct(peer):
                 self._hearsay_dialled[peer] = self._hearsay_dialled.get(peer, 0) + 1
         for peer, addr in self.bootstrap:
-            if peer not in self.membership and peer != self.peer_id:
+            if (peer not in self.membership and peer != self.peer_id
+                    and peer not in self.security.revoked):
                 targets[peer] = (addr,)
         return targets
 
