@@ -491,6 +491,7 @@ class Node:
                 log.error("this node is on the federation's revocation list: members will "
                           "refuse it")
             self.membership.forget(revoked)
+            self._hearsay_dialled.pop(revoked, None)
             self.wanted.discard(revoked)
             self.member_state.pop(revoked, None)
         return newly
