@@ -377,3 +377,10 @@ def test_members_met_only_through_hearsay_are_found_through_their_certificates(
             assert sum(node.rejections.values()) == 0
 
     trio.run(scenario, clock=trio.testing.MockClock())
+
+
+def test_a_revocation_list_needs_admission() -> None:
+    from gossipfl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"security\.revocations needs security\.admission"):
+        SecurityConfig(revocations="revocations.list")
