@@ -52,7 +52,7 @@ def _run_parser(sub: Any) -> None:
 
 
 def _federation_parser(sub: Any) -> None:
-    p = sub.add_parser("federation", help="make a federation key and admit members")
+    p = sub.add_parser("federation", help="make a federation key, admit and revoke members")
     verbs = p.add_subparsers(dest="verb", required=True)
     init = verbs.add_parser("init", help="create federation.key (0600) and federation.pub")
     init.add_argument("directory")
@@ -63,6 +63,11 @@ def _federation_parser(sub: Any) -> None:
     admit.add_argument("--peer-id", help="the member's peer id")
     admit.add_argument("--x25519", help="the member's X25519 public key, hex")
     admit.add_argument("--days", type=float, default=30.0, help="validity (default 30 days)")
+    revoke = verbs.add_parser("revoke", help="add a member to the signed revocation list "
+                                             "(revocations.list, next serial)")
+    revoke.add_argument("directory")
+    revoke.add_argument("--peer-id", required=True, help="the member's peer id")
+    revoke.add_argument("--reason", default="", help="a short public reason (64 characters)")
     ident = sub.add_parser("identity", help="show (and create) a node identity")
     ident.add_argument("--key-file", required=True)
 
@@ -76,6 +81,15 @@ def federation_command(args: argparse.Namespace) -> int:
         if args.verb == "init":
             public = init_federation(args.directory, args.name)
             print(f"federation {args.name!r}: public key in {public}")
+            return 0
+        if args.verb == "revoke":
+            from gossipfl.crypto.revocation import revoke
+
+            path, revocations = revoke(args.directory, args.peer_id, args.reason,
+                                       now=time.time())
+            print(f"revocation list {revocations.serial} ({len(revocations.revoked)} revoked): "
+                  f"{path}; give it to a node as [security] revocations, or to any one member: "
+                  f"heartbeats carry it to the others")
             return 0
         if args.key_file:
             path = admit_identity(args.directory, args.key_file, valid_days=args.days,

@@ -135,6 +135,8 @@ class SecurityConfig:
     certificate signed by the federation key (``federation_public``); its own certificate is
     ``certificate``. With ``encrypt_payloads`` on as well, every contribution is signed by its
     sender and encrypted to its receiver (the receiver's X25519 key is in its certificate).
+    ``revocations`` (optional) is the federation's signed revocation list to start from; newer
+    lists arrive by gossip.
     """
 
     admission: bool = False
@@ -142,6 +144,7 @@ class SecurityConfig:
     certificate: str | None = None  # path to this node's certificate
     encrypt_payloads: bool = True
     clock_leeway: float = 60.0  # seconds of clock difference tolerated on certificate times
+    revocations: str | None = None  # path to revocations.list (signed by the federation key)
 
     def __post_init__(self) -> None:
         if self.admission:
@@ -150,6 +153,9 @@ class SecurityConfig:
             _require(bool(self.certificate),
                      "security.certificate is required with security.admission")
         _require(self.clock_leeway >= 0, "security.clock_leeway must be >= 0")
+        _require(not self.revocations or self.admission,
+                 "security.revocations needs security.admission (the list is checked against "
+                 "the federation key)")
 
     @property
     def sealed(self) -> bool:

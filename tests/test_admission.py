@@ -43,6 +43,17 @@ from gossipfl.crypto.admission import (
     verify_key_from_peer_id,
 )
 from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.crypto.revocation import (
+    REVOCATIONS_FILE,
+    RevocationList,
+    RevocationUpdate,
+    judge_revocations,
+    load_revocations,
+    revoke,
+    sign_revocations,
+    verify_revocations,
+)
+from gossipfl.gossip.wire import MAX_REVOCATION_BYTES
 
 FED_KEY = SigningKey(bytes(range(32)))
 FED_PUB = bytes(FED_KEY.verify_key)
@@ -415,3 +426,108 @@ def test_module_has_no_mutable_globals() -> None:
     mutable = (list, dict, set, bytearray)
     assert not [name for name, value in vars(admission).items()
                 if not name.startswith("__") and isinstance(value, mutable)]
+
+
+# -- revocation lists ------------------------------------------------------------------------------
+
+
+def _rl(serial: int = 1, revoked: dict[str, str] | None = None, key: SigningKey = FED_KEY,
+        federation: str = "fed") -> RevocationList:
+    return sign_revocations(key, federation, serial, {PEER: "left"} if revoked is None else revoked,
+                            now=NOW)
+
+
+def test_revocation_list_round_trip_and_verifies() -> None:
+    rl = _rl(3, {OTHER_PEER: "", PEER: "key lost"})
+    back = RevocationList.from_bytes(rl.to_bytes())
+    assert back == rl and back.ids == {PEER, OTHER_PEER} and back.serial == 3
+    assert [p for p, _ in back.revoked] == sorted([PEER, OTHER_PEER])  # canonical order
+    verify_revocations(back, FED_PUB, federation="fed")
+    assert rl.signed_bytes().startswith(b"gossipfl/revocation-list/v1\x00")
+
+
+def test_revocation_list_forged_tampered_or_foreign_is_refused() -> None:
+    assert _reason(verify_revocations, _rl(key=OTHER_KEY), FED_PUB, federation="fed") == (
+        "bad_signature")
+    assert _reason(verify_revocations, _rl(), FED_PUB, federation="other") == "wrong_federation"
+    rl = _rl(2)
+    for change in ({"serial": 9}, {"revoked": ()}, {"issued_at": NOW + 1},
+                   {"revoked": ((OTHER_PEER, "left"),)}):
+        edited = dataclasses.replace(rl, **change)  # type: ignore[arg-type]
+        assert _reason(verify_revocations, edited, FED_PUB, federation="fed") == "bad_signature"
+    data = rl.to_bytes()
+    for i in range(len(data)):  # every single-bit flip breaks parsing or the signature
+        flipped = bytearray(data)
+        flipped[i] ^= 0x01
+        with contextlib.suppress(AdmissionError):
+            verify_revocations(RevocationList.from_bytes(bytes(flipped)), FED_PUB,
+                               federation="fed")
+            raise AssertionError(f"bit flip at byte {i} verified")
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", msgpack.packb([1, "fed", 1, NOW, [], b""]),
+                                  msgpack.packb([2, "fed", 1, NOW, [], bytes(64)]),
+                                  msgpack.packb([1, "fed", 0, NOW, [], bytes(64)]),
+                                  msgpack.packb([1, "fed", 1, 5, [], bytes(64)]),
+                                  msgpack.packb([1, "fed", 1, NOW, [["b", ""], ["a", ""]],
+                                                 bytes(64)]),
+                                  msgpack.packb([1, "fed", 1, NOW, [["a", ""], ["a", ""]],
+                                                 bytes(64)]),
+                                  msgpack.packb([1, "fed", 1, NOW, [["a", "x" * 65]], bytes(64)]),
+                                  b"\x00" * (MAX_REVOCATION_BYTES + 1)])
+def test_malformed_revocation_lists_raise_admission_error(data: bytes) -> None:
+    assert _reason(RevocationList.from_bytes, data) == "malformed"
+
+
+def test_the_newest_serial_wins_and_older_or_forged_lists_are_refused() -> None:
+    one, two = _rl(1), _rl(2, {PEER: "left", OTHER_PEER: ""})
+    verdict, taken, _ = judge_revocations(None, one.to_bytes(), FED_PUB, federation="fed")
+    assert verdict is RevocationUpdate.NEWER and taken == one
+    assert judge_revocations(one, one.to_bytes(), FED_PUB, federation="fed")[0] is (
+        RevocationUpdate.SAME)
+    verdict, taken, _ = judge_revocations(one, two.to_bytes(), FED_PUB, federation="fed")
+    assert verdict is RevocationUpdate.NEWER and taken == two
+    # a replay of the older list, or another list under our serial, changes nothing
+    assert judge_revocations(two, one.to_bytes(), FED_PUB, federation="fed")[0] is (
+        RevocationUpdate.OLDER)
+    assert judge_revocations(two, _rl(2, {}).to_bytes(), FED_PUB, federation="fed")[0] is (
+        RevocationUpdate.OLDER)
+    # a forged list with a higher serial (to un-revoke everyone) is invalid
+    forged = _rl(99, {}, key=OTHER_KEY)
+    verdict, taken, detail = judge_revocations(two, forged.to_bytes(), FED_PUB, federation="fed")
+    assert verdict is RevocationUpdate.INVALID and taken is None and "bad_signature" in detail
+    assert judge_revocations(two, b"junk", FED_PUB, federation="fed")[0] is (
+        RevocationUpdate.INVALID)
+
+
+def test_revoke_writes_a_public_signed_list_with_growing_serials(tmp_path: Path) -> None:
+    fed = tmp_path / "fed"
+    init_federation(fed, "demo")
+    path, rl = revoke(fed, PEER, "left the study", now=NOW)
+    assert path == fed / REVOCATIONS_FILE and _mode(path) == 0o644
+    assert _mode(fed / FEDERATION_KEY_FILE) == 0o600
+    public = load_federation_public(fed / FEDERATION_PUB_FILE)
+    assert load_revocations(path, public, federation="demo") == rl
+    assert rl.serial == 1 and dict(rl.revoked) == {PEER: "left the study"}
+    _, second = revoke(fed, OTHER_PEER, now=NOW + 1)
+    assert second.serial == 2 and second.ids == {PEER, OTHER_PEER}
+    assert dict(second.revoked)[PEER] == "left the study"  # earlier entries kept
+    assert _reason(revoke, fed, "not-a-peer-id", now=NOW) == "wrong_peer"
+    assert _reason(revoke, fed, PEER, "bad\nreason", now=NOW) == "malformed"
+    # a list file someone else signed is not extended
+    path.write_bytes(_rl(7, key=OTHER_KEY, federation="demo").to_bytes())
+    assert _reason(revoke, fed, PEER, now=NOW) == "bad_signature"
+
+
+def test_cli_revoke_writes_a_valid_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gossipfl.cli import main
+
+    fed = tmp_path / "fed"
+    assert main(["federation", "init", str(fed), "--name", "demo"]) == 0
+    assert main(["federation", "revoke", str(fed), "--peer-id", PEER, "--reason", "left"]) == 0
+    assert "revocation list 1 (1 revoked)" in capsys.readouterr().out
+    rl = load_revocations(fed / REVOCATIONS_FILE, load_federation_public(fed / FEDERATION_PUB_FILE),
+                          federation="demo")
+    assert rl.ids == {PEER}
+    assert main(["federation", "revoke", str(fed), "--peer-id", "nonsense"]) == 2
+    assert "not" in capsys.readouterr().err

@@ -57,12 +57,13 @@ def test_merge_adds_hearsay_with_its_age() -> None:
     table = Membership("me", timeout=10.0)
     new = table.merge(
         (MemberInfo("a", ADDR_A, 2.0), MemberInfo("b", ADDR_B, 0.0)),
-        now=50.0,
+        now=50.0, reporter="r", vouched=True,
     )
     assert sorted(new) == ["a", "b"]
     assert table.ids() == ["a", "b"]
     assert _ages(table, 51.0) == {"a": 3.0, "b": 1.0}
     assert table.addrs("b") == ADDR_B
+    assert not table.is_direct("a") and table.is_vouched("a")
 
 
 def test_merge_ignores_self_and_entries_at_or_over_the_timeout() -> None:
@@ -82,15 +83,25 @@ def test_merge_ignores_self_and_entries_at_or_over_the_timeout() -> None:
 
 def test_merge_never_makes_a_member_older_or_changes_addrs_with_older_news() -> None:
     table = Membership("me", timeout=10.0)
-    table.heard_from("a", ADDR_A, now=100.0)
+    table.merge((MemberInfo("a", ADDR_A, 0.0),), now=100.0, reporter="r", vouched=True)
     # Someone heard of "a" 4 s ago (at 96): older than what we know; nothing changes.
-    assert table.merge((MemberInfo("a", ADDR_A2, 4.0),), now=100.0) == []
+    assert table.merge((MemberInfo("a", ADDR_A2, 4.0),), now=100.0, reporter="s") == []
     assert _ages(table, 100.0) == {"a": 0.0}
     assert table.addrs("a") == ADDR_A
     # Someone heard of it 1 s ago at 104, we last heard at 100: fresher news wins.
-    assert table.merge((MemberInfo("a", ADDR_A2, 1.0),), now=105.0) == []
+    assert table.merge((MemberInfo("a", ADDR_A2, 1.0),), now=105.0, reporter="s") == []
     assert _ages(table, 105.0) == {"a": 1.0}
     assert table.addrs("a") == ADDR_A2
+
+
+def test_hearsay_refreshes_a_direct_member_but_never_moves_its_addrs() -> None:
+    table = Membership("me", timeout=10.0)
+    table.heard_from("a", ADDR_A, now=100.0)
+    assert table.merge((MemberInfo("a", ("/ip4/6.6.6.6/tcp/1",), 0.0),), now=104.0,
+                       reporter="liar", vouched=True) == []
+    assert _ages(table, 104.0) == {"a": 0.0}
+    assert table.addrs("a") == ADDR_A  # what "a" itself said, not what others claim
+    assert table.is_direct("a")
 
 
 def test_prune_forgets_silent_members() -> None:
@@ -119,7 +130,8 @@ def test_capacity_is_respected() -> None:
     table = Membership("me", timeout=10.0, capacity=3)
     assert [table.heard_from(p, (), now=0.0) for p in "abcd"] == [True, True, True, False]
     assert table.ids() == ["a", "b", "c"]
-    assert table.merge((MemberInfo("e", (), 0.0), MemberInfo("a", (), 0.0)), now=1.0) == []
+    assert table.merge((MemberInfo("e", (), 0.0), MemberInfo("a", (), 0.0)), now=1.0,
+                       reporter="a") == []
     assert len(table) == 3 and "e" not in table
     # Known members are still refreshed at capacity.
     assert table.heard_from("b", ADDR_B, now=2.0) is False
@@ -160,7 +172,7 @@ def test_snapshot_ages_are_non_negative_and_sorted(
         if direct:
             table.heard_from(peer, (), now=when)
         else:
-            table.merge((MemberInfo(peer, (), age),), now=when)
+            table.merge((MemberInfo(peer, (), age),), now=when, vouched=True)
         latest = max(latest, when)
     # Including "now" earlier than a member's last_heard (clock skew between callers).
     for now in (0.0, latest, latest + later):
@@ -218,3 +230,86 @@ def test_dead_member_is_not_revived_by_a_late_hearsay() -> None:
     # b has not pruned yet; its snapshot says X was heard 6 s ago: a must not re-add X.
     assert a.merge(b.snapshot(6.0), now=6.0) == []
     assert "x" not in a
+
+
+# -- one member cannot flood the table -------------------------------------------------------------
+
+
+def _fakes(n: int, prefix: str = "fake") -> tuple[MemberInfo, ...]:
+    return tuple(MemberInfo(f"{prefix}{i:03d}", ("/ip4/6.6.6.6/tcp/666",), 0.0) for i in range(n))
+
+
+def test_a_heartbeat_of_255_made_up_ids_does_not_displace_a_genuine_direct_member() -> None:
+    table = Membership("me", timeout=10.0)
+    table.heard_from("liar", ADDR_A, now=0.0)
+    new = table.merge(_fakes(MAX_MEMBERS - 1), now=0.0, reporter="liar")  # not vouched
+    assert len(new) == table.per_reporter == (MAX_MEMBERS - 1) // 4  # its share, no more
+    assert table.heard_from("genuine", ADDR_B, now=1.0) is True
+    assert "genuine" in table and table.is_direct("genuine")
+    # the made-up ids are never re-gossiped: only vouched members go into our heartbeat
+    assert [m.peer_id for m in table.snapshot(1.0)] == ["genuine", "liar"]
+
+
+def test_hearsay_is_capped_per_reporter_and_overall() -> None:
+    table = Membership("me", timeout=10.0, capacity=10, per_reporter=3)
+    for reporter in ("a", "b"):
+        table.heard_from(reporter, (), now=0.0)
+    assert table.merge(_fakes(8, "x"), now=0.0, reporter="a", vouched=True) == [
+        "x000", "x001", "x002"]
+    assert len(table.merge(_fakes(8, "y"), now=0.0, reporter="b", vouched=True)) == 3
+    assert table.reported_counts() == {"a": 3, "b": 3}
+    # a known id repeated by another reporter takes no new slot and changes no one's share
+    assert table.merge((MemberInfo("x000", (), 0.0),), now=1.0, reporter="b") == []
+    assert table.reported_counts() == {"a": 3, "b": 3}
+    # overall: 3 direct + 6 hearsay = 9 of 10; a third reporter gets the last slot, not its 3
+    table.heard_from("c", (), now=0.0)
+    assert len(table.merge(_fakes(8, "z"), now=0.0, reporter="c", vouched=True)) == 1
+    assert len(table) == table.capacity
+
+
+def test_hearsay_never_evicts_or_refuses_a_direct_member() -> None:
+    table = Membership("me", timeout=10.0, capacity=4, per_reporter=4)
+    table.heard_from("r", (), now=0.0)
+    assert len(table.merge(_fakes(5), now=0.0, reporter="r", vouched=True)) == 3  # full now
+    # direct members arrive: each takes a hearsay slot, never another direct member's
+    for peer in ("d1", "d2", "d3"):
+        assert table.heard_from(peer, (), now=1.0) is True
+    assert sorted(table.ids()) == ["d1", "d2", "d3", "r"]
+    # a full table of direct members refuses hearsay and refuses a fifth direct member
+    assert table.merge(_fakes(3, "h"), now=2.0, reporter="r", vouched=True) == []
+    assert table.heard_from("d4", (), now=2.0) is False
+    assert sorted(table.ids()) == ["d1", "d2", "d3", "r"]
+
+
+def test_eviction_takes_the_oldest_entry_of_the_reporter_holding_most() -> None:
+    table = Membership("me", timeout=10.0, capacity=7, per_reporter=3)
+    table.heard_from("big", (), now=0.0)
+    table.heard_from("small", (), now=0.0)
+    table.merge((MemberInfo("b1", (), 3.0), MemberInfo("b2", (), 1.0), MemberInfo("b3", (), 2.0)),
+                now=5.0, reporter="big", vouched=True)
+    table.merge((MemberInfo("s1", (), 4.0), MemberInfo("s2", (), 0.0)), now=5.0,
+                reporter="small", vouched=True)
+    assert len(table) == 7
+    assert table.heard_from("new", (), now=6.0) is True
+    assert "b1" not in table  # big holds 3 (most); b1 was heard of longest ago
+    assert all(p in table for p in ("b2", "b3", "s1", "s2"))
+
+
+def test_hearsay_heard_directly_becomes_direct_and_frees_its_reporters_share() -> None:
+    table = Membership("me", timeout=10.0, per_reporter=2)
+    table.merge(_fakes(2, "m"), now=0.0, reporter="r")
+    assert table.snapshot(0.0) == () and not table.is_vouched("m000")
+    assert table.merge(_fakes(3, "n"), now=0.0, reporter="r") == []  # r's share is full
+    table.heard_from("m000", ADDR_B, now=1.0)
+    assert table.is_direct("m000") and table.is_vouched("m000")
+    assert [m.peer_id for m in table.snapshot(1.0)] == ["m000"]
+    assert table.addrs("m000") == ADDR_B
+    assert table.reported_counts() == {"r": 1}
+    assert table.merge(_fakes(3, "n"), now=1.0, reporter="r") == ["n000"]
+
+
+def test_a_reporter_cannot_vouch_for_itself_or_for_us() -> None:
+    table = Membership("me", timeout=10.0)
+    assert table.merge((MemberInfo("r", ADDR_A, 0.0), MemberInfo("me", ADDR_A, 0.0)), now=0.0,
+                       reporter="r", vouched=True) == []
+    assert len(table) == 0

@@ -9,18 +9,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import trio
+import trio.testing
+from nacl.signing import SigningKey
 
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecurityConfig
-from gossipfl.crypto.admission import admit_identity, init_federation
+from gossipfl.crypto.admission import admit_identity, init_federation, peer_id_of
 from gossipfl.crypto.identity import load_or_create_identity
-from gossipfl.gossip.wire import Contribution
+from gossipfl.crypto.revocation import RevocationUpdate, revoke, sign_revocations
+from gossipfl.gossip.wire import (
+    MAX_MEMBERS,
+    Contribution,
+    Heartbeat,
+    MemberInfo,
+    decode_frame,
+    encode_frame,
+)
 from gossipfl.node.learner import LocalLearner
-from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.runtime import HEARSAY_DIALS, NeighbourState, Node
 from gossipfl.node.security import NodeSecurity, SecurityError
 
 
@@ -151,3 +162,225 @@ def test_heartbeat_certificates_decide_membership(setup) -> None:
     # a certificate presented by someone else is not theirs
     reason = node.security.admit("12D3KooWStrangerStrangerStranger", b.own_certificate)
     assert reason is not None and "wrong_peer" in reason
+
+
+# -- membership that one member cannot flood; revocation ------------------------------------------
+
+FAKE_ADDR = "/ip4/6.6.6.6/tcp/666"
+
+
+class FakeChannel:
+    """A membership stream: hands the node one heartbeat (through the wire codec and its size
+    cap), keeps what the node answers."""
+
+    def __init__(self, remote: str, incoming: Heartbeat) -> None:
+        self.remote = remote
+        self.incoming = incoming
+        self.sent: list[Heartbeat] = []
+        self.was_reset = False
+
+    async def receive(self, expected: type, max_bytes: int):
+        return decode_frame(encode_frame(self.incoming, max_bytes), expected, max_bytes)
+
+    async def send(self, message: Heartbeat, max_bytes: int) -> None:
+        self.sent.append(decode_frame(encode_frame(message, max_bytes), Heartbeat, max_bytes))
+
+    async def reset(self) -> None:
+        self.was_reset = True
+
+
+def _beat(sender: NodeSecurity, members=(), revocations: bytes = b"") -> Heartbeat:
+    return Heartbeat("fed", sender.peer_id, (f"/ip4/127.0.0.1/tcp/{len(sender.peer_id)}",),
+                     tuple(members), -1, 0, "joining", certificate=sender.own_certificate,
+                     revocations=revocations)
+
+
+async def _heartbeat(node: Node, sender: NodeSecurity, members=(), revocations: bytes = b""
+                     ) -> FakeChannel:
+    channel = FakeChannel(sender.peer_id, _beat(sender, members, revocations))
+    await node._on_heartbeat(channel)
+    return channel
+
+
+def _fake_ids(n: int) -> list[str]:
+    return [peer_id_of(SigningKey(bytes([i % 256, i // 256]) * 16).verify_key) for i in range(n)]
+
+
+def test_a_heartbeat_of_255_made_up_ids_leaves_the_genuine_members_in(setup) -> None:
+    node, b, c = setup
+
+    async def scenario() -> None:
+        # b (a certified member) lists 255 made-up ids at addresses it chose: without a
+        # certificate, with b's own certificate, with a certificate for another id
+        fakes = _fake_ids(MAX_MEMBERS - 1)
+        certs = [b"", b.own_certificate, c.own_certificate]
+        members = [MemberInfo(f, (FAKE_ADDR,), 0.0, certs[i % 3]) for i, f in enumerate(fakes)]
+        reply = await _heartbeat(node, b, members)
+        assert not reply.was_reset and reply.sent
+        await _heartbeat(node, c)  # c's own heartbeat is recorded
+        assert node.membership.ids() == sorted([b.peer_id, c.peer_id])
+        assert sorted(node.known_members()) == sorted([b.peer_id, c.peer_id])
+        targets = node.heartbeat_targets()
+        assert set(targets) == {b.peer_id, c.peer_id}  # no made-up id is dialled
+        assert FAKE_ADDR not in str(targets)
+        gossiped = node.heartbeat().members  # nor re-gossiped
+        assert {m.peer_id for m in gossiped} == {b.peer_id, c.peer_id}
+        assert all(m.certificate for m in gossiped)
+
+    trio.run(scenario, clock=trio.testing.MockClock())
+
+
+def test_certified_hearsay_is_dialled_and_regossiped_but_cannot_move_a_member(setup) -> None:
+    node, b, c = setup
+
+    async def scenario() -> None:
+        node.security.certificates.pop(c.peer_id)  # node has not met c yet
+        c_info = MemberInfo(c.peer_id, ("/ip4/10.0.0.3/tcp/1",), 0.5, c.own_certificate)
+        await _heartbeat(node, b, [c_info])
+        assert c.peer_id in node.membership and not node.membership.is_direct(c.peer_id)
+        assert node.heartbeat_targets()[c.peer_id] == ("/ip4/10.0.0.3/tcp/1",)
+        (relayed,) = [m for m in node.heartbeat().members if m.peer_id == c.peer_id]
+        assert relayed.certificate == c.own_certificate
+        assert c.peer_id not in node.known_members()  # in the topology once it heartbeats us
+        await _heartbeat(node, c)
+        own_addrs = node.membership.addrs(c.peer_id)
+        await _heartbeat(node, b, [MemberInfo(c.peer_id, (FAKE_ADDR,), 0.0, c.own_certificate)])
+        assert node.membership.addrs(c.peer_id) == own_addrs  # hearsay cannot redirect it
+
+    trio.run(scenario, clock=trio.testing.MockClock())
+
+
+def test_open_federation_caps_made_up_ids_per_reporter_and_dials_them_a_few_times(
+        tmp_path: Path) -> None:
+    config, identity = _config(tmp_path, "open")
+    config = dataclasses.replace(config, security=SecurityConfig())
+    node = Node(config, identity, LocalLearner(config))
+    liar, honest = _fake_ids(MAX_MEMBERS + 1)[-2:]
+
+    async def scenario() -> None:
+        node._absorb(Heartbeat("fed", honest, ("/ip4/127.0.0.1/tcp/9",), (), -1, 0, "joining"))
+        fakes = tuple(MemberInfo(f, (FAKE_ADDR,), 0.0) for f in _fake_ids(MAX_MEMBERS - 1))
+        node._absorb(Heartbeat("fed", liar, (), fakes, -1, 0, "joining"))
+        assert len(node.membership) == 2 + node.membership.per_reporter
+        assert sorted(node.known_members()) == sorted([liar, honest])  # fakes: not heard from
+        assert {m.peer_id for m in node.heartbeat().members} == {liar, honest}
+        dials: Counter[str] = Counter()
+        for _ in range(100):  # each call dials up to 16 of them; 100 calls exhaust every budget
+            dials.update(p for p, addrs in node.heartbeat_targets().items() if FAKE_ADDR in addrs)
+        assert len(dials) == node.membership.per_reporter
+        assert set(dials.values()) == {HEARSAY_DIALS}  # each made-up id: a few dials, then none
+        assert set(node.heartbeat_targets()) == {liar, honest}  # heard from: dialled
+
+    trio.run(scenario, clock=trio.testing.MockClock())
+
+
+def test_a_revocation_list_arriving_by_gossip_is_honoured_at_once(
+        setup, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    node, b, c = setup
+    fed = tmp_path / "federation"
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        me = node.peer_id
+        await _heartbeat(node, b)
+        node.wanted.add(b.peer_id)
+        assert node.security.is_member(b.peer_id) and b.peer_id in node.membership
+        assert _deliver(node, b.peer_id, b.seal(_contribution(b, me, 0, node))) == "ok"
+
+        # a forged list (another key, a higher serial) is refused with a log line
+        forged = sign_revocations(SigningKey.generate(), "fed", 5, {b.peer_id: ""}, now=1.0)
+        await _heartbeat(node, c, revocations=forged.to_bytes())
+        assert node.rejections["bad_revocations"] == 1 and "bad_signature" in caplog.text
+        assert node.security.is_member(b.peer_id) and b.peer_id in node.neighbours
+
+        # the genuine list, carried by c's heartbeat: b is out at once
+        _, first = revoke(fed, b.peer_id, "left", now=time.time())
+        reply = await _heartbeat(node, c, revocations=first.to_bytes())
+        assert not node.security.is_member(b.peer_id)
+        assert b.peer_id not in node.membership and b.peer_id not in node.known_members()
+        assert b.peer_id not in node.neighbours and b.peer_id not in node.wanted
+        assert node.dropped[-1]["reason"] == "revoked"
+        assert reply.sent[0].revocations == first.to_bytes()  # passed on in our answer
+        assert f"member {b.peer_id} revoked" in caplog.text
+
+        # b's heartbeat, contribution and hearsay about b are refused from now on
+        refused = await _heartbeat(node, b)
+        assert refused.was_reset and not refused.sent
+        assert node.rejections["not_member"] == 1 and "revoked" in caplog.text
+        assert _deliver(node, b.peer_id, b.seal(_contribution(b, me, 1, node))) == "dropped"
+        assert node.rejections["not_member"] == 2
+        b_info = MemberInfo(b.peer_id, (FAKE_ADDR,), 0.0, b.own_certificate)
+        await _heartbeat(node, c, [b_info])
+        assert b.peer_id not in node.membership
+
+        # a newer list wins; an older one is refused, logged, and changes nothing
+        _, second = revoke(fed, _fake_ids(1)[0], now=time.time())
+        await _heartbeat(node, c, revocations=second.to_bytes())
+        assert node.security.revocations == second
+        caplog.clear()
+        await _heartbeat(node, c, revocations=first.to_bytes())
+        assert node.security.revocations == second and "older revocation list" in caplog.text
+        assert node.security.revoked == second.ids
+        assert node.security.is_member(c.peer_id)
+
+    trio.run(scenario, clock=trio.testing.MockClock())
+
+
+def test_a_node_starts_from_its_configured_list_and_rereads_it(tmp_path: Path) -> None:
+    config, identity = _config(tmp_path, "a")
+    other, _ = _config(tmp_path, "b")
+    fed = tmp_path / "federation"
+    path, _ = revoke(fed, str(load_or_create_identity(Path(other.key_file))[0].peer_id),
+                     now=time.time())
+    with_list = dataclasses.replace(config, security=dataclasses.replace(
+        config.security, revocations=str(path)))
+    security = NodeSecurity(with_list, identity)
+    assert security.revocations is not None and security.revocations.serial == 1
+    assert security.poll_revocations_file()[0] is RevocationUpdate.SAME  # unchanged file
+    _, second = revoke(fed, _fake_ids(1)[0], now=time.time())
+    verdict, newly, _ = security.poll_revocations_file()
+    assert verdict is RevocationUpdate.NEWER and newly == {_fake_ids(1)[0]}
+    assert security.revocations == second
+    # a list not signed by the federation key stops the node at start
+    path.write_bytes(sign_revocations(SigningKey.generate(), "fed", 9, {}, now=1.0).to_bytes())
+    with pytest.raises(SecurityError, match="revocation list is not usable"):
+        NodeSecurity(with_list, identity)
+
+
+def test_members_met_only_through_hearsay_are_found_through_their_certificates(
+        tmp_path: Path) -> None:
+    """Four admitted nodes in a star (each has met only the hub): the certificates carried in
+    the hub's member list let the others dial each other, and all end up knowing all."""
+    nodes = []
+    for name in ("hub", "n1", "n2", "n3"):
+        config, identity = _config(tmp_path, name)
+        nodes.append(Node(config, identity, LocalLearner(config)))
+    by_id = {n.peer_id: n for n in nodes}
+
+    async def exchange(sender: Node, receiver: Node) -> None:
+        channel = FakeChannel(sender.peer_id, sender.heartbeat())
+        await receiver._on_heartbeat(channel)
+        (reply,) = channel.sent
+        assert sender._admitted(FakeChannel(receiver.peer_id, reply), "reply", reply)
+        sender._absorb(reply)
+
+    async def scenario() -> None:
+        hub = nodes[0]
+        for node in nodes[1:]:
+            await exchange(node, hub)  # the bootstrap heartbeat
+        for _ in range(2):  # heartbeat cycles: each node dials whom it may
+            for node in nodes:
+                for target in node.heartbeat_targets():
+                    await exchange(node, by_id[target])
+        for node in nodes:
+            assert sorted(node.known_members()) == sorted(set(by_id) - {node.peer_id})
+            assert sum(node.rejections.values()) == 0
+
+    trio.run(scenario, clock=trio.testing.MockClock())
+
+
+def test_a_revocation_list_needs_admission() -> None:
+    from gossipfl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"security\.revocations needs security\.admission"):
+        SecurityConfig(revocations="revocations.list")

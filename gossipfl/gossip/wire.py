@@ -40,6 +40,8 @@ MAX_TENSORS = 1024
 MAX_TENSOR_DIMS = 8
 ALLOWED_DTYPES = frozenset({"float32"})
 MAX_CERTIFICATE_BYTES = 1024
+#: A signed revocation list carried in heartbeats (about 1,000 revoked ids).
+MAX_REVOCATION_BYTES = 64 * 1024
 MAX_TENSOR_ELEMENTS = 2**31
 
 
@@ -153,6 +155,11 @@ class MemberInfo:
     peer_id: str
     addrs: tuple[str, ...]
     age: float  # seconds since the sender last heard of this member
+    certificate: bytes = b""  # the member's certificate, as the sender holds it (admission)
+
+    def _to_wire(self) -> list[Any]:
+        entry: list[Any] = [self.peer_id, list(self.addrs), self.age]
+        return [*entry, self.certificate] if self.certificate else entry
 
 
 @dataclass(frozen=True)
@@ -171,13 +178,15 @@ class Heartbeat:
     degree: int
     status: str  # "joining" | "training" | "consensus" | "done"
     certificate: bytes = b""  # the sender's membership certificate (empty without admission)
+    revocations: bytes = b""  # the newest signed revocation list the sender holds (or empty)
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {
             "certificate": self.certificate,
+            "revocations": self.revocations,
             "sender": self.sender,
             "addrs": list(self.addrs),
-            "members": [[m.peer_id, list(m.addrs), m.age] for m in self.members],
+            "members": [m._to_wire() for m in self.members],
             "round": self.round,
             "degree": self.degree,
             "status": self.status,
@@ -190,16 +199,21 @@ class Heartbeat:
             raise WireError(f"members must be a list of at most {MAX_MEMBERS} entries")
         members = []
         for entry in members_raw:
-            if not isinstance(entry, list) or len(entry) != 3:
-                raise WireError("member entry must be [peer_id, addrs, age]")
+            if not isinstance(entry, list) or len(entry) not in (3, 4):
+                raise WireError("member entry must be [peer_id, addrs, age] (+ certificate)")
             age = _check_float(entry[2], "member age")
             if age < 0:
                 raise WireError("member age must not be negative")
+            member_cert = entry[3] if len(entry) == 4 else b""
+            if (not isinstance(member_cert, bytes) or len(member_cert) > MAX_CERTIFICATE_BYTES
+                    or (len(entry) == 4 and not member_cert)):
+                raise WireError(f"member certificate must be 1 to {MAX_CERTIFICATE_BYTES} bytes")
             members.append(
                 MemberInfo(
                     _check_str(entry[0], "member peer id", MAX_PEER_ID_CHARS),
                     _check_addrs(entry[1], "member addrs"),
                     age,
+                    member_cert,
                 )
             )
         status = _check_str(body["status"], "status", 16)
@@ -208,9 +222,13 @@ class Heartbeat:
         certificate = body["certificate"]
         if not isinstance(certificate, bytes) or len(certificate) > MAX_CERTIFICATE_BYTES:
             raise WireError(f"certificate must be at most {MAX_CERTIFICATE_BYTES} bytes")
+        revocations = body["revocations"]
+        if not isinstance(revocations, bytes) or len(revocations) > MAX_REVOCATION_BYTES:
+            raise WireError(f"revocations must be at most {MAX_REVOCATION_BYTES} bytes")
         return cls(
             federation=federation,
             certificate=certificate,
+            revocations=revocations,
             sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
             addrs=_check_addrs(body["addrs"], "addrs"),
             members=tuple(members),

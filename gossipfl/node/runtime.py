@@ -74,7 +74,7 @@ from gossipfl.node.secure_round import (
     on_masked_input,
     on_unmask_request,
 )
-from gossipfl.node.security import EnvelopeError, NodeSecurity
+from gossipfl.node.security import EnvelopeError, NodeSecurity, RevocationUpdate
 
 log = logging.getLogger("gossipfl.node")
 
@@ -85,6 +85,7 @@ PROTO_SEALED = "/gossipfl/sealed-contribution/1.0.0"
 PROTO_STATE = "/gossipfl/state/1.0.0"
 HEARTBEAT_FANOUT = 16
 HEARTBEAT_EXTRA = 2
+HEARSAY_DIALS = 3  # admission off: dials of an id only heard of, until it is heard from
 # A neighbour is at most a round or two ahead in the synchronous protocol; a contribution far
 # beyond that would make every later genuine one look stale, so it is refused.
 FUTURE_ROUNDS = 3
@@ -151,6 +152,8 @@ class Node:
         self.addr_book: dict[str, tuple[str, ...]] = {}  # last addresses heard, kept for re-links
         self.member_state: dict[str, tuple[int, str]] = {}  # (round, status) heard directly
         self.heard_at: dict[str, float] = {}  # when each member last heartbeat us directly
+        self._hearsay_dialled: dict[str, int] = {}  # admission off: dials of hearsay ids
+        self._stale_revocations_logged: dict[str, int] = {}  # peer → our serial when logged
         self.behind: int | None = None  # a neighbour's round far ahead of ours: catch up
         self.joined_late = False
         self.relinks = 0  # lost neighbours linked again (after an outage or a partition)
@@ -468,12 +471,16 @@ class Node:
         now = trio.current_time()
         return Heartbeat(
             federation=self.config.federation, sender=self.peer_id, addrs=tuple(self.addrs),
-            members=self.membership.snapshot(now), round=self.round,
+            members=self.security.gossiped(self.membership.snapshot(now)), round=self.round,
             degree=len(self.neighbours), status=self.status if self.status != "stopped"
             else "done", certificate=self.security.own_certificate,
+            revocations=self.security.revocation_bytes,
         )
 
     def _absorb(self, beat: Heartbeat) -> None:
+        """Take an admitted member's heartbeat: it is heard directly; its member list is
+        hearsay (with admission on, only certified members are taken; see ``membership.py``
+        for the caps that keep one reporter from filling the table)."""
         now = trio.current_time()
         if self.membership.heard_from(beat.sender, beat.addrs, now):
             log.info("new member %s (heard directly)", beat.sender)
@@ -482,8 +489,44 @@ class Node:
         self.member_state[beat.sender] = (beat.round, beat.status)
         self.heard_at[beat.sender] = now
         self.note_peer_round(beat.sender, beat.round, beat.status)
-        for peer in self.membership.merge(beat.members, now):
+        hearsay = self.security.hearsay(beat.members)
+        for peer in self.membership.merge(hearsay, now, reporter=beat.sender,
+                                          vouched=self.security.enabled):
             log.info("new member %s (via %s)", peer, beat.sender)
+
+    def _take_revocations(self, peer: str, data: bytes) -> frozenset[str]:
+        """A revocation list a peer sent: a newer valid one is honoured at once (the revoked
+        leave membership, the topology and the neighbours); a forged or older one is refused
+        with a log line. Returns the newly revoked peers (their links are then dropped)."""
+        return self._revocations_judged(peer, *self.security.take_revocations(data))
+
+    def _revocations_judged(self, peer: str, verdict: RevocationUpdate, newly: frozenset[str],
+                            detail: str) -> frozenset[str]:
+        if verdict is RevocationUpdate.INVALID:
+            self.reject(peer, "revocation list", "bad_revocations", detail)
+        elif verdict is RevocationUpdate.OLDER:
+            # a member that has not had the newer list yet (our reply carries it): log once
+            serial = self.security.revocations.serial if self.security.revocations else 0
+            if self._stale_revocations_logged.get(peer) != serial:
+                self._stale_revocations_logged[peer] = serial
+                log.info("refused an older revocation list from %s (%s)", peer, detail)
+        elif verdict is RevocationUpdate.NEWER:
+            log.warning("revocation list %s from %s: %d peer(s) revoked now", detail, peer,
+                        len(newly))
+        for revoked in sorted(newly):
+            log.warning("member %s revoked: no longer a member", revoked)
+            if revoked == self.peer_id:
+                log.error("this node is on the federation's revocation list: members will "
+                          "refuse it")
+            self.membership.forget(revoked)
+            self._hearsay_dialled.pop(revoked, None)
+            self.wanted.discard(revoked)
+            self.member_state.pop(revoked, None)
+        return newly
+
+    async def _drop_revoked(self, revoked: frozenset[str]) -> None:
+        for peer in sorted(revoked):
+            await self.drop_neighbour(peer, self.round, "revoked")
 
     def _admitted(self, channel: Channel, what: str, beat: Heartbeat) -> bool:
         """Origin checks, then the membership certificate (when admission is on)."""
@@ -497,13 +540,29 @@ class Node:
 
     async def _on_heartbeat(self, channel: Channel) -> None:
         beat = await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
+        # a list signed by the federation key counts whoever carries it (checked first, so that
+        # a revoked sender's own heartbeat is refused below)
+        revoked = self._take_revocations(channel.remote, beat.revocations)
         if not self._admitted(channel, "heartbeat", beat):
             await channel.reset()
             if self.security.enabled and self.net is not None:
                 await self.net.disconnect(channel.remote)  # no certificate, no connection
+            await self._drop_revoked(revoked)
             return
         self._absorb(beat)
         await channel.send(self.heartbeat(), MAX_CONTROL_BYTES)
+        await self._drop_revoked(revoked)
+
+    def may_dial(self, peer: str) -> bool:
+        """Whether a member heard of may be dialled at the addresses we were told: with
+        admission on, only certified, unrevoked ids (an id someone made up has no certificate,
+        so its addresses, which its inventor chose, are never dialled). With admission off, an
+        id only heard of is dialled (the only way to meet a member of an open federation), at
+        most ``HEARSAY_DIALS`` times until it is heard from directly."""
+        if self.security.enabled:
+            return self.security.is_certified(peer)
+        return (self.membership.is_direct(peer)
+                or self._hearsay_dialled.get(peer, 0) < HEARSAY_DIALS)
 
     def heartbeat_targets(self) -> dict[str, tuple[str, ...]]:
         """Whom to heartbeat now: everyone while joining; then the neighbours and a few others.
@@ -512,7 +571,7 @@ class Node:
         formed, neighbours plus ``HEARTBEAT_EXTRA`` random members keep membership fresh (ages
         travel with the member lists, so hearsay covers the rest).
         """
-        members = self.membership.ids()
+        members = [p for p in self.membership.ids() if self.may_dial(p)]
         if self.topology is None:
             chosen = members if len(members) <= HEARTBEAT_FANOUT else random.sample(
                 members, HEARTBEAT_FANOUT)
@@ -521,8 +580,12 @@ class Node:
             chosen = [p for p in members if p in self.neighbours]
             chosen += random.sample(others, min(HEARTBEAT_EXTRA, len(others)))
         targets = {p: self.membership.addrs(p) for p in chosen}
+        for peer in chosen:
+            if not self.membership.is_direct(peer):
+                self._hearsay_dialled[peer] = self._hearsay_dialled.get(peer, 0) + 1
         for peer, addr in self.bootstrap:
-            if peer not in self.membership and peer != self.peer_id:
+            if (peer not in self.membership and peer != self.peer_id
+                    and peer not in self.security.revoked):
                 targets[peer] = (addr,)
         return targets
 
@@ -554,7 +617,11 @@ class Node:
                 with trio.move_on_after(interval):
                     for answer in answers:
                         await answer.wait()
+                # the configured list file, re-read when its holder writes a newer one
+                await self._drop_revoked(self._revocations_judged(
+                    "the revocations file", *self.security.poll_revocations_file()))
                 for peer in self.membership.prune(trio.current_time()):
+                    self._hearsay_dialled.pop(peer, None)
                     log.warning("forgot member %s: silent for %.1f s", peer,
                                 self.protocol.member_timeout)
                 self.notify()  # a round waiting on a neighbour notices it went silent
@@ -572,8 +639,10 @@ class Node:
             except Exception as error:
                 log.debug("heartbeat to %s failed: %s", peer, error)
                 return
+            revoked = self._take_revocations(peer, reply.revocations)
             if self._admitted(channel, "heartbeat reply", reply):
                 self._absorb(reply)
+            await self._drop_revoked(revoked)
 
     async def _join(self) -> None:
         """Wait until the federation's membership is known (expected count, or stable)."""
@@ -621,8 +690,12 @@ class Node:
         return hashlib.blake2b("\n".join(members).encode(), digest_size=8).hexdigest()
 
     def known_members(self) -> list[str]:
-        """Members to build the topology over: those admitted, when admission is on."""
-        return [p for p in self.membership.ids() if self.security.is_member(p)]
+        """Members to build the topology over: those admitted (certificate presented, not
+        revoked) when admission is on; else those heard from directly (an id only heard of may
+        have been made up)."""
+        if self.security.enabled:
+            return [p for p in self.membership.ids() if self.security.is_member(p)]
+        return [p for p in self.membership.ids() if self.membership.is_direct(p)]
 
     def _resume(self) -> None:
         """Start from the last checkpoint, if this node ran before (same identity, same folder):

@@ -4,10 +4,17 @@ Noise already encrypts and authenticates every link. On top of it, with admissio
 takes part only after presenting a membership certificate signed by the federation key, and
 (with ``encrypt_payloads``) every contribution travels in an envelope signed by its sender and
 encrypted to its receiver, bound to federation, round, sender and receiver.
+
+Certificates also travel with hearsay (a heartbeat's member list carries each member's
+certificate), so a node knows which ids it heard of are certified before it dials them. A peer on
+the newest revocation list (signed by the federation key, gossiped in heartbeats) is a member no
+longer, whatever its certificate says.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -24,15 +31,28 @@ from gossipfl.crypto.admission import (
 )
 from gossipfl.crypto.envelope import EnvelopeError, open_envelope, seal
 from gossipfl.crypto.identity import Identity
+from gossipfl.crypto.revocation import (
+    RevocationList,
+    RevocationUpdate,
+    judge_revocations,
+    load_revocations,
+)
 from gossipfl.gossip.wire import (
+    MAX_REVOCATION_BYTES,
     Contribution,
     M,
     MaskedInput,
+    MemberInfo,
     Sealed,
     WireError,
     decode_body,
     encode_body,
 )
+
+log = logging.getLogger(__name__)
+
+#: New certificates checked per heartbeat's member list (the rest wait for the next heartbeat).
+MAX_HEARSAY_CHECKS = 64
 
 
 class SecurityError(RuntimeError):
@@ -47,8 +67,12 @@ class NodeSecurity:
         self.federation = config.federation
         self.peer_id = str(identity.peer_id)
         self.max_payload = config.protocol.max_payload_bytes
-        self.certificates: dict[str, MembershipCertificate] = {}
+        self.certificates: dict[str, MembershipCertificate] = {}  # presented by the peer
+        self.hearsay_certificates: dict[str, MembershipCertificate] = {}  # relayed by others
         self.own_certificate = b""
+        self.revocations: RevocationList | None = None
+        self.revoked: frozenset[str] = frozenset()
+        self._revocations_stamp: tuple[int, int] | None = None
         if not self.config.admission:
             return
         assert self.config.federation_public and self.config.certificate
@@ -60,6 +84,17 @@ class NodeSecurity:
                                leeway=self.config.clock_leeway)
         except (AdmissionError, OSError) as error:
             raise SecurityError(f"this node's own certificate is not usable: {error}") from None
+        if self.config.revocations:
+            path = Path(self.config.revocations)
+            try:
+                self._revocations_stamp = self._stamp(path)
+                self.revocations = load_revocations(path, self.federation_public,
+                                                    federation=self.federation)
+            except (AdmissionError, OSError) as error:
+                raise SecurityError(f"the revocation list is not usable: {error}") from None
+            self.revoked = self.revocations.ids
+            log.info("revocation list %d: %d peer(s) revoked", self.revocations.serial,
+                     len(self.revoked))
         self.own_certificate = certificate.to_bytes()
         self.signing_key = identity_signing_key(identity)
         self.x25519_private, public = identity_x25519_keypair(identity)
@@ -74,31 +109,125 @@ class NodeSecurity:
     def sealed(self) -> bool:
         return self.config.sealed
 
+    def _check(self, peer: str, certificate: bytes) -> MembershipCertificate:
+        cert = MembershipCertificate.from_bytes(certificate)
+        verify_certificate(cert, self.federation_public, federation=self.federation,
+                           peer_id=peer, now=time.time(), leeway=self.config.clock_leeway)
+        return cert
+
     def admit(self, peer: str, certificate: bytes) -> str | None:
         """Check ``peer``'s certificate; returns None when admitted, else the reason."""
         if not self.enabled:
             return None
+        if peer in self.revoked:
+            self.certificates.pop(peer, None)
+            return "revoked: on the federation's revocation list"
         try:
-            cert = MembershipCertificate.from_bytes(certificate)
-            verify_certificate(cert, self.federation_public, federation=self.federation,
-                               peer_id=peer, now=time.time(), leeway=self.config.clock_leeway)
+            cert = self._check(peer, certificate)
         except AdmissionError as error:
             self.certificates.pop(peer, None)
             return f"{error.reason}: {error}"
         self.certificates[peer] = cert
         return None
 
-    def is_member(self, peer: str) -> bool:
-        """True when admission is off, or ``peer`` presented a valid certificate."""
-        if not self.enabled:
-            return True
-        cert = self.certificates.get(peer)
+    def _valid(self, table: dict[str, MembershipCertificate], peer: str) -> bool:
+        cert = table.get(peer)
         if cert is None:
             return False
-        if time.time() - self.config.clock_leeway >= cert.expires_at:
-            del self.certificates[peer]
+        if peer in self.revoked or time.time() - self.config.clock_leeway >= cert.expires_at:
+            del table[peer]
             return False
         return True
+
+    def is_member(self, peer: str) -> bool:
+        """True when admission is off, or ``peer`` presented a valid certificate and is not
+        revoked."""
+        if not self.enabled:
+            return True
+        return self._valid(self.certificates, peer)
+
+    def is_certified(self, peer: str) -> bool:
+        """A valid certificate for ``peer`` is known, presented by it or relayed by others (so
+        its addresses may be dialled and it may be re-gossiped). True with admission off."""
+        return self.is_member(peer) or self._valid(self.hearsay_certificates, peer)
+
+    def certificate_bytes(self, peer: str) -> bytes:
+        """The certificate known for ``peer`` (b"" if none, or with admission off)."""
+        if not self.enabled or not self.is_certified(peer):
+            return b""
+        return (self.certificates.get(peer) or self.hearsay_certificates[peer]).to_bytes()
+
+    def hearsay(self, members: tuple[MemberInfo, ...]) -> tuple[MemberInfo, ...]:
+        """The entries of a heartbeat's member list to take: with admission on, only members
+        whose certificate is valid (already known, or carried in the entry) and not revoked."""
+        if not self.enabled:
+            return members
+        taken = []
+        checks = MAX_HEARSAY_CHECKS  # signature checks one heartbeat may cost us
+        for info in members:
+            if info.peer_id in self.revoked:
+                continue
+            if not self.is_certified(info.peer_id) and info.certificate and checks > 0:
+                checks -= 1
+                try:
+                    self.hearsay_certificates[info.peer_id] = self._check(
+                        info.peer_id, info.certificate)
+                except AdmissionError:
+                    continue
+            if self.is_certified(info.peer_id):
+                taken.append(info)
+        return tuple(taken)
+
+    def gossiped(self, members: tuple[MemberInfo, ...]) -> tuple[MemberInfo, ...]:
+        """What to say about ``members`` in our heartbeat: with admission on, certified members
+        only, each with its certificate."""
+        if not self.enabled:
+            return members
+        return tuple(dataclasses.replace(m, certificate=self.certificate_bytes(m.peer_id))
+                     for m in members if self.is_certified(m.peer_id))
+
+    @property
+    def revocation_bytes(self) -> bytes:
+        return self.revocations.to_bytes() if self.revocations is not None else b""
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        info = path.stat()
+        return info.st_mtime_ns, info.st_size
+
+    def poll_revocations_file(self) -> tuple[RevocationUpdate, frozenset[str], str]:
+        """Read the configured revocation list file again if it changed since last read (the
+        federation's holder writes a new one there, ``gossipfl federation revoke``), and judge
+        it like a list a peer sent."""
+        if not self.enabled or not self.config.revocations:
+            return RevocationUpdate.SAME, frozenset(), ""
+        path = Path(self.config.revocations)
+        try:
+            stamp = self._stamp(path)
+            if stamp == self._revocations_stamp:
+                return RevocationUpdate.SAME, frozenset(), ""
+            self._revocations_stamp = stamp
+            with path.open("rb") as handle:
+                data = handle.read(MAX_REVOCATION_BYTES + 1)
+        except OSError as error:
+            return RevocationUpdate.INVALID, frozenset(), f"cannot read {path}: {error}"
+        return self.take_revocations(data)
+
+    def take_revocations(self, data: bytes) -> tuple[RevocationUpdate, frozenset[str], str]:
+        """Judge a revocation list a peer sent. Returns ``(verdict, newly revoked ids,
+        detail)``; a NEWER list is adopted at once (the revoked lose their certificates)."""
+        if not self.enabled or not data:
+            return RevocationUpdate.SAME, frozenset(), ""
+        verdict, rl, detail = judge_revocations(self.revocations, data, self.federation_public,
+                                                federation=self.federation)
+        if verdict is not RevocationUpdate.NEWER or rl is None:
+            return verdict, frozenset(), detail
+        newly = rl.ids - self.revoked
+        self.revocations, self.revoked = rl, rl.ids
+        for peer in newly:
+            self.certificates.pop(peer, None)
+            self.hearsay_certificates.pop(peer, None)
+        return verdict, newly, detail
 
     def seal(self, message: Contribution | MaskedInput) -> Sealed:
         """Sign and encrypt ``message`` to its receiver (a contribution's receiver, a masked
@@ -136,4 +265,4 @@ class NodeSecurity:
         return message
 
 
-__all__ = ["EnvelopeError", "NodeSecurity", "SecurityError"]
+__all__ = ["EnvelopeError", "NodeSecurity", "RevocationUpdate", "SecurityError"]
