@@ -10,7 +10,7 @@ the pair keys taken from the members' certificates, so no key round is needed):
    majority), encrypt each share to its holder, and send it all to k (``MaskedInput``).
 2. Aggregator i waits for its neighbours' inputs (or the round timeout), fixes the survivors V
    (later inputs for the round are refused), and refuses the round outright with fewer than
-   ``min_contributors``: a sum of one or two is no secret.
+   ``min_contributors`` (a sum of one or two is no secret) or than the Shamir threshold.
 3. Consistency (Bonawitz's round 3, :mod:`gossipfl.crypto.consistency`): i announces V and the
    dropped to each survivor, which signs them unless it signed another set for i and round r,
    or a set within ``history_rounds`` rounds that differs from V by fewer than
@@ -175,8 +175,8 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
         log.warning("sending masked round %d to %s timed out", r, peer)
 
 
-def _announced(node: Node, aggregator: str,
-               request: ConsistencyRequest | UnmaskRequest) -> SurvivorSet:
+def _announced(request: ConsistencyRequest | UnmaskRequest) -> SurvivorSet:
+    """The set as the request states it (:func:`_check` compares its names with the sender)."""
     return SurvivorSet(request.federation, request.sender, request.round,
                        frozenset(request.survivors), frozenset(request.dropped))
 
@@ -194,13 +194,12 @@ def _check(node: Node, aggregator: str, announced: SurvivorSet) -> Refusal | Non
 
 def _commit(node: Node, aggregator: str, announced: SurvivorSet) -> None:
     """From now on this member signs and answers only ``announced`` for its aggregator, round."""
-    key = (aggregator, announced.round)
-    if key in node.secagg.committed:
-        return
-    node.secagg.committed[key] = announced
-    node.secagg.signed[aggregator] = consistency.remember(
-        node.secagg.signed.get(aggregator, {}), announced.round, announced.survivors,
-        node.config.secagg.history_rounds)
+    key, signed = (aggregator, announced.round), node.secagg.signed
+    if key not in node.secagg.committed:
+        node.secagg.committed[key] = announced
+        signed[aggregator] = consistency.remember(signed.get(aggregator, {}), announced.round,
+                                                  announced.survivors,
+                                                  node.config.secagg.history_rounds)
 
 
 async def on_consistency_request(node: Node, channel: Channel) -> None:
@@ -212,7 +211,7 @@ async def on_consistency_request(node: Node, channel: Channel) -> None:
 def answer_consistency(node: Node, aggregator: str,
                        request: ConsistencyRequest) -> ConsistencyResponse:
     """Sign the announced survivor set, or refuse it (logged); signing commits to it."""
-    announced = _announced(node, aggregator, request)
+    announced = _announced(request)
     refusal = _check(node, aggregator, announced)
     fed, r, me = node.config.federation, request.round, node.peer_id
     if refusal is not None:
@@ -232,6 +231,20 @@ async def on_unmask_request(node: Node, channel: Channel) -> None:
         await channel.send(response, MAX_CONTROL_BYTES)
 
 
+def plan_answer(node: Node, aggregator: str,
+                request: UnmaskRequest) -> consistency.Reveal | Refusal:
+    """What this member would reveal for ``request`` (nothing is committed), or why not."""
+    done_self, done_pair = node.secagg.revealed.get((aggregator, request.round),
+                                                    (frozenset(), frozenset()))
+    announced = _announced(request)
+    return (_check(node, aggregator, announced)
+            or consistency.check_signatures(
+                announced, request.signatures,
+                needed=threshold(len(neighbourhood(node, aggregator))))
+            or consistency.plan_reveal(announced, revealed_self=done_self,
+                                       revealed_pair=done_pair))
+
+
 def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> UnmaskResponse | None:
     """This node's unmask answer for ``aggregator``, or None (logged) when it must refuse.
 
@@ -241,19 +254,14 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
     all requests for this aggregator and round. Its own self seed never leaves: only shares.
     """
     r, me, key = request.round, node.peer_id, (aggregator, request.round)
-    announced = _announced(node, aggregator, request)
-    done_self, done_pair = node.secagg.revealed.get(key, (frozenset(), frozenset()))
-    plan = (_check(node, aggregator, announced)
-            or consistency.check_signatures(
-                announced, request.signatures,
-                needed=threshold(len(neighbourhood(node, aggregator))))
-            or consistency.plan_reveal(announced, revealed_self=done_self,
-                                       revealed_pair=done_pair))
+    announced = _announced(request)
+    plan = plan_answer(node, aggregator, request)
     if isinstance(plan, Refusal):
         node.reject(aggregator, "unmask request", "unmask_refused", f"round {r}: {plan.value}")
         return None
     _commit(node, aggregator, announced)
-    node.secagg.revealed[key] = (plan.self_shares_of, plan.pair_seeds_with)
+    done_self, done_pair = node.secagg.revealed.get(key, (frozenset(), frozenset()))
+    node.secagg.revealed[key] = (done_self | plan.self_shares_of, done_pair | plan.pair_seeds_with)
     context = secagg.seed_context(node.config.federation, aggregator, r)
     shares = [(me, node.secagg.my_shares[key])]
     for owner, ciphertext in request.shares:
@@ -348,21 +356,22 @@ async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] 
     inputs = node.secagg.inbox.get(r, {})
     members = neighbourhood(node, node.peer_id)
     config = node.config.secagg
+    minimum = consistency.minimum_survivors(len(members), config.min_contributors)
     chosen = consistency.choose_survivors(
-        frozenset(inputs), r, node.secagg.confirmed,
-        minimum=consistency.minimum_survivors(len(members), config.min_contributors),
+        frozenset(inputs), r, node.secagg.confirmed, minimum=minimum,
         history_rounds=config.history_rounds, min_difference=config.min_set_difference)
     if chosen is None:
-        return _refuse(node, r, f"{len(inputs)} contributor(s), fewer than "
-                                f"{config.min_contributors}, the Shamir threshold, or too close "
-                                "to a recent survivor set")
+        return _refuse(node, r, f"{len(inputs)} contributor(s), fewer than {minimum}"
+                       if len(inputs) < minimum else "the set differs from one summed in the "
+                       f"last {config.history_rounds} rounds by fewer than "
+                       f"{config.min_set_difference} members")
     survivors, dropped = sorted(chosen), sorted(members - chosen)
+    announce = ConsistencyRequest(node.config.federation, r, node.peer_id, tuple(survivors),
+                                  tuple(dropped))
     signatures: dict[str, bytes] = {}
     async with trio.open_nursery() as nursery:
         for peer in survivors:
-            request = ConsistencyRequest(node.config.federation, r, node.peer_id,
-                                         tuple(survivors), tuple(dropped))
-            nursery.start_soon(_ask_signature, node, peer, request, signatures)
+            nursery.start_soon(_ask_signature, node, peer, announce, signatures)
     if len(signatures) < threshold(len(members)):
         return _refuse(node, r, f"only {len(signatures)} survivor(s) signed the survivor set")
     node.secagg.confirmed = consistency.remember(node.secagg.confirmed, r, chosen,
@@ -387,8 +396,7 @@ async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] 
 
 def _refuse(node: Node, r: int, why: str) -> None:
     node.secagg.refused_rounds.append(r)
-    log.warning("round %d: secure aggregation refused: %s; this round goes on without it",
-                r, why)
+    log.warning("round %d: secure aggregation refused: %s; it goes on without it", r, why)
 
 
 async def _ask_signature(node: Node, peer: str, request: ConsistencyRequest,
@@ -405,9 +413,8 @@ async def _ask_signature(node: Node, peer: str, request: ConsistencyRequest,
             log.info("%s did not sign the survivor set of round %d: %s", peer, request.round,
                      response.refusal or "mismatched answer")
             return
-        announced = SurvivorSet(request.federation, request.sender, request.round,
-                                frozenset(request.survivors), frozenset(request.dropped))
-        if consistency.check_signatures(announced, [(peer, response.signature)], needed=1):
+        if consistency.check_signatures(_announced(request), [(peer, response.signature)],
+                                        needed=1):
             node.reject(peer, "signature", "bad_signature", f"round {request.round}")
             return
         signatures[peer] = response.signature
