@@ -169,17 +169,31 @@ class SecAggConfig:
 
     Values are clipped to ``[-clip, clip]`` and quantised with ``scale`` levels per unit into
     Z_{2^32} before masking; an aggregator refuses a round with fewer than ``min_contributors``.
+
+    Against an aggregator that differences its sums over time, a member refuses to sign a
+    survivor set that differs from one it signed for the same aggregator within the last
+    ``history_rounds`` rounds by at least one but fewer than ``min_set_difference`` members
+    (identical sets are fine). 2 is the least that stops one member's estimate coming out of
+    two sums; 50 rounds covers a whole default run (30 rounds), so within a run no aggregator
+    gets two sums one member apart. 1 turns the rule off. The history costs at most
+    ``history_rounds + 1`` sets per aggregator.
     """
 
     enabled: bool = False
     min_contributors: int = 3
     clip: float = 8.0
     scale: int = 2**20
+    history_rounds: int = 50
+    min_set_difference: int = 2
 
     def __post_init__(self) -> None:
         _require(self.min_contributors >= 3, "secagg.min_contributors must be at least 3")
         _require(self.clip > 0, "secagg.clip must be positive")
         _require(self.scale >= 2, "secagg.scale must be at least 2")
+        _require(0 <= self.history_rounds <= 10_000,
+                 "secagg.history_rounds must be in [0, 10000]")
+        _require(1 <= self.min_set_difference <= 256,
+                 "secagg.min_set_difference must be in [1, 256] (1: off)")
 
 
 @dataclass(frozen=True)

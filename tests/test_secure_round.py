@@ -5,7 +5,10 @@ network: the aggregator learns the weighted sum of its neighbours' estimates and
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,9 +17,12 @@ import trio
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecAggConfig, SecurityConfig
 from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.gossip import wire
+from gossipfl.gossip.wire import ConsistencyRequest, MaskedInput
 from gossipfl.node import secure_round
 from gossipfl.node.learner import LocalLearner
 from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.secure_round import SecAggState
 
 SCALE = 2**20
 
@@ -55,6 +61,13 @@ def star(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Node]:
     return nodes
 
 
+@pytest.fixture(autouse=True)
+def _clean(star: dict[str, Node]) -> None:
+    """Each test starts with no secure-aggregation memory (signed sets, history, inboxes)."""
+    for node in star.values():
+        node.secagg = SecAggState()
+
+
 def _fresh(star: dict[str, Node], r: int) -> dict[str, np.ndarray]:
     """Give every node a random public estimate; returns them by name."""
     rng = np.random.default_rng(r)
@@ -65,7 +78,7 @@ def _fresh(star: dict[str, Node], r: int) -> dict[str, np.ndarray]:
     return estimates
 
 
-def _masked(star: dict[str, Node], senders: str, r: int) -> dict[str, object]:
+def _masked(star: dict[str, Node], senders: str, r: int) -> dict[str, MaskedInput]:
     a = star["a"]
     inputs = {}
     for name in senders:
@@ -75,7 +88,7 @@ def _masked(star: dict[str, Node], senders: str, r: int) -> dict[str, object]:
     return inputs
 
 
-def _accept(star: dict[str, Node], inputs: dict[str, object]) -> list[str]:
+def _accept(star: dict[str, Node], inputs: dict[str, MaskedInput]) -> list[str]:
     a = star["a"]
 
     async def main() -> list[str]:
@@ -85,16 +98,40 @@ def _accept(star: dict[str, Node], inputs: dict[str, object]) -> list[str]:
     return trio.run(main)
 
 
-def _answers(star: dict[str, Node], r: int, inputs, survivors, dropped, answering: str):
+def ids(star: dict[str, Node], names: str) -> list[str]:
+    return sorted(star[n].peer_id for n in names)
+
+
+def sign(star: dict[str, Node], r: int, survivors: list[str], dropped: list[str],
+         names: str) -> dict[str, bytes]:
+    """Ask each named member to sign the set; returns the signatures it gave."""
     a = star["a"]
-    by_id = {node.peer_id: node for node in star.values()}
+    request = ConsistencyRequest("fed", r, a.peer_id, tuple(survivors), tuple(dropped))
+    signatures = {}
+    for name in names:
+        response = secure_round.answer_consistency(star[name], a.peer_id, request)
+        if response.signature:
+            signatures[star[name].peer_id] = response.signature
+    return signatures
+
+
+def ask(star: dict[str, Node], name: str, r: int, inputs, survivors, dropped,
+        signatures: dict[str, bytes]):
+    a, node = star["a"], star[name]
+    request = secure_round.unmask_request(a, r, inputs, survivors, dropped, node.peer_id,
+                                          tuple(sorted(signatures.items())))
+    return secure_round.answer_unmask(node, a.peer_id, request)
+
+
+def _answers(star: dict[str, Node], r: int, inputs, survivors, dropped, answering: str):
+    """The honest flow: survivors sign, then each named survivor answers the unmask request."""
+    names = [n for n in "bcde" if star[n].peer_id in survivors]
+    signatures = sign(star, r, survivors, dropped, "".join(names))
     responses = {}
-    for peer in survivors:
-        if by_id[peer] in [star[n] for n in answering]:
-            request = secure_round.unmask_request(a, r, inputs, survivors, dropped, peer)
-            response = secure_round.answer_unmask(by_id[peer], a.peer_id, request)
-            assert response is not None
-            responses[peer] = response
+    for name in answering:
+        response = ask(star, name, r, inputs, survivors, dropped, signatures)
+        assert response is not None
+        responses[star[name].peer_id] = response
     return responses
 
 
@@ -116,6 +153,10 @@ def test_secure_sum_equals_the_weighted_sum(star: dict[str, Node]) -> None:
     total = secure_round.unmask(star["a"], r, inputs, survivors, [], responses)
     error = np.abs(total - _expected(star, estimates, "bcde")).max()
     assert error <= 4 / (2 * SCALE) + 1e-6  # 4 inputs, each rounded to the nearest 1/SCALE
+    # no member sent its own self seed: each sent shares, its own share of its own seed included
+    for response in responses.values():
+        assert {owner for owner, _ in response.seed_shares} == set(survivors)
+        assert not hasattr(response, "self_seed")
 
 
 def test_a_dropout_before_masking_is_unmasked_from_the_survivors_pair_seeds(star) -> None:
@@ -127,7 +168,8 @@ def test_a_dropout_before_masking_is_unmasked_from_the_survivors_pair_seeds(star
     responses = _answers(star, r, inputs, survivors, dropped, "cde")
     total = secure_round.unmask(star["a"], r, inputs, survivors, dropped, responses)
     assert np.abs(total - _expected(star, estimates, "cde")).max() <= 3 / (2 * SCALE) + 1e-6
-    # the survivors revealed pair seeds with b only, and no share of b's self seed
+    # the survivors revealed pair seeds with b only, and no share of b's self seed; 3 shares
+    # (of 4, threshold 3) of each survivor's seed came back, each holder's own one included
     for response in responses.values():
         assert [p for p, _ in response.pair_seeds] == [star["b"].peer_id]
         assert star["b"].peer_id not in [p for p, _ in response.seed_shares]
@@ -139,14 +181,14 @@ def test_a_dropout_after_masking_still_gives_the_right_sum(star) -> None:
     inputs = _masked(star, "bcde", r)
     _accept(star, inputs)
     survivors = sorted(inputs)
-    # b's masked input arrived, then b vanished: it never answers the unmask request
+    # b's masked input arrived, then b vanished: it never signs nor answers
     responses = _answers(star, r, inputs, survivors, [], "cde")
     assert star["b"].peer_id not in responses
     total = secure_round.unmask(star["a"], r, inputs, survivors, [], responses)
     assert np.abs(total - _expected(star, estimates, "bcde")).max() <= 4 / (2 * SCALE) + 1e-6
-    # with only two answers, b's self seed (threshold 3 of 4) cannot be rebuilt: a clear error
+    # with only two answers, no self seed (threshold 3 of 4) can be rebuilt: a clear error
     two = {p: v for p, v in responses.items() if p != star["c"].peer_id}
-    with pytest.raises(ValueError, match="shares of its self seed"):
+    with pytest.raises(ValueError, match=r"shares of .* self seed"):
         secure_round.unmask(star["a"], r, inputs, survivors, [], two)
 
 
@@ -155,15 +197,15 @@ def test_the_aggregator_cannot_claim_a_live_member_dropped(star) -> None:
     _fresh(star, r)
     inputs = _masked(star, "bcde", r)
     _accept(star, inputs)
-    a, c = star["a"], star["c"]
+    c = star["c"]
     everyone = sorted(inputs)
-    first = secure_round.unmask_request(a, r, inputs, everyone, [], c.peer_id)
-    assert secure_round.answer_unmask(c, a.peer_id, first) is not None
+    assert ask(star, "c", r, inputs, everyone, [], sign(star, r, everyone, [], "bcde"))
     # now a asks again, pretending b dropped, to get c's pair seed with b as well
     fewer = [p for p in everyone if p != star["b"].peer_id]
-    second = secure_round.unmask_request(a, r, inputs, fewer, [star["b"].peer_id], c.peer_id)
+    assert sign(star, r, fewer, ids(star, "b"), "c") == {}
     rejected = c.rejections["unmask_refused"]
-    assert secure_round.answer_unmask(c, a.peer_id, second) is None
+    assert ask(star, "c", r, inputs, fewer, ids(star, "b"),
+               sign(star, r, fewer, ids(star, "b"), "de")) is None
     assert c.rejections["unmask_refused"] == rejected + 1
 
 
@@ -184,6 +226,109 @@ def test_too_few_contributors_is_refused_and_late_inputs_after_fixing_are_refuse
     late = _masked(star, "d", r)
     assert _accept(star, late) == ["rejected"]
     assert a.rejections["late"] >= 1
+
+
+# -- the aggregator's own driver, over an in-process transport ---------------------------------
+
+
+class _Loopback:
+    """A stream from the aggregator to one member: every frame goes through the wire codec and
+    the member's own handler answers it (None: the member closed the stream unanswered)."""
+
+    def __init__(self, aggregator: str, member: Node, protocol: str) -> None:
+        self.aggregator, self.member, self.protocol = aggregator, member, protocol
+        self.reply: Any = None
+
+    async def send(self, message: Any, max_bytes: int) -> None:
+        message = wire.decode_frame(wire.encode_frame(message, max_bytes), type(message),
+                                    max_bytes)
+        if self.protocol == secure_round.PROTO_CONSISTENCY:
+            self.reply = secure_round.answer_consistency(self.member, self.aggregator, message)
+        else:
+            self.reply = secure_round.answer_unmask(self.member, self.aggregator, message)
+
+    async def receive(self, expected: type, max_bytes: int) -> Any:
+        if self.reply is None:
+            raise EOFError("stream closed without an answer")
+        return wire.decode_frame(wire.encode_frame(self.reply, max_bytes), expected, max_bytes)
+
+
+def _wire_up(star: dict[str, Node], gone: str = "") -> None:
+    a = star["a"]
+    by_id = {node.peer_id: node for node in star.values()}
+    vanished = {star[n].peer_id for n in gone}
+
+    @asynccontextmanager
+    async def channel_to(peer: str, protocol: str, addrs=None) -> AsyncIterator[_Loopback]:
+        if peer in vanished:
+            raise ConnectionError(f"{peer} is gone")
+        yield _Loopback(a.peer_id, by_id[peer], protocol)
+
+    a.channel_to = channel_to  # type: ignore[method-assign]
+
+
+def _inbox(star: dict[str, Node], senders: str, r: int) -> None:
+    """The aggregator, at round r, accepts the named members' masked inputs."""
+    star["a"].round = r
+    assert _accept(star, _masked(star, senders, r)) == ["ok"] * len(senders)
+
+
+def _secure_sum(star: dict[str, Node], r: int):
+    async def main() -> object:
+        return await secure_round.secure_sum(star["a"], r)
+
+    return trio.run(main)
+
+
+@pytest.mark.parametrize(("senders", "gone"), [("bcde", ""), ("cde", ""), ("bcde", "b")])
+def test_the_driver_signs_then_unmasks_the_right_sum(star, senders: str, gone: str) -> None:
+    """An honest round: all four, one dropped before masking, one vanished after masking."""
+    r = 20
+    estimates = _fresh(star, r)
+    _inbox(star, senders, r)
+    _wire_up(star, gone)
+    result = _secure_sum(star, r)
+    assert result is not None
+    total, weights, survivors = result
+    assert survivors == ids(star, senders)
+    a = star["a"]
+    assert weights == pytest.approx(sum(secure_round.weight(a, a.peer_id, p) for p in survivors))
+    assert np.abs(total - _expected(star, estimates, senders)).max() <= 4 / (2 * SCALE) + 1e-6
+    assert star["a"].secagg.confirmed == {r: frozenset(survivors)}
+    for name in senders:
+        if name not in gone:
+            assert star[name].secagg.committed[(star["a"].peer_id, r)].survivors == set(survivors)
+
+
+def test_the_driver_does_not_announce_a_set_one_member_from_a_recent_one(star) -> None:
+    """After a round with all four, a round with three would hand the aggregator the fourth's
+    estimate by subtraction: refused, and a later round with all four goes through again."""
+    _fresh(star, 21)
+    a = star["a"]
+    _inbox(star, "bcde", 21)
+    _wire_up(star)
+    assert _secure_sum(star, 21) is not None
+    _inbox(star, "cde", 22)
+    assert _secure_sum(star, 22) is None
+    assert 22 in a.secagg.refused_rounds
+    _inbox(star, "bcde", 23)
+    assert _secure_sum(star, 23) is not None
+
+
+def test_the_driver_keeps_a_recent_set_when_a_member_returns(star) -> None:
+    """Three in the first round, four in the next: the aggregator sums the same three again
+    (the fourth's input counts as dropped: its pair masks go, its self mask stays)."""
+    _fresh(star, 24)
+    _inbox(star, "cde", 24)
+    _wire_up(star)
+    assert _secure_sum(star, 24) is not None
+    estimates = _fresh(star, 25)
+    _inbox(star, "bcde", 25)
+    result = _secure_sum(star, 25)
+    assert result is not None
+    total, _, survivors = result
+    assert survivors == ids(star, "cde")
+    assert np.abs(total - _expected(star, estimates, "cde")).max() <= 3 / (2 * SCALE) + 1e-6
 
 
 def test_a_masked_input_reveals_nothing_by_itself(star) -> None:

@@ -504,7 +504,8 @@ class UnmaskRequest:
     """Secure aggregation: the aggregator fixes the survivors and asks one of them to unmask.
 
     ``shares`` are the encrypted self-seed shares addressed to the receiver, keyed by the
-    contributor they belong to.
+    contributor they belong to; ``signatures`` are survivors' Ed25519 signatures on this very
+    survivor set (:mod:`gossipfl.crypto.consistency`), at least the Shamir threshold of them.
     """
 
     KIND: ClassVar[str] = "unmask_request"
@@ -514,10 +515,12 @@ class UnmaskRequest:
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
     shares: tuple[tuple[str, bytes], ...]
+    signatures: tuple[tuple[str, bytes], ...]
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
-                "dropped": list(self.dropped), "shares": [[p, c] for p, c in self.shares]}
+                "dropped": list(self.dropped), "shares": [[p, c] for p, c in self.shares],
+                "signatures": [[p, s] for p, s in self.signatures]}
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> UnmaskRequest:
@@ -528,33 +531,31 @@ class UnmaskRequest:
             survivors=_check_peers(body["survivors"], "survivors"),
             dropped=_check_peers(body["dropped"], "dropped"),
             shares=_check_pairs(body["shares"], "shares", MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
+            signatures=_check_signatures(body["signatures"]),
         )
 
 
 @dataclass(frozen=True)
 class UnmaskResponse:
-    """A survivor's answer: its own self seed, the shares it holds of the other survivors' self
-    seeds, and its round pair seeds with the dropped members; never both kinds for one member.
+    """A survivor's answer: the shares it holds of the survivors' self seeds (its own share of
+    its own seed included; never the seed itself), and its round pair seeds with the dropped
+    members; never both kinds for one member.
     """
 
     KIND: ClassVar[str] = "unmask_response"
     federation: str
     round: int
     sender: str
-    self_seed: bytes
     seed_shares: tuple[tuple[str, bytes], ...]
     pair_seeds: tuple[tuple[str, bytes], ...]
 
     def _fields_to_wire(self) -> dict[str, Any]:
-        return {"round": self.round, "sender": self.sender, "self_seed": self.self_seed,
+        return {"round": self.round, "sender": self.sender,
                 "seed_shares": [[p, v] for p, v in self.seed_shares],
                 "pair_seeds": [[p, v] for p, v in self.pair_seeds]}
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> UnmaskResponse:
-        self_seed = body["self_seed"]
-        if not isinstance(self_seed, bytes) or len(self_seed) != 32:
-            raise WireError("self seed must be 32 bytes")
         pair_seeds = _check_pairs(body["pair_seeds"], "pair seeds", MAX_MEMBERS, 32)
         if any(len(v) != 32 for _, v in pair_seeds):
             raise WireError("pair seeds must be 32 bytes")
@@ -562,19 +563,89 @@ class UnmaskResponse:
             federation=federation,
             round=_check_int(body["round"], "round", 0, MAX_ROUND),
             sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
-            self_seed=self_seed,
             seed_shares=_check_pairs(body["seed_shares"], "seed shares", MAX_MEMBERS, 128),
             pair_seeds=pair_seeds,
         )
 
 
+SIGNATURE_BYTES = 64
+
+
+def _check_signatures(value: Any) -> tuple[tuple[str, bytes], ...]:
+    signatures = _check_pairs(value, "signatures", MAX_MEMBERS, SIGNATURE_BYTES)
+    if any(len(s) != SIGNATURE_BYTES for _, s in signatures):
+        raise WireError(f"signatures must be {SIGNATURE_BYTES} bytes")
+    return signatures
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest:
+    """Secure aggregation: the aggregator announces the survivor set it fixed for a round and
+    asks a survivor to sign it (Bonawitz's ConsistencyCheck)."""
+
+    KIND: ClassVar[str] = "consistency_request"
+    federation: str
+    round: int
+    sender: str
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
+                "dropped": list(self.dropped)}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> ConsistencyRequest:
+        return cls(
+            federation=federation,
+            round=_check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            survivors=_check_peers(body["survivors"], "survivors"),
+            dropped=_check_peers(body["dropped"], "dropped"),
+        )
+
+
+@dataclass(frozen=True)
+class ConsistencyResponse:
+    """A survivor's Ed25519 signature on the announced set, or (empty signature) its refusal
+    code (:class:`gossipfl.crypto.consistency.Refusal`)."""
+
+    KIND: ClassVar[str] = "consistency_response"
+    federation: str
+    round: int
+    sender: str
+    signature: bytes
+    refusal: str
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "signature": self.signature,
+                "refusal": self.refusal}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> ConsistencyResponse:
+        signature = body["signature"]
+        if not isinstance(signature, bytes) or len(signature) not in (0, SIGNATURE_BYTES):
+            raise WireError(f"signature must be empty or {SIGNATURE_BYTES} bytes")
+        refusal = _check_str(body["refusal"], "refusal", 32)
+        if bool(signature) == bool(refusal):
+            raise WireError("a consistency response holds a signature or a refusal, not both")
+        return cls(
+            federation=federation,
+            round=_check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            signature=signature,
+            refusal=refusal,
+        )
+
+
 Message = (Heartbeat | LinkRequest | LinkReply | Contribution | Ack | Sealed | MaskedInput
-           | UnmaskRequest | UnmaskResponse)
+           | UnmaskRequest | UnmaskResponse | ConsistencyRequest | ConsistencyResponse)
 M = TypeVar("M", Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed, MaskedInput,
-            UnmaskRequest, UnmaskResponse)
+            UnmaskRequest, UnmaskResponse, ConsistencyRequest, ConsistencyResponse)
 _KINDS: dict[str, type[Any]] = {
     cls.KIND: cls for cls in (Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed,
-                              MaskedInput, UnmaskRequest, UnmaskResponse)
+                              MaskedInput, UnmaskRequest, UnmaskResponse,
+                              ConsistencyRequest, ConsistencyResponse)
 }
 
 

@@ -68,9 +68,11 @@ from gossipfl.node.estimates import EstimateError, OwnEstimate, PeerEstimates
 from gossipfl.node.layout import Layout, LayoutError
 from gossipfl.node.learner import LocalLearner
 from gossipfl.node.secure_round import (
+    PROTO_CONSISTENCY,
     PROTO_MASKED,
     PROTO_UNMASK,
     SecAggState,
+    on_consistency_request,
     on_masked_input,
     on_unmask_request,
 )
@@ -222,6 +224,8 @@ class Node:
                 if self.config.secagg.enabled:
                     host.set_stream_handler(PROTO_MASKED, self._guard(self._on_masked))
                     host.set_stream_handler(PROTO_UNMASK, self._guard(self._on_unmask))
+                    host.set_stream_handler(PROTO_CONSISTENCY, self._guard(
+                        functools.partial(on_consistency_request, self)))
                 host.set_stream_handler(
                     self.contribution_protocol,
                     self._guard(self._on_contribution, timeout=math.inf),  # per frame inside

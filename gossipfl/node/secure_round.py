@@ -10,13 +10,17 @@ the pair keys taken from the members' certificates, so no key round is needed):
    majority), encrypt each share to its holder, and send it all to k (``MaskedInput``).
 2. Aggregator i waits for its neighbours' inputs (or the round timeout), fixes the survivors V
    (later inputs for the round are refused), and refuses the round outright with fewer than
-   ``min_contributors``: a sum of one or two is no secret.
-3. It asks each survivor to unmask (``UnmaskRequest``): the survivor returns its own b, the shares
-   it holds of the other survivors' b (for a survivor that drops after masking), and its round
-   pair seeds with the dropped members; never both kinds for one member, and only for one
-   survivor set per aggregator and round.
-4. i removes the self masks and the dropped members' pair masks and gets Σ_{j∈V} w_ij x̂_j;
-   the model becomes (1 − Σ_{j∈V} w_ij) x½ + that sum.
+   ``min_contributors`` (a sum of one or two is no secret) or than the Shamir threshold.
+3. Consistency (Bonawitz's round 3, :mod:`gossipfl.crypto.consistency`): i announces V and the
+   dropped to each survivor, which signs them unless it signed another set for i and round r,
+   or a set within ``history_rounds`` rounds that differs from V by fewer than
+   ``min_set_difference`` members.
+4. It asks each survivor to unmask (``UnmaskRequest``, with at least the Shamir threshold of
+   signatures on V): the survivor returns the shares it holds of the survivors' self seeds (its
+   own share of its own seed included; never the seed) and its round pair seeds with the
+   dropped; never both kinds for one member, and only for the one set it signed.
+5. i rebuilds each self seed from threshold shares, removes the self masks and the dropped
+   members' pair masks and gets Σ_{j∈V} w_ij x̂_j; the model becomes (1 − Σ_{j∈V} w_ij) x½ + it.
 
 Every contributor sends its full weighted estimate each round (with identity compression a delta
 is no smaller), so a dropout never leaves the aggregator's running sums out of step.
@@ -31,10 +35,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import trio
 
-from gossipfl.crypto import secagg, shamir
+from gossipfl.crypto import consistency, secagg, shamir
+from gossipfl.crypto.consistency import Refusal, SurvivorSet, threshold
 from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
     Ack,
+    ConsistencyRequest,
+    ConsistencyResponse,
     MaskedInput,
     UnmaskRequest,
     UnmaskResponse,
@@ -47,7 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipfl.secagg")
 
 PROTO_MASKED = "/gossipfl/secagg/input/1.0.0"
-PROTO_UNMASK = "/gossipfl/secagg/unmask/1.0.0"
+PROTO_UNMASK = "/gossipfl/secagg/unmask/2.0.0"  # 2: signatures in, no self seed out
+PROTO_CONSISTENCY = "/gossipfl/secagg/consistency/1.0.0"
 KEEP_ROUNDS = 4  # how many past rounds of secrets a contributor keeps for late unmask requests
 
 
@@ -57,8 +65,14 @@ class SecAggState:
 
     inbox: dict[int, dict[str, MaskedInput]] = field(default_factory=dict)  # aggregator role
     closed: set[int] = field(default_factory=set)  # rounds whose survivor set is fixed
-    my_seeds: dict[tuple[str, int], bytes] = field(default_factory=dict)  # contributor role
-    answered: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict)
+    confirmed: dict[int, frozenset[str]] = field(default_factory=dict)  # sets signed by enough
+    # contributor role, per (aggregator, round): our own share of our own self seed, the one set
+    # we signed or answered, and whose self-mask shares / pair seeds we revealed
+    my_shares: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    committed: dict[tuple[str, int], SurvivorSet] = field(default_factory=dict)
+    revealed: dict[tuple[str, int], tuple[frozenset[str], frozenset[str]]] = field(
+        default_factory=dict)
+    signed: dict[str, dict[int, frozenset[str]]] = field(default_factory=dict)  # per aggregator
     refused_rounds: list[int] = field(default_factory=list)
     failed_rounds: list[int] = field(default_factory=list)
     peer_status: dict[str, tuple[int, float, bool]] = field(default_factory=dict)
@@ -67,10 +81,9 @@ class SecAggState:
         for r in [r for r in self.inbox if r < round_]:
             del self.inbox[r]
         self.closed = {r for r in self.closed if r >= round_}
-        for key in [k for k in self.my_seeds if k[1] < round_ - KEEP_ROUNDS]:
-            del self.my_seeds[key]
-        for key in [k for k in self.answered if k[1] < round_ - KEEP_ROUNDS]:
-            del self.answered[key]
+        for table in (self.my_shares, self.committed, self.revealed):
+            for key in [k for k in table if k[1] < round_ - KEEP_ROUNDS]:
+                del table[key]
 
 
 def neighbourhood(node: Node, aggregator: str) -> frozenset[str]:
@@ -83,10 +96,6 @@ def weight(node: Node, aggregator: str, contributor: str) -> float:
     degree_k = len(neighbourhood(node, aggregator))
     degree_j = len(neighbourhood(node, contributor))
     return 1.0 / (1 + max(degree_k, degree_j))
-
-
-def threshold(members: int) -> int:
-    return members // 2 + 1
 
 
 def _x25519_public(node: Node, peer: str) -> bytes:
@@ -124,7 +133,7 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
             sender_private=_my_private(node), recipient_public=_x25519_public(node, other)))
         for other in sorted(members) if other != me
     )
-    node.secagg.my_seeds[(aggregator, r)] = self_seed
+    node.secagg.my_shares[(aggregator, r)] = shamir.encode_share(ids[me], shares[ids[me]])
     return MaskedInput(
         federation=node.config.federation, round=r, sender=me, aggregator=aggregator, weight=w,
         disagreement=float(min(node.disagreement, 1e9)), done=done,
@@ -166,6 +175,54 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
         log.warning("sending masked round %d to %s timed out", r, peer)
 
 
+def _announced(request: ConsistencyRequest | UnmaskRequest) -> SurvivorSet:
+    """The set as the request states it (:func:`_check` compares its names with the sender)."""
+    return SurvivorSet(request.federation, request.sender, request.round,
+                       frozenset(request.survivors), frozenset(request.dropped))
+
+
+def _check(node: Node, aggregator: str, announced: SurvivorSet) -> Refusal | None:
+    """Whether this member may sign or answer ``announced`` (see :func:`consistency.check_set`)."""
+    config, key = node.config.secagg, (aggregator, announced.round)
+    return consistency.check_set(
+        announced, federation=node.config.federation, aggregator=aggregator, me=node.peer_id,
+        members=neighbourhood(node, aggregator), have_input=key in node.secagg.my_shares,
+        min_contributors=config.min_contributors, committed=node.secagg.committed.get(key),
+        history=node.secagg.signed.get(aggregator, {}), history_rounds=config.history_rounds,
+        min_difference=config.min_set_difference)
+
+
+def _commit(node: Node, aggregator: str, announced: SurvivorSet) -> None:
+    """From now on this member signs and answers only ``announced`` for its aggregator, round."""
+    key, signed = (aggregator, announced.round), node.secagg.signed
+    if key not in node.secagg.committed:
+        node.secagg.committed[key] = announced
+        signed[aggregator] = consistency.remember(signed.get(aggregator, {}), announced.round,
+                                                  announced.survivors,
+                                                  node.config.secagg.history_rounds)
+
+
+async def on_consistency_request(node: Node, channel: Channel) -> None:
+    """Serve an aggregator's survivor set (see :func:`answer_consistency`)."""
+    request = await channel.receive(ConsistencyRequest, MAX_CONTROL_BYTES)
+    await channel.send(answer_consistency(node, channel.remote, request), MAX_CONTROL_BYTES)
+
+
+def answer_consistency(node: Node, aggregator: str,
+                       request: ConsistencyRequest) -> ConsistencyResponse:
+    """Sign the announced survivor set, or refuse it (logged); signing commits to it."""
+    announced = _announced(request)
+    refusal = _check(node, aggregator, announced)
+    fed, r, me = node.config.federation, request.round, node.peer_id
+    if refusal is not None:
+        node.reject(aggregator, "survivor set", "consistency_refused",
+                    f"round {r}: {refusal.value}")
+        return ConsistencyResponse(fed, r, me, b"", refusal.value)
+    _commit(node, aggregator, announced)
+    return ConsistencyResponse(fed, r, me,
+                               consistency.sign_set(announced, node.security.signing_key), "")
+
+
 async def on_unmask_request(node: Node, channel: Channel) -> None:
     """Serve an aggregator's unmask request (see :func:`answer_unmask`)."""
     request = await channel.receive(UnmaskRequest, node.protocol.max_payload_bytes)
@@ -174,41 +231,41 @@ async def on_unmask_request(node: Node, channel: Channel) -> None:
         await channel.send(response, MAX_CONTROL_BYTES)
 
 
+def plan_answer(node: Node, aggregator: str,
+                request: UnmaskRequest) -> consistency.Reveal | Refusal:
+    """What this member would reveal for ``request`` (nothing is committed), or why not."""
+    done_self, done_pair = node.secagg.revealed.get((aggregator, request.round),
+                                                    (frozenset(), frozenset()))
+    announced = _announced(request)
+    return (_check(node, aggregator, announced)
+            or consistency.check_signatures(
+                announced, request.signatures,
+                needed=threshold(len(neighbourhood(node, aggregator))))
+            or consistency.plan_reveal(announced, revealed_self=done_self,
+                                       revealed_pair=done_pair))
+
+
 def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> UnmaskResponse | None:
     """This node's unmask answer for ``aggregator``, or None (logged) when it must refuse.
 
-    Refuses anything that could unmask one input: a survivor set that does not split the
-    neighbourhood, one without us, one smaller than the minimum, or a second, different survivor
-    set for a round already answered (the aggregator claiming a live member dropped). Shares of a
-    dropped member's self seed are never revealed; pair seeds only with the dropped.
+    Answers only the one survivor set it signed (or, having signed none, one it would sign),
+    only with at least the Shamir threshold of valid signatures from distinct survivors on that
+    set, and never reveals both the self-mask shares and the pair seed of one member across
+    all requests for this aggregator and round. Its own self seed never leaves: only shares.
     """
-    r, me = request.round, node.peer_id
-    if request.federation != node.config.federation or request.sender != aggregator:
-        node.reject(aggregator, "unmask request", "sender_mismatch", "names another sender")
+    r, me, key = request.round, node.peer_id, (aggregator, request.round)
+    announced = _announced(request)
+    plan = plan_answer(node, aggregator, request)
+    if isinstance(plan, Refusal):
+        node.reject(aggregator, "unmask request", "unmask_refused", f"round {r}: {plan.value}")
         return None
-    members = neighbourhood(node, aggregator)
-    survivors, dropped = set(request.survivors), set(request.dropped)
-    seed = node.secagg.my_seeds.get((aggregator, r))
-    reason = None
-    if seed is None:
-        reason = "we sent no masked input for that round"
-    elif survivors & dropped or survivors | dropped != set(members):
-        reason = "survivors and dropped must split the neighbourhood"
-    elif me not in survivors:
-        reason = "we are not among the survivors"
-    elif len(survivors) < node.config.secagg.min_contributors:
-        reason = f"fewer than {node.config.secagg.min_contributors} survivors"
-    elif node.secagg.answered.get((aggregator, r), frozenset(survivors)) != frozenset(survivors):
-        reason = "a different survivor set was already answered for this round"
-    if reason is not None:
-        node.reject(aggregator, "unmask request", "unmask_refused", f"round {r}: {reason}")
-        return None
-    assert seed is not None
-    node.secagg.answered[(aggregator, r)] = frozenset(survivors)
+    _commit(node, aggregator, announced)
+    done_self, done_pair = node.secagg.revealed.get(key, (frozenset(), frozenset()))
+    node.secagg.revealed[key] = (done_self | plan.self_shares_of, done_pair | plan.pair_seeds_with)
     context = secagg.seed_context(node.config.federation, aggregator, r)
-    shares = []
+    shares = [(me, node.secagg.my_shares[key])]
     for owner, ciphertext in request.shares:
-        if owner not in survivors or owner == me:
+        if owner not in plan.self_shares_of or owner == me:
             continue  # shares of a dropped member's self seed are never revealed
         try:
             shares.append((owner, secagg.decrypt_seed_share(
@@ -219,9 +276,9 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
     pair_seeds = tuple(
         (other, secagg.agree_seed(_my_private(node), _x25519_public(node, other),
                                   context=context))
-        for other in sorted(dropped)
+        for other in sorted(plan.pair_seeds_with)
     )
-    return UnmaskResponse(node.config.federation, r, me, seed, tuple(shares), pair_seeds)
+    return UnmaskResponse(node.config.federation, r, me, tuple(sorted(shares)), pair_seeds)
 
 
 # -- aggregator --------------------------------------------------------------------------------
@@ -293,22 +350,37 @@ async def wait_for_inputs(node: Node, r: int, deadline: float) -> list[str]:
 
 
 async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] | None:
-    """Fix the survivors, unmask; returns (Σ w x̂, Σ w, survivors) or None if refused/failed."""
+    """Fix the survivors, have them sign the set, unmask; returns (Σ w x̂, Σ w, survivors) or
+    None if refused/failed."""
     node.secagg.closed.add(r)
     inputs = node.secagg.inbox.get(r, {})
-    members = sorted(neighbourhood(node, node.peer_id))
-    survivors = sorted(inputs)
-    minimum = node.config.secagg.min_contributors
-    if len(survivors) < minimum:
-        node.secagg.refused_rounds.append(r)
-        log.warning("round %d: secure aggregation refused: %d contributor(s), fewer than %d; "
-                    "this round goes on without them", r, len(survivors), minimum)
-        return None
-    dropped = [m for m in members if m not in inputs]
+    members = neighbourhood(node, node.peer_id)
+    config = node.config.secagg
+    minimum = consistency.minimum_survivors(len(members), config.min_contributors)
+    chosen = consistency.choose_survivors(
+        frozenset(inputs), r, node.secagg.confirmed, minimum=minimum,
+        history_rounds=config.history_rounds, min_difference=config.min_set_difference)
+    if chosen is None:
+        return _refuse(node, r, f"{len(inputs)} contributor(s), fewer than {minimum}"
+                       if len(inputs) < minimum else "the set differs from one summed in the "
+                       f"last {config.history_rounds} rounds by fewer than "
+                       f"{config.min_set_difference} members")
+    survivors, dropped = sorted(chosen), sorted(members - chosen)
+    announce = ConsistencyRequest(node.config.federation, r, node.peer_id, tuple(survivors),
+                                  tuple(dropped))
+    signatures: dict[str, bytes] = {}
+    async with trio.open_nursery() as nursery:
+        for peer in survivors:
+            nursery.start_soon(_ask_signature, node, peer, announce, signatures)
+    if len(signatures) < threshold(len(members)):
+        return _refuse(node, r, f"only {len(signatures)} survivor(s) signed the survivor set")
+    node.secagg.confirmed = consistency.remember(node.secagg.confirmed, r, chosen,
+                                                 config.history_rounds)
+    signed = tuple(sorted(signatures.items()))
     responses: dict[str, UnmaskResponse] = {}
     async with trio.open_nursery() as nursery:
         for peer in survivors:
-            request = unmask_request(node, r, inputs, survivors, dropped, peer)
+            request = unmask_request(node, r, inputs, survivors, dropped, peer, signed)
             nursery.start_soon(_ask_unmask, node, peer, request, responses)
     try:
         total = await trio.to_thread.run_sync(unmask, node, r, inputs, survivors, dropped,
@@ -322,13 +394,40 @@ async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] 
     return total, weights, survivors
 
 
+def _refuse(node: Node, r: int, why: str) -> None:
+    node.secagg.refused_rounds.append(r)
+    log.warning("round %d: secure aggregation refused: %s; it goes on without it", r, why)
+
+
+async def _ask_signature(node: Node, peer: str, request: ConsistencyRequest,
+                         signatures: dict[str, bytes]) -> None:
+    with trio.move_on_after(node.protocol.request_timeout):
+        try:
+            async with node.channel_to(peer, PROTO_CONSISTENCY) as channel:
+                await channel.send(request, MAX_CONTROL_BYTES)
+                response = await channel.receive(ConsistencyResponse, MAX_CONTROL_BYTES)
+        except Exception as error:
+            log.info("no signature from %s for round %d: %s", peer, request.round, error)
+            return
+        if response.sender != peer or response.round != request.round or response.refusal:
+            log.info("%s did not sign the survivor set of round %d: %s", peer, request.round,
+                     response.refusal or "mismatched answer")
+            return
+        if consistency.check_signatures(_announced(request), [(peer, response.signature)],
+                                        needed=1):
+            node.reject(peer, "signature", "bad_signature", f"round {request.round}")
+            return
+        signatures[peer] = response.signature
+
+
 def unmask_request(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[str],
-                   dropped: list[str], peer: str) -> UnmaskRequest:
-    """The request to survivor ``peer``: the survivor set, and the shares addressed to it."""
+                   dropped: list[str], peer: str,
+                   signatures: tuple[tuple[str, bytes], ...]) -> UnmaskRequest:
+    """The request to survivor ``peer``: the signed survivor set, the shares addressed to it."""
     shares = tuple((owner, dict(inputs[owner].shares)[peer])
                    for owner in survivors if owner != peer)
     return UnmaskRequest(node.config.federation, r, node.peer_id, tuple(survivors),
-                         tuple(dropped), shares)
+                         tuple(dropped), shares, signatures)
 
 
 async def _ask_unmask(node: Node, peer: str, request: UnmaskRequest,
@@ -349,8 +448,9 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
            dropped: list[str], responses: dict[str, UnmaskResponse]) -> np.ndarray:
     """Σ_{j∈V} w_ij x̂_j from the survivors' masked inputs and their unmask answers.
 
-    Raises ValueError when the answers cannot remove every mask (too few shares of a member
-    that left after masking, or a pair seed missing).
+    Every self seed is rebuilt from threshold shares (no member sends its own). Raises
+    ValueError when the answers cannot remove every mask (too few shares of a survivor's self
+    seed, or a pair seed missing).
     """
     config = node.config.secagg
     members = sorted(neighbourhood(node, node.peer_id))
@@ -358,20 +458,15 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
     need = threshold(len(members))
     self_seeds: dict[str, bytes] = {}
     for peer in survivors:
-        if peer in responses:
-            self_seeds[peer] = responses[peer].self_seed
-            continue
-        # dropped after masking: rebuild its self seed from the shares the others hold
         held = {}
         for response in responses.values():
             for owner, encoded in response.seed_shares:
                 if owner == peer:
                     share_id, value = shamir.decode_share(encoded)
-                    if share_id == ids[response.sender]:
+                    if share_id == ids.get(response.sender):
                         held[share_id] = value
         if len(held) < need:
-            raise ValueError(f"{peer} left after masking and only {len(held)} of {need} shares "
-                             "of its self seed came back")
+            raise ValueError(f"only {len(held)} of {need} shares of {peer}'s self seed came back")
         self_seeds[peer] = shamir.combine_shares(held, need)
     pair_seeds: dict[tuple[str, str], bytes] = {}
     for peer in survivors:
@@ -401,4 +496,4 @@ def consensus_reached(node: Node) -> bool:
     return True
 
 
-__all__ = ["PROTO_MASKED", "PROTO_UNMASK", "SecAggState"]
+__all__ = ["PROTO_CONSISTENCY", "PROTO_MASKED", "PROTO_UNMASK", "SecAggState"]
