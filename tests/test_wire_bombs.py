@@ -124,11 +124,19 @@ def test_bomb_frames_are_refused_in_bounded_time_and_memory(
     bomb: Callable[[int], bytes], expected: type[Any]
 ) -> None:
     body = bomb(FRAME)
-    outcome, peak, elapsed = _measure(body, expected)
+    outcome, peak, _ = _measure(body, expected)
     assert outcome != "decoded"
     # a few MB of objects at most, whatever the frame (before: ~70 bytes of objects a byte)
     assert peak < FRAME // 2, f"{bomb.__name__}: peak {peak} bytes ({outcome})"
-    assert elapsed < 0.5, f"{bomb.__name__}: {elapsed:.2f} s"
+    elapsed = min(_timed(body, expected) for _ in range(3))  # best of 3: the machine is shared
+    assert elapsed < 0.25, f"{bomb.__name__}: {elapsed:.2f} s"
+
+
+def _timed(body: bytes, expected: type[Any]) -> float:
+    started = time.perf_counter()
+    with pytest.raises(WireError):
+        decode_body(body, expected)
+    return time.perf_counter() - started
 
 
 def test_the_element_cap_not_the_frame_cap_stops_a_nested_bomb() -> None:
