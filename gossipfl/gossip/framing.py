@@ -49,8 +49,11 @@ class FrameBudget(Protocol):
     def release(self, size: int) -> None: ...
 
 
-async def read_exactly(stream: ByteStream, n: int, *, frame_start: bool = False) -> bytes:
-    """Read exactly ``n`` bytes. At a frame start, an end before any byte is a clean close."""
+async def read_exactly(stream: ByteStream, n: int, *, frame_start: bool = False) -> bytearray:
+    """Read exactly ``n`` bytes. At a frame start, an end before any byte is a clean close.
+
+    The buffer grows as bytes arrive (a peer that announces much and sends little costs only
+    what it sent) and is returned as is, never copied."""
     buffer = bytearray()
     while len(buffer) < n:
         try:
@@ -62,7 +65,7 @@ async def read_exactly(stream: ByteStream, n: int, *, frame_start: bool = False)
                 raise StreamClosed("stream closed between frames")
             raise StreamEnded(f"stream ended after {len(buffer)} of {n} bytes")
         buffer += chunk
-    return bytes(buffer)
+    return buffer
 
 
 async def read_frame(stream: ByteStream, expected: type[M], max_bytes: int,

@@ -582,7 +582,7 @@ def encode_frame(message: Message, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -
     return HEADER.pack(len(body)) + body
 
 
-def frame_length(header: bytes, max_bytes: int) -> int:
+def frame_length(header: bytes | bytearray, max_bytes: int) -> int:
     """Parse a frame header and check the announced length against ``max_bytes``."""
     if len(header) != HEADER_BYTES:
         raise WireError(f"frame header must be {HEADER_BYTES} bytes")
@@ -652,7 +652,7 @@ class _ElementBudget:
         return value
 
 
-def unpack_bounded(body: bytes, limits: DecodeLimits) -> Any:
+def unpack_bounded(body: bytes | bytearray, limits: DecodeLimits) -> Any:
     """msgpack-decode ``body`` within ``limits`` (see :class:`DecodeLimits`); WireError if not."""
     budget = _ElementBudget(limits.max_elements)
     try:
@@ -670,7 +670,7 @@ def unpack_bounded(body: bytes, limits: DecodeLimits) -> Any:
         raise WireError(f"malformed msgpack: {type(error).__name__}") from None
 
 
-def decode_body(body: bytes, expected: type[M]) -> M:
+def decode_body(body: bytes | bytearray, expected: type[M]) -> M:
     """Decode one frame body into a message of type ``expected`` (within its
     :data:`DECODE_LIMITS`)."""
     data = unpack_bounded(body, DECODE_LIMITS.get(expected.KIND, DEFAULT_DECODE_LIMITS))
