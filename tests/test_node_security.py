@@ -247,9 +247,9 @@ def test_a_members_bomb_frame_is_refused_in_bounded_memory(setup) -> None:
     finally:
         tracemalloc.stop()
     assert stream.was_reset and node.rejections["malformed"] == 1
-    # the body read (one buffer, grown as it arrives) and a few thousand objects, where a
-    # plain msgpack decode builds about 64 MB of lists
-    assert peak < 2 * len(bomb), peak
+    # the body read (this fake hands it over in one chunk, copied into one buffer) and a few
+    # thousand objects, where a plain msgpack decode builds about 64 MB of lists
+    assert peak < 2.5 * len(bomb), peak
     assert node.in_flight.held == 0
 
 
