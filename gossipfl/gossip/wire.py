@@ -665,7 +665,7 @@ def unpack_bounded(body: bytes | bytearray, limits: DecodeLimits) -> Any:
     except WireError:
         raise
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
-        raise WireError(f"malformed msgpack: {error or type(error).__name__}") from None
+        raise WireError(f"malformed msgpack: {str(error) or type(error).__name__}") from None
     except Exception as error:  # msgpack raises several unrelated types on garbage
         raise WireError(f"malformed msgpack: {type(error).__name__}") from None
 

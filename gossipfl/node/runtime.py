@@ -461,8 +461,13 @@ class Node:
         is_member = self.security.is_member if self.security.enabled else None
         while True:
             await trio.sleep(min(self.protocol.request_timeout, 5.0))
-            for peer, why in self.reaper.sweep(trio.current_time(), self.net.open_streams(),
-                                               is_member):
+            try:
+                closing = self.reaper.sweep(trio.current_time(), self.net.open_streams(),
+                                            is_member)
+            except Exception as error:  # libp2p's connection table: never take the node down
+                log.warning("could not list connections: %s: %s", type(error).__name__, error)
+                continue
+            for peer, why in closing:
                 log.info("closing the %s connection of %s", why.value, peer)
                 with trio.move_on_after(self.protocol.request_timeout):
                     await self.net.disconnect(peer)
