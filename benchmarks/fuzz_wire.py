@@ -101,20 +101,24 @@ from tests.test_fuzz import (  # noqa: E402
     sealed_outcome,
     stream_outcome,
 )
+from tests.test_wire_bombs import BOMBS, _measure  # noqa: E402
 
 #: Share of the inputs each kind gets (decoder 75 %, handlers 25 %).
 KINDS: dict[str, float] = {
     "bytes": 0.12,  # arbitrary bytes and arbitrary msgpack documents → decode_body
-    "field": 0.15,  # a valid body with one (possibly nested) field replaced → decode_body
+    "field": 0.14,  # a valid body with one (possibly nested) field replaced → decode_body
     "keys": 0.08,  # a valid body with keys removed / added → decode_body
     "tensors": 0.10,  # contribution bodies with stressed tensor entries → decode_body
     "frames": 0.15,  # valid frames mutated (flips, truncation, insertion...) → decode_frame
     "stream": 0.15,  # header + body over a chunked fake stream → read_frame
+    "bombs": 0.01,  # 64 KiB–4 MiB of empty arrays/maps, short strings... → decode_body, traced
     "plain": 0.10,  # Contribution objects → Node._accept_contribution, admission off
     "admission": 0.05,  # the same → Node._accept_contribution, admission on
     "sealed": 0.10,  # envelopes (genuine, forged, tampered) → Node._open_sealed + accept
 }
-DECODER_KINDS = ("bytes", "field", "keys", "tensors", "frames", "stream")
+DECODER_KINDS = ("bytes", "field", "keys", "tensors", "frames", "stream", "bombs")
+#: what decoding a bomb may allocate at most, whatever its size (tracemalloc peak)
+BOMB_PEAK_BYTES = 4 * 1024 * 1024
 ALPHABET = string.printable + "\x00\u00e9\u00df\u0416\u4e2d\u6587\U0001f600\u200b\uffff"
 
 
@@ -546,7 +550,24 @@ class Tally:
 # -- the runs ----------------------------------------------------------------------------------
 
 
+def bomb_outcome(body: bytes, expected: type[Any]) -> str:
+    """A structural bomb is refused, in memory that does not grow with it and in well under a
+    second."""
+    outcome, peak, elapsed = _measure(body, expected)
+    assert outcome != "decoded", "a bomb decoded"
+    assert peak < BOMB_PEAK_BYTES, f"decoding a {len(body)}-byte bomb peaked at {peak} bytes"
+    assert elapsed < 1.0, f"decoding a {len(body)}-byte bomb took {elapsed:.2f} s"
+    return outcome
+
+
 def run_decoders(gen: Gen, tally: Tally, counts: dict[str, int]) -> None:
+    for _ in range(counts["bombs"]):
+        bomb = gen.rng.choice(BOMBS)
+        size = gen.rng.randint(64 * 1024, 4 * 1024 * 1024)
+        body = bomb(size)
+        expected = gen.rng.choice(MESSAGE_TYPES)
+        tally.run("bombs", (expected.__name__, bomb.__name__, size),
+                  lambda b=body, e=expected: bomb_outcome(b, e), None)
     for _ in range(counts["bytes"]):
         body = gen.arbitrary_body() if gen.chance(0.7) else gen.mutated_body()
         expected = gen.rng.choice(MESSAGE_TYPES)

@@ -103,6 +103,9 @@ class ProtocolConfig:
     relink_interval: float = 2.0  # how often to ask a lost neighbour (dropped, cut off) back
     catch_up_rounds: int = 2  # sync: neighbours this many rounds ahead → pull their state, jump
     extra_links: int = 2  # late joiners a node takes beyond its topology degree
+    # bytes of frames being read at once, all peers together (0: 4 × max_payload_bytes); peers
+    # without a certificate may hold an eighth of it
+    max_in_flight_bytes: int = 0
 
     def __post_init__(self) -> None:
         for name in ("round_timeout", "join_timeout", "heartbeat_interval", "member_timeout",
@@ -125,6 +128,10 @@ class ProtocolConfig:
         _require(self.relink_interval > 0, "protocol.relink_interval must be positive")
         _require(self.catch_up_rounds >= 1, "protocol.catch_up_rounds must be at least 1")
         _require(self.extra_links >= 0, "protocol.extra_links must be >= 0")
+        _require(self.max_in_flight_bytes == 0
+                 or self.max_in_flight_bytes >= 2 * self.max_payload_bytes,
+                 "protocol.max_in_flight_bytes must be 0 (automatic) or at least two payloads "
+                 "(2 × protocol.max_payload_bytes)")
 
 
 @dataclass(frozen=True)

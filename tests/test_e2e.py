@@ -201,10 +201,11 @@ def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
     assert seen["plaintext"].startswith("refused")
     rejected = report["nodes"][0]["rejected"]
     assert rejected.get("not_member", 0) >= 1
-    # the flood (more streams held open than the per-peer cap) was cut off, counted and logged
-    assert 16 <= int(seen["flood"]) < 40 and rejected.get("flood", 0) >= 1
-    assert "flood" in (node_dir / "node.log").read_text()
+    # the flood of link streams from a peer without a certificate was cut off at its first
+    # stream (reset, connection closed), long before the per-peer cap of 16 open streams
+    assert int(seen["flood"]) < 16
     log = (node_dir / "node.log").read_text()
+    assert "link stream without a valid certificate: disconnected" in log
     assert "not_member" in log
     assert "refused a connection" in log and "only Noise is accepted" in log
     # the federation still converged to one model

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import tracemalloc
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,11 +20,14 @@ import trio
 import trio.testing
 from nacl.signing import SigningKey
 
-from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecurityConfig
+from gossipfl.config import DataConfig, ModelConfig, NodeConfig, ProtocolConfig, SecurityConfig
 from gossipfl.crypto.admission import admit_identity, init_federation, peer_id_of
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.crypto.revocation import RevocationUpdate, revoke, sign_revocations
 from gossipfl.gossip.wire import (
+    HEADER,
+    HEADER_BYTES,
+    MAX_CONTROL_BYTES,
     MAX_MEMBERS,
     Contribution,
     Heartbeat,
@@ -384,3 +389,133 @@ def test_a_revocation_list_needs_admission() -> None:
 
     with pytest.raises(ConfigError, match=r"security\.revocations needs security\.admission"):
         SecurityConfig(revocations="revocations.list")
+
+
+# -- what a stranger can make the node read (issue 8, point 7) ----------------------------------
+
+STRANGER = "12D3KooWStrangerStrangerStranger"
+MIB = 1024 * 1024
+
+
+class PeerStream:
+    """An incoming stream from ``peer``: serves ``data``, stalling at ``stall_at`` until
+    ``release`` is set; records what was read and whether it was reset."""
+
+    def __init__(self, peer: str, data: bytes, stall_at: int | None = None,
+                 release: trio.Event | None = None) -> None:
+        self.muxed_conn = SimpleNamespace(peer_id=peer)
+        self.data, self.position = data, 0
+        self.stall_at, self.release = stall_at, release
+        self.was_reset = self.closed = False
+
+    async def read(self, n: int | None = None) -> bytes:
+        assert n is not None
+        if self.stall_at is not None and self.position >= self.stall_at:
+            assert self.release is not None
+            await self.release.wait()
+            self.stall_at = None
+        end = len(self.data) if self.stall_at is None else self.stall_at
+        chunk = self.data[self.position:min(self.position + n, end)]
+        self.position += len(chunk)
+        return chunk
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def reset(self) -> None:
+        self.was_reset = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeNet:
+    def __init__(self) -> None:
+        self.disconnected: list[str] = []
+
+    async def disconnect(self, peer: str) -> None:
+        self.disconnected.append(peer)
+
+
+def _frame(size: int) -> bytes:
+    return HEADER.pack(size) + b"\x90" * size
+
+
+@pytest.mark.parametrize("handler", ["_on_link", "_on_contribution", "_on_state_request",
+                                     "_on_masked", "_on_unmask"])
+def test_a_stranger_on_a_members_only_protocol_is_reset_and_disconnected_unread(
+    setup, handler: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    node, _, _ = setup
+    node.net = FakeNet()
+    caplog.set_level(logging.WARNING)
+    stream = PeerStream(STRANGER, _frame(4 * MIB))
+    trio.run(node._guard(getattr(node, handler), members_only=True), stream)
+    assert stream.was_reset and stream.position == 0  # not even the header was read
+    assert node.net.disconnected == [STRANGER]
+    assert node.rejections["not_member"] == 1
+    assert "stream without a valid certificate: disconnected" in caplog.text
+
+
+def test_a_strangers_heartbeat_is_held_to_the_control_cap_from_its_header(setup) -> None:
+    node, b, _ = setup
+    node.net = FakeNet()
+    stream = PeerStream(STRANGER, _frame(4 * MIB))
+    trio.run(node._guard(node._on_heartbeat), stream)
+    assert stream.was_reset and stream.position == HEADER_BYTES
+    assert node.rejections["malformed"] == 1
+    # a member's payload frame on its contribution stream is read past the header
+    member = PeerStream(b.peer_id, _frame(4 * MIB)[: 1 * MIB])
+    trio.run(node._guard(node._on_contribution, members_only=True), member)
+    assert member.position == MIB and node.net.disconnected == []
+
+
+def test_a_members_bomb_frame_is_refused_in_bounded_memory(setup) -> None:
+    node, b, _ = setup
+    inner = b"\xdc\x04\x00" + b"\x90" * 1024
+    bomb = b"\xdc\x04\x00" + inner * 1024  # a million empty arrays, within every array cap
+    stream = PeerStream(b.peer_id, HEADER.pack(len(bomb)) + bomb)
+    tracemalloc.start()
+    try:
+        trio.run(node._guard(node._on_contribution, members_only=True), stream)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stream.was_reset and node.rejections["malformed"] == 1
+    # the body read (this fake hands it over in one chunk, copied into one buffer) and a few
+    # thousand objects, where a plain msgpack decode builds about 64 MB of lists
+    assert peak < 2.5 * len(bomb), peak
+    assert node.in_flight.held == 0
+
+
+def test_fresh_identities_cannot_add_up_past_the_in_flight_cap(tmp_path: Path) -> None:
+    config, identity = _config(tmp_path, "a")
+    config = dataclasses.replace(config, protocol=ProtocolConfig(
+        max_payload_bytes=MIB, max_in_flight_bytes=8 * MIB))
+    node = Node(config, identity, LocalLearner(config))
+    frame = MAX_CONTROL_BYTES - 1024  # the most a stranger may announce, nearly
+    release = trio.Event()
+    streams = [PeerStream(f"12D3KooWFresh{i:04d}", _frame(frame), HEADER_BYTES, release)
+               for i in range(100)]
+    seen: dict[str, int] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for stream in streams:
+                nursery.start_soon(node._guard(node._on_heartbeat), stream)
+            await trio.testing.wait_all_tasks_blocked()
+            seen["held_by_strangers"] = node.in_flight.held_by_strangers
+            seen["refused"] = node.rejections["in_flight"]
+            # a member's payload still fits beside them
+            seen["member"] = node.in_flight.reserve(MIB, member=True)
+            node.in_flight.release(MIB, member=True)
+            release.set()
+
+    trio.run(main, clock=trio.testing.MockClock())
+    allowed = node.in_flight.stranger_limit // frame  # an eighth of 8 MiB: 4 frames
+    assert allowed == 4
+    assert seen["held_by_strangers"] == allowed * frame <= node.in_flight.stranger_limit
+    assert seen["refused"] == 100 - allowed
+    assert seen["member"] == 1
+    assert sum(s.was_reset for s in streams) == 100  # refused or malformed, every one
+    assert node.in_flight.held == 0 and node.in_flight.peak == allowed * frame + MIB

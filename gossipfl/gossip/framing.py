@@ -36,8 +36,24 @@ class StreamClosed(StreamEnded):
     """The stream ended cleanly, between frames."""
 
 
-async def read_exactly(stream: ByteStream, n: int, *, frame_start: bool = False) -> bytes:
-    """Read exactly ``n`` bytes. At a frame start, an end before any byte is a clean close."""
+class Overloaded(ConnectionError):
+    """The node holds too many bytes of frames in flight to take this one now (refused from its
+    header, before its body is read)."""
+
+
+class FrameBudget(Protocol):
+    """Where a frame's announced length is reserved before its body is read."""
+
+    def reserve(self, size: int) -> bool: ...
+
+    def release(self, size: int) -> None: ...
+
+
+async def read_exactly(stream: ByteStream, n: int, *, frame_start: bool = False) -> bytearray:
+    """Read exactly ``n`` bytes. At a frame start, an end before any byte is a clean close.
+
+    The buffer grows as bytes arrive (a peer that announces much and sends little costs only
+    what it sent) and is returned as is, never copied."""
     buffer = bytearray()
     while len(buffer) < n:
         try:
@@ -49,19 +65,29 @@ async def read_exactly(stream: ByteStream, n: int, *, frame_start: bool = False)
                 raise StreamClosed("stream closed between frames")
             raise StreamEnded(f"stream ended after {len(buffer)} of {n} bytes")
         buffer += chunk
-    return bytes(buffer)
+    return buffer
 
 
-async def read_frame(stream: ByteStream, expected: type[M], max_bytes: int) -> tuple[M, int]:
+async def read_frame(stream: ByteStream, expected: type[M], max_bytes: int,
+                     budget: FrameBudget | None = None) -> tuple[M, int]:
     """Read one frame and decode it; returns the message and the bytes read.
 
-    Raises :class:`WireError` for a frame that breaks the wire rules (too long, malformed...) and
-    :class:`StreamEnded` if the stream ends early.
+    The announced length is checked against ``max_bytes`` and reserved from ``budget`` before a
+    byte of the body is read; the reservation lasts until the frame is decoded or refused.
+    Raises :class:`WireError` for a frame that breaks the wire rules (too long, malformed...),
+    :class:`Overloaded` when the budget has no room, and :class:`StreamEnded` if the stream ends
+    early.
     """
     header = await read_exactly(stream, HEADER_BYTES, frame_start=True)
     length = frame_length(header, max_bytes)
-    body = await read_exactly(stream, length)
-    return decode_body(body, expected), HEADER_BYTES + length
+    if budget is not None and not budget.reserve(length):
+        raise Overloaded(f"no room for a frame of {length} bytes: too many bytes in flight")
+    try:
+        body = await read_exactly(stream, length)
+        return decode_body(body, expected), HEADER_BYTES + length
+    finally:
+        if budget is not None:
+            budget.release(length)
 
 
 async def write_frame(stream: ByteStream, message: Message, max_bytes: int) -> int:
@@ -72,6 +98,6 @@ async def write_frame(stream: ByteStream, message: Message, max_bytes: int) -> i
 
 
 __all__ = [
-    "ByteStream", "StreamClosed", "StreamEnded", "WireError", "read_exactly", "read_frame",
-    "write_frame",
+    "ByteStream", "FrameBudget", "Overloaded", "StreamClosed", "StreamEnded", "WireError",
+    "read_exactly", "read_frame", "write_frame",
 ]

@@ -8,15 +8,36 @@ import multiaddr
 from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from gossipfl.crypto.identity import Identity
+from gossipfl.gossip.wire import MAX_MEMBERS
 
-#: gossipfl dials whom it needs (members, neighbours) itself: py-libp2p's auto-connector, which by
-#: default keeps dialling every known address to hold 100+ connections, only burns CPU here.
-CONNECTIONS = ConnectionConfig(min_connections=0, low_watermark=0)
+#: Connections a node holds at most (inbound and outbound): a member talks to at most
+#: MAX_MEMBERS others; libp2p prunes idle ones above this.
+MAX_CONNECTIONS = MAX_MEMBERS + 44
+
+#: gossipfl dials whom it needs (members, neighbours) itself. py-libp2p 0.8.1's auto-connector
+#: dials peerstore entries until it holds (low_watermark + high_watermark) / 2 connections (150
+#: with the default high watermark of 300), whoever put them there: any peer's identify announces
+#: addresses that land in the peerstore. No watermark setting turns it off without the pruner
+#: closing our own links (high = low = 0 prunes everything above 0), so the watermarks only bound
+#: what the node holds, and :func:`make_host` replaces the auto-connector with one that never
+#: starts.
+CONNECTIONS = ConnectionConfig(min_connections=0, low_watermark=0,
+                               high_watermark=MAX_CONNECTIONS, max_connections=MAX_CONNECTIONS)
+
+
+class NoAutoConnector(AutoConnector):
+    """An auto-connector that never dials: ``start`` leaves it stopped, so its periodic task
+    never runs and ``maybe_connect`` (also called by the swarm on every disconnect) returns at
+    once."""
+
+    async def start(self) -> None:
+        self._started = False
 
 #: The only secure channel a gossipfl host offers or accepts.
 SECURITY_PROTOCOLS = (str(NOISE_PROTOCOL_ID),)
@@ -41,4 +62,6 @@ def make_host(identity: Identity, listen: Sequence[str]) -> tuple[IHost, list[mu
         enable_quic=False,
         connection_config=CONNECTIONS,
     )
+    network = host.get_network()
+    network.auto_connector = NoAutoConnector(network)  # type: ignore[attr-defined]
     return host, listen_addrs

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 
 import multiaddr
+import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from gossipfl.gossip.framing import read_frame, write_frame
-from gossipfl.gossip.wire import M, Message
+from gossipfl.gossip.ratelimit import InFlight
+from gossipfl.gossip.wire import MAX_CONTROL_BYTES, M, Message, WireError
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +46,63 @@ class Traffic:
         self.messages_received += 1
 
 
-class Channel:
-    """One stream to a peer, speaking whole frames."""
+@dataclass
+class ReadPolicy:
+    """What a peer may make this node read: payload-sized frames only from certified members
+    (``is_member``); anyone else is held to :data:`MAX_CONTROL_BYTES` from the frame header.
+    Every frame's length is reserved from ``in_flight`` (all peers together) before its body
+    is read."""
 
-    def __init__(self, stream: INetStream, traffic: Traffic) -> None:
+    is_member: Callable[[str], bool]
+    in_flight: InFlight
+
+
+class _Reservation:
+    """One peer's view of the node's in-flight budget (:class:`FrameBudget`)."""
+
+    def __init__(self, in_flight: InFlight, member: bool) -> None:
+        self.in_flight, self.member = in_flight, member
+
+    def reserve(self, size: int) -> bool:
+        return self.in_flight.reserve(size, member=self.member)
+
+    def release(self, size: int) -> None:
+        self.in_flight.release(size, member=self.member)
+
+
+class Channel:
+    """One stream to a peer, speaking whole frames (read under ``policy`` when given)."""
+
+    def __init__(self, stream: INetStream, traffic: Traffic,
+                 policy: ReadPolicy | None = None) -> None:
         self.stream = stream
         self.traffic = traffic
+        self.policy = policy
 
     @property
     def remote(self) -> str:
         return str(self.stream.muxed_conn.peer_id)
+
+    def read_cap(self, max_bytes: int) -> tuple[int, bool]:
+        """The cap on the next frame from this peer, and whether it is a certified member."""
+        if self.policy is None:
+            return max_bytes, True
+        member = self.policy.is_member(self.remote)
+        return (max_bytes if member else min(max_bytes, MAX_CONTROL_BYTES)), member
 
     async def send(self, message: Message, max_bytes: int) -> None:
         size = await write_frame(self.stream, message, max_bytes)
         self.traffic.sent(message.KIND, size)
 
     async def receive(self, expected: type[M], max_bytes: int) -> M:
-        message, size = await read_frame(self.stream, expected, max_bytes)
+        cap, member = self.read_cap(max_bytes)
+        budget = None if self.policy is None else _Reservation(self.policy.in_flight, member)
+        try:
+            message, size = await read_frame(self.stream, expected, cap, budget)
+        except WireError as error:
+            if cap < max_bytes:
+                raise WireError(f"{error} (not a certified member: control frames only)") from None
+            raise
         self.traffic.received(size)
         return message
 
@@ -76,6 +119,48 @@ class Channel:
             log.debug("resetting a stream to %s failed", self.remote, exc_info=True)
 
 
+class Idle(Enum):
+    """Why a connection is closed by :class:`ConnectionReaper`."""
+
+    STRANGER = "uncertified"  # no valid certificate within the grace period
+    IDLE = "idle"  # no stream for idle_after
+
+
+@dataclass
+class ConnectionReaper:
+    """Which connections to close: a peer that is not a certified member ``stranger_grace``
+    seconds after we first saw its connection, and any peer with no stream open and none opened
+    either way for ``idle_after`` seconds. Pure state; the node feeds it activity (:meth:`touch`)
+    and samples of the open connections (:meth:`sweep`)."""
+
+    stranger_grace: float
+    idle_after: float
+    _first_seen: dict[str, float] = field(default_factory=dict)
+    _active: dict[str, float] = field(default_factory=dict)
+
+    def touch(self, peer: str, now: float) -> None:
+        """A stream to or from ``peer`` was opened."""
+        self._active[peer] = now
+
+    def sweep(self, now: float, streams: Mapping[str, int],
+              is_member: Callable[[str], bool] | None) -> list[tuple[str, Idle]]:
+        """``streams``: each connected peer and its open streams; ``is_member`` None when
+        admission is off. Returns the peers to disconnect, and why."""
+        for gone in set(self._first_seen) - set(streams):
+            del self._first_seen[gone]
+        for gone in set(self._active) - set(streams):
+            del self._active[gone]
+        close = []
+        for peer, count in streams.items():
+            first = self._first_seen.setdefault(peer, now)
+            if is_member is not None and not is_member(peer):
+                if now - first >= self.stranger_grace:
+                    close.append((peer, Idle.STRANGER))
+            elif count == 0 and now - max(first, self._active.get(peer, first)) >= self.idle_after:
+                close.append((peer, Idle.IDLE))
+        return close
+
+
 class PeerNet:
     """Opens channels to peers by id, dialling their known addresses when not connected.
 
@@ -85,9 +170,13 @@ class PeerNet:
     """
 
     def __init__(self, host: IHost, traffic: Traffic,
-                 routes: Mapping[str, str] | None = None) -> None:
+                 routes: Mapping[str, str] | None = None,
+                 policy: ReadPolicy | None = None,
+                 reaper: ConnectionReaper | None = None) -> None:
         self.host = host
         self.traffic = traffic
+        self.policy = policy
+        self.reaper = reaper
         self.routes: dict[str, multiaddr.Multiaddr] = {
             peer: _transport_part(multiaddr.Multiaddr(addr), peer)
             for peer, addr in (routes or {}).items()
@@ -120,25 +209,48 @@ class PeerNet:
         """Leave the peer's route as the only address the peerstore holds for it (identify may
         have added the addresses it listens on since we last looked)."""
         route = self.routes[peer_id]
+        self._pin(pid, [route])
+        return [route]
+
+    def _pin(self, pid: ID, maddrs: list[multiaddr.Multiaddr]) -> None:
         peerstore = self.host.get_peerstore()
         peerstore.clear_addrs(pid)
-        peerstore.add_addrs(pid, [route], ADDR_TTL_SECONDS)
-        return [route]
+        if maddrs:
+            peerstore.add_addrs(pid, maddrs, ADDR_TTL_SECONDS)
+
+    def _certified(self, peer_id: str) -> bool:
+        return self.policy is None or self.policy.is_member(peer_id)
 
     async def open(self, peer_id: str, addrs: tuple[str, ...], protocol: str) -> Channel:
         """Connect (if not connected already) and open a stream for ``protocol``."""
         pid, maddrs = self.remember(peer_id, addrs)
+        if self.reaper is not None:
+            self.reaper.touch(peer_id, trio.current_time())
         # Our callers pace their own retries (heartbeat and re-link intervals, each under a
         # deadline). libp2p blocks a peer whose dials all failed for 60 s, which would keep a
         # healed partition or a restarted peer apart long after it answers again.
         unblock = getattr(self.host.get_network(), "unblock_peer", None)
         if unblock is not None:
             unblock(pid)
+        # An uncertified peer (a bootstrap address, hearsay) is dialled only at the addresses
+        # our caller gives, never at those it (or anyone) announced through libp2p's identify.
+        pinned = peer_id not in self.routes and not self._certified(peer_id)
+        if pinned:
+            self._pin(pid, maddrs)
         await self.host.connect(PeerInfo(pid, maddrs))
         if peer_id in self.routes:
             self._pin_route(pid, peer_id)  # new_stream redials from the peerstore if need be
+        elif pinned:
+            self._pin(pid, maddrs)
         stream = await self.host.new_stream(pid, [protocol])
-        return Channel(stream, self.traffic)
+        return Channel(stream, self.traffic, self.policy)
+
+    def open_streams(self) -> dict[str, int]:
+        """Each connected peer and the streams open on its connections."""
+        counts: dict[str, int] = {}
+        for pid, conns in self.host.get_network().get_connections_map().items():
+            counts[str(pid)] = sum(len(conn.get_streams()) for conn in conns)
+        return counts
 
     async def disconnect(self, peer_id: str) -> None:
         try:

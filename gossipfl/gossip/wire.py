@@ -671,7 +671,7 @@ def encode_frame(message: Message, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -
     return HEADER.pack(len(body)) + body
 
 
-def frame_length(header: bytes, max_bytes: int) -> int:
+def frame_length(header: bytes | bytearray, max_bytes: int) -> int:
     """Parse a frame header and check the announced length against ``max_bytes``."""
     if len(header) != HEADER_BYTES:
         raise WireError(f"frame header must be {HEADER_BYTES} bytes")
@@ -683,14 +683,90 @@ def frame_length(header: bytes, max_bytes: int) -> int:
     return length
 
 
-def decode_body(body: bytes, expected: type[M]) -> M:
-    """Decode one frame body into a message of type ``expected``."""
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How far one frame body may expand when decoded, whatever its size: caps on each array,
+    map and string, and on all containers' elements together (list items plus map keys and
+    values). Each container's length is checked from its msgpack header before it is built, and
+    the elements are counted as containers complete, so a crafted frame of many empty arrays or
+    maps is refused after at most ``max_elements`` objects, in time and memory that do not grow
+    with the frame. Arrays of numbers travel as one ``bin`` blob (see :class:`Tensor`)."""
+
+    max_array_len: int
+    max_map_len: int = 32
+    max_str_len: int = 512
+    max_elements: int = 4096
+
+
+#: For message kinds without their own entry in :data:`DECODE_LIMITS` (generous; add one).
+DEFAULT_DECODE_LIMITS = DecodeLimits(max_array_len=MAX_TENSORS, max_map_len=64,
+                                     max_str_len=4096, max_elements=65536)
+#: Per message kind, from its caps: the longest list a field may hold and how many elements the
+#: whole body may decode into (a heartbeat: 256 members of [id, ≤16 addrs, age, certificate]; a
+#: contribution: 1024 tensors of [name, dtype, ≤8 dims, data]; secure aggregation: ≤256
+#: [peer, bytes] pairs).
+DECODE_LIMITS: dict[str, DecodeLimits] = {
+    "heartbeat": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + MAX_MEMBERS * (5 + MAX_ADDRS)
+                              + MAX_ADDRS),
+    "link_request": DecodeLimits(MAX_ADDRS, max_elements=64),
+    "link_reply": DecodeLimits(MAX_ADDRS, max_elements=64),
+    "contribution": DecodeLimits(MAX_TENSORS, max_elements=2 * 32
+                                 + MAX_TENSORS * (5 + MAX_TENSOR_DIMS)),
+    "ack": DecodeLimits(MAX_ADDRS, max_elements=64),
+    "sealed": DecodeLimits(MAX_ADDRS, max_elements=64),
+    "masked_input": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 3 * MAX_MEMBERS),
+    # survivors, dropped, and ≤256 [peer, bytes] pairs each of shares and signatures
+    "unmask_request": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 8 * MAX_MEMBERS),
+    "unmask_response": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 6 * MAX_MEMBERS),
+    "consistency_request": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 2 * MAX_MEMBERS),
+    "consistency_response": DecodeLimits(MAX_ADDRS, max_elements=64),
+}
+
+
+class _ElementBudget:
+    """msgpack hooks that count decoded elements and stop the decoder past the budget."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def _spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise WireError("frame structure expands beyond this message kind's element cap")
+
+    def list_hook(self, value: list[Any]) -> list[Any]:
+        self._spend(len(value))
+        return value
+
+    def object_hook(self, value: dict[Any, Any]) -> dict[Any, Any]:
+        self._spend(2 * len(value))
+        return value
+
+
+def unpack_bounded(body: bytes | bytearray, limits: DecodeLimits) -> Any:
+    """msgpack-decode ``body`` within ``limits`` (see :class:`DecodeLimits`); WireError if not."""
+    budget = _ElementBudget(limits.max_elements)
     try:
-        data = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+        return msgpack.unpackb(
+            body, raw=False, strict_map_key=True, use_list=True,
+            list_hook=budget.list_hook, object_hook=budget.object_hook,
+            max_array_len=limits.max_array_len, max_map_len=limits.max_map_len,
+            max_str_len=limits.max_str_len, max_bin_len=len(body), max_ext_len=0,
+        )
+    except WireError:
+        raise
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
-        raise WireError(f"malformed msgpack: {error}") from None
+        raise WireError(f"malformed msgpack: {str(error) or type(error).__name__}") from None
     except Exception as error:  # msgpack raises several unrelated types on garbage
         raise WireError(f"malformed msgpack: {type(error).__name__}") from None
+
+
+def decode_body(body: bytes | bytearray, expected: type[M]) -> M:
+    """Decode one frame body into a message of type ``expected`` (within its
+    :data:`DECODE_LIMITS`)."""
+    data = unpack_bounded(body, DECODE_LIMITS.get(expected.KIND, DEFAULT_DECODE_LIMITS))
     if not isinstance(data, dict):
         raise WireError("frame body must be a map")
     version = data.get("v")

@@ -33,11 +33,11 @@ from libp2p.abc import INetStream
 from gossipfl.aggregation.topology import build_topology
 from gossipfl.config import NodeConfig
 from gossipfl.crypto.identity import Identity
-from gossipfl.gossip.framing import StreamClosed, StreamEnded
+from gossipfl.gossip.framing import Overloaded, StreamClosed, StreamEnded
 from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import Membership
-from gossipfl.gossip.peers import Channel, PeerNet, Traffic
-from gossipfl.gossip.ratelimit import PeerLimiter
+from gossipfl.gossip.peers import Channel, ConnectionReaper, PeerNet, ReadPolicy, Traffic
+from gossipfl.gossip.ratelimit import InFlight, LogGate, PeerLimiter
 from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
     Ack,
@@ -187,7 +187,12 @@ class Node:
         self.limiter = PeerLimiter(rate=config.protocol.peer_rate,
                                    burst=config.protocol.peer_burst,
                                    max_open=config.protocol.peer_streams)
-        self._flood_logged: dict[str, float] = {}
+        self._log_gate = LogGate()
+        in_flight = config.protocol.max_in_flight_bytes or 4 * self.payload_cap
+        self.in_flight = InFlight(limit=in_flight, stranger_limit=in_flight // 8)
+        self.read_policy = ReadPolicy(self.security.is_member, self.in_flight)
+        self.reaper = ConnectionReaper(stranger_grace=config.protocol.request_timeout,
+                                       idle_after=self.idle_timeout)
         self.budget: Any = None
         self.dp_rng: np.random.Generator | None = None
         self.dp_exhausted_round: int | None = None
@@ -215,29 +220,34 @@ class Node:
         from gossipfl.node.round import run_rounds  # the one place a round is composed
 
         host, listen = make_host(self.identity, self.config.listen)
-        self.net = PeerNet(host, self.traffic, self.config.routes)
+        self.net = PeerNet(host, self.traffic, self.config.routes, self.read_policy, self.reaper)
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
                 host.set_stream_handler(PROTO_MEMBERSHIP, self._guard(self._on_heartbeat))
-                host.set_stream_handler(PROTO_LINK, self._guard(self._on_link))
+                host.set_stream_handler(PROTO_LINK, self._guard(self._on_link, members_only=True))
                 if self.config.secagg.enabled:
-                    host.set_stream_handler(PROTO_MASKED, self._guard(self._on_masked))
-                    host.set_stream_handler(PROTO_UNMASK, self._guard(self._on_unmask))
+                    host.set_stream_handler(PROTO_MASKED,
+                                            self._guard(self._on_masked, members_only=True))
+                    host.set_stream_handler(PROTO_UNMASK,
+                                            self._guard(self._on_unmask, members_only=True))
                     host.set_stream_handler(PROTO_CONSISTENCY, self._guard(
-                        functools.partial(on_consistency_request, self)))
+                        functools.partial(on_consistency_request, self), members_only=True))
                 host.set_stream_handler(
                     self.contribution_protocol,
-                    self._guard(self._on_contribution, timeout=math.inf),  # per frame inside
+                    self._guard(self._on_contribution, timeout=math.inf,  # per frame inside
+                                members_only=True),
                 )
                 self.addrs = [str(a) for a in host.get_addrs()]
                 self._write_node_info()
                 log.info("listening on %s", ", ".join(self.addrs))
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 nursery.start_soon(self._heartbeat_loop)
+                nursery.start_soon(self._close_idle_connections)
                 task_status.started(self.addrs)
                 if self.serves_state:  # never under secure aggregation (catchup.py)
-                    host.set_stream_handler(PROTO_STATE, self._guard(self._on_state_request))
+                    host.set_stream_handler(
+                        PROTO_STATE, self._guard(self._on_state_request, members_only=True))
                 self._resume()
                 await self._join()
                 await self._form_links()
@@ -398,26 +408,41 @@ class Node:
         event, self.changed = self.changed, trio.Event()
         event.set()
 
-    def flood(self, peer: str, detail: str) -> None:
-        """Count input dropped by the per-peer bounds; log it at most once a second a peer."""
-        self.rejections["flood"] += 1
-        now = trio.current_time()
-        if now - self._flood_logged.get(peer, -math.inf) >= 1.0:
-            self._flood_logged[peer] = now
-            log.warning("dropped input from %s: flood (%s; %d dropped so far from all peers)",
-                        peer, detail, self.rejections["flood"])
+    def flood(self, peer: str, detail: str, key: str = "flood") -> None:
+        """Count input dropped by the bounds (per peer, in flight, membership) under ``key``; log
+        it at most once a second a peer and ten lines a second in all (fresh peer ids are
+        free)."""
+        self.rejections[key] += 1
+        if self._log_gate.allow((key, peer), trio.current_time()):
+            log.warning("dropped input from %s: %s (%s; %d dropped so far from all peers)",
+                        peer, key, detail, self.rejections[key])
 
     def reject(self, peer: str, what: str, reason_key: str, detail: str) -> None:
         self.rejections[reason_key] += 1
         log.warning("dropped %s from %s: %s (%s)", what, peer, reason_key, detail)
 
-    def _guard(self, handler: Any, timeout: float | None = None) -> Any:
-        """Wrap a stream handler: a deadline, and no exception ever escapes into libp2p."""
+    def _guard(self, handler: Any, timeout: float | None = None, *,
+               members_only: bool = False) -> Any:
+        """Wrap a stream handler: a deadline, and no exception ever escapes into libp2p.
+
+        Frames are read under :attr:`read_policy` (payload-sized only from certified members,
+        all within the in-flight cap). With ``members_only`` (and admission on), a peer without
+        a valid certificate gets its stream reset and its connection closed before a byte is
+        read."""
         limit = self.protocol.request_timeout if timeout is None else timeout
+        what = getattr(handler, "__name__", "stream").removeprefix("_on_")
 
         async def guarded(stream: INetStream) -> None:
-            channel = Channel(stream, self.traffic)
+            channel = Channel(stream, self.traffic, self.read_policy)
             remote = channel.remote
+            self.reaper.touch(remote, trio.current_time())
+            if members_only and self.security.enabled and not self.security.is_member(remote):
+                self.flood(remote, f"{what} stream without a valid certificate: disconnected",
+                           key="not_member")
+                await channel.reset()
+                if self.net is not None:
+                    await self.net.disconnect(remote)
+                return
             if not self.limiter.allow(remote, trio.current_time()):
                 self.flood(remote, "more streams a second than allowed")
                 await channel.reset()
@@ -444,6 +469,10 @@ class Node:
                 self.reject(remote, "frame", "malformed", str(error))
                 await channel.reset()
                 return
+            except Overloaded as error:
+                self.flood(remote, str(error), key="in_flight")
+                await channel.reset()
+                return
             except StreamClosed:
                 await channel.close()
                 return
@@ -458,6 +487,25 @@ class Node:
             await channel.close()
 
         return guarded
+
+    async def _close_idle_connections(self) -> None:
+        """Close the connections of peers without a certificate after ``request_timeout``, and
+        any connection without a stream for :attr:`idle_timeout` (see
+        :class:`ConnectionReaper`)."""
+        assert self.net is not None
+        is_member = self.security.is_member if self.security.enabled else None
+        while True:
+            await trio.sleep(min(self.protocol.request_timeout, 5.0))
+            try:
+                closing = self.reaper.sweep(trio.current_time(), self.net.open_streams(),
+                                            is_member)
+            except Exception as error:  # libp2p's connection table: never take the node down
+                log.warning("could not list connections: %s: %s", type(error).__name__, error)
+                continue
+            for peer, why in closing:
+                log.info("closing the %s connection of %s", why.value, peer)
+                with trio.move_on_after(self.protocol.request_timeout):
+                    await self.net.disconnect(peer)
 
     def _check_origin(self, channel: Channel, what: str, federation: str, sender: str) -> bool:
         remote = channel.remote
