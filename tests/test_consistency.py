@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from nacl.signing import SigningKey
-from test_secure_round import (  # noqa: F401  (star and _clean are fixtures)
+from test_secure_round import (  # noqa: F401  (star, _alive and _clean are fixtures)
+    NOW,
     _accept,
+    _alive,
     _clean,
     _fresh,
     _masked,
@@ -29,8 +31,10 @@ from gossipfl.crypto.consistency import (
     check_set,
     check_signatures,
     choose_survivors,
+    excused,
     plan_reveal,
     remember,
+    seen_silent,
     sign_set,
     too_close,
 )
@@ -382,3 +386,51 @@ def test_differencing_across_rounds_is_refused_unless_the_sets_differ_enough(sta
     assert len(sign(star, r + 2, ids(star, "bcd"), ids(star, "e"), "bcd")) == 3
     _round(star, r + 3)
     assert len(sign(star, r + 3, ids(star, "cde"), ids(star, "b"), "cde")) == 3
+
+
+# -- churn is excused, claims are not ------------------------------------------------------------
+
+
+def test_a_difference_of_members_seen_silent_does_not_count() -> None:
+    history = {10: F("bcde")}
+    rule = {"history_rounds": 50, "min_difference": 2}
+    assert too_close(F("bcd"), 11, history, **rule) == 10
+    assert too_close(F("bcd"), 11, history, excused=F("e"), **rule) is None
+    # an excuse for another member does not cover this difference
+    assert too_close(F("bcd"), 11, history, excused=F("b"), **rule) == 10
+
+
+def test_members_are_seen_silent_from_the_age_of_their_news() -> None:
+    heard = {"b": 100.0, "c": 97.0}
+    seen = seen_silent({"old": 1}, "bcd", heard.get, now=100.0, silence=2.5, round_=60,
+                       history_rounds=50)
+    assert seen == {"c": 60, "d": 60}  # c: news 3 s old; d: none at all; "old" left the window
+    assert excused(seen, 60, 50) == F("cd") and excused(seen, 111, 50) == frozenset()
+
+
+def test_a_member_that_really_went_silent_may_leave_the_set(star) -> None:
+    """The set shrinks by one member that every signer has itself stopped hearing from: a real
+    dropout, signed at once (refusing would stop this neighbourhood's mixing for the window)."""
+    r = 70
+    _round(star, r)
+    assert len(sign(star, r, ids(star, "bcde"), [], "bcde")) == 4
+    for name in "abcd":  # nobody has heard of e for longer than the silence time
+        star[name].membership.forget(star["e"].peer_id)
+    _round(star, r + 1)
+    assert len(sign(star, r + 1, ids(star, "bcd"), ids(star, "e"), "bcd")) == 3
+    # when it comes back (heard from again), the full set is signed as well: it was seen silent
+    for name in "abcd":
+        star[name].membership.heard_from(star["e"].peer_id, (), NOW)
+    _round(star, r + 2)
+    assert len(sign(star, r + 2, ids(star, "bcde"), [], "bcde")) == 4
+
+
+def test_a_claimed_dropout_of_a_live_member_is_still_refused(star) -> None:
+    """The aggregator cannot pass its differencing attack off as churn: b is still heard from
+    (by c and d, whose news of it is fresh), so a set without b is refused by both."""
+    r = 80
+    _round(star, r)
+    assert len(sign(star, r, ids(star, "bcde"), [], "bcde")) == 4
+    star["e"].membership.forget(star["b"].peer_id)  # one signer fooled is not enough
+    _round(star, r + 1)
+    assert len(sign(star, r + 1, ids(star, "cde"), ids(star, "b"), "cde")) < 3

@@ -54,11 +54,24 @@ def star(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Node]:
     topology = {ids[n]: frozenset(ids[m] for m in "abcde" if m != n) for n in "abcde"}
     for node in nodes.values():
         node.topology = topology
+        node.clock = lambda: NOW
         for other in nodes.values():
             if other is not node:
                 assert node.security.admit(other.peer_id, other.security.own_certificate) is None
                 node.neighbours[other.peer_id] = NeighbourState()
     return nodes
+
+
+NOW = 1000.0  # the star's clock: every member heard from just now (alive), unless a test says
+
+
+@pytest.fixture(autouse=True)
+def _alive(star: dict[str, Node]) -> None:
+    """Each test starts with every member of the star heard from at NOW."""
+    for node in star.values():
+        for other in star.values():
+            if other is not node:
+                node.membership.heard_from(other.peer_id, (), NOW)
 
 
 @pytest.fixture(autouse=True)

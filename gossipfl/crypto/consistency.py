@@ -18,6 +18,12 @@ sets, and the union of what they reveal would strip one member's masks. So:
   refuses a set whose symmetric difference with a set it signed for the same aggregator within
   ``history_rounds`` rounds is non-empty but smaller than ``min_difference`` (identical sets are
   fine). This pairwise rule does not bound what a long run of sets spans (see the README).
+* **Churn is excused, claims are not.** A difference made only of members this member has itself
+  seen silent within the window (no news of them, direct or relayed, for the silence time: see
+  :func:`seen_silent`) does not count: a member that really died or came back changes the set by
+  one, and refusing would stop the neighbourhood's mixing for the whole window. An aggregator
+  that *claims* a live member dropped (the differencing attack) is still refused, since the
+  others keep hearing from that member.
 """
 
 from __future__ import annotations
@@ -93,15 +99,37 @@ def symmetric_difference(a: Iterable[str], b: Iterable[str]) -> int:
 
 
 def too_close(candidate: frozenset[str], round_: int, history: Mapping[int, frozenset[str]], *,
-              history_rounds: int, min_difference: int) -> int | None:
+              history_rounds: int, min_difference: int,
+              excused: frozenset[str] = frozenset()) -> int | None:
     """The round of a recent set that ``candidate`` differs from by 1..min_difference-1 members
-    (a sum over it minus ours would isolate fewer than ``min_difference`` members), else None."""
+    (a sum over it minus ours would isolate fewer than ``min_difference`` members), else None.
+    A difference made only of ``excused`` members (seen silent: real churn) does not count."""
     for past_round, past in sorted(history.items(), reverse=True):
         if abs(round_ - past_round) > history_rounds:
             continue
-        if 0 < symmetric_difference(candidate, past) < min_difference:
+        difference = candidate ^ past
+        if 0 < len(difference) < min_difference and not difference <= excused:
             return past_round
     return None
+
+
+def seen_silent(seen: Mapping[str, int], members: Iterable[str],
+                last_heard: Callable[[str], float | None], now: float, silence: float,
+                round_: int, history_rounds: int) -> dict[str, int]:
+    """``seen`` (member → last round it was seen silent) updated at ``round_``: a member of
+    ``members`` with no news for more than ``silence`` seconds (or none at all) is silent now;
+    rounds older than the window are dropped, so the table stays as small as the members."""
+    updated = {p: r for p, r in seen.items() if r >= round_ - history_rounds}
+    for peer in members:
+        heard = last_heard(peer)
+        if heard is None or now - heard > silence:
+            updated[peer] = round_
+    return updated
+
+
+def excused(seen: Mapping[str, int], round_: int, history_rounds: int) -> frozenset[str]:
+    """The members seen silent within the window: a set that differs by them only is churn."""
+    return frozenset(p for p, r in seen.items() if abs(round_ - r) <= history_rounds)
 
 
 def remember(history: Mapping[int, frozenset[str]], round_: int, survivors: frozenset[str],
@@ -116,7 +144,8 @@ def remember(history: Mapping[int, frozenset[str]], round_: int, survivors: froz
 def check_set(announced: SurvivorSet, *, federation: str, aggregator: str, me: str,
               members: frozenset[str], have_input: bool, min_contributors: int,
               committed: SurvivorSet | None, history: Mapping[int, frozenset[str]],
-              history_rounds: int, min_difference: int) -> Refusal | None:
+              history_rounds: int, min_difference: int,
+              excused: frozenset[str] = frozenset()) -> Refusal | None:
     """Whether ``me`` may sign (or, unsigned so far, answer) ``announced``; None means yes.
 
     ``committed`` is the set this member already signed or answered for this aggregator and
@@ -137,14 +166,15 @@ def check_set(announced: SurvivorSet, *, federation: str, aggregator: str, me: s
     if committed is not None:
         return None if committed == announced else Refusal.OTHER_SET
     if too_close(survivors, announced.round, history, history_rounds=history_rounds,
-                 min_difference=min_difference) is not None:
+                 min_difference=min_difference, excused=excused) is not None:
         return Refusal.TOO_CLOSE
     return None
 
 
 def choose_survivors(received: frozenset[str], round_: int,
                      confirmed: Mapping[int, frozenset[str]], *, minimum: int,
-                     history_rounds: int, min_difference: int) -> frozenset[str] | None:
+                     history_rounds: int, min_difference: int,
+                     excused: frozenset[str] = frozenset()) -> frozenset[str] | None:
     """The survivor set an honest aggregator announces, or None to refuse the round.
 
     The inputs received, unless the members would refuse them as too close to a set confirmed
@@ -153,7 +183,8 @@ def choose_survivors(received: frozenset[str], round_: int,
     """
     if len(received) < minimum:
         return None
-    rule = {"history_rounds": history_rounds, "min_difference": min_difference}
+    rule = {"history_rounds": history_rounds, "min_difference": min_difference,
+            "excused": excused}
     if too_close(received, round_, confirmed, **rule) is None:
         return received
     for past_round, past in sorted(confirmed.items(), reverse=True):

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 from gossipfl.gossip.wire import MAX_MEMBERS, MemberInfo
 
+SILENT_INTERVALS = 3  # heartbeat intervals without news of a peer: it has gone silent
+
 
 @dataclass
 class _Entry:
@@ -126,6 +128,11 @@ class Membership:
     def addrs(self, peer_id: str) -> tuple[str, ...]:
         entry = self._members.get(peer_id)
         return entry.addrs if entry else ()
+
+    def last_heard(self, peer_id: str) -> float | None:
+        """When we last had news of ``peer_id`` (its own heartbeat, or relayed with its age)."""
+        entry = self._members.get(peer_id)
+        return entry.last_heard if entry else None
 
     def is_direct(self, peer_id: str) -> bool:
         entry = self._members.get(peer_id)

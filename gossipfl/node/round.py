@@ -21,6 +21,7 @@ import numpy as np
 import trio
 
 from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
+from gossipfl.gossip.membership import SILENT_INTERVALS
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node import secure_round
 from gossipfl.node.checkpoint import save_node_checkpoint, save_vector
@@ -432,7 +433,6 @@ async def close_channels(node: Node) -> None:
             state.channel = None
 
 
-SILENT_INTERVALS = 3  # heartbeat intervals without one: a neighbour has gone silent
 
 
 def gone_silent(heard_at: float | None, now: float, interval: float) -> bool:

@@ -184,6 +184,7 @@ class Node:
         self.net: PeerNet | None = None
         self.security = NodeSecurity(config, identity)
         self.secagg = SecAggState()
+        self.clock: Callable[[], float] = trio.current_time  # tests drive the steps with theirs
         self.limiter = PeerLimiter(rate=config.protocol.peer_rate,
                                    burst=config.protocol.peer_burst,
                                    max_open=config.protocol.peer_streams)

@@ -29,7 +29,6 @@ is no smaller), so a dropout never leaves the aggregator's running sums out of s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,6 +45,7 @@ from gossipfl.gossip.wire import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from gossipfl.node.secagg_state import KEEP_ROUNDS, SecAggState, excused
 
 if TYPE_CHECKING:
     from gossipfl.gossip.peers import Channel
@@ -56,36 +56,6 @@ log = logging.getLogger("gossipfl.secagg")
 PROTO_MASKED = "/gossipfl/secagg/input/1.0.0"
 PROTO_UNMASK = "/gossipfl/secagg/unmask/2.0.0"  # 2: signatures in, no self seed out
 PROTO_CONSISTENCY = "/gossipfl/secagg/consistency/1.0.0"
-KEEP_ROUNDS = 4  # how many past rounds of secrets a contributor keeps for late unmask requests
-
-
-@dataclass
-class SecAggState:
-    """Per-node secure-aggregation state, for both roles."""
-
-    inbox: dict[int, dict[str, MaskedInput]] = field(default_factory=dict)  # aggregator role
-    closed: set[int] = field(default_factory=set)  # rounds whose survivor set is fixed
-    confirmed: dict[int, frozenset[str]] = field(default_factory=dict)  # sets signed by enough
-    # contributor role, per (aggregator, round): our own share of our own self seed, the one set
-    # we signed or answered, and whose self-mask shares / pair seeds we revealed
-    my_shares: dict[tuple[str, int], bytes] = field(default_factory=dict)
-    committed: dict[tuple[str, int], SurvivorSet] = field(default_factory=dict)
-    revealed: dict[tuple[str, int], tuple[frozenset[str], frozenset[str]]] = field(
-        default_factory=dict)
-    signed: dict[str, dict[int, frozenset[str]]] = field(default_factory=dict)  # per aggregator
-    refused_rounds: list[int] = field(default_factory=list)
-    failed_rounds: list[int] = field(default_factory=list)
-    peer_status: dict[str, tuple[int, float, bool]] = field(default_factory=dict)
-
-    def forget_before(self, round_: int) -> None:
-        for r in [r for r in self.inbox if r < round_]:
-            del self.inbox[r]
-        self.closed = {r for r in self.closed if r >= round_}
-        for table in (self.my_shares, self.committed, self.revealed):
-            for key in [k for k in table if k[1] < round_ - KEEP_ROUNDS]:
-                del table[key]
-
-
 def neighbourhood(node: Node, aggregator: str) -> frozenset[str]:
     assert node.topology is not None
     return node.topology.get(aggregator, frozenset())
@@ -184,12 +154,14 @@ def _announced(request: ConsistencyRequest | UnmaskRequest) -> SurvivorSet:
 def _check(node: Node, aggregator: str, announced: SurvivorSet) -> Refusal | None:
     """Whether this member may sign or answer ``announced`` (see :func:`consistency.check_set`)."""
     config, key = node.config.secagg, (aggregator, announced.round)
+    members = neighbourhood(node, aggregator)
     return consistency.check_set(
         announced, federation=node.config.federation, aggregator=aggregator, me=node.peer_id,
-        members=neighbourhood(node, aggregator), have_input=key in node.secagg.my_shares,
+        members=members, have_input=key in node.secagg.my_shares,
         min_contributors=config.min_contributors, committed=node.secagg.committed.get(key),
         history=node.secagg.signed.get(aggregator, {}), history_rounds=config.history_rounds,
-        min_difference=config.min_set_difference)
+        min_difference=config.min_set_difference,
+        excused=excused(node, members, announced.round))
 
 
 def _commit(node: Node, aggregator: str, announced: SurvivorSet) -> None:
@@ -359,7 +331,8 @@ async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] 
     minimum = consistency.minimum_survivors(len(members), config.min_contributors)
     chosen = consistency.choose_survivors(
         frozenset(inputs), r, node.secagg.confirmed, minimum=minimum,
-        history_rounds=config.history_rounds, min_difference=config.min_set_difference)
+        history_rounds=config.history_rounds, min_difference=config.min_set_difference,
+        excused=excused(node, members, r))
     if chosen is None:
         return _refuse(node, r, f"{len(inputs)} contributor(s), fewer than {minimum}"
                        if len(inputs) < minimum else "the set differs from one summed in the "
@@ -496,4 +469,4 @@ def consensus_reached(node: Node) -> bool:
     return True
 
 
-__all__ = ["PROTO_CONSISTENCY", "PROTO_MASKED", "PROTO_UNMASK", "SecAggState"]
+__all__ = ["KEEP_ROUNDS", "PROTO_CONSISTENCY", "PROTO_MASKED", "PROTO_UNMASK", "SecAggState"]

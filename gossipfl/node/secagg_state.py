@@ -1,0 +1,58 @@
+"""Secure aggregation: what a node keeps between rounds, for both roles, and which members it
+has itself seen silent (churn, which the differencing rule of
+:mod:`gossipfl.crypto.consistency` excuses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gossipfl.crypto import consistency
+from gossipfl.crypto.consistency import SurvivorSet
+from gossipfl.gossip.membership import SILENT_INTERVALS
+from gossipfl.gossip.wire import MaskedInput
+
+if TYPE_CHECKING:
+    from gossipfl.node.runtime import Node
+
+KEEP_ROUNDS = 4  # how many past rounds of secrets a contributor keeps for late unmask requests
+
+
+@dataclass
+class SecAggState:
+    """Per-node secure-aggregation state, for both roles."""
+
+    inbox: dict[int, dict[str, MaskedInput]] = field(default_factory=dict)  # aggregator role
+    closed: set[int] = field(default_factory=set)  # rounds whose survivor set is fixed
+    confirmed: dict[int, frozenset[str]] = field(default_factory=dict)  # sets signed by enough
+    # contributor role, per (aggregator, round): our own share of our own self seed, the one set
+    # we signed or answered, and whose self-mask shares / pair seeds we revealed
+    my_shares: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    committed: dict[tuple[str, int], SurvivorSet] = field(default_factory=dict)
+    revealed: dict[tuple[str, int], tuple[frozenset[str], frozenset[str]]] = field(
+        default_factory=dict)
+    signed: dict[str, dict[int, frozenset[str]]] = field(default_factory=dict)  # per aggregator
+    seen_silent: dict[str, int] = field(default_factory=dict)  # member → round last seen silent
+    refused_rounds: list[int] = field(default_factory=list)
+    failed_rounds: list[int] = field(default_factory=list)
+    peer_status: dict[str, tuple[int, float, bool]] = field(default_factory=dict)
+
+    def forget_before(self, round_: int) -> None:
+        for r in [r for r in self.inbox if r < round_]:
+            del self.inbox[r]
+        self.closed = {r for r in self.closed if r >= round_}
+        for table in (self.my_shares, self.committed, self.revealed):
+            for key in [k for k in table if k[1] < round_ - KEEP_ROUNDS]:
+                del table[key]
+
+
+def excused(node: Node, members: frozenset[str], r: int) -> frozenset[str]:
+    """Members this node has itself seen silent within the window: a set that differs from a
+    recent one by them only is churn, not a claim (:func:`consistency.too_close`). Silent: no
+    news, direct or relayed, for half the member timeout (at least three heartbeats)."""
+    protocol, window = node.protocol, node.config.secagg.history_rounds
+    silence = max(SILENT_INTERVALS * protocol.heartbeat_interval, protocol.member_timeout / 2)
+    node.secagg.seen_silent = consistency.seen_silent(
+        node.secagg.seen_silent, members - {node.peer_id}, node.membership.last_heard,
+        node.clock(), silence, r, window)
+    return consistency.excused(node.secagg.seen_silent, r, window)
