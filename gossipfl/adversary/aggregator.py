@@ -13,7 +13,7 @@ import trio
 
 from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.adversary.role import Role, SumResult
-from gossipfl.crypto import consistency, secagg
+from gossipfl.crypto import consistency, secagg, shamir
 from gossipfl.gossip.wire import ConsistencyRequest, MaskedInput, UnmaskResponse
 from gossipfl.node import secure_round
 
@@ -93,6 +93,20 @@ def pieces_of(target: str, responses: list[UnmaskResponse]) -> tuple[
     return pairs, shares
 
 
+def self_seed_from(shares: list[UnmaskResponse], members: frozenset[str],
+                   target: str) -> bytes | None:
+    """``target``'s self seed, if at least the threshold of its holders' shares came back."""
+    ids = secagg.share_ids_for(sorted(members))
+    held = {}
+    for response in shares:
+        for owner, encoded in response.seed_shares:
+            share_id, value = shamir.decode_share(encoded)
+            if owner == target and share_id == ids.get(response.sender):
+                held[share_id] = value
+    need = consistency.threshold(len(members))
+    return shamir.combine_shares(held, need) if len(held) >= need else None
+
+
 # -- the roles --------------------------------------------------------------------------------
 
 
@@ -101,26 +115,19 @@ class _Aggregator(Role):
 
     def best_guess(self, node: Node, target: str, masked: MaskedInput,
                    responses: list[UnmaskResponse]) -> tuple[np.ndarray, bool]:
-        """Unmask ``target`` alone with everything held, through the node's own
-        :func:`secure_round.unmask`; else the masked input less the known pair masks, read as
-        plain. Returns (its estimate of x̂_target, whether it was unmasked)."""
+        """Unmask ``target`` alone with everything held: its self seed from the shares that
+        came back (the node's own Shamir threshold) and every pair seed revealed with it; what
+        is left once those masks are off, read as plain. Returns (its estimate of x̂_target,
+        whether every mask came off)."""
         members = secure_round.neighbourhood(node, node.peer_id)
-        others = sorted(members - {target})
         pairs, shares = pieces_of(target, responses)
-        crafted = {r.sender: r for r in shares}
-        mine = crafted.get(target)
-        crafted[target] = UnmaskResponse(masked.federation, masked.round, target,
-                                         mine.seed_shares if mine else (),
-                                         tuple(sorted(pairs.items())))
-        try:
-            total = secure_round.unmask(node, masked.round, {target: masked}, [target], others,
-                                        crafted)
-            return total / masked.weight, True
-        except ValueError:
-            pass
-        config = node.config.secagg
         words = strip_pair_masks(np.frombuffer(masked.data, dtype="<u4"), target, pairs)
-        return read_as_plain(words, config.clip, config.scale) / masked.weight, False
+        seed = self_seed_from(shares, members, target)
+        if seed is not None:
+            words = (words - secagg.prg_mask(seed, words.size)).astype(np.uint32)
+        config = node.config.secagg
+        unmasked = seed is not None and set(pairs) >= members - {target}
+        return read_as_plain(words, config.clip, config.scale) / masked.weight, unmasked
 
     def note(self, node: Node, r: int, target: str, masked: MaskedInput,
              responses: list[UnmaskResponse]) -> None:
@@ -235,20 +242,20 @@ class Differencing(_Aggregator):
 
     def _subtract(self, r: int, inputs: dict[str, MaskedInput]) -> None:
         """Count the round and keep the difference if the newest sum is one member from another
-        sum held."""
+        sum held (scored against that member's estimate in the round of the sum holding it)."""
         _, newest, total = self.sums[-1]
-        for _, earlier, other in reversed(self.sums[:-1]):
+        for earlier_round, earlier, other in reversed(self.sums[:-1]):
             apart = newest ^ earlier
             if len(apart) == 1:
                 (member,) = apart
-                sign = 1.0 if member in newest else -1.0
+                sign, when = (1.0, r) if member in newest else (-1.0, earlier_round)
                 weight = inputs[member].weight if member in inputs else 1.0
                 guess = sign * (total - other) / weight
                 if member in inputs:  # a live member claimed dropped: the attack worked
-                    self.tally.reconstructed(r, member, guess)
+                    self.tally.reconstructed(when, member, guess)
                     self.tally.succeeded += 1
                     self.tally.details["one_apart_by_claim"] += 1
                 else:  # it really sent nothing: churn, which the rule excuses (README)
-                    self.tally.reconstructed(r, member, guess, churn=True)
+                    self.tally.reconstructed(when, member, guess, churn=True)
                     self.tally.details["one_apart_by_churn"] += 1
                 return
