@@ -295,6 +295,9 @@ def test_the_flood_heartbeat_holds_255_made_up_ids_at_the_trap_and_passes_the_wi
     assert len(made_up) == 255 and len(flooded.members) == 256
     assert {m.addrs for m in flooded.members} == {(trap,)}
     assert flooded.members[-1].peer_id == "r2"  # a real member, announced at the trap
+    fresh = flood.flood_heartbeat(beat, fakes, trap, ["r1", "r2"], 4, b"cert")
+    assert [(m.peer_id, m.addrs, m.age) for m in fresh.members] == [
+        ("r1", (trap,), 0.0), ("r2", (trap,), 0.0)]  # every real member "heard just now"
     assert sum(1 for m in made_up if m.certificate) == 127  # its own certificate: a check each
     frame = wire.encode_frame(flooded, MAX_CONTROL_BYTES)
     assert wire.decode_frame(frame, Heartbeat) == flooded
@@ -337,6 +340,8 @@ def test_the_report_scores_each_adversary_from_the_run_folder(tmp_path: Path) ->
                                             "neighbours": ["p2", "p3"]})
     _write(nodes[3].out / "topology.json", {"members": ["p0", "p2", "p3", "fake1"],
                                             "neighbours": []})
+    _write(nodes[2].out / "summary.json", {"privacy": {"secure_aggregation": {
+        "refused_rounds": [11, 12, 13]}}})
     for peer, vector in truth.items():
         _write(tmp_path / f"node-0{peer[1]}" / "public" / "r00005.npy", vector)
     liar = nodes[0].out / "adversary"
@@ -357,5 +362,6 @@ def test_the_report_scores_each_adversary_from_the_run_folder(tmp_path: Path) ->
     # node 3 lost genuine p1 and took fake1: both count against the flood
     assert flood_entry["details"]["genuine_missing_from_topologies"] == 1
     assert flood_entry["details"]["fake_ids_in_topologies"] == 1
+    assert flood_entry["details"]["honest_refused_secure_rounds"] == 3
     assert flood_entry["succeeded"] == 2 and "fake_ids" not in flood_entry
     assert flood_entry["max_cosine"] is None

@@ -46,13 +46,17 @@ def fake_ids(count: int) -> list[str]:
 
 def flood_heartbeat(beat: Heartbeat, fakes: list[str], trap: str, real: list[str], turn: int,
                     certificate: bytes) -> Heartbeat:
-    """``beat`` with its member list replaced: the fakes at the trap address (every other one
-    with the sender's own certificate, which cannot vouch for them but costs a check), and one
-    real member, in turn, announced at the trap address."""
-    entries = [MemberInfo(fake, (trap,), 0.0, certificate if i % 2 else b"")
-               for i, fake in enumerate(fakes[:FAKE_MEMBERS])]
-    if real:
-        entries.append(MemberInfo(real[turn % len(real)], (trap,), 0.0))
+    """``beat`` with its member list replaced. Odd turns: the fakes at the trap address (every
+    other one with the sender's own certificate, which cannot vouch for them but costs a
+    check), and one real member, in turn, announced there too. Even turns: every real member
+    it knows, "heard just now" (age 0) at the trap address, dead ones included."""
+    if turn % 2 == 0:
+        entries = [MemberInfo(peer, (trap,), 0.0) for peer in real]
+    else:
+        entries = [MemberInfo(fake, (trap,), 0.0, certificate if i % 2 else b"")
+                   for i, fake in enumerate(fakes[:FAKE_MEMBERS])]
+        if real:
+            entries.append(MemberInfo(real[turn // 2 % len(real)], (trap,), 0.0))
     return dataclasses.replace(beat, members=tuple(entries[:MAX_MEMBERS]))
 
 
@@ -69,9 +73,10 @@ def oversize_frame(cap: int, sent: int = 1024) -> bytes:
 
 
 class MembershipFlood(Role):
-    """Heartbeats to every member it knows, each carrying 255 made-up ids at a trap address
-    and one real member announced there too. Its own ``succeeded``: dials to the trap (the
-    report adds genuine members missing from, and fakes present in, honest topologies)."""
+    """Heartbeats to every member it knows, carrying in turn 255 made-up ids at a trap address
+    (and one real member announced there), then every member it ever knew as heard just now.
+    Its own ``succeeded``: dials to the trap (the report adds genuine members missing from, and
+    fakes present in, honest topologies)."""
 
     kind = AdversaryKind.MEMBERSHIP_FLOOD
 
@@ -82,11 +87,12 @@ class MembershipFlood(Role):
         self.tally.extra.update(fake_ids=fakes, trap=trap)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self._trapped, listeners)
-            turn = 0
+            turn, ever = 0, set()  # every member it ever knew: the dead are announced too
             while True:
                 await trio.sleep(node.protocol.heartbeat_interval)
                 members = sorted(p for p in node.membership.ids() if node.security.is_member(p))
-                beat = flood_heartbeat(node.heartbeat(), fakes, trap, members, turn,
+                ever |= set(members)
+                beat = flood_heartbeat(node.heartbeat(), fakes, trap, sorted(ever), turn,
                                        node.security.own_certificate)
                 for peer in members:
                     nursery.start_soon(self._send, node, peer, beat)
