@@ -82,7 +82,7 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
     return {
         "index": node.index,
         "peer_id": node.peer_id,
-        "role": {None: "honest", "none": "honest"}.get(summary.get("role"), summary.get("role")),
+        "role": {"none": "honest"}.get(node.config.adversary.kind, node.config.adversary.kind),
         "pid": info.get("pid", node.process.pid if node.process else None),
         "status": status,
         "exit_code": node.exit_code,
