@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import multiaddr
 
+from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
 
@@ -204,6 +205,28 @@ class SecAggConfig:
 
 
 @dataclass(frozen=True)
+class AdversaryConfig:
+    """The deviation this node runs on top of the protocol (``kind = "none"``: honest; see
+    :mod:`gossipfl.adversary`). ``target``: the peer id it aims at, where its kind takes one
+    (empty: each neighbour in turn). ``keep_public_estimates``: save x̂ per round
+    (``public/rNNNNN.npy``), so the report can score what adversaries reconstructed."""
+
+    kind: str = "none"
+    target: str = ""
+    keep_public_estimates: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            AdversaryKind.parse(self.kind)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+    @property
+    def role(self) -> AdversaryKind:
+        return AdversaryKind(self.kind)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything one node process needs."""
 
@@ -228,6 +251,7 @@ class NodeConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     privacy: DPConfig = field(default_factory=DPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
     # peer id → multiaddr to dial that peer through (a relay): a routed peer is dialled there
     # only, never at the addresses it advertises
     routes: dict[str, str] = field(default_factory=dict, hash=False)

@@ -83,8 +83,10 @@ def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
     log.info("data: %s, partition %s: %d training examples; model %s with %d parameters",
              config.data.dataset, config.data.partition, len(learner.y), config.model.name,
              learner.size)
+    from gossipfl.adversary.factory import make_role
+
     try:
-        node = Node(config, identity, learner)
+        node = Node(config, identity, learner, make_role(config.adversary))
     except SecurityError as error:
         log.error("%s", error)
         return 2

@@ -290,6 +290,8 @@ def persist_round(node: Node, r: int) -> None:
     save_node_checkpoint(node, node.out / "checkpoint.npz", r)
     if node.config.keep_round_models:
         save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model, durable=False)
+    if node.config.adversary.keep_public_estimates:  # what adversaries' reconstructions aim at
+        save_vector(node.out / "public" / f"r{r:05d}.npy", node.own.vector, durable=False)
 
 
 async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: float,

@@ -30,6 +30,7 @@ import numpy as np
 import trio
 from libp2p.abc import INetStream
 
+from gossipfl.adversary.role import Role
 from gossipfl.aggregation.topology import build_topology
 from gossipfl.config import NodeConfig
 from gossipfl.crypto.identity import Identity
@@ -128,7 +129,8 @@ def split_p2p_addr(addr: str) -> tuple[str, str]:
 class Node:
     """A federation member. Build it, then ``await node.run()`` inside ``trio.run``."""
 
-    def __init__(self, config: NodeConfig, identity: Identity, learner: LocalLearner) -> None:
+    def __init__(self, config: NodeConfig, identity: Identity, learner: LocalLearner,
+                 role: Role | None = None) -> None:
         self.config = config
         self.identity = identity
         self.peer_id = str(identity.peer_id)
@@ -184,6 +186,8 @@ class Node:
         self.net: PeerNet | None = None
         self.security = NodeSecurity(config, identity)
         self.secagg = SecAggState()
+        # the deviation this node runs (gossipfl.adversary.factory.make_role); honest by default
+        self.role = role if role is not None else Role(config.adversary)
         self.clock: Callable[[], float] = trio.current_time  # tests drive the steps with theirs
         self.limiter = PeerLimiter(rate=config.protocol.peer_rate,
                                    burst=config.protocol.peer_burst,
@@ -245,6 +249,7 @@ class Node:
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 nursery.start_soon(self._heartbeat_loop)
                 nursery.start_soon(self._close_idle_connections)
+                nursery.start_soon(self.role.run, self)  # an adversary's deviation (if any)
                 task_status.started(self.addrs)
                 if self.serves_state:  # never under secure aggregation (catchup.py)
                     host.set_stream_handler(
@@ -292,6 +297,7 @@ class Node:
         else:
             log.warning("stopped before its saved state was loaded: the checkpoint on disk is "
                         "left as it was")
+        self.role.write(self.out)
         atomic_write_json(self.out / "summary.json", self.summary())
         log.info("finished with status %s at round %d", self.status, self.round)
 
@@ -326,6 +332,9 @@ class Node:
             "parameters": self.layout.size,
             "examples": len(self.learner.y),
             "privacy": self.privacy_summary(),
+            "role": self.role.kind.value,
+            "in_flight": {"peak_bytes": self.in_flight.peak, "limit": self.in_flight.limit,
+                          "refused": self.in_flight.refused},
         }
 
     def privacy_summary(self) -> dict[str, Any]:

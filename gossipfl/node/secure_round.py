@@ -323,7 +323,15 @@ async def wait_for_inputs(node: Node, r: int, deadline: float) -> list[str]:
 
 async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] | None:
     """Fix the survivors, have them sign the set, unmask; returns (Σ w x̂, Σ w, survivors) or
-    None if refused/failed."""
+    None if refused/failed. An adversary that aggregates (:mod:`gossipfl.adversary`) runs its
+    own step here instead."""
+    if node.role.aggregates:
+        return await node.role.secure_sum(node, r)
+    return await honest_sum(node, r)
+
+
+async def honest_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] | None:
+    """The honest aggregator's step: the survivors it may announce, then :func:`sum_over`."""
     node.secagg.closed.add(r)
     inputs = node.secagg.inbox.get(r, {})
     members = neighbourhood(node, node.peer_id)
@@ -338,13 +346,22 @@ async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] 
                        if len(inputs) < minimum else "the set differs from one summed in the "
                        f"last {config.history_rounds} rounds by fewer than "
                        f"{config.min_set_difference} members")
+    return await sum_over(node, r, chosen)
+
+
+async def sum_over(node: Node, r: int,
+                   chosen: frozenset[str]) -> tuple[np.ndarray, float, list[str]] | None:
+    """Announce ``chosen`` as the survivors of round r, collect signatures, unmask."""
+    inputs = node.secagg.inbox.get(r, {})
+    members = neighbourhood(node, node.peer_id)
+    config = node.config.secagg
     survivors, dropped = sorted(chosen), sorted(members - chosen)
     announce = ConsistencyRequest(node.config.federation, r, node.peer_id, tuple(survivors),
                                   tuple(dropped))
     signatures: dict[str, bytes] = {}
     async with trio.open_nursery() as nursery:
         for peer in survivors:
-            nursery.start_soon(_ask_signature, node, peer, announce, signatures)
+            nursery.start_soon(ask_signature, node, peer, announce, signatures)
     if len(signatures) < threshold(len(members)):
         return _refuse(node, r, f"only {len(signatures)} survivor(s) signed the survivor set")
     node.secagg.confirmed = consistency.remember(node.secagg.confirmed, r, chosen,
@@ -354,7 +371,7 @@ async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] 
     async with trio.open_nursery() as nursery:
         for peer in survivors:
             request = unmask_request(node, r, inputs, survivors, dropped, peer, signed)
-            nursery.start_soon(_ask_unmask, node, peer, request, responses)
+            nursery.start_soon(ask_unmask, node, peer, request, responses)
     try:
         total = await trio.to_thread.run_sync(unmask, node, r, inputs, survivors, dropped,
                                               responses)
@@ -372,7 +389,7 @@ def _refuse(node: Node, r: int, why: str) -> None:
     log.warning("round %d: secure aggregation refused: %s; it goes on without it", r, why)
 
 
-async def _ask_signature(node: Node, peer: str, request: ConsistencyRequest,
+async def ask_signature(node: Node, peer: str, request: ConsistencyRequest,
                          signatures: dict[str, bytes]) -> None:
     with trio.move_on_after(node.protocol.request_timeout):
         try:
@@ -403,7 +420,7 @@ def unmask_request(node: Node, r: int, inputs: dict[str, MaskedInput], survivors
                          tuple(dropped), shares, signatures)
 
 
-async def _ask_unmask(node: Node, peer: str, request: UnmaskRequest,
+async def ask_unmask(node: Node, peer: str, request: UnmaskRequest,
                       responses: dict[str, UnmaskResponse]) -> None:
     with trio.move_on_after(node.protocol.request_timeout):
         try:

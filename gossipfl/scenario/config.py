@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.config import (
     ConfigError,
     DataConfig,
@@ -164,6 +165,28 @@ class PartitionConfig:
 
 
 @dataclass(frozen=True)
+class AdversarySpec:
+    """Node ``node`` runs the protocol plus the deviation ``kind`` (:mod:`gossipfl.adversary`),
+    aimed at node ``target`` where its kind takes one (-1: each neighbour in turn)."""
+
+    node: int = 0
+    kind: str = "lying_aggregator"
+    target: int = -1
+
+    def __post_init__(self) -> None:
+        try:
+            role = AdversaryKind.parse(self.kind)
+        except ValueError as error:
+            raise ConfigError(f"adversaries: {error}") from None
+        if role is AdversaryKind.NONE:
+            raise ConfigError("adversaries.kind 'none' is the honest node: leave it out")
+        if self.node < 0 or self.target < -1:
+            raise ConfigError("adversaries.node must be >= 0 and adversaries.target >= -1")
+        if self.target == self.node:
+            raise ConfigError(f"adversaries: node {self.node} cannot target itself")
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     name: str = "scenario"
     nodes: int = 8
@@ -186,6 +209,7 @@ class ScenarioConfig:
     slow: tuple[SlowConfig, ...] = ()
     links: tuple[LinkConfig, ...] = ()
     partitions: tuple[PartitionConfig, ...] = ()
+    adversaries: tuple[AdversarySpec, ...] = ()
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -218,6 +242,19 @@ class ScenarioConfig:
                               "topology is fixed at formation)")
 
         self._check_network()
+        self._check_adversaries()
+
+    def _check_adversaries(self) -> None:
+        roles = [a.node for a in self.adversaries]
+        if len(set(roles)) != len(roles):
+            raise ConfigError("adversaries names a node twice (one role per node)")
+        for spec in self.adversaries:
+            for name in ("node", "target"):
+                if getattr(spec, name) >= self.nodes:
+                    raise ConfigError(f"adversaries.{name} {getattr(spec, name)}: the scenario "
+                                      f"has {self.nodes} nodes")
+        if self.adversaries and len(roles) >= self.nodes - 1:
+            raise ConfigError("adversaries: at least two honest nodes are needed")
 
     def _check_network(self) -> None:
         seen: dict[tuple[int, int], int] = {}

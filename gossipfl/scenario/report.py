@@ -10,6 +10,7 @@ import numpy as np
 
 from gossipfl.aggregation.mixing import consensus_distance
 from gossipfl.config import to_dict
+from gossipfl.scenario.adversaries import adversaries_section
 
 if TYPE_CHECKING:
     from gossipfl.scenario.config import ScenarioConfig
@@ -81,6 +82,7 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
     return {
         "index": node.index,
         "peer_id": node.peer_id,
+        "role": {"none": "honest"}.get(node.config.adversary.kind, node.config.adversary.kind),
         "pid": info.get("pid", node.process.pid if node.process else None),
         "status": status,
         "exit_code": node.exit_code,
@@ -217,6 +219,7 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
         },
         "nodes": entries,
         **({"network": network_section(network, nodes)} if network is not None else {}),
+        **({"adversaries": adversaries_section(scenario, nodes)} if scenario.adversaries else {}),
     }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from gossipfl.config import ConfigError, NodeConfig, SecurityConfig, dump_toml, to_dict
 from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.scenario.adversaries import node_adversary
 from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
 from gossipfl.scenario.network import ScenarioNetwork
 from gossipfl.scenario.report import build_report, print_summary
@@ -213,6 +214,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path,
             security=security,
             privacy=scenario.privacy,
             secagg=scenario.secagg,
+            adversary=node_adversary(scenario, index, peer_ids),
             slowdown=max([s.factor for s in scenario.slow if s.node == index], default=1.0),
             routes=routes,
         )
@@ -350,12 +352,8 @@ def resolve_faults(scenario: ScenarioConfig) -> list[FaultConfig]:
     import random as _random
 
     rng = _random.Random(scenario.seed * 7919 + 17)
-    resolved = []
-    for fault in scenario.faults:
-        if fault.at_round < 0:
-            fault = replace(fault, at_round=rng.randint(1, max(1, 2 * scenario.rounds // 3)))
-        resolved.append(fault)
-    return resolved
+    return [replace(f, at_round=rng.randint(1, max(1, 2 * scenario.rounds // 3)))
+            if f.at_round < 0 else f for f in scenario.faults]
 
 
 def resolve_joins(scenario: ScenarioConfig) -> list[JoinConfig]:

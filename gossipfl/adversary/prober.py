@@ -1,0 +1,46 @@
+"""The state prober: asks each neighbour for its estimate on the state protocol every round,
+as a (re)joining neighbour would. Under secure aggregation nothing may answer
+(:mod:`gossipfl.node.catchup`); ``succeeded`` counts estimates obtained in the clear."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from gossipfl.adversary.kinds import AdversaryKind
+from gossipfl.adversary.role import Role, next_round
+from gossipfl.gossip.wire import Contribution
+
+if TYPE_CHECKING:
+    from gossipfl.node.runtime import Node
+
+log = logging.getLogger("gossipfl.adversary")
+
+
+def probe_targets(node: Node) -> list[str]:
+    """Whom to ask: every neighbour, in a fixed order."""
+    return sorted(node.neighbours)
+
+
+class StateProber(Role):
+    kind = AdversaryKind.STATE_PROBER
+
+    async def deviate(self, node: Node) -> None:
+        r = -1
+        while True:
+            r = await next_round(node, r, node.protocol.heartbeat_interval)
+            await self.probe(node, r)
+
+    async def probe(self, node: Node, r: int) -> None:
+        """One request to each neighbour (the node's own state request, rejoin flag set)."""
+        for peer in probe_targets(node):
+            pulled: dict[str, Contribution] = {}
+            self.tally.attempts += 1
+            await node._pull_state(peer, pulled)  # the node's own request
+            if peer in pulled:
+                self.tally.succeeded += 1
+                self.tally.details["estimates_in_the_clear"] += 1
+                self.tally.reconstructed(r, peer, node.layout.from_tensors(pulled[peer].tensors))
+                log.warning("round %d: %s gave its estimate in the clear", r, peer)
+            else:
+                self.tally.details["refused"] += 1
