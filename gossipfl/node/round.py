@@ -23,9 +23,10 @@ from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node import secure_round
 from gossipfl.node.checkpoint import save_checkpoint, save_vector
+from gossipfl.node.learner import RecordDP
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
 from gossipfl.node.runtime import peak_rss_bytes
-from gossipfl.privacy.dp import privatise_update
+from gossipfl.privacy.dp import PrivacyUnit, privatise_update
 
 if TYPE_CHECKING:
     from gossipfl.node.runtime import Node
@@ -136,7 +137,8 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     # 1. train locally (in a worker thread: the node keeps serving its peers meanwhile)
     if training:
         epochs = async_local_epochs(node, r, record)  # None: the configured epochs
-        result = await trio.to_thread.run_sync(node.learner.train, node.model, r, epochs)
+        result = await trio.to_thread.run_sync(node.learner.train, node.model, r, epochs,
+                                               record_dp(node))
         if node.config.slowdown > 1.0:  # an emulated slower machine
             await trio.sleep((node.config.slowdown - 1.0) * result.seconds)
         if epochs is not None:
@@ -211,12 +213,27 @@ async def run_round(node: Node, r: int, training: bool) -> None:
              len(missing), record["round_seconds"])
 
 
+def record_dp(node: Node) -> RecordDP | None:
+    """Record-level DP for local training (DP-SGD), or None (no DP, or node-level DP)."""
+    if node.budget is None or node.budget.unit is not PrivacyUnit.RECORD:
+        return None
+    assert node.dp_rng is not None
+    return RecordDP(node.budget, node.dp_rng)
+
+
 def privacy_step(node: Node, r: int, training: bool,
                  record: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The DP transform for this round's delta, or None without DP (or in consensus rounds)."""
+    """The node-level DP transform for this round's delta, or None (no DP, consensus rounds, or
+    record-level DP: DP-SGD already privatised the training, and what is published from its
+    output is post-processing, so no second noise is added and nothing more is spent)."""
     if node.budget is None or not training:
         return None
-    config = node.config.privacy
+    config = node.budget.config
+    if node.budget.unit is PrivacyUnit.RECORD:
+        record["epsilon"] = node.budget.epsilon()
+        if node.budget.exhausted and node.dp_exhausted_round is None:
+            node.dp_exhausted_round = r
+        return None
     if not node.budget.can_spend():
         if node.dp_exhausted_round is None:
             node.dp_exhausted_round = r

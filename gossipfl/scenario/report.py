@@ -123,7 +123,7 @@ def centralised_baseline(scenario: ScenarioConfig) -> float:
 
     spec = scenario.data
     dataset = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
-                           path=spec.path)
+                           path=spec.path, samples=spec.samples)
     model = build_model(scenario.model.name, dataset.input_shape, dataset.num_classes,
                         hidden=scenario.model.hidden)
     _, accuracies = train_centralised(
