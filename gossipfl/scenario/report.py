@@ -152,7 +152,11 @@ def privacy_section(scenario: ScenarioConfig, entries: list[dict[str, Any]]) -> 
             },
         },
         "dp": to_dict(dp),
-        "dp_unit": "one node's whole update per round (add/remove), Gaussian mechanism, RDP",
+        "dp_unit": (("record: one training record; DP-SGD (per-example clipping, Gaussian noise"
+                     " each step, Poisson sampling q = batch_size / records), RDP over all steps")
+                    if dp.unit == "record" else
+                    "node: one node's whole update per round (add/remove), Gaussian mechanism, "
+                    "RDP over rounds"),
         "epsilon": {
             str(e["index"]): e["privacy"].get("epsilon") for e in entries if dp.enabled
         },
