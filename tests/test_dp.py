@@ -21,7 +21,7 @@ from hypothesis.extra import numpy as hnp
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.node.learner import LocalLearner
-from gossipfl.node.round import privacy_step, record_dp
+from gossipfl.node.round import persist_round, privacy_step, record_dp
 from gossipfl.node.runtime import Node
 from gossipfl.privacy.accountant import (
     BudgetExhausted,
@@ -530,3 +530,17 @@ def test_two_nodes_with_the_same_config_draw_different_noise(tmp_path: Path) -> 
     assert not np.allclose(trained_a, trained_b)  # same data, same seed: different DP draws
     draws = {noise_generator().integers(0, 2**62) for _ in range(4)}
     assert len(draws) == 4
+
+
+def test_record_budget_survives_a_checkpoint_and_restart(tmp_path: Path) -> None:
+    node = _node(tmp_path, "record")
+    node.model = node.learner.train(node.model, 0, None, record_dp(node)).vector
+    spent, sigma = node.budget.spent, node.budget.noise_multiplier
+    assert spent > 0
+    persist_round(node, 0)
+    again = _node(tmp_path, "record")  # same folder and key: a restart
+    assert again.budget.spent == 0
+    again._resume()
+    assert isinstance(again.budget, RecordBudget)
+    assert again.budget.spent == spent and again.budget.noise_multiplier == sigma
+    assert again.budget.epsilon() == node.budget.epsilon()

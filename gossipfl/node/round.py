@@ -250,7 +250,7 @@ def privacy_step(node: Node, r: int, training: bool,
 
 def persist_round(node: Node, r: int) -> None:
     """Checkpoint (fsync'd) and, if kept, the round's model for the consensus-distance report."""
-    dp_rounds = node.budget.rounds_spent if node.budget is not None else 0
+    dp_rounds = node.budget.spent if node.budget is not None else 0  # rounds or DP-SGD steps
     save_checkpoint(node.out / "checkpoint.npz", node.model, r, status=node.status,
                     dp_rounds=dp_rounds)
     if node.config.keep_round_models:

@@ -313,7 +313,8 @@ class Node:
             if self.budget.unit == "record":
                 summary.update(
                     sampling="poisson", sampling_probability=self.budget.sample_rate,
-                    expected_batch=self.config.train.batch_size, records=len(self.learner.y),
+                    expected_batch=self.budget.sample_rate * len(self.learner.y),
+                    records=len(self.learner.y),
                     steps_spent=self.budget.spent,
                 )
             else:
@@ -633,10 +634,7 @@ class Node:
         self.round = round_
         self.resumed_from = round_
         if self.budget is not None:
-            from gossipfl.privacy.accountant import PrivacyBudget
-
-            self.budget = PrivacyBudget(self.config.privacy,
-                                        rounds_spent=int(meta.get("dp_rounds", 0)))
+            self.budget = self.make_budget(spent=int(meta.get("dp_rounds", 0)))
         members = self._saved_members()
         log.warning("resuming from the checkpoint of round %d (%s members in the saved "
                     "topology)", round_, len(members) if members else "no")
