@@ -161,6 +161,12 @@ def privacy_section(scenario: ScenarioConfig, entries: list[dict[str, Any]]) -> 
             str(e["index"]): e["privacy"].get("epsilon") for e in entries if dp.enabled
         },
         "delta": dp.delta if dp.enabled else None,
+        "dp_per_node": {  # σ, sampling rate q and steps (record) or rounds (node) spent
+            str(e["index"]): {k: e["privacy"][k] for k in (
+                "noise_multiplier", "sampling", "sampling_probability", "steps_spent",
+                "rounds_spent", "records") if k in e["privacy"]}
+            for e in entries if dp.enabled
+        },
     }
 
 
