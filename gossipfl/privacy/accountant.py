@@ -18,8 +18,11 @@ its default orders. Results are cached, so repeated queries are cheap.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
+from collections.abc import Iterator
 
 import dp_accounting
 from dp_accounting.rdp import RdpAccountant
@@ -52,6 +55,20 @@ def _epsilon(count: int, noise_multiplier: float, delta: float, sampling_probabi
     accountant = RdpAccountant()
     accountant.compose(event, count)
     return float(accountant.get_epsilon(delta))
+
+
+@contextlib.contextmanager
+def _quiet_rdp() -> Iterator[None]:
+    """dp-accounting warns (through absl) for each RDP order whose series does not converge at
+    the small σ a bisection probes; those orders are left out of ε (a valid, looser bound), so
+    the warnings are noise in a node's log while σ is searched."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 def _sigma(config: DPConfig) -> float:
@@ -273,17 +290,18 @@ def noise_for_budget(
         return _epsilon(rounds, sigma, float(delta), float(sampling_probability)) <= target_epsilon
 
     low, high = 0.0, 1.0  # σ = 0 is no privacy at all: ε = ∞
-    while not meets(high):
-        low, high = high, 2 * high
-        if high > _MAX_NOISE_MULTIPLIER:
-            raise ValueError(f"no noise multiplier ≤ {_MAX_NOISE_MULTIPLIER:g} keeps "
-                             f"ε ≤ {target_epsilon} over {rounds} rounds")
-    while high - low > tolerance:
-        mid = (low + high) / 2
-        if meets(mid):
-            high = mid
-        else:
-            low = mid
+    with _quiet_rdp():
+        while not meets(high):
+            low, high = high, 2 * high
+            if high > _MAX_NOISE_MULTIPLIER:
+                raise ValueError(f"no noise multiplier ≤ {_MAX_NOISE_MULTIPLIER:g} keeps "
+                                 f"ε ≤ {target_epsilon} over {rounds} rounds")
+        while high - low > tolerance:
+            mid = (low + high) / 2
+            if meets(mid):
+                high = mid
+            else:
+                low = mid
     return high
 
 
