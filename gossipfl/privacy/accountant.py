@@ -44,6 +44,20 @@ def _check_count(count: int, minimum: int, name: str = "rounds") -> None:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {count!r}")
 
 
+@contextlib.contextmanager
+def _quiet_rdp() -> Iterator[None]:
+    """dp-accounting warns (through absl) for each fractional RDP order whose series does not
+    converge (small orders at moderate q and σ); those orders are left out of ε, which stays a
+    valid (if looser) bound, so the warnings are only noise in a node's log."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
 @functools.lru_cache(maxsize=4096)
 def _epsilon(count: int, noise_multiplier: float, delta: float, sampling_probability: float
              ) -> float:
@@ -53,22 +67,9 @@ def _epsilon(count: int, noise_multiplier: float, delta: float, sampling_probabi
     if sampling_probability < 1:
         event = dp_accounting.PoissonSampledDpEvent(sampling_probability, event)
     accountant = RdpAccountant()
-    accountant.compose(event, count)
+    with _quiet_rdp():
+        accountant.compose(event, count)
     return float(accountant.get_epsilon(delta))
-
-
-@contextlib.contextmanager
-def _quiet_rdp() -> Iterator[None]:
-    """dp-accounting warns (through absl) for each RDP order whose series does not converge at
-    the small σ a bisection probes; those orders are left out of ε (a valid, looser bound), so
-    the warnings are noise in a node's log while σ is searched."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        absl.setLevel(level)
 
 
 def _sigma(config: DPConfig) -> float:
