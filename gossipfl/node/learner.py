@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +21,9 @@ from gossipfl.learning.models import Model, build_model
 from gossipfl.learning.params import flatten_params, named_arrays, unflatten_params
 from gossipfl.learning.partition import node_partition
 from gossipfl.learning.train import DPSGD, Trainer
-from gossipfl.privacy.accountant import RecordBudget
+
+if TYPE_CHECKING:  # dp-accounting (and SciPy) load only when DP is on
+    from gossipfl.privacy.accountant import RecordBudget
 
 log = logging.getLogger("gossipfl.learner")
 
