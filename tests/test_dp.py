@@ -18,7 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gossipfl.config import DataConfig, ModelConfig, NodeConfig
+from gossipfl.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    NodeConfig,
+    dump_toml,
+    from_dict,
+    to_dict,
+)
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.node.learner import LocalLearner
 from gossipfl.node.round import persist_round, privacy_step, record_dp
@@ -544,3 +552,39 @@ def test_record_budget_survives_a_checkpoint_and_restart(tmp_path: Path) -> None
     assert isinstance(again.budget, RecordBudget)
     assert again.budget.spent == spent and again.budget.noise_multiplier == sigma
     assert again.budget.epsilon() == node.budget.epsilon()
+
+
+def test_training_stops_at_the_budget_and_the_round_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = _node(tmp_path, "record")
+    records = len(node.learner.y)
+    # σ given: a target that one epoch's steps would pass, so the round is cut short
+    node.budget = RecordBudget(dataclasses.replace(node.budget.config, target_epsilon=0.5),
+                               sample_rate=node.budget.sample_rate, noise_multiplier=0.7)
+    wanted = node.learner.steps_per_epoch * node.config.train.local_epochs
+    allowed = node.budget.steps_allowed(wanted)
+    node.budget.exhausted = False
+    assert allowed < wanted, (records, wanted)
+    with caplog.at_level("WARNING"):
+        result = node.learner.train(node.model, 0, None, record_dp(node))
+    assert node.budget.spent == allowed and node.budget.epsilon() <= 0.5
+    assert "privacy budget allows" in caplog.text
+    record: dict[str, object] = {}
+    assert privacy_step(node, 0, True, record) is None
+    assert node.dp_exhausted_round == 0
+    again = node.learner.train(result.vector, 1, None, record_dp(node))
+    assert again.epochs == 0.0 and node.budget.spent == allowed  # no step past the target
+    np.testing.assert_array_equal(again.vector, result.vector)
+
+
+def test_privacy_keys_parse_from_toml_data_and_refuse_with_the_rule() -> None:
+    config = from_dict(NodeConfig, {"privacy": {"enabled": True, "unit": "record"},
+                                    "data": {"dataset": "mnist1d", "samples": 1000}})
+    assert config.privacy.unit is PrivacyUnit.RECORD and config.data.samples == 1000
+    assert "unit = \"record\"" in dump_toml(to_dict(config))
+    with pytest.raises(ConfigError, match="no node skips rounds"):
+        from_dict(NodeConfig, {"privacy": {"enabled": True, "unit": "node",
+                                           "sampling_probability": 0.05}})
+    with pytest.raises(ConfigError, match=r"data\.samples applies only to dataset = mnist1d"):
+        from_dict(NodeConfig, {"data": {"dataset": "digits", "samples": 1000}})
