@@ -47,9 +47,13 @@ class DataConfig:
     shards_per_node: int = 2
     test_fraction: float = 0.2
     seed: int = 0
+    samples: int | None = None  # mnist1d: examples generated (train + test, 80/20)
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"data.dataset must be one of {DATASETS}")
+        _require(self.samples is None or self.dataset == "mnist1d",
+                 "data.samples applies only to dataset = mnist1d (it sets how many are generated)")
+        _require(self.samples is None or self.samples >= 10, "data.samples must be at least 10")
         _require(self.dataset != "npz" or bool(self.path), "data.path is required for npz data")
         _require(self.partition in PARTITIONS, f"data.partition must be one of {PARTITIONS}")
         _require(self.alpha > 0, "data.alpha must be positive")

@@ -1,9 +1,13 @@
-"""Tests of update-level differential privacy: clipping, noise, optax transform and accounting."""
+"""Tests of differential privacy: node-level clipping, noise and accounting over rounds, the
+configuration rules of both units, record-level accounting (Poisson-sampled Gaussian per DP-SGD
+step), the Poisson sampler, per-example clipping, the node's privacy step and its noise source.
+The DP-SGD step inside the trainer is tested in test_learning.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import dp_accounting
 import jax.numpy as jnp
@@ -14,23 +18,48 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from gossipfl.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    NodeConfig,
+    dump_toml,
+    from_dict,
+    to_dict,
+)
+from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.node.learner import LocalLearner
+from gossipfl.node.round import persist_round, privacy_step, record_dp
+from gossipfl.node.runtime import Node
 from gossipfl.privacy.accountant import (
     BudgetExhausted,
     PrivacyBudget,
+    RecordBudget,
     epsilon_after,
+    epsilon_for_steps,
+    make_budget,
     noise_for_budget,
+    planned_steps,
 )
 from gossipfl.privacy.dp import (
     DPConfig,
+    PrivacyUnit,
+    clip_per_example,
     clip_update,
-    dp_update_transform,
     gaussian_noise,
+    noise_generator,
     noise_stddev,
+    noisy_mean,
+    padded_batch_size,
+    poisson_sample,
     privatise_update,
 )
 
 
 def dp(**overrides: object) -> DPConfig:
+    """An enabled node-level config (σ = 1 unless given)."""
+    overrides.setdefault("unit", "node")
+    overrides.setdefault("noise_multiplier", 1.0)
     return DPConfig(enabled=True, **overrides)  # type: ignore[arg-type]
 
 
@@ -143,6 +172,8 @@ def test_noise_stddev_central_distributed_and_disabled() -> None:
     assert noise_stddev(distributed, contributors=9) == pytest.approx(1.0)
     assert noise_stddev(distributed, contributors=1) == pytest.approx(3.0)
     assert noise_stddev(DPConfig(enabled=False)) == 0.0
+    with pytest.raises(ValueError, match="resolved"):
+        noise_stddev(DPConfig(enabled=True, unit="node"))
     with pytest.raises(ValueError, match="contributors must be a positive integer"):
         noise_stddev(config, contributors=0)
 
@@ -177,63 +208,6 @@ def test_privatise_update_disabled_is_identity() -> None:
     np.testing.assert_array_equal(out, update)
 
 
-# --- optax transform ------------------------------------------------------------------------------
-
-
-def _flat(tree: dict[str, jnp.ndarray]) -> np.ndarray:
-    return np.concatenate([np.asarray(tree[k]).ravel() for k in sorted(tree)])
-
-
-@pytest.mark.parametrize("scale", [0.1, 1.0, 40.0])
-def test_optax_transform_clipping_matches_privatise_update(scale: float) -> None:
-    rng = np.random.default_rng(3)
-    tree = {"a": rng.standard_normal((4, 5)).astype(np.float32) * scale,
-            "b": rng.standard_normal(6).astype(np.float32) * scale}
-    config = dp(clip_norm=2.0, noise_multiplier=1.0)
-    transform = dp_update_transform(2.0, 0.0, seed=0)
-    updates = {k: jnp.asarray(v) for k, v in tree.items()}
-    out, _ = transform.update(updates, transform.init(updates))
-    expected, _ = clip_update(_flat(tree), config.clip_norm)
-    # privatise_update with zero noise = the clipping alone
-    zero_noise = dataclasses.replace(config, noise_multiplier=1e-300)
-    via_privatise = privatise_update(_flat(tree), zero_noise, np.random.default_rng(0))
-    np.testing.assert_allclose(_flat(out), expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(_flat(out), via_privatise, rtol=1e-6, atol=1e-7)
-
-
-def test_optax_transform_noise_distribution_matches_privatise_update() -> None:
-    clip, stddev, size = 1.0, 0.05, 50_000
-    update = np.full(size, 10.0, dtype=np.float32)
-    transform = dp_update_transform(clip, stddev, seed=11)
-    state = transform.init({"w": jnp.asarray(update)})
-    config = dp(clip_norm=clip, noise_multiplier=stddev / clip)
-    rng = np.random.default_rng(11)
-    optax_norms, numpy_norms, draws = [], [], []
-    for _ in range(20):
-        out, state = transform.update({"w": jnp.asarray(update)}, state)
-        draws.append(np.asarray(out["w"]))
-        optax_norms.append(float(np.linalg.norm(draws[-1])))
-        numpy_norms.append(float(np.linalg.norm(privatise_update(update, config, rng))))
-    # ‖clip(u) + noise‖² ≈ C² + d·s² for both
-    expected = math.sqrt(clip**2 + size * stddev**2)
-    assert np.mean(optax_norms) == pytest.approx(expected, rel=0.01)
-    assert np.mean(numpy_norms) == pytest.approx(expected, rel=0.01)
-    residual = draws[0] - update * (clip / np.linalg.norm(update.astype(np.float64)))
-    assert float(residual.std()) == pytest.approx(stddev, rel=0.02)
-    assert not np.array_equal(draws[0], draws[1])  # the key advances between calls
-
-
-def test_optax_transform_zero_update_and_bad_arguments() -> None:
-    transform = dp_update_transform(1.0, 0.0, seed=0)
-    zeros = {"w": jnp.zeros(5)}
-    out, _ = transform.update(zeros, transform.init(zeros))
-    np.testing.assert_array_equal(np.asarray(out["w"]), 0.0)
-    with pytest.raises(ValueError, match="clip_norm"):
-        dp_update_transform(0.0, 1.0, seed=0)
-    with pytest.raises(ValueError, match="stddev"):
-        dp_update_transform(1.0, -1.0, seed=0)
-
-
 # --- accounting -----------------------------------------------------------------------------------
 
 
@@ -254,13 +228,23 @@ def test_epsilon_after_matches_direct_dp_accounting(rounds: int, sigma: float, d
         _direct_epsilon(rounds, sigma, delta), rel=0, abs=1e-9)
 
 
-def test_epsilon_after_with_sampling_matches_direct_and_is_smaller() -> None:
-    config = dp(noise_multiplier=1.0, sampling_probability=0.1)
-    accountant = RdpAccountant()
-    accountant.compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0)), 50))
-    assert epsilon_after(50, config) == pytest.approx(accountant.get_epsilon(1e-5), abs=1e-9)
-    assert epsilon_after(50, config) < epsilon_after(50, dp(noise_multiplier=1.0))
+def test_node_level_sampling_below_one_is_refused_with_the_rule() -> None:
+    # issue 8 point 4: q = 0.05 over 30 rounds was reported as ε 2.7 where ε 39.8 was spent
+    with pytest.raises(ValueError, match=r"sampling_probability = 0.05 refused: .*no node skips"):
+        dp(sampling_probability=0.05)
+    assert dp(sampling_probability=1.0).sampling_probability == 1.0
+    assert epsilon_after(30, dp(noise_multiplier=1.0)) == pytest.approx(39.83, abs=0.01)
+
+
+def test_record_unit_refuses_sampling_probability_and_distributed() -> None:
+    with pytest.raises(ValueError, match=r"sampling_probability does not apply with unit = "
+                       r"\"record\": the Poisson rate is batch_size / records"):
+        DPConfig(enabled=True, sampling_probability=1.0)
+    with pytest.raises(ValueError, match="distributed applies only with unit"):
+        DPConfig(enabled=True, distributed=True)
+    with pytest.raises(ValueError, match=r"privacy\.unit must be one of"):
+        DPConfig(unit="user")
+    assert DPConfig(unit="node").unit is PrivacyUnit.NODE
 
 
 def test_epsilon_after_zero_rounds_disabled_and_bad_rounds() -> None:
@@ -318,14 +302,12 @@ def test_budget_rejects_disabled_config_and_overspent_restore() -> None:
     assert PrivacyBudget(dp(noise_multiplier=3.0), rounds_spent=5).rounds_spent == 5
 
 
-@pytest.mark.parametrize(("rounds", "target", "delta", "q"), [
-    (30, 8.0, 1e-5, 1.0), (40, 8.0, 1e-5, 1.0), (60, 8.0, 1e-5, 1.0), (10, 1.0, 1e-6, 1.0),
-    (100, 3.0, 1e-5, 0.2),
+@pytest.mark.parametrize(("rounds", "target", "delta"), [
+    (30, 8.0, 1e-5), (40, 8.0, 1e-5), (60, 8.0, 1e-5), (10, 1.0, 1e-6),
 ])
-def test_noise_for_budget_is_tight(rounds: int, target: float, delta: float, q: float) -> None:
-    sigma = noise_for_budget(rounds, target, delta, sampling_probability=q)
-    config = dp(noise_multiplier=sigma, delta=delta, target_epsilon=target,
-                sampling_probability=q)
+def test_noise_for_budget_is_tight(rounds: int, target: float, delta: float) -> None:
+    sigma = noise_for_budget(rounds, target, delta)
+    config = dp(noise_multiplier=sigma, delta=delta, target_epsilon=target)
     assert epsilon_after(rounds, config) <= target
     lower = dataclasses.replace(config, noise_multiplier=sigma - 0.01)
     assert epsilon_after(rounds, lower) > target
@@ -335,6 +317,14 @@ def test_noise_for_budget_is_tight(rounds: int, target: float, delta: float, q: 
     for _ in range(rounds):
         budget.spend()
     assert budget.epsilon() <= target
+    assert budget.spent == budget.rounds_spent == rounds
+
+
+def test_noise_for_budget_with_poisson_sampling_is_tight() -> None:
+    steps, q = 1000, 0.02
+    sigma = noise_for_budget(steps, 8.0, 1e-5, sampling_probability=q)
+    assert epsilon_for_steps(steps, sigma, q, 1e-5) <= 8.0
+    assert epsilon_for_steps(steps, sigma - 1e-3, q, 1e-5) > 8.0
 
 
 def test_noise_for_budget_rejects_bad_arguments() -> None:
@@ -349,14 +339,15 @@ def test_noise_for_budget_rejects_bad_arguments() -> None:
 # --- configuration --------------------------------------------------------------------------------
 
 
-def test_default_config_is_valid_and_disabled() -> None:
+def test_default_config_is_valid_disabled_and_record_level() -> None:
     config = DPConfig()
     assert not config.enabled
+    assert config.unit is PrivacyUnit.RECORD
     assert config.clip_norm == 1.0
-    assert config.noise_multiplier == 1.0
+    assert config.noise_multiplier is None  # calibrated from the budget and the plan
     assert config.delta == 1e-5
     assert config.target_epsilon == 8.0
-    assert config.sampling_probability == 1.0
+    assert config.sampling_probability is None
     assert not config.distributed
 
 
@@ -371,8 +362,8 @@ def test_default_config_is_valid_and_disabled() -> None:
     ({"delta": 0.0}, r"delta must be in \(0, 1\)"),
     ({"target_epsilon": 0.0}, "target_epsilon must be positive"),
     ({"target_epsilon": -3.0}, "target_epsilon must be positive"),
-    ({"sampling_probability": 0.0}, r"sampling_probability must be in \(0, 1\]"),
-    ({"sampling_probability": 1.5}, r"sampling_probability must be in \(0, 1\]"),
+    ({"unit": "node", "sampling_probability": 0.0}, r"sampling_probability must be in \(0, 1\]"),
+    ({"unit": "node", "sampling_probability": 1.5}, r"sampling_probability must be in \(0, 1\]"),
     ({"enabled": "yes"}, "enabled must be a bool"),
     ({"distributed": 1}, "distributed must be a bool"),
     ({"clip_norm": "1.0"}, "clip_norm must be a finite number"),
@@ -386,3 +377,214 @@ def test_config_allows_zero_noise_when_disabled_and_is_frozen() -> None:
     config = DPConfig(noise_multiplier=0.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.clip_norm = 2.0  # type: ignore[misc]
+
+
+# --- record level: sampling, clipping, accounting ---------------------------------------------
+
+
+def test_poisson_sample_statistics() -> None:
+    rng = np.random.default_rng(5)
+    records, rate, draws = 2000, 0.05, 400
+    sizes, hits = [], np.zeros(records)
+    for _ in range(draws):
+        chosen = poisson_sample(records, rate, rng)
+        assert np.all(np.diff(chosen) > 0) and chosen.min(initial=0) >= 0
+        assert chosen.max(initial=0) < records
+        sizes.append(len(chosen))
+        hits[chosen] += 1
+    # size ~ Binomial(2000, 0.05): mean 100, variance 95; each record in w.p. 0.05
+    assert np.mean(sizes) == pytest.approx(100, abs=2.5)
+    assert np.var(sizes) == pytest.approx(95, rel=0.25)
+    assert hits.mean() / draws == pytest.approx(rate, rel=0.05)
+    assert len(set(sizes)) > 10  # the batch size really varies (no fixed-size batches)
+    with pytest.raises(ValueError, match="rate"):
+        poisson_sample(10, 0.0, rng)
+
+
+def test_padded_batch_size_bound() -> None:
+    assert padded_batch_size(256, 12_000) == 256 + 64  # B + 4√B
+    assert padded_batch_size(100, 110) == 110  # never more rows than records
+    assert padded_batch_size(2.5, 1000) == math.ceil(2.5 + 4 * math.sqrt(2.5))
+
+
+def test_clip_per_example_bounds_each_example_and_sums_masked() -> None:
+    rng = np.random.default_rng(0)
+    grads = {"w": jnp.asarray(rng.standard_normal((5, 3, 2)) * [[[0.1]], [[1]], [[3]], [[9]],
+                                                               [[0.01]]]),
+             "b": jnp.asarray(rng.standard_normal((5, 4)))}
+    clip = 1.5
+    by_hand = []
+    for i in range(5):
+        onehot = jnp.zeros(5).at[i].set(1.0)
+        clipped, norms = clip_per_example(grads, clip, onehot)
+        flat = np.concatenate([np.asarray(clipped["b"]).ravel(), np.asarray(clipped["w"]).ravel()])
+        raw = np.concatenate([np.asarray(grads["b"][i]).ravel(), np.asarray(grads["w"][i]).ravel()])
+        assert float(norms[i]) == pytest.approx(np.linalg.norm(raw), rel=1e-5)
+        assert np.linalg.norm(flat) <= clip * (1 + 1e-5)
+        np.testing.assert_allclose(flat, raw * min(1.0, clip / np.linalg.norm(raw)), rtol=1e-5)
+        by_hand.append(flat)
+    mask = jnp.asarray([1.0, 0.0, 1.0, 1.0, 0.0])
+    summed, _ = clip_per_example(grads, clip, mask)
+    flat = np.concatenate([np.asarray(summed["b"]).ravel(), np.asarray(summed["w"]).ravel()])
+    np.testing.assert_allclose(flat, by_hand[0] + by_hand[2] + by_hand[3], rtol=1e-5, atol=1e-6)
+
+
+def test_noisy_mean_divides_by_the_expected_batch() -> None:
+    out = noisy_mean({"w": jnp.asarray([2.0, 4.0])}, {"w": jnp.asarray([1.0, -1.0])}, 0.5, 4.0)
+    np.testing.assert_allclose(np.asarray(out["w"]), [(2 + 0.5) / 4, (4 - 0.5) / 4])
+
+
+def _direct_poisson_epsilon(steps: int, q: float, sigma: float, delta: float) -> float:
+    accountant = RdpAccountant()
+    accountant.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps))
+    return accountant.get_epsilon(delta)
+
+
+def test_record_budget_matches_dp_accounting_and_restores() -> None:
+    config = DPConfig(enabled=True, noise_multiplier=0.9)
+    budget = RecordBudget(config, sample_rate=256 / 12_000, noise_multiplier=0.9)
+    assert budget.spent == 0 and budget.epsilon() == 0.0
+    assert budget.spend(500) == pytest.approx(
+        _direct_poisson_epsilon(500, 256 / 12_000, 0.9, 1e-5), abs=1e-9)
+    assert budget.spent == 500
+    restored = RecordBudget(config, sample_rate=256 / 12_000, noise_multiplier=0.9,
+                            spent=budget.spent)
+    assert restored.epsilon() == budget.epsilon()
+
+
+def test_make_budget_calibrates_sigma_for_the_planned_steps() -> None:
+    budget = make_budget(DPConfig(enabled=True), rounds=30, records=6000, batch_size=256,
+                         local_epochs=1)
+    assert isinstance(budget, RecordBudget)
+    steps = planned_steps(30, 1, 6000, 256)
+    assert steps == 30 * 24
+    assert budget.sample_rate == pytest.approx(256 / 6000)
+    eps = _direct_poisson_epsilon(steps, 256 / 6000, budget.noise_multiplier, 1e-5)
+    assert 7.9 < eps <= 8.0  # all the planned steps fit, tightly
+    assert budget.steps_allowed(steps) == steps and not budget.exhausted
+    budget.spend(steps)
+    assert budget.steps_allowed(50) < 5 and budget.exhausted  # ε is at the target: σ's bracket
+    with pytest.raises(BudgetExhausted, match="more DP-SGD steps"):
+        budget.spend(50)
+    assert budget.spent == steps  # a refused spend records nothing
+
+
+def test_record_budget_stops_at_the_step_that_would_exceed() -> None:
+    config = DPConfig(enabled=True, target_epsilon=2.0)
+    budget = RecordBudget(config, sample_rate=0.05, noise_multiplier=1.0)
+    allowed = budget.steps_allowed(10_000)
+    assert 0 < allowed < 10_000
+    assert epsilon_for_steps(allowed, 1.0, 0.05, 1e-5) <= 2.0
+    assert epsilon_for_steps(allowed + 1, 1.0, 0.05, 1e-5) > 2.0
+
+
+def test_make_budget_refuses_delta_above_one_over_records() -> None:
+    with pytest.raises(ValueError, match=r"delta = 0.001 exceeds 1/records"):
+        make_budget(DPConfig(enabled=True, delta=1e-3), rounds=10, records=5000, batch_size=64,
+                    local_epochs=1)
+    node = make_budget(dp(noise_multiplier=None), rounds=30, records=10, batch_size=64,
+                       local_epochs=1)
+    assert isinstance(node, PrivacyBudget)
+    assert node.noise_multiplier == pytest.approx(noise_for_budget(30, 8.0, 1e-5))
+
+
+# --- the node: privacy step and noise source --------------------------------------------------
+
+
+def _node(tmp_path: Path, unit: str) -> Node:
+    key_file = tmp_path / "node.key"
+    identity, _ = load_or_create_identity(key_file)
+    privacy = DPConfig(enabled=True, unit=unit, delta=1e-3,
+                       noise_multiplier=1.0 if unit == "node" else None)
+    config = NodeConfig(
+        federation="fed", key_file=str(key_file), out_dir=str(tmp_path), seed=3,
+        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
+        privacy=privacy,
+    )
+    return Node(config, identity, LocalLearner(config))
+
+
+def test_record_mode_privacy_step_adds_no_second_noise(tmp_path: Path) -> None:
+    node = _node(tmp_path, "record")
+    assert isinstance(node.budget, RecordBudget)
+    result = node.learner.train(node.model, 0, None, record_dp(node))
+    assert node.budget.spent == node.learner.steps_per_epoch  # one local epoch of DP-SGD
+    assert result.epochs == 1.0
+    record: dict[str, object] = {}
+    assert privacy_step(node, 0, True, record) is None  # the delta is published as is
+    assert record["epsilon"] == node.budget.epsilon() > 0
+    summary = node.privacy_summary()
+    assert summary["unit"] == "record" and summary["steps_spent"] == node.budget.spent
+    assert summary["sampling"] == "poisson"
+
+
+def test_node_mode_privacy_step_noises_and_spends_a_round(tmp_path: Path) -> None:
+    node = _node(tmp_path, "node")
+    assert record_dp(node) is None  # no DP-SGD in local training
+    step = privacy_step(node, 0, True, {})
+    assert step is not None and node.budget.rounds_spent == 1
+    delta = np.zeros(50, np.float32)
+    assert float(np.std(step(delta))) > 0.5  # σ·C = 1
+
+
+def test_two_nodes_with_the_same_config_draw_different_noise(tmp_path: Path) -> None:
+    a = _node(tmp_path / "a", "record")
+    b = _node(tmp_path / "b", "record")
+    assert a.config.seed == b.config.seed == 3
+    assert not np.array_equal(a.dp_rng.standard_normal(8), b.dp_rng.standard_normal(8))
+    trained_a = a.learner.train(a.model, 0, None, record_dp(a)).vector
+    trained_b = b.learner.train(b.model, 0, None, record_dp(b)).vector
+    assert not np.allclose(trained_a, trained_b)  # same data, same seed: different DP draws
+    draws = {noise_generator().integers(0, 2**62) for _ in range(4)}
+    assert len(draws) == 4
+
+
+def test_record_budget_survives_a_checkpoint_and_restart(tmp_path: Path) -> None:
+    node = _node(tmp_path, "record")
+    node.model = node.learner.train(node.model, 0, None, record_dp(node)).vector
+    spent, sigma = node.budget.spent, node.budget.noise_multiplier
+    assert spent > 0
+    persist_round(node, 0)
+    again = _node(tmp_path, "record")  # same folder and key: a restart
+    assert again.budget.spent == 0
+    again._resume()
+    assert isinstance(again.budget, RecordBudget)
+    assert again.budget.spent == spent and again.budget.noise_multiplier == sigma
+    assert again.budget.epsilon() == node.budget.epsilon()
+
+
+def test_training_stops_at_the_budget_and_the_round_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = _node(tmp_path, "record")
+    records = len(node.learner.y)
+    # σ given: a target that one epoch's steps would pass, so the round is cut short
+    node.budget = RecordBudget(dataclasses.replace(node.budget.config, target_epsilon=0.5),
+                               sample_rate=node.budget.sample_rate, noise_multiplier=0.7)
+    wanted = node.learner.steps_per_epoch * node.config.train.local_epochs
+    allowed = node.budget.steps_allowed(wanted)
+    node.budget.exhausted = False
+    assert allowed < wanted, (records, wanted)
+    with caplog.at_level("WARNING"):
+        result = node.learner.train(node.model, 0, None, record_dp(node))
+    assert node.budget.spent == allowed and node.budget.epsilon() <= 0.5
+    assert "privacy budget allows" in caplog.text
+    record: dict[str, object] = {}
+    assert privacy_step(node, 0, True, record) is None
+    assert node.dp_exhausted_round == 0
+    again = node.learner.train(result.vector, 1, None, record_dp(node))
+    assert again.epochs == 0.0 and node.budget.spent == allowed  # no step past the target
+    np.testing.assert_array_equal(again.vector, result.vector)
+
+
+def test_privacy_keys_parse_from_toml_data_and_refuse_with_the_rule() -> None:
+    config = from_dict(NodeConfig, {"privacy": {"enabled": True, "unit": "record"},
+                                    "data": {"dataset": "mnist1d", "samples": 1000}})
+    assert config.privacy.unit is PrivacyUnit.RECORD and config.data.samples == 1000
+    assert "unit = \"record\"" in dump_toml(to_dict(config))
+    with pytest.raises(ConfigError, match="no node skips rounds"):
+        from_dict(NodeConfig, {"privacy": {"enabled": True, "unit": "node",
+                                           "sampling_probability": 0.05}})
+    with pytest.raises(ConfigError, match=r"data\.samples applies only to dataset = mnist1d"):
+        from_dict(NodeConfig, {"data": {"dataset": "digits", "samples": 1000}})

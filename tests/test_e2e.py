@@ -216,11 +216,12 @@ def test_dp_budget_is_accounted_and_a_spent_node_stops_contributing(tmp_path: Pa
     from gossipfl.privacy.accountant import epsilon_after
     from gossipfl.privacy.dp import DPConfig
 
-    dp = DPConfig(enabled=True, clip_norm=1.0, noise_multiplier=1.0, delta=1e-5)
+    dp = DPConfig(enabled=True, unit="node", clip_norm=1.0, noise_multiplier=1.0, delta=1e-5)
     target = (epsilon_after(4, dp) + epsilon_after(5, dp)) / 2  # room for exactly 4 rounds
     text = BASE.format(name="e2edp", nodes=3, rounds=8, topology="full", degree=2,
                        round_timeout=5.0)
-    text += (f"\n[privacy]\nenabled = true\nclip_norm = 1.0\nnoise_multiplier = 1.0\n"
+    text += (f"\n[privacy]\nenabled = true\nunit = \"node\"\nclip_norm = 1.0\n"
+             f"noise_multiplier = 1.0\n"
              f"delta = 1e-5\ntarget_epsilon = {target!r}\n")
     code, report = run_text(tmp_path, text)
     assert code == 0

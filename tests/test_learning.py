@@ -27,6 +27,8 @@ from gossipfl.learning import (
     train_centralised,
     unflatten_params,
 )
+from gossipfl.learning.train import DPSGD
+from gossipfl.privacy.dp import poisson_sample
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -273,6 +275,11 @@ def test_load_mnist1d(mnist1d: Dataset) -> None:
     np.testing.assert_allclose(d.x_train.mean(axis=0), 0.0, atol=1e-4)
 
 
+def test_load_mnist1d_sample_count_knob() -> None:
+    d = load_dataset("mnist1d", seed=0, samples=600)
+    assert d.x_train.shape == (480, 40) and d.x_test.shape == (120, 40)
+
+
 def test_load_mnist1d_deterministic_and_side_effect_free(mnist1d: Dataset) -> None:
     np.random.seed(123)
     random.seed(123)
@@ -295,6 +302,8 @@ def test_load_mnist1d_deterministic_and_side_effect_free(mnist1d: Dataset) -> No
         ({"name": "iris", "test_fraction": 0.0}, "test_fraction"),
         ({"name": "iris", "test_fraction": 1.0}, "test_fraction"),
         ({"name": "iris", "seed": -1}, "seed"),
+        ({"name": "iris", "samples": 100}, "samples is only used with dataset 'mnist1d'"),
+        ({"name": "mnist1d", "samples": 5}, "samples must be an int >= 10"),
     ],
 )
 def test_load_dataset_errors(kwargs: dict, match: str) -> None:
@@ -631,3 +640,111 @@ def test_stratified_split_keeps_class_proportions(digits: Dataset) -> None:
     test_counts = np.bincount(digits.y_test, minlength=10)
     fraction = test_counts / (train_counts + test_counts)
     assert np.all(np.abs(fraction - 0.2) < 0.02)
+
+
+# --------------------------------------------------------------------------- DP-SGD
+
+
+def _tiny_problem() -> tuple[Trainer, object, np.ndarray, np.ndarray]:
+    """A logistic regression on 6 examples of 3 features, plain SGD with step 1."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((6, 3)) * [[0.1], [1.0], [3.0], [10.0], [0.5], [4.0]]).astype(
+        np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    model = build_model("logreg", (3,), 3)
+    trainer = Trainer(model, TrainConfig(optimizer="sgd", learning_rate=1.0, batch_size=6))
+    return trainer, model.init(0), x, y
+
+
+def _clipped_by_hand(trainer: Trainer, params: object, x: np.ndarray, y: np.ndarray,
+                     rows: np.ndarray, clip: float) -> np.ndarray:
+    """Σ over ``rows`` of each example's gradient clipped to ``clip``, one example at a time."""
+    def loss(p: object, xi: np.ndarray, yi: np.ndarray) -> jax.Array:
+        logits = trainer.model.apply(p, xi[None])
+        return -jax.nn.log_softmax(logits)[0, yi]
+
+    total = np.zeros(param_count(params), np.float64)
+    for i in rows:
+        g = np.asarray(flatten_params(jax.grad(loss)(params, x[i], y[i])), np.float64)
+        total += g * min(1.0, clip / np.linalg.norm(g))
+    return total
+
+
+def test_dp_sgd_noiseless_step_is_the_mean_of_clipped_gradients() -> None:
+    trainer, params, x, y = _tiny_problem()
+    clip = 0.5
+    dp = DPSGD(clip_norm=clip, noise_multiplier=0.0, sample_rate=1.0,
+               rng=np.random.default_rng(0))
+    out, _, _ = trainer.train(params, trainer.init_opt_state(params), x, y, seed=0,
+                              max_steps=1, dp=dp)
+    by_hand = flatten_params(params) - _clipped_by_hand(trainer, params, x, y, np.arange(6),
+                                                        clip) / 6
+    np.testing.assert_allclose(flatten_params(out), by_hand, rtol=1e-5, atol=1e-6)
+    # with a clip far above every gradient norm, DP-SGD without noise is plain full-batch SGD
+    big = DPSGD(clip_norm=1e6, noise_multiplier=0.0, sample_rate=1.0,
+                rng=np.random.default_rng(0))
+    plain, _, _ = trainer.train(params, trainer.init_opt_state(params), x, y, seed=0,
+                                max_steps=1)
+    dp_out, _, _ = trainer.train(params, trainer.init_opt_state(params), x, y, seed=0,
+                                 max_steps=1, dp=big)
+    np.testing.assert_allclose(flatten_params(dp_out), flatten_params(plain), atol=1e-6)
+
+
+def test_dp_sgd_uses_the_poisson_batch_and_divides_by_the_expected_size() -> None:
+    trainer, params, x, y = _tiny_problem()
+    q, clip = 0.5, 2.0
+    dp = DPSGD(clip_norm=clip, noise_multiplier=0.0, sample_rate=q,
+               rng=np.random.default_rng(11))
+    chosen = poisson_sample(6, q, np.random.default_rng(11))  # the draw the step makes
+    assert 0 < len(chosen) < 6
+    out, _, _ = trainer.train(params, trainer.init_opt_state(params), x, y, seed=0,
+                              max_steps=1, dp=dp)
+    expected = flatten_params(params) - _clipped_by_hand(trainer, params, x, y, chosen,
+                                                         clip) / (q * 6)
+    np.testing.assert_allclose(flatten_params(out), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dp_sgd_overflowing_batch_is_summed_over_chunks_not_truncated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trainer, params, x, y = _tiny_problem()
+
+    def run() -> np.ndarray:
+        dp = DPSGD(clip_norm=0.7, noise_multiplier=0.0, sample_rate=1.0,
+                   rng=np.random.default_rng(3))
+        out, _, _ = trainer.train(params, trainer.init_opt_state(params), x, y, seed=0,
+                                  max_steps=2, dp=dp)
+        return flatten_params(out)
+
+    whole = run()
+    monkeypatch.setattr("gossipfl.learning.train.padded_batch_size", lambda expected, n: 4)
+    np.testing.assert_allclose(run(), whole, rtol=1e-5, atol=1e-6)  # 6 rows in chunks of 4
+
+
+def test_dp_sgd_noise_has_stddev_sigma_clip_over_expected_batch() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 60)).astype(np.float32)
+    y = (np.arange(40) % 10).astype(np.int32)
+    model = build_model("logreg", (60,), 10)
+    trainer = Trainer(model, TrainConfig(optimizer="sgd", learning_rate=1.0, batch_size=40))
+    params = model.init(0)
+    sigma, clip = 2.0, 0.5
+
+    def step(noise: float) -> np.ndarray:
+        dp = DPSGD(clip_norm=clip, noise_multiplier=noise, sample_rate=1.0,
+                   rng=np.random.default_rng(8))
+        out, _, _ = trainer.train(params, trainer.init_opt_state(params), x, y, seed=0,
+                                  max_steps=1, dp=dp)
+        return flatten_params(out)
+
+    residual = step(sigma) - step(0.0)  # same batch (q = 1), noise only
+    assert residual.size == 610
+    assert float(np.std(residual)) == pytest.approx(sigma * clip / 40, rel=0.1)
+
+
+def test_dpsgd_config_validation() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="clip_norm"):
+        DPSGD(clip_norm=0.0, noise_multiplier=1.0, sample_rate=0.5, rng=rng)
+    with pytest.raises(ValueError, match="sample_rate"):
+        DPSGD(clip_norm=1.0, noise_multiplier=1.0, sample_rate=0.0, rng=rng)

@@ -34,7 +34,9 @@ from gossipfl.node.round import TrainingStop, persist_round, run_rounds, trainin
 from gossipfl.node.runtime import PROTO_STATE, NeighbourState, Node, NodeError
 from gossipfl.privacy.dp import DPConfig
 
-DP = DPConfig(enabled=True, clip_norm=1.0, noise_multiplier=3.0, delta=1e-5, target_epsilon=8.0)
+DP = DPConfig(enabled=True, unit="node", clip_norm=1.0, noise_multiplier=3.0, delta=1e-5,
+              target_epsilon=8.0)
+RECORD = DPConfig(enabled=True, clip_norm=1.0, delta=1e-5, target_epsilon=8.0)  # DP-SGD steps
 TIGHT = replace(DP, noise_multiplier=1.0)  # two rounds at most
 
 
@@ -99,10 +101,11 @@ class FakeNet:
 # -- point 9: the DP budget spent survives a clean stop ----------------------------------------
 
 
+@pytest.mark.parametrize("privacy", [DP, RECORD], ids=["node", "record"])
 @pytest.mark.parametrize("status", ["stopped", "done"])
 def test_a_clean_stop_with_dp_keeps_the_budget_spent_and_a_resume_restores_it(
-        tmp_path: Path, status: str) -> None:
-    node = _node(tmp_path, dp=True)
+        tmp_path: Path, status: str, privacy: DPConfig) -> None:
+    node = _node(tmp_path, dp=True, privacy=privacy)
     node._resume()  # nothing saved yet: a fresh start
     for _ in range(3):
         node.budget.spend()
@@ -111,11 +114,11 @@ def test_a_clean_stop_with_dp_keeps_the_budget_spent_and_a_resume_restores_it(
     assert load_checkpoint(tmp_path / "checkpoint.npz").meta["dp_rounds"] == 3
     if status == "done":
         assert load_checkpoint(tmp_path / "final.npz").meta["dp_rounds"] == 3
-    again = _node(tmp_path, dp=True)  # same key file, same folder
-    assert again.budget.rounds_spent == 0
+    again = _node(tmp_path, dp=True, privacy=privacy)  # same key file, same folder
+    assert again.budget.spent == 0
     again._resume()
     assert again.resumed_from == 5
-    assert again.budget.rounds_spent == 3
+    assert again.budget.spent == 3
     assert again.budget.epsilon() == pytest.approx(node.budget.epsilon())
 
 
@@ -129,7 +132,7 @@ def test_every_round_checkpoint_carries_the_same_dp_state(tmp_path: Path) -> Non
     assert state.meta["dp_rounds"] == 2 and state.round == 4
     again = _node(tmp_path, dp=True)
     again._resume()
-    assert again.budget.rounds_spent == 2
+    assert again.budget.spent == 2
 
 
 def test_a_dp_state_that_cannot_be_restored_stops_the_node(tmp_path: Path) -> None:
@@ -140,7 +143,7 @@ def test_a_dp_state_that_cannot_be_restored_stops_the_node(tmp_path: Path) -> No
         node._resume()
     save_checkpoint(tmp_path / "checkpoint.npz", node.model, 3, public=node.own.vector,
                     status="stopped", dp_rounds="3")
-    with pytest.raises(NodeError, match="not a round count"):
+    with pytest.raises(NodeError, match="not a count"):
         node._resume()
 
 
@@ -160,7 +163,7 @@ def test_a_node_stopped_before_loading_its_state_leaves_the_checkpoint_alone(
     save_checkpoint(tmp_path / "checkpoint.npz", np.zeros(3, np.float32), 7,
                     public=np.zeros(3, np.float32), status="stopped", dp_rounds=2)
     other._resume()
-    assert other.resumed_from is None and other.budget.rounds_spent == 2
+    assert other.resumed_from is None and other.budget.spent == 2
 
 
 # -- point 3: a resumed node publishes its public estimate, never its model ---------------------
@@ -212,7 +215,7 @@ def test_an_old_checkpoint_resumes_with_the_initial_model_as_public_estimate(
     np.testing.assert_array_equal(node.model, _full(node, 3.0))
     np.testing.assert_array_equal(node.own.vector, initial)  # never the private model
     assert not np.array_equal(node.own.vector, node.model)
-    assert node.budget.rounds_spent == 2
+    assert node.budget.spent == 2
     assert "does not hold the public estimate" in caplog.text
 
 

@@ -108,6 +108,7 @@ def load_dataset(
     seed: int = 0,
     test_fraction: float = 0.2,
     path: str | None = None,
+    samples: int | None = None,
 ) -> Dataset:
     """Load a dataset by name, deterministically.
 
@@ -120,6 +121,8 @@ def load_dataset(
             Ignored by ``mnist1d`` (fixed 80/20 split) and by ``npz`` files that
             contain ``x_test`` and ``y_test``.
         path: Path to the ``.npz`` file; required for ``"npz"`` and rejected otherwise.
+        samples: ``mnist1d`` only: how many examples to generate (train + test, split 80/20);
+            ``None``: the generator's default (5000). Rejected for other datasets.
 
     Returns:
         The loaded, preprocessed :class:`Dataset`. Same arguments give identical arrays.
@@ -134,6 +137,11 @@ def load_dataset(
         raise ValueError(f"seed must lie in [0, {_MAX_SEED}], got {seed}")
     if not isinstance(test_fraction, float | int) or not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
+    if samples is not None:
+        if name != "mnist1d":
+            raise ValueError(f"samples is only used with dataset 'mnist1d', got {name!r}")
+        if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 10:
+            raise ValueError(f"samples must be an int >= 10, got {samples!r}")
     if name == "npz":
         if path is None:
             raise ValueError("dataset 'npz' requires path=<file.npz>")
@@ -143,7 +151,7 @@ def load_dataset(
     if name in _SKLEARN_FILES:
         return _load_sklearn(name, seed=int(seed), test_fraction=float(test_fraction))
     if name == "mnist1d":
-        return _load_mnist1d(seed=int(seed))
+        return _load_mnist1d(seed=int(seed), samples=None if samples is None else int(samples))
     known = ", ".join(repr(n) for n in (*BUILTIN_DATASETS, "npz"))
     raise ValueError(f"unknown dataset {name!r}; expected one of {known}")
 
@@ -263,7 +271,7 @@ def _load_sklearn(name: str, *, seed: int, test_fraction: float) -> Dataset:
     )
 
 
-def _load_mnist1d(*, seed: int) -> Dataset:
+def _load_mnist1d(*, seed: int, samples: int | None = None) -> Dataset:
     """Generate MNIST-1D locally (never downloads).
 
     ``make_dataset`` reseeds Python's and NumPy's global generators; their states
@@ -271,6 +279,7 @@ def _load_mnist1d(*, seed: int) -> Dataset:
 
     Args:
         seed: Generator seed (replaces the default ``seed`` of ``get_dataset_args()``).
+        samples: ``num_samples`` of the generator (train + test); ``None``: its default.
 
     Returns:
         The preprocessed dataset with ``input_shape == (40, 1)``.
@@ -279,6 +288,8 @@ def _load_mnist1d(*, seed: int) -> Dataset:
 
     args = get_dataset_args()
     args.seed = seed
+    if samples is not None:
+        args.num_samples = samples
     py_state = random.getstate()
     np_state = np.random.get_state()
     try:

@@ -7,6 +7,15 @@ masked out of the loss. The step is therefore compiled once per Trainer (per
 feature width and parameter structure), however many rounds run and whatever a
 node's data size is. Evaluation runs in padded, masked chunks of at most 1024
 rows (a power of two), so it compiles at most a handful of times.
+
+With a :class:`DPSGD` argument, :meth:`Trainer.train` runs DP-SGD instead (record-level
+differential privacy, :mod:`gossipfl.privacy.dp`): each step draws a Poisson batch (every record
+in independently with rate ``q``) from the DP generator, computes per-example gradients with
+``jax.vmap(jax.value_and_grad(...))``, clips each to ``clip_norm``, adds ``N(0, σ²C²)`` to their
+sum and divides by the expected batch size ``q·n``; then the optimiser step. A Poisson batch is
+laid out in padded chunks of :func:`gossipfl.privacy.dp.padded_batch_size` rows with a 0/1 mask,
+so the step compiles once; a batch larger than one chunk (rare) is summed over several chunks
+before the single noise draw, so the step taken is exactly the accounted one.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -23,6 +33,7 @@ import optax
 from gossipfl.learning.data import Dataset
 from gossipfl.learning.models import Model
 from gossipfl.learning.params import Params
+from gossipfl.privacy.dp import clip_per_example, noisy_mean, padded_batch_size, poisson_sample
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 """Optimiser names accepted by :class:`TrainConfig`."""
@@ -88,6 +99,29 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+@dataclass(frozen=True)
+class DPSGD:
+    """What one DP-SGD run needs: ``C``, ``σ``, the Poisson rate ``q`` and the DP generator.
+
+    ``rng`` must be a cryptographically seeded generator
+    (:func:`gossipfl.privacy.dp.noise_generator`), never one derived from a public seed: it draws
+    both the Poisson batches and the noise.
+    """
+
+    clip_norm: float
+    noise_multiplier: float
+    sample_rate: float
+    rng: np.random.Generator
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError(f"clip_norm must be positive, got {self.clip_norm!r}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier!r}")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate!r}")
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Build the optax optimiser described by ``config``.
 
@@ -151,6 +185,8 @@ class Trainer:
         self.optimizer = make_optimizer(config)
         self._train_step = jax.jit(self._train_step_impl)
         self._eval_step = jax.jit(self._eval_step_impl)
+        self._dp_step = jax.jit(self._dp_step_impl)
+        self._clipped_sum = jax.jit(self._clipped_sum_impl)
 
     def _masked_loss(
         self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array
@@ -172,6 +208,41 @@ class Trainer:
         loss, grads = jax.value_and_grad(self._masked_loss)(params, x, y, mask)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
+
+    def _example_loss(self, params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+        """Cross-entropy of one example (``x`` without the batch axis)."""
+        logits = self.model.apply(params, x[None])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y[None])[0]
+
+    def _clipped_sum_impl(
+        self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array, clip: jax.Array
+    ) -> tuple[Params, jax.Array]:
+        """Summed per-example-clipped gradients and summed loss over the masked rows."""
+        per_example = jax.vmap(jax.value_and_grad(self._example_loss), in_axes=(None, 0, 0))
+        losses, grads = per_example(params, x, y)
+        summed, _ = clip_per_example(grads, clip, mask)
+        return summed, jnp.sum(losses * mask)
+
+    def _dp_step_impl(
+        self,
+        params: Params,
+        opt_state: OptState,
+        x: jax.Array,
+        y: jax.Array,
+        mask: jax.Array,
+        extra: Params,
+        noise: jax.Array,
+        clip: jax.Array,
+        stddev: jax.Array,
+        expected: jax.Array,
+    ) -> tuple[Params, OptState, jax.Array]:
+        """One DP-SGD step: clipped sum (+ ``extra``, the overflow chunks), noise, optimiser."""
+        summed, loss_sum = self._clipped_sum_impl(params, x, y, mask, clip)
+        summed = jax.tree_util.tree_map(jnp.add, summed, extra)
+        _, unravel = jax.flatten_util.ravel_pytree(params)
+        grads = noisy_mean(summed, unravel(noise), stddev, expected)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss_sum
 
     def _eval_step_impl(
         self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array
@@ -210,8 +281,9 @@ class Trainer:
         epochs: int | None = None,
         seed: int,
         max_steps: int | None = None,
+        dp: DPSGD | None = None,
     ) -> tuple[Params, OptState, float]:
-        """Run local training.
+        """Run local training (DP-SGD with ``dp``, see the module docstring).
 
         Each epoch visits the examples in a fresh random order drawn from
         ``np.random.default_rng(seed)``; the last partial minibatch is kept (padded
@@ -228,6 +300,8 @@ class Trainer:
             epochs: Number of epochs, ``>= 1``; defaults to ``config.local_epochs``.
             seed: Non-negative shuffling seed.
             max_steps: At most this many minibatch steps, ``>= 1``; ``None``: no limit.
+            dp: Run DP-SGD: Poisson batches of expected size ``dp.sample_rate · n`` from
+                ``dp.rng`` (``seed`` is then unused); an epoch is ``⌈n / batch_size⌉`` steps.
 
         Returns:
             ``(params, opt_state, mean_loss)`` where ``mean_loss`` is the
@@ -251,6 +325,10 @@ class Trainer:
         n = x.shape[0]
         batch = self.config.batch_size
         num_batches = -(-n // batch)
+        if dp is not None:
+            steps = epochs * num_batches if max_steps is None else min(max_steps,
+                                                                        epochs * num_batches)
+            return self._train_dp(params, opt_state, x, y, steps, dp)
         padded = num_batches * batch
         mask = np.zeros(padded, np.float32)
         mask[:n] = 1.0
@@ -273,6 +351,40 @@ class Trainer:
         # device_get, not jnp.stack: a stack compiles once per number of steps
         mean_loss = float(np.dot(np.asarray(jax.device_get(losses)), weights) / sum(weights))
         return params, opt_state, mean_loss
+
+    def _train_dp(
+        self, params: Params, opt_state: OptState, x: np.ndarray, y: np.ndarray, steps: int,
+        dp: DPSGD,
+    ) -> tuple[Params, OptState, float]:
+        """``steps`` DP-SGD steps; returns the mean per-example loss over the sampled rows."""
+        n = x.shape[0]
+        expected = dp.sample_rate * n
+        rows = padded_batch_size(expected, n)
+        size = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        clip = jnp.float32(dp.clip_norm)
+        stddev = jnp.float32(dp.noise_multiplier * dp.clip_norm)
+        expected_j = jnp.float32(expected)
+        loss_sums: list[jax.Array] = []
+        sampled = 0
+        for _ in range(steps):
+            chosen = poisson_sample(n, dp.sample_rate, dp.rng)
+            sampled += len(chosen)
+            chunks = [chosen[i : i + rows] for i in range(0, len(chosen), rows)] or [chosen]
+            extra = zeros
+            for chunk in chunks[1:]:  # overflow: more rows than one padded chunk holds
+                xb, yb, mb = _pad(x, y, chunk, rows)
+                part, part_loss = self._clipped_sum(params, xb, yb, mb, clip)
+                extra = jax.tree_util.tree_map(jnp.add, extra, part)
+                loss_sums.append(part_loss)
+            xb, yb, mb = _pad(x, y, chunks[0], rows)
+            noise = dp.rng.standard_normal(size, dtype=np.float32)
+            params, opt_state, loss_sum = self._dp_step(
+                params, opt_state, xb, yb, mb, extra, noise, clip, stddev, expected_j
+            )
+            loss_sums.append(loss_sum)
+        total = float(np.sum(jax.device_get(loss_sums))) if loss_sums else 0.0
+        return params, opt_state, total / max(sampled, 1)
 
     def evaluate(self, params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """Compute mean cross-entropy and accuracy.
@@ -309,6 +421,17 @@ class Trainer:
             total_loss = total_loss + loss_sum
             total_correct = total_correct + correct
         return float(total_loss) / n, float(total_correct) / n
+
+
+def _pad(
+    x: np.ndarray, y: np.ndarray, chosen: np.ndarray, rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows ``chosen`` (at most ``rows``) padded to ``rows`` with a 0/1 mask."""
+    index = np.zeros(rows, np.int64)
+    index[: len(chosen)] = chosen
+    mask = np.zeros(rows, np.float32)
+    mask[: len(chosen)] = 1.0
+    return x[index], y[index], mask
 
 
 def train_centralised(

@@ -175,7 +175,7 @@ def dp_state(node: Node) -> dict[str, Any]:
     SIGKILL, SIGTERM or the end) ever forgets ε. Empty with DP off."""
     if node.budget is None:
         return {}
-    return {"dp_rounds": int(node.budget.rounds_spent)}
+    return {"dp_rounds": int(node.budget.spent)}  # rounds (node unit) or DP-SGD steps (record)
 
 
 def restore_dp_state(node: Node, meta: dict[str, Any]) -> None:
@@ -183,8 +183,6 @@ def restore_dp_state(node: Node, meta: dict[str, Any]) -> None:
     saved state cannot be used (the node must then not start rather than forget ε)."""
     if node.budget is None:
         return
-    from gossipfl.privacy.accountant import PrivacyBudget
-
     spent = meta.get("dp_rounds")
     if spent is None:
         log.error("the checkpoint does not say how much privacy budget this node had spent "
@@ -192,9 +190,9 @@ def restore_dp_state(node: Node, meta: dict[str, Any]) -> None:
                   "which understates ε if DP was on")
         spent = 0
     if not isinstance(spent, int) or isinstance(spent, bool):
-        raise CheckpointError(f"the checkpoint's DP state is not a round count: {spent!r}")
+        raise CheckpointError(f"the checkpoint's DP state is not a count: {spent!r}")
     try:
-        node.budget = PrivacyBudget(node.config.privacy, rounds_spent=spent)
+        node.budget = node.make_budget(spent=spent)
     except ValueError as error:
         raise CheckpointError(f"the checkpoint's DP state cannot be restored: {error}") from None
 

@@ -7,9 +7,11 @@ its peers while it trains).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,7 +20,20 @@ from gossipfl.learning.data import Dataset, load_dataset
 from gossipfl.learning.models import Model, build_model
 from gossipfl.learning.params import flatten_params, named_arrays, unflatten_params
 from gossipfl.learning.partition import node_partition
-from gossipfl.learning.train import Trainer
+from gossipfl.learning.train import DPSGD, Trainer
+
+if TYPE_CHECKING:  # dp-accounting (and SciPy) load only when DP is on
+    from gossipfl.privacy.accountant import RecordBudget
+
+log = logging.getLogger("gossipfl.learner")
+
+
+@dataclass(frozen=True)
+class RecordDP:
+    """Record-level DP for local training: the node's budget and its DP generator."""
+
+    budget: RecordBudget
+    rng: np.random.Generator
 
 
 @dataclass(frozen=True)
@@ -41,7 +56,7 @@ def load_node_data(config: NodeConfig) -> tuple[Dataset, np.ndarray]:
     """The dataset and the indices of this node's training partition."""
     spec = config.data
     dataset = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
-                           path=spec.path)
+                           path=spec.path, samples=spec.samples)
     if spec.partition == "none":
         return dataset, np.arange(len(dataset.y_train))
     indices = node_partition(
@@ -84,9 +99,12 @@ class LocalLearner:
     def steps_per_epoch(self) -> int:
         return -(-len(self.y) // self.config.train.batch_size)
 
-    def train(self, vector: np.ndarray, round_: int, epochs: float | None = None) -> TrainResult:
+    def train(self, vector: np.ndarray, round_: int, epochs: float | None = None,
+              dp: RecordDP | None = None) -> TrainResult:
         """Train from ``vector``: the configured epochs, or ``epochs`` of local work (rounded up
-        to whole minibatch steps)."""
+        to whole minibatch steps). With ``dp``, DP-SGD: the steps are spent from ``dp.budget``
+        before they are taken, and only as many as keep ε within the target (training stops
+        there, logged once)."""
         start = time.perf_counter()
         params = unflatten_params(vector, self.template)
         seed = (self.config.seed * 1_000_003 + self.config.node_index * 7919 + round_) % 2**31
@@ -94,10 +112,28 @@ class LocalLearner:
         steps = None
         if epochs is not None and epochs != configured:
             steps = max(1, math.ceil(epochs * self.steps_per_epoch - 1e-9))
+        dpsgd = None
+        if dp is not None:
+            wanted = configured * self.steps_per_epoch if steps is None else steps
+            allowed = dp.budget.steps_allowed(wanted)
+            if allowed < wanted:
+                log.warning("round %d: privacy budget allows %d of %d DP-SGD steps (epsilon "
+                            "%.3f of %.3f at delta %g after %d steps); training stops there",
+                            round_, allowed, wanted, dp.budget.epsilon(),
+                            dp.budget.config.target_epsilon, dp.budget.config.delta,
+                            dp.budget.spent)
+            if allowed == 0:
+                return TrainResult(np.asarray(vector, np.float32).copy(), 0.0,
+                                   time.perf_counter() - start, len(self.y), 0.0)
+            dp.budget.spend(allowed)  # spent before the steps are taken
+            steps = allowed
+            dpsgd = DPSGD(clip_norm=dp.budget.config.clip_norm,
+                          noise_multiplier=dp.budget.noise_multiplier,
+                          sample_rate=dp.budget.sample_rate, rng=dp.rng)
         params, self.opt_state, loss = self.trainer.train(
             params, self.opt_state, self.x, self.y,
             epochs=configured if steps is None else -(-steps // self.steps_per_epoch),
-            seed=seed, max_steps=steps,
+            seed=seed, max_steps=steps, dp=dpsgd,
         )
         out = flatten_params(params)
         done = float(configured) if steps is None else steps / self.steps_per_epoch

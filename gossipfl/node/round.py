@@ -25,9 +25,10 @@ from gossipfl.gossip.membership import SILENT_INTERVALS
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node import secure_round
 from gossipfl.node.checkpoint import save_node_checkpoint, save_vector
+from gossipfl.node.learner import RecordDP
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
 from gossipfl.node.runtime import peak_rss_bytes
-from gossipfl.privacy.dp import privatise_update
+from gossipfl.privacy.dp import PrivacyUnit, privatise_update
 
 if TYPE_CHECKING:
     from gossipfl.node.runtime import Node
@@ -65,7 +66,7 @@ def stop_training(node: Node, r: int, why: TrainingStop) -> None:
     """The one place training ends, whatever the reason (training rounds over, async early
     stop, budget spent, a restart or catch-up past the training rounds, done).
 
-    With DP on the model becomes the public estimate x̂ (already privatised) before anything
+    With node-level DP the model becomes the public estimate x̂ (already privatised) before anything
     more is published: from here on only public estimates are mixed and published, which is
     post-processing and spends nothing; the un-noised model never leaves. A model known to
     hold only public values (a catch-up took the neighbours' public estimates) is kept.
@@ -73,12 +74,16 @@ def stop_training(node: Node, r: int, why: TrainingStop) -> None:
     if why is TrainingStop.BUDGET_SPENT and node.dp_exhausted_round is None:
         node.dp_exhausted_round = r
         config = node.config.privacy
-        log.warning("privacy budget spent: epsilon %.3f of %.3f at delta %g after %d rounds; "
+        log.warning("privacy budget spent: epsilon %.3f of %.3f at delta %g after %d %s; "
                     "no longer training", node.budget.epsilon(), config.target_epsilon,
-                    config.delta, node.budget.rounds_spent)
+                    config.delta, node.budget.spent,
+                    "DP-SGD steps" if node.budget.unit == "record" else "rounds")
     elif why is not TrainingStop.DONE:
         log.info("round %d: stopping training: %s", r, why.value)
-    if node.config.privacy.enabled and not node.model_public:
+    privacy = node.config.privacy
+    # record unit: the model itself is DP-SGD's output (post-processing from here on); node
+    # unit: the model is un-noised, and only the noisy x̂ may be published
+    if privacy.enabled and privacy.unit == PrivacyUnit.NODE and not node.model_public:
         node.model = node.own.vector.copy()
         log.info("round %d: DP: the model is now this node's public estimate; only public "
                  "(already privatised) estimates are mixed and published from here on", r)
@@ -193,7 +198,8 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     # 1. train locally (in a worker thread: the node keeps serving its peers meanwhile)
     if training:
         epochs = async_local_epochs(node, r, record)  # None: the configured epochs
-        result = await trio.to_thread.run_sync(node.learner.train, node.model, r, epochs)
+        result = await trio.to_thread.run_sync(node.learner.train, node.model, r, epochs,
+                                               record_dp(node))
         if node.config.slowdown > 1.0:  # an emulated slower machine
             await trio.sleep((node.config.slowdown - 1.0) * result.seconds)
         if epochs is not None:
@@ -264,12 +270,27 @@ async def run_round(node: Node, r: int, training: bool) -> None:
              len(missing), record["round_seconds"])
 
 
+def record_dp(node: Node) -> RecordDP | None:
+    """Record-level DP for local training (DP-SGD), or None (no DP, or node-level DP)."""
+    if node.budget is None or node.budget.unit is not PrivacyUnit.RECORD:
+        return None
+    assert node.dp_rng is not None
+    return RecordDP(node.budget, node.dp_rng)
+
+
 def privacy_step(node: Node, r: int, training: bool,
                  record: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The DP transform for this round's delta, or None without DP (or in consensus rounds)."""
+    """The node-level DP transform for this round's delta, or None (no DP, consensus rounds, or
+    record-level DP: DP-SGD already privatised the training, and what is published from its
+    output is post-processing, so no second noise is added and nothing more is spent)."""
     if node.budget is None or not training:
         return None
-    config = node.config.privacy
+    config = node.budget.config
+    if node.budget.unit is PrivacyUnit.RECORD:
+        record["epsilon"] = node.budget.epsilon()
+        if node.budget.exhausted and node.dp_exhausted_round is None:
+            node.dp_exhausted_round = r
+        return None
     if not node.budget.can_spend():
         if node.dp_exhausted_round is None:
             node.dp_exhausted_round = r

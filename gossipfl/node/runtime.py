@@ -17,7 +17,6 @@ import math
 import os
 import random
 import resource
-import secrets
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -78,6 +77,7 @@ from gossipfl.node.secure_round import (
     on_unmask_request,
 )
 from gossipfl.node.security import EnvelopeError, NodeSecurity, RevocationUpdate
+from gossipfl.privacy.dp import noise_generator
 
 log = logging.getLogger("gossipfl.node")
 
@@ -202,11 +202,20 @@ class Node:
         self.dp_rng: np.random.Generator | None = None
         self.dp_exhausted_round: int | None = None
         if config.privacy.enabled:
-            from gossipfl.privacy.accountant import PrivacyBudget
+            # fresh OS entropy, never the scenario seed: noise (and Poisson batches) that peers
+            # could predict would protect nothing
+            self.dp_rng = noise_generator()
+            self.budget = self.make_budget()
 
-            self.budget = PrivacyBudget(config.privacy)
-            # fresh entropy: noise that peers could predict would protect nothing
-            self.dp_rng = np.random.default_rng(secrets.randbits(128))
+    def make_budget(self, spent: int = 0) -> Any:
+        """The DP budget (record: RecordBudget, DP-SGD steps; node: PrivacyBudget, rounds), with
+        ``spent`` (its ``.spent``) restored from a checkpoint; σ calibrated from the plan."""
+        from gossipfl.privacy.accountant import make_budget
+
+        train = self.config.train
+        return make_budget(self.config.privacy, rounds=self.config.rounds,
+                           records=len(self.learner.y), batch_size=train.batch_size,
+                           local_epochs=train.local_epochs, spent=spent)
 
     @property
     def contribution_protocol(self) -> str:
@@ -351,11 +360,21 @@ class Node:
         }
         if self.budget is not None:
             summary.update(
-                epsilon=self.budget.epsilon(), delta=dp.delta, target_epsilon=dp.target_epsilon,
-                noise_multiplier=dp.noise_multiplier, clip_norm=dp.clip_norm,
-                rounds_spent=self.budget.rounds_spent,
+                unit=str(self.budget.unit), epsilon=self.budget.epsilon(), delta=dp.delta,
+                target_epsilon=dp.target_epsilon, noise_multiplier=self.budget.noise_multiplier,
+                clip_norm=dp.clip_norm, noise_source="PCG64 seeded from os entropy (secrets)",
                 stopped_contributing_round=self.dp_exhausted_round,
             )
+            if self.budget.unit == "record":
+                summary.update(
+                    sampling="poisson", sampling_probability=self.budget.sample_rate,
+                    expected_batch=self.budget.sample_rate * len(self.learner.y),
+                    records=len(self.learner.y),
+                    steps_spent=self.budget.spent,
+                )
+            else:
+                summary.update(sampling="none (every round)", sampling_probability=1.0,
+                               rounds_spent=self.budget.rounds_spent)
         return summary
 
     # -- helpers -----------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def centralised_baseline(scenario: ScenarioConfig) -> float:
 
     spec = scenario.data
     dataset = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
-                           path=spec.path)
+                           path=spec.path, samples=spec.samples)
     model = build_model(scenario.model.name, dataset.input_shape, dataset.num_classes,
                         hidden=scenario.model.hidden)
     _, accuracies = train_centralised(
@@ -154,11 +154,21 @@ def privacy_section(scenario: ScenarioConfig, entries: list[dict[str, Any]]) -> 
             },
         },
         "dp": to_dict(dp),
-        "dp_unit": "one node's whole update per round (add/remove), Gaussian mechanism, RDP",
+        "dp_unit": (("record: one training record; DP-SGD (per-example clipping, Gaussian noise"
+                     " each step, Poisson sampling q = batch_size / records), RDP over all steps")
+                    if dp.unit == "record" else
+                    "node: one node's whole update per round (add/remove), Gaussian mechanism, "
+                    "RDP over rounds"),
         "epsilon": {
             str(e["index"]): e["privacy"].get("epsilon") for e in entries if dp.enabled
         },
         "delta": dp.delta if dp.enabled else None,
+        "dp_per_node": {  # σ, sampling rate q and steps (record) or rounds (node) spent
+            str(e["index"]): {k: e["privacy"][k] for k in (
+                "noise_multiplier", "sampling", "sampling_probability", "steps_spent",
+                "rounds_spent", "records") if k in e["privacy"]}
+            for e in entries if dp.enabled
+        },
     }
 
 
