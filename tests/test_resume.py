@@ -27,7 +27,7 @@ from gossipfl.node.catchup import (
     secure_catch_up_round,
     state_refusal,
 )
-from gossipfl.node.checkpoint import load_checkpoint, save_checkpoint
+from gossipfl.node.checkpoint import load_checkpoint, save_checkpoint, save_dp_ledger
 from gossipfl.node.estimates import OwnEstimate
 from gossipfl.node.learner import LocalLearner
 from gossipfl.node.round import TrainingStop, persist_round, run_rounds, training_stop
@@ -481,3 +481,34 @@ def test_training_rounds_end_with_the_reset_and_a_public_catch_up_is_kept(
     trio.run(run_rounds, node)
     assert seen[0]["round"] == 11 and seen[0]["training"] is False
     assert seen[0]["unpublished"] == 6.0  # the pulled mean (7) against x̂ (1): kept
+
+
+@pytest.mark.parametrize("privacy", [DP, RECORD], ids=["node", "record"])
+def test_budget_spent_before_a_sigkill_is_not_forgotten(tmp_path: Path,
+                                                         privacy: DPConfig) -> None:
+    """Killed between its send and its round's checkpoint: the write-ahead ledger, written
+    before the send, still holds what was spent (with or without a checkpoint before it)."""
+    node = _node(tmp_path, dp=True, privacy=privacy)
+    node._resume()
+    node.budget.spend()
+    persist_round(node, 0)  # round 0 checkpointed: 1 spent
+    node.budget.spend()
+    node.budget.spend()
+    save_dp_ledger(node)  # round 1 sent, then SIGKILL before its checkpoint
+    again = _node(tmp_path, dp=True, privacy=privacy)
+    again._resume()
+    assert again.budget.spent == 3 and again.resumed_from == 0
+    # no checkpoint at all (killed in round 0): the ledger alone
+    (tmp_path / "checkpoint.npz").unlink()
+    for stale in tmp_path.glob("checkpoint.prev.npz"):
+        stale.unlink()
+    fresh = _node(tmp_path, dp=True, privacy=privacy)
+    fresh._resume()
+    assert fresh.budget.spent == 3 and fresh.resumed_from is None
+
+
+def test_an_unreadable_dp_ledger_stops_the_node(tmp_path: Path) -> None:
+    node = _node(tmp_path, dp=True)
+    (tmp_path / "dp_ledger.json").write_text("{not json")
+    with pytest.raises(NodeError, match="DP ledger"):
+        node._resume()

@@ -178,12 +178,44 @@ def dp_state(node: Node) -> dict[str, Any]:
     return {"dp_rounds": int(node.budget.spent)}  # rounds (node unit) or DP-SGD steps (record)
 
 
-def restore_dp_state(node: Node, meta: dict[str, Any]) -> None:
-    """Restore what :func:`dp_state` saved into ``node.budget``; :class:`CheckpointError` if the
-    saved state cannot be used (the node must then not start rather than forget ε)."""
+LEDGER = "dp_ledger.json"  # written ahead of every round's first send (see save_dp_ledger)
+
+
+def save_dp_ledger(node: Node) -> None:
+    """Write-ahead: the budget spent, fsync'd before anything this round trained on is sent. A
+    node killed between its send and its round's checkpoint (SIGKILL) would otherwise resume
+    with that spending forgotten. No-op with DP off."""
+    if node.budget is not None:
+        atomic_write_json(node.out / LEDGER, dp_state(node))
+
+
+def _ledger_spent(node: Node) -> int | None:
+    try:
+        spent = json.loads((node.out / LEDGER).read_text()).get("dp_rounds")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"the DP ledger {LEDGER} is unreadable: {error}") from None
+    if not isinstance(spent, int) or isinstance(spent, bool) or spent < 0:
+        raise CheckpointError(f"the DP ledger's count is not a count: {spent!r}")
+    return spent
+
+
+def restore_dp_state(node: Node, meta: dict[str, Any] | None) -> None:
+    """Restore what :func:`dp_state` saved into ``node.budget`` (the larger of the checkpoint's
+    count and the write-ahead ledger's; ``meta`` None: no checkpoint, the ledger alone);
+    :class:`CheckpointError` if the saved state cannot be used (the node must then not start
+    rather than forget ε)."""
     if node.budget is None:
         return
+    ledger = _ledger_spent(node)
+    if meta is None:
+        if ledger is not None:
+            node.budget = node.make_budget(spent=ledger)
+        return
     spent = meta.get("dp_rounds")
+    if spent is None and ledger is not None:
+        spent = ledger
     if spent is None:
         log.error("the checkpoint does not say how much privacy budget this node had spent "
                   "(DP was off, or an older version wrote it on stopping): counting from 0, "
@@ -192,7 +224,7 @@ def restore_dp_state(node: Node, meta: dict[str, Any]) -> None:
     if not isinstance(spent, int) or isinstance(spent, bool):
         raise CheckpointError(f"the checkpoint's DP state is not a count: {spent!r}")
     try:
-        node.budget = node.make_budget(spent=spent)
+        node.budget = node.make_budget(spent=max(spent, ledger or 0))
     except ValueError as error:
         raise CheckpointError(f"the checkpoint's DP state cannot be restored: {error}") from None
 

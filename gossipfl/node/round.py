@@ -24,7 +24,7 @@ from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_
 from gossipfl.gossip.membership import SILENT_INTERVALS
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node import secure_round
-from gossipfl.node.checkpoint import save_node_checkpoint, save_vector
+from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector
 from gossipfl.node.learner import RecordDP
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
 from gossipfl.node.runtime import peak_rss_bytes
@@ -218,6 +218,8 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     # 2.+3. delta and privacy: q = DP(x½ − x̂) (clip + Gaussian noise, while the budget lasts);
     # x̂ += q, exactly as every neighbour will apply it
     node.own.publish(half_step, r, privatise=privacy_step(node, r, training, record))
+    if training:  # what this round spent is on disk before anything it trained on is sent
+        await trio.to_thread.run_sync(save_dp_ledger, node)
 
     if node.config.secagg.enabled:
         # 4.-6. masked inputs out, wait, unmask the neighbourhood's sum (secure_round.py)

@@ -786,6 +786,11 @@ class Node:
 
         state = load_latest_checkpoint(self.out / "checkpoint.npz")
         if state is None:
+            try:  # killed before its first checkpoint: the write-ahead ledger may know more
+                restore_dp_state(self, None)
+            except CheckpointError as error:
+                raise NodeError(f"{error}; refusing to start rather than forget the privacy "
+                                "budget spent") from None
             self.state_loaded = True
             return
         round_ = state.round
