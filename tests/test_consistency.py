@@ -434,3 +434,18 @@ def test_a_claimed_dropout_of_a_live_member_is_still_refused(star) -> None:
     star["e"].membership.forget(star["b"].peer_id)  # one signer fooled is not enough
     _round(star, r + 1)
     assert len(sign(star, r + 1, ids(star, "cde"), ids(star, "b"), "cde")) < 3
+
+
+def test_the_largest_neighbourhood_s_unmask_request_fits_the_control_cap(star) -> None:
+    """The unmask stream is read under the control cap: a request for 255 members, with real
+    peer ids, sealed shares as the node makes them and a signature each, fits it."""
+    b = star["b"]
+    context = secagg.seed_context("fed", star["a"].peer_id, 1)
+    sealed = secagg.encrypt_seed_share(
+        sender=b.peer_id, recipient=star["c"].peer_id, context=context, share=bytes(68),
+        sender_private=bytes(b.security.x25519_private),
+        recipient_public=b.security.certificates[star["c"].peer_id].x25519_public)
+    peers = tuple(f"{b.peer_id[:-3]}{i:03d}" for i in range(255))
+    request = UnmaskRequest("fed", 10**6, b.peer_id, peers[:128], peers[128:],
+                            tuple((p, sealed) for p in peers), tuple((p, bytes(64)) for p in peers))
+    assert len(wire.encode_frame(request, wire.MAX_CONTROL_BYTES)) < wire.MAX_CONTROL_BYTES

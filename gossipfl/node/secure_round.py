@@ -197,7 +197,7 @@ def answer_consistency(node: Node, aggregator: str,
 
 async def on_unmask_request(node: Node, channel: Channel) -> None:
     """Serve an aggregator's unmask request (see :func:`answer_unmask`)."""
-    request = await channel.receive(UnmaskRequest, node.protocol.max_payload_bytes)
+    request = await channel.receive(UnmaskRequest, MAX_CONTROL_BYTES)  # ~140 KB at 255 members
     response = answer_unmask(node, channel.remote, request)
     if response is not None:
         await channel.send(response, MAX_CONTROL_BYTES)
@@ -425,7 +425,7 @@ async def ask_unmask(node: Node, peer: str, request: UnmaskRequest,
     with trio.move_on_after(node.protocol.request_timeout):
         try:
             async with node.channel_to(peer, PROTO_UNMASK) as channel:
-                await channel.send(request, node.protocol.max_payload_bytes)
+                await channel.send(request, MAX_CONTROL_BYTES)
                 response = await channel.receive(UnmaskResponse, MAX_CONTROL_BYTES)
         except Exception as error:
             log.info("no unmask answer from %s for round %d: %s", peer, request.round, error)
