@@ -43,7 +43,7 @@ from gossipfl.crypto.consistency import (
     sign_set,
     too_close,
 )
-from gossipfl.crypto.liveness import sign_stamp
+from gossipfl.crypto.liveness import sign_stamp, verify_stamp
 from gossipfl.gossip import wire
 from gossipfl.gossip.wire import (
     ConsistencyRequest,
@@ -407,7 +407,7 @@ def test_a_difference_of_members_seen_silent_does_not_count() -> None:
     assert too_close(F("bcd"), 11, history, excused=F("b"), **rule) == 10
 
 
-def test_members_are_seen_silent_from_the_age_of_their_news() -> None:
+def test_members_are_seen_silent_from_their_last_proof_of_life() -> None:
     heard = {"b": 100.0, "c": 97.0}
     seen = seen_silent({"old": 1}, "bcd", heard.get, now=100.0, silence=2.5, round_=60,
                        history_rounds=50)
@@ -511,3 +511,27 @@ def test_a_forged_relayed_stamp_is_refused_and_logged(star, caplog) -> None:
     assert b.membership.stamp_key(c.peer_id) == (c.stamp_epoch, c.stamp_seq)  # c's own: taken
     lines = [r.getMessage() for r in caplog.records if "liveness stamp" in r.getMessage()]
     assert len(lines) == 1 and c.peer_id in lines[0] and "bad_stamp" in lines[0]
+
+
+def test_a_node_s_heartbeat_carries_a_new_stamp_each_cycle(star) -> None:
+    """renew_stamp (once per heartbeat cycle) signs the next number of this run; the heartbeat
+    carries it, and a peer takes each as progress once."""
+    b, c = star["b"], star["c"]
+    beats = []
+
+    async def cycle() -> None:
+        c.renew_stamp()
+        beats.append(c.heartbeat())
+
+    trio.run(cycle, clock=MockClock())
+    trio.run(cycle, clock=MockClock())
+    keys = [verify_stamp(beat.stamp, federation="fed", peer_id=c.peer_id).key for beat in beats]
+    assert keys[1] == (c.stamp_epoch, keys[0][1] + 1)
+    b.membership.forget(c.peer_id)
+    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[0].stamp),), NOW - 3,
+                       reporter="r")
+    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[1].stamp),), NOW - 2,
+                       reporter="r")
+    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[1].stamp),), NOW,
+                       reporter="r")
+    assert b.membership.live_at(c.peer_id) == NOW - 2
