@@ -295,9 +295,11 @@ def test_the_flood_heartbeat_holds_255_made_up_ids_at_the_trap_and_passes_the_wi
     assert len(made_up) == 255 and len(flooded.members) == 256
     assert {m.addrs for m in flooded.members} == {(trap,)}
     assert flooded.members[-1].peer_id == "r2"  # a real member, announced at the trap
-    fresh = flood.flood_heartbeat(beat, fakes, trap, ["r1", "r2"], 4, b"cert")
-    assert [(m.peer_id, m.addrs, m.age) for m in fresh.members] == [
-        ("r1", (trap,), 0.0), ("r2", (trap,), 0.0)]  # every real member "heard just now"
+    old = bytes(wire.STAMP_BYTES)  # the last stamp it held for r1 (a replay)
+    fresh = flood.flood_heartbeat(beat, fakes, trap, ["r1", "r2"], 4, b"cert", {"r1": old})
+    assert [(m.peer_id, m.addrs, m.age, m.stamp) for m in fresh.members] == [
+        ("r1", (trap,), 0.0, old), ("r2", (trap,), 0.0, b"")]  # every real member "heard just now"
+    assert wire.decode_frame(wire.encode_frame(fresh, MAX_CONTROL_BYTES), Heartbeat) == fresh
     assert sum(1 for m in made_up if m.certificate) == 127  # its own certificate: a check each
     frame = wire.encode_frame(flooded, MAX_CONTROL_BYTES)
     assert wire.decode_frame(frame, Heartbeat) == flooded

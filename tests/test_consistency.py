@@ -6,8 +6,12 @@ pure decisions on small exact examples, the wire, then a lying aggregator agains
 # ruff: noqa: F811  (``star`` is a fixture imported from test_secure_round, used as an argument)
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import numpy as np
 import pytest
+import trio
 from nacl.signing import SigningKey
 from test_secure_round import (  # noqa: F401  (star, _alive and _clean are fixtures)
     NOW,
@@ -21,6 +25,7 @@ from test_secure_round import (  # noqa: F401  (star, _alive and _clean are fixt
     sign,
     star,
 )
+from trio.testing import MockClock
 
 from gossipfl.config import ConfigError, SecAggConfig
 from gossipfl.crypto import secagg
@@ -38,10 +43,12 @@ from gossipfl.crypto.consistency import (
     sign_set,
     too_close,
 )
+from gossipfl.crypto.liveness import sign_stamp, verify_stamp
 from gossipfl.gossip import wire
 from gossipfl.gossip.wire import (
     ConsistencyRequest,
     ConsistencyResponse,
+    MemberInfo,
     UnmaskRequest,
     UnmaskResponse,
     WireError,
@@ -400,7 +407,7 @@ def test_a_difference_of_members_seen_silent_does_not_count() -> None:
     assert too_close(F("bcd"), 11, history, excused=F("b"), **rule) == 10
 
 
-def test_members_are_seen_silent_from_the_age_of_their_news() -> None:
+def test_members_are_seen_silent_from_their_last_proof_of_life() -> None:
     heard = {"b": 100.0, "c": 97.0}
     seen = seen_silent({"old": 1}, "bcd", heard.get, now=100.0, silence=2.5, round_=60,
                        history_rounds=50)
@@ -449,3 +456,97 @@ def test_the_largest_neighbourhood_s_unmask_request_fits_the_control_cap(star) -
     request = UnmaskRequest("fed", 10**6, b.peer_id, peers[:128], peers[128:],
                             tuple((p, sealed) for p in peers), tuple((p, bytes(64)) for p in peers))
     assert len(wire.encode_frame(request, wire.MAX_CONTROL_BYTES)) < wire.MAX_CONTROL_BYTES
+
+
+def _liveness_from(star, name: str, *, direct_at: float) -> bytes:
+    """Every other node forgets ``name`` and heard it directly last at ``direct_at``, with the
+    stamp it signed then (returned: what a liar may replay)."""
+    stamp = star[name].renew_stamp()
+    for other in star:
+        if other != name:
+            star[other].membership.forget(star[name].peer_id)
+            star[other].membership.heard_from(star[name].peer_id, (), direct_at, stamp)
+    return stamp
+
+
+def test_a_dead_member_a_liar_announces_as_heard_just_now_is_still_churn(star) -> None:
+    """The membership flood: e died 20 s ago; a member keeps announcing it "heard just now"
+    (age 0), with e's last stamp or none. Its age is fresh in everyone's table, but no stamp of
+    e progressed: every signer sees e silent, and a set without it is churn, signed at once."""
+    r = 90
+    _round(star, r)
+    assert len(sign(star, r, ids(star, "bcde"), [], "bcde")) == 4
+    old = _liveness_from(star, "e", direct_at=NOW - 20)
+    liar = star["d"].peer_id
+    for name in "abc":
+        table = star[name].membership
+        table.merge((MemberInfo(star["e"].peer_id, (), 0.0, stamp=old),), NOW, reporter=liar)
+        table.merge((MemberInfo(star["e"].peer_id, (), 0.0),), NOW, reporter=liar)
+        assert table.last_heard(star["e"].peer_id) == NOW  # the claim is in the table...
+        assert table.live_at(star["e"].peer_id) == NOW - 20  # ...the proof of life is old
+    _round(star, r + 1, senders="bcd")
+    assert len(sign(star, r + 1, ids(star, "bcd"), ids(star, "e"), "bcd")) == 3
+
+
+def test_fresh_stamps_relayed_by_a_third_node_keep_a_member_live(star) -> None:
+    """The could-fail twin of the test above: b is no longer heard directly by c, d, e, but
+    its new stamps reach them through a third node; an aggregator claiming b dropped is refused
+    (the differencing attack is not churn)."""
+    r = 100
+    _round(star, r)
+    assert len(sign(star, r, ids(star, "bcde"), [], "bcde")) == 4
+    _liveness_from(star, "b", direct_at=NOW - 20)
+    fresh = star["b"].renew_stamp()
+    relay = star["a"].peer_id
+    for name in "cde":
+        table = star[name].membership
+        table.merge((MemberInfo(star["b"].peer_id, (), 1.0, stamp=fresh),), NOW, reporter=relay)
+        assert table.live_at(star["b"].peer_id) == NOW
+    _round(star, r + 1)
+    assert sign(star, r + 1, ids(star, "cde"), ids(star, "b"), "cde") == {}
+
+
+def test_a_forged_relayed_stamp_is_refused_and_logged(star, caplog) -> None:
+    """c relays a stamp for e that e did not sign (another member's key): b refuses it, logs one
+    line naming c, counts it, and e's proof of life does not move."""
+    b, c, e = star["b"], star["c"], star["e"]
+    held = b.membership.stamp_key(e.peer_id)
+    forged = sign_stamp("fed", e.peer_id, e.stamp_epoch, e.stamp_seq + 5, c._stamp_key)
+    entry = MemberInfo(e.peer_id, (), 0.0, c.security.certificate_bytes(e.peer_id), forged)
+
+    async def absorb() -> None:
+        beat = dataclasses.replace(c.heartbeat(), members=(entry,), stamp=c.renew_stamp())
+        b._absorb(beat)
+
+    before = b.rejections["bad_stamp"]
+    with caplog.at_level(logging.WARNING):
+        trio.run(absorb, clock=MockClock())
+    assert b.rejections["bad_stamp"] == before + 1
+    assert b.membership.stamp_key(e.peer_id) == held
+    assert b.membership.stamp_key(c.peer_id) == (c.stamp_epoch, c.stamp_seq)  # c's own: taken
+    lines = [r.getMessage() for r in caplog.records if "liveness stamp" in r.getMessage()]
+    assert len(lines) == 1 and c.peer_id in lines[0] and "bad_stamp" in lines[0]
+
+
+def test_a_node_s_heartbeat_carries_a_new_stamp_each_cycle(star) -> None:
+    """renew_stamp (once per heartbeat cycle) signs the next number of this run; the heartbeat
+    carries it, and a peer takes each as progress once."""
+    b, c = star["b"], star["c"]
+    beats = []
+
+    async def cycle() -> None:
+        c.renew_stamp()
+        beats.append(c.heartbeat())
+
+    trio.run(cycle, clock=MockClock())
+    trio.run(cycle, clock=MockClock())
+    keys = [verify_stamp(beat.stamp, federation="fed", peer_id=c.peer_id).key for beat in beats]
+    assert keys[1] == (c.stamp_epoch, keys[0][1] + 1)
+    b.membership.forget(c.peer_id)
+    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[0].stamp),), NOW - 3,
+                       reporter="r")
+    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[1].stamp),), NOW - 2,
+                       reporter="r")
+    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[1].stamp),), NOW,
+                       reporter="r")
+    assert b.membership.live_at(c.peer_id) == NOW - 2

@@ -67,11 +67,15 @@ NOW = 1000.0  # the star's clock: every member heard from just now (alive), unle
 
 @pytest.fixture(autouse=True)
 def _alive(star: dict[str, Node]) -> None:
-    """Each test starts with every member of the star heard from at NOW."""
+    """Each test starts with every member of the star live at NOW: heard from directly, with
+    a fresh signed liveness stamp (verified: a higher sequence number than the one held)."""
+    stamps = {name: node.renew_stamp() for name, node in star.items()}
     for node in star.values():
-        for other in star.values():
+        for name, other in star.items():
             if other is not node:
-                node.membership.heard_from(other.peer_id, (), NOW)
+                node.membership.heard_from(other.peer_id, (), NOW, stamps[name])
+                assert node.membership.stamp_key(other.peer_id) == (other.stamp_epoch,
+                                                                    other.stamp_seq)
 
 
 @pytest.fixture(autouse=True)

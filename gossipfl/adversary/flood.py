@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import secrets
 import struct
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import trio
@@ -45,13 +46,16 @@ def fake_ids(count: int) -> list[str]:
 
 
 def flood_heartbeat(beat: Heartbeat, fakes: list[str], trap: str, real: list[str], turn: int,
-                    certificate: bytes) -> Heartbeat:
+                    certificate: bytes, stamps: Mapping[str, bytes] | None = None) -> Heartbeat:
     """``beat`` with its member list replaced. Odd turns: the fakes at the trap address (every
     other one with the sender's own certificate, which cannot vouch for them but costs a
     check), and one real member, in turn, announced there too. Even turns: every real member
-    it knows, "heard just now" (age 0) at the trap address, dead ones included."""
+    it knows, "heard just now" (age 0) at the trap address, dead ones included, each with the
+    last liveness stamp it ever held for it (``stamps``; a dead member's is old: a replay, all a
+    liar can send without that member's key)."""
     if turn % 2 == 0:
-        entries = [MemberInfo(peer, (trap,), 0.0) for peer in real]
+        held = stamps or {}
+        entries = [MemberInfo(peer, (trap,), 0.0, stamp=held.get(peer, b"")) for peer in real]
     else:
         entries = [MemberInfo(fake, (trap,), 0.0, certificate if i % 2 else b"")
                    for i, fake in enumerate(fakes[:FAKE_MEMBERS])]
@@ -88,12 +92,15 @@ class MembershipFlood(Role):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self._trapped, listeners)
             turn, ever = 0, set()  # every member it ever knew: the dead are announced too
+            stamps: dict[str, bytes] = {}  # the last stamp it held for each: replayed
             while True:
                 await trio.sleep(node.protocol.heartbeat_interval)
                 members = sorted(p for p in node.membership.ids() if node.security.is_member(p))
                 ever |= set(members)
+                stamps.update((m.peer_id, m.stamp) for m in
+                              node.membership.snapshot(trio.current_time()) if m.stamp)
                 beat = flood_heartbeat(node.heartbeat(), fakes, trap, sorted(ever), turn,
-                                       node.security.own_certificate)
+                                       node.security.own_certificate, stamps)
                 for peer in members:
                     nursery.start_soon(self._send, node, peer, beat)
                 turn += 1

@@ -19,11 +19,12 @@ sets, and the union of what they reveal would strip one member's masks. So:
   ``history_rounds`` rounds is non-empty but smaller than ``min_difference`` (identical sets are
   fine). This pairwise rule does not bound what a long run of sets spans (see the README).
 * **Churn is excused, claims are not.** A difference made only of members this member has itself
-  seen silent within the window (no news of them, direct or relayed, for the silence time: see
-  :func:`seen_silent`) does not count: a member that really died or came back changes the set by
-  one, and refusing would stop the neighbourhood's mixing for the whole window. An aggregator
-  that *claims* a live member dropped (the differencing attack) is still refused, since the
-  others keep hearing from that member.
+  seen silent within the window (no progress of their signed liveness stamps, direct or
+  relayed, and no direct message, for the silence time: see :func:`seen_silent`; a relayed
+  "heard just now" is not proof of life) does not count: a member that really died or came
+  back changes the set by one, and refusing would stop the neighbourhood's mixing for the
+  whole window. An aggregator that *claims* a live member dropped (the differencing attack) is
+  still refused, since the others keep seeing its stamps progress.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from gossipfl.crypto import liveness
 from gossipfl.crypto.admission import AdmissionError, verify_key_from_peer_id
 
 DOMAIN = b"gossipfl/secagg/survivor-set/v1\x00"
@@ -114,15 +116,16 @@ def too_close(candidate: frozenset[str], round_: int, history: Mapping[int, froz
 
 
 def seen_silent(seen: Mapping[str, int], members: Iterable[str],
-                last_heard: Callable[[str], float | None], now: float, silence: float,
+                live_at: Callable[[str], float | None], now: float, silence: float,
                 round_: int, history_rounds: int) -> dict[str, int]:
     """``seen`` (member → last round it was seen silent) updated at ``round_``: a member of
-    ``members`` with no news for more than ``silence`` seconds (or none at all) is silent now;
-    rounds older than the window are dropped, so the table stays as small as the members."""
+    ``members`` whose last proof of life (``live_at``: signed-stamp progress or direct
+    hearing, never a relayed age; see :mod:`gossipfl.crypto.liveness`) is more than
+    ``silence`` seconds old, or who never gave one, is silent now; rounds older than the window
+    are dropped, so the table stays as small as the members."""
     updated = {p: r for p, r in seen.items() if r >= round_ - history_rounds}
     for peer in members:
-        heard = last_heard(peer)
-        if heard is None or now - heard > silence:
+        if liveness.silent(live_at(peer), now, silence):
             updated[peer] = round_
     return updated
 

@@ -16,16 +16,44 @@ One member cannot flood the table (the rules below hold against a reporter that 
   certificate it verified), or once the member is heard from directly. Only vouched members go
   into :meth:`snapshot`, so unvouched hearsay is never re-gossiped: made-up ids stay in the
   tables of the nodes their inventor talks to, within its share.
+
+Liveness is not hearsay. A relayed age says how long ago the reporter *claims* it heard of a
+member; a liar can keep claiming "just now" for a member that died. So the table also keeps,
+per member, the highest signed liveness stamp verified (:mod:`gossipfl.crypto.liveness`) and
+:meth:`live_at`, the local time that number last grew or the member was heard from directly.
+That, not the age, is what the churn excuse of secure aggregation reads, and what keeps a
+member that ever carried a stamp from being pruned. Relayed stamps are checked only when higher
+than the one held, at most ``MAX_STAMP_CHECKS`` per heartbeat, and not past the first forged
+one in a heartbeat. A member pruned for silence leaves a *tombstone* (its held stamp number):
+hearsay brings it back only with a verified stamp above that, so a liar cannot put a dead
+member back into the table (and the topology) with age 0. Unsigned hearsay still serves for
+discovery and addresses, with ages, as before.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gossipfl.crypto import liveness
+from gossipfl.crypto.liveness import Stamp, StampError, StampKey, StampVerdict
 from gossipfl.gossip.wire import MAX_MEMBERS, MemberInfo
 
+log = logging.getLogger(__name__)
+
 SILENT_INTERVALS = 3  # heartbeat intervals without news of a peer: it has gone silent
+#: Relayed stamps one heartbeat may make us verify. Past it, the rest of that heartbeat's new
+#: stamps are ignored (not held, not progress); the next heartbeats carry them, and each
+#: checked one is then held, so a federation of 256 members is covered in a few heartbeats.
+MAX_STAMP_CHECKS = 64
+
+Verifier = Callable[[bytes, str, str], Stamp]  # (stamp, federation, peer id) → Stamp or error
+
+
+def _verify(data: bytes, federation: str, peer_id: str) -> Stamp:
+    return liveness.verify_stamp(data, federation=federation, peer_id=peer_id)
 
 
 @dataclass
@@ -35,6 +63,10 @@ class _Entry:
     direct: bool  # heard from directly (then also vouched)
     vouched: bool
     reporter: str | None  # who told us, while the entry is hearsay
+    since: float = 0.0  # local time the entry was made (not anyone's claim)
+    live: float | None = None  # local time of its last stamp progress or direct hearing
+    stamp: bytes = b""  # the freshest verified stamp (relayed in our heartbeats)
+    stamp_key: StampKey | None = None
 
 
 @dataclass
@@ -45,25 +77,38 @@ class Membership:
     timeout: float
     capacity: int = MAX_MEMBERS - 1
     per_reporter: int = 0  # hearsay entries one reporter may fill; 0: a quarter of the capacity
+    federation: str = ""  # what liveness stamps must name
+    verify: Verifier = _verify
     _members: dict[str, _Entry] = field(default_factory=dict)
+    _tombstones: dict[str, StampKey] = field(default_factory=dict)  # pruned: their last stamp
+    #: stamps refused since last drained: (reporter, member, reason); the node logs them
+    forged: list[tuple[str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.per_reporter <= 0:
             self.per_reporter = max(1, self.capacity // 4)
 
-    def heard_from(self, peer_id: str, addrs: tuple[str, ...], now: float) -> bool:
-        """Record a heartbeat straight from ``peer_id`` (an admitted peer); returns True if it
-        is a new member. Evicts a hearsay entry when the table is full; refuses only when every
-        slot holds a direct member."""
+    def heard_from(self, peer_id: str, addrs: tuple[str, ...], now: float,
+                   stamp: bytes = b"") -> bool:
+        """Record a heartbeat (or message) straight from ``peer_id`` (an admitted peer, the
+        channel authenticates it: that is liveness in itself), with its own ``stamp`` if it
+        sent one; returns True if it is a new member. Evicts a hearsay entry when the table is
+        full; refuses only when every slot holds a direct member."""
         if peer_id == self.self_id:
             return False
+        self._tombstones.pop(peer_id, None)
         entry = self._members.get(peer_id)
+        new = entry is None
         if entry is None:
             if len(self._members) >= self.capacity and not self._evict_hearsay():
                 return False
-            self._members[peer_id] = _Entry(addrs, now, True, True, None)
-            return True
+            entry = self._members[peer_id] = _Entry(addrs, now, True, True, None, since=now)
         entry.direct, entry.vouched, entry.reporter = True, True, None
+        entry.live = now if entry.live is None else max(entry.live, now)
+        if stamp:
+            self._take_stamp(peer_id, entry, stamp, now, peer_id)
+        if new:
+            return True
         if now >= entry.last_heard:
             entry.last_heard = now
         if addrs:
@@ -79,6 +124,7 @@ class Membership:
         """
         new = []
         held = self.reported_counts()
+        budget = _Budget(MAX_STAMP_CHECKS)
         for info in members:
             if info.peer_id in (self.self_id, reporter) or info.age >= self.timeout:
                 continue
@@ -86,6 +132,8 @@ class Membership:
             entry = self._members.get(info.peer_id)
             if entry is not None:
                 entry.vouched = entry.vouched or vouched
+                if info.stamp:
+                    self._take_stamp(info.peer_id, entry, info.stamp, now, reporter, budget)
                 if heard > entry.last_heard:
                     entry.last_heard = heard
                     if info.addrs and not entry.direct:
@@ -93,10 +141,58 @@ class Membership:
                 continue
             if held[reporter] >= self.per_reporter or len(self._members) >= self.capacity:
                 continue
-            self._members[info.peer_id] = _Entry(info.addrs, heard, False, vouched, reporter)
+            entry = _Entry(info.addrs, heard, False, vouched, reporter, since=now)
+            tomb = self._tombstones.get(info.peer_id)
+            if tomb is not None:  # pruned for silence: back only with a newer verified stamp
+                entry.stamp_key = tomb
+                if not info.stamp or self._take_stamp(
+                        info.peer_id, entry, info.stamp, now, reporter,
+                        budget) is not StampVerdict.PROGRESS:
+                    continue
+                del self._tombstones[info.peer_id]
+            elif info.stamp:
+                self._take_stamp(info.peer_id, entry, info.stamp, now, reporter, budget)
+            self._members[info.peer_id] = entry
             held[reporter] += 1
             new.append(info.peer_id)
         return new
+
+    def _take_stamp(self, peer_id: str, entry: _Entry, data: bytes, now: float,
+                    reporter: str, budget: _Budget | None = None) -> StampVerdict:
+        """Hold ``data`` for ``peer_id`` if it verifies and is higher than the stamp held; it is
+        progress (``live`` = now) when a stamp was held before or the entry is a tombstone's.
+        A first stamp of a member only heard of is held, not progress: a replayed old stamp
+        makes no one live."""
+        try:
+            key = Stamp.from_bytes(data).key
+        except StampError as error:
+            return self._forged(reporter, peer_id, str(error), budget)
+        if not liveness.is_progress(entry.stamp_key, key):
+            return StampVerdict.STALE
+        if budget is not None and budget.spent():
+            return StampVerdict.UNCHECKED
+        try:
+            self.verify(data, self.federation, peer_id)
+        except StampError as error:
+            return self._forged(reporter, peer_id, str(error), budget)
+        if entry.stamp_key is not None or entry.direct:
+            entry.live = now
+        entry.stamp, entry.stamp_key = bytes(data), key
+        return StampVerdict.PROGRESS
+
+    def _forged(self, reporter: str, peer_id: str, reason: str,
+                budget: _Budget | None) -> StampVerdict:
+        """One refused stamp: recorded for the node to log; no more checks in this heartbeat
+        (an honest relay only relays stamps it verified)."""
+        self.forged.append((reporter, peer_id, reason))
+        del self.forged[:-MAX_MEMBERS]
+        if budget is not None:
+            budget.left = 0
+        return StampVerdict.FORGED
+
+    def take_forged(self) -> list[tuple[str, str, str]]:
+        forged, self.forged = self.forged, []
+        return forged
 
     def _evict_hearsay(self) -> bool:
         """Free one slot held by hearsay: the oldest entry of the reporter holding the most."""
@@ -116,14 +212,29 @@ class Membership:
         return Counter(e.reporter or "" for e in self._members.values() if not e.direct)
 
     def prune(self, now: float) -> list[str]:
-        """Forget members not heard of for ``timeout`` seconds; returns them."""
-        gone = [p for p, e in self._members.items() if now - e.last_heard >= self.timeout]
+        """Forget members not heard of for ``timeout`` seconds; returns them. A member that
+        ever carried a verified stamp is kept only by stamp progress or direct hearing (relayed
+        ages do not count), and leaves a tombstone; one that never did, by its ages as
+        before."""
+        gone = []
+        for peer_id, entry in self._members.items():
+            if entry.stamp_key is not None:
+                last = max(entry.since, entry.live if entry.live is not None else entry.since)
+            else:
+                last = entry.last_heard
+            if now - last >= self.timeout:
+                gone.append(peer_id)
         for peer_id in gone:
-            del self._members[peer_id]
+            key = self._members.pop(peer_id).stamp_key
+            if key is not None:
+                self._tombstones[peer_id] = key
+                while len(self._tombstones) > MAX_MEMBERS:
+                    del self._tombstones[next(iter(self._tombstones))]
         return gone
 
     def forget(self, peer_id: str) -> None:
         self._members.pop(peer_id, None)
+        self._tombstones.pop(peer_id, None)
 
     def addrs(self, peer_id: str) -> tuple[str, ...]:
         entry = self._members.get(peer_id)
@@ -133,6 +244,16 @@ class Membership:
         """When we last had news of ``peer_id`` (its own heartbeat, or relayed with its age)."""
         entry = self._members.get(peer_id)
         return entry.last_heard if entry else None
+
+    def live_at(self, peer_id: str) -> float | None:
+        """When ``peer_id`` last proved itself alive to us: the local time its verified stamps
+        last grew, or it was heard from directly (None: never). Relayed ages do not count."""
+        entry = self._members.get(peer_id)
+        return entry.live if entry else None
+
+    def stamp_key(self, peer_id: str) -> StampKey | None:
+        entry = self._members.get(peer_id)
+        return entry.stamp_key if entry else None
 
     def is_direct(self, peer_id: str) -> bool:
         entry = self._members.get(peer_id)
@@ -154,7 +275,20 @@ class Membership:
     def snapshot(self, now: float) -> tuple[MemberInfo, ...]:
         """The member list to put in our heartbeat: vouched members only."""
         return tuple(
-            MemberInfo(p, e.addrs, max(0.0, now - e.last_heard))
+            MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), stamp=e.stamp)
             for p, e in sorted(self._members.items())
             if e.vouched
         )
+
+
+@dataclass
+class _Budget:
+    """Signature checks left for one heartbeat."""
+
+    left: int
+
+    def spent(self) -> bool:
+        if self.left <= 0:
+            return True
+        self.left -= 1
+        return False

@@ -43,6 +43,8 @@ MAX_CERTIFICATE_BYTES = 1024
 #: A signed revocation list carried in heartbeats (about 1,000 revoked ids).
 MAX_REVOCATION_BYTES = 64 * 1024
 MAX_TENSOR_ELEMENTS = 2**31
+#: A signed liveness stamp (gossipfl.crypto.liveness): epoch (8) ‖ seq (8) ‖ Ed25519 signature.
+STAMP_BYTES = 80
 
 
 class WireError(ValueError):
@@ -156,9 +158,12 @@ class MemberInfo:
     addrs: tuple[str, ...]
     age: float  # seconds since the sender last heard of this member
     certificate: bytes = b""  # the member's certificate, as the sender holds it (admission)
+    stamp: bytes = b""  # the freshest liveness stamp the sender verified for it (or empty)
 
     def _to_wire(self) -> list[Any]:
         entry: list[Any] = [self.peer_id, list(self.addrs), self.age]
+        if self.stamp:
+            return [*entry, self.certificate, self.stamp]
         return [*entry, self.certificate] if self.certificate else entry
 
 
@@ -179,9 +184,12 @@ class Heartbeat:
     status: str  # "joining" | "training" | "consensus" | "done"
     certificate: bytes = b""  # the sender's membership certificate (empty without admission)
     revocations: bytes = b""  # the newest signed revocation list the sender holds (or empty)
+    stamp: bytes = b""  # the sender's own latest liveness stamp (omitted on the wire if empty)
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"stamp"})  # may be absent from a frame
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {
+            **({"stamp": self.stamp} if self.stamp else {}),
             "certificate": self.certificate,
             "revocations": self.revocations,
             "sender": self.sender,
@@ -199,21 +207,27 @@ class Heartbeat:
             raise WireError(f"members must be a list of at most {MAX_MEMBERS} entries")
         members = []
         for entry in members_raw:
-            if not isinstance(entry, list) or len(entry) not in (3, 4):
-                raise WireError("member entry must be [peer_id, addrs, age] (+ certificate)")
+            if not isinstance(entry, list) or len(entry) not in (3, 4, 5):
+                raise WireError("member entry must be [peer_id, addrs, age] (+ certificate "
+                                "(+ stamp))")
             age = _check_float(entry[2], "member age")
             if age < 0:
                 raise WireError("member age must not be negative")
-            member_cert = entry[3] if len(entry) == 4 else b""
+            member_cert = entry[3] if len(entry) >= 4 else b""
             if (not isinstance(member_cert, bytes) or len(member_cert) > MAX_CERTIFICATE_BYTES
                     or (len(entry) == 4 and not member_cert)):
                 raise WireError(f"member certificate must be 1 to {MAX_CERTIFICATE_BYTES} bytes")
+            member_stamp = entry[4] if len(entry) == 5 else b""
+            if not isinstance(member_stamp, bytes) or (len(entry) == 5
+                                                       and len(member_stamp) != STAMP_BYTES):
+                raise WireError(f"member stamp must be {STAMP_BYTES} bytes")
             members.append(
                 MemberInfo(
                     _check_str(entry[0], "member peer id", MAX_PEER_ID_CHARS),
                     _check_addrs(entry[1], "member addrs"),
                     age,
                     member_cert,
+                    member_stamp,
                 )
             )
         status = _check_str(body["status"], "status", 16)
@@ -225,10 +239,14 @@ class Heartbeat:
         revocations = body["revocations"]
         if not isinstance(revocations, bytes) or len(revocations) > MAX_REVOCATION_BYTES:
             raise WireError(f"revocations must be at most {MAX_REVOCATION_BYTES} bytes")
+        stamp = body.get("stamp", b"")
+        if not isinstance(stamp, bytes) or ("stamp" in body and len(stamp) != STAMP_BYTES):
+            raise WireError(f"stamp must be {STAMP_BYTES} bytes")
         return cls(
             federation=federation,
             certificate=certificate,
             revocations=revocations,
+            stamp=stamp,
             sender=_check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
             addrs=_check_addrs(body["addrs"], "addrs"),
             members=tuple(members),
@@ -702,11 +720,12 @@ class DecodeLimits:
 DEFAULT_DECODE_LIMITS = DecodeLimits(max_array_len=MAX_TENSORS, max_map_len=64,
                                      max_str_len=4096, max_elements=65536)
 #: Per message kind, from its caps: the longest list a field may hold and how many elements the
-#: whole body may decode into (a heartbeat: 256 members of [id, ≤16 addrs, age, certificate]; a
+#: whole body may decode into (a heartbeat: 256 members of [id, ≤16 addrs, age, certificate,
+#: stamp]; a
 #: contribution: 1024 tensors of [name, dtype, ≤8 dims, data]; secure aggregation: ≤256
 #: [peer, bytes] pairs).
 DECODE_LIMITS: dict[str, DecodeLimits] = {
-    "heartbeat": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + MAX_MEMBERS * (5 + MAX_ADDRS)
+    "heartbeat": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + MAX_MEMBERS * (6 + MAX_ADDRS)
                               + MAX_ADDRS),
     "link_request": DecodeLimits(MAX_ADDRS, max_elements=64),
     "link_reply": DecodeLimits(MAX_ADDRS, max_elements=64),
@@ -781,8 +800,9 @@ def decode_body(body: bytes | bytearray, expected: type[M]) -> M:
     federation = _check_str(data.get("fed"), "federation", MAX_NAME_CHARS)
     keys = set(data) - {"v", "t", "fed"}
     wanted = _field_names(cls)
-    if keys != wanted:
-        missing = sorted(wanted - keys)
+    required = wanted - getattr(cls, "OPTIONAL", frozenset())
+    if not required <= keys <= wanted:
+        missing = sorted(required - keys)
         extra = sorted(str(k) for k in keys - wanted)
         raise WireError(f"{kind} fields wrong: missing {missing}, unexpected {extra}")
     return cls._fields_from_wire(federation, data)

@@ -18,6 +18,7 @@ import os
 import random
 import resource
 import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from libp2p.abc import INetStream
 from gossipfl.adversary.role import Role
 from gossipfl.aggregation.topology import build_topology
 from gossipfl.config import NodeConfig
+from gossipfl.crypto import liveness
+from gossipfl.crypto.admission import identity_signing_key
 from gossipfl.crypto.identity import Identity
 from gossipfl.gossip.framing import Overloaded, StreamClosed, StreamEnded
 from gossipfl.gossip.host import make_host
@@ -137,7 +140,14 @@ class Node:
         self.learner = learner
         self.out = Path(config.out_dir)
         self.protocol = config.protocol
-        self.membership = Membership(self.peer_id, config.protocol.member_timeout)
+        self.membership = Membership(self.peer_id, config.protocol.member_timeout,
+                                     federation=config.federation)
+        # liveness stamps (gossipfl.crypto.liveness): this run's epoch is its start time, so a
+        # restart's stamps order after every stamp of the runs before it
+        self._stamp_key = identity_signing_key(identity)
+        self.stamp_epoch = time.time_ns()
+        self.stamp_seq = 0
+        self.own_stamp = b""
         self.traffic = Traffic()
         self.rejections: Counter[str] = Counter()
         self.timeouts = 0
@@ -555,15 +565,23 @@ class Node:
             members=self.security.gossiped(self.membership.snapshot(now)), round=self.round,
             degree=len(self.neighbours), status=self.status if self.status != "stopped"
             else "done", certificate=self.security.own_certificate,
-            revocations=self.security.revocation_bytes,
+            revocations=self.security.revocation_bytes, stamp=self.own_stamp,
         )
+
+    def renew_stamp(self) -> bytes:
+        """Sign this cycle's liveness stamp (once per heartbeat cycle): the next sequence
+        number of this run."""
+        self.stamp_seq += 1
+        self.own_stamp = liveness.sign_stamp(self.config.federation, self.peer_id,
+                                             self.stamp_epoch, self.stamp_seq, self._stamp_key)
+        return self.own_stamp
 
     def _absorb(self, beat: Heartbeat) -> None:
         """Take an admitted member's heartbeat: it is heard directly; its member list is
         hearsay (with admission on, only certified members are taken; see ``membership.py``
         for the caps that keep one reporter from filling the table)."""
         now = trio.current_time()
-        if self.membership.heard_from(beat.sender, beat.addrs, now):
+        if self.membership.heard_from(beat.sender, beat.addrs, now, beat.stamp):
             log.info("new member %s (heard directly)", beat.sender)
         if beat.addrs:
             self.addr_book[beat.sender] = beat.addrs
@@ -574,6 +592,8 @@ class Node:
         for peer in self.membership.merge(hearsay, now, reporter=beat.sender,
                                           vouched=self.security.enabled):
             log.info("new member %s (via %s)", peer, beat.sender)
+        for reporter, peer, reason in self.membership.take_forged():
+            self.reject(reporter, "liveness stamp", "bad_stamp", f"stamp of {peer}: {reason}")
 
     def _take_revocations(self, peer: str, data: bytes) -> frozenset[str]:
         """A revocation list a peer sent: a newer valid one is honoured at once (the revoked
@@ -689,6 +709,7 @@ class Node:
         interval = self.protocol.heartbeat_interval
         async with trio.open_nursery() as nursery:
             while True:
+                self.renew_stamp()
                 answers = []
                 for peer, addrs in self.heartbeat_targets().items():
                     if peer not in in_flight:

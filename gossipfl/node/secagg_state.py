@@ -49,10 +49,12 @@ class SecAggState:
 def excused(node: Node, members: frozenset[str], r: int) -> frozenset[str]:
     """Members this node has itself seen silent within the window: a set that differs from a
     recent one by them only is churn, not a claim (:func:`consistency.too_close`). Silent: no
-    news, direct or relayed, for half the member timeout (at least three heartbeats)."""
+    proof of life for half the member timeout (at least three heartbeats): no progress of its
+    signed liveness stamps, direct or relayed, and no message from it directly. A relayed age
+    ("heard just now") is a claim anyone can make, so it does not count."""
     protocol, window = node.protocol, node.config.secagg.history_rounds
     silence = max(SILENT_INTERVALS * protocol.heartbeat_interval, protocol.member_timeout / 2)
     node.secagg.seen_silent = consistency.seen_silent(
-        node.secagg.seen_silent, members - {node.peer_id}, node.membership.last_heard,
+        node.secagg.seen_silent, members - {node.peer_id}, node.membership.live_at,
         node.clock(), silence, r, window)
     return consistency.excused(node.secagg.seen_silent, r, window)
