@@ -105,8 +105,9 @@ def _membership(entry: dict[str, Any], honest: list[NodeProcess], genuine: set[s
             continue
         missing += len(genuine - members - {node.peer_id})
         present += len(fakes & members)
-    # refused secure sums at honest nodes: a member announced "heard just now" after it died
-    # is never excused as churn (README); compare with the scenario's baseline
+    # refused secure sums at honest nodes (a liveness attack: keeping a dead member "alive" so
+    # its neighbourhoods' smaller sets are refused; signed stamps defeat it): compare with the
+    # scenario's baseline
     entry["details"].update(genuine_missing_from_topologies=missing,
                             fake_ids_in_topologies=present, fake_ids=len(fakes),
                             honest_refused_secure_rounds=refused)
