@@ -1,37 +1,24 @@
-"""Secure aggregation over one node's neighbourhood: pure building blocks.
+"""Secure aggregation over one node's neighbourhood: pure building blocks (Bonawitz et al.,
+CCS 2017, adapted to gossip: node *i* sums its neighbours' weighted vectors and must learn only
+``Σ_{j∈U} v_j``). No I/O, no global state; keys and randomness are arguments.
 
-This follows Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
-Learning" (CCS 2017), adapted to gossip learning: node *i* plays the server for its own
-neighbourhood ``U`` in round *r* and must learn only ``Σ_{j∈U} v_j`` of its neighbours' (already
-weighted) float vectors, never one ``v_j``. The protocol is written out in the design notes
-("Secure aggregation over a neighbourhood"); this module holds its pure parts (no I/O, no
-global state; keys and randomness are always arguments):
-
-* **Quantisation** (:func:`quantise`, :func:`dequantise_sum`, :func:`check_no_wrap`). Masks over
-  floats leak magnitudes, so each input is clipped to ``[-clip, clip]`` and mapped to integers in
-  ``Z_{2^32}``: ``q = round(clip(v) * scale) + offset`` with ``offset = ceil(clip * scale)``, so
-  ``0 <= q <= 2 * offset``. ``scale`` is the number of quantisation levels per unit. The sum of
-  ``count`` inputs is at most ``count * 2 * offset``; it cannot wrap modulo 2**32 as long as
-  ``count * 2 * offset <= 2**32 - 1`` (:func:`max_contributors`). Defaults, as in Flower's
-  SecAgg+ (clipping range 8, 2**22 quantisation levels over the range, modulus 2**32):
-  ``clip = 8.0``, ``scale = 2**18`` levels per unit, so ``offset = 2**21``, one input spans
-  ``[0, 2**22]`` and up to **1023** inputs can be summed without wrapping; the resolution is
-  ``2**-18 ≈ 3.8e-6``. Rounding is stochastic (unbiased, ``floor(x + u)`` with ``u ~ U[0, 1)``)
-  when an ``rng`` is given, error below ``1/scale`` per input and coordinate; otherwise
-  round-half-to-even, error at most ``1/(2*scale)`` per input and coordinate.
-* **Key agreement** (:func:`agree_seed`): X25519, then HKDF-SHA256 over the shared secret, both
-  public keys in sorted order and a caller-given context (federation ‖ aggregator ‖ round, see
-  :func:`seed_context`), so pair seeds are fresh per round and per neighbourhood.
-* **PRG** (:func:`prg_mask`): the ChaCha20 keystream (``cryptography``/OpenSSL) under the 32-byte
-  seed with a zero nonce, read as little-endian uint32. A cryptographic stream cipher rather than
-  numpy's PCG64/Philox, whose states can be recovered from their output; it is also faster here
-  (~2 ms per million words).
+* **Quantisation** (:func:`quantise`, :func:`dequantise_sum`, :func:`check_no_wrap`): each
+  input is clipped to ``[-clip, clip]`` and mapped to ``q = round(clip(v) · scale) + offset``
+  in ``Z_{2^32}``, ``offset = ceil(clip · scale)``; ``count`` inputs cannot wrap while
+  ``count · 2 · offset <= 2**32 − 1`` (:func:`max_contributors`). Defaults as in Flower's
+  SecAgg+: ``clip = 8``, ``scale = 2**18`` (up to 1023 inputs, resolution ``2**-18``).
+  Rounding is stochastic (unbiased, error < ``1/scale``) with an ``rng``, else to nearest.
+* **Key agreement** (:func:`agree_seed`): X25519, then HKDF-SHA256 over the shared secret,
+  both public keys in sorted order and a context (federation ‖ aggregator ‖ round,
+  :func:`seed_context`), so pair seeds are fresh per round and neighbourhood.
+* **PRG** (:func:`prg_mask`): the ChaCha20 keystream under the 32-byte seed (zero nonce), read
+  as little-endian uint32: a stream cipher, not numpy's PCG64/Philox whose state leaks.
 * **Double masking** (:func:`mask_input`, :func:`unmask_sum`):
-  ``y_j = q_j + PRG(b_j) + Σ_{k≠j} s_jk · PRG(p_jk) mod 2**32`` with ``s_jk = +1`` if
-  ``id_j < id_k`` (string order) and ``-1`` otherwise, so pair masks cancel in the sum.
+  ``y_j = q_j + PRG(b_j) + Σ_{k≠j} s_jk · PRG(p_jk) mod 2**32``, ``s_jk = +1`` if
+  ``id_j < id_k`` else ``-1``, so pair masks cancel in the sum.
 * **Shares** (:func:`encrypt_seed_share`, :func:`decrypt_seed_share`,
   :mod:`gossipfl.crypto.shamir`): each member Shamir-splits its self seed ``b_j`` among the
-  members and seals each share to its holder with a NaCl Box under their certified X25519 keys.
+  members and seals each share to its holder (NaCl Box, certified X25519 keys).
 
 The protocol that drives these blocks is :mod:`gossipfl.node.secure_round` (one implementation:
 the node, the privacy audit and the cost benchmark all run it).
@@ -91,27 +78,6 @@ def check_contributors(count: int) -> None:
         )
 
 
-def check_threshold(threshold: int, members: int) -> None:
-    """Check a Shamir threshold for a neighbourhood of ``members`` members.
-
-    The threshold must be a strict majority (``members // 2 + 1 <= threshold <= members``): two
-    disjoint groups of honest members can then never both reach it, so an aggregator that tells
-    some members "k dropped" and others "k survived" cannot collect both ``k``'s self-seed
-    shares and its mask-key shares from them (the double-mask guarantee).
-
-    Raises:
-        ValueError: if the threshold is not a strict majority of ``members`` or exceeds it.
-    """
-    threshold = operator.index(threshold)
-    members = operator.index(members)
-    low = members // 2 + 1
-    if not low <= threshold <= members:
-        raise ValueError(
-            f"threshold must be a strict majority of the {members} members and at most their "
-            f"number ({low}..{members}), got {threshold}"
-        )
-
-
 def _check_clip_scale(clip: float, scale: int) -> int:
     """Validate clip and scale; return the quantisation offset."""
     if not (isinstance(clip, int | float | np.floating) and math.isfinite(clip) and clip > 0):
@@ -132,10 +98,7 @@ def quantisation_offset(clip: float, scale: int) -> int:
 
 
 def max_contributors(clip: float, scale: int) -> int:
-    """The largest number of inputs whose quantised sum cannot wrap modulo 2**32.
-
-    With the defaults (clip 8, scale 2**18) this is 1023.
-    """
+    """The most inputs whose quantised sum cannot wrap modulo 2**32 (1023 by default)."""
     offset = _check_clip_scale(clip, scale)
     return (MODULUS - 1) // (2 * offset)
 
@@ -184,12 +147,8 @@ def quantise(
     Each coordinate becomes ``round(clip(x) * scale) + ceil(clip * scale)``, an integer in
     ``[0, 2 * ceil(clip * scale)]``.
 
-    Args:
-        v: a real-valued array (any shape), all finite.
-        clip: the clipping bound, > 0.
-        scale: quantisation levels per unit, >= 1.
-        rng: if given, stochastic rounding ``floor(x + u)``, ``u ~ U[0, 1)`` (unbiased, error
-            < 1/scale per coordinate); if None, round half to even (error <= 1/(2*scale)).
+    ``v`` is a finite real array (any shape), ``clip > 0``, ``scale >= 1``; with ``rng``,
+    stochastic rounding ``floor(x + u)``, ``u ~ U[0, 1)``, else round half to even.
 
     Returns:
         A uint32 array of the same shape.
@@ -222,12 +181,8 @@ def dequantise_sum(
 ) -> NDArray[np.float32]:
     """Recover the float sum of ``count`` quantised inputs from their sum modulo 2**32.
 
-    Args:
-        s: the sum modulo 2**32 of ``count`` outputs of :func:`quantise` with the same
-            ``clip`` and ``scale``.
-        count: how many inputs were summed.
-        clip: the clipping bound used.
-        scale: the levels per unit used.
+    ``s`` is the sum modulo 2**32 of ``count`` outputs of :func:`quantise` with the same
+    ``clip`` and ``scale``.
 
     Returns:
         ``(s - count * offset) / scale`` as float32. Against the sum of the clipped inputs, the
