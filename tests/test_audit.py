@@ -7,7 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import trio
 
+from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecAggConfig
+from gossipfl.node import inprocess
+from gossipfl.node.secure_round import weight
 from gossipfl.privacy import audit as audit_module
 from gossipfl.privacy.audit import (
     AUDIT_KEYS,
@@ -141,6 +145,58 @@ def test_bad_arguments() -> None:
         run_audit(0, target=0)
     with pytest.raises(ValueError, match="unknown settings"):
         run_audit(0, settings=("none", "telepathy"))
+
+
+# --------------------------------------------------------------------------- the in-process driver
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_an_inprocess_round_mixes_what_the_node_would(tmp_path, secure: bool) -> None:
+    """Five nodes, each a neighbour of the others, one of them gone (dials to and from it
+    fail). Plain: each of the four applies the CHOCO step over the three live estimates it
+    received (sealed, through the wire codec; it holds nothing of the gone one). Secure: each live aggregator sums its three live neighbours (the gone one's pair masks
+    removed from the survivors' answers); the gone one, with no inputs, refuses its round."""
+    configs = [NodeConfig(federation="fed", node_index=i, node_count=5, rounds=1,
+                          data=DataConfig(dataset="iris", partition="iid"),
+                          model=ModelConfig(name="logreg"), security=inprocess.ADMITTED,
+                          secagg=SecAggConfig(enabled=secure)) for i in range(5)]
+    graph = {i: frozenset(j for j in range(5) if j != i) for i in range(5)}
+    nodes = inprocess.build_federation(tmp_path, configs, graph)
+    gone = nodes[4]
+    live = nodes[:4]
+    inprocess.connect(nodes, gone=lambda peer: peer == gone.peer_id)
+    before = {n.peer_id: n.own.vector.copy() for n in nodes}
+
+    async def main() -> dict:
+        inprocess.hear_everyone(nodes)
+        if secure:
+            return await inprocess.federation_round(nodes, 0)
+        half = {n.peer_id: inprocess.train_and_publish(n, 0) for n in live}
+        for n in live:
+            for peer in n.neighbours:
+                if peer != gone.peer_id:
+                    assert inprocess.deliver_plain(n, next(m for m in live
+                                                           if m.peer_id == peer), 0) == "ok"
+        for n in live:
+            n.model = inprocess.node_round.aggregate(n, half[n.peer_id], 0)
+        return half
+
+    half = trio.run(main)
+    for node in live:
+        others = [m for m in live if m is not node]
+        w = {m.peer_id: weight(node, node.peer_id, m.peer_id) for m in others}
+        mixed = sum(w[m.peer_id] * m.own.vector.astype(np.float64) for m in others)
+        if secure:
+            expected = (1 - sum(w.values())) * half[node.peer_id] + mixed
+            assert node.secagg.refused_rounds == [] and node.secagg.failed_rounds == []
+        else:  # CHOCO: x½ + Σ w (x̂_j − x̂_i), over the neighbours it holds estimates of
+            expected = half[node.peer_id] + mixed - sum(w.values()) * node.own.vector
+        np.testing.assert_allclose(node.model, expected, atol=1e-4)
+        assert not np.allclose(node.model, half[node.peer_id], atol=1e-4)
+    if secure:
+        assert gone.secagg.refused_rounds == [0]
+        np.testing.assert_allclose(gone.model, half[gone.peer_id])
+    assert not any(np.array_equal(before[n.peer_id], n.own.vector) for n in live)
 
 
 # --------------------------------------------------------------------------- pure figures

@@ -98,7 +98,8 @@ def connect(nodes: Sequence[Node], *, gone: Callable[[str], bool] = lambda peer:
 
     Args:
         nodes: The federation.
-        gone: Whether a peer is unreachable now (a dial to it raises ``ConnectionError``).
+        gone: Whether a node is unreachable now: a dial to it, or from it, raises
+            ``ConnectionError`` (a member that dropped out).
     """
     by_id = {node.peer_id: node for node in nodes}
 
@@ -106,7 +107,7 @@ def connect(nodes: Sequence[Node], *, gone: Callable[[str], bool] = lambda peer:
         @contextlib.asynccontextmanager
         async def channel_to(peer: str, protocol: str,
                              addrs: tuple[str, ...] | None = None) -> AsyncIterator[FrameChannel]:
-            if peer not in by_id or gone(peer) or protocol not in HANDLERS:
+            if peer not in by_id or gone(peer) or gone(me.peer_id) or protocol not in HANDLERS:
                 raise ConnectionError(f"cannot reach {peer} for {protocol}")
             there = by_id[peer]
             to_peer, at_peer = trio.open_memory_channel[bytes](_BUFFER)
