@@ -154,8 +154,9 @@ def test_bad_arguments() -> None:
 def test_an_inprocess_round_mixes_what_the_node_would(tmp_path, secure: bool) -> None:
     """Five nodes, each a neighbour of the others, one of them gone (dials to and from it
     fail). Plain: each of the four applies the CHOCO step over the three live estimates it
-    received (sealed, through the wire codec; it holds nothing of the gone one). Secure: each live aggregator sums its three live neighbours (the gone one's pair masks
-    removed from the survivors' answers); the gone one, with no inputs, refuses its round."""
+    received (sealed, through the wire codec; it holds nothing of the gone one). Secure:
+    each live aggregator sums its three live neighbours (the gone one's pair masks removed
+    from the survivors' answers); the gone one, with no inputs, refuses its round."""
     configs = [NodeConfig(federation="fed", node_index=i, node_count=5, rounds=1,
                           data=DataConfig(dataset="iris", partition="iid"),
                           model=ModelConfig(name="logreg"), security=inprocess.ADMITTED,
