@@ -141,7 +141,9 @@ def forgetful_control(nodes: Sequence[Node], role: LyingAggregator, target: str,
         dropped = sorted(secure_round.neighbourhood(attacker, attacker.peer_id) - set(survivors))
         for peer in survivors:  # forgetful members
             memory = by_id[peer].secagg
-            memory.committed.clear(), memory.revealed.clear(), memory.signed.clear()
+            memory.committed.clear()
+            memory.revealed.clear()
+            memory.signed.clear()
         request = ConsistencyRequest(attacker.config.federation, r, attacker.peer_id,
                                      tuple(survivors), tuple(dropped))
         signatures = {p: secure_round.answer_consistency(by_id[p], attacker.peer_id,
