@@ -176,8 +176,8 @@ def test_an_inprocess_round_mixes_what_the_node_would(tmp_path, secure: bool) ->
         for n in live:
             for peer in n.neighbours:
                 if peer != gone.peer_id:
-                    assert inprocess.deliver_plain(n, next(m for m in live
-                                                           if m.peer_id == peer), 0) == "ok"
+                    assert await inprocess.deliver_plain(
+                        n, next(m for m in live if m.peer_id == peer), 0) == "ok"
         for n in live:
             n.model = inprocess.node_round.aggregate(n, half[n.peer_id], 0)
         return half

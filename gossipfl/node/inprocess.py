@@ -6,10 +6,10 @@ starts the *peer's own handler* for that protocol on the other end, every frame 
 the wire codec (:func:`~gossipfl.gossip.wire.encode_frame` / ``decode_frame``). The rounds run
 the node's own steps: local training (DP-SGD for record-level DP), the public estimate's
 :meth:`~gossipfl.node.estimates.OwnEstimate.publish` with the node's privacy step, then either
-the sealed plain contribution and the CHOCO step (:func:`gossipfl.node.round.aggregate`) or
-secure aggregation (:func:`gossipfl.node.round.secure_exchange`: masked inputs, consistency,
-unmasking, through the handlers). The privacy audit and the cost benchmark drive it, and so
-may tests.
+the sealed plain contribution (served by the receiver's contribution handler) and the CHOCO
+step (:func:`gossipfl.node.round.aggregate`), or secure aggregation
+(:func:`gossipfl.node.round.secure_exchange`: masked inputs, consistency, unmasking, through
+the handlers). The privacy audit and the cost benchmark drive it, and so may tests.
 
 Rounds run inside one ``trio.run`` (:func:`run_rounds`): the node stamps liveness with
 ``trio.current_time()``, whose origin differs between runs.
@@ -33,16 +33,24 @@ from gossipfl.config import NodeConfig, SecurityConfig
 from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip import wire
-from gossipfl.gossip.wire import Contribution, Message
+from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution, Message
 from gossipfl.node import round as node_round
 from gossipfl.node import secure_round
 from gossipfl.node.learner import LocalLearner
-from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.runtime import PROTO_CONTRIBUTION, PROTO_SEALED, NeighbourState, Node
 
 log = logging.getLogger("gossipfl.inprocess")
 
 Handler = Callable[[Node, Any], Awaitable[None]]
+
+
+async def _on_contribution(node: Node, channel: Any) -> None:
+    await node._on_contribution(channel)  # the handler the node registers for the protocol
+
+
 HANDLERS: Mapping[str, Handler] = {
+    PROTO_CONTRIBUTION: _on_contribution,
+    PROTO_SEALED: _on_contribution,
     secure_round.PROTO_MASKED: secure_round.on_masked_input,
     secure_round.PROTO_CONSISTENCY: secure_round.on_consistency_request,
     secure_round.PROTO_UNMASK: secure_round.on_unmask_request,
@@ -196,21 +204,14 @@ def contribution(node: Node, peer: str, r: int) -> Contribution:
         tensors=node.layout.to_tensors(node.own.vector), training=True)
 
 
-def deliver_plain(sender: Node, receiver: Node, r: int) -> str:
-    """Seal ``sender``'s contribution to ``receiver`` (when payloads are sealed), pass it
-    through the wire codec, and have ``receiver`` open and accept it. Returns the ack status."""
-    message: Message = contribution(sender, receiver.peer_id, r)
-    if sender.security.sealed:
-        message = sender.security.seal(message)  # type: ignore[arg-type]
-    frame = wire.decode_frame(wire.encode_frame(message, sender.payload_cap), type(message),
-                              receiver.payload_cap)
-    if isinstance(frame, Contribution):
-        opened: Contribution | None = frame
-    else:
-        opened = receiver.open_sealed_message(sender.peer_id, frame, Contribution)
-    if opened is None:
-        return "rejected"
-    return receiver._accept_contribution(sender.peer_id, opened)[0]
+async def deliver_plain(sender: Node, receiver: Node, r: int) -> str:
+    """``sender``'s contribution to ``receiver`` over a stream of the contribution protocol
+    (sealed when payloads are sealed), served by ``receiver``'s own handler; returns the ack's
+    status."""
+    async with sender.channel_to(receiver.peer_id, sender.contribution_protocol) as channel:
+        await sender.send_payload(channel, contribution(sender, receiver.peer_id, r))
+        ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
+    return str(ack.status)
 
 
 async def federation_round(nodes: Sequence[Node], r: int) -> dict[str, np.ndarray]:
@@ -228,7 +229,7 @@ async def federation_round(nodes: Sequence[Node], r: int) -> dict[str, np.ndarra
         for node in nodes:
             node.estimates.clock = r
             for peer in node.neighbours:
-                status = deliver_plain(node, by_id[peer], r)
+                status = await deliver_plain(node, by_id[peer], r)
                 if status != "ok":
                     raise RuntimeError(f"{peer} refused {node.peer_id}'s round {r}: {status}")
         for node in nodes:
