@@ -1,134 +1,203 @@
-"""Tests of the privacy audit: a curious neighbour against plain gossip, secure sums and DP."""
+"""Tests of the privacy audit: an aggregator against the node's own protocol (real Node
+objects in one process), honest-but-curious and lying, with and without record-level DP."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
+import trio
 
-from gossipfl.crypto import secagg
+from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecAggConfig
+from gossipfl.node import inprocess
+from gossipfl.node.secure_round import weight
+from gossipfl.privacy import audit as audit_module
 from gossipfl.privacy.audit import (
     AUDIT_KEYS,
-    RECONSTRUCTION_SETTINGS,
+    SETTINGS,
     SUM_ESTIMATORS,
-    centred_dequantise,
+    format_table,
+    main,
+    run_audit,
+)
+from gossipfl.privacy.audit_figures import (
     cosine_similarity,
     estimate_sum_minus_own,
     estimate_sum_minus_past,
     estimate_sum_share,
-    format_table,
-    main,
     membership_advantage,
-    run_audit,
 )
 
 SUMMARY_KEYS = {"mean", "per_round", "neighbours_mean", "step_mean"}
-MEMBERSHIP_KEYS = {
-    "advantage", "threshold", "auc", "auc_advantage", "yeom_advantage", "members", "non_members",
-    "member_mean_loss", "non_member_mean_loss", "test_accuracy",
-}
+ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
 def audit() -> dict:
-    return run_audit(0)
+    return run_audit(0, rounds=ROUNDS)
 
 
 # --------------------------------------------------------------------------- the audit
 
 
-def test_no_protection_reconstruction_is_exact(audit: dict) -> None:
-    figures = audit["reconstruction"]["none"]["received"]
-    assert figures["mean"] > 0.99
-    assert figures["neighbours_mean"] > 0.99
-    assert all(c > 0.99 for c in figures["per_round"])
+def test_plain_gossip_hands_the_aggregator_the_update_itself(audit: dict) -> None:
+    """What it holds of the target under plain gossip is the update (DP or not: the update
+    published is what it receives); the cosine is 1 up to float32 rounding."""
+    for setting in ("none", "record_dp", "node_dp"):
+        figures = audit["reconstruction"][setting]["received"]
+        assert min(figures["per_round"]) > 0.999, setting
+        assert figures["neighbours_mean"] > 0.999, setting
 
 
-def test_masked_vector_reveals_nothing(audit: dict) -> None:
-    for setting in ("secagg", "secagg_dp"):
+def test_masked_inputs_read_as_plain_are_noise(audit: dict) -> None:
+    for setting in ("secagg", "secagg_record_dp"):
         figures = audit["reconstruction"][setting]["masked_as_plain"]
-        assert abs(figures["mean"]) < 0.05, setting
+        assert max(abs(c) for c in figures["per_round"]) < 0.05, setting
         assert abs(figures["neighbours_mean"]) < 0.05, setting
+        assert len(figures["per_round"]) == ROUNDS
 
 
-def test_dp_noise_hides_the_received_update(audit: dict) -> None:
-    assert abs(audit["reconstruction"]["dp"]["received"]["mean"]) < 0.2
-    # Against the training step, no sum-based estimator does well under secagg + DP.
-    for name in SUM_ESTIMATORS:
-        assert abs(audit["reconstruction"]["secagg_dp"][name]["step_mean"]) < 0.2, name
+def test_the_sum_is_all_the_curious_aggregator_gets(audit: dict) -> None:
+    """The sum-based estimators are below the received update's 1: the secure sum mixes the
+    target with three others (the figures can fail both ways: 1 would mean a leak)."""
+    for setting in ("secagg", "secagg_record_dp"):
+        figures = audit["reconstruction"][setting]
+        assert figures["best"]["estimator"] in SUM_ESTIMATORS
+        assert figures["best"]["mean"] == max(figures[n]["mean"] for n in SUM_ESTIMATORS)
+        assert figures["best"]["mean"] < 0.95, setting
 
 
-def test_cosines_are_cosines(audit: dict) -> None:
-    for setting in RECONSTRUCTION_SETTINGS:
-        for name, figures in audit["reconstruction"][setting].items():
-            if name == "best":
-                continue
-            values = [figures["mean"], figures["neighbours_mean"], figures["step_mean"],
-                      *figures["per_round"]]
-            assert all(-1.0 <= v <= 1.0 for v in values), (setting, name)
-            assert len(figures["per_round"]) == audit["parameters"]["rounds"]
+def test_the_lying_aggregator_recovers_nothing(audit: dict) -> None:
+    lie = audit["lying_aggregator"]
+    assert lie["attempts"] == ROUNDS and lie["inputs_recovered"] == 0
+    assert len(lie["per_round"]) == ROUNDS
+    assert lie["best"] <= 0.05 and abs(lie["mean"]) <= 0.05
 
 
-def test_membership_inference(audit: dict) -> None:
-    no_dp = audit["membership"]["no_dp"]
-    dp = audit["membership"]["dp"]
-    for figures in (no_dp, dp):
-        assert 0.0 <= figures["advantage"] <= 1.0
-        assert -1.0 <= figures["auc_advantage"] <= 1.0
-        assert -1.0 <= figures["yeom_advantage"] <= 1.0
-        assert 0.0 <= figures["auc"] <= 1.0
-        assert figures["members"] == figures["non_members"] > 0
-    assert dp["advantage"] <= no_dp["advantage"] or dp["advantage"] <= 0.2
-    assert dp["auc_advantage"] <= no_dp["auc_advantage"] or dp["auc_advantage"] <= 0.2
+def test_the_lying_aggregator_would_recover_the_target_from_forgetful_members(audit) -> None:
+    """The could-fail check: the same reconstruction, fed by members that answer each set as
+    if it were the only one (revealing both mask kinds of the target), gets its estimate."""
+    assert audit["lying_aggregator"]["control"] > 0.99
+
+
+def test_record_dp_lowers_membership_inference_on_what_the_aggregator_holds(audit) -> None:
+    """Under plain gossip the aggregator holds the target's estimate: without DP the loss
+    threshold tells its records from held-out ones; with DP-SGD (ε ≤ 8) far less."""
+    plain = audit["membership"]["none"]["target_estimate"]
+    private = audit["membership"]["record_dp"]["target_estimate"]
+    assert plain["advantage"] > 0.5
+    assert private["advantage"] < plain["advantage"] - 0.25
+    for setting in ("record_dp", "secagg_record_dp", "node_dp"):
+        for figures in audit["membership"][setting].values():
+            assert figures["epsilon"] <= audit["parameters"]["privacy"]["target_epsilon"]
+
+
+def test_secure_aggregation_learns_what_plain_gossip_learns(audit: dict) -> None:
+    """The node's secure sum equals the plain one up to quantisation: node 0 ends with the
+    same model, so the same accuracy and membership figures."""
+    plain = audit["membership"]["none"]["own_model"]
+    secure = audit["membership"]["secagg"]["own_model"]
+    assert secure["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=0.01)
+    assert secure["auc_advantage"] == pytest.approx(plain["auc_advantage"], abs=0.02)
 
 
 def test_audit_has_the_documented_keys(audit: dict) -> None:
     assert set(audit) == set(AUDIT_KEYS)
-    assert set(audit["reconstruction"]) == set(RECONSTRUCTION_SETTINGS)
-    for setting in ("none", "dp"):
+    assert set(audit["reconstruction"]) == set(SETTINGS)
+    for setting in ("none", "record_dp", "node_dp"):
         assert set(audit["reconstruction"][setting]) == {"received"}
         assert set(audit["reconstruction"][setting]["received"]) == SUMMARY_KEYS
-    for setting in ("secagg", "secagg_dp"):
-        figures = audit["reconstruction"][setting]
-        assert set(figures) == {"masked_as_plain", *SUM_ESTIMATORS, "best"}
-        for name in ("masked_as_plain", *SUM_ESTIMATORS):
-            assert set(figures[name]) == SUMMARY_KEYS
-        assert figures["best"]["estimator"] in SUM_ESTIMATORS
-        assert figures["best"]["mean"] == max(figures[n]["mean"] for n in SUM_ESTIMATORS)
-    assert set(audit["membership"]) == {"no_dp", "dp"}
-    for figures in audit["membership"].values():
-        assert set(figures) == MEMBERSHIP_KEYS
+        assert set(audit["membership"][setting]) == {"own_model", "target_estimate"}
+    for setting in ("secagg", "secagg_record_dp"):
+        assert set(audit["reconstruction"][setting]) == {"masked_as_plain", *SUM_ESTIMATORS,
+                                                         "best"}
+        assert set(audit["membership"][setting]) == {"own_model"}
+    assert set(audit["membership"]) == {*SETTINGS, "lying"}
     params = audit["parameters"]
-    assert params["nodes"] == 6 and params["rounds"] == 5 and params["seed"] == 0
-    assert params["target"] in params["neighbours"]
-    assert len(params["neighbours"]) >= secagg.MIN_CONTRIBUTORS
-    assert math.isfinite(params["privacy"]["epsilon"])
+    assert params["rounds"] == ROUNDS and params["target"] in params["neighbours"]
     json.dumps(audit, allow_nan=False)  # JSON-ready
-    assert "membership inference" in format_table(audit)
+    table = format_table(audit)
+    assert "lying aggregator" in table and "membership inference" in table
 
 
-def test_audit_is_deterministic(audit: dict) -> None:
-    assert run_audit(0) == audit
+def test_command_line(audit: dict, tmp_path, capsys, monkeypatch) -> None:
+    asked = {}
 
+    def fake(seed: int, **kwargs) -> dict:
+        asked.update(kwargs, seed=seed)
+        return audit
 
-def test_command_line(tmp_path, capsys) -> None:
+    monkeypatch.setattr(audit_module, "run_audit", fake)
     out = tmp_path / "audit.json"
-    assert main(["--out", str(out), "--rounds", "2", "--seed", "1"]) == 0
-    written = json.loads(out.read_text())
-    assert set(written) == set(AUDIT_KEYS)
-    assert written["parameters"]["rounds"] == 2
-    assert "update reconstruction" in capsys.readouterr().out
+    assert main(["--out", str(out), "--rounds", "2", "--seed", "1", "--epsilon", "4"]) == 0
+    assert json.loads(out.read_text()) == json.loads(json.dumps(audit))
+    assert (asked["seed"], asked["rounds"], asked["epsilon"]) == (1, 2, 4.0)
+    assert "honest-but-curious" in capsys.readouterr().out
 
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="nodes"):
         run_audit(0, nodes=3)
-    with pytest.raises(ValueError, match="rounds"):
+    with pytest.raises(ValueError, match="round"):
         run_audit(0, rounds=0)
     with pytest.raises(ValueError, match="neighbour"):
         run_audit(0, target=0)
+    with pytest.raises(ValueError, match="unknown settings"):
+        run_audit(0, settings=("none", "telepathy"))
+
+
+# --------------------------------------------------------------------------- the in-process driver
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_an_inprocess_round_mixes_what_the_node_would(tmp_path, secure: bool) -> None:
+    """Five nodes, each a neighbour of the others, one of them gone (dials to and from it
+    fail). Plain: each of the four applies the CHOCO step over the three live estimates it
+    received (sealed, through the wire codec; it holds nothing of the gone one). Secure:
+    each live aggregator sums its three live neighbours (the gone one's pair masks removed
+    from the survivors' answers); the gone one, with no inputs, refuses its round."""
+    configs = [NodeConfig(federation="fed", node_index=i, node_count=5, rounds=1,
+                          data=DataConfig(dataset="iris", partition="iid"),
+                          model=ModelConfig(name="logreg"), security=inprocess.ADMITTED,
+                          secagg=SecAggConfig(enabled=secure)) for i in range(5)]
+    graph = {i: frozenset(j for j in range(5) if j != i) for i in range(5)}
+    nodes = inprocess.build_federation(tmp_path, configs, graph)
+    gone = nodes[4]
+    live = nodes[:4]
+    inprocess.connect(nodes, gone=lambda peer: peer == gone.peer_id)
+    before = {n.peer_id: n.own.vector.copy() for n in nodes}
+
+    async def main() -> dict:
+        inprocess.hear_everyone(nodes)
+        if secure:
+            return await inprocess.federation_round(nodes, 0)
+        half = {n.peer_id: inprocess.train_and_publish(n, 0) for n in live}
+        for n in live:
+            for peer in n.neighbours:
+                if peer != gone.peer_id:
+                    assert await inprocess.deliver_plain(
+                        n, next(m for m in live if m.peer_id == peer), 0) == "ok"
+        for n in live:
+            n.model = inprocess.node_round.aggregate(n, half[n.peer_id], 0)
+        return half
+
+    half = trio.run(main)
+    for node in live:
+        others = [m for m in live if m is not node]
+        w = {m.peer_id: weight(node, node.peer_id, m.peer_id) for m in others}
+        mixed = sum(w[m.peer_id] * m.own.vector.astype(np.float64) for m in others)
+        if secure:
+            expected = (1 - sum(w.values())) * half[node.peer_id] + mixed
+            assert node.secagg.refused_rounds == [] and node.secagg.failed_rounds == []
+        else:  # CHOCO: x½ + Σ w (x̂_j − x̂_i), over the neighbours it holds estimates of
+            expected = half[node.peer_id] + mixed - sum(w.values()) * node.own.vector
+        np.testing.assert_allclose(node.model, expected, atol=1e-4)
+        assert not np.allclose(node.model, half[node.peer_id], atol=1e-4)
+    if secure:
+        assert gone.secagg.refused_rounds == [0]
+        np.testing.assert_allclose(gone.model, half[gone.peer_id])
+    assert not any(np.array_equal(before[n.peer_id], n.own.vector) for n in live)
 
 
 # --------------------------------------------------------------------------- pure figures
@@ -166,21 +235,6 @@ def test_membership_advantage_under_no_leakage_is_small() -> None:
     figures = membership_advantage(rng.random(2000), rng.random(2000))
     assert figures["advantage"] < 0.06
     assert abs(figures["auc_advantage"]) < 0.06
-
-
-def test_centred_dequantise() -> None:
-    rng = np.random.default_rng(0)
-    v = rng.normal(0, 0.5, 1000)
-    q = secagg.quantise(v, secagg.DEFAULT_CLIP, secagg.DEFAULT_SCALE)
-    back = centred_dequantise(q, secagg.DEFAULT_CLIP, secagg.DEFAULT_SCALE)
-    np.testing.assert_allclose(back, v, atol=1 / secagg.DEFAULT_SCALE)
-    # A masked vector reads as noise of the size of the whole ring.
-    seed = bytes(range(32))
-    masked = secagg.mask_input(q, my_id="a", self_seed=seed,
-                               pair_seeds={"b": bytes(32 * [1]), "c": bytes(32 * [2])})
-    noise = centred_dequantise(masked, secagg.DEFAULT_CLIP, secagg.DEFAULT_SCALE)
-    assert abs(cosine_similarity(noise, v)) < 0.1
-    assert np.abs(noise).max() > 100 * np.abs(v).max()
 
 
 def test_sum_estimators() -> None:

@@ -1,38 +1,27 @@
-"""Secure aggregation over one node's neighbourhood: pure building blocks.
+"""Secure aggregation over one node's neighbourhood: pure building blocks (Bonawitz et al.,
+CCS 2017, adapted to gossip: node *i* sums its neighbours' weighted vectors and must learn only
+``Σ_{j∈U} v_j``). No I/O, no global state; keys and randomness are arguments.
 
-This follows Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
-Learning" (CCS 2017), adapted to gossip learning: node *i* plays the server for its own
-neighbourhood ``U`` in round *r* and must learn only ``Σ_{j∈U} v_j`` of its neighbours' (already
-weighted) float vectors, never one ``v_j``. The protocol is written out in the design notes
-("Secure aggregation over a neighbourhood"); this module holds its pure parts (no I/O, no
-global state; keys and randomness are always arguments):
-
-* **Quantisation** (:func:`quantise`, :func:`dequantise_sum`, :func:`check_no_wrap`). Masks over
-  floats leak magnitudes, so each input is clipped to ``[-clip, clip]`` and mapped to integers in
-  ``Z_{2^32}``: ``q = round(clip(v) * scale) + offset`` with ``offset = ceil(clip * scale)``, so
-  ``0 <= q <= 2 * offset``. ``scale`` is the number of quantisation levels per unit. The sum of
-  ``count`` inputs is at most ``count * 2 * offset``; it cannot wrap modulo 2**32 as long as
-  ``count * 2 * offset <= 2**32 - 1`` (:func:`max_contributors`). Defaults, as in Flower's
-  SecAgg+ (clipping range 8, 2**22 quantisation levels over the range, modulus 2**32):
-  ``clip = 8.0``, ``scale = 2**18`` levels per unit, so ``offset = 2**21``, one input spans
-  ``[0, 2**22]`` and up to **1023** inputs can be summed without wrapping; the resolution is
-  ``2**-18 ≈ 3.8e-6``. Rounding is stochastic (unbiased, ``floor(x + u)`` with ``u ~ U[0, 1)``)
-  when an ``rng`` is given, error below ``1/scale`` per input and coordinate; otherwise
-  round-half-to-even, error at most ``1/(2*scale)`` per input and coordinate.
-* **Key agreement** (:func:`agree_seed`): X25519, then HKDF-SHA256 over the shared secret, both
-  public keys in sorted order and a caller-given context (federation ‖ aggregator ‖ round, see
-  :func:`seed_context`), so pair seeds are fresh per round and per neighbourhood.
-* **PRG** (:func:`prg_mask`): the ChaCha20 keystream (``cryptography``/OpenSSL) under the 32-byte
-  seed with a zero nonce, read as little-endian uint32. A cryptographic stream cipher rather than
-  numpy's PCG64/Philox, whose states can be recovered from their output; it is also faster here
-  (~2 ms per million words).
+* **Quantisation** (:func:`quantise`, :func:`dequantise_sum`, :func:`check_no_wrap`): each
+  input is clipped to ``[-clip, clip]`` and mapped to ``q = round(clip(v) · scale) + offset``
+  in ``Z_{2^32}``, ``offset = ceil(clip · scale)``; ``count`` inputs cannot wrap while
+  ``count · 2 · offset <= 2**32 − 1`` (:func:`max_contributors`). Defaults as in Flower's
+  SecAgg+: ``clip = 8``, ``scale = 2**18`` (up to 1023 inputs, resolution ``2**-18``).
+  Rounding is stochastic (unbiased, error < ``1/scale``) with an ``rng``, else to nearest.
+* **Key agreement** (:func:`agree_seed`): X25519, then HKDF-SHA256 over the shared secret,
+  both public keys in sorted order and a context (federation ‖ aggregator ‖ round,
+  :func:`seed_context`), so pair seeds are fresh per round and neighbourhood.
+* **PRG** (:func:`prg_mask`): the ChaCha20 keystream under the 32-byte seed (zero nonce), read
+  as little-endian uint32: a stream cipher, not numpy's PCG64/Philox whose state leaks.
 * **Double masking** (:func:`mask_input`, :func:`unmask_sum`):
-  ``y_j = q_j + PRG(b_j) + Σ_{k≠j} s_jk · PRG(p_jk) mod 2**32`` with ``s_jk = +1`` if
-  ``id_j < id_k`` (string order) and ``-1`` otherwise, so pair masks cancel in the sum.
-* **Shares** (:func:`encrypt_shares`, :func:`decrypt_shares`, :mod:`gossipfl.crypto.shamir`): each
-  member Shamir-splits its self seed ``b_j`` and its mask private key ``c_j`` for every member and
-  seals each pair of shares to its holder with a NaCl Box under the share keys ``s``.
-* **Simulation** (:func:`simulate_round`, :func:`run_simulation`): the whole round in memory.
+  ``y_j = q_j + PRG(b_j) + Σ_{k≠j} s_jk · PRG(p_jk) mod 2**32``, ``s_jk = +1`` if
+  ``id_j < id_k`` else ``-1``, so pair masks cancel in the sum.
+* **Shares** (:func:`encrypt_seed_share`, :func:`decrypt_seed_share`,
+  :mod:`gossipfl.crypto.shamir`): each member Shamir-splits its self seed ``b_j`` among the
+  members and seals each share to its holder (NaCl Box, certified X25519 keys).
+
+The protocol that drives these blocks is :mod:`gossipfl.node.secure_round` (one implementation:
+the node, the privacy audit and the cost benchmark all run it).
 """
 
 from __future__ import annotations
@@ -41,7 +30,6 @@ import math
 import operator
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -90,27 +78,6 @@ def check_contributors(count: int) -> None:
         )
 
 
-def check_threshold(threshold: int, members: int) -> None:
-    """Check a Shamir threshold for a neighbourhood of ``members`` members.
-
-    The threshold must be a strict majority (``members // 2 + 1 <= threshold <= members``): two
-    disjoint groups of honest members can then never both reach it, so an aggregator that tells
-    some members "k dropped" and others "k survived" cannot collect both ``k``'s self-seed
-    shares and its mask-key shares from them (the double-mask guarantee).
-
-    Raises:
-        ValueError: if the threshold is not a strict majority of ``members`` or exceeds it.
-    """
-    threshold = operator.index(threshold)
-    members = operator.index(members)
-    low = members // 2 + 1
-    if not low <= threshold <= members:
-        raise ValueError(
-            f"threshold must be a strict majority of the {members} members and at most their "
-            f"number ({low}..{members}), got {threshold}"
-        )
-
-
 def _check_clip_scale(clip: float, scale: int) -> int:
     """Validate clip and scale; return the quantisation offset."""
     if not (isinstance(clip, int | float | np.floating) and math.isfinite(clip) and clip > 0):
@@ -131,10 +98,7 @@ def quantisation_offset(clip: float, scale: int) -> int:
 
 
 def max_contributors(clip: float, scale: int) -> int:
-    """The largest number of inputs whose quantised sum cannot wrap modulo 2**32.
-
-    With the defaults (clip 8, scale 2**18) this is 1023.
-    """
+    """The most inputs whose quantised sum cannot wrap modulo 2**32 (1023 by default)."""
     offset = _check_clip_scale(clip, scale)
     return (MODULUS - 1) // (2 * offset)
 
@@ -183,12 +147,8 @@ def quantise(
     Each coordinate becomes ``round(clip(x) * scale) + ceil(clip * scale)``, an integer in
     ``[0, 2 * ceil(clip * scale)]``.
 
-    Args:
-        v: a real-valued array (any shape), all finite.
-        clip: the clipping bound, > 0.
-        scale: quantisation levels per unit, >= 1.
-        rng: if given, stochastic rounding ``floor(x + u)``, ``u ~ U[0, 1)`` (unbiased, error
-            < 1/scale per coordinate); if None, round half to even (error <= 1/(2*scale)).
+    ``v`` is a finite real array (any shape), ``clip > 0``, ``scale >= 1``; with ``rng``,
+    stochastic rounding ``floor(x + u)``, ``u ~ U[0, 1)``, else round half to even.
 
     Returns:
         A uint32 array of the same shape.
@@ -221,12 +181,8 @@ def dequantise_sum(
 ) -> NDArray[np.float32]:
     """Recover the float sum of ``count`` quantised inputs from their sum modulo 2**32.
 
-    Args:
-        s: the sum modulo 2**32 of ``count`` outputs of :func:`quantise` with the same
-            ``clip`` and ``scale``.
-        count: how many inputs were summed.
-        clip: the clipping bound used.
-        scale: the levels per unit used.
+    ``s`` is the sum modulo 2**32 of ``count`` outputs of :func:`quantise` with the same
+    ``clip`` and ``scale``.
 
     Returns:
         ``(s - count * offset) / scale`` as float32. Against the sum of the clipped inputs, the
@@ -351,56 +307,6 @@ def _add_signed(acc: NDArray[np.uint32], words: NDArray[np.uint32], sign: int) -
         np.add(acc, words, out=acc)
     else:
         np.subtract(acc, words, out=acc)
-
-
-@dataclass(frozen=True, repr=False)
-class RoundKeys:
-    """One member's ephemeral X25519 key pairs for one round.
-
-    Attributes:
-        mask_private: ``c`` private half, 32 bytes; pair seeds come from it (Shamir-shared).
-        mask_public: ``c`` public half, 32 bytes.
-        share_private: ``s`` private half, 32 bytes; opens the shares sealed to this member.
-        share_public: ``s`` public half, 32 bytes.
-    """
-
-    mask_private: bytes
-    mask_public: bytes
-    share_private: bytes
-    share_public: bytes
-
-    def __post_init__(self) -> None:
-        for name in ("mask_private", "mask_public", "share_private", "share_public"):
-            _check_bytes(name, getattr(self, name), KEY_BYTES)
-        if crypto_scalarmult_base(self.mask_private) != self.mask_public:
-            raise ValueError("mask_public is not the public half of mask_private")
-        if crypto_scalarmult_base(self.share_private) != self.share_public:
-            raise ValueError("share_public is not the public half of share_private")
-        if self.mask_public == self.share_public:
-            raise ValueError("the mask and share key pairs must differ")
-
-    @classmethod
-    def from_private(cls, mask_private: bytes, share_private: bytes) -> RoundKeys:
-        """Build the bundle from the two 32-byte private keys (public halves derived)."""
-        mask_private = _check_bytes("mask_private", mask_private, KEY_BYTES)
-        share_private = _check_bytes("share_private", share_private, KEY_BYTES)
-        return cls(
-            mask_private=mask_private,
-            mask_public=crypto_scalarmult_base(mask_private),
-            share_private=share_private,
-            share_public=crypto_scalarmult_base(share_private),
-        )
-
-    @classmethod
-    def generate(cls) -> RoundKeys:
-        """Fresh pairs from libsodium's CSPRNG (``nacl.public.PrivateKey.generate()``)."""
-        return cls.from_private(PrivateKey.generate().encode(), PrivateKey.generate().encode())
-
-    def __repr__(self) -> str:  # never print private keys
-        return (
-            f"RoundKeys(mask_public={self.mask_public.hex()}, "
-            f"share_public={self.share_public.hex()})"
-        )
 
 
 def fresh_self_seed(rng_bytes: Callable[[int], bytes] = os.urandom) -> bytes:
@@ -547,85 +453,6 @@ def _shares_header(sender: str, recipient: str, context: bytes) -> bytes:
     return _SHARES_LABEL + _length_prefixed(sender.encode(), recipient.encode(), bytes(context))
 
 
-def encrypt_shares(
-    *,
-    sender: str,
-    recipient: str,
-    context: bytes,
-    self_seed_share: bytes,
-    mask_key_share: bytes,
-    sender_share_private: bytes,
-    recipient_share_public: bytes,
-    rng_bytes: Callable[[int], bytes] = os.urandom,
-) -> bytes:
-    """Seal ``sender``'s two shares for ``recipient`` (NaCl Box under the ``s`` keys).
-
-    The plaintext binds sender, recipient and context, so the relaying aggregator can neither
-    read the shares nor replay them to another member or round.
-
-    Args:
-        sender: the member whose secrets were shared.
-        recipient: the member who holds these shares.
-        context: the round context (:func:`seed_context`).
-        self_seed_share: the encoded share of the sender's self seed (:func:`shamir.encode_share`).
-        mask_key_share: the encoded share of the sender's mask private key.
-        sender_share_private: the sender's ``s`` private key.
-        recipient_share_public: the recipient's ``s`` public key.
-        rng_bytes: source of the 24-byte nonce.
-
-    Returns:
-        The ciphertext (nonce included).
-
-    Raises:
-        ValueError: if a key or share has the wrong length.
-    """
-    header = _shares_header(sender, recipient, context)
-    plaintext = (
-        header
-        + _check_bytes("self_seed_share", self_seed_share, shamir.SHARE_BYTES)
-        + _check_bytes("mask_key_share", mask_key_share, shamir.SHARE_BYTES)
-    )
-    box = Box(
-        PrivateKey(_check_bytes("sender_share_private", sender_share_private, KEY_BYTES)),
-        PublicKey(_check_bytes("recipient_share_public", recipient_share_public, KEY_BYTES)),
-    )
-    nonce = _check_bytes("rng_bytes(24)", rng_bytes(Box.NONCE_SIZE), Box.NONCE_SIZE)
-    return bytes(box.encrypt(plaintext, nonce))
-
-
-def decrypt_shares(
-    ciphertext: bytes,
-    *,
-    sender: str,
-    recipient: str,
-    context: bytes,
-    recipient_share_private: bytes,
-    sender_share_public: bytes,
-) -> tuple[bytes, bytes]:
-    """Open shares sealed by :func:`encrypt_shares`.
-
-    Returns:
-        ``(self_seed_share, mask_key_share)``, both encoded shares.
-
-    Raises:
-        ValueError: if the ciphertext does not authenticate, or was sealed for another sender,
-            recipient or round.
-    """
-    box = Box(
-        PrivateKey(_check_bytes("recipient_share_private", recipient_share_private, KEY_BYTES)),
-        PublicKey(_check_bytes("sender_share_public", sender_share_public, KEY_BYTES)),
-    )
-    try:
-        plaintext = box.decrypt(bytes(ciphertext))
-    except CryptoError as exc:
-        raise ValueError(f"shares from {sender!r} to {recipient!r} do not authenticate") from exc
-    header = _shares_header(sender, recipient, context)
-    if len(plaintext) != len(header) + 2 * shamir.SHARE_BYTES or not plaintext.startswith(header):
-        raise ValueError(f"shares were not sealed from {sender!r} to {recipient!r} in this round")
-    body = plaintext[len(header) :]
-    return body[: shamir.SHARE_BYTES], body[shamir.SHARE_BYTES :]
-
-
 def encrypt_seed_share(
     *,
     sender: str,
@@ -638,10 +465,10 @@ def encrypt_seed_share(
 ) -> bytes:
     """Seal one encoded share of ``sender``'s self seed for ``recipient`` (NaCl Box).
 
-    The variant of :func:`encrypt_shares` for neighbourhoods whose pair masks come from the
-    members' certified long-term X25519 keys (a fresh context per aggregator and round): only
-    the self seed is shared, and a survivor reveals a dropped member's round pair seed directly
-    instead of a share of a mask key. Sender, recipient and round are bound inside.
+    Pair masks come from the members' certified long-term X25519 keys (a fresh context per
+    aggregator and round), so only the self seed is shared, and a survivor reveals a dropped
+    member's round pair seed directly. Sender, recipient and round are bound inside, so the
+    relaying aggregator can neither read a share nor replay it to another member or round.
     """
     header = _shares_header(sender, recipient, context)
     box = Box(PrivateKey(_check_bytes("sender_private", sender_private, KEY_BYTES)),
@@ -670,211 +497,3 @@ def decrypt_seed_share(
     if len(plaintext) != len(header) + shamir.SHARE_BYTES or not plaintext.startswith(header):
         raise ValueError(f"share was not sealed from {sender!r} to {recipient!r} in this round")
     return plaintext[len(header):]
-
-
-# --------------------------------------------------------------------------- simulation
-
-
-@dataclass(frozen=True)
-class RoundTranscript:
-    """Everything one simulated round produced, split by who sees it.
-
-    Attributes:
-        members: the neighbourhood ``U``, sorted.
-        survivors: members whose masked input arrived in time (``V``), sorted.
-        dropped: members who masked but whose input did not arrive in time, sorted.
-        responders: the ``threshold`` survivors whose shares the aggregator used, sorted.
-        public_keys: member to ``(mask_public, share_public)``, as broadcast.
-        ciphertexts: ``(sender, recipient)`` to sealed shares, relayed by the aggregator.
-        masked: survivor to masked input ``y``, as received by the aggregator.
-        late_masked: dropped member to its masked input, arriving after the survivor set was
-            fixed (a curious aggregator may hold these).
-        self_seed_shares: member to (holder to encoded share of its self seed) the aggregator
-            received.
-        mask_key_shares: member to (holder to encoded share of its mask private key) the
-            aggregator received.
-        result: the dequantised sum of the survivors' inputs.
-        member_secrets: member to ``(RoundKeys, self_seed)``; held by the members only, never
-            by the aggregator; kept for tests.
-    """
-
-    members: tuple[str, ...]
-    survivors: tuple[str, ...]
-    dropped: tuple[str, ...]
-    responders: tuple[str, ...]
-    public_keys: Mapping[str, tuple[bytes, bytes]]
-    ciphertexts: Mapping[tuple[str, str], bytes]
-    masked: Mapping[str, NDArray[np.uint32]]
-    late_masked: Mapping[str, NDArray[np.uint32]]
-    self_seed_shares: Mapping[str, Mapping[str, bytes]]
-    mask_key_shares: Mapping[str, Mapping[str, bytes]]
-    result: NDArray[np.float32]
-    member_secrets: Mapping[str, tuple[RoundKeys, bytes]] = field(repr=False)
-
-
-def _combine(encoded: Mapping[str, bytes], threshold: int) -> bytes:
-    points = dict(shamir.decode_share(data) for data in encoded.values())
-    return shamir.combine_shares(points, threshold)
-
-
-def run_simulation(
-    inputs: Mapping[str, NDArray[np.floating]],
-    threshold: int,
-    drop_after_masking: set[str],
-    clip: float = DEFAULT_CLIP,
-    scale: int = DEFAULT_SCALE,
-    rng: np.random.Generator | None = None,
-    *,
-    context: bytes = b"gossipfl-simulation",
-) -> RoundTranscript:
-    """Run one whole secure-aggregation round in memory and return its transcript.
-
-    Steps: every member makes round keys and a self seed; Shamir-splits its self seed and its
-    mask private key (``threshold``) for every member and seals each holder's pair of shares;
-    quantises (stochastic rounding) and masks its input against every other member. The members
-    in ``drop_after_masking`` then drop; ``threshold`` survivors chosen at random each open the
-    shares they hold and send the aggregator the self-seed share of every survivor and the
-    mask-key share of every dropped member, never both for one member. The aggregator rebuilds
-    those secrets, the pair seeds between survivors and dropped members, unmasks and
-    dequantises.
-
-    Args:
-        inputs: member id to its float vector (1-D, all the same length).
-        threshold: Shamir threshold, a strict majority of the members (:func:`check_threshold`).
-        drop_after_masking: members whose masked input never arrives in time.
-        clip: clipping bound.
-        scale: quantisation levels per unit.
-        rng: all keys, seeds, Shamir coefficients, nonces and rounding noise come from it (a
-            simulation, not for real keys); a fresh unseeded generator if None.
-        context: the round context for pair seeds and sealed shares.
-
-    Returns:
-        The :class:`RoundTranscript`.
-
-    Raises:
-        ValueError: if there are fewer than :data:`MIN_CONTRIBUTORS` members or survivors,
-            fewer survivors than ``threshold``, a bad threshold, unknown dropped members, inputs
-            of different lengths, or too many members for the quantisation range.
-    """
-    rng = np.random.default_rng() if rng is None else rng
-    members = tuple(sorted(inputs))
-    check_contributors(len(members))
-    check_threshold(threshold, len(members))
-    check_no_wrap(len(members), clip, scale)
-    unknown = set(drop_after_masking) - set(members)
-    if unknown:
-        raise ValueError(f"drop_after_masking names non-members {sorted(unknown)}")
-    vectors = {m: np.asarray(inputs[m]) for m in members}
-    shapes = {v.shape for v in vectors.values()}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
-        raise ValueError(f"inputs must be 1-D vectors of one length, got shapes {sorted(shapes)}")
-    ids = share_ids_for(members)
-
-    # Round 0: keys.
-    keys = {m: RoundKeys.from_private(rng.bytes(KEY_BYTES), rng.bytes(KEY_BYTES)) for m in members}
-    self_seeds = {m: fresh_self_seed(rng.bytes) for m in members}
-    public_keys = {m: (keys[m].mask_public, keys[m].share_public) for m in members}
-
-    # Round 1: shares, sealed to each holder and relayed by the aggregator.
-    ciphertexts: dict[tuple[str, str], bytes] = {}
-    for owner in members:
-        b_shares = shamir.split_secret(self_seeds[owner], threshold, list(ids.values()), rng.bytes)
-        c_shares = shamir.split_secret(
-            keys[owner].mask_private, threshold, list(ids.values()), rng.bytes
-        )
-        for holder in members:
-            x = ids[holder]
-            ciphertexts[(owner, holder)] = encrypt_shares(
-                sender=owner,
-                recipient=holder,
-                context=context,
-                self_seed_share=shamir.encode_share(x, b_shares[x]),
-                mask_key_share=shamir.encode_share(x, c_shares[x]),
-                sender_share_private=keys[owner].share_private,
-                recipient_share_public=public_keys[holder][1],
-                rng_bytes=rng.bytes,
-            )
-
-    # Round 2: masked inputs.
-    all_masked: dict[str, NDArray[np.uint32]] = {}
-    for m in members:
-        pair_seeds = {
-            k: agree_seed(keys[m].mask_private, public_keys[k][0], context=context)
-            for k in members
-            if k != m
-        }
-        q = quantise(vectors[m], clip, scale, rng=rng)
-        all_masked[m] = mask_input(q, my_id=m, self_seed=self_seeds[m], pair_seeds=pair_seeds)
-    dropped = tuple(m for m in members if m in drop_after_masking)
-    survivors = tuple(m for m in members if m not in drop_after_masking)
-    masked = {m: all_masked[m] for m in survivors}
-    late_masked = {m: all_masked[m] for m in dropped}
-
-    # Round 3: unmasking. Only `threshold` survivors answer.
-    if len(survivors) < threshold:
-        raise ValueError(
-            f"only {len(survivors)} survivors, fewer than threshold={threshold}: the self seeds "
-            f"and dropped mask keys cannot be rebuilt"
-        )
-    check_contributors(len(survivors))
-    picked = rng.choice(len(survivors), size=threshold, replace=False)
-    responders = tuple(sorted(survivors[i] for i in picked))
-    self_seed_shares: dict[str, dict[str, bytes]] = {m: {} for m in survivors}
-    mask_key_shares: dict[str, dict[str, bytes]] = {m: {} for m in dropped}
-    for holder in responders:
-        for owner in members:
-            b_share, c_share = decrypt_shares(
-                ciphertexts[(owner, holder)],
-                sender=owner,
-                recipient=holder,
-                context=context,
-                recipient_share_private=keys[holder].share_private,
-                sender_share_public=public_keys[owner][1],
-            )
-            if owner in masked:
-                self_seed_shares[owner][holder] = b_share
-            else:
-                mask_key_shares[owner][holder] = c_share
-
-    # The aggregator rebuilds what it needs and unmasks.
-    rebuilt_self = {m: _combine(self_seed_shares[m], threshold) for m in survivors}
-    dropped_pair_seeds: dict[tuple[str, str], bytes] = {}
-    for d in dropped:
-        mask_private = _combine(mask_key_shares[d], threshold)
-        for j in survivors:
-            dropped_pair_seeds[(j, d)] = agree_seed(
-                mask_private, public_keys[j][0], context=context
-            )
-    total = unmask_sum(
-        masked, survivors_self_seeds=rebuilt_self, dropped_pair_seeds=dropped_pair_seeds
-    )
-    result = dequantise_sum(total, len(survivors), clip, scale)
-    return RoundTranscript(
-        members=members,
-        survivors=survivors,
-        dropped=dropped,
-        responders=responders,
-        public_keys=public_keys,
-        ciphertexts=ciphertexts,
-        masked=masked,
-        late_masked=late_masked,
-        self_seed_shares=self_seed_shares,
-        mask_key_shares=mask_key_shares,
-        result=result,
-        member_secrets={m: (keys[m], self_seeds[m]) for m in members},
-    )
-
-
-def simulate_round(
-    inputs: Mapping[str, NDArray[np.floating]],
-    threshold: int,
-    drop_after_masking: set[str],
-    clip: float = DEFAULT_CLIP,
-    scale: int = DEFAULT_SCALE,
-    rng: np.random.Generator | None = None,
-) -> NDArray[np.float32]:
-    """Run one secure-aggregation round in memory; return the survivors' dequantised sum.
-
-    See :func:`run_simulation` (this returns its ``result``).
-    """
-    return run_simulation(inputs, threshold, drop_after_masking, clip, scale, rng).result
