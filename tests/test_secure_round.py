@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecAggConfig, SecurityConfig
 from gossipfl.crypto.admission import admit_identity, init_federation
@@ -358,3 +359,69 @@ def test_a_masked_input_reveals_nothing_by_itself(star) -> None:
     expected = words.size / 256
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 350  # 255 degrees of freedom: p ≈ 1e-4 at 350
+
+
+def _sum_on_mock_time(star: dict[str, Node], r: int, *, alive: str = "") -> tuple[object, float]:
+    """Run the aggregator's secure sum on a MockClock that starts at NOW, with every node on
+    that clock; the named members keep proving themselves alive (a message straight from them
+    every heartbeat). Returns the result and the mock seconds it took."""
+    a = star["a"]
+
+    async def main() -> tuple[object, float]:
+        for node in star.values():
+            node.clock = trio.current_time
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            async def heartbeats() -> None:
+                while True:
+                    for name in alive:
+                        for node in star.values():
+                            if node is not star[name]:
+                                node.membership.heard_from(star[name].peer_id, (),
+                                                           trio.current_time())
+                    await trio.sleep(a.protocol.heartbeat_interval)
+
+            nursery.start_soon(heartbeats)
+            result = await secure_round.secure_sum(a, r)
+            nursery.cancel_scope.cancel()
+        return result, trio.current_time() - start
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    clock.jump(NOW)
+    try:
+        return trio.run(main, clock=clock)
+    finally:
+        for node in star.values():
+            node.clock = lambda: NOW
+
+
+def test_a_member_that_died_is_waited_for_then_summed_without(star) -> None:
+    """b dies after a round with all four: the set of three would be too close, so the
+    aggregator waits (not refuses round after round) until b's silence is churn to everyone,
+    then sums the three; it waits at most the silence time."""
+    _fresh(star, 30)
+    _inbox(star, "bcde", 30)
+    _wire_up(star)
+    assert _secure_sum(star, 30) is not None
+    estimates = _fresh(star, 31)
+    _inbox(star, "cde", 31)
+    result, waited = _sum_on_mock_time(star, 31)
+    assert result is not None and 31 not in star["a"].secagg.refused_rounds
+    total, _, survivors = result
+    assert survivors == ids(star, "cde")
+    assert np.abs(total - _expected(star, estimates, "cde")).max() <= 3 / (2 * SCALE) + 1e-6
+    silence = secure_round.silence_seconds(star["a"])
+    assert silence / 2 < waited <= silence + 2 * star["a"].protocol.heartbeat_interval
+
+
+def test_a_live_member_left_out_is_not_waited_for(star) -> None:
+    """b is alive (it keeps proving it) but its input is not in: leaving it out is a claim, so
+    the round is refused after at most a heartbeat, not held for the silence time."""
+    _fresh(star, 32)
+    _inbox(star, "bcde", 32)
+    _wire_up(star)
+    assert _secure_sum(star, 32) is not None
+    _inbox(star, "cde", 33)
+    result, waited = _sum_on_mock_time(star, 33, alive="b")
+    assert result is None and 33 in star["a"].secagg.refused_rounds
+    assert waited <= 2 * star["a"].protocol.heartbeat_interval

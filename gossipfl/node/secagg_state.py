@@ -4,6 +4,7 @@ has itself seen silent (churn, which the differencing rule of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -52,9 +53,33 @@ def excused(node: Node, members: frozenset[str], r: int) -> frozenset[str]:
     proof of life for half the member timeout (at least three heartbeats): no progress of its
     signed liveness stamps, direct or relayed, and no message from it directly. A relayed age
     ("heard just now") is a claim anyone can make, so it does not count."""
-    protocol, window = node.protocol, node.config.secagg.history_rounds
-    silence = max(SILENT_INTERVALS * protocol.heartbeat_interval, protocol.member_timeout / 2)
+    window = node.config.secagg.history_rounds
     node.secagg.seen_silent = consistency.seen_silent(
         node.secagg.seen_silent, members - {node.peer_id}, node.membership.live_at,
-        node.clock(), silence, r, window)
+        node.clock(), silence_seconds(node), r, window)
     return consistency.excused(node.secagg.seen_silent, r, window)
+
+
+def silence_seconds(node: Node) -> float:
+    """How long without proof of life a member must be before its absence is excused as churn:
+    half the member timeout, at least three heartbeat intervals."""
+    protocol = node.protocol
+    return max(SILENT_INTERVALS * protocol.heartbeat_interval, protocol.member_timeout / 2)
+
+
+def alive_since(node: Node, peers: frozenset[str], since: float) -> bool:
+    """Whether one of ``peers`` proved itself alive (a newer signed stamp, or a message straight
+    from it) after ``since``: a live member heartbeats every interval, a dead one never again."""
+    return any((node.membership.live_at(p) or -math.inf) > since for p in peers)
+
+
+def consensus_reached(node: Node) -> bool:
+    """Secure-aggregation variant: neighbours' disagreement comes with their masked inputs."""
+    tolerance = node.protocol.consensus_tolerance
+    if node.disagreement > tolerance:
+        return False
+    for peer in node.neighbours:
+        _, disagreement, done = node.secagg.peer_status.get(peer, (-1, 1e9, False))
+        if not done and disagreement > tolerance:
+            return False
+    return True

@@ -45,7 +45,14 @@ from gossipfl.gossip.wire import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from gossipfl.node.secagg_state import KEEP_ROUNDS, SecAggState, excused
+from gossipfl.node.secagg_state import (
+    KEEP_ROUNDS,
+    SecAggState,
+    alive_since,
+    consensus_reached,
+    excused,
+    silence_seconds,
+)
 
 if TYPE_CHECKING:
     from gossipfl.gossip.peers import Channel
@@ -299,7 +306,7 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[str, s
     inbox[remote] = message
     node.secagg.peer_status[remote] = (message.round, message.disagreement, message.done)
     node.neighbours[remote].missed = 0
-    node.membership.heard_from(remote, (), trio.current_time())
+    node.membership.heard_from(remote, (), node.clock())
     node.notify()
     return "ok", ""
 
@@ -337,10 +344,21 @@ async def honest_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] 
     members = neighbourhood(node, node.peer_id)
     config = node.config.secagg
     minimum = consistency.minimum_survivors(len(members), config.min_contributors)
-    chosen = consistency.choose_survivors(
-        frozenset(inputs), r, node.secagg.confirmed, minimum=minimum,
-        history_rounds=config.history_rounds, min_difference=config.min_set_difference,
-        excused=excused(node, members, r))
+    def choose() -> frozenset[str] | None:
+        return consistency.choose_survivors(
+            frozenset(inputs), r, node.secagg.confirmed, minimum=minimum,
+            history_rounds=config.history_rounds, min_difference=config.min_set_difference,
+            excused=excused(node, members, r))
+
+    chosen, since, absent = choose(), node.clock(), members - set(inputs)
+    if chosen is None and len(inputs) >= minimum:
+        # too close to a recent set: if the absent member died, its silence is excused within
+        # the silence time; wait for that (once per dropout) rather than refuse round after
+        # round, unless it proves itself alive meanwhile (then it is a claim: refused)
+        with trio.move_on_after(silence_seconds(node) + 2 * node.protocol.heartbeat_interval):
+            while chosen is None and not alive_since(node, absent, since):
+                await trio.sleep(node.protocol.heartbeat_interval)
+                chosen = choose()
     if chosen is None:
         return _refuse(node, r, f"{len(inputs)} contributor(s), fewer than {minimum}"
                        if len(inputs) < minimum else "the set differs from one summed in the "
@@ -474,16 +492,5 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
     return secagg.dequantise_sum(total, len(survivors), config.clip, config.scale)
 
 
-def consensus_reached(node: Node) -> bool:
-    """Secure-aggregation variant: neighbours' disagreement comes with their masked inputs."""
-    tolerance = node.protocol.consensus_tolerance
-    if node.disagreement > tolerance:
-        return False
-    for peer in node.neighbours:
-        _, disagreement, done = node.secagg.peer_status.get(peer, (-1, 1e9, False))
-        if not done and disagreement > tolerance:
-            return False
-    return True
-
-
-__all__ = ["KEEP_ROUNDS", "PROTO_CONSISTENCY", "PROTO_MASKED", "PROTO_UNMASK", "SecAggState"]
+__all__ = ["KEEP_ROUNDS", "PROTO_CONSISTENCY", "PROTO_MASKED", "PROTO_UNMASK", "SecAggState",
+           "consensus_reached"]
