@@ -29,7 +29,7 @@ is no smaller), so a dropout never leaves the aggregator's running sums out of s
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import trio
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from gossipfl.node.runtime import Node
 
 log = logging.getLogger("gossipfl.secagg")
+R = TypeVar("R", ConsistencyResponse, UnmaskResponse)
 
 PROTO_MASKED = "/gossipfl/secagg/input/1.0.0"
 PROTO_UNMASK = "/gossipfl/secagg/unmask/2.0.0"  # 2: signatures in, no self seed out
@@ -407,24 +408,31 @@ def _refuse(node: Node, r: int, why: str) -> None:
     log.warning("round %d: secure aggregation refused: %s; it goes on without it", r, why)
 
 
-async def ask_signature(node: Node, peer: str, request: ConsistencyRequest,
-                         signatures: dict[str, bytes]) -> None:
+async def _ask(node: Node, peer: str, protocol: str, request: ConsistencyRequest | UnmaskRequest,
+               expected: type[R]) -> R | None:
+    """One request to ``peer`` and its answer, under the request timeout; None if none came."""
     with trio.move_on_after(node.protocol.request_timeout):
         try:
-            async with node.channel_to(peer, PROTO_CONSISTENCY) as channel:
+            async with node.channel_to(peer, protocol) as channel:
                 await channel.send(request, MAX_CONTROL_BYTES)
-                response = await channel.receive(ConsistencyResponse, MAX_CONTROL_BYTES)
+                return await channel.receive(expected, MAX_CONTROL_BYTES)
         except Exception as error:
-            log.info("no signature from %s for round %d: %s", peer, request.round, error)
-            return
-        if response.sender != peer or response.round != request.round or response.refusal:
-            log.info("%s did not sign the survivor set of round %d: %s", peer, request.round,
-                     response.refusal or "mismatched answer")
-            return
-        if consistency.check_signatures(_announced(request), [(peer, response.signature)],
-                                        needed=1):
-            node.reject(peer, "signature", "bad_signature", f"round {request.round}")
-            return
+            log.info("no %s from %s for round %d: %s", expected.KIND, peer, request.round, error)
+    return None
+
+
+async def ask_signature(node: Node, peer: str, request: ConsistencyRequest,
+                        signatures: dict[str, bytes]) -> None:
+    response = await _ask(node, peer, PROTO_CONSISTENCY, request, ConsistencyResponse)
+    if response is None:
+        return
+    if response.sender != peer or response.round != request.round or response.refusal:
+        log.info("%s did not sign the survivor set of round %d: %s", peer, request.round,
+                 response.refusal or "mismatched answer")
+    elif consistency.check_signatures(_announced(request), [(peer, response.signature)],
+                                      needed=1):
+        node.reject(peer, "signature", "bad_signature", f"round {request.round}")
+    else:
         signatures[peer] = response.signature
 
 
@@ -439,17 +447,10 @@ def unmask_request(node: Node, r: int, inputs: dict[str, MaskedInput], survivors
 
 
 async def ask_unmask(node: Node, peer: str, request: UnmaskRequest,
-                      responses: dict[str, UnmaskResponse]) -> None:
-    with trio.move_on_after(node.protocol.request_timeout):
-        try:
-            async with node.channel_to(peer, PROTO_UNMASK) as channel:
-                await channel.send(request, MAX_CONTROL_BYTES)
-                response = await channel.receive(UnmaskResponse, MAX_CONTROL_BYTES)
-        except Exception as error:
-            log.info("no unmask answer from %s for round %d: %s", peer, request.round, error)
-            return
-        if response.sender == peer and response.round == request.round:
-            responses[peer] = response
+                     responses: dict[str, UnmaskResponse]) -> None:
+    response = await _ask(node, peer, PROTO_UNMASK, request, UnmaskResponse)
+    if response is not None and response.sender == peer and response.round == request.round:
+        responses[peer] = response
 
 
 def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[str],
