@@ -326,7 +326,9 @@ async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: floa
     wait_start = trio.current_time()
     missing = await secure_round.wait_for_inputs(node, r, start + node.protocol.round_timeout)
     record["wait_seconds"] = trio.current_time() - wait_start
+    sum_start = trio.current_time()
     result = await secure_round.secure_sum(node, r)
+    record["secure_sum_seconds"] = trio.current_time() - sum_start  # sign, unmask, combine
     node.secagg.forget_before(r)
     if result is None:
         record["secure_aggregation"] = "refused"
