@@ -364,8 +364,16 @@ def test_a_masked_input_reveals_nothing_by_itself(star) -> None:
 def _sum_on_mock_time(star: dict[str, Node], r: int, *, alive: str = "") -> tuple[object, float]:
     """Run the aggregator's secure sum on a MockClock that starts at NOW, with every node on
     that clock; the named members keep proving themselves alive (a message straight from them
-    every heartbeat). Returns the result and the mock seconds it took."""
+    every heartbeat). Returns the result and the mock seconds until the aggregator announced
+    its survivors, or refused (unmasking runs in a worker thread, during which the mock clock
+    may jump: that part is not timed)."""
     a = star["a"]
+    announced: list[float] = []
+    sum_over = secure_round.sum_over
+
+    async def timed_sum_over(node: Node, r: int, chosen: frozenset[str]) -> object:
+        announced.append(trio.current_time())
+        return await sum_over(node, r, chosen)
 
     async def main() -> tuple[object, float]:
         for node in star.values():
@@ -384,13 +392,15 @@ def _sum_on_mock_time(star: dict[str, Node], r: int, *, alive: str = "") -> tupl
             nursery.start_soon(heartbeats)
             result = await secure_round.secure_sum(a, r)
             nursery.cancel_scope.cancel()
-        return result, trio.current_time() - start
+        return result, (announced[0] if announced else trio.current_time()) - start
 
     clock = trio.testing.MockClock(autojump_threshold=0)
     clock.jump(NOW)
+    secure_round.sum_over = timed_sum_over  # type: ignore[assignment]
     try:
         return trio.run(main, clock=clock)
     finally:
+        secure_round.sum_over = sum_over  # type: ignore[assignment]
         for node in star.values():
             node.clock = lambda: NOW
 
