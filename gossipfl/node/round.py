@@ -28,6 +28,7 @@ from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_
 from gossipfl.node.learner import RecordDP
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
 from gossipfl.node.runtime import peak_rss_bytes
+from gossipfl.node.streams import close_streams
 from gossipfl.privacy.dp import PrivacyUnit, privatise_update
 
 if TYPE_CHECKING:
@@ -458,6 +459,7 @@ async def close_channels(node: Node) -> None:
         if state.channel is not None:
             await state.channel.close()
             state.channel = None
+        await close_streams(state)
 
 
 

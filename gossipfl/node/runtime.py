@@ -21,7 +21,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ from gossipfl.node.secure_round import (
     on_unmask_request,
 )
 from gossipfl.node.security import EnvelopeError, NodeSecurity, RevocationUpdate
+from gossipfl.node.streams import close_streams, serve_requests
 from gossipfl.privacy.dp import noise_generator
 
 log = logging.getLogger("gossipfl.node")
@@ -108,6 +109,9 @@ class NeighbourState:
     peer_holds: int = -1  # the round of our estimate it acknowledged
     unreachable_round: int = -1  # last round in which sending to it failed
     channel: Channel | None = None  # our open contribution stream to it
+    # our open secure-aggregation request streams to it, per protocol (streams.py)
+    streams: dict[str, Channel] = field(default_factory=dict)
+    stream_locks: dict[str, trio.Lock] = field(default_factory=dict)
 
 
 def peak_rss_bytes() -> int:
@@ -251,12 +255,13 @@ class Node:
                 host.set_stream_handler(PROTO_MEMBERSHIP, self._guard(self._on_heartbeat))
                 host.set_stream_handler(PROTO_LINK, self._guard(self._on_link, members_only=True))
                 if self.config.secagg.enabled:
-                    host.set_stream_handler(PROTO_MASKED,
-                                            self._guard(self._on_masked, members_only=True))
-                    host.set_stream_handler(PROTO_UNMASK,
-                                            self._guard(self._on_unmask, members_only=True))
+                    # each served as a persistent request stream (timeouts inside)
+                    host.set_stream_handler(PROTO_MASKED, self._guard(
+                        self._on_masked, timeout=math.inf, members_only=True))
+                    host.set_stream_handler(PROTO_UNMASK, self._guard(
+                        self._on_unmask, timeout=math.inf, members_only=True))
                     host.set_stream_handler(PROTO_CONSISTENCY, self._guard(
-                        functools.partial(on_consistency_request, self), members_only=True))
+                        self._on_consistency, timeout=math.inf, members_only=True))
                 host.set_stream_handler(
                     self.contribution_protocol,
                     self._guard(self._on_contribution, timeout=math.inf,  # per frame inside
@@ -989,6 +994,8 @@ class Node:
         old = self.neighbours.pop(peer, None)
         if old is not None and old.channel is not None:
             await old.channel.reset()
+        if old is not None:
+            await close_streams(old, reset=True)
         self.neighbours[peer] = NeighbourState()
         self.estimates.forget(peer)
         self._linked_at[peer] = now
@@ -1092,6 +1099,7 @@ class Node:
         self.notify()
         if state.channel is not None:
             await state.channel.reset()
+        await close_streams(state, reset=True)
         if self.net is not None:
             # a connection that went silent (a partition that drops packets, a frozen peer)
             # would carry the next re-link request into the void: start from a fresh dial
@@ -1318,10 +1326,13 @@ class Node:
                 return
 
     async def _on_masked(self, channel: Channel) -> None:
-        await on_masked_input(self, channel)
+        await serve_requests(self, channel, functools.partial(on_masked_input, self))
 
     async def _on_unmask(self, channel: Channel) -> None:
-        await on_unmask_request(self, channel)
+        await serve_requests(self, channel, functools.partial(on_unmask_request, self))
+
+    async def _on_consistency(self, channel: Channel) -> None:
+        await serve_requests(self, channel, functools.partial(on_consistency_request, self))
 
     def _open_sealed(self, remote: str, sealed: Sealed) -> Contribution | None:
         return self.open_sealed_message(remote, sealed, Contribution)

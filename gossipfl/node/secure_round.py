@@ -45,6 +45,7 @@ from gossipfl.gossip.wire import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from gossipfl.node import streams
 from gossipfl.node.secagg_state import (
     KEEP_ROUNDS,
     SecAggState,
@@ -137,9 +138,7 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
     with trio.move_on_after(limit) as scope:
         try:
             message = await trio.to_thread.run_sync(masked_input, node, peer, r, estimate, done)
-            async with node.channel_to(peer, PROTO_MASKED) as channel:
-                await node.send_payload(channel, message)
-                ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
+            ack = await streams.ask(node, peer, PROTO_MASKED, message, Ack, payload=True)
         except Exception as error:
             if state is not None:
                 state.unreachable_round = r
@@ -203,12 +202,13 @@ def answer_consistency(node: Node, aggregator: str,
                                consistency.sign_set(announced, node.security.signing_key), "")
 
 
-async def on_unmask_request(node: Node, channel: Channel) -> None:
-    """Serve an aggregator's unmask request (see :func:`answer_unmask`)."""
+async def on_unmask_request(node: Node, channel: Channel) -> bool:
+    """Serve an aggregator's unmask request (see :func:`answer_unmask`); False if refused."""
     request = await channel.receive(UnmaskRequest, MAX_CONTROL_BYTES)  # ~140 KB at 255 members
     response = answer_unmask(node, channel.remote, request)
     if response is not None:
         await channel.send(response, MAX_CONTROL_BYTES)
+    return response is not None
 
 
 def plan_answer(node: Node, aggregator: str,
@@ -413,9 +413,7 @@ async def _ask(node: Node, peer: str, protocol: str, request: ConsistencyRequest
     """One request to ``peer`` and its answer, under the request timeout; None if none came."""
     with trio.move_on_after(node.protocol.request_timeout):
         try:
-            async with node.channel_to(peer, protocol) as channel:
-                await channel.send(request, MAX_CONTROL_BYTES)
-                return await channel.receive(expected, MAX_CONTROL_BYTES)
+            return await streams.ask(node, peer, protocol, request, expected)
         except Exception as error:
             log.info("no %s from %s for round %d: %s", expected.KIND, peer, request.round, error)
     return None

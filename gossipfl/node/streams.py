@@ -1,0 +1,119 @@
+"""Persistent request/answer streams, one per (neighbour, protocol) and direction.
+
+Opening a libp2p stream costs a multistream-select round trip and notable CPU, so the secure
+aggregation exchanges (masked input, survivor-set signature, unmask) keep one stream a
+neighbour open across rounds, as contributions do: the opener sends a request frame and reads
+its answer, again and again; the server answers frame after frame under the idle timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import trio
+
+from gossipfl.gossip.framing import StreamClosed
+from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Message
+
+if TYPE_CHECKING:
+    from gossipfl.gossip.peers import Channel
+    from gossipfl.node.runtime import NeighbourState, Node
+
+log = logging.getLogger("gossipfl.streams")
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+
+async def request(node: Node, peer: str, protocol: str,
+                  exchange: Callable[[Channel], Awaitable[T]]) -> T:
+    """Run ``exchange`` (send a request, read its answer) on our open ``protocol`` stream to
+    neighbour ``peer``, opening it if needed. A broken stream (the peer restarted, or reset it
+    as idle) is replaced once; a failure on a fresh stream raises, and so does a clean close
+    (the peer ended the stream rather than answer: a refusal, never asked twice). Requests on
+    one stream are sequential; a cancelled or failed exchange resets its stream.
+
+    A test's or the in-process transport (``node.channel_to`` replaced), or a peer that is no
+    neighbour, gets a new stream for the one request, closed after."""
+    state = node.neighbours.get(peer)
+    if state is None or node.net is None or "channel_to" in vars(node):
+        async with node.channel_to(peer, protocol) as channel:
+            return await exchange(channel)
+    async with state.stream_locks.setdefault(protocol, trio.Lock()):
+        for attempt in (1, 2):
+            channel = state.streams.get(protocol)
+            fresh = channel is None
+            try:
+                if channel is None:
+                    channel = await node.net.open(peer, node.addrs_of(peer), protocol)
+                    state.streams[protocol] = channel
+                return await exchange(channel)
+            except BaseException as error:
+                await _discard(state, protocol, channel)
+                if fresh or attempt == 2 or not isinstance(error, Exception) \
+                        or isinstance(error, StreamClosed):
+                    raise
+                log.debug("replacing the %s stream to %s: %s", protocol, peer, error)
+    raise AssertionError("unreachable")
+
+
+async def ask(node: Node, peer: str, protocol: str, message: Message, expected: type[M], *,
+              payload: bool = False) -> M:
+    """Send ``message`` (as a payload: sealed when payloads are) on the persistent stream and
+    return the control-sized answer (see :func:`request`)."""
+    async def exchange(channel: Channel) -> M:
+        if payload:
+            await node.send_payload(channel, message)  # type: ignore[arg-type]
+        else:
+            await channel.send(message, MAX_CONTROL_BYTES)
+        return await channel.receive(expected, MAX_CONTROL_BYTES)
+
+    return await request(node, peer, protocol, exchange)
+
+
+async def _discard(state: NeighbourState, protocol: str, channel: Channel | None) -> None:
+    if channel is None:
+        return
+    if state.streams.get(protocol) is channel:
+        del state.streams[protocol]
+    with trio.move_on_after(1) as scope:
+        scope.shield = True  # also when the exchange was cancelled (a timeout)
+        await channel.reset()
+
+
+async def close_streams(state: NeighbourState, *, reset: bool = False) -> None:
+    """Close (or reset) every request stream we hold to one neighbour."""
+    streams, state.streams = state.streams, {}
+    for channel in streams.values():
+        await (channel.reset() if reset else channel.close())
+
+
+async def serve_requests(node: Node, channel: Channel,
+                         handler: Callable[[Channel], Awaitable[bool | None]]) -> None:
+    """Serve a request stream: ``handler`` reads one frame and answers it, and again; a
+    handler that returns False (it refused without an answer) ends the stream cleanly.
+
+    The first request must be served within the request timeout (as a one-request stream
+    was); each later one within ``idle_timeout`` of the last answer, else the stream is reset
+    (so that the opener never takes it for a refusal; it opens a new one when it next needs
+    to). Every later frame takes a token of the peer's rate limit, as each stream does."""
+    remote = channel.remote
+    with trio.move_on_after(node.protocol.request_timeout) as scope:
+        going = await handler(channel)
+    if scope.cancelled_caught:
+        node.timeouts += 1
+        log.warning("timed out serving %s", remote)
+        await channel.reset()
+        return
+    while going is not False:
+        if not node.limiter.allow(remote, trio.current_time()):
+            node.flood(remote, "more frames a second than allowed")
+            await channel.reset()
+            return
+        with trio.move_on_after(node.idle_timeout) as scope:
+            going = await handler(channel)
+        if scope.cancelled_caught:
+            log.debug("resetting an idle request stream from %s", remote)
+            await channel.reset()
+            return
