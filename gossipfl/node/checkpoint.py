@@ -17,16 +17,26 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from gossipfl.node.estimates import OwnEstimate
 
-if TYPE_CHECKING:
-    from gossipfl.node.runtime import Node
-
 log = logging.getLogger("gossipfl.checkpoint")
+
+
+class Node(Protocol):
+    """What a node checkpoint holds of a node (``runtime.Node``), named here so that this
+    module needs no import of the runtime."""
+
+    out: Path
+    model: np.ndarray
+    own: OwnEstimate
+    status: str
+    budget: Any  # PrivacyBudget or RecordBudget, None with DP off
+
+    def make_budget(self, spent: int = 0) -> Any: ...
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gossipfl.crypto import consistency
 from gossipfl.crypto.consistency import SurvivorSet
@@ -14,7 +14,10 @@ from gossipfl.gossip.membership import SILENT_INTERVALS
 from gossipfl.gossip.wire import MaskedInput
 
 if TYPE_CHECKING:
-    from gossipfl.node.runtime import Node
+    from collections.abc import Callable, Mapping
+
+    from gossipfl.config import NodeConfig, ProtocolConfig
+    from gossipfl.gossip.membership import Membership
 
 KEEP_ROUNDS = 4  # how many past rounds of secrets a contributor keeps for late unmask requests
 
@@ -45,6 +48,20 @@ class SecAggState:
         for table in (self.my_shares, self.committed, self.revealed):
             for key in [k for k in table if k[1] < round_ - KEEP_ROUNDS]:
                 del table[key]
+
+
+class Node(Protocol):
+    """What this module uses of a node (``runtime.Node``), named here so that it needs no
+    import of the runtime."""
+
+    peer_id: str
+    config: NodeConfig
+    protocol: ProtocolConfig
+    secagg: SecAggState
+    membership: Membership
+    clock: Callable[[], float]
+    disagreement: float
+    neighbours: Mapping[str, object]
 
 
 def excused(node: Node, members: frozenset[str], r: int) -> frozenset[str]:

@@ -9,8 +9,9 @@ its answer, again and again; the server answers frame after frame under the idle
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
@@ -18,8 +19,40 @@ from gossipfl.gossip.framing import StreamClosed
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Message
 
 if TYPE_CHECKING:
+    from gossipfl.config import ProtocolConfig
     from gossipfl.gossip.peers import Channel
-    from gossipfl.node.runtime import NeighbourState, Node
+    from gossipfl.gossip.ratelimit import PeerLimiter
+
+
+class NeighbourState(Protocol):
+    """What this module keeps per neighbour (``runtime.NeighbourState`` has it)."""
+
+    streams: dict[str, Channel]
+    stream_locks: dict[str, trio.Lock]
+
+
+class Node(Protocol):
+    """What this module uses of a node (``runtime.Node``), named here so that it needs no
+    import of the runtime."""
+
+    neighbours: Mapping[str, NeighbourState]
+    net: Any  # PeerNet, or None before the host runs
+    protocol: ProtocolConfig
+    limiter: PeerLimiter
+    timeouts: int
+
+    @property
+    def idle_timeout(self) -> float: ...
+
+    def channel_to(self, peer: str, protocol: str, addrs: tuple[str, ...] | None = None,
+                   ) -> AbstractAsyncContextManager[Channel]: ...
+
+    def addrs_of(self, peer: str) -> tuple[str, ...]: ...
+
+    async def send_payload(self, channel: Channel, message: Any) -> None: ...
+
+    def flood(self, peer: str, detail: str) -> None: ...
+
 
 log = logging.getLogger("gossipfl.streams")
 T = TypeVar("T")
