@@ -311,17 +311,22 @@ def test_async_mode_does_not_hold_the_federation_to_its_slowest_node(tmp_path: P
         lines = (tmp_path / "out" / "nodes" / f"node-{index:02d}" / "metrics.jsonl").read_text()
         return [r for r in map(json.loads, lines.splitlines()) if r["phase"] == "train"]
 
-    # the fast nodes did all their training rounds without waiting for the slow one's first
-    # (8x slower, compilation included); it joined late: it took up the round its neighbours
-    # were in, or stopped training when they had finished
-    assert [len(training_rounds(i)) for i in range(3)] == [20, 20, 20]
+    def node_log(index: int) -> str:
+        return (tmp_path / "out" / "nodes" / f"node-{index:02d}" / "node.log").read_text()
+
+    # the fast nodes did not wait for the slow one's first round (8x slower, compilation
+    # included): it joined late, it took up the round its neighbours were in (or stopped training
+    # when they had finished), so it trained fewer rounds than any of them. A fast node skips
+    # rounds only the same way: when its own first round was slower than a fast neighbour's (a
+    # busy core at start-up), and then its log says so.
+    fast = [len(training_rounds(i)) for i in range(3)]
     slow = training_rounds(3)
-    assert len(slow) < 20
-    log = (tmp_path / "out" / "nodes" / "node-03" / "node.log").read_text()
-    assert "joined late" in log or "every neighbour has finished training" in log
+    assert len(slow) < min(fast)
+    assert all(n == 20 or "joined late" in node_log(i) for i, n in enumerate(fast)), fast
+    assert "joined late" in node_log(3) or "every neighbour has finished training" in node_log(3)
     # paced local work: never more than the configured 2 epochs, never less than the minimum
     work = [r["local_epochs"] for i in range(4) for r in training_rounds(i)]
-    assert all(0.5 <= w <= 2 for w in work) and len(work) == 60 + len(slow)
+    assert all(0.5 <= w <= 2 for w in work)
     assert min(n["final_accuracy"] for n in nodes) > 0.7
 
 
