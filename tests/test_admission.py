@@ -15,7 +15,7 @@ from nacl.bindings import crypto_sign_ed25519_sk_to_curve25519
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from gossipfl.crypto import admission
+from gossipfl.crypto import admission, certificates, federation_files, member_keys
 from gossipfl.crypto.admission import (
     CERT_VERSION,
     FEDERATION_KEY_FILE,
@@ -424,7 +424,9 @@ def test_admit_identity_refuses_missing_or_open_identity_file(tmp_path: Path) ->
 
 def test_module_has_no_mutable_globals() -> None:
     mutable = (list, dict, set, bytearray)
-    assert not [name for name, value in vars(admission).items()
+    assert not [f"{module.__name__}.{name}"
+                for module in (admission, certificates, federation_files, member_keys)
+                for name, value in vars(module).items()
                 if not name.startswith("__") and isinstance(value, mutable)]
 
 

@@ -38,14 +38,14 @@ from gossipfl.crypto.admission import (
     SIGNATURE_BYTES,
     AdmissionError,
     FederationKeyError,
-    _check_key_bytes,
-    _check_name,
-    _check_time,
-    _write_public_atomically,
+    check_key_bytes,
+    check_name,
+    check_time,
     load_federation_key,
     load_federation_name,
     load_federation_public,
     verify_key_from_peer_id,
+    write_public_atomically,
 )
 from gossipfl.gossip.wire import MAX_REVOCATION_BYTES  # a list is refused beyond this size
 
@@ -86,17 +86,17 @@ class RevocationList:
 
     def __post_init__(self) -> None:
         try:
-            _check_name(self.federation, "federation", MAX_NAME_CHARS)
+            check_name(self.federation, "federation", MAX_NAME_CHARS)
             if (isinstance(self.serial, bool) or not isinstance(self.serial, int)
                     or not 1 <= self.serial <= MAX_SERIAL):
                 raise AdmissionError("malformed", f"serial must be an integer in 1..{MAX_SERIAL}")
-            issued = _check_time(self.issued_at, "issued_at")
+            issued = check_time(self.issued_at, "issued_at")
             if not isinstance(self.revoked, tuple) or len(self.revoked) > MAX_REVOKED:
                 raise AdmissionError("malformed", f"at most {MAX_REVOKED} revoked ids")
             for item in self.revoked:
                 if not isinstance(item, tuple) or len(item) != 2:
                     raise AdmissionError("malformed", "an entry must be (peer_id, reason)")
-                _check_name(item[0], "revoked peer id", MAX_PEER_ID_CHARS)
+                check_name(item[0], "revoked peer id", MAX_PEER_ID_CHARS)
                 if not isinstance(item[1], str) or len(item[1]) > MAX_REASON_CHARS or not (
                         item[1].isprintable()):
                     raise AdmissionError("malformed", f"a reason is printable text of at most "
@@ -104,7 +104,7 @@ class RevocationList:
             ids = [peer for peer, _ in self.revoked]
             if ids != sorted(set(ids)):
                 raise AdmissionError("malformed", "entries must be sorted by peer id, no repeats")
-            _check_key_bytes(self.signature, "signature", SIGNATURE_BYTES)
+            check_key_bytes(self.signature, "signature", SIGNATURE_BYTES)
         except AdmissionError as error:
             raise _malformed(str(error)) from None
         object.__setattr__(self, "issued_at", issued)
@@ -161,7 +161,7 @@ def verify_revocations(rl: RevocationList, federation_public: bytes, *, federati
     """Check that ``rl`` is signed by the federation key and is for ``federation``."""
     if not isinstance(rl, RevocationList):
         raise _malformed("not a RevocationList")
-    _check_key_bytes(federation_public, "federation public key", ED25519_KEY_BYTES)
+    check_key_bytes(federation_public, "federation public key", ED25519_KEY_BYTES)
     try:
         VerifyKey(federation_public).verify(rl.signed_bytes(), rl.signature)
     except (BadSignatureError, ValueError):
@@ -239,5 +239,5 @@ def revoke(directory: str | os.PathLike[str], peer_id: str, reason: str = "", *,
     if len(revoked) > MAX_REVOKED:
         raise AdmissionError("malformed", f"a list holds at most {MAX_REVOKED} revoked ids")
     rl = sign_revocations(signing_key, name, serial, revoked, now=now)
-    _write_public_atomically(path, rl.to_bytes())
+    write_public_atomically(path, rl.to_bytes())
     return path, rl

@@ -1,0 +1,216 @@
+"""Wire messages of plain (not secure) aggregation: the :class:`Tensor` arrays, a neighbour's
+:class:`Contribution`, its :class:`Ack`, and the :class:`Sealed` (signed, encrypted) form.
+
+Part of the wire, which :mod:`gossipfl.gossip.wire` defines: it holds the codec (version,
+framing, decode limits, the registry of message kinds) and re-exports these classes, so import
+them from there. The caps and field checks used here live in :mod:`gossipfl.gossip.wire_fields`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gossipfl.gossip.wire_fields import (
+    ALLOWED_DTYPES,
+    MAX_MEMBERS,
+    MAX_NAME_CHARS,
+    MAX_PEER_ID_CHARS,
+    MAX_ROUND,
+    MAX_TENSOR_DIMS,
+    MAX_TENSOR_ELEMENTS,
+    MAX_TENSORS,
+    WireError,
+    check_bool,
+    check_float,
+    check_int,
+    check_str,
+)
+
+# -- arrays -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One named array, framework independent: ``{name, dtype, shape, data}``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+    @classmethod
+    def from_array(cls, name: str, array: np.ndarray) -> Tensor:
+        contiguous = np.ascontiguousarray(array)
+        if contiguous.dtype.name not in ALLOWED_DTYPES:
+            raise WireError(f"tensor {name!r}: dtype {contiguous.dtype.name} is not allowed")
+        return cls(name, contiguous.dtype.name, tuple(contiguous.shape), contiguous.tobytes())
+
+    def to_array(self) -> np.ndarray:
+        """The array (read-only view over the frame's bytes)."""
+        return np.frombuffer(self.data, dtype=np.dtype(self.dtype)).reshape(self.shape)
+
+    def _to_wire(self) -> list[Any]:
+        return [self.name, self.dtype, list(self.shape), self.data]
+
+    @classmethod
+    def _from_wire(cls, value: Any) -> Tensor:
+        if not isinstance(value, list) or len(value) != 4:
+            raise WireError("tensor must be [name, dtype, shape, data]")
+        name, dtype, shape, data = value
+        name = check_str(name, "tensor name", MAX_NAME_CHARS)
+        dtype = check_str(dtype, f"tensor {name!r} dtype", 16)
+        if dtype not in ALLOWED_DTYPES:
+            raise WireError(f"tensor {name!r}: dtype {dtype!r} is not allowed")
+        if not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS:
+            raise WireError(f"tensor {name!r}: shape must be a list of at most "
+                            f"{MAX_TENSOR_DIMS} dimensions")
+        dims = tuple(check_int(d, f"tensor {name!r} dimension", 0, 2**31) for d in shape)
+        if math.prod(max(d, 1) for d in dims) > MAX_TENSOR_ELEMENTS:
+            raise WireError(f"tensor {name!r}: shape {dims} is too large")
+        if not isinstance(data, bytes):
+            raise WireError(f"tensor {name!r}: data must be bytes")
+        expected = math.prod(dims) * np.dtype(dtype).itemsize
+        if len(data) != expected:
+            raise WireError(
+                f"tensor {name!r}: {len(data)} data bytes do not match shape {dims} of {dtype}"
+            )
+        tensor = cls(name, dtype, dims, data)
+        if not np.isfinite(tensor.to_array()).all():
+            raise WireError(f"tensor {name!r}: holds NaN or infinite values")
+        return tensor
+
+
+# -- messages --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """A node's public model estimate for one round, sent to one neighbour.
+
+    ``kind`` is ``"delta"`` (add ``tensors`` to the estimate the receiver holds for the sender at
+    ``base_round``) or ``"full"`` (the estimate itself, ``base_round`` = -1). ``degree`` is the
+    sender's neighbour count, for Metropolis–Hastings weights; ``disagreement`` its relative
+    distance to its neighbours after its previous round; ``done`` says it has stopped.
+    """
+
+    KIND: ClassVar[str] = "contribution"
+    federation: str
+    round: int
+    sender: str
+    receiver: str
+    degree: int
+    kind: str
+    base_round: int
+    disagreement: float
+    done: bool
+    tensors: tuple[Tensor, ...]
+    training: bool = True  # the sender is still in its training rounds
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {
+            "training": self.training,
+            "round": self.round,
+            "sender": self.sender,
+            "receiver": self.receiver,
+            "degree": self.degree,
+            "kind": self.kind,
+            "base_round": self.base_round,
+            "disagreement": self.disagreement,
+            "done": self.done,
+            "tensors": [t._to_wire() for t in self.tensors],
+        }
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Contribution:
+        kind = check_str(body["kind"], "kind", 16)
+        if kind not in ("delta", "full"):
+            raise WireError(f"contribution kind {kind!r} is unknown")
+        raw = body["tensors"]
+        if not isinstance(raw, list) or len(raw) > MAX_TENSORS:
+            raise WireError(f"tensors must be a list of at most {MAX_TENSORS}")
+        round_ = check_int(body["round"], "round", 0, MAX_ROUND)
+        base_round = check_int(body["base_round"], "base round", -1, MAX_ROUND)
+        if kind == "delta" and not 0 <= base_round < round_:
+            raise WireError(f"delta base round {base_round} must precede round {round_}")
+        if kind == "full" and base_round != -1:
+            raise WireError("a full contribution has base round -1")
+        return cls(
+            federation=federation,
+            round=round_,
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            receiver=check_str(body["receiver"], "receiver", MAX_PEER_ID_CHARS),
+            degree=check_int(body["degree"], "degree", 0, MAX_MEMBERS),
+            kind=kind,
+            base_round=base_round,
+            disagreement=check_float(body["disagreement"], "disagreement"),
+            done=check_bool(body["done"], "done"),
+            tensors=tuple(Tensor._from_wire(t) for t in raw),
+            training=check_bool(body["training"], "training"),
+        )
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The receiver's answer to a contribution: ``ok``, ``need_full`` or ``rejected``."""
+
+    KIND: ClassVar[str] = "ack"
+    federation: str
+    round: int
+    sender: str
+    status: str
+    reason: str
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "status": self.status,
+                "reason": self.reason}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Ack:
+        status = check_str(body["status"], "status", 16)
+        if status not in ("ok", "need_full", "rejected"):
+            raise WireError(f"ack status {status!r} is unknown")
+        return cls(
+            federation=federation,
+            round=check_int(body["round"], "round", -1, MAX_ROUND),
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            status=status,
+            reason=check_str(body["reason"], "reason", 512),
+        )
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A contribution signed by its sender and encrypted to its receiver.
+
+    ``data`` is an envelope (:mod:`gossipfl.crypto.envelope`) whose payload is the msgpack body
+    of a :class:`Contribution`; the clear fields here only route it and must match the inside.
+    """
+
+    KIND: ClassVar[str] = "sealed"
+    federation: str
+    round: int
+    sender: str
+    receiver: str
+    data: bytes
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "receiver": self.receiver,
+                "data": self.data}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Sealed:
+        data = body["data"]
+        if not isinstance(data, bytes):
+            raise WireError("sealed data must be bytes")
+        return cls(
+            federation=federation,
+            round=check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            receiver=check_str(body["receiver"], "receiver", MAX_PEER_ID_CHARS),
+            data=data,
+        )

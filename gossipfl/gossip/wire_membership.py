@@ -1,0 +1,191 @@
+"""Wire messages of membership and links: heartbeats (with their member entries) and link
+requests and replies.
+
+Part of the wire, which :mod:`gossipfl.gossip.wire` defines: it holds the codec (version,
+framing, decode limits, the registry of message kinds) and re-exports these classes, so import
+them from there. The caps and field checks used here live in :mod:`gossipfl.gossip.wire_fields`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from gossipfl.gossip.wire_fields import (
+    MAX_CERTIFICATE_BYTES,
+    MAX_MEMBERS,
+    MAX_PEER_ID_CHARS,
+    MAX_REVOCATION_BYTES,
+    MAX_ROUND,
+    STAMP_BYTES,
+    WireError,
+    check_addrs,
+    check_bool,
+    check_float,
+    check_int,
+    check_str,
+)
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """What a heartbeat says about one member: who, where, and how long ago it was heard of."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+    age: float  # seconds since the sender last heard of this member
+    certificate: bytes = b""  # the member's certificate, as the sender holds it (admission)
+    stamp: bytes = b""  # the freshest liveness stamp the sender verified for it (or empty)
+
+    def _to_wire(self) -> list[Any]:
+        entry: list[Any] = [self.peer_id, list(self.addrs), self.age]
+        if self.stamp:
+            return [*entry, self.certificate, self.stamp]
+        return [*entry, self.certificate] if self.certificate else entry
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Membership gossip: the sender is alive, and these are the members it knows.
+
+    Sent as a request on the membership protocol; the receiver answers with its own heartbeat.
+    """
+
+    KIND: ClassVar[str] = "heartbeat"
+    federation: str
+    sender: str
+    addrs: tuple[str, ...]
+    members: tuple[MemberInfo, ...]
+    round: int
+    degree: int
+    status: str  # "joining" | "training" | "consensus" | "done"
+    certificate: bytes = b""  # the sender's membership certificate (empty without admission)
+    revocations: bytes = b""  # the newest signed revocation list the sender holds (or empty)
+    stamp: bytes = b""  # the sender's own latest liveness stamp (omitted on the wire if empty)
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"stamp"})  # may be absent from a frame
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {
+            **({"stamp": self.stamp} if self.stamp else {}),
+            "certificate": self.certificate,
+            "revocations": self.revocations,
+            "sender": self.sender,
+            "addrs": list(self.addrs),
+            "members": [m._to_wire() for m in self.members],
+            "round": self.round,
+            "degree": self.degree,
+            "status": self.status,
+        }
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Heartbeat:
+        members_raw = body["members"]
+        if not isinstance(members_raw, list) or len(members_raw) > MAX_MEMBERS:
+            raise WireError(f"members must be a list of at most {MAX_MEMBERS} entries")
+        members = []
+        for entry in members_raw:
+            if not isinstance(entry, list) or len(entry) not in (3, 4, 5):
+                raise WireError("member entry must be [peer_id, addrs, age] (+ certificate "
+                                "(+ stamp))")
+            age = check_float(entry[2], "member age")
+            if age < 0:
+                raise WireError("member age must not be negative")
+            member_cert = entry[3] if len(entry) >= 4 else b""
+            if (not isinstance(member_cert, bytes) or len(member_cert) > MAX_CERTIFICATE_BYTES
+                    or (len(entry) == 4 and not member_cert)):
+                raise WireError(f"member certificate must be 1 to {MAX_CERTIFICATE_BYTES} bytes")
+            member_stamp = entry[4] if len(entry) == 5 else b""
+            if not isinstance(member_stamp, bytes) or (len(entry) == 5
+                                                       and len(member_stamp) != STAMP_BYTES):
+                raise WireError(f"member stamp must be {STAMP_BYTES} bytes")
+            members.append(
+                MemberInfo(
+                    check_str(entry[0], "member peer id", MAX_PEER_ID_CHARS),
+                    check_addrs(entry[1], "member addrs"),
+                    age,
+                    member_cert,
+                    member_stamp,
+                )
+            )
+        status = check_str(body["status"], "status", 16)
+        if status not in ("joining", "training", "consensus", "done"):
+            raise WireError(f"status {status!r} is unknown")
+        certificate = body["certificate"]
+        if not isinstance(certificate, bytes) or len(certificate) > MAX_CERTIFICATE_BYTES:
+            raise WireError(f"certificate must be at most {MAX_CERTIFICATE_BYTES} bytes")
+        revocations = body["revocations"]
+        if not isinstance(revocations, bytes) or len(revocations) > MAX_REVOCATION_BYTES:
+            raise WireError(f"revocations must be at most {MAX_REVOCATION_BYTES} bytes")
+        stamp = body.get("stamp", b"")
+        if not isinstance(stamp, bytes) or ("stamp" in body and len(stamp) != STAMP_BYTES):
+            raise WireError(f"stamp must be {STAMP_BYTES} bytes")
+        return cls(
+            federation=federation,
+            certificate=certificate,
+            revocations=revocations,
+            stamp=stamp,
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            addrs=check_addrs(body["addrs"], "addrs"),
+            members=tuple(members),
+            round=check_int(body["round"], "round", -1, MAX_ROUND),
+            degree=check_int(body["degree"], "degree", 0, MAX_MEMBERS),
+            status=status,
+        )
+
+
+@dataclass(frozen=True)
+class LinkRequest:
+    """Ask the receiver to confirm a neighbour link that the sender's topology contains."""
+
+    KIND: ClassVar[str] = "link_request"
+    federation: str
+    sender: str
+    topology_digest: str  # hex digest of the sender's member set, for diagnosis
+    round: int = -1  # the sender's current round (-1 before its first)
+    rejoin: bool = False  # the sender restarted or re-links: forget what you held of it
+    joining: bool = False  # the sender joined late: add it to your neighbours if you have room
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"sender": self.sender, "topology_digest": self.topology_digest,
+                "round": self.round, "rejoin": self.rejoin, "joining": self.joining}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> LinkRequest:
+        return cls(
+            federation=federation,
+            joining=check_bool(body["joining"], "joining"),
+            rejoin=check_bool(body["rejoin"], "rejoin"),
+            round=check_int(body["round"], "round", -1, MAX_ROUND),
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            topology_digest=check_str(body["topology_digest"], "topology digest", 128),
+        )
+
+
+@dataclass(frozen=True)
+class LinkReply:
+    """The answer to a :class:`LinkRequest`: ``accepted``, ``not_ready`` or ``rejected``."""
+
+    KIND: ClassVar[str] = "link_reply"
+    federation: str
+    sender: str
+    status: str
+    reason: str
+    round: int = -1  # the sender's current round (-1 before its first)
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"sender": self.sender, "status": self.status, "reason": self.reason,
+                "round": self.round}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> LinkReply:
+        status = check_str(body["status"], "status", 16)
+        if status not in ("accepted", "not_ready", "rejected"):
+            raise WireError(f"link status {status!r} is unknown")
+        return cls(
+            federation=federation,
+            round=check_int(body["round"], "round", -1, MAX_ROUND),
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            status=status,
+            reason=check_str(body["reason"], "reason", 512),
+        )

@@ -1,0 +1,239 @@
+"""Wire messages of secure aggregation: masked inputs, unmask requests and responses, and the
+consistency check's requests and responses.
+
+Part of the wire, which :mod:`gossipfl.gossip.wire` defines: it holds the codec (version,
+framing, decode limits, the registry of message kinds) and re-exports these classes, so import
+them from there. The caps and field checks used here live in :mod:`gossipfl.gossip.wire_fields`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from gossipfl.gossip.wire_fields import (
+    MAX_MEMBERS,
+    MAX_PEER_ID_CHARS,
+    MAX_ROUND,
+    WireError,
+    check_bool,
+    check_float,
+    check_int,
+    check_str,
+)
+
+
+def _check_pairs(value: Any, what: str, max_items: int, max_bytes: int) -> tuple[tuple[str, bytes],
+                                                                                  ...]:
+    """A list of [peer id, bytes] pairs with distinct peer ids."""
+    if not isinstance(value, list) or len(value) > max_items:
+        raise WireError(f"{what} must be a list of at most {max_items} [peer, bytes] pairs")
+    pairs = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise WireError(f"{what} entries must be [peer, bytes]")
+        peer = check_str(item[0], f"{what} peer", MAX_PEER_ID_CHARS)
+        if not isinstance(item[1], bytes) or len(item[1]) > max_bytes:
+            raise WireError(f"{what} values must be at most {max_bytes} bytes")
+        pairs.append((peer, item[1]))
+    if len({p for p, _ in pairs}) != len(pairs):
+        raise WireError(f"{what} names a peer twice")
+    return tuple(pairs)
+
+
+def _check_peers(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_MEMBERS:
+        raise WireError(f"{what} must be a list of at most {MAX_MEMBERS} peer ids")
+    peers = tuple(check_str(p, f"{what} entry", MAX_PEER_ID_CHARS) for p in value)
+    if len(set(peers)) != len(peers):
+        raise WireError(f"{what} names a peer twice")
+    return peers
+
+
+MAX_SHARE_CIPHERTEXT = 512
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Secure aggregation: one contributor's masked, weighted estimate for one aggregator's sum.
+
+    ``data`` is a little-endian uint32 vector (the quantised ``weight · x̂`` plus masks, mod
+    2^32), meaningless alone; ``shares`` are encrypted Shamir shares of the contributor's self
+    seed, one per co-neighbour, which the aggregator relays but cannot read.
+    """
+
+    KIND: ClassVar[str] = "masked_input"
+    federation: str
+    round: int
+    sender: str
+    aggregator: str
+    weight: float
+    disagreement: float
+    done: bool
+    data: bytes
+    shares: tuple[tuple[str, bytes], ...]
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
+                "weight": self.weight, "disagreement": self.disagreement, "done": self.done,
+                "data": self.data, "shares": [[p, c] for p, c in self.shares]}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
+        data = body["data"]
+        if not isinstance(data, bytes) or len(data) % 4:
+            raise WireError("masked data must be bytes holding uint32 words")
+        weight = check_float(body["weight"], "weight")
+        if not 0.0 < weight <= 1.0:
+            raise WireError(f"weight {weight} is outside (0, 1]")
+        return cls(
+            federation=federation,
+            round=check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            aggregator=check_str(body["aggregator"], "aggregator", MAX_PEER_ID_CHARS),
+            weight=weight,
+            disagreement=check_float(body["disagreement"], "disagreement"),
+            done=check_bool(body["done"], "done"),
+            data=data,
+            shares=_check_pairs(body["shares"], "shares", MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
+        )
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Secure aggregation: the aggregator fixes the survivors and asks one of them to unmask.
+
+    ``shares`` are the encrypted self-seed shares addressed to the receiver, keyed by the
+    contributor they belong to; ``signatures`` are survivors' Ed25519 signatures on this very
+    survivor set (:mod:`gossipfl.crypto.consistency`), at least the Shamir threshold of them.
+    """
+
+    KIND: ClassVar[str] = "unmask_request"
+    federation: str
+    round: int
+    sender: str
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    shares: tuple[tuple[str, bytes], ...]
+    signatures: tuple[tuple[str, bytes], ...]
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
+                "dropped": list(self.dropped), "shares": [[p, c] for p, c in self.shares],
+                "signatures": [[p, s] for p, s in self.signatures]}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> UnmaskRequest:
+        return cls(
+            federation=federation,
+            round=check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            survivors=_check_peers(body["survivors"], "survivors"),
+            dropped=_check_peers(body["dropped"], "dropped"),
+            shares=_check_pairs(body["shares"], "shares", MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
+            signatures=_check_signatures(body["signatures"]),
+        )
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """A survivor's answer: the shares it holds of the survivors' self seeds (its own share of
+    its own seed included; never the seed itself), and its round pair seeds with the dropped
+    members; never both kinds for one member.
+    """
+
+    KIND: ClassVar[str] = "unmask_response"
+    federation: str
+    round: int
+    sender: str
+    seed_shares: tuple[tuple[str, bytes], ...]
+    pair_seeds: tuple[tuple[str, bytes], ...]
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender,
+                "seed_shares": [[p, v] for p, v in self.seed_shares],
+                "pair_seeds": [[p, v] for p, v in self.pair_seeds]}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> UnmaskResponse:
+        pair_seeds = _check_pairs(body["pair_seeds"], "pair seeds", MAX_MEMBERS, 32)
+        if any(len(v) != 32 for _, v in pair_seeds):
+            raise WireError("pair seeds must be 32 bytes")
+        return cls(
+            federation=federation,
+            round=check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            seed_shares=_check_pairs(body["seed_shares"], "seed shares", MAX_MEMBERS, 128),
+            pair_seeds=pair_seeds,
+        )
+
+
+SIGNATURE_BYTES = 64
+
+
+def _check_signatures(value: Any) -> tuple[tuple[str, bytes], ...]:
+    signatures = _check_pairs(value, "signatures", MAX_MEMBERS, SIGNATURE_BYTES)
+    if any(len(s) != SIGNATURE_BYTES for _, s in signatures):
+        raise WireError(f"signatures must be {SIGNATURE_BYTES} bytes")
+    return signatures
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest:
+    """Secure aggregation: the aggregator announces the survivor set it fixed for a round and
+    asks a survivor to sign it (Bonawitz's ConsistencyCheck)."""
+
+    KIND: ClassVar[str] = "consistency_request"
+    federation: str
+    round: int
+    sender: str
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
+                "dropped": list(self.dropped)}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> ConsistencyRequest:
+        return cls(
+            federation=federation,
+            round=check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            survivors=_check_peers(body["survivors"], "survivors"),
+            dropped=_check_peers(body["dropped"], "dropped"),
+        )
+
+
+@dataclass(frozen=True)
+class ConsistencyResponse:
+    """A survivor's Ed25519 signature on the announced set, or (empty signature) its refusal
+    code (:class:`gossipfl.crypto.consistency.Refusal`)."""
+
+    KIND: ClassVar[str] = "consistency_response"
+    federation: str
+    round: int
+    sender: str
+    signature: bytes
+    refusal: str
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"round": self.round, "sender": self.sender, "signature": self.signature,
+                "refusal": self.refusal}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> ConsistencyResponse:
+        signature = body["signature"]
+        if not isinstance(signature, bytes) or len(signature) not in (0, SIGNATURE_BYTES):
+            raise WireError(f"signature must be empty or {SIGNATURE_BYTES} bytes")
+        refusal = check_str(body["refusal"], "refusal", 32)
+        if bool(signature) == bool(refusal):
+            raise WireError("a consistency response holds a signature or a refusal, not both")
+        return cls(
+            federation=federation,
+            round=check_int(body["round"], "round", 0, MAX_ROUND),
+            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            signature=signature,
+            refusal=refusal,
+        )
