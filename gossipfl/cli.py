@@ -51,6 +51,16 @@ def _run_parser(sub: Any) -> None:
                         "one launcher that imports once")
 
 
+def _simulate_parser(sub: Any) -> None:
+    p = sub.add_parser("simulate", help="simulate a scenario: every node in this one process, "
+                                        "over an in-memory network, in virtual time")
+    p.add_argument("scenario", help="scenario TOML file")
+    p.add_argument("--out", help="output directory (default runs/<name>-sim-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no summary table")
+    p.add_argument("--no-centralised", action="store_true",
+                   help="skip the pooled-data baseline in the report")
+
+
 def _federation_parser(sub: Any) -> None:
     p = sub.add_parser("federation", help="make a federation key, admit and revoke members")
     verbs = p.add_subparsers(dest="verb", required=True)
@@ -198,13 +208,26 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def simulate_command(args: argparse.Namespace) -> int:
+    from gossipfl.config import ConfigError
+    from gossipfl.scenario.simulate import simulate_scenario
+
+    try:
+        return simulate_scenario(args.scenario, out=args.out, quiet=args.quiet,
+                                 centralised=not args.no_centralised)
+    except (ConfigError, OSError) as error:
+        print(f"gossipfl simulate: {error}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gossipfl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _node_parser(sub)
     _run_parser(sub)
+    _simulate_parser(sub)
     _federation_parser(sub)
     args = parser.parse_args(argv)
-    commands = {"node": node_command, "run": run_command, "federation": federation_command,
-                "identity": identity_command}
+    commands = {"node": node_command, "run": run_command, "simulate": simulate_command,
+                "federation": federation_command, "identity": identity_command}
     return commands[args.command](args)

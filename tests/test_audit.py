@@ -165,10 +165,14 @@ def test_an_inprocess_round_mixes_what_the_node_would(tmp_path, secure: bool) ->
     nodes = inprocess.build_federation(tmp_path, configs, graph)
     gone = nodes[4]
     live = nodes[:4]
-    inprocess.connect(nodes, gone=lambda peer: peer == gone.peer_id)
+    inprocess.network_of(nodes).kill(gone.peer_id)  # dials to and from it fail
     before = {n.peer_id: n.own.vector.copy() for n in nodes}
 
     async def main() -> dict:
+        async with inprocess.serving(nodes):
+            return await rounds()
+
+    async def rounds() -> dict:
         inprocess.hear_everyone(nodes)
         if secure:
             return await inprocess.federation_round(nodes, 0)

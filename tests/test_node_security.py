@@ -13,6 +13,7 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from gossipfl.config import DataConfig, ModelConfig, NodeConfig, ProtocolConfig,
 from gossipfl.crypto.admission import admit_identity, init_federation, peer_id_of
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.crypto.revocation import RevocationUpdate, revoke, sign_revocations
+from gossipfl.gossip.peers import Channel
 from gossipfl.gossip.wire import (
     HEADER,
     HEADER_BYTES,
@@ -437,6 +439,12 @@ class FakeNet:
         self.disconnected.append(peer)
 
 
+def guarded(node: Node, handler: Any, **options: Any) -> Any:
+    """The node's guarded handler, fed a raw stream as its transport would hand it over."""
+    serve = node._guard(handler, **options)
+    return lambda stream: serve(Channel(stream, node.traffic, node.read_policy))
+
+
 def _frame(size: int) -> bytes:
     return HEADER.pack(size) + b"\x90" * size
 
@@ -450,7 +458,7 @@ def test_a_stranger_on_a_members_only_protocol_is_reset_and_disconnected_unread(
     node.net = FakeNet()
     caplog.set_level(logging.WARNING)
     stream = PeerStream(STRANGER, _frame(4 * MIB))
-    trio.run(node._guard(getattr(node, handler), members_only=True), stream)
+    trio.run(guarded(node, getattr(node, handler), members_only=True), stream)
     assert stream.was_reset and stream.position == 0  # not even the header was read
     assert node.net.disconnected == [STRANGER]
     assert node.rejections["not_member"] == 1
@@ -461,12 +469,12 @@ def test_a_strangers_heartbeat_is_held_to_the_control_cap_from_its_header(setup)
     node, b, _ = setup
     node.net = FakeNet()
     stream = PeerStream(STRANGER, _frame(4 * MIB))
-    trio.run(node._guard(node._on_heartbeat), stream)
+    trio.run(guarded(node, node._on_heartbeat), stream)
     assert stream.was_reset and stream.position == HEADER_BYTES
     assert node.rejections["malformed"] == 1
     # a member's payload frame on its contribution stream is read past the header
     member = PeerStream(b.peer_id, _frame(4 * MIB)[: 1 * MIB])
-    trio.run(node._guard(node._on_contribution, members_only=True), member)
+    trio.run(guarded(node, node._on_contribution, members_only=True), member)
     assert member.position == MIB and node.net.disconnected == []
 
 
@@ -477,7 +485,7 @@ def test_a_members_bomb_frame_is_refused_in_bounded_memory(setup) -> None:
     stream = PeerStream(b.peer_id, HEADER.pack(len(bomb)) + bomb)
     tracemalloc.start()
     try:
-        trio.run(node._guard(node._on_contribution, members_only=True), stream)
+        trio.run(guarded(node, node._on_contribution, members_only=True), stream)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -502,7 +510,7 @@ def test_fresh_identities_cannot_add_up_past_the_in_flight_cap(tmp_path: Path) -
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             for stream in streams:
-                nursery.start_soon(node._guard(node._on_heartbeat), stream)
+                nursery.start_soon(guarded(node, node._on_heartbeat), stream)
             await trio.testing.wait_all_tasks_blocked()
             seen["held_by_strangers"] = node.in_flight.held_by_strangers
             seen["refused"] = node.rejections["in_flight"]

@@ -182,7 +182,7 @@ class LyingAggregator(_Aggregator):
         self.tally.details["answers_on_target_set"] += len(answers[s1])
         self.tally.details["answers_on_other_set"] += len(answers[s2])
         held = [*answers[s1].values(), *answers[s2].values()]
-        await trio.to_thread.run_sync(self.note, node, r, target, inputs[target], held)
+        await node.offload(self.note, node, r, target, inputs[target], held)
         return self._other_sum(node, r, inputs, members, s2, answers[s2])
 
     def _other_sum(self, node: Node, r: int, inputs: dict[str, MaskedInput],
@@ -232,7 +232,7 @@ class Differencing(_Aggregator):
         if result is None:
             self.tally.details["refused" if attack else "base_refused"] += 1
             if attack:  # the target's input, masked: all it holds of it this round
-                await trio.to_thread.run_sync(self.note, node, r, target, inputs[target], [])
+                await node.offload(self.note, node, r, target, inputs[target], [])
             return None
         total, weights, survivors = result
         self.tally.details["sums" if not attack else "attack_sums"] += 1

@@ -87,7 +87,7 @@ class MembershipFlood(Role):
     async def deviate(self, node: Node) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         trap = f"/ip4/127.0.0.1/tcp/{listeners[0].socket.getsockname()[1]}"
-        fakes = await trio.to_thread.run_sync(fake_ids, FAKE_MEMBERS)
+        fakes = await node.offload(fake_ids, FAKE_MEMBERS)
         self.tally.extra.update(fake_ids=fakes, trap=trap)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self._trapped, listeners)

@@ -27,6 +27,10 @@ class ByteStream(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
+    async def close(self) -> None: ...
+
+    async def reset(self) -> None: ...
+
 
 class StreamEnded(ConnectionError):
     """The stream ended in the middle of a frame."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -17,7 +17,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from gossipfl.gossip.framing import read_frame, write_frame
+from gossipfl.gossip.framing import ByteStream, read_frame, write_frame
 from gossipfl.gossip.ratelimit import InFlight
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, M, Message, WireError
 
@@ -73,15 +73,13 @@ class _Reservation:
 class Channel:
     """One stream to a peer, speaking whole frames (read under ``policy`` when given)."""
 
-    def __init__(self, stream: INetStream, traffic: Traffic,
-                 policy: ReadPolicy | None = None) -> None:
+    def __init__(self, stream: ByteStream, traffic: Traffic,
+                 policy: ReadPolicy | None = None, remote: str | None = None) -> None:
         self.stream = stream
         self.traffic = traffic
         self.policy = policy
-
-    @property
-    def remote(self) -> str:
-        return str(self.stream.muxed_conn.peer_id)
+        # a libp2p stream knows its peer; an in-memory one is told (gossipfl.gossip.memory)
+        self.remote = remote if remote is not None else str(stream.muxed_conn.peer_id)  # type: ignore[attr-defined]
 
     def read_cap(self, max_bytes: int) -> tuple[int, bool]:
         """The cap on the next frame from this peer, and whether it is a certified member."""
@@ -162,7 +160,8 @@ class ConnectionReaper:
 
 
 class PeerNet:
-    """Opens channels to peers by id, dialling their known addresses when not connected.
+    """The libp2p transport (:class:`gossipfl.gossip.transport.Transport`): serves protocols,
+    and opens channels to peers by id, dialling their known addresses when not connected.
 
     ``routes`` maps a peer id to the one address to dial it at (a relay that forwards to it): a
     routed peer is never dialled at the addresses it advertises, whoever told us them (heartbeats,
@@ -172,8 +171,10 @@ class PeerNet:
     def __init__(self, host: IHost, traffic: Traffic,
                  routes: Mapping[str, str] | None = None,
                  policy: ReadPolicy | None = None,
-                 reaper: ConnectionReaper | None = None) -> None:
+                 reaper: ConnectionReaper | None = None,
+                 listen: Sequence[multiaddr.Multiaddr] = ()) -> None:
         self.host = host
+        self.listen = list(listen)
         self.traffic = traffic
         self.policy = policy
         self.reaper = reaper
@@ -181,6 +182,21 @@ class PeerNet:
             peer: _transport_part(multiaddr.Multiaddr(addr), peer)
             for peer, addr in (routes or {}).items()
         }
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[list[str]]:
+        """Listen (on the addresses given at construction) until the block ends; yields the
+        addresses the host listens on."""
+        async with self.host.run(listen_addrs=self.listen):
+            yield [str(a) for a in self.host.get_addrs()]
+
+    def serve(self, protocol: str, handler: Callable[[Channel], Awaitable[None]]) -> None:
+        """Serve ``protocol``: each stream a peer opens is handed to ``handler`` as a
+        :class:`Channel` (its frames read under the read policy)."""
+        async def on_stream(stream: INetStream) -> None:
+            await handler(Channel(stream, self.traffic, self.policy))
+
+        self.host.set_stream_handler(protocol, on_stream)
 
     def remember(
         self, peer_id: str, addrs: tuple[str, ...]

@@ -1,9 +1,9 @@
 """A federation of real :class:`~gossipfl.node.runtime.Node` objects in one process, no network.
 
 Admitted identities (a federation key, a certificate per node), a topology given by index, and
-an in-process transport: ``node.channel_to(peer, protocol)`` opens a pair of frame pipes and
-starts the *peer's own handler* for that protocol on the other end, every frame going through
-the wire codec (:func:`~gossipfl.gossip.wire.encode_frame` / ``decode_frame``). The rounds run
+the in-memory transport (:mod:`gossipfl.gossip.memory`): a stream a node opens reaches the
+*peer's own handler* for that protocol, every frame going through the wire codec and the read
+policy as over libp2p. The rounds run
 the node's own steps: local training (DP-SGD for record-level DP), the public estimate's
 :meth:`~gossipfl.node.estimates.OwnEstimate.publish` with the node's privacy step, then either
 the sealed plain contribution (served by the receiver's contribution handler) and the CHOCO
@@ -20,10 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import trio
@@ -32,107 +31,18 @@ from gossipfl.adversary.role import Role
 from gossipfl.config import NodeConfig, SecurityConfig
 from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
-from gossipfl.gossip import wire
-from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution, Message
+from gossipfl.gossip.memory import MemoryNetwork
+from gossipfl.gossip.transport import run_inline
+from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node import round as node_round
-from gossipfl.node import secure_round
 from gossipfl.node.learner import LocalLearner
-from gossipfl.node.runtime import PROTO_CONTRIBUTION, PROTO_SEALED, NeighbourState, Node
+from gossipfl.node.runtime import NeighbourState, Node
 
 log = logging.getLogger("gossipfl.inprocess")
-
-Handler = Callable[[Node, Any], Awaitable[None]]
-
-
-async def _on_contribution(node: Node, channel: Any) -> None:
-    await node._on_contribution(channel)  # the handler the node registers for the protocol
-
-
-HANDLERS: Mapping[str, Handler] = {
-    PROTO_CONTRIBUTION: _on_contribution,
-    PROTO_SEALED: _on_contribution,
-    secure_round.PROTO_MASKED: secure_round.on_masked_input,
-    secure_round.PROTO_CONSISTENCY: secure_round.on_consistency_request,
-    secure_round.PROTO_UNMASK: secure_round.on_unmask_request,
-}
-"""The protocols the in-process transport serves, each by the node's own handler."""
-
-_BUFFER = 4  # frames in flight one way on one stream
 
 ADMITTED = SecurityConfig(admission=True, federation_public="<set by build_federation>",
                           certificate="<set by build_federation>")
 """Security of a config given to :func:`build_federation` (which sets the real paths)."""
-
-
-class FrameChannel:
-    """One end of an in-process stream: whole frames, encoded and decoded by the wire codec
-    (the node's :class:`~gossipfl.gossip.peers.Channel` interface)."""
-
-    def __init__(self, remote: str, out: trio.MemorySendChannel[bytes],
-                 into: trio.MemoryReceiveChannel[bytes], node: Node) -> None:
-        self.remote, self._out, self._in, self._node = remote, out, into, node
-
-    async def send(self, message: Message, max_bytes: int) -> None:
-        frame = wire.encode_frame(message, max_bytes)
-        self._node.traffic.sent(message.KIND, len(frame))
-        await self._out.send(frame)
-
-    async def receive(self, expected: type[Any], max_bytes: int) -> Any:
-        try:
-            frame = await self._in.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise EOFError(f"{self.remote} closed the stream") from None
-        self._node.traffic.received(len(frame))
-        return wire.decode_frame(frame, expected, max_bytes)
-
-    async def close(self) -> None:
-        await self._out.aclose()
-
-    async def reset(self) -> None:
-        await self.close()
-
-
-async def _serve(handler: Handler, node: Node, channel: FrameChannel) -> None:
-    try:
-        await handler(node, channel)
-    except (EOFError, wire.WireError) as error:  # the node's guard drops these the same way
-        log.info("%s: stream from %s ended: %s", node.peer_id, channel.remote, error)
-    finally:
-        await channel.close()
-
-
-def connect(nodes: Sequence[Node], *, gone: Callable[[str], bool] = lambda peer: False) -> None:
-    """Give every node a ``channel_to`` that reaches the others' handlers in process.
-
-    Args:
-        nodes: The federation.
-        gone: Whether a node is unreachable now: a dial to it, or from it, raises
-            ``ConnectionError`` (a member that dropped out).
-    """
-    by_id = {node.peer_id: node for node in nodes}
-
-    def channel_to_for(me: Node) -> Callable[..., Any]:
-        @contextlib.asynccontextmanager
-        async def channel_to(peer: str, protocol: str,
-                             addrs: tuple[str, ...] | None = None) -> AsyncIterator[FrameChannel]:
-            if peer not in by_id or gone(peer) or gone(me.peer_id) or protocol not in HANDLERS:
-                raise ConnectionError(f"cannot reach {peer} for {protocol}")
-            there = by_id[peer]
-            to_peer, at_peer = trio.open_memory_channel[bytes](_BUFFER)
-            to_me, at_me = trio.open_memory_channel[bytes](_BUFFER)
-            mine = FrameChannel(peer, to_peer, at_me, me)
-            theirs = FrameChannel(me.peer_id, to_me, at_peer, there)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_serve, HANDLERS[protocol], there, theirs)
-                try:
-                    yield mine
-                finally:
-                    await mine.close()
-
-        return channel_to
-
-    for node in nodes:
-        node.channel_to = channel_to_for(node)  # type: ignore[method-assign]
 
 
 def build_federation(folder: Path, configs: Sequence[NodeConfig],
@@ -151,6 +61,7 @@ def build_federation(folder: Path, configs: Sequence[NodeConfig],
     """
     federation = folder / "federation"
     init_federation(federation, configs[0].federation)
+    network = MemoryNetwork()
     nodes: list[Node] = []
     for i, config in enumerate(configs):
         key_file = folder / f"node-{i}" / "node.key"
@@ -162,7 +73,8 @@ def build_federation(folder: Path, configs: Sequence[NodeConfig],
                          security=security)
         learner = learners[i] if learners is not None else LocalLearner(config)
         learner.opt_state = learner.trainer.init_opt_state(learner.template)
-        nodes.append(Node(config, identity, learner, (roles or {}).get(i)))
+        nodes.append(Node(config, identity, learner, (roles or {}).get(i), network=network,
+                          offload=run_inline, signals=False))
     ids = [node.peer_id for node in nodes]
     topology = {ids[i]: frozenset(ids[j] for j in graph[i]) for i in range(len(nodes))}
     for i, node in enumerate(nodes):
@@ -174,8 +86,26 @@ def build_federation(folder: Path, configs: Sequence[NodeConfig],
                     raise ValueError(f"node {i} refused node {j}'s certificate: {refusal}")
         for j in sorted(graph[i]):
             node.neighbours[ids[j]] = NeighbourState()
-    connect(nodes)
+        node.net = node.make_transport()
+        node.serve_protocols(node.net)
     return nodes
+
+
+@contextlib.asynccontextmanager
+async def serving(nodes: Sequence[Node]) -> AsyncIterator[None]:
+    """Every node's transport listening (its handlers served) until the block ends."""
+    async with contextlib.AsyncExitStack() as stack:
+        for node in nodes:
+            assert node.net is not None
+            await stack.enter_async_context(node.net.running())
+        yield
+
+
+def network_of(nodes: Sequence[Node]) -> MemoryNetwork:
+    """The in-memory network the nodes share (its faults: kill, partition, delay, loss)."""
+    network = nodes[0].network
+    assert isinstance(network, MemoryNetwork)
+    return network
 
 
 def hear_everyone(nodes: Sequence[Node]) -> None:
@@ -247,15 +177,15 @@ def run_rounds(nodes: Sequence[Node], rounds: int,
 
     async def main() -> None:
         hear_everyone(nodes)
-        for r in range(rounds):
-            before = {node.peer_id: node.model.copy() for node in nodes}
-            half = await federation_round(nodes, r)
-            if observe is not None:
-                observe(r, nodes, before, half)
+        async with serving(nodes):
+            for r in range(rounds):
+                before = {node.peer_id: node.model.copy() for node in nodes}
+                half = await federation_round(nodes, r)
+                if observe is not None:
+                    observe(r, nodes, before, half)
 
     trio.run(main)
 
 
-__all__ = ["ADMITTED", "HANDLERS", "FrameChannel", "build_federation", "connect", "contribution",
-           "deliver_plain", "federation_round", "hear_everyone", "run_rounds",
-           "train_and_publish"]
+__all__ = ["ADMITTED", "build_federation", "contribution", "deliver_plain", "federation_round",
+           "hear_everyone", "network_of", "run_rounds", "serving", "train_and_publish"]

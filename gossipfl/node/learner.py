@@ -18,7 +18,7 @@ import numpy as np
 from gossipfl.config import NodeConfig
 from gossipfl.learning.data import Dataset, load_dataset
 from gossipfl.learning.models import Model, build_model
-from gossipfl.learning.params import flatten_params, named_arrays, unflatten_params
+from gossipfl.learning.params import Params, flatten_params, named_arrays, unflatten_params
 from gossipfl.learning.partition import node_partition
 from gossipfl.learning.train import DPSGD, Trainer
 
@@ -57,13 +57,18 @@ def load_node_data(config: NodeConfig) -> tuple[Dataset, np.ndarray]:
     spec = config.data
     dataset = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
                            path=spec.path, samples=spec.samples)
+    return dataset, partition_indices(config, dataset)
+
+
+def partition_indices(config: NodeConfig, dataset: Dataset) -> np.ndarray:
+    """The indices of this node's training partition of ``dataset``."""
+    spec = config.data
     if spec.partition == "none":
-        return dataset, np.arange(len(dataset.y_train))
-    indices = node_partition(
+        return np.arange(len(dataset.y_train))
+    return node_partition(
         dataset.y_train, config.node_index, config.node_count, scheme=spec.partition,
         seed=spec.seed, alpha=spec.alpha, shards_per_node=spec.shards_per_node,
     )
-    return dataset, indices
 
 
 def make_model(config: NodeConfig, dataset: Dataset) -> Model:
@@ -71,18 +76,50 @@ def make_model(config: NodeConfig, dataset: Dataset) -> Model:
                        hidden=config.model.hidden)
 
 
-class LocalLearner:
-    """Train and evaluate one node's model on its own partition."""
+class LearnerPool:
+    """What learners of one process share when many nodes run in it (a simulation): each
+    dataset loaded once, and one model, template and jitted trainer per configuration, so a
+    thousand nodes compile once. Their optimiser states stay their own."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self) -> None:
+        self._datasets: dict[tuple[object, ...], Dataset] = {}
+        self._trainers: dict[tuple[object, ...], tuple[Model, Params, Trainer]] = {}
+
+    def dataset(self, config: NodeConfig) -> Dataset:
+        spec = config.data
+        key = (spec.dataset, spec.seed, spec.test_fraction, spec.path, spec.samples)
+        if key not in self._datasets:
+            self._datasets[key] = load_dataset(spec.dataset, seed=spec.seed,
+                                               test_fraction=spec.test_fraction,
+                                               path=spec.path, samples=spec.samples)
+        return self._datasets[key]
+
+    def trainer(self, config: NodeConfig, dataset: Dataset) -> tuple[Model, Params, Trainer]:
+        key = (config.model, config.train, config.seed, dataset.input_shape, dataset.num_classes)
+        if key not in self._trainers:
+            model = make_model(config, dataset)
+            self._trainers[key] = (model, model.init(config.seed), Trainer(model, config.train))
+        return self._trainers[key]
+
+
+class LocalLearner:
+    """Train and evaluate one node's model on its own partition (``pool``: datasets and
+    trainers shared with the other nodes of the process)."""
+
+    def __init__(self, config: NodeConfig, pool: LearnerPool | None = None) -> None:
         self.config = config
-        self.dataset, self.indices = load_node_data(config)
+        if pool is None:
+            self.dataset, self.indices = load_node_data(config)
+            self.model = make_model(config, self.dataset)
+            # Every member starts from the same initial model: the federation seed decides it.
+            self.template = self.model.init(config.seed)
+            self.trainer = Trainer(self.model, config.train)
+        else:
+            self.dataset = pool.dataset(config)
+            self.indices = partition_indices(config, self.dataset)
+            self.model, self.template, self.trainer = pool.trainer(config, self.dataset)
         self.x = self.dataset.x_train[self.indices]
         self.y = self.dataset.y_train[self.indices]
-        self.model = make_model(config, self.dataset)
-        # Every member starts from the same initial model: the federation seed decides it.
-        self.template = self.model.init(config.seed)
-        self.trainer = Trainer(self.model, config.train)
         self.opt_state = self.trainer.init_opt_state(self.template)
 
     def initial_vector(self) -> np.ndarray:

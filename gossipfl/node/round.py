@@ -199,7 +199,7 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     # 1. train locally (in a worker thread: the node keeps serving its peers meanwhile)
     if training:
         epochs = async_local_epochs(node, r, record)  # None: the configured epochs
-        result = await trio.to_thread.run_sync(node.learner.train, node.model, r, epochs,
+        result = await node.offload(node.learner.train, node.model, r, epochs,
                                                record_dp(node))
         if node.config.slowdown > 1.0:  # an emulated slower machine
             await trio.sleep((node.config.slowdown - 1.0) * result.seconds)
@@ -220,7 +220,7 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     # x̂ += q, exactly as every neighbour will apply it
     node.own.publish(half_step, r, privatise=privacy_step(node, r, training, record))
     if training:  # what this round spent is on disk before anything it trained on is sent
-        await trio.to_thread.run_sync(save_dp_ledger, node)
+        await node.offload(save_dp_ledger, node)
 
     if node.config.secagg.enabled:
         # 4.-6. masked inputs out, wait, unmask the neighbourhood's sum (secure_round.py)
@@ -250,7 +250,7 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     await update_liveness(node, r, missing)
 
     # 7. measure and persist
-    evaluation = await trio.to_thread.run_sync(node.learner.evaluate, node.model)
+    evaluation = await node.offload(node.learner.evaluate, node.model)
     if training and not node.neighbours:
         node.isolated_rounds += 1
     record.update(
@@ -265,7 +265,7 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     )
     node.final_accuracy = evaluation.accuracy
     persist_start = trio.current_time()
-    await trio.to_thread.run_sync(persist_round, node, r)
+    await node.offload(persist_round, node, r)
     record["persist_seconds"] = trio.current_time() - persist_start
     node.write_metrics(record)
     log.info("round %d %s: acc %.4f loss %.4f disagreement %.2e missing %d (%.2f s)", r,

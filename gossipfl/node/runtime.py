@@ -28,7 +28,6 @@ from typing import Any
 import multiaddr
 import numpy as np
 import trio
-from libp2p.abc import INetStream
 
 from gossipfl.adversary.role import Role
 from gossipfl.aggregation.topology import build_topology
@@ -41,6 +40,7 @@ from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import Membership
 from gossipfl.gossip.peers import Channel, ConnectionReaper, PeerNet, ReadPolicy, Traffic
 from gossipfl.gossip.ratelimit import InFlight, LogGate, PeerLimiter
+from gossipfl.gossip.transport import Network, Offload, Transport
 from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
     Ack,
@@ -137,8 +137,17 @@ class Node:
     """A federation member. Build it, then ``await node.run()`` inside ``trio.run``."""
 
     def __init__(self, config: NodeConfig, identity: Identity, learner: LocalLearner,
-                 role: Role | None = None) -> None:
+                 role: Role | None = None, *, network: Network | None = None,
+                 offload: Offload | None = None, signals: bool = True) -> None:
+        """``network``: where the node's transport comes from (an in-memory network,
+        gossipfl.gossip.memory); None: a libp2p host listening on ``config.listen``.
+        ``offload``: how blocking work (training, evaluation, disk) runs; by default in a worker
+        thread, so the node keeps serving its peers meanwhile. ``signals``: whether SIGTERM and
+        SIGINT stop the node (a process of its own); off when many nodes share a process."""
         self.config = config
+        self.network = network
+        self.offload: Offload = offload if offload is not None else trio.to_thread.run_sync
+        self.signals = signals
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.learner = learner
@@ -197,7 +206,7 @@ class Node:
         self.final_accuracy: float | None = None
         self.history: list[dict[str, Any]] = []
         self.isolated_rounds = 0
-        self.net: PeerNet | None = None
+        self.net: Transport | None = None
         self.security = NodeSecurity(config, identity)
         self.secagg = SecAggState()
         # the deviation this node runs (gossipfl.adversary.factory.make_role); honest by default
@@ -247,36 +256,22 @@ class Node:
         """Run the node to the end; returns its final status ("done" or "stopped")."""
         from gossipfl.node.round import run_rounds  # the one place a round is composed
 
-        host, listen = make_host(self.identity, self.config.listen)
-        self.net = PeerNet(host, self.traffic, self.config.routes, self.read_policy, self.reaper)
+        transport = self.net = self.make_transport()
         self.out.mkdir(parents=True, exist_ok=True)
         try:
-            async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
-                host.set_stream_handler(PROTO_MEMBERSHIP, self._guard(self._on_heartbeat))
-                host.set_stream_handler(PROTO_LINK, self._guard(self._on_link, members_only=True))
-                if self.config.secagg.enabled:
-                    # each served as a persistent request stream (timeouts inside)
-                    host.set_stream_handler(PROTO_MASKED, self._guard(
-                        self._on_masked, timeout=math.inf, members_only=True))
-                    host.set_stream_handler(PROTO_UNMASK, self._guard(
-                        self._on_unmask, timeout=math.inf, members_only=True))
-                    host.set_stream_handler(PROTO_CONSISTENCY, self._guard(
-                        self._on_consistency, timeout=math.inf, members_only=True))
-                host.set_stream_handler(
-                    self.contribution_protocol,
-                    self._guard(self._on_contribution, timeout=math.inf,  # per frame inside
-                                members_only=True),
-                )
-                self.addrs = [str(a) for a in host.get_addrs()]
+            async with transport.running() as addrs, trio.open_nursery() as nursery:
+                self.serve_protocols(transport)
+                self.addrs = addrs
                 self._write_node_info()
                 log.info("listening on %s", ", ".join(self.addrs))
-                nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                if self.signals:
+                    nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 nursery.start_soon(self._heartbeat_loop)
                 nursery.start_soon(self._close_idle_connections)
                 nursery.start_soon(self.role.run, self)  # an adversary's deviation (if any)
                 task_status.started(self.addrs)
                 if self.serves_state:  # never under secure aggregation (catchup.py)
-                    host.set_stream_handler(
+                    transport.serve(
                         PROTO_STATE, self._guard(self._on_state_request, members_only=True))
                 self._resume()
                 await self._join()
@@ -289,13 +284,37 @@ class Node:
                 self.status = "done"
                 nursery.cancel_scope.cancel()
         finally:
-            # Stopping now either way: a second signal must not cut the final writes short.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if self.signals:  # stopping now either way: a second signal must not cut the
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # final writes short
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             if self.status != "done":
                 self.status = "stopped"
             self._write_final()
         return self.status
+
+    def make_transport(self) -> Transport:
+        """The node's transport: from its network (in memory), else a libp2p host."""
+        if self.network is not None:
+            return self.network.attach(self.peer_id, self.traffic, self.read_policy,
+                                       tuple(self.config.listen))
+        host, listen = make_host(self.identity, self.config.listen)
+        return PeerNet(host, self.traffic, self.config.routes, self.read_policy, self.reaper,
+                       listen)
+
+    def serve_protocols(self, transport: Transport) -> None:
+        """Register the node's handlers (each guarded: deadline, read policy, rate limits)."""
+        transport.serve(PROTO_MEMBERSHIP, self._guard(self._on_heartbeat))
+        transport.serve(PROTO_LINK, self._guard(self._on_link, members_only=True))
+        if self.config.secagg.enabled:
+            # each served as a persistent request stream (timeouts inside)
+            transport.serve(PROTO_MASKED, self._guard(
+                self._on_masked, timeout=math.inf, members_only=True))
+            transport.serve(PROTO_UNMASK, self._guard(
+                self._on_unmask, timeout=math.inf, members_only=True))
+            transport.serve(PROTO_CONSISTENCY, self._guard(
+                self._on_consistency, timeout=math.inf, members_only=True))
+        transport.serve(self.contribution_protocol,  # per-frame deadlines inside
+                        self._guard(self._on_contribution, timeout=math.inf, members_only=True))
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -476,8 +495,7 @@ class Node:
         limit = self.protocol.request_timeout if timeout is None else timeout
         what = getattr(handler, "__name__", "stream").removeprefix("_on_")
 
-        async def guarded(stream: INetStream) -> None:
-            channel = Channel(stream, self.traffic, self.read_policy)
+        async def guarded(channel: Channel) -> None:
             remote = channel.remote
             self.reaper.touch(remote, trio.current_time())
             if members_only and self.security.enabled and not self.security.is_member(remote):

@@ -137,7 +137,7 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
     limit = min(node.protocol.request_timeout, node.protocol.round_timeout)
     with trio.move_on_after(limit) as scope:
         try:
-            message = await trio.to_thread.run_sync(masked_input, node, peer, r, estimate, done)
+            message = await node.offload(masked_input, node, peer, r, estimate, done)
             ack = await streams.ask(node, peer, PROTO_MASKED, message, Ack, payload=True)
         except Exception as error:
             if state is not None:
@@ -392,7 +392,7 @@ async def sum_over(node: Node, r: int,
             request = unmask_request(node, r, inputs, survivors, dropped, peer, signed)
             nursery.start_soon(ask_unmask, node, peer, request, responses)
     try:
-        total = await trio.to_thread.run_sync(unmask, node, r, inputs, survivors, dropped,
+        total = await node.offload(unmask, node, r, inputs, survivors, dropped,
                                               responses)
     except ValueError as error:
         node.secagg.failed_rounds.append(r)

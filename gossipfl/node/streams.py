@@ -67,7 +67,7 @@ async def request(node: Node, peer: str, protocol: str,
     (the peer ended the stream rather than answer: a refusal, never asked twice). Requests on
     one stream are sequential; a cancelled or failed exchange resets its stream.
 
-    A test's or the in-process transport (``node.channel_to`` replaced), or a peer that is no
+    A test's transport (``node.channel_to`` replaced), or a peer that is no
     neighbour, gets a new stream for the one request, closed after."""
     state = node.neighbours.get(peer)
     if state is None or node.net is None or "channel_to" in vars(node):

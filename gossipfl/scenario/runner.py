@@ -156,14 +156,20 @@ def free_ports(count: int) -> list[int]:
 
 
 def prepare_nodes(scenario: ScenarioConfig, out: Path,
-                  network: ScenarioNetwork | None = None) -> list[NodeProcess]:
+                  network: ScenarioNetwork | None = None, *,
+                  ports: list[int] | None = None) -> list[NodeProcess]:
     """Identity, ports, bootstrap lists and a TOML file for each node.
 
     With a ``network``, its relays are started first; a node reaches each routed peer through
     its relay only (``routes``), and its bootstrap list names the relay for such a peer.
+    ``ports``: the nodes' ports as given (a simulation, where nothing binds them); by default
+    free ones from the kernel.
     """
-    with reserved_ports(scenario.nodes) as ports:
-        relays = network.build(ports) if network is not None else {}
+    if ports is not None:
+        relays: dict[int, dict[int, int]] = {}
+    else:
+        with reserved_ports(scenario.nodes) as ports:
+            relays = network.build(ports) if network is not None else {}
     nodes: list[NodeProcess] = []
     addrs: list[str] = []
     late = {j.node for j in scenario.joins}
