@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
 import numpy as np
+
+from gossipfl.gossip.codes import HEARTBEAT_STATUSES, AckCode, LinkCode, NodeStatus
 
 WIRE_VERSION = 1
 HEADER = struct.Struct(">I")
@@ -138,6 +141,18 @@ def _check_bool(value: Any, what: str) -> bool:
     return value
 
 
+C = TypeVar("C", bound=StrEnum)
+
+
+def _check_code(value: Any, what: str, allowed: Iterable[C]) -> C:
+    """A protocol code: a string that is the value of one of ``allowed`` (that member)."""
+    text = _check_str(value, what, 16)
+    for code in allowed:
+        if code.value == text:
+            return code
+    raise WireError(f"{what} {text!r} is unknown")
+
+
 def _check_addrs(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_ADDRS:
         raise WireError(f"{what} must be a list of at most {MAX_ADDRS} addresses")
@@ -181,7 +196,7 @@ class Heartbeat:
     members: tuple[MemberInfo, ...]
     round: int
     degree: int
-    status: str  # "joining" | "training" | "consensus" | "done"
+    status: NodeStatus  # one of HEARTBEAT_STATUSES (joining, training, consensus, done)
     certificate: bytes = b""  # the sender's membership certificate (empty without admission)
     revocations: bytes = b""  # the newest signed revocation list the sender holds (or empty)
     stamp: bytes = b""  # the sender's own latest liveness stamp (omitted on the wire if empty)
@@ -230,9 +245,7 @@ class Heartbeat:
                     member_stamp,
                 )
             )
-        status = _check_str(body["status"], "status", 16)
-        if status not in ("joining", "training", "consensus", "done"):
-            raise WireError(f"status {status!r} is unknown")
+        status = _check_code(body["status"], "status", HEARTBEAT_STATUSES)
         certificate = body["certificate"]
         if not isinstance(certificate, bytes) or len(certificate) > MAX_CERTIFICATE_BYTES:
             raise WireError(f"certificate must be at most {MAX_CERTIFICATE_BYTES} bytes")
@@ -291,7 +304,7 @@ class LinkReply:
     KIND: ClassVar[str] = "link_reply"
     federation: str
     sender: str
-    status: str
+    status: LinkCode
     reason: str
     round: int = -1  # the sender's current round (-1 before its first)
 
@@ -301,9 +314,7 @@ class LinkReply:
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> LinkReply:
-        status = _check_str(body["status"], "status", 16)
-        if status not in ("accepted", "not_ready", "rejected"):
-            raise WireError(f"link status {status!r} is unknown")
+        status = _check_code(body["status"], "link status", LinkCode)
         return cls(
             federation=federation,
             round=_check_int(body["round"], "round", -1, MAX_ROUND),
@@ -381,13 +392,14 @@ class Contribution:
 
 @dataclass(frozen=True)
 class Ack:
-    """The receiver's answer to a contribution: ``ok``, ``need_full`` or ``rejected``."""
+    """The receiver's answer to a contribution: ``ok``, ``need_full`` or ``rejected``; the
+    reason is text for logs, or a code peers act on (:class:`gossipfl.gossip.codes.AckReason`)."""
 
     KIND: ClassVar[str] = "ack"
     federation: str
     round: int
     sender: str
-    status: str
+    status: AckCode
     reason: str
 
     def _fields_to_wire(self) -> dict[str, Any]:
@@ -396,9 +408,7 @@ class Ack:
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Ack:
-        status = _check_str(body["status"], "status", 16)
-        if status not in ("ok", "need_full", "rejected"):
-            raise WireError(f"ack status {status!r} is unknown")
+        status = _check_code(body["status"], "ack status", AckCode)
         return cls(
             federation=federation,
             round=_check_int(body["round"], "round", -1, MAX_ROUND),
