@@ -12,6 +12,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +32,18 @@ TOPOLOGIES = ("regular", "ring", "full")
 
 class ConfigError(ValueError):
     """A configuration value that breaks a rule; the message names the key."""
+
+
+#: Field metadata: what TOML says for a field whose value is None (TOML has no null, and
+#: :func:`to_dict` would otherwise leave the key out, which means the default on reading back).
+TOML_NONE = "toml_none"
+
+
+class Mode(StrEnum):
+    """How rounds keep step (``protocol.mode``)."""
+
+    SYNC = "sync"  # every round waits for every live neighbour's estimate of that round
+    ASYNC = "async"  # no round barrier: a bounded lead (max_lead) or none
 
 
 def _require(condition: bool, message: str) -> None:
@@ -95,11 +108,12 @@ class ProtocolConfig:
     max_consensus_rounds: int = 60
     gamma: float = 1.0
     max_payload_bytes: int = 64 * 1024 * 1024
-    mode: str = "sync"  # "async": no node waits for a round barrier
+    mode: Mode = Mode.SYNC  # async: no node waits for a round barrier (TOML: "sync", "async")
     # async: a neighbour's weight × decay^k, k = rounds its estimate is older than ours (with
-    # max_lead = -1: how many of my rounds ago it arrived)
+    # no bound on the lead: how many of my rounds ago it arrived)
     staleness_decay: float = 0.9
-    max_lead: int = 1  # async: rounds a node may train ahead of a live neighbour (-1: no bound)
+    # async: rounds a node may train ahead of a live neighbour; None: no bound (TOML: -1)
+    max_lead: int | None = field(default=1, metadata={TOML_NONE: -1})
     pace: bool = True  # async: a node its neighbours are ahead of trains less (node/pace.py)
     pace_min_epochs: float = 0.25  # async pace: the least local work in a round, in epochs
     peer_rate: float = 50.0  # streams + frames a second one peer may send us
@@ -122,9 +136,15 @@ class ProtocolConfig:
         _require(self.consensus_tolerance > 0, "protocol.consensus_tolerance must be positive")
         _require(self.max_consensus_rounds >= 0, "protocol.max_consensus_rounds must be >= 0")
         _require(0 < self.gamma <= 1, "protocol.gamma must be in (0, 1]")
-        _require(self.mode in ("sync", "async"), "protocol.mode must be sync or async")
+        try:
+            object.__setattr__(self, "mode", Mode(self.mode))  # parsed here, once
+        except ValueError:
+            raise ConfigError(f"protocol.mode must be sync or async, not {self.mode!r}") from None
         _require(0 < self.staleness_decay <= 1, "protocol.staleness_decay must be in (0, 1]")
-        _require(self.max_lead >= -1, "protocol.max_lead must be -1 (no bound) or >= 0")
+        if self.max_lead == -1:  # TOML has no null: -1 says no bound (and always did)
+            object.__setattr__(self, "max_lead", None)
+        _require(self.max_lead is None or self.max_lead >= 0,
+                 "protocol.max_lead must be >= 0 (rounds), or -1 for no bound")
         _require(self.pace_min_epochs > 0, "protocol.pace_min_epochs must be positive")
         _require(self.max_payload_bytes >= 1024, "protocol.max_payload_bytes is too small")
         _require(self.peer_rate > 0 and self.peer_burst >= 1,
@@ -263,7 +283,7 @@ class NodeConfig:
     def __post_init__(self) -> None:
         for peer, route in self.routes.items():
             _check_route(peer, route)
-        _require(not (self.secagg.enabled and self.protocol.mode == "async"),
+        _require(not (self.secagg.enabled and self.protocol.mode is Mode.ASYNC),
                  "secagg needs protocol.mode = sync (its sums are per round)")
         _require(not self.secagg.enabled or self.security.admission,
                  "secagg needs security.admission (pair masks use the certified keys)")
@@ -359,13 +379,18 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 
 
 def to_dict(obj: Any) -> Any:
-    """Plain data (TOML/JSON-ready) from a config dataclass; None values are left out."""
+    """Plain data (TOML/JSON-ready) from a config dataclass; None values are left out, but for
+    fields that say what TOML writes for None (:data:`TOML_NONE`)."""
     if dataclasses.is_dataclass(obj):
-        return {
-            f.name: to_dict(getattr(obj, f.name))
-            for f in dataclasses.fields(obj)
-            if getattr(obj, f.name) is not None
-        }
+        plain = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                if TOML_NONE not in f.metadata:
+                    continue
+                value = f.metadata[TOML_NONE]
+            plain[f.name] = to_dict(value)
+        return plain
     if isinstance(obj, tuple):
         return [to_dict(v) for v in obj]
     return obj

@@ -20,6 +20,7 @@ from libp2p.peer.id import ID
 from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.adversary.role import Role, next_round
 from gossipfl.crypto.identity import Identity
+from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.peers import Channel, PeerNet, Traffic
 from gossipfl.gossip.wire import HEADER, MAX_CONTROL_BYTES, MAX_MEMBERS, Ack, Heartbeat, MemberInfo
 from gossipfl.node.secure_round import PROTO_MASKED
@@ -190,5 +191,5 @@ class OversizeFlood(Role):
                 reply = await channel.receive(Ack, MAX_CONTROL_BYTES)
             except Exception:
                 return False
-            return reply.status == "ok"
+            return reply.status == AckCode.OK
         return False

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire_fields import (
     ALLOWED_DTYPES,
     MAX_MEMBERS,
@@ -26,6 +27,7 @@ from gossipfl.gossip.wire_fields import (
     MAX_TENSORS,
     WireError,
     check_bool,
+    check_code,
     check_float,
     check_int,
     check_str,
@@ -156,13 +158,14 @@ class Contribution:
 
 @dataclass(frozen=True)
 class Ack:
-    """The receiver's answer to a contribution: ``ok``, ``need_full`` or ``rejected``."""
+    """The receiver's answer to a contribution: ``ok``, ``need_full`` or ``rejected``; the
+    reason is text for logs, or a code peers act on (:class:`gossipfl.gossip.codes.AckReason`)."""
 
     KIND: ClassVar[str] = "ack"
     federation: str
     round: int
     sender: str
-    status: str
+    status: AckCode
     reason: str
 
     def _fields_to_wire(self) -> dict[str, Any]:
@@ -171,9 +174,7 @@ class Ack:
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Ack:
-        status = check_str(body["status"], "status", 16)
-        if status not in ("ok", "need_full", "rejected"):
-            raise WireError(f"ack status {status!r} is unknown")
+        status = check_code(body["status"], "ack status", AckCode)
         return cls(
             federation=federation,
             round=check_int(body["round"], "round", -1, MAX_ROUND),

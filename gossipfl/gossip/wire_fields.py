@@ -11,7 +11,9 @@ without an import cycle.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any, TypeVar
 
 MAX_NAME_CHARS = 128
 MAX_PEER_ID_CHARS = 128
@@ -66,6 +68,18 @@ def check_bool(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise WireError(f"{what} must be a boolean")
     return value
+
+
+C = TypeVar("C", bound=StrEnum)
+
+
+def check_code(value: Any, what: str, allowed: Iterable[C]) -> C:
+    """A protocol code: a string that is the value of one of ``allowed`` (that member)."""
+    text = check_str(value, what, 16)
+    for code in allowed:
+        if code.value == text:
+            return code
+    raise WireError(f"{what} {text!r} is unknown")
 
 
 def check_addrs(value: Any, what: str) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from gossipfl.gossip.codes import HEARTBEAT_STATUSES, LinkCode, NodeStatus
 from gossipfl.gossip.wire_fields import (
     MAX_CERTIFICATE_BYTES,
     MAX_MEMBERS,
@@ -22,6 +23,7 @@ from gossipfl.gossip.wire_fields import (
     WireError,
     check_addrs,
     check_bool,
+    check_code,
     check_float,
     check_int,
     check_str,
@@ -59,7 +61,7 @@ class Heartbeat:
     members: tuple[MemberInfo, ...]
     round: int
     degree: int
-    status: str  # "joining" | "training" | "consensus" | "done"
+    status: NodeStatus  # one of HEARTBEAT_STATUSES (joining, training, consensus, done)
     certificate: bytes = b""  # the sender's membership certificate (empty without admission)
     revocations: bytes = b""  # the newest signed revocation list the sender holds (or empty)
     stamp: bytes = b""  # the sender's own latest liveness stamp (omitted on the wire if empty)
@@ -108,9 +110,7 @@ class Heartbeat:
                     member_stamp,
                 )
             )
-        status = check_str(body["status"], "status", 16)
-        if status not in ("joining", "training", "consensus", "done"):
-            raise WireError(f"status {status!r} is unknown")
+        status = check_code(body["status"], "status", HEARTBEAT_STATUSES)
         certificate = body["certificate"]
         if not isinstance(certificate, bytes) or len(certificate) > MAX_CERTIFICATE_BYTES:
             raise WireError(f"certificate must be at most {MAX_CERTIFICATE_BYTES} bytes")
@@ -169,7 +169,7 @@ class LinkReply:
     KIND: ClassVar[str] = "link_reply"
     federation: str
     sender: str
-    status: str
+    status: LinkCode
     reason: str
     round: int = -1  # the sender's current round (-1 before its first)
 
@@ -179,9 +179,7 @@ class LinkReply:
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> LinkReply:
-        status = check_str(body["status"], "status", 16)
-        if status not in ("accepted", "not_ready", "rejected"):
-            raise WireError(f"link status {status!r} is unknown")
+        status = check_code(body["status"], "link status", LinkCode)
         return cls(
             federation=federation,
             round=check_int(body["round"], "round", -1, MAX_ROUND),

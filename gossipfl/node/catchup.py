@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 
-RUNNING = ("training", "consensus")  # heartbeat statuses of a member still in the rounds
+from gossipfl.gossip.codes import RUNNING, NodeStatus
 
 
 class StateRefusal(enum.Enum):
@@ -51,7 +51,8 @@ def upper_median(rounds: Iterable[int]) -> int:
     return ordered[len(ordered) // 2]
 
 
-def rounds_in_progress(neighbours: Iterable[str], heartbeats: Mapping[str, tuple[int, str]],
+def rounds_in_progress(neighbours: Iterable[str],
+                       heartbeats: Mapping[str, tuple[int, NodeStatus]],
                        masked: Mapping[str, int]) -> dict[str, int]:
     """The round each neighbour is in, from what it told us itself: a heartbeat carries the last
     round it finished (it is in the next one, if still running); a masked input names the round
@@ -59,7 +60,7 @@ def rounds_in_progress(neighbours: Iterable[str], heartbeats: Mapping[str, tuple
     result: dict[str, int] = {}
     for peer in neighbours:
         candidates = []
-        beat_round, status = heartbeats.get(peer, (-1, ""))
+        beat_round, status = heartbeats.get(peer, (-1, None))
         if status in RUNNING and beat_round >= 0:
             candidates.append(beat_round + 1)
         if peer in masked:

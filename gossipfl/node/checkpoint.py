@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gossipfl.gossip.codes import NodeStatus
 from gossipfl.node.estimates import OwnEstimate
 
 log = logging.getLogger("gossipfl.checkpoint")
@@ -33,7 +34,7 @@ class Node(Protocol):
     out: Path
     model: np.ndarray
     own: OwnEstimate
-    status: str
+    status: NodeStatus
     budget: Any  # PrivacyBudget or RecordBudget, None with DP off
 
     def make_budget(self, spent: int = 0) -> Any: ...

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import Contribution
 
 
@@ -76,7 +77,7 @@ class PeerEstimate:
 class EstimateError(ValueError):
     """A contribution that cannot be applied; ``status`` is the ack to send back."""
 
-    def __init__(self, status: str, reason: str, key: str = "stale") -> None:
+    def __init__(self, status: AckCode, reason: str, key: str = "stale") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -106,23 +107,23 @@ class PeerEstimates:
         base we do not hold asks for the full estimate.
         """
         if vector.shape != (self.size,):
-            raise EstimateError("rejected", f"parameter count {vector.size} != {self.size}",
+            raise EstimateError(AckCode.REJECTED, f"parameter count {vector.size} != {self.size}",
                                 "layout")
         entry = self.peers.get(message.sender)
         held = entry.round if entry else -1
         if message.round <= held:
-            raise EstimateError("rejected", f"stale round {message.round} (hold {held})")
+            raise EstimateError(AckCode.REJECTED, f"stale round {message.round} (hold {held})")
         if message.kind == "full":
             new_vector = np.array(vector, dtype=np.float32)
         else:
             if entry is None or message.base_round != held:
                 raise EstimateError(
-                    "need_full", f"delta on round {message.base_round}, hold {held}"
+                    AckCode.NEED_FULL, f"delta on round {message.base_round}, hold {held}"
                 )
             with np.errstate(over="ignore", invalid="ignore"):
                 new_vector = (entry.vector + vector).astype(np.float32)
         if not np.isfinite(new_vector).all():
-            raise EstimateError("rejected", "the estimate would hold NaN or infinite values",
+            raise EstimateError(AckCode.REJECTED, "the estimate would hold NaN or infinite values",
                                 "non_finite")
         self.peers[message.sender] = PeerEstimate(
             vector=new_vector,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from gossipfl.config import NodeConfig
+from gossipfl.gossip.codes import NodeStatus
 
 log = logging.getLogger("gossipfl.node")
 
@@ -90,12 +91,12 @@ def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
     except SecurityError as error:
         log.error("%s", error)
         return 2
-    status = "stopped"
+    status = NodeStatus.STOPPED
     try:
-        status = trio.run(node.run)
+        status = NodeStatus(trio.run(node.run))
     except* NodeError as group:  # raised inside the node's nursery, so it comes grouped
         for error in group.exceptions:
             log.error("%s", error)
-        status = "failed"
+        status = NodeStatus.FAILED
     log.info("exit: %s (pid %d)", status, os.getpid())
-    return 2 if status == "failed" else 0
+    return 2 if status is NodeStatus.FAILED else 0

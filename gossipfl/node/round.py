@@ -21,6 +21,8 @@ import numpy as np
 import trio
 
 from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
+from gossipfl.config import Mode
+from gossipfl.gossip.codes import RUNNING, AckCode, AckReason, NodeStatus
 from gossipfl.gossip.membership import SILENT_INTERVALS
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node import secure_round
@@ -112,7 +114,7 @@ async def run_rounds(node: Node) -> None:
         training = stopped is None
         if training:
             node.model_public = False  # the round trains on private data
-        node.status = "training" if training else "consensus"
+        node.status = NodeStatus.TRAINING if training else NodeStatus.CONSENSUS
         await run_round(node, r, training)
         if not training and finished(node, r):
             log.info("consensus reached at round %d (disagreement %.2e)", r, node.disagreement)
@@ -128,7 +130,7 @@ async def run_rounds(node: Node) -> None:
 def async_neighbours_done_training(node: Node, r: int) -> bool:
     """Async mode: a slower node stops training once all its neighbours have finished theirs,
     so the federation is not held to the pace of its slowest members."""
-    if node.config.protocol.mode != "async" or r == 0 or not node.neighbours:
+    if node.config.protocol.mode is not Mode.ASYNC or r == 0 or not node.neighbours:
         return False
     return all(p in node.estimates.peers and not node.estimates.peers[p].training
                for p in node.neighbours)
@@ -140,7 +142,7 @@ def async_local_epochs(node: Node, r: int, record: dict[str, Any]) -> float | No
     the neighbour furthest ahead is; the lag goes into ``record``. None elsewhere: the
     configured epochs."""
     protocol = node.config.protocol
-    if protocol.mode != "async" or not protocol.pace:
+    if protocol.mode is not Mode.ASYNC or not protocol.pace:
         return None
     training = [e.round for p, e in node.estimates.peers.items()
                 if p in node.neighbours and e.training and not e.done]
@@ -153,7 +155,7 @@ def async_local_epochs(node: Node, r: int, record: dict[str, Any]) -> float | No
         return float(configured)
     share = work_share([h["work_seconds"] for h in recent], [h["round_seconds"] for h in recent])
     # behind means a neighbour waits for us: with a bounded lead L it is L + 1 rounds ahead
-    slack = protocol.max_lead if protocol.max_lead >= 0 else SLACK
+    slack = protocol.max_lead if protocol.max_lead is not None else SLACK
     return local_epochs(recent[-1]["local_epochs"], lag, held=recent[-1].get("held", False),
                         work_share=share, configured=configured,
                         minimum=protocol.pace_min_epochs, slack=slack)
@@ -168,7 +170,7 @@ def async_joins_late(node: Node, r: int) -> bool:
     L), from the neighbours' mean model plus its own last update. Skipped rounds do not age the
     estimates we hold (staleness counts the rounds we take part in)."""
     lead = node.config.protocol.max_lead
-    if node.config.protocol.mode != "async" or lead < 0 or r == 0:
+    if node.config.protocol.mode is not Mode.ASYNC or lead is None or r == 0:
         return False
     ahead = max((e.round for p, e in node.estimates.peers.items()
                  if p in node.neighbours and e.training and not e.done), default=-1)
@@ -233,7 +235,7 @@ async def run_round(node: Node, r: int, training: bool) -> None:
 
         # 5. receive: wait for the neighbours' contributions for this round, or the timeout
         wait_start = trio.current_time()
-        if node.config.protocol.mode == "async":
+        if node.config.protocol.mode is Mode.ASYNC:
             missing = await wait_async(node, training, start + node.protocol.round_timeout,
                                        record)
         else:
@@ -355,12 +357,12 @@ def aggregate(node: Node, half_step: np.ndarray, r: int) -> np.ndarray:
     )
     del self_weight  # choco_step uses the weights of the neighbours only
     protocol = node.config.protocol
-    if protocol.mode == "async" and protocol.max_lead < 0:
+    if protocol.mode is Mode.ASYNC and protocol.max_lead is None:
         # staleness weighting: an estimate that arrived k of our rounds ago counts decay^k as
         # much; the weight it loses stays with this node
         decay = protocol.staleness_decay
         weights = {p: w * decay ** max(0, r - held[p].arrived) for p, w in weights.items()}
-    elif protocol.mode == "async" and node.status == "training":
+    elif protocol.mode is Mode.ASYNC and node.status == NodeStatus.TRAINING:
         # with a bounded lead rounds keep step, so an estimate k rounds older than ours counts
         # decay^k as much (a late joiner's first estimate, many rounds old, hardly counts);
         # consensus rounds wait as in sync and mix as in sync
@@ -407,9 +409,9 @@ async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
                                 type(error).__name__, error)
                     node.notify()
                     return
-        if ack.status == "ok":
+        if ack.status == AckCode.OK:
             state.peer_holds = r
-        elif ack.reason == "not a neighbour":
+        elif AckReason.of(ack.reason) is AckReason.NOT_NEIGHBOUR:
             # it dropped us (we were cut off or paused): stop waiting for it; the re-link loop
             # asks it back
             log.warning("%s no longer counts us as a neighbour (round %d); re-linking", peer, r)
@@ -436,7 +438,7 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
             federation=node.config.federation, round=r, sender=node.peer_id, receiver=peer,
             degree=len(node.neighbours), kind=kind, base_round=base,
             disagreement=_finite(node.disagreement, default=1e9), done=done,
-            tensors=node.layout.to_tensors(array), training=node.status == "training",
+            tensors=node.layout.to_tensors(array), training=node.status == NodeStatus.TRAINING,
         )
 
     if state.channel is None:
@@ -446,7 +448,7 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
     kind, base, array = node.own.payload_for(state.peer_holds)
     await node.send_payload(channel, frame(kind, base, array))
     ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
-    if ack.status == "need_full" and kind == "delta":
+    if ack.status == AckCode.NEED_FULL and kind == "delta":
         await node.send_payload(channel, frame("full", -1, node.own.vector))
         ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
     if ack.round != r or ack.sender != peer:
@@ -507,19 +509,21 @@ async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
 
 async def wait_async(node: Node, training: bool, deadline: float,
                      record: dict[str, Any]) -> list[str]:
-    """Async mode: no barrier while training. With ``protocol.max_lead`` = L >= 0, a training
-    round r waits only for the neighbours more than L rounds behind (until each has delivered
-    round r − L: bounded staleness); with L < 0 it waits for news from half of its live neighbours
-    (the faster ones: a slow neighbour's estimate is mixed, staleness-weighted, whenever it comes).
+    """Async mode: no barrier while training. With ``protocol.max_lead`` = L (not None), a
+    training round r waits only for the neighbours more than L rounds behind (until each has
+    delivered round r − L: bounded staleness); with no bound it waits for news from half of its
+    live neighbours (the faster ones: a slow neighbour's estimate is mixed, staleness-weighted,
+    whenever it comes).
     A consensus round waits for every neighbour's round r with a bounded lead, for news from each
     without. All under the round timeout. Returns the
     neighbours that could not be reached this round, and with a bounded lead those still too far
     behind at the timeout (liveness counts only those). ``record["held"]``: whether the round
     waited for a neighbour behind the bound."""
-    if node.config.protocol.max_lead >= 0:
+    lead = node.config.protocol.max_lead
+    if lead is not None:
         # consensus rounds wait as in sync (rounds keep within the bound of each other)
         r = node.estimates.clock
-        least = r - node.config.protocol.max_lead if training else r
+        least = r - lead if training else r
         return await wait_bounded(node, least, deadline, record, unheard=not training)
     seen = node.async_seen
 
@@ -567,8 +571,8 @@ async def wait_bounded(node: Node, least: int, deadline: float, record: dict[str
                                    if state.unreachable_round == r})
 
 
-def still_working(heard_at: float | None, beat_round: int, status: str, now: float, r: int,
-                  interval: float) -> bool:
+def still_working(heard_at: float | None, beat_round: int, status: NodeStatus | None,
+                  now: float, r: int, interval: float) -> bool:
     """Whether a neighbour that missed round ``r`` is alive and keeping up: it heartbeat us
     directly within the last three heartbeat intervals, while training or in consensus, having
     finished round r − 2 or later (a heartbeat carries the last round finished: it is working on
@@ -576,7 +580,7 @@ def still_working(heard_at: float | None, beat_round: int, status: str, now: flo
     is gone (a cascade of timeouts, as on one side of a partition): it is not counted missing.
     A neighbour that is silent, stopped, or further behind is."""
     return (heard_at is not None and not gone_silent(heard_at, now, interval)
-            and status in ("training", "consensus") and beat_round >= r - 2)
+            and status in RUNNING and beat_round >= r - 2)
 
 
 async def update_liveness(node: Node, r: int, missing: list[str]) -> None:
@@ -588,7 +592,7 @@ async def update_liveness(node: Node, r: int, missing: list[str]) -> None:
         if peer not in missing:
             state.missed = 0
             continue
-        beat_round, status = node.member_state.get(peer, (-1, ""))
+        beat_round, status = node.member_state.get(peer, (-1, None))
         if state.unreachable_round != r and still_working(
                 node.heard_at.get(peer), beat_round, status, now, r,
                 node.protocol.heartbeat_interval):
@@ -631,7 +635,7 @@ async def announce_done(node: Node) -> None:
     """Publish the final model to the neighbours with done=True, so they stop waiting for us."""
     r = node.round + 1
     node.own.publish(node.model, r)
-    node.status = "done"
+    node.status = NodeStatus.DONE
     if node.config.secagg.enabled:
         await secure_round.send_masked_inputs(node, r, done=True)
         return

@@ -31,10 +31,11 @@ import trio
 
 from gossipfl.adversary.role import Role
 from gossipfl.aggregation.topology import build_topology
-from gossipfl.config import NodeConfig
+from gossipfl.config import Mode, NodeConfig
 from gossipfl.crypto import liveness
 from gossipfl.crypto.admission import identity_signing_key
 from gossipfl.crypto.identity import Identity
+from gossipfl.gossip.codes import RUNNING, AckCode, AckReason, LinkCode, NodeStatus
 from gossipfl.gossip.framing import Overloaded, StreamClosed, StreamEnded
 from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import Membership
@@ -137,19 +138,24 @@ class Node:
     """A federation member. Build it, then ``await node.run()`` inside ``trio.run``."""
 
     def __init__(self, config: NodeConfig, identity: Identity, learner: LocalLearner,
-                 role: Role | None = None, *, network: Network | None = None,
-                 offload: Offload | None = None, signals: bool = True) -> None:
-        """``network``: where the node's transport comes from (an in-memory network,
-        gossipfl.gossip.memory); None: a libp2p host listening on ``config.listen``.
-        ``offload``: how blocking work (training, evaluation, disk) runs; by default in a worker
-        thread, so the node keeps serving its peers meanwhile. ``signals``: whether SIGTERM and
-        SIGINT stop the node (a process of its own); off when many nodes share a process."""
+                 role: Role | None = None, *, rng: random.Random | None = None,
+                 network: Network | None = None, offload: Offload | None = None,
+                 signals: bool = True) -> None:
+        """``rng``: the node's own draws (whom to heartbeat). ``network``: where the node's
+        transport comes from (an in-memory network, gossipfl.gossip.memory); None: a libp2p
+        host listening on ``config.listen``. ``offload``: how blocking work (training,
+        evaluation, disk) runs; by default in a worker thread, so the node keeps serving its
+        peers meanwhile. ``signals``: whether SIGTERM and SIGINT stop the node (a process of
+        its own); off when many nodes share a process."""
         self.config = config
         self.network = network
         self.offload: Offload = offload if offload is not None else trio.to_thread.run_sync
         self.signals = signals
         self.identity = identity
         self.peer_id = str(identity.peer_id)
+        # the node's own draws (whom to heartbeat): from its seed, index and id unless given
+        self.rng = rng if rng is not None else random.Random(
+            f"{config.seed}/{config.node_index}/{self.peer_id}")
         self.learner = learner
         self.out = Path(config.out_dir)
         self.protocol = config.protocol
@@ -177,7 +183,8 @@ class Node:
         self._extra_refused: dict[str, float] = {}
         self.neighbours: dict[str, NeighbourState] = {}
         self.addr_book: dict[str, tuple[str, ...]] = {}  # last addresses heard, kept for re-links
-        self.member_state: dict[str, tuple[int, str]] = {}  # (round, status) heard directly
+        # (round, status) heard directly
+        self.member_state: dict[str, tuple[int, NodeStatus]] = {}
         self.heard_at: dict[str, float] = {}  # when each member last heartbeat us directly
         self._hearsay_dialled: dict[str, int] = {}  # admission off: dials of hearsay ids
         self._stale_revocations_logged: dict[str, int] = {}  # peer → our serial when logged
@@ -198,7 +205,7 @@ class Node:
         self.rejoins_served = 0
         self.diverged_rounds: list[int] = []
         self.async_seen: dict[str, int] = {}  # async mode: neighbours' rounds at our last round
-        self.status = "joining"
+        self.status = NodeStatus.JOINING
         self.disagreement = math.inf
         self.addrs: list[str] = []
         self.changed = trio.Event()
@@ -241,6 +248,14 @@ class Node:
                            local_epochs=train.local_epochs, spent=spent)
 
     @property
+    def status(self) -> NodeStatus:
+        return self._status
+
+    @status.setter
+    def status(self, value: NodeStatus | str) -> None:
+        self._status = NodeStatus(value)  # a plain string is parsed (ValueError if unknown)
+
+    @property
     def contribution_protocol(self) -> str:
         return PROTO_SEALED if self.security.sealed else PROTO_CONTRIBUTION
 
@@ -279,16 +294,16 @@ class Node:
                 if self.resumed_from is not None or self.joined_late:
                     await self._catch_up()
                 nursery.start_soon(self._relink_loop)
-                self.status = "training"
+                self.status = NodeStatus.TRAINING
                 await run_rounds(self)
-                self.status = "done"
+                self.status = NodeStatus.DONE
                 nursery.cancel_scope.cancel()
         finally:
             if self.signals:  # stopping now either way: a second signal must not cut the
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # final writes short
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-            if self.status != "done":
-                self.status = "stopped"
+            if self.status != NodeStatus.DONE:
+                self.status = NodeStatus.STOPPED
             self._write_final()
         return self.status
 
@@ -335,7 +350,7 @@ class Node:
         # node stopped cleanly resumes as one killed would, ε and all
         if self.state_loaded:
             save_node_checkpoint(self, self.out / "checkpoint.npz", self.round)
-            if self.status == "done":
+            if self.status == NodeStatus.DONE:
                 save_node_checkpoint(self, self.out / "final.npz", self.round)
         else:
             log.warning("stopped before its saved state was loaded: the checkpoint on disk is "
@@ -586,8 +601,8 @@ class Node:
         return Heartbeat(
             federation=self.config.federation, sender=self.peer_id, addrs=tuple(self.addrs),
             members=self.security.gossiped(self.membership.snapshot(now)), round=self.round,
-            degree=len(self.neighbours), status=self.status if self.status != "stopped"
-            else "done", certificate=self.security.own_certificate,
+            degree=len(self.neighbours), status=self.status.advertised,
+            certificate=self.security.own_certificate,
             revocations=self.security.revocation_bytes, stamp=self.own_stamp,
         )
 
@@ -697,12 +712,12 @@ class Node:
         """
         members = [p for p in self.membership.ids() if self.may_dial(p)]
         if self.topology is None:
-            chosen = members if len(members) <= HEARTBEAT_FANOUT else random.sample(
+            chosen = members if len(members) <= HEARTBEAT_FANOUT else self.rng.sample(
                 members, HEARTBEAT_FANOUT)
         else:
             others = [p for p in members if p not in self.neighbours]
             chosen = [p for p in members if p in self.neighbours]
-            chosen += random.sample(others, min(HEARTBEAT_EXTRA, len(others)))
+            chosen += self.rng.sample(others, min(HEARTBEAT_EXTRA, len(others)))
         targets = {p: self.membership.addrs(p) for p in chosen}
         for peer in chosen:
             if not self.membership.is_direct(peer):
@@ -838,7 +853,7 @@ class Node:
             self.state_loaded = True
             return
         round_ = state.round
-        if state.meta.get("status") == "done":
+        if state.meta.get("status") == NodeStatus.DONE:
             log.warning("the checkpoint says this node had finished; starting again from it")
         try:  # the budget spent is the data's, whatever the model: restored in every case
             restore_dp_state(self, state.meta)
@@ -887,7 +902,7 @@ class Node:
 
     def federation_running(self) -> bool:
         """Some member we heard from directly is already past link formation (we are late)."""
-        return any(status in ("training", "consensus", "done") and round_ >= 0
+        return any((status in RUNNING or status == NodeStatus.DONE) and round_ >= 0
                    for round_, status in self.member_state.values())
 
     async def _form_links(self) -> None:
@@ -986,7 +1001,7 @@ class Node:
                 return
             if not self._check_origin(channel, "link reply", reply.federation, reply.sender):
                 return
-            if reply.status == "accepted":
+            if reply.status == LinkCode.ACCEPTED:
                 if joining or repair:
                     await self._reset_link(peer)
                 else:
@@ -995,8 +1010,8 @@ class Node:
                     self.relinks += 1
                     log.warning("re-linked with neighbour %s (it is at round %d, this node at "
                                 "%d)", peer, reply.round, self.round)
-                    self.note_peer_round(peer, reply.round, "training")
-            elif reply.status == "rejected":
+                    self.note_peer_round(peer, reply.round, NodeStatus.TRAINING)
+            elif reply.status == LinkCode.REJECTED:
                 log.log(logging.INFO if repair or joining else logging.WARNING,
                         "%s refused a link: %s", peer, reply.reason)
                 refused.add(peer)
@@ -1031,12 +1046,12 @@ class Node:
         interval = self.protocol.relink_interval
         while True:
             await trio.sleep(interval)
-            if self.status not in ("training", "consensus"):
+            if not self.status.running:
                 continue
             now = trio.current_time()
             lost = [p for p in sorted(self.wanted - set(self.neighbours))
                     if self._relink_refused.get(p, -math.inf) <= now
-                    and self.member_state.get(p, (-1, ""))[1] != "done"]
+                    and self.member_state.get(p, (-1, None))[1] != NodeStatus.DONE]
             if lost:
                 refused: set[str] = set()
                 async with trio.open_nursery() as nursery:
@@ -1053,7 +1068,7 @@ class Node:
         of both ids), so that nodes asking for links at once spread over different members."""
         return sorted(
             (p for p in self.known_members()
-             if self.member_state.get(p, (-1, ""))[1] in ("training", "consensus")),
+             if self.member_state.get(p, (-1, None))[1] in RUNNING),
             key=lambda p: hashlib.blake2b(f"{self.peer_id}/{p}".encode()).digest(),
         )
 
@@ -1093,13 +1108,12 @@ class Node:
         log.warning("round %d: neighbour(s) %s gone for good; linked with %s instead",
                     self.round, ", ".join(gone), ", ".join(new))
 
-    def note_peer_round(self, peer: str, round_: int, status: str) -> None:
+    def note_peer_round(self, peer: str, round_: int, status: NodeStatus) -> None:
         """A neighbour told us its round. In the synchronous protocol a neighbour can be more
         than a round or two ahead only if it stopped waiting for us (we were cut off, paused or
         dropped): then pulling its state beats dragging the average back."""
-        if (self.protocol.mode != "sync" or peer not in self.neighbours
-                or status not in ("training", "consensus")
-                or self.status not in ("training", "consensus")):
+        if (self.protocol.mode is not Mode.SYNC or peer not in self.neighbours
+                or status not in RUNNING or not self.status.running):
             return
         ahead = round_ - self.round > self.protocol.catch_up_rounds
         if ahead and (self.behind is None or round_ > self.behind):
@@ -1132,41 +1146,41 @@ class Node:
             return
         if not self.security.is_member(request.sender):
             self.reject(request.sender, "link request", "not_member", "no valid certificate")
-            status, reason = "rejected", "no valid certificate seen"
+            status, reason = LinkCode.REJECTED, "no valid certificate seen"
         elif self.topology is None:
-            status, reason = "not_ready", "still joining"
-        elif self.status == "done":
-            status, reason = "rejected", "finished"
+            status, reason = LinkCode.NOT_READY, "still joining"
+        elif self.status == NodeStatus.DONE:
+            status, reason = LinkCode.REJECTED, "finished"
         elif request.sender in self.wanted:
-            status, reason = "accepted", ""
+            status, reason = LinkCode.ACCEPTED, ""
             if request.rejoin:
                 await self._relink(request.sender)
             else:
                 self.neighbours.setdefault(request.sender, NeighbourState())
         elif request.joining:
             status, reason = self._take_joiner(request.sender)
-            if status == "accepted":
+            if status == LinkCode.ACCEPTED:
                 await self._reset_link(request.sender)
         else:
-            status, reason = "rejected", "not a neighbour in my topology"
+            status, reason = LinkCode.REJECTED, "not a neighbour in my topology"
         await channel.send(
             LinkReply(self.config.federation, self.peer_id, status, reason, self.round),
             MAX_CONTROL_BYTES
         )
-        if status == "accepted":
-            self.note_peer_round(request.sender, request.round, "training")
+        if status == LinkCode.ACCEPTED:
+            self.note_peer_round(request.sender, request.round, NodeStatus.TRAINING)
 
-    def _take_joiner(self, peer: str) -> tuple[str, str]:
+    def _take_joiner(self, peer: str) -> tuple[LinkCode, str]:
         """A late joiner asks to be our neighbour: yes while we have room (degree + extra)."""
         if self.config.secagg.enabled:
-            return "rejected", "secure aggregation: the topology is fixed at formation"
+            return LinkCode.REJECTED, "secure aggregation: the topology is fixed at formation"
         if len(self.neighbours) >= self.link_cap:
-            return "rejected", f"no room: {len(self.neighbours)} neighbours already"
+            return LinkCode.REJECTED, f"no room: {len(self.neighbours)} neighbours already"
         self.wanted.add(peer)
         self._save_topology(self._saved_members() or [self.peer_id, *self.wanted])
         log.warning("took %s as an extra neighbour, a late joiner or one replacing a departed "
                     "neighbour (%d neighbours now)", peer, len(self.neighbours) + 1)
-        return "accepted", ""
+        return LinkCode.ACCEPTED, ""
 
     async def _relink(self, peer: str) -> None:
         """A neighbour restarted or comes back after an outage: it lost our estimate (or we
@@ -1308,8 +1322,9 @@ class Node:
             federation=self.config.federation, round=max(self.own.round, 0),
             sender=self.peer_id, receiver=remote, degree=len(self.neighbours), kind="full",
             base_round=-1, disagreement=float(min(self.disagreement, 1e9)),
-            done=self.status == "done", tensors=self.layout.to_tensors(self.own.vector),
-            training=self.status == "training",
+            done=self.status == NodeStatus.DONE,
+            tensors=self.layout.to_tensors(self.own.vector),
+            training=self.status == NodeStatus.TRAINING,
         )
         await self.send_payload(channel, message)
         # it holds our estimate as of this round now
@@ -1334,13 +1349,14 @@ class Node:
                 self.flood(channel.remote, "more frames a second than allowed")
                 return
             if message is None:
-                status, reason = "rejected", "envelope refused"
+                status, reason = AckCode.REJECTED, AckReason.ENVELOPE_REFUSED
             else:
                 status, reason = self._accept_contribution(channel.remote, message)
             ack = Ack(self.config.federation, round_, self.peer_id, status, reason)
             with trio.fail_after(self.protocol.request_timeout):
                 await channel.send(ack, MAX_CONTROL_BYTES)
-            if status == "rejected" and reason in ("wrong federation", "not a neighbour"):
+            if status == AckCode.REJECTED and AckReason.of(reason) in (
+                    AckReason.WRONG_FEDERATION, AckReason.NOT_NEIGHBOUR):
                 return
 
     async def _on_masked(self, channel: Channel) -> None:
@@ -1376,41 +1392,42 @@ class Node:
     def idle_timeout(self) -> float:
         return max(60.0, 2 * self.protocol.round_timeout)
 
-    def _accept_contribution(self, remote: str, message: Contribution) -> tuple[str, str]:
-        """Validate and apply one contribution; returns the ack (status, reason)."""
+    def _accept_contribution(self, remote: str, message: Contribution) -> tuple[AckCode, str]:
+        """Validate and apply one contribution; returns the ack (status, reason: an
+        :class:`AckReason` where peers act on it, else text for logs)."""
         if message.federation != self.config.federation:
             self.reject(remote, "contribution", "federation", repr(message.federation))
-            return "rejected", "wrong federation"
+            return AckCode.REJECTED, AckReason.WRONG_FEDERATION
         if message.sender != remote:
             self.reject(remote, "contribution", "sender_mismatch", f"names {message.sender}")
-            return "rejected", "sender does not match the connection"
+            return AckCode.REJECTED, AckReason.SENDER_MISMATCH
         if message.receiver != self.peer_id:
             self.reject(remote, "contribution", "misaddressed", f"for {message.receiver}")
-            return "rejected", "misaddressed"
+            return AckCode.REJECTED, AckReason.MISADDRESSED
         if not self.security.is_member(message.sender):
             self.reject(remote, "contribution", "not_member", "no valid certificate")
-            return "rejected", "not a member"
+            return AckCode.REJECTED, AckReason.NOT_MEMBER
         if message.sender not in self.neighbours:
             self.reject(remote, "contribution", "not_neighbour", "no link with this peer")
-            return "rejected", "not a neighbour"
+            return AckCode.REJECTED, AckReason.NOT_NEIGHBOUR
         # a round far beyond the sender's last one (as its contributions and heartbeats told us)
         # and ours would make every later genuine contribution look stale (in async mode
         # neighbours' rounds drift apart, one at a time)
         known = max(self.round, self.estimates.holds(message.sender),
-                    self.member_state.get(message.sender, (-1, ""))[0], 0)
+                    self.member_state.get(message.sender, (-1, None))[0], 0)
         if message.round > known + FUTURE_ROUNDS:
-            self.note_peer_round(message.sender, message.round, "training")
+            self.note_peer_round(message.sender, message.round, NodeStatus.TRAINING)
             self.reject(remote, "contribution", "future",
                         f"round {message.round}, this node is at {self.round}")
-            return "rejected", "round too far ahead"
+            return AckCode.REJECTED, AckReason.TOO_FAR_AHEAD
         try:
             vector = self.layout.from_tensors(message.tensors)
             self.estimates.apply(message, vector)
         except LayoutError as error:
             self.reject(remote, "contribution", "layout", str(error))
-            return "rejected", str(error)
+            return AckCode.REJECTED, str(error)
         except EstimateError as error:
-            if error.status == "need_full":
+            if error.status == AckCode.NEED_FULL:
                 log.info("asking %s for its full estimate: %s", remote, error.reason)
             else:
                 self.reject(remote, "contribution", error.key, error.reason)
@@ -1418,7 +1435,7 @@ class Node:
         self.neighbours[message.sender].missed = 0
         self.membership.heard_from(message.sender, (), trio.current_time())
         self.notify()
-        return "ok", ""
+        return AckCode.OK, ""
 
     def write_metrics(self, record: dict[str, Any]) -> None:
         self.history.append(record)

@@ -36,6 +36,7 @@ import trio
 
 from gossipfl.crypto import consistency, secagg, shamir
 from gossipfl.crypto.consistency import Refusal, SurvivorSet, threshold
+from gossipfl.gossip.codes import AckCode, AckReason
 from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
     Ack,
@@ -145,7 +146,7 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
             log.warning("could not send masked round %d to %s: %s: %s", r, peer,
                         type(error).__name__, error)
             return
-        if ack.status != "ok":
+        if ack.status != AckCode.OK:
             log.warning("%s refused our masked round %d: %s", peer, r, ack.reason)
     if scope.cancelled_caught:
         node.timeouts += 1
@@ -268,17 +269,17 @@ async def on_masked_input(node: Node, channel: Channel) -> None:
     """Receive one masked input (signed and encrypted to us when payloads are sealed)."""
     message, round_ = await node.receive_payload(channel, MaskedInput)
     if message is None:
-        status, reason = "rejected", "envelope refused"
+        status, reason = AckCode.REJECTED, AckReason.ENVELOPE_REFUSED
     else:
         status, reason = accept_masked(node, channel.remote, message)
     await channel.send(Ack(node.config.federation, round_, node.peer_id, status, reason),
                        MAX_CONTROL_BYTES)
 
 
-def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[str, str]:
-    def refuse(key: str, detail: str) -> tuple[str, str]:
+def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCode, str]:
+    def refuse(key: str, detail: str) -> tuple[AckCode, str]:
         node.reject(remote, "masked input", key, detail)
-        return "rejected", detail
+        return AckCode.REJECTED, detail
 
     if message.federation != node.config.federation or message.sender != remote:
         return refuse("sender_mismatch", "federation or sender does not match the connection")
@@ -309,7 +310,7 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[str, s
     node.neighbours[remote].missed = 0
     node.membership.heard_from(remote, (), node.clock())
     node.notify()
-    return "ok", ""
+    return AckCode.OK, ""
 
 
 async def wait_for_inputs(node: Node, r: int, deadline: float) -> list[str]:

@@ -34,6 +34,7 @@ import trio.testing
 
 from gossipfl.config import ConfigError, to_dict
 from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.memory import MemoryNetwork
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
 from gossipfl.scenario.report import build_report, print_summary
@@ -118,7 +119,7 @@ class Simulation:
         node = Node(entry.config, identity, learner, make_role(entry.config.adversary),
                     network=self.network, offload=offload, signals=False)
         self.live[index] = node
-        status = "stopped"
+        status = NodeStatus.STOPPED
         with trio.CancelScope() as scope:
             self.scopes[index] = scope
             try:
@@ -126,11 +127,11 @@ class Simulation:
             except* NodeError as group:
                 for error in group.exceptions:
                     log.error("%s", error)
-                status = "failed"
+                status = NodeStatus.FAILED
         self.live.pop(index, None)
         entry.last_round = max(entry.last_round, node.round)
         if entry.exit_code is None or entry.killed_at is None:
-            entry.exit_code = 2 if status == "failed" else 0
+            entry.exit_code = 2 if status is NodeStatus.FAILED else 0
 
     def stop(self, index: int) -> None:
         self.network.kill(self.peer(index))
