@@ -388,7 +388,7 @@ def test_poisson_sample_statistics() -> None:
     sizes, hits = [], np.zeros(records)
     for _ in range(draws):
         chosen = poisson_sample(records, rate, rng)
-        assert np.all(np.diff(chosen) > 0) and chosen.min(initial=0) >= 0
+        assert np.all(np.diff(chosen) > 0)  # each record at most once a batch
         assert chosen.max(initial=0) < records
         sizes.append(len(chosen))
         hits[chosen] += 1

@@ -682,33 +682,63 @@ def total_rejections(node: Node) -> int:
     return sum(node.rejections.values())
 
 
-def expected_status(node: Node, remote: str, message: Contribution) -> str:
-    """The handler's rules, written out independently: what it must answer."""
+#: Every rejection counter a contribution can bump, plain or sealed: a fixed set, so hostile
+#: input never grows ``Node.rejections`` with keys of its own making.
+CONTRIBUTION_KEYS = frozenset({"federation", "sender_mismatch", "misaddressed", "not_member",
+                               "not_neighbour", "future", "layout", "stale", "non_finite"})
+ENVELOPE_REASONS = ("oversized", "malformed", "decryption_failed", "wrong_federation",
+                    "wrong_receiver", "wrong_sender", "bad_signature", "round_mismatch")
+#: What dropping an envelope counts under (``malformed``: the inside is not a contribution).
+DROPPED_KEYS = frozenset({"not_member", "misaddressed", "malformed",
+                          *(f"envelope_{r}" for r in ENVELOPE_REASONS)})
+REJECTION_KEYS = CONTRIBUTION_KEYS | DROPPED_KEYS
+
+
+def expected_answer(node: Node, remote: str, message: Contribution) -> tuple[str, str | None]:
+    """The handler's rules, written out independently: the status it must answer and, for a
+    rejection, the counter it must bump (the first rule broken, in the handler's order)."""
     layout = node.layout
-    if (message.federation != node.config.federation or message.sender != remote
-            or message.receiver != node.peer_id or not node.security.is_member(remote)
-            or message.sender not in node.neighbours):
-        return "rejected"
+    if message.federation != node.config.federation:
+        return "rejected", "federation"
+    if message.sender != remote:
+        return "rejected", "sender_mismatch"
+    if message.receiver != node.peer_id:
+        return "rejected", "misaddressed"
+    if not node.security.is_member(remote):
+        return "rejected", "not_member"
+    if message.sender not in node.neighbours:
+        return "rejected", "not_neighbour"
+    held = node.estimates.holds(message.sender)
+    heard = node.member_state.get(message.sender, (-1, ""))[0]
+    if message.round > max(node.round, held, heard, 0) + FUTURE_ROUNDS:
+        return "rejected", "future"
     if (len(message.tensors) != len(layout.names)
             or any(t.name != n or t.shape != s or t.dtype != "float32"
                    or len(t.data) != math.prod(s) * 4
                    for t, n, s in zip(message.tensors, layout.names, layout.shapes,
                                       strict=False))):
-        return "rejected"
-    if message.round > max(node.round, node.estimates.holds(message.sender), 0) + FUTURE_ROUNDS:
-        return "rejected"  # too far in the future
-    held = node.estimates.holds(message.sender)
+        return "rejected", "layout"
     if message.round <= held:
-        return "rejected"  # stale, or a duplicate
+        return "rejected", "stale"  # or a duplicate
     arrays = [t.to_array().reshape(-1) for t in message.tensors]
     vector = np.concatenate(arrays) if arrays else np.zeros(0, np.float32)
     if message.kind != "full":
         entry = node.estimates.peers.get(message.sender)
         if entry is None or message.base_round != held:
-            return "need_full"
+            return "need_full", None
         with np.errstate(all="ignore"):
             vector = (entry.vector + vector).astype(np.float32)
-    return "ok" if np.isfinite(vector).all() else "rejected"  # NaN/Inf, or a float32 overflow
+    if not np.isfinite(vector).all():
+        return "rejected", "non_finite"  # NaN/Inf, or a float32 overflow
+    return "ok", None
+
+
+def check_bounded(node: Node) -> None:
+    """What hostile input must never grow: estimates only of neighbours, each of the model's
+    size; rejection counters only under the fixed keys."""
+    assert set(node.estimates.peers) <= set(node.neighbours)
+    assert all(e.vector.shape == (node.layout.size,) for e in node.estimates.peers.values())
+    assert set(node.rejections) <= REJECTION_KEYS, set(node.rejections) - REJECTION_KEYS
 
 
 def checked_accept(node: Node, remote: str, message: Contribution) -> str:
@@ -716,15 +746,17 @@ def checked_accept(node: Node, remote: str, message: Contribution) -> str:
 
     Returns "ok", "need_full" or "rejected: <reason>"; raises AssertionError on a broken rule.
     """
-    expected = expected_status(node, remote, message)
+    expected, key = expected_answer(node, remote, message)
     before = snapshot(node)
     others = peer_snapshot(node, exclude=message.sender)
     rejected_before = total_rejections(node)
+    counts = dict(node.rejections)
     status, reason = node._accept_contribution(remote, message)
     assert status in ("ok", "need_full", "rejected"), status
     assert isinstance(reason, str)
     assert status == expected, f"answered {status} ({reason}), the rules say {expected}"
     assert node.model.tobytes() == before[1] and node.own.vector.tobytes() == before[2]
+    check_bounded(node)
     if status == "ok":
         entry = node.estimates.peers[message.sender]
         assert entry.vector.shape == (node.layout.size,) and entry.vector.dtype == np.float32
@@ -734,12 +766,14 @@ def checked_accept(node: Node, remote: str, message: Contribution) -> str:
                 f"(overflow: finite {message.kind} input)" if finite_input
                 else "(NaN/Inf in the input)"))
         assert entry.round == message.round
+        assert node.neighbours[message.sender].missed == 0  # heard from this round
         assert peer_snapshot(node, exclude=message.sender) == others
         assert total_rejections(node) == rejected_before
         return "ok"
     assert snapshot(node) == before, f"state changed by a {status} contribution"
     if status == "rejected":
         assert total_rejections(node) == rejected_before + 1
+        assert rejection_key(node, counts) == key, f"counted under the wrong key ({reason})"
         return "rejected: " + reason
     assert total_rejections(node) == rejected_before
     return "need_full"
@@ -1001,7 +1035,10 @@ def sealed_outcome(node: Node, case: SealedCase) -> str:
     if opened is None:
         assert snapshot(node) == before
         assert total_rejections(node) == rejected_before + 1
-        return "dropped: " + rejection_key(node, counts)
+        key = rejection_key(node, counts)
+        assert key in DROPPED_KEYS, key
+        check_bounded(node)
+        return "dropped: " + key
     assert isinstance(opened, Contribution)
     check_message(opened, Contribution)
     assert (opened.federation, opened.round, opened.sender, opened.receiver) == (

@@ -110,7 +110,7 @@ def test_many_fresh_identities_cannot_add_up() -> None:
 
 
 def test_in_flight_rejects_a_stranger_share_above_the_limit() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="stranger_limit must be in"):
         InFlight(limit=MIB, stranger_limit=2 * MIB)
 
 

@@ -420,7 +420,7 @@ def test_fleet_is_controlled_from_plain_threads() -> None:
             worker.start()
             worker.join(5)
             assert fleet.faults("a->b").cut
-            with pytest.raises((ConnectionError, OSError)):
+            with pytest.raises(ConnectionError):  # reset or closed, not a timeout
                 reply = _round_trip(port, b"cut off")
                 if not reply:  # the reset may read as an orderly close
                     raise ConnectionResetError("no reply")

@@ -7,19 +7,11 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossipfl.aggregation import (
-    KINDS,
-    adjacency_matrix,
-    build_topology,
-    is_connected,
-    max_degree,
-    metropolis_matrix,
-)
+from gossipfl.aggregation import KINDS, build_topology
 from gossipfl.aggregation import topology as topology_module
 from gossipfl.aggregation.topology import Topology
 
@@ -36,6 +28,30 @@ def edges(topology: Topology) -> set[frozenset[str]]:
 
 def degrees(topology: Topology) -> list[int]:
     return sorted(len(peers) for peers in topology.values())
+
+
+def max_degree(topology: Topology) -> int:
+    return max(degrees(topology), default=0)
+
+
+def is_connected(topology: Topology) -> bool:
+    """Whether every member reaches every other (a graph search written for the tests)."""
+    if not topology:
+        return True
+    start = min(topology)
+    seen, stack = {start}, [start]
+    while stack:
+        for peer in topology[stack.pop()]:
+            if peer not in seen:
+                seen.add(peer)
+                stack.append(peer)
+    return seen == set(topology)
+
+
+def sorted_position_edges(topology: Topology) -> set[frozenset[int]]:
+    """The edges between the members' positions in sorted order (the structure, ids aside)."""
+    index = {member: i for i, member in enumerate(sorted(topology))}
+    return {frozenset((index[a], index[b])) for a, b in map(tuple, edges(topology))}
 
 
 def check_invariants(topology: Topology, members: list[str]) -> None:
@@ -220,9 +236,7 @@ def test_different_federations_differ_under_the_same_seed(kind: str) -> None:
     for seed in range(5):
         a = build_topology(kind, names(12, "a"), degree=3, seed=seed)
         b = build_topology(kind, names(12, "b"), degree=3, seed=seed)
-        matrix_a = adjacency_matrix(a, sorted(a))
-        matrix_b = adjacency_matrix(b, sorted(b))
-        different += not np.array_equal(matrix_a, matrix_b)
+        different += sorted_position_edges(a) != sorted_position_edges(b)
     assert different >= 4
 
 
@@ -249,73 +263,15 @@ def test_build_topology_validation(kwargs: dict, error: type[Exception], message
         build_topology(kind, members, **arguments)
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- the test helpers
 
 
-PATH = {"a": frozenset({"b"}), "b": frozenset({"a", "c"}), "c": frozenset({"b"})}
-
-
-def test_adjacency_matrix_follows_order() -> None:
-    assert adjacency_matrix(PATH, ["a", "b", "c"]).tolist() == [[0, 1, 0], [1, 0, 1], [0, 1, 0]]
-    assert adjacency_matrix(PATH, ["b", "a", "c"]).tolist() == [[0, 1, 1], [1, 0, 0], [1, 0, 0]]
-    assert adjacency_matrix({}, []).shape == (0, 0)
-
-
-@FAST
-@given(st.sampled_from(KINDS), st.integers(1, 15), st.integers(2, 5), st.integers(0, 99))
-def test_adjacency_matrix_feeds_metropolis_matrix(kind: str, n: int, d: int, seed: int) -> None:
-    topology = build_topology(kind, names(n), degree=d, seed=seed)
-    a = adjacency_matrix(topology, names(n))
-    assert np.array_equal(a, a.T)
-    assert a.sum() == 2 * len(edges(topology))
-    w = metropolis_matrix(a)
-    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-12)
-
-
-@pytest.mark.parametrize(
-    ("order", "message"),
-    [
-        (["a", "b"], "exactly the members"),
-        (["a", "b", "c", "d"], "exactly the members"),
-        (["a", "b", "b", "c"], "duplicates"),
-    ],
-)
-def test_adjacency_matrix_validates_order(order: list[str], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        adjacency_matrix(PATH, order)
-
-
-@pytest.mark.parametrize("function", [adjacency_matrix, is_connected, max_degree])
-@pytest.mark.parametrize(
-    ("topology", "message"),
-    [
-        ({"a": frozenset({"a"})}, "no self-links"),
-        ({"a": frozenset({"b"}), "b": frozenset()}, "symmetric"),
-        ({"a": frozenset({"z"})}, "must all be members"),
-    ],
-)
-def test_topology_validation(function, topology: Topology, message: str) -> None:
-    arguments = (topology, sorted(topology)) if function is adjacency_matrix else (topology,)
-    with pytest.raises(ValueError, match=message):
-        function(*arguments)
-
-
-def test_is_connected() -> None:
-    assert is_connected({})
-    assert is_connected({"a": frozenset()})
-    assert is_connected(PATH)
+def test_is_connected_helper() -> None:
+    """The oracle the invariants lean on must itself tell connected from split graphs."""
+    path = {"a": frozenset({"b"}), "b": frozenset({"a", "c"}), "c": frozenset({"b"})}
+    assert is_connected({}) and is_connected({"a": frozenset()}) and is_connected(path)
     assert not is_connected({"a": frozenset(), "b": frozenset()})
-    two_pairs = {
-        "a": frozenset({"b"}),
-        "b": frozenset({"a"}),
-        "c": frozenset({"d"}),
-        "d": frozenset({"c"}),
-    }
+    two_pairs = {"a": frozenset({"b"}), "b": frozenset({"a"}), "c": frozenset({"d"}),
+                 "d": frozenset({"c"})}
     assert not is_connected(two_pairs)
-
-
-def test_max_degree() -> None:
-    assert max_degree({}) == 0
-    assert max_degree({"a": frozenset()}) == 0
-    assert max_degree(PATH) == 2
-    assert max_degree(build_topology("full", names(6))) == 5
+    assert max_degree(path) == 2 and max_degree({}) == 0

@@ -4,21 +4,16 @@ from gossipfl.aggregation.mixing import (
     WEIGHT_SUM_TOLERANCE,
     choco_step,
     consensus_distance,
-    metropolis_matrix,
     metropolis_weight,
     mix,
     neighbour_weights,
     relative_disagreement,
-    spectral_gap,
 )
 from gossipfl.aggregation.topology import (
     KINDS,
     REGULAR_MAX_ATTEMPTS,
     Topology,
-    adjacency_matrix,
     build_topology,
-    is_connected,
-    max_degree,
 )
 
 __all__ = [
@@ -26,16 +21,11 @@ __all__ = [
     "REGULAR_MAX_ATTEMPTS",
     "WEIGHT_SUM_TOLERANCE",
     "Topology",
-    "adjacency_matrix",
     "build_topology",
     "choco_step",
     "consensus_distance",
-    "is_connected",
-    "max_degree",
-    "metropolis_matrix",
     "metropolis_weight",
     "mix",
     "neighbour_weights",
     "relative_disagreement",
-    "spectral_gap",
 ]

@@ -12,7 +12,7 @@ its inputs and keeps no state between calls.
   node keeps public estimates ``x̂_j`` of its neighbours and updates
   ``x_i ← x_i^{1/2} + γ Σ_j W_ij (x̂_j − x̂_i)``. The compression itself lives elsewhere; this
   module provides the linear consensus step.
-* ``consensus_distance`` (Kong et al., 2021) and ``spectral_gap`` are diagnostics for reports.
+* ``consensus_distance`` (Kong et al., 2021) is the diagnostic the report gives.
 
 Computation is carried out in float64 and models are returned as float32, the dtype models are
 exchanged in. Neighbour contributions are always summed in sorted-key order, so the result does
@@ -30,12 +30,10 @@ __all__ = [
     "WEIGHT_SUM_TOLERANCE",
     "choco_step",
     "consensus_distance",
-    "metropolis_matrix",
     "metropolis_weight",
     "mix",
     "neighbour_weights",
     "relative_disagreement",
-    "spectral_gap",
 ]
 
 WEIGHT_SUM_TOLERANCE: float = 1e-6
@@ -107,46 +105,6 @@ def metropolis_weight(degree_i: int, degree_j: int) -> float:
     d_i = _check_degree(degree_i, "degree_i")
     d_j = _check_degree(degree_j, "degree_j")
     return 1.0 / (1.0 + max(d_i, d_j))
-
-
-def metropolis_matrix(adjacency: np.ndarray) -> np.ndarray:
-    """Metropolis–Hastings mixing matrix of an undirected graph.
-
-    ``W_ij = 1 / (1 + max(d_i, d_j))`` for every edge, ``0`` between non-neighbours and
-    ``W_ii = 1 − Σ_{j≠i} W_ij``. The result is symmetric, non-negative and doubly stochastic,
-    with a strictly positive diagonal.
-
-    Args:
-        adjacency: Square, symmetric 0/1 (or boolean) matrix with a zero diagonal.
-
-    Returns:
-        The ``(n, n)`` float64 mixing matrix.
-
-    Raises:
-        ValueError: If ``adjacency`` is not a non-empty square matrix, has entries other than
-            0 and 1, is not symmetric, or has a self loop.
-
-    Example:
-        >>> metropolis_matrix(np.array([[0, 1], [1, 0]]))
-        array([[0.5, 0.5],
-               [0.5, 0.5]])
-    """
-    a = np.asarray(adjacency)
-    if a.ndim != 2 or a.shape[0] != a.shape[1]:
-        raise ValueError(f"adjacency must be a square matrix, got shape {a.shape}")
-    if a.shape[0] == 0:
-        raise ValueError("adjacency must have at least one node")
-    if not np.all((a == 0) | (a == 1)):
-        raise ValueError("adjacency entries must all be 0 or 1")
-    a = a.astype(np.float64)
-    if np.any(np.diag(a) != 0):
-        raise ValueError("adjacency must have a zero diagonal (no self loops)")
-    if not np.array_equal(a, a.T):
-        raise ValueError("adjacency must be symmetric (undirected graph)")
-    degrees = a.sum(axis=1)
-    w = a / (1.0 + np.maximum(degrees[:, None], degrees[None, :]))
-    np.fill_diagonal(w, 1.0 - w.sum(axis=1))
-    return w
 
 
 def neighbour_weights(
@@ -338,34 +296,3 @@ def relative_disagreement(own: np.ndarray, others: Sequence[np.ndarray]) -> floa
         for i, o in enumerate(others)
     )
     return largest / max(float(np.linalg.norm(x.ravel())), _NORM_FLOOR)
-
-
-def spectral_gap(W: np.ndarray) -> float:
-    """``1 − |λ₂|`` where ``|λ₂|`` is the second largest eigenvalue magnitude of ``W``.
-
-    For a symmetric doubly stochastic ``W`` this is the per-step contraction rate of gossip
-    averaging: ``0`` for a disconnected graph, ``1`` for exact averaging in one step.
-
-    Args:
-        W: Square mixing matrix.
-
-    Returns:
-        The spectral gap; ``1.0`` for a ``1 × 1`` matrix, which has no second eigenvalue.
-
-    Raises:
-        ValueError: If ``W`` is not a non-empty square matrix of finite numbers.
-
-    Example:
-        >>> spectral_gap(np.full((2, 2), 0.5))
-        1.0
-    """
-    w = np.asarray(W, dtype=np.float64)
-    if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape[0] == 0:
-        raise ValueError(f"W must be a non-empty square matrix, got shape {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError("W must contain only finite numbers")
-    if w.shape[0] == 1:
-        return 1.0
-    eigenvalues = np.linalg.eigvalsh(w) if np.array_equal(w, w.T) else np.linalg.eigvals(w)
-    magnitudes = np.sort(np.abs(eigenvalues))[::-1]
-    return float(1.0 - magnitudes[1])

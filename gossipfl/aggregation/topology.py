@@ -13,7 +13,7 @@ symmetric, has no self-links and has every member as a key.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
 import numpy as np
@@ -22,10 +22,7 @@ __all__ = [
     "KINDS",
     "REGULAR_MAX_ATTEMPTS",
     "Topology",
-    "adjacency_matrix",
     "build_topology",
-    "is_connected",
-    "max_degree",
 ]
 
 Topology = dict[str, frozenset[str]]
@@ -223,102 +220,3 @@ def build_topology(
             "degree must be at least 2 when there are more than two members"
         )
     return _edges_to_topology(ordered, _regular_edges(rng, n, d))
-
-
-def _check_topology(topology: Mapping[str, Iterable[str]]) -> dict[str, frozenset[str]]:
-    """Normalise to frozensets and check: neighbours are members, no self-links, symmetric."""
-    normalised = {member: frozenset(peers) for member, peers in topology.items()}
-    for member, peers in normalised.items():
-        if member in peers:
-            raise ValueError(f"topology must have no self-links, {member!r} links to itself")
-        unknown = sorted(peers - normalised.keys())
-        if unknown:
-            raise ValueError(f"neighbours of {member!r} must all be members, unknown: {unknown}")
-        one_way = sorted(peer for peer in peers if member not in normalised[peer])
-        if one_way:
-            raise ValueError(
-                f"topology must be symmetric: {member!r} links to {one_way} but not back"
-            )
-    return normalised
-
-
-def adjacency_matrix(topology: Mapping[str, Iterable[str]], order: Sequence[str]) -> np.ndarray:
-    """0/1 adjacency matrix of ``topology`` with rows and columns in ``order``.
-
-    Args:
-        topology: Symmetric topology, e.g. from :func:`build_topology`.
-        order: Every member of ``topology`` exactly once, in the row order wanted.
-
-    Returns:
-        Symmetric ``(n, n)`` int64 matrix with a zero diagonal.
-
-    Raises:
-        ValueError: If ``order`` is not exactly the members of ``topology``, or the topology is
-            not symmetric, has self-links or names unknown neighbours.
-
-    Example:
-        >>> adjacency_matrix({"a": frozenset({"b"}), "b": frozenset({"a"})}, ["a", "b"])
-        array([[0, 1],
-               [1, 0]])
-    """
-    normalised = _check_topology(topology)
-    if len(set(order)) != len(order):
-        raise ValueError("order must list each member once, found duplicates")
-    if set(order) != normalised.keys():
-        raise ValueError(
-            "order must list exactly the members of the topology: "
-            f"missing {sorted(normalised.keys() - set(order))}, "
-            f"extra {sorted(set(order) - normalised.keys())}"
-        )
-    index = {member: i for i, member in enumerate(order)}
-    matrix = np.zeros((len(order), len(order)), dtype=np.int64)
-    for member, peers in normalised.items():
-        for peer in peers:
-            matrix[index[member], index[peer]] = 1
-    return matrix
-
-
-def is_connected(topology: Mapping[str, Iterable[str]]) -> bool:
-    """Whether every member can reach every other through the topology.
-
-    Args:
-        topology: Symmetric topology.
-
-    Returns:
-        ``True`` if connected; ``True`` for zero or one member.
-
-    Raises:
-        ValueError: If the topology is not symmetric, has self-links or names unknown
-            neighbours.
-
-    Example:
-        >>> is_connected({"a": frozenset({"b"}), "b": frozenset({"a"}), "c": frozenset()})
-        False
-    """
-    normalised = _check_topology(topology)
-    ordered = sorted(normalised)
-    if len(ordered) <= 1:
-        return True
-    index = {member: i for i, member in enumerate(ordered)}
-    edges = [(index[m], index[p]) for m in ordered for p in normalised[m]]
-    return _connected_edges(len(ordered), edges)
-
-
-def max_degree(topology: Mapping[str, Iterable[str]]) -> int:
-    """Largest number of neighbours of any member (``0`` for an empty topology).
-
-    Args:
-        topology: Symmetric topology.
-
-    Returns:
-        The maximum degree.
-
-    Raises:
-        ValueError: If the topology is not symmetric, has self-links or names unknown
-            neighbours.
-
-    Example:
-        >>> max_degree(build_topology("full", ["a", "b", "c"]))
-        2
-    """
-    return max((len(peers) for peers in _check_topology(topology).values()), default=0)
