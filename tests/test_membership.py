@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossipfl.gossip.membership import Membership
+from gossipfl.gossip.membership import MAX_FEDERATION, Membership
 from gossipfl.gossip.wire import MAX_MEMBERS, MemberInfo
 
 FAST = settings(max_examples=60, deadline=None)
@@ -21,7 +21,7 @@ def _ages(table: Membership, now: float) -> dict[str, float]:
 
 def test_defaults_leave_room_for_self() -> None:
     table = Membership("me", timeout=10.0)
-    assert table.capacity == MAX_MEMBERS - 1
+    assert table.capacity == MAX_FEDERATION - 1
     assert len(table) == 0 and table.ids() == [] and table.snapshot(0.0) == ()
 
 
@@ -142,12 +142,23 @@ def test_capacity_is_respected() -> None:
     assert table.ids() == ["a", "b", "d"]
 
 
-def test_default_capacity_fits_a_heartbeat() -> None:
+def test_a_table_larger_than_a_heartbeat_is_gossiped_in_windows() -> None:
     table = Membership("me", timeout=10.0)
-    for i in range(MAX_MEMBERS + 10):
-        table.heard_from(f"p{i:03d}", (), now=0.0)
-    assert len(table) == MAX_MEMBERS - 1
-    assert len(table.snapshot(0.0)) == MAX_MEMBERS - 1
+    ids = [f"p{i:04d}" for i in range(2 * MAX_MEMBERS + 10)]
+    for peer in ids:
+        table.heard_from(peer, (), now=0.0)
+    assert len(table) == len(ids)
+    windows = [[m.peer_id for m in table.snapshot(0.0)] for _ in range(3)]
+    assert all(len(w) == MAX_MEMBERS for w in windows)
+    assert set(windows[0]) | set(windows[1]) | set(windows[2]) == set(ids)  # all, in 3 beats
+    assert windows[0] == ids[:MAX_MEMBERS] and windows[2][-1] == ids[MAX_MEMBERS * 3 - len(ids) - 1]
+
+
+def test_the_default_table_stops_at_its_capacity() -> None:
+    table = Membership("me", timeout=10.0)
+    for i in range(MAX_FEDERATION + 10):
+        table.heard_from(f"p{i:05d}", (), now=0.0)
+    assert len(table) == MAX_FEDERATION - 1
 
 
 @FAST
@@ -243,7 +254,8 @@ def test_a_heartbeat_of_255_made_up_ids_does_not_displace_a_genuine_direct_membe
     table = Membership("me", timeout=10.0)
     table.heard_from("liar", ADDR_A, now=0.0)
     new = table.merge(_fakes(MAX_MEMBERS - 1), now=0.0, reporter="liar")  # not vouched
-    assert len(new) == table.per_reporter == (MAX_MEMBERS - 1) // 4  # its share, no more
+    more = table.merge(_fakes(2 * MAX_MEMBERS)[MAX_MEMBERS:], now=0.0, reporter="liar")
+    assert len(new) + len(more) == table.per_reporter == MAX_MEMBERS - 1  # its share, no more
     assert table.heard_from("genuine", ADDR_B, now=1.0) is True
     assert "genuine" in table and table.is_direct("genuine")
     # the made-up ids are never re-gossiped: only vouched members go into our heartbeat

@@ -10,8 +10,9 @@ One member cannot flood the table (the rules below hold against a reporter that 
 - A member heard from directly is never evicted or refused because of hearsay: when the table
   is full, a new direct member takes the slot of a hearsay entry (one from the reporter holding
   the most hearsay entries, its oldest first). Hearsay never changes a direct member's addresses.
-- Hearsay entries are capped per reporter (``per_reporter``, a quarter of the table by default)
-  and overall (the table's capacity less the direct members).
+- Hearsay entries are capped per reporter (``per_reporter``: a quarter of the table, at most
+  one heartbeat's worth, by default) and overall (the table's capacity less the direct
+  members).
 - Hearsay is *vouched* when the caller says so (the node vouches for ids whose membership
   certificate it verified), or once the member is heard from directly. Only vouched members go
   into :meth:`snapshot`, so unvouched hearsay is never re-gossiped: made-up ids stay in the
@@ -43,10 +44,13 @@ from gossipfl.gossip.wire import MAX_MEMBERS, MemberInfo
 
 log = logging.getLogger(__name__)
 
+#: Members one table holds at most by default (itself included): a heartbeat lists at most
+#: ``MAX_MEMBERS`` of them, so a larger federation is gossiped in windows (:meth:`snapshot`).
+MAX_FEDERATION = 4096
 SILENT_INTERVALS = 3  # heartbeat intervals without news of a peer: it has gone silent
 #: Relayed stamps one heartbeat may make us verify. Past it, the rest of that heartbeat's new
 #: stamps are ignored (not held, not progress); the next heartbeats carry them, and each
-#: checked one is then held, so a federation of 256 members is covered in a few heartbeats.
+#: checked one is then held, so a heartbeat's window of members is covered in a few heartbeats.
 MAX_STAMP_CHECKS = 64
 
 Verifier = Callable[[bytes, str, str], Stamp]  # (stamp, federation, peer id) → Stamp or error
@@ -75,18 +79,20 @@ class Membership:
 
     self_id: str
     timeout: float
-    capacity: int = MAX_MEMBERS - 1
-    per_reporter: int = 0  # hearsay entries one reporter may fill; 0: a quarter of the capacity
+    capacity: int = MAX_FEDERATION - 1
+    per_reporter: int = 0  # hearsay entries one reporter may fill; 0: a quarter of the
+    # capacity, at most one heartbeat's worth (MAX_MEMBERS - 1)
     federation: str = ""  # what liveness stamps must name
     verify: Verifier = _verify
     _members: dict[str, _Entry] = field(default_factory=dict)
     _tombstones: dict[str, StampKey] = field(default_factory=dict)  # pruned: their last stamp
+    _window: int = 0  # where the next snapshot's window starts (a table larger than a heartbeat)
     #: stamps refused since last drained: (reporter, member, reason); the node logs them
     forged: list[tuple[str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.per_reporter <= 0:
-            self.per_reporter = max(1, self.capacity // 4)
+            self.per_reporter = max(1, min(self.capacity // 4, MAX_MEMBERS - 1))
 
     def heard_from(self, peer_id: str, addrs: tuple[str, ...], now: float,
                    stamp: bytes = b"") -> bool:
@@ -228,7 +234,7 @@ class Membership:
             key = self._members.pop(peer_id).stamp_key
             if key is not None:
                 self._tombstones[peer_id] = key
-                while len(self._tombstones) > MAX_MEMBERS:
+                while len(self._tombstones) > self.capacity:
                     del self._tombstones[next(iter(self._tombstones))]
         return gone
 
@@ -272,13 +278,24 @@ class Membership:
     def ids(self) -> list[str]:
         return sorted(self._members)
 
-    def snapshot(self, now: float) -> tuple[MemberInfo, ...]:
-        """The member list to put in our heartbeat: vouched members only."""
-        return tuple(
-            MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), stamp=e.stamp)
-            for p, e in sorted(self._members.items())
-            if e.vouched
-        )
+    def snapshot(self, now: float, limit: int = MAX_MEMBERS) -> tuple[MemberInfo, ...]:
+        """The member list to put in our heartbeat: vouched members only, at most ``limit``
+        of them. A larger table is sent in windows, each snapshot the next ``limit`` members in
+        id order (wrapping), so every member is gossiped once per ⌈members / limit⌉ heartbeats.
+
+        >>> table = Membership("me", timeout=10.0)
+        >>> for i in range(5):
+        ...     _ = table.heard_from(f"p{i}", (), 0.0)
+        >>> [[m.peer_id for m in table.snapshot(1.0, limit=2)] for _ in range(3)]
+        [['p0', 'p1'], ['p2', 'p3'], ['p4', 'p0']]
+        """
+        vouched = [(p, e) for p, e in sorted(self._members.items()) if e.vouched]
+        if len(vouched) > limit:
+            start = self._window % len(vouched)
+            self._window = start + limit
+            vouched = (vouched + vouched)[start:start + limit]
+        return tuple(MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), stamp=e.stamp)
+                     for p, e in vouched)
 
 
 @dataclass

@@ -35,6 +35,8 @@ from gossipfl.gossip.wire_fields import (
 
 # -- arrays -------------------------------------------------------------------------------------
 
+_DTYPES = {name: np.dtype(name) for name in ALLOWED_DTYPES}  # built once: np.dtype(str) is slow
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -54,7 +56,7 @@ class Tensor:
 
     def to_array(self) -> np.ndarray:
         """The array (read-only view over the frame's bytes)."""
-        return np.frombuffer(self.data, dtype=np.dtype(self.dtype)).reshape(self.shape)
+        return np.frombuffer(self.data, dtype=_DTYPES[self.dtype]).reshape(self.shape)
 
     def _to_wire(self) -> list[Any]:
         return [self.name, self.dtype, list(self.shape), self.data]
@@ -76,7 +78,7 @@ class Tensor:
             raise WireError(f"tensor {name!r}: shape {dims} is too large")
         if not isinstance(data, bytes):
             raise WireError(f"tensor {name!r}: data must be bytes")
-        expected = math.prod(dims) * np.dtype(dtype).itemsize
+        expected = math.prod(dims) * _DTYPES[dtype].itemsize
         if len(data) != expected:
             raise WireError(
                 f"tensor {name!r}: {len(data)} data bytes do not match shape {dims} of {dtype}"

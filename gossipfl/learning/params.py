@@ -55,7 +55,8 @@ def unflatten_params(vector: np.ndarray, like: Params) -> Params:
         like: Template pytree giving structure, shapes and dtypes.
 
     Returns:
-        A new pytree with the structure of ``like`` and ``jnp`` array leaves.
+        A new pytree with the structure of ``like`` and numpy array leaves (views of
+        ``vector`` where the dtype matches): the jitted steps move them to the device.
 
     Raises:
         ValueError: If ``vector`` is not 1-D or its length does not match ``like``.
@@ -73,7 +74,7 @@ def unflatten_params(vector: np.ndarray, like: Params) -> Params:
         shape = np.shape(leaf)
         size = int(np.size(leaf))
         chunk = vector[offset : offset + size].reshape(shape)
-        out.append(jnp.asarray(chunk, dtype=jnp.result_type(leaf)))
+        out.append(np.asarray(chunk, dtype=np.result_type(leaf)))
         offset += size
     return jax.tree_util.tree_unflatten(treedef, out)
 

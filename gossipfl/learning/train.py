@@ -33,6 +33,7 @@ import optax
 from gossipfl.learning.data import Dataset
 from gossipfl.learning.models import Model
 from gossipfl.learning.params import Params
+from gossipfl.learning.plan import minibatch_plan
 from gossipfl.privacy.dp import clip_per_example, noisy_mean, padded_batch_size, poisson_sample
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
@@ -187,6 +188,7 @@ class Trainer:
         self._eval_step = jax.jit(self._eval_step_impl)
         self._dp_step = jax.jit(self._dp_step_impl)
         self._clipped_sum = jax.jit(self._clipped_sum_impl)
+        self._classes: dict[tuple[int, ...], int] = {}  # input shape → number of logits
 
     def _masked_loss(
         self, params: Params, x: jax.Array, y: jax.Array, mask: jax.Array
@@ -254,9 +256,14 @@ class Trainer:
         return jnp.sum(losses * mask), jnp.sum(correct * mask)
 
     def _check_labels_fit(self, params: Params, x: np.ndarray, y: np.ndarray) -> None:
-        """Raise ValueError if a label is not below the model's number of logits."""
-        out = jax.eval_shape(self.model.apply, params, jax.ShapeDtypeStruct(x[:1].shape, x.dtype))
-        num_classes = out.shape[-1]
+        """Raise ValueError if a label is not below the model's number of logits (the
+        model's output width, traced once per input width)."""
+        key = x.shape[1:]
+        if key not in self._classes:
+            out = jax.eval_shape(self.model.apply, params,
+                                 jax.ShapeDtypeStruct(x[:1].shape, x.dtype))
+            self._classes[key] = out.shape[-1]
+        num_classes = self._classes[key]
         if y.max() >= num_classes:
             raise ValueError(f"label {y.max()} out of range for a model with {num_classes} classes")
 
@@ -329,27 +336,16 @@ class Trainer:
             steps = epochs * num_batches if max_steps is None else min(max_steps,
                                                                         epochs * num_batches)
             return self._train_dp(params, opt_state, x, y, steps, dp)
-        padded = num_batches * batch
-        mask = np.zeros(padded, np.float32)
-        mask[:n] = 1.0
-        mask_batches = mask.reshape(num_batches, batch)
-        rng = np.random.default_rng(seed)
+        plan = minibatch_plan(n, batch, epochs, seed, max_steps)
         losses: list[jax.Array] = []
-        weights: list[float] = []
-        steps = epochs * num_batches if max_steps is None else min(max_steps, epochs * num_batches)
-        for _ in range(-(-steps // num_batches)):
-            order = np.zeros(padded, np.int64)
-            order[:n] = rng.permutation(n)
-            xs = x[order].reshape(num_batches, batch, x.shape[1])
-            ys = y[order].reshape(num_batches, batch)
-            for b in range(min(num_batches, steps - len(losses))):
-                params, opt_state, loss = self._train_step(
-                    params, opt_state, xs[b], ys[b], mask_batches[b]
-                )
-                losses.append(loss)
-                weights.append(float(min(batch, n - b * batch)))
+        for s in range(plan.steps):
+            params, opt_state, loss = self._train_step(
+                params, opt_state, x[plan.rows[s]], y[plan.rows[s]], plan.masks[s]
+            )
+            losses.append(loss)
         # device_get, not jnp.stack: a stack compiles once per number of steps
-        mean_loss = float(np.dot(np.asarray(jax.device_get(losses)), weights) / sum(weights))
+        mean_loss = float(np.dot(np.asarray(jax.device_get(losses)), plan.weights)
+                          / plan.weights.sum())
         return params, opt_state, mean_loss
 
     def _train_dp(

@@ -104,10 +104,10 @@ def previous_path(path: str | Path) -> Path:
 
 def save_checkpoint(path: str | Path, params: np.ndarray, round_: int, *,
                     public: np.ndarray | None = None, public_round: int = -1,
-                    **extra: Any) -> None:
+                    durable: bool = True, **extra: Any) -> None:
     """Write the flat parameter vector, its round and (if given) the public estimate, with one
-    checksum over all of them, atomically and durably; the checkpoint it replaces is kept as
-    ``<name>.prev.npz``."""
+    checksum over all of them, atomically and (unless ``durable`` is off) durably; the
+    checkpoint it replaces is kept as ``<name>.prev.npz``."""
     vector = np.asarray(params, dtype=np.float32)
     arrays: dict[str, np.ndarray] = {}
     if public is not None:
@@ -125,7 +125,7 @@ def save_checkpoint(path: str | Path, params: np.ndarray, round_: int, *,
     target = Path(path)
     if target.exists():
         os.replace(target, previous_path(target))
-    atomic_write_bytes(target, buffer.getvalue())
+    atomic_write_bytes(target, buffer.getvalue(), durable=durable)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -244,7 +244,8 @@ def save_node_checkpoint(node: Node, path: str | Path, round_: int) -> None:
     """Checkpoint ``node``: its private model, its public estimate x̂ stored apart (what a resume
     publishes and serves), the round, its status and its DP state (:func:`dp_state`)."""
     save_checkpoint(path, node.model, round_, public=node.own.vector,
-                    public_round=node.own.round, status=node.status, **dp_state(node))
+                    public_round=node.own.round, status=node.status,
+                    durable=getattr(node, "durable", True), **dp_state(node))
 
 
 def restored_public_estimate(checkpoint: Checkpoint, initial: np.ndarray) -> OwnEstimate:

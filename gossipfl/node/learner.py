@@ -11,15 +11,18 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gossipfl.config import NodeConfig
+from gossipfl.learning.batched import TrainJob
 from gossipfl.learning.data import Dataset, load_dataset
 from gossipfl.learning.models import Model, build_model
 from gossipfl.learning.params import Params, flatten_params, named_arrays, unflatten_params
 from gossipfl.learning.partition import node_partition
+from gossipfl.learning.partition import partition_indices as partition_indices_of
+from gossipfl.learning.plan import minibatch_plan
 from gossipfl.learning.train import DPSGD, Trainer
 
 if TYPE_CHECKING:  # dp-accounting (and SciPy) load only when DP is on
@@ -83,6 +86,7 @@ class LearnerPool:
 
     def __init__(self) -> None:
         self._datasets: dict[tuple[object, ...], Dataset] = {}
+        self._partitions: dict[tuple[object, ...], list[np.ndarray]] = {}
         self._trainers: dict[tuple[object, ...], tuple[Model, Params, Trainer]] = {}
 
     def dataset(self, config: NodeConfig) -> Dataset:
@@ -93,6 +97,19 @@ class LearnerPool:
                                                test_fraction=spec.test_fraction,
                                                path=spec.path, samples=spec.samples)
         return self._datasets[key]
+
+    def indices(self, config: NodeConfig, dataset: Dataset) -> np.ndarray:
+        """This node's partition (every node's computed once: the partition is global)."""
+        spec = config.data
+        if spec.partition == "none":
+            return np.arange(len(dataset.y_train))
+        key = (id(dataset), spec.partition, config.node_count, spec.seed, spec.alpha,
+               spec.shards_per_node)
+        if key not in self._partitions:
+            self._partitions[key] = partition_indices_of(
+                dataset.y_train, config.node_count, scheme=spec.partition, seed=spec.seed,
+                alpha=spec.alpha, shards_per_node=spec.shards_per_node)
+        return self._partitions[key][config.node_index]
 
     def trainer(self, config: NodeConfig, dataset: Dataset) -> tuple[Model, Params, Trainer]:
         key = (config.model, config.train, config.seed, dataset.input_shape, dataset.num_classes)
@@ -116,7 +133,7 @@ class LocalLearner:
             self.trainer = Trainer(self.model, config.train)
         else:
             self.dataset = pool.dataset(config)
-            self.indices = partition_indices(config, self.dataset)
+            self.indices = pool.indices(config, self.dataset)
             self.model, self.template, self.trainer = pool.trainer(config, self.dataset)
         self.x = self.dataset.x_train[self.indices]
         self.y = self.dataset.y_train[self.indices]
@@ -136,6 +153,25 @@ class LocalLearner:
     def steps_per_epoch(self) -> int:
         return -(-len(self.y) // self.config.train.batch_size)
 
+    def _seed(self, round_: int) -> int:
+        return (self.config.seed * 1_000_003 + self.config.node_index * 7919 + round_) % 2**31
+
+    def _steps(self, epochs: float | None) -> int | None:
+        """Minibatch steps for ``epochs`` of local work; None: the configured whole epochs."""
+        if epochs is None or epochs == self.config.train.local_epochs:
+            return None
+        return max(1, math.ceil(epochs * self.steps_per_epoch - 1e-9))
+
+    def _epochs(self, steps: int | None) -> int:
+        configured = self.config.train.local_epochs
+        return configured if steps is None else -(-steps // self.steps_per_epoch)
+
+    def _result(self, params: Params, loss: float, start: float, steps: int | None) -> TrainResult:
+        done = (float(self.config.train.local_epochs) if steps is None
+                else steps / self.steps_per_epoch)
+        return TrainResult(flatten_params(params), float(loss), time.perf_counter() - start,
+                           len(self.y), done)
+
     def train(self, vector: np.ndarray, round_: int, epochs: float | None = None,
               dp: RecordDP | None = None) -> TrainResult:
         """Train from ``vector``: the configured epochs, or ``epochs`` of local work (rounded up
@@ -144,13 +180,10 @@ class LocalLearner:
         there, logged once)."""
         start = time.perf_counter()
         params = unflatten_params(vector, self.template)
-        seed = (self.config.seed * 1_000_003 + self.config.node_index * 7919 + round_) % 2**31
-        configured = self.config.train.local_epochs
-        steps = None
-        if epochs is not None and epochs != configured:
-            steps = max(1, math.ceil(epochs * self.steps_per_epoch - 1e-9))
+        steps = self._steps(epochs)
         dpsgd = None
         if dp is not None:
+            configured = self.config.train.local_epochs
             wanted = configured * self.steps_per_epoch if steps is None else steps
             allowed = dp.budget.steps_allowed(wanted)
             if allowed < wanted:
@@ -168,13 +201,27 @@ class LocalLearner:
                           noise_multiplier=dp.budget.noise_multiplier,
                           sample_rate=dp.budget.sample_rate, rng=dp.rng)
         params, self.opt_state, loss = self.trainer.train(
-            params, self.opt_state, self.x, self.y,
-            epochs=configured if steps is None else -(-steps // self.steps_per_epoch),
-            seed=seed, max_steps=steps, dp=dpsgd,
+            params, self.opt_state, self.x, self.y, epochs=self._epochs(steps),
+            seed=self._seed(round_), max_steps=steps, dp=dpsgd,
         )
-        out = flatten_params(params)
-        done = float(configured) if steps is None else steps / self.steps_per_epoch
-        return TrainResult(out, float(loss), time.perf_counter() - start, len(self.y), done)
+        return self._result(params, loss, start, steps)
+
+    def train_job(self, vector: np.ndarray, round_: int,
+                  epochs: float | None = None) -> TrainJob:
+        """What :meth:`train` (without DP) would run, as a job to batch with other nodes'
+        (:class:`gossipfl.learning.batched.Batched`); hand its outcome to :meth:`take`."""
+        steps = self._steps(epochs)
+        plan = minibatch_plan(len(self.y), self.config.train.batch_size, self._epochs(steps),
+                              self._seed(round_), steps)
+        return TrainJob(unflatten_params(vector, self.template), self.opt_state, self.x,
+                        self.y, plan)
+
+    def take(self, outcome: tuple[Params, Any, float], epochs: float | None,
+             start: float) -> TrainResult:
+        """The result of a batched :meth:`train_job`: the optimiser state is kept, as
+        :meth:`train` keeps it."""
+        params, self.opt_state, loss = outcome
+        return self._result(params, loss, start, self._steps(epochs))
 
     def evaluate(self, vector: np.ndarray) -> EvalResult:
         start = time.perf_counter()

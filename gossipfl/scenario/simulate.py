@@ -36,6 +36,7 @@ from gossipfl.config import ConfigError, to_dict
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.memory import MemoryNetwork
+from gossipfl.scenario.batcher import Batcher
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
 from gossipfl.scenario.report import build_report, print_summary
 from gossipfl.scenario.runner import NodeProcess, prepare_nodes, resolve_faults, resolve_joins
@@ -84,10 +85,12 @@ class Simulation:
     network: MemoryNetwork
     pool: Any
     live: dict[int, Any] = field(default_factory=dict)  # index → running Node
+    running: set[int] = field(default_factory=set)  # started and not ended yet
     scopes: dict[int, trio.CancelScope] = field(default_factory=dict)
     held: dict[int, trio.Event] = field(default_factory=dict)  # paused: work waits on it
     partition_events: list[dict[str, Any]] = field(default_factory=list)
     started: float = 0.0
+    batcher: Batcher = field(default_factory=lambda: Batcher())
 
     def peer(self, index: int) -> str:
         return self.entries[index].peer_id
@@ -96,13 +99,13 @@ class Simulation:
         return max((e.last_round for e in self.entries if e.index in self.live), default=-1)
 
     async def offload(self, index: int, fn: Callable[..., Any], *args: Any) -> Any:
-        """A node's blocking work, inline; held while the node is paused."""
+        """A node's blocking work: training (without DP) and evaluation batched with the other
+        nodes' (:class:`Batcher`), the rest inline; held while the node is paused."""
         while index in self.held:
             await self.held[index].wait()
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
+        return await self.batcher.call(fn, *args)
 
-    async def run_node(self, index: int) -> None:
+    async def run_node(self, index: int, scope: trio.CancelScope) -> None:
         """One node, from its folder, to its end (or until the simulator stops it)."""
         from gossipfl.adversary.factory import make_role
         from gossipfl.node.learner import LocalLearner
@@ -118,10 +121,10 @@ class Simulation:
 
         node = Node(entry.config, identity, learner, make_role(entry.config.adversary),
                     network=self.network, offload=offload, signals=False)
+        node.durable = False  # one process: no crash to survive a write of, so no fsync
         self.live[index] = node
         status = NodeStatus.STOPPED
-        with trio.CancelScope() as scope:
-            self.scopes[index] = scope
+        with scope:
             try:
                 status = await node.run()
             except* NodeError as group:
@@ -129,9 +132,15 @@ class Simulation:
                     log.error("%s", error)
                 status = NodeStatus.FAILED
         self.live.pop(index, None)
+        self.running.discard(index)
         entry.last_round = max(entry.last_round, node.round)
         if entry.exit_code is None or entry.killed_at is None:
             entry.exit_code = 2 if status is NodeStatus.FAILED else 0
+
+    def start(self, nursery: trio.Nursery, index: int) -> None:
+        self.running.add(index)
+        self.scopes[index] = trio.CancelScope()  # stop() may come before the task runs
+        nursery.start_soon(self.run_node, index, self.scopes[index])
 
     def stop(self, index: int) -> None:
         self.network.kill(self.peer(index))
@@ -176,7 +185,7 @@ async def watch(sim: Simulation, nursery: trio.Nursery) -> bool:
                 joins.remove(join)
                 entries[join.node].events.append(
                     f"joined late (federation at round {sim.federation_round()})")
-                nursery.start_soon(sim.run_node, join.node)
+                sim.start(nursery, join.node)
         for entry in entries:
             if entry.resume_at is not None and now >= entry.resume_at:
                 entry.resume_at = None
@@ -184,14 +193,14 @@ async def watch(sim: Simulation, nursery: trio.Nursery) -> bool:
                 sim.held.pop(entry.index).set()
                 entry.events.append(f"resumed (paused after round {entry.last_round})")
             if entry.restart_at is not None and now >= entry.restart_at \
-                    and entry.index not in sim.live:
+                    and entry.index not in sim.running:
                 entry.restart_at, entry.killed_at, entry.exit_code = None, None, None
                 entry.restarts += 1
                 entry.events.append(f"restarted (after round {entry.killed_after_round})")
                 sim.network.revive(entry.peer_id)
-                nursery.start_soon(sim.run_node, entry.index)
+                sim.start(nursery, entry.index)
         step_partitions(sim, cuts, now)
-        if not joins and not sim.live and all(e.restart_at is None for e in entries):
+        if not joins and not sim.running and all(e.restart_at is None for e in entries):
             return True
         await trio.sleep(POLL_SECONDS)
     return False
@@ -264,12 +273,14 @@ def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet:
         sim.started = trio.current_time()
         late = {j.node for j in scenario.joins}
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(sim.batcher.run)
             for entry in entries:
                 if entry.index not in late:
-                    nursery.start_soon(sim.run_node, entry.index)
+                    sim.start(nursery, entry.index)
             finished = await watch(sim, nursery)
-            for index in list(sim.live):
+            for index in list(sim.running):
                 sim.stop(index)
+            nursery.cancel_scope.cancel()  # the batcher
         return finished
 
     try:

@@ -1,0 +1,129 @@
+"""Many nodes' local training and evaluation as one vectorised JAX program.
+
+A simulation runs every node of a federation in one process; nodes that share a model and a
+training configuration train at the same virtual instant, and their calls are batched here:
+the trainer's own step (:meth:`Trainer._train_step_impl`, the one a node process runs alone)
+under ``jax.vmap`` over the nodes, each node taking the steps of its own
+:class:`~gossipfl.learning.plan.MinibatchPlan` (a node with fewer steps than another is held
+still, parameters and optimiser state, while the others go on). Evaluation is the trainer's
+evaluation step under ``jax.vmap`` over the nodes' parameters. The number of nodes in a batch is
+padded to a power of two (inactive copies), so a run compiles a handful of programs, not one
+per batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gossipfl.learning.params import Params
+from gossipfl.learning.plan import MinibatchPlan
+from gossipfl.learning.train import EVAL_CHUNK, OptState, Trainer
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One node's training call: its start, its data and the steps it takes."""
+
+    params: Params
+    opt_state: OptState
+    x: np.ndarray
+    y: np.ndarray
+    plan: MinibatchPlan
+
+
+def _bucket(count: int) -> int:
+    """The batch width for ``count`` nodes: the next power of two."""
+    return 1 << max(0, count - 1).bit_length()
+
+
+def _stack(trees: Sequence[Any], width: int) -> Any:
+    """Stack pytrees along a new leading axis, padded to ``width`` with copies of the first
+    (on the host, then moved to the device once per leaf)."""
+    padded = list(trees) + [trees[0]] * (width - len(trees))
+    return jax.tree_util.tree_map(lambda *leaves: jnp.asarray(np.stack(leaves)), *padded)
+
+
+def _unstack(tree: Any, count: int) -> list[Any]:
+    host = jax.device_get(tree)
+    return [jax.tree_util.tree_map(lambda leaf, i=i: np.asarray(leaf[i]), host)
+            for i in range(count)]
+
+
+class Batched:
+    """The vectorised steps of one :class:`Trainer` (built once, compiled per batch width)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+        def held_step(params: Params, opt_state: OptState, x: jax.Array, y: jax.Array,
+                      mask: jax.Array, active: jax.Array) -> tuple[Params, OptState, jax.Array]:
+            new_params, new_state, loss = trainer._train_step_impl(params, opt_state, x, y, mask)
+            keep = lambda new, old: jnp.where(active, new, old)  # noqa: E731
+            return (jax.tree_util.tree_map(keep, new_params, params),
+                    jax.tree_util.tree_map(keep, new_state, opt_state), loss)
+
+        self._train = jax.jit(jax.vmap(held_step))
+        self._eval = jax.jit(jax.vmap(trainer._eval_step_impl, in_axes=(0, None, None, None)))
+
+    def train_many(self, jobs: Sequence[TrainJob]) -> list[tuple[Params, OptState, float]]:
+        """Each job's ``(params, opt_state, mean_loss)``, as :meth:`Trainer.train` returns it
+        for that job alone (the mean loss weighted by each step's real rows)."""
+        count, width = len(jobs), _bucket(len(jobs))
+        steps = max(job.plan.steps for job in jobs)
+        params = _stack([j.params for j in jobs], width)
+        state = _stack([j.opt_state for j in jobs], width)
+        batch = jobs[0].plan.rows.shape[1]
+        features = jobs[0].x.shape[1:]
+        losses = []
+        for s in range(steps):
+            xb = np.zeros((width, batch, *features), np.float32)
+            yb = np.zeros((width, batch), np.int32)
+            mb = np.zeros((width, batch), np.float32)
+            active = np.zeros(width, bool)
+            for i, job in enumerate(jobs):
+                if s < job.plan.steps:
+                    rows = job.plan.rows[s]
+                    xb[i], yb[i], mb[i] = job.x[rows], job.y[rows], job.plan.masks[s]
+                    active[i] = True
+            params, state, loss = self._train(params, state, xb, yb, mb, active)
+            losses.append(loss)
+        per_step = np.asarray(jax.device_get(losses))  # (steps, width)
+        out = []
+        for i, (p, o) in enumerate(zip(_unstack(params, count), _unstack(state, count),
+                                       strict=True)):
+            weights = jobs[i].plan.weights
+            mean = float(np.dot(per_step[: len(weights), i], weights) / weights.sum())
+            out.append((p, o, mean))
+        return out
+
+    def evaluate_many(self, params: Sequence[Params], x: np.ndarray,
+                      y: np.ndarray) -> list[tuple[float, float]]:
+        """Each parameter set's ``(mean_loss, accuracy)`` on ``(x, y)``, as
+        :meth:`Trainer.evaluate` computes it."""
+        count, width = len(params), _bucket(len(params))
+        stacked = _stack(list(params), width)
+        n = x.shape[0]
+        chunk = min(EVAL_CHUNK, 1 << (n - 1).bit_length())
+        loss = jnp.zeros(width, jnp.float32)
+        correct = jnp.zeros(width, jnp.float32)
+        for start in range(0, n, chunk):
+            xb, yb = x[start: start + chunk], y[start: start + chunk]
+            m = xb.shape[0]
+            mask = np.zeros(chunk, np.float32)
+            mask[:m] = 1.0
+            if m < chunk:
+                xb = np.concatenate([xb, np.zeros((chunk - m, *x.shape[1:]), np.float32)])
+                yb = np.concatenate([yb, np.zeros(chunk - m, np.int32)])
+            part_loss, part_correct = self._eval(stacked, xb, yb, mask)
+            loss, correct = loss + part_loss, correct + part_correct
+        losses, hits = np.asarray(jax.device_get(loss)), np.asarray(jax.device_get(correct))
+        return [(float(losses[i]) / n, float(hits[i]) / n) for i in range(count)]
+
+
+__all__ = ["Batched", "TrainJob"]
