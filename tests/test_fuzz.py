@@ -67,6 +67,7 @@ from gossipfl.gossip.wire import (
     encode_body,
     encode_frame,
 )
+from gossipfl.node.contributions import accept_contribution, open_sealed
 from gossipfl.node.estimates import PeerEstimate, PeerEstimates
 from gossipfl.node.learner import LocalLearner
 from gossipfl.node.runtime import FUTURE_ROUNDS, NeighbourState, Node
@@ -751,7 +752,7 @@ def checked_accept(node: Node, remote: str, message: Contribution) -> str:
     others = peer_snapshot(node, exclude=message.sender)
     rejected_before = total_rejections(node)
     counts = dict(node.rejections)
-    status, reason = node._accept_contribution(remote, message)
+    status, reason = accept_contribution(node, remote, message)
     assert status in ("ok", "need_full", "rejected"), status
     assert isinstance(reason, str)
     assert status == expected, f"answered {status} ({reason}), the rules say {expected}"
@@ -1031,7 +1032,7 @@ def sealed_outcome(node: Node, case: SealedCase) -> str:
     before = snapshot(node)
     rejected_before = total_rejections(node)
     counts = dict(node.rejections)
-    opened = node._open_sealed(case.remote, case.sealed)
+    opened = open_sealed(node, case.remote, case.sealed)
     if opened is None:
         assert snapshot(node) == before
         assert total_rejections(node) == rejected_before + 1
@@ -1070,7 +1071,7 @@ def test_the_fuzzed_node_still_takes_a_genuine_contribution(world: World) -> Non
         message = Contribution(FEDERATION, 4, world.b.peer_id, node.peer_id, 1, "delta", 3, 0.5,
                                False, node.layout.to_tensors(vector))
         if node.security.sealed:
-            opened = node._open_sealed(world.b.peer_id, world.b.seal(message))
+            opened = open_sealed(node, world.b.peer_id, world.b.seal(message))
             assert opened == message
         outcome = run_in_trio(
             lambda n=node, m=message: checked_accept(n, world.b.peer_id, m))
@@ -1166,5 +1167,5 @@ def test_tensor_with_inconsistent_data_built_directly_is_refused(world: World) -
     message = Contribution(FEDERATION, 0, world.b.peer_id, node.peer_id, 1, "full", -1, 0.5,
                            False, (short, *rest))
     before = total_rejections(node)
-    status, _ = run_in_trio(lambda: node._accept_contribution(world.b.peer_id, message))
+    status, _ = run_in_trio(lambda: accept_contribution(node, world.b.peer_id, message))
     assert status == "rejected" and total_rejections(node) == before + 1
