@@ -743,7 +743,7 @@ def check_bounded(node: Node) -> None:
 
 
 def checked_accept(node: Node, remote: str, message: Contribution) -> str:
-    """Feed one contribution to ``Node._accept_contribution`` (inside trio) and check it.
+    """Feed one contribution to ``contributions.accept_contribution`` (inside trio) and check it.
 
     Returns "ok", "need_full" or "rejected: <reason>"; raises AssertionError on a broken rule.
     """
@@ -1028,7 +1028,8 @@ def sealed_cases(draw: st.DrawFn, world: World, state: HandlerState,
 
 
 def sealed_outcome(node: Node, case: SealedCase) -> str:
-    """Open an envelope with ``Node._open_sealed``, then accept what it opened; check both."""
+    """Open an envelope with ``contributions.open_sealed``, then accept what it opened; check
+    both."""
     before = snapshot(node)
     rejected_before = total_rejections(node)
     counts = dict(node.rejections)
@@ -1105,7 +1106,7 @@ def test_zero_size_tensor_with_huge_dims_is_a_wire_error(shape: list[int]) -> No
 
 def test_sealed_zero_size_tensor_is_dropped_as_malformed(world: World) -> None:
     """Was: the same ValueError, from inside an envelope any admitted member can seal, escaped
-    Node._open_sealed (no ack, no rejection counted)."""
+    contributions.open_sealed (no ack, no rejection counted)."""
     node = world.sealed
     install_state(node, HandlerState(None, (), -1), world.b.peer_id)
     payload = _contribution_body(HUGE_ZERO_SIZE, world.b.peer_id, node.peer_id)
@@ -1145,7 +1146,7 @@ nonfinite32 = st.one_of(st.floats(width=32), st.sampled_from([math.nan, math.inf
 def test_nonfinite_contribution_built_directly_is_refused(
     world: World, data: st.DataObject
 ) -> None:
-    """Was: _accept_contribution never checked finiteness, so a Contribution built in-process
+    """Was: accept_contribution never checked finiteness, so a Contribution built in-process
     (bypassing decode_body) with NaN/Inf data was acked "ok" and stored."""
     node = world.plain
     install_state(node, HandlerState(None, (), -1), world.b.peer_id)
