@@ -48,7 +48,7 @@ from gossipfl.gossip.wire import (
     Heartbeat,
     WireError,
 )
-from gossipfl.node import runtime, secure_round
+from gossipfl.node import secure_round, state_sync
 from gossipfl.scenario.adversaries import adversaries_section, cosine, node_adversary
 from gossipfl.scenario.config import AdversarySpec, ScenarioConfig
 
@@ -266,17 +266,18 @@ def test_the_differencing_aggregator_is_refused_unless_the_rule_is_off(star,
 # -- the prober and the floods --------------------------------------------------------------------
 
 
-def test_the_prober_asks_every_neighbour_and_counts_what_comes_back() -> None:
+def test_the_prober_asks_every_neighbour_and_counts_what_comes_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     layout = SimpleNamespace(from_tensors=lambda tensors: np.ones(3, np.float32))
     asked: list[str] = []
 
-    async def pull_state(peer: str, pulled: dict) -> None:
+    async def pull_state(_: object, peer: str, pulled: dict) -> None:
         asked.append(peer)
         if peer == "leaky":
             pulled[peer] = SimpleNamespace(tensors=())
 
-    node = SimpleNamespace(neighbours={"b": None, "leaky": None, "a": None},
-                           _pull_state=pull_state, layout=layout)
+    monkeypatch.setattr(state_sync, "pull_state", pull_state)  # the node's own request
+    node = SimpleNamespace(neighbours={"b": None, "leaky": None, "a": None}, layout=layout)
     prober = StateProber(AdversaryConfig(kind="state_prober"))
     trio.run(prober.probe, node, 4)
     assert asked == ["a", "b", "leaky"]
@@ -285,7 +286,6 @@ def test_the_prober_asks_every_neighbour_and_counts_what_comes_back() -> None:
 
 
 def test_the_flood_heartbeat_holds_255_made_up_ids_at_the_trap_and_passes_the_wire() -> None:
-    assert flood.PROTO_MEMBERSHIP == runtime.PROTO_MEMBERSHIP
     fakes = flood.fake_ids(255)
     assert len(set(fakes)) == 255 and all(f.startswith("12D3KooW") for f in fakes)
     beat = Heartbeat("fed", "me", ("/ip4/127.0.0.1/tcp/1",), (), 3, 4, "training", b"cert")

@@ -14,7 +14,8 @@ from gossipfl.config import NodeConfig, ProtocolConfig
 from gossipfl.gossip.wire import Contribution
 from gossipfl.learning.train import TrainConfig
 from gossipfl.node.estimates import OwnEstimate, PeerEstimates
-from gossipfl.node.round import aggregate, async_joins_late, async_local_epochs, wait_async
+from gossipfl.node.exchange import wait_async
+from gossipfl.node.round import aggregate, async_joins_late, async_local_epochs
 from gossipfl.node.runtime import NeighbourState, Node
 
 SIZE = 2

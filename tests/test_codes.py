@@ -45,9 +45,11 @@ from gossipfl.gossip.wire import (
     decode_body,
     encode_body,
 )
-from gossipfl.node import round as round_module
+from gossipfl.node.contributions import on_contribution
+from gossipfl.node.exchange import send_contribution
 from gossipfl.node.learner import LocalLearner
-from gossipfl.node.runtime import HEARTBEAT_FANOUT, NeighbourState, Node
+from gossipfl.node.membership_loop import HEARTBEAT_FANOUT, heartbeat, heartbeat_targets
+from gossipfl.node.runtime import NeighbourState, Node
 
 PEER = "12D3KooWA"
 
@@ -214,7 +216,7 @@ def test_heartbeat_targets_draw_from_the_nodes_own_generator(tmp_path: Path) -> 
     random.seed(5)
     expected_global = random.random()
     random.seed(5)
-    chosen = list(node.heartbeat_targets())
+    chosen = list(heartbeat_targets(node))
     assert random.random() == expected_global  # the global generator was not touched
     assert chosen == random.Random(11).sample(sorted(peers), HEARTBEAT_FANOUT)
 
@@ -223,7 +225,7 @@ def test_heartbeat_targets_are_seeded_from_the_config(tmp_path: Path) -> None:
     def draws(node_index: int) -> list[list[str]]:
         node = _node(tmp_path, node_index=node_index)  # the same key file each time
         _meet(node, 3 * HEARTBEAT_FANOUT)
-        return [sorted(node.heartbeat_targets()) for _ in range(3)]
+        return [sorted(heartbeat_targets(node)) for _ in range(3)]
 
     first = draws(0)
     assert len(first[0]) == HEARTBEAT_FANOUT and first[0] != first[1]  # draws move on
@@ -241,7 +243,7 @@ def test_node_status_is_always_a_member(tmp_path: Path) -> None:
     node.status = NodeStatus.STOPPED
 
     async def beat() -> Heartbeat:
-        return node.heartbeat()
+        return heartbeat(node)
 
     assert trio.run(beat).status is NodeStatus.DONE  # a stopped node is done to its peers
 
@@ -294,7 +296,7 @@ def test_the_receiver_closes_a_contribution_stream_on_these_reason_codes_only(
     stream = _Stream(remote, [frame])
 
     async def serve() -> None:
-        await node._on_contribution(stream)  # type: ignore[arg-type]
+        await on_contribution(node, stream)  # type: ignore[arg-type]
 
     if closes:
         trio.run(serve)  # returned after one frame, without reading another
@@ -348,7 +350,7 @@ def test_a_sender_told_not_a_neighbour_drops_the_link(tmp_path: Path, status: Ac
     node.neighbours["a"] = NeighbourState(channel=_Peer("a", status, reason))  # type: ignore[arg-type]
     node.net = _Net()  # type: ignore[assignment]
     node.own.publish(node.model, 0)
-    trio.run(round_module.send_contribution, node, "a", 0, False)
+    trio.run(send_contribution, node, "a", 0, False)
     assert ("a" not in node.neighbours) is dropped
     assert [d["reason"] for d in node.dropped] == (["it dropped this node"] if dropped else [])
     if status is AckCode.OK:

@@ -54,6 +54,7 @@ from gossipfl.gossip.wire import (
     WireError,
 )
 from gossipfl.node import secure_round
+from gossipfl.node.membership_loop import absorb, heartbeat, renew_stamp
 
 F = frozenset
 MEMBERS = F("bcde")
@@ -461,7 +462,7 @@ def test_the_largest_neighbourhood_s_unmask_request_fits_the_control_cap(star) -
 def _liveness_from(star, name: str, *, direct_at: float) -> bytes:
     """Every other node forgets ``name`` and heard it directly last at ``direct_at``, with the
     stamp it signed then (returned: what a liar may replay)."""
-    stamp = star[name].renew_stamp()
+    stamp = renew_stamp(star[name])
     for other in star:
         if other != name:
             star[other].membership.forget(star[name].peer_id)
@@ -496,7 +497,7 @@ def test_fresh_stamps_relayed_by_a_third_node_keep_a_member_live(star) -> None:
     _round(star, r)
     assert len(sign(star, r, ids(star, "bcde"), [], "bcde")) == 4
     _liveness_from(star, "b", direct_at=NOW - 20)
-    fresh = star["b"].renew_stamp()
+    fresh = renew_stamp(star["b"])
     relay = star["a"].peer_id
     for name in "cde":
         table = star[name].membership
@@ -511,16 +512,16 @@ def test_a_forged_relayed_stamp_is_refused_and_logged(star, caplog) -> None:
     line naming c, counts it, and e's proof of life does not move."""
     b, c, e = star["b"], star["c"], star["e"]
     held = b.membership.stamp_key(e.peer_id)
-    forged = sign_stamp("fed", e.peer_id, e.stamp_epoch, e.stamp_seq + 5, c._stamp_key)
+    forged = sign_stamp("fed", e.peer_id, e.stamp_epoch, e.stamp_seq + 5, c.stamp_key)
     entry = MemberInfo(e.peer_id, (), 0.0, c.security.certificate_bytes(e.peer_id), forged)
 
-    async def absorb() -> None:
-        beat = dataclasses.replace(c.heartbeat(), members=(entry,), stamp=c.renew_stamp())
-        b._absorb(beat)
+    async def relay() -> None:
+        beat = dataclasses.replace(heartbeat(c), members=(entry,), stamp=renew_stamp(c))
+        absorb(b, beat)
 
     before = b.rejections["bad_stamp"]
     with caplog.at_level(logging.WARNING):
-        trio.run(absorb, clock=MockClock())
+        trio.run(relay, clock=MockClock())
     assert b.rejections["bad_stamp"] == before + 1
     assert b.membership.stamp_key(e.peer_id) == held
     assert b.membership.stamp_key(c.peer_id) == (c.stamp_epoch, c.stamp_seq)  # c's own: taken
@@ -535,8 +536,8 @@ def test_a_node_s_heartbeat_carries_a_new_stamp_each_cycle(star) -> None:
     beats = []
 
     async def cycle() -> None:
-        c.renew_stamp()
-        beats.append(c.heartbeat())
+        renew_stamp(c)
+        beats.append(heartbeat(c))
 
     trio.run(cycle, clock=MockClock())
     trio.run(cycle, clock=MockClock())

@@ -29,8 +29,10 @@ from gossipfl.config import (
 )
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.node.learner import LocalLearner
+from gossipfl.node.resume import restore
 from gossipfl.node.round import persist_round, privacy_step, record_dp
 from gossipfl.node.runtime import Node
+from gossipfl.node.summary import privacy_summary
 from gossipfl.privacy.accountant import (
     BudgetExhausted,
     PrivacyBudget,
@@ -514,7 +516,7 @@ def test_record_mode_privacy_step_adds_no_second_noise(tmp_path: Path) -> None:
     record: dict[str, object] = {}
     assert privacy_step(node, 0, True, record) is None  # the delta is published as is
     assert record["epsilon"] == node.budget.epsilon() > 0
-    summary = node.privacy_summary()
+    summary = privacy_summary(node)
     assert summary["unit"] == "record" and summary["steps_spent"] == node.budget.spent
     assert summary["sampling"] == "poisson"
 
@@ -548,7 +550,7 @@ def test_record_budget_survives_a_checkpoint_and_restart(tmp_path: Path) -> None
     persist_round(node, 0)
     again = _node(tmp_path, "record")  # same folder and key: a restart
     assert again.budget.spent == 0
-    again._resume()
+    restore(again)
     assert isinstance(again.budget, RecordBudget)
     assert again.budget.spent == spent and again.budget.noise_multiplier == sigma
     assert again.budget.epsilon() == node.budget.epsilon()

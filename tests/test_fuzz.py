@@ -67,6 +67,7 @@ from gossipfl.gossip.wire import (
     encode_body,
     encode_frame,
 )
+from gossipfl.node.contributions import accept_contribution, open_sealed
 from gossipfl.node.estimates import PeerEstimate, PeerEstimates
 from gossipfl.node.learner import LocalLearner
 from gossipfl.node.runtime import FUTURE_ROUNDS, NeighbourState, Node
@@ -742,7 +743,7 @@ def check_bounded(node: Node) -> None:
 
 
 def checked_accept(node: Node, remote: str, message: Contribution) -> str:
-    """Feed one contribution to ``Node._accept_contribution`` (inside trio) and check it.
+    """Feed one contribution to ``contributions.accept_contribution`` (inside trio) and check it.
 
     Returns "ok", "need_full" or "rejected: <reason>"; raises AssertionError on a broken rule.
     """
@@ -751,7 +752,7 @@ def checked_accept(node: Node, remote: str, message: Contribution) -> str:
     others = peer_snapshot(node, exclude=message.sender)
     rejected_before = total_rejections(node)
     counts = dict(node.rejections)
-    status, reason = node._accept_contribution(remote, message)
+    status, reason = accept_contribution(node, remote, message)
     assert status in ("ok", "need_full", "rejected"), status
     assert isinstance(reason, str)
     assert status == expected, f"answered {status} ({reason}), the rules say {expected}"
@@ -1027,11 +1028,12 @@ def sealed_cases(draw: st.DrawFn, world: World, state: HandlerState,
 
 
 def sealed_outcome(node: Node, case: SealedCase) -> str:
-    """Open an envelope with ``Node._open_sealed``, then accept what it opened; check both."""
+    """Open an envelope with ``contributions.open_sealed``, then accept what it opened; check
+    both."""
     before = snapshot(node)
     rejected_before = total_rejections(node)
     counts = dict(node.rejections)
-    opened = node._open_sealed(case.remote, case.sealed)
+    opened = open_sealed(node, case.remote, case.sealed)
     if opened is None:
         assert snapshot(node) == before
         assert total_rejections(node) == rejected_before + 1
@@ -1070,7 +1072,7 @@ def test_the_fuzzed_node_still_takes_a_genuine_contribution(world: World) -> Non
         message = Contribution(FEDERATION, 4, world.b.peer_id, node.peer_id, 1, "delta", 3, 0.5,
                                False, node.layout.to_tensors(vector))
         if node.security.sealed:
-            opened = node._open_sealed(world.b.peer_id, world.b.seal(message))
+            opened = open_sealed(node, world.b.peer_id, world.b.seal(message))
             assert opened == message
         outcome = run_in_trio(
             lambda n=node, m=message: checked_accept(n, world.b.peer_id, m))
@@ -1104,7 +1106,7 @@ def test_zero_size_tensor_with_huge_dims_is_a_wire_error(shape: list[int]) -> No
 
 def test_sealed_zero_size_tensor_is_dropped_as_malformed(world: World) -> None:
     """Was: the same ValueError, from inside an envelope any admitted member can seal, escaped
-    Node._open_sealed (no ack, no rejection counted)."""
+    contributions.open_sealed (no ack, no rejection counted)."""
     node = world.sealed
     install_state(node, HandlerState(None, (), -1), world.b.peer_id)
     payload = _contribution_body(HUGE_ZERO_SIZE, world.b.peer_id, node.peer_id)
@@ -1144,7 +1146,7 @@ nonfinite32 = st.one_of(st.floats(width=32), st.sampled_from([math.nan, math.inf
 def test_nonfinite_contribution_built_directly_is_refused(
     world: World, data: st.DataObject
 ) -> None:
-    """Was: _accept_contribution never checked finiteness, so a Contribution built in-process
+    """Was: accept_contribution never checked finiteness, so a Contribution built in-process
     (bypassing decode_body) with NaN/Inf data was acked "ok" and stored."""
     node = world.plain
     install_state(node, HandlerState(None, (), -1), world.b.peer_id)
@@ -1166,5 +1168,5 @@ def test_tensor_with_inconsistent_data_built_directly_is_refused(world: World) -
     message = Contribution(FEDERATION, 0, world.b.peer_id, node.peer_id, 1, "full", -1, 0.5,
                            False, (short, *rest))
     before = total_rejections(node)
-    status, _ = run_in_trio(lambda: node._accept_contribution(world.b.peer_id, message))
+    status, _ = run_in_trio(lambda: accept_contribution(node, world.b.peer_id, message))
     assert status == "rejected" and total_rejections(node) == before + 1

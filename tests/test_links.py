@@ -15,8 +15,18 @@ import trio.testing
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig, ProtocolConfig, SecAggConfig
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip.wire import Contribution
+from gossipfl.node import state_sync
 from gossipfl.node.learner import LocalLearner
+from gossipfl.node.links import (
+    drop_neighbour,
+    federation_running,
+    note_peer_round,
+    reset_link,
+    take_joiner,
+)
+from gossipfl.node.resume import saved_neighbours
 from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.state_sync import catch_up_now, consensus_round
 
 
 def _node(tmp_path: Path, *, mode: str = "sync", extra_links: int = 2,
@@ -40,14 +50,14 @@ def test_a_neighbour_far_ahead_means_this_node_fell_behind(tmp_path: Path) -> No
     node = _node(tmp_path)
     node.neighbours["a"] = NeighbourState()
     node.round = 10
-    node.note_peer_round("a", 12, "training")  # one or two ahead: normal in sync rounds
+    note_peer_round(node, "a", 12, "training")  # one or two ahead: normal in sync rounds
     assert node.behind is None
-    node.note_peer_round("b", 20, "training")  # not a neighbour: its round says nothing
-    node.note_peer_round("a", 20, "done")  # finished: it is not waiting for anyone
+    note_peer_round(node, "b", 20, "training")  # not a neighbour: its round says nothing
+    note_peer_round(node, "a", 20, "done")  # finished: it is not waiting for anyone
     assert node.behind is None
-    node.note_peer_round("a", 13, "training")
+    note_peer_round(node, "a", 13, "training")
     assert node.behind == 13
-    node.note_peer_round("a", 12, "consensus")  # an older report never lowers the target
+    note_peer_round(node, "a", 12, "consensus")  # an older report never lowers the target
     assert node.behind == 13
 
 
@@ -55,7 +65,7 @@ def test_async_nodes_drift_apart_by_design_and_never_jump(tmp_path: Path) -> Non
     node = _node(tmp_path, mode="async")
     node.neighbours["a"] = NeighbourState()
     node.round = 3
-    node.note_peer_round("a", 30, "training")
+    note_peer_round(node, "a", 30, "training")
     assert node.behind is None
 
 
@@ -65,22 +75,22 @@ def test_late_joiners_are_taken_while_there_is_room(tmp_path: Path) -> None:
     node.wanted = {"a", "b"}
     node.link_cap = 3
     node.neighbours = {"a": NeighbourState(), "b": NeighbourState()}
-    assert node._take_joiner("late1") == ("accepted", "")
+    assert take_joiner(node, "late1") == ("accepted", "")
     assert "late1" in node.wanted
     node.neighbours["late1"] = NeighbourState()
-    status, reason = node._take_joiner("late2")
+    status, reason = take_joiner(node, "late2")
     assert status == "rejected" and "no room" in reason
     assert "late2" not in node.wanted
     # the joiner is saved with the topology, so a restart links with it again
     saved = json.loads((tmp_path / "topology.json").read_text())
     assert saved["neighbours"] == sorted(["a", "b", "late1"])
-    assert sorted(node._saved_neighbours() or []) == ["a", "b", "late1"]
+    assert sorted(saved_neighbours(node) or []) == ["a", "b", "late1"]
 
 
 def test_secure_aggregation_takes_no_late_joiner(tmp_path: Path) -> None:
     node = _node(tmp_path, secagg=True)
     node.topology, node.link_cap = {node.peer_id: frozenset()}, 4
-    status, reason = node._take_joiner("late")
+    status, reason = take_joiner(node, "late")
     assert status == "rejected" and "secure aggregation" in reason
 
 
@@ -88,19 +98,19 @@ def test_saved_neighbours_fall_back_to_the_saved_member_set(tmp_path: Path) -> N
     node = _node(tmp_path)
     members = [node.peer_id, "p1", "p2", "p3", "p4"]
     (tmp_path / "topology.json").write_text(json.dumps({"members": members}))
-    neighbours = node._saved_neighbours()
+    neighbours = saved_neighbours(node)
     assert neighbours is not None and 1 <= len(neighbours) <= 4
     assert set(neighbours) <= set(members) - {node.peer_id}
     (tmp_path / "topology.json").write_text("{not json")
-    assert node._saved_neighbours() is None
+    assert saved_neighbours(node) is None
 
 
 def test_the_federation_is_running_once_a_member_reports_a_round(tmp_path: Path) -> None:
     node = _node(tmp_path)
     node.member_state = {"a": (-1, "joining"), "b": (-1, "training")}
-    assert not node.federation_running()
+    assert not federation_running(node)
     node.member_state["c"] = (4, "training")
-    assert node.federation_running()
+    assert federation_running(node)
 
 
 def test_a_reset_link_starts_afresh_once_even_when_both_ends_ask(tmp_path: Path) -> None:
@@ -109,16 +119,16 @@ def test_a_reset_link_starts_afresh_once_even_when_both_ends_ask(tmp_path: Path)
         node.neighbours["a"] = NeighbourState(peer_holds=7, missed=2)
         message = Contribution("fed", 7, "a", node.peer_id, 2, "full", -1, 0.5, False, ())
         node.estimates.apply(message, np.zeros(node.layout.size, np.float32))
-        await node._reset_link("a")
+        await reset_link(node, "a")
         assert node.neighbours["a"].peer_holds == -1  # our next contribution is full
         assert "a" not in node.estimates.peers
         # the other end's request arrives a moment later: the fresh link is kept as it is
         node.neighbours["a"].peer_holds = 8
         await trio.sleep(0.5)
-        await node._reset_link("a")
+        await reset_link(node, "a")
         assert node.neighbours["a"].peer_holds == 8
         await trio.sleep(2.0)  # later resets (a second outage) start afresh again
-        await node._reset_link("a")
+        await reset_link(node, "a")
         assert node.neighbours["a"].peer_holds == -1
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -132,7 +142,7 @@ def test_dropping_a_neighbour_keeps_it_wanted_for_the_relink_loop(tmp_path: Path
         node.status = status
         node.wanted = {"a", "b"}
         node.neighbours = {"a": NeighbourState(), "b": NeighbourState()}
-        await node.drop_neighbour("a", 5, "missed rounds")
+        await drop_neighbour(node, "a", 5, "missed rounds")
         assert node.wanted - set(node.neighbours) == {"a"}
         assert node.dropped[-1] == {"peer_id": "a", "round": 5, "reason": "missed rounds"}
 
@@ -140,8 +150,6 @@ def test_dropping_a_neighbour_keeps_it_wanted_for_the_relink_loop(tmp_path: Path
 
 
 def test_the_round_to_jump_to_is_the_upper_median_of_the_neighbours() -> None:
-    from gossipfl.node.runtime import consensus_round
-
     assert consensus_round([7]) == 7
     assert consensus_round([7, 9]) == 9
     assert consensus_round([12, 12, 10**6]) == 12  # one far-off claim does not carry us away
@@ -161,16 +169,17 @@ def _pulled(node: Node, rounds: dict[str, int]) -> dict[str, tuple[int, np.ndarr
     ],
 )
 def test_catching_up_mid_run_follows_most_neighbours(tmp_path: Path, rounds: dict[str, int],
-                                                     jump: int, model: float) -> None:
+                                                     jump: int, model: float,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     node = _node(tmp_path)
     node.model = np.zeros(node.layout.size, np.float32)
     node.round, node.behind = 9, 25
 
-    async def pull() -> dict[str, tuple[int, np.ndarray]]:
+    async def pull(_: Node) -> dict[str, tuple[int, np.ndarray]]:
         return _pulled(node, rounds)
 
-    node._pull_neighbourhood = pull  # type: ignore[method-assign]
-    assert trio.run(node.catch_up_now, 10) == jump
+    monkeypatch.setattr(state_sync, "pull_neighbourhood", pull)
+    assert trio.run(catch_up_now, node, 10) == jump
     assert node.behind is None
     np.testing.assert_allclose(node.model, model)
     if jump > 10:

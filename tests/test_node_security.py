@@ -7,6 +7,7 @@ that the contribution stream calls. The end-to-end tests cover the same paths ov
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 import tracemalloc
@@ -37,9 +38,23 @@ from gossipfl.gossip.wire import (
     decode_frame,
     encode_frame,
 )
+from gossipfl.node.contributions import accept_contribution, on_contribution, open_sealed
 from gossipfl.node.learner import LocalLearner
-from gossipfl.node.runtime import HEARSAY_DIALS, NeighbourState, Node
+from gossipfl.node.links import known_members, on_link
+from gossipfl.node.membership_loop import (
+    HEARSAY_DIALS,
+    absorb,
+    admitted,
+    heartbeat,
+    heartbeat_targets,
+    on_heartbeat,
+)
+from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.secure_round import on_masked_input, on_unmask_request
 from gossipfl.node.security import NodeSecurity, SecurityError
+from gossipfl.node.serving import guard
+from gossipfl.node.state_sync import on_state_request
+from gossipfl.node.streams import serve_requests
 
 
 def _config(tmp_path: Path, name: str, *, admitted: bool = True) -> tuple[NodeConfig, object]:
@@ -88,10 +103,10 @@ def _contribution(sender: NodeSecurity, receiver: str, round_: int, node: Node) 
 
 
 def _deliver(node: Node, remote: str, sealed) -> str:
-    opened = node._open_sealed(remote, sealed)
+    opened = open_sealed(node, remote, sealed)
     if opened is None:
         return "dropped"
-    return node._accept_contribution(remote, opened)[0]
+    return accept_contribution(node, remote, opened)[0]
 
 
 def test_valid_then_replayed_tampered_redirected_forged_and_foreign_frames(
@@ -205,7 +220,7 @@ def _beat(sender: NodeSecurity, members=(), revocations: bytes = b"") -> Heartbe
 async def _heartbeat(node: Node, sender: NodeSecurity, members=(), revocations: bytes = b""
                      ) -> FakeChannel:
     channel = FakeChannel(sender.peer_id, _beat(sender, members, revocations))
-    await node._on_heartbeat(channel)
+    await on_heartbeat(node, channel)
     return channel
 
 
@@ -226,11 +241,11 @@ def test_a_heartbeat_of_255_made_up_ids_leaves_the_genuine_members_in(setup) -> 
         assert not reply.was_reset and reply.sent
         await _heartbeat(node, c)  # c's own heartbeat is recorded
         assert node.membership.ids() == sorted([b.peer_id, c.peer_id])
-        assert sorted(node.known_members()) == sorted([b.peer_id, c.peer_id])
-        targets = node.heartbeat_targets()
+        assert sorted(known_members(node)) == sorted([b.peer_id, c.peer_id])
+        targets = heartbeat_targets(node)
         assert set(targets) == {b.peer_id, c.peer_id}  # no made-up id is dialled
         assert FAKE_ADDR not in str(targets)
-        gossiped = node.heartbeat().members  # nor re-gossiped
+        gossiped = heartbeat(node).members  # nor re-gossiped
         assert {m.peer_id for m in gossiped} == {b.peer_id, c.peer_id}
         assert all(m.certificate for m in gossiped)
 
@@ -245,10 +260,10 @@ def test_certified_hearsay_is_dialled_and_regossiped_but_cannot_move_a_member(se
         c_info = MemberInfo(c.peer_id, ("/ip4/10.0.0.3/tcp/1",), 0.5, c.own_certificate)
         await _heartbeat(node, b, [c_info])
         assert c.peer_id in node.membership and not node.membership.is_direct(c.peer_id)
-        assert node.heartbeat_targets()[c.peer_id] == ("/ip4/10.0.0.3/tcp/1",)
-        (relayed,) = [m for m in node.heartbeat().members if m.peer_id == c.peer_id]
+        assert heartbeat_targets(node)[c.peer_id] == ("/ip4/10.0.0.3/tcp/1",)
+        (relayed,) = [m for m in heartbeat(node).members if m.peer_id == c.peer_id]
         assert relayed.certificate == c.own_certificate
-        assert c.peer_id not in node.known_members()  # in the topology once it heartbeats us
+        assert c.peer_id not in known_members(node)  # in the topology once it heartbeats us
         await _heartbeat(node, c)
         own_addrs = node.membership.addrs(c.peer_id)
         await _heartbeat(node, b, [MemberInfo(c.peer_id, (FAKE_ADDR,), 0.0, c.own_certificate)])
@@ -265,18 +280,18 @@ def test_open_federation_caps_made_up_ids_per_reporter_and_dials_them_a_few_time
     liar, honest = _fake_ids(MAX_MEMBERS + 1)[-2:]
 
     async def scenario() -> None:
-        node._absorb(Heartbeat("fed", honest, ("/ip4/127.0.0.1/tcp/9",), (), -1, 0, "joining"))
+        absorb(node, Heartbeat("fed", honest, ("/ip4/127.0.0.1/tcp/9",), (), -1, 0, "joining"))
         fakes = tuple(MemberInfo(f, (FAKE_ADDR,), 0.0) for f in _fake_ids(MAX_MEMBERS - 1))
-        node._absorb(Heartbeat("fed", liar, (), fakes, -1, 0, "joining"))
+        absorb(node, Heartbeat("fed", liar, (), fakes, -1, 0, "joining"))
         assert len(node.membership) == 2 + node.membership.per_reporter
-        assert sorted(node.known_members()) == sorted([liar, honest])  # fakes: not heard from
-        assert {m.peer_id for m in node.heartbeat().members} == {liar, honest}
+        assert sorted(known_members(node)) == sorted([liar, honest])  # fakes: not heard from
+        assert {m.peer_id for m in heartbeat(node).members} == {liar, honest}
         dials: Counter[str] = Counter()
         for _ in range(100):  # each call dials up to 16 of them; 100 calls exhaust every budget
-            dials.update(p for p, addrs in node.heartbeat_targets().items() if FAKE_ADDR in addrs)
+            dials.update(p for p, addrs in heartbeat_targets(node).items() if FAKE_ADDR in addrs)
         assert len(dials) == node.membership.per_reporter
         assert set(dials.values()) == {HEARSAY_DIALS}  # each made-up id: a few dials, then none
-        assert set(node.heartbeat_targets()) == {liar, honest}  # heard from: dialled
+        assert set(heartbeat_targets(node)) == {liar, honest}  # heard from: dialled
 
     trio.run(scenario, clock=trio.testing.MockClock())
 
@@ -304,7 +319,7 @@ def test_a_revocation_list_arriving_by_gossip_is_honoured_at_once(
         _, first = revoke(fed, b.peer_id, "left", now=time.time())
         reply = await _heartbeat(node, c, revocations=first.to_bytes())
         assert not node.security.is_member(b.peer_id)
-        assert b.peer_id not in node.membership and b.peer_id not in node.known_members()
+        assert b.peer_id not in node.membership and b.peer_id not in known_members(node)
         assert b.peer_id not in node.neighbours and b.peer_id not in node.wanted
         assert node.dropped[-1]["reason"] == "revoked"
         assert reply.sent[0].revocations == first.to_bytes()  # passed on in our answer
@@ -365,11 +380,11 @@ def test_members_met_only_through_hearsay_are_found_through_their_certificates(
     by_id = {n.peer_id: n for n in nodes}
 
     async def exchange(sender: Node, receiver: Node) -> None:
-        channel = FakeChannel(sender.peer_id, sender.heartbeat())
-        await receiver._on_heartbeat(channel)
+        channel = FakeChannel(sender.peer_id, heartbeat(sender))
+        await on_heartbeat(receiver, channel)
         (reply,) = channel.sent
-        assert sender._admitted(FakeChannel(receiver.peer_id, reply), "reply", reply)
-        sender._absorb(reply)
+        assert admitted(sender, FakeChannel(receiver.peer_id, reply), "reply", reply)
+        absorb(sender, reply)
 
     async def scenario() -> None:
         hub = nodes[0]
@@ -377,10 +392,10 @@ def test_members_met_only_through_hearsay_are_found_through_their_certificates(
             await exchange(node, hub)  # the bootstrap heartbeat
         for _ in range(2):  # heartbeat cycles: each node dials whom it may
             for node in nodes:
-                for target in node.heartbeat_targets():
+                for target in heartbeat_targets(node):
                     await exchange(node, by_id[target])
         for node in nodes:
-            assert sorted(node.known_members()) == sorted(set(by_id) - {node.peer_id})
+            assert sorted(known_members(node)) == sorted(set(by_id) - {node.peer_id})
             assert sum(node.rejections.values()) == 0
 
     trio.run(scenario, clock=trio.testing.MockClock())
@@ -440,25 +455,31 @@ class FakeNet:
 
 
 def guarded(node: Node, handler: Any, **options: Any) -> Any:
-    """The node's guarded handler, fed a raw stream as its transport would hand it over."""
-    serve = node._guard(handler, **options)
+    """The node's handler (called with the node and a channel) under the guard, fed a raw
+    stream as its transport would hand it over."""
+    serve = guard(node, functools.partial(handler, node), **options)
     return lambda stream: serve(Channel(stream, node.traffic, node.read_policy))
+
+
+def _requests(handler: Any) -> Any:
+    """A secure-aggregation handler served as a persistent request stream (as runtime does)."""
+    return lambda node, channel: serve_requests(node, channel, functools.partial(handler, node))
 
 
 def _frame(size: int) -> bytes:
     return HEADER.pack(size) + b"\x90" * size
 
 
-@pytest.mark.parametrize("handler", ["_on_link", "_on_contribution", "_on_state_request",
-                                     "_on_masked", "_on_unmask"])
+@pytest.mark.parametrize("handler", [on_link, on_contribution, on_state_request,
+                                     _requests(on_masked_input), _requests(on_unmask_request)])
 def test_a_stranger_on_a_members_only_protocol_is_reset_and_disconnected_unread(
-    setup, handler: str, caplog: pytest.LogCaptureFixture
+    setup, handler: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     node, _, _ = setup
     node.net = FakeNet()
     caplog.set_level(logging.WARNING)
     stream = PeerStream(STRANGER, _frame(4 * MIB))
-    trio.run(guarded(node, getattr(node, handler), members_only=True), stream)
+    trio.run(guarded(node, handler, members_only=True), stream)
     assert stream.was_reset and stream.position == 0  # not even the header was read
     assert node.net.disconnected == [STRANGER]
     assert node.rejections["not_member"] == 1
@@ -469,12 +490,12 @@ def test_a_strangers_heartbeat_is_held_to_the_control_cap_from_its_header(setup)
     node, b, _ = setup
     node.net = FakeNet()
     stream = PeerStream(STRANGER, _frame(4 * MIB))
-    trio.run(guarded(node, node._on_heartbeat), stream)
+    trio.run(guarded(node, on_heartbeat), stream)
     assert stream.was_reset and stream.position == HEADER_BYTES
     assert node.rejections["malformed"] == 1
     # a member's payload frame on its contribution stream is read past the header
     member = PeerStream(b.peer_id, _frame(4 * MIB)[: 1 * MIB])
-    trio.run(guarded(node, node._on_contribution, members_only=True), member)
+    trio.run(guarded(node, on_contribution, members_only=True), member)
     assert member.position == MIB and node.net.disconnected == []
 
 
@@ -485,7 +506,7 @@ def test_a_members_bomb_frame_is_refused_in_bounded_memory(setup) -> None:
     stream = PeerStream(b.peer_id, HEADER.pack(len(bomb)) + bomb)
     tracemalloc.start()
     try:
-        trio.run(guarded(node, node._on_contribution, members_only=True), stream)
+        trio.run(guarded(node, on_contribution, members_only=True), stream)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -510,7 +531,7 @@ def test_fresh_identities_cannot_add_up_past_the_in_flight_cap(tmp_path: Path) -
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             for stream in streams:
-                nursery.start_soon(guarded(node, node._on_heartbeat), stream)
+                nursery.start_soon(guarded(node, on_heartbeat), stream)
             await trio.testing.wait_all_tasks_blocked()
             seen["held_by_strangers"] = node.in_flight.held_by_strangers
             seen["refused"] = node.rejections["in_flight"]

@@ -19,8 +19,8 @@ import trio.testing
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig, ProtocolConfig, SecAggConfig
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip.wire import Ack, Contribution, LinkRequest
+from gossipfl.node import resume, runtime, state_sync
 from gossipfl.node import round as round_module
-from gossipfl.node import runtime
 from gossipfl.node.catchup import (
     StateRefusal,
     rounds_in_progress,
@@ -29,9 +29,19 @@ from gossipfl.node.catchup import (
 )
 from gossipfl.node.checkpoint import load_checkpoint, save_checkpoint, save_dp_ledger
 from gossipfl.node.estimates import OwnEstimate
+from gossipfl.node.exchange import send_contribution
 from gossipfl.node.learner import LocalLearner
+from gossipfl.node.links import topology_digest
+from gossipfl.node.resume import restore
 from gossipfl.node.round import TrainingStop, persist_round, run_rounds, training_stop
-from gossipfl.node.runtime import PROTO_STATE, NeighbourState, Node, NodeError
+from gossipfl.node.runtime import NeighbourState, Node, NodeError
+from gossipfl.node.state_sync import (
+    PROTO_STATE,
+    catch_up,
+    catch_up_now,
+    on_state_request,
+    pull_neighbourhood,
+)
 from gossipfl.privacy.dp import DPConfig
 
 DP = DPConfig(enabled=True, unit="node", clip_norm=1.0, noise_multiplier=3.0, delta=1e-5,
@@ -106,7 +116,7 @@ class FakeNet:
 def test_a_clean_stop_with_dp_keeps_the_budget_spent_and_a_resume_restores_it(
         tmp_path: Path, status: str, privacy: DPConfig) -> None:
     node = _node(tmp_path, dp=True, privacy=privacy)
-    node._resume()  # nothing saved yet: a fresh start
+    restore(node)  # nothing saved yet: a fresh start
     for _ in range(3):
         node.budget.spend()
     node.round, node.status = 5, status
@@ -116,7 +126,7 @@ def test_a_clean_stop_with_dp_keeps_the_budget_spent_and_a_resume_restores_it(
         assert load_checkpoint(tmp_path / "final.npz").meta["dp_rounds"] == 3
     again = _node(tmp_path, dp=True, privacy=privacy)  # same key file, same folder
     assert again.budget.spent == 0
-    again._resume()
+    restore(again)
     assert again.resumed_from == 5
     assert again.budget.spent == 3
     assert again.budget.epsilon() == pytest.approx(node.budget.epsilon())
@@ -124,14 +134,14 @@ def test_a_clean_stop_with_dp_keeps_the_budget_spent_and_a_resume_restores_it(
 
 def test_every_round_checkpoint_carries_the_same_dp_state(tmp_path: Path) -> None:
     node = _node(tmp_path, dp=True)
-    node._resume()
+    restore(node)
     node.budget.spend()
     node.budget.spend()
     persist_round(node, 4)
     state = load_checkpoint(tmp_path / "checkpoint.npz")
     assert state.meta["dp_rounds"] == 2 and state.round == 4
     again = _node(tmp_path, dp=True)
-    again._resume()
+    restore(again)
     assert again.budget.spent == 2
 
 
@@ -140,11 +150,11 @@ def test_a_dp_state_that_cannot_be_restored_stops_the_node(tmp_path: Path) -> No
     save_checkpoint(tmp_path / "checkpoint.npz", node.model, 3, public=node.own.vector,
                     status="stopped", dp_rounds=10**6)  # more than the target allows
     with pytest.raises(NodeError, match="forget the privacy budget"):
-        node._resume()
+        restore(node)
     save_checkpoint(tmp_path / "checkpoint.npz", node.model, 3, public=node.own.vector,
                     status="stopped", dp_rounds="3")
     with pytest.raises(NodeError, match="not a count"):
-        node._resume()
+        restore(node)
 
 
 def test_a_node_stopped_before_loading_its_state_leaves_the_checkpoint_alone(
@@ -162,7 +172,7 @@ def test_a_node_stopped_before_loading_its_state_leaves_the_checkpoint_alone(
     other = _node(tmp_path, dp=True)
     save_checkpoint(tmp_path / "checkpoint.npz", np.zeros(3, np.float32), 7,
                     public=np.zeros(3, np.float32), status="stopped", dp_rounds=2)
-    other._resume()
+    restore(other)
     assert other.resumed_from is None and other.budget.spent == 2
 
 
@@ -171,12 +181,12 @@ def test_a_node_stopped_before_loading_its_state_leaves_the_checkpoint_alone(
 
 def test_resume_restores_the_public_estimate_not_the_model(tmp_path: Path) -> None:
     node = _node(tmp_path, dp=True)
-    node._resume()
+    restore(node)
     node.model, node.own = _full(node, 3.0), OwnEstimate(_full(node, 1.0), round=5)
     node.round, node.status = 5, "stopped"
     node._write_final()
     again = _node(tmp_path, dp=True)
-    again._resume()
+    restore(again)
     np.testing.assert_array_equal(again.model, _full(node, 3.0))  # private, kept to train on
     np.testing.assert_array_equal(again.own.vector, _full(node, 1.0))  # public: x̂
     assert again.own.round == 5
@@ -185,17 +195,17 @@ def test_resume_restores_the_public_estimate_not_the_model(tmp_path: Path) -> No
 def test_the_first_full_contribution_after_a_resume_carries_the_public_estimate(
         tmp_path: Path) -> None:
     node = _node(tmp_path, dp=True)
-    node._resume()
+    restore(node)
     node.model, node.own = _full(node, 3.0), OwnEstimate(_full(node, 1.0), round=5)
     node.round, node.status = 5, "stopped"
     node._write_final()
     again = _node(tmp_path, dp=True)
-    again._resume()
+    restore(again)
     again.neighbours["a"] = NeighbourState()  # re-linked: it holds nothing of us
     again.net = FakeNet()  # type: ignore[assignment]
     # the round's delta, privatised (here: the budget is spent, so the delta is zero)
     again.own.publish(again.model, 6, privatise=np.zeros_like)
-    trio.run(round_module.send_contribution, again, "a", 6, False)
+    trio.run(send_contribution, again, "a", 6, False)
     (sent,) = again.net.channels[0].sent
     assert isinstance(sent, Contribution) and sent.kind == "full" and sent.round == 6
     vector = again.layout.from_tensors(sent.tensors)
@@ -211,7 +221,7 @@ def test_an_old_checkpoint_resumes_with_the_initial_model_as_public_estimate(
     save_checkpoint(tmp_path / "checkpoint.npz", _full(node, 3.0), 6, status="training",
                     dp_rounds=2)
     caplog.set_level(logging.WARNING)
-    node._resume()
+    restore(node)
     np.testing.assert_array_equal(node.model, _full(node, 3.0))
     np.testing.assert_array_equal(node.own.vector, initial)  # never the private model
     assert not np.array_equal(node.own.vector, node.model)
@@ -233,7 +243,7 @@ def test_state_refusal_rules() -> None:
 
 
 def _request(node: Node, sender: str) -> LinkRequest:
-    return LinkRequest("fed", sender, node._topology_digest(), 3, rejoin=True)
+    return LinkRequest("fed", sender, topology_digest(node), 3, rejoin=True)
 
 
 def test_under_secure_aggregation_a_state_request_from_a_neighbour_is_refused(
@@ -244,7 +254,7 @@ def test_under_secure_aggregation_a_state_request_from_a_neighbour_is_refused(
     node.own = OwnEstimate(_full(node, 1.0), round=4)
     channel = FakeChannel("agg", _request(node, "agg"))
     caplog.set_level(logging.WARNING)
-    trio.run(node._on_state_request, channel)
+    trio.run(on_state_request, node, channel)
     assert channel.sent == [] and channel.reads == 0  # refused before reading anything
     assert node.rejections["state_refused_secagg"] == 1
     assert "secure aggregation" in caplog.text
@@ -256,13 +266,13 @@ def test_without_secure_aggregation_the_state_served_is_the_public_estimate(
     node.neighbours["a"] = NeighbourState()
     node.model, node.own = _full(node, 3.0), OwnEstimate(_full(node, 1.0), round=4)
     channel = FakeChannel("a", _request(node, "a"))
-    trio.run(node._on_state_request, channel)
+    trio.run(on_state_request, node, channel)
     (served,) = channel.sent
     assert served.kind == "full" and served.round == 4
     np.testing.assert_array_equal(node.layout.from_tensors(served.tensors), _full(node, 1.0))
     # a stranger gets nothing, and nothing it sent is read
     stranger = FakeChannel("x", _request(node, "x"))
-    trio.run(node._on_state_request, stranger)
+    trio.run(on_state_request, node, stranger)
     assert stranger.sent == [] and stranger.reads == 0
     assert node.rejections["not_neighbour"] == 1
 
@@ -296,10 +306,10 @@ def test_the_state_protocol_is_registered_only_without_secure_aggregation(
     monkeypatch.setattr(runtime, "make_host", lambda identity, listen: (host, listen))
     monkeypatch.setattr(runtime.signal, "signal", lambda *args: None)  # leave pytest's alone
 
-    def stop_here() -> None:  # the step after the handlers are registered
+    def stop_here(_: Node) -> None:  # the step after the handlers are registered
         raise _Registered
 
-    node._resume = stop_here  # type: ignore[method-assign]
+    monkeypatch.setattr(resume, "restore", stop_here)
     with pytest.raises((_Registered, BaseExceptionGroup)) as raised:  # a nursery may group it
         trio.run(node.run, clock=trio.testing.MockClock(autojump_threshold=0))
     assert raised.type is _Registered or raised.value.subgroup(_Registered) is not None
@@ -309,7 +319,7 @@ def test_the_state_protocol_is_registered_only_without_secure_aggregation(
 
 
 def test_under_secure_aggregation_a_restart_pulls_nothing_and_goes_on_at_the_neighbours_round(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     node = _node(tmp_path, secagg=True)
     node.neighbours = {p: NeighbourState() for p in ("a", "b", "c")}
     # heartbeats carry the last round finished; a masked input names the round it is for
@@ -319,12 +329,12 @@ def test_under_secure_aggregation_a_restart_pulls_nothing_and_goes_on_at_the_nei
     node.round = node.resumed_from = 5
     node.model = _full(node, 3.0)
 
-    async def no_pull() -> dict:
+    async def no_pull(_: Node) -> dict:
         raise AssertionError("a neighbour's estimate was pulled under secure aggregation")
 
-    node._pull_neighbourhood = no_pull  # type: ignore[method-assign]
+    monkeypatch.setattr(state_sync, "pull_neighbourhood", no_pull)
     caplog.set_level(logging.WARNING)
-    trio.run(node._catch_up)
+    trio.run(catch_up, node)
     assert node.start_round == 12 and node.round == 11
     np.testing.assert_array_equal(node.model, _full(node, 3.0))  # its own model
     assert node.catch_ups == [{"from_round": 5, "to_round": 12, "neighbours": 3,
@@ -341,22 +351,23 @@ def test_under_secure_aggregation_a_restart_pulls_nothing_and_goes_on_at_the_nei
     ],
 )
 def test_under_secure_aggregation_a_node_behind_jumps_without_pulling(
-        tmp_path: Path, reports: dict[str, int], jump: int) -> None:
+        tmp_path: Path, reports: dict[str, int], jump: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     node = _node(tmp_path, secagg=True)
     node.neighbours = {p: NeighbourState() for p in ("a", "b", "c")}
     node.member_state = {p: (r, "training") for p, r in reports.items()}
     node.round, node.behind = 9, 25
     node.model = _full(node, 3.0)
 
-    async def no_pull(peer: str, pulled: dict) -> None:
+    async def no_pull(_: Node, peer: str, pulled: dict) -> None:
         raise AssertionError("a state request was sent under secure aggregation")
 
-    node._pull_state = no_pull  # type: ignore[method-assign]
-    assert trio.run(node.catch_up_now, 10) == jump
+    monkeypatch.setattr(state_sync, "pull_state", no_pull)
+    assert trio.run(catch_up_now, node, 10) == jump
     assert node.behind is None
     np.testing.assert_array_equal(node.model, _full(node, 3.0))
     assert node.round == jump - 1 if jump > 10 else node.round == 9
-    assert trio.run(node._pull_neighbourhood) == {}  # and never by another road
+    assert trio.run(pull_neighbourhood, node) == {}  # and never by another road
 
 
 def test_rounds_in_progress_from_heartbeats_and_masked_inputs() -> None:
@@ -474,10 +485,10 @@ def test_training_rounds_end_with_the_reset_and_a_public_catch_up_is_kept(
     _private(node)
     node.start_round, node.round, node.behind = 9, 8, 25
 
-    async def pull() -> dict[str, tuple[int, np.ndarray]]:
+    async def pull(_: Node) -> dict[str, tuple[int, np.ndarray]]:
         return {p: (11, _full(node, 7.0)) for p in ("a", "b")}
 
-    node._pull_neighbourhood = pull  # type: ignore[method-assign]
+    monkeypatch.setattr(state_sync, "pull_neighbourhood", pull)
     trio.run(run_rounds, node)
     assert seen[0]["round"] == 11 and seen[0]["training"] is False
     assert seen[0]["unpublished"] == 6.0  # the pulled mean (7) against x̂ (1): kept
@@ -489,21 +500,21 @@ def test_budget_spent_before_a_sigkill_is_not_forgotten(tmp_path: Path,
     """Killed between its send and its round's checkpoint: the write-ahead ledger, written
     before the send, still holds what was spent (with or without a checkpoint before it)."""
     node = _node(tmp_path, dp=True, privacy=privacy)
-    node._resume()
+    restore(node)
     node.budget.spend()
     persist_round(node, 0)  # round 0 checkpointed: 1 spent
     node.budget.spend()
     node.budget.spend()
     save_dp_ledger(node)  # round 1 sent, then SIGKILL before its checkpoint
     again = _node(tmp_path, dp=True, privacy=privacy)
-    again._resume()
+    restore(again)
     assert again.budget.spent == 3 and again.resumed_from == 0
     # no checkpoint at all (killed in round 0): the ledger alone
     (tmp_path / "checkpoint.npz").unlink()
     for stale in tmp_path.glob("checkpoint.prev.npz"):
         stale.unlink()
     fresh = _node(tmp_path, dp=True, privacy=privacy)
-    fresh._resume()
+    restore(fresh)
     assert fresh.budget.spent == 3 and fresh.resumed_from is None
 
 
@@ -511,4 +522,4 @@ def test_an_unreadable_dp_ledger_stops_the_node(tmp_path: Path) -> None:
     node = _node(tmp_path, dp=True)
     (tmp_path / "dp_ledger.json").write_text("{not json")
     with pytest.raises(NodeError, match="DP ledger"):
-        node._resume()
+        restore(node)

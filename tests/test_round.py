@@ -12,13 +12,14 @@ import trio.testing
 from gossipfl.config import ProtocolConfig
 from gossipfl.gossip.wire import Contribution
 from gossipfl.node.estimates import PeerEstimates
-from gossipfl.node.round import (
-    consensus_reached,
+from gossipfl.node.exchange import (
     gone_silent,
     still_working,
     update_liveness,
     wait_for_neighbours,
 )
+from gossipfl.node.links import drop_neighbour
+from gossipfl.node.round import consensus_reached
 from gossipfl.node.runtime import NeighbourState, Node
 
 SIZE = 4
@@ -38,7 +39,7 @@ class FakeNode:
     dropped: list = field(default_factory=list)
     behind: int | None = None
     net: None = None  # no network: nothing to disconnect
-    _linked_at: dict = field(default_factory=dict)
+    linked_at: dict = field(default_factory=dict)
     member_state: dict = field(default_factory=dict)  # (round, status) from heartbeats
     heard_at: dict = field(default_factory=dict)
 
@@ -47,7 +48,6 @@ class FakeNode:
         event.set()
 
     wait_for = Node.wait_for  # the real waiting logic, on this fake's event
-    drop_neighbour = Node.drop_neighbour
 
     def deliver(self, peer: str, r: int, *, done: bool = False,
                 disagreement: float = 0.5) -> None:
@@ -272,11 +272,11 @@ def test_a_dropped_neighbour_is_remembered_and_its_estimate_forgotten() -> None:
     async def main() -> None:
         node = _node("a", "b")
         node.deliver("a", 0)
-        await node.drop_neighbour("a", 4, "missed rounds")
+        await drop_neighbour(node, "a", 4, "missed rounds")
         assert list(node.neighbours) == ["b"]
         assert "a" not in node.estimates.peers
         assert node.dropped == [{"peer_id": "a", "round": 4, "reason": "missed rounds"}]
-        await node.drop_neighbour("a", 5, "again")  # already gone: nothing happens
+        await drop_neighbour(node, "a", 5, "again")  # already gone: nothing happens
         assert len(node.dropped) == 1
 
     _run(main)

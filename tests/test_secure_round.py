@@ -22,6 +22,7 @@ from gossipfl.gossip import wire
 from gossipfl.gossip.wire import ConsistencyRequest, MaskedInput
 from gossipfl.node import secure_round
 from gossipfl.node.learner import LocalLearner
+from gossipfl.node.membership_loop import renew_stamp
 from gossipfl.node.runtime import NeighbourState, Node
 from gossipfl.node.secure_round import SecAggState
 
@@ -70,7 +71,7 @@ NOW = 1000.0  # the star's clock: every member heard from just now (alive), unle
 def _alive(star: dict[str, Node]) -> None:
     """Each test starts with every member of the star live at NOW: heard from directly, with
     a fresh signed liveness stamp (verified: a higher sequence number than the one held)."""
-    stamps = {name: node.renew_stamp() for name, node in star.items()}
+    stamps = {name: renew_stamp(node) for name, node in star.items()}
     for node in star.values():
         for name, other in star.items():
             if other is not node:

@@ -23,6 +23,7 @@ from gossipfl.crypto.identity import Identity
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.peers import Channel, PeerNet, Traffic
 from gossipfl.gossip.wire import HEADER, MAX_CONTROL_BYTES, MAX_MEMBERS, Ack, Heartbeat, MemberInfo
+from gossipfl.node.membership_loop import PROTO_MEMBERSHIP, heartbeat
 from gossipfl.node.secure_round import PROTO_MASKED
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossipfl.adversary")
 
-PROTO_MEMBERSHIP = "/gossipfl/membership/1.0.0"  # runtime.PROTO_MEMBERSHIP (a test pins it)
 FAKE_MEMBERS = MAX_MEMBERS - 1  # 255 made-up ids; the last entry poisons a real member
 BOMB_BYTES = 4 * 1024 * 1024  # the measured bomb (280 MiB of RSS before the fix)
 REPLY_SECONDS = 2.0
@@ -100,7 +100,7 @@ class MembershipFlood(Role):
                 ever |= set(members)
                 stamps.update((m.peer_id, m.stamp) for m in
                               node.membership.snapshot(trio.current_time()) if m.stamp)
-                beat = flood_heartbeat(node.heartbeat(), fakes, trap, sorted(ever), turn,
+                beat = flood_heartbeat(heartbeat(node), fakes, trap, sorted(ever), turn,
                                        node.security.own_certificate, stamps)
                 for peer in members:
                     nursery.start_soon(self._send, node, peer, beat)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.adversary.role import Role, next_round
 from gossipfl.gossip.wire import Contribution
+from gossipfl.node import state_sync
 
 if TYPE_CHECKING:
     from gossipfl.node.runtime import Node
@@ -36,7 +37,7 @@ class StateProber(Role):
         for peer in probe_targets(node):
             pulled: dict[str, Contribution] = {}
             self.tally.attempts += 1
-            await node._pull_state(peer, pulled)  # the node's own request
+            await state_sync.pull_state(node, peer, pulled)  # the node's own request
             if peer in pulled:
                 self.tally.succeeded += 1
                 self.tally.details["estimates_in_the_clear"] += 1

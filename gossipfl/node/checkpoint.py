@@ -178,7 +178,7 @@ def save_vector(path: str | Path, vector: np.ndarray, *, durable: bool = True) -
 
 # -- what a node saves and restores ------------------------------------------------------------
 # Every checkpoint a node writes (each round, the final one, on SIGTERM) goes through
-# save_node_checkpoint; a resume restores it in Node._resume through the functions below.
+# save_node_checkpoint; a resume restores it in resume.restore through the functions below.
 
 
 def dp_state(node: Node) -> dict[str, Any]:

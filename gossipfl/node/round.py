@@ -13,28 +13,31 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import trio
 
 from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
 from gossipfl.config import Mode
-from gossipfl.gossip.codes import RUNNING, AckCode, AckReason, NodeStatus
-from gossipfl.gossip.membership import SILENT_INTERVALS
-from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
+from gossipfl.gossip.codes import NodeStatus
 from gossipfl.node import secure_round
 from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector
+from gossipfl.node.exchange import (
+    close_channels,
+    finite,
+    send_to_neighbours,
+    update_liveness,
+    wait_async,
+    wait_for_neighbours,
+)
 from gossipfl.node.learner import RecordDP
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
-from gossipfl.node.runtime import peak_rss_bytes
-from gossipfl.node.streams import close_streams
+from gossipfl.node.state import Node
+from gossipfl.node.state_sync import catch_up_now
+from gossipfl.node.summary import peak_rss_bytes
 from gossipfl.privacy.dp import PrivacyUnit, privatise_update
-
-if TYPE_CHECKING:
-    from gossipfl.node.runtime import Node
 
 log = logging.getLogger("gossipfl.round")
 
@@ -102,7 +105,7 @@ async def run_rounds(node: Node) -> None:
     r = node.start_round
     while r < total:
         if node.behind is not None:  # cut off or paused while the neighbours went on
-            r = await node.catch_up_now(r)
+            r = await catch_up_now(node, r)
             if r >= total:
                 break
         if stopped is None:
@@ -258,7 +261,7 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     record.update(
         test_loss=evaluation.loss, test_accuracy=evaluation.accuracy,
         eval_seconds=evaluation.seconds, round_seconds=trio.current_time() - start,
-        time=trio.current_time(), disagreement=_finite(node.disagreement),
+        time=trio.current_time(), disagreement=finite(node.disagreement),
         neighbours=sorted(node.neighbours), degree=len(node.neighbours), missing=missing,
         bytes_sent=node.traffic.bytes_sent, bytes_received=node.traffic.bytes_received,
         messages_sent=node.traffic.messages_sent,
@@ -374,238 +377,6 @@ def aggregate(node: Node, half_step: np.ndarray, r: int) -> np.ndarray:
     )
 
 
-async def send_to_neighbours(node: Node, r: int, *, done: bool) -> None:
-    targets = [
-        p for p in node.neighbours
-        if not (p in node.estimates.peers and node.estimates.peers[p].done)
-    ]
-    async with trio.open_nursery() as nursery:
-        for peer in targets:
-            nursery.start_soon(send_contribution, node, peer, r, done)
-
-
-async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
-    """Send our round-r estimate (delta or full) to one neighbour and read its ack.
-
-    Uses the neighbour's open stream; a broken stream (the peer restarted, or closed it as
-    idle) is replaced by a new one once before the neighbour counts as unreachable.
-    """
-    state = node.neighbours[peer]
-    # a frozen or overloaded neighbour may hold the stream open without answering: never let
-    # one send hold the round longer than the round itself may last
-    limit = min(node.protocol.request_timeout, node.protocol.round_timeout)
-    with trio.move_on_after(limit) as scope:
-        for attempt in (1, 2):
-            try:
-                ack = await _exchange(node, peer, r, done)
-                break
-            except Exception as error:
-                if state.channel is not None:
-                    await state.channel.reset()
-                    state.channel = None
-                if attempt == 2:
-                    state.unreachable_round = r
-                    log.warning("could not send round %d to %s: %s: %s", r, peer,
-                                type(error).__name__, error)
-                    node.notify()
-                    return
-        if ack.status == AckCode.OK:
-            state.peer_holds = r
-        elif AckReason.of(ack.reason) is AckReason.NOT_NEIGHBOUR:
-            # it dropped us (we were cut off or paused): stop waiting for it; the re-link loop
-            # asks it back
-            log.warning("%s no longer counts us as a neighbour (round %d); re-linking", peer, r)
-            await node.drop_neighbour(peer, r, "it dropped this node")
-            return
-        else:
-            log.warning("%s did not take our round %d: %s %s", peer, r, ack.status, ack.reason)
-    if scope.cancelled_caught:
-        node.timeouts += 1
-        state.unreachable_round = r
-        if state.channel is not None:
-            await state.channel.reset()
-            state.channel = None
-        log.warning("sending round %d to %s timed out", r, peer)
-        node.notify()
-
-
-async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
-    assert node.net is not None
-    state = node.neighbours[peer]
-
-    def frame(kind: str, base: int, array: np.ndarray) -> Contribution:
-        return Contribution(
-            federation=node.config.federation, round=r, sender=node.peer_id, receiver=peer,
-            degree=len(node.neighbours), kind=kind, base_round=base,
-            disagreement=_finite(node.disagreement, default=1e9), done=done,
-            tensors=node.layout.to_tensors(array), training=node.status == NodeStatus.TRAINING,
-        )
-
-    if state.channel is None:
-        state.channel = await node.net.open(peer, node.addrs_of(peer),
-                                            node.contribution_protocol)
-    channel = state.channel
-    kind, base, array = node.own.payload_for(state.peer_holds)
-    await node.send_payload(channel, frame(kind, base, array))
-    ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
-    if ack.status == AckCode.NEED_FULL and kind == "delta":
-        await node.send_payload(channel, frame("full", -1, node.own.vector))
-        ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
-    if ack.round != r or ack.sender != peer:
-        raise ConnectionError(f"ack for round {ack.round} from {ack.sender}, expected {r}")
-    return ack
-
-
-async def close_channels(node: Node) -> None:
-    for state in node.neighbours.values():
-        if state.channel is not None:
-            await state.channel.close()
-            state.channel = None
-        await close_streams(state)
-
-
-
-
-def gone_silent(heard_at: float | None, now: float, interval: float) -> bool:
-    """Whether a neighbour we heard from directly has not heartbeat us for
-    ``SILENT_INTERVALS`` intervals (killed, paused, cut off). One never heard from directly is
-    not judged."""
-    return heard_at is not None and now - heard_at > SILENT_INTERVALS * interval
-
-
-async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
-    """Wait until every live neighbour delivered round r (or is done); returns those missing.
-
-    A neighbour that has gone silent (no heartbeat for a few intervals: killed, paused, cut
-    off) is not waited for: its neighbours go on at once instead of spending the round timeout
-    on it, which in the synchronous protocol its neighbours' neighbours would wait out too. The
-    heartbeat loop wakes the wait every interval so that silence is noticed. Its contribution,
-    if it comes later, is mixed in a later round."""
-    interval = node.protocol.heartbeat_interval
-
-    def pending() -> list[str]:
-        if node.behind is not None:  # the neighbours went on without us: catch up instead
-            return []
-        now = trio.current_time()
-        return [
-            p for p, state in node.neighbours.items()
-            if node.estimates.holds(p) < r
-            and not (p in node.estimates.peers and node.estimates.peers[p].done)
-            and state.unreachable_round != r
-            and not gone_silent(node.heard_at.get(p), now, interval)
-        ]
-
-    waiting = await node.wait_for(pending, deadline)
-    if waiting:
-        node.timeouts += 1
-        log.warning("round %d: no contribution from %s within %.1f s", r, ", ".join(waiting),
-                    node.protocol.round_timeout)
-    return sorted(
-        p for p in node.neighbours
-        if node.estimates.holds(p) < r
-        and not (p in node.estimates.peers and node.estimates.peers[p].done)
-    )
-
-
-async def wait_async(node: Node, training: bool, deadline: float,
-                     record: dict[str, Any]) -> list[str]:
-    """Async mode: no barrier while training. With ``protocol.max_lead`` = L (not None), a
-    training round r waits only for the neighbours more than L rounds behind (until each has
-    delivered round r − L: bounded staleness); with no bound it waits for news from half of its
-    live neighbours (the faster ones: a slow neighbour's estimate is mixed, staleness-weighted,
-    whenever it comes).
-    A consensus round waits for every neighbour's round r with a bounded lead, for news from each
-    without. All under the round timeout. Returns the
-    neighbours that could not be reached this round, and with a bounded lead those still too far
-    behind at the timeout (liveness counts only those). ``record["held"]``: whether the round
-    waited for a neighbour behind the bound."""
-    lead = node.config.protocol.max_lead
-    if lead is not None:
-        # consensus rounds wait as in sync (rounds keep within the bound of each other)
-        r = node.estimates.clock
-        least = r - lead if training else r
-        return await wait_bounded(node, least, deadline, record, unheard=not training)
-    seen = node.async_seen
-
-    def pending() -> list[str]:
-        live = [p for p in node.neighbours
-                if not (p in node.estimates.peers and node.estimates.peers[p].done)]
-        fresh = [p for p in live if node.estimates.holds(p) > seen.get(p, -1)]
-        # consensus rounds (no training left to wait for) wait for every live neighbour, so the
-        # fast cannot spin through the round limit before the slow have joined
-        quorum = max(1, math.ceil(len(live) / 2)) if training else len(live)
-        return [] if len(fresh) >= quorum or not live else [p for p in live if p not in fresh]
-
-    await node.wait_for(pending, deadline)
-    node.async_seen = {p: node.estimates.holds(p) for p in node.neighbours}
-    return sorted(p for p, state in node.neighbours.items()
-                  if state.unreachable_round == node.estimates.clock)
-
-
-async def wait_bounded(node: Node, least: int, deadline: float, record: dict[str, Any], *,
-                       unheard: bool) -> list[str]:
-    """Wait until every live neighbour has delivered round ``least`` (or is done, or could not be
-    reached this round); returns those still behind at the deadline, and the unreachable.
-    ``record["held"]``: whether there was anyone to wait for.
-
-    A neighbour not heard from yet is waited for only if ``unheard`` (consensus rounds, so that
-    the fast cannot spin through the round limit before a late joiner has joined), and never
-    counted missing: one whose first round is slow joins late (async_joins_late). In training
-    rounds a node only ever waits for neighbours behind it, so no two wait for each other."""
-    r = node.estimates.clock
-
-    def behind() -> list[str]:
-        return [p for p, state in node.neighbours.items()
-                if p in node.estimates.peers and node.estimates.holds(p) < least
-                and not node.estimates.peers[p].done and state.unreachable_round != r]
-
-    def pending() -> list[str]:
-        silent = [p for p, state in node.neighbours.items()
-                  if unheard and p not in node.estimates.peers and state.unreachable_round != r]
-        return sorted(behind() + silent)
-
-    record["held"] = bool(pending())
-    await node.wait_for(pending, deadline)
-    node.async_seen = {p: node.estimates.holds(p) for p in node.neighbours}
-    return sorted(set(behind()) | {p for p, state in node.neighbours.items()
-                                   if state.unreachable_round == r})
-
-
-def still_working(heard_at: float | None, beat_round: int, status: NodeStatus | None,
-                  now: float, r: int, interval: float) -> bool:
-    """Whether a neighbour that missed round ``r`` is alive and keeping up: it heartbeat us
-    directly within the last three heartbeat intervals, while training or in consensus, having
-    finished round r − 2 or later (a heartbeat carries the last round finished: it is working on
-    our round or the one before). Such a neighbour is itself waiting for a neighbour of its own that
-    is gone (a cascade of timeouts, as on one side of a partition): it is not counted missing.
-    A neighbour that is silent, stopped, or further behind is."""
-    return (heard_at is not None and not gone_silent(heard_at, now, interval)
-            and status in RUNNING and beat_round >= r - 2)
-
-
-async def update_liveness(node: Node, r: int, missing: list[str]) -> None:
-    """Count missed rounds; drop a neighbour that missed too many in a row. A neighbour that
-    could be reached this round and is alive and keeping up (``still_working``) is not counted."""
-    now = trio.current_time()
-    for peer in list(node.neighbours):
-        state = node.neighbours[peer]
-        if peer not in missing:
-            state.missed = 0
-            continue
-        beat_round, status = node.member_state.get(peer, (-1, None))
-        if state.unreachable_round != r and still_working(
-                node.heard_at.get(peer), beat_round, status, now, r,
-                node.protocol.heartbeat_interval):
-            log.info("round %d: no contribution from %s, but it is alive and keeping up "
-                     "(its last round %d); the miss is not counted", r, peer, beat_round)
-            continue
-        state.missed += 1
-        if state.missed >= node.protocol.max_missed_rounds:
-            log.warning("dropping neighbour %s: no contribution for %d rounds", peer,
-                        state.missed)
-            await node.drop_neighbour(peer, r, "missed rounds")
-
-
 def finished(node: Node, r: int) -> bool:
     if not node.config.secagg.enabled:
         return consensus_reached(node)
@@ -641,7 +412,3 @@ async def announce_done(node: Node) -> None:
         return
     await send_to_neighbours(node, r, done=True)
     await close_channels(node)
-
-
-def _finite(value: float, default: float | None = None) -> float | None:
-    return value if math.isfinite(value) else default

@@ -55,10 +55,10 @@ from gossipfl.node.secagg_state import (
     excused,
     silence_seconds,
 )
+from gossipfl.node.state import Node
 
 if TYPE_CHECKING:
     from gossipfl.gossip.peers import Channel
-    from gossipfl.node.runtime import Node
 
 log = logging.getLogger("gossipfl.secagg")
 R = TypeVar("R", ConsistencyResponse, UnmaskResponse)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class NeighbourState(Protocol):
-    """What this module keeps per neighbour (``runtime.NeighbourState`` has it)."""
+    """What this module keeps per neighbour (``state.NeighbourState`` has it)."""
 
     streams: dict[str, Channel]
     stream_locks: dict[str, trio.Lock]

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 class NodeProcess(Protocol):
-    """What this module reads of a run's node (:class:`gossipfl.scenario.runner.NodeProcess`)."""
+    """What this module reads of a run's node (:class:`gossipfl.scenario.process.NodeProcess`)."""
 
     index: int
     peer_id: str

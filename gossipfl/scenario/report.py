@@ -14,7 +14,7 @@ from gossipfl.scenario.adversaries import adversaries_section
 
 if TYPE_CHECKING:
     from gossipfl.scenario.config import ScenarioConfig
-    from gossipfl.scenario.runner import NodeProcess
+    from gossipfl.scenario.process import NodeProcess
 
 REPORT_VERSION = 1
 

@@ -38,8 +38,9 @@ from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.memory import MemoryNetwork
 from gossipfl.scenario.batcher import Batcher
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
+from gossipfl.scenario.process import NodeProcess
 from gossipfl.scenario.report import build_report, print_summary
-from gossipfl.scenario.runner import NodeProcess, prepare_nodes, resolve_faults, resolve_joins
+from gossipfl.scenario.runner import prepare_nodes, resolve_faults, resolve_joins
 
 log = logging.getLogger("gossipfl.simulate")
 

@@ -1,0 +1,351 @@
+"""Neighbour links: forming them (from the topology, or as a late joiner), the link protocol's
+handler, re-linking lost neighbours, replacing departed ones, and dropping a neighbour.
+
+The topology is the federation's from its start (build_topology over the members found, saved
+so that a restart finds the same neighbours); a late joiner, or a node whose neighbours left for
+good, asks running members for an extra link instead. A dropped neighbour stays wanted: the
+re-link loop asks it back.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import trio
+
+from gossipfl.aggregation.topology import build_topology
+from gossipfl.config import Mode
+from gossipfl.gossip.codes import RUNNING, LinkCode, NodeStatus
+from gossipfl.gossip.wire import MAX_CONTROL_BYTES, LinkReply, LinkRequest
+from gossipfl.node.resume import save_topology, saved_members, saved_neighbours
+from gossipfl.node.state import NeighbourState, Node, NodeError
+from gossipfl.node.streams import close_streams
+
+if TYPE_CHECKING:
+    from gossipfl.gossip.peers import Channel
+
+log = logging.getLogger("gossipfl.node")
+
+PROTO_LINK = "/gossipfl/link/1.0.0"
+
+
+def topology_digest(node: Node) -> str:
+    members = sorted(node.topology or {})
+    return hashlib.blake2b("\n".join(members).encode(), digest_size=8).hexdigest()
+
+
+def known_members(node: Node) -> list[str]:
+    """Members to build the topology over: those admitted (certificate presented, not
+    revoked) when admission is on; else those heard from directly (an id only heard of may
+    have been made up)."""
+    if node.security.enabled:
+        return [p for p in node.membership.ids() if node.security.is_member(p)]
+    return [p for p in node.membership.ids() if node.membership.is_direct(p)]
+
+
+def federation_running(node: Node) -> bool:
+    """Some member we heard from directly is already past link formation (we are late)."""
+    return any((status in RUNNING or status == NodeStatus.DONE) and round_ >= 0
+               for round_, status in node.member_state.values())
+
+
+def running_members(node: Node) -> list[str]:
+    """Members heard to be training or in consensus, in an order of this node's own (a hash
+    of both ids), so that nodes asking for links at once spread over different members."""
+    return sorted(
+        (p for p in known_members(node)
+         if node.member_state.get(p, (-1, None))[1] in RUNNING),
+        key=lambda p: hashlib.blake2b(f"{node.peer_id}/{p}".encode()).digest(),
+    )
+
+
+async def form_links(node: Node) -> None:
+    # The topology is the federation's from its start: a node that restarts reuses the member
+    # set and the neighbours it saved then, so it finds the same neighbours, who still have
+    # it in theirs.
+    saved = saved_members(node)
+    if saved is None and federation_running(node):
+        await join_late(node)
+        return
+    members = saved or [node.peer_id, *known_members(node)]
+    node.topology = build_topology(node.config.topology.kind, members,
+                                   degree=node.config.topology.degree, seed=node.config.seed)
+    kept = saved_neighbours(node) if saved else None
+    node.wanted = set(kept or node.topology[node.peer_id])
+    node.degree_target = len(node.topology[node.peer_id])
+    node.link_cap = node.degree_target + node.protocol.extra_links
+    save_topology(node, members)
+    wanted = set(node.wanted)
+    log.info("topology %s over %d members: %d neighbour(s) wanted",
+             node.config.topology.kind, len(members), len(wanted))
+    refused: set[str] = set()
+    last_change, linked = trio.current_time(), 0
+    with trio.move_on_after(node.protocol.join_timeout):
+        while wanted - set(node.neighbours) - refused:
+            async with trio.open_nursery() as nursery:
+                for peer in sorted(wanted - set(node.neighbours) - refused):
+                    nursery.start_soon(request_link, node, peer, refused)
+            if len(node.neighbours) != linked:
+                last_change, linked = trio.current_time(), len(node.neighbours)
+            # some links confirmed and no new one for a while: the others are gone for good
+            # (a member that left), so go on with these rather than wait out the timeout
+            if linked and trio.current_time() - last_change >= node.config.settle_seconds:
+                break
+            if wanted - set(node.neighbours) - refused:
+                await trio.sleep(0.1)
+    missing = wanted - set(node.neighbours)
+    if missing:
+        log.warning("links not confirmed with %s", ", ".join(sorted(missing)))
+    if not node.neighbours:
+        raise NodeError("no neighbour confirmed a link; refusing to train alone")
+    log.info("neighbours: %s", ", ".join(sorted(node.neighbours)))
+
+
+def late_degree(node: Node) -> int:
+    """How many neighbours a late joiner looks for: its degree in a topology of the same
+    kind over the members it found."""
+    members = [node.peer_id, *known_members(node)]
+    topology = build_topology(node.config.topology.kind, members,
+                              degree=node.config.topology.degree, seed=node.config.seed)
+    return max(1, len(topology[node.peer_id]))
+
+
+async def join_late(node: Node) -> None:
+    """Join a federation already training: ask members (in an order of our own, so joiners
+    spread out) to take us as an extra neighbour, until we have our degree of them."""
+    if node.config.secagg.enabled:
+        raise NodeError("the federation is already training and secure aggregation needs "
+                        "the topology fixed at formation: a late joiner cannot take part")
+    node.joined_late = True
+    degree = late_degree(node)
+    running = running_members(node)
+    log.warning("joining late: the federation is already training; asking up to %d of %d "
+                "running member(s) for a link", degree, len(running))
+    node.topology = {node.peer_id: frozenset()}
+    refused: set[str] = set()
+    with trio.move_on_after(node.protocol.join_timeout):
+        queue = list(running)
+        while queue and len(node.neighbours) < degree:
+            need = degree - len(node.neighbours)
+            batch, queue = queue[:need], queue[need:]
+            async with trio.open_nursery() as nursery:
+                for peer in batch:
+                    nursery.start_soon(functools.partial(
+                        request_link, node, peer, refused, joining=True))
+    if not node.neighbours:
+        raise NodeError(f"joining late: none of the {len(running)} running member(s) took "
+                        "this node as a neighbour; refusing to train alone")
+    node.wanted = set(node.neighbours)
+    node.degree_target = degree
+    node.link_cap = len(node.wanted) + node.protocol.extra_links
+    node.topology = {node.peer_id: frozenset(node.wanted)}
+    save_topology(node, [node.peer_id, *running])
+    log.info("neighbours: %s", ", ".join(sorted(node.neighbours)))
+
+
+async def request_link(node: Node, peer: str, refused: set[str], *, joining: bool = False,
+                       repair: bool = False) -> None:
+    rejoin = node.resumed_from is not None or repair
+    request = LinkRequest(node.config.federation, node.peer_id, topology_digest(node),
+                          node.round, rejoin=rejoin, joining=joining)
+    with trio.move_on_after(node.protocol.request_timeout):
+        try:
+            async with node.channel_to(peer, PROTO_LINK) as channel:
+                await channel.send(request, MAX_CONTROL_BYTES)
+                reply = await channel.receive(LinkReply, MAX_CONTROL_BYTES)
+        except Exception as error:
+            log.debug("link request to %s failed: %s", peer, error)
+            return
+        if not node.check_origin(channel, "link reply", reply.federation, reply.sender):
+            return
+        if reply.status == LinkCode.ACCEPTED:
+            if joining or repair:
+                await reset_link(node, peer)
+            else:
+                node.neighbours.setdefault(peer, NeighbourState())
+            if repair:
+                node.relinks += 1
+                log.warning("re-linked with neighbour %s (it is at round %d, this node at "
+                            "%d)", peer, reply.round, node.round)
+                note_peer_round(node, peer, reply.round, NodeStatus.TRAINING)
+        elif reply.status == LinkCode.REJECTED:
+            log.log(logging.INFO if repair or joining else logging.WARNING,
+                    "%s refused a link: %s", peer, reply.reason)
+            refused.add(peer)
+
+
+async def reset_link(node: Node, peer: str) -> None:
+    """Start a link afresh: each end forgets what it held of the other (a restart, a
+    repair after an outage, a late joiner), so the next contributions are full estimates.
+    A link reset moments ago (both ends asked at once) is kept as it is."""
+    now = trio.current_time()
+    if peer in node.neighbours and now - node.linked_at.get(peer, -math.inf) < \
+            node.protocol.relink_interval:
+        return
+    old = node.neighbours.pop(peer, None)
+    if old is not None and old.channel is not None:
+        await old.channel.reset()
+    if old is not None:
+        await close_streams(old, reset=True)
+    node.neighbours[peer] = NeighbourState()
+    node.estimates.forget(peer)
+    node.linked_at[peer] = now
+    node.notify()
+
+
+async def relink(node: Node, peer: str) -> None:
+    """A neighbour restarted or comes back after an outage: it lost our estimate (or we
+    dropped it) and we drop the one we held of it."""
+    await reset_link(node, peer)
+    node.rejoins_served += 1
+    log.warning("neighbour %s rejoined after a restart or an outage", peer)
+
+
+async def relink_loop(node: Node) -> None:
+    """Ask lost neighbours back: a neighbour dropped for missed rounds (it paused, or a
+    partition cut it off) that answers again is linked afresh. Each ask is one stream under
+    the request timeout; one that refused is left alone for a while. One the membership
+    forgot (silent for ``member_timeout``) may be gone for good, or behind a partition that
+    will heal, so it is still asked every interval (one cheap failed dial while it is away;
+    a node that gave up on it would leave a healed partition apart). While such neighbours
+    leave this node short of its degree, it links with other members too
+    (``replace_departed``)."""
+    interval = node.protocol.relink_interval
+    while True:
+        await trio.sleep(interval)
+        if not node.status.running:
+            continue
+        now = trio.current_time()
+        lost = [p for p in sorted(node.wanted - set(node.neighbours))
+                if node.relink_refused.get(p, -math.inf) <= now
+                and node.member_state.get(p, (-1, None))[1] != NodeStatus.DONE]
+        if lost:
+            refused: set[str] = set()
+            async with trio.open_nursery() as nursery:
+                for peer in lost:
+                    nursery.start_soon(functools.partial(request_link, node, peer,
+                                                         refused, repair=True))
+            for peer in refused:
+                node.relink_refused[peer] = now + 10 * interval
+        if not node.config.secagg.enabled:
+            await replace_departed(node, now)
+
+
+def replacement_candidates(node: Node, now: float) -> list[str]:
+    """Running members we are not linked with, leaving out those that refused lately."""
+    return [p for p in running_members(node)
+            if p not in node.wanted and node.extra_refused.get(p, -math.inf) <= now]
+
+
+async def replace_departed(node: Node, now: float) -> None:
+    """Neighbours gone for good (the membership forgot them: silent for
+    ``member_timeout``) that leave this node short of its degree are replaced: it asks other
+    running members for an extra link, as a late joiner does, one per missing neighbour. A
+    departed neighbour stays wanted; if it comes back it is linked again, above the degree
+    (up to the link cap)."""
+    gone = sorted(p for p in node.wanted - set(node.neighbours) if p not in node.membership)
+    need = min(len(gone), node.degree_target - len(node.neighbours))
+    if need <= 0:
+        return
+    candidates = replacement_candidates(node, now)[:need]
+    if not candidates:
+        return
+    before = set(node.neighbours)
+    refused: set[str] = set()
+    async with trio.open_nursery() as nursery:
+        for peer in candidates:
+            nursery.start_soon(functools.partial(request_link, node, peer, refused,
+                                                 joining=True))
+    for peer in refused:
+        node.extra_refused[peer] = now + 10 * node.protocol.relink_interval
+    new = sorted(set(node.neighbours) - before - node.wanted)
+    if not new:
+        return
+    node.wanted.update(new)
+    save_topology(node, saved_members(node) or [node.peer_id, *node.wanted])
+    for peer in new:
+        node.replacements.append({"peer_id": peer, "round": node.round, "replacing": gone})
+    log.warning("round %d: neighbour(s) %s gone for good; linked with %s instead",
+                node.round, ", ".join(gone), ", ".join(new))
+
+
+def note_peer_round(node: Node, peer: str, round_: int, status: NodeStatus) -> None:
+    """A neighbour told us its round. In the synchronous protocol a neighbour can be more
+    than a round or two ahead only if it stopped waiting for us (we were cut off, paused or
+    dropped): then pulling its state beats dragging the average back."""
+    if (node.protocol.mode is not Mode.SYNC or peer not in node.neighbours
+            or status not in RUNNING or not node.status.running):
+        return
+    ahead = round_ - node.round > node.protocol.catch_up_rounds
+    if ahead and (node.behind is None or round_ > node.behind):
+        node.behind = round_
+        node.notify()
+
+
+async def drop_neighbour(node: Node, peer: str, r: int, reason: str) -> None:
+    """Stop waiting for ``peer`` (it stays wanted: the re-link loop asks it back)."""
+    state = node.neighbours.pop(peer, None)
+    if state is None:
+        return
+    node.estimates.forget(peer)
+    node.linked_at.pop(peer, None)
+    node.dropped.append({"peer_id": peer, "round": r, "reason": reason})
+    node.notify()
+    if state.channel is not None:
+        await state.channel.reset()
+    await close_streams(state, reset=True)
+    if node.net is not None:
+        # a connection that went silent (a partition that drops packets, a frozen peer)
+        # would carry the next re-link request into the void: start from a fresh dial
+        with trio.move_on_after(node.protocol.request_timeout):
+            await node.net.disconnect(peer)
+    if not node.neighbours:
+        log.error("no neighbours left: this node trains alone until one comes back")
+
+
+async def on_link(node: Node, channel: Channel) -> None:
+    request = await channel.receive(LinkRequest, MAX_CONTROL_BYTES)
+    if not node.check_origin(channel, "link request", request.federation, request.sender):
+        return
+    if not node.security.is_member(request.sender):
+        node.reject(request.sender, "link request", "not_member", "no valid certificate")
+        status, reason = LinkCode.REJECTED, "no valid certificate seen"
+    elif node.topology is None:
+        status, reason = LinkCode.NOT_READY, "still joining"
+    elif node.status == NodeStatus.DONE:
+        status, reason = LinkCode.REJECTED, "finished"
+    elif request.sender in node.wanted:
+        status, reason = LinkCode.ACCEPTED, ""
+        if request.rejoin:
+            await relink(node, request.sender)
+        else:
+            node.neighbours.setdefault(request.sender, NeighbourState())
+    elif request.joining:
+        status, reason = take_joiner(node, request.sender)
+        if status == LinkCode.ACCEPTED:
+            await reset_link(node, request.sender)
+    else:
+        status, reason = LinkCode.REJECTED, "not a neighbour in my topology"
+    await channel.send(
+        LinkReply(node.config.federation, node.peer_id, status, reason, node.round),
+        MAX_CONTROL_BYTES
+    )
+    if status == LinkCode.ACCEPTED:
+        note_peer_round(node, request.sender, request.round, NodeStatus.TRAINING)
+
+
+def take_joiner(node: Node, peer: str) -> tuple[LinkCode, str]:
+    """A late joiner asks to be our neighbour: yes while we have room (degree + extra)."""
+    if node.config.secagg.enabled:
+        return LinkCode.REJECTED, "secure aggregation: the topology is fixed at formation"
+    if len(node.neighbours) >= node.link_cap:
+        return LinkCode.REJECTED, f"no room: {len(node.neighbours)} neighbours already"
+    node.wanted.add(peer)
+    save_topology(node, saved_members(node) or [node.peer_id, *node.wanted])
+    log.warning("took %s as an extra neighbour, a late joiner or one replacing a departed "
+                "neighbour (%d neighbours now)", peer, len(node.neighbours) + 1)
+    return LinkCode.ACCEPTED, ""

@@ -1,0 +1,277 @@
+"""Membership gossip: the heartbeat loop and handler, revocation lists, whom to dial, and
+joining (waiting until the federation's membership is known).
+
+Every heartbeat carries the sender's signed liveness stamp, its member list (hearsay, capped in
+``gossip/membership.py``), its certificate and the newest revocation list it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from gossipfl.crypto import liveness
+from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Heartbeat, WireError
+from gossipfl.node.links import (
+    drop_neighbour,
+    federation_running,
+    known_members,
+    note_peer_round,
+)
+from gossipfl.node.resume import saved_neighbours
+from gossipfl.node.security import RevocationUpdate
+from gossipfl.node.state import Node, NodeError
+
+if TYPE_CHECKING:
+    from gossipfl.gossip.peers import Channel
+
+log = logging.getLogger("gossipfl.node")
+
+PROTO_MEMBERSHIP = "/gossipfl/membership/1.0.0"
+HEARTBEAT_FANOUT = 16
+HEARTBEAT_EXTRA = 2
+HEARSAY_DIALS = 3  # admission off: dials of an id only heard of, until it is heard from
+
+
+def heartbeat(node: Node) -> Heartbeat:
+    """This node's heartbeat now: who it is, where, its round and status, the members it
+    vouches for, its certificate, the newest revocation list it holds and its stamp."""
+    now = trio.current_time()
+    return Heartbeat(
+        federation=node.config.federation, sender=node.peer_id, addrs=tuple(node.addrs),
+        members=node.security.gossiped(node.membership.snapshot(now)), round=node.round,
+        degree=len(node.neighbours), status=node.status.advertised,
+        certificate=node.security.own_certificate,
+        revocations=node.security.revocation_bytes, stamp=node.own_stamp,
+    )
+
+
+def renew_stamp(node: Node) -> bytes:
+    """Sign this cycle's liveness stamp (once per heartbeat cycle): the next sequence
+    number of this run."""
+    node.stamp_seq += 1
+    node.own_stamp = liveness.sign_stamp(node.config.federation, node.peer_id,
+                                         node.stamp_epoch, node.stamp_seq, node.stamp_key)
+    return node.own_stamp
+
+
+def absorb(node: Node, beat: Heartbeat) -> None:
+    """Take an admitted member's heartbeat: it is heard directly; its member list is
+    hearsay (with admission on, only certified members are taken; see ``membership.py``
+    for the caps that keep one reporter from filling the table)."""
+    now = trio.current_time()
+    if node.membership.heard_from(beat.sender, beat.addrs, now, beat.stamp):
+        log.info("new member %s (heard directly)", beat.sender)
+    if beat.addrs:
+        node.addr_book[beat.sender] = beat.addrs
+    node.member_state[beat.sender] = (beat.round, beat.status)
+    node.heard_at[beat.sender] = now
+    note_peer_round(node, beat.sender, beat.round, beat.status)
+    hearsay = node.security.hearsay(beat.members)
+    for peer in node.membership.merge(hearsay, now, reporter=beat.sender,
+                                      vouched=node.security.enabled):
+        log.info("new member %s (via %s)", peer, beat.sender)
+    for reporter, peer, reason in node.membership.take_forged():
+        node.reject(reporter, "liveness stamp", "bad_stamp", f"stamp of {peer}: {reason}")
+
+
+def take_revocations(node: Node, peer: str, data: bytes) -> frozenset[str]:
+    """A revocation list a peer sent: a newer valid one is honoured at once (the revoked
+    leave membership, the topology and the neighbours); a forged or older one is refused
+    with a log line. Returns the newly revoked peers (their links are then dropped)."""
+    return revocations_judged(node, peer, *node.security.take_revocations(data))
+
+
+def revocations_judged(node: Node, peer: str, verdict: RevocationUpdate, newly: frozenset[str],
+                       detail: str) -> frozenset[str]:
+    if verdict is RevocationUpdate.INVALID:
+        node.reject(peer, "revocation list", "bad_revocations", detail)
+    elif verdict is RevocationUpdate.OLDER:
+        # a member that has not had the newer list yet (our reply carries it): log once
+        serial = node.security.revocations.serial if node.security.revocations else 0
+        if node.stale_revocations_logged.get(peer) != serial:
+            node.stale_revocations_logged[peer] = serial
+            log.info("refused an older revocation list from %s (%s)", peer, detail)
+    elif verdict is RevocationUpdate.NEWER:
+        log.warning("revocation list %s from %s: %d peer(s) revoked now", detail, peer,
+                    len(newly))
+    for revoked in sorted(newly):
+        log.warning("member %s revoked: no longer a member", revoked)
+        if revoked == node.peer_id:
+            log.error("this node is on the federation's revocation list: members will "
+                      "refuse it")
+        node.membership.forget(revoked)
+        node.hearsay_dialled.pop(revoked, None)
+        node.wanted.discard(revoked)
+        node.member_state.pop(revoked, None)
+    return newly
+
+
+async def drop_revoked(node: Node, revoked: frozenset[str]) -> None:
+    for peer in sorted(revoked):
+        await drop_neighbour(node, peer, node.round, "revoked")
+
+
+def admitted(node: Node, channel: Channel, what: str, beat: Heartbeat) -> bool:
+    """Origin checks, then the membership certificate (when admission is on)."""
+    if not node.check_origin(channel, what, beat.federation, beat.sender):
+        return False
+    reason = node.security.admit(beat.sender, beat.certificate)
+    if reason is not None:
+        node.reject(beat.sender, what, "not_member", reason)
+        return False
+    return True
+
+
+async def on_heartbeat(node: Node, channel: Channel) -> None:
+    beat = await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
+    # a list signed by the federation key counts whoever carries it (checked first, so that
+    # a revoked sender's own heartbeat is refused below)
+    revoked = take_revocations(node, channel.remote, beat.revocations)
+    if not admitted(node, channel, "heartbeat", beat):
+        await channel.reset()
+        if node.security.enabled and node.net is not None:
+            await node.net.disconnect(channel.remote)  # no certificate, no connection
+        await drop_revoked(node, revoked)
+        return
+    absorb(node, beat)
+    await channel.send(heartbeat(node), MAX_CONTROL_BYTES)
+    await drop_revoked(node, revoked)
+
+
+def may_dial(node: Node, peer: str) -> bool:
+    """Whether a member heard of may be dialled at the addresses we were told: with
+    admission on, only certified, unrevoked ids (an id someone made up has no certificate,
+    so its addresses, which its inventor chose, are never dialled). With admission off, an
+    id only heard of is dialled (the only way to meet a member of an open federation), at
+    most ``HEARSAY_DIALS`` times until it is heard from directly."""
+    if node.security.enabled:
+        return node.security.is_certified(peer)
+    return (node.membership.is_direct(peer)
+            or node.hearsay_dialled.get(peer, 0) < HEARSAY_DIALS)
+
+
+def heartbeat_targets(node: Node) -> dict[str, tuple[str, ...]]:
+    """Whom to heartbeat now: everyone while joining; then the neighbours and a few others.
+
+    Each heartbeat is a libp2p stream, which costs CPU in every process; once links are
+    formed, neighbours plus ``HEARTBEAT_EXTRA`` random members keep membership fresh (ages
+    travel with the member lists, so hearsay covers the rest).
+    """
+    members = [p for p in node.membership.ids() if may_dial(node, p)]
+    if node.topology is None:
+        chosen = members if len(members) <= HEARTBEAT_FANOUT else node.rng.sample(
+            members, HEARTBEAT_FANOUT)
+    else:
+        others = [p for p in members if p not in node.neighbours]
+        chosen = [p for p in members if p in node.neighbours]
+        chosen += node.rng.sample(others, min(HEARTBEAT_EXTRA, len(others)))
+    targets = {p: node.membership.addrs(p) for p in chosen}
+    for peer in chosen:
+        if not node.membership.is_direct(peer):
+            node.hearsay_dialled[peer] = node.hearsay_dialled.get(peer, 0) + 1
+    for peer, addr in node.bootstrap:
+        if (peer not in node.membership and peer != node.peer_id
+                and peer not in node.security.revoked):
+            targets[peer] = (addr,)
+    return targets
+
+
+async def heartbeat_loop(node: Node) -> None:
+    """Heartbeat every interval. Each cycle waits for its heartbeats' answers (so the rate
+    stays one cycle per interval plus a round trip: each heartbeat is a libp2p stream, which
+    costs CPU in every process), but at most one interval: a peer that does not answer (cut
+    off, paused) keeps its heartbeat in flight under the request timeout and is skipped
+    until it ends, so it delays no one else's. The neighbours that are alive keep hearing
+    from us every cycle, which their liveness counting relies on."""
+    in_flight: set[str] = set()
+
+    async def send(peer: str, addrs: tuple[str, ...], done: trio.Event) -> None:
+        try:
+            await send_heartbeat(node, peer, addrs)
+        finally:
+            in_flight.discard(peer)
+            done.set()
+
+    interval = node.protocol.heartbeat_interval
+    async with trio.open_nursery() as nursery:
+        while True:
+            renew_stamp(node)
+            answers = []
+            for peer, addrs in heartbeat_targets(node).items():
+                if peer not in in_flight:
+                    in_flight.add(peer)
+                    answers.append(trio.Event())
+                    nursery.start_soon(send, peer, addrs, answers[-1])
+            with trio.move_on_after(interval):
+                for answer in answers:
+                    await answer.wait()
+            # the configured list file, re-read when its holder writes a newer one
+            await drop_revoked(node, revocations_judged(
+                node, "the revocations file", *node.security.poll_revocations_file()))
+            for peer in node.membership.prune(trio.current_time()):
+                node.hearsay_dialled.pop(peer, None)
+                log.warning("forgot member %s: silent for %.1f s", peer,
+                            node.protocol.member_timeout)
+            node.notify()  # a round waiting on a neighbour notices it went silent
+            await trio.sleep(interval)
+
+
+async def send_heartbeat(node: Node, peer: str, addrs: tuple[str, ...]) -> None:
+    with trio.move_on_after(node.protocol.request_timeout):
+        try:
+            async with node.channel_to(peer, PROTO_MEMBERSHIP, addrs) as channel:
+                await channel.send(heartbeat(node), MAX_CONTROL_BYTES)
+                reply = await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
+        except WireError as error:
+            node.reject(peer, "heartbeat reply", "malformed", str(error))
+            return
+        except Exception as error:
+            log.debug("heartbeat to %s failed: %s", peer, error)
+            return
+        revoked = take_revocations(node, peer, reply.revocations)
+        if admitted(node, channel, "heartbeat reply", reply):
+            absorb(node, reply)
+        await drop_revoked(node, revoked)
+
+
+async def join(node: Node) -> None:
+    """Wait until the federation's membership is known (expected count, or stable)."""
+    expected = node.config.expected_members
+    settle = node.config.settle_seconds
+    last_count, stable_since = -1, trio.current_time()
+    # A node that restarts needs its own neighbours back, not the whole federation (which may
+    # have lost members for good since it started).
+    saved = saved_neighbours(node) if node.resumed_from is not None else None
+    wanted = set(saved) if saved else None
+    with trio.move_on_after(node.protocol.join_timeout):
+        while True:
+            known = set(known_members(node))
+            count = len(known) + 1
+            now = trio.current_time()
+            if count != last_count:
+                last_count, stable_since = count, now
+            settled = now - stable_since >= settle
+            if wanted is not None:
+                done = wanted <= known or bool(wanted & known and settled)
+            elif federation_running(node):
+                # joining late: the member lists we were sent name whoever is there now
+                done = count > 1 and now - stable_since >= min(settle, 1.0)
+            elif expected:
+                done = count >= expected
+            else:
+                done = count > 1 and settled
+            if done:
+                break
+            await trio.sleep(0.05)
+    count = len(known_members(node)) + 1
+    if count < 2:
+        raise NodeError(
+            f"no other member found within {node.protocol.join_timeout:.0f} s "
+            f"(bootstrap: {len(node.bootstrap)} address(es)); refusing to train alone"
+        )
+    if expected and count < expected:
+        log.warning("joining with %d of %d expected members", count, expected)
+    log.info("membership: %d members", count)

@@ -1,0 +1,161 @@
+"""The node as its protocol modules see it: what they read and assign of a node, named here as
+a :class:`typing.Protocol` (:class:`gossipfl.node.runtime.Node` has it all), so that none of
+them imports the runtime; the runtime imports them.
+
+The modules: :mod:`~gossipfl.node.membership_loop`, :mod:`~gossipfl.node.links`,
+:mod:`~gossipfl.node.resume`, :mod:`~gossipfl.node.state_sync`,
+:mod:`~gossipfl.node.contributions`, :mod:`~gossipfl.node.serving`,
+:mod:`~gossipfl.node.summary`, :mod:`~gossipfl.node.exchange`, :mod:`~gossipfl.node.round` and
+:mod:`~gossipfl.node.secure_round`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import random
+    from collections import Counter
+    from collections.abc import Callable
+    from contextlib import AbstractAsyncContextManager
+    from pathlib import Path
+
+    import numpy as np
+    import trio
+    from nacl.signing import SigningKey
+
+    from gossipfl.adversary.role import Role
+    from gossipfl.config import NodeConfig, ProtocolConfig
+    from gossipfl.gossip.codes import NodeStatus
+    from gossipfl.gossip.membership import Membership
+    from gossipfl.gossip.peers import Channel, ConnectionReaper, Traffic
+    from gossipfl.gossip.ratelimit import InFlight, PeerLimiter
+    from gossipfl.gossip.transport import Offload, Transport
+    from gossipfl.gossip.wire import Contribution, M, MaskedInput
+    from gossipfl.node.estimates import OwnEstimate, PeerEstimates
+    from gossipfl.node.layout import Layout
+    from gossipfl.node.learner import LocalLearner
+    from gossipfl.node.secagg_state import SecAggState
+    from gossipfl.node.security import NodeSecurity
+
+
+class NodeError(RuntimeError):
+    """The node cannot go on (no members, no neighbours): the message says why."""
+
+
+@dataclass
+class NeighbourState:
+    missed: int = 0  # consecutive rounds without its contribution
+    peer_holds: int = -1  # the round of our estimate it acknowledged
+    unreachable_round: int = -1  # last round in which sending to it failed
+    channel: Channel | None = None  # our open contribution stream to it
+    # our open secure-aggregation request streams to it, per protocol (streams.py)
+    streams: dict[str, Channel] = field(default_factory=dict)
+    stream_locks: dict[str, trio.Lock] = field(default_factory=dict)
+
+
+class Node(Protocol):
+    """What the protocol modules use of a node (``runtime.Node``; see its ``__init__`` for what
+    each attribute holds)."""
+
+    # what it is and what it runs on
+    config: NodeConfig
+    protocol: ProtocolConfig
+    peer_id: str
+    rng: random.Random
+    out: Path
+    learner: LocalLearner
+    role: Role
+    net: Transport | None
+    offload: Offload
+    clock: Callable[[], float]
+    # membership, admission, bounds and counters
+    membership: Membership
+    security: NodeSecurity
+    stamp_key: SigningKey
+    stamp_epoch: int
+    stamp_seq: int
+    own_stamp: bytes
+    addrs: list[str]
+    bootstrap: list[tuple[str, str]]
+    addr_book: dict[str, tuple[str, ...]]
+    member_state: dict[str, tuple[int, NodeStatus]]
+    heard_at: dict[str, float]
+    hearsay_dialled: dict[str, int]
+    stale_revocations_logged: dict[str, int]
+    traffic: Traffic
+    rejections: Counter[str]
+    timeouts: int
+    limiter: PeerLimiter
+    in_flight: InFlight
+    reaper: ConnectionReaper
+    # links
+    topology: dict[str, frozenset[str]] | None
+    wanted: set[str]
+    link_cap: int
+    degree_target: int
+    neighbours: dict[str, NeighbourState]
+    linked_at: dict[str, float]
+    relink_refused: dict[str, float]
+    extra_refused: dict[str, float]
+    replacements: list[dict[str, Any]]
+    dropped: list[dict[str, Any]]
+    relinks: int
+    rejoins_served: int
+    joined_late: bool
+    # the model, the estimates and the rounds
+    layout: Layout
+    model: np.ndarray
+    model_public: bool
+    own: OwnEstimate
+    estimates: PeerEstimates
+    secagg: SecAggState
+    status: NodeStatus
+    round: int
+    start_round: int
+    resumed_from: int | None
+    state_loaded: bool
+    behind: int | None
+    catch_ups: list[dict[str, Any]]
+    async_seen: dict[str, int]
+    disagreement: float
+    diverged_rounds: list[int]
+    isolated_rounds: int
+    final_accuracy: float | None
+    history: list[dict[str, Any]]
+    # differential privacy (budget: PrivacyBudget or RecordBudget, None with DP off)
+    budget: Any
+    dp_rng: np.random.Generator | None
+    dp_exhausted_round: int | None
+
+    @property
+    def contribution_protocol(self) -> str: ...
+
+    @property
+    def idle_timeout(self) -> float: ...
+
+    def make_budget(self, spent: int = 0) -> Any: ...  # checkpoint.py restores the budget
+
+    def channel_to(self, peer: str, protocol: str, addrs: tuple[str, ...] | None = None,
+                   ) -> AbstractAsyncContextManager[Channel]: ...
+
+    def addrs_of(self, peer: str) -> tuple[str, ...]: ...
+
+    async def send_payload(self, channel: Channel,
+                           message: Contribution | MaskedInput) -> None: ...
+
+    async def receive_payload(self, channel: Channel,
+                              expected: type[M]) -> tuple[M | None, int]: ...
+
+    async def wait_for(self, pending: Callable[[], list[str]], deadline: float) -> list[str]: ...
+
+    def notify(self) -> None: ...
+
+    def flood(self, peer: str, detail: str, key: str = "flood") -> None: ...
+
+    def reject(self, peer: str, what: str, reason_key: str, detail: str) -> None: ...
+
+    def check_origin(self, channel: Channel, what: str, federation: str, sender: str) -> bool: ...
+
+    def write_metrics(self, record: dict[str, Any]) -> None: ...
