@@ -66,6 +66,8 @@ class TrainConfig:
         weight_decay: ``>= 0``. For ``"sgd"``/``"momentum"`` it adds
             ``weight_decay * params`` to the gradient (an L2 penalty); for
             ``"adam"`` it is AdamW's decoupled decay. Applies to all parameters.
+        eval_every: A node evaluates its model on the test set every this many rounds (and
+            always in its last training round and its last round), ``>= 1``.
     """
 
     optimizer: str = "sgd"
@@ -73,6 +75,7 @@ class TrainConfig:
     batch_size: int = 32
     local_epochs: int = 1
     weight_decay: float = 0.0
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
         """Validate the fields.
@@ -94,7 +97,7 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        for name in ("batch_size", "local_epochs"):
+        for name in ("batch_size", "local_epochs", "eval_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")

@@ -36,6 +36,7 @@ class Node(Protocol):
     own: OwnEstimate
     status: NodeStatus
     budget: Any  # PrivacyBudget or RecordBudget, None with DP off
+    durable: bool  # fsync the checkpoint (off in a simulation)
 
     def make_budget(self, spent: int = 0) -> Any: ...
 
@@ -245,7 +246,7 @@ def save_node_checkpoint(node: Node, path: str | Path, round_: int) -> None:
     publishes and serves), the round, its status and its DP state (:func:`dp_state`)."""
     save_checkpoint(path, node.model, round_, public=node.own.vector,
                     public_round=node.own.round, status=node.status,
-                    durable=getattr(node, "durable", True), **dp_state(node))
+                    durable=node.durable, **dp_state(node))
 
 
 def restored_public_estimate(checkpoint: Checkpoint, initial: np.ndarray) -> OwnEstimate:

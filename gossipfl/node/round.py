@@ -118,8 +118,8 @@ async def run_rounds(node: Node) -> None:
         if training:
             node.model_public = False  # the round trains on private data
         node.status = NodeStatus.TRAINING if training else NodeStatus.CONSENSUS
-        await run_round(node, r, training)
-        if not training and finished(node, r):
+        ended = await run_round(node, r, training)
+        if ended:
             log.info("consensus reached at round %d (disagreement %.2e)", r, node.disagreement)
             break
         if r == last_round and not training:
@@ -194,9 +194,11 @@ def async_joins_late(node: Node, r: int) -> bool:
     return True
 
 
-async def run_round(node: Node, r: int, training: bool) -> None:
+async def run_round(node: Node, r: int, training: bool) -> bool:
+    """One round, top to bottom; returns whether consensus is reached with it (a consensus
+    round after which the node is done)."""
     if training and async_joins_late(node, r):
-        return
+        return False
     start = trio.current_time()
     node.estimates.clock = r
     record: dict[str, Any] = {"round": r, "phase": "train" if training else "consensus"}
@@ -254,13 +256,22 @@ async def run_round(node: Node, r: int, training: bool) -> None:
     node.round = r
     await update_liveness(node, r, missing)
 
-    # 7. measure and persist
-    evaluation = await node.offload(node.learner.evaluate, node.model)
+    # 7. measure (every train.eval_every rounds, and in the last training round and the last
+    # round) and persist
+    ending = not training and finished(node, r)
+    config = node.config
+    if ending or r % config.train.eval_every == 0 or r == config.rounds - 1 \
+            or r == config.rounds + config.protocol.max_consensus_rounds - 1:
+        evaluation = await node.offload(node.learner.evaluate, node.model)
+        record.update(test_loss=evaluation.loss, test_accuracy=evaluation.accuracy,
+                      eval_seconds=evaluation.seconds)
+        node.final_accuracy = evaluation.accuracy
+    else:
+        record.update(test_loss=None, test_accuracy=None, eval_seconds=0.0)
     if training and not node.neighbours:
         node.isolated_rounds += 1
     record.update(
-        test_loss=evaluation.loss, test_accuracy=evaluation.accuracy,
-        eval_seconds=evaluation.seconds, round_seconds=trio.current_time() - start,
+        round_seconds=trio.current_time() - start,
         time=trio.current_time(), disagreement=finite(node.disagreement),
         neighbours=sorted(node.neighbours), degree=len(node.neighbours), missing=missing,
         bytes_sent=node.traffic.bytes_sent, bytes_received=node.traffic.bytes_received,
@@ -268,14 +279,18 @@ async def run_round(node: Node, r: int, training: bool) -> None:
         messages_received=node.traffic.messages_received,
         rejected=dict(node.rejections), timeouts=node.timeouts, peak_rss_bytes=peak_rss_bytes(),
     )
-    node.final_accuracy = evaluation.accuracy
     persist_start = trio.current_time()
     await node.offload(persist_round, node, r)
     record["persist_seconds"] = trio.current_time() - persist_start
     node.write_metrics(record)
-    log.info("round %d %s: acc %.4f loss %.4f disagreement %.2e missing %d (%.2f s)", r,
-             record["phase"], evaluation.accuracy, evaluation.loss, node.disagreement,
-             len(missing), record["round_seconds"])
+    log.info("round %d %s: acc %s loss %s disagreement %.2e missing %d (%.2f s)", r,
+             record["phase"], _figure(record["test_accuracy"]), _figure(record["test_loss"]),
+             node.disagreement, len(missing), record["round_seconds"])
+    return ending
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def record_dp(node: Node) -> RecordDP | None:

@@ -94,17 +94,19 @@ class Node:
     def __init__(self, config: NodeConfig, identity: Identity, learner: LocalLearner,
                  role: Role | None = None, *, rng: random.Random | None = None,
                  network: Network | None = None, offload: Offload | None = None,
-                 signals: bool = True) -> None:
+                 signals: bool = True, durable: bool = True) -> None:
         """``rng``: the node's own draws (whom to heartbeat). ``network``: where the node's
         transport comes from (an in-memory network, gossipfl.gossip.memory); None: a libp2p
         host listening on ``config.listen``. ``offload``: how blocking work (training,
         evaluation, disk) runs; by default in a worker thread, so the node keeps serving its
         peers meanwhile. ``signals``: whether SIGTERM and SIGINT stop the node (a process of
-        its own); off when many nodes share a process."""
+        its own); off when many nodes share a process. ``durable``: whether checkpoints are
+        fsync'd (a process that may crash); off in a simulation, which has no crash to survive."""
         self.config = config
         self.network = network
         self.offload: Offload = offload if offload is not None else trio.to_thread.run_sync
         self.signals = signals
+        self.durable = durable
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         # the node's own draws (whom to heartbeat): from its seed, index and id unless given

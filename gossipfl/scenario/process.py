@@ -104,7 +104,8 @@ class NodeProcess:
         for line in complete.splitlines():
             record = json.loads(line)
             self.last_round = record["round"]
-            self.last_accuracy = record["test_accuracy"]
+            if record.get("test_accuracy") is not None:  # not every round evaluates
+                self.last_accuracy = record["test_accuracy"]
             self.phase = record["phase"]
 
 

@@ -77,7 +77,8 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
     summary = _read_json(node.out / "summary.json") or {}
     metrics = _metrics(node.out / "metrics.jsonl")
     last = metrics[-1] if metrics else {}
-    accuracy = [m["test_accuracy"] for m in metrics]
+    # rounds a node did not evaluate (train.eval_every) carry None: left out here
+    accuracy = [m["test_accuracy"] for m in metrics if m.get("test_accuracy") is not None]
     status = "killed" if node.killed_at is not None else summary.get("status", "unknown")
     return {
         "index": node.index,

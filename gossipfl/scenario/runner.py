@@ -36,6 +36,9 @@ log = logging.getLogger("gossipfl.runner")
 POLL_SECONDS = 0.2
 CERTIFICATE_DAYS = 7.0
 STOP_GRACE_SECONDS = 10.0
+#: A node's bootstrap list: the first nodes of the scenario (those before it), at most this
+#: many; the rest of the federation it learns from their member lists.
+BOOTSTRAP_SEEDS = 8
 NODE_ENV = {
     "JAX_PLATFORMS": "cpu",
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
@@ -108,7 +111,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path,
         listen = f"/ip4/127.0.0.1/tcp/{ports[index]}"
         bootstrap = tuple(  # a routed peer's relay, never its own address
             f"{routes[peer_ids[j]]}/p2p/{peer_ids[j]}" if peer_ids[j] in routes else addr
-            for j, addr in enumerate(addrs)
+            for j, addr in enumerate(addrs[:BOOTSTRAP_SEEDS])
         )
         config = NodeConfig(
             federation=scenario.federation_name,

@@ -121,8 +121,7 @@ class Simulation:
             return await self.offload(index, fn, *args)
 
         node = Node(entry.config, identity, learner, make_role(entry.config.adversary),
-                    network=self.network, offload=offload, signals=False)
-        node.durable = False  # one process: no crash to survive a write of, so no fsync
+                    network=self.network, offload=offload, signals=False, durable=False)
         self.live[index] = node
         status = NodeStatus.STOPPED
         with scope:
