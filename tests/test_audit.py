@@ -13,11 +13,15 @@ import math
 
 import numpy as np
 import pytest
-import trio
 
-from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecAggConfig
-from gossipfl.node import inprocess
-from gossipfl.node.secure_round import weight
+from gossipfl.config import (
+    DataConfig,
+    ModelConfig,
+    ProtocolConfig,
+    SecAggConfig,
+    TopologyConfig,
+)
+from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy import audit as audit_module
 from gossipfl.privacy.audit import (
     AUDIT_KEYS,
@@ -34,6 +38,8 @@ from gossipfl.privacy.audit_figures import (
     estimate_sum_share,
     membership_advantage,
 )
+from gossipfl.scenario.config import ScenarioConfig
+from gossipfl.scenario.observed import ObservedSimulation, RoundView, observe_scenario
 
 SUMMARY_KEYS = {"mean", "per_round", "neighbours_mean", "step_mean"}
 ROUNDS = 3
@@ -186,61 +192,80 @@ def test_bad_arguments() -> None:
         run_audit(0, settings=("none", "telepathy"))
 
 
-# --------------------------------------------------------------------------- the in-process driver
+# ----------------------------------------------------------------------- the observed simulation
 
 
 @pytest.mark.parametrize("secure", [False, True])
-def test_an_inprocess_round_mixes_what_the_node_would(tmp_path, secure: bool) -> None:
-    """Five nodes, each a neighbour of the others, one of them gone (dials to and from it
-    fail). Plain: each of the four applies the CHOCO step over the three live estimates it
-    received (sealed, through the wire codec; it holds nothing of the gone one). Secure:
-    each live aggregator sums its three live neighbours (the gone one's pair masks removed
-    from the survivors' answers); the gone one, with no inputs, refuses its round."""
-    configs = [NodeConfig(federation="fed", node_index=i, node_count=5, rounds=1,
-                          data=DataConfig(dataset="iris", partition="iid"),
-                          model=ModelConfig(name="logreg"), security=inprocess.ADMITTED,
-                          secagg=SecAggConfig(enabled=secure)) for i in range(5)]
-    graph = {i: frozenset(j for j in range(5) if j != i) for i in range(5)}
-    nodes = inprocess.build_federation(tmp_path, configs, graph)
-    gone = nodes[4]
-    live = nodes[:4]
-    inprocess.network_of(nodes).kill(gone.peer_id)  # dials to and from it fail
-    before = {n.peer_id: n.own.vector.copy() for n in nodes}
+def test_whole_nodes_mix_what_the_choco_step_and_the_secure_sum_say(tmp_path, secure) -> None:
+    """Five nodes, each a neighbour of the others, each running ``Node.run`` over the in-memory
+    network (what the audit drives); node 4 is stopped at the end of its round 0 (unreachable
+    from then on). Plain: each live node ends a round at x½ + Σ_j w (x̂_j − x̂_i) over the
+    estimates it holds, bit-identical to what its neighbours published: the live ones' of this
+    round, the gone one's of round 0 in round 1 (missing, not yet dropped). Secure: each live
+    aggregator ends at (1 − Σ_V w) x½ + Σ_V w x̂_j, V its four neighbours in round 0 and the
+    three live ones in round 1 (the gone one's pair masks removed from the survivors'
+    answers). The expected values come from the nodes' published estimates, not their code."""
+    gone, w = 4, 1 / (1 + 4)  # Metropolis–Hastings: every degree is 4
+    scenario = ScenarioConfig(
+        name="fed", nodes=5, rounds=2, seed=0, timeout=600.0, keep_round_models=False,
+        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
+        topology=TopologyConfig(kind="full"), protocol=ProtocolConfig(max_consensus_rounds=0),
+        secagg=SecAggConfig(enabled=secure))
 
-    async def main() -> dict:
-        async with inprocess.serving(nodes):
-            return await rounds()
+    def stop_gone(sim: ObservedSimulation, index: int, view: RoundView) -> None:
+        if index == gone and view.round == 0:
+            sim.stop(gone)
 
-    async def rounds() -> dict:
-        inprocess.hear_everyone(nodes)
+    sim = observe_scenario(scenario, tmp_path, on_round=stop_gone)
+    views, ids = sim.views, [entry.peer_id for entry in sim.entries]
+    assert sorted(views[gone]) == [0]  # it trained no other round
+    initial = sim.nodes[0].learner.initial_vector()
+    for i in range(4):
+        assert sorted(views[i]) == [0, 1]
+        for r in (0, 1):
+            view = views[i][r]
+            others = [j for j in range(5) if j != i]
+            # the round each neighbour's estimate is of: the gone one's stays at round 0
+            of = {j: 0 if j == gone else r for j in others}
+            if secure:
+                live = [j for j in others if r == 0 or j != gone]
+                expected = (1 - w * len(live)) * view.half + sum(
+                    w * views[j][r].estimate.astype(np.float64) for j in live)
+                assert view.record["secure_aggregation"] == f"{len(live)} contributors"
+            else:
+                for j in others:
+                    np.testing.assert_array_equal(view.held[ids[j]], views[j][of[j]].estimate)
+                expected = view.half + sum(
+                    w * (views[j][of[j]].estimate.astype(np.float64) - view.estimate)
+                    for j in others)
+                assert view.record["missing"] == ([ids[gone]] if r == 1 else [])
+            np.testing.assert_allclose(view.model, expected, atol=1e-4)
+            assert not np.allclose(view.model, view.half, atol=1e-4)  # it mixed something
+            assert not np.allclose(view.estimate, initial)  # and published its training
         if secure:
-            return await inprocess.federation_round(nodes, 0)
-        half = {n.peer_id: inprocess.train_and_publish(n, 0) for n in live}
-        for n in live:
-            for peer in n.neighbours:
-                if peer != gone.peer_id:
-                    assert await inprocess.deliver_plain(
-                        n, next(m for m in live if m.peer_id == peer), 0) == "ok"
-        for n in live:
-            n.model = inprocess.node_round.aggregate(n, half[n.peer_id], 0)
-        return half
+            assert sim.nodes[i].secagg.refused_rounds == []
+            assert sim.nodes[i].secagg.failed_rounds == []
 
-    half = trio.run(main)
-    for node in live:
-        others = [m for m in live if m is not node]
-        w = {m.peer_id: weight(node, node.peer_id, m.peer_id) for m in others}
-        mixed = sum(w[m.peer_id] * m.own.vector.astype(np.float64) for m in others)
-        if secure:
-            expected = (1 - sum(w.values())) * half[node.peer_id] + mixed
-            assert node.secagg.refused_rounds == [] and node.secagg.failed_rounds == []
-        else:  # CHOCO: x½ + Σ w (x̂_j − x̂_i), over the neighbours it holds estimates of
-            expected = half[node.peer_id] + mixed - sum(w.values()) * node.own.vector
-        np.testing.assert_allclose(node.model, expected, atol=1e-4)
-        assert not np.allclose(node.model, half[node.peer_id], atol=1e-4)
-    if secure:
-        assert gone.secagg.refused_rounds == [0]
-        np.testing.assert_allclose(gone.model, half[gone.peer_id])
-    assert not any(np.array_equal(before[n.peer_id], n.own.vector) for n in live)
+
+def test_an_observed_round_is_the_nodes_own(tmp_path) -> None:
+    """What the views say a round was is what the node did: the step x½ − x is its learner's
+    training from the model the round began with, the update is x̂'s move, and the model each
+    round begins with is the one the last ended with."""
+    scenario = ScenarioConfig(
+        name="fed", nodes=3, rounds=2, seed=0, timeout=600.0, keep_round_models=False,
+        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
+        train=TrainConfig(optimizer="sgd"),  # no optimiser state: round 0 trains again alike
+        topology=TopologyConfig(kind="full"), protocol=ProtocolConfig(max_consensus_rounds=0))
+    sim = observe_scenario(scenario, tmp_path)
+    node = sim.nodes[0]
+    first, second = sim.views[0][0], sim.views[0][1]
+    np.testing.assert_array_equal(first.before, node.learner.initial_vector())
+    np.testing.assert_array_equal(second.before, first.model)
+    np.testing.assert_allclose(first.half, node.learner.train(first.before, 0).vector, atol=1e-6)
+    np.testing.assert_allclose(second.update, second.estimate - first.estimate, atol=1e-6)
+    assert [v.record["phase"] for v in (first, second)] == ["train", "train"]
+    trained = [o for o in sim.offloaded if o.index == 0 and o.name == "train"]
+    assert len(trained) == 2 and all(o.seconds > 0 for o in trained)  # timed, once a round
 
 
 # --------------------------------------------------------------------------- pure figures

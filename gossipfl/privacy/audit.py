@@ -1,12 +1,16 @@
 """Privacy audit: what an aggregator learns about a neighbour, under the protocol the node runs.
 
-The audit builds a small federation of real :class:`~gossipfl.node.runtime.Node` objects in one
-process (:mod:`gossipfl.node.inprocess`: admitted identities, sealed payloads, the wire codec)
-and runs the node's own rounds: local training (DP-SGD under record-level DP), the public
-estimate's publish step (node-level DP: the node's ``privatise_update``), then either plain
-sealed contributions and the node's CHOCO step, or secure aggregation through the node's
-handlers (masked inputs, Bonawitz's consistency step with the differencing rule, unmasking from
-threshold shares). Node 0 is the attacker; its target is one of its neighbours.
+Each setting is one simulated federation (:mod:`gossipfl.scenario.observed`): six real
+:class:`~gossipfl.node.runtime.Node` objects in one process, each running :meth:`Node.run`
+(admission, membership, links, its own rounds, sealed payloads through the wire codec) over the
+in-memory network under a mock clock. Each round is the node's: local training (DP-SGD under
+record-level DP), the public estimate's publish step (node-level DP: the node's
+``privatise_update``), then either plain sealed contributions and the node's CHOCO step, or
+secure aggregation through the node's handlers (masked inputs, Bonawitz's consistency step with
+the differencing rule, unmasking from threshold shares). The audit reads what each node's round
+left (its offload and its round record, :class:`~gossipfl.scenario.observed.RoundView`) and what
+node 0, the attacker, keeps through its role. Its target is one of its neighbours. The nodes'
+keys derive from the seed, so the topology (built over their peer ids) does too.
 
 Settings (each one run of the federation): ``none`` (plain gossip), ``record_dp`` (plain, DP-SGD
 in local training), ``node_dp`` (plain, the node-level mechanism on each published delta),
@@ -36,10 +40,10 @@ if it were the only one): the figure the consistency step is there to prevent, s
 attack would work without it.
 
 **Membership inference** (``membership``): the loss-threshold attack (Yeom et al., CSF 2018) on
-what node 0 holds: the model it ends with (``own_model``, every setting and the lying
-aggregator's run) and, under plain gossip, the target's public estimate (``target_estimate``),
-against the target's training records and as many held-out records per label
-(:func:`gossipfl.privacy.audit_figures.membership_advantage`).
+what node 0 holds at the end of the training rounds: its model (``own_model``, every setting and
+the lying aggregator's run) and, under plain gossip, the target's public estimate
+(``target_estimate``), against the target's training records and as many held-out records per
+label (:func:`gossipfl.privacy.audit_figures.membership_advantage`).
 
 DP noise and self-mask seeds come from the operating system, as in the node: two runs with one
 seed agree in data, partition, topology and initial model, not in every figure.
@@ -70,15 +74,15 @@ from gossipfl.config import (
     AdversaryConfig,
     DataConfig,
     ModelConfig,
-    NodeConfig,
+    ProtocolConfig,
     SecAggConfig,
     TopologyConfig,
 )
 from gossipfl.gossip.wire import ConsistencyRequest, MaskedInput
 from gossipfl.learning.params import unflatten_params
 from gossipfl.learning.train import TrainConfig
-from gossipfl.node import inprocess, secure_round
-from gossipfl.node.learner import LocalLearner
+from gossipfl.node import secure_round
+from gossipfl.node.learner import LearnerPool, LocalLearner
 from gossipfl.node.runtime import Node
 from gossipfl.privacy.audit_figures import (
     cosine_similarity,
@@ -90,6 +94,8 @@ from gossipfl.privacy.audit_figures import (
     summarise,
 )
 from gossipfl.privacy.dp import DPConfig, PrivacyUnit
+from gossipfl.scenario.config import AdversarySpec, ScenarioConfig
+from gossipfl.scenario.observed import ObservedSimulation, RoundView, observe_scenario, seeded_keys
 
 __all__ = ["AUDIT_KEYS", "SETTINGS", "SUM_ESTIMATORS", "format_table", "main", "run_audit"]
 
@@ -97,6 +103,8 @@ AUDIT_KEYS: tuple[str, ...] = ("parameters", "reconstruction", "lying_aggregator
 SETTINGS: tuple[str, ...] = ("none", "record_dp", "node_dp", "secagg", "secagg_record_dp")
 SUM_ESTIMATORS: tuple[str, ...] = ("sum_share", "sum_minus_own", "sum_minus_past")
 ATTACKER = 0
+FEDERATION = "gossipfl-audit"
+TIMEOUT = 3600.0  # virtual seconds: a run that has not ended by then is stuck
 
 
 class Curious(Role):
@@ -117,23 +125,27 @@ class Curious(Role):
 
 @dataclass
 class Trace:
-    """What one run left: per round, node 0's neighbours' true updates, steps and estimates,
-    the estimates node 0 held (plain), node 0's own update; the control figure (lying run)."""
+    """What one run left: per training round, node 0's neighbours' true updates, steps and
+    estimates, the estimates node 0 held (plain), node 0's own update; node 0's model and its
+    estimate of each neighbour at the end of the training rounds; the control (lying run)."""
 
     updates: list[dict[str, np.ndarray]] = field(default_factory=list)
     steps: list[dict[str, np.ndarray]] = field(default_factory=list)
     estimates: list[dict[str, np.ndarray]] = field(default_factory=list)
     held: list[dict[str, np.ndarray]] = field(default_factory=list)
     own: list[np.ndarray] = field(default_factory=list)
+    model: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    final_held: dict[str, np.ndarray] = field(default_factory=dict)
     control: float | None = None
 
 
-def forgetful_control(nodes: Sequence[Node], role: LyingAggregator, target: str,
-                      r: int) -> float:
+def forgetful_guess(sim: ObservedSimulation, role: LyingAggregator, target: str,
+                    r: int) -> np.ndarray:
     """The lying aggregator's reconstruction of ``target`` in round ``r`` if members forgot
     what they signed and revealed: each of the two sets signed and answered as if it were the
-    only one (call inside the run). Returns the cosine to the target's estimate."""
-    attacker, by_id = nodes[ATTACKER], {node.peer_id: node for node in nodes}
+    only one (call inside the run, once node 0 has ended round ``r``)."""
+    attacker = sim.nodes[ATTACKER]
+    by_id = {node.peer_id: node for node in sim.nodes.values()}
     inputs = attacker.secagg.inbox[r]
     everyone = sorted(inputs)
     held = []
@@ -153,40 +165,61 @@ def forgetful_control(nodes: Sequence[Node], role: LyingAggregator, target: str,
                                                  tuple(sorted(signatures.items())))
             held.append(secure_round.answer_unmask(by_id[peer], attacker.peer_id, unmask))
     guess, _ = role.best_guess(attacker, target, inputs[target], [h for h in held if h])
-    return cosine_similarity(guess, by_id[target].own.vector)
+    return guess
 
 
-def _run(configs: Sequence[NodeConfig], graph: Mapping[int, frozenset[int]],
-         learners: Sequence[LocalLearner], role: Role | None,
-         lying_target: int | None = None) -> tuple[list[Node], Trace]:
+def _trace(sim: ObservedSimulation, rounds: int, initial: np.ndarray,
+           control: np.ndarray | None, target: str | None) -> Trace:
+    """The trace of a finished run, from every node's round views."""
     trace = Trace()
+    attacker = sim.nodes[ATTACKER]
+    by_id = {node.peer_id: index for index, node in sim.nodes.items()}
+    peers = sorted(attacker.topology[attacker.peer_id]) if attacker.topology else []
+    view: dict[str, list[RoundView]] = {
+        p: [sim.views[by_id[p]][r] for r in range(rounds)] for p in [*peers, attacker.peer_id]}
+    previous = {p: initial for p in peers}
+    for r in range(rounds):
+        trace.updates.append({p: _vector(view[p][r].update) for p in peers})
+        trace.steps.append({p: view[p][r].step for p in peers})
+        trace.estimates.append({p: _vector(view[p][r].estimate) for p in peers})
+        mine = view[attacker.peer_id][r]
+        if not attacker.config.secagg.enabled:
+            trace.held.append({p: mine.held[p] - previous[p] for p in peers})
+            previous = {p: mine.held[p] for p in peers}
+        trace.own.append(_vector(mine.update))
+    last = view[attacker.peer_id][rounds - 1]
+    trace.model, trace.final_held = _vector(last.model), last.held
+    if control is not None and target is not None:
+        trace.control = cosine_similarity(control, trace.estimates[rounds - 1][target])
+    return trace
+
+
+def _vector(array: np.ndarray | None) -> np.ndarray:
+    if array is None:
+        raise ValueError("a round view without the vector the audit reads")
+    return array
+
+
+def _run(scenario: ScenarioConfig, pool: LearnerPool,
+         role: Role | None) -> tuple[ObservedSimulation, Trace]:
+    """One simulated federation of ``scenario`` (node 0 playing ``role``, if given) to its
+    end; the nodes and the trace of its training rounds."""
+    last = scenario.rounds - 1
+    guesses: list[np.ndarray] = []
+
+    def on_round(sim: ObservedSimulation, index: int, view: RoundView) -> None:
+        liar = sim.nodes[ATTACKER].role
+        if index == ATTACKER and view.round == last and isinstance(liar, LyingAggregator):
+            guesses.append(forgetful_guess(sim, liar, liar.config.target, last))
+
     with tempfile.TemporaryDirectory(prefix="gossipfl-audit-") as folder:
-        nodes = inprocess.build_federation(Path(folder), configs, graph, learners=learners,
-                                           roles={ATTACKER: role} if role else None)
-        liar = role if isinstance(role, LyingAggregator) else None
-        if liar is not None and lying_target is not None:  # its peer id is known only now
-            liar.config = AdversaryConfig(kind="lying_aggregator",
-                                          target=nodes[lying_target].peer_id)
-        attacker = nodes[ATTACKER]
-        peers = sorted(attacker.neighbours)
-        by_id = {node.peer_id: node for node in nodes}
-        previous = {p: by_id[p].own.vector.copy() for p in peers}
-
-        def observe(r: int, _: Sequence[Node], before: dict[str, np.ndarray],
-                    half: dict[str, np.ndarray]) -> None:
-            trace.updates.append({p: by_id[p].own.last_delta.copy() for p in peers})
-            trace.steps.append({p: half[p] - before[p] for p in peers})
-            trace.estimates.append({p: by_id[p].own.vector.copy() for p in peers})
-            if not attacker.config.secagg.enabled:
-                trace.held.append({p: attacker.estimates.peers[p].vector - previous[p]
-                                   for p in peers})
-                previous.update({p: attacker.estimates.peers[p].vector.copy() for p in peers})
-            trace.own.append(attacker.own.last_delta.copy())
-            if liar is not None and r == configs[0].rounds - 1:
-                trace.control = forgetful_control(nodes, liar, liar.config.target, r)
-
-        inprocess.run_rounds(nodes, configs[0].rounds, observe)
-    return nodes, trace
+        sim = observe_scenario(scenario, Path(folder), roles={ATTACKER: role} if role else None,
+                               pool=pool, key_seed=scenario.seed, on_round=on_round)
+    attacker = sim.nodes[ATTACKER]
+    target = attacker.config.adversary.target or None
+    trace = _trace(sim, scenario.rounds, attacker.learner.initial_vector(),
+                   guesses[0] if guesses else None, target)
+    return sim, trace
 
 
 def _plain_figures(trace: Trace, target: str) -> dict[str, Any]:
@@ -299,9 +332,10 @@ def run_audit(seed: int = 0, *, nodes: int = 6, rounds: int = 3, target: int | N
     train = train or TrainConfig(optimizer="sgd", learning_rate=0.1, batch_size=16,
                                  local_epochs=20)
     topology = topology or TopologyConfig(kind="regular", degree=4)
-    names = [f"node-{i}" for i in range(nodes)]
-    graph = {int(k.removeprefix("node-")): frozenset(int(p.removeprefix("node-")) for p in v)
-             for k, v in build_topology(topology.kind, names, degree=topology.degree,
+    with tempfile.TemporaryDirectory(prefix="gossipfl-audit-") as folder:
+        ids = seeded_keys(Path(folder), nodes, seed)  # the keys every run's nodes get
+    graph = {ids.index(k): frozenset(ids.index(p) for p in v)
+             for k, v in build_topology(topology.kind, ids, degree=topology.degree,
                                         seed=seed).items()}
     neighbours = sorted(graph[ATTACKER])
     if len(neighbours) < 3:
@@ -311,46 +345,51 @@ def run_audit(seed: int = 0, *, nodes: int = 6, rounds: int = 3, target: int | N
     if index not in graph[ATTACKER]:
         raise ValueError(f"target {target} is not a neighbour of node {ATTACKER}")
 
-    def configs(setting: str) -> list[NodeConfig]:
-        secure = setting.startswith("secagg") or setting == "lying"
-        return [NodeConfig(federation="gossipfl-audit", node_index=i, node_count=nodes,
-                           rounds=rounds, seed=seed, data=data, model=model, train=train,
-                           topology=topology, secagg=SecAggConfig(enabled=secure),
-                           security=inprocess.ADMITTED,
-                           privacy=_privacy(setting, epsilon, clip_norm))
-                for i in range(nodes)]
+    def scenario(setting: str) -> ScenarioConfig:
+        lying = setting == "lying"
+        return ScenarioConfig(
+            name=FEDERATION, nodes=nodes, rounds=rounds, seed=seed, timeout=TIMEOUT,
+            keep_round_models=False, data=data, model=model, train=train, topology=topology,
+            protocol=ProtocolConfig(max_consensus_rounds=0),  # the training rounds only
+            privacy=_privacy(setting, epsilon, clip_norm),
+            secagg=SecAggConfig(enabled=setting.startswith("secagg") or lying),
+            adversaries=(AdversarySpec(ATTACKER, "lying_aggregator", index),) if lying else ())
 
-    learners = [LocalLearner(c) for c in configs("none")]
-    initial = learners[0].initial_vector()
+    pool = LearnerPool()  # one dataset and one compiled trainer for every run
     mi_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
     reconstruction: dict[str, Any] = {}
     membership: dict[str, Any] = {}
+    peer = ids[index]
     for setting in settings:
         role = Curious() if setting.startswith("secagg") else None
-        run, trace = _run(configs(setting), graph, learners, role)
-        peer = run[index].peer_id
+        sim, trace = _run(scenario(setting), pool, role)
+        attacker, victim = sim.nodes[ATTACKER], sim.nodes[index]
+        initial = attacker.learner.initial_vector()
         if role is None:
             reconstruction[setting] = _plain_figures(trace, peer)
         else:
             reconstruction[setting] = _secure_figures(trace, role, initial, peer,
-                                                      run[0].config.secagg)
-        membership[setting] = {"own_model": _membership(learners[ATTACKER], learners[index],
-                                                        run[ATTACKER].model, mi_seed)}
+                                                      attacker.config.secagg)
+        membership[setting] = {"own_model": _membership(attacker.learner, victim.learner,
+                                                        trace.model, mi_seed)}
         if role is None:  # plain gossip: it holds the target's estimate itself
             membership[setting]["target_estimate"] = _membership(
-                learners[ATTACKER], learners[index],
-                run[ATTACKER].estimates.peers[peer].vector, mi_seed)
-        if run[index].budget is not None:
+                attacker.learner, victim.learner, trace.final_held[peer], mi_seed)
+        if victim.budget is not None:
             for figures in membership[setting].values():
-                figures["epsilon"] = float(run[index].budget.epsilon())
-    liar = LyingAggregator(AdversaryConfig(kind="lying_aggregator"))
-    run, trace = _run(configs("lying"), graph, learners, liar, lying_target=index)
-    lying = _lying_figures(trace, liar, run[index].peer_id)
-    membership["lying"] = {"own_model": _membership(learners[ATTACKER], learners[index],
-                                                    run[ATTACKER].model, mi_seed)}
+                figures["epsilon"] = float(victim.budget.epsilon())
+    sim, trace = _run(scenario("lying"), pool, None)
+    attacker, victim = sim.nodes[ATTACKER], sim.nodes[index]
+    liar = attacker.role
+    if not isinstance(liar, LyingAggregator) or liar.config.target != peer:
+        raise RuntimeError(f"node {ATTACKER} did not play the lying aggregator against {peer}")
+    lying = _lying_figures(trace, liar, peer)
+    membership["lying"] = {"own_model": _membership(attacker.learner, victim.learner,
+                                                    trace.model, mi_seed)}
+    initial = attacker.learner.initial_vector()
     parameters = {
         "seed": seed, "nodes": nodes, "rounds": rounds, "attacker": ATTACKER, "target": index,
-        "neighbours": neighbours, "target_records": int(learners[index].y.size),
+        "neighbours": neighbours, "target_records": int(victim.learner.y.size),
         "model_size": int(initial.size), "settings": list(settings),
         "data": {"dataset": data.dataset, "partition": data.partition, "alpha": data.alpha,
                  "samples": data.samples},
@@ -383,8 +422,8 @@ def format_table(audit: Mapping[str, Any]) -> str:
                   f"{lie['inputs_recovered']} inputs recovered; cosine of its reconstruction "
                   f"to the target's estimate: mean {lie['mean']:.4f}, best {lie['best']:.4f}; "
                   f"were members to forget what they revealed: {lie['control']:.4f}",
-              "", "membership inference on what node 0 holds (loss threshold): its final model, "
-                  "and under plain gossip the target's estimate",
+              "", "membership inference on what node 0 holds after the training rounds (loss "
+                  "threshold): its model, and under plain gossip the target's estimate",
               f"  {'setting':<17} {'model':<16} {'advantage':>10} {'auc_adv':>8} "
               f"{'yeom_adv':>9} {'m':>5} {'acc':>7} {'ε':>6}"]
     for setting, models in audit["membership"].items():

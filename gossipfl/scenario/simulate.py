@@ -27,20 +27,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.testing
 
-from gossipfl.config import ConfigError, to_dict
-from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.config import ConfigError, NodeConfig, to_dict
+from gossipfl.crypto.identity import Identity, load_or_create_identity
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.memory import MemoryNetwork
+from gossipfl.gossip.transport import Offload
 from gossipfl.scenario.batcher import Batcher
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
 from gossipfl.scenario.process import NodeProcess
 from gossipfl.scenario.report import build_report, print_summary
 from gossipfl.scenario.runner import prepare_nodes, resolve_faults, resolve_joins
+
+if TYPE_CHECKING:
+    from gossipfl.node.learner import LocalLearner
+    from gossipfl.node.runtime import Node
 
 log = logging.getLogger("gossipfl.simulate")
 
@@ -106,11 +111,20 @@ class Simulation:
             await self.held[index].wait()
         return await self.batcher.call(fn, *args)
 
+    def make_node(self, index: int, config: NodeConfig, identity: Identity,
+                  learner: LocalLearner, offload: Offload) -> Node:
+        """The node of ``index``, playing the role its config names (a subclass may give it
+        another, or watch it: :mod:`gossipfl.scenario.observed`)."""
+        from gossipfl.adversary.factory import make_role
+        from gossipfl.node.runtime import Node
+
+        return Node(config, identity, learner, make_role(config.adversary),
+                    network=self.network, offload=offload, signals=False, durable=False)
+
     async def run_node(self, index: int, scope: trio.CancelScope) -> None:
         """One node, from its folder, to its end (or until the simulator stops it)."""
-        from gossipfl.adversary.factory import make_role
         from gossipfl.node.learner import LocalLearner
-        from gossipfl.node.runtime import Node, NodeError
+        from gossipfl.node.runtime import NodeError
 
         entry = self.entries[index]
         _current.set(index)
@@ -120,8 +134,7 @@ class Simulation:
         async def offload(fn: Callable[..., Any], *args: Any) -> Any:
             return await self.offload(index, fn, *args)
 
-        node = Node(entry.config, identity, learner, make_role(entry.config.adversary),
-                    network=self.network, offload=offload, signals=False, durable=False)
+        node = self.make_node(index, entry.config, identity, learner, offload)
         self.live[index] = node
         status = NodeStatus.STOPPED
         with scope:
@@ -146,6 +159,22 @@ class Simulation:
         self.network.kill(self.peer(index))
         if index in self.scopes:
             self.scopes[index].cancel()
+
+    async def run(self) -> bool:
+        """Every node (late joiners when due) to its end, faults applied; True unless the
+        scenario's timeout passed first. Run it under ``trio.testing.MockClock``."""
+        self.started = trio.current_time()
+        late = {j.node for j in self.scenario.joins}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.batcher.run)
+            for entry in self.entries:
+                if entry.index not in late:
+                    self.start(nursery, entry.index)
+            finished = await watch(self, nursery)
+            for index in list(self.running):
+                self.stop(index)
+            nursery.cancel_scope.cancel()  # the batcher
+        return finished
 
 
 async def watch(sim: Simulation, nursery: trio.Nursery) -> bool:
@@ -268,23 +297,8 @@ def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet:
     for noisy in ("jax", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     clock = trio.testing.MockClock(autojump_threshold=0)
-
-    async def main() -> bool:
-        sim.started = trio.current_time()
-        late = {j.node for j in scenario.joins}
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sim.batcher.run)
-            for entry in entries:
-                if entry.index not in late:
-                    sim.start(nursery, entry.index)
-            finished = await watch(sim, nursery)
-            for index in list(sim.running):
-                sim.stop(index)
-            nursery.cancel_scope.cancel()  # the batcher
-        return finished
-
     try:
-        finished = trio.run(main, clock=clock)
+        finished = trio.run(sim.run, clock=clock)
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
