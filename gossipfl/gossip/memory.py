@@ -268,11 +268,17 @@ class MemoryTransport:
         self.handlers: dict[str, Handler] = {}
         self.connected: dict[str, set[MemoryStream]] = {}
         self._nursery: trio.Nursery | None = None
+        self._arrivals: trio.MemorySendChannel[tuple[Handler, Channel]]
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[list[str]]:
+        """Serve until the block ends. Handlers are started by a task of this node's (the
+        dispatcher), never by the peer that opened the stream, so that they run in this node's
+        context (its log file in a simulation), as a node process's handlers run in it."""
+        self._arrivals, arrivals = trio.open_memory_channel[tuple[Handler, Channel]](math.inf)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._dispatch, nursery, arrivals)
             try:
                 yield list(self.addrs)
             finally:
@@ -280,6 +286,12 @@ class MemoryTransport:
                 for peer in list(self.connected):
                     await self.disconnect(peer)
                 nursery.cancel_scope.cancel()
+
+    @staticmethod
+    async def _dispatch(nursery: trio.Nursery,
+                        arrivals: trio.MemoryReceiveChannel[tuple[Handler, Channel]]) -> None:
+        async for handler, channel in arrivals:
+            nursery.start_soon(handler, channel)
 
     def serve(self, protocol: str, handler: Handler) -> None:
         self.handlers[protocol] = handler
@@ -295,8 +307,9 @@ class MemoryTransport:
         mine, theirs = self.network.pair(self.peer_id, peer_id)
         self.connected.setdefault(peer_id, set()).add(mine)
         there.connected.setdefault(self.peer_id, set()).add(theirs)
-        there._nursery.start_soon(there.handlers[protocol],
-                                  Channel(theirs, there.traffic, there.policy, remote=self.peer_id))
+        there._arrivals.send_nowait(
+            (there.handlers[protocol],
+             Channel(theirs, there.traffic, there.policy, remote=self.peer_id)))
         return Channel(mine, self.traffic, self.policy, remote=peer_id)
 
     def forget(self, stream: MemoryStream) -> None:
