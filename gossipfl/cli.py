@@ -59,6 +59,9 @@ def _simulate_parser(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no summary table")
     p.add_argument("--no-centralised", action="store_true",
                    help="skip the pooled-data baseline in the report")
+    p.add_argument("--epoch-seconds", type=float, default=None,
+                   help="virtual seconds one epoch of local training costs a node (the run "
+                        "then repeats exactly); default: the wall time it took here")
 
 
 def _federation_parser(sub: Any) -> None:
@@ -214,7 +217,8 @@ def simulate_command(args: argparse.Namespace) -> int:
 
     try:
         return simulate_scenario(args.scenario, out=args.out, quiet=args.quiet,
-                                 centralised=not args.no_centralised)
+                                 centralised=not args.no_centralised,
+                                 epoch_seconds=args.epoch_seconds)
     except (ConfigError, OSError) as error:
         print(f"gossipfl simulate: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,8 @@
-"""End to end through fault-injecting relays: real node processes, real libp2p, loopback relays."""
+"""End to end through fault-injecting relays: real node processes, real libp2p, loopback relays.
+
+A smoke test that a scenario's network faults reach real processes; what the nodes make of
+partitions, silent stalls and slow links is tested deterministically on the simulator
+(tests/test_sim_faults.py)."""
 
 from __future__ import annotations
 
@@ -21,33 +25,6 @@ nodes_b = [2, 3]
 latency = 0.02
 jitter = 0.01
 """
-
-
-def test_a_federation_behind_slow_jittery_relays_still_converges(tmp_path: Path) -> None:
-    code, report = run_text(tmp_path, SCENARIO)
-    assert code == 0
-    nodes = report["nodes"]
-    assert [n["status"] for n in nodes] == ["done"] * 4
-    assert min(n["final_accuracy"] for n in nodes) > 0.8
-    assert report["final_consensus_distance"] <= 1e-3
-
-    network = report["network"]
-    relays = network["relays"]
-    assert network["routed_links"] == 4 and len(relays) == 8
-    assert all(r["faults"]["latency"] == 0.02 and r["faults"]["jitter"] == 0.01
-               for r in relays.values())
-    # Every pair across the groups are neighbours (full topology) and exchanged every round's
-    # contribution through a relay, one way or the other (libp2p keeps one connection a pair).
-    model_bytes = 4 * (64 * 32 + 32 + 32 * 10 + 10)
-    for a in (0, 1):
-        for b in (2, 3):
-            pair = [relays[relay_name(a, b)], relays[relay_name(b, a)]]
-            assert sum(r["accepted"] for r in pair) >= 1
-            for way in ("bytes_to_target", "bytes_from_target"):
-                assert sum(r[way] for r in pair) > model_bytes
-    assert network["totals"]["refused"] == 0 and network["totals"]["resets"] == 0
-    # the pairs inside a group talk directly: no relay for them
-    assert relay_name(0, 1) not in relays and relay_name(2, 3) not in relays
 
 
 def test_a_partition_cuts_the_links_between_its_halves_for_real(tmp_path: Path) -> None:
@@ -73,6 +50,10 @@ heal_round = 15
     [partition] = report["network"]["partitions"]
     assert [e["event"] for e in report["network"]["events"]] == ["cut", "heal"]
     assert partition["cut"]["max_round"] >= 3 and partition["healed"]["max_round"] >= 15
+    # only the links across the cut pass relays; the pairs inside a group talk directly
+    relays = report["network"]["relays"]
+    assert set(relays) == {relay_name(a, b) for a in range(4) for b in range(4)
+                           if (a < 2) != (b < 2)}
     # the connections open at the cut were reset, and the nodes' redials refused
     assert partition["while_cut"]["resets"] >= 1
     assert partition["while_cut"]["refused"] >= 1

@@ -18,18 +18,24 @@ Faults are the network's, injected where a real network would show them:
   connection: a reliable stream never loses a frame silently), drawn from the network's seeded
   generator.
 
+The network counts what happens on each ordered pair of peers (:class:`LinkEvent`: streams
+opened, opens refused, streams reset by a fault), as a run's relays count connections
+(:meth:`MemoryNetwork.totals`).
+
 Nothing here reads a wall clock: under ``trio.testing.MockClock`` a run is deterministic.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 import trio
@@ -55,6 +61,14 @@ class ScenarioLinks(Protocol):
     links: Sequence[LinkSpec]
 
 PIPE_CHUNKS = 8  # writes buffered one way before the writer waits for the reader
+
+
+class LinkEvent(Enum):
+    """What the network counts per ordered pair of peers (opener or local end first)."""
+
+    ACCEPTED = "accepted"  # a stream opened
+    REFUSED = "refused"  # an open refused (peer down, link cut, not served, not running)
+    RESETS = "resets"  # a stream end reset by a fault (kill, cut, a link's reset rate)
 
 
 class StreamReset(ConnectionResetError):
@@ -114,12 +128,7 @@ class MemoryStream:
 
     async def reset(self) -> None:
         """Break the stream both ways, at once, for both ends."""
-        for end in (self, self.peer_end):
-            if end is not None and not end.broken:
-                end.broken = True
-                end.outgoing.send.close()
-                end.incoming.receive.close()
-                self.network.ended(end)
+        self.network.break_ends([self] if self.peer_end is None else [self, self.peer_end])
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,8 @@ class MemoryNetwork:
     down: set[str] = field(default_factory=set)
     cuts: Counter[Pair] = field(default_factory=Counter)  # pair → partitions cutting it
     stalls: Counter[Pair] = field(default_factory=Counter)  # pair → silent partitions
-    streams: set[MemoryStream] = field(default_factory=set)
+    streams: dict[MemoryStream, None] = field(default_factory=dict)  # an ordered set
+    events: Counter[tuple[Pair, LinkEvent]] = field(default_factory=Counter)
     _unstalled: trio.Event = field(default_factory=trio.Event)
 
     @classmethod
@@ -172,6 +182,18 @@ class MemoryNetwork:
 
     def reachable(self, a: str, b: str) -> bool:
         return a not in self.down and b not in self.down and not self.cuts[(a, b)]
+
+    def count(self, pair: Pair, event: LinkEvent) -> None:
+        self.events[(pair, event)] += 1
+
+    def totals(self, pairs: Iterable[Pair] | None = None) -> dict[str, int]:
+        """Each :class:`LinkEvent` counted so far over ``pairs`` (every pair by default)."""
+        chosen = None if pairs is None else set(pairs)
+        total = dict.fromkeys((e.value for e in LinkEvent), 0)
+        for (pair, event), n in self.events.items():
+            if chosen is None or pair in chosen:
+                total[event.value] += n
+        return total
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -210,11 +232,22 @@ class MemoryNetwork:
         return pairs
 
     def _reset_where(self, broken: Callable[[MemoryStream], bool]) -> None:
-        for stream in [s for s in self.streams if broken(s)]:
-            stream.broken = True
-            stream.outgoing.send.close()
-            stream.incoming.receive.close()
-            self.ended(stream)
+        hit = [s for s in self.streams if broken(s)]
+        for stream in hit:
+            self.count((stream.local, stream.remote), LinkEvent.RESETS)
+        self.break_ends([end for s in hit for end in (s, s.peer_end) if end is not None])
+
+    def break_ends(self, ends: list[MemoryStream]) -> None:
+        """Reset these stream ends. Every reading side is closed before any writing side, so
+        a reader blocked on one sees a reset, never the clean end of a stream that a closed
+        writing side would give it."""
+        ends = [e for e in dict.fromkeys(ends) if not e.broken]
+        for end in ends:
+            end.broken = True
+            end.incoming.receive.close()
+        for end in ends:
+            end.outgoing.send.close()
+            self.ended(end)
 
     # -- streams -----------------------------------------------------------------------------
 
@@ -228,19 +261,21 @@ class MemoryNetwork:
         while self.stalls[pair] and self.reachable(*pair):
             await self._unstalled.wait()
         if not self.reachable(*pair):
+            self.count(pair, LinkEvent.RESETS)
             await stream.reset()
             raise StreamReset(f"{stream.remote} cannot be reached from {stream.local}")
         now = trio.current_time()
         if link is not None and link.reset_rate > 0:
             alive = now - stream.last_write
             if self.rng.random() < 1.0 - math.exp(-link.reset_rate * alive):
+                self.count(pair, LinkEvent.RESETS)
                 await stream.reset()
                 raise StreamReset(f"connection to {stream.remote} lost")
         stream.last_write = now
         await trio.lowlevel.checkpoint()
 
     def ended(self, stream: MemoryStream) -> None:
-        self.streams.discard(stream)
+        self.streams.pop(stream, None)
         transport = self.transports.get(stream.local)
         if transport is not None:
             transport.forget(stream)
@@ -253,7 +288,7 @@ class MemoryNetwork:
         theirs = MemoryStream(self, remote, local, incoming=forward, outgoing=backward,
                               last_write=now)
         mine.peer_end, theirs.peer_end = theirs, mine
-        self.streams.update((mine, theirs))
+        self.streams.update(dict.fromkeys((mine, theirs)))
         return mine, theirs
 
 
@@ -266,19 +301,18 @@ class MemoryTransport:
         self.traffic, self.policy = traffic, policy
         self.addrs = addrs or [f"/memory/{peer_id}"]
         self.handlers: dict[str, Handler] = {}
-        self.connected: dict[str, set[MemoryStream]] = {}
+        self.connected: dict[str, dict[MemoryStream, None]] = {}  # peer → ordered set
         self._nursery: trio.Nursery | None = None
-        self._arrivals: trio.MemorySendChannel[tuple[Handler, Channel]]
+        self._context = contextvars.copy_context()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[list[str]]:
-        """Serve until the block ends. Handlers are started by a task of this node's (the
-        dispatcher), never by the peer that opened the stream, so that they run in this node's
-        context (its log file in a simulation), as a node process's handlers run in it."""
-        self._arrivals, arrivals = trio.open_memory_channel[tuple[Handler, Channel]](math.inf)
+        """Serve until the block ends. The handlers of the streams peers open run in this
+        nursery, in the context of the task that entered the block (as a libp2p host's run
+        under its listener), not in the opener's."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._dispatch, nursery, arrivals)
+            self._context = contextvars.copy_context()
             try:
                 yield list(self.addrs)
             finally:
@@ -287,35 +321,33 @@ class MemoryTransport:
                     await self.disconnect(peer)
                 nursery.cancel_scope.cancel()
 
-    @staticmethod
-    async def _dispatch(nursery: trio.Nursery,
-                        arrivals: trio.MemoryReceiveChannel[tuple[Handler, Channel]]) -> None:
-        async for handler, channel in arrivals:
-            nursery.start_soon(handler, channel)
-
     def serve(self, protocol: str, handler: Handler) -> None:
         self.handlers[protocol] = handler
 
     async def open(self, peer_id: str, addrs: tuple[str, ...], protocol: str) -> Channel:
         await trio.lowlevel.checkpoint()
         there = self.network.transports.get(peer_id)
+        pair = (self.peer_id, peer_id)
         if there is None or there._nursery is None or self._nursery is None \
-                or not self.network.reachable(self.peer_id, peer_id):
+                or not self.network.reachable(*pair):
+            self.network.count(pair, LinkEvent.REFUSED)
             raise ConnectionRefusedError(f"cannot reach {peer_id}")
         if protocol not in there.handlers:
+            self.network.count(pair, LinkEvent.REFUSED)
             raise ConnectionRefusedError(f"{peer_id} does not serve {protocol}")
+        self.network.count(pair, LinkEvent.ACCEPTED)
         mine, theirs = self.network.pair(self.peer_id, peer_id)
-        self.connected.setdefault(peer_id, set()).add(mine)
-        there.connected.setdefault(self.peer_id, set()).add(theirs)
-        there._arrivals.send_nowait(
-            (there.handlers[protocol],
-             Channel(theirs, there.traffic, there.policy, remote=self.peer_id)))
+        self.connected.setdefault(peer_id, {})[mine] = None
+        there.connected.setdefault(self.peer_id, {})[theirs] = None
+        # the new task copies the context current when it is spawned: the server's
+        there._context.run(there._nursery.start_soon, there.handlers[protocol],
+                           Channel(theirs, there.traffic, there.policy, remote=self.peer_id))
         return Channel(mine, self.traffic, self.policy, remote=peer_id)
 
     def forget(self, stream: MemoryStream) -> None:
         streams = self.connected.get(stream.remote)
         if streams is not None:
-            streams.discard(stream)
+            streams.pop(stream, None)
 
     def open_streams(self) -> dict[str, int]:
         return {peer: len(streams) for peer, streams in self.connected.items()}
@@ -328,4 +360,5 @@ class MemoryTransport:
             there.connected.pop(self.peer_id, None)
 
 
-__all__ = ["MemoryNetwork", "MemoryStream", "MemoryTransport", "StreamReset"]
+__all__ = ["Link", "LinkEvent", "MemoryNetwork", "MemoryStream", "MemoryTransport",
+           "StreamReset"]

@@ -74,7 +74,7 @@ def unflatten_params(vector: np.ndarray, like: Params) -> Params:
         shape = np.shape(leaf)
         size = int(np.size(leaf))
         chunk = vector[offset : offset + size].reshape(shape)
-        out.append(np.asarray(chunk, dtype=np.result_type(leaf)))
+        out.append(np.asarray(chunk, dtype=np.asarray(leaf).dtype))
         offset += size
     return jax.tree_util.tree_unflatten(treedef, out)
 

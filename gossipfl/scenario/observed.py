@@ -192,7 +192,7 @@ def observe_scenario(scenario: ScenarioConfig, folder: Path, *,
     entries = prepare_nodes(scenario, folder, ports=[BASE_PORT + i for i in range(scenario.nodes)])
     sim = ObservedSimulation(scenario, entries, MemoryNetwork.for_scenario(
         scenario, [e.peer_id for e in entries]), pool or LearnerPool(), roles=dict(roles or {}),
-        keep_vectors=keep_vectors, on_round=on_round)
+        keep_vectors=keep_vectors, on_round=on_round, epoch_seconds=0.0)
     if not trio.run(sim.run, clock=trio.testing.MockClock(autojump_threshold=0)):
         raise RuntimeError(f"scenario {scenario.name!r} did not finish within its timeout "
                            f"({scenario.timeout:.0f} virtual s)")

@@ -5,16 +5,24 @@ process does (membership, links, rounds, secure aggregation, DP, checkpoints, it
 over a :class:`~gossipfl.gossip.memory.MemoryNetwork` instead of libp2p, under
 ``trio.testing.MockClock``: time is virtual and jumps whenever every node waits, so round
 timeouts cost nothing and a run does not depend on the machine's load. Blocking work
-(training, evaluation, disk) runs inline (no virtual time passes while it runs) and datasets,
-models and jitted trainers are shared between the nodes (:class:`LearnerPool`).
+(training, evaluation, disk) runs inline and datasets, models and jitted trainers are shared
+between the nodes (:class:`LearnerPool`). Local training then costs a node virtual time, as it
+costs a node process real time (so that a late joiner, a paused or restarted node comes back to
+a federation still at work): with ``epoch_seconds``, that many virtual seconds per epoch of
+local work (a run then repeats exactly, whatever the machine); by default, the wall time the
+training took here. A ``[[slow]]`` node's factor applies to that cost.
 
 The scenario's faults become the network's and the simulator's: ``kill``/``terminate``
 cancel the node (its final writes run, as after SIGTERM) and make it unreachable;
 ``restart`` starts it again from its folder (checkpoint and all) ``down_seconds`` later;
 ``pause`` cuts it off and holds its blocking work for ``down_seconds``; partitions reset (or,
-``silent``, stall) the links across the cut; link latency delays each write. The report is the
-runner's (:func:`gossipfl.scenario.report.build_report`), marked ``simulated``; its
-``summary.max_peak_rss_bytes`` is then this one process's peak RSS.
+``silent``, stall) the links across the cut; link latency delays each write. A fault, a late
+join or a partition due at a round is applied as soon as a node has written that round's
+metrics (at its next blocking call), not at the next look of a poll: rounds can take no
+virtual time at all. The report is the runner's (:func:`gossipfl.scenario.report.build_report`),
+marked ``simulated``; its ``summary.max_peak_rss_bytes`` is then this one process's peak RSS,
+and a partition's ``while_cut``/``after_heal`` count the network's stream events across it
+(:meth:`~gossipfl.gossip.memory.MemoryNetwork.totals`) as the relays' counters do in a run.
 """
 
 from __future__ import annotations
@@ -24,8 +32,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +46,7 @@ from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.memory import MemoryNetwork
 from gossipfl.gossip.transport import Offload
 from gossipfl.scenario.batcher import Batcher
-from gossipfl.scenario.config import ScenarioConfig, load_scenario
+from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
 from gossipfl.scenario.process import NodeProcess
 from gossipfl.scenario.report import build_report, print_summary
 from gossipfl.scenario.runner import prepare_nodes, resolve_faults, resolve_joins
@@ -84,32 +92,143 @@ class NodeLogs(logging.Handler):
 
 @dataclass
 class Simulation:
-    """The nodes of one simulated scenario and the faults still to apply."""
+    """The nodes of one simulated scenario and the faults still to apply.
+
+    ``epoch_seconds``: the virtual seconds one epoch of local training costs a node (None:
+    the wall time its training took here)."""
 
     scenario: ScenarioConfig
     entries: list[NodeProcess]
     network: MemoryNetwork
     pool: Any
+    epoch_seconds: float | None = None
     live: dict[int, Any] = field(default_factory=dict)  # index → running Node
-    running: set[int] = field(default_factory=set)  # started and not ended yet
+    launched: set[int] = field(default_factory=set)  # started and not ended yet
     scopes: dict[int, trio.CancelScope] = field(default_factory=dict)
     held: dict[int, trio.Event] = field(default_factory=dict)  # paused: work waits on it
     partition_events: list[dict[str, Any]] = field(default_factory=list)
     started: float = 0.0
+    nursery: trio.Nursery | None = None  # where the nodes run (set by :meth:`run`)
+    pending: dict[int, list[FaultConfig]] = field(default_factory=dict)  # by node
+    joins: list[JoinConfig] = field(default_factory=list)
+    cuts: list[set[tuple[str, str]] | None] = field(default_factory=list)  # by partition
+    cut_totals: dict[tuple[int, str], dict[str, int]] = field(default_factory=dict)
+    furthest: int = -1  # the furthest round any node has finished
     batcher: Batcher = field(default_factory=lambda: Batcher())
+
+    def __post_init__(self) -> None:
+        for fault in resolve_faults(self.scenario):
+            self.pending.setdefault(fault.node, []).append(fault)
+        self.joins = resolve_joins(self.scenario)
+        for join in self.joins:
+            self.entries[join.node].join_round = join.at_round
+        self.cuts = [None] * len(self.scenario.partitions)
 
     def peer(self, index: int) -> str:
         return self.entries[index].peer_id
 
-    def federation_round(self) -> int:
-        return max((e.last_round for e in self.entries if e.index in self.live), default=-1)
-
     async def offload(self, index: int, fn: Callable[..., Any], *args: Any) -> Any:
-        """A node's blocking work: training (without DP) and evaluation batched with the other
-        nodes' (:class:`Batcher`), the rest inline; held while the node is paused."""
+        """A node's blocking work, inline; held while the node is paused. Training then costs
+        the node its virtual time (:attr:`epoch_seconds`)."""
+        from gossipfl.node.learner import TrainResult
+
+        self.progress(index)  # the rounds it finished may make faults and joins due
         while index in self.held:
             await self.held[index].wait()
-        return await self.batcher.call(fn, *args)
+        result = await self.batcher.call(fn, *args)  # training, evaluation: batched
+        if isinstance(result, TrainResult):
+            cost = result.seconds if self.epoch_seconds is None \
+                else self.epoch_seconds * result.epochs
+            result = replace(result, seconds=cost)
+            await trio.sleep(cost)
+        return result
+
+    def progress(self, index: int) -> None:
+        """Note the rounds node ``index`` has finished and apply its faults that are due."""
+        entry = self.note(index)
+        for fault in list(self.pending.get(index, ())):
+            if index in self.live and entry.last_round >= fault.at_round:
+                self.pending[index].remove(fault)
+                self.apply(fault, trio.current_time())
+
+    def note(self, index: int) -> NodeProcess:
+        """Note the rounds node ``index`` has finished (its metrics, as the runner reads them)
+        and apply what the federation's progress makes due: late joins, partitions by round."""
+        node, entry = self.live.get(index), self.entries[index]
+        if node is not None and node.history:
+            entry.last_round = max(entry.last_round, node.history[-1]["round"])
+        if entry.last_round > self.furthest:
+            self.furthest = entry.last_round
+            self.start_joins()
+            self.step_partitions(trio.current_time())
+        return entry
+
+    def apply(self, fault: FaultConfig, now: float) -> None:
+        target = self.entries[fault.node]
+        if fault.kind == "pause":
+            self.network.kill(target.peer_id)
+            self.held[fault.node] = trio.Event()
+            target.resume_at = now + fault.down_seconds
+            target.events.append(f"paused after round {target.last_round}")
+            return
+        target.killed_at = now if fault.kind != "terminate" else None
+        target.killed_after_round = target.last_round
+        if fault.kind == "restart":
+            target.restart_at = now + fault.down_seconds
+        name = {"terminate": "stopped"}.get(fault.kind, "killed")
+        target.events.append(f"{name} after round {target.last_round}")
+        target.exit_code = -9 if fault.kind != "terminate" else None
+        self.stop(fault.node)
+
+    def start_joins(self) -> None:
+        for join in list(self.joins):
+            if self.furthest >= join.at_round and self.nursery is not None:
+                self.joins.remove(join)
+                self.entries[join.node].events.append(
+                    f"joined late (federation at round {self.furthest})")
+                self.launch(join.node)
+
+    def step_timers(self, now: float) -> None:
+        """Resume paused nodes and restart killed ones whose time has come."""
+        for entry in self.entries:
+            if entry.resume_at is not None and now >= entry.resume_at:
+                entry.resume_at = None
+                self.network.revive(entry.peer_id)
+                self.held.pop(entry.index).set()
+                entry.events.append(f"resumed (paused after round {entry.last_round})")
+            if entry.restart_at is not None and now >= entry.restart_at \
+                    and entry.index not in self.launched:
+                entry.restart_at, entry.killed_at, entry.exit_code = None, None, None
+                entry.restarts += 1
+                entry.events.append(f"restarted (after round {entry.killed_after_round})")
+                self.network.revive(entry.peer_id)
+                self.launch(entry.index)
+
+    def launch(self, index: int) -> None:
+        assert self.nursery is not None
+        self.launched.add(index)
+        self.scopes[index] = trio.CancelScope()  # stop() may come before the task runs
+        self.nursery.start_soon(self.run_node, index, self.scopes[index])
+
+    def step_partitions(self, now: float) -> None:
+        """Cut and heal the scenario's partitions that are due (by the furthest node's round,
+        or the virtual seconds since the start)."""
+        rounds = [e.last_round for e in self.entries if e.index in self.live]
+        when = {"seconds": round(now - self.started, 3), "max_round": self.furthest,
+                "min_round": min(rounds, default=-1)}
+        for index, config in enumerate(self.scenario.partitions):
+            if self.cuts[index] is None and _due(config.at_round, config.at_seconds, when):
+                pairs = {(self.peer(a), self.peer(b))
+                         for a, b in config.cross_pairs(len(self.entries))}
+                self.cut_totals[(index, "cut")] = self.network.totals(pairs)
+                self.network.cut(pairs, silent=config.silent)
+                self.cuts[index] = pairs
+                self.partition_events.append({"partition": index, "event": "cut", **when})
+            elif self.cuts[index] and (index, "heal") not in self.cut_totals and \
+                    _due(config.heal_round, config.heal_seconds, when):
+                self.cut_totals[(index, "heal")] = self.network.totals(self.cuts[index])
+                self.network.restore(self.cuts[index])
+                self.partition_events.append({"partition": index, "event": "heal", **when})
 
     def make_node(self, index: int, config: NodeConfig, identity: Identity,
                   learner: LocalLearner, offload: Offload) -> Node:
@@ -141,19 +260,14 @@ class Simulation:
             try:
                 status = await node.run()
             except* NodeError as group:
-                for error in group.exceptions:
+                for error in _leaves(group):
                     log.error("%s", error)
                 status = NodeStatus.FAILED
+        self.note(index)
         self.live.pop(index, None)
-        self.running.discard(index)
-        entry.last_round = max(entry.last_round, node.round)
+        self.launched.discard(index)
         if entry.exit_code is None or entry.killed_at is None:
             entry.exit_code = 2 if status is NodeStatus.FAILED else 0
-
-    def start(self, nursery: trio.Nursery, index: int) -> None:
-        self.running.add(index)
-        self.scopes[index] = trio.CancelScope()  # stop() may come before the task runs
-        nursery.start_soon(self.run_node, index, self.scopes[index])
 
     def stop(self, index: int) -> None:
         self.network.kill(self.peer(index))
@@ -161,97 +275,50 @@ class Simulation:
             self.scopes[index].cancel()
 
     async def run(self) -> bool:
-        """Every node (late joiners when due) to its end, faults applied; True unless the
-        scenario's timeout passed first. Run it under ``trio.testing.MockClock``."""
+        """Run every node (late joiners when due) and apply the faults; returns once every
+        node has ended (True) or the scenario's timeout has passed (False)."""
         self.started = trio.current_time()
         late = {j.node for j in self.scenario.joins}
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery
             nursery.start_soon(self.batcher.run)
             for entry in self.entries:
                 if entry.index not in late:
-                    self.start(nursery, entry.index)
-            finished = await watch(self, nursery)
-            for index in list(self.running):
+                    self.launch(entry.index)
+            finished = await watch(self)
+            for index in list(self.launched):
                 self.stop(index)
             nursery.cancel_scope.cancel()  # the batcher
+        self.nursery = None
         return finished
 
 
-async def watch(sim: Simulation, nursery: trio.Nursery) -> bool:
-    """Apply faults, joins and partitions as the nodes' rounds (or virtual seconds) come;
-    returns once every node has ended (True) or the scenario's timeout has passed (False)."""
-    scenario, entries = sim.scenario, sim.entries
-    pending, joins = resolve_faults(scenario), resolve_joins(scenario)
-    for join in joins:
-        entries[join.node].join_round = join.at_round
-    down = {f.node: f.down_seconds for f in scenario.faults}
-    cuts = [None] * len(scenario.partitions)  # the peer pairs each partition cut
-    deadline = trio.current_time() + scenario.timeout
+async def watch(sim: Simulation) -> bool:
+    """Look at the nodes every :data:`POLL_SECONDS` (virtual): faults, joins and partitions
+    by round that no node's blocking call applied yet, resumes, restarts and partitions by
+    time; returns once every node has ended (True) or the scenario's timeout has passed."""
+    deadline = trio.current_time() + sim.scenario.timeout
     while trio.current_time() < deadline:
+        for index in list(sim.live):
+            sim.progress(index)
         now = trio.current_time()
-        for index, node in sim.live.items():
-            entries[index].last_round = max(entries[index].last_round, node.round)
-        for fault in list(pending):
-            target = entries[fault.node]
-            if fault.node in sim.live and target.last_round >= fault.at_round:
-                pending.remove(fault)
-                if fault.kind == "pause":
-                    sim.network.kill(target.peer_id)
-                    sim.held[fault.node] = trio.Event()
-                    target.resume_at = now + fault.down_seconds
-                    target.events.append(f"paused after round {target.last_round}")
-                    continue
-                target.killed_at = now if fault.kind != "terminate" else None
-                target.killed_after_round = target.last_round
-                if fault.kind == "restart":
-                    target.restart_at = now + down[fault.node]
-                name = {"terminate": "stopped"}.get(fault.kind, "killed")
-                target.events.append(f"{name} after round {target.last_round}")
-                target.exit_code = -9 if fault.kind != "terminate" else None
-                sim.stop(fault.node)
-        for join in list(joins):
-            if sim.federation_round() >= join.at_round:
-                joins.remove(join)
-                entries[join.node].events.append(
-                    f"joined late (federation at round {sim.federation_round()})")
-                sim.start(nursery, join.node)
-        for entry in entries:
-            if entry.resume_at is not None and now >= entry.resume_at:
-                entry.resume_at = None
-                sim.network.revive(entry.peer_id)
-                sim.held.pop(entry.index).set()
-                entry.events.append(f"resumed (paused after round {entry.last_round})")
-            if entry.restart_at is not None and now >= entry.restart_at \
-                    and entry.index not in sim.running:
-                entry.restart_at, entry.killed_at, entry.exit_code = None, None, None
-                entry.restarts += 1
-                entry.events.append(f"restarted (after round {entry.killed_after_round})")
-                sim.network.revive(entry.peer_id)
-                sim.start(nursery, entry.index)
-        step_partitions(sim, cuts, now)
-        if not joins and not sim.running and all(e.restart_at is None for e in entries):
+        sim.start_joins()
+        sim.step_timers(now)
+        sim.step_partitions(now)
+        if not sim.joins and not sim.launched and \
+                all(e.restart_at is None for e in sim.entries):
             return True
         await trio.sleep(POLL_SECONDS)
     return False
 
 
-def step_partitions(sim: Simulation, cuts: list[Any], now: float) -> None:
-    """Cut and heal the scenario's partitions that are due (by the furthest node's round, or
-    the virtual seconds since the start)."""
-    rounds = [e.last_round for e in sim.entries if e.index in sim.live]
-    when = {"seconds": round(now - sim.started, 3), "max_round": max(rounds, default=-1),
-            "min_round": min(rounds, default=-1)}
-    for index, config in enumerate(sim.scenario.partitions):
-        if cuts[index] is None and _due(config.at_round, config.at_seconds, when):
-            pairs = {(sim.peer(a), sim.peer(b)) for a, b in config.cross_pairs(len(sim.entries))}
-            sim.network.cut(pairs, silent=config.silent)
-            cuts[index] = pairs
-            sim.partition_events.append({"partition": index, "event": "cut", **when})
-        elif cuts[index] and _due(config.heal_round, config.heal_seconds, when) and \
-                not any(e["partition"] == index and e["event"] == "heal"
-                        for e in sim.partition_events):
-            sim.network.restore(cuts[index])
-            sim.partition_events.append({"partition": index, "event": "heal", **when})
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    """The exceptions an exception group holds, however nested."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def _due(at_round: int | None, at_seconds: float | None, when: dict[str, Any]) -> bool:
@@ -262,33 +329,43 @@ def _due(at_round: int | None, at_seconds: float | None, when: dict[str, Any]) -
 
 def network_section(sim: Simulation) -> dict[str, Any]:
     partitions = []
+    end = sim.network.totals  # counters now, over the given pairs
     for index, config in enumerate(sim.scenario.partitions):
         events = {e["event"]: {k: v for k, v in e.items() if k not in ("partition", "event")}
                   for e in sim.partition_events if e["partition"] == index}
-        partitions.append({**to_dict(config),
-                           "groups": [list(g) for g in config.resolved_groups(len(sim.entries))],
-                           "cut": events.get("cut"), "healed": events.get("heal")})
+        entry = {**to_dict(config),
+                 "groups": [list(g) for g in config.resolved_groups(len(sim.entries))],
+                 "cut": events.get("cut"), "healed": events.get("heal")}
+        pairs = sim.cuts[index]
+        if pairs is not None:
+            at_cut, at_heal = sim.cut_totals[(index, "cut")], sim.cut_totals.get((index, "heal"))
+            entry["while_cut"] = _delta(at_heal or end(pairs), at_cut)
+            if at_heal is not None:
+                entry["after_heal"] = _delta(end(pairs), at_heal)
+        partitions.append(entry)
     return {"simulated": True, "links": [to_dict(link) for link in sim.scenario.links],
-            "partitions": partitions, "events": sim.partition_events}
+            "totals": end(), "partitions": partitions, "events": sim.partition_events}
 
 
-def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool = False,
-                      centralised: bool = True) -> int:
-    """Simulate a scenario file; returns 0 when every node that was not killed finished."""
+def _delta(end: dict[str, int], start: dict[str, int]) -> dict[str, int]:
+    return {k: end[k] - start.get(k, 0) for k in end}
+
+
+def simulate(scenario: ScenarioConfig, out_dir: Path, *, centralised: bool = True,
+             epoch_seconds: float | None = None, pool: Any = None) -> dict[str, Any]:
+    """Simulate ``scenario`` with its nodes' folders under ``out_dir`` (an identity already
+    in a node's folder is used, as a run's would be); returns the report, also written to
+    ``report.json``. ``epoch_seconds``: see :class:`Simulation`; ``pool``: a
+    :class:`~gossipfl.node.learner.LearnerPool` to share datasets and compiled trainers with
+    other simulations (a new one by default)."""
     from gossipfl.node.learner import LearnerPool
 
-    scenario = load_scenario(path)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(out) if out else Path("runs") / f"{scenario.name}-sim-{stamp}"
-    if (out_dir / "nodes").exists():
-        raise ConfigError(f"{out_dir} already holds a run; choose another --out (or remove it)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scenario.toml").write_text(Path(path).read_text())
     start = time.monotonic()
     entries = prepare_nodes(scenario, out_dir,
                             ports=[BASE_PORT + i for i in range(scenario.nodes)])
     network = MemoryNetwork.for_scenario(scenario, [e.peer_id for e in entries])
-    sim = Simulation(scenario, entries, network, LearnerPool())
+    sim = Simulation(scenario, entries, network, pool if pool is not None else LearnerPool(),
+                     epoch_seconds=epoch_seconds)
     handler = NodeLogs(out_dir, {e.index: e.out for e in entries})
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
@@ -310,14 +387,28 @@ def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet:
     report["simulated"] = True
     report["virtual_seconds"] = clock.current_time()
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool = False,
+                      centralised: bool = True, epoch_seconds: float | None = None) -> int:
+    """Simulate a scenario file; returns 0 when every node that was not killed finished."""
+    scenario = load_scenario(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out) if out else Path("runs") / f"{scenario.name}-sim-{stamp}"
+    if (out_dir / "nodes").exists():
+        raise ConfigError(f"{out_dir} already holds a run; choose another --out (or remove it)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scenario.toml").write_text(Path(path).read_text())
+    report = simulate(scenario, out_dir, centralised=centralised, epoch_seconds=epoch_seconds)
     if not quiet:
         print_summary(report)
     print(f"report: {out_dir / 'report.json'}")
-    if not finished:
+    if report["timed_out"]:
         print(f"gossipfl simulate: scenario timed out after {scenario.timeout:.0f} virtual s",
               file=sys.stderr)
-    survivors_ok = all(e.exit_code == 0 for e in entries if e.killed_at is None)
-    return 0 if finished and survivors_ok else 1
+    survivors_ok = all(n["exit_code"] == 0 for n in report["nodes"] if n["status"] != "killed")
+    return 0 if not report["timed_out"] and survivors_ok else 1
 
 
-__all__ = ["NodeLogs", "Simulation", "simulate_scenario"]
+__all__ = ["NodeLogs", "Simulation", "simulate", "simulate_scenario"]
