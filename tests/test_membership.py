@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossipfl.gossip.membership import MAX_FEDERATION, Membership
+from gossipfl.gossip.membership import GOSSIP_WINDOW, MAX_FEDERATION, Membership
 from gossipfl.gossip.wire import MAX_MEMBERS, MemberInfo
 
 FAST = settings(max_examples=60, deadline=None)
@@ -144,14 +144,15 @@ def test_capacity_is_respected() -> None:
 
 def test_a_table_larger_than_a_heartbeat_is_gossiped_in_windows() -> None:
     table = Membership("me", timeout=10.0)
-    ids = [f"p{i:04d}" for i in range(2 * MAX_MEMBERS + 10)]
+    ids = [f"p{i:04d}" for i in range(2 * GOSSIP_WINDOW + 10)]
     for peer in ids:
         table.heard_from(peer, (), now=0.0)
     assert len(table) == len(ids)
     windows = [[m.peer_id for m in table.snapshot(0.0)] for _ in range(3)]
-    assert all(len(w) == MAX_MEMBERS for w in windows)
+    assert all(len(w) == GOSSIP_WINDOW <= MAX_MEMBERS for w in windows)
     assert set(windows[0]) | set(windows[1]) | set(windows[2]) == set(ids)  # all, in 3 beats
-    assert windows[0] == ids[:MAX_MEMBERS] and windows[2][-1] == ids[MAX_MEMBERS * 3 - len(ids) - 1]
+    assert windows[0] == ids[:GOSSIP_WINDOW]
+    assert windows[2][-1] == ids[GOSSIP_WINDOW * 3 - len(ids) - 1]  # wrapped round
 
 
 def test_the_default_table_stops_at_its_capacity() -> None:

@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 #: Members one table holds at most by default (itself included): a heartbeat lists at most
 #: ``MAX_MEMBERS`` of them, so a larger federation is gossiped in windows (:meth:`snapshot`).
 MAX_FEDERATION = 4096
+#: Members one heartbeat lists at most (of the ``MAX_MEMBERS`` the wire allows): a table larger
+#: than this goes out in windows. Joining, a node hears some thirty heartbeats an interval, so a
+#: thousand members reach it within an interval or two; a larger window would mostly repeat
+#: what it already holds, at a cost per entry to every sender and receiver.
+GOSSIP_WINDOW = 64
 SILENT_INTERVALS = 3  # heartbeat intervals without news of a peer: it has gone silent
 #: Relayed stamps one heartbeat may make us verify. Past it, the rest of that heartbeat's new
 #: stamps are ignored (not held, not progress); the next heartbeats carry them, and each
@@ -169,6 +174,8 @@ class Membership:
         progress (``live`` = now) when a stamp was held before or the entry is a tombstone's.
         A first stamp of a member only heard of is held, not progress: a replayed old stamp
         makes no one live."""
+        if data == entry.stamp:  # the stamp held (relayed again): nothing to parse
+            return StampVerdict.STALE
         try:
             key = Stamp.from_bytes(data).key
         except StampError as error:
@@ -278,7 +285,7 @@ class Membership:
     def ids(self) -> list[str]:
         return sorted(self._members)
 
-    def snapshot(self, now: float, limit: int = MAX_MEMBERS) -> tuple[MemberInfo, ...]:
+    def snapshot(self, now: float, limit: int = GOSSIP_WINDOW) -> tuple[MemberInfo, ...]:
         """The member list to put in our heartbeat: vouched members only, at most ``limit``
         of them. A larger table is sent in windows, each snapshot the next ``limit`` members in
         id order (wrapping), so every member is gossiped once per ⌈members / limit⌉ heartbeats.

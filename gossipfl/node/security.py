@@ -13,7 +13,6 @@ longer, whatever its certificate says.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -69,6 +68,8 @@ class NodeSecurity:
         self.max_payload = config.protocol.max_payload_bytes
         self.certificates: dict[str, MembershipCertificate] = {}  # presented by the peer
         self.hearsay_certificates: dict[str, MembershipCertificate] = {}  # relayed by others
+        # each certificate's bytes, encoded once (every heartbeat lists them)
+        self._encoded: dict[str, tuple[MembershipCertificate, bytes]] = {}
         self.own_certificate = b""
         self.revocations: RevocationList | None = None
         self.revoked: frozenset[str] = frozenset()
@@ -155,7 +156,11 @@ class NodeSecurity:
         """The certificate known for ``peer`` (b"" if none, or with admission off)."""
         if not self.enabled or not self.is_certified(peer):
             return b""
-        return (self.certificates.get(peer) or self.hearsay_certificates[peer]).to_bytes()
+        cert = self.certificates.get(peer) or self.hearsay_certificates[peer]
+        held = self._encoded.get(peer)
+        if held is None or held[0] is not cert:  # encoded once per certificate object
+            held = self._encoded[peer] = (cert, cert.to_bytes())
+        return held[1]
 
     def hearsay(self, members: tuple[MemberInfo, ...]) -> tuple[MemberInfo, ...]:
         """The entries of a heartbeat's member list to take: with admission on, only members
@@ -183,8 +188,8 @@ class NodeSecurity:
         only, each with its certificate."""
         if not self.enabled:
             return members
-        return tuple(dataclasses.replace(m, certificate=self.certificate_bytes(m.peer_id))
-                     for m in members if self.is_certified(m.peer_id))
+        return tuple(MemberInfo(m.peer_id, m.addrs, m.age, certificate, m.stamp)
+                     for m in members if (certificate := self.certificate_bytes(m.peer_id)))
 
     @property
     def revocation_bytes(self) -> bytes:
