@@ -38,12 +38,19 @@ def topology_digest(node: Node) -> str:
     return hashlib.blake2b("\n".join(members).encode(), digest_size=8).hexdigest()
 
 
-def known_members(node: Node) -> list[str]:
-    """Members to build the topology over: those admitted (certificate presented, not
-    revoked) when admission is on; else those heard from directly (an id only heard of may
-    have been made up)."""
+def known_members(node: Node, *, heard_of: bool = False) -> list[str]:
+    """Members to build the topology over. With admission on: those admitted (certificate
+    presented, not revoked), and with ``heard_of`` also those only heard of whose relayed
+    certificate verified and whose own signed liveness stamp we hold (the federation's first
+    topology: in a federation of hundreds a node hears from each member directly only after
+    many heartbeat intervals; the stamp is the member's own signature for this federation, so
+    a relay cannot make it up, and a stale one replayed makes no progress and is pruned after
+    ``member_timeout``). With admission off: those heard from directly (an id only heard of
+    may have been made up)."""
     if node.security.enabled:
-        return [p for p in node.membership.ids() if node.security.is_member(p)]
+        return [p for p in node.membership.ids() if node.security.presented(p)
+                or (heard_of and node.security.is_certified(p)
+                    and node.membership.stamp_key(p) is not None)]
     return [p for p in node.membership.ids() if node.membership.is_direct(p)]
 
 
@@ -71,7 +78,7 @@ async def form_links(node: Node) -> None:
     if saved is None and federation_running(node):
         await join_late(node)
         return
-    members = saved or [node.peer_id, *known_members(node)]
+    members = saved or [node.peer_id, *known_members(node, heard_of=True)]
     node.topology = build_topology(node.config.topology.kind, members,
                                    degree=node.config.topology.degree, seed=node.config.seed)
     kept = saved_neighbours(node) if saved else None

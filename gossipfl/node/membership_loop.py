@@ -248,7 +248,7 @@ async def join(node: Node) -> None:
     wanted = set(saved) if saved else None
     with trio.move_on_after(node.protocol.join_timeout):
         while True:
-            known = set(known_members(node))
+            known = set(known_members(node, heard_of=wanted is None))
             count = len(known) + 1
             now = trio.current_time()
             if count != last_count:
@@ -266,7 +266,7 @@ async def join(node: Node) -> None:
             if done:
                 break
             await trio.sleep(0.05)
-    count = len(known_members(node)) + 1
+    count = len(known_members(node, heard_of=wanted is None)) + 1
     if count < 2:
         raise NodeError(
             f"no other member found within {node.protocol.join_timeout:.0f} s "

@@ -141,16 +141,23 @@ class NodeSecurity:
         return True
 
     def is_member(self, peer: str) -> bool:
-        """True when admission is off, or ``peer`` presented a valid certificate and is not
-        revoked."""
+        """True when admission is off, or a valid certificate for ``peer`` is known (presented
+        by it, or relayed by another member: the federation's signature binds it to the peer
+        id, which the channel authenticates, whoever carried it) and it is not revoked."""
         if not self.enabled:
             return True
-        return self._valid(self.certificates, peer)
+        return self._valid(self.certificates, peer) or self._valid(self.hearsay_certificates,
+                                                                   peer)
+
+    def presented(self, peer: str) -> bool:
+        """``peer`` presented a valid certificate itself (it talked to us); True with
+        admission off."""
+        return not self.enabled or self._valid(self.certificates, peer)
 
     def is_certified(self, peer: str) -> bool:
         """A valid certificate for ``peer`` is known, presented by it or relayed by others (so
         its addresses may be dialled and it may be re-gossiped). True with admission off."""
-        return self.is_member(peer) or self._valid(self.hearsay_certificates, peer)
+        return self.is_member(peer)
 
     def certificate_bytes(self, peer: str) -> bytes:
         """The certificate known for ``peer`` (b"" if none, or with admission off)."""
