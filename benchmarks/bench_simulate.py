@@ -6,7 +6,8 @@ scenario's model, optimiser, batch size and local epochs, on the node's own part
 gather over the scenario's topology (Metropolis–Hastings weights, 1/(d+1) on a d-regular
 graph), for the scenario's training rounds. It has no membership, no sealing, no wire, no
 checkpoints, no consensus rounds: what one round of the task costs at the least on this
-machine. The simulation runs the scenario's real nodes (:mod:`gossipfl.scenario.simulate`).
+machine. The simulation runs the scenario's real nodes (:mod:`gossipfl.scenario.simulate`),
+training at no virtual cost (``epoch_seconds = 0``).
 Both run in the same process, one after the other; the ratio is seconds per training round.
 
     .venv/bin/python benchmarks/bench_simulate.py scenarios/scale1000.toml
@@ -122,7 +123,8 @@ def simulated(path: Path) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory(prefix="gossipfl-bench-sim-") as folder:
         start = time.perf_counter()
-        code = simulate_scenario(path, out=Path(folder) / "run", quiet=True, centralised=False)
+        code = simulate_scenario(path, out=Path(folder) / "run", quiet=True, centralised=False,
+                                 epoch_seconds=0.0)
         wall = time.perf_counter() - start
         report = json.loads((Path(folder) / "run" / "report.json").read_text())
     rounds = report["rounds"]

@@ -328,10 +328,6 @@ def restart_two(down_1: float, down_2: float) -> str:
                                f"down_seconds = {down_2}\n")
 
 
-@pytest.mark.xfail(strict=True, reason="node bug: a restarted node whose neighbours are behind "
-                   "its checkpoint catches up *back* to their round and model (Node._catch_up "
-                   "takes the neighbours' round whatever it is: 'continuing at round 3 "
-                   "(checkpoint was round 8)'), then jumps ahead again ('behind' 5 -> 8)")
 def test_a_restarted_node_never_catches_up_to_before_its_checkpoint(tmp_path: Path,
                                                                    pool) -> None:
     report = simulated(tmp_path, restart_two(20.0, 20.0), pool)
@@ -341,12 +337,6 @@ def test_a_restarted_node_never_catches_up_to_before_its_checkpoint(tmp_path: Pa
             assert catch_up["to_round"] >= (catch_up["from_round"] or 0), node["catch_ups"]
 
 
-@pytest.mark.xfail(strict=True, reason="node bug: two restarted neighbours that catch up from "
-                   "each other lose step on their public estimates: one's next contribution is "
-                   "a delta on a base round that does not precede its round ('malformed (delta "
-                   "base round 8 must precede round 8)'), refused without a full resend, and "
-                   "CHOCO then drifts both models to chance accuracy (0.8 -> 0.15) until the "
-                   "consensus round limit")
 def test_two_restarted_neighbours_catching_up_from_each_other_still_converge(
         tmp_path: Path, pool) -> None:
     report = simulated(tmp_path, restart_two(6.0, 3.0), pool, epoch_seconds=0.05)

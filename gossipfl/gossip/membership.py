@@ -47,11 +47,8 @@ log = logging.getLogger(__name__)
 #: Members one table holds at most by default (itself included): a heartbeat lists at most
 #: ``MAX_MEMBERS`` of them, so a larger federation is gossiped in windows (:meth:`snapshot`).
 MAX_FEDERATION = 4096
-#: Members one heartbeat lists at most (of the ``MAX_MEMBERS`` the wire allows): a table larger
-#: than this goes out in windows. Joining, a node hears some thirty heartbeats an interval, so a
-#: thousand members reach it within an interval or two; a larger window would mostly repeat
-#: what it already holds, at a cost per entry to every sender and receiver.
-GOSSIP_WINDOW = 64
+#: Members one heartbeat lists at most: a table larger than this goes out in windows.
+GOSSIP_WINDOW = MAX_MEMBERS
 SILENT_INTERVALS = 3  # heartbeat intervals without news of a peer: it has gone silent
 #: Relayed stamps one heartbeat may make us verify. Past it, the rest of that heartbeat's new
 #: stamps are ignored (not held, not progress); the next heartbeats carry them, and each

@@ -79,7 +79,7 @@ def weight(node: Node, aggregator: str, contributor: str) -> float:
 
 
 def _x25519_public(node: Node, peer: str) -> bytes:
-    return node.security.certificates[peer].x25519_public
+    return node.security.certificate_of(peer).x25519_public
 
 
 def _my_private(node: Node) -> bytes:

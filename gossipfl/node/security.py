@@ -159,11 +159,18 @@ class NodeSecurity:
         its addresses may be dialled and it may be re-gossiped). True with admission off."""
         return self.is_member(peer)
 
+    def certificate_of(self, peer: str) -> MembershipCertificate:
+        """The certificate known for ``peer``, presented or relayed (KeyError if none)."""
+        cert = self.certificates.get(peer) or self.hearsay_certificates.get(peer)
+        if cert is None:
+            raise KeyError(peer)
+        return cert
+
     def certificate_bytes(self, peer: str) -> bytes:
         """The certificate known for ``peer`` (b"" if none, or with admission off)."""
         if not self.enabled or not self.is_certified(peer):
             return b""
-        cert = self.certificates.get(peer) or self.hearsay_certificates[peer]
+        cert = self.certificate_of(peer)
         held = self._encoded.get(peer)
         if held is None or held[0] is not cert:  # encoded once per certificate object
             held = self._encoded[peer] = (cert, cert.to_bytes())
@@ -248,7 +255,7 @@ class NodeSecurity:
         data = seal(
             encode_body(message), federation=self.federation, round=message.round,
             sender=self.peer_id, receiver=to, sender_signing_key=self.signing_key,
-            receiver_x25519_public=self.certificates[to].x25519_public,
+            receiver_x25519_public=self.certificate_of(to).x25519_public,
             max_payload_bytes=self.max_payload,
         )
         return Sealed(self.federation, message.round, self.peer_id, to, data)

@@ -44,8 +44,10 @@ async def catch_up(node: Node) -> None:
     from them.
 
     The node takes the mean of what its neighbours hold now (not its old checkpoint, which
-    would drag the average back) and joins the round they are in. Under secure aggregation
-    nothing is pulled (:func:`catch_up_secure`).
+    would drag the average back) and joins the round they are in; a restarted node whose
+    neighbours are mostly not past its checkpoint goes on from the checkpoint instead (never
+    back), and one that jumps takes the mean of those at or past the round it jumps to. Under
+    secure aggregation nothing is pulled (:func:`catch_up_secure`).
     """
     if node.config.secagg.enabled:
         catch_up_secure(node, node.round + 1, "restart")
@@ -57,15 +59,26 @@ async def catch_up(node: Node) -> None:
                     "the checkpoint" if node.resumed_from is not None else "the start")
         node.start_round = node.round + 1
         return
-    node.model = np.mean([v for _, v in pulled.values()], axis=0).astype(np.float32)
+    jump = consensus_round(r for r, _ in pulled.values())
+    if node.resumed_from is not None and jump <= node.round + 1:
+        # most neighbours are not past our checkpoint: their state would take us back
+        log.warning("restart: most neighbours (%d answered) are not past the checkpoint's "
+                    "round %d; continuing from the checkpoint", len(pulled), node.round)
+        node.start_round = node.round + 1
+        node.catch_ups.append({"from_round": node.resumed_from, "to_round": node.start_round,
+                               "neighbours": 0, "why": "restart", "kept_checkpoint": True})
+        return
+    ahead = [v for r, v in pulled.values() if r >= jump] if node.resumed_from is not None \
+        else [v for _, v in pulled.values()]
+    node.model = np.mean(ahead, axis=0).astype(np.float32)
     node.model_public = True  # the neighbours' public estimates only
-    node.start_round = consensus_round(r for r, _ in pulled.values())
+    node.start_round = jump
     node.round = node.start_round - 1
     log.warning("caught up from %d neighbour(s): continuing at round %d (%s)", len(pulled),
                 node.start_round, "joined late" if node.resumed_from is None
                 else f"checkpoint was round {node.resumed_from}")
     node.catch_ups.append({"from_round": node.resumed_from, "to_round": node.start_round,
-                           "neighbours": len(pulled),
+                           "neighbours": len(ahead),
                            "why": "restart" if node.resumed_from is not None else "late"})
 
 
