@@ -54,9 +54,11 @@ heal_round = 15
     relays = report["network"]["relays"]
     assert set(relays) == {relay_name(a, b) for a in range(4) for b in range(4)
                            if (a < 2) != (b < 2)}
-    # the connections open at the cut were reset, and the nodes' redials refused
+    # the connections open at the cut were reset, and none crossed it while it lasted. (Whether
+    # a node also redialled across within the cut, and was refused, depends on how fast rounds
+    # go on this machine (the cut is tied to rounds): test_sim_faults asserts it
+    # deterministically.)
     assert partition["while_cut"]["resets"] >= 1
-    assert partition["while_cut"]["refused"] >= 1
     assert partition["while_cut"]["accepted"] == 0
     # the nodes felt it: they dropped neighbours across the cut, and only those (a node slow
     # enough may be taken back by the other side's re-link before it counts the missed rounds)
