@@ -370,6 +370,21 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool,
     return False
 
 
+def run_folder(path: str | Path, scenario: ScenarioConfig, out: str | Path | None,
+               kind: str = "") -> Path:
+    """The folder of a new run of the scenario file ``path`` (``out``, or
+    ``runs/<name>[-kind]-<time>``), made, with the scenario file copied in; ConfigError if
+    it already holds a run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    label = f"{scenario.name}-{kind}" if kind else scenario.name
+    out_dir = Path(out) if out else Path("runs") / f"{label}-{stamp}"
+    if (out_dir / "nodes").exists():
+        raise ConfigError(f"{out_dir} already holds a run; choose another --out (or remove it)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scenario.toml").write_text(Path(path).read_text())
+    return out_dir
+
+
 def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool = False,
                  centralised: bool = True, spawn: bool = False) -> int:
     """Run a scenario file end to end; returns 0 when every surviving node finished.
@@ -378,12 +393,7 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
     fresh interpreter per node.
     """
     scenario = load_scenario(path)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(out) if out else Path("runs") / f"{scenario.name}-{stamp}"
-    if (out_dir / "nodes").exists():
-        raise ConfigError(f"{out_dir} already holds a run; choose another --out (or remove it)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scenario.toml").write_text(Path(path).read_text())
+    out_dir = run_folder(path, scenario, out)
     network = ScenarioNetwork(scenario) if scenario.links or scenario.partitions else None
     network_section = None
     launcher = None

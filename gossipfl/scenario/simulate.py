@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 import trio.testing
 
-from gossipfl.config import ConfigError, NodeConfig, to_dict
+from gossipfl.config import NodeConfig, to_dict
 from gossipfl.crypto.identity import Identity, load_or_create_identity
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.memory import MemoryNetwork
@@ -49,7 +49,7 @@ from gossipfl.scenario.batcher import Batcher
 from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
 from gossipfl.scenario.process import NodeProcess
 from gossipfl.scenario.report import build_report, print_summary
-from gossipfl.scenario.runner import prepare_nodes, resolve_faults, resolve_joins
+from gossipfl.scenario.runner import prepare_nodes, resolve_faults, resolve_joins, run_folder
 
 if TYPE_CHECKING:
     from gossipfl.node.learner import LocalLearner
@@ -394,12 +394,7 @@ def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet:
                       centralised: bool = True, epoch_seconds: float | None = None) -> int:
     """Simulate a scenario file; returns 0 when every node that was not killed finished."""
     scenario = load_scenario(path)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(out) if out else Path("runs") / f"{scenario.name}-sim-{stamp}"
-    if (out_dir / "nodes").exists():
-        raise ConfigError(f"{out_dir} already holds a run; choose another --out (or remove it)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scenario.toml").write_text(Path(path).read_text())
+    out_dir = run_folder(path, scenario, out, "sim")
     report = simulate(scenario, out_dir, centralised=centralised, epoch_seconds=epoch_seconds)
     if not quiet:
         print_summary(report)
