@@ -157,6 +157,10 @@ async def join_late(node: Node) -> None:
 async def request_link(node: Node, peer: str, refused: set[str], *, joining: bool = False,
                        repair: bool = False) -> None:
     rejoin = node.resumed_from is not None or repair
+    if node.security.enabled and not node.security.presented(peer):
+        # known only by hearsay: it may not have our certificate either, and a link stream
+        # from a peer it cannot admit is reset unread; a heartbeat exchange admits both ways
+        await node.greet(peer)
     request = LinkRequest(node.config.federation, node.peer_id, topology_digest(node),
                           node.round, rejoin=rejoin, joining=joining)
     with trio.move_on_after(node.protocol.request_timeout):

@@ -333,6 +333,11 @@ class Node:
         finally:
             await channel.close()
 
+    async def greet(self, peer: str) -> None:
+        """One heartbeat exchange with ``peer``: each side's certificate reaches the other (a
+        member known only by hearsay does not know us yet)."""
+        await membership_loop.send_heartbeat(self, peer, self.addrs_of(peer))
+
     def addrs_of(self, peer: str) -> tuple[str, ...]:
         """Where to dial ``peer``: what membership knows, else the last addresses it gave us
         (membership forgets a member silent for a while; a lost neighbour is still asked back)."""

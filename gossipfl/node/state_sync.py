@@ -60,7 +60,7 @@ async def catch_up(node: Node) -> None:
         node.start_round = node.round + 1
         return
     jump = consensus_round(r for r, _ in pulled.values())
-    if node.resumed_from is not None and jump <= node.round + 1:
+    if node.resumed_from is not None and jump <= node.round:
         # most neighbours are not past our checkpoint: their state would take us back
         log.warning("restart: most neighbours (%d answered) are not past the checkpoint's "
                     "round %d; continuing from the checkpoint", len(pulled), node.round)
