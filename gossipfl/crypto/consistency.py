@@ -96,10 +96,6 @@ class SurvivorSet:
         return b"".join(parts)
 
 
-def symmetric_difference(a: Iterable[str], b: Iterable[str]) -> int:
-    return len(set(a) ^ set(b))
-
-
 def too_close(candidate: frozenset[str], round_: int, history: Mapping[int, frozenset[str]], *,
               history_rounds: int, min_difference: int,
               excused: frozenset[str] = frozenset()) -> int | None:

@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-import trio
-
 from gossipfl.gossip.peers import Channel, ReadPolicy, Traffic
 
 Handler = Callable[[Channel], Awaitable[None]]
@@ -61,11 +59,4 @@ Offload = Callable[..., Awaitable[Any]]
 simulation under a mock clock."""
 
 
-async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
-    """An :data:`Offload` that runs ``fn`` in the event loop's thread: under a mock clock no
-    virtual time passes while it runs, so a simulated node's training costs no round time."""
-    await trio.lowlevel.checkpoint()
-    return fn(*args)
-
-
-__all__ = ["Handler", "Network", "Offload", "Transport", "run_inline"]
+__all__ = ["Handler", "Network", "Offload", "Transport"]

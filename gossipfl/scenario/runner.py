@@ -62,12 +62,6 @@ def reserved_ports(count: int) -> Iterator[list[int]]:
             sock.close()
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out now for 127.0.0.1 (released again for the nodes to bind)."""
-    with reserved_ports(count) as ports:
-        return ports
-
-
 def prepare_nodes(scenario: ScenarioConfig, out: Path,
                   network: ScenarioNetwork | None = None, *,
                   ports: list[int] | None = None) -> list[NodeProcess]:
