@@ -23,6 +23,7 @@ import trio.testing
 from nacl.signing import SigningKey
 
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig, ProtocolConfig, SecurityConfig
+from gossipfl.crypto import liveness
 from gossipfl.crypto.admission import admit_identity, init_federation, peer_id_of
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.crypto.revocation import RevocationUpdate, revoke, sign_revocations
@@ -268,6 +269,34 @@ def test_certified_hearsay_is_dialled_and_regossiped_but_cannot_move_a_member(se
         own_addrs = node.membership.addrs(c.peer_id)
         await _heartbeat(node, b, [MemberInfo(c.peer_id, (FAKE_ADDR,), 0.0, c.own_certificate)])
         assert node.membership.addrs(c.peer_id) == own_addrs  # hearsay cannot redirect it
+
+    trio.run(scenario, clock=trio.testing.MockClock())
+
+
+def test_a_relayed_certificate_admits_only_the_peer_it_names_and_counts_with_its_stamp(
+        setup) -> None:
+    """A member known only by hearsay is a member (its certificate is the federation's
+    signature over its id, whoever relays it), so its streams are served; a relay cannot pass
+    one member's certificate off for another id; and the first topology counts the member only
+    once its own liveness stamp is held."""
+    node, b, c = setup
+
+    async def scenario() -> None:
+        node.security.certificates.pop(c.peer_id)  # node has not met c yet
+        stranger = _fake_ids(1)[0]
+        # b relays c's certificate, and also c's certificate under a made-up id
+        await _heartbeat(node, b, [
+            MemberInfo(c.peer_id, ("/ip4/10.0.0.3/tcp/1",), 0.5, c.own_certificate),
+            MemberInfo(stranger, ("/ip4/10.0.0.4/tcp/1",), 0.5, c.own_certificate)])
+        assert node.security.is_member(c.peer_id) and not node.security.presented(c.peer_id)
+        assert not node.security.is_member(stranger) and stranger not in node.membership
+        # no stamp of c held yet: not in the first topology, with or without hearsay counted
+        assert c.peer_id not in known_members(node, heard_of=True)
+        c_stamp = liveness.sign_stamp("fed", c.peer_id, 1, 1, c.signing_key)
+        await _heartbeat(node, b, [MemberInfo(c.peer_id, ("/ip4/10.0.0.3/tcp/1",), 0.1,
+                                              c.own_certificate, c_stamp)])
+        assert c.peer_id in known_members(node, heard_of=True)
+        assert c.peer_id not in known_members(node)  # a restart's rejoin still wants it direct
 
     trio.run(scenario, clock=trio.testing.MockClock())
 
