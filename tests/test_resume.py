@@ -179,7 +179,9 @@ def test_a_node_stopped_before_loading_its_state_leaves_the_checkpoint_alone(
 # -- point 3: a resumed node publishes its public estimate, never its model ---------------------
 
 
-def test_resume_restores_the_public_estimate_not_the_model(tmp_path: Path) -> None:
+def _stopped_and_resumed(tmp_path: Path) -> tuple[Node, Node]:
+    """A DP node stopped at round 5 with model 3s and public estimate 1s, and the node
+    resumed from its folder."""
     node = _node(tmp_path, dp=True)
     restore(node)
     node.model, node.own = _full(node, 3.0), OwnEstimate(_full(node, 1.0), round=5)
@@ -187,6 +189,11 @@ def test_resume_restores_the_public_estimate_not_the_model(tmp_path: Path) -> No
     node._write_final()
     again = _node(tmp_path, dp=True)
     restore(again)
+    return node, again
+
+
+def test_resume_restores_the_public_estimate_not_the_model(tmp_path: Path) -> None:
+    node, again = _stopped_and_resumed(tmp_path)
     np.testing.assert_array_equal(again.model, _full(node, 3.0))  # private, kept to train on
     np.testing.assert_array_equal(again.own.vector, _full(node, 1.0))  # public: x̂
     assert again.own.round == 5
@@ -194,13 +201,7 @@ def test_resume_restores_the_public_estimate_not_the_model(tmp_path: Path) -> No
 
 def test_the_first_full_contribution_after_a_resume_carries_the_public_estimate(
         tmp_path: Path) -> None:
-    node = _node(tmp_path, dp=True)
-    restore(node)
-    node.model, node.own = _full(node, 3.0), OwnEstimate(_full(node, 1.0), round=5)
-    node.round, node.status = 5, "stopped"
-    node._write_final()
-    again = _node(tmp_path, dp=True)
-    restore(again)
+    node, again = _stopped_and_resumed(tmp_path)
     again.neighbours["a"] = NeighbourState()  # re-linked: it holds nothing of us
     again.net = FakeNet()  # type: ignore[assignment]
     # the round's delta, privatised (here: the budget is spent, so the delta is zero)
