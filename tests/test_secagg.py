@@ -423,7 +423,9 @@ def test_single_masked_contribution_is_uniform_and_uncorrelated() -> None:
     a = _keys(1)
     pairs = {m: agree_seed(a.mask_private, _keys(i).mask_public, context=CONTEXT)
              for i, m in ((2, "b"), (3, "c"))}
-    y = mask_input(q, my_id="a", self_seed=fresh_self_seed(), pair_seeds=pairs)
+    # a fixed self seed: with a fresh one, each p-value check fails one run in a thousand by
+    # chance (CI hit it); the pair seeds come from fixed keys as well
+    y = mask_input(q, my_id="a", self_seed=bytes(range(1, 33)), pair_seeds=pairs)
     assert _uniform_p_value(y, 24) > 0.001
     assert _uniform_p_value(y, 0) > 0.001
     assert abs(_pearson(y, values)) < 0.02
