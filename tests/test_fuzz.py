@@ -230,12 +230,14 @@ def field_replaced(draw: st.DrawFn) -> tuple[type[Any], bytes, str]:
 
 @st.composite
 def keys_changed(draw: st.DrawFn) -> tuple[type[Any], bytes, str]:
-    """A valid body with keys removed and/or keys it does not have added (so its key set is
-    always wrong)."""
+    """A valid body with required keys removed and/or keys it does not have added (so its key
+    set is always wrong; an optional key may be absent)."""
     message = draw(messages)
     body: dict[Any, Any] = body_dict(message)
     original = set(body)
-    removed = draw(st.lists(st.sampled_from(sorted(body)), max_size=3, unique=True))
+    optional = getattr(type(message), "OPTIONAL", frozenset())
+    required = sorted(k for k in body if k not in optional)
+    removed = draw(st.lists(st.sampled_from(required), max_size=3, unique=True))
     for key in removed:
         del body[key]
     added = draw(st.dictionaries(extra_keys.filter(lambda k: k not in original),

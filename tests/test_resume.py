@@ -416,6 +416,7 @@ def _record_rounds(node: Node, monkeypatch: pytest.MonkeyPatch) -> list[dict[str
 
     monkeypatch.setattr(round_module, "run_round", fake_round)
     monkeypatch.setattr(round_module, "announce_done", fake_done)
+    node.neighbours.setdefault("a", NeighbourState())  # a live neighbour: no round is held
     return seen
 
 

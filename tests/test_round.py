@@ -19,7 +19,6 @@ from gossipfl.node.exchange import (
     wait_for_neighbours,
 )
 from gossipfl.node.links import drop_neighbour
-from gossipfl.node.round import consensus_reached
 from gossipfl.node.runtime import NeighbourState, Node
 
 SIZE = 4
@@ -224,25 +223,6 @@ def test_an_unreachable_neighbour_counts_missing_even_if_it_heartbeats() -> None
         node.neighbours["a"].unreachable_round = 5
         await update_liveness(node, 5, ["a"])
         assert node.neighbours["a"].missed == 1
-
-    _run(main)
-
-
-def test_consensus_needs_this_node_and_every_live_neighbour_within_tolerance() -> None:
-    async def main() -> None:
-        node = _node("a", "b")
-        node.disagreement = 1e-4
-        assert not consensus_reached(node)  # no estimates yet
-        node.deliver("a", 5, disagreement=1e-4)
-        node.deliver("b", 5, disagreement=0.1)
-        assert not consensus_reached(node)  # b still disagrees
-        node.deliver("b", 6, disagreement=1e-4)
-        assert consensus_reached(node)
-        node.disagreement = 0.01
-        assert not consensus_reached(node)  # this node itself disagrees
-        node.disagreement = 1e-4
-        node.deliver("a", 7, done=True, disagreement=0.5)  # a finished: its figure is moot
-        assert consensus_reached(node)
 
     _run(main)
 

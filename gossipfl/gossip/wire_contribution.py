@@ -18,6 +18,7 @@ import numpy as np
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire_fields import (
     ALLOWED_DTYPES,
+    MAX_DEPTH,
     MAX_MEMBERS,
     MAX_NAME_CHARS,
     MAX_PEER_ID_CHARS,
@@ -99,7 +100,10 @@ class Contribution:
     ``kind`` is ``"delta"`` (add ``tensors`` to the estimate the receiver holds for the sender at
     ``base_round``) or ``"full"`` (the estimate itself, ``base_round`` = -1). ``degree`` is the
     sender's neighbour count, for Metropolis–Hastings weights; ``disagreement`` its relative
-    distance to its neighbours after its previous round; ``done`` says it has stopped.
+    distance to its neighbours after its previous round; ``done`` says it has stopped;
+    ``depth`` and ``horizon`` are its settled depth and the depth it finishes at, ``waiting``
+    whether it (or a neighbour) awaits a missing wanted neighbour
+    (:mod:`gossipfl.node.termination`; absent on the wire: 0, not settled, not waiting).
     """
 
     KIND: ClassVar[str] = "contribution"
@@ -114,9 +118,16 @@ class Contribution:
     done: bool
     tensors: tuple[Tensor, ...]
     training: bool = True  # the sender is still in its training rounds
+    depth: int = 0
+    horizon: int = 0
+    waiting: bool = False  # it, or a neighbour, awaits a missing wanted neighbour
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {
+            "depth": self.depth,
+            "horizon": self.horizon,
+            "waiting": self.waiting,
             "training": self.training,
             "round": self.round,
             "sender": self.sender,
@@ -155,6 +166,9 @@ class Contribution:
             done=check_bool(body["done"], "done"),
             tensors=tuple(Tensor._from_wire(t) for t in raw),
             training=check_bool(body["training"], "training"),
+            depth=check_int(body.get("depth", 0), "depth", 0, MAX_DEPTH),
+            horizon=check_int(body.get("horizon", 0), "horizon", 0, MAX_DEPTH),
+            waiting=check_bool(body.get("waiting", False), "waiting"),
         )
 
 

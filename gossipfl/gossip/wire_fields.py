@@ -31,6 +31,8 @@ MAX_TENSOR_ELEMENTS = 2**31
 STAMP_BYTES = 80
 #: The largest round number a message may carry.
 MAX_ROUND = 2**31 - 1
+#: The largest settled depth or horizon a message may carry (gossipfl.node.termination).
+MAX_DEPTH = 2**16
 
 
 class WireError(ValueError):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gossipfl.gossip.wire_fields import (
+    MAX_DEPTH,
     MAX_MEMBERS,
     MAX_PEER_ID_CHARS,
     MAX_ROUND,
@@ -73,11 +74,16 @@ class MaskedInput:
     done: bool
     data: bytes
     shares: tuple[tuple[str, bytes], ...]
+    depth: int = 0  # the sender's settled depth, horizon and waiting (gossipfl.node.termination)
+    horizon: int = 0
+    waiting: bool = False
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
                 "weight": self.weight, "disagreement": self.disagreement, "done": self.done,
-                "data": self.data, "shares": [[p, c] for p, c in self.shares]}
+                "data": self.data, "shares": [[p, c] for p, c in self.shares],
+                "depth": self.depth, "horizon": self.horizon, "waiting": self.waiting}
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
@@ -97,6 +103,9 @@ class MaskedInput:
             done=check_bool(body["done"], "done"),
             data=data,
             shares=_check_pairs(body["shares"], "shares", MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
+            depth=check_int(body.get("depth", 0), "depth", 0, MAX_DEPTH),
+            horizon=check_int(body.get("horizon", 0), "horizon", 0, MAX_DEPTH),
+            waiting=check_bool(body.get("waiting", False), "waiting"),
         )
 
 

@@ -66,6 +66,9 @@ class PeerEstimate:
     previous_round: int = -1
     training: bool = True  # the sender was still training when it sent this
     arrived: int = -1  # the receiver's own round when this arrived (async staleness)
+    depth: int = 0  # the sender's settled depth, horizon, waiting (gossipfl.node.termination)
+    horizon: int = 0
+    waiting: bool = False
 
     def as_of(self, round_: int) -> np.ndarray:
         """The estimate for ``round_``: a neighbour may already be one round ahead of us."""
@@ -135,6 +138,9 @@ class PeerEstimates:
             previous_round=held,
             training=message.training,
             arrived=self.clock,
+            depth=message.depth,
+            horizon=message.horizon,
+            waiting=message.waiting,
         )
 
     def forget(self, peer: str) -> None:

@@ -91,6 +91,7 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
             degree=len(node.neighbours), kind=kind, base_round=base,
             disagreement=finite(node.disagreement, default=1e9), done=done,
             tensors=node.layout.to_tensors(array), training=node.status == NodeStatus.TRAINING,
+            depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
         )
 
     if state.channel is None:

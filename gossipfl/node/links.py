@@ -21,6 +21,7 @@ from gossipfl.aggregation.topology import build_topology
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import RUNNING, LinkCode, NodeStatus
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, LinkReply, LinkRequest
+from gossipfl.node import settle
 from gossipfl.node.resume import save_topology, saved_members, saved_neighbours
 from gossipfl.node.state import NeighbourState, Node, NodeError
 from gossipfl.node.streams import close_streams
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipfl.node")
 
 PROTO_LINK = "/gossipfl/link/1.0.0"
+BACKOFF_CAP = 4  # a lost neighbour that does not answer is asked at most every 4 intervals
 
 
 def topology_digest(node: Node) -> str:
@@ -86,6 +88,7 @@ async def form_links(node: Node) -> None:
     node.degree_target = len(node.topology[node.peer_id])
     node.link_cap = node.degree_target + node.protocol.extra_links
     save_topology(node, members)
+    settle.note_topology(node, len(members))
     wanted = set(node.wanted)
     log.info("topology %s over %d members: %d neighbour(s) wanted",
              node.config.topology.kind, len(members), len(wanted))
@@ -151,6 +154,7 @@ async def join_late(node: Node) -> None:
     node.link_cap = len(node.wanted) + node.protocol.extra_links
     node.topology = {node.peer_id: frozenset(node.wanted)}
     save_topology(node, [node.peer_id, *running])
+    settle.note_topology(node, len(running) + 1)
     log.info("neighbours: %s", ", ".join(sorted(node.neighbours)))
 
 
@@ -221,8 +225,9 @@ async def relink_loop(node: Node) -> None:
     partition cut it off) that answers again is linked afresh. Each ask is one stream under
     the request timeout; one that refused is left alone for a while. One the membership
     forgot (silent for ``member_timeout``) may be gone for good, or behind a partition that
-    will heal, so it is still asked every interval (one cheap failed dial while it is away;
-    a node that gave up on it would leave a healed partition apart). While such neighbours
+    will heal, so it is still asked (a node that gave up on it would leave a healed partition
+    apart), with backoff: after each unanswered ask the wait doubles, up to four intervals, and
+    it is asked at once when it shows a sign of life. While such neighbours
     leave this node short of its degree, it links with other members too
     (``replace_departed``)."""
     interval = node.protocol.relink_interval
@@ -233,7 +238,8 @@ async def relink_loop(node: Node) -> None:
         now = trio.current_time()
         lost = [p for p in sorted(node.wanted - set(node.neighbours))
                 if node.relink_refused.get(p, -math.inf) <= now
-                and node.member_state.get(p, (-1, None))[1] != NodeStatus.DONE]
+                and node.member_state.get(p, (-1, None))[1] != NodeStatus.DONE
+                and relink_due(node, p, now)]
         if lost:
             refused: set[str] = set()
             async with trio.open_nursery() as nursery:
@@ -242,8 +248,40 @@ async def relink_loop(node: Node) -> None:
                                                          refused, repair=True))
             for peer in refused:
                 node.relink_refused[peer] = now + 10 * interval
+            for peer in lost:
+                failures = node.relink_failures.get(peer, (0, now))[0]
+                if peer in node.neighbours or peer in refused:
+                    node.relink_failures.pop(peer, None)
+                else:  # no answer: back off (it may be gone, or behind a cut)
+                    node.relink_failures[peer] = (failures + 1, now)
+        for peer in [p for p in node.relink_failures if p in node.neighbours]:
+            del node.relink_failures[peer]
         if not node.config.secagg.enabled:
             await replace_departed(node, now)
+
+
+def relink_delay(failures: int, interval: float, cap: int = BACKOFF_CAP) -> float:
+    """Seconds to wait before asking a lost neighbour back after ``failures`` asks in a row
+    that got no answer: the interval, doubled each time, at most ``cap`` intervals.
+
+    >>> [relink_delay(n, 2.0) for n in range(6)]
+    [0.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    """
+    if failures <= 0:
+        return 0.0
+    return interval * min(2 ** (failures - 1), cap)
+
+
+def relink_due(node: Node, peer: str, now: float) -> bool:
+    """Whether to ask ``peer`` back now: its backoff has passed, or it has shown a sign of
+    life (a heartbeat, a newer liveness stamp) since the last ask went unanswered."""
+    failures, last = node.relink_failures.get(peer, (0, -math.inf))
+    if failures == 0:
+        return True
+    alive_at = node.membership.live_at(peer)
+    if alive_at is not None and alive_at > last:
+        return True
+    return now - last >= relink_delay(failures, node.protocol.relink_interval)
 
 
 def replacement_candidates(node: Node, now: float) -> list[str]:
@@ -280,6 +318,7 @@ async def replace_departed(node: Node, now: float) -> None:
     save_topology(node, saved_members(node) or [node.peer_id, *node.wanted])
     for peer in new:
         node.replacements.append({"peer_id": peer, "round": node.round, "replacing": gone})
+        settle.note_extra_link(node)
     log.warning("round %d: neighbour(s) %s gone for good; linked with %s instead",
                 node.round, ", ".join(gone), ", ".join(new))
 
@@ -315,7 +354,9 @@ async def drop_neighbour(node: Node, peer: str, r: int, reason: str) -> None:
         with trio.move_on_after(node.protocol.request_timeout):
             await node.net.disconnect(peer)
     if not node.neighbours:
-        log.error("no neighbours left: this node trains alone until one comes back")
+        log.error("no neighbours left: this node holds its round and re-links until one "
+                  "comes back%s", " (allow_alone: it trains alone meanwhile)"
+                  if node.protocol.allow_alone else "")
 
 
 async def on_link(node: Node, channel: Channel) -> None:
@@ -357,6 +398,7 @@ def take_joiner(node: Node, peer: str) -> tuple[LinkCode, str]:
         return LinkCode.REJECTED, f"no room: {len(node.neighbours)} neighbours already"
     node.wanted.add(peer)
     save_topology(node, saved_members(node) or [node.peer_id, *node.wanted])
+    settle.note_extra_link(node)
     log.warning("took %s as an extra neighbour, a late joiner or one replacing a departed "
                 "neighbour (%d neighbours now)", peer, len(node.neighbours) + 1)
     return LinkCode.ACCEPTED, ""

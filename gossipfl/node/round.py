@@ -22,7 +22,7 @@ import trio
 from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
-from gossipfl.node import secure_round
+from gossipfl.node import secure_round, settle
 from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector
 from gossipfl.node.exchange import (
     close_channels,
@@ -34,9 +34,11 @@ from gossipfl.node.exchange import (
 )
 from gossipfl.node.learner import RecordDP
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
+from gossipfl.node.settle import Verdict
 from gossipfl.node.state import Node
 from gossipfl.node.state_sync import catch_up_now
 from gossipfl.node.summary import peak_rss_bytes
+from gossipfl.node.termination import Hold
 from gossipfl.privacy.dp import PrivacyUnit, privatise_update
 
 log = logging.getLogger("gossipfl.round")
@@ -97,17 +99,26 @@ def stop_training(node: Node, r: int, why: TrainingStop) -> None:
 
 
 async def run_rounds(node: Node) -> None:
-    """Training rounds, then consensus rounds, then a last 'done' contribution."""
+    """Training rounds, then consensus rounds, then a last 'done' contribution.
+
+    Before each round a node with too few live neighbours holds it (settle.hold). Consensus
+    rounds end when the settled depth reaches the horizon (the federation holds one model:
+    termination.py), or after ``max_consensus_rounds`` of them, not counting those spent
+    awaiting a missing wanted neighbour (paced a heartbeat apart, bounded by gone_seconds)."""
     config = node.config
-    total = config.rounds + config.protocol.max_consensus_rounds
-    last_round = total - 1
     stopped: TrainingStop | None = None
     r = node.start_round
-    while r < total:
+    while True:
+        # rounds spent awaiting a missing neighbour do not count toward the limit
+        total = config.rounds + config.protocol.max_consensus_rounds + node.settle.waiting_rounds
         if node.behind is not None:  # cut off or paused while the neighbours went on
             r = await catch_up_now(node, r)
-            if r >= total:
-                break
+        if r >= total:
+            if r > config.rounds and stopped is not None:
+                log.warning("consensus round limit reached at round %d (disagreement %.2e, "
+                            "settled depth %d of %d)", r - 1, node.disagreement,
+                            node.settle.depth, node.settle.horizon)
+            break
         if stopped is None:
             stopped = training_stop(r, config.rounds,
                                     neighbours_done=async_neighbours_done_training(node, r),
@@ -115,16 +126,25 @@ async def run_rounds(node: Node) -> None:
             if stopped is not None:
                 stop_training(node, r, stopped)
         training = stopped is None
+        decision = await settle.hold(node, r)
+        if decision is Hold.GIVE_UP:
+            break
+        if decision is Hold.ALONE and training:
+            node.isolated_rounds += 1  # allow_alone: a training round with no neighbour
         if training:
             node.model_public = False  # the round trains on private data
         node.status = NodeStatus.TRAINING if training else NodeStatus.CONSENSUS
-        ended = await run_round(node, r, training)
-        if ended:
-            log.info("consensus reached at round %d (disagreement %.2e)", r, node.disagreement)
+        verdict = await run_round(node, r, training)
+        if verdict is Verdict.FINISH:
+            log.info("consensus reached at round %d (disagreement %.2e; settled depth %d: "
+                     "every member within %d hops agrees)", r, node.disagreement,
+                     node.settle.depth, node.settle.horizon - 1)
             break
-        if r == last_round and not training:
-            log.warning("consensus round limit reached at round %d (disagreement %.2e)", r,
-                        node.disagreement)
+        if verdict is Verdict.AWAIT:
+            # settled with the neighbours here, a wanted one missing: no point spinning rounds
+            # (its neighbours wait for this node's next round; it is alive, so no miss counts)
+            with trio.move_on_after(node.protocol.heartbeat_interval):
+                await node.changed.wait()
         r += 1
     stop_training(node, r, TrainingStop.DONE)  # no consensus round ran (a restart past them)
     await announce_done(node)
@@ -194,11 +214,11 @@ def async_joins_late(node: Node, r: int) -> bool:
     return True
 
 
-async def run_round(node: Node, r: int, training: bool) -> bool:
-    """One round, top to bottom; returns whether consensus is reached with it (a consensus
-    round after which the node is done)."""
+async def run_round(node: Node, r: int, training: bool) -> Verdict:
+    """One round, top to bottom; returns what it says of termination (a training round goes
+    on; a consensus round may finish the node, or find it awaiting a missing neighbour)."""
     if training and async_joins_late(node, r):
-        return False
+        return Verdict.GO_ON
     start = trio.current_time()
     node.estimates.clock = r
     record: dict[str, Any] = {"round": r, "phase": "train" if training else "consensus"}
@@ -258,18 +278,18 @@ async def run_round(node: Node, r: int, training: bool) -> bool:
 
     # 7. measure (every train.eval_every rounds, and in the last training round and the last
     # round) and persist
-    ending = not training and finished(node, r)
+    verdict = Verdict.GO_ON if training else finished(node, r)
+    ending = verdict is Verdict.FINISH
     config = node.config
     if ending or r % config.train.eval_every == 0 or r == config.rounds - 1 \
-            or r == config.rounds + config.protocol.max_consensus_rounds - 1:
+            or r == config.rounds + config.protocol.max_consensus_rounds \
+            + node.settle.waiting_rounds - 1:
         evaluation = await node.offload(node.learner.evaluate, node.model)
         record.update(test_loss=evaluation.loss, test_accuracy=evaluation.accuracy,
                       eval_seconds=evaluation.seconds)
         node.final_accuracy = evaluation.accuracy
     else:
         record.update(test_loss=None, test_accuracy=None, eval_seconds=0.0)
-    if training and not node.neighbours:
-        node.isolated_rounds += 1
     record.update(
         round_seconds=trio.current_time() - start,
         time=trio.current_time(), disagreement=finite(node.disagreement),
@@ -278,6 +298,7 @@ async def run_round(node: Node, r: int, training: bool) -> bool:
         messages_sent=node.traffic.messages_sent,
         messages_received=node.traffic.messages_received,
         rejected=dict(node.rejections), timeouts=node.timeouts, peak_rss_bytes=peak_rss_bytes(),
+        depth=node.settle.depth, awaited=list(node.settle.awaited),
     )
     persist_start = trio.current_time()
     await node.offload(persist_round, node, r)
@@ -286,7 +307,7 @@ async def run_round(node: Node, r: int, training: bool) -> bool:
     log.info("round %d %s: acc %s loss %s disagreement %.2e missing %d (%.2f s)", r,
              record["phase"], _figure(record["test_accuracy"]), _figure(record["test_loss"]),
              node.disagreement, len(missing), record["round_seconds"])
-    return ending
+    return verdict
 
 
 def _figure(value: float | None) -> str:
@@ -392,29 +413,20 @@ def aggregate(node: Node, half_step: np.ndarray, r: int) -> np.ndarray:
     )
 
 
-def finished(node: Node, r: int) -> bool:
-    if not node.config.secagg.enabled:
-        return consensus_reached(node)
+def finished(node: Node, r: int) -> Verdict:
+    """After consensus round ``r``: whether the node may finish (settle.judge). Under secure
+    aggregation a node whose live neighbours are too few to aggregate ends here too: nothing
+    more can be averaged securely."""
+    verdict = settle.judge(node, r)
+    if not node.config.secagg.enabled or verdict is Verdict.FINISH:
+        return verdict
     live = [p for p in node.neighbours
             if not node.secagg.peer_status.get(p, (-1, 0.0, False))[2]]
     if r in node.secagg.refused_rounds and len(live) < node.config.secagg.min_contributors:
         log.warning("round %d: the neighbours still running are too few for secure "
                     "aggregation; ending consensus here", r)
-        return True
-    return secure_round.consensus_reached(node)
-
-
-def consensus_reached(node: Node) -> bool:
-    tolerance = node.protocol.consensus_tolerance
-    if node.disagreement > tolerance:
-        return False
-    for peer in node.neighbours:
-        estimate = node.estimates.peers.get(peer)
-        if estimate is None:
-            return False
-        if not estimate.done and estimate.disagreement > tolerance:
-            return False
-    return True
+        return Verdict.FINISH
+    return verdict
 
 
 async def announce_done(node: Node) -> None:

@@ -68,6 +68,7 @@ from gossipfl.node.secure_round import (
 )
 from gossipfl.node.security import NodeSecurity
 from gossipfl.node.serving import close_idle_connections, guard
+from gossipfl.node.settle import SettleState
 from gossipfl.node.state import NeighbourState, NodeError
 from gossipfl.node.state_sync import PROTO_STATE, consensus_round
 from gossipfl.node.streams import serve_requests
@@ -150,6 +151,7 @@ class Node:
         self.catch_ups: list[dict[str, Any]] = []
         self.linked_at: dict[str, float] = {}
         self.relink_refused: dict[str, float] = {}
+        self.relink_failures: dict[str, tuple[int, float]] = {}  # unanswered asks, last at
         self.dropped: list[dict[str, Any]] = []
         self.round = -1
         self.start_round = 0
@@ -169,6 +171,7 @@ class Node:
         self.final_accuracy: float | None = None
         self.history: list[dict[str, Any]] = []
         self.isolated_rounds = 0
+        self.settle = SettleState()  # termination: depth, horizon, neighbours awaited or gone
         self.net: Transport | None = None
         self.security = NodeSecurity(config, identity)
         self.secagg = SecAggState()

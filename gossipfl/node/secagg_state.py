@@ -39,7 +39,10 @@ class SecAggState:
     seen_silent: dict[str, int] = field(default_factory=dict)  # member → round last seen silent
     refused_rounds: list[int] = field(default_factory=list)
     failed_rounds: list[int] = field(default_factory=list)
-    peer_status: dict[str, tuple[int, float, bool]] = field(default_factory=dict)
+    # per neighbour: (round, disagreement, done, settled depth, horizon, waiting) of its last
+    # input (gossipfl.node.termination)
+    peer_status: dict[str, tuple[int, float, bool, int, int, bool]] = field(
+        default_factory=dict)
 
     def forget_before(self, round_: int) -> None:
         for r in [r for r in self.inbox if r < round_]:
@@ -88,15 +91,3 @@ def alive_since(node: Node, peers: frozenset[str], since: float) -> bool:
     """Whether one of ``peers`` proved itself alive (a newer signed stamp, or a message straight
     from it) after ``since``: a live member heartbeats every interval, a dead one never again."""
     return any((node.membership.live_at(p) or -math.inf) > since for p in peers)
-
-
-def consensus_reached(node: Node) -> bool:
-    """Secure-aggregation variant: neighbours' disagreement comes with their masked inputs."""
-    tolerance = node.protocol.consensus_tolerance
-    if node.disagreement > tolerance:
-        return False
-    for peer in node.neighbours:
-        _, disagreement, done = node.secagg.peer_status.get(peer, (-1, 1e9, False))
-        if not done and disagreement > tolerance:
-            return False
-    return True

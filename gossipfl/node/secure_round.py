@@ -51,7 +51,6 @@ from gossipfl.node.secagg_state import (
     KEEP_ROUNDS,
     SecAggState,
     alive_since,
-    consensus_reached,
     excused,
     silence_seconds,
 )
@@ -118,6 +117,7 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
         federation=node.config.federation, round=r, sender=me, aggregator=aggregator, weight=w,
         disagreement=float(min(node.disagreement, 1e9)), done=done,
         data=y.astype("<u4").tobytes(), shares=sealed,
+        depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
     )
 
 
@@ -306,7 +306,8 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     if {p for p, _ in message.shares} != set(members) - {remote}:
         return refuse("shares", "shares must go to every other member of the neighbourhood")
     inbox[remote] = message
-    node.secagg.peer_status[remote] = (message.round, message.disagreement, message.done)
+    node.secagg.peer_status[remote] = (message.round, message.disagreement, message.done,
+                                       message.depth, message.horizon, message.waiting)
     node.neighbours[remote].missed = 0
     node.membership.heard_from(remote, (), node.clock())
     node.notify()
@@ -492,5 +493,4 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
     return secagg.dequantise_sum(total, len(survivors), config.clip, config.scale)
 
 
-__all__ = ["KEEP_ROUNDS", "PROTO_CONSISTENCY", "PROTO_MASKED", "PROTO_UNMASK", "SecAggState",
-           "consensus_reached"]
+__all__ = ["KEEP_ROUNDS", "PROTO_CONSISTENCY", "PROTO_MASKED", "PROTO_UNMASK", "SecAggState"]

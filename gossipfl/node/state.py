@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from gossipfl.node.learner import LocalLearner
     from gossipfl.node.secagg_state import SecAggState
     from gossipfl.node.security import NodeSecurity
+    from gossipfl.node.settle import SettleState
 
 
 class NodeError(RuntimeError):
@@ -98,6 +99,7 @@ class Node(Protocol):
     neighbours: dict[str, NeighbourState]
     linked_at: dict[str, float]
     relink_refused: dict[str, float]
+    relink_failures: dict[str, tuple[int, float]]
     extra_refused: dict[str, float]
     replacements: list[dict[str, Any]]
     dropped: list[dict[str, Any]]
@@ -122,6 +124,7 @@ class Node(Protocol):
     disagreement: float
     diverged_rounds: list[int]
     isolated_rounds: int
+    settle: SettleState
     final_accuracy: float | None
     history: list[dict[str, Any]]
     # differential privacy (budget: PrivacyBudget or RecordBudget, None with DP off)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.config import (
@@ -107,6 +109,14 @@ class LinkConfig:
         return {p for a in self.nodes_a for b in self.nodes_b for p in ((a, b), (b, a))}
 
 
+def _due(at_round: int | None, at_seconds: float | None, when: Mapping[str, Any]) -> bool:
+    if at_round is not None:
+        return bool(when["max_round"] >= at_round)
+    if at_seconds is not None:
+        return bool(when["seconds"] >= at_seconds)
+    return False
+
+
 @dataclass(frozen=True)
 class PartitionConfig:
     """Cut every link between different ``groups`` (or between ``side`` and the other nodes),
@@ -114,7 +124,10 @@ class PartitionConfig:
 
     The cut comes once the most advanced node has finished round ``at_round``, or ``at_seconds``
     after the nodes were started; the heal likewise at ``heal_round`` or ``heal_seconds`` (never
-    before the cut; without either, the partition lasts to the end). Cut links pass through
+    before the cut; without either, the partition lasts to the end), and never less than
+    ``min_cut_seconds`` after the cut: rounds can be fast enough (a few milliseconds each in
+    consensus) that a cut tied to rounds alone would heal before any node noticed it, so a
+    partition tied to rounds should also say how long it lasts at least. Cut links pass through
     relays: every open connection is reset and new ones are refused until the heal; with
     ``silent``, nothing moves and nothing is refused (the relays stall: a path that drops
     packets), so only timeouts tell the nodes, and a connection neither end gave up on resumes
@@ -128,6 +141,7 @@ class PartitionConfig:
     at_seconds: float | None = None
     heal_seconds: float | None = None
     silent: bool = False  # hold everything instead of resetting: nodes find out by timeouts
+    min_cut_seconds: float = 0.0  # the heal comes no sooner than this after the cut
 
     def __post_init__(self) -> None:
         if bool(self.groups) == bool(self.side):
@@ -141,7 +155,7 @@ class PartitionConfig:
             raise ConfigError("partitions: give exactly one of at_round and at_seconds")
         if self.heal_round is not None and self.heal_seconds is not None:
             raise ConfigError("partitions: give at most one of heal_round and heal_seconds")
-        for name in ("at_round", "heal_round", "at_seconds", "heal_seconds"):
+        for name in ("at_round", "heal_round", "at_seconds", "heal_seconds", "min_cut_seconds"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"partitions.{name} must be >= 0")
@@ -150,6 +164,15 @@ class PartitionConfig:
         if None not in (self.at_seconds, self.heal_seconds) and \
                 self.heal_seconds <= self.at_seconds:
             raise ConfigError("partitions.heal_seconds must come after at_seconds")
+
+    def cut_due(self, when: Mapping[str, Any]) -> bool:
+        """Whether the cut is due, ``when`` being {"seconds", "max_round"} now."""
+        return _due(self.at_round, self.at_seconds, when)
+
+    def heal_due(self, cut: Mapping[str, Any], when: Mapping[str, Any]) -> bool:
+        """Whether the heal is due now (``when``), the cut having come at ``cut``."""
+        return (_due(self.heal_round, self.heal_seconds, when)
+                and when["seconds"] - cut["seconds"] >= self.min_cut_seconds)
 
     def resolved_groups(self, nodes: int) -> tuple[tuple[int, ...], ...]:
         """The groups, with ``side`` turned into (side, every other node)."""

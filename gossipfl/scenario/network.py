@@ -8,7 +8,8 @@ between the two nodes passes a relay, whoever dialled it.
 Partitions are timed by the runner's clock: rounds are read from the nodes' metrics, and a cut at
 ``at_round`` comes once the *most advanced* node has finished that round (so the cut is never
 late for anyone: the slower nodes meet it a little earlier in their own rounds); a heal at
-``heal_round`` likewise. Seconds count from the moment the runner started the nodes.
+``heal_round`` likewise, but never sooner than ``min_cut_seconds`` after the cut. Seconds count
+from the moment the runner started the nodes.
 """
 
 from __future__ import annotations
@@ -116,12 +117,12 @@ class ScenarioNetwork:
         events = []
         for index, state in enumerate(self.partitions):
             config = state.config
-            if state.cut is None and _due(config.at_round, config.at_seconds, when):
+            if state.cut is None and config.cut_due(when):
                 self._cut(index, state)
                 state.cut = when
                 events.append({"partition": index, "event": "cut", **when})
             elif state.cut is not None and state.healed is None and \
-                    _due(config.heal_round, config.heal_seconds, when):
+                    config.heal_due(state.cut, when):
                 self._heal(index, state)
                 state.healed = when
                 events.append({"partition": index, "event": "heal", **when})
@@ -176,14 +177,6 @@ class ScenarioNetwork:
             "partitions": partitions,
             "events": self.events,
         }
-
-
-def _due(at_round: int | None, at_seconds: float | None, when: dict[str, Any]) -> bool:
-    if at_round is not None:
-        return bool(when["max_round"] >= at_round)
-    if at_seconds is not None:
-        return bool(when["seconds"] >= at_seconds)
-    return False
 
 
 def _delta(end: dict[str, int], start: dict[str, int]) -> dict[str, int]:

@@ -112,10 +112,23 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
         "neighbours": summary.get("neighbours", last.get("neighbours", [])),
         "dropped_neighbours": summary.get("dropped_neighbours", []),
         "isolated_rounds": summary.get("isolated_rounds", 0),
+        "termination": summary.get("termination", {}),
         "rejected": summary.get("rejected", last.get("rejected", {})),
         "timeouts": summary.get("timeouts", last.get("timeouts", 0)),
         "privacy": summary.get("privacy", {}),
     }
+
+
+def finished_without(entries: list[dict[str, Any]]) -> dict[int, list[int | str]]:
+    """Node index → the wanted neighbours (indices; peer ids if unknown) it finished without,
+    taking them for gone for good; only the nodes that did."""
+    index_of = {e["peer_id"]: e["index"] for e in entries}
+    out: dict[int, list[int | str]] = {}
+    for entry in entries:
+        gone = (entry.get("termination") or {}).get("finished_without") or []
+        if gone:
+            out[entry["index"]] = [index_of.get(p, p) for p in gone]
+    return out
 
 
 def centralised_baseline(scenario: ScenarioConfig) -> float:
@@ -227,6 +240,8 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
             "max_peak_rss_bytes": max((e["peak_rss_bytes"] or 0) for e in entries),
             "total_bytes_sent": sum(e["bytes_sent"] for e in entries),
             "isolated_nodes": [e["index"] for e in entries if e["isolated_rounds"]],
+            # nodes that finished without a wanted neighbour gone for good, and which
+            "finished_without": finished_without(entries),
         },
         "nodes": entries,
         **({"network": network_section(network, nodes)} if network is not None else {}),

@@ -217,7 +217,7 @@ class Simulation:
         when = {"seconds": round(now - self.started, 3), "max_round": self.furthest,
                 "min_round": min(rounds, default=-1)}
         for index, config in enumerate(self.scenario.partitions):
-            if self.cuts[index] is None and _due(config.at_round, config.at_seconds, when):
+            if self.cuts[index] is None and config.cut_due(when):
                 pairs = {(self.peer(a), self.peer(b))
                          for a, b in config.cross_pairs(len(self.entries))}
                 self.cut_totals[(index, "cut")] = self.network.totals(pairs)
@@ -225,10 +225,15 @@ class Simulation:
                 self.cuts[index] = pairs
                 self.partition_events.append({"partition": index, "event": "cut", **when})
             elif self.cuts[index] and (index, "heal") not in self.cut_totals and \
-                    _due(config.heal_round, config.heal_seconds, when):
+                    config.heal_due(self.cut_at(index), when):
                 self.cut_totals[(index, "heal")] = self.network.totals(self.cuts[index])
                 self.network.restore(self.cuts[index])
                 self.partition_events.append({"partition": index, "event": "heal", **when})
+
+    def cut_at(self, index: int) -> dict[str, Any]:
+        """When partition ``index`` was cut (its event)."""
+        return next(e for e in self.partition_events
+                    if e["partition"] == index and e["event"] == "cut")
 
     def make_node(self, index: int, config: NodeConfig, identity: Identity,
                   learner: LocalLearner, offload: Offload) -> Node:
@@ -319,12 +324,6 @@ def _leaves(error: BaseException) -> Iterator[BaseException]:
             yield from _leaves(inner)
     else:
         yield error
-
-
-def _due(at_round: int | None, at_seconds: float | None, when: dict[str, Any]) -> bool:
-    if at_round is not None:
-        return bool(when["max_round"] >= at_round)
-    return at_seconds is not None and bool(when["seconds"] >= at_seconds)
 
 
 def network_section(sim: Simulation) -> dict[str, Any]:

@@ -1,0 +1,179 @@
+"""The termination and hold rules of :mod:`gossipfl.node.termination`, applied to a node: what
+it reports of itself, whether it holds its round, and whether it may finish.
+
+The node keeps a :class:`SettleState`; the round code calls :func:`hold` before each round and
+:func:`judge` after each consensus round.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from gossipfl.gossip.codes import NodeStatus
+from gossipfl.node import termination
+from gossipfl.node.termination import Hold, PeerSettle
+
+if TYPE_CHECKING:
+    from gossipfl.node.state import Node
+
+log = logging.getLogger("gossipfl.round")
+
+__all__ = ["SettleState", "Verdict", "gone_seconds", "hold", "judge", "note_extra_link",
+           "note_topology", "reports"]
+
+EXTRA_LINK_HOPS = 2
+"""How much a link outside the founding topology (a late joiner, a replacement) can lengthen
+the paths between members: the horizon grows by this much for each one a node takes."""
+
+
+class Verdict(enum.Enum):
+    """What the end of a consensus round says."""
+
+    GO_ON = "go on"  # not settled, or settled but the federation is not known to be
+    AWAIT = "await"  # a wanted neighbour is missing (not gone for good) here or next door
+    FINISH = "finish"  # the depth reached the horizon: the federation holds one model
+
+
+@dataclass
+class SettleState:
+    """A node's termination bookkeeping."""
+
+    depth: int = 0  # its settled depth, sent with each contribution
+    horizon: int = 1  # the depth it finishes at (topology diameter + 1, grown by extra links)
+    members: int = 1  # how many members it knows of: no horizon is larger
+    missing_since: dict[str, float] = field(default_factory=dict)  # wanted, not linked: since
+    gone: list[str] = field(default_factory=list)  # wanted neighbours finished without
+    awaited: list[str] = field(default_factory=list)  # wanted and missing, last judged
+    held_seconds: float = 0.0  # time spent holding rounds for want of a live neighbour
+    holds: int = 0  # rounds held for want of a live neighbour
+    waiting: bool = False  # it, or a neighbour, awaits a missing wanted neighbour
+    waiting_since: float | None = None  # since when, without a break
+    waiting_rounds: int = 0  # consensus rounds spent waiting so (free of the round limit)
+
+
+def gone_seconds(node: Node) -> float:
+    """How long a wanted neighbour may be missing before it counts as gone for good."""
+    protocol = node.protocol
+    return protocol.gone_seconds or 3 * protocol.member_timeout
+
+
+def note_topology(node: Node, members: int) -> None:
+    """Set the horizon from the node's topology over ``members`` members (link formation)."""
+    state = node.settle
+    state.members = max(state.members, members)
+    if node.topology is not None:
+        state.horizon = min(state.members, termination.horizon(node.topology, node.peer_id))
+
+
+def note_extra_link(node: Node) -> None:
+    """A link outside the founding topology (a late joiner's, a replacement's) can lengthen
+    paths: grow the horizon by :data:`EXTRA_LINK_HOPS` (never past the member count)."""
+    state = node.settle
+    state.members = max(state.members, len(node.membership.ids()) + 1)
+    state.horizon = min(state.members, state.horizon + EXTRA_LINK_HOPS)
+
+
+def reports(node: Node) -> dict[str, PeerSettle | None]:
+    """What each linked neighbour last reported of itself (None: nothing yet)."""
+    out: dict[str, PeerSettle | None] = {}
+    for peer in node.neighbours:
+        if node.config.secagg.enabled:
+            status = node.secagg.peer_status.get(peer)
+            out[peer] = None if status is None else PeerSettle(*status[1:6])
+        else:
+            estimate = node.estimates.peers.get(peer)
+            out[peer] = None if estimate is None else PeerSettle(
+                estimate.disagreement, estimate.done, estimate.depth, estimate.horizon,
+                estimate.waiting)
+    return out
+
+
+def judge(node: Node, r: int) -> Verdict:
+    """After consensus round ``r``: update the node's depth and say whether it may finish
+    (:class:`Verdict`)."""
+    state = node.settle
+    now = trio.current_time()
+    finished_members = {p for p, (_, status) in node.member_state.items()
+                        if status == NodeStatus.DONE}
+    wanted = node.wanted - finished_members  # a finished member refuses links: not awaited
+    for peer in list(state.missing_since):
+        if peer in node.neighbours or peer not in wanted:
+            del state.missing_since[peer]
+    for peer in wanted - set(node.neighbours):
+        state.missing_since.setdefault(peer, now)
+    awaited, gone = termination.waiting_for(wanted, node.neighbours, state.missing_since, now,
+                                            gone_seconds(node))
+    for peer in gone:
+        if peer not in state.gone:
+            state.gone.append(peer)
+            log.warning("round %d: wanted neighbour %s missing for %.0f s: gone for good; "
+                        "this node may finish without it", r, peer, gone_seconds(node))
+    state.awaited = awaited
+    heard = reports(node)
+    settled = termination.locally_settled(node.disagreement, heard, awaited,
+                                          node.protocol.consensus_tolerance)
+    known = [h for h in heard.values() if h is not None]
+    # a horizon is the topology's: a neighbour that counts further (it took a late joiner)
+    # raises ours, never past the member count
+    state.horizon = min(max(state.members, 1),
+                        max([state.horizon, *(h.horizon for h in known)]))
+    state.depth = termination.settled_depth(settled, known, state.horizon)
+    if state.depth >= state.horizon:
+        state.waiting, state.waiting_since = False, None
+        return Verdict.FINISH
+    # waiting spreads: a node whose neighbour waits for a missing member waits with it (its
+    # rounds are paced, and free of the limit), for at most twice gone_seconds in a row (by
+    # then the missing member is back or gone for good; a neighbour that says it waits
+    # forever cannot hold this node longer)
+    state.waiting = bool(awaited) or any(h.waiting and not h.done for h in known)
+    if not state.waiting:
+        state.waiting_since = None
+        return Verdict.GO_ON
+    if state.waiting_since is None:
+        state.waiting_since = now
+    if now - state.waiting_since > 2 * gone_seconds(node):
+        return Verdict.GO_ON
+    state.waiting_rounds += 1
+    return Verdict.AWAIT
+
+
+async def hold(node: Node, r: int) -> Hold:
+    """Before round ``r``: hold the round while the node has fewer live neighbours than it
+    needs, re-linking meanwhile (the re-link loop asks its lost neighbours back, with backoff);
+    returns GO once it has them, ALONE (allow_alone: train without them, logged), or GIVE_UP
+    after ``gone_seconds`` (the neighbours are gone for good: it finishes)."""
+    protocol = node.protocol
+    needed = min(protocol.min_neighbours, max(1, node.degree_target))
+    start = trio.current_time()
+    logged = False
+    while True:
+        held_for = trio.current_time() - start
+        decision = termination.hold_decision(
+            len(node.neighbours), needed, allow_alone=protocol.allow_alone, held_for=held_for,
+            gone_seconds=gone_seconds(node))
+        if decision is Hold.HOLD and not logged:
+            log.warning("round %d: %d live neighbour(s), %d needed: holding this round and "
+                        "re-linking (wanted: %s)", r, len(node.neighbours), needed,
+                        ", ".join(sorted(node.wanted)) or "none")
+            node.settle.holds += 1
+            logged = True
+        if decision is not Hold.HOLD:
+            node.settle.held_seconds += held_for
+            if decision is Hold.ALONE:
+                log.warning("round %d: %d live neighbour(s): training alone (allow_alone)", r,
+                            len(node.neighbours))
+            elif decision is Hold.GIVE_UP:
+                gone = sorted(node.wanted - set(node.neighbours))
+                node.settle.gone.extend(p for p in gone if p not in node.settle.gone)
+                log.error("round %d: no live neighbour for %.0f s: its neighbours (%s) are "
+                          "gone for good; finishing alone", r, held_for, ", ".join(gone))
+            elif logged:
+                log.warning("round %d: a neighbour is back after %.1f s; going on", r, held_for)
+            return decision
+        with trio.move_on_after(protocol.heartbeat_interval):
+            await node.changed.wait()

@@ -1,0 +1,212 @@
+"""When a node may go on, hold, or finish: the rules that keep a federation from ending apart.
+
+Two rules, both pure (the round code in :mod:`gossipfl.node.round` applies them):
+
+* **No node advances alone.** A node with fewer live neighbours than it needs does not train
+  or average on its own: it holds its round, re-linking, until a neighbour is back
+  (:func:`hold_decision`). Only ``protocol.allow_alone`` lets it train alone, and only a wait
+  of ``protocol.gone_seconds`` makes it give up and finish without its neighbours, which the
+  report then lists as gone for good.
+
+* **Termination is federation-wide.** Consensus used to be judged locally: a node ended when it
+  and its neighbours agreed, so each half of a partition, or a node left with no neighbour at
+  all, could finish with a model of its own. Now a node is *settled* when it agrees within the
+  tolerance with every neighbour it wants (its topology's, and the ones it took on since), all
+  of them linked and reporting the same; one it wants that is missing keeps it unsettled until
+  the neighbour is back or gone for good (:func:`locally_settled`). Each contribution carries
+  the sender's *settled depth* ``u``: 0 when it is not settled, else one more than the least
+  depth its neighbours reported (:func:`settled_depth`). By induction a depth ``u`` says that
+  every member within ``u`` hops of the topology has been settled in the last ``u`` rounds: a
+  settled node has all its wanted neighbours, so the ball is the topology's, not whatever links
+  happen to be up. A node finishes once its depth reaches the *horizon*, the topology's diameter
+  plus one (:func:`horizon`): then every member is settled, and since the topology is connected
+  and each of its links agrees within the tolerance, the federation holds one model (any two
+  members within diameter × tolerance of each other, relative).
+
+  Each half of a partition keeps the members next to the cut unsettled (their wanted
+  neighbours across it are missing), so no depth on either side reaches the horizon until the
+  cut heals and the halves agree; the consensus round limit does not count the rounds a node
+  spends waiting for a wanted neighbour (they are paced, and bounded by ``gone_seconds``).
+
+Who this stops and who it does not: a crash, a pause, a partition, a node that loses its links.
+A member that lies about its depth can make its neighbours' depths larger by one hop at most,
+and only while they agree with it within the tolerance (their own disagreement is measured, not
+reported); one that reports 0 forever holds the nodes within a horizon of it to the consensus
+round limit (its rounds count), after which they finish and say so. A wanted neighbour silent
+for ``gone_seconds`` is finished without, and the report names it: a partition longer than that
+still ends in two models, and the report says which members each node finished without.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from gossipfl.gossip.wire import MAX_DEPTH
+
+__all__ = ["MAX_DEPTH", "Hold", "PeerSettle", "hold_decision", "horizon", "locally_settled",
+           "settled_depth", "waiting_for"]
+
+EXACT_MEMBERS = 256
+"""Up to this many members the horizon uses the exact diameter (one search per member)."""
+
+
+class Hold(enum.Enum):
+    """What a node with too few live neighbours does at the start of a round."""
+
+    GO = "go"  # enough live neighbours: run the round
+    HOLD = "hold"  # keep the round; re-link and wait
+    ALONE = "alone"  # allow_alone: run the round without neighbours (logged each round)
+    GIVE_UP = "give up"  # held for gone_seconds: the missing neighbours are gone for good
+
+
+@dataclass(frozen=True)
+class PeerSettle:
+    """What a neighbour last said of its own convergence (with its contribution)."""
+
+    disagreement: float  # its relative distance to its neighbours after its previous round
+    done: bool  # it has finished (its depth reached its horizon, or it gave up)
+    depth: int  # its settled depth
+    horizon: int  # the horizon it counts to
+    waiting: bool = False  # it, or one of its neighbours, awaits a missing wanted neighbour
+
+
+def hold_decision(live: int, needed: int, *, allow_alone: bool, held_for: float,
+                  gone_seconds: float) -> Hold:
+    """Whether a node with ``live`` linked neighbours runs its round.
+
+    ``needed`` is how many it must have (its ``protocol.min_neighbours``, at most its degree);
+    ``held_for`` how long it has held this round so far.
+
+    >>> hold_decision(2, 1, allow_alone=False, held_for=0.0, gone_seconds=60.0)
+    <Hold.GO: 'go'>
+    >>> hold_decision(0, 1, allow_alone=False, held_for=5.0, gone_seconds=60.0)
+    <Hold.HOLD: 'hold'>
+    >>> hold_decision(0, 1, allow_alone=True, held_for=0.0, gone_seconds=60.0)
+    <Hold.ALONE: 'alone'>
+    >>> hold_decision(0, 1, allow_alone=False, held_for=60.5, gone_seconds=60.0)
+    <Hold.GIVE_UP: 'give up'>
+    """
+    if live >= needed:
+        return Hold.GO
+    if allow_alone:
+        return Hold.ALONE
+    if held_for > gone_seconds:
+        return Hold.GIVE_UP
+    return Hold.HOLD
+
+
+def waiting_for(wanted: Iterable[str], linked: Iterable[str],
+                missing_since: Mapping[str, float], now: float,
+                gone_seconds: float) -> tuple[list[str], list[str]]:
+    """The wanted neighbours that are not linked, split into (still awaited, gone for good).
+
+    A wanted neighbour is gone for good once it has been unlinked for more than
+    ``gone_seconds`` (``missing_since``: when each was last seen unlinked first; one not in it
+    has just gone missing).
+
+    >>> waiting_for(["a", "b", "c"], ["a"], {"b": 0.0, "c": 50.0}, 70.0, 60.0)
+    (['c'], ['b'])
+    """
+    linked_set = set(linked)
+    awaited, gone = [], []
+    for peer in sorted(set(wanted) - linked_set):
+        since = missing_since.get(peer, now)
+        (gone if now - since > gone_seconds else awaited).append(peer)
+    return awaited, gone
+
+
+def locally_settled(disagreement: float, reports: Mapping[str, PeerSettle | None],
+                    awaited: Iterable[str], tolerance: float) -> bool:
+    """Whether this node is settled: it agrees with each linked neighbour within
+    ``tolerance``, each of them reports the same of itself (or is done), none holds back a
+    report (None: nothing heard from it yet), and no wanted neighbour is ``awaited``.
+
+    >>> ok = PeerSettle(1e-6, False, 0, 3)
+    >>> locally_settled(1e-6, {"a": ok}, [], 1e-4)
+    True
+    >>> locally_settled(1e-6, {"a": ok}, ["b"], 1e-4)  # b is wanted and missing
+    False
+    >>> locally_settled(0.0, {}, [], 1e-4)  # alone, with nobody awaited: nothing to agree with
+    True
+    """
+    if any(True for _ in awaited):
+        return False
+    if not disagreement <= tolerance:  # also NaN
+        return False
+    for report in reports.values():
+        if report is None:
+            return False
+        if not report.done and not report.disagreement <= tolerance:
+            return False
+    return True
+
+
+def settled_depth(settled: bool, reports: Iterable[PeerSettle], own_horizon: int) -> int:
+    """This node's settled depth: 0 if it is not settled, else one more than the least depth its
+    neighbours reported (a finished neighbour counts as its own horizon: it saw the whole
+    federation settled). With no neighbour reporting, the depth is the horizon: nothing near
+    it is unsettled (a node alone only gets here once its missing neighbours are gone for good).
+
+    >>> r = lambda depth, done=False: PeerSettle(0.0, done, depth, 4)
+    >>> settled_depth(True, [r(2), r(5)], 4)
+    3
+    >>> settled_depth(True, [r(0, done=True)], 4)  # a done neighbour counts as its horizon
+    5
+    >>> settled_depth(False, [r(9)], 4)
+    0
+    """
+    if not settled:
+        return 0
+    depths = [max(p.depth, p.horizon) if p.done else p.depth for p in reports]
+    if not depths:
+        return min(MAX_DEPTH, own_horizon)
+    return min(MAX_DEPTH, 1 + min(depths))
+
+
+def horizon(topology: Mapping[str, Iterable[str]], source: str | None = None) -> int:
+    """The depth a node must reach to finish: the topology's diameter plus one (hops, over the
+    undirected graph of ``topology``: member → its neighbours). A graph that is not connected
+    has no diameter: the horizon is then the member count, which every path fits in. Above
+    ``EXACT_MEMBERS`` members the diameter is bounded from ``source``'s eccentricity e (the
+    diameter is at most 2e), one breadth-first search instead of one per member.
+
+    >>> horizon({"a": ["b"], "b": ["a", "c"], "c": ["b"]})  # a path of 3: diameter 2
+    3
+    >>> horizon({"a": [], "b": []})  # not connected
+    2
+    """
+    graph: dict[str, set[str]] = {}
+    for member, neighbours in topology.items():
+        graph.setdefault(member, set())
+        for other in neighbours:
+            graph[member].add(other)
+            graph.setdefault(other, set()).add(member)
+    if not graph:
+        return 1
+    if len(graph) > EXACT_MEMBERS and source in graph:
+        reach = _eccentricity(graph, source)
+        return min(MAX_DEPTH, len(graph) if reach is None else 2 * reach + 1)
+    diameter = 0
+    for start in graph:
+        reach = _eccentricity(graph, start)
+        if reach is None:
+            return min(MAX_DEPTH, len(graph))
+        diameter = max(diameter, reach)
+    return min(MAX_DEPTH, diameter + 1)
+
+
+def _eccentricity(graph: Mapping[str, set[str]], start: str) -> int | None:
+    """The most hops from ``start`` to any member; None if some member cannot be reached."""
+    distance = {start: 0}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for member in frontier:
+            for other in graph[member]:
+                if other not in distance:
+                    distance[other] = distance[member] + 1
+                    nxt.append(other)
+        frontier = nxt
+    return None if len(distance) < len(graph) else max(distance.values())

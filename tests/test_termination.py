@@ -1,0 +1,171 @@
+"""The hold and termination rules (gossipfl.node.termination): small exact cases, and the
+federation-wide property on random graphs: while any member is unsettled, no member's settled
+depth reaches the horizon; once all are settled, every member does within a horizon of rounds."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import hypothesis.strategies as st
+from hypothesis import given, settings
+
+from gossipfl.aggregation.topology import build_topology
+from gossipfl.node.termination import (
+    Hold,
+    PeerSettle,
+    hold_decision,
+    horizon,
+    locally_settled,
+    settled_depth,
+    waiting_for,
+)
+
+TOL = 1e-4
+
+
+def settle(disagreement: float = 0.0, *, done: bool = False, depth: int = 0,
+           horizon_: int = 3) -> PeerSettle:
+    return PeerSettle(disagreement, done, depth, horizon_)
+
+
+# -- holding a round ---------------------------------------------------------------------------
+
+
+def test_a_node_short_of_neighbours_holds_until_gone_seconds_then_gives_up() -> None:
+    common = {"allow_alone": False, "gone_seconds": 30.0}
+    assert hold_decision(1, 1, held_for=0.0, **common) is Hold.GO
+    assert hold_decision(3, 2, held_for=100.0, **common) is Hold.GO
+    assert hold_decision(0, 1, held_for=0.0, **common) is Hold.HOLD
+    assert hold_decision(1, 2, held_for=29.9, **common) is Hold.HOLD  # fewer than it needs
+    assert hold_decision(1, 2, held_for=30.0, **common) is Hold.HOLD
+    assert hold_decision(0, 1, held_for=30.1, **common) is Hold.GIVE_UP
+
+
+def test_allow_alone_trains_at_once_and_only_when_short() -> None:
+    assert hold_decision(0, 1, allow_alone=True, held_for=0.0, gone_seconds=30.0) is Hold.ALONE
+    assert hold_decision(2, 1, allow_alone=True, held_for=0.0, gone_seconds=30.0) is Hold.GO
+
+
+def test_wanted_neighbours_missing_are_awaited_until_gone_seconds() -> None:
+    awaited, gone = waiting_for({"a", "b", "c", "d"}, {"a"}, {"b": 0.0, "c": 40.0}, 70.0, 30.0)
+    assert awaited == ["c", "d"]  # c missing 30 s (not more), d just now
+    assert gone == ["b"]
+    assert waiting_for({"a"}, {"a", "x"}, {}, 0.0, 1.0) == ([], [])  # extra links: not wanted
+
+
+# -- settled ---------------------------------------------------------------------------------
+
+
+def test_settled_needs_agreement_both_ways_and_no_wanted_neighbour_missing() -> None:
+    assert locally_settled(1e-5, {"a": settle(1e-5), "b": settle(1e-5)}, [], TOL)
+    assert not locally_settled(1e-3, {"a": settle(1e-5)}, [], TOL)  # this node disagrees
+    assert not locally_settled(1e-5, {"a": settle(1e-3)}, [], TOL)  # a says it disagrees
+    assert not locally_settled(1e-5, {"a": None}, [], TOL)  # nothing heard from a yet
+    assert not locally_settled(1e-5, {"a": settle(1e-5)}, ["b"], TOL)  # b missing
+    assert not locally_settled(math.nan, {"a": settle()}, [], TOL)
+    # a finished neighbour's own figure is moot: it stopped mixing
+    assert locally_settled(1e-5, {"a": settle(0.5, done=True)}, [], TOL)
+
+
+def test_the_depth_is_one_more_than_the_least_neighbour_depth() -> None:
+    assert settled_depth(True, [settle(depth=4), settle(depth=2)], 9) == 3
+    assert settled_depth(False, [settle(depth=4)], 9) == 0
+    assert settled_depth(True, [], 5) == 5  # no neighbour reporting: nothing near is unsettled
+    # a done neighbour saw the federation settled: it counts as its horizon
+    assert settled_depth(True, [settle(done=True, depth=0, horizon_=6)], 9) == 7
+
+
+# -- the horizon ----------------------------------------------------------------------------
+
+
+def brute_diameter(topology: dict[str, frozenset[str]]) -> float:
+    """Floyd–Warshall, for comparison."""
+    nodes = sorted(topology)
+    dist = {(a, b): 0 if a == b else math.inf for a in nodes for b in nodes}
+    for a in nodes:
+        for b in topology[a]:
+            dist[(a, b)] = dist[(b, a)] = 1
+    for k, i, j in itertools.product(nodes, nodes, nodes):
+        if dist[(i, k)] + dist[(k, j)] < dist[(i, j)]:
+            dist[(i, j)] = dist[(i, k)] + dist[(k, j)]
+    return max(dist.values())
+
+
+graphs = st.builds(
+    lambda kind, n, degree, seed: build_topology(kind, [f"m{i:03d}" for i in range(n)],
+                                                 degree=min(degree, n - 1), seed=seed),
+    st.sampled_from(["ring", "regular", "full"]), st.integers(3, 24), st.integers(2, 6),
+    st.integers(0, 10_000))
+
+
+@settings(max_examples=60, deadline=None)
+@given(graphs)
+def test_the_horizon_is_the_diameter_plus_one(topology: dict[str, frozenset[str]]) -> None:
+    assert horizon(topology) == brute_diameter(topology) + 1
+
+
+def test_a_disconnected_graph_has_the_member_count_for_horizon() -> None:
+    assert horizon({"a": frozenset({"b"}), "b": frozenset(), "c": frozenset({"d"})}) == 4
+
+
+def test_above_the_exact_size_the_horizon_bounds_the_diameter_from_one_member() -> None:
+    members = [f"m{i:04d}" for i in range(300)]
+    ring = build_topology("ring", members, degree=2, seed=0)
+    exact = horizon(ring) - 1  # without a source: one search per member
+    assert exact == 150  # a ring of 300
+    bound = horizon(ring, members[0])
+    assert exact + 1 <= bound <= 2 * exact + 1
+
+
+# -- the federation-wide property, on the rule's own functions -----------------------------------
+
+
+def run_rule(topology: dict[str, frozenset[str]], unsettled: set[str], rounds: int,
+             ) -> list[dict[str, int]]:
+    """Every member applies settled_depth each round from its neighbours' depths of the round
+    before (what their contributions carry); ``unsettled`` members never settle."""
+    h = horizon(topology)
+    depth = dict.fromkeys(topology, 0)
+    history = []
+    for _ in range(rounds):
+        reports = {m: [PeerSettle(0.0, False, depth[p], h) for p in topology[m]]
+                   for m in topology}
+        depth = {m: settled_depth(m not in unsettled, reports[m], h) for m in topology}
+        history.append(depth)
+    return history
+
+
+@settings(max_examples=60, deadline=None)
+@given(graphs, st.data())
+def test_while_any_member_is_unsettled_no_member_reaches_the_horizon(
+        topology: dict[str, frozenset[str]], data: st.DataObject) -> None:
+    members = sorted(topology)
+    unsettled = set(data.draw(st.lists(st.sampled_from(members), min_size=1, max_size=3)))
+    h = horizon(topology)
+    for depths in run_rule(topology, unsettled, 3 * h):
+        assert max(depths.values()) < h
+
+
+@settings(max_examples=60, deadline=None)
+@given(graphs)
+def test_once_all_are_settled_every_member_reaches_the_horizon_in_horizon_rounds(
+        topology: dict[str, frozenset[str]]) -> None:
+    h = horizon(topology)
+    history = run_rule(topology, set(), h)
+    assert all(d >= h for d in history[-1].values())
+    assert all(d < h for d in history[-2].values())  # and not a round sooner
+
+
+def test_a_partitioned_federation_never_finishes_on_either_side() -> None:
+    # two halves of a ring whose cross links are cut: the members next to the cut miss a
+    # wanted neighbour, so they are unsettled, and neither half's depth reaches the horizon
+    members = [f"m{i}" for i in range(8)]
+    ring = build_topology("ring", members, degree=2, seed=0)
+    halves = [set(members[:4]), set(members[4:])]
+    cut_side = {m for m in members for p in ring[m]
+                if (m in halves[0]) != (p in halves[0])}
+    assert cut_side  # the ring crosses the cut
+    h = horizon(ring)
+    for depths in run_rule(ring, cut_side, 5 * h):
+        assert max(depths.values()) < h
