@@ -23,6 +23,7 @@ from gossipfl.privacy.dp import DPConfig
 from gossipfl.scenario.relay import LinkFaults
 
 FAULT_KINDS = ("kill", "terminate", "restart", "pause")
+CHURN_KINDS = ("restart", "pause")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,52 @@ class FaultConfig:
             raise ConfigError(f"faults.kind must be one of {FAULT_KINDS}")
         if self.node < 0 or self.at_round < -1:
             raise ConfigError("faults.node must be >= 0 and faults.at_round >= -1")
+
+
+@dataclass(frozen=True)
+class ChurnConfig:
+    """Recurring random faults (a soak): about every ``every_seconds`` (± ``jitter_seconds``,
+    uniform, drawn from the scenario's seed) one node, picked at random among those running,
+    suffers a fault of a kind picked from ``kinds`` (as a ``[[faults]]`` entry of that kind:
+    ``restart`` or ``pause``, down for ``down_seconds``).
+
+    Never more than one node down at a time, never fewer than two nodes left up; at most
+    ``max_events`` events, none before ``start_seconds`` after the start nor before the
+    federation has finished round ``from_round``, none once it has finished round
+    ``until_round`` (-1: two thirds of the training rounds, as for random ``[[faults]]``: a node
+    taken down later would come back to a federation that has finished). See
+    :mod:`gossipfl.scenario.churn`.
+    """
+
+    every_seconds: float = 10.0
+    jitter_seconds: float = 2.0
+    kinds: tuple[str, ...] = CHURN_KINDS
+    down_seconds: float = 3.0
+    max_events: int = 40
+    start_seconds: float = 5.0
+    from_round: int = 1
+    until_round: int = -1
+
+    def __post_init__(self) -> None:
+        if not self.kinds or any(k not in CHURN_KINDS for k in self.kinds):
+            raise ConfigError(f"churn.kinds must be a non-empty list of {CHURN_KINDS}")
+        if self.every_seconds <= 0:
+            raise ConfigError("churn.every_seconds must be positive")
+        if not 0 <= self.jitter_seconds < self.every_seconds:
+            raise ConfigError("churn.jitter_seconds must be >= 0 and below every_seconds")
+        if self.down_seconds <= 0 or self.start_seconds < 0:
+            raise ConfigError("churn.down_seconds must be positive and start_seconds >= 0")
+        if self.max_events < 1:
+            raise ConfigError("churn.max_events must be at least 1")
+        if self.from_round < 0 or self.until_round < -1:
+            raise ConfigError("churn.from_round must be >= 0 and churn.until_round >= -1")
+        if self.until_round != -1 and self.until_round <= self.from_round:
+            raise ConfigError("churn.until_round must come after from_round")
+
+    def last_round(self, rounds: int) -> int:
+        """The round after which no event starts: ``until_round``, or two thirds of
+        ``rounds``."""
+        return self.until_round if self.until_round >= 0 else max(1, 2 * rounds // 3)
 
 
 @dataclass(frozen=True)
@@ -233,6 +280,8 @@ class ScenarioConfig:
     links: tuple[LinkConfig, ...] = ()
     partitions: tuple[PartitionConfig, ...] = ()
     adversaries: tuple[AdversarySpec, ...] = ()
+    churn: ChurnConfig | None = None  # recurring random faults (a soak)
+    rss_sample_seconds: float = 1.0  # how often the runner samples each node's resident set
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -266,6 +315,7 @@ class ScenarioConfig:
 
         self._check_network()
         self._check_adversaries()
+        self._check_churn()
 
     def _check_adversaries(self) -> None:
         roles = [a.node for a in self.adversaries]
@@ -278,6 +328,17 @@ class ScenarioConfig:
                                       f"has {self.nodes} nodes")
         if self.adversaries and len(roles) >= self.nodes - 1:
             raise ConfigError("adversaries: at least two honest nodes are needed")
+
+    def _check_churn(self) -> None:
+        if self.rss_sample_seconds <= 0:
+            raise ConfigError("rss_sample_seconds must be positive")
+        if self.churn is None:
+            return
+        if self.nodes < 3:
+            raise ConfigError("churn needs at least 3 nodes (it never leaves fewer than 2 up)")
+        if self.churn.from_round >= self.rounds or self.churn.until_round > self.rounds:
+            raise ConfigError(f"churn.from_round and churn.until_round must lie within the "
+                              f"training rounds ({self.rounds})")
 
     def _check_network(self) -> None:
         seen: dict[tuple[int, int], int] = {}

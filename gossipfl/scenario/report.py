@@ -11,6 +11,7 @@ import numpy as np
 from gossipfl.aggregation.mixing import consensus_distance
 from gossipfl.config import to_dict
 from gossipfl.scenario.adversaries import adversaries_section
+from gossipfl.scenario.integrity import checkpoints_section, expected_parameters
 
 if TYPE_CHECKING:
     from gossipfl.scenario.config import ScenarioConfig
@@ -216,6 +217,8 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
     distances = consensus_by_round(nodes, last_round)
     survivors = [e for e in entries if e["status"] != "killed"]
     finals = [e["final_accuracy"] for e in survivors if e["final_accuracy"] is not None]
+    checkpoints = checkpoints_section([(n.index, n.out) for n in nodes],
+                                      expected_parameters(scenario))
     return {
         "report_version": REPORT_VERSION,
         "scenario": scenario.name,
@@ -242,7 +245,9 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
             "isolated_nodes": [e["index"] for e in entries if e["isolated_rounds"]],
             # nodes that finished without a wanted neighbour gone for good, and which
             "finished_without": finished_without(entries),
+            "bad_checkpoints": len(checkpoints["bad"]),
         },
+        "checkpoints": checkpoints,
         "nodes": entries,
         **({"network": network_section(network, nodes)} if network is not None else {}),
         **({"adversaries": adversaries_section(scenario, nodes)} if scenario.adversaries else {}),

@@ -9,6 +9,7 @@ and collects what they left behind into ``report.json``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, lo
 from gossipfl.scenario.network import ScenarioNetwork
 from gossipfl.scenario.process import ForkedProcess, NodeProcess
 from gossipfl.scenario.report import build_report, print_summary
+from gossipfl.scenario.soak import Soak
 
 log = logging.getLogger("gossipfl.runner")
 
@@ -284,12 +286,42 @@ def federation_round(nodes: list[NodeProcess]) -> int:
     return max((n.last_round for n in nodes if n.process is not None), default=-1)
 
 
+def apply_fault(target: NodeProcess, fault: FaultConfig, now: float) -> None:
+    """Signal ``target`` as ``fault`` says (see :class:`FaultConfig`); a restart's start and a
+    pause's SIGCONT are left to :func:`watch`'s timers (``restart_at``, ``resume_at``)."""
+    assert target.process is not None
+    if fault.kind == "pause":
+        target.process.send_signal(signal.SIGSTOP)
+        target.resume_at = now + fault.down_seconds
+        target.events.append(f"SIGSTOP after round {target.last_round}")
+        return
+    if fault.kind in ("kill", "restart"):
+        target.process.kill()
+        target.killed_at = now
+        target.killed_after_round = target.last_round
+    else:
+        target.process.terminate()
+    if fault.kind == "restart":
+        target.restart_at = now + fault.down_seconds
+    name = "SIGTERM" if fault.kind == "terminate" else "SIGKILL"
+    target.events.append(f"{name} after round {target.last_round}")
+
+
+def churn_fault(target: NodeProcess, fault: FaultConfig, *, timeout: float) -> None:
+    """A churn event: as :func:`apply_fault`, a restart first readied with a standby process
+    (importing while the node is down; without one, a fresh interpreter starts it late)."""
+    if fault.kind == "restart" and target.standby is None:
+        (target.out / "go").unlink(missing_ok=True)  # a standby before it already used it
+        target.standby = start_node(target, standby=True, timeout=timeout)
+    apply_fault(target, fault, time.monotonic())
+
+
 def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool,
-          network: ScenarioNetwork | None = None) -> bool:
+          network: ScenarioNetwork | None = None, soak: Soak | None = None) -> bool:
     """Poll until every node has exited or the scenario times out; returns False on timeout.
 
     With a ``network``, its partitions are cut and healed as the nodes' rounds (or the seconds
-    since the start) reach their times.
+    since the start) reach their times; with a ``soak``, its churn and RSS samples are taken.
     """
     pending = resolve_faults(scenario)
     for fault in pending:
@@ -303,7 +335,6 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool,
             nodes[join.node].standby = start_node(nodes[join.node], standby=True,
                                                   timeout=scenario.timeout)
     deadline = time.monotonic() + scenario.timeout
-    down = {f.node: f.down_seconds for f in scenario.faults if f.kind == "restart"}
     total = scenario.rounds + scenario.protocol.max_consensus_rounds
     with Progress(nodes, total, quiet) as progress:
         while time.monotonic() < deadline:
@@ -314,23 +345,7 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool,
             for fault in list(pending):
                 target = nodes[fault.node]
                 if target.last_round >= fault.at_round and target.exit_code is None:
-                    assert target.process is not None
-                    if fault.kind == "pause":
-                        target.process.send_signal(signal.SIGSTOP)
-                        target.resume_at = time.monotonic() + fault.down_seconds
-                        target.events.append(f"SIGSTOP after round {target.last_round}")
-                        pending.remove(fault)
-                        continue
-                    if fault.kind in ("kill", "restart"):
-                        target.process.kill()
-                        target.killed_at = time.monotonic()
-                        target.killed_after_round = target.last_round
-                    else:
-                        target.process.terminate()
-                    if fault.kind == "restart":
-                        target.restart_at = time.monotonic() + down[fault.node]
-                    name = "SIGTERM" if fault.kind == "terminate" else "SIGKILL"
-                    target.events.append(f"{name} after round {target.last_round}")
+                    apply_fault(target, fault, time.monotonic())
                     pending.remove(fault)
             for join in list(joins):
                 late = nodes[join.node]
@@ -356,6 +371,8 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool,
                     release_standby(node)
             if network is not None:
                 network.step([n.last_round for n in nodes], time.monotonic())
+            if soak is not None:
+                soak.step(nodes, time.monotonic())
             progress.update()
             if not joins and all(n.exit_code is not None and n.restart_at is None
                                  for n in nodes):
@@ -404,7 +421,8 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
                 start_node(node)
         else:
             launcher = start_forked(first, out_dir, timeout=min(120.0, scenario.timeout))
-        finished = watch(scenario, nodes, quiet, network)
+        soak = Soak(scenario, start, functools.partial(churn_fault, timeout=scenario.timeout))
+        finished = watch(scenario, nodes, quiet, network, soak)
     finally:
         stop_all(nodes)
         if launcher is not None:
@@ -428,6 +446,7 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
               file=sys.stderr)
     report = build_report(scenario, nodes, wall_seconds=wall, centralised=centralised,
                           timed_out=not finished, network=network_section)
+    soak.add_to(report)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     if not quiet:
         print_summary(report)

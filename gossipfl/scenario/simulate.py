@@ -46,6 +46,7 @@ from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.memory import MemoryNetwork
 from gossipfl.gossip.transport import Offload
 from gossipfl.scenario.batcher import Batcher
+from gossipfl.scenario.churn import Churn
 from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
 from gossipfl.scenario.process import NodeProcess
 from gossipfl.scenario.report import build_report, print_summary
@@ -115,6 +116,7 @@ class Simulation:
     cut_totals: dict[tuple[int, str], dict[str, int]] = field(default_factory=dict)
     furthest: int = -1  # the furthest round any node has finished
     batcher: Batcher = field(default_factory=lambda: Batcher())
+    churn: Churn | None = None  # the scenario's [churn], once the run has started
 
     def __post_init__(self) -> None:
         for fault in resolve_faults(self.scenario):
@@ -283,6 +285,8 @@ class Simulation:
         """Run every node (late joiners when due) and apply the faults; returns once every
         node has ended (True) or the scenario's timeout has passed (False)."""
         self.started = trio.current_time()
+        if self.scenario.churn is not None:
+            self.churn = Churn(self.scenario, self.started)
         late = {j.node for j in self.scenario.joins}
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
@@ -310,6 +314,9 @@ async def watch(sim: Simulation) -> bool:
         sim.start_joins()
         sim.step_timers(now)
         sim.step_partitions(now)
+        if sim.churn is not None:
+            sim.churn.step(now, sim.entries, sim.launched, sim.furthest,
+                           lambda _, fault: sim.apply(fault, trio.current_time()))
         if not sim.joins and not sim.launched and \
                 all(e.restart_at is None for e in sim.entries):
             return True
@@ -384,6 +391,9 @@ def simulate(scenario: ScenarioConfig, out_dir: Path, *, centralised: bool = Tru
                           timed_out=not finished,
                           network=network_section(sim) if scenario.partitions else None)
     report["simulated"] = True
+    if sim.churn is not None:  # no RSS series: every node is in this one process
+        report["churn"] = sim.churn.section()
+        report["summary"]["churn_events"] = len(report["churn"]["events"])
     report["virtual_seconds"] = clock.current_time()
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     return report
