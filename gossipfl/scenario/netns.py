@@ -280,9 +280,6 @@ class NetnsSession:
     run: Runner = run_command
     qdiscs: dict[int, dict[str, str]] = field(default_factory=dict)
 
-    def slot(self, index: int) -> NodeSlot:
-        return self.plan.nodes[index]
-
     def snapshot(self) -> None:
         """Record ``tc -s qdisc show`` of both ends of every node's link (call before the
         namespaces go: the counters say how much passed each cap)."""
