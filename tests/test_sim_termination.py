@@ -5,6 +5,7 @@ from every neighbour holds its round instead of training alone, unless ``allow_a
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def test_a_node_cut_off_from_all_neighbours_holds_its_round(tmp_path: Path, pool
     # it trained no round while held: once its neighbours were dropped (cut at 0.65 s, dropped
     # after max_missed_rounds) no training round ended until the heal at 6 s brought them back
     times = [m["time"] for m in metrics(tmp_path, 0) if m["phase"] == "train"]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) > 4.0
     assert [m for m in metrics(tmp_path, 0) if 2.0 < m["time"] < 6.0] == []
     assert report["final_consensus_distance"] <= 1e-3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +237,35 @@ class PartitionConfig:
 
 
 @dataclass(frozen=True)
+class NamespacesConfig:
+    """Run each node in its own Linux network namespace, with its own address of ``subnet`` on
+    a bridge (veth pairs), capped at ``rate_mbit`` each way (tc tbf; omit it for no cap). Needs
+    root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and the ``ip`` command; see
+    :mod:`gossipfl.scenario.netns`."""
+
+    enabled: bool = False
+    subnet: str = "10.77.0.0/24"  # private IPv4; node i gets the subnet's (i + 1)-th address
+    rate_mbit: float | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            network = ipaddress.IPv4Network(self.subnet)
+        except ValueError as error:
+            raise ConfigError(f"namespaces.subnet: {error}") from None
+        if not network.is_private or network.prefixlen > 30:
+            raise ConfigError(f"namespaces.subnet {self.subnet} must be a private IPv4 range "
+                              f"of at least 4 addresses (e.g. 10.77.0.0/24)")
+        if self.rate_mbit is not None and not (0 < self.rate_mbit <= 100_000
+                                               and math.isfinite(self.rate_mbit)):
+            raise ConfigError("namespaces.rate_mbit must be in (0, 100000] Mbit/s")
+
+    @property
+    def capacity(self) -> int:
+        """How many nodes the subnet holds (its addresses less network and broadcast)."""
+        return ipaddress.IPv4Network(self.subnet).num_addresses - 2
+
+
+@dataclass(frozen=True)
 class AdversarySpec:
     """Node ``node`` runs the protocol plus the deviation ``kind`` (:mod:`gossipfl.adversary`),
     aimed at node ``target`` where its kind takes one (-1: each neighbour in turn)."""
@@ -282,6 +313,7 @@ class ScenarioConfig:
     adversaries: tuple[AdversarySpec, ...] = ()
     churn: ChurnConfig | None = None  # recurring random faults (a soak)
     rss_sample_seconds: float = 1.0  # how often the runner samples each node's resident set
+    namespaces: NamespacesConfig = field(default_factory=NamespacesConfig)
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -341,6 +373,14 @@ class ScenarioConfig:
                               f"training rounds ({self.rounds})")
 
     def _check_network(self) -> None:
+        if self.namespaces.enabled:
+            if self.links or self.partitions:
+                raise ConfigError("namespaces cannot be combined with [[links]] or "
+                                  "[[partitions]] yet (their relays listen on loopback)")
+            if self.nodes > self.namespaces.capacity:
+                raise ConfigError(f"namespaces.subnet {self.namespaces.subnet} holds "
+                                  f"{self.namespaces.capacity} nodes, the scenario has "
+                                  f"{self.nodes}")
         seen: dict[tuple[int, int], int] = {}
         for index, link in enumerate(self.links):
             highest = max(*link.nodes_a, *link.nodes_b)

@@ -7,9 +7,12 @@ threads runs before the fork: JAX is imported but its backend is not initialised
 compiles the training and evaluation steps into JAX's on-disk compilation cache, so the node
 children load them instead of each compiling the same code.
 
-Usage (by the scenario runner): ``python -m gossipfl.scenario.launcher STATE.json NODE.toml...``.
-The launcher writes the children's pids to STATE.json, reaps them, and records their exit codes
-there, so the runner can watch and signal nodes it did not fork itself.
+Usage (by the scenario runner):
+``python -m gossipfl.scenario.launcher STATE.json [--netns=PATH...] NODE.toml...``; with
+``--netns`` (one per node, in order), each child enters its network namespace (see
+:mod:`gossipfl.scenario.netns`) before it opens a socket. The launcher writes the children's
+pids to STATE.json, reaps them, and records their exit codes there, so the runner can watch and
+signal nodes it did not fork itself.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +79,21 @@ def warm_up(config: Any) -> None:
     learner.evaluate(vector)
 
 
+def run_in(netns: str | None, run: Callable[[], Any]) -> Any:
+    """``run()`` in this (forked) child, inside the network namespace ``netns`` when given."""
+    if netns:
+        from gossipfl.scenario.netns import enter_netns
+
+        enter_netns(netns)
+    return run()
+
+
 def main(argv: list[str]) -> int:
-    state_path, config_paths = Path(argv[0]), [Path(p) for p in argv[1:]]
+    state_path = Path(argv[0])
+    namespaces = [a.removeprefix("--netns=") for a in argv[1:] if a.startswith("--netns=")]
+    config_paths = [Path(a) for a in argv[1:] if not a.startswith("--netns=")]
+    if namespaces and len(namespaces) != len(config_paths):
+        raise SystemExit(f"launcher: {len(namespaces)} --netns for {len(config_paths)} nodes")
     from gossipfl.config import NodeConfig, from_dict, load_toml
 
     configs = [from_dict(NodeConfig, load_toml(p)) for p in config_paths]
@@ -99,12 +116,14 @@ def main(argv: list[str]) -> int:
         os.waitpid(pid, 0)
 
     pids: dict[int, int] = {}
-    for config, path in zip(configs, config_paths, strict=True):
+    for number, (config, path) in enumerate(zip(configs, config_paths, strict=True)):
         index = config.node_index
+        netns = namespaces[number] if namespaces else None
         pid = os.fork()
         if pid == 0:
             _redirect(path.with_name("stdout.log"))
-            _child(lambda config=config: gossipfl.node.main.run_node(config))
+            _child(lambda config=config, netns=netns: run_in(
+                netns, lambda: gossipfl.node.main.run_node(config)))
         pids[pid] = index
     state: dict[str, Any] = {"launcher_pid": os.getpid(),
                              "pids": {str(i): p for p, i in pids.items()}, "exit_codes": {}}

@@ -85,6 +85,7 @@ class NodeProcess:
     join_round: int | None = None  # a late joiner: start it once the federation is this far
     restarts: int = 0
     standby: subprocess.Popen[bytes] | None = None  # a pre-started process for the restart
+    netns: str | None = None  # the network namespace it runs in (scenario namespaces)
     exit_code: int | None = None
     events: list[str] = field(default_factory=list)
 

@@ -211,7 +211,8 @@ def network_section(section: dict[str, Any], nodes: list[NodeProcess]) -> dict[s
 
 def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_seconds: float,
                  centralised: bool, timed_out: bool,
-                 network: dict[str, Any] | None = None) -> dict[str, Any]:
+                 network: dict[str, Any] | None = None,
+                 namespaces: dict[str, Any] | None = None) -> dict[str, Any]:
     entries = [node_entry(n) for n in nodes]
     last_round = max((e["rounds_completed"] for e in entries), default=0) - 1
     distances = consensus_by_round(nodes, last_round)
@@ -251,6 +252,7 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
         "nodes": entries,
         **({"network": network_section(network, nodes)} if network is not None else {}),
         **({"adversaries": adversaries_section(scenario, nodes)} if scenario.adversaries else {}),
+        **({"namespaces": namespaces} if namespaces is not None else {}),  # per node: ip, cap
     }
 
 

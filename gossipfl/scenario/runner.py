@@ -28,6 +28,14 @@ from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.scenario.adversaries import node_adversary
 from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
+from gossipfl.scenario.netns import (
+    NetnsSession,
+    check_rights,
+    exec_prefix,
+    make_plan,
+    netns_path,
+    open_namespaces,
+)
 from gossipfl.scenario.network import ScenarioNetwork
 from gossipfl.scenario.process import ForkedProcess, NodeProcess
 from gossipfl.scenario.report import build_report, print_summary
@@ -66,13 +74,15 @@ def reserved_ports(count: int) -> Iterator[list[int]]:
 
 def prepare_nodes(scenario: ScenarioConfig, out: Path,
                   network: ScenarioNetwork | None = None, *,
-                  ports: list[int] | None = None) -> list[NodeProcess]:
+                  ports: list[int] | None = None,
+                  hosts: list[str] | None = None) -> list[NodeProcess]:
     """Identity, ports, bootstrap lists and a TOML file for each node.
 
     With a ``network``, its relays are started first; a node reaches each routed peer through
     its relay only (``routes``), and its bootstrap list names the relay for such a peer.
     ``ports``: the nodes' ports as given (a simulation, where nothing binds them); by default
-    free ones from the kernel.
+    free ones from the kernel. ``hosts``: each node's own address (namespaces), by default
+    127.0.0.1.
     """
     if ports is not None:
         relays: dict[int, dict[int, int]] = {}
@@ -104,7 +114,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path,
                 admission=True, federation_public=str(federation_dir / "federation.pub"),
                 certificate=str(certificate), encrypt_payloads=scenario.encrypt_payloads,
             )
-        listen = f"/ip4/127.0.0.1/tcp/{ports[index]}"
+        listen = f"/ip4/{hosts[index] if hosts else '127.0.0.1'}/tcp/{ports[index]}"
         bootstrap = tuple(  # a routed peer's relay, never its own address
             f"{routes[peer_ids[j]]}/p2p/{peer_ids[j]}" if peer_ids[j] in routes else addr
             for j, addr in enumerate(addrs[:BOOTSTRAP_SEEDS])
@@ -149,6 +159,8 @@ def start_node(node: NodeProcess, *, standby: bool = False,
     """
     env = {**os.environ, **NODE_ENV}
     command = [sys.executable, "-m", "gossipfl", "node", "--config", str(node.out / "node.toml")]
+    if node.netns:  # `ip netns exec` execs the node in its namespace: the pid stays the same
+        command = exec_prefix(node.netns) + command
     if standby:
         command += ["--start-when", str(node.out / "go"), "--start-timeout", str(timeout)]
     with open(node.out / "stdout.log", "ab") as output:  # a restart appends
@@ -175,6 +187,7 @@ def start_forked(nodes: list[NodeProcess], out: Path, timeout: float) -> subproc
     with open(out / "launcher.log", "wb") as output:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "gossipfl.scenario.launcher", str(state_path),
+             *(f"--netns={netns_path(n.netns)}" for n in nodes if n.netns),
              *(str(n.out / "node.toml") for n in nodes)],
             stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
@@ -404,13 +417,32 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
     fresh interpreter per node.
     """
     scenario = load_scenario(path)
+    spaces = scenario.namespaces
+    if spaces.enabled:  # refuse before making anything
+        check_rights(need_tc=spaces.rate_mbit is not None)
     out_dir = run_folder(path, scenario, out)
+    if not spaces.enabled:
+        return _run(scenario, out_dir, None, quiet=quiet, centralised=centralised, spawn=spawn)
+    with open_namespaces(make_plan(spaces, scenario.nodes, out_dir)) as session:
+        return _run(scenario, out_dir, session, quiet=quiet, centralised=centralised,
+                    spawn=spawn)
+
+
+def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *, quiet: bool,
+         centralised: bool, spawn: bool) -> int:
     network = ScenarioNetwork(scenario) if scenario.links or scenario.partitions else None
     network_section = None
     launcher = None
     nodes: list[NodeProcess] = []
     try:
-        nodes = prepare_nodes(scenario, out_dir, network)
+        if netns is None:
+            nodes = prepare_nodes(scenario, out_dir, network)
+        else:
+            slots = netns.plan.nodes
+            nodes = prepare_nodes(scenario, out_dir, ports=[s.port for s in slots],
+                                  hosts=[s.ip for s in slots])
+            for node, slot in zip(nodes, slots, strict=True):
+                node.netns = slot.namespace
         start = time.monotonic()
         if network is not None:
             network.started = start
@@ -436,6 +468,8 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
                 network_section = network.section()
             finally:
                 network.close()
+        if netns is not None:
+            netns.snapshot()
     wall = time.monotonic() - start
     for node in nodes:
         node.poll_metrics()
@@ -445,7 +479,8 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
         print(f"gossipfl run: scenario timed out after {scenario.timeout:.0f} s; nodes stopped",
               file=sys.stderr)
     report = build_report(scenario, nodes, wall_seconds=wall, centralised=centralised,
-                          timed_out=not finished, network=network_section)
+                          timed_out=not finished, network=network_section,
+                          namespaces=netns.section() if netns is not None else None)
     soak.add_to(report)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     if not quiet:
