@@ -20,6 +20,7 @@ from gossipfl.node.exchange import (
 )
 from gossipfl.node.links import drop_neighbour
 from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.settle import SettleState
 
 SIZE = 4
 
@@ -41,6 +42,7 @@ class FakeNode:
     linked_at: dict = field(default_factory=dict)
     member_state: dict = field(default_factory=dict)  # (round, status) from heartbeats
     heard_at: dict = field(default_factory=dict)
+    settle: SettleState = field(default_factory=SettleState)
 
     def notify(self) -> None:
         event, self.changed = self.changed, trio.Event()

@@ -227,12 +227,15 @@ async def relink_loop(node: Node) -> None:
     forgot (silent for ``member_timeout``) may be gone for good, or behind a partition that
     will heal, so it is still asked (a node that gave up on it would leave a healed partition
     apart), with backoff: after each unanswered ask the wait doubles, up to four intervals, and
-    it is asked at once when it shows a sign of life. While such neighbours
+    it is asked at once when it shows a sign of life (a heartbeat straight from it wakes this
+    loop: a healed partition is re-linked within a heartbeat). While such neighbours
     leave this node short of its degree, it links with other members too
     (``replace_departed``)."""
     interval = node.protocol.relink_interval
     while True:
-        await trio.sleep(interval)
+        with trio.move_on_after(interval):
+            await node.relink_now.wait()  # set when a lost neighbour heartbeats us again
+        node.relink_now = trio.Event()
         if not node.status.running:
             continue
         now = trio.current_time()
@@ -343,6 +346,7 @@ async def drop_neighbour(node: Node, peer: str, r: int, reason: str) -> None:
         return
     node.estimates.forget(peer)
     node.linked_at.pop(peer, None)
+    node.settle.missing_since[peer] = trio.current_time()  # gone_seconds count from now
     node.dropped.append({"peer_id": peer, "round": r, "reason": reason})
     node.notify()
     if state.channel is not None:

@@ -68,6 +68,8 @@ def absorb(node: Node, beat: Heartbeat) -> None:
         node.addr_book[beat.sender] = beat.addrs
     node.member_state[beat.sender] = (beat.round, beat.status)
     node.heard_at[beat.sender] = now
+    if beat.sender in node.wanted and beat.sender not in node.neighbours:
+        node.relink_now.set()  # a lost neighbour is back (a healed partition): ask it now
     note_peer_round(node, beat.sender, beat.round, beat.status)
     hearsay = node.security.hearsay(beat.members)
     for peer in node.membership.merge(hearsay, now, reporter=beat.sender,

@@ -141,10 +141,7 @@ async def run_rounds(node: Node) -> None:
                      node.settle.depth, node.settle.horizon - 1)
             break
         if verdict is Verdict.AWAIT:
-            # settled with the neighbours here, a wanted one missing: no point spinning rounds
-            # (its neighbours wait for this node's next round; it is alive, so no miss counts)
-            with trio.move_on_after(node.protocol.heartbeat_interval):
-                await node.changed.wait()
+            await settle.pace(node)
         r += 1
     stop_training(node, r, TrainingStop.DONE)  # no consensus round ran (a restart past them)
     await announce_done(node)

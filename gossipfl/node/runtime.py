@@ -152,6 +152,7 @@ class Node:
         self.linked_at: dict[str, float] = {}
         self.relink_refused: dict[str, float] = {}
         self.relink_failures: dict[str, tuple[int, float]] = {}  # unanswered asks, last at
+        self.relink_now = trio.Event()  # wakes the re-link loop (a lost neighbour heartbeat us)
         self.dropped: list[dict[str, Any]] = []
         self.round = -1
         self.start_round = 0

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipfl.round")
 
 __all__ = ["SettleState", "Verdict", "gone_seconds", "hold", "judge", "note_extra_link",
-           "note_topology", "reports"]
+           "note_topology", "pace", "reports"]
 
 EXTRA_LINK_HOPS = 2
 """How much a link outside the founding topology (a late joiner, a replacement) can lengthen
@@ -140,6 +140,16 @@ def judge(node: Node, r: int) -> Verdict:
         return Verdict.GO_ON
     state.waiting_rounds += 1
     return Verdict.AWAIT
+
+
+async def pace(node: Node) -> None:
+    """After a round that waits for a missing member (here or next door): no point spinning
+    rounds until it is back (the neighbours wait for this node's next round; it is alive, so
+    they count no miss). The next round starts a heartbeat later, sooner if a link comes or
+    goes."""
+    linked = set(node.neighbours)
+    await node.wait_for(lambda: [] if set(node.neighbours) != linked else ["link"],
+                        trio.current_time() + node.protocol.heartbeat_interval)
 
 
 async def hold(node: Node, r: int) -> Hold:

@@ -100,6 +100,7 @@ class Node(Protocol):
     linked_at: dict[str, float]
     relink_refused: dict[str, float]
     relink_failures: dict[str, tuple[int, float]]
+    relink_now: trio.Event
     extra_refused: dict[str, float]
     replacements: list[dict[str, Any]]
     dropped: list[dict[str, Any]]
