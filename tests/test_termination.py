@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
+import numpy as np
+import trio
+import trio.testing
 from hypothesis import given, settings
 
 from gossipfl.aggregation.topology import build_topology
+from gossipfl.config import NodeConfig, ProtocolConfig
+from gossipfl.gossip.wire import MAX_DEPTH, Contribution
+from gossipfl.node import settle as settle_module
+from gossipfl.node.estimates import PeerEstimates
+from gossipfl.node.settle import SettleState
 from gossipfl.node.termination import (
     Hold,
     PeerSettle,
@@ -169,3 +178,76 @@ def test_a_partitioned_federation_never_finishes_on_either_side() -> None:
     h = horizon(ring)
     for depths in run_rule(ring, cut_side, 5 * h):
         assert max(depths.values()) < h
+
+
+# -- members that lie ---------------------------------------------------------------------------
+
+
+def test_a_member_claiming_the_largest_depth_cannot_end_a_federation_that_disagrees() -> None:
+    # a ring: the liar (m0) always reports the largest depth; m4, far from it, is unsettled.
+    # Every honest member has an honest neighbour whose depth is bounded by its distance to
+    # m4, so none reaches the horizon
+    members = [f"m{i}" for i in range(8)]
+    ring = {m: frozenset({members[(i - 1) % 8], members[(i + 1) % 8]})
+            for i, m in enumerate(members)}
+    h = horizon(ring)
+    depth = dict.fromkeys(members, 0)
+    for _ in range(5 * h):
+        reports = {m: [PeerSettle(0.0, False, MAX_DEPTH if p == "m0" else depth[p], h)
+                       for p in ring[m]] for m in members}
+        depth = {m: settled_depth(m != "m4", reports[m], h) for m in members}
+        assert max(d for m, d in depth.items() if m != "m0") < h
+
+
+@dataclass
+class JudgedNode:
+    """What settle.judge reads of a node (plain aggregation, no secure aggregation)."""
+
+    neighbours: dict[str, object]
+    wanted: set[str]
+    disagreement: float = 1e-6
+    protocol: ProtocolConfig = field(default_factory=lambda: ProtocolConfig(
+        member_timeout=5.0, heartbeat_interval=0.5, gone_seconds=10.0))
+    config: NodeConfig = field(default_factory=NodeConfig)
+    estimates: PeerEstimates = field(default_factory=lambda: PeerEstimates.empty(2))
+    settle: SettleState = field(default_factory=lambda: SettleState(horizon=4, members=8))
+    member_state: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def hear(self, peer: str, r: int, *, depth: int = 0, waiting: bool = False) -> None:
+        message = Contribution("f", r, peer, "me", 2, "full", -1, 1e-6, False, (),
+                               training=False, depth=depth, horizon=4, waiting=waiting)
+        self.estimates.apply(message, np.zeros(2, np.float32))
+
+
+def test_a_neighbour_that_says_it_waits_forever_frees_rounds_for_twice_gone_seconds() -> None:
+    async def main() -> None:
+        node = JudgedNode(neighbours={"liar": object(), "b": object()}, wanted={"liar", "b"})
+        verdicts = []
+        for r in range(60):  # a round a second
+            node.hear("liar", r, depth=0, waiting=True)
+            node.hear("b", r, depth=3)
+            verdicts.append(settle_module.judge(node, r))
+            await trio.sleep(1.0)
+        waited = [v for v in verdicts if v is settle_module.Verdict.AWAIT]
+        # 2 × gone_seconds = 20 s of waiting rounds, then they count again
+        assert 19 <= len(waited) <= 22
+        assert verdicts[-1] is settle_module.Verdict.GO_ON
+        assert node.settle.waiting_rounds == len(waited)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_missing_wanted_neighbour_is_awaited_then_gone_and_finished_without() -> None:
+    async def main() -> None:
+        node = JudgedNode(neighbours={"b": object()}, wanted={"b", "gone"})
+        verdicts = []
+        for r in range(20):
+            node.hear("b", r, depth=9)
+            verdicts.append(settle_module.judge(node, r))
+            await trio.sleep(1.0)
+        # awaited while missing up to gone_seconds (10 s), then finished without it
+        assert verdicts[:10] == [settle_module.Verdict.AWAIT] * 10
+        assert settle_module.Verdict.FINISH in verdicts[10:13]
+        assert node.settle.gone == ["gone"]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

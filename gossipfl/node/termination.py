@@ -25,14 +25,18 @@ Two rules, both pure (the round code in :mod:`gossipfl.node.round` applies them)
 
   Each half of a partition keeps the members next to the cut unsettled (their wanted
   neighbours across it are missing), so no depth on either side reaches the horizon until the
-  cut heals and the halves agree; the consensus round limit does not count the rounds a node
-  spends waiting for a wanted neighbour (they are paced, and bounded by ``gone_seconds``).
+  cut heals and the halves agree. A node that awaits a missing wanted neighbour says so with
+  its contributions (``waiting``), and so does each node next to one that says so: the rounds
+  of a waiting node are paced a heartbeat apart and do not count toward the consensus round
+  limit, for at most twice ``gone_seconds`` in a row (by then the missing member is back or gone
+  for good), so a long cut does not use up the limit on either side.
 
 Who this stops and who it does not: a crash, a pause, a partition, a node that loses its links.
 A member that lies about its depth can make its neighbours' depths larger by one hop at most,
 and only while they agree with it within the tolerance (their own disagreement is measured, not
 reported); one that reports 0 forever holds the nodes within a horizon of it to the consensus
-round limit (its rounds count), after which they finish and say so. A wanted neighbour silent
+round limit, after which they finish and say so; one that says it waits forever frees its
+neighbours' rounds from the limit for twice ``gone_seconds``, no longer. A wanted neighbour silent
 for ``gone_seconds`` is finished without, and the report names it: a partition longer than that
 still ends in two models, and the report says which members each node finished without.
 """
