@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -438,3 +439,23 @@ def test_fleet_is_controlled_from_plain_threads() -> None:
         fleet.close()  # idempotent
     finally:
         server.close()
+
+
+def test_a_reader_whose_deliverer_has_left_stops_quietly() -> None:
+    # the deliverer found its end broken and left (closing its channel) while the reader had a
+    # chunk in hand: the reader must stop, not raise BrokenResourceError out of the relay (a
+    # crash of the whole fleet, seen once in a partition run)
+    from gossipfl.scenario.relay import _Connection, _Direction
+
+    async def main() -> None:
+        relay = Relay("r", 9)
+        client, server = trio.testing.memory_stream_pair()
+        connection = _Connection(relay, client, server)  # type: ignore[arg-type]
+        source_in, source = trio.testing.memory_stream_one_way_pair()
+        send, receive = trio.open_memory_channel[tuple[float, bytes]](math.inf)
+        await receive.aclose()
+        await source_in.send_all(b"chunk")
+        with trio.fail_after(5):
+            await connection._read(source, send, _Direction("bytes_to_target"))  # type: ignore[arg-type]
+
+    trio.run(main)

@@ -219,7 +219,10 @@ class _Connection:
                 offset = draw_offset(relay.rng, faults.jitter)
                 previous = next_delivery(trio.current_time(), faults.latency, offset, previous)
                 way.queued += len(data)
-                send.send_nowait((previous, data))
+                try:
+                    send.send_nowait((previous, data))
+                except trio.BrokenResourceError:  # the deliverer found its end broken and
+                    return  # left (the connection is being aborted): nothing to pass on
 
     async def _deliver(self, receive: trio.MemoryReceiveChannel[tuple[float, bytes]],
                        dest: trio.SocketStream, way: _Direction) -> None:
