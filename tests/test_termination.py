@@ -28,6 +28,7 @@ from gossipfl.node.termination import (
     locally_settled,
     settled_depth,
     waiting_for,
+    waiting_hops,
 )
 
 TOL = 1e-4
@@ -213,7 +214,7 @@ class JudgedNode:
     settle: SettleState = field(default_factory=lambda: SettleState(horizon=4, members=8))
     member_state: dict[str, tuple[int, str]] = field(default_factory=dict)
 
-    def hear(self, peer: str, r: int, *, depth: int = 0, waiting: bool = False) -> None:
+    def hear(self, peer: str, r: int, *, depth: int = 0, waiting: int = 0) -> None:
         message = Contribution("f", r, peer, "me", 2, "full", -1, 1e-6, False, (),
                                training=False, depth=depth, horizon=4, waiting=waiting)
         self.estimates.apply(message, np.zeros(2, np.float32))
@@ -224,7 +225,7 @@ def test_a_neighbour_that_says_it_waits_forever_frees_rounds_for_twice_gone_seco
         node = JudgedNode(neighbours={"liar": object(), "b": object()}, wanted={"liar", "b"})
         verdicts = []
         for r in range(60):  # a round a second
-            node.hear("liar", r, depth=0, waiting=True)
+            node.hear("liar", r, depth=0, waiting=1)
             node.hear("b", r, depth=3)
             verdicts.append(settle_module.judge(node, r))
             await trio.sleep(1.0)
@@ -251,3 +252,24 @@ def test_a_missing_wanted_neighbour_is_awaited_then_gone_and_finished_without() 
         assert node.settle.gone == ["gone"]
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(graphs, st.data())
+def test_waiting_spreads_within_the_horizon_and_stops_echoing_once_the_member_is_back(
+        topology: dict[str, frozenset[str]], data: st.DataObject) -> None:
+    members = sorted(topology)
+    source = data.draw(st.sampled_from(members))
+    h = horizon(topology)
+    waits = dict.fromkeys(members, 0)
+
+    def step(awaiting: set[str]) -> dict[str, int]:
+        return {m: waiting_hops(m in awaiting, [waits[p] for p in topology[m]], h)
+                for m in members}
+
+    for _ in range(h):  # the source awaits a missing neighbour: news reaches everyone
+        waits = step({source})
+    assert all(w > 0 for w in waits.values())
+    for _ in range(h + 1):  # it is back: the figures count up past the horizon and vanish
+        waits = step(set())
+    assert all(w == 0 for w in waits.values())

@@ -102,7 +102,7 @@ class Contribution:
     sender's neighbour count, for Metropolis–Hastings weights; ``disagreement`` its relative
     distance to its neighbours after its previous round; ``done`` says it has stopped;
     ``depth`` and ``horizon`` are its settled depth and the depth it finishes at, ``waiting``
-    whether it (or a neighbour) awaits a missing wanted neighbour
+    0, or 1 + how many hops from it a member awaits a missing wanted neighbour
     (:mod:`gossipfl.node.termination`; absent on the wire: 0, not settled, not waiting).
     """
 
@@ -120,7 +120,7 @@ class Contribution:
     training: bool = True  # the sender is still in its training rounds
     depth: int = 0
     horizon: int = 0
-    waiting: bool = False  # it, or a neighbour, awaits a missing wanted neighbour
+    waiting: int = 0  # 0, or 1 + hops to a member that awaits a missing wanted neighbour
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
@@ -168,7 +168,7 @@ class Contribution:
             training=check_bool(body["training"], "training"),
             depth=check_int(body.get("depth", 0), "depth", 0, MAX_DEPTH),
             horizon=check_int(body.get("horizon", 0), "horizon", 0, MAX_DEPTH),
-            waiting=check_bool(body.get("waiting", False), "waiting"),
+            waiting=check_int(body.get("waiting", 0), "waiting", 0, MAX_DEPTH),
         )
 
 

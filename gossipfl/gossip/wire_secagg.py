@@ -76,7 +76,7 @@ class MaskedInput:
     shares: tuple[tuple[str, bytes], ...]
     depth: int = 0  # the sender's settled depth, horizon and waiting (gossipfl.node.termination)
     horizon: int = 0
-    waiting: bool = False
+    waiting: int = 0
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
@@ -105,7 +105,7 @@ class MaskedInput:
             shares=_check_pairs(body["shares"], "shares", MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
             depth=check_int(body.get("depth", 0), "depth", 0, MAX_DEPTH),
             horizon=check_int(body.get("horizon", 0), "horizon", 0, MAX_DEPTH),
-            waiting=check_bool(body.get("waiting", False), "waiting"),
+            waiting=check_int(body.get("waiting", 0), "waiting", 0, MAX_DEPTH),
         )
 
 

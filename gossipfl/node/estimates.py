@@ -68,7 +68,7 @@ class PeerEstimate:
     arrived: int = -1  # the receiver's own round when this arrived (async staleness)
     depth: int = 0  # the sender's settled depth, horizon, waiting (gossipfl.node.termination)
     horizon: int = 0
-    waiting: bool = False
+    waiting: int = 0
 
     def as_of(self, round_: int) -> np.ndarray:
         """The estimate for ``round_``: a neighbour may already be one round ahead of us."""

@@ -41,7 +41,7 @@ class SecAggState:
     failed_rounds: list[int] = field(default_factory=list)
     # per neighbour: (round, disagreement, done, settled depth, horizon, waiting) of its last
     # input (gossipfl.node.termination)
-    peer_status: dict[str, tuple[int, float, bool, int, int, bool]] = field(
+    peer_status: dict[str, tuple[int, float, bool, int, int, int]] = field(
         default_factory=dict)
 
     def forget_before(self, round_: int) -> None:

@@ -51,7 +51,7 @@ class SettleState:
     awaited: list[str] = field(default_factory=list)  # wanted and missing, last judged
     held_seconds: float = 0.0  # time spent holding rounds for want of a live neighbour
     holds: int = 0  # rounds held for want of a live neighbour
-    waiting: bool = False  # it, or a neighbour, awaits a missing wanted neighbour
+    waiting: int = 0  # 0, or 1 + hops to a member awaiting a missing wanted neighbour
     waiting_since: float | None = None  # since when, without a break
     waiting_rounds: int = 0  # consensus rounds spent waiting so (free of the round limit)
 
@@ -124,13 +124,14 @@ def judge(node: Node, r: int) -> Verdict:
                         max([state.horizon, *(h.horizon for h in known)]))
     state.depth = termination.settled_depth(settled, known, state.horizon)
     if state.depth >= state.horizon:
-        state.waiting, state.waiting_since = False, None
+        state.waiting, state.waiting_since = 0, None
         return Verdict.FINISH
-    # waiting spreads: a node whose neighbour waits for a missing member waits with it (its
-    # rounds are paced, and free of the limit), for at most twice gone_seconds in a row (by
-    # then the missing member is back or gone for good; a neighbour that says it waits
-    # forever cannot hold this node longer)
-    state.waiting = bool(awaited) or any(h.waiting and not h.done for h in known)
+    # waiting spreads within a horizon: a node near one that waits for a missing member waits
+    # with it (its rounds are paced, and free of the limit), for at most twice gone_seconds in
+    # a row (by then the missing member is back or gone for good; a neighbour that says it
+    # waits forever cannot hold this node longer)
+    state.waiting = termination.waiting_hops(
+        bool(awaited), [h.waiting for h in known if not h.done], state.horizon)
     if not state.waiting:
         state.waiting_since = None
         return Verdict.GO_ON

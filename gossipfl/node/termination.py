@@ -26,10 +26,12 @@ Two rules, both pure (the round code in :mod:`gossipfl.node.round` applies them)
   Each half of a partition keeps the members next to the cut unsettled (their wanted
   neighbours across it are missing), so no depth on either side reaches the horizon until the
   cut heals and the halves agree. A node that awaits a missing wanted neighbour says so with
-  its contributions (``waiting``), and so does each node next to one that says so: the rounds
-  of a waiting node are paced a heartbeat apart and do not count toward the consensus round
-  limit, for at most twice ``gone_seconds`` in a row (by then the missing member is back or gone
-  for good), so a long cut does not use up the limit on either side.
+  its contributions (``waiting`` = 1), and a node next to one that says ``k`` says ``k + 1``,
+  up to the horizon (:func:`waiting_hops`: a distance, so that once the member is back the
+  news stops echoing between neighbours within a horizon of rounds): the rounds of a waiting
+  node are paced a heartbeat apart and do not count toward the consensus round limit, for at
+  most twice ``gone_seconds`` in a row (by then the missing member is back or gone for good),
+  so a long cut does not use up the limit on either side.
 
 Who this stops and who it does not: a crash, a pause, a partition, a node that loses its links.
 A member that lies about its depth can make its neighbours' depths larger by one hop at most,
@@ -50,7 +52,7 @@ from dataclasses import dataclass
 from gossipfl.gossip.wire import MAX_DEPTH
 
 __all__ = ["MAX_DEPTH", "Hold", "PeerSettle", "hold_decision", "horizon", "locally_settled",
-           "settled_depth", "waiting_for"]
+           "settled_depth", "waiting_for", "waiting_hops"]
 
 EXACT_MEMBERS = 256
 """Up to this many members the horizon uses the exact diameter (one search per member)."""
@@ -73,7 +75,7 @@ class PeerSettle:
     done: bool  # it has finished (its depth reached its horizon, or it gave up)
     depth: int  # its settled depth
     horizon: int  # the horizon it counts to
-    waiting: bool = False  # it, or one of its neighbours, awaits a missing wanted neighbour
+    waiting: int = 0  # 0, or 1 + hops to a member that awaits a missing wanted neighbour
 
 
 def hold_decision(live: int, needed: int, *, allow_alone: bool, held_for: float,
@@ -145,6 +147,29 @@ def locally_settled(disagreement: float, reports: Mapping[str, PeerSettle | None
         if not report.done and not report.disagreement <= tolerance:
             return False
     return True
+
+
+def waiting_hops(awaiting: bool, reported: Iterable[int], own_horizon: int) -> int:
+    """What a node says of waiting: 1 if it awaits a missing wanted neighbour itself, else one
+    more than the least non-zero figure its neighbours said, if that stays within the horizon;
+    else 0 (not waiting). As a distance it cannot echo: once no member awaits anything, the
+    figures count up past the horizon and vanish within a horizon of rounds.
+
+    >>> waiting_hops(True, [0, 3], 4)
+    1
+    >>> waiting_hops(False, [0, 2, 3], 4)
+    3
+    >>> waiting_hops(False, [4], 4)  # a fifth hop is past the horizon: an echo, not news
+    0
+    >>> waiting_hops(False, [0, 0], 4)
+    0
+    """
+    if awaiting:
+        return 1
+    hops = [k for k in reported if k > 0]
+    if not hops or min(hops) + 1 > own_horizon:
+        return 0
+    return min(hops) + 1
 
 
 def settled_depth(settled: bool, reports: Iterable[PeerSettle], own_horizon: int) -> int:
