@@ -15,9 +15,8 @@ through it, so a relay sees only ciphertext). Each relay applies its current :cl
   retransmits, so a connection that neither end gave up on resumes where it stopped).
 * ``cut``: every open connection is reset, and new ones are accepted and reset at once.
 
-Relays listen and forward on 127.0.0.0/8 only. Each holds at most ``max_connections``
-connections and ``queue_bytes`` in flight per direction (a pump stops reading while its queue is
-over the cap, so a slow reader pushes back on the sender as TCP would).
+Relays stay on 127.0.0.0/8 and hold at most ``max_connections`` connections and ``queue_bytes``
+in flight per direction (a full queue stops its pump reading: a slow reader pushes back, as TCP).
 """
 
 from __future__ import annotations
@@ -199,7 +198,8 @@ class _Connection:
                     send: trio.MemorySendChannel[tuple[float, bytes]], way: _Direction) -> None:
         relay = self.relay
         previous = -math.inf
-        async with send:
+        # a BrokenResourceError from ``send``: the deliverer's end broke, and it has left
+        with send, contextlib.suppress(trio.BrokenResourceError):
             while True:
                 while way.queued >= relay.queue_bytes:  # backpressure: stop reading
                     way.space = trio.Event()
@@ -219,10 +219,7 @@ class _Connection:
                 offset = draw_offset(relay.rng, faults.jitter)
                 previous = next_delivery(trio.current_time(), faults.latency, offset, previous)
                 way.queued += len(data)
-                try:
-                    send.send_nowait((previous, data))
-                except trio.BrokenResourceError:  # the deliverer found its end broken and
-                    return  # left (the connection is being aborted): nothing to pass on
+                send.send_nowait((previous, data))
 
     async def _deliver(self, receive: trio.MemoryReceiveChannel[tuple[float, bytes]],
                        dest: trio.SocketStream, way: _Direction) -> None:
