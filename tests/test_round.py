@@ -20,7 +20,7 @@ from gossipfl.node.exchange import (
 )
 from gossipfl.node.links import drop_neighbour
 from gossipfl.node.runtime import NeighbourState, Node
-from gossipfl.node.settle import SettleState
+from gossipfl.node.termination import SettleState
 
 SIZE = 4
 

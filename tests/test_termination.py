@@ -19,10 +19,10 @@ from gossipfl.config import NodeConfig, ProtocolConfig
 from gossipfl.gossip.wire import MAX_DEPTH, Contribution
 from gossipfl.node import settle as settle_module
 from gossipfl.node.estimates import PeerEstimates
-from gossipfl.node.settle import SettleState
 from gossipfl.node.termination import (
     Hold,
     PeerSettle,
+    SettleState,
     hold_decision,
     horizon,
     locally_settled,

@@ -68,11 +68,11 @@ from gossipfl.node.secure_round import (
 )
 from gossipfl.node.security import NodeSecurity
 from gossipfl.node.serving import close_idle_connections, guard
-from gossipfl.node.settle import SettleState
 from gossipfl.node.state import NeighbourState, NodeError
 from gossipfl.node.state_sync import PROTO_STATE, consensus_round
 from gossipfl.node.streams import serve_requests
 from gossipfl.node.summary import node_summary, peak_rss_bytes
+from gossipfl.node.termination import SettleState
 from gossipfl.privacy.dp import noise_generator
 
 log = logging.getLogger("gossipfl.node")

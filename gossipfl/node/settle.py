@@ -1,15 +1,14 @@
 """The termination and hold rules of :mod:`gossipfl.node.termination`, applied to a node: what
 it reports of itself, whether it holds its round, and whether it may finish.
 
-The node keeps a :class:`SettleState`; the round code calls :func:`hold` before each round and
-:func:`judge` after each consensus round.
+The node keeps a :class:`~gossipfl.node.termination.SettleState`; the round code calls
+:func:`hold` before each round and :func:`judge` after each consensus round.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -23,8 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossipfl.round")
 
-__all__ = ["SettleState", "Verdict", "gone_seconds", "hold", "judge", "note_extra_link",
-           "note_topology", "pace", "reports"]
+__all__ = ["Verdict", "gone_seconds", "hold", "judge", "note_extra_link", "note_topology", "pace",
+           "reports"]
 
 EXTRA_LINK_HOPS = 2
 """How much a link outside the founding topology (a late joiner, a replacement) can lengthen
@@ -37,23 +36,6 @@ class Verdict(enum.Enum):
     GO_ON = "go on"  # not settled, or settled but the federation is not known to be
     AWAIT = "await"  # a wanted neighbour is missing (not gone for good) here or next door
     FINISH = "finish"  # the depth reached the horizon: the federation holds one model
-
-
-@dataclass
-class SettleState:
-    """A node's termination bookkeeping."""
-
-    depth: int = 0  # its settled depth, sent with each contribution
-    horizon: int = 1  # the depth it finishes at (topology diameter + 1, grown by extra links)
-    members: int = 1  # how many members it knows of: no horizon is larger
-    missing_since: dict[str, float] = field(default_factory=dict)  # wanted, not linked: since
-    gone: list[str] = field(default_factory=list)  # wanted neighbours finished without
-    awaited: list[str] = field(default_factory=list)  # wanted and missing, last judged
-    held_seconds: float = 0.0  # time spent holding rounds for want of a live neighbour
-    holds: int = 0  # rounds held for want of a live neighbour
-    waiting: int = 0  # 0, or 1 + hops to a member awaiting a missing wanted neighbour
-    waiting_since: float | None = None  # since when, without a break
-    waiting_rounds: int = 0  # consensus rounds spent waiting so (free of the round limit)
 
 
 def gone_seconds(node: Node) -> float:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from gossipfl.node.learner import LocalLearner
     from gossipfl.node.secagg_state import SecAggState
     from gossipfl.node.security import NodeSecurity
-    from gossipfl.node.settle import SettleState
+    from gossipfl.node.termination import SettleState
 
 
 class NodeError(RuntimeError):

@@ -47,12 +47,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gossipfl.gossip.wire import MAX_DEPTH
 
-__all__ = ["MAX_DEPTH", "Hold", "PeerSettle", "hold_decision", "horizon", "locally_settled",
-           "settled_depth", "waiting_for", "waiting_hops"]
+__all__ = ["MAX_DEPTH", "Hold", "PeerSettle", "SettleState", "hold_decision", "horizon",
+           "locally_settled", "settled_depth", "waiting_for", "waiting_hops"]
 
 EXACT_MEMBERS = 256
 """Up to this many members the horizon uses the exact diameter (one search per member)."""
@@ -239,3 +239,20 @@ def _eccentricity(graph: Mapping[str, set[str]], start: str) -> int | None:
                     nxt.append(other)
         frontier = nxt
     return None if len(distance) < len(graph) else max(distance.values())
+
+
+@dataclass
+class SettleState:
+    """A node's termination bookkeeping."""
+
+    depth: int = 0  # its settled depth, sent with each contribution
+    horizon: int = 1  # the depth it finishes at (topology diameter + 1, grown by extra links)
+    members: int = 1  # how many members it knows of: no horizon is larger
+    missing_since: dict[str, float] = field(default_factory=dict)  # wanted, not linked: since
+    gone: list[str] = field(default_factory=list)  # wanted neighbours finished without
+    awaited: list[str] = field(default_factory=list)  # wanted and missing, last judged
+    held_seconds: float = 0.0  # time spent holding rounds for want of a live neighbour
+    holds: int = 0  # rounds held for want of a live neighbour
+    waiting: int = 0  # 0, or 1 + hops to a member awaiting a missing wanted neighbour
+    waiting_since: float | None = None  # since when, without a break
+    waiting_rounds: int = 0  # consensus rounds spent waiting so (free of the round limit)
