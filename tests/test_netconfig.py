@@ -238,11 +238,11 @@ def test_partitions_cut_and_heal_on_the_most_advanced_round(tmp_path: Path) -> N
         assert network.step([1, 2, 0, 0], now=100.0) == []
         [cut] = network.step([3, 1, 0, 2], now=101.5)
         assert cut == {"partition": 0, "event": "cut", "seconds": 1.5, "max_round": 3,
-                       "min_round": 0}
+                       "min_round": 0, "by": "round"}
         assert all(f["faults"]["cut"] for f in network.fleet.stats().values())
         assert network.step([5, 5, 5, 5], now=102.0) == []
         [heal] = network.step([6, 4, 4, 4], now=103.0)
-        assert heal["event"] == "heal" and heal["max_round"] == 6
+        assert heal["event"] == "heal" and heal["max_round"] == 6 and heal["by"] == "round"
         faults = {n: s["faults"] for n, s in network.fleet.stats().items()}
         assert not any(f["cut"] for f in faults.values())
         assert all(f["latency"] == 0.01 for f in faults.values())  # the link's own faults back

@@ -96,3 +96,34 @@ def test_allow_alone_trains_alone_and_counts_the_rounds(tmp_path: Path, pool) ->
     assert node0["isolated_rounds"] >= 1
     assert report["summary"]["isolated_nodes"] == [0]
     assert "training alone (allow_alone)" in node_log(tmp_path, 0)
+
+
+def test_a_heal_tied_to_rounds_waits_out_min_cut_seconds_and_says_so(tmp_path: Path,
+                                                                     pool) -> None:
+    text = scenario_text(
+        name="min-cut", nodes=4, rounds=10, topology="ring", degree=2, round_timeout=2.0,
+        extra="[[partitions]]\ngroups = [[0, 1], [2, 3]]\nat_round = 2\nheal_round = 3\n"
+              "min_cut_seconds = 3.0\n")
+    report = simulated(tmp_path, text, pool)
+    [partition] = report["network"]["partitions"]
+    assert partition["cut"]["by"] == "round"
+    # round 3 came within a round of the cut; the heal waited out the 3 s, and says why
+    assert partition["healed"]["by"] == "min_cut_seconds"
+    assert partition["healed"]["seconds"] - partition["cut"]["seconds"] >= 3.0
+    assert report["final_consensus_distance"] <= 1e-3
+
+
+def test_partition_timing_rules() -> None:
+    from gossipfl.scenario.config import PartitionConfig
+
+    by_round = PartitionConfig(groups=((0,), (1,)), at_round=2, heal_round=5,
+                               min_cut_seconds=4.0)
+    assert by_round.cut_due({"seconds": 0.0, "max_round": 1}) is None
+    assert by_round.cut_due({"seconds": 0.0, "max_round": 2}) == "round"
+    cut = {"seconds": 1.0, "max_round": 2}
+    assert by_round.heal_due(cut, {"seconds": 2.0, "max_round": 4}) is None
+    assert by_round.heal_due(cut, {"seconds": 2.0, "max_round": 9}) == "held"
+    assert by_round.heal_due(cut, {"seconds": 5.0, "max_round": 9}) == "round"
+    by_time = PartitionConfig(side=(0,), at_seconds=1.0, heal_seconds=3.0)
+    assert by_time.cut_due({"seconds": 1.0, "max_round": 0}) == "seconds"
+    assert by_time.heal_due({"seconds": 1.0}, {"seconds": 3.0, "max_round": 0}) == "seconds"

@@ -214,14 +214,22 @@ class PartitionConfig:
                 self.heal_seconds <= self.at_seconds:
             raise ConfigError("partitions.heal_seconds must come after at_seconds")
 
-    def cut_due(self, when: Mapping[str, Any]) -> bool:
-        """Whether the cut is due, ``when`` being {"seconds", "max_round"} now."""
-        return _due(self.at_round, self.at_seconds, when)
+    def cut_due(self, when: Mapping[str, Any]) -> str | None:
+        """What makes the cut due now (``when``: {"seconds", "max_round"}): "round" or
+        "seconds"; None while it is not."""
+        if not _due(self.at_round, self.at_seconds, when):
+            return None
+        return "round" if self.at_round is not None else "seconds"
 
-    def heal_due(self, cut: Mapping[str, Any], when: Mapping[str, Any]) -> bool:
-        """Whether the heal is due now (``when``), the cut having come at ``cut``."""
-        return (_due(self.heal_round, self.heal_seconds, when)
-                and when["seconds"] - cut["seconds"] >= self.min_cut_seconds)
+    def heal_due(self, cut: Mapping[str, Any], when: Mapping[str, Any]) -> str | None:
+        """What makes the heal due now (``when``), the cut having come at ``cut``: "round" or
+        "seconds"; "held" while that is so but ``min_cut_seconds`` have not passed since the
+        cut (the caller then says the heal came by "min_cut_seconds"); None while it is not."""
+        if not _due(self.heal_round, self.heal_seconds, when):
+            return None
+        if when["seconds"] - cut["seconds"] < self.min_cut_seconds:
+            return "held"
+        return "round" if self.heal_round is not None else "seconds"
 
     def resolved_groups(self, nodes: int) -> tuple[tuple[int, ...], ...]:
         """The groups, with ``side`` turned into (side, every other node)."""

@@ -78,6 +78,7 @@ class PartitionState:
     healed: dict[str, Any] | None = None
     stats_at_cut: dict[str, int] = field(default_factory=dict)
     stats_at_heal: dict[str, int] = field(default_factory=dict)
+    held: bool = False  # the heal was due by rounds or seconds before min_cut_seconds passed
 
 
 class ScenarioNetwork:
@@ -117,15 +118,18 @@ class ScenarioNetwork:
         events = []
         for index, state in enumerate(self.partitions):
             config = state.config
-            if state.cut is None and config.cut_due(when):
+            if state.cut is None and (by := config.cut_due(when)):
                 self._cut(index, state)
-                state.cut = when
-                events.append({"partition": index, "event": "cut", **when})
+                state.cut = {**when, "by": by}
+                events.append({"partition": index, "event": "cut", **state.cut})
             elif state.cut is not None and state.healed is None and \
-                    config.heal_due(state.cut, when):
+                    (by := config.heal_due(state.cut, when)):
+                state.held = state.held or by == "held"
+                if by == "held":
+                    continue
                 self._heal(index, state)
-                state.healed = when
-                events.append({"partition": index, "event": "heal", **when})
+                state.healed = {**when, "by": "min_cut_seconds" if state.held else by}
+                events.append({"partition": index, "event": "heal", **state.healed})
         for event in events:
             log.info("partition %d %s at %.1f s (rounds %d..%d)", event["partition"],
                      event["event"], event["seconds"], event["min_round"], event["max_round"])

@@ -114,6 +114,7 @@ class Simulation:
     joins: list[JoinConfig] = field(default_factory=list)
     cuts: list[set[tuple[str, str]] | None] = field(default_factory=list)  # by partition
     cut_totals: dict[tuple[int, str], dict[str, int]] = field(default_factory=dict)
+    held_heals: set[int] = field(default_factory=set)  # heals min_cut_seconds held back
     furthest: int = -1  # the furthest round any node has finished
     batcher: Batcher = field(default_factory=lambda: Batcher())
     churn: Churn | None = None  # the scenario's [churn], once the run has started
@@ -219,18 +220,24 @@ class Simulation:
         when = {"seconds": round(now - self.started, 3), "max_round": self.furthest,
                 "min_round": min(rounds, default=-1)}
         for index, config in enumerate(self.scenario.partitions):
-            if self.cuts[index] is None and config.cut_due(when):
+            if self.cuts[index] is None and (by := config.cut_due(when)):
                 pairs = {(self.peer(a), self.peer(b))
                          for a, b in config.cross_pairs(len(self.entries))}
                 self.cut_totals[(index, "cut")] = self.network.totals(pairs)
                 self.network.cut(pairs, silent=config.silent)
                 self.cuts[index] = pairs
-                self.partition_events.append({"partition": index, "event": "cut", **when})
+                self.partition_events.append({"partition": index, "event": "cut", **when,
+                                              "by": by})
             elif self.cuts[index] and (index, "heal") not in self.cut_totals and \
-                    config.heal_due(self.cut_at(index), when):
+                    (by := config.heal_due(self.cut_at(index), when)):
+                if by == "held":
+                    self.held_heals.add(index)
+                    continue
+                by = "min_cut_seconds" if index in self.held_heals else by
                 self.cut_totals[(index, "heal")] = self.network.totals(self.cuts[index])
                 self.network.restore(self.cuts[index])
-                self.partition_events.append({"partition": index, "event": "heal", **when})
+                self.partition_events.append({"partition": index, "event": "heal", **when,
+                                              "by": by})
 
     def cut_at(self, index: int) -> dict[str, Any]:
         """When partition ``index`` was cut (its event)."""
