@@ -47,9 +47,15 @@ def test_a_node_short_of_neighbours_holds_until_gone_seconds_then_gives_up() -> 
     assert hold_decision(1, 1, held_for=0.0, **common) is Hold.GO
     assert hold_decision(3, 2, held_for=100.0, **common) is Hold.GO
     assert hold_decision(0, 1, held_for=0.0, **common) is Hold.HOLD
-    assert hold_decision(1, 2, held_for=29.9, **common) is Hold.HOLD  # fewer than it needs
-    assert hold_decision(1, 2, held_for=30.0, **common) is Hold.HOLD
+    assert hold_decision(0, 2, held_for=30.0, **common) is Hold.HOLD
     assert hold_decision(0, 1, held_for=30.1, **common) is Hold.GIVE_UP
+
+
+def test_a_node_with_some_neighbours_but_fewer_than_it_needs_is_paced_never_stopped() -> None:
+    common = {"allow_alone": False, "gone_seconds": 30.0}
+    assert hold_decision(1, 2, held_for=0.0, **common) is Hold.PACE
+    assert hold_decision(1, 3, held_for=100.0, **common) is Hold.PACE  # never gives up
+    assert hold_decision(1, 2, allow_alone=True, held_for=0.0, gone_seconds=30.0) is Hold.PACE
 
 
 def test_allow_alone_trains_at_once_and_only_when_short() -> None:

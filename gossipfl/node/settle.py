@@ -138,10 +138,12 @@ async def pace(node: Node) -> None:
 async def hold(node: Node, r: int) -> Hold:
     """Before round ``r``: hold the round while the node has fewer live neighbours than it
     needs, re-linking meanwhile (the re-link loop asks its lost neighbours back, with backoff);
-    returns GO once it has them, ALONE (allow_alone: train without them, logged), or GIVE_UP
-    after ``gone_seconds`` (the neighbours are gone for good: it finishes)."""
+    returns GO once it has them, PACE after a heartbeat's wait when it has some but fewer than
+    it needs, ALONE (allow_alone: train without them, logged), or GIVE_UP after
+    ``gone_seconds`` with none (the neighbours are gone for good: it finishes)."""
     protocol = node.protocol
-    needed = min(protocol.min_neighbours, max(1, node.degree_target))
+    degree = max(1, node.degree_target)
+    needed = min(protocol.min_neighbours or -(-degree // 2), degree)  # 0: half, rounded up
     start = trio.current_time()
     logged = False
     while True:
@@ -155,6 +157,12 @@ async def hold(node: Node, r: int) -> Hold:
                         ", ".join(sorted(node.wanted)) or "none")
             node.settle.holds += 1
             logged = True
+        if decision is Hold.PACE:
+            node.settle.paced += 1
+            log.info("round %d: %d live neighbour(s), %d needed: paced a heartbeat apart",
+                     r, len(node.neighbours), needed)
+            await pace(node)
+            return decision
         if decision is not Hold.HOLD:
             node.settle.held_seconds += held_for
             if decision is Hold.ALONE:

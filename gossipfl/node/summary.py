@@ -38,6 +38,7 @@ def node_summary(node: Node) -> dict[str, Any]:
         "termination": {"depth": node.settle.depth, "horizon": node.settle.horizon,
                         "finished_without": list(node.settle.gone),
                         "held_rounds": node.settle.holds,
+                        "paced_rounds": node.settle.paced,
                         "held_seconds": node.settle.held_seconds,
                         "awaiting_rounds": node.settle.waiting_rounds},
         "resumed_from": node.resumed_from,

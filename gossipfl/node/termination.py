@@ -62,7 +62,8 @@ class Hold(enum.Enum):
     """What a node with too few live neighbours does at the start of a round."""
 
     GO = "go"  # enough live neighbours: run the round
-    HOLD = "hold"  # keep the round; re-link and wait
+    PACE = "pace"  # some, fewer than it needs: run the round a heartbeat after the last
+    HOLD = "hold"  # none: keep the round; re-link and wait
     ALONE = "alone"  # allow_alone: run the round without neighbours (logged each round)
     GIVE_UP = "give up"  # held for gone_seconds: the missing neighbours are gone for good
 
@@ -82,11 +83,15 @@ def hold_decision(live: int, needed: int, *, allow_alone: bool, held_for: float,
                   gone_seconds: float) -> Hold:
     """Whether a node with ``live`` linked neighbours runs its round.
 
-    ``needed`` is how many it must have (its ``protocol.min_neighbours``, at most its degree);
-    ``held_for`` how long it has held this round so far.
+    ``needed`` is how many it must have to go at its own pace (``protocol.min_neighbours``,
+    at most its degree); ``held_for`` how long it has held this round so far. A node with some
+    neighbours but fewer than that is paced (a round a heartbeat, so that a few members cut off
+    with it cannot race through the training on their own data alone); one with none holds.
 
     >>> hold_decision(2, 1, allow_alone=False, held_for=0.0, gone_seconds=60.0)
     <Hold.GO: 'go'>
+    >>> hold_decision(1, 2, allow_alone=False, held_for=0.0, gone_seconds=60.0)
+    <Hold.PACE: 'pace'>
     >>> hold_decision(0, 1, allow_alone=False, held_for=5.0, gone_seconds=60.0)
     <Hold.HOLD: 'hold'>
     >>> hold_decision(0, 1, allow_alone=True, held_for=0.0, gone_seconds=60.0)
@@ -96,6 +101,8 @@ def hold_decision(live: int, needed: int, *, allow_alone: bool, held_for: float,
     """
     if live >= needed:
         return Hold.GO
+    if live > 0:
+        return Hold.PACE
     if allow_alone:
         return Hold.ALONE
     if held_for > gone_seconds:
@@ -253,6 +260,7 @@ class SettleState:
     awaited: list[str] = field(default_factory=list)  # wanted and missing, last judged
     held_seconds: float = 0.0  # time spent holding rounds for want of a live neighbour
     holds: int = 0  # rounds held for want of a live neighbour
+    paced: int = 0  # rounds paced for want of enough live neighbours
     waiting: int = 0  # 0, or 1 + hops to a member awaiting a missing wanted neighbour
     waiting_since: float | None = None  # since when, without a break
     waiting_rounds: int = 0  # consensus rounds spent waiting so (free of the round limit)
