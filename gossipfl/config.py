@@ -122,9 +122,10 @@ class ProtocolConfig:
     relink_interval: float = 2.0  # how often to ask a lost neighbour (dropped, cut off) back
     catch_up_rounds: int = 2  # sync: neighbours this many rounds ahead → pull their state, jump
     extra_links: int = 2  # late joiners a node takes beyond its topology degree
-    # a node with fewer live neighbours than this (at most its degree; 0: half its degree,
-    # rounded up) runs a round a heartbeat; with none it holds its round and re-links rather
-    # than train or average alone (node/termination.py) ...
+    # a node with fewer live neighbours than this (at most its degree; 0: its degree) runs a
+    # round a heartbeat until its lost neighbours are back or replaced (a crash, a cut: no few
+    # members race through the training on their own data alone); with none it holds its round
+    # and re-links rather than train or average alone (node/termination.py) ...
     min_neighbours: int = 0
     allow_alone: bool = False  # ... unless this says it trains alone (logged each round)
     # a wanted neighbour missing this long (seconds) is gone for good: a node finishes without
@@ -162,7 +163,7 @@ class ProtocolConfig:
         _require(self.catch_up_rounds >= 1, "protocol.catch_up_rounds must be at least 1")
         _require(self.extra_links >= 0, "protocol.extra_links must be >= 0")
         _require(self.min_neighbours >= 0,
-                 "protocol.min_neighbours must be >= 0 (0: half the degree, rounded up)")
+                 "protocol.min_neighbours must be >= 0 (0: the node's degree)")
         _require(self.gone_seconds >= 0, "protocol.gone_seconds must be >= 0 (0: automatic)")
         _require(self.max_in_flight_bytes == 0
                  or self.max_in_flight_bytes >= 2 * self.max_payload_bytes,

@@ -143,7 +143,7 @@ async def hold(node: Node, r: int) -> Hold:
     ``gone_seconds`` with none (the neighbours are gone for good: it finishes)."""
     protocol = node.protocol
     degree = max(1, node.degree_target)
-    needed = min(protocol.min_neighbours or -(-degree // 2), degree)  # 0: half, rounded up
+    needed = min(protocol.min_neighbours or degree, degree)  # 0: its whole degree
     start = trio.current_time()
     logged = False
     while True:
