@@ -40,9 +40,10 @@ reported); one that reports 0 forever holds the nodes within a horizon of it to 
 round limit, after which they finish and say so; one that says it waits forever frees its
 neighbours' rounds from the limit for twice ``gone_seconds``, no longer; one that announces a
 larger horizon raises its neighbours' (a horizon spreads, as a late joiner's must) up to the
-member count at most, which delays the end by that many rounds or to the round limit. A wanted neighbour silent
-for ``gone_seconds`` is finished without, and the report names it: a partition longer than that
-still ends in two models, and the report says which members each node finished without.
+member count at most, which delays the end by that many rounds or to the round limit. A wanted
+neighbour silent for ``gone_seconds`` is finished without, and the report names it: a partition
+longer than that still ends in two models, and the report says which members each node finished
+without.
 """
 
 from __future__ import annotations
