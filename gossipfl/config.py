@@ -241,6 +241,24 @@ class SecAggConfig:
 
 
 @dataclass(frozen=True)
+class RobustConfig:
+    """Defences against a member that manipulates the model (issue 9).
+
+    ``norm_ratio``: no estimate a neighbour sends (plain or async mode), and no neighbourhood
+    mean a secure sum yields, is mixed in if its L2 norm exceeds ``norm_ratio`` times this
+    node's own model's (at least 1): a cheap bound, on by default, that keeps a scaled or
+    exploded model out (a neighbour sending 6e+37 set a receiver's model to that in one round
+    without it). 0 turns it off. Honest estimates differ from a node's own by far less.
+    """
+
+    norm_ratio: float = 100.0
+
+    def __post_init__(self) -> None:
+        _require(self.norm_ratio == 0 or self.norm_ratio >= 2,
+                 "robust.norm_ratio must be 0 (off) or at least 2")
+
+
+@dataclass(frozen=True)
 class AdversaryConfig:
     """The deviation this node runs on top of the protocol (``kind = "none"``: honest; see
     :mod:`gossipfl.adversary`). ``target``: the peer id it aims at, where its kind takes one
@@ -287,6 +305,7 @@ class NodeConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     privacy: DPConfig = field(default_factory=DPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
     # peer id → multiaddr to dial that peer through (a relay): a routed peer is dialled there
     # only, never at the addresses it advertises

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from gossipfl.aggregation.bounds import norm_bound
 from gossipfl.gossip.codes import AckCode, AckReason, NodeStatus
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution, M, Sealed, WireError
 from gossipfl.node.estimates import EstimateError
@@ -87,7 +88,8 @@ def accept_contribution(node: Node, remote: str, message: Contribution) -> tuple
         return AckCode.REJECTED, AckReason.TOO_FAR_AHEAD
     try:
         vector = node.layout.from_tensors(message.tensors)
-        node.estimates.apply(message, vector)
+        node.estimates.apply(message, vector,
+                             max_norm=norm_bound(node.model, node.config.robust.norm_ratio))
     except LayoutError as error:
         node.reject(remote, "contribution", "layout", str(error))
         return AckCode.REJECTED, str(error)

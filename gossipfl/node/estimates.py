@@ -11,11 +11,13 @@ This module is state and arithmetic only: no I/O and no clock.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from gossipfl.aggregation.bounds import within_bound
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import Contribution
 
@@ -103,11 +105,14 @@ class PeerEstimates:
         entry = self.peers.get(peer)
         return entry.round if entry else -1
 
-    def apply(self, message: Contribution, vector: np.ndarray) -> None:
+    def apply(self, message: Contribution, vector: np.ndarray,
+              max_norm: float = math.inf) -> None:
         """Apply a validated contribution's array; raises :class:`EstimateError` if it cannot.
 
         Stale or replayed frames (round not newer than what we hold) are rejected; a delta on a
-        base we do not hold asks for the full estimate.
+        base we do not hold asks for the full estimate; an estimate whose L2 norm would exceed
+        ``max_norm`` (:func:`gossipfl.aggregation.bounds.norm_bound`) is rejected, and the one
+        held before stays.
         """
         if vector.shape != (self.size,):
             raise EstimateError(AckCode.REJECTED, f"parameter count {vector.size} != {self.size}",
@@ -128,6 +133,10 @@ class PeerEstimates:
         if not np.isfinite(new_vector).all():
             raise EstimateError(AckCode.REJECTED, "the estimate would hold NaN or infinite values",
                                 "non_finite")
+        if not within_bound(new_vector, max_norm):
+            norm = float(np.linalg.norm(new_vector.astype(np.float64)))
+            raise EstimateError(AckCode.REJECTED, f"the estimate's norm {norm:.3g} exceeds the "
+                                f"bound {max_norm:.3g} (robust.norm_ratio)", "norm")
         self.peers[message.sender] = PeerEstimate(
             vector=new_vector,
             round=message.round,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from gossipfl.aggregation.bounds import norm_bound, within_bound
 from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
@@ -374,6 +375,16 @@ async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: floa
         node.model = half_step.copy()
         return missing
     total, weights, survivors = result
+    bound = norm_bound(half_step, node.config.robust.norm_ratio)
+    if not within_bound(total / weights, bound):
+        # masking hides who sent what: only the sum can be checked (a member that scaled its
+        # input, or sent words that decode far off), and then the round's sum is refused
+        node.rejections["norm_sum"] += 1
+        log.warning("round %d: the secure sum's neighbourhood mean exceeds the norm bound "
+                    "%.3g (robust.norm_ratio): not mixed in", r, bound)
+        record["secure_aggregation"] = "refused: norm bound"
+        node.model = half_step.copy()
+        return missing
     record["secure_aggregation"] = f"{len(survivors)} contributors"
     node.model = ((1.0 - weights) * half_step + total).astype(np.float32)
     neighbourhood_mean = total / weights  # all this node learns: an average, never one input

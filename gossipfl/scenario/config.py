@@ -15,6 +15,7 @@ from gossipfl.config import (
     DataConfig,
     ModelConfig,
     ProtocolConfig,
+    RobustConfig,
     SecAggConfig,
     TopologyConfig,
     from_dict,
@@ -313,6 +314,7 @@ class ScenarioConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     privacy: DPConfig = field(default_factory=DPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
     faults: tuple[FaultConfig, ...] = ()
     joins: tuple[JoinConfig, ...] = ()
     slow: tuple[SlowConfig, ...] = ()

@@ -1,0 +1,84 @@
+"""The default norm bound (robust.norm_ratio), on the simulator: a member that publishes a
+huge multiple of its model (the issue's 6e+37) cannot get it into its neighbours' models;
+with the bound off, the same member wrecks them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sim_scenarios import scenario_text, simulated
+
+from gossipfl.aggregation.bounds import norm_bound, within_bound
+from gossipfl.node.learner import LearnerPool, TrainResult
+from gossipfl.scenario import simulate as simulate_module
+
+HUGE = 6e37  # what one neighbour set a receiver's model to in one round before the bound
+
+
+class Scaled:
+    """A learner whose training result is a model of ``HUGE`` entries: what a member that
+    publishes an exploded or scaled model sends (finite, so only a bound stops it)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def train(self, *args: Any) -> TrainResult:
+        result = self._inner.train(*args)
+        return replace(result, vector=np.full_like(result.vector, HUGE, np.float32))
+
+
+@pytest.fixture(scope="module")
+def pool() -> LearnerPool:
+    return LearnerPool()
+
+
+@pytest.fixture
+def attacker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node 0 of every simulation here scales its model."""
+    original = simulate_module.Simulation.make_node
+
+    def make_node(self: Any, index: int, config: Any, identity: Any, learner: Any,
+                  offload: Any) -> Any:
+        return original(self, index, config, identity, Scaled(learner) if index == 0
+                        else learner, offload)
+
+    monkeypatch.setattr(simulate_module.Simulation, "make_node", make_node)
+
+
+def run(tmp_path: Path, pool: LearnerPool, ratio: float) -> dict[str, Any]:
+    text = scenario_text(name="scaled", nodes=5, rounds=8, round_timeout=2.0,
+                         extra=f"[robust]\nnorm_ratio = {ratio}\n")
+    return simulated(tmp_path, text, pool)
+
+
+def test_a_scaled_model_is_kept_out_by_the_default_bound(tmp_path: Path, pool,
+                                                         attacker: None) -> None:
+    report = run(tmp_path, pool, 100.0)
+    honest = report["nodes"][1:]
+    assert min(n["final_accuracy"] for n in honest) > 0.8
+    assert all(n["rejected"].get("norm", 0) >= 1 for n in honest)
+
+
+def test_without_the_bound_the_same_member_wrecks_its_neighbours(tmp_path: Path, pool,
+                                                                 attacker: None) -> None:
+    report = run(tmp_path, pool, 0.0)
+    honest = report["nodes"][1:]
+    # the attack is real: with the bound off the honest nodes' models are far off (chance is
+    # about 0.1 on digits; a diverged node's training is discarded, its model stays wrecked)
+    assert max(n["final_accuracy"] or 0.0 for n in honest) < 0.5
+
+
+def test_the_bound_is_relative_to_the_node_s_own_model() -> None:
+    own = np.full(100, 0.5, np.float32)  # norm 5
+    bound = norm_bound(own, 100.0)
+    assert bound == pytest.approx(500.0)
+    assert within_bound(own * 50, bound)  # an honest-looking neighbour, far off but bounded
+    assert not within_bound(own * 1e6, bound)
+    assert not within_bound(np.full(100, 6e37, np.float32), bound)  # no float32 overflow
