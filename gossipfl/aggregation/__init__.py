@@ -1,4 +1,4 @@
-"""Aggregation: gossip mixing weights, model averaging and communication topologies."""
+"""Aggregation: gossip mixing weights, model averaging, robust mixing and topologies."""
 
 from gossipfl.aggregation.mixing import (
     WEIGHT_SUM_TOLERANCE,
@@ -8,6 +8,17 @@ from gossipfl.aggregation.mixing import (
     mix,
     neighbour_weights,
     relative_disagreement,
+)
+from gossipfl.aggregation.robust import (
+    SELF_ID,
+    RobustResult,
+    RobustRule,
+    clipped_gossip,
+    clipping_radius,
+    coordinate_median,
+    multi_krum,
+    robust_mix,
+    trimmed_mean,
 )
 from gossipfl.aggregation.topology import (
     KINDS,
@@ -19,13 +30,22 @@ from gossipfl.aggregation.topology import (
 __all__ = [
     "KINDS",
     "REGULAR_MAX_ATTEMPTS",
+    "SELF_ID",
     "WEIGHT_SUM_TOLERANCE",
+    "RobustResult",
+    "RobustRule",
     "Topology",
     "build_topology",
     "choco_step",
+    "clipped_gossip",
+    "clipping_radius",
     "consensus_distance",
+    "coordinate_median",
     "metropolis_weight",
     "mix",
+    "multi_krum",
     "neighbour_weights",
     "relative_disagreement",
+    "robust_mix",
+    "trimmed_mean",
 ]
