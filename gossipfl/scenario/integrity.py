@@ -18,8 +18,8 @@ CHECKPOINT = "checkpoint.npz"  # every round's (and the last) checkpoint of a no
 FINAL = "final.npz"  # written by a node that finished: checked too where it exists
 
 
-def expected_parameters(scenario: ScenarioConfig) -> int:
-    """The number of parameters of the scenario's model on its dataset."""
+def dataset_and_model(scenario: ScenarioConfig) -> tuple[Any, Any]:
+    """The scenario's whole dataset and its model (unfitted), as the report builds them."""
     from gossipfl.learning.data import load_dataset
     from gossipfl.learning.models import build_model
 
@@ -28,6 +28,12 @@ def expected_parameters(scenario: ScenarioConfig) -> int:
                            path=spec.path, samples=spec.samples)
     model = build_model(scenario.model.name, dataset.input_shape, dataset.num_classes,
                         hidden=scenario.model.hidden)
+    return dataset, model
+
+
+def expected_parameters(scenario: ScenarioConfig) -> int:
+    """The number of parameters of the scenario's model on its dataset."""
+    _, model = dataset_and_model(scenario)
     return _count(model.init(0))
 
 

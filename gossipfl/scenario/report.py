@@ -11,7 +11,11 @@ import numpy as np
 from gossipfl.aggregation.mixing import consensus_distance
 from gossipfl.config import to_dict
 from gossipfl.scenario.adversaries import adversaries_section
-from gossipfl.scenario.integrity import checkpoints_section, expected_parameters
+from gossipfl.scenario.integrity import (
+    checkpoints_section,
+    dataset_and_model,
+    expected_parameters,
+)
 
 if TYPE_CHECKING:
     from gossipfl.scenario.config import ScenarioConfig
@@ -134,15 +138,9 @@ def finished_without(entries: list[dict[str, Any]]) -> dict[int, list[int | str]
 
 def centralised_baseline(scenario: ScenarioConfig) -> float:
     """The same model and epochs trained on the pooled training data: the bar to reach."""
-    from gossipfl.learning.data import load_dataset
-    from gossipfl.learning.models import build_model
     from gossipfl.learning.train import train_centralised
 
-    spec = scenario.data
-    dataset = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
-                           path=spec.path, samples=spec.samples)
-    model = build_model(scenario.model.name, dataset.input_shape, dataset.num_classes,
-                        hidden=scenario.model.hidden)
+    dataset, model = dataset_and_model(scenario)
     _, accuracies = train_centralised(
         dataset, model, scenario.train, epochs=scenario.rounds * scenario.train.local_epochs,
         seed=scenario.seed,
