@@ -249,13 +249,28 @@ class RobustConfig:
     node's own model's (at least 1): a cheap bound, on by default, that keeps a scaled or
     exploded model out (a neighbour sending 6e+37 set a receiver's model to that in one round
     without it). 0 turns it off. Honest estimates differ from a node's own by far less.
+
+    ``rule``: how a node mixes its neighbours' public estimates
+    (:class:`gossipfl.aggregation.robust.RobustRule`): ``none`` (Metropolis–Hastings, CHOCO),
+    ``clipping`` (self-centred clipping, ClippedGossip, with the adaptive radius that clips the
+    farthest neighbours up to a mixing weight of ``delta``), ``trimmed_mean`` (``trim`` values
+    off each end of every coordinate), ``median`` or ``krum`` (``krum_f`` inputs assumed
+    Byzantine). Not with secure aggregation, which hides the individual estimates.
     """
 
     norm_ratio: float = 100.0
+    rule: str = "none"
+    delta: float = 0.25
+    trim: int = 1
+    krum_f: int = 1
 
     def __post_init__(self) -> None:
         _require(self.norm_ratio == 0 or self.norm_ratio >= 2,
                  "robust.norm_ratio must be 0 (off) or at least 2")
+        rules = ("none", "clipping", "trimmed_mean", "median", "krum")
+        _require(self.rule in rules, f"robust.rule must be one of {', '.join(rules)}")
+        _require(0 < self.delta < 1, "robust.delta must be in (0, 1)")
+        _require(self.trim >= 0 and self.krum_f >= 0, "robust.trim and robust.krum_f must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -316,6 +331,9 @@ class NodeConfig:
             _check_route(peer, route)
         _require(not (self.secagg.enabled and self.protocol.mode is Mode.ASYNC),
                  "secagg needs protocol.mode = sync (its sums are per round)")
+        _require(not (self.secagg.enabled and self.robust.rule != "none"),
+                 "robust.rule needs the neighbours' individual estimates: not with secagg "
+                 "(its masks hide them; the norm bound still checks each secure sum)")
         _require(not self.secagg.enabled or self.security.admission,
                  "secagg needs security.admission (pair masks use the certified keys)")
         _require(bool(self.federation) and len(self.federation) <= 64,

@@ -4,6 +4,7 @@ with the bound off, the same member wrecks them."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,66 @@ def test_the_bound_is_relative_to_the_node_s_own_model() -> None:
     assert within_bound(own * 50, bound)  # an honest-looking neighbour, far off but bounded
     assert not within_bound(own * 1e6, bound)
     assert not within_bound(np.full(100, 6e37, np.float32), bound)  # no float32 overflow
+
+
+class Flipped(Scaled):
+    """A learner whose model points the other way, three times as far: within the norm bound,
+    so only a robust rule stops it (sign flipping)."""
+
+    def train(self, *args: Any) -> TrainResult:
+        result = self._inner.train(*args)
+        return replace(result, vector=(-3.0 * result.vector).astype(np.float32))
+
+
+@pytest.fixture
+def flipper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node 0 of every simulation here flips its model."""
+    original = simulate_module.Simulation.make_node
+
+    def make_node(self: Any, index: int, config: Any, identity: Any, learner: Any,
+                  offload: Any) -> Any:
+        return original(self, index, config, identity, Flipped(learner) if index == 0
+                        else learner, offload)
+
+    monkeypatch.setattr(simulate_module.Simulation, "make_node", make_node)
+
+
+def flipped_run(tmp_path: Path, pool: LearnerPool, rule: str) -> dict[str, Any]:
+    text = scenario_text(name="flipped", nodes=6, rounds=10, round_timeout=2.0, degree=5,
+                         extra=f'[robust]\nrule = "{rule}"\n')
+    return simulated(tmp_path, text, pool)
+
+
+# measured here: without an attacker every node ends at 0.861 (none), 0.858 (clipping), 0.808
+# (trimmed mean), 0.725 (median); with it, 0.428 with plain mixing and 0.800, 0.706, 0.711.
+# Krum (0.369 without an attacker: one estimate picked a round mixes too little on non-IID
+# data) is left out: it does not help here.
+@pytest.mark.parametrize(("rule", "floor"), [("clipping", 0.75), ("trimmed_mean", 0.65),
+                                             ("median", 0.65)])
+def test_a_robust_rule_keeps_a_sign_flipping_member_from_its_neighbours(
+        tmp_path: Path, pool, flipper: None, rule: str, floor: float) -> None:
+    plain = min(n["final_accuracy"] for n in flipped_run(tmp_path / "plain", pool,
+                                                          "none")["nodes"][1:])
+    report = flipped_run(tmp_path / rule, pool, rule)
+    robust = min(n["final_accuracy"] for n in report["nodes"][1:])
+    assert plain < 0.5  # the attack is real ...
+    assert robust > floor and robust > plain + 0.15  # ... and the rule stops most of it
+    rounds = [json.loads(line) for line in
+              (tmp_path / rule / "out" / "nodes" / "node-01" / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert all(m["robust"]["rule"] == rule for m in rounds if "robust" in m)
+    assert any("robust" in m for m in rounds)
+
+
+def test_a_robust_rule_is_refused_with_secure_aggregation_and_bad_values_clearly() -> None:
+    from gossipfl.config import ConfigError, RobustConfig, SecAggConfig
+    from gossipfl.scenario.config import ScenarioConfig
+
+    with pytest.raises(ConfigError, match="not with secagg"):
+        ScenarioConfig(secagg=SecAggConfig(enabled=True), robust=RobustConfig(rule="median"))
+    with pytest.raises(ConfigError, match="robust.rule must be one of"):
+        RobustConfig(rule="mean")
+    with pytest.raises(ConfigError, match="robust.delta"):
+        RobustConfig(rule="clipping", delta=1.5)
+    with pytest.raises(ConfigError, match="norm_ratio"):
+        RobustConfig(norm_ratio=1.0)

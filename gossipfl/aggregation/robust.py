@@ -26,6 +26,7 @@ can drop it before mixing.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ __all__ = [
     "clipping_radius",
     "coordinate_median",
     "multi_krum",
+    "robust_choco_step",
     "robust_mix",
     "trimmed_mean",
 ]
@@ -425,3 +427,32 @@ def robust_mix(
         return RobustResult(model, chosen_rule, n, discarded=n - (1 if n % 2 else 2))
     model, selected = multi_krum(own, neighbours, f, m)
     return RobustResult(model, chosen_rule, n, discarded=n - len(selected), selected=selected)
+
+
+def robust_choco_step(
+    rule: RobustRule | str,
+    own_half: np.ndarray,
+    own_estimate: np.ndarray,
+    neighbour_estimates: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    gamma: float = 1.0,
+    **params: float | int | None,
+) -> RobustResult:
+    """The CHOCO consensus step with ``rule`` in place of the weighted sum:
+    ``x_i ← x_i^{1/2} + γ (R(x̂_i, {x̂_j}) − x̂_i)``, ``R`` being :func:`robust_mix` over the
+    public estimates (``params``: its ``tau``/``delta``/``b``/``f``/``m``). With ``NONE`` this is
+    :func:`~gossipfl.aggregation.mixing.choco_step` exactly; with ``CLIPPING`` each neighbour
+    moves the node by at most ``γ w_ij τ``. The result's ``model`` is the new ``x_i``.
+
+    >>> r = robust_choco_step(RobustRule.MEDIAN, np.array([1.0]), np.array([1.0]),
+    ...                       {"a": np.array([2.0]), "b": np.array([99.0])}, {"a": .3, "b": .3})
+    >>> r.model
+    array([2.], dtype=float32)
+    """
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    result = robust_mix(rule, own_estimate, neighbour_estimates, weights, **params)  # type: ignore[arg-type]
+    own_hat = np.asarray(own_estimate, np.float64)
+    step = np.asarray(result.model, np.float64) - own_hat
+    model = (np.asarray(own_half, np.float64) + gamma * step).astype(np.float32)
+    return dataclasses.replace(result, model=model)

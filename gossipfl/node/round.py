@@ -35,6 +35,7 @@ from gossipfl.node.exchange import (
 )
 from gossipfl.node.learner import RecordDP
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
+from gossipfl.node.robust_step import robust_step
 from gossipfl.node.settle import Verdict
 from gossipfl.node.state import Node
 from gossipfl.node.state_sync import catch_up_now
@@ -266,7 +267,7 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
         record["wait_seconds"] = trio.current_time() - wait_start
 
         # 6. aggregate: Metropolis–Hastings weights over the neighbours we hold estimates of
-        node.model = aggregate(node, half_step, r)
+        node.model = aggregate(node, half_step, r, record)
         present = [p for p in node.neighbours if p in node.estimates.peers]
         node.disagreement = relative_disagreement(
             node.model, [node.estimates.peers[p].vector for p in present]
@@ -392,7 +393,8 @@ async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: floa
     return missing
 
 
-def aggregate(node: Node, half_step: np.ndarray, r: int) -> np.ndarray:
+def aggregate(node: Node, half_step: np.ndarray, r: int,
+              record: dict[str, Any] | None = None) -> np.ndarray:
     """x_i ← x½ + γ Σ_j W_ij (x̂_j − x̂_i), with each neighbour's estimate as of round r.
 
     A neighbour one round ahead already sent its round r+1 estimate; using its round-r one keeps
@@ -415,10 +417,11 @@ def aggregate(node: Node, half_step: np.ndarray, r: int) -> np.ndarray:
         # consensus rounds wait as in sync and mix as in sync
         decay = protocol.staleness_decay
         weights = {p: w * decay ** max(0, r - held[p].round) for p, w in weights.items()}
-    return choco_step(
-        half_step, node.own.vector, {p: e.as_of(r) for p, e in held.items()}, weights,
-        gamma=node.protocol.gamma,
-    )
+    estimates = {p: e.as_of(r) for p, e in held.items()}
+    if node.config.robust.rule == "none":
+        return choco_step(half_step, node.own.vector, estimates, weights,
+                          gamma=node.protocol.gamma)
+    return robust_step(node, half_step, estimates, weights, record)
 
 
 def finished(node: Node, r: int) -> Verdict:

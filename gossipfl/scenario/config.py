@@ -334,6 +334,10 @@ class ScenarioConfig:
             raise ConfigError("timeout must be positive")
         if self.secagg.enabled and not self.admission:
             raise ConfigError("secagg needs admission = true (pair masks use certified keys)")
+        if self.secagg.enabled and self.robust.rule != "none":
+            raise ConfigError("robust.rule needs the neighbours' individual estimates: not with "
+                              "secagg (its masks hide them; the norm bound still checks each "
+                              "secure sum)")
         for slow in self.slow:
             if slow.node >= self.nodes:
                 raise ConfigError(f"slow names node {slow.node}, the scenario has {self.nodes}")

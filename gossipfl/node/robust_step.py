@@ -1,0 +1,46 @@
+"""The robust mixing rule a node runs in place of the weighted sum (``[robust] rule``; issue 9):
+the pure step of :func:`gossipfl.aggregation.robust.robust_choco_step`, with the node's
+parameters, and what it clipped or left out written to the round's record."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gossipfl.aggregation.robust import RobustRule, robust_choco_step
+
+if TYPE_CHECKING:
+    from gossipfl.node.state import Node
+
+log = logging.getLogger("gossipfl.round")
+
+
+def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.ndarray],
+                weights: Mapping[str, float], record: dict[str, Any] | None) -> np.ndarray:
+    """``x_i ← x½ + γ (R(x̂_i, {x̂_j}) − x̂_i)`` with the node's rule ``R``. A rule that needs
+    more inputs than the node holds this round (Krum with too few neighbours, a trim too deep)
+    falls back to the coordinate median, which takes any number, and says so."""
+    config = node.config.robust
+    rule = RobustRule(config.rule)
+    params: dict[str, Any] = {
+        RobustRule.CLIPPING: {"delta": config.delta},
+        RobustRule.TRIMMED_MEAN: {"b": config.trim},
+        RobustRule.KRUM: {"f": config.krum_f},
+    }.get(rule, {})
+    try:
+        result = robust_choco_step(rule, half_step, node.own.vector, estimates, weights,
+                                   node.protocol.gamma, **params)
+    except ValueError as error:
+        log.warning("robust rule %s cannot run with %d neighbour estimate(s) (%s): the "
+                    "coordinate median this round", rule.value, len(estimates), error)
+        rule = RobustRule.MEDIAN
+        result = robust_choco_step(rule, half_step, node.own.vector, estimates, weights,
+                                   node.protocol.gamma)
+    if record is not None:
+        record["robust"] = {"rule": rule.value, "inputs": result.inputs,
+                            "clipped": result.clipped, "discarded": result.discarded,
+                            **({"tau": result.tau} if result.tau is not None else {})}
+    return result.model
