@@ -140,9 +140,9 @@ def test_a_robust_rule_is_refused_with_secure_aggregation_and_bad_values_clearly
 
     with pytest.raises(ConfigError, match="not with secagg"):
         ScenarioConfig(secagg=SecAggConfig(enabled=True), robust=RobustConfig(rule="median"))
-    with pytest.raises(ConfigError, match="robust.rule must be one of"):
+    with pytest.raises(ConfigError, match=r"robust\.rule must be one of"):
         RobustConfig(rule="mean")
-    with pytest.raises(ConfigError, match="robust.delta"):
+    with pytest.raises(ConfigError, match=r"robust\.delta"):
         RobustConfig(rule="clipping", delta=1.5)
     with pytest.raises(ConfigError, match="norm_ratio"):
         RobustConfig(norm_ratio=1.0)
