@@ -40,17 +40,22 @@ def pool() -> LearnerPool:
     return LearnerPool()
 
 
-@pytest.fixture
-def attacker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Node 0 of every simulation here scales its model."""
+def node_zero_learns_with(monkeypatch: pytest.MonkeyPatch, wrapper: type) -> None:
+    """Node 0 of every simulation in the test runs ``wrapper(its learner)``."""
     original = simulate_module.Simulation.make_node
 
     def make_node(self: Any, index: int, config: Any, identity: Any, learner: Any,
                   offload: Any) -> Any:
-        return original(self, index, config, identity, Scaled(learner) if index == 0
+        return original(self, index, config, identity, wrapper(learner) if index == 0
                         else learner, offload)
 
     monkeypatch.setattr(simulate_module.Simulation, "make_node", make_node)
+
+
+@pytest.fixture
+def attacker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node 0 of every simulation here publishes a huge model."""
+    node_zero_learns_with(monkeypatch, Scaled)
 
 
 def run(tmp_path: Path, pool: LearnerPool, ratio: float) -> dict[str, Any]:
@@ -97,14 +102,7 @@ class Flipped(Scaled):
 @pytest.fixture
 def flipper(monkeypatch: pytest.MonkeyPatch) -> None:
     """Node 0 of every simulation here flips its model."""
-    original = simulate_module.Simulation.make_node
-
-    def make_node(self: Any, index: int, config: Any, identity: Any, learner: Any,
-                  offload: Any) -> Any:
-        return original(self, index, config, identity, Flipped(learner) if index == 0
-                        else learner, offload)
-
-    monkeypatch.setattr(simulate_module.Simulation, "make_node", make_node)
+    node_zero_learns_with(monkeypatch, Flipped)
 
 
 def flipped_run(tmp_path: Path, pool: LearnerPool, rule: str) -> dict[str, Any]:
