@@ -7,36 +7,27 @@ errors, so a typo in a TOML file never silently falls back to a default.
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
-from typing import Any, TypeVar
 
 import multiaddr
 
 from gossipfl.adversary.kinds import AdversaryKind
+from gossipfl.config_io import (  # noqa: F401 (re-exported)
+    TOML_NONE,
+    ConfigError,
+    dump_toml,
+    from_dict,
+    load_toml,
+    to_dict,
+)
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
-
-T = TypeVar("T")
 
 DATASETS = ("digits", "wine", "breast_cancer", "iris", "mnist1d", "npz")
 PARTITIONS = ("iid", "dirichlet", "shards", "none")
 MODELS = ("logreg", "mlp", "cnn")
 TOPOLOGIES = ("regular", "ring", "full")
-
-
-class ConfigError(ValueError):
-    """A configuration value that breaks a rule; the message names the key."""
-
-
-#: Field metadata: what TOML says for a field whose value is None (TOML has no null, and
-#: :func:`to_dict` would otherwise leave the key out, which means the default on reading back).
-TOML_NONE = "toml_none"
 
 
 class Mode(StrEnum):
@@ -360,137 +351,3 @@ def _check_route(peer: str, route: str) -> None:
         raise ConfigError(f"routes.{peer}: {route!r} is not a multiaddr with a /tcp/ part"
                           ) from None
     _require(bool(port), f"routes.{peer}: {route!r} is not a multiaddr with a /tcp/ part")
-
-
-# -- building dataclasses from plain data ------------------------------------------------------
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a table")
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _convert(non_none[0], value, where)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a table")
-        (key_type, item_type) = typing.get_args(tp)
-        return {_convert(key_type, k, f"{where} key"): _convert(item_type, v, f"{where}.{k}")
-                for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list")
-        (item_type, _) = typing.get_args(tp)
-        return tuple(_convert(item_type, v, f"{where}[]") for v in value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string")
-        return value
-    return value
-
-
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build the dataclass ``cls`` from nested plain data, refusing unknown keys."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{where}.{name}" if where else name
-        kwargs[name] = _convert(hints[name], value, key)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except ValueError as error:
-        raise ConfigError(f"{where or cls.__name__}: {error}") from None
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain data (TOML/JSON-ready) from a config dataclass; None values are left out, but for
-    fields that say what TOML writes for None (:data:`TOML_NONE`)."""
-    if dataclasses.is_dataclass(obj):
-        plain = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if value is None:
-                if TOML_NONE not in f.metadata:
-                    continue
-                value = f.metadata[TOML_NONE]
-            plain[f.name] = to_dict(value)
-        return plain
-    if isinstance(obj, tuple):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: {error}") from None
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """A small TOML writer for the plain data :func:`to_dict` produces."""
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for name, table in tables:
-        lines.append(f"\n[{_toml_key(name)}]")
-        for key, value in table.items():
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_key(key: str) -> str:
-    """A bare key when TOML allows one, else a quoted key."""
-    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
-        return key
-    return _toml_value(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + "".join(_toml_char(c) for c in value) + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_char(char: str) -> str:
-    if char in ('"', "\\"):
-        return "\\" + char
-    if ord(char) < 0x20 or ord(char) == 0x7F:
-        return f"\\u{ord(char):04x}"
-    return char
