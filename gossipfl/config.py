@@ -12,7 +12,7 @@ from enum import StrEnum
 
 import multiaddr
 
-from gossipfl.adversary.kinds import AdversaryKind
+from gossipfl.adversary.kinds import BYZANTINE_KINDS, AdversaryKind
 from gossipfl.config_io import (  # noqa: F401 (re-exported)
     TOML_NONE,
     ConfigError,
@@ -269,17 +269,24 @@ class AdversaryConfig:
     """The deviation this node runs on top of the protocol (``kind = "none"``: honest; see
     :mod:`gossipfl.adversary`). ``target``: the peer id it aims at, where its kind takes one
     (empty: each neighbour in turn). ``keep_public_estimates``: save x̂ per round
-    (``public/rNNNNN.npy``), so the report can score what adversaries reconstructed."""
+    (``public/rNNNNN.npy``), so the report can score what adversaries reconstructed.
+    Byzantine kinds (:mod:`gossipfl.adversary.byzantine`): ``strength`` (z, ε, σ or the
+    factor; 0: the kind's default), ``board`` (the colluders' shared folder) and ``colluders``
+    (every Byzantine member's peer id)."""
 
     kind: str = "none"
     target: str = ""
     keep_public_estimates: bool = False
+    strength: float = 0.0
+    board: str = ""
+    colluders: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
             AdversaryKind.parse(self.kind)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        _require(self.strength >= 0, "adversary.strength must be >= 0 (0: the kind's default)")
 
     @property
     def role(self) -> AdversaryKind:
@@ -325,6 +332,10 @@ class NodeConfig:
         _require(not (self.secagg.enabled and self.robust.rule != "none"),
                  "robust.rule needs the neighbours' individual estimates: not with secagg "
                  "(its masks hide them; the norm bound still checks each secure sum)")
+        _require(not (self.secagg.enabled and self.adversary.role in BYZANTINE_KINDS
+                      and self.adversary.role is not AdversaryKind.LABEL_FLIP),
+                 f"adversary.kind {self.adversary.kind!r} crafts its plain estimates: not with "
+                 "secagg (a Byzantine member's masked input is not built; label_flip is)")
         _require(not self.secagg.enabled or self.security.admission,
                  "secagg needs security.admission (pair masks use the certified keys)")
         _require(bool(self.federation) and len(self.federation) <= 64,

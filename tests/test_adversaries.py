@@ -65,7 +65,7 @@ def test_every_kind_has_a_role_and_unknown_kinds_are_refused() -> None:
         assert role.kind is kind
         assert role.aggregates == (kind in AGGREGATOR_KINDS)
     with pytest.raises(ConfigError, match=r"unknown .*known: none, lying_aggregator"):
-        AdversaryConfig(kind="sign_flip")
+        AdversaryConfig(kind="sign_flipper")
     assert type(make_role(AdversaryConfig())) is Role
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gossipfl.adversary.aggregator import Differencing, LyingAggregator
+from gossipfl.adversary.byzantine import BYZANTINE_ROLES
 from gossipfl.adversary.flood import MembershipFlood, OversizeFlood
 from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.adversary.prober import StateProber
@@ -16,6 +17,7 @@ ROLES: dict[AdversaryKind, type[Role]] = {
     AdversaryKind.STATE_PROBER: StateProber,
     AdversaryKind.MEMBERSHIP_FLOOD: MembershipFlood,
     AdversaryKind.OVERSIZE_FLOOD: OversizeFlood,
+    **BYZANTINE_ROLES,
 }
 
 

@@ -1,4 +1,5 @@
-"""The adversary kinds a scenario may name (issue 8; issue 9 adds Byzantine kinds here)."""
+"""The adversary kinds a scenario may name: privacy attacks (issue 8), Byzantine members
+(issue 9)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ class AdversaryKind(Enum):
     STATE_PROBER = "state_prober"  # asks each neighbour for its estimate, every round
     MEMBERSHIP_FLOOD = "membership_flood"  # heartbeats of 255 made-up members, trap addresses
     OVERSIZE_FLOOD = "oversize_flood"  # oversize and msgpack-bomb frames, member and stranger
+    # Byzantine members (issue 9, gossipfl.adversary.byzantine): crafted estimates
+    SIGN_FLIP = "sign_flip"  # −x of its trained model
+    GAUSSIAN = "gaussian"  # x + N(0, σ²)
+    SCALE = "scale"  # c·x, a large multiple
+    ALIE = "alie"  # μ − z·s of the target's neighbourhood ("a little is enough")
+    IPM = "ipm"  # −ε·μ (inner-product manipulation)
+    DISSENSUS = "dissensus"  # pushes each target away from its honest neighbours
+    LABEL_FLIP = "label_flip"  # trains on labels C − 1 − y
+    FREE_RIDER = "free_rider"  # never trains, sends its first estimate every round
 
     @classmethod
     def parse(cls, value: str) -> AdversaryKind:
@@ -22,6 +32,16 @@ class AdversaryKind(Enum):
             known = ", ".join(k.value for k in cls)
             raise ValueError(f"adversary kind {value!r} is unknown (known: {known})") from None
 
+
+#: Kinds that send crafted estimates (model manipulation) rather than attack privacy.
+BYZANTINE_KINDS = frozenset({
+    AdversaryKind.SIGN_FLIP, AdversaryKind.GAUSSIAN, AdversaryKind.SCALE, AdversaryKind.ALIE,
+    AdversaryKind.IPM, AdversaryKind.DISSENSUS, AdversaryKind.LABEL_FLIP,
+    AdversaryKind.FREE_RIDER,
+})
+
+#: Kinds that need the colluders' board (the honest estimates they do not hear themselves).
+COLLUDING_KINDS = frozenset({AdversaryKind.ALIE, AdversaryKind.IPM, AdversaryKind.DISSENSUS})
 
 #: Kinds that replace the node's secure sum as aggregator of its own neighbourhood.
 AGGREGATOR_KINDS = frozenset({AdversaryKind.LYING_AGGREGATOR, AdversaryKind.DIFFERENCING})

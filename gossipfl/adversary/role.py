@@ -1,7 +1,12 @@
 """The interface between a node and the adversary it plays, and what an adversary records.
 
-The node calls its role at three points (and nowhere else):
+The node calls its role at these points (and nowhere else):
 
+- ``setup(node)``: once, at the end of the node's construction (a Byzantine role may poison
+  its learner's data or stop it training: :mod:`gossipfl.adversary.byzantine`).
+- ``payload(node, peer, r, kind, base, array)``: as the node sends its round-``r`` estimate to
+  ``peer`` (plain and async modes), what it sends instead; ``acked(peer, r, ok)`` after the
+  peer's answer.
 - ``run(node)``: started in the node's nursery with its other tasks, before joining; a role's
   own deviation loop (probing, flooding). It never takes the node down: an error is logged.
 - ``secure_sum(node, r)``: only when ``aggregates`` is true, in place of the honest secure sum
@@ -37,6 +42,7 @@ Node = Any
 log = logging.getLogger("gossipfl.adversary")
 
 SumResult = tuple[np.ndarray, float, list[str]] | None
+Payload = tuple[str, int, np.ndarray]  # (kind, base round, array) of a Contribution
 
 
 def reconstruction_key(r: int, peer: str) -> str:
@@ -93,6 +99,20 @@ class Role:
             self.tally.details["role_error"] += 1
 
     async def deviate(self, node: Node) -> None:
+        return None
+
+    def setup(self, node: Node) -> None:
+        """Called once the node is built; the honest role changes nothing."""
+        return None
+
+    async def payload(self, node: Node, peer: str, r: int, kind: str, base: int,
+                      array: np.ndarray) -> Payload:
+        """What goes to ``peer`` as our round-``r`` estimate: the honest role sends what the
+        protocol computed (``kind`` "delta" on round ``base``, or "full")."""
+        return kind, base, array
+
+    def acked(self, peer: str, r: int, ok: bool) -> None:
+        """``peer`` took (``ok``) or refused our round-``r`` estimate."""
         return None
 
     async def secure_sum(self, node: Node, r: int) -> SumResult:

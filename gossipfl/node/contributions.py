@@ -58,6 +58,10 @@ async def on_contribution(node: Node, channel: Channel) -> None:
             return
 
 
+#: Rejections of a neighbour's estimate for its value (not its timing): it answered the round.
+BAD_VALUES = frozenset({"norm", "non_finite"})
+
+
 def accept_contribution(node: Node, remote: str, message: Contribution) -> tuple[AckCode, str]:
     """Validate and apply one contribution; returns the ack (status, reason: an
     :class:`AckReason` where peers act on it, else text for logs)."""
@@ -98,6 +102,10 @@ def accept_contribution(node: Node, remote: str, message: Contribution) -> tuple
             log.info("asking %s for its full estimate: %s", remote, error.reason)
         else:
             node.reject(remote, "contribution", error.key, error.reason)
+            if error.key in BAD_VALUES:
+                state = node.neighbours[message.sender]
+                state.bad_round = max(state.bad_round, message.round)
+                node.notify()
         return error.status, error.reason
     node.neighbours[message.sender].missed = 0
     node.membership.heard_from(message.sender, (), trio.current_time())

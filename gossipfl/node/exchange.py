@@ -61,6 +61,7 @@ async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
                                 type(error).__name__, error)
                     node.notify()
                     return
+        node.role.acked(peer, r, ack.status == AckCode.OK)
         if ack.status == AckCode.OK:
             state.peer_holds = r
         elif AckReason.of(ack.reason) is AckReason.NOT_NEIGHBOUR:
@@ -99,6 +100,8 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
                                             node.contribution_protocol)
     channel = state.channel
     kind, base, array = node.own.payload_for(state.peer_holds)
+    # an adversary's role may send something else (gossipfl.adversary); the honest one doesn't
+    kind, base, array = await node.role.payload(node, peer, r, kind, base, array)
     await node.send_payload(channel, frame(kind, base, array))
     ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
     if ack.status == AckCode.NEED_FULL and kind == "delta":
@@ -143,6 +146,7 @@ async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
             if node.estimates.holds(p) < r
             and not (p in node.estimates.peers and node.estimates.peers[p].done)
             and state.unreachable_round != r
+            and state.bad_round < r  # it sent a bad estimate: it is not coming
             and not gone_silent(node.heard_at.get(p), now, interval)
         ]
 

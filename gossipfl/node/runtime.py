@@ -196,6 +196,7 @@ class Node:
             # could predict would protect nothing
             self.dp_rng = noise_generator()
             self.budget = self.make_budget()
+        self.role.setup(self)  # last: a Byzantine role may change the learner
 
     def make_budget(self, spent: int = 0) -> Any:
         """The DP budget (record: RecordBudget, DP-SGD steps; node: PrivacyBudget, rounds), with

@@ -50,6 +50,9 @@ class NeighbourState:
     missed: int = 0  # consecutive rounds without its contribution
     peer_holds: int = -1  # the round of our estimate it acknowledged
     unreachable_round: int = -1  # last round in which sending to it failed
+    # last round whose estimate we refused as a bad value (out of the norm bound, non-finite):
+    # it answered; waiting longer for it would let a Byzantine member stretch every round
+    bad_round: int = -1
     channel: Channel | None = None  # our open contribution stream to it
     # our open secure-aggregation request streams to it, per protocol (streams.py)
     streams: dict[str, Channel] = field(default_factory=dict)

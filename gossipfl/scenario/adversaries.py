@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from gossipfl.adversary.kinds import AdversaryKind
+from gossipfl.adversary.kinds import BYZANTINE_KINDS, AdversaryKind
 from gossipfl.adversary.role import parse_reconstruction_key
 from gossipfl.config import AdversaryConfig
 
@@ -40,14 +40,22 @@ class NodeProcess(Protocol):
     def out(self) -> Path: ...
 
 
-def node_adversary(scenario: ScenarioConfig, index: int, peer_ids: list[str]) -> AdversaryConfig:
+def node_adversary(scenario: ScenarioConfig, index: int, peer_ids: list[str],
+                   board: Path | None = None) -> AdversaryConfig:
     """Node ``index``'s ``[adversary]`` section (honest, saving x̂ per round, when the scenario
-    has adversaries and this node is not one)."""
-    keep = bool(scenario.adversaries)
+    has privacy adversaries and this node is not one). Byzantine members get the colluders'
+    ``board`` folder and each other's peer ids."""
+    keep = any(AdversaryKind.parse(s.kind) not in BYZANTINE_KINDS for s in scenario.adversaries)
+    colluders = tuple(peer_ids[s.node] for s in scenario.adversaries
+                      if AdversaryKind.parse(s.kind) in BYZANTINE_KINDS)
     for spec in scenario.adversaries:
         if spec.node == index:
             target = peer_ids[spec.target] if spec.target >= 0 else ""
-            return AdversaryConfig(kind=spec.kind, target=target, keep_public_estimates=keep)
+            if AdversaryKind.parse(spec.kind) not in BYZANTINE_KINDS:
+                return AdversaryConfig(kind=spec.kind, target=target, keep_public_estimates=keep)
+            return AdversaryConfig(kind=spec.kind, target=target, keep_public_estimates=keep,
+                                   strength=spec.strength, colluders=colluders,
+                                   board=str(board) if board is not None else "")
     return AdversaryConfig(keep_public_estimates=keep)
 
 

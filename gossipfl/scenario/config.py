@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gossipfl.adversary.kinds import AdversaryKind
+from gossipfl.adversary.kinds import BYZANTINE_KINDS, AdversaryKind
 from gossipfl.config import (
     ConfigError,
     DataConfig,
@@ -277,11 +277,13 @@ class NamespacesConfig:
 @dataclass(frozen=True)
 class AdversarySpec:
     """Node ``node`` runs the protocol plus the deviation ``kind`` (:mod:`gossipfl.adversary`),
-    aimed at node ``target`` where its kind takes one (-1: each neighbour in turn)."""
+    aimed at node ``target`` where its kind takes one (-1: each neighbour in turn), with
+    ``strength`` for a Byzantine kind (0: its default)."""
 
     node: int = 0
     kind: str = "lying_aggregator"
     target: int = -1
+    strength: float = 0.0
 
     def __post_init__(self) -> None:
         try:
@@ -294,6 +296,8 @@ class AdversarySpec:
             raise ConfigError("adversaries.node must be >= 0 and adversaries.target >= -1")
         if self.target == self.node:
             raise ConfigError(f"adversaries: node {self.node} cannot target itself")
+        if self.strength < 0:
+            raise ConfigError("adversaries.strength must be >= 0 (0: the kind's default)")
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,12 @@ class ScenarioConfig:
                 if getattr(spec, name) >= self.nodes:
                     raise ConfigError(f"adversaries.{name} {getattr(spec, name)}: the scenario "
                                       f"has {self.nodes} nodes")
+        crafted = [a.kind for a in self.adversaries if AdversaryKind.parse(a.kind)
+                   in BYZANTINE_KINDS - {AdversaryKind.LABEL_FLIP}]
+        if crafted and self.secagg.enabled:
+            raise ConfigError(f"adversaries: {crafted[0]!r} crafts its plain estimates: not with "
+                              "secagg (a Byzantine member's masked input is not built; "
+                              "label_flip is)")
         if self.adversaries and len(roles) >= self.nodes - 1:
             raise ConfigError("adversaries: at least two honest nodes are needed")
 

@@ -121,7 +121,30 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
         "rejected": summary.get("rejected", last.get("rejected", {})),
         "timeouts": summary.get("timeouts", last.get("timeouts", 0)),
         "privacy": summary.get("privacy", {}),
+        **({"robust": rounds} if (rounds := robust_rounds(metrics)) else {}),
     }
+
+
+def honest_consensus(nodes: list[NodeProcess], last_round: int) -> float | None:
+    """The last round's consensus distance over the honest nodes only."""
+    honest = [n for n in nodes if n.config.adversary.kind == "none"]
+    distances = consensus_by_round(honest, last_round)[-1:] if honest else []
+    return distances[0] if distances else None
+
+
+def robust_rounds(metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A node's robust rule per round (``[robust] rule``): how many neighbour inputs it mixed,
+    clipped and discarded each round, and the totals; None without a rule."""
+    rows = [(m["round"], m["robust"]) for m in metrics if m.get("robust")]
+    if not rows:
+        return None
+    return {"rules": sorted({r["rule"] for _, r in rows}),
+            "rounds": [r for r, _ in rows],
+            "inputs": [r["inputs"] for _, r in rows],
+            "clipped": [r["clipped"] for _, r in rows],
+            "discarded": [r["discarded"] for _, r in rows],
+            "clipped_total": sum(r["clipped"] for _, r in rows),
+            "discarded_total": sum(r["discarded"] for _, r in rows)}
 
 
 def finished_without(entries: list[dict[str, Any]]) -> dict[int, list[int | str]]:
@@ -216,6 +239,8 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
     distances = consensus_by_round(nodes, last_round)
     survivors = [e for e in entries if e["status"] != "killed"]
     finals = [e["final_accuracy"] for e in survivors if e["final_accuracy"] is not None]
+    honest = [e["final_accuracy"] for e in survivors
+              if e["role"] == "honest" and e["final_accuracy"] is not None]
     checkpoints = checkpoints_section([(n.index, n.out) for n in nodes],
                                       expected_parameters(scenario))
     return {
@@ -239,6 +264,10 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
             "min_final_accuracy": min(finals) if finals else None,
             "mean_final_accuracy": float(np.mean(finals)) if finals else None,
             "max_final_accuracy": max(finals) if finals else None,
+            # with adversaries: the honest nodes' lowest (what an attack is measured by)
+            **({"min_honest_accuracy": min(honest) if honest else None,
+                "honest_consensus_distance": honest_consensus(nodes, last_round)}
+               if scenario.adversaries else {}),
             "max_peak_rss_bytes": max((e["peak_rss_bytes"] or 0) for e in entries),
             "total_bytes_sent": sum(e["bytes_sent"] for e in entries),
             "isolated_nodes": [e["index"] for e in entries if e["isolated_rounds"]],

@@ -139,7 +139,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path,
             security=security,
             privacy=scenario.privacy,
             secagg=scenario.secagg, robust=scenario.robust,
-            adversary=node_adversary(scenario, index, peer_ids),
+            adversary=node_adversary(scenario, index, peer_ids, node_dir.parent / "collusion"),
             slowdown=max([s.factor for s in scenario.slow if s.node == index], default=1.0),
             routes=routes,
         )
