@@ -76,6 +76,14 @@ def test_a_late_joiner_gets_its_listed_neighbour(tmp_path: Path, pool) -> None:
     assert [n["joined_late"] for n in report["nodes"]] == [False] * 5 + [True]
 
 
+def test_a_restarted_hub_gets_its_listed_neighbours_back(tmp_path: Path, pool) -> None:
+    text = edges_text("restart", 16, '[[faults]]\nkind = "restart"\nnode = 0\nat_round = 4\n'
+                                     'down_seconds = 0.5\n')
+    report = simulated(tmp_path, text, pool)
+    check_graph(report, tmp_path)
+    assert report["nodes"][0]["resumed_from"] is not None
+
+
 def test_a_node_with_no_listed_neighbour_present_holds_until_one_joins(tmp_path: Path,
                                                                       pool) -> None:
     """Node 5's only listed neighbour (2) joins late: node 5 links with nobody else meanwhile,
