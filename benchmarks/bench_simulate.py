@@ -34,6 +34,7 @@ from gossipfl.learning.models import build_model
 from gossipfl.learning.partition import node_partition
 from gossipfl.learning.train import Trainer
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
+from gossipfl.scenario.graphs import node_topology
 
 
 def floor(scenario: ScenarioConfig) -> dict[str, float]:
@@ -57,8 +58,9 @@ def floor(scenario: ScenarioConfig) -> dict[str, float]:
     stacked = jax.tree_util.tree_map(lambda leaf: jnp.stack([leaf] * n), params)
     states = jax.vmap(trainer.init_opt_state)(stacked)
     ids = [f"{i:06d}" for i in range(n)]
-    graph = build_topology(scenario.topology.kind, ids, degree=scenario.topology.degree,
-                           seed=scenario.seed)
+    topology = node_topology(scenario.topology, ids)
+    graph = build_topology(topology.kind, ids, degree=topology.degree, seed=scenario.seed,
+                           edges=topology.edges)
     degree = max(len(graph[i]) for i in ids)
     neighbours = np.array([[int(j) for j in sorted(graph[i])] + [int(i)] * (degree - len(graph[i]))
                            for i in ids])

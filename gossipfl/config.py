@@ -7,6 +7,7 @@ errors, so a typo in a TOML file never silently falls back to a default.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -27,7 +28,7 @@ from gossipfl.privacy.dp import DPConfig
 DATASETS = ("digits", "wine", "breast_cancer", "iris", "mnist1d", "npz")
 PARTITIONS = ("iid", "dirichlet", "shards", "none")
 MODELS = ("logreg", "mlp", "cnn")
-TOPOLOGIES = ("regular", "ring", "full")
+TOPOLOGIES = ("regular", "ring", "full", "edges")
 
 
 class Mode(StrEnum):
@@ -75,14 +76,40 @@ class ModelConfig:
         _require(all(h > 0 for h in self.hidden), "model.hidden sizes must be positive")
 
 
+def check_edges(kind: str, edges: Sequence[Sequence[Hashable]]) -> None:
+    """The rules of ``topology.edges`` whatever names its ends (peer ids in a node's config, node
+    indices in a scenario's): given with ``kind = "edges"`` only, then pairs of two different
+    ends, each link once (in either order)."""
+    _require(kind in TOPOLOGIES, f"topology.kind must be one of {TOPOLOGIES}")
+    if kind != "edges":
+        _require(not edges, f"topology.edges is the graph of kind = \"edges\"; kind = "
+                            f"\"{kind}\" draws its own: leave edges out or set kind = \"edges\"")
+        return
+    _require(bool(edges), 'topology.kind = "edges" needs topology.edges, the list of links '
+                          "(e.g. [[0, 1], [1, 2]])")
+    seen: set[frozenset[Hashable]] = set()
+    for edge in edges:
+        _require(len(edge) == 2, f"topology.edges: {list(edge)} is not a pair (a link joins two)")
+        _require(edge[0] != edge[1], f"topology.edges: {list(edge)} links {edge[0]!r} to itself")
+        pair = frozenset(edge)
+        _require(pair not in seen, f"topology.edges: the link {edge[0]!r}-{edge[1]!r} is listed "
+                                   "twice (a link has no direction)")
+        seen.add(pair)
+
+
 @dataclass(frozen=True)
 class TopologyConfig:
     kind: str = "regular"
-    degree: int = 4
+    degree: int = 4  # kind = "regular"
+    # kind = "edges": the graph itself, each link a pair of peer ids (a scenario names nodes by
+    # index; its runner writes their peer ids); a node links with its listed neighbours only
+    edges: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        _require(self.kind in TOPOLOGIES, f"topology.kind must be one of {TOPOLOGIES}")
         _require(self.degree >= 1, "topology.degree must be at least 1")
+        check_edges(self.kind, self.edges)
+        _require(all(isinstance(end, str) and end for edge in self.edges for end in edge),
+                 "topology.edges: a node's config names each end by its peer id")
 
 
 @dataclass(frozen=True)

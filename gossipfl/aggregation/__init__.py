@@ -21,6 +21,7 @@ from gossipfl.aggregation.robust import (
     trimmed_mean,
 )
 from gossipfl.aggregation.topology import (
+    GENERATED_KINDS,
     KINDS,
     REGULAR_MAX_ATTEMPTS,
     Topology,
@@ -28,6 +29,7 @@ from gossipfl.aggregation.topology import (
 )
 
 __all__ = [
+    "GENERATED_KINDS",
     "KINDS",
     "REGULAR_MAX_ATTEMPTS",
     "SELF_ID",

@@ -8,17 +8,21 @@ member ids, so different federations get different graphs from the same seed. Py
 
 A topology is a ``dict`` from member id to the ``frozenset`` of its neighbours' ids. It is
 symmetric, has no self-links and has every member as a key.
+
+Besides the generated kinds, ``"edges"`` is a graph given explicitly: a list of pairs of member
+ids, of which only those between members present count.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from itertools import pairwise
 
 import numpy as np
 
 __all__ = [
+    "GENERATED_KINDS",
     "KINDS",
     "REGULAR_MAX_ATTEMPTS",
     "Topology",
@@ -27,8 +31,11 @@ __all__ = [
 
 Topology = dict[str, frozenset[str]]
 
-KINDS: tuple[str, ...] = ("ring", "full", "regular")
-"""Topology kinds understood by :func:`build_topology`."""
+GENERATED_KINDS: tuple[str, ...] = ("ring", "full", "regular")
+"""Kinds whose graph :func:`build_topology` draws itself (connected, from the member set)."""
+
+KINDS: tuple[str, ...] = (*GENERATED_KINDS, "edges")
+"""Topology kinds understood by :func:`build_topology` (``"edges"``: a graph given)."""
 
 REGULAR_MAX_ATTEMPTS: int = 100
 """Random pairings tried for a ``"regular"`` topology before the circulant fallback."""
@@ -162,8 +169,25 @@ def _regular_edges(rng: np.random.Generator, n: int, degree: int) -> set[_Edge]:
     return _circulant_edges(rng, n, degree)
 
 
+def _given_edges(ordered: Sequence[str], edges: Iterable[Collection[str]]) -> set[_Edge]:
+    """The listed pairs of member ids between members of ``ordered``, as index pairs."""
+    position = {member: k for k, member in enumerate(ordered)}
+    kept: set[_Edge] = set()
+    for edge in edges:
+        pair = tuple(edge)
+        if len(pair) != 2 or not all(isinstance(m, str) for m in pair):
+            raise TypeError(f"an edge must be a pair of member ids, got {edge!r}")
+        a, b = pair
+        if a == b:
+            raise ValueError(f"an edge must join two members, not {a!r} to itself")
+        if a in position and b in position:
+            kept.add(_edge(position[a], position[b]))
+    return kept
+
+
 def build_topology(
-    kind: str, members: Sequence[str], *, degree: int = 4, seed: int = 0
+    kind: str, members: Sequence[str], *, degree: int = 4, seed: int = 0,
+    edges: Iterable[Collection[str]] = (),
 ) -> Topology:
     """Build a deterministic, symmetric communication graph over ``members``.
 
@@ -177,30 +201,40 @@ def build_topology(
       ``REGULAR_MAX_ATTEMPTS`` times before falling back to a connected circulant graph (which
       is also ``degree``-regular). If ``n * degree`` is odd, one member gets ``degree − 1``
       links. If ``degree >= n − 1`` the complete graph is returned.
+    * ``"edges"``: the graph ``edges`` lists (pairs of member ids, either order), restricted
+      to the pairs whose two ends are both in ``members``. A member none of whose listed
+      neighbours is present has no neighbour; the graph need not be connected.
 
-    ``degree`` is only used by ``"regular"``. The result depends only on ``kind``, the *set* of
-    members, ``degree`` and ``seed``, never on the order of ``members``.
+    ``degree`` is only used by ``"regular"``, ``edges`` only (and always) by ``"edges"``. The
+    result depends only on ``kind``, the *set* of members, ``degree``, ``seed`` and the *set*
+    of edges, never on the order of ``members``.
 
     Args:
         kind: One of ``KINDS``.
         members: Unique member ids.
         degree: Target degree for ``"regular"``, at least 1.
         seed: Non-negative seed; different seeds give different random graphs.
+        edges: For ``"edges"``: the links, as pairs of member ids (ids of non-members are
+            allowed and ignored); must be empty for the other kinds.
 
     Returns:
         ``{member: frozenset(neighbours)}``, symmetric, without self-links, every member a key,
-        and connected whenever there are at least two members.
+        and (but for ``"edges"``) connected whenever there are at least two members.
 
     Raises:
-        TypeError: If a member id is not a string, or ``degree``/``seed`` not an integer.
-        ValueError: If ``kind`` is unknown, member ids repeat, ``degree < 1``, ``seed < 0``, or
+        TypeError: If a member id is not a string, ``degree``/``seed`` not an integer, or an
+            edge not a pair of strings.
+        ValueError: If ``kind`` is unknown, member ids repeat, ``degree < 1``, ``seed < 0``,
             a ``"regular"`` graph of degree 1 is asked for over more than two members (it
-            cannot be connected).
+            cannot be connected), an edge joins a member to itself, or ``edges`` are given
+            with another kind than ``"edges"``.
 
     Example:
         >>> topology = build_topology("ring", ["c", "a", "b"])
         >>> sorted(topology["a"])
         ['b', 'c']
+        >>> build_topology("edges", ["a", "b", "c"], edges=[("a", "b"), ("b", "z")])["b"]
+        frozenset({'a'})
     """
     if kind not in KINDS:
         raise ValueError(f"unknown topology kind {kind!r}, expected one of {list(KINDS)}")
@@ -208,6 +242,11 @@ def build_topology(
     d = _check_int(degree, "degree", 1)
     s = _check_int(seed, "seed", 0)
     n = len(ordered)
+    edges = tuple(edges)
+    if kind == "edges":
+        return _edges_to_topology(ordered, _given_edges(ordered, edges))
+    if edges:
+        raise ValueError(f"edges are given only with the kind 'edges', not {kind!r}")
     rng = _rng(s, ordered)
 
     if kind == "ring":

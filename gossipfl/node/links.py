@@ -4,7 +4,8 @@ handler, re-linking lost neighbours, replacing departed ones, and dropping a nei
 The topology is the federation's from its start (build_topology over the members found, saved
 so that a restart finds the same neighbours); a late joiner, or a node whose neighbours left for
 good, asks running members for an extra link instead. A dropped neighbour stays wanted: the
-re-link loop asks it back.
+re-link loop asks it back. A fixed graph (``topology.kind = "edges"``, :mod:`.graph`) has no
+extra links: a node links with its listed neighbours only, whenever they come.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from gossipfl.aggregation.topology import build_topology
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import RUNNING, LinkCode, NodeStatus
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, LinkReply, LinkRequest
 from gossipfl.node import settle
+from gossipfl.node.graph import is_fixed, listed_neighbours, may_link, topology_over
 from gossipfl.node.resume import save_topology, saved_members, saved_neighbours
 from gossipfl.node.state import NeighbourState, Node, NodeError
 from gossipfl.node.streams import close_streams
@@ -81,8 +82,7 @@ async def form_links(node: Node) -> None:
         await join_late(node)
         return
     members = saved or [node.peer_id, *known_members(node, heard_of=True)]
-    node.topology = build_topology(node.config.topology.kind, members,
-                                   degree=node.config.topology.degree, seed=node.config.seed)
+    node.topology = topology_over(node, members)
     kept = saved_neighbours(node) if saved else None
     node.wanted = set(kept or node.topology[node.peer_id])
     node.degree_target = len(node.topology[node.peer_id])
@@ -92,6 +92,11 @@ async def form_links(node: Node) -> None:
     wanted = set(node.wanted)
     log.info("topology %s over %d members: %d neighbour(s) wanted",
              node.config.topology.kind, len(members), len(wanted))
+    if not wanted and is_fixed(node):
+        log.warning("none of this node's listed neighbours (topology.edges: %s) is among the "
+                    "%d members: it holds its rounds until one links (or gone_seconds pass)",
+                    ", ".join(sorted(listed_neighbours(node))), len(members))
+        return
     refused: set[str] = set()
     last_change, linked = trio.current_time(), 0
     with trio.move_on_after(node.protocol.join_timeout):
@@ -118,9 +123,7 @@ async def form_links(node: Node) -> None:
 def late_degree(node: Node) -> int:
     """How many neighbours a late joiner looks for: its degree in a topology of the same
     kind over the members it found."""
-    members = [node.peer_id, *known_members(node)]
-    topology = build_topology(node.config.topology.kind, members,
-                              degree=node.config.topology.degree, seed=node.config.seed)
+    topology = topology_over(node, [node.peer_id, *known_members(node)])
     return max(1, len(topology[node.peer_id]))
 
 
@@ -132,7 +135,8 @@ async def join_late(node: Node) -> None:
                         "the topology fixed at formation: a late joiner cannot take part")
     node.joined_late = True
     degree = late_degree(node)
-    running = running_members(node)
+    everyone = running_members(node)
+    running = [p for p in everyone if may_link(node, p)]  # a fixed graph: listed ones only
     log.warning("joining late: the federation is already training; asking up to %d of %d "
                 "running member(s) for a link", degree, len(running))
     node.topology = {node.peer_id: frozenset()}
@@ -146,15 +150,21 @@ async def join_late(node: Node) -> None:
                 for peer in batch:
                     nursery.start_soon(functools.partial(
                         request_link, node, peer, refused, joining=True))
-    if not node.neighbours:
+    if not node.neighbours and is_fixed(node):
+        log.warning("joining late: none of this node's listed neighbours (topology.edges) took "
+                    "it: it holds its rounds until one links (or gone_seconds pass)")
+    elif not node.neighbours:
         raise NodeError(f"joining late: none of the {len(running)} running member(s) took "
                         "this node as a neighbour; refusing to train alone")
-    node.wanted = set(node.neighbours)
+    # a fixed graph: the listed neighbours running are wanted, those that did not answer yet too
+    node.wanted = set(node.neighbours) | (set(running) if is_fixed(node) else set())
     node.degree_target = degree
     node.link_cap = len(node.wanted) + node.protocol.extra_links
-    node.topology = {node.peer_id: frozenset(node.wanted)}
-    save_topology(node, [node.peer_id, *running])
-    settle.note_topology(node, len(running) + 1)
+    # the horizon: a fixed graph's over the members running, else the joiner's own links
+    node.topology = topology_over(node, [node.peer_id, *everyone]) if is_fixed(node) \
+        else {node.peer_id: frozenset(node.wanted)}
+    save_topology(node, [node.peer_id, *everyone])
+    settle.note_topology(node, len(everyone) + 1)
     log.info("neighbours: %s", ", ".join(sorted(node.neighbours)))
 
 
@@ -298,7 +308,9 @@ async def replace_departed(node: Node, now: float) -> None:
     ``member_timeout``) that leave this node short of its degree are replaced: it asks other
     running members for an extra link, as a late joiner does, one per missing neighbour. A
     departed neighbour stays wanted; if it comes back it is linked again, above the degree
-    (up to the link cap)."""
+    (up to the link cap). A fixed graph has no replacement: its listed links are all there is."""
+    if is_fixed(node):
+        return
     gone = sorted(p for p in node.wanted - set(node.neighbours) if p not in node.membership)
     need = min(len(gone), node.degree_target - len(node.neighbours))
     if need <= 0:
@@ -380,6 +392,10 @@ async def on_link(node: Node, channel: Channel) -> None:
             await relink(node, request.sender)
         else:
             node.neighbours.setdefault(request.sender, NeighbourState())
+    elif is_fixed(node) and may_link(node, request.sender) and not node.config.secagg.enabled:
+        status, reason = LinkCode.ACCEPTED, ""
+        take_listed(node, request.sender)
+        await reset_link(node, request.sender)
     elif request.joining:
         status, reason = take_joiner(node, request.sender)
         if status == LinkCode.ACCEPTED:
@@ -398,6 +414,8 @@ def take_joiner(node: Node, peer: str) -> tuple[LinkCode, str]:
     """A late joiner asks to be our neighbour: yes while we have room (degree + extra)."""
     if node.config.secagg.enabled:
         return LinkCode.REJECTED, "secure aggregation: the topology is fixed at formation"
+    if is_fixed(node):
+        return LinkCode.REJECTED, "not a link of the fixed graph (topology.edges)"
     if len(node.neighbours) >= node.link_cap:
         return LinkCode.REJECTED, f"no room: {len(node.neighbours)} neighbours already"
     node.wanted.add(peer)
@@ -406,3 +424,15 @@ def take_joiner(node: Node, peer: str) -> tuple[LinkCode, str]:
     log.warning("took %s as an extra neighbour, a late joiner or one replacing a departed "
                 "neighbour (%d neighbours now)", peer, len(node.neighbours) + 1)
     return LinkCode.ACCEPTED, ""
+
+
+def take_listed(node: Node, peer: str) -> None:
+    """A fixed graph's listed neighbour outside this node's topology so far (a late joiner, or
+    one it did not know of at formation) asks for its link: it is a neighbour like the others,
+    and the topology (hence the horizon) is the listed graph over the members with it."""
+    node.wanted.add(peer)
+    node.topology = topology_over(node, [*(node.topology or {}), node.peer_id, peer])
+    save_topology(node, sorted(node.topology))
+    settle.note_topology(node, len(node.topology))
+    log.warning("took %s, a listed neighbour (topology.edges) not linked at formation "
+                "(%d neighbours now)", peer, len(node.neighbours) + 1)

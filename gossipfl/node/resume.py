@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 
-from gossipfl.aggregation.topology import build_topology
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.node.checkpoint import (
     CheckpointError,
@@ -16,6 +15,7 @@ from gossipfl.node.checkpoint import (
     restore_dp_state,
     restored_public_estimate,
 )
+from gossipfl.node.graph import topology_over
 from gossipfl.node.state import Node, NodeError
 
 log = logging.getLogger("gossipfl.node")
@@ -77,8 +77,7 @@ def saved_neighbours(node: Node) -> list[str] | None:
     members = saved_members(node)
     if not members:
         return None
-    topology = build_topology(node.config.topology.kind, members,
-                              degree=node.config.topology.degree, seed=node.config.seed)
+    topology = topology_over(node, members)
     return sorted(topology.get(node.peer_id, frozenset()))
 
 

@@ -336,7 +336,7 @@ def run_audit(seed: int = 0, *, nodes: int = 6, rounds: int = 3, target: int | N
         ids = seeded_keys(Path(folder), nodes, seed)  # the keys every run's nodes get
     graph = {ids.index(k): frozenset(ids.index(p) for p in v)
              for k, v in build_topology(topology.kind, ids, degree=topology.degree,
-                                        seed=seed).items()}
+                                        seed=seed, edges=topology.edges).items()}
     neighbours = sorted(graph[ATTACKER])
     if len(neighbours) < 3:
         raise ValueError(f"node {ATTACKER} has {len(neighbours)} neighbours; secure "

@@ -17,12 +17,12 @@ from gossipfl.config import (
     ProtocolConfig,
     RobustConfig,
     SecAggConfig,
-    TopologyConfig,
     from_dict,
     load_toml,
 )
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
+from gossipfl.scenario.graphs import ScenarioTopology, scenario_topology
 from gossipfl.scenario.relay import LinkFaults
 
 FAULT_KINDS = ("kill", "terminate", "restart", "pause")
@@ -314,7 +314,8 @@ class ScenarioConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    # edges as node indices; code may give a node's TopologyConfig (taken as one of these)
+    topology: ScenarioTopology = field(default_factory=ScenarioTopology)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     privacy: DPConfig = field(default_factory=DPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
@@ -336,6 +337,8 @@ class ScenarioConfig:
             raise ConfigError("rounds must be at least 1")
         if self.timeout <= 0:
             raise ConfigError("timeout must be positive")
+        object.__setattr__(self, "topology", scenario_topology(self.topology))
+        self.topology.check_nodes(self.nodes)
         if self.secagg.enabled and not self.admission:
             raise ConfigError("secagg needs admission = true (pair masks use certified keys)")
         if self.secagg.enabled and self.robust.rule != "none":

@@ -28,6 +28,7 @@ from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.scenario.adversaries import node_adversary
 from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
+from gossipfl.scenario.graphs import node_topology
 from gossipfl.scenario.netns import (
     NetnsSession,
     check_rights,
@@ -134,7 +135,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path,
             data=scenario.data,
             model=scenario.model,
             train=scenario.train,
-            topology=scenario.topology,
+            topology=node_topology(scenario.topology, peer_ids),
             protocol=scenario.protocol,
             security=security,
             privacy=scenario.privacy,
