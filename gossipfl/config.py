@@ -271,7 +271,8 @@ class RobustConfig:
     ``rule``: how a node mixes its neighbours' public estimates
     (:class:`gossipfl.aggregation.robust.RobustRule`): ``none`` (Metropolis–Hastings, CHOCO),
     ``clipping`` (self-centred clipping, ClippedGossip, with the adaptive radius that clips the
-    farthest neighbours up to a mixing weight of ``delta``), ``trimmed_mean`` (``trim`` values
+    farthest neighbours up to a mixing weight of ``delta``, or the fixed radius ``tau`` when it
+    is not 0, as in ClippedGossip's experiments), ``trimmed_mean`` (``trim`` values
     off each end of every coordinate), ``median`` or ``krum`` (``krum_f`` inputs assumed
     Byzantine). Not with secure aggregation, which hides the individual estimates.
     """
@@ -279,6 +280,7 @@ class RobustConfig:
     norm_ratio: float = 100.0
     rule: str = "none"
     delta: float = 0.25
+    tau: float = 0.0  # clipping: a fixed radius instead of the adaptive one (0: adaptive)
     trim: int = 1
     krum_f: int = 1
 
@@ -288,6 +290,7 @@ class RobustConfig:
         rules = ("none", "clipping", "trimmed_mean", "median", "krum")
         _require(self.rule in rules, f"robust.rule must be one of {', '.join(rules)}")
         _require(0 < self.delta < 1, "robust.delta must be in (0, 1)")
+        _require(self.tau >= 0, "robust.tau must be >= 0 (0: the adaptive radius)")
         _require(self.trim >= 0 and self.krum_f >= 0, "robust.trim and robust.krum_f must be >= 0")
 
 

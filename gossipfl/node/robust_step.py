@@ -26,7 +26,7 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
     config = node.config.robust
     rule = RobustRule(config.rule)
     params: dict[str, Any] = {
-        RobustRule.CLIPPING: {"delta": config.delta},
+        RobustRule.CLIPPING: {"tau": config.tau} if config.tau else {"delta": config.delta},
         RobustRule.TRIMMED_MEAN: {"b": config.trim},
         RobustRule.KRUM: {"f": config.krum_f},
     }.get(rule, {})
