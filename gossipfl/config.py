@@ -149,6 +149,14 @@ class ProtocolConfig:
     # a wanted neighbour missing this long (seconds) is gone for good: a node finishes without
     # it, and the report names it (0: three member timeouts)
     gone_seconds: float = 0.0
+    # a done node keeps serving this long (seconds) when members it knew were absent at its
+    # finish, and reopens if one comes back with another model (node/linger.py); with the
+    # federation whole, two heartbeat intervals at most. 10 s: a default member timeout, time
+    # for a member back from a cut to be heard of again, on top of the gone_seconds the
+    # federation already waited for it; a run that lost a member for good ends that much later.
+    # 0: no lingering (a done node stops at once)
+    linger_seconds: float = 10.0
+    max_reopen: int = 3  # reopenings at most, each up to max_consensus_rounds more rounds
     # bytes of frames being read at once, all peers together (0: 4 × max_payload_bytes); peers
     # without a certificate may hold an eighth of it
     max_in_flight_bytes: int = 0
@@ -183,6 +191,9 @@ class ProtocolConfig:
         _require(self.min_neighbours >= 0,
                  "protocol.min_neighbours must be >= 0 (0: the node's degree)")
         _require(self.gone_seconds >= 0, "protocol.gone_seconds must be >= 0 (0: automatic)")
+        _require(0 <= self.linger_seconds < float("inf"),
+                 "protocol.linger_seconds must be >= 0 and finite (0: a done node stops at once)")
+        _require(self.max_reopen >= 0, "protocol.max_reopen must be >= 0")
         _require(self.max_in_flight_bytes == 0
                  or self.max_in_flight_bytes >= 2 * self.max_payload_bytes,
                  "protocol.max_in_flight_bytes must be 0 (automatic) or at least two payloads "

@@ -26,11 +26,23 @@ def finite(value: float, default: float | None = None) -> float | None:
     return value if math.isfinite(value) else default
 
 
+def send_targets(node: Node) -> list[str]:
+    """Whom a round's contribution goes to: the neighbours not done. After a reopening
+    (linger.py) also the done ones still heartbeating: they linger, and a model that moved
+    may reopen them too (they are not waited for either way)."""
+    now, interval = trio.current_time(), node.protocol.heartbeat_interval
+
+    def lingers(peer: str) -> bool:
+        heard = node.heard_at.get(peer)
+        return heard is not None and not gone_silent(heard, now, interval)
+
+    return [p for p in node.neighbours
+            if not (p in node.estimates.peers and node.estimates.peers[p].done)
+            or (node.settle.reopened and lingers(p))]
+
+
 async def send_to_neighbours(node: Node, r: int, *, done: bool) -> None:
-    targets = [
-        p for p in node.neighbours
-        if not (p in node.estimates.peers and node.estimates.peers[p].done)
-    ]
+    targets = send_targets(node)
     async with trio.open_nursery() as nursery:
         for peer in targets:
             nursery.start_soon(send_contribution, node, peer, r, done)

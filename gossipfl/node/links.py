@@ -240,18 +240,20 @@ async def relink_loop(node: Node) -> None:
     it is asked at once when it shows a sign of life (a heartbeat straight from it wakes this
     loop: a healed partition is re-linked within a heartbeat). While such neighbours
     leave this node short of its degree, it links with other members too
-    (``replace_departed``)."""
+    (``replace_departed``). A done node that lingers (linger.py) asks its lost neighbours back
+    too, finished ones included (they may linger as well), and takes no replacement."""
     interval = node.protocol.relink_interval
     while True:
         with trio.move_on_after(interval):
             await node.relink_now.wait()  # set when a lost neighbour heartbeats us again
         node.relink_now = trio.Event()
-        if not node.status.running:
+        lingering = node.settle.lingering  # done, and serving: asks its lost neighbours too
+        if not node.status.running and not lingering:
             continue
         now = trio.current_time()
         lost = [p for p in sorted(node.wanted - set(node.neighbours))
                 if node.relink_refused.get(p, -math.inf) <= now
-                and node.member_state.get(p, (-1, None))[1] != NodeStatus.DONE
+                and (lingering or node.member_state.get(p, (-1, None))[1] != NodeStatus.DONE)
                 and relink_due(node, p, now)]
         if lost:
             refused: set[str] = set()
@@ -269,7 +271,7 @@ async def relink_loop(node: Node) -> None:
                     node.relink_failures[peer] = (failures + 1, now)
         for peer in [p for p in node.relink_failures if p in node.neighbours]:
             del node.relink_failures[peer]
-        if not node.config.secagg.enabled:
+        if not node.config.secagg.enabled and not lingering:
             await replace_departed(node, now)
 
 
@@ -384,8 +386,9 @@ async def on_link(node: Node, channel: Channel) -> None:
         status, reason = LinkCode.REJECTED, "no valid certificate seen"
     elif node.topology is None:
         status, reason = LinkCode.NOT_READY, "still joining"
-    elif node.status == NodeStatus.DONE:
-        status, reason = LinkCode.REJECTED, "finished"
+    elif node.status == NodeStatus.DONE and not (node.settle.lingering
+                                                 and request.sender in node.wanted):
+        status, reason = LinkCode.REJECTED, "finished"  # a lingering node takes its own back
     elif request.sender in node.wanted:
         status, reason = LinkCode.ACCEPTED, ""
         if request.rejoin:

@@ -23,7 +23,7 @@ from gossipfl.aggregation.bounds import norm_bound, within_bound
 from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
-from gossipfl.node import secure_round, settle
+from gossipfl.node import linger, secure_round, settle
 from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector
 from gossipfl.node.exchange import (
     close_channels,
@@ -101,18 +101,32 @@ def stop_training(node: Node, r: int, why: TrainingStop) -> None:
 
 
 async def run_rounds(node: Node) -> None:
-    """Training rounds, then consensus rounds, then a last 'done' contribution.
+    """Training rounds, then consensus rounds, then a last 'done' contribution; then the node
+    lingers, and consensus rounds start again if a member comes back with another model
+    (linger.py), until it lingers out.
 
     Before each round a node with too few live neighbours holds it (settle.hold). Consensus
     rounds end when the settled depth reaches the horizon (the federation holds one model:
     termination.py), or after ``max_consensus_rounds`` of them, not counting those spent
     awaiting a missing wanted neighbour (paced a heartbeat apart, bounded by gone_seconds)."""
+    r, stopped = node.start_round, None
+    while True:
+        r, stopped = await rounds_until_done(node, r, stopped)
+        stop_training(node, r, TrainingStop.DONE)  # no consensus round ran (a restart past them)
+        await announce_done(node)
+        if not await linger.linger(node):
+            return
+        r = node.round + 1  # reopened: rounds go on numbering
+
+
+async def rounds_until_done(node: Node, r: int,
+                            stopped: TrainingStop | None) -> tuple[int, TrainingStop | None]:
+    """Rounds from ``r`` until the node finishes; returns the round it stopped at and why it
+    stopped training (None: it never did)."""
     config = node.config
-    stopped: TrainingStop | None = None
-    r = node.start_round
     while True:
         # rounds spent awaiting a missing neighbour do not count toward the limit
-        total = config.rounds + config.protocol.max_consensus_rounds + node.settle.waiting_rounds
+        total = settle.round_limit(node)
         if node.behind is not None:  # cut off or paused while the neighbours went on
             r = await catch_up_now(node, r)
         if r >= total:
@@ -120,7 +134,7 @@ async def run_rounds(node: Node) -> None:
                 log.warning("consensus round limit reached at round %d (disagreement %.2e, "
                             "settled depth %d of %d)", r - 1, node.disagreement,
                             node.settle.depth, node.settle.horizon)
-            break
+            return r, stopped
         if stopped is None:
             stopped = training_stop(r, config.rounds,
                                     neighbours_done=async_neighbours_done_training(node, r),
@@ -130,7 +144,7 @@ async def run_rounds(node: Node) -> None:
         training = stopped is None
         decision = await settle.hold(node, r)
         if decision is Hold.GIVE_UP:
-            break
+            return r, stopped
         if decision is Hold.ALONE and training:
             node.isolated_rounds += 1  # allow_alone: a training round with no neighbour
         if training:
@@ -141,12 +155,12 @@ async def run_rounds(node: Node) -> None:
             log.info("consensus reached at round %d (disagreement %.2e; settled depth %d: "
                      "every member within %d hops agrees)", r, node.disagreement,
                      node.settle.depth, node.settle.horizon - 1)
-            break
+            return r, stopped
         if verdict is Verdict.AWAIT:
             await settle.pace(node)
+        elif node.settle.reopened:
+            await linger.await_live(node)
         r += 1
-    stop_training(node, r, TrainingStop.DONE)  # no consensus round ran (a restart past them)
-    await announce_done(node)
 
 
 def async_neighbours_done_training(node: Node, r: int) -> bool:
@@ -281,8 +295,7 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
     ending = verdict is Verdict.FINISH
     config = node.config
     if ending or r % config.train.eval_every == 0 or r == config.rounds - 1 \
-            or r == config.rounds + config.protocol.max_consensus_rounds \
-            + node.settle.waiting_rounds - 1:
+            or r == settle.round_limit(node) - 1:
         evaluation = await node.offload(node.learner.evaluate, node.model)
         record.update(test_loss=evaluation.loss, test_accuracy=evaluation.accuracy,
                       eval_seconds=evaluation.seconds)
@@ -298,6 +311,7 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
         messages_received=node.traffic.messages_received,
         rejected=dict(node.rejections), timeouts=node.timeouts, peak_rss_bytes=peak_rss_bytes(),
         depth=node.settle.depth, awaited=list(node.settle.awaited),
+        reopened=node.settle.reopened,
     )
     persist_start = trio.current_time()
     await node.offload(persist_round, node, r)

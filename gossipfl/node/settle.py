@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipfl.round")
 
 __all__ = ["Verdict", "gone_seconds", "hold", "judge", "note_extra_link", "note_topology", "pace",
-           "reports"]
+           "reports", "round_limit"]
 
 EXTRA_LINK_HOPS = 2
 """How much a link outside the founding topology (a late joiner, a replacement) can lengthen
@@ -42,6 +42,15 @@ def gone_seconds(node: Node) -> float:
     """How long a wanted neighbour may be missing before it counts as gone for good."""
     protocol = node.protocol
     return protocol.gone_seconds or 3 * protocol.member_timeout
+
+
+def round_limit(node: Node) -> int:
+    """The round a node stops at if it has not finished: the training rounds (or the round it
+    last reopened at, linger.py) plus ``max_consensus_rounds``, plus the rounds spent awaiting
+    a missing member (free of the limit)."""
+    state = node.settle
+    return (max(node.config.rounds, state.reopened_at) + node.protocol.max_consensus_rounds
+            + state.waiting_rounds)
 
 
 def note_topology(node: Node, members: int) -> None:
@@ -95,6 +104,8 @@ def judge(node: Node, r: int) -> Verdict:
             state.gone.append(peer)
             log.warning("round %d: wanted neighbour %s missing for %.0f s: gone for good; "
                         "this node may finish without it", r, peer, gone_seconds(node))
+    # one taken for gone that is linked again is back: this node does not finish without it
+    state.gone = [p for p in state.gone if p not in node.neighbours]
     state.awaited = awaited
     heard = reports(node)
     settled = termination.locally_settled(node.disagreement, heard, awaited,

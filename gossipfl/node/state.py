@@ -5,8 +5,8 @@ them imports the runtime; the runtime imports them.
 The modules: :mod:`~gossipfl.node.membership_loop`, :mod:`~gossipfl.node.links`,
 :mod:`~gossipfl.node.resume`, :mod:`~gossipfl.node.state_sync`,
 :mod:`~gossipfl.node.contributions`, :mod:`~gossipfl.node.serving`,
-:mod:`~gossipfl.node.summary`, :mod:`~gossipfl.node.exchange`, :mod:`~gossipfl.node.round` and
-:mod:`~gossipfl.node.secure_round`.
+:mod:`~gossipfl.node.summary`, :mod:`~gossipfl.node.exchange`, :mod:`~gossipfl.node.round`,
+:mod:`~gossipfl.node.linger` and :mod:`~gossipfl.node.secure_round`.
 """
 
 from __future__ import annotations

@@ -193,6 +193,9 @@ async def on_state_request(node: Node, channel: Channel) -> None:
         done=node.status == NodeStatus.DONE,
         tensors=node.layout.to_tensors(node.own.vector),
         training=node.status == NodeStatus.TRAINING,
+        # what it says of its convergence, as its contributions do: a done node's horizon
+        # lets the puller count it settled (termination.settled_depth)
+        depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
     )
     await node.send_payload(channel, message)
     # it holds our estimate as of this round now

@@ -40,7 +40,11 @@ def node_summary(node: Node) -> dict[str, Any]:
                         "held_rounds": node.settle.holds,
                         "paced_rounds": node.settle.paced,
                         "held_seconds": node.settle.held_seconds,
-                        "awaiting_rounds": node.settle.waiting_rounds},
+                        "awaiting_rounds": node.settle.waiting_rounds,
+                        # after done: time spent lingering, and each reopening (linger.py)
+                        "lingered_seconds": node.settle.lingered_seconds,
+                        "reopened": node.settle.reopened,
+                        "reopens": node.settle.reopens},
         "resumed_from": node.resumed_from,
         "diverged_rounds": node.diverged_rounds,
         "rejoins_served": node.rejoins_served,

@@ -33,6 +33,16 @@ Two rules, both pure (the round code in :mod:`gossipfl.node.round` applies them)
   most twice ``gone_seconds`` in a row (by then the missing member is back or gone for good),
   so a long cut does not use up the limit on either side.
 
+**A done node lingers and reopens.** After it announces done a node keeps serving for
+``protocol.linger_seconds`` (:func:`linger_time`: the whole of it when members it knew were
+absent at its finish, a moment otherwise), re-linking its wanted neighbours and answering with
+its final estimate. If a wanted neighbour that was missing when it finished comes back, or one
+it saw done sends a round again (it reopened), with an estimate further from its model than the
+consensus tolerance, it reopens (:func:`reopen_decision`): consensus rounds again, from the
+later of its own rounds and the sender's (:func:`reopen_round`), until settled, at most
+``protocol.max_reopen`` times. So the halves of a partition that outlasted ``gone_seconds``
+come back together if it heals while they linger.
+
 Who this stops and who it does not: a crash, a pause, a partition, a node that loses its links.
 A member that lies about its depth can make its neighbours' depths larger by one hop at most,
 and only while they agree with it within the tolerance (their own disagreement is measured, not
@@ -51,11 +61,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gossipfl.gossip.wire import MAX_DEPTH
 
-__all__ = ["MAX_DEPTH", "Hold", "PeerSettle", "SettleState", "hold_decision", "horizon",
-           "locally_settled", "settled_depth", "waiting_for", "waiting_hops"]
+__all__ = ["MAX_DEPTH", "Hold", "PeerSettle", "Reopen", "SettleState", "hold_decision",
+           "horizon", "linger_time", "locally_settled", "reopen_decision", "reopen_round",
+           "settled_depth", "waiting_for", "waiting_hops"]
+
+LINGER_WHOLE_INTERVALS = 2
+"""A node that finished with every member it knew present lingers this many heartbeat
+intervals at most: its neighbours hear it is done, and their last frames are answered."""
 
 EXACT_MEMBERS = 256
 """Up to this many members the horizon uses the exact diameter (one search per member)."""
@@ -251,6 +267,77 @@ def _eccentricity(graph: Mapping[str, set[str]], start: str) -> int | None:
     return None if len(distance) < len(graph) else max(distance.values())
 
 
+class Reopen(enum.Enum):
+    """What a lingering done node does with a contribution from a neighbour."""
+
+    STAY = "stay"  # nothing new (a neighbour there at its finish), or it agrees: stay done
+    REOPEN = "reopen"  # a member came back with another model: consensus rounds again
+    SPENT = "spent"  # it would reopen, but protocol.max_reopen reopenings are spent
+
+
+def linger_time(linger_seconds: float, absent: int, heartbeat_interval: float) -> float:
+    """How long a done node keeps serving after it announced done: ``linger_seconds`` when
+    ``absent`` members it knew were missing at its finish (one may come back with another
+    model: a healed partition), else at most ``LINGER_WHOLE_INTERVALS`` heartbeat intervals
+    (the federation was whole: nobody to wait for). 0 turns lingering off.
+
+    >>> linger_time(10.0, 1, 0.5)
+    10.0
+    >>> linger_time(10.0, 0, 0.5)
+    1.0
+    >>> linger_time(0.0, 3, 0.5)
+    0.0
+    """
+    if absent > 0:
+        return linger_seconds
+    return min(linger_seconds, LINGER_WHOLE_INTERVALS * heartbeat_interval)
+
+
+def reopen_decision(*, wanted: bool, missing_at_finish: bool, seen_done: bool, done_now: bool,
+                    distance: float, tolerance: float, reopened: int,
+                    max_reopen: int) -> Reopen:
+    """Whether a lingering done node reopens on a contribution from a neighbour.
+
+    It does when the sender is a neighbour it wants that *came back*: it was missing when
+    this node finished (a healed partition, a member back from a pause), or this node saw it
+    done and it now sends a round that is not (it reopened itself), and its estimate is further
+    than ``tolerance`` from this node's model (``distance``: the relative distance of the
+    consensus check). A neighbour that was linked at the finish and is finishing itself is not
+    news, whatever it sends. At most ``max_reopen`` reopenings (then SPENT).
+
+    >>> common = dict(wanted=True, seen_done=False, done_now=True, tolerance=1e-4,
+    ...               reopened=0, max_reopen=3)
+    >>> reopen_decision(missing_at_finish=True, distance=3e-2, **common)
+    <Reopen.REOPEN: 'reopen'>
+    >>> reopen_decision(missing_at_finish=True, distance=5e-5, **common)  # it agrees
+    <Reopen.STAY: 'stay'>
+    >>> reopen_decision(missing_at_finish=False, distance=3e-2, **common)  # there all along
+    <Reopen.STAY: 'stay'>
+    >>> reopen_decision(**{**common, "seen_done": True, "done_now": False,
+    ...                    "reopened": 3}, missing_at_finish=False, distance=3e-2)
+    <Reopen.SPENT: 'spent'>
+    """
+    came_back = missing_at_finish or (seen_done and not done_now)
+    if not wanted or not came_back or not distance > tolerance:  # NaN: nothing to agree on
+        return Reopen.STAY
+    if reopened >= max_reopen:
+        return Reopen.SPENT
+    return Reopen.REOPEN
+
+
+def reopen_round(own_round: int, peer_round: int) -> int:
+    """The first round of a reopened node: after its own last one (its done announcement),
+    and no earlier than the round of the member that reopened it, so that the two keep step
+    (rounds go on numbering; a member far behind is not caught up by a state pull instead).
+
+    >>> reopen_round(41, 4)
+    42
+    >>> reopen_round(4, 41)
+    41
+    """
+    return max(own_round + 1, peer_round)
+
+
 @dataclass
 class SettleState:
     """A node's termination bookkeeping."""
@@ -267,3 +354,8 @@ class SettleState:
     waiting: int = 0  # 0, or 1 + hops to a member awaiting a missing wanted neighbour
     waiting_since: float | None = None  # since when, without a break
     waiting_rounds: int = 0  # consensus rounds spent waiting so (free of the round limit)
+    lingering: bool = False  # done, and still serving (linger.py)
+    lingered_seconds: float = 0.0  # time spent lingering, all lingers together
+    reopened: int = 0  # times it reopened after done
+    reopens: list[dict[str, Any]] = field(default_factory=list)  # each: who, round, distance
+    reopened_at: int = 0  # the first round of the last reopening: the round limit counts on

@@ -118,6 +118,7 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
         "dropped_neighbours": summary.get("dropped_neighbours", []),
         "isolated_rounds": summary.get("isolated_rounds", 0),
         "termination": summary.get("termination", {}),
+        "reopened": summary.get("termination", {}).get("reopened", 0),  # after done (why: reopens)
         "rejected": summary.get("rejected", last.get("rejected", {})),
         "timeouts": summary.get("timeouts", last.get("timeouts", 0)),
         "privacy": summary.get("privacy", {}),

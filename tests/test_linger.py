@@ -1,0 +1,168 @@
+"""A done node's lingering and reopening, the rules (gossipfl.node.termination: reopen_decision,
+linger_time, reopen_round) and what a lingering node makes of its neighbours' contributions
+(gossipfl.node.linger: who is back, who came back with another model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import trio
+
+from gossipfl.config import ConfigError, ProtocolConfig
+from gossipfl.gossip.codes import NodeStatus
+from gossipfl.gossip.wire import Contribution
+from gossipfl.node import linger
+from gossipfl.node.estimates import OwnEstimate, PeerEstimates
+from gossipfl.node.state import NeighbourState
+from gossipfl.node.termination import (
+    Reopen,
+    SettleState,
+    linger_time,
+    reopen_decision,
+    reopen_round,
+)
+
+TOL = 1e-4
+FAR, NEAR = 3e-2, 5e-5
+
+
+def decide(*, missing: bool = False, seen_done: bool = False, done_now: bool = True,
+           distance: float = FAR, wanted: bool = True, reopened: int = 0) -> Reopen:
+    return reopen_decision(wanted=wanted, missing_at_finish=missing, seen_done=seen_done,
+                           done_now=done_now, distance=distance, tolerance=TOL,
+                           reopened=reopened, max_reopen=3)
+
+
+def test_a_member_missing_at_the_finish_that_comes_back_with_another_model_reopens() -> None:
+    assert decide(missing=True) is Reopen.REOPEN  # its final (done) estimate, far away
+    assert decide(missing=True, done_now=False) is Reopen.REOPEN  # still in its rounds
+    assert decide(missing=True, distance=NEAR) is Reopen.STAY  # it agrees: nothing to do
+    assert decide(missing=True, distance=TOL) is Reopen.STAY  # "more than" the tolerance
+    assert decide(missing=True, distance=float("nan")) is Reopen.STAY
+    assert decide(missing=True, wanted=False) is Reopen.STAY  # not a neighbour it wants
+
+
+def test_a_neighbour_seen_done_that_sends_rounds_again_reopens_it() -> None:
+    assert decide(seen_done=True, done_now=False) is Reopen.REOPEN  # it reopened itself
+    assert decide(seen_done=True, done_now=True) is Reopen.STAY  # its final estimate again
+    assert decide(seen_done=True, done_now=False, distance=NEAR) is Reopen.STAY
+
+
+def test_a_neighbour_there_at_the_finish_and_finishing_itself_is_no_news() -> None:
+    # its last rounds cross this node's done announcement: whatever they say, no reopening
+    assert decide(done_now=False) is Reopen.STAY
+    assert decide(done_now=True) is Reopen.STAY
+
+
+def test_reopenings_are_bounded_by_max_reopen() -> None:
+    assert decide(missing=True, reopened=2) is Reopen.REOPEN
+    assert decide(missing=True, reopened=3) is Reopen.SPENT
+    assert decide(missing=True, reopened=3, distance=NEAR) is Reopen.STAY
+    assert reopen_decision(wanted=True, missing_at_finish=True, seen_done=False, done_now=True,
+                           distance=FAR, tolerance=TOL, reopened=0,
+                           max_reopen=0) is Reopen.SPENT
+
+
+def test_linger_time_is_long_only_when_members_were_absent() -> None:
+    assert linger_time(10.0, absent=2, heartbeat_interval=0.5) == 10.0
+    assert linger_time(10.0, absent=0, heartbeat_interval=0.5) == 1.0
+    assert linger_time(0.4, absent=0, heartbeat_interval=0.5) == 0.4
+    assert linger_time(0.0, absent=2, heartbeat_interval=0.5) == 0.0  # off: stop at once
+
+
+def test_a_reopened_node_keeps_step_with_the_member_that_reopened_it() -> None:
+    assert reopen_round(41, 4) == 42  # a member far behind: the node goes on from its own
+    assert reopen_round(4, 41) == 41  # one far ahead: it joins that member's round
+    assert reopen_round(10, 11) == 11
+
+
+@pytest.mark.parametrize("settings", [{"linger_seconds": -1.0},
+                                      {"linger_seconds": float("inf")},
+                                      {"linger_seconds": float("nan")},
+                                      {"max_reopen": -1}])
+def test_linger_settings_are_checked(settings: dict[str, float]) -> None:
+    with pytest.raises(ConfigError, match=r"linger_seconds|max_reopen"):
+        ProtocolConfig(**settings)
+    assert ProtocolConfig(linger_seconds=0.0, max_reopen=0).linger_seconds == 0.0
+
+
+# -- what a lingering node makes of what arrives ------------------------------------------------
+
+
+@dataclass
+class DoneNode:
+    """What linger.look and linger.absent_members read of a node that has finished."""
+
+    neighbours: dict[str, NeighbourState]
+    wanted: set[str]
+    model: np.ndarray = field(default_factory=lambda: np.ones(4, np.float32))
+    peer_id: str = "me"
+    topology: dict[str, frozenset[str]] | None = None
+    membership: set[str] = field(default_factory=set)
+    member_state: dict[str, tuple[int, NodeStatus]] = field(default_factory=dict)
+    protocol: ProtocolConfig = field(default_factory=lambda: ProtocolConfig(
+        consensus_tolerance=TOL, max_reopen=3))
+    estimates: PeerEstimates = field(default_factory=lambda: PeerEstimates.empty(4))
+    settle: SettleState = field(default_factory=SettleState)
+    own: OwnEstimate = field(default_factory=lambda: OwnEstimate(np.ones(4, np.float32), 11))
+    status: NodeStatus = NodeStatus.DONE
+    round: int = 10
+    disagreement: float = 0.0
+
+    def hear(self, peer: str, r: int, offset: float, *, done: bool) -> None:
+        message = Contribution("f", r, peer, "me", 2, "full", -1, 1e-6, done, (),
+                               training=False)
+        self.estimates.apply(message, self.model + np.float32(offset))
+
+
+def test_look_reopens_for_a_member_back_with_another_model_not_for_one_there_all_along(
+        ) -> None:
+    node = DoneNode(neighbours={"b": NeighbourState()}, wanted={"b", "x"})
+    node.hear("b", 10, 0.0, done=True)
+    node.settle.gone = ["x"]
+    watch = linger.Watch.at_finish(node)
+    assert watch.missing == {"x"} and watch.seen_done == {"b"}
+    node.hear("b", 11, 0.5, done=True)  # b, there at the finish, sends its final estimate again
+    assert linger.look(node, watch) is None
+    # x is linked again (a new link) and sends its final estimate, far off: reopen
+    node.neighbours["x"] = NeighbourState()
+    assert linger.look(node, watch) is None  # linked, nothing heard yet: back, no reopening
+    assert node.settle.gone == []
+    node.hear("x", 4, 0.5, done=True)
+    peer, distance, round_ = linger.look(node, watch)
+    assert (peer, round_) == ("x", 4)
+    assert distance == pytest.approx(0.5)
+
+    async def reopen() -> None:
+        linger.reopen(node, peer, distance, round_)
+
+    trio.run(reopen)
+    # consensus again, after its done announcement (round 11): rounds go on numbering
+    assert node.status is NodeStatus.CONSENSUS
+    assert (node.round, node.settle.reopened_at, node.settle.reopened) == (11, 12, 1)
+    assert node.settle.reopens[0]["peer_id"] == "x" and node.settle.depth == 0
+
+
+def test_look_reopens_for_a_neighbour_seen_done_that_sends_a_round_again() -> None:
+    node = DoneNode(neighbours={"b": NeighbourState()}, wanted={"b"})
+    node.hear("b", 10, 0.0, done=False)  # still in its rounds at this node's finish
+    watch = linger.Watch.at_finish(node)
+    node.hear("b", 11, 0.3, done=False)  # its last round, crossing our done: no news
+    assert linger.look(node, watch) is None
+    node.member_state["b"] = (12, NodeStatus.DONE)  # its heartbeat: done
+    assert linger.look(node, watch) is None
+    node.hear("b", 14, 0.3, done=False)  # then a round again: it reopened
+    assert linger.look(node, watch)[0] == "b"
+
+
+def test_members_absent_at_the_finish() -> None:
+    topology = {m: frozenset() for m in ("me", "a", "b", "c", "d")}
+    node = DoneNode(neighbours={"a": NeighbourState()}, wanted={"a", "b"}, topology=topology,
+                    membership={"a", "b", "c"})
+    node.member_state["d"] = (30, NodeStatus.DONE)  # forgotten, but it said it was done
+    assert linger.absent_members(node) == []
+    node.settle.gone = ["b"]  # finished without it
+    node.membership.discard("c")  # silent for member_timeout
+    assert linger.absent_members(node) == ["b", "c"]
