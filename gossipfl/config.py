@@ -284,24 +284,28 @@ class RobustConfig:
     ``clipping`` (self-centred clipping, ClippedGossip, with the adaptive radius that clips the
     farthest neighbours up to a mixing weight of ``delta``, or the fixed radius ``tau`` when it
     is not 0, as in ClippedGossip's experiments), ``trimmed_mean`` (``trim`` values
-    off each end of every coordinate), ``median`` or ``krum`` (``krum_f`` inputs assumed
-    Byzantine). Not with secure aggregation, which hides the individual estimates.
+    off each end of every coordinate), ``median``, ``krum`` (``krum_f`` inputs assumed
+    Byzantine) or ``filter`` (neighbours farther than ``filter_ratio`` median distances from
+    the coordinate median left out: :mod:`gossipfl.aggregation.filter`). Not with secure
+    aggregation, which hides the individual estimates.
     """
 
     norm_ratio: float = 100.0
     rule: str = "none"
     delta: float = 0.25
     tau: float = 0.0  # clipping: a fixed radius instead of the adaptive one (0: adaptive)
+    filter_ratio: float = 3.0  # filter: neighbours beyond this many median distances left out
     trim: int = 1
     krum_f: int = 1
 
     def __post_init__(self) -> None:
         _require(self.norm_ratio == 0 or self.norm_ratio >= 2,
                  "robust.norm_ratio must be 0 (off) or at least 2")
-        rules = ("none", "clipping", "trimmed_mean", "median", "krum")
+        rules = ("none", "clipping", "trimmed_mean", "median", "krum", "filter")
         _require(self.rule in rules, f"robust.rule must be one of {', '.join(rules)}")
         _require(0 < self.delta < 1, "robust.delta must be in (0, 1)")
         _require(self.tau >= 0, "robust.tau must be >= 0 (0: the adaptive radius)")
+        _require(self.filter_ratio >= 1, "robust.filter_ratio must be at least 1")
         _require(self.trim >= 0 and self.krum_f >= 0, "robust.trim and robust.krum_f must be >= 0")
 
 

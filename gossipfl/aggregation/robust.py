@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gossipfl.aggregation.filter import distance_filter
 from gossipfl.aggregation.mixing import (
     WEIGHT_SUM_TOLERANCE,
     _check_same_peers,
@@ -66,6 +67,7 @@ class RobustRule(enum.Enum):
     TRIMMED_MEAN = "trimmed_mean"
     MEDIAN = "median"
     KRUM = "krum"
+    FILTER = "filter"  # gossipfl.aggregation.filter: far estimates left out
 
 
 @dataclass(frozen=True, eq=False)
@@ -370,6 +372,7 @@ def robust_mix(
     b: int = 1,
     f: int = 1,
     m: int = 1,
+    ratio: float = 3.0,
 ) -> RobustResult:
     """Apply ``rule`` to the own vector and the neighbours' and say what it left out.
 
@@ -378,7 +381,8 @@ def robust_mix(
       ``None``, the radius :func:`clipping_radius` picks for ``delta`` (give exactly one).
     * ``TRIMMED_MEAN``: :func:`trimmed_mean` with ``b``; ``MEDIAN``: :func:`coordinate_median`;
       ``KRUM``: :func:`multi_krum` with ``f`` and ``m``. These three ignore the weights, but
-      the peers of ``weights`` and ``neighbours`` must still agree.
+      the peers of ``weights`` and ``neighbours`` must still agree. ``FILTER``:
+      :func:`~gossipfl.aggregation.filter.distance_filter` with ``ratio``.
 
     Args:
         rule: A :class:`RobustRule` or its value (``"clipping"``, ...).
@@ -425,6 +429,9 @@ def robust_mix(
     if chosen_rule is RobustRule.MEDIAN:
         model = coordinate_median(own, neighbours)
         return RobustResult(model, chosen_rule, n, discarded=n - (1 if n % 2 else 2))
+    if chosen_rule is RobustRule.FILTER:
+        model, left_out = distance_filter(own, neighbours, weights, ratio)
+        return RobustResult(model, chosen_rule, n, discarded=len(left_out))
     model, selected = multi_krum(own, neighbours, f, m)
     return RobustResult(model, chosen_rule, n, discarded=n - len(selected), selected=selected)
 

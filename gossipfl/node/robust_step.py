@@ -29,6 +29,7 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
         RobustRule.CLIPPING: {"tau": config.tau} if config.tau else {"delta": config.delta},
         RobustRule.TRIMMED_MEAN: {"b": config.trim},
         RobustRule.KRUM: {"f": config.krum_f},
+        RobustRule.FILTER: {"ratio": config.filter_ratio},
     }.get(rule, {})
     try:
         result = robust_choco_step(rule, half_step, node.own.vector, estimates, weights,

@@ -1,0 +1,81 @@
+"""The distance filter (``[robust] rule = "filter"``): exact small cases and properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from gossipfl.aggregation.filter import distance_filter
+from gossipfl.aggregation.mixing import mix
+from gossipfl.aggregation.robust import RobustRule, robust_choco_step, robust_mix
+
+
+def test_a_far_estimate_is_left_out_and_its_weight_stays_home() -> None:
+    own = np.array([0.0, 0.0])
+    near = {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0])}
+    far = {**near, "x": np.array([-40.0, -40.0])}
+    weights = {"a": 0.2, "b": 0.2, "x": 0.2}
+    model, out = distance_filter(own, far, weights, 3.0)
+    assert out == ["x"]
+    # own weight 0.6 (its own 0.4 and x's 0.2), a and b 0.2 each
+    np.testing.assert_allclose(model, [0.2, 0.2])
+    np.testing.assert_allclose(model, mix(own, near, {"a": 0.2, "b": 0.2}, 0.6))
+
+
+def test_honest_neighbours_alike_are_all_mixed() -> None:
+    own = np.array([0.0])
+    neighbours = {"a": np.array([1.0]), "b": np.array([-1.0]), "c": np.array([0.5])}
+    weights = {"a": 0.25, "b": 0.25, "c": 0.25}
+    model, out = distance_filter(own, neighbours, weights, 3.0)
+    assert out == []
+    np.testing.assert_allclose(model, mix(own, neighbours, weights, 0.25))
+
+
+def test_the_filter_does_not_grow_with_a_dragged_node() -> None:
+    """The centre is the neighbourhood's median, not the node: a node dragged far off keeps
+    its honest neighbours (they pull it back) and still leaves the attacker out."""
+    own = np.array([10.0])  # dragged off
+    neighbours = {"a": np.array([0.0]), "b": np.array([0.2]), "x": np.array([-30.0])}
+    model, out = distance_filter(own, neighbours, {"a": 0.2, "b": 0.2, "x": 0.2}, 3.0)
+    assert out == ["x"]
+    assert model[0] < 10.0
+
+
+def test_bad_inputs_are_refused_clearly() -> None:
+    own = np.zeros(2)
+    with pytest.raises(ValueError, match="ratio"):
+        distance_filter(own, {}, {}, 0.0)
+    with pytest.raises(ValueError, match="same peers"):
+        distance_filter(own, {"a": np.zeros(2)}, {"b": 0.1})
+    with pytest.raises(ValueError, match="shape"):
+        distance_filter(own, {"a": np.zeros(3)}, {"a": 0.1})
+    with pytest.raises(ValueError, match="non-finite"):
+        distance_filter(own, {"a": np.array([np.nan, 0.0])}, {"a": 0.1})
+
+
+def test_the_rule_is_reachable_through_robust_mix_and_the_choco_step() -> None:
+    own = np.zeros(1)
+    neighbours = {"a": np.ones(1), "x": np.full(1, 99.0), "b": np.full(1, 0.5)}
+    weights = {"a": 0.25, "x": 0.25, "b": 0.25}
+    result = robust_mix(RobustRule.FILTER, own, neighbours, weights, ratio=3.0)
+    assert result.discarded == 1 and result.inputs == 4
+    step = robust_choco_step("filter", np.full(1, 2.0), own, neighbours, weights, 1.0)
+    np.testing.assert_allclose(step.model, 2.0 + result.model)
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(np.float64, (5, 3), elements=st.floats(-5, 5)),
+       st.floats(100.0, 1e6), st.integers(0, 1))
+def test_an_outlier_far_beyond_an_honest_majority_never_moves_the_node(
+        honest: np.ndarray, scale: float, attackers: int) -> None:
+    """With 5 honest inputs (own + 4) within a box of side 10 and up to 2 attackers a long way
+    off, the result is the honest mix: no attacker weight gets in."""
+    own, rest = honest[0], {f"h{k}": honest[k] for k in range(1, 5)}
+    attack = {f"x{k}": np.full(3, scale * (k + 1)) for k in range(attackers + 1)}
+    weights = {p: 1.0 / 8 for p in [*rest, *attack]}
+    model, out = distance_filter(own, {**rest, **attack}, weights, 3.0)
+    assert set(attack) <= set(out)
+    assert np.all(np.abs(model) <= 5.0 + 1e-6)
