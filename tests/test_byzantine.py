@@ -159,6 +159,14 @@ def test_a_training_attacker_sends_its_own_model_transformed(kind: str, expected
     assert (role.tally.attempts, role.tally.succeeded, role.tally.details["refused"]) == (1, 1, 1)
 
 
+def test_a_fellow_attacker_gets_the_honest_payload() -> None:
+    node = fake_node(np.array([1.0, -2.0]))
+    role = role_of("sign_flip", colluders=("friend",))
+    role.setup(node)
+    sent = payload(role, node, peer="friend", r=3)
+    assert sent[0] == "delta" and sent[1] == 2 and role.tally.attempts == 0
+
+
 def test_the_gaussian_attacker_is_noisy_but_centred_on_its_model() -> None:
     node = fake_node(np.full(5000, 3.0))
     role = role_of("gaussian", strength=0.5)

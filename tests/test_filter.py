@@ -79,3 +79,35 @@ def test_an_outlier_far_beyond_an_honest_majority_never_moves_the_node(
     model, out = distance_filter(own, {**rest, **attack}, weights, 3.0)
     assert set(attack) <= set(out)
     assert np.all(np.abs(model) <= 5.0 + 1e-6)
+
+
+def test_the_floor_keeps_a_near_agreeing_neighbourhood_mixing() -> None:
+    """Three that agree exactly and two 1% off: without the floor the median distance is 0
+    and the two are left out for ever (consensus stalls); with it they are mixed."""
+    own = np.full(4, 10.0)
+    neighbours = {"a": own.copy(), "b": own.copy(), "c": own * 1.01, "d": own * 0.99}
+    weights = {p: 0.2 for p in neighbours}
+    _, stalled = distance_filter(own, neighbours, weights, 3.0, floor=0.0)
+    assert stalled == ["c", "d"]
+    model, out = distance_filter(own, neighbours, weights, 3.0, floor=0.01)
+    assert out == []
+    np.testing.assert_allclose(model, own)  # c and d cancel
+    with pytest.raises(ValueError, match="floor"):
+        distance_filter(own, neighbours, weights, 3.0, floor=1.0)
+
+
+def test_a_neighbour_left_out_in_most_rounds_stays_out_even_when_near() -> None:
+    from gossipfl.aggregation.filter import distrusted
+
+    counts = {"x": (20, 30), "h": (2, 30), "new": (2, 2)}
+    assert distrusted(counts) == frozenset({"x"})  # "new": too few rounds to judge
+    assert distrusted({"h": (16, 30)}) == frozenset({"h"})
+    assert distrusted({"h": (16, 33)}) == frozenset()  # good rounds outnumber the rest again
+    own = np.zeros(2)
+    near = {"x": np.array([0.1, 0.0]), "h": np.array([0.0, 0.1])}
+    model, out = distance_filter(own, near, {"x": 0.25, "h": 0.25}, 3.0,
+                                 distrusted=distrusted(counts))
+    assert out == ["x"]
+    np.testing.assert_allclose(model, [0.0, 0.025])
+    with pytest.raises(ValueError, match="share"):
+        distrusted(counts, share=0.0)

@@ -80,6 +80,8 @@ class Byzantine(Role):
 
     async def payload(self, node: Node, peer: str, r: int, kind: str, base: int,
                       array: np.ndarray) -> Payload:
+        if peer in self.config.colluders:  # a fellow attacker: nothing to gain
+            return kind, base, array
         vector = await self.craft(node, peer, r)
         self.tally.attempts += 1
         return "full", -1, np.asarray(vector, np.float32)

@@ -84,6 +84,7 @@ class RobustResult:
             (even ``n``) for the median; 0 for none and clipping.
         tau: The clipping radius used (clipping only, else ``None``).
         selected: Ids of the vectors Krum averaged (own is :data:`SELF_ID`), in id order.
+        left_out: Ids of the neighbours the filter left out, in id order.
     """
 
     model: np.ndarray
@@ -93,6 +94,7 @@ class RobustResult:
     discarded: int = 0
     tau: float | None = None
     selected: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()
 
 
 def _check_count(value: int, name: str, minimum: int) -> int:
@@ -373,6 +375,8 @@ def robust_mix(
     f: int = 1,
     m: int = 1,
     ratio: float = 3.0,
+    floor: float = 0.01,
+    distrusted: frozenset[str] = frozenset(),
 ) -> RobustResult:
     """Apply ``rule`` to the own vector and the neighbours' and say what it left out.
 
@@ -382,7 +386,8 @@ def robust_mix(
     * ``TRIMMED_MEAN``: :func:`trimmed_mean` with ``b``; ``MEDIAN``: :func:`coordinate_median`;
       ``KRUM``: :func:`multi_krum` with ``f`` and ``m``. These three ignore the weights, but
       the peers of ``weights`` and ``neighbours`` must still agree. ``FILTER``:
-      :func:`~gossipfl.aggregation.filter.distance_filter` with ``ratio``.
+      :func:`~gossipfl.aggregation.filter.distance_filter` with ``ratio``, ``floor`` and
+      ``distrusted``.
 
     Args:
         rule: A :class:`RobustRule` or its value (``"clipping"``, ...).
@@ -430,8 +435,9 @@ def robust_mix(
         model = coordinate_median(own, neighbours)
         return RobustResult(model, chosen_rule, n, discarded=n - (1 if n % 2 else 2))
     if chosen_rule is RobustRule.FILTER:
-        model, left_out = distance_filter(own, neighbours, weights, ratio)
-        return RobustResult(model, chosen_rule, n, discarded=len(left_out))
+        model, left_out = distance_filter(own, neighbours, weights, ratio, floor, distrusted)
+        return RobustResult(model, chosen_rule, n, discarded=len(left_out),
+                            left_out=tuple(left_out))
     model, selected = multi_krum(own, neighbours, f, m)
     return RobustResult(model, chosen_rule, n, discarded=n - len(selected), selected=selected)
 
@@ -443,7 +449,7 @@ def robust_choco_step(
     neighbour_estimates: Mapping[str, np.ndarray],
     weights: Mapping[str, float],
     gamma: float = 1.0,
-    **params: float | int | None,
+    **params: float | int | frozenset[str] | None,
 ) -> RobustResult:
     """The CHOCO consensus step with ``rule`` in place of the weighted sum:
     ``x_i ← x_i^{1/2} + γ (R(x̂_i, {x̂_j}) − x̂_i)``, ``R`` being :func:`robust_mix` over the

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gossipfl.aggregation.filter import distrusted
 from gossipfl.aggregation.robust import RobustRule, robust_choco_step
 
 if TYPE_CHECKING:
@@ -29,8 +30,10 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
         RobustRule.CLIPPING: {"tau": config.tau} if config.tau else {"delta": config.delta},
         RobustRule.TRIMMED_MEAN: {"b": config.trim},
         RobustRule.KRUM: {"f": config.krum_f},
-        RobustRule.FILTER: {"ratio": config.filter_ratio},
+        RobustRule.FILTER: {"ratio": config.filter_ratio, "floor": config.filter_floor},
     }.get(rule, {})
+    if rule is RobustRule.FILTER:
+        params["distrusted"] = distrusted(node.filter_counts)
     try:
         result = robust_choco_step(rule, half_step, node.own.vector, estimates, weights,
                                    node.protocol.gamma, **params)
@@ -40,8 +43,13 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
         rule = RobustRule.MEDIAN
         result = robust_choco_step(rule, half_step, node.own.vector, estimates, weights,
                                    node.protocol.gamma)
+    if rule is RobustRule.FILTER:
+        for peer in estimates:
+            out, seen = node.filter_counts.get(peer, (0, 0))
+            node.filter_counts[peer] = (out + (peer in result.left_out), seen + 1)
     if record is not None:
         record["robust"] = {"rule": rule.value, "inputs": result.inputs,
                             "clipped": result.clipped, "discarded": result.discarded,
-                            **({"tau": result.tau} if result.tau is not None else {})}
+                            **({"tau": result.tau} if result.tau is not None else {}),
+                            **({"left_out": list(result.left_out)} if result.left_out else {})}
     return result.model

@@ -163,6 +163,8 @@ class Node:
         self.state_loaded = False
         self.rejoins_served = 0
         self.diverged_rounds: list[int] = []
+        # [robust] rule = "filter": per neighbour, (rounds it was left out, rounds filtered)
+        self.filter_counts: dict[str, tuple[int, int]] = {}
         self.async_seen: dict[str, int] = {}  # async mode: neighbours' rounds at our last round
         self.status = NodeStatus.JOINING
         self.disagreement = math.inf

@@ -127,6 +127,7 @@ class Node(Protocol):
     async_seen: dict[str, int]
     disagreement: float
     diverged_rounds: list[int]
+    filter_counts: dict[str, tuple[int, int]]
     isolated_rounds: int
     settle: SettleState
     final_accuracy: float | None
