@@ -13,7 +13,7 @@ from enum import StrEnum
 
 import multiaddr
 
-from gossipfl.adversary.kinds import BYZANTINE_KINDS, AdversaryKind
+from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.config_io import (  # noqa: F401 (re-exported)
     TOML_NONE,
     ConfigError,
@@ -273,11 +273,13 @@ class SecAggConfig:
 class RobustConfig:
     """Defences against a member that manipulates the model (issue 9).
 
-    ``norm_ratio``: no estimate a neighbour sends (plain or async mode), and no neighbourhood
-    mean a secure sum yields, is mixed in if its L2 norm exceeds ``norm_ratio`` times this
-    node's own model's (at least 1): a cheap bound, on by default, that keeps a scaled or
-    exploded model out (a neighbour sending 6e+37 set a receiver's model to that in one round
-    without it). 0 turns it off. Honest estimates differ from a node's own by far less.
+    ``norm_ratio``: no estimate a neighbour sends (plain or async mode) is mixed in if its L2
+    norm exceeds ``norm_ratio`` times this node's own model's (at least 1): a cheap bound, on
+    by default, that keeps a scaled or exploded model out (a neighbour sending 6e+37 set a
+    receiver's model to that in one round without it). 0 turns it off. Honest estimates differ
+    from a node's own by far less. A secure sum's neighbourhood mean is held to the bound for
+    its size (:func:`gossipfl.aggregation.bounds.sum_bound`), and an honest contributor holds
+    its own masked input to it (:mod:`gossipfl.node.secure_inputs`).
 
     ``rule``: how a node mixes its neighbours' public estimates
     (:class:`gossipfl.aggregation.robust.RobustRule`): ``none`` (Metropolis–Hastings, CHOCO),
@@ -379,10 +381,6 @@ class NodeConfig:
         _require(not (self.secagg.enabled and self.robust.rule != "none"),
                  "robust.rule needs the neighbours' individual estimates: not with secagg "
                  "(its masks hide them; the norm bound still checks each secure sum)")
-        _require(not (self.secagg.enabled and self.adversary.role in BYZANTINE_KINDS
-                      and self.adversary.role is not AdversaryKind.LABEL_FLIP),
-                 f"adversary.kind {self.adversary.kind!r} crafts its plain estimates: not with "
-                 "secagg (a Byzantine member's masked input is not built; label_flip is)")
         _require(not self.secagg.enabled or self.security.admission,
                  "secagg needs security.admission (pair masks use the certified keys)")
         _require(bool(self.federation) and len(self.federation) <= 64,

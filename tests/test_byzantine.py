@@ -260,11 +260,11 @@ def test_byzantine_configuration_is_checked() -> None:
         AdversaryConfig(kind="alie", strength=-1.0)
     with pytest.raises(ConfigError, match="strength"):
         AdversarySpec(node=1, kind="ipm", strength=-0.5)
-    with pytest.raises(ConfigError, match="not with secagg"):
+    # with secure aggregation every kind runs: crafted ones mask their crafted vector
+    # (gossipfl.node.secure_inputs), label_flip its poisoned model
+    for kind in ("sign_flip", "scale", "alie", "label_flip"):
         ScenarioConfig(nodes=4, secagg=SecAggConfig(enabled=True),
-                       adversaries=(AdversarySpec(node=1, kind="sign_flip"),))
-    ScenarioConfig(nodes=4, secagg=SecAggConfig(enabled=True),  # poisoned data: allowed
-                   adversaries=(AdversarySpec(node=1, kind="label_flip"),))
+                       adversaries=(AdversarySpec(node=1, kind=kind),))
 
 
 def test_byzantine_members_get_the_board_and_each_other() -> None:
@@ -280,3 +280,57 @@ def test_byzantine_members_get_the_board_and_each_other() -> None:
     assert first.colluders == ("p1", "p3") and not first.keep_public_estimates
     honest = node_adversary(scenario, 0, ids, Path("/run/collusion"))
     assert honest.role is AdversaryKind.NONE and honest.board == ""
+
+
+# -- under secure aggregation --------------------------------------------------------------
+
+
+def masked(role: Any, node: Any, aggregator: str = "t", r: int = 0) -> np.ndarray:
+    async def main() -> np.ndarray:
+        return await role.masked_estimate(node, aggregator, r, node.own.vector)
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("kind", ["sign_flip", "scale", "free_rider"])
+def test_a_byzantine_member_masks_what_it_would_send_in_the_clear(kind: str) -> None:
+    node = fake_node(np.array([1.0, -2.0]))
+    role = role_of(kind)
+    role.setup(node)
+    assert not role.checks_inputs  # a crafted input skips the honest range check
+    np.testing.assert_array_equal(masked(role, node), payload(role, node)[2])
+    assert role.tally.attempts == 2
+
+
+def test_a_label_flipper_masks_its_estimate_and_is_checked_as_an_honest_node() -> None:
+    node = fake_node(np.array([1.0, -2.0]))
+    role = role_of("label_flip")
+    role.setup(node)
+    assert role.checks_inputs
+    np.testing.assert_array_equal(masked(role, node, r=3), [1.0, -2.0])
+    assert role.tally.attempts == 1
+
+
+def test_a_colluder_under_secure_aggregation_aims_at_the_aggregator_without_waiting() -> None:
+    """No estimate is heard in the clear under secure aggregation: it does not wait for one,
+    and crafts from what it holds (here an old estimate of the aggregator t)."""
+    from gossipfl.config import SecAggConfig, SecurityConfig
+
+    graph = {"t": frozenset({"me", "a"}), "a": frozenset({"t"}), "me": frozenset({"t"})}
+    node = fake_node(np.zeros(2), topology=graph)
+    node.config = NodeConfig(protocol=node.config.protocol, seed=1,
+                             security=SecurityConfig(admission=True, federation_public="f.pub",
+                                                     certificate="c.cert"),
+                             secagg=SecAggConfig(enabled=True))
+    role = role_of("ipm")
+    role.setup(node)
+    node.estimates.peers["t"] = entry([2.0, 2.0], 1)
+
+    async def main() -> tuple[float, np.ndarray]:
+        start = trio.current_time()
+        vector = await role.masked_estimate(node, "t", 2, node.own.vector)
+        return trio.current_time() - start, vector
+
+    waited, vector = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert waited == 0.0
+    np.testing.assert_allclose(vector, [-0.2, -0.2], rtol=1e-6)  # −0.1 × t's estimate
+    assert role.tally.attempts == 1 and role.tally.details["lacking_inputs"] == 1

@@ -1,10 +1,12 @@
 """The default norm bound (robust.norm_ratio), on the simulator: a member that publishes a
-huge multiple of its model (the issue's 6e+37) cannot get it into its neighbours' models;
-with the bound off, the same member wrecks them."""
+huge multiple of its model (the issue's 6e+37) cannot get it into its neighbours' models, in
+sync and async mode; with the bound off, the same member wrecks them. (Under secure
+aggregation: tests/test_sim_secagg_byzantine.py.)"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,13 @@ import numpy as np
 import pytest
 from sim_scenarios import scenario_text, simulated
 
-from gossipfl.aggregation.bounds import norm_bound, within_bound
+from gossipfl.aggregation.bounds import (
+    MIN_SUM_RATIO,
+    mean_within,
+    norm_bound,
+    sum_bound,
+    within_bound,
+)
 from gossipfl.node.learner import LearnerPool, TrainResult
 from gossipfl.scenario import simulate as simulate_module
 
@@ -81,6 +89,22 @@ def test_without_the_bound_the_same_member_wrecks_its_neighbours(tmp_path: Path,
     assert max(n["final_accuracy"] or 0.0 for n in honest) < 0.5
 
 
+@pytest.mark.parametrize("max_lead", [1, -1])  # a bounded lead, and none (staleness weights)
+def test_a_scaled_model_is_kept_out_by_the_default_bound_in_async_mode(
+        tmp_path: Path, pool, attacker: None, max_lead: int) -> None:
+    def async_run(ratio: float) -> list[dict[str, Any]]:
+        text = scenario_text(name="scaled-async", nodes=5, rounds=8, round_timeout=2.0,
+                             protocol=f'mode = "async"\nmax_lead = {max_lead}\n',
+                             extra=f"[robust]\nnorm_ratio = {ratio}\n")
+        return simulated(tmp_path / str(ratio), text, pool)["nodes"][1:]
+
+    # measured: 0.867 at every honest node with the bound (40 refusals each), 0.100 without
+    honest = async_run(100.0)
+    assert min(n["final_accuracy"] for n in honest) > 0.8
+    assert all(n["rejected"].get("norm", 0) >= 1 for n in honest)
+    assert max(n["final_accuracy"] or 0.0 for n in async_run(0.0)) < 0.5
+
+
 def test_the_bound_is_relative_to_the_node_s_own_model() -> None:
     own = np.full(100, 0.5, np.float32)  # norm 5
     bound = norm_bound(own, 100.0)
@@ -88,6 +112,32 @@ def test_the_bound_is_relative_to_the_node_s_own_model() -> None:
     assert within_bound(own * 50, bound)  # an honest-looking neighbour, far off but bounded
     assert not within_bound(own * 1e6, bound)
     assert not within_bound(np.full(100, 6e37, np.float32), bound)  # no float32 overflow
+
+
+@pytest.mark.parametrize("count", [3, 4, 8])
+def test_a_secure_sum_is_bounded_for_its_size(count: int) -> None:
+    """One member scaled by c among ``count`` equal to the aggregator's own model: the mean
+    lies (c − 1)/count of the model from it, so the sum's bound catches it past the plain bound
+    (c > ratio + 2), as the plain bound would catch its estimate, where a bound on the mean's
+    own norm (ratio) would let it go ``count`` times as far."""
+    own = np.full(100, 0.5, np.float32)  # norm 5
+
+    def mean_with(c: float) -> np.ndarray:
+        return (own * (count - 1) + c * own) / count
+
+    bound = sum_bound(own, 100.0, count)
+    assert mean_within(mean_with(1.0), own, bound)  # all honest and agreeing
+    assert mean_within(mean_with(-1.0), own, bound)  # sign flipping: within it (the limit)
+    assert mean_within(mean_with(101.0), own, bound)
+    assert not mean_within(mean_with(103.0), own, bound)
+    # 50·count times its model: the mean's own norm is within the plain bound (about 51×),
+    # so a bound on it would let this member in; the sum's bound does not
+    assert within_bound(mean_with(50 * count), norm_bound(own, 100.0))
+    assert not mean_within(mean_with(50 * count), own, bound)
+    assert not mean_within(np.full(100, np.inf, np.float32), own, math.inf)
+    assert sum_bound(own, 0.0, count) == math.inf  # the bound off
+    # however many contribute, never below MIN_SUM_RATIO units: agreeing honest sums pass
+    assert sum_bound(own, 100.0, 1000) == pytest.approx(MIN_SUM_RATIO * 5.0)
 
 
 class Flipped(Scaled):

@@ -20,8 +20,18 @@ that stand in the way. Per kind (``[[adversaries]] strength``: 0 for the default
   (``node.topology``), so it knows each target's neighbours and their degrees (its mixing
   weights); the colluders are listed in ``adversary.colluders``.
 
+Under secure aggregation the same vector goes into the masked input for each aggregator
+(:meth:`Role.masked_estimate`): ``craft(node, aggregator, r)`` is the one source for both paths,
+the colluding kinds aiming at the aggregator. A crafted masked input skips the honest range
+check (``checks_inputs``); the quantiser still clips each coordinate of ``w · x̂`` to ±clip, and
+the aggregator can only bound the sum. The colluding kinds hear no individual estimate under
+secure aggregation (nor do their colluders): they craft from what they hold, their own resting
+model at worst, without waiting (``details.lacking_inputs`` counts what they lacked).
+
 The tally: ``attempts`` crafted estimates sent, ``succeeded`` those the neighbour took (a norm
-bound refusal shows as ``details.refused``).
+bound refusal shows as ``details.refused``); under secure aggregation, masked inputs the
+aggregator took into its sum (whether that sum then passed its norm bound is not visible per
+input: the neighbours' ``rejected.norm_sum`` says).
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ class Byzantine(Role):
     """Sends ``craft(node, peer, r)`` as a full estimate; subclasses say what it is."""
 
     trains = True
+    checks_inputs = False  # a crafted masked input skips the honest range check
 
     def __init__(self, config: AdversaryConfig) -> None:
         super().__init__(config)
@@ -86,7 +97,15 @@ class Byzantine(Role):
         self.tally.attempts += 1
         return "full", -1, np.asarray(vector, np.float32)
 
+    async def masked_estimate(self, node: Node, aggregator: str, r: int,
+                              estimate: np.ndarray) -> np.ndarray:
+        vector = await self.craft(node, aggregator, r)
+        self.tally.attempts += 1
+        return np.asarray(vector, np.float32)
+
     async def craft(self, node: Node, peer: str, r: int) -> np.ndarray:
+        """The full estimate this member wants ``peer`` to hold as its round-``r`` x̂ (plain),
+        or to sum in as its input (secure aggregation, ``peer`` the aggregator)."""
         raise NotImplementedError
 
     def acked(self, peer: str, r: int, ok: bool) -> None:
@@ -137,6 +156,7 @@ class LabelFlip(Byzantine):
     """Poisoned data; what it sends is what the protocol computed from it."""
 
     kind = AdversaryKind.LABEL_FLIP
+    checks_inputs = True  # its estimate is what the protocol computed: checked as an honest one
 
     def setup(self, node: Node) -> None:
         super().setup(node)
@@ -147,6 +167,11 @@ class LabelFlip(Byzantine):
                       array: np.ndarray) -> Payload:
         self.tally.attempts += 1
         return kind, base, array
+
+    async def masked_estimate(self, node: Node, aggregator: str, r: int,
+                              estimate: np.ndarray) -> np.ndarray:
+        self.tally.attempts += 1
+        return estimate
 
 
 class Colluding(Byzantine):
@@ -204,8 +229,11 @@ class Colluding(Byzantine):
         self.tally.details["lacking_inputs"] += len(honest) - len(heard)
         needed = [target, *heard]
         protocol = node.config.protocol
-        wait = 0.0 if protocol.mode is Mode.ASYNC else RUSH_SHARE * min(
-            protocol.request_timeout, protocol.round_timeout)
+        # nothing to wait for asynchronously, nor under secure aggregation (no estimate is
+        # ever heard in the clear)
+        rushing = protocol.mode is not Mode.ASYNC and not node.config.secagg.enabled
+        wait = RUSH_SHARE * min(protocol.request_timeout, protocol.round_timeout) if rushing \
+            else 0.0
         deadline = trio.current_time() + wait
         while True:
             self.post_held(node)

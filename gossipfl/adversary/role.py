@@ -7,6 +7,11 @@ The node calls its role at these points (and nowhere else):
 - ``payload(node, peer, r, kind, base, array)``: as the node sends its round-``r`` estimate to
   ``peer`` (plain and async modes), what it sends instead; ``acked(peer, r, ok)`` after the
   peer's answer.
+- ``masked_estimate(node, aggregator, r, estimate)``: under secure aggregation, as the node
+  builds its masked input for ``aggregator``'s round-``r`` sum, the estimate it quantises and
+  masks instead of its own (:mod:`gossipfl.node.secure_inputs`); ``acked`` after the
+  aggregator's answer. An honest node range-checks what it masks; a role whose
+  ``checks_inputs`` is false skips that check.
 - ``run(node)``: started in the node's nursery with its other tasks, before joining; a role's
   own deviation loop (probing, flooding). It never takes the node down: an error is logged.
 - ``secure_sum(node, r)``: only when ``aggregates`` is true, in place of the honest secure sum
@@ -84,6 +89,7 @@ class Role:
 
     kind = AdversaryKind.NONE
     aggregates = False  # whether :meth:`secure_sum` replaces the honest secure sum
+    checks_inputs = True  # whether its masked inputs get the honest range check
 
     def __init__(self, config: AdversaryConfig) -> None:
         self.config = config
@@ -111,8 +117,14 @@ class Role:
         protocol computed (``kind`` "delta" on round ``base``, or "full")."""
         return kind, base, array
 
+    async def masked_estimate(self, node: Node, aggregator: str, r: int,
+                              estimate: np.ndarray) -> np.ndarray:
+        """What this node quantises and masks (times its mixing weight) as its input to
+        ``aggregator``'s round-``r`` secure sum: the honest role, its ``estimate``."""
+        return estimate
+
     def acked(self, peer: str, r: int, ok: bool) -> None:
-        """``peer`` took (``ok``) or refused our round-``r`` estimate."""
+        """``peer`` took (``ok``) or refused our round-``r`` estimate (or masked input)."""
         return None
 
     async def secure_sum(self, node: Node, r: int) -> SumResult:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from gossipfl.aggregation.bounds import norm_bound, within_bound
+from gossipfl.aggregation.bounds import mean_within, sum_bound
 from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
@@ -376,7 +376,9 @@ async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: floa
                           record: dict[str, Any]) -> list[str]:
     """Steps 4-6 under secure aggregation; returns the neighbours whose input is missing."""
     send_start = trio.current_time()
-    await secure_round.send_masked_inputs(node, r, done=False)
+    checked = await secure_round.send_masked_inputs(node, r, done=False)
+    if checked:  # what the range check found in our own inputs (gossipfl.node.secure_inputs)
+        record["input_check"] = checked
     record["send_seconds"] = trio.current_time() - send_start
     wait_start = trio.current_time()
     missing = await secure_round.wait_for_inputs(node, r, start + node.protocol.round_timeout)
@@ -390,13 +392,15 @@ async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: floa
         node.model = half_step.copy()
         return missing
     total, weights, survivors = result
-    bound = norm_bound(half_step, node.config.robust.norm_ratio)
-    if not within_bound(total / weights, bound):
+    bound = sum_bound(half_step, node.config.robust.norm_ratio, len(survivors))
+    if not mean_within(total / weights, half_step, bound):
         # masking hides who sent what: only the sum can be checked (a member that scaled its
-        # input, or sent words that decode far off), and then the round's sum is refused
+        # input, or sent words that decode far off), and then the round's sum is refused; the
+        # bound is for its size: one member past the plain bound moves the mean past it
         node.rejections["norm_sum"] += 1
-        log.warning("round %d: the secure sum's neighbourhood mean exceeds the norm bound "
-                    "%.3g (robust.norm_ratio): not mixed in", r, bound)
+        log.warning("round %d: the secure sum's neighbourhood mean lies farther than %.3g "
+                    "from our model (robust.norm_ratio, %d contributors): not mixed in", r,
+                    bound, len(survivors))
         record["secure_aggregation"] = "refused: norm bound"
         node.model = half_step.copy()
         return missing

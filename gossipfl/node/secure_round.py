@@ -24,6 +24,9 @@ the pair keys taken from the members' certificates, so no key round is needed):
 
 Every contributor sends its full weighted estimate each round (with identity compression a delta
 is no smaller), so a dropout never leaves the aggregator's running sums out of step.
+
+Step 1, the contributor's side (with its range check), is :mod:`gossipfl.node.secure_inputs`;
+its names are re-exported here. This module is the aggregator's side and the member's answers.
 """
 
 from __future__ import annotations
@@ -54,6 +57,15 @@ from gossipfl.node.secagg_state import (
     excused,
     silence_seconds,
 )
+from gossipfl.node.secure_inputs import (
+    PROTO_MASKED,
+    masked_input,
+    my_private,
+    neighbourhood,
+    send_masked_inputs,
+    weight,
+    x25519_public,
+)
 from gossipfl.node.state import Node
 
 if TYPE_CHECKING:
@@ -62,95 +74,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipfl.secagg")
 R = TypeVar("R", ConsistencyResponse, UnmaskResponse)
 
-PROTO_MASKED = "/gossipfl/secagg/input/1.0.0"
 PROTO_UNMASK = "/gossipfl/secagg/unmask/2.0.0"  # 2: signatures in, no self seed out
 PROTO_CONSISTENCY = "/gossipfl/secagg/consistency/1.0.0"
-def neighbourhood(node: Node, aggregator: str) -> frozenset[str]:
-    assert node.topology is not None
-    return node.topology.get(aggregator, frozenset())
 
 
-def weight(node: Node, aggregator: str, contributor: str) -> float:
-    """Metropolis–Hastings weight from the topology's degrees, known to both ends in advance."""
-    degree_k = len(neighbourhood(node, aggregator))
-    degree_j = len(neighbourhood(node, contributor))
-    return 1.0 / (1 + max(degree_k, degree_j))
-
-
-def _x25519_public(node: Node, peer: str) -> bytes:
-    return node.security.certificate_of(peer).x25519_public
-
-
-def _my_private(node: Node) -> bytes:
-    return bytes(node.security.x25519_private)
-
-
-# -- contributor ------------------------------------------------------------------------------
-
-
-def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
-                 done: bool) -> MaskedInput:
-    """Quantise, mask and share: this node's input to ``aggregator``'s sum for round ``r``."""
-    config = node.config.secagg
-    members = neighbourhood(node, aggregator)
-    context = secagg.seed_context(node.config.federation, aggregator, r)
-    me = node.peer_id
-    w = weight(node, aggregator, me)
-    q = secagg.quantise(w * estimate, config.clip, config.scale)
-    self_seed = secagg.fresh_self_seed()
-    pairs = {
-        other: secagg.agree_seed(_my_private(node), _x25519_public(node, other), context=context)
-        for other in members if other != me
-    }
-    y = secagg.mask_input(q, my_id=me, self_seed=self_seed, pair_seeds=pairs)
-    ids = secagg.share_ids_for(members)
-    shares = shamir.split_secret(self_seed, threshold(len(members)), sorted(ids.values()))
-    sealed = tuple(
-        (other, secagg.encrypt_seed_share(
-            sender=me, recipient=other, context=context,
-            share=shamir.encode_share(ids[other], shares[ids[other]]),
-            sender_private=_my_private(node), recipient_public=_x25519_public(node, other)))
-        for other in sorted(members) if other != me
-    )
-    node.secagg.my_shares[(aggregator, r)] = shamir.encode_share(ids[me], shares[ids[me]])
-    return MaskedInput(
-        federation=node.config.federation, round=r, sender=me, aggregator=aggregator, weight=w,
-        disagreement=float(min(node.disagreement, 1e9)), done=done,
-        data=y.astype("<u4").tobytes(), shares=sealed,
-        depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
-    )
-
-
-async def send_masked_inputs(node: Node, r: int, *, done: bool) -> None:
-    """Send this round's masked input to every neighbour (as aggregator), concurrently."""
-    estimate = node.own.vector
-    async with trio.open_nursery() as nursery:
-        for peer in list(node.neighbours):
-            if len(neighbourhood(node, peer)) < node.config.secagg.min_contributors:
-                continue  # that aggregator will refuse: sending would only cost bandwidth
-            nursery.start_soon(_send_masked, node, peer, r, estimate, done)
-
-
-async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done: bool) -> None:
-    state = node.neighbours.get(peer)
-    # a frozen or overloaded neighbour may hold the stream open without answering: never let
-    # one send hold the round longer than the round itself may last
-    limit = min(node.protocol.request_timeout, node.protocol.round_timeout)
-    with trio.move_on_after(limit) as scope:
-        try:
-            message = await node.offload(masked_input, node, peer, r, estimate, done)
-            ack = await streams.ask(node, peer, PROTO_MASKED, message, Ack, payload=True)
-        except Exception as error:
-            if state is not None:
-                state.unreachable_round = r
-            log.warning("could not send masked round %d to %s: %s: %s", r, peer,
-                        type(error).__name__, error)
-            return
-        if ack.status != AckCode.OK:
-            log.warning("%s refused our masked round %d: %s", peer, r, ack.reason)
-    if scope.cancelled_caught:
-        node.timeouts += 1
-        log.warning("sending masked round %d to %s timed out", r, peer)
+# -- member: signing and answering an aggregator ------------------------------------------------
 
 
 def _announced(request: ConsistencyRequest | UnmaskRequest) -> SurvivorSet:
@@ -251,11 +179,11 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
         try:
             shares.append((owner, secagg.decrypt_seed_share(
                 ciphertext, sender=owner, recipient=me, context=context,
-                recipient_private=_my_private(node), sender_public=_x25519_public(node, owner))))
+                recipient_private=my_private(node), sender_public=x25519_public(node, owner))))
         except (ValueError, KeyError) as error:
             node.reject(aggregator, "unmask request", "bad_share", f"{owner}: {error}")
     pair_seeds = tuple(
-        (other, secagg.agree_seed(_my_private(node), _x25519_public(node, other),
+        (other, secagg.agree_seed(my_private(node), x25519_public(node, other),
                                   context=context))
         for other in sorted(plan.pair_seeds_with)
     )
@@ -493,4 +421,5 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
     return secagg.dequantise_sum(total, len(survivors), config.clip, config.scale)
 
 
-__all__ = ["KEEP_ROUNDS", "PROTO_CONSISTENCY", "PROTO_MASKED", "PROTO_UNMASK", "SecAggState"]
+__all__ = ["KEEP_ROUNDS", "PROTO_CONSISTENCY", "PROTO_MASKED", "PROTO_UNMASK", "SecAggState",
+           "masked_input", "neighbourhood", "send_masked_inputs", "weight"]

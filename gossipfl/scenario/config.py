@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gossipfl.adversary.kinds import BYZANTINE_KINDS, AdversaryKind
+from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.config import (
     ConfigError,
     DataConfig,
@@ -379,12 +379,6 @@ class ScenarioConfig:
                 if getattr(spec, name) >= self.nodes:
                     raise ConfigError(f"adversaries.{name} {getattr(spec, name)}: the scenario "
                                       f"has {self.nodes} nodes")
-        crafted = [a.kind for a in self.adversaries if AdversaryKind.parse(a.kind)
-                   in BYZANTINE_KINDS - {AdversaryKind.LABEL_FLIP}]
-        if crafted and self.secagg.enabled:
-            raise ConfigError(f"adversaries: {crafted[0]!r} crafts its plain estimates: not with "
-                              "secagg (a Byzantine member's masked input is not built; "
-                              "label_flip is)")
         if self.adversaries and len(roles) >= self.nodes - 1:
             raise ConfigError("adversaries: at least two honest nodes are needed")
 

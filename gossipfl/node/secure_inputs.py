@@ -1,0 +1,219 @@
+"""Secure aggregation, the contributor's side: what node j sends aggregator k each round.
+
+For each neighbour k (as aggregator of its own neighbourhood U_k) the contributor takes its
+public estimate x̂_j, or what its role puts in its place (a Byzantine member's crafted vector,
+:meth:`gossipfl.adversary.role.Role.masked_estimate`), range-checks it (an honest node only:
+:func:`check_input`), quantises ``w_kj · x̂_j`` into Z_{2^32} inside [-clip, clip], masks it and
+Shamir-shares its self seed among U_k (:func:`masked_input`). The aggregator's side, and the
+protocol as a whole, are in :mod:`gossipfl.node.secure_round`.
+
+The range check (issue 9). Masking hides each input, so nothing downstream can tell a sound
+input from a broken one; the aggregator can only bound the sum. An honest contributor therefore
+checks what it is about to quantise, before masking:
+
+- not finite (NaN or inf): nothing can be quantised; it does not contribute that round (its
+  aggregators see a dropout), logged as an error.
+- ``‖x̂_j‖`` beyond the norm bound of its own model (``robust.norm_ratio``, as a receiver would
+  judge it: :func:`gossipfl.aggregation.bounds.norm_bound`): an estimate that far off its own
+  model is broken, and mixed in it would move every neighbour by ``w`` times it; it does not
+  contribute that round either (fail closed: a dropout costs a round's mixing, a wrong input
+  costs its neighbours' models), logged as an error.
+- coordinates of ``w_kj · x̂_j`` outside [-clip, clip]: the quantiser sets them to the edge
+  (it clips; it never wraps, see :func:`gossipfl.crypto.secagg.quantise`), so the sum is
+  biased but valid; it is sent clipped and logged as a warning naming how many coordinates.
+
+A Byzantine member skips all of this (its role's ``checks_inputs`` is false); what then stands
+is the quantiser's clip (each coordinate of its input within ±clip, whatever it crafts) and the
+aggregator's check of the sum (:func:`gossipfl.node.round.secure_exchange`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import trio
+
+from gossipfl.aggregation.bounds import norm_bound
+from gossipfl.crypto import secagg, shamir
+from gossipfl.crypto.consistency import threshold
+from gossipfl.gossip.codes import AckCode
+from gossipfl.gossip.wire import Ack, MaskedInput
+from gossipfl.node import streams
+from gossipfl.node.state import Node
+
+log = logging.getLogger("gossipfl.secagg")
+
+PROTO_MASKED = "/gossipfl/secagg/input/1.0.0"
+
+
+def neighbourhood(node: Node, aggregator: str) -> frozenset[str]:
+    assert node.topology is not None
+    return node.topology.get(aggregator, frozenset())
+
+
+def weight(node: Node, aggregator: str, contributor: str) -> float:
+    """Metropolis–Hastings weight from the topology's degrees, known to both ends in advance."""
+    degree_k = len(neighbourhood(node, aggregator))
+    degree_j = len(neighbourhood(node, contributor))
+    return 1.0 / (1 + max(degree_k, degree_j))
+
+
+def x25519_public(node: Node, peer: str) -> bytes:
+    return node.security.certificate_of(peer).x25519_public
+
+
+def my_private(node: Node) -> bytes:
+    return bytes(node.security.x25519_private)
+
+
+# -- the range check --------------------------------------------------------------------------
+
+
+class InputCheck(enum.Enum):
+    """What an honest contributor's range check found (the most severe finding)."""
+
+    OK = "ok"
+    CLIPPED = "clipped"  # coordinates of w·x̂ past ±clip: quantised at the edge, sent
+    OVER_BOUND = "over_bound"  # ‖x̂‖ beyond the norm bound of its own model: not sent
+    NOT_FINITE = "not_finite"  # NaN or inf: not sent
+
+    @property
+    def sends(self) -> bool:
+        return self in (InputCheck.OK, InputCheck.CLIPPED)
+
+
+@dataclass(frozen=True)
+class RangeCheck:
+    verdict: InputCheck
+    clipped: int  # coordinates of w·x̂ outside [-clip, clip]
+    norm: float  # ‖x̂‖ (inf when not finite)
+    bound: float  # the norm bound it was held to (inf: off)
+
+
+def check_input(estimate: np.ndarray, w: float, clip: float, bound: float) -> RangeCheck:
+    """Range-check the estimate ``x̂`` a contributor is about to quantise as ``w · x̂``.
+
+    >>> check_input(np.array([1.0, -2.0], np.float32), 0.5, 8.0, 10.0).verdict
+    <InputCheck.OK: 'ok'>
+    >>> check_input(np.array([20.0, -1.0], np.float32), 0.5, 8.0, 100.0).clipped
+    1
+    >>> check_input(np.array([30.0, 40.0], np.float32), 0.5, 8.0, 10.0).verdict
+    <InputCheck.OVER_BOUND: 'over_bound'>
+    >>> check_input(np.array([np.nan], np.float32), 0.5, 8.0, 10.0).verdict
+    <InputCheck.NOT_FINITE: 'not_finite'>
+    """
+    values = np.asarray(estimate, np.float64)
+    if not np.isfinite(values).all():
+        return RangeCheck(InputCheck.NOT_FINITE, 0, float("inf"), bound)
+    norm = float(np.linalg.norm(values))
+    clipped = int(np.count_nonzero(np.abs(w * values) > clip))
+    if norm > bound:
+        verdict = InputCheck.OVER_BOUND
+    else:
+        verdict = InputCheck.CLIPPED if clipped else InputCheck.OK
+    return RangeCheck(verdict, clipped, norm, bound)
+
+
+def _report(node: Node, r: int, checks: dict[str, RangeCheck]) -> None:
+    """One log line per round for what the range check found (nothing when all was well)."""
+    unsent = {p: c for p, c in checks.items() if not c.verdict.sends}
+    if unsent:
+        first = next(iter(unsent.values()))
+        log.error("round %d: own estimate %s (norm %.3g, bound %.3g): not contributed to %s "
+                  "(they see a dropout)", r, first.verdict.value, first.norm, first.bound,
+                  ", ".join(sorted(unsent)))
+    clipped = {p: c.clipped for p, c in checks.items() if c.verdict is InputCheck.CLIPPED}
+    if clipped:
+        log.warning("round %d: coordinates of w·x̂ past the quantiser's range ±%g, sent at the "
+                    "edge: %s", r, node.config.secagg.clip,
+                    ", ".join(f"{p}: {n}" for p, n in sorted(clipped.items())))
+
+
+# -- building and sending ---------------------------------------------------------------------
+
+
+def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
+                 done: bool) -> MaskedInput:
+    """Quantise, mask and share: this node's input to ``aggregator``'s sum for round ``r``."""
+    config = node.config.secagg
+    members = neighbourhood(node, aggregator)
+    context = secagg.seed_context(node.config.federation, aggregator, r)
+    me = node.peer_id
+    w = weight(node, aggregator, me)
+    q = secagg.quantise(w * estimate, config.clip, config.scale)
+    self_seed = secagg.fresh_self_seed()
+    pairs = {
+        other: secagg.agree_seed(my_private(node), x25519_public(node, other), context=context)
+        for other in members if other != me
+    }
+    y = secagg.mask_input(q, my_id=me, self_seed=self_seed, pair_seeds=pairs)
+    ids = secagg.share_ids_for(members)
+    shares = shamir.split_secret(self_seed, threshold(len(members)), sorted(ids.values()))
+    sealed = tuple(
+        (other, secagg.encrypt_seed_share(
+            sender=me, recipient=other, context=context,
+            share=shamir.encode_share(ids[other], shares[ids[other]]),
+            sender_private=my_private(node), recipient_public=x25519_public(node, other)))
+        for other in sorted(members) if other != me
+    )
+    node.secagg.my_shares[(aggregator, r)] = shamir.encode_share(ids[me], shares[ids[me]])
+    return MaskedInput(
+        federation=node.config.federation, round=r, sender=me, aggregator=aggregator, weight=w,
+        disagreement=float(min(node.disagreement, 1e9)), done=done,
+        data=y.astype("<u4").tobytes(), shares=sealed,
+        depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
+    )
+
+
+async def send_masked_inputs(node: Node, r: int, *, done: bool) -> dict[str, str]:
+    """Send this round's masked input to every neighbour (as aggregator), concurrently.
+
+    Returns what the range check found, per aggregator where it found something (its
+    :class:`InputCheck` value); empty when every input went as computed."""
+    estimate = node.own.vector
+    checks: dict[str, RangeCheck] = {}
+    async with trio.open_nursery() as nursery:
+        for peer in list(node.neighbours):
+            if len(neighbourhood(node, peer)) < node.config.secagg.min_contributors:
+                continue  # that aggregator will refuse: sending would only cost bandwidth
+            nursery.start_soon(_send_masked, node, peer, r, estimate, done, checks)
+    _report(node, r, checks)
+    return {p: c.verdict.value for p, c in sorted(checks.items())
+            if c.verdict is not InputCheck.OK}
+
+
+async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done: bool,
+                       checks: dict[str, RangeCheck]) -> None:
+    state = node.neighbours.get(peer)
+    # a frozen or overloaded neighbour may hold the stream open without answering: never let
+    # one send hold the round longer than the round itself may last
+    limit = min(node.protocol.request_timeout, node.protocol.round_timeout)
+    with trio.move_on_after(limit) as scope:
+        # an adversary's role may mask something else (gossipfl.adversary); the honest one
+        # masks its estimate, after the range check
+        vector = await node.role.masked_estimate(node, peer, r, estimate)
+        if node.role.checks_inputs:
+            check = check_input(vector, weight(node, peer, node.peer_id),
+                                node.config.secagg.clip,
+                                norm_bound(node.model, node.config.robust.norm_ratio))
+            checks[peer] = check
+            if not check.verdict.sends:
+                return
+        try:
+            message = await node.offload(masked_input, node, peer, r, vector, done)
+            ack = await streams.ask(node, peer, PROTO_MASKED, message, Ack, payload=True)
+        except Exception as error:
+            if state is not None:
+                state.unreachable_round = r
+            log.warning("could not send masked round %d to %s: %s: %s", r, peer,
+                        type(error).__name__, error)
+            return
+        node.role.acked(peer, r, ack.status == AckCode.OK)
+        if ack.status != AckCode.OK:
+            log.warning("%s refused our masked round %d: %s", peer, r, ack.reason)
+    if scope.cancelled_caught:
+        node.timeouts += 1
+        log.warning("sending masked round %d to %s timed out", r, peer)
