@@ -99,6 +99,8 @@ class Byzantine(Role):
 
     async def masked_estimate(self, node: Node, aggregator: str, r: int,
                               estimate: np.ndarray) -> np.ndarray:
+        if aggregator in self.config.colluders:
+            return estimate
         vector = await self.craft(node, aggregator, r)
         self.tally.attempts += 1
         return np.asarray(vector, np.float32)
