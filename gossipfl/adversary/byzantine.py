@@ -111,6 +111,8 @@ class Byzantine(Role):
         raise NotImplementedError
 
     def acked(self, peer: str, r: int, ok: bool) -> None:
+        if peer in self.config.colluders:  # sent the honest payload: not an attempt
+            return
         if ok:
             self.tally.succeeded += 1
         else:

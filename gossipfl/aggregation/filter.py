@@ -32,14 +32,19 @@ from gossipfl.aggregation.mixing import mix
 
 def distance_filter(own: np.ndarray, neighbours: Mapping[str, np.ndarray],
                     weights: Mapping[str, float], ratio: float = 3.0, floor: float = 0.01,
-                    distrusted: frozenset[str] = frozenset()
+                    distrusted: frozenset[str] = frozenset(), least: float = 0.0
                     ) -> tuple[np.ndarray, list[str]]:
     """``(model, discarded peers)``: the weighted mix of the own vector and the neighbours
     within ``ratio · max(median distance, floor · ||centre||)`` of the coordinate-wise median
     (see the module). The floor keeps a neighbourhood that nearly agrees from leaving out the
     rest for ever: without it, a group of nodes that agree among themselves has a median
     distance near 0 and would discard every neighbour outside it, and consensus would stall.
-    ``distrusted`` neighbours (:func:`distrusted`) are left out wherever they lie.
+    ``distrusted`` neighbours (:func:`distrusted`) are left out wherever they lie. ``least``
+    is a scale the limit never goes under (``ratio · least``): the node's own training step
+    (see :mod:`gossipfl.node.robust_step`). Without it two Byzantine neighbours that send a
+    node its own estimate back (an echo: what ALIE degenerates to when the attackers know
+    only their target) make, with the node itself, a majority at distance 0, and every honest
+    neighbour is left out: the node is cut off and learns alone.
 
     >>> model, out = distance_filter(np.zeros(1), {"a": np.ones(1), "b": np.full(1, 50.0)},
     ...                              {"a": 0.25, "b": 0.25})
@@ -65,7 +70,10 @@ def distance_filter(own: np.ndarray, neighbours: Mapping[str, np.ndarray],
     stacked = np.stack(rows)
     centre = np.median(stacked, axis=0)
     distance = np.linalg.norm(stacked - centre, axis=1)
-    limit = ratio * max(float(np.median(distance)), floor * float(np.linalg.norm(centre)))
+    if not least >= 0 or not math.isfinite(least):
+        raise ValueError(f"least must be a finite number >= 0, got {least}")
+    limit = ratio * max(float(np.median(distance)), floor * float(np.linalg.norm(centre)),
+                        least)
     kept = [p for k, p in enumerate(peers, start=1)
             if distance[k] <= limit and p not in distrusted]
     discarded = [p for p in peers if p not in kept]

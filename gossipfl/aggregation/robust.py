@@ -377,6 +377,7 @@ def robust_mix(
     ratio: float = 3.0,
     floor: float = 0.01,
     distrusted: frozenset[str] = frozenset(),
+    least: float = 0.0,
 ) -> RobustResult:
     """Apply ``rule`` to the own vector and the neighbours' and say what it left out.
 
@@ -386,8 +387,8 @@ def robust_mix(
     * ``TRIMMED_MEAN``: :func:`trimmed_mean` with ``b``; ``MEDIAN``: :func:`coordinate_median`;
       ``KRUM``: :func:`multi_krum` with ``f`` and ``m``. These three ignore the weights, but
       the peers of ``weights`` and ``neighbours`` must still agree. ``FILTER``:
-      :func:`~gossipfl.aggregation.filter.distance_filter` with ``ratio``, ``floor`` and
-      ``distrusted``.
+      :func:`~gossipfl.aggregation.filter.distance_filter` with ``ratio``, ``floor``,
+      ``distrusted`` and ``least``.
 
     Args:
         rule: A :class:`RobustRule` or its value (``"clipping"``, ...).
@@ -435,7 +436,8 @@ def robust_mix(
         model = coordinate_median(own, neighbours)
         return RobustResult(model, chosen_rule, n, discarded=n - (1 if n % 2 else 2))
     if chosen_rule is RobustRule.FILTER:
-        model, left_out = distance_filter(own, neighbours, weights, ratio, floor, distrusted)
+        model, left_out = distance_filter(own, neighbours, weights, ratio, floor, distrusted,
+                                          least)
         return RobustResult(model, chosen_rule, n, discarded=len(left_out),
                             left_out=tuple(left_out))
     model, selected = multi_krum(own, neighbours, f, m)

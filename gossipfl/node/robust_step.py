@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossipfl.round")
 
+STEP_DECAY = 0.9  # per round: the filter's remembered training step fades through consensus
+
 
 def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.ndarray],
                 weights: Mapping[str, float], record: dict[str, Any] | None) -> np.ndarray:
@@ -34,6 +36,12 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
     }.get(rule, {})
     if rule is RobustRule.FILTER:
         params["distrusted"] = distrusted(node.filter_counts)
+        # the scale honest neighbours differ by: this node's own training step (its model
+        # before the round is still node.model), remembered with a decay through consensus
+        # rounds, where it trains no more
+        step = float(np.linalg.norm(half_step.astype(np.float64) - node.model))
+        node.filter_scale = max(step, STEP_DECAY * node.filter_scale)
+        params["least"] = node.filter_scale
     try:
         result = robust_choco_step(rule, half_step, node.own.vector, estimates, weights,
                                    node.protocol.gamma, **params)
