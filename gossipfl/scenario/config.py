@@ -395,9 +395,13 @@ class ScenarioConfig:
 
     def _check_network(self) -> None:
         if self.namespaces.enabled:
-            if self.links or self.partitions:
-                raise ConfigError("namespaces cannot be combined with [[links]] or "
-                                  "[[partitions]] yet (their relays listen on loopback)")
+            if self.links:  # partitions are cut at the IP layer (gossipfl.scenario.netcut)
+                raise ConfigError("namespaces cannot be combined with [[links]]: their latency, "
+                                  "jitter and resets come from relays that listen on loopback "
+                                  "only, and the kernels this runs on have no tc netem to add "
+                                  "them on the veth links; cap bandwidth with "
+                                  "namespaces.rate_mbit, cut with [[partitions]], or run the "
+                                  "links on loopback")
             if self.nodes > self.namespaces.capacity:
                 raise ConfigError(f"namespaces.subnet {self.namespaces.subnet} holds "
                                   f"{self.namespaces.capacity} nodes, the scenario has "

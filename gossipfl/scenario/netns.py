@@ -191,7 +191,8 @@ def effective_caps(status_text: str) -> int:
     return int(match.group(1), 16) if match else 0
 
 
-def missing_rights(*, need_tc: bool, which: Callable[[str], str | None] = shutil.which,
+def missing_rights(*, need_tc: bool, need_ss: bool = False,
+                   which: Callable[[str], str | None] = shutil.which,
                    status_text: Callable[[], str] | None = None) -> list[str]:
     """What this process lacks to make namespaces (empty: nothing)."""
     if status_text is None:
@@ -204,16 +205,19 @@ def missing_rights(*, need_tc: bool, which: Callable[[str], str | None] = shutil
     for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")):
         if not caps & (1 << bit):
             missing.append(name)
-    for tool in ("ip", "tc") if need_tc else ("ip",):
+    for tool in ("ip", *(["tc"] if need_tc else []), *(["ss"] if need_ss else [])):
         if which(tool) is None:
             missing.append(f"the `{tool}` command (Debian: apt-get install iproute2)")
     return missing
 
 
-def check_rights(*, need_tc: bool, which: Callable[[str], str | None] = shutil.which,
+def check_rights(*, need_tc: bool, need_ss: bool = False,
+                 which: Callable[[str], str | None] = shutil.which,
                  status_text: Callable[[], str] | None = None) -> None:
-    """ConfigError, naming what is missing, unless this process can make namespaces."""
-    missing = missing_rights(need_tc=need_tc, which=which, status_text=status_text)
+    """ConfigError, naming what is missing, unless this process can make namespaces (``tc``:
+    for caps and partitions, ``ss``: for partitions that reset connections)."""
+    missing = missing_rights(need_tc=need_tc, need_ss=need_ss, which=which,
+                             status_text=status_text)
     if missing:
         raise ConfigError("namespaces.enabled needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and "
                           f"iproute2; missing: {', '.join(missing)}")

@@ -9,7 +9,9 @@ Partitions are timed by the runner's clock: rounds are read from the nodes' metr
 ``at_round`` comes once the *most advanced* node has finished that round (so the cut is never
 late for anyone: the slower nodes meet it a little earlier in their own rounds); a heal at
 ``heal_round`` likewise, but never sooner than ``min_cut_seconds`` after the cut. Seconds count
-from the moment the runner started the nodes.
+from the moment the runner started the nodes. That schedule (:class:`PartitionSchedule`) is
+shared with partitions on real interfaces (:mod:`gossipfl.scenario.netcut`), which cut at the IP
+layer instead of in relays.
 """
 
 from __future__ import annotations
@@ -81,32 +83,16 @@ class PartitionState:
     held: bool = False  # the heal was due by rounds or seconds before min_cut_seconds passed
 
 
-class ScenarioNetwork:
-    """The relays of one scenario run: built before the nodes start, stepped while they run."""
+class PartitionSchedule:
+    """Cuts and heals a scenario's partitions when they are due (rounds from the nodes' metrics,
+    seconds since the start); a subclass says how (:meth:`_cut`, :meth:`_heal`)."""
 
     def __init__(self, scenario: ScenarioConfig) -> None:
         self.scenario = scenario
-        self.links = routed_links(scenario)
-        self.fleet = RelayFleet(seed=scenario.seed)
         self.partitions = [PartitionState(p, p.cross_pairs(scenario.nodes))
                            for p in scenario.partitions]
-        self.cut_by: dict[tuple[int, int], set[int]] = {}
         self.started: float | None = None
         self.events: list[dict[str, Any]] = []
-
-    def build(self, ports: list[int]) -> dict[int, dict[int, int]]:
-        """Start a relay for every routed pair; returns ``{src: {dst: relay port}}``."""
-        self.fleet.start()
-        routes: dict[int, dict[int, int]] = {}
-        for (src, dst), faults in sorted(self.links.items()):
-            port = self.fleet.add(relay_name(src, dst), ports[dst], faults)
-            routes.setdefault(src, {})[dst] = port
-        log.info("%d relays on loopback for %d routed links", len(self.links),
-                 len(self.links) // 2)
-        return routes
-
-    def close(self) -> None:
-        self.fleet.close()
 
     def step(self, rounds: list[int], now: float) -> list[dict[str, Any]]:
         """Cut and heal the partitions that are due; returns the events applied now."""
@@ -135,6 +121,43 @@ class ScenarioNetwork:
                      event["event"], event["seconds"], event["min_round"], event["max_round"])
         self.events.extend(events)
         return events
+
+    def _cut(self, index: int, state: PartitionState) -> None:
+        raise NotImplementedError
+
+    def _heal(self, index: int, state: PartitionState) -> None:
+        raise NotImplementedError
+
+    def section(self) -> dict[str, Any]:
+        """The ``network`` section of report.json (call before the network is torn down)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the schedule holds (nothing here)."""
+
+
+class ScenarioNetwork(PartitionSchedule):
+    """The relays of one scenario run: built before the nodes start, stepped while they run."""
+
+    def __init__(self, scenario: ScenarioConfig) -> None:
+        super().__init__(scenario)
+        self.links = routed_links(scenario)
+        self.fleet = RelayFleet(seed=scenario.seed)
+        self.cut_by: dict[tuple[int, int], set[int]] = {}
+
+    def build(self, ports: list[int]) -> dict[int, dict[int, int]]:
+        """Start a relay for every routed pair; returns ``{src: {dst: relay port}}``."""
+        self.fleet.start()
+        routes: dict[int, dict[int, int]] = {}
+        for (src, dst), faults in sorted(self.links.items()):
+            port = self.fleet.add(relay_name(src, dst), ports[dst], faults)
+            routes.setdefault(src, {})[dst] = port
+        log.info("%d relays on loopback for %d routed links", len(self.links),
+                 len(self.links) // 2)
+        return routes
+
+    def close(self) -> None:
+        self.fleet.close()
 
     def _cut(self, index: int, state: PartitionState) -> None:
         state.stats_at_cut = totals(self.fleet.stats(), self._names(state.pairs))
@@ -187,5 +210,5 @@ def _delta(end: dict[str, int], start: dict[str, int]) -> dict[str, int]:
     return {k: end[k] - start.get(k, 0) for k in STAT_KEYS}
 
 
-__all__ = ["ScenarioNetwork", "cross_group_links", "relay_name", "routed_links",
-           "totals"]
+__all__ = ["PartitionSchedule", "PartitionState", "ScenarioNetwork", "cross_group_links",
+           "relay_name", "routed_links", "totals"]

@@ -29,6 +29,7 @@ from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.scenario.adversaries import node_adversary
 from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
 from gossipfl.scenario.graphs import node_topology
+from gossipfl.scenario.netcut import needs, set_up_cuts
 from gossipfl.scenario.netns import (
     NetnsSession,
     check_rights,
@@ -37,7 +38,7 @@ from gossipfl.scenario.netns import (
     netns_path,
     open_namespaces,
 )
-from gossipfl.scenario.network import ScenarioNetwork
+from gossipfl.scenario.network import PartitionSchedule, ScenarioNetwork
 from gossipfl.scenario.process import ForkedProcess, NodeProcess
 from gossipfl.scenario.report import build_report, print_summary
 from gossipfl.scenario.soak import Soak
@@ -331,7 +332,7 @@ def churn_fault(target: NodeProcess, fault: FaultConfig, *, timeout: float) -> N
 
 
 def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool,
-          network: ScenarioNetwork | None = None, soak: Soak | None = None) -> bool:
+          network: PartitionSchedule | None = None, soak: Soak | None = None) -> bool:
     """Poll until every node has exited or the scenario times out; returns False on timeout.
 
     With a ``network``, its partitions are cut and healed as the nodes' rounds (or the seconds
@@ -420,7 +421,7 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
     scenario = load_scenario(path)
     spaces = scenario.namespaces
     if spaces.enabled:  # refuse before making anything
-        check_rights(need_tc=spaces.rate_mbit is not None)
+        check_rights(**needs(scenario))
     out_dir = run_folder(path, scenario, out)
     if not spaces.enabled:
         return _run(scenario, out_dir, None, quiet=quiet, centralised=centralised, spawn=spawn)
@@ -431,13 +432,16 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
 
 def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *, quiet: bool,
          centralised: bool, spawn: bool) -> int:
-    network = ScenarioNetwork(scenario) if scenario.links or scenario.partitions else None
+    relays = ScenarioNetwork(scenario) if netns is None and (
+        scenario.links or scenario.partitions) else None
+    cuts = set_up_cuts(scenario, netns, out_dir / "netns") if netns is not None else None
+    network: PartitionSchedule | None = relays or cuts
     network_section = None
     launcher = None
     nodes: list[NodeProcess] = []
     try:
         if netns is None:
-            nodes = prepare_nodes(scenario, out_dir, network)
+            nodes = prepare_nodes(scenario, out_dir, relays)
         else:
             slots = netns.plan.nodes
             nodes = prepare_nodes(scenario, out_dir, ports=[s.port for s in slots],
