@@ -14,7 +14,7 @@ over the in-memory transport; ``--real`` for node processes over libp2p), the fi
 honest node's final accuracy (the report's ``summary.min_honest_accuracy``).
 
     .venv/bin/python benchmarks/bench_byzantine.py --graph anchor \\
-        --attacks none,alie,ipm,dissensus --rules none,clipping,trimmed_mean,median
+        --attacks none,alie,ipm,dissensus --rules none,clipping,median,filter
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ATTACKS = ("none", "sign_flip", "gaussian", "scale", "alie", "ipm", "dissensus", "label_flip",
            "free_rider")
-RULES = ("none", "clipping", "trimmed_mean", "median", "krum")
+RULES = ("none", "clipping", "trimmed_mean", "median", "krum", "filter")
 
 BASE = """
 name = "{name}"
@@ -117,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--graph", choices=("anchor", "regular"), default="anchor")
     parser.add_argument("--attacks", default="none,alie,ipm,dissensus")
-    parser.add_argument("--rules", default="none,clipping,trimmed_mean,median")
+    parser.add_argument("--rules", default="none,clipping,median,filter")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--tau", type=float, default=0.0, help="clipping: fixed radius")
