@@ -50,8 +50,7 @@ from gossipfl.scenario.netns import (
     _checked,
     check_rights,
     exec_prefix,
-    listed_namespaces,
-    remove,
+    probe_in,
     run_command,
 )
 from gossipfl.scenario.network import PartitionSchedule, PartitionState
@@ -362,18 +361,8 @@ def probe_commands(name: str) -> list[list[str]]:
 def probe(run: Runner = run_command, check: Callable[[], None] | None = None) -> str | None:
     """None when this process can cut and count links as a partition does (tried in a namespace
     it then deletes), else why not. ``check``: the rights check (default: root, ip, tc, ss)."""
-    name = f"{PREFIX}-cutprobe-{os.getpid()}"
-    try:
-        (check or (lambda: check_rights(need_tc=True, need_ss=True)))()
-        try:
-            for command in probe_commands(name):
-                _checked(run, command)
-        finally:
-            if name in listed_namespaces(run):
-                remove([name], run)
-    except ConfigError as error:
-        return str(error)
-    return None
+    return probe_in(f"{PREFIX}-cutprobe-{os.getpid()}", probe_commands,
+                    check or (lambda: check_rights(need_tc=True, need_ss=True)), run)
 
 
 __all__ = ["Batch", "NetnsNetwork", "count_lines", "cut_batches", "heal_batches",

@@ -382,11 +382,18 @@ def probe_commands(name: str) -> list[list[str]]:
 def probe(run: Runner = run_command, check: Callable[[], None] | None = None) -> str | None:
     """None when this process can make what a run needs (in a namespace it then deletes),
     else why not. ``check``: as for :func:`open_namespaces`."""
-    name = f"{PREFIX}-probe-{os.getpid()}"
+    return probe_in(f"{PREFIX}-probe-{os.getpid()}", probe_commands,
+                    check or (lambda: check_rights(need_tc=True)), run)
+
+
+def probe_in(name: str, commands: Callable[[str], list[list[str]]], check: Callable[[], None],
+             run: Runner) -> str | None:
+    """Run ``check``, then ``commands(name)`` in a namespace ``name`` that is deleted after:
+    None if all went through, else why not."""
     try:
-        (check or (lambda: check_rights(need_tc=True)))()
+        check()
         try:
-            for command in probe_commands(name):
+            for command in commands(name):
                 _checked(run, command)
         finally:
             if name in listed_namespaces(run):
