@@ -70,7 +70,7 @@ def anchor_edges() -> list[tuple[int, int]]:
 
 
 def scenario(graph: str, attack: str, rule: str, rounds: int, epochs: int, *,
-             tau: float = 0.0, trim: int = 1) -> str:
+             tau: float = 0.0, trim: int = 1, tau_steps: float = 0.0) -> str:
     name = f"byz-{graph}-{attack}-{rule}"
     if graph == "anchor":
         text = BASE.format(name=name, rounds=rounds, partition="iid", epochs=epochs)
@@ -84,6 +84,8 @@ def scenario(graph: str, attack: str, rule: str, rounds: int, epochs: int, *,
     text += f'\n[robust]\nrule = "{rule}"\n'
     if rule == "clipping" and tau:
         text += f"tau = {tau}\n"
+    if rule == "clipping" and tau_steps:
+        text += f"tau_steps = {tau_steps}\n"
     if rule == "trimmed_mean":
         text += f"trim = {trim}\n"
     if attack != "none":
@@ -121,6 +123,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--tau", type=float, default=0.0, help="clipping: fixed radius")
+    parser.add_argument("--tau-steps", type=float, default=0.0,
+                        help="clipping: a radius of this many of the node's training steps")
     parser.add_argument("--trim", type=int, default=1)
     parser.add_argument("--real", action="store_true", help="node processes over libp2p")
     parser.add_argument("--out", type=Path, default=None)
@@ -136,7 +140,7 @@ def main() -> None:
     for attack in attacks:
         for rule in rules:
             text = scenario(args.graph, attack, rule, args.rounds, args.epochs, tau=args.tau,
-                            trim=args.trim)
+                            trim=args.trim, tau_steps=args.tau_steps)
             cell = run_cell(text, out / f"{attack}-{rule}", args.real)
             table.setdefault(attack, {})[rule] = cell
             figure = cell["min_honest"]

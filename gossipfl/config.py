@@ -296,6 +296,7 @@ class RobustConfig:
     rule: str = "none"
     delta: float = 0.25
     tau: float = 0.0  # clipping: a fixed radius instead of the adaptive one (0: adaptive)
+    tau_steps: float = 0.0  # clipping: a radius of this many of the node's own training steps
     filter_ratio: float = 3.0  # filter: neighbours beyond this many median distances left out
     filter_floor: float = 0.01  # filter: ... or beyond ratio × this × the centre's norm
     trim: int = 1
@@ -308,6 +309,8 @@ class RobustConfig:
         _require(self.rule in rules, f"robust.rule must be one of {', '.join(rules)}")
         _require(0 < self.delta < 1, "robust.delta must be in (0, 1)")
         _require(self.tau >= 0, "robust.tau must be >= 0 (0: the adaptive radius)")
+        _require(self.tau_steps >= 0 and not (self.tau and self.tau_steps),
+                 "robust.tau_steps must be >= 0, and not set with robust.tau")
         _require(self.filter_ratio >= 1, "robust.filter_ratio must be at least 1")
         _require(0 <= self.filter_floor < 1, "robust.filter_floor must be in [0, 1)")
         _require(self.trim >= 0 and self.krum_f >= 0, "robust.trim and robust.krum_f must be >= 0")

@@ -34,14 +34,18 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
         RobustRule.KRUM: {"f": config.krum_f},
         RobustRule.FILTER: {"ratio": config.filter_ratio, "floor": config.filter_floor},
     }.get(rule, {})
-    if rule is RobustRule.FILTER:
-        params["distrusted"] = distrusted(node.filter_counts)
+    stepped = rule is RobustRule.FILTER or (rule is RobustRule.CLIPPING and config.tau_steps)
+    if stepped:
         # the scale honest neighbours differ by: this node's own training step (its model
         # before the round is still node.model), remembered with a decay through consensus
-        # rounds, where it trains no more
+        # rounds, where it trains no more; nothing a neighbour sends moves it
         step = float(np.linalg.norm(half_step.astype(np.float64) - node.model))
         node.filter_scale = max(step, STEP_DECAY * node.filter_scale)
+    if rule is RobustRule.FILTER:
+        params["distrusted"] = distrusted(node.filter_counts)
         params["least"] = node.filter_scale
+    elif stepped:  # clipping at a radius of tau_steps training steps
+        params = {"tau": config.tau_steps * node.filter_scale}
     try:
         result = robust_choco_step(rule, half_step, node.own.vector, estimates, weights,
                                    node.protocol.gamma, **params)
