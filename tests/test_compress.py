@@ -36,7 +36,7 @@ vectors = hnp.arrays(np.float32, st.integers(1, 200),
                      elements=st.floats(-1e4, 1e4, width=32, allow_nan=False))
 
 
-# -- the compressors -------------------------------------------------------------------------------
+# -- the compressors --------
 
 
 def test_int8_exact_small_example() -> None:
@@ -122,7 +122,7 @@ def test_kept_is_at_least_one_and_at_most_all() -> None:
     assert kept(10, 0.25) == 3
 
 
-# -- decode(encode(q)) is what the sender applied and what the receiver applies ---------------------
+# -- decode(encode(q)) is what the sender applied and what the receiver applies --------
 
 
 @pytest.mark.parametrize("kind", ["int8", "fp16", "topk", "randk"])
@@ -161,7 +161,7 @@ def test_compress_none_is_none() -> None:
                     np.random.default_rng(0)) is None
 
 
-# -- the wire ----------------------------------------------------------------------------------------
+# -- the wire --------
 
 
 def _message(round_: int, kind: str, base: int, packed: Packed | None) -> Contribution:
@@ -238,7 +238,7 @@ def test_packed_of_the_wrong_size_is_a_layout_error() -> None:
         vector_of(Layout(("w",), ((3,),)), message)
 
 
-# -- config --------------------------------------------------------------------------------------------
+# -- config --------
 
 
 @pytest.mark.parametrize(("kwargs", "rule"), [
