@@ -30,6 +30,7 @@ from gossipfl.gossip.wire import Contribution, Packed, WireError, decode_body, e
 from gossipfl.node.compression import compressor, from_packed, to_packed, vector_of
 from gossipfl.node.estimates import OwnEstimate, PeerEstimates
 from gossipfl.node.layout import Layout, LayoutError
+from gossipfl.scenario.config import ScenarioConfig
 
 FAST = settings(max_examples=60, deadline=None)
 vectors = hnp.arrays(np.float32, st.integers(1, 200),
@@ -255,3 +256,10 @@ def test_compression_with_secagg_is_refused() -> None:
     with pytest.raises(ConfigError, match="compression with secagg is not built yet"):
         NodeConfig(secagg=SecAggConfig(enabled=True),
                    compression=CompressionConfig(kind="int8"))
+
+
+def test_scenario_refuses_compression_with_secagg() -> None:
+    with pytest.raises(ConfigError, match="compression with secagg is not built yet"):
+        ScenarioConfig(secagg=SecAggConfig(enabled=True),
+                       compression=CompressionConfig(kind="topk"))
+    assert ScenarioConfig(compression=CompressionConfig(kind="topk")).compression.ratio == 0.1
