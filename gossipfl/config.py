@@ -317,6 +317,21 @@ class RobustConfig:
 
 
 @dataclass(frozen=True)
+class CompressionConfig:
+    """Compression of the CHOCO delta (issue 10, :mod:`gossipfl.aggregation.compress`): ``kind``
+    none, int8, fp16, topk or randk; ``ratio`` the fraction of coordinates topk and randk keep.
+    A lossy kind usually wants ``protocol.gamma`` below 1 (e.g. 0.5 for topk)."""
+
+    kind: str = "none"
+    ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        kinds = ("none", "int8", "fp16", "topk", "randk")
+        _require(self.kind in kinds, f"compression.kind must be one of {', '.join(kinds)}")
+        _require(0 < self.ratio <= 1, "compression.ratio must be in (0, 1]")
+
+
+@dataclass(frozen=True)
 class AdversaryConfig:
     """The deviation this node runs on top of the protocol (``kind = "none"``: honest; see
     :mod:`gossipfl.adversary`). ``target``: the peer id it aims at, where its kind takes one
@@ -371,6 +386,7 @@ class NodeConfig:
     privacy: DPConfig = field(default_factory=DPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     robust: RobustConfig = field(default_factory=RobustConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
     # peer id → multiaddr to dial that peer through (a relay): a routed peer is dialled there
     # only, never at the addresses it advertises
@@ -384,6 +400,8 @@ class NodeConfig:
         _require(not (self.secagg.enabled and self.robust.rule != "none"),
                  "robust.rule needs the neighbours' individual estimates: not with secagg "
                  "(its masks hide them; the norm bound still checks each secure sum)")
+        _require(not (self.secagg.enabled and self.compression.kind != "none"),
+                 "compression with secagg is not built yet")
         _require(not self.secagg.enabled or self.security.admission,
                  "secagg needs security.admission (pair masks use the certified keys)")
         _require(bool(self.federation) and len(self.federation) <= 64,

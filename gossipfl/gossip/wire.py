@@ -18,7 +18,8 @@ from. For size it is written in five files, none of which imports anything else 
   it re-exports every name of the four below;
 - :mod:`gossipfl.gossip.wire_fields`: :class:`WireError`, the per-field caps and field checks;
 - :mod:`gossipfl.gossip.wire_membership`: heartbeats and link requests and replies;
-- :mod:`gossipfl.gossip.wire_contribution`: tensors, contributions, acks and sealed contributions;
+- :mod:`gossipfl.gossip.wire_contribution`: tensors, compressed deltas, contributions, acks
+  and sealed contributions;
 - :mod:`gossipfl.gossip.wire_secagg`: the secure-aggregation messages.
 
 A new message kind gets its dataclass in one of the message modules and its entries in
@@ -33,7 +34,14 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from gossipfl.gossip.wire_contribution import Ack, Contribution, Sealed, Tensor
+from gossipfl.gossip.wire_contribution import (
+    PACKED_CODECS,
+    Ack,
+    Contribution,
+    Packed,
+    Sealed,
+    Tensor,
+)
 from gossipfl.gossip.wire_fields import (
     ALLOWED_DTYPES,
     MAX_ADDR_CHARS,
@@ -84,6 +92,7 @@ __all__ = (
     "MAX_TENSORS",
     "MAX_TENSOR_DIMS",
     "MAX_TENSOR_ELEMENTS",
+    "PACKED_CODECS",
     "SIGNATURE_BYTES",
     "STAMP_BYTES",
     "WIRE_VERSION",
@@ -99,6 +108,7 @@ __all__ = (
     "MaskedInput",
     "MemberInfo",
     "Message",
+    "Packed",
     "Sealed",
     "Tensor",
     "UnmaskRequest",

@@ -1,5 +1,6 @@
-"""Wire messages of plain (not secure) aggregation: the :class:`Tensor` arrays, a neighbour's
-:class:`Contribution`, its :class:`Ack`, and the :class:`Sealed` (signed, encrypted) form.
+"""Wire messages of plain (not secure) aggregation: the :class:`Tensor` arrays, a compressed
+delta (:class:`Packed`), a neighbour's :class:`Contribution`, its :class:`Ack`, and the
+:class:`Sealed` (signed, encrypted) form.
 
 Part of the wire, which :mod:`gossipfl.gossip.wire` defines: it holds the codec (version,
 framing, decode limits, the registry of message kinds) and re-exports these classes, so import
@@ -90,6 +91,79 @@ class Tensor:
         return tensor
 
 
+#: The codecs of a :class:`Packed` delta (gossipfl.aggregation.compress.Codec) and the
+#: little-endian dtype of their values.
+PACKED_CODECS = {"int8": np.dtype("<i1"), "fp16": np.dtype("<f2"), "sparse": np.dtype("<f4")}
+_INDEX_DTYPE = np.dtype("<u4")
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A compressed delta of ``size`` parameters (the whole flat vector; issue 10):
+    ``[codec, size, scale, values, indices]`` on the wire.
+
+    ``int8``: ``values`` holds ``size`` int8 levels, the delta is levels × ``scale`` (finite,
+    ≥ 0); ``fp16``: ``size`` finite float16 values; ``sparse`` (top-k, random-k): k ≤ size float32
+    values and k uint32 ``indices``, strictly increasing and below ``size``, every other
+    coordinate 0. Unused parts are empty (``indices``) or 0 (``scale``).
+    """
+
+    codec: str
+    size: int
+    scale: float
+    values: bytes
+    indices: bytes = b""
+
+    def values_array(self) -> np.ndarray:
+        return np.frombuffer(self.values, dtype=PACKED_CODECS[self.codec])
+
+    def indices_array(self) -> np.ndarray:
+        return np.frombuffer(self.indices, dtype=_INDEX_DTYPE)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.values) + len(self.indices) + (4 if self.codec == "int8" else 0)
+
+    def _to_wire(self) -> list[Any]:
+        return [self.codec, self.size, self.scale, self.values, self.indices]
+
+    @classmethod
+    def _from_wire(cls, value: Any) -> Packed:
+        if not isinstance(value, list) or len(value) != 5:
+            raise WireError("packed must be [codec, size, scale, values, indices]")
+        codec, size, scale, values, indices = value
+        codec = check_str(codec, "packed codec", 16)
+        if codec not in PACKED_CODECS:
+            raise WireError(f"packed codec {codec!r} is unknown")
+        size = check_int(size, "packed size", 0, MAX_TENSOR_ELEMENTS)
+        scale = check_float(scale, "packed scale")
+        if not isinstance(values, bytes) or not isinstance(indices, bytes):
+            raise WireError("packed values and indices must be bytes")
+        itemsize = PACKED_CODECS[codec].itemsize
+        if len(values) % itemsize:
+            raise WireError(f"packed {codec} values: {len(values)} bytes is not a whole count")
+        count = len(values) // itemsize
+        packed = cls(codec, size, scale, values, indices)
+        if codec == "sparse":
+            if count > size or len(indices) != count * _INDEX_DTYPE.itemsize:
+                raise WireError(f"packed sparse: {count} values, {len(indices)} index bytes, "
+                                f"size {size}")
+            index = packed.indices_array()
+            if count and (int(index[-1]) >= size or (count > 1 and not (np.diff(
+                    index.astype(np.int64)) > 0).all())):
+                raise WireError("packed sparse indices must be strictly increasing and below "
+                                "the size")
+        elif count != size or indices:
+            raise WireError(f"packed {codec}: {count} values for size {size}")
+        if codec == "int8" and scale < 0:
+            raise WireError("packed int8 scale must be >= 0")
+        if codec != "int8" and scale != 0:
+            raise WireError(f"packed {codec} has no scale (0)")
+        if codec != "int8" and not np.isfinite(packed.values_array()).all():
+            raise WireError(f"packed {codec} values hold NaN or infinite values")
+        return packed
+
+
 # -- messages --------------------------------------------------------------------------------------
 
 
@@ -121,10 +195,13 @@ class Contribution:
     depth: int = 0
     horizon: int = 0
     waiting: int = 0  # 0, or 1 + hops to a member that awaits a missing wanted neighbour
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting"})
+    packed: Packed | None = None  # a compressed delta, instead of ``tensors`` (absent: none)
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "packed"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
+        packed = {} if self.packed is None else {"packed": self.packed._to_wire()}
         return {
+            **packed,
             "depth": self.depth,
             "horizon": self.horizon,
             "waiting": self.waiting,
@@ -154,6 +231,11 @@ class Contribution:
             raise WireError(f"delta base round {base_round} must precede round {round_}")
         if kind == "full" and base_round != -1:
             raise WireError("a full contribution has base round -1")
+        packed = None
+        if "packed" in body:
+            packed = Packed._from_wire(body["packed"])
+            if kind != "delta" or raw:
+                raise WireError("a packed contribution is a delta without tensors")
         return cls(
             federation=federation,
             round=round_,
@@ -169,6 +251,7 @@ class Contribution:
             depth=check_int(body.get("depth", 0), "depth", 0, MAX_DEPTH),
             horizon=check_int(body.get("horizon", 0), "horizon", 0, MAX_DEPTH),
             waiting=check_int(body.get("waiting", 0), "waiting", 0, MAX_DEPTH),
+            packed=packed,
         )
 
 

@@ -12,6 +12,7 @@ import trio
 from gossipfl.aggregation.bounds import norm_bound
 from gossipfl.gossip.codes import AckCode, AckReason, NodeStatus
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution, M, Sealed, WireError
+from gossipfl.node.compression import vector_of
 from gossipfl.node.estimates import EstimateError
 from gossipfl.node.layout import LayoutError
 from gossipfl.node.links import note_peer_round
@@ -91,7 +92,7 @@ def accept_contribution(node: Node, remote: str, message: Contribution) -> tuple
                     f"round {message.round}, this node is at {node.round}")
         return AckCode.REJECTED, AckReason.TOO_FAR_AHEAD
     try:
-        vector = node.layout.from_tensors(message.tensors)
+        vector = vector_of(node.layout, message)
         node.estimates.apply(message, vector,
                              max_norm=norm_bound(node.model, node.config.robust.norm_ratio))
     except LayoutError as error:

@@ -1,7 +1,8 @@
 """Public model estimates (CHOCO-gossip bookkeeping), for this node and for each neighbour.
 
 Every node j keeps a public estimate x̂_j that its neighbours also hold. Each round j publishes a
-linear delta q_j = C(x_j − x̂_j) (C = identity today; quantisation or sparsification later) and
+linear delta q_j = C(x_j − x̂_j) (C = identity, or a compressor of
+:mod:`gossipfl.aggregation.compress`) and
 everyone applies x̂_j += q_j with the same float32 arithmetic, so all copies stay bit-identical.
 A neighbour whose copy fell behind (a lost frame, a new link) is sent the full estimate instead.
 Because i only ever needs Σ_j W_ij x̂_j, the deltas stay summable for secure aggregation.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gossipfl.aggregation.bounds import within_bound
+from gossipfl.aggregation.compress import Encoded, decode
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import Contribution
 
@@ -30,16 +32,25 @@ class OwnEstimate:
     round: int = -1
     last_delta: np.ndarray | None = None
     base_round: int = -1  # the round ``last_delta`` applies on top of
+    last_encoded: Encoded | None = None  # ``last_delta`` compressed, as it goes on the wire
+    # parameter bytes of the contributions sent, as sent and as float32 (the compression ratio)
+    bytes_packed: int = 0
+    bytes_float32: int = 0
 
     def publish(self, half_step: np.ndarray, round_: int,
-                privatise: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-        """q = C(x^{1/2} − x̂) (C = identity, then ``privatise``: DP clip and noise); x̂ += q.
+                privatise: Callable[[np.ndarray], np.ndarray] | None = None,
+                compress: Callable[[np.ndarray], Encoded | None] | None = None) -> np.ndarray:
+        """q = C(x^{1/2} − x̂) (``privatise``: DP clip and noise, then ``compress``); x̂ += q.
 
-        Returns q: exactly what the neighbours will add to their copy of x̂.
+        Returns q: exactly what the neighbours will add to their copy of x̂ (with compression
+        the decoded q̃, so x̂ keeps what was dropped for later rounds: CHOCO's error feedback).
         """
         delta = (np.asarray(half_step, np.float32) - self.vector).astype(np.float32)
         if privatise is not None:
             delta = np.asarray(privatise(delta), np.float32)
+        self.last_encoded = compress(delta) if compress is not None else None
+        if self.last_encoded is not None:
+            delta = decode(self.last_encoded)
         self.base_round = self.round
         self.vector = (self.vector + delta).astype(np.float32)
         self.last_delta = delta
@@ -55,6 +66,11 @@ class OwnEstimate:
         if self.last_delta is not None and peer_holds == self.base_round >= 0:
             return "delta", self.base_round, self.last_delta
         return "full", -1, self.vector
+
+    def note_sent(self, size: int, packed_bytes: int | None) -> None:
+        """Count one contribution of ``size`` parameters sent (``packed_bytes``: compressed)."""
+        self.bytes_packed += 4 * size if packed_bytes is None else packed_bytes
+        self.bytes_float32 += 4 * size
 
 
 @dataclass

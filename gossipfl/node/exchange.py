@@ -15,6 +15,7 @@ import trio
 from gossipfl.gossip.codes import RUNNING, AckCode, AckReason, NodeStatus
 from gossipfl.gossip.membership import SILENT_INTERVALS
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
+from gossipfl.node.compression import to_packed
 from gossipfl.node.links import drop_neighbour
 from gossipfl.node.state import Node
 from gossipfl.node.streams import close_streams
@@ -99,11 +100,16 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
     state = node.neighbours[peer]
 
     def frame(kind: str, base: int, array: np.ndarray) -> Contribution:
+        # the delta we published goes out compressed as published; anything else as float32
+        encoded = node.own.last_encoded if array is node.own.last_delta else None
+        packed = None if encoded is None or kind != "delta" else to_packed(encoded)
+        node.own.note_sent(array.size, None if packed is None else packed.nbytes)
         return Contribution(
             federation=node.config.federation, round=r, sender=node.peer_id, receiver=peer,
             degree=len(node.neighbours), kind=kind, base_round=base,
             disagreement=finite(node.disagreement, default=1e9), done=done,
-            tensors=node.layout.to_tensors(array), training=node.status == NodeStatus.TRAINING,
+            tensors=() if packed else node.layout.to_tensors(array), packed=packed,
+            training=node.status == NodeStatus.TRAINING,
             depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
         )
 

@@ -25,6 +25,7 @@ from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.node import linger, secure_round, settle
 from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector
+from gossipfl.node.compression import compressor
 from gossipfl.node.exchange import (
     close_channels,
     finite,
@@ -258,7 +259,9 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
 
     # 2.+3. delta and privacy: q = DP(x½ − x̂) (clip + Gaussian noise, while the budget lasts);
     # x̂ += q, exactly as every neighbour will apply it
-    node.own.publish(half_step, r, privatise=privacy_step(node, r, training, record))
+    node.own.publish(half_step, r, privatise=privacy_step(node, r, training, record),
+                     compress=compressor(node.config.compression, node.config.federation,
+                                         node.peer_id, r))
     if training:  # what this round spent is on disk before anything it trained on is sent
         await node.offload(save_dp_ledger, node)
 

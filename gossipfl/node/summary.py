@@ -27,6 +27,7 @@ def node_summary(node: Node) -> dict[str, Any]:
         "messages_sent": node.traffic.messages_sent,
         "messages_received": node.traffic.messages_received,
         "bytes_sent_by_kind": dict(node.traffic.by_kind_sent),
+        "compression": compression_summary(node),
         "train_seconds": sum(h.get("train_seconds", 0.0) for h in node.history),
         "eval_seconds": sum(h.get("eval_seconds", 0.0) for h in node.history),
         "peak_rss_bytes": peak_rss_bytes(),
@@ -92,3 +93,14 @@ def privacy_summary(node: Node) -> dict[str, Any]:
             summary.update(sampling="none (every round)", sampling_probability=1.0,
                            rounds_spent=node.budget.rounds_spent)
     return summary
+
+
+def compression_summary(node: Node) -> dict[str, Any]:
+    """``[compression]`` and what it saved: the parameter bytes of the contributions sent
+    against float32, and the contribution frames' bytes against what they would have been."""
+    own, kinds = node.own, node.traffic.by_kind_sent
+    frames = kinds.get("contribution", 0) + kinds.get("sealed", 0)
+    saved = own.bytes_float32 - own.bytes_packed
+    return {"kind": node.config.compression.kind, "ratio": node.config.compression.ratio,
+            "parameter_ratio": own.bytes_float32 / own.bytes_packed if own.bytes_packed else None,
+            "frame_ratio": (frames + saved) / frames if frames else None}

@@ -11,6 +11,7 @@ from typing import Any
 
 from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.config import (
+    CompressionConfig,
     ConfigError,
     DataConfig,
     ModelConfig,
@@ -320,6 +321,7 @@ class ScenarioConfig:
     privacy: DPConfig = field(default_factory=DPConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     robust: RobustConfig = field(default_factory=RobustConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     faults: tuple[FaultConfig, ...] = ()
     joins: tuple[JoinConfig, ...] = ()
     slow: tuple[SlowConfig, ...] = ()
@@ -341,6 +343,8 @@ class ScenarioConfig:
         self.topology.check_nodes(self.nodes)
         if self.secagg.enabled and not self.admission:
             raise ConfigError("secagg needs admission = true (pair masks use certified keys)")
+        if self.secagg.enabled and self.compression.kind != "none":
+            raise ConfigError("compression with secagg is not built yet")
         if self.secagg.enabled and self.robust.rule != "none":
             raise ConfigError("robust.rule needs the neighbours' individual estimates: not with "
                               "secagg (its masks hide them; the norm bound still checks each "

@@ -105,6 +105,7 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
         "accuracy": accuracy,
         "final_accuracy": accuracy[-1] if accuracy else None,
         "bytes_sent": summary.get("bytes_sent", last.get("bytes_sent", 0)),
+        "compression": summary.get("compression"),
         "bytes_received": summary.get("bytes_received", last.get("bytes_received", 0)),
         "messages_sent": summary.get("messages_sent", last.get("messages_sent", 0)),
         "messages_received": summary.get("messages_received", last.get("messages_received", 0)),

@@ -1,0 +1,59 @@
+"""The node's side of delta compression (issue 10): ``[compression]`` to a compressor for
+:meth:`gossipfl.node.estimates.OwnEstimate.publish`, and between the compressors' :class:`Encoded`
+and the wire's :class:`Packed`. The maths is in :mod:`gossipfl.aggregation.compress`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from gossipfl.aggregation.compress import (
+    Codec,
+    CompressionKind,
+    Encoded,
+    compress,
+    decode,
+    shared_seed,
+)
+from gossipfl.config import CompressionConfig
+from gossipfl.gossip.wire import PACKED_CODECS, Contribution, Packed
+from gossipfl.node.layout import Layout, LayoutError
+
+
+def compressor(config: CompressionConfig, federation: str, sender: str,
+               round_: int) -> Callable[[np.ndarray], Encoded | None] | None:
+    """What compresses this round's delta (None: no compression). Its randomness (int8 rounding,
+    random-k's index set) is drawn from a seed of (federation, sender, round)."""
+    kind = CompressionKind(config.kind)
+    if kind is CompressionKind.NONE:
+        return None
+    rng = np.random.default_rng(shared_seed(federation, sender, round_, kind.value))
+    return lambda q: compress(kind, q, config.ratio, rng)
+
+
+def to_packed(encoded: Encoded) -> Packed:
+    dtype = PACKED_CODECS[encoded.codec.value]
+    indices = b"" if encoded.indices is None else encoded.indices.astype("<u4").tobytes()
+    return Packed(encoded.codec.value, encoded.size, float(encoded.scale),
+                  np.ascontiguousarray(encoded.values, dtype).tobytes(), indices)
+
+
+def from_packed(packed: Packed) -> np.ndarray:
+    """The float32 delta a (wire-validated) :class:`Packed` stands for."""
+    codec = Codec(packed.codec)
+    indices = packed.indices_array() if codec is Codec.SPARSE else None
+    return decode(Encoded(codec, packed.size, packed.values_array(), indices, packed.scale))
+
+
+def vector_of(layout: Layout, message: Contribution) -> np.ndarray:
+    """The flat array a contribution carries, compressed or not; LayoutError if it does not
+    fit the model."""
+    if message.packed is None:
+        return layout.from_tensors(message.tensors)
+    if message.packed.size != layout.size:
+        raise LayoutError(f"packed delta of {message.packed.size} parameters, the model has "
+                          f"{layout.size}")
+    return from_packed(message.packed)
+
