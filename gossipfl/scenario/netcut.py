@@ -132,13 +132,18 @@ def cut_batches(plan: NetnsPlan, index: int, pairs: Iterable[tuple[int, int]], *
                  *match_dst(plan.nodes[dst].ip), "action", "mirred", "egress", "redirect",
                  "dev", SINK)
                 for src, dsts in grouped.items() for dst in dsts)
-    batches = [Batch("tc", plan.hub, hub)]
-    if not silent:
-        batches += [Batch("ip", plan.nodes[src].namespace,
-                          tuple(("route", "add", "prohibit", f"{plan.nodes[dst].ip}/32",
-                                 "metric", pref) for dst in dsts))
-                    for src, dsts in grouped.items()]
-    return batches
+    return [Batch("tc", plan.hub, hub),
+            *([] if silent else route_batches(plan, grouped, "add", pref))]
+
+
+def route_batches(plan: NetnsPlan, grouped: dict[int, list[int]], verb: str,
+                  pref: str) -> list[Batch]:
+    """In each source's namespace, ``verb`` ("add" or "del") a ``prohibit`` route to each of
+    its destinations across the cut (a reset cut's refused dials)."""
+    return [Batch("ip", plan.nodes[src].namespace,
+                  tuple(("route", verb, "prohibit", f"{plan.nodes[dst].ip}/32", "metric", pref)
+                        for dst in dsts))
+            for src, dsts in grouped.items()]
 
 
 def heal_batches(plan: NetnsPlan, index: int, pairs: Iterable[tuple[int, int]], *,
@@ -148,13 +153,8 @@ def heal_batches(plan: NetnsPlan, index: int, pairs: Iterable[tuple[int, int]], 
     grouped = by_source(pairs)
     hub = tuple(("filter", "del", "dev", plan.nodes[src].hub_iface, "ingress", "pref", pref)
                 for src in grouped)
-    batches = [Batch("tc", plan.hub, hub)]
-    if not silent:
-        batches += [Batch("ip", plan.nodes[src].namespace,
-                          tuple(("route", "del", "prohibit", f"{plan.nodes[dst].ip}/32",
-                                 "metric", pref) for dst in dsts))
-                    for src, dsts in grouped.items()]
-    return batches
+    return [Batch("tc", plan.hub, hub),
+            *([] if silent else route_batches(plan, grouped, "del", pref))]
 
 
 def kill_commands(plan: NetnsPlan, pairs: Iterable[tuple[int, int]], *,
