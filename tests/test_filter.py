@@ -123,7 +123,7 @@ def test_clipping_at_a_radius_of_training_steps_and_the_scale_s_decay() -> None:
         RobustConfig(rule="clipping", tau=0.5, tau_steps=1.0)
     config = NodeConfig(robust=RobustConfig(rule="clipping", tau_steps=2.0),
                         protocol=ProtocolConfig(gamma=1.0))
-    node = SimpleNamespace(config=config, protocol=config.protocol, filter_scale=0.0,
+    node = SimpleNamespace(config=config, protocol=config.protocol, step_scale=0.0,
                            filter_counts={}, model=np.zeros(2),
                            own=SimpleNamespace(vector=np.array([0.5, 0.0], np.float32)))
     far = {"x": np.array([100.0, 0.0], np.float32)}
@@ -131,8 +131,8 @@ def test_clipping_at_a_radius_of_training_steps_and_the_scale_s_decay() -> None:
     # trained 0.5 this round: radius 2 × 0.5 = 1, so x moves the node by w · 1 at most
     model = robust_step(node, np.array([0.5, 0.0], np.float32), far, {"x": 0.25}, record)
     np.testing.assert_allclose(model, [0.75, 0.0], rtol=1e-6)
-    assert record["robust"]["tau"] == pytest.approx(1.0) and node.filter_scale == 0.5
+    assert record["robust"]["tau"] == pytest.approx(1.0) and node.step_scale == 0.5
     node.model = np.array([0.5, 0.0])  # a consensus round: no training, the scale decays
     robust_step(node, np.array([0.5, 0.0], np.float32), far, {"x": 0.25}, record)
-    assert node.filter_scale == pytest.approx(STEP_DECAY * 0.5)
+    assert node.step_scale == pytest.approx(STEP_DECAY * 0.5)
     assert record["robust"]["tau"] == pytest.approx(2 * STEP_DECAY * 0.5)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossipfl.round")
 
-STEP_DECAY = 0.9  # per round: the filter's remembered training step fades through consensus
+STEP_DECAY = 0.9  # per round: the remembered training step (filter, tau_steps) fades in consensus
 
 
 def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.ndarray],
@@ -40,12 +40,12 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
         # before the round is still node.model), remembered with a decay through consensus
         # rounds, where it trains no more; nothing a neighbour sends moves it
         step = float(np.linalg.norm(half_step.astype(np.float64) - node.model))
-        node.filter_scale = max(step, STEP_DECAY * node.filter_scale)
+        node.step_scale = max(step, STEP_DECAY * node.step_scale)
     if rule is RobustRule.FILTER:
         params["distrusted"] = distrusted(node.filter_counts)
-        params["least"] = node.filter_scale
+        params["least"] = node.step_scale
     elif stepped:  # clipping at a radius of tau_steps training steps
-        params = {"tau": config.tau_steps * node.filter_scale}
+        params = {"tau": config.tau_steps * node.step_scale}
     try:
         result = robust_choco_step(rule, half_step, node.own.vector, estimates, weights,
                                    node.protocol.gamma, **params)

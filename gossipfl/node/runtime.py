@@ -165,7 +165,7 @@ class Node:
         self.diverged_rounds: list[int] = []
         # [robust] rule = "filter": per neighbour, (rounds it was left out, rounds filtered)
         self.filter_counts: dict[str, tuple[int, int]] = {}
-        self.filter_scale = 0.0  # ... and its own last training step, decaying (robust_step)
+        self.step_scale = 0.0  # its own last training step, decaying (filter, tau_steps)
         self.async_seen: dict[str, int] = {}  # async mode: neighbours' rounds at our last round
         self.status = NodeStatus.JOINING
         self.disagreement = math.inf

@@ -128,7 +128,7 @@ class Node(Protocol):
     disagreement: float
     diverged_rounds: list[int]
     filter_counts: dict[str, tuple[int, int]]
-    filter_scale: float
+    step_scale: float
     isolated_rounds: int
     settle: SettleState
     final_accuracy: float | None
