@@ -38,6 +38,20 @@ class Mode(StrEnum):
     ASYNC = "async"  # no round barrier: a bounded lead (max_lead) or none
 
 
+class Weighting(StrEnum):
+    """What a node's neighbours weight it by in the average (``protocol.weighting``)."""
+
+    UNIFORM = "uniform"  # Metropolis–Hastings: the federation averages the nodes' models
+    EXAMPLES = "examples"  # stationary ∝ examples: the example-weighted mean, as FedAvg
+
+
+EXAMPLES_ROUNDING = ("exact", "pow2")
+WEIGHTING_REFUSED = (
+    "protocol.weighting = examples is not built with secagg (a contributor's weight must be "
+    "known to both ends before masking) nor with privacy (the example count each node reports "
+    "is not covered by the DP guarantee)")
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -160,6 +174,11 @@ class ProtocolConfig:
     # bytes of frames being read at once, all peers together (0: 4 × max_payload_bytes); peers
     # without a certificate may hold an eighth of it
     max_in_flight_bytes: int = 0
+    # examples: each node reports its example count to its neighbours (rounded as
+    # examples_rounding says: pow2, the nearest power of two; exact) and the mixing weights
+    # converge to the example-weighted mean (aggregation/mixing.weighted_neighbour_weights)
+    weighting: Weighting = Weighting.UNIFORM
+    examples_rounding: str = "pow2"
 
     def __post_init__(self) -> None:
         for name in ("round_timeout", "join_timeout", "heartbeat_interval", "member_timeout",
@@ -175,6 +194,13 @@ class ProtocolConfig:
             object.__setattr__(self, "mode", Mode(self.mode))  # parsed here, once
         except ValueError:
             raise ConfigError(f"protocol.mode must be sync or async, not {self.mode!r}") from None
+        try:
+            object.__setattr__(self, "weighting", Weighting(self.weighting))
+        except ValueError:
+            raise ConfigError("protocol.weighting must be uniform or examples, not "
+                              f"{self.weighting!r}") from None
+        _require(self.examples_rounding in EXAMPLES_ROUNDING,
+                 f"protocol.examples_rounding must be one of {', '.join(EXAMPLES_ROUNDING)}")
         _require(0 < self.staleness_decay <= 1, "protocol.staleness_decay must be in (0, 1]")
         if self.max_lead == -1:  # TOML has no null: -1 says no bound (and always did)
             object.__setattr__(self, "max_lead", None)
@@ -402,6 +428,8 @@ class NodeConfig:
                  "(its masks hide them; the norm bound still checks each secure sum)")
         _require(not (self.secagg.enabled and self.compression.kind != "none"),
                  "compression with secagg is not built yet")
+        _require(not (self.protocol.weighting is Weighting.EXAMPLES
+                      and (self.secagg.enabled or self.privacy.enabled)), WEIGHTING_REFUSED)
         _require(not self.secagg.enabled or self.security.admission,
                  "secagg needs security.admission (pair masks use the certified keys)")
         _require(bool(self.federation) and len(self.federation) <= 64,

@@ -34,6 +34,8 @@ __all__ = [
     "mix",
     "neighbour_weights",
     "relative_disagreement",
+    "reported_examples",
+    "weighted_neighbour_weights",
 ]
 
 WEIGHT_SUM_TOLERANCE: float = 1e-6
@@ -142,6 +144,60 @@ def neighbour_weights(
         peer: metropolis_weight(d_own, _check_degree(neighbour_degrees[peer], f"degree of {peer}"))
         for peer in sorted(neighbour_degrees)
     }
+    return 1.0 - math.fsum(weights.values()), weights
+
+
+def reported_examples(count: int, rounding: str = "exact") -> int:
+    """The example count a node tells its neighbours for sample-weighted averaging.
+
+    ``exact`` tells ``count``; ``pow2`` the nearest power of two in log scale (the count
+    within a factor of √2: 1, 2, 4, ...). Never below 1: a node with no example still mixes.
+
+    Example:
+        >>> reported_examples(170, "pow2"), reported_examples(3, "pow2"), reported_examples(0)
+        (128, 4, 1)
+    """
+    n = _check_degree(count, "count")
+    if rounding == "exact":
+        return max(n, 1)
+    if rounding == "pow2":
+        return 1 << max(0, round(math.log2(max(n, 1))))
+    raise ValueError(f"rounding must be exact or pow2, not {rounding!r}")
+
+
+def weighted_neighbour_weights(
+    own_degree: int, own_examples: int, neighbours: Mapping[str, tuple[int, int]]
+) -> tuple[float, dict[str, float]]:
+    """A node's row of a mixing matrix whose stationary distribution is ∝ examples.
+
+    ``W_ij = min(1, m_j / m_i) / (1 + max(d_i, d_j))`` for a neighbour j of degree ``d_j``
+    that reports ``m_j`` examples (``neighbours[j] = (d_j, m_j)``). Then ``m_i W_ij =
+    min(m_i, m_j) / (1 + max(d_i, d_j)) = m_j W_ji``: the chain is reversible with stationary
+    distribution π ∝ m, so gossip ``x ← W x`` (and the CHOCO step) keeps the example-weighted
+    mean ``Σ m_i x_i / Σ m_i`` and converges to it, as FedAvg's weighted average. Each row sums
+    to at most ``d_i / (1 + d_i) < 1``; the rest is the self weight. A count of 0 on either end
+    (a node that does not weight) makes the edge's factor 1, the same on both ends. A
+    neighbour's weight never exceeds the unweighted Metropolis weight: reporting more examples
+    gains a member no more pull on its neighbours (it only listens less to them).
+
+    Example:
+        >>> weighted_neighbour_weights(1, 100, {"b": (1, 1)})
+        (0.995, {'b': 0.005})
+    """
+    m_own = _check_degree(own_examples, "own_examples")
+    d_own = _check_degree(own_degree, "own_degree")
+    if len(neighbours) > d_own:
+        raise ValueError(
+            f"{len(neighbours)} neighbours present but own_degree is {d_own}: "
+            "a node cannot have more neighbours than its degree"
+        )
+    weights = {}
+    for peer in sorted(neighbours):
+        d_peer, m_peer = neighbours[peer]
+        base = metropolis_weight(d_own, _check_degree(d_peer, f"degree of {peer}"))
+        m_peer = _check_degree(m_peer, f"examples of {peer}")
+        factor = 1.0 if m_own == 0 or m_peer == 0 else min(1.0, m_peer / m_own)
+        weights[peer] = base * factor
     return 1.0 - math.fsum(weights.values()), weights
 
 

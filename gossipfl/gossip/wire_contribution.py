@@ -164,6 +164,9 @@ class Packed:
         return packed
 
 
+MAX_EXAMPLES = 2**40  # the largest example count a contribution may report
+
+
 # -- messages --------------------------------------------------------------------------------------
 
 
@@ -178,6 +181,8 @@ class Contribution:
     ``depth`` and ``horizon`` are its settled depth and the depth it finishes at, ``waiting``
     0, or 1 + how many hops from it a member awaits a missing wanted neighbour
     (:mod:`gossipfl.node.termination`; absent on the wire: 0, not settled, not waiting).
+    ``examples`` is the sender's example count as it reports it (``protocol.weighting =
+    examples``, rounded as ``examples_rounding`` says; absent: 0, unweighted).
     """
 
     KIND: ClassVar[str] = "contribution"
@@ -196,12 +201,16 @@ class Contribution:
     horizon: int = 0
     waiting: int = 0  # 0, or 1 + hops to a member that awaits a missing wanted neighbour
     packed: Packed | None = None  # a compressed delta, instead of ``tensors`` (absent: none)
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "packed"})
+    examples: int = 0  # the sender's reported example count (absent: 0, unweighted)
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "packed",
+                                                    "examples"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         packed = {} if self.packed is None else {"packed": self.packed._to_wire()}
+        examples = {"examples": self.examples} if self.examples else {}
         return {
             **packed,
+            **examples,
             "depth": self.depth,
             "horizon": self.horizon,
             "waiting": self.waiting,
@@ -252,6 +261,7 @@ class Contribution:
             horizon=check_int(body.get("horizon", 0), "horizon", 0, MAX_DEPTH),
             waiting=check_int(body.get("waiting", 0), "waiting", 0, MAX_DEPTH),
             packed=packed,
+            examples=check_int(body.get("examples", 0), "examples", 0, MAX_EXAMPLES),
         )
 
 

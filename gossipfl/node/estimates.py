@@ -87,6 +87,7 @@ class PeerEstimate:
     depth: int = 0  # the sender's settled depth, horizon, waiting (gossipfl.node.termination)
     horizon: int = 0
     waiting: int = 0
+    examples: int = 0  # the sender's reported example count (0: it does not weight)
 
     def as_of(self, round_: int) -> np.ndarray:
         """The estimate for ``round_``: a neighbour may already be one round ahead of us."""
@@ -166,6 +167,7 @@ class PeerEstimates:
             depth=message.depth,
             horizon=message.horizon,
             waiting=message.waiting,
+            examples=message.examples,
         )
 
     def forget(self, peer: str) -> None:

@@ -111,6 +111,7 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
             tensors=() if packed else node.layout.to_tensors(array), packed=packed,
             training=node.status == NodeStatus.TRAINING,
             depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
+            examples=node.reported_examples,
         )
 
     if state.channel is None:

@@ -20,7 +20,12 @@ import numpy as np
 import trio
 
 from gossipfl.aggregation.bounds import mean_within, sum_bound
-from gossipfl.aggregation.mixing import choco_step, neighbour_weights, relative_disagreement
+from gossipfl.aggregation.mixing import (
+    choco_step,
+    neighbour_weights,
+    relative_disagreement,
+    weighted_neighbour_weights,
+)
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.node import linger, secure_round, settle
@@ -422,10 +427,14 @@ def aggregate(node: Node, half_step: np.ndarray, r: int,
     the rounds synchronous, so a run does not depend on which process the scheduler favoured.
     """
     held = {p: node.estimates.peers[p] for p in node.neighbours if p in node.estimates.peers}
-    self_weight, weights = neighbour_weights(
-        len(node.neighbours), {p: e.degree for p, e in held.items()}
-    )
-    del self_weight  # choco_step uses the weights of the neighbours only
+    own_examples = node.reported_examples
+    if own_examples:  # weights ∝ examples: the federation keeps the example-weighted mean
+        _, weights = weighted_neighbour_weights(
+            len(node.neighbours), own_examples,
+            {p: (e.degree, e.examples) for p, e in held.items()})
+    else:
+        _, weights = neighbour_weights(len(node.neighbours),
+                                       {p: e.degree for p, e in held.items()})
     protocol = node.config.protocol
     if protocol.mode is Mode.ASYNC and protocol.max_lead is None:
         # staleness weighting: an estimate that arrived k of our rounds ago counts decay^k as

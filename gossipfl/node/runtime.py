@@ -32,7 +32,8 @@ import numpy as np
 import trio
 
 from gossipfl.adversary.role import Role
-from gossipfl.config import NodeConfig
+from gossipfl.aggregation.mixing import reported_examples
+from gossipfl.config import NodeConfig, Weighting
 from gossipfl.crypto.admission import identity_signing_key
 from gossipfl.crypto.identity import Identity
 from gossipfl.gossip.codes import NodeStatus
@@ -222,6 +223,14 @@ class Node:
     @property
     def contribution_protocol(self) -> str:
         return PROTO_SEALED if self.security.sealed else PROTO_CONTRIBUTION
+
+    @property
+    def reported_examples(self) -> int:
+        """The example count this node tells its neighbours (0: it does not weight)."""
+        protocol = self.config.protocol
+        if protocol.weighting is not Weighting.EXAMPLES:
+            return 0
+        return reported_examples(len(self.learner.y), protocol.examples_rounding)
 
     @property
     def serves_state(self) -> bool:

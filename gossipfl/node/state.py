@@ -143,6 +143,8 @@ class Node(Protocol):
 
     @property
     def idle_timeout(self) -> float: ...
+    @property
+    def reported_examples(self) -> int: ...
 
     def make_budget(self, spent: int = 0) -> Any: ...  # checkpoint.py restores the budget
 

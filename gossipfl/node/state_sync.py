@@ -196,6 +196,7 @@ async def on_state_request(node: Node, channel: Channel) -> None:
         # what it says of its convergence, as its contributions do: a done node's horizon
         # lets the puller count it settled (termination.settled_depth)
         depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
+        examples=node.reported_examples,
     )
     await node.send_payload(channel, message)
     # it holds our estimate as of this round now

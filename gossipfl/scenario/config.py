@@ -11,6 +11,7 @@ from typing import Any
 
 from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.config import (
+    WEIGHTING_REFUSED,
     CompressionConfig,
     ConfigError,
     DataConfig,
@@ -18,6 +19,7 @@ from gossipfl.config import (
     ProtocolConfig,
     RobustConfig,
     SecAggConfig,
+    Weighting,
     from_dict,
     load_toml,
 )
@@ -345,6 +347,9 @@ class ScenarioConfig:
             raise ConfigError("secagg needs admission = true (pair masks use certified keys)")
         if self.secagg.enabled and self.compression.kind != "none":
             raise ConfigError("compression with secagg is not built yet")
+        if self.protocol.weighting is Weighting.EXAMPLES and (self.secagg.enabled
+                                                              or self.privacy.enabled):
+            raise ConfigError(WEIGHTING_REFUSED)
         if self.secagg.enabled and self.robust.rule != "none":
             raise ConfigError("robust.rule needs the neighbours' individual estimates: not with "
                               "secagg (its masks hide them; the norm bound still checks each "
