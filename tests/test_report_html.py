@@ -185,7 +185,7 @@ def test_partitions_adversaries_and_link_changes_are_drawn_and_listed(tmp_path: 
     node_extra = {
         3: {"role": "lying_aggregator"},
         0: {"dropped_neighbours": [{"peer_id": peer(2), "round": 3, "reason": "missed rounds"}],
-            "replacements": [{"peer_id": peer(1), "round": 3, "replacing": peer(2)}]},
+            "replacements": [{"peer_id": peer(1), "round": 3, "replacing": [peer(2)]}]},
         2: {"events": ["SIGKILL after round 3"], "status": "killed"},
     }
     run = write_run(tmp_path, extra=extra, node_extra=node_extra)
@@ -196,6 +196,7 @@ def test_partitions_adversaries_and_link_changes_are_drawn_and_listed(tmp_path: 
     assert series_count(page, "topology-dropped") == 1
     assert series_count(page, "topology-replacement") == 1
     assert series_count(page, "topology-link") == 3  # the ring less the replaced link 0-1
+    assert "Link changes" in page and "missed rounds" in page and "replacing node 2" in page
     assert "SIGKILL after round 3" in page
     assert not EXTERNAL.search(page)
 
@@ -253,6 +254,13 @@ def test_round_time_parts_add_up_to_the_round(tmp_path: Path) -> None:
     assert list(parts) == ["train", "evaluate", "send", "wait", "rest"]
     assert parts["rest"][0] == pytest.approx(0.5 - 0.2 - 0.05 - 0.01 - 0.1)
     assert sum(p[3] for p in parts.values()) == pytest.approx(0.5)
+
+
+def test_a_restarted_node_timeline_shows_its_gaps() -> None:
+    xs, ys = plots.run_segments([0, 1, 2, 5, 6, 2, 3])
+    assert [x for x in xs if not math.isnan(x)] == [0, 2, 5, 6, 2, 3]
+    assert sum(math.isnan(y) for y in ys) == 2
+    assert plots.run_segments([]) == ([], [])
 
 
 def test_bytes_per_line_restart_from_zero_after_a_restart() -> None:

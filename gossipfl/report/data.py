@@ -229,7 +229,9 @@ def _links(entries: Any, index_of: Mapping[str, int], note_key: str) -> tuple[Li
             continue
         note = entry.get(note_key, "")
         if note_key == "replacing":
-            note = f"replacing node {index_of.get(str(note), '?')}" if note else "replacement"
+            gone = note if isinstance(note, list) else [note] if note else []
+            note = ("replacing node " + ", ".join(str(index_of.get(str(p), "?")) for p in gone)
+                    if gone else "taken on (late joiner or room)")
         links.append(Link(index_of.get(str(entry.get("peer_id")), -1),
                           _int_or_none(entry.get("round")) or 0, str(note)))
     return tuple(links)
@@ -248,8 +250,10 @@ def _node(entry: Mapping[str, Any], index_of: Mapping[str, int], run: Path,
     for jump in entry.get("catch_ups") or []:
         if isinstance(jump, Mapping) and isinstance(jump.get("to_round"), int):
             markers.append(Marker(int(jump["to_round"]), index, MarkerKind.CATCH_UP,
-                                  f"caught up from round {jump.get('from_round')} to "
-                                  f"{jump['to_round']} ({jump.get('why', '')})"))
+                                  (f"caught up from round {jump['from_round']} to "
+                                   if isinstance(jump.get("from_round"), int) else
+                                   "caught up to round ")
+                                  + f"{jump['to_round']} ({jump.get('why', '')})"))
     neighbours = tuple(sorted(index_of[p] for p in entry.get("neighbours") or []
                               if p in index_of))
     node = NodeData(

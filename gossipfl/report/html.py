@@ -216,6 +216,16 @@ def _events_section(run: RunData) -> str:
             f"{table}</section>")
 
 
+def _link_changes(run: RunData) -> str:
+    rows = sorted([(link.round, n.index, link.peer, "dropped", link.note)
+                   for n in run.nodes for link in n.dropped]
+                  + [(link.round, n.index, link.peer, "replacement", link.note)
+                     for n in run.nodes for link in n.replacements])
+    if not rows:
+        return ""
+    return "<h3>Link changes</h3>" + _table(["round", "node", "peer", "what", "why"], rows)
+
+
 def _adversaries_section(run: RunData) -> str:
     if not run.adversaries:
         return ""
@@ -263,7 +273,8 @@ def build_html(run: RunData) -> str:
         '<section id="topology"><h2>Topology</h2>' + _figure(
             "topology", plots.topology_plot(run),
             "Each node's neighbours at the end of the run; dashed red: links dropped and not "
-            "made again; green: links made to replace a departed neighbour.") + "</section>")
+            "made again; dotted orange: dropped, then linked again; green: links made to "
+            "replace a departed neighbour.") + _link_changes(run) + "</section>")
     sections.append(
         '<section id="timeline"><h2>Timeline</h2>' + _figure(
             "timeline", plots.timeline_plot(run),

@@ -304,7 +304,8 @@ def topology_plot(run: RunData) -> str:
             line.set_gid(gid)
 
     replaced = {frozenset((n.index, link.peer)) for n in run.nodes for link in n.replacements}
-    current = {frozenset((n.index, peer)) for n in run.nodes for peer in n.neighbours}
+    current = {frozenset((n.index, peer)) for n in run.nodes for peer in n.neighbours
+               if n.status != "killed"}  # a killed node's list is as it died
     dropped = {frozenset((n.index, link.peer)) for n in run.nodes for link in n.dropped}
     for number, pair in enumerate(sorted(current - replaced, key=sorted)):
         segment(*sorted(pair), f"series-topology-link-{number}", color="#555555", lw=1.0)
@@ -314,6 +315,9 @@ def topology_plot(run: RunData) -> str:
     for number, pair in enumerate(sorted(dropped - current, key=sorted)):
         segment(*sorted(pair), f"series-topology-dropped-{number}", color="#d62728", lw=1.2,
                 ls="--")
+    for number, pair in enumerate(sorted(dropped & current, key=sorted)):
+        segment(*sorted(pair), f"series-topology-relinked-{number}", color="#ff7f0e", lw=1.6,
+                ls=":")
     status_colour = {"done": "#1f77b4", "killed": "#d62728", "stopped": "#ff7f0e"}
     for node in run.nodes:
         x, y = where[node.index]
@@ -324,7 +328,8 @@ def topology_plot(run: RunData) -> str:
                       fontsize=8, zorder=4, fontweight="bold")
     for label, style in (("link at the end", {"color": "#555555"}),
                          ("replacement link", {"color": "#2ca02c", "lw": 2.0}),
-                         ("dropped link", {"color": "#d62728", "ls": "--"})):
+                         ("dropped link", {"color": "#d62728", "ls": "--"}),
+                         ("dropped, linked again", {"color": "#ff7f0e", "ls": ":"})):
         axes.plot([], [], label=label, **style)
     for status, colour in status_colour.items():
         axes.scatter([], [], color=colour, label=f"node {status}", s=60)
@@ -333,6 +338,24 @@ def topology_plot(run: RunData) -> str:
     axes.set_title(f"Topology: {count} nodes")
     figure.legend(fontsize=7, loc="outside right upper", frameon=False)
     return render(figure, "topology")
+
+
+def run_segments(rounds: Sequence[int]) -> tuple[list[float], list[float]]:
+    """The stretches of consecutive rounds in ``rounds`` (in the order written) as one line
+    broken by NaN: ``xs`` from each stretch's first round to its last, ``ys`` 0 or NaN."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for position, number in enumerate(rounds):
+        if position == 0:
+            xs.append(number)
+            ys.append(0.0)
+        elif number != rounds[position - 1] + 1:
+            xs += [rounds[position - 1], math.nan, number]
+            ys += [0.0, math.nan, 0.0]
+    if rounds:
+        xs.append(rounds[-1])
+        ys.append(0.0)
+    return xs, ys
 
 
 @styled
@@ -345,9 +368,9 @@ def timeline_plot(run: RunData) -> str:
     for node in run.nodes:
         if node.series is None:
             continue
-        first, last = min(node.series.rounds), max(node.series.rounds)
-        line, = axes.plot([first, last], [node.index, node.index], color="#cccccc", lw=4,
-                          solid_capstyle="butt")
+        xs, ys = run_segments(node.series.rounds)
+        line, = axes.plot(xs, [node.index if not math.isnan(y) else y for y in ys],
+                          color="#cccccc", lw=4, solid_capstyle="butt")
         line.set_gid(f"series-timeline-{node.index}")
     top = max(run.total_rounds, 1)
     for number, part in enumerate(run.partitions):
