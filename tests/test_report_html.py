@@ -16,7 +16,7 @@ from gossipfl.cli import main
 from gossipfl.node.learner import LearnerPool
 from gossipfl.report import ReportError, load_run, plots, write_report_html
 from gossipfl.report.data import MarkerKind, event_marker, per_line_bytes
-from gossipfl.report.html import build_html, privacy_sentences
+from gossipfl.report.html import build_html, privacy_sentences, try_write_report_html
 from gossipfl.scenario.progress import progress_total
 
 FIGURES = ("accuracy", "consensus", "bytes", "round-time", "rss", "topology", "timeline")
@@ -111,6 +111,7 @@ def test_a_corrupt_report_is_a_clear_error(tmp_path: Path, capsys) -> None:
     (tmp_path / "report.json").write_text('{"scenario": "x"}')
     with pytest.raises(ReportError, match="not a gossipfl report"):
         load_run(tmp_path)
+    assert try_write_report_html(tmp_path) is None  # the end of a run: logged, not raised
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="missing"):
         load_run(tmp_path / "empty")

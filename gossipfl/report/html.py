@@ -59,17 +59,14 @@ def _bytes(value: Any) -> str:
     return f"{value:.0f} B"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]], numeric: int = 0) -> str:
-    """A table; the columns after the first ``numeric`` ... are left as given (escaped)."""
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A table of escaped cells; numbers right-aligned."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = []
-    for row in rows:
-        cells = "".join(
-            f'<td class="n">{_e(c)}</td>' if isinstance(c, int | float) or
-            (isinstance(c, str) and numeric and position >= numeric) else f"<td>{_e(c)}</td>"
-            for position, c in enumerate(row))
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    body = "".join(
+        "<tr>" + "".join(f'<td class="n">{_e(c)}</td>' if isinstance(c, int | float)
+                         else f"<td>{_e(c)}</td>" for c in row) + "</tr>"
+        for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _figure(ident: str, markup: str, caption: str) -> str:
@@ -318,9 +315,12 @@ def write_report_html(run_dir: str | Path) -> Path:
 
 def try_write_report_html(run_dir: str | Path) -> Path | None:
     """As :func:`write_report_html`, for the end of a run: a failure is logged, not raised
-    (``report.json`` is already written and stays the record of the run)."""
+    (``report.json`` is already written and stays the record of the run; the page is a view
+    of it, and ``gossipfl report DIR`` can write it again)."""
     try:
         return write_report_html(run_dir)
-    except (ReportError, OSError, ValueError) as error:
+    except (ReportError, OSError) as error:
         log.warning("report.html not written: %s", error)
-        return None
+    except Exception:  # a drawing failure must not turn a finished run into a traceback
+        log.exception("report.html not written")
+    return None
