@@ -137,8 +137,9 @@ def privacy_sentences(run: RunData) -> list[str]:
     dp = p.get("dp")
     if isinstance(dp, Mapping) and dp.get("enabled"):
         spent = [v for v in (p.get("epsilon") or {}).values() if isinstance(v, int | float)]
-        spent_text = (f"ε spent per node {min(spent):.3g}–{max(spent):.3g}" if spent else
-                      "ε spent not reported")
+        spent_text = ("ε spent not reported" if not spent else
+                      f"ε spent {spent[0]:.4g} by every node" if min(spent) == max(spent) else
+                      f"ε spent per node {min(spent):.4g}–{max(spent):.4g}")
         noise = "distributed noise" if dp.get("distributed") else "local noise"
         delta = p.get("delta") or dp.get("delta")
         out.append(f"Differential privacy on ({noise}), unit: {p.get('dp_unit') or dp.get('unit')}"
