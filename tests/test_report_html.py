@@ -294,3 +294,21 @@ def test_progress_counts_the_training_rounds_and_ends_full() -> None:
     assert progress_total(30, 34, False) == 35  # consensus rounds: one more than done
     assert progress_total(30, 38, True) == 38  # finished early: the bar is full
     assert progress_total(30, 0, True) == 1
+
+
+def test_the_progress_display_ends_full_when_consensus_comes_early() -> None:
+    from types import SimpleNamespace
+
+    from gossipfl.scenario.progress import Progress
+
+    nodes = [SimpleNamespace(index=i, peer_id="12D3KooWabcdef", last_accuracy=0.9,
+                             phase="consensus", exit_code=None, killed_at=None, restart_at=None,
+                             last_round=37) for i in range(2)]
+    with Progress(nodes, 30, quiet=False) as progress:  # type: ignore[arg-type]
+        progress.update()
+        tasks = progress._progress.tasks
+        assert [(t.completed, t.total) for t in tasks] == [(38, 39), (38, 39)]
+        nodes[0].exit_code = 0  # node 0 finished after 38 rounds (30 + 8 of up to 60)
+        progress.update()
+        assert [(t.completed, t.total) for t in tasks] == [(38, 38), (38, 39)]
+    assert all(t.completed == t.total for t in tasks)  # the run is over: every bar full
