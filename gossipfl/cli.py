@@ -64,6 +64,12 @@ def _simulate_parser(sub: Any) -> None:
                         "then repeats exactly); default: the wall time it took here")
 
 
+def _report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="(re)write DIR/report.html from a run's report.json and "
+                                      "metrics files")
+    p.add_argument("directory", help="the run folder (holding report.json)")
+
+
 def _federation_parser(sub: Any) -> None:
     p = sub.add_parser("federation", help="make a federation key, admit and revoke members")
     verbs = p.add_subparsers(dest="verb", required=True)
@@ -224,14 +230,28 @@ def simulate_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def report_command(args: argparse.Namespace) -> int:
+    from gossipfl.report import ReportError, write_report_html
+
+    try:
+        path = write_report_html(args.directory)
+    except (ReportError, OSError) as error:
+        print(f"gossipfl report: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gossipfl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _node_parser(sub)
     _run_parser(sub)
     _simulate_parser(sub)
+    _report_parser(sub)
     _federation_parser(sub)
     args = parser.parse_args(argv)
     commands = {"node": node_command, "run": run_command, "simulate": simulate_command,
+                "report": report_command,
                 "federation": federation_command, "identity": identity_command}
     return commands[args.command](args)

@@ -386,5 +386,6 @@ def test_gossipfl_simulate_applies_a_scenarios_faults(tmp_path: Path,
     assert report["simulated"] is True and not report["timed_out"]
     assert [n["status"] for n in report["nodes"]] == ["killed", "done", "done"]
     assert report["nodes"][0]["rounds_completed"] == 2
+    assert 'id="fig-accuracy"' in (out / "report.html").read_text()  # and the page
     assert main(args) == 2
     assert "already holds a run" in capsys.readouterr().err

@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from gossipfl.config import ConfigError, NodeConfig, SecurityConfig, dump_toml, to_dict
 from gossipfl.crypto.admission import admit_identity, init_federation
@@ -40,6 +39,7 @@ from gossipfl.scenario.netns import (
 )
 from gossipfl.scenario.network import PartitionSchedule, ScenarioNetwork
 from gossipfl.scenario.process import ForkedProcess, NodeProcess
+from gossipfl.scenario.progress import Progress
 from gossipfl.scenario.report import build_report, print_summary
 from gossipfl.scenario.soak import Soak
 
@@ -229,50 +229,6 @@ def stop_all(nodes: list[NodeProcess]) -> None:
             node.process.wait()
 
 
-class Progress:
-    """A rich progress display of every node's round and accuracy (or nothing, when quiet)."""
-
-    def __init__(self, nodes: list[NodeProcess], total_rounds: int, quiet: bool) -> None:
-        self.nodes = nodes
-        self.quiet = quiet
-        self._progress: Any = None
-        self._tasks: dict[int, Any] = {}
-        if quiet:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import Progress as RichProgress
-
-        self._progress = RichProgress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-        )
-        for node in nodes:
-            self._tasks[node.index] = self._progress.add_task(
-                f"node {node.index:2d} {node.peer_id[-6:]}", total=total_rounds, status="starting"
-            )
-
-    def __enter__(self) -> Progress:
-        if self._progress:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress:
-            self.update()
-            self._progress.stop()
-
-    def update(self) -> None:
-        if not self._progress:
-            return
-        for node in self.nodes:
-            acc = "" if node.last_accuracy is None else f"acc {node.last_accuracy:.3f}"
-            state = node.phase
-            if node.exit_code is not None:
-                state = "killed" if node.killed_at else f"exit {node.exit_code}"
-            self._progress.update(self._tasks[node.index], completed=node.last_round + 1,
-                                  status=f"{state} {acc}")
-
-
 def resolve_faults(scenario: ScenarioConfig) -> list[FaultConfig]:
     """The scenario's faults, with random rounds (``at_round = -1``) drawn from its seed.
 
@@ -350,8 +306,7 @@ def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool,
             nodes[join.node].standby = start_node(nodes[join.node], standby=True,
                                                   timeout=scenario.timeout)
     deadline = time.monotonic() + scenario.timeout
-    total = scenario.rounds + scenario.protocol.max_consensus_rounds
-    with Progress(nodes, total, quiet) as progress:
+    with Progress(nodes, scenario.rounds, quiet) as progress:
         while time.monotonic() < deadline:
             for node in nodes:
                 node.poll_metrics()
@@ -491,6 +446,10 @@ def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *,
     if not quiet:
         print_summary(report)
     print(f"report: {out_dir / 'report.json'}")
+    from gossipfl.report.html import try_write_report_html  # matplotlib: only now
+
+    if (page := try_write_report_html(out_dir)) is not None:
+        print(f"report: {page}")
     survivors_ok = all(n.exit_code == 0 for n in nodes if n.killed_at is None)
     return 0 if finished and survivors_ok else 1
 

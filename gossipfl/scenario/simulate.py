@@ -415,6 +415,10 @@ def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet:
     if not quiet:
         print_summary(report)
     print(f"report: {out_dir / 'report.json'}")
+    from gossipfl.report.html import try_write_report_html  # matplotlib: only now
+
+    if (page := try_write_report_html(out_dir)) is not None:
+        print(f"report: {page}")
     if report["timed_out"]:
         print(f"gossipfl simulate: scenario timed out after {scenario.timeout:.0f} virtual s",
               file=sys.stderr)
