@@ -1,0 +1,191 @@
+"""Live metrics (gossipfl.node.prom): a node's registry shows its last metrics.jsonl record,
+registries of nodes in one process are apart, ports are checked, a busy port is logged."""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import types
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from gossipfl.cli import main
+from gossipfl.config import ConfigError, NodeConfig
+from gossipfl.gossip.codes import NodeStatus
+from gossipfl.node.prom import METRIC_NAMES, MetricsServer, NodeMetrics
+from gossipfl.node.runtime import Node
+from gossipfl.scenario.config import ScenarioConfig
+
+PEER = "12D3KooWTestPeer"
+LABELS = {"node": "4", "peer_id": PEER}
+
+RECORD: dict[str, Any] = {
+    "round": 7, "phase": "train", "train_loss": 0.31, "test_loss": 0.42, "test_accuracy": 0.875,
+    "disagreement": 0.0123, "degree": 3, "neighbours": ["a", "b", "c"],
+    "bytes_sent": 1000, "bytes_received": 2000, "messages_sent": 11, "messages_received": 12,
+    "rejected": {"stale": 2, "not_member": 5}, "timeouts": 4, "peak_rss_bytes": 123_456_789,
+    "epsilon": 1.25,
+}
+
+#: metric → the value RECORD gives it (every listed metric but the phase and the live RSS)
+EXPECTED = {
+    "gossipfl_round": 7.0, "gossipfl_train_loss": 0.31, "gossipfl_test_loss": 0.42,
+    "gossipfl_test_accuracy": 0.875, "gossipfl_disagreement": 0.0123,
+    "gossipfl_neighbours": 3.0, "gossipfl_bytes_sent_total": 1000.0,
+    "gossipfl_bytes_received_total": 2000.0, "gossipfl_messages_sent_total": 11.0,
+    "gossipfl_messages_received_total": 12.0, "gossipfl_timeouts_total": 4.0,
+    "gossipfl_peak_rss_bytes": 123_456_789.0, "gossipfl_epsilon": 1.25,
+}
+
+
+def value(metrics: NodeMetrics, name: str, **extra: str) -> float | None:
+    return metrics.registry.get_sample_value(name, {**LABELS, **extra})
+
+
+def test_a_record_sets_every_metric() -> None:
+    metrics = NodeMetrics(4, PEER, dp=True)
+    metrics.update(RECORD)
+    metrics.set_phase(NodeStatus.TRAINING)
+    for name, expected in EXPECTED.items():
+        assert value(metrics, name) == pytest.approx(expected), name
+    assert value(metrics, "gossipfl_rejections_total", reason="stale") == 2.0
+    assert value(metrics, "gossipfl_rejections_total", reason="not_member") == 5.0
+    assert value(metrics, "gossipfl_phase", phase="training") == 1.0
+    assert value(metrics, "gossipfl_phase", phase="joining") == 0.0
+    assert sum(value(metrics, "gossipfl_phase", phase=s.value) for s in NodeStatus) == 1.0
+    rss = value(metrics, "gossipfl_rss_bytes")
+    assert rss is not None and rss > 1_000_000  # this process's resident set, live
+    # every name the module lists has a sample for this node
+    found = {s.name for family in metrics.registry.collect() for s in family.samples
+             if s.labels["node"] == "4" and s.labels["peer_id"] == PEER}
+    assert set(METRIC_NAMES) <= found
+
+
+def test_unmeasured_values_keep_the_last_one_and_totals_follow_the_record() -> None:
+    metrics = NodeMetrics(4, PEER, dp=True)
+    metrics.update(RECORD)
+    later = {**RECORD, "round": 8, "phase": "consensus", "train_loss": None,
+             "test_loss": None, "test_accuracy": None, "disagreement": None,
+             "bytes_sent": 1500, "rejected": {"stale": 3}}
+    del later["epsilon"]  # a consensus round's record has none
+    metrics.update(later)
+    assert value(metrics, "gossipfl_round") == 8.0
+    assert value(metrics, "gossipfl_test_accuracy") == 0.875  # last evaluated
+    assert value(metrics, "gossipfl_train_loss") == pytest.approx(0.31)
+    assert value(metrics, "gossipfl_epsilon") == 1.25
+    assert value(metrics, "gossipfl_disagreement") == math.inf  # no neighbour estimate held
+    assert value(metrics, "gossipfl_bytes_sent_total") == 1500.0
+    assert value(metrics, "gossipfl_rejections_total", reason="stale") == 3.0
+
+
+def test_before_the_first_round_and_without_dp() -> None:
+    metrics = NodeMetrics(4, PEER)
+    assert value(metrics, "gossipfl_round") == -1.0
+    assert value(metrics, "gossipfl_bytes_sent_total") == 0.0
+    accuracy = value(metrics, "gossipfl_test_accuracy")
+    assert accuracy is not None and math.isnan(accuracy)
+    assert value(metrics, "gossipfl_phase", phase="joining") == 1.0
+    metrics.update(RECORD)
+    assert value(metrics, "gossipfl_epsilon") is None  # DP off: no ε metric at all
+
+
+def test_two_nodes_in_one_process_do_not_share_state() -> None:
+    first, second = NodeMetrics(0, "peerA"), NodeMetrics(1, "peerB")
+    first.update(RECORD)
+    first.set_phase(NodeStatus.DONE)
+    assert second.registry.get_sample_value(
+        "gossipfl_round", {"node": "1", "peer_id": "peerB"}) == -1.0
+    assert second.registry.get_sample_value(
+        "gossipfl_phase", {"node": "1", "peer_id": "peerB", "phase": "joining"}) == 1.0
+    assert second.registry.get_sample_value(
+        "gossipfl_round", {"node": "0", "peer_id": "peerA"}) is None
+    assert first.registry.get_sample_value(
+        "gossipfl_round", {"node": "0", "peer_id": "peerA"}) == 7.0
+    # nothing in the process-wide default registry
+    assert REGISTRY.get_sample_value("gossipfl_round", {"node": "0", "peer_id": "peerA"}) is None
+
+
+def test_the_node_feeds_its_metrics_from_its_record_and_status() -> None:
+    # Node.write_metrics and the status setter, on a stand-in with just what they touch
+    fake = types.SimpleNamespace(history=[], out=None, prom=NodeMetrics(4, PEER))
+
+    class Out:
+        def __truediv__(self, name: str) -> str:
+            return "/dev/null"
+
+    fake.out = Out()
+    Node.write_metrics(fake, RECORD)  # type: ignore[arg-type]
+    Node.status.fset(fake, "consensus")  # type: ignore[attr-defined]
+    assert fake.history == [RECORD]
+    assert value(fake.prom, "gossipfl_round") == 7.0
+    assert value(fake.prom, "gossipfl_phase", phase="consensus") == 1.0
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 100_000])
+def test_a_bad_port_is_a_clear_config_error(port: int) -> None:
+    with pytest.raises(ConfigError, match=r"metrics_port must be 0 .off. or a TCP port 1-65535"):
+        NodeConfig(metrics_port=port)
+    with pytest.raises(ConfigError, match="metrics_port"):
+        MetricsServer(NodeMetrics(0, "p"), port)
+
+
+def test_a_bad_address_and_a_base_port_too_high_are_refused() -> None:
+    with pytest.raises(ConfigError, match="metrics_addr must be an IP address"):
+        NodeConfig(metrics_port=9100, metrics_addr="localhost:80")
+    assert ScenarioConfig(nodes=3, metrics_port=65533).metrics_port == 65533
+    with pytest.raises(ConfigError, match=r"metrics_port \+ i, so it must be 0 .off. or 1-65533"):
+        ScenarioConfig(nodes=3, metrics_port=65534)
+
+
+def test_the_cli_refuses_a_bad_port_in_one_line(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["node", "--metrics-port", "70000", "--out", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err
+    assert "metrics_port must be 0 (off) or a TCP port 1-65535" in err
+    assert len(err.strip().splitlines()) == 1
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "x"\nnodes = 4\n')
+    assert main(["run", str(scenario), "--out", str(tmp_path / "o"), "--quiet",
+                 "--metrics-port", "65534"]) == 2
+    assert "1-65532 for 4 nodes" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was made
+
+
+def test_a_busy_port_is_logged_and_the_node_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with caplog.at_level(logging.ERROR, logger="gossipfl.node"), \
+                MetricsServer(NodeMetrics(0, "p"), port) as server:
+            server.started()  # what Node.run calls once it listens: never raises
+            assert server.server is None
+    assert f"metrics: cannot serve on 127.0.0.1 port {port}" in caplog.text
+    assert "the node runs on without metrics" in caplog.text
+
+
+def test_the_server_serves_the_registry_and_stops() -> None:
+    metrics = NodeMetrics(4, PEER)
+    metrics.update(RECORD)
+    with MetricsServer(metrics, 0) as off:
+        off.started()
+        assert off.server is None  # port 0: off
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with MetricsServer(metrics, port) as server:
+        server.started()
+        assert server.server is not None
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+    assert f'gossipfl_round{{node="4",peer_id="{PEER}"}} 7.0' in text
+    assert 'gossipfl_rejections_total{node="4",peer_id="' in text
+    with pytest.raises(urllib.error.URLError):  # closed with the block
+        urllib.request.urlopen(url, timeout=2)
