@@ -189,3 +189,127 @@ def test_the_server_serves_the_registry_and_stops() -> None:
     assert 'gossipfl_rejections_total{node="4",peer_id="' in text
     with pytest.raises(urllib.error.URLError):  # closed with the block
         urllib.request.urlopen(url, timeout=2)
+
+
+# -- end to end: real node processes, scraped over loopback during the run ---------------------
+
+def free_base_port(count: int) -> int:
+    """A base port below the kernel's usual ephemeral range with ``count`` free ports from it
+    (bounded tries; a port could still be taken after the check, which the run would log)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 30_000)
+        sockets = []
+        try:
+            for offset in range(count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free run of ports found")
+
+
+def scrape(port: int) -> dict[str, list[Any]]:
+    """Metric family name → its samples, from one node's /metrics (empty if not served)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except (OSError, urllib.error.URLError):
+        return {}
+    families: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        # a counter family is named without _total, its samples with it
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        families.setdefault(name, []).extend(family.samples)
+    return families
+
+
+@pytest.mark.e2e
+def test_a_run_serves_every_metric_for_every_node(tmp_path: Path) -> None:
+    import json
+    import threading
+    import time
+
+    from e2e_scenarios import BASE
+
+    nodes = 3
+    text = BASE.format(name="e2eprom", nodes=nodes, rounds=30, topology="full", degree=2,
+                       round_timeout=10.0)
+    text += '\n[privacy]\nenabled = true\nunit = "node"\ntarget_epsilon = 100.0\n'
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(text)
+    base = free_base_port(nodes)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["code"] = main(["run", str(scenario), "--out", str(tmp_path / "out"), "--quiet",
+                               "--no-centralised", "--metrics-port", str(base)])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    seen: dict[int, dict[str, list[Any]]] = {}
+    deadline = time.monotonic() + 120
+    while len(seen) < nodes and time.monotonic() < deadline and thread.is_alive():
+        for index in set(range(nodes)) - set(seen):
+            families = scrape(base + index)
+            rounds = families.get("gossipfl_round", [])
+            if rounds and rounds[0].value >= 1:
+                seen[index] = families
+        time.sleep(0.2)
+    thread.join(timeout=240)
+    assert not thread.is_alive()
+    assert result["code"] == 0, result
+    assert sorted(seen) == list(range(nodes)), "not every node was scraped at round >= 1"
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    for index, families in seen.items():
+        entry = report["nodes"][index]
+        labels = {"node": str(index), "peer_id": entry["peer_id"]}
+        for name in METRIC_NAMES:
+            assert name in families, (index, name)
+            if name == "gossipfl_rejections_total":  # a reason appears once counted
+                assert all(s.labels.items() >= labels.items() for s in families[name])
+                continue
+            mine = [s for s in families[name] if s.labels.items() >= labels.items()]
+            assert mine, (index, name)
+        one = {name: next(s for s in families[name] if s.labels.items() >= labels.items()).value
+               for name in METRIC_NAMES if name not in ("gossipfl_phase",
+                                                        "gossipfl_rejections_total")}
+        assert one["gossipfl_neighbours"] == 2
+        assert one["gossipfl_bytes_sent_total"] > 0 and one["gossipfl_epsilon"] > 0
+        assert 0 <= one["gossipfl_test_accuracy"] <= 1
+        assert one["gossipfl_rss_bytes"] > 0 and one["gossipfl_peak_rss_bytes"] > 0
+        phase = {s.labels["phase"]: s.value for s in families["gossipfl_phase"]}
+        assert sum(phase.values()) == 1 and phase["training"] + phase["consensus"] == 1
+        # the same values as the metrics.jsonl line of that round (one source of truth)
+        node_dir = tmp_path / "out" / "nodes" / f"node-{index:02d}"
+        lines = [json.loads(line) for line in
+                 (node_dir / "metrics.jsonl").read_text().splitlines()]
+        line = next(r for r in lines if r["round"] == one["gossipfl_round"])
+        assert line["bytes_sent"] == one["gossipfl_bytes_sent_total"]
+        assert line["messages_received"] == one["gossipfl_messages_received_total"]
+        assert line["epsilon"] == pytest.approx(one["gossipfl_epsilon"])
+        log = (node_dir / "node.log").read_text()
+        assert f"serving Prometheus metrics at http://127.0.0.1:{base + index}/metrics" in log
+    # each server closed with its node
+    assert all(scrape(base + index) == {} for index in range(nodes))
+
+
+def test_simulate_says_it_serves_no_metrics(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from sim_scenarios import scenario_text
+
+    scenario = tmp_path / "s.toml"
+    scenario.write_text("metrics_port = 9100\n" + scenario_text(name="simprom", nodes=2,
+                                                                  rounds=1, degree=1))
+    assert main(["simulate", str(scenario), "--out", str(tmp_path / "o"), "--quiet",
+                 "--no-centralised", "--epoch-seconds", "0.2"]) == 0
+    assert "metrics_port is ignored" in capsys.readouterr().err
