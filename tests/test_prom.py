@@ -313,3 +313,29 @@ def test_simulate_says_it_serves_no_metrics(tmp_path: Path,
     assert main(["simulate", str(scenario), "--out", str(tmp_path / "o"), "--quiet",
                  "--no-centralised", "--epoch-seconds", "0.2"]) == 0
     assert "metrics_port is ignored" in capsys.readouterr().err
+
+
+def test_flags_and_the_runner_give_each_node_its_port(tmp_path: Path) -> None:
+    import argparse
+
+    from gossipfl.cli import _node_overrides
+    from gossipfl.config import from_dict, load_toml
+    from gossipfl.scenario.runner import prepare_nodes
+
+    flags = {name: None for name in ("listen", "bootstrap", "key_file", "federation",
+                                     "node_index", "node_count", "rounds", "expect", "out",
+                                     "dataset", "data_path", "partition", "model")}
+    overrides = _node_overrides(argparse.Namespace(**flags, metrics_port=9100,
+                                                   metrics_addr="::1"))
+    config = from_dict(NodeConfig, overrides)
+    assert (config.metrics_port, config.metrics_addr) == (9100, "::1")
+    assert NodeConfig().metrics_port == 0  # off by default
+
+    scenario = ScenarioConfig(nodes=3, metrics_port=9100)
+    nodes = prepare_nodes(scenario, tmp_path, ports=[4001, 4002, 4003])
+    assert [n.config.metrics_port for n in nodes] == [9100, 9101, 9102]
+    written = [from_dict(NodeConfig, load_toml(tmp_path / "nodes" / f"node-0{i}" / "node.toml"))
+               for i in range(3)]  # what a forked, spawned or restarted node reads
+    assert [c.metrics_port for c in written] == [9100, 9101, 9102]
+    off = prepare_nodes(ScenarioConfig(nodes=2), tmp_path / "off", ports=[4001, 4002])
+    assert [n.config.metrics_port for n in off] == [0, 0]
