@@ -339,3 +339,37 @@ def test_flags_and_the_runner_give_each_node_its_port(tmp_path: Path) -> None:
     assert [c.metrics_port for c in written] == [9100, 9101, 9102]
     off = prepare_nodes(ScenarioConfig(nodes=2), tmp_path / "off", ports=[4001, 4002])
     assert [n.config.metrics_port for n in off] == [0, 0]
+
+
+def test_simulated_nodes_show_their_last_record(tmp_path: Path) -> None:
+    # the real Node (write_metrics, its status) on the simulator: each node's registry ends
+    # with its last metrics.jsonl line, ε included, and the phase done
+    import json
+
+    from sim_scenarios import scenario_text
+
+    from gossipfl.config import from_dict, load_toml
+    from gossipfl.scenario.observed import observe_scenario
+
+    path = tmp_path / "s.toml"
+    path.write_text(scenario_text(name="promsim", nodes=3, rounds=2, degree=2)
+                    + '\n[privacy]\nenabled = true\nunit = "node"\ntarget_epsilon = 100.0\n')
+    sim = observe_scenario(from_dict(ScenarioConfig, load_toml(path)), tmp_path / "out",
+                           keep_vectors=False, key_seed=3)
+    for index, node in sim.nodes.items():
+        lines = (tmp_path / "out" / "nodes" / f"node-{index:02d}" / "metrics.jsonl"
+                 ).read_text().splitlines()
+        last = json.loads(lines[-1])
+        labels = {"node": str(index), "peer_id": node.peer_id}
+
+        def sample(name: str, labels: dict[str, str] = labels,
+                   node: Any = node) -> float | None:
+            return node.prom.registry.get_sample_value(name, labels)
+
+        assert sample("gossipfl_round") == last["round"] >= 2
+        assert sample("gossipfl_bytes_sent_total") == last["bytes_sent"] > 0
+        assert sample("gossipfl_neighbours") == last["degree"] == 2
+        assert sample("gossipfl_test_accuracy") == pytest.approx(last["test_accuracy"])
+        assert sample("gossipfl_epsilon") == pytest.approx(node.budget.epsilon())
+        assert node.budget.epsilon() > 0
+        assert sample("gossipfl_phase", {**labels, "phase": "done"}) == 1.0

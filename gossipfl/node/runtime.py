@@ -255,6 +255,8 @@ class Node:
                         self, functools.partial(state_sync.on_state_request, self),
                         members_only=True))
                 resume.restore(self)
+                if self.budget is not None:  # live metrics: the ε spent before a restart
+                    self.prom.update({"epsilon": self.budget.epsilon()})
                 await membership_loop.join(self)
                 await links.form_links(self)
                 if self.resumed_from is not None or self.joined_late:
