@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from gossipfl.cli import main
 from gossipfl.config import ConfigError, NodeConfig
 from gossipfl.gossip.codes import NodeStatus
-from gossipfl.node.prom import METRIC_NAMES, MetricsServer, NodeMetrics
+from gossipfl.node.prom import METRIC_NAMES, PHASES, MetricsServer, NodeMetrics
 from gossipfl.node.runtime import Node
 from gossipfl.scenario.config import ScenarioConfig
 
@@ -58,7 +58,8 @@ def test_a_record_sets_every_metric() -> None:
     assert value(metrics, "gossipfl_rejections_total", reason="not_member") == 5.0
     assert value(metrics, "gossipfl_phase", phase="training") == 1.0
     assert value(metrics, "gossipfl_phase", phase="joining") == 0.0
-    assert sum(value(metrics, "gossipfl_phase", phase=s.value) for s in NodeStatus) == 1.0
+    assert sum(value(metrics, "gossipfl_phase", phase=s.value) or 0 for s in PHASES) == 1.0
+    assert value(metrics, "gossipfl_phase", phase="failed") is None  # never a running node's
     rss = value(metrics, "gossipfl_rss_bytes")
     assert rss is not None and rss > 1_000_000  # this process's resident set, live
     # every name the module lists has a sample for this node

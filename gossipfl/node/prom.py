@@ -53,6 +53,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "gossipfl_messages_received": ("messages_received", "frames received"),
     "gossipfl_timeouts": ("timeouts", "neighbour waits that ran out"),
 }
+#: the phases shown (``failed`` is only a process's exit status, never a running node's)
+PHASES = tuple(s for s in NodeStatus if s is not NodeStatus.FAILED)
 EPSILON = "gossipfl_epsilon"
 PHASE = "gossipfl_phase"
 REJECTIONS = "gossipfl_rejections"
@@ -127,7 +129,7 @@ class NodeMetrics:
             yield epsilon
         phases = GaugeMetricFamily(PHASE, "1 for the node's current phase, 0 for the others",
                                    labels=(*LABELS, "phase"))
-        for state in NodeStatus:
+        for state in PHASES:
             phases.add_metric([*labels, state.value], float(state is phase))
         yield phases
         rejections = CounterMetricFamily(REJECTIONS, "inputs dropped, by reason (a reason "
@@ -189,4 +191,4 @@ class MetricsServer:
         self.close()
 
 
-__all__ = ["METRIC_NAMES", "MetricsServer", "NodeMetrics", "current_rss_bytes"]
+__all__ = ["METRIC_NAMES", "PHASES", "MetricsServer", "NodeMetrics", "current_rss_bytes"]
