@@ -37,6 +37,9 @@ def _node_parser(sub: Any) -> None:
     p.add_argument("--start-timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     p.add_argument("--threads", action="store_true",
                    help="let XLA use all cores (default: one thread, for many nodes per machine)")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port (0: off, the default)")
+    p.add_argument("--metrics-addr", help="the metrics server's address (default 127.0.0.1)")
 
 
 def _run_parser(sub: Any) -> None:
@@ -49,6 +52,8 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--spawn", action="store_true",
                    help="start each node as a fresh interpreter instead of forking them from "
                         "one launcher that imports once")
+    p.add_argument("--metrics-port", type=int, metavar="BASE",
+                   help="node i serves Prometheus metrics on 127.0.0.1:BASE+i (0: off)")
 
 
 def _simulate_parser(sub: Any) -> None:
@@ -147,7 +152,8 @@ def _node_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "listen": args.listen, "bootstrap": args.bootstrap, "key_file": args.key_file,
         "federation": args.federation, "node_index": args.node_index,
         "node_count": args.node_count, "rounds": args.rounds, "expected_members": args.expect,
-        "out_dir": args.out,
+        "out_dir": args.out, "metrics_port": args.metrics_port,
+        "metrics_addr": args.metrics_addr,
     }
     overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     data = {"dataset": args.dataset, "path": args.data_path, "partition": args.partition}
@@ -211,7 +217,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         return run_scenario(args.scenario, out=args.out, quiet=args.quiet,
-                            centralised=not args.no_centralised, spawn=args.spawn)
+                            centralised=not args.no_centralised, spawn=args.spawn,
+                            metrics=args.metrics_port)
     except (ConfigError, OSError) as error:
         print(f"gossipfl run: {error}", file=sys.stderr)
         return 2

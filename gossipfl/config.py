@@ -7,6 +7,7 @@ errors, so a typo in a TOML file never silently falls back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -417,8 +418,11 @@ class NodeConfig:
     # peer id → multiaddr to dial that peer through (a relay): a routed peer is dialled there
     # only, never at the addresses it advertises
     routes: dict[str, str] = field(default_factory=dict, hash=False)
+    metrics_port: int = 0  # Prometheus metrics served at metrics_addr:metrics_port (0: off)
+    metrics_addr: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
+        check_metrics(self.metrics_port, self.metrics_addr)
         for peer, route in self.routes.items():
             _check_route(peer, route)
         _require(not (self.secagg.enabled and self.protocol.mode is Mode.ASYNC),
@@ -441,6 +445,16 @@ class NodeConfig:
         _require(self.rounds >= 0, "rounds must be >= 0")
         _require(self.settle_seconds > 0, "settle_seconds must be positive")
         _require(self.slowdown >= 1.0, "slowdown must be at least 1")
+
+
+def check_metrics(port: int, addr: str = "127.0.0.1") -> None:
+    """The metrics server's port (0: off, else 1-65535) and address (an IP address)."""
+    _require(not isinstance(port, bool) and isinstance(port, int) and 0 <= port <= 65535,
+             f"metrics_port must be 0 (off) or a TCP port 1-65535, got {port!r}")
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        raise ConfigError(f"metrics_addr must be an IP address, got {addr!r}") from None
 
 
 _BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")

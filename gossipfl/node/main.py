@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -91,9 +92,13 @@ def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
     except SecurityError as error:
         log.error("%s", error)
         return 2
+    from gossipfl.node.prom import MetricsServer
+
     status = NodeStatus.STOPPED
+    # metrics_port: served from the moment the node listens (task_status.started) to its exit
     try:
-        status = NodeStatus(trio.run(node.run))
+        with MetricsServer(node.prom, config.metrics_port, config.metrics_addr) as metrics:
+            status = NodeStatus(trio.run(functools.partial(node.run, task_status=metrics)))
     except* NodeError as group:  # raised inside the node's nursery, so it comes grouped
         for error in group.exceptions:
             log.error("%s", error)

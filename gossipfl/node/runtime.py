@@ -57,6 +57,7 @@ from gossipfl.node.membership_loop import (
     HEARTBEAT_FANOUT,
     PROTO_MEMBERSHIP,
 )
+from gossipfl.node.prom import NodeMetrics
 from gossipfl.node.round import run_rounds
 from gossipfl.node.secure_round import (
     PROTO_CONSISTENCY,
@@ -126,6 +127,7 @@ class Node:
         self.stamp_seq = 0
         self.own_stamp = b""
         self.traffic = Traffic()
+        self.prom = NodeMetrics(config.node_index, self.peer_id, dp=config.privacy.enabled)
         self.rejections: Counter[str] = Counter()
         self.timeouts = 0
         self.layout = Layout.from_named(named_arrays(learner.template))
@@ -219,6 +221,7 @@ class Node:
     @status.setter
     def status(self, value: NodeStatus | str) -> None:
         self._status = NodeStatus(value)  # a plain string is parsed (ValueError if unknown)
+        self.prom.set_phase(self._status)  # live metrics show it at once
 
     @property
     def contribution_protocol(self) -> str:
@@ -261,6 +264,8 @@ class Node:
                         self, functools.partial(state_sync.on_state_request, self),
                         members_only=True))
                 resume.restore(self)
+                if self.budget is not None:  # live metrics: the ε spent before a restart
+                    self.prom.update({"epsilon": self.budget.epsilon()})
                 await membership_loop.join(self)
                 await links.form_links(self)
                 if self.resumed_from is not None or self.joined_late:
@@ -434,6 +439,7 @@ class Node:
 
     def write_metrics(self, record: dict[str, Any]) -> None:
         self.history.append(record)
+        self.prom.update(record)  # live metrics (gossipfl.node.prom) show the same record
         with open(self.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 

@@ -333,8 +333,13 @@ class ScenarioConfig:
     churn: ChurnConfig | None = None  # recurring random faults (a soak)
     rss_sample_seconds: float = 1.0  # how often the runner samples each node's resident set
     namespaces: NamespacesConfig = field(default_factory=NamespacesConfig)
+    metrics_port: int = 0  # node i serves Prometheus metrics on port metrics_port + i (0: off)
 
     def __post_init__(self) -> None:
+        if self.metrics_port and not 1 <= self.metrics_port <= 65536 - self.nodes:
+            raise ConfigError(f"metrics_port {self.metrics_port}: node i serves on "
+                              f"metrics_port + i, so it must be 0 (off) or 1-{65536 - self.nodes}"
+                              f" for {self.nodes} nodes")
         if self.nodes < 2:
             raise ConfigError("nodes must be at least 2")
         if self.rounds < 1:
@@ -440,5 +445,9 @@ class ScenarioConfig:
         return self.federation or self.name
 
 
-def load_scenario(path: str | Path) -> ScenarioConfig:
-    return from_dict(ScenarioConfig, load_toml(path))
+def load_scenario(path: str | Path, metrics_port: int | None = None) -> ScenarioConfig:
+    """The scenario in the TOML file ``path``; ``metrics_port`` (if given) replaces its own."""
+    data = load_toml(path)
+    if metrics_port is not None:
+        data["metrics_port"] = metrics_port
+    return from_dict(ScenarioConfig, data)

@@ -143,7 +143,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path,
             secagg=scenario.secagg, robust=scenario.robust, compression=scenario.compression,
             adversary=node_adversary(scenario, index, peer_ids, node_dir.parent / "collusion"),
             slowdown=max([s.factor for s in scenario.slow if s.node == index], default=1.0),
-            routes=routes,
+            routes=routes, metrics_port=scenario.metrics_port and scenario.metrics_port + index,
         )
         (node_dir / "node.toml").write_text(dump_toml(to_dict(config)))
         addrs.append(f"{listen}/p2p/{identity.peer_id}")
@@ -367,13 +367,13 @@ def run_folder(path: str | Path, scenario: ScenarioConfig, out: str | Path | Non
 
 
 def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool = False,
-                 centralised: bool = True, spawn: bool = False) -> int:
+                 centralised: bool = True, spawn: bool = False, metrics: int | None = None) -> int:
     """Run a scenario file end to end; returns 0 when every surviving node finished.
 
     Nodes are forked from one launcher process (shared imports) unless ``spawn`` asks for a
-    fresh interpreter per node.
+    fresh interpreter per node. ``metrics``: a base port, node i serves metrics on it + i.
     """
-    scenario = load_scenario(path)
+    scenario = load_scenario(path, metrics)
     spaces = scenario.namespaces
     if spaces.enabled:  # refuse before making anything
         check_rights(**needs(scenario))

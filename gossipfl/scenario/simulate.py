@@ -410,6 +410,9 @@ def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet:
                       centralised: bool = True, epoch_seconds: float | None = None) -> int:
     """Simulate a scenario file; returns 0 when every node that was not killed finished."""
     scenario = load_scenario(path)
+    if scenario.metrics_port:
+        print("gossipfl simulate: metrics_port is ignored (nodes in one process serve no "
+              "metrics; gossipfl run does)", file=sys.stderr)
     out_dir = run_folder(path, scenario, out, "sim")
     report = simulate(scenario, out_dir, centralised=centralised, epoch_seconds=epoch_seconds)
     if not quiet:
