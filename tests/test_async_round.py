@@ -42,6 +42,7 @@ class FakeNode:
     status: str = "training"
     round: int = -1
     timeouts: int = 0
+    reported_examples: int = 0  # unweighted mixing
 
     @property
     def protocol(self) -> ProtocolConfig:

@@ -13,6 +13,7 @@ import functools
 import io
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import matplotlib
@@ -227,7 +228,9 @@ def round_time_parts(run: RunData) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         used = used + np.nan_to_num(matrix)
         parts[label] = matrix
     parts["rest"] = np.where(np.isnan(total), np.nan, np.clip(total - used, 0.0, None))
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        # a round no node timed (all NaN) has no mean: NaN, drawn as 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
         means = {label: (np.nanmean(m, axis=0) if m.size else m.reshape(-1))
                  for label, m in parts.items()}
     return rounds, {k: np.nan_to_num(v) for k, v in means.items()}
