@@ -68,10 +68,12 @@ class ModelConstants:
     train_dispatch_seconds: float = 4.0e-3  # handing training to the worker thread and back
     join_intervals: float = 2.0  # heartbeat intervals until the membership is complete
     join_pair_cpu_seconds: float = 8.0e-3  # a pair of members meeting: dial, Noise, checks
-    exit_seconds: float = 0.5  # final writes and the runner noticing the exits
+    exit_seconds: float = 0.5  # the runner noticing the exits
+    exit_cpu_seconds: float = 0.08  # each node's final writes (final.npz, summary, report)
     answer_seconds: float = 0.055  # a heartbeat cycle's wait for answers, per process a core
     state_copies: int = 6  # model-sized vectors a node holds besides its neighbours'
-    runtime_rss_bytes: int = 12 * 2**20  # a running node beyond the calibration process
+    runtime_rss_bytes: int = 12 * 2**20  # a running node (host, trio, threads) beyond the
+    # calibration's node child
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,8 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
     joining = pairs * k.join_pair_cpu_seconds / cores_left
     start_up = (cal.import_seconds + cal.compile_seconds + joining
                 + k.join_intervals * protocol.heartbeat_interval)
-    finish = LINGER_INTERVALS * protocol.heartbeat_interval + k.exit_seconds
+    finish = (LINGER_INTERVALS * protocol.heartbeat_interval + k.exit_seconds
+              + n * k.exit_cpu_seconds / cores_left)
     rounds_seconds = (round_first + (training - 1) * round_train
                       + consensus * round_consensus)
     wall = start_up + rounds_seconds + finish
