@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from gossipfl.cli import main
-from gossipfl.scenario.calibrate import Calibration, SecAggBytes, calibrate, scenario_degree
+from gossipfl.scenario.calibrate import (
+    Calibration,
+    SecAggBytes,
+    calibrate,
+    other_load,
+    scenario_degree,
+)
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
 from gossipfl.scenario.estimate import (
     GraphFigures,
@@ -24,6 +30,7 @@ from gossipfl.scenario.estimate import (
     graph_figures,
     heartbeat_targets,
     mixing_rho,
+    node_cores,
     secagg_bytes,
 )
 from gossipfl.scenario.graphs import ScenarioTopology
@@ -50,7 +57,8 @@ BARE = ModelConstants(final_disagreement=1e-2, frame_cpu_seconds=0.0, stream_cpu
 
 def calibration(**changes: object) -> Calibration:
     base = Calibration(
-        cores=2, parameters=100, examples=(10, 10, 10), steps=(4, 4, 4), test_examples=10,
+        cores=2, other_load=0.0, parameters=100, examples=(10, 10, 10), steps=(4, 4, 4),
+        test_examples=10,
         import_seconds=0.0, compile_seconds=0.0, node_first_seconds=0.0, train_seconds=0.1,
         eval_seconds=0.0, full_bytes=1000, delta_bytes=400, ack_bytes=50, heartbeat_bytes=0,
         link_bytes=0, message_cpu_seconds=0.0, heartbeat_cpu_seconds=0.0, secagg=None,
@@ -135,6 +143,18 @@ def test_contention_scales_training_and_rounds() -> None:
     assert at(2) == pytest.approx((0.1, 0.1))
     assert at(8) == pytest.approx((0.4, 0.4))
     assert at(16) == pytest.approx((0.8, 0.8))
+
+
+def test_other_work_on_the_machine_takes_its_share() -> None:
+    assert other_load(2, 1.0) == 0.0 and other_load(2, 0.5) == pytest.approx(3.0)
+    assert node_cores(2, 8, 0.0) == 2.0 and node_cores(2, 8, 8.0) == pytest.approx(1.0)
+    graph = GraphFigures((2,) * 8, 2, 0.25)
+    cal = calibration(examples=(10,) * 8, steps=(4,) * 8, other_load=8.0)
+    busy = estimate(scenario(nodes=8), cal, BARE, graph)
+    idle = estimate(scenario(nodes=8), cal, BARE, graph, idle=True)
+    # 8 other runnable processes: the 8 nodes get half the machine, rounds take twice as long
+    assert busy.nodes[0].round_seconds == pytest.approx(2 * idle.nodes[0].round_seconds)
+    assert busy.wall_seconds > idle.wall_seconds
 
 
 def test_wall_time_adds_start_up_rounds_and_finish() -> None:

@@ -58,6 +58,8 @@ from gossipfl.scenario.config import ScenarioConfig
 
 #: Timed repetitions of the steady training round and of the message codec.
 TRAIN_REPEATS = 3
+PROBE_SECONDS = 0.3  # each of the two probes of how busy the machine is
+FULL_SHARE = 0.95  # a busy loop getting this much of a core: the machine has room
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Calibration:
     """What the calibration measured (seconds: CPU seconds of this machine, one core)."""
 
     cores: int
+    other_load: float  # runnable processes of other work, from the probes' share of a core
     parameters: int
     examples: tuple[int, ...]  # training examples per node (the scenario's partition)
     steps: tuple[int, ...]  # minibatch steps per node in a training round
@@ -180,6 +183,26 @@ def _learning(scenario: ScenarioConfig, cache: str | None) -> dict[str, Any]:
     }
 
 
+def cpu_share(seconds: float = PROBE_SECONDS) -> float:
+    """The share of a core a busy loop gets here now (CPU seconds over wall seconds): 1 on a
+    machine with a core to spare, less when other work keeps every core busy."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall < seconds:
+        sum(range(1000))
+    return min(1.0, (time.process_time() - cpu) / max(1e-9, time.perf_counter() - wall))
+
+
+def other_load(cores: int, share: float) -> float:
+    """Runnable processes besides ours that a busy loop's ``share`` of a core implies: with L
+    of them on C cores a busy process gets C / (L + 1) of a core once L + 1 > C; a full core
+    says there is room (taken as none).
+
+    >>> other_load(2, 1.0), other_load(2, 0.5)
+    (0.0, 3.0)
+    """
+    return 0.0 if share >= FULL_SHARE else max(0.0, cores / max(share, 1e-3) - 1.0)
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set, as a node reports its own."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -237,6 +260,7 @@ def calibrate(scenario: ScenarioConfig, *, isolated: bool = True) -> Calibration
     from it like a node and reports its peak RSS; this process must not have started JAX.
     Otherwise (tests) everything runs here, without a cache."""
     start = time.perf_counter()
+    shares = [cpu_share()]
     import_seconds = _import_node_modules(scenario, fresh=isolated)
     if isolated:
         with tempfile.TemporaryDirectory(prefix="gossipfl-calibrate-") as cache:
@@ -252,8 +276,11 @@ def calibrate(scenario: ScenarioConfig, *, isolated: bool = True) -> Calibration
     secure = (secagg_frames(scenario, int(warm["parameters"]), scenario_degree(scenario))
               if scenario.secagg.enabled else None)
     batch, epochs = scenario.train.batch_size, scenario.train.local_epochs
+    shares.append(cpu_share())
+    cores = os.cpu_count() or 1
     return Calibration(
-        cores=os.cpu_count() or 1, parameters=int(warm["parameters"]),
+        cores=cores, other_load=other_load(cores, sum(shares) / len(shares)),
+        parameters=int(warm["parameters"]),
         examples=tuple(warm["examples"]),
         steps=tuple(epochs * -(-e // batch) for e in warm["examples"]),
         test_examples=int(warm["test_examples"]), import_seconds=import_seconds,
@@ -268,4 +295,4 @@ def calibrate(scenario: ScenarioConfig, *, isolated: bool = True) -> Calibration
 
 
 __all__ = ["Calibration", "CalibrationError", "SecAggBytes", "calibrate", "in_child",
-           "node_config", "peak_rss_bytes", "scenario_degree"]
+           "node_config", "other_load", "peak_rss_bytes", "scenario_degree"]

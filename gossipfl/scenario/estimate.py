@@ -23,7 +23,8 @@ symmetric).
 examples), the evaluation, the codec and crypto of each contribution (calibrated) plus a
 transport cost per frame (libp2p, Noise, yamux, trio: a constant measured from runs) and a
 fixed cost per round (the checkpoint, the metrics line). N node processes share the machine's
-cores, and heartbeats take their share first, so a synchronous round lasts the larger of the
+cores (with L other runnable processes found by the calibration, N / (N + L) of them), and
+heartbeats take their share first, so a synchronous round lasts the larger of the
 slowest node's CPU and the sum over the nodes over the cores left. Wall time: start-up (the
 launcher's imports, the warm-up compilation, each node's start, membership forming) + the
 rounds + the lingering (two heartbeat intervals) and exit.
@@ -206,10 +207,23 @@ def frames_per_round(degree: int, secure: bool) -> int:
     return degree * (12 if secure else 4)
 
 
+def node_cores(cores: int, nodes: int, other: float) -> float:
+    """The cores N node processes get on a machine with ``other`` runnable processes besides
+    them: all of them when there is room, else their share, N / (N + other).
+
+    >>> node_cores(2, 8, 0.0), node_cores(2, 8, 2.0), node_cores(4, 1, 2.0)
+    (2.0, 1.6, 4.0)
+    """
+    if nodes + other <= cores:
+        return float(cores)
+    return cores * nodes / (nodes + other)
+
+
 def estimate(scenario: ScenarioConfig, cal: Calibration,
              constants: ModelConstants = ModelConstants(),
-             graph: GraphFigures | None = None) -> Estimate:
-    """Per-node resource figures for ``scenario`` on the calibrated machine."""
+             graph: GraphFigures | None = None, *, idle: bool = False) -> Estimate:
+    """Per-node resource figures for ``scenario`` on the calibrated machine, busy as the
+    calibration found it (``idle``: with nothing else running)."""
     k = constants
     graph = graph if graph is not None else graph_figures(scenario)
     n, protocol, secure = scenario.nodes, scenario.protocol, cal.secagg is not None
@@ -218,7 +232,9 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
         graph, protocol.consensus_tolerance, protocol.max_consensus_rounds,
         k.secagg_final_disagreement if secure else k.final_disagreement)
     rounds = training + consensus
-    cores = max(1, cal.cores)
+    other = 0.0 if idle else cal.other_load
+    cores = node_cores(max(1, cal.cores), n, other)
+    alone = min(1.0, cal.cores / (1.0 + other))  # the share of a core one process gets
 
     # heartbeats: a cycle every interval plus the wait for the answers (longer the more
     # processes share a core); each exchange opens a stream and carries two heartbeats
@@ -243,14 +259,14 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
 
     pairs = n * min(n - 1, JOIN_PEERS)  # members meeting each other while joining
     joining = pairs * k.join_pair_cpu_seconds / cores_left
-    start_up = (cal.import_seconds + cal.compile_seconds + joining
+    start_up = ((cal.import_seconds + cal.compile_seconds) / alone + joining
                 + k.join_intervals * protocol.heartbeat_interval)
     finish = (LINGER_INTERVALS * protocol.heartbeat_interval + k.exit_seconds
               + n * k.exit_cpu_seconds / cores_left)
     rounds_seconds = (round_first + (training - 1) * round_train
                       + consensus * round_consensus)
     wall = start_up + rounds_seconds + finish
-    cycles = (wall - cal.import_seconds - cal.compile_seconds) / cycle  # a node's life
+    cycles = (wall - (cal.import_seconds + cal.compile_seconds) / alone) / cycle  # node's life
 
     vector = 4 * cal.parameters
     nodes = []
@@ -267,7 +283,8 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
             peak_rss_bytes=int(cal.base_rss_bytes + k.runtime_rss_bytes + state),
             bytes_sent=total, bytes_received=total))
     terms = {
-        "cores": float(cores), "cores_left": cores_left, "heartbeat_load": heartbeat_load,
+        "cores": float(cores), "other_load": other, "cores_left": cores_left,
+        "heartbeat_load": heartbeat_load,
         "contention": contention, "rho": graph.rho, "horizon": float(graph.diameter_plus_one),
         "joining_seconds": joining, "start_up_seconds": start_up,
         "import_seconds": cal.import_seconds,
@@ -285,7 +302,8 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
 def _toy() -> Calibration:
     """A small calibration for the doctests."""
     return Calibration(
-        cores=2, parameters=100, examples=(10, 20, 30), steps=(1, 1, 1), test_examples=10,
+        cores=2, other_load=0.0, parameters=100, examples=(10, 20, 30), steps=(1, 1, 1),
+        test_examples=10,
         import_seconds=1.0, compile_seconds=2.0, node_first_seconds=0.5, train_seconds=0.1,
         eval_seconds=0.01, full_bytes=1000, delta_bytes=400,
         ack_bytes=50, heartbeat_bytes=300, link_bytes=100, message_cpu_seconds=0.001,
@@ -295,4 +313,4 @@ def _toy() -> Calibration:
 
 __all__ = ["Estimate", "GraphFigures", "ModelConstants", "NodeEstimate", "consensus_rounds",
            "contribution_bytes", "estimate", "graph_figures", "heartbeat_targets",
-           "mixing_rho", "secagg_bytes"]
+           "mixing_rho", "node_cores", "secagg_bytes"]

@@ -54,12 +54,13 @@ def print_estimate(estimate: Estimate, calibration: Calibration) -> None:
         f"calibrated in {calibration.calibration_seconds:.1f} s on {calibration.cores} cores: "
         f"{calibration.parameters} parameters, training round {calibration.train_seconds:.4f} s "
         f"(node 0), contribution frame {calibration.delta_bytes} B, heartbeat "
-        f"{calibration.heartbeat_bytes} B; start-up {t['start_up_seconds']:.1f} s, "
+        f"{calibration.heartbeat_bytes} B; other work here: {t['other_load']:.1f} runnable "
+        f"processes; start-up {t['start_up_seconds']:.1f} s, "
         f"{t['cores_left']:.2f} cores left after heartbeats, ρ {t['rho']:.3f}, "
         f"horizon {t['horizon']:.0f}")
 
 
-def run_estimate(path: str, *, as_json: bool) -> int:
+def run_estimate(path: str, *, as_json: bool, idle: bool = False) -> int:
     """Load, calibrate, estimate, print; ConfigError and OSError are the caller's to report."""
     from gossipfl.scenario.calibrate import calibrate
     from gossipfl.scenario.config import load_scenario
@@ -67,7 +68,7 @@ def run_estimate(path: str, *, as_json: bool) -> int:
 
     scenario = load_scenario(path)
     calibration = calibrate(scenario)
-    result = estimate(scenario, calibration)
+    result = estimate(scenario, calibration, idle=idle)
     if as_json:
         json.dump(estimate_dict(result, calibration), sys.stdout, indent=1)
         print()
