@@ -150,8 +150,8 @@ def test_other_work_on_the_machine_takes_its_share() -> None:
     assert node_cores(2, 8, 0.0) == 2.0 and node_cores(2, 8, 8.0) == pytest.approx(1.0)
     graph = GraphFigures((2,) * 8, 2, 0.25)
     cal = calibration(examples=(10,) * 8, steps=(4,) * 8, other_load=8.0)
-    busy = estimate(scenario(nodes=8), cal, BARE, graph)
-    idle = estimate(scenario(nodes=8), cal, BARE, graph, idle=True)
+    busy = estimate(scenario(nodes=8), cal, BARE, graph, busy=True)
+    idle = estimate(scenario(nodes=8), cal, BARE, graph)
     # 8 other runnable processes: the 8 nodes get half the machine, rounds take twice as long
     assert busy.nodes[0].round_seconds == pytest.approx(2 * idle.nodes[0].round_seconds)
     assert busy.wall_seconds > idle.wall_seconds

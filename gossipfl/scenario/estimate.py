@@ -23,8 +23,8 @@ symmetric).
 examples), the evaluation, the codec and crypto of each contribution (calibrated) plus a
 transport cost per frame (libp2p, Noise, yamux, trio: a constant measured from runs) and a
 fixed cost per round (the checkpoint, the metrics line). N node processes share the machine's
-cores (with L other runnable processes found by the calibration, N / (N + L) of them), and
-heartbeats take their share first, so a synchronous round lasts the larger of the
+cores (asked to, with the L other runnable processes the calibration found, N / (N + L) of
+them), and heartbeats take their share first, so a synchronous round lasts the larger of the
 slowest node's CPU and the sum over the nodes over the cores left. Wall time: start-up (the
 launcher's imports, the warm-up compilation, each node's start, membership forming) + the
 rounds + the lingering (two heartbeat intervals) and exit.
@@ -63,15 +63,15 @@ class ModelConstants:
     final_disagreement: float = 3e-2  # d0: a neighbourhood's relative disagreement at the
     # end of training (the largest, as the settling rule needs every neighbour within reach)
     secagg_final_disagreement: float = 5e-3  # the same to the neighbourhood's mean (secagg)
-    frame_cpu_seconds: float = 3.0e-4  # transport CPU per frame sent or received
-    stream_cpu_seconds: float = 5.0e-3  # a heartbeat exchange's stream: open, Noise, yamux
-    round_cpu_seconds: float = 9.0e-3  # per node per round: checkpoint, metrics, scheduling
-    train_dispatch_seconds: float = 4.0e-3  # handing training to the worker thread and back
+    frame_cpu_seconds: float = 3.8e-4  # transport CPU per frame sent or received
+    stream_cpu_seconds: float = 6.0e-3  # a heartbeat exchange's stream: open, Noise, yamux
+    round_cpu_seconds: float = 1.0e-2  # per node per round: checkpoint, metrics, scheduling
+    train_dispatch_seconds: float = 1.0e-3  # handing training to the worker thread and back
     join_intervals: float = 2.0  # heartbeat intervals until the membership is complete
-    join_pair_cpu_seconds: float = 8.0e-3  # a pair of members meeting: dial, Noise, checks
+    join_pair_cpu_seconds: float = 2.0e-2  # a pair of members meeting: dial, Noise, checks
     exit_seconds: float = 0.5  # the runner noticing the exits
-    exit_cpu_seconds: float = 0.08  # each node's final writes (final.npz, summary, report)
-    answer_seconds: float = 0.055  # a heartbeat cycle's wait for answers, per process a core
+    exit_cpu_seconds: float = 0.05  # each node's final writes (final.npz, summary, report)
+    answer_seconds: float = 0.06  # a heartbeat cycle's wait for answers, per process a core
     state_copies: int = 6  # model-sized vectors a node holds besides its neighbours'
     runtime_rss_bytes: int = 12 * 2**20  # a running node (host, trio, threads) beyond the
     # calibration's node child
@@ -221,9 +221,9 @@ def node_cores(cores: int, nodes: int, other: float) -> float:
 
 def estimate(scenario: ScenarioConfig, cal: Calibration,
              constants: ModelConstants = ModelConstants(),
-             graph: GraphFigures | None = None, *, idle: bool = False) -> Estimate:
-    """Per-node resource figures for ``scenario`` on the calibrated machine, busy as the
-    calibration found it (``idle``: with nothing else running)."""
+             graph: GraphFigures | None = None, *, busy: bool = False) -> Estimate:
+    """Per-node resource figures for ``scenario`` on the calibrated machine with nothing else
+    running (``busy``: with the other work the calibration found taking its share)."""
     k = constants
     graph = graph if graph is not None else graph_figures(scenario)
     n, protocol, secure = scenario.nodes, scenario.protocol, cal.secagg is not None
@@ -232,7 +232,7 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
         graph, protocol.consensus_tolerance, protocol.max_consensus_rounds,
         k.secagg_final_disagreement if secure else k.final_disagreement)
     rounds = training + consensus
-    other = 0.0 if idle else cal.other_load
+    other = cal.other_load if busy else 0.0
     cores = node_cores(max(1, cal.cores), n, other)
     alone = min(1.0, cal.cores / (1.0 + other))  # the share of a core one process gets
 

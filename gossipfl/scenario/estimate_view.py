@@ -32,7 +32,7 @@ def estimate_dict(estimate: Estimate, calibration: Calibration) -> dict[str, Any
     }
 
 
-def print_estimate(estimate: Estimate, calibration: Calibration) -> None:
+def print_estimate(estimate: Estimate, calibration: Calibration, *, busy: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -54,13 +54,14 @@ def print_estimate(estimate: Estimate, calibration: Calibration) -> None:
         f"calibrated in {calibration.calibration_seconds:.1f} s on {calibration.cores} cores: "
         f"{calibration.parameters} parameters, training round {calibration.train_seconds:.4f} s "
         f"(node 0), contribution frame {calibration.delta_bytes} B, heartbeat "
-        f"{calibration.heartbeat_bytes} B; other work here: {t['other_load']:.1f} runnable "
-        f"processes; start-up {t['start_up_seconds']:.1f} s, "
+        f"{calibration.heartbeat_bytes} B; other work here: {calibration.other_load:.1f} "
+        f"runnable processes ({'counted' if busy else 'left out; --busy counts it'}); "
+        f"start-up {t['start_up_seconds']:.1f} s, "
         f"{t['cores_left']:.2f} cores left after heartbeats, ρ {t['rho']:.3f}, "
         f"horizon {t['horizon']:.0f}")
 
 
-def run_estimate(path: str, *, as_json: bool, idle: bool = False) -> int:
+def run_estimate(path: str, *, as_json: bool, busy: bool = False) -> int:
     """Load, calibrate, estimate, print; ConfigError and OSError are the caller's to report."""
     from gossipfl.scenario.calibrate import calibrate
     from gossipfl.scenario.config import load_scenario
@@ -68,12 +69,12 @@ def run_estimate(path: str, *, as_json: bool, idle: bool = False) -> int:
 
     scenario = load_scenario(path)
     calibration = calibrate(scenario)
-    result = estimate(scenario, calibration, idle=idle)
+    result = estimate(scenario, calibration, busy=busy)
     if as_json:
         json.dump(estimate_dict(result, calibration), sys.stdout, indent=1)
         print()
     else:
-        print_estimate(result, calibration)
+        print_estimate(result, calibration, busy=busy)
     return 0
 
 
