@@ -76,6 +76,7 @@ def compare(name: str, estimate: dict[str, Any], report: dict[str, Any],
             load: tuple[float, float] | None) -> list[float]:
     est, got = figures_of_estimate(estimate), figures_of_report(report)
     where = "" if load is None else f" (load {load[0]:.1f} → {load[1]:.1f})"
+    where += f" [calibration probe: {estimate['calibration']['other_load']:.1f} other runnable]"
     print(f"\n{name}{where}")
     print(f"  {'figure':<24}{'estimate':>12}{'measured':>12}{'ratio':>8}")
     ratios = []
