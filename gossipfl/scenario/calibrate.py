@@ -58,8 +58,8 @@ from gossipfl.scenario.config import ScenarioConfig
 
 #: Timed repetitions of the steady training round and of the message codec.
 TRAIN_REPEATS = 3
-PROBE_SECONDS = 0.3  # each of the two probes of how busy the machine is
-FULL_SHARE = 0.95  # a busy loop getting this much of a core: the machine has room
+PROBE_SECONDS = 0.5  # each of the two probes of how busy the machine is
+FULL_SHARE = 0.95  # busy loops on every core getting this much of them: the machine is free
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Calibration:
     """What the calibration measured (seconds: CPU seconds of this machine, one core)."""
 
     cores: int
-    other_load: float  # runnable processes of other work, from the probes' share of a core
+    other_load: float  # runnable processes of other work, from the probes' machine share
     parameters: int
     examples: tuple[int, ...]  # training examples per node (the scenario's partition)
     steps: tuple[int, ...]  # minibatch steps per node in a training round
@@ -183,24 +183,43 @@ def _learning(scenario: ScenarioConfig, cache: str | None) -> dict[str, Any]:
     }
 
 
-def cpu_share(seconds: float = PROBE_SECONDS) -> float:
-    """The share of a core a busy loop gets here now (CPU seconds over wall seconds): 1 on a
-    machine with a core to spare, less when other work keeps every core busy."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    while time.perf_counter() - wall < seconds:
+def _busy(seconds: float) -> None:
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
         sum(range(1000))
-    return min(1.0, (time.process_time() - cpu) / max(1e-9, time.perf_counter() - wall))
+
+
+def machine_share(cores: int, seconds: float = PROBE_SECONDS) -> float:
+    """The share of the machine ``cores`` busy loops get here now (their CPU seconds over
+    ``cores`` × wall seconds): 1 on an idle machine, C / (C + L) with L other runnable
+    processes keeping the cores busy. This process loops as one of them, forked children as
+    the others."""
+    wall = time.perf_counter()
+    own, children = time.process_time(), _children_cpu()
+    pids = []
+    for _ in range(cores - 1):
+        pid = os.fork()
+        if pid == 0:  # a child: loop, leave
+            try:
+                _busy(seconds)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    _busy(seconds)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    cpu = time.process_time() - own + _children_cpu() - children
+    return min(1.0, cpu / max(1e-9, cores * (time.perf_counter() - wall)))
 
 
 def other_load(cores: int, share: float) -> float:
-    """Runnable processes besides ours that a busy loop's ``share`` of a core implies: with L
-    of them on C cores a busy process gets C / (L + 1) of a core once L + 1 > C; a full core
-    says there is room (taken as none).
+    """Runnable processes of other work that the machine ``share`` C busy loops got implies:
+    with L of them, C / (C + L); nearly all of it says the machine is free (none).
 
     >>> other_load(2, 1.0), other_load(2, 0.5)
-    (0.0, 3.0)
+    (0.0, 2.0)
     """
-    return 0.0 if share >= FULL_SHARE else max(0.0, cores / max(share, 1e-3) - 1.0)
+    return 0.0 if share >= FULL_SHARE else max(0.0, cores / max(share, 1e-3) - cores)
 
 
 def peak_rss_bytes() -> int:
@@ -260,7 +279,8 @@ def calibrate(scenario: ScenarioConfig, *, isolated: bool = True) -> Calibration
     from it like a node and reports its peak RSS; this process must not have started JAX.
     Otherwise (tests) everything runs here, without a cache."""
     start = time.perf_counter()
-    shares = [cpu_share()]
+    cores = os.cpu_count() or 1
+    shares = [machine_share(cores)] if isolated else [1.0]
     import_seconds = _import_node_modules(scenario, fresh=isolated)
     if isolated:
         with tempfile.TemporaryDirectory(prefix="gossipfl-calibrate-") as cache:
@@ -276,8 +296,8 @@ def calibrate(scenario: ScenarioConfig, *, isolated: bool = True) -> Calibration
     secure = (secagg_frames(scenario, int(warm["parameters"]), scenario_degree(scenario))
               if scenario.secagg.enabled else None)
     batch, epochs = scenario.train.batch_size, scenario.train.local_epochs
-    shares.append(cpu_share())
-    cores = os.cpu_count() or 1
+    if isolated:
+        shares.append(machine_share(cores))
     return Calibration(
         cores=cores, other_load=other_load(cores, sum(shares) / len(shares)),
         parameters=int(warm["parameters"]),
