@@ -7,8 +7,8 @@ Usage::
         [--runs K] [--out DIR] [--measured RUN_DIR]
 
 ``--measured RUN_DIR`` compares with a run already made (its report.json; one scenario) instead
-of running it. Each run is estimated just before it (its own calibration); ``wall_seconds_busy``
-is that estimate counting the other work the calibration found (``gossipfl estimate --busy``).
+of running it. Each run is estimated just before it (its own calibration, whose probe of
+the other work running is printed too).
 Each run's load (``os.getloadavg``) before and after is printed: the machine may be shared.
 Figures: wall seconds, the largest peak RSS, mean bytes sent and received per node, the
 largest bytes sent, total rounds.
@@ -50,23 +50,10 @@ def measured_run(scenario: str, out: Path) -> tuple[dict[str, Any], tuple[float,
     return json.loads((out / "report.json").read_text()), (before, after)
 
 
-def busy_wall(scenario: str, e: dict[str, Any]) -> float:
-    """The estimate's wall seconds counting the other work its calibration found (--busy)."""
-    from gossipfl.scenario.calibrate import Calibration, SecAggBytes
-    from gossipfl.scenario.config import load_scenario
-    from gossipfl.scenario.estimate import estimate
-
-    c = dict(e["calibration"])
-    c["secagg"] = SecAggBytes(**c["secagg"]) if c["secagg"] else None
-    c["examples"], c["steps"] = tuple(c["examples"]), tuple(c["steps"])
-    return estimate(load_scenario(scenario), Calibration(**c), busy=True).wall_seconds
-
-
-def figures_of_estimate(e: dict[str, Any], busy: float) -> dict[str, float]:
+def figures_of_estimate(e: dict[str, Any]) -> dict[str, float]:
     nodes = e["nodes"]
     return {
         "wall_seconds": e["wall_seconds"],
-        "wall_seconds_busy": busy,
         "max_peak_rss_MB": e["max_peak_rss_bytes"] / 2**20,
         "mean_bytes_sent_MB": statistics.fmean(n["bytes_sent"] for n in nodes) / 1e6,
         "mean_bytes_received_MB": statistics.fmean(n["bytes_received"] for n in nodes) / 1e6,
@@ -79,7 +66,6 @@ def figures_of_report(r: dict[str, Any]) -> dict[str, float]:
     nodes = r["nodes"]
     return {
         "wall_seconds": r["wall_seconds"],
-        "wall_seconds_busy": r["wall_seconds"],
         "max_peak_rss_MB": r["summary"]["max_peak_rss_bytes"] / 2**20,
         "mean_bytes_sent_MB": statistics.fmean(n["bytes_sent"] for n in nodes) / 1e6,
         "mean_bytes_received_MB": statistics.fmean(n["bytes_received"] for n in nodes) / 1e6,
@@ -88,10 +74,10 @@ def figures_of_report(r: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def compare(scenario: str, name: str, estimate: dict[str, Any], report: dict[str, Any],
+def compare(name: str, estimate: dict[str, Any], report: dict[str, Any],
             load: tuple[float, float] | None) -> list[float]:
     """Print estimate vs measured; returns the ratios of the default estimate's figures."""
-    est = figures_of_estimate(estimate, busy_wall(scenario, estimate))
+    est = figures_of_estimate(estimate)
     got = figures_of_report(report)
     where = "" if load is None else f" (load {load[0]:.1f} → {load[1]:.1f})"
     where += f" [calibration probe: {estimate['calibration']['other_load']:.1f} other runnable]"
@@ -100,7 +86,7 @@ def compare(scenario: str, name: str, estimate: dict[str, Any], report: dict[str
     ratios = []
     for key, value in est.items():
         ratio = value / got[key] if got[key] else float("inf")
-        if key not in ("total_rounds", "wall_seconds_busy"):
+        if key != "total_rounds":
             ratios.append(ratio)
         flag = "" if abs(ratio - 1) <= BAR else "  outside 25 %"
         print(f"  {key:<24}{value:>12.2f}{got[key]:>12.2f}{ratio:>8.2f}{flag}")
@@ -125,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.measured:
                 estimate = estimated(scenario)
                 report = json.loads((Path(args.measured) / "report.json").read_text())
-                ratios = compare(scenario, Path(scenario).stem, estimate, report, None)
+                ratios = compare(Path(scenario).stem, estimate, report, None)
                 worst = max([worst, *(max(r, 1 / r) for r in ratios)])
                 continue
             for run in range(args.runs):
                 estimate = estimated(scenario)  # each run its own calibration, just before it
                 out = base / f"{Path(scenario).stem}-{run}"
                 report, load = measured_run(scenario, out)
-                ratios = compare(scenario, f"{Path(scenario).stem} run {run + 1}", estimate,
+                ratios = compare(f"{Path(scenario).stem} run {run + 1}", estimate,
                                  report, load)
                 worst = max([worst, *(max(r, 1 / r) for r in ratios)])
     print(f"\nworst ratio (either way): {worst:.2f}")

@@ -70,9 +70,6 @@ def _estimate_parser(sub: Any) -> None:
                                         "calibration on this machine")
     p.add_argument("scenario", help="scenario TOML file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--busy", action="store_true",
-                   help="count the other work the calibration finds running here (default: "
-                        "estimate for this machine with nothing else running)")
 
 
 def _federation_parser(sub: Any) -> None:
@@ -243,7 +240,7 @@ def estimate_command(args: argparse.Namespace) -> int:
     from gossipfl.scenario.estimate_view import run_estimate
 
     try:
-        return run_estimate(args.scenario, as_json=args.json, busy=args.busy)
+        return run_estimate(args.scenario, as_json=args.json)
     except (ConfigError, CalibrationError, OSError) as error:
         print(f"gossipfl estimate: {error}", file=sys.stderr)
         return 2

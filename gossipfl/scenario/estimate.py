@@ -23,8 +23,7 @@ symmetric).
 examples), the evaluation, the codec and crypto of each contribution (calibrated) plus a
 transport cost per frame (libp2p, Noise, yamux, trio: a constant measured from runs) and a
 fixed cost per round (the checkpoint, the metrics line). N node processes share the machine's
-cores (asked to, with the L other runnable processes the calibration found, N / (N + L) of
-them), and heartbeats take their share first, so a synchronous round lasts the larger of the
+cores, and heartbeats take their share first, so a synchronous round lasts the larger of the
 slowest node's CPU and the sum over the nodes over the cores left. Wall time: start-up (the
 launcher's imports, the warm-up compilation, each node's start, membership forming) + the
 rounds + the lingering (two heartbeat intervals) and exit.
@@ -207,23 +206,11 @@ def frames_per_round(degree: int, secure: bool) -> int:
     return degree * (12 if secure else 4)
 
 
-def node_cores(cores: int, nodes: int, other: float) -> float:
-    """The cores N node processes get on a machine with ``other`` runnable processes besides
-    them: all of them when there is room, else their share, N / (N + other).
-
-    >>> node_cores(2, 8, 0.0), node_cores(2, 8, 2.0), node_cores(4, 1, 2.0)
-    (2.0, 1.6, 4.0)
-    """
-    if nodes + other <= cores:
-        return float(cores)
-    return cores * nodes / (nodes + other)
-
-
 def estimate(scenario: ScenarioConfig, cal: Calibration,
              constants: ModelConstants = ModelConstants(),
-             graph: GraphFigures | None = None, *, busy: bool = False) -> Estimate:
-    """Per-node resource figures for ``scenario`` on the calibrated machine with nothing else
-    running (``busy``: with the other work the calibration found taking its share)."""
+             graph: GraphFigures | None = None) -> Estimate:
+    """Per-node resource figures for ``scenario`` on the calibrated machine (its cores, with
+    nothing else running)."""
     k = constants
     graph = graph if graph is not None else graph_figures(scenario)
     n, protocol, secure = scenario.nodes, scenario.protocol, cal.secagg is not None
@@ -232,9 +219,7 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
         graph, protocol.consensus_tolerance, protocol.max_consensus_rounds,
         k.secagg_final_disagreement if secure else k.final_disagreement)
     rounds = training + consensus
-    other = cal.other_load if busy else 0.0
-    cores = node_cores(max(1, cal.cores), n, other)
-    alone = min(1.0, cal.cores / (1.0 + other))  # the share of a core one process gets
+    cores = max(1, cal.cores)
 
     # heartbeats: a cycle every interval plus the wait for the answers (longer the more
     # processes share a core); each exchange opens a stream and carries two heartbeats
@@ -259,14 +244,14 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
 
     pairs = n * min(n - 1, JOIN_PEERS)  # members meeting each other while joining
     joining = pairs * k.join_pair_cpu_seconds / cores_left
-    start_up = ((cal.import_seconds + cal.compile_seconds) / alone + joining
+    start_up = (cal.import_seconds + cal.compile_seconds + joining
                 + k.join_intervals * protocol.heartbeat_interval)
     finish = (LINGER_INTERVALS * protocol.heartbeat_interval + k.exit_seconds
               + n * k.exit_cpu_seconds / cores_left)
     rounds_seconds = (round_first + (training - 1) * round_train
                       + consensus * round_consensus)
     wall = start_up + rounds_seconds + finish
-    cycles = (wall - (cal.import_seconds + cal.compile_seconds) / alone) / cycle  # node's life
+    cycles = (wall - cal.import_seconds - cal.compile_seconds) / cycle  # a node's life
 
     vector = 4 * cal.parameters
     nodes = []
@@ -283,7 +268,7 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
             peak_rss_bytes=int(cal.base_rss_bytes + k.runtime_rss_bytes + state),
             bytes_sent=total, bytes_received=total))
     terms = {
-        "cores": float(cores), "other_load": other, "cores_left": cores_left,
+        "cores": float(cores), "cores_left": cores_left,
         "heartbeat_load": heartbeat_load,
         "contention": contention, "rho": graph.rho, "horizon": float(graph.diameter_plus_one),
         "joining_seconds": joining, "start_up_seconds": start_up,
@@ -313,4 +298,4 @@ def _toy() -> Calibration:
 
 __all__ = ["Estimate", "GraphFigures", "ModelConstants", "NodeEstimate", "consensus_rounds",
            "contribution_bytes", "estimate", "graph_figures", "heartbeat_targets",
-           "mixing_rho", "node_cores", "secagg_bytes"]
+           "mixing_rho", "secagg_bytes"]

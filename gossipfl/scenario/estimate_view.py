@@ -32,7 +32,7 @@ def estimate_dict(estimate: Estimate, calibration: Calibration) -> dict[str, Any
     }
 
 
-def print_estimate(estimate: Estimate, calibration: Calibration, *, busy: bool = False) -> None:
+def print_estimate(estimate: Estimate, calibration: Calibration) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -54,14 +54,13 @@ def print_estimate(estimate: Estimate, calibration: Calibration, *, busy: bool =
         f"calibrated in {calibration.calibration_seconds:.1f} s on {calibration.cores} cores: "
         f"{calibration.parameters} parameters, training round {calibration.train_seconds:.4f} s "
         f"(node 0), contribution frame {calibration.delta_bytes} B, heartbeat "
-        f"{calibration.heartbeat_bytes} B; other work here: {calibration.other_load:.1f} "
-        f"runnable processes ({'counted' if busy else 'left out; --busy counts it'}); "
-        f"start-up {t['start_up_seconds']:.1f} s, "
+        f"{calibration.heartbeat_bytes} B; start-up {t['start_up_seconds']:.1f} s, "
         f"{t['cores_left']:.2f} cores left after heartbeats, ρ {t['rho']:.3f}, "
-        f"horizon {t['horizon']:.0f}")
+        f"horizon {t['horizon']:.0f}. Estimated for this machine with nothing else running; "
+        f"other work found running now: {calibration.other_load:.1f} runnable processes.")
 
 
-def run_estimate(path: str, *, as_json: bool, busy: bool = False) -> int:
+def run_estimate(path: str, *, as_json: bool) -> int:
     """Load, calibrate, estimate, print; ConfigError and OSError are the caller's to report."""
     from gossipfl.scenario.calibrate import calibrate
     from gossipfl.scenario.config import load_scenario
@@ -69,12 +68,12 @@ def run_estimate(path: str, *, as_json: bool, busy: bool = False) -> int:
 
     scenario = load_scenario(path)
     calibration = calibrate(scenario)
-    result = estimate(scenario, calibration, busy=busy)
+    result = estimate(scenario, calibration)
     if as_json:
         json.dump(estimate_dict(result, calibration), sys.stdout, indent=1)
         print()
     else:
-        print_estimate(result, calibration, busy=busy)
+        print_estimate(result, calibration)
     return 0
 
 
