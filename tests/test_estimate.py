@@ -48,7 +48,8 @@ kind = "ring"
 """
 
 # no heartbeat, transport or round costs: only what a test sets
-BARE = ModelConstants(final_disagreement=1e-2, frame_cpu_seconds=0.0, stream_cpu_seconds=0.0,
+BARE = ModelConstants(final_disagreement=1e-2, frame_cpu_seconds=0.0, byte_cpu_seconds=0.0,
+                      stream_cpu_seconds=0.0,
                       round_cpu_seconds=0.0, train_dispatch_seconds=0.0,
                       join_pair_cpu_seconds=0.0, exit_seconds=0.0, exit_cpu_seconds=0.0,
                       answer_seconds=0.0)

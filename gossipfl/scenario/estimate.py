@@ -62,7 +62,8 @@ class ModelConstants:
     final_disagreement: float = 5e-2  # d0: a neighbourhood's relative disagreement at the
     # end of training (the largest, as the settling rule needs every neighbour within reach)
     secagg_final_disagreement: float = 5e-3  # the same to the neighbourhood's mean (secagg)
-    frame_cpu_seconds: float = 5.5e-4  # transport CPU per frame sent or received
+    frame_cpu_seconds: float = 1.0e-4  # transport CPU per frame sent or received
+    byte_cpu_seconds: float = 2.4e-8  # and per byte (Noise, yamux: about 40 MB/s)
     stream_cpu_seconds: float = 5.5e-3  # a heartbeat exchange's stream: open, Noise, yamux
     round_cpu_seconds: float = 8.0e-3  # per node per round: checkpoint, metrics, scheduling
     train_dispatch_seconds: float = 1.0e-3  # handing training to the worker thread and back
@@ -200,6 +201,16 @@ def secagg_bytes(cal: Calibration, degree: int, rounds: int) -> int:
     return degree * ((rounds + 1) * (s.masked_input + cal.ack_bytes) + rounds * per_round)
 
 
+def round_bytes(cal: Calibration, degree: int) -> int:
+    """One direction of a node's traffic in one round (as :func:`contribution_bytes` and
+    :func:`secagg_bytes` count it, without the first and the last frames)."""
+    if cal.secagg is None:
+        return degree * (cal.delta_bytes + cal.ack_bytes)
+    s = cal.secagg
+    return degree * (s.masked_input + cal.ack_bytes + s.consistency_request
+                     + s.consistency_response + s.unmask_request + s.unmask_response)
+
+
 def frames_per_round(degree: int, secure: bool) -> int:
     """Frames a node sends and receives in one round: per neighbour its contribution and the
     ack, theirs and our ack; with secure aggregation also both ends of two requests each way."""
@@ -231,8 +242,9 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
 
     # CPU a node spends in a round, without and with training
     eval_share = 1.0 / max(1, scenario.train.eval_every)
-    message_cpu = cal.message_cpu_seconds + (2 * cal.secagg.cpu_seconds if secure else 0.0)
+    message_cpu = cal.message_cpu_seconds + (cal.secagg.cpu_seconds if secure else 0.0)
     exchange = [d * message_cpu + frames_per_round(d, secure) * k.frame_cpu_seconds
+                + 2 * round_bytes(cal, d) * k.byte_cpu_seconds
                 + eval_share * cal.eval_seconds + k.round_cpu_seconds for d in graph.degrees]
     train = [cal.train_seconds_for(i) + k.train_dispatch_seconds for i in range(n)]
     train_round = [t + x for t, x in zip(train, exchange, strict=True)]
@@ -298,4 +310,4 @@ def _toy() -> Calibration:
 
 __all__ = ["Estimate", "GraphFigures", "ModelConstants", "NodeEstimate", "consensus_rounds",
            "contribution_bytes", "estimate", "graph_figures", "heartbeat_targets",
-           "mixing_rho", "secagg_bytes"]
+           "mixing_rho", "round_bytes", "secagg_bytes"]
