@@ -75,6 +75,14 @@ def _report_parser(sub: Any) -> None:
     p.add_argument("directory", help="the run folder (holding report.json)")
 
 
+def _estimate_parser(sub: Any) -> None:
+    p = sub.add_parser("estimate", help="before running: what each node of a scenario will "
+                                        "need here (time, memory, bytes), from a short "
+                                        "calibration on this machine")
+    p.add_argument("scenario", help="scenario TOML file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def _federation_parser(sub: Any) -> None:
     p = sub.add_parser("federation", help="make a federation key, admit and revoke members")
     verbs = p.add_subparsers(dest="verb", required=True)
@@ -249,6 +257,20 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def estimate_command(args: argparse.Namespace) -> int:
+    os.environ.setdefault("XLA_FLAGS", NODE_THREAD_FLAGS)  # measured as a node runs
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from gossipfl.config import ConfigError
+    from gossipfl.scenario.calibrate import CalibrationError
+    from gossipfl.scenario.estimate_view import run_estimate
+
+    try:
+        return run_estimate(args.scenario, as_json=args.json)
+    except (ConfigError, CalibrationError, OSError) as error:
+        print(f"gossipfl estimate: {error}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gossipfl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -256,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     _simulate_parser(sub)
     _report_parser(sub)
+    _estimate_parser(sub)
     _federation_parser(sub)
     args = parser.parse_args(argv)
     commands = {"node": node_command, "run": run_command, "simulate": simulate_command,
-                "report": report_command,
+                "report": report_command, "estimate": estimate_command,
                 "federation": federation_command, "identity": identity_command}
     return commands[args.command](args)

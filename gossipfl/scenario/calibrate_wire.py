@@ -1,0 +1,276 @@
+"""The wire half of the calibration (:mod:`gossipfl.scenario.calibrate`): the bytes of real
+frames as a scenario sends them, built, sealed, framed, opened and decoded with the project's own
+wire and crypto code (keys made in memory), and the CPU that costs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gossipfl.scenario.config import ScenarioConfig
+
+CODEC_REPEATS = 5  # timed repetitions of each codec measurement (the least is kept)
+Names = list[tuple[str, tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class SecAggBytes:
+    """Frame bytes of one secure-aggregation exchange per neighbour (degree d): a sealed
+    masked input, the aggregator's consistency request and the signed response, its unmask
+    request (shares and threshold signatures) and the response (seed shares)."""
+
+    masked_input: int
+    consistency_request: int
+    consistency_response: int
+    unmask_request: int
+    unmask_response: int
+    cpu_seconds: float  # build + seal + open + decode one masked input (both ends)
+
+
+def timed(call: Callable[[], object]) -> float:
+    """CPU seconds ``call()`` took in this process (all its threads): on a shared machine,
+    what a node will ask of the cores, whatever else runs there now."""
+    start = time.process_time()
+    call()
+    return time.process_time() - start
+
+
+def best_time(call: Callable[[], object], repeats: int) -> float:
+    """The least of ``repeats`` timings: on a shared machine, the least disturbed."""
+    return min(timed(call) for _ in range(repeats))
+
+
+@dataclass(frozen=True)
+class _Member:
+    """An in-memory federation member: its signing key, peer id and X25519 keys."""
+
+    signing: object
+    peer_id: str
+    x_private: object
+    x_public: bytes
+
+
+def make_members(count: int) -> list[_Member]:
+    from nacl.public import PrivateKey
+    from nacl.signing import SigningKey
+
+    from gossipfl.crypto.admission import member_x25519_keypair, peer_id_of
+
+    members = []
+    for _ in range(count):
+        key = SigningKey.generate()
+        private, public = member_x25519_keypair(bytes(key))
+        members.append(_Member(key, peer_id_of(key.verify_key), PrivateKey(bytes(private)),
+                               public))
+    return members
+
+
+def contribution_frames(scenario: ScenarioConfig, names: Names, a: _Member,
+                         b: _Member) -> tuple[int, int, int, float]:
+    """(full frame bytes, delta frame bytes, ack bytes, CPU seconds per exchange)."""
+    from gossipfl.crypto.admission import verify_key_from_peer_id
+    from gossipfl.crypto.envelope import open_envelope, seal
+    from gossipfl.gossip.codes import AckCode
+    from gossipfl.gossip.wire import (
+        DEFAULT_MAX_PAYLOAD_BYTES,
+        Ack,
+        Contribution,
+        Sealed,
+        decode_body,
+        encode_body,
+        encode_frame,
+    )
+    from gossipfl.node.compression import compressor, to_packed
+    from gossipfl.node.layout import Layout
+
+    fed = scenario.federation_name
+    layout = Layout(tuple(n for n, _ in names), tuple(tuple(s) for _, s in names))
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal(layout.size).astype(np.float32)
+    delta = (rng.standard_normal(full.size) * 1e-2).astype(np.float32)
+    compress = compressor(scenario.compression, fed, a.peer_id, 1)
+    sealed = scenario.admission and scenario.encrypt_payloads
+    cap = max(DEFAULT_MAX_PAYLOAD_BYTES, scenario.protocol.max_payload_bytes)
+
+    def message(kind: str, array: np.ndarray) -> Contribution:
+        encoded = compress(array) if compress is not None and kind == "delta" else None
+        packed = None if encoded is None else to_packed(encoded)
+        return Contribution(
+            federation=fed, round=1, sender=a.peer_id, receiver=b.peer_id, degree=4, kind=kind,
+            base_round=0 if kind == "delta" else -1, disagreement=1e-2, done=False,
+            tensors=() if packed else layout.to_tensors(array), packed=packed, training=True,
+            depth=0, horizon=3, waiting=0)
+
+    def exchange(kind: str, array: np.ndarray) -> int:
+        contribution = message(kind, array)
+        if not sealed:
+            frame = encode_frame(contribution, cap)
+            decode_body(encode_body(contribution), Contribution)
+            return len(frame)
+        data = seal(encode_body(contribution), federation=fed, round=1, sender=a.peer_id,
+                    receiver=b.peer_id, sender_signing_key=a.signing,
+                    receiver_x25519_public=b.x_public, max_payload_bytes=cap)
+        frame = encode_frame(Sealed(fed, 1, a.peer_id, b.peer_id, data), cap)
+        _, payload = open_envelope(data, federation=fed, expected_round=1,
+                                   expected_sender=a.peer_id, receiver=b.peer_id,
+                                   receiver_x25519_private=b.x_private,
+                                   sender_verify_key=verify_key_from_peer_id(a.peer_id),
+                                   max_payload_bytes=cap)
+        decode_body(payload, Contribution)
+        return len(frame)
+
+    full_bytes = exchange("full", full)
+    delta_bytes = exchange("delta", delta)
+    cpu = best_time(lambda: exchange("delta", delta), CODEC_REPEATS)
+    ack = Ack(fed, 1, b.peer_id, AckCode.OK, "")
+    return full_bytes, delta_bytes, len(encode_frame(ack)), cpu
+
+
+def heartbeat_frame(scenario: ScenarioConfig,
+                    members: list[_Member]) -> tuple[int, int, float]:
+    """(heartbeat bytes, link request + reply bytes, CPU seconds per heartbeat)."""
+    from nacl.signing import SigningKey
+
+    from gossipfl.crypto.certificates import issue_certificate
+    from gossipfl.crypto.liveness import sign_stamp, verify_stamp
+    from gossipfl.gossip.codes import LinkCode, NodeStatus
+    from gossipfl.gossip.membership import MAX_STAMP_CHECKS
+    from gossipfl.gossip.wire import (
+        Heartbeat,
+        LinkReply,
+        LinkRequest,
+        MemberInfo,
+        decode_body,
+        encode_body,
+        encode_frame,
+    )
+
+    fed = scenario.federation_name
+    federation_key = SigningKey.generate()
+    now = time.time()
+
+    def certificate(m: _Member) -> bytes:
+        if not scenario.admission:
+            return b""
+        return issue_certificate(federation_key, fed, m.peer_id, m.x_public, now=now,
+                                 valid_for=86400.0).to_bytes()
+
+    def stamp(m: _Member) -> bytes:
+        return sign_stamp(fed, m.peer_id, int(now), 1000, m.signing) if scenario.admission \
+            else b""
+
+    certificates = [certificate(m) for m in members]
+    stamps = [stamp(m) for m in members]
+    addrs = [f"/ip4/127.0.0.1/tcp/{40000 + i}/p2p/{m.peer_id}" for i, m in enumerate(members)]
+    sender = members[0]
+    entries = tuple(MemberInfo(m.peer_id, (addrs[i],), 0.5, certificates[i], stamps[i])
+                    for i, m in enumerate(members[1:], start=1))
+
+    def beat() -> int:
+        heartbeat = Heartbeat(federation=fed, sender=sender.peer_id, addrs=(addrs[0],),
+                              members=entries, round=12, degree=4, status=NodeStatus.TRAINING,
+                              certificate=certificates[0], revocations=b"", stamp=stamps[0])
+        frame = encode_frame(heartbeat)
+        received = decode_body(encode_body(heartbeat), Heartbeat)
+        if scenario.admission:  # every member's stamp is news each cycle: checked (up to 64)
+            verify_stamp(received.stamp, federation=fed, peer_id=received.sender)
+            for info in received.members[:MAX_STAMP_CHECKS]:
+                verify_stamp(info.stamp, federation=fed, peer_id=info.peer_id)
+        return len(frame)
+
+    size = beat()
+    cpu = best_time(beat, CODEC_REPEATS)
+    request = LinkRequest(fed, sender.peer_id, "0" * 64, -1)
+    reply = LinkReply(fed, members[1].peer_id, LinkCode.ACCEPTED, "")
+    return size, len(encode_frame(request)) + len(encode_frame(reply)), cpu
+
+
+def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> SecAggBytes:
+    """One aggregator's neighbourhood of ``degree`` members: the real masked input one of them
+    sends it, and the consistency and unmask messages of the round."""
+    from gossipfl.crypto import secagg, shamir
+    from gossipfl.crypto.admission import verify_key_from_peer_id
+    from gossipfl.crypto.consistency import SurvivorSet, sign_set, threshold
+    from gossipfl.crypto.envelope import open_envelope, seal
+    from gossipfl.gossip.wire import (
+        DEFAULT_MAX_PAYLOAD_BYTES,
+        ConsistencyRequest,
+        ConsistencyResponse,
+        MaskedInput,
+        Sealed,
+        UnmaskRequest,
+        UnmaskResponse,
+        decode_body,
+        encode_body,
+        encode_frame,
+    )
+
+    fed, config = scenario.federation_name, scenario.secagg
+    aggregator, *members = make_members(degree + 1)
+    me = members[0]
+    ids = [m.peer_id for m in members]
+    context = secagg.seed_context(fed, aggregator.peer_id, 1)
+    cap = max(DEFAULT_MAX_PAYLOAD_BYTES, scenario.protocol.max_payload_bytes)
+    by_id = {m.peer_id: m for m in members}
+    vector = (np.random.default_rng(0).standard_normal(parameters) * 0.1).astype(np.float32)
+
+    def masked() -> MaskedInput:
+        w = 1.0 / (1 + degree)
+        q = secagg.quantise(w * vector, config.clip, config.scale)
+        self_seed = secagg.fresh_self_seed()
+        pairs = {o.peer_id: secagg.agree_seed(bytes(me.x_private), o.x_public, context=context)
+                 for o in members[1:]}
+        y = secagg.mask_input(q, my_id=me.peer_id, self_seed=self_seed, pair_seeds=pairs)
+        share_ids = secagg.share_ids_for(ids)
+        shares = shamir.split_secret(self_seed, threshold(len(ids)), sorted(share_ids.values()))
+        sealed_shares = tuple(
+            (other, secagg.encrypt_seed_share(
+                sender=me.peer_id, recipient=other, context=context,
+                share=shamir.encode_share(share_ids[other], shares[share_ids[other]]),
+                sender_private=bytes(me.x_private), recipient_public=by_id[other].x_public))
+            for other in sorted(ids) if other != me.peer_id)
+        return MaskedInput(federation=fed, round=1, sender=me.peer_id,
+                           aggregator=aggregator.peer_id, weight=w, disagreement=1e-2,
+                           done=False, data=y.astype("<u4").tobytes(), shares=sealed_shares,
+                           depth=0, horizon=3, waiting=0)
+
+    def exchange() -> tuple[int, MaskedInput]:
+        message = masked()
+        body = encode_body(message)
+        if scenario.encrypt_payloads:
+            data = seal(body, federation=fed, round=1, sender=me.peer_id,
+                        receiver=aggregator.peer_id, sender_signing_key=me.signing,
+                        receiver_x25519_public=aggregator.x_public, max_payload_bytes=cap)
+            frame = encode_frame(Sealed(fed, 1, me.peer_id, aggregator.peer_id, data), cap)
+            _, body = open_envelope(data, federation=fed, expected_round=1,
+                                    expected_sender=me.peer_id, receiver=aggregator.peer_id,
+                                    receiver_x25519_private=aggregator.x_private,
+                                    sender_verify_key=verify_key_from_peer_id(me.peer_id),
+                                    max_payload_bytes=cap)
+        else:
+            frame = encode_frame(message, cap)
+        decode_body(body, MaskedInput)
+        return len(frame), message
+
+    size, message = exchange()
+    cpu = best_time(exchange, CODEC_REPEATS)
+    announced = SurvivorSet(fed, aggregator.peer_id, 1, frozenset(ids), frozenset())
+    signatures = tuple((m.peer_id, sign_set(announced, m.signing)) for m in members)
+    request = ConsistencyRequest(fed, 1, aggregator.peer_id, tuple(sorted(ids)), ())
+    response = ConsistencyResponse(fed, 1, me.peer_id, signatures[0][1], "")
+    share = dict(message.shares)
+    unmask = UnmaskRequest(fed, 1, aggregator.peer_id, tuple(sorted(ids)), (),
+                           tuple((owner, share[members[1].peer_id]) for owner in ids
+                                 if owner != members[1].peer_id), signatures)
+    seed_share = shamir.encode_share(1, bytes(shamir.VALUE_BYTES))
+    answer = UnmaskResponse(fed, 1, me.peer_id, tuple((i, seed_share) for i in sorted(ids)), ())
+    return SecAggBytes(size, len(encode_frame(request)), len(encode_frame(response)),
+                       len(encode_frame(unmask)), len(encode_frame(answer)), cpu)
+
+
+__all__ = ["SecAggBytes", "best_time", "contribution_frames", "heartbeat_frame", "make_members",
+           "secagg_frames", "timed"]

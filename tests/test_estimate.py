@@ -1,0 +1,207 @@
+"""``gossipfl estimate``: the cost model on small exact examples, the calibration on a tiny
+scenario, and the CLI's errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gossipfl.cli import main
+from gossipfl.scenario.calibrate import (
+    Calibration,
+    SecAggBytes,
+    calibrate,
+    other_load,
+    scenario_degree,
+)
+from gossipfl.scenario.config import ScenarioConfig, load_scenario
+from gossipfl.scenario.estimate import (
+    GraphFigures,
+    ModelConstants,
+    consensus_rounds,
+    contribution_bytes,
+    estimate,
+    graph_figures,
+    heartbeat_targets,
+    mixing_rho,
+    secagg_bytes,
+)
+from gossipfl.scenario.graphs import ScenarioTopology
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = """name = "tiny"
+nodes = 3
+rounds = 2
+[data]
+dataset = "iris"
+partition = "iid"
+[model]
+name = "logreg"
+[topology]
+kind = "ring"
+"""
+
+# no heartbeat, transport or round costs: only what a test sets
+BARE = ModelConstants(final_disagreement=1e-2, frame_cpu_seconds=0.0, byte_cpu_seconds=0.0,
+                      stream_cpu_seconds=0.0,
+                      round_cpu_seconds=0.0, train_dispatch_seconds=0.0,
+                      join_pair_cpu_seconds=0.0, exit_seconds=0.0, exit_cpu_seconds=0.0,
+                      answer_seconds=0.0)
+
+
+def calibration(**changes: object) -> Calibration:
+    base = Calibration(
+        cores=2, other_load=0.0, parameters=100, examples=(10, 10, 10), steps=(4, 4, 4),
+        test_examples=10,
+        import_seconds=0.0, compile_seconds=0.0, node_first_seconds=0.0, train_seconds=0.1,
+        eval_seconds=0.0, full_bytes=1000, delta_bytes=400, ack_bytes=50, heartbeat_bytes=0,
+        link_bytes=0, message_cpu_seconds=0.0, heartbeat_cpu_seconds=0.0, secagg=None,
+        base_rss_bytes=100 * 2**20, calibration_seconds=1.0)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def scenario(nodes: int = 3, rounds: int = 5, kind: str = "ring") -> ScenarioConfig:
+    return ScenarioConfig(name="t", nodes=nodes, rounds=rounds,
+                          topology=ScenarioTopology(kind=kind))
+
+
+def test_contribution_bytes_of_a_three_node_ring() -> None:
+    # 2 neighbours, 5 rounds and the final one: a full estimate, then 5 deltas, to each; an ack
+    # for each of the 6 contributions received from each
+    assert contribution_bytes(calibration(), degree=2, rounds=5) == 2 * (1000 + 5 * 400) + 12 * 50
+    ring = scenario()
+    graph = GraphFigures((2, 2, 2), 2, 0.25)
+    result = estimate(ring, calibration(), BARE, graph)
+    rounds = result.rounds
+    assert rounds == 5 + consensus_rounds(graph, 1e-4, 60, 1e-2)
+    for node in result.nodes:
+        assert node.degree == 2 and node.rounds == rounds
+        assert node.bytes_sent == node.bytes_received == 2 * (1000 + rounds * 400) \
+            + 2 * (rounds + 1) * 50
+
+
+def test_heartbeats_add_bytes_in_proportion_to_the_cycles() -> None:
+    graph = GraphFigures((2, 2, 2), 2, 0.25)
+    quiet = estimate(scenario(), calibration(), BARE, graph)
+    beating = estimate(scenario(), calibration(heartbeat_bytes=100), BARE, graph)
+    # a 3-node ring: each heartbeats its 2 neighbours (nobody else) and answers 2, a cycle a
+    # heartbeat interval (1 s by default, no answer wait here)
+    assert heartbeat_targets(3, 2) == 2 and heartbeat_targets(16, 4) == 6
+    cycles = beating.wall_seconds / 1.0
+    extra = beating.nodes[0].bytes_sent - quiet.nodes[0].bytes_sent
+    assert extra == int(cycles * 2 * 2 * 100)
+
+
+def test_secagg_bytes() -> None:
+    s = SecAggBytes(masked_input=500, consistency_request=30, consistency_response=20,
+                    unmask_request=100, unmask_response=50, cpu_seconds=0.0)
+    cal = calibration(secagg=s)
+    # 4 neighbours, 3 rounds: 4 masked inputs (and acks) each round and the final one; per
+    # round a consistency and an unmask exchange with each, both ways
+    assert secagg_bytes(cal, degree=4, rounds=3) == 4 * (4 * (500 + 50) + 3 * 200)
+
+
+def test_consensus_rounds() -> None:
+    graph = GraphFigures((2, 2, 2), 3, 0.1)
+    # 1e-2 → 1e-4 at ρ = 0.1: 2 rounds, then the depth climbs 3
+    assert consensus_rounds(graph, 1e-4, 60, 1e-2) == 5
+    assert consensus_rounds(graph, 1e-4, 4, 1e-2) == 4  # the limit
+    assert consensus_rounds(graph, 1e-1, 60, 1e-2) == 3  # already within: the horizon only
+    assert consensus_rounds(GraphFigures((1, 1), 2, 1.0), 1e-4, 60, 1e-2) == 60  # never
+    slower = GraphFigures((2, 2, 2), 3, 0.5)
+    assert consensus_rounds(slower, 1e-4, 60, 1e-2) > consensus_rounds(graph, 1e-4, 60, 1e-2)
+
+
+def test_mixing_rho_and_graph_figures() -> None:
+    ids = ["a", "b", "c", "d"]
+    ring = {"a": frozenset("bd"), "b": frozenset("ac"), "c": frozenset("bd"),
+            "d": frozenset("ac")}
+    # W = (I + A) / 3 on a 4-cycle: eigenvalues 1, 1/3, 1/3, -1/3
+    assert mixing_rho(ids, ring) == pytest.approx(1 / 3)
+    full = {m: frozenset(set(ids) - {m}) for m in ids}
+    assert mixing_rho(ids, full) == pytest.approx(0.0, abs=1e-12)  # one round averages
+    figures = graph_figures(scenario(nodes=6))
+    assert figures.degrees == (2,) * 6 and figures.diameter_plus_one == 4
+    assert graph_figures(scenario(nodes=16, kind="regular")).degrees == (4,) * 16
+    assert scenario_degree(scenario(nodes=16, kind="regular")) == 4
+
+
+def test_contention_scales_training_and_rounds() -> None:
+    def at(nodes: int) -> tuple[float, float]:
+        graph = GraphFigures((2,) * nodes, 2, 0.25)
+        cal = calibration(examples=(10,) * nodes, steps=(4,) * nodes)
+        result = estimate(scenario(nodes=nodes), cal, BARE, graph)
+        return result.nodes[0].train_seconds_per_round, result.nodes[0].round_seconds
+
+    # 2 cores: up to 2 nodes train at full speed; 8 nodes share them, 4 to a core
+    assert at(2) == pytest.approx((0.1, 0.1))
+    assert at(8) == pytest.approx((0.4, 0.4))
+    assert at(16) == pytest.approx((0.8, 0.8))
+
+
+def test_other_work_found_by_the_probe() -> None:
+    # C busy loops getting C / (C + L) of the machine: L other runnable processes
+    assert other_load(2, 1.0) == 0.0 and other_load(2, 0.5) == pytest.approx(2.0)
+    assert other_load(4, 0.8) == pytest.approx(1.0)
+
+
+def test_wall_time_adds_start_up_rounds_and_finish() -> None:
+    graph = GraphFigures((2, 2, 2), 2, 0.25)
+    cal = calibration(import_seconds=1.0, compile_seconds=2.0, node_first_seconds=0.5)
+    result = estimate(scenario(), cal, BARE, graph)
+    # 3 nodes on 2 cores: a round of 0.1 s CPU each takes 0.15 s; the first also starts them
+    first = 3 * (0.5 + 0.1) / 2
+    rounds = first + 4 * 0.15  # consensus rounds cost nothing here (no messages, no eval)
+    start = 1.0 + 2.0 + 2 * 1.0  # imports, warm-up, two heartbeat intervals to join
+    finish = 2 * 1.0
+    assert result.wall_seconds == pytest.approx(start + rounds + finish)
+    assert result.max_peak_rss_bytes > cal.base_rss_bytes
+
+
+def test_calibration_of_a_tiny_scenario(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    cal = calibrate(load_scenario(path), isolated=False)
+    assert cal.parameters == 4 * 3 + 3  # logreg on iris: 4 features, 3 classes
+    assert len(cal.examples) == 3 and all(e > 0 for e in cal.examples)
+    assert cal.train_seconds > 0 and cal.eval_seconds > 0 and cal.message_cpu_seconds > 0
+    # a sealed frame carries the 15 floats, a signature, the envelope and the routing fields
+    assert 4 * 15 < cal.full_bytes < 4 * 15 + 2000 and cal.ack_bytes < 300
+    assert cal.heartbeat_bytes > 100 and cal.link_bytes > 0 and cal.secagg is None
+    assert cal.base_rss_bytes > 10 * 2**20
+    result = estimate(load_scenario(path), cal)
+    assert result.wall_seconds > 0 and all(n.bytes_sent > cal.full_bytes for n in result.nodes)
+
+
+def test_cli_estimate_json_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.toml"
+    assert main(["estimate", str(missing)]) == 2
+    assert "missing.toml" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nnodes = 1\n')
+    assert main(["estimate", str(bad)]) == 2
+    assert "nodes must be at least 2" in capsys.readouterr().err
+    typo = tmp_path / "typo.toml"
+    typo.write_text('name = "x"\n[protocol]\nround_timout = 3.0\n')
+    assert main(["estimate", str(typo)]) == 2
+    assert "round_timout" in capsys.readouterr().err
+
+    # the real path: a fresh process, the calibration in forked children
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "gossipfl", "estimate", str(path), "--json"],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["wall_seconds"] > 0 and out["total_rounds"] >= 2
+    assert len(out["nodes"]) == 3
+    for node in out["nodes"]:
+        assert node["peak_rss_bytes"] > 10 * 2**20 and node["bytes_sent"] > 0
+        assert node["bytes_received"] > 0 and node["train_seconds_per_round"] > 0
