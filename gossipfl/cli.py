@@ -169,7 +169,7 @@ def _node_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     data = {"dataset": args.dataset, "path": args.data_path, "partition": args.partition,
-            "test_path": args.test_path}
+            "test_path": getattr(args, "test_path", None)}
     data = {k: v for k, v in data.items() if v is not None}
     if data:
         overrides["data"] = data
