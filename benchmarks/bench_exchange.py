@@ -22,10 +22,10 @@ open stream (as a node keeps its contribution streams open), after one warm-up e
 
 MB/s is parameter megabytes (4 bytes each, 10^6 bytes a MB) per second of a whole exchange,
 sender and receiver together (they share this process's one core, as the ratios do). The
-issue's bar: ``contribution`` >= 0.7 x ``plain`` at 1M parameters. ``--profile`` prints where a
-sealed exchange spends its time (cProfile).
+issue's bar: ``contribution`` >= 0.7 x ``plain`` at 1M parameters. ``--profile PATH`` prints
+where that path's exchanges spend their time (cProfile).
 
-    python benchmarks/bench_exchange.py [--sizes 100000 1000000] [--reps 5] [--profile]
+    python benchmarks/bench_exchange.py [--sizes 100000 1000000] [--reps 5] [--profile contribution]
 """
 
 from __future__ import annotations
@@ -237,7 +237,8 @@ async def measure(net: PeerNet, receiver: Peer, addrs: tuple[str, ...], protocol
     return float(np.median(walls)), float(np.median(cpus))
 
 
-async def run(sizes: list[int], reps: int, profile: bool) -> list[dict[str, Any]]:
+async def run(sizes: list[int], reps: int, profile: str | None = None,
+              sort: str = "tottime") -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         peers = make_peers(Path(tmp), NEIGHBOURS + 1)
@@ -251,23 +252,24 @@ async def run(sizes: list[int], reps: int, profile: bool) -> list[dict[str, Any]
                 nets[1].serve(SEALED, lambda c, b=bench: b.serve_contribution(c, True))
                 nets[1].serve(MASKED, bench.serve_masked)
                 profiler = cProfile.Profile() if profile else None
+                profiled = {profile: profiler}
                 row: dict[str, Any] = {"parameters": size, "frame_bytes": len(bench.frame)}
-                for name, protocol, exchange, prof in (
-                    ("plain", PLAIN, bench.send_plain, None),
-                    ("contribution-clear", CLEAR, bench.send_clear, None),
-                    ("contribution", SEALED, bench.send_sealed, profiler),
-                    ("masked", MASKED, bench.send_masked, None),
+                for name, protocol, exchange in (
+                    ("plain", PLAIN, bench.send_plain),
+                    ("contribution-clear", CLEAR, bench.send_clear),
+                    ("contribution", SEALED, bench.send_sealed),
+                    ("masked", MASKED, bench.send_masked),
                 ):
                     row[name] = await measure(nets[0], peers[1], tuple(addrs), protocol,
-                                              exchange, reps, prof)
+                                              exchange, reps, profiled.get(name))
                     if name.startswith("contribution"):
                         assert np.array_equal(bench.received[-1], bench.vector), \
                             "the vector did not arrive intact"
                 rows.append(row)
                 if profiler is not None:
-                    print(f"\n-- cProfile: sealed contribution exchanges, {size:,} parameters "
-                          "(sender and receiver), by own time --")
-                    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(14)
+                    print(f"\n-- cProfile: {profile} exchanges, {size:,} parameters (sender and "
+                          f"receiver), by {sort} --")
+                    pstats.Stats(profiler, stream=sys.stdout).sort_stats(sort).print_stats(18)
     return rows
 
 
@@ -275,9 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--reps", type=int, default=5, help="timed exchanges per path")
-    parser.add_argument("--profile", action="store_true", help="cProfile the sealed exchanges")
+    parser.add_argument("--profile", choices=("plain", "contribution-clear", "contribution",
+                                              "masked"), help="cProfile this path's exchanges")
+    parser.add_argument("--sort", default="tottime", help="the profile's order (pstats key)")
     args = parser.parse_args(argv)
-    rows = trio.run(run, args.sizes, args.reps, args.profile)
+    rows = trio.run(run, args.sizes, args.reps, args.profile, args.sort)
     names = ("plain", "contribution-clear", "contribution", "masked")
     for clock, column in (("wall", 0), ("CPU", 1)):
         print(f"\n{clock:>4} {'parameters':>10}  " + "  ".join(f"{n:>22}" for n in names))
