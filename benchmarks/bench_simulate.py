@@ -34,6 +34,7 @@ from gossipfl.learning.models import build_model
 from gossipfl.learning.partition import node_partition
 from gossipfl.learning.train import Trainer
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
+from gossipfl.scenario.datafiles import check_files, pooled_dataset, uses_files
 from gossipfl.scenario.graphs import node_topology
 
 
@@ -41,12 +42,19 @@ def floor(scenario: ScenarioConfig) -> dict[str, float]:
     """Run the scenario's task as one pure JAX program; returns seconds per round (after the
     first, which compiles) and the final accuracy of the nodes' mean model and worst node."""
     spec = scenario.data
-    data = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
-                        path=spec.path, samples=spec.samples)
     n = scenario.nodes
-    parts = [node_partition(data.y_train, i, n, scheme=spec.partition, seed=spec.seed,
-                            alpha=spec.alpha, shards_per_node=spec.shards_per_node)
-             if spec.partition != "none" else np.arange(len(data.y_train)) for i in range(n)]
+    if uses_files(spec):  # a file per node: pooled in node order, each node its own rows
+        data = pooled_dataset(spec, n)
+        sizes = [len(d.y_train) for d in check_files(spec, n)]
+        ends = np.cumsum(sizes)
+        parts = [np.arange(end - size, end) for size, end in zip(sizes, ends, strict=True)]
+    else:
+        data = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
+                            path=spec.path, samples=spec.samples)
+        parts = [node_partition(data.y_train, i, n, scheme=spec.partition, seed=spec.seed,
+                                alpha=spec.alpha, shards_per_node=spec.shards_per_node)
+                 if spec.partition != "none" else np.arange(len(data.y_train))
+                 for i in range(n)]
     batch = scenario.train.batch_size
     per_epoch = max(-(-len(p) // batch) for p in parts)
     steps = per_epoch * scenario.train.local_epochs

@@ -25,6 +25,9 @@ def _node_parser(sub: Any) -> None:
     p.add_argument("--federation", help="federation name")
     p.add_argument("--dataset", help="digits, wine, breast_cancer, iris, mnist1d or npz")
     p.add_argument("--data-path", help="the .npz file for --dataset npz")
+    p.add_argument("--test-path", help="--dataset npz: the shared test set (.npz with x_test, "
+                                       "y_test); the --data-path file then holds training "
+                                       "arrays only")
     p.add_argument("--partition", help="iid, dirichlet, shards or none")
     p.add_argument("--node-index", type=int, help="this node's partition index")
     p.add_argument("--node-count", type=int, help="number of partitions")
@@ -81,6 +84,15 @@ def _estimate_parser(sub: Any) -> None:
                                         "calibration on this machine")
     p.add_argument("scenario", help="scenario TOML file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _data_parser(sub: Any) -> None:
+    p = sub.add_parser("data", help="data files for scenarios")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    split = verbs.add_parser("split", help="write a scenario's partition as one .npz file per "
+                                           "node (node-NN.npz) and test.npz")
+    split.add_argument("scenario", help="scenario TOML file")
+    split.add_argument("out", help="folder to write (made; must hold no .npz files yet)")
 
 
 def _federation_parser(sub: Any) -> None:
@@ -164,7 +176,8 @@ def _node_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "metrics_addr": args.metrics_addr,
     }
     overrides: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
-    data = {"dataset": args.dataset, "path": args.data_path, "partition": args.partition}
+    data = {"dataset": args.dataset, "path": args.data_path, "partition": args.partition,
+            "test_path": getattr(args, "test_path", None)}
     data = {k: v for k, v in data.items() if v is not None}
     if data:
         overrides["data"] = data
@@ -245,6 +258,22 @@ def simulate_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def data_command(args: argparse.Namespace) -> int:
+    from gossipfl.config import ConfigError
+    from gossipfl.scenario.config import load_scenario
+    from gossipfl.scenario.datafiles import write_split
+
+    try:
+        files = write_split(load_scenario(args.scenario), args.out)
+    except (ConfigError, OSError) as error:
+        print(f"gossipfl data split: {error}", file=sys.stderr)
+        return 2
+    for path in files:
+        print(path)
+    print(os.path.join(args.out, "test.npz"))
+    return 0
+
+
 def report_command(args: argparse.Namespace) -> int:
     from gossipfl.report import ReportError, write_report_html
 
@@ -279,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     _simulate_parser(sub)
     _report_parser(sub)
     _estimate_parser(sub)
+    _data_parser(sub)
     _federation_parser(sub)
     args = parser.parse_args(argv)
     commands = {"node": node_command, "run": run_command, "simulate": simulate_command,
-                "report": report_command, "estimate": estimate_command,
+                "report": report_command, "estimate": estimate_command, "data": data_command,
                 "federation": federation_command, "identity": identity_command}
     return commands[args.command](args)

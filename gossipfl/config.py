@@ -68,13 +68,30 @@ class DataConfig:
     test_fraction: float = 0.2
     seed: int = 0
     samples: int | None = None  # mnist1d: examples generated (train + test, 80/20)
+    # npz: the shared test set (x_test, y_test); the path file then holds training data only
+    test_path: str | None = None
+    # a scenario's per-node files (gossipfl.scenario.datafiles): node i reads paths[i], or the
+    # i-th file of folder by name; each node is given its own as path
+    paths: tuple[str, ...] = ()
+    folder: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"data.dataset must be one of {DATASETS}")
         _require(self.samples is None or self.dataset == "mnist1d",
                  "data.samples applies only to dataset = mnist1d (it sets how many are generated)")
         _require(self.samples is None or self.samples >= 10, "data.samples must be at least 10")
-        _require(self.dataset != "npz" or bool(self.path), "data.path is required for npz data")
+        files = bool(self.paths) or self.folder is not None
+        _require(self.dataset == "npz" or not (files or self.test_path),
+                 "data.paths, data.folder and data.test_path are for dataset = \"npz\"")
+        _require(sum((bool(self.path), bool(self.paths), self.folder is not None)) <= 1,
+                 "data: give one of path (one file, partitioned), paths (a file per node) "
+                 "and folder (a folder of node files)")
+        _require(not files or bool(self.test_path),
+                 "data.paths and data.folder need data.test_path, the shared test set (a .npz "
+                 "file with x_test and y_test): every node and the centralised baseline are "
+                 "evaluated on it")
+        _require(self.dataset != "npz" or bool(self.path) or files,
+                 "data.path is required for npz data (or paths / folder in a scenario)")
         _require(self.partition in PARTITIONS, f"data.partition must be one of {PARTITIONS}")
         _require(self.alpha > 0, "data.alpha must be positive")
         _require(self.shards_per_node >= 1, "data.shards_per_node must be at least 1")
@@ -423,6 +440,9 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         check_metrics(self.metrics_port, self.metrics_addr)
+        _require(not self.data.paths and self.data.folder is None,
+                 "data.paths and data.folder are a scenario's: a node reads its own file, "
+                 "data.path (with data.test_path)")
         for peer, route in self.routes.items():
             _check_route(peer, route)
         _require(not (self.secagg.enabled and self.protocol.mode is Mode.ASYNC),

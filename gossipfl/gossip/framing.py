@@ -17,9 +17,13 @@ from gossipfl.gossip.wire import (
     Message,
     WireError,
     decode_body,
-    encode_frame,
+    encode_frame_parts,
     frame_length,
 )
+
+#: A frame body up to this size is written together with its header (one write); a larger one
+#: after it, so that megabytes of parameters are not copied just to prepend four bytes.
+JOIN_BELOW_BYTES = 64 * 1024
 
 
 class ByteStream(Protocol):
@@ -96,9 +100,13 @@ async def read_frame(stream: ByteStream, expected: type[M], max_bytes: int,
 
 async def write_frame(stream: ByteStream, message: Message, max_bytes: int) -> int:
     """Encode and write one frame; returns the bytes written."""
-    frame = encode_frame(message, max_bytes)
-    await stream.write(frame)
-    return len(frame)
+    header, body = encode_frame_parts(message, max_bytes)
+    if len(body) < JOIN_BELOW_BYTES:
+        await stream.write(header + body)
+    else:
+        await stream.write(header)
+        await stream.write(body)
+    return len(header) + len(body)
 
 
 __all__ = [

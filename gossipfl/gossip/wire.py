@@ -118,6 +118,7 @@ __all__ = (
     "decode_frame",
     "encode_body",
     "encode_frame",
+    "encode_frame_parts",
     "frame_length",
     "unpack_bounded",
 )
@@ -159,12 +160,20 @@ def encode_body(message: Message) -> bytes:
     return msgpack.packb(body, use_bin_type=True, strict_types=False)
 
 
-def encode_frame(message: Message, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
-    """Header + body. Raises :class:`WireError` if the frame would exceed ``max_bytes``."""
+def encode_frame_parts(message: Message,
+                       max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> tuple[bytes, bytes]:
+    """The frame's header and body, apart (a large body is written without copying it behind
+    its header). Raises :class:`WireError` if the frame would exceed ``max_bytes``."""
     body = encode_body(message)
     if len(body) > max_bytes:
         raise WireError(f"{message.KIND} frame of {len(body)} bytes exceeds the {max_bytes} cap")
-    return HEADER.pack(len(body)) + body
+    return HEADER.pack(len(body)), body
+
+
+def encode_frame(message: Message, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
+    """Header + body. Raises :class:`WireError` if the frame would exceed ``max_bytes``."""
+    header, body = encode_frame_parts(message, max_bytes)
+    return header + body
 
 
 def frame_length(header: bytes | bytearray, max_bytes: int) -> int:

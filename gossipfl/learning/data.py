@@ -19,7 +19,8 @@ Preprocessing is fixed per dataset:
   ``input_shape == (40, 1)``.
 * ``"npz"``: a user file, left as given apart from the cast to float32 and the
   flattening of each example to 1-D; ``input_shape`` is the per-example shape
-  stored in the file.
+  stored in the file. With ``test_path``, the test set is read from that file
+  (``x_test``, ``y_test``) and the user file holds training arrays only.
 
 In a simulation every node loads the same full dataset and then selects its own
 partition (see :mod:`gossipfl.learning.partition`), so standardising with
@@ -31,6 +32,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +111,7 @@ def load_dataset(
     test_fraction: float = 0.2,
     path: str | None = None,
     samples: int | None = None,
+    test_path: str | None = None,
 ) -> Dataset:
     """Load a dataset by name, deterministically.
 
@@ -123,6 +126,8 @@ def load_dataset(
         path: Path to the ``.npz`` file; required for ``"npz"`` and rejected otherwise.
         samples: ``mnist1d`` only: how many examples to generate (train + test, split 80/20);
             ``None``: the generator's default (5000). Rejected for other datasets.
+        test_path: ``npz`` only: a file holding ``x_test`` and ``y_test``, the test set (a
+            federation's shared one); the ``path`` file must then hold no test arrays.
 
     Returns:
         The loaded, preprocessed :class:`Dataset`. Same arguments give identical arrays.
@@ -145,7 +150,10 @@ def load_dataset(
     if name == "npz":
         if path is None:
             raise ValueError("dataset 'npz' requires path=<file.npz>")
-        return _load_npz(path, seed=int(seed), test_fraction=float(test_fraction))
+        return _load_npz(path, seed=int(seed), test_fraction=float(test_fraction),
+                         test_path=test_path)
+    if test_path is not None:
+        raise ValueError(f"test_path is only used with dataset 'npz', got {name!r}")
     if path is not None:
         raise ValueError(f"path is only used with dataset 'npz', got path={path!r} for {name!r}")
     if name in _SKLEARN_FILES:
@@ -353,14 +361,42 @@ def _check_labels(name: str, y: np.ndarray, n: int) -> None:
         raise ValueError(f"{name} labels must fit in int32, got {y.max()}")
 
 
-def _load_npz(path: str, *, seed: int, test_fraction: float) -> Dataset:
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file ``path`` (no pickled objects).
+
+    Raises:
+        ValueError: If the file is missing or unreadable, is not an ``.npz`` archive, or
+            holds object arrays.
+    """
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"npz file {path!r} does not exist") from None
+    except ValueError:  # no numpy format at all: numpy takes it for a pickle
+        raise ValueError(f"{path!r} is not an .npz archive (write one with numpy.savez)"
+                         ) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"cannot read npz file {path!r}: {err}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!r} is a single .npy array, not an .npz archive "
+                         "(write one with numpy.savez)")
+    try:
+        with archive:
+            return {key: np.asarray(archive[key]) for key in archive.files}
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as err:  # object arrays...
+        raise ValueError(f"cannot read npz file {path!r}: {err}") from None
+
+
+def _load_npz(path: str, *, seed: int, test_fraction: float,
+              test_path: str | None = None) -> Dataset:
     """Load and validate a user-supplied ``.npz`` file.
 
     Args:
         path: File path. Required keys ``x_train``, ``y_train``; optional ``x_test``
-            and ``y_test`` (both or neither).
+            and ``y_test`` (both or neither; neither with ``test_path``).
         seed: Split seed when the file has no test arrays.
         test_fraction: Held-out fraction when the file has no test arrays.
+        test_path: A file holding ``x_test`` and ``y_test``: the test set.
 
     Returns:
         The dataset, features cast to float32 and flattened to 2-D.
@@ -368,11 +404,17 @@ def _load_npz(path: str, *, seed: int, test_fraction: float) -> Dataset:
     Raises:
         ValueError: If keys are missing or arrays are invalid or inconsistent.
     """
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: np.asarray(archive[key]) for key in archive.files}
-    except ValueError as err:  # e.g. object arrays, which would need pickle
-        raise ValueError(f"cannot read npz file {path!r}: {err}") from err
+    arrays = read_npz(path)
+    if test_path is not None:
+        if "x_test" in arrays or "y_test" in arrays:
+            raise ValueError(f"npz file {path!r} holds test arrays, but the test set is "
+                             f"test_path {test_path!r}: a node file holds x_train and y_train "
+                             "only")
+        shared = read_npz(test_path)
+        for key in ("x_test", "y_test"):
+            if key not in shared:
+                raise ValueError(f"test file {test_path!r} lacks required array {key!r}")
+        arrays["x_test"], arrays["y_test"] = shared["x_test"], shared["y_test"]
     for key in ("x_train", "y_train"):
         if key not in arrays:
             raise ValueError(f"npz file {path!r} lacks required array {key!r}")

@@ -53,4 +53,5 @@ class Layout:
                                   f"{shape}")
         if not tensors:
             return np.zeros(0, np.float32)
-        return np.concatenate([t.to_array().reshape(-1) for t in tensors]).astype(np.float32)
+        # one copy, out of the frame's bytes (the dtypes are float32, checked above)
+        return np.concatenate([t.to_array().reshape(-1) for t in tensors])

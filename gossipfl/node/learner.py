@@ -59,7 +59,7 @@ def load_node_data(config: NodeConfig) -> tuple[Dataset, np.ndarray]:
     """The dataset and the indices of this node's training partition."""
     spec = config.data
     dataset = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
-                           path=spec.path, samples=spec.samples)
+                           path=spec.path, samples=spec.samples, test_path=spec.test_path)
     return dataset, partition_indices(config, dataset)
 
 
@@ -91,11 +91,13 @@ class LearnerPool:
 
     def dataset(self, config: NodeConfig) -> Dataset:
         spec = config.data
-        key = (spec.dataset, spec.seed, spec.test_fraction, spec.path, spec.samples)
+        key = (spec.dataset, spec.seed, spec.test_fraction, spec.path, spec.samples,
+               spec.test_path)
         if key not in self._datasets:
             self._datasets[key] = load_dataset(spec.dataset, seed=spec.seed,
                                                test_fraction=spec.test_fraction,
-                                               path=spec.path, samples=spec.samples)
+                                               path=spec.path, samples=spec.samples,
+                                               test_path=spec.test_path)
         return self._datasets[key]
 
     def indices(self, config: NodeConfig, dataset: Dataset) -> np.ndarray:

@@ -81,7 +81,12 @@ def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
     from gossipfl.node.runtime import Node, NodeError
     from gossipfl.node.security import SecurityError
 
-    learner = LocalLearner(config)
+    try:
+        learner = LocalLearner(config)
+    except ValueError as error:  # the data: a missing or malformed file, a bad split
+        log.error("data: %s", error)
+        print(f"gossipfl node: data: {error}", file=sys.stderr)
+        return 2
     log.info("data: %s, partition %s: %d training examples; model %s with %d parameters",
              config.data.dataset, config.data.partition, len(learner.y), config.model.name,
              learner.size)

@@ -25,6 +25,7 @@ from gossipfl.config import (
 )
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
+from gossipfl.scenario.datafiles import resolve_data_section
 from gossipfl.scenario.graphs import ScenarioTopology, scenario_topology
 from gossipfl.scenario.relay import LinkFaults
 
@@ -342,6 +343,9 @@ class ScenarioConfig:
                               f" for {self.nodes} nodes")
         if self.nodes < 2:
             raise ConfigError("nodes must be at least 2")
+        if self.data.paths and len(self.data.paths) != self.nodes:
+            raise ConfigError(f"data.paths lists {len(self.data.paths)} file(s); the scenario "
+                              f"has {self.nodes} nodes (node i reads paths[i])")
         if self.rounds < 1:
             raise ConfigError("rounds must be at least 1")
         if self.timeout <= 0:
@@ -446,8 +450,9 @@ class ScenarioConfig:
 
 
 def load_scenario(path: str | Path, metrics_port: int | None = None) -> ScenarioConfig:
-    """The scenario in the TOML file ``path``; ``metrics_port`` (if given) replaces its own."""
-    data = load_toml(path)
+    """The scenario in the TOML file ``path``; ``metrics_port`` (if given) replaces its own.
+    File names in ``[data]`` are taken relative to the scenario file's folder."""
+    data = resolve_data_section(load_toml(path), Path(path).parent)
     if metrics_port is not None:
         data["metrics_port"] = metrics_port
     return from_dict(ScenarioConfig, data)

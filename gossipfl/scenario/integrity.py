@@ -19,13 +19,12 @@ FINAL = "final.npz"  # written by a node that finished: checked too where it exi
 
 
 def dataset_and_model(scenario: ScenarioConfig) -> tuple[Any, Any]:
-    """The scenario's whole dataset and its model (unfitted), as the report builds them."""
-    from gossipfl.learning.data import load_dataset
+    """The scenario's whole dataset (per-node files pooled) and its model (unfitted), as the
+    report builds them."""
     from gossipfl.learning.models import build_model
+    from gossipfl.scenario.datafiles import scenario_dataset
 
-    spec = scenario.data
-    dataset = load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
-                           path=spec.path, samples=spec.samples)
+    dataset = scenario_dataset(scenario.data, scenario.nodes)  # per-node files: pooled
     model = build_model(scenario.model.name, dataset.input_shape, dataset.num_classes,
                         hidden=scenario.model.hidden)
     return dataset, model

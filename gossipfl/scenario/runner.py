@@ -27,6 +27,7 @@ from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.scenario.adversaries import node_adversary
 from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
+from gossipfl.scenario.datafiles import node_data
 from gossipfl.scenario.graphs import node_topology
 from gossipfl.scenario.netcut import needs, set_up_cuts
 from gossipfl.scenario.netns import (
@@ -94,6 +95,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path,
     nodes: list[NodeProcess] = []
     addrs: list[str] = []
     late = {j.node for j in scenario.joins}
+    data = node_data(scenario)  # per-node files checked, each node given its own
     federation_dir = out / "federation"
     if scenario.admission and not (federation_dir / "federation.pub").exists():
         init_federation(federation_dir, scenario.federation_name)
@@ -133,7 +135,7 @@ def prepare_nodes(scenario: ScenarioConfig, out: Path,
             rounds=scenario.rounds,
             seed=scenario.seed,
             keep_round_models=scenario.keep_round_models,
-            data=scenario.data,
+            data=data[index],
             model=scenario.model,
             train=scenario.train,
             topology=node_topology(scenario.topology, peer_ids),
@@ -356,6 +358,7 @@ def run_folder(path: str | Path, scenario: ScenarioConfig, out: str | Path | Non
     """The folder of a new run of the scenario file ``path`` (``out``, or
     ``runs/<name>[-kind]-<time>``), made, with the scenario file copied in; ConfigError if
     it already holds a run."""
+    node_data(scenario)  # per-node data files: refused before anything is made
     stamp = time.strftime("%Y%m%d-%H%M%S")
     label = f"{scenario.name}-{kind}" if kind else scenario.name
     out_dir = Path(out) if out else Path("runs") / f"{label}-{stamp}"
