@@ -28,7 +28,7 @@ from gossipfl.aggregation.mixing import (
 )
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
-from gossipfl.node import linger, secure_round, settle
+from gossipfl.node import linger, settle
 from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector
 from gossipfl.node.compression import compressor
 from gossipfl.node.exchange import (
@@ -383,6 +383,8 @@ def persist_round(node: Node, r: int) -> None:
 async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: float,
                           record: dict[str, Any]) -> list[str]:
     """Steps 4-6 under secure aggregation; returns the neighbours whose input is missing."""
+    from gossipfl.node import secure_round  # only with secure aggregation on: loaded then
+
     send_start = trio.current_time()
     checked = await secure_round.send_masked_inputs(node, r, done=False)
     if checked:  # what the range check found in our own inputs (gossipfl.node.secure_inputs)
@@ -476,6 +478,8 @@ async def announce_done(node: Node) -> None:
     node.own.publish(node.model, r)
     node.status = NodeStatus.DONE
     if node.config.secagg.enabled:
+        from gossipfl.node import secure_round  # only with secure aggregation on
+
         await secure_round.send_masked_inputs(node, r, done=True)
         return
     await send_to_neighbours(node, r, done=True)

@@ -59,15 +59,7 @@ from gossipfl.node.membership_loop import (
 )
 from gossipfl.node.prom import NodeMetrics
 from gossipfl.node.round import run_rounds
-from gossipfl.node.secure_round import (
-    PROTO_CONSISTENCY,
-    PROTO_MASKED,
-    PROTO_UNMASK,
-    SecAggState,
-    on_consistency_request,
-    on_masked_input,
-    on_unmask_request,
-)
+from gossipfl.node.secagg_state import SecAggState
 from gossipfl.node.security import NodeSecurity
 from gossipfl.node.serving import close_idle_connections, guard
 from gossipfl.node.state import NeighbourState, NodeError
@@ -301,6 +293,16 @@ class Node:
         transport.serve(PROTO_MEMBERSHIP, guard(self, bound(membership_loop.on_heartbeat)))
         transport.serve(PROTO_LINK, guard(self, bound(links.on_link), members_only=True))
         if self.config.secagg.enabled:
+            # imported here: a node without secure aggregation never loads its code
+            from gossipfl.node.secure_round import (
+                PROTO_CONSISTENCY,
+                PROTO_MASKED,
+                PROTO_UNMASK,
+                on_consistency_request,
+                on_masked_input,
+                on_unmask_request,
+            )
+
             # each served as a persistent request stream (timeouts inside)
             for protocol, what, handler in (
                     (PROTO_MASKED, "masked", on_masked_input),

@@ -1,0 +1,85 @@
+"""A node loads only what it uses: checked in fresh interpreters (``sys.modules`` after the
+node is built as ``gossipfl node`` builds it, up to before the network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: never in a node on a user's npz file with privacy, secure aggregation and metrics off
+NOT_LOADED = (
+    "sklearn",  # only for the bundled datasets' files (and not even imported for those)
+    "matplotlib", "gossipfl.report",  # report.html is the runner's and the CLI's
+    "gossipfl.scenario",  # the runner's
+    "scipy", "dp_accounting", "gossipfl.privacy.accountant",  # DP on only
+    "gossipfl.crypto.secagg", "gossipfl.crypto.shamir",  # secure aggregation on only
+    "gossipfl.node.secure_round", "gossipfl.node.secure_inputs",
+)
+
+BUILD_NODE = """
+import json, sys
+from pathlib import Path
+from gossipfl.config import NodeConfig, from_dict
+from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.adversary.factory import make_role
+from gossipfl.node.learner import LocalLearner
+from gossipfl.node.main import configure_logging
+from gossipfl.node.prom import MetricsServer
+from gossipfl.node.runtime import Node
+import gossipfl.node.round
+
+tmp = sys.argv[1]
+config = from_dict(NodeConfig, {{"data": {{"dataset": "npz", "path": tmp + "/data.npz",
+                                         "partition": "none"}},
+                                "model": {{"name": "mlp", "hidden": [8]}},
+                                "out_dir": tmp + "/out", "key_file": tmp + "/node.key"}})
+identity, _ = load_or_create_identity(config.key_file)
+configure_logging(Path(tmp) / "out", "node 0")
+learner = LocalLearner(config)
+learner.evaluate(learner.train(learner.initial_vector(), 0).vector)
+node = Node(config, identity, learner, make_role(config.adversary))
+with MetricsServer(node.prom, config.metrics_port, config.metrics_addr) as metrics:
+    metrics.started()
+node.prom.update({{"round": 0, "test_accuracy": 0.5}})
+names = {names!r}
+print(json.dumps([n for n in names if n in sys.modules]))
+"""
+
+
+def _fresh(code: str, *args: str) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_node_on_an_npz_file_loads_nothing_it_does_not_use(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x_train=rng.normal(size=(40, 6)).astype(np.float32),
+             y_train=np.arange(40) % 3)
+    loaded = _fresh(BUILD_NODE.format(names=NOT_LOADED), str(tmp_path))
+    assert loaded == []
+
+
+def test_node_metrics_load_prometheus_client_only_for_a_registry() -> None:
+    # (py-libp2p's resource manager imports prometheus_client itself; gossipfl does not)
+    code = """
+import json, sys
+from gossipfl.node.prom import MetricsServer, NodeMetrics
+metrics = NodeMetrics(0, "peer")
+metrics.update({"round": 3, "test_accuracy": None})
+with MetricsServer(metrics, 0) as server:
+    server.started()
+before = "prometheus_client" in sys.modules
+families = {f.name for f in metrics.registry.collect()}
+print(json.dumps([before, "prometheus_client" in sys.modules, "gossipfl_round" in families]))
+"""
+    assert _fresh(code) == [False, True, True]
