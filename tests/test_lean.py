@@ -10,6 +10,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from sim_scenarios import metrics, scenario_text, simulated
+
+from gossipfl.node.learner import LearnerPool
+from gossipfl.node.round import evaluates
+from gossipfl.report import write_report_html
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,3 +88,31 @@ families = {f.name for f in metrics.registry.collect()}
 print(json.dumps([before, "prometheus_client" in sys.modules, "gossipfl_round" in families]))
 """
     assert _fresh(code) == [False, True, True]
+
+
+def test_evaluation_cadence_every_k_rounds_and_always_at_the_end() -> None:
+    chosen = [r for r in range(12)
+              if evaluates(r, 4, last_training=9, last=11, ending=False)]
+    assert chosen == [0, 4, 8, 9, 11]
+    assert [r for r in range(6) if evaluates(r, 1, last_training=9, last=40,
+                                             ending=False)] == list(range(6))
+    assert evaluates(5, 4, last_training=9, last=40, ending=True)  # the final model
+
+
+def test_a_run_with_eval_every_has_null_accuracy_on_skipped_rounds(tmp_path: Path) -> None:
+    text = scenario_text(name="cadence", nodes=4, rounds=7).replace(
+        "local_epochs = 1", "local_epochs = 1\neval_every = 3")
+    report = simulated(tmp_path, text, LearnerPool())
+    for index in range(4):
+        lines = metrics(tmp_path, index)
+        evaluated = [m["round"] for m in lines if m["test_accuracy"] is not None]
+        assert lines[-1]["test_accuracy"] is not None  # the final model, always
+        assert {0, 3, 6} <= set(evaluated)  # every third round and the last training round
+        skipped = [m for m in lines if m["test_accuracy"] is None]
+        assert skipped and all(m["eval_seconds"] == 0.0 and m["round"] % 3 != 0
+                               and m["round"] != lines[-1]["round"] for m in skipped)
+        node = report["nodes"][index]
+        assert node["final_accuracy"] == lines[-1]["test_accuracy"] > 0.5
+        assert node["accuracy"] == [m["test_accuracy"] for m in lines if m["round"] in evaluated]
+    html = write_report_html(tmp_path / "out")  # the plots join over the skipped rounds
+    assert "series-accuracy-0" in Path(html).read_text()

@@ -301,9 +301,8 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
     # round) and persist
     verdict = Verdict.GO_ON if training else finished(node, r)
     ending = verdict is Verdict.FINISH
-    config = node.config
-    if ending or r % config.train.eval_every == 0 or r == config.rounds - 1 \
-            or r == settle.round_limit(node) - 1:
+    if evaluates(r, node.config.train.eval_every, last_training=node.config.rounds - 1,
+                 last=settle.round_limit(node) - 1, ending=ending):
         evaluation = await node.offload(node.learner.evaluate, node.model)
         record.update(test_loss=evaluation.loss, test_accuracy=evaluation.accuracy,
                       eval_seconds=evaluation.seconds)
@@ -329,6 +328,13 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
              record["phase"], _figure(record["test_accuracy"]), _figure(record["test_loss"]),
              node.disagreement, len(missing), record["round_seconds"])
     return verdict
+
+
+def evaluates(r: int, every: int, *, last_training: int, last: int, ending: bool) -> bool:
+    """Whether round ``r`` evaluates the model on the test set: every ``every`` rounds (0,
+    every, 2 every, ...), and always in the last training round, the round limit's last round,
+    and a round that ends the node's run (its final model)."""
+    return ending or r % every == 0 or r in (last_training, last)
 
 
 def _figure(value: float | None) -> str:
