@@ -184,6 +184,8 @@ def warm_compile_cache(node: NodeProcess, timeout: float) -> None:
     """Compile one node's steps into the cache before the spawned nodes start (they load them
     instead of each compiling the same code at once); a failure is only logged."""
     env = {**os.environ, **NODE_ENV, **compile_cache_env(node.out.parents[1])}
+    if env["GOSSIPFL_COMPILE_CACHE"].strip().lower() in ("", "off"):  # the caller's choice
+        return
     with open(node.out.parents[1] / "warmup.log", "wb") as output:
         try:
             code = subprocess.run([sys.executable, "-m", "gossipfl.node.compile_cache",
