@@ -13,13 +13,17 @@ this same run so that their figures compare as ratios whatever the machine's loa
 
 For each: the nodes' start-up (process start to round 0, from each ``summary.json``'s
 ``startup_seconds``: imports, identity, data, JAX, listening, joining, links), their peak RSS,
-the run's wall time; then the import of a node's modules in a fresh interpreter. Prints the
-load average with the figures (the machine may be shared).
+the run's wall time; then the import of a node's modules in a fresh interpreter.
+
+Then the CPU per message of 36 KB (a quickstart model's contribution: 8,970 float32) between
+two libp2p hosts of this process (TCP on loopback, Noise, yamux; both ends' CPU counted, as
+``time.process_time``): written raw on a py-libp2p stream, against the node's send path (a
+``Contribution`` encoded, sealed to its receiver with ``crypto/envelope.py``, framed and written
+through ``gossip/peers.py``'s ``Channel``; read back as a ``Sealed`` frame), and sealing and
+opening alone. Prints the load average with the figures (the machine may be shared).
 
     .venv/bin/python benchmarks/bench_overhead.py [SCENARIO] [--repeat N]
-
-Not measured here (yet): the per-message CPU of the node's send path against a raw py-libp2p
-stream (issue 15).
+    .venv/bin/python benchmarks/bench_overhead.py --send-only [--messages N]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+FLOATS = 8970  # the quickstart's MLP 64-64 on digits: 35,880 bytes of float32
 NODE_MODULES = ("import gossipfl.node.main, gossipfl.node.runtime, gossipfl.node.round, "
                 "gossipfl.node.learner, gossipfl.adversary.factory")
 
@@ -75,11 +80,114 @@ def import_seconds(repeat: int) -> float:
     return best
 
 
+async def send_costs(messages: int, folder: Path) -> dict[str, float]:
+    """CPU seconds per message: raw stream, node send path, sealing alone, opening alone."""
+    import multiaddr
+    import numpy as np
+    import trio
+
+    from gossipfl.crypto.envelope import open_envelope, seal
+    from gossipfl.crypto.identity import load_or_create_identity
+    from gossipfl.crypto.member_keys import identity_signing_key, identity_x25519_keypair
+    from gossipfl.gossip.host import make_host
+    from gossipfl.gossip.peers import Channel, PeerNet, Traffic
+    from gossipfl.gossip.wire import (
+        DEFAULT_MAX_PAYLOAD_BYTES,
+        Contribution,
+        Sealed,
+        Tensor,
+        encode_body,
+    )
+
+    ends = []
+    for name in ("a", "b"):
+        identity, _ = load_or_create_identity(folder / f"{name}.key")
+        host, listen = make_host(identity, ["/ip4/127.0.0.1/tcp/0"])
+        ends.append((identity, PeerNet(host, Traffic(), listen=listen)))
+    (sender, net_a), (receiver, net_b) = ends
+    a, b = str(sender.peer_id), str(receiver.peer_id)
+    signing = identity_signing_key(sender)
+    x25519_private, x25519_public = identity_x25519_keypair(receiver)
+    vector = np.random.default_rng(0).normal(size=FLOATS).astype(np.float32)
+    raw = bytes(vector.data)
+
+    def sealed(round_: int) -> Sealed:
+        message = Contribution(federation="bench", round=round_, sender=a, receiver=b, degree=4,
+                               kind="full", base_round=-1, disagreement=0.0, done=False,
+                               tensors=(Tensor.from_array("w", vector),))
+        data = seal(encode_body(message), federation="bench", round=round_, sender=a,
+                    receiver=b, sender_signing_key=signing, receiver_x25519_public=x25519_public)
+        return Sealed("bench", round_, a, b, data)
+
+    results: dict[str, float] = {}
+    received = trio.Semaphore(0)
+
+    async def on_raw(channel: Channel) -> None:
+        total, want = 0, messages * len(raw)
+        while total < want:
+            chunk = await channel.stream.read(1 << 16)  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            total += len(chunk)
+        received.release()
+
+    async def on_frames(channel: Channel) -> None:
+        for _ in range(messages):
+            await channel.receive(Sealed, DEFAULT_MAX_PAYLOAD_BYTES)
+        received.release()
+
+    with trio.fail_after(600):
+        async with net_a.running(), net_b.running() as addrs_b:
+            net_b.serve("/bench/raw/1.0.0", on_raw)
+            net_b.serve("/bench/frames/1.0.0", on_frames)
+            addrs = tuple(str(multiaddr.Multiaddr(x)) for x in addrs_b)
+            for name, protocol in (("raw stream", "/bench/raw/1.0.0"),
+                                   ("node send path", "/bench/frames/1.0.0")):
+                channel = await net_a.open(b, addrs, protocol)
+                start = time.process_time()
+                for number in range(messages):
+                    if name == "raw stream":
+                        await channel.stream.write(raw)  # type: ignore[attr-defined]
+                    else:
+                        await channel.send(sealed(number), DEFAULT_MAX_PAYLOAD_BYTES)
+                await received.acquire()
+                results[name] = (time.process_time() - start) / messages
+                await channel.close()
+    start = time.process_time()
+    envelopes = [sealed(number).data for number in range(messages)]
+    results["sealing alone"] = (time.process_time() - start) / messages
+    verify = signing.verify_key
+    start = time.process_time()
+    for number, data in enumerate(envelopes):
+        open_envelope(data, federation="bench", expected_round=number, expected_sender=a,
+                      receiver=b, receiver_x25519_private=x25519_private,
+                      sender_verify_key=verify)
+    results["opening alone"] = (time.process_time() - start) / messages
+    return results
+
+
+def print_send_costs(messages: int) -> None:
+    import trio
+
+    with tempfile.TemporaryDirectory(prefix="gossipfl-send-") as folder:
+        costs = trio.run(send_costs, messages, Path(folder))
+    raw = costs["raw stream"]
+    print(f"\nCPU per message of {FLOATS * 4:,} bytes, {messages} messages, both ends in this "
+          f"process (load {load()}):")
+    for name, seconds in costs.items():
+        print(f"{name:>15}: {seconds * 1e3:7.3f} ms  ({seconds / raw:.2f}x the raw stream)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", nargs="?", default="scenarios/quickstart.toml")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each way (default 1)")
+    parser.add_argument("--messages", type=int, default=300, help="messages per send path")
+    parser.add_argument("--send-only", action="store_true", help="only the per-message CPU")
     args = parser.parse_args()
+    if args.send_only:
+        print_send_costs(args.messages)
+        return 0
     with tempfile.TemporaryDirectory(prefix="gossipfl-overhead-") as folder:
         base = Path(folder)
         machine = base / "machine-cache"
@@ -110,6 +218,7 @@ def main() -> int:
               f"{got[1] / off[1]:.2f}x, wall {got[2] / off[2]:.2f}x")
     print(f"imports of a node's modules in a fresh interpreter: {import_seconds(3):.2f} s "
           f"(best of 3; load {load()})")
+    print_send_costs(args.messages)
     return 0
 
 
