@@ -116,3 +116,18 @@ def test_a_run_with_eval_every_has_null_accuracy_on_skipped_rounds(tmp_path: Pat
         assert node["accuracy"] == [m["test_accuracy"] for m in lines if m["round"] in evaluated]
     html = write_report_html(tmp_path / "out")  # the plots join over the skipped rounds
     assert "series-accuracy-0" in Path(html).read_text()
+
+
+def test_the_compile_cache_folder_flag_then_environment_then_the_users_cache(
+        monkeypatch, tmp_path: Path) -> None:
+    from gossipfl.node.compile_cache import ENV, cache_folder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(ENV, raising=False)
+    assert cache_folder(None) == str(tmp_path / "gossipfl" / "xla")
+    monkeypatch.setenv(ENV, "/run/cache")
+    assert cache_folder(None) == "/run/cache"
+    assert cache_folder("/mine") == "/mine"
+    assert cache_folder("off") is None and cache_folder("") is None
+    monkeypatch.setenv(ENV, "OFF")
+    assert cache_folder(None) is None
