@@ -6,9 +6,9 @@ this same run so that their figures compare as ratios whatever the machine's loa
 
 - ``no cache``: ``GOSSIPFL_COMPILE_CACHE=off``, every node compiles its own steps (as before
   the cache reached spawned nodes);
-- ``run cache``: the default, the runner compiles once into ``DIR/xla-cache`` and the nodes
-  load from it;
-- ``warm cache``: a machine's cache already holding the steps (a second run, or a node
+- ``cold cache``: an empty cache folder (a machine's first run): the nodes compile and write
+  the same entries;
+- ``warm cache``: a cache already holding the steps (every later run on the machine, or a node
   started by hand after another: ``gossipfl node --compile-cache DIR``).
 
 For each: the nodes' start-up (process start to round 0, from each ``summary.json``'s
@@ -192,11 +192,12 @@ def main() -> int:
         base = Path(folder)
         machine = base / "machine-cache"
         run(args.scenario, base / "prime", str(machine))  # fills the machine's cache
-        ways: dict[str, list[dict[str, Any]]] = {"no cache": [], "run cache": [],
+        ways: dict[str, list[dict[str, Any]]] = {"no cache": [], "cold cache": [],
                                                  "warm cache": []}
         for number in range(args.repeat):  # interleaved: the load hits each way alike
             ways["no cache"].append(run(args.scenario, base / f"off-{number}", "off"))
-            ways["run cache"].append(run(args.scenario, base / f"run-{number}", None))
+            ways["cold cache"].append(run(args.scenario, base / f"cold-{number}",
+                                          str(base / f"cold-cache-{number}")))
             ways["warm cache"].append(run(args.scenario, base / f"warm-{number}", str(machine)))
     print(f"\n{args.scenario}, gossipfl run --spawn, {args.repeat} run(s) each "
           f"(load average before each run in brackets)")
@@ -212,7 +213,7 @@ def main() -> int:
               f"{rss:>18.0f} {wall:>7.1f} {min(r['accuracy'] for r in runs):>8.4f}  "
               f"[{', '.join(r['load'] for r in runs)}]")
     off = figures["no cache"]
-    for name in ("run cache", "warm cache"):
+    for name in ("cold cache", "warm cache"):
         got = figures[name]
         print(f"{name} / no cache: start-up {got[0] / off[0]:.2f}x, peak RSS "
               f"{got[1] / off[1]:.2f}x, wall {got[2] / off[2]:.2f}x")

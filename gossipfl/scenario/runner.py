@@ -159,7 +159,7 @@ def start_node(node: NodeProcess, *, standby: bool = False,
     ``<out>/go`` (see :func:`release_standby`): a restart then takes a fraction of a second
     instead of the several seconds a fresh interpreter needs to import JAX and libp2p.
     """
-    env = {**os.environ, **NODE_ENV, **compile_cache_env(node.out.parents[1])}
+    env = {**os.environ, **NODE_ENV, **compile_cache_env()}
     command = [sys.executable, "-m", "gossipfl", "node", "--config", str(node.out / "node.toml")]
     if node.netns:  # `ip netns exec` execs the node in its namespace: the pid stays the same
         command = exec_prefix(node.netns) + command
@@ -173,29 +173,13 @@ def start_node(node: NodeProcess, *, standby: bool = False,
     return process
 
 
-def compile_cache_env(out: Path) -> dict[str, str]:
-    """The nodes' JAX compilation cache: the caller's ``GOSSIPFL_COMPILE_CACHE``, else the run's
-    own ``DIR/xla-cache``."""
-    return {"GOSSIPFL_COMPILE_CACHE": os.environ.get("GOSSIPFL_COMPILE_CACHE")
-            or str(out / "xla-cache")}
+def compile_cache_env() -> dict[str, str]:
+    """The spawned nodes' JAX compilation cache: the caller's ``GOSSIPFL_COMPILE_CACHE``, else
+    the machine's (``~/.cache/gossipfl/xla``), so that a machine compiles a model's steps once
+    (the first run's nodes compile them, later runs load them)."""
+    from gossipfl.node.compile_cache import ENV, default_folder
 
-
-def warm_compile_cache(node: NodeProcess, timeout: float) -> None:
-    """Compile one node's steps into the cache before the spawned nodes start (they load them
-    instead of each compiling the same code at once); a failure is only logged."""
-    env = {**os.environ, **NODE_ENV, **compile_cache_env(node.out.parents[1])}
-    if env["GOSSIPFL_COMPILE_CACHE"].strip().lower() in ("", "off"):  # the caller's choice
-        return
-    with open(node.out.parents[1] / "warmup.log", "wb") as output:
-        try:
-            code = subprocess.run([sys.executable, "-m", "gossipfl.node.compile_cache",
-                                   str(node.out / "node.toml")], stdout=output,
-                                  stderr=subprocess.STDOUT, env=env, timeout=timeout,
-                                  check=False).returncode
-        except subprocess.TimeoutExpired:
-            code = -1
-    if code != 0:
-        log.warning("compile-cache warm-up failed (%d); the nodes compile their own", code)
+    return {ENV: os.environ.get(ENV) or default_folder()}
 
 
 def release_standby(node: NodeProcess) -> None:
@@ -434,7 +418,6 @@ def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *,
         late = {j.node for j in scenario.joins}
         first = [n for n in nodes if n.index not in late]
         if spawn or not hasattr(os, "fork"):
-            warm_compile_cache(first[0], timeout=min(120.0, scenario.timeout))
             for node in first:
                 start_node(node)
         else:
