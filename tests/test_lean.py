@@ -10,8 +10,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import trio
 from sim_scenarios import metrics, scenario_text, simulated
 
+from gossipfl.gossip.codes import AckCode
+from gossipfl.gossip.framing import READ_CHUNK, BufferedReader, StreamClosed, read_frame
+from gossipfl.gossip.wire import Ack, encode_frame
 from gossipfl.node.learner import LearnerPool
 from gossipfl.node.round import evaluates
 from gossipfl.report import write_report_html
@@ -131,3 +135,45 @@ def test_the_compile_cache_folder_flag_then_environment_then_the_users_cache(
     assert cache_folder("off") is None and cache_folder("") is None
     monkeypatch.setenv(ENV, "OFF")
     assert cache_folder(None) is None
+
+
+class _Stream:
+    """A stream holding ``data``, answering each read with up to the bytes asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.reads: list[int | None] = []
+
+    async def read(self, n: int | None = None) -> bytes:
+        self.reads.append(n)
+        size = len(self.data) if n is None else n
+        chunk, self.data = self.data[:size], self.data[size:]
+        return chunk
+
+
+def test_frames_are_read_in_chunks_and_what_is_left_waits_for_the_next() -> None:
+    acks = [Ack(federation="f", round=r, sender="12D3KooW", status=AckCode.OK, reason="")
+            for r in range(50)]
+    frames = b"".join(encode_frame(a) for a in acks)
+
+    def read_all(ahead: bool) -> tuple[list[int], list[int | None]]:
+        stream = _Stream(frames)
+        reader = BufferedReader(stream)
+        reader.ahead = ahead
+
+        async def main() -> list[int]:
+            got = [(await read_frame(reader, Ack, 1 << 10))[0].round for _ in acks]
+            try:
+                await read_frame(reader, Ack, 1 << 10)
+            except StreamClosed:
+                got.append(-1)  # the end, between frames
+            return got
+
+        return trio.run(main), stream.reads
+
+    rounds, reads = read_all(ahead=True)  # a member's channel
+    assert rounds == [*range(50), -1]
+    assert reads == [READ_CHUNK, READ_CHUNK]  # 50 frames in one read, then the end
+    rounds, reads = read_all(ahead=False)  # anyone else's: exactly header, body, header...
+    assert rounds == [*range(50), -1]
+    assert len(reads) == 101 and reads[0] == 4 and all(n is not None and n < 100 for n in reads)
