@@ -30,6 +30,8 @@ NOT_LOADED = (
     "scipy", "dp_accounting", "gossipfl.privacy.accountant",  # DP on only
     "gossipfl.crypto.secagg", "gossipfl.crypto.shamir",  # secure aggregation on only
     "gossipfl.node.secure_round", "gossipfl.node.secure_inputs",
+    "gossipfl.adversary.roles", "gossipfl.adversary.byzantine",  # an adversary's only
+    "gossipfl.adversary.aggregator", "gossipfl.adversary.flood",
 )
 
 BUILD_NODE = """
