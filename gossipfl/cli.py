@@ -43,6 +43,9 @@ def _node_parser(sub: Any) -> None:
     p.add_argument("--metrics-port", type=int,
                    help="serve Prometheus metrics on this port (0: off, the default)")
     p.add_argument("--metrics-addr", help="the metrics server's address (default 127.0.0.1)")
+    p.add_argument("--compile-cache", metavar="DIR",
+                   help="JAX's compilation cache folder, shared by the nodes of a machine "
+                        "(default: $GOSSIPFL_COMPILE_CACHE, else ~/.cache/gossipfl/xla; off: none)")
 
 
 def _run_parser(sub: Any) -> None:
@@ -201,7 +204,12 @@ def node_command(args: argparse.Namespace) -> int:
         os.environ.setdefault("XLA_FLAGS", NODE_THREAD_FLAGS)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from gossipfl.config import ConfigError, NodeConfig, from_dict, load_toml
+    from gossipfl.node.compile_cache import cache_folder, enable_compile_cache
     from gossipfl.node.main import run_node
+
+    folder = cache_folder(args.compile_cache)
+    if folder is not None:  # before anything compiles: the steps are then loaded, not compiled
+        enable_compile_cache(folder)
 
     if args.start_when:
         # a standby node (scenario restarts): imports done, it starts the moment the file exists

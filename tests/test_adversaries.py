@@ -34,10 +34,11 @@ from gossipfl.adversary.aggregator import (
     read_as_plain,
     strip_pair_masks,
 )
-from gossipfl.adversary.factory import ROLES, make_role
+from gossipfl.adversary.factory import make_role
 from gossipfl.adversary.kinds import AGGREGATOR_KINDS, AdversaryKind
 from gossipfl.adversary.prober import StateProber
 from gossipfl.adversary.role import Role, parse_reconstruction_key, reconstruction_key
+from gossipfl.adversary.roles import ROLES
 from gossipfl.config import AdversaryConfig, ConfigError, SecAggConfig
 from gossipfl.crypto import secagg
 from gossipfl.gossip import wire

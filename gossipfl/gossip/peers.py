@@ -17,7 +17,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from gossipfl.gossip.framing import ByteStream, read_frame, write_frame
+from gossipfl.gossip.framing import BufferedReader, ByteStream, read_frame, write_frame
 from gossipfl.gossip.ratelimit import InFlight
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, M, Message, WireError
 
@@ -76,6 +76,7 @@ class Channel:
     def __init__(self, stream: ByteStream, traffic: Traffic,
                  policy: ReadPolicy | None = None, remote: str | None = None) -> None:
         self.stream = stream
+        self.reader = BufferedReader(stream)  # a member's frames read in chunks (framing.py)
         self.traffic = traffic
         self.policy = policy
         # a libp2p stream knows its peer; an in-memory one is told (gossipfl.gossip.memory)
@@ -95,8 +96,9 @@ class Channel:
     async def receive(self, expected: type[M], max_bytes: int) -> M:
         cap, member = self.read_cap(max_bytes)
         budget = None if self.policy is None else _Reservation(self.policy.in_flight, member)
+        self.reader.ahead = member  # a stranger's frames: not a byte beyond a header unchecked
         try:
-            message, size = await read_frame(self.stream, expected, cap, budget)
+            message, size = await read_frame(self.reader, expected, cap, budget)
         except WireError as error:
             if cap < max_bytes:
                 raise WireError(f"{error} (not a certified member: control frames only)") from None

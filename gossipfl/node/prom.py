@@ -17,18 +17,21 @@ the measured gauges NaN.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gossipfl.config import check_metrics
 from gossipfl.gossip.codes import NodeStatus
+
+if TYPE_CHECKING:  # prometheus_client loads only when a registry is asked for (a metrics port)
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("gossipfl.node")
 
@@ -85,8 +88,16 @@ class NodeMetrics:
         self._values["epsilon"] = 0.0
         self._rejected: dict[str, float] = {}
         self._phase = NodeStatus.JOINING
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
+
+    @functools.cached_property
+    def registry(self) -> CollectorRegistry:
+        """The node's own registry, holding this collector; made (and prometheus_client
+        imported) on first use, so a node without a metrics port never loads the library."""
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return registry
 
     def set_phase(self, phase: NodeStatus) -> None:
         self._phase = NodeStatus(phase)
@@ -111,6 +122,8 @@ class NodeMetrics:
 
     def collect(self) -> Iterator[Metric]:
         """The families a scrape returns (the Collector protocol of prometheus_client)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         with self._lock:
             values, rejected, phase = self._values, self._rejected, self._phase
         labels = self.label_values
@@ -165,6 +178,8 @@ class MetricsServer:
     def started(self, value: object = None) -> None:
         if not self.port or self.server is not None:
             return
+        from prometheus_client import start_http_server  # only with a metrics port
+
         try:
             self.server, self.thread = start_http_server(self.port, addr=self.addr,
                                                          registry=self.metrics.registry)

@@ -28,7 +28,7 @@ from gossipfl.aggregation.mixing import (
 )
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
-from gossipfl.node import linger, secure_round, settle
+from gossipfl.node import linger, settle
 from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector
 from gossipfl.node.compression import compressor
 from gossipfl.node.exchange import (
@@ -301,9 +301,8 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
     # round) and persist
     verdict = Verdict.GO_ON if training else finished(node, r)
     ending = verdict is Verdict.FINISH
-    config = node.config
-    if ending or r % config.train.eval_every == 0 or r == config.rounds - 1 \
-            or r == settle.round_limit(node) - 1:
+    if evaluates(r, node.config.train.eval_every, last_training=node.config.rounds - 1,
+                 last=settle.round_limit(node) - 1, ending=ending):
         evaluation = await node.offload(node.learner.evaluate, node.model)
         record.update(test_loss=evaluation.loss, test_accuracy=evaluation.accuracy,
                       eval_seconds=evaluation.seconds)
@@ -329,6 +328,13 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
              record["phase"], _figure(record["test_accuracy"]), _figure(record["test_loss"]),
              node.disagreement, len(missing), record["round_seconds"])
     return verdict
+
+
+def evaluates(r: int, every: int, *, last_training: int, last: int, ending: bool) -> bool:
+    """Whether round ``r`` evaluates the model on the test set: every ``every`` rounds (0,
+    every, 2 every, ...), and always in the last training round, the round limit's last round,
+    and a round that ends the node's run (its final model)."""
+    return ending or r % every == 0 or r in (last_training, last)
 
 
 def _figure(value: float | None) -> str:
@@ -383,6 +389,8 @@ def persist_round(node: Node, r: int) -> None:
 async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: float,
                           record: dict[str, Any]) -> list[str]:
     """Steps 4-6 under secure aggregation; returns the neighbours whose input is missing."""
+    from gossipfl.node import secure_round  # only with secure aggregation on: loaded then
+
     send_start = trio.current_time()
     checked = await secure_round.send_masked_inputs(node, r, done=False)
     if checked:  # what the range check found in our own inputs (gossipfl.node.secure_inputs)
@@ -476,6 +484,8 @@ async def announce_done(node: Node) -> None:
     node.own.publish(node.model, r)
     node.status = NodeStatus.DONE
     if node.config.secagg.enabled:
+        from gossipfl.node import secure_round  # only with secure aggregation on
+
         await secure_round.send_masked_inputs(node, r, done=True)
         return
     await send_to_neighbours(node, r, done=True)

@@ -59,21 +59,13 @@ from gossipfl.node.membership_loop import (
 )
 from gossipfl.node.prom import NodeMetrics
 from gossipfl.node.round import run_rounds
-from gossipfl.node.secure_round import (
-    PROTO_CONSISTENCY,
-    PROTO_MASKED,
-    PROTO_UNMASK,
-    SecAggState,
-    on_consistency_request,
-    on_masked_input,
-    on_unmask_request,
-)
+from gossipfl.node.secagg_state import SecAggState
 from gossipfl.node.security import NodeSecurity
 from gossipfl.node.serving import close_idle_connections, guard
 from gossipfl.node.state import NeighbourState, NodeError
 from gossipfl.node.state_sync import PROTO_STATE, consensus_round
 from gossipfl.node.streams import serve_requests
-from gossipfl.node.summary import node_summary, peak_rss_bytes
+from gossipfl.node.summary import node_summary, peak_rss_bytes, process_age
 from gossipfl.node.termination import SettleState
 from gossipfl.privacy.dp import noise_generator
 
@@ -176,6 +168,7 @@ class Node:
         self.changed = trio.Event()
         self.bootstrap = [split_p2p_addr(a) for a in config.bootstrap]
         self.final_accuracy: float | None = None
+        self.startup_seconds: float | None = None  # process start to round 0 (a process)
         self.history: list[dict[str, Any]] = []
         self.isolated_rounds = 0
         self.settle = SettleState()  # termination: depth, horizon, neighbours awaited or gone
@@ -271,6 +264,10 @@ class Node:
                 if self.resumed_from is not None or self.joined_late:
                     await state_sync.catch_up(self)
                 nursery.start_soon(links.relink_loop, self)
+                if self.signals:  # a process of its own: from its start to round 0
+                    self.startup_seconds = process_age()
+                    log.info("round 0 starts %.2f s after the process started",
+                             self.startup_seconds)
                 self.status = NodeStatus.TRAINING
                 await run_rounds(self)  # the one place a round is composed
                 self.status = NodeStatus.DONE
@@ -301,6 +298,16 @@ class Node:
         transport.serve(PROTO_MEMBERSHIP, guard(self, bound(membership_loop.on_heartbeat)))
         transport.serve(PROTO_LINK, guard(self, bound(links.on_link), members_only=True))
         if self.config.secagg.enabled:
+            # imported here: a node without secure aggregation never loads its code
+            from gossipfl.node.secure_round import (
+                PROTO_CONSISTENCY,
+                PROTO_MASKED,
+                PROTO_UNMASK,
+                on_consistency_request,
+                on_masked_input,
+                on_unmask_request,
+            )
+
             # each served as a persistent request stream (timeouts inside)
             for protocol, what, handler in (
                     (PROTO_MASKED, "masked", on_masked_input),

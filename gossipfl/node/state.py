@@ -132,6 +132,7 @@ class Node(Protocol):
     isolated_rounds: int
     settle: SettleState
     final_accuracy: float | None
+    startup_seconds: float | None
     history: list[dict[str, Any]]
     # differential privacy (budget: PrivacyBudget or RecordBudget, None with DP off)
     budget: Any

@@ -13,6 +13,16 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def process_age() -> float:
+    """Wall seconds since this process started (forked or spawned), at the clock ticks'
+    resolution (10 ms)."""
+    import time
+
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
 def node_summary(node: Node) -> dict[str, Any]:
     """What ``summary.json`` holds: the node's end state, traffic, faults seen, privacy."""
     return {
@@ -31,6 +41,7 @@ def node_summary(node: Node) -> dict[str, Any]:
         "train_seconds": sum(h.get("train_seconds", 0.0) for h in node.history),
         "eval_seconds": sum(h.get("eval_seconds", 0.0) for h in node.history),
         "peak_rss_bytes": peak_rss_bytes(),
+        "startup_seconds": node.startup_seconds,
         "rejected": dict(node.rejections),
         "timeouts": node.timeouts,
         "neighbours": sorted(node.neighbours),

@@ -130,7 +130,11 @@ def accuracy_plot(run: RunData) -> str:
     pairs = _series(run.nodes)
     colours = node_colours(len(run.nodes))
     for position, (node, series) in enumerate(pairs):
-        line, = axes.plot(series.rounds, series.accuracy, lw=1.0,
+        # rounds a node did not evaluate ([train] eval_every) are NaN: joined over, not gaps
+        rounds = [r for r, a in zip(series.rounds, series.accuracy, strict=True)
+                  if math.isfinite(a)]
+        accuracy = [a for a in series.accuracy if math.isfinite(a)]
+        line, = axes.plot(rounds, accuracy, lw=1.0,
                           color=colours[position % len(colours)],
                           label=f"node {node.index}" + ("" if node.role == "honest"
                                                         else f" ({node.role})"))

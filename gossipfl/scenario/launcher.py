@@ -24,18 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-COMPILE_CACHE_SETTINGS = {
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-}
-
-
-def enable_compile_cache(directory: str) -> None:
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", directory)
-    for key, value in COMPILE_CACHE_SETTINGS.items():
-        jax.config.update(key, value)
+from gossipfl.node.compile_cache import enable_compile_cache, warm_up
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -68,15 +57,6 @@ def _redirect(path: Path) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-
-
-def warm_up(config: Any) -> None:
-    """Compile one node's train and evaluate steps (into the on-disk cache)."""
-    from gossipfl.node.learner import LocalLearner
-
-    learner = LocalLearner(config)
-    vector = learner.train(learner.initial_vector(), 0).vector
-    learner.evaluate(vector)
 
 
 def run_in(netns: str | None, run: Callable[[], Any]) -> Any:

@@ -161,7 +161,7 @@ def start_node(node: NodeProcess, *, standby: bool = False,
     ``<out>/go`` (see :func:`release_standby`): a restart then takes a fraction of a second
     instead of the several seconds a fresh interpreter needs to import JAX and libp2p.
     """
-    env = {**os.environ, **NODE_ENV}
+    env = {**os.environ, **NODE_ENV, **compile_cache_env()}
     command = [sys.executable, "-m", "gossipfl", "node", "--config", str(node.out / "node.toml")]
     if node.netns:  # `ip netns exec` execs the node in its namespace: the pid stays the same
         command = exec_prefix(node.netns) + command
@@ -173,6 +173,15 @@ def start_node(node: NodeProcess, *, standby: bool = False,
     if not standby:
         node.process = process
     return process
+
+
+def compile_cache_env() -> dict[str, str]:
+    """The spawned nodes' JAX compilation cache: the caller's ``GOSSIPFL_COMPILE_CACHE``, else
+    the machine's (``~/.cache/gossipfl/xla``), so that a machine compiles a model's steps once
+    (the first run's nodes compile them, later runs load them)."""
+    from gossipfl.node.compile_cache import ENV, default_folder
+
+    return {ENV: os.environ.get(ENV) or default_folder()}
 
 
 def release_standby(node: NodeProcess) -> None:
