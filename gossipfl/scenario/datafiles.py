@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,8 +25,17 @@ from gossipfl.config import ConfigError, DataConfig
 from gossipfl.learning.data import Dataset, load_dataset, read_npz
 from gossipfl.learning.partition import node_partition
 
-if TYPE_CHECKING:
-    from gossipfl.scenario.config import ScenarioConfig
+
+class ScenarioConfig(Protocol):
+    """What of a scenario (:class:`gossipfl.scenario.config.ScenarioConfig`) this module reads;
+    named here so that the scenario's config, which resolves its file names here, is not
+    imported back."""
+
+    @property
+    def data(self) -> DataConfig: ...
+
+    @property
+    def nodes(self) -> int: ...
 
 #: The keys of ``[data]`` that name files, resolved against the scenario file's folder.
 FILE_KEYS = ("path", "test_path", "folder")
