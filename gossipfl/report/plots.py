@@ -89,8 +89,8 @@ def _series(nodes: Sequence[NodeData]) -> list[tuple[NodeData, Series]]:
     return [(n, n.series) for n in nodes if n.series is not None]
 
 
-def _mark_rounds(axes: Axes, run: RunData) -> None:
-    """Partitions shaded and node events as vertical lines, one legend entry per kind."""
+def _shade_partitions(axes: Axes, run: RunData) -> None:
+    """Each partition's rounds shaded (to the last round if it never healed)."""
     top = max(run.total_rounds, 1)
     for number, part in enumerate(run.partitions):
         if part.cut_round is None:
@@ -98,6 +98,11 @@ def _mark_rounds(axes: Axes, run: RunData) -> None:
         end = part.heal_round if part.heal_round is not None else top
         axes.axvspan(part.cut_round, end, color="#999999", alpha=0.18, lw=0,
                      label="partitioned" if number == 0 else None)
+
+
+def _mark_rounds(axes: Axes, run: RunData) -> None:
+    """Partitions shaded and node events as vertical lines, one legend entry per kind."""
+    _shade_partitions(axes, run)
     seen: set[MarkerKind] = set()
     for marker in run.markers:
         if marker.kind not in LINE_KINDS:
@@ -379,13 +384,7 @@ def timeline_plot(run: RunData) -> str:
         line, = axes.plot(xs, [node.index if not math.isnan(y) else y for y in ys],
                           color="#cccccc", lw=4, solid_capstyle="butt")
         line.set_gid(f"series-timeline-{node.index}")
-    top = max(run.total_rounds, 1)
-    for number, part in enumerate(run.partitions):
-        if part.cut_round is None:
-            continue
-        end = part.heal_round if part.heal_round is not None else top
-        axes.axvspan(part.cut_round, end, color="#999999", alpha=0.18, lw=0,
-                     label="partitioned" if number == 0 else None)
+    _shade_partitions(axes, run)
     seen: set[MarkerKind] = set()
     for marker in run.markers:
         colour, symbol = MARKER_STYLE[marker.kind]

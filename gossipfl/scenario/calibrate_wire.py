@@ -69,17 +69,34 @@ def make_members(count: int) -> list[_Member]:
     return members
 
 
+def sealed_round_trip(body: bytes, fed: str, sender: _Member, receiver: _Member,
+                      cap: int) -> tuple[bytes, bytes]:
+    """``body`` sealed from ``sender`` to ``receiver`` as a node seals it, framed, and opened
+    again: (the frame, the opened payload)."""
+    from gossipfl.crypto.admission import verify_key_from_peer_id
+    from gossipfl.crypto.envelope import open_envelope, seal
+    from gossipfl.gossip.wire import Sealed, encode_frame
+
+    data = seal(body, federation=fed, round=1, sender=sender.peer_id,
+                receiver=receiver.peer_id, sender_signing_key=sender.signing,
+                receiver_x25519_public=receiver.x_public, max_payload_bytes=cap)
+    frame = encode_frame(Sealed(fed, 1, sender.peer_id, receiver.peer_id, data), cap)
+    _, payload = open_envelope(data, federation=fed, expected_round=1,
+                               expected_sender=sender.peer_id, receiver=receiver.peer_id,
+                               receiver_x25519_private=receiver.x_private,
+                               sender_verify_key=verify_key_from_peer_id(sender.peer_id),
+                               max_payload_bytes=cap)
+    return frame, payload
+
+
 def contribution_frames(scenario: ScenarioConfig, names: Names, a: _Member,
                          b: _Member) -> tuple[int, int, int, float]:
     """(full frame bytes, delta frame bytes, ack bytes, CPU seconds per exchange)."""
-    from gossipfl.crypto.admission import verify_key_from_peer_id
-    from gossipfl.crypto.envelope import open_envelope, seal
     from gossipfl.gossip.codes import AckCode
     from gossipfl.gossip.wire import (
         DEFAULT_MAX_PAYLOAD_BYTES,
         Ack,
         Contribution,
-        Sealed,
         decode_body,
         encode_body,
         encode_frame,
@@ -111,15 +128,7 @@ def contribution_frames(scenario: ScenarioConfig, names: Names, a: _Member,
             frame = encode_frame(contribution, cap)
             decode_body(encode_body(contribution), Contribution)
             return len(frame)
-        data = seal(encode_body(contribution), federation=fed, round=1, sender=a.peer_id,
-                    receiver=b.peer_id, sender_signing_key=a.signing,
-                    receiver_x25519_public=b.x_public, max_payload_bytes=cap)
-        frame = encode_frame(Sealed(fed, 1, a.peer_id, b.peer_id, data), cap)
-        _, payload = open_envelope(data, federation=fed, expected_round=1,
-                                   expected_sender=a.peer_id, receiver=b.peer_id,
-                                   receiver_x25519_private=b.x_private,
-                                   sender_verify_key=verify_key_from_peer_id(a.peer_id),
-                                   max_payload_bytes=cap)
+        frame, payload = sealed_round_trip(encode_body(contribution), fed, a, b, cap)
         decode_body(payload, Contribution)
         return len(frame)
 
@@ -193,15 +202,12 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
     """One aggregator's neighbourhood of ``degree`` members: the real masked input one of them
     sends it, and the consistency and unmask messages of the round."""
     from gossipfl.crypto import secagg, shamir
-    from gossipfl.crypto.admission import verify_key_from_peer_id
     from gossipfl.crypto.consistency import SurvivorSet, sign_set, threshold
-    from gossipfl.crypto.envelope import open_envelope, seal
     from gossipfl.gossip.wire import (
         DEFAULT_MAX_PAYLOAD_BYTES,
         ConsistencyRequest,
         ConsistencyResponse,
         MaskedInput,
-        Sealed,
         UnmaskRequest,
         UnmaskResponse,
         decode_body,
@@ -242,15 +248,7 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
         message = masked()
         body = encode_body(message)
         if scenario.encrypt_payloads:
-            data = seal(body, federation=fed, round=1, sender=me.peer_id,
-                        receiver=aggregator.peer_id, sender_signing_key=me.signing,
-                        receiver_x25519_public=aggregator.x_public, max_payload_bytes=cap)
-            frame = encode_frame(Sealed(fed, 1, me.peer_id, aggregator.peer_id, data), cap)
-            _, body = open_envelope(data, federation=fed, expected_round=1,
-                                    expected_sender=me.peer_id, receiver=aggregator.peer_id,
-                                    receiver_x25519_private=aggregator.x_private,
-                                    sender_verify_key=verify_key_from_peer_id(me.peer_id),
-                                    max_payload_bytes=cap)
+            frame, body = sealed_round_trip(body, fed, me, aggregator, cap)
         else:
             frame = encode_frame(message, cap)
         decode_body(body, MaskedInput)
