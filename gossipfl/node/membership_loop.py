@@ -275,9 +275,16 @@ async def join(node: Node) -> None:
     # have lost members for good since it started).
     saved = saved_neighbours(node) if node.resumed_from is not None else None
     wanted = set(saved) if saved else None
+    seen: tuple[int, ...] = ()
+    known: set[str] = set()
     with trio.move_on_after(node.protocol.join_timeout):
         while True:
-            known = set(known_members(node, heard_of=wanted is None))
+            # counted again only when the table or the certificates held changed (it costs
+            # the table's size, twenty times a second)
+            state = (node.membership.version, len(node.membership),
+                     len(node.security.certificates), len(node.security.hearsay_certificates))
+            if state != seen:
+                seen, known = state, set(known_members(node, heard_of=wanted is None))
             count = len(known) + 1
             now = trio.current_time()
             if count != last_count:
