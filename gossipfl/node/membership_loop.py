@@ -10,7 +10,6 @@ list is a delta: what changed in the sender's table since the receiver last said
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -173,10 +172,9 @@ def may_dial(node: Node, peer: str) -> bool:
 
 
 def heartbeat_targets(node: Node) -> dict[str, tuple[str, ...]]:
-    """Whom to heartbeat now: while joining, ``HEARTBEAT_FANOUT`` members, the same ones
-    from one heartbeat to the next as far as the table allows (the first in an order of this
-    node's own), so that each exchange carries only what changed since the last one; then
-    the neighbours and a few others.
+    """Whom to heartbeat now: everyone while joining (at most ``HEARTBEAT_FANOUT`` a cycle,
+    drawn afresh: membership spreads fastest so, and a partner met again is sent only what
+    changed since its ack); then the neighbours and a few others.
 
     Each heartbeat is a libp2p stream, which costs CPU in every process; once links are
     formed, neighbours plus ``HEARTBEAT_EXTRA`` random members keep membership fresh (ages
@@ -184,9 +182,8 @@ def heartbeat_targets(node: Node) -> dict[str, tuple[str, ...]]:
     """
     members = [p for p in node.membership.ids() if may_dial(node, p)]
     if node.topology is None:
-        salt = f"{node.config.seed}/{node.config.node_index}/{node.peer_id}"
-        chosen = members if len(members) <= HEARTBEAT_FANOUT else sorted(
-            members, key=lambda p: _order(salt, p))[:HEARTBEAT_FANOUT]
+        chosen = members if len(members) <= HEARTBEAT_FANOUT else node.rng.sample(
+            members, HEARTBEAT_FANOUT)
     else:
         others = [p for p in members if p not in node.neighbours]
         chosen = [p for p in members if p in node.neighbours]
@@ -200,12 +197,6 @@ def heartbeat_targets(node: Node) -> dict[str, tuple[str, ...]]:
                 and peer not in node.security.revoked):
             targets[peer] = (addr,)
     return targets
-
-
-def _order(salt: str, peer: str) -> bytes:
-    """Where ``peer`` stands in a node's own order of the members (``salt``: its seed, index
-    and id, as its generator's)."""
-    return hashlib.blake2b(f"{salt}/{peer}".encode(), digest_size=8).digest()
 
 
 async def heartbeat_loop(node: Node) -> None:
