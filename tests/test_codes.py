@@ -243,7 +243,7 @@ def test_node_status_is_always_a_member(tmp_path: Path) -> None:
     node.status = NodeStatus.STOPPED
 
     async def beat() -> Heartbeat:
-        return heartbeat(node)
+        return heartbeat(node, PEER)
 
     assert trio.run(beat).status is NodeStatus.DONE  # a stopped node is done to its peers
 

@@ -516,6 +516,8 @@ def test_a_forged_relayed_stamp_is_refused_and_logged(star, caplog) -> None:
     entry = MemberInfo(e.peer_id, (), 0.0, c.security.certificate_bytes(e.peer_id), forged)
 
     async def relay() -> None:
+        # past the table's refresh: a relayed stamp of e that is higher is checked again
+        trio.lowlevel.current_clock().jump(NOW + b.membership.refresh)
         beat = dataclasses.replace(heartbeat(c), members=(entry,), stamp=renew_stamp(c))
         absorb(b, beat)
 
@@ -544,8 +546,8 @@ def test_a_node_s_heartbeat_carries_a_new_stamp_each_cycle(star) -> None:
     keys = [verify_stamp(beat.stamp, federation="fed", peer_id=c.peer_id).key for beat in beats]
     assert keys[1] == (c.stamp_epoch, keys[0][1] + 1)
     b.membership.forget(c.peer_id)
-    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[0].stamp),), NOW - 3,
-                       reporter="r")
+    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[0].stamp),), NOW - 4,
+                       reporter="r")  # a next stamp is taken a refresh (1.25 s) later
     b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[1].stamp),), NOW - 2,
                        reporter="r")
     b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[1].stamp),), NOW,

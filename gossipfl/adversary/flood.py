@@ -100,8 +100,9 @@ class MembershipFlood(Role):
                 ever |= set(members)
                 stamps.update((m.peer_id, m.stamp) for m in
                               node.membership.snapshot(trio.current_time()) if m.stamp)
-                beat = flood_heartbeat(heartbeat(node), fakes, trap, sorted(ever), turn,
-                                       node.security.own_certificate, stamps)
+                beat = flood_heartbeat(heartbeat(node, node.peer_id), fakes, trap,
+                                       sorted(ever), turn, node.security.own_certificate,
+                                       stamps)
                 for peer in members:
                     nursery.start_soon(self._send, node, peer, beat)
                 turn += 1

@@ -29,11 +29,28 @@ one in a heartbeat. A member pruned for silence leaves a *tombstone* (its held s
 hearsay brings it back only with a verified stamp above that, so a liar cannot put a dead
 member back into the table (and the topology) with age 0. Unsigned hearsay still serves for
 discovery and addresses, with ages, as before.
+
+Heartbeats carry *deltas* of the table, not the table. Every change worth gossiping (a new
+entry, a newer stamp held, new addresses, an entry vouched for, an unstamped entry's age
+refreshed) gives the entry the table's next *version* (within the table's *epoch*: the node's
+run), and the table keeps its entries in version order. A heartbeat to a peer lists the vouched
+entries changed after the version that peer says it holds (its *ack*, carried in each of its
+heartbeats), oldest change first, at most a heartbeat's worth, and says through which version
+the list is complete; the receiver acks that version only if the list started where its own
+ack stood and every entry was judged (none left for a later heartbeat by a check budget), so a
+lost heartbeat, a restart (a new epoch) or a budget cut is sent again. A newer stamp of a
+member is taken (verified, held, relayed: a change) at most once per ``refresh`` seconds
+(a node's: ``STAMP_REFRESH`` of its timeout): a live member still makes progress within every
+``refresh`` plus a few heartbeats, far inside ``timeout``, and each member's entry changes at
+that rate instead of every heartbeat, so a heartbeat's delta holds about ``members ×
+interval / refresh`` entries.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +66,10 @@ log = logging.getLogger(__name__)
 MAX_FEDERATION = 4096
 #: Members one heartbeat lists at most: a table larger than this goes out in windows.
 GOSSIP_WINDOW = MAX_MEMBERS
+#: A node's table takes a member's newer stamp at most once per this fraction of its timeout.
+STAMP_REFRESH = 1 / 8
+#: Entries a heartbeat to a member that is not a neighbour lists at most (its freshest changes).
+EXTRA_WINDOW = 32
 SILENT_INTERVALS = 3  # heartbeat intervals without news of a peer: it has gone silent
 #: Relayed stamps one heartbeat may make us verify. Past it, the rest of that heartbeat's new
 #: stamps are ignored (not held, not progress); the next heartbeats carry them, and each
@@ -58,7 +79,10 @@ MAX_STAMP_CHECKS = 64
 Verifier = Callable[[bytes, str, str], Stamp]  # (stamp, federation, peer id) → Stamp or error
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _verify(data: bytes, federation: str, peer_id: str) -> Stamp:
+    """A pure function of its arguments, so its results are kept (refused stamps raise and are
+    not): in a simulation, every node that is handed the same stamp checks it once for all."""
     return liveness.verify_stamp(data, federation=federation, peer_id=peer_id)
 
 
@@ -73,6 +97,9 @@ class _Entry:
     live: float | None = None  # local time of its last stamp progress or direct hearing
     stamp: bytes = b""  # the freshest verified stamp (relayed in our heartbeats)
     stamp_key: StampKey | None = None
+    stamp_at: float = -math.inf  # local time the held stamp was taken
+    version: int = 0  # the table's version at the entry's last gossiped change
+    gossiped_heard: float = -math.inf  # last_heard at that change (unstamped entries' ages)
 
 
 @dataclass
@@ -91,10 +118,31 @@ class Membership:
     _window: int = 0  # where the next snapshot's window starts (a table larger than a heartbeat)
     #: stamps refused since last drained: (reporter, member, reason); the node logs them
     forged: list[tuple[str, str, str]] = field(default_factory=list)
+    epoch: int = 0  # this table's epoch (the node's run): versions count within it
+    refresh: float = 0.0  # a member's newer stamp is taken at most this often (0: always;
+    # a node's table: STAMP_REFRESH of its timeout)
+    deferred: int = 0  # entries of the last merge left for a later heartbeat (check budget)
+    _version: int = 0
+    _acked: dict[str, tuple[int, int]] = field(default_factory=dict)  # peer: our table it holds
+    _have: dict[str, tuple[int, int]] = field(default_factory=dict)  # peer: its table we hold
 
     def __post_init__(self) -> None:
         if self.per_reporter <= 0:
             self.per_reporter = max(1, min(self.capacity // 4, MAX_MEMBERS - 1))
+
+    def _touch(self, peer_id: str, entry: _Entry) -> None:
+        """A change to gossip: the entry takes the next version and moves to the end (the
+        table is kept in version order)."""
+        self._version += 1
+        entry.version = self._version
+        entry.gossiped_heard = entry.last_heard
+        self._members[peer_id] = self._members.pop(peer_id, entry)
+
+    def _aged(self, peer_id: str, entry: _Entry) -> None:
+        """An unstamped entry's age is its only sign of life: gossip it again once it has
+        grown fresher by ``refresh`` (a stamped one lives by its stamps)."""
+        if entry.stamp_key is None and entry.last_heard - entry.gossiped_heard >= self.refresh:
+            self._touch(peer_id, entry)
 
     def heard_from(self, peer_id: str, addrs: tuple[str, ...], now: float,
                    stamp: bytes = b"") -> bool:
@@ -111,6 +159,9 @@ class Membership:
             if len(self._members) >= self.capacity and not self._evict_hearsay():
                 return False
             entry = self._members[peer_id] = _Entry(addrs, now, True, True, None, since=now)
+            self._touch(peer_id, entry)
+        elif not entry.vouched:
+            self._touch(peer_id, entry)
         entry.direct, entry.vouched, entry.reporter = True, True, None
         entry.live = now if entry.live is None else max(entry.live, now)
         if stamp:
@@ -119,8 +170,10 @@ class Membership:
             return True
         if now >= entry.last_heard:
             entry.last_heard = now
-        if addrs:
+        if addrs and addrs != entry.addrs:
             entry.addrs = addrs
+            self._touch(peer_id, entry)
+        self._aged(peer_id, entry)
         return False
 
     def merge(self, members: tuple[MemberInfo, ...], now: float, *, reporter: str = "",
@@ -133,19 +186,24 @@ class Membership:
         new = []
         held = self.reported_counts()
         budget = _Budget(MAX_STAMP_CHECKS)
+        self.deferred = 0
         for info in members:
             if info.peer_id in (self.self_id, reporter) or info.age >= self.timeout:
                 continue
             heard = now - info.age
             entry = self._members.get(info.peer_id)
             if entry is not None:
-                entry.vouched = entry.vouched or vouched
+                if vouched and not entry.vouched:
+                    entry.vouched = True
+                    self._touch(info.peer_id, entry)
                 if info.stamp:
                     self._take_stamp(info.peer_id, entry, info.stamp, now, reporter, budget)
                 if heard > entry.last_heard:
                     entry.last_heard = heard
-                    if info.addrs and not entry.direct:
+                    if info.addrs and not entry.direct and info.addrs != entry.addrs:
                         entry.addrs = info.addrs
+                        self._touch(info.peer_id, entry)
+                    self._aged(info.peer_id, entry)
                 continue
             if held[reporter] >= self.per_reporter or len(self._members) >= self.capacity:
                 continue
@@ -161,6 +219,7 @@ class Membership:
             elif info.stamp:
                 self._take_stamp(info.peer_id, entry, info.stamp, now, reporter, budget)
             self._members[info.peer_id] = entry
+            self._touch(info.peer_id, entry)
             held[reporter] += 1
             new.append(info.peer_id)
         return new
@@ -173,6 +232,8 @@ class Membership:
         makes no one live."""
         if data == entry.stamp:  # the stamp held (relayed again): nothing to parse
             return StampVerdict.STALE
+        if reporter != peer_id and now - entry.stamp_at < self.refresh:
+            return StampVerdict.STALE  # a relayed one taken lately: a later one will do
         try:
             key = Stamp.from_bytes(data).key
         except StampError as error:
@@ -180,6 +241,7 @@ class Membership:
         if not liveness.is_progress(entry.stamp_key, key):
             return StampVerdict.STALE
         if budget is not None and budget.spent():
+            self.deferred += 1
             return StampVerdict.UNCHECKED
         try:
             self.verify(data, self.federation, peer_id)
@@ -187,7 +249,9 @@ class Membership:
             return self._forged(reporter, peer_id, str(error), budget)
         if entry.stamp_key is not None or entry.direct:
             entry.live = now
-        entry.stamp, entry.stamp_key = bytes(data), key
+        entry.stamp, entry.stamp_key, entry.stamp_at = bytes(data), key, now
+        if peer_id in self._members:  # a new entry is touched once it is in
+            self._touch(peer_id, entry)
         return StampVerdict.PROGRESS
 
     def _forged(self, reporter: str, peer_id: str, reason: str,
@@ -235,6 +299,8 @@ class Membership:
             if now - last >= self.timeout:
                 gone.append(peer_id)
         for peer_id in gone:
+            self._acked.pop(peer_id, None)
+            self._have.pop(peer_id, None)
             key = self._members.pop(peer_id).stamp_key
             if key is not None:
                 self._tombstones[peer_id] = key
@@ -245,6 +311,8 @@ class Membership:
     def forget(self, peer_id: str) -> None:
         self._members.pop(peer_id, None)
         self._tombstones.pop(peer_id, None)
+        self._acked.pop(peer_id, None)
+        self._have.pop(peer_id, None)
 
     def addrs(self, peer_id: str) -> tuple[str, ...]:
         entry = self._members.get(peer_id)
@@ -300,6 +368,75 @@ class Membership:
             vouched = (vouched + vouched)[start:start + limit]
         return tuple(MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), stamp=e.stamp)
                      for p, e in vouched)
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def delta(self, now: float, since: int = 0, limit: int = GOSSIP_WINDOW, *,
+              freshest: bool = False) -> tuple[tuple[MemberInfo, ...], int, int]:
+        """The vouched entries changed after version ``since`` (0: the whole table), oldest
+        change first, at most ``limit`` of them; with ``since`` and ``upto``: the list holds
+        every vouched entry changed after ``since`` through ``upto``. ``freshest``: the
+        ``limit`` latest changes instead (``since`` then moves up to just before them).
+
+        >>> table = Membership("me", timeout=10.0)
+        >>> for i in range(4):
+        ...     _ = table.heard_from(f"p{i}", (), 0.0)
+        >>> [m.peer_id for m in table.delta(1.0, 0, 3)[0]], table.delta(1.0, 0, 3)[1:]
+        (['p0', 'p1', 'p2'], (0, 3))
+        >>> _ = table.heard_from("p1", ("/new",), 1.0)  # new addresses: a change
+        >>> [m.peer_id for m in table.delta(1.0, 3)[0]], table.delta(1.0, 3)[1:]
+        (['p3', 'p1'], (3, 5))
+        """
+        if since > self._version:  # another epoch's, or made up: start over
+            since = 0
+        changed = []
+        for peer_id in reversed(self._members):  # newest change first
+            entry = self._members[peer_id]
+            if entry.version <= since:
+                break
+            if entry.vouched:
+                changed.append((peer_id, entry))
+            if freshest and len(changed) == limit:
+                since = max(since, entry.version - 1)
+                break
+        changed.reverse()
+        upto = self._version
+        if len(changed) > limit:
+            changed = changed[:limit]
+            upto = changed[-1][1].version
+        return (tuple(MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), stamp=e.stamp)
+                      for p, e in changed), since, upto)
+
+    def since_for(self, peer_id: str) -> int:
+        """The version of this table ``peer_id`` says it holds (0: none, or another epoch's)."""
+        epoch, version = self._acked.get(peer_id, (0, 0))
+        return version if epoch == self.epoch else 0
+
+    def acked(self, peer_id: str, ack: tuple[int, int]) -> None:
+        """``peer_id`` (a member, heard from directly) says it holds our table through
+        ``ack`` = (epoch, version). A lie only costs the liar what we send it."""
+        if peer_id in self._members:
+            self._acked[peer_id] = ack
+
+    def ack_for(self, peer_id: str) -> tuple[int, int]:
+        """How much of ``peer_id``'s table we hold: (its epoch, version), (0, 0) for none."""
+        return self._have.get(peer_id, (0, 0))
+
+    def took_table(self, peer_id: str, table: tuple[int, int, int], complete: bool) -> None:
+        """``peer_id``'s heartbeat held its table's changes after ``since`` through ``upto``
+        (``table`` = (epoch, since, upto)); we hold them all if the list started where we
+        stood and every entry was judged (``complete``: none left to a later heartbeat)."""
+        if peer_id not in self._members:
+            return
+        epoch, since, upto = table
+        held_epoch, held = self._have.get(peer_id, (0, 0))
+        if epoch != held_epoch:  # it restarted (or we never heard its table)
+            held = 0
+        if complete and since <= held:
+            held = max(held, upto)
+        self._have[peer_id] = (epoch, held)
 
 
 @dataclass

@@ -123,7 +123,7 @@ __all__ = (
     "unpack_bounded",
 )
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: heartbeats carry member-table deltas (table, ack)
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
 

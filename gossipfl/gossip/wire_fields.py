@@ -31,6 +31,8 @@ MAX_TENSOR_ELEMENTS = 2**31
 STAMP_BYTES = 80
 #: The largest round number a message may carry.
 MAX_ROUND = 2**31 - 1
+#: Membership table epochs (a run's start, ns) and versions travel as unsigned 64-bit numbers.
+MAX_TABLE_NUMBER = 2**64 - 1
 #: The largest settled depth or horizon a message may carry (gossipfl.node.termination).
 MAX_DEPTH = 2**16
 
@@ -87,4 +89,7 @@ def check_code(value: Any, what: str, allowed: Iterable[C]) -> C:
 def check_addrs(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_ADDRS:
         raise WireError(f"{what} must be a list of at most {MAX_ADDRS} addresses")
-    return tuple(check_str(a, f"{what} entry", MAX_ADDR_CHARS) for a in value)
+    for addr in value:  # the message is built only for a bad entry (heartbeats list many)
+        if not isinstance(addr, str) or len(addr) > MAX_ADDR_CHARS:
+            check_str(addr, f"{what} entry", MAX_ADDR_CHARS)
+    return tuple(value)

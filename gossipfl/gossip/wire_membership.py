@@ -19,6 +19,7 @@ from gossipfl.gossip.wire_fields import (
     MAX_PEER_ID_CHARS,
     MAX_REVOCATION_BYTES,
     MAX_ROUND,
+    MAX_TABLE_NUMBER,
     STAMP_BYTES,
     WireError,
     check_addrs,
@@ -52,6 +53,12 @@ class Heartbeat:
     """Membership gossip: the sender is alive, and these are the members it knows.
 
     Sent as a request on the membership protocol; the receiver answers with its own heartbeat.
+
+    The member list is a *delta* of the sender's table (:mod:`gossipfl.gossip.membership`):
+    ``table`` = (its table's epoch, ``since``, ``upto``) says it holds every entry the sender
+    changed after version ``since`` up to ``upto`` (in version order, a window at a time);
+    ``ack`` = (epoch, version) says how much of the *receiver's* table the sender holds, so
+    the receiver's answer (and its next heartbeat) carries only what changed after it.
     """
 
     KIND: ClassVar[str] = "heartbeat"
@@ -65,6 +72,8 @@ class Heartbeat:
     certificate: bytes = b""  # the sender's membership certificate (empty without admission)
     revocations: bytes = b""  # the newest signed revocation list the sender holds (or empty)
     stamp: bytes = b""  # the sender's own latest liveness stamp (omitted on the wire if empty)
+    table: tuple[int, int, int] = (0, 0, 0)  # (epoch, since, upto) of the member list's delta
+    ack: tuple[int, int] = (0, 0)  # (epoch, version): how much of the receiver's table we hold
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"stamp"})  # may be absent from a frame
 
     def _fields_to_wire(self) -> dict[str, Any]:
@@ -78,6 +87,8 @@ class Heartbeat:
             "round": self.round,
             "degree": self.degree,
             "status": self.status,
+            "table": list(self.table),
+            "ack": list(self.ack),
         }
 
     @classmethod
@@ -131,7 +142,19 @@ class Heartbeat:
             round=check_int(body["round"], "round", -1, MAX_ROUND),
             degree=check_int(body["degree"], "degree", 0, MAX_MEMBERS),
             status=status,
+            table=_versions(body["table"], "table", 3),
+            ack=_versions(body["ack"], "ack", 2),
         )
+
+
+def _versions(value: Any, what: str, size: int) -> Any:
+    """A list of ``size`` table numbers: an epoch (a run's start, ns) and versions."""
+    if not isinstance(value, list) or len(value) != size:
+        raise WireError(f"{what} must be a list of {size} integers")
+    numbers = tuple(check_int(v, f"{what} entry", 0, MAX_TABLE_NUMBER) for v in value)
+    if size == 3 and numbers[1] > numbers[2]:
+        raise WireError("table: since must not exceed upto")
+    return numbers
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 joining (waiting until the federation's membership is known).
 
 Every heartbeat carries the sender's signed liveness stamp, its member list (hearsay, capped in
-``gossip/membership.py``), its certificate and the newest revocation list it holds.
+``gossip/membership.py``), its certificate and the newest revocation list it holds. The member
+list is a delta: what changed in the sender's table since the receiver last said it held it
+(its ack), a heartbeat's worth to a neighbour (or anyone while joining), the freshest
+``EXTRA_WINDOW`` changes to anyone else.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from gossipfl.crypto import liveness
+from gossipfl.gossip.membership import EXTRA_WINDOW, GOSSIP_WINDOW
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Heartbeat, WireError
 from gossipfl.node.links import (
     drop_neighbour,
@@ -35,16 +39,24 @@ HEARTBEAT_EXTRA = 2
 HEARSAY_DIALS = 3  # admission off: dials of an id only heard of, until it is heard from
 
 
-def heartbeat(node: Node) -> Heartbeat:
-    """This node's heartbeat now: who it is, where, its round and status, the members it
-    vouches for, its certificate, the newest revocation list it holds and its stamp."""
+def heartbeat(node: Node, peer: str = "") -> Heartbeat:
+    """This node's heartbeat to ``peer`` now: who it is, where, its round and status, the
+    changes to the members it vouches for that ``peer`` does not hold yet (all of them for a
+    peer unknown, ""), its certificate, the newest revocation list it holds, its stamp, and
+    how much of ``peer``'s table it holds."""
     now = trio.current_time()
+    table = node.membership
+    wide = node.topology is None or peer in node.neighbours
+    members, since, upto = table.delta(now, table.since_for(peer),
+                                       GOSSIP_WINDOW if wide else EXTRA_WINDOW,
+                                       freshest=not wide)
     return Heartbeat(
         federation=node.config.federation, sender=node.peer_id, addrs=tuple(node.addrs),
-        members=node.security.gossiped(node.membership.snapshot(now)), round=node.round,
+        members=node.security.gossiped(members), round=node.round,
         degree=len(node.neighbours), status=node.status.advertised,
         certificate=node.security.own_certificate,
         revocations=node.security.revocation_bytes, stamp=node.own_stamp,
+        table=(table.epoch, since, upto), ack=table.ack_for(peer),
     )
 
 
@@ -71,10 +83,14 @@ def absorb(node: Node, beat: Heartbeat) -> None:
     if beat.sender in node.wanted and beat.sender not in node.neighbours:
         node.relink_now.set()  # a lost neighbour is back (a healed partition): ask it now
     note_peer_round(node, beat.sender, beat.round, beat.status)
+    node.membership.acked(beat.sender, beat.ack)
     hearsay = node.security.hearsay(beat.members)
     for peer in node.membership.merge(hearsay, now, reporter=beat.sender,
                                       vouched=node.security.enabled):
         log.info("new member %s (via %s)", peer, beat.sender)
+    # held through its table's version only if nothing was left to a later heartbeat
+    complete = not (node.security.hearsay_deferred or node.membership.deferred)
+    node.membership.took_table(beat.sender, beat.table, complete)
     for reporter, peer, reason in node.membership.take_forged():
         node.reject(reporter, "liveness stamp", "bad_stamp", f"stamp of {peer}: {reason}")
 
@@ -139,7 +155,7 @@ async def on_heartbeat(node: Node, channel: Channel) -> None:
         await drop_revoked(node, revoked)
         return
     absorb(node, beat)
-    await channel.send(heartbeat(node), MAX_CONTROL_BYTES)
+    await channel.send(heartbeat(node, beat.sender), MAX_CONTROL_BYTES)
     await drop_revoked(node, revoked)
 
 
@@ -156,7 +172,9 @@ def may_dial(node: Node, peer: str) -> bool:
 
 
 def heartbeat_targets(node: Node) -> dict[str, tuple[str, ...]]:
-    """Whom to heartbeat now: everyone while joining; then the neighbours and a few others.
+    """Whom to heartbeat now: everyone while joining (at most ``HEARTBEAT_FANOUT`` a cycle,
+    drawn afresh: membership spreads fastest so, and a partner met again is sent only what
+    changed since its ack); then the neighbours and a few others.
 
     Each heartbeat is a libp2p stream, which costs CPU in every process; once links are
     formed, neighbours plus ``HEARTBEAT_EXTRA`` random members keep membership fresh (ages
@@ -225,7 +243,7 @@ async def send_heartbeat(node: Node, peer: str, addrs: tuple[str, ...]) -> None:
     with trio.move_on_after(node.protocol.request_timeout):
         try:
             async with node.channel_to(peer, PROTO_MEMBERSHIP, addrs) as channel:
-                await channel.send(heartbeat(node), MAX_CONTROL_BYTES)
+                await channel.send(heartbeat(node, peer), MAX_CONTROL_BYTES)
                 reply = await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
         except WireError as error:
             node.reject(peer, "heartbeat reply", "malformed", str(error))
@@ -248,9 +266,16 @@ async def join(node: Node) -> None:
     # have lost members for good since it started).
     saved = saved_neighbours(node) if node.resumed_from is not None else None
     wanted = set(saved) if saved else None
+    seen: tuple[int, ...] = ()
+    known: set[str] = set()
     with trio.move_on_after(node.protocol.join_timeout):
         while True:
-            known = set(known_members(node, heard_of=wanted is None))
+            # counted again only when the table or the certificates held changed (it costs
+            # the table's size, twenty times a second)
+            state = (node.membership.version, len(node.membership),
+                     len(node.security.certificates), len(node.security.hearsay_certificates))
+            if state != seen:
+                seen, known = state, set(known_members(node, heard_of=wanted is None))
             count = len(known) + 1
             now = trio.current_time()
             if count != last_count:

@@ -38,7 +38,7 @@ from gossipfl.crypto.admission import identity_signing_key
 from gossipfl.crypto.identity import Identity
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.host import make_host
-from gossipfl.gossip.membership import Membership
+from gossipfl.gossip.membership import STAMP_REFRESH, Membership
 from gossipfl.gossip.peers import Channel, ConnectionReaper, PeerNet, ReadPolicy, Traffic
 from gossipfl.gossip.ratelimit import InFlight, LogGate, PeerLimiter
 from gossipfl.gossip.transport import Network, Offload, Transport
@@ -116,6 +116,8 @@ class Node:
         # restart's stamps order after every stamp of the runs before it
         self.stamp_key = identity_signing_key(identity)
         self.stamp_epoch = time.time_ns()
+        self.membership.epoch = self.stamp_epoch  # its versions count within this run
+        self.membership.refresh = config.protocol.member_timeout * STAMP_REFRESH
         self.stamp_seq = 0
         self.own_stamp = b""
         self.traffic = Traffic()

@@ -13,6 +13,7 @@ longer, whatever its certificate says.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -54,6 +55,19 @@ log = logging.getLogger(__name__)
 MAX_HEARSAY_CHECKS = 64
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _signed(certificate: bytes, federation_public: bytes, federation: str,
+            peer: str) -> MembershipCertificate:
+    """``certificate`` parsed, if the federation key signed it for ``federation`` and ``peer``
+    (AdmissionError if not). A pure function of its arguments, so its results are kept (a
+    simulation's nodes share them): a heartbeat's sender and every member its list names
+    present the same bytes again and again. Its validity in time is the caller's to check."""
+    cert = MembershipCertificate.from_bytes(certificate)
+    verify_certificate(cert, federation_public, federation=federation, peer_id=peer,
+                       now=cert.issued_at)
+    return cert
+
+
 class SecurityError(RuntimeError):
     """This node's own admission material is unusable (the message says why)."""
 
@@ -74,6 +88,7 @@ class NodeSecurity:
         self.revocations: RevocationList | None = None
         self.revoked: frozenset[str] = frozenset()
         self._revocations_stamp: tuple[int, int] | None = None
+        self.hearsay_deferred = 0  # entries of the last member list left unchecked (budget)
         if not self.config.admission:
             return
         assert self.config.federation_public and self.config.certificate
@@ -111,9 +126,11 @@ class NodeSecurity:
         return self.config.sealed
 
     def _check(self, peer: str, certificate: bytes) -> MembershipCertificate:
-        cert = MembershipCertificate.from_bytes(certificate)
+        cert = _signed(bytes(certificate), self.federation_public, self.federation, peer)
+        # its time checks, as verify_certificate makes them
         verify_certificate(cert, self.federation_public, federation=self.federation,
-                           peer_id=peer, now=time.time(), leeway=self.config.clock_leeway)
+                           peer_id=peer, now=time.time(), leeway=self.config.clock_leeway,
+                           signature_checked=True)
         return cert
 
     def admit(self, peer: str, certificate: bytes) -> str | None:
@@ -183,9 +200,12 @@ class NodeSecurity:
             return members
         taken = []
         checks = MAX_HEARSAY_CHECKS  # signature checks one heartbeat may cost us
+        self.hearsay_deferred = 0
         for info in members:
             if info.peer_id in self.revoked:
                 continue
+            if not self.is_certified(info.peer_id) and info.certificate and checks <= 0:
+                self.hearsay_deferred += 1
             if not self.is_certified(info.peer_id) and info.certificate and checks > 0:
                 checks -= 1
                 try:
