@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gossipfl.report import plots
+import gossipfl.report.plots as plots
 from gossipfl.report.data import ReportError, RunData, load_run
 
 log = logging.getLogger("gossipfl.report")
