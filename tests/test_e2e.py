@@ -47,6 +47,10 @@ def test_sigterm_stops_a_node_cleanly_and_the_others_finish(tmp_path: Path) -> N
     # enough rounds that the runner (polling every 0.2 s) signals the node mid-run
     text = BASE.format(name="e2eterm", nodes=3, rounds=60, topology="full", degree=2,
                        round_timeout=3.0)
+    # node 2 does not come back and no member can replace it: the others go on with one
+    # neighbour (min_neighbours 1, not paced a heartbeat a round for the rest of the run),
+    # take it for gone after 3 s (not three member timeouts) and linger 2 s
+    text += "min_neighbours = 1\ngone_seconds = 3.0\nlinger_seconds = 2.0\n"
     text += "\n[[faults]]\nkind = \"terminate\"\nnode = 2\nat_round = 2\n"
     code, report = run_text(tmp_path, text)
     assert code == 0
