@@ -127,3 +127,26 @@ def test_partition_timing_rules() -> None:
     by_time = PartitionConfig(side=(0,), at_seconds=1.0, heal_seconds=3.0)
     assert by_time.cut_due({"seconds": 1.0, "max_round": 0}) == "seconds"
     assert by_time.heal_due({"seconds": 1.0}, {"seconds": 3.0, "max_round": 0}) == "seconds"
+
+
+def test_neighbours_of_a_member_gone_for_good_are_paced_only_until_gone_seconds(
+        tmp_path: Path, pool) -> None:
+    # three members on a full graph: when one is killed no member can take its place, so its
+    # two neighbours are short of their degree for the rest of the run; they are paced a
+    # heartbeat a round while they await it, and go at their own pace once it is gone for good
+    text = scenario_text(name="gone", nodes=3, rounds=30, degree=2, round_timeout=2.0,
+                         protocol="gone_seconds = 3.0\n",
+                         extra='[[faults]]\nkind = "kill"\nnode = 2\nat_round = 2\n')
+    report = simulated(tmp_path, text, pool)
+    survivors = report["nodes"][:2]
+    assert [n["status"] for n in survivors] == ["done", "done"]
+    for index, node in enumerate(survivors):
+        paced = node["termination"]["paced_rounds"]
+        # paced while awaited (3 s at a heartbeat of 0.5 s, plus the rounds before the drop
+        # was noticed), not for the 28 rounds left: before the rule, every one was paced
+        assert 1 <= paced <= 10, paced
+        assert node["rounds_completed"] >= 30
+        assert "gone for good" in node_log(tmp_path, index)
+    # and the report names whom they finished without
+    assert report["summary"]["finished_without"] == {0: [2], 1: [2]}
+    assert report["final_consensus_distance"] <= 1e-3

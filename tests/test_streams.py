@@ -166,3 +166,63 @@ def test_an_idle_request_stream_is_reset() -> None:
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(calls) == 2 and channel.was_reset and node.timeouts == 0
+
+
+@dataclass
+class Bare:
+    """Just what :func:`streams.until_enough` reads of a node."""
+
+    background: trio.Nursery | None = None
+
+
+def _answers(delays: dict[str, float], got: list[str]) -> list:
+    async def answer(peer: str, delay: float) -> None:
+        await trio.sleep(delay)
+        got.append(peer)
+    return [lambda p=p, d=d: answer(p, d) for p, d in delays.items()]
+
+
+def test_until_enough_returns_at_the_quorum_and_the_rest_go_on_in_the_nodes_nursery() -> None:
+    delays = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 9.0}
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        got: list[str] = []
+        async with trio.open_nursery() as nursery:
+            node = Bare(nursery)
+            rest = await streams.until_enough(node, _answers(delays, got), lambda: len(got) >= 3)
+            seen["at_quorum"] = (trio.current_time(), list(got))
+            await rest()  # the slow one still answers, in the node's nursery
+            seen["at_end"] = (trio.current_time(), list(got))
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert seen["at_quorum"] == (3.0, ["a", "b", "c"])
+    assert seen["at_end"] == (9.0, ["a", "b", "c", "d"])
+
+
+def test_until_enough_waits_for_every_task_when_the_quorum_is_never_reached() -> None:
+    got: list[str] = []
+    times: list[float] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await streams.until_enough(Bare(nursery), _answers({"a": 1.0, "b": 4.0}, got),
+                                       lambda: len(got) >= 3)
+            times.append(trio.current_time())
+            assert await streams.until_enough(Bare(nursery), [], lambda: False) is not None
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert times == [4.0] and got == ["a", "b"]
+
+
+def test_until_enough_without_a_running_node_waits_for_all() -> None:
+    got: list[str] = []
+    times: list[float] = []
+
+    async def main() -> None:
+        await streams.until_enough(Bare(None), _answers({"a": 1.0, "b": 5.0}, got),
+                                   lambda: len(got) >= 1)
+        times.append(trio.current_time())
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert times == [5.0] and got == ["a", "b"]

@@ -44,23 +44,39 @@ def settle(disagreement: float = 0.0, *, done: bool = False, depth: int = 0,
 
 def test_a_node_short_of_neighbours_holds_until_gone_seconds_then_gives_up() -> None:
     common = {"allow_alone": False, "gone_seconds": 30.0}
-    assert hold_decision(1, 1, held_for=0.0, **common) is Hold.GO
-    assert hold_decision(3, 2, held_for=100.0, **common) is Hold.GO
-    assert hold_decision(0, 1, held_for=0.0, **common) is Hold.HOLD
-    assert hold_decision(0, 2, held_for=30.0, **common) is Hold.HOLD
-    assert hold_decision(0, 1, held_for=30.1, **common) is Hold.GIVE_UP
+    assert hold_decision(1, 1, awaited=0, held_for=0.0, **common) is Hold.GO
+    assert hold_decision(3, 2, awaited=1, held_for=100.0, **common) is Hold.GO
+    assert hold_decision(0, 1, awaited=1, held_for=0.0, **common) is Hold.HOLD
+    assert hold_decision(0, 2, awaited=2, held_for=30.0, **common) is Hold.HOLD
+    assert hold_decision(0, 1, awaited=1, held_for=30.1, **common) is Hold.GIVE_UP
+    assert hold_decision(0, 1, awaited=0, held_for=30.1, **common) is Hold.GIVE_UP
 
 
-def test_a_node_with_some_neighbours_but_fewer_than_it_needs_is_paced_never_stopped() -> None:
+def test_a_node_with_some_neighbours_but_fewer_than_it_needs_is_paced_while_it_awaits() -> None:
     common = {"allow_alone": False, "gone_seconds": 30.0}
-    assert hold_decision(1, 2, held_for=0.0, **common) is Hold.PACE
-    assert hold_decision(1, 3, held_for=100.0, **common) is Hold.PACE  # never gives up
-    assert hold_decision(1, 2, allow_alone=True, held_for=0.0, gone_seconds=30.0) is Hold.PACE
+    assert hold_decision(1, 2, awaited=1, held_for=0.0, **common) is Hold.PACE
+    assert hold_decision(1, 3, awaited=2, held_for=100.0, **common) is Hold.PACE
+    assert hold_decision(1, 2, awaited=1, allow_alone=True, held_for=0.0,
+                         gone_seconds=30.0) is Hold.PACE
+
+
+def test_once_the_missing_neighbours_are_gone_for_good_a_node_goes_on_with_those_it_has() -> None:
+    # a crashed neighbour no member can replace (a full graph, secure aggregation) used to
+    # pace its neighbours a heartbeat a round for the rest of the run
+    common = {"allow_alone": False, "gone_seconds": 30.0}
+    assert hold_decision(1, 2, awaited=0, held_for=0.0, **common) is Hold.GO
+    assert hold_decision(2, 4, awaited=0, held_for=0.0, **common) is Hold.GO
+    # one of two missing is gone for good, the other awaited: still paced
+    assert hold_decision(2, 4, awaited=1, held_for=0.0, **common) is Hold.PACE
+    # none live: holding (then giving up) is unchanged by who is awaited
+    assert hold_decision(0, 2, awaited=0, held_for=0.0, **common) is Hold.HOLD
 
 
 def test_allow_alone_trains_at_once_and_only_when_short() -> None:
-    assert hold_decision(0, 1, allow_alone=True, held_for=0.0, gone_seconds=30.0) is Hold.ALONE
-    assert hold_decision(2, 1, allow_alone=True, held_for=0.0, gone_seconds=30.0) is Hold.GO
+    assert hold_decision(0, 1, awaited=1, allow_alone=True, held_for=0.0,
+                         gone_seconds=30.0) is Hold.ALONE
+    assert hold_decision(2, 1, awaited=0, allow_alone=True, held_for=0.0,
+                         gone_seconds=30.0) is Hold.GO
 
 
 def test_wanted_neighbours_missing_are_awaited_until_gone_seconds() -> None:

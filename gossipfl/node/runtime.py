@@ -168,6 +168,7 @@ class Node:
         self.disagreement = math.inf
         self.addrs: list[str] = []
         self.changed = trio.Event()
+        self.background: trio.Nursery | None = None  # the node's nursery while it runs
         self.bootstrap = [split_p2p_addr(a) for a in config.bootstrap]
         self.final_accuracy: float | None = None
         self.startup_seconds: float | None = None  # process start to round 0 (a process)
@@ -244,6 +245,7 @@ class Node:
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             async with transport.running() as addrs, trio.open_nursery() as nursery:
+                self.background = nursery
                 self.serve_protocols(transport)
                 self.addrs = addrs
                 self._write_node_info()
@@ -275,6 +277,7 @@ class Node:
                 self.status = NodeStatus.DONE
                 nursery.cancel_scope.cancel()
         finally:
+            self.background = None
             if self.signals:  # stopping now either way: a second signal must not cut the
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # final writes short
                 signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -31,6 +31,7 @@ its names are re-exported here. This module is the aggregator's side and the mem
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, TypeVar
 
@@ -307,23 +308,37 @@ async def sum_over(node: Node, r: int,
     survivors, dropped = sorted(chosen), sorted(members - chosen)
     announce = ConsistencyRequest(node.config.federation, r, node.peer_id, tuple(survivors),
                                   tuple(dropped))
+    # the threshold of signatures is enough to go on: a survivor that answers later (a busy
+    # process) is not waited for; its unmask request carries the others' signatures
+    need = threshold(len(members))
     signatures: dict[str, bytes] = {}
-    async with trio.open_nursery() as nursery:
-        for peer in survivors:
-            nursery.start_soon(ask_signature, node, peer, announce, signatures)
-    if len(signatures) < threshold(len(members)):
+    await streams.until_enough(
+        node, [functools.partial(ask_signature, node, peer, announce, signatures)
+               for peer in survivors], lambda: len(signatures) >= need)
+    if len(signatures) < need:
         return _refuse(node, r, f"only {len(signatures)} survivor(s) signed the survivor set")
     node.secagg.confirmed = consistency.remember(node.secagg.confirmed, r, chosen,
                                                  config.history_rounds)
     signed = tuple(sorted(signatures.items()))
+    # with no one dropped, threshold answers rebuild every self seed; with a dropout each
+    # survivor's pair seeds are needed: all of them
     responses: dict[str, UnmaskResponse] = {}
-    async with trio.open_nursery() as nursery:
-        for peer in survivors:
-            request = unmask_request(node, r, inputs, survivors, dropped, peer, signed)
-            nursery.start_soon(ask_unmask, node, peer, request, responses)
+    enough = len(survivors) if dropped else need
+    rest = await streams.until_enough(
+        node, [functools.partial(ask_unmask, node, peer,
+                                 unmask_request(node, r, inputs, survivors, dropped, peer,
+                                                signed), responses)
+               for peer in survivors], lambda: len(responses) >= enough)
     try:
-        total = await node.offload(unmask, node, r, inputs, survivors, dropped,
-                                              responses)
+        try:
+            total = await node.offload(unmask, node, r, inputs, survivors, dropped,
+                                       dict(responses))
+        except ValueError:
+            if len(responses) == len(survivors):
+                raise
+            await rest()  # an answer short of shares: wait for the others, then try again
+            total = await node.offload(unmask, node, r, inputs, survivors, dropped,
+                                       dict(responses))
     except ValueError as error:
         node.secagg.failed_rounds.append(r)
         log.warning("round %d: secure aggregation failed: %s; this round goes on without it",

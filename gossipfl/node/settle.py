@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossipfl.round")
 
-__all__ = ["Verdict", "gone_seconds", "hold", "judge", "note_extra_link", "note_topology", "pace",
-           "reports", "round_limit"]
+__all__ = ["Verdict", "gone_seconds", "hold", "judge", "missing", "note_extra_link",
+           "note_topology", "pace", "reports", "round_limit"]
 
 EXTRA_LINK_HOPS = 2
 """How much a link outside the founding topology (a late joiner, a replacement) can lengthen
@@ -84,11 +84,10 @@ def reports(node: Node) -> dict[str, PeerSettle | None]:
     return out
 
 
-def judge(node: Node, r: int) -> Verdict:
-    """After consensus round ``r``: update the node's depth and say whether it may finish
-    (:class:`Verdict`)."""
+def missing(node: Node, r: int, now: float) -> list[str]:
+    """Track the wanted neighbours that are not linked: returns those still awaited; those
+    missing for more than ``gone_seconds`` go to ``settle.gone`` (logged once each)."""
     state = node.settle
-    now = trio.current_time()
     finished_members = {p for p, (_, status) in node.member_state.items()
                         if status == NodeStatus.DONE}
     wanted = node.wanted - finished_members  # a finished member refuses links: not awaited
@@ -106,7 +105,15 @@ def judge(node: Node, r: int) -> Verdict:
                         "this node may finish without it", r, peer, gone_seconds(node))
     # one taken for gone that is linked again is back: this node does not finish without it
     state.gone = [p for p in state.gone if p not in node.neighbours]
-    state.awaited = awaited
+    return awaited
+
+
+def judge(node: Node, r: int) -> Verdict:
+    """After consensus round ``r``: update the node's depth and say whether it may finish
+    (:class:`Verdict`)."""
+    state = node.settle
+    now = trio.current_time()
+    awaited = state.awaited = missing(node, r, now)
     heard = reports(node)
     settled = termination.locally_settled(node.disagreement, heard, awaited,
                                           node.protocol.consensus_tolerance)
@@ -158,10 +165,11 @@ async def hold(node: Node, r: int) -> Hold:
     start = trio.current_time()
     logged = False
     while True:
-        held_for = trio.current_time() - start
+        now = trio.current_time()
+        held_for = now - start
         decision = termination.hold_decision(
-            len(node.neighbours), needed, allow_alone=protocol.allow_alone, held_for=held_for,
-            gone_seconds=gone_seconds(node))
+            len(node.neighbours), needed, awaited=len(missing(node, r, now)),
+            allow_alone=protocol.allow_alone, held_for=held_for, gone_seconds=gone_seconds(node))
         if decision is Hold.HOLD and not logged:
             log.warning("round %d: %d live neighbour(s), %d needed: holding this round and "
                         "re-linking (wanted: %s)", r, len(node.neighbours), needed,

@@ -74,6 +74,7 @@ class Node(Protocol):
     net: Transport | None
     offload: Offload
     clock: Callable[[], float]
+    background: trio.Nursery | None  # the node's nursery while it runs
     # membership, admission, bounds and counters
     membership: Membership
     security: NodeSecurity

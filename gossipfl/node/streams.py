@@ -40,6 +40,7 @@ class Node(Protocol):
     protocol: ProtocolConfig
     limiter: PeerLimiter
     timeouts: int
+    background: trio.Nursery | None  # the node's own nursery while it runs
 
     @property
     def idle_timeout(self) -> float: ...
@@ -103,6 +104,41 @@ async def ask(node: Node, peer: str, protocol: str, message: Message, expected: 
         return await channel.receive(expected, MAX_CONTROL_BYTES)
 
     return await request(node, peer, protocol, exchange)
+
+
+async def until_enough(node: Node, tasks: list[Callable[[], Awaitable[None]]],
+                       enough: Callable[[], bool]) -> Callable[[], Awaitable[None]]:
+    """Run ``tasks`` (each bounded by its own timeout) and return once ``enough()`` holds or
+    every one has ended; those still running go on in the node's own nursery (an answer that
+    comes later is kept by its task, and cancelling it would reset its stream). Returns an
+    awaitable that waits for the rest (for a caller that finds it needs them after all).
+    Without a running node (a test's fake) it waits for every task."""
+    left = len(tasks)
+    enough_now, all_done = trio.Event(), trio.Event()
+
+    async def run(task: Callable[[], Awaitable[None]]) -> None:
+        nonlocal left
+        try:
+            await task()
+        finally:
+            left -= 1
+            if left == 0:
+                all_done.set()
+            if left == 0 or enough():
+                enough_now.set()
+
+    if not tasks:
+        all_done.set()
+        enough_now.set()
+    elif getattr(node, "background", None) is None:  # a test's fake node has none
+        async with trio.open_nursery() as nursery:
+            for task in tasks:
+                nursery.start_soon(run, task)
+    else:
+        for task in tasks:
+            node.background.start_soon(run, task)  # type: ignore[union-attr]
+    await enough_now.wait()
+    return all_done.wait
 
 
 async def _discard(state: NeighbourState, protocol: str, channel: Channel | None) -> None:

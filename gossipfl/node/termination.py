@@ -4,9 +4,11 @@ Two rules, both pure (the round code in :mod:`gossipfl.node.round` applies them)
 
 * **No node advances alone.** A node with fewer live neighbours than it needs does not train
   or average on its own: it holds its round, re-linking, until a neighbour is back
-  (:func:`hold_decision`). Only ``protocol.allow_alone`` lets it train alone, and only a wait
-  of ``protocol.gone_seconds`` makes it give up and finish without its neighbours, which the
-  report then lists as gone for good.
+  (:func:`hold_decision`); one with some neighbours, but fewer than it needs, is paced a
+  heartbeat a round while it awaits a missing one. Only ``protocol.allow_alone`` lets it train
+  alone, and only a wait of ``protocol.gone_seconds`` makes it give up and finish without its
+  neighbours (or, with some, go on at its own pace without the missing ones), which the report
+  then lists as gone for good.
 
 * **Termination is federation-wide.** Consensus used to be judged locally: a node ended when it
   and its neighbours agreed, so each half of a partition, or a node left with no neighbour at
@@ -81,7 +83,7 @@ class Hold(enum.Enum):
     """What a node with too few live neighbours does at the start of a round."""
 
     GO = "go"  # enough live neighbours: run the round
-    PACE = "pace"  # some, fewer than it needs: run the round a heartbeat after the last
+    PACE = "pace"  # some, fewer than it needs, awaiting one: run it a heartbeat after the last
     HOLD = "hold"  # none: keep the round; re-link and wait
     ALONE = "alone"  # allow_alone: run the round without neighbours (logged each round)
     GIVE_UP = "give up"  # held for gone_seconds: the missing neighbours are gone for good
@@ -98,30 +100,36 @@ class PeerSettle:
     waiting: int = 0  # 0, or 1 + hops to a member that awaits a missing wanted neighbour
 
 
-def hold_decision(live: int, needed: int, *, allow_alone: bool, held_for: float,
+def hold_decision(live: int, needed: int, *, awaited: int, allow_alone: bool, held_for: float,
                   gone_seconds: float) -> Hold:
     """Whether a node with ``live`` linked neighbours runs its round.
 
     ``needed`` is how many it must have to go at its own pace (``protocol.min_neighbours``,
-    at most its degree); ``held_for`` how long it has held this round so far. A node with some
-    neighbours but fewer than that is paced (a round a heartbeat, so that a few members cut off
-    with it cannot race through the training on their own data alone); one with none holds.
+    at most its degree); ``awaited`` how many of its wanted neighbours are missing but not yet
+    gone for good (:func:`waiting_for`); ``held_for`` how long it has held this round so far.
+    A node with some neighbours but fewer than that is paced (a round a heartbeat, so that a
+    few members cut off with it cannot race through the training on their own data alone)
+    while it awaits a missing one; once every missing one is gone for good (``gone_seconds``,
+    and no member took its place) it goes on at its own pace with those it has. One with none
+    holds, and gives up after ``gone_seconds``.
 
-    >>> hold_decision(2, 1, allow_alone=False, held_for=0.0, gone_seconds=60.0)
+    >>> hold_decision(2, 1, awaited=0, allow_alone=False, held_for=0.0, gone_seconds=60.0)
     <Hold.GO: 'go'>
-    >>> hold_decision(1, 2, allow_alone=False, held_for=0.0, gone_seconds=60.0)
+    >>> hold_decision(1, 2, awaited=1, allow_alone=False, held_for=0.0, gone_seconds=60.0)
     <Hold.PACE: 'pace'>
-    >>> hold_decision(0, 1, allow_alone=False, held_for=5.0, gone_seconds=60.0)
+    >>> hold_decision(1, 2, awaited=0, allow_alone=False, held_for=0.0, gone_seconds=60.0)
+    <Hold.GO: 'go'>
+    >>> hold_decision(0, 1, awaited=1, allow_alone=False, held_for=5.0, gone_seconds=60.0)
     <Hold.HOLD: 'hold'>
-    >>> hold_decision(0, 1, allow_alone=True, held_for=0.0, gone_seconds=60.0)
+    >>> hold_decision(0, 1, awaited=1, allow_alone=True, held_for=0.0, gone_seconds=60.0)
     <Hold.ALONE: 'alone'>
-    >>> hold_decision(0, 1, allow_alone=False, held_for=60.5, gone_seconds=60.0)
+    >>> hold_decision(0, 1, awaited=0, allow_alone=False, held_for=60.5, gone_seconds=60.0)
     <Hold.GIVE_UP: 'give up'>
     """
     if live >= needed:
         return Hold.GO
     if live > 0:
-        return Hold.PACE
+        return Hold.PACE if awaited > 0 else Hold.GO
     if allow_alone:
         return Hold.ALONE
     if held_for > gone_seconds:
