@@ -363,14 +363,14 @@ class RobustConfig:
 @dataclass(frozen=True)
 class CompressionConfig:
     """Compression of the CHOCO delta (issue 10, :mod:`gossipfl.aggregation.compress`): ``kind``
-    none, int8, fp16, topk or randk; ``ratio`` the fraction of coordinates topk and randk keep.
-    A lossy kind usually wants ``protocol.gamma`` below 1 (e.g. 0.5 for topk)."""
+    none, int8, int4, fp16, topk or randk; ``ratio`` the fraction of coordinates topk and randk
+    keep. A lossy kind usually wants ``protocol.gamma`` below 1 (e.g. 0.5 for topk)."""
 
     kind: str = "none"
     ratio: float = 0.1
 
     def __post_init__(self) -> None:
-        kinds = ("none", "int8", "fp16", "topk", "randk")
+        kinds = ("none", "int8", "int4", "fp16", "topk", "randk")
         _require(self.kind in kinds, f"compression.kind must be one of {', '.join(kinds)}")
         _require(0 < self.ratio <= 1, "compression.ratio must be in (0, 1]")
 

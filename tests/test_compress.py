@@ -18,7 +18,9 @@ from gossipfl.aggregation.compress import (
     Encoded,
     compress,
     decode,
+    int4_blocks,
     kept,
+    quantise_int4,
     quantise_int8,
     random_k,
     shared_seed,
@@ -126,7 +128,62 @@ def test_kept_is_at_least_one_and_at_most_all() -> None:
 # -- decode(encode(q)) is what the sender applied and what the receiver applies --------
 
 
-@pytest.mark.parametrize("kind", ["int8", "fp16", "topk", "randk"])
+def test_int4_exact_small_example() -> None:
+    # one block: scale = max|q| / 7 = 0.1; 0.7 and -0.7 are exact levels, 0.35 rounds to 3 or 4
+    q = np.float32([0.7, -0.7, 0.0, 0.35, 0.1])
+    encoded = quantise_int4(q, np.random.default_rng(0))
+    assert encoded.codec is Codec.INT4 and encoded.values.dtype == np.uint8
+    assert encoded.values.size == 3 and encoded.scales is not None
+    assert encoded.scales.tolist() == [pytest.approx(0.1)]
+    got = decode(encoded)
+    assert got[:3].tolist() == pytest.approx([0.7, -0.7, 0.0])
+    assert got[3] == pytest.approx(0.3) or got[3] == pytest.approx(0.4)
+    assert got[4] == pytest.approx(0.1)
+    assert encoded.values[-1] >> 4 == 0  # the odd size's pad nibble is 0
+    assert encoded.nbytes == 3 + 4
+
+
+def test_int4_scales_are_per_block() -> None:
+    # a block of large values does not round away a block of small ones
+    q = np.concatenate([np.full(128, 100.0), np.full(128, 0.01)]).astype(np.float32)
+    encoded = quantise_int4(q, np.random.default_rng(0))
+    assert int4_blocks(q.size) == 2 and encoded.scales is not None
+    assert np.allclose(decode(encoded), q, rtol=1e-5)
+
+
+@FAST
+@given(vectors, st.integers(0, 2**32 - 1))
+def test_int4_error_is_within_one_level_of_its_block(q: np.ndarray, seed: int) -> None:
+    encoded = quantise_int4(q, np.random.default_rng(seed))
+    assert encoded.scales is not None
+    per = np.repeat(encoded.scales, 128)[:q.size]
+    assert (np.abs(decode(encoded) - q) <= per * 1.0001 + 1e-6).all()
+
+
+def test_int4_stochastic_rounding_is_unbiased() -> None:
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=300).astype(np.float32)
+    draws = 3000
+    mean = np.mean([decode(quantise_int4(q, rng)) for _ in range(draws)], axis=0)
+    scale = float(np.max(quantise_int4(q, rng).scales))
+    # each coordinate's rounding error has variance ≤ scale²/4: 6 standard errors of the mean
+    assert np.abs(mean - q).max() < 6 * scale / 2 / np.sqrt(draws)
+
+
+def test_int4_of_zeros_and_of_nothing() -> None:
+    zeros = quantise_int4(np.zeros(5, np.float32), np.random.default_rng(0))
+    assert decode(zeros).tolist() == [0.0] * 5
+    empty = quantise_int4(np.zeros(0, np.float32), np.random.default_rng(0))
+    assert decode(empty).size == 0 and empty.values.size == 0
+
+
+def test_the_wire_and_the_compressor_agree_on_the_int4_block() -> None:
+    from gossipfl.aggregation import compress as maths
+    from gossipfl.gossip import wire_contribution
+    assert maths.INT4_BLOCK == wire_contribution.INT4_BLOCK
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4", "fp16", "topk", "randk"])
 def test_sender_and_receiver_apply_the_same_decoded_delta(kind: str) -> None:
     rng = np.random.default_rng(3)
     start = rng.normal(size=50).astype(np.float32)
@@ -173,6 +230,8 @@ def _message(round_: int, kind: str, base: int, packed: Packed | None) -> Contri
 
 @pytest.mark.parametrize("encoded", [
     quantise_int8(np.float32([0.5, -1.0, 0.25]), np.random.default_rng(1)),
+    quantise_int4(np.float32([0.5, -1.0, 0.25]), np.random.default_rng(1)),
+    quantise_int4(np.arange(300, dtype=np.float32), np.random.default_rng(1)),
     to_fp16(np.float32([0.5, -1.0, 0.25])),
     top_k(np.float32([0.5, -1.0, 0.25]), 0.5),
 ])
@@ -219,6 +278,15 @@ U32 = np.uint32([0, 3]).tobytes()
     (["sparse", -1, 0.0, b"", b""], "outside"),
     (["sparse", 2**40, 0.0, b"", b""], "outside"),
     (["int8", 2, 0.1, "ab", b""], "bytes"),
+    (["int4", 3, 0.0, b"\x77", np.float32([1]).tobytes()], "value bytes"),
+    (["int4", 3, 0.0, b"\x77\x07", b""], "scale bytes"),
+    (["int4", 3, 0.0, b"\x77\x07", np.float32([1, 1]).tobytes()], "scale bytes"),
+    (["int4", 3, 0.0, b"\x77\x07", np.float32([np.nan]).tobytes()], "finite"),
+    (["int4", 3, 0.0, b"\x77\x07", np.float32([-1]).tobytes()], ">= 0"),
+    (["int4", 2, 0.0, b"\xf7", np.float32([1]).tobytes()], "0..14"),
+    (["int4", 2, 0.0, b"\x7f", np.float32([1]).tobytes()], "0..14"),
+    (["int4", 3, 0.0, b"\x77\x17", np.float32([1]).tobytes()], "pad nibble"),
+    (["int4", 2, 0.5, b"\x77", np.float32([1]).tobytes()], "no scale"),
 ])
 def test_malformed_packed_is_rejected(packed: Any, rule: str) -> None:
     with pytest.raises(WireError, match=rule):

@@ -8,6 +8,9 @@ apply.
 
 - ``int8``: stochastic rounding to 255 levels with one scale for the whole vector
   (scale = max|q| / 127); unbiased, E[Q(q)] = q.
+- ``int4``: stochastic rounding to 15 levels (−7..7) with one scale per block of
+  :data:`INT4_BLOCK` coordinates (scale = max|q| over the block / 7, so a layer of small values
+  is not rounded away by another's large ones); two levels a byte; unbiased.
 - ``fp16``: half precision (values beyond ±65504 saturate).
 - ``topk``: the ``ceil(ratio · n)`` coordinates of largest |q|, as indices and float32 values.
 - ``randk``: as many coordinates drawn uniformly from a seed derived from (federation, sender,
@@ -27,6 +30,9 @@ from enum import StrEnum
 import numpy as np
 
 INT8_LEVELS = 127
+INT4_LEVELS = 7
+INT4_BLOCK = 128
+"""Coordinates that share one int4 scale (a float32 each: 1/32 of a byte per coordinate)."""
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -35,6 +41,7 @@ class CompressionKind(StrEnum):
 
     NONE = "none"
     INT8 = "int8"
+    INT4 = "int4"
     FP16 = "fp16"
     TOPK = "topk"
     RANDK = "randk"
@@ -44,6 +51,7 @@ class Codec(StrEnum):
     """How an :class:`Encoded` vector is laid out (top-k and random-k are both sparse)."""
 
     INT8 = "int8"
+    INT4 = "int4"
     FP16 = "fp16"
     SPARSE = "sparse"
 
@@ -52,9 +60,11 @@ class Codec(StrEnum):
 class Encoded:
     """A compressed vector of ``size`` float32 values.
 
-    ``int8``: ``values`` int8 of length ``size``, q̃ = values · ``scale``; ``fp16``: ``values``
-    float16 of length ``size``; ``sparse``: ``indices`` uint32 (strictly increasing, < size) and
-    ``values`` float32 of the same length, every other coordinate 0.
+    ``int8``: ``values`` int8 of length ``size``, q̃ = values · ``scale``; ``int4``: ``values``
+    uint8 of length ⌈size / 2⌉, two levels a byte (low nibble first, level + 7, a last odd
+    byte's high nibble 0) and ``scales`` float32, one per block of :data:`INT4_BLOCK`;
+    ``fp16``: ``values`` float16 of length ``size``; ``sparse``: ``indices`` uint32 (strictly
+    increasing, < size) and ``values`` float32 of the same length, every other coordinate 0.
     """
 
     codec: Codec
@@ -62,11 +72,13 @@ class Encoded:
     values: np.ndarray
     indices: np.ndarray | None = None
     scale: float = 0.0
+    scales: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        """The payload bytes on the wire (values, indices, and a 4-byte scale for int8)."""
-        extra = 0 if self.indices is None else self.indices.nbytes
+        """The payload bytes on the wire (values, indices or block scales, and a 4-byte scale
+        for int8)."""
+        extra = sum(0 if a is None else a.nbytes for a in (self.indices, self.scales))
         return self.values.nbytes + extra + (4 if self.codec is Codec.INT8 else 0)
 
 
@@ -83,6 +95,42 @@ def quantise_int8(q: np.ndarray, rng: np.random.Generator) -> Encoded:
     levels = low + (rng.random(q.size) < (x - low))
     return Encoded(Codec.INT8, q.size,
                    np.clip(levels, -INT8_LEVELS, INT8_LEVELS).astype(np.int8), scale=scale)
+
+
+def int4_blocks(size: int) -> int:
+    """How many int4 scales a vector of ``size`` has: ⌈size / INT4_BLOCK⌉."""
+    return -(-size // INT4_BLOCK)
+
+
+def quantise_int4(q: np.ndarray, rng: np.random.Generator) -> Encoded:
+    """Stochastic rounding to −7..7 with one scale per block of :data:`INT4_BLOCK` (its
+    max|q| / 7), packed two levels a byte; E[decode] = q."""
+    q = np.asarray(q, np.float32).reshape(-1)
+    blocks = int4_blocks(q.size)
+    padded = np.zeros(blocks * INT4_BLOCK, np.float64)
+    padded[:q.size] = q
+    padded = padded.reshape(blocks, INT4_BLOCK)
+    peak = np.max(np.abs(padded), axis=1) if blocks else np.zeros(0)
+    scales = (peak / INT4_LEVELS).astype(np.float32)
+    safe = np.where(scales > 0, scales, 1).astype(np.float64)[:, None]
+    x = padded / safe
+    low = np.floor(x)
+    levels = np.clip(low + (rng.random(x.shape) < (x - low)), -INT4_LEVELS, INT4_LEVELS)
+    nibbles = (levels.reshape(-1)[:q.size] + INT4_LEVELS).astype(np.uint8)
+    if q.size % 2:
+        nibbles = np.append(nibbles, np.uint8(INT4_LEVELS))  # level 0, dropped on decoding
+    packed = nibbles[0::2] | (nibbles[1::2] << 4)
+    if q.size % 2:
+        packed[-1] &= 0x0F  # the pad nibble is sent as 0
+    return Encoded(Codec.INT4, q.size, packed.astype(np.uint8), scales=scales)
+
+
+def int4_levels(values: np.ndarray, size: int) -> np.ndarray:
+    """The ``size`` levels (−7..7, int8) packed in ``values`` two a byte."""
+    nibbles = np.empty(2 * values.size, np.int8)
+    nibbles[0::2] = values & 0x0F
+    nibbles[1::2] = values >> 4
+    return nibbles[:size] - INT4_LEVELS
 
 
 def to_fp16(q: np.ndarray) -> Encoded:
@@ -117,6 +165,11 @@ def decode(encoded: Encoded) -> np.ndarray:
     """The float32 q̃ an :class:`Encoded` stands for (what sender and receivers add to x̂)."""
     if encoded.codec is Codec.INT8:
         return (encoded.values.astype(np.float32) * np.float32(encoded.scale)).astype(np.float32)
+    if encoded.codec is Codec.INT4:
+        assert encoded.scales is not None
+        levels = int4_levels(encoded.values, encoded.size).astype(np.float32)
+        per = np.repeat(encoded.scales.astype(np.float32), INT4_BLOCK)[:encoded.size]
+        return (levels * per).astype(np.float32)
     if encoded.codec is Codec.FP16:
         return encoded.values.astype(np.float32)
     out = np.zeros(encoded.size, np.float32)
@@ -138,6 +191,8 @@ def compress(kind: CompressionKind, q: np.ndarray, ratio: float,
         return None
     if kind is CompressionKind.INT8:
         return quantise_int8(q, rng)
+    if kind is CompressionKind.INT4:
+        return quantise_int4(q, rng)
     if kind is CompressionKind.FP16:
         return to_fp16(q)
     if kind is CompressionKind.TOPK:

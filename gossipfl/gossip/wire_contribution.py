@@ -93,8 +93,11 @@ class Tensor:
 
 #: The codecs of a :class:`Packed` delta (gossipfl.aggregation.compress.Codec) and the
 #: little-endian dtype of their values.
-PACKED_CODECS = {"int8": np.dtype("<i1"), "fp16": np.dtype("<f2"), "sparse": np.dtype("<f4")}
+PACKED_CODECS = {"int8": np.dtype("<i1"), "int4": np.dtype("<u1"), "fp16": np.dtype("<f2"),
+                 "sparse": np.dtype("<f4")}
 _INDEX_DTYPE = np.dtype("<u4")
+_SCALE_DTYPE = np.dtype("<f4")
+INT4_BLOCK = 128  # coordinates per int4 scale (gossipfl.aggregation.compress.INT4_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,12 @@ class Packed:
     ``[codec, size, scale, values, indices]`` on the wire.
 
     ``int8``: ``values`` holds ``size`` int8 levels, the delta is levels × ``scale`` (finite,
-    ≥ 0); ``fp16``: ``size`` finite float16 values; ``sparse`` (top-k, random-k): k ≤ size float32
-    values and k uint32 ``indices``, strictly increasing and below ``size``, every other
-    coordinate 0. Unused parts are empty (``indices``) or 0 (``scale``).
+    ≥ 0); ``int4``: ``values`` holds ⌈size / 2⌉ bytes of two levels each (low nibble first,
+    level + 7 in 0..14; a last odd byte's high nibble 0) and the fifth slot (``indices``) holds
+    the float32 block scales (finite, ≥ 0), one per 128 coordinates; ``fp16``: ``size`` finite
+    float16 values; ``sparse`` (top-k, random-k): k ≤ size float32 values and k uint32
+    ``indices``, strictly increasing and below ``size``, every other coordinate 0. Unused parts
+    are empty (``indices``) or 0 (``scale``).
     """
 
     codec: str
@@ -119,6 +125,10 @@ class Packed:
 
     def indices_array(self) -> np.ndarray:
         return np.frombuffer(self.indices, dtype=_INDEX_DTYPE)
+
+    def scales_array(self) -> np.ndarray:
+        """int4: the block scales (carried in the fifth slot)."""
+        return np.frombuffer(self.indices, dtype=_SCALE_DTYPE)
 
     @property
     def nbytes(self) -> int:
@@ -153,15 +163,33 @@ class Packed:
                     index.astype(np.int64)) > 0).all())):
                 raise WireError("packed sparse indices must be strictly increasing and below "
                                 "the size")
+        elif codec == "int4":
+            _check_int4(packed)
         elif count != size or indices:
             raise WireError(f"packed {codec}: {count} values for size {size}")
         if codec == "int8" and scale < 0:
             raise WireError("packed int8 scale must be >= 0")
         if codec != "int8" and scale != 0:
             raise WireError(f"packed {codec} has no scale (0)")
-        if codec != "int8" and not np.isfinite(packed.values_array()).all():
+        if codec in ("fp16", "sparse") and not np.isfinite(packed.values_array()).all():
             raise WireError(f"packed {codec} values hold NaN or infinite values")
         return packed
+
+
+def _check_int4(packed: Packed) -> None:
+    """An int4 delta's shape and values (see :class:`Packed`); WireError if malformed."""
+    size, values = packed.size, packed.values_array()
+    blocks = -(-size // INT4_BLOCK)
+    if len(values) != -(-size // 2) or len(packed.indices) != blocks * _SCALE_DTYPE.itemsize:
+        raise WireError(f"packed int4: {len(values)} value bytes and {len(packed.indices)} scale "
+                        f"bytes for size {size}")
+    scales = packed.scales_array()
+    if not (np.isfinite(scales).all() and (scales >= 0).all()):
+        raise WireError("packed int4 scales must be finite and >= 0")
+    if ((values & 0x0F) > 14).any() or ((values >> 4) > 14).any():
+        raise WireError("packed int4 levels must be 0..14 (level + 7)")
+    if size % 2 and values[-1] >> 4:
+        raise WireError("packed int4: the pad nibble of an odd size must be 0")
 
 
 MAX_EXAMPLES = 2**40  # the largest example count a contribution may report

@@ -35,7 +35,10 @@ def compressor(config: CompressionConfig, federation: str, sender: str,
 
 def to_packed(encoded: Encoded) -> Packed:
     dtype = PACKED_CODECS[encoded.codec.value]
-    indices = b"" if encoded.indices is None else encoded.indices.astype("<u4").tobytes()
+    if encoded.scales is not None:  # int4: the block scales take the fifth slot
+        indices = encoded.scales.astype("<f4").tobytes()
+    else:
+        indices = b"" if encoded.indices is None else encoded.indices.astype("<u4").tobytes()
     return Packed(encoded.codec.value, encoded.size, float(encoded.scale),
                   np.ascontiguousarray(encoded.values, dtype).tobytes(), indices)
 
@@ -44,7 +47,9 @@ def from_packed(packed: Packed) -> np.ndarray:
     """The float32 delta a (wire-validated) :class:`Packed` stands for."""
     codec = Codec(packed.codec)
     indices = packed.indices_array() if codec is Codec.SPARSE else None
-    return decode(Encoded(codec, packed.size, packed.values_array(), indices, packed.scale))
+    scales = packed.scales_array() if codec is Codec.INT4 else None
+    return decode(Encoded(codec, packed.size, packed.values_array(), indices, packed.scale,
+                          scales))
 
 
 def vector_of(layout: Layout, message: Contribution) -> np.ndarray:
