@@ -4,6 +4,7 @@ network: the aggregator learns the weighted sum of its neighbours' estimates and
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -436,3 +437,86 @@ def test_a_live_member_left_out_is_not_waited_for(star) -> None:
     result, waited = _sum_on_mock_time(star, 33, alive="b")
     assert result is None and 33 in star["a"].secagg.refused_rounds
     assert waited <= 2 * star["a"].protocol.heartbeat_interval
+
+
+def _wire_up_timed(star: dict[str, Node], delays: dict[str, float],
+                   short: str = "") -> list[str]:
+    """As :func:`_wire_up`, with each named member answering after its delay (mock time), and
+    the members in ``short`` answering unmask requests at once but with their seed shares
+    stripped (a deviating member). Returns the members' names in the order their unmask
+    answers came back."""
+    a = star["a"]
+    name_of = {node.peer_id: name for name, node in star.items()}
+    by_id = {node.peer_id: node for node in star.values()}
+    answered: list[str] = []
+
+    class Timed(_Loopback):
+        async def receive(self, expected: type, max_bytes: int) -> Any:
+            name = name_of[self.member.peer_id]
+            unmask = self.protocol == secure_round.PROTO_UNMASK
+            if not (unmask and name in short):
+                await trio.sleep(delays.get(name, 0.0))
+            if unmask and name in short and self.reply is not None:
+                self.reply = dataclasses.replace(self.reply, seed_shares=())
+            if unmask:
+                answered.append(name)
+            return await super().receive(expected, max_bytes)
+
+    @asynccontextmanager
+    async def channel_to(peer: str, protocol: str, addrs=None) -> AsyncIterator[_Loopback]:
+        yield Timed(a.peer_id, by_id[peer], protocol)
+
+    a.channel_to = channel_to  # type: ignore[method-assign]
+    return answered
+
+
+def _sum_in_a_running_node(star: dict[str, Node], r: int) -> tuple[object, float, float]:
+    """The aggregator's secure sum with its node's nursery running (as in ``Node.run``):
+    returns the result, the mock seconds it took, and when the nursery's last task ended."""
+    a = star["a"]
+
+    async def main() -> tuple[object, float, float]:
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            a.background = nursery
+            result = await secure_round.secure_sum(a, r)
+            took = trio.current_time() - start
+        a.background = None
+        return result, took, trio.current_time() - start
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_the_aggregator_goes_on_at_the_threshold_and_the_slow_member_still_answers(
+        star) -> None:
+    """e answers 5 s after the others: the sum is made from the threshold (3) of signatures and
+    answers, without waiting for e, whose exchanges end in the node's nursery."""
+    r = 40
+    estimates = _fresh(star, r)
+    _inbox(star, "bcde", r)
+    answered = _wire_up_timed(star, {"e": 5.0})
+    result, took, ended = _sum_in_a_running_node(star, r)
+    assert result is not None
+    total, _, survivors = result
+    assert survivors == ids(star, "bcde")
+    assert np.abs(total - _expected(star, estimates, "bcde")).max() <= 4 / (2 * SCALE) + 1e-6
+    assert took < 5.0 <= ended  # it did not wait for e; e's answers came later
+    assert answered[-1] == "e"
+    # e signed the same set and answered it: one set per aggregator and round
+    assert star["e"].secagg.committed[(star["a"].peer_id, r)].survivors == set(survivors)
+
+
+def test_a_member_answering_first_with_its_shares_stripped_costs_only_the_wait(star) -> None:
+    """b answers at once but leaves out its seed shares (a deviating member): with b among the
+    first three answers the self seeds cannot be rebuilt, so the aggregator waits for every
+    answer and unmasks from the honest ones: the right sum, not a failed round."""
+    r = 41
+    estimates = _fresh(star, r)
+    _inbox(star, "bcde", r)
+    answered = _wire_up_timed(star, {"c": 1.0, "d": 1.0, "e": 2.0}, short="b")
+    result, took, _ = _sum_in_a_running_node(star, r)
+    assert answered[0] == "b"
+    assert result is not None and r not in star["a"].secagg.failed_rounds
+    total, _, _ = result
+    assert np.abs(total - _expected(star, estimates, "bcde")).max() <= 4 / (2 * SCALE) + 1e-6
+    assert took >= 2.0  # it had to wait for e
