@@ -525,3 +525,29 @@ def test_an_unreadable_dp_ledger_stops_the_node(tmp_path: Path) -> None:
     (tmp_path / "dp_ledger.json").write_text("{not json")
     with pytest.raises(NodeError, match="DP ledger"):
         restore(node)
+
+
+def test_a_restarted_node_keeps_distrusting_the_neighbours_its_filter_found_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # issue 9: the distance filter's counts (rounds left out, rounds seen) were not
+    # checkpointed, so a restarted node trusted a Byzantine neighbour again
+    node = _node(tmp_path)
+    restore(node)
+    node.filter_counts = {"liar": (7, 9), "honest": (0, 9)}
+    node.round, node.status = 9, "stopped"
+    node._write_final()
+    again = _node(tmp_path)
+    restore(again)
+    assert again.filter_counts == {"liar": (7, 9), "honest": (0, 9)}
+    # counts that are not sound are logged and skipped, never trusted
+    path = tmp_path / "checkpoint.npz"
+    state = load_checkpoint(path)
+    meta = {**state.meta, "filter_counts": {"liar": [7, 9], "bad": [9, 7], "worse": "x"}}
+    save_checkpoint(path, state.model, state.round, public=state.public,
+                    public_round=state.public_round,
+                    **{k: v for k, v in meta.items() if k not in ("format", "public_round")})
+    third = _node(tmp_path)
+    with caplog.at_level(logging.ERROR, logger="gossipfl.checkpoint"):
+        restore(third)
+    assert third.filter_counts == {"liar": (7, 9)}
+    assert "'bad'" in caplog.text and "'worse'" in caplog.text

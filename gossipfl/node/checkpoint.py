@@ -37,6 +37,7 @@ class Node(Protocol):
     status: NodeStatus
     budget: Any  # PrivacyBudget or RecordBudget, None with DP off
     durable: bool  # fsync the checkpoint (off in a simulation)
+    filter_counts: dict[str, tuple[int, int]]  # the distance filter's (left out, seen)
 
     def make_budget(self, spent: int = 0) -> Any: ...
 
@@ -241,12 +242,42 @@ def restore_dp_state(node: Node, meta: dict[str, Any] | None) -> None:
         raise CheckpointError(f"the checkpoint's DP state cannot be restored: {error}") from None
 
 
+MAX_FILTER_COUNTS = 4096
+"""The most neighbours' distrust counts a checkpoint keeps (the link cap is far below it)."""
+
+
+def robust_state(node: Node) -> dict[str, Any]:
+    """The distance filter's per-neighbour counts (rounds left out, rounds seen), so that a
+    restarted node keeps distrusting a neighbour it had found out (``rule = "filter"``). Empty
+    when there are none."""
+    counts = sorted(node.filter_counts.items())[:MAX_FILTER_COUNTS]
+    return {"filter_counts": {p: [out, seen] for p, (out, seen) in counts}} if counts else {}
+
+
+def restore_robust_state(node: Node, meta: dict[str, Any]) -> None:
+    """Restore :func:`robust_state`; counts that are not sound are logged and skipped (the node
+    then judges that neighbour afresh)."""
+    saved = meta.get("filter_counts") or {}
+    if not isinstance(saved, dict):
+        log.error("the checkpoint's filter counts are not a table: not restored")
+        return
+    for peer, pair in list(saved.items())[:MAX_FILTER_COUNTS]:
+        sound = (isinstance(peer, str) and isinstance(pair, list) and len(pair) == 2
+                 and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+                 and 0 <= pair[0] <= pair[1])
+        if not sound:
+            log.error("the checkpoint's filter count for %.60r is not sound: not restored", peer)
+            continue
+        node.filter_counts[peer] = (pair[0], pair[1])
+
+
 def save_node_checkpoint(node: Node, path: str | Path, round_: int) -> None:
     """Checkpoint ``node``: its private model, its public estimate x̂ stored apart (what a resume
-    publishes and serves), the round, its status and its DP state (:func:`dp_state`)."""
+    publishes and serves), the round, its status, its DP state (:func:`dp_state`) and its
+    distrust of neighbours (:func:`robust_state`)."""
     save_checkpoint(path, node.model, round_, public=node.own.vector,
                     public_round=node.own.round, status=node.status,
-                    durable=node.durable, **dp_state(node))
+                    durable=node.durable, **dp_state(node), **robust_state(node))
 
 
 def restored_public_estimate(checkpoint: Checkpoint, initial: np.ndarray) -> OwnEstimate:

@@ -13,6 +13,7 @@ from gossipfl.node.checkpoint import (
     atomic_write_json,
     load_latest_checkpoint,
     restore_dp_state,
+    restore_robust_state,
     restored_public_estimate,
 )
 from gossipfl.node.graph import topology_over
@@ -49,6 +50,7 @@ def restore(node: Node) -> None:
         return
     node.model = state.model.copy()
     node.own = restored_public_estimate(state, node.own.vector)  # node.own: the initial
+    restore_robust_state(node, state.meta)
     node.round = round_
     node.resumed_from = round_
     node.state_loaded = True
