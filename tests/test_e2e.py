@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -162,31 +163,60 @@ async def _attack(node_dir: Path) -> dict[str, str]:
     return seen
 
 
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP): its state in /proc is T."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+async def _attack_while_held(out: Path) -> dict[str, str]:
+    """Wait (under a deadline) until the scenario's pause has stopped node 1, attack node 0,
+    then resume node 1: node 0 cannot finish while node 1, a neighbour it wants, is away, so
+    it is alive and serving through the whole attack, however long the attack takes."""
+    import trio
+
+    nodes = out / "nodes"
+    with trio.fail_after(60):
+        while not all((nodes / f"node-0{i}" / "node.json").exists() for i in (0, 1)):
+            await trio.sleep(0.05)
+        paused = json.loads((nodes / "node-01" / "node.json").read_text())["pid"]
+        while not _stopped(paused):
+            await trio.sleep(0.05)
+    try:
+        return await _attack(nodes / "node-00")
+    finally:  # the outage ends with the attack (down_seconds is only a backstop)
+        os.kill(paused, signal.SIGCONT)
+
+
 def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
     tmp_path: Path,
 ) -> None:
     import threading
-    import time
 
     import trio
 
-    text = BASE.format(name="e2ehostile", nodes=3, rounds=150, topology="full", degree=2,
+    # node 1 is paused after its first round and resumed by the test once the attack is over:
+    # until then node 0 waits for it (its rounds wait for node 1's contribution, and it cannot
+    # finish while a neighbour it wants is missing, for gone_seconds), so the attack meets a
+    # node at work whatever this machine's speed
+    text = BASE.format(name="e2ehostile", nodes=3, rounds=30, topology="full", degree=2,
                        round_timeout=5.0)
+    text += "gone_seconds = 120.0\n"
+    text += "\n[[faults]]\nkind = \"pause\"\nnode = 1\nat_round = 0\ndown_seconds = 200.0\n"
     result: dict[str, object] = {}
     runner = threading.Thread(target=lambda: result.update(zip(("code", "report"),
                                                                run_text(tmp_path, text),
                                                                strict=True)))
     runner.start()
     node_dir = tmp_path / "out" / "nodes" / "node-00"
-    deadline = time.monotonic() + 60
-    while not (node_dir / "node.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    seen = trio.run(_attack, node_dir)
+    seen = trio.run(_attack_while_held, tmp_path / "out")
     runner.join(timeout=240)
     assert result["code"] == 0
     report = result["report"]
     assert isinstance(report, dict)
     assert [n["status"] for n in report["nodes"]] == ["done"] * 3
+    # the attack met node 0 while node 1 was paused (and node 1 came back and finished)
+    assert any(e.startswith("SIGSTOP") for e in report["nodes"][1]["events"])
     assert seen["heartbeat"].startswith("refused")
     assert seen["sealed"] in ("rejected",) or seen["sealed"].startswith("refused")
     assert seen["plaintext"].startswith("refused")
@@ -204,10 +234,14 @@ def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
 
 
 def test_a_node_killed_and_restarted_resumes_and_rejoins(tmp_path: Path) -> None:
-    # enough rounds that the others are still at work when the node is back (a fresh
-    # interpreter takes a few seconds to start)
-    text = BASE.format(name="e2erestart", nodes=4, rounds=150, topology="full", degree=3,
+    # a star around node 2: once it is killed, each other node has no live neighbour and holds
+    # its round (after max_missed_rounds rounds missing it, so they are ahead of its checkpoint)
+    # until node 2 is back and links again; gone_seconds, the bound on that hold, far exceeds
+    # a restart, so the survivors cannot have finished when it is back, however fast they run
+    text = BASE.format(name="e2erestart", nodes=4, rounds=20, topology="edges", degree=1,
                        round_timeout=5.0)
+    text = text.replace('kind = "edges"\n', 'kind = "edges"\nedges = [[2, 0], [2, 1], [2, 3]]\n')
+    text += "gone_seconds = 120.0\n"
     text += ("\n[[faults]]\nkind = \"restart\"\nnode = 2\nat_round = 4\n"
              "down_seconds = 0.5\n")
     code, report = run_text(tmp_path, text)
