@@ -3,7 +3,23 @@
 Smoke tests of what only real processes show: a run forked and spawned, SIGTERM, a restart
 from a fresh process, Noise-only and strangers over libp2p. The protocol's faults (kill,
 pause, late joins, replacements, async with a slow node, secure aggregation through a kill, the
-DP budget) are tested deterministically on the simulator: tests/test_sim_faults.py."""
+DP budget) are tested deterministically on the simulator: tests/test_sim_faults.py.
+
+What each test's fault is tied to (not to this machine's speed; see e2e_scenarios.py):
+
+* restart: the nodes form a star around the node killed, so the others, with no live
+  neighbour, hold their round until it is back and linked again (gone_seconds, the bound on
+  that hold, far exceeds a restart). Each of them is past the round of its checkpoint (it
+  finishes a round only once it has sent that round to them, so they are in the next), so it
+  catches up from them.
+* hostile peers: the scenario pauses node 1 after its first round, and the test resumes it
+  once its attack on node 0 is over: node 0 cannot finish while node 1, a neighbour it wants,
+  is away, so it serves through the whole attack, however long the attack takes. The test
+  waits for node.json and for the pause under a trio deadline.
+* SIGTERM: the runner signals node 2 once it sees it past round 2; nothing in the protocol
+  holds node 2 there, so this test still needs its run long enough after round 2 for the
+  runner's poll (every 0.2 s) to see it: the one fault here that rests on a round count.
+  After the signal the others await node 2 for gone_seconds and finish without it."""
 
 from __future__ import annotations
 
@@ -235,9 +251,10 @@ def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
 
 def test_a_node_killed_and_restarted_resumes_and_rejoins(tmp_path: Path) -> None:
     # a star around node 2: once it is killed, each other node has no live neighbour and holds
-    # its round (after max_missed_rounds rounds missing it, so they are ahead of its checkpoint)
-    # until node 2 is back and links again; gone_seconds, the bound on that hold, far exceeds
-    # a restart, so the survivors cannot have finished when it is back, however fast they run
+    # its round (after max_missed_rounds rounds missing it, at most) until node 2 is back and
+    # links again; gone_seconds, the bound on that hold, far exceeds a restart, so the others
+    # cannot have finished when it is back, however fast they run. They are past its
+    # checkpoint's round (it finished that round only once it had sent it to them)
     text = BASE.format(name="e2erestart", nodes=4, rounds=20, topology="edges", degree=1,
                        round_timeout=5.0)
     text = text.replace('kind = "edges"\n', 'kind = "edges"\nedges = [[2, 0], [2, 1], [2, 3]]\n')

@@ -1,5 +1,11 @@
 """A small soak with real node processes: the churn restarts one node and pauses another, the
-report samples every node's RSS and checks every checkpoint."""
+report samples every node's RSS and checks every checkpoint.
+
+Tied to events, not to this machine's speed: the pause is due before the restarted node is
+back, so the runner takes it at its first look after the restart, when the others cannot have
+finished (a neighbour they want has not linked again yet: they await it, for gone_seconds);
+the paused node is then awaited in turn. Only the first event rests on the runner's look (every
+0.2 s) coming within the training rounds."""
 
 from __future__ import annotations
 

@@ -2,7 +2,14 @@
 
 A smoke test that a scenario's network faults reach real processes; what the nodes make of
 partitions, silent stalls and slow links is tested deterministically on the simulator
-(tests/test_sim_faults.py)."""
+(tests/test_sim_faults.py).
+
+The heal and the re-link after it are tied to events, not to spare rounds: during the cut each
+node has one live neighbour of three, so its rounds are paced a heartbeat apart and the heal
+round comes while the cut holds; no node can finish while the neighbours it lost across the cut
+are missing (it awaits them for gone_seconds), so the re-link happens before the end. The cut
+itself comes when the runner's look (every 0.2 s) sees round 3, which must be before round 15
+(the heal): the rounds before the cut run at full speed."""
 
 from __future__ import annotations
 
