@@ -8,8 +8,11 @@ The heal and the re-link after it are tied to events, not to spare rounds: durin
 node has one live neighbour of three, so its rounds are paced a heartbeat apart and the heal
 round comes while the cut holds; no node can finish while the neighbours it lost across the cut
 are missing (it awaits them for gone_seconds), so the re-link happens before the end. The cut
-itself comes when the runner's look (every 0.2 s) sees round 3, which must be before round 15
-(the heal): the rounds before the cut run at full speed."""
+itself comes when the runner's look (every 0.2 s) sees round 3 (the rounds before it run at
+full speed: this still needs the runner to look before the training is over). Should that look
+come as late as round 15, ``min_cut_seconds`` keeps the heal from following at the next look:
+the cut then still lasts long enough for the two missed rounds that drop a neighbour across
+(each a round of its own, not waited out: a reset link is not waited for)."""
 
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ relink_interval = 0.5
 groups = [[0, 1], [2, 3]]
 at_round = 3
 heal_round = 15
+min_cut_seconds = 2.0
 """
     code, report = run_text(tmp_path, text)
     assert code == 0
