@@ -258,7 +258,7 @@ def test_a_node_killed_and_restarted_resumes_and_rejoins(tmp_path: Path) -> None
     text = BASE.format(name="e2erestart", nodes=4, rounds=20, topology="edges", degree=1,
                        round_timeout=5.0)
     text = text.replace('kind = "edges"\n', 'kind = "edges"\nedges = [[2, 0], [2, 1], [2, 3]]\n')
-    text += "gone_seconds = 120.0\n"
+    text += "gone_seconds = 60.0\n"
     text += ("\n[[faults]]\nkind = \"restart\"\nnode = 2\nat_round = 4\n"
              "down_seconds = 0.5\n")
     code, report = run_text(tmp_path, text)
