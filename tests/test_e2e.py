@@ -233,6 +233,7 @@ def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
     assert [n["status"] for n in report["nodes"]] == ["done"] * 3
     # the attack met node 0 while node 1 was paused (and node 1 came back and finished)
     assert any(e.startswith("SIGSTOP") for e in report["nodes"][1]["events"])
+    assert report["summary"]["finished_without"] == {}  # node 0 waited for node 1
     assert seen["heartbeat"].startswith("refused")
     assert seen["sealed"] in ("rejected",) or seen["sealed"].startswith("refused")
     assert seen["plaintext"].startswith("refused")
@@ -274,6 +275,9 @@ def test_a_node_killed_and_restarted_resumes_and_rejoins(tmp_path: Path) -> None
     others = "".join((tmp_path / "out" / "nodes" / f"node-0{i}" / "node.log").read_text()
                      for i in (0, 1, 3))
     assert "rejoined after a restart" in others
+    # the others held for it: none trained alone, none finished without it
+    assert all(n["isolated_rounds"] == 0 for n in nodes)
+    assert report["summary"]["finished_without"] == {}
     # same identity before and after: the peer id in node.json did not change
     info = json.loads((tmp_path / "out" / "nodes" / "node-02" / "node.json").read_text())
     assert info["peer_id"] == restarted["peer_id"]

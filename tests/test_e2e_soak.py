@@ -50,6 +50,7 @@ def test_a_short_soak_restarts_and_pauses_and_every_checkpoint_is_sound(tmp_path
     restarted, paused = nodes[events[0]["node"]], nodes[events[1]["node"]]
     assert restarted["restarts"] == 1 and restarted["events"][0].startswith("SIGKILL")
     assert any(e.startswith("SIGSTOP") for e in paused["events"])
+    assert report["summary"]["finished_without"] == {}  # each node down was waited for
     assert report["checkpoints"]["ok"] == 4 and report["checkpoints"]["bad"] == []
     assert set(report["checkpoints"]["rounds"]) == {"0", "1", "2", "3"}
     for node in nodes:
