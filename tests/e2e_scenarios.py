@@ -13,8 +13,10 @@ protocol guarantees (gossipfl/node/termination.py, settle.py):
 
 What cannot be tied so: the runner signals a ``[[faults]]`` entry (or starts a cut, a churn
 event) when its poll (every 0.2 s) sees the round it names, so that first signal still needs
-the target alive at that look; each test puts it early in the run (the rest of the run is the
-margin), and everything after it follows from events. Each test file's docstring says how.
+the target alive, and not yet done, at that look. Each test puts it early in the run: the
+rounds after it, run at full speed, are the margin, and are the one round count left that
+matters (to that first look only: everything after it follows from events). Each test file's
+docstring says how.
 """
 
 from __future__ import annotations

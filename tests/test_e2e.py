@@ -214,8 +214,9 @@ def test_non_members_and_plaintext_peers_are_refused_while_the_node_works(
     # node 1 is paused after its first round and resumed by the test once the attack is over:
     # until then node 0 waits for it (its rounds wait for node 1's contribution, and it cannot
     # finish while a neighbour it wants is missing, for gone_seconds), so the attack meets a
-    # node at work whatever this machine's speed
-    text = BASE.format(name="e2ehostile", nodes=3, rounds=30, topology="full", degree=2,
+    # node at work whatever this machine's speed. The rounds are only the margin for the
+    # runner's look (every 0.2 s) to see node 1's first round
+    text = BASE.format(name="e2ehostile", nodes=3, rounds=40, topology="full", degree=2,
                        round_timeout=5.0)
     text += "gone_seconds = 120.0\n"
     text += "\n[[faults]]\nkind = \"pause\"\nnode = 1\nat_round = 0\ndown_seconds = 200.0\n"
@@ -255,8 +256,9 @@ def test_a_node_killed_and_restarted_resumes_and_rejoins(tmp_path: Path) -> None
     # its round (after max_missed_rounds rounds missing it, at most) until node 2 is back and
     # links again; gone_seconds, the bound on that hold, far exceeds a restart, so the others
     # cannot have finished when it is back, however fast they run. They are past its
-    # checkpoint's round (it finished that round only once it had sent it to them)
-    text = BASE.format(name="e2erestart", nodes=4, rounds=20, topology="edges", degree=1,
+    # checkpoint's round (it finished that round only once it had sent it to them). The rounds
+    # after round 4 are only the margin for the runner's look (every 0.2 s) to see round 4
+    text = BASE.format(name="e2erestart", nodes=4, rounds=40, topology="edges", degree=1,
                        round_timeout=5.0)
     text = text.replace('kind = "edges"\n', 'kind = "edges"\nedges = [[2, 0], [2, 1], [2, 3]]\n')
     text += "gone_seconds = 60.0\n"

@@ -42,7 +42,7 @@ def test_a_partition_cuts_the_links_between_its_halves_for_real(tmp_path: Path) 
     # (dropped at the cut, wanted still) no node can finish (it awaits them, for gone_seconds:
     # three member timeouts), and during the cut the rounds are paced a heartbeat apart (one
     # live neighbour of three), so round 15, the heal, comes while the cut holds
-    text = SCENARIO.replace("rounds = 6", "rounds = 20").replace("round_timeout = 10.0",
+    text = SCENARIO.replace("rounds = 6", "rounds = 40").replace("round_timeout = 10.0",
                                                                  "round_timeout = 2.0")
     text = text[: text.index("[[links]]")] + """
 max_missed_rounds = 2
