@@ -41,7 +41,8 @@ def test_a_partition_cuts_the_links_between_its_halves_for_real(tmp_path: Path) 
     # the re-link after the heal needs no spare rounds: while the neighbours across are missing
     # (dropped at the cut, wanted still) no node can finish (it awaits them, for gone_seconds:
     # three member timeouts), and during the cut the rounds are paced a heartbeat apart (one
-    # live neighbour of three), so round 15, the heal, comes while the cut holds
+    # live neighbour of three), so round 15, the heal, comes while the cut holds. The rounds
+    # after round 3 are only the margin for the runner's look to see round 3 (and cut)
     text = SCENARIO.replace("rounds = 6", "rounds = 40").replace("round_timeout = 10.0",
                                                                  "round_timeout = 2.0")
     text = text[: text.index("[[links]]")] + """
