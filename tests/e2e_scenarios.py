@@ -1,4 +1,23 @@
-"""Scenario text and a runner shared by the end-to-end test files."""
+"""Scenario text and a runner shared by the end-to-end test files.
+
+How the end-to-end tests stay independent of this machine's speed: a fault is not timed to
+land while the federation is "still running" by giving it many rounds; it is tied to what the
+protocol guarantees (gossipfl/node/termination.py, settle.py):
+
+* a node whose neighbours are all missing holds its round until one is back (a star around
+  the node that fails: the others hold for it);
+* a node cannot finish while a neighbour it wants is missing, for ``gone_seconds`` (a fault
+  due while another node is down lands while the federation runs; an attack made while a
+  member is paused meets a node at work);
+* the test, not a timer, ends an outage it waits for (it resumes the paused node).
+
+What cannot be tied so: the runner signals a ``[[faults]]`` entry (or starts a cut, a churn
+event) when its poll (every 0.2 s) sees the round it names, so that first signal still needs
+the target alive, and not yet done, at that look. Each test puts it early in the run: the
+rounds after it, run at full speed, are the margin, and are the one round count left that
+matters (to that first look only: everything after it follows from events). Each test file's
+docstring says how.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,17 @@
 
 A smoke test that a scenario's network faults reach real processes; what the nodes make of
 partitions, silent stalls and slow links is tested deterministically on the simulator
-(tests/test_sim_faults.py)."""
+(tests/test_sim_faults.py).
+
+The heal and the re-link after it are tied to events, not to spare rounds: during the cut each
+node has one live neighbour of three, so its rounds are paced a heartbeat apart and the heal
+round comes while the cut holds; no node can finish while the neighbours it lost across the cut
+are missing (it awaits them for gone_seconds), so the re-link happens before the end. The cut
+itself comes when the runner's look (every 0.2 s) sees round 3 (the rounds before it run at
+full speed: this still needs the runner to look before the training is over). Should that look
+come as late as round 15, ``min_cut_seconds`` keeps the heal from following at the next look:
+the cut then still lasts long enough for the two missed rounds that drop a neighbour across
+(each a round of its own, not waited out: a reset link is not waited for)."""
 
 from __future__ import annotations
 
@@ -28,9 +38,12 @@ jitter = 0.01
 
 
 def test_a_partition_cuts_the_links_between_its_halves_for_real(tmp_path: Path) -> None:
-    # rounds here take a few hundredths of a second: many of them, so that the re-link (asked
-    # every relink_interval) has time to happen after the heal
-    text = SCENARIO.replace("rounds = 6", "rounds = 80").replace("round_timeout = 10.0",
+    # the re-link after the heal needs no spare rounds: while the neighbours across are missing
+    # (dropped at the cut, wanted still) no node can finish (it awaits them, for gone_seconds:
+    # three member timeouts), and during the cut the rounds are paced a heartbeat apart (one
+    # live neighbour of three), so round 15, the heal, comes while the cut holds. The rounds
+    # after round 3 are only the margin for the runner's look to see round 3 (and cut)
+    text = SCENARIO.replace("rounds = 6", "rounds = 40").replace("round_timeout = 10.0",
                                                                  "round_timeout = 2.0")
     text = text[: text.index("[[links]]")] + """
 max_missed_rounds = 2
@@ -40,6 +53,7 @@ relink_interval = 0.5
 groups = [[0, 1], [2, 3]]
 at_round = 3
 heal_round = 15
+min_cut_seconds = 2.0
 """
     code, report = run_text(tmp_path, text)
     assert code == 0
