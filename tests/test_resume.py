@@ -551,3 +551,17 @@ def test_a_restarted_node_keeps_distrusting_the_neighbours_its_filter_found_out(
         restore(third)
     assert third.filter_counts == {"liar": (7, 9)}
     assert "'bad'" in caplog.text and "'worse'" in caplog.text
+
+
+def test_a_lost_member_is_dialled_where_it_said_it_listens_not_where_hearsay_puts_it(
+        tmp_path: Path) -> None:
+    # a membership flooder re-announces a forgotten member at a trap address: the re-link must
+    # dial the addresses the member gave in its own heartbeat (addr_book), not the table's
+    node = _node(tmp_path)
+    own, trap = ("/ip4/127.0.0.1/tcp/4001",), ("/ip4/127.0.0.1/tcp/6666",)
+    node.addr_book["lost"] = own
+    node.membership.heard_from("lost", trap, 0.0)
+    assert node.addrs_of("lost") == own
+    # a member never met is found through the table (hearsay is how first contact happens)
+    node.membership.heard_from("stranger", trap, 0.0)
+    assert node.addrs_of("stranger") == trap

@@ -373,9 +373,12 @@ class Node:
         await membership_loop.send_heartbeat(self, peer, self.addrs_of(peer))
 
     def addrs_of(self, peer: str) -> tuple[str, ...]:
-        """Where to dial ``peer``: what membership knows, else the last addresses it gave us
-        (membership forgets a member silent for a while; a lost neighbour is still asked back)."""
-        return self.membership.addrs(peer) or self.addr_book.get(peer, ())
+        """Where to dial ``peer``: the last addresses it gave us itself (its own heartbeat, over
+        a channel authenticated as it), else what membership knows (hearsay: how a member never
+        met is found). A member that was forgotten and came back through another's heartbeat
+        carries that reporter's addresses for it: a lost neighbour is asked back where it said
+        it listens, never where a flooder says it is."""
+        return self.addr_book.get(peer) or self.membership.addrs(peer)
 
     @property
     def payload_cap(self) -> int:
