@@ -36,8 +36,8 @@ class StateProber(Role):
         """One request to each neighbour (the node's own state request, rejoin flag set)."""
         for peer in probe_targets(node):
             pulled: dict[str, Contribution] = {}
-            self.tally.attempts += 1
             await state_sync.pull_state(node, peer, pulled)  # the node's own request
+            self.tally.attempts += 1  # counted once answered or refused (not when cut short)
             if peer in pulled:
                 self.tally.succeeded += 1
                 self.tally.details["estimates_in_the_clear"] += 1
