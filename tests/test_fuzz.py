@@ -67,10 +67,10 @@ from gossipfl.gossip.wire import (
     encode_body,
     encode_frame,
 )
-from gossipfl.node.contributions import accept_contribution, open_sealed
+from gossipfl.node.contributions import accept_contribution, ahead_allowed, open_sealed
 from gossipfl.node.estimates import PeerEstimate, PeerEstimates
 from gossipfl.node.learner import LocalLearner
-from gossipfl.node.runtime import FUTURE_ROUNDS, NeighbourState, Node
+from gossipfl.node.runtime import NeighbourState, Node
 from gossipfl.node.security import NodeSecurity
 
 MESSAGE_TYPES: tuple[type[Any], ...] = (Heartbeat, LinkRequest, LinkReply, Contribution, Ack,
@@ -714,7 +714,7 @@ def expected_answer(node: Node, remote: str, message: Contribution) -> tuple[str
         return "rejected", "not_neighbour"
     held = node.estimates.holds(message.sender)
     heard = node.member_state.get(message.sender, (-1, ""))[0]
-    if message.round > max(node.round, held, heard, 0) + FUTURE_ROUNDS:
+    if message.round > max(node.round, held, heard, 0) + ahead_allowed(node):
         return "rejected", "future"
     if (len(message.tensors) != len(layout.names)
             or any(t.name != n or t.shape != s or t.dtype != "float32"
@@ -1087,6 +1087,35 @@ def test_the_fuzzed_node_still_takes_a_genuine_contribution(world: World) -> Non
             lambda n=node, m=message: checked_accept(n, world.b.peer_id, m))
         assert outcome == "ok"
         assert np.all(node.estimates.peers[world.b.peer_id].vector == 2.0)
+
+
+def test_a_lingering_node_takes_rounds_its_reopened_neighbours_ran_ahead(world: World) -> None:
+    """Was: a node lingering after done refused every round of a neighbour that had reopened
+    and run on (more than FUTURE_ROUNDS past the done node's last), so it never saw the model
+    that should reopen it too; two halves healed after both finished could end with one node
+    that never reopened (the simulated two-halves test, one run in two)."""
+    node = world.plain
+    install_state(node, HandlerState(3, (0.0,) * node.layout.size, 2), world.b.peer_id)
+    node.round = 3
+    window = ahead_allowed(node)
+    node.settle.lingering = True
+    try:
+        far = ahead_allowed(node)
+        assert far > window
+        vector = np.full(node.layout.size, 2.0, np.float32)
+        delta = Contribution(FEDERATION, 3 + window + 5, world.b.peer_id, node.peer_id, 1,
+                             "delta", 3 + window + 4, 0.5, False, node.layout.to_tensors(vector))
+        # a delta on a round this node never held asks for the full estimate
+        assert run_in_trio(lambda: checked_accept(node, world.b.peer_id, delta)) == "need_full"
+        full = dataclasses.replace(delta, kind="full", base_round=-1)
+        assert run_in_trio(lambda: checked_accept(node, world.b.peer_id, full)) == "ok"
+        assert node.estimates.peers[world.b.peer_id].round == 3 + window + 5
+        # beyond every reopening's rounds: still refused
+        beyond = dataclasses.replace(full, round=3 + window + 5 + far + 1)
+        outcome = run_in_trio(lambda: checked_accept(node, world.b.peer_id, beyond))
+        assert outcome.startswith("rejected")  # counted under "future" (checked_accept)
+    finally:
+        node.settle.lingering = False
 
 
 # -- regressions: bugs this fuzzing found at commit 2e08c78 ----------------------------------

@@ -134,9 +134,13 @@ def test_a_relayed_newer_stamp_is_taken_at_most_once_a_refresh() -> None:
     table.merge((m.info(m.stamp()),), REFRESH, reporter="r")
     assert table.stamp_key(m.id) == (1, 3) and table.live_at(m.id) == REFRESH
     assert verify.calls == 2 and table.version > version
-    # a member's own heartbeat is taken at once (it is liveness in itself)
+    # a member's own heartbeat is liveness in itself; its stamp too is taken (checked,
+    # gossiped again) at most once a refresh
     table.heard_from(m.id, (), REFRESH + 0.1, m.stamp())
-    assert table.stamp_key(m.id) == (1, 4)
+    assert table.stamp_key(m.id) == (1, 3) and table.live_at(m.id) == REFRESH + 0.1
+    assert verify.calls == 2
+    table.heard_from(m.id, (), 2 * REFRESH, m.stamp())
+    assert table.stamp_key(m.id) == (1, 5) and verify.calls == 3
 
 
 def test_forged_and_stale_entries_are_still_refused_and_not_gossiped() -> None:

@@ -222,7 +222,9 @@ def test_a_partition_cuts_the_links_between_its_halves_and_heals(tmp_path: Path,
     # models merged into one
     assert partition["rejoined"] and links[-1] == 4
     assert partition["after_heal"]["accepted"] >= 1
-    assert all(n["relinks"] == 2 for n in nodes)
+    # each of the 4 links across was linked again by one of its ends (which one asks first
+    # depends on the phases of their heartbeats), no node more than its 2 lost ones
+    assert sum(n["relinks"] for n in nodes) >= 4 and all(n["relinks"] <= 2 for n in nodes)
     assert report["final_consensus_distance"] <= 1e-3
 
 

@@ -30,20 +30,19 @@ hearsay brings it back only with a verified stamp above that, so a liar cannot p
 member back into the table (and the topology) with age 0. Unsigned hearsay still serves for
 discovery and addresses, with ages, as before.
 
-Heartbeats carry *deltas* of the table, not the table. Every change worth gossiping (a new
-entry, a newer stamp held, new addresses, an entry vouched for, an unstamped entry's age
-refreshed) gives the entry the table's next *version* (within the table's *epoch*: the node's
-run), and the table keeps its entries in version order. A heartbeat to a peer lists the vouched
-entries changed after the version that peer says it holds (its *ack*, carried in each of its
-heartbeats), oldest change first, at most a heartbeat's worth, and says through which version
-the list is complete; the receiver acks that version only if the list started where its own
-ack stood and every entry was judged (none left for a later heartbeat by a check budget), so a
-lost heartbeat, a restart (a new epoch) or a budget cut is sent again. A newer stamp of a
-member is taken (verified, held, relayed: a change) at most once per ``refresh`` seconds
-(a node's: ``STAMP_REFRESH`` of its timeout): a live member still makes progress within every
-``refresh`` plus a few heartbeats, far inside ``timeout``, and each member's entry changes at
-that rate instead of every heartbeat, so a heartbeat's delta holds about ``members ×
-interval / refresh`` entries.
+Heartbeats carry *deltas* of the table. Every change worth gossiping (a new entry, a newer
+stamp held, new addresses, an entry vouched for, an unstamped entry's age refreshed) gives the
+entry the table's next *version* (within its *epoch*: the node's run); entries are kept in
+version order. A heartbeat lists the vouched entries changed after the version the peer says
+it holds (its *ack*), oldest first, a heartbeat's worth at most, and through which version the
+list is complete; the receiver acks it only if the list started at its ack and every entry was
+judged, so a lost heartbeat, a restart or a budget cut is sent again. A peer holding none of
+our table (one met while joining) is sent our freshest changes and a *digest* (8-byte tags)
+of what we hold, and its answer leaves out what we hold (:meth:`Membership.outgoing`). A newer
+stamp of a member, relayed or its own, is taken (verified, held, relayed: a change) at most
+once per ``refresh`` (a node's: ``STAMP_REFRESH`` of its timeout): a live member still makes
+progress within ``refresh`` plus a few heartbeats, far inside ``timeout``, so a delta holds
+about ``members × interval / refresh`` entries.
 """
 
 from __future__ import annotations
@@ -51,19 +50,26 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gossipfl.crypto import liveness
 from gossipfl.crypto.liveness import Stamp, StampError, StampKey, StampVerdict
-from gossipfl.gossip.wire import MAX_MEMBERS, MemberInfo
+from gossipfl.gossip.wire import (
+    MAX_DIGEST_MEMBERS,
+    MAX_MEMBERS,
+    MemberInfo,
+    encode_digest,
+    member_tag,
+)
 
 log = logging.getLogger(__name__)
 
 #: Members one table holds at most by default (itself included): a heartbeat lists at most
 #: ``MAX_MEMBERS`` of them, so a larger federation is gossiped in windows (:meth:`snapshot`).
-MAX_FEDERATION = 4096
+MAX_FEDERATION = MAX_DIGEST_MEMBERS
 #: Members one heartbeat lists at most: a table larger than this goes out in windows.
 GOSSIP_WINDOW = MAX_MEMBERS
 #: A node's table takes a member's newer stamp at most once per this fraction of its timeout.
@@ -86,7 +92,7 @@ def _verify(data: bytes, federation: str, peer_id: str) -> Stamp:
     return liveness.verify_stamp(data, federation=federation, peer_id=peer_id)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     addrs: tuple[str, ...]
     last_heard: float
@@ -100,6 +106,12 @@ class _Entry:
     stamp_at: float = -math.inf  # local time the held stamp was taken
     version: int = 0  # the table's version at the entry's last gossiped change
     gossiped_heard: float = -math.inf  # last_heard at that change (unstamped entries' ages)
+    tag: int = 0  # the member's digest tag (wire.member_tag of its id)
+
+
+def _shared(peer_id: str, addrs: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """Interned: the tables of a process (a simulation's) hold one copy of each string."""
+    return sys.intern(peer_id), tuple(sys.intern(a) for a in addrs)
 
 
 @dataclass
@@ -109,8 +121,7 @@ class Membership:
     self_id: str
     timeout: float
     capacity: int = MAX_FEDERATION - 1
-    per_reporter: int = 0  # hearsay entries one reporter may fill; 0: a quarter of the
-    # capacity, at most one heartbeat's worth (MAX_MEMBERS - 1)
+    per_reporter: int = 0  # hearsay one reporter may fill (0: capacity/4, ≤ MAX_MEMBERS - 1)
     federation: str = ""  # what liveness stamps must name
     verify: Verifier = _verify
     _members: dict[str, _Entry] = field(default_factory=dict)
@@ -125,6 +136,7 @@ class Membership:
     _version: int = 0
     _acked: dict[str, tuple[int, int]] = field(default_factory=dict)  # peer: our table it holds
     _have: dict[str, tuple[int, int]] = field(default_factory=dict)  # peer: its table we hold
+    _digest: tuple[tuple[int, int], bytes] = ((-1, -1), b"")  # (version, size): digest()
 
     def __post_init__(self) -> None:
         if self.per_reporter <= 0:
@@ -158,7 +170,9 @@ class Membership:
         if entry is None:
             if len(self._members) >= self.capacity and not self._evict_hearsay():
                 return False
-            entry = self._members[peer_id] = _Entry(addrs, now, True, True, None, since=now)
+            peer_id, addrs = _shared(peer_id, addrs)
+            entry = self._members[peer_id] = _Entry(addrs, now, True, True, None, since=now,
+                                                    tag=member_tag(peer_id))
             self._touch(peer_id, entry)
         elif not entry.vouched:
             self._touch(peer_id, entry)
@@ -173,7 +187,8 @@ class Membership:
         if addrs and addrs != entry.addrs:
             entry.addrs = addrs
             self._touch(peer_id, entry)
-        self._aged(peer_id, entry)
+        else:
+            self._aged(peer_id, entry)
         return False
 
     def merge(self, members: tuple[MemberInfo, ...], now: float, *, reporter: str = "",
@@ -207,21 +222,23 @@ class Membership:
                 continue
             if held[reporter] >= self.per_reporter or len(self._members) >= self.capacity:
                 continue
-            entry = _Entry(info.addrs, heard, False, vouched, reporter, since=now)
-            tomb = self._tombstones.get(info.peer_id)
+            peer_id, addrs = _shared(info.peer_id, info.addrs)
+            entry = _Entry(addrs, heard, False, vouched, reporter, since=now,
+                           tag=member_tag(peer_id))
+            tomb = self._tombstones.get(peer_id)
             if tomb is not None:  # pruned for silence: back only with a newer verified stamp
                 entry.stamp_key = tomb
                 if not info.stamp or self._take_stamp(
-                        info.peer_id, entry, info.stamp, now, reporter,
+                        peer_id, entry, info.stamp, now, reporter,
                         budget) is not StampVerdict.PROGRESS:
                     continue
-                del self._tombstones[info.peer_id]
+                del self._tombstones[peer_id]
             elif info.stamp:
-                self._take_stamp(info.peer_id, entry, info.stamp, now, reporter, budget)
-            self._members[info.peer_id] = entry
-            self._touch(info.peer_id, entry)
+                self._take_stamp(peer_id, entry, info.stamp, now, reporter, budget)
+            self._members[peer_id] = entry
+            self._touch(peer_id, entry)
             held[reporter] += 1
-            new.append(info.peer_id)
+            new.append(peer_id)
         return new
 
     def _take_stamp(self, peer_id: str, entry: _Entry, data: bytes, now: float,
@@ -232,8 +249,10 @@ class Membership:
         makes no one live."""
         if data == entry.stamp:  # the stamp held (relayed again): nothing to parse
             return StampVerdict.STALE
-        if reporter != peer_id and now - entry.stamp_at < self.refresh:
-            return StampVerdict.STALE  # a relayed one taken lately: a later one will do
+        if now - entry.stamp_at < self.refresh:
+            # one taken lately (relayed, or its own: hearing it is liveness already); each
+            # is a signature check and a change that heartbeats to neighbours carry
+            return StampVerdict.STALE
         try:
             key = Stamp.from_bytes(data).key
         except StampError as error:
@@ -351,16 +370,9 @@ class Membership:
         return sorted(self._members)
 
     def snapshot(self, now: float, limit: int = GOSSIP_WINDOW) -> tuple[MemberInfo, ...]:
-        """The member list to put in our heartbeat: vouched members only, at most ``limit``
-        of them. A larger table is sent in windows, each snapshot the next ``limit`` members in
-        id order (wrapping), so every member is gossiped once per ⌈members / limit⌉ heartbeats.
-
-        >>> table = Membership("me", timeout=10.0)
-        >>> for i in range(5):
-        ...     _ = table.heard_from(f"p{i}", (), 0.0)
-        >>> [[m.peer_id for m in table.snapshot(1.0, limit=2)] for _ in range(3)]
-        [['p0', 'p1'], ['p2', 'p3'], ['p4', 'p0']]
-        """
+        """Vouched members, at most ``limit``, the next window in id order each call
+        (wrapping): the whole table, as heartbeats listed it before deltas (the flooding
+        adversary and the tests read it)."""
         vouched = [(p, e) for p, e in sorted(self._members.items()) if e.vouched]
         if len(vouched) > limit:
             start = self._window % len(vouched)
@@ -373,12 +385,26 @@ class Membership:
     def version(self) -> int:
         return self._version
 
+    def digest(self) -> bytes:
+        """The tags of the vouched members and our own (:func:`wire.encode_digest`), for a
+        partner to leave out of its answer; built again only when the table changed."""
+        key = (self._version, len(self._members))
+        if self._digest[0] != key:
+            tags = [e.tag for e in self._members.values() if e.vouched]
+            tags.append(member_tag(self.self_id))
+            self._digest = (key, encode_digest(tags))
+        return self._digest[1]
+
     def delta(self, now: float, since: int = 0, limit: int = GOSSIP_WINDOW, *,
-              freshest: bool = False) -> tuple[tuple[MemberInfo, ...], int, int]:
+              freshest: bool = False, held: frozenset[int] = frozenset(),
+              certificate: Callable[[str], bytes] | None = None,
+              ) -> tuple[tuple[MemberInfo, ...], int, int]:
         """The vouched entries changed after version ``since`` (0: the whole table), oldest
-        change first, at most ``limit`` of them; with ``since`` and ``upto``: the list holds
-        every vouched entry changed after ``since`` through ``upto``. ``freshest``: the
-        ``limit`` latest changes instead (``since`` then moves up to just before them).
+        change first, at most ``limit`` of them, but those whose tag is in ``held`` (the
+        receiver holds them); with ``since`` and ``upto``: every such entry changed after
+        ``since`` through ``upto``. ``freshest``: the ``limit`` latest changes instead
+        (``since`` then moves up to just before them). ``certificate``: each entry's
+        certificate to carry (an entry without one is left out, as uncertified).
 
         >>> table = Membership("me", timeout=10.0)
         >>> for i in range(4):
@@ -396,7 +422,7 @@ class Membership:
             entry = self._members[peer_id]
             if entry.version <= since:
                 break
-            if entry.vouched:
+            if entry.vouched and entry.tag not in held:
                 changed.append((peer_id, entry))
             if freshest and len(changed) == limit:
                 since = max(since, entry.version - 1)
@@ -406,8 +432,29 @@ class Membership:
         if len(changed) > limit:
             changed = changed[:limit]
             upto = changed[-1][1].version
-        return (tuple(MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), stamp=e.stamp)
-                      for p, e in changed), since, upto)
+        if certificate is None:
+            return (tuple(MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), stamp=e.stamp)
+                          for p, e in changed), since, upto)
+        return (tuple(MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), cert, e.stamp)
+                      for p, e in changed if (cert := certificate(p))), since, upto)
+
+    def outgoing(self, now: float, peer_id: str, *, wide: bool,
+                 held: frozenset[int] | None = None,
+                 certificate: Callable[[str], bytes] | None = None,
+                 ) -> tuple[tuple[MemberInfo, ...], tuple[int, int, int], bytes]:
+        """What a heartbeat to ``peer_id`` says of the table: (members, (epoch, since, upto),
+        digest); ``wide``: a heartbeat's worth may go, else the freshest ``EXTRA_WINDOW``.
+        ``held``: the digest of the heartbeat we answer; its members are left out. Else, to a
+        peer holding none of our table, only our freshest changes go (we cannot tell what it
+        lacks), and while we hold none of its table, our digest: its answer brings what we
+        lack (digest and pull), so a member joining n is sent about the n entries it lacks."""
+        since = self.since_for(peer_id)
+        blind = held is None and since == 0
+        members, since, upto = self.delta(
+            now, since, GOSSIP_WINDOW if wide and not blind else EXTRA_WINDOW,
+            freshest=not wide or blind, held=held or frozenset(), certificate=certificate)
+        pull = held is None and wide and self.ack_for(peer_id)[1] == 0
+        return members, (self.epoch, since, upto), self.digest() if pull else b""
 
     def since_for(self, peer_id: str) -> int:
         """The version of this table ``peer_id`` says it holds (0: none, or another epoch's)."""

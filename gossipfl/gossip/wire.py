@@ -60,7 +60,16 @@ from gossipfl.gossip.wire_fields import (
     WireError,
     check_str,
 )
-from gossipfl.gossip.wire_membership import Heartbeat, LinkReply, LinkRequest, MemberInfo
+from gossipfl.gossip.wire_membership import (
+    MAX_DIGEST_MEMBERS,
+    Heartbeat,
+    LinkReply,
+    LinkRequest,
+    MemberInfo,
+    decode_digest,
+    encode_digest,
+    member_tag,
+)
 from gossipfl.gossip.wire_secagg import (
     MAX_SHARE_CIPHERTEXT,
     SIGNATURE_BYTES,
@@ -83,6 +92,7 @@ __all__ = (
     "MAX_CERTIFICATE_BYTES",
     "MAX_CONTROL_BYTES",
     "MAX_DEPTH",
+    "MAX_DIGEST_MEMBERS",
     "MAX_MEMBERS",
     "MAX_NAME_CHARS",
     "MAX_PEER_ID_CHARS",
@@ -115,15 +125,18 @@ __all__ = (
     "UnmaskResponse",
     "WireError",
     "decode_body",
+    "decode_digest",
     "decode_frame",
     "encode_body",
+    "encode_digest",
     "encode_frame",
     "encode_frame_parts",
     "frame_length",
+    "member_tag",
     "unpack_bounded",
 )
 
-WIRE_VERSION = 2  # 2: heartbeats carry member-table deltas (table, ack)
+WIRE_VERSION = 3  # 2: heartbeats carry member-table deltas (table, ack); 3: and a digest (have)
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
 

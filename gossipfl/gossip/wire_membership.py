@@ -8,7 +8,10 @@ them from there. The caps and field checks used here live in :mod:`gossipfl.goss
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +32,55 @@ from gossipfl.gossip.wire_fields import (
     check_int,
     check_str,
 )
+
+#: Members a heartbeat's digest (``have``) names at most: a table's capacity
+#: (``membership.MAX_FEDERATION``).
+MAX_DIGEST_MEMBERS = 4096
+TAG_BYTES = 8
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def member_tag(peer_id: str) -> int:
+    """A member's tag in a digest: the first 8 bytes of its id's BLAKE2b hash (little-endian).
+    A pure function (kept: every table of a simulation asks for the same ids).
+
+    >>> member_tag("a") == int.from_bytes(hashlib.blake2b(b"a", digest_size=8).digest(), "little")
+    True
+    """
+    return int.from_bytes(hashlib.blake2b(peer_id.encode(), digest_size=TAG_BYTES).digest(),
+                          "little")
+
+
+def encode_digest(tags: Iterable[int]) -> bytes:
+    """Tags as a heartbeat's ``have`` field: 8 bytes each, little-endian, in the given order.
+
+    >>> encode_digest([1, 2**64 - 1]).hex()
+    '0100000000000000ffffffffffffffff'
+    """
+    tags = list(tags)
+    return struct.pack(f"<{len(tags)}Q", *tags)
+
+
+def decode_digest(data: bytes) -> frozenset[int]:
+    """The tags of a ``have`` field (a whole number of 8-byte tags, at most
+    ``MAX_DIGEST_MEMBERS``; WireError if not).
+
+    >>> sorted(decode_digest(encode_digest([5, 3, 5])))
+    [3, 5]
+    >>> decode_digest(b"123")
+    Traceback (most recent call last):
+    ...
+    gossipfl.gossip.wire_fields.WireError: have must be a whole number of 8-byte tags
+    """
+    return frozenset(struct.unpack(f"<{len(_checked_digest(data)) // TAG_BYTES}Q", data))
+
+
+def _checked_digest(data: object) -> bytes:
+    if not isinstance(data, bytes) or len(data) % TAG_BYTES:
+        raise WireError(f"have must be a whole number of {TAG_BYTES}-byte tags")
+    if len(data) > MAX_DIGEST_MEMBERS * TAG_BYTES:
+        raise WireError(f"have names more than {MAX_DIGEST_MEMBERS} members")
+    return data
 
 
 @dataclass(frozen=True)
@@ -59,6 +111,10 @@ class Heartbeat:
     changed after version ``since`` up to ``upto`` (in version order, a window at a time);
     ``ack`` = (epoch, version) says how much of the *receiver's* table the sender holds, so
     the receiver's answer (and its next heartbeat) carries only what changed after it.
+    ``have``: a digest of the members the sender holds (:func:`encode_digest` of their
+    :func:`member_tag`), sent while it holds nothing of the receiver's table, so that the
+    answer leaves out what the sender has already (digest and pull, instead of a blind full
+    window); empty (absent on the wire) otherwise.
     """
 
     KIND: ClassVar[str] = "heartbeat"
@@ -74,11 +130,13 @@ class Heartbeat:
     stamp: bytes = b""  # the sender's own latest liveness stamp (omitted on the wire if empty)
     table: tuple[int, int, int] = (0, 0, 0)  # (epoch, since, upto) of the member list's delta
     ack: tuple[int, int] = (0, 0)  # (epoch, version): how much of the receiver's table we hold
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"stamp"})  # may be absent from a frame
+    have: bytes = b""  # a digest of the members the sender holds (omitted on the wire if empty)
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"stamp", "have"})  # may be absent
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {
             **({"stamp": self.stamp} if self.stamp else {}),
+            **({"have": self.have} if self.have else {}),
             "certificate": self.certificate,
             "revocations": self.revocations,
             "sender": self.sender,
@@ -131,6 +189,9 @@ class Heartbeat:
         stamp = body.get("stamp", b"")
         if not isinstance(stamp, bytes) or ("stamp" in body and len(stamp) != STAMP_BYTES):
             raise WireError(f"stamp must be {STAMP_BYTES} bytes")
+        have = _checked_digest(body.get("have", b""))
+        if "have" in body and not have:
+            raise WireError("have must not be empty when present")
         return cls(
             federation=federation,
             certificate=certificate,
@@ -144,6 +205,7 @@ class Heartbeat:
             status=status,
             table=_versions(body["table"], "table", 3),
             ack=_versions(body["ack"], "ack", 2),
+            have=have,
         )
 
 

@@ -31,6 +31,18 @@ PROTO_SEALED = "/gossipfl/sealed-contribution/1.0.0"
 FUTURE_ROUNDS = 3
 
 
+def ahead_allowed(node: Node) -> int:
+    """How many rounds past the last one known a neighbour's contribution may be. A node
+    lingering after done keeps its last round while the neighbours that reopened run on, each
+    reopening up to ``max_consensus_rounds`` more: it takes what they send (a delta asks for
+    the full estimate) and judges whether to reopen too; a contribution beyond every
+    reopening's rounds is still refused."""
+    if not node.settle.lingering:
+        return FUTURE_ROUNDS
+    protocol = node.protocol
+    return FUTURE_ROUNDS + (protocol.max_reopen + 1) * protocol.max_consensus_rounds
+
+
 async def on_contribution(node: Node, channel: Channel) -> None:
     """Serve one neighbour's contribution stream: a frame, an ack, and again.
 
@@ -86,7 +98,7 @@ def accept_contribution(node: Node, remote: str, message: Contribution) -> tuple
     # neighbours' rounds drift apart, one at a time)
     known = max(node.round, node.estimates.holds(message.sender),
                 node.member_state.get(message.sender, (-1, None))[0], 0)
-    if message.round > known + FUTURE_ROUNDS:
+    if message.round > known + ahead_allowed(node):
         note_peer_round(node, message.sender, message.round, NodeStatus.TRAINING)
         node.reject(remote, "contribution", "future",
                     f"round {message.round}, this node is at {node.round}")

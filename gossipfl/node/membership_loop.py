@@ -5,19 +5,21 @@ Every heartbeat carries the sender's signed liveness stamp, its member list (hea
 ``gossip/membership.py``), its certificate and the newest revocation list it holds. The member
 list is a delta: what changed in the sender's table since the receiver last said it held it
 (its ack), a heartbeat's worth to a neighbour (or anyone while joining), the freshest
-``EXTRA_WINDOW`` changes to anyone else.
+``EXTRA_WINDOW`` changes to anyone else; to a peer that holds none of it, the freshest changes
+and a digest of what the sender holds, which the answer then leaves out (see
+:func:`heartbeat`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import trio
 
 from gossipfl.crypto import liveness
-from gossipfl.gossip.membership import EXTRA_WINDOW, GOSSIP_WINDOW
-from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Heartbeat, WireError
+from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Heartbeat, WireError, decode_digest
 from gossipfl.node.links import (
     drop_neighbour,
     federation_running,
@@ -37,26 +39,26 @@ PROTO_MEMBERSHIP = "/gossipfl/membership/1.0.0"
 HEARTBEAT_FANOUT = 16
 HEARTBEAT_EXTRA = 2
 HEARSAY_DIALS = 3  # admission off: dials of an id only heard of, until it is heard from
+LOOKS_A_HEARTBEAT = 4  # joining: how often an interval the members known are counted again
 
 
-def heartbeat(node: Node, peer: str = "") -> Heartbeat:
+def heartbeat(node: Node, peer: str = "", held: frozenset[int] | None = None) -> Heartbeat:
     """This node's heartbeat to ``peer`` now: who it is, where, its round and status, the
-    changes to the members it vouches for that ``peer`` does not hold yet (all of them for a
-    peer unknown, ""), its certificate, the newest revocation list it holds, its stamp, and
-    how much of ``peer``'s table it holds."""
-    now = trio.current_time()
+    changes to the members it vouches for that ``peer`` does not hold yet (``held``: the
+    digest of the heartbeat it answers; see ``Membership.outgoing``), its certificate, the
+    newest revocation list it holds, its stamp, and how much of ``peer``'s table it holds."""
     table = node.membership
-    wide = node.topology is None or peer in node.neighbours
-    members, since, upto = table.delta(now, table.since_for(peer),
-                                       GOSSIP_WINDOW if wide else EXTRA_WINDOW,
-                                       freshest=not wide)
+    members, versions, have = table.outgoing(
+        trio.current_time(), peer, wide=node.topology is None or peer in node.neighbours,
+        held=held,
+        certificate=node.security.certificate_bytes if node.security.enabled else None)
     return Heartbeat(
         federation=node.config.federation, sender=node.peer_id, addrs=tuple(node.addrs),
-        members=node.security.gossiped(members), round=node.round,
+        members=members, round=node.round,
         degree=len(node.neighbours), status=node.status.advertised,
         certificate=node.security.own_certificate,
         revocations=node.security.revocation_bytes, stamp=node.own_stamp,
-        table=(table.epoch, since, upto), ack=table.ack_for(peer),
+        table=versions, ack=table.ack_for(peer), have=have,
     )
 
 
@@ -155,7 +157,8 @@ async def on_heartbeat(node: Node, channel: Channel) -> None:
         await drop_revoked(node, revoked)
         return
     absorb(node, beat)
-    await channel.send(heartbeat(node, beat.sender), MAX_CONTROL_BYTES)
+    held = decode_digest(beat.have) if beat.have else None
+    await channel.send(heartbeat(node, beat.sender, held), MAX_CONTROL_BYTES)
     await drop_revoked(node, revoked)
 
 
@@ -200,7 +203,8 @@ def heartbeat_targets(node: Node) -> dict[str, tuple[str, ...]]:
 
 
 async def heartbeat_loop(node: Node) -> None:
-    """Heartbeat every interval. Each cycle waits for its heartbeats' answers (so the rate
+    """Heartbeat every interval (while joining, one after another across it). Each cycle
+    waits for its heartbeats' answers (so the rate
     stays one cycle per interval plus a round trip: each heartbeat is a libp2p stream, which
     costs CPU in every process), but at most one interval: a peer that does not answer (cut
     off, paused) keeps its heartbeat in flight under the request timeout and is skipped
@@ -208,8 +212,9 @@ async def heartbeat_loop(node: Node) -> None:
     from us every cycle, which their liveness counting relies on."""
     in_flight: set[str] = set()
 
-    async def send(peer: str, addrs: tuple[str, ...], done: trio.Event) -> None:
+    async def send(peer: str, addrs: tuple[str, ...], done: trio.Event, delay: float) -> None:
         try:
+            await trio.sleep(delay)
             await send_heartbeat(node, peer, addrs)
         finally:
             in_flight.discard(peer)
@@ -220,11 +225,15 @@ async def heartbeat_loop(node: Node) -> None:
         while True:
             renew_stamp(node)
             answers = []
-            for peer, addrs in heartbeat_targets(node).items():
+            targets = heartbeat_targets(node)
+            # joining: spread over the interval, so that each exchange's digest holds what
+            # the ones before it brought (all at once, they would pull the same entries)
+            spread = interval / len(targets) if node.topology is None and targets else 0.0
+            for i, (peer, addrs) in enumerate(targets.items()):
                 if peer not in in_flight:
                     in_flight.add(peer)
                     answers.append(trio.Event())
-                    nursery.start_soon(send, peer, addrs, answers[-1])
+                    nursery.start_soon(send, peer, addrs, answers[-1], i * spread)
             with trio.move_on_after(interval):
                 for answer in answers:
                     await answer.wait()
@@ -268,22 +277,33 @@ async def join(node: Node) -> None:
     wanted = set(saved) if saved else None
     seen: tuple[int, ...] = ()
     known: set[str] = set()
+    count, running, next_look = 1, False, -math.inf
     with trio.move_on_after(node.protocol.join_timeout):
         while True:
-            # counted again only when the table or the certificates held changed (it costs
-            # the table's size, twenty times a second)
+            now = trio.current_time()
+            # counted again when the table or the certificates held changed, at most
+            # LOOKS_A_HEARTBEAT times an interval (each look costs the table's size); while the
+            # table holds fewer than the expected members, its size is the count (known
+            # members are among them): the expected count is not reached yet
             state = (node.membership.version, len(node.membership),
                      len(node.security.certificates), len(node.security.hearsay_certificates))
-            if state != seen:
-                seen, known = state, set(known_members(node, heard_of=wanted is None))
-            count = len(known) + 1
-            now = trio.current_time()
+            look = now >= next_look
+            if look:
+                next_look = now + node.protocol.heartbeat_interval / LOOKS_A_HEARTBEAT
+                running = federation_running(node)
+            if look and state != seen:
+                seen = state
+                if expected and wanted is None and len(node.membership) + 1 < expected:
+                    count = len(node.membership) + 1
+                else:
+                    known = set(known_members(node, heard_of=wanted is None))
+                    count = len(known) + 1
             if count != last_count:
                 last_count, stable_since = count, now
             settled = now - stable_since >= settle
             if wanted is not None:
                 done = wanted <= known or bool(wanted & known and settled)
-            elif federation_running(node):
+            elif running:
                 # joining late: the member lists we were sent name whoever is there now
                 done = count > 1 and now - stable_since >= min(settle, 1.0)
             elif expected:

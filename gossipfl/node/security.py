@@ -57,15 +57,17 @@ MAX_HEARSAY_CHECKS = 64
 
 @functools.lru_cache(maxsize=1 << 16)
 def _signed(certificate: bytes, federation_public: bytes, federation: str,
-            peer: str) -> MembershipCertificate:
+            peer: str) -> tuple[MembershipCertificate, bytes]:
     """``certificate`` parsed, if the federation key signed it for ``federation`` and ``peer``
-    (AdmissionError if not). A pure function of its arguments, so its results are kept (a
-    simulation's nodes share them): a heartbeat's sender and every member its list names
-    present the same bytes again and again. Its validity in time is the caller's to check."""
+    (AdmissionError if not), with the bytes it came in. A pure function of its arguments, so
+    its results are kept (a simulation's nodes share them, parsed object and bytes: a member's
+    certificate is held once in the process, however many tables list it): a heartbeat's
+    sender and every member its list names present the same bytes again and again. Its
+    validity in time is the caller's to check."""
     cert = MembershipCertificate.from_bytes(certificate)
     verify_certificate(cert, federation_public, federation=federation, peer_id=peer,
                        now=cert.issued_at)
-    return cert
+    return cert, certificate
 
 
 class SecurityError(RuntimeError):
@@ -82,7 +84,8 @@ class NodeSecurity:
         self.max_payload = config.protocol.max_payload_bytes
         self.certificates: dict[str, MembershipCertificate] = {}  # presented by the peer
         self.hearsay_certificates: dict[str, MembershipCertificate] = {}  # relayed by others
-        # each certificate's bytes, encoded once (every heartbeat lists them)
+        # each certificate's bytes as checked (shared with every table that checked the same
+        # bytes), or encoded once: every heartbeat lists them
         self._encoded: dict[str, tuple[MembershipCertificate, bytes]] = {}
         self.own_certificate = b""
         self.revocations: RevocationList | None = None
@@ -126,11 +129,12 @@ class NodeSecurity:
         return self.config.sealed
 
     def _check(self, peer: str, certificate: bytes) -> MembershipCertificate:
-        cert = _signed(bytes(certificate), self.federation_public, self.federation, peer)
+        cert, data = _signed(bytes(certificate), self.federation_public, self.federation, peer)
         # its time checks, as verify_certificate makes them
         verify_certificate(cert, self.federation_public, federation=self.federation,
                            peer_id=peer, now=time.time(), leeway=self.config.clock_leeway,
                            signature_checked=True)
+        self._encoded[peer] = (cert, data)
         return cert
 
     def admit(self, peer: str, certificate: bytes) -> str | None:
@@ -216,14 +220,6 @@ class NodeSecurity:
             if self.is_certified(info.peer_id):
                 taken.append(info)
         return tuple(taken)
-
-    def gossiped(self, members: tuple[MemberInfo, ...]) -> tuple[MemberInfo, ...]:
-        """What to say about ``members`` in our heartbeat: with admission on, certified members
-        only, each with its certificate."""
-        if not self.enabled:
-            return members
-        return tuple(MemberInfo(m.peer_id, m.addrs, m.age, certificate, m.stamp)
-                     for m in members if (certificate := self.certificate_bytes(m.peer_id)))
 
     @property
     def revocation_bytes(self) -> bytes:

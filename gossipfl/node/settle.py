@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossipfl.round")
 
-__all__ = ["Verdict", "gone_seconds", "hold", "judge", "missing", "note_extra_link",
+__all__ = ["Verdict", "awaited", "gone_seconds", "hold", "judge", "missing", "note_extra_link",
            "note_topology", "pace", "reports", "round_limit"]
 
 EXTRA_LINK_HOPS = 2
@@ -84,13 +84,26 @@ def reports(node: Node) -> dict[str, PeerSettle | None]:
     return out
 
 
+def _wanted(node: Node) -> set[str]:
+    finished_members = {p for p, (_, status) in node.member_state.items()
+                        if status == NodeStatus.DONE}
+    return node.wanted - finished_members  # a finished member refuses links: not awaited
+
+
+def awaited(node: Node, now: float) -> list[str]:
+    """The wanted neighbours not linked and not yet gone for good (missing for at most
+    ``gone_seconds`` since they were dropped or first seen missing; one not yet tracked is
+    missing since now). Reads the node's state, changes nothing (:func:`missing` does)."""
+    waiting, _ = termination.waiting_for(_wanted(node), node.neighbours,
+                                         node.settle.missing_since, now, gone_seconds(node))
+    return waiting
+
+
 def missing(node: Node, r: int, now: float) -> list[str]:
     """Track the wanted neighbours that are not linked: returns those still awaited; those
     missing for more than ``gone_seconds`` go to ``settle.gone`` (logged once each)."""
     state = node.settle
-    finished_members = {p for p, (_, status) in node.member_state.items()
-                        if status == NodeStatus.DONE}
-    wanted = node.wanted - finished_members  # a finished member refuses links: not awaited
+    wanted = _wanted(node)
     for peer in list(state.missing_since):
         if peer in node.neighbours or peer not in wanted:
             del state.missing_since[peer]
@@ -113,9 +126,9 @@ def judge(node: Node, r: int) -> Verdict:
     (:class:`Verdict`)."""
     state = node.settle
     now = trio.current_time()
-    awaited = state.awaited = missing(node, r, now)
+    absent = state.awaited = missing(node, r, now)
     heard = reports(node)
-    settled = termination.locally_settled(node.disagreement, heard, awaited,
+    settled = termination.locally_settled(node.disagreement, heard, absent,
                                           node.protocol.consensus_tolerance)
     known = [h for h in heard.values() if h is not None]
     # a horizon is the topology's: a neighbour that counts further (it took a late joiner)
@@ -131,7 +144,7 @@ def judge(node: Node, r: int) -> Verdict:
     # a row (by then the missing member is back or gone for good; a neighbour that says it
     # waits forever cannot hold this node longer)
     state.waiting = termination.waiting_hops(
-        bool(awaited), [h.waiting for h in known if not h.done], state.horizon)
+        bool(absent), [h.waiting for h in known if not h.done], state.horizon)
     if not state.waiting:
         state.waiting_since = None
         return Verdict.GO_ON
@@ -168,7 +181,7 @@ async def hold(node: Node, r: int) -> Hold:
         now = trio.current_time()
         held_for = now - start
         decision = termination.hold_decision(
-            len(node.neighbours), needed, awaited=len(missing(node, r, now)),
+            len(node.neighbours), needed, awaited=len(awaited(node, now)),
             allow_alone=protocol.allow_alone, held_for=held_for, gone_seconds=gone_seconds(node))
         if decision is Hold.HOLD and not logged:
             log.warning("round %d: %d live neighbour(s), %d needed: holding this round and "
