@@ -42,14 +42,17 @@ class Member:
         self.id, self.key, self.epoch, self.seq = str(identity.peer_id), identity_signing_key(
             identity), epoch, 0
 
+    addrs = ("/ip4/10.0.0.1/tcp/1",)  # where it listens: its stamps sign it
+
     def stamp(self, seq: int | None = None, epoch: int | None = None, fed: str = FED) -> bytes:
         if seq is None:
             self.seq += 1
         return sign_stamp(fed, self.id, self.epoch if epoch is None else epoch,
-                          self.seq if seq is None else seq, self.key)
+                          self.seq if seq is None else seq, self.key, self.addrs)
 
-    def info(self, stamp: bytes = b"", age: float = 0.0) -> MemberInfo:
-        return MemberInfo(self.id, ("/ip4/10.0.0.1/tcp/1",), age, stamp=stamp)
+    def info(self, stamp: bytes = b"", age: float = 0.0,
+             addrs: tuple[str, ...] | None = None) -> MemberInfo:
+        return MemberInfo(self.id, self.addrs if addrs is None else addrs, age, stamp=stamp)
 
 
 class Counting:
@@ -58,9 +61,9 @@ class Counting:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, data: bytes, federation: str, peer_id: str):
+    def __call__(self, data: bytes, federation: str, peer_id: str, addrs: tuple[str, ...]):
         self.calls += 1
-        return verify_stamp(data, federation=federation, peer_id=peer_id)
+        return verify_stamp(data, federation=federation, peer_id=peer_id, addrs=addrs)
 
 
 def _table(verify=None) -> Membership:
@@ -77,7 +80,7 @@ def test_a_stamp_verifies_only_for_its_member_federation_and_bytes() -> None:
     m, other = Member(), Member()
     good = m.stamp()
     assert len(good) == STAMP_BYTES
-    assert verify_stamp(good, federation=FED, peer_id=m.id).key == (1, 1)
+    assert verify_stamp(good, federation=FED, peer_id=m.id, addrs=m.addrs).key == (1, 1)
     forgeries = {
         "another key": sign_stamp(FED, m.id, 1, 1, other.key),
         "another federation": m.stamp(fed="other"),
@@ -89,12 +92,17 @@ def test_a_stamp_verifies_only_for_its_member_federation_and_bytes() -> None:
         forgeries[f"bit {position}"] = bytes(flipped)
     for what, data in forgeries.items():
         with pytest.raises(StampError):
-            verify_stamp(data, federation=FED, peer_id=m.id)
+            verify_stamp(data, federation=FED, peer_id=m.id, addrs=m.addrs)
             pytest.fail(what)
     with pytest.raises(StampError):  # another member's stamp, relabelled
-        verify_stamp(good, federation=FED, peer_id=other.id)
+        verify_stamp(good, federation=FED, peer_id=other.id, addrs=m.addrs)
     with pytest.raises(StampError):  # an id that names no Ed25519 key
-        verify_stamp(good, federation=FED, peer_id="made-up")
+        verify_stamp(good, federation=FED, peer_id="made-up", addrs=m.addrs)
+    # the addresses are signed: beside others (a trap), or none, or reordered, it is refused
+    for addrs in (("/ip4/6.6.6.6/tcp/1",), (), (*m.addrs, "/ip4/6.6.6.6/tcp/1"),
+                  ("/ip4/6.6.6.6/tcp/1", *m.addrs)):
+        with pytest.raises(StampError):
+            verify_stamp(good, federation=FED, peer_id=m.id, addrs=addrs)
 
 
 def test_progress_is_a_higher_epoch_then_sequence() -> None:
@@ -133,7 +141,7 @@ def test_forged_stamps_are_refused_recorded_and_stop_the_checks() -> None:
     verify = Counting()
     table = _table(verify)
     for member in (m, n):
-        table.heard_from(member.id, (), 0.0, member.stamp())
+        table.heard_from(member.id, member.addrs, 0.0, member.stamp())
     assert verify.calls == 2 and table.live_at(m.id) == 0.0
     forged = sign_stamp(FED, m.id, 1, 50, other.key)
     table.merge((m.info(forged), n.info(n.stamp())), 3.0, reporter="liar")
@@ -176,7 +184,7 @@ def test_each_heartbeat_costs_at_most_the_check_cap() -> None:
 def test_a_dead_member_announced_heard_just_now_goes_silent_and_is_pruned() -> None:
     dead, table = Member(), _table()
     old = dead.stamp()
-    table.heard_from(dead.id, ("/ip4/10.0.0.9/tcp/1",), 0.0, old)
+    table.heard_from(dead.id, dead.addrs, 0.0, old)
     forgotten_at, silent_at = None, None
     for t in range(1, 31):  # dead at 0; a liar announces it at age 0 every second
         table.merge((dead.info(old if t % 2 else b""),), float(t), reporter="liar")

@@ -43,6 +43,11 @@ def test_heard_from_adds_then_refreshes() -> None:
     assert _ages(table, 107.0) == {"a": 0.0}
 
 
+def _relayed(table: Membership, now: float) -> dict[str, tuple[str, ...]]:
+    """The addresses our heartbeats give for each member."""
+    return {m.peer_id: m.addrs for m in table.snapshot(now)}
+
+
 def test_heard_from_self_is_ignored() -> None:
     table = Membership("me", timeout=10.0)
     assert table.heard_from("me", ADDR_A, now=1.0) is False
@@ -62,7 +67,8 @@ def test_merge_adds_hearsay_with_its_age() -> None:
     assert sorted(new) == ["a", "b"]
     assert table.ids() == ["a", "b"]
     assert _ages(table, 51.0) == {"a": 3.0, "b": 1.0}
-    assert table.addrs("b") == ADDR_B
+    assert table.addrs("b") == ()  # a reporter's claim (no stamp signs it): never dialled
+    assert _relayed(table, 51.0)["b"] == ADDR_B  # relayed as claimed
     assert not table.is_direct("a") and table.is_vouched("a")
 
 
@@ -87,11 +93,12 @@ def test_merge_never_makes_a_member_older_or_changes_addrs_with_older_news() -> 
     # Someone heard of "a" 4 s ago (at 96): older than what we know; nothing changes.
     assert table.merge((MemberInfo("a", ADDR_A2, 4.0),), now=100.0, reporter="s") == []
     assert _ages(table, 100.0) == {"a": 0.0}
-    assert table.addrs("a") == ADDR_A
+    assert _relayed(table, 100.0)["a"] == ADDR_A
     # Someone heard of it 1 s ago at 104, we last heard at 100: fresher news wins.
     assert table.merge((MemberInfo("a", ADDR_A2, 1.0),), now=105.0, reporter="s") == []
     assert _ages(table, 105.0) == {"a": 1.0}
-    assert table.addrs("a") == ADDR_A2
+    assert _relayed(table, 105.0)["a"] == ADDR_A2
+    assert table.addrs("a") == ()  # claims only: never dialled
 
 
 def test_hearsay_refreshes_a_direct_member_but_never_moves_its_addrs() -> None:

@@ -47,7 +47,9 @@ def test_a_heartbeat_carries_only_what_changed_since_the_peer_s_ack() -> None:
     assert _send(a, b, 2.0) == ()  # nothing changed: nothing listed
     a.heard_from("p3", ("/ip4/10.9.9.9/tcp/1",), 3.0)  # new addresses: a change
     assert [m.peer_id for m in _send(a, b, 3.0)] == ["p3"]
-    assert b.addrs("p3") == ("/ip4/10.9.9.9/tcp/1",)
+    relayed = {m.peer_id: m.addrs for m in b.snapshot(3.0)}
+    assert relayed["p3"] == ("/ip4/10.9.9.9/tcp/1",)
+    assert b.addrs("p3") == ()  # unstamped hearsay: relayed, never dialled
 
 
 def test_a_lost_heartbeat_is_sent_again() -> None:
@@ -136,10 +138,10 @@ def test_a_relayed_newer_stamp_is_taken_at_most_once_a_refresh() -> None:
     assert verify.calls == 2 and table.version > version
     # a member's own heartbeat is liveness in itself; its stamp too is taken (checked,
     # gossiped again) at most once a refresh
-    table.heard_from(m.id, (), REFRESH + 0.1, m.stamp())
+    table.heard_from(m.id, m.addrs, REFRESH + 0.1, m.stamp())
     assert table.stamp_key(m.id) == (1, 3) and table.live_at(m.id) == REFRESH + 0.1
     assert verify.calls == 2
-    table.heard_from(m.id, (), 2 * REFRESH, m.stamp())
+    table.heard_from(m.id, m.addrs, 2 * REFRESH, m.stamp())
     assert table.stamp_key(m.id) == (1, 5) and verify.calls == 3
 
 
@@ -152,11 +154,12 @@ def test_forged_and_stale_entries_are_still_refused_and_not_gossiped() -> None:
     held = table.stamp_key(m.id)
     forged_for_m = sign_stamp(FED, m.id, 1, 99, liar.key)  # m's id, the liar's key
     checks = verify.calls
-    verdict = table._take_stamp(m.id, table._members[m.id], forged_for_m, 2 * REFRESH, "r")
+    verdict = table._take_stamp(m.id, table._members[m.id], forged_for_m, 2 * REFRESH, "r",
+                                m.addrs)
     assert verdict is StampVerdict.FORGED and table.stamp_key(m.id) == held
     assert table.take_forged() == [("r", m.id, "signature does not verify")]
     # a refused stamp is not kept: the same bytes are checked (and refused) again
-    table._take_stamp(m.id, table._members[m.id], forged_for_m, 3 * REFRESH, "r")
+    table._take_stamp(m.id, table._members[m.id], forged_for_m, 3 * REFRESH, "r", m.addrs)
     assert verify.calls == checks + 2 and table.take_forged()
     # a stale (lower) stamp costs no check and changes nothing
     table.merge((m.info(m.stamp(seq=0)),), 4 * REFRESH, reporter="r")

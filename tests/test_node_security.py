@@ -49,6 +49,7 @@ from gossipfl.node.membership_loop import (
     heartbeat,
     heartbeat_targets,
     on_heartbeat,
+    renew_stamp,
 )
 from gossipfl.node.runtime import NeighbourState, Node
 from gossipfl.node.secure_round import on_masked_input, on_unmask_request
@@ -258,10 +259,15 @@ def test_certified_hearsay_is_dialled_and_regossiped_but_cannot_move_a_member(se
 
     async def scenario() -> None:
         node.security.certificates.pop(c.peer_id)  # node has not met c yet
-        c_info = MemberInfo(c.peer_id, ("/ip4/10.0.0.3/tcp/1",), 0.5, c.own_certificate)
+        c_addrs = ("/ip4/10.0.0.3/tcp/1",)
+        c_info = MemberInfo(c.peer_id, c_addrs, 0.5, c.own_certificate)
         await _heartbeat(node, b, [c_info])
         assert c.peer_id in node.membership and not node.membership.is_direct(c.peer_id)
-        assert heartbeat_targets(node)[c.peer_id] == ("/ip4/10.0.0.3/tcp/1",)
+        # b's word alone (no stamp of c's signs those addresses): not dialled
+        assert c.peer_id not in heartbeat_targets(node)
+        c_stamp = liveness.sign_stamp("fed", c.peer_id, 1, 1, c.signing_key, c_addrs)
+        await _heartbeat(node, b, [dataclasses.replace(c_info, stamp=c_stamp)])
+        assert heartbeat_targets(node)[c.peer_id] == c_addrs  # where c signed it listens
         (relayed,) = [m for m in heartbeat(node).members if m.peer_id == c.peer_id]
         assert relayed.certificate == c.own_certificate
         assert c.peer_id not in known_members(node)  # in the topology once it heartbeats us
@@ -292,13 +298,17 @@ def test_a_relayed_certificate_admits_only_the_peer_it_names_and_counts_with_its
         assert not node.security.is_member(stranger) and stranger not in node.membership
         # no stamp of c held yet: not in the first topology, with or without hearsay counted
         assert c.peer_id not in known_members(node, heard_of=True)
-        c_stamp = liveness.sign_stamp("fed", c.peer_id, 1, 1, c.signing_key)
+        c_stamp = liveness.sign_stamp("fed", c.peer_id, 1, 1, c.signing_key,
+                                      ("/ip4/10.0.0.3/tcp/1",))
         await _heartbeat(node, b, [MemberInfo(c.peer_id, ("/ip4/10.0.0.3/tcp/1",), 0.1,
                                               c.own_certificate, c_stamp)])
         assert c.peer_id in known_members(node, heard_of=True)
         assert c.peer_id not in known_members(node)  # a restart's rejoin still wants it direct
 
     trio.run(scenario, clock=trio.testing.MockClock())
+
+
+SIGNED = 32  # made-up ids the liar signs stamps for (within a heartbeat's check budget)
 
 
 def test_open_federation_caps_made_up_ids_per_reporter_and_dials_them_a_few_times(
@@ -310,15 +320,22 @@ def test_open_federation_caps_made_up_ids_per_reporter_and_dials_them_a_few_time
 
     async def scenario() -> None:
         absorb(node, Heartbeat("fed", honest, ("/ip4/127.0.0.1/tcp/9",), (), -1, 0, "joining"))
-        fakes = tuple(MemberInfo(f, (FAKE_ADDR,), 0.0) for f in _fake_ids(MAX_MEMBERS - 1))
-        absorb(node, Heartbeat("fed", liar, (), fakes, -1, 0, "joining"))
+        # the liar made up the ids, so it holds their keys: SIGNED of them carry stamps that
+        # verify at its trap (an id only claimed there, with no stamp, is never dialled)
+        ids = _fake_ids(MAX_MEMBERS - 1)
+        keys = {f: SigningKey(bytes([i % 256, i // 256]) * 16) for i, f in enumerate(ids)}
+        fakes = tuple(MemberInfo(f, (FAKE_ADDR,), 0.0, stamp=liveness.sign_stamp(
+            "fed", f, 1, 1, keys[f], (FAKE_ADDR,)) if i < SIGNED else b"")
+            for i, f in enumerate(ids))
+        absorb(node, Heartbeat("fed", liar, ("/ip4/127.0.0.1/tcp/8",), fakes, -1, 0,
+                               "joining"))
         assert len(node.membership) == 2 + node.membership.per_reporter
         assert sorted(known_members(node)) == sorted([liar, honest])  # fakes: not heard from
         assert {m.peer_id for m in heartbeat(node).members} == {liar, honest}
         dials: Counter[str] = Counter()
         for _ in range(100):  # each call dials up to 16 of them; 100 calls exhaust every budget
             dials.update(p for p, addrs in heartbeat_targets(node).items() if FAKE_ADDR in addrs)
-        assert len(dials) == node.membership.per_reporter
+        assert set(dials) == set(ids[:SIGNED])
         assert set(dials.values()) == {HEARSAY_DIALS}  # each made-up id: a few dials, then none
         assert set(heartbeat_targets(node)) == {liar, honest}  # heard from: dialled
 
@@ -417,6 +434,9 @@ def test_members_met_only_through_hearsay_are_found_through_their_certificates(
 
     async def scenario() -> None:
         hub = nodes[0]
+        for i, node in enumerate(nodes):  # as a running node: listening, its stamp signed
+            node.addrs = [f"/ip4/10.0.1.{i}/tcp/1"]
+            renew_stamp(node)
         for node in nodes[1:]:
             await exchange(node, hub)  # the bootstrap heartbeat
         for _ in range(2):  # heartbeat cycles: each node dials whom it may

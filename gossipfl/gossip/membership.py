@@ -28,7 +28,14 @@ than the one held, at most ``MAX_STAMP_CHECKS`` per heartbeat, and not past the 
 one in a heartbeat. A member pruned for silence leaves a *tombstone* (its held stamp number):
 hearsay brings it back only with a verified stamp above that, so a liar cannot put a dead
 member back into the table (and the topology) with age 0. Unsigned hearsay still serves for
-discovery and addresses, with ages, as before.
+discovery, with ages, as before.
+
+Addresses are signed too: a member's stamp signs where it listens, and an entry heard of is
+dialled (:meth:`addrs`) only at the addresses its held stamp signs, relayed with that stamp;
+a reporter's claim alone (no stamp, a stamp that does not verify for the addresses beside it,
+or the held stamp replayed beside others) is never dialled, so a member cannot point others'
+dials at an address of its choice, and a member's own heartbeat (authenticated) is where its
+addresses come from once it is heard directly.
 
 Heartbeats carry *deltas* of the table. Every change worth gossiping (a new entry, a newer
 stamp held, new addresses, an entry vouched for, an unstamped entry's age refreshed) gives the
@@ -47,16 +54,14 @@ about ``members × interval / refresh`` entries.
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
-import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gossipfl.crypto import liveness
 from gossipfl.crypto.liveness import Stamp, StampError, StampKey, StampVerdict
+from gossipfl.gossip.member_entry import Budget, Entry, Verifier, cached_verify, shared
 from gossipfl.gossip.wire import (
     MAX_DIGEST_MEMBERS,
     MAX_MEMBERS,
@@ -82,38 +87,6 @@ SILENT_INTERVALS = 3  # heartbeat intervals without news of a peer: it has gone 
 #: checked one is then held, so a heartbeat's window of members is covered in a few heartbeats.
 MAX_STAMP_CHECKS = 64
 
-Verifier = Callable[[bytes, str, str], Stamp]  # (stamp, federation, peer id) → Stamp or error
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _verify(data: bytes, federation: str, peer_id: str) -> Stamp:
-    """A pure function of its arguments, so its results are kept (refused stamps raise and are
-    not): in a simulation, every node that is handed the same stamp checks it once for all."""
-    return liveness.verify_stamp(data, federation=federation, peer_id=peer_id)
-
-
-@dataclass(slots=True)
-class _Entry:
-    addrs: tuple[str, ...]
-    last_heard: float
-    direct: bool  # heard from directly (then also vouched)
-    vouched: bool
-    reporter: str | None  # who told us, while the entry is hearsay
-    since: float = 0.0  # local time the entry was made (not anyone's claim)
-    live: float | None = None  # local time of its last stamp progress or direct hearing
-    stamp: bytes = b""  # the freshest verified stamp (relayed in our heartbeats)
-    stamp_key: StampKey | None = None
-    stamp_at: float = -math.inf  # local time the held stamp was taken
-    version: int = 0  # the table's version at the entry's last gossiped change
-    gossiped_heard: float = -math.inf  # last_heard at that change (unstamped entries' ages)
-    tag: int = 0  # the member's digest tag (wire.member_tag of its id)
-
-
-def _shared(peer_id: str, addrs: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    """Interned: the tables of a process (a simulation's) hold one copy of each string."""
-    return sys.intern(peer_id), tuple(sys.intern(a) for a in addrs)
-
-
 @dataclass
 class Membership:
     """The members this node knows, itself excluded."""
@@ -123,8 +96,8 @@ class Membership:
     capacity: int = MAX_FEDERATION - 1
     per_reporter: int = 0  # hearsay one reporter may fill (0: capacity/4, ≤ MAX_MEMBERS - 1)
     federation: str = ""  # what liveness stamps must name
-    verify: Verifier = _verify
-    _members: dict[str, _Entry] = field(default_factory=dict)
+    verify: Verifier = cached_verify
+    _members: dict[str, Entry] = field(default_factory=dict)
     _tombstones: dict[str, StampKey] = field(default_factory=dict)  # pruned: their last stamp
     _window: int = 0  # where the next snapshot's window starts (a table larger than a heartbeat)
     #: stamps refused since last drained: (reporter, member, reason); the node logs them
@@ -142,7 +115,7 @@ class Membership:
         if self.per_reporter <= 0:
             self.per_reporter = max(1, min(self.capacity // 4, MAX_MEMBERS - 1))
 
-    def _touch(self, peer_id: str, entry: _Entry) -> None:
+    def _touch(self, peer_id: str, entry: Entry) -> None:
         """A change to gossip: the entry takes the next version and moves to the end (the
         table is kept in version order)."""
         self._version += 1
@@ -150,7 +123,7 @@ class Membership:
         entry.gossiped_heard = entry.last_heard
         self._members[peer_id] = self._members.pop(peer_id, entry)
 
-    def _aged(self, peer_id: str, entry: _Entry) -> None:
+    def _aged(self, peer_id: str, entry: Entry) -> None:
         """An unstamped entry's age is its only sign of life: gossip it again once it has
         grown fresher by ``refresh`` (a stamped one lives by its stamps)."""
         if entry.stamp_key is None and entry.last_heard - entry.gossiped_heard >= self.refresh:
@@ -170,16 +143,16 @@ class Membership:
         if entry is None:
             if len(self._members) >= self.capacity and not self._evict_hearsay():
                 return False
-            peer_id, addrs = _shared(peer_id, addrs)
-            entry = self._members[peer_id] = _Entry(addrs, now, True, True, None, since=now,
-                                                    tag=member_tag(peer_id))
+            peer_id, addrs = shared(peer_id, addrs)
+            entry = self._members[peer_id] = Entry(addrs, now, True, True, None, since=now,
+                                                   tag=member_tag(peer_id))
             self._touch(peer_id, entry)
         elif not entry.vouched:
             self._touch(peer_id, entry)
         entry.direct, entry.vouched, entry.reporter = True, True, None
         entry.live = now if entry.live is None else max(entry.live, now)
         if stamp:
-            self._take_stamp(peer_id, entry, stamp, now, peer_id)
+            self._take_stamp(peer_id, entry, stamp, now, peer_id, addrs)
         if new:
             return True
         if now >= entry.last_heard:
@@ -200,7 +173,7 @@ class Membership:
         """
         new = []
         held = self.reported_counts()
-        budget = _Budget(MAX_STAMP_CHECKS)
+        budget = Budget(MAX_STAMP_CHECKS)
         self.deferred = 0
         for info in members:
             if info.peer_id in (self.self_id, reporter) or info.age >= self.timeout:
@@ -212,37 +185,40 @@ class Membership:
                     entry.vouched = True
                     self._touch(info.peer_id, entry)
                 if info.stamp:
-                    self._take_stamp(info.peer_id, entry, info.stamp, now, reporter, budget)
+                    self._take_stamp(info.peer_id, entry, info.stamp, now, reporter, info.addrs,
+                                     budget)
                 if heard > entry.last_heard:
                     entry.last_heard = heard
-                    if info.addrs and not entry.direct and info.addrs != entry.addrs:
+                    if (info.addrs and not entry.direct and not entry.stamp
+                            and info.addrs != entry.addrs):  # a claim (never dialled)
                         entry.addrs = info.addrs
                         self._touch(info.peer_id, entry)
                     self._aged(info.peer_id, entry)
                 continue
             if held[reporter] >= self.per_reporter or len(self._members) >= self.capacity:
                 continue
-            peer_id, addrs = _shared(info.peer_id, info.addrs)
-            entry = _Entry(addrs, heard, False, vouched, reporter, since=now,
-                           tag=member_tag(peer_id))
+            peer_id, addrs = shared(info.peer_id, info.addrs)
+            entry = Entry(addrs, heard, False, vouched, reporter, since=now,
+                          tag=member_tag(peer_id))
             tomb = self._tombstones.get(peer_id)
             if tomb is not None:  # pruned for silence: back only with a newer verified stamp
                 entry.stamp_key = tomb
                 if not info.stamp or self._take_stamp(
-                        peer_id, entry, info.stamp, now, reporter,
+                        peer_id, entry, info.stamp, now, reporter, addrs,
                         budget) is not StampVerdict.PROGRESS:
                     continue
                 del self._tombstones[peer_id]
             elif info.stamp:
-                self._take_stamp(peer_id, entry, info.stamp, now, reporter, budget)
+                self._take_stamp(peer_id, entry, info.stamp, now, reporter, addrs, budget)
             self._members[peer_id] = entry
             self._touch(peer_id, entry)
             held[reporter] += 1
             new.append(peer_id)
         return new
 
-    def _take_stamp(self, peer_id: str, entry: _Entry, data: bytes, now: float,
-                    reporter: str, budget: _Budget | None = None) -> StampVerdict:
+    def _take_stamp(self, peer_id: str, entry: Entry, data: bytes, now: float,
+                    reporter: str, addrs: tuple[str, ...],
+                    budget: Budget | None = None) -> StampVerdict:
         """Hold ``data`` for ``peer_id`` if it verifies and is higher than the stamp held; it is
         progress (``live`` = now) when a stamp was held before or the entry is a tombstone's.
         A first stamp of a member only heard of is held, not progress: a replayed old stamp
@@ -263,18 +239,19 @@ class Membership:
             self.deferred += 1
             return StampVerdict.UNCHECKED
         try:
-            self.verify(data, self.federation, peer_id)
+            self.verify(data, self.federation, peer_id, addrs)
         except StampError as error:
             return self._forged(reporter, peer_id, str(error), budget)
         if entry.stamp_key is not None or entry.direct:
             entry.live = now
         entry.stamp, entry.stamp_key, entry.stamp_at = bytes(data), key, now
+        entry.stamp_addrs = shared(peer_id, addrs)[1]
         if peer_id in self._members:  # a new entry is touched once it is in
             self._touch(peer_id, entry)
         return StampVerdict.PROGRESS
 
     def _forged(self, reporter: str, peer_id: str, reason: str,
-                budget: _Budget | None) -> StampVerdict:
+                budget: Budget | None) -> StampVerdict:
         """One refused stamp: recorded for the node to log; no more checks in this heartbeat
         (an honest relay only relays stamps it verified)."""
         self.forged.append((reporter, peer_id, reason))
@@ -334,8 +311,10 @@ class Membership:
         self._have.pop(peer_id, None)
 
     def addrs(self, peer_id: str) -> tuple[str, ...]:
+        """Where ``peer_id`` may be dialled: the addresses it gave us itself, or the ones its
+        held stamp signs; none while all we have is a reporter's claim."""
         entry = self._members.get(peer_id)
-        return entry.addrs if entry else ()
+        return entry.dial_addrs if entry else ()
 
     def last_heard(self, peer_id: str) -> float | None:
         """When we last had news of ``peer_id`` (its own heartbeat, or relayed with its age)."""
@@ -378,7 +357,7 @@ class Membership:
             start = self._window % len(vouched)
             self._window = start + limit
             vouched = (vouched + vouched)[start:start + limit]
-        return tuple(MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), stamp=e.stamp)
+        return tuple(MemberInfo(p, e.relayed_addrs, max(0.0, now - e.last_heard), stamp=e.stamp)
                      for p, e in vouched)
 
     @property
@@ -433,9 +412,11 @@ class Membership:
             changed = changed[:limit]
             upto = changed[-1][1].version
         if certificate is None:
-            return (tuple(MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), stamp=e.stamp)
+            return (tuple(MemberInfo(p, e.relayed_addrs, max(0.0, now - e.last_heard),
+                                     stamp=e.stamp)
                           for p, e in changed), since, upto)
-        return (tuple(MemberInfo(p, e.addrs, max(0.0, now - e.last_heard), cert, e.stamp)
+        return (tuple(MemberInfo(p, e.relayed_addrs, max(0.0, now - e.last_heard), cert,
+                                 e.stamp)
                       for p, e in changed if (cert := certificate(p))), since, upto)
 
     def outgoing(self, now: float, peer_id: str, *, wide: bool,
@@ -484,16 +465,3 @@ class Membership:
         if complete and since <= held:
             held = max(held, upto)
         self._have[peer_id] = (epoch, held)
-
-
-@dataclass
-class _Budget:
-    """Signature checks left for one heartbeat."""
-
-    left: int
-
-    def spent(self) -> bool:
-        if self.left <= 0:
-            return True
-        self.left -= 1
-        return False

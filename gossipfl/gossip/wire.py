@@ -136,7 +136,9 @@ __all__ = (
     "unpack_bounded",
 )
 
-WIRE_VERSION = 3  # 2: heartbeats carry member-table deltas (table, ack); 3: and a digest (have)
+# 2: heartbeats carry member-table deltas (table, ack); 3: and a digest (have); 4: a liveness
+# stamp signs its member's addresses (a v3 stamp does not verify as v4)
+WIRE_VERSION = 4
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
 

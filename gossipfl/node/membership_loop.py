@@ -64,10 +64,12 @@ def heartbeat(node: Node, peer: str = "", held: frozenset[int] | None = None) ->
 
 def renew_stamp(node: Node) -> bytes:
     """Sign this cycle's liveness stamp (once per heartbeat cycle): the next sequence
-    number of this run."""
+    number of this run, at the addresses this node listens on (its heartbeats give them
+    beside it; members it has not met dial it only there)."""
     node.stamp_seq += 1
     node.own_stamp = liveness.sign_stamp(node.config.federation, node.peer_id,
-                                         node.stamp_epoch, node.stamp_seq, node.stamp_key)
+                                         node.stamp_epoch, node.stamp_seq, node.stamp_key,
+                                         tuple(node.addrs))
     return node.own_stamp
 
 
@@ -183,7 +185,9 @@ def heartbeat_targets(node: Node) -> dict[str, tuple[str, ...]]:
     formed, neighbours plus ``HEARTBEAT_EXTRA`` random members keep membership fresh (ages
     travel with the member lists, so hearsay covers the rest).
     """
-    members = [p for p in node.membership.ids() if may_dial(node, p)]
+    where = {p: addrs for p in node.membership.ids()
+             if may_dial(node, p) and (addrs := node.addrs_of(p))}
+    members = list(where)
     if node.topology is None:
         chosen = members if len(members) <= HEARTBEAT_FANOUT else node.rng.sample(
             members, HEARTBEAT_FANOUT)
@@ -191,7 +195,7 @@ def heartbeat_targets(node: Node) -> dict[str, tuple[str, ...]]:
         others = [p for p in members if p not in node.neighbours]
         chosen = [p for p in members if p in node.neighbours]
         chosen += node.rng.sample(others, min(HEARTBEAT_EXTRA, len(others)))
-    targets = {p: node.membership.addrs(p) for p in chosen}
+    targets = {p: where[p] for p in chosen}
     for peer in chosen:
         if not node.membership.is_direct(peer):
             node.hearsay_dialled[peer] = node.hearsay_dialled.get(peer, 0) + 1

@@ -374,10 +374,10 @@ class Node:
 
     def addrs_of(self, peer: str) -> tuple[str, ...]:
         """Where to dial ``peer``: the last addresses it gave us itself (its own heartbeat, over
-        a channel authenticated as it), else what membership knows (hearsay: how a member never
-        met is found). A member that was forgotten and came back through another's heartbeat
-        carries that reporter's addresses for it: a lost neighbour is asked back where it said
-        it listens, never where a flooder says it is."""
+        a channel authenticated as it), else the addresses membership holds signed by it (its
+        liveness stamp signs them: how a member never met is found); never an address a
+        reporter only claims (none: it is not dialled until it is heard from or its signed
+        addresses arrive)."""
         return self.addr_book.get(peer) or self.membership.addrs(peer)
 
     @property

@@ -168,13 +168,13 @@ def heartbeat_frame(scenario: ScenarioConfig,
         return issue_certificate(federation_key, fed, m.peer_id, m.x_public, now=now,
                                  valid_for=86400.0).to_bytes()
 
-    def stamp(m: _Member) -> bytes:
-        return sign_stamp(fed, m.peer_id, int(now), 1000, m.signing) if scenario.admission \
-            else b""
+    def stamp(m: _Member, where: str) -> bytes:
+        return sign_stamp(fed, m.peer_id, int(now), 1000, m.signing, (where,)) \
+            if scenario.admission else b""
 
     certificates = [certificate(m) for m in members]
-    stamps = [stamp(m) for m in members]
     addrs = [f"/ip4/127.0.0.1/tcp/{40000 + i}/p2p/{m.peer_id}" for i, m in enumerate(members)]
+    stamps = [stamp(m, addrs[i]) for i, m in enumerate(members)]
     sender = members[0]
     entries = tuple(MemberInfo(m.peer_id, (addrs[i],), 0.5, certificates[i], stamps[i])
                     for i, m in enumerate(members[1:], start=1))
@@ -186,9 +186,10 @@ def heartbeat_frame(scenario: ScenarioConfig,
         frame = encode_frame(heartbeat)
         received = decode_body(encode_body(heartbeat), Heartbeat)
         if scenario.admission:  # every member's stamp is news each cycle: checked (up to 64)
-            verify_stamp(received.stamp, federation=fed, peer_id=received.sender)
+            verify_stamp(received.stamp, federation=fed, peer_id=received.sender,
+                         addrs=received.addrs)
             for info in received.members[:MAX_STAMP_CHECKS]:
-                verify_stamp(info.stamp, federation=fed, peer_id=info.peer_id)
+                verify_stamp(info.stamp, federation=fed, peer_id=info.peer_id, addrs=info.addrs)
         return len(frame)
 
     size = beat()
