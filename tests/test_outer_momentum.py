@@ -107,3 +107,17 @@ def test_outer_step_off_or_diverged_leaves_the_model() -> None:
     node = _node(0.5, [float("nan")])
     outer_step(node, 0, np.array([0.0], dtype=np.float32))
     assert node.velocity is None
+
+
+def test_the_momentum_scenario_is_the_peer_task_plus_the_lever() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    from gossipfl.scenario.config import load_scenario
+
+    scenarios = Path(__file__).resolve().parent.parent / "scenarios"
+    task = load_scenario(scenarios / "peer_task.toml")
+    lever = load_scenario(scenarios / "peer_task_momentum.toml")
+    assert (lever.train.outer_momentum, lever.train.outer_nesterov) == (0.85, True)
+    same_train = dataclasses.replace(lever.train, outer_momentum=0.0, outer_nesterov=False)
+    assert dataclasses.replace(lever, name=task.name, train=same_train) == task
