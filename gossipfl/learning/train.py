@@ -68,6 +68,8 @@ class TrainConfig:
             ``"adam"`` it is AdamW's decoupled decay. Applies to all parameters.
         eval_every: A node evaluates its model on the test set every this many rounds (and
             always in its last training round and its last round), ``>= 1``.
+        outer_momentum: Momentum on the averaged model across training rounds, in ``[0, 1)``
+            (0: off; :mod:`gossipfl.aggregation.momentum`); ``outer_nesterov``: its Nesterov form.
     """
 
     optimizer: str = "sgd"
@@ -76,6 +78,8 @@ class TrainConfig:
     local_epochs: int = 1
     weight_decay: float = 0.0
     eval_every: int = 1
+    outer_momentum: float = 0.0
+    outer_nesterov: bool = False
 
     def __post_init__(self) -> None:
         """Validate the fields.
@@ -85,7 +89,7 @@ class TrainConfig:
         """
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
-        for name in ("learning_rate", "weight_decay"):
+        for name in ("learning_rate", "weight_decay", "outer_momentum"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -97,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.outer_momentum < 1:
+            raise ValueError(f"outer_momentum must be in [0, 1), got {self.outer_momentum!r}")
         for name in ("batch_size", "local_epochs", "eval_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:

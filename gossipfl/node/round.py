@@ -40,6 +40,7 @@ from gossipfl.node.exchange import (
     wait_for_neighbours,
 )
 from gossipfl.node.learner import RecordDP
+from gossipfl.node.outer import outer_step
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
 from gossipfl.node.robust_step import robust_step
 from gossipfl.node.settle import Verdict
@@ -243,6 +244,7 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
     record: dict[str, Any] = {"round": r, "phase": "train" if training else "consensus"}
 
     # 1. train locally (in a worker thread: the node keeps serving its peers meanwhile)
+    round_start = node.model  # outer momentum's x (train.outer_momentum; node/outer.py)
     if training:
         epochs = async_local_epochs(node, r, record)  # None: the configured epochs
         result = await node.offload(node.learner.train, node.model, r, epochs,
@@ -294,6 +296,8 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
         node.disagreement = relative_disagreement(
             node.model, [node.estimates.peers[p].vector for p in present]
         )
+    if training:  # momentum on the averaged model: the node's own, never what it publishes
+        outer_step(node, r, round_start)
     node.round = r
     await update_liveness(node, r, missing)
 

@@ -115,6 +115,7 @@ class Node(Protocol):
     layout: Layout
     model: np.ndarray
     model_public: bool
+    velocity: tuple[int, np.ndarray] | None  # outer momentum: (training round, velocity)
     own: OwnEstimate
     estimates: PeerEstimates
     secagg: SecAggState
