@@ -15,16 +15,21 @@ honest node's final accuracy (the report's ``summary.min_honest_accuracy``).
 
     .venv/bin/python benchmarks/bench_byzantine.py --graph anchor \\
         --attacks none,alie,ipm,dissensus --rules none,clipping,median,filter
+
+``--preset clippedgossip`` sets the anchor table's clipping settings (``tau_steps`` 1, learning
+rate 0.05; each cell the worst of seeds 0 and 1); flags given beside it override it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ATTACKS = ("none", "sign_flip", "gaussian", "scale", "alie", "ipm", "dissensus", "label_flip",
@@ -35,8 +40,8 @@ BASE = """
 name = "{name}"
 nodes = 16
 rounds = {rounds}
-seed = 0
-timeout = 900.0
+seed = {seed}
+timeout = 1800.0
 
 [data]
 dataset = "digits"
@@ -49,8 +54,8 @@ hidden = [64, 64]
 
 [train]
 optimizer = "momentum"
-learning_rate = 0.02
-batch_size = 32
+learning_rate = {lr}
+batch_size = {batch}
 local_epochs = {epochs}
 
 [protocol]
@@ -58,7 +63,8 @@ round_timeout = 20.0
 heartbeat_interval = 0.5
 member_timeout = 5.0
 consensus_tolerance = 1e-4
-max_consensus_rounds = 30
+max_consensus_rounds = {consensus}
+gamma = {gamma}
 """
 
 
@@ -69,35 +75,62 @@ def anchor_edges() -> list[tuple[int, int]]:
     return edges
 
 
-def scenario(graph: str, attack: str, rule: str, rounds: int, epochs: int, *,
-             tau: float = 0.0, trim: int = 1, tau_steps: float = 0.0) -> str:
+#: ``clippedgossip``: the anchor table's self-centred clipping settings (issue 9), found on the
+#: simulator: a radius of one training step, learning rate 0.05; a cell the worst of two seeds
+PRESETS: dict[str, dict[str, float | int | str]] = {
+    "clippedgossip": {"tau_steps": 1.0, "lr": 0.05, "seeds": "0,1"},
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One table's training and mixing settings (the bench's flags; a preset fills them)."""
+
+    rounds: int = 30
+    epochs: int = 4
+    lr: float = 0.02
+    batch: int = 32
+    consensus: int = 30
+    gamma: float = 1.0
+    seed: int = 0
+    tau: float = 0.0
+    tau_steps: float = 0.0
+    trim: int = 1
+
+
+def scenario(graph: str, attack: str, rule: str, settings: Settings) -> str:
     name = f"byz-{graph}-{attack}-{rule}"
+    common = {"name": name, "rounds": settings.rounds, "epochs": settings.epochs,
+              "seed": settings.seed, "lr": settings.lr, "batch": settings.batch,
+              "consensus": settings.consensus, "gamma": settings.gamma}
     if graph == "anchor":
-        text = BASE.format(name=name, rounds=rounds, partition="iid", epochs=epochs)
+        text = BASE.format(partition="iid", **common)
         edges = ", ".join(f"[{a}, {b}]" for a, b in anchor_edges())
         text += f'\n[topology]\nkind = "edges"\nedges = [{edges}]\n'
         attackers = list(range(5, 16))
     else:
-        text = BASE.format(name=name, rounds=rounds, partition="dirichlet", epochs=epochs)
+        text = BASE.format(partition="dirichlet", **common)
         text += '\n[topology]\nkind = "regular"\ndegree = 4\n'
         attackers = [3, 8, 13]
     text += f'\n[robust]\nrule = "{rule}"\n'
-    if rule == "clipping" and tau:
-        text += f"tau = {tau}\n"
-    if rule == "clipping" and tau_steps:
-        text += f"tau_steps = {tau_steps}\n"
+    if rule == "clipping" and settings.tau:
+        text += f"tau = {settings.tau}\n"
+    if rule == "clipping" and settings.tau_steps:
+        text += f"tau_steps = {settings.tau_steps}\n"
     if rule == "trimmed_mean":
-        text += f"trim = {trim}\n"
+        text += f"trim = {settings.trim}\n"
     if attack != "none":
         for node in attackers:
             text += f'\n[[adversaries]]\nnode = {node}\nkind = "{attack}"\n'
     return text
 
 
-def run_cell(text: str, folder: Path, real: bool) -> dict[str, float | None]:
+def run_cell(text: str, folder: Path, real: bool,
+             ring: tuple[int, ...] = ()) -> dict[str, float | None]:
     path = folder / "scenario.toml"
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    shutil.rmtree(folder / "out", ignore_errors=True)  # never read an earlier run's report
     command = (["run", str(path), "--out", str(folder / "out")] if real else
                ["simulate", str(path), "--out", str(folder / "out"), "--epoch-seconds", "0.5"])
     start = time.perf_counter()
@@ -110,9 +143,22 @@ def run_cell(text: str, folder: Path, real: bool) -> dict[str, float | None]:
         return {"min_honest": None, "seconds": time.perf_counter() - start}
     summary = report["summary"]
     honest = summary.get("min_honest_accuracy", summary["min_final_accuracy"])
-    return {"min_honest": honest, "seconds": time.perf_counter() - start,
+    finals = [n.get("final_accuracy") for n in report["nodes"] if n.get("index") in ring]
+    on_ring = min(finals) if finals and None not in finals else None
+    return {"min_honest": honest, "min_ring": on_ring, "seconds": time.perf_counter() - start,
             "consensus": summary.get("honest_consensus_distance",
                                      report.get("final_consensus_distance"))}
+
+
+def worst(cells: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Several seeds' runs of one cell: the lowest figures (a failed run counts as failed)."""
+    merged: dict[str, float | None] = {}
+    for key in ("min_honest", "min_ring"):
+        values = [c.get(key) for c in cells]
+        merged[key] = None if None in values else min(values)  # type: ignore[type-var]
+    merged["seconds"] = sum(c["seconds"] or 0.0 for c in cells)
+    merged["runs"] = [c.get("min_honest") for c in cells]  # type: ignore[assignment]
+    return merged
 
 
 def main() -> None:
@@ -120,12 +166,21 @@ def main() -> None:
     parser.add_argument("--graph", choices=("anchor", "regular"), default="anchor")
     parser.add_argument("--attacks", default="none,alie,ipm,dissensus")
     parser.add_argument("--rules", default="none,clipping,median,filter")
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--tau", type=float, default=0.0, help="clipping: fixed radius")
-    parser.add_argument("--tau-steps", type=float, default=0.0,
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="settings for a published table (flags given override them)")
+    parser.add_argument("--rounds", type=int, default=None, help="training rounds (30)")
+    parser.add_argument("--epochs", type=int, default=None, help="local epochs a round (4)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (0.02)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (32)")
+    parser.add_argument("--consensus", type=int, default=None,
+                        help="max_consensus_rounds after training (30)")
+    parser.add_argument("--gamma", type=float, default=None, help="CHOCO step size (1)")
+    parser.add_argument("--tau", type=float, default=None, help="clipping: fixed radius")
+    parser.add_argument("--tau-steps", type=float, default=None,
                         help="clipping: a radius of this many of the node's training steps")
-    parser.add_argument("--trim", type=int, default=1)
+    parser.add_argument("--trim", type=int, default=None)
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated scenario seeds; a cell is the worst of them (0)")
     parser.add_argument("--real", action="store_true", help="node processes over libp2p")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the table here")
@@ -135,28 +190,53 @@ def main() -> None:
     unknown = sorted(set(attacks) - set(ATTACKS)) + sorted(set(rules) - set(RULES))
     if unknown:
         parser.error(f"unknown attack(s) or rule(s): {', '.join(unknown)}")
+    preset = PRESETS[args.preset] if args.preset else {}
+    chosen = {**preset, **{k: v for k, v in (("rounds", args.rounds), ("epochs", args.epochs),
+                                              ("lr", args.lr), ("batch", args.batch),
+                                              ("consensus", args.consensus),
+                                              ("gamma", args.gamma), ("tau", args.tau),
+                                              ("tau_steps", args.tau_steps),
+                                              ("trim", args.trim)) if v is not None}}
+    try:
+        seeds = [int(x) for x in (args.seeds or str(preset.get("seeds", "0"))).split(",") if x]
+        settings = Settings(**{k: v for k, v in chosen.items() if k != "seeds"})
+    except (TypeError, ValueError) as error:
+        parser.error(f"bad settings: {error}")
+    if not seeds:
+        parser.error("--seeds names no seed")
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-byzantine-"))
+    ring = tuple(range(5)) if args.graph == "anchor" else ()
     table: dict[str, dict[str, dict[str, float | None]]] = {}
+    print(f"settings: {settings}, seeds {seeds}", flush=True)
     for attack in attacks:
         for rule in rules:
-            text = scenario(args.graph, attack, rule, args.rounds, args.epochs, tau=args.tau,
-                            trim=args.trim, tau_steps=args.tau_steps)
-            cell = run_cell(text, out / f"{attack}-{rule}", args.real)
+            runs = []
+            for seed in seeds:
+                text = scenario(args.graph, attack, rule, replace(settings, seed=seed))
+                runs.append(run_cell(text, out / f"{attack}-{rule}-s{seed}", args.real, ring))
+            cell = worst(runs)
             table.setdefault(attack, {})[rule] = cell
             figure = cell["min_honest"]
             print(f"{args.graph} {attack:>10} {rule:>12}: "
                   f"{'failed' if figure is None else f'{figure:.3f}'} "
-                  f"({cell['seconds']:.0f} s)", flush=True)
+                  f"(runs {fmt(cell['runs'])}; ring {fmt([cell['min_ring']])}; "
+                  f"{cell['seconds']:.0f} s)", flush=True)
     print(f"\nhonest nodes' lowest final accuracy, {args.graph} graph "
-          f"({'node processes' if args.real else 'simulated'}):")
+          f"({'node processes' if args.real else 'simulated'}; worst of {len(seeds)} "
+          f"run(s) a cell):")
     print(f"{'attack':>10} " + " ".join(f"{r:>12}" for r in rules))
     for attack in attacks:
         cells = [table[attack][r]["min_honest"] for r in rules]
-        print(f"{attack:>10} " + " ".join(f"{'-' if c is None else f'{c:.3f}':>12}"
-                                          for c in cells))
+        print(f"{attack:>10} " + " ".join(f"{fmt([c]):>12}" for c in cells))
     if args.json:
         args.json.write_text(json.dumps({"graph": args.graph, "real": args.real,
+                                         "settings": settings.__dict__, "seeds": seeds,
                                          "table": table}, indent=1))
+
+
+def fmt(values: object) -> str:
+    items = values if isinstance(values, list) else [values]
+    return ", ".join("-" if v is None else f"{v:.3f}" for v in items)
 
 
 if __name__ == "__main__":
