@@ -6,7 +6,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nacl.public import PrivateKey, PublicKey, SealedBox
+from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from gossipfl.crypto import envelope
@@ -142,8 +142,8 @@ def test_random_bytes_raise_only_envelope_error(data: bytes) -> None:
 
 
 def _seal_raw(plaintext: bytes, public: bytes = RECEIVER_PUBLIC) -> bytes:
-    """What an attacker can do: encrypt anything to the receiver (sealed boxes are anonymous)."""
-    return ENVELOPE_MAGIC + SealedBox(PublicKey(public)).encrypt(plaintext)
+    """What an attacker can do: encrypt anything to the receiver (the encryption is anonymous)."""
+    return ENVELOPE_MAGIC + envelope.encrypt_to(public, plaintext)
 
 
 @settings(max_examples=300, deadline=None)
@@ -158,12 +158,13 @@ def test_garbage_plaintext_raises_only_envelope_error(plaintext: bytes) -> None:
 @pytest.mark.parametrize(
     "header",
     [
-        [2, FED, 7, SENDER, RECEIVER],
+        [1, FED, 7, SENDER, RECEIVER],  # version 1's header, inside a version 2 envelope
+        [3, FED, 7, SENDER, RECEIVER],
         [True, FED, 7, SENDER, RECEIVER],
-        [1, FED, -1, SENDER, RECEIVER],
-        [1, FED, "7", SENDER, RECEIVER],
-        [1, "", 7, SENDER, RECEIVER],
-        [1, FED, 7, SENDER],
+        [2, FED, -1, SENDER, RECEIVER],
+        [2, FED, "7", SENDER, RECEIVER],
+        [2, "", 7, SENDER, RECEIVER],
+        [2, FED, 7, SENDER],
         {"v": 1},
     ],
 )
@@ -195,7 +196,7 @@ def test_opened_under_another_receiver_name_is_wrong_receiver() -> None:
 
 def test_receiver_cannot_forward_a_frame_as_if_sent_to_a_third_node() -> None:
     # The receiver decrypts and re-encrypts the signed plaintext to a third member.
-    plaintext = SealedBox(RECEIVER_PRIVATE).decrypt(ENVELOPE[len(ENVELOPE_MAGIC):])
+    plaintext = envelope.decrypt_with(RECEIVER_PRIVATE, ENVELOPE[len(ENVELOPE_MAGIC):])
     forwarded = _seal_raw(plaintext, THIRD_PUBLIC)
     with pytest.raises(EnvelopeError) as info:
         _open(forwarded, receiver=THIRD, receiver_x25519_private=THIRD_PRIVATE)
@@ -212,7 +213,7 @@ def test_header_rewritten_under_the_original_signature_is_bad_signature(
 ) -> None:
     # A receiver (or anyone who saw the plaintext) edits the header, keeps the signature and
     # re-encrypts: the signature covers the header, so the edit is caught.
-    plaintext = SealedBox(RECEIVER_PRIVATE).decrypt(ENVELOPE[len(ENVELOPE_MAGIC):])
+    plaintext = envelope.decrypt_with(RECEIVER_PRIVATE, ENVELOPE[len(ENVELOPE_MAGIC):])
     length = int.from_bytes(plaintext[:2], "big")
     header = msgpack.unpackb(plaintext[2 : 2 + length])
     header[position] = value
@@ -233,7 +234,7 @@ def test_header_rewritten_under_the_original_signature_is_bad_signature(
 
 
 def test_payload_rewritten_under_the_original_signature_is_bad_signature() -> None:
-    plaintext = SealedBox(RECEIVER_PRIVATE).decrypt(ENVELOPE[len(ENVELOPE_MAGIC):])
+    plaintext = envelope.decrypt_with(RECEIVER_PRIVATE, ENVELOPE[len(ENVELOPE_MAGIC):])
     assert _reason(_open, _seal_raw(plaintext[:-1] + b"!")) == "bad_signature"
     assert _reason(_open, _seal_raw(plaintext + b"more")) == "bad_signature"
 
@@ -293,9 +294,9 @@ class _NoCrypto:
 
 def test_oversized_input_is_refused_before_crypto(monkeypatch: pytest.MonkeyPatch) -> None:
     at_cap = _seal(b"x" * 100, max_payload_bytes=100)
-    monkeypatch.setattr(envelope, "SealedBox", _NoCrypto)
-    monkeypatch.setattr(envelope, "PublicKey", _NoCrypto)
-    monkeypatch.setattr(envelope.hashlib, "blake2b", _NoCrypto)
+    monkeypatch.setattr(envelope, "AESGCM", _NoCrypto)
+    monkeypatch.setattr(envelope, "crypto_scalarmult", _NoCrypto)
+    monkeypatch.setattr(envelope.hashlib, "sha256", _NoCrypto)
     with pytest.raises(EnvelopeError, match="oversized") as info:
         _seal(b"x" * 101, max_payload_bytes=100, sender_signing_key=_NoCrypto.__new__(_NoCrypto))
     assert info.value.reason == "oversized"
@@ -307,6 +308,25 @@ def test_oversized_input_is_refused_before_crypto(monkeypatch: pytest.MonkeyPatc
 
 
 # -- replay guard ----------------------------------------------------------------------------------
+
+
+def test_a_version_1_envelope_is_refused() -> None:
+    """The sealed box and BLAKE2b digest of version 1 are not opened as version 2."""
+    old = b"GFE\x01" + ENVELOPE[len(ENVELOPE_MAGIC):]
+    assert _reason(_open, old) == "malformed"
+
+
+def test_the_encryption_binds_its_public_keys() -> None:
+    """The ephemeral key is associated data: swapping it (or the ciphertext behind another
+    one) fails the tag, and a low-order ephemeral key is refused, never an all-zero key."""
+    sealed = envelope.encrypt_to(RECEIVER_PUBLIC, b"plaintext")
+    assert envelope.decrypt_with(RECEIVER_PRIVATE, sealed) == b"plaintext"
+    other = envelope.encrypt_to(RECEIVER_PUBLIC, b"plaintext")
+    for forged in (other[:32] + sealed[32:], sealed[:32] + other[32:], bytes(32) + sealed[32:]):
+        with pytest.raises(ValueError):
+            envelope.decrypt_with(RECEIVER_PRIVATE, forged)
+    with pytest.raises(ValueError):
+        envelope.encrypt_to(bytes(32), b"plaintext")  # a low-order receiver key
 
 
 def test_replay_guard_per_sender() -> None:

@@ -2,28 +2,35 @@
 
 Layout (all lengths big-endian)::
 
-    envelope  = MAGIC (b"GFE\\x01") ‖ crypto_box_seal(plaintext, receiver_x25519_public)
+    envelope  = MAGIC (b"GFE\\x02") ‖ ephemeral X25519 public (32) ‖ AES-256-GCM(plaintext, tag 16)
+    key       = HKDF-SHA256(X25519(ephemeral, receiver), salt = ephemeral ‖ receiver public)
     plaintext = u16 header length ‖ header ‖ Ed25519 signature (64) ‖ payload
     header    = msgpack [version, federation, round, sender, receiver]
-    signature = Ed25519_sign(sender, CONTEXT ‖ BLAKE2b-256(u16 length ‖ header ‖ payload))
+    signature = Ed25519_sign(sender, CONTEXT ‖ SHA-256(u16 length ‖ header ‖ payload))
 
 Design:
 
 * **Sign, then encrypt, with the names inside both.** The header binds the federation, the round,
-  the sender and the receiver. The sender signs a BLAKE2b-256 digest of header ‖ payload (one fast
-  pass over the payload; Ed25519 over 40 MB would hash it twice with SHA-512 and PyNaCl would copy
-  it), prefixed with a gossipfl context string so the signature cannot be confused with any other
+  the sender and the receiver. The sender signs a SHA-256 digest of header ‖ payload (one fast
+  pass over the payload, with the CPU's SHA instructions where it has them; Ed25519 over 40 MB
+  would hash it twice with SHA-512 and PyNaCl would copy it), prefixed with a gossipfl
+  context string so the signature cannot be confused with any other
   signature the identity key makes (libp2p's own included). Because the receiver's name is signed,
   a receiver cannot re-encrypt a frame it got to a third node ("surreptitious forwarding"): that
   node finds itself not named and refuses the frame as redirected.
-* **SealedBox (ephemeral sender key), not Box(sender, receiver).** Each envelope uses a fresh
-  X25519 key pair, so (a) a stolen *sender* long-term key decrypts nothing it sent, (b) the
-  sender needs no X25519 secret of its own, only its signing key and the receiver's certified
-  X25519 public key, and (c) no static pairwise key is reused across messages. Sender
+* **An ephemeral sender key (as libsodium's sealed box), not Box(sender, receiver).** Each
+  envelope uses a fresh X25519 key pair, so (a) a stolen *sender* long-term key decrypts
+  nothing it sent, (b) the sender needs no X25519 secret of its own, only its signing key and
+  the receiver's certified X25519 public key, and (c) no static pairwise key is reused across
+  messages. Sender
   authentication comes from the Ed25519 signature, which, unlike Box's MAC, is not deniable by
-  the sender and can be checked against the peer id. The XSalsa20-Poly1305 MAC covers the whole
-  plaintext, header included, so any change to the header or payload fails decryption; the header
-  is then compared with what the receiver expects and the signature checked.
+  the sender and can be checked against the peer id. The cipher is AES-256-GCM (the
+  ``cryptography`` package, OpenSSL: 20-40 times faster here than PyNaCl's sealed box, whose
+  XSalsa20-Poly1305 and buffer copies cost 9 ms to seal 4 MB); each envelope's key is fresh, so
+  its one fixed nonce is never reused under a key. The GCM tag covers the whole plaintext and,
+  as associated data, the magic and both public keys, so any change to the header or payload
+  fails decryption; the header is then compared with what the receiver expects and the
+  signature checked. (Version 1 used ``crypto_box_seal`` and BLAKE2b; it is refused.)
 * **Limits before crypto.** :func:`seal` refuses a payload over ``max_payload_bytes`` and
   :func:`open_envelope` refuses an envelope longer than ``max_payload_bytes`` plus the fixed
   overhead before any hashing, signing or decryption.
@@ -45,13 +52,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from nacl.bindings import crypto_box_SEALBYTES
-from nacl.exceptions import BadSignatureError, CryptoError
-from nacl.public import PrivateKey, PublicKey, SealedBox
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nacl.bindings import crypto_scalarmult
+from nacl.exceptions import BadSignatureError
+from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
-ENVELOPE_MAGIC = b"GFE\x01"
-ENVELOPE_VERSION = 1
+ENVELOPE_MAGIC = b"GFE\x02"
+ENVELOPE_VERSION = 2
 #: Default payload cap, the same as the wire's default cap for parameter frames.
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 MAX_NAME_CHARS = 128
@@ -62,13 +73,18 @@ SIGNATURE_BYTES = 64
 X25519_KEY_BYTES = 32
 
 _LENGTH = struct.Struct(">H")
-_DIGEST_PERSON = b"gossipfl-env-v1"  # BLAKE2b personalisation (at most 16 bytes)
-_SIGN_CONTEXT = b"gossipfl/envelope/v1\x00"
+_DIGEST_PREFIX = b"gossipfl/envelope/v2 digest\x00"
+_SIGN_CONTEXT = b"gossipfl/envelope/v2\x00"
+_KDF_INFO = b"gossipfl/envelope/v2 aes-256-gcm"
+_NONCE = bytes(12)  # one nonce: every envelope's key is fresh (its own ephemeral X25519 key)
+_TAG_BYTES = 16
+#: Bytes the encryption adds to the plaintext: the ephemeral public key and the GCM tag.
+SEAL_BYTES = X25519_KEY_BYTES + _TAG_BYTES
 #: Bytes an envelope adds to its payload, at most.
 MAX_OVERHEAD_BYTES = (
-    len(ENVELOPE_MAGIC) + crypto_box_SEALBYTES + _LENGTH.size + MAX_HEADER_BYTES + SIGNATURE_BYTES
+    len(ENVELOPE_MAGIC) + SEAL_BYTES + _LENGTH.size + MAX_HEADER_BYTES + SIGNATURE_BYTES
 )
-_MIN_ENVELOPE_BYTES = len(ENVELOPE_MAGIC) + crypto_box_SEALBYTES + _LENGTH.size + SIGNATURE_BYTES
+_MIN_ENVELOPE_BYTES = len(ENVELOPE_MAGIC) + SEAL_BYTES + _LENGTH.size + SIGNATURE_BYTES
 
 
 class EnvelopeError(ValueError):
@@ -112,10 +128,54 @@ def _check_max(max_payload_bytes: Any) -> int:
 
 
 def _digest(length_and_header: bytes, payload: bytes | bytearray | memoryview) -> bytes:
-    hasher = hashlib.blake2b(digest_size=32, person=_DIGEST_PERSON)
+    hasher = hashlib.sha256(_DIGEST_PREFIX)
     hasher.update(length_and_header)
     hasher.update(payload)
     return hasher.digest()
+
+
+def _key(secret: bytes, other_public: bytes, ephemeral_public: bytes,
+         receiver_public: bytes) -> AESGCM:
+    """The envelope's AES-256-GCM key: HKDF-SHA256 of the X25519 shared secret, salted with
+    both public keys. Raises ValueError for a low-order public key (an all-zero secret)."""
+    try:
+        shared = crypto_scalarmult(secret, other_public)
+    except Exception:  # libsodium refuses a result of all zeros (low-order points)
+        raise ValueError("X25519 key is not usable") from None
+    salt = ephemeral_public + receiver_public
+    return AESGCM(HKDF(hashes.SHA256(), 32, salt, _KDF_INFO).derive(shared))
+
+
+def encrypt_to(receiver_x25519_public: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
+    """Encrypt ``plaintext`` to a receiver's X25519 key, anonymously (a fresh ephemeral key):
+    ephemeral public ‖ ciphertext ‖ tag, the part of an envelope after its magic. Raises
+    ValueError for an unusable receiver key."""
+    if not isinstance(receiver_x25519_public, bytes) or len(receiver_x25519_public) != 32:
+        raise ValueError(f"receiver X25519 key must be {X25519_KEY_BYTES} bytes")
+    ephemeral = PrivateKey.generate()
+    ephemeral_public = bytes(ephemeral.public_key)
+    aead = _key(bytes(ephemeral), receiver_x25519_public, ephemeral_public,
+                receiver_x25519_public)
+    associated = ENVELOPE_MAGIC + ephemeral_public + receiver_x25519_public
+    return ephemeral_public + aead.encrypt(_NONCE, plaintext, associated)
+
+
+def decrypt_with(receiver_x25519_private: PrivateKey,
+                 sealed: bytes | bytearray | memoryview) -> bytes:
+    """The plaintext of :func:`encrypt_to`'s output; ValueError if it does not open with this
+    key (tampered, truncated, or encrypted to another key)."""
+    view = memoryview(sealed)
+    if len(view) < SEAL_BYTES:
+        raise ValueError("too short")
+    ephemeral_public = bytes(view[:X25519_KEY_BYTES])
+    receiver_public = bytes(receiver_x25519_private.public_key)
+    aead = _key(bytes(receiver_x25519_private), ephemeral_public, ephemeral_public,
+                receiver_public)
+    associated = ENVELOPE_MAGIC + ephemeral_public + receiver_public
+    try:
+        return aead.decrypt(_NONCE, view[X25519_KEY_BYTES:], associated)
+    except InvalidTag:
+        raise ValueError("the tag does not verify") from None
 
 
 def seal(
@@ -177,8 +237,8 @@ def seal(
     ).signature
     plaintext = b"".join((length_and_header, signature, payload))
     try:
-        ciphertext = SealedBox(PublicKey(receiver_x25519_public)).encrypt(plaintext)
-    except Exception:  # libsodium refuses low-order public keys
+        ciphertext = encrypt_to(receiver_x25519_public, plaintext)
+    except ValueError:  # a low-order public key
         raise _malformed("receiver X25519 key is not usable") from None
     return ENVELOPE_MAGIC + ciphertext
 
@@ -232,10 +292,8 @@ def open_envelope(
     if expected_round is not None:
         _check_round(expected_round, "expected round")
     try:
-        plaintext = SealedBox(receiver_x25519_private).decrypt(
-            bytes(data[len(ENVELOPE_MAGIC) :])
-        )
-    except CryptoError:
+        plaintext = decrypt_with(receiver_x25519_private, memoryview(data)[len(ENVELOPE_MAGIC):])
+    except ValueError:
         raise EnvelopeError(
             "decryption_failed",
             "decryption failed: ciphertext was tampered with or is not encrypted to this node",
