@@ -2,7 +2,8 @@
 each runs inside its namespace (``ip netns exec NS python tests/natlab_peers.py ROLE ...``),
 with a hard overall deadline, and writes what happened as JSON into the shared folder.
 
-* ``relay``: a public host serving circuit relay v2 (HOP) reservations and circuits.
+* ``relay``: a public host serving circuit relay v2 (HOP) reservations and circuits (each
+  circuit capped at ``--data-limit`` bytes).
 * ``listener``: a private host; dials the relay, reserves a slot, answers an echo protocol.
 * ``dialer``: another private host; tries the listener directly (its private address, its
   router's public address), then through the relay (``/p2p/RELAY/p2p-circuit/p2p/LISTENER``),
@@ -15,6 +16,7 @@ come from fixed seeds so each process knows the others' ids without talking firs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import struct
@@ -125,11 +127,12 @@ def remote_addrs(host: IHost) -> dict[str, list[str]]:
     return seen
 
 
-async def run_relay(out: Path, relay_ip: str, hold: float) -> None:
+async def run_relay(out: Path, relay_ip: str, hold: float, data_limit: int) -> None:
     host = make_host("relay")
     listen = multiaddr.Multiaddr(f"/ip4/{relay_ip}/tcp/{PORT}")
+    limits = dataclasses.replace(LIMITS, data=data_limit)
     async with host.run(listen_addrs=[listen]):
-        protocol = CircuitV2Protocol(host, limits=LIMITS, allow_hop=True)
+        protocol = CircuitV2Protocol(host, limits=limits, allow_hop=True)
         async with background_trio_service(protocol):
             await protocol.event_started.wait()
             write(out, "relay-ready", {"peer": str(host.get_id()),
@@ -263,11 +266,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--listener-ip", default="")
     parser.add_argument("--listener-wan", default="")
     parser.add_argument("--hold", type=float, default=60.0)
+    parser.add_argument("--data-limit", type=int, default=LIMITS.data,
+                        help="relay: bytes a circuit may carry, both ways together")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.role == "relay":
-        trio.run(run_relay, args.out, args.relay_ip, args.hold)
+        trio.run(run_relay, args.out, args.relay_ip, args.hold, args.data_limit)
     elif args.role == "listener":
         trio.run(run_listener, args.out, args.relay_ip, args.own_ip, args.hold)
     else:

@@ -233,7 +233,7 @@ def _wait_for(path: Path, seconds: float) -> dict[str, Any] | None:
     return None
 
 
-def _run_peers(plan: NatPlan, out: Path) -> dict[str, Any]:
+def _run_peers(plan: NatPlan, out: Path, relay_args: Sequence[str] = ()) -> dict[str, Any]:
     """Relay in the public namespace, listener at site 0, dialer at site 1; what each wrote."""
     listener_site, dialer_site = plan.sites
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -243,8 +243,8 @@ def _run_peers(plan: NatPlan, out: Path) -> dict[str, Any]:
     found: dict[str, Any] = {}
     try:
         for role, namespace, extra in (
-                ("relay", plan.public, []), ("listener", listener_site.host,
-                                             ["--own-ip", listener_site.host_ip])):
+                ("relay", plan.public, list(relay_args)),
+                ("listener", listener_site.host, ["--own-ip", listener_site.host_ip])):
             with open(out / f"{role}.err", "wb") as err:
                 procs.append(subprocess.Popen(
                     ["ip", "netns", "exec", namespace, *base, role, *common, *extra,
@@ -307,3 +307,17 @@ def test_libp2p_peers_behind_nat_meet_through_circuit_relay_v2_then_hole_punch(
         assert punched["stream_remote"] == f"('{plan.public_ip}', 4001)"
         assert "Connection refused" in (tmp_path / "dialer.err").read_text()
 
+
+
+@pytest.mark.e2e
+def test_the_relay_cuts_a_circuit_at_its_data_limit(can_make_nat: None, tmp_path: Path) -> None:
+    """A 16 KiB frame each way needs more than 24 KiB of circuit: the relay resets it."""
+    with nat_lab(2) as plan:
+        found = _run_peers(plan, tmp_path, ["--data-limit", str(24 * 1024)])
+    assert _left_behind(plan) == []
+    dialer, listener = found["dialer"], found["listener"]
+    assert dialer is not None, (tmp_path / "dialer.err").read_text()[-3000:]
+    assert listener["reserved"] is True and "dial_seconds" in dialer  # the circuit was made
+    assert dialer.get("echo_ok") is not True
+    assert dialer["relay_error"]["step"] == "echo", dialer["relay_error"]
+    assert "Circuit-wide data limit exceeded" in (tmp_path / "relay.err").read_text()
