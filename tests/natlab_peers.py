@@ -50,6 +50,7 @@ SEEDS = {"relay": 1, "listener": 2, "dialer": 3}
 ECHO = TProtocol("/gossipfl-natlab/echo/1")
 MAX_FRAME = 1 << 20
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB
+BIG = bytes(range(256)) * 4096  # 1 MiB, timed (a figure, not asserted)
 DIRECT_TIMEOUT = 4.0
 LIMITS = RelayLimits(duration=120, data=16 * MAX_FRAME, max_circuit_conns=4, max_reservations=4)
 
@@ -191,17 +192,24 @@ async def try_direct(host: IHost, addr: str) -> str:
         return error_text(error)
 
 
-async def echo_round(host: IHost) -> tuple[bool, str]:
+async def echo_round(host: IHost, payload: bytes = PAYLOAD) -> tuple[bool, str]:
     """One frame to the listener's echo protocol and back: whether it came back intact, and
     the remote address of the connection the stream went over."""
     stream = await host.new_stream(peer_id("listener"), [ECHO])
-    await stream.write(struct.pack(">I", len(PAYLOAD)) + PAYLOAD)
+    await stream.write(struct.pack(">I", len(payload)) + payload)
     (size,) = struct.unpack(">I", await read_exactly(stream, 4))
     back = await read_exactly(stream, min(size, MAX_FRAME))
     remote = str(stream.muxed_conn.get_remote_address())  # type: ignore[attr-defined]
     with trio.move_on_after(2):
         await stream.close()
-    return back == PAYLOAD, remote
+    return back == payload, remote
+
+
+async def timed_mib(host: IHost) -> float | None:
+    """Seconds for one 1 MiB frame there and back (None if it did not come back intact)."""
+    started = time.monotonic()
+    ok, _ = await echo_round(host, BIG)
+    return round(time.monotonic() - started, 3) if ok else None
 
 
 async def try_dcutr(host: IHost) -> dict[str, Any]:
@@ -217,6 +225,7 @@ async def try_dcutr(host: IHost) -> dict[str, Any]:
                     peer_id("listener"))
                 found["remote_addrs"] = remote_addrs(host).get(str(peer_id("listener")), [])
                 found["echo_ok"], found["stream_remote"] = await echo_round(host)
+                found["mib_echo_seconds"] = await timed_mib(host)
     except Exception as error:
         found["error"] = error_text(error)
     return found
@@ -249,6 +258,8 @@ async def run_dialer(out: Path, relay_ip: str, own_ip: str, listener_ip: str,
                     result["conn"] = type(conn).__name__
                     step = "echo"
                     result["echo_ok"], result["stream_remote"] = await echo_round(host)
+                    step = "1 MiB echo"
+                    result["mib_echo_seconds"] = await timed_mib(host)
             except Exception as error:
                 result["relay_error"] = {"step": step, "error": error_text(error),
                                          "traceback": traceback.format_exc()}
