@@ -123,3 +123,17 @@ def test_a_corrupt_checkpoint_is_reported_and_the_previous_one_used(
 
 def test_no_checkpoint_at_all(tmp_path: Path) -> None:
     assert load_latest_checkpoint(tmp_path / "checkpoint.npz") is None
+
+
+def test_keep_previous_replaces_an_older_previous(tmp_path: Path) -> None:
+    from gossipfl.node.checkpoint import keep_previous
+
+    path = tmp_path / "checkpoint.npz"
+    keep_previous(path)  # nothing there yet: nothing moved
+    assert list(tmp_path.iterdir()) == []
+    for r in range(3):
+        save_checkpoint(path, np.full(3, r, np.float32), r, durable=False)
+    assert load_checkpoint(path).round == 2 and load_checkpoint(previous_path(path)).round == 1
+    keep_previous(path)  # the older .prev goes, the current one takes its name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.npz"]
+    assert load_checkpoint(previous_path(path)).round == 2

@@ -125,9 +125,21 @@ def save_checkpoint(path: str | Path, params: np.ndarray, round_: int, *,
              meta=np.frombuffer(meta, np.uint8),
              checksum=np.frombuffer(checksum.encode(), np.uint8), **arrays)
     target = Path(path)
-    if target.exists():
-        os.replace(target, previous_path(target))
+    keep_previous(target)
     atomic_write_bytes(target, buffer.getvalue(), durable=durable)
+
+
+def keep_previous(target: Path) -> None:
+    """Move the checkpoint at ``target`` (if any) to its ``.prev`` name, the older one
+    removed first: a rename over an existing file makes ext4 write the renamed file's data
+    out at once (``auto_da_alloc``), three times the cost of a whole checkpoint here. At every
+    instant ``target`` or its ``.prev`` holds a whole checkpoint (the new one is written
+    through a temp file and a rename)."""
+    if not target.exists():
+        return
+    previous = previous_path(target)
+    previous.unlink(missing_ok=True)
+    os.rename(target, previous)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -27,7 +27,9 @@ and a partition's ``while_cut``/``after_heal`` count the network's stream events
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import gc
 import json
 import logging
 import sys
@@ -58,11 +60,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossipfl.simulate")
 
+GC_THRESHOLDS = (100_000, 50, 100)  # the collector's, while a simulation runs (see quiet_gc)
 POLL_SECONDS = 0.2  # virtual seconds between two looks at the nodes' rounds
 BASE_PORT = 20000  # the nodes' (never bound) addresses: 127.0.0.1, this port + index
 
 _current: contextvars.ContextVar[int | None] = contextvars.ContextVar("gossipfl_node",
                                                                       default=None)
+
+
+@contextlib.contextmanager
+def quiet_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> Iterator[None]:
+    """Collect cyclic garbage less often while the block runs: what exists on entry (modules,
+    datasets, compiled trainers) is frozen out of the collector's view, and a young collection
+    waits for ``thresholds[0]`` allocations instead of 700. With hundreds of nodes in one
+    process the default thresholds spent about a fifth of a simulation's CPU time in the
+    collector (128 nodes: 12.7 of 67.7 CPU s). The thresholds in force before, and the frozen
+    objects, are given back on exit."""
+    saved = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+        gc.unfreeze()
 
 
 class NodeLogs(logging.Handler):
@@ -388,7 +409,8 @@ def simulate(scenario: ScenarioConfig, out_dir: Path, *, centralised: bool = Tru
         logging.getLogger(noisy).setLevel(logging.WARNING)
     clock = trio.testing.MockClock(autojump_threshold=0)
     try:
-        finished = trio.run(sim.run, clock=clock)
+        with quiet_gc():
+            finished = trio.run(sim.run, clock=clock)
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
@@ -429,4 +451,4 @@ def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet:
     return 0 if not report["timed_out"] and survivors_ok else 1
 
 
-__all__ = ["NodeLogs", "Simulation", "simulate", "simulate_scenario"]
+__all__ = ["NodeLogs", "Simulation", "quiet_gc", "simulate", "simulate_scenario"]
