@@ -4,21 +4,26 @@ linger_time, reopen_round) and what a lingering node makes of its neighbours' co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from gossipfl.config import ConfigError, ProtocolConfig
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.wire import Contribution
-from gossipfl.node import linger
+from gossipfl.node import linger, settle
 from gossipfl.node.estimates import OwnEstimate, PeerEstimates
+from gossipfl.node.exchange import send_targets
 from gossipfl.node.state import NeighbourState
 from gossipfl.node.termination import (
     Reopen,
     SettleState,
+    back_from_gone,
     linger_time,
     reopen_decision,
     reopen_round,
@@ -110,6 +115,8 @@ class DoneNode:
     status: NodeStatus = NodeStatus.DONE
     round: int = 10
     disagreement: float = 0.0
+    relink_now: trio.Event = field(default_factory=trio.Event)
+    heard_at: dict[str, float] = field(default_factory=dict)
 
     def hear(self, peer: str, r: int, offset: float, *, done: bool) -> None:
         message = Contribution("f", r, peer, "me", 2, "full", -1, 1e-6, done, (),
@@ -166,3 +173,94 @@ def test_members_absent_at_the_finish() -> None:
     node.settle.gone = ["b"]  # finished without it
     node.membership.discard("c")  # silent for member_timeout
     assert linger.absent_members(node) == ["b", "c"]
+
+
+# -- a member back from a cut is awaited again, and sent rounds ---------------------------------
+
+
+def test_back_from_gone_takes_the_unlinked_alive_ones_under_the_cap() -> None:
+    alive = {"a": True, "b": False, "c": True, "d": True}
+    assert back_from_gone(["a", "b", "c", "d"], ["d"], alive, {"c": 2}, 3) == ["a", "c"]
+    assert back_from_gone(["a", "b", "c", "d"], ["d"], alive, {"c": 3}, 3) == ["a"]
+    assert back_from_gone(["a"], [], alive, {}, 0) == []  # max_reopen 0: never again
+
+
+def run_at(seconds: float, fn: Callable[[], Any]) -> Any:
+    """Run ``fn()`` inside trio with a virtual clock at ``seconds``."""
+    clock = trio.testing.MockClock()
+    clock.jump(seconds)
+
+    async def main() -> Any:
+        return fn()
+
+    return trio.run(main, clock=clock)
+
+
+def test_a_reopening_awaits_again_a_wanted_member_known_again_not_one_still_gone() -> None:
+    # found in the simulated two-halves test: the reopened rounds took no time at all, and
+    # the node finished its round limit before its re-link loop asked back the wanted
+    # neighbour the membership already knew again; the report named it as finished without
+    node = DoneNode(neighbours={"b": NeighbourState()}, wanted={"b", "x", "y"},
+                    membership={"b", "x"})
+    node.settle.gone = ["x", "y"]
+    node.settle.missing_since = {"x": 1.0, "y": 1.0}
+    run_at(20.0, lambda: linger.reopen(node, "b", 0.5, 12))
+    assert node.settle.gone == ["y"]  # y: the membership does not know it (still silent)
+    assert node.settle.missing_since["x"] == 20.0  # awaited gone_seconds from the reopening
+    assert node.settle.revivals == {"x": 1}
+    assert node.relink_now.is_set()  # and asked back at once
+
+
+class Members(set):
+    """A membership that says when each member last proved itself alive."""
+
+    live: dict[str, float]
+
+    def live_at(self, peer: str) -> float | None:
+        return self.live.get(peer)
+
+
+def test_a_member_taken_for_gone_that_proves_itself_alive_is_awaited_again_a_bounded_times(
+        ) -> None:
+    members = Members({"x"})
+    members.live = {"x": 3.0}
+    node = DoneNode(neighbours={"b": NeighbourState()}, wanted={"b", "x"}, membership=members,
+                    status=NodeStatus.CONSENSUS)
+    gone_after = settle.gone_seconds(node)
+    node.settle.missing_since = {"x": 0.0}
+    assert run_at(gone_after + 1, lambda: settle.missing(node, 5, gone_after + 1)) == []
+    assert node.settle.gone == ["x"]  # missing too long: gone for good
+    taken = gone_after + 1
+    assert run_at(taken + 1, lambda: settle.missing(node, 6, taken + 1)) == []
+    members.live["x"] = taken + 1.5  # a newer liveness stamp: it is alive (a healed cut)
+    for k in range(1, 4):
+        now = taken + 2 * k * gone_after
+        members.live["x"] = now - 0.5
+        assert run_at(now, lambda now=now: settle.missing(node, 7, now)) == ["x"], k
+        assert node.settle.gone == [] and node.settle.revivals["x"] == k
+        # it never links: gone again once gone_seconds pass
+        later = now + gone_after + 0.5
+        run_at(later, lambda later=later: settle.missing(node, 8, later))
+        assert node.settle.gone == ["x"]
+    # max_reopen (3) times at most: a member that proves itself alive but never links
+    members.live["x"] = taken + 100 * gone_after
+    run_at(taken + 100 * gone_after, lambda: settle.missing(node, 9, taken + 100 * gone_after))
+    assert node.settle.gone == ["x"] and node.settle.revivals["x"] == 3
+
+
+def test_a_reopened_node_sends_rounds_to_a_done_neighbour_linked_lately_not_heard_yet() -> None:
+    # the other half of the two-halves failure: two reopened nodes, re-linked across the healed
+    # cut, each held the other's final (done) estimate and had heard no heartbeat from it yet,
+    # so neither sent the other a round and each mixed with a frozen estimate to its limit
+    node = DoneNode(neighbours={"new": NeighbourState(linked_at=30.0),
+                                "old": NeighbourState(linked_at=1.0),
+                                "heard": NeighbourState(linked_at=1.0),
+                                "running": NeighbourState(linked_at=1.0)},
+                    wanted={"new", "old", "heard", "running"}, status=NodeStatus.CONSENSUS)
+    for peer in ("new", "old", "heard"):
+        node.hear(peer, 10, 0.1, done=True)
+    node.hear("running", 10, 0.1, done=False)
+    node.heard_at = {"old": 2.0, "heard": 29.5}
+    assert sorted(run_at(30.0, lambda: send_targets(node))) == ["running"]  # not reopened
+    node.settle.reopened = 1
+    assert sorted(run_at(30.0, lambda: send_targets(node))) == ["heard", "new", "running"]

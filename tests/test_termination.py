@@ -222,6 +222,13 @@ def test_a_member_claiming_the_largest_depth_cannot_end_a_federation_that_disagr
         assert max(d for m, d in depth.items() if m != "m0") < h
 
 
+class Silent:
+    """A membership that has heard no member prove itself alive lately."""
+
+    def live_at(self, peer: str) -> float | None:
+        return None
+
+
 @dataclass
 class JudgedNode:
     """What settle.judge reads of a node (plain aggregation, no secure aggregation)."""
@@ -235,6 +242,7 @@ class JudgedNode:
     estimates: PeerEstimates = field(default_factory=lambda: PeerEstimates.empty(2))
     settle: SettleState = field(default_factory=lambda: SettleState(horizon=4, members=8))
     member_state: dict[str, tuple[int, str]] = field(default_factory=dict)
+    membership: Silent = field(default_factory=Silent)
 
     def hear(self, peer: str, r: int, *, depth: int = 0, waiting: int = 0) -> None:
         message = Contribution("f", r, peer, "me", 2, "full", -1, 1e-6, False, (),

@@ -30,12 +30,15 @@ def finite(value: float, default: float | None = None) -> float | None:
 def send_targets(node: Node) -> list[str]:
     """Whom a round's contribution goes to: the neighbours not done. After a reopening
     (linger.py) also the done ones still heartbeating: they linger, and a model that moved
-    may reopen them too (they are not waited for either way)."""
+    may reopen them too (they are not waited for either way). A neighbour linked lately counts
+    as heard: a member back from a cut is linked again before its first heartbeat arrives,
+    and rounds can take no time at all, so waiting for that heartbeat could leave two
+    reopened nodes each mixing with the other's final estimate to their round limit."""
     now, interval = trio.current_time(), node.protocol.heartbeat_interval
 
     def lingers(peer: str) -> bool:
-        heard = node.heard_at.get(peer)
-        return heard is not None and not gone_silent(heard, now, interval)
+        heard = max(node.heard_at.get(peer, -math.inf), node.neighbours[peer].linked_at)
+        return heard > -math.inf and not gone_silent(heard, now, interval)
 
     return [p for p in node.neighbours
             if not (p in node.estimates.peers and node.estimates.peers[p].done)

@@ -30,7 +30,7 @@ import trio
 
 from gossipfl.aggregation.mixing import relative_disagreement
 from gossipfl.gossip.codes import NodeStatus
-from gossipfl.node import termination
+from gossipfl.node import settle, termination
 from gossipfl.node.estimates import PeerEstimate
 from gossipfl.node.exchange import send_contribution
 from gossipfl.node.state import NeighbourState
@@ -188,6 +188,14 @@ def reopen(node: Node, peer: str, distance: float, peer_round: int) -> None:
     state.reopens.append({"peer_id": peer, "round": r, "distance": distance,
                           "at": trio.current_time()})
     state.gone = [p for p in state.gone if p not in node.neighbours]
+    # a wanted neighbour known to the membership again (back from the cut that reopens this
+    # node) is awaited again: the reopened rounds may take no time at all, and must not end
+    # before the re-link loop asked it back
+    known = {p: p in node.membership for p in state.gone}
+    settle.await_again(node, termination.back_from_gone(state.gone, node.neighbours, known,
+                                                        state.revivals,
+                                                        node.protocol.max_reopen),
+                       r, trio.current_time(), "is a member again")
     state.depth, state.waiting, state.waiting_since = 0, 0, None
     node.disagreement = distance
     node.round = r - 1

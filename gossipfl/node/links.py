@@ -191,7 +191,7 @@ async def request_link(node: Node, peer: str, refused: set[str], *, joining: boo
             if joining or repair:
                 await reset_link(node, peer)
             else:
-                node.neighbours.setdefault(peer, NeighbourState())
+                node.neighbours.setdefault(peer, NeighbourState(linked_at=trio.current_time()))
             if repair:
                 node.relinks += 1
                 log.warning("re-linked with neighbour %s (it is at round %d, this node at "
@@ -216,7 +216,7 @@ async def reset_link(node: Node, peer: str) -> None:
         await old.channel.reset()
     if old is not None:
         await close_streams(old, reset=True)
-    node.neighbours[peer] = NeighbourState()
+    node.neighbours[peer] = NeighbourState(linked_at=trio.current_time())
     node.estimates.forget(peer)
     node.linked_at[peer] = now
     node.notify()
@@ -394,7 +394,8 @@ async def on_link(node: Node, channel: Channel) -> None:
         if request.rejoin:
             await relink(node, request.sender)
         else:
-            node.neighbours.setdefault(request.sender, NeighbourState())
+            node.neighbours.setdefault(request.sender,
+                                            NeighbourState(linked_at=trio.current_time()))
     elif is_fixed(node) and may_link(node, request.sender) and not node.config.secagg.enabled:
         status, reason = LinkCode.ACCEPTED, ""
         take_listed(node, request.sender)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import trio
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossipfl.round")
 
-__all__ = ["Verdict", "awaited", "gone_seconds", "hold", "judge", "missing", "note_extra_link",
-           "note_topology", "pace", "reports", "round_limit"]
+__all__ = ["Verdict", "await_again", "awaited", "gone_seconds", "hold", "judge", "missing",
+           "note_extra_link", "note_topology", "pace", "reports", "round_limit"]
 
 EXTRA_LINK_HOPS = 2
 """How much a link outside the founding topology (a late joiner, a replacement) can lengthen
@@ -109,16 +110,43 @@ def missing(node: Node, r: int, now: float) -> list[str]:
             del state.missing_since[peer]
     for peer in wanted - set(node.neighbours):
         state.missing_since.setdefault(peer, now)
+    # one taken for gone that proved itself alive since (a healed cut) is awaited again
+    alive = {p: (node.membership.live_at(p) or -math.inf) > state.gone_at.get(p, math.inf)
+             for p in state.gone}
+    await_again(node, termination.back_from_gone(state.gone, node.neighbours, alive,
+                                                 state.revivals, node.protocol.max_reopen),
+                r, now, "is alive again")
     awaited, gone = termination.waiting_for(wanted, node.neighbours, state.missing_since, now,
                                             gone_seconds(node))
     for peer in gone:
         if peer not in state.gone:
             state.gone.append(peer)
+            state.gone_at[peer] = now
             log.warning("round %d: wanted neighbour %s missing for %.0f s: gone for good; "
                         "this node may finish without it", r, peer, gone_seconds(node))
     # one taken for gone that is linked again is back: this node does not finish without it
     state.gone = [p for p in state.gone if p not in node.neighbours]
     return awaited
+
+
+def await_again(node: Node, peers: list[str], r: int, now: float, why: str) -> None:
+    """Await ``peers`` again, each for ``gone_seconds`` from now, though they were taken for
+    gone for good (:func:`~gossipfl.node.termination.back_from_gone` says which): a wanted
+    neighbour back from a cut is re-linked before this node settles without it. Consensus
+    rounds can take no time at all (no training, a fast network): without this, a node
+    reopened by a healed partition could spend its whole round limit before its re-link
+    loop asked the member back."""
+    state = node.settle
+    for peer in peers:
+        state.gone.remove(peer)
+        state.gone_at.pop(peer, None)
+        state.missing_since[peer] = now
+        state.revivals[peer] = state.revivals.get(peer, 0) + 1
+        log.warning("round %d: wanted neighbour %s, taken for gone, %s: awaiting it again "
+                    "(%.0f s at most; %d of %d times)", r, peer, why, gone_seconds(node),
+                    state.revivals[peer], node.protocol.max_reopen)
+    if peers:
+        node.relink_now.set()
 
 
 def judge(node: Node, r: int) -> Verdict:
@@ -202,7 +230,10 @@ async def hold(node: Node, r: int) -> Hold:
                             len(node.neighbours))
             elif decision is Hold.GIVE_UP:
                 gone = sorted(node.wanted - set(node.neighbours))
-                node.settle.gone.extend(p for p in gone if p not in node.settle.gone)
+                for peer in gone:
+                    if peer not in node.settle.gone:
+                        node.settle.gone.append(peer)
+                        node.settle.gone_at[peer] = now
                 log.error("round %d: no live neighbour for %.0f s: its neighbours (%s) are "
                           "gone for good; finishing alone", r, held_for, ", ".join(gone))
             elif logged:

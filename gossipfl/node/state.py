@@ -11,6 +11,7 @@ The modules: :mod:`~gossipfl.node.membership_loop`, :mod:`~gossipfl.node.links`,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,6 +54,7 @@ class NeighbourState:
     # last round whose estimate we refused as a bad value (out of the norm bound, non-finite):
     # it answered; waiting longer for it would let a Byzantine member stretch every round
     bad_round: int = -1
+    linked_at: float = -math.inf  # when this link was made (the node's clock)
     channel: Channel | None = None  # our open contribution stream to it
     # our open secure-aggregation request streams to it, per protocol (streams.py)
     streams: dict[str, Channel] = field(default_factory=dict)

@@ -67,9 +67,9 @@ from typing import Any
 
 from gossipfl.gossip.wire import MAX_DEPTH
 
-__all__ = ["MAX_DEPTH", "Hold", "PeerSettle", "Reopen", "SettleState", "hold_decision",
-           "horizon", "linger_time", "locally_settled", "reopen_decision", "reopen_round",
-           "settled_depth", "waiting_for", "waiting_hops"]
+__all__ = ["MAX_DEPTH", "Hold", "PeerSettle", "Reopen", "SettleState", "back_from_gone",
+           "hold_decision", "horizon", "linger_time", "locally_settled", "reopen_decision",
+           "reopen_round", "settled_depth", "waiting_for", "waiting_hops"]
 
 LINGER_WHOLE_INTERVALS = 2
 """A node that finished with every member it knew present lingers this many heartbeat
@@ -155,6 +155,23 @@ def waiting_for(wanted: Iterable[str], linked: Iterable[str],
         since = missing_since.get(peer, now)
         (gone if now - since > gone_seconds else awaited).append(peer)
     return awaited, gone
+
+
+def back_from_gone(gone: Iterable[str], linked: Iterable[str], alive: Mapping[str, bool],
+                   revivals: Mapping[str, int], cap: int) -> list[str]:
+    """The neighbours taken for gone for good that are to be awaited again: not linked, shown
+    alive since (``alive``: a newer liveness stamp or a direct heartbeat after it was taken
+    for gone, or, at a reopening, known to the membership again), and brought back fewer
+    than ``cap`` times before (so a member that keeps proving itself alive but never links
+    holds a node ``cap`` times ``gone_seconds`` at most).
+
+    >>> back_from_gone(["a", "b", "c", "d"], ["d"], {"a": True, "b": False, "c": True},
+    ...                {"c": 3}, 3)
+    ['a']
+    """
+    linked_set = set(linked)
+    return [p for p in gone if p not in linked_set and alive.get(p, False)
+            and revivals.get(p, 0) < cap]
 
 
 def locally_settled(disagreement: float, reports: Mapping[str, PeerSettle | None],
@@ -355,6 +372,8 @@ class SettleState:
     members: int = 1  # how many members it knows of: no horizon is larger
     missing_since: dict[str, float] = field(default_factory=dict)  # wanted, not linked: since
     gone: list[str] = field(default_factory=list)  # wanted neighbours finished without
+    gone_at: dict[str, float] = field(default_factory=dict)  # when each was taken for gone
+    revivals: dict[str, int] = field(default_factory=dict)  # times each was awaited again
     awaited: list[str] = field(default_factory=list)  # wanted and missing, last judged
     held_seconds: float = 0.0  # time spent holding rounds for want of a live neighbour
     holds: int = 0  # rounds held for want of a live neighbour
