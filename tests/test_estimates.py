@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import Contribution
+from gossipfl.gossip.wire_contribution import origin_digest
 from gossipfl.node.estimates import EstimateError, OwnEstimate, PeerEstimates
 
 FAST = settings(max_examples=60, deadline=None)
@@ -324,3 +326,54 @@ def test_as_of_gives_the_round_asked_for_when_a_neighbour_is_one_ahead() -> None
     assert np.all(entry.as_of(2) == 2.0)
     assert np.all(entry.as_of(5) == 2.0)  # b is behind: its latest estimate is all we have
     assert np.all(entry.as_of(0) == 2.0)  # older rounds are not kept
+
+
+# -- the first delta, on the initial model every member starts from --------------------------------
+
+
+def test_the_first_delta_goes_on_the_shared_initial_model_not_as_a_full_estimate() -> None:
+    initial = np.float32([0.5, -1.0, 2.0])
+    origin = origin_digest(initial)
+    own = OwnEstimate(initial.copy(), origin=origin)
+    peers = PeerEstimates.empty(3, initial.copy(), origin)
+    own.publish(np.float32([1.0, -1.0, 2.5]), 0)
+    kind, base, array = own.payload_for(-1)
+    assert (kind, base) == ("delta", -1)  # the 3 floats of q, not the estimate
+    message = Contribution("fed", 0, SENDER, RECEIVER, 3, kind, base, 0.0, False, (),
+                           origin=origin)
+    peers.apply(message, array)
+    assert np.array_equal(peers.peers[SENDER].vector, own.vector)  # bit-identical copies
+    # the next round: an ordinary delta on round 0
+    own.publish(np.float32([1.0, 0.0, 2.5]), 1)
+    assert own.payload_for(0)[:2] == ("delta", 0)
+    assert own.payload_for(-1)[:2] == ("full", -1)  # a newcomer now gets the estimate
+
+
+def test_a_first_delta_on_another_initial_model_asks_for_the_full_estimate() -> None:
+    mine, theirs = np.float32([0.0, 0.0]), np.float32([1.0, 0.0])  # another seed, say
+    peers = PeerEstimates.empty(2, mine, origin_digest(mine))
+    message = Contribution("fed", 0, SENDER, RECEIVER, 3, "delta", -1, 0.0, False, (),
+                           origin=origin_digest(theirs))
+    with pytest.raises(EstimateError) as caught:
+        peers.apply(message, np.float32([0.5, 0.5]))
+    assert caught.value.status is AckCode.NEED_FULL and SENDER not in peers.peers
+    # nor on one it no longer holds as the sender's base: it holds a later estimate
+    ok = Contribution("fed", 0, SENDER, RECEIVER, 3, "delta", -1, 0.0, False, (),
+                      origin=origin_digest(mine))
+    peers.apply(ok, np.float32([0.5, 0.5]))
+    again = Contribution("fed", 1, SENDER, RECEIVER, 3, "delta", -1, 0.0, False, (),
+                         origin=origin_digest(mine))
+    with pytest.raises(EstimateError) as caught:
+        peers.apply(again, np.float32([0.5, 0.5]))
+    assert caught.value.status is AckCode.NEED_FULL
+    assert np.array_equal(peers.peers[SENDER].vector, np.float32([0.5, 0.5]))
+    # and a holder without an initial model (none given) asks for the full one
+    bare = PeerEstimates.empty(2)
+    with pytest.raises(EstimateError):
+        bare.apply(ok, np.float32([0.5, 0.5]))
+
+
+def test_without_an_origin_the_first_round_still_goes_full() -> None:
+    own = OwnEstimate(np.zeros(2, np.float32))  # e.g. restored from a checkpoint
+    own.publish(np.float32([1.0, 2.0]), 0)
+    assert own.payload_for(-1)[:2] == ("full", -1)

@@ -39,6 +39,7 @@ from gossipfl.gossip.wire import (
     encode_frame,
     frame_length,
 )
+from gossipfl.gossip.wire_contribution import ORIGIN_BYTES
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -412,6 +413,21 @@ def test_delta_base_round_must_precede_round() -> None:
         _decode_modified(CONTRIBUTION, base_round=9)
     with pytest.raises(WireError, match="delta base round -1 must precede round 5"):
         _decode_modified(CONTRIBUTION, base_round=-1)
+
+
+def test_a_first_delta_names_the_initial_model_it_applies_to() -> None:
+    origin = b"\x07" * ORIGIN_BYTES
+    first = _decode_modified(CONTRIBUTION, base_round=-1, origin=origin)
+    assert (first.base_round, first.origin) == (-1, origin)
+    assert decode_body(_pack(_body_dict(first)), Contribution) == first  # round trip
+    for bad in (b"\x07" * (ORIGIN_BYTES - 1), "x" * ORIGIN_BYTES, b""):
+        with pytest.raises(WireError, match="origin must be"):
+            _decode_modified(CONTRIBUTION, base_round=-1, origin=bad)
+    with pytest.raises(WireError, match="origin must be"):  # only on a delta on base -1
+        _decode_modified(CONTRIBUTION, origin=origin)
+    with pytest.raises(WireError, match="origin must be"):
+        _decode_modified(FULL_CONTRIBUTION, origin=origin)
+    assert "origin" not in _body_dict(CONTRIBUTION)  # absent on the wire when empty
 
 
 def test_full_contribution_has_base_round_minus_one() -> None:

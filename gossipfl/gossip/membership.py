@@ -377,13 +377,16 @@ class Membership:
     def delta(self, now: float, since: int = 0, limit: int = GOSSIP_WINDOW, *,
               freshest: bool = False, held: frozenset[int] = frozenset(),
               certificate: Callable[[str], bytes] | None = None,
+              known: Callable[[str], bool] | None = None,
               ) -> tuple[tuple[MemberInfo, ...], int, int]:
         """The vouched entries changed after version ``since`` (0: the whole table), oldest
         change first, at most ``limit`` of them, but those whose tag is in ``held`` (the
         receiver holds them); with ``since`` and ``upto``: every such entry changed after
         ``since`` through ``upto``. ``freshest``: the ``limit`` latest changes instead
         (``since`` then moves up to just before them). ``certificate``: each entry's
-        certificate to carry (an entry without one is left out, as uncertified).
+        certificate to carry (an entry without one is left out, as uncertified); ``known``:
+        whether the receiver holds a member's certificate already (its entry then goes
+        without it; :mod:`gossipfl.gossip.cert_holders`).
 
         >>> table = Membership("me", timeout=10.0)
         >>> for i in range(4):
@@ -415,13 +418,15 @@ class Membership:
             return (tuple(MemberInfo(p, e.relayed_addrs, max(0.0, now - e.last_heard),
                                      stamp=e.stamp)
                           for p, e in changed), since, upto)
-        return (tuple(MemberInfo(p, e.relayed_addrs, max(0.0, now - e.last_heard), cert,
-                                 e.stamp)
+        held_by_receiver = known or (lambda _: False)
+        return (tuple(MemberInfo(p, e.relayed_addrs, max(0.0, now - e.last_heard),
+                                 b"" if held_by_receiver(p) else cert, e.stamp)
                       for p, e in changed if (cert := certificate(p))), since, upto)
 
     def outgoing(self, now: float, peer_id: str, *, wide: bool,
                  held: frozenset[int] | None = None,
                  certificate: Callable[[str], bytes] | None = None,
+                 known: Callable[[str], bool] | None = None,
                  ) -> tuple[tuple[MemberInfo, ...], tuple[int, int, int], bytes]:
         """What a heartbeat to ``peer_id`` says of the table: (members, (epoch, since, upto),
         digest); ``wide``: a heartbeat's worth may go, else the freshest ``EXTRA_WINDOW``.
@@ -433,7 +438,8 @@ class Membership:
         blind = held is None and since == 0
         members, since, upto = self.delta(
             now, since, GOSSIP_WINDOW if wide and not blind else EXTRA_WINDOW,
-            freshest=not wide or blind, held=held or frozenset(), certificate=certificate)
+            freshest=not wide or blind, held=held or frozenset(), certificate=certificate,
+            known=known)
         pull = held is None and wide and self.ack_for(peer_id)[1] == 0
         return members, (self.epoch, since, upto), self.digest() if pull else b""
 

@@ -9,6 +9,7 @@ them from there. The caps and field checks used here live in :mod:`gossipfl.goss
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -193,6 +194,13 @@ def _check_int4(packed: Packed) -> None:
 
 
 MAX_EXAMPLES = 2**40  # the largest example count a contribution may report
+ORIGIN_BYTES = 16  # a contribution's ``origin``: a digest of the initial model
+
+
+def origin_digest(vector: np.ndarray) -> bytes:
+    """The :data:`ORIGIN_BYTES`-byte digest that names an initial model (its float32 bytes)."""
+    data = np.ascontiguousarray(vector, dtype=np.float32)
+    return hashlib.sha256(data.tobytes()).digest()[:ORIGIN_BYTES]
 
 
 # -- messages --------------------------------------------------------------------------------------
@@ -230,15 +238,18 @@ class Contribution:
     waiting: int = 0  # 0, or 1 + hops to a member that awaits a missing wanted neighbour
     packed: Packed | None = None  # a compressed delta, instead of ``tensors`` (absent: none)
     examples: int = 0  # the sender's reported example count (absent: 0, unweighted)
+    origin: bytes = b""  # the initial model a delta on base round -1 applies to (absent: none)
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "packed",
-                                                    "examples"})
+                                                    "examples", "origin"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         packed = {} if self.packed is None else {"packed": self.packed._to_wire()}
         examples = {"examples": self.examples} if self.examples else {}
+        origin = {"origin": self.origin} if self.origin else {}
         return {
             **packed,
             **examples,
+            **origin,
             "depth": self.depth,
             "horizon": self.horizon,
             "waiting": self.waiting,
@@ -264,8 +275,13 @@ class Contribution:
             raise WireError(f"tensors must be a list of at most {MAX_TENSORS}")
         round_ = check_int(body["round"], "round", 0, MAX_ROUND)
         base_round = check_int(body["base_round"], "base round", -1, MAX_ROUND)
-        if kind == "delta" and not 0 <= base_round < round_:
-            raise WireError(f"delta base round {base_round} must precede round {round_}")
+        origin = body.get("origin", b"")
+        if "origin" in body and (not isinstance(origin, bytes) or len(origin) != ORIGIN_BYTES
+                                 or kind != "delta" or base_round != -1):
+            raise WireError(f"origin must be {ORIGIN_BYTES} bytes, on a delta on base round -1")
+        if kind == "delta" and not (0 <= base_round < round_ or (base_round == -1 and origin)):
+            raise WireError(f"delta base round {base_round} must precede round {round_} "
+                            "(-1: with the origin it applies to)")
         if kind == "full" and base_round != -1:
             raise WireError("a full contribution has base round -1")
         packed = None
@@ -290,6 +306,7 @@ class Contribution:
             waiting=check_int(body.get("waiting", 0), "waiting", 0, MAX_DEPTH),
             packed=packed,
             examples=check_int(body.get("examples", 0), "examples", 0, MAX_EXAMPLES),
+            origin=origin,
         )
 
 

@@ -36,6 +36,10 @@ class OwnEstimate:
     # parameter bytes of the contributions sent, as sent and as float32 (the compression ratio)
     bytes_packed: int = 0
     bytes_float32: int = 0
+    # the digest of the initial model (wire_contribution.origin_digest) when the estimate at
+    # round -1 is that model: the first delta then goes out on base round -1, not as a full
+    # estimate (empty: never)
+    origin: bytes = b""
 
     def publish(self, half_step: np.ndarray, round_: int,
                 privatise: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -63,7 +67,8 @@ class OwnEstimate:
         Returns (kind, base_round, array): the last delta when the peer holds its base, else
         the full estimate.
         """
-        if self.last_delta is not None and peer_holds == self.base_round >= 0:
+        if self.last_delta is not None and peer_holds == self.base_round and (
+                self.base_round >= 0 or self.origin):
             return "delta", self.base_round, self.last_delta
         return "full", -1, self.vector
 
@@ -113,10 +118,15 @@ class PeerEstimates:
     size: int
     peers: dict[str, PeerEstimate]
     clock: int = -1  # the holder's current round, stamped on what arrives
+    # the initial model every member starts from, and its digest: a neighbour's first delta
+    # (base round -1, naming this origin) is added to it (None: such deltas ask for the full)
+    initial: np.ndarray | None = None
+    origin: bytes = b""
 
     @classmethod
-    def empty(cls, size: int) -> PeerEstimates:
-        return cls(size=size, peers={})
+    def empty(cls, size: int, initial: np.ndarray | None = None,
+              origin: bytes = b"") -> PeerEstimates:
+        return cls(size=size, peers={}, initial=initial, origin=origin)
 
     def holds(self, peer: str) -> int:
         entry = self.peers.get(peer)
@@ -140,6 +150,12 @@ class PeerEstimates:
             raise EstimateError(AckCode.REJECTED, f"stale round {message.round} (hold {held})")
         if message.kind == "full":
             new_vector = np.array(vector, dtype=np.float32)
+        elif message.base_round == -1:  # a first delta, on the initial model it names
+            if entry is not None or self.initial is None or message.origin != self.origin:
+                raise EstimateError(AckCode.NEED_FULL, "a first delta on another initial model "
+                                    "than this node's (or on one it no longer holds)")
+            with np.errstate(over="ignore", invalid="ignore"):
+                new_vector = (self.initial + vector).astype(np.float32)
         else:
             if entry is None or message.base_round != held:
                 raise EstimateError(

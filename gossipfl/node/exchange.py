@@ -115,6 +115,7 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
             training=node.status == NodeStatus.TRAINING,
             depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
             examples=node.reported_examples,
+            origin=node.own.origin if kind == "delta" and base == -1 else b"",
         )
 
     if state.channel is None:

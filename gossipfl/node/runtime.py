@@ -36,6 +36,7 @@ from gossipfl.aggregation.mixing import reported_examples
 from gossipfl.config import NodeConfig, Weighting
 from gossipfl.crypto.admission import identity_signing_key
 from gossipfl.crypto.identity import Identity
+from gossipfl.gossip.cert_holders import CertHolders
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import STAMP_REFRESH, Membership
@@ -43,6 +44,7 @@ from gossipfl.gossip.peers import Channel, ConnectionReaper, PeerNet, ReadPolicy
 from gossipfl.gossip.ratelimit import InFlight, LogGate, PeerLimiter
 from gossipfl.gossip.transport import Network, Offload, Transport
 from gossipfl.gossip.wire import Contribution, M, MaskedInput, Sealed
+from gossipfl.gossip.wire_contribution import origin_digest
 from gossipfl.learning.params import named_arrays
 from gossipfl.node import contributions, links, membership_loop, resume, state_sync
 from gossipfl.node.checkpoint import atomic_write_json, save_node_checkpoint
@@ -127,8 +129,9 @@ class Node:
         self.layout = Layout.from_named(named_arrays(learner.template))
         initial = learner.initial_vector()
         self.model = initial.copy()
-        self.own = OwnEstimate(initial.copy())
-        self.estimates = PeerEstimates.empty(self.layout.size)
+        origin = origin_digest(initial)
+        self.own = OwnEstimate(initial.copy(), origin=origin)
+        self.estimates = PeerEstimates.empty(self.layout.size, initial.copy(), origin)
         self.topology: dict[str, frozenset[str]] | None = None
         self.wanted: set[str] = set()  # this node's neighbours by topology (+ late joiners)
         self.link_cap = 0  # the most neighbours it takes (topology degree + extra_links)
@@ -139,6 +142,7 @@ class Node:
         self.addr_book: dict[str, tuple[str, ...]] = {}  # last addresses heard, kept for re-links
         # (round, status) heard directly
         self.member_state: dict[str, tuple[int, NodeStatus]] = {}
+        self.cert_holders = CertHolders()  # whose certificates each peer holds (heartbeats)
         self.heard_at: dict[str, float] = {}  # when each member last heartbeat us directly
         self.hearsay_dialled: dict[str, int] = {}  # admission off: dials of hearsay ids
         self.stale_revocations_logged: dict[str, int] = {}  # peer → our serial when logged

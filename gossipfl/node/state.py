@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from gossipfl.adversary.role import Role
     from gossipfl.config import NodeConfig, ProtocolConfig
+    from gossipfl.gossip.cert_holders import CertHolders
     from gossipfl.gossip.codes import NodeStatus
     from gossipfl.gossip.membership import Membership
     from gossipfl.gossip.peers import Channel, ConnectionReaper, Traffic
@@ -88,6 +89,7 @@ class Node(Protocol):
     bootstrap: list[tuple[str, str]]
     addr_book: dict[str, tuple[str, ...]]
     member_state: dict[str, tuple[int, NodeStatus]]
+    cert_holders: CertHolders
     heard_at: dict[str, float]
     hearsay_dialled: dict[str, int]
     stale_revocations_logged: dict[str, int]
