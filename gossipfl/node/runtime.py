@@ -36,6 +36,7 @@ from gossipfl.aggregation.mixing import reported_examples
 from gossipfl.config import NodeConfig, Weighting
 from gossipfl.crypto.admission import identity_signing_key
 from gossipfl.crypto.identity import Identity
+from gossipfl.gossip.circuit import Circuits
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import STAMP_REFRESH, Membership
@@ -68,6 +69,7 @@ from gossipfl.node.streams import serve_requests
 from gossipfl.node.summary import node_summary, peak_rss_bytes, process_age
 from gossipfl.node.termination import SettleState
 from gossipfl.privacy.dp import noise_generator
+from gossipfl.relay_config import relay_candidates
 
 log = logging.getLogger("gossipfl.node")
 
@@ -293,8 +295,10 @@ class Node:
             return self.network.attach(self.peer_id, self.traffic, self.read_policy,
                                        tuple(self.config.listen))
         host, listen = make_host(self.identity, self.config.listen)
+        circuits = Circuits(host, self.config.relay,
+                            relay_candidates(self.config.relay, self.config.bootstrap))
         return PeerNet(host, self.traffic, self.config.routes, self.read_policy, self.reaper,
-                       listen)
+                       listen, circuits)
 
     def serve_protocols(self, transport: Transport) -> None:
         """Register the node's handlers (each guarded: deadline, read policy, rate limits)."""
@@ -351,6 +355,9 @@ class Node:
             log.warning("stopped before its saved state was loaded: the checkpoint on disk is "
                         "left as it was")
         self.role.write(self.out)
+        relay = getattr(self.net, "relay_summary", lambda: None)()
+        if relay is not None:  # circuit relay v2: reservations, relayed bytes, link kinds
+            atomic_write_json(self.out / "relay.json", relay)
         atomic_write_json(self.out / "summary.json", node_summary(self))
         log.info("finished with status %s at round %d", self.status, self.round)
 
