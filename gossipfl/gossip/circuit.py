@@ -147,12 +147,15 @@ class Circuits:
     reservations kept on its relays."""
 
     def __init__(self, host: IHost, config: RelayConfig,
-                 relays: Sequence[tuple[str, str]] = ()) -> None:
+                 relays: Sequence[tuple[str, str]] = (), *,
+                 relay_protocol: type[CountingRelay] = CountingRelay) -> None:
+        """``relays``: (peer id, address) of the relays a private node reserves on;
+        ``relay_protocol``: the relay roles' class (a test's faulty relay)."""
         self.host = host
         self.config = config
         self.own_id = str(host.get_id())
         self.relays = [(peer, addr) for peer, addr in relays if peer != self.own_id]
-        self.protocol = CountingRelay(host, limits=relay_limits(config), allow_hop=config.serve)
+        self.protocol = relay_protocol(host, limits=relay_limits(config), allow_hop=config.serve)
         self.transport = CircuitV2Transport(
             host, self.protocol, Libp2pRelayConfig(roles=RelayRole.STOP,
                                                    limits=relay_limits(config)))
