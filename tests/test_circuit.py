@@ -134,6 +134,16 @@ class TamperingRelay(CountingRelay):
         return data
 
 
+class DroppingRelay(CountingRelay):
+    """A relay that forwards the first 4 KiB, then holds everything (a black hole)."""
+
+    async def _read_stream_with_retry(self, stream: INetStream,
+                                      max_retries: int = 3) -> bytes | None:
+        if self.relayed_bytes > 4096:
+            await trio.sleep_forever()
+        return await super()._read_stream_with_retry(stream, max_retries)
+
+
 async def _echo(channel: Channel, got: list[bytes]) -> None:
     with trio.move_on_after(10):
         (size,) = struct.unpack(">I", await _read_exactly(channel, 4))
@@ -155,7 +165,8 @@ async def _read_exactly(channel: Channel, n: int) -> bytes:
 
 
 def _relayed_echo(tmp_path: Path, payload: bytes,
-                  relay_class: type[CountingRelay] = CountingRelay) -> dict[str, Any]:
+                  relay_class: type[CountingRelay] = CountingRelay,
+                  wait: float = 20.0) -> dict[str, Any]:
     keys = {name: load_or_create_identity(tmp_path / f"{name}.key")[0]
             for name in ("relay", "private", "dialer")}
     found: dict[str, Any] = {"got": []}
@@ -175,8 +186,8 @@ def _relayed_echo(tmp_path: Path, payload: bytes,
                                   circuits=Circuits(private_host, private_config,
                                                     [(relay_id, relay_addr)]))
             dialer_host, dialer_listen = hosts["dialer"]
-            dialer_net = PeerNet(dialer_host, Traffic(), listen=dialer_listen,
-                                 circuits=Circuits(dialer_host, RelayConfig()))
+            # no relay role of its own: it makes a dialer when it first needs one
+            dialer_net = PeerNet(dialer_host, Traffic(), listen=dialer_listen)
             async with private_net.running() as private_addrs, \
                     dialer_net.running():
                 found["private_addrs"] = private_addrs
@@ -186,7 +197,7 @@ def _relayed_echo(tmp_path: Path, payload: bytes,
                     await _echo(channel, found["got"])
 
                 private_net.serve(ECHO, serve)
-                with trio.move_on_after(20):
+                with trio.move_on_after(wait):  # the dialer's deadline, as a node's
                     try:
                         channel = await dialer_net.open(str(keys["private"].peer_id),
                                                         tuple(private_addrs), ECHO)
@@ -256,6 +267,15 @@ def test_a_relay_that_alters_bytes_is_caught_by_noise(
     assert "NoiseInvalidMessage" in refused  # the far end's Noise refused the altered frame
     assert found["got"] == []  # the private member's handler never saw the payload
     assert "back" not in found and "error" in found
+
+
+def test_a_relay_that_drops_bytes_delivers_nothing(tmp_path: Path) -> None:
+    """A relay that stops forwarding: the exchange ends at the dialer's deadline (a node's
+    request timeout, as for any peer that stops answering) and nothing is delivered."""
+    payload = bytes(range(256)) * 256
+    found = _relayed_echo(tmp_path, payload, DroppingRelay, wait=3.0)
+    assert found["dialer"]["relayed_dials"] == {"ok": 1, "failed": 0}  # the circuit was made
+    assert found["got"] == [] and "back" not in found
 
 
 def test_a_private_member_without_a_relay_says_so(tmp_path: Path) -> None:

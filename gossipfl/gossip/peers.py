@@ -29,10 +29,12 @@ from gossipfl.gossip.circuit import (
 from gossipfl.gossip.framing import BufferedReader, ByteStream, read_frame, write_frame
 from gossipfl.gossip.ratelimit import InFlight
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, M, Message, WireError
+from gossipfl.relay_config import RelayConfig
 
 log = logging.getLogger(__name__)
 
 ADDR_TTL_SECONDS = 3600
+LINK_PEERS = 1024  # peers whose streams are counted per kind of link (relay.json)
 
 
 @dataclass
@@ -178,9 +180,11 @@ class PeerNet:
     routed peer is never dialled at the addresses it advertises, whoever told us them (heartbeats,
     bootstrap lists, libp2p's identify), so everything we send it passes the relay.
 
-    ``circuits``: circuit relay v2 (``gossip/circuit.py``): a peer whose addresses are relayed
-    ones (``.../p2p-circuit/p2p/PEER``) is dialled at its direct addresses first, if any, then
-    through its relays; a private node announces its relayed addresses only.
+    ``circuits``: circuit relay v2 (``gossip/circuit.py``), for a node that serves as a relay
+    or cannot be dialled (a private node announces its relayed addresses only). A peer whose
+    addresses are relayed ones (``.../p2p-circuit/p2p/PEER``) is dialled at its direct
+    addresses first, if any, then through its relays (a node with no relay role of its own
+    makes a dialer for that when first needed).
     """
 
     def __init__(self, host: IHost, traffic: Traffic,
@@ -215,16 +219,17 @@ class PeerNet:
                 yield announced(listening, relayed, self.circuits.config.private)
 
     def _count(self, peer: str, stream: Any) -> None:
+        if peer not in self.link_streams and len(self.link_streams) >= LINK_PEERS:
+            return  # a crowd of strangers does not grow the table
         kinds = self.link_streams.setdefault(peer, {})
         kind = stream_link_kind(stream).value
         kinds[kind] = kinds.get(kind, 0) + 1
 
-    def relay_summary(self) -> dict[str, Any] | None:
-        """The relay roles' figures and, per peer, the streams that rode a direct or a
-        relayed connection (None without relay support)."""
-        if self.circuits is None:
-            return None
-        return {**self.circuits.summary(), "link_streams": self.link_streams,
+    def relay_summary(self) -> dict[str, Any]:
+        """The relay roles' figures (when the node has any, or dialled through a relay) and,
+        per peer, the streams that rode a direct or a relayed connection."""
+        roles = {} if self.circuits is None else self.circuits.summary()
+        return {**roles, "link_streams": self.link_streams,
                 "relayed_peers": sorted(p for p, kinds in self.link_streams.items()
                                         if kinds.get(LinkKind.RELAYED.value))}
 
@@ -232,8 +237,7 @@ class PeerNet:
         """Serve ``protocol``: each stream a peer opens is handed to ``handler`` as a
         :class:`Channel` (its frames read under the read policy)."""
         async def on_stream(stream: INetStream) -> None:
-            if self.circuits is not None:
-                self._count(str(stream.muxed_conn.peer_id), stream)
+            self._count(str(stream.muxed_conn.peer_id), stream)
             await handler(Channel(stream, self.traffic, self.policy))
 
         self.host.set_stream_handler(protocol, on_stream)
@@ -301,15 +305,14 @@ class PeerNet:
         elif pinned:
             self._pin(pid, maddrs)
         stream = await self.host.new_stream(pid, [protocol])
-        if self.circuits is not None:
-            self._count(peer_id, stream)
+        self._count(peer_id, stream)
         return Channel(stream, self.traffic, self.policy)
 
     async def _connect(self, pid: ID, peer_id: str, maddrs: list[multiaddr.Multiaddr],
                        addrs: tuple[str, ...]) -> None:
         """Dial ``peer_id`` (no-op when connected): directly, then through its relays."""
-        circuits = () if self.circuits is None or peer_id in self.routes else \
-            usable_circuits(addrs, self.circuits.own_id)
+        circuits = () if peer_id in self.routes else \
+            usable_circuits(addrs, str(self.host.get_id()))
         if not circuits or self.host.get_network().get_connections(pid):
             await self.host.connect(PeerInfo(pid, maddrs))
             return
@@ -319,6 +322,8 @@ class PeerNet:
                 return
             except Exception as error:
                 log.debug("direct dial of %s failed (%s): trying its relays", peer_id, error)
+        if self.circuits is None:  # a node with no relay role of its own: a dialer only
+            self.circuits = Circuits(self.host, RelayConfig())
         await self.circuits.dial(peer_id, circuits)
 
     def open_streams(self) -> dict[str, int]:

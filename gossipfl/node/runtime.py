@@ -295,8 +295,9 @@ class Node:
             return self.network.attach(self.peer_id, self.traffic, self.read_policy,
                                        tuple(self.config.listen))
         host, listen = make_host(self.identity, self.config.listen)
-        circuits = Circuits(host, self.config.relay,
-                            relay_candidates(self.config.relay, self.config.bootstrap))
+        relay = self.config.relay  # relay roles run only where configured (gossip/circuit.py)
+        circuits = Circuits(host, relay, relay_candidates(relay, self.config.bootstrap)) \
+            if relay.serve or relay.private else None
         return PeerNet(host, self.traffic, self.config.routes, self.read_policy, self.reaper,
                        listen, circuits)
 
@@ -355,9 +356,8 @@ class Node:
             log.warning("stopped before its saved state was loaded: the checkpoint on disk is "
                         "left as it was")
         self.role.write(self.out)
-        relay = getattr(self.net, "relay_summary", lambda: None)()
-        if relay is not None:  # circuit relay v2: reservations, relayed bytes, link kinds
-            atomic_write_json(self.out / "relay.json", relay)
+        if isinstance(self.net, PeerNet):  # circuit relay v2 roles; direct or relayed links
+            atomic_write_json(self.out / "relay.json", self.net.relay_summary())
         atomic_write_json(self.out / "summary.json", node_summary(self))
         log.info("finished with status %s at round %d", self.status, self.round)
 
