@@ -9,7 +9,12 @@
   only its relayed addresses, ``<relay>/p2p-circuit/p2p/<self>``, in its signed liveness stamp;
   members dial it there. ``"public"`` (the default): it announces where it listens.
 
-Every node (public or private) can dial a relayed address and accept a relayed connection.
+* ``hole_punch = true``: DCUtR (py-libp2p's ``dcutr.py``) runs beside: a relayed link to a
+  peer that runs it too is upgraded to a direct connection where both NATs allow it (they keep
+  the source port and drop unsolicited packets); elsewhere the link stays relayed.
+
+Any node can dial a relayed address (a node with no relay role makes a dialer when it first
+needs one).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class RelayConfig:
     reachable: Reachability = Reachability.PUBLIC
     use: tuple[str, ...] = ()  # relays to reserve on (/ip4/IP/tcp/PORT/p2p/ID); else bootstrap
     check_seconds: float = 5.0  # private: how often the link to each relay is checked
+    hole_punch: bool = False  # DCUtR: upgrade relayed links to direct ones (both ends need it)
 
     def __post_init__(self) -> None:
         try:

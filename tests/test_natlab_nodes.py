@@ -5,8 +5,9 @@ circuit relay v2 (``[relay] serve = true``), and two private members at two NATe
 The e2e test runs real node processes (``python -m gossipfl node``) under ``ip netns exec`` (root,
 iproute2, iptables; else it skips). Every node process has a hard timeout; the lab is gone
 afterwards, which the test checks. The private sites' NAT answers unsolicited SYNs with a reset
-(``drop_unsolicited=False``), so no hole punch can make a direct link between them: the two private
-members can only exchange through the relay."""
+(``drop_unsolicited=False``), so no hole punch can make a direct link between them (the private
+members run DCUtR, ``hole_punch = true``, which tries and fails): the two private members can only
+exchange through the relay."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def _run_nodes(plan: NatPlan, out: Path) -> list[Path]:
         (plan.public, _node_config(1, folders[1], f"/ip4/{public}/tcp/{PORT + 1}",
                                    [relay_addr], {})),
         *[(site.host, _node_config(2 + i, folders[2 + i], f"/ip4/{site.host_ip}/tcp/{PORT}",
-                                   [relay_addr], {"reachable": "private"}))
+                                   [relay_addr], {"reachable": "private", "hole_punch": True}))
           for i, site in enumerate(plan.sites)],
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
@@ -130,8 +131,11 @@ def test_private_members_behind_nat_learn_with_public_ones_through_a_relay(
         assert infos[i]["addrs"] == [circuit_addr(relay_addr, ids[i])]
     # the private members exchanged with each other through the relay (their NATs let no
     # direct connection in), and the relay carried bytes for them
-    assert relays[2]["link_streams"][ids[3]].get("relayed", 0) > 0
-    assert relays[3]["link_streams"][ids[2]].get("relayed", 0) > 0
+    for me, other in ((2, 3), (3, 2)):
+        assert relays[me]["link_streams"][ids[other]].get("relayed", 0) > 0
+        assert relays[me]["link_streams"][ids[other]].get("direct", 0) == 0
+        # DCUtR tried (where it had finished an attempt by the end) and failed: resetting NATs
+        assert relays[me]["hole_punch"].get(ids[other]) in (None, False)
     assert relays[0]["serve"] is True and relays[0]["relayed_bytes"] > 0
     assert relays[0]["reservations_held"] == 2
     # every member counted the others as neighbours (full topology): no one trained alone

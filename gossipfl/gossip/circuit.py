@@ -9,6 +9,8 @@ What each node runs, by its ``[relay]`` section (``gossipfl/relay_config.py``):
   connection like any other: streams to that peer ride it.
 * ``serve = true``: the HOP role, with the configured limits (reservations, circuits per peer,
   bytes and seconds per circuit), and a count of the bytes it relayed.
+* ``hole_punch = true``: DCUtR beside (:class:`HolePunch`), which upgrades a relayed link to a
+  direct one where both NATs allow it.
 * ``reachable = "private"``: a reservation on each relay it can reach at start (``use``, else the
   bootstrap list's nodes; one that does not relay refuses and is skipped), kept afterwards (the
   link checked every ``check_seconds``, re-reserved when lost); the node announces only the
@@ -35,6 +37,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.relay.circuit_v2.config import RelayConfig as Libp2pRelayConfig
 from libp2p.relay.circuit_v2.config import RelayRole
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
@@ -142,6 +145,23 @@ class CountingRelay(CircuitV2Protocol):
         return data
 
 
+class HolePunch(DCUtRProtocol):
+    """py-libp2p's DCUtR, noting the outcome of each upgrade it started (peer id → whether a
+    direct connection came of it; its auto-drive loop starts them, every 2 s, towards each
+    peer it holds a relayed connection with, at most 3 attempts a peer)."""
+
+    def __init__(self, host: IHost, **timeouts: Any) -> None:
+        super().__init__(host, **timeouts)
+        self.outcomes: dict[str, bool] = {}
+
+    async def initiate_hole_punch(self, peer_id: ID) -> bool:
+        ok = await super().initiate_hole_punch(peer_id)
+        self.outcomes[str(peer_id)] = ok or self.outcomes.get(str(peer_id), False)
+        if ok:
+            log.info("direct link to %s (hole punched or dialled)", peer_id)
+        return ok
+
+
 class Circuits:
     """A host's relay roles: HOP when serving, STOP always, a relayed dialer, and (private)
     reservations kept on its relays."""
@@ -159,6 +179,8 @@ class Circuits:
         self.transport = CircuitV2Transport(
             host, self.protocol, Libp2pRelayConfig(roles=RelayRole.STOP,
                                                    limits=relay_limits(config)))
+        self.dcutr = HolePunch(host, read_timeout=10, write_timeout=10, dial_timeout=5) \
+            if config.hole_punch else None
         self.reserved: list[str] = []  # relay peer ids holding our reservation
         self.reservations_made = 0
         self.dials = {"ok": 0, "failed": 0}
@@ -170,6 +192,8 @@ class Circuits:
         public node). CircuitError when a private node reserves on no relay."""
         async with background_trio_service(self.protocol), trio.open_nursery() as nursery:
             await self.protocol.event_started.wait()
+            if self.dcutr is not None:
+                await nursery.start(self._run_dcutr)
             relayed: list[str] = []
             if self.config.private:
                 relayed = await self._reserve_all(nursery)
@@ -178,6 +202,13 @@ class Circuits:
                 yield relayed
             finally:
                 nursery.cancel_scope.cancel()
+
+    async def _run_dcutr(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        assert self.dcutr is not None
+        async with background_trio_service(self.dcutr):
+            await self.dcutr.event_started.wait()
+            task_status.started()
+            await trio.sleep_forever()
 
     async def _reserve_all(self, nursery: trio.Nursery) -> list[str]:
         if not self.relays:
@@ -273,6 +304,8 @@ class Circuits:
             "reserved_on": list(self.reserved), "reservations_made": self.reservations_made,
             "relayed_dials": dict(self.dials),
         }
+        if self.dcutr is not None:
+            found["hole_punch"] = dict(self.dcutr.outcomes)
         if self.config.serve:
             manager = self.protocol.resource_manager
             found["reservations_held"] = len(getattr(manager, "_reservations", {}))
@@ -280,6 +313,7 @@ class Circuits:
         return found
 
 
-__all__ = ["CIRCUIT", "CircuitError", "Circuits", "CountingRelay", "LinkKind", "announced",
+__all__ = ["CIRCUIT", "CircuitError", "Circuits", "CountingRelay", "HolePunch", "LinkKind",
+           "announced",
            "circuit_addr", "circuit_relay", "is_circuit", "link_kind", "relay_limits",
            "split_addrs", "stream_link_kind", "usable_circuits"]

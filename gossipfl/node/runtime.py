@@ -297,7 +297,7 @@ class Node:
         host, listen = make_host(self.identity, self.config.listen)
         relay = self.config.relay  # relay roles run only where configured (gossip/circuit.py)
         circuits = Circuits(host, relay, relay_candidates(relay, self.config.bootstrap)) \
-            if relay.serve or relay.private else None
+            if relay.serve or relay.private or relay.hole_punch else None
         return PeerNet(host, self.traffic, self.config.routes, self.read_policy, self.reaper,
                        listen, circuits)
 
