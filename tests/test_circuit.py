@@ -212,7 +212,9 @@ def _relayed_echo(tmp_path: Path, payload: bytes,
                 found["relay_keeps_private"] = relay_net.circuits.keep(  # type: ignore[union-attr]
                     str(keys["private"].peer_id))
                 found["private_keeps_relay"] = private_net.circuits.keep(  # type: ignore[union-attr]
-                    relay_id)
+                    relay_id, certified=False)  # its own relay, member or not
+                found["relay_keeps_stranger"] = relay_net.circuits.keep(  # type: ignore[union-attr]
+                    str(keys["private"].peer_id), certified=False)
                 found["reaper_sees"] = set(private_net.open_streams())
                 found["ids"] = {name: str(k.peer_id) for name, k in keys.items()}
             nursery.cancel_scope.cancel()
@@ -243,6 +245,7 @@ def test_a_private_member_is_reached_through_the_relay_end_to_end(tmp_path: Path
     assert found["relay"]["reservations_held"] == 1
     # the reservation's connection is never reaped, on either side
     assert found["relay_keeps_private"] and found["private_keeps_relay"]
+    assert not found["relay_keeps_stranger"]  # a stranger's reservation is no reason to stay
     assert ids["relay"] not in found["reaper_sees"]
 
 

@@ -230,6 +230,7 @@ class Circuits:
         pid = ID.from_base58(peer)
         maddr = multiaddr.Multiaddr(addr).decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}"))
         stream = None
+        ok: bool | None
         try:
             with trio.fail_after(RESERVE_TIMEOUT):
                 await self.host.connect(PeerInfo(pid, [maddr]))
@@ -237,15 +238,15 @@ class Circuits:
                 ok = await self.transport.reserve(stream, pid, nursery)
         except Exception as error:
             log.warning("no reservation on relay %s: %s: %s", addr, type(error).__name__, error)
-            ok = False
+            ok = None
         if stream is not None:
             with trio.move_on_after(2), contextlib.suppress(Exception):
                 await stream.close()
         if ok:
             self.reservations_made += 1
-        else:
+        elif ok is not None:
             log.warning("relay %s refused a reservation", addr)
-        return ok
+        return bool(ok)
 
     async def _keep_reserved(self, nursery: trio.Nursery) -> None:
         """Every ``check_seconds``: re-link to a relay we lost (our reservation lives as long
@@ -259,12 +260,13 @@ class Circuits:
                     log.info("lost the link to relay %s: reserving again", peer)
                     await self._reserve(peer, addr_of[peer], nursery)
 
-    def keep(self, peer: str) -> bool:
-        """Whether the connection with ``peer`` must stay open (a relay of ours; on a relay,
-        a peer holding a reservation)."""
+    def keep(self, peer: str, certified: bool = True) -> bool:
+        """Whether the connection with ``peer`` must stay open: a relay of ours (named in our
+        config), or, on a relay, a ``certified`` peer holding a reservation (a stranger's is
+        reaped like any stranger's connection, and its reservation lapses with it)."""
         if peer in self.reserved:
             return True
-        if not self.config.serve:
+        if not (self.config.serve and certified):
             return False
         try:
             return self.protocol.resource_manager.get_reservation(ID.from_base58(peer)) \

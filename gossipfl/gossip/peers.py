@@ -330,9 +330,10 @@ class PeerNet:
         """Each connected peer and the streams open on its connections."""
         counts: dict[str, int] = {}
         for pid, conns in self.host.get_network().get_connections_map().items():
-            if self.circuits is not None and self.circuits.keep(str(pid)):
-                continue  # a relay of ours, or a peer reserved on us: never reaped
-            counts[str(pid)] = sum(len(conn.get_streams()) for conn in conns)
+            peer = str(pid)
+            if self.circuits is not None and self.circuits.keep(peer, self._certified(peer)):
+                continue  # a relay of ours, or a member reserved on us: never reaped
+            counts[peer] = sum(len(conn.get_streams()) for conn in conns)
         return counts
 
     async def disconnect(self, peer_id: str) -> None:

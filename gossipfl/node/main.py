@@ -106,8 +106,15 @@ def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
         with MetricsServer(node.prom, config.metrics_port, config.metrics_addr) as metrics:
             status = NodeStatus(trio.run(functools.partial(node.run, task_status=metrics)))
     except* (NodeError, CircuitError) as group:  # raised in the node's nursery: grouped
-        for error in group.exceptions:
+        for error in _leaves(group):
             log.error("%s", error)
         status = NodeStatus.FAILED
     log.info("exit: %s (pid %d)", status, os.getpid())
     return 2 if status is NodeStatus.FAILED else 0
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The errors in ``error``, groups (nurseries nest them) opened."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
