@@ -305,3 +305,45 @@ def _leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
     return [error]
+
+
+def test_a_private_member_reserves_again_when_its_relay_link_is_lost(tmp_path: Path) -> None:
+    keys = {name: load_or_create_identity(tmp_path / f"{name}.key")[0]
+            for name in ("relay", "private")}
+    found: dict[str, Any] = {}
+
+    async def main() -> None:
+        relay_host, relay_listen = make_host(keys["relay"], ["/ip4/127.0.0.1/tcp/0"])
+        relay_net = PeerNet(relay_host, Traffic(), listen=relay_listen,
+                            circuits=Circuits(relay_host, RelayConfig(serve=True)))
+        async with relay_net.running() as relay_addrs:
+            relay_id = str(keys["relay"].peer_id)
+            host, listen = make_host(keys["private"], ["/ip4/127.0.0.1/tcp/0"])
+            config = RelayConfig(reachable=Reachability.PRIVATE, use=(relay_addrs[0],),
+                                 check_seconds=0.2)
+            net = PeerNet(host, Traffic(), listen=listen,
+                          circuits=Circuits(host, config, [(relay_id, relay_addrs[0])]))
+            async with net.running():
+                circuits = net.circuits
+                assert circuits is not None
+                found["first"] = circuits.reservations_made
+                await net.disconnect(relay_id)  # the link (and with it the reservation) lost
+                found["lost"] = not host.get_network().get_connections(
+                    keys["relay"].peer_id)
+                for _ in range(100):  # bounded: 100 looks, 0.1 s apart
+                    if circuits.reservations_made > found["first"]:
+                        break
+                    await trio.sleep(0.1)
+                found["again"] = circuits.reservations_made
+                found["held"] = relay_net.relay_summary()["reservations_held"]
+                found["relay_keeps"] = relay_net.circuits.keep(  # type: ignore[union-attr]
+                    str(keys["private"].peer_id))
+
+    async def bounded() -> None:
+        with trio.fail_after(40):
+            await main()
+
+    trio.run(bounded)
+    assert found["first"] == 1 and found["lost"]
+    assert found["again"] == 2  # linked and reserved again by itself
+    assert found["held"] == 1 and found["relay_keeps"]  # the relay holds it (connected again)
