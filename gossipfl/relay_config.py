@@ -140,6 +140,10 @@ def check_relay(relay: RelayConfig, listen: Sequence[str], bootstrap: Sequence[s
     _require(not relay.serve or concrete_listen(listen),
              "relay.serve: peers must dial this node, so listen needs a concrete IP address "
              "(e.g. /ip4/198.18.0.1/tcp/4001), not only 0.0.0.0 or ::")
+    _require(not relay.hole_punch or concrete_listen(listen),
+             "relay.hole_punch: DCUtR advertises the addresses this node listens on when no "
+             "relay has observed it, so listen needs a concrete IP address, not only 0.0.0.0 "
+             "or ::")
     _require(not relay.private or bool(relay_candidates(relay, bootstrap)),
              "relay.reachable = \"private\" needs a relay: name one in relay.use or in "
              "bootstrap (/ip4/IP/tcp/PORT/p2p/PEER_ID)")

@@ -79,6 +79,7 @@ def test_relay_config_defaults_parse_and_limits() -> None:
     ({"use": [f"/ip4/0.0.0.0/tcp/4001/p2p/{RELAY}"]}, {}, "unspecified address"),
     ({"reachable": "private"}, {}, "needs a relay"),
     ({"serve": True}, {"listen": ["/ip4/0.0.0.0/tcp/4001"]}, "needs a concrete IP"),
+    ({"hole_punch": True}, {"listen": ["/ip4/0.0.0.0/tcp/4001"]}, "needs a concrete IP"),
 ])
 def test_bad_relay_config_is_refused_with_a_clear_message(
         relay: dict[str, Any], top: dict[str, Any], says: str) -> None:
