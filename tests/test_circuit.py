@@ -348,3 +348,64 @@ def test_a_private_member_reserves_again_when_its_relay_link_is_lost(tmp_path: P
     assert found["first"] == 1 and found["lost"]
     assert found["again"] == 2  # linked and reserved again by itself
     assert found["held"] == 1 and found["relay_keeps"]  # the relay holds it (connected again)
+
+
+async def _echo_once(net: PeerNet, peer: str, addrs: list[str], payload: bytes) -> bool:
+    channel = await net.open(peer, tuple(addrs), ECHO)
+    await channel.stream.write(struct.pack(">I", len(payload)) + payload)
+    (size,) = struct.unpack(">I", await _read_exactly(channel, 4))
+    return await _read_exactly(channel, size) == payload
+
+
+def test_one_circuits_end_leaves_another_to_the_same_member_open(tmp_path: Path) -> None:
+    """Two members reach a private one through the relay; one of the two links is closed. In
+    py-libp2p 0.8.1 the relay then also closed the other circuit (its circuits are filed by
+    peer id); CountingRelay confines each circuit's end to itself."""
+    keys = {name: load_or_create_identity(tmp_path / f"{name}.key")[0]
+            for name in ("relay", "private", "a", "c")}
+    found: dict[str, Any] = {"got": []}
+
+    async def main() -> None:
+        hosts = {name: make_host(k, ["/ip4/127.0.0.1/tcp/0"]) for name, k in keys.items()}
+        relay_host, relay_listen = hosts["relay"]
+        relay_net = PeerNet(relay_host, Traffic(), listen=relay_listen,
+                            circuits=Circuits(relay_host, RelayConfig(serve=True)))
+        async with relay_net.running() as relay_addrs:
+            relay_id = str(keys["relay"].peer_id)
+            private_host, private_listen = hosts["private"]
+            private_net = PeerNet(private_host, Traffic(), listen=private_listen,
+                                  circuits=Circuits(private_host, RelayConfig(
+                                      reachable=Reachability.PRIVATE, use=(relay_addrs[0],)),
+                                      [(relay_id, relay_addrs[0])]))
+            a_net = PeerNet(hosts["a"][0], Traffic(), listen=hosts["a"][1])
+            c_net = PeerNet(hosts["c"][0], Traffic(), listen=hosts["c"][1])
+            async with private_net.running() as private_addrs, a_net.running(), \
+                    c_net.running():
+                async def serve(channel: Channel) -> None:
+                    await _echo(channel, found["got"])
+
+                private_net.serve(ECHO, serve)
+                private = str(keys["private"].peer_id)
+                payload = b"x" * 1000
+                found["a"] = await _echo_once(a_net, private, private_addrs, payload)
+                found["c"] = await _echo_once(c_net, private, private_addrs, payload)
+                await private_net.disconnect(str(keys["a"].peer_id))  # a's link ends
+                for _ in range(10):  # bounded: 10 looks, 0.1 s apart (the relay's clean-up)
+                    if not a_net.host.get_network().get_connections(keys["private"].peer_id):
+                        break
+                    await trio.sleep(0.1)
+                await trio.sleep(0.5)
+                found["c_still"] = len(c_net.host.get_network().get_connections(
+                    keys["private"].peer_id))
+                with trio.move_on_after(10):
+                    found["c_again"] = await _echo_once(c_net, private, private_addrs, payload)
+                found["c_dials"] = c_net.relay_summary()["relayed_dials"]
+
+    async def bounded() -> None:
+        with trio.fail_after(60):
+            await main()
+
+    trio.run(bounded)
+    assert found["a"] and found["c"]
+    assert found["c_still"] == 1  # c's circuit outlived a's
+    assert found.get("c_again") is True and found["c_dials"] == {"ok": 1, "failed": 0}

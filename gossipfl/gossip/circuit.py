@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -133,7 +134,17 @@ def stream_link_kind(stream: Any) -> LinkKind:
 # -- the running part ------------------------------------------------------------------------------
 
 class CountingRelay(CircuitV2Protocol):
-    """py-libp2p's relay protocol, counting the bytes it relays (both ways, all circuits)."""
+    """py-libp2p's relay protocol, counting the bytes it relays (both ways, all circuits), with
+    one circuit's end confined to that circuit.
+
+    py-libp2p 0.8.1 keeps its open circuits by peer id (``_active_relays``), and each relaying
+    task, when it ends, closes the streams filed under its peer's id: those of the latest
+    circuit to that peer, often another one. So when one of two circuits to a private member
+    ended (its peer left, or a connection was reaped as idle), the other died with it, and a new
+    circuit made at once could be closed by the old one's clean-up (both seen on loopback).
+    :meth:`_relay_data` here is py-libp2p's loop (duration and data limits, write timeout) whose
+    end closes only its own circuit's two streams and drops only that circuit's entries.
+    """
 
     relayed_bytes = 0
 
@@ -143,6 +154,38 @@ class CountingRelay(CircuitV2Protocol):
         if data:
             self.relayed_bytes += len(data)
         return data
+
+    async def _relay_data(self, src_stream: INetStream, dst_stream: INetStream, peer_id: ID,
+                          deadline: float | None = None,
+                          circuit_data_limit: list[int] | None = None) -> None:
+        try:
+            while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    log.warning("relay: circuit of %s past its duration limit: reset", peer_id)
+                    await src_stream.reset()
+                    await dst_stream.reset()
+                    return
+                data = await self._read_stream_with_retry(src_stream)
+                if not data:
+                    break
+                if circuit_data_limit is not None:
+                    if len(data) > circuit_data_limit[0]:
+                        log.warning("relay: circuit of %s past its data limit: reset", peer_id)
+                        await src_stream.reset()
+                        await dst_stream.reset()
+                        return
+                    circuit_data_limit[0] -= len(data)
+                with trio.fail_after(self.write_timeout):
+                    await dst_stream.write(data)
+        except Exception as error:  # a stream reset or closed, a write timed out: it ends
+            log.debug("relay: circuit of %s ends: %s: %s", peer_id, type(error).__name__, error)
+        finally:
+            for key, (first, second) in list(self._active_relays.items()):
+                if first in (src_stream, dst_stream) or second in (src_stream, dst_stream):
+                    del self._active_relays[key]
+            with trio.move_on_after(self.close_timeout):
+                await self._close_stream(src_stream)
+                await self._close_stream(dst_stream)
 
 
 class HolePunch(DCUtRProtocol):
