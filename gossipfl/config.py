@@ -25,6 +25,7 @@ from gossipfl.config_io import (  # noqa: F401 (re-exported)
 )
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
+from gossipfl.relay_config import RelayConfig, check_relay
 
 DATASETS = ("digits", "wine", "breast_cancer", "iris", "mnist1d", "npz")
 PARTITIONS = ("iid", "dirichlet", "shards", "none")
@@ -432,6 +433,7 @@ class NodeConfig:
     robust: RobustConfig = field(default_factory=RobustConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     # peer id → multiaddr to dial that peer through (a relay): a routed peer is dialled there
     # only, never at the addresses it advertises
     routes: dict[str, str] = field(default_factory=dict, hash=False)
@@ -461,6 +463,7 @@ class NodeConfig:
         _require(bool(self.federation) and len(self.federation) <= 64,
                  "federation must be 1 to 64 characters")
         _require(len(self.listen) >= 1, "listen needs at least one multiaddr")
+        check_relay(self.relay, self.listen, self.bootstrap)
         _require(self.node_count >= 1, "node_count must be at least 1")
         _require(0 <= self.node_index < self.node_count, "node_index must be in [0, node_count)")
         _require(self.expected_members >= 0, "expected_members must be >= 0")

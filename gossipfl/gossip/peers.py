@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import multiaddr
 import trio
@@ -17,13 +18,23 @@ from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from gossipfl.gossip.circuit import (
+    Circuits,
+    LinkKind,
+    announced,
+    is_circuit,
+    stream_link_kind,
+    usable_circuits,
+)
 from gossipfl.gossip.framing import BufferedReader, ByteStream, read_frame, write_frame
 from gossipfl.gossip.ratelimit import InFlight
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, M, Message, WireError
+from gossipfl.relay_config import RelayConfig
 
 log = logging.getLogger(__name__)
 
 ADDR_TTL_SECONDS = 3600
+LINK_PEERS = 1024  # peers whose streams are counted per kind of link (relay.json)
 
 
 @dataclass
@@ -168,14 +179,24 @@ class PeerNet:
     ``routes`` maps a peer id to the one address to dial it at (a relay that forwards to it): a
     routed peer is never dialled at the addresses it advertises, whoever told us them (heartbeats,
     bootstrap lists, libp2p's identify), so everything we send it passes the relay.
+
+    ``circuits``: circuit relay v2 (``gossip/circuit.py``), for a node that serves as a relay
+    or cannot be dialled (a private node announces its relayed addresses only). A peer whose
+    addresses are relayed ones (``.../p2p-circuit/p2p/PEER``) is dialled at its direct
+    addresses first, if any, then through its relays (a node with no relay role of its own
+    makes a dialer for that when first needed).
     """
 
     def __init__(self, host: IHost, traffic: Traffic,
                  routes: Mapping[str, str] | None = None,
                  policy: ReadPolicy | None = None,
                  reaper: ConnectionReaper | None = None,
-                 listen: Sequence[multiaddr.Multiaddr] = ()) -> None:
+                 listen: Sequence[multiaddr.Multiaddr] = (),
+                 circuits: Circuits | None = None) -> None:
         self.host = host
+        self.circuits = circuits
+        # streams opened either way, per peer and per kind of connection they rode
+        self.link_streams: dict[str, dict[str, int]] = {}
         self.listen = list(listen)
         self.traffic = traffic
         self.policy = policy
@@ -190,12 +211,33 @@ class PeerNet:
         """Listen (on the addresses given at construction) until the block ends; yields the
         addresses the host listens on."""
         async with self.host.run(listen_addrs=self.listen):
-            yield [str(a) for a in self.host.get_addrs()]
+            listening = [str(a) for a in self.host.get_addrs()]
+            if self.circuits is None:
+                yield listening
+                return
+            async with self.circuits.running() as relayed:
+                yield announced(listening, relayed, self.circuits.config.private)
+
+    def _count(self, peer: str, stream: Any) -> None:
+        if peer not in self.link_streams and len(self.link_streams) >= LINK_PEERS:
+            return  # a crowd of strangers does not grow the table
+        kinds = self.link_streams.setdefault(peer, {})
+        kind = stream_link_kind(stream).value
+        kinds[kind] = kinds.get(kind, 0) + 1
+
+    def relay_summary(self) -> dict[str, Any]:
+        """The relay roles' figures (when the node has any, or dialled through a relay) and,
+        per peer, the streams that rode a direct or a relayed connection."""
+        roles = {} if self.circuits is None else self.circuits.summary()
+        return {**roles, "link_streams": self.link_streams,
+                "relayed_peers": sorted(p for p, kinds in self.link_streams.items()
+                                        if kinds.get(LinkKind.RELAYED.value))}
 
     def serve(self, protocol: str, handler: Callable[[Channel], Awaitable[None]]) -> None:
         """Serve ``protocol``: each stream a peer opens is handed to ``handler`` as a
         :class:`Channel` (its frames read under the read policy)."""
         async def on_stream(stream: INetStream) -> None:
+            self._count(str(stream.muxed_conn.peer_id), stream)
             await handler(Channel(stream, self.traffic, self.policy))
 
         self.host.set_stream_handler(protocol, on_stream)
@@ -212,6 +254,8 @@ class PeerNet:
             return pid, self._pin_route(pid, peer_id)
         maddrs = []
         for addr in addrs:
+            if is_circuit(addr):  # dialled by the relay roles, never by the swarm
+                continue
             try:
                 maddr = multiaddr.Multiaddr(addr)
             except Exception:
@@ -255,19 +299,41 @@ class PeerNet:
         pinned = peer_id not in self.routes and not self._certified(peer_id)
         if pinned:
             self._pin(pid, maddrs)
-        await self.host.connect(PeerInfo(pid, maddrs))
+        await self._connect(pid, peer_id, maddrs, addrs)
         if peer_id in self.routes:
             self._pin_route(pid, peer_id)  # new_stream redials from the peerstore if need be
         elif pinned:
             self._pin(pid, maddrs)
         stream = await self.host.new_stream(pid, [protocol])
+        self._count(peer_id, stream)
         return Channel(stream, self.traffic, self.policy)
+
+    async def _connect(self, pid: ID, peer_id: str, maddrs: list[multiaddr.Multiaddr],
+                       addrs: tuple[str, ...]) -> None:
+        """Dial ``peer_id`` (no-op when connected): directly, then through its relays."""
+        circuits = () if peer_id in self.routes else \
+            usable_circuits(addrs, str(self.host.get_id()))
+        if not circuits or self.host.get_network().get_connections(pid):
+            await self.host.connect(PeerInfo(pid, maddrs))
+            return
+        if maddrs:
+            try:
+                await self.host.connect(PeerInfo(pid, maddrs))
+                return
+            except Exception as error:
+                log.debug("direct dial of %s failed (%s): trying its relays", peer_id, error)
+        if self.circuits is None:  # a node with no relay role of its own: a dialer only
+            self.circuits = Circuits(self.host, RelayConfig())
+        await self.circuits.dial(peer_id, circuits)
 
     def open_streams(self) -> dict[str, int]:
         """Each connected peer and the streams open on its connections."""
         counts: dict[str, int] = {}
         for pid, conns in self.host.get_network().get_connections_map().items():
-            counts[str(pid)] = sum(len(conn.get_streams()) for conn in conns)
+            peer = str(pid)
+            if self.circuits is not None and self.circuits.keep(peer, self._certified(peer)):
+                continue  # a relay of ours, or a member reserved on us: never reaped
+            counts[peer] = sum(len(conn.get_streams()) for conn in conns)
         return counts
 
     async def disconnect(self, peer_id: str) -> None:

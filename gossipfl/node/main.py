@@ -77,6 +77,7 @@ def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
     log.info("identity %s (%s key file %s)", identity.peer_id,
              "created" if created else "loaded", config.key_file)
 
+    from gossipfl.gossip.circuit import CircuitError
     from gossipfl.node.learner import LocalLearner
     from gossipfl.node.runtime import Node, NodeError
     from gossipfl.node.security import SecurityError
@@ -104,9 +105,16 @@ def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
     try:
         with MetricsServer(node.prom, config.metrics_port, config.metrics_addr) as metrics:
             status = NodeStatus(trio.run(functools.partial(node.run, task_status=metrics)))
-    except* NodeError as group:  # raised inside the node's nursery, so it comes grouped
-        for error in group.exceptions:
+    except* (NodeError, CircuitError) as group:  # raised in the node's nursery: grouped
+        for error in _leaves(group):
             log.error("%s", error)
         status = NodeStatus.FAILED
     log.info("exit: %s (pid %d)", status, os.getpid())
     return 2 if status is NodeStatus.FAILED else 0
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The errors in ``error``, groups (nurseries nest them) opened."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]

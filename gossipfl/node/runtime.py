@@ -37,6 +37,7 @@ from gossipfl.config import NodeConfig, Weighting
 from gossipfl.crypto.admission import identity_signing_key
 from gossipfl.crypto.identity import Identity
 from gossipfl.gossip.cert_holders import CertHolders
+from gossipfl.gossip.circuit import Circuits
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import STAMP_REFRESH, Membership
@@ -70,6 +71,7 @@ from gossipfl.node.streams import serve_requests
 from gossipfl.node.summary import node_summary, peak_rss_bytes, process_age
 from gossipfl.node.termination import SettleState
 from gossipfl.privacy.dp import noise_generator
+from gossipfl.relay_config import relay_candidates
 
 log = logging.getLogger("gossipfl.node")
 
@@ -297,8 +299,11 @@ class Node:
             return self.network.attach(self.peer_id, self.traffic, self.read_policy,
                                        tuple(self.config.listen))
         host, listen = make_host(self.identity, self.config.listen)
+        relay = self.config.relay  # relay roles run only where configured (gossip/circuit.py)
+        circuits = Circuits(host, relay, relay_candidates(relay, self.config.bootstrap)) \
+            if relay.serve or relay.private or relay.hole_punch else None
         return PeerNet(host, self.traffic, self.config.routes, self.read_policy, self.reaper,
-                       listen)
+                       listen, circuits)
 
     def serve_protocols(self, transport: Transport) -> None:
         """Register the node's handlers (each guarded: deadline, read policy, rate limits)."""
@@ -355,6 +360,8 @@ class Node:
             log.warning("stopped before its saved state was loaded: the checkpoint on disk is "
                         "left as it was")
         self.role.write(self.out)
+        if isinstance(self.net, PeerNet):  # circuit relay v2 roles; direct or relayed links
+            atomic_write_json(self.out / "relay.json", self.net.relay_summary())
         atomic_write_json(self.out / "summary.json", node_summary(self))
         log.info("finished with status %s at round %d", self.status, self.round)
 

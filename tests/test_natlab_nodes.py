@@ -1,0 +1,143 @@
+"""gossipfl nodes across real NAT (gossipfl/scenario/natlab.py): two public members, one of them a
+circuit relay v2 (``[relay] serve = true``), and two private members at two NATed sites
+(``reachable = "private"``) that reserve on it and announce only their relayed addresses.
+
+The e2e test runs real node processes (``python -m gossipfl node``) under ``ip netns exec`` (root,
+iproute2, iptables; else it skips). Every node process has a hard timeout; the lab is gone
+afterwards, which the test checks. The private sites' NAT answers unsolicited SYNs with a reset
+(``drop_unsolicited=False``), so no hole punch can make a direct link between them (the private
+members run DCUtR, ``hole_punch = true``, which tries and fails): the two private members can only
+exchange through the relay."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gossipfl.config_io import dump_toml
+from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.gossip.circuit import circuit_addr
+from gossipfl.node.checkpoint import load_checkpoint
+from gossipfl.scenario.natlab import NatPlan, nat_lab, probe
+
+ROOT = Path(__file__).resolve().parent.parent
+PORT = 4001
+ROUNDS = 4
+NODE_TIMEOUT = 150  # seconds a node process may run (each is killed after it)
+
+
+@pytest.fixture(scope="module")
+def can_make_nat() -> None:
+    reason = probe()
+    if reason is not None:
+        pytest.skip(f"cannot build a NAT lab here: {reason}")
+
+
+def _left_behind(plan: NatPlan) -> list[str]:
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                           check=True).stdout
+    return [line for line in names.splitlines() if line.startswith(plan.prefix)]
+
+
+def _node_config(index: int, folder: Path, listen: str, bootstrap: list[str],
+                 relay: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "federation": "natlab", "key_file": str(folder / "node.key"),
+        "out_dir": str(folder), "listen": [listen], "bootstrap": bootstrap,
+        "node_index": index, "node_count": 4, "expected_members": 4, "rounds": ROUNDS,
+        "seed": 1, "keep_round_models": False,
+        "data": {"dataset": "digits", "partition": "dirichlet", "alpha": 0.5},
+        "model": {"name": "mlp", "hidden": [32]},
+        "train": {"optimizer": "momentum", "learning_rate": 0.05, "local_epochs": 2},
+        "topology": {"kind": "full"},
+        "protocol": {"round_timeout": 30.0, "heartbeat_interval": 0.5, "member_timeout": 8.0,
+                     "consensus_tolerance": 1e-4, "max_consensus_rounds": 60},
+        "relay": relay,
+    }
+
+
+def _run_nodes(plan: NatPlan, out: Path) -> list[Path]:
+    """Relay (node 0) and a public member (node 1) on the public host, a private member at
+    each site (nodes 2, 3); every process waited for (or killed) here."""
+    public = plan.public_ip
+    folders = [out / f"node-{i}" for i in range(4)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    relay_id = load_or_create_identity(folders[0] / "node.key")[0].peer_id
+    relay_addr = f"/ip4/{public}/tcp/{PORT}/p2p/{relay_id}"
+    configs = [
+        (plan.public, _node_config(0, folders[0], f"/ip4/{public}/tcp/{PORT}", [],
+                                   {"serve": True, "circuit_bytes": 64 << 20})),
+        (plan.public, _node_config(1, folders[1], f"/ip4/{public}/tcp/{PORT + 1}",
+                                   [relay_addr], {})),
+        *[(site.host, _node_config(2 + i, folders[2 + i], f"/ip4/{site.host_ip}/tcp/{PORT}",
+                                   [relay_addr], {"reachable": "private", "hole_punch": True}))
+          for i, site in enumerate(plan.sites)],
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    procs = []
+    try:
+        for namespace, config in configs:
+            folder = Path(config["out_dir"])
+            (folder / "node.toml").write_text(dump_toml(config))
+            with open(folder / "stderr.txt", "wb") as err:
+                procs.append(subprocess.Popen(
+                    ["ip", "netns", "exec", namespace, "timeout", "-k", "5", str(NODE_TIMEOUT),
+                     sys.executable, "-m", "gossipfl", "node", "--config",
+                     str(folder / "node.toml"), "--log-level", "INFO"],
+                    stdout=subprocess.DEVNULL, stderr=err, env=env))
+        for proc in procs:
+            proc.wait(timeout=NODE_TIMEOUT + 20)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    return folders
+
+
+def _read(folder: Path, name: str) -> dict[str, Any]:
+    path = folder / name
+    assert path.exists(), f"{path} missing; stderr: {(folder / 'stderr.txt').read_text()[-3000:]}"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.e2e
+def test_private_members_behind_nat_learn_with_public_ones_through_a_relay(
+        can_make_nat: None, tmp_path: Path) -> None:
+    with nat_lab(2, drop_unsolicited=False) as plan:
+        folders = _run_nodes(plan, tmp_path)
+    assert _left_behind(plan) == []
+    summaries = [_read(f, "summary.json") for f in folders]
+    relays = [_read(f, "relay.json") for f in folders]
+    infos = [_read(f, "node.json") for f in folders]
+    ids = [s["peer_id"] for s in summaries]
+    assert [s["status"] for s in summaries] == ["done"] * 4
+    assert min(s["final_accuracy"] for s in summaries) > 0.8
+    # one model: the final estimates agree
+    finals = [load_checkpoint(f / "final.npz").model for f in folders]
+    assert max(float(np.max(np.abs(p - finals[0]))) for p in finals) < 1e-3
+    # each private member reserved on the relay and announced (signed) its relayed address only
+    relay_addr = f"/ip4/{plan.public_ip}/tcp/{PORT}/p2p/{ids[0]}"
+    for i in (2, 3):
+        assert relays[i]["reserved_on"] == [ids[0]]
+        assert infos[i]["addrs"] == [circuit_addr(relay_addr, ids[i])]
+    # the private members exchanged with each other through the relay (their NATs let no
+    # direct connection in), and the relay carried bytes for them
+    for me, other in ((2, 3), (3, 2)):
+        assert relays[me]["link_streams"][ids[other]].get("relayed", 0) > 0
+        assert relays[me]["link_streams"][ids[other]].get("direct", 0) == 0
+        # DCUtR tried (where it had finished an attempt by the end) and failed: resetting NATs
+        assert relays[me]["hole_punch"].get(ids[other]) in (None, False)
+    assert relays[0]["serve"] is True and relays[0]["relayed_bytes"] > 0
+    assert relays[0]["reservations_held"] == 2
+    # every member counted the others as neighbours (full topology): no one trained alone
+    for i, summary in enumerate(summaries):
+        assert set(summary["neighbours"]) == set(ids) - {ids[i]}
