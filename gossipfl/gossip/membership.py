@@ -378,6 +378,7 @@ class Membership:
               freshest: bool = False, held: frozenset[int] = frozenset(),
               certificate: Callable[[str], bytes] | None = None,
               known: Callable[[str], bool] | None = None,
+              current: Callable[[str, bytes], bool] | None = None,
               ) -> tuple[tuple[MemberInfo, ...], int, int]:
         """The vouched entries changed after version ``since`` (0: the whole table), oldest
         change first, at most ``limit`` of them, but those whose tag is in ``held`` (the
@@ -386,7 +387,8 @@ class Membership:
         (``since`` then moves up to just before them). ``certificate``: each entry's
         certificate to carry (an entry without one is left out, as uncertified); ``known``:
         whether the receiver holds a member's certificate already (its entry then goes
-        without it; :mod:`gossipfl.gossip.cert_holders`).
+        without it; :mod:`gossipfl.gossip.cert_holders`); ``current(member, stamp)``: whether
+        the receiver holds what the entry says (it is left out, as held).
 
         >>> table = Membership("me", timeout=10.0)
         >>> for i in range(4):
@@ -404,7 +406,8 @@ class Membership:
             entry = self._members[peer_id]
             if entry.version <= since:
                 break
-            if entry.vouched and entry.tag not in held:
+            if entry.vouched and entry.tag not in held and not (
+                    current is not None and current(peer_id, entry.stamp)):
                 changed.append((peer_id, entry))
             if freshest and len(changed) == limit:
                 since = max(since, entry.version - 1)
@@ -427,6 +430,7 @@ class Membership:
                  held: frozenset[int] | None = None,
                  certificate: Callable[[str], bytes] | None = None,
                  known: Callable[[str], bool] | None = None,
+                 current: Callable[[str, bytes], bool] | None = None,
                  ) -> tuple[tuple[MemberInfo, ...], tuple[int, int, int], bytes]:
         """What a heartbeat to ``peer_id`` says of the table: (members, (epoch, since, upto),
         digest); ``wide``: a heartbeat's worth may go, else the freshest ``EXTRA_WINDOW``.
@@ -439,7 +443,7 @@ class Membership:
         members, since, upto = self.delta(
             now, since, GOSSIP_WINDOW if wide and not blind else EXTRA_WINDOW,
             freshest=not wide or blind, held=held or frozenset(), certificate=certificate,
-            known=known)
+            known=known, current=current)
         pull = held is None and wide and self.ack_for(peer_id)[1] == 0
         return members, (self.epoch, since, upto), self.digest() if pull else b""
 

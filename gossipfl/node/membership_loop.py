@@ -52,7 +52,8 @@ def heartbeat(node: Node, peer: str = "", held: frozenset[int] | None = None) ->
         trio.current_time(), peer, wide=node.topology is None or peer in node.neighbours,
         held=held,
         certificate=node.security.certificate_bytes if node.security.enabled else None,
-        known=lambda member: node.cert_holders.holds(peer, member))
+        known=lambda member: node.cert_holders.holds(peer, member),
+        current=lambda member, stamp: node.cert_holders.current(peer, member, stamp))
     return Heartbeat(
         federation=node.config.federation, sender=node.peer_id, addrs=tuple(node.addrs),
         members=members, round=node.round,
@@ -90,7 +91,8 @@ def absorb(node: Node, beat: Heartbeat) -> None:
     note_peer_round(node, beat.sender, beat.round, beat.status)
     node.membership.acked(beat.sender, beat.ack)
     if node.security.enabled:  # it lists only members whose certificates it holds
-        node.cert_holders.note(beat.sender, beat.table[0], (m.peer_id for m in beat.members))
+        node.cert_holders.note(beat.sender, beat.table[0],
+                               ((m.peer_id, m.stamp) for m in beat.members))
     hearsay = node.security.hearsay(beat.members)
     for peer in node.membership.merge(hearsay, now, reporter=beat.sender,
                                       vouched=node.security.enabled):
