@@ -238,7 +238,7 @@ async def measure(net: PeerNet, receiver: Peer, addrs: tuple[str, ...], protocol
 
 
 async def run(sizes: list[int], reps: int, profile: str | None = None,
-              sort: str = "tottime") -> list[dict[str, Any]]:
+              sort: str = "tottime", rows_shown: int = 18) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         peers = make_peers(Path(tmp), NEIGHBOURS + 1)
@@ -269,7 +269,8 @@ async def run(sizes: list[int], reps: int, profile: str | None = None,
                 if profiler is not None:
                     print(f"\n-- cProfile: {profile} exchanges, {size:,} parameters (sender and "
                           f"receiver), by {sort} --")
-                    pstats.Stats(profiler, stream=sys.stdout).sort_stats(sort).print_stats(18)
+                    stats = pstats.Stats(profiler, stream=sys.stdout).sort_stats(sort)
+                    stats.print_stats(rows_shown)
     return rows
 
 
@@ -280,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=("plain", "contribution-clear", "contribution",
                                               "masked"), help="cProfile this path's exchanges")
     parser.add_argument("--sort", default="tottime", help="the profile's order (pstats key)")
+    parser.add_argument("--rows", type=int, default=18, help="the profile's lines shown")
     args = parser.parse_args(argv)
-    rows = trio.run(run, args.sizes, args.reps, args.profile, args.sort)
+    rows = trio.run(run, args.sizes, args.reps, args.profile, args.sort, args.rows)
     names = ("plain", "contribution-clear", "contribution", "masked")
     for clock, column in (("wall", 0), ("CPU", 1)):
         print(f"\n{clock:>4} {'parameters':>10}  " + "  ".join(f"{n:>22}" for n in names))

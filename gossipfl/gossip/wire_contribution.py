@@ -27,12 +27,14 @@ from gossipfl.gossip.wire_fields import (
     MAX_TENSOR_DIMS,
     MAX_TENSOR_ELEMENTS,
     MAX_TENSORS,
+    Binary,
     WireError,
     check_bool,
     check_code,
     check_float,
     check_int,
     check_str,
+    is_binary,
 )
 
 # -- arrays -------------------------------------------------------------------------------------
@@ -47,7 +49,7 @@ class Tensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    data: bytes
+    data: Binary  # a large array's data, as decoded, is a read-only view of its frame
 
     @classmethod
     def from_array(cls, name: str, array: np.ndarray) -> Tensor:
@@ -78,7 +80,7 @@ class Tensor:
         dims = tuple(check_int(d, f"tensor {name!r} dimension", 0, 2**31) for d in shape)
         if math.prod(max(d, 1) for d in dims) > MAX_TENSOR_ELEMENTS:
             raise WireError(f"tensor {name!r}: shape {dims} is too large")
-        if not isinstance(data, bytes):
+        if not is_binary(data):
             raise WireError(f"tensor {name!r}: data must be bytes")
         expected = math.prod(dims) * _DTYPES[dtype].itemsize
         if len(data) != expected:
@@ -117,8 +119,8 @@ class Packed:
     codec: str
     size: int
     scale: float
-    values: bytes
-    indices: bytes = b""
+    values: Binary
+    indices: Binary = b""
 
     def values_array(self) -> np.ndarray:
         return np.frombuffer(self.values, dtype=PACKED_CODECS[self.codec])
@@ -147,7 +149,7 @@ class Packed:
             raise WireError(f"packed codec {codec!r} is unknown")
         size = check_int(size, "packed size", 0, MAX_TENSOR_ELEMENTS)
         scale = check_float(scale, "packed scale")
-        if not isinstance(values, bytes) or not isinstance(indices, bytes):
+        if not is_binary(values) or not is_binary(indices):
             raise WireError("packed values and indices must be bytes")
         itemsize = PACKED_CODECS[codec].itemsize
         if len(values) % itemsize:
@@ -334,16 +336,16 @@ class Sealed:
     round: int
     sender: str
     receiver: str
-    data: bytes
+    data: Binary | bytearray  # as decoded, a large envelope is a read-only view of its frame
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {"round": self.round, "sender": self.sender, "receiver": self.receiver,
-                "data": self.data}
+                "data": self.data}  # last: a frame's pieces are its header and the envelope
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Sealed:
         data = body["data"]
-        if not isinstance(data, bytes):
+        if not is_binary(data):
             raise WireError("sealed data must be bytes")
         return cls(
             federation=federation,
