@@ -72,6 +72,8 @@ def test_pieces_are_the_msgpack_bytes(message: Any) -> None:
     large = [p for p in pieces if len(p) >= VIEW_MIN_BYTES]
     assert all(isinstance(p, memoryview) for p in large)  # referred to, never copied
     assert b"".join(encode_frame_pieces(message)) == encode_frame(message)
+    if not large:  # nothing to refer to: msgpack's own packer, in one piece
+        assert pieces == [encode_body(message)]
 
 
 def test_pieces_refer_to_the_binaries_without_copying() -> None:

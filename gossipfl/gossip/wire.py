@@ -184,9 +184,24 @@ def encode_body_pieces(message: Message) -> list[Buffer]:
     """:func:`encode_body` as pieces: each binary field of :data:`VIEW_MIN_BYTES` or more
     (tensor data, an envelope) referred to, not copied; ``b"".join`` of them is
     :func:`encode_body`'s bytes."""
+    if not _has_large_binary(message):  # msgpack's own packer: faster for small fields
+        return [encode_body(message)]
     body = {"v": WIRE_VERSION, "t": message.KIND, "fed": message.federation}
     body.update(message._fields_to_wire())
     return pack_pieces(body)
+
+
+def _has_large_binary(message: Message) -> bool:
+    """Whether ``message`` holds a binary field of :data:`VIEW_MIN_BYTES` or more (only
+    contributions, sealed messages and masked inputs carry any)."""
+    if isinstance(message, (Sealed, MaskedInput)):
+        return item_len(message.data) >= VIEW_MIN_BYTES
+    if isinstance(message, Contribution):
+        packed = message.packed
+        return (any(item_len(t.data) >= VIEW_MIN_BYTES for t in message.tensors)
+                or (packed is not None and max(item_len(packed.values),
+                                               item_len(packed.indices)) >= VIEW_MIN_BYTES))
+    return False
 
 
 def encode_frame_pieces(message: Message,
@@ -195,7 +210,7 @@ def encode_frame_pieces(message: Message,
     envelope, then the envelope itself, not copied (see :func:`encode_body_pieces`); for any
     other kind, the header and the body. Raises :class:`WireError` if the frame would exceed
     ``max_bytes``."""
-    if not isinstance(message, Sealed):  # msgpack's own packer: faster for many small fields
+    if not isinstance(message, Sealed) or not _has_large_binary(message):
         return list(encode_frame_parts(message, max_bytes))
     pieces = encode_body_pieces(message)
     length = sum(item_len(piece) for piece in pieces)
