@@ -117,8 +117,8 @@ def contribution(sender: str, receiver: str, r: int, layout: Layout,
     return Contribution(
         federation=FEDERATION, round=r, sender=sender, receiver=receiver, degree=NEIGHBOURS,
         kind="full", base_round=-1, disagreement=0.1, done=False,
-        tensors=layout.to_tensors(vector), packed=None, training=True, depth=0, horizon=3,
-        waiting=0, examples=100,
+        tensors=layout.to_tensors(vector, copy=False), packed=None, training=True, depth=0,
+        horizon=3, waiting=0, examples=100,
     )
 
 

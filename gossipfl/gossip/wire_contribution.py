@@ -52,11 +52,15 @@ class Tensor:
     data: Binary  # a large array's data, as decoded, is a read-only view of its frame
 
     @classmethod
-    def from_array(cls, name: str, array: np.ndarray) -> Tensor:
+    def from_array(cls, name: str, array: np.ndarray, *, copy: bool = True) -> Tensor:
+        """The tensor of ``array``: its bytes copied, or (``copy=False``) a read-only view of
+        them (of a C-contiguous array's own memory): then the message must be encoded (sent or
+        sealed) before anything writes to ``array``."""
         contiguous = np.ascontiguousarray(array)
         if contiguous.dtype.name not in ALLOWED_DTYPES:
             raise WireError(f"tensor {name!r}: dtype {contiguous.dtype.name} is not allowed")
-        return cls(name, contiguous.dtype.name, tuple(contiguous.shape), contiguous.tobytes())
+        data = contiguous.tobytes() if copy else memoryview(contiguous).cast("B").toreadonly()
+        return cls(name, contiguous.dtype.name, tuple(contiguous.shape), data)
 
     def to_array(self) -> np.ndarray:
         """The array (read-only view over the frame's bytes)."""
