@@ -9,8 +9,9 @@ open stream (as a node keeps its contribution streams open), after one warm-up e
 1. ``plain``: the bytes of a contribution frame as they are (no encoding, no crypto), read whole
    by the receiver, a one-byte answer.
 2. ``contribution``: the node's path: a :class:`Contribution` built from the vector (its
-   ``Layout``), sealed (:meth:`gossipfl.node.security.NodeSecurity.seal`: signed, encrypted to
-   the receiver), written as a wire frame on a :class:`Channel`; the receiver reads the frame,
+   ``Layout``; the tensors views of the vector, as the node's exchange makes them), sealed
+   (:meth:`gossipfl.node.security.NodeSecurity.seal`: signed, encrypted to the receiver),
+   written as a wire frame on a :class:`Channel`; the receiver reads the frame,
    opens the envelope, decodes the contribution and takes the vector off it
    (``Layout.from_tensors``), then answers with an :class:`Ack` frame.
    ``contribution-clear``, the same without sealing (``encrypt_payloads = false``), splits the
@@ -26,6 +27,7 @@ issue's bar: ``contribution`` >= 0.7 x ``plain`` at 1M parameters. ``--profile P
 where that path's exchanges spend their time (cProfile).
 
     python benchmarks/bench_exchange.py [--sizes 100000 1000000] [--reps 5] [--profile contribution]
+        [--sort tottime] [--rows 18]
 """
 
 from __future__ import annotations
