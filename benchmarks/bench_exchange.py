@@ -9,8 +9,9 @@ open stream (as a node keeps its contribution streams open), after one warm-up e
 1. ``plain``: the bytes of a contribution frame as they are (no encoding, no crypto), read whole
    by the receiver, a one-byte answer.
 2. ``contribution``: the node's path: a :class:`Contribution` built from the vector (its
-   ``Layout``), sealed (:meth:`gossipfl.node.security.NodeSecurity.seal`: signed, encrypted to
-   the receiver), written as a wire frame on a :class:`Channel`; the receiver reads the frame,
+   ``Layout``; the tensors views of the vector, as the node's exchange makes them), sealed
+   (:meth:`gossipfl.node.security.NodeSecurity.seal`: signed, encrypted to the receiver),
+   written as a wire frame on a :class:`Channel`; the receiver reads the frame,
    opens the envelope, decodes the contribution and takes the vector off it
    (``Layout.from_tensors``), then answers with an :class:`Ack` frame.
    ``contribution-clear``, the same without sealing (``encrypt_payloads = false``), splits the
@@ -26,6 +27,7 @@ issue's bar: ``contribution`` >= 0.7 x ``plain`` at 1M parameters. ``--profile P
 where that path's exchanges spend their time (cProfile).
 
     python benchmarks/bench_exchange.py [--sizes 100000 1000000] [--reps 5] [--profile contribution]
+        [--sort tottime] [--rows 18]
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ def contribution(sender: str, receiver: str, r: int, layout: Layout,
     return Contribution(
         federation=FEDERATION, round=r, sender=sender, receiver=receiver, degree=NEIGHBOURS,
         kind="full", base_round=-1, disagreement=0.1, done=False,
-        tensors=layout.to_tensors(vector), packed=None, training=True, depth=0, horizon=3,
-        waiting=0, examples=100,
+        tensors=layout.to_tensors(vector, copy=False), packed=None, training=True, depth=0,
+        horizon=3, waiting=0, examples=100,
     )
 
 
@@ -238,7 +240,7 @@ async def measure(net: PeerNet, receiver: Peer, addrs: tuple[str, ...], protocol
 
 
 async def run(sizes: list[int], reps: int, profile: str | None = None,
-              sort: str = "tottime") -> list[dict[str, Any]]:
+              sort: str = "tottime", rows_shown: int = 18) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         peers = make_peers(Path(tmp), NEIGHBOURS + 1)
@@ -269,7 +271,8 @@ async def run(sizes: list[int], reps: int, profile: str | None = None,
                 if profiler is not None:
                     print(f"\n-- cProfile: {profile} exchanges, {size:,} parameters (sender and "
                           f"receiver), by {sort} --")
-                    pstats.Stats(profiler, stream=sys.stdout).sort_stats(sort).print_stats(18)
+                    stats = pstats.Stats(profiler, stream=sys.stdout).sort_stats(sort)
+                    stats.print_stats(rows_shown)
     return rows
 
 
@@ -280,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=("plain", "contribution-clear", "contribution",
                                               "masked"), help="cProfile this path's exchanges")
     parser.add_argument("--sort", default="tottime", help="the profile's order (pstats key)")
+    parser.add_argument("--rows", type=int, default=18, help="the profile's lines shown")
     args = parser.parse_args(argv)
-    rows = trio.run(run, args.sizes, args.reps, args.profile, args.sort)
+    rows = trio.run(run, args.sizes, args.reps, args.profile, args.sort, args.rows)
     names = ("plain", "contribution-clear", "contribution", "masked")
     for clock, column in (("wall", 0), ("CPU", 1)):
         print(f"\n{clock:>4} {'parameters':>10}  " + "  ".join(f"{n:>22}" for n in names))

@@ -96,7 +96,7 @@ async def send_costs(messages: int, folder: Path) -> dict[str, float]:
         Contribution,
         Sealed,
         Tensor,
-        encode_body,
+        encode_body_pieces,
     )
 
     ends = []
@@ -115,7 +115,7 @@ async def send_costs(messages: int, folder: Path) -> dict[str, float]:
         message = Contribution(federation="bench", round=round_, sender=a, receiver=b, degree=4,
                                kind="full", base_round=-1, disagreement=0.0, done=False,
                                tensors=(Tensor.from_array("w", vector),))
-        data = seal(encode_body(message), federation="bench", round=round_, sender=a,
+        data = seal(encode_body_pieces(message), federation="bench", round=round_, sender=a,
                     receiver=b, sender_signing_key=signing, receiver_x25519_public=x25519_public)
         return Sealed("bench", round_, a, b, data)
 

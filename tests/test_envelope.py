@@ -158,13 +158,14 @@ def test_garbage_plaintext_raises_only_envelope_error(plaintext: bytes) -> None:
 @pytest.mark.parametrize(
     "header",
     [
-        [1, FED, 7, SENDER, RECEIVER],  # version 1's header, inside a version 2 envelope
-        [3, FED, 7, SENDER, RECEIVER],
+        [1, FED, 7, SENDER, RECEIVER],  # version 1's header, inside a version 3 envelope
+        [2, FED, 7, SENDER, RECEIVER],  # version 2's
+        [4, FED, 7, SENDER, RECEIVER],
         [True, FED, 7, SENDER, RECEIVER],
-        [2, FED, -1, SENDER, RECEIVER],
-        [2, FED, "7", SENDER, RECEIVER],
-        [2, "", 7, SENDER, RECEIVER],
-        [2, FED, 7, SENDER],
+        [3, FED, -1, SENDER, RECEIVER],
+        [3, FED, "7", SENDER, RECEIVER],
+        [3, "", 7, SENDER, RECEIVER],
+        [3, FED, 7, SENDER],
         {"v": 1},
     ],
 )
@@ -294,9 +295,9 @@ class _NoCrypto:
 
 def test_oversized_input_is_refused_before_crypto(monkeypatch: pytest.MonkeyPatch) -> None:
     at_cap = _seal(b"x" * 100, max_payload_bytes=100)
-    monkeypatch.setattr(envelope, "AESGCM", _NoCrypto)
+    monkeypatch.setattr(envelope, "Cipher", _NoCrypto)
     monkeypatch.setattr(envelope, "crypto_scalarmult", _NoCrypto)
-    monkeypatch.setattr(envelope.hashlib, "sha256", _NoCrypto)
+    monkeypatch.setattr(envelope.blake3, "blake3", _NoCrypto)
     with pytest.raises(EnvelopeError, match="oversized") as info:
         _seal(b"x" * 101, max_payload_bytes=100, sender_signing_key=_NoCrypto.__new__(_NoCrypto))
     assert info.value.reason == "oversized"
@@ -310,10 +311,36 @@ def test_oversized_input_is_refused_before_crypto(monkeypatch: pytest.MonkeyPatc
 # -- replay guard ----------------------------------------------------------------------------------
 
 
-def test_a_version_1_envelope_is_refused() -> None:
-    """The sealed box and BLAKE2b digest of version 1 are not opened as version 2."""
-    old = b"GFE\x01" + ENVELOPE[len(ENVELOPE_MAGIC):]
-    assert _reason(_open, old) == "malformed"
+@pytest.mark.parametrize(("magic", "named"), [(b"GFE\x01", "version 1"),
+                                              (b"GFE\x02", "version 2")])
+def test_older_envelope_versions_are_refused_by_name(magic: bytes, named: str) -> None:
+    """Version 1 (sealed box, BLAKE2b) and version 2 (SHA-256 digest) are not opened as
+    version 3: refused before any crypto, with a message that names the version."""
+    assert ENVELOPE_MAGIC == b"GFE\x03"
+    with pytest.raises(EnvelopeError, match=f"{named} .*no longer accepted") as info:
+        _open(magic + ENVELOPE[len(ENVELOPE_MAGIC):])
+    assert info.value.reason == "malformed"
+    with pytest.raises(EnvelopeError, match="unknown magic"):
+        _open(b"GFE\x04" + ENVELOPE[4:])
+
+
+def test_a_payload_in_pieces_seals_as_the_joined_payload() -> None:
+    """Pieces are hashed and encrypted one after the other: the envelope opens to their
+    concatenation, under the same signature rules (a piece changed, moved or dropped after
+    signing breaks it), and the payload comes back as a read-only view."""
+    pieces = [b"head", memoryview(bytearray(b"x" * 5000)), bytearray(b"mid"), b"", b"tail"]
+    joined = b"".join(bytes(p) for p in pieces)
+    round_, payload = _open(_seal(pieces))
+    assert (round_, bytes(payload)) == (7, joined)
+    assert payload.readonly
+    assert _open(_seal(tuple(pieces)))[1] == joined
+    plaintext = envelope.decrypt_with(RECEIVER_PRIVATE, _seal(pieces)[len(ENVELOPE_MAGIC):])
+    assert plaintext.endswith(joined)
+    swapped = plaintext[: -len(joined)] + b"tail" + joined[:-4]
+    assert _reason(_open, _seal_raw(swapped)) == "bad_signature"
+    for bad in ([b"ok", "text"], {b"a"}, [b"ok", 3]):
+        assert _reason(_seal, bad) == "malformed"
+    assert _reason(_seal, [b"x" * 60, b"y" * 41], max_payload_bytes=100) == "oversized"
 
 
 def test_the_encryption_binds_its_public_keys() -> None:

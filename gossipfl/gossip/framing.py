@@ -17,12 +17,14 @@ from gossipfl.gossip.wire import (
     Message,
     WireError,
     decode_body,
-    encode_frame_parts,
+    encode_frame_pieces,
     frame_length,
 )
 
 #: A frame body up to this size is written together with its header (one write); a larger one
-#: after it, so that megabytes of parameters are not copied just to prepend four bytes.
+#: after it, so that megabytes of parameters are not copied just to prepend four bytes (a body
+#: whose one large binary comes last, as a sealed message's envelope, is written as its header
+#: and msgpack prefix, then the binary, in place).
 JOIN_BELOW_BYTES = 64 * 1024
 
 
@@ -142,14 +144,21 @@ async def read_frame(stream: ByteStream, expected: type[M], max_bytes: int,
 
 
 async def write_frame(stream: ByteStream, message: Message, max_bytes: int) -> int:
-    """Encode and write one frame; returns the bytes written."""
-    header, body = encode_frame_parts(message, max_bytes)
-    if len(body) < JOIN_BELOW_BYTES:
-        await stream.write(header + body)
+    """Encode and write one frame (one write, or two for a large one: see
+    :data:`JOIN_BELOW_BYTES`); returns the bytes written."""
+    pieces = encode_frame_pieces(message, max_bytes)
+    size = sum(len(piece) if not isinstance(piece, memoryview) else piece.nbytes
+               for piece in pieces)
+    if size - HEADER_BYTES < JOIN_BELOW_BYTES:
+        await stream.write(b"".join(pieces))
+    elif len(pieces) == 2:  # the header (and a sealed message's prefix), then the rest
+        await stream.write(pieces[0])  # type: ignore[arg-type]
+        await stream.write(pieces[1])  # type: ignore[arg-type]
     else:
-        await stream.write(header)
-        await stream.write(body)
-    return len(header) + len(body)
+        frame = b"".join(pieces)
+        await stream.write(frame[:HEADER_BYTES])
+        await stream.write(memoryview(frame)[HEADER_BYTES:])  # type: ignore[arg-type]
+    return size
 
 
 __all__ = [

@@ -11,7 +11,7 @@ does not match its dtype and shape, and non-finite parameters, always with a :cl
 that says which rule was broken.
 
 The wire is defined in one place, this module, which the rest of gossipfl imports every wire name
-from. For size it is written in five files, none of which imports anything else of gossipfl:
+from. For size it is written in six files, none of which imports anything else of gossipfl:
 
 - this module: the codec, i.e. the version, the frame header and frame caps, the registry of
   message kinds (:data:`Message`), the decode limits (:data:`DECODE_LIMITS`), encode and decode;
@@ -20,7 +20,9 @@ from. For size it is written in five files, none of which imports anything else 
 - :mod:`gossipfl.gossip.wire_membership`: heartbeats and link requests and replies;
 - :mod:`gossipfl.gossip.wire_contribution`: tensors, compressed deltas, contributions, acks
   and sealed contributions;
-- :mod:`gossipfl.gossip.wire_secagg`: the secure-aggregation messages.
+- :mod:`gossipfl.gossip.wire_secagg`: the secure-aggregation messages;
+- :mod:`gossipfl.gossip.wire_views`: msgpack without copying large binaries (the pieces a
+  sealed or large frame is written from, and the views its binaries are read as).
 
 A new message kind gets its dataclass in one of the message modules and its entries in
 :data:`Message`, :data:`M`, the registry and :data:`DECODE_LIMITS` here.
@@ -79,6 +81,7 @@ from gossipfl.gossip.wire_secagg import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from gossipfl.gossip.wire_views import VIEW_MIN_BYTES, Buffer, item_len, pack_pieces, unpack_views
 
 __all__ = (
     "ALLOWED_DTYPES",
@@ -128,9 +131,11 @@ __all__ = (
     "decode_digest",
     "decode_frame",
     "encode_body",
+    "encode_body_pieces",
     "encode_digest",
     "encode_frame",
     "encode_frame_parts",
+    "encode_frame_pieces",
     "frame_length",
     "member_tag",
     "unpack_bounded",
@@ -173,6 +178,45 @@ def encode_body(message: Message) -> bytes:
     body = {"v": WIRE_VERSION, "t": message.KIND, "fed": message.federation}
     body.update(message._fields_to_wire())
     return msgpack.packb(body, use_bin_type=True, strict_types=False)
+
+
+def encode_body_pieces(message: Message) -> list[Buffer]:
+    """:func:`encode_body` as pieces: each binary field of :data:`VIEW_MIN_BYTES` or more
+    (tensor data, an envelope) referred to, not copied; ``b"".join`` of them is
+    :func:`encode_body`'s bytes."""
+    if not _has_large_binary(message):  # msgpack's own packer: faster for small fields
+        return [encode_body(message)]
+    body = {"v": WIRE_VERSION, "t": message.KIND, "fed": message.federation}
+    body.update(message._fields_to_wire())
+    return pack_pieces(body)
+
+
+def _has_large_binary(message: Message) -> bool:
+    """Whether ``message`` holds a binary field of :data:`VIEW_MIN_BYTES` or more (only
+    contributions, sealed messages and masked inputs carry any)."""
+    if isinstance(message, (Sealed, MaskedInput)):
+        return item_len(message.data) >= VIEW_MIN_BYTES
+    if isinstance(message, Contribution):
+        packed = message.packed
+        return (any(item_len(t.data) >= VIEW_MIN_BYTES for t in message.tensors)
+                or (packed is not None and max(item_len(packed.values),
+                                               item_len(packed.indices)) >= VIEW_MIN_BYTES))
+    return False
+
+
+def encode_frame_pieces(message: Message,
+                        max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> list[Buffer]:
+    """The frame as pieces: for a sealed message, the header and the msgpack up to its
+    envelope, then the envelope itself, not copied (see :func:`encode_body_pieces`); for any
+    other kind, the header and the body. Raises :class:`WireError` if the frame would exceed
+    ``max_bytes``."""
+    if not isinstance(message, Sealed) or not _has_large_binary(message):
+        return list(encode_frame_parts(message, max_bytes))
+    pieces = encode_body_pieces(message)
+    length = sum(item_len(piece) for piece in pieces)
+    if length > max_bytes:
+        raise WireError(f"{message.KIND} frame of {length} bytes exceeds the {max_bytes} cap")
+    return [HEADER.pack(length) + pieces[0], *pieces[1:]]
 
 
 def encode_frame_parts(message: Message,
@@ -266,15 +310,20 @@ class _ElementBudget:
         return value
 
 
-def unpack_bounded(body: bytes | bytearray, limits: DecodeLimits) -> Any:
-    """msgpack-decode ``body`` within ``limits`` (see :class:`DecodeLimits`); WireError if not."""
+def unpack_bounded(body: Buffer, limits: DecodeLimits,
+                   ext_hook: Any = None) -> Any:
+    """msgpack-decode ``body`` within ``limits`` (see :class:`DecodeLimits`); WireError if not.
+    ``ext_hook``: the hook of :func:`~gossipfl.gossip.wire_views.unpack_views`' placeholders
+    (ext objects of 4 bytes; none accepted without it)."""
     budget = _ElementBudget(limits.max_elements)
+    extra = {} if ext_hook is None else {"ext_hook": ext_hook}
     try:
         return msgpack.unpackb(
             body, raw=False, strict_map_key=True, use_list=True,
             list_hook=budget.list_hook, object_hook=budget.object_hook,
             max_array_len=limits.max_array_len, max_map_len=limits.max_map_len,
-            max_str_len=limits.max_str_len, max_bin_len=len(body), max_ext_len=0,
+            max_str_len=limits.max_str_len, max_bin_len=len(body),
+            max_ext_len=0 if ext_hook is None else 4, **extra,
         )
     except WireError:
         raise
@@ -284,10 +333,21 @@ def unpack_bounded(body: bytes | bytearray, limits: DecodeLimits) -> Any:
         raise WireError(f"malformed msgpack: {type(error).__name__}") from None
 
 
-def decode_body(body: bytes | bytearray, expected: type[M]) -> M:
+#: The kinds whose large binaries (tensor data, an envelope, masked words) are decoded as
+#: read-only views of the frame (:func:`~gossipfl.gossip.wire_views.unpack_views`), not copied.
+VIEW_KINDS = frozenset({"contribution", "sealed", "masked_input"})
+
+
+def decode_body(body: Buffer, expected: type[M]) -> M:
     """Decode one frame body into a message of type ``expected`` (within its
-    :data:`DECODE_LIMITS`)."""
-    data = unpack_bounded(body, DECODE_LIMITS.get(expected.KIND, DEFAULT_DECODE_LIMITS))
+    :data:`DECODE_LIMITS`). A contribution's, sealed message's or masked input's binaries of
+    :data:`VIEW_MIN_BYTES` or more are read-only ``memoryview`` slices of ``body``."""
+    limits = DECODE_LIMITS.get(expected.KIND, DEFAULT_DECODE_LIMITS)
+    if expected.KIND in VIEW_KINDS and len(body) >= VIEW_MIN_BYTES:
+        data = unpack_views(body, limits,
+                            lambda compact, hook: unpack_bounded(compact, limits, hook))
+    else:
+        data = unpack_bounded(body, limits)
     if not isinstance(data, dict):
         raise WireError("frame body must be a map")
     version = data.get("v")

@@ -28,12 +28,14 @@ from gossipfl.gossip.wire_fields import (
     MAX_TENSOR_DIMS,
     MAX_TENSOR_ELEMENTS,
     MAX_TENSORS,
+    Binary,
     WireError,
     check_bool,
     check_code,
     check_float,
     check_int,
     check_str,
+    is_binary,
 )
 
 # -- arrays -------------------------------------------------------------------------------------
@@ -48,14 +50,18 @@ class Tensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    data: bytes
+    data: Binary  # a large array's data, as decoded, is a read-only view of its frame
 
     @classmethod
-    def from_array(cls, name: str, array: np.ndarray) -> Tensor:
+    def from_array(cls, name: str, array: np.ndarray, *, copy: bool = True) -> Tensor:
+        """The tensor of ``array``: its bytes copied, or (``copy=False``) a read-only view of
+        them (of a C-contiguous array's own memory): then the message must be encoded (sent or
+        sealed) before anything writes to ``array``."""
         contiguous = np.ascontiguousarray(array)
         if contiguous.dtype.name not in ALLOWED_DTYPES:
             raise WireError(f"tensor {name!r}: dtype {contiguous.dtype.name} is not allowed")
-        return cls(name, contiguous.dtype.name, tuple(contiguous.shape), contiguous.tobytes())
+        data = contiguous.tobytes() if copy else memoryview(contiguous).cast("B").toreadonly()
+        return cls(name, contiguous.dtype.name, tuple(contiguous.shape), data)
 
     def to_array(self) -> np.ndarray:
         """The array (read-only view over the frame's bytes)."""
@@ -79,7 +85,7 @@ class Tensor:
         dims = tuple(check_int(d, f"tensor {name!r} dimension", 0, 2**31) for d in shape)
         if math.prod(max(d, 1) for d in dims) > MAX_TENSOR_ELEMENTS:
             raise WireError(f"tensor {name!r}: shape {dims} is too large")
-        if not isinstance(data, bytes):
+        if not is_binary(data):
             raise WireError(f"tensor {name!r}: data must be bytes")
         expected = math.prod(dims) * _DTYPES[dtype].itemsize
         if len(data) != expected:
@@ -118,8 +124,8 @@ class Packed:
     codec: str
     size: int
     scale: float
-    values: bytes
-    indices: bytes = b""
+    values: Binary
+    indices: Binary = b""
 
     def values_array(self) -> np.ndarray:
         return np.frombuffer(self.values, dtype=PACKED_CODECS[self.codec])
@@ -148,7 +154,7 @@ class Packed:
             raise WireError(f"packed codec {codec!r} is unknown")
         size = check_int(size, "packed size", 0, MAX_TENSOR_ELEMENTS)
         scale = check_float(scale, "packed scale")
-        if not isinstance(values, bytes) or not isinstance(indices, bytes):
+        if not is_binary(values) or not is_binary(indices):
             raise WireError("packed values and indices must be bytes")
         itemsize = PACKED_CODECS[codec].itemsize
         if len(values) % itemsize:
@@ -351,16 +357,16 @@ class Sealed:
     round: int
     sender: str
     receiver: str
-    data: bytes
+    data: Binary | bytearray  # as decoded, a large envelope is a read-only view of its frame
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {"round": self.round, "sender": self.sender, "receiver": self.receiver,
-                "data": self.data}
+                "data": self.data}  # last: a frame's pieces are its header and the envelope
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Sealed:
         data = body["data"]
-        if not isinstance(data, bytes):
+        if not is_binary(data):
             raise WireError("sealed data must be bytes")
         return cls(
             federation=federation,

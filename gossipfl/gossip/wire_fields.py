@@ -52,6 +52,16 @@ def check_str(value: Any, what: str, max_chars: int) -> str:
     return value
 
 
+#: A binary field as decoded: ``bytes``, or a read-only view of the frame for a large one
+#: (:mod:`gossipfl.gossip.wire_views`).
+Binary = bytes | memoryview
+
+
+def is_binary(value: Any) -> bool:
+    """A decoded binary field (see :data:`Binary`)."""
+    return isinstance(value, (bytes, memoryview))
+
+
 def check_int(value: Any, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise WireError(f"{what} must be an integer")

@@ -17,11 +17,13 @@ from gossipfl.gossip.wire_fields import (
     MAX_MEMBERS,
     MAX_PEER_ID_CHARS,
     MAX_ROUND,
+    Binary,
     WireError,
     check_bool,
     check_float,
     check_int,
     check_str,
+    is_binary,
 )
 
 
@@ -72,7 +74,7 @@ class MaskedInput:
     weight: float
     disagreement: float
     done: bool
-    data: bytes
+    data: Binary  # as decoded, a large one is a read-only view of its frame
     shares: tuple[tuple[str, bytes], ...]
     depth: int = 0  # the sender's settled depth, horizon and waiting (gossipfl.node.termination)
     horizon: int = 0
@@ -88,7 +90,7 @@ class MaskedInput:
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
         data = body["data"]
-        if not isinstance(data, bytes) or len(data) % 4:
+        if not is_binary(data) or len(data) % 4:
             raise WireError("masked data must be bytes holding uint32 words")
         weight = check_float(body["weight"], "weight")
         if not 0.0 < weight <= 1.0:

@@ -111,7 +111,9 @@ async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
             federation=node.config.federation, round=r, sender=node.peer_id, receiver=peer,
             degree=len(node.neighbours), kind=kind, base_round=base,
             disagreement=finite(node.disagreement, default=1e9), done=done,
-            tensors=() if packed else node.layout.to_tensors(array), packed=packed,
+            # views of the estimate, not copies: send_payload encodes (or seals) the message
+            # before its first await, so nothing can write to the array in between
+            tensors=() if packed else node.layout.to_tensors(array, copy=False), packed=packed,
             training=node.status == NodeStatus.TRAINING,
             depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
             examples=node.reported_examples,

@@ -27,14 +27,17 @@ class Layout:
     def size(self) -> int:
         return sum(math.prod(s) for s in self.shapes)
 
-    def to_tensors(self, vector: np.ndarray) -> tuple[Tensor, ...]:
+    def to_tensors(self, vector: np.ndarray, *, copy: bool = True) -> tuple[Tensor, ...]:
+        """The named tensors of ``vector``; ``copy=False``: read-only views of its float32
+        memory, not copies (:meth:`Tensor.from_array`), for a message encoded at once."""
         if vector.shape != (self.size,):
             raise LayoutError(f"vector of shape {vector.shape} does not fit {self.size} params")
         tensors, offset = [], 0
         flat = np.ascontiguousarray(vector, dtype=np.float32)
         for name, shape in zip(self.names, self.shapes, strict=True):
             count = math.prod(shape)
-            tensors.append(Tensor.from_array(name, flat[offset:offset + count].reshape(shape)))
+            tensors.append(Tensor.from_array(name, flat[offset:offset + count].reshape(shape),
+                                             copy=copy))
             offset += count
         return tuple(tensors)
 

@@ -399,7 +399,8 @@ class Node:
 
     async def send_payload(self, channel: Channel, message: Contribution | MaskedInput) -> None:
         """Send a parameter-carrying message, sealed (signed and encrypted to its receiver) when
-        payloads are sealed."""
+        payloads are sealed. The message is sealed or encoded before the first await: its
+        tensors may be views of a live array (``Layout.to_tensors(copy=False)``)."""
         if self.security.sealed:
             await channel.send(self.security.seal(message), self.payload_cap)
         else:

@@ -163,7 +163,9 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
     return MaskedInput(
         federation=node.config.federation, round=r, sender=me, aggregator=aggregator, weight=w,
         disagreement=float(min(node.disagreement, 1e9)), done=done,
-        data=y.astype("<u4").tobytes(), shares=sealed,
+        # the masked words' own memory (a fresh array no one else holds), not two copies of it
+        data=memoryview(np.ascontiguousarray(y, dtype="<u4")).cast("B").toreadonly(),
+        shares=sealed,
         depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
     )
 

@@ -46,7 +46,7 @@ from gossipfl.gossip.wire import (
     Sealed,
     WireError,
     decode_body,
-    encode_body,
+    encode_body_pieces,
 )
 
 log = logging.getLogger(__name__)
@@ -266,10 +266,12 @@ class NodeSecurity:
 
     def seal(self, message: Contribution | MaskedInput) -> Sealed:
         """Sign and encrypt ``message`` to its receiver (a contribution's receiver, a masked
-        input's aggregator), bound to federation, round, sender and receiver."""
+        input's aggregator), bound to federation, round, sender and receiver. The message's
+        arrays are hashed and encrypted where they lie (its msgpack as pieces), into the one
+        buffer the envelope is written from."""
         to = message.receiver if isinstance(message, Contribution) else message.aggregator
         data = seal(
-            encode_body(message), federation=self.federation, round=message.round,
+            encode_body_pieces(message), federation=self.federation, round=message.round,
             sender=self.peer_id, receiver=to, sender_signing_key=self.signing_key,
             receiver_x25519_public=self.certificate_of(to).x25519_public,
             max_payload_bytes=self.max_payload,

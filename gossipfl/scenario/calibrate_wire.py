@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -69,10 +70,11 @@ def make_members(count: int) -> list[_Member]:
     return members
 
 
-def sealed_round_trip(body: bytes, fed: str, sender: _Member, receiver: _Member,
-                      cap: int) -> tuple[bytes, bytes]:
-    """``body`` sealed from ``sender`` to ``receiver`` as a node seals it, framed, and opened
-    again: (the frame, the opened payload)."""
+def sealed_round_trip(body: Any, fed: str, sender: _Member, receiver: _Member,
+                      cap: int) -> tuple[bytes, memoryview]:
+    """``body`` (bytes, or a message's pieces: ``encode_body_pieces``) sealed from ``sender`` to
+    ``receiver`` as a node seals it, framed, and opened again: (the frame, the opened
+    payload)."""
     from gossipfl.crypto.admission import verify_key_from_peer_id
     from gossipfl.crypto.envelope import open_envelope, seal
     from gossipfl.gossip.wire import Sealed, encode_frame
@@ -99,6 +101,7 @@ def contribution_frames(scenario: ScenarioConfig, names: Names, a: _Member,
         Contribution,
         decode_body,
         encode_body,
+        encode_body_pieces,
         encode_frame,
     )
     from gossipfl.node.compression import compressor, to_packed
@@ -119,7 +122,8 @@ def contribution_frames(scenario: ScenarioConfig, names: Names, a: _Member,
         return Contribution(
             federation=fed, round=1, sender=a.peer_id, receiver=b.peer_id, degree=4, kind=kind,
             base_round=0 if kind == "delta" else -1, disagreement=1e-2, done=False,
-            tensors=() if packed else layout.to_tensors(array), packed=packed, training=True,
+            tensors=() if packed else layout.to_tensors(array, copy=False), packed=packed,
+            training=True,
             depth=0, horizon=3, waiting=0)
 
     def exchange(kind: str, array: np.ndarray) -> int:
@@ -128,7 +132,7 @@ def contribution_frames(scenario: ScenarioConfig, names: Names, a: _Member,
             frame = encode_frame(contribution, cap)
             decode_body(encode_body(contribution), Contribution)
             return len(frame)
-        frame, payload = sealed_round_trip(encode_body(contribution), fed, a, b, cap)
+        frame, payload = sealed_round_trip(encode_body_pieces(contribution), fed, a, b, cap)
         decode_body(payload, Contribution)
         return len(frame)
 
