@@ -179,10 +179,16 @@ def test_a_node_without_a_valid_certificate_refuses_to_start(tmp_path: Path) -> 
 
 def test_heartbeat_certificates_decide_membership(setup) -> None:
     node, b, _ = setup
+    node.security.certificates.pop(b.peer_id, None)  # whatever the setup let it hold
+    node.security.hearsay_certificates.pop(b.peer_id, None)
     assert node.security.admit(b.peer_id, b"") is not None  # no certificate: refused
     assert not node.security.is_member(b.peer_id)
     assert node.security.admit(b.peer_id, b.own_certificate) is None
     assert node.security.is_member(b.peer_id)
+    # once we hold its certificate it may leave it out (heartbeats: cert_holders.py)
+    assert node.security.admit(b.peer_id, b"") is None
+    # a stranger who presents none is refused
+    assert node.security.admit("12D3KooWStrangerStrangerStranger", b"") is not None
     # a certificate presented by someone else is not theirs
     reason = node.security.admit("12D3KooWStrangerStrangerStranger", b.own_certificate)
     assert reason is not None and "wrong_peer" in reason

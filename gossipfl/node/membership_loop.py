@@ -58,7 +58,9 @@ def heartbeat(node: Node, peer: str = "", held: frozenset[int] | None = None) ->
         federation=node.config.federation, sender=node.peer_id, addrs=tuple(node.addrs),
         members=members, round=node.round,
         degree=len(node.neighbours), status=node.status.advertised,
-        certificate=node.security.own_certificate,
+        # left out where the peer holds it (it answered us in its table's current epoch)
+        certificate=b"" if node.cert_holders.holds(peer, node.peer_id)
+        else node.security.own_certificate,
         revocations=node.security.revocation_bytes, stamp=node.own_stamp,
         table=versions, ack=table.ack_for(peer), have=have,
     )
@@ -159,8 +161,10 @@ async def on_heartbeat(node: Node, channel: Channel) -> None:
     revoked = take_revocations(node, channel.remote, beat.revocations)
     if not admitted(node, channel, "heartbeat", beat):
         await channel.reset()
-        if node.security.enabled and node.net is not None:
-            await node.net.disconnect(channel.remote)  # no certificate, no connection
+        # no certificate, no connection; one that left its certificate out (it thought we
+        # held it: we restarted) gets its stream reset only, and sends it next time
+        if node.security.enabled and node.net is not None and beat.certificate:
+            await node.net.disconnect(channel.remote)
         await drop_revoked(node, revoked)
         return
     absorb(node, beat)
@@ -268,10 +272,13 @@ async def send_heartbeat(node: Node, peer: str, addrs: tuple[str, ...]) -> None:
             return
         except Exception as error:
             log.debug("heartbeat to %s failed: %s", peer, error)
+            node.cert_holders.forget(peer)  # the next one carries our certificate
             return
         revoked = take_revocations(node, peer, reply.revocations)
         if admitted(node, channel, "heartbeat reply", reply):
             absorb(node, reply)
+            # it answered: it admitted us, so it holds our certificate (until it restarts)
+            node.cert_holders.note(peer, reply.table[0], [(node.peer_id, b"")])
         await drop_revoked(node, revoked)
 
 

@@ -144,6 +144,12 @@ class NodeSecurity:
         if peer in self.revoked:
             self.certificates.pop(peer, None)
             return "revoked: on the federation's revocation list"
+        if not certificate:  # it holds that we hold its certificate (cert_holders.py)
+            if not self.is_member(peer):
+                return "no certificate: none presented, and none held for it"
+            cert = self.certificates.get(peer) or self.hearsay_certificates[peer]
+            self.certificates[peer] = cert  # presented: the channel authenticates the peer
+            return None
         try:
             cert = self._check(peer, certificate)
         except AdmissionError as error:
