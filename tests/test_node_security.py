@@ -603,3 +603,55 @@ def test_fresh_identities_cannot_add_up_past_the_in_flight_cap(tmp_path: Path) -
     assert seen["member"] == 1
     assert sum(s.was_reset for s in streams) == 100  # refused or malformed, every one
     assert node.in_flight.held == 0 and node.in_flight.peak == allowed * frame + MIB
+
+
+def test_a_heartbeat_leaves_out_certificates_its_receiver_holds_and_a_restart_gets_them_back(
+        tmp_path: Path) -> None:
+    """Once b answered a's heartbeat, a's heartbeats to b carry neither a's certificate nor
+    those of the members b listed; b, restarted (it holds none), refuses one without counting a
+    fault, and a's next heartbeat carries its certificate again."""
+    nodes = {}
+    for name in ("a", "b", "c"):
+        config, identity = _config(tmp_path, name)
+        nodes[name] = (config, identity, Node(config, identity, LocalLearner(config)))
+    a, b, c = (nodes[n][2] for n in ("a", "b", "c"))
+
+    async def exchange(sender: Node, receiver: Node) -> FakeChannel:
+        channel = FakeChannel(sender.peer_id, heartbeat(sender, receiver.peer_id))
+        await on_heartbeat(receiver, channel)
+        if channel.sent:
+            (reply,) = channel.sent
+            if admitted(sender, FakeChannel(receiver.peer_id, reply), "reply", reply):
+                absorb(sender, reply)
+                sender.cert_holders.note(receiver.peer_id, reply.table[0],
+                                         [(sender.peer_id, b"")])  # as send_heartbeat does
+        else:
+            sender.cert_holders.forget(receiver.peer_id)  # as send_heartbeat does on a reset
+        return channel
+
+    async def scenario() -> None:
+        for i, node in enumerate((a, b, c)):
+            node.addrs = [f"/ip4/10.0.1.{i}/tcp/1"]
+            renew_stamp(node)
+        await exchange(c, b)  # b now lists c to a
+        first = heartbeat(a, b.peer_id)
+        assert first.certificate == a.security.own_certificate
+        await exchange(a, b)
+        await exchange(b, a)  # b's heartbeat lists c: b holds c's certificate
+        later = heartbeat(a, b.peer_id)
+        assert later.certificate == b""  # b answered a: it holds a's
+        assert all(m.certificate == b"" for m in later.members if m.peer_id == c.peer_id)
+        assert b.peer_id not in [m.peer_id for m in later.members]  # nothing to tell b of b
+        channel = await exchange(a, b)  # b holds a's certificate: taken without it
+        assert channel.sent and not channel.was_reset
+        # b restarts: a fresh node on b's key and folder holds no certificate of a
+        config, identity, _ = nodes["b"]
+        b2 = Node(config, identity, LocalLearner(config))
+        channel = await exchange(a, b2)
+        assert channel.was_reset and not channel.sent
+        assert sum(b2.rejections.values()) == 0  # not a fault: it thought b held it
+        assert heartbeat(a, b2.peer_id).certificate == a.security.own_certificate
+        channel = await exchange(a, b2)
+        assert channel.sent and b2.security.presented(a.peer_id)
+
+    trio.run(scenario, clock=trio.testing.MockClock())

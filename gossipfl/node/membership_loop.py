@@ -148,6 +148,12 @@ def admitted(node: Node, channel: Channel, what: str, beat: Heartbeat) -> bool:
     if not node.check_origin(channel, what, beat.federation, beat.sender):
         return False
     reason = node.security.admit(beat.sender, beat.certificate)
+    if reason is not None and not beat.certificate and node.security.enabled:
+        # it left its certificate out, thinking we hold it (we restarted, or forgot it): not
+        # a fault; its stream is reset and its next heartbeat carries it (cert_holders.py)
+        log.info("%s from %s without its certificate, which this node does not hold: "
+                 "refused until it sends it", what, beat.sender)
+        return False
     if reason is not None:
         node.reject(beat.sender, what, "not_member", reason)
         return False
