@@ -103,13 +103,14 @@ def test_linger_zero_keeps_the_old_ending(tmp_path: Path, pool: LearnerPool) -> 
     assert without and all(peers == {0} for peers in without.values())
 
 
-def test_a_whole_federation_lingers_two_heartbeats_and_never_reopens(
+def test_a_whole_federation_stops_lingering_once_every_member_is_done_and_never_reopens(
         tmp_path: Path, pool: LearnerPool) -> None:
     text = scenario_text(name="whole", nodes=4, rounds=4, topology="ring", degree=2)
     report = simulated(tmp_path, text, pool)
     assert [n["status"] for n in report["nodes"]] == ["done"] * 4
     for node in report["nodes"]:
         assert node["reopened"] == 0
-        # nobody was absent at its finish: two heartbeat intervals (0.5 s each), no more
-        assert node["termination"]["lingered_seconds"] == pytest.approx(1.0, abs=0.05)
+        # nobody was absent at its finish: it stops once every member said done and heard its
+        # own done, before the two heartbeat intervals (0.5 s each) it would otherwise wait
+        assert node["termination"]["lingered_seconds"] < 1.0
     assert report["final_consensus_distance"] <= 1e-3

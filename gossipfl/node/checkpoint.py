@@ -68,6 +68,7 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be trusted (unreadable, or its checksum does not match)."""
 
 
+SYNC_SECONDS = 2.0  # at most one fsync'd checkpoint in this many seconds (sync_due)
 FORMAT = 2  # 2: the public estimate x̂ is stored apart from the private model; 1: model only
 
 
@@ -283,13 +284,27 @@ def restore_robust_state(node: Node, meta: dict[str, Any]) -> None:
         node.filter_counts[peer] = (pair[0], pair[1])
 
 
-def save_node_checkpoint(node: Node, path: str | Path, round_: int) -> None:
+def sync_due(node: Node, now: float) -> bool:
+    """Whether this round's checkpoint is fsync'd: at most one in ``SYNC_SECONDS`` (and never
+    for a node that is not ``durable``). Every checkpoint is written whole (a temp file and a
+    rename), so a killed process loses nothing (the kernel holds the writes); a crash of the
+    machine itself may lose what was written since the last fsync'd one (the checksum refuses a
+    torn file; see resume.py for what a node does then). The DP ledger is fsync'd every round
+    whatever this says (:func:`save_dp_ledger`)."""
+    if not node.durable or now - node.synced_at < SYNC_SECONDS:
+        return False
+    node.synced_at = now
+    return True
+
+
+def save_node_checkpoint(node: Node, path: str | Path, round_: int, *,
+                         durable: bool = True) -> None:
     """Checkpoint ``node``: its private model, its public estimate x̂ stored apart (what a resume
     publishes and serves), the round, its status, its DP state (:func:`dp_state`) and its
-    distrust of neighbours (:func:`robust_state`)."""
+    distrust of neighbours (:func:`robust_state`); fsync'd if the node and ``durable`` say so."""
     save_checkpoint(path, node.model, round_, public=node.own.vector,
                     public_round=node.own.round, status=node.status,
-                    durable=node.durable, **dp_state(node), **robust_state(node))
+                    durable=node.durable and durable, **dp_state(node), **robust_state(node))
 
 
 def restored_public_estimate(checkpoint: Checkpoint, initial: np.ndarray) -> OwnEstimate:

@@ -50,6 +50,28 @@ def enable_compile_cache(directory: str) -> None:
         jax.config.update(key, value)
 
 
+#: the parts of a node's configuration its compiled steps depend on (model, optimiser, data
+#: shapes, DP); the rest (keys, addresses, folders, the node's own index) does not change them
+WARM_SECTIONS = ("data", "model", "train", "privacy", "node_count", "seed")
+
+
+def warm_marker(folder: str, config: Any) -> Path:
+    """The file that says ``folder`` holds the steps :func:`warm_up` compiles for ``config``
+    (and JAX's version): a launcher that finds it skips the warm-up. Should the cache have
+    been emptied since, nodes compile what they miss themselves: slower, never wrong."""
+    import hashlib
+    import json
+
+    import jax
+
+    from gossipfl.config import to_dict
+
+    settings = to_dict(config)
+    key = json.dumps({"jax": jax.__version__, **{k: settings[k] for k in WARM_SECTIONS}},
+                     sort_keys=True, default=str)
+    return Path(folder) / f"gossipfl-warm-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
 def warm_up(config: Any) -> None:
     """Compile one node's train and evaluate steps (into the cache, when one is enabled)."""
     from gossipfl.node.learner import LocalLearner

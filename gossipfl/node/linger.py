@@ -105,6 +105,10 @@ async def linger(node: Node) -> bool:
             now = trio.current_time()
             if now >= deadline:
                 break
+            if nobody_left(node, watch, whole=not absent):
+                log.info("lingered %.2f s: every member is done and has heard this node is; "
+                         "stopping", now - start)
+                return False
             await tell_final(node, watch)
             with trio.move_on_after(min(protocol.heartbeat_interval, deadline - now)):
                 await node.changed.wait()
@@ -154,22 +158,39 @@ def look(node: Node, watch: Watch) -> tuple[str, float, int] | None:
     return found
 
 
-async def tell_final(node: Node, watch: Watch) -> None:
-    """Send the final estimate (marked done) to each neighbour that does not hold it: one
-    linked again since the finish (a member back from a cut: each end forgot the other's
-    estimate), or one that sends rounds without holding it; each at most once a re-link
-    interval."""
-    now = trio.current_time()
+def owed(node: Node, watch: Watch, now: float | None = None) -> list[str]:
+    """The neighbours that do not hold this node's final estimate and need it: one linked
+    again since the finish (a member back from a cut: each end forgot the other's estimate),
+    or one that sends rounds without holding it. With ``now``, only those not told within a
+    re-link interval."""
     r = node.own.round
 
-    def owed(peer: str, link: NeighbourState) -> bool:
+    def needs(peer: str, link: NeighbourState) -> bool:
         estimate = node.estimates.peers.get(peer)
         return (link.peer_holds < r
                 and (link is not watch.links.get(peer) or (estimate is not None
                                                            and not estimate.done))
-                and now - watch.told.get(peer, -math.inf) >= node.protocol.relink_interval)
+                and (now is None or now - watch.told.get(peer, -math.inf)
+                     >= node.protocol.relink_interval))
 
-    targets = [p for p, link in node.neighbours.items() if owed(p, link)]
+    return [p for p, link in node.neighbours.items() if needs(p, link)]
+
+
+def nobody_left(node: Node, watch: Watch, whole: bool) -> bool:
+    """Whether the linger can end early (:func:`~gossipfl.node.termination.linger_over`)."""
+    known = (set(node.membership.ids()) | set(node.topology or ()) | node.wanted) - {node.peer_id}
+    statuses = [node.member_state[p][1] if p in node.member_state else None for p in known]
+    return termination.linger_over(whole=whole, statuses=statuses,
+                                   told_cycle=node.beaten_seq >= node.settle.done_beat,
+                                   owed=bool(owed(node, watch)))
+
+
+async def tell_final(node: Node, watch: Watch) -> None:
+    """Send the final estimate (marked done) to each neighbour that does not hold it
+    (:func:`owed`), each at most once a re-link interval."""
+    now = trio.current_time()
+    r = node.own.round
+    targets = owed(node, watch, now)
     if not targets:
         return
     async with trio.open_nursery() as nursery:

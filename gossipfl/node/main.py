@@ -38,7 +38,7 @@ class RefusedHandshakes(logging.Filter):
 def configure_logging(out_dir: Path, name: str, level: str = "INFO") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter(
-        f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s", "%H:%M:%S"
+        f"%(asctime)s.%(msecs)03d %(levelname)s [{name}] %(name)s: %(message)s", "%H:%M:%S"
     )
     root = logging.getLogger()
     root.handlers.clear()

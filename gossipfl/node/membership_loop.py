@@ -86,7 +86,10 @@ def absorb(node: Node, beat: Heartbeat) -> None:
         log.info("new member %s (heard directly)", beat.sender)
     if beat.addrs:
         node.addr_book[beat.sender] = beat.addrs
+    before = node.member_state.get(beat.sender)
     node.member_state[beat.sender] = (beat.round, beat.status)
+    if before is None or before[1] != beat.status:
+        node.notify()  # a lingering node waits for every member's done (linger.py)
     node.heard_at[beat.sender] = now
     if beat.sender in node.wanted and beat.sender not in node.neighbours:
         node.relink_now.set()  # a lost neighbour is back (a healed partition): ask it now
@@ -253,9 +256,11 @@ async def heartbeat_loop(node: Node) -> None:
                     in_flight.add(peer)
                     answers.append(trio.Event())
                     nursery.start_soon(send, peer, addrs, answers[-1], i * spread)
+            cycle = node.stamp_seq
             with trio.move_on_after(interval):
                 for answer in answers:
                     await answer.wait()
+            node.beaten_seq = cycle
             # the configured list file, re-read when its holder writes a newer one
             await drop_revoked(node, revocations_judged(
                 node, "the revocations file", *node.security.poll_revocations_file()))
@@ -264,7 +269,9 @@ async def heartbeat_loop(node: Node) -> None:
                 log.warning("forgot member %s: silent for %.1f s", peer,
                             node.protocol.member_timeout)
             node.notify()  # a round waiting on a neighbour notices it went silent
-            await trio.sleep(interval)
+            with trio.move_on_after(interval):  # or at once when this node's status changed
+                await node.beat_now.wait()
+            node.beat_now = trio.Event()
 
 
 async def send_heartbeat(node: Node, peer: str, addrs: tuple[str, ...]) -> None:

@@ -29,7 +29,7 @@ from gossipfl.aggregation.mixing import (
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.node import linger, settle
-from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector
+from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector, sync_due
 from gossipfl.node.compression import compressor
 from gossipfl.node.exchange import (
     close_channels,
@@ -325,7 +325,7 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
         reopened=node.settle.reopened,
     )
     persist_start = trio.current_time()
-    await node.offload(persist_round, node, r)
+    await node.offload(persist_round, node, r, sync_due(node, persist_start))
     record["persist_seconds"] = trio.current_time() - persist_start
     node.write_metrics(record)
     log.info("round %d %s: acc %s loss %s disagreement %.2e missing %d (%.2f s)", r,
@@ -380,10 +380,10 @@ def privacy_step(node: Node, r: int, training: bool,
     return lambda delta: privatise_update(delta, config, rng)
 
 
-def persist_round(node: Node, r: int) -> None:
-    """Checkpoint (fsync'd: model, public estimate, DP state) and, if kept, the round's model
-    for the consensus-distance report."""
-    save_node_checkpoint(node, node.out / "checkpoint.npz", r)
+def persist_round(node: Node, r: int, sync: bool = True) -> None:
+    """Checkpoint (model, public estimate, DP state; fsync'd if ``sync``) and, if kept, the
+    round's model for the consensus-distance report."""
+    save_node_checkpoint(node, node.out / "checkpoint.npz", r, durable=sync)
     if node.config.keep_round_models:
         save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model, durable=False)
     if node.config.adversary.keep_public_estimates:  # what adversaries' reconstructions aim at
@@ -487,6 +487,8 @@ async def announce_done(node: Node) -> None:
     r = node.round + 1
     node.own.publish(node.model, r)
     node.status = NodeStatus.DONE
+    node.settle.done_beat = node.stamp_seq + 1
+    node.beat_now.set()  # tell every member at once: a lingering one waits for it
     if node.config.secagg.enabled:
         from gossipfl.node import secure_round  # only with secure aggregation on
 

@@ -106,6 +106,7 @@ class Node:
         self.offload: Offload = offload if offload is not None else trio.to_thread.run_sync
         self.signals = signals
         self.durable = durable
+        self.synced_at = -math.inf  # when the last fsync'd checkpoint was written
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         # the node's own draws (whom to heartbeat): from its seed, index and id unless given
@@ -123,6 +124,8 @@ class Node:
         self.membership.epoch = self.stamp_epoch  # its versions count within this run
         self.membership.refresh = config.protocol.member_timeout * STAMP_REFRESH
         self.stamp_seq = 0
+        self.beat_now = trio.Event()  # wakes the heartbeat loop (this node's status changed)
+        self.beaten_seq = 0  # the last heartbeat cycle whose answers are in (or timed out)
         self.own_stamp = b""
         self.traffic = Traffic()
         self.prom = NodeMetrics(config.node_index, self.peer_id, dp=config.privacy.enabled)

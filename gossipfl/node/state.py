@@ -84,6 +84,10 @@ class Node(Protocol):
     stamp_key: SigningKey
     stamp_epoch: int
     stamp_seq: int
+    beat_now: trio.Event
+    durable: bool
+    synced_at: float
+    beaten_seq: int
     own_stamp: bytes
     addrs: list[str]
     bootstrap: list[tuple[str, str]]

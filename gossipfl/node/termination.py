@@ -65,6 +65,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.wire import MAX_DEPTH
 
 __all__ = ["MAX_DEPTH", "Hold", "PeerSettle", "Reopen", "SettleState", "back_from_gone",
@@ -318,6 +319,32 @@ def linger_time(linger_seconds: float, absent: int, heartbeat_interval: float) -
     return min(linger_seconds, LINGER_WHOLE_INTERVALS * heartbeat_interval)
 
 
+def linger_over(*, whole: bool, statuses: list[NodeStatus | None], told_cycle: bool,
+                owed: bool) -> bool:
+    """Whether a lingering node may stop before its linger time: only when the federation was
+    whole at its finish (nobody absent who might come back with another model), every member
+    it knows has said it is done (``statuses``: each one's last heartbeat status, None if
+    never heard), a heartbeat cycle that carries this node's own done is answered
+    (``told_cycle``: the members heard it, so none waits for it), and no neighbour is owed the
+    final estimate. Then nobody is left for it to answer.
+
+    >>> done = NodeStatus.DONE
+    >>> linger_over(whole=True, statuses=[done, done], told_cycle=True, owed=False)
+    True
+    >>> linger_over(whole=True, statuses=[done, NodeStatus.CONSENSUS], told_cycle=True,
+    ...             owed=False)
+    False
+    >>> linger_over(whole=False, statuses=[done], told_cycle=True, owed=False)
+    False
+    >>> linger_over(whole=True, statuses=[done, None], told_cycle=True, owed=False)
+    False
+    >>> linger_over(whole=True, statuses=[done], told_cycle=False, owed=False)
+    False
+    """
+    return (whole and told_cycle and not owed
+            and all(status is NodeStatus.DONE for status in statuses))
+
+
 def reopen_decision(*, wanted: bool, missing_at_finish: bool, seen_done: bool, done_now: bool,
                     distance: float, tolerance: float, reopened: int,
                     max_reopen: int) -> Reopen:
@@ -382,6 +409,7 @@ class SettleState:
     waiting_since: float | None = None  # since when, without a break
     waiting_rounds: int = 0  # consensus rounds spent waiting so (free of the round limit)
     lingering: bool = False  # done, and still serving (linger.py)
+    done_beat: int = 0  # the first heartbeat cycle that tells the members this node is done
     lingered_seconds: float = 0.0  # time spent lingering, all lingers together
     reopened: int = 0  # times it reopened after done
     reopens: list[dict[str, Any]] = field(default_factory=list)  # each: who, round, distance

@@ -12,14 +12,21 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from gossipfl.config import NodeConfig
+
+
+class Launcher(Protocol):
+    """What a node's launcher offers (a Popen, or a launcher forked from the runner)."""
+
+    def poll(self) -> int | None: ...
 
 
 class ForkedProcess:
     """A node process forked by the launcher, with the part of Popen's interface we use."""
 
-    def __init__(self, pid: int, index: int, state_path: Path, launcher: subprocess.Popen[bytes]):
+    def __init__(self, pid: int, index: int, state_path: Path, launcher: Launcher):
         self.pid = pid
         self.index = index
         self.state_path = state_path

@@ -29,6 +29,7 @@ from gossipfl.scenario.adversaries import node_adversary
 from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
 from gossipfl.scenario.datafiles import node_data
 from gossipfl.scenario.graphs import node_topology
+from gossipfl.scenario.launcher import LauncherProcess, fork_launcher
 from gossipfl.scenario.netcut import needs, set_up_cuts
 from gossipfl.scenario.netns import (
     NetnsSession,
@@ -193,17 +194,22 @@ def release_standby(node: NodeProcess) -> None:
         start_node(node)
 
 
-def start_forked(nodes: list[NodeProcess], out: Path, timeout: float) -> subprocess.Popen[bytes]:
-    """Start the launcher, which forks one process per node (see :mod:`launcher`)."""
+def start_forked(nodes: list[NodeProcess], out: Path,
+                 timeout: float) -> subprocess.Popen[bytes] | LauncherProcess:
+    """Start the launcher, which forks one process per node (see :mod:`launcher`): forked from
+    this process where that is safe (its imports shared), else a fresh interpreter."""
     state_path = out / "launcher.json"
-    env = {**os.environ, **NODE_ENV, "GOSSIPFL_COMPILE_CACHE": str(out / "xla-cache")}
-    with open(out / "launcher.log", "wb") as output:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "gossipfl.scenario.launcher", str(state_path),
-             *(f"--netns={netns_path(n.netns)}" for n in nodes if n.netns),
-             *(str(n.out / "node.toml") for n in nodes)],
-            stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+    env = {**NODE_ENV, **compile_cache_env()}
+    argv = [str(state_path), *(f"--netns={netns_path(n.netns)}" for n in nodes if n.netns),
+            *(str(n.out / "node.toml") for n in nodes)]
+    launcher: subprocess.Popen[bytes] | LauncherProcess | None = fork_launcher(
+        argv, out / "launcher.log", env)
+    if launcher is None:
+        with open(out / "launcher.log", "wb") as output:
+            launcher = subprocess.Popen(
+                [sys.executable, "-m", "gossipfl.scenario.launcher", *argv],
+                stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                start_new_session=True)
     deadline = time.monotonic() + timeout
     while not state_path.exists():
         if launcher.poll() is not None:

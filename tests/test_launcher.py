@@ -1,0 +1,33 @@
+"""The launcher's start-up shortcuts: forking from the runner only when safe, and the warm-up
+marker that lets a machine compile a model's steps once."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from gossipfl.config import NodeConfig
+from gossipfl.node.compile_cache import warm_marker
+from gossipfl.scenario.launcher import fork_safe
+
+
+def test_fork_is_refused_while_another_thread_runs() -> None:
+    assert fork_safe()  # the test process: one thread, no JAX backend started
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert not fork_safe()
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_warm_marker_ignores_what_does_not_change_the_compiled_steps(tmp_path: Path) -> None:
+    base = NodeConfig(node_count=8)
+    other_node = replace(base, node_index=3, out_dir=str(tmp_path / "elsewhere"))
+    assert warm_marker(str(tmp_path), base) == warm_marker(str(tmp_path), other_node)
+    batch = replace(base, train=replace(base.train, batch_size=64))
+    assert warm_marker(str(tmp_path), batch) != warm_marker(str(tmp_path), base)
+    assert warm_marker(str(tmp_path), base).parent == tmp_path
