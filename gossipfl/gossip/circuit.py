@@ -103,10 +103,14 @@ def usable_circuits(addrs: Iterable[str], own_id: str) -> tuple[str, ...]:
     return tuple(a for a in addrs if is_circuit(a) and circuit_relay(a) not in (None, own_id))
 
 
-def announced(listen: Sequence[str], relayed: Sequence[str], private: bool) -> list[str]:
+def announced(listen: Sequence[str], relayed: Sequence[str], private: bool,
+              with_listen: bool = False) -> list[str]:
     """The addresses a node signs and announces: a private node's relayed ones only (its listen
-    addresses cannot be dialled from outside its network), else where it listens."""
-    return list(relayed) if private else list(listen)
+    addresses cannot be dialled from outside its network) or, ``with_listen``, its listen
+    addresses (for peers on its LAN) and then the relayed ones; else where it listens."""
+    if not private:
+        return list(listen)
+    return [*listen, *relayed] if with_listen else list(relayed)
 
 
 def relay_limits(config: RelayConfig) -> RelayLimits:

@@ -216,7 +216,8 @@ class PeerNet:
                 yield listening
                 return
             async with self.circuits.running() as relayed:
-                yield announced(listening, relayed, self.circuits.config.private)
+                yield announced(listening, relayed, self.circuits.config.private,
+                                self.circuits.config.announce_listen)
 
     def _count(self, peer: str, stream: Any) -> None:
         if peer not in self.link_streams and len(self.link_streams) >= LINK_PEERS:
