@@ -9,6 +9,11 @@
   only its relayed addresses, ``<relay>/p2p-circuit/p2p/<self>``, in its signed liveness stamp;
   members dial it there. ``"public"`` (the default): it announces where it listens.
 
+* ``announce_listen = true`` (private only): announce the addresses it listens on too, before
+  the relayed ones: peers on its own LAN (a site's other hosts) dial it there
+  directly; a peer elsewhere fails on them (its network has no route there, or a wrong host
+  answers and Noise refuses its peer id) and dials the relayed addresses next.
+
 * ``hole_punch = true``: DCUtR (py-libp2p's ``dcutr.py``) runs beside: a relayed link to a
   peer that runs it too is upgraded to a direct connection where both NATs allow it (they keep
   the source port and drop unsolicited packets); elsewhere the link stays relayed.
@@ -55,6 +60,7 @@ class RelayConfig:
     use: tuple[str, ...] = ()  # relays to reserve on (/ip4/IP/tcp/PORT/p2p/ID); else bootstrap
     check_seconds: float = 5.0  # private: how often the link to each relay is checked
     hole_punch: bool = False  # DCUtR: upgrade relayed links to direct ones (both ends need it)
+    announce_listen: bool = False  # private: announce the listen addresses too (LAN peers)
 
     def __post_init__(self) -> None:
         try:
@@ -74,6 +80,9 @@ class RelayConfig:
         _require(len(self.use) <= MAX_RELAYS, f"relay.use names at most {MAX_RELAYS} relays")
         for addr in self.use:
             relay_address(addr, "relay.use")
+        _require(not self.announce_listen or self.reachable is Reachability.PRIVATE,
+                 "relay.announce_listen is for a private node (a public one announces where "
+                 "it listens anyway)")
         _require(not (self.serve and self.reachable is Reachability.PRIVATE),
                  "relay.serve needs a node that can be dialled: not with "
                  "relay.reachable = \"private\"")

@@ -52,6 +52,7 @@ log = logging.getLogger("gossipfl.relay")
 CIRCUIT = "p2p-circuit"
 RESERVE_TIMEOUT = 15.0  # seconds for one reservation (connect, stream, answer)
 DIAL_TIMEOUT = 20.0  # seconds for one relayed dial (the caller's deadline may be shorter)
+KEPT_ADDR_SECONDS = 3600  # a peer's direct addresses, kept when its relayed ones are dropped
 
 
 class CircuitError(ConnectionError):
@@ -103,10 +104,27 @@ def usable_circuits(addrs: Iterable[str], own_id: str) -> tuple[str, ...]:
     return tuple(a for a in addrs if is_circuit(a) and circuit_relay(a) not in (None, own_id))
 
 
-def announced(listen: Sequence[str], relayed: Sequence[str], private: bool) -> list[str]:
+def circuit_order(circuits: Iterable[str], live_relays: Iterable[str]) -> list[str]:
+    """The relayed addresses to try, in order: through a relay this node holds an open
+    connection to first, then the others, each group in the order given.
+
+    A relay that died is found out only when dialled, and py-libp2p's swarm retries a refused
+    dial with back-off, for longer than a round's deadline: with the dead relay first in every
+    peer's announcement, a dial would never reach the next relay in time."""
+    live = set(live_relays)
+    circuits = list(circuits)
+    first = [a for a in circuits if circuit_relay(a) in live]
+    return first + [a for a in circuits if circuit_relay(a) not in live]
+
+
+def announced(listen: Sequence[str], relayed: Sequence[str], private: bool,
+              with_listen: bool = False) -> list[str]:
     """The addresses a node signs and announces: a private node's relayed ones only (its listen
-    addresses cannot be dialled from outside its network), else where it listens."""
-    return list(relayed) if private else list(listen)
+    addresses cannot be dialled from outside its network) or, ``with_listen``, its listen
+    addresses (for peers on its LAN) and then the relayed ones; else where it listens."""
+    if not private:
+        return list(listen)
+    return [*listen, *relayed] if with_listen else list(relayed)
 
 
 def relay_limits(config: RelayConfig) -> RelayLimits:
@@ -129,6 +147,16 @@ def stream_link_kind(stream: Any) -> LinkKind:
         return link_kind(stream.muxed_conn.get_transport_addresses())
     except Exception:
         return LinkKind.DIRECT
+
+
+def _relays_of(conn: Any) -> set[str | None]:
+    """The relays a connection runs through (None: relayed through one it does not name);
+    empty for a direct connection."""
+    try:
+        addrs = [str(a) for a in conn.muxed_conn.get_transport_addresses()]
+    except Exception:
+        return set()
+    return {circuit_relay(a) for a in addrs if is_circuit(a)}
 
 
 # -- the running part ------------------------------------------------------------------------------
@@ -301,7 +329,31 @@ class Circuits:
                 connections = self.host.get_network().get_connections(ID.from_base58(peer))
                 if not connections:
                     log.info("lost the link to relay %s: reserving again", peer)
+                    await self.drop_relayed_through(peer)
                     await self._reserve(peer, addr_of[peer], nursery)
+
+    async def drop_relayed_through(self, relay: str) -> int:
+        """Close every relayed connection through ``relay`` (or through a relay it cannot
+        tell); returns how many. py-libp2p 0.8.1 leaves a relayed connection open when its
+        relay dies (seen with a relay killed mid-run): streams on it then hang until their
+        deadline, and the swarm never dials the peer again while it holds it. Closed, the next
+        stream to that peer dials afresh, through a relay that is still there."""
+        network = self.host.get_network()
+        remove = getattr(network, "remove_conn", None)
+        dropped = 0
+        for conns in list(network.get_connections_map().values()):
+            for conn in list(conns):
+                if relay not in _relays_of(conn) and None not in _relays_of(conn):
+                    continue
+                with trio.move_on_after(2), contextlib.suppress(Exception):
+                    await conn.close()
+                if remove is not None:
+                    with contextlib.suppress(Exception):
+                        remove(conn)
+                dropped += 1
+        if dropped:
+            log.info("closed %d relayed connection(s) through lost relay %s", dropped, relay)
+        return dropped
 
     def keep(self, peer: str, certified: bool = True) -> bool:
         """Whether the connection with ``peer`` must stay open: a relay of ours (named in our
@@ -318,7 +370,10 @@ class Circuits:
             return False
 
     def _connected(self, pid: ID) -> bool:
-        return bool(self.host.get_network().get_connections(pid))
+        """Whether a connection to ``pid`` is open (a closed one the swarm still files, e.g.
+        through a relay that died, does not count)."""
+        return any(not getattr(c, "is_closed", False)
+                   for c in self.host.get_network().get_connections(pid))
 
     async def dial(self, peer_id: str, circuits: Sequence[str]) -> None:
         """Connect to ``peer_id`` through the first relay that forwards (no-op when
@@ -328,8 +383,12 @@ class Circuits:
         async with lock:  # two channels opened at once make one circuit, not two
             if self._connected(pid):
                 return
+            self._forget_circuits(pid)
             errors = []
-            for addr in usable_circuits(circuits, self.own_id):
+            usable = usable_circuits(circuits, self.own_id)
+            live = {r for r in filter(None, map(circuit_relay, usable))
+                    if self._connected(ID.from_base58(r))}
+            for addr in circuit_order(usable, live):
                 try:
                     with trio.fail_after(DIAL_TIMEOUT):
                         await self.transport.dial(multiaddr.Multiaddr(addr))
@@ -341,6 +400,19 @@ class Circuits:
             self.dials["failed"] += 1
             raise CircuitError(f"no relay reached {peer_id}: " + ("; ".join(errors)
                                                                   or "no usable relayed address"))
+
+    def _forget_circuits(self, pid: ID) -> None:
+        """Drop the relayed addresses py-libp2p's transport filed for ``pid`` after an earlier
+        dial: it tries them before the relay it is asked to use, so a dead relay's would come
+        first again (and take the dial's whole deadline)."""
+        peerstore = self.host.get_peerstore()
+        try:
+            kept = [a for a in peerstore.addrs(pid) if not is_circuit(str(a))]
+        except Exception:
+            return
+        peerstore.clear_addrs(pid)
+        if kept:
+            peerstore.add_addrs(pid, kept, KEPT_ADDR_SECONDS)
 
     def summary(self) -> dict[str, Any]:
         """What the relay roles did (for the node's relay.json)."""
@@ -359,6 +431,5 @@ class Circuits:
 
 
 __all__ = ["CIRCUIT", "CircuitError", "Circuits", "CountingRelay", "HolePunch", "LinkKind",
-           "announced",
-           "circuit_addr", "circuit_relay", "is_circuit", "link_kind", "relay_limits",
-           "split_addrs", "stream_link_kind", "usable_circuits"]
+           "announced", "circuit_addr", "circuit_order", "circuit_relay", "is_circuit",
+           "link_kind", "relay_limits", "split_addrs", "stream_link_kind", "usable_circuits"]

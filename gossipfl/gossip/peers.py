@@ -34,6 +34,9 @@ from gossipfl.relay_config import RelayConfig
 log = logging.getLogger(__name__)
 
 ADDR_TTL_SECONDS = 3600
+#: A peer that also has relayed addresses is tried at its direct ones this long at most (a LAN
+#: peer answers in milliseconds; a private address elsewhere may hang in py-libp2p's dialer).
+DIRECT_BEFORE_RELAY_SECONDS = 3.0
 LINK_PEERS = 1024  # peers whose streams are counted per kind of link (relay.json)
 
 
@@ -216,7 +219,8 @@ class PeerNet:
                 yield listening
                 return
             async with self.circuits.running() as relayed:
-                yield announced(listening, relayed, self.circuits.config.private)
+                yield announced(listening, relayed, self.circuits.config.private,
+                                self.circuits.config.announce_listen)
 
     def _count(self, peer: str, stream: Any) -> None:
         if peer not in self.link_streams and len(self.link_streams) >= LINK_PEERS:
@@ -311,6 +315,7 @@ class PeerNet:
     async def _connect(self, pid: ID, peer_id: str, maddrs: list[multiaddr.Multiaddr],
                        addrs: tuple[str, ...]) -> None:
         """Dial ``peer_id`` (no-op when connected): directly, then through its relays."""
+        prune_closed(self.host, pid)
         circuits = () if peer_id in self.routes else \
             usable_circuits(addrs, str(self.host.get_id()))
         if not circuits or self.host.get_network().get_connections(pid):
@@ -318,7 +323,8 @@ class PeerNet:
             return
         if maddrs:
             try:
-                await self.host.connect(PeerInfo(pid, maddrs))
+                with trio.fail_after(DIRECT_BEFORE_RELAY_SECONDS):
+                    await self.host.connect(PeerInfo(pid, maddrs))
                 return
             except Exception as error:
                 log.debug("direct dial of %s failed (%s): trying its relays", peer_id, error)
@@ -341,6 +347,34 @@ class PeerNet:
             await self.host.disconnect(ID.from_base58(peer_id))
         except Exception:
             log.debug("disconnecting %s failed", peer_id, exc_info=True)
+
+
+def prune_closed(host: IHost, pid: ID) -> int:
+    """Drop ``pid``'s closed connections from the swarm's records; returns how many.
+
+    py-libp2p 0.8.1 can keep a closed connection filed under its peer (seen with a relayed
+    connection whose relay was killed): the swarm then neither uses it (every stream fails
+    with "No valid connections available") nor dials again (it returns the connections it
+    holds), so the peer stays unreachable for good."""
+    network = host.get_network()
+    remove = getattr(network, "remove_conn", None)
+    dead = 0
+    for conn in network.get_connections(pid):
+        if not _closed(conn) or remove is None:
+            continue
+        with contextlib.suppress(Exception):
+            remove(conn)
+            dead += 1
+    if dead:
+        log.info("dropped %d closed connection(s) to %s", dead, pid)
+    return dead
+
+
+def _closed(conn: Any) -> bool:
+    try:
+        return bool(conn.is_closed or conn.muxed_conn.is_closed)
+    except Exception:
+        return False
 
 
 def _transport_part(maddr: multiaddr.Multiaddr, peer_id: str) -> multiaddr.Multiaddr:

@@ -37,7 +37,7 @@ from gossipfl.config import NodeConfig, Weighting
 from gossipfl.crypto.admission import identity_signing_key
 from gossipfl.crypto.identity import Identity
 from gossipfl.gossip.cert_holders import CertHolders
-from gossipfl.gossip.circuit import Circuits
+from gossipfl.gossip.circuit import CIRCUIT, Circuits, is_circuit
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import STAMP_REFRESH, Membership
@@ -79,9 +79,14 @@ ENVELOPE_ALLOWANCE = 4096  # bytes an envelope and the sealed frame add around a
 
 
 def split_p2p_addr(addr: str) -> tuple[str, str]:
-    """'/ip4/../tcp/../p2p/ID' → (ID, the whole address). Raises ValueError without /p2p/."""
+    """'/ip4/../tcp/../p2p/ID' → (ID, the whole address); of a relayed address
+    ('.../p2p/RELAY/p2p-circuit/p2p/ID'), the peer's ID, not the relay's. Raises ValueError
+    without /p2p/."""
     maddr = multiaddr.Multiaddr(addr)
     peer_id = maddr.value_for_protocol("p2p")
+    if is_circuit(addr):
+        tail = addr.rstrip("/").split(f"/{CIRCUIT}", 1)[1]
+        peer_id = multiaddr.Multiaddr(tail).value_for_protocol("p2p") if tail else None
     if not peer_id:
         raise ValueError(f"bootstrap address {addr} has no /p2p/<peer id> part")
     return str(peer_id), addr

@@ -28,6 +28,7 @@ from gossipfl.privacy.dp import DPConfig
 from gossipfl.scenario.datafiles import resolve_data_section
 from gossipfl.scenario.graphs import ScenarioTopology, scenario_topology
 from gossipfl.scenario.relay import LinkFaults
+from gossipfl.scenario.sites_config import PublicConfig, SiteConfig, check_sites
 
 FAULT_KINDS = ("kill", "terminate", "restart", "pause")
 CHURN_KINDS = ("restart", "pause")
@@ -334,6 +335,8 @@ class ScenarioConfig:
     churn: ChurnConfig | None = None  # recurring random faults (a soak)
     rss_sample_seconds: float = 1.0  # how often the runner samples each node's resident set
     namespaces: NamespacesConfig = field(default_factory=NamespacesConfig)
+    sites: tuple[SiteConfig, ...] = ()  # private sites behind NAT (gossipfl/scenario/sites.py)
+    public: PublicConfig = field(default_factory=PublicConfig)  # their relays
     metrics_port: int = 0  # node i serves Prometheus metrics on port metrics_port + i (0: off)
 
     def __post_init__(self) -> None:
@@ -412,6 +415,9 @@ class ScenarioConfig:
                               f"training rounds ({self.rounds})")
 
     def _check_network(self) -> None:
+        check_sites(self.sites, self.public, nodes=self.nodes,
+                    namespaces=self.namespaces.enabled, links=bool(self.links),
+                    partitions=bool(self.partitions))
         if self.namespaces.enabled:
             if self.links:  # partitions are cut at the IP layer (gossipfl.scenario.netcut)
                 raise ConfigError("namespaces cannot be combined with [[links]]: their latency, "

@@ -8,6 +8,10 @@ Layout of one lab (``TAG``: random hex, so two labs never share a name)::
                               MASQUERADE of 10.66.I.0/24 out of wan; wan->lan forwarding only
                               for connections the private side opened (conntrack), the rest dropped
     netns gfl-nat-TAG-pI:     eth0 10.66.I.2/24, default route via 10.66.I.1 (a private host)
+    netns gfl-nat-TAG-pI-K:   eth0 10.66.I.(2+K)/24: the site's further hosts (``hosts``), each
+                              on a veth whose router end hK sits on a bridge ``lan`` (the
+                              router's LAN address then lives on the bridge)
+    netns gfl-nat-TAG-pubK:   eth0 198.18.0.(1+K)/24: further public hosts (``publics``)
 
 So a private host can dial any public address (the far end sees the router's wan address), and
 nothing on the public segment can open a connection to it: the router has no port forward, and even
@@ -52,13 +56,16 @@ PUBLIC_HOST = 1  # the public host's address in PUBLIC_SUBNET
 ROUTER_BASE = 10  # router I's wan address is PUBLIC_SUBNET host ROUTER_BASE + I
 PRIVATE_BASE = ipaddress.IPv4Network("10.66.0.0/16")  # site I: 10.66.I.0/24
 MAX_SITES = 200
+MAX_SITE_HOSTS = 200  # private hosts on one site's LAN
+MAX_PUBLICS = ROUTER_BASE - PUBLIC_HOST  # public hosts below the routers' addresses
 WAN = "wan"
 LAN = "lan"
 
 
 @dataclass(frozen=True)
 class NatSite:
-    """One private host behind its own NAT router."""
+    """A private site behind its own NAT router: one host (``host``), or several (``hosts``,
+    the first being ``host``) on the site's LAN."""
 
     index: int
     router: str  # namespace of the NAT router
@@ -67,6 +74,13 @@ class NatSite:
     lan_ip: str  # the router's private address (the host's gateway)
     host_ip: str  # the private host's address
     subnet: str  # the site's private subnet
+    hosts: tuple[str, ...] = ()  # every host's namespace (default: ``host`` alone)
+    host_ips: tuple[str, ...] = ()  # every host's address (default: ``host_ip`` alone)
+
+    def __post_init__(self) -> None:
+        if not self.hosts:
+            object.__setattr__(self, "hosts", (self.host,))
+            object.__setattr__(self, "host_ips", (self.host_ip,))
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class NatPlan:
     tag: str
     sites: tuple[NatSite, ...]
     drop_unsolicited: bool = True  # see :func:`router_rules`
+    publics: int = 1  # public hosts on the hub (relays, bootstrap nodes)
 
     @property
     def prefix(self) -> str:
@@ -95,18 +110,36 @@ class NatPlan:
         return str(PUBLIC_SUBNET.network_address + PUBLIC_HOST)
 
     @property
+    def public_hosts(self) -> tuple[str, ...]:
+        """Every public host's namespace (the first is :attr:`public`)."""
+        return (self.public, *(f"{self.prefix}pub{k}" for k in range(1, self.publics)))
+
+    @property
+    def public_ips(self) -> tuple[str, ...]:
+        return tuple(str(PUBLIC_SUBNET.network_address + PUBLIC_HOST + k)
+                     for k in range(self.publics))
+
+    @property
     def namespaces(self) -> list[str]:
         """Every namespace of the lab, hub last."""
-        names = [self.public]
+        names = list(self.public_hosts)
         for site in self.sites:
-            names += [site.host, site.router]
+            names += [*site.hosts, site.router]
         return [*names, self.hub]
 
 
-def make_plan(sites: int, tag: str | None = None, *, drop_unsolicited: bool = True) -> NatPlan:
-    """A lab with ``sites`` private hosts, each behind its own NAT router."""
+def make_plan(sites: int, tag: str | None = None, *, drop_unsolicited: bool = True,
+              hosts: Sequence[int] | None = None, publics: int = 1) -> NatPlan:
+    """A lab with ``sites`` private sites, each behind its own NAT router, with ``hosts[I]``
+    private hosts at site I (default one each), and ``publics`` public hosts."""
     if not 1 <= sites <= MAX_SITES:
         raise ConfigError(f"natlab: sites must be 1..{MAX_SITES}, not {sites}")
+    counts = [1] * sites if hosts is None else list(hosts)
+    if len(counts) != sites or not all(1 <= n <= MAX_SITE_HOSTS for n in counts):
+        raise ConfigError(f"natlab: hosts must give each of the {sites} sites 1.."
+                          f"{MAX_SITE_HOSTS} hosts, not {counts}")
+    if not 1 <= publics <= MAX_PUBLICS:
+        raise ConfigError(f"natlab: publics must be 1..{MAX_PUBLICS}, not {publics}")
     tag = tag if tag is not None else secrets.token_hex(4)
     if not tag.isalnum() or len(tag) > 12:
         raise ConfigError(f"natlab: tag must be up to 12 letters or digits, not {tag!r}")
@@ -114,12 +147,15 @@ def make_plan(sites: int, tag: str | None = None, *, drop_unsolicited: bool = Tr
     made = []
     for i in range(sites):
         subnet = list(PRIVATE_BASE.subnets(new_prefix=24))[i]
+        names = tuple(f"{prefix}p{i}" + (f"-{k}" if k else "") for k in range(counts[i]))
+        ips = tuple(str(subnet.network_address + 2 + k) for k in range(counts[i]))
         made.append(NatSite(
-            index=i, router=f"{prefix}r{i}", host=f"{prefix}p{i}",
+            index=i, router=f"{prefix}r{i}", host=names[0],
             wan_ip=str(PUBLIC_SUBNET.network_address + ROUTER_BASE + i),
-            lan_ip=str(subnet.network_address + 1), host_ip=str(subnet.network_address + 2),
-            subnet=str(subnet)))
-    return NatPlan(tag=tag, sites=tuple(made), drop_unsolicited=drop_unsolicited)
+            lan_ip=str(subnet.network_address + 1), host_ip=ips[0],
+            subnet=str(subnet), hosts=names, host_ips=ips))
+    return NatPlan(tag=tag, sites=tuple(made), drop_unsolicited=drop_unsolicited,
+                   publics=publics)
 
 
 def _in(namespace: str, *command: str) -> list[str]:
@@ -154,42 +190,66 @@ def router_rules(site: NatSite, drop_unsolicited: bool = True) -> list[list[str]
 
 def setup_commands(plan: NatPlan) -> list[list[str]]:
     """Every command that builds the lab (in order)."""
-    hub, pub = plan.hub, plan.public
-    plen = PUBLIC_SUBNET.prefixlen
+    hub = plan.hub
     commands = [["ip", "netns", "add", hub],
                 ["ip", "-n", hub, "link", "add", BRIDGE, "type", "bridge"],
-                ["ip", "-n", hub, "link", "set", BRIDGE, "up"],
-                ["ip", "netns", "add", pub],
-                ["ip", "-n", hub, "link", "add", "pub", "type", "veth", "peer", "name",
-                 NODE_IFACE, "netns", pub],
-                ["ip", "-n", hub, "link", "set", "pub", "master", BRIDGE],
-                ["ip", "-n", hub, "link", "set", "pub", "up"],
-                ["ip", "-n", pub, "addr", "add", f"{plan.public_ip}/{plen}", "dev", NODE_IFACE],
-                ["ip", "-n", pub, "link", "set", NODE_IFACE, "up"],
-                ["ip", "-n", pub, "link", "set", "lo", "up"]]
+                ["ip", "-n", hub, "link", "set", BRIDGE, "up"]]
+    for k, (pub, ip) in enumerate(zip(plan.public_hosts, plan.public_ips, strict=True)):
+        commands += _public_commands(hub, pub, "pub" if k == 0 else f"pub{k}", ip)
     for site in plan.sites:
-        r, h, leg = site.router, site.host, f"w{site.index}"
-        splen = ipaddress.IPv4Network(site.subnet).prefixlen
-        commands += [
-            ["ip", "netns", "add", r],
-            ["ip", "-n", hub, "link", "add", leg, "type", "veth", "peer", "name", WAN, "netns", r],
+        commands += _site_commands(hub, site, plan.drop_unsolicited)
+    return commands
+
+
+def _public_commands(hub: str, pub: str, leg: str, ip: str) -> list[list[str]]:
+    plen = PUBLIC_SUBNET.prefixlen
+    return [["ip", "netns", "add", pub],
+            ["ip", "-n", hub, "link", "add", leg, "type", "veth", "peer", "name",
+             NODE_IFACE, "netns", pub],
             ["ip", "-n", hub, "link", "set", leg, "master", BRIDGE],
             ["ip", "-n", hub, "link", "set", leg, "up"],
-            ["ip", "-n", r, "addr", "add", f"{site.wan_ip}/{plen}", "dev", WAN],
-            ["ip", "-n", r, "link", "set", WAN, "up"],
-            ["ip", "-n", r, "link", "set", "lo", "up"],
-            ["ip", "netns", "add", h],
-            ["ip", "-n", r, "link", "add", LAN, "type", "veth", "peer", "name", NODE_IFACE,
-             "netns", h],
-            ["ip", "-n", r, "addr", "add", f"{site.lan_ip}/{splen}", "dev", LAN],
-            ["ip", "-n", r, "link", "set", LAN, "up"],
-            ["ip", "-n", h, "addr", "add", f"{site.host_ip}/{splen}", "dev", NODE_IFACE],
-            ["ip", "-n", h, "link", "set", NODE_IFACE, "up"],
-            ["ip", "-n", h, "link", "set", "lo", "up"],
-            ["ip", "-n", h, "route", "add", "default", "via", site.lan_ip],
-            *router_rules(site, plan.drop_unsolicited),
-        ]
-    return commands
+            ["ip", "-n", pub, "addr", "add", f"{ip}/{plen}", "dev", NODE_IFACE],
+            ["ip", "-n", pub, "link", "set", NODE_IFACE, "up"],
+            ["ip", "-n", pub, "link", "set", "lo", "up"]]
+
+
+def _site_commands(hub: str, site: NatSite, drop_unsolicited: bool) -> list[list[str]]:
+    """The router (wan leg on the hub) and the site's hosts: one on a veth straight to the
+    router's ``lan``; several each on a veth whose router end sits on a bridge ``lan``."""
+    r, leg = site.router, f"w{site.index}"
+    plen = PUBLIC_SUBNET.prefixlen
+    splen = ipaddress.IPv4Network(site.subnet).prefixlen
+    commands = [
+        ["ip", "netns", "add", r],
+        ["ip", "-n", hub, "link", "add", leg, "type", "veth", "peer", "name", WAN, "netns", r],
+        ["ip", "-n", hub, "link", "set", leg, "master", BRIDGE],
+        ["ip", "-n", hub, "link", "set", leg, "up"],
+        ["ip", "-n", r, "addr", "add", f"{site.wan_ip}/{plen}", "dev", WAN],
+        ["ip", "-n", r, "link", "set", WAN, "up"],
+        ["ip", "-n", r, "link", "set", "lo", "up"],
+    ]
+    bridged = len(site.hosts) > 1
+    if bridged:
+        commands.append(["ip", "-n", r, "link", "add", LAN, "type", "bridge"])
+    for k, (h, ip) in enumerate(zip(site.hosts, site.host_ips, strict=True)):
+        end = f"h{k}" if bridged else LAN
+        commands += [["ip", "netns", "add", h],
+                     ["ip", "-n", r, "link", "add", end, "type", "veth", "peer", "name",
+                      NODE_IFACE, "netns", h]]
+        if bridged:
+            commands += [["ip", "-n", r, "link", "set", end, "master", LAN],
+                         ["ip", "-n", r, "link", "set", end, "up"]]
+        else:
+            commands += [["ip", "-n", r, "addr", "add", f"{site.lan_ip}/{splen}", "dev", LAN],
+                         ["ip", "-n", r, "link", "set", LAN, "up"]]
+        commands += [["ip", "-n", h, "addr", "add", f"{ip}/{splen}", "dev", NODE_IFACE],
+                     ["ip", "-n", h, "link", "set", NODE_IFACE, "up"],
+                     ["ip", "-n", h, "link", "set", "lo", "up"],
+                     ["ip", "-n", h, "route", "add", "default", "via", site.lan_ip]]
+    if bridged:
+        commands += [["ip", "-n", r, "addr", "add", f"{site.lan_ip}/{splen}", "dev", LAN],
+                     ["ip", "-n", r, "link", "set", LAN, "up"]]
+    return [*commands, *router_rules(site, drop_unsolicited)]
 
 
 def lab_names(plan: NatPlan, listed: Sequence[str]) -> list[str]:
@@ -229,6 +289,7 @@ def cleanup(plan: NatPlan, run: Runner = run_command) -> list[str]:
 
 @contextlib.contextmanager
 def nat_lab(sites: int, *, tag: str | None = None, drop_unsolicited: bool = True,
+            hosts: Sequence[int] | None = None, publics: int = 1,
             run: Runner = run_command,
             check: Callable[[], list[str]] | None = None) -> Iterator[NatPlan]:
     """Build a lab with ``sites`` NATed private hosts and one public host; delete it all when
@@ -238,7 +299,8 @@ def nat_lab(sites: int, *, tag: str | None = None, drop_unsolicited: bool = True
     if lacks:
         raise ConfigError(f"natlab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN), iproute2 and "
                           f"iptables; missing: {', '.join(lacks)}")
-    plan = make_plan(sites, tag, drop_unsolicited=drop_unsolicited)
+    plan = make_plan(sites, tag, drop_unsolicited=drop_unsolicited, hosts=hosts,
+                     publics=publics)
     try:
         for command in setup_commands(plan):
             _checked(run, command)

@@ -43,6 +43,7 @@ from gossipfl.scenario.network import PartitionSchedule, ScenarioNetwork
 from gossipfl.scenario.process import ForkedProcess, NodeProcess
 from gossipfl.scenario.progress import Progress
 from gossipfl.scenario.report import build_report, print_summary
+from gossipfl.scenario.sites import SitesSession, open_sites
 from gossipfl.scenario.soak import Soak
 
 log = logging.getLogger("gossipfl.runner")
@@ -305,7 +306,8 @@ def churn_fault(target: NodeProcess, fault: FaultConfig, *, timeout: float) -> N
 
 
 def watch(scenario: ScenarioConfig, nodes: list[NodeProcess], quiet: bool,
-          network: PartitionSchedule | None = None, soak: Soak | None = None) -> bool:
+          network: PartitionSchedule | SitesSession | None = None,
+          soak: Soak | None = None) -> bool:
     """Poll until every node has exited or the scenario times out; returns False on timeout.
 
     With a ``network``, its partitions are cut and healed as the nodes' rounds (or the seconds
@@ -395,6 +397,14 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
     spaces = scenario.namespaces
     if spaces.enabled:  # refuse before making anything
         check_rights(**needs(scenario))
+    if scenario.sites:  # private sites behind real NAT (gossipfl/scenario/sites.py)
+        from gossipfl.scenario.sites import check_rights as sites_rights
+
+        sites_rights()
+        out_dir = run_folder(path, scenario, out)
+        with open_sites(scenario, out_dir) as sites:
+            return _run(scenario, out_dir, None, quiet=quiet, centralised=centralised,
+                        spawn=spawn, sites=sites)
     out_dir = run_folder(path, scenario, out)
     if not spaces.enabled:
         return _run(scenario, out_dir, None, quiet=quiet, centralised=centralised, spawn=spawn)
@@ -404,8 +414,8 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
 
 
 def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *, quiet: bool,
-         centralised: bool, spawn: bool) -> int:
-    relays = ScenarioNetwork(scenario) if netns is None and (
+         centralised: bool, spawn: bool, sites: SitesSession | None = None) -> int:
+    relays = ScenarioNetwork(scenario) if netns is None and sites is None and (
         scenario.links or scenario.partitions) else None
     cuts = set_up_cuts(scenario, netns, out_dir / "netns") if netns is not None else None
     network: PartitionSchedule | None = relays or cuts
@@ -413,7 +423,9 @@ def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *,
     launcher = None
     nodes: list[NodeProcess] = []
     try:
-        if netns is None:
+        if sites is not None:
+            nodes = sites.prepare(functools.partial(prepare_nodes, scenario, out_dir))
+        elif netns is None:
             nodes = prepare_nodes(scenario, out_dir, relays)
         else:
             slots = netns.plan.nodes
@@ -432,9 +444,11 @@ def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *,
         else:
             launcher = start_forked(first, out_dir, timeout=min(120.0, scenario.timeout))
         soak = Soak(scenario, start, functools.partial(churn_fault, timeout=scenario.timeout))
-        finished = watch(scenario, nodes, quiet, network, soak)
+        finished = watch(scenario, nodes, quiet, network or sites, soak)
     finally:
         stop_all(nodes)
+        if sites is not None:
+            sites.stop()
         if launcher is not None:
             try:
                 launcher.wait(timeout=STOP_GRACE_SECONDS)
@@ -460,9 +474,15 @@ def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *,
                           timed_out=not finished, network=network_section,
                           namespaces=netns.section() if netns is not None else None)
     soak.add_to(report)
+    if sites is not None:
+        from gossipfl.scenario.sites_report import add_to, print_links
+
+        add_to(report, sites, nodes)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     if not quiet:
         print_summary(report)
+        if sites is not None:
+            print_links(report)
     print(f"report: {out_dir / 'report.json'}")
     from gossipfl.report.html import try_write_report_html  # matplotlib: only now
 

@@ -1,0 +1,93 @@
+"""A public relay for ``[[sites]]`` scenarios: one process on a public host that serves circuit
+relay v2 (the HOP role, :class:`gossipfl.gossip.circuit.Circuits` with ``serve = true``) and
+nothing else. It is not a federation member (no certificate, no data, no model): the private
+nodes reserve a slot on it and reach each other's sites through it, end to end encrypted (Noise
+between the two nodes; it carries ciphertext).
+
+    ip netns exec NS python -m gossipfl.scenario.relay_node --key K --listen /ip4/IP/tcp/P \\
+        --out DIR [--circuit-bytes N] [--seconds S]
+
+It writes ``DIR/relay.json`` once it serves (``status = "serving"``: the runner waits for it),
+then every second and when it stops (SIGTERM, SIGINT or ``--seconds``): its peer id and
+address, the reservations it holds, the bytes it relayed (both ways, all circuits), and the
+peers connected to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gossipfl.crypto.identity import Identity, load_or_create_identity
+from gossipfl.gossip.circuit import Circuits
+from gossipfl.gossip.host import make_host
+from gossipfl.node.checkpoint import atomic_write_json
+from gossipfl.relay_config import RelayConfig
+
+log = logging.getLogger("gossipfl.relay_node")
+
+WRITE_SECONDS = 1.0
+FILE = "relay.json"
+
+
+def _state(circuits: Circuits, identity: Identity, listen: str, status: str,
+           started: float) -> dict[str, Any]:
+    host = circuits.host
+    peers = sorted(str(p) for p in host.get_network().get_connections_map())
+    return {"status": status, "peer_id": str(identity.peer_id),
+            "addr": f"{listen}/p2p/{identity.peer_id}", "seconds": round(time.monotonic()
+                                                                          - started, 3),
+            "connected_peers": peers, **circuits.summary()}
+
+
+async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
+                seconds: float) -> None:
+    """Relay until SIGTERM, SIGINT or ``seconds`` have passed; write ``relay.json``."""
+    host, maddrs = make_host(identity, [listen])
+    circuits = Circuits(host, config)
+    started = time.monotonic()
+    async with host.run(listen_addrs=maddrs), circuits.running():
+        status = "serving"
+        with trio.move_on_after(seconds), \
+                trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        log.info("relay: stopping on %s", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(on_signal)
+                while True:
+                    atomic_write_json(out / FILE, _state(circuits, identity, listen, status,
+                                                         started))
+                    await trio.sleep(WRITE_SECONDS)
+        atomic_write_json(out / FILE, _state(circuits, identity, listen, "stopped", started))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gossipfl.scenario.relay_node")
+    parser.add_argument("--key", required=True, help="the relay's identity file")
+    parser.add_argument("--listen", required=True, help="/ip4/IP/tcp/PORT (a concrete IP)")
+    parser.add_argument("--out", required=True, help="folder for relay.json")
+    parser.add_argument("--circuit-bytes", type=int, default=RelayConfig().circuit_bytes)
+    parser.add_argument("--seconds", type=float, default=3600.0, help="stop after this long")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = load_or_create_identity(args.key)[0]
+    config = RelayConfig(serve=True, circuit_bytes=args.circuit_bytes)
+    trio.run(serve, identity, args.listen, out, config, args.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
