@@ -41,7 +41,7 @@ from gossipfl.crypto import secagg, shamir
 from gossipfl.crypto.consistency import threshold
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import Ack, MaskedInput
-from gossipfl.node import streams
+from gossipfl.node import secure_sparse, streams
 from gossipfl.node.state import Node
 
 log = logging.getLogger("gossipfl.secagg")
@@ -136,8 +136,10 @@ def _report(node: Node, r: int, checks: dict[str, RangeCheck]) -> None:
 
 
 def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
-                 done: bool) -> MaskedInput:
-    """Quantise, mask and share: this node's input to ``aggregator``'s sum for round ``r``."""
+                 done: bool, sparse: bool = False) -> MaskedInput:
+    """Quantise, mask and share: this node's input to ``aggregator``'s sum for round ``r``
+    (``sparse``: ``estimate`` is the round's random-k delta, :mod:`gossipfl.node.secure_sparse`;
+    the masks are expanded to its length)."""
     config = node.config.secagg
     members = neighbourhood(node, aggregator)
     context = secagg.seed_context(node.config.federation, aggregator, r)
@@ -167,6 +169,7 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
         data=memoryview(np.ascontiguousarray(y, dtype="<u4")).cast("B").toreadonly(),
         shares=sealed,
         depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
+        sparse=sparse,
     )
 
 
@@ -204,8 +207,11 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
             checks[peer] = check
             if not check.verdict.sends:
                 return
+        chosen = secure_sparse.input_for(node, r, vector, estimate)  # random-k: the delta
+        if chosen is None:
+            return
         try:
-            message = await node.offload(masked_input, node, peer, r, vector, done)
+            message = await node.offload(masked_input, node, peer, r, chosen[0], done, chosen[1])
             ack = await streams.ask(node, peer, PROTO_MASKED, message, Ack, payload=True)
         except Exception as error:
             if state is not None:
