@@ -30,6 +30,7 @@ aggregator's check of the sum (:func:`gossipfl.node.round.secure_exchange`).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -211,7 +212,8 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
         if chosen is None:
             return
         try:
-            message = await node.offload(masked_input, node, peer, r, chosen[0], done, chosen[1])
+            build = functools.partial(masked_input, sparse=True) if chosen[1] else masked_input
+            message = await node.offload(build, node, peer, r, chosen[0], done)
             ack = await streams.ask(node, peer, PROTO_MASKED, message, Ack, payload=True)
         except Exception as error:
             if state is not None:
