@@ -70,6 +70,9 @@ def test_the_secagg_compressor_uses_the_shared_set_and_none_in_full_rounds() -> 
     assert np.array_equal(encoded[0].indices, round_coordinates("fed", 3, 500, 0.1))
     assert np.array_equal(encoded[0].values, delta[encoded[0].indices.astype(int)])
     assert compressor(config, "fed", "p", 5, sa) is None  # a full round: x̂ = x½
+    # consensus rounds (from the training rounds on) are full too
+    assert compressor(config, "fed", "p", 31, sa, 30) is None
+    assert compressor(config, "fed", "p", 29, sa, 30) is not None
     # without secagg, each sender draws its own set (plain mode unchanged)
     plain = [compressor(config, "fed", s, 3)(delta) for s in ("p", "q")]
     assert not np.array_equal(plain[0].indices, plain[1].indices)

@@ -24,23 +24,32 @@ from gossipfl.node.layout import Layout, LayoutError
 
 
 def compressor(config: CompressionConfig, federation: str, sender: str, round_: int,
-               secagg: SecAggConfig | None = None,
+               secagg: SecAggConfig | None = None, training_rounds: int = 0,
                ) -> Callable[[np.ndarray], Encoded | None] | None:
     """What compresses this round's delta (None: no compression). Its randomness (int8 rounding,
     random-k's index set) is drawn from a seed of (federation, sender, round). With ``secagg``
     enabled (:mod:`gossipfl.node.secure_sparse`): random-k on the coordinate set the whole
     federation shares for the round (:func:`gossipfl.crypto.secagg_sparse.round_coordinates`),
-    so masked deltas sum; none in its full rounds, which send the whole estimate anyway."""
+    so masked deltas sum; none in its full rounds (:func:`full_round`), which send the whole
+    estimate anyway."""
     kind = CompressionKind(config.kind)
     if kind is CompressionKind.NONE:
         return None
     if secagg is not None and secagg.enabled and kind is CompressionKind.RANDK:
-        if round_ % secagg.full_every == 0:
+        if full_round(secagg, training_rounds, round_):
             return None
         return lambda q: sparse_delta(q, round_coordinates(federation, round_, q.size,
                                                            config.ratio))
     rng = np.random.default_rng(shared_seed(federation, sender, round_, kind.value))
     return lambda q: compress(kind, q, config.ratio, rng)
+
+
+def full_round(secagg: SecAggConfig, training_rounds: int, round_: int) -> bool:
+    """Compressed secure aggregation: whether round ``round_`` sends full estimates (every
+    ``secagg.full_every``-th training round, and every consensus round, from round
+    ``training_rounds`` on: with no training left, masked full sums reach the consensus
+    tolerance in a few rounds where random-k deltas need the round limit), else random-k."""
+    return round_ % secagg.full_every == 0 or 0 < training_rounds <= round_
 
 
 def last_compressor(config: NodeConfig, sender: str,
@@ -50,7 +59,8 @@ def last_compressor(config: NodeConfig, sender: str,
     otherwise none (the last contribution goes uncompressed)."""
     if not config.secagg.enabled:
         return None
-    return compressor(config.compression, config.federation, sender, round_, config.secagg)
+    return compressor(config.compression, config.federation, sender, round_, config.secagg,
+                      config.rounds)
 
 
 def to_packed(encoded: Encoded) -> Packed:

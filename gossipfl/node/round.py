@@ -268,7 +268,7 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
     # x̂ += q, exactly as every neighbour will apply it
     node.own.publish(half_step, r, privatise=privacy_step(node, r, training, record),
                      compress=compressor(node.config.compression, node.config.federation,
-                                         node.peer_id, r, node.config.secagg))
+                                         node.peer_id, r, node.config.secagg, node.config.rounds))
     if training:  # what this round spent is on disk before anything it trained on is sent
         await node.offload(save_dp_ledger, node)
 

@@ -4,7 +4,8 @@ With ``[secagg] enabled`` and ``[compression] kind = "randk"``, rounds are of tw
 by the round number alone (so no aggregator chooses, and each (aggregator, round) still gets
 exactly one masked input per member, under one set of pair seeds):
 
-- **full** (every ``secagg.full_every``-th round, round 0 first): as without compression, each
+- **full** (every ``secagg.full_every``-th training round, round 0 first, and every consensus
+  round: :func:`gossipfl.node.compression.full_round`): as without compression, each
   member j masks ``w_ij · x̂_j``; aggregator i's unmasked sum becomes its running sum
   ``S_i = Σ_{j∈V} w_ij x̂_j`` over the survivors V, its *base*, with ``W_i = Σ_{j∈V} w_ij``.
 - **sparse** (the others): every member publishes its delta ``x½ − x̂`` on the round's
@@ -40,6 +41,7 @@ from gossipfl.aggregation.compress import Codec, CompressionKind
 from gossipfl.aggregation.mixing import relative_disagreement
 from gossipfl.crypto.secagg_sparse import add_at, choco_mix, round_coordinates
 from gossipfl.gossip.wire import MaskedInput
+from gossipfl.node.compression import full_round
 from gossipfl.node.state import Node
 
 log = logging.getLogger("gossipfl.secagg")
@@ -53,7 +55,7 @@ def compressed(node: Node) -> bool:
 
 def sparse_round(node: Node, r: int) -> bool:
     """Whether round ``r`` sends random-k deltas (else full estimates): public, by round."""
-    return compressed(node) and r % node.config.secagg.full_every != 0
+    return compressed(node) and not full_round(node.config.secagg, node.config.rounds, r)
 
 
 def coordinates(node: Node, r: int) -> np.ndarray:
