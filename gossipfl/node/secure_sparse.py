@@ -18,8 +18,9 @@ exactly one masked input per member, under one set of pair seeds):
 
 Either way the model moves by CHOCO's consensus step
 ``x_i = x½_i + γ (S_i − W_i x̂_i) = x½_i + γ Σ_j w_ij (x̂_j − x̂_i)``
-(:func:`gossipfl.crypto.secagg_sparse.choco_mix`, γ = ``protocol.gamma``; a full round publishes
-x̂ = x½, uncompressed, as it sends the whole estimate anyway), and the norm bound
+(:func:`gossipfl.crypto.secagg_sparse.choco_mix`, γ = ``protocol.gamma`` in training rounds, 1 in
+consensus rounds; a full round publishes x̂ = x½, uncompressed, as it sends the whole estimate
+anyway), and the norm bound
 checks the neighbourhood mean ``S_i / W_i`` against the model, as for full sums. A base member
 that drops out of a sparse round leaves its delta out of ``S_i`` (its x̂ moved, ``S_i`` did not):
 ``S_i`` then holds a slightly stale x̂_j for it until the next full round re-bases.
@@ -129,8 +130,10 @@ def mix(node: Node, r: int, half_step: np.ndarray,
         state.base = frozenset(survivors)
     kind = "random-k" if sparse else "full"
     record["secure_aggregation"] = f"{len(survivors)} contributors ({kind})"
-    # γ in full rounds too: with γ = 1 there, x̂ (= x½) would lag the mixed x by the whole
-    # disagreement, and the sparse rounds after would push x past the mean (measured: diverges)
-    node.model = choco_mix(half_step, node.own.vector, running, weight, node.protocol.gamma)
+    # γ in full training rounds too: with γ = 1 there, x̂ (= x½) would lag the mixed x by the
+    # whole disagreement, and the sparse rounds after would push x past the mean (measured:
+    # diverges); consensus rounds are all full (x̂ = x½ each round): the exact step, γ = 1
+    gamma = 1.0 if r >= node.config.rounds else node.protocol.gamma
+    node.model = choco_mix(half_step, node.own.vector, running, weight, gamma)
     node.disagreement = relative_disagreement(node.model, [running / weight])
     return missing
