@@ -409,6 +409,7 @@ async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: floa
     node.secagg.forget_before(r)
     if result is None:
         record["secure_aggregation"] = "refused"
+        node.secagg.running = None  # random-k: deltas wait for a full round (secure_sparse)
         node.model = half_step.copy()
         return missing
     total, weights, survivors = result
