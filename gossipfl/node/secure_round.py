@@ -23,7 +23,9 @@ the pair keys taken from the members' certificates, so no key round is needed):
    members' pair masks and gets Σ_{j∈V} w_ij x̂_j; the model becomes (1 − Σ_{j∈V} w_ij) x½ + it.
 
 Every contributor sends its full weighted estimate each round (with identity compression a delta
-is no smaller), so a dropout never leaves the aggregator's running sums out of step.
+is no smaller), so a dropout never leaves the aggregator's running sums out of step; with
+``[compression] kind = "randk"`` most training rounds send random-k deltas instead
+(:mod:`gossipfl.node.secure_sparse`).
 
 Step 1, the contributor's side (with its range check), is :mod:`gossipfl.node.secure_inputs`;
 its names are re-exported here. This module is the aggregator's side and the member's answers.

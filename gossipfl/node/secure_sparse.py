@@ -14,7 +14,8 @@ exactly one masked input per member, under one set of pair seeds):
   masks the ``k`` weighted values (``k``-word masks: pair masks cancel, dropout recovery
   rebuilds ``k`` words). Aggregator i sums the inputs of its base members only (anyone else
   is a dropout for the masks), and adds the sum into ``S_i`` at those coordinates. With no
-  base yet (a restart, a refused full round) it refuses sparse rounds until the next full one.
+  base (a restart; any refused or failed sum drops it) it refuses sparse rounds until the
+  next full one.
 
 Either way the model moves by CHOCO's consensus step
 ``x_i = x½_i + γ (S_i − W_i x̂_i) = x½_i + γ Σ_j w_ij (x̂_j − x̂_i)``
