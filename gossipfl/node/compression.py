@@ -18,7 +18,6 @@ from gossipfl.aggregation.compress import (
     shared_seed,
 )
 from gossipfl.config import CompressionConfig, NodeConfig, SecAggConfig
-from gossipfl.crypto.secagg_sparse import round_coordinates, sparse_delta
 from gossipfl.gossip.wire import PACKED_CODECS, Contribution, Packed
 from gossipfl.node.layout import Layout, LayoutError
 
@@ -38,6 +37,8 @@ def compressor(config: CompressionConfig, federation: str, sender: str, round_: 
     if secagg is not None and secagg.enabled and kind is CompressionKind.RANDK:
         if full_round(secagg, training_rounds, round_):
             return None
+        # loaded only with secure aggregation on (a plain node loads no crypto.secagg)
+        from gossipfl.crypto.secagg_sparse import round_coordinates, sparse_delta
         return lambda q: sparse_delta(q, round_coordinates(federation, round_, q.size,
                                                            config.ratio))
     rng = np.random.default_rng(shared_seed(federation, sender, round_, kind.value))
