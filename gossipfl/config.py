@@ -18,6 +18,7 @@ from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.config_io import (  # noqa: F401 (re-exported)
     TOML_NONE,
     ConfigError,
+    check_secagg_compression,
     dump_toml,
     from_dict,
     load_toml,
@@ -303,6 +304,7 @@ class SecAggConfig:
     scale: int = 2**20
     history_rounds: int = 50
     min_set_difference: int = 2
+    full_every: int = 10  # compression randk: every n-th round full estimates (secure_sparse)
 
     def __post_init__(self) -> None:
         _require(self.min_contributors >= 3, "secagg.min_contributors must be at least 3")
@@ -312,6 +314,7 @@ class SecAggConfig:
                  "secagg.history_rounds must be in [0, 10000]")
         _require(1 <= self.min_set_difference <= 256,
                  "secagg.min_set_difference must be in [1, 256] (1: off)")
+        _require(1 <= self.full_every <= 10_000, "secagg.full_every must be in [1, 10000]")
 
 
 @dataclass(frozen=True)
@@ -454,8 +457,7 @@ class NodeConfig:
         _require(not (self.secagg.enabled and self.robust.rule != "none"),
                  "robust.rule needs the neighbours' individual estimates: not with secagg "
                  "(its masks hide them; the norm bound still checks each secure sum)")
-        _require(not (self.secagg.enabled and self.compression.kind != "none"),
-                 "compression with secagg is not built yet")
+        check_secagg_compression(self.secagg.enabled, self.compression.kind)
         _require(not (self.protocol.weighting is Weighting.EXAMPLES
                       and (self.secagg.enabled or self.privacy.enabled)), WEIGHTING_REFUSED)
         _require(not self.secagg.enabled or self.security.admission,

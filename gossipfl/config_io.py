@@ -10,6 +10,18 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+SECAGG_COMPRESSION = ("none", "randk")
+SECAGG_COMPRESSION_REFUSED = (
+    "with secagg, compression.kind must be none or randk (random-k on a coordinate set the "
+    "federation shares each round, which masks can sum); int8, int4, fp16 and topk pick "
+    "values or coordinates per member, which masked sums cannot combine")
+
+
+def check_secagg_compression(secagg: bool, kind: str) -> None:
+    """Refuse a compression kind that secure aggregation cannot sum (ConfigError)."""
+    if secagg and kind not in SECAGG_COMPRESSION:
+        raise ConfigError(SECAGG_COMPRESSION_REFUSED)
+
 T = TypeVar("T")
 
 

@@ -321,13 +321,13 @@ def test_compression_config_is_validated(kwargs: dict[str, Any], rule: str) -> N
 
 
 def test_compression_with_secagg_is_refused() -> None:
-    with pytest.raises(ConfigError, match="compression with secagg is not built yet"):
+    with pytest.raises(ConfigError, match="must be none or randk"):
         NodeConfig(secagg=SecAggConfig(enabled=True),
                    compression=CompressionConfig(kind="int8"))
 
 
 def test_scenario_refuses_compression_with_secagg() -> None:
-    with pytest.raises(ConfigError, match="compression with secagg is not built yet"):
+    with pytest.raises(ConfigError, match="must be none or randk"):
         ScenarioConfig(secagg=SecAggConfig(enabled=True),
                        compression=CompressionConfig(kind="topk"))
     assert ScenarioConfig(compression=CompressionConfig(kind="topk")).compression.ratio == 0.1

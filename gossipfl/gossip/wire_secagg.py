@@ -79,13 +79,19 @@ class MaskedInput:
     depth: int = 0  # the sender's settled depth, horizon and waiting (gossipfl.node.termination)
     horizon: int = 0
     waiting: int = 0
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting"})
+    # compressed secure aggregation (gossipfl.node.secure_sparse): ``data`` holds the masked
+    # weighted delta on the round's shared random-k coordinates, not the whole estimate
+    sparse: bool = False
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
-        return {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
-                "weight": self.weight, "disagreement": self.disagreement, "done": self.done,
-                "data": self.data, "shares": [[p, c] for p, c in self.shares],
-                "depth": self.depth, "horizon": self.horizon, "waiting": self.waiting}
+        fields = {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
+                  "weight": self.weight, "disagreement": self.disagreement, "done": self.done,
+                  "data": self.data, "shares": [[p, c] for p, c in self.shares],
+                  "depth": self.depth, "horizon": self.horizon, "waiting": self.waiting}
+        if self.sparse:  # absent when false: a full input's frame is as before
+            fields["sparse"] = True
+        return fields
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
@@ -108,6 +114,7 @@ class MaskedInput:
             depth=check_int(body.get("depth", 0), "depth", 0, MAX_DEPTH),
             horizon=check_int(body.get("horizon", 0), "horizon", 0, MAX_DEPTH),
             waiting=check_int(body.get("waiting", 0), "waiting", 0, MAX_DEPTH),
+            sparse=check_bool(body.get("sparse", False), "sparse"),
         )
 
 

@@ -17,20 +17,51 @@ from gossipfl.aggregation.compress import (
     decode,
     shared_seed,
 )
-from gossipfl.config import CompressionConfig
+from gossipfl.config import CompressionConfig, NodeConfig, SecAggConfig
 from gossipfl.gossip.wire import PACKED_CODECS, Contribution, Packed
 from gossipfl.node.layout import Layout, LayoutError
 
 
-def compressor(config: CompressionConfig, federation: str, sender: str,
-               round_: int) -> Callable[[np.ndarray], Encoded | None] | None:
+def compressor(config: CompressionConfig, federation: str, sender: str, round_: int,
+               secagg: SecAggConfig | None = None, training_rounds: int = 0,
+               ) -> Callable[[np.ndarray], Encoded | None] | None:
     """What compresses this round's delta (None: no compression). Its randomness (int8 rounding,
-    random-k's index set) is drawn from a seed of (federation, sender, round)."""
+    random-k's index set) is drawn from a seed of (federation, sender, round). With ``secagg``
+    enabled (:mod:`gossipfl.node.secure_sparse`): random-k on the coordinate set the whole
+    federation shares for the round (:func:`gossipfl.crypto.secagg_sparse.round_coordinates`),
+    so masked deltas sum; none in its full rounds (:func:`full_round`), which send the whole
+    estimate anyway."""
     kind = CompressionKind(config.kind)
     if kind is CompressionKind.NONE:
         return None
+    if secagg is not None and secagg.enabled and kind is CompressionKind.RANDK:
+        if full_round(secagg, training_rounds, round_):
+            return None
+        # loaded only with secure aggregation on (a plain node loads no crypto.secagg)
+        from gossipfl.crypto.secagg_sparse import round_coordinates, sparse_delta
+        return lambda q: sparse_delta(q, round_coordinates(federation, round_, q.size,
+                                                           config.ratio))
     rng = np.random.default_rng(shared_seed(federation, sender, round_, kind.value))
     return lambda q: compress(kind, q, config.ratio, rng)
+
+
+def full_round(secagg: SecAggConfig, training_rounds: int, round_: int) -> bool:
+    """Compressed secure aggregation: whether round ``round_`` sends full estimates (every
+    ``secagg.full_every``-th training round, and every consensus round, from round
+    ``training_rounds`` on: with no training left, masked full sums reach the consensus
+    tolerance in a few rounds where random-k deltas need the round limit), else random-k."""
+    return round_ % secagg.full_every == 0 or 0 < training_rounds <= round_
+
+
+def last_compressor(config: NodeConfig, sender: str,
+                    round_: int) -> Callable[[np.ndarray], Encoded | None] | None:
+    """What compresses the final delta a node publishes with done=True: under secure
+    aggregation the round's compressor (its aggregators expect that round's kind of input);
+    otherwise none (the last contribution goes uncompressed)."""
+    if not config.secagg.enabled:
+        return None
+    return compressor(config.compression, config.federation, sender, round_, config.secagg,
+                      config.rounds)
 
 
 def to_packed(encoded: Encoded) -> Packed:

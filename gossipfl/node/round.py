@@ -30,7 +30,7 @@ from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.node import linger, settle
 from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector, sync_due
-from gossipfl.node.compression import compressor
+from gossipfl.node.compression import compressor, last_compressor
 from gossipfl.node.exchange import (
     close_channels,
     finite,
@@ -268,7 +268,7 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
     # x̂ += q, exactly as every neighbour will apply it
     node.own.publish(half_step, r, privatise=privacy_step(node, r, training, record),
                      compress=compressor(node.config.compression, node.config.federation,
-                                         node.peer_id, r))
+                                         node.peer_id, r, node.config.secagg, node.config.rounds))
     if training:  # what this round spent is on disk before anything it trained on is sent
         await node.offload(save_dp_ledger, node)
 
@@ -393,7 +393,7 @@ def persist_round(node: Node, r: int, sync: bool = True) -> None:
 async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: float,
                           record: dict[str, Any]) -> list[str]:
     """Steps 4-6 under secure aggregation; returns the neighbours whose input is missing."""
-    from gossipfl.node import secure_round  # only with secure aggregation on: loaded then
+    from gossipfl.node import secure_round, secure_sparse  # only with secure aggregation on
 
     send_start = trio.current_time()
     checked = await secure_round.send_masked_inputs(node, r, done=False)
@@ -409,9 +409,12 @@ async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: floa
     node.secagg.forget_before(r)
     if result is None:
         record["secure_aggregation"] = "refused"
+        node.secagg.running = None  # random-k: deltas wait for a full round (secure_sparse)
         node.model = half_step.copy()
         return missing
     total, weights, survivors = result
+    if secure_sparse.compressed(node):  # random-k deltas: CHOCO on a running sum
+        return secure_sparse.mix(node, r, half_step, result, record, missing)
     bound = sum_bound(half_step, node.config.robust.norm_ratio, len(survivors))
     if not mean_within(total / weights, half_step, bound):
         # masking hides who sent what: only the sum can be checked (a member that scaled its
@@ -485,7 +488,7 @@ def finished(node: Node, r: int) -> Verdict:
 async def announce_done(node: Node) -> None:
     """Publish the final model to the neighbours with done=True, so they stop waiting for us."""
     r = node.round + 1
-    node.own.publish(node.model, r)
+    node.own.publish(node.model, r, compress=last_compressor(node.config, node.peer_id, r))
     node.status = NodeStatus.DONE
     node.settle.done_beat = node.stamp_seq + 1
     node.beat_now.set()  # tell every member at once: a lingering one waits for it

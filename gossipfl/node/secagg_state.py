@@ -16,6 +16,8 @@ from gossipfl.gossip.wire import MaskedInput
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    import numpy as np
+
     from gossipfl.config import NodeConfig, ProtocolConfig
     from gossipfl.gossip.membership import Membership
 
@@ -43,6 +45,11 @@ class SecAggState:
     # input (gossipfl.node.termination)
     peer_status: dict[str, tuple[int, float, bool, int, int, int]] = field(
         default_factory=dict)
+    # compressed secure aggregation (gossipfl.node.secure_sparse), aggregator role: the running
+    # sum Σ_{j∈base} w_ij x̂_j, its total weight, and the members it covers (None: no base yet)
+    running: np.ndarray | None = None
+    running_weight: float = 0.0
+    base: frozenset[str] = frozenset()
 
     def forget_before(self, round_: int) -> None:
         for r in [r for r in self.inbox if r < round_]:

@@ -30,6 +30,7 @@ aggregator's check of the sum (:func:`gossipfl.node.round.secure_exchange`).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ from gossipfl.crypto import secagg, shamir
 from gossipfl.crypto.consistency import threshold
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import Ack, MaskedInput
-from gossipfl.node import streams
+from gossipfl.node import secure_sparse, streams
 from gossipfl.node.state import Node
 
 log = logging.getLogger("gossipfl.secagg")
@@ -136,8 +137,10 @@ def _report(node: Node, r: int, checks: dict[str, RangeCheck]) -> None:
 
 
 def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
-                 done: bool) -> MaskedInput:
-    """Quantise, mask and share: this node's input to ``aggregator``'s sum for round ``r``."""
+                 done: bool, sparse: bool = False) -> MaskedInput:
+    """Quantise, mask and share: this node's input to ``aggregator``'s sum for round ``r``
+    (``sparse``: ``estimate`` is the round's random-k delta, :mod:`gossipfl.node.secure_sparse`;
+    the masks are expanded to its length)."""
     config = node.config.secagg
     members = neighbourhood(node, aggregator)
     context = secagg.seed_context(node.config.federation, aggregator, r)
@@ -167,6 +170,7 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
         data=memoryview(np.ascontiguousarray(y, dtype="<u4")).cast("B").toreadonly(),
         shares=sealed,
         depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
+        sparse=sparse,
     )
 
 
@@ -204,8 +208,12 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
             checks[peer] = check
             if not check.verdict.sends:
                 return
+        chosen = secure_sparse.input_for(node, r, vector, estimate)  # random-k: the delta
+        if chosen is None:
+            return
         try:
-            message = await node.offload(masked_input, node, peer, r, vector, done)
+            build = functools.partial(masked_input, sparse=True) if chosen[1] else masked_input
+            message = await node.offload(build, node, peer, r, chosen[0], done)
             ack = await streams.ask(node, peer, PROTO_MASKED, message, Ack, payload=True)
         except Exception as error:
             if state is not None:

@@ -23,7 +23,9 @@ the pair keys taken from the members' certificates, so no key round is needed):
    members' pair masks and gets Σ_{j∈V} w_ij x̂_j; the model becomes (1 − Σ_{j∈V} w_ij) x½ + it.
 
 Every contributor sends its full weighted estimate each round (with identity compression a delta
-is no smaller), so a dropout never leaves the aggregator's running sums out of step.
+is no smaller), so a dropout never leaves the aggregator's running sums out of step; with
+``[compression] kind = "randk"`` most training rounds send random-k deltas instead
+(:mod:`gossipfl.node.secure_sparse`).
 
 Step 1, the contributor's side (with its range check), is :mod:`gossipfl.node.secure_inputs`;
 its names are re-exported here. This module is the aggregator's side and the member's answers.
@@ -50,7 +52,7 @@ from gossipfl.gossip.wire import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from gossipfl.node import streams
+from gossipfl.node import secure_sparse, streams
 from gossipfl.node.secagg_state import (
     KEEP_ROUNDS,
     SecAggState,
@@ -225,9 +227,11 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     inbox = node.secagg.inbox.setdefault(message.round, {})
     if remote in inbox:
         return refuse("duplicate", f"a second input for round {message.round}")
-    if len(message.data) != 4 * node.layout.size:
-        return refuse("layout", f"{len(message.data) // 4} values, the model has "
-                                f"{node.layout.size}")
+    if (message.sparse != secure_sparse.sparse_round(node, message.round)
+            or len(message.data) != 4 * secure_sparse.words(node, message.round)):
+        return refuse("layout", f"{len(message.data) // 4} values (sparse {message.sparse}), "
+                                f"round {message.round} takes "
+                                f"{secure_sparse.words(node, message.round)}")
     expected = weight(node, node.peer_id, remote)
     if abs(message.weight - expected) > 1e-9:
         return refuse("weight", f"weight {message.weight}, expected {expected}")
@@ -272,7 +276,10 @@ async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] 
 async def honest_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] | None:
     """The honest aggregator's step: the survivors it may announce, then :func:`sum_over`."""
     node.secagg.closed.add(r)
-    inputs = node.secagg.inbox.get(r, {})
+    inputs = secure_sparse.eligible(node, r, node.secagg.inbox.get(r, {}))
+    if inputs is None:
+        return _refuse(node, r, "no running sum to add random-k deltas to until the next full "
+                       "round (secagg.full_every)")
     members = neighbourhood(node, node.peer_id)
     config = node.config.secagg
     minimum = consistency.minimum_survivors(len(members), config.min_contributors)

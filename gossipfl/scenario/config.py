@@ -23,6 +23,7 @@ from gossipfl.config import (
     from_dict,
     load_toml,
 )
+from gossipfl.config_io import check_secagg_compression
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
 from gossipfl.scenario.datafiles import resolve_data_section
@@ -357,8 +358,7 @@ class ScenarioConfig:
         self.topology.check_nodes(self.nodes)
         if self.secagg.enabled and not self.admission:
             raise ConfigError("secagg needs admission = true (pair masks use certified keys)")
-        if self.secagg.enabled and self.compression.kind != "none":
-            raise ConfigError("compression with secagg is not built yet")
+        check_secagg_compression(self.secagg.enabled, self.compression.kind)
         if self.protocol.weighting is Weighting.EXAMPLES and (self.secagg.enabled
                                                               or self.privacy.enabled):
             raise ConfigError(WEIGHTING_REFUSED)
