@@ -319,3 +319,13 @@ def restored_public_estimate(checkpoint: Checkpoint, initial: np.ndarray) -> Own
                     "starting it from the initial model, never from the private model")
         return OwnEstimate(np.array(initial, dtype=np.float32))
     return OwnEstimate(checkpoint.public.copy(), round=checkpoint.public_round)
+
+
+def persist_round(node: Node, r: int, sync: bool = True) -> None:
+    """Checkpoint (model, public estimate, DP state; fsync'd if ``sync``) and, if kept, the
+    round's model for the consensus-distance report."""
+    save_node_checkpoint(node, node.out / "checkpoint.npz", r, durable=sync)
+    if node.config.keep_round_models:
+        save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model, durable=False)
+    if node.config.adversary.keep_public_estimates:  # what adversaries' reconstructions aim at
+        save_vector(node.out / "public" / f"r{r:05d}.npy", node.own.vector, durable=False)

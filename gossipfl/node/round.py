@@ -29,7 +29,7 @@ from gossipfl.aggregation.mixing import (
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.node import linger, settle
-from gossipfl.node.checkpoint import save_dp_ledger, save_node_checkpoint, save_vector, sync_due
+from gossipfl.node.checkpoint import persist_round, save_dp_ledger, sync_due
 from gossipfl.node.compression import compressor, last_compressor
 from gossipfl.node.exchange import (
     close_channels,
@@ -378,16 +378,6 @@ def privacy_step(node: Node, r: int, training: bool,
     rng = node.dp_rng
     assert rng is not None
     return lambda delta: privatise_update(delta, config, rng)
-
-
-def persist_round(node: Node, r: int, sync: bool = True) -> None:
-    """Checkpoint (model, public estimate, DP state; fsync'd if ``sync``) and, if kept, the
-    round's model for the consensus-distance report."""
-    save_node_checkpoint(node, node.out / "checkpoint.npz", r, durable=sync)
-    if node.config.keep_round_models:
-        save_vector(node.out / "rounds" / f"r{r:05d}.npy", node.model, durable=False)
-    if node.config.adversary.keep_public_estimates:  # what adversaries' reconstructions aim at
-        save_vector(node.out / "public" / f"r{r:05d}.npy", node.own.vector, durable=False)
 
 
 async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: float,
