@@ -3,6 +3,8 @@ marker that lets a machine compile a model's steps once."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +15,10 @@ from gossipfl.scenario.launcher import fork_safe
 
 
 def test_fork_is_refused_while_another_thread_runs() -> None:
-    assert fork_safe()  # the test process: one thread, no JAX backend started
+    fresh = subprocess.run(  # a fresh interpreter: one thread, no JAX backend started
+        [sys.executable, "-c", "from gossipfl.scenario.launcher import fork_safe; "
+         "import jax; print(fork_safe())"], capture_output=True, text=True, timeout=60)
+    assert fresh.stdout.strip() == "True", fresh.stderr
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
