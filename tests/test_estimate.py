@@ -158,8 +158,8 @@ def test_wall_time_adds_start_up_rounds_and_finish() -> None:
     # 3 nodes on 2 cores: a round of 0.1 s CPU each takes 0.15 s; the first also starts them
     first = 3 * (0.5 + 0.1) / 2
     rounds = first + 4 * 0.15  # consensus rounds cost nothing here (no messages, no eval)
-    start = 1.0 + 2.0 + 2 * 1.0  # imports, warm-up, two heartbeat intervals to join
-    finish = 2 * 1.0
+    start = 2.0 + 2 * 1.0  # warm-up, two heartbeat intervals to join (imports precede the run)
+    finish = 0.25 * 1.0  # the done heartbeats crossing
     assert result.wall_seconds == pytest.approx(start + rounds + finish)
     assert result.max_peak_rss_bytes > cal.base_rss_bytes
 

@@ -25,8 +25,10 @@ transport cost per frame (libp2p, Noise, yamux, trio: a constant measured from r
 fixed cost per round (the checkpoint, the metrics line). N node processes share the machine's
 cores, and heartbeats take their share first, so a synchronous round lasts the larger of the
 slowest node's CPU and the sum over the nodes over the cores left. Wall time: start-up (the
-launcher's imports, the warm-up compilation, each node's start, membership forming) + the
-rounds + the lingering (two heartbeat intervals) and exit.
+warm-up compilation, each node's start, membership forming; not the imports: ``gossipfl run``
+forks the launcher from itself, imports done) + the rounds + the lingering (a whole
+federation's ends as soon as every member has heard every other is done: a fraction of a
+heartbeat interval) and exit.
 
 **Memory.** A node's peak RSS: the calibration process's resident set (it imported what a
 node imports and trained the model) plus the node's own state: the model, its public estimate,
@@ -47,7 +49,7 @@ from gossipfl.scenario.config import ScenarioConfig
 
 HEARTBEAT_EXTRA = 2  # members beyond its neighbours a node heartbeats (membership_loop.py)
 HEARTBEAT_FANOUT = 16  # members heartbeated per cycle while joining
-LINGER_INTERVALS = 2  # a node with no member absent lingers two heartbeat intervals
+LINGER_INTERVALS = 0.25  # a whole federation's linger: its members' done heartbeats crossing
 JOIN_PEERS = 2 * HEARTBEAT_FANOUT  # members one meets while joining, at most
 MIN_CORES_LEFT = 0.25
 GRAPH_DRAWS = 8  # random graphs drawn for a kind the run draws at random
@@ -256,14 +258,14 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
 
     pairs = n * min(n - 1, JOIN_PEERS)  # members meeting each other while joining
     joining = pairs * k.join_pair_cpu_seconds / cores_left
-    start_up = (cal.import_seconds + cal.compile_seconds + joining
+    start_up = (cal.compile_seconds + joining
                 + k.join_intervals * protocol.heartbeat_interval)
     finish = (LINGER_INTERVALS * protocol.heartbeat_interval + k.exit_seconds
               + n * k.exit_cpu_seconds / cores_left)
     rounds_seconds = (round_first + (training - 1) * round_train
                       + consensus * round_consensus)
     wall = start_up + rounds_seconds + finish
-    cycles = (wall - cal.import_seconds - cal.compile_seconds) / cycle  # a node's life
+    cycles = (wall - cal.compile_seconds) / cycle  # a node's life
 
     vector = 4 * cal.parameters
     nodes = []
