@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import trio
+from secagg_loopback import wire_up
 
 from gossipfl.aggregation.compress import Codec, kept
 from gossipfl.config import (
@@ -226,39 +225,6 @@ def _fresh_state(request: pytest.FixtureRequest) -> None:
                 node.membership.heard_from(other.peer_id, (), NOW, stamps[name])
 
 
-class _Loopback:
-    def __init__(self, aggregator: str, member: Node, protocol: str) -> None:
-        self.aggregator, self.member, self.protocol = aggregator, member, protocol
-        self.reply: Any = None
-
-    async def send(self, message: Any, max_bytes: int) -> None:
-        message = wire.decode_frame(wire.encode_frame(message, max_bytes), type(message),
-                                    max_bytes)
-        if self.protocol == secure_round.PROTO_CONSISTENCY:
-            self.reply = secure_round.answer_consistency(self.member, self.aggregator, message)
-        else:
-            self.reply = secure_round.answer_unmask(self.member, self.aggregator, message)
-
-    async def receive(self, expected: type, max_bytes: int) -> Any:
-        if self.reply is None:
-            raise EOFError("stream closed without an answer")
-        return wire.decode_frame(wire.encode_frame(self.reply, max_bytes), expected, max_bytes)
-
-
-def _wire_up(star: dict[str, Node], gone: str = "") -> None:
-    a = star["a"]
-    by_id = {node.peer_id: node for node in star.values()}
-    vanished = {star[n].peer_id for n in gone}
-
-    @asynccontextmanager
-    async def channel_to(peer: str, protocol: str, addrs=None) -> AsyncIterator[_Loopback]:
-        if peer in vanished:
-            raise ConnectionError(f"{peer} is gone")
-        yield _Loopback(a.peer_id, by_id[peer], protocol)
-
-    a.channel_to = channel_to  # type: ignore[method-assign]
-
-
 def _publish(star: dict[str, Node], r: int, seed: int) -> dict[str, np.ndarray]:
     """Every member trains a little and publishes round r's delta (random-k on the shared set
     in a sparse round); returns each x̂ after it."""
@@ -283,7 +249,7 @@ def _send(star: dict[str, Node], senders: str, r: int) -> list[str]:
 
 
 def _round(star: dict[str, Node], r: int, senders: str, gone: str = ""):
-    _wire_up(star, gone)
+    wire_up(star, gone)
     assert _send(star, senders, r) == ["ok"] * len(senders)
 
     async def main() -> object:

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
+from secagg_loopback import Loopback, wire_up
 
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecAggConfig, SecurityConfig
 from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
-from gossipfl.gossip import wire
 from gossipfl.gossip.wire import ConsistencyRequest, MaskedInput
 from gossipfl.node import secure_round
 from gossipfl.node.learner import LocalLearner
@@ -252,42 +252,6 @@ def test_too_few_contributors_is_refused_and_late_inputs_after_fixing_are_refuse
 # -- the aggregator's own driver, over an in-process transport ---------------------------------
 
 
-class _Loopback:
-    """A stream from the aggregator to one member: every frame goes through the wire codec and
-    the member's own handler answers it (None: the member closed the stream unanswered)."""
-
-    def __init__(self, aggregator: str, member: Node, protocol: str) -> None:
-        self.aggregator, self.member, self.protocol = aggregator, member, protocol
-        self.reply: Any = None
-
-    async def send(self, message: Any, max_bytes: int) -> None:
-        message = wire.decode_frame(wire.encode_frame(message, max_bytes), type(message),
-                                    max_bytes)
-        if self.protocol == secure_round.PROTO_CONSISTENCY:
-            self.reply = secure_round.answer_consistency(self.member, self.aggregator, message)
-        else:
-            self.reply = secure_round.answer_unmask(self.member, self.aggregator, message)
-
-    async def receive(self, expected: type, max_bytes: int) -> Any:
-        if self.reply is None:
-            raise EOFError("stream closed without an answer")
-        return wire.decode_frame(wire.encode_frame(self.reply, max_bytes), expected, max_bytes)
-
-
-def _wire_up(star: dict[str, Node], gone: str = "") -> None:
-    a = star["a"]
-    by_id = {node.peer_id: node for node in star.values()}
-    vanished = {star[n].peer_id for n in gone}
-
-    @asynccontextmanager
-    async def channel_to(peer: str, protocol: str, addrs=None) -> AsyncIterator[_Loopback]:
-        if peer in vanished:
-            raise ConnectionError(f"{peer} is gone")
-        yield _Loopback(a.peer_id, by_id[peer], protocol)
-
-    a.channel_to = channel_to  # type: ignore[method-assign]
-
-
 def _inbox(star: dict[str, Node], senders: str, r: int) -> None:
     """The aggregator, at round r, accepts the named members' masked inputs."""
     star["a"].round = r
@@ -307,7 +271,7 @@ def test_the_driver_signs_then_unmasks_the_right_sum(star, senders: str, gone: s
     r = 20
     estimates = _fresh(star, r)
     _inbox(star, senders, r)
-    _wire_up(star, gone)
+    wire_up(star, gone)
     result = _secure_sum(star, r)
     assert result is not None
     total, weights, survivors = result
@@ -327,7 +291,7 @@ def test_the_driver_does_not_announce_a_set_one_member_from_a_recent_one(star) -
     _fresh(star, 21)
     a = star["a"]
     _inbox(star, "bcde", 21)
-    _wire_up(star)
+    wire_up(star)
     assert _secure_sum(star, 21) is not None
     _inbox(star, "cde", 22)
     assert _secure_sum(star, 22) is None
@@ -341,7 +305,7 @@ def test_the_driver_keeps_a_recent_set_when_a_member_returns(star) -> None:
     (the fourth's input counts as dropped: its pair masks go, its self mask stays)."""
     _fresh(star, 24)
     _inbox(star, "cde", 24)
-    _wire_up(star)
+    wire_up(star)
     assert _secure_sum(star, 24) is not None
     estimates = _fresh(star, 25)
     _inbox(star, "bcde", 25)
@@ -414,7 +378,7 @@ def test_a_member_that_died_is_waited_for_then_summed_without(star) -> None:
     then sums the three; it waits at most the silence time."""
     _fresh(star, 30)
     _inbox(star, "bcde", 30)
-    _wire_up(star)
+    wire_up(star)
     assert _secure_sum(star, 30) is not None
     estimates = _fresh(star, 31)
     _inbox(star, "cde", 31)
@@ -432,7 +396,7 @@ def test_a_live_member_left_out_is_not_waited_for(star) -> None:
     the round is refused after at most a heartbeat, not held for the silence time."""
     _fresh(star, 32)
     _inbox(star, "bcde", 32)
-    _wire_up(star)
+    wire_up(star)
     assert _secure_sum(star, 32) is not None
     _inbox(star, "cde", 33)
     result, waited = _sum_on_mock_time(star, 33, alive="b")
@@ -442,7 +406,7 @@ def test_a_live_member_left_out_is_not_waited_for(star) -> None:
 
 def _wire_up_timed(star: dict[str, Node], delays: dict[str, float],
                    short: str = "") -> list[str]:
-    """As :func:`_wire_up`, with each named member answering after its delay (mock time), and
+    """As :func:`wire_up`, with each named member answering after its delay (mock time), and
     the members in ``short`` answering unmask requests at once but with their seed shares
     stripped (a deviating member). Returns the members' names in the order their unmask
     answers came back."""
@@ -451,7 +415,7 @@ def _wire_up_timed(star: dict[str, Node], delays: dict[str, float],
     by_id = {node.peer_id: node for node in star.values()}
     answered: list[str] = []
 
-    class Timed(_Loopback):
+    class Timed(Loopback):
         async def receive(self, expected: type, max_bytes: int) -> Any:
             name = name_of[self.member.peer_id]
             unmask = self.protocol == secure_round.PROTO_UNMASK
@@ -464,7 +428,7 @@ def _wire_up_timed(star: dict[str, Node], delays: dict[str, float],
             return await super().receive(expected, max_bytes)
 
     @asynccontextmanager
-    async def channel_to(peer: str, protocol: str, addrs=None) -> AsyncIterator[_Loopback]:
+    async def channel_to(peer: str, protocol: str, addrs=None) -> AsyncIterator[Loopback]:
         yield Timed(a.peer_id, by_id[peer], protocol)
 
     a.channel_to = channel_to  # type: ignore[method-assign]
