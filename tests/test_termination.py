@@ -303,3 +303,22 @@ def test_waiting_spreads_within_the_horizon_and_stops_echoing_once_the_member_is
     for _ in range(h + 1):  # it is back: the figures count up past the horizon and vanish
         waits = step(set())
     assert all(w == 0 for w in waits.values())
+
+
+def test_linger_ends_early_only_when_every_member_said_done_and_heard_ours() -> None:
+    from gossipfl.gossip.codes import NodeStatus
+    from gossipfl.node.termination import linger_over
+
+    done = NodeStatus.DONE
+    assert linger_over(whole=True, statuses=[done, done], told_cycle=True, owed=False)
+    # a member still in its rounds, or one never heard (a made-up id some reporter listed),
+    # keeps the node lingering its full time: a liar cannot hold it longer than that
+    assert not linger_over(whole=True, statuses=[done, NodeStatus.CONSENSUS], told_cycle=True,
+                           owed=False)
+    assert not linger_over(whole=True, statuses=[done, None], told_cycle=True, owed=False)
+    # members that all say done (one of them lying) cannot end it when one was absent at the
+    # finish (a partition: it may come back with another model)
+    assert not linger_over(whole=False, statuses=[done, done], told_cycle=True, owed=False)
+    # nor before the members heard this node's own done, nor while a neighbour is owed its model
+    assert not linger_over(whole=True, statuses=[done], told_cycle=False, owed=False)
+    assert not linger_over(whole=True, statuses=[done], told_cycle=True, owed=True)
