@@ -238,11 +238,12 @@ def test_a_federation_over_slow_jittery_links_still_converges(tmp_path: Path, po
     assert min_accuracy(nodes) > 0.8
     assert report["final_consensus_distance"] <= 1e-3
     assert all(n["timeouts"] == 0 and not n["dropped_neighbours"] for n in nodes)
-    # each node sends across the slow links every round: a contribution there and its ack
-    # back each wait 0.02 ± 0.01 s
+    # each node sends across the slow links every round: its contribution there waits
+    # 0.02 ± 0.01 s; the round goes on without its ack (read in the background), unless the
+    # last round's ack is still on its way back (another 0.02 ± 0.01 s at most)
     for index in range(4):
         sends = [r["send_seconds"] for r in metrics(tmp_path, index)]
-        assert all(0.02 <= s <= 0.06 for s in sends), (index, sends)
+        assert all(0.01 <= s <= 0.06 for s in sends), (index, sends)
 
 
 def test_async_mode_does_not_hold_the_federation_to_its_slowest_node(tmp_path: Path,

@@ -5,8 +5,10 @@ with or without a bounded lead), and counting who missed the round (liveness).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,8 +18,9 @@ from gossipfl.gossip.codes import RUNNING, AckCode, AckReason, NodeStatus
 from gossipfl.gossip.membership import SILENT_INTERVALS
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution
 from gossipfl.node.compression import to_packed
+from gossipfl.node.estimates import OwnEstimate
 from gossipfl.node.links import drop_neighbour
-from gossipfl.node.state import Node
+from gossipfl.node.state import NeighbourState, Node
 from gossipfl.node.streams import close_streams
 
 log = logging.getLogger("gossipfl.round")
@@ -46,26 +49,75 @@ def send_targets(node: Node) -> list[str]:
 
 
 async def send_to_neighbours(node: Node, r: int, *, done: bool) -> None:
+    """Send round ``r`` to every target (:func:`send_targets`). A round's contribution
+    (``done`` False, the node running) returns once each frame is written (or its send has
+    failed): the acks are read in the node's nursery while the round goes on to wait for the
+    neighbours' contributions, so a round does not also wait for each neighbour to open, check
+    and apply ours before it starts waiting for theirs. The next send to a neighbour waits for
+    the last one's ack (``NeighbourState.send_lock``): its delta is taken against what that
+    ack said the neighbour holds. The final send (``done``) waits for every ack."""
     targets = send_targets(node)
-    async with trio.open_nursery() as nursery:
-        for peer in targets:
-            nursery.start_soon(send_contribution, node, peer, r, done)
+    if done or node.background is None:
+        async with trio.open_nursery() as nursery:
+            for peer in targets:
+                nursery.start_soon(send_contribution, node, peer, r, done)
+        return
+    written = [trio.Event() for _ in targets]
+    for peer, event in zip(targets, written, strict=True):
+        node.background.start_soon(send_contribution, node, peer, r, done, event)
+    for event in written:
+        await event.wait()
 
 
-async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
-    """Send our round-r estimate (delta or full) to one neighbour and read its ack.
+async def send_contribution(node: Node, peer: str, r: int, done: bool,
+                            written: trio.Event | None = None) -> None:
+    """Send our round-r estimate (delta or full) to one neighbour and read its ack
+    (``written`` is set once the frame is written, or the send failed).
 
     Uses the neighbour's open stream; a broken stream (the peer restarted, or closed it as
     idle) is replaced by a new one once before the neighbour counts as unreachable.
     """
-    state = node.neighbours[peer]
+    try:
+        state = node.neighbours.get(peer)
+        if state is None:  # dropped since the round chose its targets
+            return
+        # round r's estimate and fields, taken now: the round waits until the frame is written,
+        # but a resend (a broken stream, NEED_FULL) may come after it went on
+        snapshot = Snapshot.take(node)
+        async with state.send_lock:
+            await _send(node, state, peer, r, done, snapshot, written)
+    finally:
+        if written is not None:
+            written.set()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a send of round r carries, as of round r: the public estimate (its vector, last
+    delta and base; a publish replaces these arrays, never writes to them) and the fields
+    the termination rule reads."""
+
+    own: OwnEstimate
+    fields: dict[str, Any]
+
+    @classmethod
+    def take(cls, node: Node) -> Snapshot:
+        return cls(dataclasses.replace(node.own), dict(
+            degree=len(node.neighbours), disagreement=finite(node.disagreement, default=1e9),
+            training=node.status == NodeStatus.TRAINING, depth=node.settle.depth,
+            horizon=node.settle.horizon, waiting=node.settle.waiting,
+            examples=node.reported_examples))
+
+
+async def _send(node: Node, state: NeighbourState, peer: str, r: int, done: bool,
+                snapshot: Snapshot, written: trio.Event | None) -> None:
     # a frozen or overloaded neighbour may hold the stream open without answering: never let
     # one send hold the round longer than the round itself may last
     limit = min(node.protocol.request_timeout, node.protocol.round_timeout)
     with trio.move_on_after(limit) as scope:
         for attempt in (1, 2):
             try:
-                ack = await _exchange(node, peer, r, done)
+                ack = await _exchange(node, peer, r, done, snapshot, written)
                 break
             except Exception as error:
                 if state.channel is not None:
@@ -98,39 +150,39 @@ async def send_contribution(node: Node, peer: str, r: int, done: bool) -> None:
         node.notify()
 
 
-async def _exchange(node: Node, peer: str, r: int, done: bool) -> Ack:
+async def _exchange(node: Node, peer: str, r: int, done: bool, snapshot: Snapshot,
+                    written: trio.Event | None = None) -> Ack:
     assert node.net is not None
     state = node.neighbours[peer]
+    own = snapshot.own
 
     def frame(kind: str, base: int, array: np.ndarray) -> Contribution:
         # the delta we published goes out compressed as published; anything else as float32
-        encoded = node.own.last_encoded if array is node.own.last_delta else None
+        encoded = own.last_encoded if array is own.last_delta else None
         packed = None if encoded is None or kind != "delta" else to_packed(encoded)
         node.own.note_sent(array.size, None if packed is None else packed.nbytes)
         return Contribution(
             federation=node.config.federation, round=r, sender=node.peer_id, receiver=peer,
-            degree=len(node.neighbours), kind=kind, base_round=base,
-            disagreement=finite(node.disagreement, default=1e9), done=done,
-            # views of the estimate, not copies: send_payload encodes (or seals) the message
-            # before its first await, so nothing can write to the array in between
+            kind=kind, base_round=base, done=done,
+            # views of the estimate, not copies: a published estimate is replaced, never
+            # written to
             tensors=() if packed else node.layout.to_tensors(array, copy=False), packed=packed,
-            training=node.status == NodeStatus.TRAINING,
-            depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
-            examples=node.reported_examples,
-            origin=node.own.origin if kind == "delta" and base == -1 else b"",
+            origin=own.origin if kind == "delta" and base == -1 else b"", **snapshot.fields,
         )
 
     if state.channel is None:
         state.channel = await node.net.open(peer, node.addrs_of(peer),
                                             node.contribution_protocol)
     channel = state.channel
-    kind, base, array = node.own.payload_for(state.peer_holds)
+    kind, base, array = own.payload_for(state.peer_holds)
     # an adversary's role may send something else (gossipfl.adversary); the honest one doesn't
     kind, base, array = await node.role.payload(node, peer, r, kind, base, array)
     await node.send_payload(channel, frame(kind, base, array))
+    if written is not None:
+        written.set()  # the round may go on; the ack is read here
     ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
     if ack.status == AckCode.NEED_FULL and kind == "delta":
-        await node.send_payload(channel, frame("full", -1, node.own.vector))
+        await node.send_payload(channel, frame("full", -1, own.vector))
         ack = await channel.receive(Ack, MAX_CONTROL_BYTES)
     if ack.round != r or ack.sender != peer:
         raise ConnectionError(f"ack for round {ack.round} from {ack.sender}, expected {r}")

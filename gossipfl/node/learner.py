@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -140,6 +141,30 @@ class LocalLearner:
         self.x = self.dataset.x_train[self.indices]
         self.y = self.dataset.y_train[self.indices]
         self.opt_state = self.trainer.init_opt_state(self.template)
+        # held while :meth:`prepare` compiles, so that the first round waits for it rather
+        # than compile the same steps beside it
+        self._compiling = threading.Lock()
+
+    def prepare(self, dp: RecordDP | None = None) -> float:
+        """Compile (or load from the compile cache) the steps :meth:`train` and
+        :meth:`evaluate` run, on throwaway state: one minibatch step from the initial model with
+        a fresh optimiser state, and one evaluation. Nothing of the node changes: its optimiser
+        state, its DP budget and its DP generator are left as they were (DP-SGD's step is
+        compiled with noise from a generator of its own, whose draws are thrown away with the
+        step's result). A node runs it in a worker thread while it joins, so that round 0 does
+        not wait for the compilation. Returns the seconds it took."""
+        start = time.perf_counter()
+        with self._compiling:
+            params = unflatten_params(self.initial_vector(), self.template)
+            dpsgd = None
+            if dp is not None:
+                dpsgd = DPSGD(clip_norm=dp.budget.config.clip_norm,
+                              noise_multiplier=dp.budget.noise_multiplier,
+                              sample_rate=dp.budget.sample_rate, rng=np.random.default_rng())
+            self.trainer.train(params, self.trainer.init_opt_state(self.template), self.x,
+                               self.y, epochs=1, seed=0, max_steps=1, dp=dpsgd)
+            self.trainer.evaluate(params, self.dataset.x_test, self.dataset.y_test)
+        return time.perf_counter() - start
 
     def initial_vector(self) -> np.ndarray:
         return flatten_params(self.template)
@@ -181,6 +206,8 @@ class LocalLearner:
         before they are taken, and only as many as keep ε within the target (training stops
         there, logged once)."""
         start = time.perf_counter()
+        with self._compiling:  # after :meth:`prepare`, if it runs
+            pass
         params = unflatten_params(vector, self.template)
         steps = self._steps(epochs)
         dpsgd = None
@@ -227,6 +254,8 @@ class LocalLearner:
 
     def evaluate(self, vector: np.ndarray) -> EvalResult:
         start = time.perf_counter()
+        with self._compiling:  # after :meth:`prepare`, if it runs
+            pass
         params = unflatten_params(vector, self.template)
         loss, accuracy = self.trainer.evaluate(params, self.dataset.x_test, self.dataset.y_test)
         return EvalResult(float(loss), float(accuracy), time.perf_counter() - start)

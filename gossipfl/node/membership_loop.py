@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from gossipfl.crypto import liveness
+from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Heartbeat, WireError, decode_digest
 from gossipfl.node.links import (
     drop_neighbour,
@@ -29,6 +30,7 @@ from gossipfl.node.links import (
 from gossipfl.node.resume import saved_neighbours
 from gossipfl.node.security import RevocationUpdate
 from gossipfl.node.state import Node, NodeError
+from gossipfl.node.streams import request
 
 if TYPE_CHECKING:
     from gossipfl.gossip.peers import Channel
@@ -40,6 +42,10 @@ HEARTBEAT_FANOUT = 16
 HEARTBEAT_EXTRA = 2
 HEARSAY_DIALS = 3  # admission off: dials of an id only heard of, until it is heard from
 LOOKS_A_HEARTBEAT = 4  # joining: how often an interval the members known are counted again
+#: a node that has just become done heartbeats this many members at most (all of them in a
+#: federation of up to as many): each then records its done at once, so that a lingering
+#: member waits for no regular cycle that may never come (linger.py)
+DONE_FANOUT = 64
 
 
 def heartbeat(node: Node, peer: str = "", held: frozenset[int] | None = None) -> Heartbeat:
@@ -163,7 +169,10 @@ def admitted(node: Node, channel: Channel, what: str, beat: Heartbeat) -> bool:
     return True
 
 
-async def on_heartbeat(node: Node, channel: Channel) -> None:
+async def on_heartbeat(node: Node, channel: Channel) -> bool:
+    """Answer one heartbeat on ``channel``: served as a request stream (streams.py), so a
+    neighbour heartbeats on one stream, cycle after cycle, and anyone else on a stream of
+    its own. Returns False when it refused (the stream is reset: no further heartbeat on it)."""
     beat = await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
     # a list signed by the federation key counts whoever carries it (checked first, so that
     # a revoked sender's own heartbeat is refused below)
@@ -175,11 +184,12 @@ async def on_heartbeat(node: Node, channel: Channel) -> None:
         if node.security.enabled and node.net is not None and beat.certificate:
             await node.net.disconnect(channel.remote)
         await drop_revoked(node, revoked)
-        return
+        return False
     absorb(node, beat)
     held = decode_digest(beat.have) if beat.have else None
     await channel.send(heartbeat(node, beat.sender, held), MAX_CONTROL_BYTES)
     await drop_revoked(node, revoked)
+    return True
 
 
 def may_dial(node: Node, peer: str) -> bool:
@@ -194,10 +204,12 @@ def may_dial(node: Node, peer: str) -> bool:
             or node.hearsay_dialled.get(peer, 0) < HEARSAY_DIALS)
 
 
-def heartbeat_targets(node: Node) -> dict[str, tuple[str, ...]]:
+def heartbeat_targets(node: Node, *, done: bool = False) -> dict[str, tuple[str, ...]]:
     """Whom to heartbeat now: everyone while joining (at most ``HEARTBEAT_FANOUT`` a cycle,
     drawn afresh: membership spreads fastest so, and a partner met again is sent only what
-    changed since its ack); then the neighbours and a few others.
+    changed since its ack); then the neighbours and a few others; with ``done`` (the first
+    cycle after this node became done), every member (at most ``DONE_FANOUT``), so that each
+    hears of it directly and each answer tells it whether that member is done.
 
     Each heartbeat is a libp2p stream, which costs CPU in every process; once links are
     formed, neighbours plus ``HEARTBEAT_EXTRA`` random members keep membership fresh (ages
@@ -206,7 +218,10 @@ def heartbeat_targets(node: Node) -> dict[str, tuple[str, ...]]:
     where = {p: addrs for p in node.membership.ids()
              if may_dial(node, p) and (addrs := node.addrs_of(p))}
     members = list(where)
-    if node.topology is None:
+    if done:
+        chosen = members if len(members) <= DONE_FANOUT else node.rng.sample(
+            members, DONE_FANOUT)
+    elif node.topology is None:
         chosen = members if len(members) <= HEARTBEAT_FANOUT else node.rng.sample(
             members, HEARTBEAT_FANOUT)
     else:
@@ -243,11 +258,14 @@ async def heartbeat_loop(node: Node) -> None:
             done.set()
 
     interval = node.protocol.heartbeat_interval
+    told_done = False  # this node's done was sent to every member (again after a reopening)
     async with trio.open_nursery() as nursery:
         while True:
             renew_stamp(node)
             answers = []
-            targets = heartbeat_targets(node)
+            done = node.status is NodeStatus.DONE
+            targets = heartbeat_targets(node, done=done and not told_done)
+            told_done = done
             # joining: spread over the interval, so that each exchange's digest holds what
             # the ones before it brought (all at once, they would pull the same entries)
             spread = interval / len(targets) if node.topology is None and targets else 0.0
@@ -275,11 +293,19 @@ async def heartbeat_loop(node: Node) -> None:
 
 
 async def send_heartbeat(node: Node, peer: str, addrs: tuple[str, ...]) -> None:
+    """Heartbeat ``peer`` and take its answer: on the stream kept open to a neighbour (opening
+    one costs every process CPU, each cycle), else on a stream of its own."""
+    async def exchange(channel: Channel) -> tuple[Channel, Heartbeat]:
+        await channel.send(heartbeat(node, peer), MAX_CONTROL_BYTES)
+        return channel, await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
+
     with trio.move_on_after(node.protocol.request_timeout):
         try:
-            async with node.channel_to(peer, PROTO_MEMBERSHIP, addrs) as channel:
-                await channel.send(heartbeat(node, peer), MAX_CONTROL_BYTES)
-                reply = await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
+            if peer in node.neighbours:
+                channel, reply = await request(node, peer, PROTO_MEMBERSHIP, exchange)
+            else:
+                async with node.channel_to(peer, PROTO_MEMBERSHIP, addrs) as channel:
+                    channel, reply = await exchange(channel)
         except WireError as error:
             node.reject(peer, "heartbeat reply", "malformed", str(error))
             return

@@ -325,7 +325,10 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
         reopened=node.settle.reopened,
     )
     persist_start = trio.current_time()
-    await node.offload(persist_round, node, r, sync_due(node, persist_start))
+    if sync_due(node, persist_start):  # an fsync: in a worker thread
+        await node.offload(persist_round, node, r, True)
+    else:  # a write to the page cache (well under a millisecond): no thread hand-off
+        persist_round(node, r, False)
     record["persist_seconds"] = trio.current_time() - persist_start
     node.write_metrics(record)
     log.info("round %d %s: acc %s loss %s disagreement %.2e missing %d (%.2f s)", r,

@@ -61,7 +61,7 @@ from gossipfl.node.membership_loop import (
     PROTO_MEMBERSHIP,
 )
 from gossipfl.node.prom import NodeMetrics
-from gossipfl.node.round import run_rounds
+from gossipfl.node.round import record_dp, run_rounds
 from gossipfl.node.secagg_state import SecAggState
 from gossipfl.node.security import NodeSecurity
 from gossipfl.node.serving import close_idle_connections, guard
@@ -270,6 +270,8 @@ class Node:
                 nursery.start_soon(membership_loop.heartbeat_loop, self)
                 nursery.start_soon(close_idle_connections, self)
                 nursery.start_soon(self.role.run, self)  # an adversary's deviation (if any)
+                if self.signals:  # a process of its own: compile while it joins
+                    nursery.start_soon(self._prepare)
                 task_status.started(self.addrs)
                 if self.serves_state:  # never under secure aggregation (catchup.py)
                     transport.serve(PROTO_STATE, guard(
@@ -318,7 +320,10 @@ class Node:
         def bound(handler: Callable[..., Any]) -> Callable[[Channel], Any]:
             return functools.partial(handler, self)
 
-        transport.serve(PROTO_MEMBERSHIP, guard(self, bound(membership_loop.on_heartbeat)))
+        transport.serve(PROTO_MEMBERSHIP, guard(  # a request stream: a neighbour's is kept
+            self, functools.partial(serve_requests, self,
+                                    handler=bound(membership_loop.on_heartbeat)),
+            timeout=math.inf, what="heartbeat"))
         transport.serve(PROTO_LINK, guard(self, bound(links.on_link), members_only=True))
         if self.config.secagg.enabled:
             # imported here: a node without secure aggregation never loads its code
@@ -342,6 +347,10 @@ class Node:
         transport.serve(self.contribution_protocol,  # per-frame deadlines inside
                         guard(self, bound(contributions.on_contribution), timeout=math.inf,
                               members_only=True))
+
+    async def _prepare(self) -> None:
+        seconds = await self.offload(self.learner.prepare, record_dp(self))
+        log.info("training and evaluation steps ready in %.2f s", seconds)
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import trio
+
 if TYPE_CHECKING:
     import random
     from collections import Counter
@@ -23,7 +25,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import numpy as np
-    import trio
     from nacl.signing import SigningKey
 
     from gossipfl.adversary.role import Role
@@ -60,6 +61,9 @@ class NeighbourState:
     # our open secure-aggregation request streams to it, per protocol (streams.py)
     streams: dict[str, Channel] = field(default_factory=dict)
     stream_locks: dict[str, trio.Lock] = field(default_factory=dict)
+    # held for one whole send on ``channel`` (frame, ack, a full resend): a round's send may
+    # still be reading its ack when the next one starts (exchange.py)
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 class Node(Protocol):

@@ -13,6 +13,12 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user and system) this process has used so far, its threads included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def process_age() -> float:
     """Wall seconds since this process started (forked or spawned), at the clock ticks'
     resolution (10 ms)."""
@@ -42,6 +48,7 @@ def node_summary(node: Node) -> dict[str, Any]:
         "eval_seconds": sum(h.get("eval_seconds", 0.0) for h in node.history),
         "peak_rss_bytes": peak_rss_bytes(),
         "startup_seconds": node.startup_seconds,
+        "cpu_seconds": cpu_seconds(),
         "rejected": dict(node.rejections),
         "timeouts": node.timeouts,
         "neighbours": sorted(node.neighbours),

@@ -13,7 +13,6 @@ from gossipfl.config import to_dict
 from gossipfl.scenario.adversaries import adversaries_section
 from gossipfl.scenario.integrity import (
     checkpoints_section,
-    dataset_and_model,
     expected_parameters,
 )
 
@@ -115,6 +114,7 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
             float(np.mean([m["round_seconds"] for m in metrics])) if metrics else None
         ),
         "peak_rss_bytes": summary.get("peak_rss_bytes", last.get("peak_rss_bytes")),
+        "cpu_seconds": summary.get("cpu_seconds"),
         "neighbours": summary.get("neighbours", last.get("neighbours", [])),
         "dropped_neighbours": summary.get("dropped_neighbours", []),
         "isolated_rounds": summary.get("isolated_rounds", 0),
@@ -162,15 +162,12 @@ def finished_without(entries: list[dict[str, Any]]) -> dict[int, list[int | str]
 
 
 def centralised_baseline(scenario: ScenarioConfig) -> float:
-    """The same model and epochs trained on the pooled training data: the bar to reach."""
-    from gossipfl.learning.train import train_centralised
+    """The same model and epochs trained on the pooled training data: the bar to reach (kept
+    in the machine's cache folder: :mod:`gossipfl.scenario.baseline`)."""
+    from gossipfl.node.compile_cache import cache_folder
+    from gossipfl.scenario.baseline import centralised_baseline as baseline
 
-    dataset, model = dataset_and_model(scenario)
-    _, accuracies = train_centralised(
-        dataset, model, scenario.train, epochs=scenario.rounds * scenario.train.local_epochs,
-        seed=scenario.seed,
-    )
-    return float(accuracies[-1])
+    return baseline(scenario, cache_folder(None))
 
 
 def privacy_section(scenario: ScenarioConfig, entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -271,6 +268,7 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
                 "honest_consensus_distance": honest_consensus(nodes, last_round)}
                if scenario.adversaries else {}),
             "max_peak_rss_bytes": max((e["peak_rss_bytes"] or 0) for e in entries),
+            "total_node_cpu_seconds": sum(e["cpu_seconds"] or 0.0 for e in entries),
             "total_bytes_sent": sum(e["bytes_sent"] for e in entries),
             "isolated_nodes": [e["index"] for e in entries if e["isolated_rounds"]],
             # nodes that finished without a wanted neighbour gone for good, and which

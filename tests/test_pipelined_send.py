@@ -1,0 +1,219 @@
+"""A round's send returns once its frames are written; the acks are read in the background, and
+the next send to a neighbour waits for the last one's ack (exchange.py). A node that becomes
+done heartbeats every member (membership_loop.py)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+import trio.testing
+
+from gossipfl.config import DataConfig, ModelConfig, NodeConfig
+from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.gossip.codes import AckCode, NodeStatus
+from gossipfl.gossip.wire import Ack, Contribution
+from gossipfl.node.exchange import send_to_neighbours
+from gossipfl.node.learner import LocalLearner
+from gossipfl.node.membership_loop import DONE_FANOUT, HEARTBEAT_EXTRA, heartbeat_targets
+from gossipfl.node.runtime import NeighbourState, Node
+
+
+def _node(tmp_path: Path, rng: random.Random | None = None) -> Node:
+    key_file = tmp_path / "node.key"
+    identity, _ = load_or_create_identity(key_file)
+    config = NodeConfig(
+        federation="fed", key_file=str(key_file), out_dir=str(tmp_path), seed=7,
+        node_index=0, node_count=4,
+        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
+    )
+    return Node(config, identity, LocalLearner(config), rng=rng)
+
+
+class _SlowAcks:
+    """A neighbour's end of our contribution stream that acks a frame only when told to."""
+
+    def __init__(self, remote: str) -> None:
+        self.remote = remote
+        self.sent: list[Contribution] = []
+        self.release: list[trio.Event] = []
+
+    async def send(self, message: Any, max_bytes: int) -> None:
+        self.sent.append(message)
+        self.release.append(trio.Event())
+
+    async def receive(self, expected: type, max_bytes: int) -> Any:
+        index = len(self.sent) - 1
+        await self.release[index].wait()
+        return Ack("fed", self.sent[index].round, self.remote, AckCode.OK, "")
+
+    async def close(self) -> None:
+        pass
+
+    async def reset(self) -> None:
+        pass
+
+
+class _Net:
+    async def disconnect(self, peer: str) -> None:
+        pass
+
+
+def test_a_round_goes_on_before_the_ack_and_the_next_send_waits_for_it(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.status = NodeStatus.TRAINING
+    peer = _SlowAcks("a")
+    node.neighbours["a"] = NeighbourState(channel=peer)  # type: ignore[arg-type]
+    node.net = _Net()  # type: ignore[assignment]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            node.background = nursery
+            node.own.publish(node.model, 0)
+            with trio.fail_after(5):
+                await send_to_neighbours(node, 0, done=False)  # returns, its ack unread
+            assert [(m.round, m.base_round) for m in peer.sent] == [(0, -1)]
+            assert node.neighbours["a"].peer_holds == -1
+
+            # round 1 publishes and sends while round 0's ack is still outstanding: its frame
+            # is not written before that ack says what the neighbour holds
+            node.own.publish(node.model + 1.0, 1)
+            round1 = trio.Event()
+
+            async def send_round1() -> None:
+                await send_to_neighbours(node, 1, done=False)
+                round1.set()
+
+            nursery.start_soon(send_round1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not round1.is_set() and len(peer.sent) == 1
+            peer.release[0].set()
+            with trio.fail_after(5):
+                await round1.wait()
+            assert node.neighbours["a"].peer_holds == 0
+            # taken against what the ack said: a delta on round 0's estimate
+            assert (peer.sent[1].round, peer.sent[1].kind, peer.sent[1].base_round) \
+                == (1, "delta", 0)
+
+            # the final send waits for every ack
+            peer.release[1].set()
+            node.own.publish(node.model + 1.0, 2)
+            done = trio.Event()
+
+            async def send_final() -> None:
+                await send_to_neighbours(node, 2, done=True)
+                done.set()
+
+            nursery.start_soon(send_final)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(peer.sent) == 3 and not done.is_set()
+            peer.release[2].set()
+            with trio.fail_after(5):
+                await done.wait()
+            assert node.neighbours["a"].peer_holds == 2
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+class _Breaks(_SlowAcks):
+    """A stream that breaks while we wait for the ack of its first frame."""
+
+    async def receive(self, expected: type, max_bytes: int) -> Any:
+        await self.release[0].wait()
+        raise ConnectionError("stream reset")
+
+
+class _Reopens(_Net):
+    def __init__(self, fresh: _SlowAcks) -> None:
+        self.fresh = fresh
+
+    async def open(self, peer: str, addrs: tuple[str, ...], protocol: str) -> _SlowAcks:
+        return self.fresh
+
+
+def test_a_resend_after_the_round_went_on_carries_that_rounds_estimate(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.status = NodeStatus.TRAINING
+    broken, fresh = _Breaks("a"), _SlowAcks("a")
+    node.neighbours["a"] = NeighbourState(channel=broken)  # type: ignore[arg-type]
+    node.net = _Reopens(fresh)  # type: ignore[assignment]
+    node.addrs_of = lambda peer: ()  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            node.background = nursery
+            round0 = node.own.publish(node.model + 0.5, 0).copy()
+            estimate0 = node.own.vector.copy()
+            with trio.fail_after(5):
+                await send_to_neighbours(node, 0, done=False)
+            node.own.publish(node.model + 3.0, 1)  # the round went on
+            broken.release[0].set()  # round 0's stream breaks before its ack
+            await trio.testing.wait_all_tasks_blocked()
+            # sent again on a fresh stream: round 0's delta on the same base, not round 1's
+            (again,) = fresh.sent
+            assert (again.round, again.base_round) == (0, -1)
+            sent = node.layout.from_tensors(again.tensors)
+            np.testing.assert_array_equal(sent, round0)
+            assert not np.array_equal(sent, node.own.last_delta)
+            fresh.release[0].set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert node.neighbours["a"].peer_holds == 0
+            assert not np.array_equal(estimate0, node.own.vector)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_send_to_a_neighbour_dropped_meanwhile_ends_quietly(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.status = NodeStatus.TRAINING
+    node.net = _Net()  # type: ignore[assignment]
+    node.own.publish(node.model, 0)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            node.background = nursery
+            node.neighbours["a"] = NeighbourState(channel=_SlowAcks("a"))  # type: ignore[arg-type]
+            # the target list is taken, then the neighbour goes before its send task starts
+            from gossipfl.node import exchange
+
+            real = exchange.send_targets
+            try:
+                exchange.send_targets = lambda n: ["a", "gone"]  # type: ignore[assignment]
+                with trio.fail_after(5):
+                    await send_to_neighbours(node, 0, done=False)
+            finally:
+                exchange.send_targets = real
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)  # no KeyError escapes into the node's nursery
+
+
+def _meet(node: Node, count: int) -> list[str]:
+    peers = [f"peer{i:02d}" for i in range(count)]
+    for peer in peers:
+        node.membership.heard_from(peer, (f"/ip4/10.0.0.1/tcp/{4000 + int(peer[4:])}",), 0.0)
+    return peers
+
+
+def test_a_node_that_becomes_done_heartbeats_every_member(tmp_path: Path) -> None:
+    node = _node(tmp_path, rng=random.Random(3))
+    peers = _meet(node, 12)
+    node.topology = {node.peer_id: frozenset(peers)}  # links formed: the regular cycle
+    for peer in peers[:4]:
+        node.neighbours[peer] = NeighbourState()
+    regular = set(heartbeat_targets(node))
+    assert regular >= set(peers[:4]) and len(regular) == 4 + HEARTBEAT_EXTRA
+    assert set(heartbeat_targets(node, done=True)) == set(peers)
+
+
+def test_the_done_heartbeat_is_capped_in_a_large_federation(tmp_path: Path) -> None:
+    node = _node(tmp_path, rng=random.Random(3))
+    peers = _meet(node, DONE_FANOUT + 40)
+    node.topology = {node.peer_id: frozenset(peers)}
+    chosen = set(heartbeat_targets(node, done=True))
+    assert len(chosen) == DONE_FANOUT and chosen <= set(peers)
