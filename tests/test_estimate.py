@@ -155,13 +155,18 @@ def test_wall_time_adds_start_up_rounds_and_finish() -> None:
     graph = GraphFigures((2, 2, 2), 2, 0.25)
     cal = calibration(import_seconds=1.0, compile_seconds=2.0, node_first_seconds=0.5)
     result = estimate(scenario(), cal, BARE, graph)
-    # 3 nodes on 2 cores: a round of 0.1 s CPU each takes 0.15 s; the first also starts them
-    first = 3 * (0.5 + 0.1) / 2
-    rounds = first + 4 * 0.15  # consensus rounds cost nothing here (no messages, no eval)
-    start = 2.0 + 2 * 1.0  # warm-up, two heartbeat intervals to join (imports precede the run)
+    # 3 nodes on 2 cores: a round of 0.1 s CPU each takes 0.15 s (the steps were compiled
+    # while joining: the first round costs what the others do)
+    rounds = 5 * 0.15  # 5 training rounds; consensus rounds cost nothing here (no messages)
+    # compiling (2 s) overlaps joining (two heartbeat intervals; imports precede the run)
+    start = max(2.0, 2 * 1.0)
     finish = 0.25 * 1.0  # the done heartbeats crossing
     assert result.wall_seconds == pytest.approx(start + rounds + finish)
     assert result.max_peak_rss_bytes > cal.base_rss_bytes
+    # a compilation shorter than joining is hidden by it
+    quick = estimate(scenario(), calibration(import_seconds=1.0, compile_seconds=0.5,
+                                             node_first_seconds=0.5), BARE, graph)
+    assert quick.wall_seconds == pytest.approx(2 * 1.0 + rounds + finish)
 
 
 def test_calibration_of_a_tiny_scenario(tmp_path: Path) -> None:

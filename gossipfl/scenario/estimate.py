@@ -66,12 +66,12 @@ class ModelConstants:
     secagg_final_disagreement: float = 5e-3  # the same to the neighbourhood's mean (secagg)
     frame_cpu_seconds: float = 1.0e-4  # transport CPU per frame sent or received
     byte_cpu_seconds: float = 2.4e-8  # and per byte (Noise, yamux: about 40 MB/s)
-    stream_cpu_seconds: float = 5.5e-3  # a heartbeat exchange's stream: open, Noise, yamux
-    round_cpu_seconds: float = 8.0e-3  # per node per round: checkpoint, metrics, scheduling
+    stream_cpu_seconds: float = 5.5e-3  # a heartbeat's new stream (not a neighbour's): open
+    round_cpu_seconds: float = 3.0e-3  # per node per round: checkpoint, metrics, scheduling
     train_dispatch_seconds: float = 1.0e-3  # handing training to the worker thread and back
     join_intervals: float = 2.0  # heartbeat intervals until the membership is complete
     join_pair_cpu_seconds: float = 1.6e-2  # a pair of members meeting: dial, Noise, checks
-    exit_seconds: float = 0.5  # the runner noticing the exits
+    exit_seconds: float = 0.25  # the runner noticing the exits
     exit_cpu_seconds: float = 0.05  # each node's final writes (final.npz, summary, report)
     answer_seconds: float = 0.063  # a heartbeat cycle's wait for answers, per process a core
     state_copies: int = 6  # model-sized vectors a node holds besides its neighbours'
@@ -235,11 +235,12 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
     cores = max(1, cal.cores)
 
     # heartbeats: a cycle every interval plus the wait for the answers (longer the more
-    # processes share a core); each exchange opens a stream and carries two heartbeats
+    # processes share a core); each exchange carries two heartbeats, and one with a member
+    # that is no neighbour opens a stream (a neighbour's stays open)
     cycle = protocol.heartbeat_interval + k.answer_seconds * n / cores
     targets = [heartbeat_targets(n, d) for d in graph.degrees]
-    beat_cpu = 2 * cal.heartbeat_cpu_seconds + k.stream_cpu_seconds
-    heartbeat_load = sum(t * beat_cpu for t in targets) / cycle  # cores busy with them
+    heartbeat_load = sum(t * 2 * cal.heartbeat_cpu_seconds + (t - d) * k.stream_cpu_seconds
+                         for t, d in zip(targets, graph.degrees, strict=True)) / cycle
     cores_left = max(cores * MIN_CORES_LEFT, cores - heartbeat_load)
 
     # CPU a node spends in a round, without and with training
@@ -253,17 +254,14 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
     contention = max(1.0, n / cores_left)
     round_train = max(max(train_round), sum(train_round) / cores_left)
     round_consensus = max(max(exchange), sum(exchange) / cores_left)
-    first = [cal.node_first_seconds + r for r in train_round]  # starting included
-    round_first = max(max(first), sum(first) / cores_left)
-
+    # a node compiles (or loads) its steps while it joins (node/learner.py: prepare), so
+    # its first round starts when the later of the two is over
     pairs = n * min(n - 1, JOIN_PEERS)  # members meeting each other while joining
     joining = pairs * k.join_pair_cpu_seconds / cores_left
-    start_up = (cal.compile_seconds + joining
-                + k.join_intervals * protocol.heartbeat_interval)
+    start_up = max(cal.compile_seconds, joining + k.join_intervals * protocol.heartbeat_interval)
     finish = (LINGER_INTERVALS * protocol.heartbeat_interval + k.exit_seconds
               + n * k.exit_cpu_seconds / cores_left)
-    rounds_seconds = (round_first + (training - 1) * round_train
-                      + consensus * round_consensus)
+    rounds_seconds = training * round_train + consensus * round_consensus
     wall = start_up + rounds_seconds + finish
     cycles = (wall - cal.compile_seconds) / cycle  # a node's life
 
@@ -287,7 +285,7 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
         "contention": contention, "rho": graph.rho, "horizon": float(graph.diameter_plus_one),
         "joining_seconds": joining, "start_up_seconds": start_up,
         "import_seconds": cal.import_seconds,
-        "compile_seconds": cal.compile_seconds, "first_round_seconds": round_first,
+        "compile_seconds": cal.compile_seconds,
         "train_round_seconds": round_train,
         "consensus_round_seconds": round_consensus, "finish_seconds": finish,
         "train_seconds": cal.train_seconds, "node_first_seconds": cal.node_first_seconds,
