@@ -16,6 +16,8 @@ pytest-dev/pytest-xdist#1386, so those tests already ran side by side.)
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import pytest
@@ -25,6 +27,30 @@ import pytest
 # would only contend with the other workers' (measured: a CPU-bound file set twice as slow)
 os.environ.setdefault("XLA_FLAGS",
                       "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+OWN_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One JAX compilation cache for the whole run (workers and the processes they start
+    inherit it), every compilation in it: the simulator tests compile the same steps again and
+    again (measured: two files' CPU time 19 s -> 11 s from an empty cache). A folder of this
+    run's own, removed at its end; nodes keep their own (gossipfl/node/compile_cache.py)."""
+    if CACHE_ENV in os.environ:  # a worker (its controller made it) or the caller's own
+        return
+    folder = tempfile.mkdtemp(prefix="gossipfl-test-xla-")
+    config.stash[OWN_CACHE] = folder
+    os.environ[CACHE_ENV] = folder
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(OWN_CACHE, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)
