@@ -3,10 +3,10 @@
 The ``e2e`` tests (real node processes, relays, network namespaces) mostly wait on the
 protocol's timers; the other tests keep a core busy. ``-n auto`` therefore starts one worker a
 core plus two lanes, workers that take the waiting tests first, one at a time, longest first
-(tests/xdist_lanes.py), so that the two kinds overlap. At most two waiting tests run at once
-(one a lane) until the CPU-bound tests have run out. Two of them may share the machine: each
+(tests/xdist_lanes.py), so that the two kinds overlap. Two waiting tests run at once (one on
+each lane) until the CPU-bound tests have run out, then more. They may share the machine: each
 run makes its own namespaces (named after its own folder), subnets live inside them, and nodes
-listen on ports the system picks.
+listen on ports the kernel hands out (gossipfl/scenario/runner.py, reserved_ports).
 
 (This replaced a ``serial`` ``xdist_group`` for the ``e2e`` tests under ``--dist loadgroup``:
 with pytest 9.2 and pytest-xdist 3.8 loadgroup no longer groups anything,
