@@ -1,18 +1,84 @@
-"""Test-run wiring: with pytest-xdist (``-n``), the tests that start real node processes or
-make network namespaces run one after another on one worker (the ``serial`` group), so that two
-of them never share the machine's ports, namespaces and cores with each other; every other test
-is spread over the workers."""
+"""Test-run wiring for pytest-xdist (``-n auto --dist load``, pyproject.toml).
+
+The ``e2e`` tests (real node processes, relays, network namespaces) mostly wait on the
+protocol's timers; the other tests keep a core busy. ``-n auto`` therefore starts one worker a
+core plus two lanes, workers that take the waiting tests first, one at a time, longest first
+(tests/xdist_lanes.py), so that the two kinds overlap. Two waiting tests run at once (one on
+each lane) until the CPU-bound tests have run out, then more. They may share the machine: each
+run makes its own namespaces (named after its own folder), subnets live inside them, and nodes
+listen on ports the kernel hands out (gossipfl/scenario/runner.py, reserved_ports).
+
+(This replaced a ``serial`` ``xdist_group`` for the ``e2e`` tests under ``--dist loadgroup``:
+with pytest 9.2 and pytest-xdist 3.8 loadgroup no longer groups anything,
+pytest-dev/pytest-xdist#1386, so those tests already ran side by side.)
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from typing import Any
+
 import pytest
 
-SERIAL_MODULES = ("test_netcut.py", "test_netns.py")
+# XLA on one thread in the test processes (and the workers they start), as a node runs
+# (NODE_THREAD_FLAGS, gossipfl/cli.py): each worker has a core of its own; XLA's own threads
+# would only contend with the other workers' (measured: a CPU-bound file set twice as slow)
+os.environ.setdefault("XLA_FLAGS",
+                      "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+OWN_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One JAX compilation cache for the whole run (workers and the processes they start
+    inherit it), every compilation in it: the simulator tests compile the same steps again and
+    again (measured: two files' CPU time 19 s -> 11 s from an empty cache). A folder of this
+    run's own, removed at its end; nodes keep their own (gossipfl/node/compile_cache.py)."""
+    if CACHE_ENV in os.environ:  # a worker (its controller made it) or the caller's own
+        return
+    folder = tempfile.mkdtemp(prefix="gossipfl-test-xla-")
+    config.stash[OWN_CACHE] = folder
+    os.environ[CACHE_ENV] = folder
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(OWN_CACHE, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     del config
-    for item in items:
-        if item.get_closest_marker("e2e") or item.path.name in SERIAL_MODULES:
-            item.add_marker(pytest.mark.xdist_group("serial"))
+    from xdist_lanes import WAIT_MODULES
+
+    strays = sorted({item.path.name for item in items if item.get_closest_marker("e2e")}
+                    - set(WAIT_MODULES))
+    if strays:
+        raise pytest.UsageError(f"e2e tests in {', '.join(strays)}: add the module to "
+                                "WAIT_MODULES in tests/xdist_lanes.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    from xdist.plugin import pytest_xdist_auto_num_workers as cores
+    from xdist_lanes import LANES
+
+    return cores(config) + LANES
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist_lanes import LaneScheduling
+
+    return LaneScheduling(config, log)

@@ -51,7 +51,7 @@ ECHO = TProtocol("/gossipfl-natlab/echo/1")
 MAX_FRAME = 1 << 20
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB
 BIG = bytes(range(256)) * 4096  # 1 MiB, timed (a figure, not asserted)
-DIRECT_TIMEOUT = 4.0
+DIRECT_TIMEOUT = 2.0  # a direct dial inside the lab connects in milliseconds or never
 LIMITS = RelayLimits(duration=120, data=16 * MAX_FRAME, max_circuit_conns=4, max_reservations=4)
 
 

@@ -62,7 +62,7 @@ def test_three_nodes_converge_to_one_model(tmp_path: Path, spawn: bool) -> None:
 
 def test_sigterm_stops_a_node_cleanly_and_the_others_finish(tmp_path: Path) -> None:
     # enough rounds that the runner (polling every 0.2 s) signals the node mid-run
-    text = BASE.format(name="e2eterm", nodes=3, rounds=60, topology="full", degree=2,
+    text = BASE.format(name="e2eterm", nodes=3, rounds=30, topology="full", degree=2,
                        round_timeout=3.0)
     # node 2 does not come back and no member can replace it: the others go on with one
     # neighbour (min_neighbours 1, not paced a heartbeat a round for the rest of the run),

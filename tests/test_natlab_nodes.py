@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,16 @@ def _node_config(index: int, folder: Path, listen: str, bootstrap: list[str],
     }
 
 
+def _await_listening(proc: subprocess.Popen[bytes], folder: Path) -> None:
+    """Until the node writes node.json (it listens, its relay role serves), it exits, or
+    NODE_TIMEOUT passes: a private member reserves on the relay once, as it starts, and gives
+    up if the relay is not up yet (a loaded machine starts the relay's process late)."""
+    for _ in range(int(NODE_TIMEOUT / 0.2)):
+        if (folder / "node.json").exists() or proc.poll() is not None:
+            return
+        time.sleep(0.2)
+
+
 def _run_nodes(plan: NatPlan, out: Path) -> list[Path]:
     """Relay (node 0) and a public member (node 1) on the public host, a private member at
     each site (nodes 2, 3); every process waited for (or killed) here."""
@@ -93,6 +104,8 @@ def _run_nodes(plan: NatPlan, out: Path) -> list[Path]:
                      sys.executable, "-m", "gossipfl", "node", "--config",
                      str(folder / "node.toml"), "--log-level", "INFO"],
                     stdout=subprocess.DEVNULL, stderr=err, env=env))
+            if len(procs) == 1:  # the relay serves before a private member tries to reserve
+                _await_listening(procs[0], folder)
         for proc in procs:
             proc.wait(timeout=NODE_TIMEOUT + 20)
     finally:
