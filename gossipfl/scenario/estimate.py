@@ -64,16 +64,16 @@ class ModelConstants:
     final_disagreement: float = 5e-2  # d0: a neighbourhood's relative disagreement at the
     # end of training (the largest, as the settling rule needs every neighbour within reach)
     secagg_final_disagreement: float = 5e-3  # the same to the neighbourhood's mean (secagg)
-    frame_cpu_seconds: float = 1.0e-4  # transport CPU per frame sent or received
+    frame_cpu_seconds: float = 2.0e-4  # transport CPU per frame sent or received
     byte_cpu_seconds: float = 2.4e-8  # and per byte (Noise, yamux: about 40 MB/s)
     stream_cpu_seconds: float = 5.5e-3  # a heartbeat's new stream (not a neighbour's): open
-    round_cpu_seconds: float = 3.0e-3  # per node per round: checkpoint, metrics, scheduling
+    round_cpu_seconds: float = 1.0e-3  # per node per round: checkpoint, metrics, scheduling
     train_dispatch_seconds: float = 1.0e-3  # handing training to the worker thread and back
     join_intervals: float = 2.0  # heartbeat intervals until the membership is complete
     join_pair_cpu_seconds: float = 1.6e-2  # a pair of members meeting: dial, Noise, checks
-    exit_seconds: float = 0.25  # the runner noticing the exits
+    exit_seconds: float = 0.1  # the runner noticing the exits
     exit_cpu_seconds: float = 0.05  # each node's final writes (final.npz, summary, report)
-    answer_seconds: float = 0.063  # a heartbeat cycle's wait for answers, per process a core
+    answer_seconds: float = 0.04  # a heartbeat cycle's wait for answers, per process a core
     state_copies: int = 6  # model-sized vectors a node holds besides its neighbours'
     runtime_rss_bytes: int = 12 * 2**20  # a running node (host, trio, threads) beyond the
     # calibration's node child
