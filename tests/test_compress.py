@@ -331,3 +331,17 @@ def test_scenario_refuses_compression_with_secagg() -> None:
         ScenarioConfig(secagg=SecAggConfig(enabled=True),
                        compression=CompressionConfig(kind="topk"))
     assert ScenarioConfig(compression=CompressionConfig(kind="topk")).compression.ratio == 0.1
+
+
+@pytest.mark.parametrize(("kind", "gamma", "warns"), [
+    ("int4", 1.0, True), ("int8", 1.0, True), ("topk", 1.0, True), ("randk", 1.0, True),
+    ("int4", 0.7, False), ("randk", 0.3, False), ("fp16", 1.0, False), ("none", 1.0, False),
+])
+def test_a_lossy_compression_at_gamma_one_is_warned_of(kind: str, gamma: float,
+                                                       warns: bool) -> None:
+    from gossipfl.node.compression import gamma_warning
+
+    warning = gamma_warning(kind, gamma)
+    assert (warning is not None) is warns
+    if warns:
+        assert kind in warning and "protocol.gamma = 1" in warning

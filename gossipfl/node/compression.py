@@ -22,6 +22,24 @@ from gossipfl.gossip.wire import PACKED_CODECS, Contribution, Packed
 from gossipfl.node.layout import Layout, LayoutError
 
 
+def gamma_warning(kind: str, gamma: float) -> str | None:
+    """What to warn of when a lossy compression runs with CHOCO's consensus step at 1: its
+    rounding or dropped coordinates then go into the neighbours' copies of x̂ undamped, and the
+    federation can diverge (``peer_task_int4.toml`` did so in some runs at γ = 1). None when
+    there is nothing to say (no compression, fp16's rounding, or γ below 1).
+
+    >>> gamma_warning("int4", 1.0) is not None, gamma_warning("int4", 0.7)
+    (True, None)
+    >>> gamma_warning("none", 1.0), gamma_warning("fp16", 1.0)
+    (None, None)
+    """
+    if CompressionKind(kind) in (CompressionKind.NONE, CompressionKind.FP16) or gamma < 1.0:
+        return None
+    return (f"compression {kind} with protocol.gamma = {gamma:g}: CHOCO with a lossy "
+            f"compressor needs a consensus step below 1 (0.7 for int4, 0.3 for random-k at "
+            f"0.25), else the federation may diverge")
+
+
 def compressor(config: CompressionConfig, federation: str, sender: str, round_: int,
                secagg: SecAggConfig | None = None, training_rounds: int = 0,
                ) -> Callable[[np.ndarray], Encoded | None] | None:

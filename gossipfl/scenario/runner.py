@@ -394,6 +394,10 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
     fresh interpreter per node. ``metrics``: a base port, node i serves metrics on it + i.
     """
     scenario = load_scenario(path, metrics)
+    from gossipfl.node.compression import gamma_warning
+
+    if (warning := gamma_warning(scenario.compression.kind, scenario.protocol.gamma)):
+        print(f"gossipfl run: warning: {warning}", file=sys.stderr)
     spaces = scenario.namespaces
     if spaces.enabled:  # refuse before making anything
         check_rights(**needs(scenario))
