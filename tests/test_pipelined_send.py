@@ -1,6 +1,7 @@
 """A round's send returns once its frames are written; the acks are read in the background, and
-the next send to a neighbour waits for the last one's ack (exchange.py). A node that becomes
-done heartbeats every member (membership_loop.py)."""
+the next send to a neighbour waits for the last one's ack (exchange.py). A neighbour's
+heartbeats share one kept-open stream, and a node that becomes done heartbeats every member
+(membership_loop.py)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,18 @@ from gossipfl.gossip.codes import AckCode, NodeStatus
 from gossipfl.gossip.wire import Ack, Contribution
 from gossipfl.node.exchange import send_to_neighbours
 from gossipfl.node.learner import LocalLearner
-from gossipfl.node.membership_loop import DONE_FANOUT, HEARTBEAT_EXTRA, heartbeat_targets
+from gossipfl.node.membership_loop import (
+    DONE_FANOUT,
+    HEARTBEAT_EXTRA,
+    heartbeat,
+    heartbeat_targets,
+    send_heartbeat,
+)
 from gossipfl.node.runtime import NeighbourState, Node
 
 
 def _node(tmp_path: Path, rng: random.Random | None = None) -> Node:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     key_file = tmp_path / "node.key"
     identity, _ = load_or_create_identity(key_file)
     config = NodeConfig(
@@ -217,3 +225,61 @@ def test_the_done_heartbeat_is_capped_in_a_large_federation(tmp_path: Path) -> N
     node.topology = {node.peer_id: frozenset(peers)}
     chosen = set(heartbeat_targets(node, done=True))
     assert len(chosen) == DONE_FANOUT and chosen <= set(peers)
+
+
+class _Answers:
+    """``peer``'s end of a heartbeat stream: answers every heartbeat with its own."""
+
+    def __init__(self, peer: Node, to: Node) -> None:
+        self.peer, self.to, self.remote = peer, to, peer.peer_id
+        self.heard = 0
+        self.closed = False
+
+    async def send(self, message: Any, max_bytes: int) -> None:
+        self.heard += 1
+
+    async def receive(self, expected: type, max_bytes: int) -> Any:
+        return heartbeat(self.peer, self.to.peer_id)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def reset(self) -> None:
+        self.closed = True
+
+
+class _Opens:
+    def __init__(self, peers: dict[str, Node], me: Node) -> None:
+        self.peers, self.me = peers, me
+        self.opened: list[_Answers] = []
+
+    async def open(self, peer: str, addrs: tuple[str, ...], protocol: str) -> _Answers:
+        channel = _Answers(self.peers[peer], self.me)
+        self.opened.append(channel)
+        return channel
+
+    async def disconnect(self, peer: str) -> None:
+        pass
+
+
+def test_a_neighbours_heartbeats_share_one_kept_open_stream(tmp_path: Path) -> None:
+    node, neighbour, other = (_node(tmp_path / name) for name in ("a", "b", "c"))
+    net = _Opens({neighbour.peer_id: neighbour, other.peer_id: other}, node)
+    node.net = net  # type: ignore[assignment]
+    node.neighbours[neighbour.peer_id] = NeighbourState()
+
+    async def main() -> None:
+        for _ in range(3):
+            await send_heartbeat(node, neighbour.peer_id, ())
+            await send_heartbeat(node, other.peer_id, ())
+
+    trio.run(main)
+    kept = [c for c in net.opened if c.remote == neighbour.peer_id]
+    fresh = [c for c in net.opened if c.remote == other.peer_id]
+    # one stream to the neighbour, three heartbeats on it, still open; one a heartbeat to
+    # the member that is no neighbour, each closed after its answer
+    assert len(kept) == 1 and kept[0].heard == 3 and not kept[0].closed
+    assert len(fresh) == 3 and all(c.heard == 1 and c.closed for c in fresh)
+    # every answer was taken: both are members heard from directly
+    assert node.membership.is_direct(neighbour.peer_id) and node.membership.is_direct(
+        other.peer_id)
