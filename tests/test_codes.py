@@ -14,19 +14,17 @@ import msgpack
 import numpy as np
 import pytest
 import trio
+from fake_ends import NoNet, QuietEnd, meet, small_node
 
 from gossipfl.config import (
     ConfigError,
-    DataConfig,
     Mode,
-    ModelConfig,
     NodeConfig,
     ProtocolConfig,
     dump_toml,
     from_dict,
     to_dict,
 )
-from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip.codes import (
     HEARTBEAT_STATUSES,
     RUNNING,
@@ -47,7 +45,6 @@ from gossipfl.gossip.wire import (
 )
 from gossipfl.node.contributions import on_contribution
 from gossipfl.node.exchange import send_contribution
-from gossipfl.node.learner import LocalLearner
 from gossipfl.node.membership_loop import HEARTBEAT_FANOUT, heartbeat, heartbeat_targets
 from gossipfl.node.runtime import NeighbourState, Node
 
@@ -192,22 +189,10 @@ def test_max_lead_below_minus_one_is_refused_saying_what_to_write() -> None:
 # -- the node --------------------------------------------------------------------------------------
 
 
-def _node(tmp_path: Path, *, node_index: int = 0, rng: random.Random | None = None) -> Node:
-    key_file = tmp_path / "node.key"
-    identity, _ = load_or_create_identity(key_file)
-    config = NodeConfig(
-        federation="fed", key_file=str(key_file), out_dir=str(tmp_path), seed=7,
-        node_index=node_index, node_count=4,
-        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
-    )
-    return Node(config, identity, LocalLearner(config), rng=rng)
+_node = small_node
 
 
-def _meet(node: Node, count: int) -> list[str]:
-    peers = [f"peer{i:02d}" for i in range(count)]
-    for peer in peers:
-        node.membership.heard_from(peer, (f"/ip4/10.0.0.1/tcp/{4000 + len(peer)}",), 0.0)
-    return peers
+_meet = meet
 
 
 def test_heartbeat_targets_draw_from_the_nodes_own_generator(tmp_path: Path) -> None:
@@ -308,7 +293,7 @@ def test_the_receiver_closes_a_contribution_stream_on_these_reason_codes_only(
     assert AckReason.of(ack.reason) is reason
 
 
-class _Peer:
+class _Peer(QuietEnd):
     """A neighbour's end of our contribution stream: answers each frame with one ack."""
 
     def __init__(self, remote: str, status: AckCode, reason: str) -> None:
@@ -322,16 +307,7 @@ class _Peer:
         ack = Ack("fed", self.sent[-1].round, self.remote, self.status, self.reason)
         return decode_body(encode_body(ack), Ack)  # as it comes off the wire
 
-    async def close(self) -> None:
-        pass
-
-    async def reset(self) -> None:
-        pass
-
-
-class _Net:
-    async def disconnect(self, peer: str) -> None:
-        pass
+_Net = NoNet
 
 
 @pytest.mark.parametrize(

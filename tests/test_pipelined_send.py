@@ -12,13 +12,11 @@ from typing import Any
 import numpy as np
 import trio
 import trio.testing
+from fake_ends import NoNet, QuietEnd, meet, small_node
 
-from gossipfl.config import DataConfig, ModelConfig, NodeConfig
-from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip.codes import AckCode, NodeStatus
 from gossipfl.gossip.wire import Ack, Contribution
 from gossipfl.node.exchange import send_to_neighbours
-from gossipfl.node.learner import LocalLearner
 from gossipfl.node.membership_loop import (
     DONE_FANOUT,
     HEARTBEAT_EXTRA,
@@ -30,18 +28,10 @@ from gossipfl.node.runtime import NeighbourState, Node
 
 
 def _node(tmp_path: Path, rng: random.Random | None = None) -> Node:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    key_file = tmp_path / "node.key"
-    identity, _ = load_or_create_identity(key_file)
-    config = NodeConfig(
-        federation="fed", key_file=str(key_file), out_dir=str(tmp_path), seed=7,
-        node_index=0, node_count=4,
-        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
-    )
-    return Node(config, identity, LocalLearner(config), rng=rng)
+    return small_node(tmp_path, rng=rng)
 
 
-class _SlowAcks:
+class _SlowAcks(QuietEnd):
     """A neighbour's end of our contribution stream that acks a frame only when told to."""
 
     def __init__(self, remote: str) -> None:
@@ -58,16 +48,19 @@ class _SlowAcks:
         await self.release[index].wait()
         return Ack("fed", self.sent[index].round, self.remote, AckCode.OK, "")
 
-    async def close(self) -> None:
-        pass
-
-    async def reset(self) -> None:
-        pass
+_Net = NoNet
 
 
-class _Net:
-    async def disconnect(self, peer: str) -> None:
-        pass
+def _started(nursery: trio.Nursery, node: Node, r: int, *, done: bool) -> trio.Event:
+    """Start round ``r``'s send in ``nursery``; the event is set when it returns."""
+    returned = trio.Event()
+
+    async def send() -> None:
+        await send_to_neighbours(node, r, done=done)
+        returned.set()
+
+    nursery.start_soon(send)
+    return returned
 
 
 def test_a_round_goes_on_before_the_ack_and_the_next_send_waits_for_it(tmp_path: Path) -> None:
@@ -89,13 +82,7 @@ def test_a_round_goes_on_before_the_ack_and_the_next_send_waits_for_it(tmp_path:
             # round 1 publishes and sends while round 0's ack is still outstanding: its frame
             # is not written before that ack says what the neighbour holds
             node.own.publish(node.model + 1.0, 1)
-            round1 = trio.Event()
-
-            async def send_round1() -> None:
-                await send_to_neighbours(node, 1, done=False)
-                round1.set()
-
-            nursery.start_soon(send_round1)
+            round1 = _started(nursery, node, 1, done=False)
             await trio.testing.wait_all_tasks_blocked()
             assert not round1.is_set() and len(peer.sent) == 1
             peer.release[0].set()
@@ -109,13 +96,7 @@ def test_a_round_goes_on_before_the_ack_and_the_next_send_waits_for_it(tmp_path:
             # the final send waits for every ack
             peer.release[1].set()
             node.own.publish(node.model + 1.0, 2)
-            done = trio.Event()
-
-            async def send_final() -> None:
-                await send_to_neighbours(node, 2, done=True)
-                done.set()
-
-            nursery.start_soon(send_final)
+            done = _started(nursery, node, 2, done=True)
             await trio.testing.wait_all_tasks_blocked()
             assert len(peer.sent) == 3 and not done.is_set()
             peer.release[2].set()
@@ -201,11 +182,7 @@ def test_a_send_to_a_neighbour_dropped_meanwhile_ends_quietly(tmp_path: Path) ->
     trio.run(main)  # no KeyError escapes into the node's nursery
 
 
-def _meet(node: Node, count: int) -> list[str]:
-    peers = [f"peer{i:02d}" for i in range(count)]
-    for peer in peers:
-        node.membership.heard_from(peer, (f"/ip4/10.0.0.1/tcp/{4000 + int(peer[4:])}",), 0.0)
-    return peers
+_meet = meet
 
 
 def test_a_node_that_becomes_done_heartbeats_every_member(tmp_path: Path) -> None:

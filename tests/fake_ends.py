@@ -1,0 +1,52 @@
+"""Stand-ins for the far end of a node's streams, shared by the tests that drive the send
+paths without a transport (test_codes.py, test_pipelined_send.py), and a small node for them."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from gossipfl.config import DataConfig, ModelConfig, NodeConfig
+from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.node.learner import LocalLearner
+from gossipfl.node.runtime import Node
+
+
+class QuietEnd:
+    """A stream end whose close and reset do nothing (a subclass says what it answers)."""
+
+    async def close(self) -> None:
+        pass
+
+    async def reset(self) -> None:
+        pass
+
+
+class NoNet:
+    """A transport that only disconnects, which the tests' sends never need."""
+
+    async def disconnect(self, peer: str) -> None:
+        pass
+
+
+def small_node(tmp_path: Path, *, node_index: int = 0,
+               rng: random.Random | None = None) -> Node:
+    """A node of a 4-member federation on iris with logistic regression (cheap to build),
+    its key and output in ``tmp_path``; nothing runs until a test drives it."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    key_file = tmp_path / "node.key"
+    identity, _ = load_or_create_identity(key_file)
+    config = NodeConfig(
+        federation="fed", key_file=str(key_file), out_dir=str(tmp_path), seed=7,
+        node_index=node_index, node_count=4,
+        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
+    )
+    return Node(config, identity, LocalLearner(config), rng=rng)
+
+
+def meet(node: Node, count: int) -> list[str]:
+    """``count`` made-up members heard from directly by ``node`` (each at its own port)."""
+    peers = [f"peer{i:02d}" for i in range(count)]
+    for i, peer in enumerate(peers):
+        node.membership.heard_from(peer, (f"/ip4/10.0.0.1/tcp/{4000 + i}",), 0.0)
+    return peers
