@@ -115,7 +115,10 @@ async def linger(node: Node) -> bool:
     finally:
         state.lingering = False
         state.lingered_seconds += trio.current_time() - start
-    log.info("lingered %.1f s: no member came back with another model; stopping", seconds)
+    not_done, told = not_heard_done(node), node.beaten_seq >= node.settle.done_beat
+    log.info("lingered %.1f s: no member came back with another model; stopping (%d member(s) "
+             "not heard done%s)", seconds, len(not_done),
+             "" if told else ", this node's done not yet answered")
     return False
 
 
@@ -176,10 +179,21 @@ def owed(node: Node, watch: Watch, now: float | None = None) -> list[str]:
     return [p for p, link in node.neighbours.items() if needs(p, link)]
 
 
+def known_to_linger(node: Node) -> set[str]:
+    """The members whose done a lingering node waits for."""
+    return (set(node.membership.ids()) | set(node.topology or ()) | node.wanted) - {node.peer_id}
+
+
+def not_heard_done(node: Node) -> list[str]:
+    """Those of them not heard (directly) to be done."""
+    return sorted(p for p in known_to_linger(node)
+                  if node.member_state.get(p, (-1, None))[1] != NodeStatus.DONE)
+
+
 def nobody_left(node: Node, watch: Watch, whole: bool) -> bool:
     """Whether the linger can end early (:func:`~gossipfl.node.termination.linger_over`)."""
-    known = (set(node.membership.ids()) | set(node.topology or ()) | node.wanted) - {node.peer_id}
-    statuses = [node.member_state[p][1] if p in node.member_state else None for p in known]
+    statuses = [node.member_state[p][1] if p in node.member_state else None
+                for p in known_to_linger(node)]
     return termination.linger_over(whole=whole, statuses=statuses,
                                    told_cycle=node.beaten_seq >= node.settle.done_beat,
                                    owed=bool(owed(node, watch)))
