@@ -10,7 +10,7 @@ from typing import Any
 
 from gossipfl.gossip import wire
 from gossipfl.node import secure_round
-from gossipfl.node.runtime import Node
+from gossipfl.node.runtime import NeighbourState, Node
 
 
 class Loopback:
@@ -47,3 +47,18 @@ def wire_up(star: dict[str, Node], gone: str = "") -> None:
         yield Loopback(a.peer_id, by_id[peer], protocol)
 
     a.channel_to = channel_to  # type: ignore[method-assign]
+
+
+def link_star(nodes: dict[str, Node], now: float) -> dict[str, Node]:
+    """Make ``nodes`` one neighbourhood: every node neighbours every other (each admitted by
+    its certificate), a topology over all of them, and each node's clock stopped at ``now``."""
+    ids = {name: node.peer_id for name, node in nodes.items()}
+    topology = {ids[n]: frozenset(ids[m] for m in nodes if m != n) for n in nodes}
+    for node in nodes.values():
+        node.topology = topology
+        node.clock = lambda: now
+        for other in nodes.values():
+            if other is not node:
+                assert node.security.admit(other.peer_id, other.security.own_certificate) is None
+                node.neighbours[other.peer_id] = NeighbourState()
+    return nodes

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
-from secagg_loopback import wire_up
+from secagg_loopback import link_star, wire_up
 
 from gossipfl.aggregation.compress import Codec, kept
 from gossipfl.config import (
@@ -40,7 +40,7 @@ from gossipfl.node import secure_round, secure_sparse
 from gossipfl.node.compression import compressor, last_compressor
 from gossipfl.node.learner import LocalLearner
 from gossipfl.node.membership_loop import renew_stamp
-from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.runtime import Node
 from gossipfl.node.secagg_state import SecAggState
 from gossipfl.scenario.config import ScenarioConfig
 
@@ -199,17 +199,7 @@ def _node(tmp_path: Path, name: str) -> Node:
 def star(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Node]:
     """Aggregator a with neighbours b, c, d, e (each of which also neighbours the others)."""
     tmp = tmp_path_factory.mktemp("secagg_sparse")
-    nodes = {name: _node(tmp, name) for name in "abcde"}
-    ids = {name: node.peer_id for name, node in nodes.items()}
-    topology = {ids[n]: frozenset(ids[m] for m in "abcde" if m != n) for n in "abcde"}
-    for node in nodes.values():
-        node.topology = topology
-        node.clock = lambda: NOW
-        for other in nodes.values():
-            if other is not node:
-                assert node.security.admit(other.peer_id, other.security.own_certificate) is None
-                node.neighbours[other.peer_id] = NeighbourState()
-    return nodes
+    return link_star({name: _node(tmp, name) for name in "abcde"}, NOW)
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from secagg_loopback import Loopback, wire_up
+from secagg_loopback import Loopback, link_star, wire_up
 
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecAggConfig, SecurityConfig
 from gossipfl.crypto.admission import admit_identity, init_federation
@@ -24,7 +24,7 @@ from gossipfl.gossip.wire import ConsistencyRequest, MaskedInput
 from gossipfl.node import secure_round
 from gossipfl.node.learner import LocalLearner
 from gossipfl.node.membership_loop import renew_stamp
-from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.runtime import Node
 from gossipfl.node.secure_round import SecAggState
 
 SCALE = 2**20
@@ -52,17 +52,7 @@ def _node(tmp_path: Path, name: str) -> Node:
 def star(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Node]:
     """Aggregator a with neighbours b, c, d, e (each of which also neighbours the others)."""
     tmp = tmp_path_factory.mktemp("secagg")
-    nodes = {name: _node(tmp, name) for name in "abcde"}
-    ids = {name: node.peer_id for name, node in nodes.items()}
-    topology = {ids[n]: frozenset(ids[m] for m in "abcde" if m != n) for n in "abcde"}
-    for node in nodes.values():
-        node.topology = topology
-        node.clock = lambda: NOW
-        for other in nodes.values():
-            if other is not node:
-                assert node.security.admit(other.peer_id, other.security.own_certificate) is None
-                node.neighbours[other.peer_id] = NeighbourState()
-    return nodes
+    return link_star({name: _node(tmp, name) for name in "abcde"}, NOW)
 
 
 NOW = 1000.0  # the star's clock: every member heard from just now (alive), unless a test says
