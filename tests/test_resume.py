@@ -304,7 +304,7 @@ def test_the_state_protocol_is_registered_only_without_secure_aggregation(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secagg: bool) -> None:
     node = _node(tmp_path, secagg=secagg)
     host = FakeHost()
-    monkeypatch.setattr(runtime, "make_host", lambda identity, listen: (host, listen))
+    monkeypatch.setattr(runtime, "make_host", lambda identity, listen, **_: (host, listen))
     monkeypatch.setattr(runtime.signal, "signal", lambda *args: None)  # leave pytest's alone
 
     def stop_here(_: Node) -> None:  # the step after the handlers are registered

@@ -88,3 +88,33 @@ def test_a_routed_peer_is_reached_through_its_relay_only(tmp_path: Path) -> None
 def test_routes_must_parse() -> None:
     with pytest.raises(ValueError, match="Invalid MultiAddr 'not an address'"):
         PeerNet(None, Traffic(), {"Qm": "not an address"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("identify", [True, False])
+def test_a_host_without_identify_never_starts_one_and_still_talks(tmp_path: Path,
+                                                                  identify: bool) -> None:
+    from libp2p.identity.identify.identify import ID as IDENTIFY
+
+    a_id, _ = load_or_create_identity(tmp_path / "a.key")
+    b_id, _ = load_or_create_identity(tmp_path / "b.key")
+    asked: list[str] = []
+
+    async def counted(stream) -> None:  # type: ignore[no-untyped-def]
+        asked.append(str(stream.muxed_conn.peer_id))
+        await stream.reset()
+
+    async def main() -> bytes:
+        with trio.fail_after(30):
+            host_a, listen_a = make_host(a_id, ["/ip4/127.0.0.1/tcp/0"], identify=identify)
+            host_b, listen_b = make_host(b_id, ["/ip4/127.0.0.1/tcp/0"], identify=False)
+            async with host_a.run(listen_addrs=listen_a), host_b.run(listen_addrs=listen_b):
+                host_b.set_stream_handler(PROTO, _echo)
+                host_b.set_stream_handler(IDENTIFY, counted)  # who asks B to identify itself
+                b_addrs = tuple(str(a) for a in host_b.get_addrs())
+                answer = await _ping(PeerNet(host_a, Traffic()), str(b_id.peer_id), b_addrs)
+                await trio.sleep(0.5)  # an identify A started would have reached B by now
+                return answer
+
+    assert trio.run(main) == b"hello"
+    # py-libp2p's host asks on connecting (and again if refused); one without identify never
+    assert set(asked) == ({str(a_id.peer_id)} if identify else set())

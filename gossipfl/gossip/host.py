@@ -43,11 +43,20 @@ class NoAutoConnector(AutoConnector):
 SECURITY_PROTOCOLS = (str(NOISE_PROTOCOL_ID),)
 
 
-def make_host(identity: Identity, listen: Sequence[str]) -> tuple[IHost, list[multiaddr.Multiaddr]]:
+def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = True,
+              ) -> tuple[IHost, list[multiaddr.Multiaddr]]:
     """A host for ``identity`` that negotiates Noise and nothing else.
 
     py-libp2p's default host also accepts plaintext, secio and TLS; here ``sec_opt`` names Noise
     alone, so a peer offering anything else fails the security handshake and is disconnected.
+
+    With ``identify`` off, the host never starts libp2p's identify exchange on a new
+    connection (it still answers one a peer starts). gossipfl takes a member's addresses from
+    its own heartbeats and signed stamps, never from identify (peers.py), so a node without a
+    relay role needs none of it; py-libp2p runs it on every connection, each a stream and a
+    signed peer record both ways, which a federation whose members all meet while joining
+    pays n(n − 1) times. The relay roles (circuit.py) keep it: relay v2 and hole punching
+    learn a peer's protocols and observed addresses through it.
     """
     noise = NoiseTransport(
         libp2p_keypair=identity.key_pair,
@@ -64,4 +73,6 @@ def make_host(identity: Identity, listen: Sequence[str]) -> tuple[IHost, list[mu
     )
     network = host.get_network()
     network.auto_connector = NoAutoConnector(network)  # type: ignore[attr-defined]
+    if not identify:  # py-libp2p 0.8.1 has no setting for it: its own check says no
+        host._should_identify_peer = lambda peer_id: False  # type: ignore[attr-defined]
     return host, listen_addrs

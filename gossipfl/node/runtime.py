@@ -308,10 +308,11 @@ class Node:
         if self.network is not None:
             return self.network.attach(self.peer_id, self.traffic, self.read_policy,
                                        tuple(self.config.listen))
-        host, listen = make_host(self.identity, self.config.listen)
         relay = self.config.relay  # relay roles run only where configured (gossip/circuit.py)
+        roles = relay.serve or relay.private or relay.hole_punch
+        host, listen = make_host(self.identity, self.config.listen, identify=roles)
         circuits = Circuits(host, relay, relay_candidates(relay, self.config.bootstrap)) \
-            if relay.serve or relay.private or relay.hole_punch else None
+            if roles else None
         return PeerNet(host, self.traffic, self.config.routes, self.read_policy, self.reaper,
                        listen, circuits)
 
