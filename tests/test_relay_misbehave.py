@@ -10,10 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 
 from gossipfl.config import ConfigError, from_dict
-from gossipfl.gossip.circuit import CountingRelay, carrier_peer
+from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.gossip.circuit import CircuitError, Circuits, CountingRelay, carrier_peer
+from gossipfl.gossip.host import make_host
+from gossipfl.gossip.peers import PeerNet, Traffic
+from gossipfl.relay_config import Reachability, RelayConfig
 from gossipfl.scenario import relay_node, sites
 from gossipfl.scenario.config import ScenarioConfig
 from gossipfl.scenario.relay_misbehave import (
@@ -127,8 +132,6 @@ def _relay(mode: Misbehaviour, chunks: list[bytes], monkeypatch: pytest.MonkeyPa
 
 
 def _read_all(relay: MisbehavingRelay) -> list[bytes | None]:
-    import trio
-
     got: list[bytes | None] = []
 
     async def main() -> None:
@@ -176,3 +179,58 @@ def test_a_relayed_connection_names_the_relay_it_rides() -> None:
     direct = Layer(muxed_conn=Layer(peer_id="PEER", secured_conn=Layer(conn=Layer())))
     assert carrier_peer(direct) is None
     assert carrier_peer(object()) is None
+
+
+def test_a_silent_relayed_link_is_closed_and_blamed_on_its_relay(tmp_path: Path) -> None:
+    """Three hosts on loopback: a relay, a private member reserved on it, a dialer. A first
+    stream through the relay works; once the relay drops everything, the next stream is not
+    negotiated: after ``RELAYED_STREAM_SECONDS`` the dialer closes the silent connection
+    (CircuitError), counts it, and blames the relay (its next dial tries other relays first)."""
+    keys = {name: load_or_create_identity(tmp_path / f"{name}.key")[0]
+            for name in ("relay", "private", "dialer")}
+    found: dict[str, Any] = {}
+    echo = "/gossipfl-test/echo/1"
+
+    async def main() -> None:
+        hosts = {name: make_host(k, ["/ip4/127.0.0.1/tcp/0"]) for name, k in keys.items()}
+        relay_host, relay_listen = hosts["relay"]
+        relay_circuits = Circuits(relay_host, RelayConfig(serve=True),
+                                  relay_protocol=relay_class(Misbehaviour.DROP))
+        relay_net = PeerNet(relay_host, Traffic(), listen=relay_listen, circuits=relay_circuits)
+        async with relay_net.running() as relay_addrs:
+            relay_id = str(keys["relay"].peer_id)
+            private_host, private_listen = hosts["private"]
+            private_net = PeerNet(private_host, Traffic(), listen=private_listen,
+                                  circuits=Circuits(private_host, RelayConfig(
+                                      reachable=Reachability.PRIVATE, use=(relay_addrs[0],)),
+                                      [(relay_id, relay_addrs[0])]))
+            dialer_host, dialer_listen = hosts["dialer"]
+            dialer_net = PeerNet(dialer_host, Traffic(), listen=dialer_listen)
+            async with private_net.running() as private_addrs, dialer_net.running():
+                async def serve(channel: Any) -> None:
+                    await channel.stream.write(await channel.stream.read(2))
+
+                private_net.serve(echo, serve)
+                target = str(keys["private"].peer_id)
+                channel = await dialer_net.open(target, tuple(private_addrs), echo)
+                await channel.stream.write(b"hi")
+                found["first"] = await channel.stream.read(2)
+                relay_circuits.protocol.misbehave()  # type: ignore[attr-defined]
+                try:
+                    await dialer_net.open(target, tuple(private_addrs), echo)
+                except CircuitError as error:
+                    found["error"] = str(error)
+                assert dialer_net.circuits is not None
+                found["summary"] = dialer_net.circuits.summary()
+                found["relayed"] = dialer_net.circuits.relayed_to(keys["private"].peer_id)
+
+    async def bounded() -> None:
+        with trio.fail_after(60):
+            await main()
+
+    trio.run(bounded)
+    assert found["first"] == b"hi"
+    assert "closed 1 silent relayed connection(s)" in found["error"]
+    assert found["summary"]["silent_links_closed"] == 1
+    assert found["summary"]["relay_failures"] == {str(keys["relay"].peer_id): 1}
+    assert found["relayed"] is False  # the silent connection is gone: the next stream re-dials
