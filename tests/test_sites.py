@@ -194,6 +194,20 @@ def test_relays_still_connected_are_tried_first() -> None:
     assert circuit_order([dead, live], {"RELAYA", "RELAYB"}) == [dead, live]
 
 
+def test_a_relay_whose_dials_failed_goes_last_even_while_connected() -> None:
+    """A tampering or dropping relay stays connected; once a dial through it failed, the
+    other relay is tried first (fewer failures in a row first, then live, then announced)."""
+    bad = circuit_addr("/ip4/198.18.0.1/tcp/4001/p2p/RELAYA", PEER)
+    good = circuit_addr("/ip4/198.18.0.2/tcp/4001/p2p/RELAYB", PEER)
+    both = {"RELAYA", "RELAYB"}
+    assert circuit_order([bad, good], both, {"RELAYA": 1}) == [good, bad]
+    assert circuit_order([bad, good], both, {"RELAYA": 1, "RELAYB": 2}) == [bad, good]
+    # failing counts first, liveness second: a dead relay with fewer failures still comes
+    # before a live one with more
+    assert circuit_order([bad, good], {"RELAYA"}, {"RELAYA": 1}) == [good, bad]
+    assert circuit_order([bad, good], both, {}) == [bad, good]
+
+
 @pytest.mark.parametrize(("direct", "relayed", "punched", "how"), [
     (5, 0, False, LinkHow.DIRECT), (0, 5, False, LinkHow.RELAYED),
     (3, 4, True, LinkHow.HOLE_PUNCHED), (3, 4, False, LinkHow.MIXED), (0, 0, True, None)])

@@ -28,6 +28,7 @@ WAIT_MODULES = (
     "test_netfaults.py",
     "test_e2e.py",
     "test_e2e_sites.py",
+    "test_e2e_relay_faults.py",
     "test_natlab_nodes.py",
     "test_e2e_soak.py",
     "test_e2e_byzantine.py",

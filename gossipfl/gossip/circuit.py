@@ -28,7 +28,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import multiaddr
@@ -104,17 +104,22 @@ def usable_circuits(addrs: Iterable[str], own_id: str) -> tuple[str, ...]:
     return tuple(a for a in addrs if is_circuit(a) and circuit_relay(a) not in (None, own_id))
 
 
-def circuit_order(circuits: Iterable[str], live_relays: Iterable[str]) -> list[str]:
-    """The relayed addresses to try, in order: through a relay this node holds an open
-    connection to first, then the others, each group in the order given.
+def circuit_order(circuits: Iterable[str], live_relays: Iterable[str],
+                  failing: Mapping[str, int] | None = None) -> list[str]:
+    """The relayed addresses to try, in order: through relays whose dials failed fewer times
+    in a row (``failing``: relay peer id → failures since its last success) first; among
+    those, through a relay this node holds an open connection to first; else in the order
+    given.
 
     A relay that died is found out only when dialled, and py-libp2p's swarm retries a refused
     dial with back-off, for longer than a round's deadline: with the dead relay first in every
-    peer's announcement, a dial would never reach the next relay in time."""
+    peer's announcement, a dial would never reach the next relay in time. A relay that tampers
+    or drops stays connected: its circuits are made, then die in Noise's handshake or in
+    silence, so it goes last once a dial through it failed."""
     live = set(live_relays)
-    circuits = list(circuits)
-    first = [a for a in circuits if circuit_relay(a) in live]
-    return first + [a for a in circuits if circuit_relay(a) not in live]
+    failing = failing or {}
+    return sorted(circuits, key=lambda a: (failing.get(circuit_relay(a) or "", 0),
+                                           circuit_relay(a) not in live))
 
 
 def announced(listen: Sequence[str], relayed: Sequence[str], private: bool,
@@ -157,6 +162,22 @@ def _relays_of(conn: Any) -> set[str | None]:
     except Exception:
         return set()
     return {circuit_relay(a) for a in addrs if is_circuit(a)}
+
+
+def carrier_peer(conn: Any) -> str | None:
+    """The peer at the far end of the stream a relayed connection rides (yamux, secure session,
+    Noise, raw connection, the relay's stream): its relay either way (an accepted circuit's
+    address names this host as relay), or None when it cannot tell."""
+    layer = getattr(getattr(conn, "muxed_conn", None), "secured_conn", None)
+    for _ in range(6):
+        if layer is None:
+            return None
+        carrier = getattr(getattr(layer, "muxed_conn", None), "peer_id", None)
+        if carrier is not None:
+            return str(carrier)
+        layer = next((getattr(layer, name) for name in ("conn", "stream")
+                      if getattr(layer, name, None) is not None), None)
+    return None
 
 
 # -- the running part ------------------------------------------------------------------------------
@@ -255,6 +276,9 @@ class Circuits:
         self.reserved: list[str] = []  # relay peer ids holding our reservation
         self.reservations_made = 0
         self.dials = {"ok": 0, "failed": 0}
+        self.relay_failures: dict[str, int] = {}  # relay → dials through it that failed
+        self._failing: dict[str, int] = {}  # relay → failures since its last good dial
+        self.silent_links = 0  # relayed connections closed for silence (drop_silent)
         self._dialling: dict[str, trio.Lock] = {}
 
     @contextlib.asynccontextmanager
@@ -338,22 +362,53 @@ class Circuits:
         relay dies (seen with a relay killed mid-run): streams on it then hang until their
         deadline, and the swarm never dials the peer again while it holds it. Closed, the next
         stream to that peer dials afresh, through a relay that is still there."""
-        network = self.host.get_network()
-        remove = getattr(network, "remove_conn", None)
         dropped = 0
-        for conns in list(network.get_connections_map().values()):
+        for conns in list(self.host.get_network().get_connections_map().values()):
             for conn in list(conns):
                 if relay not in _relays_of(conn) and None not in _relays_of(conn):
                     continue
-                with trio.move_on_after(2), contextlib.suppress(Exception):
-                    await conn.close()
-                if remove is not None:
-                    with contextlib.suppress(Exception):
-                        remove(conn)
+                await self._close(conn)
                 dropped += 1
         if dropped:
             log.info("closed %d relayed connection(s) through lost relay %s", dropped, relay)
         return dropped
+
+    def relayed_to(self, pid: ID) -> bool:
+        """Whether a connection to ``pid`` runs through a relay."""
+        return any(_relays_of(c) for c in self.host.get_network().get_connections(pid))
+
+    async def drop_silent(self, pid: ID) -> int:
+        """Close the relayed connections to ``pid`` (their relay forwards nothing: see
+        :meth:`gossipfl.gossip.peers.PeerNet._new_stream`) and count a failure against each
+        relay they ran through, so the next dial tries the others first; returns how many."""
+        closed = 0
+        named: set[str] = set()
+        for conn in list(self.host.get_network().get_connections(pid)):
+            relays = _relays_of(conn)
+            if not relays:
+                continue
+            relay = carrier_peer(conn) or next(iter(relays)) or "?"
+            self._failed(relay)
+            named.add(relay)
+            await self._close(conn)
+            closed += 1
+        self.silent_links += closed
+        log.warning("closed %d silent relayed connection(s) to %s through %s", closed, pid,
+                    ", ".join(sorted(named)))
+        return closed
+
+    async def _close(self, conn: Any) -> None:
+        """Close ``conn`` and drop it from the swarm's records."""
+        with trio.move_on_after(2), contextlib.suppress(Exception):
+            await conn.close()
+        remove = getattr(self.host.get_network(), "remove_conn", None)
+        if remove is not None:
+            with contextlib.suppress(Exception):
+                remove(conn)
+
+    def _failed(self, relay: str) -> None:
+        self.relay_failures[relay] = self.relay_failures.get(relay, 0) + 1
+        self._failing[relay] = self._failing.get(relay, 0) + 1
 
     def keep(self, peer: str, certified: bool = True) -> bool:
         """Whether the connection with ``peer`` must stay open: a relay of ours (named in our
@@ -383,20 +438,25 @@ class Circuits:
         async with lock:  # two channels opened at once make one circuit, not two
             if self._connected(pid):
                 return
-            self._forget_circuits(pid)
             errors = []
             usable = usable_circuits(circuits, self.own_id)
             live = {r for r in filter(None, map(circuit_relay, usable))
                     if self._connected(ID.from_base58(r))}
-            for addr in circuit_order(usable, live):
+            for addr in circuit_order(usable, live, self._failing):
+                relay = circuit_relay(addr) or ""
+                # each attempt through its own relay: py-libp2p's transport would first retry
+                # the circuit an earlier attempt filed (a tampering relay's, every time)
+                self._forget_circuits(pid)
                 try:
                     with trio.fail_after(DIAL_TIMEOUT):
                         await self.transport.dial(multiaddr.Multiaddr(addr))
                     self.dials["ok"] += 1
+                    self._failing.pop(relay, None)
                     log.info("linked to %s through %s", peer_id, addr)
                     return
                 except Exception as error:
                     errors.append(f"{addr}: {type(error).__name__}: {error}")
+                    self._failed(relay)
             self.dials["failed"] += 1
             raise CircuitError(f"no relay reached {peer_id}: " + ("; ".join(errors)
                                                                   or "no usable relayed address"))
@@ -419,7 +479,8 @@ class Circuits:
         found: dict[str, Any] = {
             "reachable": self.config.reachable.value, "serve": self.config.serve,
             "reserved_on": list(self.reserved), "reservations_made": self.reservations_made,
-            "relayed_dials": dict(self.dials),
+            "relayed_dials": dict(self.dials), "relay_failures": dict(self.relay_failures),
+            "silent_links_closed": self.silent_links,
         }
         if self.dcutr is not None:
             found["hole_punch"] = dict(self.dcutr.outcomes)

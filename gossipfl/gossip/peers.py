@@ -19,6 +19,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from gossipfl.gossip.circuit import (
+    CircuitError,
     Circuits,
     LinkKind,
     announced,
@@ -37,6 +38,10 @@ ADDR_TTL_SECONDS = 3600
 #: A peer that also has relayed addresses is tried at its direct ones this long at most (a LAN
 #: peer answers in milliseconds; a private address elsewhere may hang in py-libp2p's dialer).
 DIRECT_BEFORE_RELAY_SECONDS = 3.0
+#: A stream over a relayed connection must be negotiated within this long (one round trip
+#: through the relay, milliseconds when it forwards); else the relay is taken for a black hole
+#: and the connection closed, so the next stream re-links (through another relay first).
+RELAYED_STREAM_SECONDS = 4.0
 LINK_PEERS = 1024  # peers whose streams are counted per kind of link (relay.json)
 
 
@@ -308,9 +313,25 @@ class PeerNet:
             self._pin_route(pid, peer_id)  # new_stream redials from the peerstore if need be
         elif pinned:
             self._pin(pid, maddrs)
-        stream = await self.host.new_stream(pid, [protocol])
+        stream = await self._new_stream(pid, peer_id, protocol)
         self._count(peer_id, stream)
         return Channel(stream, self.traffic, self.policy)
+
+    async def _new_stream(self, pid: ID, peer_id: str, protocol: str) -> INetStream:
+        """A stream for ``protocol`` on the connection to ``pid``. Over a relayed connection,
+        within ``RELAYED_STREAM_SECONDS``: a relay that stops forwarding keeps both ends'
+        connections to it open, so nothing else would ever close the silent circuit (every
+        stream on it hangs to its caller's deadline, and the swarm never dials again while it
+        holds it). Past that, the relayed connections to ``pid`` are closed (CircuitError)."""
+        circuits = self.circuits
+        if circuits is None or not circuits.relayed_to(pid):
+            return await self.host.new_stream(pid, [protocol])
+        with trio.move_on_after(RELAYED_STREAM_SECONDS):
+            return await self.host.new_stream(pid, [protocol])
+        closed = await circuits.drop_silent(pid)
+        raise CircuitError(f"no stream to {peer_id} over its relayed link within "
+                           f"{RELAYED_STREAM_SECONDS} s: closed {closed} silent relayed "
+                           f"connection(s); the next stream re-links")
 
     async def _connect(self, pid: ID, peer_id: str, maddrs: list[multiaddr.Multiaddr],
                        addrs: tuple[str, ...]) -> None:

@@ -5,12 +5,13 @@ nodes reserve a slot on it and reach each other's sites through it, end to end e
 between the two nodes; it carries ciphertext).
 
     ip netns exec NS python -m gossipfl.scenario.relay_node --key K --listen /ip4/IP/tcp/P \\
-        --out DIR [--circuit-bytes N] [--seconds S]
+        --out DIR [--circuit-bytes N] [--seconds S] [--misbehave tamper|drop]
 
 It writes ``DIR/relay.json`` once it serves (``status = "serving"``: the runner waits for it),
 then every second and when it stops (SIGTERM, SIGINT or ``--seconds``): its peer id and
 address, the reservations it holds, the bytes it relayed (both ways, all circuits), and the
-peers connected to it.
+peers connected to it. With ``--misbehave`` it relays faithfully until SIGUSR1, then tampers
+with or drops what it relays (:mod:`gossipfl.scenario.relay_misbehave`; relay.json counts it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gossipfl.gossip.circuit import Circuits
 from gossipfl.gossip.host import make_host
 from gossipfl.node.checkpoint import atomic_write_json
 from gossipfl.relay_config import RelayConfig
+from gossipfl.scenario.relay_misbehave import MisbehavingRelay, Misbehaviour, relay_class
 
 log = logging.getLogger("gossipfl.relay_node")
 
@@ -41,25 +43,33 @@ def _state(circuits: Circuits, identity: Identity, listen: str, status: str,
            started: float) -> dict[str, Any]:
     host = circuits.host
     peers = sorted(str(p) for p in host.get_network().get_connections_map())
+    protocol = circuits.protocol
+    extra = protocol.misbehaviour() if isinstance(protocol, MisbehavingRelay) else {}
     return {"status": status, "peer_id": str(identity.peer_id),
             "addr": f"{listen}/p2p/{identity.peer_id}", "seconds": round(time.monotonic()
                                                                           - started, 3),
-            "connected_peers": peers, **circuits.summary()}
+            "connected_peers": peers, **circuits.summary(), **extra}
 
 
 async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
-                seconds: float) -> None:
-    """Relay until SIGTERM, SIGINT or ``seconds`` have passed; write ``relay.json``."""
+                seconds: float, misbehave: Misbehaviour | None = None) -> None:
+    """Relay until SIGTERM, SIGINT or ``seconds`` have passed; write ``relay.json``. With
+    ``misbehave``, tamper or drop from SIGUSR1 on."""
     host, maddrs = make_host(identity, [listen])
-    circuits = Circuits(host, config)
+    circuits = Circuits(host, config, relay_protocol=relay_class(misbehave))
     started = time.monotonic()
     async with host.run(listen_addrs=maddrs), circuits.running():
         status = "serving"
         with trio.move_on_after(seconds), \
-                trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
+                                          signal.SIGUSR1) as signals:
             async with trio.open_nursery() as nursery:
                 async def on_signal() -> None:
                     async for signum in signals:
+                        if signum == signal.SIGUSR1:
+                            if isinstance(circuits.protocol, MisbehavingRelay):
+                                circuits.protocol.misbehave()
+                            continue
                         log.info("relay: stopping on %s", signal.Signals(signum).name)
                         nursery.cancel_scope.cancel()
                         return
@@ -79,13 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for relay.json")
     parser.add_argument("--circuit-bytes", type=int, default=RelayConfig().circuit_bytes)
     parser.add_argument("--seconds", type=float, default=3600.0, help="stop after this long")
+    parser.add_argument("--misbehave", choices=[m.value for m in Misbehaviour],
+                        help="from SIGUSR1 on, tamper with or drop what it relays")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     identity = load_or_create_identity(args.key)[0]
     config = RelayConfig(serve=True, circuit_bytes=args.circuit_bytes)
-    trio.run(serve, identity, args.listen, out, config, args.seconds)
+    misbehave = Misbehaviour(args.misbehave) if args.misbehave else None
+    trio.run(serve, identity, args.listen, out, config, args.seconds, misbehave)
     return 0
 
 

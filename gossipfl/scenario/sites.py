@@ -149,11 +149,18 @@ def bootstrap_list(index: int, places: Sequence[NodePlace], peer_ids: Sequence[s
 
 
 def relay_command(place: RelayPlace, key: Path, out: Path, circuit_bytes: int,
-                  seconds: float) -> list[str]:
-    """The command that runs relay ``place`` in its namespace."""
+                  seconds: float, misbehave: RelayFaultKind | None = None) -> list[str]:
+    """The command that runs relay ``place`` in its namespace (``misbehave``: a tamper or drop
+    fault is planned for it: it relays faithfully until SIGUSR1)."""
     return [*exec_prefix(place.namespace), sys.executable, "-m", "gossipfl.scenario.relay_node",
             "--key", str(key), "--listen", place.listen, "--out", str(out),
-            "--circuit-bytes", str(circuit_bytes), "--seconds", str(seconds)]
+            "--circuit-bytes", str(circuit_bytes), "--seconds", str(seconds),
+            *(["--misbehave", misbehave.value] if misbehave is not None else [])]
+
+
+def misbehaving_relays(public: PublicConfig) -> dict[int, RelayFaultKind]:
+    """Relay index → the tamper or drop fault planned for it."""
+    return {f.relay: f.kind for f in public.faults if f.kind.misbehaves}
 
 
 def check_rights(which: Callable[[str], str | None] | None = None,
@@ -175,6 +182,7 @@ class RelayProcess:
     peer_id: str
     process: subprocess.Popen[bytes] | None = None
     down: dict[str, Any] | None = None  # the fault that took it down: kind, round, seconds
+    misbehaving: dict[str, Any] | None = None  # a tamper or drop fault: kind, round, seconds
 
     @property
     def addr(self) -> str:
@@ -202,10 +210,12 @@ class SitesSession:
         """Start every relay in its namespace; return once each serves (NetnsError if one
         exits or is not serving within ``timeout``)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        misbehave = misbehaving_relays(self.scenario.public)
         for relay in self.relays:
             command = relay_command(relay.place, relay.folder / "node.key", relay.folder,
                                     self.scenario.public.circuit_bytes,
-                                    self.scenario.timeout + 60.0)
+                                    self.scenario.timeout + 60.0,
+                                    misbehave.get(relay.place.index))
             with open(relay.folder / "stdout.log", "ab") as output:
                 relay.process = subprocess.Popen(command, stdout=output,
                                                  stderr=subprocess.STDOUT, env=env,
@@ -249,9 +259,13 @@ class SitesSession:
             self.pending.remove(fault)
             relay = self.relays[fault.relay]
             if relay.process is not None and relay.process.poll() is None:
-                relay.process.send_signal(signal.SIGKILL if fault.kind is RelayFaultKind.KILL
-                                          else signal.SIGTERM)
-            relay.down = {"kind": fault.kind.value, **when}
+                relay.process.send_signal(
+                    signal.SIGUSR1 if fault.kind.misbehaves else
+                    signal.SIGKILL if fault.kind is RelayFaultKind.KILL else signal.SIGTERM)
+            if fault.kind.misbehaves:
+                relay.misbehaving = {"kind": fault.kind.value, **when}
+            else:
+                relay.down = {"kind": fault.kind.value, **when}
             event = {"relay": fault.relay, "event": fault.kind.value, **when}
             log.warning("relay %d: %s (furthest node at round %d, %.1f s in)", fault.relay,
                         fault.kind.value, when["max_round"], when["seconds"])
@@ -309,5 +323,5 @@ def open_sites(scenario: ScenarioConfig, out: Path, *, run: Runner = run_command
 
 
 __all__ = ["NODE_PORT", "RELAY_PORT", "NodePlace", "RelayPlace", "SitesSession",
-           "bootstrap_list", "check_rights", "lab_plan", "node_places", "node_relay_config",
-           "open_sites", "relay_command", "relay_places"]
+           "bootstrap_list", "check_rights", "lab_plan", "misbehaving_relays", "node_places",
+           "node_relay_config", "open_sites", "relay_command", "relay_places"]

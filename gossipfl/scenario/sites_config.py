@@ -16,9 +16,14 @@ circuit_bytes = 1073741824  # what one circuit may carry, both ways together
 
 [[public.faults]]      # a relay taken down mid-run (the nodes must re-link without it)
 relay = 0
-kind = "kill"          # SIGKILL; "terminate": SIGTERM
+kind = "kill"          # SIGKILL; "terminate": SIGTERM; "tamper": it stays up but flips a bit
+                       # in every chunk it relays; "drop": it stays up, forwards nothing
 at_round = 10          # once the furthest node finished this round (or at_seconds after start)
 ```
+
+A tampering or dropping relay carries only ciphertext (Noise between the two nodes, the sealed
+envelope inside): what it achieves is a broken link, which the nodes re-make elsewhere
+(:mod:`gossipfl.scenario.relay_misbehave`).
 
 Nodes are numbered site by site, in the order of ``[[sites]]``; their total must be the
 scenario's ``nodes``.
@@ -44,6 +49,13 @@ class RelayFaultKind(StrEnum):
 
     KILL = "kill"  # SIGKILL: a crash, its circuits and reservations gone at once
     TERMINATE = "terminate"  # SIGTERM: it stops (here: at once too, it holds no state)
+    TAMPER = "tamper"  # it stays up and flips a bit in every chunk it relays
+    DROP = "drop"  # it stays up, keeps every connection open and forwards nothing
+
+    @property
+    def misbehaves(self) -> bool:
+        """Whether the relay stays up (tamper, drop) rather than going down."""
+        return self in (RelayFaultKind.TAMPER, RelayFaultKind.DROP)
 
 
 @dataclass(frozen=True)
@@ -63,8 +75,9 @@ class SiteConfig:
 
 @dataclass(frozen=True)
 class RelayFaultConfig:
-    """Take relay ``relay`` down once the furthest node finished round ``at_round``, or
-    ``at_seconds`` after the nodes were started (exactly one of the two)."""
+    """Take relay ``relay`` down (or make it tamper or drop) once the furthest node finished
+    round ``at_round``, or ``at_seconds`` after the nodes were started (exactly one of the
+    two)."""
 
     relay: int = 0
     kind: RelayFaultKind = RelayFaultKind.KILL
@@ -114,8 +127,9 @@ class PublicConfig:
         if len(set(hit)) != len(hit):
             raise ConfigError("public.faults names a relay twice")
         if hit and len(set(hit)) >= self.relays:
-            raise ConfigError("public.faults takes down every relay: at least one must stay up "
-                              "(the private nodes reach other sites only through a relay)")
+            raise ConfigError("public.faults takes down (or makes misbehave) every relay: at "
+                              "least one must stay faithful (the private nodes reach other "
+                              "sites only through a relay)")
 
 
 def check_sites(sites: Sequence[SiteConfig], public: PublicConfig, *, nodes: int,

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from gossipfl.scenario.sites import SitesSession
 
 
+# a misbehaving relay's counts in its relay.json (gossipfl/scenario/relay_misbehave.py)
+MISBEHAVIOUR = ("misbehaving_since", "tampered_chunks", "dropped_chunks", "dropped_bytes")
+
+
 class LinkHow(StrEnum):
     DIRECT = "direct"
     RELAYED = "relayed"
@@ -107,10 +111,12 @@ def sites_section(session: SitesSession, nodes: Sequence[NodeProcess],
         state = _read(relay.folder / "relay.json")
         relays.append({"index": relay.place.index, "addr": relay.addr,
                        "namespace": relay.place.namespace, "down": relay.down,
+                       "misbehaving": relay.misbehaving,
                        "status": "down" if relay.down else state.get("status"),
                        "relayed_bytes": state.get("relayed_bytes"),
                        "reservations_held": state.get("reservations_held"),
-                       "connected_peers": len(state.get("connected_peers", []))})
+                       "connected_peers": len(state.get("connected_peers", [])),
+                       **{key: state[key] for key in MISBEHAVIOUR if key in state}})
     return {
         "sites": [{"index": s.index, "name": site_name(session.scenario.sites, s.index),
                    "subnet": s.subnet, "router_wan": s.wan_ip,
@@ -160,7 +166,7 @@ def print_links(report: dict[str, Any]) -> None:
     for column in ("relay", "address", "status", "reservations", "relayed MB"):
         relays.add_column(column, justify="right")
     for relay in section["relays"]:
-        down = relay["down"]
+        down = relay["down"] or relay.get("misbehaving")
         status = (f"{down['kind']} at round {down['max_round']}" if down
                   else str(relay["status"]))
         sent = relay["relayed_bytes"]
