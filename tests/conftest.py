@@ -82,3 +82,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist_lanes import LaneScheduling
 
     return LaneScheduling(config, log)
+
+
+@pytest.fixture(scope="module")
+def can_make_nat() -> None:
+    """Skip a test that needs a NAT lab where one cannot be built (root, iptables, ...)."""
+    from gossipfl.scenario.natlab import probe
+
+    reason = probe()
+    if reason is not None:
+        pytest.skip(f"cannot build a NAT lab here: {reason}")

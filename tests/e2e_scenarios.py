@@ -66,3 +66,25 @@ def run_text(tmp_path: Path, text: str, *, spawn: bool = False) -> tuple[int, di
     out = tmp_path / "out"
     code = run_scenario(scenario, out=out, quiet=True, centralised=False, spawn=spawn)
     return code, json.loads((out / "report.json").read_text())
+
+
+#: two private sites of two nodes behind NAT and two public relays, relay 0 faulting at round 2
+#: (``kind``: kill, tamper or drop; the sites e2e tests)
+TWO_SITES = """
+[[sites]]
+name = "a"
+nodes = 2
+
+[[sites]]
+name = "b"
+nodes = 2
+
+[public]
+relays = 2
+hole_punch = false
+
+[[public.faults]]
+relay = 0
+kind = "{kind}"
+at_round = 2
+"""

@@ -4,12 +4,25 @@ answers it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+from gossipfl.config import (
+    CompressionConfig,
+    DataConfig,
+    ModelConfig,
+    NodeConfig,
+    SecAggConfig,
+    SecurityConfig,
+)
+from gossipfl.crypto.admission import admit_identity, init_federation
+from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip import wire
 from gossipfl.node import secure_round
+from gossipfl.node.learner import LocalLearner
 from gossipfl.node.runtime import NeighbourState, Node
 
 
@@ -62,3 +75,24 @@ def link_star(nodes: dict[str, Node], now: float) -> dict[str, Node]:
                 assert node.security.admit(other.peer_id, other.security.own_certificate) is None
                 node.neighbours[other.peer_id] = NeighbourState()
     return nodes
+
+
+def secagg_node(tmp_path: Path, name: str, secagg: SecAggConfig,
+                compression: CompressionConfig | None = None) -> Node:
+    """A node admitted to the federation in ``tmp_path`` (made on first use), on iris with
+    logistic regression, with ``secagg`` (and ``compression``) as configured."""
+    federation = tmp_path / "federation"
+    if not (federation / "federation.pub").exists():
+        init_federation(federation, "fed")
+    key_file = tmp_path / name / "node.key"
+    identity, _ = load_or_create_identity(key_file)
+    cert = admit_identity(federation, key_file, valid_days=1, now=time.time())
+    config = NodeConfig(
+        federation="fed", key_file=str(key_file), out_dir=str(tmp_path / name),
+        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
+        security=SecurityConfig(admission=True,
+                                federation_public=str(federation / "federation.pub"),
+                                certificate=str(cert)),
+        secagg=secagg, compression=compression or CompressionConfig(),
+    )
+    return Node(config, identity, LocalLearner(config))

@@ -28,40 +28,14 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from e2e_scenarios import BASE, run_text
+from e2e_scenarios import BASE, TWO_SITES, run_text
 
-from gossipfl.scenario.natlab import probe
 from gossipfl.scenario.netns import run_tag
 
 pytestmark = pytest.mark.e2e
 
-SITES = """
-[[sites]]
-name = "a"
-nodes = 2
-
-[[sites]]
-name = "b"
-nodes = 2
-
-[public]
-relays = 2
-hole_punch = false
-
-[[public.faults]]
-relay = 0
-kind = "{kind}"
-at_round = 2
-"""
 # the reasons a node refuses a contribution for when it came, not for what it holds
 TIMING_REFUSALS = {"stale", "future", "not_neighbour", "in_flight"}
-
-
-@pytest.fixture(scope="module")
-def can_make_nat() -> None:
-    reason = probe()
-    if reason is not None:
-        pytest.skip(f"cannot build a NAT lab here: {reason}")
 
 
 def _node_relay_files(out: Path) -> list[dict]:
@@ -90,7 +64,7 @@ def test_a_misbehaving_relay_breaks_links_and_changes_no_model(
         kind: str,
         tmp_path: Path, can_make_nat: None) -> None:
     text = BASE.format(name="e2etamper", nodes=4, rounds=15, topology="full", degree=3,
-                       round_timeout=20.0) + SITES.format(kind=kind)
+                       round_timeout=20.0) + TWO_SITES.format(kind=kind)
     code, report = run_text(tmp_path, text)
     out = tmp_path / "out"
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,

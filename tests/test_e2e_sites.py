@@ -19,44 +19,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_scenarios import BASE, run_text
+from e2e_scenarios import BASE, TWO_SITES, run_text
 
-from gossipfl.scenario.natlab import probe
 from gossipfl.scenario.netns import run_tag
 
 pytestmark = pytest.mark.e2e
-
-SITES = """
-[[sites]]
-name = "a"
-nodes = 2
-
-[[sites]]
-name = "b"
-nodes = 2
-
-[public]
-relays = 2
-hole_punch = false
-
-[[public.faults]]
-relay = 0
-kind = "kill"
-at_round = 2
-"""
-
-
-@pytest.fixture(scope="module")
-def can_make_nat() -> None:
-    reason = probe()
-    if reason is not None:
-        pytest.skip(f"cannot build a NAT lab here: {reason}")
 
 
 def test_sites_behind_nat_learn_through_relays_and_survive_losing_one(
         tmp_path: Path, can_make_nat: None) -> None:
     text = BASE.format(name="e2esites", nodes=4, rounds=15, topology="full", degree=3,
-                       round_timeout=20.0) + SITES
+                       round_timeout=20.0) + TWO_SITES.format(kind="kill")
     code, report = run_text(tmp_path, text)
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                           check=True).stdout

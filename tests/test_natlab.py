@@ -141,12 +141,6 @@ def test_without_rights_or_tools_it_says_what_is_missing() -> None:
 
 # --- real NAT (root, iproute2, iptables) --------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def can_make_nat() -> None:
-    reason = probe()
-    if reason is not None:
-        pytest.skip(f"cannot build a NAT lab here: {reason}")
-
 
 def _in_ns(namespace: str, code: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", code],
@@ -306,7 +300,6 @@ def test_libp2p_peers_behind_nat_meet_through_circuit_relay_v2_then_hole_punch(
         assert direct not in punched["remote_addrs"]
         assert punched["stream_remote"] == f"('{plan.public_ip}', 4001)"
         assert "Connection refused" in (tmp_path / "dialer.err").read_text()
-
 
 
 @pytest.mark.e2e

@@ -26,19 +26,12 @@ from gossipfl.config_io import dump_toml
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip.circuit import circuit_addr
 from gossipfl.node.checkpoint import load_checkpoint
-from gossipfl.scenario.natlab import NatPlan, nat_lab, probe
+from gossipfl.scenario.natlab import NatPlan, nat_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 4001
 ROUNDS = 4
 NODE_TIMEOUT = 150  # seconds a node process may run (each is killed after it)
-
-
-@pytest.fixture(scope="module")
-def can_make_nat() -> None:
-    reason = probe()
-    if reason is not None:
-        pytest.skip(f"cannot build a NAT lab here: {reason}")
 
 
 def _left_behind(plan: NatPlan) -> list[str]:

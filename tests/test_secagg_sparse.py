@@ -5,28 +5,22 @@ federation shares per round, masked with k-word masks, summed into the aggregato
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import trio
-from secagg_loopback import link_star, wire_up
+from secagg_loopback import link_star, secagg_node, wire_up
 
 from gossipfl.aggregation.compress import Codec, kept
 from gossipfl.config import (
     CompressionConfig,
     ConfigError,
-    DataConfig,
-    ModelConfig,
     NodeConfig,
     SecAggConfig,
-    SecurityConfig,
 )
 from gossipfl.crypto import secagg
-from gossipfl.crypto.admission import admit_identity, init_federation
-from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.crypto.secagg_sparse import (
     add_at,
     choco_mix,
@@ -38,7 +32,6 @@ from gossipfl.gossip import wire
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node import secure_round, secure_sparse
 from gossipfl.node.compression import compressor, last_compressor
-from gossipfl.node.learner import LocalLearner
 from gossipfl.node.membership_loop import renew_stamp
 from gossipfl.node.runtime import Node
 from gossipfl.node.secagg_state import SecAggState
@@ -177,22 +170,9 @@ NOW = 1000.0
 
 
 def _node(tmp_path: Path, name: str) -> Node:
-    federation = tmp_path / "federation"
-    if not (federation / "federation.pub").exists():
-        init_federation(federation, "fed")
-    key_file = tmp_path / name / "node.key"
-    identity, _ = load_or_create_identity(key_file)
-    cert = admit_identity(federation, key_file, valid_days=1, now=time.time())
-    config = NodeConfig(
-        federation="fed", key_file=str(key_file), out_dir=str(tmp_path / name),
-        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
-        security=SecurityConfig(admission=True,
-                                federation_public=str(federation / "federation.pub"),
-                                certificate=str(cert)),
-        secagg=SecAggConfig(enabled=True, min_contributors=3, scale=SCALE, full_every=10),
-        compression=CompressionConfig(kind="randk", ratio=RATIO),
-    )
-    return Node(config, identity, LocalLearner(config))
+    return secagg_node(tmp_path, name, SecAggConfig(enabled=True, min_contributors=3, scale=SCALE,
+                                                full_every=10),
+                       CompressionConfig(kind="randk", ratio=RATIO))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ network: the aggregator learns the weighted sum of its neighbours' estimates and
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,14 +14,11 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from secagg_loopback import Loopback, link_star, wire_up
+from secagg_loopback import Loopback, link_star, secagg_node, wire_up
 
-from gossipfl.config import DataConfig, ModelConfig, NodeConfig, SecAggConfig, SecurityConfig
-from gossipfl.crypto.admission import admit_identity, init_federation
-from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.config import SecAggConfig
 from gossipfl.gossip.wire import ConsistencyRequest, MaskedInput
 from gossipfl.node import secure_round
-from gossipfl.node.learner import LocalLearner
 from gossipfl.node.membership_loop import renew_stamp
 from gossipfl.node.runtime import Node
 from gossipfl.node.secure_round import SecAggState
@@ -31,21 +27,8 @@ SCALE = 2**20
 
 
 def _node(tmp_path: Path, name: str) -> Node:
-    federation = tmp_path / "federation"
-    if not (federation / "federation.pub").exists():
-        init_federation(federation, "fed")
-    key_file = tmp_path / name / "node.key"
-    identity, _ = load_or_create_identity(key_file)
-    cert = admit_identity(federation, key_file, valid_days=1, now=time.time())
-    config = NodeConfig(
-        federation="fed", key_file=str(key_file), out_dir=str(tmp_path / name),
-        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
-        security=SecurityConfig(admission=True,
-                                federation_public=str(federation / "federation.pub"),
-                                certificate=str(cert)),
-        secagg=SecAggConfig(enabled=True, min_contributors=3, scale=SCALE),
-    )
-    return Node(config, identity, LocalLearner(config))
+    return secagg_node(tmp_path, name,
+                       SecAggConfig(enabled=True, min_contributors=3, scale=SCALE))
 
 
 @pytest.fixture(scope="module")
