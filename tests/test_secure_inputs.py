@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+import trio.testing
 from test_secure_round import (  # noqa: F401  (star, _alive and _clean are fixtures)
     SCALE,
     _alive,
@@ -76,8 +77,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarray]:
         return build(node, aggregator, r, estimate, done)
 
     async def ask(node: Any, peer: str, protocol: str, message: Any, expected: type, *,
-                  payload: bool = False) -> Ack:
+                  payload: bool = False, written: trio.Event | None = None) -> Ack:
         assert protocol == secure_inputs.PROTO_MASKED and payload
+        if written is not None:
+            written.set()
         return Ack("fed", message.round, peer, AckCode.OK, "")
 
     monkeypatch.setattr(secure_inputs, "masked_input", recording)
@@ -150,3 +153,84 @@ def test_a_byzantine_member_masks_its_crafted_vector_unchecked(star, sent, monke
     for vector in sent.values():
         np.testing.assert_allclose(vector, 1000 * own, rtol=1e-6)
     assert (role.tally.attempts, role.tally.succeeded) == (4, 4)  # each aggregator took it
+
+
+# -- pipelined acks ---------------------------------------------------------------------------
+
+
+class _SlowAggregator:
+    """Every aggregator's end of our masked-input streams (the real ``streams.ask`` over it):
+    it records each frame and acks it only when the test says so."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+        self.release: dict[tuple[str, int], trio.Event] = {}
+
+    async def open(self, peer: str, addrs: Any, protocol: str) -> Any:
+        assert protocol == secure_inputs.PROTO_MASKED
+        return _End(self, peer)
+
+
+class _End:
+    def __init__(self, far: _SlowAggregator, peer: str) -> None:
+        self.far, self.peer, self.remote = far, peer, peer
+
+    async def send(self, message: Any, max_bytes: int) -> None:
+        key = (self.peer, message.round)
+        self.far.sent.append(key)
+        self.far.release[key] = trio.Event()
+
+    async def receive(self, expected: type, max_bytes: int) -> Any:
+        key = self.far.sent[max(i for i, k in enumerate(self.far.sent) if k[0] == self.peer)]
+        await self.far.release[key].wait()
+        return Ack("fed", key[1], self.peer, AckCode.OK, "")
+
+    async def close(self) -> None:
+        pass
+
+    async def reset(self) -> None:
+        pass
+
+
+def test_a_round_goes_on_before_the_aggregators_ack_and_the_next_input_waits(star) -> None:
+    """A round's masked inputs return once written; the acks are read in the node's nursery;
+    the next round's input to an aggregator waits (its stream's lock) until the last is
+    acked; the final (done) inputs wait for every ack."""
+    b = star["b"]
+    far = _SlowAggregator()
+    targets = aggregators(star, "b")
+
+    async def payload(channel: Any, message: Any) -> None:
+        await channel.send(message, 0)
+
+    async def inline(fn: Any, *args: Any) -> Any:  # no worker thread: the waits are the locks
+        return fn(*args)
+
+    async def main() -> None:
+        b.net, b.send_payload, b.offload = far, payload, inline
+        async with trio.open_nursery() as nursery:
+            b.background = nursery
+            with trio.fail_after(5):
+                assert await secure_inputs.send_masked_inputs(b, 3, done=False) == {}
+            assert sorted(far.sent) == [(p, 3) for p in targets]  # written, none acked
+            returned = trio.Event()
+
+            async def next_round() -> None:
+                await secure_inputs.send_masked_inputs(b, 4, done=True)
+                returned.set()
+
+            nursery.start_soon(next_round)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sorted(far.sent) == [(p, 3) for p in targets]  # round 4 waits for the acks
+            for p in targets:
+                far.release[(p, 3)].set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert sorted(k for k in far.sent if k[1] == 4) == [(p, 4) for p in targets]
+            assert not returned.is_set()  # done: it waits for its acks too
+            for p in targets:
+                far.release[(p, 4)].set()
+            with trio.fail_after(5):
+                await returned.wait()
+            b.background = None
+
+    trio.run(main)

@@ -177,22 +177,48 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
 async def send_masked_inputs(node: Node, r: int, *, done: bool) -> dict[str, str]:
     """Send this round's masked input to every neighbour (as aggregator), concurrently.
 
+    A round's inputs (``done`` False, the node running) return once each frame is written (or
+    its send has failed): the acks are read in the node's nursery while the round goes on to
+    aggregate its own neighbourhood, as contributions do (:mod:`gossipfl.node.exchange`); the
+    next input to an aggregator waits for the last one's ack (its stream's lock). The final
+    inputs (``done``) wait for every ack.
+
     Returns what the range check found, per aggregator where it found something (its
     :class:`InputCheck` value); empty when every input went as computed."""
     estimate = node.own.vector
     checks: dict[str, RangeCheck] = {}
-    async with trio.open_nursery() as nursery:
-        for peer in list(node.neighbours):
-            if len(neighbourhood(node, peer)) < node.config.secagg.min_contributors:
-                continue  # that aggregator will refuse: sending would only cost bandwidth
-            nursery.start_soon(_send_masked, node, peer, r, estimate, done, checks)
+    targets = [peer for peer in node.neighbours
+               # an aggregator short of contributors will refuse: sending only costs bandwidth
+               if len(neighbourhood(node, peer)) >= node.config.secagg.min_contributors]
+    if done or node.background is None:
+        async with trio.open_nursery() as nursery:
+            for peer in targets:
+                nursery.start_soon(_send_masked, node, peer, r, estimate, done, checks)
+    else:
+        written = [trio.Event() for _ in targets]
+        for peer, event in zip(targets, written, strict=True):
+            node.background.start_soon(_send_masked, node, peer, r, estimate, done, checks,
+                                       event)
+        for event in written:
+            await event.wait()
     _report(node, r, checks)
     return {p: c.verdict.value for p, c in sorted(checks.items())
             if c.verdict is not InputCheck.OK}
 
 
 async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done: bool,
-                       checks: dict[str, RangeCheck]) -> None:
+                       checks: dict[str, RangeCheck], written: trio.Event | None = None) -> None:
+    """Check, build and send one masked input, then read its ack (``written`` is set once its
+    frame is written, or once it is known that none will be)."""
+    try:
+        await _send_masked_to(node, peer, r, estimate, done, checks, written)
+    finally:
+        if written is not None:
+            written.set()
+
+
+async def _send_masked_to(node: Node, peer: str, r: int, estimate: np.ndarray, done: bool,
+                          checks: dict[str, RangeCheck], written: trio.Event | None) -> None:
     state = node.neighbours.get(peer)
     # a frozen or overloaded neighbour may hold the stream open without answering: never let
     # one send hold the round longer than the round itself may last
@@ -214,12 +240,14 @@ async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done
         try:
             build = functools.partial(masked_input, sparse=True) if chosen[1] else masked_input
             message = await node.offload(build, node, peer, r, chosen[0], done)
-            ack = await streams.ask(node, peer, PROTO_MASKED, message, Ack, payload=True)
+            ack = await streams.ask(node, peer, PROTO_MASKED, message, Ack, payload=True,
+                                    written=written)
         except Exception as error:
             if state is not None:
                 state.unreachable_round = r
             log.warning("could not send masked round %d to %s: %s: %s", r, peer,
                         type(error).__name__, error)
+            node.notify()  # a round waiting for that neighbour's input stops waiting
             return
         node.role.acked(peer, r, ack.status == AckCode.OK)
         if ack.status != AckCode.OK:

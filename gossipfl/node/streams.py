@@ -93,14 +93,17 @@ async def request(node: Node, peer: str, protocol: str,
 
 
 async def ask(node: Node, peer: str, protocol: str, message: Message, expected: type[M], *,
-              payload: bool = False) -> M:
+              payload: bool = False, written: trio.Event | None = None) -> M:
     """Send ``message`` (as a payload: sealed when payloads are) on the persistent stream and
-    return the control-sized answer (see :func:`request`)."""
+    return the control-sized answer (see :func:`request`); ``written`` is set once the
+    request's frame is written (a caller may go on while the answer is read)."""
     async def exchange(channel: Channel) -> M:
         if payload:
             await node.send_payload(channel, message)  # type: ignore[arg-type]
         else:
             await channel.send(message, MAX_CONTROL_BYTES)
+        if written is not None:
+            written.set()
         return await channel.receive(expected, MAX_CONTROL_BYTES)
 
     return await request(node, peer, protocol, exchange)

@@ -198,7 +198,7 @@ def release_standby(node: NodeProcess) -> None:
 def start_forked(nodes: list[NodeProcess], out: Path,
                  timeout: float) -> subprocess.Popen[bytes] | LauncherProcess:
     """Start the launcher, which forks one process per node (see :mod:`launcher`): forked from
-    this process where that is safe (its imports shared), else a fresh interpreter."""
+    here where safe, else a fresh interpreter; within ``timeout``, a first compile included."""
     state_path = out / "launcher.json"
     env = {**NODE_ENV, **compile_cache_env()}
     argv = [str(state_path), *(f"--netns={netns_path(n.netns)}" for n in nodes if n.netns),
@@ -446,7 +446,7 @@ def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *,
             for node in first:
                 start_node(node)
         else:
-            launcher = start_forked(first, out_dir, timeout=min(120.0, scenario.timeout))
+            launcher = start_forked(first, out_dir, timeout=scenario.timeout)
         soak = Soak(scenario, start, functools.partial(churn_fault, timeout=scenario.timeout))
         finished = watch(scenario, nodes, quiet, network or sites, soak)
     finally:
