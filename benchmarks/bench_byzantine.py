@@ -17,7 +17,11 @@ honest node's final accuracy (the report's ``summary.min_honest_accuracy``).
         --attacks none,alie,ipm,dissensus --rules none,clipping,median,filter
 
 ``--preset clippedgossip`` sets the anchor table's clipping settings (``tau_steps`` 1, learning
-rate 0.05; each cell the worst of seeds 0 and 1); flags given beside it override it.
+rate 0.05; each cell the worst of seeds 0 and 1); ``--preset clippedgossip-data`` adds their
+set-up's data regime and ending (``--holders honest``: the digits split among the 5 honest
+nodes only; ``--consensus 0``: no consensus phase after training); flags given beside a preset
+override it. On the anchor graph each cell also gives the ring's lowest final accuracy and
+ClippedGossip's own figure, the accuracy of the average of the ring nodes' final models.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ timeout = 1800.0
 [data]
 dataset = "digits"
 partition = "{partition}"
-alpha = 0.5
+alpha = 0.5{holders}
 
 [model]
 name = "mlp"
@@ -75,10 +79,20 @@ def anchor_edges() -> list[tuple[int, int]]:
     return edges
 
 
+#: ClippedGossip's ALIE10 takes ``torch.std`` (n − 1) over the target and its 2 honest ring
+#: neighbours; ``alie``'s spread is the population one (n), so z = 10 · √(3/2) is their attack
+ANCHOR_ALIE_Z = 10.0 * (3 / 2) ** 0.5
+
 #: ``clippedgossip``: the anchor table's self-centred clipping settings (issue 9), found on the
 #: simulator: a radius of one training step, learning rate 0.05; a cell the worst of two seeds
 PRESETS: dict[str, dict[str, float | int | str]] = {
     "clippedgossip": {"tau_steps": 1.0, "lr": 0.05, "seeds": "0,1"},
+    # ClippedGossip's own set-up: the honest nodes' data no bottleneck (the digits split among
+    # them only: the attackers train nothing), and no consensus phase after training (theirs
+    # ends on its last training step and gossip; ours would let the attackers push for up
+    # to max_consensus_rounds more rounds with no training against them)
+    "clippedgossip-data": {"tau_steps": 1.0, "lr": 0.05, "seeds": "0,1", "holders": "honest",
+                           "consensus": 0},
 }
 
 
@@ -96,6 +110,7 @@ class Settings:
     tau: float = 0.0
     tau_steps: float = 0.0
     trim: int = 1
+    holders: str = "all"  # "honest": the partition is cut among the honest nodes only
 
 
 def scenario(graph: str, attack: str, rule: str, settings: Settings) -> str:
@@ -103,15 +118,16 @@ def scenario(graph: str, attack: str, rule: str, settings: Settings) -> str:
     common = {"name": name, "rounds": settings.rounds, "epochs": settings.epochs,
               "seed": settings.seed, "lr": settings.lr, "batch": settings.batch,
               "consensus": settings.consensus, "gamma": settings.gamma}
+    attackers = list(range(5, 16)) if graph == "anchor" else [3, 8, 13]
+    honest = [i for i in range(16) if i not in attackers]
+    holders = f"\nholders = {honest}" if settings.holders == "honest" else ""
     if graph == "anchor":
-        text = BASE.format(partition="iid", **common)
+        text = BASE.format(partition="iid", holders=holders, **common)
         edges = ", ".join(f"[{a}, {b}]" for a, b in anchor_edges())
         text += f'\n[topology]\nkind = "edges"\nedges = [{edges}]\n'
-        attackers = list(range(5, 16))
     else:
-        text = BASE.format(partition="dirichlet", **common)
+        text = BASE.format(partition="dirichlet", holders=holders, **common)
         text += '\n[topology]\nkind = "regular"\ndegree = 4\n'
-        attackers = [3, 8, 13]
     text += f'\n[robust]\nrule = "{rule}"\n'
     if rule == "clipping" and settings.tau:
         text += f"tau = {settings.tau}\n"
@@ -122,6 +138,8 @@ def scenario(graph: str, attack: str, rule: str, settings: Settings) -> str:
     if attack != "none":
         for node in attackers:
             text += f'\n[[adversaries]]\nnode = {node}\nkind = "{attack}"\n'
+            if graph == "anchor" and attack == "alie":
+                text += f"strength = {ANCHOR_ALIE_Z!r}\n"
     return text
 
 
@@ -146,18 +164,40 @@ def run_cell(text: str, folder: Path, real: bool,
     finals = [n.get("final_accuracy") for n in report["nodes"] if n.get("index") in ring]
     on_ring = min(finals) if finals and None not in finals else None
     return {"min_honest": honest, "min_ring": on_ring, "seconds": time.perf_counter() - start,
+            "ring_average_model": average_accuracy(folder, ring) if ring else None,
             "consensus": summary.get("honest_consensus_distance",
                                      report.get("final_consensus_distance"))}
+
+
+def average_accuracy(folder: Path, members: tuple[int, ...]) -> float | None:
+    """ClippedGossip's figure: the test accuracy of the average of ``members``' final models
+    (their ``AverageEvaluator`` over the honest workers), from each node's ``final.npz``."""
+    import numpy as np
+
+    from gossipfl.node.learner import LocalLearner
+    from gossipfl.scenario.calibrate import node_config
+    from gossipfl.scenario.config import load_scenario
+
+    try:
+        models = [np.load(folder / "out" / "nodes" / f"node-{i:02d}" / "final.npz")["params"]
+                  for i in members]
+    except (OSError, KeyError):
+        return None
+    scenario = load_scenario(folder / "scenario.toml")
+    learner = LocalLearner(node_config(scenario, members[0]))
+    return learner.evaluate(np.mean(models, axis=0).astype(np.float32)).accuracy
 
 
 def worst(cells: list[dict[str, float | None]]) -> dict[str, float | None]:
     """Several seeds' runs of one cell: the lowest figures (a failed run counts as failed)."""
     merged: dict[str, float | None] = {}
-    for key in ("min_honest", "min_ring"):
+    for key in ("min_honest", "min_ring", "ring_average_model"):
         values = [c.get(key) for c in cells]
         merged[key] = None if None in values else min(values)  # type: ignore[type-var]
     merged["seconds"] = sum(c["seconds"] or 0.0 for c in cells)
     merged["runs"] = [c.get("min_honest") for c in cells]  # type: ignore[assignment]
+    merged["ring_runs"] = [c.get("min_ring") for c in cells]  # type: ignore[assignment]
+    merged["average_runs"] = [c.get("ring_average_model") for c in cells]  # type: ignore[assignment]
     return merged
 
 
@@ -179,6 +219,10 @@ def main() -> None:
     parser.add_argument("--tau-steps", type=float, default=None,
                         help="clipping: a radius of this many of the node's training steps")
     parser.add_argument("--trim", type=int, default=None)
+    parser.add_argument("--holders", choices=("all", "honest"), default=None,
+                        help="who holds data: every node (all), or the partition cut among the "
+                             "honest nodes only, the attackers (and in the no-attack row the "
+                             "same nodes) holding none (honest)")
     parser.add_argument("--seeds", default=None,
                         help="comma-separated scenario seeds; a cell is the worst of them (0)")
     parser.add_argument("--real", action="store_true", help="node processes over libp2p")
@@ -196,7 +240,8 @@ def main() -> None:
                                               ("consensus", args.consensus),
                                               ("gamma", args.gamma), ("tau", args.tau),
                                               ("tau_steps", args.tau_steps),
-                                              ("trim", args.trim)) if v is not None}}
+                                              ("trim", args.trim),
+                                              ("holders", args.holders)) if v is not None}}
     try:
         seeds = [int(x) for x in (args.seeds or str(preset.get("seeds", "0"))).split(",") if x]
         settings = Settings(**{k: v for k, v in chosen.items() if k != "seeds"})
@@ -219,7 +264,8 @@ def main() -> None:
             figure = cell["min_honest"]
             print(f"{args.graph} {attack:>10} {rule:>12}: "
                   f"{'failed' if figure is None else f'{figure:.3f}'} "
-                  f"(runs {fmt(cell['runs'])}; ring {fmt([cell['min_ring']])}; "
+                  f"(runs {fmt(cell['runs'])}; ring {fmt(cell['ring_runs'])}; ring's "
+                  f"average model {fmt(cell['average_runs'])}; "
                   f"{cell['seconds']:.0f} s)", flush=True)
     print(f"\nhonest nodes' lowest final accuracy, {args.graph} graph "
           f"({'node processes' if args.real else 'simulated'}; worst of {len(seeds)} "

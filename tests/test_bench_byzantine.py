@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.bench_byzantine import PRESETS, Settings, anchor_edges, scenario, worst
+from benchmarks.bench_byzantine import (
+    PRESETS,
+    Settings,
+    anchor_edges,
+    average_accuracy,
+    scenario,
+    worst,
+)
 from gossipfl.scenario.config import load_scenario
 
 
@@ -44,3 +51,39 @@ def test_a_cell_is_its_worst_run_and_a_failed_run_fails_it() -> None:
     assert (cell["min_honest"], cell["min_ring"], cell["seconds"]) == (0.85, 0.92, 3.0)
     assert worst([*runs, {"min_honest": None, "min_ring": None, "seconds": 0.5}])[
         "min_honest"] is None
+
+
+def test_honest_holders_and_clippedgossip_s_alie_on_the_anchor(tmp_path: Path) -> None:
+    preset = PRESETS["clippedgossip-data"]
+    settings = Settings(**{k: v for k, v in preset.items() if k != "seeds"})
+    config = _load(tmp_path, scenario("anchor", "alie", "clipping", settings))
+    assert config.data.holders == (0, 1, 2, 3, 4)
+    assert config.protocol.max_consensus_rounds == 0
+    # their ALIE10 over 3 estimates with n − 1: z = 10·√(3/2) over the population's spread
+    assert {round(a.strength, 4) for a in config.adversaries} == {12.2474}
+    regular = _load(tmp_path, scenario("regular", "alie", "clipping", settings))
+    assert regular.data.holders == tuple(i for i in range(16) if i not in (3, 8, 13))
+    assert {a.strength for a in regular.adversaries} == {0.0}  # the kind's default there
+    assert _load(tmp_path, scenario("anchor", "alie", "clipping", Settings())).data.holders == ()
+
+
+def test_the_average_model_figure_is_the_mean_of_the_members_final_models(
+        tmp_path: Path) -> None:
+    import numpy as np
+
+    from gossipfl.node.learner import LocalLearner
+    from gossipfl.scenario.calibrate import node_config
+
+    folder = tmp_path / "cell"
+    folder.mkdir()
+    config = _load(folder, scenario("anchor", "none", "clipping", Settings()))
+    learner = LocalLearner(node_config(config, 0))
+    first = learner.initial_vector()
+    second = first + np.random.default_rng(0).normal(0, 0.5, first.shape).astype(np.float32)
+    for index, vector in ((0, first), (1, second)):
+        node = folder / "out" / "nodes" / f"node-{index:02d}"
+        node.mkdir(parents=True)
+        np.savez(node / "final.npz", params=vector)
+    mean = learner.evaluate((first + second) / 2).accuracy
+    assert average_accuracy(folder, (0, 1)) == mean
+    assert average_accuracy(folder, (0, 2)) is None  # node 2 left no final model

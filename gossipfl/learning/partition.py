@@ -17,9 +17,15 @@ Schemes:
 
 For every scheme, a node that ends up with fewer than ``min_size`` examples is an
 error (for ``"iid"`` and ``"shards"`` the sizes do not depend on the draw).
+
+``holders``: only the nodes listed hold data. The scheme cuts the examples into
+``len(holders)`` parts, the k-th going to node ``holders[k]``; every other node gets an
+empty array (``min_size`` applies to the holders only).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -60,6 +66,7 @@ def partition_indices(
     alpha: float = 0.5,
     shards_per_node: int = 2,
     min_size: int = 1,
+    holders: Sequence[int] = (),
 ) -> list[np.ndarray]:
     """Partition example indices across nodes.
 
@@ -72,10 +79,11 @@ def partition_indices(
         shards_per_node: Shards per node (``"shards"`` only), ``>= 1``; requires
             ``n >= num_nodes * shards_per_node``.
         min_size: Minimum examples per node, ``>= 0``.
+        holders: The nodes that hold data (distinct, in ``[0, num_nodes)``); empty: all.
 
     Returns:
         ``num_nodes`` sorted int64 index arrays, pairwise disjoint, whose union is
-        ``range(n)``. Deterministic in all arguments.
+        ``range(n)`` (empty for a node not in ``holders``). Deterministic in all arguments.
 
     Raises:
         ValueError: For invalid arguments, or if ``min_size`` cannot be met.
@@ -87,6 +95,17 @@ def partition_indices(
         raise ValueError(f"labels must have an integer dtype, got {labels.dtype}")
     n = labels.shape[0]
     num_nodes = _check_int("num_nodes", num_nodes, 1)
+    if holders:
+        owners = [_check_int("holder", h, 0) for h in holders]
+        if len(set(owners)) != len(owners) or max(owners) >= num_nodes:
+            raise ValueError(f"holders must be distinct node indices below {num_nodes}, "
+                             f"got {list(holders)}")
+        parts = partition_indices(labels, len(owners), scheme=scheme, seed=seed, alpha=alpha,
+                                  shards_per_node=shards_per_node, min_size=min_size)
+        spread = [np.empty(0, dtype=np.int64) for _ in range(num_nodes)]
+        for owner, part in zip(owners, parts, strict=True):
+            spread[owner] = part
+        return spread
     if num_nodes > n:
         raise ValueError(f"num_nodes={num_nodes} exceeds the number of examples ({n})")
     seed = _check_int("seed", seed, 0)
@@ -205,6 +224,7 @@ def node_partition(
     alpha: float = 0.5,
     shards_per_node: int = 2,
     min_size: int = 1,
+    holders: Sequence[int] = (),
 ) -> np.ndarray:
     """Return the indices held by one node; see :func:`partition_indices`.
 
@@ -217,9 +237,10 @@ def node_partition(
         alpha: Dirichlet concentration.
         shards_per_node: Shards per node.
         min_size: Minimum examples per node.
+        holders: The nodes that hold data; empty: all.
 
     Returns:
-        Sorted int64 indices of this node's examples.
+        Sorted int64 indices of this node's examples (none if it is not a holder).
 
     Raises:
         ValueError: If ``node_index`` is out of range or any other argument is invalid.
@@ -236,5 +257,6 @@ def node_partition(
         alpha=alpha,
         shards_per_node=shards_per_node,
         min_size=min_size,
+        holders=holders,
     )
     return parts[node_index]

@@ -72,6 +72,7 @@ def partition_indices(config: NodeConfig, dataset: Dataset) -> np.ndarray:
     return node_partition(
         dataset.y_train, config.node_index, config.node_count, scheme=spec.partition,
         seed=spec.seed, alpha=spec.alpha, shards_per_node=spec.shards_per_node,
+        holders=spec.holders,
     )
 
 
@@ -107,11 +108,11 @@ class LearnerPool:
         if spec.partition == "none":
             return np.arange(len(dataset.y_train))
         key = (id(dataset), spec.partition, config.node_count, spec.seed, spec.alpha,
-               spec.shards_per_node)
+               spec.shards_per_node, spec.holders)
         if key not in self._partitions:
             self._partitions[key] = partition_indices_of(
                 dataset.y_train, config.node_count, scheme=spec.partition, seed=spec.seed,
-                alpha=spec.alpha, shards_per_node=spec.shards_per_node)
+                alpha=spec.alpha, shards_per_node=spec.shards_per_node, holders=spec.holders)
         return self._partitions[key][config.node_index]
 
     def trainer(self, config: NodeConfig, dataset: Dataset) -> tuple[Model, Params, Trainer]:
@@ -124,7 +125,8 @@ class LearnerPool:
 
 class LocalLearner:
     """Train and evaluate one node's model on its own partition (``pool``: datasets and
-    trainers shared with the other nodes of the process)."""
+    trainers shared with the other nodes of the process). A node that holds no data
+    (``data.holders``) trains nothing: :meth:`train` returns the model it was given."""
 
     def __init__(self, config: NodeConfig, pool: LearnerPool | None = None) -> None:
         self.config = config
@@ -156,6 +158,9 @@ class LocalLearner:
         start = time.perf_counter()
         with self._compiling:
             params = unflatten_params(self.initial_vector(), self.template)
+            if not len(self.y):  # nothing to train on: only the evaluation is compiled
+                self.trainer.evaluate(params, self.dataset.x_test, self.dataset.y_test)
+                return time.perf_counter() - start
             dpsgd = None
             if dp is not None:
                 dpsgd = DPSGD(clip_norm=dp.budget.config.clip_norm,
@@ -208,6 +213,9 @@ class LocalLearner:
         start = time.perf_counter()
         with self._compiling:  # after :meth:`prepare`, if it runs
             pass
+        if not len(self.y):  # no data (data.holders): no work, the model as it was
+            return TrainResult(np.asarray(vector, np.float32).copy(), 0.0,
+                               time.perf_counter() - start, 0, 0.0)
         params = unflatten_params(vector, self.template)
         steps = self._steps(epochs)
         dpsgd = None

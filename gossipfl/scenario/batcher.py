@@ -52,6 +52,8 @@ class Batcher:
         if not isinstance(learner, LocalLearner):
             return None
         name = getattr(fn, "__name__", "")
+        if name == "train" and not len(learner.y):  # no data: nothing to batch
+            return None
         if name == "train" and (len(args) < 3 or args[2] is None):  # no record-level DP
             return "train"
         return "evaluate" if name == "evaluate" else None

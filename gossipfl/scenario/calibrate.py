@@ -154,7 +154,8 @@ def _learning(scenario: ScenarioConfig, cache: str | None, pool: Any) -> dict[st
     else:
         parts = partition_indices(learner.dataset.y_train, scenario.nodes, scheme=spec.partition,
                                   seed=spec.seed, alpha=spec.alpha,
-                                  shards_per_node=spec.shards_per_node)
+                                  shards_per_node=spec.shards_per_node,
+                                  holders=spec.holders)
         examples = [len(p) for p in parts]
     vector = learner.initial_vector()
     dp = None

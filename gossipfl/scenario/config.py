@@ -350,6 +350,10 @@ class ScenarioConfig:
         if self.data.paths and len(self.data.paths) != self.nodes:
             raise ConfigError(f"data.paths lists {len(self.data.paths)} file(s); the scenario "
                               f"has {self.nodes} nodes (node i reads paths[i])")
+        if any(h >= self.nodes for h in self.data.holders):
+            raise ConfigError(f"data.holders names a node >= nodes ({self.nodes})")
+        if self.data.holders and self.privacy.enabled:
+            raise ConfigError("data.holders leaves nodes without records: not with privacy")
         if self.rounds < 1:
             raise ConfigError("rounds must be at least 1")
         if self.timeout <= 0:

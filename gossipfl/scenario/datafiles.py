@@ -186,7 +186,8 @@ def partition_of(spec: DataConfig, dataset: Dataset, index: int, nodes: int) -> 
     if spec.partition == "none":
         return np.arange(len(dataset.y_train))
     return node_partition(dataset.y_train, index, nodes, scheme=spec.partition, seed=spec.seed,
-                          alpha=spec.alpha, shards_per_node=spec.shards_per_node)
+                          alpha=spec.alpha, shards_per_node=spec.shards_per_node,
+                          holders=spec.holders)
 
 
 def write_split(scenario: ScenarioConfig, out: str | Path) -> list[Path]:
@@ -202,6 +203,9 @@ def write_split(scenario: ScenarioConfig, out: str | Path) -> list[Path]:
     if uses_files(spec):
         raise ConfigError("this scenario already reads a file per node (data.paths or "
                           "data.folder): there is nothing to split")
+    if spec.holders:
+        raise ConfigError("data.holders leaves some nodes no data, and a node's file cannot be "
+                          "empty: split a scenario without holders")
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} exists and is not a folder")
