@@ -14,7 +14,9 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from gossipfl.crypto.identity import Identity
-from gossipfl.gossip.wire import MAX_MEMBERS
+from gossipfl.gossip.resources import HostLimits, NodeResourceManager, install, relay_limits
+from gossipfl.gossip.wire_fields import MAX_MEMBERS
+from gossipfl.relay_config import RelayConfig
 
 #: Connections a node holds at most (inbound and outbound): a member talks to at most
 #: MAX_MEMBERS others; libp2p prunes idle ones above this.
@@ -44,6 +46,7 @@ SECURITY_PROTOCOLS = (str(NOISE_PROTOCOL_ID),)
 
 
 def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = True,
+              limits: HostLimits | None = None,
               ) -> tuple[IHost, list[multiaddr.Multiaddr]]:
     """A host for ``identity`` that negotiates Noise and nothing else.
 
@@ -57,7 +60,12 @@ def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = Tru
     signed peer record both ways, which a federation whose members all meet while joining
     pays n(n − 1) times. The relay roles (circuit.py) keep it: relay v2 and hole punching
     learn a peer's protocols and observed addresses through it.
+
+    ``limits`` (default: a plain member's with py-libp2p's defaults for the rest,
+    :func:`~gossipfl.gossip.resources.relay_limits`) go to the host's resource manager
+    (:class:`~gossipfl.gossip.resources.NodeResourceManager`), never py-libp2p's loose defaults.
     """
+    manager = NodeResourceManager(limits or relay_limits(RelayConfig(), members=MAX_MEMBERS))
     noise = NoiseTransport(
         libp2p_keypair=identity.key_pair,
         noise_privkey=create_x25519_key_pair().private_key,
@@ -70,7 +78,9 @@ def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = Tru
         enable_mDNS=False,
         enable_quic=False,
         connection_config=CONNECTIONS,
+        resource_manager=manager,
     )
+    install(host, manager)
     network = host.get_network()
     network.auto_connector = NoAutoConnector(network)  # type: ignore[attr-defined]
     if not identify:  # py-libp2p 0.8.1 has no setting for it: its own check says no

@@ -29,6 +29,7 @@ import trio
 from gossipfl.crypto.identity import Identity, load_or_create_identity
 from gossipfl.gossip.circuit import Circuits
 from gossipfl.gossip.host import make_host
+from gossipfl.gossip.resources import relay_limits
 from gossipfl.node.checkpoint import atomic_write_json
 from gossipfl.relay_config import RelayConfig
 from gossipfl.scenario.relay_misbehave import MisbehavingRelay, Misbehaviour, relay_class
@@ -55,7 +56,7 @@ async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
                 seconds: float, misbehave: Misbehaviour | None = None) -> None:
     """Relay until SIGTERM, SIGINT or ``seconds`` have passed; write ``relay.json``. With
     ``misbehave``, tamper or drop from SIGUSR1 on."""
-    host, maddrs = make_host(identity, [listen])
+    host, maddrs = make_host(identity, [listen], limits=relay_limits(config))
     circuits = Circuits(host, config, relay_protocol=relay_class(misbehave))
     started = time.monotonic()
     async with host.run(listen_addrs=maddrs), circuits.running():
