@@ -22,7 +22,7 @@ from gossipfl.gossip.resources import (
     HostLimits,
     NodeResourceManager,
     host_limits,
-    relay_limits,
+    relay_host_limits,
 )
 from gossipfl.gossip.wire_fields import MAX_MEMBERS
 from gossipfl.relay_config import RelayConfig
@@ -47,7 +47,7 @@ def test_limits_follow_the_federation_peer_streams_and_relay_roles() -> None:
     assert unknown.connections == CONNECTIONS_PER_PEER * MAX_MEMBERS + STRANGER_CONNECTIONS
     assert host_limits(NodeConfig(node_count=1000), 1 << 20) == unknown  # capped
     # a relay: a connection per reservation, a circuit's two streams within the stream budget
-    serve = relay_limits(RelayConfig(serve=True, reservations=10, circuits_per_peer=3))
+    serve = relay_host_limits(RelayConfig(serve=True, reservations=10, circuits_per_peer=3))
     assert serve.serving and serve.relay_streams == 3
     assert serve.connections == CONNECTIONS_PER_PEER * 10 + STRANGER_CONNECTIONS
     assert serve.inbound_streams == 10 * (16 + LIBP2P_STREAMS) + 30
@@ -178,7 +178,7 @@ def test_connections_per_peer_are_counted_and_given_back() -> None:
 def test_a_host_without_limits_gets_a_members_not_libp2ps_defaults(tmp_path: Path,
                                                                     serve: bool) -> None:
     identity = load_or_create_identity(tmp_path / "k.key")[0]
-    limits = relay_limits(RelayConfig(serve=serve), members=0 if serve else MAX_MEMBERS)
+    limits = relay_host_limits(RelayConfig(serve=serve), members=0 if serve else MAX_MEMBERS)
     host, _ = make_host(identity, ["/ip4/127.0.0.1/tcp/0"], limits=limits if serve else None)
     network: Any = host.get_network()
     manager = network._resource_manager

@@ -14,7 +14,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from gossipfl.crypto.identity import Identity
-from gossipfl.gossip.resources import HostLimits, NodeResourceManager, install, relay_limits
+from gossipfl.gossip.resources import HostLimits, NodeResourceManager, install, relay_host_limits
 from gossipfl.gossip.wire_fields import MAX_MEMBERS
 from gossipfl.relay_config import RelayConfig
 
@@ -62,10 +62,10 @@ def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = Tru
     learn a peer's protocols and observed addresses through it.
 
     ``limits`` (default: a plain member's with py-libp2p's defaults for the rest,
-    :func:`~gossipfl.gossip.resources.relay_limits`) go to the host's resource manager
+    :func:`~gossipfl.gossip.resources.relay_host_limits`) go to the host's resource manager
     (:class:`~gossipfl.gossip.resources.NodeResourceManager`), never py-libp2p's loose defaults.
     """
-    manager = NodeResourceManager(limits or relay_limits(RelayConfig(), members=MAX_MEMBERS))
+    manager = NodeResourceManager(limits or relay_host_limits(RelayConfig(), members=MAX_MEMBERS))
     noise = NoiseTransport(
         libp2p_keypair=identity.key_pair,
         noise_privkey=create_x25519_key_pair().private_key,

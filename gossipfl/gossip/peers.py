@@ -29,6 +29,7 @@ from gossipfl.gossip.circuit import (
 )
 from gossipfl.gossip.framing import BufferedReader, ByteStream, read_frame, write_frame
 from gossipfl.gossip.ratelimit import InFlight
+from gossipfl.gossip.resources import resource_stats
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, M, Message, WireError
 from gossipfl.relay_config import RelayConfig
 
@@ -238,7 +239,7 @@ class PeerNet:
         """The relay roles' figures (when the node has any, or dialled through a relay) and,
         per peer, the streams that rode a direct or a relayed connection."""
         roles = {} if self.circuits is None else self.circuits.summary()
-        return {**roles, "link_streams": self.link_streams,
+        return {**roles, "resources": resource_stats(self.host), "link_streams": self.link_streams,
                 "relayed_peers": sorted(p for p, kinds in self.link_streams.items()
                                         if kinds.get(LinkKind.RELAYED.value))}
 

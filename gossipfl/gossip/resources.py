@@ -85,7 +85,7 @@ def _members(config: NodeConfig) -> int:
     return min(MAX_MEMBERS, 2 * expected)
 
 
-def relay_limits(relay: RelayConfig, memory_bytes: int = 512 << 20,
+def relay_host_limits(relay: RelayConfig, memory_bytes: int = 512 << 20,
                  peer_streams: int = 16, members: int = 0) -> HostLimits:
     """A host's limits for its relay role alone (``members`` more peers for a member)."""
     relays = MAX_RELAYS if relay.private else 0
@@ -109,7 +109,7 @@ def host_limits(config: NodeConfig, payload_cap: int) -> HostLimits:
     size, degree), ``protocol.peer_streams`` per peer, its relay roles, and its in-flight byte
     budget (``payload_cap`` bytes a frame at most)."""
     memory = config.protocol.max_in_flight_bytes or 4 * payload_cap
-    limits = relay_limits(config.relay, memory_bytes=memory,
+    limits = relay_host_limits(config.relay, memory_bytes=memory,
                           peer_streams=config.protocol.peer_streams, members=_members(config))
     if not config.relay.private:
         return limits
@@ -211,6 +211,12 @@ class NodeResourceManager(ResourceManager):
                 "inbound_streams": self._inbound_total,
                 "refused_connections": self.refused_connections,
                 "refused_streams": self.refused_streams}
+
+
+def resource_stats(host: IHost) -> dict[str, int]:
+    """``host``'s resource manager's counts (``{}`` where it runs another manager)."""
+    manager = getattr(host.get_network(), "_resource_manager", None)
+    return manager.stats() if isinstance(manager, NodeResourceManager) else {}
 
 
 def install(host: IHost, manager: NodeResourceManager) -> None:

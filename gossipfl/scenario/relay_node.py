@@ -29,7 +29,7 @@ import trio
 from gossipfl.crypto.identity import Identity, load_or_create_identity
 from gossipfl.gossip.circuit import Circuits
 from gossipfl.gossip.host import make_host
-from gossipfl.gossip.resources import relay_limits
+from gossipfl.gossip.resources import relay_host_limits, resource_stats
 from gossipfl.node.checkpoint import atomic_write_json
 from gossipfl.relay_config import RelayConfig
 from gossipfl.scenario.relay_misbehave import MisbehavingRelay, Misbehaviour, relay_class
@@ -49,14 +49,15 @@ def _state(circuits: Circuits, identity: Identity, listen: str, status: str,
     return {"status": status, "peer_id": str(identity.peer_id),
             "addr": f"{listen}/p2p/{identity.peer_id}", "seconds": round(time.monotonic()
                                                                           - started, 3),
-            "connected_peers": peers, **circuits.summary(), **extra}
+            "connected_peers": peers, "resources": resource_stats(host), **circuits.summary(),
+            **extra}
 
 
 async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
                 seconds: float, misbehave: Misbehaviour | None = None) -> None:
     """Relay until SIGTERM, SIGINT or ``seconds`` have passed; write ``relay.json``. With
     ``misbehave``, tamper or drop from SIGUSR1 on."""
-    host, maddrs = make_host(identity, [listen], limits=relay_limits(config))
+    host, maddrs = make_host(identity, [listen], limits=relay_host_limits(config))
     circuits = Circuits(host, config, relay_protocol=relay_class(misbehave))
     started = time.monotonic()
     async with host.run(listen_addrs=maddrs), circuits.running():
