@@ -213,9 +213,9 @@ class NodeResourceManager(ResourceManager):
                 "refused_streams": self.refused_streams}
 
 
-def resource_stats(host: IHost) -> dict[str, int]:
-    """``host``'s resource manager's counts (``{}`` where it runs another manager)."""
-    manager = getattr(host.get_network(), "_resource_manager", None)
+def resource_stats(host: IHost | None) -> dict[str, int]:
+    """``host``'s resource manager's counts (``{}`` where it runs another manager, or none)."""
+    manager = getattr(host.get_network(), "_resource_manager", None) if host else None
     return manager.stats() if isinstance(manager, NodeResourceManager) else {}
 
 
