@@ -14,7 +14,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from gossipfl.config import NodeConfig, ProtocolConfig, TopologyConfig
 from gossipfl.crypto.identity import load_or_create_identity
-from gossipfl.gossip.host import make_host
+from gossipfl.gossip.host import handshake_failures, make_host
 from gossipfl.gossip.resources import (
     CONNECTIONS_PER_PEER,
     LIBP2P_STREAMS,
@@ -186,3 +186,35 @@ def test_a_host_without_limits_gets_a_members_not_libp2ps_defaults(tmp_path: Pat
     assert network._stream_semaphore is None  # refused at the limit, not queued
     assert manager.limits.max_streams == limits.streams
     assert manager.graceful_degradation is None  # never lowers the members' share
+
+
+def test_connections_that_fail_the_noise_handshake_are_counted(tmp_path: Path) -> None:
+    ids = {n: load_or_create_identity(tmp_path / f"{n}.key")[0] for n in ("a", "b", "c")}
+    found: dict[str, Any] = {}
+
+    async def main() -> None:
+        hosts = {n: make_host(i, ["/ip4/127.0.0.1/tcp/0"], identify=False)
+                 for n, i in ids.items()}
+        a, b = hosts["a"][0], hosts["b"][0]
+        async with a.run(hosts["a"][1]), b.run(hosts["b"][1]):
+            addr = a.get_addrs()[0]
+            port = int(addr.value_for_protocol("tcp"))
+            # a stranger speaking no security protocol at all
+            tcp = await trio.open_tcp_stream("127.0.0.1", port)
+            await tcp.send_all(b"\x13/multistream/1.0.0\n\x10/plaintext/2.0.0\n" + bytes(64))
+            with trio.move_on_after(10):
+                await tcp.receive_some(1024)
+                while not handshake_failures(a).get("inbound"):
+                    await trio.sleep(0.05)
+            await tcp.aclose()
+            # b dials a's address expecting c there: Noise proves it is a, not c
+            wrong = info_from_p2p_addr(addr.decapsulate(f"/p2p/{ids['a'].peer_id}")
+                                       .encapsulate(f"/p2p/{ids['c'].peer_id}"))
+            with contextlib.suppress(Exception), trio.fail_after(10):
+                await b.connect(wrong)
+            found["a"], found["b"] = handshake_failures(a), handshake_failures(b)
+
+    trio.run(main)
+    assert found["a"]["inbound"] >= 1 and found["a"]["outbound"] == 0
+    # (py-libp2p's dialer tries again a few times: each attempt is a connection refused)
+    assert found["b"]["inbound"] == 0 and found["b"]["outbound"] >= 1

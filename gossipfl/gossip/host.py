@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import multiaddr
 from libp2p import new_host
@@ -12,6 +13,7 @@ from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.transport.exceptions import SecurityUpgradeFailure
 
 from gossipfl.crypto.identity import Identity
 from gossipfl.gossip.resources import HostLimits, NodeResourceManager, install, relay_host_limits
@@ -43,6 +45,31 @@ class NoAutoConnector(AutoConnector):
 
 #: The only secure channel a gossipfl host offers or accepts.
 SECURITY_PROTOCOLS = (str(NOISE_PROTOCOL_ID),)
+
+
+class CountedHandshakes:
+    """The swarm's ``upgrade_security`` (Noise, on every connection: direct and relayed, both
+    ways), counting the connections it failed: the handshake failed or was never agreed
+    (another security protocol, garbage), or the far end was not the peer dialled. The swarm
+    closes each such connection."""
+
+    def __init__(self, inner: Callable[..., Awaitable[Any]]) -> None:
+        self.inner = inner
+        self.failed = {"inbound": 0, "outbound": 0}
+
+    async def __call__(self, raw_conn: Any, is_initiator: bool, peer_id: Any = None) -> Any:
+        try:
+            return await self.inner(raw_conn, is_initiator, peer_id)
+        except SecurityUpgradeFailure:
+            self.failed["outbound" if is_initiator else "inbound"] += 1
+            raise
+
+
+def handshake_failures(host: IHost | None) -> dict[str, int]:
+    """Connections ``host`` closed after a failed security handshake, by direction."""
+    upgrader = getattr(host.get_network(), "upgrader", None) if host else None
+    counted = getattr(upgrader, "upgrade_security", None)
+    return dict(counted.failed) if isinstance(counted, CountedHandshakes) else {}
 
 
 def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = True,
@@ -83,6 +110,8 @@ def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = Tru
     install(host, manager)
     network = host.get_network()
     network.auto_connector = NoAutoConnector(network)  # type: ignore[attr-defined]
+    upgrader = network.upgrader  # type: ignore[attr-defined]
+    upgrader.upgrade_security = CountedHandshakes(upgrader.upgrade_security)
     if not identify:  # py-libp2p 0.8.1 has no setting for it: its own check says no
         host._should_identify_peer = lambda peer_id: False  # type: ignore[attr-defined]
     return host, listen_addrs

@@ -29,6 +29,7 @@ from gossipfl.gossip.circuit import (
     usable_circuits,
 )
 from gossipfl.gossip.framing import BufferedReader, ByteStream, read_frame, write_frame
+from gossipfl.gossip.host import handshake_failures
 from gossipfl.gossip.ratelimit import InFlight
 from gossipfl.gossip.resources import resource_stats
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, M, Message, WireError
@@ -248,7 +249,9 @@ class PeerNet:
         per peer, the streams that rode a direct or a relayed connection and the seconds from
         the node's start to its first stream with that peer (``first_contact``)."""
         roles = {} if self.circuits is None else self.circuits.summary()
-        return {**roles, "resources": resource_stats(self.host), "link_streams": self.link_streams,
+        return {**roles, "resources": resource_stats(self.host),
+                "handshake_failures": handshake_failures(self.host),
+                "link_streams": self.link_streams,
                 "first_contact": self.first_contact,
                 "relayed_peers": sorted(p for p, kinds in self.link_streams.items()
                                         if kinds.get(LinkKind.RELAYED.value))}

@@ -28,7 +28,7 @@ import trio
 
 from gossipfl.crypto.identity import Identity, load_or_create_identity
 from gossipfl.gossip.circuit import Circuits
-from gossipfl.gossip.host import make_host
+from gossipfl.gossip.host import handshake_failures, make_host
 from gossipfl.gossip.resources import relay_host_limits, resource_stats
 from gossipfl.node.checkpoint import atomic_write_json
 from gossipfl.relay_config import RelayConfig
@@ -49,8 +49,8 @@ def _state(circuits: Circuits, identity: Identity, listen: str, status: str,
     return {"status": status, "peer_id": str(identity.peer_id),
             "addr": f"{listen}/p2p/{identity.peer_id}", "seconds": round(time.monotonic()
                                                                           - started, 3),
-            "connected_peers": peers, "resources": resource_stats(host), **circuits.summary(),
-            **extra}
+            "connected_peers": peers, "resources": resource_stats(host),
+            "handshake_failures": handshake_failures(host), **circuits.summary(), **extra}
 
 
 async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,

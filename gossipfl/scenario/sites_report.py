@@ -115,6 +115,7 @@ def sites_section(session: SitesSession, nodes: Sequence[NodeProcess],
                                   str(entry["index"]))) is not None},
             "reserved_on": relay.get("reserved_on", []),
             "relayed_dials": relay.get("relayed_dials", {}),
+            "handshake_failures": relay.get("handshake_failures", {}),
         })
     links = [{"nodes": [a, b], "same_site": places[a].site == places[b].site,
               "neighbours": (a, b) in neighbours, **link} for (a, b), link in sorted(pairs.items())]
