@@ -13,7 +13,6 @@ from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.transport.exceptions import SecurityUpgradeFailure
 
 from gossipfl.crypto.identity import Identity
 from gossipfl.gossip.resources import HostLimits, NodeResourceManager, install, relay_host_limits
@@ -49,9 +48,10 @@ SECURITY_PROTOCOLS = (str(NOISE_PROTOCOL_ID),)
 
 class CountedHandshakes:
     """The swarm's ``upgrade_security`` (Noise, on every connection: direct and relayed, both
-    ways), counting the connections it failed: the handshake failed or was never agreed
-    (another security protocol, garbage), or the far end was not the peer dialled. The swarm
-    closes each such connection."""
+    ways), counting the connections it failed: the handshake failed (a message that does not
+    authenticate, e.g. altered by a relay, raises the ``noise`` package's own exception, which
+    py-libp2p passes on unwrapped) or was never agreed (another security protocol, garbage), or
+    the far end was not the peer dialled. The swarm closes each such connection."""
 
     def __init__(self, inner: Callable[..., Awaitable[Any]]) -> None:
         self.inner = inner
@@ -60,7 +60,7 @@ class CountedHandshakes:
     async def __call__(self, raw_conn: Any, is_initiator: bool, peer_id: Any = None) -> Any:
         try:
             return await self.inner(raw_conn, is_initiator, peer_id)
-        except SecurityUpgradeFailure:
+        except Exception:  # SecurityUpgradeFailure, NoiseInvalidMessage, a closed stream...
             self.failed["outbound" if is_initiator else "inbound"] += 1
             raise
 
