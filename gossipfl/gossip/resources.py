@@ -86,7 +86,7 @@ def _members(config: NodeConfig) -> int:
 
 
 def relay_host_limits(relay: RelayConfig, memory_bytes: int = 512 << 20,
-                 peer_streams: int = 16, members: int = 0) -> HostLimits:
+                      peer_streams: int = 16, members: int = 0) -> HostLimits:
     """A host's limits for its relay role alone (``members`` more peers for a member)."""
     relays = MAX_RELAYS if relay.private else 0
     held = relay.reservations if relay.serve else 0  # each reserved peer keeps a connection
@@ -110,7 +110,8 @@ def host_limits(config: NodeConfig, payload_cap: int) -> HostLimits:
     budget (``payload_cap`` bytes a frame at most)."""
     memory = config.protocol.max_in_flight_bytes or 4 * payload_cap
     limits = relay_host_limits(config.relay, memory_bytes=memory,
-                          peer_streams=config.protocol.peer_streams, members=_members(config))
+                               peer_streams=config.protocol.peer_streams,
+                               members=_members(config))
     if not config.relay.private:
         return limits
     relays = tuple(peer for peer, _ in relay_candidates(config.relay, config.bootstrap))
