@@ -60,6 +60,7 @@ async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
     host, maddrs = make_host(identity, [listen], limits=relay_host_limits(config))
     circuits = Circuits(host, config, relay_protocol=relay_class(misbehave))
     started = time.monotonic()
+    state: dict[str, Any] = {}
     async with host.run(listen_addrs=maddrs), circuits.running():
         status = "serving"
         with trio.move_on_after(seconds), \
@@ -78,10 +79,12 @@ async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
 
                 nursery.start_soon(on_signal)
                 while True:
-                    atomic_write_json(out / FILE, _state(circuits, identity, listen, status,
-                                                         started))
+                    state = _state(circuits, identity, listen, status, started)
+                    atomic_write_json(out / FILE, state)
                     await trio.sleep(WRITE_SECONDS)
-        atomic_write_json(out / FILE, _state(circuits, identity, listen, "stopped", started))
+        # the resource counts as last seen serving (the host's shutdown leaves them half undone)
+        atomic_write_json(out / FILE, {**_state(circuits, identity, listen, "stopped", started),
+                                       "resources": state.get("resources", {})})
 
 
 def main(argv: list[str] | None = None) -> int:
