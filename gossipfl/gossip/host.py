@@ -67,7 +67,7 @@ class CountedHandshakes:
 
 def handshake_failures(host: IHost | None) -> dict[str, int]:
     """Connections ``host`` closed after a failed security handshake, by direction."""
-    upgrader = getattr(host.get_network(), "upgrader", None) if host else None
+    upgrader = getattr(getattr(host, "get_network", lambda: None)(), "upgrader", None)
     counted = getattr(upgrader, "upgrade_security", None)
     return dict(counted.failed) if isinstance(counted, CountedHandshakes) else {}
 

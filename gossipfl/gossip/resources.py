@@ -216,7 +216,8 @@ class NodeResourceManager(ResourceManager):
 
 def resource_stats(host: IHost | None) -> dict[str, int]:
     """``host``'s resource manager's counts (``{}`` where it runs another manager, or none)."""
-    manager = getattr(host.get_network(), "_resource_manager", None) if host else None
+    network = getattr(host, "get_network", lambda: None)()
+    manager = getattr(network, "_resource_manager", None)
     return manager.stats() if isinstance(manager, NodeResourceManager) else {}
 
 
