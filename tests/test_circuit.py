@@ -241,6 +241,9 @@ def test_a_private_member_is_reached_through_the_relay_end_to_end(tmp_path: Path
     assert found["dialer"]["relayed_dials"] == {"ok": 1, "failed": 0}
     assert found["dialer"]["link_streams"][ids["private"]] == {LinkKind.RELAYED.value: 1}
     assert found["private"]["link_streams"][ids["dialer"]] == {LinkKind.RELAYED.value: 1}
+    # each end noted when it first exchanged with the other (seconds from its own start)
+    assert found["dialer"]["first_contact"][ids["private"]] >= 0
+    assert found["private"]["first_contact"][ids["dialer"]] >= 0
     assert found["relay"]["relayed_bytes"] > 2 * len(payload)
     assert found["private"]["reserved_on"] == [ids["relay"]]
     assert found["relay"]["reservations_held"] == 1

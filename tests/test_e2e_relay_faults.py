@@ -110,3 +110,10 @@ def test_a_misbehaving_relay_breaks_links_and_changes_no_model(
     # the other site
     assert all(len(n["neighbours"]) == 3 for n in nodes)
     assert report["summary"]["finished_without"] == {}
+    # the report gives each link's time to first contact, at each end (seconds from its start)
+    for n in nodes:
+        assert set(n["first_contact"]) == {str(j) for j in range(4)} - {str(n["index"])}
+        assert set(n["handshake_failures"]) == {"inbound", "outbound"}
+    print(f"{kind}: handshake failures {[n['handshake_failures'] for n in nodes]}")
+    for link in section["links"]:
+        assert set(link["first_contact_seconds"]) == {str(i) for i in link["nodes"]}

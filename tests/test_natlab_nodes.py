@@ -144,6 +144,9 @@ def test_private_members_behind_nat_learn_with_public_ones_through_a_relay(
         assert relays[me]["hole_punch"].get(ids[other]) in (None, False)
     assert relays[0]["serve"] is True and relays[0]["relayed_bytes"] > 0
     assert relays[0]["reservations_held"] == 2
-    # every member counted the others as neighbours (full topology): no one trained alone
+    # every member counted the others as neighbours (full topology): no one trained alone; and
+    # noted when it first exchanged with each (seconds from its start: time to first contact)
     for i, summary in enumerate(summaries):
         assert set(summary["neighbours"]) == set(ids) - {ids[i]}
+        assert set(ids) - {ids[i]} <= set(relays[i]["first_contact"])
+        assert all(relays[i]["first_contact"][p] >= 0 for p in set(ids) - {ids[i]})

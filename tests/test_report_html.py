@@ -202,6 +202,23 @@ def test_partitions_adversaries_and_link_changes_are_drawn_and_listed(tmp_path: 
     assert not EXTERNAL.search(page)
 
 
+def test_a_sites_run_lists_each_link_its_kind_and_first_contact(tmp_path: Path) -> None:
+    sites = {"links": [
+        {"nodes": [0, 1], "same_site": True, "neighbours": True, "how": "direct", "direct": 9,
+         "relayed": 0, "punched": False, "first_contact_seconds": {"0": 0.25, "1": 0.5}},
+        {"nodes": [1, 2], "same_site": False, "neighbours": True, "how": "relayed",
+         "direct": 0, "relayed": 12, "punched": False,
+         "first_contact_seconds": {"1": 1.75, "2": 2.125}}],
+        "relays": [{"index": 0, "addr": "/ip4/198.18.0.1/tcp/4001/p2p/R", "relayed_bytes":
+                    2_500_000, "reservations_held": 2}]}
+    page = build_html(load_run(write_run(tmp_path, nodes=3, extra={"sites": sites})))
+    assert 'id="sites"' in page and "across sites" in page
+    assert "relayed" in page and "1.75" in page and "2.125" in page and "0.25" in page
+    assert "/ip4/198.18.0.1/tcp/4001" in page
+    plain = build_html(load_run(write_run(tmp_path / "plain", nodes=3)))
+    assert 'id="sites"' not in plain
+
+
 def test_dp_without_epsilon_per_round_says_so(tmp_path: Path) -> None:
     extra = {"privacy": {"dp": {"enabled": True, "target_epsilon": 8.0, "delta": 1e-5},
                          "epsilon": {"0": 3.2, "1": 3.1}, "delta": 1e-5,

@@ -15,12 +15,13 @@ import pytest
 
 from gossipfl.config import ConfigError, from_dict
 from gossipfl.gossip.circuit import announced, circuit_addr, circuit_order
+from gossipfl.gossip.peers import PeerNet, Traffic
 from gossipfl.node.runtime import split_p2p_addr
 from gossipfl.relay_config import RelayConfig
 from gossipfl.scenario import natlab, sites
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
 from gossipfl.scenario.sites_config import PublicConfig, RelayFaultConfig
-from gossipfl.scenario.sites_report import LinkHow, link_how, pair_links
+from gossipfl.scenario.sites_report import LinkHow, contact_span, link_how, pair_links
 
 ROOT = Path(__file__).resolve().parent.parent
 RELAY = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
@@ -220,15 +221,51 @@ def test_both_ends_count_towards_one_link() -> None:
     ids = ["p0", "p1", "p2"]
     files = {
         0: {"link_streams": {"p1": {"direct": 3}, "p2": {"relayed": 2}},
-            "hole_punch": {"p2": True}},
+            "hole_punch": {"p2": True}, "first_contact": {"p1": 0.5, "p2": 2.25}},
         1: {"link_streams": {"p0": {"direct": 4}, "p2": {"relayed": 6}, "stranger": {"d": 1}}},
-        2: {"link_streams": {"p0": {"direct": 5}}, "hole_punch": {"p1": False}},
+        2: {"link_streams": {"p0": {"direct": 5}}, "hole_punch": {"p1": False},
+            "first_contact": {"p0": 1.0}},
     }
     pairs = pair_links(files, ids)
-    assert pairs[(0, 1)] == {"direct": 7, "relayed": 0, "punched": False, "how": "direct"}
+    assert pairs[(0, 1)] == {"direct": 7, "relayed": 0, "punched": False, "how": "direct",
+                             "first_contact_seconds": {"0": 0.5}}
+    assert pairs[(0, 2)]["first_contact_seconds"] == {"0": 2.25, "2": 1.0}
     assert pairs[(0, 2)]["how"] == "hole-punched" and pairs[(0, 2)]["direct"] == 5
     assert pairs[(1, 2)]["how"] == "relayed"
     assert set(pairs) == {(0, 1), (0, 2), (1, 2)}
+
+
+class FakeConn:
+    def __init__(self, addrs: list[str]) -> None:
+        self.addrs = addrs
+
+    def get_transport_addresses(self) -> list[str]:
+        return self.addrs
+
+
+class FakeStream:
+    def __init__(self, addr: str) -> None:
+        self.muxed_conn = FakeConn([addr])
+
+
+def test_a_node_notes_its_first_stream_with_each_peer_from_its_start() -> None:
+    now = [100.0]
+    net = PeerNet(host=None, traffic=Traffic(), clock=lambda: now[0])  # type: ignore[arg-type]
+    relayed = "/ip4/198.18.0.1/tcp/4001/p2p/RELAY/p2p-circuit"
+    now[0] = 101.5
+    net._count("p1", FakeStream(relayed))
+    now[0] = 103.0
+    net._count("p1", FakeStream("/ip4/10.66.1.2/tcp/4001"))  # a later stream changes nothing
+    net._count("p2", FakeStream("/ip4/10.66.1.3/tcp/4001"))
+    summary = net.relay_summary()
+    assert summary["first_contact"] == {"p1": 1.5, "p2": 3.0}
+    assert summary["link_streams"] == {"p1": {"relayed": 1, "direct": 1}, "p2": {"direct": 1}}
+
+
+def test_a_nodes_first_contacts_are_shown_over_its_neighbours_only() -> None:
+    entry = {"first_contact": {"1": 0.75, "2": 2.5, "3": 9.0}}
+    assert contact_span(entry, {"relayed": ["1"], "direct": ["2"]}) == "0.75-2.50"
+    assert contact_span(entry, {}) == "-" and contact_span({}, {"direct": ["1"]}) == "-"
 
 
 # --- the running part, with fakes ---------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import multiaddr
 from libp2p import new_host
@@ -14,7 +15,9 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from gossipfl.crypto.identity import Identity
-from gossipfl.gossip.wire import MAX_MEMBERS
+from gossipfl.gossip.resources import HostLimits, NodeResourceManager, install, relay_host_limits
+from gossipfl.gossip.wire_fields import MAX_MEMBERS
+from gossipfl.relay_config import RelayConfig
 
 #: Connections a node holds at most (inbound and outbound): a member talks to at most
 #: MAX_MEMBERS others; libp2p prunes idle ones above this.
@@ -43,7 +46,34 @@ class NoAutoConnector(AutoConnector):
 SECURITY_PROTOCOLS = (str(NOISE_PROTOCOL_ID),)
 
 
+class CountedHandshakes:
+    """The swarm's ``upgrade_security`` (Noise, on every connection: direct and relayed, both
+    ways), counting the connections it failed: the handshake failed (a message that does not
+    authenticate, e.g. altered by a relay, raises the ``noise`` package's own exception, which
+    py-libp2p passes on unwrapped) or was never agreed (another security protocol, garbage), or
+    the far end was not the peer dialled. The swarm closes each such connection."""
+
+    def __init__(self, inner: Callable[..., Awaitable[Any]]) -> None:
+        self.inner = inner
+        self.failed = {"inbound": 0, "outbound": 0}
+
+    async def __call__(self, raw_conn: Any, is_initiator: bool, peer_id: Any = None) -> Any:
+        try:
+            return await self.inner(raw_conn, is_initiator, peer_id)
+        except Exception:  # SecurityUpgradeFailure, NoiseInvalidMessage, a closed stream...
+            self.failed["outbound" if is_initiator else "inbound"] += 1
+            raise
+
+
+def handshake_failures(host: IHost | None) -> dict[str, int]:
+    """Connections ``host`` closed after a failed security handshake, by direction."""
+    upgrader = getattr(getattr(host, "get_network", lambda: None)(), "upgrader", None)
+    counted = getattr(upgrader, "upgrade_security", None)
+    return dict(counted.failed) if isinstance(counted, CountedHandshakes) else {}
+
+
 def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = True,
+              limits: HostLimits | None = None,
               ) -> tuple[IHost, list[multiaddr.Multiaddr]]:
     """A host for ``identity`` that negotiates Noise and nothing else.
 
@@ -57,7 +87,12 @@ def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = Tru
     signed peer record both ways, which a federation whose members all meet while joining
     pays n(n − 1) times. The relay roles (circuit.py) keep it: relay v2 and hole punching
     learn a peer's protocols and observed addresses through it.
+
+    ``limits`` (default: a plain member's with py-libp2p's defaults for the rest,
+    :func:`~gossipfl.gossip.resources.relay_host_limits`) go to the host's resource manager
+    (:class:`~gossipfl.gossip.resources.NodeResourceManager`), never py-libp2p's loose defaults.
     """
+    manager = NodeResourceManager(limits or relay_host_limits(RelayConfig(), members=MAX_MEMBERS))
     noise = NoiseTransport(
         libp2p_keypair=identity.key_pair,
         noise_privkey=create_x25519_key_pair().private_key,
@@ -70,9 +105,13 @@ def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = Tru
         enable_mDNS=False,
         enable_quic=False,
         connection_config=CONNECTIONS,
+        resource_manager=manager,
     )
+    install(host, manager)
     network = host.get_network()
     network.auto_connector = NoAutoConnector(network)  # type: ignore[attr-defined]
+    upgrader = network.upgrader  # type: ignore[attr-defined]
+    upgrader.upgrade_security = CountedHandshakes(upgrader.upgrade_security)
     if not identify:  # py-libp2p 0.8.1 has no setting for it: its own check says no
         host._should_identify_peer = lambda peer_id: False  # type: ignore[attr-defined]
     return host, listen_addrs

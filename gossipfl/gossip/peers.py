@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,7 +29,9 @@ from gossipfl.gossip.circuit import (
     usable_circuits,
 )
 from gossipfl.gossip.framing import BufferedReader, ByteStream, read_frame, write_frame
+from gossipfl.gossip.host import handshake_failures
 from gossipfl.gossip.ratelimit import InFlight
+from gossipfl.gossip.resources import resource_stats
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, M, Message, WireError
 from gossipfl.relay_config import RelayConfig
 
@@ -200,11 +203,16 @@ class PeerNet:
                  policy: ReadPolicy | None = None,
                  reaper: ConnectionReaper | None = None,
                  listen: Sequence[multiaddr.Multiaddr] = (),
-                 circuits: Circuits | None = None) -> None:
+                 circuits: Circuits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.circuits = circuits
         # streams opened either way, per peer and per kind of connection they rode
         self.link_streams: dict[str, dict[str, int]] = {}
+        # seconds from this transport's start (the node's) to its first stream with each peer
+        self.first_contact: dict[str, float] = {}
+        self.clock = clock
+        self.started = clock()
         self.listen = list(listen)
         self.traffic = traffic
         self.policy = policy
@@ -230,15 +238,21 @@ class PeerNet:
     def _count(self, peer: str, stream: Any) -> None:
         if peer not in self.link_streams and len(self.link_streams) >= LINK_PEERS:
             return  # a crowd of strangers does not grow the table
+        if peer not in self.link_streams:
+            self.first_contact[peer] = round(self.clock() - self.started, 3)
         kinds = self.link_streams.setdefault(peer, {})
         kind = stream_link_kind(stream).value
         kinds[kind] = kinds.get(kind, 0) + 1
 
     def relay_summary(self) -> dict[str, Any]:
         """The relay roles' figures (when the node has any, or dialled through a relay) and,
-        per peer, the streams that rode a direct or a relayed connection."""
+        per peer, the streams that rode a direct or a relayed connection and the seconds from
+        the node's start to its first stream with that peer (``first_contact``)."""
         roles = {} if self.circuits is None else self.circuits.summary()
-        return {**roles, "link_streams": self.link_streams,
+        return {**roles, "resources": resource_stats(self.host),
+                "handshake_failures": handshake_failures(self.host),
+                "link_streams": self.link_streams,
+                "first_contact": self.first_contact,
                 "relayed_peers": sorted(p for p, kinds in self.link_streams.items()
                                         if kinds.get(LinkKind.RELAYED.value))}
 

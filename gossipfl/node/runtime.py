@@ -43,6 +43,7 @@ from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import STAMP_REFRESH, Membership
 from gossipfl.gossip.peers import Channel, ConnectionReaper, PeerNet, ReadPolicy, Traffic
 from gossipfl.gossip.ratelimit import InFlight, LogGate, PeerLimiter
+from gossipfl.gossip.resources import host_limits
 from gossipfl.gossip.transport import Network, Offload, Transport
 from gossipfl.gossip.wire import Contribution, M, MaskedInput, Sealed
 from gossipfl.gossip.wire_contribution import origin_digest
@@ -310,7 +311,8 @@ class Node:
                                        tuple(self.config.listen))
         relay = self.config.relay  # relay roles run only where configured (gossip/circuit.py)
         roles = relay.serve or relay.private or relay.hole_punch
-        host, listen = make_host(self.identity, self.config.listen, identify=roles)
+        host, listen = make_host(self.identity, self.config.listen, identify=roles,
+                                 limits=host_limits(self.config, self.payload_cap))
         circuits = Circuits(host, relay, relay_candidates(relay, self.config.bootstrap)) \
             if roles else None
         return PeerNet(host, self.traffic, self.config.routes, self.read_policy, self.reaper,

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,8 @@ class RunData:
     adversaries: tuple[Mapping[str, Any], ...]
     churn: Mapping[str, Any]
     warnings: tuple[str, ...]
+    # a [[sites]] run's links and relays (report.json's "sites"; empty for any other run)
+    sites: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def dp_enabled(self) -> bool:
@@ -339,4 +341,5 @@ def load_run(path: str | Path) -> RunData:
         summary=_mapping(report.get("summary")), privacy=_mapping(report.get("privacy")),
         config=_mapping(report.get("config")), adversaries=adversaries,
         churn=_mapping(report.get("churn")), warnings=tuple(warnings),
+        sites=_mapping(report.get("sites")),
     )

@@ -246,6 +246,30 @@ def _adversaries_section(run: RunData) -> str:
             f"an honest node's true update (0: nothing learnt, 1: recovered).</p></section>")
 
 
+def _sites_section(run: RunData) -> str:
+    """A [[sites]] run: how each link was made, each end's time to first contact, the relays."""
+    links = [link for link in run.sites.get("links", ()) if isinstance(link, Mapping)]
+    if not links:
+        return ""
+    rows = []
+    for link in links:
+        a, b = (link.get("nodes") or ["?", "?"])[:2]
+        contact = link.get("first_contact_seconds") or {}
+        rows.append((f"{a} – {b}", "same site" if link.get("same_site") else "across sites",
+                     "yes" if link.get("neighbours") else "no", link.get("how") or "none",
+                     _fmt(link.get("direct")), _fmt(link.get("relayed")),
+                     _fmt(contact.get(str(a))), _fmt(contact.get(str(b)))))
+    table = _table(["link", "where", "neighbours", "made", "direct streams", "relayed streams",
+                    "first contact at first end, s", "at second end, s"], rows)
+    relays = _table(["relay", "address", "reservations", "relayed bytes"], [
+        (r.get("index", "?"), str(r.get("addr", "")).split("/p2p/")[0],
+         _fmt(r.get("reservations_held")), _bytes(r.get("relayed_bytes")))
+        for r in run.sites.get("relays", ()) if isinstance(r, Mapping)])
+    return ('<section id="sites"><h2>Links across sites</h2>' + table + relays
+            + "<p>First contact: seconds from a node's start to its first stream with the "
+              "other end, at each end.</p></section>")
+
+
 def build_html(run: RunData) -> str:
     """The whole page as a string."""
     sections = [summary_section(run), _privacy_section(run)]
@@ -279,6 +303,7 @@ def build_html(run: RunData) -> str:
             "The rounds each node wrote, and what happened to it on the way.") + "</section>")
     sections.append(_events_section(run))
     sections.append(_adversaries_section(run))
+    sections.append(_sites_section(run))
     if run.warnings:
         items = "".join(f"<li>{_e(w)}</li>" for w in run.warnings)
         sections.append(f'<section id="warnings"><h2>Missing data</h2><ul class="note">'

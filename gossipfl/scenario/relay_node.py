@@ -28,7 +28,8 @@ import trio
 
 from gossipfl.crypto.identity import Identity, load_or_create_identity
 from gossipfl.gossip.circuit import Circuits
-from gossipfl.gossip.host import make_host
+from gossipfl.gossip.host import handshake_failures, make_host
+from gossipfl.gossip.resources import relay_host_limits, resource_stats
 from gossipfl.node.checkpoint import atomic_write_json
 from gossipfl.relay_config import RelayConfig
 from gossipfl.scenario.relay_misbehave import MisbehavingRelay, Misbehaviour, relay_class
@@ -48,16 +49,18 @@ def _state(circuits: Circuits, identity: Identity, listen: str, status: str,
     return {"status": status, "peer_id": str(identity.peer_id),
             "addr": f"{listen}/p2p/{identity.peer_id}", "seconds": round(time.monotonic()
                                                                           - started, 3),
-            "connected_peers": peers, **circuits.summary(), **extra}
+            "connected_peers": peers, "resources": resource_stats(host),
+            "handshake_failures": handshake_failures(host), **circuits.summary(), **extra}
 
 
 async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
                 seconds: float, misbehave: Misbehaviour | None = None) -> None:
     """Relay until SIGTERM, SIGINT or ``seconds`` have passed; write ``relay.json``. With
     ``misbehave``, tamper or drop from SIGUSR1 on."""
-    host, maddrs = make_host(identity, [listen])
+    host, maddrs = make_host(identity, [listen], limits=relay_host_limits(config))
     circuits = Circuits(host, config, relay_protocol=relay_class(misbehave))
     started = time.monotonic()
+    state: dict[str, Any] = {}
     async with host.run(listen_addrs=maddrs), circuits.running():
         status = "serving"
         with trio.move_on_after(seconds), \
@@ -76,10 +79,12 @@ async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
 
                 nursery.start_soon(on_signal)
                 while True:
-                    atomic_write_json(out / FILE, _state(circuits, identity, listen, status,
-                                                         started))
+                    state = _state(circuits, identity, listen, status, started)
+                    atomic_write_json(out / FILE, state)
                     await trio.sleep(WRITE_SECONDS)
-        atomic_write_json(out / FILE, _state(circuits, identity, listen, "stopped", started))
+        # the resource counts as last seen serving (the host's shutdown leaves them half undone)
+        atomic_write_json(out / FILE, {**_state(circuits, identity, listen, "stopped", started),
+                                       "resources": state.get("resources", {})})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,10 @@ of nodes, both ends' counts together) was:
 * ``hole-punched``: relayed first, then direct after a DCUtR upgrade one end saw succeed;
 * ``direct+relayed``: both, without a punch either end saw (e.g. a direct dial after a relay);
 * none: no stream at all (the two never exchanged: neither neighbours nor heartbeat partners).
+
+Each end also notes the seconds from its own start to its first stream with the other
+(``first_contact`` in relay.json): a link's ``first_contact_seconds`` holds both ends' (node
+index → seconds), and each node's entry its own (``first_contact``: peer index → seconds).
 """
 
 from __future__ import annotations
@@ -53,22 +57,27 @@ def link_how(direct: int, relayed: int, punched: bool) -> LinkHow | None:
 
 def pair_links(relay_files: Mapping[int, Mapping[str, Any]],
                peer_ids: Sequence[str]) -> dict[tuple[int, int], dict[str, Any]]:
-    """(i, j) with i < j → both ends' stream counts, whether a punch succeeded, and the kind."""
+    """(i, j) with i < j → both ends' stream counts, whether a punch succeeded, the kind, and
+    each end's time to first contact."""
     index_of = {p: i for i, p in enumerate(peer_ids)}
     found: dict[tuple[int, int], dict[str, Any]] = {}
     for me, data in relay_files.items():
         streams = data.get("link_streams") or {}
         punches = data.get("hole_punch") or {}
+        contact = data.get("first_contact") or {}
         for peer in set(streams) | set(punches):
             other = index_of.get(peer)
             if other is None or other == me:
                 continue
             entry = found.setdefault((min(me, other), max(me, other)),
-                                     {"direct": 0, "relayed": 0, "punched": False})
+                                     {"direct": 0, "relayed": 0, "punched": False,
+                                      "first_contact_seconds": {}})
             counts = streams.get(peer) or {}
             entry["direct"] += int(counts.get("direct", 0))
             entry["relayed"] += int(counts.get("relayed", 0))
             entry["punched"] = entry["punched"] or bool(punches.get(peer))
+            if peer in contact:
+                entry["first_contact_seconds"][str(me)] = float(contact[peer])
     for entry in found.values():
         how = link_how(entry["direct"], entry["relayed"], entry["punched"])
         entry["how"] = how.value if how else None
@@ -101,8 +110,12 @@ def sites_section(session: SitesSession, nodes: Sequence[NodeProcess],
         entry.update({
             "site": place.site_name, "ip": place.ip, "namespace": place.namespace,
             "links": {str(j): link["how"] for j, link in sorted(mine.items())},
+            "first_contact": {str(j): seconds for j, link in sorted(mine.items())
+                              if (seconds := link["first_contact_seconds"].get(
+                                  str(entry["index"]))) is not None},
             "reserved_on": relay.get("reserved_on", []),
             "relayed_dials": relay.get("relayed_dials", {}),
+            "handshake_failures": relay.get("handshake_failures", {}),
         })
     links = [{"nodes": [a, b], "same_site": places[a].site == places[b].site,
               "neighbours": (a, b) in neighbours, **link} for (a, b), link in sorted(pairs.items())]
@@ -137,6 +150,13 @@ def add_to(report: dict[str, Any], session: SitesSession, nodes: Sequence[NodePr
     report["sites"] = sites_section(session, nodes, report["nodes"])
 
 
+def contact_span(entry: Mapping[str, Any], neighbours: Mapping[str, list[str]]) -> str:
+    """A node's times to first contact with its neighbours, ``first-last`` (seconds)."""
+    wanted = {j for peers in neighbours.values() for j in peers}
+    times = [t for j, t in (entry.get("first_contact") or {}).items() if j in wanted]
+    return f"{min(times):.2f}-{max(times):.2f}" if times else "-"
+
+
 def print_links(report: dict[str, Any]) -> None:
     """The terminal table: per node, its site and how each neighbour link was made; then the
     relays."""
@@ -154,12 +174,13 @@ def print_links(report: dict[str, Any]) -> None:
         by_node.setdefault(b, {}).setdefault(how, []).append(str(a))
     kinds = [k.value for k in LinkHow]
     table = Table(title="links to neighbours, by how they were made")
-    for column in ("node", "site", "address", *kinds):
+    for column in ("node", "site", "address", *kinds, "first contact, s"):
         table.add_column(column, justify="right")
     for entry in report["nodes"]:
         mine = by_node.get(entry["index"], {})
         table.add_row(str(entry["index"]), entry.get("site", "-"), entry.get("ip", "-"),
-                      *(" ".join(sorted(mine.get(k, []), key=int)) or "-" for k in kinds))
+                      *(" ".join(sorted(mine.get(k, []), key=int)) or "-" for k in kinds),
+                      contact_span(entry, mine))
     console = Console()
     console.print(table)
     relays = Table(title="relays")
@@ -178,4 +199,5 @@ def print_links(report: dict[str, Any]) -> None:
                   f"{section['all_links']}")
 
 
-__all__ = ["LinkHow", "add_to", "link_how", "pair_links", "print_links", "sites_section"]
+__all__ = ["LinkHow", "add_to", "contact_span", "link_how", "pair_links", "print_links",
+           "sites_section"]
