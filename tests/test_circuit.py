@@ -360,6 +360,14 @@ async def _echo_once(net: PeerNet, peer: str, addrs: list[str], payload: bytes) 
     return await _read_exactly(channel, size) == payload
 
 
+def private_member_net(host_listen: tuple[Any, Any], relay: Any, relay_addr: str) -> PeerNet:
+    """A private member's PeerNet (``make_host``'s host and listen addresses) that reserves a
+    slot on the relay of identity ``relay`` at ``relay_addr``."""
+    host, listen = host_listen
+    return PeerNet(host, Traffic(), listen=listen, circuits=Circuits(host, RelayConfig(
+        reachable=Reachability.PRIVATE, use=(relay_addr,)), [(str(relay.peer_id), relay_addr)]))
+
+
 def test_one_circuits_end_leaves_another_to_the_same_member_open(tmp_path: Path) -> None:
     """Two members reach a private one through the relay; one of the two links is closed. In
     py-libp2p 0.8.1 the relay then also closed the other circuit (its circuits are filed by
@@ -374,12 +382,7 @@ def test_one_circuits_end_leaves_another_to_the_same_member_open(tmp_path: Path)
         relay_net = PeerNet(relay_host, Traffic(), listen=relay_listen,
                             circuits=Circuits(relay_host, RelayConfig(serve=True)))
         async with relay_net.running() as relay_addrs:
-            relay_id = str(keys["relay"].peer_id)
-            private_host, private_listen = hosts["private"]
-            private_net = PeerNet(private_host, Traffic(), listen=private_listen,
-                                  circuits=Circuits(private_host, RelayConfig(
-                                      reachable=Reachability.PRIVATE, use=(relay_addrs[0],)),
-                                      [(relay_id, relay_addrs[0])]))
+            private_net = private_member_net(hosts["private"], keys["relay"], relay_addrs[0])
             a_net = PeerNet(hosts["a"][0], Traffic(), listen=hosts["a"][1])
             c_net = PeerNet(hosts["c"][0], Traffic(), listen=hosts["c"][1])
             async with private_net.running() as private_addrs, a_net.running(), \

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 import trio
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+from test_circuit import private_member_net
 
 from gossipfl.config import ConfigError, from_dict
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip.circuit import CircuitError, Circuits, CountingRelay, carrier_peer
 from gossipfl.gossip.host import make_host
 from gossipfl.gossip.peers import PeerNet, Traffic
-from gossipfl.relay_config import Reachability, RelayConfig
+from gossipfl.relay_config import RelayConfig
 from gossipfl.scenario import relay_node, sites
 from gossipfl.scenario.config import ScenarioConfig
 from gossipfl.scenario.relay_misbehave import (
@@ -198,12 +199,7 @@ def test_a_silent_relayed_link_is_closed_and_blamed_on_its_relay(tmp_path: Path)
                                   relay_protocol=relay_class(Misbehaviour.DROP))
         relay_net = PeerNet(relay_host, Traffic(), listen=relay_listen, circuits=relay_circuits)
         async with relay_net.running() as relay_addrs:
-            relay_id = str(keys["relay"].peer_id)
-            private_host, private_listen = hosts["private"]
-            private_net = PeerNet(private_host, Traffic(), listen=private_listen,
-                                  circuits=Circuits(private_host, RelayConfig(
-                                      reachable=Reachability.PRIVATE, use=(relay_addrs[0],)),
-                                      [(relay_id, relay_addrs[0])]))
+            private_net = private_member_net(hosts["private"], keys["relay"], relay_addrs[0])
             dialer_host, dialer_listen = hosts["dialer"]
             dialer_net = PeerNet(dialer_host, Traffic(), listen=dialer_listen)
             async with private_net.running() as private_addrs, dialer_net.running():
