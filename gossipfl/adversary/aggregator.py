@@ -200,8 +200,10 @@ class LyingAggregator(_Aggregator):
 
 
 class Differencing(_Aggregator):
-    """Every other round, announces the last summed set less one live member, to subtract the
-    two sums. ``succeeded``: rounds in which it got a sum one member apart from another it held,
+    """In turns of three rounds: a base sum over every input; a round it lets pass unsummed
+    (its members presigned the full set for it with their answers, so no other set could be
+    signed there: gossipfl.node.secure_presign); then the base set less one live member, to
+    subtract the two sums. ``succeeded``: rounds in which it got a sum one member apart from another it held,
     that member being live (it sent its input); its reconstruction of that member is then the
     difference. Pairs one apart because a member really went silent are counted apart
     (``one_apart_by_churn``): the rule excuses churn, and says so."""
@@ -219,10 +221,13 @@ class Differencing(_Aggregator):
         members = secure_round.neighbourhood(node, node.peer_id)
         minimum = consistency.minimum_survivors(len(members), node.config.secagg.min_contributors)
         previous = self.sums[-1][1] if self.sums else None
-        target = pick_target(members, self.turn // 2, self.config.target)
+        target = pick_target(members, self.turn // 3, self.config.target)
+        step, self.turn = self.turn % 3, self.turn + 1
+        if step == 1:
+            self.tally.details["rounds_let_pass"] += 1
+            return None
         chosen, attack = differencing_plan(F(inputs), previous, target, minimum,
-                                           attack=self.turn % 2 == 1)
-        self.turn += 1
+                                           attack=step == 2)
         if chosen is None:
             self.tally.details["rounds_without_enough_inputs"] += 1
             return None

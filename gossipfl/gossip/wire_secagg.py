@@ -159,6 +159,10 @@ class UnmaskResponse:
     """A survivor's answer: the shares it holds of the survivors' self seeds (its own share of
     its own seed included; never the seed itself), and its round pair seeds with the dropped
     members; never both kinds for one member.
+
+    ``next_signature`` (empty or 64 bytes): when the answered set dropped no one, the sender's
+    signature on the same set for the next round, to which it commits (so that a round with
+    no dropout needs no consistency exchange: :mod:`gossipfl.node.secure_round`).
     """
 
     KIND: ClassVar[str] = "unmask_response"
@@ -167,11 +171,13 @@ class UnmaskResponse:
     sender: str
     seed_shares: tuple[tuple[str, bytes], ...]
     pair_seeds: tuple[tuple[str, bytes], ...]
+    next_signature: bytes = b""
 
     def _fields_to_wire(self) -> dict[str, Any]:
         return {"round": self.round, "sender": self.sender,
                 "seed_shares": [[p, v] for p, v in self.seed_shares],
-                "pair_seeds": [[p, v] for p, v in self.pair_seeds]}
+                "pair_seeds": [[p, v] for p, v in self.pair_seeds],
+                "next_signature": self.next_signature}
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> UnmaskResponse:
@@ -184,10 +190,20 @@ class UnmaskResponse:
             sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
             seed_shares=_check_pairs(body["seed_shares"], "seed shares", MAX_MEMBERS, 128),
             pair_seeds=pair_seeds,
+            next_signature=_check_signature(body["next_signature"], "next signature",
+                                            empty=True),
         )
 
 
 SIGNATURE_BYTES = 64
+
+
+def _check_signature(value: Any, what: str, *, empty: bool = False) -> bytes:
+    """One Ed25519 signature (or, where ``empty``, none: b"")."""
+    if not isinstance(value, bytes) or len(value) not in ((0, SIGNATURE_BYTES) if empty
+                                                          else (SIGNATURE_BYTES,)):
+        raise WireError(f"{what} must be {'empty or ' if empty else ''}{SIGNATURE_BYTES} bytes")
+    return value
 
 
 def _check_signatures(value: Any) -> tuple[tuple[str, bytes], ...]:

@@ -31,6 +31,8 @@ class SecAggState:
     inbox: dict[int, dict[str, MaskedInput]] = field(default_factory=dict)  # aggregator role
     closed: set[int] = field(default_factory=set)  # rounds whose survivor set is fixed
     confirmed: dict[int, frozenset[str]] = field(default_factory=dict)  # sets signed by enough
+    # per round: the set our members presigned for it in the last round's answers, and by whom
+    presigned: dict[int, tuple[frozenset[str], dict[str, bytes]]] = field(default_factory=dict)
     # contributor role, per (aggregator, round): our own share of our own self seed, the one set
     # we signed or answered, and whose self-mask shares / pair seeds we revealed
     my_shares: dict[tuple[str, int], bytes] = field(default_factory=dict)
@@ -55,6 +57,7 @@ class SecAggState:
         for r in [r for r in self.inbox if r < round_]:
             del self.inbox[r]
         self.closed = {r for r in self.closed if r >= round_}
+        self.presigned = {r: held for r, held in self.presigned.items() if r >= round_}
         for table in (self.my_shares, self.committed, self.revealed):
             for key in [k for k in table if k[1] < round_ - KEEP_ROUNDS]:
                 del table[key]

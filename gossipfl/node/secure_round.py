@@ -69,6 +69,7 @@ from gossipfl.node.secure_inputs import (
     weight,
     x25519_public,
 )
+from gossipfl.node.secure_presign import commit, keep_presign, presign
 from gossipfl.node.state import Node
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipfl.secagg")
 R = TypeVar("R", ConsistencyResponse, UnmaskResponse)
 
-PROTO_UNMASK = "/gossipfl/secagg/unmask/2.0.0"  # 2: signatures in, no self seed out
+PROTO_UNMASK = "/gossipfl/secagg/unmask/3.0.0"  # 2: signatures in, no self seed out; 3: presigns
 PROTO_CONSISTENCY = "/gossipfl/secagg/consistency/1.0.0"
 
 
@@ -103,16 +104,6 @@ def _check(node: Node, aggregator: str, announced: SurvivorSet) -> Refusal | Non
         excused=excused(node, members, announced.round))
 
 
-def _commit(node: Node, aggregator: str, announced: SurvivorSet) -> None:
-    """From now on this member signs and answers only ``announced`` for its aggregator, round."""
-    key, signed = (aggregator, announced.round), node.secagg.signed
-    if key not in node.secagg.committed:
-        node.secagg.committed[key] = announced
-        signed[aggregator] = consistency.remember(signed.get(aggregator, {}), announced.round,
-                                                  announced.survivors,
-                                                  node.config.secagg.history_rounds)
-
-
 async def on_consistency_request(node: Node, channel: Channel) -> None:
     """Serve an aggregator's survivor set (see :func:`answer_consistency`)."""
     request = await channel.receive(ConsistencyRequest, MAX_CONTROL_BYTES)
@@ -129,7 +120,7 @@ def answer_consistency(node: Node, aggregator: str,
         node.reject(aggregator, "survivor set", "consistency_refused",
                     f"round {r}: {refusal.value}")
         return ConsistencyResponse(fed, r, me, b"", refusal.value)
-    _commit(node, aggregator, announced)
+    commit(node, aggregator, announced)
     return ConsistencyResponse(fed, r, me,
                                consistency.sign_set(announced, node.security.signing_key), "")
 
@@ -171,7 +162,7 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
     if isinstance(plan, Refusal):
         node.reject(aggregator, "unmask request", "unmask_refused", f"round {r}: {plan.value}")
         return None
-    _commit(node, aggregator, announced)
+    commit(node, aggregator, announced)
     done_self, done_pair = node.secagg.revealed.get(key, (frozenset(), frozenset()))
     node.secagg.revealed[key] = (done_self | plan.self_shares_of, done_pair | plan.pair_seeds_with)
     context = secagg.seed_context(node.config.federation, aggregator, r)
@@ -190,7 +181,8 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
                                   context=context))
         for other in sorted(plan.pair_seeds_with)
     )
-    return UnmaskResponse(node.config.federation, r, me, tuple(sorted(shares)), pair_seeds)
+    return UnmaskResponse(node.config.federation, r, me, tuple(sorted(shares)), pair_seeds,
+                          presign(node, aggregator, announced))
 
 
 # -- aggregator --------------------------------------------------------------------------------
@@ -282,6 +274,12 @@ async def honest_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] 
                        "round (secagg.full_every)")
     members = neighbourhood(node, node.peer_id)
     config = node.config.secagg
+    held_set, held = node.secagg.presigned.get(r, (frozenset(), {}))
+    if len(held) >= threshold(len(members)) and frozenset(inputs) != held_set:
+        # a majority is committed to the full set (their presigns): no other set can be
+        # signed this round; the next one asks again
+        return _refuse(node, r, f"{len(held)} members presigned the full set for this round, "
+                       f"and {len(held_set - set(inputs))} of its inputs are missing")
     minimum = consistency.minimum_survivors(len(members), config.min_contributors)
     def choose() -> frozenset[str] | None:
         return consistency.choose_survivors(
@@ -318,10 +316,14 @@ async def sum_over(node: Node, r: int,
     # the threshold of signatures is enough to go on: a survivor that answers later (a busy
     # process) is not waited for; its unmask request carries the others' signatures
     need = threshold(len(members))
-    signatures: dict[str, bytes] = {}
-    await streams.until_enough(
-        node, [functools.partial(ask_signature, node, peer, announce, signatures)
-               for peer in survivors], lambda: len(signatures) >= need)
+    # presigned in the last round's answers (see :func:`presign`), when nobody dropped since
+    held_set, held = node.secagg.presigned.pop(r, (frozenset(), {}))
+    signatures = dict(held) if held_set == chosen and not dropped else {}
+    if len(signatures) < need:
+        await streams.until_enough(
+            node, [functools.partial(ask_signature, node, peer, announce, signatures)
+                   for peer in survivors if peer not in signatures],
+            lambda: len(signatures) >= need)
     if len(signatures) < need:
         return _refuse(node, r, f"only {len(signatures)} survivor(s) signed the survivor set")
     node.secagg.confirmed = consistency.remember(node.secagg.confirmed, r, chosen,
@@ -401,6 +403,8 @@ async def ask_unmask(node: Node, peer: str, request: UnmaskRequest,
     response = await _ask(node, peer, PROTO_UNMASK, request, UnmaskResponse)
     if response is not None and response.sender == peer and response.round == request.round:
         responses[peer] = response
+        if response.next_signature:
+            keep_presign(node, peer, request, response.next_signature)
 
 
 def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[str],

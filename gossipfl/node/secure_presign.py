@@ -1,0 +1,70 @@
+"""Presigned survivor sets: a round with no dropout needs no consistency exchange.
+
+When a member answers an unmask request whose set dropped no one, it also signs that same set
+for the aggregator's next round and commits to it (:func:`presign`), under the consistency
+check's own rules (:mod:`gossipfl.crypto.consistency`: one set per aggregator and round,
+committed before it is signed). The aggregator keeps the checked signatures
+(:func:`keep_presign`); when every input of the next round is in, it unmasks with them at once.
+A presign gives an aggregator nothing the exchange would not: it is the set it would announce.
+Its price is that a dropout in the next round fails that round at this aggregator (a majority
+is committed to the full set; :func:`gossipfl.node.secure_round.honest_sum` refuses it at
+once), and the round after asks again.
+"""
+
+from __future__ import annotations
+
+from gossipfl.crypto import consistency
+from gossipfl.crypto.consistency import SurvivorSet
+from gossipfl.gossip.wire import UnmaskRequest
+from gossipfl.node.secure_inputs import neighbourhood
+from gossipfl.node.state import Node
+
+
+def commit(node: Node, aggregator: str, announced: SurvivorSet) -> None:
+    """From now on this member signs and answers only ``announced`` for its aggregator, round."""
+    key, signed = (aggregator, announced.round), node.secagg.signed
+    if key not in node.secagg.committed:
+        node.secagg.committed[key] = announced
+        signed[aggregator] = consistency.remember(signed.get(aggregator, {}), announced.round,
+                                                  announced.survivors,
+                                                  node.config.secagg.history_rounds)
+
+
+def presign(node: Node, aggregator: str, answered: SurvivorSet) -> bytes:
+    """Our signature on ``answered`` for the next round, committed to, when it dropped no one
+    and we may sign it (else b""): with every input in again, the aggregator unmasks with the
+    presigned threshold and no consistency exchange. The rules are the consistency check's
+    (one set per aggregator and round, committed before it is signed), so a presign gives
+    the aggregator nothing the exchange would not: a dropout in the next round fails that
+    round at this aggregator (we are committed to the full set), and the round after asks
+    again."""
+    if answered.dropped:
+        return b""
+    following = SurvivorSet(answered.federation, answered.aggregator, answered.round + 1,
+                            answered.survivors, frozenset())
+    config, key = node.config.secagg, (aggregator, following.round)
+    refusal = consistency.check_set(
+        following, federation=node.config.federation, aggregator=aggregator, me=node.peer_id,
+        members=neighbourhood(node, aggregator), have_input=True,
+        min_contributors=config.min_contributors, committed=node.secagg.committed.get(key),
+        history=node.secagg.signed.get(aggregator, {}), history_rounds=config.history_rounds,
+        min_difference=config.min_set_difference)
+    if refusal is not None:
+        return b""
+    commit(node, aggregator, following)
+    return consistency.sign_set(following, node.security.signing_key)
+
+
+def keep_presign(node: Node, peer: str, request: UnmaskRequest, signature: bytes) -> None:
+    """Keep ``peer``'s signature on the request's set for the next round, once checked (a set
+    that dropped someone is never presigned, so its presign is refused like a forged one)."""
+    following = SurvivorSet(request.federation, request.sender, request.round + 1,
+                            frozenset(request.survivors), frozenset())
+    if request.dropped or consistency.check_signatures(following, [(peer, signature)],
+                                                       needed=1):
+        node.reject(peer, "signature", "bad_signature",
+                    f"presign for round {following.round}")
+        return
+    held_set, held = node.secagg.presigned.get(following.round, (following.survivors, {}))
+    if held_set == following.survivors:
+        node.secagg.presigned[following.round] = (held_set, {**held, peer: signature})
