@@ -76,15 +76,21 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarray]:
         masked[aggregator] = np.asarray(estimate, np.float32).copy()
         return build(node, aggregator, r, estimate, done)
 
-    async def ask(node: Any, peer: str, protocol: str, message: Any, expected: type, *,
-                  payload: bool = False, written: trio.Event | None = None) -> Ack:
-        assert protocol == secure_inputs.PROTO_MASKED and payload
-        if written is not None:
-            written.set()
-        return Ack("fed", message.round, peer, AckCode.OK, "")
+    class Taking:
+        """The aggregator's end: it takes every input and acks it."""
+
+        async def send(self, message: Any, max_bytes: int) -> None:
+            self.round = message.round
+
+        async def receive(self, expected: Any, max_bytes: int) -> Ack:
+            return Ack("fed", self.round, "aggregator", AckCode.OK, "")
+
+    async def request(node: Any, peer: str, protocol: str, exchange: Any) -> Ack:
+        assert protocol == secure_inputs.PROTO_MASKED
+        return await exchange(Taking())
 
     monkeypatch.setattr(secure_inputs, "masked_input", recording)
-    monkeypatch.setattr(streams, "ask", ask)
+    monkeypatch.setattr(streams, "request", request)
     return masked
 
 

@@ -203,10 +203,10 @@ class Differencing(_Aggregator):
     """In turns of three rounds: a base sum over every input; a round it lets pass unsummed
     (its members presigned the full set for it with their answers, so no other set could be
     signed there: gossipfl.node.secure_presign); then the base set less one live member, to
-    subtract the two sums. ``succeeded``: rounds in which it got a sum one member apart from another it held,
-    that member being live (it sent its input); its reconstruction of that member is then the
-    difference. Pairs one apart because a member really went silent are counted apart
-    (``one_apart_by_churn``): the rule excuses churn, and says so."""
+    subtract the two sums. ``succeeded``: rounds in which it got a sum one member apart from
+    another it held, that member being live (it sent its input); its reconstruction of that
+    member is then the difference. Pairs one apart because a member really went silent are
+    counted apart (``one_apart_by_churn``): the rule excuses churn, and says so."""
 
     kind = AdversaryKind.DIFFERENCING
 

@@ -121,7 +121,8 @@ async def read_exactly(stream: ByteStream, n: int, *, frame_start: bool = False)
     return buffer
 
 
-async def read_frame(stream: ByteStream, expected: type[M], max_bytes: int,
+async def read_frame(stream: ByteStream, expected: type[M] | tuple[type[Message], ...],
+                     max_bytes: int,
                      budget: FrameBudget | None = None) -> tuple[M, int]:
     """Read one frame and decode it; returns the message and the bytes read.
 

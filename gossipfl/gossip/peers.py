@@ -115,7 +115,8 @@ class Channel:
         size = await write_frame(self.stream, message, max_bytes)
         self.traffic.sent(message.KIND, size)
 
-    async def receive(self, expected: type[M], max_bytes: int) -> M:
+    async def receive(self, expected: type[M] | tuple[type[Message], ...],
+                      max_bytes: int) -> M:
         cap, member = self.read_cap(max_bytes)
         budget = None if self.policy is None else _Reservation(self.policy.in_flight, member)
         self.reader.ahead = member  # a stranger's frames: not a byte beyond a header unchecked

@@ -338,11 +338,27 @@ def unpack_bounded(body: Buffer, limits: DecodeLimits,
 VIEW_KINDS = frozenset({"contribution", "sealed", "masked_input"})
 
 
-def decode_body(body: Buffer, expected: type[M]) -> M:
+def _limits_of(kinds: tuple[type[Message], ...]) -> DecodeLimits:
+    """The decode limits of one of several kinds: each cap the largest of theirs."""
+    each = [DECODE_LIMITS.get(k.KIND, DEFAULT_DECODE_LIMITS) for k in kinds]
+    return DecodeLimits(*(max(getattr(limit, f.name) for limit in each)
+                          for f in fields(DecodeLimits)))
+
+
+def decode_body(body: Buffer, expected: type[M] | tuple[type[Message], ...]) -> M:
     """Decode one frame body into a message of type ``expected`` (within its
-    :data:`DECODE_LIMITS`). A contribution's, sealed message's or masked input's binaries of
+    :data:`DECODE_LIMITS`), or of one of the types in a tuple (within the largest of their
+    limits). A contribution's, sealed message's or masked input's binaries of
     :data:`VIEW_MIN_BYTES` or more are read-only ``memoryview`` slices of ``body``."""
-    limits = DECODE_LIMITS.get(expected.KIND, DEFAULT_DECODE_LIMITS)
+    if isinstance(expected, tuple):
+        if any(k.KIND in VIEW_KINDS for k in expected):
+            raise ValueError("kinds decoded as views are decoded alone")
+        return _decode(body, expected, _limits_of(expected))  # type: ignore[return-value]
+    return _decode(body, (expected,), DECODE_LIMITS.get(expected.KIND, DEFAULT_DECODE_LIMITS))
+
+
+def _decode(body: Buffer, kinds: tuple[type[Message], ...], limits: DecodeLimits) -> Any:
+    expected = kinds[0]
     if expected.KIND in VIEW_KINDS and len(body) >= VIEW_MIN_BYTES:
         data = unpack_views(body, limits,
                             lambda compact, hook: unpack_bounded(compact, limits, hook))
@@ -357,8 +373,8 @@ def decode_body(body: Buffer, expected: type[M]) -> M:
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise WireError(f"message kind {kind!r} is unknown")
-    if cls is not expected:
-        raise WireError(f"expected a {expected.KIND} message, got {kind}")
+    if cls not in kinds:
+        raise WireError(f"expected a {' or '.join(k.KIND for k in kinds)} message, got {kind}")
     federation = check_str(data.get("fed"), "federation", MAX_NAME_CHARS)
     keys = set(data) - {"v", "t", "fed"}
     wanted = _field_names(cls)

@@ -8,10 +8,12 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import trio
+
 from gossipfl.crypto import consistency
 from gossipfl.crypto.consistency import SurvivorSet
 from gossipfl.gossip.membership import SILENT_INTERVALS
-from gossipfl.gossip.wire import MaskedInput
+from gossipfl.gossip.wire import MaskedInput, UnmaskRequest, UnmaskResponse
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -24,6 +26,19 @@ if TYPE_CHECKING:
 KEEP_ROUNDS = 4  # how many past rounds of secrets a contributor keeps for late unmask requests
 
 
+@dataclass(eq=False)
+class Parked:
+    """An accepted masked input whose stream the aggregator keeps unanswered until its round's
+    survivors are fixed: the answer is then the member's unmask request, and the member's
+    unmask answer comes back on the same stream (:mod:`gossipfl.node.secure_talk`)."""
+
+    request: UnmaskRequest | None = None  # set (with ``asked``) by the aggregator's round
+    asked: trio.Event = field(default_factory=trio.Event)  # set: request it, or (None) just ack
+    answer: UnmaskResponse | None = None
+    answered: trio.Event = field(default_factory=trio.Event)
+    closed: bool = False  # the stream was acked without a request: ask on another
+
+
 @dataclass
 class SecAggState:
     """Per-node secure-aggregation state, for both roles."""
@@ -31,6 +46,8 @@ class SecAggState:
     inbox: dict[int, dict[str, MaskedInput]] = field(default_factory=dict)  # aggregator role
     closed: set[int] = field(default_factory=set)  # rounds whose survivor set is fixed
     confirmed: dict[int, frozenset[str]] = field(default_factory=dict)  # sets signed by enough
+    # per (round, member): accepted inputs whose streams wait for the round's unmask request
+    parked: dict[tuple[int, str], Parked] = field(default_factory=dict)
     # per round: the set our members presigned for it in the last round's answers, and by whom
     presigned: dict[int, tuple[frozenset[str], dict[str, bytes]]] = field(default_factory=dict)
     # contributor role, per (aggregator, round): our own share of our own self seed, the one set
@@ -58,6 +75,7 @@ class SecAggState:
             del self.inbox[r]
         self.closed = {r for r in self.closed if r >= round_}
         self.presigned = {r: held for r, held in self.presigned.items() if r >= round_}
+        self.parked = {k: p for k, p in self.parked.items() if k[0] >= round_}
         for table in (self.my_shares, self.committed, self.revealed):
             for key in [k for k in table if k[1] < round_ - KEEP_ROUNDS]:
                 del table[key]

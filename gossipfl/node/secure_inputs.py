@@ -41,8 +41,9 @@ from gossipfl.aggregation.bounds import norm_bound
 from gossipfl.crypto import secagg, shamir
 from gossipfl.crypto.consistency import threshold
 from gossipfl.gossip.codes import AckCode
-from gossipfl.gossip.wire import Ack, MaskedInput
+from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node import secure_sparse, streams
+from gossipfl.node.secure_talk import Answerer, UnmaskRefused, send_input_and_answer
 from gossipfl.node.state import Node
 
 log = logging.getLogger("gossipfl.secagg")
@@ -174,8 +175,11 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
     )
 
 
-async def send_masked_inputs(node: Node, r: int, *, done: bool) -> dict[str, str]:
-    """Send this round's masked input to every neighbour (as aggregator), concurrently.
+async def send_masked_inputs(node: Node, r: int, *, done: bool,
+                             answer: Answerer | None = None) -> dict[str, str]:
+    """Send this round's masked input to every neighbour (as aggregator), concurrently; an
+    aggregator that answers it with its round's unmask request gets ``answer``'s reply on the
+    same stream (:mod:`gossipfl.node.secure_talk`; None: refused).
 
     A round's inputs (``done`` False, the node running) return once each frame is written (or
     its send has failed): the acks are read in the node's nursery while the round goes on to
@@ -193,12 +197,13 @@ async def send_masked_inputs(node: Node, r: int, *, done: bool) -> dict[str, str
     if done or node.background is None:
         async with trio.open_nursery() as nursery:
             for peer in targets:
-                nursery.start_soon(_send_masked, node, peer, r, estimate, done, checks)
+                nursery.start_soon(_send_masked, node, peer, r, estimate, done, checks,
+                                   answer)
     else:
         written = [trio.Event() for _ in targets]
         for peer, event in zip(targets, written, strict=True):
             node.background.start_soon(_send_masked, node, peer, r, estimate, done, checks,
-                                       event)
+                                       answer, event)
         for event in written:
             await event.wait()
     _report(node, r, checks)
@@ -207,18 +212,21 @@ async def send_masked_inputs(node: Node, r: int, *, done: bool) -> dict[str, str
 
 
 async def _send_masked(node: Node, peer: str, r: int, estimate: np.ndarray, done: bool,
-                       checks: dict[str, RangeCheck], written: trio.Event | None = None) -> None:
-    """Check, build and send one masked input, then read its ack (``written`` is set once its
-    frame is written, or once it is known that none will be)."""
+                       checks: dict[str, RangeCheck], answer: Answerer | None,
+                       written: trio.Event | None = None) -> None:
+    """Check, build and send one masked input, then read its ack or answer the unmask request
+    in its place (``written`` is set once its frame is written, or once it is known that none
+    will be)."""
     try:
-        await _send_masked_to(node, peer, r, estimate, done, checks, written)
+        await _send_masked_to(node, peer, r, estimate, done, checks, answer, written)
     finally:
         if written is not None:
             written.set()
 
 
 async def _send_masked_to(node: Node, peer: str, r: int, estimate: np.ndarray, done: bool,
-                          checks: dict[str, RangeCheck], written: trio.Event | None) -> None:
+                          checks: dict[str, RangeCheck], answer: Answerer | None,
+                          written: trio.Event | None) -> None:
     state = node.neighbours.get(peer)
     # a frozen or overloaded neighbour may hold the stream open without answering: never let
     # one send hold the round longer than the round itself may last
@@ -240,8 +248,11 @@ async def _send_masked_to(node: Node, peer: str, r: int, estimate: np.ndarray, d
         try:
             build = functools.partial(masked_input, sparse=True) if chosen[1] else masked_input
             message = await node.offload(build, node, peer, r, chosen[0], done)
-            ack = await streams.ask(node, peer, PROTO_MASKED, message, Ack, payload=True,
-                                    written=written)
+            ack = await streams.request(node, peer, PROTO_MASKED, functools.partial(
+                send_input_and_answer, node, message=message, peer=peer, r=r, answer=answer,
+                written=written))
+        except UnmaskRefused:
+            return  # judged and logged by the answerer
         except Exception as error:
             if state is not None:
                 state.unreachable_round = r

@@ -42,7 +42,7 @@ import trio
 
 from gossipfl.crypto import consistency, secagg, shamir
 from gossipfl.crypto.consistency import Refusal, SurvivorSet, threshold
-from gossipfl.gossip.codes import AckCode, AckReason
+from gossipfl.gossip.codes import AckCode, AckReason, NodeStatus
 from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
     Ack,
@@ -52,7 +52,7 @@ from gossipfl.gossip.wire import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from gossipfl.node import secure_sparse, streams
+from gossipfl.node import secure_inputs, secure_sparse, secure_talk, streams
 from gossipfl.node.secagg_state import (
     KEEP_ROUNDS,
     SecAggState,
@@ -65,7 +65,6 @@ from gossipfl.node.secure_inputs import (
     masked_input,
     my_private,
     neighbourhood,
-    send_masked_inputs,
     weight,
     x25519_public,
 )
@@ -185,18 +184,35 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
                           presign(node, aggregator, announced))
 
 
+async def send_masked_inputs(node: Node, r: int, *, done: bool) -> dict[str, str]:
+    """This round's masked inputs (:func:`gossipfl.node.secure_inputs.send_masked_inputs`);
+    an aggregator's unmask request on an input's stream is answered by :func:`answer_unmask`.
+    The final inputs (``done``) come after this node's last sum: every input held is acked."""
+    if done:
+        secure_talk.release(node, node.round + 2)
+    return await secure_inputs.send_masked_inputs(node, r, done=done, answer=answer_unmask)
+
+
 # -- aggregator --------------------------------------------------------------------------------
 
 
-async def on_masked_input(node: Node, channel: Channel) -> None:
-    """Receive one masked input (signed and encrypted to us when payloads are sealed)."""
+async def on_masked_input(node: Node, channel: Channel) -> bool:
+    """Receive one masked input (signed and encrypted to us when payloads are sealed); an
+    accepted one is answered by its round's unmask request when the round asks in time
+    (:mod:`gossipfl.node.secure_talk`), else acked. False: the stream ends."""
     message, round_ = await node.receive_payload(channel, MaskedInput)
     if message is None:
         status, reason = AckCode.REJECTED, AckReason.ENVELOPE_REFUSED
     else:
         status, reason = accept_masked(node, channel.remote, message)
+        # a final input (done) is for a round its aggregator may never sum: acked at once
+        if status is AckCode.OK and not message.done and node.status is not NodeStatus.DONE:
+            held = await secure_talk.hold_for_request(node, channel, message.round)
+            if held is not None:
+                return held
     await channel.send(Ack(node.config.federation, round_, node.peer_id, status, reason),
                        MAX_CONTROL_BYTES)
+    return True
 
 
 def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCode, str]:
@@ -260,9 +276,12 @@ async def secure_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] 
     """Fix the survivors, have them sign the set, unmask; returns (Σ w x̂, Σ w, survivors) or
     None if refused/failed. An adversary that aggregates (:mod:`gossipfl.adversary`) runs its
     own step here instead."""
-    if node.role.aggregates:
-        return await node.role.secure_sum(node, r)
-    return await honest_sum(node, r)
+    try:
+        if node.role.aggregates:
+            return await node.role.secure_sum(node, r)
+        return await honest_sum(node, r)
+    finally:
+        secure_talk.release(node, r)  # inputs not asked for get their acks
 
 
 async def honest_sum(node: Node, r: int) -> tuple[np.ndarray, float, list[str]] | None:
@@ -400,7 +419,11 @@ def unmask_request(node: Node, r: int, inputs: dict[str, MaskedInput], survivors
 
 async def ask_unmask(node: Node, peer: str, request: UnmaskRequest,
                      responses: dict[str, UnmaskResponse]) -> None:
-    response = await _ask(node, peer, PROTO_UNMASK, request, UnmaskResponse)
+    """Ask ``peer`` to unmask: on the stream its input came on when the aggregator holds it,
+    else on an unmask stream of our own."""
+    response = await secure_talk.ask_held(node, peer, request)
+    if response is False:
+        response = await _ask(node, peer, PROTO_UNMASK, request, UnmaskResponse)
     if response is not None and response.sender == peer and response.round == request.round:
         responses[peer] = response
         if response.next_signature:
