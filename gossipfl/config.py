@@ -249,8 +249,10 @@ class SecAggConfig:
     (identical sets are fine). 2 is the least that stops one member's estimate coming out of
     two sums; 50 rounds covers a whole default run (30 rounds), so within a run no aggregator
     gets two sums one member apart. 1 turns the rule off. The history costs at most
-    ``history_rounds + 1`` sets per aggregator.
-    """
+    ``history_rounds + 1`` sets per aggregator. ``presign``: a member's unmask answer signs the
+    next round's set when no one dropped (gossipfl.node.secure_presign: no consistency exchange
+    while every input comes in; a dropout then fails that round at its aggregators, and the
+    next recovers it). Off, a dropout is recovered in its own round, at an exchange a round."""
 
     enabled: bool = False
     min_contributors: int = 3
@@ -259,6 +261,7 @@ class SecAggConfig:
     history_rounds: int = 50
     min_set_difference: int = 2
     full_every: int = 10  # compression randk: every n-th round full estimates (secure_sparse)
+    presign: bool = True
 
     def __post_init__(self) -> None:
         _require(self.min_contributors >= 3, "secagg.min_contributors must be at least 3")

@@ -195,8 +195,9 @@ def test_bad_arguments() -> None:
 # ----------------------------------------------------------------------- the observed simulation
 
 
-@pytest.mark.parametrize("secure", [False, True])
-def test_whole_nodes_mix_what_the_choco_step_and_the_secure_sum_say(tmp_path, secure) -> None:
+@pytest.mark.parametrize(("secure", "presign"), [(False, False), (True, False), (True, True)])
+def test_whole_nodes_mix_what_the_choco_step_and_the_secure_sum_say(tmp_path, secure,
+                                                                   presign) -> None:
     """Five nodes, each a neighbour of the others, each running ``Node.run`` over the in-memory
     network (what the audit drives); node 4 is stopped at the end of its round 0 (unreachable
     from then on). Plain: each live node ends a round at x½ + Σ_j w (x̂_j − x̂_i) over the
@@ -204,13 +205,15 @@ def test_whole_nodes_mix_what_the_choco_step_and_the_secure_sum_say(tmp_path, se
     round, the gone one's of round 0 in round 1 (missing, not yet dropped). Secure: each live
     aggregator ends at (1 − Σ_V w) x½ + Σ_V w x̂_j, V its four neighbours in round 0 and the
     three live ones in round 1 (the gone one's pair masks removed from the survivors'
-    answers). The expected values come from the nodes' published estimates, not their code."""
+    answers). With presigns (the default), round 1 is refused instead at every live
+    aggregator (its members had presigned the full set) and each ends it at x½. The expected
+    values come from the nodes' published estimates, not their code."""
     gone, w = 4, 1 / (1 + 4)  # Metropolis–Hastings: every degree is 4
     scenario = ScenarioConfig(
         name="fed", nodes=5, rounds=2, seed=0, timeout=600.0, keep_round_models=False,
         data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
         topology=TopologyConfig(kind="full"), protocol=ProtocolConfig(max_consensus_rounds=0),
-        secagg=SecAggConfig(enabled=secure))
+        secagg=SecAggConfig(enabled=secure, presign=presign))
 
     def stop_gone(sim: ObservedSimulation, index: int, view: RoundView) -> None:
         if index == gone and view.round == 0:
@@ -227,6 +230,10 @@ def test_whole_nodes_mix_what_the_choco_step_and_the_secure_sum_say(tmp_path, se
             others = [j for j in range(5) if j != i]
             # the round each neighbour's estimate is of: the gone one's stays at round 0
             of = {j: 0 if j == gone else r for j in others}
+            if presign and r == 1:
+                assert view.record["secure_aggregation"] == "refused"
+                np.testing.assert_array_equal(view.model, view.half)
+                continue
             if secure:
                 live = [j for j in others if r == 0 or j != gone]
                 expected = (1 - w * len(live)) * view.half + sum(
@@ -243,7 +250,7 @@ def test_whole_nodes_mix_what_the_choco_step_and_the_secure_sum_say(tmp_path, se
             assert not np.allclose(view.model, view.half, atol=1e-4)  # it mixed something
             assert not np.allclose(view.estimate, initial)  # and published its training
         if secure:
-            assert sim.nodes[i].secagg.refused_rounds == []
+            assert sim.nodes[i].secagg.refused_rounds == ([1] if presign else [])
             assert sim.nodes[i].secagg.failed_rounds == []
 
 

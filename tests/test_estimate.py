@@ -102,9 +102,11 @@ def test_secagg_bytes() -> None:
     s = SecAggBytes(masked_input=500, consistency_request=30, consistency_response=20,
                     unmask_request=100, unmask_response=50, cpu_seconds=0.0)
     cal = calibration(secagg=s)
-    # 4 neighbours, 3 rounds: 4 masked inputs (and acks) each round and the final one; per
-    # round a consistency and an unmask exchange with each, both ways
-    assert secagg_bytes(cal, degree=4, rounds=3) == 4 * (4 * (500 + 50) + 3 * 200)
+    # 4 neighbours, 3 rounds: each round a masked input to each, answered by the unmask
+    # request, and our answer (both ways: the sums are symmetric); the consistency exchange in
+    # the first round only; the final input and its ack
+    assert secagg_bytes(cal, degree=4, rounds=3) == 4 * (3 * (500 + 100 + 50) + 50 + 500 + 50)
+    assert secagg_bytes(cal, degree=4, rounds=0) == 4 * (500 + 50)
 
 
 def test_consensus_rounds() -> None:

@@ -7,6 +7,7 @@ derived this way) and re-exports: import from there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -76,8 +77,10 @@ def identity_x25519_keypair(identity: Identity) -> tuple[PrivateKey, bytes]:
     return member_x25519_keypair(bytes(identity_signing_key(identity)))
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function; each signature check calls it
 def verify_key_from_peer_id(peer_id: str) -> VerifyKey:
-    """The Ed25519 verify key inlined in an Ed25519 libp2p peer id (``12D3KooW…``).
+    """The Ed25519 verify key inlined in an Ed25519 libp2p peer id (``12D3KooW…``); the
+    last 1,024 ids' keys are kept (an id that fails is parsed each time).
 
     Raises:
         AdmissionError: reason ``wrong_peer`` when ``peer_id`` is not an Ed25519 peer id.

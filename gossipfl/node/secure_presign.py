@@ -38,7 +38,7 @@ def presign(node: Node, aggregator: str, answered: SurvivorSet) -> bytes:
     the aggregator nothing the exchange would not: a dropout in the next round fails that
     round at this aggregator (we are committed to the full set), and the round after asks
     again."""
-    if answered.dropped:
+    if answered.dropped or not node.config.secagg.presign:
         return b""
     following = SurvivorSet(answered.federation, answered.aggregator, answered.round + 1,
                             answered.survivors, frozenset())

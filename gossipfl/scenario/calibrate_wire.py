@@ -262,7 +262,8 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
                            tuple((owner, share[members[1].peer_id]) for owner in ids
                                  if owner != members[1].peer_id), signatures)
     seed_share = shamir.encode_share(1, bytes(shamir.VALUE_BYTES))
-    answer = UnmaskResponse(fed, 1, me.peer_id, tuple((i, seed_share) for i in sorted(ids)), ())
+    answer = UnmaskResponse(fed, 1, me.peer_id, tuple((i, seed_share) for i in sorted(ids)), (),
+                            signatures[0][1])  # with its presign of the next round's set
     return SecAggBytes(size, len(encode_frame(request)), len(encode_frame(response)),
                        len(encode_frame(unmask)), len(encode_frame(answer)), cpu)
 

@@ -12,9 +12,11 @@ horizon (diameter + 1) one round at a time. Capped at ``max_consensus_rounds``.
 **Bytes** (each node, application frames, as report.json counts them): per round one
 contribution to each neighbour (the first a full estimate, the others deltas, compressed as the
 scenario says, sealed when payloads are sealed) and one ack for each received, plus the final
-``done`` contribution; with secure aggregation instead a masked input to each neighbour and,
-per aggregated round, the consistency request and the signed response and the unmask request and
-response with each neighbour, both ways. Heartbeats: every cycle (a heartbeat interval plus the
+``done`` contribution; with secure aggregation instead a masked input to each neighbour, answered
+by the aggregator's unmask request and the member's answer on the same stream (the answer
+presigns the next round's set), both ways; the consistency request and signed response once, in
+the first round (later rounds with every input in use the presigns); the final ``done`` input
+is acked. Heartbeats: every cycle (a heartbeat interval plus the
 answers' wait) a node heartbeats its neighbours and two other members, each answers with its
 own heartbeat, and as many heartbeat it. Received equals sent on average (the links are
 symmetric).
@@ -193,14 +195,15 @@ def contribution_bytes(cal: Calibration, degree: int, rounds: int) -> int:
 
 def secagg_bytes(cal: Calibration, degree: int, rounds: int) -> int:
     """One direction of a node's secure-aggregation traffic: a masked input to each neighbour
-    each round and at the end, an ack for each received; as aggregator a consistency request
-    and an unmask request to each neighbour a round, and as member the answers to its
-    neighbours' (the sums are symmetric: what it sends as one it receives as the other)."""
+    each round; as aggregator an unmask request to each neighbour a round (its answer to the
+    input), and as member the answers to its neighbours' (the sums are symmetric: what it sends
+    as one it receives as the other); the consistency exchange in the first round only (then
+    the answers' presigns stand in for it); the final ``done`` input and its ack."""
     s = cal.secagg
     assert s is not None
-    per_round = (s.consistency_request + s.consistency_response + s.unmask_request
-                 + s.unmask_response)
-    return degree * ((rounds + 1) * (s.masked_input + cal.ack_bytes) + rounds * per_round)
+    first = s.consistency_request + s.consistency_response if rounds else 0
+    return degree * (rounds * (s.masked_input + s.unmask_request + s.unmask_response) + first
+                     + s.masked_input + cal.ack_bytes)
 
 
 def round_bytes(cal: Calibration, degree: int) -> int:
@@ -209,14 +212,14 @@ def round_bytes(cal: Calibration, degree: int) -> int:
     if cal.secagg is None:
         return degree * (cal.delta_bytes + cal.ack_bytes)
     s = cal.secagg
-    return degree * (s.masked_input + cal.ack_bytes + s.consistency_request
-                     + s.consistency_response + s.unmask_request + s.unmask_response)
+    return degree * (s.masked_input + s.unmask_request + s.unmask_response)
 
 
 def frames_per_round(degree: int, secure: bool) -> int:
     """Frames a node sends and receives in one round: per neighbour its contribution and the
-    ack, theirs and our ack; with secure aggregation also both ends of two requests each way."""
-    return degree * (12 if secure else 4)
+    ack, theirs and our ack; with secure aggregation its masked input, the unmask request that
+    answers it and its answer, and as many the other way."""
+    return degree * (6 if secure else 4)
 
 
 def estimate(scenario: ScenarioConfig, cal: Calibration,
