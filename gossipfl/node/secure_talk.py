@@ -44,9 +44,11 @@ class UnmaskRefused(StreamClosed):
 
 
 def park_seconds(node: Node) -> float:
-    """How long an aggregator holds an accepted input's stream for its round's request: half
-    the member's send limit, so that the member never gives up on the stream first."""
-    return min(node.protocol.request_timeout, node.protocol.round_timeout) / 2
+    """How long an aggregator holds an accepted input's stream for its round's request, and
+    then waits for the answer: a third of the member's send limit each (the first request on
+    a stream is served within the request timeout, the input's read included), so that the
+    member never gives up on the stream first."""
+    return min(node.protocol.request_timeout, node.protocol.round_timeout) / 3
 
 
 async def hold_for_request(node: Node, channel: Channel, r: int) -> bool | None:

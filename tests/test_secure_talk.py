@@ -1,0 +1,163 @@
+"""A secure round's conversation with each member on the stream its input came on, and the
+presigns, as whole nodes run them (``Node.run`` over the in-memory network, on a mock clock):
+with every input in, the rounds after the first cost no consistency exchange and no ack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import trio
+import trio.testing
+
+from gossipfl.config import DataConfig, ModelConfig, ProtocolConfig, SecAggConfig, TopologyConfig
+from gossipfl.gossip.wire import UnmaskRequest, UnmaskResponse
+from gossipfl.node import secure_talk
+from gossipfl.node.secagg_state import SecAggState
+from gossipfl.scenario.config import ScenarioConfig
+from gossipfl.scenario.observed import observe_scenario
+
+
+def _traffic(folder: Path, rounds: int, presign: bool) -> list[dict[str, int]]:
+    """Bytes each node sent, by message kind, in a 5-node secure run of ``rounds`` rounds."""
+    scenario = ScenarioConfig(
+        name="fed", nodes=5, rounds=rounds, seed=0, timeout=600.0, keep_round_models=False,
+        data=DataConfig(dataset="iris", partition="iid"), model=ModelConfig(name="logreg"),
+        topology=TopologyConfig(kind="full"), protocol=ProtocolConfig(max_consensus_rounds=0),
+        secagg=SecAggConfig(enabled=True, presign=presign))
+    sim = observe_scenario(scenario, folder)
+    for i in range(5):
+        assert sim.nodes[i].secagg.refused_rounds == [] == sim.nodes[i].secagg.failed_rounds
+    return [dict(sim.nodes[i].traffic.by_kind_sent) for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def one_round(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, int]]:
+    return _traffic(tmp_path_factory.mktemp("one"), 1, True)
+
+
+def test_later_rounds_cost_an_input_a_request_and_an_answer_per_member(tmp_path,
+                                                                      one_round) -> None:
+    for short, long in zip(one_round, _traffic(tmp_path, 3, True), strict=True):
+        # the consistency exchange of round 0 only; acks only for the final (done) inputs
+        for kind in ("consistency_request", "consistency_response", "ack"):
+            assert long[kind] == short[kind] > 0, kind
+        # with each member every round: an unmask request (the answer to its input) and its
+        # answer, which presigns the next round's set
+        assert long["unmask_request"] > 2.5 * short["unmask_request"]
+        assert long["unmask_response"] == 3 * short["unmask_response"]
+
+
+def test_without_presigns_every_round_runs_the_consistency_exchange(tmp_path,
+                                                                   one_round) -> None:
+    for short, long in zip(one_round, _traffic(tmp_path, 2, False), strict=True):
+        assert long["consistency_request"] == 2 * short["consistency_request"]
+        assert long["ack"] == short["ack"]  # the inputs are still answered by the requests
+        assert long["unmask_response"] < 2 * short["unmask_response"]  # no presigns in them
+
+
+# -- the held stream, step by step (a fake channel, mock time) ----------------------------------
+
+
+class _Member:
+    """The member's end of a held stream: records what the aggregator sends, answers a
+    request with ``answer`` (None: it resets the stream, as a refusal does)."""
+
+    def __init__(self, answer: UnmaskResponse | None) -> None:
+        self.remote, self.sent, self.answer = "member", [], answer
+
+    async def send(self, message: object, max_bytes: int) -> None:
+        self.sent.append(message)
+
+    async def receive(self, expected: type, max_bytes: int) -> UnmaskResponse:
+        await trio.sleep(0.1)
+        if self.answer is None:
+            raise ConnectionResetError("reset")
+        return self.answer
+
+
+def _aggregator() -> SimpleNamespace:
+    return SimpleNamespace(secagg=SecAggState(), protocol=ProtocolConfig(request_timeout=6.0))
+
+
+REQUEST = UnmaskRequest("fed", 7, "aggregator", ("member", "b", "c"), (), (), ())
+ANSWER = UnmaskResponse("fed", 7, "member", (), ())
+
+
+def test_a_held_stream_carries_the_request_and_its_answer() -> None:
+    node, member = _aggregator(), _Member(ANSWER)
+
+    async def main() -> tuple[object, object]:
+        async with trio.open_nursery() as nursery:
+            held: list[object] = []
+
+            async def hold() -> None:
+                held.append(await secure_talk.hold_for_request(node, member, 7))
+
+            nursery.start_soon(hold)
+            await trio.sleep(1.0)  # within park_seconds (2 s here)
+            answer = await secure_talk.ask_held(node, "member", REQUEST)
+        return held[0], answer
+
+    held, answer = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert (held, answer, member.sent) == (True, ANSWER, [REQUEST])
+    assert node.secagg.parked == {}
+
+
+def test_a_stream_not_asked_in_time_is_acked_and_the_request_goes_elsewhere() -> None:
+    node, member = _aggregator(), _Member(ANSWER)
+
+    async def main() -> tuple[object, object, float]:
+        start = trio.current_time()
+        held = await secure_talk.hold_for_request(node, member, 7)
+        return held, await secure_talk.ask_held(node, "member", REQUEST), \
+            trio.current_time() - start
+
+    held, answer, took = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    # None: the caller acks the input; False: ask on an unmask stream of our own
+    assert (held, answer, member.sent) == (None, False, [])
+    assert took == secure_talk.park_seconds(node) == 2.0
+
+
+def test_a_refusal_on_a_held_stream_is_no_answer_and_ends_the_stream() -> None:
+    node, member = _aggregator(), _Member(None)
+
+    async def main() -> tuple[object, object]:
+        async with trio.open_nursery() as nursery:
+            held: list[object] = []
+
+            async def hold() -> None:
+                held.append(await secure_talk.hold_for_request(node, member, 7))
+
+            nursery.start_soon(hold)
+            await trio.testing.wait_all_tasks_blocked()
+            answer = await secure_talk.ask_held(node, "member", REQUEST)
+        return held[0], answer
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == (False, None)
+
+
+def test_a_finished_round_acks_every_input_it_still_holds() -> None:
+    node, clock = _aggregator(), trio.testing.MockClock()  # time moves only when told
+
+    async def main() -> None:
+        held: list[tuple[str, object]] = []
+        async with trio.open_nursery() as nursery:
+            for r, name in ((6, "a"), (7, "b"), (8, "c")):
+                async def hold(r: int = r, name: str = name) -> None:
+                    member = _Member(ANSWER)
+                    member.remote = name
+                    held.append((name, await secure_talk.hold_for_request(node, member, r)))
+
+                nursery.start_soon(hold)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(node.secagg.parked) == 3
+            secure_talk.release(node, 7)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sorted(held) == [("a", None), ("b", None)]  # at once: no time has passed
+            assert list(node.secagg.parked) == [(8, "c")]
+            clock.jump(secure_talk.park_seconds(node))  # the last one times out and is acked
+        assert sorted(held) == [("a", None), ("b", None), ("c", None)]
+
+    trio.run(main, clock=clock)
