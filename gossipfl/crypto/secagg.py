@@ -135,23 +135,13 @@ def _check_vector(name: str, value: object) -> NDArray[np.uint32]:
 # --------------------------------------------------------------------------- quantisation
 
 
-def quantise(
-    v: NDArray[np.floating],
-    clip: float,
-    scale: int,
-    *,
-    rng: np.random.Generator | None = None,
-) -> NDArray[np.uint32]:
-    """Clip ``v`` to ``[-clip, clip]`` and map it to ``Z_{2^32}``.
-
-    Each coordinate becomes ``round(clip(x) * scale) + ceil(clip * scale)``, an integer in
-    ``[0, 2 * ceil(clip * scale)]``.
-
-    ``v`` is a finite real array (any shape), ``clip > 0``, ``scale >= 1``; with ``rng``,
-    stochastic rounding ``floor(x + u)``, ``u ~ U[0, 1)``, else round half to even.
-
-    Returns:
-        A uint32 array of the same shape.
+def quantise(v: NDArray[np.floating], clip: float, scale: int, *,
+             rng: np.random.Generator | None = None) -> NDArray[np.uint32]:
+    """Clip ``v`` to ``[-clip, clip]`` and map it to ``Z_{2^32}``: each coordinate becomes
+    ``round(clip(x) * scale) + ceil(clip * scale)``, an integer in ``[0, 2 * ceil(clip *
+    scale)]``, in a uint32 array of ``v``'s shape. ``v`` is a finite real array, ``clip > 0``,
+    ``scale >= 1``; with ``rng``, stochastic rounding ``floor(x + u)``, ``u ~ U[0, 1)``, else
+    round half to even.
 
     Raises:
         ValueError: if ``v`` is not a finite real array, or clip/scale are invalid.
@@ -176,13 +166,10 @@ def quantise(
     return x.astype(np.uint32)
 
 
-def dequantise_sum(
-    s: NDArray[np.uint32], count: int, clip: float, scale: int
-) -> NDArray[np.float32]:
-    """Recover the float sum of ``count`` quantised inputs from their sum modulo 2**32.
-
-    ``s`` is the sum modulo 2**32 of ``count`` outputs of :func:`quantise` with the same
-    ``clip`` and ``scale``.
+def dequantise_sum(s: NDArray[np.uint32], count: int, clip: float,
+                   scale: int) -> NDArray[np.float32]:
+    """Recover the float sum of ``count`` quantised inputs from ``s``, the sum modulo 2**32 of
+    ``count`` outputs of :func:`quantise` with the same ``clip`` and ``scale``.
 
     Returns:
         ``(s - count * offset) / scale`` as float32. Against the sum of the clipped inputs, the
@@ -235,23 +222,22 @@ def agree_seed(my_private: bytes, their_public: bytes, *, context: bytes) -> byt
 
     ``HKDF(salt=None, info=label ‖ min(pk_a, pk_b) ‖ max(pk_a, pk_b) ‖ context)`` over the X25519
     shared secret, so both sides get the same seed, and a different one for each context.
-
-    Args:
-        my_private: my 32-byte X25519 mask private key.
-        their_public: their 32-byte X25519 mask public key.
-        context: federation ‖ aggregator id ‖ round (see :func:`seed_context`); non-empty.
-
-    Returns:
-        32 bytes.
+    ``my_private``, ``their_public``: 32-byte X25519 keys; ``context``: federation ‖ aggregator
+    id ‖ round (see :func:`seed_context`), non-empty. A member that agrees with the same peers
+    round after round keeps the X25519 step (:class:`gossipfl.crypto.pair_keys.PairKeys`).
 
     Raises:
         ValueError: if a key is not 32 bytes, the context is empty, both keys are the same
             member's, or ``their_public`` is a low-order point (all-zero shared secret).
     """
+    my_public, shared = x25519_shared(my_private, their_public)
+    return seed_from_shared(my_public, their_public, shared, context=context)
+
+
+def x25519_shared(my_private: bytes, their_public: bytes) -> tuple[bytes, bytes]:
+    """(my public key, the X25519 shared secret), checked as :func:`agree_seed` says."""
     my_private = _check_bytes("my_private", my_private, KEY_BYTES)
     their_public = _check_bytes("their_public", their_public, KEY_BYTES)
-    if not isinstance(context, bytes | bytearray) or not context:
-        raise ValueError("context must be non-empty bytes (federation ‖ aggregator ‖ round)")
     my_public = crypto_scalarmult_base(my_private)
     if my_public == their_public:
         raise ValueError("cannot agree a pair seed with oneself (both public keys are equal)")
@@ -261,7 +247,15 @@ def agree_seed(my_private: bytes, their_public: bytes, *, context: bytes) -> byt
         raise ValueError("their_public is a low-order point: the shared secret is zero") from exc
     if shared == bytes(KEY_BYTES):
         raise ValueError("their_public is a low-order point: the shared secret is zero")
-    low, high = sorted((my_public, their_public))
+    return my_public, shared
+
+
+def seed_from_shared(my_public: bytes, their_public: bytes, shared: bytes, *,
+                     context: bytes) -> bytes:
+    """The pair seed from a checked X25519 shared secret (:func:`x25519_shared`)."""
+    if not isinstance(context, bytes | bytearray) or not context:
+        raise ValueError("context must be non-empty bytes (federation ‖ aggregator ‖ round)")
+    low, high = sorted((my_public, bytes(their_public)))
     info = _KDF_LABEL + _length_prefixed(low, high, bytes(context))
     return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(shared)
 
@@ -462,6 +456,7 @@ def encrypt_seed_share(
     sender_private: bytes,
     recipient_public: bytes,
     rng_bytes: Callable[[int], bytes] = os.urandom,
+    box: Box | None = None,
 ) -> bytes:
     """Seal one encoded share of ``sender``'s self seed for ``recipient`` (NaCl Box).
 
@@ -469,10 +464,11 @@ def encrypt_seed_share(
     aggregator and round), so only the self seed is shared, and a survivor reveals a dropped
     member's round pair seed directly. Sender, recipient and round are bound inside, so the
     relaying aggregator can neither read a share nor replay it to another member or round.
+    ``box``: the pair's Box, made once (:class:`gossipfl.crypto.pair_keys.PairKeys`).
     """
     header = _shares_header(sender, recipient, context)
-    box = Box(PrivateKey(_check_bytes("sender_private", sender_private, KEY_BYTES)),
-              PublicKey(_check_bytes("recipient_public", recipient_public, KEY_BYTES)))
+    box = box or Box(PrivateKey(_check_bytes("sender_private", sender_private, KEY_BYTES)),
+                     PublicKey(_check_bytes("recipient_public", recipient_public, KEY_BYTES)))
     nonce = _check_bytes("rng_bytes(24)", rng_bytes(Box.NONCE_SIZE), Box.NONCE_SIZE)
     return bytes(box.encrypt(header + _check_bytes("share", share, shamir.SHARE_BYTES), nonce))
 
@@ -485,10 +481,12 @@ def decrypt_seed_share(
     context: bytes,
     recipient_private: bytes,
     sender_public: bytes,
+    box: Box | None = None,
 ) -> bytes:
-    """Open a share sealed by :func:`encrypt_seed_share`; ValueError if it is not authentic."""
-    box = Box(PrivateKey(_check_bytes("recipient_private", recipient_private, KEY_BYTES)),
-              PublicKey(_check_bytes("sender_public", sender_public, KEY_BYTES)))
+    """Open a share sealed by :func:`encrypt_seed_share` (``box``: as there); ValueError if it
+    is not authentic."""
+    box = box or Box(PrivateKey(_check_bytes("recipient_private", recipient_private, KEY_BYTES)),
+                     PublicKey(_check_bytes("sender_public", sender_public, KEY_BYTES)))
     try:
         plaintext = box.decrypt(bytes(ciphertext))
     except CryptoError as exc:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from gossipfl.config import NodeConfig, ProtocolConfig
+    from gossipfl.crypto.pair_keys import PairKeys
     from gossipfl.gossip.membership import Membership
 
 KEEP_ROUNDS = 4  # how many past rounds of secrets a contributor keeps for late unmask requests
@@ -46,6 +47,7 @@ class SecAggState:
     inbox: dict[int, dict[str, MaskedInput]] = field(default_factory=dict)  # aggregator role
     closed: set[int] = field(default_factory=set)  # rounds whose survivor set is fixed
     confirmed: dict[int, frozenset[str]] = field(default_factory=dict)  # sets signed by enough
+    keys: PairKeys | None = None  # our X25519 agreements, made once (secure_inputs.pair_keys)
     # per (round, member): accepted inputs whose streams wait for the round's unmask request
     parked: dict[tuple[int, str], Parked] = field(default_factory=dict)
     # per round: the set our members presigned for it in the last round's answers, and by whom

@@ -40,6 +40,7 @@ import trio
 from gossipfl.aggregation.bounds import norm_bound
 from gossipfl.crypto import secagg, shamir
 from gossipfl.crypto.consistency import threshold
+from gossipfl.crypto.pair_keys import PairKeys
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node import secure_sparse, streams
@@ -69,6 +70,13 @@ def x25519_public(node: Node, peer: str) -> bytes:
 
 def my_private(node: Node) -> bytes:
     return bytes(node.security.x25519_private)
+
+
+def pair_keys(node: Node) -> PairKeys:
+    """This node's X25519 agreements with the other members, each made once."""
+    if node.secagg.keys is None:
+        node.secagg.keys = PairKeys(my_private(node))
+    return node.secagg.keys
 
 
 # -- the range check --------------------------------------------------------------------------
@@ -149,18 +157,17 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
     w = weight(node, aggregator, me)
     q = secagg.quantise(w * estimate, config.clip, config.scale)
     self_seed = secagg.fresh_self_seed()
-    pairs = {
-        other: secagg.agree_seed(my_private(node), x25519_public(node, other), context=context)
-        for other in members if other != me
-    }
+    keys = pair_keys(node)
+    pairs = {other: keys.agree_seed(x25519_public(node, other), context=context)
+             for other in members if other != me}
     y = secagg.mask_input(q, my_id=me, self_seed=self_seed, pair_seeds=pairs)
     ids = secagg.share_ids_for(members)
     shares = shamir.split_secret(self_seed, threshold(len(members)), sorted(ids.values()))
     sealed = tuple(
-        (other, secagg.encrypt_seed_share(
+        (other, keys.encrypt_seed_share(
             sender=me, recipient=other, context=context,
             share=shamir.encode_share(ids[other], shares[ids[other]]),
-            sender_private=my_private(node), recipient_public=x25519_public(node, other)))
+            recipient_public=x25519_public(node, other)))
         for other in sorted(members) if other != me
     )
     node.secagg.my_shares[(aggregator, r)] = shamir.encode_share(ids[me], shares[ids[me]])

@@ -63,8 +63,8 @@ from gossipfl.node.secagg_state import (
 from gossipfl.node.secure_inputs import (
     PROTO_MASKED,
     masked_input,
-    my_private,
     neighbourhood,
+    pair_keys,
     weight,
     x25519_public,
 )
@@ -170,14 +170,13 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
         if owner not in plan.self_shares_of or owner == me:
             continue  # shares of a dropped member's self seed are never revealed
         try:
-            shares.append((owner, secagg.decrypt_seed_share(
+            shares.append((owner, pair_keys(node).decrypt_seed_share(
                 ciphertext, sender=owner, recipient=me, context=context,
-                recipient_private=my_private(node), sender_public=x25519_public(node, owner))))
+                sender_public=x25519_public(node, owner))))
         except (ValueError, KeyError) as error:
             node.reject(aggregator, "unmask request", "bad_share", f"{owner}: {error}")
     pair_seeds = tuple(
-        (other, secagg.agree_seed(my_private(node), x25519_public(node, other),
-                                  context=context))
+        (other, pair_keys(node).agree_seed(x25519_public(node, other), context=context))
         for other in sorted(plan.pair_seeds_with)
     )
     return UnmaskResponse(node.config.federation, r, me, tuple(sorted(shares)), pair_seeds,
