@@ -70,6 +70,7 @@ from gossipfl.gossip.wire import (
     frame_length,
 )
 from gossipfl.node.layout import Layout
+from gossipfl.node.secagg_state import SecAggState
 from gossipfl.node.secure_inputs import masked_input
 from gossipfl.node.security import NodeSecurity
 
@@ -132,7 +133,7 @@ def stub_node(peers: list[Peer]) -> Any:
     me = peers[0]
     return SimpleNamespace(
         config=me.config, peer_id=me.peer_id, security=me.security,
-        topology={peer: group for peer in ids}, secagg=SimpleNamespace(my_shares={}),
+        topology={peer: group for peer in ids}, secagg=SecAggState(),  # the node's own
         disagreement=0.1, settle=SimpleNamespace(depth=0, horizon=3, waiting=0),
     )
 

@@ -85,9 +85,11 @@ REQUEST = UnmaskRequest("fed", 7, "aggregator", ("member", "b", "c"), (), (), ()
 ANSWER = UnmaskResponse("fed", 7, "member", (), ())
 
 
-def test_a_held_stream_carries_the_request_and_its_answer() -> None:
-    node, member = _aggregator(), _Member(ANSWER)
-
+def _hold_then_ask(node: SimpleNamespace, member: _Member,
+                   after: float | None) -> tuple[object, object]:
+    """The aggregator's handler holds ``member``'s stream for round 7; the round asks it after
+    ``after`` mock seconds (None: as soon as every task waits). Returns what the handler
+    returned and what the round got."""
     async def main() -> tuple[object, object]:
         async with trio.open_nursery() as nursery:
             held: list[object] = []
@@ -96,11 +98,19 @@ def test_a_held_stream_carries_the_request_and_its_answer() -> None:
                 held.append(await secure_talk.hold_for_request(node, member, 7))
 
             nursery.start_soon(hold)
-            await trio.sleep(1.0)  # within park_seconds (2 s here)
+            if after is None:
+                await trio.testing.wait_all_tasks_blocked()
+            else:
+                await trio.sleep(after)
             answer = await secure_talk.ask_held(node, "member", REQUEST)
         return held[0], answer
 
-    held, answer = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_held_stream_carries_the_request_and_its_answer() -> None:
+    node, member = _aggregator(), _Member(ANSWER)
+    held, answer = _hold_then_ask(node, member, 1.0)  # within park_seconds (2 s here)
     assert (held, answer, member.sent) == (True, ANSWER, [REQUEST])
     assert node.secagg.parked == {}
 
@@ -122,20 +132,8 @@ def test_a_stream_not_asked_in_time_is_acked_and_the_request_goes_elsewhere() ->
 
 def test_a_refusal_on_a_held_stream_is_no_answer_and_ends_the_stream() -> None:
     node, member = _aggregator(), _Member(None)
-
-    async def main() -> tuple[object, object]:
-        async with trio.open_nursery() as nursery:
-            held: list[object] = []
-
-            async def hold() -> None:
-                held.append(await secure_talk.hold_for_request(node, member, 7))
-
-            nursery.start_soon(hold)
-            await trio.testing.wait_all_tasks_blocked()
-            answer = await secure_talk.ask_held(node, "member", REQUEST)
-        return held[0], answer
-
-    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == (False, None)
+    assert _hold_then_ask(node, member, None) == (False, None)
+    assert member.sent == [REQUEST]
 
 
 def test_a_finished_round_acks_every_input_it_still_holds() -> None:
