@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -93,12 +92,6 @@ def make_host(identity: Identity, listen: Sequence[str], *, identify: bool = Tru
     :func:`~gossipfl.gossip.resources.relay_host_limits`) go to the host's resource manager
     (:class:`~gossipfl.gossip.resources.NodeResourceManager`), never py-libp2p's loose defaults.
     """
-    # py-libp2p 0.8.1's yamux sends a WINDOW_UPDATE frame after every read by default
-    # (PY_YAMUX_RELEASE_ON_READ, read at each read): one extra Noise frame back for each frame
-    # received, which for gossipfl's small request/answer exchanges doubles the frames.
-    # Off, it releases credit as go-yamux does, once half the window is consumed. It is a
-    # process setting in py-libp2p; a caller that set it keeps its own value.
-    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     manager = NodeResourceManager(limits or relay_host_limits(RelayConfig(), members=MAX_MEMBERS))
     noise = NoiseTransport(
         libp2p_keypair=identity.key_pair,
