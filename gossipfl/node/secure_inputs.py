@@ -189,10 +189,11 @@ async def send_masked_inputs(node: Node, r: int, *, done: bool,
     same stream (:mod:`gossipfl.node.secure_talk`; None: refused).
 
     A round's inputs (``done`` False, the node running) return once each frame is written (or
-    its send has failed): the acks are read in the node's nursery while the round goes on to
-    aggregate its own neighbourhood, as contributions do (:mod:`gossipfl.node.exchange`); the
-    next input to an aggregator waits for the last one's ack (its stream's lock). The final
-    inputs (``done``) wait for every ack.
+    its send has failed): the replies (an ack, or the unmask request answered there) are read
+    in the node's nursery while the round goes on to aggregate its own neighbourhood, as
+    contributions' acks are (:mod:`gossipfl.node.exchange`); the next input to an aggregator
+    waits for the last one's reply (its stream's lock). The final inputs (``done``) wait for
+    every ack.
 
     Returns what the range check found, per aggregator where it found something (its
     :class:`InputCheck` value); empty when every input went as computed."""
