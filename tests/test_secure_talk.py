@@ -136,6 +136,24 @@ def test_a_refusal_on_a_held_stream_is_no_answer_and_ends_the_stream() -> None:
     assert member.sent == [REQUEST]
 
 
+class _Silent(_Member):
+    """A deviating member: it takes the request and never answers."""
+
+    async def receive(self, expected: type, max_bytes: int) -> UnmaskResponse:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+def test_a_member_that_never_answers_costs_the_round_only_its_answer() -> None:
+    """It takes the request and goes silent: the handler gives up after the park time (on a
+    mock clock, so ask_held's own wait, the longer request timeout, never ends it), the
+    round gets no answer from it, and nothing stays held."""
+    node, member = _aggregator(), _Silent(ANSWER)
+    assert _hold_then_ask(node, member, None) == (False, None)
+    assert member.sent == [REQUEST] and node.secagg.parked == {}
+    assert secure_talk.park_seconds(node) < node.protocol.request_timeout
+
+
 def test_a_finished_round_acks_every_input_it_still_holds() -> None:
     node, clock = _aggregator(), trio.testing.MockClock()  # time moves only when told
 
