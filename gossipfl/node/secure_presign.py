@@ -14,10 +14,28 @@ once), and the round after asks again.
 from __future__ import annotations
 
 from gossipfl.crypto import consistency
-from gossipfl.crypto.consistency import SurvivorSet
+from gossipfl.crypto.consistency import Refusal, SurvivorSet
 from gossipfl.gossip.wire import UnmaskRequest
+from gossipfl.node.secagg_state import excused
 from gossipfl.node.secure_inputs import neighbourhood
 from gossipfl.node.state import Node
+
+
+def check(node: Node, aggregator: str, announced: SurvivorSet, *,
+          input_sent: bool | None = None) -> Refusal | None:
+    """Whether this member may sign or answer ``announced`` (see :func:`consistency.check_set`).
+    ``input_sent`` None: whether we sent this aggregator an input for that round; a presign is
+    made before the next round's input, so it passes True."""
+    config, key = node.config.secagg, (aggregator, announced.round)
+    members = neighbourhood(node, aggregator)
+    return consistency.check_set(
+        announced, federation=node.config.federation, aggregator=aggregator, me=node.peer_id,
+        members=members,
+        have_input=key in node.secagg.my_shares if input_sent is None else input_sent,
+        min_contributors=config.min_contributors, committed=node.secagg.committed.get(key),
+        history=node.secagg.signed.get(aggregator, {}), history_rounds=config.history_rounds,
+        min_difference=config.min_set_difference,
+        excused=excused(node, members, announced.round))
 
 
 def commit(node: Node, aggregator: str, announced: SurvivorSet) -> None:
@@ -42,14 +60,7 @@ def presign(node: Node, aggregator: str, answered: SurvivorSet) -> bytes:
         return b""
     following = SurvivorSet(answered.federation, answered.aggregator, answered.round + 1,
                             answered.survivors, frozenset())
-    config, key = node.config.secagg, (aggregator, following.round)
-    refusal = consistency.check_set(
-        following, federation=node.config.federation, aggregator=aggregator, me=node.peer_id,
-        members=neighbourhood(node, aggregator), have_input=True,
-        min_contributors=config.min_contributors, committed=node.secagg.committed.get(key),
-        history=node.secagg.signed.get(aggregator, {}), history_rounds=config.history_rounds,
-        min_difference=config.min_set_difference)
-    if refusal is not None:
+    if check(node, aggregator, following, input_sent=True) is not None:
         return b""
     commit(node, aggregator, following)
     return consistency.sign_set(following, node.security.signing_key)

@@ -68,7 +68,7 @@ from gossipfl.node.secure_inputs import (
     weight,
     x25519_public,
 )
-from gossipfl.node.secure_presign import commit, keep_presign, presign
+from gossipfl.node.secure_presign import check, commit, keep_presign, presign
 from gossipfl.node.state import Node
 
 if TYPE_CHECKING:
@@ -85,22 +85,9 @@ PROTO_CONSISTENCY = "/gossipfl/secagg/consistency/1.0.0"
 
 
 def _announced(request: ConsistencyRequest | UnmaskRequest) -> SurvivorSet:
-    """The set as the request states it (:func:`_check` compares its names with the sender)."""
+    """The set as the request states it (:func:`check` compares its names with the sender)."""
     return SurvivorSet(request.federation, request.sender, request.round,
                        frozenset(request.survivors), frozenset(request.dropped))
-
-
-def _check(node: Node, aggregator: str, announced: SurvivorSet) -> Refusal | None:
-    """Whether this member may sign or answer ``announced`` (see :func:`consistency.check_set`)."""
-    config, key = node.config.secagg, (aggregator, announced.round)
-    members = neighbourhood(node, aggregator)
-    return consistency.check_set(
-        announced, federation=node.config.federation, aggregator=aggregator, me=node.peer_id,
-        members=members, have_input=key in node.secagg.my_shares,
-        min_contributors=config.min_contributors, committed=node.secagg.committed.get(key),
-        history=node.secagg.signed.get(aggregator, {}), history_rounds=config.history_rounds,
-        min_difference=config.min_set_difference,
-        excused=excused(node, members, announced.round))
 
 
 async def on_consistency_request(node: Node, channel: Channel) -> None:
@@ -113,7 +100,7 @@ def answer_consistency(node: Node, aggregator: str,
                        request: ConsistencyRequest) -> ConsistencyResponse:
     """Sign the announced survivor set, or refuse it (logged); signing commits to it."""
     announced = _announced(request)
-    refusal = _check(node, aggregator, announced)
+    refusal = check(node, aggregator, announced)
     fed, r, me = node.config.federation, request.round, node.peer_id
     if refusal is not None:
         node.reject(aggregator, "survivor set", "consistency_refused",
@@ -139,7 +126,7 @@ def plan_answer(node: Node, aggregator: str,
     done_self, done_pair = node.secagg.revealed.get((aggregator, request.round),
                                                     (frozenset(), frozenset()))
     announced = _announced(request)
-    return (_check(node, aggregator, announced)
+    return (check(node, aggregator, announced)
             or consistency.check_signatures(
                 announced, request.signatures,
                 needed=threshold(len(neighbourhood(node, aggregator))))
