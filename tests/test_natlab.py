@@ -77,6 +77,16 @@ def test_routers_masquerade_and_drop_unsolicited_inbound() -> None:
     assert any("FORWARD -i wan -o lan -j DROP" in r for r in stealth + plain)
     assert any("INPUT -i wan -j DROP" in r for r in stealth)
     assert not any("INPUT" in r for r in plain)
+    # a port-preserving NAT unless asked for random ports (a "symmetric" NAT)
+    assert not any("--random-fully" in r for r in stealth + plain)
+    symmetric = [" ".join(c) for c in router_rules(site, drop_unsolicited=True,
+                                                   random_ports=True)]
+    assert [r for r in symmetric if "--random-fully" in r] == [
+        r + " --random-fully" for r in stealth if "MASQUERADE" in r]
+    assert make_plan(2, "t2", random_ports=True).random_ports is True
+    assert sum("--random-fully" in " ".join(c)
+               for c in setup_commands(make_plan(2, "t2", random_ports=True))) == 2
+
 
 
 @pytest.mark.parametrize(("sites", "tag"), [(0, "a"), (201, "a"), (1, "a-b"), (1, "x" * 13)])
@@ -264,10 +274,12 @@ def _run_peers(plan: NatPlan, out: Path, relay_args: Sequence[str] = ()) -> dict
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("drop_unsolicited", [True, False], ids=["stealth", "resetting"])
+@pytest.mark.parametrize(("drop_unsolicited", "random_ports"),
+                         [(True, False), (False, False), (True, True)],
+                         ids=["stealth", "resetting", "symmetric"])
 def test_libp2p_peers_behind_nat_meet_through_circuit_relay_v2_then_hole_punch(
-        can_make_nat: None, tmp_path: Path, drop_unsolicited: bool) -> None:
-    with nat_lab(2, drop_unsolicited=drop_unsolicited) as plan:
+        can_make_nat: None, tmp_path: Path, drop_unsolicited: bool, random_ports: bool) -> None:
+    with nat_lab(2, drop_unsolicited=drop_unsolicited, random_ports=random_ports) as plan:
         found = _run_peers(plan, tmp_path)
     assert _left_behind(plan) == []
     listener_site, dialer_site = plan.sites
@@ -287,18 +299,25 @@ def test_libp2p_peers_behind_nat_meet_through_circuit_relay_v2_then_hole_punch(
     punched = dialer["dcutr"]
     assert punched["echo_ok"] is True  # the link works after DCUtR either way
     direct = f"('{listener_site.wan_ip}', 4001)"
-    if drop_unsolicited:
+    relayed = f"('{plan.public_ip}', 4001)"
+    if random_ports:
+        # each connection out gets its own random public port, so no punch reaches the port
+        # its peer's own punch opened: every punch misses, the peers stay relayed
+        assert punched["initiate_hole_punch"] is False
+        assert direct not in punched["remote_addrs"]
+        assert punched["stream_remote"] == relayed
+    elif drop_unsolicited or punched["initiate_hole_punch"]:
         # DCUtR (TCP simultaneous open, ports kept by MASQUERADE) makes a direct link, and the
-        # next stream goes over it
+        # next stream goes over it. Behind resetting routers only when the two SYNs cross in
+        # flight (a race the punch can win or lose)
         assert punched["initiate_hole_punch"] is True
         assert direct in punched["remote_addrs"]
         assert punched["stream_remote"] == direct
     else:
-        # a router that answers the first SYN with a reset breaks the punch: the peers stay
-        # relayed (py-libp2p retries, every dial gets "Connection refused")
-        assert punched["initiate_hole_punch"] is False
+        # the far router answered the first SYN with a reset before its own side's SYN had
+        # opened the mapping: the peers stay relayed (every dial got "Connection refused")
         assert direct not in punched["remote_addrs"]
-        assert punched["stream_remote"] == f"('{plan.public_ip}', 4001)"
+        assert punched["stream_remote"] == relayed
         assert "Connection refused" in (tmp_path / "dialer.err").read_text()
 
 

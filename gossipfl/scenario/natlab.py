@@ -90,6 +90,7 @@ class NatPlan:
     tag: str
     sites: tuple[NatSite, ...]
     drop_unsolicited: bool = True  # see :func:`router_rules`
+    random_ports: bool = False  # see :func:`router_rules`
     publics: int = 1  # public hosts on the hub (relays, bootstrap nodes)
 
     @property
@@ -129,7 +130,8 @@ class NatPlan:
 
 
 def make_plan(sites: int, tag: str | None = None, *, drop_unsolicited: bool = True,
-              hosts: Sequence[int] | None = None, publics: int = 1) -> NatPlan:
+              hosts: Sequence[int] | None = None, publics: int = 1,
+              random_ports: bool = False) -> NatPlan:
     """A lab with ``sites`` private sites, each behind its own NAT router, with ``hosts[I]``
     private hosts at site I (default one each), and ``publics`` public hosts."""
     if not 1 <= sites <= MAX_SITES:
@@ -155,25 +157,32 @@ def make_plan(sites: int, tag: str | None = None, *, drop_unsolicited: bool = Tr
             lan_ip=str(subnet.network_address + 1), host_ip=ips[0],
             subnet=str(subnet), hosts=names, host_ips=ips))
     return NatPlan(tag=tag, sites=tuple(made), drop_unsolicited=drop_unsolicited,
-                   publics=publics)
+                   publics=publics, random_ports=random_ports)
 
 
 def _in(namespace: str, *command: str) -> list[str]:
     return [*exec_prefix(namespace), *command]
 
 
-def router_rules(site: NatSite, drop_unsolicited: bool = True) -> list[list[str]]:
+def router_rules(site: NatSite, drop_unsolicited: bool = True,
+                 random_ports: bool = False) -> list[list[str]]:
     """The router's NAT: masquerade the site out of wan; let in from wan only what belongs to a
     connection the site opened; drop the rest (no port forward, no unsolicited inbound).
 
     ``drop_unsolicited``: a packet from wan to the router itself that belongs to no connection is
     dropped (a "stealth" router, like most home and office NATs); else the router's kernel
-    answers it, so an unsolicited TCP SYN gets a reset (connection refused)."""
+    answers it, so an unsolicited TCP SYN gets a reset (connection refused). Hole punching
+    gets through either kind when the two peers' SYNs cross in flight, and through a
+    resetting one only then: which happens first is a race.
+
+    ``random_ports``: every connection out gets a random public port (``--random-fully``; an
+    address- and port-dependent mapping, a "symmetric" NAT), so the port the relay observed is
+    not the one a punch leaves from and no hole punch can succeed."""
     ipt = ["iptables", "-w", "5"]
     rules = [
         _in(site.router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"),
         _in(site.router, *ipt, "-t", "nat", "-A", "POSTROUTING", "-s", site.subnet, "-o", WAN,
-            "-j", "MASQUERADE"),
+            "-j", "MASQUERADE", *(["--random-fully"] if random_ports else [])),
         _in(site.router, *ipt, "-A", "FORWARD", "-i", LAN, "-o", WAN, "-j", "ACCEPT"),
         _in(site.router, *ipt, "-A", "FORWARD", "-i", WAN, "-o", LAN, "-m", "conntrack",
             "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"),
@@ -197,7 +206,7 @@ def setup_commands(plan: NatPlan) -> list[list[str]]:
     for k, (pub, ip) in enumerate(zip(plan.public_hosts, plan.public_ips, strict=True)):
         commands += _public_commands(hub, pub, "pub" if k == 0 else f"pub{k}", ip)
     for site in plan.sites:
-        commands += _site_commands(hub, site, plan.drop_unsolicited)
+        commands += _site_commands(hub, site, plan.drop_unsolicited, plan.random_ports)
     return commands
 
 
@@ -213,7 +222,8 @@ def _public_commands(hub: str, pub: str, leg: str, ip: str) -> list[list[str]]:
             ["ip", "-n", pub, "link", "set", "lo", "up"]]
 
 
-def _site_commands(hub: str, site: NatSite, drop_unsolicited: bool) -> list[list[str]]:
+def _site_commands(hub: str, site: NatSite, drop_unsolicited: bool,
+                   random_ports: bool) -> list[list[str]]:
     """The router (wan leg on the hub) and the site's hosts: one on a veth straight to the
     router's ``lan``; several each on a veth whose router end sits on a bridge ``lan``."""
     r, leg = site.router, f"w{site.index}"
@@ -249,7 +259,7 @@ def _site_commands(hub: str, site: NatSite, drop_unsolicited: bool) -> list[list
     if bridged:
         commands += [["ip", "-n", r, "addr", "add", f"{site.lan_ip}/{splen}", "dev", LAN],
                      ["ip", "-n", r, "link", "set", LAN, "up"]]
-    return [*commands, *router_rules(site, drop_unsolicited)]
+    return [*commands, *router_rules(site, drop_unsolicited, random_ports)]
 
 
 def lab_names(plan: NatPlan, listed: Sequence[str]) -> list[str]:
@@ -290,7 +300,7 @@ def cleanup(plan: NatPlan, run: Runner = run_command) -> list[str]:
 @contextlib.contextmanager
 def nat_lab(sites: int, *, tag: str | None = None, drop_unsolicited: bool = True,
             hosts: Sequence[int] | None = None, publics: int = 1,
-            run: Runner = run_command,
+            random_ports: bool = False, run: Runner = run_command,
             check: Callable[[], list[str]] | None = None) -> Iterator[NatPlan]:
     """Build a lab with ``sites`` NATed private hosts and one public host; delete it all when
     the block ends, however it ends. ConfigError (naming what is missing) without root,
@@ -300,7 +310,7 @@ def nat_lab(sites: int, *, tag: str | None = None, drop_unsolicited: bool = True
         raise ConfigError(f"natlab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN), iproute2 and "
                           f"iptables; missing: {', '.join(lacks)}")
     plan = make_plan(sites, tag, drop_unsolicited=drop_unsolicited, hosts=hosts,
-                     publics=publics)
+                     publics=publics, random_ports=random_ports)
     try:
         for command in setup_commands(plan):
             _checked(run, command)

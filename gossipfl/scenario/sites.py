@@ -103,7 +103,8 @@ def lab_plan(sites: Sequence[SiteConfig], public: PublicConfig, tag: str) -> nat
     """The NAT lab of a sites scenario: one router per site, a host per node, a public host per
     relay."""
     return natlab.make_plan(len(sites), tag, drop_unsolicited=public.drop_unsolicited,
-                            hosts=[s.nodes for s in sites], publics=public.relays)
+                            hosts=[s.nodes for s in sites], publics=public.relays,
+                            random_ports=public.random_ports)
 
 
 def site_name(sites: Sequence[SiteConfig], index: int) -> str:
@@ -305,6 +306,7 @@ def open_sites(scenario: ScenarioConfig, out: Path, *, run: Runner = run_command
         try:
             with natlab.nat_lab(len(plan.sites), tag=plan.tag,
                                 drop_unsolicited=plan.drop_unsolicited,
+                                random_ports=plan.random_ports,
                                 hosts=[len(s.hosts) for s in plan.sites],
                                 publics=plan.publics, run=run, check=list) as made:
                 session = SitesSession(scenario, out, made)

@@ -12,6 +12,8 @@ relays = 1             # relay/bootstrap processes (not members: they train noth
                        # own public host 198.18.0.(1+K), port 4001
 hole_punch = true      # the nodes run DCUtR: relayed links upgraded where both NATs allow
 drop_unsolicited = true  # routers drop unsolicited packets (true) or reset them (false)
+random_ports = false   # routers give each connection a random public port ("symmetric" NAT:
+                       # no hole punch can succeed, every cross-site link stays relayed)
 circuit_bytes = 1073741824  # what one circuit may carry, both ways together
 
 [[public.faults]]      # a relay taken down mid-run (the nodes must re-link without it)
@@ -110,6 +112,7 @@ class PublicConfig:
     relays: int = 1
     hole_punch: bool = True
     drop_unsolicited: bool = True
+    random_ports: bool = False
     circuit_bytes: int = 1 << 30
     faults: tuple[RelayFaultConfig, ...] = ()
 

@@ -139,6 +139,7 @@ def sites_section(session: SitesSession, nodes: Sequence[NodeProcess],
         "relay_events": session.events,
         "hole_punch": session.scenario.public.hole_punch,
         "drop_unsolicited": session.scenario.public.drop_unsolicited,
+        "random_ports": session.scenario.public.random_ports,
         "links": links,
         "neighbour_links": dict(Counter(str(link["how"]) for link in links
                                         if link["neighbours"])),
