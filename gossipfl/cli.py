@@ -204,12 +204,10 @@ def node_command(args: argparse.Namespace) -> int:
         os.environ.setdefault("XLA_FLAGS", NODE_THREAD_FLAGS)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from gossipfl.config import ConfigError, NodeConfig, from_dict, load_toml
-    from gossipfl.node.compile_cache import cache_folder, enable_compile_cache
+    from gossipfl.node.compile_cache import cache_folder
     from gossipfl.node.main import run_node
 
-    folder = cache_folder(args.compile_cache)
-    if folder is not None:  # before anything compiles: the steps are then loaded, not compiled
-        enable_compile_cache(folder)
+    folder = cache_folder(args.compile_cache)  # the node's steps: loaded, not compiled
 
     if args.start_when:
         # a standby node (scenario restarts): imports done, it starts the moment the file exists
@@ -226,7 +224,7 @@ def node_command(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as error:
         print(f"gossipfl node: {error}", file=sys.stderr)
         return 2
-    return run_node(config, args.log_level)
+    return run_node(config, args.log_level, folder)
 
 
 def _wait_for_file(path: str, timeout: float) -> bool:

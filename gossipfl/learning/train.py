@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from gossipfl.learning.data import Dataset
+from gossipfl.learning.executables import ExecutableCache
 from gossipfl.learning.models import Model
 from gossipfl.learning.params import Params
 from gossipfl.learning.plan import minibatch_plan
@@ -188,15 +189,22 @@ class Trainer:
         config: Training hyper-parameters.
     """
 
-    def __init__(self, model: Model, config: TrainConfig) -> None:
-        """Build the optimiser and the jitted step functions."""
+    def __init__(self, model: Model, config: TrainConfig,
+                 executables: ExecutableCache | None = None) -> None:
+        """Build the optimiser and the jitted step functions (``executables``: compiled once
+        per machine and loaded, :mod:`gossipfl.learning.executables`)."""
         self.model = model
         self.config = config
         self.optimizer = make_optimizer(config)
-        self._train_step = jax.jit(self._train_step_impl)
-        self._eval_step = jax.jit(self._eval_step_impl)
-        self._dp_step = jax.jit(self._dp_step_impl)
-        self._clipped_sum = jax.jit(self._clipped_sum_impl)
+
+        def jit(fn: Any, name: str) -> Any:
+            return jax.jit(fn) if executables is None else executables.jit(fn, name)
+
+        self._init = jit(self.optimizer.init, "opt_init")
+        self._train_step = jit(self._train_step_impl, "train_step")
+        self._eval_step = jit(self._eval_step_impl, "eval_step")
+        self._dp_step = jit(self._dp_step_impl, "dp_step")
+        self._clipped_sum = jit(self._clipped_sum_impl, "clipped_sum")
         self._classes: dict[tuple[int, ...], int] = {}  # input shape → number of logits
 
     def _masked_loss(
@@ -285,7 +293,7 @@ class Trainer:
         Returns:
             The optax state.
         """
-        return self.optimizer.init(params)
+        return self._init(params)  # one step, not an eager op per leaf
 
     def train(
         self,
@@ -336,7 +344,7 @@ class Trainer:
             raise ValueError(f"max_steps must be an int >= 1 or None, got {max_steps!r}")
         x, y = _check_xy(x, y)
         # numpy and jax leaves would compile two versions of the step: always pass jax arrays
-        params = jax.tree_util.tree_map(jnp.asarray, params)
+        params = jax.device_put(params)  # a transfer, not an eager op
         self._check_labels_fit(params, x, y)
         n = x.shape[0]
         batch = self.config.batch_size
@@ -366,10 +374,11 @@ class Trainer:
         expected = dp.sample_rate * n
         rows = padded_batch_size(expected, n)
         size = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        clip = jnp.float32(dp.clip_norm)
-        stddev = jnp.float32(dp.noise_multiplier * dp.clip_norm)
-        expected_j = jnp.float32(expected)
+        # host values, not eager JAX ops (each of those would be compiled)
+        zeros = jax.tree_util.tree_map(lambda leaf: np.zeros(np.shape(leaf), np.float32), params)
+        clip = np.float32(dp.clip_norm)
+        stddev = np.float32(dp.noise_multiplier * dp.clip_norm)
+        expected_j = np.float32(expected)
         loss_sums: list[jax.Array] = []
         sampled = 0
         for _ in range(steps):
@@ -380,7 +389,7 @@ class Trainer:
             for chunk in chunks[1:]:  # overflow: more rows than one padded chunk holds
                 xb, yb, mb = _pad(x, y, chunk, rows)
                 part, part_loss = self._clipped_sum(params, xb, yb, mb, clip)
-                extra = jax.tree_util.tree_map(jnp.add, extra, part)
+                extra = jax.tree_util.tree_map(np.add, extra, jax.device_get(part))
                 loss_sums.append(part_loss)
             xb, yb, mb = _pad(x, y, chunks[0], rows)
             noise = dp.rng.standard_normal(size, dtype=np.float32)
@@ -407,12 +416,11 @@ class Trainer:
         """
         x, y = _check_xy(x, y)
         # numpy and jax leaves would compile two versions of the step: always pass jax arrays
-        params = jax.tree_util.tree_map(jnp.asarray, params)
+        params = jax.device_put(params)  # a transfer, not an eager op
         self._check_labels_fit(params, x, y)
         n = x.shape[0]
         chunk = min(EVAL_CHUNK, 1 << (n - 1).bit_length())
-        total_loss = jnp.zeros((), jnp.float32)
-        total_correct = jnp.zeros((), jnp.float32)
+        sums: list[tuple[jax.Array, jax.Array]] = []  # summed on the host: no eager op
         for start in range(0, n, chunk):
             xb = x[start : start + chunk]
             yb = y[start : start + chunk]
@@ -422,10 +430,9 @@ class Trainer:
             if m < chunk:
                 xb = np.concatenate([xb, np.zeros((chunk - m, x.shape[1]), np.float32)])
                 yb = np.concatenate([yb, np.zeros(chunk - m, np.int32)])
-            loss_sum, correct = self._eval_step(params, xb, yb, mask)
-            total_loss = total_loss + loss_sum
-            total_correct = total_correct + correct
-        return float(total_loss) / n, float(total_correct) / n
+            sums.append(self._eval_step(params, xb, yb, mask))
+        totals = np.asarray(jax.device_get(sums), np.float64).sum(axis=0)
+        return float(totals[0]) / n, float(totals[1]) / n
 
 
 def _pad(

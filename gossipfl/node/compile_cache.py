@@ -1,16 +1,20 @@
-"""JAX's on-disk compilation cache for node processes: the training and evaluation steps are
-compiled once per cache folder (a machine), and every later node process loads them.
+"""Where a machine keeps its compiled steps, so that a model's steps are compiled once per
+machine and every later process loads them.
 
-Loading instead of compiling spares a node's first round the compilation (JAX compiles at
-first use: its round 0 took 1.3 s instead of 5.4 s in one run here) and the node the memory
-the compiler's code and data take (XLA's LLVM back end: some 70 MB of its peak resident set).
+A node process (``gossipfl node``, and each node ``gossipfl run`` forks or spawns) keeps its steps
+in gossipfl's own executable cache, the folder's ``steps/`` (:mod:`gossipfl.learning.executables`):
+a warm node neither lowers nor compiles anything, which spares it XLA's compiler and the lowering
+machinery (its round 0 took 1.3 s instead of 5.4 s with JAX's cache in one run here, and the
+compiler's code and data are some 70 MB of a peak resident set). A process that runs many nodes
+or a calibration (``gossipfl simulate``, ``gossipfl estimate``) uses JAX's own persistent
+compilation cache in the same folder (:func:`enable_compile_cache`).
 
-Where a node looks: ``gossipfl node --compile-cache DIR``, else the environment variable
+Where they look: ``gossipfl node --compile-cache DIR``, else the environment variable
 ``GOSSIPFL_COMPILE_CACHE`` (which ``gossipfl run`` sets for the nodes it spawns), else
 ``$XDG_CACHE_HOME/gossipfl/xla`` (``~/.cache/gossipfl/xla``); ``off`` (or an empty value)
 compiles in memory only, as JAX does by default. Nodes that start together on an empty cache
-each compile and write the same entries (JAX takes an entry it cannot read for a miss and
-compiles); every later node loads them.
+each compile and write the same entries (written by rename: a reader sees a whole entry or
+none); every later node loads them.
 """
 
 from __future__ import annotations
@@ -42,7 +46,21 @@ def cache_folder(flag: str | None) -> str | None:
     return None if value.strip().lower() in OFF else value
 
 
+STEPS = "steps"  # the executable cache's subfolder
+
+
+def node_executables(folder: str | None) -> Any:
+    """A node process's executable cache in ``folder`` (None: off)."""
+    if folder is None:
+        return None
+    from gossipfl.learning.executables import ExecutableCache
+
+    return ExecutableCache(Path(folder) / STEPS)
+
+
 def enable_compile_cache(directory: str) -> None:
+    """JAX's persistent compilation cache, for a process that runs many nodes or a
+    calibration (its jitted steps are looked up by their lowered module)."""
     import jax
 
     jax.config.update("jax_compilation_cache_dir", directory)
@@ -72,10 +90,11 @@ def warm_marker(folder: str, config: Any) -> Path:
     return Path(folder) / f"gossipfl-warm-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
-def warm_up(config: Any) -> None:
-    """Compile one node's train and evaluate steps (into the cache, when one is enabled)."""
+def warm_up(config: Any, folder: str | None = None) -> None:
+    """Compile one node's steps into ``folder``'s executable cache (as a node would)."""
     from gossipfl.node.learner import LocalLearner
 
-    learner = LocalLearner(config)
+    learner = LocalLearner(config, executables=node_executables(folder))
+    learner.prepare()
     vector = learner.train(learner.initial_vector(), 0).vector
     learner.evaluate(vector)

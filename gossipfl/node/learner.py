@@ -19,6 +19,7 @@ import numpy as np
 from gossipfl.config import NodeConfig
 from gossipfl.learning.batched import TrainJob
 from gossipfl.learning.data import Dataset, load_dataset
+from gossipfl.learning.executables import ExecutableCache
 from gossipfl.learning.models import Model, build_model
 from gossipfl.learning.params import Params, flatten_params, named_arrays, unflatten_params
 from gossipfl.learning.partition import node_partition
@@ -125,17 +126,19 @@ class LearnerPool:
 
 class LocalLearner:
     """Train and evaluate one node's model on its own partition (``pool``: datasets and
-    trainers shared with the other nodes of the process). A node that holds no data
+    trainers shared with the other nodes of the process; ``executables``: a process of one
+    node loads its compiled steps from the machine's folder). A node that holds no data
     (``data.holders``) trains nothing: :meth:`train` returns the model it was given."""
 
-    def __init__(self, config: NodeConfig, pool: LearnerPool | None = None) -> None:
+    def __init__(self, config: NodeConfig, pool: LearnerPool | None = None,
+                 executables: ExecutableCache | None = None) -> None:
         self.config = config
         if pool is None:
             self.dataset, self.indices = load_node_data(config)
             self.model = make_model(config, self.dataset)
             # Every member starts from the same initial model: the federation seed decides it.
             self.template = self.model.init(config.seed)
-            self.trainer = Trainer(self.model, config.train)
+            self.trainer = Trainer(self.model, config.train, executables)
         else:
             self.dataset = pool.dataset(config)
             self.indices = pool.indices(config, self.dataset)

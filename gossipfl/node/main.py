@@ -61,8 +61,11 @@ def configure_logging(out_dir: Path, name: str, level: str = "INFO") -> None:
     swarm.addFilter(RefusedHandshakes())
 
 
-def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
-    """Run a node to its end. Exit code 0: done or stopped by a signal; 2: cannot go on."""
+def run_node(config: NodeConfig, log_level: str = "INFO",
+             compile_cache: str | None = None) -> int:
+    """Run a node to its end (``compile_cache``: the machine's folder of compiled steps, see
+    :mod:`gossipfl.node.compile_cache`). Exit code 0: done or stopped by a signal; 2: cannot
+    go on."""
     import trio
 
     from gossipfl.crypto.identity import IdentityError, load_or_create_identity
@@ -78,12 +81,13 @@ def run_node(config: NodeConfig, log_level: str = "INFO") -> int:
              "created" if created else "loaded", config.key_file)
 
     from gossipfl.gossip.circuit import CircuitError
+    from gossipfl.node.compile_cache import node_executables
     from gossipfl.node.learner import LocalLearner
     from gossipfl.node.runtime import Node, NodeError
     from gossipfl.node.security import SecurityError
 
     try:
-        learner = LocalLearner(config)
+        learner = LocalLearner(config, executables=node_executables(compile_cache))
     except ValueError as error:  # the data: a missing or malformed file, a bad split
         log.error("data: %s", error)
         print(f"gossipfl node: data: {error}", file=sys.stderr)

@@ -138,7 +138,7 @@ def _learning(scenario: ScenarioConfig, cache: str | None, pool: Any) -> dict[st
     are ``pool``'s, loaded once before the fork: the caller adds what loading them cost)."""
     started = time.process_time()
     if cache is not None:
-        from gossipfl.scenario.launcher import enable_compile_cache
+        from gossipfl.node.compile_cache import enable_compile_cache
 
         enable_compile_cache(cache)
     from gossipfl.learning.params import named_arrays

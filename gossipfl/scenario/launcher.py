@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gossipfl.node.compile_cache import cache_folder, enable_compile_cache, warm_marker, warm_up
+from gossipfl.node.compile_cache import cache_folder, warm_marker, warm_up
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -175,13 +175,12 @@ def main(argv: list[str]) -> int:
 
     cache = cache_folder(None)
     if cache:
-        enable_compile_cache(cache)
         marker = warm_marker(cache, configs[0])
         if not marker.exists():  # else the machine compiled these steps before: load them
             pid = os.fork()
             if pid == 0:
                 _redirect(state_path.with_name("warmup.log"))
-                _child(lambda: warm_up(configs[0]))
+                _child(lambda: warm_up(configs[0], cache))
             _, status = os.waitpid(pid, 0)
             if os.waitstatus_to_exitcode(status) == 0:
                 marker.touch()
@@ -194,7 +193,7 @@ def main(argv: list[str]) -> int:
         if pid == 0:
             _redirect(path.with_name("stdout.log"))
             _child(lambda config=config, netns=netns: run_in(
-                netns, lambda: gossipfl.node.main.run_node(config)))
+                netns, lambda: gossipfl.node.main.run_node(config, compile_cache=cache)))
         pids[pid] = index
     state: dict[str, Any] = {"launcher_pid": os.getpid(),
                              "pids": {str(i): p for p, i in pids.items()}, "exit_codes": {}}

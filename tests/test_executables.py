@@ -1,0 +1,184 @@
+"""gossipfl's own cache of compiled steps (gossipfl/learning/executables.py): a warm node process
+neither lowers nor compiles anything, entries are owner-only, a bad entry or folder is logged and
+never trusted.
+
+The pytest run enables JAX's persistent cache for every process it starts (tests/conftest.py),
+and with it on the executable cache stores nothing (an executable JAX loaded from its cache does
+not serialise whole), so what stores and loads runs in fresh interpreters without it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gossipfl.learning import executables
+from gossipfl.learning.executables import ExecutableCache, step_key, usable_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NODE_STEPS = """
+import json, logging, sys
+import jax
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+logging.getLogger("jax").addHandler(Keep())
+logging.getLogger("jax").setLevel(logging.DEBUG)
+jax.config.update("jax_log_compiles", True)
+from gossipfl.config import NodeConfig, from_dict
+from gossipfl.node.compile_cache import node_executables
+from gossipfl.node.learner import LocalLearner
+tmp = sys.argv[1]
+config = from_dict(NodeConfig, {"data": {"dataset": "npz", "path": tmp + "/data.npz",
+                                         "partition": "none"},
+                                "model": {"name": "mlp", "hidden": [8]},
+                                "train": {"optimizer": "momentum", "local_epochs": 2}})
+cache = node_executables(tmp + "/cache")
+learner = LocalLearner(config, executables=cache)
+learner.prepare()
+result = learner.train(learner.initial_vector(), 0)
+evaluated = learner.evaluate(result.vector)
+print(json.dumps({"hits": cache.hits, "misses": cache.misses, "stored": cache.stored,
+                  "loss": result.loss, "accuracy": evaluated.accuracy,
+                  "vector": [float(v) for v in result.vector[:20]],
+                  "compiled": [m for m in records if m.startswith("Compiling")],
+                  "lowered": [m for m in records if "MLIR" in m]}))
+"""
+
+UNIT = """
+import json, logging, os, sys
+import jax, jax.numpy as jnp, numpy as np
+from gossipfl.learning.executables import ExecutableCache
+warnings = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        warnings.append(record.getMessage())
+logging.getLogger("gossipfl.executables").addHandler(Keep())
+folder = sys.argv[1]
+out = {}
+def step(w, x):
+    return jnp.tanh(x @ w).sum(axis=0)
+w, x = np.ones((3, 2), np.float32), np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+first = ExecutableCache(folder)
+out["first"] = np.asarray(first.jit(step, "s")(w, x)).tolist()
+out["jit"] = np.asarray(jax.jit(step)(w, x)).tolist()
+second = ExecutableCache(folder)
+fn = second.jit(step, "s")
+out["second"] = np.asarray(fn(w, x)).tolist()
+out["other_shape"] = np.asarray(fn(w, x[:2])).tolist()
+out["counts"] = [first.misses, first.stored, second.hits, second.misses, second.stored]
+# two steps that differ only in the array they close over: two entries, each its own result
+def closing(c):
+    return lambda x: x @ c
+third = ExecutableCache(folder)
+a = third.jit(closing(np.eye(3, dtype=np.float32)), "c")(x)
+b = third.jit(closing(2 * np.eye(3, dtype=np.float32)), "c")(x)
+out["consts"] = [np.allclose(a, x), np.allclose(b, 2 * x), third.misses]
+# a damaged entry: logged, compiled again, replaced
+for name in os.listdir(folder):
+    with open(os.path.join(folder, name), "r+b") as f:
+        f.write(b"garbage")
+fourth = ExecutableCache(folder)
+out["damaged"] = np.asarray(fourth.jit(step, "s")(w, x)).tolist()
+out["damaged_counts"] = [fourth.hits, fourth.misses, fourth.stored]
+fifth = ExecutableCache(folder)
+fifth.jit(step, "s")(w, x)
+out["repaired_hits"] = fifth.hits
+out["warnings"] = warnings
+print(json.dumps(out))
+"""
+
+
+def _fresh(code: str, *args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT")
+           and k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_warm_node_process_neither_lowers_nor_compiles_and_learns_the_same(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x_train=rng.normal(size=(60, 6)).astype(np.float32),
+             y_train=np.arange(60) % 3)
+    cold = _fresh(NODE_STEPS, str(tmp_path))
+    warm = _fresh(NODE_STEPS, str(tmp_path))
+    # optimiser initialisation, a training step, an evaluation step
+    assert (cold["misses"], cold["stored"], cold["hits"]) == (3, 3, 0)
+    assert cold["compiled"] and cold["lowered"]  # the cold process compiled them
+    assert (warm["hits"], warm["misses"], warm["stored"]) == (3, 0, 0)
+    assert warm["compiled"] == [] and warm["lowered"] == []
+    assert warm["vector"] == cold["vector"] and warm["loss"] == cold["loss"]
+    assert warm["accuracy"] == cold["accuracy"]
+    folder = tmp_path / "cache" / "steps"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    entries = sorted(folder.iterdir())
+    assert len(entries) == 3
+    assert all(stat.S_IMODE(e.stat().st_mode) == 0o600 for e in entries)
+
+
+def test_entries_per_signature_and_constant_and_a_damaged_one_is_compiled_again(
+        tmp_path: Path) -> None:
+    out = _fresh(UNIT, str(tmp_path / "steps"))
+    assert out["first"] == out["jit"] == out["second"]
+    assert len(out["other_shape"]) == 2
+    # first: compiled and stored; second: loaded the same, compiled the new shape
+    assert out["counts"] == [1, 1, 1, 1, 1]
+    assert out["consts"] == [True, True, 2]
+    assert out["damaged"] == out["jit"]
+    assert out["damaged_counts"] == [0, 1, 1]
+    assert out["repaired_hits"] == 1
+    assert any("unreadable" in w for w in out["warnings"])
+
+
+def test_a_folder_others_may_write_to_is_refused(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o777)
+    assert "others may write" in (usable_folder(folder) or "")
+    with caplog.at_level(logging.WARNING, logger="gossipfl.executables"):
+        cache = ExecutableCache(folder)
+    assert cache.refused and "executable cache off" in caplog.text
+    step = cache.jit(lambda x: x * 2, "double")
+    assert np.asarray(step(np.arange(3, dtype=np.float32))).tolist() == [0.0, 2.0, 4.0]
+    assert list(folder.iterdir()) == [] and cache.misses == 0
+
+
+def test_nothing_is_stored_while_jaxs_own_cache_is_on(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executables, "_jax_cache_on", lambda: True)
+    cache = ExecutableCache(tmp_path / "steps")
+    step = cache.jit(lambda x: x + 1, "inc")
+    assert np.asarray(step(np.zeros(2, np.float32))).tolist() == [1.0, 1.0]
+    assert (cache.misses, cache.stored) == (1, 0)
+    assert list((tmp_path / "steps").iterdir()) == []
+
+
+def test_the_key_covers_the_environment_the_constants_and_the_tree() -> None:
+    x = np.ones((2, 2), np.float32)
+    one = jax.make_jaxpr(lambda v: v @ np.eye(2, dtype=np.float32))(x)
+    two = jax.make_jaxpr(lambda v: v @ (3 * np.eye(2, dtype=np.float32)))(x)
+    tree = jax.tree_util.tree_structure((x,))
+    base = step_key("s", one, tree, "env")
+    assert base == step_key("s", one, tree, "env")
+    assert len({base, step_key("s", two, tree, "env"), step_key("s", one, tree, "env2"),
+                step_key("t", one, tree, "env"),
+                step_key("s", one, jax.tree_util.tree_structure(([x],)), "env")}) == 5
+    shaped = jax.make_jaxpr(lambda v: jnp.sum(v))(np.ones(3, np.float32))
+    assert step_key("s", shaped, tree, "env") != step_key(
+        "s", jax.make_jaxpr(lambda v: jnp.sum(v))(np.ones(4, np.float32)), tree, "env")
