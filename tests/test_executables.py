@@ -100,6 +100,36 @@ print(json.dumps(out))
 """
 
 
+DP_STEPS = """
+import json, logging, sys
+import jax, numpy as np
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+logging.getLogger("jax").addHandler(Keep())
+logging.getLogger("jax").setLevel(logging.DEBUG)
+jax.config.update("jax_log_compiles", True)
+from gossipfl.learning.executables import ExecutableCache
+from gossipfl.learning.models import build_model
+from gossipfl.learning.params import flatten_params
+from gossipfl.learning.train import DPSGD, TrainConfig, Trainer
+cache = ExecutableCache(sys.argv[1])
+model = build_model("mlp", (6,), 3, hidden=(8,))
+trainer = Trainer(model, TrainConfig(optimizer="momentum"), cache)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(200, 6)).astype(np.float32)
+y = (np.arange(200) % 3).astype(np.int32)
+params = model.init(0)
+dp = DPSGD(clip_norm=1.0, noise_multiplier=1.0, sample_rate=0.3, rng=np.random.default_rng(1))
+trained, _, loss = trainer.train(params, trainer.init_opt_state(params), x, y, epochs=1,
+                                 seed=0, dp=dp)
+print(json.dumps({"vector": flatten_params(trained).tolist(), "loss": loss,
+                  "hits": cache.hits, "misses": cache.misses,
+                  "compiled": [m for m in records if m.startswith("Compiling")]}))
+"""
+
+
 def _fresh(code: str, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT")
            and k != "JAX_COMPILATION_CACHE_DIR"}
@@ -129,6 +159,14 @@ def test_a_warm_node_process_neither_lowers_nor_compiles_and_learns_the_same(
     entries = sorted(folder.iterdir())
     assert len(entries) == 3
     assert all(stat.S_IMODE(e.stat().st_mode) == 0o600 for e in entries)
+
+
+def test_dp_sgd_steps_load_warm_with_no_eager_op_and_the_same_draws(tmp_path: Path) -> None:
+    cold = _fresh(DP_STEPS, str(tmp_path / "steps"))
+    warm = _fresh(DP_STEPS, str(tmp_path / "steps"))
+    assert (cold["misses"], cold["hits"]) == (2, 0)  # optimiser initialisation, DP step
+    assert (warm["misses"], warm["hits"], warm["compiled"]) == (0, 2, [])
+    assert warm["vector"] == cold["vector"] and warm["loss"] == cold["loss"]
 
 
 def test_entries_per_signature_and_constant_and_a_damaged_one_is_compiled_again(
