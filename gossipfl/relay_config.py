@@ -8,8 +8,11 @@
   reserves a slot on a relay (those in ``use``, else the bootstrap list's nodes) and announces
   only its relayed addresses, ``<relay>/p2p-circuit/p2p/<self>``, in its signed liveness stamp;
   members dial it there. ``"public"`` (the default): it announces where it listens.
+  ``"auto"``: it asks the relays it would use (``use``, else the bootstrap list's nodes) to dial
+  it back (:mod:`gossipfl.gossip.dialback`) and is public if one such connection arrives, else
+  private.
 
-* ``announce_listen = true`` (private only): announce the addresses it listens on too, before
+* ``announce_listen = true`` (private or auto): announce the addresses it listens on too, before
   the relayed ones: peers on its own LAN (a site's other hosts) dial it there
   directly; a peer elsewhere fails on them (its network has no route there, or a wrong host
   answers and Noise refuses its peer id) and dials the relayed addresses next.
@@ -41,6 +44,7 @@ class Reachability(StrEnum):
 
     PUBLIC = "public"  # announces its listen addresses
     PRIVATE = "private"  # behind NAT: reserves on relays, announces the relayed addresses
+    AUTO = "auto"  # asks its peers to dial it back (gossip/dialback.py): then one of those
 
 
 def _require(condition: bool, message: str) -> None:
@@ -66,8 +70,8 @@ class RelayConfig:
         try:
             object.__setattr__(self, "reachable", Reachability(self.reachable))
         except ValueError:
-            raise ConfigError(f"relay.reachable must be \"public\" or \"private\", not "
-                              f"{self.reachable!r}") from None
+            raise ConfigError(f"relay.reachable must be \"public\", \"private\" or \"auto\", "
+                              f"not {self.reachable!r}") from None
         for name in ("reservations", "circuits_per_peer", "circuit_bytes", "circuit_seconds",
                      "reservation_seconds"):
             value = getattr(self, name)
@@ -80,16 +84,20 @@ class RelayConfig:
         _require(len(self.use) <= MAX_RELAYS, f"relay.use names at most {MAX_RELAYS} relays")
         for addr in self.use:
             relay_address(addr, "relay.use")
-        _require(not self.announce_listen or self.reachable is Reachability.PRIVATE,
+        _require(not self.announce_listen or self.reachable is not Reachability.PUBLIC,
                  "relay.announce_listen is for a private node (a public one announces where "
                  "it listens anyway)")
-        _require(not (self.serve and self.reachable is Reachability.PRIVATE),
-                 "relay.serve needs a node that can be dialled: not with "
-                 "relay.reachable = \"private\"")
+        _require(not (self.serve and self.reachable is not Reachability.PUBLIC),
+                 "relay.serve needs a node that can be dialled: relay.reachable = \"public\"")
 
     @property
     def private(self) -> bool:
         return self.reachable is Reachability.PRIVATE
+
+    @property
+    def may_be_private(self) -> bool:
+        """Private, or to be found out (``auto``): needs relays to reserve on."""
+        return self.reachable is not Reachability.PUBLIC
 
 
 def relay_address(addr: str, where: str) -> tuple[str, str]:
@@ -153,8 +161,9 @@ def check_relay(relay: RelayConfig, listen: Sequence[str], bootstrap: Sequence[s
              "relay.hole_punch: DCUtR advertises the addresses this node listens on when no "
              "relay has observed it, so listen needs a concrete IP address, not only 0.0.0.0 "
              "or ::")
-    _require(not relay.private or bool(relay_candidates(relay, bootstrap)),
-             "relay.reachable = \"private\" needs a relay: name one in relay.use or in "
+    _require(not relay.may_be_private or bool(relay_candidates(relay, bootstrap)),
+             f"relay.reachable = \"{relay.reachable.value}\" needs a relay (and, for auto, a "
+             "peer to dial it back): name one in relay.use or in "
              "bootstrap (/ip4/IP/tcp/PORT/p2p/PEER_ID)")
 
 

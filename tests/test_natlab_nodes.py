@@ -1,6 +1,8 @@
 """gossipfl nodes across real NAT (gossipfl/scenario/natlab.py): two public members, one of them a
 circuit relay v2 (``[relay] serve = true``), and two private members at two NATed sites
-(``reachable = "private"``) that reserve on it and announce only their relayed addresses.
+that reserve on it and announce only their relayed addresses. One private member is told so
+(``reachable = "private"``); the other, and the public member, are not (``reachable = "auto"``):
+they ask the relay to dial them back (gossipfl/gossip/dialback.py) and find out.
 
 The e2e test runs real node processes (``python -m gossipfl node``) under ``ip netns exec`` (root,
 iproute2, iptables; else it skips). Every node process has a hard timeout; the lab is gone
@@ -80,10 +82,12 @@ def _run_nodes(plan: NatPlan, out: Path) -> list[Path]:
     configs = [
         (plan.public, _node_config(0, folders[0], f"/ip4/{public}/tcp/{PORT}", [],
                                    {"serve": True, "circuit_bytes": 64 << 20})),
+        # node 1 and node 3 are not told whether peers can dial them: they ask (dial-back)
         (plan.public, _node_config(1, folders[1], f"/ip4/{public}/tcp/{PORT + 1}",
-                                   [relay_addr], {})),
+                                   [relay_addr], {"reachable": "auto"})),
         *[(site.host, _node_config(2 + i, folders[2 + i], f"/ip4/{site.host_ip}/tcp/{PORT}",
-                                   [relay_addr], {"reachable": "private", "hole_punch": True}))
+                                   [relay_addr], {"reachable": ("private", "auto")[i],
+                                                  "hole_punch": True}))
           for i, site in enumerate(plan.sites)],
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
@@ -131,6 +135,13 @@ def test_private_members_behind_nat_learn_with_public_ones_through_a_relay(
     # one model: the final estimates agree
     finals = [load_checkpoint(f / "final.npz").model for f in folders]
     assert max(float(np.max(np.abs(p - finals[0]))) for p in finals) < 1e-3
+    # the members that asked were found as they are: node 1 public (the relay's dial-back
+    # arrived), node 3 private (its NAT let no dial-back in); the relay answered both
+    assert relays[1]["reachable"] == "public" and relays[1]["dialback"] == {ids[0]: "dialled"}
+    assert relays[1]["reserved_on"] == []
+    assert infos[1]["addrs"] == [f"/ip4/{plan.public_ip}/tcp/{PORT + 1}/p2p/{ids[1]}"]
+    assert relays[3]["reachable"] == "private" and relays[3]["dialback"] == {ids[0]: "failed"}
+    assert relays[0]["dialbacks_answered"] == {"dialled": 1, "failed": 1, "refused": 0}
     # each private member reserved on the relay and announced (signed) its relayed address only
     relay_addr = f"/ip4/{plan.public_ip}/tcp/{PORT}/p2p/{ids[0]}"
     for i in (2, 3):

@@ -282,15 +282,16 @@ class Circuits:
         self._dialling: dict[str, trio.Lock] = {}
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[list[str]]:
-        """Run the roles until the block ends; yields this node's relayed addresses (none for a
-        public node). CircuitError when a private node reserves on no relay."""
+    async def running(self, private: bool | None = None) -> AsyncIterator[list[str]]:
+        """Run the roles until the block ends (``private``: as found, else as configured);
+        yields this node's relayed addresses (none for a public node). CircuitError when a
+        private node reserves on no relay."""
         async with background_trio_service(self.protocol), trio.open_nursery() as nursery:
             await self.protocol.event_started.wait()
             if self.dcutr is not None:
                 await nursery.start(self._run_dcutr)
             relayed: list[str] = []
-            if self.config.private:
+            if self.config.private if private is None else private:
                 relayed = await self._reserve_all(nursery)
                 nursery.start_soon(self._keep_reserved, nursery)
             try:

@@ -86,6 +86,14 @@ class AckReason(StrEnum):
             return None
 
 
+class DialbackCode(StrEnum):
+    """The answer to a dial-back request (:mod:`gossipfl.gossip.dialback`)."""
+
+    DIALLED = "dialled"  # a new connection to the requester, at its observed IP, was made
+    FAILED = "failed"  # tried: no connection could be made there
+    REFUSED = "refused"  # not tried: asked over a relay, too soon again, or busy
+
+
 class LinkCode(StrEnum):
     """The answer to a link request."""
 

@@ -28,12 +28,13 @@ from gossipfl.gossip.circuit import (
     stream_link_kind,
     usable_circuits,
 )
+from gossipfl.gossip.dialback import PROTO_DIALBACK, DialbackServer, probe
 from gossipfl.gossip.framing import BufferedReader, ByteStream, read_frame, write_frame
 from gossipfl.gossip.host import handshake_failures
 from gossipfl.gossip.ratelimit import InFlight
 from gossipfl.gossip.resources import resource_stats
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, M, Message, WireError
-from gossipfl.relay_config import RelayConfig
+from gossipfl.relay_config import Reachability, RelayConfig
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +206,13 @@ class PeerNet:
                  reaper: ConnectionReaper | None = None,
                  listen: Sequence[multiaddr.Multiaddr] = (),
                  circuits: Circuits | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, federation: str = "") -> None:
         self.host = host
         self.circuits = circuits
+        self.federation = federation
+        self.dialback = DialbackServer(host, federation)  # any node answers dial-backs
+        # ``reachable = "auto"``: what the dial-back probe found, and from whom
+        self.reachability: tuple[Reachability, dict[str, str]] | None = None
         # streams opened either way, per peer and per kind of connection they rode
         self.link_streams: dict[str, dict[str, int]] = {}
         # seconds from this transport's start (the node's) to its first stream with each peer
@@ -228,13 +233,19 @@ class PeerNet:
         """Listen (on the addresses given at construction) until the block ends; yields the
         addresses the host listens on."""
         async with self.host.run(listen_addrs=self.listen):
+            self.host.set_stream_handler(PROTO_DIALBACK, self.dialback.on_stream)
             listening = [str(a) for a in self.host.get_addrs()]
             if self.circuits is None:
                 yield listening
                 return
-            async with self.circuits.running() as relayed:
-                yield announced(listening, relayed, self.circuits.config.private,
-                                self.circuits.config.announce_listen)
+            config = self.circuits.config
+            private = config.private
+            if config.reachable is Reachability.AUTO:  # found out before announcing anything
+                self.reachability = await probe(self.host, self.federation,
+                                                self.circuits.relays, listening)
+                private = self.reachability[0] is Reachability.PRIVATE
+            async with self.circuits.running(private) as relayed:
+                yield announced(listening, relayed, private, config.announce_listen)
 
     def _count(self, peer: str, stream: Any) -> None:
         if peer not in self.link_streams and len(self.link_streams) >= LINK_PEERS:
@@ -250,7 +261,11 @@ class PeerNet:
         per peer, the streams that rode a direct or a relayed connection and the seconds from
         the node's start to its first stream with that peer (``first_contact``)."""
         roles = {} if self.circuits is None else self.circuits.summary()
-        return {**roles, "resources": resource_stats(self.host),
+        if self.reachability is not None:
+            roles["reachable"] = self.reachability[0].value
+            roles["dialback"] = dict(self.reachability[1])  # peer asked → what came of it
+        return {**roles, "dialbacks_answered": dict(self.dialback.counts),
+                "resources": resource_stats(self.host),
                 "handshake_failures": handshake_failures(self.host),
                 "link_streams": self.link_streams,
                 "first_contact": self.first_contact,

@@ -88,7 +88,7 @@ def _members(config: NodeConfig) -> int:
 def relay_host_limits(relay: RelayConfig, memory_bytes: int = 512 << 20,
                       peer_streams: int = 16, members: int = 0) -> HostLimits:
     """A host's limits for its relay role alone (``members`` more peers for a member)."""
-    relays = MAX_RELAYS if relay.private else 0
+    relays = MAX_RELAYS if relay.may_be_private else 0
     held = relay.reservations if relay.serve else 0  # each reserved peer keeps a connection
     peers = members + relays + held
     # a circuit is a hop stream from its dialer and a stop stream to its target at the relay,
@@ -112,7 +112,7 @@ def host_limits(config: NodeConfig, payload_cap: int) -> HostLimits:
     limits = relay_host_limits(config.relay, memory_bytes=memory,
                                peer_streams=config.protocol.peer_streams,
                                members=_members(config))
-    if not config.relay.private:
+    if not config.relay.may_be_private:
         return limits
     relays = tuple(peer for peer, _ in relay_candidates(config.relay, config.bootstrap))
     return dataclasses.replace(limits, relays=relays)

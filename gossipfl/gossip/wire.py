@@ -64,6 +64,8 @@ from gossipfl.gossip.wire_fields import (
 )
 from gossipfl.gossip.wire_membership import (
     MAX_DIGEST_MEMBERS,
+    DialbackReply,
+    DialbackRequest,
     Heartbeat,
     LinkReply,
     LinkRequest,
@@ -114,6 +116,8 @@ __all__ = (
     "ConsistencyResponse",
     "Contribution",
     "DecodeLimits",
+    "DialbackReply",
+    "DialbackRequest",
     "Heartbeat",
     "LinkReply",
     "LinkRequest",
@@ -156,13 +160,16 @@ DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 
 #: Any wire message; :data:`M` is one given kind.
 Message = (Heartbeat | LinkRequest | LinkReply | Contribution | Ack | Sealed | MaskedInput
-           | UnmaskRequest | UnmaskResponse | ConsistencyRequest | ConsistencyResponse)
+           | UnmaskRequest | UnmaskResponse | ConsistencyRequest | ConsistencyResponse
+           | DialbackRequest | DialbackReply)
 M = TypeVar("M", Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed, MaskedInput,
-            UnmaskRequest, UnmaskResponse, ConsistencyRequest, ConsistencyResponse)
+            UnmaskRequest, UnmaskResponse, ConsistencyRequest, ConsistencyResponse,
+            DialbackRequest, DialbackReply)
 _KINDS: dict[str, type[Any]] = {
     cls.KIND: cls for cls in (Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed,
                               MaskedInput, UnmaskRequest, UnmaskResponse,
-                              ConsistencyRequest, ConsistencyResponse)
+                              ConsistencyRequest, ConsistencyResponse, DialbackRequest,
+                              DialbackReply)
 }
 
 
@@ -285,6 +292,8 @@ DECODE_LIMITS: dict[str, DecodeLimits] = {
     "unmask_response": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 6 * MAX_MEMBERS),
     "consistency_request": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 2 * MAX_MEMBERS),
     "consistency_response": DecodeLimits(MAX_ADDRS, max_elements=64),
+    "dialback_request": DecodeLimits(MAX_ADDRS, max_elements=16),
+    "dialback_reply": DecodeLimits(MAX_ADDRS, max_elements=16),
 }
 
 

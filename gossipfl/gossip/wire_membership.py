@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from gossipfl.gossip.codes import HEARTBEAT_STATUSES, LinkCode, NodeStatus
+from gossipfl.gossip.codes import HEARTBEAT_STATUSES, DialbackCode, LinkCode, NodeStatus
 from gossipfl.gossip.wire_fields import (
     MAX_CERTIFICATE_BYTES,
     MAX_MEMBERS,
@@ -272,3 +272,39 @@ class LinkReply:
             status=status,
             reason=check_str(body["reason"], "reason", 512),
         )
+
+
+@dataclass(frozen=True)
+class DialbackRequest:
+    """Ask the receiver to dial the sender back on a new connection, at the IP the request
+    came from and the sender's listen ``port`` (:mod:`gossipfl.gossip.dialback`)."""
+
+    KIND: ClassVar[str] = "dialback_request"
+    federation: str
+    port: int
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"port": self.port}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> DialbackRequest:
+        return cls(federation=federation, port=check_int(body["port"], "port", 1, 65535))
+
+
+@dataclass(frozen=True)
+class DialbackReply:
+    """The answer to a :class:`DialbackRequest` (``reason``: for the log only)."""
+
+    KIND: ClassVar[str] = "dialback_reply"
+    federation: str
+    code: DialbackCode
+    reason: str = ""
+
+    def _fields_to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason}
+
+    @classmethod
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> DialbackReply:
+        return cls(federation=federation,
+                   code=check_code(body["code"], "dial-back code", DialbackCode),
+                   reason=check_str(body["reason"], "reason", 256))

@@ -310,13 +310,13 @@ class Node:
             return self.network.attach(self.peer_id, self.traffic, self.read_policy,
                                        tuple(self.config.listen))
         relay = self.config.relay  # relay roles run only where configured (gossip/circuit.py)
-        roles = relay.serve or relay.private or relay.hole_punch
+        roles = relay.serve or relay.may_be_private or relay.hole_punch
         host, listen = make_host(self.identity, self.config.listen, identify=roles,
                                  limits=host_limits(self.config, self.payload_cap))
         circuits = Circuits(host, relay, relay_candidates(relay, self.config.bootstrap)) \
             if roles else None
         return PeerNet(host, self.traffic, self.config.routes, self.read_policy, self.reaper,
-                       listen, circuits)
+                       listen, circuits, federation=self.config.federation)
 
     def serve_protocols(self, transport: Transport) -> None:
         """Register the node's handlers (each guarded: deadline, read policy, rate limits)."""
