@@ -168,6 +168,12 @@ def test_a_site_node_is_private_reserves_on_every_relay_and_announces_its_lan_ad
     listen, relayed = "/ip4/10.66.0.2/tcp/4001", circuit_addr(relays[0], PEER)
     assert announced([listen], [relayed], private=True, with_listen=True) == [listen, relayed]
     assert announced([listen], [relayed], private=True) == [relayed]
+    # [public] reachable = "auto": the nodes find out (they ask the relays to dial them back)
+    found = sites.node_relay_config(PublicConfig(reachable="auto"), relays)
+    assert found.reachable == "auto" and found.may_be_private and not found.private
+    assert found.announce_listen and found.use == tuple(relays)
+    with pytest.raises(ConfigError, match=r"public\.reachable"):
+        PublicConfig(reachable="public")
 
 
 def test_the_relay_runs_in_its_namespace() -> None:

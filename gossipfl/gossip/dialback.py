@@ -102,8 +102,9 @@ def inbound_from(host: Any, peer: Any) -> set[int]:
 class DialbackServer:
     """Answers dial-back requests on a libp2p host (see the module docstring's rules)."""
 
-    def __init__(self, host: Any, federation: str,
+    def __init__(self, host: Any, federation: str | None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """``federation``: the one whose members it answers (None: any, as a public relay)."""
         self.host, self.federation, self.clock = host, federation, clock
         self.last: dict[str, float] = {}  # requester → when it was last dialled back
         self.slots = trio.Semaphore(PARALLEL)
@@ -128,16 +129,17 @@ class DialbackServer:
         try:
             with trio.fail_after(ASK_SECONDS):
                 request, _ = await read_frame(stream, DialbackRequest, FRAME_BYTES)
-                refusal = "another federation" if request.federation != self.federation \
+                fed = request.federation
+                refusal = "another federation" if self.federation not in (None, fed) \
                     else self._refusal(stream, requester)
                 target = dialback_target(_observed(stream), request.port)
                 if refusal is None and target is None:
                     refusal = "the request's IP is unknown"
                 if refusal is not None:
-                    reply = DialbackReply(self.federation, DialbackCode.REFUSED, refusal)
+                    reply = DialbackReply(fed, DialbackCode.REFUSED, refusal)
                 else:
                     async with self.slots:
-                        held, reply = await self._dial(requester, str(target))
+                        held, reply = await self._dial(fed, requester, str(target))
                 self.counts[reply.code.value] += 1
                 await write_frame(stream, reply, FRAME_BYTES)
             log.info("dial-back for %s: %s %s", requester, reply.code.value, reply.reason)
@@ -153,7 +155,7 @@ class DialbackServer:
             with trio.move_on_after(2):
                 await stream.close()
 
-    async def _dial(self, requester: str, target: str) -> tuple[Any, DialbackReply]:
+    async def _dial(self, fed: str, requester: str, target: str) -> tuple[Any, DialbackReply]:
         from libp2p.peer.id import ID
 
         try:
@@ -161,9 +163,9 @@ class DialbackServer:
                 conn = await self.host.get_network().dial_addr(
                     multiaddr.Multiaddr(target), ID.from_base58(requester))
         except Exception as error:
-            return None, DialbackReply(self.federation, DialbackCode.FAILED,
+            return None, DialbackReply(fed, DialbackCode.FAILED,
                                        f"{target}: {type(error).__name__}"[:256])
-        return conn, DialbackReply(self.federation, DialbackCode.DIALLED, target)
+        return conn, DialbackReply(fed, DialbackCode.DIALLED, target)
 
 
 async def ask(host: Any, federation: str, peer: str, port: int) -> tuple[DialbackCode, bool]:

@@ -1,7 +1,8 @@
 """A public relay for ``[[sites]]`` scenarios: one process on a public host that serves circuit
 relay v2 (the HOP role, :class:`gossipfl.gossip.circuit.Circuits` with ``serve = true``) and
-nothing else. It is not a federation member (no certificate, no data, no model): the private
-nodes reserve a slot on it and reach each other's sites through it, end to end encrypted (Noise
+answers dial-backs (:mod:`gossipfl.gossip.dialback`), nothing else. It is not a federation
+member (no certificate, no data, no model): the private nodes reserve a slot on it and reach
+each other's sites through it, end to end encrypted (Noise
 between the two nodes; it carries ciphertext).
 
     ip netns exec NS python -m gossipfl.scenario.relay_node --key K --listen /ip4/IP/tcp/P \\
@@ -28,6 +29,7 @@ import trio
 
 from gossipfl.crypto.identity import Identity, load_or_create_identity
 from gossipfl.gossip.circuit import Circuits
+from gossipfl.gossip.dialback import PROTO_DIALBACK, DialbackServer
 from gossipfl.gossip.host import handshake_failures, make_host
 from gossipfl.gossip.resources import relay_host_limits, resource_stats
 from gossipfl.node.checkpoint import atomic_write_json
@@ -59,9 +61,11 @@ async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
     ``misbehave``, tamper or drop from SIGUSR1 on."""
     host, maddrs = make_host(identity, [listen], limits=relay_host_limits(config))
     circuits = Circuits(host, config, relay_protocol=relay_class(misbehave))
+    dialback = DialbackServer(host, None)  # nodes with reachable = "auto" ask it
     started = time.monotonic()
     state: dict[str, Any] = {}
     async with host.run(listen_addrs=maddrs), circuits.running():
+        host.set_stream_handler(PROTO_DIALBACK, dialback.on_stream)
         status = "serving"
         with trio.move_on_after(seconds), \
                 trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
@@ -79,7 +83,8 @@ async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
 
                 nursery.start_soon(on_signal)
                 while True:
-                    state = _state(circuits, identity, listen, status, started)
+                    state = {**_state(circuits, identity, listen, status, started),
+                             "dialbacks_answered": dict(dialback.counts)}
                     atomic_write_json(out / FILE, state)
                     await trio.sleep(WRITE_SECONDS)
         # the resource counts as last seen serving (the host's shutdown leaves them half undone)

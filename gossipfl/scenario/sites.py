@@ -129,9 +129,10 @@ def relay_addr(place: RelayPlace, peer_id: str) -> str:
 
 
 def node_relay_config(public: PublicConfig, relays: Sequence[str]) -> RelayConfig:
-    """A site node's ``[relay]``: private, reserving on every relay, announcing its LAN address
-    too, hole punching as ``[public]`` says."""
-    return RelayConfig(reachable=Reachability.PRIVATE, use=tuple(relays),
+    """A site node's ``[relay]``: private (or finding out, ``[public] reachable = "auto"``),
+    reserving on every relay, announcing its LAN address too, hole punching as ``[public]``
+    says."""
+    return RelayConfig(reachable=Reachability(public.reachable), use=tuple(relays),
                        hole_punch=public.hole_punch, announce_listen=True,
                        check_seconds=RELAY_CHECK_SECONDS)
 

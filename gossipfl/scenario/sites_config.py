@@ -11,6 +11,8 @@ nodes = 2              # training nodes on the site's LAN: 10.66.I.2, 10.66.I.3,
 relays = 1             # relay/bootstrap processes (not members: they train nothing), each on its
                        # own public host 198.18.0.(1+K), port 4001
 hole_punch = true      # the nodes run DCUtR: relayed links upgraded where both NATs allow
+reachable = "private"  # the nodes are told they cannot be dialled; "auto": they find out, by
+                       # asking the relays to dial them back (gossipfl/gossip/dialback.py)
 drop_unsolicited = true  # routers drop unsolicited packets (true) or reset them (false)
 random_ports = false   # routers give each connection a random public port ("symmetric" NAT:
                        # no hole punch can succeed, every cross-site link stays relayed)
@@ -111,6 +113,7 @@ class PublicConfig:
 
     relays: int = 1
     hole_punch: bool = True
+    reachable: str = "private"
     drop_unsolicited: bool = True
     random_ports: bool = False
     circuit_bytes: int = 1 << 30
@@ -119,6 +122,9 @@ class PublicConfig:
     def __post_init__(self) -> None:
         if isinstance(self.relays, bool) or not 1 <= self.relays <= MAX_RELAYS:
             raise ConfigError(f"public.relays must be 1..{MAX_RELAYS}, not {self.relays!r}")
+        if self.reachable not in ("private", "auto"):
+            raise ConfigError(f"public.reachable must be \"private\" or \"auto\", not "
+                              f"{self.reachable!r}")
         if self.circuit_bytes < 64 * 1024:
             raise ConfigError("public.circuit_bytes must be at least 65536 (a circuit carries "
                               "whole model frames)")

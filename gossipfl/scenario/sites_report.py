@@ -114,6 +114,8 @@ def sites_section(session: SitesSession, nodes: Sequence[NodeProcess],
                               if (seconds := link["first_contact_seconds"].get(
                                   str(entry["index"]))) is not None},
             "reserved_on": relay.get("reserved_on", []),
+            "reachable": relay.get("reachable"),  # as found, with [public] reachable = "auto"
+            "dialback": relay.get("dialback", {}),
             "relayed_dials": relay.get("relayed_dials", {}),
             "handshake_failures": relay.get("handshake_failures", {}),
         })
@@ -129,6 +131,7 @@ def sites_section(session: SitesSession, nodes: Sequence[NodeProcess],
                        "relayed_bytes": state.get("relayed_bytes"),
                        "reservations_held": state.get("reservations_held"),
                        "connected_peers": len(state.get("connected_peers", [])),
+                       "dialbacks_answered": state.get("dialbacks_answered", {}),
                        **{key: state[key] for key in MISBEHAVIOUR if key in state}})
     return {
         "sites": [{"index": s.index, "name": site_name(session.scenario.sites, s.index),
@@ -138,6 +141,7 @@ def sites_section(session: SitesSession, nodes: Sequence[NodeProcess],
         "relays": relays,
         "relay_events": session.events,
         "hole_punch": session.scenario.public.hole_punch,
+        "reachable": session.scenario.public.reachable,
         "drop_unsolicited": session.scenario.public.drop_unsolicited,
         "random_ports": session.scenario.public.random_ports,
         "links": links,
