@@ -89,7 +89,8 @@ async def serve(identity: Identity, listen: str, out: Path, config: RelayConfig,
                     await trio.sleep(WRITE_SECONDS)
         # the resource counts as last seen serving (the host's shutdown leaves them half undone)
         atomic_write_json(out / FILE, {**_state(circuits, identity, listen, "stopped", started),
-                                       "resources": state.get("resources", {})})
+                                       "resources": state.get("resources", {}),
+                                       "dialbacks_answered": dict(dialback.counts)})
 
 
 def main(argv: list[str] | None = None) -> int:
