@@ -5,9 +5,9 @@ A node process (``gossipfl node``, and each node ``gossipfl run`` forks or spawn
 in gossipfl's own executable cache, the folder's ``steps/`` (:mod:`gossipfl.learning.executables`):
 a warm node neither lowers nor compiles anything, which spares it XLA's compiler and the lowering
 machinery (its round 0 took 1.3 s instead of 5.4 s with JAX's cache in one run here, and the
-compiler's code and data are some 70 MB of a peak resident set). A process that runs many nodes
-or a calibration (``gossipfl simulate``, ``gossipfl estimate``) uses JAX's own persistent
-compilation cache in the same folder (:func:`enable_compile_cache`).
+compiler's code and data are some 70 MB of a peak resident set); ``gossipfl estimate``'s
+calibration loads its steps the same way. (``gossipfl simulate``, many nodes in one process,
+compiles each step once in memory.)
 
 Where they look: ``gossipfl node --compile-cache DIR``, else the environment variable
 ``GOSSIPFL_COMPILE_CACHE`` (which ``gossipfl run`` sets for the nodes it spawns), else
@@ -25,14 +25,6 @@ from typing import Any
 
 ENV = "GOSSIPFL_COMPILE_CACHE"
 OFF = ("", "off")
-#: cache every compilation, however small and quick (a node's steps compile in well under the
-#: default threshold of one second, and model initialisation is many tiny ones)
-SETTINGS = {
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-}
-
-
 def default_folder() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return str(Path(base) / "gossipfl" / "xla")
@@ -56,16 +48,6 @@ def node_executables(folder: str | None) -> Any:
     from gossipfl.learning.executables import ExecutableCache
 
     return ExecutableCache(Path(folder) / STEPS)
-
-
-def enable_compile_cache(directory: str) -> None:
-    """JAX's persistent compilation cache, for a process that runs many nodes or a
-    calibration (its jitted steps are looked up by their lowered module)."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", directory)
-    for key, value in SETTINGS.items():
-        jax.config.update(key, value)
 
 
 #: the parts of a node's configuration its compiled steps depend on (model, optimiser, data

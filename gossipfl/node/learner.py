@@ -135,13 +135,15 @@ class LocalLearner:
         self.config = config
         if pool is None:
             self.dataset, self.indices = load_node_data(config)
+        else:
+            self.dataset = pool.dataset(config)
+            self.indices = pool.indices(config, self.dataset)
+        if pool is None or executables is not None:  # its own steps (loaded, with executables)
             self.model = make_model(config, self.dataset)
             # Every member starts from the same initial model: the federation seed decides it.
             self.template = self.model.init(config.seed)
             self.trainer = Trainer(self.model, config.train, executables)
         else:
-            self.dataset = pool.dataset(config)
-            self.indices = pool.indices(config, self.dataset)
             self.model, self.template, self.trainer = pool.trainer(config, self.dataset)
         self.x = self.dataset.x_train[self.indices]
         self.y = self.dataset.y_train[self.indices]

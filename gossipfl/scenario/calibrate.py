@@ -131,23 +131,20 @@ def _children_cpu() -> float:
 
 def _learning(scenario: ScenarioConfig, cache: str | None, pool: Any) -> dict[str, Any]:
     """Load the data and model, time one node's training round (the first call, compilation
-    or cache load included, then steady) and evaluation; with ``cache``, through JAX's
-    on-disk compilation cache in that folder, as the launcher's children do. ``ready``: the
+    or cache load included, then steady) and evaluation; with ``cache``, through the node's
+    own cache of compiled steps in that folder, as the launcher's children do. ``ready``: the
     CPU seconds from the call (in a fresh child: the fork) to the end of the first round's
     training and evaluation (JAX's backend, the model, compilation or cache load; the data
     are ``pool``'s, loaded once before the fork: the caller adds what loading them cost)."""
     started = time.process_time()
-    if cache is not None:
-        from gossipfl.node.compile_cache import enable_compile_cache
-
-        enable_compile_cache(cache)
     from gossipfl.learning.params import named_arrays
     from gossipfl.learning.partition import partition_indices
     from gossipfl.learning.train import DPSGD
+    from gossipfl.node.compile_cache import node_executables
     from gossipfl.node.learner import LocalLearner
 
     config = node_config(scenario)
-    learner = LocalLearner(config, pool)
+    learner = LocalLearner(config, pool, executables=node_executables(cache))
     spec = config.data
     if spec.partition == "none":
         examples = [len(learner.dataset.y_train)] * scenario.nodes
