@@ -26,9 +26,10 @@ from gossipfl.learning.executables import ExecutableCache, step_key, usable_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 
-NODE_STEPS = """
+#: a fresh interpreter's start: numpy and JAX, and JAX's compile log kept in ``records``
+COMPILE_LOG = """
 import json, logging, sys
-import jax
+import jax, numpy as np
 records = []
 class Keep(logging.Handler):
     def emit(self, record):
@@ -36,6 +37,9 @@ class Keep(logging.Handler):
 logging.getLogger("jax").addHandler(Keep())
 logging.getLogger("jax").setLevel(logging.DEBUG)
 jax.config.update("jax_log_compiles", True)
+"""
+
+NODE_STEPS = COMPILE_LOG + """
 from gossipfl.config import NodeConfig, from_dict
 from gossipfl.node.compile_cache import node_executables
 from gossipfl.node.learner import LocalLearner
@@ -56,15 +60,12 @@ print(json.dumps({"hits": cache.hits, "misses": cache.misses, "stored": cache.st
                   "lowered": [m for m in records if "MLIR" in m]}))
 """
 
-UNIT = """
-import json, logging, os, sys
-import jax, jax.numpy as jnp, numpy as np
+UNIT = COMPILE_LOG + """
+import os
+import jax.numpy as jnp
 from gossipfl.learning.executables import ExecutableCache
-warnings = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        warnings.append(record.getMessage())
 logging.getLogger("gossipfl.executables").addHandler(Keep())
+warnings = records  # the cache's warnings among JAX's log
 folder = sys.argv[1]
 out = {}
 def step(w, x):
@@ -100,16 +101,7 @@ print(json.dumps(out))
 """
 
 
-DP_STEPS = """
-import json, logging, sys
-import jax, numpy as np
-records = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        records.append(record.getMessage())
-logging.getLogger("jax").addHandler(Keep())
-logging.getLogger("jax").setLevel(logging.DEBUG)
-jax.config.update("jax_log_compiles", True)
+DP_STEPS = COMPILE_LOG + """
 from gossipfl.learning.executables import ExecutableCache
 from gossipfl.learning.models import build_model
 from gossipfl.learning.params import flatten_params
