@@ -136,6 +136,28 @@ def test_a_peer_that_says_dialled_without_dialling_cannot_make_a_node_public(
     assert list(outcomes.values()) == ["said dialled, but no connection came"]
 
 
+def test_many_peer_ids_at_one_address_get_one_dial_back_per_gap(tmp_path: Path) -> None:
+    hosts = _hosts(tmp_path, "server", "node", "sybil")
+
+    async def main() -> list[Any]:
+        (server, s_listen), (node, n_listen), (sybil, y_listen) = (
+            hosts["server"], hosts["node"], hosts["sybil"])
+        async with server.run(s_listen), node.run(n_listen), sybil.run(y_listen):
+            answering = DialbackServer(server, FED)
+            server.set_stream_handler(PROTO_DIALBACK, answering.on_stream)
+            await _connect(node, server)
+            await _connect(sybil, server)
+            port = listen_port([str(a) for a in node.get_addrs()]) or 0
+            first = await ask(node, FED, str(server.get_id()), port)
+            # another peer id at the same IP, asking for the same port: refused
+            again = await ask(sybil, FED, str(server.get_id()), port)
+            return [first, again]
+
+    first, again = trio.run(main)
+    assert first == (DialbackCode.DIALLED, True)
+    assert again == (DialbackCode.REFUSED, False)
+
+
 def test_a_server_refuses_another_federation_and_answers_garbage_with_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dialback, "ASK_SECONDS", 3.0)

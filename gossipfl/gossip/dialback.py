@@ -11,10 +11,11 @@ can make a node that cannot be dialled announce addresses nobody reaches.
 
 Who is dialled, and how often (a server's rules, against its use as an amplifier or a port
 scanner): only the IP the request arrived from (never an address the request names), only over
-a direct connection (over a relay the observed IP is the relay's: refused), one dial-back at a
-time (:data:`PARALLEL`; more wait for a slot within the request's deadline), and each requester
-at most once per :data:`REQUESTER_GAP` seconds (a table of at most :data:`MAX_REMEMBERED`
-requesters). A node whose peers all refuse or do not answer takes itself for private.
+a direct connection (over a relay the observed IP is the relay's: refused), at most
+:data:`PARALLEL` dial-backs at once (more wait for a slot within the request's deadline), each
+requester and each address at most once per :data:`REQUESTER_GAP` seconds (a table of at most
+:data:`MAX_REMEMBERED` entries). A node whose peers all refuse or do not answer takes itself
+for private.
 
 Why not py-libp2p's AutoNAT (``libp2p.host.autonat``, 0.8.1): its server dials back with
 ``host.connect``, which returns at once when a connection to the requester exists, and the
@@ -106,20 +107,25 @@ class DialbackServer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``federation``: the one whose members it answers (None: any, as a public relay)."""
         self.host, self.federation, self.clock = host, federation, clock
-        self.last: dict[str, float] = {}  # requester → when it was last dialled back
+        # when each requester, and each address, was last dialled back: a requester with many
+        # peer ids at one IP still gets one dial-back per address and gap
+        self.last: dict[str, float] = {}
         self.slots = trio.Semaphore(PARALLEL)
         self.counts = {code.value: 0 for code in DialbackCode}
 
-    def _refusal(self, stream: Any, requester: str) -> str | None:
+    def _refusal(self, stream: Any, requester: str, target: str | None) -> str | None:
         if _is_relayed(stream):
             return "asked over a relay"
+        if target is None:
+            return "the request's IP is unknown"
         now = self.clock()
-        if now - self.last.get(requester, -REQUESTER_GAP) < REQUESTER_GAP:
+        keys = (requester, target)
+        if any(now - self.last.get(key, -REQUESTER_GAP) < REQUESTER_GAP for key in keys):
             return f"dialled back less than {REQUESTER_GAP:.0f} s ago"
         if len(self.last) >= MAX_REMEMBERED:  # forget the oldest: bounded
             for old in sorted(self.last, key=self.last.__getitem__)[:MAX_REMEMBERED // 4]:
                 del self.last[old]
-        self.last[requester] = now
+        self.last.update(dict.fromkeys(keys, now))
         return None
 
     async def on_stream(self, stream: Any) -> None:
@@ -130,11 +136,9 @@ class DialbackServer:
             with trio.fail_after(ASK_SECONDS):
                 request, _ = await read_frame(stream, DialbackRequest, FRAME_BYTES)
                 fed = request.federation
-                refusal = "another federation" if self.federation not in (None, fed) \
-                    else self._refusal(stream, requester)
                 target = dialback_target(_observed(stream), request.port)
-                if refusal is None and target is None:
-                    refusal = "the request's IP is unknown"
+                refusal = "another federation" if self.federation not in (None, fed) \
+                    else self._refusal(stream, requester, target)
                 if refusal is not None:
                     reply = DialbackReply(fed, DialbackCode.REFUSED, refusal)
                 else:
