@@ -7,7 +7,9 @@ the request came from and the port the requester listens on, answers ``dialled``
 and closes that connection :data:`HOLD_SECONDS` later. The node is public only if it *saw* such
 a connection arrive: a new inbound connection from the peer that says it dialled. So a peer
 that lies can only make it private (it then reserves on a relay, slower but as safe); no peer
-can make a node that cannot be dialled announce addresses nobody reaches.
+can make a node that cannot be dialled announce addresses nobody reaches. A dial-back proves the
+node reachable from the peer that made it, no more: a peer on the node's own LAN reaches it over
+the LAN, so a node behind a NAT asks relays (``[relay] use``), which are public.
 
 Who is dialled, and how often (a server's rules, against its use as an amplifier or a port
 scanner): only the IP the request arrived from (never an address the request names), only over
