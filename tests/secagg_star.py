@@ -129,6 +129,17 @@ def _expected(star: dict[str, Node], estimates: dict[str, np.ndarray], names: st
     return total
 
 
+def assert_sum_of(star: dict[str, Node], result: object, estimates: dict[str, np.ndarray],
+                  names: str) -> None:
+    """``result`` (a secure sum's) holds exactly the named members, and their weighted sum
+    within quantisation (half a level per input)."""
+    assert result is not None
+    total, _, survivors = result  # type: ignore[misc]
+    assert survivors == ids(star, names)
+    bound = len(names) / (2 * SCALE) + 1e-6
+    assert np.abs(total - _expected(star, estimates, names)).max() <= bound
+
+
 def _inbox(star: dict[str, Node], senders: str, r: int) -> None:
     """The aggregator, at round r, accepts the named members' masked inputs."""
     star["a"].round = r
