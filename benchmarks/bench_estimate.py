@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 estimate = estimated(scenario)  # each run its own calibration, just before it
                 out = base / f"{Path(scenario).stem}-{run}"
                 report, load = measured_run(scenario, out)
+                (out / "estimate.json").write_text(json.dumps(estimate, indent=1))
                 ratios = compare(f"{Path(scenario).stem} run {run + 1}", estimate,
                                  report, load)
                 worst = max([worst, *(max(r, 1 / r) for r in ratios)])

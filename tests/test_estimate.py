@@ -22,14 +22,18 @@ from gossipfl.scenario.calibrate import (
 )
 from gossipfl.scenario.config import ScenarioConfig, load_scenario
 from gossipfl.scenario.estimate import (
+    SPEED_LIMITS,
     GraphFigures,
     ModelConstants,
     consensus_rounds,
     contribution_bytes,
     estimate,
+    frames_per_round,
     graph_figures,
     heartbeat_targets,
+    machine_factor,
     mixing_rho,
+    scaled,
     secagg_bytes,
 )
 from gossipfl.scenario.graphs import ScenarioTopology
@@ -52,7 +56,7 @@ BARE = ModelConstants(final_disagreement=1e-2, frame_cpu_seconds=0.0, byte_cpu_s
                       stream_cpu_seconds=0.0,
                       round_cpu_seconds=0.0, train_dispatch_seconds=0.0,
                       join_pair_cpu_seconds=0.0, exit_seconds=0.0, exit_cpu_seconds=0.0,
-                      answer_seconds=0.0)
+                      answer_seconds=0.0, heartbeat_share=1.0)
 
 
 def calibration(**changes: object) -> Calibration:
@@ -61,7 +65,8 @@ def calibration(**changes: object) -> Calibration:
         test_examples=10,
         import_seconds=0.0, compile_seconds=0.0, node_first_seconds=0.0, train_seconds=0.1,
         eval_seconds=0.0, full_bytes=1000, delta_bytes=400, ack_bytes=50, heartbeat_bytes=0,
-        link_bytes=0, message_cpu_seconds=0.0, heartbeat_cpu_seconds=0.0, secagg=None,
+        link_bytes=0, message_cpu_seconds=0.0, heartbeat_cpu_seconds=0.0,
+        frame_seconds=ModelConstants().reference_frame_seconds, secagg=None,
         base_rss_bytes=100 * 2**20, calibration_seconds=1.0)
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -155,20 +160,41 @@ def test_other_work_found_by_the_probe() -> None:
 
 def test_wall_time_adds_start_up_rounds_and_finish() -> None:
     graph = GraphFigures((2, 2, 2), 2, 0.25)
-    cal = calibration(import_seconds=1.0, compile_seconds=2.0, node_first_seconds=0.5)
+    cal = calibration(import_seconds=1.0, compile_seconds=3.5, node_first_seconds=0.5)
     result = estimate(scenario(), cal, BARE, graph)
     # 3 nodes on 2 cores: a round of 0.1 s CPU each takes 0.15 s (the steps were compiled
     # while joining: the first round costs what the others do)
     rounds = 5 * 0.15  # 5 training rounds; consensus rounds cost nothing here (no messages)
-    # compiling (2 s) overlaps joining (two heartbeat intervals; imports precede the run)
-    start = max(2.0, 2 * 1.0)
+    # compiling (3.5 s) overlaps joining (three heartbeat intervals; imports precede the run)
+    start = max(3.5, 3 * 1.0)
     finish = 0.25 * 1.0  # the done heartbeats crossing
     assert result.wall_seconds == pytest.approx(start + rounds + finish)
     assert result.max_peak_rss_bytes > cal.base_rss_bytes
     # a compilation shorter than joining is hidden by it
     quick = estimate(scenario(), calibration(import_seconds=1.0, compile_seconds=0.5,
                                              node_first_seconds=0.5), BARE, graph)
-    assert quick.wall_seconds == pytest.approx(2 * 1.0 + rounds + finish)
+    assert quick.wall_seconds == pytest.approx(3 * 1.0 + rounds + finish)
+
+
+def test_a_slower_event_loop_scales_the_fitted_constants_not_the_calibrated_ones() -> None:
+    # the fitted transport constants only: a machine whose probe is twice the reference's
+    # pays twice for them, while the calibrated training round stays what it measured
+    only_frames = dataclasses.replace(BARE, frame_cpu_seconds=1e-3)
+    graph = GraphFigures((2, 2, 2), 2, 0.25)
+    reference = only_frames.reference_frame_seconds
+    base = estimate(scenario(), calibration(frame_seconds=reference), only_frames, graph)
+    slow = estimate(scenario(), calibration(frame_seconds=2 * reference), only_frames, graph)
+    assert base.terms["machine_factor"] == 1.0 and slow.terms["machine_factor"] == 2.0
+    frames = frames_per_round(2, secure=False) * 1e-3
+    train_round = 0.1 + frames  # one node's CPU a round; three nodes on two cores
+    assert base.terms["train_round_seconds"] == pytest.approx(3 * train_round / 2)
+    assert slow.terms["train_round_seconds"] == pytest.approx(3 * (0.1 + 2 * frames) / 2)
+    assert base.nodes[0].train_seconds_per_round == slow.nodes[0].train_seconds_per_round
+    # a broken probe (zero, or absurdly slow) is clipped, not believed
+    assert machine_factor(0.0, reference) == SPEED_LIMITS[0]
+    assert machine_factor(1.0, reference) == SPEED_LIMITS[1]
+    assert scaled(only_frames, 3.0).frame_cpu_seconds == pytest.approx(3e-3)
+    assert scaled(only_frames, 3.0).exit_seconds == only_frames.exit_seconds  # a wait, not CPU
 
 
 def test_calibration_of_a_tiny_scenario(tmp_path: Path) -> None:
@@ -182,6 +208,7 @@ def test_calibration_of_a_tiny_scenario(tmp_path: Path) -> None:
     assert 4 * 15 < cal.full_bytes < 4 * 15 + 2000 and cal.ack_bytes < 300
     assert cal.heartbeat_bytes > 100 and cal.link_bytes > 0 and cal.secagg is None
     assert cal.base_rss_bytes > 10 * 2**20
+    assert 1e-6 < cal.frame_seconds < 0.05  # a small frame on loopback: microseconds, not none
     result = estimate(load_scenario(path), cal)
     assert result.wall_seconds > 0 and all(n.bytes_sent > cal.full_bytes for n in result.nodes)
 

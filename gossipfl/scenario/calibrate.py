@@ -21,7 +21,12 @@ the machine at hand, measured with the project's own code, in a few seconds.
   peak RSS (ru_maxrss, as a node reports its own) are a node's start and the base of its peak.
   Times are CPU seconds (``time.process_time``), so a busy machine does not inflate them.
 
-The wire measurements are in :mod:`gossipfl.scenario.calibrate_wire`.
+- **Transport**: the CPU py-libp2p spends on one small frame between two real hosts (a
+  ping-pong on loopback, in a forked child): how fast this machine runs the event loop, which
+  scales the cost model's few constants fitted from runs.
+
+The wire measurements are in :mod:`gossipfl.scenario.calibrate_wire`, the transport probe in
+:mod:`gossipfl.scenario.calibrate_transport`.
 
 The cost model that turns these figures into per-node estimates is
 :mod:`gossipfl.scenario.estimate` (pure).
@@ -45,6 +50,7 @@ import numpy as np
 
 from gossipfl.config import NodeConfig
 from gossipfl.gossip.wire_fields import MAX_MEMBERS as MAX_MEMBERS_LISTED
+from gossipfl.scenario.calibrate_transport import frame_seconds
 from gossipfl.scenario.calibrate_wire import (
     SecAggBytes,
     contribution_frames,
@@ -84,6 +90,7 @@ class Calibration:
     link_bytes: int  # a link request plus its reply
     message_cpu_seconds: float  # one contribution: build, seal, frame, open, decode
     heartbeat_cpu_seconds: float  # one heartbeat: build, frame, decode, check its stamps
+    frame_seconds: float  # py-libp2p's CPU for one small frame sent or received (the probe)
     secagg: SecAggBytes | None
     base_rss_bytes: int  # peak RSS of a forked child that loaded, trained and evaluated
     calibration_seconds: float
@@ -304,6 +311,8 @@ def calibrate(scenario: ScenarioConfig, *, isolated: bool = True) -> Calibration
     heartbeat, link, heartbeat_cpu = heartbeat_frame(scenario, federation)
     secure = (secagg_frames(scenario, int(warm["parameters"]), scenario_degree(scenario))
               if scenario.secagg.enabled else None)
+    transport = (in_child(lambda: {"frame": frame_seconds()}) if isolated
+                 else {"frame": frame_seconds()})
     batch, epochs = scenario.train.batch_size, scenario.train.local_epochs
     if isolated:
         shares.append(machine_share(cores))
@@ -319,7 +328,7 @@ def calibrate(scenario: ScenarioConfig, *, isolated: bool = True) -> Calibration
                                                                           node["eval"]),
         full_bytes=full, delta_bytes=delta, ack_bytes=ack, heartbeat_bytes=heartbeat,
         link_bytes=link, message_cpu_seconds=message_cpu, heartbeat_cpu_seconds=heartbeat_cpu,
-        secagg=secure, base_rss_bytes=int(node["rss"]),
+        frame_seconds=float(transport["frame"]), secagg=secure, base_rss_bytes=int(node["rss"]),
         calibration_seconds=time.perf_counter() - start,
     )
 

@@ -40,7 +40,7 @@ optimiser state and each neighbour's estimate (two copies), and the frames in fl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -63,22 +63,50 @@ class ModelConstants:
     """The few constants the model takes from measured runs, not from calibration (see the
     README's "Estimating a deployment" for the runs they were fitted on)."""
 
-    final_disagreement: float = 5e-2  # d0: a neighbourhood's relative disagreement at the
+    final_disagreement: float = 2e-2  # d0: a neighbourhood's relative disagreement at the
     # end of training (the largest, as the settling rule needs every neighbour within reach)
     secagg_final_disagreement: float = 5e-3  # the same to the neighbourhood's mean (secagg)
     frame_cpu_seconds: float = 2.0e-4  # transport CPU per frame sent or received
     byte_cpu_seconds: float = 2.4e-8  # and per byte (Noise, yamux: about 40 MB/s)
     stream_cpu_seconds: float = 5.5e-3  # a heartbeat's new stream (not a neighbour's): open
-    round_cpu_seconds: float = 1.0e-3  # per node per round: checkpoint, metrics, scheduling
+    round_cpu_seconds: float = 5.0e-3  # per node per round: checkpoint, metrics, scheduling
     train_dispatch_seconds: float = 1.0e-3  # handing training to the worker thread and back
-    join_intervals: float = 2.0  # heartbeat intervals until the membership is complete
+    join_intervals: float = 3.0  # heartbeat intervals until the membership is complete
     join_pair_cpu_seconds: float = 1.6e-2  # a pair of members meeting: dial, Noise, checks
     exit_seconds: float = 0.1  # the runner noticing the exits
     exit_cpu_seconds: float = 0.05  # each node's final writes (final.npz, summary, report)
     answer_seconds: float = 0.04  # a heartbeat cycle's wait for answers, per process a core
+    heartbeat_share: float = 0.5  # of the calibrated heartbeat (every member listed) a steady
+    # heartbeat carries: a delta, the entries changed since the peer's ack (membership.py)
     state_copies: int = 6  # model-sized vectors a node holds besides its neighbours'
     runtime_rss_bytes: int = 12 * 2**20  # a running node (host, trio, threads) beyond the
     # calibration's node child
+    reference_frame_seconds: float = 1.6e-4  # the transport probe on the machine the CPU
+    # constants above were fitted on (calibrate_transport.py)
+
+
+#: The constants that are Python's own work (the event loop, py-libp2p, bookkeeping): they
+#: scale with the transport probe's figure on the machine at hand against the reference.
+SCALED = ("frame_cpu_seconds", "byte_cpu_seconds", "stream_cpu_seconds", "round_cpu_seconds",
+          "train_dispatch_seconds", "join_pair_cpu_seconds", "exit_cpu_seconds",
+          "answer_seconds")
+SPEED_LIMITS = (0.2, 10.0)  # a probe outside these (a broken measurement) is clipped
+
+
+def machine_factor(frame_seconds: float, reference: float) -> float:
+    """How much slower than the reference machine this one runs the event loop: the probe's
+    figure over the reference's, clipped to :data:`SPEED_LIMITS`.
+
+    >>> machine_factor(3.2e-4, 1.6e-4), machine_factor(1e-9, 1.6e-4)
+    (2.0, 0.2)
+    """
+    low, high = SPEED_LIMITS
+    return min(high, max(low, frame_seconds / reference))
+
+
+def scaled(constants: ModelConstants, factor: float) -> ModelConstants:
+    """``constants`` with each of :data:`SCALED` multiplied by ``factor``."""
+    return replace(constants, **{name: getattr(constants, name) * factor for name in SCALED})
 
 
 @dataclass(frozen=True)
@@ -226,8 +254,9 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
              constants: ModelConstants = ModelConstants(),
              graph: GraphFigures | None = None) -> Estimate:
     """Per-node resource figures for ``scenario`` on the calibrated machine (its cores, with
-    nothing else running)."""
-    k = constants
+    nothing else running; the constants fitted from runs scaled to its speed)."""
+    factor = machine_factor(cal.frame_seconds, constants.reference_frame_seconds)
+    k = scaled(constants, factor)
     graph = graph if graph is not None else graph_figures(scenario)
     n, protocol, secure = scenario.nodes, scenario.protocol, cal.secagg is not None
     training = scenario.rounds
@@ -273,7 +302,7 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
     for i, d in enumerate(graph.degrees):
         traffic = (secagg_bytes(cal, d, rounds) if secure
                    else contribution_bytes(cal, d, rounds))
-        beats = int(cycles * 2 * targets[i] * cal.heartbeat_bytes)
+        beats = int(cycles * 2 * targets[i] * cal.heartbeat_bytes * k.heartbeat_share)
         total = traffic + beats + d * cal.link_bytes
         state = (k.state_copies + 2 * d) * vector + 2 * d * max(cal.full_bytes, vector)
         nodes.append(NodeEstimate(
@@ -283,7 +312,7 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
             peak_rss_bytes=int(cal.base_rss_bytes + k.runtime_rss_bytes + state),
             bytes_sent=total, bytes_received=total))
     terms = {
-        "cores": float(cores), "cores_left": cores_left,
+        "cores": float(cores), "cores_left": cores_left, "machine_factor": factor,
         "heartbeat_load": heartbeat_load,
         "contention": contention, "rho": graph.rho, "horizon": float(graph.diameter_plus_one),
         "joining_seconds": joining, "start_up_seconds": start_up,
@@ -307,10 +336,10 @@ def _toy() -> Calibration:
         import_seconds=1.0, compile_seconds=2.0, node_first_seconds=0.5, train_seconds=0.1,
         eval_seconds=0.01, full_bytes=1000, delta_bytes=400,
         ack_bytes=50, heartbeat_bytes=300, link_bytes=100, message_cpu_seconds=0.001,
-        heartbeat_cpu_seconds=0.0005, secagg=None, base_rss_bytes=100 * 2**20,
+        heartbeat_cpu_seconds=0.0005, frame_seconds=1.6e-4, secagg=None, base_rss_bytes=100 * 2**20,
         calibration_seconds=3.0)
 
 
 __all__ = ["Estimate", "GraphFigures", "ModelConstants", "NodeEstimate", "consensus_rounds",
            "contribution_bytes", "estimate", "graph_figures", "heartbeat_targets",
-           "mixing_rho", "round_bytes", "secagg_bytes"]
+           "machine_factor", "mixing_rho", "round_bytes", "scaled", "secagg_bytes"]
