@@ -56,7 +56,9 @@ def print_estimate(estimate: Estimate, calibration: Calibration) -> None:
         f"(node 0), contribution frame {calibration.delta_bytes} B, heartbeat "
         f"{calibration.heartbeat_bytes} B; start-up {t['start_up_seconds']:.1f} s, "
         f"{t['cores_left']:.2f} cores left after heartbeats, ρ {t['rho']:.3f}, "
-        f"horizon {t['horizon']:.0f}. Estimated for this machine with nothing else running; "
+        f"horizon {t['horizon']:.0f}; the event loop runs {t['machine_factor']:.2f}× the "
+        f"reference machine's time a frame ({calibration.frame_seconds * 1e6:.0f} µs). "
+        f"Estimated for this machine with nothing else running; "
         f"other work found running now: {calibration.other_load:.1f} runnable processes.")
 
 
