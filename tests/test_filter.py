@@ -136,23 +136,3 @@ def test_clipping_at_a_radius_of_training_steps_and_the_scale_s_decay() -> None:
     robust_step(node, np.array([0.5, 0.0], np.float32), far, {"x": 0.25}, record)
     assert node.step_scale == pytest.approx(STEP_DECAY * 0.5)
     assert record["robust"]["tau"] == pytest.approx(2 * STEP_DECAY * 0.5)
-    # a training round again, with a step smaller than the decayed one: clipping takes this
-    # round's step (radius 2 × 0.1), where the filter would keep the remembered 0.45
-    node.model = np.array([0.4, 0.0])
-    model = robust_step(node, np.array([0.5, 0.0], np.float32), far, {"x": 0.25}, record)
-    assert node.step_scale == pytest.approx(0.1) and record["robust"]["tau"] == pytest.approx(0.2)
-    np.testing.assert_allclose(model, [0.55, 0.0], rtol=1e-6)
-
-
-def test_the_training_step_scale_clipping_takes_this_round_s_the_filter_the_largest() -> None:
-    from gossipfl.node.robust_step import STEP_DECAY, step_scale
-
-    assert step_scale(0.0, 0.5, latest=True) == step_scale(0.0, 0.5, latest=False) == 0.5
-    # a smaller step than the decayed scale: clipping follows it, the filter does not
-    assert step_scale(1.0, 0.5, latest=True) == 0.5
-    assert step_scale(1.0, 0.5, latest=False) == pytest.approx(STEP_DECAY)
-    # a larger one: both take it
-    assert step_scale(1.0, 2.0, latest=True) == step_scale(1.0, 2.0, latest=False) == 2.0
-    # no training this round (a consensus round): both decay
-    assert step_scale(1.0, 0.0, latest=True) == step_scale(1.0, 0.0, latest=False) == \
-        pytest.approx(STEP_DECAY)

@@ -21,28 +21,6 @@ log = logging.getLogger("gossipfl.round")
 STEP_DECAY = 0.9  # per round: the remembered training step (filter, tau_steps) fades in consensus
 
 
-def step_scale(previous: float, step: float, latest: bool) -> float:
-    """The training-step scale after a round whose own training step had norm ``step``.
-
-    A round without training (``step`` 0: a consensus round) keeps ``STEP_DECAY`` times the
-    previous scale. After a training round the filter keeps the larger of ``step`` and that
-    (never tighter than the steps it remembers); clipping (``latest``) takes this round's step
-    itself: steps shrink faster than ``STEP_DECAY`` once a node has fit its data (0.04 by
-    round 17 against 5.3 in round 0 on the ClippedGossip graph), and a radius held at the
-    decayed first step lets every neighbour, Byzantine ones too, move the node by far more
-    than it trains.
-
-    >>> step_scale(1.0, 0.5, latest=True), step_scale(1.0, 0.5, latest=False)
-    (0.5, 0.9)
-    >>> step_scale(1.0, 0.0, latest=True)
-    0.9
-    """
-    decayed = STEP_DECAY * previous
-    if latest and step > 0:
-        return step
-    return max(step, decayed)
-
-
 def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.ndarray],
                 weights: Mapping[str, float], record: dict[str, Any] | None) -> np.ndarray:
     """``x_i ← x½ + γ (R(x̂_i, {x̂_j}) − x̂_i)`` with the node's rule ``R``. A rule that needs
@@ -62,7 +40,7 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
         # before the round is still node.model), remembered with a decay through consensus
         # rounds, where it trains no more; nothing a neighbour sends moves it
         step = float(np.linalg.norm(half_step.astype(np.float64) - node.model))
-        node.step_scale = step_scale(node.step_scale, step, latest=rule is RobustRule.CLIPPING)
+        node.step_scale = max(step, STEP_DECAY * node.step_scale)
     if rule is RobustRule.FILTER:
         params["distrusted"] = distrusted(node.filter_counts)
         params["least"] = node.step_scale
