@@ -124,10 +124,10 @@ def test_the_momentum_scenario_is_the_peer_task_plus_the_lever() -> None:
     lever = load_scenario(scenarios / "peer_task_momentum.toml")
     train = lever.train
     assert (train.outer_momentum, train.outer_nesterov, train.outer_average) == (0.9, True, 5)
-    assert lever.protocol.gamma == 0.7
+    assert (lever.protocol.gamma, lever.protocol.consensus_tolerance) == (0.7, 3e-4)
     same_train = dataclasses.replace(train, outer_momentum=0.0, outer_nesterov=False,
                                      outer_average=0)
-    same_protocol = dataclasses.replace(lever.protocol, gamma=1.0)
+    same_protocol = dataclasses.replace(lever.protocol, gamma=1.0, consensus_tolerance=1e-4)
     assert dataclasses.replace(lever, name=task.name, train=same_train,
                                protocol=same_protocol) == task
     # and the int4 scenario is that one with its deltas compressed
