@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -248,3 +249,20 @@ def test_the_peer_task_scenarios_are_not_warned_of() -> None:
     for name in ("peer_task_momentum", "peer_task_int4"):
         s = load_scenario(scenarios / f"{name}.toml")
         assert mixing_warnings(s.compression.kind, s.protocol.gamma, s.train, s.topology) == []
+
+
+def test_a_simulated_run_ends_training_with_the_tail_mean(tmp_path: Path) -> None:
+    from sim_scenarios import node_log, scenario_text, simulated
+
+    from gossipfl.node.learner import LearnerPool
+
+    text = scenario_text(name="tail", nodes=4, rounds=4, topology="regular", degree=2,
+                         protocol="gamma = 0.7\n").replace(
+        "local_epochs = 1\n",
+        "local_epochs = 1\nouter_momentum = 0.9\nouter_nesterov = true\nouter_average = 2\n")
+    report = simulated(tmp_path, text, LearnerPool())
+    assert report["summary"]["survivors"] == 4
+    for index in range(4):
+        assert "the model is now the mean of the last 2 training rounds' models" in node_log(
+            tmp_path, index)
+    assert report["summary"]["min_final_accuracy"] == report["summary"]["max_final_accuracy"]
