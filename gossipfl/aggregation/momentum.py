@@ -101,10 +101,10 @@ def tail_mean(mean: np.ndarray | None, count: int, model: np.ndarray) -> np.ndar
 
 def mixing_step_limit(beta: float, *, nesterov: bool) -> float:
     """The largest ``a = γ(1 − λ)`` (a mode of the mixing, module docstring) on which outer
-    momentum ``beta`` is stable: on such a mode ``(x, v)`` evolves by
-    ``[[1 − a(1 + β), β²], [−a, β]]`` (Nesterov) or ``[[1 − a + β, ...]]`` (heavy ball: the
-    characteristic polynomial ``z² − (1 + β − a) z + β``), whose roots stay inside the unit
-    circle for ``0 < a < 1 + 1/(1 + 2β)`` (Nesterov) and ``0 < a < 2(1 + β)`` (heavy ball).
+    momentum ``beta`` is stable. On such a mode a round's step is ``−a x``, and ``x`` follows
+    ``z² − (1 + β − a(1 + β)) z + β(1 − a)`` (Nesterov) or ``z² − (1 + β − a) z + β`` (heavy
+    ball); by Jury's test the roots stay inside the unit circle for ``0 < a < 1 + 1/(1 + 2β)``
+    and ``0 < a < 2(1 + β)`` respectively (the polynomial's value at −1 turns negative there).
 
     Example:
         >>> round(mixing_step_limit(0.9, nesterov=True), 4), mixing_step_limit(0.5, nesterov=False)
