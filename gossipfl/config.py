@@ -416,8 +416,9 @@ class NodeConfig:
             _check_route(peer, route)
         _require(not (self.secagg.enabled and self.protocol.mode is Mode.ASYNC),
                  "secagg needs protocol.mode = sync (its sums are per round)")
-        _require(not (self.train.outer_momentum and self.protocol.mode is Mode.ASYNC),
-                 "train.outer_momentum needs protocol.mode = sync (a round's step is per round)")
+        for name in ("outer_momentum", "outer_average"):
+            _require(not (getattr(self.train, name) and self.protocol.mode is Mode.ASYNC),
+                     f"train.{name} needs protocol.mode = sync (a round's step is per round)")
         _require(not (self.secagg.enabled and self.robust.rule != "none"),
                  "robust.rule needs the neighbours' individual estimates: not with secagg "
                  "(its masks hide them; the norm bound still checks each secure sum)")

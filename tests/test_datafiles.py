@@ -281,6 +281,12 @@ def test_the_shipped_file_scenario_is_the_peer_task_read_from_files() -> None:
     assert files.data.folder == str((ROOT / "scenarios" / "peer_task_split").resolve())
     for section in ("model", "train", "topology", "protocol", "nodes", "rounds", "seed"):
         assert getattr(files, section) == getattr(task, section), section
+    # and with peer_task_momentum's levers
+    lever = load_scenario(ROOT / "scenarios" / "peer_task_momentum.toml")
+    both = load_scenario(ROOT / "scenarios" / "peer_task_files_momentum.toml")
+    assert both.data == files.data
+    for section in ("model", "train", "topology", "protocol", "nodes", "rounds", "seed"):
+        assert getattr(both, section) == getattr(lever, section), section
 
 
 # -- a simulated run on per-node files --------------------------------------------------------

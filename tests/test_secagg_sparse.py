@@ -68,8 +68,10 @@ def test_the_secagg_compressor_uses_the_shared_set_and_none_in_full_rounds() -> 
     # without secagg, each sender draws its own set (plain mode unchanged)
     plain = [compressor(config, "fed", s, 3)(delta) for s in ("p", "q")]
     assert not np.array_equal(plain[0].indices, plain[1].indices)
-    # the final (done) delta: compressed under secagg only
-    assert last_compressor(NodeConfig(compression=config), "p", 3) is None
+    # the final (done) delta: compressed as any round's, with or without secagg
+    last = last_compressor(NodeConfig(compression=config), "p", 3)
+    assert last is not None and last(delta).codec is Codec.SPARSE
+    assert last_compressor(NodeConfig(), "p", 3) is None  # no compression: none
 
 
 def _keys(names: str) -> dict[str, bytes]:

@@ -71,6 +71,8 @@ class TrainConfig:
             always in its last training round and its last round), ``>= 1``.
         outer_momentum: Momentum on the averaged model across training rounds, in ``[0, 1)``
             (0: off; :mod:`gossipfl.aggregation.momentum`); ``outer_nesterov``: its Nesterov form.
+        outer_average: Training ends with the mean of the models of the last this many training
+            rounds (tail averaging), ``>= 0`` (0: off).
     """
 
     optimizer: str = "sgd"
@@ -81,6 +83,7 @@ class TrainConfig:
     eval_every: int = 1
     outer_momentum: float = 0.0
     outer_nesterov: bool = False
+    outer_average: int = 0
 
     def __post_init__(self) -> None:
         """Validate the fields.
@@ -108,6 +111,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not _is_int(self.outer_average) or self.outer_average < 0:
+            raise ValueError(f"outer_average must be an int >= 0, got {self.outer_average!r}")
 
 
 @dataclass(frozen=True)

@@ -95,9 +95,10 @@ def run_node(config: NodeConfig, log_level: str = "INFO",
     log.info("data: %s, partition %s: %d training examples; model %s with %d parameters",
              config.data.dataset, config.data.partition, len(learner.y), config.model.name,
              learner.size)
-    from gossipfl.node.compression import gamma_warning
+    from gossipfl.node.compression import mixing_warnings
 
-    if (warning := gamma_warning(config.compression.kind, config.protocol.gamma)) is not None:
+    for warning in mixing_warnings(config.compression.kind, config.protocol.gamma, config.train,
+                                   config.topology):
         log.warning("%s", warning)
     from gossipfl.adversary.factory import make_role
 

@@ -40,7 +40,7 @@ from gossipfl.node.exchange import (
     wait_for_neighbours,
 )
 from gossipfl.node.learner import RecordDP
-from gossipfl.node.outer import outer_step
+from gossipfl.node.outer import end_average, outer_step
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
 from gossipfl.node.robust_step import robust_step
 from gossipfl.node.settle import Verdict
@@ -97,6 +97,9 @@ def stop_training(node: Node, r: int, why: TrainingStop) -> None:
                     "DP-SGD steps" if node.budget.unit == "record" else "rounds")
     elif why is not TrainingStop.DONE:
         log.info("round %d: stopping training: %s", r, why.value)
+    # train.outer_average: the tail's mean, before anything is published (a model known to
+    # hold only public values is kept: the mean of private models would not be)
+    end_average(node, r, keep=node.model_public)
     privacy = node.config.privacy
     # record unit: the model itself is DP-SGD's output (post-processing from here on); node
     # unit: the model is un-noised, and only the noisy x̂ may be published

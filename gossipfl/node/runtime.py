@@ -176,6 +176,7 @@ class Node:
         self.rejoins_served = 0
         self.diverged_rounds: list[int] = []
         self.velocity: tuple[int, np.ndarray] | None = None  # outer momentum (node/outer.py)
+        self.tail: tuple[int, np.ndarray] | None = None  # train.outer_average (node/outer.py)
         # [robust] rule = "filter": per neighbour, (rounds it was left out, rounds filtered)
         self.filter_counts: dict[str, tuple[int, int]] = {}
         self.step_scale = 0.0  # its own last training step, decaying (filter, tau_steps)

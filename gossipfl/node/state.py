@@ -128,6 +128,7 @@ class Node(Protocol):
     model: np.ndarray
     model_public: bool
     velocity: tuple[int, np.ndarray] | None  # outer momentum: (training round, velocity)
+    tail: tuple[int, np.ndarray] | None  # train.outer_average: (models in, their mean)
     own: OwnEstimate
     estimates: PeerEstimates
     secagg: SecAggState

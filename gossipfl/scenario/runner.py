@@ -394,9 +394,10 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
     fresh interpreter per node. ``metrics``: a base port, node i serves metrics on it + i.
     """
     scenario = load_scenario(path, metrics)
-    from gossipfl.node.compression import gamma_warning
+    from gossipfl.node.compression import mixing_warnings
 
-    if (warning := gamma_warning(scenario.compression.kind, scenario.protocol.gamma)):
+    for warning in mixing_warnings(scenario.compression.kind, scenario.protocol.gamma,
+                                   scenario.train, scenario.topology):
         print(f"gossipfl run: warning: {warning}", file=sys.stderr)
     spaces = scenario.namespaces
     if spaces.enabled:  # refuse before making anything
