@@ -4,7 +4,9 @@ contribution path, and its masked (secure-aggregation) input, in one run.
 Two hosts made as a node makes them (:func:`gossipfl.gossip.host.make_host`: TCP, Noise,
 yamux), in this one process and event loop, talk over 127.0.0.1. Each measurement sends one
 message of ``n`` float32 parameters and waits for its acknowledgement, ``--reps`` times on one
-open stream (as a node keeps its contribution streams open), after one warm-up exchange:
+open stream a path (as a node keeps its contribution streams open), after one warm-up exchange;
+the paths take turns, one exchange each a repetition, so that a machine whose speed drifts
+during the run slows them alike:
 
 1. ``plain``: the bytes of a contribution frame as they are (no encoding, no crypto), read whole
    by the receiver, a one-byte answer.
@@ -158,7 +160,8 @@ class Bench:
         self.vector = np.random.default_rng(0).normal(0, 0.1, size).astype(np.float32)
         self.frame = encode_frame(contribution(self.sender.peer_id, self.receiver.peer_id, 1,
                                                self.layout, self.vector), CAP)
-        self.received: list[np.ndarray] = []
+        self.received: list[np.ndarray] = []  # the contributions' vectors, as taken off
+        self.masked: list[np.ndarray] = []  # the masked inputs' words
 
     # -- the receiver's handlers --------------------------------------------------------------
 
@@ -188,7 +191,7 @@ class Bench:
             while True:
                 envelope = await channel.receive(Sealed, CAP)
                 message = me.security.open(channel.remote, envelope, MaskedInput)
-                self.received.append(np.frombuffer(message.data, dtype="<u4"))
+                self.masked.append(np.frombuffer(message.data, dtype="<u4"))
                 await channel.send(ack(message.round, me.peer_id), MAX_CONTROL_BYTES)
 
     # -- the sender's side: one exchange each -------------------------------------------------
@@ -219,25 +222,34 @@ class Bench:
 Exchange = Callable[[Channel, int], Awaitable[None]]
 
 
-async def measure(net: PeerNet, receiver: Peer, addrs: tuple[str, ...], protocol: str,
-                  exchange: Exchange, reps: int,
-                  profile: cProfile.Profile | None) -> tuple[float, float]:
-    """Wall and CPU seconds (this process: both ends) per exchange, the medians of ``reps``,
-    after one warm-up on the same stream."""
-    channel = await net.open(receiver.peer_id, addrs, protocol)
-    await exchange(channel, 1)
-    walls, cpus = [], []
-    for r in range(2, reps + 2):
-        if profile is not None:
-            profile.enable()
-        start, cpu = time.perf_counter(), time.process_time()
-        await exchange(channel, r)
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - cpu)
-        if profile is not None:
-            profile.disable()
-    await channel.close()
-    return float(np.median(walls)), float(np.median(cpus))
+async def measure(net: PeerNet, receiver: Peer, addrs: tuple[str, ...],
+                  paths: list[tuple[str, str, Exchange]], reps: int,
+                  profiled: dict[str | None, cProfile.Profile | None],
+                  ) -> dict[str, tuple[float, float]]:
+    """Wall and CPU seconds (this process: both ends) per exchange of each path, the medians
+    of ``reps``, after one warm-up each on its own open stream. The paths take turns, one
+    exchange each a repetition, the order rotated every repetition: a machine whose speed
+    drifts during the run (a shared one) slows every path alike, so the ratios hold."""
+    channels = {}
+    for name, protocol, exchange in paths:
+        channels[name] = await net.open(receiver.peer_id, addrs, protocol)
+        await exchange(channels[name], 1)
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _, _ in paths}
+    for rep in range(reps):
+        turn = paths[rep % len(paths):] + paths[:rep % len(paths)]
+        for name, _, exchange in turn:
+            profile = profiled.get(name)
+            if profile is not None:
+                profile.enable()
+            start, cpu = time.perf_counter(), time.process_time()
+            await exchange(channels[name], rep + 2)
+            times[name][0].append(time.perf_counter() - start)
+            times[name][1].append(time.process_time() - cpu)
+            if profile is not None:
+                profile.disable()
+    for channel in channels.values():
+        await channel.close()
+    return {name: (float(np.median(w)), float(np.median(c))) for name, (w, c) in times.items()}
 
 
 async def run(sizes: list[int], reps: int, profile: str | None = None,
@@ -257,17 +269,16 @@ async def run(sizes: list[int], reps: int, profile: str | None = None,
                 profiler = cProfile.Profile() if profile else None
                 profiled = {profile: profiler}
                 row: dict[str, Any] = {"parameters": size, "frame_bytes": len(bench.frame)}
-                for name, protocol, exchange in (
-                    ("plain", PLAIN, bench.send_plain),
-                    ("contribution-clear", CLEAR, bench.send_clear),
-                    ("contribution", SEALED, bench.send_sealed),
-                    ("masked", MASKED, bench.send_masked),
-                ):
-                    row[name] = await measure(nets[0], peers[1], tuple(addrs), protocol,
-                                              exchange, reps, profiled.get(name))
-                    if name.startswith("contribution"):
-                        assert np.array_equal(bench.received[-1], bench.vector), \
-                            "the vector did not arrive intact"
+                paths = [("plain", PLAIN, bench.send_plain),
+                         ("contribution-clear", CLEAR, bench.send_clear),
+                         ("contribution", SEALED, bench.send_sealed),
+                         ("masked", MASKED, bench.send_masked)]
+                row.update(await measure(nets[0], peers[1], tuple(addrs), paths, reps,
+                                         profiled))
+                assert len(bench.received) == 2 * (reps + 1) and all(
+                    np.array_equal(v, bench.vector) for v in bench.received), \
+                    "a contribution's vector did not arrive intact"
+                assert len(bench.masked) == reps + 1, "a masked input did not arrive"
                 rows.append(row)
                 if profiler is not None:
                     print(f"\n-- cProfile: {profile} exchanges, {size:,} parameters (sender and "
