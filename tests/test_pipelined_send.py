@@ -16,7 +16,7 @@ from fake_ends import NoNet, QuietEnd, meet, small_node
 
 from gossipfl.gossip.codes import AckCode, NodeStatus
 from gossipfl.gossip.wire import Ack, Contribution
-from gossipfl.node.exchange import send_to_neighbours
+from gossipfl.node.exchange import close_channels, send_to_neighbours
 from gossipfl.node.membership_loop import (
     DONE_FANOUT,
     HEARTBEAT_EXTRA,
@@ -260,3 +260,31 @@ def test_a_neighbours_heartbeats_share_one_kept_open_stream(tmp_path: Path) -> N
     # every answer was taken: both are members heard from directly
     assert node.membership.is_direct(neighbour.peer_id) and node.membership.is_direct(
         other.peer_id)
+
+
+class _RelinkOnClose(QuietEnd):
+    """Our stream to a neighbour whose close lets another task re-link a neighbour (as the
+    re-link loop may while a finishing node closes its streams)."""
+
+    def __init__(self, node: Node, newcomer: str) -> None:
+        self.node, self.newcomer, self.closed = node, newcomer, False
+
+    async def close(self) -> None:
+        await trio.sleep(0)
+        self.node.neighbours[self.newcomer] = NeighbourState()
+        self.closed = True
+
+
+def test_closing_the_streams_survives_a_relink_meanwhile(tmp_path: Path) -> None:
+    # found in CI: "dictionary changed size during iteration" as a finishing node closed its
+    # streams and a neighbour was re-linked in the same instant; the node then exited 1
+    node = _node(tmp_path)
+    ends = {}
+    for peer in ("peer-a", "peer-b"):
+        ends[peer] = _RelinkOnClose(node, f"new-{peer}")
+        node.neighbours[peer] = NeighbourState(channel=ends[peer])  # type: ignore[arg-type]
+
+    trio.run(close_channels, node)
+    assert all(end.closed for end in ends.values())
+    assert all(node.neighbours[p].channel is None for p in ends)
+    assert {"new-peer-a", "new-peer-b"} <= set(node.neighbours)

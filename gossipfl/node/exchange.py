@@ -190,7 +190,9 @@ async def _exchange(node: Node, peer: str, r: int, done: bool, snapshot: Snapsho
 
 
 async def close_channels(node: Node) -> None:
-    for state in node.neighbours.values():
+    """Close our contribution and request streams to every neighbour. Over a copy of the
+    neighbours: each close awaits, and a re-link (relink.py) may add or drop one meanwhile."""
+    for state in list(node.neighbours.values()):
         if state.channel is not None:
             await state.channel.close()
             state.channel = None
