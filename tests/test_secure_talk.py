@@ -177,3 +177,26 @@ def test_a_finished_round_acks_every_input_it_still_holds() -> None:
         assert sorted(held) == [("a", None), ("b", None), ("c", None)]
 
     trio.run(main, clock=clock)
+
+
+def test_small_secure_work_runs_on_the_loop_and_large_work_in_the_worker_thread() -> None:
+    """A worker-thread hop costs more than masking a small vector: up to INLINE_WORDS words are
+    computed in place, longer vectors are offloaded."""
+    from types import SimpleNamespace
+
+    from gossipfl.node.secagg_state import INLINE_WORDS, compute
+
+    offloaded: list[int] = []
+
+    async def offload(fn, *args):  # type: ignore[no-untyped-def]
+        offloaded.append(args[0])
+        return fn(*args)
+
+    node = SimpleNamespace(offload=offload)
+
+    async def main() -> list[int]:
+        return [await compute(node, words, lambda n: n * 2, words)  # type: ignore[arg-type]
+                for words in (1, INLINE_WORDS, INLINE_WORDS + 1)]
+
+    assert trio.run(main) == [2, 2 * INLINE_WORDS, 2 * (INLINE_WORDS + 1)]
+    assert offloaded == [INLINE_WORDS + 1]

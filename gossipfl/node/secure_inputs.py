@@ -44,6 +44,7 @@ from gossipfl.crypto.pair_keys import PairKeys
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node import secure_sparse, streams
+from gossipfl.node.secagg_state import compute
 from gossipfl.node.secure_talk import Answerer, UnmaskRefused, send_input_and_answer
 from gossipfl.node.state import Node
 
@@ -255,7 +256,8 @@ async def _send_masked_to(node: Node, peer: str, r: int, estimate: np.ndarray, d
             return
         try:
             build = functools.partial(masked_input, sparse=True) if chosen[1] else masked_input
-            message = await node.offload(build, node, peer, r, chosen[0], done)
+            message = await compute(node, int(np.size(chosen[0])), build, node, peer, r,
+                                    chosen[0], done)
             ack = await streams.request(node, peer, PROTO_MASKED, functools.partial(
                 send_input_and_answer, node, message=message, peer=peer, r=r, answer=answer,
                 written=written))

@@ -57,6 +57,7 @@ from gossipfl.node.secagg_state import (
     KEEP_ROUNDS,
     SecAggState,
     alive_since,
+    compute,
     excused,
     silence_seconds,
 )
@@ -343,16 +344,17 @@ async def sum_over(node: Node, r: int,
                                  unmask_request(node, r, inputs, survivors, dropped, peer,
                                                 signed), responses)
                for peer in survivors], lambda: len(responses) >= enough)
+    words = len(inputs[survivors[0]].data) // 4  # uint32 words a masked input holds
     try:
         try:
-            total = await node.offload(unmask, node, r, inputs, survivors, dropped,
-                                       dict(responses))
+            total = await compute(node, words, unmask, node, r, inputs, survivors, dropped,
+                                  dict(responses))
         except ValueError:
             if len(responses) == len(survivors):
                 raise
             await rest()  # an answer short of shares: wait for the others, then try again
-            total = await node.offload(unmask, node, r, inputs, survivors, dropped,
-                                       dict(responses))
+            total = await compute(node, words, unmask, node, r, inputs, survivors, dropped,
+                                  dict(responses))
     except ValueError as error:
         node.secagg.failed_rounds.append(r)
         log.warning("round %d: secure aggregation failed: %s; this round goes on without it",
