@@ -55,6 +55,7 @@ def _check_peers(value: Any, what: str) -> tuple[str, ...]:
 
 
 MAX_SHARE_CIPHERTEXT = 512
+MAX_SHARE_BYTES = 128  # an encoded Shamir share of a 32-byte seed, in the clear
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,16 @@ class MaskedInput:
     # compressed secure aggregation (gossipfl.node.secure_sparse): ``data`` holds the masked
     # weighted delta on the round's shared random-k coordinates, not the whole estimate
     sparse: bool = False
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse"})
+    # seeds dealt a round ahead (gossipfl.node.secure_early): ``next_shares`` are the encrypted
+    # shares of the self seed this member will use for the aggregator's next round;
+    # ``predealt``: this input's self seed is the one it dealt last round; ``early``: the
+    # plaintext shares (its own share of its own seed first) of every member's dealt self seed
+    # for this round, sent by a member committed to the full set (its presign)
+    next_shares: tuple[tuple[str, bytes], ...] = ()
+    predealt: bool = False
+    early: tuple[tuple[str, bytes], ...] = ()
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse",
+                                                    "next_shares", "predealt", "early"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         fields = {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
@@ -91,6 +101,12 @@ class MaskedInput:
                   "depth": self.depth, "horizon": self.horizon, "waiting": self.waiting}
         if self.sparse:  # absent when false: a full input's frame is as before
             fields["sparse"] = True
+        if self.next_shares:
+            fields["next_shares"] = [[p, c] for p, c in self.next_shares]
+        if self.predealt:
+            fields["predealt"] = True
+        if self.early:
+            fields["early"] = [[p, v] for p, v in self.early]
         return fields
 
     @classmethod
@@ -115,6 +131,11 @@ class MaskedInput:
             horizon=check_int(body.get("horizon", 0), "horizon", 0, MAX_DEPTH),
             waiting=check_int(body.get("waiting", 0), "waiting", 0, MAX_DEPTH),
             sparse=check_bool(body.get("sparse", False), "sparse"),
+            next_shares=_check_pairs(body.get("next_shares", []), "next shares", MAX_MEMBERS,
+                                     MAX_SHARE_CIPHERTEXT),
+            predealt=check_bool(body.get("predealt", False), "predealt"),
+            early=_check_pairs(body.get("early", []), "early shares", MAX_MEMBERS,
+                               MAX_SHARE_BYTES),
         )
 
 
@@ -135,11 +156,18 @@ class UnmaskRequest:
     dropped: tuple[str, ...]
     shares: tuple[tuple[str, bytes], ...]
     signatures: tuple[tuple[str, bytes], ...]
+    # the encrypted shares of the members' self seeds for the next round addressed to the
+    # receiver, relayed from their inputs' ``next_shares`` (seeds dealt a round ahead)
+    next_shares: tuple[tuple[str, bytes], ...] = ()
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"next_shares"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
-        return {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
-                "dropped": list(self.dropped), "shares": [[p, c] for p, c in self.shares],
-                "signatures": [[p, s] for p, s in self.signatures]}
+        fields = {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
+                  "dropped": list(self.dropped), "shares": [[p, c] for p, c in self.shares],
+                  "signatures": [[p, s] for p, s in self.signatures]}
+        if self.next_shares:
+            fields["next_shares"] = [[p, c] for p, c in self.next_shares]
+        return fields
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> UnmaskRequest:
@@ -151,6 +179,8 @@ class UnmaskRequest:
             dropped=_check_peers(body["dropped"], "dropped"),
             shares=_check_pairs(body["shares"], "shares", MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
             signatures=_check_signatures(body["signatures"]),
+            next_shares=_check_pairs(body.get("next_shares", []), "next shares", MAX_MEMBERS,
+                                     MAX_SHARE_CIPHERTEXT),
         )
 
 
@@ -188,7 +218,8 @@ class UnmaskResponse:
             federation=federation,
             round=check_int(body["round"], "round", 0, MAX_ROUND),
             sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
-            seed_shares=_check_pairs(body["seed_shares"], "seed shares", MAX_MEMBERS, 128),
+            seed_shares=_check_pairs(body["seed_shares"], "seed shares", MAX_MEMBERS,
+                                     MAX_SHARE_BYTES),
             pair_seeds=pair_seeds,
             next_signature=_check_signature(body["next_signature"], "next signature",
                                             empty=True),

@@ -49,6 +49,18 @@ class Parked:
     closed: bool = False  # the stream was acked without a request: ask on another
 
 
+@dataclass(frozen=True)
+class Dealt:
+    """A self seed a contributor dealt a round ahead (:mod:`gossipfl.node.secure_early`): the
+    seed, its own share of it, the encrypted shares it sent, and the members it was split
+    among."""
+
+    seed: bytes
+    own_share: bytes
+    sealed: tuple[tuple[str, bytes], ...]
+    members: frozenset[str]
+
+
 @dataclass
 class SecAggState:
     """Per-node secure-aggregation state, for both roles."""
@@ -68,8 +80,13 @@ class SecAggState:
     revealed: dict[tuple[str, int], tuple[frozenset[str], frozenset[str]]] = field(
         default_factory=dict)
     signed: dict[str, dict[int, frozenset[str]]] = field(default_factory=dict)  # per aggregator
+    # seeds dealt a round ahead, per (aggregator, round): ours, and the encrypted shares of the
+    # other members' that the aggregator relayed to us (gossipfl.node.secure_early)
+    dealing: dict[tuple[str, int], Dealt] = field(default_factory=dict)
+    dealt: dict[tuple[str, int], dict[str, bytes]] = field(default_factory=dict)
     seen_silent: dict[str, int] = field(default_factory=dict)  # member → round last seen silent
     refused_rounds: list[int] = field(default_factory=list)
+    early_rounds: int = 0  # sums unmasked from early shares, with no wait for answers
     failed_rounds: list[int] = field(default_factory=list)
     # per neighbour: (round, disagreement, done, settled depth, horizon, waiting) of its last
     # input (gossipfl.node.termination)
@@ -87,7 +104,7 @@ class SecAggState:
         self.closed = {r for r in self.closed if r >= round_}
         self.presigned = {r: held for r, held in self.presigned.items() if r >= round_}
         self.parked = {k: p for k, p in self.parked.items() if k[0] >= round_}
-        for table in (self.my_shares, self.committed, self.revealed):
+        for table in (self.my_shares, self.committed, self.revealed, self.dealing, self.dealt):
             for key in [k for k in table if k[1] < round_ - KEEP_ROUNDS]:
                 del table[key]
 

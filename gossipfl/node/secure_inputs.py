@@ -38,12 +38,11 @@ import numpy as np
 import trio
 
 from gossipfl.aggregation.bounds import norm_bound
-from gossipfl.crypto import secagg, shamir
-from gossipfl.crypto.consistency import threshold
+from gossipfl.crypto import secagg
 from gossipfl.crypto.pair_keys import PairKeys
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import MaskedInput
-from gossipfl.node import secure_sparse, streams
+from gossipfl.node import secure_early, secure_sparse, streams
 from gossipfl.node.secagg_state import compute
 from gossipfl.node.secure_talk import Answerer, UnmaskRefused, send_input_and_answer
 from gossipfl.node.state import Node
@@ -157,29 +156,30 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
     me = node.peer_id
     w = weight(node, aggregator, me)
     q = secagg.quantise(w * estimate, config.clip, config.scale)
-    self_seed = secagg.fresh_self_seed()
     keys = pair_keys(node)
-    pairs = {other: keys.agree_seed(x25519_public(node, other), context=context)
-             for other in members if other != me}
-    y = secagg.mask_input(q, my_id=me, self_seed=self_seed, pair_seeds=pairs)
-    ids = secagg.share_ids_for(members)
-    shares = shamir.split_secret(self_seed, threshold(len(members)), sorted(ids.values()))
-    sealed = tuple(
-        (other, keys.encrypt_seed_share(
-            sender=me, recipient=other, context=context,
-            share=shamir.encode_share(ids[other], shares[ids[other]]),
-            recipient_public=x25519_public(node, other)))
-        for other in sorted(members) if other != me
-    )
-    node.secagg.my_shares[(aggregator, r)] = shamir.encode_share(ids[me], shares[ids[me]])
+    public_of = {other: x25519_public(node, other) for other in members if other != me}
+    pairs = {other: keys.agree_seed(public, context=context)
+             for other, public in public_of.items()}
+    if config.presign:  # seeds dealt a round ahead (gossipfl.node.secure_early)
+        seed, predealt = secure_early.seeds_for(node, keys, aggregator, r, members, public_of)
+    else:
+        seed, predealt = secure_early.split_and_seal(
+            node, keys, aggregator, r, members, secagg.fresh_self_seed(), public_of), False
+    y = secagg.mask_input(q, my_id=me, self_seed=seed.seed, pair_seeds=pairs)
+    node.secagg.my_shares[(aggregator, r)] = seed.own_share
+    following = node.secagg.dealing.get((aggregator, r + 1))
     return MaskedInput(
         federation=node.config.federation, round=r, sender=me, aggregator=aggregator, weight=w,
         disagreement=float(min(node.disagreement, 1e9)), done=done,
         # the masked words' own memory (a fresh array no one else holds), not two copies of it
         data=memoryview(np.ascontiguousarray(y, dtype="<u4")).cast("B").toreadonly(),
-        shares=sealed,
+        shares=seed.sealed,
         depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
         sparse=sparse,
+        next_shares=following.sealed if config.presign and following is not None else (),
+        predealt=predealt,
+        early=secure_early.early_shares(node, keys, aggregator, r, members, seed.own_share,
+                                        public_of) if predealt else (),
     )
 
 

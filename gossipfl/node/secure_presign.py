@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from gossipfl.crypto import consistency
 from gossipfl.crypto.consistency import Refusal, SurvivorSet
-from gossipfl.gossip.wire import UnmaskRequest
+from gossipfl.gossip.wire import UnmaskRequest, UnmaskResponse
 from gossipfl.node.secagg_state import excused
+from gossipfl.node.secure_early import keep_relayed
 from gossipfl.node.secure_inputs import neighbourhood
 from gossipfl.node.state import Node
 
@@ -79,3 +80,21 @@ def keep_presign(node: Node, peer: str, request: UnmaskRequest, signature: bytes
     held_set, held = node.secagg.presigned.get(following.round, (following.survivors, {}))
     if held_set == following.survivors:
         node.secagg.presigned[following.round] = (held_set, {**held, peer: signature})
+
+
+def light_answer(node: Node, aggregator: str, request: UnmaskRequest,
+                 announced: SurvivorSet) -> UnmaskResponse | None:
+    """The answer to a light request (:func:`gossipfl.node.secure_early.is_light`: the
+    aggregator unmasked the full set from early shares): no shares, no seeds, only the presign
+    for the next round, under the set rules of any answer; the relayed shares are kept."""
+    refusal = check(node, aggregator, announced)
+    if refusal is not None:
+        node.reject(aggregator, "unmask request", "unmask_refused",
+                    f"round {request.round}: {refusal.value}")
+        return None
+    commit(node, aggregator, announced)
+    next_signature = presign(node, aggregator, announced)
+    if next_signature:
+        keep_relayed(node, aggregator, request, neighbourhood(node, aggregator))
+    return UnmaskResponse(node.config.federation, request.round, node.peer_id, (), (),
+                          next_signature)

@@ -22,10 +22,13 @@ the pair keys taken from the members' certificates, so no key round is needed):
 5. i rebuilds each self seed from threshold shares, removes the self masks and the dropped
    members' pair masks and gets Σ_{j∈V} w_ij x̂_j; the model becomes (1 − Σ_{j∈V} w_ij) x½ + it.
 
-Every contributor sends its full weighted estimate each round (with identity compression a delta
-is no smaller), so a dropout never leaves the aggregator's running sums out of step; with
-``[compression] kind = "randk"`` most training rounds send random-k deltas instead
-(:mod:`gossipfl.node.secure_sparse`).
+Presigns (:mod:`gossipfl.node.secure_presign`) skip step 3 in a round with no dropout, and
+seeds dealt a round ahead (:mod:`gossipfl.node.secure_early`) let step 5 start from the
+inputs' early shares without waiting for step 4's answers.
+
+Every contributor sends its full weighted estimate each round, so a dropout never leaves the
+aggregator's running sums out of step; with ``[compression] kind = "randk"`` most training
+rounds send random-k deltas instead (:mod:`gossipfl.node.secure_sparse`).
 
 Step 1, the contributor's side (with its range check), is :mod:`gossipfl.node.secure_inputs`;
 its names are re-exported here. This module is the aggregator's side and the member's answers.
@@ -52,15 +55,17 @@ from gossipfl.gossip.wire import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from gossipfl.node import secure_inputs, secure_sparse, secure_talk, streams
+from gossipfl.node import secure_early, secure_inputs, secure_sparse, secure_talk, streams
 from gossipfl.node.secagg_state import (
     KEEP_ROUNDS,
+    Parked,
     SecAggState,
     alive_since,
     compute,
     excused,
     silence_seconds,
 )
+from gossipfl.node.secure_early import unmask_request
 from gossipfl.node.secure_inputs import (
     PROTO_MASKED,
     masked_input,
@@ -69,7 +74,7 @@ from gossipfl.node.secure_inputs import (
     weight,
     x25519_public,
 )
-from gossipfl.node.secure_presign import check, commit, keep_presign, presign
+from gossipfl.node.secure_presign import check, commit, keep_presign, light_answer, presign
 from gossipfl.node.state import Node
 
 if TYPE_CHECKING:
@@ -145,6 +150,8 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
     """
     r, me, key = request.round, node.peer_id, (aggregator, request.round)
     announced = _announced(request)
+    if secure_early.is_light(request):
+        return light_answer(node, aggregator, request, announced)
     plan = plan_answer(node, aggregator, request)
     if isinstance(plan, Refusal):
         node.reject(aggregator, "unmask request", "unmask_refused", f"round {r}: {plan.value}")
@@ -167,8 +174,11 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
         (other, pair_keys(node).agree_seed(x25519_public(node, other), context=context))
         for other in sorted(plan.pair_seeds_with)
     )
+    next_signature = presign(node, aggregator, announced)
+    if next_signature:  # committed to the full set next round: its dealt shares can be used
+        secure_early.keep_relayed(node, aggregator, request, neighbourhood(node, aggregator))
     return UnmaskResponse(node.config.federation, r, me, tuple(sorted(shares)), pair_seeds,
-                          presign(node, aggregator, announced))
+                          next_signature)
 
 
 async def send_masked_inputs(node: Node, r: int, *, done: bool) -> dict[str, str]:
@@ -233,6 +243,9 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     members = neighbourhood(node, node.peer_id)
     if {p for p, _ in message.shares} != set(members) - {remote}:
         return refuse("shares", "shares must go to every other member of the neighbourhood")
+    malformed = secure_early.check_input(message, members, remote)
+    if malformed is not None:
+        return refuse("shares", malformed)
     inbox[remote] = message
     node.secagg.peer_status[remote] = (message.round, message.disagreement, message.done,
                                        message.depth, message.horizon, message.waiting)
@@ -339,20 +352,41 @@ async def sum_over(node: Node, r: int,
     # survivor's pair seeds are needed: all of them
     responses: dict[str, UnmaskResponse] = {}
     enough = len(survivors) if dropped else need
+    # every input in from the presigned set, seeds dealt last round: their early shares
+    # rebuild every self seed, and the requests are light (only the next presigns and dealt
+    # shares to collect: nothing revealed, no signatures to check; not waited for)
+    early = secure_early.early_answers(node, r, inputs, survivors,
+                                       full=not dropped and held_set == chosen)
+    light = len(early) >= enough
+    requests = {peer: secure_early.light_request(unmask_request(
+                    node, r, inputs, survivors, dropped, peer, signed)) if light
+                else unmask_request(node, r, inputs, survivors, dropped, peer, signed)
+                for peer in survivors}
+    # handed to the held streams now: the round releases the others when it ends
+    held_streams = {peer: secure_talk.place(node, peer, requests[peer]) for peer in survivors}
     rest = await streams.until_enough(
-        node, [functools.partial(ask_unmask, node, peer,
-                                 unmask_request(node, r, inputs, survivors, dropped, peer,
-                                                signed), responses)
-               for peer in survivors], lambda: len(responses) >= enough)
-    words = len(inputs[survivors[0]].data) // 4  # uint32 words a masked input holds
+        node, [functools.partial(ask_unmask, node, peer, requests[peer], responses)
+               if held_streams[peer] is None else
+               functools.partial(ask_placed, node, peer, requests[peer], responses,
+                                 held_streams[peer])
+               for peer in survivors], lambda: len(early.keys() | responses.keys()) >= enough)
+    node.secagg.early_rounds += light
+    words = len(inputs[survivors[0]].data) // 4
     try:
         try:
             total = await compute(node, words, unmask, node, r, inputs, survivors, dropped,
-                                  dict(responses))
+                                  early if light else early | responses)
         except ValueError:
-            if len(responses) == len(survivors):
+            if light:  # an early share was wrong: ask for the answers themselves
+                responses = {}
+                await streams.until_enough(node, [
+                    functools.partial(ask_unmask, node, peer, unmask_request(
+                        node, r, inputs, survivors, dropped, peer, signed), responses)
+                    for peer in survivors], lambda: False)
+            elif len(responses) == len(survivors):
                 raise
-            await rest()  # an answer short of shares: wait for the others, then try again
+            else:
+                await rest()  # an answer short of shares: wait for the others, then retry
             total = await compute(node, words, unmask, node, r, inputs, survivors, dropped,
                                   dict(responses))
     except ValueError as error:
@@ -395,22 +429,20 @@ async def ask_signature(node: Node, peer: str, request: ConsistencyRequest,
         signatures[peer] = response.signature
 
 
-def unmask_request(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[str],
-                   dropped: list[str], peer: str,
-                   signatures: tuple[tuple[str, bytes], ...]) -> UnmaskRequest:
-    """The request to survivor ``peer``: the signed survivor set, the shares addressed to it."""
-    shares = tuple((owner, dict(inputs[owner].shares)[peer])
-                   for owner in survivors if owner != peer)
-    return UnmaskRequest(node.config.federation, r, node.peer_id, tuple(survivors),
-                         tuple(dropped), shares, signatures)
-
-
 async def ask_unmask(node: Node, peer: str, request: UnmaskRequest,
                      responses: dict[str, UnmaskResponse]) -> None:
     """Ask ``peer`` to unmask: on the stream its input came on when the aggregator holds it,
     else on an unmask stream of our own."""
-    response = await secure_talk.ask_held(node, peer, request)
-    if response is False:
+    await ask_placed(node, peer, request, responses, secure_talk.place(node, peer, request))
+
+
+async def ask_placed(node: Node, peer: str, request: UnmaskRequest,
+                     responses: dict[str, UnmaskResponse], parked: Parked | None) -> None:
+    """:func:`ask_unmask` once the request was handed to the stream ``parked`` (None: none is
+    held; ask on an unmask stream of our own)."""
+    if parked is not None:
+        response = await secure_talk.answer_on(node, parked)
+    else:
         response = await _ask(node, peer, PROTO_UNMASK, request, UnmaskResponse)
     if response is not None and response.sender == peer and response.round == request.round:
         responses[peer] = response

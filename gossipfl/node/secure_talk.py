@@ -84,18 +84,31 @@ def release(node: Node, r: int) -> None:
         node.secagg.parked.pop(key).asked.set()
 
 
+def place(node: Node, peer: str, request: UnmaskRequest) -> Parked | None:
+    """Aggregator: hand ``request`` to the handler holding ``peer``'s input stream, at once
+    (before the round releases the streams it did not ask on); None when no stream is held."""
+    parked = node.secagg.parked.get((request.round, peer))
+    if parked is None or parked.closed or parked.asked.is_set():
+        return None
+    parked.request = request
+    parked.asked.set()
+    return parked
+
+
+async def answer_on(node: Node, parked: Parked) -> UnmaskResponse | None:
+    """The member's answer on the held stream (:func:`place`), or None if it gave none
+    (refused, or the stream broke)."""
+    with trio.move_on_after(node.protocol.request_timeout):
+        await parked.answered.wait()
+    return parked.answer
+
+
 async def ask_held(node: Node, peer: str, request: UnmaskRequest) -> UnmaskResponse | bool | None:
     """Aggregator: ask ``peer`` on the stream its input came on, if held. Returns its answer,
     None if it gave none (refused, or the stream broke), or False when no stream is held (ask
     on the unmask stream instead)."""
-    parked = node.secagg.parked.get((request.round, peer))
-    if parked is None or parked.closed or parked.asked.is_set():
-        return False
-    parked.request = request
-    parked.asked.set()
-    with trio.move_on_after(node.protocol.request_timeout):
-        await parked.answered.wait()
-    return parked.answer
+    parked = place(node, peer, request)
+    return False if parked is None else await answer_on(node, parked)
 
 
 async def send_input_and_answer(node: Node, channel: Channel, message: object, peer: str,

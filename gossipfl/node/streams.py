@@ -140,6 +140,8 @@ async def until_enough(node: Node, tasks: list[Callable[[], Awaitable[None]]],
     else:
         for task in tasks:
             node.background.start_soon(run, task)  # type: ignore[union-attr]
+        if enough():  # enough already: the tasks go on in the background
+            enough_now.set()
     await enough_now.wait()
     return all_done.wait
 

@@ -1,0 +1,133 @@
+"""Seeds dealt a round ahead and early shares (gossipfl.node.secure_early), between real node
+objects (the fixtures of ``test_secure_round``: aggregator a, neighbourhood b, c, d, e,
+threshold 3): the sum comes from the inputs alone when every member is committed to the full
+set, and no deviation of the aggregator gets more out of it than the answers would give."""
+# ruff: noqa: F811  (``star`` is a fixture imported from test_secure_round, used as an argument)
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from secagg_star import SCALE, _accept, _answers, _expected, _fresh, _masked, ask, ids, sign
+from test_secure_round import _alive, _clean, star  # noqa: F401  (fixtures)
+
+from gossipfl.node import secure_early, secure_round
+
+
+def _dealt_round(star, r: int):
+    """Round r with every member in, answered the honest way (each answer presigns the full set
+    for r + 1 and keeps the next round's shares relayed to it); then round r + 1's inputs."""
+    star["a"].round = r
+    _fresh(star, r)
+    inputs = _masked(star, "bcde", r)
+    assert _accept(star, inputs) == ["ok"] * 4
+    assert all(not m.predealt and not m.early and m.next_shares for m in inputs.values())
+    everyone = ids(star, "bcde")
+    answers = _answers(star, r, inputs, everyone, [], "bcde")
+    assert all(len(answer.next_signature) == 64 for answer in answers.values())
+    star["a"].round = r + 1
+    estimates = _fresh(star, r + 1)
+    return estimates, _masked(star, "bcde", r + 1)
+
+
+def test_every_member_committed_to_the_full_set_the_inputs_alone_give_the_sum(star) -> None:
+    estimates, inputs = _dealt_round(star, 10)
+    a, everyone = star["a"], ids(star, "bcde")
+    assert all(m.predealt and len(m.early) == 4 for m in inputs.values())
+    assert _accept(star, inputs) == ["ok"] * 4
+    early = secure_early.early_answers(a, 11, inputs, everyone, full=True)
+    assert sorted(early) == everyone
+    total = secure_round.unmask(a, 11, inputs, everyone, [], early)
+    bound = 4 / (2 * SCALE) + 1e-6
+    assert np.abs(total - _expected(star, estimates, "bcde")).max() <= bound
+    # three members' early shares are the threshold: enough without the fourth
+    three = {p: early[p] for p in everyone[:3]}
+    assert np.abs(secure_round.unmask(a, 11, inputs, everyone, [], three)
+                  - _expected(star, estimates, "bcde")).max() <= bound
+    # not the presigned full set, or a seed not the dealt one: no early answers at all
+    assert secure_early.early_answers(a, 11, inputs, everyone, full=False) == {}
+    fresh_seed = {**inputs, everyone[0]: dataclasses.replace(inputs[everyone[0]],
+                                                              predealt=False)}
+    assert secure_early.early_answers(a, 11, fresh_seed, everyone, full=True) == {}
+
+
+def test_early_shares_only_from_a_member_committed_to_the_full_set(star) -> None:
+    r = 20
+    star["a"].round = r
+    _fresh(star, r)
+    inputs = _masked(star, "bcde", r)
+    assert _accept(star, inputs) == ["ok"] * 4
+    everyone = ids(star, "bcde")
+    c, e = star["c"], star["e"]
+    # c signs a set that drops e (committed to it: no presign of the full set); the others
+    # answer the full set with three signatures and presign it
+    signatures = sign(star, r, everyone, [], "bde")
+    for name in "bde":
+        assert ask(star, name, r, inputs, everyone, [], signatures) is not None
+    partial = ids(star, "bcd")
+    assert sign(star, r, partial, ids(star, "e"), "c")
+    star["a"].round = r + 1
+    _fresh(star, r + 1)
+    following = _masked(star, "bcde", r + 1)
+    assert following[c.peer_id].early == ()  # not committed to the full set for r + 1
+    assert all(len(following[star[n].peer_id].early) == 4 for n in "bde")
+    # what the committed members revealed is on record: no pair seed of any member later
+    for name in "bde":
+        done_self, done_pair = star[name].secagg.revealed[(star["a"].peer_id, r + 1)]
+        assert done_self == frozenset(everyone) and not done_pair
+    # a member missing a relayed share sends none either (and reveals nothing)
+    key = (star["a"].peer_id, r + 1)
+    e.secagg.dealt[key].pop(next(iter(e.secagg.dealt[key])))
+    e.secagg.revealed.pop(key)
+    members = secure_round.neighbourhood(e, star["a"].peer_id)
+    public_of = {p: secure_round.x25519_public(e, p) for p in members if p != e.peer_id}
+    early = secure_early.early_shares(e, secure_round.pair_keys(e), star["a"].peer_id, r + 1,
+                                      members, e.secagg.my_shares[key], public_of)
+    assert early == () and key not in e.secagg.revealed
+
+
+def test_a_lying_aggregator_gets_no_pair_seed_after_early_shares(star) -> None:
+    """With every member's early shares of round r + 1 in hand, the aggregator claims b dropped
+    (to strip b's pair masks as well): every member is committed to the full set and refuses,
+    whatever signatures it attaches, so b's input stays masked."""
+    _, inputs = _dealt_round(star, 30)
+    assert _accept(star, inputs) == ["ok"] * 4
+    r, b = 31, star["b"]
+    claim = (ids(star, "cde"), [b.peer_id])
+    assert sign(star, r, *claim, "bcde") == {}
+    full_signatures = sign(star, r, ids(star, "bcde"), [], "bcde")
+    for name in "cde":
+        assert ask(star, name, r, inputs, *claim, full_signatures) is None
+        assert not star[name].secagg.revealed[(star["a"].peer_id, r)][1]
+
+
+def test_a_light_request_reveals_nothing_and_presigns_the_next_round(star) -> None:
+    _, inputs = _dealt_round(star, 40)
+    assert _accept(star, inputs) == ["ok"] * 4
+    a, c, everyone = star["a"], star["c"], ids(star, "bcde")
+    request = secure_early.light_request(secure_round.unmask_request(
+        a, 41, inputs, everyone, [], c.peer_id, ()))
+    assert secure_early.is_light(request) and request.next_shares
+    answer = secure_round.answer_unmask(c, a.peer_id, request)
+    assert answer is not None and answer.seed_shares == () == answer.pair_seeds
+    assert len(answer.next_signature) == 64
+    assert set(c.secagg.dealt[(a.peer_id, 42)]) == set(everyone) - {c.peer_id}
+    # a request that drops someone is never light: it goes through the signature check
+    dropping = dataclasses.replace(request, survivors=tuple(ids(star, "cde")),
+                                   dropped=(star["b"].peer_id,))
+    assert not secure_early.is_light(dropping)
+    assert secure_round.answer_unmask(c, a.peer_id, dropping) is None
+
+
+def test_malformed_dealing_fields_are_refused(star) -> None:
+    star["a"].round = 50
+    _fresh(star, 50)
+    inputs = _masked(star, "bcde", 50)
+    b = star["b"]
+    message = inputs[b.peer_id]
+    short = dataclasses.replace(message, next_shares=message.next_shares[:2])
+    assert secure_round.accept_masked(star["a"], b.peer_id, short)[0].value == "rejected"
+    others = [(p, b"x") for p in ids(star, "bcde") if p != b.peer_id]
+    others_first = dataclasses.replace(message, early=(*others, (b.peer_id, b"x")))
+    assert secure_round.accept_masked(star["a"], b.peer_id, others_first)[0].value == "rejected"
+    assert star["a"].rejections["shares"] >= 2
