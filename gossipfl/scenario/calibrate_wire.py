@@ -21,8 +21,9 @@ Names = list[tuple[str, tuple[int, ...]]]
 @dataclass(frozen=True)
 class SecAggBytes:
     """Frame bytes of one secure-aggregation exchange per neighbour (degree d): a sealed
-    masked input, the aggregator's consistency request and the signed response, its unmask
-    request (shares and threshold signatures) and the response (seed shares)."""
+    masked input (with the next round's dealt shares and its early shares), the aggregator's
+    consistency request and the signed response, its light unmask request (the dealt shares
+    relayed) and the answer (a presign)."""
 
     masked_input: int
     consistency_request: int
@@ -236,10 +237,15 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
                 share=shamir.encode_share(share_ids[other], shares[share_ids[other]]),
                 sender_private=bytes(me.x_private), recipient_public=by_id[other].x_public))
             for other in sorted(ids) if other != me.peer_id)
+        # a steady round's input (gossipfl.node.secure_early): the next round's dealt shares
+        # (as many, as long as these) and the early shares, one per member
+        early = tuple((i, shamir.encode_share(share_ids[i], shares[share_ids[i]]))
+                      for i in sorted(ids))
         return MaskedInput(federation=fed, round=1, sender=me.peer_id,
                            aggregator=aggregator.peer_id, weight=w, disagreement=1e-2,
                            done=False, data=y.astype("<u4").tobytes(), shares=sealed_shares,
-                           depth=0, horizon=3, waiting=0)
+                           depth=0, horizon=3, waiting=0, next_shares=sealed_shares,
+                           predealt=True, early=early)
 
     def exchange() -> tuple[int, MaskedInput]:
         message = masked()
@@ -258,12 +264,12 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
     request = ConsistencyRequest(fed, 1, aggregator.peer_id, tuple(sorted(ids)), ())
     response = ConsistencyResponse(fed, 1, me.peer_id, signatures[0][1], "")
     share = dict(message.shares)
-    unmask = UnmaskRequest(fed, 1, aggregator.peer_id, tuple(sorted(ids)), (),
-                           tuple((owner, share[members[1].peer_id]) for owner in ids
-                                 if owner != members[1].peer_id), signatures)
-    seed_share = shamir.encode_share(1, bytes(shamir.VALUE_BYTES))
-    answer = UnmaskResponse(fed, 1, me.peer_id, tuple((i, seed_share) for i in sorted(ids)), (),
-                            signatures[0][1])  # with its presign of the next round's set
+    # a steady round's request and answer are light (gossipfl.node.secure_early): the next
+    # round's dealt shares relayed, and the answer's presign of the next round's set
+    relayed = tuple((owner, share[members[1].peer_id]) for owner in ids
+                    if owner != members[1].peer_id)
+    unmask = UnmaskRequest(fed, 1, aggregator.peer_id, tuple(sorted(ids)), (), (), (), relayed)
+    answer = UnmaskResponse(fed, 1, me.peer_id, (), (), signatures[0][1])
     return SecAggBytes(size, len(encode_frame(request)), len(encode_frame(response)),
                        len(encode_frame(unmask)), len(encode_frame(answer)), cpu)
 
