@@ -112,11 +112,11 @@ def test_a_light_request_reveals_nothing_and_presigns_the_next_round(star) -> No
     assert answer is not None and answer.seed_shares == () == answer.pair_seeds
     assert len(answer.next_signature) == 64
     assert set(c.secagg.dealt[(a.peer_id, 42)]) == set(everyone) - {c.peer_id}
-    # a request that drops someone is never light: it goes through the signature check
-    dropping = dataclasses.replace(request, survivors=tuple(ids(star, "cde")),
+    # a light request that drops someone is refused (and commits the member to nothing)
+    dropping = dataclasses.replace(request, round=43, survivors=tuple(ids(star, "cde")),
                                    dropped=(star["b"].peer_id,))
-    assert not secure_early.is_light(dropping)
     assert secure_round.answer_unmask(c, a.peer_id, dropping) is None
+    assert (a.peer_id, 43) not in c.secagg.committed
 
 
 def test_malformed_dealing_fields_are_refused(star) -> None:

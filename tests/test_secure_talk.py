@@ -50,7 +50,8 @@ def test_later_rounds_cost_an_input_a_request_and_an_answer_per_member(tmp_path,
         # and the requests and answers are light: no shares, no signatures
         assert short["early"] == 0 and long["early"] >= 1
         assert short["unmask_request"] < long["unmask_request"] < 3 * short["unmask_request"]
-        assert short["unmask_response"] < long["unmask_response"] < 3 * short["unmask_response"]
+        # a light request is not answered (its presign comes with the next input)
+        assert long["unmask_response"] < 3 * short["unmask_response"]
 
 
 def test_without_presigns_every_round_runs_the_consistency_exchange(tmp_path,

@@ -91,8 +91,12 @@ class MaskedInput:
     next_shares: tuple[tuple[str, bytes], ...] = ()
     predealt: bool = False
     early: tuple[tuple[str, bytes], ...] = ()
+    # the sender's signature on this round's full set, to which it committed on the light
+    # request of the round before (gossipfl.node.secure_presign): empty, or 64 bytes
+    presign: bytes = b""
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse",
-                                                    "next_shares", "predealt", "early"})
+                                                    "next_shares", "predealt", "early",
+                                                    "presign"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         fields = {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
@@ -107,6 +111,8 @@ class MaskedInput:
             fields["predealt"] = True
         if self.early:
             fields["early"] = [[p, v] for p, v in self.early]
+        if self.presign:
+            fields["presign"] = self.presign
         return fields
 
     @classmethod
@@ -136,6 +142,7 @@ class MaskedInput:
             predealt=check_bool(body.get("predealt", False), "predealt"),
             early=_check_pairs(body.get("early", []), "early shares", MAX_MEMBERS,
                                MAX_SHARE_BYTES),
+            presign=_check_signature(body.get("presign", b""), "presign", empty=True),
         )
 
 
@@ -159,7 +166,10 @@ class UnmaskRequest:
     # the encrypted shares of the members' self seeds for the next round addressed to the
     # receiver, relayed from their inputs' ``next_shares`` (seeds dealt a round ahead)
     next_shares: tuple[tuple[str, bytes], ...] = ()
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"next_shares"})
+    # light: the aggregator unmasked from early shares and asks for nothing (no shares, no
+    # signatures attached); the member presigns the next round and answers with its next input
+    light: bool = False
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"next_shares", "light"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         fields = {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
@@ -167,6 +177,8 @@ class UnmaskRequest:
                   "signatures": [[p, s] for p, s in self.signatures]}
         if self.next_shares:
             fields["next_shares"] = [[p, c] for p, c in self.next_shares]
+        if self.light:
+            fields["light"] = True
         return fields
 
     @classmethod
@@ -181,6 +193,7 @@ class UnmaskRequest:
             signatures=_check_signatures(body["signatures"]),
             next_shares=_check_pairs(body.get("next_shares", []), "next shares", MAX_MEMBERS,
                                      MAX_SHARE_CIPHERTEXT),
+            light=check_bool(body.get("light", False), "light"),
         )
 
 

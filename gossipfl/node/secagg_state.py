@@ -84,6 +84,8 @@ class SecAggState:
     # other members' that the aggregator relayed to us (gossipfl.node.secure_early)
     dealing: dict[tuple[str, int], Dealt] = field(default_factory=dict)
     dealt: dict[tuple[str, int], dict[str, bytes]] = field(default_factory=dict)
+    # our presigns made on light requests, per (aggregator, round), sent with that input
+    presign_out: dict[tuple[str, int], bytes] = field(default_factory=dict)
     seen_silent: dict[str, int] = field(default_factory=dict)  # member → round last seen silent
     refused_rounds: list[int] = field(default_factory=list)
     early_rounds: int = 0  # sums unmasked from early shares, with no wait for answers
@@ -104,7 +106,8 @@ class SecAggState:
         self.closed = {r for r in self.closed if r >= round_}
         self.presigned = {r: held for r, held in self.presigned.items() if r >= round_}
         self.parked = {k: p for k, p in self.parked.items() if k[0] >= round_}
-        for table in (self.my_shares, self.committed, self.revealed, self.dealing, self.dealt):
+        for table in (self.my_shares, self.committed, self.revealed, self.dealing, self.dealt,
+                      self.presign_out):
             for key in [k for k in table if k[1] < round_ - KEEP_ROUNDS]:
                 del table[key]
 

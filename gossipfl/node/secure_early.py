@@ -171,12 +171,13 @@ def light_request(request: UnmaskRequest) -> UnmaskRequest:
     """``request`` without the shares and signatures an answer would need: the aggregator has
     unmasked from early shares and asks only for the next round's presign (and relays the
     next round's dealt shares). Its answer reveals nothing, so it needs no signatures."""
-    return dataclasses.replace(request, shares=(), signatures=())
+    return dataclasses.replace(request, shares=(), signatures=(), light=True)
 
 
 def is_light(request: UnmaskRequest) -> bool:
-    """Whether ``request`` is a :func:`light_request` (no one dropped, nothing to reveal)."""
-    return not request.shares and not request.signatures and not request.dropped
+    """Whether ``request`` is a :func:`light_request`: it asks for no secret (its answer
+    reveals none, whatever set it names) and is not answered on a held stream."""
+    return request.light
 
 
 __all__ = ["check_input", "early_answers", "early_shares", "is_light", "keep_relayed",

@@ -29,6 +29,7 @@ aggregator's check of the sum (:func:`gossipfl.node.round.secure_exchange`).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import logging
@@ -180,7 +181,25 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
         predealt=predealt,
         early=secure_early.early_shares(node, keys, aggregator, r, members, seed.own_share,
                                         public_of) if predealt else (),
+        presign=node.secagg.presign_out.pop((aggregator, r), b""),
     )
+
+
+def finish_input(node: Node, message: MaskedInput) -> MaskedInput:
+    """``message`` with what it may carry by the time it is sent (its stream's last reply
+    read): the early shares and the presign the aggregator's light request of the round before
+    brought, when it came after the input was built (:mod:`gossipfl.node.secure_early`)."""
+    aggregator, r = message.aggregator, message.round
+    presign = message.presign or node.secagg.presign_out.pop((aggregator, r), b"")
+    early = message.early
+    if message.predealt and not early and (aggregator, r) in node.secagg.my_shares:
+        members = neighbourhood(node, aggregator)
+        public_of = {p: x25519_public(node, p) for p in members if p != node.peer_id}
+        early = secure_early.early_shares(node, pair_keys(node), aggregator, r, members,
+                                          node.secagg.my_shares[(aggregator, r)], public_of)
+    if presign == message.presign and early == message.early:
+        return message
+    return dataclasses.replace(message, presign=presign, early=early)
 
 
 async def send_masked_inputs(node: Node, r: int, *, done: bool,
@@ -260,7 +279,7 @@ async def _send_masked_to(node: Node, peer: str, r: int, estimate: np.ndarray, d
                                     chosen[0], done)
             ack = await streams.request(node, peer, PROTO_MASKED, functools.partial(
                 send_input_and_answer, node, message=message, peer=peer, r=r, answer=answer,
-                written=written))
+                written=written, finish=functools.partial(finish_input, node)))
         except UnmaskRefused:
             return  # judged and logged by the answerer
         except Exception as error:

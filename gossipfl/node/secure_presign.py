@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from gossipfl.crypto import consistency
 from gossipfl.crypto.consistency import Refusal, SurvivorSet
-from gossipfl.gossip.wire import UnmaskRequest, UnmaskResponse
+from gossipfl.gossip.wire import MaskedInput, UnmaskRequest, UnmaskResponse
 from gossipfl.node.secagg_state import excused
 from gossipfl.node.secure_early import keep_relayed
 from gossipfl.node.secure_inputs import neighbourhood
@@ -88,13 +88,30 @@ def light_answer(node: Node, aggregator: str, request: UnmaskRequest,
     aggregator unmasked the full set from early shares): no shares, no seeds, only the presign
     for the next round, under the set rules of any answer; the relayed shares are kept."""
     refusal = check(node, aggregator, announced)
-    if refusal is not None:
+    if refusal is not None or announced.dropped:  # light only for a round everyone was in
         node.reject(aggregator, "unmask request", "unmask_refused",
-                    f"round {request.round}: {refusal.value}")
+                    f"round {request.round}: "
+                    f"{refusal.value if refusal else 'a light request that drops members'}")
         return None
     commit(node, aggregator, announced)
     next_signature = presign(node, aggregator, announced)
     if next_signature:
         keep_relayed(node, aggregator, request, neighbourhood(node, aggregator))
+        node.secagg.presign_out[(aggregator, request.round + 1)] = next_signature
     return UnmaskResponse(node.config.federation, request.round, node.peer_id, (), (),
                           next_signature)
+
+
+def keep_input_presign(node: Node, peer: str, message: MaskedInput) -> None:
+    """Aggregator: keep the presign an accepted input carries (the member's signature on the
+    full set for the input's round, made on our light request of the round before), checked
+    as any presign."""
+    members = neighbourhood(node, node.peer_id)
+    announced = SurvivorSet(message.federation, node.peer_id, message.round, members,
+                            frozenset())
+    if consistency.check_signatures(announced, [(peer, message.presign)], needed=1):
+        node.reject(peer, "signature", "bad_signature", f"presign for round {message.round}")
+        return
+    held_set, held = node.secagg.presigned.get(message.round, (members, {}))
+    if held_set == members:
+        node.secagg.presigned[message.round] = (held_set, {**held, peer: message.presign})

@@ -22,16 +22,12 @@ the pair keys taken from the members' certificates, so no key round is needed):
 5. i rebuilds each self seed from threshold shares, removes the self masks and the dropped
    members' pair masks and gets Σ_{j∈V} w_ij x̂_j; the model becomes (1 − Σ_{j∈V} w_ij) x½ + it.
 
-Presigns (:mod:`gossipfl.node.secure_presign`) skip step 3 in a round with no dropout, and
-seeds dealt a round ahead (:mod:`gossipfl.node.secure_early`) let step 5 start from the
-inputs' early shares without waiting for step 4's answers.
-
-Every contributor sends its full weighted estimate each round, so a dropout never leaves the
-aggregator's running sums out of step; with ``[compression] kind = "randk"`` most training
-rounds send random-k deltas instead (:mod:`gossipfl.node.secure_sparse`).
-
-Step 1, the contributor's side (with its range check), is :mod:`gossipfl.node.secure_inputs`;
-its names are re-exported here. This module is the aggregator's side and the member's answers.
+In a round with no dropout, presigns (:mod:`gossipfl.node.secure_presign`) skip step 3 and
+seeds dealt a round ahead (:mod:`gossipfl.node.secure_early`) let step 5 start from the inputs'
+early shares, step 4 asking only for the next presigns. With ``[compression] kind = "randk"``
+most training rounds send random-k deltas (:mod:`gossipfl.node.secure_sparse`). Step 1 (and
+the range check) is :mod:`gossipfl.node.secure_inputs`, its names re-exported here; this module
+is the aggregator's side and the member's answers.
 """
 
 from __future__ import annotations
@@ -74,7 +70,14 @@ from gossipfl.node.secure_inputs import (
     weight,
     x25519_public,
 )
-from gossipfl.node.secure_presign import check, commit, keep_presign, light_answer, presign
+from gossipfl.node.secure_presign import (
+    check,
+    commit,
+    keep_input_presign,
+    keep_presign,
+    light_answer,
+    presign,
+)
 from gossipfl.node.state import Node
 
 if TYPE_CHECKING:
@@ -247,6 +250,8 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     if malformed is not None:
         return refuse("shares", malformed)
     inbox[remote] = message
+    if message.presign:
+        keep_input_presign(node, remote, message)
     node.secagg.peer_status[remote] = (message.round, message.disagreement, message.done,
                                        message.depth, message.horizon, message.waiting)
     node.neighbours[remote].missed = 0

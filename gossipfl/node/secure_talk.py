@@ -25,8 +25,15 @@ import trio
 
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.framing import StreamClosed
-from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, UnmaskRequest, UnmaskResponse
+from gossipfl.gossip.wire import (
+    MAX_CONTROL_BYTES,
+    Ack,
+    MaskedInput,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from gossipfl.node.secagg_state import Parked
+from gossipfl.node.secure_early import is_light
 from gossipfl.node.state import Node
 
 if TYPE_CHECKING:
@@ -66,16 +73,20 @@ async def hold_for_request(node: Node, channel: Channel, r: int) -> bool | None:
     if request is None:
         parked.closed = True
         return None
+    sent = False
     try:
         with trio.move_on_after(park_seconds(node)):
             await channel.send(request, MAX_CONTROL_BYTES)
-            parked.answer = await channel.receive(UnmaskResponse, MAX_CONTROL_BYTES)
+            sent = True
+            if not is_light(request):  # a light one is not answered here: its presign
+                # comes with the member's next input
+                parked.answer = await channel.receive(UnmaskResponse, MAX_CONTROL_BYTES)
     except Exception as error:  # a refusal resets the stream; so may a failing member
         log.info("no unmask answer from %s for round %d on its input's stream: %s",
                  channel.remote, r, error)
     finally:
         parked.answered.set()
-    return parked.answer is not None
+    return parked.answer is not None or (sent and is_light(request))
 
 
 def release(node: Node, r: int) -> None:
@@ -111,13 +122,16 @@ async def ask_held(node: Node, peer: str, request: UnmaskRequest) -> UnmaskRespo
     return False if parked is None else await answer_on(node, parked)
 
 
-async def send_input_and_answer(node: Node, channel: Channel, message: object, peer: str,
+async def send_input_and_answer(node: Node, channel: Channel, message: MaskedInput, peer: str,
                                 r: int, answer: Answerer | None,
-                                written: trio.Event | None) -> Ack:
-    """Member: send the masked input, then read its ack, or the round's unmask request and
-    answer it here (raising :class:`UnmaskRefused` when it must refuse: the stream is reset,
-    which the aggregator reads as no answer). Returns the ack (OK once asked to unmask)."""
-    await node.send_payload(channel, message)
+                                written: trio.Event | None,
+                                finish: Callable[[MaskedInput], MaskedInput] | None = None,
+                                ) -> Ack:
+    """Member: send the masked input (``finish``ed now that the stream's last reply is read),
+    then read its ack, or the round's unmask request and answer it here (raising
+    :class:`UnmaskRefused` when it must refuse: the stream is reset, which the aggregator reads
+    as no answer; a light request is not answered). Returns the ack (OK once asked)."""
+    await node.send_payload(channel, message if finish is None else finish(message))
     if written is not None:
         written.set()
     reply = await channel.receive((Ack, UnmaskRequest), MAX_CONTROL_BYTES)
@@ -126,5 +140,6 @@ async def send_input_and_answer(node: Node, channel: Channel, message: object, p
     response = answer(node, peer, reply) if answer is not None else None
     if response is None:
         raise UnmaskRefused(f"refused {peer}'s unmask request for round {reply.round}")
-    await channel.send(response, MAX_CONTROL_BYTES)
+    if not is_light(reply):  # a light one's presign goes with our next input
+        await channel.send(response, MAX_CONTROL_BYTES)
     return Ack(node.config.federation, r, peer, AckCode.OK, "")

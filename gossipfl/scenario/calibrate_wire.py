@@ -23,7 +23,7 @@ class SecAggBytes:
     """Frame bytes of one secure-aggregation exchange per neighbour (degree d): a sealed
     masked input (with the next round's dealt shares and its early shares), the aggregator's
     consistency request and the signed response, its light unmask request (the dealt shares
-    relayed) and the answer (a presign)."""
+    relayed) and its answer (none: the presign comes with the next input)."""
 
     masked_input: int
     consistency_request: int
@@ -207,7 +207,6 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
         ConsistencyResponse,
         MaskedInput,
         UnmaskRequest,
-        UnmaskResponse,
         decode_body,
         encode_body,
         encode_frame,
@@ -238,14 +237,14 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
                 sender_private=bytes(me.x_private), recipient_public=by_id[other].x_public))
             for other in sorted(ids) if other != me.peer_id)
         # a steady round's input (gossipfl.node.secure_early): the next round's dealt shares
-        # (as many, as long as these) and the early shares, one per member
+        # (as many, as long as these), the early shares, one per member, and a presign
         early = tuple((i, shamir.encode_share(share_ids[i], shares[share_ids[i]]))
                       for i in sorted(ids))
         return MaskedInput(federation=fed, round=1, sender=me.peer_id,
                            aggregator=aggregator.peer_id, weight=w, disagreement=1e-2,
                            done=False, data=y.astype("<u4").tobytes(), shares=sealed_shares,
                            depth=0, horizon=3, waiting=0, next_shares=sealed_shares,
-                           predealt=True, early=early)
+                           predealt=True, early=early, presign=bytes(64))
 
     def exchange() -> tuple[int, MaskedInput]:
         message = masked()
@@ -268,10 +267,10 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
     # round's dealt shares relayed, and the answer's presign of the next round's set
     relayed = tuple((owner, share[members[1].peer_id]) for owner in ids
                     if owner != members[1].peer_id)
-    unmask = UnmaskRequest(fed, 1, aggregator.peer_id, tuple(sorted(ids)), (), (), (), relayed)
-    answer = UnmaskResponse(fed, 1, me.peer_id, (), (), signatures[0][1])
+    unmask = UnmaskRequest(fed, 1, aggregator.peer_id, tuple(sorted(ids)), (), (), (), relayed,
+                           light=True)
     return SecAggBytes(size, len(encode_frame(request)), len(encode_frame(response)),
-                       len(encode_frame(unmask)), len(encode_frame(answer)), cpu)
+                       len(encode_frame(unmask)), 0, cpu)  # a light request has no answer
 
 
 __all__ = ["SecAggBytes", "best_time", "contribution_frames", "heartbeat_frame", "make_members",
