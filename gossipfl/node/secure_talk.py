@@ -5,9 +5,11 @@ A masked input is a request on the member's persistent stream to its aggregator
 holds the stream (:class:`~gossipfl.node.secagg_state.Parked`) until its round has fixed and
 (where needed) had signed the survivor set, and answers with that member's unmask request; the
 member answers it on the same stream. A round with every input in, whose set the members
-presigned (:mod:`gossipfl.node.secure_presign`), then costs three frames per member: the
-input, the request, the answer; an input that is refused, or not asked for (the round was
-refused, or the member is no survivor), gets its ack as before. Every frame goes where it went
+presigned (:mod:`gossipfl.node.secure_presign`) and whose seeds they dealt a round ahead
+(:mod:`gossipfl.node.secure_early`), then costs two frames per member, as a plain round does:
+the input and the light request, which is not answered (its presign comes with the member's
+next input); an input that is refused, or not asked for (the round was refused, or the member
+is no survivor), gets its ack as before. Every frame goes where it went
 on separate streams, under the same checks; only fewer frames cross.
 
 Bounds: a handler holds a stream at most :func:`park_seconds`, then acks and the aggregator asks
