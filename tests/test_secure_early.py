@@ -11,7 +11,7 @@ import numpy as np
 from secagg_star import SCALE, _accept, _answers, _expected, _fresh, _masked, ask, ids, sign
 from test_secure_round import _alive, _clean, star  # noqa: F401  (fixtures)
 
-from gossipfl.node import secure_early, secure_inputs, secure_round
+from gossipfl.node import secure_early, secure_round
 
 
 def _dealt_round(star, r: int):
@@ -131,35 +131,3 @@ def test_malformed_dealing_fields_are_refused(star) -> None:
     others_first = dataclasses.replace(message, early=(*others, (b.peer_id, b"x")))
     assert secure_round.accept_masked(star["a"], b.peer_id, others_first)[0].value == "rejected"
     assert star["a"].rejections["shares"] >= 2
-
-
-def test_a_first_input_presigns_the_full_set_and_no_later_one_does(star) -> None:
-    """Before its first input to an aggregator a member commits to the full set for that round
-    and sends the signature with the input: the aggregator holds the threshold of presigns
-    when the inputs are in, and runs no consistency exchange."""
-    from gossipfl.node import secure_presign
-
-    a, b = star["a"], star["b"]
-    star["a"].round = 60
-    _fresh(star, 60)
-    for name in "bcde":
-        node = star[name]
-        saved, node.neighbours = node.neighbours, {a.peer_id: object()}
-        try:
-            secure_presign.presign_first(node, 60)
-        finally:
-            node.neighbours = saved
-    inputs = {}
-    for name in "bcde":
-        node = star[name]
-        inputs[node.peer_id] = secure_inputs.finish_input(node, secure_round.masked_input(
-            node, a.peer_id, 60, node.own.vector, done=False))
-    assert all(len(m.presign) == 64 for m in inputs.values())
-    assert _accept(star, inputs) == ["ok"] * 4
-    held_set, held = a.secagg.presigned[60]
-    assert held_set == frozenset(ids(star, "bcde")) and sorted(held) == ids(star, "bcde")
-    # committed to the full set: b signs no other set for that round
-    assert sign(star, 60, ids(star, "cde"), [b.peer_id], "b") == {}
-    # a member that has signed a set for this aggregator does not presign a first round again
-    secure_presign.presign_first(b, 61)
-    assert (a.peer_id, 61) not in b.secagg.presign_out

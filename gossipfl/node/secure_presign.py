@@ -115,25 +115,3 @@ def keep_input_presign(node: Node, peer: str, message: MaskedInput) -> None:
     held_set, held = node.secagg.presigned.get(message.round, (members, {}))
     if held_set == members:
         node.secagg.presigned[message.round] = (held_set, {**held, peer: message.presign})
-
-
-def presign_first(node: Node, r: int) -> None:
-    """Before this node's first input to an aggregator (no set signed for it yet), commit to
-    and sign the full set for that round, sent with the input (``MaskedInput.presign``): the
-    first round needs no consistency exchange either. Its price is a presign's (a member
-    missing from that first round fails it at that aggregator), and it gives the aggregator
-    nothing the exchange would not."""
-    if not node.config.secagg.presign:
-        return
-    for aggregator in node.neighbours:
-        key = (aggregator, r)
-        if (node.secagg.signed.get(aggregator) or key in node.secagg.committed
-                or key in node.secagg.presign_out):
-            continue
-        members = neighbourhood(node, aggregator)
-        announced = SurvivorSet(node.config.federation, aggregator, r, members, frozenset())
-        if check(node, aggregator, announced, input_sent=True) is None:
-            commit(node, aggregator, announced)
-            node.secagg.presign_out[key] = consistency.sign_set(announced,
-                                                                node.security.signing_key)
-

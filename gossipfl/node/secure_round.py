@@ -51,14 +51,7 @@ from gossipfl.gossip.wire import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from gossipfl.node import (
-    secure_early,
-    secure_inputs,
-    secure_presign,
-    secure_sparse,
-    secure_talk,
-    streams,
-)
+from gossipfl.node import secure_early, secure_inputs, secure_sparse, secure_talk, streams
 from gossipfl.node.secagg_state import (
     KEEP_ROUNDS,
     Parked,
@@ -77,7 +70,14 @@ from gossipfl.node.secure_inputs import (
     weight,
     x25519_public,
 )
-from gossipfl.node.secure_presign import check, commit, light_answer, presign
+from gossipfl.node.secure_presign import (
+    check,
+    commit,
+    keep_input_presign,
+    keep_presign,
+    light_answer,
+    presign,
+)
 from gossipfl.node.state import Node
 
 if TYPE_CHECKING:
@@ -190,8 +190,6 @@ async def send_masked_inputs(node: Node, r: int, *, done: bool) -> dict[str, str
     The final inputs (``done``) come after this node's last sum: every input held is acked."""
     if done:
         secure_talk.release(node, node.round + 2)
-    else:
-        secure_presign.presign_first(node, r)
     return await secure_inputs.send_masked_inputs(node, r, done=done, answer=answer_unmask)
 
 
@@ -253,7 +251,7 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
         return refuse("shares", malformed)
     inbox[remote] = message
     if message.presign:
-        secure_presign.keep_input_presign(node, remote, message)
+        keep_input_presign(node, remote, message)
     node.secagg.peer_status[remote] = (message.round, message.disagreement, message.done,
                                        message.depth, message.horizon, message.waiting)
     node.neighbours[remote].missed = 0
@@ -339,9 +337,10 @@ async def sum_over(node: Node, r: int,
     survivors, dropped = sorted(chosen), sorted(members - chosen)
     announce = ConsistencyRequest(node.config.federation, r, node.peer_id, tuple(survivors),
                                   tuple(dropped))
-    # the threshold of signatures is enough to go on (a later one's request carries them)
+    # the threshold of signatures is enough to go on: a survivor that answers later (a busy
+    # process) is not waited for; its unmask request carries the others' signatures
     need = threshold(len(members))
-    # presigned (secure_presign: last round's answers, or the inputs), when nobody dropped
+    # presigned in the last round's answers (see :func:`presign`), when nobody dropped since
     held_set, held = node.secagg.presigned.pop(r, (frozenset(), {}))
     signatures = dict(held) if held_set == chosen and not dropped else {}
     if len(signatures) < need:
@@ -354,7 +353,8 @@ async def sum_over(node: Node, r: int,
     node.secagg.confirmed = consistency.remember(node.secagg.confirmed, r, chosen,
                                                  config.history_rounds)
     signed = tuple(sorted(signatures.items()))
-    # no one dropped: threshold answers rebuild every self seed; else all (pair seeds)
+    # with no one dropped, threshold answers rebuild every self seed; with a dropout each
+    # survivor's pair seeds are needed: all of them
     responses: dict[str, UnmaskResponse] = {}
     enough = len(survivors) if dropped else need
     # every input in from the presigned set, seeds dealt last round: their early shares
@@ -452,7 +452,7 @@ async def ask_placed(node: Node, peer: str, request: UnmaskRequest,
     if response is not None and response.sender == peer and response.round == request.round:
         responses[peer] = response
         if response.next_signature:
-            secure_presign.keep_presign(node, peer, request, response.next_signature)
+            keep_presign(node, peer, request, response.next_signature)
 
 
 def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[str],
