@@ -307,20 +307,33 @@ def calibrate(scenario: ScenarioConfig, *, isolated: bool = True) -> Calibration
 
     pool = LearnerPool()  # the data, loaded once here (numpy only) and shared by the children
     data_seconds = timed(lambda: pool.dataset(node_config(scenario)))
+    federation = make_members(min(scenario.nodes, MAX_MEMBERS_LISTED))
+
+    def messages(names: list[tuple[str, tuple[int, ...]]]) -> tuple[float, float]:
+        """The contribution's and the heartbeat's CPU (measured again at the end, like the
+        probe: the less disturbed kept); the frames' sizes do not change."""
+        return (contribution_frames(scenario, names, federation[0], federation[1])[3],
+                heartbeat_frame(scenario, federation)[2])
+
     if isolated:
         with tempfile.TemporaryDirectory(prefix="gossipfl-calibrate-") as cache:
             warm = in_child(lambda: _learning(scenario, cache, pool))
+            names = [(str(n), tuple(int(x) for x in shape)) for n, shape in warm["names"]]
+            full, delta, ack, message_cpu = contribution_frames(scenario, names, federation[0],
+                                                                federation[1])
+            heartbeat, link, heartbeat_cpu = heartbeat_frame(scenario, federation)
             node = in_child(lambda: _learning(scenario, cache, pool))
     else:
         warm = node = _learning(scenario, None, pool)
-    federation = make_members(min(scenario.nodes, MAX_MEMBERS_LISTED))
-    names = [(str(n), tuple(int(x) for x in shape)) for n, shape in warm["names"]]
-    full, delta, ack, message_cpu = contribution_frames(scenario, names, federation[0],
-                                                        federation[1])
-    heartbeat, link, heartbeat_cpu = heartbeat_frame(scenario, federation)
+        names = [(str(n), tuple(int(x) for x in shape)) for n, shape in warm["names"]]
+        full, delta, ack, message_cpu = contribution_frames(scenario, names, federation[0],
+                                                            federation[1])
+        heartbeat, link, heartbeat_cpu = heartbeat_frame(scenario, federation)
     secure = (secagg_frames(scenario, int(warm["parameters"]), scenario_degree(scenario))
               if scenario.secagg.enabled else None)
     frame = min(first_frame, probe())
+    again = messages(names)
+    message_cpu, heartbeat_cpu = min(message_cpu, again[0]), min(heartbeat_cpu, again[1])
     batch, epochs = scenario.train.batch_size, scenario.train.local_epochs
     if isolated:
         shares.append(machine_share(cores))
