@@ -301,8 +301,10 @@ class RobustConfig:
     :func:`gossipfl.aggregation.mixing.shared_weights`); 1 (the default) mixes with ``W`` as
     is. ClippedGossip's experiments raise every honest node's self-weight this way, ``s = 1 /
     (2 − min_k W_kk)`` over the honest nodes (6/11 on their ``mr5,1,0`` graph:
-    :func:`~gossipfl.aggregation.mixing.clippedgossip_share`). Not with ``rule = "none"``,
-    whose step ``protocol.gamma`` scales.
+    :func:`~gossipfl.aggregation.mixing.clippedgossip_share`). For clipping at a fixed radius
+    and for ``filter`` (steps linear in the weights) it is ``protocol.gamma`` times ``s``; it
+    differs for the adaptive radius (the weights pick what is clipped) and leaves the rules
+    that ignore the weights as they are. Not with ``rule = "none"``: ``protocol.gamma`` there.
     """
 
     norm_ratio: float = 100.0
