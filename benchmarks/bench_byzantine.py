@@ -79,6 +79,20 @@ def anchor_edges() -> list[tuple[int, int]]:
     return edges
 
 
+def anchor_share() -> float:
+    """ClippedGossip's normalisation on "mr5,1,0" as ``[robust] neighbour_share``: from the
+    ring nodes' Metropolis self-weights (node 0's 1/6 the least), 1 / (2 − 1/6) = 6/11."""
+    from gossipfl.aggregation.mixing import clippedgossip_share, neighbour_weights
+
+    around: dict[int, set[int]] = {}
+    for a, b in anchor_edges():
+        around.setdefault(a, set()).add(b)
+        around.setdefault(b, set()).add(a)
+    ring = [neighbour_weights(len(around[i]), {str(j): len(around[j]) for j in around[i]})[0]
+            for i in range(5)]
+    return clippedgossip_share(ring)
+
+
 #: ClippedGossip's ALIE10 takes ``torch.std`` (n − 1) over the target and its 2 honest ring
 #: neighbours; ``alie``'s spread is the population one (n), so z = 10 · √(3/2) is their attack
 ANCHOR_ALIE_Z = 10.0 * (3 / 2) ** 0.5
@@ -110,6 +124,7 @@ class Settings:
     tau: float = 0.0
     tau_steps: float = 0.0
     trim: int = 1
+    share: float = 1.0  # [robust] neighbour_share (ClippedGossip's raised self-weight: 6/11)
     holders: str = "all"  # "honest": the partition is cut among the honest nodes only
 
 
@@ -135,6 +150,8 @@ def scenario(graph: str, attack: str, rule: str, settings: Settings) -> str:
         text += f"tau_steps = {settings.tau_steps}\n"
     if rule == "trimmed_mean":
         text += f"trim = {settings.trim}\n"
+    if rule != "none" and settings.share != 1:
+        text += f"neighbour_share = {settings.share!r}\n"
     if attack != "none":
         for node in attackers:
             text += f'\n[[adversaries]]\nnode = {node}\nkind = "{attack}"\n'
@@ -219,6 +236,10 @@ def main() -> None:
     parser.add_argument("--tau-steps", type=float, default=None,
                         help="clipping: a radius of this many of the node's training steps")
     parser.add_argument("--trim", type=int, default=None)
+    parser.add_argument("--share", type=share, default=None,
+                        help="robust rules: [robust] neighbour_share, the share of the "
+                             "Metropolis neighbour weights mixed with (1); 'clippedgossip': "
+                             "their raised self-weight on the anchor graph, 6/11")
     parser.add_argument("--holders", choices=("all", "honest"), default=None,
                         help="who holds data: every node (all), or the partition cut among the "
                              "honest nodes only, the attackers (and in the no-attack row the "
@@ -241,6 +262,7 @@ def main() -> None:
                                               ("gamma", args.gamma), ("tau", args.tau),
                                               ("tau_steps", args.tau_steps),
                                               ("trim", args.trim),
+                                              ("share", args.share),
                                               ("holders", args.holders)) if v is not None}}
     try:
         seeds = [int(x) for x in (args.seeds or str(preset.get("seeds", "0"))).split(",") if x]
@@ -278,6 +300,11 @@ def main() -> None:
         args.json.write_text(json.dumps({"graph": args.graph, "real": args.real,
                                          "settings": settings.__dict__, "seeds": seeds,
                                          "table": table}, indent=1))
+
+
+def share(value: str) -> float:
+    """``--share``: a number, or ``clippedgossip`` for :func:`anchor_share`."""
+    return anchor_share() if value == "clippedgossip" else float(value)
 
 
 def fmt(values: object) -> str:

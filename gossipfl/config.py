@@ -295,6 +295,16 @@ class RobustConfig:
     Byzantine) or ``filter`` (neighbours farther than ``filter_ratio`` median distances from
     the coordinate median left out: :mod:`gossipfl.aggregation.filter`). Not with secure
     aggregation, which hides the individual estimates.
+
+    ``neighbour_share``: the share of its Metropolis–Hastings neighbour weights a node's robust
+    rule mixes with, the rest staying on the node itself (``W' = (1 − s)·I + s·W``:
+    :func:`gossipfl.aggregation.mixing.shared_weights`); 1 (the default) mixes with ``W`` as
+    is. ClippedGossip's experiments raise every honest node's self-weight this way, ``s = 1 /
+    (2 − min_k W_kk)`` over the honest nodes (6/11 on their ``mr5,1,0`` graph:
+    :func:`~gossipfl.aggregation.mixing.clippedgossip_share`). For clipping at a fixed radius
+    and for ``filter`` (steps linear in the weights) it is ``protocol.gamma`` times ``s``; it
+    differs for the adaptive radius (the weights pick what is clipped) and leaves the rules
+    that ignore the weights as they are. Not with ``rule = "none"``: ``protocol.gamma`` there.
     """
 
     norm_ratio: float = 100.0
@@ -306,6 +316,7 @@ class RobustConfig:
     filter_floor: float = 0.01  # filter: ... or beyond ratio × this × the centre's norm
     trim: int = 1
     krum_f: int = 1
+    neighbour_share: float = 1.0  # robust rules: neighbour weights × this, the rest on self
 
     def __post_init__(self) -> None:
         _require(self.norm_ratio == 0 or self.norm_ratio >= 2,
@@ -319,6 +330,10 @@ class RobustConfig:
         _require(self.filter_ratio >= 1, "robust.filter_ratio must be at least 1")
         _require(0 <= self.filter_floor < 1, "robust.filter_floor must be in [0, 1)")
         _require(self.trim >= 0 and self.krum_f >= 0, "robust.trim and robust.krum_f must be >= 0")
+        _require(0 < self.neighbour_share <= 1, "robust.neighbour_share must be in (0, 1]")
+        _require(self.neighbour_share == 1 or self.rule != "none",
+                 "robust.neighbour_share applies to a robust rule (with rule none, "
+                 "protocol.gamma scales the step)")
 
 
 @dataclass(frozen=True)

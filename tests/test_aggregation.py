@@ -13,11 +13,14 @@ from hypothesis.extra import numpy as hnp
 from gossipfl.aggregation import (
     build_topology,
     choco_step,
+    clipped_gossip,
+    clippedgossip_share,
     consensus_distance,
     metropolis_weight,
     mix,
     neighbour_weights,
     relative_disagreement,
+    shared_weights,
 )
 
 PATH3 = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]])
@@ -157,6 +160,101 @@ def test_neighbour_weights_validation() -> None:
         neighbour_weights(-1, {})
     with pytest.raises(ValueError, match="must be non-negative"):
         neighbour_weights(2, {"b": -1})
+
+
+# --------------------------------------------------------------------------- shared_weights
+
+#: ClippedGossip's "mr5,1,0": the honest ring 0..4, each i wired to Byzantine i+5 and i+10, and
+#: node 0 to Byzantine 15 as well
+MR510 = np.zeros((16, 16), dtype=np.int64)
+for _a, _b in [(i, (i + 1) % 5) for i in range(5)] + [(i, i + 5) for i in range(5)] + [
+        (i, i + 10) for i in range(5)] + [(0, 15)]:
+    MR510[_a, _b] = MR510[_b, _a] = 1
+
+
+def test_shared_weights_exact() -> None:
+    assert shared_weights(0.5, {"b": 0.25, "a": 0.25}, 0.5) == (0.75, {"a": 0.125, "b": 0.125})
+    assert shared_weights(0.2, {"a": 0.8}, 1.0) == (0.2, {"a": 0.8})  # 1: the row as is
+    assert shared_weights(1.0, {}, 0.3) == (1.0, {})
+    own, weights = shared_weights(1 / 6, dict.fromkeys("abcde", 1 / 6), 6 / 11)
+    assert own == pytest.approx(6 / 11, abs=1e-15)
+    assert all(w == pytest.approx(1 / 11, abs=1e-15) for w in weights.values())
+
+
+def test_shared_weights_validation() -> None:
+    for bad in (0.0, -0.5, 1.5, math.nan):
+        with pytest.raises(ValueError, match="share must satisfy"):
+            shared_weights(0.5, {"a": 0.5}, bad)
+    with pytest.raises(ValueError, match="must be non-negative"):
+        shared_weights(0.5, {"a": -0.5}, 0.5)
+
+
+def test_clippedgossip_share_exact_and_validation() -> None:
+    assert clippedgossip_share([1 / 6, 7 / 30, 1 / 5]) == pytest.approx(6 / 11, abs=1e-15)
+    assert clippedgossip_share([1.0]) == 1.0  # a node that keeps everything: nothing to raise
+    assert clippedgossip_share([0.0, 0.5]) == 0.5
+    with pytest.raises(ValueError, match="must not be empty"):
+        clippedgossip_share([])
+    with pytest.raises(ValueError, match="at most 1"):
+        clippedgossip_share([1.5])
+
+
+def test_shared_rows_are_clippedgossip_s_normalised_matrix_on_their_graph() -> None:
+    """Their reference code raises the Metropolis matrix's diagonal by c = 1 − (the least honest
+    self-weight) and divides by 1 + c; the nodes' shared rows are exactly that matrix."""
+    w = weight_matrix(MR510)
+    honest_self = np.diag(w)[:5]
+    np.testing.assert_allclose(honest_self, [1 / 6, 7 / 30, 1 / 5, 1 / 5, 7 / 30], atol=1e-15)
+    c = 1 - honest_self.min()
+    theirs = (w + c * np.eye(16)) / (1 + c)
+    share = clippedgossip_share(honest_self)
+    ours = np.zeros_like(w)
+    for i in range(16):
+        peers = {str(j): w[i, j] for j in np.flatnonzero(MR510[i])}
+        own, weights = shared_weights(w[i, i], peers, share)
+        ours[i, i] = own
+        for peer, weight in weights.items():
+            ours[i, int(peer)] = weight
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-15)
+    # node 0 keeps 6/11 and gives each of its 5 neighbours (3 Byzantine) 1/11; node 1 keeps
+    # 32/55, gives node 0 5/55 and node 2 and its 2 Byzantine neighbours 6/55 each
+    assert ours[0, 0] == pytest.approx(6 / 11) and ours[0, 15] == pytest.approx(1 / 11)
+    np.testing.assert_allclose(ours[1, [1, 0, 2, 6, 11]], np.array([32, 5, 6, 6, 6]) / 55)
+
+
+@FAST
+@given(adjacencies(), st.floats(0.01, 1.0))
+def test_shared_rows_stay_symmetric_doubly_stochastic_and_raise_every_self_weight(
+        a: np.ndarray, share: float) -> None:
+    w = weight_matrix(a)
+    lazy = np.zeros_like(w)
+    for i in range(len(a)):
+        peers = {str(j): w[i, j] for j in np.flatnonzero(a[i])}
+        own, weights = shared_weights(w[i, i], peers, share)
+        lazy[i, i] = own
+        for peer, weight in weights.items():
+            lazy[i, int(peer)] = weight
+    np.testing.assert_allclose(lazy, (1 - share) * np.eye(len(a)) + share * w, atol=1e-12)
+    np.testing.assert_allclose(lazy, lazy.T, atol=1e-15)
+    np.testing.assert_allclose(lazy.sum(axis=1), 1.0, atol=1e-12)
+    assert np.all(np.diag(lazy) >= np.diag(w) - 1e-12)
+
+
+@FAST
+@given(st.integers(1, 5), st.floats(0.05, 1.0), st.floats(0.0, 5.0), st.data())
+def test_clipping_with_shared_weights_is_the_clipped_step_shortened(
+        n: int, share: float, tau: float, data: st.DataObject) -> None:
+    """Self-centred clipping over the shared row moves the node ``share`` times as far as over
+    ``W``, whatever its neighbours send (so a Byzantine push shrinks with the honest pull)."""
+    own = data.draw(hnp.arrays(np.float64, 3, elements=st.floats(-10, 10)))
+    peers = {f"p{k}": data.draw(hnp.arrays(np.float64, 3, elements=finite)) for k in range(n)}
+    weights = {p: 1 / (n + 1) for p in peers}
+    full, clipped = clipped_gossip(own, peers, weights, tau)
+    _, lazy_weights = shared_weights(1 / (n + 1), weights, share)
+    lazy, lazy_clipped = clipped_gossip(own, peers, lazy_weights, tau)
+    assert lazy_clipped == clipped
+    expected = own + share * (full.astype(np.float64) - own)
+    np.testing.assert_allclose(lazy, expected, rtol=1e-5, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- mix

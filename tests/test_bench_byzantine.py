@@ -9,6 +9,7 @@ from benchmarks.bench_byzantine import (
     PRESETS,
     Settings,
     anchor_edges,
+    anchor_share,
     average_accuracy,
     scenario,
     worst,
@@ -35,6 +36,17 @@ def test_anchor_scenario_carries_its_settings(tmp_path: Path) -> None:
     assert sorted(a.node for a in config.adversaries) == list(range(5, 16))
     assert {str(a.kind) for a in config.adversaries} == {"dissensus"}
     assert len(anchor_edges()) == 16
+
+
+def test_clippedgossip_s_share_on_the_anchor_is_6_11_and_reaches_the_config(
+        tmp_path: Path) -> None:
+    assert abs(anchor_share() - 6 / 11) < 1e-15
+    lazy = Settings(tau_steps=1.0, share=anchor_share())
+    config = _load(tmp_path, scenario("anchor", "dissensus", "clipping", lazy))
+    assert config.robust.neighbour_share == anchor_share()
+    assert _load(tmp_path, scenario("anchor", "none", "none", lazy)).robust.neighbour_share == 1
+    assert _load(tmp_path, scenario("anchor", "alie", "clipping", Settings())
+                 ).robust.neighbour_share == 1
 
 
 def test_presets_are_valid_settings(tmp_path: Path) -> None:

@@ -136,3 +136,29 @@ def test_clipping_at_a_radius_of_training_steps_and_the_scale_s_decay() -> None:
     robust_step(node, np.array([0.5, 0.0], np.float32), far, {"x": 0.25}, record)
     assert node.step_scale == pytest.approx(STEP_DECAY * 0.5)
     assert record["robust"]["tau"] == pytest.approx(2 * STEP_DECAY * 0.5)
+
+
+def test_a_neighbour_share_shortens_the_robust_step_and_one_leaves_it_as_is() -> None:
+    """``[robust] neighbour_share`` (ClippedGossip's raised self-weight) scales every neighbour's
+    weight before the rule runs, the rest staying on the node; the default 1 is today's step."""
+    from types import SimpleNamespace
+
+    from gossipfl.config import NodeConfig, ProtocolConfig, RobustConfig
+    from gossipfl.node.robust_step import robust_step
+
+    def step(share: float) -> tuple[np.ndarray, dict]:
+        config = NodeConfig(robust=RobustConfig(rule="clipping", tau=1.0,
+                                                neighbour_share=share),
+                            protocol=ProtocolConfig(gamma=1.0))
+        node = SimpleNamespace(config=config, protocol=config.protocol, step_scale=0.0,
+                               filter_counts={}, model=np.zeros(2),
+                               own=SimpleNamespace(vector=np.zeros(2, np.float32)))
+        record: dict = {}
+        far = {"x": np.array([100.0, 0.0], np.float32), "h": np.array([0.0, 0.5], np.float32)}
+        return robust_step(node, np.zeros(2, np.float32), far, {"x": 0.25, "h": 0.25},
+                           record), record
+    as_is, record = step(1.0)
+    np.testing.assert_allclose(as_is, [0.25, 0.125], rtol=1e-6)  # x clipped to 1, h whole
+    assert record["robust"]["clipped"] == 1
+    lazy, _ = step(6 / 11)
+    np.testing.assert_allclose(lazy, [0.25 * 6 / 11, 0.125 * 6 / 11], rtol=1e-6)

@@ -3,11 +3,13 @@
 from gossipfl.aggregation.mixing import (
     WEIGHT_SUM_TOLERANCE,
     choco_step,
+    clippedgossip_share,
     consensus_distance,
     metropolis_weight,
     mix,
     neighbour_weights,
     relative_disagreement,
+    shared_weights,
 )
 from gossipfl.aggregation.robust import (
     SELF_ID,
@@ -40,6 +42,7 @@ __all__ = [
     "build_topology",
     "choco_step",
     "clipped_gossip",
+    "clippedgossip_share",
     "clipping_radius",
     "consensus_distance",
     "coordinate_median",
@@ -49,5 +52,6 @@ __all__ = [
     "neighbour_weights",
     "relative_disagreement",
     "robust_mix",
+    "shared_weights",
     "trimmed_mean",
 ]

@@ -12,6 +12,9 @@ its inputs and keeps no state between calls.
   node keeps public estimates ``x̂_j`` of its neighbours and updates
   ``x_i ← x_i^{1/2} + γ Σ_j W_ij (x̂_j − x̂_i)``. The compression itself lives elsewhere; this
   module provides the linear consensus step.
+* ``shared_weights`` makes a row lazy (``W' = (1 − s)·I + s·W``), as ClippedGossip's
+  experiments raise every honest node's self-weight (``clippedgossip_share``); a robust rule
+  mixes with it when ``[robust] neighbour_share`` is below 1.
 * ``consensus_distance`` (Kong et al., 2021) is the diagnostic the report gives.
 
 Computation is carried out in float64 and models are returned as float32, the dtype models are
@@ -22,19 +25,21 @@ not depend on the insertion order of the mappings passed in.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
     "WEIGHT_SUM_TOLERANCE",
     "choco_step",
+    "clippedgossip_share",
     "consensus_distance",
     "metropolis_weight",
     "mix",
     "neighbour_weights",
     "relative_disagreement",
     "reported_examples",
+    "shared_weights",
     "weighted_neighbour_weights",
 ]
 
@@ -145,6 +150,74 @@ def neighbour_weights(
         for peer in sorted(neighbour_degrees)
     }
     return 1.0 - math.fsum(weights.values()), weights
+
+
+def shared_weights(
+    self_weight: float, weights: Mapping[str, float], share: float
+) -> tuple[float, dict[str, float]]:
+    """A node's row of the lazy matrix ``W' = (1 − share)·I + share·W``: every neighbour's
+    weight times ``share``, what it loses staying with the node itself.
+
+    This is ClippedGossip's raised self-weight (He, Karimireddy & Jaggi, 2022; their reference
+    code normalises the Metropolis matrix to ``(W + c·I) / (1 + c)``, ``c = 1 − min_k W_kk``,
+    i.e. ``share = 1 / (1 + c)``: :func:`clippedgossip_share`). The ratios between the
+    neighbours' weights are kept, so a neighbourhood's Byzantine share of the weight is
+    unchanged; only the node's step towards its neighbours shortens. ``W'`` is symmetric and
+    doubly stochastic when ``W`` is, with the same average. ``share = 1`` returns the row as is.
+
+    Args:
+        self_weight: The node's own weight in ``W`` (``1 − Σ weights``).
+        weights: Its neighbours' weights in ``W``, by peer id.
+        share: ``0 < share <= 1``.
+
+    Returns:
+        ``(self_weight', {peer: share · weight})``, ``self_weight' = 1 − share·(1 − self_weight)``;
+        peers in sorted order.
+
+    Raises:
+        ValueError: If ``share`` is outside ``(0, 1]`` or a weight is negative or not finite.
+
+    Example:
+        >>> shared_weights(0.5, {"b": 0.25, "a": 0.25}, 0.5)
+        (0.75, {'a': 0.125, 'b': 0.125})
+    """
+    s = float(share)
+    if not 0.0 < s <= 1.0:
+        raise ValueError(f"share must satisfy 0 < share <= 1, got {share}")
+    own = _check_weight(self_weight, "self_weight")
+    ws = {peer: _check_weight(weights[peer], f"weight of {peer}") for peer in sorted(weights)}
+    if s == 1.0:
+        return own, ws
+    return 1.0 - s * (1.0 - own), {peer: s * w for peer, w in ws.items()}
+
+
+def clippedgossip_share(self_weights: Iterable[float]) -> float:
+    """The ``share`` of :func:`shared_weights` that ClippedGossip's normalisation amounts to.
+
+    Their experiments (the "MaliciousRing" graphs) raise the Metropolis matrix's diagonal by
+    ``c = 1 − m``, ``m`` the smallest self-weight among the honest nodes, and divide by
+    ``1 + c``: the node that had the least self-weight then keeps ``1 / (2 − m) ≥ 1/2`` of its
+    own model, and every other weight is multiplied by ``1 / (2 − m)``, which is returned.
+
+    Args:
+        self_weights: The honest nodes' self-weights ``W_kk`` in the Metropolis matrix.
+
+    Returns:
+        ``1 / (2 − min self_weights)``, in ``[1/2, 1]``.
+
+    Raises:
+        ValueError: If ``self_weights`` is empty or holds a value outside ``[0, 1]``.
+
+    Example:
+        >>> clippedgossip_share([1 / 6, 7 / 30, 1 / 5])  # their mr5,1,0: 6/11
+        0.5454545454545455
+    """
+    values = [_check_weight(w, "self weight") for w in self_weights]
+    if not values:
+        raise ValueError("self_weights must not be empty")
+    if max(values) > 1.0 + WEIGHT_SUM_TOLERANCE:
+        raise ValueError(f"a self weight must be at most 1, got {max(values)}")
+    return 1.0 / (2.0 - min(max(min(values), 0.0), 1.0))
 
 
 def reported_examples(count: int, rounding: str = "exact") -> int:

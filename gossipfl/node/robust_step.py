@@ -1,6 +1,8 @@
 """The robust mixing rule a node runs in place of the weighted sum (``[robust] rule``; issue 9):
 the pure step of :func:`gossipfl.aggregation.robust.robust_choco_step`, with the node's
-parameters, and what it clipped or left out written to the round's record."""
+parameters (its neighbours' weights first made lazy by ``[robust] neighbour_share``:
+:func:`gossipfl.aggregation.mixing.shared_weights`), and what it clipped or left out written to
+the round's record. The simulator and node processes both mix through here."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gossipfl.aggregation.filter import distrusted
+from gossipfl.aggregation.mixing import shared_weights
 from gossipfl.aggregation.robust import RobustRule, robust_choco_step
 
 if TYPE_CHECKING:
@@ -28,6 +31,9 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
     falls back to the coordinate median, which takes any number, and says so."""
     config = node.config.robust
     rule = RobustRule(config.rule)
+    if config.neighbour_share != 1:  # ClippedGossip's raised self-weight (the rest on self)
+        own_weight = 1.0 - sum(weights.values())
+        _, weights = shared_weights(max(own_weight, 0.0), weights, config.neighbour_share)
     params: dict[str, Any] = {
         RobustRule.CLIPPING: {"tau": config.tau} if config.tau else {"delta": config.delta},
         RobustRule.TRIMMED_MEAN: {"b": config.trim},
