@@ -55,15 +55,18 @@ def _check_peers(value: Any, what: str) -> tuple[str, ...]:
 
 
 MAX_SHARE_CIPHERTEXT = 512
+MASKED_WIDTHS = (8, 16, 32)  # the rings of gossipfl.crypto.secagg (uint8, uint16, uint32)
 
 
 @dataclass(frozen=True)
 class MaskedInput:
     """Secure aggregation: one contributor's masked, weighted estimate for one aggregator's sum.
 
-    ``data`` is a little-endian uint32 vector (the quantised ``weight · x̂`` plus masks, mod
-    2^32), meaningless alone; ``shares`` are encrypted Shamir shares of the contributor's self
-    seed, one per co-neighbour, which the aggregator relays but cannot read.
+    ``data`` is a little-endian vector of ``width``-bit words (the quantised ``weight · x̂``
+    plus masks, mod 2^32; or, in a quantised delta round, integer-weighted levels plus masks
+    mod 2^8 or 2^16: :mod:`gossipfl.node.secure_sparse`), meaningless alone; ``shares`` are
+    encrypted Shamir shares of the contributor's self seed, one per co-neighbour, which the
+    aggregator relays but cannot read.
     """
 
     KIND: ClassVar[str] = "masked_input"
@@ -82,7 +85,9 @@ class MaskedInput:
     # compressed secure aggregation (gossipfl.node.secure_sparse): ``data`` holds the masked
     # weighted delta on the round's shared random-k coordinates, not the whole estimate
     sparse: bool = False
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse"})
+    width: int = 32  # bits a word of ``data``: 8, 16 or 32
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse",
+                                                    "width"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         fields = {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
@@ -91,13 +96,18 @@ class MaskedInput:
                   "depth": self.depth, "horizon": self.horizon, "waiting": self.waiting}
         if self.sparse:  # absent when false: a full input's frame is as before
             fields["sparse"] = True
+        if self.width != 32:  # absent at 32 bits, likewise
+            fields["width"] = self.width
         return fields
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
         data = body["data"]
-        if not is_binary(data) or len(data) % 4:
-            raise WireError("masked data must be bytes holding uint32 words")
+        width = check_int(body.get("width", 32), "width", 8, 32)
+        if width not in MASKED_WIDTHS:
+            raise WireError(f"masked width must be one of {MASKED_WIDTHS} bits, got {width}")
+        if not is_binary(data) or len(data) % (width // 8):
+            raise WireError(f"masked data must be bytes holding uint{width} words")
         weight = check_float(body["weight"], "weight")
         if not 0.0 < weight <= 1.0:
             raise WireError(f"weight {weight} is outside (0, 1]")
@@ -115,6 +125,7 @@ class MaskedInput:
             horizon=check_int(body.get("horizon", 0), "horizon", 0, MAX_DEPTH),
             waiting=check_int(body.get("waiting", 0), "waiting", 0, MAX_DEPTH),
             sparse=check_bool(body.get("sparse", False), "sparse"),
+            width=width,
         )
 
 

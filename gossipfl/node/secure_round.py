@@ -42,6 +42,7 @@ import trio
 
 from gossipfl.crypto import consistency, secagg, shamir
 from gossipfl.crypto.consistency import Refusal, SurvivorSet, threshold
+from gossipfl.crypto.secagg_sparse import decode_ring_sum, ring_dtype
 from gossipfl.gossip.codes import AckCode, AckReason, NodeStatus
 from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
@@ -221,11 +222,13 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     inbox = node.secagg.inbox.setdefault(message.round, {})
     if remote in inbox:
         return refuse("duplicate", f"a second input for round {message.round}")
+    bits = secure_sparse.width(node, node.peer_id, message.round)
+    count = secure_sparse.words(node, message.round)
     if (message.sparse != secure_sparse.sparse_round(node, message.round)
-            or len(message.data) != 4 * secure_sparse.words(node, message.round)):
-        return refuse("layout", f"{len(message.data) // 4} values (sparse {message.sparse}), "
-                                f"round {message.round} takes "
-                                f"{secure_sparse.words(node, message.round)}")
+            or message.width != bits or len(message.data) != bits // 8 * count):
+        return refuse("layout", f"{len(message.data)} bytes of {message.width}-bit words "
+                                f"(sparse {message.sparse}), round {message.round} takes "
+                                f"{count} {bits}-bit words")
     expected = weight(node, node.peer_id, remote)
     if abs(message.weight - expected) > 1e-9:
         return refuse("weight", f"weight {message.weight}, expected {expected}")
@@ -450,9 +453,17 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
             if gone not in seeds:
                 raise ValueError(f"{peer} did not reveal its pair seed with {gone}")
             pair_seeds[(peer, gone)] = seeds[gone]
-    masked = {p: np.frombuffer(inputs[p].data, dtype="<u4").astype(np.uint32) for p in survivors}
+    bits = secure_sparse.width(node, node.peer_id, r)
+    dtype = ring_dtype(bits)
+    masked = {p: np.frombuffer(inputs[p].data, dtype=dtype.newbyteorder("<")).astype(dtype)
+              for p in survivors}
     total = secagg.unmask_sum(masked, survivors_self_seeds=self_seeds,
                               dropped_pair_seeds=pair_seeds)
+    if secure_sparse.sparse_round(node, r) and secure_sparse.levels(node):
+        counts, denominator, _ = secure_sparse.ring(node, node.peer_id)
+        return decode_ring_sum(total, width=bits, levels=secure_sparse.levels(node),
+                               weight_sum=sum(counts[p] for p in survivors),
+                               step=secure_sparse.step(node), denominator=denominator)
     return secagg.dequantise_sum(total, len(survivors), config.clip, config.scale)
 
 
