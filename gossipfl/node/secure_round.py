@@ -24,7 +24,8 @@ the pair keys taken from the members' certificates, so no key round is needed):
 
 Every contributor sends its full weighted estimate each round (with identity compression a delta
 is no smaller), so a dropout never leaves the aggregator's running sums out of step; with
-``[compression] kind = "randk"`` most training rounds send random-k deltas instead
+``[compression] kind = "randk"``, ``"int8"`` or ``"int4"`` most training rounds send random-k
+deltas, or integer-weighted int8/int4 levels in an 8/16-bit ring, instead
 (:mod:`gossipfl.node.secure_sparse`).
 
 Step 1, the contributor's side (with its range check), is :mod:`gossipfl.node.secure_inputs`;
