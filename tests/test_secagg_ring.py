@@ -92,12 +92,20 @@ def test_integer_weights_are_exact() -> None:
         integer_weights({"b": 0.2})  # type: ignore[dict-item]
 
 
+@settings(deadline=None)
 @given(st.dictionaries(st.text("bcdefgh", min_size=1, max_size=2),
                        st.integers(1, 40), min_size=1, max_size=8))
 def test_integer_weights_over_a_common_denominator(denominators: dict[str, int]) -> None:
     weights = {j: Fraction(1, d) for j, d in denominators.items()}
     counts, k = integer_weights(weights)
     assert all(Fraction(counts[j], k) == w for j, w in weights.items())
+
+
+def test_delta_clip_is_validated() -> None:
+    with pytest.raises(ValueError, match="delta_clip"):
+        SecAggConfig(delta_clip=0.0)
+    with pytest.raises(ValueError, match="delta_clip"):
+        SecAggConfig(delta_clip=9.0)  # past secagg.clip
 
 
 def test_ring_width_table_and_wrap_refused() -> None:
@@ -114,6 +122,7 @@ def test_ring_width_table_and_wrap_refused() -> None:
         fits(7, 4, 12)
 
 
+@settings(deadline=None)
 @given(st.integers(0, 2**20), st.integers(0, 2**12))
 def test_fits_is_exactly_the_signed_range(levels: int, weight_sum: int) -> None:
     for width in (8, 16, 32):
