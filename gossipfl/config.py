@@ -252,7 +252,10 @@ class SecAggConfig:
     ``history_rounds + 1`` sets per aggregator. ``presign``: a member's unmask answer signs the
     next round's set when no one dropped (gossipfl.node.secure_presign: no consistency exchange
     while every input comes in; a dropout then fails that round at its aggregators, and the
-    next recovers it). Off, a dropout is recovered in its own round, at an exchange a round."""
+    next recovers it). Off, a dropout is recovered in its own round, at an exchange a round.
+    ``delta_clip``: with ``[compression] kind = "int8"``/``"int4"``, the public clip of the
+    quantised CHOCO deltas (step ``delta_clip / levels``, the same for every member:
+    gossipfl.node.secure_sparse)."""
 
     enabled: bool = False
     min_contributors: int = 3
@@ -260,8 +263,10 @@ class SecAggConfig:
     scale: int = 2**20
     history_rounds: int = 50
     min_set_difference: int = 2
-    full_every: int = 10  # compression randk: every n-th round full estimates (secure_sparse)
+    full_every: int = 10  # compressed: every n-th round full estimates (secure_sparse)
     presign: bool = True
+    # compression int8/int4: the public clip of the quantised deltas (step clip / levels)
+    delta_clip: float = 0.05
 
     def __post_init__(self) -> None:
         _require(self.min_contributors >= 3, "secagg.min_contributors must be at least 3")
@@ -272,6 +277,8 @@ class SecAggConfig:
         _require(1 <= self.min_set_difference <= 256,
                  "secagg.min_set_difference must be in [1, 256] (1: off)")
         _require(1 <= self.full_every <= 10_000, "secagg.full_every must be in [1, 10000]")
+        _require(0 < self.delta_clip <= self.clip,
+                 "secagg.delta_clip must be positive and at most secagg.clip")
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-SECAGG_COMPRESSION = ("none", "randk")
+SECAGG_COMPRESSION = ("none", "randk", "int8", "int4")
 SECAGG_COMPRESSION_REFUSED = (
-    "with secagg, compression.kind must be none or randk (random-k on a coordinate set the "
-    "federation shares each round, which masks can sum); int8, int4, fp16 and topk pick "
-    "values or coordinates per member, which masked sums cannot combine")
+    "with secagg, compression.kind must be none, randk, int8 or int4 (random-k on a coordinate "
+    "set the federation shares each round, or levels at a public step, which masks can sum); "
+    "fp16 and topk pick values or coordinates per member, which masked sums cannot combine")
 
 
 def check_secagg_compression(secagg: bool, kind: str) -> None:

@@ -321,13 +321,14 @@ def test_compression_config_is_validated(kwargs: dict[str, Any], rule: str) -> N
 
 
 def test_compression_with_secagg_is_refused() -> None:
-    with pytest.raises(ConfigError, match="must be none or randk"):
+    # int8 and int4 are summed at a public step (gossipfl/node/secure_sparse.py); fp16 is not
+    with pytest.raises(ConfigError, match="must be none, randk, int8 or int4"):
         NodeConfig(secagg=SecAggConfig(enabled=True),
-                   compression=CompressionConfig(kind="int8"))
+                   compression=CompressionConfig(kind="fp16"))
 
 
 def test_scenario_refuses_compression_with_secagg() -> None:
-    with pytest.raises(ConfigError, match="must be none or randk"):
+    with pytest.raises(ConfigError, match="must be none, randk, int8 or int4"):
         ScenarioConfig(secagg=SecAggConfig(enabled=True),
                        compression=CompressionConfig(kind="topk"))
     assert ScenarioConfig(compression=CompressionConfig(kind="topk")).compression.ratio == 0.1

@@ -145,13 +145,14 @@ def test_choco_mix_keeps_the_average_with_symmetric_weights() -> None:
 # -- config ----------------------------------------------------------------------------------
 
 
-def test_config_accepts_randk_with_secagg_and_refuses_the_others() -> None:
+def test_config_accepts_randk_int8_int4_with_secagg_and_refuses_the_others() -> None:
     sa = SecAggConfig(enabled=True)
-    assert ScenarioConfig(secagg=sa, compression=CompressionConfig(kind="randk"))
-    for kind in ("int8", "int4", "fp16", "topk"):
-        with pytest.raises(ConfigError, match="must be none or randk"):
+    for kind in ("randk", "int8", "int4"):
+        assert ScenarioConfig(secagg=sa, compression=CompressionConfig(kind=kind))
+    for kind in ("fp16", "topk"):
+        with pytest.raises(ConfigError, match="must be none, randk, int8 or int4"):
             ScenarioConfig(secagg=sa, compression=CompressionConfig(kind=kind))
-        with pytest.raises(ConfigError, match="must be none or randk"):
+        with pytest.raises(ConfigError, match="must be none, randk, int8 or int4"):
             NodeConfig(secagg=sa, compression=CompressionConfig(kind=kind))
     with pytest.raises(ConfigError, match="full_every"):
         SecAggConfig(full_every=0)

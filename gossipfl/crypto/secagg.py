@@ -12,10 +12,13 @@ CCS 2017, adapted to gossip: node *i* sums its neighbours' weighted vectors and 
   both public keys in sorted order and a context (federation ‖ aggregator ‖ round,
   :func:`seed_context`), so pair seeds are fresh per round and neighbourhood.
 * **PRG** (:func:`prg_mask`): the ChaCha20 keystream under the 32-byte seed (zero nonce), read
-  as little-endian uint32: a stream cipher, not numpy's PCG64/Philox whose state leaks.
+  as little-endian uint32 (or uint8/uint16 for a narrower ring): a stream cipher, not numpy's
+  PCG64/Philox whose state leaks.
 * **Double masking** (:func:`mask_input`, :func:`unmask_sum`):
-  ``y_j = q_j + PRG(b_j) + Σ_{k≠j} s_jk · PRG(p_jk) mod 2**32``, ``s_jk = +1`` if
-  ``id_j < id_k`` else ``-1``, so pair masks cancel in the sum.
+  ``y_j = q_j + PRG(b_j) + Σ_{k≠j} s_jk · PRG(p_jk) mod 2**w``, ``s_jk = +1`` if
+  ``id_j < id_k`` else ``-1``, so pair masks cancel in the sum. The ring ``Z_{2^w}`` is the
+  inputs' dtype: uint32 (w = 32) here, uint8/uint16 for the quantised deltas of
+  :mod:`gossipfl.crypto.secagg_sparse`.
 * **Shares** (:func:`encrypt_seed_share`, :func:`decrypt_seed_share`,
   :mod:`gossipfl.crypto.shamir`): each member Shamir-splits its self seed ``b_j`` among the
   members and seals each share to its holder (NaCl Box, certified X25519 keys).
@@ -66,11 +69,7 @@ _SHARES_LABEL = b"gossipfl/secagg/shares/v1"
 
 
 def check_contributors(count: int) -> None:
-    """Refuse an aggregation over fewer than :data:`MIN_CONTRIBUTORS` contributors.
-
-    Raises:
-        ValueError: if ``count < MIN_CONTRIBUTORS``.
-    """
+    """Refuse (ValueError) an aggregation over fewer than :data:`MIN_CONTRIBUTORS`."""
     if operator.index(count) < MIN_CONTRIBUTORS:
         raise ValueError(
             f"secure aggregation needs at least MIN_CONTRIBUTORS={MIN_CONTRIBUTORS} "
@@ -126,9 +125,13 @@ def _check_bytes(name: str, value: object, length: int) -> bytes:
     return bytes(value)
 
 
-def _check_vector(name: str, value: object) -> NDArray[np.uint32]:
-    if not isinstance(value, np.ndarray) or value.dtype != np.uint32 or value.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D numpy uint32 array")
+RING_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
+"""The rings masks work in, by the inputs' dtype: Z_{2^8}, Z_{2^16}, Z_{2^32}."""
+
+
+def _check_vector(name: str, value: object) -> NDArray[np.unsignedinteger]:
+    if not isinstance(value, np.ndarray) or value.dtype not in RING_DTYPES or value.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D numpy uint8, uint16 or uint32 array")
     return value
 
 
@@ -202,11 +205,8 @@ def _length_prefixed(*parts: bytes) -> bytes:
 
 
 def seed_context(federation: str, aggregator_id: str, round_number: int) -> bytes:
-    """The ``context`` for :func:`agree_seed`: federation ‖ aggregator id ‖ round, unambiguous.
-
-    Raises:
-        ValueError: if a name is empty or the round is negative.
-    """
+    """The ``context`` for :func:`agree_seed`: federation ‖ aggregator id ‖ round, unambiguous
+    (ValueError: a name empty or the round negative)."""
     if not federation or not aggregator_id:
         raise ValueError("federation and aggregator_id must be non-empty")
     round_number = operator.index(round_number)
@@ -260,8 +260,11 @@ def seed_from_shared(my_public: bytes, their_public: bytes, shared: bytes, *,
     return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(shared)
 
 
-def _keystream_words(seed: bytes, length: int) -> NDArray[np.uint32]:
-    out = np.zeros(length, dtype="<u4")
+def _keystream_words(seed: bytes, length: int,
+                     dtype: np.dtype = RING_DTYPES[2]) -> NDArray[np.unsignedinteger]:
+    """The keystream's first ``length`` words of ``dtype`` (its first ``length * itemsize``
+    bytes, little-endian): a narrower ring reads a prefix of the same stream."""
+    out = np.zeros(length, dtype=dtype.newbyteorder("<"))
     if length:
         view = memoryview(out).cast("B")
         encryptor = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
@@ -270,14 +273,9 @@ def _keystream_words(seed: bytes, length: int) -> NDArray[np.uint32]:
 
 
 def prg_mask(seed: bytes, length: int) -> NDArray[np.uint32]:
-    """Expand a 32-byte seed to ``length`` pseudorandom uint32 words.
-
-    The words are the ChaCha20 keystream under key ``seed`` and an all-zero 16-byte
-    counter ‖ nonce, read little-endian: deterministic on every platform.
-
-    Raises:
-        ValueError: if the seed is not 32 bytes or the length is negative.
-    """
+    """Expand a 32-byte seed to ``length`` pseudorandom uint32 words: the ChaCha20 keystream
+    under key ``seed`` and an all-zero 16-byte counter ‖ nonce, read little-endian
+    (deterministic on every platform). ValueError: a seed not 32 bytes, a negative length."""
     seed = _check_bytes("seed", seed, SEED_BYTES)
     length = operator.index(length)
     if length < 0:
@@ -286,17 +284,16 @@ def prg_mask(seed: bytes, length: int) -> NDArray[np.uint32]:
 
 
 def pair_sign(my_id: str, other_id: str) -> int:
-    """+1 if ``my_id < other_id`` (string order), -1 if greater: the sign of the pair mask.
-
-    Raises:
-        ValueError: if the ids are equal.
-    """
+    """+1 if ``my_id < other_id`` (string order), -1 if greater: the sign of the pair mask
+    (ValueError if the ids are equal)."""
     if my_id == other_id:
         raise ValueError(f"a member has no pair mask with itself ({my_id!r})")
     return 1 if my_id < other_id else -1
 
 
-def _add_signed(acc: NDArray[np.uint32], words: NDArray[np.uint32], sign: int) -> None:
+def _add_signed(acc: NDArray[np.unsignedinteger], words: NDArray[np.unsignedinteger],
+                sign: int) -> None:
+    words = words.astype(acc.dtype, copy=False)  # native order: wraps modulo 2**w
     if sign > 0:
         np.add(acc, words, out=acc)
     else:
@@ -304,11 +301,8 @@ def _add_signed(acc: NDArray[np.uint32], words: NDArray[np.uint32], sign: int) -
 
 
 def fresh_self_seed(rng_bytes: Callable[[int], bytes] = os.urandom) -> bytes:
-    """A new 32-byte self-mask seed ``b`` from ``rng_bytes`` (a CSPRNG outside tests).
-
-    Raises:
-        ValueError: if ``rng_bytes`` does not return 32 bytes.
-    """
+    """A new 32-byte self-mask seed ``b`` from ``rng_bytes`` (a CSPRNG outside tests);
+    ValueError if ``rng_bytes`` does not return 32 bytes."""
     return _check_bytes("rng_bytes(32)", rng_bytes(SEED_BYTES), SEED_BYTES)
 
 
@@ -316,18 +310,20 @@ def fresh_self_seed(rng_bytes: Callable[[int], bytes] = os.urandom) -> bytes:
 
 
 def mask_input(
-    q: NDArray[np.uint32],
+    q: NDArray[np.unsignedinteger],
     *,
     my_id: str,
     self_seed: bytes,
     pair_seeds: Mapping[str, bytes],
-) -> NDArray[np.uint32]:
+) -> NDArray[np.unsignedinteger]:
     """Mask one contributor's quantised input.
 
-    ``y = q + PRG(self_seed) + Σ_k pair_sign(my_id, k) · PRG(pair_seeds[k]) mod 2**32``.
+    ``y = q + PRG(self_seed) + Σ_k pair_sign(my_id, k) · PRG(pair_seeds[k]) mod 2**w``.
 
     Args:
-        q: the quantised input (1-D uint32, from :func:`quantise`).
+        q: the quantised input (1-D uint32 from :func:`quantise`, or uint8/uint16 ring words
+            from :func:`gossipfl.crypto.secagg_sparse.to_ring`: the masks are words of its
+            dtype, the arithmetic modulo ``2**w``).
         my_id: this contributor's member id.
         self_seed: the 32-byte self-mask seed ``b``.
         pair_seeds: other member id to the 32-byte pair seed agreed with it; every other member
@@ -346,24 +342,22 @@ def mask_input(
     self_seed = _check_bytes("self_seed", self_seed, SEED_BYTES)
     check_contributors(len(pair_seeds) + 1)
     y = q.copy()
-    _add_signed(y, _keystream_words(self_seed, q.size), +1)
+    _add_signed(y, _keystream_words(self_seed, q.size, q.dtype), +1)
     for other, seed in pair_seeds.items():
         sign = pair_sign(my_id, other)
-        _add_signed(
-            y,
-            _keystream_words(_check_bytes(f"pair seed {other!r}", seed, SEED_BYTES), q.size),
-            sign,
-        )
+        _add_signed(y, _keystream_words(_check_bytes(f"pair seed {other!r}", seed, SEED_BYTES),
+                                        q.size, q.dtype), sign)
     return y
 
 
 def unmask_sum(
-    masked: Mapping[str, NDArray[np.uint32]],
+    masked: Mapping[str, NDArray[np.unsignedinteger]],
     *,
     survivors_self_seeds: Mapping[str, bytes],
     dropped_pair_seeds: Mapping[tuple[str, str], bytes],
-) -> NDArray[np.uint32]:
-    """The aggregator's unmasking: ``Σ_{j∈V} q_j mod 2**32`` from the survivors' masked inputs.
+) -> NDArray[np.unsignedinteger]:
+    """The aggregator's unmasking: ``Σ_{j∈V} q_j mod 2**w`` from the survivors' masked inputs
+    (all of one dtype, uint8/16/32: the ring; the masks rebuilt as words of it).
 
     Pair masks between two survivors cancel in ``Σ y_j``. What is left is each survivor's self
     mask and, for each survivor ``j`` and dropped member ``d``, the term
@@ -371,7 +365,7 @@ def unmask_sum(
     ``Σ_j y_j - Σ_j PRG(b_j) - Σ_(j,d) pair_sign(j, d) · PRG(p_jd)``.
 
     Args:
-        masked: survivor id to its masked input ``y`` (1-D uint32, all the same length).
+        masked: survivor id to its masked input ``y`` (1-D, all the same length and dtype).
         survivors_self_seeds: survivor id to its rebuilt self seed ``b``; same ids as
             ``masked``.
         dropped_pair_seeds: ``(survivor, dropped)`` to the pair seed between them, which the
@@ -379,12 +373,13 @@ def unmask_sum(
             every survivor and every dropped member (empty if nobody dropped).
 
     Returns:
-        The sum of the survivors' quantised inputs modulo 2**32.
+        The sum of the survivors' quantised inputs modulo ``2**w``, of their dtype.
 
     Raises:
         ValueError: if there are fewer than :data:`MIN_CONTRIBUTORS` survivors, the self seeds
             do not match the survivors, a pair key names a non-survivor first or a survivor
-            second, a (survivor, dropped) pair is missing, or the vectors disagree in shape.
+            second, a (survivor, dropped) pair is missing, or the vectors disagree in shape or
+            width.
     """
     check_contributors(len(masked))
     survivors = set(masked)
@@ -412,15 +407,18 @@ def unmask_sum(
     lengths = {y.size for y in vectors.values()}
     if len(lengths) != 1:
         raise ValueError(f"masked inputs must all have the same length, got {sorted(lengths)}")
-    (length,) = lengths
-    total = np.zeros(length, dtype=np.uint32)
+    dtypes = {y.dtype for y in vectors.values()}
+    if len(dtypes) != 1:
+        raise ValueError(f"masked inputs must all have one width, got {sorted(map(str, dtypes))}")
+    (length,), (dtype,) = lengths, dtypes
+    total = np.zeros(length, dtype=dtype)
     for j in sorted(vectors):
         np.add(total, vectors[j], out=total)
         seed = _check_bytes(f"self seed of {j!r}", survivors_self_seeds[j], SEED_BYTES)
-        _add_signed(total, _keystream_words(seed, length), -1)
+        _add_signed(total, _keystream_words(seed, length, dtype), -1)
     for (j, d), seed in sorted(dropped_pair_seeds.items()):
         seed = _check_bytes(f"pair seed {(j, d)!r}", seed, SEED_BYTES)
-        _add_signed(total, _keystream_words(seed, length), -pair_sign(j, d))
+        _add_signed(total, _keystream_words(seed, length, dtype), -pair_sign(j, d))
     return total
 
 
@@ -428,11 +426,8 @@ def unmask_sum(
 
 
 def share_ids_for(members: Iterable[str]) -> dict[str, int]:
-    """Shamir x-coordinates for a neighbourhood: 1, 2, ... in sorted member-id order.
-
-    Raises:
-        ValueError: if an id is repeated or empty, or there are too many members.
-    """
+    """Shamir x-coordinates for a neighbourhood: 1, 2, ... in sorted member-id order
+    (ValueError: an id repeated or empty, or too many members)."""
     ordered = list(members)
     if len(set(ordered)) != len(ordered):
         raise ValueError("member ids must be distinct")

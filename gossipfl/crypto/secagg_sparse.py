@@ -1,4 +1,5 @@
-"""Compressed secure aggregation (issue 10): random-k CHOCO deltas under additive masking.
+"""Compressed secure aggregation (issue 10): random-k, or int8/int4 levels at a public step in a
+narrow ring, CHOCO deltas under additive masking.
 
 Pure functions; no I/O, no global state. The protocol that uses them is
 :mod:`gossipfl.node.secure_sparse` (with :mod:`gossipfl.node.secure_round`).
@@ -22,7 +23,9 @@ their values, which stay masked and quantised as in full rounds.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
+from fractions import Fraction
 
 import numpy as np
 from numpy.typing import NDArray
@@ -89,3 +92,129 @@ def choco_mix(half_step: np.ndarray, own_estimate: np.ndarray, running: np.ndarr
     return (np.asarray(half_step, np.float32)
             + np.float32(gamma) * (running - np.float32(weights) * own_estimate)
             ).astype(np.float32)
+
+
+# -- quantised deltas in a narrow ring (int8, int4) ------------------------------------------
+#
+# A delta round can instead send every coordinate, stochastically rounded to a few levels of a
+# scale the whole federation shares (public: from the config and the round, never chosen per
+# member), so integer levels from different members add up. Member j sends aggregator i the
+# levels times an integer weight, ``c_ij · L_j``, where ``w_ij = c_ij / K`` over a common
+# denominator K of i's neighbourhood (:func:`integer_weights`); the sum ``Σ_j c_ij L_j`` lies in
+# ``[-levels · Σ_j c_ij, levels · Σ_j c_ij]``, so words of the smallest ring whose signed range
+# holds that (:func:`ring_width`: 8 bits for int4 on a degree-4 graph, 16 for int8) sum without
+# wrapping, and the masks are words of that ring (:func:`gossipfl.crypto.secagg.mask_input`).
+# The aggregator reads the unmasked sum as signed and gets ``Σ_j w_ij s L_j`` exactly
+# (:func:`decode_ring_sum`).
+
+RING_WIDTHS = (8, 16, 32)
+"""The ring widths in bits, narrowest first (uint8, uint16, uint32 words)."""
+
+QUANTISED_LEVELS = {"int8": 127, "int4": 7}
+"""Levels each side of zero per compression kind: L ∈ [-levels, levels]."""
+
+
+def delta_step(clip: float, levels: int) -> float:
+    """The public quantisation step ``s = clip / levels`` (as float32, the value x̂ adds)."""
+    if not (clip > 0 and levels >= 1):
+        raise ValueError(f"clip must be > 0 and levels >= 1, got {clip}, {levels}")
+    return float(np.float32(clip / levels))
+
+
+def quantise_levels(delta: np.ndarray, clip: float, levels: int,
+                    rng: np.random.Generator) -> NDArray[np.int16]:
+    """``L = stochastic_round(clip(Δ, ±clip) / s)``, ``s`` = :func:`delta_step`: each coordinate
+    goes to ⌊x⌋ or ⌊x⌋ + 1 with the probabilities that make E[s L] = clip(Δ); in
+    ``[-levels, levels]``, int16.
+
+    >>> quantise_levels(np.array([0.5, -1.0, 9.0]), 1.0, 2, np.random.default_rng(0)).tolist()
+    [1, -2, 2]
+    """
+    step = delta_step(clip, levels)
+    x = np.clip(np.asarray(delta, np.float64).reshape(-1), -clip, clip) / step
+    if not np.isfinite(x).all():
+        raise ValueError("delta must be finite")
+    low = np.floor(x)
+    out = low + (rng.random(x.size) < (x - low))
+    return np.clip(out, -levels, levels).astype(np.int16)
+
+
+def integer_weights(weights: Mapping[str, Fraction]) -> tuple[dict[str, int], int]:
+    """Exact integers ``c_j`` and one denominator ``K`` (the least) with ``w_j = c_j / K``.
+
+    >>> integer_weights({"a": Fraction(1, 5), "b": Fraction(1, 4)})
+    ({'a': 4, 'b': 5}, 20)
+    """
+    if any(not isinstance(w, Fraction) or not 0 < w <= 1 for w in weights.values()):
+        raise ValueError("weights must be Fractions in (0, 1]")
+    denominator = math.lcm(*(w.denominator for w in weights.values())) if weights else 1
+    return {j: int(w * denominator) for j, w in weights.items()}, denominator
+
+
+def fits(levels: int, weight_sum: int, width: int) -> bool:
+    """Whether every ``Σ_j c_j L_j`` with ``|L_j| <= levels`` and ``Σ_j c_j = weight_sum`` lies
+    in the signed range of ``width``-bit words (so the sum modulo ``2**width`` never wraps).
+
+    >>> fits(7, 4, 8), fits(127, 4, 8), fits(127, 4, 16), fits(31, 4, 8), fits(32, 4, 8)
+    (True, False, True, True, False)
+    """
+    if width not in RING_WIDTHS or levels < 0 or weight_sum < 0:
+        raise ValueError(f"width must be one of {RING_WIDTHS}, levels and weight_sum >= 0")
+    return levels * weight_sum <= 2 ** (width - 1) - 1
+
+
+def ring_width(levels: int, weight_sum: int) -> int:
+    """The narrowest of :data:`RING_WIDTHS` that :func:`fits`; ValueError if none does (the sum
+    could wrap even in 32 bits: refused)."""
+    for width in RING_WIDTHS:
+        if fits(levels, weight_sum, width):
+            return width
+    raise ValueError(f"levels {levels} times weights {weight_sum} could wrap even 32-bit words")
+
+
+def ring_dtype(width: int) -> np.dtype:
+    """The unsigned dtype of ``width``-bit words (native order, for arithmetic)."""
+    if width not in RING_WIDTHS:
+        raise ValueError(f"width must be one of {RING_WIDTHS}, got {width}")
+    return np.dtype(f"uint{width}")
+
+
+def to_ring(values: np.ndarray, width: int) -> NDArray[np.unsignedinteger]:
+    """Signed integers as ``width``-bit words modulo ``2**width`` (two's complement)."""
+    dtype = ring_dtype(width)
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError("ring values must be integers")
+    return (values.astype(np.int64) % (1 << width)).astype(dtype).reshape(-1)
+
+
+def decode_ring_sum(total: np.ndarray, *, width: int, levels: int, weight_sum: int,
+                    step: float, denominator: int) -> NDArray[np.float32]:
+    """``Σ_j w_j s L_j`` as float32 from ``total``, the unmasked ``Σ_j c_j L_j mod 2**width``:
+    read as signed, times ``s / K``.
+
+    Raises:
+        ValueError: if the sum could wrap at this width (:func:`fits`), ``total`` is not words
+            of it, or a coordinate lies beyond ``levels · weight_sum`` (not such a sum: wrong
+            masks, count or inputs).
+    """
+    if not fits(levels, weight_sum, width):
+        raise ValueError(f"levels {levels} times weights {weight_sum} could wrap {width}-bit "
+                         "words")
+    if not isinstance(total, np.ndarray) or total.dtype != ring_dtype(width):
+        raise ValueError(f"the sum must be uint{width} words")
+    signed = total.astype(np.int64)
+    signed[signed >= 1 << (width - 1)] -= 1 << width
+    if signed.size and int(np.abs(signed).max()) > levels * weight_sum:
+        raise ValueError(f"a coordinate of the sum exceeds levels · Σc = {levels * weight_sum}: "
+                         "wrong masks, count or inputs")
+    return (signed * (float(step) / denominator)).astype(np.float32)
+
+
+def public_quantised(delta: np.ndarray, clip: float, levels: int,
+                     rng: np.random.Generator) -> Encoded:
+    """The delta a member publishes in a quantised delta round: levels at the public step, as
+    an int8 :class:`Encoded` (decoded: ``s · L``, what x̂ adds on every side)."""
+    return Encoded(Codec.INT8, int(np.asarray(delta).size),
+                   quantise_levels(delta, clip, levels, rng).astype(np.int8),
+                   scale=delta_step(clip, levels))

@@ -56,15 +56,18 @@ def _check_peers(value: Any, what: str) -> tuple[str, ...]:
 
 MAX_SHARE_CIPHERTEXT = 512
 MAX_SHARE_BYTES = 128  # an encoded Shamir share of a 32-byte seed, in the clear
+MASKED_WIDTHS = (8, 16, 32)  # the rings of gossipfl.crypto.secagg (uint8, uint16, uint32)
 
 
 @dataclass(frozen=True)
 class MaskedInput:
     """Secure aggregation: one contributor's masked, weighted estimate for one aggregator's sum.
 
-    ``data`` is a little-endian uint32 vector (the quantised ``weight · x̂`` plus masks, mod
-    2^32), meaningless alone; ``shares`` are encrypted Shamir shares of the contributor's self
-    seed, one per co-neighbour, which the aggregator relays but cannot read.
+    ``data`` is a little-endian vector of ``width``-bit words (the quantised ``weight · x̂``
+    plus masks, mod 2^32; or, in a quantised delta round, integer-weighted levels plus masks
+    mod 2^8 or 2^16: :mod:`gossipfl.node.secure_sparse`), meaningless alone; ``shares`` are
+    encrypted Shamir shares of the contributor's self seed, one per co-neighbour, which the
+    aggregator relays but cannot read.
     """
 
     KIND: ClassVar[str] = "masked_input"
@@ -94,9 +97,10 @@ class MaskedInput:
     # the sender's signature on this round's full set, to which it committed on the light
     # request of the round before (gossipfl.node.secure_presign): empty, or 64 bytes
     presign: bytes = b""
+    width: int = 32  # bits a word of ``data``: 8, 16 or 32
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse",
                                                     "next_shares", "predealt", "early",
-                                                    "presign"})
+                                                    "presign", "width"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         fields = {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
@@ -113,13 +117,18 @@ class MaskedInput:
             fields["early"] = [[p, v] for p, v in self.early]
         if self.presign:
             fields["presign"] = self.presign
+        if self.width != 32:  # absent at 32 bits, likewise
+            fields["width"] = self.width
         return fields
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
         data = body["data"]
-        if not is_binary(data) or len(data) % 4:
-            raise WireError("masked data must be bytes holding uint32 words")
+        width = check_int(body.get("width", 32), "width", 8, 32)
+        if width not in MASKED_WIDTHS:
+            raise WireError(f"masked width must be one of {MASKED_WIDTHS} bits, got {width}")
+        if not is_binary(data) or len(data) % (width // 8):
+            raise WireError(f"masked data must be bytes holding uint{width} words")
         weight = check_float(body["weight"], "weight")
         if not 0.0 < weight <= 1.0:
             raise WireError(f"weight {weight} is outside (0, 1]")
@@ -143,6 +152,7 @@ class MaskedInput:
             early=_check_pairs(body.get("early", []), "early shares", MAX_MEMBERS,
                                MAX_SHARE_BYTES),
             presign=_check_signature(body.get("presign", b""), "presign", empty=True),
+            width=width,
         )
 
 

@@ -95,19 +95,29 @@ def compressor(config: CompressionConfig, federation: str, sender: str, round_: 
     random-k's index set) is drawn from a seed of (federation, sender, round). With ``secagg``
     enabled (:mod:`gossipfl.node.secure_sparse`): random-k on the coordinate set the whole
     federation shares for the round (:func:`gossipfl.crypto.secagg_sparse.round_coordinates`),
-    so masked deltas sum; none in its full rounds (:func:`full_round`), which send the whole
-    estimate anyway."""
+    or int8/int4 levels at the public step ``secagg.delta_clip / levels``
+    (:func:`gossipfl.crypto.secagg_sparse.public_quantised`), so masked deltas sum; none in its
+    full rounds (:func:`full_round`), which send the whole estimate anyway."""
     kind = CompressionKind(config.kind)
     if kind is CompressionKind.NONE:
         return None
-    if secagg is not None and secagg.enabled and kind is CompressionKind.RANDK:
+    rng = np.random.default_rng(shared_seed(federation, sender, round_, kind.value))
+    if secagg is not None and secagg.enabled and kind is not CompressionKind.NONE:
         if full_round(secagg, training_rounds, round_):
             return None
         # loaded only with secure aggregation on (a plain node loads no crypto.secagg)
-        from gossipfl.crypto.secagg_sparse import round_coordinates, sparse_delta
-        return lambda q: sparse_delta(q, round_coordinates(federation, round_, q.size,
-                                                           config.ratio))
-    rng = np.random.default_rng(shared_seed(federation, sender, round_, kind.value))
+        from gossipfl.crypto.secagg_sparse import (
+            QUANTISED_LEVELS,
+            public_quantised,
+            round_coordinates,
+            sparse_delta,
+        )
+        if kind is CompressionKind.RANDK:
+            return lambda q: sparse_delta(q, round_coordinates(federation, round_, q.size,
+                                                               config.ratio))
+        levels = QUANTISED_LEVELS[kind.value]  # int8, int4 (config refuses the others)
+        clip = secagg.delta_clip
+        return lambda q: public_quantised(q, clip, levels, rng)
     return lambda q: compress(kind, q, config.ratio, rng)
 
 

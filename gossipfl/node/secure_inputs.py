@@ -41,6 +41,7 @@ import trio
 from gossipfl.aggregation.bounds import norm_bound
 from gossipfl.crypto import secagg
 from gossipfl.crypto.pair_keys import PairKeys
+from gossipfl.crypto.secagg_sparse import to_ring
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node import secure_early, secure_sparse, streams
@@ -59,10 +60,9 @@ def neighbourhood(node: Node, aggregator: str) -> frozenset[str]:
 
 
 def weight(node: Node, aggregator: str, contributor: str) -> float:
-    """Metropolis–Hastings weight from the topology's degrees, known to both ends in advance."""
-    degree_k = len(neighbourhood(node, aggregator))
-    degree_j = len(neighbourhood(node, contributor))
-    return 1.0 / (1 + max(degree_k, degree_j))
+    """Metropolis–Hastings weight from the topology's degrees, known to both ends in advance
+    (:func:`gossipfl.node.secure_sparse.metropolis`)."""
+    return float(secure_sparse.metropolis(node, aggregator, contributor))
 
 
 def x25519_public(node: Node, peer: str) -> bytes:
@@ -149,14 +149,19 @@ def _report(node: Node, r: int, checks: dict[str, RangeCheck]) -> None:
 def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
                  done: bool, sparse: bool = False) -> MaskedInput:
     """Quantise, mask and share: this node's input to ``aggregator``'s sum for round ``r``
-    (``sparse``: ``estimate`` is the round's random-k delta, :mod:`gossipfl.node.secure_sparse`;
-    the masks are expanded to its length)."""
+    (``sparse``: ``estimate`` is the round's random-k delta, the masks expanded to its length,
+    or its int8/int4 levels, masked as ``c_ij · L`` in words of the round's ring:
+    :mod:`gossipfl.node.secure_sparse`)."""
     config = node.config.secagg
     members = neighbourhood(node, aggregator)
     context = secagg.seed_context(node.config.federation, aggregator, r)
     me = node.peer_id
     w = weight(node, aggregator, me)
-    q = secagg.quantise(w * estimate, config.clip, config.scale)
+    if sparse and secure_sparse.levels(node):
+        counts, _, bits = secure_sparse.ring(node, aggregator)
+        q = to_ring(counts[me] * np.asarray(estimate, np.int64), bits)
+    else:
+        q = secagg.quantise(w * estimate, config.clip, config.scale)
     keys = pair_keys(node)
     public_of = {other: x25519_public(node, other) for other in members if other != me}
     pairs = {other: keys.agree_seed(public, context=context)
@@ -173,10 +178,11 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
         federation=node.config.federation, round=r, sender=me, aggregator=aggregator, weight=w,
         disagreement=float(min(node.disagreement, 1e9)), done=done,
         # the masked words' own memory (a fresh array no one else holds), not two copies of it
-        data=memoryview(np.ascontiguousarray(y, dtype="<u4")).cast("B").toreadonly(),
+        data=memoryview(np.ascontiguousarray(y, dtype=y.dtype.newbyteorder("<"))).cast("B")
+        .toreadonly(),
         shares=seed.sealed,
         depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
-        sparse=sparse,
+        sparse=sparse, width=8 * y.dtype.itemsize,
         next_shares=following.sealed if config.presign and following is not None else (),
         predealt=predealt,
         early=secure_early.early_shares(node, keys, aggregator, r, members, seed.own_share,

@@ -24,10 +24,11 @@ the pair keys taken from the members' certificates, so no key round is needed):
 
 In a round with no dropout, presigns (:mod:`gossipfl.node.secure_presign`) skip step 3 and
 seeds dealt a round ahead (:mod:`gossipfl.node.secure_early`) let step 5 start from the inputs'
-early shares, step 4 asking only for the next presigns. With ``[compression] kind = "randk"``
-most training rounds send random-k deltas (:mod:`gossipfl.node.secure_sparse`). Step 1 (and
-the range check) is :mod:`gossipfl.node.secure_inputs`, its names re-exported here; this module
-is the aggregator's side and the member's answers.
+early shares, step 4 asking only for the next presigns. With ``[compression] kind`` "randk",
+"int8" or "int4" most training rounds send random-k deltas, or integer-weighted levels in an
+8/16-bit ring (:mod:`gossipfl.node.secure_sparse`). Step 1 (and the range check) is
+:mod:`gossipfl.node.secure_inputs`, its names re-exported here; this module is the
+aggregator's side and the member's answers.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 import trio
 
-from gossipfl.crypto import consistency, secagg, shamir
+from gossipfl.crypto import consistency, secagg
 from gossipfl.crypto.consistency import Refusal, SurvivorSet, threshold
 from gossipfl.gossip.codes import AckCode, AckReason, NodeStatus
 from gossipfl.gossip.wire import (
@@ -78,6 +79,7 @@ from gossipfl.node.secure_presign import (
     light_answer,
     presign,
 )
+from gossipfl.node.secure_unmask import unmask
 from gossipfl.node.state import Node
 
 if TYPE_CHECKING:
@@ -235,11 +237,13 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     inbox = node.secagg.inbox.setdefault(message.round, {})
     if remote in inbox:
         return refuse("duplicate", f"a second input for round {message.round}")
+    bits = secure_sparse.width(node, node.peer_id, message.round)
+    count = secure_sparse.words(node, message.round)
     if (message.sparse != secure_sparse.sparse_round(node, message.round)
-            or len(message.data) != 4 * secure_sparse.words(node, message.round)):
-        return refuse("layout", f"{len(message.data) // 4} values (sparse {message.sparse}), "
-                                f"round {message.round} takes "
-                                f"{secure_sparse.words(node, message.round)}")
+            or message.width != bits or len(message.data) != bits // 8 * count):
+        return refuse("layout", f"{len(message.data)} bytes of {message.width}-bit words "
+                                f"(sparse {message.sparse}), round {message.round} takes "
+                                f"{count} {bits}-bit words")
     expected = weight(node, node.peer_id, remote)
     if abs(message.weight - expected) > 1e-9:
         return refuse("weight", f"weight {message.weight}, expected {expected}")
@@ -376,7 +380,7 @@ async def sum_over(node: Node, r: int,
                                  held_streams[peer])
                for peer in survivors], lambda: len(early.keys() | responses.keys()) >= enough)
     node.secagg.early_rounds += light
-    words = len(inputs[survivors[0]].data) // 4
+    words = len(inputs[survivors[0]].data) * 8 // inputs[survivors[0]].width
     try:
         try:
             total = await compute(node, words, unmask, node, r, inputs, survivors, dropped,
@@ -453,46 +457,6 @@ async def ask_placed(node: Node, peer: str, request: UnmaskRequest,
         responses[peer] = response
         if response.next_signature:
             keep_presign(node, peer, request, response.next_signature)
-
-
-def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[str],
-           dropped: list[str], responses: dict[str, UnmaskResponse]) -> np.ndarray:
-    """Σ_{j∈V} w_ij x̂_j from the survivors' masked inputs and their unmask answers.
-
-    Every self seed is rebuilt from threshold shares (no member sends its own). Raises
-    ValueError when the answers cannot remove every mask (too few shares of a survivor's self
-    seed, or a pair seed missing).
-    """
-    config = node.config.secagg
-    members = sorted(neighbourhood(node, node.peer_id))
-    ids = secagg.share_ids_for(members)
-    need = threshold(len(members))
-    self_seeds: dict[str, bytes] = {}
-    for peer in survivors:
-        held = {}
-        for response in responses.values():
-            for owner, encoded in response.seed_shares:
-                if owner == peer:
-                    share_id, value = shamir.decode_share(encoded)
-                    if share_id == ids.get(response.sender):
-                        held[share_id] = value
-        if len(held) < need:
-            raise ValueError(f"only {len(held)} of {need} shares of {peer}'s self seed came back")
-        self_seeds[peer] = shamir.combine_shares(held, need)
-    pair_seeds: dict[tuple[str, str], bytes] = {}
-    for peer in survivors:
-        for gone in dropped:
-            if peer not in responses:
-                raise ValueError(f"{peer} left after masking while {gone} had dropped: their pair "
-                                 "mask cannot be removed")
-            seeds = dict(responses[peer].pair_seeds)
-            if gone not in seeds:
-                raise ValueError(f"{peer} did not reveal its pair seed with {gone}")
-            pair_seeds[(peer, gone)] = seeds[gone]
-    masked = {p: np.frombuffer(inputs[p].data, dtype="<u4").astype(np.uint32) for p in survivors}
-    total = secagg.unmask_sum(masked, survivors_self_seeds=self_seeds,
-                              dropped_pair_seeds=pair_seeds)
-    return secagg.dequantise_sum(total, len(survivors), config.clip, config.scale)
 
 
 __all__ = ["KEEP_ROUNDS", "PROTO_CONSISTENCY", "PROTO_MASKED", "PROTO_UNMASK", "SecAggState",

@@ -1,6 +1,8 @@
-"""Compressed secure aggregation (issue 10): random-k CHOCO deltas summed under masks.
+"""Compressed secure aggregation (issue 10): random-k or quantised CHOCO deltas summed under
+masks.
 
-With ``[secagg] enabled`` and ``[compression] kind = "randk"``, rounds are of two kinds, fixed
+With ``[secagg] enabled`` and ``[compression] kind = "randk"``, ``"int8"`` or ``"int4"``, rounds
+are of two kinds, fixed
 by the round number alone (so no aggregator chooses, and each (aggregator, round) still gets
 exactly one masked input per member, under one set of pair seeds):
 
@@ -15,7 +17,13 @@ exactly one masked input per member, under one set of pair seeds):
   rebuilds ``k`` words). Aggregator i sums the inputs of its base members only (anyone else
   is a dropout for the masks), and adds the sum into ``S_i`` at those coordinates. With no
   base (a restart; any refused or failed sum drops it) it refuses sparse rounds until the
-  next full one.
+  next full one. With int8/int4 a sparse round covers every coordinate instead: the delta is
+  rounded stochastically to levels ``L_j`` of the public step ``s = secagg.delta_clip /
+  levels`` (127 levels for int8, 7 for int4; x̂ adds exactly ``s L_j``, so clipping and
+  rounding are error feedback), member j masks ``c_ij L_j`` (``w_ij = c_ij / K_i`` exactly) as
+  words of the narrowest ring that cannot wrap (:func:`ring`: 8 bits for int4 on a degree-4
+  graph, 16 for int8), and the aggregator decodes ``Σ_j w_ij s L_j`` exactly
+  (:func:`gossipfl.crypto.secagg_sparse.decode_ring_sum`).
 
 Either way the model moves by CHOCO's consensus step
 ``x_i = x½_i + γ (S_i − W_i x̂_i) = x½_i + γ Σ_j w_ij (x̂_j − x̂_i)``
@@ -34,6 +42,7 @@ differencing window) apply unchanged.
 from __future__ import annotations
 
 import logging
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -41,7 +50,16 @@ import numpy as np
 from gossipfl.aggregation.bounds import mean_within, sum_bound
 from gossipfl.aggregation.compress import Codec, CompressionKind
 from gossipfl.aggregation.mixing import relative_disagreement
-from gossipfl.crypto.secagg_sparse import add_at, choco_mix, round_coordinates
+from gossipfl.crypto.secagg_sparse import (
+    QUANTISED_LEVELS,
+    add_at,
+    choco_mix,
+    delta_step,
+    integer_weights,
+    quantise_levels,
+    ring_width,
+    round_coordinates,
+)
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node.compression import full_round
 from gossipfl.node.state import Node
@@ -52,7 +70,42 @@ log = logging.getLogger("gossipfl.secagg")
 def compressed(node: Node) -> bool:
     """Whether this node runs compressed secure aggregation."""
     return (node.config.secagg.enabled
-            and CompressionKind(node.config.compression.kind) is CompressionKind.RANDK)
+            and CompressionKind(node.config.compression.kind) is not CompressionKind.NONE)
+
+
+def levels(node: Node) -> int:
+    """The quantised kinds' levels each side of zero (int8 127, int4 7); 0 for random-k."""
+    return QUANTISED_LEVELS.get(node.config.compression.kind, 0)
+
+
+def step(node: Node) -> float:
+    """The public quantisation step of the deltas, ``secagg.delta_clip / levels``."""
+    return delta_step(node.config.secagg.delta_clip, levels(node))
+
+
+def metropolis(node: Node, aggregator: str, contributor: str) -> Fraction:
+    """The Metropolis–Hastings weight ``1 / (1 + max(d_i, d_j))`` from the topology's degrees,
+    exactly (both ends know it in advance)."""
+    assert node.topology is not None
+    degree_i = len(node.topology.get(aggregator, frozenset()))
+    degree_j = len(node.topology.get(contributor, frozenset()))
+    return Fraction(1, 1 + max(degree_i, degree_j))
+
+
+def ring(node: Node, aggregator: str) -> tuple[dict[str, int], int, int]:
+    """Aggregator's ``(c_ij per member, K, width)`` for quantised delta rounds: integer weights
+    ``w_ij = c_ij / K`` and the narrowest ring width whose signed range holds
+    ``levels · Σ_j c_ij`` (ValueError where even 32 bits could wrap)."""
+    assert node.topology is not None
+    members = node.topology.get(aggregator, frozenset())
+    counts, denominator = integer_weights({j: metropolis(node, aggregator, j) for j in members})
+    return counts, denominator, ring_width(levels(node), sum(counts.values()))
+
+
+def width(node: Node, aggregator: str, r: int) -> int:
+    """The bits of each masked word in ``aggregator``'s sum of round ``r``: 32 but in a
+    quantised delta round."""
+    return ring(node, aggregator)[2] if sparse_round(node, r) and levels(node) else 32
 
 
 def sparse_round(node: Node, r: int) -> bool:
@@ -66,29 +119,44 @@ def coordinates(node: Node, r: int) -> np.ndarray:
 
 
 def words(node: Node, r: int) -> int:
-    """How many masked uint32 words a member's input for round ``r`` holds."""
-    return int(coordinates(node, r).size) if sparse_round(node, r) else node.layout.size
+    """How many masked words a member's input for round ``r`` holds."""
+    if sparse_round(node, r) and not levels(node):
+        return int(coordinates(node, r).size)
+    return node.layout.size
 
 
 def input_for(node: Node, r: int, vector: np.ndarray,
               estimate: np.ndarray) -> tuple[np.ndarray, bool] | None:
     """What this member masks for round ``r`` (before the weight): ``vector`` (its x̂, or what
     its role put in its place) in a full round; in a sparse round the delta its x̂ moved by on
-    the shared coordinates (a role's crafted vector: as a delta on the x̂ its neighbours hold).
-    None when it published no such delta for ``r`` (it then sends nothing: a dropout)."""
+    the shared coordinates, or (int8/int4) its levels at the public step (a role's crafted
+    vector: as a delta on the x̂ its neighbours hold). None when it published no such delta
+    for ``r`` (it then sends nothing: a dropout)."""
     if not sparse_round(node, r):
         return vector, False
-    own, indices = node.own, coordinates(node, r)
+    own, quantised = node.own, levels(node) > 0
     encoded = own.last_encoded
-    if (own.round != r or encoded is None or encoded.codec is not Codec.SPARSE
-            or encoded.indices is None or not np.array_equal(encoded.indices, indices)):
-        log.warning("round %d: no random-k delta on the round's coordinates to send", r)
+    if quantised:
+        indices = None
+        fitting = (encoded is not None and encoded.codec is Codec.INT8
+                   and encoded.scale == step(node) and encoded.size == node.layout.size)
+    else:
+        indices = coordinates(node, r)
+        fitting = (encoded is not None and encoded.codec is Codec.SPARSE
+                   and encoded.indices is not None and np.array_equal(encoded.indices, indices))
+    if own.round != r or encoded is None or not fitting:
+        log.warning("round %d: no %s delta to send", r,
+                    "quantised" if quantised else "random-k")
         return None
     if vector is estimate:
-        return encoded.values, True
+        return (encoded.values.astype(np.int16) if quantised else encoded.values), True
     assert own.last_delta is not None
-    held = own.vector - own.last_delta  # the x̂ the neighbours held before this round
-    return (np.asarray(vector, np.float32) - held)[indices.astype(np.int64)], True
+    delta = np.asarray(vector, np.float32) - (own.vector - own.last_delta)  # on the held x̂
+    if quantised:
+        rng = np.random.default_rng()
+        return quantise_levels(delta, node.config.secagg.delta_clip, levels(node), rng), True
+    assert indices is not None
+    return delta[indices.astype(np.int64)], True
 
 
 def eligible(node: Node, r: int,
@@ -111,7 +179,10 @@ def mix(node: Node, r: int, half_step: np.ndarray,
     total, weights, survivors = result
     state = node.secagg
     sparse = sparse_round(node, r)
-    if sparse:
+    if sparse and levels(node):
+        assert state.running is not None
+        running, weight = (state.running + total).astype(np.float32), state.running_weight
+    elif sparse:
         assert state.running is not None
         running, weight = add_at(state.running, coordinates(node, r), total), state.running_weight
     else:
@@ -129,7 +200,7 @@ def mix(node: Node, r: int, half_step: np.ndarray,
     state.running, state.running_weight = running, weight
     if not sparse:
         state.base = frozenset(survivors)
-    kind = "random-k" if sparse else "full"
+    kind = node.config.compression.kind.replace("randk", "random-k") if sparse else "full"
     record["secure_aggregation"] = f"{len(survivors)} contributors ({kind})"
     # γ in full training rounds too: with γ = 1 there, x̂ (= x½) would lag the mixed x by the
     # whole disagreement, and the sparse rounds after would push x past the mean (measured:
