@@ -10,6 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import trio
+
 from gossipfl.config import (
     CompressionConfig,
     DataConfig,
@@ -22,8 +25,11 @@ from gossipfl.crypto.admission import admit_identity, init_federation
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip import wire
 from gossipfl.node import secure_round
+from gossipfl.node.compression import compressor
 from gossipfl.node.learner import LocalLearner
+from gossipfl.node.membership_loop import renew_stamp
 from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.secagg_state import SecAggState
 
 
 class Loopback:
@@ -96,3 +102,47 @@ def secagg_node(tmp_path: Path, name: str, secagg: SecAggConfig,
         secagg=secagg, compression=compression or CompressionConfig(),
     )
     return Node(config, identity, LocalLearner(config))
+
+
+def reset_star(star: dict[str, Node], now: float) -> None:
+    """Each test starts with no secure-aggregation memory, every member live (a fresh stamp of
+    each heard by every other)."""
+    stamps = {name: renew_stamp(node) for name, node in star.items()}
+    for node in star.values():
+        node.secagg = SecAggState()
+        for name, other in star.items():
+            if other is not node:
+                node.membership.heard_from(other.peer_id, (), now, stamps[name])
+
+
+def publish_round(star: dict[str, Node], r: int, seed: int, spread: float) -> dict[str, Any]:
+    """Every member trains a little (noise of ``spread``) and publishes round r's delta,
+    compressed as its config says; returns each x̂ after it."""
+    rng = np.random.default_rng(seed)
+    for node in star.values():
+        half = node.own.vector + rng.normal(0, spread, node.layout.size).astype(np.float32)
+        node.own.publish(half, r, compress=compressor(node.config.compression, "fed",
+                                                      node.peer_id, r, node.config.secagg))
+    return {name: node.own.vector.copy() for name, node in star.items()}
+
+
+def random_estimates(star: dict[str, Node], seed: int) -> None:
+    """Give every member a random x̂ in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    for node in star.values():
+        node.own.vector = rng.uniform(-1, 1, node.layout.size).astype(np.float32)
+
+
+def weighted_sum(star: dict[str, Node], estimates: dict[str, Any], names: str) -> Any:
+    """Σ_j w_aj x̂_j over the named members: what aggregator a's sum should hold."""
+    a = star["a"]
+    return sum(secure_round.weight(a, a.peer_id, star[n].peer_id) * estimates[n] for n in names)
+
+
+def run_secure_sum(node: Node, r: int) -> Any:
+    """Aggregator ``node``'s secure sum of round r, run to its end."""
+    async def main() -> object:
+        return await secure_round.secure_sum(node, r)
+
+    return trio.run(main)
+

@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import trio
+import secagg_loopback as loop
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from secagg_loopback import link_star, secagg_node, wire_up
 
 from gossipfl.aggregation.compress import Codec, decode
 from gossipfl.config import CompressionConfig, SecAggConfig
@@ -34,10 +33,7 @@ from gossipfl.gossip import wire
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node import secure_round, secure_sparse
-from gossipfl.node.compression import compressor
-from gossipfl.node.membership_loop import renew_stamp
 from gossipfl.node.runtime import Node
-from gossipfl.node.secagg_state import SecAggState
 
 MEMBERS = "bcde"
 
@@ -237,30 +233,18 @@ def star(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Node]:
     degree-4 graph, every weight 1/5."""
     tmp = tmp_path_factory.mktemp("secagg_ring")
     config = SecAggConfig(enabled=True, min_contributors=3, full_every=10, delta_clip=CLIP)
-    return link_star({name: secagg_node(tmp, name, config, CompressionConfig(kind="int4"))
+    return loop.link_star({name: loop.secagg_node(tmp, name, config, CompressionConfig(kind="int4"))
                       for name in "abcde"}, NOW)
 
 
 @pytest.fixture(autouse=True)
 def _fresh_state(request: pytest.FixtureRequest) -> None:
-    if "star" not in request.fixturenames:
-        return
-    star = request.getfixturevalue("star")
-    stamps = {name: renew_stamp(node) for name, node in star.items()}
-    for node in star.values():
-        node.secagg = SecAggState()
-        for name, other in star.items():
-            if other is not node:
-                node.membership.heard_from(other.peer_id, (), NOW, stamps[name])
+    if "star" in request.fixturenames:
+        loop.reset_star(request.getfixturevalue("star"), NOW)
 
 
 def _publish(star: dict[str, Node], r: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    for node in star.values():
-        half = node.own.vector + rng.normal(0, 0.02, node.layout.size).astype(np.float32)
-        node.own.publish(half, r, compress=compressor(node.config.compression, "fed",
-                                                      node.peer_id, r, node.config.secagg))
-    return {name: node.own.vector.copy() for name, node in star.items()}
+    return loop.publish_round(star, r, seed, 0.02)
 
 
 def _inputs(star: dict[str, Node], senders: str, r: int) -> dict[str, MaskedInput]:
@@ -277,31 +261,20 @@ def _inputs(star: dict[str, Node], senders: str, r: int) -> dict[str, MaskedInpu
 def _round(star: dict[str, Node], r: int, senders: str, gone: str = "") -> Any:
     a = star["a"]
     a.round = r - 1
-    wire_up(star, gone)
+    loop.wire_up(star, gone)
     for name, message in _inputs(star, senders, r).items():
         assert secure_round.accept_masked(a, star[name].peer_id, message)[0] is AckCode.OK
-
-    async def main() -> object:
-        return await secure_round.secure_sum(a, r)
-
-    return trio.run(main)
-
-
-def _expected(star: dict[str, Node], estimates: dict[str, np.ndarray], names: str) -> np.ndarray:
-    a = star["a"]
-    return sum(secure_round.weight(a, a.peer_id, star[n].peer_id) * estimates[n] for n in names)
+    return loop.run_secure_sum(a, r)
 
 
 def test_full_then_int4_rounds_keep_the_running_sum_exactly(star) -> None:
     a = star["a"]
-    rng = np.random.default_rng(5)
-    for node in star.values():
-        node.own.vector = rng.uniform(-1, 1, node.layout.size).astype(np.float32)
+    loop.random_estimates(star, 5)
     estimates = _publish(star, 10, seed=10)
     result = _round(star, 10, MEMBERS)
     assert result is not None
     secure_sparse.mix(a, 10, a.own.vector.copy(), result, {}, [])
-    assert np.abs(a.secagg.running - _expected(star, estimates, MEMBERS)).max() < 1e-5
+    assert np.abs(a.secagg.running - loop.weighted_sum(star, estimates, MEMBERS)).max() < 1e-5
     # round 11: int4 levels in 8-bit words (every weight 1/5: c = 1, K = 5, Σc = 4)
     assert secure_sparse.sparse_round(a, 11) and secure_sparse.width(a, a.peer_id, 11) == 8
     assert secure_sparse.words(a, 11) == a.layout.size
@@ -315,13 +288,13 @@ def test_full_then_int4_rounds_keep_the_running_sum_exactly(star) -> None:
     secure_sparse.mix(a, 11, a.own.vector.copy(), result, record, [])
     assert record["secure_aggregation"] == "4 contributors (int4)"
     # x̂ moved by exactly s·L on every side; the sum decodes Σ w s L exactly
-    assert np.abs(a.secagg.running - _expected(star, estimates, MEMBERS)).max() < 1e-5
+    assert np.abs(a.secagg.running - loop.weighted_sum(star, estimates, MEMBERS)).max() < 1e-5
 
 
 def test_a_dropout_before_masking_is_recovered_in_the_narrow_ring(star) -> None:
     a = star["a"]
     held = {name: node.own.vector.copy() for name, node in star.items()}
-    a.secagg.running = _expected(star, held, MEMBERS).astype(np.float32)
+    a.secagg.running = loop.weighted_sum(star, held, MEMBERS).astype(np.float32)
     a.secagg.running_weight = 0.8
     a.secagg.base = frozenset(secure_round.neighbourhood(a, a.peer_id))
     estimates = _publish(star, 13, seed=13)

@@ -10,8 +10,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-import trio
-from secagg_loopback import link_star, secagg_node, wire_up
+from secagg_loopback import (
+    link_star,
+    publish_round,
+    random_estimates,
+    reset_star,
+    run_secure_sum,
+    secagg_node,
+    weighted_sum,
+    wire_up,
+)
 
 from gossipfl.aggregation.compress import Codec, kept
 from gossipfl.config import (
@@ -32,9 +40,7 @@ from gossipfl.gossip import wire
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node import secure_round, secure_sparse
 from gossipfl.node.compression import compressor, last_compressor
-from gossipfl.node.membership_loop import renew_stamp
 from gossipfl.node.runtime import Node
-from gossipfl.node.secagg_state import SecAggState
 from gossipfl.scenario.config import ScenarioConfig
 
 CLIP, SCALE = 8.0, 2**20
@@ -187,26 +193,12 @@ def star(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Node]:
 
 @pytest.fixture(autouse=True)
 def _fresh_state(request: pytest.FixtureRequest) -> None:
-    if "star" not in request.fixturenames:
-        return
-    star = request.getfixturevalue("star")
-    stamps = {name: renew_stamp(node) for name, node in star.items()}
-    for node in star.values():
-        node.secagg = SecAggState()
-        for name, other in star.items():
-            if other is not node:
-                node.membership.heard_from(other.peer_id, (), NOW, stamps[name])
+    if "star" in request.fixturenames:
+        reset_star(request.getfixturevalue("star"), NOW)
 
 
 def _publish(star: dict[str, Node], r: int, seed: int) -> dict[str, np.ndarray]:
-    """Every member trains a little and publishes round r's delta (random-k on the shared set
-    in a sparse round); returns each x̂ after it."""
-    rng = np.random.default_rng(seed)
-    for node in star.values():
-        half = node.own.vector + rng.normal(0, 0.05, node.layout.size).astype(np.float32)
-        node.own.publish(half, r, compress=compressor(node.config.compression, "fed",
-                                                      node.peer_id, r, node.config.secagg))
-    return {name: node.own.vector.copy() for name, node in star.items()}
+    return publish_round(star, r, seed, 0.05)
 
 
 def _send(star: dict[str, Node], senders: str, r: int) -> list[str]:
@@ -224,24 +216,12 @@ def _send(star: dict[str, Node], senders: str, r: int) -> list[str]:
 def _round(star: dict[str, Node], r: int, senders: str, gone: str = ""):
     wire_up(star, gone)
     assert _send(star, senders, r) == ["ok"] * len(senders)
-
-    async def main() -> object:
-        return await secure_round.secure_sum(star["a"], r)
-
-    return trio.run(main)
-
-
-def _running_expected(star: dict[str, Node], estimates: dict[str, np.ndarray],
-                      names: str) -> np.ndarray:
-    a = star["a"]
-    return sum(secure_round.weight(a, a.peer_id, star[n].peer_id) * estimates[n] for n in names)
+    return run_secure_sum(star["a"], r)
 
 
 def test_full_then_sparse_rounds_keep_the_running_sum_with_a_dropout(star) -> None:
     a = star["a"]
-    rng = np.random.default_rng(5)
-    for node in star.values():
-        node.own.vector = rng.uniform(-1, 1, node.layout.size).astype(np.float32)
+    random_estimates(star, 5)
     # round 10: full (10 % full_every == 0); every member's whole x̂; the base is all four
     estimates = _publish(star, 10, seed=10)
     assert not secure_sparse.sparse_round(a, 10)
@@ -249,7 +229,7 @@ def test_full_then_sparse_rounds_keep_the_running_sum_with_a_dropout(star) -> No
     assert result is not None
     secure_sparse.mix(a, 10, a.own.vector.copy(), result, {}, [])
     assert a.secagg.base == frozenset(secure_round.neighbourhood(a, a.peer_id))
-    assert np.abs(a.secagg.running - _running_expected(star, estimates, "bcde")).max() < 1e-5
+    assert np.abs(a.secagg.running - weighted_sum(star, estimates, "bcde")).max() < 1e-5
     # round 11: sparse; b's masked input arrives, then b vanishes (dropout after masking)
     estimates = _publish(star, 11, seed=11)
     indices = secure_sparse.coordinates(a, 11)
@@ -263,7 +243,7 @@ def test_full_then_sparse_rounds_keep_the_running_sum_with_a_dropout(star) -> No
     secure_sparse.mix(a, 11, half, result, record, [])
     assert record["secure_aggregation"] == "4 contributors (random-k)"
     # the running sum is Σ w x̂ of the new estimates: every x̂ moved on the shared set only
-    assert np.abs(a.secagg.running - _running_expected(star, estimates, "bcde")).max() < 1e-5
+    assert np.abs(a.secagg.running - weighted_sum(star, estimates, "bcde")).max() < 1e-5
     # round 12: sparse; d never sent: a set one member from the recent ones is refused (the
     # differencing rule holds in sparse rounds too) and the running sum stays as it was
     before = a.secagg.running.copy()
@@ -279,7 +259,7 @@ def test_a_dropout_before_masking_is_recovered_on_k_coordinates(star) -> None:
         node.own.vector = rng.uniform(-1, 1, node.layout.size).astype(np.float32)
     held = {name: node.own.vector.copy() for name, node in star.items()}
     members = secure_round.neighbourhood(a, a.peer_id)
-    a.secagg.running = _running_expected(star, held, "bcde").astype(np.float32)
+    a.secagg.running = weighted_sum(star, held, "bcde").astype(np.float32)
     a.secagg.running_weight, a.secagg.base = 0.8, frozenset(members)
     estimates = _publish(star, 14, seed=14)
     result = _round(star, 14, "bce")  # d masked nothing: its pair masks are rebuilt (k words)
@@ -291,4 +271,4 @@ def test_a_dropout_before_masking_is_recovered_on_k_coordinates(star) -> None:
     assert np.abs(total - expected).max() <= 3 / (2 * SCALE) + 1e-6
     secure_sparse.mix(a, 14, a.own.vector.copy(), result, {}, [])
     stale = dict(estimates, d=held["d"])  # d's x̂ stays stale in S until the next full round
-    assert np.abs(a.secagg.running - _running_expected(star, stale, "bcde")).max() < 1e-5
+    assert np.abs(a.secagg.running - weighted_sum(star, stale, "bcde")).max() < 1e-5
