@@ -147,7 +147,7 @@ __all__ = (
 
 # 2: heartbeats carry member-table deltas (table, ack); 3: and a digest (have); 4: a liveness
 # stamp signs its member's addresses (a v3 stamp does not verify as v4)
-WIRE_VERSION = 4
+WIRE_VERSION = 5
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
 
