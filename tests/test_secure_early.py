@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 from secagg_star import SCALE, _accept, _answers, _expected, _fresh, _masked, ask, ids, sign
 from test_secure_round import _alive, _clean, star  # noqa: F401  (fixtures)
 
@@ -131,3 +132,33 @@ def test_malformed_dealing_fields_are_refused(star) -> None:
     others_first = dataclasses.replace(message, early=(*others, (b.peer_id, b"x")))
     assert secure_round.accept_masked(star["a"], b.peer_id, others_first)[0].value == "rejected"
     assert star["a"].rejections["shares"] >= 2
+
+
+def test_a_wrong_early_share_is_caught_and_the_sum_not_made(star) -> None:
+    """A member that sends a well-formed share of the wrong value (as it could in an answer)
+    leaves a self mask on the sum: its coordinates fall outside what the survivors' quantised
+    inputs can add up to, and the unmask refuses (the aggregator then asks for the answers
+    themselves). A share id not its sender's is not counted: with too few left, the same."""
+    from gossipfl.crypto import shamir
+
+    estimates, inputs = _dealt_round(star, 70)
+    a, everyone = star["a"], ids(star, "bcde")
+    assert _accept(star, inputs) == ["ok"] * 4
+    early = secure_early.early_answers(a, 71, inputs, everyone, full=True)
+    three = {p: early[p] for p in everyone[:3]}
+    liar = everyone[0]
+    share_id, value = shamir.decode_share(three[liar].seed_shares[1][1])
+    wrong = bytes(value[:-1]) + bytes([value[-1] ^ 1])
+    spoilt = dataclasses.replace(three[liar], seed_shares=(
+        three[liar].seed_shares[0], (three[liar].seed_shares[1][0],
+                                     shamir.encode_share(share_id, wrong)),
+        *three[liar].seed_shares[2:]))
+    with pytest.raises(ValueError, match="is not the sum of 4 quantised inputs"):
+        secure_round.unmask(a, 71, inputs, everyone, [], {**three, liar: spoilt})
+    total = secure_round.unmask(a, 71, inputs, everyone, [], three)  # the true shares: fine
+    assert np.abs(total - _expected(star, estimates, "bcde")).max() <= 4 / (2 * SCALE) + 1e-6
+    # a share id that is not its sender's is not counted: two members' shares are too few
+    renamed = dataclasses.replace(three[liar], sender=everyone[3])
+    with pytest.raises(ValueError, match="shares of"):
+        secure_round.unmask(a, 71, inputs, everyone, [], {everyone[3]: renamed,
+                                                          everyone[1]: three[everyone[1]]})
