@@ -72,14 +72,18 @@ def keep_presign(node: Node, peer: str, request: UnmaskRequest, signature: bytes
     that dropped someone is never presigned, so its presign is refused like a forged one)."""
     following = SurvivorSet(request.federation, request.sender, request.round + 1,
                             frozenset(request.survivors), frozenset())
-    if request.dropped or consistency.check_signatures(following, [(peer, signature)],
-                                                       needed=1):
-        node.reject(peer, "signature", "bad_signature",
-                    f"presign for round {following.round}")
+    _keep(node, peer, following, signature, refused=bool(request.dropped))
+
+
+def _keep(node: Node, peer: str, announced: SurvivorSet, signature: bytes, *,
+          refused: bool = False) -> None:
+    """Aggregator: keep ``peer``'s presign of the full set ``announced``, once checked."""
+    if refused or consistency.check_signatures(announced, [(peer, signature)], needed=1):
+        node.reject(peer, "signature", "bad_signature", f"presign for round {announced.round}")
         return
-    held_set, held = node.secagg.presigned.get(following.round, (following.survivors, {}))
-    if held_set == following.survivors:
-        node.secagg.presigned[following.round] = (held_set, {**held, peer: signature})
+    held_set, held = node.secagg.presigned.get(announced.round, (announced.survivors, {}))
+    if held_set == announced.survivors:
+        node.secagg.presigned[announced.round] = (held_set, {**held, peer: signature})
 
 
 def light_answer(node: Node, aggregator: str, request: UnmaskRequest,
@@ -106,12 +110,6 @@ def keep_input_presign(node: Node, peer: str, message: MaskedInput) -> None:
     """Aggregator: keep the presign an accepted input carries (the member's signature on the
     full set for the input's round, made on our light request of the round before), checked
     as any presign."""
-    members = neighbourhood(node, node.peer_id)
-    announced = SurvivorSet(message.federation, node.peer_id, message.round, members,
-                            frozenset())
-    if consistency.check_signatures(announced, [(peer, message.presign)], needed=1):
-        node.reject(peer, "signature", "bad_signature", f"presign for round {message.round}")
-        return
-    held_set, held = node.secagg.presigned.get(message.round, (members, {}))
-    if held_set == members:
-        node.secagg.presigned[message.round] = (held_set, {**held, peer: message.presign})
+    _keep(node, peer, SurvivorSet(message.federation, node.peer_id, message.round,
+                                  neighbourhood(node, node.peer_id), frozenset()),
+          message.presign)
