@@ -25,6 +25,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    from benchmarks.pairs import median_ratio, order, summary
+except ModuleNotFoundError:  # run as a script: its own folder is on sys.path
+    from pairs import median_ratio, order, summary  # type: ignore[no-redef]
 from gossipfl.scenario.runner import run_scenario
 
 PLAIN = "scenarios/quickstart.toml"
@@ -53,32 +57,6 @@ def read_run(out: Path) -> Run:
                statistics.fmean(rounds) if rounds else 0.0, int(report["total_rounds"]))
 
 
-def cost(plain: list[float], secure: list[float]) -> tuple[float, float, list[float]]:
-    """(median secure wall / median plain wall, the worst pair's ratio, every pair's ratio).
-
-    >>> cost([10.0, 8.0, 9.0], [11.0, 12.0, 9.0])
-    (1.2222222222222223, 1.5, [1.1, 1.5, 1.0])
-    """
-    if not plain or len(plain) != len(secure):
-        raise ValueError(f"need as many secure runs as plain ones, at least one: "
-                         f"{len(plain)} plain, {len(secure)} secure")
-    pairs = [s / p for p, s in zip(plain, secure, strict=True)]
-    return statistics.median(secure) / statistics.median(plain), max(pairs), pairs
-
-
-def order(pairs: int) -> list[tuple[int, str]]:
-    """The runs in ABBA order: pair i's plain run first when i is even.
-
-    >>> order(2)
-    [(0, 'plain'), (0, 'secure'), (1, 'secure'), (1, 'plain')]
-    """
-    runs = []
-    for i in range(pairs):
-        kinds = ("plain", "secure") if i % 2 == 0 else ("secure", "plain")
-        runs.extend((i, kind) for kind in kinds)
-    return runs
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=5)
@@ -88,7 +66,7 @@ def main() -> int:
         parser.error(f"--pairs must be at least 1, got {args.pairs}")
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gossipfl-cost-"))
     runs: dict[tuple[int, str], Run] = {}
-    for i, kind in order(args.pairs):
+    for i, kind in order(args.pairs, "plain", "secure"):
         out = root / f"{kind}-{i}"
         code = run_scenario(PLAIN if kind == "plain" else SECURE, out=out, quiet=True,
                             centralised=False)
@@ -102,11 +80,9 @@ def main() -> int:
               f"(round/train {run.rounds / run.train:4.2f})", flush=True)
     plain = [runs[i, "plain"].wall for i in range(args.pairs)]
     secure = [runs[i, "secure"].wall for i in range(args.pairs)]
-    ratio, worst, pairs = cost(plain, secure)
-    print("pair ratios (secure / plain wall): " + ", ".join(f"{r:.3f}" for r in pairs))
-    print(f"worst pair {worst:.3f}; median wall secure {statistics.median(secure):.2f} s / "
-          f"plain {statistics.median(plain):.2f} s = {ratio:.3f} "
-          f"({'met' if ratio <= BAR else 'MISSED'}: bar {BAR})")
+    ratio, _ = median_ratio(secure, plain)
+    print("\n".join(summary(secure, plain, ("secure", "plain"))))
+    print(f"{'met' if ratio <= BAR else 'MISSED'}: the bar is {BAR}")
     return 0
 
 

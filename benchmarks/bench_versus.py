@@ -22,11 +22,15 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+try:
+    from benchmarks.pairs import order, summary
+except ModuleNotFoundError:  # run as a script: its own folder is on sys.path
+    from pairs import order, summary  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -44,19 +48,6 @@ def run(tree: Path, scenario: Path, out: Path) -> float:
         raise RuntimeError(f"{scenario} with {tree} exited {result.returncode}: "
                            f"{result.stderr.strip()[-500:]}")
     return float(json.loads((out / "report.json").read_text())["wall_seconds"])
-
-
-def ratios(ours: list[float], base: list[float]) -> tuple[float, list[float]]:
-    """(median of ours / median of base, each pair's ours / base).
-
-    >>> ratios([4.0, 5.0, 9.0], [8.0, 10.0, 6.0])
-    (0.625, [0.5, 0.5, 1.5])
-    """
-    if not ours or len(ours) != len(base):
-        raise ValueError(f"need as many runs on each side, at least one: {len(ours)} and "
-                         f"{len(base)}")
-    return (statistics.median(ours) / statistics.median(base),
-            [o / b for o, b in zip(ours, base, strict=True)])
 
 
 def main() -> int:
@@ -79,18 +70,12 @@ def main() -> int:
     base_file = root / "baseline.toml"
     shutil.copyfile((args.baseline_scenario or args.scenario).resolve(), base_file)
     walls: dict[str, list[float]] = {"ours": [], "baseline": []}
-    for i in range(args.pairs):
-        sides = ("baseline", "ours") if i % 2 == 0 else ("ours", "baseline")
-        for side in sides:
-            tree, scenario = (HERE, ours_file) if side == "ours" else (args.baseline, base_file)
-            wall = run(tree.resolve(), scenario, root / f"{side}-{i}")
-            walls[side].append(wall)
-            print(f"pair {i} {side:>8}: wall {wall:6.2f} s", flush=True)
-    ratio, pairs = ratios(walls["ours"], walls["baseline"])
-    print("pair ratios (this / baseline): " + ", ".join(f"{r:.3f}" for r in pairs))
-    print(f"median wall {statistics.median(walls['ours']):.2f} s against the baseline's "
-          f"{statistics.median(walls['baseline']):.2f} s: {ratio:.3f}; worst pair "
-          f"{max(pairs):.3f}")
+    for i, side in order(args.pairs, "baseline", "ours"):
+        tree, scenario = (HERE, ours_file) if side == "ours" else (args.baseline, base_file)
+        wall = run(tree.resolve(), scenario, root / f"{side}-{i}")
+        walls[side].append(wall)
+        print(f"pair {i} {side:>8}: wall {wall:6.2f} s", flush=True)
+    print("\n".join(summary(walls["ours"], walls["baseline"], ("this", "baseline"))))
     return 0
 
 

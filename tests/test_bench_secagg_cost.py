@@ -1,4 +1,5 @@
-"""The secure-aggregation cost benchmark's arithmetic and run order (its figures come from real
+"""The paired benchmarks' arithmetic and run order (benchmarks/pairs.py), and how the
+secure-aggregation cost benchmark reads a run (its figures come from real
 runs and are not asserted here; see the README's Known limits)."""
 
 from __future__ import annotations
@@ -8,24 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_secagg_cost import cost, order, read_run
+from benchmarks.bench_secagg_cost import read_run
+from benchmarks.pairs import median_ratio, order, summary
 
 
-def test_the_figure_is_the_ratio_of_medians_and_the_worst_pair_is_kept() -> None:
-    ratio, worst, pairs = cost([8.0, 6.0, 7.0, 20.0], [9.0, 9.0, 7.0, 8.0])
+def test_the_figure_is_the_ratio_of_medians_and_the_worst_pair_is_printed() -> None:
+    secure, plain = [9.0, 9.0, 7.0, 8.0], [8.0, 6.0, 7.0, 20.0]
+    ratio, pairs = median_ratio(secure, plain)
     assert ratio == pytest.approx(8.5 / 7.5)
-    assert worst == pytest.approx(1.5)
     assert pairs == pytest.approx([1.125, 1.5, 1.0, 0.4])
+    lines = summary(secure, plain, ("secure", "plain"))
+    assert lines[0].endswith("1.125, 1.500, 1.000, 0.400")
+    assert "= 1.133" in lines[1] and lines[1].endswith("worst pair 1.500")
 
 
-@pytest.mark.parametrize(("plain", "secure"), [([], []), ([1.0], [1.0, 2.0])])
-def test_unmatched_runs_are_refused(plain: list[float], secure: list[float]) -> None:
-    with pytest.raises(ValueError, match="as many secure runs"):
-        cost(plain, secure)
+@pytest.mark.parametrize(("top", "bottom"), [([], []), ([1.0], [1.0, 2.0])])
+def test_unmatched_runs_are_refused(top: list[float], bottom: list[float]) -> None:
+    with pytest.raises(ValueError, match="as many runs"):
+        median_ratio(top, bottom)
 
 
 def test_abba_order_alternates_which_kind_goes_first() -> None:
-    runs = order(3)
+    runs = order(3, "plain", "secure")
     assert [kind for _, kind in runs] == ["plain", "secure", "secure", "plain", "plain", "secure"]
     assert sorted(runs) == sorted({(i, k) for i in range(3) for k in ("plain", "secure")})
 
