@@ -123,6 +123,7 @@ class Settings:
     seed: int = 0
     tau: float = 0.0
     tau_steps: float = 0.0
+    screen: float = 0.0  # [robust] screen: the worst-fitting neighbours' weight left out
     trim: int = 1
     share: float = 1.0  # [robust] neighbour_share (ClippedGossip's raised self-weight: 6/11)
     holders: str = "all"  # "honest": the partition is cut among the honest nodes only
@@ -150,6 +151,8 @@ def scenario(graph: str, attack: str, rule: str, settings: Settings) -> str:
         text += f"tau_steps = {settings.tau_steps}\n"
     if rule == "trimmed_mean":
         text += f"trim = {settings.trim}\n"
+    if rule != "none" and settings.screen:
+        text += f"screen = {settings.screen!r}\n"
     if rule != "none" and settings.share != 1:
         text += f"neighbour_share = {settings.share!r}\n"
     if attack != "none":
@@ -235,6 +238,10 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=None, help="clipping: fixed radius")
     parser.add_argument("--tau-steps", type=float, default=None,
                         help="clipping: a radius of this many of the node's training steps")
+    parser.add_argument("--screen", type=float, default=None,
+                        help="robust rules: leave out the neighbours whose estimates fit the "
+                             "node's data worst, up to this share of its mixing weight "
+                             "([robust] screen)")
     parser.add_argument("--trim", type=int, default=None)
     parser.add_argument("--share", type=share, default=None,
                         help="robust rules: [robust] neighbour_share, the share of the "
@@ -261,6 +268,7 @@ def main() -> None:
                                               ("consensus", args.consensus),
                                               ("gamma", args.gamma), ("tau", args.tau),
                                               ("tau_steps", args.tau_steps),
+                                              ("screen", args.screen),
                                               ("trim", args.trim),
                                               ("share", args.share),
                                               ("holders", args.holders)) if v is not None}}

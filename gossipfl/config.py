@@ -312,6 +312,13 @@ class RobustConfig:
     and for ``filter`` (steps linear in the weights) it is ``protocol.gamma`` times ``s``; it
     differs for the adaptive radius (the weights pick what is clipped) and leaves the rules
     that ignore the weights as they are. Not with ``rule = "none"``: ``protocol.gamma`` there.
+
+    ``screen``: before a robust rule mixes, the neighbours whose estimates fit the node's own
+    training data worst (the highest mean loss on it), up to this share of its mixing weight,
+    are left out that round, their weight staying on the node
+    (:func:`gossipfl.aggregation.screen.loss_screen`); the best-fitting neighbour always stays,
+    and a node holding no data screens nothing. 0 (the default) is off. Each round costs one
+    evaluation per neighbour over the node's training data.
     """
 
     norm_ratio: float = 100.0
@@ -319,6 +326,7 @@ class RobustConfig:
     delta: float = 0.25
     tau: float = 0.0  # clipping: a fixed radius instead of the adaptive one (0: adaptive)
     tau_steps: float = 0.0  # clipping: a radius of this many of the node's own training steps
+    screen: float = 0.0  # robust rules: the worst-fitting neighbours, up to this weight, left out
     filter_ratio: float = 3.0  # filter: neighbours beyond this many median distances left out
     filter_floor: float = 0.01  # filter: ... or beyond ratio × this × the centre's norm
     trim: int = 1
@@ -334,6 +342,9 @@ class RobustConfig:
         _require(self.tau >= 0, "robust.tau must be >= 0 (0: the adaptive radius)")
         _require(self.tau_steps >= 0 and not (self.tau and self.tau_steps),
                  "robust.tau_steps must be >= 0, and not set with robust.tau")
+        _require(0 <= self.screen < 1, "robust.screen must be in [0, 1) (0: off)")
+        _require(not self.screen or self.rule != "none",
+                 "robust.screen applies to a robust rule (robust.rule is none)")
         _require(self.filter_ratio >= 1, "robust.filter_ratio must be at least 1")
         _require(0 <= self.filter_floor < 1, "robust.filter_floor must be in [0, 1)")
         _require(self.trim >= 0 and self.krum_f >= 0, "robust.trim and robust.krum_f must be >= 0")

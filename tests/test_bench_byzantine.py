@@ -49,6 +49,14 @@ def test_clippedgossip_s_share_on_the_anchor_is_6_11_and_reaches_the_config(
                  ).robust.neighbour_share == 1
 
 
+def test_the_loss_screen_reaches_a_robust_rule_s_config_only(tmp_path: Path) -> None:
+    screened = Settings(tau_steps=1.0, screen=0.5)
+    assert _load(tmp_path, scenario("anchor", "dissensus", "clipping", screened)
+                 ).robust.screen == 0.5
+    assert _load(tmp_path, scenario("anchor", "none", "none", screened)).robust.screen == 0
+    assert _load(tmp_path, scenario("anchor", "alie", "clipping", Settings())).robust.screen == 0
+
+
 def test_presets_are_valid_settings(tmp_path: Path) -> None:
     for name, preset in PRESETS.items():
         settings = Settings(**{k: v for k, v in preset.items() if k != "seeds"})

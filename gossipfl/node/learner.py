@@ -272,3 +272,13 @@ class LocalLearner:
         params = unflatten_params(vector, self.template)
         loss, accuracy = self.trainer.evaluate(params, self.dataset.x_test, self.dataset.y_test)
         return EvalResult(float(loss), float(accuracy), time.perf_counter() - start)
+
+    def local_loss(self, vector: np.ndarray) -> float | None:
+        """The mean loss of ``vector`` on this node's own training data (``[robust] screen``:
+        :mod:`gossipfl.aggregation.screen`); ``None`` for a node that holds no data."""
+        if len(self.y) == 0:
+            return None
+        with self._compiling:
+            pass
+        loss, _ = self.trainer.evaluate(unflatten_params(vector, self.template), self.x, self.y)
+        return float(loss)

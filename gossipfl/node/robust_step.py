@@ -15,6 +15,7 @@ import numpy as np
 from gossipfl.aggregation.filter import distrusted
 from gossipfl.aggregation.mixing import shared_weights
 from gossipfl.aggregation.robust import RobustRule, robust_choco_step
+from gossipfl.aggregation.screen import loss_screen
 
 if TYPE_CHECKING:
     from gossipfl.node.state import Node
@@ -34,6 +35,9 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
     if config.neighbour_share != 1:  # ClippedGossip's raised self-weight (the rest on self)
         own_weight = 1.0 - sum(weights.values())
         _, weights = shared_weights(max(own_weight, 0.0), weights, config.neighbour_share)
+    screened: tuple[str, ...] = ()
+    if config.screen and estimates:
+        estimates, weights, screened = screen(node, estimates, weights, config.screen)
     params: dict[str, Any] = {
         RobustRule.CLIPPING: {"tau": config.tau} if config.tau else {"delta": config.delta},
         RobustRule.TRIMMED_MEAN: {"b": config.trim},
@@ -69,5 +73,21 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
         record["robust"] = {"rule": rule.value, "inputs": result.inputs,
                             "clipped": result.clipped, "discarded": result.discarded,
                             **({"tau": result.tau} if result.tau is not None else {}),
-                            **({"left_out": list(result.left_out)} if result.left_out else {})}
+                            **({"left_out": list(result.left_out)} if result.left_out else {}),
+                            **({"screened": list(screened)} if screened else {})}
     return result.model
+
+
+def screen(node: Node, estimates: Mapping[str, np.ndarray], weights: Mapping[str, float],
+           share: float) -> tuple[dict[str, np.ndarray], dict[str, float], tuple[str, ...]]:
+    """``[robust] screen``: the neighbours whose estimates fit this node's training data worst,
+    up to ``share`` of its mixing weight, left out this round, their weight staying on the node
+    (:func:`gossipfl.aggregation.screen.loss_screen`). A node without data screens nothing."""
+    losses: dict[str, float] = {}
+    for peer in sorted(estimates):
+        loss = node.learner.local_loss(estimates[peer])
+        if loss is None:
+            return dict(estimates), dict(weights), ()
+        losses[peer] = loss
+    kept, left_out = loss_screen(weights, losses, share)
+    return {p: v for p, v in estimates.items() if p in kept}, kept, left_out
