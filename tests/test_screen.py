@@ -86,29 +86,70 @@ def _node(screen: float, losses: dict[str, float] | None) -> SimpleNamespace:
     def local_loss(vector: np.ndarray) -> float | None:  # by the estimate's first entry
         return None if losses is None else losses[str(int(vector[0]))]
 
+    async def offload(fn, *args):  # the node's route for blocking work, here inline
+        return fn(*args)
+
     return SimpleNamespace(config=config, protocol=config.protocol, step_scale=0.0,
-                           filter_counts={}, model=np.zeros(2),
+                           filter_counts={}, model=np.zeros(2), offload=offload,
                            learner=SimpleNamespace(local_loss=local_loss),
                            own=SimpleNamespace(vector=np.zeros(2, np.float32)))
+
+
+ESTIMATES = {"h": np.array([1.0, 0.0], np.float32), "x": np.array([2.0, 0.0], np.float32),
+             "y": np.array([3.0, 0.0], np.float32)}
 
 
 def test_the_robust_step_leaves_the_screened_out_and_their_weight_on_the_node() -> None:
     from gossipfl.node.robust_step import robust_step
 
-    estimates = {"h": np.array([1.0, 0.0], np.float32), "x": np.array([2.0, 0.0], np.float32),
-                 "y": np.array([3.0, 0.0], np.float32)}
     weights = {"h": 0.25, "x": 0.25, "y": 0.25}
     record: dict = {}
-    node = _node(0.5, {"1": 0.2, "2": 3.0, "3": 4.0})
-    model = robust_step(node, np.zeros(2, np.float32), estimates, weights, record)
+    node = _node(0.5, None)
+    model = robust_step(node, np.zeros(2, np.float32), ESTIMATES, weights, record,
+                        {"h": 0.2, "x": 3.0, "y": 4.0})
     np.testing.assert_allclose(model, [0.25, 0.0])  # only h mixes in; x and y's weight home
     assert record["robust"]["screened"] == ["x", "y"] and record["robust"]["inputs"] == 2
-    # a node without data (local_loss None) screens nothing; screen 0 asks for no loss
-    everyone = robust_step(_node(0.5, None), np.zeros(2, np.float32), estimates, weights, {})
+    # no losses (a node without data) screens nothing; neither does screen 0
+    everyone = robust_step(node, np.zeros(2, np.float32), ESTIMATES, weights, {}, None)
     np.testing.assert_allclose(everyone, [1.5, 0.0])
     record = {}
-    robust_step(_node(0.0, {}), np.zeros(2, np.float32), estimates, weights, record)
+    robust_step(_node(0.0, None), np.zeros(2, np.float32), ESTIMATES, weights, record,
+                {"h": 0.2, "x": 3.0, "y": 4.0})
     assert "screened" not in record["robust"] and record["robust"]["inputs"] == 4
+    # a neighbour whose estimate came after the losses were taken counts as fitting worst
+    record = {}
+    robust_step(node, np.zeros(2, np.float32), ESTIMATES, weights, record, {"h": 0.2, "x": 0.1})
+    assert record["robust"]["screened"] == ["h", "y"]
+
+
+def test_the_losses_are_taken_through_the_offload_for_the_estimates_as_of_the_round() -> None:
+    import trio
+
+    from gossipfl.node.robust_step import screen_losses
+
+    class Held:
+        def __init__(self, vector: np.ndarray) -> None:
+            self.vector, self.asked = vector, []
+
+        def as_of(self, r: int) -> np.ndarray:
+            self.asked.append(r)
+            return self.vector
+
+    node = _node(0.5, {"1": 0.2, "2": 3.0, "3": 4.0})
+    held = {p: Held(v) for p, v in ESTIMATES.items()}
+    node.neighbours = {"h": None, "x": None, "z": None}  # z: no estimate held
+    node.estimates = SimpleNamespace(peers=held)
+    calls = []
+
+    async def offload(fn, *args):
+        calls.append(fn.__name__)
+        return fn(*args)
+
+    node.offload = offload
+    assert trio.run(screen_losses, node, 7) == {"h": 0.2, "x": 3.0}
+    assert calls == ["_losses"] and held["h"].asked == [7] and held["y"].asked == []
+    node.learner = SimpleNamespace(local_loss=lambda vector: None)  # a node without data
+    assert trio.run(screen_losses, node, 7) is None
 
 
 def test_the_screen_is_validated() -> None:

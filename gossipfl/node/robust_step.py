@@ -7,6 +7,7 @@ the round's record. The simulator and node processes both mix through here."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,18 +27,21 @@ STEP_DECAY = 0.9  # per round: the remembered training step (filter, tau_steps) 
 
 
 def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.ndarray],
-                weights: Mapping[str, float], record: dict[str, Any] | None) -> np.ndarray:
+                weights: Mapping[str, float], record: dict[str, Any] | None,
+                losses: Mapping[str, float] | None = None) -> np.ndarray:
     """``x_i ← x½ + γ (R(x̂_i, {x̂_j}) − x̂_i)`` with the node's rule ``R``. A rule that needs
     more inputs than the node holds this round (Krum with too few neighbours, a trim too deep)
-    falls back to the coordinate median, which takes any number, and says so."""
+    falls back to the coordinate median, which takes any number, and says so. ``losses``: each
+    neighbour's estimate's loss on this node's data (:func:`screen_losses`), for ``[robust]
+    screen``; None screens nothing (the screen off, or a node without data)."""
     config = node.config.robust
     rule = RobustRule(config.rule)
     if config.neighbour_share != 1:  # ClippedGossip's raised self-weight (the rest on self)
         own_weight = 1.0 - sum(weights.values())
         _, weights = shared_weights(max(own_weight, 0.0), weights, config.neighbour_share)
     screened: tuple[str, ...] = ()
-    if config.screen and estimates:
-        estimates, weights, screened = screen(node, estimates, weights, config.screen)
+    if config.screen and estimates and losses is not None:
+        estimates, weights, screened = screen(estimates, weights, losses, config.screen)
     params: dict[str, Any] = {
         RobustRule.CLIPPING: {"tau": config.tau} if config.tau else {"delta": config.delta},
         RobustRule.TRIMMED_MEAN: {"b": config.trim},
@@ -78,16 +82,31 @@ def robust_step(node: Node, half_step: np.ndarray, estimates: Mapping[str, np.nd
     return result.model
 
 
-def screen(node: Node, estimates: Mapping[str, np.ndarray], weights: Mapping[str, float],
-           share: float) -> tuple[dict[str, np.ndarray], dict[str, float], tuple[str, ...]]:
+def screen(estimates: Mapping[str, np.ndarray], weights: Mapping[str, float],
+           losses: Mapping[str, float], share: float,
+           ) -> tuple[dict[str, np.ndarray], dict[str, float], tuple[str, ...]]:
     """``[robust] screen``: the neighbours whose estimates fit this node's training data worst,
     up to ``share`` of its mixing weight, left out this round, their weight staying on the node
-    (:func:`gossipfl.aggregation.screen.loss_screen`). A node without data screens nothing."""
-    losses: dict[str, float] = {}
-    for peer in sorted(estimates):
-        loss = node.learner.local_loss(estimates[peer])
-        if loss is None:
-            return dict(estimates), dict(weights), ()
-        losses[peer] = loss
-    kept, left_out = loss_screen(weights, losses, share)
+    (:func:`gossipfl.aggregation.screen.loss_screen`). A neighbour without a loss (its
+    estimate came after they were computed) counts as fitting worst."""
+    kept, left_out = loss_screen(weights, {p: losses.get(p, math.inf) for p in weights}, share)
     return {p: v for p, v in estimates.items() if p in kept}, kept, left_out
+
+
+async def screen_losses(node: Node, r: int) -> dict[str, float] | None:
+    """Each held neighbour's estimate as of round ``r``, its mean loss on this node's training
+    data, computed through the node's offload (JAX work off the event loop); None for a node
+    that holds no data (it screens nothing)."""
+    estimates = {p: node.estimates.peers[p].as_of(r) for p in sorted(node.neighbours)
+                 if p in node.estimates.peers}
+    return await node.offload(_losses, node.learner, estimates)
+
+
+def _losses(learner: Any, estimates: Mapping[str, np.ndarray]) -> dict[str, float] | None:
+    losses: dict[str, float] = {}
+    for peer, vector in estimates.items():
+        loss = learner.local_loss(vector)
+        if loss is None:
+            return None
+        losses[peer] = loss
+    return losses

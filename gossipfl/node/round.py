@@ -42,7 +42,7 @@ from gossipfl.node.exchange import (
 from gossipfl.node.learner import RecordDP
 from gossipfl.node.outer import end_average, outer_step
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
-from gossipfl.node.robust_step import robust_step
+from gossipfl.node.robust_step import robust_step, screen_losses
 from gossipfl.node.settle import Verdict
 from gossipfl.node.state import Node
 from gossipfl.node.state_sync import catch_up_now
@@ -294,7 +294,8 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
         record["wait_seconds"] = trio.current_time() - wait_start
 
         # 6. aggregate: Metropolis–Hastings weights over the neighbours we hold estimates of
-        node.model = aggregate(node, half_step, r, record)
+        losses = await screen_losses(node, r) if node.config.robust.screen else None
+        node.model = aggregate(node, half_step, r, record, losses)
         present = [p for p in node.neighbours if p in node.estimates.peers]
         node.disagreement = relative_disagreement(
             node.model, [node.estimates.peers[p].vector for p in present]
@@ -430,8 +431,8 @@ async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: floa
     return missing
 
 
-def aggregate(node: Node, half_step: np.ndarray, r: int,
-              record: dict[str, Any] | None = None) -> np.ndarray:
+def aggregate(node: Node, half_step: np.ndarray, r: int, record: dict[str, Any] | None = None,
+              losses: dict[str, float] | None = None) -> np.ndarray:
     """x_i ← x½ + γ Σ_j W_ij (x̂_j − x̂_i), with each neighbour's estimate as of round r.
 
     A neighbour one round ahead already sent its round r+1 estimate; using its round-r one keeps
@@ -462,7 +463,7 @@ def aggregate(node: Node, half_step: np.ndarray, r: int,
     if node.config.robust.rule == "none":
         return choco_step(half_step, node.own.vector, estimates, weights,
                           gamma=node.protocol.gamma)
-    return robust_step(node, half_step, estimates, weights, record)
+    return robust_step(node, half_step, estimates, weights, record, losses)
 
 
 def finished(node: Node, r: int) -> Verdict:
