@@ -218,6 +218,7 @@ async def hold(node: Node, r: int) -> Hold:
             node.settle.holds += 1
             logged = True
         if decision is Hold.PACE:
+            node.settle.held_seconds += held_for  # held until one came back, then paced
             node.settle.paced += 1
             log.info("round %d: %d live neighbour(s), %d needed: paced a heartbeat apart",
                      r, len(node.neighbours), needed)
