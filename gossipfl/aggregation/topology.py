@@ -11,10 +11,18 @@ symmetric, has no self-links and has every member as a key.
 
 Besides the generated kinds, ``"edges"`` is a graph given explicitly: a list of pairs of member
 ids, of which only those between members present count.
+
+A ``"regular"`` graph is the best of ``REGULAR_CANDIDATES`` seeded draws: the smallest
+:func:`diameter`, then the fewest :func:`closed_walks` (a count that falls with the second
+largest eigenvalue of the mixing matrix, which sets how fast gossip averaging agrees). Random
+regular graphs differ, and a poor draw costs consensus rounds: see
+``tests/test_topology_choice.py`` for the spread. Both are counted in integers, so every
+machine picks the same draw.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Collection, Iterable, Sequence
 from itertools import pairwise
@@ -24,9 +32,12 @@ import numpy as np
 __all__ = [
     "GENERATED_KINDS",
     "KINDS",
+    "REGULAR_CANDIDATES",
     "REGULAR_MAX_ATTEMPTS",
     "Topology",
     "build_topology",
+    "closed_walks",
+    "diameter",
 ]
 
 Topology = dict[str, frozenset[str]]
@@ -39,6 +50,16 @@ KINDS: tuple[str, ...] = (*GENERATED_KINDS, "edges")
 
 REGULAR_MAX_ATTEMPTS: int = 100
 """Random pairings tried for a ``"regular"`` topology before the circulant fallback."""
+
+REGULAR_CANDIDATES: int = 8
+"""Random regular graphs drawn for one ``"regular"`` topology, of which the best is kept (one
+draw only over more than ``CANDIDATE_MEMBERS`` members)."""
+
+CANDIDATE_MEMBERS: int = 128
+"""Members up to which several regular graphs are drawn: ranking one costs about
+``n² · degree · diameter`` steps, and every node draws its federation's graph."""
+
+_BFS_ROWS = 256  # sources walked at once by diameter (bounds its memory to rows · n · d)
 
 _Edge = tuple[int, int]
 
@@ -66,12 +87,17 @@ def _check_int(value: int, name: str, minimum: int) -> int:
 
 def _rng(seed: int, ordered: Sequence[str]) -> np.random.Generator:
     """Generator seeded by ``seed`` and a BLAKE2b digest of the sorted member ids."""
+    return np.random.default_rng([seed, _digest(ordered)])
+
+
+def _digest(ordered: Sequence[str]) -> int:
+    """A BLAKE2b digest of the sorted member ids, as an integer."""
     digest = hashlib.blake2b(digest_size=16, person=b"gossipfl-topo")
     for member in ordered:
         encoded = member.encode("utf-8")
         digest.update(len(encoded).to_bytes(8, "big"))
         digest.update(encoded)
-    return np.random.default_rng([seed, int.from_bytes(digest.digest(), "big")])
+    return int.from_bytes(digest.digest(), "big")
 
 
 def _edges_to_topology(ordered: Sequence[str], edges: Iterable[_Edge]) -> Topology:
@@ -169,6 +195,81 @@ def _regular_edges(rng: np.random.Generator, n: int, degree: int) -> set[_Edge]:
     return _circulant_edges(rng, n, degree)
 
 
+def _adjacency_rows(n: int, edges: Iterable[_Edge]) -> np.ndarray:
+    """Each node's neighbours as a row of an ``(n, width)`` table, padded with the node itself."""
+    rows: list[list[int]] = [[i] for i in range(n)]
+    for i, j in edges:
+        rows[i].append(j)
+        rows[j].append(i)
+    width = max((len(row) for row in rows), default=1)
+    return np.array([row + [row[0]] * (width - len(row)) for row in rows], dtype=np.intp)
+
+
+def diameter(n: int, edges: Iterable[_Edge]) -> int:
+    """The most hops between two of the nodes ``0..n-1`` of the graph with ``edges`` (``n``
+    for a disconnected graph, so that it ranks after every connected one). Breadth-first
+    from every node at once.
+
+    >>> diameter(4, [(0, 1), (1, 2), (2, 3)]), diameter(4, [(0, 1), (1, 2), (2, 3), (3, 0)])
+    (3, 2)
+    >>> diameter(3, [(0, 1)])
+    3
+    """
+    table = _adjacency_rows(n, edges)
+    longest = 0
+    for start in range(0, n, _BFS_ROWS):
+        sources = np.arange(start, min(n, start + _BFS_ROWS))
+        reached = np.zeros((len(sources), n), dtype=bool)
+        reached[np.arange(len(sources)), sources] = True
+        frontier, hops = reached, 0
+        while (grown := frontier[:, table].any(axis=2) & ~reached).any():
+            hops += 1
+            reached = reached | grown
+            frontier = grown
+        if not reached.all():
+            return n
+        longest = max(longest, hops)
+    return longest
+
+
+def closed_walks(n: int, edges: Iterable[_Edge], degree: int) -> int:
+    """The closed walks of ``L`` steps in the graph with a loop at every node: the trace of
+    ``(A + I)^L``, that is ``Σ (λᵢ + 1)^L`` over the adjacency eigenvalues, ``L`` the largest
+    even length up to 16 whose count fits in 62 bits. For a ``degree``-regular graph the
+    mixing matrix is ``(A + I) / (degree + 1)`` and its largest eigenvalue is fixed, so the
+    fewer such walks, the smaller the others, above all the second largest, which sets how
+    fast gossip averaging agrees. Exact integers: every machine counts the same.
+
+    >>> closed_walks(4, [(0, 1), (1, 2), (2, 3), (3, 0)], 2)  # eigenvalues of A + I: 3, 1, 1, -1
+    43046724
+    """
+    length = 16
+    while length > 2 and n * (degree + 1) ** length >= 2 ** 62:
+        length -= 2
+    loops = np.eye(n, dtype=np.int64)
+    table = _adjacency_rows(n, edges)
+    for i, row in enumerate(table):
+        loops[i, row] = 1
+    return int(np.trace(np.linalg.matrix_power(loops, length)))
+
+
+@functools.lru_cache(maxsize=8)
+def _best_regular_edges(seed: int, key: int, n: int, degree: int) -> frozenset[_Edge]:
+    """The draw (of ``REGULAR_CANDIDATES``, from the generator of ``seed`` and ``key``, the
+    digest of the members) with the smallest diameter, then the fewest
+    :func:`closed_walks`; the first of equals. Kept for the next node of a simulation: every
+    node of one federation draws the same graph."""
+    rng = np.random.default_rng([seed, key])
+    draws = REGULAR_CANDIDATES if n <= CANDIDATE_MEMBERS else 1
+    candidates = [_regular_edges(rng, n, degree) for _ in range(draws)]
+    if len(candidates) > 1:
+        spans = [diameter(n, edges) for edges in candidates]
+        shortest = [e for e, span in zip(candidates, spans, strict=True) if span == min(spans)]
+        walks = [closed_walks(n, edges, degree) for edges in shortest]
+        candidates = [shortest[walks.index(min(walks))]]
+    return frozenset(candidates[0])
+
+
 def _given_edges(ordered: Sequence[str], edges: Iterable[Collection[str]]) -> set[_Edge]:
     """The listed pairs of member ids between members of ``ordered``, as index pairs."""
     position = {member: k for k, member in enumerate(ordered)}
@@ -199,7 +300,9 @@ def build_topology(
     * ``"regular"``: a random connected ``degree``-regular graph, drawn by seeded random stub
       pairing that rejects self-loops, repeated edges and disconnected results, retried up to
       ``REGULAR_MAX_ATTEMPTS`` times before falling back to a connected circulant graph (which
-      is also ``degree``-regular). If ``n * degree`` is odd, one member gets ``degree − 1``
+      is also ``degree``-regular); the best of ``REGULAR_CANDIDATES`` such draws (up to
+      ``CANDIDATE_MEMBERS`` members): the smallest :func:`diameter`, then the fewest
+      :func:`closed_walks`. If ``n * degree`` is odd, one member gets ``degree − 1``
       links. If ``degree >= n − 1`` the complete graph is returned.
     * ``"edges"``: the graph ``edges`` lists (pairs of member ids, either order), restricted
       to the pairs whose two ends are both in ``members``. A member none of whose listed
@@ -247,6 +350,8 @@ def build_topology(
         return _edges_to_topology(ordered, _given_edges(ordered, edges))
     if edges:
         raise ValueError(f"edges are given only with the kind 'edges', not {kind!r}")
+    if kind == "regular" and 1 < d < n - 1:
+        return _edges_to_topology(ordered, _best_regular_edges(s, _digest(ordered), n, d))
     rng = _rng(s, ordered)
 
     if kind == "ring":
@@ -258,4 +363,4 @@ def build_topology(
             f"a 'regular' topology of degree 1 over {n} members cannot be connected; "
             "degree must be at least 2 when there are more than two members"
         )
-    return _edges_to_topology(ordered, _regular_edges(rng, n, d))
+    raise AssertionError("unreachable")  # pragma: no cover

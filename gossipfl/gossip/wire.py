@@ -146,8 +146,11 @@ __all__ = (
 )
 
 # 2: heartbeats carry member-table deltas (table, ack); 3: and a digest (have); 4: a liveness
-# stamp signs its member's addresses (a v3 stamp does not verify as v4)
-WIRE_VERSION = 5
+# stamp signs its member's addresses (a v3 stamp does not verify as v4); 5: masked inputs'
+# ring width, dealt and early shares, presigns, light unmask requests; 6: no new field, but
+# a regular topology is the best of several draws (aggregation/topology.py), so a v5 node
+# would derive another graph from the same members: the two refuse each other's frames
+WIRE_VERSION = 6
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
 

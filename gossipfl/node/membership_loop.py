@@ -21,6 +21,7 @@ import trio
 from gossipfl.crypto import liveness
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Heartbeat, WireError, decode_digest
+from gossipfl.node.extras import HEARTBEAT_EXTRA, Extras, Held
 from gossipfl.node.links import (
     drop_neighbour,
     federation_running,
@@ -30,7 +31,7 @@ from gossipfl.node.links import (
 from gossipfl.node.resume import saved_neighbours
 from gossipfl.node.security import RevocationUpdate
 from gossipfl.node.state import Node, NodeError
-from gossipfl.node.streams import request
+from gossipfl.node.streams import close_streams, request
 
 if TYPE_CHECKING:
     from gossipfl.gossip.peers import Channel
@@ -39,13 +40,18 @@ log = logging.getLogger("gossipfl.node")
 
 PROTO_MEMBERSHIP = "/gossipfl/membership/1.0.0"
 HEARTBEAT_FANOUT = 16
-HEARTBEAT_EXTRA = 2
 HEARSAY_DIALS = 3  # admission off: dials of an id only heard of, until it is heard from
 LOOKS_A_HEARTBEAT = 4  # joining: how often an interval the members known are counted again
 #: a node that has just become done heartbeats this many members at most (all of them in a
 #: federation of up to as many): each then records its done at once, so that a lingering
 #: member waits for no regular cycle that may never come (linger.py)
 DONE_FANOUT = 64
+#: a neighbour's heartbeat answered within this many intervals stands for ours. A cycle lasts
+#: an interval plus the wait for its answers: when the neighbour's stop, ours goes out within
+#: this span and one cycle of ours, and its answer comes before the neighbour has been unheard
+#: for ``SILENT_INTERVALS`` (3), at which it would be taken for silent
+ANSWERED_COVERS = 1.5
+CLOSE_SECONDS = 0.5  # at most this long closing the kept streams as the loop ends
 
 
 def heartbeat(node: Node, peer: str = "", held: frozenset[int] | None = None) -> Heartbeat:
@@ -187,7 +193,10 @@ async def on_heartbeat(node: Node, channel: Channel) -> bool:
         return False
     absorb(node, beat)
     held = decode_digest(beat.have) if beat.have else None
+    status = node.status.advertised
     await channel.send(heartbeat(node, beat.sender, held), MAX_CONTROL_BYTES)
+    if (state := node.neighbours.get(beat.sender)) is not None:
+        state.answered_at, state.answered_status = trio.current_time(), status
     await drop_revoked(node, revoked)
     return True
 
@@ -204,7 +213,8 @@ def may_dial(node: Node, peer: str) -> bool:
             or node.hearsay_dialled.get(peer, 0) < HEARSAY_DIALS)
 
 
-def heartbeat_targets(node: Node, *, done: bool = False) -> dict[str, tuple[str, ...]]:
+def heartbeat_targets(node: Node, *, done: bool = False, extras: Extras | None = None,
+                      ) -> dict[str, tuple[str, ...]]:
     """Whom to heartbeat now: everyone while joining (at most ``HEARTBEAT_FANOUT`` a cycle,
     drawn afresh: membership spreads fastest so, and a partner met again is sent only what
     changed since its ack); then the neighbours and a few others; with ``done`` (the first
@@ -213,7 +223,10 @@ def heartbeat_targets(node: Node, *, done: bool = False) -> dict[str, tuple[str,
 
     Each heartbeat is a libp2p stream, which costs CPU in every process; once links are
     formed, neighbours plus ``HEARTBEAT_EXTRA`` random members keep membership fresh (ages
-    travel with the member lists, so hearsay covers the rest).
+    travel with the member lists, so hearsay covers the rest), drawn afresh each call, or kept
+    for a few cycles by ``extras`` (:mod:`gossipfl.node.extras`). One exchange a cycle serves a
+    link both ways, so a neighbour that heartbeats us is not heartbeated back
+    (:func:`answered_lately`).
     """
     where = {p: addrs for p in node.membership.ids()
              if may_dial(node, p) and (addrs := node.addrs_of(p))}
@@ -226,8 +239,9 @@ def heartbeat_targets(node: Node, *, done: bool = False) -> dict[str, tuple[str,
             members, HEARTBEAT_FANOUT)
     else:
         others = [p for p in members if p not in node.neighbours]
-        chosen = [p for p in members if p in node.neighbours]
-        chosen += node.rng.sample(others, min(HEARTBEAT_EXTRA, len(others)))
+        chosen = [p for p in members if p in node.neighbours and not answered_lately(node, p)]
+        chosen += (extras.pick(node.rng, others) if extras is not None
+                   else node.rng.sample(others, min(HEARTBEAT_EXTRA, len(others))))
     targets = {p: where[p] for p in chosen}
     for peer in chosen:
         if not node.membership.is_direct(peer):
@@ -239,6 +253,23 @@ def heartbeat_targets(node: Node, *, done: bool = False) -> dict[str, tuple[str,
     return targets
 
 
+def answered_lately(node: Node, peer: str) -> bool:
+    """Whether our heartbeat to neighbour ``peer`` can be left out this cycle: the link's
+    heartbeats are the smaller id's to the larger one, whose answer carries the larger id's
+    news (an exchange carries both ends' stamps, table changes, acks, rounds and statuses), so
+    the larger id leaves out its own while the smaller one's came within ``ANSWERED_COVERS``
+    intervals and our status is still the one that answer carried. It heartbeats again at
+    once when its status changes, or when the smaller id's stop (killed, paused, cut off, or
+    the link not in its topology): it hears the peer as often as before, from the peer's
+    cycle, and a silent peer is judged silent as before (``gone_silent``: by when we last
+    heard from it)."""
+    state = node.neighbours.get(peer)
+    if state is None or state.answered_status is None or node.peer_id < peer:
+        return False
+    return (state.answered_status is node.status.advertised and trio.current_time()
+            - state.answered_at < ANSWERED_COVERS * node.protocol.heartbeat_interval)
+
+
 async def heartbeat_loop(node: Node) -> None:
     """Heartbeat every interval (while joining, one after another across it). Each cycle
     waits for its heartbeats' answers (so the rate
@@ -248,77 +279,94 @@ async def heartbeat_loop(node: Node) -> None:
     until it ends, so it delays no one else's. The neighbours that are alive keep hearing
     from us every cycle, which their liveness counting relies on."""
     in_flight: set[str] = set()
+    extras = Extras()
 
     async def send(peer: str, addrs: tuple[str, ...], done: trio.Event, delay: float) -> None:
         try:
             await trio.sleep(delay)
-            await send_heartbeat(node, peer, addrs)
+            kept = extras.holder(peer) if peer in extras.chosen else None
+            if not await send_heartbeat(node, peer, addrs, kept):
+                extras.drop(peer)
         finally:
             in_flight.discard(peer)
             done.set()
 
     interval = node.protocol.heartbeat_interval
     told_done = False  # this node's done was sent to every member (again after a reopening)
-    async with trio.open_nursery() as nursery:
-        while True:
-            renew_stamp(node)
-            answers = []
-            done = node.status is NodeStatus.DONE
-            targets = heartbeat_targets(node, done=done and not told_done)
-            told_done = done
-            # joining: spread over the interval, so that each exchange's digest holds what
-            # the ones before it brought (all at once, they would pull the same entries)
-            spread = interval / len(targets) if node.topology is None and targets else 0.0
-            for i, (peer, addrs) in enumerate(targets.items()):
-                if peer not in in_flight:
-                    in_flight.add(peer)
-                    answers.append(trio.Event())
-                    nursery.start_soon(send, peer, addrs, answers[-1], i * spread)
-            cycle = node.stamp_seq
-            with trio.move_on_after(interval):
-                for answer in answers:
-                    await answer.wait()
-            node.beaten_seq = cycle
-            # the configured list file, re-read when its holder writes a newer one
-            await drop_revoked(node, revocations_judged(
-                node, "the revocations file", *node.security.poll_revocations_file()))
-            for peer in node.membership.prune(trio.current_time()):
-                node.hearsay_dialled.pop(peer, None)
-                log.warning("forgot member %s: silent for %.1f s", peer,
-                            node.protocol.member_timeout)
-            node.notify()  # a round waiting on a neighbour notices it went silent
-            with trio.move_on_after(interval):  # or at once when this node's status changed
-                await node.beat_now.wait()
-            node.beat_now = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            while True:
+                renew_stamp(node)
+                answers = []
+                done = node.status is NodeStatus.DONE
+                targets = heartbeat_targets(node, done=done and not told_done, extras=extras)
+                told_done = done
+                for held in extras.released():  # the members drawn before: their streams go
+                    nursery.start_soon(close_streams, held)
+                # joining: spread over the interval, so that each exchange's digest holds what
+                # the ones before it brought (all at once, they would pull the same entries)
+                spread = interval / len(targets) if node.topology is None and targets else 0.0
+                for i, (peer, addrs) in enumerate(targets.items()):
+                    if peer not in in_flight:
+                        in_flight.add(peer)
+                        answers.append(trio.Event())
+                        nursery.start_soon(send, peer, addrs, answers[-1], i * spread)
+                cycle = node.stamp_seq
+                with trio.move_on_after(interval):
+                    for answer in answers:
+                        await answer.wait()
+                node.beaten_seq = cycle
+                # the configured list file, re-read when its holder writes a newer one
+                await drop_revoked(node, revocations_judged(
+                    node, "the revocations file", *node.security.poll_revocations_file()))
+                for peer in node.membership.prune(trio.current_time()):
+                    node.hearsay_dialled.pop(peer, None)
+                    log.warning("forgot member %s: silent for %.1f s", peer,
+                                node.protocol.member_timeout)
+                node.notify()  # a round waiting on a neighbour notices it went silent
+                with trio.move_on_after(interval):  # or at once when this node's status changed
+                    await node.beat_now.wait()
+                node.beat_now = trio.Event()
+    finally:  # the streams kept to the members drawn: closed, not reset, as the node ends
+        with trio.move_on_after(CLOSE_SECONDS) as scope:
+            scope.shield = True
+            for held in extras.held.values():
+                await close_streams(held)
 
 
-async def send_heartbeat(node: Node, peer: str, addrs: tuple[str, ...]) -> None:
+async def send_heartbeat(node: Node, peer: str, addrs: tuple[str, ...],
+                         held: Held | None = None) -> bool:
     """Heartbeat ``peer`` and take its answer: on the stream kept open to a neighbour (opening
-    one costs every process CPU, each cycle), else on a stream of its own."""
+    one costs every process CPU, each cycle) or kept in ``held`` (a member drawn beyond the
+    neighbours), else on a stream of its own. Returns whether it answered."""
     async def exchange(channel: Channel) -> tuple[Channel, Heartbeat]:
         await channel.send(heartbeat(node, peer), MAX_CONTROL_BYTES)
         return channel, await channel.receive(Heartbeat, MAX_CONTROL_BYTES)
 
     with trio.move_on_after(node.protocol.request_timeout):
         try:
-            if peer in node.neighbours:
-                channel, reply = await request(node, peer, PROTO_MEMBERSHIP, exchange)
+            if peer in node.neighbours or held is not None:
+                channel, reply = await request(node, peer, PROTO_MEMBERSHIP, exchange,
+                                               None if peer in node.neighbours else held)
             else:
                 async with node.channel_to(peer, PROTO_MEMBERSHIP, addrs) as channel:
                     channel, reply = await exchange(channel)
         except WireError as error:
             node.reject(peer, "heartbeat reply", "malformed", str(error))
-            return
+            return False
         except Exception as error:
             log.debug("heartbeat to %s failed: %s", peer, error)
             node.cert_holders.forget(peer)  # the next one carries our certificate
-            return
+            return False
         revoked = take_revocations(node, peer, reply.revocations)
-        if admitted(node, channel, "heartbeat reply", reply):
+        answered = admitted(node, channel, "heartbeat reply", reply)
+        if answered:
             absorb(node, reply)
             # it answered: it admitted us, so it holds our certificate (until it restarts)
             node.cert_holders.note(peer, reply.table[0], [(node.peer_id, b"")])
         await drop_revoked(node, revoked)
+        return answered
+    return False
 
 
 async def join(node: Node) -> None:

@@ -64,6 +64,10 @@ class NeighbourState:
     # held for one whole send on ``channel`` (frame, ack, a full resend): a round's send may
     # still be reading its ack when the next one starts (exchange.py)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
+    # when it last heartbeat us and we answered (the node's clock), and the status the answer
+    # carried: each end then holds the other's news (membership_loop.py: heartbeat_targets)
+    answered_at: float = -math.inf
+    answered_status: NodeStatus | None = None
 
 
 class Node(Protocol):

@@ -61,16 +61,18 @@ M = TypeVar("M", bound=Message)
 
 
 async def request(node: Node, peer: str, protocol: str,
-                  exchange: Callable[[Channel], Awaitable[T]]) -> T:
+                  exchange: Callable[[Channel], Awaitable[T]],
+                  held: NeighbourState | None = None) -> T:
     """Run ``exchange`` (send a request, read its answer) on our open ``protocol`` stream to
-    neighbour ``peer``, opening it if needed. A broken stream (the peer restarted, or reset it
-    as idle) is replaced once; a failure on a fresh stream raises, and so does a clean close
-    (the peer ended the stream rather than answer: a refusal, never asked twice). Requests on
-    one stream are sequential; a cancelled or failed exchange resets its stream.
+    neighbour ``peer`` (or to the member whose streams ``held`` keeps), opening it if needed.
+    A broken stream (the peer restarted, or reset it as idle) is replaced once; a failure on a
+    fresh stream raises, and so does a clean close (the peer ended the stream rather than
+    answer: a refusal, never asked twice). Requests on one stream are sequential; a cancelled
+    or failed exchange resets its stream.
 
     A test's transport (``node.channel_to`` replaced), or a peer that is no
-    neighbour, gets a new stream for the one request, closed after."""
-    state = node.neighbours.get(peer)
+    neighbour and has no ``held``, gets a new stream for the one request, closed after."""
+    state = held if held is not None else node.neighbours.get(peer)
     if state is None or node.net is None or "channel_to" in vars(node):
         async with node.channel_to(peer, protocol) as channel:
             return await exchange(channel)

@@ -45,11 +45,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from gossipfl.aggregation.topology import build_topology
+from gossipfl.node.extras import EXTRA_TURNS, HEARTBEAT_EXTRA
 from gossipfl.node.termination import horizon
 from gossipfl.scenario.calibrate import Calibration
 from gossipfl.scenario.config import ScenarioConfig
 
-HEARTBEAT_EXTRA = 2  # members beyond its neighbours a node heartbeats (membership_loop.py)
 HEARTBEAT_FANOUT = 16  # members heartbeated per cycle while joining
 LINGER_INTERVALS = 0.25  # a whole federation's linger: its members' done heartbeats crossing
 JOIN_PEERS = 2 * HEARTBEAT_FANOUT  # members one meets while joining, at most
@@ -203,9 +203,11 @@ def consensus_rounds(graph: GraphFigures, tolerance: float, limit: int,
     return min(limit, settle + graph.diameter_plus_one)
 
 
-def heartbeat_targets(nodes: int, degree: int) -> int:
-    """Members a node heartbeats each cycle once links are formed."""
-    return degree + min(HEARTBEAT_EXTRA, max(0, nodes - 1 - degree))
+def heartbeat_targets(nodes: int, degree: int) -> float:
+    """Heartbeat exchanges a node starts each cycle once links are formed: one end of each
+    link heartbeats, the other answers (membership_loop.answered_lately), so half its links
+    on average, and ``HEARTBEAT_EXTRA`` members that are no neighbours."""
+    return degree / 2 + min(HEARTBEAT_EXTRA, max(0, nodes - 1 - degree))
 
 
 def contribution_bytes(cal: Calibration, degree: int, rounds: int) -> int:
@@ -269,11 +271,14 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
     cores = max(1, cal.cores)
 
     # heartbeats: a cycle every interval plus the wait for the answers (longer the more
-    # processes share a core); each exchange carries two heartbeats, and one with a member
-    # that is no neighbour opens a stream (a neighbour's stays open)
+    # processes share a core); each exchange carries two heartbeats, one with a neighbour is
+    # started by one end of the link only, and the members beyond the neighbours are kept for
+    # EXTRA_TURNS cycles on streams kept open (a neighbour's stays open), so a new stream
+    # once in that many cycles for each
     cycle = protocol.heartbeat_interval + k.answer_seconds * n / cores
     targets = [heartbeat_targets(n, d) for d in graph.degrees]
-    heartbeat_load = sum(t * 2 * cal.heartbeat_cpu_seconds + (t - d) * k.stream_cpu_seconds
+    heartbeat_load = sum(t * 2 * cal.heartbeat_cpu_seconds
+                         + (t - d / 2) / EXTRA_TURNS * k.stream_cpu_seconds
                          for t, d in zip(targets, graph.degrees, strict=True)) / cycle
     cores_left = max(cores * MIN_CORES_LEFT, cores - heartbeat_load)
 

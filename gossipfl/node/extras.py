@@ -1,0 +1,78 @@
+"""The members beyond its neighbours a node heartbeats once links are formed.
+
+They keep membership fresh across the graph (a random shortcut each, so stamps and table
+changes need fewer hops than the graph's diameter). Opening a libp2p stream costs both ends
+about four times a heartbeat on an open one, and a node used to draw two new members every
+cycle, each on a stream of its own: at 32 nodes on 2 cores those opens took more CPU than all
+the heartbeats between neighbours. So a node keeps the members it drew for ``EXTRA_TURNS``
+cycles, on streams kept open as a neighbour's are, then closes those and draws again; one that
+fails, leaves, or becomes a neighbour is replaced at once.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import trio
+
+    from gossipfl.gossip.peers import Channel
+
+#: members beyond its neighbours a node heartbeats each cycle
+HEARTBEAT_EXTRA = 2
+#: cycles a node keeps heartbeating the same ones (on kept-open streams) before it draws again
+EXTRA_TURNS = 8
+
+
+@dataclass
+class Held:
+    """Our kept-open request streams to one member (``streams.NeighbourState``'s shape)."""
+
+    streams: dict[str, Channel] = field(default_factory=dict)
+    stream_locks: dict[str, trio.Lock] = field(default_factory=dict)
+
+
+@dataclass
+class Extras:
+    """The members drawn, the cycles left before the next draw, and our streams to them."""
+
+    chosen: list[str] = field(default_factory=list)
+    turns: int = 0
+    held: dict[str, Held] = field(default_factory=dict)
+
+    def pick(self, rng: random.Random, others: list[str]) -> list[str]:
+        """This cycle's members beyond the neighbours, drawn from ``others`` (members that
+        are no neighbours and may be dialled): the last draw's while its turns last and all
+        of them are still among ``others``, else a new draw.
+
+        >>> extras, rng = Extras(), random.Random(1)
+        >>> first = extras.pick(rng, ["a", "b", "c", "d"])
+        >>> all(extras.pick(rng, ["a", "b", "c", "d"]) == first for _ in range(EXTRA_TURNS - 1))
+        True
+        >>> extras.pick(rng, ["a", "b", "c", "d"]) is not first  # its turns are over
+        True
+        >>> again = extras.pick(rng, [p for p in "abcd" if p != first[0]])
+        >>> first[0] in again  # one left: drawn again at once
+        False
+        """
+        want = min(HEARTBEAT_EXTRA, len(others))
+        if self.turns <= 0 or len(self.chosen) != want or not set(self.chosen) <= set(others):
+            self.chosen = rng.sample(others, want)
+            self.turns = EXTRA_TURNS
+        self.turns -= 1
+        return self.chosen
+
+    def drop(self, peer: str) -> None:
+        """``peer``'s heartbeat failed: draw again next cycle."""
+        if peer in self.chosen:
+            self.turns = 0
+
+    def holder(self, peer: str) -> Held:
+        return self.held.setdefault(peer, Held())
+
+    def released(self) -> list[Held]:
+        """The streams held to members no longer chosen (the caller closes them)."""
+        gone = [p for p in self.held if p not in self.chosen]
+        return [self.held.pop(p) for p in gone]

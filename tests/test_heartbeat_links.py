@@ -1,0 +1,205 @@
+"""One heartbeat exchange a cycle per link (membership_loop.answered_lately): the smaller id
+heartbeats, the larger one answers and leaves its own heartbeat out while its answers keep
+coming, its status unchanged. Its heartbeat comes back as soon as they stop or its status
+changes, and no live neighbour is taken for silent because of it (a simulation whose rounds
+last several heartbeat intervals)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from fake_ends import small_node
+from sim_scenarios import node_log, scenario_text, simulated
+
+from gossipfl.gossip.codes import NodeStatus
+from gossipfl.gossip.wire import Heartbeat, decode_frame, encode_frame
+from gossipfl.node.extras import EXTRA_TURNS, HEARTBEAT_EXTRA, Extras
+from gossipfl.node.learner import LearnerPool
+from gossipfl.node.membership_loop import (
+    ANSWERED_COVERS,
+    heartbeat,
+    heartbeat_targets,
+    on_heartbeat,
+    send_heartbeat,
+)
+from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.streams import close_streams
+
+
+class _Incoming:
+    """A membership stream carrying one heartbeat to the node; keeps its answer."""
+
+    def __init__(self, sender: Node, to: Node) -> None:
+        self.remote = sender.peer_id
+        self.incoming = heartbeat(sender, to.peer_id)
+        self.sent: list[Heartbeat] = []
+
+    async def receive(self, expected: type, max_bytes: int) -> Heartbeat:
+        return decode_frame(encode_frame(self.incoming, max_bytes), expected, max_bytes)
+
+    async def send(self, message: Heartbeat, max_bytes: int) -> None:
+        self.sent.append(message)
+
+    async def reset(self) -> None:
+        raise AssertionError("the heartbeat was refused")
+
+
+def _linked(tmp_path: Path) -> tuple[Node, Node, Node]:
+    """Three nodes, each having met the others; the smaller and the larger of the first two
+    are neighbours, the third is a member only."""
+    nodes = sorted((small_node(tmp_path / name) for name in "abc"), key=lambda n: n.peer_id)
+    for node in nodes:
+        for i, other in enumerate(nodes):
+            if other is not node:
+                node.membership.heard_from(other.peer_id, (f"/ip4/127.0.0.1/tcp/{4000 + i}",),
+                                           0.0)
+        node.status = NodeStatus.TRAINING
+    small, large, member = nodes[0], nodes[2], nodes[1]
+    small.neighbours[large.peer_id] = NeighbourState()
+    large.neighbours[small.peer_id] = NeighbourState()
+    for node in nodes:
+        node.topology = {node.peer_id: frozenset(node.neighbours)}
+    return small, large, member
+
+
+def test_the_larger_end_answers_instead_of_heartbeating_while_the_smaller_one_does(
+        tmp_path: Path) -> None:
+    small, large, member = _linked(tmp_path)
+    interval = large.protocol.heartbeat_interval
+    clock = trio.testing.MockClock()
+
+    async def scenario() -> None:
+        # nothing answered yet: each end heartbeats the other
+        assert small.peer_id in heartbeat_targets(large)
+        assert large.peer_id in heartbeat_targets(small)
+        # the smaller end's heartbeat comes and is answered: the larger leaves its own out
+        channel = _Incoming(small, large)
+        assert await on_heartbeat(large, channel)
+        assert len(channel.sent) == 1 and channel.sent[0].sender == large.peer_id
+        assert small.peer_id not in heartbeat_targets(large)
+        # the smaller end heartbeats every cycle, whatever it answered
+        assert await on_heartbeat(small, _Incoming(large, small))
+        assert large.peer_id in heartbeat_targets(small)
+        # a member that is no neighbour: answering it changes nothing
+        assert await on_heartbeat(large, _Incoming(member, large))
+        assert member.peer_id not in large.neighbours
+        # the smaller end's heartbeats stop: within the covered span, then no longer
+        clock.jump(ANSWERED_COVERS * interval * 0.9)
+        assert small.peer_id not in heartbeat_targets(large)
+        clock.jump(ANSWERED_COVERS * interval * 0.2)
+        assert small.peer_id in heartbeat_targets(large)
+        # answered again, then the larger end's status changes: it tells at once
+        assert await on_heartbeat(large, _Incoming(small, large))
+        assert small.peer_id not in heartbeat_targets(large)
+        large.status = NodeStatus.CONSENSUS
+        assert small.peer_id in heartbeat_targets(large)
+        large.status = NodeStatus.DONE  # done: every member, the neighbour among them
+        assert small.peer_id in heartbeat_targets(large, done=True)
+
+    trio.run(scenario, clock=clock)
+
+
+class _Answering:
+    """``peer``'s end of a membership stream we opened: answers each heartbeat with its own."""
+
+    def __init__(self, peer: Node, to: Node) -> None:
+        self.peer, self.to, self.remote = peer, to, peer.peer_id
+        self.heard, self.closed = 0, False
+
+    async def send(self, message: Any, max_bytes: int) -> None:
+        self.heard += 1
+
+    async def receive(self, expected: type, max_bytes: int) -> Heartbeat:
+        return heartbeat(self.peer, self.to.peer_id)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def reset(self) -> None:
+        self.closed = True
+
+
+class _Net:
+    def __init__(self, peers: list[Node], me: Node) -> None:
+        self.peers, self.me = {p.peer_id: p for p in peers}, me
+        self.opened: list[_Answering] = []
+
+    async def open(self, peer: str, addrs: tuple[str, ...], protocol: str) -> _Answering:
+        self.opened.append(_Answering(self.peers[peer], self.me))
+        return self.opened[-1]
+
+    async def disconnect(self, peer: str) -> None:
+        pass
+
+
+def test_the_members_beyond_the_neighbours_are_kept_for_turns_on_open_streams(
+        tmp_path: Path) -> None:
+    node = small_node(tmp_path / "me", rng=random.Random(4))
+    others = [small_node(tmp_path / f"m{i}") for i in range(6)]
+    for i, other in enumerate(others):
+        node.membership.heard_from(other.peer_id, (f"/ip4/127.0.0.1/tcp/{4100 + i}",), 0.0)
+    node.topology = {node.peer_id: frozenset()}  # links formed; no neighbour here
+    net = _Net(others, node)
+    node.net = net  # type: ignore[assignment]
+    extras = Extras()
+
+    async def cycles() -> list[tuple[str, ...]]:
+        drawn = []
+        for _ in range(3 * EXTRA_TURNS):
+            targets = heartbeat_targets(node, extras=extras)
+            drawn.append(tuple(sorted(targets)))
+            for peer, addrs in targets.items():
+                assert await send_heartbeat(node, peer, addrs, extras.holder(peer))
+            for held in extras.released():
+                await close_streams(held)
+        return drawn
+
+    drawn = trio.run(cycles)
+    turns = [drawn[i:i + EXTRA_TURNS] for i in range(0, len(drawn), EXTRA_TURNS)]
+    assert all(len(set(turn)) == 1 and len(turn[0]) == HEARTBEAT_EXTRA for turn in turns)
+    assert len({turn[0] for turn in turns}) > 1  # drawn again after each turn
+    # a stream a member a turn at most, every heartbeat of the turn on it
+    assert len(net.opened) <= 3 * HEARTBEAT_EXTRA
+    assert sum(c.heard for c in net.opened) == 3 * EXTRA_TURNS * HEARTBEAT_EXTRA
+    assert all(c.heard % EXTRA_TURNS == 0 for c in net.opened)
+    # those no longer drawn had their streams closed; the last turn's are still open
+    open_now = [c for c in net.opened if not c.closed]
+    assert sorted(c.remote for c in open_now) == sorted(drawn[-1])
+
+
+def test_a_member_beyond_the_neighbours_that_fails_is_replaced_at_once() -> None:
+    extras, rng = Extras(), random.Random(0)
+    members = [f"m{i}" for i in range(10)]
+    first = extras.pick(rng, members)
+    extras.drop(first[0])
+    second = extras.pick(rng, members)
+    assert extras.turns == EXTRA_TURNS - 1 and second is not first
+    extras.drop("someone else")  # not drawn: no effect
+    assert extras.pick(rng, members) is second
+
+
+@pytest.fixture(scope="module")
+def pool() -> LearnerPool:
+    return LearnerPool()
+
+
+def test_rounds_longer_than_the_silence_span_take_no_live_neighbour_for_silent(
+        tmp_path: Path, pool: LearnerPool) -> None:
+    # an epoch of training costs 4 heartbeat intervals here, longer than the 3 that make a
+    # neighbour silent: every neighbour must still be heard through the answers alone
+    text = scenario_text(name="answers", nodes=6, rounds=6, topology="regular", degree=4,
+                         round_timeout=6.0)
+    report = simulated(tmp_path, text, pool, epoch_seconds=2.0)
+    nodes = report["nodes"]
+    assert [n["status"] for n in nodes] == ["done"] * 6
+    assert all(not n["dropped_neighbours"] for n in nodes)
+    assert all(n["timeouts"] == 0 for n in nodes)
+    for i in range(6):
+        assert "no contribution from" not in node_log(tmp_path, i)
+        assert "missing 0" in node_log(tmp_path, i)
+    assert all(n["rounds_completed"] >= 6 for n in nodes)
