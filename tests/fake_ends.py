@@ -1,14 +1,17 @@
 """Stand-ins for the far end of a node's streams, shared by the tests that drive the send
-paths without a transport (test_codes.py, test_pipelined_send.py), and a small node for them."""
+paths without a transport (test_codes.py, test_pipelined_send.py, test_heartbeat_links.py),
+and a small node for them."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.node.learner import LocalLearner
+from gossipfl.node.membership_loop import heartbeat
 from gossipfl.node.runtime import Node
 
 
@@ -50,3 +53,42 @@ def meet(node: Node, count: int) -> list[str]:
     for i, peer in enumerate(peers):
         node.membership.heard_from(peer, (f"/ip4/10.0.0.1/tcp/{4000 + i}",), 0.0)
     return peers
+
+
+class AnsweringEnd:
+    """``peer``'s end of a membership stream we opened: answers every heartbeat with its own,
+    counting them."""
+
+    def __init__(self, peer: Node, to: Node) -> None:
+        self.peer, self.to, self.remote = peer, to, peer.peer_id
+        self.heard = 0
+        self.closed = False
+
+    async def send(self, message: Any, max_bytes: int) -> None:
+        self.heard += 1
+
+    async def receive(self, expected: type, max_bytes: int) -> Any:
+        return heartbeat(self.peer, self.to.peer_id)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def reset(self) -> None:
+        self.closed = True
+
+
+class AnsweringNet:
+    """A transport whose every stream is an :class:`AnsweringEnd` of the node it reaches;
+    keeps each stream opened."""
+
+    def __init__(self, peers: dict[str, Node], me: Node) -> None:
+        self.peers, self.me = peers, me
+        self.opened: list[AnsweringEnd] = []
+
+    async def open(self, peer: str, addrs: tuple[str, ...], protocol: str) -> AnsweringEnd:
+        channel = AnsweringEnd(self.peers[peer], self.me)
+        self.opened.append(channel)
+        return channel
+
+    async def disconnect(self, peer: str) -> None:
+        pass

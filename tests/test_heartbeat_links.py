@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from fake_ends import small_node
+from fake_ends import AnsweringNet, small_node
 from sim_scenarios import node_log, scenario_text, simulated
 
 from gossipfl.gossip.codes import NodeStatus
@@ -104,39 +103,6 @@ def test_the_larger_end_answers_instead_of_heartbeating_while_the_smaller_one_do
     trio.run(scenario, clock=clock)
 
 
-class _Answering:
-    """``peer``'s end of a membership stream we opened: answers each heartbeat with its own."""
-
-    def __init__(self, peer: Node, to: Node) -> None:
-        self.peer, self.to, self.remote = peer, to, peer.peer_id
-        self.heard, self.closed = 0, False
-
-    async def send(self, message: Any, max_bytes: int) -> None:
-        self.heard += 1
-
-    async def receive(self, expected: type, max_bytes: int) -> Heartbeat:
-        return heartbeat(self.peer, self.to.peer_id)
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def reset(self) -> None:
-        self.closed = True
-
-
-class _Net:
-    def __init__(self, peers: list[Node], me: Node) -> None:
-        self.peers, self.me = {p.peer_id: p for p in peers}, me
-        self.opened: list[_Answering] = []
-
-    async def open(self, peer: str, addrs: tuple[str, ...], protocol: str) -> _Answering:
-        self.opened.append(_Answering(self.peers[peer], self.me))
-        return self.opened[-1]
-
-    async def disconnect(self, peer: str) -> None:
-        pass
-
-
 def test_the_members_beyond_the_neighbours_are_kept_for_turns_on_open_streams(
         tmp_path: Path) -> None:
     node = small_node(tmp_path / "me", rng=random.Random(4))
@@ -144,7 +110,7 @@ def test_the_members_beyond_the_neighbours_are_kept_for_turns_on_open_streams(
     for i, other in enumerate(others):
         node.membership.heard_from(other.peer_id, (f"/ip4/127.0.0.1/tcp/{4100 + i}",), 0.0)
     node.topology = {node.peer_id: frozenset()}  # links formed; no neighbour here
-    net = _Net(others, node)
+    net = AnsweringNet({o.peer_id: o for o in others}, node)
     node.net = net  # type: ignore[assignment]
     extras = Extras()
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import trio
 import trio.testing
-from fake_ends import NoNet, QuietEnd, meet, small_node
+from fake_ends import AnsweringNet, NoNet, QuietEnd, meet, small_node
 
 from gossipfl.gossip.codes import AckCode, NodeStatus
 from gossipfl.gossip.wire import Ack, Contribution
@@ -20,7 +20,6 @@ from gossipfl.node.exchange import close_channels, send_to_neighbours
 from gossipfl.node.membership_loop import (
     DONE_FANOUT,
     HEARTBEAT_EXTRA,
-    heartbeat,
     heartbeat_targets,
     send_heartbeat,
 )
@@ -204,44 +203,9 @@ def test_the_done_heartbeat_is_capped_in_a_large_federation(tmp_path: Path) -> N
     assert len(chosen) == DONE_FANOUT and chosen <= set(peers)
 
 
-class _Answers:
-    """``peer``'s end of a heartbeat stream: answers every heartbeat with its own."""
-
-    def __init__(self, peer: Node, to: Node) -> None:
-        self.peer, self.to, self.remote = peer, to, peer.peer_id
-        self.heard = 0
-        self.closed = False
-
-    async def send(self, message: Any, max_bytes: int) -> None:
-        self.heard += 1
-
-    async def receive(self, expected: type, max_bytes: int) -> Any:
-        return heartbeat(self.peer, self.to.peer_id)
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def reset(self) -> None:
-        self.closed = True
-
-
-class _Opens:
-    def __init__(self, peers: dict[str, Node], me: Node) -> None:
-        self.peers, self.me = peers, me
-        self.opened: list[_Answers] = []
-
-    async def open(self, peer: str, addrs: tuple[str, ...], protocol: str) -> _Answers:
-        channel = _Answers(self.peers[peer], self.me)
-        self.opened.append(channel)
-        return channel
-
-    async def disconnect(self, peer: str) -> None:
-        pass
-
-
 def test_a_neighbours_heartbeats_share_one_kept_open_stream(tmp_path: Path) -> None:
     node, neighbour, other = (_node(tmp_path / name) for name in ("a", "b", "c"))
-    net = _Opens({neighbour.peer_id: neighbour, other.peer_id: other}, node)
+    net = AnsweringNet({neighbour.peer_id: neighbour, other.peer_id: other}, node)
     node.net = net  # type: ignore[assignment]
     node.neighbours[neighbour.peer_id] = NeighbourState()
 
