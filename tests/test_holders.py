@@ -72,12 +72,12 @@ def test_a_node_without_data_trains_nothing_and_still_evaluates() -> None:
     assert 0.0 <= empty.evaluate(start).accuracy <= 1.0
 
 
-def test_nodes_without_data_mix_on_the_simulator(tmp_path: Path) -> None:
+def test_nodes_without_data_mix_on_the_simulator(tmp_path: Path, pool) -> None:
     """Four nodes fully connected, only 0 and 1 holding data: 2 and 3 do no training, and
     all four end near the holders' model."""
     text = scenario_text(name="holders", nodes=4, rounds=4).replace(
         'partition = "dirichlet"', 'partition = "iid"\nholders = [0, 1]')
-    report = simulated(tmp_path, text, LearnerPool())
+    report = simulated(tmp_path, text, pool)
     nodes = sorted(report["nodes"], key=lambda n: n["index"])
     assert [n["examples"] for n in nodes][2:] == [0, 0]
     assert nodes[0]["examples"] + nodes[1]["examples"] > 1000

@@ -16,7 +16,6 @@ from sim_scenarios import metrics, scenario_text, simulated
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.framing import READ_CHUNK, BufferedReader, StreamClosed, read_frame
 from gossipfl.gossip.wire import Ack, encode_frame
-from gossipfl.node.learner import LearnerPool
 from gossipfl.node.round import evaluates
 from gossipfl.report import write_report_html
 
@@ -105,10 +104,11 @@ def test_evaluation_cadence_every_k_rounds_and_always_at_the_end() -> None:
     assert evaluates(5, 4, last_training=9, last=40, ending=True)  # the final model
 
 
-def test_a_run_with_eval_every_has_null_accuracy_on_skipped_rounds(tmp_path: Path) -> None:
+def test_a_run_with_eval_every_has_null_accuracy_on_skipped_rounds(tmp_path: Path,
+                                                                  pool) -> None:
     text = scenario_text(name="cadence", nodes=4, rounds=7).replace(
         "local_epochs = 1", "local_epochs = 1\neval_every = 3")
-    report = simulated(tmp_path, text, LearnerPool())
+    report = simulated(tmp_path, text, pool)
     for index in range(4):
         lines = metrics(tmp_path, index)
         evaluated = [m["round"] for m in lines if m["test_accuracy"] is not None]

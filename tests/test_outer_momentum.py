@@ -251,16 +251,14 @@ def test_the_peer_task_scenarios_are_not_warned_of() -> None:
         assert mixing_warnings(s.compression.kind, s.protocol.gamma, s.train, s.topology) == []
 
 
-def test_a_simulated_run_ends_training_with_the_tail_mean(tmp_path: Path) -> None:
+def test_a_simulated_run_ends_training_with_the_tail_mean(tmp_path: Path, pool) -> None:
     from sim_scenarios import node_log, scenario_text, simulated
-
-    from gossipfl.node.learner import LearnerPool
 
     text = scenario_text(name="tail", nodes=4, rounds=4, topology="regular", degree=2,
                          protocol="gamma = 0.7\n").replace(
         "local_epochs = 1\n",
         "local_epochs = 1\nouter_momentum = 0.9\nouter_nesterov = true\nouter_average = 2\n")
-    report = simulated(tmp_path, text, LearnerPool())
+    report = simulated(tmp_path, text, pool)
     assert report["summary"]["survivors"] == 4
     for index in range(4):
         assert "the model is now the mean of the last 2 training rounds' models" in node_log(

@@ -25,11 +25,6 @@ MAX_BYTES = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def pool() -> LearnerPool:
-    return LearnerPool()
-
-
-@pytest.fixture(scope="module")
 def plain_run(tmp_path_factory: pytest.TempPathFactory, pool: LearnerPool) -> Path:
     """Four nodes, no DP, node 1 killed after round 2 and restarted."""
     tmp = tmp_path_factory.mktemp("plain")

@@ -17,11 +17,6 @@ from gossipfl.node.learner import LearnerPool
 ROUND_TIMEOUT = 2.0
 
 
-@pytest.fixture(scope="module")
-def pool() -> LearnerPool:
-    return LearnerPool()
-
-
 def run(tmp_path: Path, pool: LearnerPool, kind: str | None, rule: str = "none", *,
         nodes: int = 5, rounds: int = 4) -> dict[str, Any]:
     adversary = "" if kind is None else f'[[adversaries]]\nnode = 0\nkind = "{kind}"\n'

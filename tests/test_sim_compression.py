@@ -10,14 +10,11 @@ from typing import Any
 import pytest
 from sim_scenarios import scenario_text, simulated
 
-from gossipfl.node.learner import LearnerPool
-
 NODES, ROUNDS = 5, 8
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    pool = LearnerPool()
+def reports(tmp_path_factory: pytest.TempPathFactory, pool) -> dict[str, dict[str, Any]]:
     out = {}
     for kind in ("none", "int8", "int4"):
         text = scenario_text(name=f"compress-{kind}", nodes=NODES, rounds=ROUNDS,

@@ -9,10 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sim_scenarios import node_dir, node_log, scenario_text, simulated
-
-from gossipfl.node.learner import LearnerPool
 
 # a ring 0-1-2-3-0 with a leaf on 0 (node 4) and one on 2 (node 5): diameter 4 (4 to 5)
 EDGES = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 0), (5, 2)]
@@ -20,11 +17,6 @@ LISTED = {0: {1, 3, 4}, 1: {0, 2}, 2: {1, 3, 5}, 3: {0, 2}, 4: {0}, 5: {2}}
 HORIZON = 5  # the diameter plus one (a drawn 3-regular graph of 6 nodes: 3)
 # every node's final accuracy: measured 0.836 to 0.875 in these runs
 ACCURACY_FLOOR = 0.8
-
-
-@pytest.fixture(scope="module")
-def pool() -> LearnerPool:
-    return LearnerPool()
 
 
 def edges_text(name: str, rounds: int, extra: str = "", *, fast: bool = False) -> str:

@@ -13,14 +13,6 @@ from typing import Any
 import pytest
 from sim_scenarios import metrics, node_dir, node_log, scenario_text, simulated
 
-from gossipfl.node.learner import LearnerPool
-
-
-@pytest.fixture(scope="module")
-def pool() -> LearnerPool:
-    """Datasets and compiled trainers shared by this module's simulations."""
-    return LearnerPool()
-
 
 def statuses(report: dict[str, Any]) -> list[str]:
     return [n["status"] for n in report["nodes"]]

@@ -19,11 +19,6 @@ from gossipfl.node.learner import LearnerPool
 HEAL = 12.0  # virtual seconds: after every node finished (by about 8 s), within its linger
 
 
-@pytest.fixture(scope="module")
-def pool() -> LearnerPool:
-    return LearnerPool()
-
-
 def cut_off(fault: str, protocol: str = "") -> str:
     """Six nodes on a ring; ``fault`` takes a member (or half) away from round 2 until after
     the others have waited ``gone_seconds`` (4 s) for it and finished without it."""

@@ -43,11 +43,6 @@ class Scaled:
         return replace(result, vector=np.full_like(result.vector, HUGE, np.float32))
 
 
-@pytest.fixture(scope="module")
-def pool() -> LearnerPool:
-    return LearnerPool()
-
-
 def node_zero_learns_with(monkeypatch: pytest.MonkeyPatch, wrapper: type) -> None:
     """Node 0 of every simulation in the test runs ``wrapper(its learner)``."""
     original = simulate_module.Simulation.make_node

@@ -13,15 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sim_scenarios import metrics, scenario_text, simulated
 
 from gossipfl.node.learner import LearnerPool
-
-
-@pytest.fixture(scope="module")
-def pool() -> LearnerPool:
-    return LearnerPool()
 
 
 def run(tmp_path: Path, pool: LearnerPool, kind: str, *, ratio: float = 100.0) -> dict[str, Any]:

@@ -10,15 +10,13 @@ from typing import Any
 import pytest
 from sim_scenarios import metrics, scenario_text, simulated
 
-from gossipfl.node.learner import LearnerPool
-
 NODES, ROUNDS = 5, 8
 SECAGG = "[secagg]\nenabled = true\nmin_contributors = 3\nfull_every = 4\n"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict[str, Any]]]:
-    pool = LearnerPool()
+def runs(tmp_path_factory: pytest.TempPathFactory,
+         pool) -> dict[str, tuple[Path, dict[str, Any]]]:
     out = {}
     for kind, extra in (("none", ""),
                         ("int4", 'delta_clip = 0.05\n\n[compression]\nkind = "int4"\n')):

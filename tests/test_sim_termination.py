@@ -12,13 +12,6 @@ from typing import Any
 import pytest
 from sim_scenarios import metrics, node_log, scenario_text, simulated
 
-from gossipfl.node.learner import LearnerPool
-
-
-@pytest.fixture(scope="module")
-def pool() -> LearnerPool:
-    return LearnerPool()
-
 
 def long_cut(*, heal: str, protocol: str = "") -> str:
     """Six nodes on a ring, cut in two halves at round 2 of 6: the cut outlasts the training

@@ -266,13 +266,11 @@ def test_expected_parameters_is_the_models_size() -> None:
 
 
 def test_churn_on_the_simulator_takes_nodes_down_one_at_a_time_and_all_finish(
-        tmp_path: Path) -> None:
-    from gossipfl.node.learner import LearnerPool
-
+        tmp_path: Path, pool) -> None:
     churn = ("[churn]\nevery_seconds = 2.0\njitter_seconds = 0.5\ndown_seconds = 1.0\n"
              "max_events = 4\nstart_seconds = 1.0\n")
     text = scenario_text(name="simchurn", nodes=6, rounds=60, extra=churn)
-    report = simulated(tmp_path, text, LearnerPool())
+    report = simulated(tmp_path, text, pool)
     events = report["churn"]["events"]
     assert len(events) == 4 == report["summary"]["churn_events"]
     for before, after in itertools.pairwise(events):

@@ -144,11 +144,6 @@ def test_weighting_is_parsed_once_and_refused_where_not_built(tmp_path: Path) ->
 # -- a simulated federation --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pool() -> LearnerPool:
-    return LearnerPool()
-
-
 def test_a_weighted_federation_ends_at_the_example_weighted_mean(tmp_path: Path,
                                                                  pool: LearnerPool) -> None:
     nodes, rounds = 5, 3

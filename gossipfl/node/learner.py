@@ -85,12 +85,16 @@ def make_model(config: NodeConfig, dataset: Dataset) -> Model:
 class LearnerPool:
     """What learners of one process share when many nodes run in it (a simulation): each
     dataset loaded once, and one model, template and jitted trainer per configuration, so a
-    thousand nodes compile once. Their optimiser states stay their own."""
+    thousand nodes compile once. Their optimiser states stay their own. Simulations that share
+    a pool share its trainers' vectorised steps too (``vectorised``, by ``id`` of the trainer,
+    filled by :class:`gossipfl.scenario.batcher.Batcher`): traced and lowered once, not once a
+    run."""
 
     def __init__(self) -> None:
         self._datasets: dict[tuple[object, ...], Dataset] = {}
         self._partitions: dict[tuple[object, ...], list[np.ndarray]] = {}
         self._trainers: dict[tuple[object, ...], tuple[Model, Params, Trainer]] = {}
+        self.vectorised: dict[int, Any] = {}
 
     def dataset(self, config: NodeConfig) -> Dataset:
         spec = config.data

@@ -44,8 +44,11 @@ class Batcher:
     pending: list[_Call] = field(default_factory=list)
     batches: int = 0  # vectorised calls run
     batched_calls: int = 0  # node calls they served
+    # each trainer's vectorised steps, by its id (an entry holds its trainer: the id is not
+    # reused while it lives); a pool's own (LearnerPool.vectorised), so that the simulations
+    # that share the pool trace them once
+    steps: dict[int, Batched] = field(default_factory=dict)
     _wake: trio.Event = field(default_factory=trio.Event)
-    _steps: dict[int, Batched] = field(default_factory=dict)
 
     def batchable(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
         learner = getattr(fn, "__self__", None)
@@ -89,9 +92,9 @@ class Batcher:
 
     def _batched(self, learner: LocalLearner) -> Batched:
         trainer = learner.trainer
-        if id(trainer) not in self._steps:
-            self._steps[id(trainer)] = Batched(trainer)
-        return self._steps[id(trainer)]
+        if id(trainer) not in self.steps:
+            self.steps[id(trainer)] = Batched(trainer)
+        return self.steps[id(trainer)]
 
     def _run(self, group: list[_Call]) -> None:
         start = time.perf_counter()

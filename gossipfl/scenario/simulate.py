@@ -137,10 +137,11 @@ class Simulation:
     cut_totals: dict[tuple[int, str], dict[str, int]] = field(default_factory=dict)
     held_heals: set[int] = field(default_factory=set)  # heals min_cut_seconds held back
     furthest: int = -1  # the furthest round any node has finished
-    batcher: Batcher = field(default_factory=lambda: Batcher())
+    batcher: Batcher = field(init=False)  # with the pool's vectorised steps
     churn: Churn | None = None  # the scenario's [churn], once the run has started
 
     def __post_init__(self) -> None:
+        self.batcher = Batcher(steps=self.pool.vectorised)
         for fault in resolve_faults(self.scenario):
             self.pending.setdefault(fault.node, []).append(fault)
         self.joins = resolve_joins(self.scenario)
