@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
 import trio
 import trio.testing
 from fake_ends import AnsweringNet, small_node
@@ -147,11 +146,6 @@ def test_a_member_beyond_the_neighbours_that_fails_is_replaced_at_once() -> None
     assert extras.turns == EXTRA_TURNS - 1 and second is not first
     extras.drop("someone else")  # not drawn: no effect
     assert extras.pick(rng, members) is second
-
-
-@pytest.fixture(scope="module")
-def pool() -> LearnerPool:
-    return LearnerPool()
 
 
 def test_rounds_longer_than_the_silence_span_take_no_live_neighbour_for_silent(
