@@ -128,10 +128,11 @@ def test_a_peer_met_first_is_pushed_the_freshest_changes_and_answers_what_we_lac
     assert have == b""
 
 
-def _join(n: int, digest: bool = True, seed: int = 0) -> tuple[int, int]:
-    """``n`` members join from one bootstrap member, each heartbeating up to
-    ``HEARTBEAT_FANOUT`` members it knows a second, one after another; returns the seconds
-    until every table holds everyone and the entries all heartbeats carried meanwhile."""
+def _join(n: int, digest: bool = True, seed: int = 0,
+          fanout: int = HEARTBEAT_FANOUT) -> tuple[int, int]:
+    """``n`` members join from one bootstrap member, each heartbeating up to ``fanout`` members
+    it knows a second, one after another; returns the seconds until every table holds everyone
+    and the entries all heartbeats carried meanwhile."""
     rng = random.Random(seed)
     tables = [_table(f"m{i:03}") for i in range(n)]
     by_id = {t.self_id: t for t in tables}
@@ -140,7 +141,7 @@ def _join(n: int, digest: bool = True, seed: int = 0) -> tuple[int, int]:
         now = float(second)
         for table in tables:
             known = table.ids() or ["m000"]
-            for peer in rng.sample(known, min(HEARTBEAT_FANOUT, len(known))):
+            for peer in rng.sample(known, min(fanout, len(known))):
                 if peer != table.self_id:
                     carried += _exchange(table, by_id[peer], now, digest)
         if all(len(t) == n - 1 for t in tables):
@@ -150,14 +151,20 @@ def _join(n: int, digest: bool = True, seed: int = 0) -> tuple[int, int]:
 
 def test_a_join_sends_each_member_about_the_entries_it_lacks_linear_in_the_members() -> None:
     per_member = {}
-    for n in (24, 96):
-        for digest in (True, False):
-            seconds, carried = _join(n, digest)
-            assert seconds <= 3
-            per_member[n, digest] = carried / n
+    for fanout in (HEARTBEAT_FANOUT, 16):  # the node's, and the wide one it had before
+        for n in (24, 96):
+            for digest in (True, False):
+                seconds, carried = _join(n, digest, fanout=fanout)
+                assert seconds <= 3
+                per_member[fanout, n, digest] = carried / n
     # with digests, a member is sent a few entries more for each member more (the pushes of
     # freshest changes are a constant a partner): the join's total grows about as n²/2 + c·n
-    assert per_member[96, True] - per_member[24, True] <= 4 * (96 - 24), per_member
+    for fanout in (HEARTBEAT_FANOUT, 16):
+        grown = per_member[fanout, 96, True] - per_member[fanout, 24, True]
+        assert grown <= 4 * (96 - 24), per_member
+        assert per_member[fanout, 96, True] < per_member[fanout, 96, False] / 3, per_member
     # without (a full window from each partner met), about 30 entries per member more
-    assert per_member[96, False] - per_member[24, False] > 20 * (96 - 24), per_member
-    assert per_member[96, True] < per_member[96, False] / 4
+    assert per_member[16, 96, False] - per_member[16, 24, False] > 20 * (96 - 24), per_member
+    assert per_member[16, 96, True] < per_member[16, 96, False] / 4
+    # the node's fanout: as quick (above), and fewer entries carried than the wide one
+    assert per_member[HEARTBEAT_FANOUT, 96, True] < per_member[16, 96, True] / 2, per_member

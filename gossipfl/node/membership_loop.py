@@ -21,7 +21,7 @@ import trio
 from gossipfl.crypto import liveness
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Heartbeat, WireError, decode_digest
-from gossipfl.node.extras import HEARTBEAT_EXTRA, Extras, Held
+from gossipfl.node.extras import HEARTBEAT_EXTRA, HEARTBEAT_FANOUT, Extras, Held
 from gossipfl.node.links import (
     drop_neighbour,
     federation_running,
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipfl.node")
 
 PROTO_MEMBERSHIP = "/gossipfl/membership/1.0.0"
-HEARTBEAT_FANOUT = 16
 HEARSAY_DIALS = 3  # admission off: dials of an id only heard of, until it is heard from
 LOOKS_A_HEARTBEAT = 4  # joining: how often an interval the members known are counted again
 #: a node that has just become done heartbeats this many members at most (all of them in a

@@ -45,14 +45,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from gossipfl.aggregation.topology import build_topology
-from gossipfl.node.extras import EXTRA_TURNS, HEARTBEAT_EXTRA
+from gossipfl.node.extras import EXTRA_TURNS, HEARTBEAT_EXTRA, HEARTBEAT_FANOUT
 from gossipfl.node.termination import horizon
 from gossipfl.scenario.calibrate import Calibration
 from gossipfl.scenario.config import ScenarioConfig
 
-HEARTBEAT_FANOUT = 16  # members heartbeated per cycle while joining
 LINGER_INTERVALS = 0.25  # a whole federation's linger: its members' done heartbeats crossing
-JOIN_PEERS = 2 * HEARTBEAT_FANOUT  # members one meets while joining, at most
+#: members one meets while joining, at most: its heartbeats and others' to it over about four
+#: cycles of joining
+JOIN_PEERS = 8 * HEARTBEAT_FANOUT
 MIN_CORES_LEFT = 0.25
 GRAPH_DRAWS = 8  # random graphs drawn for a kind the run draws at random
 RANDOM_KINDS = ("regular", "ring")  # heartbeats never take more than three quarters of the machine
