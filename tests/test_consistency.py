@@ -546,10 +546,11 @@ def test_a_node_s_heartbeat_carries_a_new_stamp_each_cycle(star) -> None:
     keys = [verify_stamp(beat.stamp, federation="fed", peer_id=c.peer_id).key for beat in beats]
     assert keys[1] == (c.stamp_epoch, keys[0][1] + 1)
     b.membership.forget(c.peer_id)
-    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[0].stamp),), NOW - 4,
-                       reporter="r")  # a next stamp is taken a refresh (1.25 s) later
-    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[1].stamp),), NOW - 2,
+    refresh = b.membership.refresh  # a next stamp is taken a refresh later (2.5 s here)
+    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[0].stamp),),
+                       NOW - 2 * refresh, reporter="r")
+    b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[1].stamp),), NOW - refresh,
                        reporter="r")
     b.membership.merge((MemberInfo(c.peer_id, (), 0.0, stamp=beats[1].stamp),), NOW,
                        reporter="r")
-    assert b.membership.live_at(c.peer_id) == NOW - 2
+    assert b.membership.live_at(c.peer_id) == NOW - refresh

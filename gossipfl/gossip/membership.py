@@ -78,7 +78,7 @@ MAX_FEDERATION = MAX_DIGEST_MEMBERS
 #: Members one heartbeat lists at most: a table larger than this goes out in windows.
 GOSSIP_WINDOW = MAX_MEMBERS
 #: A node's table takes a member's newer stamp at most once per this fraction of its timeout.
-STAMP_REFRESH = 1 / 8
+STAMP_REFRESH = 1 / 4
 #: Entries a heartbeat to a member that is not a neighbour lists at most (its freshest changes).
 EXTRA_WINDOW = 32
 SILENT_INTERVALS = 3  # heartbeat intervals without news of a peer: it has gone silent
