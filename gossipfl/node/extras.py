@@ -26,9 +26,9 @@ HEARTBEAT_EXTRA = 2
 #: across the interval). Membership spreads push-pull: each exchange carries what either end
 #: holds, so a member a node knows reaches a new one in a cycle whoever heartbeats whom. 16
 #: made joining the busiest part of a run (each a stream of its own, and most a connection of
-#: its own: 32 nodes on 2 cores opened about a thousand streams a second): round 0 came 16 s
-#: after the nodes started at 32 nodes with 16, 10-12 s with 4 (benchmarks/bench_versus.py on a
-#: one-round copy of quickstart32.toml), 1.6-2.5 s at 8 nodes either way.
+#: its own: 32 nodes on 2 cores opened about a thousand streams a second). The latest round 0
+#: of a one-round copy of quickstart32.toml came 12.1-15.1 s after a process started with 16,
+#: 10.7-12.2 s with 4 (alternated runs, see the README); 1.6-2.5 s at 8 nodes either way.
 HEARTBEAT_FANOUT = 4
 #: cycles a node keeps heartbeating the same ones (on kept-open streams) before it draws again
 EXTRA_TURNS = 8
