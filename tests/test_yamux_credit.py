@@ -76,10 +76,14 @@ def test_messages_read_one_by_one_send_credit_in_batches(
         monkeypatch.setenv(name, value)  # as make_host leaves it (a test before may not have)
     found = _exchange(tmp_path, [SMALL] * COUNT, monkeypatch)
     assert found["read"] == [SMALL] * COUNT
-    # py-libp2p grows a new stream's window twice (its auto-tuning), then, with release on read
-    # off, returns credit on a read that finds the window short of its target, counting the
-    # bytes read twice, so the next read owes none: a frame every other read
-    assert len(found["updates"]) <= COUNT // 2 + 2
+    # py-libp2p's auto-tuning grows a new stream's window a few times (as often as reads come
+    # within a few round trips: it varies with the load), each a large credit; apart from
+    # those, with release on read off, it returns credit on a read that finds the window short
+    # of its target, counting the bytes read twice, so the next read owes none: a frame every
+    # other read
+    credits = [delta for delta in found["updates"] if delta <= 2 * SMALL]
+    assert len(credits) <= COUNT // 2 + 1
+    assert len(found["updates"]) - len(credits) <= 8  # the growth: at most 8 doublings
 
 
 def test_the_library_default_sends_a_frame_per_read(
@@ -88,7 +92,7 @@ def test_the_library_default_sends_a_frame_per_read(
     monkeypatch.setenv("PY_YAMUX_RELEASE_ON_READ", "1")
     found = _exchange(tmp_path, [SMALL] * COUNT, monkeypatch)
     assert found["read"] == [SMALL] * COUNT
-    assert len(found["updates"]) >= COUNT
+    assert len(found["updates"]) >= COUNT - 2  # a frame a read (credit, or the window grown)
 
 
 def test_a_message_larger_than_the_window_arrives_whole(
