@@ -255,7 +255,9 @@ class SecAggConfig:
     next recovers it). Off, a dropout is recovered in its own round, at an exchange a round.
     ``delta_clip``: with ``[compression] kind = "int8"``/``"int4"``, the public clip of the
     quantised CHOCO deltas (step ``delta_clip / levels``, the same for every member:
-    gossipfl.node.secure_sparse)."""
+    gossipfl.node.secure_sparse). ``consensus_deltas`` (int8/int4): the consensus rounds but
+    the first and every ``full_every``-th send finer deltas too (``secagg_sparse.round_levels``;
+    when that pays: the README); off, they send full estimates."""
 
     enabled: bool = False
     min_contributors: int = 3
@@ -265,8 +267,8 @@ class SecAggConfig:
     min_set_difference: int = 2
     full_every: int = 10  # compressed: every n-th round full estimates (secure_sparse)
     presign: bool = True
-    # compression int8/int4: the public clip of the quantised deltas (step clip / levels)
     delta_clip: float = 0.05
+    consensus_deltas: bool = False
 
     def __post_init__(self) -> None:
         _require(self.min_contributors >= 3, "secagg.min_contributors must be at least 3")
@@ -455,7 +457,8 @@ class NodeConfig:
         _require(not (self.secagg.enabled and self.robust.rule != "none"),
                  "robust.rule needs the neighbours' individual estimates: not with secagg "
                  "(its masks hide them; the norm bound still checks each secure sum)")
-        check_secagg_compression(self.secagg.enabled, self.compression.kind)
+        check_secagg_compression(self.secagg.enabled, self.compression.kind,
+                                 self.secagg.consensus_deltas)
         _require(not (self.protocol.weighting is Weighting.EXAMPLES
                       and (self.secagg.enabled or self.privacy.enabled)), WEIGHTING_REFUSED)
         _require(not self.secagg.enabled or self.security.admission,

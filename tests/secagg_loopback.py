@@ -122,7 +122,8 @@ def publish_round(star: dict[str, Node], r: int, seed: int, spread: float) -> di
     for node in star.values():
         half = node.own.vector + rng.normal(0, spread, node.layout.size).astype(np.float32)
         node.own.publish(half, r, compress=compressor(node.config.compression, "fed",
-                                                      node.peer_id, r, node.config.secagg))
+                                                      node.peer_id, r, node.config.secagg,
+                                                      node.config.rounds))
     return {name: node.own.vector.copy() for name, node in star.items()}
 
 

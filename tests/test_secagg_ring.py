@@ -18,7 +18,9 @@ from gossipfl.aggregation.compress import Codec, decode
 from gossipfl.config import CompressionConfig, SecAggConfig
 from gossipfl.crypto import secagg
 from gossipfl.crypto.secagg_sparse import (
+    CONSENSUS_LEVELS,
     QUANTISED_LEVELS,
+    consensus_mix,
     decode_ring_sum,
     delta_step,
     fits,
@@ -145,12 +147,13 @@ def _masked(levels: dict[str, np.ndarray], counts: dict[str, int],
 
 @settings(max_examples=25, deadline=None)
 @given(st.sampled_from([("int4", (1, 1, 1, 1), 5), ("int8", (1, 1, 1, 1), 5),
-                        ("int4", (3, 2, 4, 3), 12), ("int8", (3, 2, 4, 1), 12)]),
+                        ("int4", (3, 2, 4, 3), 12), ("int8", (3, 2, 4, 1), 12),
+                        ("consensus", (1, 1, 1, 1), 5), ("consensus", (3, 2, 4, 3), 12)]),
        st.integers(1, 40), st.integers(0, 2**32 - 1))
 def test_masked_sums_unmask_to_the_weighted_levels(case: tuple[str, tuple[int, ...], int],
                                                    length: int, seed: int) -> None:
     kind, weights, k = case
-    levels = QUANTISED_LEVELS[kind]
+    levels = CONSENSUS_LEVELS if kind == "consensus" else QUANTISED_LEVELS[kind]
     counts = dict(zip(MEMBERS, weights, strict=True))
     width = ring_width(levels, sum(weights))
     rng = np.random.default_rng(seed)
@@ -202,6 +205,26 @@ def test_unmasking_refuses_mixed_widths_and_the_decoder_a_wrap() -> None:
     with pytest.raises(ValueError, match="uint16"):
         decode_ring_sum(np.zeros(3, np.uint8), width=16, levels=127, weight_sum=4, step=1.0,
                         denominator=5)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0.01, 1.0), min_size=1, max_size=6), st.integers(1, 8),
+       st.booleans(), st.integers(0, 2**32 - 1))
+def test_a_consensus_step_stays_in_the_hull_of_the_estimates(raw: list[float], size: int,
+                                                             dropped: bool, seed: int) -> None:
+    """consensus_mix is a convex combination of the public estimates: whatever each one is
+    (a clipped delta left it short of its model), no coordinate leaves their range, where
+    CHOCO's additive step keeps moving the model by the same stale differences."""
+    rng = np.random.default_rng(seed)
+    weights = np.array(raw) / (sum(raw) + (0.5 if dropped else 0.0))  # a dropout: Σw < 1
+    estimates = rng.uniform(-1, 1, (len(raw) + 1, size)).astype(np.float32)  # row 0: our own
+    own = estimates[0]
+    running = sum(w * e for w, e in zip(weights, estimates[1:], strict=True))
+    mixed = consensus_mix(own, running.astype(np.float32), float(weights.sum()))
+    assert np.all(mixed >= estimates.min(axis=0) - 1e-5)
+    assert np.all(mixed <= estimates.max(axis=0) + 1e-5)
+    if not dropped:
+        assert np.allclose(mixed, running, atol=1e-6)
 
 
 # -- wire ------------------------------------------------------------------------------------------
@@ -330,6 +353,46 @@ def test_int8_rounds_use_16_bit_words(star) -> None:
     try:
         assert secure_sparse.width(a, a.peer_id, 11) == 16
         assert secure_sparse.width(a, a.peer_id, 10) == 32  # full rounds stay 32-bit
-        assert secure_sparse.step(a) == delta_step(CLIP, 127)
+        assert secure_sparse.step(a, 11) == delta_step(CLIP, 127)
     finally:
         a.config = old
+
+
+def test_consensus_delta_rounds_send_finer_levels_in_16_bit_words(star) -> None:
+    """``secagg.consensus_deltas``: round R (the first consensus round) is full, R + 1 sends
+    deltas of CONSENSUS_LEVELS levels of the same clip in 16-bit words (Σc = 4 at degree 4),
+    the sum decodes exactly, and the aggregator moves to the neighbourhood's mean of public
+    estimates."""
+    old = {name: node.config for name, node in star.items()}
+    for node in star.values():
+        node.config = dataclasses.replace(node.config, secagg=dataclasses.replace(
+            node.config.secagg, consensus_deltas=True))
+    a = star["a"]
+    last = a.config.rounds
+    try:
+        assert not secure_sparse.sparse_round(a, last)
+        assert secure_sparse.sparse_round(a, last + 1)
+        assert secure_sparse.width(a, a.peer_id, last + 1) == 16
+        assert secure_sparse.width(a, a.peer_id, last - 1) == 8  # training rounds keep int4
+        loop.random_estimates(star, 21)
+        _publish(star, last, seed=21)
+        result = _round(star, last, MEMBERS)
+        assert result is not None
+        secure_sparse.mix(a, last, a.own.vector.copy(), result, {}, [])
+        estimates = _publish(star, last + 1, seed=22)
+        assert star["b"].own.last_encoded.scale == delta_step(CLIP, CONSENSUS_LEVELS)
+        message = _inputs(star, "b", last + 1)["b"]
+        assert message.width == 16 and len(message.data) == 2 * a.layout.size
+        result = _round(star, last + 1, MEMBERS)
+        assert result is not None
+        record: dict[str, Any] = {}
+        secure_sparse.mix(a, last + 1, a.own.vector.copy(), result, record, [])
+        assert record["secure_aggregation"] == "4 contributors (consensus deltas)"
+        expected = loop.weighted_sum(star, estimates, MEMBERS)
+        assert np.abs(a.secagg.running - expected).max() < 1e-5
+        # the mean of the five public estimates (a's own weight 1/5), not x + Σ w (x̂_j − x̂_a)
+        mean = expected + 0.2 * estimates["a"]
+        assert np.abs(a.model - mean).max() < 1e-5
+    finally:
+        for name, node in star.items():
+            node.config = old[name]

@@ -164,6 +164,17 @@ def test_config_accepts_randk_int8_int4_with_secagg_and_refuses_the_others() -> 
         SecAggConfig(full_every=0)
 
 
+def test_consensus_deltas_are_refused_without_int8_or_int4_under_secagg() -> None:
+    on = SecAggConfig(enabled=True, consensus_deltas=True)
+    for kind in ("int8", "int4"):
+        assert ScenarioConfig(secagg=on, compression=CompressionConfig(kind=kind))
+    for config, kind in ((on, "randk"), (on, "none"),
+                         (SecAggConfig(consensus_deltas=True), "int4")):
+        for make in (ScenarioConfig, NodeConfig):
+            with pytest.raises(ConfigError, match="consensus_deltas needs"):
+                make(secagg=config, compression=CompressionConfig(kind=kind))
+
+
 def test_the_sparse_flag_travels_and_a_full_input_omits_it() -> None:
     base = MaskedInput("fed", 3, "s", "a", 0.2, 0.0, False, b"\0" * 8, (("x", b"c"),))
     for sparse in (False, True):

@@ -113,6 +113,25 @@ RING_WIDTHS = (8, 16, 32)
 QUANTISED_LEVELS = {"int8": 127, "int4": 7}
 """Levels each side of zero per compression kind: L ∈ [-levels, levels]."""
 
+CONSENSUS_LEVELS = 2047
+"""Levels each side of zero of a consensus round's delta (``secagg.consensus_deltas``): with
+no training left the deltas shrink round by round, and int4's step would stall the consensus
+at its rounding noise; 2,047 levels of the same clip sum in 16-bit words while the weights'
+integers add up to at most 16 (``fits``: a neighbourhood of up to 15 members at equal
+weights), and in 32-bit words beyond."""
+
+
+def round_levels(kind: str, training_rounds: int, round_: int) -> int:
+    """The levels each side of zero of a quantised delta in round ``round_``: the kind's own in
+    training rounds, :data:`CONSENSUS_LEVELS` in consensus rounds (from ``training_rounds``
+    on); 0 for a kind without levels (random-k).
+
+    >>> round_levels("int4", 30, 29), round_levels("int4", 30, 31), round_levels("randk", 30, 31)
+    (7, 2047, 0)
+    """
+    levels = QUANTISED_LEVELS.get(kind, 0)
+    return CONSENSUS_LEVELS if levels and 0 < training_rounds <= round_ else levels
+
 
 def delta_step(clip: float, levels: int) -> float:
     """The public quantisation step ``s = clip / levels`` (as float32, the value x̂ adds)."""
@@ -214,7 +233,30 @@ def decode_ring_sum(total: np.ndarray, *, width: int, levels: int, weight_sum: i
 def public_quantised(delta: np.ndarray, clip: float, levels: int,
                      rng: np.random.Generator) -> Encoded:
     """The delta a member publishes in a quantised delta round: levels at the public step, as
-    an int8 :class:`Encoded` (decoded: ``s · L``, what x̂ adds on every side)."""
+    an int8 :class:`Encoded` (decoded: ``s · L``, what x̂ adds on every side; its values int16
+    for :data:`CONSENSUS_LEVELS`: it is only ever masked, never sent as a plain contribution).
+    """
+    dtype = np.int8 if levels <= np.iinfo(np.int8).max else np.int16
     return Encoded(Codec.INT8, int(np.asarray(delta).size),
-                   quantise_levels(delta, clip, levels, rng).astype(np.int8),
+                   quantise_levels(delta, clip, levels, rng).astype(dtype),
                    scale=delta_step(clip, levels))
+
+
+def consensus_mix(own_estimate: np.ndarray, running: np.ndarray, weights: float) -> np.ndarray:
+    """A consensus delta round's step: the neighbourhood's mean of public estimates,
+    ``Σ_j w_ij x̂_j + (1 − Σ_j w_ij) x̂_i`` from the running sum over the neighbours j
+    (``weights`` = ``Σ_j w_ij``: node i's own weight is the rest, and a missing neighbour's
+    weight stays on x̂_i).
+
+    Unlike CHOCO's ``x + γ Σ_j w_ij (x̂_j − x̂_i)`` it does not add to x: a delta that was
+    clipped leaves x̂ short of x, and CHOCO would then keep moving x by the same stale
+    differences (measured: a 5-node logistic regression diverged); here x is a convex
+    combination of the x̂, and x̂ moves toward x, so no estimate leaves the hull of the last
+    round's.
+
+    >>> consensus_mix(np.array([1.0]), np.array([0.5]), 0.75).tolist()
+    [0.75]
+    """
+    return (np.asarray(running, np.float32)
+            + np.float32(1.0 - weights) * np.asarray(own_estimate, np.float32)
+            ).astype(np.float32)

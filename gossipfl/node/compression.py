@@ -96,37 +96,54 @@ def compressor(config: CompressionConfig, federation: str, sender: str, round_: 
     enabled (:mod:`gossipfl.node.secure_sparse`): random-k on the coordinate set the whole
     federation shares for the round (:func:`gossipfl.crypto.secagg_sparse.round_coordinates`),
     or int8/int4 levels at the public step ``secagg.delta_clip / levels``
-    (:func:`gossipfl.crypto.secagg_sparse.public_quantised`), so masked deltas sum; none in its
-    full rounds (:func:`full_round`), which send the whole estimate anyway."""
+    (:func:`gossipfl.crypto.secagg_sparse.public_quantised`; the levels of the round:
+    :func:`gossipfl.crypto.secagg_sparse.round_levels`), so masked deltas sum; none in its full
+    rounds (:func:`full_round`), which send the whole estimate anyway."""
     kind = CompressionKind(config.kind)
     if kind is CompressionKind.NONE:
         return None
     rng = np.random.default_rng(shared_seed(federation, sender, round_, kind.value))
     if secagg is not None and secagg.enabled and kind is not CompressionKind.NONE:
-        if full_round(secagg, training_rounds, round_):
+        if full_round(secagg, training_rounds, round_, kind):
             return None
         # loaded only with secure aggregation on (a plain node loads no crypto.secagg)
         from gossipfl.crypto.secagg_sparse import (
-            QUANTISED_LEVELS,
             public_quantised,
             round_coordinates,
+            round_levels,
             sparse_delta,
         )
         if kind is CompressionKind.RANDK:
             return lambda q: sparse_delta(q, round_coordinates(federation, round_, q.size,
                                                                config.ratio))
-        levels = QUANTISED_LEVELS[kind.value]  # int8, int4 (config refuses the others)
+        # int8, int4 (config refuses the others); finer in consensus rounds
+        levels = round_levels(kind.value, training_rounds, round_)
         clip = secagg.delta_clip
         return lambda q: public_quantised(q, clip, levels, rng)
     return lambda q: compress(kind, q, config.ratio, rng)
 
 
-def full_round(secagg: SecAggConfig, training_rounds: int, round_: int) -> bool:
-    """Compressed secure aggregation: whether round ``round_`` sends full estimates (every
-    ``secagg.full_every``-th training round, and every consensus round, from round
-    ``training_rounds`` on: with no training left, masked full sums reach the consensus
-    tolerance in a few rounds where random-k deltas need the round limit), else random-k."""
-    return round_ % secagg.full_every == 0 or 0 < training_rounds <= round_
+def full_round(secagg: SecAggConfig, training_rounds: int, round_: int,
+               kind: CompressionKind = CompressionKind.RANDK) -> bool:
+    """Compressed secure aggregation: whether round ``round_`` sends full estimates (else
+    deltas): every ``secagg.full_every``-th round; and from round ``training_rounds`` on (the
+    consensus rounds) every round with random-k (with no training left, masked full sums reach
+    the consensus tolerance in a few rounds where random-k deltas need the round limit), the
+    first only with int8/int4 and ``secagg.consensus_deltas`` (the later ones send deltas of
+    :data:`gossipfl.crypto.secagg_sparse.CONSENSUS_LEVELS` levels).
+
+    >>> from gossipfl.config import SecAggConfig
+    >>> on = SecAggConfig(full_every=10, consensus_deltas=True)
+    >>> [full_round(on, 30, r, CompressionKind.INT4) for r in (9, 10, 29, 30, 31, 40)]
+    [False, True, False, True, False, True]
+    >>> full_round(on, 30, 31), full_round(SecAggConfig(full_every=10), 30, 31,
+    ...                                    CompressionKind.INT4)
+    (True, True)
+    """
+    if round_ % secagg.full_every == 0 or round_ == training_rounds:
+        return True
+    levels = kind in (CompressionKind.INT8, CompressionKind.INT4) and secagg.consensus_deltas
+    return 0 < training_rounds < round_ and not levels
 
 
 def last_compressor(config: NodeConfig, sender: str,

@@ -158,7 +158,7 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
     me = node.peer_id
     w = weight(node, aggregator, me)
     if sparse and secure_sparse.levels(node):
-        counts, _, bits = secure_sparse.ring(node, aggregator)
+        counts, _, bits = secure_sparse.ring(node, aggregator, r)
         q = to_ring(counts[me] * np.asarray(estimate, np.int64), bits)
     else:
         q = secagg.quantise(w * estimate, config.clip, config.scale)

@@ -6,8 +6,9 @@ are of two kinds, fixed
 by the round number alone (so no aggregator chooses, and each (aggregator, round) still gets
 exactly one masked input per member, under one set of pair seeds):
 
-- **full** (every ``secagg.full_every``-th training round, round 0 first, and every consensus
-  round: :func:`gossipfl.node.compression.full_round`): as without compression, each
+- **full** (every ``secagg.full_every``-th round, round 0 first, and the first consensus
+  round; every consensus round with random-k or ``secagg.consensus_deltas`` off:
+  :func:`gossipfl.node.compression.full_round`): as without compression, each
   member j masks ``w_ij · x̂_j``; aggregator i's unmasked sum becomes its running sum
   ``S_i = Σ_{j∈V} w_ij x̂_j`` over the survivors V, its *base*, with ``W_i = Σ_{j∈V} w_ij``.
 - **sparse** (the others): every member publishes its delta ``x½ − x̂`` on the round's
@@ -23,13 +24,17 @@ exactly one masked input per member, under one set of pair seeds):
   rounding are error feedback), member j masks ``c_ij L_j`` (``w_ij = c_ij / K_i`` exactly) as
   words of the narrowest ring that cannot wrap (:func:`ring`: 8 bits for int4 on a degree-4
   graph, 16 for int8), and the aggregator decodes ``Σ_j w_ij s L_j`` exactly
-  (:func:`gossipfl.crypto.secagg_sparse.decode_ring_sum`).
+  (:func:`gossipfl.crypto.secagg_sparse.decode_ring_sum`). A consensus round's deltas take
+  :data:`~gossipfl.crypto.secagg_sparse.CONSENSUS_LEVELS` levels of the same clip (16-bit
+  words at degree 4), the rounding noise of int4's step being larger than the tolerance.
 
 Either way the model moves by CHOCO's consensus step
 ``x_i = x½_i + γ (S_i − W_i x̂_i) = x½_i + γ Σ_j w_ij (x̂_j − x̂_i)``
 (:func:`gossipfl.crypto.secagg_sparse.choco_mix`, γ = ``protocol.gamma`` in training rounds, 1 in
 consensus rounds; a full round publishes x̂ = x½, uncompressed, as it sends the whole estimate
-anyway), and the norm bound
+anyway); in a consensus delta round it moves to the neighbourhood's mean of public estimates
+instead (:func:`gossipfl.crypto.secagg_sparse.consensus_mix`: stable when a delta is clipped,
+where CHOCO's additive step is not), and the norm bound
 checks the neighbourhood mean ``S_i / W_i`` against the model, as for full sums. A base member
 that drops out of a sparse round leaves its delta out of ``S_i`` (its x̂ moved, ``S_i`` did not):
 ``S_i`` then holds a slightly stale x̂_j for it until the next full round re-bases.
@@ -54,11 +59,13 @@ from gossipfl.crypto.secagg_sparse import (
     QUANTISED_LEVELS,
     add_at,
     choco_mix,
+    consensus_mix,
     delta_step,
     integer_weights,
     quantise_levels,
     ring_width,
     round_coordinates,
+    round_levels,
 )
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node.compression import full_round
@@ -73,14 +80,17 @@ def compressed(node: Node) -> bool:
             and CompressionKind(node.config.compression.kind) is not CompressionKind.NONE)
 
 
-def levels(node: Node) -> int:
-    """The quantised kinds' levels each side of zero (int8 127, int4 7); 0 for random-k."""
-    return QUANTISED_LEVELS.get(node.config.compression.kind, 0)
+def levels(node: Node, r: int | None = None) -> int:
+    """The quantised kinds' levels each side of zero (int8 127, int4 7; in round ``r``
+    :func:`~gossipfl.crypto.secagg_sparse.round_levels`); 0 for random-k."""
+    kind = node.config.compression.kind
+    return QUANTISED_LEVELS.get(kind, 0) if r is None else round_levels(kind, node.config.rounds,
+                                                                        r)
 
 
-def step(node: Node) -> float:
-    """The public quantisation step of the deltas, ``secagg.delta_clip / levels``."""
-    return delta_step(node.config.secagg.delta_clip, levels(node))
+def step(node: Node, r: int) -> float:
+    """The public quantisation step of round ``r``'s deltas, ``secagg.delta_clip / levels``."""
+    return delta_step(node.config.secagg.delta_clip, levels(node, r))
 
 
 def metropolis(node: Node, aggregator: str, contributor: str) -> Fraction:
@@ -92,25 +102,26 @@ def metropolis(node: Node, aggregator: str, contributor: str) -> Fraction:
     return Fraction(1, 1 + max(degree_i, degree_j))
 
 
-def ring(node: Node, aggregator: str) -> tuple[dict[str, int], int, int]:
-    """Aggregator's ``(c_ij per member, K, width)`` for quantised delta rounds: integer weights
-    ``w_ij = c_ij / K`` and the narrowest ring width whose signed range holds
+def ring(node: Node, aggregator: str, r: int) -> tuple[dict[str, int], int, int]:
+    """Aggregator's ``(c_ij per member, K, width)`` for a quantised delta round ``r``: integer
+    weights ``w_ij = c_ij / K`` and the narrowest ring width whose signed range holds
     ``levels · Σ_j c_ij`` (ValueError where even 32 bits could wrap)."""
     assert node.topology is not None
     members = node.topology.get(aggregator, frozenset())
     counts, denominator = integer_weights({j: metropolis(node, aggregator, j) for j in members})
-    return counts, denominator, ring_width(levels(node), sum(counts.values()))
+    return counts, denominator, ring_width(levels(node, r), sum(counts.values()))
 
 
 def width(node: Node, aggregator: str, r: int) -> int:
     """The bits of each masked word in ``aggregator``'s sum of round ``r``: 32 but in a
     quantised delta round."""
-    return ring(node, aggregator)[2] if sparse_round(node, r) and levels(node) else 32
+    return ring(node, aggregator, r)[2] if sparse_round(node, r) and levels(node) else 32
 
 
 def sparse_round(node: Node, r: int) -> bool:
     """Whether round ``r`` sends random-k deltas (else full estimates): public, by round."""
-    return compressed(node) and not full_round(node.config.secagg, node.config.rounds, r)
+    return compressed(node) and not full_round(node.config.secagg, node.config.rounds, r,
+                                               CompressionKind(node.config.compression.kind))
 
 
 def coordinates(node: Node, r: int) -> np.ndarray:
@@ -139,7 +150,7 @@ def input_for(node: Node, r: int, vector: np.ndarray,
     if quantised:
         indices = None
         fitting = (encoded is not None and encoded.codec is Codec.INT8
-                   and encoded.scale == step(node) and encoded.size == node.layout.size)
+                   and encoded.scale == step(node, r) and encoded.size == node.layout.size)
     else:
         indices = coordinates(node, r)
         fitting = (encoded is not None and encoded.codec is Codec.SPARSE
@@ -154,7 +165,7 @@ def input_for(node: Node, r: int, vector: np.ndarray,
     delta = np.asarray(vector, np.float32) - (own.vector - own.last_delta)  # on the held x̂
     if quantised:
         rng = np.random.default_rng()
-        return quantise_levels(delta, node.config.secagg.delta_clip, levels(node), rng), True
+        return quantise_levels(delta, node.config.secagg.delta_clip, levels(node, r), rng), True
     assert indices is not None
     return delta[indices.astype(np.int64)], True
 
@@ -201,11 +212,17 @@ def mix(node: Node, r: int, half_step: np.ndarray,
     if not sparse:
         state.base = frozenset(survivors)
     kind = node.config.compression.kind.replace("randk", "random-k") if sparse else "full"
+    if sparse and r >= node.config.rounds:
+        kind = "consensus deltas"
     record["secure_aggregation"] = f"{len(survivors)} contributors ({kind})"
     # γ in full training rounds too: with γ = 1 there, x̂ (= x½) would lag the mixed x by the
     # whole disagreement, and the sparse rounds after would push x past the mean (measured:
-    # diverges); consensus rounds are all full (x̂ = x½ each round): the exact step, γ = 1
-    gamma = 1.0 if r >= node.config.rounds else node.protocol.gamma
-    node.model = choco_mix(half_step, node.own.vector, running, weight, gamma)
+    # diverges); a full consensus round (x̂ = x½) takes the exact step, γ = 1, and a consensus
+    # delta round the neighbourhood's mean of public estimates (consensus_mix)
+    if sparse and r >= node.config.rounds:
+        node.model = consensus_mix(node.own.vector, running, weight)
+    else:
+        gamma = 1.0 if r >= node.config.rounds else node.protocol.gamma
+        node.model = choco_mix(half_step, node.own.vector, running, weight, gamma)
     node.disagreement = relative_disagreement(node.model, [running / weight])
     return missing

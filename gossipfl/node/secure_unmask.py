@@ -56,10 +56,10 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
     total = secagg.unmask_sum(masked, survivors_self_seeds=self_seeds,
                               dropped_pair_seeds=pair_seeds)
     if secure_sparse.sparse_round(node, r) and secure_sparse.levels(node):
-        counts, denominator, _ = secure_sparse.ring(node, node.peer_id)
-        return decode_ring_sum(total, width=bits, levels=secure_sparse.levels(node),
+        counts, denominator, _ = secure_sparse.ring(node, node.peer_id, r)
+        return decode_ring_sum(total, width=bits, levels=secure_sparse.levels(node, r),
                                weight_sum=sum(counts[p] for p in survivors),
-                               step=secure_sparse.step(node), denominator=denominator)
+                               step=secure_sparse.step(node, r), denominator=denominator)
     return secagg.dequantise_sum(total, len(survivors), config.clip, config.scale)
 
 

@@ -362,7 +362,8 @@ class ScenarioConfig:
         self.topology.check_nodes(self.nodes)
         if self.secagg.enabled and not self.admission:
             raise ConfigError("secagg needs admission = true (pair masks use certified keys)")
-        check_secagg_compression(self.secagg.enabled, self.compression.kind)
+        check_secagg_compression(self.secagg.enabled, self.compression.kind,
+                                 self.secagg.consensus_deltas)
         if self.protocol.weighting is Weighting.EXAMPLES and (self.secagg.enabled
                                                               or self.privacy.enabled):
             raise ConfigError(WEIGHTING_REFUSED)
