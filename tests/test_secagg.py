@@ -277,6 +277,8 @@ def test_sealed_seed_shares_open_only_for_their_recipient_and_round() -> None:
                                 sender_private=alice.mask_private,
                                 recipient_public=bob.mask_public)
     assert share not in sealed
+    # the share, a 32-byte digest of what it is bound to, Box's nonce and tag
+    assert len(sealed) == shamir.SHARE_BYTES + 32 + 24 + 16
     opened = decrypt_seed_share(sealed, sender="alice", recipient="bob", context=CONTEXT,
                                 recipient_private=bob.mask_private,
                                 sender_public=alice.mask_public)

@@ -149,8 +149,9 @@ __all__ = (
 # stamp signs its member's addresses (a v3 stamp does not verify as v4); 5: masked inputs'
 # ring width, dealt and early shares, presigns, light unmask requests; 6: no new field, but
 # a regular topology is the best of several draws (aggregation/topology.py), so a v5 node
-# would derive another graph from the same members: the two refuse each other's frames
-WIRE_VERSION = 6
+# would derive another graph from the same members: the two refuse each other's frames; 7: a
+# sealed seed share binds a digest of its sender, recipient and round (crypto/secagg.py)
+WIRE_VERSION = 7
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
 
