@@ -25,11 +25,14 @@ from gossipfl.crypto.secagg_sparse import (
     delta_step,
     fits,
     integer_weights,
+    pack_words,
+    packed_bytes,
     public_quantised,
     quantise_levels,
     ring_dtype,
     ring_width,
     to_ring,
+    unpack_words,
 )
 from gossipfl.gossip import wire
 from gossipfl.gossip.codes import AckCode
@@ -107,8 +110,8 @@ def test_delta_clip_is_validated() -> None:
 
 
 def test_ring_width_table_and_wrap_refused() -> None:
-    # degree-4 regular graph: Σ c = 4 (K = 5); int4 fits 8 bits, int8 needs 16
-    assert ring_width(QUANTISED_LEVELS["int4"], 4) == 8
+    # degree-4 regular graph: Σ c = 4 (K = 5); int4 fits 6 bits (±28), int8 needs 16
+    assert ring_width(QUANTISED_LEVELS["int4"], 4) == 6 and ring_width(7, 5) == 8
     assert ring_width(QUANTISED_LEVELS["int8"], 4) == 16
     assert ring_width(127, 1) == 8 and ring_width(127, 2) == 16
     assert ring_width(7, 18) == 8 and ring_width(7, 19) == 16
@@ -123,8 +126,24 @@ def test_ring_width_table_and_wrap_refused() -> None:
 @settings(deadline=None)
 @given(st.integers(0, 2**20), st.integers(0, 2**12))
 def test_fits_is_exactly_the_signed_range(levels: int, weight_sum: int) -> None:
-    for width in (8, 16, 32):
+    for width in (6, 8, 16, 32):
         assert fits(levels, weight_sum, width) == (levels * weight_sum < 2 ** (width - 1))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sampled_from([6, 8, 16, 32]), st.integers(0, 41), st.integers(0, 2**32 - 1))
+def test_words_packed_for_the_wire_come_back_modulo_their_ring(width: int, count: int,
+                                                               seed: int) -> None:
+    """6-bit words travel four to three bytes (each modulo 64), wider ones as they are."""
+    words = np.random.default_rng(seed).integers(0, 2**32, count, dtype=np.uint64).astype(
+        ring_dtype(width))
+    packed = pack_words(words, width)
+    assert packed.dtype == np.uint8 and packed.size == packed_bytes(count, width)
+    back = unpack_words(packed.tobytes(), width, count)
+    assert back.dtype == ring_dtype(width)
+    assert np.array_equal(back, words % (1 << width) if width == 6 else words)
+    with pytest.raises(ValueError, match="do not hold"):
+        unpack_words(packed.tobytes() + b"\0", width, count)
 
 
 def test_narrow_words_read_a_prefix_of_the_keystream() -> None:
@@ -160,6 +179,9 @@ def test_masked_sums_unmask_to_the_weighted_levels(case: tuple[str, tuple[int, .
     inputs = {j: rng.integers(-levels, levels + 1, length) for j in MEMBERS}
     masked = _masked(inputs, counts, width)
     assert all(y.dtype == ring_dtype(width) for y in masked.values())
+    # as they travel: 6-bit words each modulo 64, four to three bytes
+    masked = {j: unpack_words(pack_words(y, width).tobytes(), width, length)
+              for j, y in masked.items()}
     total = secagg.unmask_sum(masked, survivors_self_seeds=SELF, dropped_pair_seeds={})
     expected = sum(counts[j] * inputs[j] for j in MEMBERS)
     step = delta_step(0.05, levels)
@@ -167,14 +189,14 @@ def test_masked_sums_unmask_to_the_weighted_levels(case: tuple[str, tuple[int, .
                               step=step, denominator=k)
     assert np.allclose(decoded, expected * (step / k), rtol=1e-6, atol=1e-9)
     # the integer sum itself is exact: signed words
-    signed = total.astype(np.int64)
+    signed = total.astype(np.int64) % 2**width
     signed[signed >= 2 ** (width - 1)] -= 2**width
     assert np.array_equal(signed, expected)
 
 
-@pytest.mark.parametrize("width", [8, 16, 32])
+@pytest.mark.parametrize("width", [6, 8, 16, 32])
 def test_a_dropout_is_recovered_at_each_width(width: int) -> None:
-    levels = {8: 7, 16: 127, 32: 1000}[width]
+    levels = {6: 7, 8: 7, 16: 127, 32: 1000}[width]
     rng = np.random.default_rng(width)
     inputs = {j: rng.integers(-levels, levels + 1, 33) for j in MEMBERS}
     counts = dict.fromkeys(MEMBERS, 1)
@@ -233,14 +255,16 @@ def test_a_consensus_step_stays_in_the_hull_of_the_estimates(raw: list[float], s
 def test_the_width_travels_and_the_decoder_refuses_a_bad_one() -> None:
     base = MaskedInput("fed", 3, "s", "a", 0.2, 0.0, False, b"\0" * 6, (("x", b"c"),),
                        sparse=True)
-    for width in (8, 16):
+    for width in (6, 8, 16):
         frame = wire.encode_frame(dataclasses.replace(base, width=width), 1 << 20)
         assert wire.decode_frame(frame, MaskedInput, 1 << 20).width == width
     frame = wire.encode_frame(dataclasses.replace(base, data=b"\0" * 8), 1 << 20)
     assert b"width" not in frame  # 32 bits: the frame as before
     assert wire.decode_frame(frame, MaskedInput, 1 << 20).width == 32
-    for bad in (dataclasses.replace(base, width=12), dataclasses.replace(base, width=32)):
-        with pytest.raises(wire.WireError):  # 12: no such ring; 6 bytes are no uint32 words
+    for bad in (dataclasses.replace(base, width=12), dataclasses.replace(base, width=32),
+                dataclasses.replace(base, width=6, data=b"\0" * 4)):
+        # 12: no such ring; 6 bytes are no uint32 words; 6-bit words travel 4 in 3 bytes
+        with pytest.raises(wire.WireError):
             wire.decode_frame(wire.encode_frame(bad, 1 << 20), MaskedInput, 1 << 20)
 
 
@@ -298,13 +322,14 @@ def test_full_then_int4_rounds_keep_the_running_sum_exactly(star) -> None:
     assert result is not None
     secure_sparse.mix(a, 10, a.own.vector.copy(), result, {}, [])
     assert np.abs(a.secagg.running - loop.weighted_sum(star, estimates, MEMBERS)).max() < 1e-5
-    # round 11: int4 levels in 8-bit words (every weight 1/5: c = 1, K = 5, Σc = 4)
-    assert secure_sparse.sparse_round(a, 11) and secure_sparse.width(a, a.peer_id, 11) == 8
+    # round 11: int4 levels in 6-bit words (every weight 1/5: c = 1, K = 5, Σc = 4)
+    assert secure_sparse.sparse_round(a, 11) and secure_sparse.width(a, a.peer_id, 11) == 6
     assert secure_sparse.words(a, 11) == a.layout.size
     estimates = _publish(star, 11, seed=11)
     assert star["b"].own.last_encoded.scale == delta_step(CLIP, 7)
     messages = _inputs(star, "b", 11)
-    assert messages["b"].width == 8 and len(messages["b"].data) == a.layout.size
+    assert messages["b"].width == 6
+    assert len(messages["b"].data) == packed_bytes(a.layout.size, 6) == 12  # 15 words, 16 slots
     result = _round(star, 11, MEMBERS, gone="b")  # b masked, then vanished
     assert result is not None and len(result[2]) == 4
     record: dict[str, Any] = {}
@@ -339,7 +364,7 @@ def test_words_of_the_wrong_width_or_length_are_refused(star, caplog) -> None:
     with caplog.at_level("WARNING", logger="gossipfl"):
         for bad in (wide, short):
             status, reason = secure_round.accept_masked(a, sender, bad)
-            assert status is AckCode.REJECTED and "8-bit words" in reason
+            assert status is AckCode.REJECTED and "6-bit words" in reason
     assert a.rejections["layout"] == before + 2
     assert caplog.text.count("masked input") >= 2 and "layout" in caplog.text
     assert secure_round.accept_masked(a, sender, good)[0] is AckCode.OK
@@ -373,7 +398,7 @@ def test_consensus_delta_rounds_send_finer_levels_in_16_bit_words(star) -> None:
         assert not secure_sparse.sparse_round(a, last)
         assert secure_sparse.sparse_round(a, last + 1)
         assert secure_sparse.width(a, a.peer_id, last + 1) == 16
-        assert secure_sparse.width(a, a.peer_id, last - 1) == 8  # training rounds keep int4
+        assert secure_sparse.width(a, a.peer_id, last - 1) == 6  # training rounds keep int4
         loop.random_estimates(star, 21)
         _publish(star, last, seed=21)
         result = _round(star, last, MEMBERS)

@@ -102,13 +102,17 @@ def choco_mix(half_step: np.ndarray, own_estimate: np.ndarray, running: np.ndarr
 # levels times an integer weight, ``c_ij · L_j``, where ``w_ij = c_ij / K`` over a common
 # denominator K of i's neighbourhood (:func:`integer_weights`); the sum ``Σ_j c_ij L_j`` lies in
 # ``[-levels · Σ_j c_ij, levels · Σ_j c_ij]``, so words of the smallest ring whose signed range
-# holds that (:func:`ring_width`: 8 bits for int4 on a degree-4 graph, 16 for int8) sum without
+# holds that (:func:`ring_width`: 6 bits for int4 on a degree-4 graph, 16 for int8) sum without
 # wrapping, and the masks are words of that ring (:func:`gossipfl.crypto.secagg.mask_input`).
 # The aggregator reads the unmasked sum as signed and gets ``Σ_j w_ij s L_j`` exactly
 # (:func:`decode_ring_sum`).
 
-RING_WIDTHS = (8, 16, 32)
-"""The ring widths in bits, narrowest first (uint8, uint16, uint32 words)."""
+RING_WIDTHS = (6, 8, 16, 32)
+"""The ring widths in bits, narrowest first (uint8, uint8, uint16, uint32 words). A 6-bit word
+is held in a uint8 whose arithmetic wraps at 256, a multiple of 64, so masking and unmasking
+run as at 8 bits and reduce modulo 64 where the words go on the wire (:func:`pack_words`) and
+where a sum is read (:func:`decode_ring_sum`): int4 on a degree-4 graph, whose sums lie within
+±28, sends 3 bytes for 4 coordinates."""
 
 QUANTISED_LEVELS = {"int8": 127, "int4": 7}
 """Levels each side of zero per compression kind: L ∈ [-levels, levels]."""
@@ -192,10 +196,51 @@ def ring_width(levels: int, weight_sum: int) -> int:
 
 
 def ring_dtype(width: int) -> np.dtype:
-    """The unsigned dtype of ``width``-bit words (native order, for arithmetic)."""
+    """The unsigned dtype of ``width``-bit words (native order, for arithmetic; uint8 for 6)."""
     if width not in RING_WIDTHS:
         raise ValueError(f"width must be one of {RING_WIDTHS}, got {width}")
-    return np.dtype(f"uint{width}")
+    return np.dtype(f"uint{max(width, 8)}")
+
+
+def packed_bytes(count: int, width: int) -> int:
+    """The bytes ``count`` words of ``width`` bits take on the wire (6-bit words: 4 in 3).
+
+    >>> packed_bytes(8970, 6), packed_bytes(8970, 8), packed_bytes(5, 16)
+    (6729, 8970, 10)
+    """
+    return 3 * -(-count // 4) if width == 6 else count * (width // 8)
+
+
+def pack_words(words: np.ndarray, width: int) -> NDArray[np.uint8]:
+    """Ring words as the bytes that travel: little-endian words, or for 6 bits each word modulo
+    64, four to three bytes (the last group padded with zero words).
+
+    >>> pack_words(np.array([1, 2, 3, 63, 64 + 5], np.uint8), 6).tolist()
+    [129, 48, 252, 5, 0, 0]
+    """
+    words = np.asarray(words, ring_dtype(width)).reshape(-1)
+    if width != 6:
+        return np.ascontiguousarray(words, words.dtype.newbyteorder("<")).view(np.uint8)
+    v = np.zeros(4 * -(-words.size // 4), np.uint32)
+    v[:words.size] = words & 63
+    v = v.reshape(-1, 4)
+    joined = v[:, 0] | v[:, 1] << 6 | v[:, 2] << 12 | v[:, 3] << 18
+    return np.stack([joined & 255, joined >> 8 & 255, joined >> 16], axis=1).astype(
+        np.uint8).reshape(-1)
+
+
+def unpack_words(data: bytes | memoryview, width: int, count: int) -> NDArray[np.unsignedinteger]:
+    """The ``count`` ring words ``data`` holds (:func:`pack_words`' inverse, 6-bit words modulo
+    64); ValueError if its length is not :func:`packed_bytes`."""
+    if len(data) != packed_bytes(count, width):
+        raise ValueError(f"{len(data)} bytes do not hold {count} {width}-bit words")
+    dtype = ring_dtype(width)
+    if width != 6:
+        return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype)
+    b = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.uint32)
+    joined = b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16
+    v = np.stack([joined >> shift & 63 for shift in (0, 6, 12, 18)], axis=1)
+    return v.reshape(-1)[:count].astype(np.uint8)
 
 
 def to_ring(values: np.ndarray, width: int) -> NDArray[np.unsignedinteger]:
@@ -221,8 +266,8 @@ def decode_ring_sum(total: np.ndarray, *, width: int, levels: int, weight_sum: i
         raise ValueError(f"levels {levels} times weights {weight_sum} could wrap {width}-bit "
                          "words")
     if not isinstance(total, np.ndarray) or total.dtype != ring_dtype(width):
-        raise ValueError(f"the sum must be uint{width} words")
-    signed = total.astype(np.int64)
+        raise ValueError(f"the sum must be {ring_dtype(width)} words")
+    signed = total.astype(np.int64) % (1 << width)  # a 6-bit sum wrapped at 256 in uint8
     signed[signed >= 1 << (width - 1)] -= 1 << width
     if signed.size and int(np.abs(signed).max()) > levels * weight_sum:
         raise ValueError(f"a coordinate of the sum exceeds levels · Σc = {levels * weight_sum}: "

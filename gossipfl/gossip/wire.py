@@ -150,7 +150,8 @@ __all__ = (
 # ring width, dealt and early shares, presigns, light unmask requests; 6: no new field, but
 # a regular topology is the best of several draws (aggregation/topology.py), so a v5 node
 # would derive another graph from the same members: the two refuse each other's frames; 7: a
-# sealed seed share binds a digest of its sender, recipient and round (crypto/secagg.py)
+# sealed seed share binds a digest of its sender, recipient and round (crypto/secagg.py), and
+# masked words may be 6-bit, four in three bytes (crypto/secagg_sparse.py)
 WIRE_VERSION = 7
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size

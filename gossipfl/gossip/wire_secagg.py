@@ -56,7 +56,8 @@ def _check_peers(value: Any, what: str) -> tuple[str, ...]:
 
 MAX_SHARE_CIPHERTEXT = 512
 MAX_SHARE_BYTES = 128  # an encoded Shamir share of a 32-byte seed, in the clear
-MASKED_WIDTHS = (8, 16, 32)  # the rings of gossipfl.crypto.secagg (uint8, uint16, uint32)
+# the rings of gossipfl.crypto.secagg (6-bit words packed 4 in 3 bytes, uint8, uint16, uint32)
+MASKED_WIDTHS = (6, 8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class MaskedInput:
 
     ``data`` is a little-endian vector of ``width``-bit words (the quantised ``weight · x̂``
     plus masks, mod 2^32; or, in a quantised delta round, integer-weighted levels plus masks
-    mod 2^8 or 2^16: :mod:`gossipfl.node.secure_sparse`), meaningless alone; ``shares`` are
+    mod 2^6 (four words in three bytes), 2^8 or 2^16: :mod:`gossipfl.node.secure_sparse`),
+    meaningless alone; ``shares`` are
     encrypted Shamir shares of the contributor's self seed, one per co-neighbour, which the
     aggregator relays but cannot read.
     """
@@ -97,7 +99,7 @@ class MaskedInput:
     # the sender's signature on this round's full set, to which it committed on the light
     # request of the round before (gossipfl.node.secure_presign): empty, or 64 bytes
     presign: bytes = b""
-    width: int = 32  # bits a word of ``data``: 8, 16 or 32
+    width: int = 32  # bits a word of ``data``: 6, 8, 16 or 32
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse",
                                                     "next_shares", "predealt", "early",
                                                     "presign", "width"})
@@ -124,11 +126,11 @@ class MaskedInput:
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
         data = body["data"]
-        width = check_int(body.get("width", 32), "width", 8, 32)
+        width = check_int(body.get("width", 32), "width", 6, 32)
         if width not in MASKED_WIDTHS:
             raise WireError(f"masked width must be one of {MASKED_WIDTHS} bits, got {width}")
-        if not is_binary(data) or len(data) % (width // 8):
-            raise WireError(f"masked data must be bytes holding uint{width} words")
+        if not is_binary(data) or len(data) % (3 if width == 6 else width // 8):
+            raise WireError(f"masked data must be bytes holding {width}-bit words")
         weight = check_float(body["weight"], "weight")
         if not 0.0 < weight <= 1.0:
             raise WireError(f"weight {weight} is outside (0, 1]")

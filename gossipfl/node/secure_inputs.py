@@ -41,7 +41,7 @@ import trio
 from gossipfl.aggregation.bounds import norm_bound
 from gossipfl.crypto import secagg
 from gossipfl.crypto.pair_keys import PairKeys
-from gossipfl.crypto.secagg_sparse import to_ring
+from gossipfl.crypto.secagg_sparse import pack_words, to_ring
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node import secure_early, secure_sparse, streams
@@ -162,6 +162,7 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
         q = to_ring(counts[me] * np.asarray(estimate, np.int64), bits)
     else:
         q = secagg.quantise(w * estimate, config.clip, config.scale)
+        bits = 8 * q.dtype.itemsize
     keys = pair_keys(node)
     public_of = {other: x25519_public(node, other) for other in members if other != me}
     pairs = {other: keys.agree_seed(public, context=context)
@@ -177,12 +178,12 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
     return MaskedInput(
         federation=node.config.federation, round=r, sender=me, aggregator=aggregator, weight=w,
         disagreement=float(min(node.disagreement, 1e9)), done=done,
-        # the masked words' own memory (a fresh array no one else holds), not two copies of it
-        data=memoryview(np.ascontiguousarray(y, dtype=y.dtype.newbyteorder("<"))).cast("B")
-        .toreadonly(),
+        # the masked words' own memory (a fresh array no one else holds), not two copies of it;
+        # 6-bit words packed four to three bytes
+        data=memoryview(pack_words(y, bits)).toreadonly(),
         shares=seed.sealed,
         depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
-        sparse=sparse, width=8 * y.dtype.itemsize,
+        sparse=sparse, width=bits,
         next_shares=following.sealed if config.presign and following is not None else (),
         predealt=predealt,
         early=secure_early.early_shares(node, keys, aggregator, r, members, seed.own_share,

@@ -42,6 +42,7 @@ import trio
 
 from gossipfl.crypto import consistency, secagg
 from gossipfl.crypto.consistency import Refusal, SurvivorSet, threshold
+from gossipfl.crypto.secagg_sparse import packed_bytes
 from gossipfl.gossip.codes import AckCode, AckReason, NodeStatus
 from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
@@ -240,7 +241,7 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     bits = secure_sparse.width(node, node.peer_id, message.round)
     count = secure_sparse.words(node, message.round)
     if (message.sparse != secure_sparse.sparse_round(node, message.round)
-            or message.width != bits or len(message.data) != bits // 8 * count):
+            or message.width != bits or len(message.data) != packed_bytes(count, bits)):
         return refuse("layout", f"{len(message.data)} bytes of {message.width}-bit words "
                                 f"(sparse {message.sparse}), round {message.round} takes "
                                 f"{count} {bits}-bit words")

@@ -8,7 +8,7 @@ import numpy as np
 
 from gossipfl.crypto import secagg, shamir
 from gossipfl.crypto.consistency import threshold
-from gossipfl.crypto.secagg_sparse import decode_ring_sum, ring_dtype
+from gossipfl.crypto.secagg_sparse import decode_ring_sum, unpack_words
 from gossipfl.gossip.wire import MaskedInput, UnmaskResponse
 from gossipfl.node import secure_sparse
 from gossipfl.node.secure_inputs import neighbourhood
@@ -49,10 +49,8 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
             if gone not in seeds:
                 raise ValueError(f"{peer} did not reveal its pair seed with {gone}")
             pair_seeds[(peer, gone)] = seeds[gone]
-    bits = secure_sparse.width(node, node.peer_id, r)
-    dtype = ring_dtype(bits)
-    masked = {p: np.frombuffer(inputs[p].data, dtype=dtype.newbyteorder("<")).astype(dtype)
-              for p in survivors}
+    bits, count = secure_sparse.width(node, node.peer_id, r), secure_sparse.words(node, r)
+    masked = {p: unpack_words(inputs[p].data, bits, count) for p in survivors}
     total = secagg.unmask_sum(masked, survivors_self_seeds=self_seeds,
                               dropped_pair_seeds=pair_seeds)
     if secure_sparse.sparse_round(node, r) and secure_sparse.levels(node):
