@@ -32,6 +32,7 @@ from gossipfl.scenario.estimate import (
     graph_figures,
     heartbeat_targets,
     machine_factor,
+    masked_words_bytes,
     mixing_rho,
     scaled,
     secagg_bytes,
@@ -113,6 +114,28 @@ def test_secagg_bytes() -> None:
     # the first round only; the final input and its ack
     assert secagg_bytes(cal, degree=4, rounds=3) == 4 * (3 * (500 + 100 + 50) + 50 + 500 + 50)
     assert secagg_bytes(cal, degree=4, rounds=0) == 4 * (500 + 50)
+    # compressed rounds: each input carries its round's words instead of the full estimate's
+    # (calibration() has 100 parameters: 400 bytes of 32-bit words in the 500)
+    words = [400, 75, 75]
+    assert secagg_bytes(cal, degree=4, rounds=3, words=words) == 4 * (
+        (500 + 2 * (500 - 400 + 75)) + 3 * (100 + 50) + 50 + 500 + 50)
+
+
+def test_masked_words_follow_the_node_s_round_kinds() -> None:
+    """Per round, what a member's masked words cost: the node's own full_round and rings."""
+    from gossipfl.config import CompressionConfig, SecAggConfig
+    p, on = 1000, SecAggConfig(enabled=True, full_every=10)
+
+    def words(kind: str, r: int, *, ratio: float = 0.25, deltas: bool = False) -> int:
+        scenario = ScenarioConfig(rounds=30, secagg=dataclasses.replace(
+            on, consensus_deltas=deltas), compression=CompressionConfig(kind=kind, ratio=ratio))
+        return masked_words_bytes(scenario, p, 4, r)
+
+    assert [words("none", r) for r in (0, 1, 31)] == [4000] * 3
+    assert [words("randk", r) for r in (0, 1, 29, 30, 31)] == [4000, 1000, 1000, 4000, 4000]
+    assert [words("int8", r) for r in (1, 10, 31)] == [2000, 4000, 4000]  # 16-bit ring
+    assert [words("int4", r) for r in (1, 30, 31)] == [750, 4000, 4000]  # 6 bits, 4 in 3
+    assert [words("int4", r, deltas=True) for r in (30, 31, 40)] == [4000, 2000, 4000]
 
 
 def test_consensus_rounds() -> None:

@@ -44,7 +44,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from gossipfl.aggregation.compress import CompressionKind, kept
 from gossipfl.aggregation.topology import build_topology
+from gossipfl.crypto.secagg_sparse import packed_bytes, ring_width, round_levels
+from gossipfl.node.compression import full_round
 from gossipfl.node.extras import EXTRA_TURNS, HEARTBEAT_EXTRA, HEARTBEAT_FANOUT
 from gossipfl.node.termination import horizon
 from gossipfl.scenario.calibrate import Calibration
@@ -226,17 +229,44 @@ def contribution_bytes(cal: Calibration, degree: int, rounds: int) -> int:
     return frames + degree * (rounds + 1) * cal.ack_bytes
 
 
-def secagg_bytes(cal: Calibration, degree: int, rounds: int) -> int:
+def secagg_bytes(cal: Calibration, degree: int, rounds: int,
+                 words: list[int] | None = None) -> int:
     """One direction of a node's secure-aggregation traffic: a masked input to each neighbour
     each round; as aggregator an unmask request to each neighbour a round (its answer to the
     input), and as member the answers to its neighbours' (the sums are symmetric: what it sends
     as one it receives as the other); the consistency exchange in the first round only (then
-    the answers' presigns stand in for it); the final ``done`` input and its ack."""
+    the answers' presigns stand in for it); the final ``done`` input and its ack. ``words``:
+    each round's bytes of masked words (:func:`masked_words_bytes`) where the calibrated input
+    carries the full estimate's (4 a parameter); None: every round full."""
     s = cal.secagg
     assert s is not None
     first = s.consistency_request + s.consistency_response if rounds else 0
-    return degree * (rounds * (s.masked_input + s.unmask_request + s.unmask_response) + first
+    inputs = rounds * s.masked_input if words is None else sum(
+        s.masked_input - 4 * cal.parameters + w for w in words[:rounds])
+    return degree * (inputs + rounds * (s.unmask_request + s.unmask_response) + first
                      + s.masked_input + cal.ack_bytes)
+
+
+def masked_words_bytes(scenario: ScenarioConfig, parameters: int, degree: int,
+                       round_: int) -> int:
+    """The bytes of a member's masked words in round ``round_`` by the node's own round rules
+    (:func:`gossipfl.node.compression.full_round`, :mod:`gossipfl.crypto.secagg_sparse`): 4 a
+    parameter in a full round; in an int8/int4 delta round the round's ring at equal weights
+    (Σc = ``degree``, as on a regular graph); 4 a kept coordinate with random-k.
+
+    >>> from gossipfl.config import CompressionConfig, SecAggConfig
+    >>> s = ScenarioConfig(rounds=30, secagg=SecAggConfig(enabled=True, consensus_deltas=True),
+    ...                    compression=CompressionConfig(kind="int4"))
+    >>> [masked_words_bytes(s, 8970, 4, r) for r in (0, 1, 30, 31)]
+    [35880, 6729, 35880, 17940]
+    """
+    kind = CompressionKind(scenario.compression.kind)
+    if kind is CompressionKind.NONE or full_round(scenario.secagg, scenario.rounds, round_, kind):
+        return 4 * parameters
+    if kind is CompressionKind.RANDK:
+        return 4 * kept(parameters, scenario.compression.ratio)
+    levels = round_levels(kind.value, scenario.rounds, round_)
+    return packed_bytes(parameters, ring_width(levels, degree))
 
 
 def round_bytes(cal: Calibration, degree: int) -> int:
@@ -310,7 +340,8 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
     vector = 4 * cal.parameters
     nodes = []
     for i, d in enumerate(graph.degrees):
-        traffic = (secagg_bytes(cal, d, rounds) if secure
+        words = [masked_words_bytes(scenario, cal.parameters, d, r) for r in range(rounds)]
+        traffic = (secagg_bytes(cal, d, rounds, words) if secure
                    else contribution_bytes(cal, d, rounds))
         beats = int(cycles * 2 * targets[i] * cal.heartbeat_bytes * k.heartbeat_share)
         total = traffic + beats + d * cal.link_bytes
@@ -352,4 +383,5 @@ def _toy() -> Calibration:
 
 __all__ = ["Estimate", "GraphFigures", "ModelConstants", "NodeEstimate", "consensus_rounds",
            "contribution_bytes", "estimate", "graph_figures", "heartbeat_targets",
-           "machine_factor", "mixing_rho", "round_bytes", "scaled", "secagg_bytes"]
+           "machine_factor", "masked_words_bytes", "mixing_rho", "round_bytes", "scaled",
+           "secagg_bytes"]
