@@ -384,7 +384,8 @@ def test_int8_rounds_use_16_bit_words(star) -> None:
 
 
 def test_consensus_delta_rounds_send_finer_levels_in_16_bit_words(star) -> None:
-    """``secagg.consensus_deltas``: round R (the first consensus round) is full, R + 1 sends
+    """``secagg.consensus_deltas``: round R (the first consensus round, a multiple of
+    ``full_every`` here) is full, R + 1 sends
     deltas of CONSENSUS_LEVELS levels of the same clip in 16-bit words (Σc = 4 at degree 4),
     the sum decodes exactly, and the aggregator moves to the neighbourhood's mean of public
     estimates."""

@@ -128,22 +128,22 @@ def full_round(secagg: SecAggConfig, training_rounds: int, round_: int,
     """Compressed secure aggregation: whether round ``round_`` sends full estimates (else
     deltas): every ``secagg.full_every``-th round; and from round ``training_rounds`` on (the
     consensus rounds) every round with random-k (with no training left, masked full sums reach
-    the consensus tolerance in a few rounds where random-k deltas need the round limit), the
-    first only with int8/int4 and ``secagg.consensus_deltas`` (the later ones send deltas of
+    the consensus tolerance in a few rounds where random-k deltas need the round limit), and
+    with int8/int4 unless ``secagg.consensus_deltas`` (then deltas of
     :data:`gossipfl.crypto.secagg_sparse.CONSENSUS_LEVELS` levels).
 
     >>> from gossipfl.config import SecAggConfig
     >>> on = SecAggConfig(full_every=10, consensus_deltas=True)
     >>> [full_round(on, 30, r, CompressionKind.INT4) for r in (9, 10, 29, 30, 31, 40)]
     [False, True, False, True, False, True]
-    >>> full_round(on, 30, 31), full_round(SecAggConfig(full_every=10), 30, 31,
-    ...                                    CompressionKind.INT4)
-    (True, True)
+    >>> full_round(on, 31, 31, CompressionKind.INT4), full_round(on, 31, 31), full_round(
+    ...     SecAggConfig(full_every=10), 31, 31, CompressionKind.INT4)
+    (False, True, True)
     """
-    if round_ % secagg.full_every == 0 or round_ == training_rounds:
+    if round_ % secagg.full_every == 0:
         return True
     levels = kind in (CompressionKind.INT8, CompressionKind.INT4) and secagg.consensus_deltas
-    return 0 < training_rounds < round_ and not levels
+    return 0 < training_rounds <= round_ and not levels
 
 
 def last_compressor(config: NodeConfig, sender: str,

@@ -6,9 +6,9 @@ are of two kinds, fixed
 by the round number alone (so no aggregator chooses, and each (aggregator, round) still gets
 exactly one masked input per member, under one set of pair seeds):
 
-- **full** (every ``secagg.full_every``-th round, round 0 first, and the first consensus
-  round; every consensus round with random-k or ``secagg.consensus_deltas`` off:
-  :func:`gossipfl.node.compression.full_round`): as without compression, each
+- **full** (every ``secagg.full_every``-th round, round 0 first; every consensus round with
+  random-k or ``secagg.consensus_deltas`` off: :func:`gossipfl.node.compression.full_round`):
+  as without compression, each
   member j masks ``w_ij · x̂_j``; aggregator i's unmasked sum becomes its running sum
   ``S_i = Σ_{j∈V} w_ij x̂_j`` over the survivors V, its *base*, with ``W_i = Σ_{j∈V} w_ij``.
 - **sparse** (the others): every member publishes its delta ``x½ − x̂`` on the round's
