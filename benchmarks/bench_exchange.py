@@ -71,6 +71,7 @@ from gossipfl.gossip.wire import (
     encode_frame,
     frame_length,
 )
+from gossipfl.node.estimates import OwnEstimate
 from gossipfl.node.layout import Layout
 from gossipfl.node.secagg_state import SecAggState
 from gossipfl.node.secure_inputs import masked_input
@@ -127,9 +128,10 @@ def contribution(sender: str, receiver: str, r: int, layout: Layout,
     )
 
 
-def stub_node(peers: list[Peer]) -> Any:
+def stub_node(peers: list[Peer], size: int) -> Any:
     """What :func:`masked_input` reads of a node: peers[0] contributing to peers[1]'s sum, in
-    a neighbourhood of peers[1] and NEIGHBOURS - 1 others (each of degree NEIGHBOURS)."""
+    a neighbourhood of peers[1] and NEIGHBOURS - 1 others (each of degree NEIGHBOURS), with
+    a model of ``size`` parameters (its estimate counts the words it masks)."""
     ids = [p.peer_id for p in peers]
     group = frozenset(ids[: NEIGHBOURS + 1])
     me = peers[0]
@@ -137,6 +139,7 @@ def stub_node(peers: list[Peer]) -> Any:
         config=me.config, peer_id=me.peer_id, security=me.security,
         topology={peer: group for peer in ids}, secagg=SecAggState(),  # the node's own
         disagreement=0.1, settle=SimpleNamespace(depth=0, horizon=3, waiting=0),
+        own=OwnEstimate(np.zeros(size, np.float32)), layout=SimpleNamespace(size=size),
     )
 
 
@@ -154,7 +157,7 @@ def until_closed() -> Iterator[None]:
 class Bench:
     def __init__(self, peers: list[Peer], size: int) -> None:
         self.sender, self.receiver = peers[0], peers[1]
-        self.node = stub_node(peers)
+        self.node = stub_node(peers, size)
         rows = 1000
         self.layout = Layout(("w", "b"), ((rows, size // rows), (size - rows * (size // rows),)))
         self.vector = np.random.default_rng(0).normal(0, 0.1, size).astype(np.float32)

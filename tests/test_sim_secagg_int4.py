@@ -48,6 +48,11 @@ def test_int4_secure_run_converges_with_fewer_bytes(runs) -> None:
         total = [r["bytes_sent"] for r in records]  # cumulative
         sent = [b - a for a, b in zip([0, *total], total, strict=False)]
         assert max(sent[1:4] + sent[5:ROUNDS]) < sent[4]  # int4 rounds < the full round 4
+        # the report's ratios count the masked words: 650 parameters, 4 bytes each in a full
+        # round against 3 bytes for 4 in an int4 round
+        saved = int4["nodes"][index]["compression"]
+        assert 1.5 < saved["parameter_ratio"] < 16 / 3 and saved["frame_ratio"] > 1.0
+        assert plain["nodes"][index]["compression"]["parameter_ratio"] == 1.0
 
 
 def test_consensus_deltas_converge_though_clipped_and_cost_less_a_round(runs) -> None:

@@ -175,12 +175,15 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
     y = secagg.mask_input(q, my_id=me, self_seed=seed.seed, pair_seeds=pairs)
     node.secagg.my_shares[(aggregator, r)] = seed.own_share
     following = node.secagg.dealing.get((aggregator, r + 1))
+    data = pack_words(y, bits)
+    # the report's compression ratios: these words against a float32 vector of the model
+    node.own.note_sent(node.layout.size, data.nbytes)
     return MaskedInput(
         federation=node.config.federation, round=r, sender=me, aggregator=aggregator, weight=w,
         disagreement=float(min(node.disagreement, 1e9)), done=done,
         # the masked words' own memory (a fresh array no one else holds), not two copies of it;
         # 6-bit words packed four to three bytes
-        data=memoryview(pack_words(y, bits)).toreadonly(),
+        data=memoryview(data).toreadonly(),
         shares=seed.sealed,
         depth=node.settle.depth, horizon=node.settle.horizon, waiting=node.settle.waiting,
         sparse=sparse, width=bits,
