@@ -339,9 +339,10 @@ def estimate(scenario: ScenarioConfig, cal: Calibration,
 
     vector = 4 * cal.parameters
     nodes = []
+    words = {d: [masked_words_bytes(scenario, cal.parameters, d, r) for r in range(rounds)]
+             for d in set(graph.degrees)} if secure else {}
     for i, d in enumerate(graph.degrees):
-        words = [masked_words_bytes(scenario, cal.parameters, d, r) for r in range(rounds)]
-        traffic = (secagg_bytes(cal, d, rounds, words) if secure
+        traffic = (secagg_bytes(cal, d, rounds, words[d]) if secure
                    else contribution_bytes(cal, d, rounds))
         beats = int(cycles * 2 * targets[i] * cal.heartbeat_bytes * k.heartbeat_share)
         total = traffic + beats + d * cal.link_bytes
