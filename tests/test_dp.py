@@ -37,6 +37,7 @@ from gossipfl.privacy.accountant import (
     BudgetExhausted,
     PrivacyBudget,
     RecordBudget,
+    _smallest_meeting,
     epsilon_after,
     epsilon_for_steps,
     make_budget,
@@ -327,6 +328,33 @@ def test_noise_for_budget_with_poisson_sampling_is_tight() -> None:
     sigma = noise_for_budget(steps, 8.0, 1e-5, sampling_probability=q)
     assert epsilon_for_steps(steps, sigma, q, 1e-5) <= 8.0
     assert epsilon_for_steps(steps, sigma - 1e-3, q, 1e-5) > 8.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(root=st.floats(1e-3, 5e4), power=st.floats(0.3, 4.0), curve=st.floats(-0.5, 0.5),
+       tolerance=st.sampled_from([1e-3, 1e-2]))
+def test_the_calibration_search_brackets_the_root_within_the_tolerance_in_few_queries(
+        root: float, power: float, curve: float, tolerance: float) -> None:
+    """On ``log ε − log target`` shaped like the accountant's (a power of σ, bent in log-log),
+    the answer meets the target and the tolerance below it does not, and once the doubling has
+    bracketed the root (σ = 1, 2, 4, ...), at most 8 more queries close the bracket, where
+    bisection takes log2(width / tolerance): 10-17 here (20,000 random cases: at most 7)."""
+    queries: list[float] = []
+
+    def excess(sigma: float) -> float:
+        queries.append(sigma)
+        x = math.log(sigma / root)
+        return -power * x * (1 + curve * math.tanh(x))  # decreasing for |curve| < 0.69
+
+    sigma = _smallest_meeting(excess, tolerance)
+    assert sigma is not None and root <= sigma <= root + tolerance * (1 + 1e-9)
+    doubling = 1 + max(0, math.ceil(math.log2(root)))  # σ = 1, then up to the first that meets
+    assert queries[:doubling] == [2.0 ** k for k in range(doubling)]
+    assert len(queries) - doubling <= 8
+
+
+def test_the_calibration_search_gives_none_past_the_largest_noise() -> None:
+    assert _smallest_meeting(lambda sigma: 1.0, 1e-3) is None
 
 
 def test_noise_for_budget_rejects_bad_arguments() -> None:

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dp_accounting
 from dp_accounting.rdp import RdpAccountant
@@ -33,6 +33,7 @@ __all__ = ["BudgetExhausted", "PrivacyBudget", "RecordBudget", "epsilon_after",
            "epsilon_for_steps", "make_budget", "noise_for_budget", "planned_steps"]
 
 _MAX_NOISE_MULTIPLIER = 1e6
+_SECANT_STEPS = 40  # queries after which the calibration only bisects (it then surely ends)
 
 
 class BudgetExhausted(RuntimeError):
@@ -271,8 +272,9 @@ def noise_for_budget(
     """The smallest noise multiplier that keeps ``ε ≤ target_epsilon`` after ``rounds``
     compositions (node rounds, or DP-SGD steps with ``sampling_probability = q``).
 
-    Bisection over ``σ`` (``ε`` decreases as ``σ`` grows). The answer is the upper end of the
-    final bracket: it always meets the target, and ``σ − tolerance`` does not.
+    A bracketed search over ``σ`` (``ε`` decreases as ``σ`` grows; :func:`_smallest_meeting`).
+    The answer is the upper end of the final bracket: it always meets the target, and
+    ``σ − tolerance`` does not.
 
     Raises:
         ValueError: An argument breaks its rule, or no ``σ ≤ 1e6`` meets the target.
@@ -287,22 +289,58 @@ def noise_for_budget(
     if not 0 < sampling_probability <= 1:
         raise ValueError(f"sampling_probability must be in (0, 1], got {sampling_probability!r}")
 
-    def meets(sigma: float) -> bool:
-        return _epsilon(rounds, sigma, float(delta), float(sampling_probability)) <= target_epsilon
+    def excess(sigma: float) -> float:  # log(ε / target): ≤ 0 where σ meets the target
+        epsilon = _epsilon(rounds, sigma, float(delta), float(sampling_probability))
+        return math.log(epsilon / target_epsilon) if epsilon > 0 else -math.inf
 
-    low, high = 0.0, 1.0  # σ = 0 is no privacy at all: ε = ∞
     with _quiet_rdp():
-        while not meets(high):
-            low, high = high, 2 * high
-            if high > _MAX_NOISE_MULTIPLIER:
-                raise ValueError(f"no noise multiplier ≤ {_MAX_NOISE_MULTIPLIER:g} keeps "
-                                 f"ε ≤ {target_epsilon} over {rounds} rounds")
-        while high - low > tolerance:
-            mid = (low + high) / 2
-            if meets(mid):
-                high = mid
-            else:
-                low = mid
+        sigma = _smallest_meeting(excess, tolerance)
+    if sigma is None:
+        raise ValueError(f"no noise multiplier ≤ {_MAX_NOISE_MULTIPLIER:g} keeps "
+                         f"ε ≤ {target_epsilon} over {rounds} rounds")
+    return sigma
+
+
+def _smallest_meeting(excess: Callable[[float], float], tolerance: float) -> float | None:
+    """The upper end of a bracket ``[low, high]`` no wider than ``tolerance`` with
+    ``excess(low) > 0 ≥ excess(high)``, for an ``excess`` (``log ε − log target``) that
+    decreases as ``σ`` grows; None where no ``σ ≤ 1e6`` meets the target.
+
+    Each accountant query costs up to 0.1 s of CPU (a node calibrates once, at its start), so
+    the root is estimated by secant steps on ``log ε`` against ``log σ`` (``ε`` is close to a
+    power of ``σ``), kept inside the bracket; once an estimate falls within ``tolerance`` of
+    the last point, a probe just past it on the other side closes the bracket: 6-8 queries
+    where bisection took 10-20, the same answer up to the tolerance.
+    """
+    low, high = 0.0, 1.0  # σ = 0 is no privacy at all: ε = ∞
+    f_high = excess(high)
+    points = [(high, f_high)]
+    while f_high > 0:
+        low, high = high, 2 * high
+        if high > _MAX_NOISE_MULTIPLIER:
+            return None
+        f_high = excess(high)
+        points.append((high, f_high))
+    step = 0.75 * tolerance
+    while high - low > tolerance:
+        (s0, f0), (s1, f1) = points[-2] if len(points) > 1 else (0.0, math.inf), points[-1]
+        guess = (low + high) / 2
+        secant = s0 > 0 and math.isfinite(f0) and math.isfinite(f1) and f0 != f1
+        if secant and len(points) < _SECANT_STEPS:
+            slope = (f1 - f0) / (math.log(s1) - math.log(s0))
+            guess = math.exp(max(-700.0, min(math.log(high), math.log(s1) - f1 / slope)))
+            if abs(guess - s1) < step:  # the root is this close to s1: probe its other side
+                guess = s1 - step if f1 <= 0 else s1 + step
+        if high - low > 2 * step:  # an estimate at an end of the bracket: just inside it
+            guess = min(max(guess, low + step), high - step)
+        if not low < guess < high:
+            guess = (low + high) / 2
+        value = excess(guess)
+        points.append((guess, value))
+        if value <= 0:
+            high = guess
+        else:
+            low = guess
     return high
 
 
