@@ -261,6 +261,42 @@ def test_each_plot_is_svg_with_one_series_per_node(tmp_path: Path) -> None:
         assert series_count(markup, name) == count, name
 
 
+def test_the_fixed_layout_keeps_every_figure_inside_its_canvas(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Titles, labels, tick labels and legends inside the figure (as the SVG draws it, at 72
+    dpi), each legend clear of the axes: here a two-column one of 24 entries (16 nodes, a
+    partition, every kind of event) and a long role in a label."""
+    events = {2: "SIGKILL after round 3", 4: "SIGTERM after round 5",
+              5: "paused after round 2", 6: "restarted (after round 4)",
+              7: "joined late (federation at round 1)"}
+    node_extra: dict[int, dict[str, Any]] = {i: {"events": [e]} for i, e in events.items()}
+    node_extra[3] = {"role": "lying_aggregator"}
+    extra = {"network": {"partitions": [{"groups": [[0, 1], [2, 3]], "silent": False,
+                                         "cut": {"seconds": 2.0, "max_round": 2},
+                                         "healed": {"seconds": 4.0, "max_round": 4}}]}}
+    run = load_run(write_run(tmp_path, nodes=16, extra=extra, node_extra=node_extra,
+                             epsilon=True))
+    figures: list[Any] = []
+    render = plots.render
+    monkeypatch.setattr(plots, "render",
+                        lambda figure, name: figures.append(figure) or render(figure, name))
+    for draw in (plots.accuracy_plot, plots.consensus_plot, plots.bytes_plot,
+                 plots.round_time_plot, plots.rss_plot, plots.epsilon_plot,
+                 plots.topology_plot, plots.timeline_plot):
+        draw(run)
+    assert max(len(f.legends[0].get_texts()) for f in figures if f.legends) == 24
+    for figure in figures:
+        figure.set_dpi(72)
+        renderer = figure.canvas.get_renderer()
+        figure.draw(renderer)
+        width, height = figure.get_size_inches()
+        box = figure.get_tightbbox(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, box
+        for legend in figure.legends:
+            where = legend.get_window_extent(renderer)
+            assert not any(where.overlaps(a.get_tightbbox(renderer)) for a in figure.axes)
+
+
 def test_round_time_parts_add_up_to_the_round(tmp_path: Path) -> None:
     rounds, parts = plots.round_time_parts(load_run(write_run(tmp_path, nodes=2)))
     assert list(rounds) == list(range(9))

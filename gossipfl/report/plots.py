@@ -3,7 +3,9 @@
 Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas (no pyplot,
 no global backend), written as SVG with text kept as text; a figure whose SVG would be larger
 than :data:`SVG_LIMIT` bytes is embedded as a base64 PNG instead. Each drawn series carries an
-id (``series-<figure>-<n>``) so that tests and readers can count them.
+id (``series-<figure>-<n>``) so that tests and readers can count them. The layout is fixed
+(:func:`place`, margins in inches), not matplotlib's constrained layout, which cost more than
+the drawing itself.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ from gossipfl.report.data import MarkerKind, NodeData, RunData, Series
 SVG_LIMIT = 200_000
 PNG_DPI = 90
 WIDTH, HEIGHT = 9.0, 3.4
+#: The fixed layout's margins in inches (see :func:`place`): above the axes for the title
+#: (and a y offset such as "1e6"); below for the x tick labels and the x label; on the left
+#: for the y label and y tick labels up to six digits wide ("100000", "2×10⁻³"); on the
+#: right for the last x tick label, or instead a legend's measured width.
+TOP, BOTTOM, LEFT, RIGHT = 0.34, 0.5, 0.8, 0.2
+#: Inches at the figure's edge, between stacked axes, and between the axes and a legend.
+EDGE, GAP = 0.1, 0.15
 RC = {"svg.fonttype": "none", "svg.hashsalt": "gossipfl", "font.size": 8.5,
       "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False}
 MARKER_STYLE = {
@@ -55,9 +64,30 @@ def styled(draw: Callable[[RunData], str]) -> Callable[[RunData], str]:
 
 
 def _figure(height: float = HEIGHT, width: float = WIDTH) -> Figure:
-    figure = Figure(figsize=(width, height), layout="constrained")
+    figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)
     return figure
+
+
+def place(figure: Figure) -> None:
+    """Lay ``figure`` out with its margins in inches, the same at any figure size: the
+    subplots inside :data:`TOP`, :data:`BOTTOM`, :data:`LEFT` and :data:`RIGHT` (only
+    :data:`EDGE` where the axes are hidden), :data:`GAP` apart, and each legend right of
+    them in room as wide as it measures at the figure's dpi (so as many columns as it has),
+    centred on the axes or level with their top as its ``loc`` says."""
+    width, height = figure.get_size_inches()
+    shown = any(a.axison for a in figure.axes)
+    bottom, left = (BOTTOM, LEFT) if shown else (EDGE, EDGE)
+    right = max([RIGHT, *(legend.get_window_extent().width / figure.dpi + GAP + EDGE
+                          for legend in figure.legends)])
+    rows = max((spec.nrows for spec in (a.get_gridspec() for a in figure.axes)
+                if spec is not None), default=1)
+    tall = max(height - TOP - bottom - GAP * (rows - 1), 0.1) / rows  # one row's height
+    figure.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                           top=1 - TOP / height, hspace=GAP / tall)
+    for legend in figure.legends:
+        legend.set_bbox_to_anchor((1 - (right - GAP) / width, bottom / height, 0,
+                                   1 - (TOP + bottom) / height), figure.transFigure)
 
 
 def render(figure: Figure, name: str) -> str:
@@ -65,6 +95,7 @@ def render(figure: Figure, name: str) -> str:
     when the SVG is over :data:`SVG_LIMIT`."""
     buffer = io.BytesIO()
     with matplotlib.rc_context(RC):
+        place(figure)
         figure.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue().decode()
     if len(svg) <= SVG_LIMIT:
@@ -73,6 +104,8 @@ def render(figure: Figure, name: str) -> str:
         return svg.replace("<svg ", f'<svg role="img" aria-label="{name}" ', 1)
     buffer = io.BytesIO()
     with matplotlib.rc_context(RC):
+        figure.set_dpi(PNG_DPI)
+        place(figure)  # legends measured again: hinted text is wider at some dpi
         figure.savefig(buffer, format="png", dpi=PNG_DPI)
     data = base64.b64encode(buffer.getvalue()).decode()
     return f'<img alt="{name}" src="data:image/png;base64,{data}">'
@@ -124,7 +157,7 @@ def _legend(figure: Figure, *axes: Axes, limit: int = 24) -> None:
         labels += names
     if handles and len(handles) <= limit:
         figure.legend(handles, labels, fontsize=7, ncols=max(1, math.ceil(len(handles) / 14)),
-                      loc="outside right center", frameon=False)
+                      loc="center left", borderaxespad=0, frameon=False)
 
 
 @styled
@@ -348,7 +381,7 @@ def topology_plot(run: RunData) -> str:
     axes.set_aspect("equal")
     axes.axis("off")
     axes.set_title(f"Topology: {count} nodes")
-    figure.legend(fontsize=7, loc="outside right upper", frameon=False)
+    figure.legend(fontsize=7, loc="upper left", borderaxespad=0, frameon=False)
     return render(figure, "topology")
 
 
