@@ -3,6 +3,7 @@ figures, its sections present or omitted, its size, no external references, clea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -295,6 +296,18 @@ def test_the_fixed_layout_keeps_every_figure_inside_its_canvas(
         for legend in figure.legends:
             where = legend.get_window_extent(renderer)
             assert not any(where.overlaps(a.get_tightbbox(renderer)) for a in figure.axes)
+
+
+def test_log_axis_labels_are_plain_text_as_matplotlib_places_them(tmp_path: Path) -> None:
+    """The consensus figure labels its log axis like matplotlib (decades, and the 2, 3, 4, 6
+    multiples when the data span less than one), as plain text rather than mathtext."""
+    run = load_run(write_run(tmp_path, nodes=2))  # 0.1 down to 0.0125, tolerance 1e-4
+    markup = plots.consensus_plot(run)
+    assert "10⁻¹" in markup and "10⁻⁴" in markup and "mathdefault" not in markup
+    narrow = dataclasses.replace(run, consensus_distance=[2e-3, 4e-3, 6e-3], config={})
+    markup = plots.consensus_plot(narrow)
+    assert all(f"{k}×10⁻³" in markup for k in (2, 3, 4, 6)) and "mathdefault" not in markup
+    assert plots.plain_label("x") == "x"
 
 
 def test_round_time_parts_add_up_to_the_round(tmp_path: Path) -> None:
