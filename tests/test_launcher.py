@@ -9,6 +9,8 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from gossipfl.config import NodeConfig
 from gossipfl.node.compile_cache import warm_marker
 from gossipfl.scenario.launcher import fork_safe
@@ -36,3 +38,14 @@ def test_warm_marker_ignores_what_does_not_change_the_compiled_steps(tmp_path: P
     batch = replace(base, train=replace(base.train, batch_size=64))
     assert warm_marker(str(tmp_path), batch) != warm_marker(str(tmp_path), base)
     assert warm_marker(str(tmp_path), base).parent == tmp_path
+
+
+def test_warm_marker_changes_with_the_steps_the_warm_up_compiles(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A marker written before the set of compiled steps changed is not taken for this one."""
+    import gossipfl.node.compile_cache as compile_cache
+
+    base = NodeConfig(node_count=8)
+    now = warm_marker(str(tmp_path), base)
+    monkeypatch.setattr(compile_cache, "WARM_STEPS", compile_cache.WARM_STEPS - 1)
+    assert warm_marker(str(tmp_path), base) != now
