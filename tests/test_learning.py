@@ -622,6 +622,35 @@ def test_max_steps_trains_the_first_steps_of_the_full_run(digits: Dataset) -> No
         assert trainer._train_step._cache_size() == 1  # however many steps: one compilation
 
 
+def test_steps_in_chunks_are_the_steps_one_at_a_time_to_the_bit(
+        digits: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round's steps go TRAIN_CHUNK to a dispatch (the rest one at a time): the parameters are
+    those of the same steps taken one by one, to the bit, and the mean loss the same up to
+    float32 rounding (a step's loss is fused differently inside the scan); the chunk compiles
+    once whatever number of steps a round takes."""
+    import gossipfl.learning.train as train_module
+
+    model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=(16,))
+    trainer = Trainer(model, TrainConfig(optimizer="momentum", batch_size=32, local_epochs=5))
+    params = model.init(0)
+    x, y = digits.x_train[:100], digits.y_train[:100]  # 4 minibatches an epoch: 20 steps
+
+    def run(**kwargs: int) -> tuple[np.ndarray, float]:
+        out, _, loss = trainer.train(params, trainer.init_opt_state(params), x, y, seed=3,
+                                     **kwargs)
+        return flatten_params(out), loss
+
+    chunked = [run(max_steps=k) for k in (20, 17, 9)]  # 2 chunks + 4, 2 + 1, 1 + 1
+    monkeypatch.setattr(train_module, "TRAIN_CHUNK", 10**6)  # every step alone
+    for (vector, loss), k in zip(chunked, (20, 17, 9), strict=True):
+        alone, alone_loss = run(max_steps=k)
+        np.testing.assert_array_equal(vector, alone)
+        assert loss == pytest.approx(alone_loss, rel=1e-6)
+    assert not np.array_equal(chunked[0][0], chunked[1][0])
+    if hasattr(trainer._train_chunk, "_cache_size"):
+        assert trainer._train_chunk._cache_size() == 1
+
+
 @pytest.mark.parametrize("name", ["digits", "wine", "breast_cancer", "iris"])
 def test_bundled_files_hold_what_sklearn_loads(name: str) -> None:
     """We read scikit-learn's data files directly; the rows must be exactly its loader's."""
