@@ -1,6 +1,6 @@
 """gossipfl's own cache of compiled steps (gossipfl/learning/executables.py): a warm node process
-neither lowers nor compiles anything, entries are owner-only, a bad entry or folder is logged and
-never trusted.
+neither traces, lowers nor compiles anything, entries are owner-only, a bad entry, index or folder
+is logged and never trusted.
 
 The pytest run enables JAX's persistent cache for every process it starts (tests/conftest.py),
 and with it on the executable cache stores nothing (an executable JAX loaded from its cache does
@@ -54,7 +54,7 @@ learner.prepare()
 result = learner.train(learner.initial_vector(), 0)
 evaluated = learner.evaluate(result.vector)
 print(json.dumps({"hits": cache.hits, "misses": cache.misses, "stored": cache.stored,
-                  "loss": result.loss, "accuracy": evaluated.accuracy,
+                  "traced": cache.traced, "loss": result.loss, "accuracy": evaluated.accuracy,
                   "vector": [float(v) for v in result.vector[:20]],
                   "compiled": [m for m in records if m.startswith("Compiling")],
                   "lowered": [m for m in records if "MLIR" in m]}))
@@ -117,8 +117,51 @@ dp = DPSGD(clip_norm=1.0, noise_multiplier=1.0, sample_rate=0.3, rng=np.random.d
 trained, _, loss = trainer.train(params, trainer.init_opt_state(params), x, y, epochs=1,
                                  seed=0, dp=dp)
 print(json.dumps({"vector": flatten_params(trained).tolist(), "loss": loss,
-                  "hits": cache.hits, "misses": cache.misses,
+                  "hits": cache.hits, "misses": cache.misses, "traced": cache.traced,
                   "compiled": [m for m in records if m.startswith("Compiling")]}))
+"""
+
+
+QUICK = COMPILE_LOG + """
+import os
+import jax.numpy as jnp
+from gossipfl.learning import executables
+from gossipfl.learning.executables import ExecutableCache
+logging.getLogger("gossipfl.executables").addHandler(Keep())
+folder = sys.argv[1]
+out = {}
+def step(w, x):
+    return jnp.tanh(x @ w).sum(axis=0)
+def other(w, x):
+    return jnp.sin(x @ w).sum(axis=0)
+w, x = np.ones((3, 2), np.float32), np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+def run(fn, context, *, source=None, args=(w, x)):
+    cache = ExecutableCache(folder)
+    if source is not None:
+        cache._source = source
+    result = np.asarray(cache.jit(fn, "s", context)(*args)).tolist()
+    return result, [cache.traced, cache.hits, cache.misses, cache.stored]
+out["jit"] = np.asarray(jax.jit(step)(w, x)).tolist()
+out["other_jit"] = np.asarray(jax.jit(other)(w, x)).tolist()
+out["cold"] = run(step, "a")
+out["warm"] = run(step, "a")
+out["other_shape"] = run(step, "a", args=(w, x[:2]))
+out["no_context"] = run(step, None)
+# another context: traced, and the trace finds the entry the first one stored
+out["context_b"] = run(step, "b")
+# the same name and context over changed source: traced, so the changed step is what runs
+out["changed_source"] = run(other, "a", source="changed")
+out["changed_again"] = run(other, "a", source="changed")
+# an index that names no entry, or holds garbage: traced, right, and the index rewritten
+indexes = sorted(n for n in os.listdir(folder) if n.endswith(executables.INDEX_SUFFIX))
+out["indexes"] = len(indexes)
+for name in indexes:
+    with open(os.path.join(folder, name), "w") as f:
+        f.write("0" * 40 if name == indexes[0] else "not a key")
+out["bad_index"] = [run(step, "a"), run(step, "b")]
+out["repaired"] = run(step, "a")
+out["warnings"] = records
+print(json.dumps(out))
 """
 
 
@@ -140,24 +183,28 @@ def test_a_warm_node_process_neither_lowers_nor_compiles_and_learns_the_same(
     cold = _fresh(NODE_STEPS, str(tmp_path))
     warm = _fresh(NODE_STEPS, str(tmp_path))
     # optimiser initialisation, a chunk of training steps, a training step, an evaluation step
-    assert (cold["misses"], cold["stored"], cold["hits"]) == (4, 4, 0)
+    assert (cold["misses"], cold["stored"], cold["hits"], cold["traced"]) == (4, 4, 0, 4)
     assert cold["compiled"] and cold["lowered"]  # the cold process compiled them
-    assert (warm["hits"], warm["misses"], warm["stored"]) == (4, 0, 0)
+    # the warm one found every step by its quick key: not even traced
+    assert (warm["hits"], warm["misses"], warm["stored"], warm["traced"]) == (4, 0, 0, 0)
     assert warm["compiled"] == [] and warm["lowered"] == []
     assert warm["vector"] == cold["vector"] and warm["loss"] == cold["loss"]
     assert warm["accuracy"] == cold["accuracy"]
     folder = tmp_path / "cache" / "steps"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     entries = sorted(folder.iterdir())
-    assert len(entries) == 4
+    assert sorted(e.suffix for e in entries) == [".key"] * 4 + [".xla"] * 4
     assert all(stat.S_IMODE(e.stat().st_mode) == 0o600 for e in entries)
+    # each index names an entry
+    named = {e.read_text() for e in entries if e.suffix == ".key"}
+    assert named == {e.stem for e in entries if e.suffix == ".xla"}
 
 
 def test_dp_sgd_steps_load_warm_with_no_eager_op_and_the_same_draws(tmp_path: Path) -> None:
     cold = _fresh(DP_STEPS, str(tmp_path / "steps"))
     warm = _fresh(DP_STEPS, str(tmp_path / "steps"))
     assert (cold["misses"], cold["hits"]) == (2, 0)  # optimiser initialisation, DP step
-    assert (warm["misses"], warm["hits"], warm["compiled"]) == (0, 2, [])
+    assert (warm["misses"], warm["hits"], warm["traced"], warm["compiled"]) == (0, 2, 0, [])
     assert warm["vector"] == cold["vector"] and warm["loss"] == cold["loss"]
 
 
@@ -212,3 +259,20 @@ def test_the_key_covers_the_environment_the_constants_and_the_tree() -> None:
     shaped = jax.make_jaxpr(lambda v: jnp.sum(v))(np.ones(3, np.float32))
     assert step_key("s", shaped, tree, "env") != step_key(
         "s", jax.make_jaxpr(lambda v: jnp.sum(v))(np.ones(4, np.float32)), tree, "env")
+
+
+def test_a_step_with_a_context_is_found_without_tracing_and_never_wrongly(
+        tmp_path: Path) -> None:
+    out = _fresh(QUICK, str(tmp_path / "steps"))
+    # [traced, hits, misses, stored] of each fresh cache
+    assert out["cold"] == [out["jit"], [1, 0, 1, 1]]
+    assert out["warm"] == [out["jit"], [0, 1, 0, 0]]
+    assert len(out["other_shape"][0]) == 2 and out["other_shape"][1] == [1, 0, 1, 1]
+    assert out["no_context"] == [out["jit"], [1, 1, 0, 0]]  # traced, then loaded
+    assert out["context_b"] == [out["jit"], [1, 1, 0, 0]]
+    assert out["changed_source"] == [out["other_jit"], [1, 0, 1, 1]]
+    assert out["changed_again"] == [out["other_jit"], [0, 1, 0, 0]]
+    assert out["indexes"] == 4  # a, its other shape, b, a over the changed source
+    for result, counts in out["bad_index"]:
+        assert result == out["jit"] and counts[0] == 1 and counts[2] == 0
+    assert out["repaired"] == [out["jit"], [0, 1, 0, 0]]

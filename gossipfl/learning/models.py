@@ -18,6 +18,7 @@ about a second of CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ class Model:
     name: str
     init: Callable[[int], Params]
     apply: Callable[[Params, jax.Array], jax.Array]
+    #: what it was built from (:func:`build_model`'s arguments, as text): the compiled-step
+    #: cache's context for its steps (``""``: unknown, so its steps are traced to be found)
+    spec: str = ""
 
 
 def _dense_init(rng: np.random.Generator, fan_in: int, fan_out: int, *, relu: bool) -> Params:
@@ -222,14 +226,17 @@ def build_model(
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     num_features = math.prod(input_shape)
     if name == "logreg":
-        return _mlp("logreg", num_features, (), num_classes)
-    if name == "mlp":
+        model = _mlp("logreg", num_features, (), num_classes)
+    elif name == "mlp":
         hidden = tuple(hidden)
         if not hidden or any(
             isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden
         ):
             raise ValueError(f"hidden must be a non-empty tuple of positive ints, got {hidden}")
-        return _mlp("mlp", num_features, hidden, num_classes)
-    if name == "cnn":
-        return _cnn(input_shape, num_classes)
-    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+        model = _mlp("mlp", num_features, hidden, num_classes)
+    elif name == "cnn":
+        model = _cnn(input_shape, num_classes)
+    else:
+        raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+    spec = repr((name, input_shape, num_classes, hidden if name == "mlp" else ()))
+    return dataclasses.replace(model, spec=spec)

@@ -97,8 +97,11 @@ class Trainer:
         self.config = config
         self.optimizer = make_optimizer(config)
 
+        # what the steps close over beyond gossipfl's code: the model's build and this config
+        context = f"{model.spec}|{config!r}" if model.spec else None
+
         def jit(fn: Any, name: str) -> Any:
-            return jax.jit(fn) if executables is None else executables.jit(fn, name)
+            return jax.jit(fn) if executables is None else executables.jit(fn, name, context)
 
         self._init = jit(self.optimizer.init, "opt_init")
         self._train_step = jit(self._train_step_impl, "train_step")

@@ -289,8 +289,8 @@ class Node:
                 nursery.start_soon(links.relink_loop, self)
                 if self.signals:  # a process of its own: from its start to round 0
                     self.startup_seconds = process_age()
-                    log.info("round 0 starts %.2f s after the process started",
-                             self.startup_seconds)
+                    log.info("round 0 starts %.2f s after the process started (%.2f s of "
+                             "CPU)", self.startup_seconds, time.process_time())
                 self.status = NodeStatus.TRAINING
                 await run_rounds(self)  # the one place a round is composed
                 self.status = NodeStatus.DONE
