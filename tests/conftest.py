@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +37,11 @@ OWN_CACHE = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _own_jax_cache(config)
+    _share_rewritten_tests(config)
+
+
+def _own_jax_cache(config: pytest.Config) -> None:
     """One JAX compilation cache for the whole run (workers and the processes they start
     inherit it), every compilation in it: the simulator tests compile the same steps again and
     again (measured: two files' CPU time 19 s -> 11 s from an empty cache). A folder of this
@@ -47,10 +55,75 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+REWRITTEN = pytest.StashKey[list[Path]]()
+
+
+def _pyc(rewrite: Any, module: Path) -> Path:
+    return rewrite.get_cache_dir(module) / (module.name[:-3] + rewrite.PYC_TAIL)
+
+
+def _test_modules(config: pytest.Config, here: Path) -> list[Path]:
+    """The test modules this run collects from: those its arguments name, or those under the
+    folders they name (``testpaths`` when none)."""
+    found: set[Path] = set()
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if path.is_dir():
+            found.update(path.rglob("test_*.py"))
+        elif path.is_file() and path.name.startswith("test_"):
+            found.add(path)
+    return sorted(module for module in found if module.parent == here)
+
+
+def _share_rewritten_tests(config: pytest.Config) -> None:
+    """Rewrite the test modules' asserts once for every worker, not once in each.
+
+    Where the environment asks Python to write no bytecode (``PYTHONDONTWRITEBYTECODE``), pytest
+    caches no rewritten test module either, so each xdist worker rewrote all of them: 7 of a
+    worker's 14 s of CPU to collect (pytest 9.2, some 2 ms an assert), four workers a run. The
+    controller now rewrites them before the workers start (in two processes) and writes
+    pytest's own cache files, which the workers read (pytest checks each against its source's
+    hash); the files it wrote are removed at the run's end."""
+    if not sys.dont_write_bytecode or hasattr(config, "workerinput"):
+        return
+    if config.getoption("assertmode", "rewrite") != "rewrite" or \
+            config.getoption("numprocesses", None) in (None, 0, "0"):
+        return
+    try:
+        from _pytest.assertion import rewrite
+
+        state = config.stash[rewrite.assertstate_key]
+        here = Path(__file__).parent
+        todo = [module for module in [*_test_modules(config, here), here / "conftest.py"]
+                if rewrite._read_pyc(module, _pyc(rewrite, module)) is None]
+
+        def write(modules: list[Path]) -> None:
+            for module in modules:
+                source_hash, code = rewrite._rewrite_test(module, config)
+                if rewrite.try_makedirs(_pyc(rewrite, module).parent):
+                    rewrite._write_pyc(state, code, source_hash, _pyc(rewrite, module))
+    except (ImportError, AttributeError, KeyError, TypeError):  # another pytest: as before
+        return
+    config.stash[REWRITTEN] = todo
+    pid = os.fork() if threading.active_count() == 1 and len(todo) > 1 else -1
+    if pid == 0:
+        try:
+            write(todo[1::2])
+        finally:
+            os._exit(0)
+    write(todo[0::2] if pid > 0 else todo)
+    if pid > 0:
+        os.waitpid(pid, 0)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     folder = config.stash.get(OWN_CACHE, None)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+    from _pytest.assertion import rewrite
+
+    for module in config.stash.get(REWRITTEN, []):
+        _pyc(rewrite, module).unlink(missing_ok=True)
 
 
 @pytest.hookimpl(tryfirst=True)
