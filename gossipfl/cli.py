@@ -48,6 +48,10 @@ def _node_parser(sub: Any) -> None:
                         "(default: $GOSSIPFL_COMPILE_CACHE, else ~/.cache/gossipfl/xla; off: none)")
 
 
+NO_HTML = ("write report.json only, not report.html (its figures take about a second; "
+           "gossipfl report DIR writes it later)")
+
+
 def _run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="run a scenario: start its nodes, wait, write a report")
     p.add_argument("scenario", help="scenario TOML file")
@@ -60,6 +64,7 @@ def _run_parser(sub: Any) -> None:
                         "one launcher that imports once")
     p.add_argument("--metrics-port", type=int, metavar="BASE",
                    help="node i serves Prometheus metrics on 127.0.0.1:BASE+i (0: off)")
+    p.add_argument("--no-html", action="store_true", help=NO_HTML)
 
 
 def _simulate_parser(sub: Any) -> None:
@@ -73,6 +78,7 @@ def _simulate_parser(sub: Any) -> None:
     p.add_argument("--epoch-seconds", type=float, default=None,
                    help="virtual seconds one epoch of local training costs a node (the run "
                         "then repeats exactly); default: the wall time it took here")
+    p.add_argument("--no-html", action="store_true", help=NO_HTML)
 
 
 def _report_parser(sub: Any) -> None:
@@ -245,7 +251,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         return run_scenario(args.scenario, out=args.out, quiet=args.quiet,
                             centralised=not args.no_centralised, spawn=args.spawn,
-                            metrics=args.metrics_port)
+                            metrics=args.metrics_port, html=not args.no_html)
     except (ConfigError, OSError) as error:
         print(f"gossipfl run: {error}", file=sys.stderr)
         return 2
@@ -258,7 +264,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     try:
         return simulate_scenario(args.scenario, out=args.out, quiet=args.quiet,
                                  centralised=not args.no_centralised,
-                                 epoch_seconds=args.epoch_seconds)
+                                 epoch_seconds=args.epoch_seconds, html=not args.no_html)
     except (ConfigError, OSError) as error:
         print(f"gossipfl simulate: {error}", file=sys.stderr)
         return 2

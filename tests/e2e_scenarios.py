@@ -60,11 +60,15 @@ max_consensus_rounds = 60
 """
 
 
-def run_text(tmp_path: Path, text: str, *, spawn: bool = False) -> tuple[int, dict]:
+def run_text(tmp_path: Path, text: str, *, spawn: bool = False,
+             html: bool = False) -> tuple[int, dict]:
+    """Run a scenario's text; its report.json (report.html only with ``html``: its figures
+    cost about a second of the test process's CPU, and test_report_html.py draws them)."""
     scenario = tmp_path / "scenario.toml"
     scenario.write_text(text)
     out = tmp_path / "out"
-    code = run_scenario(scenario, out=out, quiet=True, centralised=False, spawn=spawn)
+    code = run_scenario(scenario, out=out, quiet=True, centralised=False, spawn=spawn,
+                        html=html)
     return code, json.loads((out / "report.json").read_text())
 
 

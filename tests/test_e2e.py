@@ -37,8 +37,15 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.parametrize("spawn", [False, True], ids=["forked", "spawned"])
 def test_three_nodes_converge_to_one_model(tmp_path: Path, spawn: bool) -> None:
     code, report = run_text(tmp_path, BASE.format(name="e2e3", nodes=3, rounds=8, topology="full",
-                                              degree=2, round_timeout=20.0), spawn=spawn)
+                                              degree=2, round_timeout=20.0), spawn=spawn,
+                            html=spawn)
     assert code == 0
+    # the page beside the report, with its figures, or (not asked for) none
+    page = tmp_path / "out" / "report.html"
+    assert page.exists() == spawn
+    if spawn:
+        text = page.read_text()
+        assert '<figure id="fig-accuracy"' in text and text.count("<svg") >= 4
     nodes = report["nodes"]
     assert [n["status"] for n in nodes] == ["done"] * 3
     assert report["distinct_pids"] == 3

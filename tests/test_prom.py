@@ -253,7 +253,7 @@ def test_a_run_serves_every_metric_for_every_node(tmp_path: Path) -> None:
 
     def run() -> None:
         result["code"] = main(["run", str(scenario), "--out", str(tmp_path / "out"), "--quiet",
-                               "--no-centralised", "--metrics-port", str(base)])
+                               "--no-centralised", "--metrics-port", str(base), "--no-html"])
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -269,6 +269,9 @@ def test_a_run_serves_every_metric_for_every_node(tmp_path: Path) -> None:
     thread.join(timeout=240)
     assert not thread.is_alive()
     assert result["code"] == 0, result
+    # gossipfl run --no-html: the report without its page
+    assert (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out" / "report.html").exists()
     assert sorted(seen) == list(range(nodes)), "not every node was scraped at round >= 1"
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     for index, families in seen.items():
@@ -312,8 +315,11 @@ def test_simulate_says_it_serves_no_metrics(tmp_path: Path,
     scenario.write_text("metrics_port = 9100\n" + scenario_text(name="simprom", nodes=2,
                                                                   rounds=1, degree=1))
     assert main(["simulate", str(scenario), "--out", str(tmp_path / "o"), "--quiet",
-                 "--no-centralised", "--epoch-seconds", "0.2"]) == 0
+                 "--no-centralised", "--epoch-seconds", "0.2", "--no-html"]) == 0
     assert "metrics_port is ignored" in capsys.readouterr().err
+    # --no-html: the report, no page (tests/test_sim_faults.py checks the page is written)
+    assert (tmp_path / "o" / "report.json").exists()
+    assert not (tmp_path / "o" / "report.html").exists()
 
 
 def test_flags_and_the_runner_give_each_node_its_port(tmp_path: Path) -> None:

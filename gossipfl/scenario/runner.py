@@ -387,11 +387,14 @@ def run_folder(path: str | Path, scenario: ScenarioConfig, out: str | Path | Non
 
 
 def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool = False,
-                 centralised: bool = True, spawn: bool = False, metrics: int | None = None) -> int:
+                 centralised: bool = True, spawn: bool = False, metrics: int | None = None,
+                 html: bool = True) -> int:
     """Run a scenario file end to end; returns 0 when every surviving node finished.
 
     Nodes are forked from one launcher process (shared imports) unless ``spawn`` asks for a
     fresh interpreter per node. ``metrics``: a base port, node i serves metrics on it + i.
+    ``html``: write ``report.html`` beside ``report.json`` (``gossipfl report DIR`` writes it
+    later).
     """
     scenario = load_scenario(path, metrics)
     from gossipfl.node.compression import mixing_warnings
@@ -409,17 +412,19 @@ def run_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool
         out_dir = run_folder(path, scenario, out)
         with open_sites(scenario, out_dir) as sites:
             return _run(scenario, out_dir, None, quiet=quiet, centralised=centralised,
-                        spawn=spawn, sites=sites)
+                        spawn=spawn, sites=sites, html=html)
     out_dir = run_folder(path, scenario, out)
     if not spaces.enabled:
-        return _run(scenario, out_dir, None, quiet=quiet, centralised=centralised, spawn=spawn)
+        return _run(scenario, out_dir, None, quiet=quiet, centralised=centralised, spawn=spawn,
+                    html=html)
     with open_namespaces(make_plan(spaces, scenario.nodes, out_dir)) as session:
         return _run(scenario, out_dir, session, quiet=quiet, centralised=centralised,
-                    spawn=spawn)
+                    spawn=spawn, html=html)
 
 
 def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *, quiet: bool,
-         centralised: bool, spawn: bool, sites: SitesSession | None = None) -> int:
+         centralised: bool, spawn: bool, sites: SitesSession | None = None,
+         html: bool = True) -> int:
     relays = ScenarioNetwork(scenario) if netns is None and sites is None and (
         scenario.links or scenario.partitions) else None
     cuts = set_up_cuts(scenario, netns, out_dir / "netns") if netns is not None else None
@@ -489,10 +494,11 @@ def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *,
         if sites is not None:
             print_links(report)
     print(f"report: {out_dir / 'report.json'}")
-    from gossipfl.report.html import try_write_report_html  # matplotlib: only now
+    if html:
+        from gossipfl.report.html import try_write_report_html  # matplotlib: only now
 
-    if (page := try_write_report_html(out_dir)) is not None:
-        print(f"report: {page}")
+        if (page := try_write_report_html(out_dir)) is not None:
+            print(f"report: {page}")
     survivors_ok = all(n.exit_code == 0 for n in nodes if n.killed_at is None)
     return 0 if finished and survivors_ok else 1
 

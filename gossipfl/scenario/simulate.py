@@ -430,8 +430,10 @@ def simulate(scenario: ScenarioConfig, out_dir: Path, *, centralised: bool = Tru
 
 
 def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet: bool = False,
-                      centralised: bool = True, epoch_seconds: float | None = None) -> int:
-    """Simulate a scenario file; returns 0 when every node that was not killed finished."""
+                      centralised: bool = True, epoch_seconds: float | None = None,
+                      html: bool = True) -> int:
+    """Simulate a scenario file; returns 0 when every node that was not killed finished
+    (``html``: write ``report.html`` too)."""
     scenario = load_scenario(path)
     if scenario.metrics_port:
         print("gossipfl simulate: metrics_port is ignored (nodes in one process serve no "
@@ -441,10 +443,11 @@ def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet:
     if not quiet:
         print_summary(report)
     print(f"report: {out_dir / 'report.json'}")
-    from gossipfl.report.html import try_write_report_html  # matplotlib: only now
+    if html:
+        from gossipfl.report.html import try_write_report_html  # matplotlib: only now
 
-    if (page := try_write_report_html(out_dir)) is not None:
-        print(f"report: {page}")
+        if (page := try_write_report_html(out_dir)) is not None:
+            print(f"report: {page}")
     if report["timed_out"]:
         print(f"gossipfl simulate: scenario timed out after {scenario.timeout:.0f} virtual s",
               file=sys.stderr)
