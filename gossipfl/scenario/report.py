@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -281,6 +282,23 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
         **({"adversaries": adversaries_section(scenario, nodes)} if scenario.adversaries else {}),
         **({"namespaces": namespaces} if namespaces is not None else {}),  # per node: ip, cap
     }
+
+
+def show_report(report: dict[str, Any], out_dir: Path, *, quiet: bool, html: bool,
+                more: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """What a finished run (``gossipfl run`` or ``simulate``) shows once ``report.json`` is
+    written: the summary table and ``more`` unless ``quiet``, where the report is, and
+    ``report.html`` written beside it with ``html`` (a failure to draw is logged, not raised)."""
+    if not quiet:
+        print_summary(report)
+        if more is not None:
+            more(report)
+    print(f"report: {out_dir / 'report.json'}")
+    if html:
+        from gossipfl.report.html import try_write_report_html  # matplotlib: only now
+
+        if (page := try_write_report_html(out_dir)) is not None:
+            print(f"report: {page}")
 
 
 def print_summary(report: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ from gossipfl.scenario.netns import (
 from gossipfl.scenario.network import PartitionSchedule, ScenarioNetwork
 from gossipfl.scenario.process import ForkedProcess, NodeProcess
 from gossipfl.scenario.progress import Progress
-from gossipfl.scenario.report import build_report, print_summary
+from gossipfl.scenario.report import build_report, show_report
 from gossipfl.scenario.sites import SitesSession, open_sites
 from gossipfl.scenario.soak import Soak
 
@@ -484,21 +484,14 @@ def _run(scenario: ScenarioConfig, out_dir: Path, netns: NetnsSession | None, *,
                           timed_out=not finished, network=network_section,
                           namespaces=netns.section() if netns is not None else None)
     soak.add_to(report)
+    more = None
     if sites is not None:
         from gossipfl.scenario.sites_report import add_to, print_links
 
         add_to(report, sites, nodes)
+        more = print_links
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    if not quiet:
-        print_summary(report)
-        if sites is not None:
-            print_links(report)
-    print(f"report: {out_dir / 'report.json'}")
-    if html:
-        from gossipfl.report.html import try_write_report_html  # matplotlib: only now
-
-        if (page := try_write_report_html(out_dir)) is not None:
-            print(f"report: {page}")
+    show_report(report, out_dir, quiet=quiet, html=html, more=more)
     survivors_ok = all(n.exit_code == 0 for n in nodes if n.killed_at is None)
     return 0 if finished and survivors_ok else 1
 

@@ -51,7 +51,7 @@ from gossipfl.scenario.batcher import Batcher
 from gossipfl.scenario.churn import Churn
 from gossipfl.scenario.config import FaultConfig, JoinConfig, ScenarioConfig, load_scenario
 from gossipfl.scenario.process import NodeProcess
-from gossipfl.scenario.report import build_report, print_summary
+from gossipfl.scenario.report import build_report, show_report
 from gossipfl.scenario.runner import prepare_nodes, resolve_faults, resolve_joins, run_folder
 
 if TYPE_CHECKING:
@@ -440,14 +440,7 @@ def simulate_scenario(path: str | Path, *, out: str | Path | None = None, quiet:
               "metrics; gossipfl run does)", file=sys.stderr)
     out_dir = run_folder(path, scenario, out, "sim")
     report = simulate(scenario, out_dir, centralised=centralised, epoch_seconds=epoch_seconds)
-    if not quiet:
-        print_summary(report)
-    print(f"report: {out_dir / 'report.json'}")
-    if html:
-        from gossipfl.report.html import try_write_report_html  # matplotlib: only now
-
-        if (page := try_write_report_html(out_dir)) is not None:
-            print(f"report: {page}")
+    show_report(report, out_dir, quiet=quiet, html=html)
     if report["timed_out"]:
         print(f"gossipfl simulate: scenario timed out after {scenario.timeout:.0f} virtual s",
               file=sys.stderr)
