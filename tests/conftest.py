@@ -33,7 +33,8 @@ os.environ.setdefault("XLA_FLAGS",
 
 
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
-OWN_CACHE = pytest.StashKey[str]()
+STEPS_ENV = "GOSSIPFL_COMPILE_CACHE"  # gossipfl.node.compile_cache.ENV
+OWN_CACHE = pytest.StashKey[list[str]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,15 +45,20 @@ def pytest_configure(config: pytest.Config) -> None:
 def _own_jax_cache(config: pytest.Config) -> None:
     """One JAX compilation cache for the whole run (workers and the processes they start
     inherit it), every compilation in it: the simulator tests compile the same steps again and
-    again (measured: two files' CPU time 19 s -> 11 s from an empty cache). A folder of this
-    run's own, removed at its end; nodes keep their own (gossipfl/node/compile_cache.py)."""
-    if CACHE_ENV in os.environ:  # a worker (its controller made it) or the caller's own
-        return
-    folder = tempfile.mkdtemp(prefix="gossipfl-test-xla-")
-    config.stash[OWN_CACHE] = folder
-    os.environ[CACHE_ENV] = folder
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    again (measured: two files' CPU time 19 s -> 11 s from an empty cache). And one folder of
+    compiled steps for the node processes the run starts (gossipfl/node/compile_cache.py: a
+    node loads its steps from it without tracing or lowering them, and turns JAX's cache off in
+    its own process), never the user's. Folders of this run's own, removed at its end."""
+    own = []
+    if CACHE_ENV not in os.environ:  # else a worker (its controller made it) or the caller's
+        own.append(tempfile.mkdtemp(prefix="gossipfl-test-xla-"))
+        os.environ[CACHE_ENV] = own[-1]
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    if STEPS_ENV not in os.environ:
+        own.append(tempfile.mkdtemp(prefix="gossipfl-test-steps-"))
+        os.environ[STEPS_ENV] = own[-1]
+    config.stash[OWN_CACHE] = own
 
 
 REWRITTEN = pytest.StashKey[list[Path]]()
@@ -117,8 +123,7 @@ def _share_rewritten_tests(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    folder = config.stash.get(OWN_CACHE, None)
-    if folder is not None:
+    for folder in config.stash.get(OWN_CACHE, []):
         shutil.rmtree(folder, ignore_errors=True)
     from _pytest.assertion import rewrite
 

@@ -165,10 +165,14 @@ print(json.dumps(out))
 """
 
 
-def _fresh(code: str, *args: str) -> dict:
+def _fresh(code: str, *args: str, jax_cache: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT")
            and k != "JAX_COMPILATION_CACHE_DIR"}
     env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    if jax_cache is not None:  # JAX's own persistent cache configured, every entry kept
+        env.update(JAX_COMPILATION_CACHE_DIR=jax_cache,
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -198,6 +202,21 @@ def test_a_warm_node_process_neither_lowers_nor_compiles_and_learns_the_same(
     # each index names an entry
     named = {e.read_text() for e in entries if e.suffix == ".key"}
     assert named == {e.stem for e in entries if e.suffix == ".xla"}
+
+
+def test_a_node_uses_its_own_cache_where_jaxs_is_configured_too(tmp_path: Path) -> None:
+    """A user's (or the test run's) JAX_COMPILATION_CACHE_DIR no longer leaves a node lowering
+    and tracing every step at every start: the node turns JAX's cache off in its process."""
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "data.npz", x_train=rng.normal(size=(60, 6)).astype(np.float32),
+             y_train=np.arange(60) % 3)
+    cold = _fresh(NODE_STEPS, str(tmp_path), jax_cache=str(tmp_path / "jax"))
+    warm = _fresh(NODE_STEPS, str(tmp_path), jax_cache=str(tmp_path / "jax"))
+    assert (cold["misses"], cold["stored"]) == (4, 4)
+    assert (warm["hits"], warm["misses"], warm["traced"]) == (4, 0, 0)
+    assert warm["compiled"] == [] and warm["lowered"] == []
+    assert warm["vector"] == cold["vector"]
+    assert not (tmp_path / "jax").exists() or not any((tmp_path / "jax").iterdir())
 
 
 def test_dp_sgd_steps_load_warm_with_no_eager_op_and_the_same_draws(tmp_path: Path) -> None:
