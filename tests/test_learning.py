@@ -537,7 +537,7 @@ def test_trainer_reduces_loss_without_recompiling(digits: Dataset, optimizer: st
     assert losses[-1] < losses[0] < loss0 + 0.5
     assert loss_end < 0.5 * loss0
     assert acc_end > 0.8
-    step = trainer._train_step
+    step = trainer._train_chunk
     if not hasattr(step, "_cache_size"):
         pytest.skip("jax.jit functions do not expose _cache_size in this JAX version")
     assert step._cache_size() == 1
@@ -618,35 +618,37 @@ def test_max_steps_trains_the_first_steps_of_the_full_run(digits: Dataset) -> No
     first, second, sixth = (run(max_steps=k)[0] for k in (1, 2, 6))
     assert not np.array_equal(first, second) and not np.array_equal(second, sixth)
     assert all(np.isfinite(run(max_steps=k)[1]) for k in (1, 2, 6))
-    if hasattr(trainer._train_step, "_cache_size"):
-        assert trainer._train_step._cache_size() == 1  # however many steps: one compilation
+    if hasattr(trainer._train_chunk, "_cache_size"):
+        assert trainer._train_chunk._cache_size() == 1  # however many steps: one compilation
 
 
-def test_steps_in_chunks_are_the_steps_one_at_a_time_to_the_bit(
-        digits: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A round's steps go TRAIN_CHUNK to a dispatch (the rest one at a time): the parameters are
-    those of the same steps taken one by one, to the bit, and the mean loss the same up to
-    float32 rounding (a step's loss is fused differently inside the scan); the chunk compiles
-    once whatever number of steps a round takes."""
-    import gossipfl.learning.train as train_module
+def test_steps_in_chunks_are_the_steps_one_at_a_time_to_the_bit(digits: Dataset) -> None:
+    """A round's steps go TRAIN_CHUNK to a dispatch, the last chunk's count an argument: the
+    parameters are those of the same steps taken one by one (the step alone, jitted), to the
+    bit, and the mean loss the same up to float32 rounding (a step's loss is fused differently
+    inside the loop); the chunk compiles once whatever number of steps a round takes."""
+    from gossipfl.learning.plan import minibatch_plan
 
     model = build_model("mlp", digits.input_shape, digits.num_classes, hidden=(16,))
     trainer = Trainer(model, TrainConfig(optimizer="momentum", batch_size=32, local_epochs=5))
     params = model.init(0)
     x, y = digits.x_train[:100], digits.y_train[:100]  # 4 minibatches an epoch: 20 steps
+    single = jax.jit(trainer._train_step_impl)
 
-    def run(**kwargs: int) -> tuple[np.ndarray, float]:
+    def alone(steps: int) -> tuple[np.ndarray, float]:
+        plan = minibatch_plan(100, 32, 5, 3, steps)
+        p, o, losses = jax.device_put(params), trainer.init_opt_state(params), []
+        for s in range(plan.steps):
+            p, o, loss = single(p, o, x[plan.rows[s]], y[plan.rows[s]], plan.masks[s])
+            losses.append(float(loss))
+        return flatten_params(p), float(np.dot(losses, plan.weights) / plan.weights.sum())
+
+    for steps in (20, 17, 9, 3):  # chunks of 8 and 4 steps, 8 and 1, 8 and 1, a partial one
         out, _, loss = trainer.train(params, trainer.init_opt_state(params), x, y, seed=3,
-                                     **kwargs)
-        return flatten_params(out), loss
-
-    chunked = [run(max_steps=k) for k in (20, 17, 9)]  # 2 chunks + 4, 2 + 1, 1 + 1
-    monkeypatch.setattr(train_module, "TRAIN_CHUNK", 10**6)  # every step alone
-    for (vector, loss), k in zip(chunked, (20, 17, 9), strict=True):
-        alone, alone_loss = run(max_steps=k)
-        np.testing.assert_array_equal(vector, alone)
+                                     max_steps=steps)
+        vector, alone_loss = alone(steps)
+        np.testing.assert_array_equal(flatten_params(out), vector)
         assert loss == pytest.approx(alone_loss, rel=1e-6)
-    assert not np.array_equal(chunked[0][0], chunked[1][0])
     if hasattr(trainer._train_chunk, "_cache_size"):
         assert trainer._train_chunk._cache_size() == 1
 

@@ -67,10 +67,11 @@ def node_executables(folder: str | None) -> Any:
 #: shapes, DP); the rest (keys, addresses, folders, the node's own index) does not change them
 WARM_SECTIONS = ("data", "model", "train", "privacy", "node_count", "seed")
 #: the steps :func:`warm_up` compiles, as a version in the marker's name: a change to that set
-#: (2: the chunk of training steps) must not find an older marker and skip the warm-up, which
+#: (2: the chunk of training steps; 3: the chunk alone, its count an argument) must not find
+#: an older marker and skip the warm-up, which
 #: left every node of a run compiling the new step itself (measured: one quickstart run's
 #: training 31 s of the nodes' wall, against 3-9 s)
-WARM_STEPS = 2
+WARM_STEPS = 3
 
 
 def warm_marker(folder: str, config: Any) -> Path:

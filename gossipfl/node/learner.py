@@ -25,7 +25,7 @@ from gossipfl.learning.params import Params, flatten_params, named_arrays, unfla
 from gossipfl.learning.partition import node_partition
 from gossipfl.learning.partition import partition_indices as partition_indices_of
 from gossipfl.learning.plan import minibatch_plan
-from gossipfl.learning.train import DPSGD, TRAIN_CHUNK, Trainer
+from gossipfl.learning.train import DPSGD, Trainer
 
 if TYPE_CHECKING:  # dp-accounting (and SciPy) load only when DP is on
     from gossipfl.privacy.accountant import RecordBudget
@@ -159,9 +159,9 @@ class LocalLearner:
     def prepare(self, dp: RecordDP | None = None) -> float:
         """Compile (or load from the compile cache) the steps :meth:`train` and
         :meth:`evaluate` run, on throwaway state: from the initial model with a fresh optimiser
-        state, one chunk of minibatch steps and one step alone (one DP-SGD step with DP), and
-        one evaluation. Nothing of the node changes: its optimiser
-        state, its DP budget and its DP generator are left as they were (DP-SGD's step is
+        state, one step through the chunk of minibatch steps (one program, whatever a chunk's
+        count; one DP-SGD step with DP), and one evaluation. Nothing of the node changes: its
+        optimiser state, its DP budget and its DP generator are left as they were (DP-SGD's step is
         compiled with noise from a generator of its own, whose draws are thrown away with the
         step's result). A node runs it in a worker thread while it joins, so that round 0 does
         not wait for the compilation. Returns the seconds it took."""
@@ -176,7 +176,7 @@ class LocalLearner:
                 dpsgd = DPSGD(clip_norm=dp.budget.config.clip_norm,
                               noise_multiplier=dp.budget.noise_multiplier,
                               sample_rate=dp.budget.sample_rate, rng=np.random.default_rng())
-            steps = 1 if dpsgd is not None else TRAIN_CHUNK + 1  # a chunk and a single step
+            steps = 1  # one chunk (its count an argument) or one DP-SGD step
             self.trainer.train(params, self.trainer.init_opt_state(self.template), self.x,
                                self.y, epochs=steps, seed=0, max_steps=steps, dp=dpsgd)
             self.trainer.evaluate(params, self.dataset.x_test, self.dataset.y_test)
