@@ -13,7 +13,7 @@ import pytest
 
 from gossipfl.config import NodeConfig
 from gossipfl.node.compile_cache import warm_marker
-from gossipfl.scenario.launcher import fork_safe
+from gossipfl.scenario.launcher import _redirect, fork_safe
 
 
 def test_fork_is_refused_while_another_thread_runs() -> None:
@@ -49,3 +49,25 @@ def test_warm_marker_changes_with_the_steps_the_warm_up_compiles(
     now = warm_marker(str(tmp_path), base)
     monkeypatch.setattr(compile_cache, "WARM_STEPS", compile_cache.WARM_STEPS - 1)
     assert warm_marker(str(tmp_path), base) != now
+
+
+def test_a_forked_childs_output_goes_to_its_log_whatever_sys_stderr_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launcher forked from a process whose sys.stderr is not descriptor 2 (pytest's capture):
+    its children's warnings and the traceback that ends one land in their own log."""
+    import io
+    import os
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    log = tmp_path / "stdout.log"
+    pid = os.fork()
+    if pid == 0:  # the child: redirect, then write through Python's streams only
+        try:
+            _redirect(log)
+            print("to stdout")
+            print("to stderr", file=sys.stderr)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert log.read_text().splitlines() == ["to stdout", "to stderr"]

@@ -59,10 +59,17 @@ def _child(run: Any) -> None:
 
 
 def _redirect(path: Path) -> None:
+    """This (forked) process's output, descriptors 1 and 2 and Python's ``sys.stdout`` and
+    ``sys.stderr``, into ``path``: a caller may have pointed its ``sys.stderr`` elsewhere than
+    descriptor 2 (pytest's capture does), where a node's warnings and a traceback that ends it
+    would otherwise go."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (the process's own)
+    sys.stderr = open(2, "w", buffering=1, errors="backslashreplace",  # noqa: SIM115
+                      closefd=False)
 
 
 class LauncherProcess:
