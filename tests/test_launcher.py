@@ -13,7 +13,7 @@ import pytest
 
 from gossipfl.config import NodeConfig
 from gossipfl.node.compile_cache import warm_marker
-from gossipfl.scenario.launcher import _redirect, fork_safe
+from gossipfl.scenario.launcher import fork_safe
 
 
 def test_fork_is_refused_while_another_thread_runs() -> None:
@@ -52,22 +52,23 @@ def test_warm_marker_changes_with_the_steps_the_warm_up_compiles(
 
 
 def test_a_forked_childs_output_goes_to_its_log_whatever_sys_stderr_was(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """A launcher forked from a process whose sys.stderr is not descriptor 2 (pytest's capture):
-    its children's warnings and the traceback that ends one land in their own log."""
-    import io
-    import os
-
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
-    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    its children's warnings and the traceback that ends one land in their own log. (Forked in a
+    fresh interpreter: this worker's JAX threads make a fork here unsafe.)"""
     log = tmp_path / "stdout.log"
-    pid = os.fork()
-    if pid == 0:  # the child: redirect, then write through Python's streams only
-        try:
-            _redirect(log)
-            print("to stdout")
-            print("to stderr", file=sys.stderr)
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+    code = (
+        "import io, os, sys\n"
+        "from gossipfl.scenario.launcher import _redirect\n"
+        "sys.stdout, sys.stderr = io.StringIO(), io.StringIO()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        f"    _redirect({str(log)!r})\n"
+        "    print('to stdout')\n"
+        "    print('to stderr', file=sys.stderr)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
     assert log.read_text().splitlines() == ["to stdout", "to stderr"]
