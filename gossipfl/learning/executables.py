@@ -18,8 +18,8 @@ passes its model's build arguments and its training configuration) is also found
 tracing: a second, quick key (the step's name and context, its arguments' tree, shapes and
 dtypes, a digest of gossipfl's source files, the versions of the libraries a step calls, JAX's
 settings that change a trace, and the environment above) names an index file that holds the
-full key. Tracing a node's four steps costs some 0.15 s of CPU at every start; a warm process
-now reads four small files instead. A quick key that finds no index, or an index whose entry
+full key. Tracing a node's steps cost some 0.15 s of CPU at every start; a warm process now
+reads one small file a step instead. A quick key that finds no index, or an index whose entry
 is gone or unreadable, falls back to tracing (and writes the index anew): slower, never wrong.
 What the quick key cannot see is a step whose code changed outside gossipfl's source with the
 same context, hence the library versions in it.
