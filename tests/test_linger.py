@@ -261,6 +261,28 @@ def test_a_reopened_node_sends_rounds_to_a_done_neighbour_linked_lately_not_hear
         node.hear(peer, 10, 0.1, done=True)
     node.hear("running", 10, 0.1, done=False)
     node.heard_at = {"old": 2.0, "heard": 29.5}
-    assert sorted(run_at(30.0, lambda: send_targets(node))) == ["running"]  # not reopened
+    for peer in ("old", "heard", "running"):  # each acknowledged our round 9 on its link
+        node.neighbours[peer].peer_holds = 9
+    # not reopened: only the one whose (new) link holds none of ours yet, besides the running
+    assert sorted(run_at(30.0, lambda: send_targets(node))) == ["new", "running"]
     node.settle.reopened = 1
     assert sorted(run_at(30.0, lambda: send_targets(node))) == ["heard", "new", "running"]
+
+
+def test_a_running_node_sends_a_round_to_a_done_neighbour_linked_again_that_holds_none() -> None:
+    # the flake of a long partition healed (tests/test_e2e_linger.py, once in clean CI): nodes
+    # still running when the cut healed were linked again to a lingering done node, got its
+    # final estimate and, never having finished themselves, sent it nothing: it never saw that
+    # their model was another, so it could not reopen, and the federation ended with two
+    node = DoneNode(neighbours={"back": NeighbourState(linked_at=30.0),
+                                "silent": NeighbourState(linked_at=1.0),
+                                "running": NeighbourState(linked_at=1.0, peer_holds=9)},
+                    wanted={"back", "silent", "running"}, status=NodeStatus.CONSENSUS)
+    node.hear("back", 14, 0.1, done=True)
+    node.hear("silent", 14, 0.1, done=True)
+    node.hear("running", 10, 0.1, done=False)
+    node.heard_at = {"silent": 2.0}  # silent for longer than a heartbeat allows: stopped
+    assert node.settle.reopened == 0
+    assert sorted(run_at(30.0, lambda: send_targets(node))) == ["back", "running"]
+    node.neighbours["back"].peer_holds = 12  # it acknowledged one of ours: told once is enough
+    assert sorted(run_at(30.5, lambda: send_targets(node))) == ["running"]

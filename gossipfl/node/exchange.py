@@ -31,21 +31,28 @@ def finite(value: float, default: float | None = None) -> float | None:
 
 
 def send_targets(node: Node) -> list[str]:
-    """Whom a round's contribution goes to: the neighbours not done. After a reopening
-    (linger.py) also the done ones still heartbeating: they linger, and a model that moved
-    may reopen them too (they are not waited for either way). A neighbour linked lately counts
-    as heard: a member back from a cut is linked again before its first heartbeat arrives,
-    and rounds can take no time at all, so waiting for that heartbeat could leave two
-    reopened nodes each mixing with the other's final estimate to their round limit."""
+    """Whom a round's contribution goes to: the neighbours not done. Also a done one still
+    heartbeating (it lingers, linger.py; it is not waited for either way) after this node
+    reopened, since a model that moved may reopen it too, and, whether or not this node ever
+    finished, one whose link holds none of our estimates yet (linked again since it finished:
+    a member back from a cut, whose final estimate it sent us; one round lets its reopening
+    rule see that our model is another, else it would never hear it, and we would mix its
+    frozen estimate to our round limit). A neighbour linked lately counts as heard: a member
+    back from a cut is linked again before its first heartbeat arrives, and rounds can take
+    no time at all, so waiting for that heartbeat could leave two reopened nodes each mixing
+    with the other's final estimate to their round limit."""
     now, interval = trio.current_time(), node.protocol.heartbeat_interval
 
     def lingers(peer: str) -> bool:
         heard = max(node.heard_at.get(peer, -math.inf), node.neighbours[peer].linked_at)
         return heard > -math.inf and not gone_silent(heard, now, interval)
 
+    def told(peer: str) -> bool:  # why a lingering done neighbour is sent our round
+        return bool(node.settle.reopened) or node.neighbours[peer].peer_holds < 0
+
     return [p for p in node.neighbours
             if not (p in node.estimates.peers and node.estimates.peers[p].done)
-            or (node.settle.reopened and lingers(p))]
+            or (told(p) and lingers(p))]
 
 
 async def send_to_neighbours(node: Node, r: int, *, done: bool) -> None:

@@ -12,8 +12,9 @@ this node's model than the consensus tolerance reopens it (:func:`reopen`; the r
 :func:`~gossipfl.node.termination.reopen_decision`): its status goes back to consensus and the
 round code (round.py) runs consensus rounds again until the node is settled, announces done and
 lingers again, ``protocol.max_reopen`` times at most. A reopened node sends its rounds to its
-done neighbours that still linger as well (exchange.py), so the news spreads until the
-federation holds one model again.
+done neighbours that still linger as well, and a running one sends a round to a lingering
+neighbour whose link holds none of its estimates (linked again after a cut: exchange.py), so
+the news spreads until the federation holds one model again.
 
 Not under secure aggregation (its masked rounds cannot be reopened one node at a time): there
 a done node stops at once, as before.
