@@ -18,7 +18,7 @@ from gossipfl.node.exchange import (
     update_liveness,
     wait_for_neighbours,
 )
-from gossipfl.node.links import drop_neighbour
+from gossipfl.node.links import drop_neighbour, reset_link
 from gossipfl.node.runtime import NeighbourState, Node
 from gossipfl.node.termination import SettleState
 
@@ -180,6 +180,53 @@ def test_a_neighbour_is_dropped_after_max_missed_rounds_in_a_row() -> None:
         await update_liveness(node, 3, ["a"])
         assert "a" not in node.neighbours and "b" in node.neighbours
         assert node.dropped == [{"peer_id": "a", "round": 3, "reason": "missed rounds"}]
+
+    _run(main)
+
+
+class _SlowChannel:
+    """An open stream whose reset takes a while (a peer behind a cut)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def reset(self) -> None:
+        await trio.sleep(self.seconds)
+
+
+class _SlowNet:
+    async def disconnect(self, peer: str) -> None:
+        await trio.sleep(1.0)
+
+
+def test_a_link_made_afresh_while_a_round_drops_another_is_neither_lost_nor_judged() -> None:
+    # the flake of test_e2e_netcut.py[reset]: a node served a re-link (links.reset_link) while
+    # its round's liveness check was dropping another neighbour (drop_neighbour awaits a
+    # disconnect); the reset took the peer out of the neighbours while it reset the old
+    # stream, the check reached it then, and KeyError ended the node (exit 1)
+    async def main() -> None:
+        node = _node("a", "b")
+        node.net = _SlowNet()  # type: ignore[assignment]
+        node.protocol = ProtocolConfig(round_timeout=5.0, max_missed_rounds=2,
+                                       relink_interval=0.5)
+        for peer in ("a", "b"):
+            node.neighbours[peer].missed = 1
+        node.neighbours["b"].channel = _SlowChannel(3.0)  # type: ignore[assignment]
+        relinked: dict[str, NeighbourState] = {}
+
+        async def relink_b() -> None:
+            await trio.sleep(0.2)  # while a's drop awaits its disconnect
+            await reset_link(node, "b")  # type: ignore[arg-type]
+            relinked["b"] = node.neighbours["b"]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relink_b)
+            await update_liveness(node, 5, ["a", "b"])  # type: ignore[arg-type]
+            assert "b" in node.neighbours  # never missing while its old stream is reset
+            fresh = node.neighbours["b"]
+        assert relinked["b"] is fresh and fresh.missed == 0  # a new link: not this round's
+        assert "a" not in node.neighbours
+        assert node.dropped == [{"peer_id": "a", "round": 5, "reason": "missed rounds"}]
 
     _run(main)
 

@@ -328,8 +328,12 @@ async def update_liveness(node: Node, r: int, missing: list[str]) -> None:
     """Count missed rounds; drop a neighbour that missed too many in a row. A neighbour that
     could be reached this round and is alive and keeping up (``still_working``) is not counted."""
     now = trio.current_time()
-    for peer in list(node.neighbours):
-        state = node.neighbours[peer]
+    links = dict(node.neighbours)
+    for peer, state in links.items():
+        # a drop below awaits (a disconnect): a link dropped meanwhile, or made afresh (a
+        # re-link served, links.reset_link), is not this round's to judge
+        if node.neighbours.get(peer) is not state:
+            continue
         if peer not in missing:
             state.missed = 0
             continue

@@ -211,15 +211,17 @@ async def reset_link(node: Node, peer: str) -> None:
     if peer in node.neighbours and now - node.linked_at.get(peer, -math.inf) < \
             node.protocol.relink_interval:
         return
-    old = node.neighbours.pop(peer, None)
+    # the new link in place before anything awaits: the peer is never missing from the
+    # neighbours meanwhile (a round's liveness check or a send would take it for dropped)
+    old = node.neighbours.get(peer)
+    node.neighbours[peer] = NeighbourState(linked_at=now)
+    node.estimates.forget(peer)
+    node.linked_at[peer] = now
+    node.notify()
     if old is not None and old.channel is not None:
         await old.channel.reset()
     if old is not None:
         await close_streams(old, reset=True)
-    node.neighbours[peer] = NeighbourState(linked_at=trio.current_time())
-    node.estimates.forget(peer)
-    node.linked_at[peer] = now
-    node.notify()
 
 
 async def relink(node: Node, peer: str) -> None:
