@@ -72,3 +72,34 @@ def test_a_forked_childs_output_goes_to_its_log_whatever_sys_stderr_was(
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert log.read_text().splitlines() == ["to stdout", "to stderr"]
+
+
+def test_the_launcher_loads_the_shared_data_once_and_each_node_gets_its_own_partition(
+        tmp_path: Path) -> None:
+    import numpy as np
+
+    from gossipfl.node.learner import load_node_data
+    from gossipfl.scenario.launcher import shared_data
+
+    base = NodeConfig(node_count=4)
+    configs = [replace(base, node_index=i) for i in range(4)]
+    pool = shared_data(configs)
+    assert pool is not None
+    for config in configs:  # what a node forked with it holds: what it would have loaded
+        dataset, indices = load_node_data(config)
+        shared = pool.dataset(config)
+        assert shared is pool.dataset(configs[0])  # loaded once
+        assert np.array_equal(pool.indices(config, shared), indices)
+        assert np.array_equal(shared.x_train, dataset.x_train)
+        assert np.array_equal(shared.y_test, dataset.y_test)
+    # a file per node: each child loads its own (here every child's resident set would hold
+    # them all); a file that cannot be read: each child says why in its own log
+    files = []
+    for i in range(2):
+        path = tmp_path / f"node{i}.npz"
+        np.savez(path, x=np.zeros((4, 3), np.float32), y=np.arange(4) % 2)
+        files.append(replace(base, node_index=i, node_count=2, data=replace(
+            base.data, dataset="npz", path=str(path), partition="none")))
+    assert shared_data(files) is None
+    missing = replace(base.data, dataset="npz", path=str(tmp_path / "gone.npz"))
+    assert shared_data([replace(c, data=missing) for c in configs]) is None

@@ -82,6 +82,12 @@ def make_model(config: NodeConfig, dataset: Dataset) -> Model:
                        hidden=config.model.hidden)
 
 
+def data_key(config: NodeConfig) -> tuple[object, ...]:
+    """What decides the data set a node loads (its partition aside)."""
+    spec = config.data
+    return (spec.dataset, spec.seed, spec.test_fraction, spec.path, spec.samples, spec.test_path)
+
+
 class LearnerPool:
     """What learners of one process share when many nodes run in it (a simulation): each
     dataset loaded once, and one model, template and jitted trainer per configuration, so a
@@ -98,8 +104,7 @@ class LearnerPool:
 
     def dataset(self, config: NodeConfig) -> Dataset:
         spec = config.data
-        key = (spec.dataset, spec.seed, spec.test_fraction, spec.path, spec.samples,
-               spec.test_path)
+        key = data_key(config)
         if key not in self._datasets:
             self._datasets[key] = load_dataset(spec.dataset, seed=spec.seed,
                                                test_fraction=spec.test_fraction,

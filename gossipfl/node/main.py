@@ -7,9 +7,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gossipfl.config import NodeConfig
 from gossipfl.gossip.codes import NodeStatus
+
+if TYPE_CHECKING:
+    from gossipfl.node.learner import LearnerPool
 
 log = logging.getLogger("gossipfl.node")
 
@@ -62,10 +66,10 @@ def configure_logging(out_dir: Path, name: str, level: str = "INFO") -> None:
 
 
 def run_node(config: NodeConfig, log_level: str = "INFO",
-             compile_cache: str | None = None) -> int:
+             compile_cache: str | None = None, data: LearnerPool | None = None) -> int:
     """Run a node to its end (``compile_cache``: the machine's folder of compiled steps, see
-    :mod:`gossipfl.node.compile_cache`). Exit code 0: done or stopped by a signal; 2: cannot
-    go on."""
+    :mod:`gossipfl.node.compile_cache`; ``data``: its data set and partition, loaded by the
+    launcher before it forked). Exit code 0: done or stopped by a signal; 2: cannot go on."""
     import trio
 
     from gossipfl.crypto.identity import IdentityError, load_or_create_identity
@@ -87,7 +91,7 @@ def run_node(config: NodeConfig, log_level: str = "INFO",
     from gossipfl.node.security import SecurityError
 
     try:
-        learner = LocalLearner(config, executables=node_executables(compile_cache))
+        learner = LocalLearner(config, pool=data, executables=node_executables(compile_cache))
     except ValueError as error:  # the data: a missing or malformed file, a bad split
         log.error("data: %s", error)
         print(f"gossipfl node: data: {error}", file=sys.stderr)

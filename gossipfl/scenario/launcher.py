@@ -28,9 +28,13 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gossipfl.node.compile_cache import cache_folder, warm_marker, warm_up
+
+if TYPE_CHECKING:
+    from gossipfl.config import NodeConfig
+    from gossipfl.node.learner import LearnerPool
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -162,6 +166,24 @@ def run_in(netns: str | None, run: Callable[[], Any]) -> Any:
     return run()
 
 
+def shared_data(configs: list[NodeConfig]) -> LearnerPool | None:
+    """The data set and every node's partition, loaded once here before the fork (numpy only:
+    no JAX backend) so that no child parses the file again; None when the nodes read data of
+    their own (a file each: loaded here, every child's resident set would hold them all) or
+    it cannot be loaded (each child then says why, in its own log)."""
+    from gossipfl.node.learner import LearnerPool, data_key
+
+    if not configs or len({data_key(c) for c in configs}) != 1:
+        return None
+    pool = LearnerPool()
+    try:
+        for config in configs:
+            pool.indices(config, pool.dataset(config))
+    except (OSError, ValueError):
+        return None
+    return pool
+
+
 def main(argv: list[str]) -> int:
     state_path = Path(argv[0])
     namespaces = [a.removeprefix("--netns=") for a in argv[1:] if a.startswith("--netns=")]
@@ -179,6 +201,7 @@ def main(argv: list[str]) -> int:
 
     if any(c.privacy.enabled for c in configs):
         import gossipfl.privacy.accountant  # dp-accounting and SciPy, imported once
+    data = shared_data(configs)
 
     cache = cache_folder(None)
     if cache:
@@ -200,7 +223,8 @@ def main(argv: list[str]) -> int:
         if pid == 0:
             _redirect(path.with_name("stdout.log"))
             _child(lambda config=config, netns=netns: run_in(
-                netns, lambda: gossipfl.node.main.run_node(config, compile_cache=cache)))
+                netns, lambda: gossipfl.node.main.run_node(config, compile_cache=cache,
+                                                           data=data)))
         pids[pid] = index
     state: dict[str, Any] = {"launcher_pid": os.getpid(),
                              "pids": {str(i): p for p, i in pids.items()}, "exit_codes": {}}
