@@ -278,6 +278,41 @@ def test_without_secure_aggregation_the_state_served_is_the_public_estimate(
     assert node.rejections["not_neighbour"] == 1
 
 
+class _RelinkedWhileSending(FakeChannel):
+    """A channel whose send lets a re-link of its peer run (links.reset_link) meanwhile."""
+
+    def __init__(self, node: Node, remote: str, request: Any, *, drop: bool = False) -> None:
+        super().__init__(remote, request)
+        self.node, self.drop = node, drop
+
+    async def send(self, message: Any, max_bytes: int) -> None:
+        await trio.sleep(0.1)
+        if self.drop:
+            del self.node.neighbours[self.remote]
+        else:
+            self.node.neighbours[self.remote] = NeighbourState(linked_at=trio.current_time())
+        await super().send(message, max_bytes)
+
+
+def test_the_state_served_counts_as_held_only_on_the_link_it_went_over(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.neighbours["a"] = NeighbourState()
+    node.own = OwnEstimate(_full(node, 1.0), round=4)
+    trio.run(on_state_request, node, FakeChannel("a", _request(node, "a")))
+    assert node.neighbours["a"].peer_holds == 4  # our next contribution to it: a delta
+    # linked afresh while the state went out: the new link holds nothing of ours yet (the
+    # peer forgot it at the re-link), so the next contribution is full; dropped: no error
+    node.neighbours["b"] = NeighbourState()
+    trio.run(on_state_request, node, _RelinkedWhileSending(node, "b", _request(node, "b")),
+             clock=trio.testing.MockClock(autojump_threshold=0))
+    assert node.neighbours["b"].peer_holds == -1
+    node.neighbours["c"] = NeighbourState()
+    trio.run(on_state_request, node, _RelinkedWhileSending(node, "c", _request(node, "c"),
+                                                            drop=True),
+             clock=trio.testing.MockClock(autojump_threshold=0))
+    assert "c" not in node.neighbours
+
+
 class FakeHost:
     """What Node.run asks of a libp2p host, recording the protocols it serves."""
 

@@ -186,6 +186,7 @@ async def on_state_request(node: Node, channel: Channel) -> None:
     request = await channel.receive(LinkRequest, MAX_CONTROL_BYTES)
     if not node.check_origin(channel, "state request", request.federation, request.sender):
         return
+    sent_at = trio.current_time()
     message = Contribution(
         federation=node.config.federation, round=max(node.own.round, 0),
         sender=node.peer_id, receiver=remote, degree=len(node.neighbours), kind="full",
@@ -199,5 +200,8 @@ async def on_state_request(node: Node, channel: Channel) -> None:
         examples=node.reported_examples,
     )
     await node.send_payload(channel, message)
-    # it holds our estimate as of this round now
-    node.neighbours[remote].peer_holds = node.own.round
+    # it holds our estimate as of this round now (unless the link was dropped or made afresh
+    # while we sent it: a new link's holds start from nothing)
+    state = node.neighbours.get(remote)
+    if state is not None and state.linked_at <= sent_at:
+        state.peer_holds = node.own.round
