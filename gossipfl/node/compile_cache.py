@@ -91,11 +91,12 @@ def warm_marker(folder: str, config: Any) -> Path:
     return Path(folder) / f"gossipfl-warm-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
-def warm_up(config: Any, folder: str | None = None) -> None:
-    """Compile one node's steps into ``folder``'s executable cache (as a node would)."""
+def warm_up(config: Any, folder: str | None = None, data: Any = None) -> None:
+    """Compile one node's steps into ``folder``'s executable cache (as a node would; ``data``:
+    the launcher's :class:`~gossipfl.node.learner.LearnerPool` of the loaded data set)."""
     from gossipfl.node.learner import LocalLearner
 
-    learner = LocalLearner(config, executables=node_executables(folder))
+    learner = LocalLearner(config, pool=data, executables=node_executables(folder))
     learner.prepare()
     vector = learner.train(learner.initial_vector(), 0).vector
     learner.evaluate(vector)

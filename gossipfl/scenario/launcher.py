@@ -210,7 +210,7 @@ def main(argv: list[str]) -> int:
             pid = os.fork()
             if pid == 0:
                 _redirect(state_path.with_name("warmup.log"))
-                _child(lambda: warm_up(configs[0], cache))
+                _child(lambda: warm_up(configs[0], cache, data))
             _, status = os.waitpid(pid, 0)
             if os.waitstatus_to_exitcode(status) == 0:
                 marker.touch()
