@@ -179,7 +179,7 @@ def shared_data(configs: list[NodeConfig]) -> LearnerPool | None:
     try:
         for config in configs:
             pool.indices(config, pool.dataset(config))
-    except (OSError, ValueError):
+    except (OSError, ValueError, ImportError):  # each child meets it again and says why
         return None
     return pool
 
