@@ -103,3 +103,19 @@ def test_the_launcher_loads_the_shared_data_once_and_each_node_gets_its_own_part
     assert shared_data(files) is None
     missing = replace(base.data, dataset="npz", path=str(tmp_path / "gone.npz"))
     assert shared_data([replace(c, data=missing) for c in configs]) is None
+
+
+def test_the_launcher_keeps_generated_data_in_the_cache_folder(tmp_path: Path) -> None:
+    from gossipfl.scenario.launcher import shared_data
+
+    base = NodeConfig(node_count=2)
+    data = replace(base.data, dataset="mnist1d", samples=60, partition="iid")
+    configs = [replace(base, node_index=i, data=data) for i in range(2)]
+    cache = tmp_path / "cache"
+    first = shared_data(configs, str(cache))
+    assert first is not None and len(list(cache.glob("gossipfl-mnist1d-*.npz"))) == 1
+    again = shared_data(configs, str(cache))  # a later run: read back, the same arrays
+    assert again is not None
+    import numpy as np
+
+    assert np.array_equal(first.dataset(configs[0]).x_train, again.dataset(configs[0]).x_train)

@@ -20,6 +20,7 @@ from gossipfl.config import NodeConfig
 from gossipfl.learning.batched import TrainJob
 from gossipfl.learning.data import Dataset, load_dataset
 from gossipfl.learning.executables import ExecutableCache
+from gossipfl.learning.generated import load_kept
 from gossipfl.learning.models import Model, build_model
 from gossipfl.learning.params import Params, flatten_params, named_arrays, unflatten_params
 from gossipfl.learning.partition import node_partition
@@ -96,7 +97,8 @@ class LearnerPool:
     filled by :class:`gossipfl.scenario.batcher.Batcher`): traced and lowered once, not once a
     run."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_cache: str | None = None) -> None:
+        self.data_cache = data_cache  # where a generated data set is kept (learning/generated)
         self._datasets: dict[tuple[object, ...], Dataset] = {}
         self._partitions: dict[tuple[object, ...], list[np.ndarray]] = {}
         self._trainers: dict[tuple[object, ...], tuple[Model, Params, Trainer]] = {}
@@ -106,10 +108,10 @@ class LearnerPool:
         spec = config.data
         key = data_key(config)
         if key not in self._datasets:
-            self._datasets[key] = load_dataset(spec.dataset, seed=spec.seed,
-                                               test_fraction=spec.test_fraction,
-                                               path=spec.path, samples=spec.samples,
-                                               test_path=spec.test_path)
+            self._datasets[key] = load_kept(spec.dataset, cache=self.data_cache,
+                                            seed=spec.seed, test_fraction=spec.test_fraction,
+                                            path=spec.path, samples=spec.samples,
+                                            test_path=spec.test_path)
         return self._datasets[key]
 
     def indices(self, config: NodeConfig, dataset: Dataset) -> np.ndarray:

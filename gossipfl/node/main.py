@@ -13,7 +13,7 @@ from gossipfl.config import NodeConfig
 from gossipfl.gossip.codes import NodeStatus
 
 if TYPE_CHECKING:
-    from gossipfl.node.learner import LearnerPool
+    from gossipfl.node.learner import LearnerPool as Pool
 
 log = logging.getLogger("gossipfl.node")
 
@@ -66,7 +66,7 @@ def configure_logging(out_dir: Path, name: str, level: str = "INFO") -> None:
 
 
 def run_node(config: NodeConfig, log_level: str = "INFO",
-             compile_cache: str | None = None, data: LearnerPool | None = None) -> int:
+             compile_cache: str | None = None, data: Pool | None = None) -> int:
     """Run a node to its end (``compile_cache``: the machine's folder of compiled steps, see
     :mod:`gossipfl.node.compile_cache`; ``data``: its data set and partition, loaded by the
     launcher before it forked). Exit code 0: done or stopped by a signal; 2: cannot go on."""
@@ -86,11 +86,13 @@ def run_node(config: NodeConfig, log_level: str = "INFO",
 
     from gossipfl.gossip.circuit import CircuitError
     from gossipfl.node.compile_cache import node_executables
-    from gossipfl.node.learner import LocalLearner
+    from gossipfl.node.learner import LearnerPool, LocalLearner
     from gossipfl.node.runtime import Node, NodeError
     from gossipfl.node.security import SecurityError
 
     try:
+        if data is None and compile_cache is not None:  # a generated data set kept there
+            data = LearnerPool(data_cache=compile_cache)
         learner = LocalLearner(config, pool=data, executables=node_executables(compile_cache))
     except ValueError as error:  # the data: a missing or malformed file, a bad split
         log.error("data: %s", error)

@@ -49,7 +49,7 @@ def centralised_baseline(scenario: ScenarioConfig, folder: str | None) -> float:
     run of the same task wrote it, else trained now and written there."""
     from gossipfl.learning.train import train_centralised
 
-    dataset, model = dataset_and_model(scenario)
+    dataset, model = dataset_and_model(scenario, folder)
     path = Path(folder) / f"gossipfl-centralised-{baseline_key(scenario, dataset)}.json" \
         if folder else None
     if path is not None:

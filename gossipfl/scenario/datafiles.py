@@ -23,6 +23,7 @@ import numpy as np
 
 from gossipfl.config import ConfigError, DataConfig
 from gossipfl.learning.data import Dataset, load_dataset, read_npz
+from gossipfl.learning.generated import load_kept
 from gossipfl.learning.partition import node_partition
 
 
@@ -171,13 +172,14 @@ def pooled_dataset(spec: DataConfig, nodes: int) -> Dataset:
     )
 
 
-def scenario_dataset(spec: DataConfig, nodes: int) -> Dataset:
+def scenario_dataset(spec: DataConfig, nodes: int, cache: str | None = None) -> Dataset:
     """The scenario's whole dataset: the pooled node files, or the one dataset all nodes
-    partition."""
+    partition (a generated one kept in ``cache``, :mod:`gossipfl.learning.generated`)."""
     if uses_files(spec):
         return pooled_dataset(spec, nodes)
-    return load_dataset(spec.dataset, seed=spec.seed, test_fraction=spec.test_fraction,
-                        path=spec.path, samples=spec.samples, test_path=spec.test_path)
+    return load_kept(spec.dataset, cache=cache, seed=spec.seed,
+                     test_fraction=spec.test_fraction, path=spec.path, samples=spec.samples,
+                     test_path=spec.test_path)
 
 
 def partition_of(spec: DataConfig, dataset: Dataset, index: int, nodes: int) -> np.ndarray:

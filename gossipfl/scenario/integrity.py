@@ -18,13 +18,14 @@ CHECKPOINT = "checkpoint.npz"  # every round's (and the last) checkpoint of a no
 FINAL = "final.npz"  # written by a node that finished: checked too where it exists
 
 
-def dataset_and_model(scenario: ScenarioConfig) -> tuple[Any, Any]:
-    """The scenario's whole dataset (per-node files pooled) and its model (unfitted), as the
-    report builds them."""
+def dataset_and_model(scenario: ScenarioConfig,
+                      cache: str | None = None) -> tuple[Any, Any]:
+    """The scenario's whole dataset (per-node files pooled; a generated one kept in
+    ``cache``) and its model (unfitted), as the report builds them."""
     from gossipfl.learning.models import build_model
     from gossipfl.scenario.datafiles import scenario_dataset
 
-    dataset = scenario_dataset(scenario.data, scenario.nodes)  # per-node files: pooled
+    dataset = scenario_dataset(scenario.data, scenario.nodes, cache)  # node files: pooled
     model = build_model(scenario.model.name, dataset.input_shape, dataset.num_classes,
                         hidden=scenario.model.hidden)
     return dataset, model

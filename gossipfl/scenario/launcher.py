@@ -166,16 +166,17 @@ def run_in(netns: str | None, run: Callable[[], Any]) -> Any:
     return run()
 
 
-def shared_data(configs: list[NodeConfig]) -> LearnerPool | None:
+def shared_data(configs: list[NodeConfig], cache: str | None = None) -> LearnerPool | None:
     """The data set and every node's partition, loaded once here before the fork (numpy only:
-    no JAX backend) so that no child parses the file again; None when the nodes read data of
-    their own (a file each: loaded here, every child's resident set would hold them all) or
-    it cannot be loaded (each child then says why, in its own log)."""
+    no JAX backend) so that no child parses the file again (a generated one kept in ``cache``,
+    :mod:`gossipfl.learning.generated`); None when the nodes read data of their own (a file
+    each: loaded here, every child's resident set would hold them all) or it cannot be loaded
+    (each child then says why, in its own log)."""
     from gossipfl.node.learner import LearnerPool, data_key
 
     if not configs or len({data_key(c) for c in configs}) != 1:
         return None
-    pool = LearnerPool()
+    pool = LearnerPool(data_cache=cache)
     try:
         for config in configs:
             pool.indices(config, pool.dataset(config))
@@ -201,9 +202,8 @@ def main(argv: list[str]) -> int:
 
     if any(c.privacy.enabled for c in configs):
         import gossipfl.privacy.accountant  # dp-accounting and SciPy, imported once
-    data = shared_data(configs)
-
     cache = cache_folder(None)
+    data = shared_data(configs, cache)
     if cache:
         marker = warm_marker(cache, configs[0])
         if not marker.exists():  # else the machine compiled these steps before: load them

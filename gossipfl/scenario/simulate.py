@@ -399,7 +399,11 @@ def simulate(scenario: ScenarioConfig, out_dir: Path, *, centralised: bool = Tru
     entries = prepare_nodes(scenario, out_dir,
                             ports=[BASE_PORT + i for i in range(scenario.nodes)])
     network = MemoryNetwork.for_scenario(scenario, [e.peer_id for e in entries])
-    sim = Simulation(scenario, entries, network, pool if pool is not None else LearnerPool(),
+    if pool is None:  # a generated data set kept in the machine's cache folder
+        from gossipfl.node.compile_cache import cache_folder
+
+        pool = LearnerPool(data_cache=cache_folder(None))
+    sim = Simulation(scenario, entries, network, pool,
                      epoch_seconds=epoch_seconds)
     handler = NodeLogs(out_dir, {e.index: e.out for e in entries})
     root = logging.getLogger()
