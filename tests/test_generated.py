@@ -117,3 +117,24 @@ def test_mnist1d_kept_is_the_generated_one_and_keys_follow_seed_and_count(
     # the other data sets are read as before, nothing kept
     load_kept("iris", cache=folder, seed=0)
     assert len(list(Path(folder).glob("gossipfl-*"))) == 1
+
+
+def test_the_report_counts_parameters_from_the_kept_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gossipfl.learning.data as data
+    from gossipfl.data_config import DataConfig
+    from gossipfl.scenario.config import ScenarioConfig
+    from gossipfl.scenario.integrity import expected_parameters
+
+    folder = str(tmp_path / "cache")
+    scenario = ScenarioConfig(name="t", nodes=2, rounds=1,
+                              data=DataConfig(dataset="mnist1d", samples=60, partition="iid"))
+    counted = expected_parameters(scenario, folder)  # generates and keeps it
+
+    def no_generation(**_: object) -> Dataset:
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(data, "_load_mnist1d", no_generation)
+    assert expected_parameters(scenario, folder) == counted
+    with pytest.raises(AssertionError, match="generated again"):
+        expected_parameters(scenario)  # no folder: generated, as before

@@ -31,9 +31,10 @@ def dataset_and_model(scenario: ScenarioConfig,
     return dataset, model
 
 
-def expected_parameters(scenario: ScenarioConfig) -> int:
-    """The number of parameters of the scenario's model on its dataset."""
-    _, model = dataset_and_model(scenario)
+def expected_parameters(scenario: ScenarioConfig, cache: str | None = None) -> int:
+    """The number of parameters of the scenario's model on its dataset (a generated one read
+    from ``cache`` when kept there)."""
+    _, model = dataset_and_model(scenario, cache)
     return _count(model.init(0))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from gossipfl.aggregation.mixing import consensus_distance
 from gossipfl.config import to_dict
+from gossipfl.node.compile_cache import cache_folder
 from gossipfl.scenario.adversaries import adversaries_section
 from gossipfl.scenario.integrity import (
     checkpoints_section,
@@ -242,7 +243,7 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
     honest = [e["final_accuracy"] for e in survivors
               if e["role"] == "honest" and e["final_accuracy"] is not None]
     checkpoints = checkpoints_section([(n.index, n.out) for n in nodes],
-                                      expected_parameters(scenario))
+                                      expected_parameters(scenario, cache_folder(None)))
     return {
         "report_version": REPORT_VERSION,
         "scenario": scenario.name,
