@@ -153,6 +153,7 @@ class ProtocolConfig:
     # converge to the example-weighted mean (aggregation/mixing.weighted_neighbour_weights)
     weighting: Weighting = Weighting.UNIFORM
     examples_rounding: str = "pow2"
+    accelerate_consensus: bool = True  # heavy-ball consensus rounds (node/accelerate.py)
 
     def __post_init__(self) -> None:
         for name in ("round_timeout", "join_timeout", "heartbeat_interval", "member_timeout",
@@ -209,8 +210,7 @@ class SecurityConfig:
     ``certificate``. With ``encrypt_payloads`` on as well, every contribution is signed by its
     sender and encrypted to its receiver (the receiver's X25519 key is in its certificate).
     ``revocations`` (optional) is the federation's signed revocation list to start from; newer
-    lists arrive by gossip.
-    """
+    lists arrive by gossip."""
 
     admission: bool = False
     federation_public: str | None = None  # path to federation.pub

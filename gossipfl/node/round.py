@@ -29,6 +29,7 @@ from gossipfl.aggregation.mixing import (
 from gossipfl.config import Mode
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.node import linger, settle
+from gossipfl.node.accelerate import consensus_step
 from gossipfl.node.checkpoint import persist_round, save_dp_ledger, sync_due
 from gossipfl.node.compression import compressor, last_compressor
 from gossipfl.node.exchange import (
@@ -296,10 +297,11 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
         # 6. aggregate: Metropolis–Hastings weights over the neighbours we hold estimates of
         losses = await screen_losses(node, r) if node.config.robust.screen else None
         node.model = aggregate(node, half_step, r, record, losses)
+        if not training:  # heavy-ball consensus (node/accelerate.py)
+            consensus_step(node, r, half_step, missing, record)
         present = [p for p in node.neighbours if p in node.estimates.peers]
         node.disagreement = relative_disagreement(
-            node.model, [node.estimates.peers[p].vector for p in present]
-        )
+            node.model, [node.estimates.peers[p].vector for p in present])
     if training:  # momentum on the averaged model: the node's own, never what it publishes
         outer_step(node, r, round_start)
     node.round = r

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from gossipfl.gossip.ratelimit import InFlight, PeerLimiter
     from gossipfl.gossip.transport import Offload, Transport
     from gossipfl.gossip.wire import Contribution, M, MaskedInput
+    from gossipfl.node.accelerate import Acceleration
     from gossipfl.node.estimates import OwnEstimate, PeerEstimates
     from gossipfl.node.layout import Layout
     from gossipfl.node.learner import LocalLearner
@@ -132,6 +133,7 @@ class Node(Protocol):
     model: np.ndarray
     model_public: bool
     velocity: tuple[int, np.ndarray] | None  # outer momentum: (training round, velocity)
+    acceleration: Acceleration  # accelerated consensus's memory (node/accelerate.py)
     tail: tuple[int, np.ndarray] | None  # train.outer_average: (models in, their mean)
     own: OwnEstimate
     estimates: PeerEstimates
