@@ -59,21 +59,24 @@ def consensus_by_round(nodes: list[NodeProcess], last_round: int) -> list[float 
     """
     per_node = {n.index: _round_models(n.out) for n in nodes}
     distances: list[float | None] = []
-    cache: dict[Path, np.ndarray] = {}
+    # each node's last model read, and no other: a finished node's final model serves every
+    # later round, while keeping every model read held every node's every round to the end
+    # (1,000 nodes × 46 rounds of 36 KB: 1.6 GB)
+    last: dict[int, tuple[Path, np.ndarray]] = {}
 
-    def load(path: Path) -> np.ndarray:
-        if path not in cache:
-            cache[path] = np.load(path)
-        return cache[path]
+    def load(index: int, path: Path) -> np.ndarray:
+        if index not in last or last[index][0] != path:
+            last[index] = (path, np.load(path))
+        return last[index][1]
 
     for r in range(last_round + 1):
         vectors = []
         for node in nodes:
             models = per_node[node.index]
             if r in models:
-                vectors.append(load(models[r]))
+                vectors.append(load(node.index, models[r]))
             elif models and node.killed_at is None and r > max(models):
-                vectors.append(load(models[max(models)]))
+                vectors.append(load(node.index, models[max(models)]))
         distances.append(float(consensus_distance(vectors)) if len(vectors) >= 2 else None)
     return distances
 

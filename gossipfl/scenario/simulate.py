@@ -421,13 +421,16 @@ def simulate(scenario: ScenarioConfig, out_dir: Path, *, centralised: bool = Tru
         root.setLevel(saved[1])
         handler.close()
     wall = time.monotonic() - start
+    network_figures = network_section(sim) if scenario.partitions else None
+    churn = sim.churn.section() if sim.churn is not None else None
+    del sim, network  # every node's state, before the report reads their files (1,000: GBs)
+    gc.collect()
     report = build_report(scenario, entries, wall_seconds=wall, centralised=centralised,
-                          timed_out=not finished,
-                          network=network_section(sim) if scenario.partitions else None)
+                          timed_out=not finished, network=network_figures)
     report["simulated"] = True
-    if sim.churn is not None:  # no RSS series: every node is in this one process
-        report["churn"] = sim.churn.section()
-        report["summary"]["churn_events"] = len(report["churn"]["events"])
+    if churn is not None:  # no RSS series: every node is in this one process
+        report["churn"] = churn
+        report["summary"]["churn_events"] = len(churn["events"])
     report["virtual_seconds"] = clock.current_time()
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     return report
