@@ -19,31 +19,16 @@ the model, and the memory starts again).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gossipfl.aggregation.acceleration import graph_radius, heavy_ball, heavy_ball_beta
 from gossipfl.config import Mode
+from gossipfl.node.state import Acceleration
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from gossipfl.node.state import Node
-
-
-@dataclass
-class Acceleration:
-    """A node's memory for accelerated consensus: ``beta`` for ``topology``, and the last
-    consensus round's number, start model (``x_{t−1}`` for the next), neighbours and result."""
-
-    topology: Mapping[str, frozenset[str]] | None = None
-    beta: float = 0.0
-    round: int = -1
-    start: np.ndarray | None = None
-    result: np.ndarray | None = None
-    neighbours: frozenset[str] = frozenset()
 
 
 def enabled(node: Node) -> bool:

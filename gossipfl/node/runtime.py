@@ -48,7 +48,7 @@ from gossipfl.gossip.transport import Network, Offload, Transport
 from gossipfl.gossip.wire import Contribution, M, MaskedInput, Sealed
 from gossipfl.gossip.wire_contribution import origin_digest
 from gossipfl.learning.params import named_arrays
-from gossipfl.node import accelerate, contributions, links, membership_loop, resume, state_sync
+from gossipfl.node import contributions, links, membership_loop, resume, state_sync
 from gossipfl.node.checkpoint import atomic_write_json, save_node_checkpoint
 from gossipfl.node.contributions import FUTURE_ROUNDS, PROTO_CONTRIBUTION, PROTO_SEALED
 from gossipfl.node.estimates import OwnEstimate, PeerEstimates
@@ -66,7 +66,7 @@ from gossipfl.node.round import record_dp, run_rounds
 from gossipfl.node.secagg_state import SecAggState
 from gossipfl.node.security import NodeSecurity
 from gossipfl.node.serving import close_idle_connections, guard
-from gossipfl.node.state import NeighbourState, NodeError
+from gossipfl.node.state import Acceleration, NeighbourState, NodeError
 from gossipfl.node.state_sync import PROTO_STATE, consensus_round
 from gossipfl.node.streams import serve_requests
 from gossipfl.node.summary import node_summary, peak_rss_bytes, process_age
@@ -177,7 +177,7 @@ class Node:
         self.diverged_rounds: list[int] = []
         self.velocity: tuple[int, np.ndarray] | None = None  # outer momentum (node/outer.py)
         self.tail: tuple[int, np.ndarray] | None = None  # train.outer_average (node/outer.py)
-        self.acceleration = accelerate.Acceleration()  # consensus memory (node/accelerate.py)
+        self.acceleration = Acceleration()  # consensus memory (node/accelerate.py)
         # [robust] rule = "filter": per neighbour, (rounds it was left out, rounds filtered)
         self.filter_counts: dict[str, tuple[int, int]] = {}
         self.step_scale = 0.0  # its own last training step, decaying (filter, tau_steps)

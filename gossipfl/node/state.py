@@ -20,7 +20,7 @@ import trio
 if TYPE_CHECKING:
     import random
     from collections import Counter
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from gossipfl.gossip.ratelimit import InFlight, PeerLimiter
     from gossipfl.gossip.transport import Offload, Transport
     from gossipfl.gossip.wire import Contribution, M, MaskedInput
-    from gossipfl.node.accelerate import Acceleration
     from gossipfl.node.estimates import OwnEstimate, PeerEstimates
     from gossipfl.node.layout import Layout
     from gossipfl.node.learner import LocalLearner
@@ -69,6 +68,19 @@ class NeighbourState:
     # carried: each end then holds the other's news (membership_loop.py: heartbeat_targets)
     answered_at: float = -math.inf
     answered_status: NodeStatus | None = None
+
+
+@dataclass
+class Acceleration:
+    """A node's memory for accelerated consensus: ``beta`` for ``topology``, and the last
+    consensus round's number, start model (``x_{t−1}`` for the next), neighbours and result."""
+
+    topology: Mapping[str, frozenset[str]] | None = None
+    beta: float = 0.0
+    round: int = -1
+    start: np.ndarray | None = None
+    result: np.ndarray | None = None
+    neighbours: frozenset[str] = frozenset()
 
 
 class Node(Protocol):
