@@ -20,6 +20,7 @@ from gossipfl.node.exchange import close_channels, send_to_neighbours
 from gossipfl.node.membership_loop import (
     DONE_FANOUT,
     HEARTBEAT_EXTRA,
+    heartbeat_loop,
     heartbeat_targets,
     send_heartbeat,
 )
@@ -201,6 +202,45 @@ def test_the_done_heartbeat_is_capped_in_a_large_federation(tmp_path: Path) -> N
     node.topology = {node.peer_id: frozenset(peers)}
     chosen = set(heartbeat_targets(node, done=True))
     assert len(chosen) == DONE_FANOUT and chosen <= set(peers)
+
+
+class _Unreachable:
+    """A transport that notes when each stream is opened, and refuses it."""
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[float, str]] = []
+
+    async def open(self, peer: str, addrs: tuple[str, ...], protocol: str) -> Any:
+        self.opened.append((trio.current_time(), peer))
+        raise OSError("unreachable")
+
+    async def disconnect(self, peer: str) -> None:
+        pass
+
+
+def test_the_done_heartbeats_are_spread_over_the_interval(tmp_path: Path) -> None:
+    """A federation that finishes at one instant (simulated, every member at once) must not
+    hold every member's DONE_FANOUT exchanges in flight together: one node's done heartbeats
+    leave one at a time across its interval, the regular cycle after them all at once."""
+    node = _node(tmp_path, rng=random.Random(3))
+    peers = _meet(node, 12)
+    node.topology = {node.peer_id: frozenset(peers)}
+    node.status = NodeStatus.DONE
+    net = _Unreachable()
+    node.net = net  # type: ignore[assignment]
+    interval = node.protocol.heartbeat_interval
+
+    async def main() -> None:
+        with trio.move_on_after(interval * 2.5):  # the done cycle, then one regular
+            await heartbeat_loop(node)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    told = [t for t, _ in net.opened if t < interval]
+    assert sorted(p for t, p in net.opened if t < interval) == sorted(peers)  # every member
+    assert len(set(told)) == len(peers)  # no two at one instant
+    assert max(told) - min(told) >= interval * (len(peers) - 1) / len(peers) - 1e-9
+    regular = [t for t, _ in net.opened if t >= interval]
+    assert len(regular) == HEARTBEAT_EXTRA and len(set(regular)) == 1  # then at once
 
 
 def test_a_neighbours_heartbeats_share_one_kept_open_stream(tmp_path: Path) -> None:

@@ -298,13 +298,17 @@ async def heartbeat_loop(node: Node) -> None:
                 renew_stamp(node)
                 answers = []
                 done = node.status is NodeStatus.DONE
-                targets = heartbeat_targets(node, done=done and not told_done, extras=extras)
+                telling = done and not told_done
+                targets = heartbeat_targets(node, done=telling, extras=extras)
                 told_done = done
                 for held in extras.released():  # the members drawn before: their streams go
                     nursery.start_soon(close_streams, held)
                 # joining: spread over the interval, so that each exchange's digest holds what
-                # the ones before it brought (all at once, they would pull the same entries)
-                spread = interval / len(targets) if node.topology is None and targets else 0.0
+                # the ones before it brought (all at once, they would pull the same entries);
+                # telling done: so that a federation finishing together (a simulated one, all
+                # at one instant) does not hold DONE_FANOUT exchanges a member in flight at once
+                spread = (interval / len(targets)
+                          if (node.topology is None or telling) and targets else 0.0)
                 for i, (peer, addrs) in enumerate(targets.items()):
                     if peer not in in_flight:
                         in_flight.add(peer)
