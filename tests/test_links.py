@@ -6,20 +6,25 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import trio
 import trio.testing
+from fake_ends import QuietEnd, meet, small_node
 
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig, ProtocolConfig, SecAggConfig
 from gossipfl.crypto.identity import load_or_create_identity
-from gossipfl.gossip.wire import Contribution
+from gossipfl.gossip.codes import LinkCode, NodeStatus
+from gossipfl.gossip.wire import Contribution, LinkReply, LinkRequest
 from gossipfl.node import state_sync
+from gossipfl.node.graph import topology_over
 from gossipfl.node.learner import LocalLearner
 from gossipfl.node.links import (
     drop_neighbour,
     federation_running,
+    join_late,
     note_peer_round,
     reset_link,
     take_joiner,
@@ -188,3 +193,53 @@ def test_catching_up_mid_run_follows_most_neighbours(tmp_path: Path, rounds: dic
                                    "why": "behind"}]
     else:
         assert node.round == 9 and node.catch_ups == []
+
+
+class _LinkAnswers:
+    """A transport whose every link request is answered ``accepted`` by the member asked;
+    records whom the node asked, in order."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def open(self, peer: str, addrs: tuple[str, ...], protocol: str) -> Any:
+        self.asked.append(peer)
+        return _Accepting(peer)
+
+    async def disconnect(self, peer: str) -> None:
+        pass
+
+
+class _Accepting(QuietEnd):
+    def __init__(self, remote: str) -> None:
+        self.remote = remote
+
+    async def send(self, message: Any, max_bytes: int) -> None:
+        assert isinstance(message, LinkRequest) and message.joining
+
+    async def receive(self, expected: type, max_bytes: int) -> Any:
+        return LinkReply("fed", self.remote, LinkCode.ACCEPTED, "", 3)
+
+
+def test_a_member_settling_after_the_others_asks_its_own_topology_neighbours_first(
+        tmp_path: Path) -> None:
+    """Seen at 1,000 simulated members: a founding member that knew every member moments after
+    its neighbours began training took the late path and, hearing of one running member only,
+    linked with that one alone (a chain the consensus crawled along). Its own neighbours in the
+    topology over the members it knows come first: they kept its place."""
+    node = small_node(tmp_path)
+    peers = meet(node, 24)
+    own = topology_over(node, [node.peer_id, *peers])[node.peer_id]
+    assert 0 < len(own) < len(peers)
+    running = next(p for p in peers if p not in own)  # the one member heard running
+    node.member_state = {running: (2, NodeStatus.TRAINING)}
+    assert federation_running(node)
+    net = _LinkAnswers()
+    node.net = net  # type: ignore[assignment]
+
+    async def main() -> None:
+        await join_late(node)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert set(net.asked) == set(own) and set(node.neighbours) == set(own)
+    assert node.joined_late and node.wanted == set(own)

@@ -137,12 +137,18 @@ async def join_late(node: Node) -> None:
     degree = late_degree(node)
     everyone = running_members(node)
     running = [p for p in everyone if may_link(node, p)]  # a fixed graph: listed ones only
+    # first our own neighbours in the topology over every member we know: a founding member
+    # that settled moments after the others is in theirs (they kept its place), and it
+    # may know of only a few running members yet; the running ones in our order after them
+    own = sorted(p for p in topology_over(node, [node.peer_id, *known_members(
+        node, heard_of=True)])[node.peer_id] if may_link(node, p))
     log.warning("joining late: the federation is already training; asking up to %d of %d "
-                "running member(s) for a link", degree, len(running))
+                "running member(s) (after %d of this node's own) for a link", degree,
+                len(running), len(own))
     node.topology = {node.peer_id: frozenset()}
     refused: set[str] = set()
     with trio.move_on_after(node.protocol.join_timeout):
-        queue = list(running)
+        queue = own + [p for p in running if p not in own]
         while queue and len(node.neighbours) < degree:
             need = degree - len(node.neighbours)
             batch, queue = queue[:need], queue[need:]
