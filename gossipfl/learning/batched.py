@@ -13,6 +13,7 @@ per batch size.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,20 @@ class Batched:
 
         self._train = jax.jit(jax.vmap(held_step))
         self._eval = jax.jit(jax.vmap(trainer._eval_step_impl, in_axes=(0, None, None, None)))
+        self._compiled: dict[int, Any] = {}  # the training step compiled, by batch width
+        #: seconds spent compiling training steps so far: the simulator charges a node's
+        #: training as virtual time and leaves this out (a node process compiles once, while
+        #: it joins; a new batch width here is the simulator's own cost, not a node's)
+        self.compile_seconds = 0.0
+
+    def _train_step(self, width: int, *args: Any) -> Any:
+        compiled = self._compiled.get(width)
+        if compiled is None:
+            started = time.perf_counter()
+            compiled = self._train.lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - started
+            self._compiled[width] = compiled
+        return compiled(*args)
 
     def train_many(self, jobs: Sequence[TrainJob]) -> list[tuple[Params, OptState, float]]:
         """Each job's ``(params, opt_state, mean_loss)``, as :meth:`Trainer.train` returns it
@@ -91,7 +106,7 @@ class Batched:
                     rows = job.plan.rows[s]
                     xb[i], yb[i], mb[i] = job.x[rows], job.y[rows], job.plan.masks[s]
                     active[i] = True
-            params, state, loss = self._train(params, state, xb, yb, mb, active)
+            params, state, loss = self._train_step(width, params, state, xb, yb, mb, active)
             losses.append(loss)
         per_step = np.asarray(jax.device_get(losses))  # (steps, width)
         out = []

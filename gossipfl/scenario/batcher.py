@@ -103,7 +103,9 @@ class Batcher:
             if group[0].kind == "train":
                 jobs = [c.learner.train_job(c.args[0], c.args[1], c.args[2] if len(c.args) > 2
                                             else None) for c in group]
+                compiling = steps.compile_seconds
                 outcomes = steps.train_many(jobs)
+                start += steps.compile_seconds - compiling  # a node's work, not the compiler's
                 for c, outcome in zip(group, outcomes, strict=True):
                     epochs = c.args[2] if len(c.args) > 2 else None
                     c.result = c.learner.take(outcome, epochs, start)
