@@ -19,6 +19,7 @@ from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.gossip.codes import LinkCode, NodeStatus
 from gossipfl.gossip.wire import Contribution, LinkReply, LinkRequest
 from gossipfl.node import state_sync
+from gossipfl.node.estimates import PeerEstimate
 from gossipfl.node.graph import topology_over
 from gossipfl.node.learner import LocalLearner
 from gossipfl.node.links import (
@@ -31,6 +32,7 @@ from gossipfl.node.links import (
 )
 from gossipfl.node.resume import saved_neighbours
 from gossipfl.node.runtime import NeighbourState, Node
+from gossipfl.node.settle import Verdict, judge
 from gossipfl.node.state_sync import catch_up_now, consensus_round
 
 
@@ -243,3 +245,15 @@ def test_a_member_settling_after_the_others_asks_its_own_topology_neighbours_fir
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert set(net.asked) == set(own) and set(node.neighbours) == set(own)
     assert node.joined_late and node.wanted == set(own)
+    # the horizon is bounded by every member it knows, not by the one heard running: with 2
+    # it finished at depth 2 while its neighbours counted to 9 (their depths then stalled)
+    assert node.settle.members == len(peers) + 1
+    node.estimates.peers = {p: PeerEstimate(np.zeros(3, np.float32), 31, len(own), 0.0, False,
+                                            depth=2, horizon=9) for p in own}
+    node.disagreement = 0.0
+    verdict = trio.run(_judge, node, clock=trio.testing.MockClock())
+    assert (verdict, node.settle.depth, node.settle.horizon) == (Verdict.GO_ON, 3, 9)
+
+
+async def _judge(node: Node) -> Verdict:
+    return judge(node, 31)
