@@ -286,3 +286,37 @@ def test_a_running_node_sends_a_round_to_a_done_neighbour_linked_again_that_hold
     assert sorted(run_at(30.0, lambda: send_targets(node))) == ["back", "running"]
     node.neighbours["back"].peer_holds = 12  # it acknowledged one of ours: told once is enough
     assert sorted(run_at(30.5, lambda: send_targets(node))) == ["running"]
+
+
+class _Members(set[str]):
+    def ids(self) -> list[str]:
+        return sorted(self)
+
+
+def test_a_lingering_node_stops_once_every_member_it_knows_is_done_read_afresh() -> None:
+    """It walks those found not done last time before it reads every member again, and only
+    a full reading lets it stop: a member that reopened meanwhile is seen."""
+    done = NodeStatus.DONE
+    node = DoneNode(neighbours={}, wanted=set(), membership=_Members({"a", "b", "c"}))
+    node.beaten_seq, node.settle.done_beat = 1, 1  # type: ignore[attr-defined]
+    watch = linger.Watch.at_finish(node)
+    node.member_state = {"a": (9, done)}
+    assert not linger.nobody_left(node, watch, whole=True)
+    assert watch.pending == ["b", "c"]
+    node.member_state["b"] = (9, done)
+    assert not linger.nobody_left(node, watch, whole=True)  # c is not done yet
+    assert (watch.pending, watch.checked) == (["b", "c"], 1)
+    node.member_state["c"] = (9, done)
+    node.member_state["a"] = (10, NodeStatus.CONSENSUS)  # a reopened meanwhile
+    assert not linger.nobody_left(node, watch, whole=True)
+    assert watch.pending == ["a"]
+    node.member_state["a"] = (12, done)
+    assert not linger.nobody_left(node, watch, whole=False)  # members were absent: no
+    node.settle.done_beat = 2  # type: ignore[attr-defined]
+    assert not linger.nobody_left(node, watch, whole=True)  # its own done not yet answered
+    node.beaten_seq = 2  # type: ignore[attr-defined]
+    node.membership.add("d")  # met since: not heard done
+    assert not linger.nobody_left(node, watch, whole=True)
+    assert watch.pending == ["d"]
+    node.membership.discard("d")  # forgotten (silent for member_timeout)
+    assert linger.nobody_left(node, watch, whole=True)
