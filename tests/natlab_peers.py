@@ -35,6 +35,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.relay.circuit_v2 import dcutr as dcutr_module
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
@@ -52,6 +53,11 @@ MAX_FRAME = 1 << 20
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB
 BIG = bytes(range(256)) * 4096  # 1 MiB, timed (a figure, not asserted)
 DIRECT_TIMEOUT = 2.0  # a direct dial inside the lab connects in milliseconds or never
+# DCUtR waits up to 5 s a round (3 rounds, 2 s apart) for a punched connection; inside the lab
+# one is made in milliseconds or never, and a punch that misses (symmetric or resetting routers)
+# waited out all three: 34-35 s of the test run's wall time for each such case
+PUNCH_ROUND_TIMEOUT = 2.0
+dcutr_module._HOLE_PUNCH_ROUND_TIMEOUT = PUNCH_ROUND_TIMEOUT  # py-libp2p 0.8.1's, private
 LIMITS = RelayLimits(duration=120, data=16 * MAX_FRAME, max_circuit_conns=4, max_reservations=4)
 
 
