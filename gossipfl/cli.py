@@ -23,7 +23,7 @@ def _node_parser(sub: Any) -> None:
                    help="bootstrap multiaddr with /p2p/<peer id> (repeatable)")
     p.add_argument("--key-file", help="Ed25519 identity file (created with mode 0600)")
     p.add_argument("--federation", help="federation name")
-    p.add_argument("--dataset", help="digits, wine, breast_cancer, iris, mnist1d or npz")
+    p.add_argument("--dataset", help="digits, wine, breast_cancer, iris, mnist1d, teacher or npz")
     p.add_argument("--data-path", help="the .npz file for --dataset npz")
     p.add_argument("--test-path", help="--dataset npz: the shared test set (.npz with x_test, "
                                        "y_test); the --data-path file then holds training "

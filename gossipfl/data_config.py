@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gossipfl.config_io import ConfigError
 
-DATASETS = ("digits", "wine", "breast_cancer", "iris", "mnist1d", "npz")
+DATASETS = ("digits", "wine", "breast_cancer", "iris", "mnist1d", "teacher", "npz")
 PARTITIONS = ("iid", "dirichlet", "shards", "none")
 MODELS = ("logreg", "mlp", "cnn")
 
@@ -25,7 +25,7 @@ class DataConfig:
     shards_per_node: int = 2
     test_fraction: float = 0.2
     seed: int = 0
-    samples: int | None = None  # mnist1d: examples generated (train + test, 80/20)
+    samples: int | None = None  # mnist1d, teacher: examples generated (train + test, 80/20)
     # npz: the shared test set (x_test, y_test); the path file then holds training data only
     test_path: str | None = None
     # a scenario's per-node files (gossipfl.scenario.datafiles): node i reads paths[i], or the
@@ -38,8 +38,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"data.dataset must be one of {DATASETS}")
-        _require(self.samples is None or self.dataset == "mnist1d",
-                 "data.samples applies only to dataset = mnist1d (it sets how many are generated)")
+        _require(self.samples is None or self.dataset in ("mnist1d", "teacher"),
+                 "data.samples applies only to datasets mnist1d and teacher (it sets how many "
+                 "are generated)")
         _require(self.samples is None or self.samples >= 10, "data.samples must be at least 10")
         files = bool(self.paths) or self.folder is not None
         _require(self.dataset == "npz" or not (files or self.test_path),

@@ -616,5 +616,6 @@ def test_privacy_keys_parse_from_toml_data_and_refuse_with_the_rule() -> None:
     with pytest.raises(ConfigError, match="no node skips rounds"):
         from_dict(NodeConfig, {"privacy": {"enabled": True, "unit": "node",
                                            "sampling_probability": 0.05}})
-    with pytest.raises(ConfigError, match=r"data\.samples applies only to dataset = mnist1d"):
+    with pytest.raises(ConfigError,
+                       match=r"data\.samples applies only to datasets mnist1d and teacher"):
         from_dict(NodeConfig, {"data": {"dataset": "digits", "samples": 1000}})

@@ -293,6 +293,28 @@ def test_load_mnist1d_deterministic_and_side_effect_free(mnist1d: Dataset) -> No
     np.testing.assert_array_equal(again.y_test, mnist1d.y_test)
 
 
+def test_load_teacher_is_deterministic_balanced_and_learnable_by_its_own_kind() -> None:
+    d = load_dataset("teacher", seed=0, samples=2000)
+    assert (d.input_shape, d.num_classes) == ((16,), 10)
+    assert d.x_train.shape == (1600, 16) and d.x_test.shape == (400, 16)
+    assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
+    again = load_dataset("teacher", seed=0, samples=2000)
+    np.testing.assert_array_equal(again.x_train, d.x_train)
+    np.testing.assert_array_equal(again.y_test, d.y_test)
+    other = load_dataset("teacher", seed=1, samples=2000)
+    assert not np.array_equal(other.y_train, d.y_train)
+    share = np.bincount(d.y_train, minlength=10) / len(d.y_train)
+    assert share.min() > 0.02 and share.max() < 0.25  # every class, none dominant
+    # the labels are a function of the inputs: the teacher's own layer refits them (a
+    # least-squares readout of its tanh features), where shuffled labels would give 0.1
+    rng = np.random.default_rng([0, 0x7EAC])
+    w1 = rng.standard_normal((16, 64)) / 4.0
+    features = np.tanh(d.x_train.astype(np.float64) @ w1)
+    readout, *_ = np.linalg.lstsq(features, np.eye(10)[d.y_train], rcond=None)
+    fitted = (np.tanh(d.x_test.astype(np.float64) @ w1) @ readout).argmax(axis=1)
+    assert (fitted == d.y_test).mean() > 0.8
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -302,7 +324,8 @@ def test_load_mnist1d_deterministic_and_side_effect_free(mnist1d: Dataset) -> No
         ({"name": "iris", "test_fraction": 0.0}, "test_fraction"),
         ({"name": "iris", "test_fraction": 1.0}, "test_fraction"),
         ({"name": "iris", "seed": -1}, "seed"),
-        ({"name": "iris", "samples": 100}, "samples is only used with dataset 'mnist1d'"),
+        ({"name": "iris", "samples": 100}, "samples is only used with datasets 'mnist1d'"),
+        ({"name": "teacher", "samples": 9}, "samples must be an int >= 10"),
         ({"name": "mnist1d", "samples": 5}, "samples must be an int >= 10"),
     ],
 )

@@ -17,6 +17,9 @@ Preprocessing is fixed per dataset:
   fixed arguments of ``get_dataset_args()`` except ``seed``; its own 80/20
   train/test split is used; standardised per feature like the tabular sets;
   ``input_shape == (40, 1)``.
+* ``"teacher"``: generated here from the seed (:mod:`gossipfl.learning.teacher`): 16
+  standard normal features, labels from a fixed random teacher network, split 80/20 in
+  drawn order; ``input_shape == (16,)``.
 * ``"npz"``: a user file, left as given apart from the cast to float32 and the
   flattening of each example to 1-D; ``input_shape`` is the per-example shape
   stored in the file. With ``test_path``, the test set is read from that file
@@ -38,7 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-BUILTIN_DATASETS: tuple[str, ...] = ("digits", "wine", "breast_cancer", "iris", "mnist1d")
+from gossipfl.learning.teacher import CLASSES, FEATURES, teacher_split
+
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "wine", "breast_cancer", "iris", "mnist1d",
+                                     "teacher")
 """Names accepted by :func:`load_dataset` besides ``"npz"``."""
 
 # scikit-learn's bundled data files, read straight from the installed package: importing
@@ -124,8 +130,9 @@ def load_dataset(
             Ignored by ``mnist1d`` (fixed 80/20 split) and by ``npz`` files that
             contain ``x_test`` and ``y_test``.
         path: Path to the ``.npz`` file; required for ``"npz"`` and rejected otherwise.
-        samples: ``mnist1d`` only: how many examples to generate (train + test, split 80/20);
-            ``None``: the generator's default (5000). Rejected for other datasets.
+        samples: ``mnist1d`` and ``teacher`` only: how many examples to generate (train +
+            test, split 80/20); ``None``: the generator's default (5,000; 10,000).
+            Rejected for other datasets.
         test_path: ``npz`` only: a file holding ``x_test`` and ``y_test``, the test set (a
             federation's shared one); the ``path`` file must then hold no test arrays.
 
@@ -143,8 +150,9 @@ def load_dataset(
     if not isinstance(test_fraction, float | int) or not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
     if samples is not None:
-        if name != "mnist1d":
-            raise ValueError(f"samples is only used with dataset 'mnist1d', got {name!r}")
+        if name not in ("mnist1d", "teacher"):
+            raise ValueError(f"samples is only used with datasets 'mnist1d' and 'teacher', "
+                             f"got {name!r}")
         if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 10:
             raise ValueError(f"samples must be an int >= 10, got {samples!r}")
     if name == "npz":
@@ -160,6 +168,11 @@ def load_dataset(
         return _load_sklearn(name, seed=int(seed), test_fraction=float(test_fraction))
     if name == "mnist1d":
         return _load_mnist1d(seed=int(seed), samples=None if samples is None else int(samples))
+    if name == "teacher":
+        x_train, y_train, x_test, y_test = teacher_split(
+            int(seed), None if samples is None else int(samples))
+        return Dataset(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                       num_classes=CLASSES, input_shape=(FEATURES,))
     known = ", ".join(repr(n) for n in (*BUILTIN_DATASETS, "npz"))
     raise ValueError(f"unknown dataset {name!r}; expected one of {known}")
 
