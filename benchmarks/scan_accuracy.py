@@ -1,16 +1,17 @@
 """Scan: a scenario's federated accuracy under other settings, in a pure JAX proxy.
 
 What is learned, without the protocol: each node takes the scenario's local steps on its own
-partition (its partition is smaller than a minibatch at 1,000 members, so an epoch is one
-full-batch step on it; here every node's data is one padded batch, which is the same masked
-mean), then one Metropolis–Hastings mixing step over a random d-regular graph (1/(d+1) each), for
-the scenario's training rounds, with outer momentum as ``gossipfl.aggregation.momentum`` takes
-it; then ``consensus`` mixing-only rounds, as the simulation's consensus rounds. Printed: every
-node's final test accuracy (min, max), the accuracy at the last training round before the
-consensus rounds, and the centralised baseline of the same settings (the report's:
-:func:`gossipfl.learning.train.train_centralised`, rounds × local_epochs epochs). ``degree`` 0
-averages exactly (FedAvg over all nodes: the best any mixing can do); ``mix_steps`` mixes that
-many times a round (not a protocol option: a bound on what more gossip would give).
+partition in minibatches of the scenario's batch size (the last padded and masked, in one order
+every epoch; a partition smaller than a minibatch, as digits at 1,000 members, is one full-
+batch step an epoch), then one Metropolis–Hastings mixing step over a random d-regular graph
+(1/(d+1) each), for the scenario's training rounds, with outer momentum as
+``gossipfl.aggregation.momentum`` takes it; then ``consensus`` mixing-only rounds, as the
+simulation's consensus rounds. Printed: every node's final test accuracy (min, max), the
+accuracy at the last training round before the consensus rounds, and the centralised baseline
+of the same settings (the report's: :func:`gossipfl.learning.train.train_centralised`, rounds ×
+local_epochs epochs). ``degree`` 0 averages exactly (FedAvg over all nodes: the best any mixing
+can do); ``mix_steps`` mixes that many times a round (not a protocol option: a bound on what
+more gossip would give).
 
 A screen, not the result: a setting it picks is then run with ``gossipfl simulate`` (on
 ``scenarios/scale1000.toml`` it gave 0.889 where the simulator gave 0.894).
@@ -63,15 +64,19 @@ def scan_one(scenario: ScenarioConfig, setting: dict[str, Any]) -> dict[str, Any
     parts = [node_partition(data.y_train, i, n, scheme=spec.partition, seed=spec.seed,
                             alpha=spec.alpha, shards_per_node=spec.shards_per_node)
              for i in range(n)]
-    if max(len(p) for p in parts) > config.batch_size:
-        raise SystemExit("a node holds more than a minibatch: this proxy takes one step an epoch")
-    rows = max(len(p) for p in parts)
-    x = np.zeros((n, rows, *data.x_train.shape[1:]), np.float32)
-    y = np.zeros((n, rows), np.int32)
-    m = np.zeros((n, rows), np.float32)
+    # a node's examples in minibatches of batch_size (the last one padded and masked), taken in
+    # the same order every epoch (the node shuffles; a screen need not)
+    largest = max(len(p) for p in parts)
+    batches = -(-largest // config.batch_size)
+    rows = min(largest, config.batch_size)
+    x = np.zeros((n, batches, rows, *data.x_train.shape[1:]), np.float32)
+    y = np.zeros((n, batches, rows), np.int32)
+    m = np.zeros((n, batches, rows), np.float32)
     for i, part in enumerate(parts):
-        x[i, :len(part)], y[i, :len(part)], m[i, :len(part)] = (
-            data.x_train[part], data.y_train[part], 1.0)
+        for b in range(batches):
+            chunk = part[b * rows:(b + 1) * rows]
+            x[i, b, :len(chunk)], y[i, b, :len(chunk)], m[i, b, :len(chunk)] = (
+                data.x_train[chunk], data.y_train[chunk], 1.0)
     model = build_model(scenario.model.name, data.input_shape, data.num_classes, hidden=hidden)
     trainer = Trainer(model, config)
     ids = [f"{i:06d}" for i in range(n)]
@@ -82,10 +87,14 @@ def scan_one(scenario: ScenarioConfig, setting: dict[str, Any]) -> dict[str, Any
     beta, nesterov, epochs = config.outer_momentum, config.outer_nesterov, config.local_epochs
 
     def local(p: Any, o: Any, xs: jax.Array, ys: jax.Array, ms: jax.Array) -> tuple[Any, Any]:
-        def step(carry: tuple[Any, Any], _: None) -> tuple[tuple[Any, Any], None]:
-            new_p, new_o, _loss = trainer._train_step_impl(*carry, xs, ys, ms)
+        def step(carry: tuple[Any, Any], batch: tuple[jax.Array, ...]
+                 ) -> tuple[tuple[Any, Any], None]:
+            new_p, new_o, _loss = trainer._train_step_impl(*carry, *batch)
             return (new_p, new_o), None
-        return jax.lax.scan(step, (p, o), None, length=epochs)[0]
+
+        def epoch(carry: tuple[Any, Any], _: None) -> tuple[tuple[Any, Any], None]:
+            return jax.lax.scan(step, carry, (xs, ys, ms))[0], None
+        return jax.lax.scan(epoch, (p, o), None, length=epochs)[0]
 
     def mix(leaf: jax.Array) -> jax.Array:
         if neighbours is None:
