@@ -172,7 +172,8 @@ class Membership:
         certificates), so they may be re-gossiped; otherwise they are until heard directly.
         """
         new = []
-        held = self.reported_counts()
+        held: Counter[str] | None = None  # counted at the first new entry: a heartbeat listing
+        # only members already held (most, once a table is full) then costs no pass over it
         budget = Budget(MAX_STAMP_CHECKS)
         self.deferred = 0
         for info in members:
@@ -195,6 +196,8 @@ class Membership:
                         self._touch(info.peer_id, entry)
                     self._aged(info.peer_id, entry)
                 continue
+            if held is None:
+                held = self.reported_counts()
             if held[reporter] >= self.per_reporter or len(self._members) >= self.capacity:
                 continue
             peer_id, addrs = shared(info.peer_id, info.addrs)
