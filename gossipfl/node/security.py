@@ -214,16 +214,19 @@ class NodeSecurity:
         for info in members:
             if info.peer_id in self.revoked:
                 continue
-            if not self.is_certified(info.peer_id) and info.certificate and checks <= 0:
-                self.hearsay_deferred += 1
-            if not self.is_certified(info.peer_id) and info.certificate and checks > 0:
+            certified = self.is_certified(info.peer_id)  # once a member: 1,000 are listed
+            if not certified and info.certificate:
+                if checks <= 0:
+                    self.hearsay_deferred += 1
+                    continue
                 checks -= 1
                 try:
                     self.hearsay_certificates[info.peer_id] = self._check(
                         info.peer_id, info.certificate)
                 except AdmissionError:
                     continue
-            if self.is_certified(info.peer_id):
+                certified = self.is_certified(info.peer_id)
+            if certified:
                 taken.append(info)
         return tuple(taken)
 
