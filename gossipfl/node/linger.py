@@ -198,7 +198,7 @@ def nobody_left(node: Node, watch: Watch, whole: bool) -> bool:
 
     It is asked on every message a lingering node takes, so it walks the members found not
     done last time (``watch.pending``) before it reads every member's status again: at 1,000
-    simulated members, each lingering node listing every member on every message took 170 s
+    simulated members, each lingering node listing every member on every message took 165 s
     of a run for 2 virtual seconds of lingering. Only a full reading ends the linger (a member
     may have reopened, or been met, since)."""
     told = node.beaten_seq >= node.settle.done_beat
