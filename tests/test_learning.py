@@ -315,6 +315,15 @@ def test_load_teacher_is_deterministic_balanced_and_learnable_by_its_own_kind() 
     assert (fitted == d.y_test).mean() > 0.8
 
 
+def test_load_teacher_holds_out_its_test_fraction_of_the_same_draws() -> None:
+    d = load_dataset("teacher", seed=0, samples=2000, test_fraction=0.05)
+    assert (len(d.y_train), len(d.y_test)) == (1900, 100)
+    # the same draws, only the cut moved: the default split's training set starts them
+    default = load_dataset("teacher", seed=0, samples=2000)
+    np.testing.assert_array_equal(d.x_train[:1600], default.x_train)
+    np.testing.assert_array_equal(d.y_test, default.y_test[-100:])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

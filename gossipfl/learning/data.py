@@ -18,8 +18,8 @@ Preprocessing is fixed per dataset:
   train/test split is used; standardised per feature like the tabular sets;
   ``input_shape == (40, 1)``.
 * ``"teacher"``: generated here from the seed (:mod:`gossipfl.learning.teacher`): 16
-  standard normal features, labels from a fixed random teacher network, split 80/20 in
-  drawn order; ``input_shape == (16,)``.
+  standard normal features, labels from a fixed random teacher network, the last
+  ``test_fraction`` of the drawn order held out; ``input_shape == (16,)``.
 * ``"npz"``: a user file, left as given apart from the cast to float32 and the
   flattening of each example to 1-D; ``input_shape`` is the per-example shape
   stored in the file. With ``test_path``, the test set is read from that file
@@ -170,7 +170,7 @@ def load_dataset(
         return _load_mnist1d(seed=int(seed), samples=None if samples is None else int(samples))
     if name == "teacher":
         x_train, y_train, x_test, y_test = teacher_split(
-            int(seed), None if samples is None else int(samples))
+            int(seed), None if samples is None else int(samples), float(test_fraction))
         return Dataset(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                        num_classes=CLASSES, input_shape=(FEATURES,))
     known = ", ".join(repr(n) for n in (*BUILTIN_DATASETS, "npz"))

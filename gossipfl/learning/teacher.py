@@ -48,13 +48,19 @@ def teacher_task(seed: int, samples: int) -> tuple[np.ndarray, np.ndarray]:
     return x[kept], logits[kept].argmax(axis=1).astype(np.int32)
 
 
-def teacher_split(seed: int, samples: int | None) -> tuple[np.ndarray, np.ndarray,
-                                                           np.ndarray, np.ndarray]:
-    """The task split 80/20 in its drawn order: ``(x_train, y_train, x_test, y_test)``, the
-    features float32."""
+def teacher_split(seed: int, samples: int | None, test_fraction: float = 1 - TRAIN_FRACTION
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The task split in its drawn order, the last ``test_fraction`` held out (at least one
+    example each side): ``(x_train, y_train, x_test, y_test)``, the features float32.
+
+    >>> [len(part) for part in teacher_split(0, 1000, 0.05)[1::2]]
+    [950, 50]
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
     count = DEFAULT_SAMPLES if samples is None else samples
     x, y = teacher_task(seed, count)
-    train = round(count * TRAIN_FRACTION)
+    train = min(max(round(count * (1.0 - test_fraction)), 1), count - 1)
     x = x.astype(np.float32)
     return x[:train], y[:train], x[train:], y[train:]
 
