@@ -2,7 +2,9 @@
 the same epochs on the pooled training data, once per machine.
 
 Training it takes the runner some two seconds after the nodes finish (a JAX start and
-``rounds × local_epochs`` epochs), and its result depends only on the data, the model, the
+``rounds × local_epochs`` epochs: the passes the federation makes over its data; a scenario's
+``[baseline]`` may set fewer epochs and other settings: :mod:`gossipfl.scenario.baseline_config`),
+and its result depends only on the data, the model, the
 training settings, the seed and JAX's version: the figure is kept in the machine's cache folder
 (the compilation cache's, :func:`gossipfl.node.compile_cache.cache_folder`; none when that is
 off) under a key of those, the data by the digest of its arrays (a user's file that changed
@@ -37,8 +39,8 @@ def baseline_key(scenario: ScenarioConfig, dataset: Any) -> str:
         digest.update(f"{data.dtype.str}{data.shape}".encode())
         digest.update(data.tobytes())
     settings = {"jax": jax.__version__, "model": to_dict(scenario.model),
-                "train": to_dict(scenario.train), "seed": scenario.seed,
-                "epochs": scenario.rounds * scenario.train.local_epochs,
+                "train": to_dict(scenario.centralised_train), "seed": scenario.seed,
+                "epochs": scenario.centralised_epochs,
                 "data": digest.hexdigest()}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str)
                           .encode()).hexdigest()[:32]
@@ -63,7 +65,7 @@ def centralised_baseline(scenario: ScenarioConfig, folder: str | None) -> float:
         except (OSError, ValueError, KeyError, TypeError) as error:
             log.warning("ignoring the cached centralised baseline %s: %s", path, error)
     _, accuracies = train_centralised(
-        dataset, model, scenario.train, epochs=scenario.rounds * scenario.train.local_epochs,
+        dataset, model, scenario.centralised_train, epochs=scenario.centralised_epochs,
         seed=scenario.seed,
     )
     accuracy = float(accuracies[-1])

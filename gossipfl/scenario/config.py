@@ -26,6 +26,7 @@ from gossipfl.config import (
 from gossipfl.config_io import check_secagg_compression
 from gossipfl.learning.train import TrainConfig
 from gossipfl.privacy.dp import DPConfig
+from gossipfl.scenario.baseline_config import BaselineConfig
 from gossipfl.scenario.datafiles import resolve_data_section
 from gossipfl.scenario.graphs import ScenarioTopology, scenario_topology
 from gossipfl.scenario.relay import LinkFaults
@@ -339,6 +340,7 @@ class ScenarioConfig:
     sites: tuple[SiteConfig, ...] = ()  # private sites behind NAT (gossipfl/scenario/sites.py)
     public: PublicConfig = field(default_factory=PublicConfig)  # their relays
     metrics_port: int = 0  # node i serves Prometheus metrics on port metrics_port + i (0: off)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)  # the centralised one's
 
     def __post_init__(self) -> None:
         if self.metrics_port and not 1 <= self.metrics_port <= 65536 - self.nodes:
@@ -458,6 +460,17 @@ class ScenarioConfig:
     @property
     def federation_name(self) -> str:
         return self.federation or self.name
+
+    @property
+    def centralised_epochs(self) -> int:
+        """The centralised baseline's epochs (``[baseline] epochs``, else rounds ×
+        local_epochs)."""
+        return self.baseline.epochs_for(self.rounds, self.train.local_epochs)
+
+    @property
+    def centralised_train(self) -> TrainConfig:
+        """The centralised baseline's training settings: ``[train]`` with ``[baseline]``'s."""
+        return self.baseline.train(self.train)
 
 
 def load_scenario(path: str | Path, metrics_port: int | None = None) -> ScenarioConfig:
