@@ -12,6 +12,7 @@ aggregation's arithmetic) run inline.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ class Batcher:
     # reused while it lives); a pool's own (LearnerPool.vectorised), so that the simulations
     # that share the pool trace them once
     steps: dict[int, Batched] = field(default_factory=dict)
+    # threads a batch is split over (the cores this process may use): while a batch runs
+    # every node is blocked, so the other cores would otherwise sit idle
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     _wake: trio.Event = field(default_factory=trio.Event)
 
     def batchable(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
@@ -104,7 +108,7 @@ class Batcher:
                 jobs = [c.learner.train_job(c.args[0], c.args[1], c.args[2] if len(c.args) > 2
                                             else None) for c in group]
                 compiling = steps.compile_seconds
-                outcomes = steps.train_many(jobs)
+                outcomes = steps.train_many(jobs, self.threads)
                 start += steps.compile_seconds - compiling  # a node's work, not the compiler's
                 for c, outcome in zip(group, outcomes, strict=True):
                     epochs = c.args[2] if len(c.args) > 2 else None
@@ -113,7 +117,7 @@ class Batcher:
                 learner = group[0].learner
                 params = [unflatten_params(c.args[0], learner.template) for c in group]
                 figures = steps.evaluate_many(params, learner.dataset.x_test,
-                                              learner.dataset.y_test)
+                                              learner.dataset.y_test, self.threads)
                 share = (time.perf_counter() - start) / len(group)
                 for c, (loss, accuracy) in zip(group, figures, strict=True):
                     c.result = EvalResult(loss, accuracy, share)
