@@ -167,8 +167,9 @@ def finished_without(entries: list[dict[str, Any]]) -> dict[int, list[int | str]
 
 
 def centralised_baseline(scenario: ScenarioConfig) -> float:
-    """The same model and epochs trained on the pooled training data: the bar to reach (kept
-    in the machine's cache folder: :mod:`gossipfl.scenario.baseline`)."""
+    """The same model and epochs trained on the pooled training data (or as the scenario's
+    ``[baseline]`` says): the bar to reach (kept in the machine's cache folder:
+    :mod:`gossipfl.scenario.baseline`)."""
     from gossipfl.scenario.baseline import centralised_baseline as baseline
 
     return baseline(scenario, cache_folder(None))
