@@ -185,3 +185,15 @@ def test_an_evaluation_call_holds_a_bounded_number_of_activations(
     figures = steps.evaluate_many(params, x, y)
     assert {s[0] for s in shapes} == {64} and len(shapes) == 5
     assert len(figures) == 8
+
+
+def test_the_batcher_splits_over_the_cores_it_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        assert Batcher().threads == len(os.sched_getaffinity(0))
+        monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert Batcher().threads == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert Batcher().threads == 1

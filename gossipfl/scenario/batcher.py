@@ -51,7 +51,8 @@ class Batcher:
     steps: dict[int, Batched] = field(default_factory=dict)
     # threads a batch is split over (the cores this process may use): while a batch runs
     # every node is blocked, so the other cores would otherwise sit idle
-    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
+                         if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     _wake: trio.Event = field(default_factory=trio.Event)
 
     def batchable(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
