@@ -7,6 +7,7 @@ last several heartbeat intervals)."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 import trio
@@ -16,7 +17,7 @@ from sim_scenarios import node_log, scenario_text, simulated
 
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.wire import Heartbeat, decode_frame, encode_frame
-from gossipfl.node.extras import EXTRA_TURNS, HEARTBEAT_EXTRA, Extras
+from gossipfl.node.extras import EXTRA_TURNS, HEARTBEAT_EXTRA, Extras, draw
 from gossipfl.node.learner import LearnerPool
 from gossipfl.node.membership_loop import (
     ANSWERED_COVERS,
@@ -140,12 +141,39 @@ def test_the_members_beyond_the_neighbours_are_kept_for_turns_on_open_streams(
 def test_a_member_beyond_the_neighbours_that_fails_is_replaced_at_once() -> None:
     extras, rng = Extras(), random.Random(0)
     members = [f"m{i}" for i in range(10)]
-    first = extras.pick(rng, members)
+    first = extras.pick(rng, members, lambda _: True)
     extras.drop(first[0])
-    second = extras.pick(rng, members)
+    second = extras.pick(rng, members, lambda _: True)
     assert extras.turns == EXTRA_TURNS - 1 and second is not first
     extras.drop("someone else")  # not drawn: no effect
-    assert extras.pick(rng, members) is second
+    assert extras.pick(rng, members, lambda _: True) is second
+
+
+def test_a_draw_asks_about_a_handful_of_members_not_the_whole_table() -> None:
+    members = [f"m{i:04d}" for i in range(1000)]
+    asked: list[str] = []
+
+    def ok(peer: str) -> bool:
+        asked.append(peer)
+        return peer != "m0000"
+
+    picked = draw(random.Random(1), members, 4, ok)
+    assert len(set(picked)) == 4 and "m0000" not in picked
+    assert len(asked) <= 2 * 4 + 8  # a cycle's cost does not grow with the table
+
+
+def test_a_draw_is_uniform_over_the_members_that_pass_and_finds_rare_ones() -> None:
+    rng = random.Random(2)
+    members = [f"m{i}" for i in range(30)]
+    passing = set(members[5:11])
+    counts = Counter(p for _ in range(3000)
+                     for p in draw(rng, members, 2, lambda p: p in passing))
+    assert set(counts) == passing
+    # 6,000 picks over 6 members: 1,000 each; a bias of a tenth is far outside chance
+    assert all(abs(n - 1000) < 100 for n in counts.values())
+    # one passing member among 1,000: the bounded tries give up and the scan finds it
+    rare = [f"r{i}" for i in range(1000)]
+    assert draw(rng, rare, 2, lambda p: p == "r777") == ["r777"]
 
 
 def test_rounds_longer_than_the_silence_span_take_no_live_neighbour_for_silent(

@@ -21,7 +21,7 @@ import trio
 from gossipfl.crypto import liveness
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Heartbeat, WireError, decode_digest
-from gossipfl.node.extras import HEARTBEAT_EXTRA, HEARTBEAT_FANOUT, Extras, Held
+from gossipfl.node.extras import HEARTBEAT_EXTRA, HEARTBEAT_FANOUT, Extras, Held, draw
 from gossipfl.node.links import (
     drop_neighbour,
     federation_running,
@@ -227,21 +227,23 @@ def heartbeat_targets(node: Node, *, done: bool = False, extras: Extras | None =
     link both ways, so a neighbour that heartbeats us is not heartbeated back
     (:func:`answered_lately`).
     """
-    where = {p: addrs for p in node.membership.ids()
-             if may_dial(node, p) and (addrs := node.addrs_of(p))}
-    members = list(where)
+    def dialable(peer: str) -> bool:
+        return may_dial(node, peer) and bool(node.addrs_of(peer))
+
+    ids = node.membership.ids()
     if done:
-        chosen = members if len(members) <= DONE_FANOUT else node.rng.sample(
-            members, DONE_FANOUT)
+        chosen = draw(node.rng, ids, DONE_FANOUT, dialable)
     elif node.topology is None:
-        chosen = members if len(members) <= HEARTBEAT_FANOUT else node.rng.sample(
-            members, HEARTBEAT_FANOUT)
+        chosen = draw(node.rng, ids, HEARTBEAT_FANOUT, dialable)
     else:
-        others = [p for p in members if p not in node.neighbours]
-        chosen = [p for p in members if p in node.neighbours and not answered_lately(node, p)]
-        chosen += (extras.pick(node.rng, others) if extras is not None
-                   else node.rng.sample(others, min(HEARTBEAT_EXTRA, len(others))))
-    targets = {p: where[p] for p in chosen}
+        def other(peer: str) -> bool:
+            return peer not in node.neighbours and dialable(peer)
+
+        chosen = sorted(p for p in node.neighbours if p in node.membership and dialable(p)
+                        and not answered_lately(node, p))
+        chosen += (extras.pick(node.rng, ids, other) if extras is not None
+                   else draw(node.rng, ids, HEARTBEAT_EXTRA, other))
+    targets = {p: node.addrs_of(p) for p in chosen}
     for peer in chosen:
         if not node.membership.is_direct(peer):
             node.hearsay_dialled[peer] = node.hearsay_dialled.get(peer, 0) + 1
