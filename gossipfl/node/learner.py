@@ -216,11 +216,11 @@ class LocalLearner:
         configured = self.config.train.local_epochs
         return configured if steps is None else -(-steps // self.steps_per_epoch)
 
-    def _result(self, params: Params, loss: float, start: float, steps: int | None) -> TrainResult:
+    def _result(self, params: Params, loss: float, seconds: float,
+                steps: int | None) -> TrainResult:
         done = (float(self.config.train.local_epochs) if steps is None
                 else steps / self.steps_per_epoch)
-        return TrainResult(flatten_params(params), float(loss), time.perf_counter() - start,
-                           len(self.y), done)
+        return TrainResult(flatten_params(params), float(loss), seconds, len(self.y), done)
 
     def train(self, vector: np.ndarray, round_: int, epochs: float | None = None,
               dp: RecordDP | None = None) -> TrainResult:
@@ -259,7 +259,7 @@ class LocalLearner:
             params, self.opt_state, self.x, self.y, epochs=self._epochs(steps),
             seed=self._seed(round_), max_steps=steps, dp=dpsgd,
         )
-        return self._result(params, loss, start, steps)
+        return self._result(params, loss, time.perf_counter() - start, steps)
 
     def train_job(self, vector: np.ndarray, round_: int,
                   epochs: float | None = None) -> TrainJob:
@@ -272,11 +272,11 @@ class LocalLearner:
                         self.y, plan)
 
     def take(self, outcome: tuple[Params, Any, float], epochs: float | None,
-             start: float) -> TrainResult:
-        """The result of a batched :meth:`train_job`: the optimiser state is kept, as
-        :meth:`train` keeps it."""
+             seconds: float) -> TrainResult:
+        """The result of a batched :meth:`train_job` that cost this node ``seconds`` (its
+        share of the batch): the optimiser state is kept, as :meth:`train` keeps it."""
         params, self.opt_state, loss = outcome
-        return self._result(params, loss, start, self._steps(epochs))
+        return self._result(params, loss, seconds, self._steps(epochs))
 
     def evaluate(self, vector: np.ndarray) -> EvalResult:
         start = time.perf_counter()

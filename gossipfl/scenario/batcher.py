@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class Batcher:
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
                          if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     _wake: trio.Event = field(default_factory=trio.Event)
+    _pool: ThreadPoolExecutor | None = None  # the run's threads (made at the first batch)
 
     def batchable(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
         learner = getattr(fn, "__self__", None)
@@ -81,6 +83,19 @@ class Batcher:
 
     async def run(self) -> None:
         """The batching task: once calls are pending and every task is blocked, run them."""
+        try:
+            await self._serve()
+        finally:  # the run's threads end with it
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
+
+    def _threads(self) -> ThreadPoolExecutor | None:
+        if self.threads > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="batch")
+        return self._pool
+
+    async def _serve(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
@@ -109,16 +124,21 @@ class Batcher:
                 jobs = [c.learner.train_job(c.args[0], c.args[1], c.args[2] if len(c.args) > 2
                                             else None) for c in group]
                 compiling = steps.compile_seconds
-                outcomes = steps.train_many(jobs, self.threads)
+                outcomes = steps.train_many(jobs, self.threads, self._threads())
                 start += steps.compile_seconds - compiling  # a node's work, not the compiler's
+                # each node's share of the batch, as for evaluation: the whole batch's time
+                # charged to each of 1,000 nodes made round 0 last seconds of virtual time,
+                # every member heartbeating through them (most of a 1,000-node run's wall)
+                share = (time.perf_counter() - start) / len(group)
                 for c, outcome in zip(group, outcomes, strict=True):
                     epochs = c.args[2] if len(c.args) > 2 else None
-                    c.result = c.learner.take(outcome, epochs, start)
+                    c.result = c.learner.take(outcome, epochs, share)
             else:
                 learner = group[0].learner
                 params = [unflatten_params(c.args[0], learner.template) for c in group]
                 figures = steps.evaluate_many(params, learner.dataset.x_test,
-                                              learner.dataset.y_test, self.threads)
+                                              learner.dataset.y_test, self.threads,
+                                              self._threads())
                 share = (time.perf_counter() - start) / len(group)
                 for c, (loss, accuracy) in zip(group, figures, strict=True):
                     c.result = EvalResult(loss, accuracy, share)
