@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from gossipfl.learning.data import Dataset, load_dataset
-from gossipfl.learning.generated import kept, load_kept, mnist1d_key, read_entry, write_entry
+from gossipfl.learning.generated import (
+    kept,
+    load_kept,
+    mnist1d_key,
+    read_entry,
+    teacher_key,
+    write_entry,
+)
 
 
 def _small(seed: int = 0) -> Dataset:
@@ -117,6 +124,22 @@ def test_mnist1d_kept_is_the_generated_one_and_keys_follow_seed_and_count(
     # the other data sets are read as before, nothing kept
     load_kept("iris", cache=folder, seed=0)
     assert len(list(Path(folder).glob("gossipfl-*"))) == 1
+
+
+def test_the_teacher_task_kept_is_the_generated_one_and_keys_follow_its_split(
+        tmp_path: Path) -> None:
+    folder = str(tmp_path / "cache")
+    fresh = load_dataset("teacher", seed=2, samples=400, test_fraction=0.1)
+    first = load_kept("teacher", cache=folder, seed=2, samples=400, test_fraction=0.1)
+    again = load_kept("teacher", cache=folder, seed=2, samples=400, test_fraction=0.1)
+    assert _same(fresh, first) and _same(first, again)
+    assert len(list(Path(folder).glob("gossipfl-teacher-*.npz"))) == 1
+    # another split of the same draws is another entry, not the kept one read back
+    other = load_kept("teacher", cache=folder, seed=2, samples=400, test_fraction=0.2)
+    assert len(other.y_test) == 80 and len(first.y_test) == 40
+    assert len(list(Path(folder).glob("gossipfl-teacher-*.npz"))) == 2
+    assert len({teacher_key(2, 400, 0.1), teacher_key(3, 400, 0.1), teacher_key(2, 401, 0.1),
+                teacher_key(2, 400, 0.2), teacher_key(2, None, 0.1)}) == 5
 
 
 def test_the_report_counts_parameters_from_the_kept_copy(

@@ -1,4 +1,4 @@
-"""Generated data sets kept in the machine's cache folder.
+"""Generated data sets kept in the machine's cache folder (mnist1d and the teacher task).
 
 mnist1d is generated here, never downloaded, at about 0.4 ms an example on a 2-core machine
 (``private.toml``'s 90,000: some 36 s of CPU) after importing SciPy's interpolation (about
@@ -47,6 +47,17 @@ def mnist1d_key(seed: int, samples: int | None) -> str:
         version = "absent"
     text = json.dumps({"format": FORMAT, "mnist1d": version, "numpy": np.__version__,
                        "seed": seed, "samples": samples}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def teacher_key(seed: int, samples: int | None, test_fraction: float) -> str:
+    """What the teacher task's arrays depend on (:data:`~gossipfl.learning.teacher.GENERATOR`
+    names the generator's own version), as a hex digest."""
+    from gossipfl.learning.teacher import GENERATOR
+
+    text = json.dumps({"format": FORMAT, "teacher": GENERATOR, "numpy": np.__version__,
+                       "seed": seed, "samples": samples, "test_fraction": test_fraction},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -120,15 +131,21 @@ def kept(folder: str | None, name: str, key: str,
 def load_kept(name: str, *, cache: str | None, seed: int = 0, test_fraction: float = 0.2,
               path: str | None = None, samples: int | None = None,
               test_path: str | None = None) -> Dataset:
-    """:func:`~gossipfl.learning.data.load_dataset`, with a generated data set (mnist1d) kept
-    in ``cache`` (None: generated every time, as the others are read every time)."""
+    """:func:`~gossipfl.learning.data.load_dataset`, with a generated data set (mnist1d, and
+    the teacher task: a million examples take it some 16 s) kept in ``cache`` (None: generated
+    every time, as the others are read every time)."""
     def load() -> Dataset:
         return load_dataset(name, seed=seed, test_fraction=test_fraction, path=path,
                             samples=samples, test_path=test_path)
 
-    if name != "mnist1d" or cache is None:
+    if cache is None:
         return load()
-    return kept(cache, name, mnist1d_key(seed, samples), load)
+    if name == "mnist1d":
+        return kept(cache, name, mnist1d_key(seed, samples), load)
+    if name == "teacher":
+        return kept(cache, name, teacher_key(seed, samples, float(test_fraction)), load)
+    return load()
 
 
-__all__ = ["EntryError", "kept", "load_kept", "mnist1d_key", "read_entry", "write_entry"]
+__all__ = ["EntryError", "kept", "load_kept", "mnist1d_key", "read_entry", "teacher_key",
+           "write_entry"]

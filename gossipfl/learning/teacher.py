@@ -24,6 +24,9 @@ HIDDEN = 64
 DEFAULT_SAMPLES = 10_000
 TRAIN_FRACTION = 0.8
 BALANCE_STEPS = 100
+#: the generator's version: a kept copy (:mod:`gossipfl.learning.generated`) is keyed on it, so
+#: bump it whenever the arrays :func:`teacher_task` returns for the same arguments change
+GENERATOR = 1
 
 
 def teacher_task(seed: int, samples: int) -> tuple[np.ndarray, np.ndarray]:
