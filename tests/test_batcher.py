@@ -64,22 +64,28 @@ def test_a_batch_width_compiles_once(tmp_path: Path) -> None:
     assert set(steps._compiled) == {1, 4} and steps.compile_seconds > first
 
 
-def test_the_compile_is_not_charged_to_the_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A made-up clock: the batch's compile takes 50 s of it and the work 0.25 s; each of the
-    two nodes is charged its share of the work, 0.125 s."""
+def _clocked(monkeypatch: pytest.MonkeyPatch, compile_seconds: float,
+             work_seconds: float) -> None:
+    """A made-up clock on which each batch's training takes ``work_seconds`` and a compile
+    ``compile_seconds`` (counted as the compiler's, as a new batch width's is)."""
     now = [1000.0]
     monkeypatch.setattr(time, "perf_counter", lambda: now[0])
     real = Batched.train_many
 
-    def slow_compile(self: Batched, jobs: list, threads: int = 1,  # type: ignore[type-arg]
-                   pool: Executor | None = None) -> list:  # type: ignore[type-arg]
+    def timed(self: Batched, jobs: list, threads: int = 1,  # type: ignore[type-arg]
+              pool: Executor | None = None) -> list:  # type: ignore[type-arg]
         out = real(self, jobs, threads, pool)
-        now[0] += 50.0
-        self.compile_seconds += 50.0
-        now[0] += 0.25
+        now[0] += compile_seconds + work_seconds
+        self.compile_seconds += compile_seconds
         return out
 
-    monkeypatch.setattr(Batched, "train_many", slow_compile)
+    monkeypatch.setattr(Batched, "train_many", timed)
+
+
+def test_the_compile_is_not_charged_to_the_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's compile takes 50 s and the work 0.25 s; each of the two nodes is charged
+    its share of the work, 0.125 s."""
+    _clocked(monkeypatch, 50.0, 0.25)
     results = _train_all(Batcher(), _learners(2))
     assert [r.seconds for r in results] == [0.125, 0.125]
     assert all(np.isfinite(r.vector).all() for r in results)
@@ -87,19 +93,9 @@ def test_the_compile_is_not_charged_to_the_nodes(monkeypatch: pytest.MonkeyPatch
 
 def test_a_node_is_charged_its_share_of_the_batch_not_the_whole(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Eight nodes trained in one batch of 2 s (a made-up clock): each is charged 0.25 s, so
-    the virtual time a round's training costs does not grow with the federation."""
-    now = [50.0]
-    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
-    real = Batched.train_many
-
-    def two_seconds(self: Batched, jobs: list, threads: int = 1,  # type: ignore[type-arg]
-                   pool: Executor | None = None) -> list:  # type: ignore[type-arg]
-        out = real(self, jobs, threads, pool)
-        now[0] += 2.0
-        return out
-
-    monkeypatch.setattr(Batched, "train_many", two_seconds)
+    """Eight nodes trained in one batch of 2 s: each is charged 0.25 s, so the virtual time a
+    round's training costs does not grow with the federation."""
+    _clocked(monkeypatch, 0.0, 2.0)
     results = _train_all(Batcher(), _learners(8))
     assert [r.seconds for r in results] == [0.25] * 8
 
