@@ -66,6 +66,8 @@ async def on_contribution(node: Node, channel: Channel) -> None:
         ack = Ack(node.config.federation, round_, node.peer_id, status, reason)
         with trio.fail_after(node.protocol.request_timeout):
             await channel.send(ack, MAX_CONTROL_BYTES)
+        if status == AckCode.OK:  # a neighbour linked after our round's send gets it now
+            node.hand_over(channel.remote)
         if status == AckCode.REJECTED and AckReason.of(reason) in (
                 AckReason.WRONG_FEDERATION, AckReason.NOT_NEIGHBOUR):
             return

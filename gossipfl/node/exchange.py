@@ -88,14 +88,38 @@ async def send_contribution(node: Node, peer: str, r: int, done: bool,
         state = node.neighbours.get(peer)
         if state is None:  # dropped since the round chose its targets
             return
+        state.sent_round = max(state.sent_round, r)
         # round r's estimate and fields, taken now: the round waits until the frame is written,
         # but a resend (a broken stream, NEED_FULL) may come after it went on
         snapshot = Snapshot.take(node)
         async with state.send_lock:
+            if not done and state.peer_holds >= r:  # a hand-over sent it meanwhile
+                return
             await _send(node, state, peer, r, done, snapshot, written)
     finally:
         if written is not None:
             written.set()
+
+
+def needs_hand_over(node: Node, peer: str) -> bool:
+    """Whether a neighbour was never sent this node's current public estimate: it was linked
+    after this round's send (a member that finished joining late, a link made again after a
+    cut). :func:`hand_over` sends it at once; else each of the two could wait out the round
+    timeout for the other: a neighbour that finished round r and sent round r + 1 to the others
+    waits for our round r + 1, while we wait for its round r, which it will never send."""
+    state = node.neighbours.get(peer)
+    return (state is not None and node.status in (NodeStatus.TRAINING, NodeStatus.CONSENSUS)
+            and not node.config.secagg.enabled and node.own.round >= 0
+            and state.sent_round < node.own.round and state.peer_holds < node.own.round)
+
+
+async def hand_over(node: Node, peer: str) -> None:
+    """Send a neighbour linked after this round's send our current estimate (its round), as
+    the round would have (:func:`needs_hand_over` says when); the round's own send, should
+    it come after, finds the neighbour holding it and sends nothing."""
+    if needs_hand_over(node, peer):
+        log.info("sending round %d to %s, linked after that round's send", node.own.round, peer)
+        await send_contribution(node, peer, node.own.round, done=False)
 
 
 @dataclass(frozen=True)

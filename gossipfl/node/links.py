@@ -202,6 +202,9 @@ async def request_link(node: Node, peer: str, refused: set[str], *, joining: boo
                 await reset_link(node, peer)
             else:
                 node.neighbours.setdefault(peer, NeighbourState(linked_at=trio.current_time()))
+            # linked after our round's send: it gets our estimate now (it registered the link
+            # before it answered); the other end sends its own once ours arrives
+            node.hand_over(peer)
             if repair:
                 node.relinks += 1
                 log.warning("re-linked with neighbour %s (it is at round %d, this node at "

@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import multiaddr
 import numpy as np
 import trio
 
@@ -36,8 +35,9 @@ from gossipfl.aggregation.mixing import reported_examples
 from gossipfl.config import NodeConfig, Weighting
 from gossipfl.crypto.admission import identity_signing_key
 from gossipfl.crypto.identity import Identity
+from gossipfl.gossip.addresses import split_p2p_addr
 from gossipfl.gossip.cert_holders import CertHolders
-from gossipfl.gossip.circuit import CIRCUIT, Circuits, is_circuit
+from gossipfl.gossip.circuit import Circuits
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.host import make_host
 from gossipfl.gossip.membership import STAMP_REFRESH, Membership
@@ -48,7 +48,7 @@ from gossipfl.gossip.transport import Network, Offload, Transport
 from gossipfl.gossip.wire import Contribution, M, MaskedInput, Sealed
 from gossipfl.gossip.wire_contribution import origin_digest
 from gossipfl.learning.params import named_arrays
-from gossipfl.node import contributions, links, membership_loop, resume, state_sync
+from gossipfl.node import contributions, exchange, links, membership_loop, resume, state_sync
 from gossipfl.node.checkpoint import atomic_write_json, save_node_checkpoint
 from gossipfl.node.contributions import FUTURE_ROUNDS, PROTO_CONTRIBUTION, PROTO_SEALED
 from gossipfl.node.estimates import OwnEstimate, PeerEstimates
@@ -77,20 +77,6 @@ from gossipfl.relay_config import relay_candidates
 log = logging.getLogger("gossipfl.node")
 
 ENVELOPE_ALLOWANCE = 4096  # bytes an envelope and the sealed frame add around a contribution
-
-
-def split_p2p_addr(addr: str) -> tuple[str, str]:
-    """'/ip4/../tcp/../p2p/ID' → (ID, the whole address); of a relayed address
-    ('.../p2p/RELAY/p2p-circuit/p2p/ID'), the peer's ID, not the relay's. Raises ValueError
-    without /p2p/."""
-    maddr = multiaddr.Multiaddr(addr)
-    peer_id = maddr.value_for_protocol("p2p")
-    if is_circuit(addr):
-        tail = addr.rstrip("/").split(f"/{CIRCUIT}", 1)[1]
-        peer_id = multiaddr.Multiaddr(tail).value_for_protocol("p2p") if tail else None
-    if not peer_id:
-        raise ValueError(f"bootstrap address {addr} has no /p2p/<peer id> part")
-    return str(peer_id), addr
 
 
 class Node:
@@ -450,6 +436,11 @@ class Node:
             event = self.changed
             with trio.move_on_after(remaining):
                 await event.wait()
+
+    def hand_over(self, peer: str) -> None:
+        """Hand ``peer`` our current estimate in the background (exchange.hand_over)."""
+        if self.background is not None and exchange.needs_hand_over(self, peer):
+            self.background.start_soon(exchange.hand_over, self, peer)
 
     def notify(self) -> None:
         """Wake whoever waits for a change (a contribution arrived, a peer failed)."""

@@ -64,6 +64,7 @@ class NeighbourState:
     # held for one whole send on ``channel`` (frame, ack, a full resend): a round's send may
     # still be reading its ack when the next one starts (exchange.py)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
+    sent_round: int = -1  # the last round whose send to it started (exchange.hand_over)
     # when it last heartbeat us and we answered (the node's clock), and the status the answer
     # carried: each end then holds the other's news (membership_loop.py: heartbeat_targets)
     answered_at: float = -math.inf
@@ -198,6 +199,8 @@ class Node(Protocol):
     async def wait_for(self, pending: Callable[[], list[str]], deadline: float) -> list[str]: ...
 
     def notify(self) -> None: ...
+
+    def hand_over(self, peer: str) -> None: ...  # a late link gets our estimate (exchange.py)
 
     def flood(self, peer: str, detail: str, key: str = "flood") -> None: ...
 
