@@ -112,6 +112,36 @@ def test_unreachable_and_finished_neighbours_are_not_waited_for() -> None:
     _run(main)
 
 
+def test_a_neighbour_linked_lately_is_waited_for_though_heard_from_long_ago() -> None:
+    # at 1,000 members a joining member heartbeats a few others at a time: its neighbours may
+    # last have heard it while it joined, seconds before it linked; the link is news of it
+    async def main() -> None:
+        node = _node("late", "gone")
+        node.protocol = ProtocolConfig(round_timeout=5.0, heartbeat_interval=0.5)
+        start = trio.current_time()
+        node.heard_at.update(late=start - 10.0, gone=start - 10.0)
+        node.neighbours["late"].linked_at = start - 0.5
+        node.neighbours["gone"].linked_at = start - 10.0
+
+        async def delivery() -> None:
+            await trio.sleep(0.75)
+            node.deliver("late", 0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(delivery)
+            missing = await wait_for_neighbours(node, 0, start + 5.0)
+        assert trio.current_time() == pytest.approx(start + 0.75)  # waited for it, not for gone
+        assert missing == ["gone"]
+
+        # silent for a few intervals since the link too: no longer waited for
+        node.neighbours["late"].linked_at = start - 2.0
+        missing = await wait_for_neighbours(node, 1, trio.current_time() + 5.0)
+        assert missing == ["gone", "late"]
+        assert trio.current_time() == pytest.approx(start + 0.75)
+
+    _run(main)
+
+
 def test_a_neighbour_gone_silent_is_not_waited_for_the_rest_of_the_round() -> None:
     # heartbeats every 0.5 s (the loop also wakes the wait); a stops at t0, b keeps going and
     # delivers at t0 + 4: the round ends then, not at the 5 s timeout, and names a missing

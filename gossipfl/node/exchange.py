@@ -257,8 +257,14 @@ async def wait_for_neighbours(node: Node, r: int, deadline: float) -> list[str]:
             and not (p in node.estimates.peers and node.estimates.peers[p].done)
             and state.unreachable_round != r
             and state.bad_round < r  # it sent a bad estimate: it is not coming
-            and not gone_silent(node.heard_at.get(p), now, interval)
+            and not gone_silent(heard(p, state), now, interval)
         ]
+
+    def heard(peer: str, state: NeighbourState) -> float | None:
+        # a link made lately counts as news: a member heard from while it joined and linked
+        # only now (heartbeats then go to a few of 1,000 members at a time) is not silent
+        at = node.heard_at.get(peer)
+        return at if at is None else max(at, state.linked_at)
 
     waiting = await node.wait_for(pending, deadline)
     if waiting:

@@ -98,17 +98,20 @@ async def form_links(node: Node) -> None:
                     ", ".join(sorted(listed_neighbours(node))), len(members))
         return
     refused: set[str] = set()
+    joining: dict[str, float] = {}  # wanted members that answered "still joining", and when
     last_change, linked = trio.current_time(), 0
     with trio.move_on_after(node.protocol.join_timeout):
         while wanted - set(node.neighbours) - refused:
             async with trio.open_nursery() as nursery:
                 for peer in sorted(wanted - set(node.neighbours) - refused):
-                    nursery.start_soon(request_link, node, peer, refused)
+                    nursery.start_soon(functools.partial(request_link, node, peer, refused,
+                                                         not_ready=joining))
             if len(node.neighbours) != linked:
                 last_change, linked = trio.current_time(), len(node.neighbours)
-            # some links confirmed and no new one for a while: the others are gone for good
-            # (a member that left), so go on with these rather than wait out the timeout
-            if linked and trio.current_time() - last_change >= node.config.settle_seconds:
+            if links_settled(linked, trio.current_time() - last_change,
+                             stop_waiting=node.config.settle_seconds,
+                             joining=[trio.current_time() - at for p, at in joining.items()
+                                      if p not in node.neighbours]):
                 break
             if wanted - set(node.neighbours) - refused:
                 await trio.sleep(0.1)
@@ -118,6 +121,26 @@ async def form_links(node: Node) -> None:
     if not node.neighbours:
         raise NodeError("no neighbour confirmed a link; refusing to train alone")
     log.info("neighbours: %s", ", ".join(sorted(node.neighbours)))
+
+
+def links_settled(linked: int, quiet: float, *, stop_waiting: float,
+                  joining: list[float]) -> bool:
+    """Whether link formation goes on with the ``linked`` links it has, none new for
+    ``quiet`` seconds: the wanted members still unlinked are taken for gone (one that left)
+    after ``stop_waiting`` seconds, rather than waiting out the join timeout; but not while
+    one of them answered "still joining" within the last ``stop_waiting`` seconds
+    (``joining``: how long ago each did). Such a member is alive and links in moments; rounds
+    begun without it run ahead of it, and it then waits a round timeout or more for them.
+
+    >>> links_settled(3, 3.0, stop_waiting=3.0, joining=[])
+    True
+    >>> links_settled(3, 3.0, stop_waiting=3.0, joining=[0.5, 4.0])
+    False
+    >>> links_settled(0, 9.0, stop_waiting=3.0, joining=[])  # none yet: wait on
+    False
+    """
+    answering = any(ago < stop_waiting for ago in joining)
+    return linked > 0 and quiet >= stop_waiting and not answering
 
 
 def late_degree(node: Node) -> int:
@@ -179,7 +202,9 @@ async def join_late(node: Node) -> None:
 
 
 async def request_link(node: Node, peer: str, refused: set[str], *, joining: bool = False,
-                       repair: bool = False) -> None:
+                       repair: bool = False, not_ready: dict[str, float] | None = None) -> None:
+    """Ask ``peer`` for a link; a refusal goes into ``refused``, a "still joining" answer's
+    time into ``not_ready`` (when given)."""
     rejoin = node.resumed_from is not None or repair
     if node.security.enabled and not node.security.presented(peer):
         # known only by hearsay: it may not have our certificate either, and a link stream
@@ -210,6 +235,8 @@ async def request_link(node: Node, peer: str, refused: set[str], *, joining: boo
                 log.warning("re-linked with neighbour %s (it is at round %d, this node at "
                             "%d)", peer, reply.round, node.round)
                 note_peer_round(node, peer, reply.round, NodeStatus.TRAINING)
+        elif reply.status == LinkCode.NOT_READY and not_ready is not None:
+            not_ready[peer] = trio.current_time()
         elif reply.status == LinkCode.REJECTED:
             log.log(logging.INFO if repair or joining else logging.WARNING,
                     "%s refused a link: %s", peer, reply.reason)

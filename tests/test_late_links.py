@@ -1,5 +1,6 @@
-"""A neighbour linked after a round's send is handed the current estimate at once
-(``exchange.hand_over``), on two real nodes over the in-memory transport under a MockClock.
+"""Links made late, on two real nodes over the in-memory transport under a MockClock: a
+neighbour linked after a round's send is handed the current estimate at once
+(``exchange.hand_over``), and link formation waits for a wanted member still joining.
 
 Without it the two wait for each other: a member that finished joining last links with a
 neighbour already past its round-0 send (in round 1, having sent round 1 to the others); the
@@ -20,7 +21,7 @@ from fake_ends import small_node
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.memory import MemoryNetwork
 from gossipfl.node.exchange import needs_hand_over, send_contribution
-from gossipfl.node.links import request_link
+from gossipfl.node.links import links_settled, request_link
 from gossipfl.node.runtime import Node
 
 
@@ -143,3 +144,29 @@ def test_no_hand_over_before_anything_is_published_or_under_secure_aggregation(
     object.__setattr__(node.config.secagg, "enabled", True)  # masked inputs only
     assert not needs_hand_over(node, peer.peer_id)
     assert not needs_hand_over(node, "stranger")
+
+
+def test_a_wanted_member_still_joining_says_so_and_formation_waits_for_it(
+        tmp_path: Path) -> None:
+    asker, joiner, _ = _pair(tmp_path)
+    _ready(asker, joiner, 0)
+    asker.status = NodeStatus.JOINING
+    joiner.status = NodeStatus.JOINING  # no topology yet: it answers NOT_READY
+
+    async def body() -> None:
+        refused: set[str] = set()
+        joining: dict[str, float] = {}
+        await request_link(asker, joiner.peer_id, refused, not_ready=joining)
+        assert joining == {joiner.peer_id: trio.current_time()}
+        assert not refused and joiner.peer_id not in asker.neighbours
+        # three links made, none new for settle_seconds: go on without it, unless it
+        # answered within them
+        assert not links_settled(3, 3.0, stop_waiting=3.0, joining=[0.0])
+        assert links_settled(3, 3.0, stop_waiting=3.0, joining=[3.0])
+
+        joiner.topology = {joiner.peer_id: frozenset({asker.peer_id})}
+        joiner.wanted = {asker.peer_id}
+        await request_link(asker, joiner.peer_id, refused, not_ready=joining)
+        assert joiner.peer_id in asker.neighbours and asker.peer_id in joiner.neighbours
+
+    _run(asker, joiner, body)
