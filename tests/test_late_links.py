@@ -1,6 +1,7 @@
 """Links made late, on two real nodes over the in-memory transport under a MockClock: a
 neighbour linked after a round's send is handed the current estimate at once
-(``exchange.hand_over``), and link formation waits for a wanted member still joining.
+(``exchange.hand_over``), and link formation waits for a wanted member still joining; and
+how a large federation's joining members are logged.
 
 Without it the two wait for each other: a member that finished joining last links with a
 neighbour already past its round-0 send (in round 1, having sent round 1 to the others); the
@@ -10,18 +11,22 @@ simulated members, a minute of virtual time that costs most of an hour of wall).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import trio
 import trio.testing
 from fake_ends import small_node
 
 from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.memory import MemoryNetwork
+from gossipfl.gossip.wire import Heartbeat, MemberInfo
 from gossipfl.node.exchange import needs_hand_over, send_contribution
 from gossipfl.node.links import links_settled, request_link
+from gossipfl.node.membership_loop import NAMED_MEMBERS, absorb
 from gossipfl.node.runtime import Node
 
 
@@ -170,3 +175,30 @@ def test_a_wanted_member_still_joining_says_so_and_formation_waits_for_it(
         assert joiner.peer_id in asker.neighbours and asker.peer_id in joiner.neighbours
 
     _run(asker, joiner, body)
+
+
+def test_new_members_are_named_in_a_small_federation_and_counted_in_a_large_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    node = small_node(tmp_path)
+    node.membership.heard_from("reporter", ("/memory/reporter",), 0.0)
+
+    def beat(names: list[str]) -> Heartbeat:
+        members = tuple(MemberInfo(name, (f"/memory/{name}",), 0.0) for name in names)
+        return Heartbeat("fed", "reporter", ("/memory/reporter",), members, 0, len(members),
+                         "joining")
+
+    async def main() -> None:
+        with caplog.at_level(logging.INFO, logger="gossipfl.node"):
+            absorb(node, beat([f"a{i}" for i in range(3)]))
+            named = [r.getMessage() for r in caplog.records]
+            assert [m for m in named if m.startswith("new member a")] == [
+                f"new member a{i} (via reporter)" for i in range(3)]
+            caplog.clear()
+            absorb(node, beat([f"b{i}" for i in range(NAMED_MEMBERS + 10)]))
+            lines = [r.getMessage() for r in caplog.records]
+        assert not any(m.startswith("new member") for m in lines)
+        assert f"{NAMED_MEMBERS + 10} new member(s) via reporter ({len(node.membership)} in " \
+               "the table)" in lines
+        assert len(node.membership) == 1 + 3 + NAMED_MEMBERS + 10
+
+    trio.run(main, clock=trio.testing.MockClock())

@@ -192,6 +192,20 @@ def test_heartbeat_round_trip_property(members: list[MemberInfo], round_: int, s
 def test_tensor_from_array_refuses_other_dtypes() -> None:
     with pytest.raises(WireError, match="dtype float64 is not allowed"):
         Tensor.from_array("w", np.zeros(3, dtype=np.float64))
+    with pytest.raises(WireError, match="dtype float64 is not allowed"):
+        Tensor.from_array("w", np.zeros(3, dtype=">f8"))
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_a_big_endian_array_goes_on_the_wire_as_its_values(copy: bool) -> None:
+    # its name is "float32" too; its bytes are not the wire's little-endian ones
+    values = np.array([0.0, 1.5, -2.25], dtype=">f4")
+    tensor = Tensor.from_array("w", values, copy=copy)
+    assert tensor.dtype == "float32"
+    np.testing.assert_array_equal(tensor.to_array(), values)
+    message = Contribution("fed", 1, PEER_A, PEER_B, 2, "full", -1, 0.1, False, (tensor,))
+    [back] = decode_body(encode_body(message), Contribution).tensors
+    np.testing.assert_array_equal(back.to_array(), values)
 
 
 # -- frame-level rejections ------------------------------------------------------------------------
