@@ -103,8 +103,7 @@ async def form_links(node: Node) -> None:
     with trio.move_on_after(node.protocol.join_timeout):
         while wanted - set(node.neighbours) - refused:
             # one still joining is asked again a heartbeat later, not every tenth of a second:
-            # it asks us itself once it has its topology (at 1,000 simulated members the asks
-            # cost more than the rest of the join)
+            # it asks us itself once it has its topology
             now = trio.current_time()
             ask = [p for p in sorted(wanted - set(node.neighbours) - refused)
                    if now - joining.get(p, -math.inf) >= node.protocol.heartbeat_interval]
