@@ -25,27 +25,36 @@ from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.memory import MemoryNetwork
 from gossipfl.gossip.wire import Heartbeat, MemberInfo
 from gossipfl.node.exchange import needs_hand_over, send_contribution
-from gossipfl.node.links import links_settled, request_link
+from gossipfl.node.links import form_links, links_settled, request_link
 from gossipfl.node.membership_loop import NAMED_MEMBERS, absorb
 from gossipfl.node.runtime import Node
 
 
-def _pair(tmp_path: Path) -> tuple[Node, Node, MemoryNetwork]:
+def _nodes(tmp_path: Path, count: int) -> list[Node]:
     network = MemoryNetwork()
-    first, second = (small_node(tmp_path / name, node_index=i)
-                     for i, name in enumerate(("a", "b")))
-    for node in (first, second):
+    nodes = [small_node(tmp_path / f"n{i}", node_index=i) for i in range(count)]
+    for node in nodes:
         node.network = network
-    return first, second, network
+    return nodes
+
+
+def _pair(tmp_path: Path) -> tuple[Node, Node, MemoryNetwork]:
+    first, second = _nodes(tmp_path, 2)
+    assert first.network is not None
+    return first, second, first.network  # type: ignore[return-value]
 
 
 def _run(a: Node, b: Node, body: Callable[[], Awaitable[None]]) -> None:
+    _run_all([a, b], body)
+
+
+def _run_all(nodes: list[Node], body: Callable[[], Awaitable[None]]) -> None:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            for node in (a, b):
+            for node in nodes:
                 node.net = node.make_transport()
                 await nursery.start(_serve, node)
-            with trio.fail_after(30):
+            with trio.fail_after(300):  # virtual seconds
                 await body()
             nursery.cancel_scope.cancel()
 
@@ -202,3 +211,28 @@ def test_new_members_are_named_in_a_small_federation_and_counted_in_a_large_one(
         assert len(node.membership) == 1 + 3 + NAMED_MEMBERS + 10
 
     trio.run(main, clock=trio.testing.MockClock())
+
+
+def test_a_member_that_never_stops_answering_still_joining_holds_formation_only_join_timeout(
+        tmp_path: Path) -> None:
+    """A deviating member of the topology answers "still joining" to every link request: its
+    neighbour waits for it (no new link for settle_seconds is not enough to give up), but for
+    at most join_timeout, then goes on with the links it has."""
+    asker, good, stubborn = _nodes(tmp_path, 3)
+    stubborn.status = NodeStatus.JOINING  # never gets a topology: NOT_READY to everyone
+    for peer in (good, stubborn):
+        asker.membership.heard_from(peer.peer_id, (f"/memory/{peer.peer_id}",), 0.0)
+        asker.addr_book[peer.peer_id] = (f"/memory/{peer.peer_id}",)
+    _ready(good, asker, 0)
+
+    async def body() -> None:
+        start = trio.current_time()
+        await form_links(asker)
+        waited = trio.current_time() - start
+        assert asker.wanted == {good.peer_id, stubborn.peer_id}  # both in its topology
+        assert set(asker.neighbours) == {good.peer_id}
+        timeout = asker.protocol.join_timeout
+        assert asker.config.settle_seconds < timeout  # it waited past settle_seconds...
+        assert timeout <= waited <= timeout + 1.0  # ...but not past join_timeout
+
+    _run_all([asker, good, stubborn], body)

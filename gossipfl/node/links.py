@@ -111,11 +111,11 @@ async def form_links(node: Node) -> None:
                 for peer in ask:
                     nursery.start_soon(functools.partial(request_link, node, peer, refused,
                                                          not_ready=joining))
+            now = trio.current_time()
             if len(node.neighbours) != linked:
-                last_change, linked = trio.current_time(), len(node.neighbours)
-            if links_settled(linked, trio.current_time() - last_change,
-                             stop_waiting=node.config.settle_seconds,
-                             joining=[trio.current_time() - at for p, at in joining.items()
+                last_change, linked = now, len(node.neighbours)
+            if links_settled(linked, now - last_change, stop_waiting=node.config.settle_seconds,
+                             joining=[now - at for p, at in joining.items()
                                       if p not in node.neighbours]):
                 break
             if wanted - set(node.neighbours) - refused:
