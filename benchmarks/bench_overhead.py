@@ -89,6 +89,7 @@ async def send_costs(messages: int, folder: Path) -> dict[str, float]:
     from gossipfl.crypto.envelope import open_envelope, seal
     from gossipfl.crypto.identity import load_or_create_identity
     from gossipfl.crypto.member_keys import identity_signing_key, identity_x25519_keypair
+    from gossipfl.crypto.sessions import OpenKeys, SealKeys
     from gossipfl.gossip.host import make_host
     from gossipfl.gossip.peers import Channel, PeerNet, Traffic
     from gossipfl.gossip.wire import (
@@ -110,13 +111,15 @@ async def send_costs(messages: int, folder: Path) -> dict[str, float]:
     x25519_private, x25519_public = identity_x25519_keypair(receiver)
     vector = np.random.default_rng(0).normal(size=FLOATS).astype(np.float32)
     raw = bytes(vector.data)
+    seal_keys, open_keys = SealKeys(), OpenKeys()  # as a node keeps them (crypto/sessions.py)
 
     def sealed(round_: int) -> Sealed:
         message = Contribution(federation="bench", round=round_, sender=a, receiver=b, degree=4,
                                kind="full", base_round=-1, disagreement=0.0, done=False,
                                tensors=(Tensor.from_array("w", vector),))
         data = seal(encode_body_pieces(message), federation="bench", round=round_, sender=a,
-                    receiver=b, sender_signing_key=signing, receiver_x25519_public=x25519_public)
+                    receiver=b, sender_signing_key=signing, receiver_x25519_public=x25519_public,
+                    keys=seal_keys)
         return Sealed("bench", round_, a, b, data)
 
     results: dict[str, float] = {}
@@ -161,7 +164,7 @@ async def send_costs(messages: int, folder: Path) -> dict[str, float]:
     for number, data in enumerate(envelopes):
         open_envelope(data, federation="bench", expected_round=number, expected_sender=a,
                       receiver=b, receiver_x25519_private=x25519_private,
-                      sender_verify_key=verify)
+                      sender_verify_key=verify, keys=open_keys)
     results["opening alone"] = (time.process_time() - start) / messages
     return results
 

@@ -158,14 +158,15 @@ def test_garbage_plaintext_raises_only_envelope_error(plaintext: bytes) -> None:
 @pytest.mark.parametrize(
     "header",
     [
-        [1, FED, 7, SENDER, RECEIVER],  # version 1's header, inside a version 3 envelope
+        [1, FED, 7, SENDER, RECEIVER],  # version 1's header, inside a version 4 envelope
         [2, FED, 7, SENDER, RECEIVER],  # version 2's
-        [4, FED, 7, SENDER, RECEIVER],
+        [3, FED, 7, SENDER, RECEIVER],  # version 3's
+        [5, FED, 7, SENDER, RECEIVER],
         [True, FED, 7, SENDER, RECEIVER],
-        [3, FED, -1, SENDER, RECEIVER],
-        [3, FED, "7", SENDER, RECEIVER],
-        [3, "", 7, SENDER, RECEIVER],
-        [3, FED, 7, SENDER],
+        [4, FED, -1, SENDER, RECEIVER],
+        [4, FED, "7", SENDER, RECEIVER],
+        [4, "", 7, SENDER, RECEIVER],
+        [4, FED, 7, SENDER],
         {"v": 1},
     ],
 )
@@ -296,7 +297,8 @@ class _NoCrypto:
 def test_oversized_input_is_refused_before_crypto(monkeypatch: pytest.MonkeyPatch) -> None:
     at_cap = _seal(b"x" * 100, max_payload_bytes=100)
     monkeypatch.setattr(envelope, "Cipher", _NoCrypto)
-    monkeypatch.setattr(envelope, "crypto_scalarmult", _NoCrypto)
+    monkeypatch.setattr(envelope, "derive_key", _NoCrypto)
+    monkeypatch.setattr(envelope, "fresh_key", _NoCrypto)
     monkeypatch.setattr(envelope.blake3, "blake3", _NoCrypto)
     with pytest.raises(EnvelopeError, match="oversized") as info:
         _seal(b"x" * 101, max_payload_bytes=100, sender_signing_key=_NoCrypto.__new__(_NoCrypto))
@@ -312,16 +314,18 @@ def test_oversized_input_is_refused_before_crypto(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize(("magic", "named"), [(b"GFE\x01", "version 1"),
-                                              (b"GFE\x02", "version 2")])
+                                              (b"GFE\x02", "version 2"),
+                                              (b"GFE\x03", "version 3")])
 def test_older_envelope_versions_are_refused_by_name(magic: bytes, named: str) -> None:
-    """Version 1 (sealed box, BLAKE2b) and version 2 (SHA-256 digest) are not opened as
-    version 3: refused before any crypto, with a message that names the version."""
-    assert ENVELOPE_MAGIC == b"GFE\x03"
+    """Version 1 (sealed box, BLAKE2b), version 2 (SHA-256 digest) and version 3 (one fixed
+    nonce) are not opened as version 4: refused before any crypto, with a message that names
+    the version."""
+    assert ENVELOPE_MAGIC == b"GFE\x04"
     with pytest.raises(EnvelopeError, match=f"{named} .*no longer accepted") as info:
         _open(magic + ENVELOPE[len(ENVELOPE_MAGIC):])
     assert info.value.reason == "malformed"
     with pytest.raises(EnvelopeError, match="unknown magic"):
-        _open(b"GFE\x04" + ENVELOPE[4:])
+        _open(b"GFE\x05" + ENVELOPE[4:])
 
 
 def test_a_payload_in_pieces_seals_as_the_joined_payload() -> None:

@@ -314,6 +314,39 @@ def test_a_relayed_certificate_admits_only_the_peer_it_names_and_counts_with_its
     trio.run(scenario, clock=trio.testing.MockClock())
 
 
+def test_members_are_counted_at_once_as_one_by_one(setup) -> None:
+    """``admitted_among`` (a table's members at once, the clock read once) keeps what the
+    one-by-one checks keep, in order, and drops what they drop: an expired or revoked
+    certificate, presented or relayed; relayed ones count only where ``heard_of`` holds."""
+    node, b, c = setup
+    security = node.security
+    cert_b, cert_c = security.certificates[b.peer_id], security.certificates[c.peer_id]
+    fake = _fake_ids(5)
+    expired = dataclasses.replace(cert_b, issued_at=time.time() - 7200,
+                                  expires_at=time.time() - 3600)
+
+    def fill() -> None:
+        security.certificates = {b.peer_id: cert_b, fake[0]: expired, fake[1]: cert_c}
+        security.hearsay_certificates = {c.peer_id: cert_c, fake[2]: cert_c,
+                                         fake[3]: expired, fake[4]: cert_b}
+        security.revoked = frozenset({fake[1], fake[4]})
+
+    peers = [fake[0], b.peer_id, *fake[1:], c.peer_id, "unknown"]
+    stamped = {c.peer_id, fake[3], fake[4]}
+    for heard in (None, stamped.__contains__):
+        fill()
+        one_by_one = [p for p in peers if security.presented(p) or (
+            heard is not None and security.is_certified(p) and heard(p))]
+        kept = (dict(security.certificates), dict(security.hearsay_certificates))
+        fill()
+        assert security.admitted_among(peers, heard) == one_by_one
+        if heard is not None:
+            assert (security.certificates, security.hearsay_certificates) == kept
+    assert one_by_one == [b.peer_id, c.peer_id]
+    assert set(security.certificates) == {b.peer_id}  # expired and revoked: dropped
+    assert set(security.hearsay_certificates) == {c.peer_id, fake[2]}
+
+
 SIGNED = 32  # made-up ids the liar signs stamps for (within a heartbeat's check budget)
 
 

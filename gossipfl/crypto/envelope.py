@@ -2,8 +2,10 @@
 
 Layout (all lengths big-endian)::
 
-    envelope  = MAGIC (b"GFE\\x03") ‖ ephemeral X25519 public (32) ‖ AES-256-GCM(plaintext, tag 16)
+    envelope  = MAGIC (b"GFE\\x04") ‖ ephemeral X25519 public (32) ‖ nonce (12)
+                ‖ AES-256-GCM(plaintext, tag 16)
     key       = HKDF-SHA256(X25519(ephemeral, receiver), salt = ephemeral ‖ receiver public)
+    nonce     = 96 random bits, drawn for each envelope
     plaintext = u16 header length ‖ header ‖ Ed25519 signature (64) ‖ payload
     header    = msgpack [version, federation, round, sender, receiver]
     signature = Ed25519_sign(sender, CONTEXT ‖ BLAKE3-256(u16 length ‖ header ‖ payload))
@@ -21,20 +23,25 @@ Design:
   signature the identity key makes (libp2p's own included). Because the receiver's name is signed,
   a receiver cannot re-encrypt a frame it got to a third node ("surreptitious forwarding"): that
   node finds itself not named and refuses the frame as redirected.
-* **An ephemeral sender key (as libsodium's sealed box), not Box(sender, receiver).** Each
-  envelope uses a fresh X25519 key pair, so (a) a stolen *sender* long-term key decrypts
-  nothing it sent, (b) the sender needs no X25519 secret of its own, only its signing key and
-  the receiver's certified X25519 public key, and (c) no static pairwise key is reused across
-  messages. Sender
+* **An ephemeral sender key (as libsodium's sealed box), not Box(sender, receiver).** An
+  envelope's key comes from an ephemeral X25519 key pair, so (a) a stolen *sender* long-term
+  key decrypts nothing it sent, (b) the sender needs no X25519 secret of its own, only its
+  signing key and the receiver's certified X25519 public key, and (c) no static pairwise key
+  is used. With :class:`~gossipfl.crypto.sessions.SealKeys` (as a node seals) one ephemeral
+  key serves at most ``SESSION_ENVELOPES`` envelopes to one receiver, each under its own
+  random nonce, and :class:`~gossipfl.crypto.sessions.OpenKeys` memoises the receiver's side:
+  the X25519 agreements were half of a small envelope's cost (:mod:`.sessions` says what this
+  gives up). Without them, every envelope has a fresh ephemeral key. Sender
   authentication comes from the Ed25519 signature, which, unlike Box's MAC, is not deniable by
   the sender and can be checked against the peer id. The cipher is AES-256-GCM (the
   ``cryptography`` package, OpenSSL: 20-40 times faster here than PyNaCl's sealed box, whose
-  XSalsa20-Poly1305 and buffer copies cost 9 ms to seal 4 MB); each envelope's key is fresh, so
-  its one fixed nonce is never reused under a key. The GCM tag covers the whole plaintext and,
-  as associated data, the magic and both public keys, so any change to the header or payload
-  fails decryption; the header is then compared with what the receiver expects and the
-  signature checked. (Version 1 used ``crypto_box_seal`` and BLAKE2b, version 2 this layout
-  with SHA-256 for the digest; both are refused with a message that names their version.)
+  XSalsa20-Poly1305 and buffer copies cost 9 ms to seal 4 MB). The GCM tag covers the whole
+  plaintext and, as associated data, the magic and both public keys (the nonce is GCM's own
+  input), so any change to the header or payload fails decryption; the header is then
+  compared with what the receiver expects and the signature checked. (Version 1 used
+  ``crypto_box_seal`` and BLAKE2b, version 2 this layout with SHA-256 for the digest, version
+  3 one ephemeral key and one fixed nonce an envelope; all are refused with a message that
+  names their version.)
 * **No copy of the payload to seal or open it.** :func:`seal` takes the payload as one buffer
   or as a list of pieces (a message's msgpack with its arrays referred to, not copied:
   :func:`gossipfl.gossip.wire.encode_body_pieces`), hashes them one after the other and
@@ -55,6 +62,7 @@ Every error is an :class:`EnvelopeError` whose ``reason`` is a short code (``ove
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,18 +71,18 @@ from typing import Any
 import blake3
 import msgpack
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import BadSignatureError
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
-ENVELOPE_MAGIC = b"GFE\x03"
-ENVELOPE_VERSION = 3
+from gossipfl.crypto.sessions import OpenKeys, SealKeys, derive_key, fresh_key
+
+ENVELOPE_MAGIC = b"GFE\x04"
+ENVELOPE_VERSION = 4
 #: The magic of envelope versions this node no longer opens, and why.
-_RETIRED = {b"GFE\x01": "version 1 (sealed box, BLAKE2b)", b"GFE\x02": "version 2 (SHA-256)"}
+_RETIRED = {b"GFE\x01": "version 1 (sealed box, BLAKE2b)", b"GFE\x02": "version 2 (SHA-256)",
+            b"GFE\x03": "version 3 (a fixed nonce)"}
 #: Default payload cap, the same as the wire's default cap for parameter frames.
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 MAX_NAME_CHARS = 128
@@ -85,13 +93,12 @@ SIGNATURE_BYTES = 64
 X25519_KEY_BYTES = 32
 
 _LENGTH = struct.Struct(">H")
-_DIGEST_CONTEXT = "gossipfl 2026 envelope v3 payload digest"  # BLAKE3 derive_key context
-_SIGN_CONTEXT = b"gossipfl/envelope/v3\x00"
-_KDF_INFO = b"gossipfl/envelope/v3 aes-256-gcm"
-_NONCE = bytes(12)  # one nonce: every envelope's key is fresh (its own ephemeral X25519 key)
+_DIGEST_CONTEXT = "gossipfl 2026 envelope v4 payload digest"  # BLAKE3 derive_key context
+_SIGN_CONTEXT = b"gossipfl/envelope/v4\x00"
+NONCE_BYTES = 12
 _TAG_BYTES = 16
-#: Bytes the encryption adds to the plaintext: the ephemeral public key and the GCM tag.
-SEAL_BYTES = X25519_KEY_BYTES + _TAG_BYTES
+#: Bytes the encryption adds to the plaintext: the ephemeral public key, nonce and GCM tag.
+SEAL_BYTES = X25519_KEY_BYTES + NONCE_BYTES + _TAG_BYTES
 #: Bytes an envelope adds to its payload, at most.
 MAX_OVERHEAD_BYTES = (
     len(ENVELOPE_MAGIC) + SEAL_BYTES + _LENGTH.size + MAX_HEADER_BYTES + SIGNATURE_BYTES
@@ -150,36 +157,26 @@ def _digest(length_and_header: bytes, payload: Sequence[Buffer]) -> bytes:
     return hasher.digest()
 
 
-def _key(secret: bytes, other_public: bytes, ephemeral_public: bytes,
-         receiver_public: bytes) -> bytes:
-    """The envelope's AES-256-GCM key: HKDF-SHA256 of the X25519 shared secret, salted with
-    both public keys. Raises ValueError for a low-order public key (an all-zero secret)."""
-    try:
-        shared = crypto_scalarmult(secret, other_public)
-    except Exception:  # libsodium refuses a result of all zeros (low-order points)
-        raise ValueError("X25519 key is not usable") from None
-    salt = ephemeral_public + receiver_public
-    return HKDF(hashes.SHA256(), 32, salt, _KDF_INFO).derive(shared)
-
-
 def _encrypt_into(receiver_x25519_public: bytes, pieces: Sequence[Buffer], out: bytearray,
-                  start: int) -> None:
-    """Encrypt the concatenation of ``pieces`` to a receiver's X25519 key, anonymously (a fresh
-    ephemeral key), into ``out[start:]``: ephemeral public ‖ ciphertext ‖ tag, which must fill
-    it exactly. Each piece is encrypted where it lies, none is joined. Raises ValueError for an
-    unusable receiver key."""
+                  start: int, keys: SealKeys | None = None) -> None:
+    """Encrypt the concatenation of ``pieces`` to a receiver's X25519 key, anonymously (an
+    ephemeral key: a fresh one, or ``keys``' current one for that receiver), into
+    ``out[start:]``: ephemeral public ‖ nonce ‖ ciphertext ‖ tag, which must fill it exactly.
+    Each piece is encrypted where it lies, none is joined. Raises ValueError for an unusable
+    receiver key."""
     if not isinstance(receiver_x25519_public, bytes) or len(receiver_x25519_public) != 32:
         raise ValueError(f"receiver X25519 key must be {X25519_KEY_BYTES} bytes")
-    ephemeral = PrivateKey.generate()
-    ephemeral_public = bytes(ephemeral.public_key)
-    key = _key(bytes(ephemeral), receiver_x25519_public, ephemeral_public,
-               receiver_x25519_public)
-    encryptor = Cipher(algorithms.AES(key), modes.GCM(_NONCE)).encryptor()
+    ephemeral_public, key = (fresh_key(receiver_x25519_public) if keys is None
+                             else keys.key_for(receiver_x25519_public))
+    nonce = os.urandom(NONCE_BYTES)
+    encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
     encryptor.authenticate_additional_data(ENVELOPE_MAGIC + ephemeral_public
                                            + receiver_x25519_public)
     view = memoryview(out)
     view[start:start + X25519_KEY_BYTES] = ephemeral_public
     at = start + X25519_KEY_BYTES
+    view[at:at + NONCE_BYTES] = nonce
+    at += NONCE_BYTES
     for piece in pieces:  # GCM is a stream mode: each piece's ciphertext is as long as it
         at += encryptor.update_into(piece, view[at:])  # the room behind includes the tag's
     encryptor.finalize()
@@ -190,28 +187,32 @@ def _encrypt_into(receiver_x25519_public: bytes, pieces: Sequence[Buffer], out: 
 
 def encrypt_to(receiver_x25519_public: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
     """Encrypt ``plaintext`` to a receiver's X25519 key, anonymously (a fresh ephemeral key):
-    ephemeral public ‖ ciphertext ‖ tag, the part of an envelope after its magic. Raises
+    ephemeral public ‖ nonce ‖ ciphertext ‖ tag, the part of an envelope after its magic. Raises
     ValueError for an unusable receiver key."""
     out = bytearray(SEAL_BYTES + len(memoryview(plaintext).cast("B")))
     _encrypt_into(receiver_x25519_public, [plaintext], out, 0)
     return bytes(out)
 
 
-def _decrypt(receiver_x25519_private: PrivateKey, sealed: memoryview) -> memoryview:
+def _decrypt(receiver_x25519_private: PrivateKey, sealed: memoryview,
+             keys: OpenKeys | None = None) -> memoryview:
     if len(sealed) < SEAL_BYTES:
         raise ValueError("too short")
     ephemeral_public = bytes(sealed[:X25519_KEY_BYTES])
     receiver_public = bytes(receiver_x25519_private.public_key)
-    key = _key(bytes(receiver_x25519_private), ephemeral_public, ephemeral_public,
-               receiver_public)
+    key = (derive_key(bytes(receiver_x25519_private), ephemeral_public, ephemeral_public,
+                      receiver_public) if keys is None
+           else keys.key_for(receiver_x25519_private, ephemeral_public))
+    nonce = bytes(sealed[X25519_KEY_BYTES:X25519_KEY_BYTES + NONCE_BYTES])
     associated = ENVELOPE_MAGIC + ephemeral_public + receiver_public
     size = len(sealed) - SEAL_BYTES
-    decryptor = Cipher(algorithms.AES(key), modes.GCM(_NONCE, bytes(sealed[-_TAG_BYTES:])),
+    decryptor = Cipher(algorithms.AES(key), modes.GCM(nonce, bytes(sealed[-_TAG_BYTES:])),
                        ).decryptor()
     decryptor.authenticate_additional_data(associated)
     # update_into wants room for a block less one beyond its output; none of it is returned
     plaintext = bytearray(size + 15)
-    if decryptor.update_into(sealed[X25519_KEY_BYTES:-_TAG_BYTES], plaintext) != size:
+    body = sealed[X25519_KEY_BYTES + NONCE_BYTES:-_TAG_BYTES]
+    if decryptor.update_into(body, plaintext) != size:
         raise AssertionError("GCM returned a ciphertext's plaintext of another length")
     try:
         decryptor.finalize()  # checks the tag: nothing of the plaintext is used before
@@ -237,6 +238,7 @@ def seal(
     sender_signing_key: SigningKey,
     receiver_x25519_public: bytes,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    keys: SealKeys | None = None,
 ) -> bytearray:
     """Sign ``payload`` as ``sender`` and encrypt it to ``receiver``.
 
@@ -253,6 +255,8 @@ def seal(
         receiver_x25519_public: the receiver's 32-byte X25519 key, from its verified membership
             certificate.
         max_payload_bytes: the payload cap, checked before any crypto.
+        keys: the sender's envelope keys (an ephemeral key per receiver for a few
+            envelopes); None: a fresh ephemeral key for this envelope.
 
     Returns:
         The envelope, in one buffer.
@@ -294,7 +298,7 @@ def seal(
     out = bytearray(len(ENVELOPE_MAGIC) + SEAL_BYTES + len(head) + size)
     out[: len(ENVELOPE_MAGIC)] = ENVELOPE_MAGIC
     try:
-        _encrypt_into(receiver_x25519_public, [head, *views], out, len(ENVELOPE_MAGIC))
+        _encrypt_into(receiver_x25519_public, [head, *views], out, len(ENVELOPE_MAGIC), keys)
     except ValueError:  # a low-order public key
         raise _malformed("receiver X25519 key is not usable") from None
     return out
@@ -310,6 +314,7 @@ def open_envelope(
     receiver_x25519_private: PrivateKey,
     sender_verify_key: VerifyKey,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    keys: OpenKeys | None = None,
 ) -> tuple[int, memoryview]:
     """Decrypt and authenticate an envelope; return ``(round, payload)``, the payload a
     read-only view of the one buffer it was decrypted into.
@@ -329,6 +334,7 @@ def open_envelope(
         receiver_x25519_private: this node's long-term X25519 key.
         sender_verify_key: the sender's Ed25519 verify key.
         max_payload_bytes: the payload cap; longer envelopes are refused before any crypto.
+        keys: this node's memo of envelope keys by ephemeral key (None: none kept).
 
     Raises:
         EnvelopeError: reasons, in the order checked: ``oversized``, ``malformed`` (too short,
@@ -356,7 +362,7 @@ def open_envelope(
     if expected_round is not None:
         _check_round(expected_round, "expected round")
     try:
-        plaintext = _decrypt(receiver_x25519_private, view[len(ENVELOPE_MAGIC):])
+        plaintext = _decrypt(receiver_x25519_private, view[len(ENVELOPE_MAGIC):], keys)
     except ValueError:
         raise EnvelopeError(
             "decryption_failed",

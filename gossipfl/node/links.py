@@ -51,9 +51,9 @@ def known_members(node: Node, *, heard_of: bool = False) -> list[str]:
     ``member_timeout``). With admission off: those heard from directly (an id only heard of
     may have been made up)."""
     if node.security.enabled:
-        return [p for p in node.membership.ids() if node.security.presented(p)
-                or (heard_of and node.security.is_certified(p)
-                    and node.membership.stamp_key(p) is not None)]
+        table = node.membership
+        return node.security.admitted_among(
+            table.ids(), (lambda p: table.stamp_key(p) is not None) if heard_of else None)
     return [p for p in node.membership.ids() if node.membership.is_direct(p)]
 
 

@@ -48,12 +48,15 @@ def best_time(call: Callable[[], object], repeats: int) -> float:
 
 @dataclass(frozen=True)
 class _Member:
-    """An in-memory federation member: its signing key, peer id and X25519 keys."""
+    """An in-memory federation member: its signing key, peer id and X25519 keys, and its
+    envelope keys as a node keeps them (``crypto/sessions.py``)."""
 
     signing: object
     peer_id: str
     x_private: object
     x_public: bytes
+    seal_keys: object
+    open_keys: object
 
 
 def make_members(count: int) -> list[_Member]:
@@ -61,13 +64,14 @@ def make_members(count: int) -> list[_Member]:
     from nacl.signing import SigningKey
 
     from gossipfl.crypto.admission import member_x25519_keypair, peer_id_of
+    from gossipfl.crypto.sessions import OpenKeys, SealKeys
 
     members = []
     for _ in range(count):
         key = SigningKey.generate()
         private, public = member_x25519_keypair(bytes(key))
         members.append(_Member(key, peer_id_of(key.verify_key), PrivateKey(bytes(private)),
-                               public))
+                               public, SealKeys(), OpenKeys()))
     return members
 
 
@@ -82,13 +86,14 @@ def sealed_round_trip(body: Any, fed: str, sender: _Member, receiver: _Member,
 
     data = seal(body, federation=fed, round=1, sender=sender.peer_id,
                 receiver=receiver.peer_id, sender_signing_key=sender.signing,
-                receiver_x25519_public=receiver.x_public, max_payload_bytes=cap)
+                receiver_x25519_public=receiver.x_public, max_payload_bytes=cap,
+                keys=sender.seal_keys)
     frame = encode_frame(Sealed(fed, 1, sender.peer_id, receiver.peer_id, data), cap)
     _, payload = open_envelope(data, federation=fed, expected_round=1,
                                expected_sender=sender.peer_id, receiver=receiver.peer_id,
                                receiver_x25519_private=receiver.x_private,
                                sender_verify_key=verify_key_from_peer_id(sender.peer_id),
-                               max_payload_bytes=cap)
+                               max_payload_bytes=cap, keys=receiver.open_keys)
     return frame, payload
 
 
