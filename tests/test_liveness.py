@@ -19,7 +19,7 @@ from gossipfl.crypto.liveness import (
     verify_stamp,
 )
 from gossipfl.gossip import wire
-from gossipfl.gossip.membership import MAX_STAMP_CHECKS, Membership
+from gossipfl.gossip.membership import JOINING_CHECKS, MAX_STAMP_CHECKS, Membership
 from gossipfl.gossip.wire import (
     MAX_CONTROL_BYTES,
     MAX_MEMBERS,
@@ -175,6 +175,24 @@ def test_each_heartbeat_costs_at_most_the_check_cap() -> None:
     liar = Member()
     table.merge(tuple(m.info(sign_stamp(FED, m.id, 9, 9, liar.key)) for m in members), 3.0,
                 reporter="liar")
+    assert verify.calls == len(members) + 1
+
+
+def test_a_joining_heartbeat_may_cost_a_whole_member_list_and_no_more() -> None:
+    """With ``checks = JOINING_CHECKS`` (a node still joining) a whole member list is checked
+    in one heartbeat; a liar's forgeries still end that heartbeat's checks at the first one."""
+    members = [Member() for _ in range(MAX_MEMBERS - 1)]
+    verify = Counting()
+    table = _table(verify)
+    for m in members:
+        table.heard_from(m.id, (), 0.0)
+    table.merge(tuple(m.info(m.stamp()) for m in members), 1.0, reporter="r",
+                checks=JOINING_CHECKS)
+    assert verify.calls == len(members) <= JOINING_CHECKS
+    assert all(table.stamp_key(m.id) is not None for m in members)
+    liar = Member()
+    table.merge(tuple(m.info(sign_stamp(FED, m.id, 9, 9, liar.key)) for m in members), 2.0,
+                reporter="liar", checks=JOINING_CHECKS)
     assert verify.calls == len(members) + 1
 
 

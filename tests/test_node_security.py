@@ -24,9 +24,16 @@ from nacl.signing import SigningKey
 
 from gossipfl.config import DataConfig, ModelConfig, NodeConfig, ProtocolConfig, SecurityConfig
 from gossipfl.crypto import liveness
-from gossipfl.crypto.admission import admit_identity, init_federation, peer_id_of
+from gossipfl.crypto.admission import (
+    admit_identity,
+    init_federation,
+    load_federation_key,
+    peer_id_of,
+)
+from gossipfl.crypto.certificates import issue_certificate
 from gossipfl.crypto.identity import load_or_create_identity
 from gossipfl.crypto.revocation import RevocationUpdate, revoke, sign_revocations
+from gossipfl.gossip.membership import JOINING_CHECKS
 from gossipfl.gossip.peers import Channel
 from gossipfl.gossip.wire import (
     HEADER,
@@ -53,7 +60,7 @@ from gossipfl.node.membership_loop import (
 )
 from gossipfl.node.runtime import NeighbourState, Node
 from gossipfl.node.secure_round import on_masked_input, on_unmask_request
-from gossipfl.node.security import NodeSecurity, SecurityError
+from gossipfl.node.security import MAX_HEARSAY_CHECKS, NodeSecurity, SecurityError
 from gossipfl.node.serving import guard
 from gossipfl.node.state_sync import on_state_request
 from gossipfl.node.streams import serve_requests
@@ -234,6 +241,37 @@ async def _heartbeat(node: Node, sender: NodeSecurity, members=(), revocations: 
 
 def _fake_ids(n: int) -> list[str]:
     return [peer_id_of(SigningKey(bytes([i % 256, i // 256]) * 16).verify_key) for i in range(n)]
+
+
+@pytest.mark.parametrize("joining", [True, False])
+def test_a_joining_node_takes_a_whole_member_list_a_heartbeat(setup, tmp_path: Path,
+                                                               joining: bool) -> None:
+    """A node still joining checks up to ``JOINING_CHECKS`` certificates and stamps of one
+    heartbeat (a whole member list); once it has its topology, 64 of each, the rest waiting
+    for later heartbeats. Every member listed here is genuine: certified and stamped."""
+    node, b, _ = setup
+    fed_key = load_federation_key(tmp_path / "federation" / "federation.key")
+    keys = [SigningKey(bytes([i + 1, 7]) * 16) for i in range(100)]
+    members = []
+    for key in keys:
+        peer = peer_id_of(key.verify_key)
+        cert = issue_certificate(fed_key, "fed", peer, bytes(range(32)), now=time.time(),
+                                 valid_for=3600.0)
+        addrs = (f"/ip4/10.0.2.1/tcp/{len(members) + 1}",)
+        stamp = liveness.sign_stamp("fed", peer, 1, 1, key, addrs)
+        members.append(MemberInfo(peer, addrs, 0.1, cert.to_bytes(), stamp))
+    if not joining:
+        node.topology = {node.peer_id: frozenset()}
+    assert JOINING_CHECKS >= len(members) > MAX_HEARSAY_CHECKS
+
+    async def scenario() -> None:
+        await _heartbeat(node, b, members)
+
+    trio.run(scenario, clock=trio.testing.MockClock())
+    listed = {m.peer_id for m in members}
+    counted = listed & set(known_members(node, heard_of=True))
+    assert len(counted) == (len(members) if joining else MAX_HEARSAY_CHECKS)
+    assert node.security.hearsay_deferred == (0 if joining else len(members) - len(counted))
 
 
 def test_a_heartbeat_of_255_made_up_ids_leaves_the_genuine_members_in(setup) -> None:

@@ -86,6 +86,10 @@ SILENT_INTERVALS = 3  # heartbeat intervals without news of a peer: it has gone 
 #: stamps are ignored (not held, not progress); the next heartbeats carry them, and each
 #: checked one is then held, so a heartbeat's window of members is covered in a few heartbeats.
 MAX_STAMP_CHECKS = 64
+#: A node still joining (no topology yet) checks up to a whole member list a heartbeat, of
+#: stamps here and of certificates (``node/security.py``): at 64 a heartbeat, a member of a
+#: 1,000-member federation took some six heartbeat intervals to hold every member.
+JOINING_CHECKS = MAX_MEMBERS
 
 @dataclass
 class Membership:
@@ -165,16 +169,17 @@ class Membership:
         return False
 
     def merge(self, members: tuple[MemberInfo, ...], now: float, *, reporter: str = "",
-              vouched: bool = False) -> list[str]:
+              vouched: bool = False, checks: int = MAX_STAMP_CHECKS) -> list[str]:
         """Merge the member list of ``reporter``'s heartbeat; returns the peers that were new.
 
         ``vouched``: the caller vouches for every id in ``members`` (it checked their
         certificates), so they may be re-gossiped; otherwise they are until heard directly.
+        ``checks``: the stamp checks this heartbeat may cost (``JOINING_CHECKS`` while joining).
         """
         new = []
         held: Counter[str] | None = None  # counted at the first new entry: a heartbeat listing
         # only members already held (most, once a table is full) then costs no pass over it
-        budget = Budget(MAX_STAMP_CHECKS)
+        budget = Budget(checks)
         self.deferred = 0
         for info in members:
             if info.peer_id in (self.self_id, reporter) or info.age >= self.timeout:

@@ -20,6 +20,7 @@ import trio
 
 from gossipfl.crypto import liveness
 from gossipfl.gossip.codes import NodeStatus
+from gossipfl.gossip.membership import JOINING_CHECKS
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Heartbeat, WireError, decode_digest
 from gossipfl.node.extras import HEARTBEAT_EXTRA, HEARTBEAT_FANOUT, Extras, Held, draw
 from gossipfl.node.links import (
@@ -113,9 +114,11 @@ def absorb(node: Node, beat: Heartbeat) -> None:
     if node.security.enabled:  # it lists only members whose certificates it holds
         node.cert_holders.note(beat.sender, beat.table[0],
                                ((m.peer_id, m.stamp) for m in beat.members))
-    hearsay = node.security.hearsay(beat.members)
+    # joining, a heartbeat may cost a whole member list's checks (membership.JOINING_CHECKS)
+    checks = {} if node.topology is not None else {"checks": JOINING_CHECKS}
+    hearsay = node.security.hearsay(beat.members, **checks)
     new = list(node.membership.merge(hearsay, now, reporter=beat.sender,
-                                     vouched=node.security.enabled))
+                                     vouched=node.security.enabled, **checks))
     if len(node.membership) <= NAMED_MEMBERS:
         for peer in new:
             log.info("new member %s (via %s)", peer, beat.sender)

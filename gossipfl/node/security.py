@@ -238,13 +238,15 @@ class NodeSecurity:
             held = self._encoded[peer] = (cert, cert.to_bytes())
         return held[1]
 
-    def hearsay(self, members: tuple[MemberInfo, ...]) -> tuple[MemberInfo, ...]:
+    def hearsay(self, members: tuple[MemberInfo, ...],
+                checks: int = MAX_HEARSAY_CHECKS) -> tuple[MemberInfo, ...]:
         """The entries of a heartbeat's member list to take: with admission on, only members
-        whose certificate is valid (already known, or carried in the entry) and not revoked."""
+        whose certificate is valid (already known, or carried in the entry) and not revoked.
+        ``checks``: the certificate checks this heartbeat may cost us (``JOINING_CHECKS``
+        while joining); the rest wait for a later heartbeat."""
         if not self.enabled:
             return members
         taken = []
-        checks = MAX_HEARSAY_CHECKS  # signature checks one heartbeat may cost us
         self.hearsay_deferred = 0
         for info in members:
             if info.peer_id in self.revoked:
