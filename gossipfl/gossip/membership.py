@@ -24,11 +24,11 @@ per member, the highest signed liveness stamp verified (:mod:`gossipfl.crypto.li
 :meth:`live_at`, the local time that number last grew or the member was heard from directly.
 That, not the age, is what the churn excuse of secure aggregation reads, and what keeps a
 member that ever carried a stamp from being pruned. Relayed stamps are checked only when higher
-than the one held, at most ``MAX_STAMP_CHECKS`` per heartbeat, and not past the first forged
-one in a heartbeat. A member pruned for silence leaves a *tombstone* (its held stamp number):
-hearsay brings it back only with a verified stamp above that, so a liar cannot put a dead
-member back into the table (and the topology) with age 0. Unsigned hearsay still serves for
-discovery, with ages, as before.
+than the one held, at most ``MAX_STAMP_CHECKS`` per heartbeat (``JOINING_CHECKS`` while the
+node joins), and not past the first forged one in a heartbeat. A member pruned for silence
+leaves a *tombstone* (its held stamp number): hearsay brings it back only with a verified
+stamp above that, so a liar cannot put a dead member back into the table (and the topology)
+with age 0. Unsigned hearsay still serves for discovery, with ages, as before.
 
 Addresses are signed too: a member's stamp signs where it listens, and an entry heard of is
 dialled (:meth:`addrs`) only at the addresses its held stamp signs, relayed with that stamp;

@@ -53,7 +53,8 @@ from gossipfl.gossip.wire import (
 
 log = logging.getLogger(__name__)
 
-#: New certificates checked per heartbeat's member list (the rest wait for the next heartbeat).
+#: New certificates checked per heartbeat's member list (the rest wait for the next heartbeat;
+#: a node still joining checks up to ``membership.JOINING_CHECKS``).
 MAX_HEARSAY_CHECKS = 64
 
 
