@@ -20,7 +20,7 @@ import trio
 
 from gossipfl.crypto import liveness
 from gossipfl.gossip.codes import NodeStatus
-from gossipfl.gossip.membership import JOINING_CHECKS
+from gossipfl.gossip.membership import JOINING_CHECKS, MAX_STAMP_CHECKS
 from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Heartbeat, WireError, decode_digest
 from gossipfl.node.extras import HEARTBEAT_EXTRA, HEARTBEAT_FANOUT, Extras, Held, draw
 from gossipfl.node.links import (
@@ -30,7 +30,7 @@ from gossipfl.node.links import (
     note_peer_round,
 )
 from gossipfl.node.resume import saved_neighbours
-from gossipfl.node.security import RevocationUpdate
+from gossipfl.node.security import MAX_HEARSAY_CHECKS, RevocationUpdate
 from gossipfl.node.state import Node, NodeError
 from gossipfl.node.streams import close_streams, request
 
@@ -115,10 +115,12 @@ def absorb(node: Node, beat: Heartbeat) -> None:
         node.cert_holders.note(beat.sender, beat.table[0],
                                ((m.peer_id, m.stamp) for m in beat.members))
     # joining, a heartbeat may cost a whole member list's checks (membership.JOINING_CHECKS)
-    checks = {} if node.topology is not None else {"checks": JOINING_CHECKS}
-    hearsay = node.security.hearsay(beat.members, **checks)
+    joining = node.topology is None
+    hearsay = node.security.hearsay(
+        beat.members, checks=JOINING_CHECKS if joining else MAX_HEARSAY_CHECKS)
     new = list(node.membership.merge(hearsay, now, reporter=beat.sender,
-                                     vouched=node.security.enabled, **checks))
+                                     vouched=node.security.enabled,
+                                     checks=JOINING_CHECKS if joining else MAX_STAMP_CHECKS))
     if len(node.membership) <= NAMED_MEMBERS:
         for peer in new:
             log.info("new member %s (via %s)", peer, beat.sender)

@@ -163,11 +163,17 @@ class NodeSecurity:
         self.certificates[peer] = cert
         return None
 
-    def _valid(self, table: dict[str, MembershipCertificate], peer: str) -> bool:
+    def _valid(self, table: dict[str, MembershipCertificate], peer: str,
+               deadline: float | None = None) -> bool:
+        """Whether ``table`` holds a certificate for ``peer`` that has not expired by
+        ``deadline`` (now less the clock leeway, by default) and is not revoked; one that has
+        expired or is revoked is dropped."""
         cert = table.get(peer)
         if cert is None:
             return False
-        if peer in self.revoked or time.time() - self.config.clock_leeway >= cert.expires_at:
+        if deadline is None:
+            deadline = time.time() - self.config.clock_leeway
+        if peer in self.revoked or deadline >= cert.expires_at:
             del table[peer]
             return False
         return True
@@ -201,26 +207,9 @@ class NodeSecurity:
         if not self.enabled:
             return list(peers)
         deadline = time.time() - self.config.clock_leeway
-        presented, hearsay, revoked = self.certificates, self.hearsay_certificates, self.revoked
-        out = []
-        for peer in peers:
-            cert = presented.get(peer)
-            if cert is not None and deadline < cert.expires_at and peer not in revoked:
-                out.append(peer)
-                continue
-            if cert is not None:  # expired or revoked: dropped
-                self._valid(presented, peer)
-            if heard_of is None:
-                continue
-            cert = hearsay.get(peer)
-            if cert is None:
-                continue
-            if deadline < cert.expires_at and peer not in revoked:
-                if heard_of(peer):
-                    out.append(peer)
-            else:
-                self._valid(hearsay, peer)
-        return out
+        presented, hearsay = self.certificates, self.hearsay_certificates
+        return [peer for peer in peers if self._valid(presented, peer, deadline) or (
+            heard_of is not None and self._valid(hearsay, peer, deadline) and heard_of(peer))]
 
     def certificate_of(self, peer: str) -> MembershipCertificate:
         """The certificate known for ``peer``, presented or relayed (KeyError if none)."""
