@@ -74,16 +74,21 @@ def quiet_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> Iterator[None]
     datasets, compiled trainers) is frozen out of the collector's view, and a young collection
     waits for ``thresholds[0]`` allocations instead of 700. With hundreds of nodes in one
     process the default thresholds spent about a fifth of a simulation's CPU time in the
-    collector (128 nodes: 12.7 of 67.7 CPU s). The thresholds in force before, and the frozen
-    objects, are given back on exit."""
+    collector (128 nodes: 12.7 of 67.7 CPU s). The thresholds in force before are given back
+    on exit, and the frozen objects too, unless the caller had frozen some itself: Python has
+    one permanent generation, so unfreezing would hand the collector the caller's as well (a
+    test run that freezes its modules once would then traverse them again at every
+    simulation's end); what this block froze then stays frozen with them."""
     saved = gc.get_threshold()
+    outer = gc.get_freeze_count() > 0
     gc.freeze()
     gc.set_threshold(*thresholds)
     try:
         yield
     finally:
         gc.set_threshold(*saved)
-        gc.unfreeze()
+        if not outer:
+            gc.unfreeze()
 
 
 class NodeLogs(logging.Handler):
@@ -398,33 +403,35 @@ def simulate(scenario: ScenarioConfig, out_dir: Path, *, centralised: bool = Tru
     start = time.monotonic()
     entries = prepare_nodes(scenario, out_dir,
                             ports=[BASE_PORT + i for i in range(scenario.nodes)])
-    network = MemoryNetwork.for_scenario(scenario, [e.peer_id for e in entries])
     if pool is None:  # a generated data set kept in the machine's cache folder
         from gossipfl.node.compile_cache import cache_folder
 
         pool = LearnerPool(data_cache=cache_folder(None))
-    sim = Simulation(scenario, entries, network, pool,
-                     epoch_seconds=epoch_seconds)
     handler = NodeLogs(out_dir, {e.index: e.out for e in entries})
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for noisy in ("jax", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     clock = trio.testing.MockClock(autojump_threshold=0)
-    try:
-        with quiet_gc():
+    # the nodes and their network are made inside the block, so that they are never frozen:
+    # the collection that frees them (1,000 nodes: GBs) before the report reads their files
+    # then looks at the simulation's objects only, not at what existed before it
+    with quiet_gc():
+        network = MemoryNetwork.for_scenario(scenario, [e.peer_id for e in entries])
+        sim = Simulation(scenario, entries, network, pool, epoch_seconds=epoch_seconds)
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        for noisy in ("jax", "absl"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        try:
             finished = trio.run(sim.run, clock=clock)
-    finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
-        handler.close()
-    wall = time.monotonic() - start
-    network_figures = network_section(sim) if scenario.partitions else None
-    churn = sim.churn.section() if sim.churn is not None else None
-    del sim, network  # every node's state, before the report reads their files (1,000: GBs)
-    gc.collect()
+        finally:
+            root.handlers[:], _ = saved
+            root.setLevel(saved[1])
+            handler.close()
+        wall = time.monotonic() - start
+        network_figures = network_section(sim) if scenario.partitions else None
+        churn = sim.churn.section() if sim.churn is not None else None
+        del sim, network  # every node's state, before the report reads their files
+        gc.collect()
     report = build_report(scenario, entries, wall_seconds=wall, centralised=centralised,
                           timed_out=not finished, network=network_figures)
     report["simulated"] = True
