@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 import trio
+import trio.testing
 from test_secure_round import (  # noqa: F401  (star, _alive and _clean are fixtures)
     _accept,
     _alive,
@@ -42,6 +43,7 @@ from gossipfl.adversary.roles import ROLES
 from gossipfl.config import AdversaryConfig, ConfigError, SecAggConfig
 from gossipfl.crypto import secagg
 from gossipfl.gossip import wire
+from gossipfl.gossip.codes import NodeStatus
 from gossipfl.gossip.wire import (
     HEADER,
     MAX_CONTROL_BYTES,
@@ -284,6 +286,41 @@ def test_the_prober_asks_every_neighbour_and_counts_what_comes_back(
     assert asked == ["a", "b", "leaky"]
     assert (prober.tally.attempts, prober.tally.succeeded) == (3, 1)
     assert list(prober.tally.reconstructions) == [reconstruction_key(4, "leaky")]
+
+
+def test_the_prober_asks_every_neighbour_as_the_rounds_begin_however_fast_they_go(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A federation whose rounds all end within a heartbeat interval of their start (a fast
+    run) still gets one full probe: the first is made as the node's rounds begin, not after
+    its first round ends (a probe made once the last round is done would be cut short)."""
+    asked: list[tuple[str, int, float]] = []
+    node = SimpleNamespace(neighbours={"b": None, "a": None}, status=NodeStatus.JOINING,
+                           round=-1, protocol=SimpleNamespace(heartbeat_interval=0.5),
+                           layout=None)
+
+    async def pull_state(_: object, peer: str, pulled: dict) -> None:
+        asked.append((peer, node.round, trio.current_time()))
+
+    async def rounds() -> None:
+        await trio.sleep(1.0)  # joining
+        node.status = NodeStatus.TRAINING
+        for r in range(4):  # four rounds in 0.2 s, all within one heartbeat interval
+            await trio.sleep(0.05)
+            node.round = r
+        node.status = NodeStatus.DONE
+
+    async def main() -> None:
+        prober = StateProber(AdversaryConfig(kind="state_prober"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prober.deviate, node)
+            await rounds()
+            nursery.cancel_scope.cancel()  # the node's end ends its deviation
+        assert prober.tally.attempts == len(asked)
+
+    monkeypatch.setattr(state_sync, "pull_state", pull_state)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert [(peer, r) for peer, r, _ in asked[:2]] == [("a", -1), ("b", -1)]
+    assert all(1.0 <= t < 1.05 for _, _, t in asked[:2])  # before the first round ended
 
 
 def test_the_flood_heartbeat_holds_255_made_up_ids_at_the_trap_and_passes_the_wire() -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import trio
+
 from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.adversary.role import Role, next_round
 from gossipfl.gossip.wire import Contribution
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from gossipfl.node.runtime import Node
 
 log = logging.getLogger("gossipfl.adversary")
+
+STARTING_POLL = 0.02  # seconds between two looks for the start of the node's rounds
 
 
 def probe_targets(node: Node) -> list[str]:
@@ -27,9 +31,17 @@ class StateProber(Role):
     kind = AdversaryKind.STATE_PROBER
 
     async def deviate(self, node: Node) -> None:
-        r = -1
+        """A probe as soon as the node's rounds begin (its links are formed), then one after
+        each round it finishes: however fast a federation runs, the prober asks each
+        neighbour at least once before the rounds can end (a probe is a few refused or
+        answered requests; a round waits for every neighbour's contribution)."""
+        poll = node.protocol.heartbeat_interval
+        while not node.status.running:
+            await trio.sleep(min(poll, STARTING_POLL))
+        r = node.round
+        await self.probe(node, r)
         while True:
-            r = await next_round(node, r, node.protocol.heartbeat_interval)
+            r = await next_round(node, r, poll)
             await self.probe(node, r)
 
     async def probe(self, node: Node, r: int) -> None:
