@@ -278,6 +278,20 @@ def test_without_secure_aggregation_the_state_served_is_the_public_estimate(
     assert node.rejections["not_neighbour"] == 1
 
 
+def test_a_node_that_published_nothing_serves_no_state(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Its x̂ is the initial model, as of no round: labelled round 0 it would stand for its real
+    round 0, which the puller would then refuse as stale while holding another vector."""
+    node = _node(tmp_path)
+    node.neighbours["a"] = NeighbourState()
+    assert node.own.round == -1
+    channel = FakeChannel("a", _request(node, "a"))
+    caplog.set_level(logging.INFO)
+    trio.run(on_state_request, node, channel)
+    assert channel.sent == [] and node.neighbours["a"].peer_holds == -1
+    assert "no public estimate published yet" in caplog.text
+
+
 class _RelinkedWhileSending(FakeChannel):
     """A channel whose send lets a re-link of its peer run (links.reset_link) meanwhile."""
 

@@ -186,9 +186,16 @@ async def on_state_request(node: Node, channel: Channel) -> None:
     request = await channel.receive(LinkRequest, MAX_CONTROL_BYTES)
     if not node.check_origin(channel, "state request", request.federation, request.sender):
         return
+    if node.own.round < 0:
+        # nothing published yet: x̂ is the initial model, round -1. Served as round 0 it would
+        # stand for our real round 0, which the neighbour then refuses as stale, and its copy
+        # of x̂ would differ from ours for as long as our deltas build on it
+        log.info("state request from %s: no public estimate published yet; nothing served",
+                 remote)
+        return
     sent_at = trio.current_time()
     message = Contribution(
-        federation=node.config.federation, round=max(node.own.round, 0),
+        federation=node.config.federation, round=node.own.round,
         sender=node.peer_id, receiver=remote, degree=len(node.neighbours), kind="full",
         base_round=-1, disagreement=float(min(node.disagreement, 1e9)),
         done=node.status == NodeStatus.DONE,
