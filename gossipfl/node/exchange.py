@@ -62,7 +62,10 @@ async def send_to_neighbours(node: Node, r: int, *, done: bool) -> None:
     neighbours' contributions, so a round does not also wait for each neighbour to open, check
     and apply ours before it starts waiting for theirs. The next send to a neighbour waits for
     the last one's ack (``NeighbourState.send_lock``): its delta is taken against what that
-    ack said the neighbour holds. The final send (``done``) waits for every ack."""
+    ack said the neighbour holds, and a neighbour that stopped answering holds the next round
+    (up to the send's limit) while a stream opened to it meanwhile, or the next send's, finds
+    a relayed link that forwards nothing (``PeerNet._new_stream``). The final send (``done``)
+    waits for every ack."""
     targets = send_targets(node)
     if done or node.background is None:
         async with trio.open_nursery() as nursery:
