@@ -113,8 +113,7 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
         "bytes_received": summary.get("bytes_received", last.get("bytes_received", 0)),
         "messages_sent": summary.get("messages_sent", last.get("messages_sent", 0)),
         "messages_received": summary.get("messages_received", last.get("messages_received", 0)),
-        "train_seconds": sum(m.get("train_seconds") or 0.0 for m in metrics),
-        "eval_seconds": sum(m.get("eval_seconds") or 0.0 for m in metrics),
+        **phase_seconds(metrics),
         "round_seconds_mean": (
             float(np.mean([m["round_seconds"] for m in metrics])) if metrics else None
         ),
@@ -130,6 +129,39 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
         "privacy": summary.get("privacy", {}),
         **({"robust": rounds} if (rounds := robust_rounds(metrics)) else {}),
     }
+
+
+#: A round's phases as its metrics time them (gossipfl/node/round.py), each summed over a node's
+#: rounds: training (in a worker thread), evaluation, sending (until every frame is written, on
+#: the node's one trio thread, which serves its neighbours meanwhile) and waiting for theirs.
+PHASES = ("train", "eval", "send", "wait")
+
+
+def phase_seconds(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """``{phase}_seconds`` for each of :data:`PHASES`: the node's rounds summed (a round
+    that did not time a phase counts 0).
+
+    >>> phase_seconds([{"train_seconds": 1.0, "send_seconds": 0.5}, {"train_seconds": 2.0,
+    ...                "wait_seconds": None}])
+    {'train_seconds': 3.0, 'eval_seconds': 0.0, 'send_seconds': 0.5, 'wait_seconds': 0.0}
+    """
+    return {f"{phase}_seconds": float(sum(m.get(f"{phase}_seconds") or 0.0 for m in metrics))
+            for phase in PHASES}
+
+
+def median_phases(entries: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Each phase's median over the nodes that ran a round (the per-node totals of
+    :func:`phase_seconds`): where a node's time goes, read at a glance.
+
+    >>> median_phases([{"rounds_completed": 2, "train_seconds": 1.0, "eval_seconds": 0.0,
+    ...                 "send_seconds": 3.0, "wait_seconds": 1.0},
+    ...                {"rounds_completed": 0, "train_seconds": 0.0, "eval_seconds": 0.0,
+    ...                 "send_seconds": 0.0, "wait_seconds": 0.0}])["send"]
+    3.0
+    """
+    ran = [e for e in entries if e["rounds_completed"]]
+    return {phase: float(np.median([e[f"{phase}_seconds"] for e in ran])) if ran else None
+            for phase in PHASES}
 
 
 def honest_consensus(nodes: list[NodeProcess], last_round: int) -> float | None:
@@ -274,6 +306,7 @@ def build_report(scenario: ScenarioConfig, nodes: list[NodeProcess], *, wall_sec
                if scenario.adversaries else {}),
             "max_peak_rss_bytes": max((e["peak_rss_bytes"] or 0) for e in entries),
             "total_node_cpu_seconds": sum(e["cpu_seconds"] or 0.0 for e in entries),
+            "median_node_phase_seconds": median_phases(entries),
             "total_bytes_sent": sum(e["bytes_sent"] for e in entries),
             "isolated_nodes": [e["index"] for e in entries if e["isolated_rounds"]],
             # nodes that finished without a wanted neighbour gone for good, and which
