@@ -32,6 +32,8 @@ from pathlib import Path
 import pytest
 from e2e_scenarios import BASE, run_text
 
+from gossipfl.node.phases import SCHEDSTAT
+
 pytestmark = pytest.mark.e2e
 
 @pytest.mark.parametrize("spawn", [False, True], ids=["forked", "spawned"])
@@ -60,6 +62,13 @@ def test_three_nodes_converge_to_one_model(tmp_path: Path, spawn: bool) -> None:
     for n in nodes:
         assert n["rejected"] == {}
         assert len(n["neighbours"]) == 2
+        if SCHEDSTAT.exists():  # a node process splits its send phase (gossipfl.node.phases)
+            ran, queued = n["send_cpu_seconds"], n["send_queue_seconds"]
+            assert ran > 0 and queued >= 0
+            # within the phase's wall time (each round's statistics read just after its clock)
+            assert ran + queued <= n["send_seconds"] + 0.002 * n["rounds_completed"]
+    if SCHEDSTAT.exists():
+        assert report["summary"]["median_node_phase_seconds"]["send_cpu"] > 0
     # the identity keys were written owner-only and the final models exist
     for index in range(3):
         node_dir = tmp_path / "out" / "nodes" / f"node-{index:02d}"

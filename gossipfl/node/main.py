@@ -107,9 +107,10 @@ def run_node(config: NodeConfig, log_level: str = "INFO",
                                    config.topology):
         log.warning("%s", warning)
     from gossipfl.adversary.factory import make_role
+    from gossipfl.node.phases import thread_sched
 
     try:
-        node = Node(config, identity, learner, make_role(config.adversary))
+        node = Node(config, identity, learner, make_role(config.adversary), sched=thread_sched)
     except SecurityError as error:
         log.error("%s", error)
         return 2

@@ -43,6 +43,7 @@ from gossipfl.node.exchange import (
 from gossipfl.node.learner import RecordDP
 from gossipfl.node.outer import end_average, outer_step
 from gossipfl.node.pace import SLACK, WINDOW, local_epochs, work_share
+from gossipfl.node.phases import timed
 from gossipfl.node.robust_step import robust_step, screen_losses
 from gossipfl.node.settle import Verdict
 from gossipfl.node.state import Node
@@ -281,9 +282,8 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
         missing = await secure_exchange(node, r, half_step, start, record)
     else:
         # 4. send our contribution to every live neighbour
-        send_start = trio.current_time()
-        await send_to_neighbours(node, r, done=False)
-        record["send_seconds"] = trio.current_time() - send_start
+        with timed(record, "send", node.sched):
+            await send_to_neighbours(node, r, done=False)
 
         # 5. receive: wait for the neighbours' contributions for this round, or the timeout
         wait_start = trio.current_time()
@@ -394,11 +394,10 @@ async def secure_exchange(node: Node, r: int, half_step: np.ndarray, start: floa
     """Steps 4-6 under secure aggregation; returns the neighbours whose input is missing."""
     from gossipfl.node import secure_round, secure_sparse  # only with secure aggregation on
 
-    send_start = trio.current_time()
-    checked = await secure_round.send_masked_inputs(node, r, done=False)
+    with timed(record, "send", node.sched):
+        checked = await secure_round.send_masked_inputs(node, r, done=False)
     if checked:  # what the range check found in our own inputs (gossipfl.node.secure_inputs)
         record["input_check"] = checked
-    record["send_seconds"] = trio.current_time() - send_start
     wait_start = trio.current_time()
     missing = await secure_round.wait_for_inputs(node, r, start + node.protocol.round_timeout)
     record["wait_seconds"] = trio.current_time() - wait_start

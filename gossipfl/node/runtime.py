@@ -61,6 +61,7 @@ from gossipfl.node.membership_loop import (
     HEARTBEAT_FANOUT,
     PROTO_MEMBERSHIP,
 )
+from gossipfl.node.phases import Sched
 from gossipfl.node.prom import NodeMetrics
 from gossipfl.node.round import record_dp, run_rounds
 from gossipfl.node.secagg_state import SecAggState
@@ -85,19 +86,23 @@ class Node:
     def __init__(self, config: NodeConfig, identity: Identity, learner: LocalLearner,
                  role: Role | None = None, *, rng: random.Random | None = None,
                  network: Network | None = None, offload: Offload | None = None,
-                 signals: bool = True, durable: bool = True) -> None:
+                 signals: bool = True, durable: bool = True,
+                 sched: Sched | None = None) -> None:
         """``rng``: the node's own draws (whom to heartbeat). ``network``: where the node's
         transport comes from (an in-memory network, gossipfl.gossip.memory); None: a libp2p
         host listening on ``config.listen``. ``offload``: how blocking work (training,
         evaluation, disk) runs; by default in a worker thread, so the node keeps serving its
         peers meanwhile. ``signals``: whether SIGTERM and SIGINT stop the node (a process of
         its own); off when many nodes share a process. ``durable``: whether checkpoints are
-        fsync'd (a process that may crash); off in a simulation, which has no crash to survive."""
+        fsync'd (a process that may crash); off in a simulation, which has no crash to survive.
+        ``sched``: reads the node thread's scheduler statistics, to split a round's phases
+        into running and waiting for a CPU (a process of its own; gossipfl.node.phases)."""
         self.config = config
         self.network = network
         self.offload: Offload = offload if offload is not None else trio.to_thread.run_sync
         self.signals = signals
         self.durable = durable
+        self.sched = sched
         self.synced_at = -math.inf  # when the last fsync'd checkpoint was written
         self.identity = identity
         self.peer_id = str(identity.peer_id)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from gossipfl.node.estimates import OwnEstimate, PeerEstimates
     from gossipfl.node.layout import Layout
     from gossipfl.node.learner import LocalLearner
+    from gossipfl.node.phases import Sched
     from gossipfl.node.secagg_state import SecAggState
     from gossipfl.node.security import NodeSecurity
     from gossipfl.node.termination import SettleState
@@ -98,6 +99,7 @@ class Node(Protocol):
     role: Role
     net: Transport | None
     offload: Offload
+    sched: Sched | None  # its thread's (running, waiting) seconds: gossipfl.node.phases
     clock: Callable[[], float]
     background: trio.Nursery | None  # the node's nursery while it runs
     # membership, admission, bounds and counters

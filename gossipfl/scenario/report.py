@@ -135,23 +135,36 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
 #: rounds: training (in a worker thread), evaluation, sending (until every frame is written, on
 #: the node's one trio thread, which serves its neighbours meanwhile) and waiting for theirs.
 PHASES = ("train", "eval", "send", "wait")
+#: The send phase split, where a node process measured it (gossipfl.node.phases): the time its
+#: thread ran, and the time it waited runnable for a CPU.
+SPLITS = ("send_cpu", "send_queue")
 
 
-def phase_seconds(metrics: list[dict[str, Any]]) -> dict[str, float]:
+def phase_seconds(metrics: list[dict[str, Any]]) -> dict[str, float | None]:
     """``{phase}_seconds`` for each of :data:`PHASES`: the node's rounds summed (a round
-    that did not time a phase counts 0).
+    that did not time a phase counts 0); and for each of :data:`SPLITS` the sum over the rounds
+    that measured it (None if none did: a simulated node, or a kernel that does not say).
 
     >>> phase_seconds([{"train_seconds": 1.0, "send_seconds": 0.5}, {"train_seconds": 2.0,
-    ...                "wait_seconds": None}])
-    {'train_seconds': 3.0, 'eval_seconds': 0.0, 'send_seconds': 0.5, 'wait_seconds': 0.0}
+    ...                "wait_seconds": None, "send_cpu_seconds": 0.25}])
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'train_seconds': 3.0, 'eval_seconds': 0.0, 'send_seconds': 0.5, 'wait_seconds': 0.0,
+     'send_cpu_seconds': 0.25, 'send_queue_seconds': None}
     """
-    return {f"{phase}_seconds": float(sum(m.get(f"{phase}_seconds") or 0.0 for m in metrics))
-            for phase in PHASES}
+    totals: dict[str, float | None] = {
+        f"{phase}_seconds": float(sum(m.get(f"{phase}_seconds") or 0.0 for m in metrics))
+        for phase in PHASES}
+    for split in SPLITS:
+        measured = [m[f"{split}_seconds"] for m in metrics
+                    if m.get(f"{split}_seconds") is not None]
+        totals[f"{split}_seconds"] = float(sum(measured)) if measured else None
+    return totals
 
 
 def median_phases(entries: list[dict[str, Any]]) -> dict[str, float | None]:
     """Each phase's median over the nodes that ran a round (the per-node totals of
-    :func:`phase_seconds`): where a node's time goes, read at a glance.
+    :func:`phase_seconds`; a split's over the nodes that measured it): where a node's time
+    goes, read at a glance.
 
     >>> median_phases([{"rounds_completed": 2, "train_seconds": 1.0, "eval_seconds": 0.0,
     ...                 "send_seconds": 3.0, "wait_seconds": 1.0},
@@ -160,8 +173,14 @@ def median_phases(entries: list[dict[str, Any]]) -> dict[str, float | None]:
     3.0
     """
     ran = [e for e in entries if e["rounds_completed"]]
-    return {phase: float(np.median([e[f"{phase}_seconds"] for e in ran])) if ran else None
-            for phase in PHASES}
+    medians: dict[str, float | None] = {
+        phase: float(np.median([e[f"{phase}_seconds"] for e in ran])) if ran else None
+        for phase in PHASES}
+    for split in SPLITS:
+        measured = [e[f"{split}_seconds"] for e in ran
+                    if e.get(f"{split}_seconds") is not None]
+        medians[split] = float(np.median(measured)) if measured else None
+    return medians
 
 
 def honest_consensus(nodes: list[NodeProcess], last_round: int) -> float | None:
