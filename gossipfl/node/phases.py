@@ -1,8 +1,8 @@
 """A round's phases timed: the wall time on the node's clock and, for a node process of its own
 on Linux, how much of it the node's thread ran on a CPU and how much it was runnable but waited
 for one (the kernel's per-thread scheduler statistics). On a machine with more busy processes
-than cores a phase's wall time is mostly the second, which no change to the phase can cut: the
-report shows which it was.
+than cores a phase's wall time can be mostly the second, which only less work on the whole
+machine cuts, not a cheaper phase: the report shows which it was.
 """
 
 from __future__ import annotations
