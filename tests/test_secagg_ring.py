@@ -1,5 +1,5 @@
 """Compressed secure aggregation with quantised deltas (issue 10): int8/int4 levels at a public
-step, masked as integer-weighted words of an 8/16-bit ring (gossipfl/crypto/secagg_sparse.py,
+step, masked as integer-weighted words of a 6/8/12/16-bit ring (gossipfl/crypto/secagg_sparse.py,
 the width-parametrised masks of gossipfl/crypto/secagg.py, gossipfl/node/secure_sparse.py)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from gossipfl.crypto import secagg
 from gossipfl.crypto.secagg_sparse import (
     CONSENSUS_LEVELS,
     QUANTISED_LEVELS,
+    RING_WIDTHS,
     consensus_mix,
     decode_ring_sum,
     delta_step,
@@ -110,38 +111,42 @@ def test_delta_clip_is_validated() -> None:
 
 
 def test_ring_width_table_and_wrap_refused() -> None:
-    # degree-4 regular graph: Σ c = 4 (K = 5); int4 fits 6 bits (±28), int8 needs 16
+    # degree-4 regular graph: Σ c = 4 (K = 5); int4 fits 6 bits (±28), int8 12 (±508), and
+    # a consensus round's deltas 12 (±2,044)
     assert ring_width(QUANTISED_LEVELS["int4"], 4) == 6 and ring_width(7, 5) == 8
-    assert ring_width(QUANTISED_LEVELS["int8"], 4) == 16
-    assert ring_width(127, 1) == 8 and ring_width(127, 2) == 16
-    assert ring_width(7, 18) == 8 and ring_width(7, 19) == 16
+    assert ring_width(QUANTISED_LEVELS["int8"], 4) == 12
+    assert ring_width(CONSENSUS_LEVELS, 4) == 12 and ring_width(CONSENSUS_LEVELS, 5) == 16
+    assert ring_width(127, 1) == 8 and ring_width(127, 2) == 12
+    assert ring_width(127, 16) == 12 and ring_width(127, 17) == 16
+    assert ring_width(7, 18) == 8 and ring_width(7, 19) == 12
     assert ring_width(127, 258) == 16 and ring_width(127, 259) == 32
-    assert not fits(7, 19, 8) and fits(7, 19, 16)
+    assert not fits(7, 19, 8) and fits(7, 19, 12)
     with pytest.raises(ValueError, match="could wrap"):
         ring_width(2**30, 2)
     with pytest.raises(ValueError, match="width"):
-        fits(7, 4, 12)
+        fits(7, 4, 10)
 
 
 @settings(deadline=None)
 @given(st.integers(0, 2**20), st.integers(0, 2**12))
 def test_fits_is_exactly_the_signed_range(levels: int, weight_sum: int) -> None:
-    for width in (6, 8, 16, 32):
+    for width in RING_WIDTHS:
         assert fits(levels, weight_sum, width) == (levels * weight_sum < 2 ** (width - 1))
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.sampled_from([6, 8, 16, 32]), st.integers(0, 41), st.integers(0, 2**32 - 1))
+@given(st.sampled_from(RING_WIDTHS), st.integers(0, 41), st.integers(0, 2**32 - 1))
 def test_words_packed_for_the_wire_come_back_modulo_their_ring(width: int, count: int,
                                                                seed: int) -> None:
-    """6-bit words travel four to three bytes (each modulo 64), wider ones as they are."""
+    """6-bit words travel four to three bytes and 12-bit words two (each modulo its ring),
+    the others as they are."""
     words = np.random.default_rng(seed).integers(0, 2**32, count, dtype=np.uint64).astype(
         ring_dtype(width))
     packed = pack_words(words, width)
     assert packed.dtype == np.uint8 and packed.size == packed_bytes(count, width)
     back = unpack_words(packed.tobytes(), width, count)
     assert back.dtype == ring_dtype(width)
-    assert np.array_equal(back, words % (1 << width) if width == 6 else words)
+    assert np.array_equal(back, words % (1 << width) if width in (6, 12) else words)
     with pytest.raises(ValueError, match="do not hold"):
         unpack_words(packed.tobytes() + b"\0", width, count)
 
@@ -194,9 +199,9 @@ def test_masked_sums_unmask_to_the_weighted_levels(case: tuple[str, tuple[int, .
     assert np.array_equal(signed, expected)
 
 
-@pytest.mark.parametrize("width", [6, 8, 16, 32])
+@pytest.mark.parametrize("width", RING_WIDTHS)
 def test_a_dropout_is_recovered_at_each_width(width: int) -> None:
-    levels = {6: 7, 8: 7, 16: 127, 32: 1000}[width]
+    levels = {6: 7, 8: 7, 12: 127, 16: 1000, 32: 100_000}[width]
     rng = np.random.default_rng(width)
     inputs = {j: rng.integers(-levels, levels + 1, 33) for j in MEMBERS}
     counts = dict.fromkeys(MEMBERS, 1)
@@ -255,15 +260,16 @@ def test_a_consensus_step_stays_in_the_hull_of_the_estimates(raw: list[float], s
 def test_the_width_travels_and_the_decoder_refuses_a_bad_one() -> None:
     base = MaskedInput("fed", 3, "s", "a", 0.2, 0.0, False, b"\0" * 6, (("x", b"c"),),
                        sparse=True)
-    for width in (6, 8, 16):
+    for width in (6, 8, 12, 16):
         frame = wire.encode_frame(dataclasses.replace(base, width=width), 1 << 20)
         assert wire.decode_frame(frame, MaskedInput, 1 << 20).width == width
     frame = wire.encode_frame(dataclasses.replace(base, data=b"\0" * 8), 1 << 20)
     assert b"width" not in frame  # 32 bits: the frame as before
     assert wire.decode_frame(frame, MaskedInput, 1 << 20).width == 32
-    for bad in (dataclasses.replace(base, width=12), dataclasses.replace(base, width=32),
-                dataclasses.replace(base, width=6, data=b"\0" * 4)):
-        # 12: no such ring; 6 bytes are no uint32 words; 6-bit words travel 4 in 3 bytes
+    for bad in (dataclasses.replace(base, width=10), dataclasses.replace(base, width=32),
+                dataclasses.replace(base, width=6, data=b"\0" * 4),
+                dataclasses.replace(base, width=12, data=b"\0" * 4)):
+        # 10: no such ring; 6 bytes are no uint32 words; 6- and 12-bit words travel in 3 bytes
         with pytest.raises(wire.WireError):
             wire.decode_frame(wire.encode_frame(bad, 1 << 20), MaskedInput, 1 << 20)
 
@@ -359,34 +365,36 @@ def test_words_of_the_wrong_width_or_length_are_refused(star, caplog) -> None:
     good = _inputs(star, "c", 15)["c"]
     sender = star["c"].peer_id
     wide = dataclasses.replace(good, width=16, data=bytes(2 * len(good.data)))
+    # a ring that exists, the right length for it, in a round whose ring is another
+    twelve = dataclasses.replace(good, width=12, data=bytes(packed_bytes(a.layout.size, 12)))
     short = dataclasses.replace(good, data=bytes(len(good.data) - 1))
     before = a.rejections["layout"]
     with caplog.at_level("WARNING", logger="gossipfl"):
-        for bad in (wide, short):
+        for bad in (wide, twelve, short):
             status, reason = secure_round.accept_masked(a, sender, bad)
             assert status is AckCode.REJECTED and "6-bit words" in reason
-    assert a.rejections["layout"] == before + 2
+    assert a.rejections["layout"] == before + 3
     assert caplog.text.count("masked input") >= 2 and "layout" in caplog.text
     assert secure_round.accept_masked(a, sender, good)[0] is AckCode.OK
 
 
-def test_int8_rounds_use_16_bit_words(star) -> None:
+def test_int8_rounds_use_12_bit_words(star) -> None:
     a = star["a"]
     int8 = dataclasses.replace(a.config, compression=CompressionConfig(kind="int8"))
     old = a.config
     a.config = int8
     try:
-        assert secure_sparse.width(a, a.peer_id, 11) == 16
+        assert secure_sparse.width(a, a.peer_id, 11) == 12
         assert secure_sparse.width(a, a.peer_id, 10) == 32  # full rounds stay 32-bit
         assert secure_sparse.step(a, 11) == delta_step(CLIP, 127)
     finally:
         a.config = old
 
 
-def test_consensus_delta_rounds_send_finer_levels_in_16_bit_words(star) -> None:
+def test_consensus_delta_rounds_send_finer_levels_in_12_bit_words(star) -> None:
     """``secagg.consensus_deltas``: round R (the first consensus round, a multiple of
     ``full_every`` here) is full, R + 1 sends
-    deltas of CONSENSUS_LEVELS levels of the same clip in 16-bit words (Σc = 4 at degree 4),
+    deltas of CONSENSUS_LEVELS levels of the same clip in 12-bit words (Σc = 4 at degree 4),
     the sum decodes exactly, and the aggregator moves to the neighbourhood's mean of public
     estimates."""
     old = {name: node.config for name, node in star.items()}
@@ -398,7 +406,7 @@ def test_consensus_delta_rounds_send_finer_levels_in_16_bit_words(star) -> None:
     try:
         assert not secure_sparse.sparse_round(a, last)
         assert secure_sparse.sparse_round(a, last + 1)
-        assert secure_sparse.width(a, a.peer_id, last + 1) == 16
+        assert secure_sparse.width(a, a.peer_id, last + 1) == 12
         assert secure_sparse.width(a, a.peer_id, last - 1) == 6  # training rounds keep int4
         loop.random_estimates(star, 21)
         _publish(star, last, seed=21)
@@ -408,7 +416,7 @@ def test_consensus_delta_rounds_send_finer_levels_in_16_bit_words(star) -> None:
         estimates = _publish(star, last + 1, seed=22)
         assert star["b"].own.last_encoded.scale == delta_step(CLIP, CONSENSUS_LEVELS)
         message = _inputs(star, "b", last + 1)["b"]
-        assert message.width == 16 and len(message.data) == 2 * a.layout.size
+        assert message.width == 12 and len(message.data) == packed_bytes(a.layout.size, 12)
         result = _round(star, last + 1, MEMBERS)
         assert result is not None
         record: dict[str, Any] = {}

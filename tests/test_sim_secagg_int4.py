@@ -1,6 +1,6 @@
 """Compressed secure aggregation with int4 deltas on the simulator (issue 10): a run whose
 delta rounds mask int4 levels in 8-bit words converges like the uncompressed secure run with
-fewer bytes; with ``secagg.consensus_deltas`` its consensus rounds send finer deltas in 16-bit
+fewer bytes; with ``secagg.consensus_deltas`` its consensus rounds send finer deltas in 12-bit
 words and still converge where the deltas are clipped."""
 
 from __future__ import annotations

@@ -102,27 +102,33 @@ def choco_mix(half_step: np.ndarray, own_estimate: np.ndarray, running: np.ndarr
 # levels times an integer weight, ``c_ij · L_j``, where ``w_ij = c_ij / K`` over a common
 # denominator K of i's neighbourhood (:func:`integer_weights`); the sum ``Σ_j c_ij L_j`` lies in
 # ``[-levels · Σ_j c_ij, levels · Σ_j c_ij]``, so words of the smallest ring whose signed range
-# holds that (:func:`ring_width`: 6 bits for int4 on a degree-4 graph, 16 for int8) sum without
+# holds that (:func:`ring_width`: 6 bits for int4 on a degree-4 graph, 12 for int8) sum without
 # wrapping, and the masks are words of that ring (:func:`gossipfl.crypto.secagg.mask_input`).
 # The aggregator reads the unmasked sum as signed and gets ``Σ_j w_ij s L_j`` exactly
 # (:func:`decode_ring_sum`).
 
-RING_WIDTHS = (6, 8, 16, 32)
-"""The ring widths in bits, narrowest first (uint8, uint8, uint16, uint32 words). A 6-bit word
-is held in a uint8 whose arithmetic wraps at 256, a multiple of 64, so masking and unmasking
-run as at 8 bits and reduce modulo 64 where the words go on the wire (:func:`pack_words`) and
-where a sum is read (:func:`decode_ring_sum`): int4 on a degree-4 graph, whose sums lie within
-±28, sends 3 bytes for 4 coordinates."""
+RING_WIDTHS = (6, 8, 12, 16, 32)
+"""The ring widths in bits, narrowest first (uint8, uint8, uint16, uint16, uint32 words). A
+6-bit word is held in a uint8 whose arithmetic wraps at 256, a multiple of 64, so masking and
+unmasking run as at 8 bits and reduce modulo 64 where the words go on the wire
+(:func:`pack_words`) and where a sum is read (:func:`decode_ring_sum`): int4 on a degree-4
+graph, whose sums lie within ±28, sends 3 bytes for 4 coordinates. A 12-bit word likewise
+lives in a uint16 (65,536 is a multiple of 4,096) and travels two to three bytes: int8 on a
+degree-4 graph (sums within ±508) and a consensus round's deltas (±2,044)."""
+
+PACKED = {6: 4, 12: 2}
+"""The widths that travel packed: how many words each group of 3 bytes holds."""
 
 QUANTISED_LEVELS = {"int8": 127, "int4": 7}
 """Levels each side of zero per compression kind: L ∈ [-levels, levels]."""
 
-CONSENSUS_LEVELS = 2047
+CONSENSUS_LEVELS = 511
 """Levels each side of zero of a consensus round's delta (``secagg.consensus_deltas``): with
 no training left the deltas shrink round by round, and int4's step would stall the consensus
-at its rounding noise; 2,047 levels of the same clip sum in 16-bit words while the weights'
-integers add up to at most 16 (``fits``: a neighbourhood of up to 15 members at equal
-weights), and in 32-bit words beyond."""
+at its rounding noise; 511 levels of the same clip sum in 12-bit words while the weights'
+integers add up to at most 4 (``fits``: a degree-4 graph at equal weights), in 16-bit words
+up to 64, and in 32-bit words beyond. (2,047 levels in 16-bit words ended in as many rounds
+at the same accuracy on ``secagg_int4.toml``; see the README.)"""
 
 
 def round_levels(kind: str, training_rounds: int, round_: int) -> int:
@@ -131,7 +137,7 @@ def round_levels(kind: str, training_rounds: int, round_: int) -> int:
     on); 0 for a kind without levels (random-k).
 
     >>> round_levels("int4", 30, 29), round_levels("int4", 30, 31), round_levels("randk", 30, 31)
-    (7, 2047, 0)
+    (7, 511, 0)
     """
     levels = QUANTISED_LEVELS.get(kind, 0)
     return CONSENSUS_LEVELS if levels and 0 < training_rounds <= round_ else levels
@@ -196,51 +202,66 @@ def ring_width(levels: int, weight_sum: int) -> int:
 
 
 def ring_dtype(width: int) -> np.dtype:
-    """The unsigned dtype of ``width``-bit words (native order, for arithmetic; uint8 for 6)."""
+    """The unsigned dtype of ``width``-bit words (native order, for arithmetic; uint8 for 6,
+    uint16 for 12).
+
+    >>> [ring_dtype(w).name for w in RING_WIDTHS]
+    ['uint8', 'uint8', 'uint16', 'uint16', 'uint32']
+    """
     if width not in RING_WIDTHS:
         raise ValueError(f"width must be one of {RING_WIDTHS}, got {width}")
-    return np.dtype(f"uint{max(width, 8)}")
+    return np.dtype(f"uint{8 * -(-width // 8)}")
 
 
 def packed_bytes(count: int, width: int) -> int:
-    """The bytes ``count`` words of ``width`` bits take on the wire (6-bit words: 4 in 3).
+    """The bytes ``count`` words of ``width`` bits take on the wire (6-bit words: 4 in 3;
+    12-bit words: 2 in 3).
 
-    >>> packed_bytes(8970, 6), packed_bytes(8970, 8), packed_bytes(5, 16)
-    (6729, 8970, 10)
+    >>> packed_bytes(8970, 6), packed_bytes(8970, 8), packed_bytes(8970, 12), packed_bytes(5, 16)
+    (6729, 8970, 13455, 10)
     """
-    return 3 * -(-count // 4) if width == 6 else count * (width // 8)
+    if width in PACKED:
+        return 3 * -(-count // PACKED[width])
+    return count * (width // 8)
 
 
 def pack_words(words: np.ndarray, width: int) -> NDArray[np.uint8]:
-    """Ring words as the bytes that travel: little-endian words, or for 6 bits each word modulo
-    64, four to three bytes (the last group padded with zero words).
+    """Ring words as the bytes that travel: little-endian words, or for a :data:`PACKED`
+    width each word modulo ``2**width``, low bits first, 24 bits to three bytes (6 bits: four
+    words; 12 bits: two; the last group padded with zero words).
 
     >>> pack_words(np.array([1, 2, 3, 63, 64 + 5], np.uint8), 6).tolist()
     [129, 48, 252, 5, 0, 0]
+    >>> pack_words(np.array([0xABC, 0x123, 4096 + 1], np.uint16), 12).tolist()
+    [188, 58, 18, 1, 0, 0]
     """
     words = np.asarray(words, ring_dtype(width)).reshape(-1)
-    if width != 6:
+    if width not in PACKED:
         return np.ascontiguousarray(words, words.dtype.newbyteorder("<")).view(np.uint8)
-    v = np.zeros(4 * -(-words.size // 4), np.uint32)
-    v[:words.size] = words & 63
-    v = v.reshape(-1, 4)
-    joined = v[:, 0] | v[:, 1] << 6 | v[:, 2] << 12 | v[:, 3] << 18
+    group = PACKED[width]
+    v = np.zeros(group * -(-words.size // group), np.uint32)
+    v[:words.size] = words & ((1 << width) - 1)
+    v = v.reshape(-1, group)
+    joined = np.zeros(len(v), np.uint32)
+    for i in range(group):
+        joined |= v[:, i] << (i * width)
     return np.stack([joined & 255, joined >> 8 & 255, joined >> 16], axis=1).astype(
         np.uint8).reshape(-1)
 
 
 def unpack_words(data: bytes | memoryview, width: int, count: int) -> NDArray[np.unsignedinteger]:
-    """The ``count`` ring words ``data`` holds (:func:`pack_words`' inverse, 6-bit words modulo
-    64); ValueError if its length is not :func:`packed_bytes`."""
+    """The ``count`` ring words ``data`` holds (:func:`pack_words`' inverse, a packed width's
+    words modulo ``2**width``); ValueError if its length is not :func:`packed_bytes`."""
     if len(data) != packed_bytes(count, width):
         raise ValueError(f"{len(data)} bytes do not hold {count} {width}-bit words")
     dtype = ring_dtype(width)
-    if width != 6:
+    if width not in PACKED:
         return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype)
     b = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.uint32)
     joined = b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16
-    v = np.stack([joined >> shift & 63 for shift in (0, 6, 12, 18)], axis=1)
-    return v.reshape(-1)[:count].astype(np.uint8)
+    mask = (1 << width) - 1
+    v = np.stack([joined >> (i * width) & mask for i in range(PACKED[width])], axis=1)
+    return v.reshape(-1)[:count].astype(dtype)
 
 
 def to_ring(values: np.ndarray, width: int) -> NDArray[np.unsignedinteger]:

@@ -151,8 +151,10 @@ __all__ = (
 # a regular topology is the best of several draws (aggregation/topology.py), so a v5 node
 # would derive another graph from the same members: the two refuse each other's frames; 7: a
 # sealed seed share binds a digest of its sender, recipient and round (crypto/secagg.py), and
-# masked words may be 6-bit, four in three bytes (crypto/secagg_sparse.py)
-WIRE_VERSION = 7
+# masked words may be 6-bit, four in three bytes (crypto/secagg_sparse.py); 8: masked words may
+# be 12-bit, two in three bytes, and a consensus round's deltas take 511 levels, not 2,047 (a
+# v7 node would add another step to a member's x̂ than the member did)
+WIRE_VERSION = 8
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
 

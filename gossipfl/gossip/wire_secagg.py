@@ -56,8 +56,9 @@ def _check_peers(value: Any, what: str) -> tuple[str, ...]:
 
 MAX_SHARE_CIPHERTEXT = 512
 MAX_SHARE_BYTES = 128  # an encoded Shamir share of a 32-byte seed, in the clear
-# the rings of gossipfl.crypto.secagg (6-bit words packed 4 in 3 bytes, uint8, uint16, uint32)
-MASKED_WIDTHS = (6, 8, 16, 32)
+# the rings of gossipfl.crypto.secagg (6- and 12-bit words packed 4 and 2 in 3 bytes, uint8,
+# uint16, uint32)
+MASKED_WIDTHS = (6, 8, 12, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class MaskedInput:
         width = check_int(body.get("width", 32), "width", 6, 32)
         if width not in MASKED_WIDTHS:
             raise WireError(f"masked width must be one of {MASKED_WIDTHS} bits, got {width}")
-        if not is_binary(data) or len(data) % (3 if width == 6 else width // 8):
+        if not is_binary(data) or len(data) % (3 if width in (6, 12) else width // 8):
             raise WireError(f"masked data must be bytes holding {width}-bit words")
         weight = check_float(body["weight"], "weight")
         if not 0.0 < weight <= 1.0:

@@ -25,8 +25,8 @@ the pair keys taken from the members' certificates, so no key round is needed):
 In a round with no dropout, presigns (:mod:`gossipfl.node.secure_presign`) skip step 3 and
 seeds dealt a round ahead (:mod:`gossipfl.node.secure_early`) let step 5 start from the inputs'
 early shares, step 4 asking only for the next presigns. With ``[compression] kind`` "randk",
-"int8" or "int4" most training rounds send random-k deltas, or integer-weighted levels in an
-8/16-bit ring (:mod:`gossipfl.node.secure_sparse`). Step 1 (and the range check) is
+"int8" or "int4" most training rounds send random-k deltas, or integer-weighted levels in a
+6- to 16-bit ring (:mod:`gossipfl.node.secure_sparse`). Step 1 (and the range check) is
 :mod:`gossipfl.node.secure_inputs`, its names re-exported here; this module is the
 aggregator's side and the member's answers.
 """

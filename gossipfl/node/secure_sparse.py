@@ -23,9 +23,9 @@ exactly one masked input per member, under one set of pair seeds):
   levels`` (127 levels for int8, 7 for int4; x̂ adds exactly ``s L_j``, so clipping and
   rounding are error feedback), member j masks ``c_ij L_j`` (``w_ij = c_ij / K_i`` exactly) as
   words of the narrowest ring that cannot wrap (:func:`ring`: 6 bits for int4 on a degree-4
-  graph, 16 for int8), and the aggregator decodes ``Σ_j w_ij s L_j`` exactly
+  graph, 12 for int8), and the aggregator decodes ``Σ_j w_ij s L_j`` exactly
   (:func:`gossipfl.crypto.secagg_sparse.decode_ring_sum`). A consensus round's deltas take
-  :data:`~gossipfl.crypto.secagg_sparse.CONSENSUS_LEVELS` levels of the same clip (16-bit
+  :data:`~gossipfl.crypto.secagg_sparse.CONSENSUS_LEVELS` levels of the same clip (12-bit
   words at degree 4), the rounding noise of int4's step being larger than the tolerance.
 
 Either way the model moves by CHOCO's consensus step
