@@ -62,6 +62,8 @@ def test_three_nodes_converge_to_one_model(tmp_path: Path, spawn: bool) -> None:
     for n in nodes:
         assert n["rejected"] == {}
         assert len(n["neighbours"]) == 2
+        # the training step on the node's clock holds the training the worker thread timed
+        assert n["train_step_seconds"] >= n["train_seconds"] > 0
         if SCHEDSTAT.exists():  # a node process splits its send phase (gossipfl.node.phases)
             ran, queued = n["send_cpu_seconds"], n["send_queue_seconds"]
             assert ran > 0 and queued >= 0

@@ -1,5 +1,6 @@
 """Where a node's round time goes, in the report (gossipfl/scenario/report.py): each node's
-training, evaluation, send and wait phases summed over its rounds, and their medians over the
+training, evaluation, send and wait phases (and the training step on the send phase's clock)
+summed over its rounds, and their medians over the
 nodes in the summary (issue 15 reads its send-against-training bar there)."""
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from gossipfl.scenario.report import PHASES, SPLITS, median_phases, phase_second
 
 def test_a_nodes_phases_are_its_rounds_summed() -> None:
     metrics = [{"train_seconds": 0.25, "send_seconds": 0.5, "wait_seconds": 1.0,
-                "eval_seconds": 0.125},
+                "eval_seconds": 0.125, "train_step_seconds": 0.375},
                {"train_seconds": None, "send_seconds": 0.25},  # a round that did not train
                {}]  # nor time anything (a consensus round of an old record)
     assert phase_seconds(metrics) == {"train_seconds": 0.25, "eval_seconds": 0.125,
                                       "send_seconds": 0.75, "wait_seconds": 1.0,
+                                      "train_step_seconds": 0.375,
                                       "send_cpu_seconds": None, "send_queue_seconds": None}
     assert phase_seconds([]) == {**dict.fromkeys(("train_seconds", "eval_seconds",
-                                                  "send_seconds", "wait_seconds"), 0.0),
+                                                  "send_seconds", "wait_seconds",
+                                                  "train_step_seconds"), 0.0),
                                  "send_cpu_seconds": None, "send_queue_seconds": None}
     # the send split, where a node process measured it: over the rounds that did
     split = [{"send_seconds": 1.0, "send_cpu_seconds": 0.125, "send_queue_seconds": 0.75},
@@ -43,7 +46,8 @@ def test_the_medians_skip_nodes_that_ran_no_round() -> None:
                entry(3, train=9.0, send=1.0, send_cpu=0.25),
                entry(0, send_cpu=9.0)]  # the last never ran a round
     assert median_phases(entries) == {"train": 2.0, "eval": 0.0, "send": 2.0, "wait": 0.0,
-                                      "send_cpu": 0.375, "send_queue": None}
+                                      "train_step": 0.0, "send_cpu": 0.375,
+                                      "send_queue": None}
     assert median_phases([entry(0)]) == dict.fromkeys((*PHASES, *SPLITS))
 
 

@@ -252,8 +252,9 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
     round_start = node.model  # outer momentum's x (train.outer_momentum; node/outer.py)
     if training:
         epochs = async_local_epochs(node, r, record)  # None: the configured epochs
-        result = await node.offload(node.learner.train, node.model, r, epochs,
-                                               record_dp(node))
+        with timed(record, "train_step"):  # on the send phase's clock: hand-offs included
+            result = await node.offload(node.learner.train, node.model, r, epochs,
+                                        record_dp(node))
         if node.config.slowdown > 1.0:  # an emulated slower machine
             await trio.sleep((node.config.slowdown - 1.0) * result.seconds)
         if epochs is not None:

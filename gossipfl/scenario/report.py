@@ -132,9 +132,12 @@ def node_entry(node: NodeProcess) -> dict[str, Any]:
 
 
 #: A round's phases as its metrics time them (gossipfl/node/round.py), each summed over a node's
-#: rounds: training (in a worker thread), evaluation, sending (until every frame is written, on
-#: the node's one trio thread, which serves its neighbours meanwhile) and waiting for theirs.
-PHASES = ("train", "eval", "send", "wait")
+#: rounds: training (in a worker thread, as the learner timed it), evaluation, sending (until
+#: every frame is written, on the node's one trio thread, which serves its neighbours
+#: meanwhile) and waiting for theirs; and the training step on the node's clock as the send
+#: phase is timed (``train_step``: training plus the hand-off to the worker thread and back,
+#: which on a busy machine waits for a CPU at both ends).
+PHASES = ("train", "eval", "send", "wait", "train_step")
 #: The send phase split, where a node process measured it (gossipfl.node.phases): the time its
 #: thread ran, and the time it waited runnable for a CPU.
 SPLITS = ("send_cpu", "send_queue")
@@ -149,7 +152,7 @@ def phase_seconds(metrics: list[dict[str, Any]]) -> dict[str, float | None]:
     ...                "wait_seconds": None, "send_cpu_seconds": 0.25}])
     ... # doctest: +NORMALIZE_WHITESPACE
     {'train_seconds': 3.0, 'eval_seconds': 0.0, 'send_seconds': 0.5, 'wait_seconds': 0.0,
-     'send_cpu_seconds': 0.25, 'send_queue_seconds': None}
+     'train_step_seconds': 0.0, 'send_cpu_seconds': 0.25, 'send_queue_seconds': None}
     """
     totals: dict[str, float | None] = {
         f"{phase}_seconds": float(sum(m.get(f"{phase}_seconds") or 0.0 for m in metrics))
@@ -167,9 +170,10 @@ def median_phases(entries: list[dict[str, Any]]) -> dict[str, float | None]:
     goes, read at a glance.
 
     >>> median_phases([{"rounds_completed": 2, "train_seconds": 1.0, "eval_seconds": 0.0,
-    ...                 "send_seconds": 3.0, "wait_seconds": 1.0},
+    ...                 "send_seconds": 3.0, "wait_seconds": 1.0, "train_step_seconds": 1.5},
     ...                {"rounds_completed": 0, "train_seconds": 0.0, "eval_seconds": 0.0,
-    ...                 "send_seconds": 0.0, "wait_seconds": 0.0}])["send"]
+    ...                 "send_seconds": 0.0, "wait_seconds": 0.0, "train_step_seconds": 0.0}
+    ...                ])["send"]
     3.0
     """
     ran = [e for e in entries if e["rounds_completed"]]
