@@ -392,8 +392,8 @@ def test_int8_rounds_use_12_bit_words(star) -> None:
 
 
 def test_consensus_delta_rounds_send_finer_levels_in_12_bit_words(star) -> None:
-    """``secagg.consensus_deltas``: round R (the first consensus round, a multiple of
-    ``full_every`` here) is full, R + 1 sends
+    """``secagg.consensus_deltas``: the first consensus round is a delta round like the
+    others (though a multiple of ``full_every`` here), the next multiple R is full, R + 1 sends
     deltas of CONSENSUS_LEVELS levels of the same clip in 12-bit words (Σc = 4 at degree 4),
     the sum decodes exactly, and the aggregator moves to the neighbourhood's mean of public
     estimates."""
@@ -402,12 +402,15 @@ def test_consensus_delta_rounds_send_finer_levels_in_12_bit_words(star) -> None:
         node.config = dataclasses.replace(node.config, secagg=dataclasses.replace(
             node.config.secagg, consensus_deltas=True))
     a = star["a"]
-    last = a.config.rounds
+    first, every = a.config.rounds, a.config.secagg.full_every
+    last = first + every - first % every  # the first full consensus round
     try:
+        assert first % every == 0 and secure_sparse.sparse_round(a, first)
+        assert secure_sparse.width(a, a.peer_id, first) == 12
         assert not secure_sparse.sparse_round(a, last)
         assert secure_sparse.sparse_round(a, last + 1)
         assert secure_sparse.width(a, a.peer_id, last + 1) == 12
-        assert secure_sparse.width(a, a.peer_id, last - 1) == 6  # training rounds keep int4
+        assert secure_sparse.width(a, a.peer_id, first - 1) == 6  # training rounds keep int4
         loop.random_estimates(star, 21)
         _publish(star, last, seed=21)
         result = _round(star, last, MEMBERS)

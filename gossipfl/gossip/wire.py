@@ -153,7 +153,8 @@ __all__ = (
 # sealed seed share binds a digest of its sender, recipient and round (crypto/secagg.py), and
 # masked words may be 6-bit, four in three bytes (crypto/secagg_sparse.py); 8: masked words may
 # be 12-bit, two in three bytes, and a consensus round's deltas take 511 levels, not 2,047 (a
-# v7 node would add another step to a member's x̂ than the member did)
+# v7 node would add another step to a member's x̂ than the member did), the first consensus
+# round too (with consensus deltas it is no full round)
 WIRE_VERSION = 8
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size

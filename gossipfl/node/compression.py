@@ -130,19 +130,21 @@ def full_round(secagg: SecAggConfig, training_rounds: int, round_: int,
     consensus rounds) every round with random-k (with no training left, masked full sums reach
     the consensus tolerance in a few rounds where random-k deltas need the round limit), and
     with int8/int4 unless ``secagg.consensus_deltas`` (then deltas of
-    :data:`gossipfl.crypto.secagg_sparse.CONSENSUS_LEVELS` levels).
+    :data:`gossipfl.crypto.secagg_sparse.CONSENSUS_LEVELS` levels, the first consensus round
+    too: a running sum is exact after any number of delta rounds, and a full round there cost
+    bytes, and in two runs of six more rounds; see the README).
 
     >>> from gossipfl.config import SecAggConfig
     >>> on = SecAggConfig(full_every=10, consensus_deltas=True)
     >>> [full_round(on, 30, r, CompressionKind.INT4) for r in (9, 10, 29, 30, 31, 40)]
-    [False, True, False, True, False, True]
+    [False, True, False, False, False, True]
     >>> full_round(on, 31, 31, CompressionKind.INT4), full_round(on, 31, 31), full_round(
     ...     SecAggConfig(full_every=10), 31, 31, CompressionKind.INT4)
     (False, True, True)
     """
-    if round_ % secagg.full_every == 0:
-        return True
     levels = kind in (CompressionKind.INT8, CompressionKind.INT4) and secagg.consensus_deltas
+    if round_ % secagg.full_every == 0:
+        return not (levels and round_ == training_rounds > 0)
     return 0 < training_rounds <= round_ and not levels
 
 

@@ -258,7 +258,7 @@ def masked_words_bytes(scenario: ScenarioConfig, parameters: int, degree: int,
     >>> s = ScenarioConfig(rounds=30, secagg=SecAggConfig(enabled=True, consensus_deltas=True),
     ...                    compression=CompressionConfig(kind="int4"))
     >>> [masked_words_bytes(s, 8970, 4, r) for r in (0, 1, 30, 31)]
-    [35880, 6729, 35880, 13455]
+    [35880, 6729, 13455, 13455]
     """
     kind = CompressionKind(scenario.compression.kind)
     if kind is CompressionKind.NONE or full_round(scenario.secagg, scenario.rounds, round_, kind):
