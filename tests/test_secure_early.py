@@ -162,3 +162,50 @@ def test_a_wrong_early_share_is_caught_and_the_sum_not_made(star) -> None:
     with pytest.raises(ValueError, match="shares of"):
         secure_round.unmask(a, 71, inputs, everyone, [], {everyone[3]: renamed,
                                                           everyone[1]: three[everyone[1]]})
+
+
+def test_a_dealt_seeds_shares_go_once_and_the_aggregator_puts_them_back(star) -> None:
+    """An input whose self seed was dealt with the member's input of the round before, which
+    the aggregator took, goes without that seed's shares (the same ciphertexts as the last
+    input's next shares): the aggregator puts back the ones it holds, and answers made from
+    them (the fallback when early shares fail) give the sum."""
+    from gossipfl.gossip import wire
+    from gossipfl.node.secure_inputs import finish_input
+
+    estimates, inputs = _dealt_round(star, 60)
+    a, r, everyone = star["a"], 61, ids(star, "bcde")
+    members = {star[n].peer_id: star[n] for n in "bcde"}
+    before = a.secagg.inbox[60]
+    # not taken (no ack or request read yet): the shares go as they are
+    assert all(finish_input(members[p], m).shares == m.shares for p, m in inputs.items())
+    for node in members.values():  # as send_input_and_answer records the reply
+        node.secagg.taken.add((a.peer_id, 60))
+    sent = {p: finish_input(members[p], m) for p, m in inputs.items()}
+    for p, message in sent.items():
+        assert message.shares == () and inputs[p].shares == before[p].next_shares
+        saved = (len(wire.encode_frame(inputs[p], 1 << 20))
+                 - len(wire.encode_frame(message, 1 << 20)))
+        assert saved > 4 * 100  # four sealed shares and the peer ids beside them
+    assert _accept(star, sent) == ["ok"] * 4
+    held = a.secagg.inbox[r]
+    assert all(held[p].shares == inputs[p].shares for p in everyone)
+    answers = _answers(star, r, held, everyone, [], "bcde")
+    total = secure_round.unmask(a, r, held, everyone, [], answers)
+    assert np.abs(total - _expected(star, estimates, "bcde")).max() <= 4 / (2 * SCALE) + 1e-6
+
+
+def test_an_input_without_shares_needs_the_dealing_input_held(star) -> None:
+    """A member that leaves its shares out where the aggregator holds no input of its from the
+    round before (it refused or never got it, or restarted), or whose seed was not dealt
+    (``predealt`` off), is refused: no sum could take its self mask off."""
+    _, inputs = _dealt_round(star, 80)
+    a, b = star["a"], star["b"]
+    message = inputs[b.peer_id]
+    bare = dataclasses.replace(message, shares=())
+    del a.secagg.inbox[80][b.peer_id]  # as if the aggregator never took b's round-80 input
+    before = a.rejections["shares"]
+    assert secure_round.accept_masked(a, b.peer_id, bare)[0].value == "rejected"
+    undealt = dataclasses.replace(bare, predealt=False, round=82)
+    a.round = 82
+    assert secure_round.accept_masked(a, b.peer_id, undealt)[0].value == "rejected"
+    assert a.rejections["shares"] == before + 2

@@ -86,6 +86,9 @@ class SecAggState:
     dealt: dict[tuple[str, int], dict[str, bytes]] = field(default_factory=dict)
     # our presigns made on light requests, per (aggregator, round), sent with that input
     presign_out: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    # (aggregator, round) whose input of ours the aggregator took (acked, or asked us to
+    # unmask): it holds that input's next shares, which our next input then need not repeat
+    taken: set[tuple[str, int]] = field(default_factory=set)
     seen_silent: dict[str, int] = field(default_factory=dict)  # member → round last seen silent
     refused_rounds: list[int] = field(default_factory=list)
     early_rounds: int = 0  # sums unmasked from early shares, with no wait for answers
@@ -110,6 +113,7 @@ class SecAggState:
                       self.presign_out):
             for key in [k for k in table if k[1] < round_ - KEEP_ROUNDS]:
                 del table[key]
+        self.taken = {k for k in self.taken if k[1] >= round_ - KEEP_ROUNDS}
 
 
 async def compute(node: Node, words: int, fn: Callable[..., R], *args: object) -> R:

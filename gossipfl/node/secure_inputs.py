@@ -198,8 +198,13 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
 def finish_input(node: Node, message: MaskedInput) -> MaskedInput:
     """``message`` with what it may carry by the time it is sent (its stream's last reply
     read): the early shares and the presign the aggregator's light request of the round before
-    brought, when it came after the input was built (:mod:`gossipfl.node.secure_early`)."""
+    brought, when it came after the input was built (:mod:`gossipfl.node.secure_early`); and
+    without its self seed's shares when the seed is the one dealt with our input of the round
+    before and the aggregator took that input (it holds them: ``accept_masked`` puts them
+    back), 4 of a degree-4 neighbourhood's 13 sealed shares and peer ids an input carries."""
     aggregator, r = message.aggregator, message.round
+    if message.predealt and message.shares and (aggregator, r - 1) in node.secagg.taken:
+        message = dataclasses.replace(message, shares=())
     presign = message.presign or node.secagg.presign_out.pop((aggregator, r), b"")
     early = message.early
     if message.predealt and not early and (aggregator, r) in node.secagg.my_shares:

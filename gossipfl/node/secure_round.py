@@ -33,6 +33,7 @@ aggregator's side and the member's answers.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import TYPE_CHECKING, TypeVar
@@ -249,6 +250,11 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     if abs(message.weight - expected) > 1e-9:
         return refuse("weight", f"weight {message.weight}, expected {expected}")
     members = neighbourhood(node, node.peer_id)
+    if message.predealt and not message.shares:  # the ones it dealt with its last input
+        earlier = node.secagg.inbox.get(message.round - 1, {}).get(remote)
+        if earlier is None:
+            return refuse("shares", "no shares, and no input of the round before dealt them")
+        message = dataclasses.replace(message, shares=earlier.next_shares)
     if {p for p, _ in message.shares} != set(members) - {remote}:
         return refuse("shares", "shares must go to every other member of the neighbourhood")
     malformed = secure_early.check_input(message, members, remote)

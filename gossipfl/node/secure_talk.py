@@ -137,6 +137,8 @@ async def send_input_and_answer(node: Node, channel: Channel, message: MaskedInp
     if written is not None:
         written.set()
     reply = await channel.receive((Ack, UnmaskRequest), MAX_CONTROL_BYTES)
+    if isinstance(reply, UnmaskRequest) or reply.status == AckCode.OK:
+        node.secagg.taken.add((peer, r))  # it holds our next shares (secure_inputs.finish_input)
     if isinstance(reply, Ack):
         return reply
     response = answer(node, peer, reply) if answer is not None else None

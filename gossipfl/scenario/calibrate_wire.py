@@ -241,13 +241,14 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
                 share=shamir.encode_share(share_ids[other], shares[share_ids[other]]),
                 sender_private=bytes(me.x_private), recipient_public=by_id[other].x_public))
             for other in sorted(ids) if other != me.peer_id)
-        # a steady round's input (gossipfl.node.secure_early): the next round's dealt shares
+        # a steady round's input (gossipfl.node.secure_early): no shares of its own seed (they
+        # went with the last input; secure_inputs.finish_input), the next round's dealt shares
         # (as many, as long as these), the early shares, one per member, and a presign
         early = tuple((i, shamir.encode_share(share_ids[i], shares[share_ids[i]]))
                       for i in sorted(ids))
         return MaskedInput(federation=fed, round=1, sender=me.peer_id,
                            aggregator=aggregator.peer_id, weight=w, disagreement=1e-2,
-                           done=False, data=y.astype("<u4").tobytes(), shares=sealed_shares,
+                           done=False, data=y.astype("<u4").tobytes(), shares=(),
                            depth=0, horizon=3, waiting=0, next_shares=sealed_shares,
                            predealt=True, early=early, presign=bytes(64))
 
@@ -267,7 +268,7 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
     signatures = tuple((m.peer_id, sign_set(announced, m.signing)) for m in members)
     request = ConsistencyRequest(fed, 1, aggregator.peer_id, tuple(sorted(ids)), ())
     response = ConsistencyResponse(fed, 1, me.peer_id, signatures[0][1], "")
-    share = dict(message.shares)
+    share = dict(message.next_shares)
     # a steady round's request and answer are light (gossipfl.node.secure_early): the next
     # round's dealt shares relayed, and the answer's presign of the next round's set
     relayed = tuple((owner, share[members[1].peer_id]) for owner in ids
