@@ -256,8 +256,8 @@ class SecAggConfig:
     ``delta_clip``: with ``[compression] kind = "int8"``/``"int4"``, the public clip of the
     quantised CHOCO deltas (step ``delta_clip / levels``, the same for every member:
     gossipfl.node.secure_sparse). ``consensus_deltas`` (int8/int4): the consensus rounds but
-    every ``full_every``-th send finer deltas too (``secagg_sparse.round_levels``; when that
-    pays: the README); off, they send full estimates."""
+    every ``full_every``-th after the first send finer deltas too (``secagg_sparse.round_levels``;
+    when that pays: the README); off, they send full estimates."""
 
     enabled: bool = False
     min_contributors: int = 3
