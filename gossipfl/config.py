@@ -265,7 +265,7 @@ class SecAggConfig:
     scale: int = 2**20
     history_rounds: int = 50
     min_set_difference: int = 2
-    full_every: int = 10  # compressed: every n-th round full estimates (secure_sparse)
+    full_every: int = 10  # compressed: every n-th round full, unless waived (secure_sparse)
     presign: bool = True
     delta_clip: float = 0.05
     consensus_deltas: bool = False

@@ -305,7 +305,7 @@ def _inputs(star: dict[str, Node], senders: str, r: int) -> dict[str, MaskedInpu
     out = {}
     for name in senders:
         node = star[name]
-        chosen = secure_sparse.input_for(node, r, node.own.vector, node.own.vector)
+        chosen = secure_sparse.input_for(node, a.peer_id, r, node.own.vector, node.own.vector)
         assert chosen is not None
         out[name] = secure_round.masked_input(node, a.peer_id, r, chosen[0], False, chosen[1])
     return out
@@ -330,7 +330,7 @@ def test_full_then_int4_rounds_keep_the_running_sum_exactly(star) -> None:
     assert np.abs(a.secagg.running - loop.weighted_sum(star, estimates, MEMBERS)).max() < 1e-5
     # round 11: int4 levels in 6-bit words (every weight 1/5: c = 1, K = 5, Σc = 4)
     assert secure_sparse.sparse_round(a, 11) and secure_sparse.width(a, a.peer_id, 11) == 6
-    assert secure_sparse.words(a, 11) == a.layout.size
+    assert secure_sparse.words(a, a.peer_id, 11) == a.layout.size
     estimates = _publish(star, 11, seed=11)
     assert star["b"].own.last_encoded.scale == delta_step(CLIP, 7)
     messages = _inputs(star, "b", 11)

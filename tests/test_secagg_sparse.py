@@ -218,7 +218,8 @@ def _send(star: dict[str, Node], senders: str, r: int) -> list[str]:
     statuses = []
     for name in senders:
         node = star[name]
-        values, sparse = secure_sparse.input_for(node, r, node.own.vector, node.own.vector)
+        values, sparse = secure_sparse.input_for(node, a.peer_id, r, node.own.vector,
+                                                 node.own.vector)
         message = secure_round.masked_input(node, a.peer_id, r, values, False, sparse)
         statuses.append(secure_round.accept_masked(a, node.peer_id, message)[0])
     return statuses
@@ -244,7 +245,7 @@ def test_full_then_sparse_rounds_keep_the_running_sum_with_a_dropout(star) -> No
     # round 11: sparse; b's masked input arrives, then b vanishes (dropout after masking)
     estimates = _publish(star, 11, seed=11)
     indices = secure_sparse.coordinates(a, 11)
-    assert secure_sparse.words(a, 11) == indices.size == kept(a.layout.size, RATIO)
+    assert secure_sparse.words(a, a.peer_id, 11) == indices.size == kept(a.layout.size, RATIO)
     result = _round(star, 11, "bcde", gone="b")
     assert result is not None
     total, _, survivors = result

@@ -154,8 +154,9 @@ __all__ = (
 # masked words may be 6-bit, four in three bytes (crypto/secagg_sparse.py); 8: masked words may
 # be 12-bit, two in three bytes, and a consensus round's deltas take 511 levels, not 2,047 (a
 # v7 node would add another step to a member's x̂ than the member did), the first consensus
-# round too (with consensus deltas it is no full round), and an input whose self seed was
-# dealt with the last one may go without its shares (node/secure_inputs.finish_input)
+# round too (with consensus deltas it is no full round), an input whose self seed was dealt
+# with the last one may go without its shares (node/secure_inputs.finish_input), and an unmask
+# request may waive its aggregator's full round two ahead (node/secure_sparse.waiver)
 WIRE_VERSION = 8
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size

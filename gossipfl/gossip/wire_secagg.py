@@ -182,7 +182,10 @@ class UnmaskRequest:
     # light: the aggregator unmasked from early shares and asks for nothing (no shares, no
     # signatures attached); the member presigns the next round and answers with its next input
     light: bool = False
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"next_shares", "light"})
+    # a later full round (round + 2) whose sum the aggregator takes as deltas instead: its
+    # running sum is exact (gossipfl.node.secure_sparse.waiver); 0: none
+    waives: int = 0
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"next_shares", "light", "waives"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         fields = {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
@@ -192,6 +195,8 @@ class UnmaskRequest:
             fields["next_shares"] = [[p, c] for p, c in self.next_shares]
         if self.light:
             fields["light"] = True
+        if self.waives:
+            fields["waives"] = self.waives
         return fields
 
     @classmethod
@@ -207,6 +212,7 @@ class UnmaskRequest:
             next_shares=_check_pairs(body.get("next_shares", []), "next shares", MAX_MEMBERS,
                                      MAX_SHARE_CIPHERTEXT),
             light=check_bool(body.get("light", False), "light"),
+            waives=check_int(body.get("waives", 0), "waives", 0, MAX_ROUND),
         )
 
 

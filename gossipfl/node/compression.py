@@ -89,8 +89,8 @@ def mixing_warnings(kind: str, gamma: float, train: TrainConfig,
 
 
 def compressor(config: CompressionConfig, federation: str, sender: str, round_: int,
-               secagg: SecAggConfig | None = None, training_rounds: int = 0,
-               ) -> Callable[[np.ndarray], Encoded | None] | None:
+               secagg: SecAggConfig | None = None, training_rounds: int = 0, *,
+               waived: bool = False) -> Callable[[np.ndarray], Encoded | None] | None:
     """What compresses this round's delta (None: no compression). Its randomness (int8 rounding,
     random-k's index set) is drawn from a seed of (federation, sender, round). With ``secagg``
     enabled (:mod:`gossipfl.node.secure_sparse`): random-k on the coordinate set the whole
@@ -98,13 +98,15 @@ def compressor(config: CompressionConfig, federation: str, sender: str, round_: 
     or int8/int4 levels at the public step ``secagg.delta_clip / levels``
     (:func:`gossipfl.crypto.secagg_sparse.public_quantised`; the levels of the round:
     :func:`gossipfl.crypto.secagg_sparse.round_levels`), so masked deltas sum; none in its full
-    rounds (:func:`full_round`), which send the whole estimate anyway."""
+    rounds (:func:`full_round`), which send the whole estimate anyway, unless an aggregator of
+    ours ``waived`` a :func:`waivable` one (then the others take ``w · x̂`` after this delta)."""
     kind = CompressionKind(config.kind)
     if kind is CompressionKind.NONE:
         return None
     rng = np.random.default_rng(shared_seed(federation, sender, round_, kind.value))
     if secagg is not None and secagg.enabled and kind is not CompressionKind.NONE:
-        if full_round(secagg, training_rounds, round_, kind):
+        if full_round(secagg, training_rounds, round_, kind) and not (
+                waived and waivable(secagg, training_rounds, round_, kind)):
             return None
         # loaded only with secure aggregation on (a plain node loads no crypto.secagg)
         from gossipfl.crypto.secagg_sparse import (
@@ -146,6 +148,26 @@ def full_round(secagg: SecAggConfig, training_rounds: int, round_: int,
     if round_ % secagg.full_every == 0:
         return not (levels and round_ == training_rounds > 0)
     return 0 < training_rounds <= round_ and not levels
+
+
+def waivable(secagg: SecAggConfig, training_rounds: int, round_: int,
+             kind: CompressionKind = CompressionKind.RANDK) -> bool:
+    """Whether round ``round_`` is full by ``secagg.full_every`` alone (a later multiple, not
+    full by the consensus rounds' rules): an aggregator whose running sum is exact may waive it
+    (:mod:`gossipfl.node.secure_sparse`), and its members then send it deltas as in any other
+    round.
+
+    >>> from gossipfl.config import SecAggConfig
+    >>> on = SecAggConfig(full_every=10, consensus_deltas=True)
+    >>> [waivable(on, 30, r, CompressionKind.INT4) for r in (0, 10, 20, 30, 40)]
+    [False, True, True, False, True]
+    >>> waivable(on, 30, 40), waivable(SecAggConfig(full_every=10), 30, 20, CompressionKind.INT4)
+    (False, True)
+    """
+    levels = kind in (CompressionKind.INT8, CompressionKind.INT4) and secagg.consensus_deltas
+    by_rule = 0 < training_rounds <= round_ and not levels
+    return (round_ > 0 and round_ % secagg.full_every == 0 and not by_rule
+            and full_round(secagg, training_rounds, round_, kind))
 
 
 def last_compressor(config: NodeConfig, sender: str,

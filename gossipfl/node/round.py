@@ -270,11 +270,12 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
         half_step = node.model
         record.update(train_loss=None, train_seconds=0.0)
 
-    # 2.+3. delta and privacy: q = DP(x½ − x̂) (clip + Gaussian noise, while the budget lasts);
-    # x̂ += q, exactly as every neighbour will apply it
+    # 2.+3. q = DP(x½ − x̂) (clip + Gaussian noise, while the budget lasts); x̂ += q, exactly as
+    # every neighbour will apply it (a delta in a full round an aggregator waived: secure_sparse)
     node.own.publish(half_step, r, privatise=privacy_step(node, r, training, record),
                      compress=compressor(node.config.compression, node.config.federation,
-                                         node.peer_id, r, node.config.secagg, node.config.rounds))
+                                         node.peer_id, r, node.config.secagg, node.config.rounds,
+                                         waived=any(k[1] == r for k in node.secagg.waivers)))
     if training:  # what this round spent is on disk before anything it trained on is sent
         await node.offload(save_dp_ledger, node)
 
@@ -325,8 +326,7 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
         time=trio.current_time(), disagreement=finite(node.disagreement),
         neighbours=sorted(node.neighbours), degree=len(node.neighbours), missing=missing,
         bytes_sent=node.traffic.bytes_sent, bytes_received=node.traffic.bytes_received,
-        messages_sent=node.traffic.messages_sent,
-        messages_received=node.traffic.messages_received,
+        messages_sent=node.traffic.messages_sent, messages_received=node.traffic.messages_received,
         rejected=dict(node.rejections), timeouts=node.timeouts, peak_rss_bytes=peak_rss_bytes(),
         depth=node.settle.depth, awaited=list(node.settle.awaited),
         reopened=node.settle.reopened,

@@ -89,6 +89,10 @@ class SecAggState:
     # (aggregator, round) whose input of ours the aggregator took (acked, or asked us to
     # unmask): it holds that input's next shares, which our next input then need not repeat
     taken: set[tuple[str, int]] = field(default_factory=set)
+    # full rounds waived (gossipfl.node.secure_sparse.waiver): by us as aggregator, and to us
+    # as a member, per (aggregator, round)
+    waived: set[int] = field(default_factory=set)
+    waivers: set[tuple[str, int]] = field(default_factory=set)
     seen_silent: dict[str, int] = field(default_factory=dict)  # member → round last seen silent
     refused_rounds: list[int] = field(default_factory=list)
     early_rounds: int = 0  # sums unmasked from early shares, with no wait for answers
@@ -114,6 +118,8 @@ class SecAggState:
             for key in [k for k in table if k[1] < round_ - KEEP_ROUNDS]:
                 del table[key]
         self.taken = {k for k in self.taken if k[1] >= round_ - KEEP_ROUNDS}
+        self.waived = {r for r in self.waived if r >= round_ - KEEP_ROUNDS}
+        self.waivers = {k for k in self.waivers if k[1] >= round_ - KEEP_ROUNDS}
 
 
 async def compute(node: Node, words: int, fn: Callable[..., R], *args: object) -> R:

@@ -285,7 +285,7 @@ async def _send_masked_to(node: Node, peer: str, r: int, estimate: np.ndarray, d
             checks[peer] = check
             if not check.verdict.sends:
                 return
-        chosen = secure_sparse.input_for(node, r, vector, estimate)  # random-k: the delta
+        chosen = secure_sparse.input_for(node, peer, r, vector, estimate)  # random-k: the delta
         if chosen is None:
             return
         try:

@@ -156,6 +156,7 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
     all requests for this aggregator and round. Its own self seed never leaves: only shares.
     """
     r, me, key = request.round, node.peer_id, (aggregator, request.round)
+    secure_sparse.note_waiver(node, aggregator, r, request.waives)  # its round r + 2's kind
     announced = _announced(request)
     if secure_early.is_light(request):
         return light_answer(node, aggregator, request, announced)
@@ -240,8 +241,8 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     if remote in inbox:
         return refuse("duplicate", f"a second input for round {message.round}")
     bits = secure_sparse.width(node, node.peer_id, message.round)
-    count = secure_sparse.words(node, message.round)
-    if (message.sparse != secure_sparse.sparse_round(node, message.round)
+    count = secure_sparse.words(node, node.peer_id, message.round)
+    if (message.sparse != secure_sparse.sparse_for(node, node.peer_id, message.round)
             or message.width != bits or len(message.data) != packed_bytes(count, bits)):
         return refuse("layout", f"{len(message.data)} bytes of {message.width}-bit words "
                                 f"(sparse {message.sparse}), round {message.round} takes "
@@ -374,9 +375,13 @@ async def sum_over(node: Node, r: int,
     early = secure_early.early_answers(node, r, inputs, survivors,
                                        full=not dropped and held_set == chosen)
     light = len(early) >= enough
-    requests = {peer: secure_early.light_request(unmask_request(
-                    node, r, inputs, survivors, dropped, peer, signed)) if light
-                else unmask_request(node, r, inputs, survivors, dropped, peer, signed)
+    waives = secure_sparse.waiver(node, r, chosen)  # round r + 2 as deltas, if the sum is exact
+
+    def request_to(peer: str) -> UnmaskRequest:
+        return dataclasses.replace(unmask_request(node, r, inputs, survivors, dropped, peer,
+                                                  signed), waives=waives)
+
+    requests = {peer: secure_early.light_request(request_to(peer)) if light else request_to(peer)
                 for peer in survivors}
     # handed to the held streams now: the round releases the others when it ends
     held_streams = {peer: secure_talk.place(node, peer, requests[peer]) for peer in survivors}
@@ -396,8 +401,7 @@ async def sum_over(node: Node, r: int,
             if light:  # an early share was wrong: ask for the answers themselves
                 responses = {}
                 await streams.until_enough(node, [
-                    functools.partial(ask_unmask, node, peer, unmask_request(
-                        node, r, inputs, survivors, dropped, peer, signed), responses)
+                    functools.partial(ask_unmask, node, peer, request_to(peer), responses)
                     for peer in survivors], lambda: False)
             elif len(responses) == len(survivors):
                 raise

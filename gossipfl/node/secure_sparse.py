@@ -3,8 +3,10 @@ masks.
 
 With ``[secagg] enabled`` and ``[compression] kind = "randk"``, ``"int8"`` or ``"int4"``, rounds
 are of two kinds, fixed
-by the round number alone (so no aggregator chooses, and each (aggregator, round) still gets
-exactly one masked input per member, under one set of pair seeds):
+by the round number (and each (aggregator, round) still gets exactly one masked input per
+member, under one set of pair seeds), but that an aggregator whose running sum is exact may
+waive a round full by ``full_every`` alone, two rounds ahead (:func:`waiver`; its members then
+send it deltas):
 
 - **full** (every ``secagg.full_every``-th round, round 0 first; every consensus round with
   random-k or ``secagg.consensus_deltas`` off: :func:`gossipfl.node.compression.full_round`):
@@ -68,7 +70,7 @@ from gossipfl.crypto.secagg_sparse import (
     round_levels,
 )
 from gossipfl.gossip.wire import MaskedInput
-from gossipfl.node.compression import full_round
+from gossipfl.node.compression import full_round, waivable
 from gossipfl.node.state import Node
 
 log = logging.getLogger("gossipfl.secagg")
@@ -115,7 +117,7 @@ def ring(node: Node, aggregator: str, r: int) -> tuple[dict[str, int], int, int]
 def width(node: Node, aggregator: str, r: int) -> int:
     """The bits of each masked word in ``aggregator``'s sum of round ``r``: 32 but in a
     quantised delta round."""
-    return ring(node, aggregator, r)[2] if sparse_round(node, r) and levels(node) else 32
+    return ring(node, aggregator, r)[2] if sparse_for(node, aggregator, r) and levels(node) else 32
 
 
 def sparse_round(node: Node, r: int) -> bool:
@@ -124,26 +126,66 @@ def sparse_round(node: Node, r: int) -> bool:
                                                CompressionKind(node.config.compression.kind))
 
 
+def can_waive(node: Node, r: int) -> bool:
+    """Whether round ``r`` is a full round an aggregator may waive
+    (:func:`gossipfl.node.compression.waivable`)."""
+    return compressed(node) and waivable(node.config.secagg, node.config.rounds, r,
+                                          CompressionKind(node.config.compression.kind))
+
+
+def waived(node: Node, aggregator: str, r: int) -> bool:
+    """Whether ``aggregator`` waived its full sum of round ``r``: as the aggregator, this node
+    announced so two rounds before (:func:`waiver`); as a member, it was told so then."""
+    if aggregator == node.peer_id:
+        return r in node.secagg.waived
+    return (aggregator, r) in node.secagg.waivers
+
+
+def sparse_for(node: Node, aggregator: str, r: int) -> bool:
+    """Whether ``aggregator``'s sum of round ``r`` takes deltas: a sparse round, or a full
+    one it waived."""
+    return sparse_round(node, r) or (can_waive(node, r) and waived(node, aggregator, r))
+
+
+def waiver(node: Node, r: int, survivors: frozenset[str]) -> int:
+    """The round this aggregator waives in its round-``r`` unmask requests (0: none): round
+    r + 2, when it is a full round by ``full_every`` alone and the running sum is exact (held,
+    and every base member among round r's survivors); recorded as waived. A sum of round r or
+    r + 1 that fails after it leaves the aggregator without a base until the next full round."""
+    state, ahead = node.secagg, r + 2
+    if not can_waive(node, ahead) or state.running is None or not state.base <= survivors:
+        return 0
+    state.waived.add(ahead)
+    return ahead
+
+
+def note_waiver(node: Node, aggregator: str, r: int, waives: int) -> None:
+    """A member takes ``aggregator``'s round-``r`` request's waiver: only of round r + 2 and
+    only of a round full by ``full_every`` alone (anything else is ignored)."""
+    if waives and waives == r + 2 and can_waive(node, waives):
+        node.secagg.waivers.add((aggregator, waives))
+
+
 def coordinates(node: Node, r: int) -> np.ndarray:
     return round_coordinates(node.config.federation, r, node.layout.size,
                              node.config.compression.ratio)
 
 
-def words(node: Node, r: int) -> int:
-    """How many masked words a member's input for round ``r`` holds."""
-    if sparse_round(node, r) and not levels(node):
+def words(node: Node, aggregator: str, r: int) -> int:
+    """How many masked words a member's input to ``aggregator`` for round ``r`` holds."""
+    if sparse_for(node, aggregator, r) and not levels(node):
         return int(coordinates(node, r).size)
     return node.layout.size
 
 
-def input_for(node: Node, r: int, vector: np.ndarray,
+def input_for(node: Node, aggregator: str, r: int, vector: np.ndarray,
               estimate: np.ndarray) -> tuple[np.ndarray, bool] | None:
     """What this member masks for round ``r`` (before the weight): ``vector`` (its x̂, or what
     its role put in its place) in a full round; in a sparse round the delta its x̂ moved by on
     the shared coordinates, or (int8/int4) its levels at the public step (a role's crafted
     vector: as a delta on the x̂ its neighbours hold). None when it published no such delta
     for ``r`` (it then sends nothing: a dropout)."""
-    if not sparse_round(node, r):
+    if not sparse_for(node, aggregator, r):
         return vector, False
     own, quantised = node.own, levels(node) > 0
     encoded = own.last_encoded
@@ -174,7 +216,7 @@ def eligible(node: Node, r: int,
              inputs: dict[str, MaskedInput]) -> dict[str, MaskedInput] | None:
     """The inputs aggregator ``node`` may sum in round ``r``: all in a full round; in a sparse
     round those of its base members (None: no base to add deltas to, refuse the round)."""
-    if not sparse_round(node, r):
+    if not sparse_for(node, node.peer_id, r):
         return inputs
     if node.secagg.running is None:
         return None
@@ -189,7 +231,7 @@ def mix(node: Node, r: int, half_step: np.ndarray,
     is dropped (sparse rounds are refused until the next full round re-bases)."""
     total, weights, survivors = result
     state = node.secagg
-    sparse = sparse_round(node, r)
+    sparse = sparse_for(node, node.peer_id, r)
     if sparse and levels(node):
         assert state.running is not None
         running, weight = (state.running + total).astype(np.float32), state.running_weight
@@ -218,8 +260,10 @@ def mix(node: Node, r: int, half_step: np.ndarray,
     # γ in full training rounds too: with γ = 1 there, x̂ (= x½) would lag the mixed x by the
     # whole disagreement, and the sparse rounds after would push x past the mean (measured:
     # diverges); a full consensus round (x̂ = x½) takes the exact step, γ = 1, and a consensus
-    # delta round the neighbourhood's mean of public estimates (consensus_mix)
-    if sparse and r >= node.config.rounds:
+    # round with consensus deltas the neighbourhood's mean of public estimates (consensus_mix;
+    # the same step where x̂ = x½; where another aggregator waived the round, x̂ is x½'s delta)
+    if r >= node.config.rounds and (sparse or (levels(node)
+                                               and node.config.secagg.consensus_deltas)):
         node.model = consensus_mix(node.own.vector, running, weight)
     else:
         gamma = 1.0 if r >= node.config.rounds else node.protocol.gamma

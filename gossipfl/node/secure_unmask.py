@@ -49,11 +49,12 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
             if gone not in seeds:
                 raise ValueError(f"{peer} did not reveal its pair seed with {gone}")
             pair_seeds[(peer, gone)] = seeds[gone]
-    bits, count = secure_sparse.width(node, node.peer_id, r), secure_sparse.words(node, r)
+    bits = secure_sparse.width(node, node.peer_id, r)
+    count = secure_sparse.words(node, node.peer_id, r)
     masked = {p: unpack_words(inputs[p].data, bits, count) for p in survivors}
     total = secagg.unmask_sum(masked, survivors_self_seeds=self_seeds,
                               dropped_pair_seeds=pair_seeds)
-    if secure_sparse.sparse_round(node, r) and secure_sparse.levels(node):
+    if secure_sparse.sparse_for(node, node.peer_id, r) and secure_sparse.levels(node):
         counts, denominator, _ = secure_sparse.ring(node, node.peer_id, r)
         return decode_ring_sum(total, width=bits, levels=secure_sparse.levels(node, r),
                                weight_sum=sum(counts[p] for p in survivors),

@@ -47,7 +47,7 @@ import numpy as np
 from gossipfl.aggregation.compress import CompressionKind, kept
 from gossipfl.aggregation.topology import build_topology
 from gossipfl.crypto.secagg_sparse import packed_bytes, ring_width, round_levels
-from gossipfl.node.compression import full_round
+from gossipfl.node.compression import full_round, waivable
 from gossipfl.node.extras import EXTRA_TURNS, HEARTBEAT_EXTRA, HEARTBEAT_FANOUT
 from gossipfl.node.termination import horizon
 from gossipfl.scenario.calibrate import Calibration
@@ -252,16 +252,20 @@ def masked_words_bytes(scenario: ScenarioConfig, parameters: int, degree: int,
     """The bytes of a member's masked words in round ``round_`` by the node's own round rules
     (:func:`gossipfl.node.compression.full_round`, :mod:`gossipfl.crypto.secagg_sparse`): 4 a
     parameter in a full round; in an int8/int4 delta round the round's ring at equal weights
-    (Σc = ``degree``, as on a regular graph); 4 a kept coordinate with random-k.
+    (Σc = ``degree``, as on a regular graph); 4 a kept coordinate with random-k. A round full
+    by ``full_every`` alone counts as waived (:func:`gossipfl.node.compression.waivable`: a
+    steady run's sums are exact).
 
     >>> from gossipfl.config import CompressionConfig, SecAggConfig
     >>> s = ScenarioConfig(rounds=30, secagg=SecAggConfig(enabled=True, consensus_deltas=True),
     ...                    compression=CompressionConfig(kind="int4"))
-    >>> [masked_words_bytes(s, 8970, 4, r) for r in (0, 1, 30, 31)]
-    [35880, 6729, 13455, 13455]
+    >>> [masked_words_bytes(s, 8970, 4, r) for r in (0, 1, 10, 30, 31)]
+    [35880, 6729, 6729, 13455, 13455]
     """
     kind = CompressionKind(scenario.compression.kind)
-    if kind is CompressionKind.NONE or full_round(scenario.secagg, scenario.rounds, round_, kind):
+    if kind is CompressionKind.NONE or (
+            full_round(scenario.secagg, scenario.rounds, round_, kind)
+            and not waivable(scenario.secagg, scenario.rounds, round_, kind)):
         return 4 * parameters
     if kind is CompressionKind.RANDK:
         return 4 * kept(parameters, scenario.compression.ratio)
