@@ -111,3 +111,28 @@ def test_the_waiver_travels_in_the_unmask_request() -> None:
     back = wire.decode_frame(wire.encode_frame(dataclasses.replace(base, waives=20), 1 << 20),
                              UnmaskRequest, 1 << 20)
     assert back.waives == 20
+
+
+def test_a_member_killed_after_a_waiver_is_re_based_at_the_next_full_round(tmp_path,
+                                                                          pool) -> None:
+    """Simulated, int4 under secure aggregation, full_every = 4: round 2's requests waive
+    round 4 (every sum exact), then member 4 is killed. Round 4's sums fail without it (its
+    presigned full set lacks an input) and drop the running sums, so no later sum waives round
+    8: full, it re-bases every sum on the survivors, and the run converges."""
+    from sim_scenarios import metrics, scenario_text, simulated
+
+    text = scenario_text(
+        name="waiver-kill", nodes=5, rounds=12, degree=4, protocol="gamma = 0.85\n",
+        extra="[secagg]\nenabled = true\nmin_contributors = 3\nfull_every = 4\n"
+              'delta_clip = 0.05\n\n[compression]\nkind = "int4"\n\n'
+              '[[faults]]\nkind = "kill"\nnode = 4\nat_round = 3\n')
+    report = simulated(tmp_path, text, pool)
+    assert [n["status"] for n in report["nodes"]] == ["done"] * 4 + ["killed"]
+    assert min(n["final_accuracy"] for n in report["nodes"][:4]) > 0.8
+    assert report["final_consensus_distance"] <= 1e-3
+    for index in range(4):
+        kinds = {r["round"]: r.get("secure_aggregation") for r in metrics(tmp_path, index)}
+        assert kinds[0] == "4 contributors (full)"
+        assert [kinds[r] for r in range(4, 8)] == ["refused"] * 4  # no running sum to add to
+        assert kinds[8] == "3 contributors (full)"  # not waived: re-based on the survivors
+        assert kinds[11] == "3 contributors (int4)"
