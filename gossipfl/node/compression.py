@@ -144,10 +144,26 @@ def full_round(secagg: SecAggConfig, training_rounds: int, round_: int,
     ...     SecAggConfig(full_every=10), 31, 31, CompressionKind.INT4)
     (False, True, True)
     """
-    levels = kind in (CompressionKind.INT8, CompressionKind.INT4) and secagg.consensus_deltas
-    if round_ % secagg.full_every == 0:
-        return not (levels and round_ == training_rounds > 0)
-    return 0 < training_rounds <= round_ and not levels
+    return (_scheduled(secagg, training_rounds, round_, kind)
+            or _by_rule(secagg, training_rounds, round_, kind))
+
+
+def _deltas_in_consensus(secagg: SecAggConfig, kind: CompressionKind) -> bool:
+    return kind in (CompressionKind.INT8, CompressionKind.INT4) and secagg.consensus_deltas
+
+
+def _scheduled(secagg: SecAggConfig, training_rounds: int, round_: int,
+               kind: CompressionKind) -> bool:
+    """Full by ``full_every``: its multiples, but the first consensus round with consensus
+    deltas."""
+    return round_ % secagg.full_every == 0 and not (
+        _deltas_in_consensus(secagg, kind) and round_ == training_rounds > 0)
+
+
+def _by_rule(secagg: SecAggConfig, training_rounds: int, round_: int,
+             kind: CompressionKind) -> bool:
+    """Full as a consensus round whose kind sends no deltas there."""
+    return 0 < training_rounds <= round_ and not _deltas_in_consensus(secagg, kind)
 
 
 def waivable(secagg: SecAggConfig, training_rounds: int, round_: int,
@@ -164,10 +180,8 @@ def waivable(secagg: SecAggConfig, training_rounds: int, round_: int,
     >>> waivable(on, 30, 40), waivable(SecAggConfig(full_every=10), 30, 20, CompressionKind.INT4)
     (False, True)
     """
-    levels = kind in (CompressionKind.INT8, CompressionKind.INT4) and secagg.consensus_deltas
-    by_rule = 0 < training_rounds <= round_ and not levels
-    return (round_ > 0 and round_ % secagg.full_every == 0 and not by_rule
-            and full_round(secagg, training_rounds, round_, kind))
+    return (round_ > 0 and _scheduled(secagg, training_rounds, round_, kind)
+            and not _by_rule(secagg, training_rounds, round_, kind))
 
 
 def last_compressor(config: NodeConfig, sender: str,
