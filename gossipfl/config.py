@@ -238,10 +238,9 @@ class SecurityConfig:
 @dataclass(frozen=True)
 class SecAggConfig:
     """Secure aggregation over each neighbourhood (needs admission: pair masks come from the
-    members' certified X25519 keys).
-
-    Values are clipped to ``[-clip, clip]`` and quantised with ``scale`` levels per unit into
-    Z_{2^32} before masking; an aggregator refuses a round with fewer than ``min_contributors``.
+    members' certified X25519 keys). Values are clipped to ``[-clip, clip]`` and quantised
+    with ``scale`` levels per unit into Z_{2^32} before masking; an aggregator refuses a round
+    with fewer than ``min_contributors``.
 
     Against an aggregator that differences its sums over time, a member refuses to sign a
     survivor set that differs from one it signed for the same aggregator within the last
@@ -253,11 +252,11 @@ class SecAggConfig:
     next round's set when no one dropped (gossipfl.node.secure_presign: no consistency exchange
     while every input comes in; a dropout then fails that round at its aggregators, and the
     next recovers it). Off, a dropout is recovered in its own round, at an exchange a round.
-    ``delta_clip``: with ``[compression] kind = "int8"``/``"int4"``, the public clip of the
-    quantised CHOCO deltas (step ``delta_clip / levels``, the same for every member:
-    gossipfl.node.secure_sparse). ``consensus_deltas`` (int8/int4): the consensus rounds but
-    every ``full_every``-th after the first send finer deltas too (``secagg_sparse.round_levels``;
-    when that pays: the README); off, they send full estimates."""
+    ``delta_clip``: int8/int4's public clip of the quantised CHOCO deltas (step ``delta_clip /
+    levels``: gossipfl.node.secure_sparse). ``consensus_deltas`` (int8/int4): consensus rounds
+    but every ``full_every``-th after the first send finer deltas (``round_levels``), else full
+    estimates; ``first_deltas``: round 0 deltas from the initial model, which every x̂ starts
+    as (``secure_sparse.origin_base``); when each pays: the README."""
 
     enabled: bool = False
     min_contributors: int = 3
@@ -269,6 +268,7 @@ class SecAggConfig:
     presign: bool = True
     delta_clip: float = 0.05
     consensus_deltas: bool = False
+    first_deltas: bool = False
 
     def __post_init__(self) -> None:
         _require(self.min_contributors >= 3, "secagg.min_contributors must be at least 3")
@@ -458,7 +458,7 @@ class NodeConfig:
                  "robust.rule needs the neighbours' individual estimates: not with secagg "
                  "(its masks hide them; the norm bound still checks each secure sum)")
         check_secagg_compression(self.secagg.enabled, self.compression.kind,
-                                 self.secagg.consensus_deltas)
+                                 self.secagg.consensus_deltas, self.secagg.first_deltas)
         _require(not (self.protocol.weighting is Weighting.EXAMPLES
                       and (self.secagg.enabled or self.privacy.enabled)), WEIGHTING_REFUSED)
         _require(not self.secagg.enabled or self.security.admission,

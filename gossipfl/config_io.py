@@ -17,11 +17,16 @@ SECAGG_COMPRESSION_REFUSED = (
     "fp16 and topk pick values or coordinates per member, which masked sums cannot combine")
 
 
-def check_secagg_compression(secagg: bool, kind: str, consensus_deltas: bool = False) -> None:
-    """Refuse a compression kind that secure aggregation cannot sum, and consensus deltas
-    without the quantised kinds they refine (ConfigError)."""
+def check_secagg_compression(secagg: bool, kind: str, consensus_deltas: bool = False,
+                             first_deltas: bool = False) -> None:
+    """Refuse a compression kind that secure aggregation cannot sum, consensus deltas without
+    the quantised kinds they refine, and first-round deltas without compressed secure
+    aggregation (ConfigError)."""
     if secagg and kind not in SECAGG_COMPRESSION:
         raise ConfigError(SECAGG_COMPRESSION_REFUSED)
+    if first_deltas and not (secagg and kind != "none"):
+        raise ConfigError("secagg.first_deltas needs [secagg] enabled = true and a "
+                          "[compression] kind (randk, int8 or int4)")
     if consensus_deltas and not (secagg and kind in ("int8", "int4")):
         raise ConfigError("secagg.consensus_deltas needs [secagg] enabled = true and "
                           "[compression] kind = \"int8\" or \"int4\"")

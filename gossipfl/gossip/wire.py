@@ -156,8 +156,10 @@ __all__ = (
 # v7 node would add another step to a member's x̂ than the member did), the first consensus
 # round too (with consensus deltas it is no full round), an input whose self seed was dealt
 # with the last one may go without its shares (node/secure_inputs.finish_input), and an unmask
-# request may waive its aggregator's full round two ahead (node/secure_sparse.waiver)
-WIRE_VERSION = 8
+# request may waive its aggregator's full round two ahead (node/secure_sparse.waiver); 9:
+# compressed secure aggregation's round 0 is a delta round, its masked inputs naming the
+# initial model they are taken from (``origin``; node/secure_sparse.origin_base)
+WIRE_VERSION = 9
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
 

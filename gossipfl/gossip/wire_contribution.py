@@ -28,6 +28,7 @@ from gossipfl.gossip.wire_fields import (
     MAX_TENSOR_DIMS,
     MAX_TENSOR_ELEMENTS,
     MAX_TENSORS,
+    ORIGIN_BYTES,
     Binary,
     WireError,
     check_bool,
@@ -208,7 +209,6 @@ def _check_int4(packed: Packed) -> None:
 
 
 MAX_EXAMPLES = 2**40  # the largest example count a contribution may report
-ORIGIN_BYTES = 16  # a contribution's ``origin``: a digest of the initial model
 
 
 def origin_digest(vector: np.ndarray) -> bytes:

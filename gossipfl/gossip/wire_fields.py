@@ -35,6 +35,8 @@ MAX_ROUND = 2**31 - 1
 MAX_TABLE_NUMBER = 2**64 - 1
 #: The largest settled depth or horizon a message may carry (gossipfl.node.termination).
 MAX_DEPTH = 2**16
+#: an ``origin``: the digest that names an initial model (wire_contribution.origin_digest)
+ORIGIN_BYTES = 16
 
 
 class WireError(ValueError):

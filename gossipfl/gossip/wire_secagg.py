@@ -17,6 +17,7 @@ from gossipfl.gossip.wire_fields import (
     MAX_MEMBERS,
     MAX_PEER_ID_CHARS,
     MAX_ROUND,
+    ORIGIN_BYTES,
     Binary,
     WireError,
     check_bool,
@@ -100,10 +101,13 @@ class MaskedInput:
     # the sender's signature on this round's full set, to which it committed on the light
     # request of the round before (gossipfl.node.secure_presign): empty, or 64 bytes
     presign: bytes = b""
-    width: int = 32  # bits a word of ``data``: 6, 8, 16 or 32
+    width: int = 32  # bits a word of ``data``: 6, 8, 12, 16 or 32
+    # a delta of round 0: the digest of the initial model it is taken from
+    # (gossipfl.node.secure_sparse.origin_base); empty: none
+    origin: bytes = b""
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse",
                                                     "next_shares", "predealt", "early",
-                                                    "presign", "width"})
+                                                    "presign", "width", "origin"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
         fields = {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
@@ -122,6 +126,8 @@ class MaskedInput:
             fields["presign"] = self.presign
         if self.width != 32:  # absent at 32 bits, likewise
             fields["width"] = self.width
+        if self.origin:
+            fields["origin"] = self.origin
         return fields
 
     @classmethod
@@ -132,6 +138,10 @@ class MaskedInput:
             raise WireError(f"masked width must be one of {MASKED_WIDTHS} bits, got {width}")
         if not is_binary(data) or len(data) % (3 if width in (6, 12) else width // 8):
             raise WireError(f"masked data must be bytes holding {width}-bit words")
+        origin = body.get("origin", b"")
+        if "origin" in body and (not isinstance(origin, bytes) or len(origin) != ORIGIN_BYTES
+                                 or body.get("sparse") is not True):
+            raise WireError(f"origin must be {ORIGIN_BYTES} bytes, on a sparse input")
         weight = check_float(body["weight"], "weight")
         if not 0.0 < weight <= 1.0:
             raise WireError(f"weight {weight} is outside (0, 1]")
@@ -156,6 +166,7 @@ class MaskedInput:
                                MAX_SHARE_BYTES),
             presign=_check_signature(body.get("presign", b""), "presign", empty=True),
             width=width,
+            origin=origin,
         )
 
 

@@ -128,7 +128,10 @@ def compressor(config: CompressionConfig, federation: str, sender: str, round_: 
 def full_round(secagg: SecAggConfig, training_rounds: int, round_: int,
                kind: CompressionKind = CompressionKind.RANDK) -> bool:
     """Compressed secure aggregation: whether round ``round_`` sends full estimates (else
-    deltas): every ``secagg.full_every``-th round; and from round ``training_rounds`` on (the
+    deltas): every ``secagg.full_every``-th round, but round 0 with ``secagg.first_deltas``
+    (every member's x̂ starts as the federation's initial model, so an aggregator's running sum
+    starts exact and round 0's deltas are from that model:
+    :func:`gossipfl.node.secure_sparse.origin_base`); and from round ``training_rounds`` on (the
     consensus rounds) every round with random-k (with no training left, masked full sums reach
     the consensus tolerance in a few rounds where random-k deltas need the round limit), and
     with int8/int4 unless ``secagg.consensus_deltas`` (then deltas of
@@ -137,9 +140,11 @@ def full_round(secagg: SecAggConfig, training_rounds: int, round_: int,
     bytes, and in two runs of six more rounds; see the README).
 
     >>> from gossipfl.config import SecAggConfig
-    >>> on = SecAggConfig(full_every=10, consensus_deltas=True)
-    >>> [full_round(on, 30, r, CompressionKind.INT4) for r in (9, 10, 29, 30, 31, 40)]
-    [False, True, False, False, False, True]
+    >>> on = SecAggConfig(full_every=10, consensus_deltas=True, first_deltas=True)
+    >>> [full_round(on, 30, r, CompressionKind.INT4) for r in (0, 9, 10, 29, 30, 31, 40)]
+    [False, False, True, False, False, False, True]
+    >>> full_round(on, 30, 0), full_round(SecAggConfig(full_every=10), 30, 0)
+    (False, True)
     >>> full_round(on, 31, 31, CompressionKind.INT4), full_round(on, 31, 31), full_round(
     ...     SecAggConfig(full_every=10), 31, 31, CompressionKind.INT4)
     (False, True, True)
@@ -154,10 +159,11 @@ def _deltas_in_consensus(secagg: SecAggConfig, kind: CompressionKind) -> bool:
 
 def _scheduled(secagg: SecAggConfig, training_rounds: int, round_: int,
                kind: CompressionKind) -> bool:
-    """Full by ``full_every``: its multiples, but the first consensus round with consensus
-    deltas."""
+    """Full by ``full_every``: its multiples, but round 0 with first-round deltas and the
+    first consensus round with consensus deltas."""
     return round_ % secagg.full_every == 0 and not (
-        _deltas_in_consensus(secagg, kind) and round_ == training_rounds > 0)
+        _deltas_in_consensus(secagg, kind) and round_ == training_rounds > 0) and not (
+        round_ == 0 and secagg.first_deltas)
 
 
 def _by_rule(secagg: SecAggConfig, training_rounds: int, round_: int,

@@ -247,6 +247,8 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
         return refuse("layout", f"{len(message.data)} bytes of {message.width}-bit words "
                                 f"(sparse {message.sparse}), round {message.round} takes "
                                 f"{count} {bits}-bit words")
+    if message.origin != secure_sparse.origin(node, message.round):
+        return refuse("origin", "a delta from another initial model, or none named")
     expected = weight(node, node.peer_id, remote)
     if abs(message.weight - expected) > 1e-9:
         return refuse("weight", f"weight {message.weight}, expected {expected}")

@@ -201,6 +201,10 @@ def input_for(node: Node, aggregator: str, r: int, vector: np.ndarray,
         log.warning("round %d: no %s delta to send", r,
                     "quantised" if quantised else "random-k")
         return None
+    if r == 0 and not (own.origin and own.base_round == -1):  # resumed: x̂ is not x₀
+        log.warning("round 0: this node's estimate did not start as the initial model; no "
+                    "delta from it to send")
+        return None
     if vector is estimate:
         return (encoded.values.astype(np.int16) if quantised else encoded.values), True
     assert own.last_delta is not None
@@ -218,9 +222,34 @@ def eligible(node: Node, r: int,
     round those of its base members (None: no base to add deltas to, refuse the round)."""
     if not sparse_for(node, node.peer_id, r):
         return inputs
+    if r == 0 and node.secagg.running is None:
+        origin_base(node)
     if node.secagg.running is None:
         return None
     return {p: m for p, m in inputs.items() if p in node.secagg.base}
+
+
+def origin(node: Node, r: int) -> bytes:
+    """The digest of the initial model a delta input of round ``r`` is taken from: round 0's
+    deltas are from the federation's initial model (:func:`origin_base`), which an input names
+    as contributions on base round -1 do (``wire_contribution.origin_digest``); empty in any
+    other round, and for a node whose x̂ did not start as that model (resumed)."""
+    return node.estimates.origin if r == 0 and sparse_round(node, r) else b""
+
+
+def origin_base(node: Node) -> None:
+    """The running sum an aggregator starts round 0 from: its neighbours' x̂ before any round
+    is the initial model, the same for the whole federation (its seed decides it), so the sum
+    is ``Σ_j w_ij x₀`` over them all, exact with no full round; an input whose origin differs is
+    refused (``secure_round.accept_masked``). None for a node that did not start from it."""
+    initial, state = node.estimates.initial, node.secagg
+    if initial is None or not node.estimates.origin or node.topology is None:
+        return
+    members = node.topology.get(node.peer_id, frozenset())
+    total = sum(metropolis(node, node.peer_id, j) for j in members)
+    state.running_weight = float(total)
+    state.running = (np.asarray(initial, np.float64) * state.running_weight).astype(np.float32)
+    state.base = frozenset(members)
 
 
 def mix(node: Node, r: int, half_step: np.ndarray,

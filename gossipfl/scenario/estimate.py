@@ -261,6 +261,9 @@ def masked_words_bytes(scenario: ScenarioConfig, parameters: int, degree: int,
     ...                    compression=CompressionConfig(kind="int4"))
     >>> [masked_words_bytes(s, 8970, 4, r) for r in (0, 1, 10, 30, 31)]
     [35880, 6729, 6729, 13455, 13455]
+    >>> first = replace(s, secagg=replace(s.secagg, first_deltas=True))
+    >>> masked_words_bytes(first, 8970, 4, 0)
+    6729
     """
     kind = CompressionKind(scenario.compression.kind)
     if kind is CompressionKind.NONE or (
