@@ -157,8 +157,9 @@ __all__ = (
 # round too (with consensus deltas it is no full round), an input whose self seed was dealt
 # with the last one may go without its shares (node/secure_inputs.finish_input), and an unmask
 # request may waive its aggregator's full round two ahead (node/secure_sparse.waiver); 9:
-# compressed secure aggregation's round 0 is a delta round, its masked inputs naming the
-# initial model they are taken from (``origin``; node/secure_sparse.origin_base)
+# compressed secure aggregation's round 0 may be a delta round, its masked inputs naming the
+# initial model they are taken from (``origin``; node/secure_sparse.origin_base), and a masked
+# input or unmask request names each peer once: its lists by place in the frame's peer table
 WIRE_VERSION = 9
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
@@ -186,9 +187,11 @@ _KINDS: dict[str, type[Any]] = {
 
 
 def _shape(cls: type[Any]) -> tuple[frozenset[str], frozenset[str]]:
-    """A kind's wire fields: all it may carry, and those it must."""
+    """A kind's wire fields: all it may carry (its dataclass fields, and ``WIRE_ONLY`` ones
+    such as a peer table, which decoding folds into the others), and those it must."""
     names = frozenset(f.name for f in fields(cls)) - {"federation"}
-    return names, names - getattr(cls, "OPTIONAL", frozenset())
+    return (names | getattr(cls, "WIRE_ONLY", frozenset()),
+            names - getattr(cls, "OPTIONAL", frozenset()))
 
 
 #: Each kind's :func:`_shape`, taken once: ``dataclasses.fields`` walks a class at every call,
@@ -306,9 +309,11 @@ DECODE_LIMITS: dict[str, DecodeLimits] = {
                                  + MAX_TENSORS * (5 + MAX_TENSOR_DIMS)),
     "ack": DecodeLimits(MAX_ADDRS, max_elements=64),
     "sealed": DecodeLimits(MAX_ADDRS, max_elements=64),
-    "masked_input": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 3 * MAX_MEMBERS),
-    # survivors, dropped, and ≤256 [peer, bytes] pairs each of shares and signatures
-    "unmask_request": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 8 * MAX_MEMBERS),
+    # ≤256 [place, bytes] pairs each of shares, next shares and early shares; a peer table
+    "masked_input": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 10 * MAX_MEMBERS),
+    # survivors, dropped and a peer table (≤256 between them), and ≤256 [place, bytes] pairs
+    # each of shares, signatures and next shares
+    "unmask_request": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 10 * MAX_MEMBERS),
     "unmask_response": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 6 * MAX_MEMBERS),
     "consistency_request": DecodeLimits(MAX_MEMBERS, max_elements=2 * 32 + 2 * MAX_MEMBERS),
     "consistency_response": DecodeLimits(MAX_ADDRS, max_elements=64),

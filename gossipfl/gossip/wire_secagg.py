@@ -46,6 +46,40 @@ def _check_pairs(value: Any, what: str, max_items: int, max_bytes: int) -> tuple
     return tuple(pairs)
 
 
+def _indexed(pairs: tuple[tuple[str, bytes], ...], index: dict[str, int]) -> list[list[Any]]:
+    """[peer, bytes] pairs as [position, bytes]: each peer by its place in the frame's peer
+    table (``index``; a peer not in it yet is appended), so that a frame names each peer once
+    however many of its lists hold it."""
+    return [[index.setdefault(peer, len(index)), value] for peer, value in pairs]
+
+
+def _table_extra(index: dict[str, int], known: int) -> list[str]:
+    """The peers ``index`` holds beyond the ``known`` the frame names elsewhere (its
+    ``peers`` field)."""
+    return list(index)[known:]
+
+
+def _from_indexed(value: Any, what: str, names: tuple[str, ...], max_items: int,
+                  max_bytes: int) -> tuple[tuple[str, bytes], ...]:
+    """[position, bytes] pairs read back as (peer, bytes), ``names`` being the frame's peer
+    table; positions in range and distinct."""
+    if not isinstance(value, list) or len(value) > max_items:
+        raise WireError(f"{what} must be a list of at most {max_items} [peer, bytes] pairs")
+    pairs = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise WireError(f"{what} entries must be [peer, bytes]")
+        position = check_int(item[0], f"{what} peer", 0, len(names) - 1) if names else -1
+        if position < 0:
+            raise WireError(f"{what} names a peer, and the frame's peer table is empty")
+        if not isinstance(item[1], bytes) or len(item[1]) > max_bytes:
+            raise WireError(f"{what} values must be at most {max_bytes} bytes")
+        pairs.append((names[position], item[1]))
+    if len({p for p, _ in pairs}) != len(pairs):
+        raise WireError(f"{what} names a peer twice")
+    return tuple(pairs)
+
+
 def _check_peers(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_MEMBERS:
         raise WireError(f"{what} must be a list of at most {MAX_MEMBERS} peer ids")
@@ -108,20 +142,26 @@ class MaskedInput:
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse",
                                                     "next_shares", "predealt", "early",
                                                     "presign", "width", "origin"})
+    # the frame's peer table beyond the sender (the share lists name peers by their place)
+    WIRE_ONLY: ClassVar[frozenset[str]] = frozenset({"peers"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
+        # peers by their place in a table: the sender first, then ``peers``
+        index = {self.sender: 0}
         fields = {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
                   "weight": self.weight, "disagreement": self.disagreement, "done": self.done,
-                  "data": self.data, "shares": [[p, c] for p, c in self.shares],
+                  "data": self.data, "shares": _indexed(self.shares, index),
                   "depth": self.depth, "horizon": self.horizon, "waiting": self.waiting}
         if self.sparse:  # absent when false: a full input's frame is as before
             fields["sparse"] = True
         if self.next_shares:
-            fields["next_shares"] = [[p, c] for p, c in self.next_shares]
+            fields["next_shares"] = _indexed(self.next_shares, index)
         if self.predealt:
             fields["predealt"] = True
         if self.early:
-            fields["early"] = [[p, v] for p, v in self.early]
+            fields["early"] = _indexed(self.early, index)
+        if len(index) > 1:
+            fields["peers"] = _table_extra(index, 1)
         if self.presign:
             fields["presign"] = self.presign
         if self.width != 32:  # absent at 32 bits, likewise
@@ -145,25 +185,30 @@ class MaskedInput:
         weight = check_float(body["weight"], "weight")
         if not 0.0 < weight <= 1.0:
             raise WireError(f"weight {weight} is outside (0, 1]")
+        sender = check_str(body["sender"], "sender", MAX_PEER_ID_CHARS)
+        names = (sender, *_check_peers(body.get("peers", []), "peers"))
+        if len(set(names)) != len(names):
+            raise WireError("peers names the sender")
         return cls(
             federation=federation,
             round=check_int(body["round"], "round", 0, MAX_ROUND),
-            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
+            sender=sender,
             aggregator=check_str(body["aggregator"], "aggregator", MAX_PEER_ID_CHARS),
             weight=weight,
             disagreement=check_float(body["disagreement"], "disagreement"),
             done=check_bool(body["done"], "done"),
             data=data,
-            shares=_check_pairs(body["shares"], "shares", MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
+            shares=_from_indexed(body["shares"], "shares", names, MAX_MEMBERS,
+                                 MAX_SHARE_CIPHERTEXT),
             depth=check_int(body.get("depth", 0), "depth", 0, MAX_DEPTH),
             horizon=check_int(body.get("horizon", 0), "horizon", 0, MAX_DEPTH),
             waiting=check_int(body.get("waiting", 0), "waiting", 0, MAX_DEPTH),
             sparse=check_bool(body.get("sparse", False), "sparse"),
-            next_shares=_check_pairs(body.get("next_shares", []), "next shares", MAX_MEMBERS,
-                                     MAX_SHARE_CIPHERTEXT),
+            next_shares=_from_indexed(body.get("next_shares", []), "next shares", names,
+                                      MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
             predealt=check_bool(body.get("predealt", False), "predealt"),
-            early=_check_pairs(body.get("early", []), "early shares", MAX_MEMBERS,
-                               MAX_SHARE_BYTES),
+            early=_from_indexed(body.get("early", []), "early shares", names, MAX_MEMBERS,
+                                MAX_SHARE_BYTES),
             presign=_check_signature(body.get("presign", b""), "presign", empty=True),
             width=width,
             origin=origin,
@@ -197,13 +242,20 @@ class UnmaskRequest:
     # running sum is exact (gossipfl.node.secure_sparse.waiver); 0: none
     waives: int = 0
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"next_shares", "light", "waives"})
+    # the frame's peer table beyond the survivors and the dropped
+    WIRE_ONLY: ClassVar[frozenset[str]] = frozenset({"peers"})
 
     def _fields_to_wire(self) -> dict[str, Any]:
+        # peers by their place in a table: the survivors, the dropped, then ``peers``
+        named = (*self.survivors, *self.dropped)
+        index = {peer: i for i, peer in enumerate(named)}
         fields = {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
-                  "dropped": list(self.dropped), "shares": [[p, c] for p, c in self.shares],
-                  "signatures": [[p, s] for p, s in self.signatures]}
+                  "dropped": list(self.dropped), "shares": _indexed(self.shares, index),
+                  "signatures": _indexed(self.signatures, index)}
         if self.next_shares:
-            fields["next_shares"] = [[p, c] for p, c in self.next_shares]
+            fields["next_shares"] = _indexed(self.next_shares, index)
+        if len(index) > len(named):
+            fields["peers"] = _table_extra(index, len(named))
         if self.light:
             fields["light"] = True
         if self.waives:
@@ -212,16 +264,23 @@ class UnmaskRequest:
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> UnmaskRequest:
+        survivors = _check_peers(body["survivors"], "survivors")
+        dropped = _check_peers(body["dropped"], "dropped")
+        names = (*survivors, *dropped, *_check_peers(body.get("peers", []), "peers"))
+        if len(set(names)) != len(names):
+            raise WireError("survivors, dropped and peers name a peer twice")
         return cls(
             federation=federation,
             round=check_int(body["round"], "round", 0, MAX_ROUND),
             sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
-            survivors=_check_peers(body["survivors"], "survivors"),
-            dropped=_check_peers(body["dropped"], "dropped"),
-            shares=_check_pairs(body["shares"], "shares", MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
-            signatures=_check_signatures(body["signatures"]),
-            next_shares=_check_pairs(body.get("next_shares", []), "next shares", MAX_MEMBERS,
-                                     MAX_SHARE_CIPHERTEXT),
+            survivors=survivors,
+            dropped=dropped,
+            shares=_from_indexed(body["shares"], "shares", names, MAX_MEMBERS,
+                                 MAX_SHARE_CIPHERTEXT),
+            signatures=_check_signatures(_from_indexed(body["signatures"], "signatures", names,
+                                                       MAX_MEMBERS, SIGNATURE_BYTES)),
+            next_shares=_from_indexed(body.get("next_shares", []), "next shares", names,
+                                      MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
             light=check_bool(body.get("light", False), "light"),
             waives=check_int(body.get("waives", 0), "waives", 0, MAX_ROUND),
         )
@@ -280,8 +339,8 @@ def _check_signature(value: Any, what: str, *, empty: bool = False) -> bytes:
     return value
 
 
-def _check_signatures(value: Any) -> tuple[tuple[str, bytes], ...]:
-    signatures = _check_pairs(value, "signatures", MAX_MEMBERS, SIGNATURE_BYTES)
+def _check_signatures(signatures: tuple[tuple[str, bytes], ...],
+                      ) -> tuple[tuple[str, bytes], ...]:
     if any(len(s) != SIGNATURE_BYTES for _, s in signatures):
         raise WireError(f"signatures must be {SIGNATURE_BYTES} bytes")
     return signatures
