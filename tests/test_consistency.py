@@ -28,7 +28,7 @@ from test_secure_round import (  # noqa: F401  (star, _alive and _clean are fixt
 from trio.testing import MockClock
 
 from gossipfl.config import ConfigError, SecAggConfig
-from gossipfl.crypto import secagg
+from gossipfl.crypto import secagg, shamir
 from gossipfl.crypto.consistency import (
     Refusal,
     Reveal,
@@ -450,7 +450,8 @@ def test_the_largest_neighbourhood_s_unmask_request_fits_the_control_cap(star) -
     b = star["b"]
     context = secagg.seed_context("fed", star["a"].peer_id, 1)
     sealed = secagg.encrypt_seed_share(
-        sender=b.peer_id, recipient=star["c"].peer_id, context=context, share=bytes(68),
+        sender=b.peer_id, recipient=star["c"].peer_id, context=context,
+        share=bytes(shamir.SHARE_BYTES),
         sender_private=bytes(b.security.x25519_private),
         recipient_public=b.security.certificates[star["c"].peer_id].x25519_public)
     peers = tuple(f"{b.peer_id[:-3]}{i:03d}" for i in range(255))

@@ -272,13 +272,13 @@ def test_fresh_self_seed() -> None:
 
 def test_sealed_seed_shares_open_only_for_their_recipient_and_round() -> None:
     alice, bob, eve = _keys(1), _keys(2), _keys(3)
-    share = shamir.encode_share(2, bytes(65) + b"\1")
+    share = shamir.encode_share(2, bytes(shamir.VALUE_BYTES - 1) + b"\1")
     sealed = encrypt_seed_share(sender="alice", recipient="bob", context=CONTEXT, share=share,
                                 sender_private=alice.mask_private,
                                 recipient_public=bob.mask_public)
     assert share not in sealed
-    # the share, a 32-byte digest of what it is bound to, Box's nonce and tag
-    assert len(sealed) == shamir.SHARE_BYTES + 32 + 24 + 16
+    # the share, the nonce and the tag: what it is bound to is in the key, not the bytes
+    assert len(sealed) == shamir.SHARE_BYTES + 24 + 16
     opened = decrypt_seed_share(sealed, sender="alice", recipient="bob", context=CONTEXT,
                                 recipient_private=bob.mask_private,
                                 sender_public=alice.mask_public)
@@ -293,6 +293,9 @@ def test_sealed_seed_shares_open_only_for_their_recipient_and_round() -> None:
     with pytest.raises(ValueError, match="this round"):  # redirected to another holder
         decrypt_seed_share(sealed, sender="alice", recipient="carol", context=CONTEXT,
                            recipient_private=bob.mask_private, sender_public=alice.mask_public)
+    with pytest.raises(ValueError, match="this round"):  # turned round: from bob to alice
+        decrypt_seed_share(sealed, sender="bob", recipient="alice", context=CONTEXT,
+                           recipient_private=alice.mask_private, sender_public=bob.mask_public)
 
 
 # --------------------------------------------------------------------------- masking

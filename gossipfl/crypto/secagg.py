@@ -43,6 +43,7 @@ from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as NaclRuntimeError
 from nacl.public import Box, PrivateKey, PublicKey
+from nacl.secret import SecretBox
 from numpy.typing import NDArray
 
 from gossipfl.crypto import shamir
@@ -63,7 +64,7 @@ SEED_BYTES = 32
 KEY_BYTES = 32
 _NONCE = bytes(16)  # ChaCha20 counter ‖ nonce; each seed keys exactly one stream
 _KDF_LABEL = b"gossipfl/secagg/pair-seed/v1"
-_SHARES_LABEL = b"gossipfl/secagg/shares/v2"
+_SHARES_LABEL = b"gossipfl/secagg/shares/v3"
 
 
 # --------------------------------------------------------------------------- checks
@@ -439,11 +440,13 @@ def share_ids_for(members: Iterable[str]) -> dict[str, int]:
     return {member: index + 1 for index, member in enumerate(sorted(ordered))}
 
 
-def _shares_header(sender: str, recipient: str, context: bytes) -> bytes:
-    """What a sealed share is bound to, as 32 bytes (BLAKE2b): the bytes themselves took
-    184 more (216 for two peer ids and a round) in each sealed share (v1)."""
-    return hashlib.blake2b(_SHARES_LABEL + _length_prefixed(
-        sender.encode(), recipient.encode(), bytes(context)), digest_size=32).digest()
+def _share_box(box: Box, sender: str, recipient: str, context: bytes) -> SecretBox:
+    """The key one share is sealed under: the pair's Box key bound (BLAKE2b, keyed by it) to
+    sender, recipient and context; a share sealed for another binding fails its MAC, so the
+    binding travels in none (until 2026-12-04 as a 32-byte digest inside each share)."""
+    return SecretBox(hashlib.blake2b(_SHARES_LABEL + _length_prefixed(
+        sender.encode(), recipient.encode(), bytes(context)), key=box.shared_key(),
+        digest_size=SecretBox.KEY_SIZE).digest())
 
 
 def encrypt_seed_share(
@@ -457,19 +460,20 @@ def encrypt_seed_share(
     rng_bytes: Callable[[int], bytes] = os.urandom,
     box: Box | None = None,
 ) -> bytes:
-    """Seal one encoded share of ``sender``'s self seed for ``recipient`` (NaCl Box).
+    """Seal one encoded share of ``sender``'s self seed for ``recipient`` (NaCl Box's key,
+    bound to sender, recipient and round: :func:`_share_box`; a fresh random nonce each).
 
     Pair masks come from the members' certified long-term X25519 keys (a fresh context per
     aggregator and round), so only the self seed is shared, and a survivor reveals a dropped
-    member's round pair seed directly. Sender, recipient and round are bound inside, so the
-    relaying aggregator can neither read a share nor replay it to another member or round.
+    member's round pair seed directly. Sender, recipient and round are bound in the key, so
+    the relaying aggregator can neither read a share nor replay it to another member or round.
     ``box``: the pair's Box, made once (:class:`gossipfl.crypto.pair_keys.PairKeys`).
     """
-    header = _shares_header(sender, recipient, context)
     box = box or Box(PrivateKey(_check_bytes("sender_private", sender_private, KEY_BYTES)),
                      PublicKey(_check_bytes("recipient_public", recipient_public, KEY_BYTES)))
     nonce = _check_bytes("rng_bytes(24)", rng_bytes(Box.NONCE_SIZE), Box.NONCE_SIZE)
-    return bytes(box.encrypt(header + _check_bytes("share", share, shamir.SHARE_BYTES), nonce))
+    return bytes(_share_box(box, sender, recipient, context).encrypt(
+        _check_bytes("share", share, shamir.SHARE_BYTES), nonce))
 
 
 def decrypt_seed_share(
@@ -483,14 +487,14 @@ def decrypt_seed_share(
     box: Box | None = None,
 ) -> bytes:
     """Open a share sealed by :func:`encrypt_seed_share` (``box``: as there); ValueError if it
-    is not authentic."""
+    is not authentic, or was sealed for another sender, recipient or round."""
     box = box or Box(PrivateKey(_check_bytes("recipient_private", recipient_private, KEY_BYTES)),
                      PublicKey(_check_bytes("sender_public", sender_public, KEY_BYTES)))
     try:
-        plaintext = box.decrypt(bytes(ciphertext))
+        plaintext = _share_box(box, sender, recipient, context).decrypt(bytes(ciphertext))
     except CryptoError as exc:
-        raise ValueError(f"share from {sender!r} to {recipient!r} does not authenticate") from exc
-    header = _shares_header(sender, recipient, context)
-    if len(plaintext) != len(header) + shamir.SHARE_BYTES or not plaintext.startswith(header):
-        raise ValueError(f"share was not sealed from {sender!r} to {recipient!r} in this round")
-    return plaintext[len(header):]
+        raise ValueError(f"share from {sender!r} to {recipient!r} does not authenticate (or "
+                         f"was not sealed from it to them in this round)") from exc
+    if len(plaintext) != shamir.SHARE_BYTES:
+        raise ValueError(f"share from {sender!r} to {recipient!r} is not one encoded share")
+    return plaintext

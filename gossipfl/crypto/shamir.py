@@ -1,15 +1,20 @@
 """Shamir secret sharing of 32-byte secrets, for the secure-aggregation round.
 
 A 32-byte secret ``s`` (read as a big-endian integer, ``s < 2**256``) is the constant term of a
-random polynomial ``f`` of degree ``threshold - 1`` over the prime field GF(p), with the Mersenne
-prime ``p = 2**521 - 1`` (bigger than ``2**256``, so the whole secret is one field element and no
-chunking is needed). The share for id ``x`` (a small positive integer, the x-coordinate; never 0,
-since ``f(0)`` is the secret) is ``f(x)``, written as a 66-byte big-endian integer. Any
-``threshold`` shares give ``f(0)`` back by Lagrange interpolation; fewer give no information about
-it.
+random polynomial ``f`` of degree ``threshold - 1`` over the prime field GF(p), with ``p = 2**256
++ 297``, the least prime above ``2**256`` (so the whole secret is one field element and no
+chunking is needed, and a share is no longer than it must be). The share for id ``x`` (a small
+positive integer, the x-coordinate; never 0, since ``f(0)`` is the secret) is ``f(x)``, written as
+a 33-byte big-endian integer. Any ``threshold`` shares give ``f(0)`` back by Lagrange
+interpolation; fewer give no information about it (whatever the field's size).
 
 Shares travel as :data:`SHARE_BYTES`-long records made by :func:`encode_share`: a 2-byte big-endian
-share id followed by the 66-byte value.
+share id followed by the 33-byte value. Until 2026-12-04 the field was GF(2**521 - 1) (66-byte
+values): an interpolation of corrupted or mixed shares then almost always came out above
+``2**256`` and was refused as no 32-byte secret. Now only extra shares beyond the threshold
+catch such (:func:`combine_shares`); neither ever stopped a member that crafts its share (it can
+shift the result by a small amount it picks, through the public Lagrange coefficient), and the
+shares' encryption binds each to its dealer, holder and round (``crypto/secagg.py``).
 
 All functions are pure: randomness comes from the ``rng_bytes`` argument (``os.urandom`` unless a
 test passes something deterministic), and nothing is kept between calls.
@@ -20,20 +25,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 
-PRIME = 2**521 - 1
-"""The field modulus: the Mersenne prime 2**521 - 1."""
+PRIME = 2**256 + 297
+"""The field modulus: the least prime above 2**256 (``openssl prime`` agrees)."""
 
 SECRET_BYTES = 32
 """Length of a secret that can be shared."""
 
-VALUE_BYTES = (PRIME.bit_length() + 7) // 8  # 66
+VALUE_BYTES = (PRIME.bit_length() + 7) // 8  # 33
 """Length of one share value f(x), big-endian."""
 
 ID_BYTES = 2
 MAX_SHARE_ID = 2 ** (8 * ID_BYTES) - 1
 """Share ids are x-coordinates in 1..MAX_SHARE_ID."""
 
-SHARE_BYTES = ID_BYTES + VALUE_BYTES  # 68
+SHARE_BYTES = ID_BYTES + VALUE_BYTES  # 35
 """Length of an encoded share (id and value)."""
 
 MIN_THRESHOLD = 2
@@ -62,14 +67,15 @@ def _check_threshold(threshold: object) -> int:
 
 
 def _random_field_element(rng_bytes: Callable[[int], bytes]) -> int:
-    """A uniform element of GF(p), by rejection sampling 521-bit integers."""
+    """A uniform element of GF(p), by rejection sampling 257-bit integers (each kept with
+    probability about 1/2; 64 draws all rejected: 2^-64)."""
     mask = (1 << PRIME.bit_length()) - 1
     for _ in range(64):
         raw = rng_bytes(VALUE_BYTES)
         if len(raw) != VALUE_BYTES:
             raise ValueError(f"rng_bytes({VALUE_BYTES}) returned {len(raw)} bytes")
         value = int.from_bytes(raw, "big") & mask
-        if value < PRIME:  # only 2**521 - 1 itself is rejected
+        if value < PRIME:
             return value
     raise ValueError("rng_bytes keeps returning the same rejected value; it is not random")
 

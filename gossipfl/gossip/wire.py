@@ -159,7 +159,9 @@ __all__ = (
 # request may waive its aggregator's full round two ahead (node/secure_sparse.waiver); 9:
 # compressed secure aggregation's round 0 may be a delta round, its masked inputs naming the
 # initial model they are taken from (``origin``; node/secure_sparse.origin_base), and a masked
-# input or unmask request names each peer once: its lists by place in the frame's peer table
+# input or unmask request names each peer once: its lists by place in the frame's peer table;
+# a seed share is 35 bytes (Shamir over GF(2^256 + 297), not 68), sealed under a key bound to
+# sender, recipient and round instead of beside a digest of them (crypto/secagg.py)
 WIRE_VERSION = 9
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
