@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,9 @@ from gossipfl.crypto.secagg_sparse import (
 from gossipfl.gossip import wire
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node import secure_round, secure_sparse
-from gossipfl.node.compression import compressor, last_compressor
+from gossipfl.node.compression import compressor, round_compressor
 from gossipfl.node.runtime import Node
+from gossipfl.node.secagg_state import SecAggState
 from gossipfl.scenario.config import ScenarioConfig
 
 CLIP, SCALE = 8.0, 2**20
@@ -75,9 +77,12 @@ def test_the_secagg_compressor_uses_the_shared_set_and_none_in_full_rounds() -> 
     plain = [compressor(config, "fed", s, 3)(delta) for s in ("p", "q")]
     assert not np.array_equal(plain[0].indices, plain[1].indices)
     # the final (done) delta: compressed as any round's, with or without secagg
-    last = last_compressor(NodeConfig(compression=config), "p", 3)
+    def node(config: NodeConfig) -> Any:
+        return SimpleNamespace(config=config, peer_id="p", secagg=SecAggState())
+
+    last = round_compressor(node(NodeConfig(compression=config)), 3)
     assert last is not None and last(delta).codec is Codec.SPARSE
-    assert last_compressor(NodeConfig(), "p", 3) is None  # no compression: none
+    assert round_compressor(node(NodeConfig()), 3) is None  # no compression: none
 
 
 def _keys(names: str) -> dict[str, bytes]:

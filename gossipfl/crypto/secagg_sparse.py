@@ -131,6 +131,13 @@ up to 64, and in 32-bit words beyond. (2,047 levels in 16-bit words ended in as 
 at the same accuracy on ``secagg_int4.toml``; see the README.)"""
 
 
+NARROW_LEVELS = 7
+"""The levels each side of zero a member's consensus delta is held to in a round its aggregator
+narrowed (``gossipfl.node.secure_sparse.narrowing``: the sums had shrunk): at the consensus
+step, so the words of that aggregator's sum are 6 bits at degree 4 (Σc ≤ 4: ±28) instead of 12;
+what the bound clips stays in x½ − x̂ for later rounds, as any clip does."""
+
+
 def round_levels(kind: str, training_rounds: int, round_: int) -> int:
     """The levels each side of zero of a quantised delta in round ``round_``: the kind's own in
     training rounds, :data:`CONSENSUS_LEVELS` in consensus rounds (from ``training_rounds``
@@ -151,15 +158,22 @@ def delta_step(clip: float, levels: int) -> float:
 
 
 def quantise_levels(delta: np.ndarray, clip: float, levels: int,
-                    rng: np.random.Generator) -> NDArray[np.int16]:
+                    rng: np.random.Generator, bound: int | None = None) -> NDArray[np.int16]:
     """``L = stochastic_round(clip(Δ, ±clip) / s)``, ``s`` = :func:`delta_step`: each coordinate
     goes to ⌊x⌋ or ⌊x⌋ + 1 with the probabilities that make E[s L] = clip(Δ); in
-    ``[-levels, levels]``, int16.
+    ``[-levels, levels]``, int16. ``bound`` (at most ``levels``): Δ is clipped at ``bound · s``
+    instead, the levels within ``±bound`` at the same step.
 
     >>> quantise_levels(np.array([0.5, -1.0, 9.0]), 1.0, 2, np.random.default_rng(0)).tolist()
     [1, -2, 2]
+    >>> quantise_levels(np.array([0.5, -1.0, 9.0]), 1.0, 4, np.random.default_rng(0), 1).tolist()
+    [1, -1, 1]
     """
     step = delta_step(clip, levels)
+    if bound is not None:
+        if not 1 <= bound <= levels:
+            raise ValueError(f"bound must be in 1..{levels}, got {bound}")
+        levels, clip = bound, bound * step
     x = np.clip(np.asarray(delta, np.float64).reshape(-1), -clip, clip) / step
     if not np.isfinite(x).all():
         raise ValueError("delta must be finite")
@@ -297,14 +311,15 @@ def decode_ring_sum(total: np.ndarray, *, width: int, levels: int, weight_sum: i
 
 
 def public_quantised(delta: np.ndarray, clip: float, levels: int,
-                     rng: np.random.Generator) -> Encoded:
+                     rng: np.random.Generator, bound: int | None = None) -> Encoded:
     """The delta a member publishes in a quantised delta round: levels at the public step, as
     an int8 :class:`Encoded` (decoded: ``s · L``, what x̂ adds on every side; its values int16
-    for :data:`CONSENSUS_LEVELS`: it is only ever masked, never sent as a plain contribution).
+    for :data:`CONSENSUS_LEVELS`: it is only ever masked, never sent as a plain contribution);
+    ``bound``: held to ``±bound`` levels at that step (:func:`quantise_levels`).
     """
     dtype = np.int8 if levels <= np.iinfo(np.int8).max else np.int16
     return Encoded(Codec.INT8, int(np.asarray(delta).size),
-                   quantise_levels(delta, clip, levels, rng).astype(dtype),
+                   quantise_levels(delta, clip, levels, rng, bound).astype(dtype),
                    scale=delta_step(clip, levels))
 
 

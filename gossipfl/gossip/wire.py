@@ -161,7 +161,9 @@ __all__ = (
 # initial model they are taken from (``origin``; node/secure_sparse.origin_base), and a masked
 # input or unmask request names each peer once: its lists by place in the frame's peer table;
 # a seed share is 35 bytes (Shamir over GF(2^256 + 297), not 68), sealed under a key bound to
-# sender, recipient and round instead of beside a digest of them (crypto/secagg.py)
+# sender, recipient and round instead of beside a digest of them (crypto/secagg.py), and an
+# unmask request may narrow a consensus delta round two ahead (``narrows``;
+# node/secure_sparse.narrowing)
 WIRE_VERSION = 9
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size

@@ -241,7 +241,11 @@ class UnmaskRequest:
     # a later full round (round + 2) whose sum the aggregator takes as deltas instead: its
     # running sum is exact (gossipfl.node.secure_sparse.waiver); 0: none
     waives: int = 0
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"next_shares", "light", "waives"})
+    # a later consensus delta round (round + 2) whose levels the aggregator's members hold to
+    # NARROW_LEVELS: its sums had shrunk (gossipfl.node.secure_sparse.narrowing); 0: none
+    narrows: int = 0
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"next_shares", "light", "waives",
+                                                    "narrows"})
     # the frame's peer table beyond the survivors and the dropped
     WIRE_ONLY: ClassVar[frozenset[str]] = frozenset({"peers"})
 
@@ -260,6 +264,8 @@ class UnmaskRequest:
             fields["light"] = True
         if self.waives:
             fields["waives"] = self.waives
+        if self.narrows:
+            fields["narrows"] = self.narrows
         return fields
 
     @classmethod
@@ -283,6 +289,7 @@ class UnmaskRequest:
                                       MAX_MEMBERS, MAX_SHARE_CIPHERTEXT),
             light=check_bool(body.get("light", False), "light"),
             waives=check_int(body.get("waives", 0), "waives", 0, MAX_ROUND),
+            narrows=check_int(body.get("narrows", 0), "narrows", 0, MAX_ROUND),
         )
 
 

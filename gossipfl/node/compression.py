@@ -6,7 +6,7 @@ and the wire's :class:`Packed`. The maths is in :mod:`gossipfl.aggregation.compr
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,9 +19,12 @@ from gossipfl.aggregation.compress import (
     shared_seed,
 )
 from gossipfl.aggregation.momentum import mixing_step_limit
-from gossipfl.config import CompressionConfig, NodeConfig, SecAggConfig, TrainConfig
+from gossipfl.config import CompressionConfig, SecAggConfig, TrainConfig
 from gossipfl.gossip.wire import PACKED_CODECS, Contribution, Packed
 from gossipfl.node.layout import Layout, LayoutError
+
+if TYPE_CHECKING:
+    from gossipfl.node.state import Node
 
 
 def gamma_warning(kind: str, gamma: float) -> str | None:
@@ -90,7 +93,8 @@ def mixing_warnings(kind: str, gamma: float, train: TrainConfig,
 
 def compressor(config: CompressionConfig, federation: str, sender: str, round_: int,
                secagg: SecAggConfig | None = None, training_rounds: int = 0, *,
-               waived: bool = False) -> Callable[[np.ndarray], Encoded | None] | None:
+               waived: bool = False,
+               bound: int | None = None) -> Callable[[np.ndarray], Encoded | None] | None:
     """What compresses this round's delta (None: no compression). Its randomness (int8 rounding,
     random-k's index set) is drawn from a seed of (federation, sender, round). With ``secagg``
     enabled (:mod:`gossipfl.node.secure_sparse`): random-k on the coordinate set the whole
@@ -99,7 +103,8 @@ def compressor(config: CompressionConfig, federation: str, sender: str, round_: 
     (:func:`gossipfl.crypto.secagg_sparse.public_quantised`; the levels of the round:
     :func:`gossipfl.crypto.secagg_sparse.round_levels`), so masked deltas sum; none in its full
     rounds (:func:`full_round`), which send the whole estimate anyway, unless an aggregator of
-    ours ``waived`` a :func:`waivable` one (then the others take ``w · x̂`` after this delta)."""
+    ours ``waived`` a :func:`waivable` one (then the others take ``w · x̂`` after this delta);
+    ``bound``: int8/int4 levels held to ±bound (an aggregator of ours narrowed the round)."""
     kind = CompressionKind(config.kind)
     if kind is CompressionKind.NONE:
         return None
@@ -121,7 +126,7 @@ def compressor(config: CompressionConfig, federation: str, sender: str, round_: 
         # int8, int4 (config refuses the others); finer in consensus rounds
         levels = round_levels(kind.value, training_rounds, round_)
         clip = secagg.delta_clip
-        return lambda q: public_quantised(q, clip, levels, rng)
+        return lambda q: public_quantised(q, clip, levels, rng, bound)
     return lambda q: compress(kind, q, config.ratio, rng)
 
 
@@ -190,16 +195,21 @@ def waivable(secagg: SecAggConfig, training_rounds: int, round_: int,
             and not _by_rule(secagg, training_rounds, round_, kind))
 
 
-def last_compressor(config: NodeConfig, sender: str,
-                    round_: int) -> Callable[[np.ndarray], Encoded | None] | None:
-    """What compresses the final delta a node publishes with done=True: the round's compressor,
-    as any other round's (under secure aggregation its aggregators expect that round's kind of
-    input). The final delta is the last consensus round's move, within the consensus tolerance
-    of the model: compressed, the neighbours' copy of the final model is off by its rounding
-    alone, far inside the tolerance, where a float32 delta cost each neighbour 36 KB on
-    ``peer_task`` (1.0 of int4's 9.5 MB)."""
-    return compressor(config.compression, config.federation, sender, round_, config.secagg,
-                      config.rounds)
+def round_compressor(node: Node, round_: int) -> Callable[[np.ndarray], Encoded | None] | None:
+    """What compresses the delta ``node`` publishes for round ``round_`` (:func:`compressor`):
+    a delta in a full round one of its aggregators waived, levels held to
+    :data:`~gossipfl.crypto.secagg_sparse.NARROW_LEVELS` in a round one of them narrowed
+    (:mod:`gossipfl.node.secure_sparse`). The final delta (``done``) too: the last consensus
+    round's move, within the consensus tolerance of the model; compressed, the neighbours'
+    copy of the final model is off by its rounding alone, where a float32 delta cost each
+    neighbour 36 KB on ``peer_task`` (1.0 of int4's 9.5 MB)."""
+    state, config, bound = node.secagg, node.config, None
+    if any(k[1] == round_ for k in state.narrowings):  # (a plain node loads no crypto.secagg)
+        from gossipfl.crypto.secagg_sparse import NARROW_LEVELS
+        bound = NARROW_LEVELS
+    return compressor(config.compression, config.federation, node.peer_id, round_,
+                      config.secagg, config.rounds,
+                      waived=any(k[1] == round_ for k in state.waivers), bound=bound)
 
 
 def to_packed(encoded: Encoded) -> Packed:

@@ -31,7 +31,7 @@ from gossipfl.gossip.codes import NodeStatus
 from gossipfl.node import linger, settle
 from gossipfl.node.accelerate import consensus_step
 from gossipfl.node.checkpoint import persist_round, save_dp_ledger, sync_due
-from gossipfl.node.compression import compressor, last_compressor
+from gossipfl.node.compression import round_compressor
 from gossipfl.node.exchange import (
     close_channels,
     finite,
@@ -273,9 +273,7 @@ async def run_round(node: Node, r: int, training: bool) -> Verdict:
     # 2.+3. q = DP(x½ − x̂) (clip + Gaussian noise, while the budget lasts); x̂ += q, exactly as
     # every neighbour will apply it (a delta in a full round an aggregator waived: secure_sparse)
     node.own.publish(half_step, r, privatise=privacy_step(node, r, training, record),
-                     compress=compressor(node.config.compression, node.config.federation,
-                                         node.peer_id, r, node.config.secagg, node.config.rounds,
-                                         waived=any(k[1] == r for k in node.secagg.waivers)))
+                     compress=round_compressor(node, r))
     if training:  # what this round spent is on disk before anything it trained on is sent
         await node.offload(save_dp_ledger, node)
 
@@ -487,7 +485,7 @@ def finished(node: Node, r: int) -> Verdict:
 async def announce_done(node: Node) -> None:
     """Publish the final model to the neighbours with done=True, so they stop waiting for us."""
     r = node.round + 1
-    node.own.publish(node.model, r, compress=last_compressor(node.config, node.peer_id, r))
+    node.own.publish(node.model, r, compress=round_compressor(node, r))
     node.status = NodeStatus.DONE
     node.settle.done_beat = node.stamp_seq + 1
     node.beat_now.set()  # tell every member at once: a lingering one waits for it

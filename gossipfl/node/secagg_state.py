@@ -106,6 +106,12 @@ class SecAggState:
     running: np.ndarray | None = None
     running_weight: float = 0.0
     base: frozenset[str] = frozenset()
+    # consensus delta rounds narrowed to NARROW_LEVELS (secure_sparse.narrowing): this node's
+    # own sums' rounds, (aggregator, round) it was told of, and (round, max |Σ c L|) of its
+    # last consensus delta sum
+    narrowed: set[int] = field(default_factory=set)
+    narrowings: set[tuple[str, int]] = field(default_factory=set)
+    last_sum: tuple[int, int] = (-1, 0)
 
     def forget_before(self, round_: int) -> None:
         for r in [r for r in self.inbox if r < round_]:
@@ -120,6 +126,8 @@ class SecAggState:
         self.taken = {k for k in self.taken if k[1] >= round_ - KEEP_ROUNDS}
         self.waived = {r for r in self.waived if r >= round_ - KEEP_ROUNDS}
         self.waivers = {k for k in self.waivers if k[1] >= round_ - KEEP_ROUNDS}
+        self.narrowed = {r for r in self.narrowed if r >= round_ - KEEP_ROUNDS}
+        self.narrowings = {k for k in self.narrowings if k[1] >= round_ - KEEP_ROUNDS}
 
 
 async def compute(node: Node, words: int, fn: Callable[..., R], *args: object) -> R:

@@ -58,6 +58,8 @@ from gossipfl.aggregation.bounds import mean_within, sum_bound
 from gossipfl.aggregation.compress import Codec, CompressionKind
 from gossipfl.aggregation.mixing import relative_disagreement
 from gossipfl.crypto.secagg_sparse import (
+    CONSENSUS_LEVELS,
+    NARROW_LEVELS,
     QUANTISED_LEVELS,
     add_at,
     choco_mix,
@@ -107,11 +109,61 @@ def metropolis(node: Node, aggregator: str, contributor: str) -> Fraction:
 def ring(node: Node, aggregator: str, r: int) -> tuple[dict[str, int], int, int]:
     """Aggregator's ``(c_ij per member, K, width)`` for a quantised delta round ``r``: integer
     weights ``w_ij = c_ij / K`` and the narrowest ring width whose signed range holds
-    ``levels · Σ_j c_ij`` (ValueError where even 32 bits could wrap)."""
+    ``levels · Σ_j c_ij`` (:func:`sum_levels`; ValueError where even 32 bits could wrap)."""
     assert node.topology is not None
     members = node.topology.get(aggregator, frozenset())
     counts, denominator = integer_weights({j: metropolis(node, aggregator, j) for j in members})
-    return counts, denominator, ring_width(levels(node, r), sum(counts.values()))
+    return counts, denominator, ring_width(sum_levels(node, aggregator, r),
+                                           sum(counts.values()))
+
+
+def sum_levels(node: Node, aggregator: str, r: int) -> int:
+    """The levels each side of zero a member's input to ``aggregator``'s sum of round ``r``
+    holds: the round's (:func:`levels`), or :data:`NARROW_LEVELS` where the aggregator narrowed
+    it (:func:`narrowing`)."""
+    narrowed = (r in node.secagg.narrowed if aggregator == node.peer_id
+                else (aggregator, r) in node.secagg.narrowings)
+    return NARROW_LEVELS if narrowed else levels(node, r)
+
+
+def can_narrow(node: Node, r: int) -> bool:
+    """Whether round ``r`` is a consensus delta round (:data:`CONSENSUS_LEVELS` levels, by the
+    round rules: not a waived full round)."""
+    return sparse_round(node, r) and levels(node, r) == CONSENSUS_LEVELS
+
+
+def narrowing(node: Node, r: int) -> int:
+    """The round this aggregator narrows in its round-``r`` unmask requests (0: none): round
+    r + 2, a consensus delta round, when its last sum (round r − 1, the newest it holds as the
+    requests go out) had no coordinate past ``NARROW_SHRUNK`` times what a narrowed sum holds
+    (``NARROW_LEVELS · Σc``): the consensus has settled to moves a few levels wide, and
+    holding each member to ``±NARROW_LEVELS`` halves its words (12 bits to 6 at degree 4),
+    what it clips staying in x½ − x̂ for the next rounds. Recorded as narrowed. What it tells
+    its members is one bit about that sum."""
+    state, ahead = node.secagg, r + 2
+    last_round, largest = state.last_sum
+    if last_round != r - 1 or not can_narrow(node, ahead) or node.topology is None:
+        return 0
+    counts, _, _ = ring(node, node.peer_id, r - 1)
+    if largest > NARROW_SHRUNK * NARROW_LEVELS * sum(counts.values()):
+        return 0
+    state.narrowed.add(ahead)
+    return ahead
+
+
+def note_narrowing(node: Node, aggregator: str, r: int, narrows: int) -> None:
+    """A member takes ``aggregator``'s round-``r`` request's narrowing: only of round r + 2 and
+    only of a consensus delta round (anything else is ignored)."""
+    if narrows and narrows == r + 2 and can_narrow(node, narrows):
+        node.secagg.narrowings.add((aggregator, narrows))
+
+
+def narrowed_levels_fit(node: Node, aggregator: str, r: int, values: np.ndarray) -> bool:
+    """Whether levels ``values`` fit ``aggregator``'s ring of round ``r`` (they may not where it
+    narrowed a round after this member published: then nothing is sent, a dropout, rather
+    than words that would wrap)."""
+    bound = sum_levels(node, aggregator, r)
+    return not values.size or int(np.abs(values.astype(np.int64)).max()) <= bound
 
 
 def width(node: Node, aggregator: str, r: int) -> int:
@@ -171,6 +223,11 @@ def coordinates(node: Node, r: int) -> np.ndarray:
                              node.config.compression.ratio)
 
 
+NARROW_SHRUNK = 4
+"""An aggregator narrows a consensus delta round once its last sum's largest coordinate is
+within this many times a narrowed sum's range (:func:`narrowing`)."""
+
+
 def words(node: Node, aggregator: str, r: int) -> int:
     """How many masked words a member's input to ``aggregator`` for round ``r`` holds."""
     if sparse_for(node, aggregator, r) and not levels(node):
@@ -201,6 +258,10 @@ def input_for(node: Node, aggregator: str, r: int, vector: np.ndarray,
         log.warning("round %d: no %s delta to send", r,
                     "quantised" if quantised else "random-k")
         return None
+    if quantised and not narrowed_levels_fit(node, aggregator, r, encoded.values):
+        log.warning("round %d: %s narrowed the round after our delta was published; its "
+                    "levels do not fit, so nothing is sent to it", r, aggregator)
+        return None
     if r == 0 and not (own.origin and own.base_round == -1):  # resumed: x̂ is not x₀
         log.warning("round 0: this node's estimate did not start as the initial model; no "
                     "delta from it to send")
@@ -211,7 +272,8 @@ def input_for(node: Node, aggregator: str, r: int, vector: np.ndarray,
     delta = np.asarray(vector, np.float32) - (own.vector - own.last_delta)  # on the held x̂
     if quantised:
         rng = np.random.default_rng()
-        return quantise_levels(delta, node.config.secagg.delta_clip, levels(node, r), rng), True
+        return quantise_levels(delta, node.config.secagg.delta_clip, levels(node, r), rng,
+                               sum_levels(node, aggregator, r)), True
     assert indices is not None
     return delta[indices.astype(np.int64)], True
 
@@ -282,6 +344,11 @@ def mix(node: Node, r: int, half_step: np.ndarray,
     state.running, state.running_weight = running, weight
     if not sparse:
         state.base = frozenset(survivors)
+    elif levels(node, r) == CONSENSUS_LEVELS:  # the largest |Σ c L| (narrowing reads it)
+        _, denominator, _ = ring(node, node.peer_id, r)
+        largest = float(np.abs(total).max()) if np.size(total) else 0.0
+        state.last_sum = (r, round(largest * denominator / step(node, r)))
+        record["narrowed"] = r in state.narrowed
     kind = node.config.compression.kind.replace("randk", "random-k") if sparse else "full"
     if sparse and r >= node.config.rounds:
         kind = "consensus deltas"

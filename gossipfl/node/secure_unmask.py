@@ -56,7 +56,8 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
                               dropped_pair_seeds=pair_seeds)
     if secure_sparse.sparse_for(node, node.peer_id, r) and secure_sparse.levels(node):
         counts, denominator, _ = secure_sparse.ring(node, node.peer_id, r)
-        return decode_ring_sum(total, width=bits, levels=secure_sparse.levels(node, r),
+        return decode_ring_sum(total, width=bits,
+                               levels=secure_sparse.sum_levels(node, node.peer_id, r),
                                weight_sum=sum(counts[p] for p in survivors),
                                step=secure_sparse.step(node, r), denominator=denominator)
     return secagg.dequantise_sum(total, len(survivors), config.clip, config.scale)

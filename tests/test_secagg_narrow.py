@@ -1,0 +1,182 @@
+"""Narrowed consensus delta rounds (gossipfl.node.secure_sparse: narrowing, note_narrowing,
+sum_levels): an aggregator whose last consensus delta sum had shrunk tells its members, two
+rounds ahead, to hold their levels to NARROW_LEVELS, and its sum of that round takes 6-bit
+words instead of 12; between real node objects (the int4 star of ``test_secagg_ring``:
+aggregator a, neighbourhood b, c, d, e, every weight 1/5), on the wire, and simulated."""
+# ruff: noqa: F811  (``star`` is a fixture imported from test_secagg_ring, used as an argument)
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import secagg_loopback as loop
+from test_secagg_ring import MEMBERS, _fresh_state, _inputs, _round, star  # noqa: F401
+
+from gossipfl.crypto.secagg_sparse import NARROW_LEVELS, quantise_levels
+from gossipfl.gossip import wire
+from gossipfl.gossip.codes import AckCode
+from gossipfl.gossip.wire import UnmaskRequest
+from gossipfl.node import secure_round, secure_sparse
+from gossipfl.node.compression import round_compressor
+
+
+@pytest.fixture
+def consensus(star) -> Iterator[tuple[int, int]]:
+    """The star with consensus deltas on; yields (R, R + 1): R a full consensus round, R + 1
+    and later consensus delta rounds."""
+    old = {name: node.config for name, node in star.items()}
+    for node in star.values():
+        node.config = dataclasses.replace(node.config, secagg=dataclasses.replace(
+            node.config.secagg, consensus_deltas=True))
+    first, every = star["a"].config.rounds, star["a"].config.secagg.full_every
+    full = first + every - first % every
+    try:
+        yield full, full + 1
+    finally:
+        for name, node in star.items():
+            node.config = old[name]
+
+
+def _publish(star, r: int, seed: int, spread: float) -> dict[str, Any]:
+    """Round r's deltas as the round publishes them (round_compressor: narrowings held to)."""
+    rng = np.random.default_rng(seed)
+    for node in star.values():
+        half = node.own.vector + rng.normal(0, spread, node.layout.size).astype(np.float32)
+        node.own.publish(half, r, compress=round_compressor(node, r))
+    return {name: node.own.vector.copy() for name, node in star.items()}
+
+
+def _base(star, full: int) -> None:
+    a = star["a"]
+    loop.random_estimates(star, 5)
+    _publish(star, full, 30, 0.0)
+    result = _round(star, full, MEMBERS)
+    assert result is not None
+    secure_sparse.mix(a, full, a.own.vector.copy(), result, {}, [])
+
+
+def test_a_shrunk_sum_narrows_the_round_two_ahead(star, consensus) -> None:
+    a = star["a"]
+    full, r = consensus
+    _base(star, full)
+    _publish(star, r, 31, 1e-4)  # small consensus moves
+    result = _round(star, r, MEMBERS)
+    assert result is not None
+    record: dict[str, Any] = {}
+    secure_sparse.mix(a, r, a.own.vector.copy(), result, record, [])
+    assert a.secagg.last_sum[0] == r and 0 < a.secagg.last_sum[1] <= 4 * NARROW_LEVELS * 4
+    assert record["narrowed"] is False
+    assert secure_sparse.narrowing(a, r + 1) == r + 3 and r + 3 in a.secagg.narrowed
+    assert secure_sparse.width(a, a.peer_id, r + 3) == 6  # 7 levels · Σc 4 = 28: 6 bits
+    assert secure_sparse.width(a, a.peer_id, r + 2) == 12
+    # the last sum is not the round before: nothing
+    assert secure_sparse.narrowing(a, r + 2) == 0
+    # a sum past four times what a narrowed sum holds: nothing
+    a.secagg.narrowed.clear()
+    a.secagg.last_sum = (r, 4 * NARROW_LEVELS * 4 + 1)
+    assert secure_sparse.narrowing(a, r + 1) == 0 and not a.secagg.narrowed
+    # a training round ahead is never narrowed (int4 is 6-bit already)
+    a.secagg.last_sum = (5, 1)
+    assert secure_sparse.narrowing(a, 6) == 0
+
+
+def test_a_member_takes_only_a_narrowing_of_a_consensus_delta_round_two_ahead(
+        star, consensus) -> None:
+    a, c = star["a"], star["c"]
+    full, r = consensus
+    secure_sparse.note_narrowing(c, a.peer_id, r, r + 2)
+    assert secure_sparse.sum_levels(c, a.peer_id, r + 2) == NARROW_LEVELS
+    # a deviating aggregator's other claims are ignored: not two ahead, a full round, a
+    # training round
+    for at, narrows in ((r, r + 1), (r, r + 3), (full - 2, full), (3, 5)):
+        secure_sparse.note_narrowing(c, a.peer_id, at, narrows)
+    assert c.secagg.narrowings == {(a.peer_id, r + 2)}
+    assert secure_sparse.sum_levels(c, star["b"].peer_id, r + 2) == 511  # another's: as was
+
+
+def test_a_narrowed_round_holds_every_member_and_sums_exactly(star, consensus) -> None:
+    a = star["a"]
+    full, r = consensus
+    _base(star, full)
+    a.secagg.narrowed.add(r)
+    for name in MEMBERS:
+        star[name].secagg.narrowings.add((a.peer_id, r))
+    held = {name: node.own.vector.copy() for name, node in star.items()}
+    estimates = _publish(star, r, 32, 0.01)  # moves of ~100 steps: the bound clips them
+    for name in MEMBERS:
+        levels = star[name].own.last_encoded.values
+        assert np.abs(levels).max() == NARROW_LEVELS
+        step = star[name].own.last_encoded.scale
+        assert np.abs(estimates[name] - held[name]).max() <= NARROW_LEVELS * step + 1e-9
+    inputs = _inputs(star, MEMBERS, r)
+    assert all(m.width == 6 for m in inputs.values())
+    result = _round(star, r, MEMBERS)
+    assert result is not None
+    record: dict[str, Any] = {}
+    secure_sparse.mix(a, r, a.own.vector.copy(), result, record, [])
+    assert record["secure_aggregation"] == "4 contributors (consensus deltas)"
+    assert record["narrowed"] is True
+    expected = loop.weighted_sum(star, estimates, MEMBERS)
+    assert np.abs(a.secagg.running - expected).max() < 1e-5
+
+
+def test_levels_past_the_narrowed_ring_are_never_sent(star, consensus) -> None:
+    """A member told of a narrowing after it published (it cannot happen two rounds ahead, but
+    nothing may wrap if it did) sends nothing; one not told sends 12-bit words, refused as a
+    layout mismatch: a dropout either way."""
+    a, b, e = star["a"], star["b"], star["e"]
+    full, r = consensus
+    _base(star, full)
+    _publish(star, r, 33, 0.01)
+    assert np.abs(b.own.last_encoded.values).max() > NARROW_LEVELS
+    b.secagg.narrowings.add((a.peer_id, r))
+    assert secure_sparse.input_for(b, a.peer_id, r, b.own.vector, b.own.vector) is None
+    a.secagg.narrowed.add(r)
+    message = _inputs(star, "e", r)["e"]
+    assert message.width == 12
+    a.round = r - 1
+    status, reason = secure_round.accept_masked(a, e.peer_id, message)
+    assert status is AckCode.REJECTED and "6-bit words" in reason
+
+
+def test_the_bound_clips_at_its_levels_at_the_same_step() -> None:
+    rng = np.random.default_rng(0)
+    delta = np.linspace(-0.02, 0.02, 101)
+    free = quantise_levels(delta, 0.05, 511, rng)
+    held = quantise_levels(delta, 0.05, 511, rng, bound=NARROW_LEVELS)
+    assert np.abs(held).max() == NARROW_LEVELS < np.abs(free).max()
+    inside = np.abs(free) < NARROW_LEVELS - 1  # away from the bound: the same rounding range
+    assert np.abs(held[inside] - free[inside]).max() <= 1
+    with pytest.raises(ValueError, match="bound"):
+        quantise_levels(delta, 0.05, 7, rng, bound=8)
+
+
+def test_the_narrowing_travels_in_the_unmask_request() -> None:
+    base = UnmaskRequest("fed", 33, "a", ("b", "c", "d"), (), (), (), ())
+    assert b"narrows" not in wire.encode_frame(base, 1 << 20)
+    back = wire.decode_frame(wire.encode_frame(dataclasses.replace(base, narrows=35), 1 << 20),
+                             UnmaskRequest, 1 << 20)
+    assert back.narrows == 35
+
+
+def test_a_simulated_run_narrows_its_late_consensus_rounds(tmp_path, pool) -> None:
+    """``secagg_int4.toml`` cut to 6 nodes and 12 training rounds (simulated): once the
+    consensus sums have shrunk, the last consensus rounds are narrowed (every node's in three
+    runs out of three; asserted: some), nothing is rejected, and the run converges."""
+    from pathlib import Path
+
+    from sim_scenarios import metrics, simulated
+
+    text = (Path(__file__).parent.parent / "scenarios" / "secagg_int4.toml").read_text()
+    text = text.replace("\nrounds = 30\n", "\nrounds = 12\n").replace("\nnodes = 8\n",
+                                                                        "\nnodes = 6\n")
+    report = simulated(tmp_path, text, pool)
+    assert report["final_consensus_distance"] <= 1e-3
+    narrowed = []
+    for index in range(6):
+        narrowed += [r["round"] for r in metrics(tmp_path, index) if r.get("narrowed")]
+        assert not report["nodes"][index]["rejected"]
+    assert narrowed and min(narrowed) >= 12 + 3  # a consensus sum, then two rounds ahead
