@@ -246,15 +246,15 @@ class SecAggConfig:
     survivor set that differs from one it signed for the same aggregator within the last
     ``history_rounds`` rounds by at least one but fewer than ``min_set_difference`` members
     (identical sets are fine). 2 is the least that stops one member's estimate coming out of
-    two sums; 50 rounds covers a whole default run (30 rounds), so within a run no aggregator
-    gets two sums one member apart. 1 turns the rule off. The history costs at most
-    ``history_rounds + 1`` sets per aggregator. ``presign``: a member's unmask answer signs the
-    next round's set when no one dropped (gossipfl.node.secure_presign: no consistency exchange
-    while every input comes in; a dropout then fails that round at its aggregators, and the
-    next recovers it). Off, a dropout is recovered in its own round, at an exchange a round.
+    two sums; 50 rounds covers a default run (30 rounds); 1 turns the rule off. The history
+    costs at most ``history_rounds + 1`` sets per aggregator. ``presign``: a member's unmask
+    answer signs the next round's set when no one dropped (gossipfl.node.secure_presign: no
+    consistency exchange while every input comes in; a dropout then fails that round at its
+    aggregators, the next recovers it); off, a dropout is recovered in its own round.
     ``delta_clip``: int8/int4's public clip of the quantised CHOCO deltas (step ``delta_clip /
-    levels``: gossipfl.node.secure_sparse). ``consensus_deltas`` (int8/int4): consensus rounds
-    but every ``full_every``-th after the first send finer deltas (``round_levels``), else full
+    levels``: gossipfl.node.secure_sparse), ``delta_levels`` their levels each side (0: the
+    kind's, 127 or 7; 1: 4-bit words at degree 4). ``consensus_deltas`` (int8/int4): the
+    consensus rounds but every ``full_every``-th after the first send finer deltas, else full
     estimates; ``first_deltas``: round 0 deltas from the initial model, which every x̂ starts
     as (``secure_sparse.origin_base``); when each pays: the README."""
 
@@ -269,6 +269,7 @@ class SecAggConfig:
     delta_clip: float = 0.05
     consensus_deltas: bool = False
     first_deltas: bool = False
+    delta_levels: int = 0
 
     def __post_init__(self) -> None:
         _require(self.min_contributors >= 3, "secagg.min_contributors must be at least 3")
@@ -457,8 +458,7 @@ class NodeConfig:
         _require(not (self.secagg.enabled and self.robust.rule != "none"),
                  "robust.rule needs the neighbours' individual estimates: not with secagg "
                  "(its masks hide them; the norm bound still checks each secure sum)")
-        check_secagg_compression(self.secagg.enabled, self.compression.kind,
-                                 self.secagg.consensus_deltas, self.secagg.first_deltas)
+        check_secagg_compression(self.secagg, self.compression.kind)
         _require(not (self.protocol.weighting is Weighting.EXAMPLES
                       and (self.secagg.enabled or self.privacy.enabled)), WEIGHTING_REFUSED)
         _require(not self.secagg.enabled or self.security.admission,

@@ -8,7 +8,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 SECAGG_COMPRESSION = ("none", "randk", "int8", "int4")
 SECAGG_COMPRESSION_REFUSED = (
@@ -17,19 +17,40 @@ SECAGG_COMPRESSION_REFUSED = (
     "fp16 and topk pick values or coordinates per member, which masked sums cannot combine")
 
 
-def check_secagg_compression(secagg: bool, kind: str, consensus_deltas: bool = False,
-                             first_deltas: bool = False) -> None:
-    """Refuse a compression kind that secure aggregation cannot sum, consensus deltas without
-    the quantised kinds they refine, and first-round deltas without compressed secure
-    aggregation (ConfigError)."""
-    if secagg and kind not in SECAGG_COMPRESSION:
+def check_secagg_compression(secagg: SecAggLike, kind: str) -> None:
+    """Refuse a compression kind that secure aggregation cannot sum, consensus deltas and
+    levels of one's own without the quantised kinds they refine (or more levels than the
+    kind's), and first-round deltas without compressed secure aggregation (ConfigError)."""
+    on = secagg.enabled
+    if on and kind not in SECAGG_COMPRESSION:
         raise ConfigError(SECAGG_COMPRESSION_REFUSED)
-    if first_deltas and not (secagg and kind != "none"):
+    if secagg.first_deltas and not (on and kind != "none"):
         raise ConfigError("secagg.first_deltas needs [secagg] enabled = true and a "
                           "[compression] kind (randk, int8 or int4)")
-    if consensus_deltas and not (secagg and kind in ("int8", "int4")):
-        raise ConfigError("secagg.consensus_deltas needs [secagg] enabled = true and "
-                          "[compression] kind = \"int8\" or \"int4\"")
+    for name in ("consensus_deltas", "delta_levels"):
+        if getattr(secagg, name) and not (on and kind in ("int8", "int4")):
+            raise ConfigError(f"secagg.{name} needs [secagg] enabled = true and "
+                              "[compression] kind = \"int8\" or \"int4\"")
+    most = {"int8": 127, "int4": 7}.get(kind, 0)
+    if not 0 <= secagg.delta_levels <= most:
+        raise ConfigError(f"secagg.delta_levels must be in 0..{most} with {kind} (0: the "
+                          f"kind's own {most})")
+
+
+class SecAggLike(Protocol):
+    """What :func:`check_secagg_compression` reads of a ``SecAggConfig``."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    @property
+    def first_deltas(self) -> bool: ...
+
+    @property
+    def consensus_deltas(self) -> bool: ...
+
+    @property
+    def delta_levels(self) -> int: ...
 
 T = TypeVar("T")
 

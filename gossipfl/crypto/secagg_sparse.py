@@ -107,16 +107,18 @@ def choco_mix(half_step: np.ndarray, own_estimate: np.ndarray, running: np.ndarr
 # The aggregator reads the unmasked sum as signed and gets ``Σ_j w_ij s L_j`` exactly
 # (:func:`decode_ring_sum`).
 
-RING_WIDTHS = (6, 8, 12, 16, 32)
-"""The ring widths in bits, narrowest first (uint8, uint8, uint16, uint16, uint32 words). A
-6-bit word is held in a uint8 whose arithmetic wraps at 256, a multiple of 64, so masking and
-unmasking run as at 8 bits and reduce modulo 64 where the words go on the wire
+RING_WIDTHS = (4, 6, 8, 12, 16, 32)
+"""The ring widths in bits, narrowest first (uint8, uint8, uint8, uint16, uint16, uint32
+words). A 6-bit word is held in a uint8 whose arithmetic wraps at 256, a multiple of 64, so
+masking and unmasking run as at 8 bits and reduce modulo 64 where the words go on the wire
 (:func:`pack_words`) and where a sum is read (:func:`decode_ring_sum`): int4 on a degree-4
-graph, whose sums lie within ±28, sends 3 bytes for 4 coordinates. A 12-bit word likewise
-lives in a uint16 (65,536 is a multiple of 4,096) and travels two to three bytes: int8 on a
-degree-4 graph (sums within ±508) and a consensus round's deltas (±2,044)."""
+graph, whose sums lie within ±28, sends 3 bytes for 4 coordinates. A 4-bit word likewise (six
+in three bytes): one level each side (``secagg.delta_levels = 1``) on a degree-4 graph, sums
+within ±4. A 12-bit word lives in a uint16 (65,536 is a multiple of 4,096) and travels two to
+three bytes: int8 on a degree-4 graph (sums within ±508) and a consensus round's deltas
+(±2,044)."""
 
-PACKED = {6: 4, 12: 2}
+PACKED = {4: 6, 6: 4, 12: 2}
 """The widths that travel packed: how many words each group of 3 bytes holds."""
 
 QUANTISED_LEVELS = {"int8": 127, "int4": 7}
@@ -138,16 +140,20 @@ step, so the words of that aggregator's sum are 6 bits at degree 4 (Σc ≤ 4: �
 what the bound clips stays in x½ − x̂ for later rounds, as any clip does."""
 
 
-def round_levels(kind: str, training_rounds: int, round_: int) -> int:
+def round_levels(kind: str, training_rounds: int, round_: int, own: int = 0) -> int:
     """The levels each side of zero of a quantised delta in round ``round_``: the kind's own in
-    training rounds, :data:`CONSENSUS_LEVELS` in consensus rounds (from ``training_rounds``
-    on); 0 for a kind without levels (random-k).
+    training rounds (or ``own``, ``secagg.delta_levels``, where not 0), :data:`CONSENSUS_LEVELS`
+    in consensus rounds (from ``training_rounds`` on); 0 for a kind without levels (random-k).
 
     >>> round_levels("int4", 30, 29), round_levels("int4", 30, 31), round_levels("randk", 30, 31)
     (7, 511, 0)
+    >>> round_levels("int4", 30, 29, own=1), round_levels("int4", 30, 31, own=1)
+    (1, 511)
     """
     levels = QUANTISED_LEVELS.get(kind, 0)
-    return CONSENSUS_LEVELS if levels and 0 < training_rounds <= round_ else levels
+    if levels and 0 < training_rounds <= round_:
+        return CONSENSUS_LEVELS
+    return own if levels and own else levels
 
 
 def delta_step(clip: float, levels: int) -> float:
@@ -220,7 +226,7 @@ def ring_dtype(width: int) -> np.dtype:
     uint16 for 12).
 
     >>> [ring_dtype(w).name for w in RING_WIDTHS]
-    ['uint8', 'uint8', 'uint16', 'uint16', 'uint32']
+    ['uint8', 'uint8', 'uint8', 'uint16', 'uint16', 'uint32']
     """
     if width not in RING_WIDTHS:
         raise ValueError(f"width must be one of {RING_WIDTHS}, got {width}")
@@ -228,11 +234,11 @@ def ring_dtype(width: int) -> np.dtype:
 
 
 def packed_bytes(count: int, width: int) -> int:
-    """The bytes ``count`` words of ``width`` bits take on the wire (6-bit words: 4 in 3;
-    12-bit words: 2 in 3).
+    """The bytes ``count`` words of ``width`` bits take on the wire (4-bit words: 6 in 3;
+    6-bit words: 4 in 3; 12-bit words: 2 in 3).
 
-    >>> packed_bytes(8970, 6), packed_bytes(8970, 8), packed_bytes(8970, 12), packed_bytes(5, 16)
-    (6729, 8970, 13455, 10)
+    >>> packed_bytes(8970, 4), packed_bytes(8970, 6), packed_bytes(8970, 12), packed_bytes(5, 16)
+    (4485, 6729, 13455, 10)
     """
     if width in PACKED:
         return 3 * -(-count // PACKED[width])
@@ -241,8 +247,8 @@ def packed_bytes(count: int, width: int) -> int:
 
 def pack_words(words: np.ndarray, width: int) -> NDArray[np.uint8]:
     """Ring words as the bytes that travel: little-endian words, or for a :data:`PACKED`
-    width each word modulo ``2**width``, low bits first, 24 bits to three bytes (6 bits: four
-    words; 12 bits: two; the last group padded with zero words).
+    width each word modulo ``2**width``, low bits first, 24 bits to three bytes (4 bits: six
+    words; 6 bits: four; 12 bits: two; the last group padded with zero words).
 
     >>> pack_words(np.array([1, 2, 3, 63, 64 + 5], np.uint8), 6).tolist()
     [129, 48, 252, 5, 0, 0]

@@ -91,9 +91,10 @@ def _check_peers(value: Any, what: str) -> tuple[str, ...]:
 
 MAX_SHARE_CIPHERTEXT = 512
 MAX_SHARE_BYTES = 128  # an encoded Shamir share of a 32-byte seed, in the clear
-# the rings of gossipfl.crypto.secagg (6- and 12-bit words packed 4 and 2 in 3 bytes, uint8,
-# uint16, uint32)
-MASKED_WIDTHS = (6, 8, 12, 16, 32)
+# the rings of gossipfl.crypto.secagg (4-, 6- and 12-bit words packed 6, 4 and 2 in 3 bytes,
+# uint8, uint16, uint32)
+MASKED_WIDTHS = (4, 6, 8, 12, 16, 32)
+PACKED_WIDTHS = (4, 6, 12)  # their frames hold groups of 3 bytes
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class MaskedInput:
     # the sender's signature on this round's full set, to which it committed on the light
     # request of the round before (gossipfl.node.secure_presign): empty, or 64 bytes
     presign: bytes = b""
-    width: int = 32  # bits a word of ``data``: 6, 8, 12, 16 or 32
+    width: int = 32  # bits a word of ``data``: 4, 6, 8, 12, 16 or 32
     # a delta of round 0: the digest of the initial model it is taken from
     # (gossipfl.node.secure_sparse.origin_base); empty: none
     origin: bytes = b""
@@ -173,10 +174,10 @@ class MaskedInput:
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
         data = body["data"]
-        width = check_int(body.get("width", 32), "width", 6, 32)
+        width = check_int(body.get("width", 32), "width", 4, 32)
         if width not in MASKED_WIDTHS:
             raise WireError(f"masked width must be one of {MASKED_WIDTHS} bits, got {width}")
-        if not is_binary(data) or len(data) % (3 if width in (6, 12) else width // 8):
+        if not is_binary(data) or len(data) % (3 if width in PACKED_WIDTHS else width // 8):
             raise WireError(f"masked data must be bytes holding {width}-bit words")
         origin = body.get("origin", b"")
         if "origin" in body and (not isinstance(origin, bytes) or len(origin) != ORIGIN_BYTES

@@ -86,10 +86,12 @@ def compressed(node: Node) -> bool:
 
 def levels(node: Node, r: int | None = None) -> int:
     """The quantised kinds' levels each side of zero (int8 127, int4 7; in round ``r``
-    :func:`~gossipfl.crypto.secagg_sparse.round_levels`); 0 for random-k."""
+    :func:`~gossipfl.crypto.secagg_sparse.round_levels`, ``secagg.delta_levels`` heeded);
+    0 for random-k."""
     kind = node.config.compression.kind
-    return QUANTISED_LEVELS.get(kind, 0) if r is None else round_levels(kind, node.config.rounds,
-                                                                        r)
+    if r is None:
+        return QUANTISED_LEVELS.get(kind, 0)
+    return round_levels(kind, node.config.rounds, r, node.config.secagg.delta_levels)
 
 
 def step(node: Node, r: int) -> float:
@@ -126,10 +128,10 @@ def sum_levels(node: Node, aggregator: str, r: int) -> int:
     return NARROW_LEVELS if narrowed else levels(node, r)
 
 
-def can_narrow(node: Node, r: int) -> bool:
-    """Whether round ``r`` is a consensus delta round (:data:`CONSENSUS_LEVELS` levels, by the
-    round rules: not a waived full round)."""
-    return sparse_round(node, r) and levels(node, r) == CONSENSUS_LEVELS
+def can_narrow(node: Node, aggregator: str, r: int) -> bool:
+    """Whether ``aggregator``'s sum of round ``r`` takes consensus deltas
+    (:data:`CONSENSUS_LEVELS` levels: a consensus delta round, or a full one it waived)."""
+    return sparse_for(node, aggregator, r) and levels(node, r) == CONSENSUS_LEVELS
 
 
 def narrowing(node: Node, r: int) -> int:
@@ -142,7 +144,8 @@ def narrowing(node: Node, r: int) -> int:
     its members is one bit about that sum."""
     state, ahead = node.secagg, r + 2
     last_round, largest = state.last_sum
-    if last_round != r - 1 or not can_narrow(node, ahead) or node.topology is None:
+    if (last_round != r - 1 or not can_narrow(node, node.peer_id, ahead)
+            or node.topology is None):
         return 0
     counts, _, _ = ring(node, node.peer_id, r - 1)
     if largest > NARROW_SHRUNK * NARROW_LEVELS * sum(counts.values()):
@@ -153,8 +156,9 @@ def narrowing(node: Node, r: int) -> int:
 
 def note_narrowing(node: Node, aggregator: str, r: int, narrows: int) -> None:
     """A member takes ``aggregator``'s round-``r`` request's narrowing: only of round r + 2 and
-    only of a consensus delta round (anything else is ignored)."""
-    if narrows and narrows == r + 2 and can_narrow(node, narrows):
+    only of a round whose sum takes consensus deltas (a waiver in the same request counted;
+    anything else is ignored)."""
+    if narrows and narrows == r + 2 and can_narrow(node, aggregator, narrows):
         node.secagg.narrowings.add((aggregator, narrows))
 
 

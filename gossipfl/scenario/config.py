@@ -364,8 +364,7 @@ class ScenarioConfig:
         self.topology.check_nodes(self.nodes)
         if self.secagg.enabled and not self.admission:
             raise ConfigError("secagg needs admission = true (pair masks use certified keys)")
-        check_secagg_compression(self.secagg.enabled, self.compression.kind,
-                                 self.secagg.consensus_deltas, self.secagg.first_deltas)
+        check_secagg_compression(self.secagg, self.compression.kind)
         if self.protocol.weighting is Weighting.EXAMPLES and (self.secagg.enabled
                                                               or self.privacy.enabled):
             raise ConfigError(WEIGHTING_REFUSED)
