@@ -1,8 +1,9 @@
 """Narrowed consensus delta rounds (gossipfl.node.secure_sparse: narrowing, note_narrowing,
 sum_levels): an aggregator whose last consensus delta sum had shrunk tells its members, two
-rounds ahead, to hold their levels to NARROW_LEVELS, and its sum of that round takes 6-bit
-words instead of 12; between real node objects (the int4 star of ``test_secagg_ring``:
-aggregator a, neighbourhood b, c, d, e, every weight 1/5), on the wire, and simulated."""
+rounds ahead, to hold their levels to one of NARROW_LEVELS (1, 7, 31), and its sum of that
+round takes 4-, 6- or 8-bit words instead of 12; between real node objects (the int4 star
+of ``test_secagg_ring``: aggregator a, neighbourhood b, c, d, e, every weight 1/5), on the
+wire, and simulated."""
 # ruff: noqa: F811  (``star`` is a fixture imported from test_secagg_ring, used as an argument)
 from __future__ import annotations
 
@@ -67,33 +68,39 @@ def test_a_shrunk_sum_narrows_the_round_two_ahead(star, consensus) -> None:
     assert result is not None
     record: dict[str, Any] = {}
     secure_sparse.mix(a, r, a.own.vector.copy(), result, record, [])
-    assert a.secagg.last_sum[0] == r and 0 < a.secagg.last_sum[1] <= 4 * NARROW_LEVELS * 4
-    assert record["narrowed"] is False
-    assert secure_sparse.narrowing(a, r + 1) == r + 3 and r + 3 in a.secagg.narrowed
-    assert secure_sparse.width(a, a.peer_id, r + 3) == 6  # 7 levels · Σc 4 = 28: 6 bits
+    largest = a.secagg.last_sum[1]
+    assert a.secagg.last_sum[0] == r and 0 < largest <= 4 * 31 * 4
+    assert record["narrowed"] == 0
+    # the fewest levels whose sum, four times over, holds the last one
+    tier = next(n for n in NARROW_LEVELS if largest <= 4 * n * 4)
+    assert secure_sparse.narrowing(a, r + 1) == (r + 3, tier)
+    assert a.secagg.narrowed == {r + 3: tier}
+    assert secure_sparse.width(a, a.peer_id, r + 3) == {1: 4, 7: 6, 31: 8}[tier]
     assert secure_sparse.width(a, a.peer_id, r + 2) == 12
     # the last sum is not the round before: nothing
-    assert secure_sparse.narrowing(a, r + 2) == 0
-    # a sum past four times what a narrowed sum holds: nothing
-    a.secagg.narrowed.clear()
-    a.secagg.last_sum = (r, 4 * NARROW_LEVELS * 4 + 1)
-    assert secure_sparse.narrowing(a, r + 1) == 0 and not a.secagg.narrowed
-    # a training round ahead is never narrowed (int4 is 6-bit already)
+    assert secure_sparse.narrowing(a, r + 2) == (0, 0)
+    # each tier by the sum's size, and none past four times the widest's
+    for largest, tier in ((16, 1), (17, 7), (112, 7), (113, 31), (496, 31), (497, 0)):
+        a.secagg.narrowed.clear()
+        a.secagg.last_sum = (r, largest)
+        assert secure_sparse.narrowing(a, r + 1) == ((r + 3, tier) if tier else (0, 0))
+    # a training round ahead is never narrowed (its own levels, 4 or 6 bits already)
     a.secagg.last_sum = (5, 1)
-    assert secure_sparse.narrowing(a, 6) == 0
+    assert secure_sparse.narrowing(a, 6) == (0, 0)
 
 
 def test_a_member_takes_only_a_narrowing_of_a_consensus_delta_round_two_ahead(
         star, consensus) -> None:
     a, c = star["a"], star["c"]
     full, r = consensus
-    secure_sparse.note_narrowing(c, a.peer_id, r, r + 2)
-    assert secure_sparse.sum_levels(c, a.peer_id, r + 2) == NARROW_LEVELS
+    secure_sparse.note_narrowing(c, a.peer_id, r, r + 2, 7)
+    assert secure_sparse.sum_levels(c, a.peer_id, r + 2) == 7
     # a deviating aggregator's other claims are ignored: not two ahead, a full round, a
-    # training round
-    for at, narrows in ((r, r + 1), (r, r + 3), (full - 2, full), (3, 5)):
-        secure_sparse.note_narrowing(c, a.peer_id, at, narrows)
-    assert c.secagg.narrowings == {(a.peer_id, r + 2)}
+    # training round, levels that are no tier
+    for at, narrows, levels in ((r, r + 1, 7), (r, r + 3, 7), (full - 2, full, 7), (3, 5, 7),
+                                (r + 1, r + 3, 0), (r + 1, r + 3, 3), (r + 1, r + 3, 511)):
+        secure_sparse.note_narrowing(c, a.peer_id, at, narrows, levels)
+    assert c.secagg.narrowings == {(a.peer_id, r + 2): 7}
     assert secure_sparse.sum_levels(c, star["b"].peer_id, r + 2) == 511  # another's: as was
 
 
@@ -101,16 +108,16 @@ def test_a_narrowed_round_holds_every_member_and_sums_exactly(star, consensus) -
     a = star["a"]
     full, r = consensus
     _base(star, full)
-    a.secagg.narrowed.add(r)
+    a.secagg.narrowed[r] = 7
     for name in MEMBERS:
-        star[name].secagg.narrowings.add((a.peer_id, r))
+        star[name].secagg.narrowings[(a.peer_id, r)] = 7
     held = {name: node.own.vector.copy() for name, node in star.items()}
     estimates = _publish(star, r, 32, 0.01)  # moves of ~100 steps: the bound clips them
     for name in MEMBERS:
         levels = star[name].own.last_encoded.values
-        assert np.abs(levels).max() == NARROW_LEVELS
+        assert np.abs(levels).max() == 7
         step = star[name].own.last_encoded.scale
-        assert np.abs(estimates[name] - held[name]).max() <= NARROW_LEVELS * step + 1e-9
+        assert np.abs(estimates[name] - held[name]).max() <= 7 * step + 1e-9
     inputs = _inputs(star, MEMBERS, r)
     assert all(m.width == 6 for m in inputs.values())
     result = _round(star, r, MEMBERS)
@@ -118,7 +125,7 @@ def test_a_narrowed_round_holds_every_member_and_sums_exactly(star, consensus) -
     record: dict[str, Any] = {}
     secure_sparse.mix(a, r, a.own.vector.copy(), result, record, [])
     assert record["secure_aggregation"] == "4 contributors (consensus deltas)"
-    assert record["narrowed"] is True
+    assert record["narrowed"] == 7
     expected = loop.weighted_sum(star, estimates, MEMBERS)
     assert np.abs(a.secagg.running - expected).max() < 1e-5
 
@@ -131,10 +138,10 @@ def test_levels_past_the_narrowed_ring_are_never_sent(star, consensus) -> None:
     full, r = consensus
     _base(star, full)
     _publish(star, r, 33, 0.01)
-    assert np.abs(b.own.last_encoded.values).max() > NARROW_LEVELS
-    b.secagg.narrowings.add((a.peer_id, r))
+    assert np.abs(b.own.last_encoded.values).max() > 7
+    b.secagg.narrowings[(a.peer_id, r)] = 7
     assert secure_sparse.input_for(b, a.peer_id, r, b.own.vector, b.own.vector) is None
-    a.secagg.narrowed.add(r)
+    a.secagg.narrowed[r] = 7
     message = _inputs(star, "e", r)["e"]
     assert message.width == 12
     a.round = r - 1
@@ -146,9 +153,9 @@ def test_the_bound_clips_at_its_levels_at_the_same_step() -> None:
     rng = np.random.default_rng(0)
     delta = np.linspace(-0.02, 0.02, 101)
     free = quantise_levels(delta, 0.05, 511, rng)
-    held = quantise_levels(delta, 0.05, 511, rng, bound=NARROW_LEVELS)
-    assert np.abs(held).max() == NARROW_LEVELS < np.abs(free).max()
-    inside = np.abs(free) < NARROW_LEVELS - 1  # away from the bound: the same rounding range
+    held = quantise_levels(delta, 0.05, 511, rng, bound=7)
+    assert np.abs(held).max() == 7 < np.abs(free).max()
+    inside = np.abs(free) < 7 - 1  # away from the bound: the same rounding range
     assert np.abs(held[inside] - free[inside]).max() <= 1
     with pytest.raises(ValueError, match="bound"):
         quantise_levels(delta, 0.05, 7, rng, bound=8)
@@ -157,9 +164,9 @@ def test_the_bound_clips_at_its_levels_at_the_same_step() -> None:
 def test_the_narrowing_travels_in_the_unmask_request() -> None:
     base = UnmaskRequest("fed", 33, "a", ("b", "c", "d"), (), (), (), ())
     assert b"narrows" not in wire.encode_frame(base, 1 << 20)
-    back = wire.decode_frame(wire.encode_frame(dataclasses.replace(base, narrows=35), 1 << 20),
-                             UnmaskRequest, 1 << 20)
-    assert back.narrows == 35
+    narrowed = dataclasses.replace(base, narrows=35, narrow_levels=7)
+    back = wire.decode_frame(wire.encode_frame(narrowed, 1 << 20), UnmaskRequest, 1 << 20)
+    assert (back.narrows, back.narrow_levels) == (35, 7)
 
 
 def test_a_simulated_run_narrows_its_late_consensus_rounds(tmp_path, pool) -> None:

@@ -133,11 +133,11 @@ up to 64, and in 32-bit words beyond. (2,047 levels in 16-bit words ended in as 
 at the same accuracy on ``secagg_int4.toml``; see the README.)"""
 
 
-NARROW_LEVELS = 7
-"""The levels each side of zero a member's consensus delta is held to in a round its aggregator
-narrowed (``gossipfl.node.secure_sparse.narrowing``: the sums had shrunk): at the consensus
-step, so the words of that aggregator's sum are 6 bits at degree 4 (Σc ≤ 4: ±28) instead of 12;
-what the bound clips stays in x½ − x̂ for later rounds, as any clip does."""
+NARROW_LEVELS = (1, 7, 31)
+"""The levels each side of zero an aggregator may hold its members' consensus deltas to in a
+round it narrowed (``gossipfl.node.secure_sparse.narrowing``: its sums had shrunk), at the
+consensus step: at degree 4 (Σc ≤ 4) its sum's words are then 4, 6 or 8 bits (±4, ±28, ±124)
+instead of 12; what the bound clips stays in x½ − x̂ for later rounds, as any clip does."""
 
 
 def round_levels(kind: str, training_rounds: int, round_: int, own: int = 0) -> int:

@@ -163,7 +163,8 @@ __all__ = (
 # a seed share is 35 bytes (Shamir over GF(2^256 + 297), not 68), sealed under a key bound to
 # sender, recipient and round instead of beside a digest of them (crypto/secagg.py), and an
 # unmask request may narrow a consensus delta round two ahead (``narrows``;
-# node/secure_sparse.narrowing), and masked words may be 4-bit, six in three bytes
+# node/secure_sparse.narrowing) to 1, 7 or 31 levels (``narrow_levels``), and masked words
+# may be 4-bit, six in three bytes
 WIRE_VERSION = 9
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size

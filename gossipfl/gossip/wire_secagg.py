@@ -243,10 +243,12 @@ class UnmaskRequest:
     # running sum is exact (gossipfl.node.secure_sparse.waiver); 0: none
     waives: int = 0
     # a later consensus delta round (round + 2) whose levels the aggregator's members hold to
-    # NARROW_LEVELS: its sums had shrunk (gossipfl.node.secure_sparse.narrowing); 0: none
+    # ``narrow_levels`` each side: its sums had shrunk (gossipfl.node.secure_sparse.narrowing);
+    # 0: none
     narrows: int = 0
+    narrow_levels: int = 0
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"next_shares", "light", "waives",
-                                                    "narrows"})
+                                                    "narrows", "narrow_levels"})
     # the frame's peer table beyond the survivors and the dropped
     WIRE_ONLY: ClassVar[frozenset[str]] = frozenset({"peers"})
 
@@ -267,6 +269,7 @@ class UnmaskRequest:
             fields["waives"] = self.waives
         if self.narrows:
             fields["narrows"] = self.narrows
+            fields["narrow_levels"] = self.narrow_levels
         return fields
 
     @classmethod
@@ -291,6 +294,7 @@ class UnmaskRequest:
             light=check_bool(body.get("light", False), "light"),
             waives=check_int(body.get("waives", 0), "waives", 0, MAX_ROUND),
             narrows=check_int(body.get("narrows", 0), "narrows", 0, MAX_ROUND),
+            narrow_levels=check_int(body.get("narrow_levels", 0), "narrow levels", 0, 2**16),
         )
 
 

@@ -197,16 +197,14 @@ def waivable(secagg: SecAggConfig, training_rounds: int, round_: int,
 
 def round_compressor(node: Node, round_: int) -> Callable[[np.ndarray], Encoded | None] | None:
     """What compresses the delta ``node`` publishes for round ``round_`` (:func:`compressor`):
-    a delta in a full round one of its aggregators waived, levels held to
-    :data:`~gossipfl.crypto.secagg_sparse.NARROW_LEVELS` in a round one of them narrowed
-    (:mod:`gossipfl.node.secure_sparse`). The final delta (``done``) too: the last consensus
-    round's move, within the consensus tolerance of the model; compressed, the neighbours'
-    copy of the final model is off by its rounding alone, where a float32 delta cost each
-    neighbour 36 KB on ``peer_task`` (1.0 of int4's 9.5 MB)."""
-    state, config, bound = node.secagg, node.config, None
-    if any(k[1] == round_ for k in state.narrowings):  # (a plain node loads no crypto.secagg)
-        from gossipfl.crypto.secagg_sparse import NARROW_LEVELS
-        bound = NARROW_LEVELS
+    a delta in a full round one of its aggregators waived, levels held to the fewest any of
+    them narrowed the round to (:mod:`gossipfl.node.secure_sparse`: ``narrowing``). The
+    final delta (``done``) too: the last consensus round's move, within the consensus
+    tolerance of the model; compressed, the neighbours' copy of the final model is off by its
+    rounding alone, where a float32 delta cost each neighbour 36 KB on ``peer_task`` (1.0 of
+    int4's 9.5 MB)."""
+    state, config = node.secagg, node.config
+    bound = min((n for k, n in state.narrowings.items() if k[1] == round_), default=None)
     return compressor(config.compression, config.federation, node.peer_id, round_,
                       config.secagg, config.rounds,
                       waived=any(k[1] == round_ for k in state.waivers), bound=bound)

@@ -106,11 +106,11 @@ class SecAggState:
     running: np.ndarray | None = None
     running_weight: float = 0.0
     base: frozenset[str] = frozenset()
-    # consensus delta rounds narrowed to NARROW_LEVELS (secure_sparse.narrowing): this node's
-    # own sums' rounds, (aggregator, round) it was told of, and (round, max |Σ c L|) of its
-    # last consensus delta sum
-    narrowed: set[int] = field(default_factory=set)
-    narrowings: set[tuple[str, int]] = field(default_factory=set)
+    # consensus delta rounds narrowed to fewer levels (secure_sparse.narrowing): this node's
+    # own sums' (round → levels), those it was told of ((aggregator, round) → levels), and
+    # (round, max |Σ c L|) of its last consensus delta sum
+    narrowed: dict[int, int] = field(default_factory=dict)
+    narrowings: dict[tuple[str, int], int] = field(default_factory=dict)
     last_sum: tuple[int, int] = (-1, 0)
 
     def forget_before(self, round_: int) -> None:
@@ -126,8 +126,9 @@ class SecAggState:
         self.taken = {k for k in self.taken if k[1] >= round_ - KEEP_ROUNDS}
         self.waived = {r for r in self.waived if r >= round_ - KEEP_ROUNDS}
         self.waivers = {k for k in self.waivers if k[1] >= round_ - KEEP_ROUNDS}
-        self.narrowed = {r for r in self.narrowed if r >= round_ - KEEP_ROUNDS}
-        self.narrowings = {k for k in self.narrowings if k[1] >= round_ - KEEP_ROUNDS}
+        self.narrowed = {r: n for r, n in self.narrowed.items() if r >= round_ - KEEP_ROUNDS}
+        self.narrowings = {k: n for k, n in self.narrowings.items()
+                           if k[1] >= round_ - KEEP_ROUNDS}
 
 
 async def compute(node: Node, words: int, fn: Callable[..., R], *args: object) -> R:

@@ -157,7 +157,8 @@ def answer_unmask(node: Node, aggregator: str, request: UnmaskRequest) -> Unmask
     """
     r, me, key = request.round, node.peer_id, (aggregator, request.round)
     secure_sparse.note_waiver(node, aggregator, r, request.waives)  # its round r + 2's kind
-    secure_sparse.note_narrowing(node, aggregator, r, request.narrows)  # and levels
+    secure_sparse.note_narrowing(node, aggregator, r, request.narrows,  # and levels
+                                 request.narrow_levels)
     announced = _announced(request)
     if secure_early.is_light(request):
         return light_answer(node, aggregator, request, announced)
@@ -379,11 +380,12 @@ async def sum_over(node: Node, r: int,
                                        full=not dropped and held_set == chosen)
     light = len(early) >= enough
     waives = secure_sparse.waiver(node, r, chosen)  # round r + 2 as deltas, if the sum is exact
-    narrows = secure_sparse.narrowing(node, r)  # round r + 2's levels narrowed: sums shrank
+    narrows, narrow = secure_sparse.narrowing(node, r)  # round r + 2's levels: sums shrank
 
     def request_to(peer: str) -> UnmaskRequest:
         return dataclasses.replace(unmask_request(node, r, inputs, survivors, dropped, peer,
-                                                  signed), waives=waives, narrows=narrows)
+                                                  signed), waives=waives, narrows=narrows,
+                                   narrow_levels=narrow)
 
     requests = {peer: secure_early.light_request(request_to(peer)) if light else request_to(peer)
                 for peer in survivors}

@@ -121,11 +121,11 @@ def ring(node: Node, aggregator: str, r: int) -> tuple[dict[str, int], int, int]
 
 def sum_levels(node: Node, aggregator: str, r: int) -> int:
     """The levels each side of zero a member's input to ``aggregator``'s sum of round ``r``
-    holds: the round's (:func:`levels`), or :data:`NARROW_LEVELS` where the aggregator narrowed
-    it (:func:`narrowing`)."""
-    narrowed = (r in node.secagg.narrowed if aggregator == node.peer_id
-                else (aggregator, r) in node.secagg.narrowings)
-    return NARROW_LEVELS if narrowed else levels(node, r)
+    holds: the round's (:func:`levels`), or fewer where the aggregator narrowed it
+    (:func:`narrowing`)."""
+    narrowed = (node.secagg.narrowed.get(r) if aggregator == node.peer_id
+                else node.secagg.narrowings.get((aggregator, r)))
+    return narrowed or levels(node, r)
 
 
 def can_narrow(node: Node, aggregator: str, r: int) -> bool:
@@ -134,32 +134,36 @@ def can_narrow(node: Node, aggregator: str, r: int) -> bool:
     return sparse_for(node, aggregator, r) and levels(node, r) == CONSENSUS_LEVELS
 
 
-def narrowing(node: Node, r: int) -> int:
-    """The round this aggregator narrows in its round-``r`` unmask requests (0: none): round
-    r + 2, a consensus delta round, when its last sum (round r − 1, the newest it holds as the
-    requests go out) had no coordinate past ``NARROW_SHRUNK`` times what a narrowed sum holds
-    (``NARROW_LEVELS · Σc``): the consensus has settled to moves a few levels wide, and
-    holding each member to ``±NARROW_LEVELS`` halves its words (12 bits to 6 at degree 4),
-    what it clips staying in x½ − x̂ for the next rounds. Recorded as narrowed. What it tells
-    its members is one bit about that sum."""
+def narrowing(node: Node, r: int) -> tuple[int, int]:
+    """The round this aggregator narrows in its round-``r`` unmask requests, and to how many
+    levels each side ((0, 0): none): round r + 2, when its sum takes consensus deltas and this
+    node's last sum (round r − 1, the newest it holds as the requests go out) had no coordinate
+    past ``NARROW_SHRUNK`` times what a sum of the fewest :data:`NARROW_LEVELS` that can holds
+    (``levels · Σc``): the consensus has settled to moves a few levels wide, and holding each
+    member to them narrows the words (at degree 4: 4, 6 or 8 bits instead of 12), what it clips
+    staying in x½ − x̂ for the next rounds. Recorded as narrowed. What it tells its members is
+    a bound on that sum."""
     state, ahead = node.secagg, r + 2
     last_round, largest = state.last_sum
     if (last_round != r - 1 or not can_narrow(node, node.peer_id, ahead)
             or node.topology is None):
-        return 0
+        return 0, 0
     counts, _, _ = ring(node, node.peer_id, r - 1)
-    if largest > NARROW_SHRUNK * NARROW_LEVELS * sum(counts.values()):
-        return 0
-    state.narrowed.add(ahead)
-    return ahead
+    weight_sum = sum(counts.values())
+    for narrow in NARROW_LEVELS:
+        if largest <= NARROW_SHRUNK * narrow * weight_sum:
+            state.narrowed[ahead] = narrow
+            return ahead, narrow
+    return 0, 0
 
 
-def note_narrowing(node: Node, aggregator: str, r: int, narrows: int) -> None:
-    """A member takes ``aggregator``'s round-``r`` request's narrowing: only of round r + 2 and
-    only of a round whose sum takes consensus deltas (a waiver in the same request counted;
-    anything else is ignored)."""
-    if narrows and narrows == r + 2 and can_narrow(node, aggregator, narrows):
-        node.secagg.narrowings.add((aggregator, narrows))
+def note_narrowing(node: Node, aggregator: str, r: int, narrows: int, narrow: int) -> None:
+    """A member takes ``aggregator``'s round-``r`` request's narrowing: only of round r + 2,
+    only of a round whose sum takes consensus deltas (a waiver in the same request counted),
+    and only to one of :data:`NARROW_LEVELS` (anything else is ignored)."""
+    if (narrows and narrows == r + 2 and narrow in NARROW_LEVELS
+            and can_narrow(node, aggregator, narrows)):
+        node.secagg.narrowings[(aggregator, narrows)] = narrow
 
 
 def narrowed_levels_fit(node: Node, aggregator: str, r: int, values: np.ndarray) -> bool:
@@ -352,7 +356,7 @@ def mix(node: Node, r: int, half_step: np.ndarray,
         _, denominator, _ = ring(node, node.peer_id, r)
         largest = float(np.abs(total).max()) if np.size(total) else 0.0
         state.last_sum = (r, round(largest * denominator / step(node, r)))
-        record["narrowed"] = r in state.narrowed
+        record["narrowed"] = state.narrowed.get(r, 0)
     kind = node.config.compression.kind.replace("randk", "random-k") if sparse else "full"
     if sparse and r >= node.config.rounds:
         kind = "consensus deltas"
