@@ -8,7 +8,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 SECAGG_COMPRESSION = ("none", "randk", "int8", "int4")
 SECAGG_COMPRESSION_REFUSED = (
@@ -17,10 +17,11 @@ SECAGG_COMPRESSION_REFUSED = (
     "fp16 and topk pick values or coordinates per member, which masked sums cannot combine")
 
 
-def check_secagg_compression(secagg: SecAggLike, kind: str) -> None:
+def check_secagg_compression(secagg: Any, kind: str) -> None:
     """Refuse a compression kind that secure aggregation cannot sum, consensus deltas and
     levels of one's own without the quantised kinds they refine (or more levels than the
-    kind's), and first-round deltas without compressed secure aggregation (ConfigError)."""
+    kind's), and first-round deltas without compressed secure aggregation (ConfigError).
+    ``secagg``: a :class:`gossipfl.config.SecAggConfig` (which imports this module)."""
     on = secagg.enabled
     if on and kind not in SECAGG_COMPRESSION:
         raise ConfigError(SECAGG_COMPRESSION_REFUSED)
@@ -36,21 +37,6 @@ def check_secagg_compression(secagg: SecAggLike, kind: str) -> None:
         raise ConfigError(f"secagg.delta_levels must be in 0..{most} with {kind} (0: the "
                           f"kind's own {most})")
 
-
-class SecAggLike(Protocol):
-    """What :func:`check_secagg_compression` reads of a ``SecAggConfig``."""
-
-    @property
-    def enabled(self) -> bool: ...
-
-    @property
-    def first_deltas(self) -> bool: ...
-
-    @property
-    def consensus_deltas(self) -> bool: ...
-
-    @property
-    def delta_levels(self) -> int: ...
 
 T = TypeVar("T")
 

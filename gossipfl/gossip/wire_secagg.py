@@ -8,7 +8,7 @@ them from there. The caps and field checks used here live in :mod:`gossipfl.goss
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,22 +28,29 @@ from gossipfl.gossip.wire_fields import (
 )
 
 
-def _check_pairs(value: Any, what: str, max_items: int, max_bytes: int) -> tuple[tuple[str, bytes],
-                                                                                  ...]:
-    """A list of [peer id, bytes] pairs with distinct peer ids."""
+def _read_pairs(value: Any, what: str, max_items: int, max_bytes: int,
+                peer_of: Callable[[Any], str]) -> tuple[tuple[str, bytes], ...]:
+    """A list of [peer, bytes] pairs with distinct peers, each peer read by ``peer_of``."""
     if not isinstance(value, list) or len(value) > max_items:
         raise WireError(f"{what} must be a list of at most {max_items} [peer, bytes] pairs")
     pairs = []
     for item in value:
         if not isinstance(item, list) or len(item) != 2:
             raise WireError(f"{what} entries must be [peer, bytes]")
-        peer = check_str(item[0], f"{what} peer", MAX_PEER_ID_CHARS)
+        peer = peer_of(item[0])
         if not isinstance(item[1], bytes) or len(item[1]) > max_bytes:
             raise WireError(f"{what} values must be at most {max_bytes} bytes")
         pairs.append((peer, item[1]))
     if len({p for p, _ in pairs}) != len(pairs):
         raise WireError(f"{what} names a peer twice")
     return tuple(pairs)
+
+
+def _check_pairs(value: Any, what: str, max_items: int, max_bytes: int) -> tuple[tuple[str, bytes],
+                                                                                  ...]:
+    """A list of [peer id, bytes] pairs with distinct peer ids."""
+    return _read_pairs(value, what, max_items, max_bytes,
+                       lambda peer: check_str(peer, f"{what} peer", MAX_PEER_ID_CHARS))
 
 
 def _indexed(pairs: tuple[tuple[str, bytes], ...], index: dict[str, int]) -> list[list[Any]]:
@@ -63,21 +70,12 @@ def _from_indexed(value: Any, what: str, names: tuple[str, ...], max_items: int,
                   max_bytes: int) -> tuple[tuple[str, bytes], ...]:
     """[position, bytes] pairs read back as (peer, bytes), ``names`` being the frame's peer
     table; positions in range and distinct."""
-    if not isinstance(value, list) or len(value) > max_items:
-        raise WireError(f"{what} must be a list of at most {max_items} [peer, bytes] pairs")
-    pairs = []
-    for item in value:
-        if not isinstance(item, list) or len(item) != 2:
-            raise WireError(f"{what} entries must be [peer, bytes]")
-        position = check_int(item[0], f"{what} peer", 0, len(names) - 1) if names else -1
-        if position < 0:
+    def peer_of(position: Any) -> str:
+        if not names:
             raise WireError(f"{what} names a peer, and the frame's peer table is empty")
-        if not isinstance(item[1], bytes) or len(item[1]) > max_bytes:
-            raise WireError(f"{what} values must be at most {max_bytes} bytes")
-        pairs.append((names[position], item[1]))
-    if len({p for p, _ in pairs}) != len(pairs):
-        raise WireError(f"{what} names a peer twice")
-    return tuple(pairs)
+        return names[check_int(position, f"{what} peer", 0, len(names) - 1)]
+
+    return _read_pairs(value, what, max_items, max_bytes, peer_of)
 
 
 def _check_peers(value: Any, what: str) -> tuple[str, ...]:
