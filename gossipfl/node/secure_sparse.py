@@ -134,6 +134,11 @@ def can_narrow(node: Node, aggregator: str, r: int) -> bool:
     return sparse_for(node, aggregator, r) and levels(node, r) == CONSENSUS_LEVELS
 
 
+NARROW_SHRUNK = 4
+"""An aggregator narrows a consensus delta round once its last sum's largest coordinate is
+within this many times a narrowed sum's range (:func:`narrowing`)."""
+
+
 def narrowing(node: Node, r: int) -> tuple[int, int]:
     """The round this aggregator narrows in its round-``r`` unmask requests, and to how many
     levels each side ((0, 0): none): round r + 2, when its sum takes consensus deltas and this
@@ -231,11 +236,6 @@ def coordinates(node: Node, r: int) -> np.ndarray:
                              node.config.compression.ratio)
 
 
-NARROW_SHRUNK = 4
-"""An aggregator narrows a consensus delta round once its last sum's largest coordinate is
-within this many times a narrowed sum's range (:func:`narrowing`)."""
-
-
 def words(node: Node, aggregator: str, r: int) -> int:
     """How many masked words a member's input to ``aggregator`` for round ``r`` holds."""
     if sparse_for(node, aggregator, r) and not levels(node):
@@ -311,7 +311,7 @@ def origin_base(node: Node) -> None:
     """The running sum an aggregator starts round 0 from: its neighbours' x̂ before any round
     is the initial model, the same for the whole federation (its seed decides it), so the sum
     is ``Σ_j w_ij x₀`` over them all, exact with no full round; an input whose origin differs is
-    refused (``secure_round.accept_masked``). None for a node that did not start from it."""
+    refused (``secure_round.accept_masked``). No base for a node that did not start from it."""
     initial, state = node.estimates.initial, node.secagg
     if initial is None or not node.estimates.origin or node.topology is None:
         return
