@@ -22,6 +22,7 @@ from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import UnmaskRequest
 from gossipfl.node import secure_round, secure_sparse
 from gossipfl.node.compression import round_compressor
+from gossipfl.node.secure_sparse import NARROW_SHRUNK
 
 
 @pytest.fixture
@@ -69,10 +70,10 @@ def test_a_shrunk_sum_narrows_the_round_two_ahead(star, consensus) -> None:
     record: dict[str, Any] = {}
     secure_sparse.mix(a, r, a.own.vector.copy(), result, record, [])
     largest = a.secagg.last_sum[1]
-    assert a.secagg.last_sum[0] == r and 0 < largest <= 4 * 31 * 4
+    assert a.secagg.last_sum[0] == r and 0 < largest <= NARROW_SHRUNK * 31 * 4
     assert record["narrowed"] == 0
     # the fewest levels whose sum, four times over, holds the last one
-    tier = next(n for n in NARROW_LEVELS if largest <= 4 * n * 4)
+    tier = next(n for n in NARROW_LEVELS if largest <= NARROW_SHRUNK * n * 4)
     assert secure_sparse.narrowing(a, r + 1) == (r + 3, tier)
     assert a.secagg.narrowed == {r + 3: tier}
     assert secure_sparse.width(a, a.peer_id, r + 3) == {1: 4, 7: 6, 31: 8}[tier]
@@ -80,7 +81,9 @@ def test_a_shrunk_sum_narrows_the_round_two_ahead(star, consensus) -> None:
     # the last sum is not the round before: nothing
     assert secure_sparse.narrowing(a, r + 2) == (0, 0)
     # each tier by the sum's size, and none past four times the widest's
-    for largest, tier in ((16, 1), (17, 7), (112, 7), (113, 31), (496, 31), (497, 0)):
+    edges = [NARROW_SHRUNK * n * 4 for n in NARROW_LEVELS]  # Σc = 4
+    for largest, tier in ((edges[0], 1), (edges[0] + 1, 7), (edges[1], 7), (edges[1] + 1, 31),
+                          (edges[2], 31), (edges[2] + 1, 0)):
         a.secagg.narrowed.clear()
         a.secagg.last_sum = (r, largest)
         assert secure_sparse.narrowing(a, r + 1) == ((r + 3, tier) if tier else (0, 0))
