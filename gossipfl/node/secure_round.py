@@ -33,6 +33,7 @@ aggregator's side and the member's answers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -380,6 +381,13 @@ async def sum_over(node: Node, r: int,
                                        full=not dropped and held_set == chosen)
     light = len(early) >= enough
     waives = secure_sparse.waiver(node, r, chosen)  # round r + 2 as deltas, if the sum is exact
+    words = len(inputs[survivors[0]].data) * 8 // inputs[survivors[0]].width
+    early_total = None
+    if light:  # the sum first (the early shares rebuild it): its size sets round r + 2's levels
+        with contextlib.suppress(ValueError):
+            early_total = await compute(node, words, unmask, node, r, inputs, survivors, dropped,
+                                        early)
+            secure_sparse.note_sum(node, r, early_total)
     narrows, narrow = secure_sparse.narrowing(node, r)  # round r + 2's levels: sums shrank
 
     def request_to(peer: str) -> UnmaskRequest:
@@ -398,11 +406,12 @@ async def sum_over(node: Node, r: int,
                                  held_streams[peer])
                for peer in survivors], lambda: len(early.keys() | responses.keys()) >= enough)
     node.secagg.early_rounds += light
-    words = len(inputs[survivors[0]].data) * 8 // inputs[survivors[0]].width
     try:
         try:
-            total = await compute(node, words, unmask, node, r, inputs, survivors, dropped,
-                                  early if light else early | responses)
+            if light and early_total is None:
+                raise ValueError("an early share was wrong")
+            total = early_total if light else await compute(
+                node, words, unmask, node, r, inputs, survivors, dropped, early | responses)
         except ValueError:
             if light:  # an early share was wrong: ask for the answers themselves
                 responses = {}
@@ -415,6 +424,7 @@ async def sum_over(node: Node, r: int,
                 await rest()  # an answer short of shares: wait for the others, then retry
             total = await compute(node, words, unmask, node, r, inputs, survivors, dropped,
                                   dict(responses))
+        secure_sparse.note_sum(node, r, total)
     except ValueError as error:
         node.secagg.failed_rounds.append(r)
         log.warning("round %d: secure aggregation failed: %s; this round goes on without it",
