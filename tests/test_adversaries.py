@@ -80,6 +80,7 @@ def test_every_kind_has_a_role_and_unknown_kinds_are_refused() -> None:
     ([{"node": 1, "kind": "lying_aggregator", "target": 1}], "cannot target itself"),
     ([{"node": 1, "kind": "state_prober"}, {"node": 1, "kind": "oversize_flood"}], "twice"),
     ([{"node": n, "kind": "state_prober"} for n in range(5)], "two honest"),
+    ([{"node": 1, "kind": "narrowing"}], "narrowing narrows consensus delta rounds"),
 ])
 def test_scenario_adversaries_are_validated(adversaries: list[dict], message: str) -> None:
     from gossipfl.config import from_dict

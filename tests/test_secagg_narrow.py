@@ -107,6 +107,12 @@ def test_a_member_takes_only_a_narrowing_of_a_consensus_delta_round_two_ahead(
         star, consensus) -> None:
     a, c = star["a"], star["c"]
     full, r = consensus
+    # not while the member's own disagreement is many tolerances wide: an aggregator narrowing
+    # too early would hold it to a few levels a round far from consensus
+    c.disagreement = 31 * c.protocol.consensus_tolerance
+    secure_sparse.note_narrowing(c, a.peer_id, r, r + 2, 7)
+    assert not c.secagg.narrowings and secure_sparse.sum_levels(c, a.peer_id, r + 2) == 511
+    c.disagreement = 30 * c.protocol.consensus_tolerance
     secure_sparse.note_narrowing(c, a.peer_id, r, r + 2, 7)
     assert secure_sparse.sum_levels(c, a.peer_id, r + 2) == 7
     # a deviating aggregator's other claims are ignored: not two ahead, a full round, a
@@ -201,3 +207,26 @@ def test_a_simulated_run_narrows_its_late_consensus_rounds(tmp_path, pool) -> No
         narrowed += [r["round"] for r in metrics(tmp_path, index) if r.get("narrowed")]
         assert not report["nodes"][index]["rejected"]
     assert narrowed and min(narrowed) >= 12 + 2  # a consensus sum, then two rounds ahead
+
+
+def test_an_aggregator_narrowing_every_round_cannot_hold_the_consensus(tmp_path, pool) -> None:
+    """A deviating aggregator (``narrowing``: every consensus delta round of its sum narrowed to
+    one level, whatever its sums were) in the same cut-down ``secagg_int4.toml``: its members
+    take the narrowing only once their own disagreement is within ``NARROW_SETTLED``
+    tolerances, so it cannot hold them to a level a round from the start of the consensus
+    (without that test, 8 simulated nodes ran to the round limit, 90, not converged); before,
+    it refuses their wide words, as it could refuse any input."""
+    from pathlib import Path
+
+    from sim_scenarios import simulated
+
+    text = (Path(__file__).parent.parent / "scenarios" / "secagg_int4.toml").read_text()
+    text = text.replace("\nrounds = 30\n", "\nrounds = 12\n").replace("\nnodes = 8\n",
+                                                                        "\nnodes = 6\n")
+    text += '\n[[adversaries]]\nnode = 0\nkind = "narrowing"\n'
+    report = simulated(tmp_path, text, pool)
+    [adversary] = report["adversaries"]
+    assert adversary["kind"] == "narrowing" and adversary["attempts"] > 0
+    assert report["final_consensus_distance"] <= 1e-3
+    limit = 12 + 60  # rounds + max_consensus_rounds
+    assert max(node["rounds_completed"] for node in report["nodes"]) < limit

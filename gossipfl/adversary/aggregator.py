@@ -1,6 +1,7 @@
 """Adversaries that aggregate their own neighbourhood: the lying aggregator and the
-differencing aggregator. Both drive the node's own secure-aggregation functions
-(:mod:`gossipfl.node.secure_round`) with the survivor sets they choose, and keep what comes back.
+differencing aggregator drive the node's own secure-aggregation functions
+(:mod:`gossipfl.node.secure_round`) with the survivor sets they choose, and keep what comes back;
+the narrowing aggregator announces narrowings the honest rule would not.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import trio
 
 from gossipfl.adversary.kinds import AdversaryKind
 from gossipfl.adversary.role import Role, SumResult
+from gossipfl.config import AdversaryConfig
 from gossipfl.crypto import consistency, secagg, shamir
+from gossipfl.crypto.secagg_sparse import NARROW_LEVELS
 from gossipfl.gossip.wire import ConsistencyRequest, MaskedInput, UnmaskResponse
-from gossipfl.node import secure_round
+from gossipfl.node import secure_round, secure_sparse
 
 if TYPE_CHECKING:
     from gossipfl.node.runtime import Node
@@ -264,3 +267,34 @@ class Differencing(_Aggregator):
                     self.tally.reconstructed(when, member, guess, churn=True)
                     self.tally.details["one_apart_by_churn"] += 1
                 return
+
+
+class NarrowingAggregator(Role):
+    """Narrows every consensus delta round of its own sum to one level each side (announced two
+    rounds ahead, as the honest rule does), whatever its sums were: an attempt to hold its
+    members to a level a round, so the consensus crawls. A member takes a narrowing only while
+    its own disagreement is within ``NARROW_SETTLED`` tolerances
+    (:func:`gossipfl.node.secure_sparse.note_narrowing`); before, it sends wide words this
+    aggregator refuses. ``attempts``: rounds narrowed; ``succeeded``: those whose sum completed
+    narrowed (enough members held to one level)."""
+
+    kind = AdversaryKind.NARROWING
+
+    def __init__(self, config: AdversaryConfig) -> None:
+        super().__init__(config)
+        self.claimed: set[int] = set()
+        self.completed: set[int] = set()
+
+    def narrowing(self, node: Node, r: int, honest: tuple[int, int]) -> tuple[int, int]:
+        last_round = node.secagg.last_sum[0]  # its newest completed sum (round r or r − 1)
+        if last_round in self.claimed and last_round not in self.completed:
+            self.completed.add(last_round)
+            self.tally.succeeded += 1
+        ahead = r + 2
+        if not secure_sparse.can_narrow(node, node.peer_id, ahead):
+            return honest
+        levels = NARROW_LEVELS[0]
+        node.secagg.narrowed[ahead] = levels
+        self.claimed.add(ahead)
+        self.tally.attempts += 1
+        return ahead, levels

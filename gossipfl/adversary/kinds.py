@@ -10,6 +10,7 @@ class AdversaryKind(Enum):
     NONE = "none"  # an honest node
     LYING_AGGREGATOR = "lying_aggregator"  # tells survivors different survivor sets
     DIFFERENCING = "differencing"  # announces sets one live member apart, to subtract sums
+    NARROWING = "narrowing"  # narrows every consensus delta round of its sum to one level
     STATE_PROBER = "state_prober"  # asks each neighbour for its estimate, every round
     MEMBERSHIP_FLOOD = "membership_flood"  # heartbeats of 255 made-up members, trap addresses
     OVERSIZE_FLOOD = "oversize_flood"  # oversize and msgpack-bomb frames, member and stranger

@@ -17,6 +17,9 @@ The node calls its role at these points (and nowhere else):
 - ``secure_sum(node, r)``: only when ``aggregates`` is true, in place of the honest secure sum
   of the node's own neighbourhood (:func:`gossipfl.node.secure_round.secure_sum`); returns what
   the honest one returns, (Σ w x̂, Σ w, survivors) or None.
+- ``narrowing(node, r, honest)``: as the aggregator's round-``r`` unmask requests go out under
+  consensus deltas, the narrowing they announce (round, levels) instead of the honest rule's
+  ``honest`` (:func:`gossipfl.node.secure_sparse.narrowing`).
 - ``write(out)``: at the end, the tally (``adversary/summary.json``) and the reconstructions
   (``adversary/reconstructions.npz``: one vector per round and target, ``rNNNNN_<peer id>``;
   those owed to a member that really left, not to the attack, in
@@ -126,6 +129,11 @@ class Role:
     def acked(self, peer: str, r: int, ok: bool) -> None:
         """``peer`` took (``ok``) or refused our round-``r`` estimate (or masked input)."""
         return None
+
+    def narrowing(self, node: Node, r: int, honest: tuple[int, int]) -> tuple[int, int]:
+        """The (round, levels) this aggregator's round-``r`` unmask requests narrow: the honest
+        role, what the honest rule chose."""
+        return honest
 
     async def secure_sum(self, node: Node, r: int) -> SumResult:
         raise NotImplementedError(f"{self.kind.value} does not aggregate")

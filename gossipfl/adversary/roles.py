@@ -3,7 +3,7 @@ an adversary: see :func:`gossipfl.adversary.factory.make_role`)."""
 
 from __future__ import annotations
 
-from gossipfl.adversary.aggregator import Differencing, LyingAggregator
+from gossipfl.adversary.aggregator import Differencing, LyingAggregator, NarrowingAggregator
 from gossipfl.adversary.byzantine import BYZANTINE_ROLES
 from gossipfl.adversary.flood import MembershipFlood, OversizeFlood
 from gossipfl.adversary.kinds import AdversaryKind
@@ -14,6 +14,7 @@ ROLES: dict[AdversaryKind, type[Role]] = {
     AdversaryKind.NONE: Role,
     AdversaryKind.LYING_AGGREGATOR: LyingAggregator,
     AdversaryKind.DIFFERENCING: Differencing,
+    AdversaryKind.NARROWING: NarrowingAggregator,
     AdversaryKind.STATE_PROBER: StateProber,
     AdversaryKind.MEMBERSHIP_FLOOD: MembershipFlood,
     AdversaryKind.OVERSIZE_FLOOD: OversizeFlood,

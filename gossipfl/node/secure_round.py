@@ -388,7 +388,8 @@ async def sum_over(node: Node, r: int,
             early_total = await compute(node, words, unmask, node, r, inputs, survivors, dropped,
                                         early)
             secure_sparse.note_sum(node, r, early_total)
-    narrows, narrow = secure_sparse.narrowing(node, r)  # round r + 2's levels: sums shrank
+    # round r + 2's levels (sums shrank); an adversary's role may claim its own
+    narrows, narrow = node.role.narrowing(node, r, secure_sparse.narrowing(node, r))
 
     def request_to(peer: str) -> UnmaskRequest:
         return dataclasses.replace(unmask_request(node, r, inputs, survivors, dropped, peer,

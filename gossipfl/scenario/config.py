@@ -408,6 +408,10 @@ class ScenarioConfig:
                                       f"has {self.nodes} nodes")
         if self.adversaries and len(roles) >= self.nodes - 1:
             raise ConfigError("adversaries: at least two honest nodes are needed")
+        if (any(a.kind == AdversaryKind.NARROWING.value for a in self.adversaries)
+                and not (self.secagg.enabled and self.secagg.consensus_deltas)):
+            raise ConfigError("adversaries: narrowing narrows consensus delta rounds: it needs "
+                              "secagg.enabled and secagg.consensus_deltas")
 
     def _check_churn(self) -> None:
         if self.rss_sample_seconds <= 0:
