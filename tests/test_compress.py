@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -28,7 +27,15 @@ from gossipfl.aggregation.compress import (
     top_k,
 )
 from gossipfl.config import CompressionConfig, ConfigError, NodeConfig, SecAggConfig
-from gossipfl.gossip.wire import Contribution, Packed, WireError, decode_body, encode_body
+from gossipfl.gossip.wire import (
+    Contribution,
+    Packed,
+    WireError,
+    decode_body,
+    encode_body,
+    from_named,
+    named,
+)
 from gossipfl.node.compression import compressor, from_packed, to_packed, vector_of
 from gossipfl.node.estimates import OwnEstimate, PeerEstimates
 from gossipfl.node.layout import Layout, LayoutError
@@ -243,14 +250,14 @@ def test_packed_round_trip(encoded: Encoded) -> None:
 
 
 def test_contribution_without_packed_has_no_packed_key() -> None:
-    body = msgpack.unpackb(encode_body(_message(2, "full", -1, None)), raw=False)
+    body = named(encode_body(_message(2, "full", -1, None)))
     assert "packed" not in body
 
 
 def _with_packed(packed: Any, **changes: Any) -> Contribution:
-    body = msgpack.unpackb(encode_body(_message(2, "delta", 1, None)), raw=False)
+    body = named(encode_body(_message(2, "delta", 1, None)))
     body.update(packed=packed, **changes)
-    return decode_body(msgpack.packb(body, use_bin_type=True), Contribution)
+    return decode_body(from_named(body), Contribution)
 
 
 F32 = np.float32([1.0, 2.0]).tobytes()

@@ -206,12 +206,11 @@ def test_wire_messages_round_trip_and_refuse_bad_signatures() -> None:
                                   (("b", bytes(64)), ("b", bytes(64)))))
     # an answer that carries a self seed is not an answer any more
     body = wire.encode_body(UnmaskResponse("fed", 3, "b", (), ()))
-    import msgpack
 
-    data = msgpack.unpackb(body)
+    data = wire.named(body)
     data["self_seed"] = bytes(32)
     with pytest.raises(WireError, match="unexpected"):
-        wire.decode_body(msgpack.packb(data, use_bin_type=True), UnmaskResponse)
+        wire.decode_body(wire.from_named(data), UnmaskResponse)
 
 
 # -- a lying aggregator against real nodes --------------------------------------------------------

@@ -43,6 +43,7 @@ from gossipfl.crypto.admission import (
 )
 from gossipfl.crypto.envelope import seal
 from gossipfl.crypto.identity import load_or_create_identity
+from gossipfl.gossip import wire
 from gossipfl.gossip.framing import StreamEnded, read_frame
 from gossipfl.gossip.wire import (
     ALLOWED_DTYPES,
@@ -185,11 +186,14 @@ messages = st.one_of(heartbeats, link_requests, link_replies, contributions(), a
 
 
 def body_dict(message: Any) -> dict[Any, Any]:
-    """A fresh, mutable copy of ``message``'s msgpack map."""
-    return msgpack.unpackb(encode_body(message), raw=False)
+    """A fresh, mutable copy of ``message``'s body as a map of its fields (wire.named)."""
+    return wire.named(encode_body(message))
 
 
 def pack(value: Any) -> bytes:
+    """A map with a kind (``t``) as the body wire.from_named packs; anything else as msgpack."""
+    if isinstance(value, dict) and "t" in value:
+        return wire.from_named(value)
     return msgpack.packb(value, use_bin_type=True)
 
 

@@ -96,11 +96,11 @@ ALL_MESSAGES = [HEARTBEAT, LINK_REQUEST, LINK_REPLY, CONTRIBUTION, FULL_CONTRIBU
 
 def _body_dict(message: Any) -> dict[str, Any]:
     """The valid message's body as a plain dict, to break one rule at a time."""
-    return msgpack.unpackb(encode_body(message), raw=False)
+    return wire.named(encode_body(message))
 
 
 def _pack(body: Any) -> bytes:
-    return msgpack.packb(body, use_bin_type=True)
+    return wire.from_named(body)
 
 
 def _assert_same_contribution(got: Contribution, want: Contribution) -> None:
@@ -296,10 +296,12 @@ def test_malformed_msgpack() -> None:
 
 
 def test_non_map_body() -> None:
-    with pytest.raises(WireError, match="frame body must be a map"):
-        decode_body(_pack([1, "ack", "fed"]), Ack)
-    with pytest.raises(WireError, match="frame body must be a map"):
-        decode_body(_pack(7), Ack)
+    with pytest.raises(WireError, match="frame body must be an array"):
+        decode_body(msgpack.packb({"v": wire.WIRE_VERSION, "t": "ack", "fed": "fed"}), Ack)
+    with pytest.raises(WireError, match="frame body must be an array"):
+        decode_body(msgpack.packb(7), Ack)
+    with pytest.raises(WireError, match="frame body must be an array"):
+        decode_body(msgpack.packb([wire.WIRE_VERSION, 4]), Ack)
 
 
 # -- body-level rejections: each breaks exactly one rule -------------------------------------
@@ -331,8 +333,10 @@ def test_wrong_version() -> None:
 def test_unknown_kind() -> None:
     with pytest.raises(WireError, match="message kind 'gossip' is unknown"):
         _decode_modified(ACK, t="gossip")
-    with pytest.raises(WireError, match="message kind 3 is unknown"):
-        _decode_modified(ACK, t=3)
+    with pytest.raises(WireError, match="message kind 99 is unknown"):
+        _decode_modified(ACK, t=99)
+    with pytest.raises(WireError, match="message kind True is unknown"):
+        _decode_modified(ACK, t=True)
 
 
 def test_kind_different_from_expected() -> None:
@@ -357,13 +361,13 @@ def test_missing_field(message: Any) -> None:
 
 @pytest.mark.parametrize("message", ALL_MESSAGES, ids=lambda m: type(m).__name__)
 def test_extra_field(message: Any) -> None:
-    with pytest.raises(WireError, match=r"fields wrong: missing \[\], unexpected \['signature'\]"):
+    with pytest.raises(WireError, match=r"fields wrong: \d+ fields, unexpected past"):
         _decode_modified(message, signature=b"x")
 
 
 def test_federation_is_not_a_field_key() -> None:
-    # "federation" travels as "fed"; sending it under its own name is an extra key.
-    with pytest.raises(WireError, match=r"unexpected \['federation'\]"):
+    # the federation travels in its own place; sending it as a field too is an extra one
+    with pytest.raises(WireError, match=r"unexpected past"):
         _decode_modified(ACK, federation="fed")
 
 
@@ -383,7 +387,7 @@ def test_federation_is_not_a_field_key() -> None:
         (CONTRIBUTION, {"disagreement": math.nan}, "disagreement must be finite"),
         (CONTRIBUTION, {"disagreement": math.inf}, "disagreement must be finite"),
         (CONTRIBUTION, {"sender": b"peer"}, "sender must be a string"),
-        (CONTRIBUTION, {"receiver": None}, "receiver must be a string"),
+        (CONTRIBUTION, {"receiver": None}, r"missing \[.receiver.\]"),  # nil: absent
         (CONTRIBUTION, {"sender": "p" * 129}, "sender is longer than 128 characters"),
         (CONTRIBUTION, {"tensors": {"w": 1}}, "tensors must be a list of at most"),
         (CONTRIBUTION, {"kind": "sparse"}, "contribution kind 'sparse' is unknown"),

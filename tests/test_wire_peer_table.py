@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,11 +31,11 @@ def _input(**changes) -> MaskedInput:
 
 def _body(message) -> dict:
     frame = wire.encode_frame(message, CAP)
-    return msgpack.unpackb(frame[wire.HEADER_BYTES:], raw=False)
+    return wire.named(frame[wire.HEADER_BYTES:])
 
 
 def _decode(body: dict, kind):
-    packed = msgpack.packb(body, use_bin_type=True)
+    packed = wire.from_named(body)
     return wire.decode_frame(wire.HEADER.pack(len(packed)) + packed, kind, CAP)
 
 

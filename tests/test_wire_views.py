@@ -156,10 +156,14 @@ def test_trailing_bytes_are_refused() -> None:
 
 
 def _with_field(extra: bytes) -> bytes:
-    """LARGE_BODY's map with one more entry ``"z": <extra>`` (its map header bumped)."""
-    assert LARGE_BODY[0] == 0xDE  # map16: a contribution has more than 15 fields
-    (count,) = struct.unpack(">H", LARGE_BODY[1:3])
-    return b"\xde" + struct.pack(">H", count + 1) + LARGE_BODY[3:] + msgpack.packb("z") + extra
+    """LARGE_BODY's array with one more element ``<extra>`` (its array header bumped)."""
+    if LARGE_BODY[0] == 0xDC:  # array16
+        (count,) = struct.unpack(">H", LARGE_BODY[1:3])
+        rest = LARGE_BODY[3:]
+    else:
+        assert 0x90 <= LARGE_BODY[0] <= 0x9F  # fixarray
+        count, rest = LARGE_BODY[0] & 0x0F, LARGE_BODY[1:]
+    return b"\xdc" + struct.pack(">H", count + 1) + rest + extra
 
 
 @pytest.mark.parametrize("ext", [

@@ -1,9 +1,12 @@
 """The wire: every message gossipfl sends, as frozen dataclasses with explicit encode/decode.
 
-A frame is a 4-byte big-endian body length followed by a msgpack map. The map always holds
-``v`` (the wire version), ``t`` (the message kind) and ``fed`` (the federation); the other keys are
-the fields of the dataclass. Nothing else in gossipfl builds or parses bytes: the network layer
-calls :func:`encode_frame`, :func:`frame_length` and :func:`decode_body`.
+A frame is a 4-byte big-endian body length followed by a msgpack array: the wire version, the
+message kind's code (its place in the registry), the federation, then the dataclass's fields by
+place (:func:`wire_order`: those it must carry, then its optional ones, an absent one as nil
+and trailing absent ones left off), so that no field's name travels. :func:`named` reads a
+body as a map of field names (for tools and tests), :func:`from_named` packs one back.
+Nothing else in gossipfl builds or parses bytes: the network layer calls :func:`encode_frame`,
+:func:`frame_length` and :func:`decode_body`.
 
 Decoding treats its input as hostile. It refuses an over-long frame before allocating it, an
 unknown version or kind, a missing or extra key, a value of the wrong type, an array whose data
@@ -164,8 +167,9 @@ __all__ = (
 # sender, recipient and round instead of beside a digest of them (crypto/secagg.py), and an
 # unmask request may narrow a consensus delta round two ahead (``narrows``;
 # node/secure_sparse.narrowing) to 1, 7 or 31 levels (``narrow_levels``), and masked words
-# may be 4-bit, six in three bytes
-WIRE_VERSION = 9
+# may be 4-bit, six in three bytes; 10: a body is an array of the fields by place (wire_order),
+# its kind a small code, no field's name travelling
+WIRE_VERSION = 10
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
 
@@ -183,12 +187,12 @@ Message = (Heartbeat | LinkRequest | LinkReply | Contribution | Ack | Sealed | M
 M = TypeVar("M", Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed, MaskedInput,
             UnmaskRequest, UnmaskResponse, ConsistencyRequest, ConsistencyResponse,
             DialbackRequest, DialbackReply)
-_KINDS: dict[str, type[Any]] = {
-    cls.KIND: cls for cls in (Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed,
-                              MaskedInput, UnmaskRequest, UnmaskResponse,
-                              ConsistencyRequest, ConsistencyResponse, DialbackRequest,
-                              DialbackReply)
-}
+#: The registry, in the order that gives each kind its code on the wire (append only).
+_REGISTRY: tuple[type[Any], ...] = (
+    Heartbeat, LinkRequest, LinkReply, Contribution, Ack, Sealed, MaskedInput, UnmaskRequest,
+    UnmaskResponse, ConsistencyRequest, ConsistencyResponse, DialbackRequest, DialbackReply)
+_KINDS: dict[str, type[Any]] = {cls.KIND: cls for cls in _REGISTRY}
+_CODES: dict[type[Any], int] = {cls: code for code, cls in enumerate(_REGISTRY)}
 
 
 def _shape(cls: type[Any]) -> tuple[frozenset[str], frozenset[str]]:
@@ -199,19 +203,38 @@ def _shape(cls: type[Any]) -> tuple[frozenset[str], frozenset[str]]:
             names - getattr(cls, "OPTIONAL", frozenset()))
 
 
-#: Each kind's :func:`_shape`, taken once: ``dataclasses.fields`` walks a class at every call,
-#: which was a fifth of decoding a frame (a py-spy sample of a 32-node run).
+def wire_order(cls: type[Any]) -> tuple[str, ...]:
+    """A kind's fields in the places they travel: those it must carry (in its dataclass's
+    order), then its optional ones, then its ``WIRE_ONLY`` ones (sorted), so that the optional
+    ones a message leaves out are mostly trailing and take no byte."""
+    names = [f.name for f in fields(cls) if f.name != "federation"]
+    optional = getattr(cls, "OPTIONAL", frozenset())
+    return (*(n for n in names if n not in optional), *(n for n in names if n in optional),
+            *sorted(getattr(cls, "WIRE_ONLY", frozenset())))
+
+
+#: Each kind's :func:`_shape` and :func:`wire_order`, taken once: ``dataclasses.fields`` walks a
+#: class at every call, which was a fifth of decoding a frame (a py-spy sample of a 32-node run).
 _SHAPES: dict[type[Any], tuple[frozenset[str], frozenset[str]]] = {
-    cls: _shape(cls) for cls in _KINDS.values()}
+    cls: _shape(cls) for cls in _REGISTRY}
+_ORDERS: dict[type[Any], tuple[str, ...]] = {cls: wire_order(cls) for cls in _REGISTRY}
 
 
 # -- frames ----------------------------------------------------------------------------------------
 
 
+def _positional(cls: type[Any], federation: str, named: dict[str, Any]) -> list[Any]:
+    """The body's array: version, kind code, federation, then ``named``'s values by place (an
+    absent one nil, trailing absent ones left off)."""
+    values = [named.get(name) for name in _ORDERS[cls]]
+    while values and values[-1] is None:
+        values.pop()
+    return [WIRE_VERSION, _CODES[cls], federation, *values]
+
+
 def encode_body(message: Message) -> bytes:
     """The msgpack body of ``message`` (no length header)."""
-    body = {"v": WIRE_VERSION, "t": message.KIND, "fed": message.federation}
-    body.update(message._fields_to_wire())
+    body = _positional(type(message), message.federation, message._fields_to_wire())
     return msgpack.packb(body, use_bin_type=True, strict_types=False)
 
 
@@ -221,9 +244,8 @@ def encode_body_pieces(message: Message) -> list[Buffer]:
     :func:`encode_body`'s bytes."""
     if not _has_large_binary(message):  # msgpack's own packer: faster for small fields
         return [encode_body(message)]
-    body = {"v": WIRE_VERSION, "t": message.KIND, "fed": message.federation}
-    body.update(message._fields_to_wire())
-    return pack_pieces(body)
+    return pack_pieces(_positional(type(message), message.federation,
+                                   message._fields_to_wire()))
 
 
 def _has_large_binary(message: Message) -> bool:
@@ -403,25 +425,63 @@ def _decode(body: Buffer, kinds: tuple[type[Message], ...], limits: DecodeLimits
                             lambda compact, hook: unpack_bounded(compact, limits, hook))
     else:
         data = unpack_bounded(body, limits)
-    if not isinstance(data, dict):
-        raise WireError("frame body must be a map")
-    version = data.get("v")
-    if isinstance(version, bool) or not isinstance(version, int) or version != WIRE_VERSION:
-        raise WireError(f"wire version {version!r} is not supported (expected {WIRE_VERSION})")
-    kind = data.get("t")
-    cls = _KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise WireError(f"message kind {kind!r} is unknown")
+    cls, federation, named = _read(data)
     if cls not in kinds:
-        raise WireError(f"expected a {' or '.join(k.KIND for k in kinds)} message, got {kind}")
-    federation = check_str(data.get("fed"), "federation", MAX_NAME_CHARS)
-    keys = set(data) - {"v", "t", "fed"}
+        raise WireError(f"expected a {' or '.join(k.KIND for k in kinds)} message, got "
+                        f"{cls.KIND}")
     wanted, required = _SHAPES[cls]
+    keys = set(named)
     if not required <= keys <= wanted:
         missing = sorted(required - keys)
         extra = sorted(str(k) for k in keys - wanted)
-        raise WireError(f"{kind} fields wrong: missing {missing}, unexpected {extra}")
-    return cls._fields_from_wire(federation, data)
+        raise WireError(f"{cls.KIND} fields wrong: missing {missing}, unexpected {extra}")
+    return cls._fields_from_wire(federation, named)
+
+
+def _read(data: Any) -> tuple[type[Any], str, dict[str, Any]]:
+    """A decoded body's kind, federation and fields by name; WireError if it is no body of
+    this version (not an array, another version, an unknown kind, more fields than its kind's)."""
+    if not isinstance(data, list) or len(data) < 3:
+        raise WireError("frame body must be an array of version, kind, federation and fields")
+    version, code, federation = data[:3]
+    if isinstance(version, bool) or not isinstance(version, int) or version != WIRE_VERSION:
+        raise WireError(f"wire version {version!r} is not supported (expected {WIRE_VERSION})")
+    ok = isinstance(code, int) and not isinstance(code, bool) and 0 <= code < len(_REGISTRY)
+    if not ok:
+        raise WireError(f"message kind {code!r} is unknown")
+    cls = _REGISTRY[code]
+    order = _ORDERS[cls]
+    if len(data) > 3 + len(order):
+        raise WireError(f"{cls.KIND} fields wrong: {len(data) - 3} fields, unexpected past "
+                        f"its kind's {len(order)}")
+    federation = check_str(federation, "federation", MAX_NAME_CHARS)
+    return cls, federation, {name: value for name, value in zip(order, data[3:], strict=False)
+                             if value is not None}  # nil: absent (refused if required)
+
+
+def named(body: Buffer) -> dict[str, Any]:
+    """A body as a map: ``v``, ``t`` (the kind's name), ``fed`` and each field present by its
+    name (for tools and tests; :func:`from_named` packs one back). WireError as decoding."""
+    cls, federation, fields_ = _read(unpack_bounded(body, DEFAULT_DECODE_LIMITS))
+    return {"v": WIRE_VERSION, "t": cls.KIND, "fed": federation, **fields_}
+
+
+def from_named(body: dict[str, Any]) -> bytes:
+    """:func:`named`'s inverse: the body of the kind ``body["t"]`` names (any other value in
+    its place as it is), ``v`` and ``fed`` as given; a key its kind has no place for goes past
+    its last place (as a peer adding a field would send it: refused)."""
+    kind = body.get("t")
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
+    order = _ORDERS[cls] if cls is not None else ()
+    fields_ = {k: v for k, v in body.items() if k not in ("v", "t", "fed")}
+    values = [fields_.get(name) for name in order]
+    extra = [v for k, v in fields_.items() if k not in order]
+    if not extra:
+        while values and values[-1] is None:
+            values.pop()
+    code = _CODES[cls] if cls is not None else kind  # another value as it is: refused
+    values = [body.get("v"), code, body.get("fed"), *values, *extra]
+    return msgpack.packb(values, use_bin_type=True, strict_types=False)
 
 
 def decode_frame(frame: bytes, expected: type[M], max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> M:
