@@ -148,8 +148,7 @@ async def _attack(node_dir: Path) -> dict[str, str]:
             try:
                 await host.connect(target)
                 stream = await host.new_stream(target.peer_id, [PROTO_SEALED])
-                forged = Sealed(info["federation"], 1, str(stranger.peer_id), info["peer_id"],
-                                b"\x00" * 64)
+                forged = Sealed(info["federation"], 1, b"\x00" * 64)
                 await write_frame(stream, forged, MAX_CONTROL_BYTES)
                 ack, _ = await read_frame(stream, Ack, MAX_CONTROL_BYTES)
                 seen["sealed"] = ack.status

@@ -50,7 +50,7 @@ class RecordingStream:
 
 
 def _sealed_frame(size: int) -> bytes:
-    return encode_frame(Sealed("fed", 1, "s", "r", b"\0" * size), 64 * MIB)
+    return encode_frame(Sealed("fed", 1, b"\0" * size), 64 * MIB)
 
 
 # -- read caps -----------------------------------------------------------------------------------

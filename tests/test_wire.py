@@ -717,3 +717,17 @@ def test_write_frame_refuses_over_cap_without_writing() -> None:
     with pytest.raises(WireError, match="exceeds the 10 cap"):
         trio.run(main)
     assert stream.written == b""
+
+
+def test_a_sealed_inside_leaves_its_sender_and_receiver_to_the_envelope() -> None:
+    implied = wire.SEALED_IMPLIED[Contribution]
+    inside = encode_body(CONTRIBUTION, implied)
+    assert not set(implied) & set(wire.named(inside))
+    assert len(inside) < len(encode_body(CONTRIBUTION)) - len(CONTRIBUTION.sender)
+    given = {"sender": CONTRIBUTION.sender, "receiver": CONTRIBUTION.receiver}
+    assert decode_body(inside, Contribution, given) == CONTRIBUTION
+    # without them it lacks two required fields; an inside that names them is refused
+    with pytest.raises(WireError, match="missing"):
+        decode_body(inside, Contribution)
+    with pytest.raises(WireError, match="sender travels in its envelope"):
+        decode_body(encode_body(CONTRIBUTION), Contribution, given)

@@ -3,6 +3,7 @@ and the views its binaries are decoded as, on hostile input too."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Any
 
@@ -19,6 +20,7 @@ from gossipfl.crypto.envelope import open_envelope, seal
 from gossipfl.gossip.framing import write_frame
 from gossipfl.gossip.wire import (
     MAX_TENSORS,
+    SEALED_IMPLIED,
     Contribution,
     MaskedInput,
     Packed,
@@ -53,7 +55,7 @@ def masked(words: int) -> MaskedInput:
 
 
 def sealed(size: int) -> Sealed:
-    return Sealed("fed", 3, "a", "b", bytearray(b"\x07" * size))
+    return Sealed("fed", 3, bytearray(b"\x07" * size))
 
 
 MESSAGES = [contribution(BIG, 10, BIG), contribution(3, 5), contribution(BIG),
@@ -221,15 +223,18 @@ def test_a_large_contribution_seals_and_opens_without_joining() -> None:
     sender_key, receiver_key = SigningKey(b"\x05" * 32), SigningKey(b"\x06" * 32)
     sender, receiver = peer_id_of(sender_key.verify_key), peer_id_of(receiver_key.verify_key)
     private, public = member_x25519_keypair(bytes(receiver_key))
-    message = contribution(BIG, 7, 3 * BIG)
-    data = seal(encode_body_pieces(message), federation="fed", round=3, sender=sender,
+    message = dataclasses.replace(contribution(BIG, 7, 3 * BIG), sender=sender,
+                                  receiver=receiver)
+    implied = SEALED_IMPLIED[Contribution]
+    data = seal(encode_body_pieces(message, implied), federation="fed", round=3, sender=sender,
                 receiver=receiver, sender_signing_key=sender_key,
                 receiver_x25519_public=public)
-    frame = bytearray(encode_frame(Sealed("fed", 3, sender, receiver, data)))
+    frame = bytearray(encode_frame(Sealed("fed", 3, data)))
     outer = decode_body(frame[4:], Sealed)
     assert isinstance(outer.data, memoryview) and outer.data == data
     _, payload = open_envelope(outer.data, federation="fed", expected_round=3,
                                expected_sender=sender, receiver=receiver,
                                receiver_x25519_private=private,
                                sender_verify_key=verify_key_from_peer_id(sender))
-    assert decode_body(payload, Contribution) == message
+    assert decode_body(payload, Contribution, dict(zip(implied, (sender, receiver),
+                                                       strict=True))) == message

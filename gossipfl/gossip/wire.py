@@ -34,6 +34,7 @@ A new message kind gets its dataclass in one of the message modules and its entr
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -148,27 +149,9 @@ __all__ = (
     "unpack_bounded",
 )
 
-# 2: heartbeats carry member-table deltas (table, ack); 3: and a digest (have); 4: a liveness
-# stamp signs its member's addresses (a v3 stamp does not verify as v4); 5: masked inputs'
-# ring width, dealt and early shares, presigns, light unmask requests; 6: no new field, but
-# a regular topology is the best of several draws (aggregation/topology.py), so a v5 node
-# would derive another graph from the same members: the two refuse each other's frames; 7: a
-# sealed seed share binds a digest of its sender, recipient and round (crypto/secagg.py), and
-# masked words may be 6-bit, four in three bytes (crypto/secagg_sparse.py); 8: masked words may
-# be 12-bit, two in three bytes, and a consensus round's deltas take 511 levels, not 2,047 (a
-# v7 node would add another step to a member's x̂ than the member did), the first consensus
-# round too (with consensus deltas it is no full round), an input whose self seed was dealt
-# with the last one may go without its shares (node/secure_inputs.finish_input), and an unmask
-# request may waive its aggregator's full round two ahead (node/secure_sparse.waiver); 9:
-# compressed secure aggregation's round 0 may be a delta round, its masked inputs naming the
-# initial model they are taken from (``origin``; node/secure_sparse.origin_base), and a masked
-# input or unmask request names each peer once: its lists by place in the frame's peer table;
-# a seed share is 35 bytes (Shamir over GF(2^256 + 297), not 68), sealed under a key bound to
-# sender, recipient and round instead of beside a digest of them (crypto/secagg.py), and an
-# unmask request may narrow a consensus delta round two ahead (``narrows``;
-# node/secure_sparse.narrowing) to 1, 7 or 31 levels (``narrow_levels``), and masked words
-# may be 4-bit, six in three bytes; 10: a body is an array of the fields by place (wire_order),
-# its kind a small code, no field's name travelling
+# What each version changed is listed in the README ("The wire"); 10: a
+# body is an array of the fields by place (wire_order), its kind a small code, no field's name
+# travelling, and a sealed message's inside leaves its sender and receiver to the envelope
 WIRE_VERSION = 10
 HEADER = struct.Struct(">I")
 HEADER_BYTES = HEADER.size
@@ -223,29 +206,37 @@ _ORDERS: dict[type[Any], tuple[str, ...]] = {cls: wire_order(cls) for cls in _RE
 # -- frames ----------------------------------------------------------------------------------------
 
 
-def _positional(cls: type[Any], federation: str, named: dict[str, Any]) -> list[Any]:
+#: The fields a sealed message's inside leaves to its envelope, whose signed header names its
+#: sender and receiver (``crypto/envelope.py``): each peer id travels once a sealed frame.
+SEALED_IMPLIED: dict[type[Any], tuple[str, str]] = {Contribution: ("sender", "receiver"),
+                                                    MaskedInput: ("sender", "aggregator")}
+
+
+def _positional(cls: type[Any], federation: str, named: dict[str, Any],
+                leave: tuple[str, ...] = ()) -> list[Any]:
     """The body's array: version, kind code, federation, then ``named``'s values by place (an
-    absent one nil, trailing absent ones left off)."""
-    values = [named.get(name) for name in _ORDERS[cls]]
+    absent one, or one named in ``leave``, nil; trailing absent ones left off)."""
+    values = [None if name in leave else named.get(name) for name in _ORDERS[cls]]
     while values and values[-1] is None:
         values.pop()
     return [WIRE_VERSION, _CODES[cls], federation, *values]
 
 
-def encode_body(message: Message) -> bytes:
-    """The msgpack body of ``message`` (no length header)."""
-    body = _positional(type(message), message.federation, message._fields_to_wire())
+def encode_body(message: Message, leave: tuple[str, ...] = ()) -> bytes:
+    """The msgpack body of ``message`` (no length header), less the fields named in ``leave``
+    (a sealed inside: :data:`SEALED_IMPLIED`)."""
+    body = _positional(type(message), message.federation, message._fields_to_wire(), leave)
     return msgpack.packb(body, use_bin_type=True, strict_types=False)
 
 
-def encode_body_pieces(message: Message) -> list[Buffer]:
+def encode_body_pieces(message: Message, leave: tuple[str, ...] = ()) -> list[Buffer]:
     """:func:`encode_body` as pieces: each binary field of :data:`VIEW_MIN_BYTES` or more
     (tensor data, an envelope) referred to, not copied; ``b"".join`` of them is
     :func:`encode_body`'s bytes."""
     if not _has_large_binary(message):  # msgpack's own packer: faster for small fields
-        return [encode_body(message)]
+        return [encode_body(message, leave)]
     return pack_pieces(_positional(type(message), message.federation,
-                                   message._fields_to_wire()))
+                                   message._fields_to_wire(), leave))
 
 
 def _has_large_binary(message: Message) -> bool:
@@ -406,19 +397,24 @@ def _limits_of(kinds: tuple[type[Message], ...]) -> DecodeLimits:
                           for f in fields(DecodeLimits)))
 
 
-def decode_body(body: Buffer, expected: type[M] | tuple[type[Message], ...]) -> M:
+def decode_body(body: Buffer, expected: type[M] | tuple[type[Message], ...],
+                given: Mapping[str, Any] | None = None) -> M:
     """Decode one frame body into a message of type ``expected`` (within its
     :data:`DECODE_LIMITS`), or of one of the types in a tuple (within the largest of their
     limits). A contribution's, sealed message's or masked input's binaries of
-    :data:`VIEW_MIN_BYTES` or more are read-only ``memoryview`` slices of ``body``."""
+    :data:`VIEW_MIN_BYTES` or more are read-only ``memoryview`` slices of ``body``. ``given``:
+    fields the body leaves to its envelope (:data:`SEALED_IMPLIED`), by name, with the values
+    the envelope was opened with (a body that carries one of them is refused)."""
     if isinstance(expected, tuple):
         if any(k.KIND in VIEW_KINDS for k in expected):
             raise ValueError("kinds decoded as views are decoded alone")
-        return _decode(body, expected, _limits_of(expected))  # type: ignore[return-value]
-    return _decode(body, (expected,), DECODE_LIMITS.get(expected.KIND, DEFAULT_DECODE_LIMITS))
+        return _decode(body, expected, _limits_of(expected), given)  # type: ignore[return-value]
+    return _decode(body, (expected,), DECODE_LIMITS.get(expected.KIND, DEFAULT_DECODE_LIMITS),
+                   given)
 
 
-def _decode(body: Buffer, kinds: tuple[type[Message], ...], limits: DecodeLimits) -> Any:
+def _decode(body: Buffer, kinds: tuple[type[Message], ...], limits: DecodeLimits,
+            given: Mapping[str, Any] | None = None) -> Any:
     expected = kinds[0]
     if expected.KIND in VIEW_KINDS and len(body) >= VIEW_MIN_BYTES:
         data = unpack_views(body, limits,
@@ -429,6 +425,10 @@ def _decode(body: Buffer, kinds: tuple[type[Message], ...], limits: DecodeLimits
     if cls not in kinds:
         raise WireError(f"expected a {' or '.join(k.KIND for k in kinds)} message, got "
                         f"{cls.KIND}")
+    for name, value in (given or {}).items():
+        if name in named:
+            raise WireError(f"{cls.KIND} {name} travels in its envelope, not inside it")
+        named[name] = value
     wanted, required = _SHAPES[cls]
     keys = set(named)
     if not required <= keys <= wanted:

@@ -354,22 +354,21 @@ class Ack:
 
 @dataclass(frozen=True)
 class Sealed:
-    """A contribution signed by its sender and encrypted to its receiver.
+    """A contribution or masked input signed by its sender and encrypted to its receiver.
 
     ``data`` is an envelope (:mod:`gossipfl.crypto.envelope`) whose payload is the msgpack body
-    of a :class:`Contribution`; the clear fields here only route it and must match the inside.
-    """
+    of the message less its sender and receiver (``wire.SEALED_IMPLIED``): those travel once,
+    in the envelope's signed header, and are the stream's authenticated peer and the one node
+    that can open it. The clear fields here (federation, round) must match the inside."""
 
     KIND: ClassVar[str] = "sealed"
     federation: str
     round: int
-    sender: str
-    receiver: str
     data: Binary | bytearray  # as decoded, a large envelope is a read-only view of its frame
 
     def _fields_to_wire(self) -> dict[str, Any]:
-        return {"round": self.round, "sender": self.sender, "receiver": self.receiver,
-                "data": self.data}  # last: a frame's pieces are its header and the envelope
+        return {"round": self.round, "data": self.data}  # data last: a frame's pieces are its
+        # header and the envelope
 
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> Sealed:
@@ -379,7 +378,5 @@ class Sealed:
         return cls(
             federation=federation,
             round=check_int(body["round"], "round", 0, MAX_ROUND),
-            sender=check_str(body["sender"], "sender", MAX_PEER_ID_CHARS),
-            receiver=check_str(body["receiver"], "receiver", MAX_PEER_ID_CHARS),
             data=data,
         )

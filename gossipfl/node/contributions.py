@@ -138,9 +138,6 @@ def open_sealed_message(node: Node, remote: str, sealed: Sealed, expected: type[
     if not node.security.is_member(remote):
         node.reject(remote, what, "not_member", "no valid certificate")
         return None
-    if sealed.receiver != node.peer_id:
-        node.reject(remote, what, "misaddressed", f"for {sealed.receiver}")
-        return None
     try:
         return node.security.open(remote, sealed, expected)
     except EnvelopeError as error:

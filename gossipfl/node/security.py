@@ -41,6 +41,7 @@ from gossipfl.crypto.revocation import (
 from gossipfl.crypto.sessions import OpenKeys, SealKeys
 from gossipfl.gossip.wire import (
     MAX_REVOCATION_BYTES,
+    SEALED_IMPLIED,
     Contribution,
     M,
     MaskedInput,
@@ -307,12 +308,13 @@ class NodeSecurity:
         buffer the envelope is written from."""
         to = message.receiver if isinstance(message, Contribution) else message.aggregator
         data = seal(
-            encode_body_pieces(message), federation=self.federation, round=message.round,
+            encode_body_pieces(message, SEALED_IMPLIED[type(message)]),
+            federation=self.federation, round=message.round,
             sender=self.peer_id, receiver=to, sender_signing_key=self.signing_key,
             receiver_x25519_public=self.certificate_of(to).x25519_public,
             max_payload_bytes=self.max_payload, keys=self.seal_keys,
         )
-        return Sealed(self.federation, message.round, self.peer_id, to, data)
+        return Sealed(self.federation, message.round, data)
 
     def open(self, remote: str, sealed: Sealed,
              expected: type[M] = Contribution) -> M:  # type: ignore[assignment]
@@ -329,10 +331,11 @@ class NodeSecurity:
             sender_verify_key=verify_key_from_peer_id(remote),
             max_payload_bytes=self.max_payload, keys=self.open_keys,
         )
-        message = decode_body(payload, expected)
-        to = message.receiver if isinstance(message, Contribution) else message.aggregator
-        outside = (sealed.federation, round_, sealed.sender, sealed.receiver)
-        inside = (message.federation, message.round, message.sender, to)
+        # the sender and receiver the envelope's header named (checked as it opened)
+        implied = dict(zip(SEALED_IMPLIED[expected], (remote, self.peer_id), strict=True))
+        message = decode_body(payload, expected, implied)
+        outside = (sealed.federation, round_)
+        inside = (message.federation, message.round)
         if outside != inside:
             raise WireError(f"sealed message's inside {inside} differs from its outside")
         return message

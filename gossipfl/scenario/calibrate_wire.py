@@ -88,7 +88,7 @@ def sealed_round_trip(body: Any, fed: str, sender: _Member, receiver: _Member,
                 receiver=receiver.peer_id, sender_signing_key=sender.signing,
                 receiver_x25519_public=receiver.x_public, max_payload_bytes=cap,
                 keys=sender.seal_keys)
-    frame = encode_frame(Sealed(fed, 1, sender.peer_id, receiver.peer_id, data), cap)
+    frame = encode_frame(Sealed(fed, 1, data), cap)
     _, payload = open_envelope(data, federation=fed, expected_round=1,
                                expected_sender=sender.peer_id, receiver=receiver.peer_id,
                                receiver_x25519_private=receiver.x_private,
@@ -103,6 +103,7 @@ def contribution_frames(scenario: ScenarioConfig, names: Names, a: _Member,
     from gossipfl.gossip.codes import AckCode
     from gossipfl.gossip.wire import (
         DEFAULT_MAX_PAYLOAD_BYTES,
+        SEALED_IMPLIED,
         Ack,
         Contribution,
         decode_body,
@@ -138,8 +139,11 @@ def contribution_frames(scenario: ScenarioConfig, names: Names, a: _Member,
             frame = encode_frame(contribution, cap)
             decode_body(encode_body(contribution), Contribution)
             return len(frame)
-        frame, payload = sealed_round_trip(encode_body_pieces(contribution), fed, a, b, cap)
-        decode_body(payload, Contribution)
+        implied = SEALED_IMPLIED[Contribution]  # as a node seals and opens it
+        frame, payload = sealed_round_trip(encode_body_pieces(contribution, implied), fed, a,
+                                           b, cap)
+        decode_body(payload, Contribution, dict(zip(implied, (a.peer_id, b.peer_id),
+                                                    strict=True)))
         return len(frame)
 
     full_bytes = exchange("full", full)
