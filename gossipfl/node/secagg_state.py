@@ -66,6 +66,9 @@ class SecAggState:
     """Per-node secure-aggregation state, for both roles."""
 
     inbox: dict[int, dict[str, MaskedInput]] = field(default_factory=dict)  # aggregator role
+    # (round, member) whose input this aggregator refused for what it held (layout, origin,
+    # weight, shares): the member sends no other, so the round waits for it no longer
+    refused: set[tuple[int, str]] = field(default_factory=set)
     closed: set[int] = field(default_factory=set)  # rounds whose survivor set is fixed
     confirmed: dict[int, frozenset[str]] = field(default_factory=dict)  # sets signed by enough
     keys: PairKeys | None = None  # our X25519 agreements, made once (secure_inputs.pair_keys)
@@ -116,6 +119,7 @@ class SecAggState:
     def forget_before(self, round_: int) -> None:
         for r in [r for r in self.inbox if r < round_]:
             del self.inbox[r]
+        self.refused = {k for k in self.refused if k[0] >= round_}
         self.closed = {r for r in self.closed if r >= round_}
         self.presigned = {r: held for r, held in self.presigned.items() if r >= round_}
         self.parked = {k: p for k, p in self.parked.items() if k[0] >= round_}

@@ -226,6 +226,9 @@ async def on_masked_input(node: Node, channel: Channel) -> bool:
 def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCode, str]:
     def refuse(key: str, detail: str) -> tuple[AckCode, str]:
         node.reject(remote, "masked input", key, detail)
+        if key in FINAL_REFUSALS:  # its one input this round: not waited for any more
+            node.secagg.refused.add((message.round, remote))
+            node.notify()
         return AckCode.REJECTED, detail
 
     if message.federation != node.config.federation or message.sender != remote:
@@ -277,13 +280,18 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     return AckCode.OK, ""
 
 
+#: Refusals of a member's input that its member will not follow with another for the round:
+#: the aggregator stops waiting for it (a member that missed a narrowing, a deviating one).
+FINAL_REFUSALS = frozenset({"layout", "origin", "weight", "shares"})
+
+
 async def wait_for_inputs(node: Node, r: int, deadline: float) -> list[str]:
     """Wait for every live neighbour's masked input for round r; returns those missing."""
     def pending() -> list[str]:
         inbox = node.secagg.inbox.get(r, {})
         return [
             p for p, state in node.neighbours.items()
-            if p not in inbox and state.unreachable_round != r
+            if p not in inbox and state.unreachable_round != r and (r, p) not in node.secagg.refused
             and not node.secagg.peer_status.get(p, (-1, 0.0, False))[2]
         ]
 
