@@ -253,7 +253,7 @@ class SecAggConfig:
     aggregators, the next recovers it); off, a dropout is recovered in its own round.
     ``delta_clip``: int8/int4's public clip of the quantised CHOCO deltas (step ``delta_clip /
     levels``: gossipfl.node.secure_sparse), ``delta_levels`` their levels each side (0: the
-    kind's, 127 or 7; 1: 4-bit words at degree 4). ``consensus_deltas`` (int8/int4): the
+    kind's, 127 or 7; 1: 9-value words at degree 4). ``consensus_deltas`` (int8/int4): the
     consensus rounds but every ``full_every``-th after the first send finer deltas, else full
     estimates; ``first_deltas``: round 0 deltas from the initial model, which every x̂ starts
     as (``secure_sparse.origin_base``); when each pays: the README."""

@@ -31,9 +31,9 @@ from gossipfl.crypto.secagg import (
     quantisation_offset,
     quantise,
     seed_context,
-    share_ids_for,
     unmask_sum,
 )
+from gossipfl.crypto.shamir import share_ids_for
 
 FAST = settings(max_examples=40, deadline=None)
 CONTEXT = seed_context("fed", "node-i", 7)

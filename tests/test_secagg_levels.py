@@ -1,5 +1,6 @@
 """Training deltas of fewer levels (``secagg.delta_levels``): with one level each side a
-degree-4 neighbourhood's sums lie within ±4 and travel as 4-bit words, six in three bytes;
+degree-4 neighbourhood's sums lie within ±4 and travel as words of the 9-value ring, five in
+two bytes (``NINE``);
 between real node objects (the int4 star of ``test_secagg_ring``: aggregator a, neighbourhood
 b, c, d, e, every weight 1/5), and in the config."""
 # ruff: noqa: F811  (``star`` is a fixture imported from test_secagg_ring, used as an argument)
@@ -16,7 +17,7 @@ from test_secagg_ring import MEMBERS, _fresh_state, _inputs, _round, star  # noq
 
 from gossipfl.config import CompressionConfig, ConfigError, NodeConfig, SecAggConfig
 from gossipfl.config_io import check_secagg_compression
-from gossipfl.crypto.secagg_sparse import delta_step, packed_bytes
+from gossipfl.crypto.secagg_sparse import NINE, delta_step, packed_bytes
 from gossipfl.node import secure_sparse
 
 
@@ -33,22 +34,22 @@ def one_level(star) -> Iterator[None]:
             node.config = old[name]
 
 
-def test_one_level_deltas_sum_exactly_in_4_bit_words(star, one_level) -> None:
+def test_one_level_deltas_sum_exactly_in_9_value_words(star, one_level) -> None:
     a = star["a"]
     loop.random_estimates(star, 5)
     estimates = loop.publish_round(star, 10, 10, 0.02)  # a full round: the base
     result = _round(star, 10, MEMBERS)
     assert result is not None
     secure_sparse.mix(a, 10, a.own.vector.copy(), result, {}, [])
-    assert secure_sparse.levels(a, 11) == 1 and secure_sparse.width(a, a.peer_id, 11) == 4
+    assert secure_sparse.levels(a, 11) == 1 and secure_sparse.width(a, a.peer_id, 11) == NINE
     clip = a.config.secagg.delta_clip
     estimates = loop.publish_round(star, 11, 11, 0.02)
     encoded = star["b"].own.last_encoded
     assert encoded.scale == delta_step(clip, 1) and set(np.unique(encoded.values)) <= {-1, 0, 1}
     message = _inputs(star, "b", 11)["b"]
-    assert message.width == 4 and len(message.data) == packed_bytes(a.layout.size, 4)
-    assert len(message.data) < packed_bytes(a.layout.size, 6)
-    result = _round(star, 11, MEMBERS, gone="c")  # c masked, then vanished: recovered at 4 bits
+    assert message.width == NINE and len(message.data) == packed_bytes(a.layout.size, NINE)
+    assert len(message.data) == 2 * -(-a.layout.size // 5) < packed_bytes(a.layout.size, 4)
+    result = _round(star, 11, MEMBERS, gone="c")  # c masked, then vanished: recovered mod 9
     assert result is not None and len(result[2]) == 4
     record: dict[str, Any] = {}
     secure_sparse.mix(a, 11, a.own.vector.copy(), result, record, [])

@@ -16,7 +16,7 @@ import pytest
 import secagg_loopback as loop
 from test_secagg_ring import MEMBERS, _fresh_state, _inputs, _round, star  # noqa: F401
 
-from gossipfl.crypto.secagg_sparse import NARROW_LEVELS, quantise_levels
+from gossipfl.crypto.secagg_sparse import NARROW_LEVELS, NINE, quantise_levels
 from gossipfl.gossip import wire
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import UnmaskRequest
@@ -77,7 +77,7 @@ def test_a_shrunk_sum_narrows_the_round_two_ahead(star, consensus) -> None:
     # requests narrowed round r + 2 (the early shares gave the sum before they went out)
     tier = next(n for n in NARROW_LEVELS if largest <= NARROW_SHRUNK * n * 4)
     assert a.secagg.narrowed == {r + 2: tier}
-    assert secure_sparse.width(a, a.peer_id, r + 2) == {1: 4, 7: 6, 31: 8}[tier]
+    assert secure_sparse.width(a, a.peer_id, r + 2) == {1: NINE, 7: 6, 31: 8}[tier]
     assert secure_sparse.width(a, a.peer_id, r + 1) == 12
     # the next round's requests, before its own sum, go by this one
     a.disagreement = 0.0

@@ -19,6 +19,7 @@ from gossipfl.config import CompressionConfig, SecAggConfig
 from gossipfl.crypto import secagg
 from gossipfl.crypto.secagg_sparse import (
     CONSENSUS_LEVELS,
+    NINE,
     QUANTISED_LEVELS,
     RING_WIDTHS,
     consensus_mix,
@@ -26,11 +27,13 @@ from gossipfl.crypto.secagg_sparse import (
     delta_step,
     fits,
     integer_weights,
+    mask_modulus,
     pack_words,
     packed_bytes,
     public_quantised,
     quantise_levels,
     ring_dtype,
+    ring_modulus,
     ring_width,
     to_ring,
     unpack_words,
@@ -131,7 +134,35 @@ def test_ring_width_table_and_wrap_refused() -> None:
 @given(st.integers(0, 2**20), st.integers(0, 2**12))
 def test_fits_is_exactly_the_signed_range(levels: int, weight_sum: int) -> None:
     for width in RING_WIDTHS:
-        assert fits(levels, weight_sum, width) == (levels * weight_sum < 2 ** (width - 1))
+        bound = 5 if width == NINE else 2 ** (width - 1)  # Z_9 holds -4..4
+        assert fits(levels, weight_sum, width) == (levels * weight_sum < bound)
+
+
+def test_the_nine_value_ring_masks_uniformly_packs_five_to_two_bytes_and_sums_exactly() -> None:
+    """One level each side at Σc = 4: sums within ±4, held exactly modulo 9; masks are 64-bit
+    keystream words modulo 9 (uniform: a chi-square over 90,000 words), a masked vector
+    travels five words to two bytes, and a group past 9^5 - 1 is refused."""
+    assert ring_width(1, 4) == NINE and ring_width(1, 5) == 4 and ring_width(2, 2) == NINE
+    words = secagg._mask_words(bytes(range(32)), 90_000, ring_dtype(NINE), 9)
+    counts = np.bincount(words, minlength=9)
+    assert counts.size == 9 and ((counts - 10_000) ** 2 / 10_000).sum() < 26.1  # p = 0.001
+    rng = np.random.default_rng(9)
+    inputs = {j: rng.integers(-1, 2, 1001) for j in MEMBERS}
+    masked = _masked(inputs, dict.fromkeys(MEMBERS, 1), NINE)
+    assert all(int(y.max()) <= 8 for y in masked.values())
+    travelled = {j: unpack_words(pack_words(y, NINE).tobytes(), NINE, 1001)
+                 for j, y in masked.items()}
+    assert len(pack_words(masked["b"], NINE)) == 2 * 201
+    total = secagg.unmask_sum(travelled, survivors_self_seeds=SELF, dropped_pair_seeds={},
+                              modulus=9)
+    decoded = decode_ring_sum(total, width=NINE, levels=1, weight_sum=4, step=1.0,
+                              denominator=1)
+    assert np.array_equal(decoded, sum(inputs.values()).astype(np.float32))
+    with pytest.raises(ValueError, match="9\\^5"):
+        unpack_words(b"\xff\xff", NINE, 5)
+    with pytest.raises(ValueError, match="below the modulus"):
+        secagg.mask_input(np.full(3, 9, np.uint8), my_id="b", self_seed=SELF["b"],
+                          pair_seeds=SEEDS["b"], modulus=9)
 
 
 @settings(max_examples=50, deadline=None)
@@ -146,7 +177,8 @@ def test_words_packed_for_the_wire_come_back_modulo_their_ring(width: int, count
     assert packed.dtype == np.uint8 and packed.size == packed_bytes(count, width)
     back = unpack_words(packed.tobytes(), width, count)
     assert back.dtype == ring_dtype(width)
-    assert np.array_equal(back, words % (1 << width) if width in (4, 6, 12) else words)
+    assert np.array_equal(back, words % ring_modulus(width) if width in (NINE, 4, 6, 12)
+                          else words)
     with pytest.raises(ValueError, match="do not hold"):
         unpack_words(packed.tobytes() + b"\0", width, count)
 
@@ -165,7 +197,8 @@ def test_narrow_words_read_a_prefix_of_the_keystream() -> None:
 def _masked(levels: dict[str, np.ndarray], counts: dict[str, int],
             width: int) -> dict[str, np.ndarray]:
     return {j: secagg.mask_input(to_ring(counts[j] * levels[j].astype(np.int64), width),
-                                 my_id=j, self_seed=SELF[j], pair_seeds=SEEDS[j])
+                                 my_id=j, self_seed=SELF[j], pair_seeds=SEEDS[j],
+                                 modulus=mask_modulus(width))
             for j in levels}
 
 
@@ -187,7 +220,8 @@ def test_masked_sums_unmask_to_the_weighted_levels(case: tuple[str, tuple[int, .
     # as they travel: 6-bit words each modulo 64, four to three bytes
     masked = {j: unpack_words(pack_words(y, width).tobytes(), width, length)
               for j, y in masked.items()}
-    total = secagg.unmask_sum(masked, survivors_self_seeds=SELF, dropped_pair_seeds={})
+    total = secagg.unmask_sum(masked, survivors_self_seeds=SELF, dropped_pair_seeds={},
+                              modulus=mask_modulus(width))
     expected = sum(counts[j] * inputs[j] for j in MEMBERS)
     step = delta_step(0.05, levels)
     decoded = decode_ring_sum(total, width=width, levels=levels, weight_sum=sum(weights),
@@ -201,7 +235,7 @@ def test_masked_sums_unmask_to_the_weighted_levels(case: tuple[str, tuple[int, .
 
 @pytest.mark.parametrize("width", RING_WIDTHS)
 def test_a_dropout_is_recovered_at_each_width(width: int) -> None:
-    levels = {4: 2, 6: 7, 8: 7, 12: 127, 16: 1000, 32: 100_000}[width]
+    levels = {NINE: 1, 4: 2, 6: 7, 8: 7, 12: 127, 16: 1000, 32: 100_000}[width]
     rng = np.random.default_rng(width)
     inputs = {j: rng.integers(-levels, levels + 1, 33) for j in MEMBERS}
     counts = dict.fromkeys(MEMBERS, 1)
@@ -209,13 +243,13 @@ def test_a_dropout_is_recovered_at_each_width(width: int) -> None:
     survivors = {j: masked[j] for j in "cde"}  # b masked, then dropped
     dropped = {(j, "b"): SEEDS[j]["b"] for j in "cde"}
     total = secagg.unmask_sum(survivors, survivors_self_seeds={j: SELF[j] for j in "cde"},
-                              dropped_pair_seeds=dropped)
+                              dropped_pair_seeds=dropped, modulus=mask_modulus(width))
     decoded = decode_ring_sum(total, width=width, levels=levels, weight_sum=3, step=1.0,
                               denominator=1)
     assert np.array_equal(decoded, sum(inputs[j] for j in "cde").astype(np.float32))
     with pytest.raises(ValueError):  # without b's pair masks removed: not such a sum
         noisy = secagg.unmask_sum(survivors, survivors_self_seeds={j: SELF[j] for j in "cde"},
-                                  dropped_pair_seeds={})
+                                  dropped_pair_seeds={}, modulus=mask_modulus(width))
         decode_ring_sum(noisy, width=width, levels=levels, weight_sum=3, step=1.0,
                         denominator=1)
 
@@ -260,7 +294,7 @@ def test_a_consensus_step_stays_in_the_hull_of_the_estimates(raw: list[float], s
 def test_the_width_travels_and_the_decoder_refuses_a_bad_one() -> None:
     base = MaskedInput("fed", 3, "s", "a", 0.2, 0.0, False, b"\0" * 6, (("x", b"c"),),
                        sparse=True)
-    for width in (6, 8, 12, 16):
+    for width in (NINE, 6, 8, 12, 16):  # 6 bytes: 15 nine-value words, 8 six-bit, ...
         frame = wire.encode_frame(dataclasses.replace(base, width=width), 1 << 20)
         assert wire.decode_frame(frame, MaskedInput, 1 << 20).width == width
     frame = wire.encode_frame(dataclasses.replace(base, data=b"\0" * 8), 1 << 20)
@@ -268,8 +302,11 @@ def test_the_width_travels_and_the_decoder_refuses_a_bad_one() -> None:
     assert wire.decode_frame(frame, MaskedInput, 1 << 20).width == 32
     for bad in (dataclasses.replace(base, width=10), dataclasses.replace(base, width=32),
                 dataclasses.replace(base, width=6, data=b"\0" * 4),
-                dataclasses.replace(base, width=12, data=b"\0" * 4)):
-        # 10: no such ring; 6 bytes are no uint32 words; 6- and 12-bit words travel in 3 bytes
+                dataclasses.replace(base, width=12, data=b"\0" * 4),
+                dataclasses.replace(base, width=NINE, data=b"\0" * 5),
+                dataclasses.replace(base, width=2)):
+        # 10, 2: no such ring; 6 bytes are no uint32 words; 6- and 12-bit words travel in 3
+        # bytes, nine-value ones in 2
         with pytest.raises(wire.WireError):
             wire.decode_frame(wire.encode_frame(bad, 1 << 20), MaskedInput, 1 << 20)
 

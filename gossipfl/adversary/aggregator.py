@@ -99,7 +99,7 @@ def pieces_of(target: str, responses: list[UnmaskResponse]) -> tuple[
 def self_seed_from(shares: list[UnmaskResponse], members: frozenset[str],
                    target: str) -> bytes | None:
     """``target``'s self seed, if at least the threshold of its holders' shares came back."""
-    ids = secagg.share_ids_for(sorted(members))
+    ids = shamir.share_ids_for(sorted(members))
     held = {}
     for response in shares:
         for owner, encoded in response.seed_shares:

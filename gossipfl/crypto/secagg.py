@@ -17,15 +17,13 @@ CCS 2017, adapted to gossip: node *i* sums its neighbours' weighted vectors and 
 * **Double masking** (:func:`mask_input`, :func:`unmask_sum`):
   ``y_j = q_j + PRG(b_j) + Σ_{k≠j} s_jk · PRG(p_jk) mod 2**w``, ``s_jk = +1`` if
   ``id_j < id_k`` else ``-1``, so pair masks cancel in the sum. The ring ``Z_{2^w}`` is the
-  inputs' dtype: uint32 (w = 32) here, uint8/uint16 for the quantised deltas of
-  :mod:`gossipfl.crypto.secagg_sparse`.
-* **Shares** (:func:`encrypt_seed_share`, :func:`decrypt_seed_share`,
-  :mod:`gossipfl.crypto.shamir`): each member Shamir-splits its self seed ``b_j`` among the
-  members and seals each share to its holder (NaCl Box, certified X25519 keys).
+  inputs' dtype (uint32 here, uint8/uint16 for :mod:`gossipfl.crypto.secagg_sparse`'s
+  deltas), or ``Z_9`` (``modulus``) for its one-level ring.
+* **Shares** (:func:`encrypt_seed_share`, :func:`decrypt_seed_share`, :mod:`.shamir`): each
+  member Shamir-splits its self seed ``b_j`` and seals each share to its holder (NaCl Box).
 
 The protocol that drives these blocks is :mod:`gossipfl.node.secure_round` (one implementation:
-the node, the privacy audit and the cost benchmark all run it).
-"""
+the node, the privacy audit and the cost benchmark all run it)."""
 
 from __future__ import annotations
 
@@ -33,7 +31,7 @@ import hashlib
 import math
 import operator
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -293,8 +291,21 @@ def pair_sign(my_id: str, other_id: str) -> int:
     return 1 if my_id < other_id else -1
 
 
+def _mask_words(seed: bytes, length: int, dtype: np.dtype,
+                modulus: int) -> NDArray[np.unsignedinteger]:
+    """A mask's words: the keystream as ``dtype`` words (``Z_{2^w}``), or for a ``modulus``
+    64-bit ones reduced modulo it (uniform to within ``modulus / 2^64``)."""
+    if not modulus:
+        return _keystream_words(seed, length, dtype)
+    return (_keystream_words(seed, length, np.dtype(np.uint64)) % np.uint64(modulus)).astype(
+        dtype)
+
+
 def _add_signed(acc: NDArray[np.unsignedinteger], words: NDArray[np.unsignedinteger],
-                sign: int) -> None:
+                sign: int, modulus: int = 0) -> None:
+    if modulus:  # a ring whose size no dtype wraps at: reduced after each step
+        acc[:] = np.mod(acc.astype(np.int64) + sign * words.astype(np.int64), modulus)
+        return
     words = words.astype(acc.dtype, copy=False)  # native order: wraps modulo 2**w
     if sign > 0:
         np.add(acc, words, out=acc)
@@ -317,6 +328,7 @@ def mask_input(
     my_id: str,
     self_seed: bytes,
     pair_seeds: Mapping[str, bytes],
+    modulus: int = 0,
 ) -> NDArray[np.unsignedinteger]:
     """Mask one contributor's quantised input.
 
@@ -330,25 +342,26 @@ def mask_input(
         self_seed: the 32-byte self-mask seed ``b``.
         pair_seeds: other member id to the 32-byte pair seed agreed with it; every other member
             of the neighbourhood that took part in the key round.
+        modulus: the ring's size where it is no power of two (0: ``2**w`` of ``q``'s dtype;
+            ``secagg_sparse.NINE``'s 9): masks and sums modulo it, ``q``'s words below it.
 
-    Returns:
-        The masked vector ``y`` (a new array).
-
-    Raises:
-        ValueError: if ``q`` is not 1-D uint32, a seed is not 32 bytes, ``pair_seeds`` contains
-            ``my_id``, or the neighbourhood has fewer than :data:`MIN_CONTRIBUTORS` members.
+    Returns the masked vector ``y`` (a new array). ValueError: ``q`` not 1-D words (or not
+    below ``modulus``), a seed not 32 bytes, ``my_id`` among ``pair_seeds``, fewer than
+    :data:`MIN_CONTRIBUTORS` members.
     """
     q = _check_vector("q", q)
     if not isinstance(my_id, str) or not my_id:
         raise ValueError("my_id must be a non-empty string")
     self_seed = _check_bytes("self_seed", self_seed, SEED_BYTES)
     check_contributors(len(pair_seeds) + 1)
+    if modulus and q.size and int(q.max()) >= modulus:
+        raise ValueError(f"q's words must lie below the modulus {modulus}")
     y = q.copy()
-    _add_signed(y, _keystream_words(self_seed, q.size, q.dtype), +1)
+    _add_signed(y, _mask_words(self_seed, q.size, q.dtype, modulus), +1, modulus)
     for other, seed in pair_seeds.items():
         sign = pair_sign(my_id, other)
-        _add_signed(y, _keystream_words(_check_bytes(f"pair seed {other!r}", seed, SEED_BYTES),
-                                        q.size, q.dtype), sign)
+        _add_signed(y, _mask_words(_check_bytes(f"pair seed {other!r}", seed, SEED_BYTES),
+                                   q.size, q.dtype, modulus), sign, modulus)
     return y
 
 
@@ -357,6 +370,7 @@ def unmask_sum(
     *,
     survivors_self_seeds: Mapping[str, bytes],
     dropped_pair_seeds: Mapping[tuple[str, str], bytes],
+    modulus: int = 0,
 ) -> NDArray[np.unsignedinteger]:
     """The aggregator's unmasking: ``Σ_{j∈V} q_j mod 2**w`` from the survivors' masked inputs
     (all of one dtype, uint8/16/32: the ring; the masks rebuilt as words of it).
@@ -373,15 +387,12 @@ def unmask_sum(
         dropped_pair_seeds: ``(survivor, dropped)`` to the pair seed between them, which the
             aggregator rebuilds from the dropped member's Shamir-shared mask key; one entry for
             every survivor and every dropped member (empty if nobody dropped).
+        modulus: as for :func:`mask_input` (a masked word at or above it is refused).
 
-    Returns:
-        The sum of the survivors' quantised inputs modulo ``2**w``, of their dtype.
-
-    Raises:
-        ValueError: if there are fewer than :data:`MIN_CONTRIBUTORS` survivors, the self seeds
-            do not match the survivors, a pair key names a non-survivor first or a survivor
-            second, a (survivor, dropped) pair is missing, or the vectors disagree in shape or
-            width.
+    Returns the survivors' quantised inputs' sum modulo ``2**w`` (or ``modulus``), of their
+    dtype. ValueError: fewer than :data:`MIN_CONTRIBUTORS` survivors, self seeds not one per
+    survivor, a pair key not (survivor, dropped), a pair missing, vectors of other shapes or
+    widths.
     """
     check_contributors(len(masked))
     survivors = set(masked)
@@ -413,31 +424,20 @@ def unmask_sum(
     if len(dtypes) != 1:
         raise ValueError(f"masked inputs must all have one width, got {sorted(map(str, dtypes))}")
     (length,), (dtype,) = lengths, dtypes
+    if modulus and any(y.size and int(y.max()) >= modulus for y in vectors.values()):
+        raise ValueError(f"masked words must lie below the modulus {modulus}")
     total = np.zeros(length, dtype=dtype)
     for j in sorted(vectors):
-        np.add(total, vectors[j], out=total)
+        _add_signed(total, vectors[j], +1, modulus)
         seed = _check_bytes(f"self seed of {j!r}", survivors_self_seeds[j], SEED_BYTES)
-        _add_signed(total, _keystream_words(seed, length, dtype), -1)
+        _add_signed(total, _mask_words(seed, length, dtype, modulus), -1, modulus)
     for (j, d), seed in sorted(dropped_pair_seeds.items()):
         seed = _check_bytes(f"pair seed {(j, d)!r}", seed, SEED_BYTES)
-        _add_signed(total, _keystream_words(seed, length, dtype), -pair_sign(j, d))
+        _add_signed(total, _mask_words(seed, length, dtype, modulus), -pair_sign(j, d), modulus)
     return total
 
 
 # --------------------------------------------------------------------------- shares
-
-
-def share_ids_for(members: Iterable[str]) -> dict[str, int]:
-    """Shamir x-coordinates for a neighbourhood: 1, 2, ... in sorted member-id order
-    (ValueError: an id repeated or empty, or too many members)."""
-    ordered = list(members)
-    if len(set(ordered)) != len(ordered):
-        raise ValueError("member ids must be distinct")
-    if any(not isinstance(m, str) or not m for m in ordered):
-        raise ValueError("member ids must be non-empty strings")
-    if len(ordered) > shamir.MAX_SHARE_ID:
-        raise ValueError(f"at most {shamir.MAX_SHARE_ID} members can hold shares")
-    return {member: index + 1 for index, member in enumerate(sorted(ordered))}
 
 
 def _share_box(box: Box, sender: str, recipient: str, context: bytes) -> SecretBox:

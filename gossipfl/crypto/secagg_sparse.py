@@ -107,19 +107,38 @@ def choco_mix(half_step: np.ndarray, own_estimate: np.ndarray, running: np.ndarr
 # The aggregator reads the unmasked sum as signed and gets ``Σ_j w_ij s L_j`` exactly
 # (:func:`decode_ring_sum`).
 
-RING_WIDTHS = (4, 6, 8, 12, 16, 32)
-"""The ring widths in bits, narrowest first (uint8, uint8, uint8, uint16, uint16, uint32
-words). A 6-bit word is held in a uint8 whose arithmetic wraps at 256, a multiple of 64, so
-masking and unmasking run as at 8 bits and reduce modulo 64 where the words go on the wire
-(:func:`pack_words`) and where a sum is read (:func:`decode_ring_sum`): int4 on a degree-4
-graph, whose sums lie within ±28, sends 3 bytes for 4 coordinates. A 4-bit word likewise (six
-in three bytes): one level each side (``secagg.delta_levels = 1``) on a degree-4 graph, sums
-within ±4. A 12-bit word lives in a uint16 (65,536 is a multiple of 4,096) and travels two to
-three bytes: int8 on a degree-4 graph (sums within ±508) and a consensus round's deltas
-(±2,044)."""
+NINE = 3
+"""The ring of 9 values, ``Z_9``, named by width 3 (its words are below 2^3.17): one level each
+side at degree 4 (``Σc = 4``) sums within ±4, which it holds exactly; five words travel in two
+bytes (base 9: 59,049 < 65,536), 3.2 bits a word against the 4-bit ring's 4. Its masks are
+64-bit keystream words reduced modulo 9 and its sums reduced after each step
+(``secagg.mask_input``'s ``modulus``): no dtype wraps at 9."""
+
+RING_WIDTHS = (NINE, 4, 6, 8, 12, 16, 32)
+"""The ring widths in bits, narrowest first (uint8, uint8, uint8, uint8, uint16, uint16, uint32
+words; :data:`NINE` the 9-value ring). A 6-bit word is held in a uint8 whose arithmetic wraps at
+256, a multiple of 64, so masking and unmasking run as at 8 bits and reduce modulo 64 where the
+words go on the wire (:func:`pack_words`) and where a sum is read (:func:`decode_ring_sum`):
+int4 on a degree-4 graph, whose sums lie within ±28, sends 3 bytes for 4 coordinates. A 4-bit
+word likewise (six in three bytes): one level each side (``secagg.delta_levels = 1``) with
+integer weights summing to 5-7, sums within ±7 (at degree 4, ±4: :data:`NINE`). A 12-bit word
+lives in a uint16 (65,536 is a multiple of 4,096) and travels two to three bytes: int8 on a
+degree-4 graph (sums within ±508) and a consensus round's deltas (±2,044)."""
 
 PACKED = {4: 6, 6: 4, 12: 2}
-"""The widths that travel packed: how many words each group of 3 bytes holds."""
+"""The widths that travel packed: how many words each group of 3 bytes holds (:data:`NINE`'s
+words go five to two bytes)."""
+
+
+def ring_modulus(width: int) -> int:
+    """The ring's size: ``2**width``, or 9 for :data:`NINE`."""
+    return 9 if width == NINE else 1 << width
+
+
+def mask_modulus(width: int) -> int:
+    """What ``secagg.mask_input`` and ``unmask_sum`` take as ``modulus`` for this ring: 9 for
+    :data:`NINE`, else 0 (the words' dtype wraps at a multiple of ``2**width``)."""
+    return 9 if width == NINE else 0
 
 QUANTISED_LEVELS = {"int8": 127, "int4": 7}
 """Levels each side of zero per compression kind: L ∈ [-levels, levels]."""
@@ -136,8 +155,9 @@ at the same accuracy on ``secagg_int4.toml``; see the README.)"""
 NARROW_LEVELS = (1, 7, 31)
 """The levels each side of zero an aggregator may hold its members' consensus deltas to in a
 round it narrowed (``gossipfl.node.secure_sparse.narrowing``: its sums had shrunk), at the
-consensus step: at degree 4 (Σc ≤ 4) its sum's words are then 4, 6 or 8 bits (±4, ±28, ±124)
-instead of 12; what the bound clips stays in x½ − x̂ for later rounds, as any clip does."""
+consensus step: at degree 4 (Σc ≤ 4) its sum's words are then of :data:`NINE`, 6 or 8 bits (±4,
+±28, ±124) instead of 12; what the bound clips stays in x½ − x̂ for later rounds, as any clip
+does."""
 
 
 def round_levels(kind: str, training_rounds: int, round_: int, own: int = 0) -> int:
@@ -206,10 +226,12 @@ def fits(levels: int, weight_sum: int, width: int) -> bool:
 
     >>> fits(7, 4, 8), fits(127, 4, 8), fits(127, 4, 16), fits(31, 4, 8), fits(32, 4, 8)
     (True, False, True, True, False)
+    >>> fits(1, 4, NINE), fits(1, 5, NINE), fits(2, 2, NINE)
+    (True, False, True)
     """
     if width not in RING_WIDTHS or levels < 0 or weight_sum < 0:
         raise ValueError(f"width must be one of {RING_WIDTHS}, levels and weight_sum >= 0")
-    return levels * weight_sum <= 2 ** (width - 1) - 1
+    return levels * weight_sum <= (ring_modulus(width) - 1) // 2
 
 
 def ring_width(levels: int, weight_sum: int) -> int:
@@ -226,7 +248,7 @@ def ring_dtype(width: int) -> np.dtype:
     uint16 for 12).
 
     >>> [ring_dtype(w).name for w in RING_WIDTHS]
-    ['uint8', 'uint8', 'uint8', 'uint16', 'uint16', 'uint32']
+    ['uint8', 'uint8', 'uint8', 'uint8', 'uint16', 'uint16', 'uint32']
     """
     if width not in RING_WIDTHS:
         raise ValueError(f"width must be one of {RING_WIDTHS}, got {width}")
@@ -235,11 +257,15 @@ def ring_dtype(width: int) -> np.dtype:
 
 def packed_bytes(count: int, width: int) -> int:
     """The bytes ``count`` words of ``width`` bits take on the wire (4-bit words: 6 in 3;
-    6-bit words: 4 in 3; 12-bit words: 2 in 3).
+    6-bit words: 4 in 3; 12-bit words: 2 in 3; :data:`NINE`'s: 5 in 2).
 
     >>> packed_bytes(8970, 4), packed_bytes(8970, 6), packed_bytes(8970, 12), packed_bytes(5, 16)
     (4485, 6729, 13455, 10)
+    >>> packed_bytes(8970, NINE), packed_bytes(6, NINE)
+    (3588, 4)
     """
+    if width == NINE:
+        return 2 * -(-count // 5)
     if width in PACKED:
         return 3 * -(-count // PACKED[width])
     return count * (width // 8)
@@ -248,7 +274,12 @@ def packed_bytes(count: int, width: int) -> int:
 def pack_words(words: np.ndarray, width: int) -> NDArray[np.uint8]:
     """Ring words as the bytes that travel: little-endian words, or for a :data:`PACKED`
     width each word modulo ``2**width``, low bits first, 24 bits to three bytes (4 bits: six
-    words; 6 bits: four; 12 bits: two; the last group padded with zero words).
+    words; 6 bits: four; 12 bits: two; the last group padded with zero words); for
+    :data:`NINE`, each word modulo 9, five base-9 digits (the lowest first) to a little-endian
+    uint16.
+
+    >>> pack_words(np.array([1, 2, 0, 0, 8, 4], np.uint8), NINE).tolist()  # 1 + 2·9 + 8·9^4
+    [27, 205, 4, 0]
 
     >>> pack_words(np.array([1, 2, 3, 63, 64 + 5], np.uint8), 6).tolist()
     [129, 48, 252, 5, 0, 0]
@@ -256,6 +287,11 @@ def pack_words(words: np.ndarray, width: int) -> NDArray[np.uint8]:
     [188, 58, 18, 1, 0, 0]
     """
     words = np.asarray(words, ring_dtype(width)).reshape(-1)
+    if width == NINE:  # five base-9 digits to a little-endian uint16, the lowest first
+        digits = np.zeros(5 * -(-words.size // 5), np.uint16)
+        digits[:words.size] = words % 9
+        joined = digits.reshape(-1, 5) @ (9 ** np.arange(5, dtype=np.uint16))
+        return np.ascontiguousarray(joined.astype("<u2")).view(np.uint8)
     if width not in PACKED:
         return np.ascontiguousarray(words, words.dtype.newbyteorder("<")).view(np.uint8)
     group = PACKED[width]
@@ -275,6 +311,12 @@ def unpack_words(data: bytes | memoryview, width: int, count: int) -> NDArray[np
     if len(data) != packed_bytes(count, width):
         raise ValueError(f"{len(data)} bytes do not hold {count} {width}-bit words")
     dtype = ring_dtype(width)
+    if width == NINE:
+        joined = np.frombuffer(data, dtype="<u2").astype(np.uint32)
+        if joined.size and int(joined.max()) >= 9**5:
+            raise ValueError("a group of base-9 words beyond 9^5 - 1")
+        digits = np.stack([joined // 9**i % 9 for i in range(5)], axis=1)
+        return digits.reshape(-1)[:count].astype(dtype)
     if width not in PACKED:
         return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype)
     b = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.uint32)
@@ -285,12 +327,13 @@ def unpack_words(data: bytes | memoryview, width: int, count: int) -> NDArray[np
 
 
 def to_ring(values: np.ndarray, width: int) -> NDArray[np.unsignedinteger]:
-    """Signed integers as ``width``-bit words modulo ``2**width`` (two's complement)."""
+    """Signed integers as words of the ring ``width`` names, modulo its size (two's complement
+    at a power of two)."""
     dtype = ring_dtype(width)
     values = np.asarray(values)
     if not np.issubdtype(values.dtype, np.integer):
         raise ValueError("ring values must be integers")
-    return (values.astype(np.int64) % (1 << width)).astype(dtype).reshape(-1)
+    return (values.astype(np.int64) % ring_modulus(width)).astype(dtype).reshape(-1)
 
 
 def decode_ring_sum(total: np.ndarray, *, width: int, levels: int, weight_sum: int,
@@ -308,8 +351,9 @@ def decode_ring_sum(total: np.ndarray, *, width: int, levels: int, weight_sum: i
                          "words")
     if not isinstance(total, np.ndarray) or total.dtype != ring_dtype(width):
         raise ValueError(f"the sum must be {ring_dtype(width)} words")
-    signed = total.astype(np.int64) % (1 << width)  # a 6-bit sum wrapped at 256 in uint8
-    signed[signed >= 1 << (width - 1)] -= 1 << width
+    modulus = ring_modulus(width)
+    signed = total.astype(np.int64) % modulus  # a 6-bit sum wrapped at 256 in uint8
+    signed[signed > (modulus - 1) // 2] -= modulus
     if signed.size and int(np.abs(signed).max()) > levels * weight_sum:
         raise ValueError(f"a coordinate of the sum exceeds levels · Σc = {levels * weight_sum}: "
                          "wrong masks, count or inputs")

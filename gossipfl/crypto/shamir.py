@@ -23,7 +23,7 @@ test passes something deterministic), and nothing is kept between calls.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 PRIME = 2**256 + 297
 """The field modulus: the least prime above 2**256 (``openssl prime`` agrees)."""
@@ -211,3 +211,16 @@ def decode_share(data: bytes) -> tuple[int, bytes]:
     if int.from_bytes(value, "big") >= PRIME:
         raise ValueError(f"share {share_id} is not an element of the field")
     return share_id, value
+
+
+def share_ids_for(members: Iterable[str]) -> dict[str, int]:
+    """Shamir x-coordinates for a neighbourhood: 1, 2, ... in sorted member-id order
+    (ValueError: an id repeated or empty, or too many members)."""
+    ordered = list(members)
+    if len(set(ordered)) != len(ordered):
+        raise ValueError("member ids must be distinct")
+    if any(not isinstance(m, str) or not m for m in ordered):
+        raise ValueError("member ids must be non-empty strings")
+    if len(ordered) > MAX_SHARE_ID:
+        raise ValueError(f"at most {MAX_SHARE_ID} members can hold shares")
+    return {member: index + 1 for index, member in enumerate(sorted(ordered))}

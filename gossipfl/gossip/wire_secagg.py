@@ -90,8 +90,8 @@ def _check_peers(value: Any, what: str) -> tuple[str, ...]:
 MAX_SHARE_CIPHERTEXT = 512
 MAX_SHARE_BYTES = 128  # an encoded Shamir share of a 32-byte seed, in the clear
 # the rings of gossipfl.crypto.secagg (4-, 6- and 12-bit words packed 6, 4 and 2 in 3 bytes,
-# uint8, uint16, uint32)
-MASKED_WIDTHS = (4, 6, 8, 12, 16, 32)
+# uint8, uint16, uint32; 3: the 9-value ring, five words in 2 bytes)
+MASKED_WIDTHS = (3, 4, 6, 8, 12, 16, 32)
 PACKED_WIDTHS = (4, 6, 12)  # their frames hold groups of 3 bytes
 
 
@@ -172,10 +172,11 @@ class MaskedInput:
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
         data = body["data"]
-        width = check_int(body.get("width", 32), "width", 4, 32)
+        width = check_int(body.get("width", 32), "width", 3, 32)
         if width not in MASKED_WIDTHS:
             raise WireError(f"masked width must be one of {MASKED_WIDTHS} bits, got {width}")
-        if not is_binary(data) or len(data) % (3 if width in PACKED_WIDTHS else width // 8):
+        group = 2 if width == 3 else 3 if width in PACKED_WIDTHS else width // 8
+        if not is_binary(data) or len(data) % group:
             raise WireError(f"masked data must be bytes holding {width}-bit words")
         origin = body.get("origin", b"")
         if "origin" in body and (not isinstance(origin, bytes) or len(origin) != ORIGIN_BYTES

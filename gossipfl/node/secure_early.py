@@ -59,7 +59,7 @@ def split_and_seal(node: Node, keys: PairKeys, aggregator: str, round_: int,
     other member's share to it, under ``round_``'s context for ``aggregator``."""
     me = node.peer_id
     context = secagg.seed_context(node.config.federation, aggregator, round_)
-    ids = secagg.share_ids_for(members)
+    ids = shamir.share_ids_for(members)
     shares = shamir.split_secret(seed, threshold(len(members)), sorted(ids.values()))
     sealed = tuple(
         (other, keys.encrypt_seed_share(

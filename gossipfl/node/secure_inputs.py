@@ -41,7 +41,7 @@ import trio
 from gossipfl.aggregation.bounds import norm_bound
 from gossipfl.crypto import secagg
 from gossipfl.crypto.pair_keys import PairKeys
-from gossipfl.crypto.secagg_sparse import pack_words, to_ring
+from gossipfl.crypto.secagg_sparse import mask_modulus, pack_words, to_ring
 from gossipfl.gossip.codes import AckCode
 from gossipfl.gossip.wire import MaskedInput
 from gossipfl.node import secure_early, secure_sparse, streams
@@ -172,7 +172,8 @@ def masked_input(node: Node, aggregator: str, r: int, estimate: np.ndarray,
     else:
         seed, predealt = secure_early.split_and_seal(
             node, keys, aggregator, r, members, secagg.fresh_self_seed(), public_of), False
-    y = secagg.mask_input(q, my_id=me, self_seed=seed.seed, pair_seeds=pairs)
+    y = secagg.mask_input(q, my_id=me, self_seed=seed.seed, pair_seeds=pairs,
+                          modulus=mask_modulus(bits))
     node.secagg.my_shares[(aggregator, r)] = seed.own_share
     following = node.secagg.dealing.get((aggregator, r + 1))
     data = pack_words(y, bits)

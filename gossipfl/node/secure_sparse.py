@@ -157,9 +157,9 @@ def narrowing(node: Node, r: int) -> tuple[int, int]:
     else round r − 1's: :func:`note_sum`) had no coordinate
     past ``NARROW_SHRUNK`` times what a sum of the fewest :data:`NARROW_LEVELS` that can holds
     (``levels · Σc``): the consensus has settled to moves a few levels wide, and holding each
-    member to them narrows the words (at degree 4: 4, 6 or 8 bits instead of 12), what it clips
-    staying in x½ − x̂ for the next rounds. Recorded as narrowed. What it tells its members is
-    a bound on that sum."""
+    member to them narrows the words (at degree 4: 9-value, 6- or 8-bit instead of 12-bit),
+    what it clips staying in x½ − x̂ for the next rounds. Recorded as narrowed. What it tells
+    its members is a bound on that sum."""
     state, ahead = node.secagg, r + 2
     last_round, largest = state.last_sum
     if (last_round not in (r, r - 1) or not can_narrow(node, node.peer_id, ahead)

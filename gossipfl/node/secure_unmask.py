@@ -8,7 +8,7 @@ import numpy as np
 
 from gossipfl.crypto import secagg, shamir
 from gossipfl.crypto.consistency import threshold
-from gossipfl.crypto.secagg_sparse import decode_ring_sum, unpack_words
+from gossipfl.crypto.secagg_sparse import decode_ring_sum, mask_modulus, unpack_words
 from gossipfl.gossip.wire import MaskedInput, UnmaskResponse
 from gossipfl.node import secure_sparse
 from gossipfl.node.secure_inputs import neighbourhood
@@ -25,7 +25,7 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
     """
     config = node.config.secagg
     members = sorted(neighbourhood(node, node.peer_id))
-    ids = secagg.share_ids_for(members)
+    ids = shamir.share_ids_for(members)
     need = threshold(len(members))
     self_seeds: dict[str, bytes] = {}
     for peer in survivors:
@@ -53,7 +53,7 @@ def unmask(node: Node, r: int, inputs: dict[str, MaskedInput], survivors: list[s
     count = secure_sparse.words(node, node.peer_id, r)
     masked = {p: unpack_words(inputs[p].data, bits, count) for p in survivors}
     total = secagg.unmask_sum(masked, survivors_self_seeds=self_seeds,
-                              dropped_pair_seeds=pair_seeds)
+                              dropped_pair_seeds=pair_seeds, modulus=mask_modulus(bits))
     if secure_sparse.sparse_for(node, node.peer_id, r) and secure_sparse.levels(node):
         counts, denominator, _ = secure_sparse.ring(node, node.peer_id, r)
         return decode_ring_sum(total, width=bits,

@@ -237,7 +237,7 @@ def secagg_frames(scenario: ScenarioConfig, parameters: int, degree: int) -> Sec
         pairs = {o.peer_id: secagg.agree_seed(bytes(me.x_private), o.x_public, context=context)
                  for o in members[1:]}
         y = secagg.mask_input(q, my_id=me.peer_id, self_seed=self_seed, pair_seeds=pairs)
-        share_ids = secagg.share_ids_for(ids)
+        share_ids = shamir.share_ids_for(ids)
         shares = shamir.split_secret(self_seed, threshold(len(ids)), sorted(share_ids.values()))
         sealed_shares = tuple(
             (other, secagg.encrypt_seed_share(
