@@ -243,12 +243,10 @@ class SecAggConfig:
     with fewer than ``min_contributors``.
 
     Against an aggregator that differences its sums over time, a member refuses to sign a
-    survivor set that differs from one it signed for the same aggregator within the last
-    ``history_rounds`` rounds by at least one but fewer than ``min_set_difference`` members
-    (identical sets are fine). 2 is the least that stops one member's estimate coming out of
-    two sums; 50 rounds covers a default run (30 rounds); 1 turns the rule off. The history
-    costs at most ``history_rounds + 1`` sets per aggregator. ``presign``: a member's unmask
-    answer signs the next round's set when no one dropped (gossipfl.node.secure_presign: no
+    set that differs from one it signed for it within the last ``history_rounds`` rounds by at
+    least one but fewer than ``min_set_difference`` members (2: the least that stops one
+    member's estimate coming out of two sums; 1: off). ``presign``: a member's unmask answer
+    signs the next round's set when no one dropped (gossipfl.node.secure_presign: no
     consistency exchange while every input comes in; a dropout then fails that round at its
     aggregators, the next recovers it); off, a dropout is recovered in its own round.
     ``delta_clip``: int8/int4's public clip of the quantised CHOCO deltas (step ``delta_clip /
@@ -256,7 +254,8 @@ class SecAggConfig:
     kind's, 127 or 7; 1: 9-value words at degree 4). ``consensus_deltas`` (int8/int4): the
     consensus rounds but every ``full_every``-th after the first send finer deltas, else full
     estimates; ``first_deltas``: round 0 deltas from the initial model, which every x̂ starts
-    as (``secure_sparse.origin_base``); when each pays: the README."""
+    as (``secure_sparse.origin_base``); ``coarse_consensus``: the levels (1, 7 or 31) of the
+    first consensus delta rounds, at a step as coarse; when each pays: the README."""
 
     enabled: bool = False
     min_contributors: int = 3
@@ -270,6 +269,7 @@ class SecAggConfig:
     consensus_deltas: bool = False
     first_deltas: bool = False
     delta_levels: int = 0
+    coarse_consensus: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _require(self.min_contributors >= 3, "secagg.min_contributors must be at least 3")

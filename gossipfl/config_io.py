@@ -20,7 +20,8 @@ SECAGG_COMPRESSION_REFUSED = (
 def check_secagg_compression(secagg: Any, kind: str) -> None:
     """Refuse a compression kind that secure aggregation cannot sum, consensus deltas and
     levels of one's own without the quantised kinds they refine (or more levels than the
-    kind's), and first-round deltas without compressed secure aggregation (ConfigError).
+    kind's), first-round deltas without compressed secure aggregation, and coarse consensus
+    rounds without consensus deltas or of other levels than 1, 7, 31 (ConfigError).
     ``secagg``: a :class:`gossipfl.config.SecAggConfig` (which imports this module)."""
     on = secagg.enabled
     if on and kind not in SECAGG_COMPRESSION:
@@ -36,6 +37,12 @@ def check_secagg_compression(secagg: Any, kind: str) -> None:
     if not 0 <= secagg.delta_levels <= most:
         raise ConfigError(f"secagg.delta_levels must be in 0..{most} with {kind} (0: the "
                           f"kind's own {most})")
+    coarse = secagg.coarse_consensus
+    if coarse and not secagg.consensus_deltas:
+        raise ConfigError("secagg.coarse_consensus needs secagg.consensus_deltas = true")
+    if len(coarse) > 16 or any(not isinstance(n, int) or n not in (1, 7, 31) for n in coarse):
+        raise ConfigError("secagg.coarse_consensus must be at most 16 levels, each 1, 7 or 31 "
+                          f"(the narrowing tiers), got {list(coarse)}")
 
 
 T = TypeVar("T")

@@ -73,3 +73,25 @@ def test_delta_levels_are_checked_against_the_kind() -> None:
     # a node's config runs the same check
     with pytest.raises(ConfigError, match="delta_levels needs"):
         NodeConfig(secagg=SecAggConfig(delta_levels=1), compression=CompressionConfig("int4"))
+
+
+def test_coarse_consensus_rounds_are_checked_and_take_their_levels(star, one_level) -> None:
+    """``secagg.coarse_consensus``: the first consensus delta rounds at 1, 7 or 31 levels of a
+    step as coarse (the same range as the fine rounds', 6- or 8-bit words at degree 4), then
+    the fine 511; only with consensus deltas, only those tiers."""
+    on = SecAggConfig(enabled=True, consensus_deltas=True, coarse_consensus=(7, 31, 31))
+    check_secagg_compression(on, "int4")
+    with pytest.raises(ConfigError, match=r"needs secagg\.consensus_deltas"):
+        check_secagg_compression(dataclasses.replace(on, consensus_deltas=False), "int4")
+    for bad in ((8,), (0,), (511,), (7,) * 17):
+        with pytest.raises(ConfigError, match="each 1, 7 or 31"):
+            check_secagg_compression(dataclasses.replace(on, coarse_consensus=bad), "int4")
+    a = star["a"]
+    rounds = a.config.rounds
+    a.config = dataclasses.replace(a.config, secagg=dataclasses.replace(
+        a.config.secagg, consensus_deltas=True, coarse_consensus=(7, 31)))
+    assert [secure_sparse.levels(a, rounds + k) for k in range(-1, 3)] == [1, 7, 31, 511]
+    assert secure_sparse.step(a, rounds) == delta_step(a.config.secagg.delta_clip, 7)
+    # a coarse round is never narrowed: narrowing holds the fine step's levels
+    assert not secure_sparse.can_narrow(a, a.peer_id, rounds + 1)
+    assert secure_sparse.can_narrow(a, a.peer_id, rounds + 2)

@@ -160,17 +160,23 @@ consensus step: at degree 4 (Σc ≤ 4) its sum's words are then of :data:`NINE`
 does."""
 
 
-def round_levels(kind: str, training_rounds: int, round_: int, own: int = 0) -> int:
+def round_levels(kind: str, training_rounds: int, round_: int, own: int = 0,
+                 coarse: tuple[int, ...] = ()) -> int:
     """The levels each side of zero of a quantised delta in round ``round_``: the kind's own in
     training rounds (or ``own``, ``secagg.delta_levels``, where not 0), :data:`CONSENSUS_LEVELS`
-    in consensus rounds (from ``training_rounds`` on); 0 for a kind without levels (random-k).
+    in consensus rounds (from ``training_rounds`` on), but ``coarse[k]`` in the k-th
+    (``secagg.coarse_consensus``); 0 for a kind without levels (random-k).
 
     >>> round_levels("int4", 30, 29), round_levels("int4", 30, 31), round_levels("randk", 30, 31)
     (7, 511, 0)
     >>> round_levels("int4", 30, 29, own=1), round_levels("int4", 30, 31, own=1)
     (1, 511)
+    >>> [round_levels("int4", 30, r, 1, (7, 31, 31)) for r in range(29, 35)]
+    [1, 7, 31, 31, 511, 511]
     """
     levels = QUANTISED_LEVELS.get(kind, 0)
+    if levels and 0 < training_rounds <= round_ < training_rounds + len(coarse):
+        return coarse[round_ - training_rounds]
     if levels and 0 < training_rounds <= round_:
         return CONSENSUS_LEVELS
     return own if levels and own else levels

@@ -124,7 +124,8 @@ def compressor(config: CompressionConfig, federation: str, sender: str, round_: 
             return lambda q: sparse_delta(q, round_coordinates(federation, round_, q.size,
                                                                config.ratio))
         # int8, int4 (config refuses the others); finer in consensus rounds
-        levels = round_levels(kind.value, training_rounds, round_, secagg.delta_levels)
+        levels = round_levels(kind.value, training_rounds, round_, secagg.delta_levels,
+                              secagg.coarse_consensus)
         clip = secagg.delta_clip
         return lambda q: public_quantised(q, clip, levels, rng, bound)
     return lambda q: compress(kind, q, config.ratio, rng)

@@ -91,7 +91,9 @@ def levels(node: Node, r: int | None = None) -> int:
     kind = node.config.compression.kind
     if r is None:
         return QUANTISED_LEVELS.get(kind, 0)
-    return round_levels(kind, node.config.rounds, r, node.config.secagg.delta_levels)
+    secagg = node.config.secagg
+    return round_levels(kind, node.config.rounds, r, secagg.delta_levels,
+                        secagg.coarse_consensus)
 
 
 def step(node: Node, r: int) -> float:

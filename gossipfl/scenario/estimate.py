@@ -272,7 +272,8 @@ def masked_words_bytes(scenario: ScenarioConfig, parameters: int, degree: int,
         return 4 * parameters
     if kind is CompressionKind.RANDK:
         return 4 * kept(parameters, scenario.compression.ratio)
-    levels = round_levels(kind.value, scenario.rounds, round_, scenario.secagg.delta_levels)
+    levels = round_levels(kind.value, scenario.rounds, round_, scenario.secagg.delta_levels,
+                          scenario.secagg.coarse_consensus)
     return packed_bytes(parameters, ring_width(levels, degree))
 
 
