@@ -64,10 +64,10 @@ class AnsweringEnd:
         self.heard = 0
         self.closed = False
 
-    async def send(self, message: Any, max_bytes: int) -> None:
+    async def send(self, message: Any, max_bytes: int, known: Any = None) -> None:
         self.heard += 1
 
-    async def receive(self, expected: type, max_bytes: int) -> Any:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Any:
         return heartbeat(self.peer, self.to.peer_id)
 
     async def close(self) -> None:

@@ -40,15 +40,18 @@ class Loopback:
         self.aggregator, self.member, self.protocol = aggregator, member, protocol
         self.reply: Any = None
 
-    async def send(self, message: Any, max_bytes: int) -> None:
-        message = wire.decode_frame(wire.encode_frame(message, max_bytes), type(message),
-                                    max_bytes)
+    async def send(self, message: Any, max_bytes: int, known: Any = None) -> None:
+        # encoded as the aggregator sends it (an unmask request: its peers by place in the
+        # table ``known``), decoded as the member reads it (with its own view of that table)
+        body = wire.encode_body(message, known=known)
+        message = wire.decode_body(body, type(message), known=self.member.sum_table(
+            self.aggregator))
         if self.protocol == secure_round.PROTO_CONSISTENCY:
             self.reply = secure_round.answer_consistency(self.member, self.aggregator, message)
         else:
             self.reply = secure_round.answer_unmask(self.member, self.aggregator, message)
 
-    async def receive(self, expected: type, max_bytes: int) -> Any:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Any:
         if self.reply is None:
             raise EOFError("stream closed without an answer")
         return wire.decode_frame(wire.encode_frame(self.reply, max_bytes), expected, max_bytes)

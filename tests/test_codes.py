@@ -249,12 +249,12 @@ class _Stream:
         self.frames = frames
         self.acks: list[Ack] = []
 
-    async def receive(self, expected: type, max_bytes: int) -> Any:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Any:
         if not self.frames:
             raise _Stream.Ended
         return self.frames.pop(0)
 
-    async def send(self, message: Any, max_bytes: int) -> None:
+    async def send(self, message: Any, max_bytes: int, known: Any = None) -> None:
         self.acks.append(decode_body(encode_body(message), Ack))
 
 
@@ -304,10 +304,10 @@ class _Peer(QuietEnd):
         self.remote, self.status, self.reason = remote, status, reason
         self.sent: list[Any] = []
 
-    async def send(self, message: Any, max_bytes: int) -> None:
+    async def send(self, message: Any, max_bytes: int, known: Any = None) -> None:
         self.sent.append(message)
 
-    async def receive(self, expected: type, max_bytes: int) -> Any:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Any:
         ack = Ack("fed", self.sent[-1].round, self.remote, self.status, self.reason)
         return decode_body(encode_body(ack), Ack)  # as it comes off the wire
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
@@ -38,10 +39,10 @@ class _Incoming:
         self.incoming = heartbeat(sender, to.peer_id)
         self.sent: list[Heartbeat] = []
 
-    async def receive(self, expected: type, max_bytes: int) -> Heartbeat:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Heartbeat:
         return decode_frame(encode_frame(self.incoming, max_bytes), expected, max_bytes)
 
-    async def send(self, message: Heartbeat, max_bytes: int) -> None:
+    async def send(self, message: Heartbeat, max_bytes: int, known: Any = None) -> None:
         self.sent.append(message)
 
     async def reset(self) -> None:

@@ -216,10 +216,10 @@ class _Accepting(QuietEnd):
     def __init__(self, remote: str) -> None:
         self.remote = remote
 
-    async def send(self, message: Any, max_bytes: int) -> None:
+    async def send(self, message: Any, max_bytes: int, known: Any = None) -> None:
         assert isinstance(message, LinkRequest) and message.joining
 
-    async def receive(self, expected: type, max_bytes: int) -> Any:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Any:
         return LinkReply("fed", self.remote, LinkCode.ACCEPTED, "", 3)
 
 

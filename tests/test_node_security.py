@@ -215,10 +215,10 @@ class FakeChannel:
         self.sent: list[Heartbeat] = []
         self.was_reset = False
 
-    async def receive(self, expected: type, max_bytes: int):
+    async def receive(self, expected: type, max_bytes: int, known: Any = None):
         return decode_frame(encode_frame(self.incoming, max_bytes), expected, max_bytes)
 
-    async def send(self, message: Heartbeat, max_bytes: int) -> None:
+    async def send(self, message: Heartbeat, max_bytes: int, known: Any = None) -> None:
         self.sent.append(decode_frame(encode_frame(message, max_bytes), Heartbeat, max_bytes))
 
     async def reset(self) -> None:

@@ -39,11 +39,11 @@ class _SlowAcks(QuietEnd):
         self.sent: list[Contribution] = []
         self.release: list[trio.Event] = []
 
-    async def send(self, message: Any, max_bytes: int) -> None:
+    async def send(self, message: Any, max_bytes: int, known: Any = None) -> None:
         self.sent.append(message)
         self.release.append(trio.Event())
 
-    async def receive(self, expected: type, max_bytes: int) -> Any:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Any:
         index = len(self.sent) - 1
         await self.release[index].wait()
         return Ack("fed", self.sent[index].round, self.remote, AckCode.OK, "")
@@ -114,7 +114,7 @@ def test_a_round_goes_on_before_the_ack_and_the_next_send_waits_for_it(tmp_path:
 class _Breaks(_SlowAcks):
     """A stream that breaks while we wait for the ack of its first frame."""
 
-    async def receive(self, expected: type, max_bytes: int) -> Any:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Any:
         await self.release[0].wait()
         raise ConnectionError("stream reset")
 

@@ -82,10 +82,10 @@ class FakeChannel:
         self.sent: list[Any] = []
         self.reads = 0
 
-    async def send(self, message: Any, max_bytes: int) -> None:
+    async def send(self, message: Any, max_bytes: int, known: Any = None) -> None:
         self.sent.append(message)
 
-    async def receive(self, expected: type, max_bytes: int) -> Any:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Any:
         self.reads += 1
         if expected is Ack:
             return Ack("fed", self.sent[-1].round, self.remote, "ok", "")
@@ -299,7 +299,7 @@ class _RelinkedWhileSending(FakeChannel):
         super().__init__(remote, request)
         self.node, self.drop = node, drop
 
-    async def send(self, message: Any, max_bytes: int) -> None:
+    async def send(self, message: Any, max_bytes: int, known: Any = None) -> None:
         await trio.sleep(0.1)
         if self.drop:
             del self.node.neighbours[self.remote]

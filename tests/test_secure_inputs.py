@@ -79,10 +79,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarray]:
     class Taking:
         """The aggregator's end: it takes every input and acks it."""
 
-        async def send(self, message: Any, max_bytes: int) -> None:
+        async def send(self, message: Any, max_bytes: int, known: Any = None) -> None:
             self.round = message.round
 
-        async def receive(self, expected: Any, max_bytes: int) -> Ack:
+        async def receive(self, expected: Any, max_bytes: int, known: Any = None) -> Ack:
             return Ack("fed", self.round, "aggregator", AckCode.OK, "")
 
     async def request(node: Any, peer: str, protocol: str, exchange: Any) -> Ack:
@@ -181,12 +181,12 @@ class _End:
     def __init__(self, far: _SlowAggregator, peer: str) -> None:
         self.far, self.peer, self.remote = far, peer, peer
 
-    async def send(self, message: Any, max_bytes: int) -> None:
+    async def send(self, message: Any, max_bytes: int, known: Any = None) -> None:
         key = (self.peer, message.round)
         self.far.sent.append(key)
         self.far.release[key] = trio.Event()
 
-    async def receive(self, expected: type, max_bytes: int) -> Any:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Any:
         key = self.far.sent[max(i for i, k in enumerate(self.far.sent) if k[0] == self.peer)]
         await self.far.release[key].wait()
         return Ack("fed", key[1], self.peer, AckCode.OK, "")

@@ -293,7 +293,7 @@ def _wire_up_timed(star: dict[str, Node], delays: dict[str, float],
     answered: list[str] = []
 
     class Timed(Loopback):
-        async def receive(self, expected: type, max_bytes: int) -> Any:
+        async def receive(self, expected: type, max_bytes: int, known: Any = None) -> Any:
             name = name_of[self.member.peer_id]
             unmask = self.protocol == secure_round.PROTO_UNMASK
             if not (unmask and name in short):

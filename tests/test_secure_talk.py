@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
@@ -72,10 +73,10 @@ class _Member:
     def __init__(self, answer: UnmaskResponse | None) -> None:
         self.remote, self.sent, self.answer = "member", [], answer
 
-    async def send(self, message: object, max_bytes: int) -> None:
+    async def send(self, message: object, max_bytes: int, known: Any = None) -> None:
         self.sent.append(message)
 
-    async def receive(self, expected: type, max_bytes: int) -> UnmaskResponse:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> UnmaskResponse:
         await trio.sleep(0.1)
         if self.answer is None:
             raise ConnectionResetError("reset")
@@ -83,7 +84,8 @@ class _Member:
 
 
 def _aggregator() -> SimpleNamespace:
-    return SimpleNamespace(secagg=SecAggState(), protocol=ProtocolConfig(request_timeout=6.0))
+    return SimpleNamespace(secagg=SecAggState(), protocol=ProtocolConfig(request_timeout=6.0),
+                           peer_id="aggregator", sum_table=lambda aggregator: None)
 
 
 REQUEST = UnmaskRequest("fed", 7, "aggregator", ("member", "b", "c"), (), (), ())
@@ -144,7 +146,7 @@ def test_a_refusal_on_a_held_stream_is_no_answer_and_ends_the_stream() -> None:
 class _Silent(_Member):
     """A deviating member: it takes the request and never answers."""
 
-    async def receive(self, expected: type, max_bytes: int) -> UnmaskResponse:
+    async def receive(self, expected: type, max_bytes: int, known: Any = None) -> UnmaskResponse:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 

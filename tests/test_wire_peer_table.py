@@ -99,3 +99,46 @@ def test_any_lists_come_back_as_they_went(shares, next_shares, early) -> None:
                      next_shares=tuple((p, b"b" * 80) for p in next_shares),
                      early=tuple((p, b"c" * 40) for p in early))
     assert wire.decode_frame(wire.encode_frame(message, CAP), MaskedInput, CAP) == message
+
+
+# -- a known table: the aggregator's neighbourhood, which both ends derive from the topology ----
+
+KNOWN = wire.Known.of(PEERS[:4])  # the aggregator PEERS[4]'s neighbourhood, sorted
+
+
+def test_with_a_known_table_no_peer_id_travels_and_a_differing_view_is_refused() -> None:
+    message = _input(shares=((PEERS[2], b"x" * 90), (PEERS[1], b"y" * 90)))
+    request = UnmaskRequest(
+        "fed", 3, PEERS[4], PEERS[:3], PEERS[3:4], shares=((PEERS[3], b"d" * 90),),
+        signatures=tuple((p, bytes([i]) * 64) for i, p in enumerate(PEERS[:3])),
+        next_shares=((PEERS[2], b"n" * 90),))
+    for item, kind, named in ((message, MaskedInput, 2), (request, UnmaskRequest, 1)):
+        body = wire.encode_body(item, known=KNOWN)
+        # only the sender (and a masked input's aggregator) by id, no table, a digest
+        assert sum(body.count(p.encode()) for p in PEERS) == named
+        assert len(body) < len(wire.encode_body(item)) - 100
+        assert "peers" not in wire.named(body) and len(wire.named(body)["table"]) == 8
+        assert wire.decode_body(body, kind, known=KNOWN) == item
+        # a receiver without the table, or with another view of it, refuses the frame
+        for other in (None, wire.Known.of(PEERS[1:5]), wire.Known.of(PEERS[:3])):
+            with pytest.raises(WireError, match="table this node does not hold"):
+                wire.decode_body(body, kind, known=other)
+    # a request's sets are places in the table: one out of it, repeated, or in both, refused
+    body = wire.named(wire.encode_body(request, known=KNOWN))
+    for survivors, dropped, match in (([0, 9], [3], "survivors place"), ([0, 0], [3], "twice"),
+                                      ([0, 3], [3], "twice"), ([True], [], "survivors place")):
+        with pytest.raises(WireError, match=match):
+            wire.decode_body(wire.from_named({**body, "survivors": survivors,
+                                              "dropped": dropped}), UnmaskRequest, known=KNOWN)
+
+
+@given(st.lists(st.sampled_from(PEERS[1:]), unique=True),
+       st.lists(st.sampled_from(PEERS), unique=True),
+       st.lists(st.sampled_from(PEERS), unique=True))
+def test_any_lists_come_back_with_a_known_table(shares, next_shares, early) -> None:
+    """A peer outside the table (here the aggregator, PEERS[4]) goes in ``peers``."""
+    message = _input(shares=tuple((p, b"a" * 80) for p in shares),
+                     next_shares=tuple((p, b"b" * 80) for p in next_shares),
+                     early=tuple((p, b"c" * 40) for p in early))
+    body = wire.encode_body(message, known=KNOWN)
+    assert wire.decode_body(body, MaskedInput, known=KNOWN) == message

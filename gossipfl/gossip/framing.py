@@ -13,6 +13,7 @@ from libp2p.network.stream.exceptions import StreamEOF
 
 from gossipfl.gossip.wire import (
     HEADER_BYTES,
+    Known,
     M,
     Message,
     WireError,
@@ -123,7 +124,8 @@ async def read_exactly(stream: ByteStream, n: int, *, frame_start: bool = False)
 
 async def read_frame(stream: ByteStream, expected: type[M] | tuple[type[Message], ...],
                      max_bytes: int,
-                     budget: FrameBudget | None = None) -> tuple[M, int]:
+                     budget: FrameBudget | None = None,
+                     known: Known | None = None) -> tuple[M, int]:
     """Read one frame and decode it; returns the message and the bytes read.
 
     The announced length is checked against ``max_bytes`` and reserved from ``budget`` before a
@@ -138,16 +140,18 @@ async def read_frame(stream: ByteStream, expected: type[M] | tuple[type[Message]
         raise Overloaded(f"no room for a frame of {length} bytes: too many bytes in flight")
     try:
         body = await read_exactly(stream, length)
-        return decode_body(body, expected), HEADER_BYTES + length
+        return decode_body(body, expected, known=known), HEADER_BYTES + length
     finally:
         if budget is not None:
             budget.release(length)
 
 
-async def write_frame(stream: ByteStream, message: Message, max_bytes: int) -> int:
+async def write_frame(stream: ByteStream, message: Message, max_bytes: int,
+                      known: Known | None = None) -> int:
     """Encode and write one frame (one write, or two for a large one: see
-    :data:`JOIN_BELOW_BYTES`); returns the bytes written."""
-    pieces = encode_frame_pieces(message, max_bytes)
+    :data:`JOIN_BELOW_BYTES`); returns the bytes written. ``known``: as
+    :func:`gossipfl.gossip.wire.encode_body`'s."""
+    pieces = encode_frame_pieces(message, max_bytes, known)
     size = sum(len(piece) if not isinstance(piece, memoryview) else piece.nbytes
                for piece in pieces)
     if size - HEADER_BYTES < JOIN_BELOW_BYTES:

@@ -33,7 +33,7 @@ from gossipfl.gossip.framing import BufferedReader, ByteStream, read_frame, writ
 from gossipfl.gossip.host import handshake_failures
 from gossipfl.gossip.ratelimit import InFlight
 from gossipfl.gossip.resources import resource_stats
-from gossipfl.gossip.wire import MAX_CONTROL_BYTES, M, Message, WireError
+from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Known, M, Message, WireError
 from gossipfl.relay_config import Reachability, RelayConfig
 
 log = logging.getLogger(__name__)
@@ -112,17 +112,17 @@ class Channel:
         member = self.policy.is_member(self.remote)
         return (max_bytes if member else min(max_bytes, MAX_CONTROL_BYTES)), member
 
-    async def send(self, message: Message, max_bytes: int) -> None:
-        size = await write_frame(self.stream, message, max_bytes)
+    async def send(self, message: Message, max_bytes: int, known: Known | None = None) -> None:
+        size = await write_frame(self.stream, message, max_bytes, known)
         self.traffic.sent(message.KIND, size)
 
     async def receive(self, expected: type[M] | tuple[type[Message], ...],
-                      max_bytes: int) -> M:
+                      max_bytes: int, known: Known | None = None) -> M:
         cap, member = self.read_cap(max_bytes)
         budget = None if self.policy is None else _Reservation(self.policy.in_flight, member)
         self.reader.ahead = member  # a stranger's frames: not a byte beyond a header unchecked
         try:
-            message, size = await read_frame(self.reader, expected, cap, budget)
+            message, size = await read_frame(self.reader, expected, cap, budget, known)
         except WireError as error:
             if cap < max_bytes:
                 raise WireError(f"{error} (not a certified member: control frames only)") from None

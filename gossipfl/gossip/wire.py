@@ -89,6 +89,7 @@ from gossipfl.gossip.wire_secagg import (
     SIGNATURE_BYTES,
     ConsistencyRequest,
     ConsistencyResponse,
+    Known,
     MaskedInput,
     UnmaskRequest,
     UnmaskResponse,
@@ -129,6 +130,7 @@ __all__ = (
     "DialbackReply",
     "DialbackRequest",
     "Heartbeat",
+    "Known",
     "LinkReply",
     "LinkRequest",
     "M",
@@ -228,21 +230,34 @@ def _positional(cls: type[Any], federation: str, named: dict[str, Any],
     return [WIRE_VERSION, _CODES[cls], federation, *values]
 
 
-def encode_body(message: Message, leave: tuple[str, ...] = ()) -> bytes:
+#: The kinds that may name their peers by place in a :class:`Known` table.
+TABLED = (MaskedInput, UnmaskRequest)
+
+
+def _fields(message: Message, known: Known | None) -> dict[str, Any]:
+    if known is not None and isinstance(message, TABLED):
+        return message._fields_to_wire(known)
+    return message._fields_to_wire()
+
+
+def encode_body(message: Message, leave: tuple[str, ...] = (),
+                known: Known | None = None) -> bytes:
     """The msgpack body of ``message`` (no length header), less the fields named in ``leave``
-    (a sealed inside: :data:`SEALED_IMPLIED`)."""
-    body = _positional(type(message), message.federation, message._fields_to_wire(), leave)
+    (a sealed inside: :data:`SEALED_IMPLIED`), its peers by place in ``known`` where its kind
+    is :data:`TABLED`."""
+    body = _positional(type(message), message.federation, _fields(message, known), leave)
     return msgpack.packb(body, use_bin_type=True, strict_types=False)
 
 
-def encode_body_pieces(message: Message, leave: tuple[str, ...] = ()) -> list[Buffer]:
+def encode_body_pieces(message: Message, leave: tuple[str, ...] = (),
+                       known: Known | None = None) -> list[Buffer]:
     """:func:`encode_body` as pieces: each binary field of :data:`VIEW_MIN_BYTES` or more
     (tensor data, an envelope) referred to, not copied; ``b"".join`` of them is
     :func:`encode_body`'s bytes."""
     if not _has_large_binary(message):  # msgpack's own packer: faster for small fields
-        return [encode_body(message, leave)]
-    return pack_pieces(_positional(type(message), message.federation,
-                                   message._fields_to_wire(), leave))
+        return [encode_body(message, leave, known)]
+    return pack_pieces(_positional(type(message), message.federation, _fields(message, known),
+                                   leave))
 
 
 def _has_large_binary(message: Message) -> bool:
@@ -258,14 +273,14 @@ def _has_large_binary(message: Message) -> bool:
     return False
 
 
-def encode_frame_pieces(message: Message,
-                        max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> list[Buffer]:
+def encode_frame_pieces(message: Message, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                        known: Known | None = None) -> list[Buffer]:
     """The frame as pieces: for a sealed message, the header and the msgpack up to its
     envelope, then the envelope itself, not copied (see :func:`encode_body_pieces`); for any
     other kind, the header and the body. Raises :class:`WireError` if the frame would exceed
     ``max_bytes``."""
     if not isinstance(message, Sealed) or not _has_large_binary(message):
-        return list(encode_frame_parts(message, max_bytes))
+        return list(encode_frame_parts(message, max_bytes, known))
     pieces = encode_body_pieces(message)
     length = sum(item_len(piece) for piece in pieces)
     if length > max_bytes:
@@ -273,11 +288,11 @@ def encode_frame_pieces(message: Message,
     return [HEADER.pack(length) + pieces[0], *pieces[1:]]
 
 
-def encode_frame_parts(message: Message,
-                       max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> tuple[bytes, bytes]:
+def encode_frame_parts(message: Message, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                       known: Known | None = None) -> tuple[bytes, bytes]:
     """The frame's header and body, apart (a large body is written without copying it behind
     its header). Raises :class:`WireError` if the frame would exceed ``max_bytes``."""
-    body = encode_body(message)
+    body = encode_body(message, known=known)
     if len(body) > max_bytes:
         raise WireError(f"{message.KIND} frame of {len(body)} bytes exceeds the {max_bytes} cap")
     return HEADER.pack(len(body)), body
@@ -314,23 +329,26 @@ def _limits_of(kinds: tuple[type[Message], ...]) -> DecodeLimits:
 
 
 def decode_body(body: Buffer, expected: type[M] | tuple[type[Message], ...],
-                given: Mapping[str, Any] | None = None) -> M:
+                given: Mapping[str, Any] | None = None, known: Known | None = None) -> M:
     """Decode one frame body into a message of type ``expected`` (within its
     :data:`DECODE_LIMITS`), or of one of the types in a tuple (within the largest of their
     limits). A contribution's, sealed message's or masked input's binaries of
     :data:`VIEW_MIN_BYTES` or more are read-only ``memoryview`` slices of ``body``. ``given``:
     fields the body leaves to its envelope (:data:`SEALED_IMPLIED`), by name, with the values
-    the envelope was opened with (a body that carries one of them is refused)."""
+    the envelope was opened with (a body that carries one of them is refused). ``known``: the
+    table a :data:`TABLED` kind may name its peers by place in (one whose digest differs, or
+    none given, is refused)."""
     if isinstance(expected, tuple):
         if any(k.KIND in VIEW_KINDS for k in expected):
             raise ValueError("kinds decoded as views are decoded alone")
-        return _decode(body, expected, _limits_of(expected), given)  # type: ignore[return-value]
+        return _decode(body, expected, _limits_of(expected), given,  # type: ignore[return-value]
+                       known)
     return _decode(body, (expected,), DECODE_LIMITS.get(expected.KIND, DEFAULT_DECODE_LIMITS),
-                   given)
+                   given, known)
 
 
 def _decode(body: Buffer, kinds: tuple[type[Message], ...], limits: DecodeLimits,
-            given: Mapping[str, Any] | None = None) -> Any:
+            given: Mapping[str, Any] | None = None, known: Known | None = None) -> Any:
     expected = kinds[0]
     if expected.KIND in VIEW_KINDS and len(body) >= VIEW_MIN_BYTES:
         data = unpack_views(body, limits,
@@ -351,6 +369,8 @@ def _decode(body: Buffer, kinds: tuple[type[Message], ...], limits: DecodeLimits
         missing = sorted(required - keys)
         extra = sorted(str(k) for k in keys - wanted)
         raise WireError(f"{cls.KIND} fields wrong: missing {missing}, unexpected {extra}")
+    if cls in TABLED:
+        return cls._fields_from_wire(federation, named, known)
     return cls._fields_from_wire(federation, named)
 
 

@@ -8,7 +8,8 @@ them from there. The caps and field checks used here live in :mod:`gossipfl.goss
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +27,46 @@ from gossipfl.gossip.wire_fields import (
     check_str,
     is_binary,
 )
+
+
+@dataclass(frozen=True)
+class Known:
+    """Peers both ends of a secure-aggregation frame hold in one order: an aggregator's
+    neighbourhood, sorted (both derive it from the topology). A masked input or unmask request
+    encoded with it names them by place in it, not by id, and carries its 8-byte digest
+    (``table``): a receiver whose table differs refuses the frame rather than misread it."""
+
+    peers: tuple[str, ...]
+
+    @classmethod
+    def of(cls, peers: Iterable[str]) -> Known:
+        return cls(tuple(sorted(peers)))
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.blake2b("\n".join(self.peers).encode(), digest_size=8,
+                               person=b"gossipfl-table").digest()
+
+
+def _table(body: Mapping[str, Any], known: Known | None, what: str) -> tuple[str, ...] | None:
+    """The known table a frame names its peers by place in (None: it names them by id); a
+    WireError when it names one this node does not hold."""
+    if "table" not in body:
+        return None
+    if known is None or body["table"] != known.digest:
+        raise WireError(f"{what} names its peers by place in a table this node does not hold "
+                        "(another view of the neighbourhood)")
+    return known.peers
+
+
+def _places(value: Any, what: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of distinct places in ``names``, read back as peer ids."""
+    if not isinstance(value, list) or len(value) > len(names):
+        raise WireError(f"{what} must be a list of at most {len(names)} places")
+    peers = tuple(names[check_int(p, f"{what} place", 0, len(names) - 1)] for p in value)
+    if len(set(peers)) != len(peers):
+        raise WireError(f"{what} names a peer twice")
+    return peers
 
 
 def _read_pairs(value: Any, what: str, max_items: int, max_bytes: int,
@@ -141,12 +182,15 @@ class MaskedInput:
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"depth", "horizon", "waiting", "sparse",
                                                     "next_shares", "predealt", "early",
                                                     "presign", "width", "origin"})
-    # the frame's peer table beyond the sender (the share lists name peers by their place)
-    WIRE_ONLY: ClassVar[frozenset[str]] = frozenset({"peers"})
+    # the frame's peer table beyond the sender (the share lists name peers by their place), or
+    # beyond the known table whose digest ``table`` is
+    WIRE_ONLY: ClassVar[frozenset[str]] = frozenset({"peers", "table"})
 
-    def _fields_to_wire(self) -> dict[str, Any]:
-        # peers by their place in a table: the sender first, then ``peers``
-        index = {self.sender: 0}
+    def _fields_to_wire(self, known: Known | None = None) -> dict[str, Any]:
+        # peers by their place in a table: the known one, else the sender first; then ``peers``
+        index = ({p: i for i, p in enumerate(known.peers)} if known is not None
+                 else {self.sender: 0})
+        base = len(index)
         fields = {"round": self.round, "sender": self.sender, "aggregator": self.aggregator,
                   "weight": self.weight, "disagreement": self.disagreement, "done": self.done,
                   "data": self.data, "shares": _indexed(self.shares, index),
@@ -159,8 +203,10 @@ class MaskedInput:
             fields["predealt"] = True
         if self.early:
             fields["early"] = _indexed(self.early, index)
-        if len(index) > 1:
-            fields["peers"] = _table_extra(index, 1)
+        if len(index) > base:
+            fields["peers"] = _table_extra(index, base)
+        if known is not None:
+            fields["table"] = known.digest
         if self.presign:
             fields["presign"] = self.presign
         if self.width != 32:  # absent at 32 bits, likewise
@@ -170,7 +216,8 @@ class MaskedInput:
         return fields
 
     @classmethod
-    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> MaskedInput:
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any],
+                          known: Known | None = None) -> MaskedInput:
         data = body["data"]
         width = check_int(body.get("width", 32), "width", 3, 32)
         if width not in MASKED_WIDTHS:
@@ -186,9 +233,11 @@ class MaskedInput:
         if not 0.0 < weight <= 1.0:
             raise WireError(f"weight {weight} is outside (0, 1]")
         sender = check_str(body["sender"], "sender", MAX_PEER_ID_CHARS)
-        names = (sender, *_check_peers(body.get("peers", []), "peers"))
+        table = _table(body, known, "masked input")
+        names = (*(table if table is not None else (sender,)),
+                 *_check_peers(body.get("peers", []), "peers"))
         if len(set(names)) != len(names):
-            raise WireError("peers names the sender")
+            raise WireError("peers names the sender, or a peer of the table")
         return cls(
             federation=federation,
             round=check_int(body["round"], "round", 0, MAX_ROUND),
@@ -248,20 +297,29 @@ class UnmaskRequest:
     narrow_levels: int = 0
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"next_shares", "light", "waives",
                                                     "narrows", "narrow_levels"})
-    # the frame's peer table beyond the survivors and the dropped
-    WIRE_ONLY: ClassVar[frozenset[str]] = frozenset({"peers"})
+    # the frame's peer table beyond the survivors and the dropped, or beyond the known table
+    # whose digest ``table`` is (survivors and dropped then places in it)
+    WIRE_ONLY: ClassVar[frozenset[str]] = frozenset({"peers", "table"})
 
-    def _fields_to_wire(self) -> dict[str, Any]:
-        # peers by their place in a table: the survivors, the dropped, then ``peers``
-        named = (*self.survivors, *self.dropped)
+    def _fields_to_wire(self, known: Known | None = None) -> dict[str, Any]:
+        # peers by their place in a table: the known one, else the survivors and the dropped;
+        # then ``peers``
+        named = known.peers if known is not None else (*self.survivors, *self.dropped)
         index = {peer: i for i, peer in enumerate(named)}
-        fields = {"round": self.round, "sender": self.sender, "survivors": list(self.survivors),
-                  "dropped": list(self.dropped), "shares": _indexed(self.shares, index),
-                  "signatures": _indexed(self.signatures, index)}
+        fields: dict[str, Any] = {"round": self.round, "sender": self.sender}
+        if known is not None:
+            fields["survivors"] = [index.setdefault(p, len(index)) for p in self.survivors]
+            fields["dropped"] = [index.setdefault(p, len(index)) for p in self.dropped]
+        else:
+            fields["survivors"], fields["dropped"] = list(self.survivors), list(self.dropped)
+        fields["shares"] = _indexed(self.shares, index)
+        fields["signatures"] = _indexed(self.signatures, index)
         if self.next_shares:
             fields["next_shares"] = _indexed(self.next_shares, index)
         if len(index) > len(named):
             fields["peers"] = _table_extra(index, len(named))
+        if known is not None:
+            fields["table"] = known.digest
         if self.light:
             fields["light"] = True
         if self.waives:
@@ -272,10 +330,19 @@ class UnmaskRequest:
         return fields
 
     @classmethod
-    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any]) -> UnmaskRequest:
-        survivors = _check_peers(body["survivors"], "survivors")
-        dropped = _check_peers(body["dropped"], "dropped")
-        names = (*survivors, *dropped, *_check_peers(body.get("peers", []), "peers"))
+    def _fields_from_wire(cls, federation: str, body: Mapping[str, Any],
+                          known: Known | None = None) -> UnmaskRequest:
+        table = _table(body, known, "unmask request")
+        if table is None:
+            survivors = _check_peers(body["survivors"], "survivors")
+            dropped = _check_peers(body["dropped"], "dropped")
+            names = (*survivors, *dropped, *_check_peers(body.get("peers", []), "peers"))
+        else:
+            names = (*table, *_check_peers(body.get("peers", []), "peers"))
+            survivors = _places(body["survivors"], "survivors", names)
+            dropped = _places(body["dropped"], "dropped", names)
+            if set(survivors) & set(dropped):
+                raise WireError("survivors and dropped name a peer twice")
         if len(set(names)) != len(names):
             raise WireError("survivors, dropped and peers name a peer twice")
         return cls(

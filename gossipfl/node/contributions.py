@@ -11,7 +11,15 @@ import trio
 
 from gossipfl.aggregation.bounds import norm_bound
 from gossipfl.gossip.codes import AckCode, AckReason, NodeStatus
-from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Ack, Contribution, M, Sealed, WireError
+from gossipfl.gossip.wire import (
+    MAX_CONTROL_BYTES,
+    Ack,
+    Contribution,
+    Known,
+    M,
+    Sealed,
+    WireError,
+)
 from gossipfl.node.compression import vector_of
 from gossipfl.node.estimates import EstimateError
 from gossipfl.node.layout import LayoutError
@@ -132,14 +140,16 @@ def open_sealed(node: Node, remote: str, sealed: Sealed) -> Contribution | None:
     return open_sealed_message(node, remote, sealed, Contribution)
 
 
-def open_sealed_message(node: Node, remote: str, sealed: Sealed, expected: type[M]) -> M | None:
-    """Open an envelope; a tampered, redirected or forged one is dropped with a log line."""
+def open_sealed_message(node: Node, remote: str, sealed: Sealed, expected: type[M],
+                        known: Known | None = None) -> M | None:
+    """Open an envelope; a tampered, redirected or forged one is dropped with a log line.
+    ``known``: the table a masked input names its peers by place in (``Node.sum_table``)."""
     what = f"sealed {expected.KIND}"
     if not node.security.is_member(remote):
         node.reject(remote, what, "not_member", "no valid certificate")
         return None
     try:
-        return node.security.open(remote, sealed, expected)
+        return node.security.open(remote, sealed, expected, known)
     except EnvelopeError as error:
         node.reject(remote, what, f"envelope_{error.reason}", str(error))
     except (WireError, ValueError) as error:  # anything else the inside may break

@@ -45,7 +45,7 @@ from gossipfl.gossip.peers import Channel, ConnectionReaper, PeerNet, ReadPolicy
 from gossipfl.gossip.ratelimit import InFlight, LogGate, PeerLimiter
 from gossipfl.gossip.resources import host_limits
 from gossipfl.gossip.transport import Network, Offload, Transport
-from gossipfl.gossip.wire import Contribution, M, MaskedInput, Sealed
+from gossipfl.gossip.wire import Contribution, Known, M, MaskedInput, Sealed
 from gossipfl.gossip.wire_contribution import origin_digest
 from gossipfl.learning.params import named_arrays
 from gossipfl.node import contributions, exchange, links, membership_loop, resume, state_sync
@@ -414,19 +414,27 @@ class Node:
         """Send a parameter-carrying message, sealed (signed and encrypted to its receiver) when
         payloads are sealed. The message is sealed or encoded before the first await: its
         tensors may be views of a live array (``Layout.to_tensors(copy=False)``)."""
+        known = self.sum_table(message.aggregator) if isinstance(message, MaskedInput) else None
         if self.security.sealed:
-            await channel.send(self.security.seal(message), self.payload_cap)
+            await channel.send(self.security.seal(message, known), self.payload_cap)
         else:
-            await channel.send(message, self.payload_cap)
+            await channel.send(message, self.payload_cap, known)
 
     async def receive_payload(self, channel: Channel, expected: type[M]) -> tuple[M | None, int]:
         """Receive one; returns (message, round), message None when its envelope was refused
         (the refusal is logged and counted)."""
+        known = self.sum_table(self.peer_id) if expected is MaskedInput else None
         if self.security.sealed:
             sealed = await channel.receive(Sealed, self.payload_cap)
-            return self.open_sealed_message(channel.remote, sealed, expected), sealed.round
-        message = await channel.receive(expected, self.payload_cap)
+            return (contributions.open_sealed_message(self, channel.remote, sealed, expected,
+                                                      known), sealed.round)
+        message = await channel.receive(expected, self.payload_cap, known)
         return message, message.round
+
+    def sum_table(self, aggregator: str) -> Known | None:
+        """``aggregator``'s sum's peers as both ends order them (its inputs and requests name
+        them by place in it)."""
+        return None if self.topology is None else Known.of(self.topology.get(aggregator, ()))
 
     async def wait_for(self, pending: Callable[[], list[str]], deadline: float) -> list[str]:
         """Wait until ``pending()`` is empty or ``deadline`` passes; returns what still pends.
@@ -474,10 +482,6 @@ class Node:
             self.reject(remote, what, "sender_mismatch", f"frame names sender {sender}")
             return False
         return True
-
-    def open_sealed_message(self, remote: str, sealed: Sealed, expected: type[M]) -> M | None:
-        """Open an envelope (see :func:`contributions.open_sealed_message`)."""
-        return contributions.open_sealed_message(self, remote, sealed, expected)
 
     @property
     def idle_timeout(self) -> float:

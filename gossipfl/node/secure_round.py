@@ -127,7 +127,8 @@ def answer_consistency(node: Node, aggregator: str,
 
 async def on_unmask_request(node: Node, channel: Channel) -> bool:
     """Serve an aggregator's unmask request (see :func:`answer_unmask`); False if refused."""
-    request = await channel.receive(UnmaskRequest, MAX_CONTROL_BYTES)  # ~140 KB at 255 members
+    request = await channel.receive(UnmaskRequest, MAX_CONTROL_BYTES,  # ~140 KB at 255 members
+                                    node.sum_table(channel.remote))
     response = answer_unmask(node, channel.remote, request)
     if response is not None:
         await channel.send(response, MAX_CONTROL_BYTES)
@@ -280,8 +281,7 @@ def accept_masked(node: Node, remote: str, message: MaskedInput) -> tuple[AckCod
     return AckCode.OK, ""
 
 
-#: Refusals of a member's input that its member will not follow with another for the round:
-#: the aggregator stops waiting for it (a member that missed a narrowing, a deviating one).
+#: Refusals of an input its member follows with no other that round: not waited for after.
 FINAL_REFUSALS = frozenset({"layout", "origin", "weight", "shares"})
 
 
@@ -453,7 +453,8 @@ async def _ask(node: Node, peer: str, protocol: str, request: ConsistencyRequest
     """One request to ``peer`` and its answer, under the request timeout; None if none came."""
     with trio.move_on_after(node.protocol.request_timeout):
         try:
-            return await streams.ask(node, peer, protocol, request, expected)
+            return await streams.ask(node, peer, protocol, request, expected,
+                                     known=node.sum_table(node.peer_id))
         except Exception as error:
             log.info("no %s from %s for round %d: %s", expected.KIND, peer, request.round, error)
     return None

@@ -78,7 +78,7 @@ async def hold_for_request(node: Node, channel: Channel, r: int) -> bool | None:
     sent = False
     try:
         with trio.move_on_after(park_seconds(node)):
-            await channel.send(request, MAX_CONTROL_BYTES)
+            await channel.send(request, MAX_CONTROL_BYTES, node.sum_table(node.peer_id))
             sent = True
             if not is_light(request):  # a light one is not answered here: its presign
                 # comes with the member's next input
@@ -136,7 +136,7 @@ async def send_input_and_answer(node: Node, channel: Channel, message: MaskedInp
     await node.send_payload(channel, message if finish is None else finish(message))
     if written is not None:
         written.set()
-    reply = await channel.receive((Ack, UnmaskRequest), MAX_CONTROL_BYTES)
+    reply = await channel.receive((Ack, UnmaskRequest), MAX_CONTROL_BYTES, node.sum_table(peer))
     if isinstance(reply, UnmaskRequest) or reply.status == AckCode.OK:
         node.secagg.taken.add((peer, r))  # it holds our next shares (secure_inputs.finish_input)
     if isinstance(reply, Ack):

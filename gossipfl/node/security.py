@@ -43,6 +43,7 @@ from gossipfl.gossip.wire import (
     MAX_REVOCATION_BYTES,
     SEALED_IMPLIED,
     Contribution,
+    Known,
     M,
     MaskedInput,
     MemberInfo,
@@ -301,14 +302,14 @@ class NodeSecurity:
             self.hearsay_certificates.pop(peer, None)
         return verdict, newly, detail
 
-    def seal(self, message: Contribution | MaskedInput) -> Sealed:
+    def seal(self, message: Contribution | MaskedInput, known: Known | None = None) -> Sealed:
         """Sign and encrypt ``message`` to its receiver (a contribution's receiver, a masked
         input's aggregator), bound to federation, round, sender and receiver. The message's
         arrays are hashed and encrypted where they lie (its msgpack as pieces), into the one
         buffer the envelope is written from."""
         to = message.receiver if isinstance(message, Contribution) else message.aggregator
         data = seal(
-            encode_body_pieces(message, SEALED_IMPLIED[type(message)]),
+            encode_body_pieces(message, SEALED_IMPLIED[type(message)], known),
             federation=self.federation, round=message.round,
             sender=self.peer_id, receiver=to, sender_signing_key=self.signing_key,
             receiver_x25519_public=self.certificate_of(to).x25519_public,
@@ -317,7 +318,8 @@ class NodeSecurity:
         return Sealed(self.federation, message.round, data)
 
     def open(self, remote: str, sealed: Sealed,
-             expected: type[M] = Contribution) -> M:  # type: ignore[assignment]
+             expected: type[M] = Contribution,  # type: ignore[assignment]
+             known: Known | None = None) -> M:
         """Open a sealed message from ``remote`` (the Noise-authenticated peer).
 
         Raises :class:`EnvelopeError` (tampered, redirected, wrong sender or round...) or
@@ -333,7 +335,7 @@ class NodeSecurity:
         )
         # the sender and receiver the envelope's header named (checked as it opened)
         implied = dict(zip(SEALED_IMPLIED[expected], (remote, self.peer_id), strict=True))
-        message = decode_body(payload, expected, implied)
+        message = decode_body(payload, expected, implied, known)
         outside = (sealed.federation, round_)
         inside = (message.federation, message.round)
         if outside != inside:

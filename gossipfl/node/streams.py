@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import trio
 
 from gossipfl.gossip.framing import StreamClosed
-from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Message
+from gossipfl.gossip.wire import MAX_CONTROL_BYTES, Known, Message
 
 if TYPE_CHECKING:
     from gossipfl.config import ProtocolConfig
@@ -95,15 +95,17 @@ async def request(node: Node, peer: str, protocol: str,
 
 
 async def ask(node: Node, peer: str, protocol: str, message: Message, expected: type[M], *,
-              payload: bool = False, written: trio.Event | None = None) -> M:
+              payload: bool = False, written: trio.Event | None = None,
+              known: Known | None = None) -> M:
     """Send ``message`` (as a payload: sealed when payloads are) on the persistent stream and
     return the control-sized answer (see :func:`request`); ``written`` is set once the
-    request's frame is written (a caller may go on while the answer is read)."""
+    request's frame is written (a caller may go on while the answer is read); ``known``: the
+    table an unmask request names its peers by place in."""
     async def exchange(channel: Channel) -> M:
         if payload:
             await node.send_payload(channel, message)  # type: ignore[arg-type]
         else:
-            await channel.send(message, MAX_CONTROL_BYTES)
+            await channel.send(message, MAX_CONTROL_BYTES, known)
         if written is not None:
             written.set()
         return await channel.receive(expected, MAX_CONTROL_BYTES)
