@@ -103,7 +103,7 @@ def test_any_lists_come_back_as_they_went(shares, next_shares, early) -> None:
 
 # -- a known table: the aggregator's neighbourhood, which both ends derive from the topology ----
 
-KNOWN = wire.Known.of(PEERS[:4])  # the aggregator PEERS[4]'s neighbourhood, sorted
+KNOWN = wire.Known.of(PEERS[4], PEERS[:4])  # the aggregator PEERS[4] and its neighbourhood
 
 
 def test_with_a_known_table_no_peer_id_travels_and_a_differing_view_is_refused() -> None:
@@ -112,15 +112,16 @@ def test_with_a_known_table_no_peer_id_travels_and_a_differing_view_is_refused()
         "fed", 3, PEERS[4], PEERS[:3], PEERS[3:4], shares=((PEERS[3], b"d" * 90),),
         signatures=tuple((p, bytes([i]) * 64) for i, p in enumerate(PEERS[:3])),
         next_shares=((PEERS[2], b"n" * 90),))
-    for item, kind, named in ((message, MaskedInput, 2), (request, UnmaskRequest, 1)):
+    for item, kind, named in ((message, MaskedInput, 1), (request, UnmaskRequest, 0)):
         body = wire.encode_body(item, known=KNOWN)
-        # only the sender (and a masked input's aggregator) by id, no table, a digest
+        # only a masked input's sender by id (sealed, not even it): no table, no aggregator
         assert sum(body.count(p.encode()) for p in PEERS) == named
         assert len(body) < len(wire.encode_body(item)) - 100
         assert "peers" not in wire.named(body) and len(wire.named(body)["table"]) == 8
         assert wire.decode_body(body, kind, known=KNOWN) == item
         # a receiver without the table, or with another view of it, refuses the frame
-        for other in (None, wire.Known.of(PEERS[1:5]), wire.Known.of(PEERS[:3])):
+        for other in (None, wire.Known.of(PEERS[4], PEERS[1:4]),
+                      wire.Known.of(PEERS[3], PEERS[:4])):
             with pytest.raises(WireError, match="table this node does not hold"):
                 wire.decode_body(body, kind, known=other)
     # a request's sets are places in the table: one out of it, repeated, or in both, refused

@@ -230,8 +230,10 @@ def _positional(cls: type[Any], federation: str, named: dict[str, Any],
     return [WIRE_VERSION, _CODES[cls], federation, *values]
 
 
-#: The kinds that may name their peers by place in a :class:`Known` table.
+#: The kinds that may name their peers by place in a :class:`Known` table, and the field of
+#: each that is the table's owner (left out with it).
 TABLED = (MaskedInput, UnmaskRequest)
+OWNER_FIELD: dict[type[Any], str] = {MaskedInput: "aggregator", UnmaskRequest: "sender"}
 
 
 def _fields(message: Message, known: Known | None) -> dict[str, Any]:
@@ -245,8 +247,16 @@ def encode_body(message: Message, leave: tuple[str, ...] = (),
     """The msgpack body of ``message`` (no length header), less the fields named in ``leave``
     (a sealed inside: :data:`SEALED_IMPLIED`), its peers by place in ``known`` where its kind
     is :data:`TABLED`."""
-    body = _positional(type(message), message.federation, _fields(message, known), leave)
+    body = _positional(type(message), message.federation, _fields(message, known),
+                       _leave(message, leave, known))
     return msgpack.packb(body, use_bin_type=True, strict_types=False)
+
+
+def _leave(message: Message, leave: tuple[str, ...], known: Known | None) -> tuple[str, ...]:
+    """The fields left out: ``leave``, and with a known table its owner's."""
+    if known is not None and isinstance(message, TABLED):
+        return (*leave, OWNER_FIELD[type(message)])
+    return leave
 
 
 def encode_body_pieces(message: Message, leave: tuple[str, ...] = (),
@@ -257,7 +267,7 @@ def encode_body_pieces(message: Message, leave: tuple[str, ...] = (),
     if not _has_large_binary(message):  # msgpack's own packer: faster for small fields
         return [encode_body(message, leave, known)]
     return pack_pieces(_positional(type(message), message.federation, _fields(message, known),
-                                   leave))
+                                   _leave(message, leave, known)))
 
 
 def _has_large_binary(message: Message) -> bool:
@@ -363,6 +373,11 @@ def _decode(body: Buffer, kinds: tuple[type[Message], ...], limits: DecodeLimits
         if name in named:
             raise WireError(f"{cls.KIND} {name} travels in its envelope, not inside it")
         named[name] = value
+    if cls in TABLED and "table" in named:  # by place in a known table, its owner left out
+        if known is None or named["table"] != known.digest:
+            raise WireError(f"{cls.KIND} names its peers by place in a table this node does not "
+                            "hold (another view of the neighbourhood)")
+        named.setdefault(OWNER_FIELD[cls], known.owner)
     wanted, required = _SHAPES[cls]
     keys = set(named)
     if not required <= keys <= wanted:

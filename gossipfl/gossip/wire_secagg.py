@@ -31,20 +31,22 @@ from gossipfl.gossip.wire_fields import (
 
 @dataclass(frozen=True)
 class Known:
-    """Peers both ends of a secure-aggregation frame hold in one order: an aggregator's
+    """What both ends of a secure-aggregation frame hold: an aggregator (``owner``) and its
     neighbourhood, sorted (both derive it from the topology). A masked input or unmask request
-    encoded with it names them by place in it, not by id, and carries its 8-byte digest
+    encoded with it names the peers by place in it, not by id, leaves out the aggregator (a
+    masked input's ``aggregator``, a request's ``sender``) and carries the table's 8-byte digest
     (``table``): a receiver whose table differs refuses the frame rather than misread it."""
 
+    owner: str
     peers: tuple[str, ...]
 
     @classmethod
-    def of(cls, peers: Iterable[str]) -> Known:
-        return cls(tuple(sorted(peers)))
+    def of(cls, owner: str, peers: Iterable[str]) -> Known:
+        return cls(owner, tuple(sorted(peers)))
 
     @property
     def digest(self) -> bytes:
-        return hashlib.blake2b("\n".join(self.peers).encode(), digest_size=8,
+        return hashlib.blake2b("\n".join((self.owner, *self.peers)).encode(), digest_size=8,
                                person=b"gossipfl-table").digest()
 
 

@@ -432,9 +432,9 @@ class Node:
         return message, message.round
 
     def sum_table(self, aggregator: str) -> Known | None:
-        """``aggregator``'s sum's peers as both ends order them (its inputs and requests name
-        them by place in it)."""
-        return None if self.topology is None else Known.of(self.topology.get(aggregator, ()))
+        """``aggregator``'s sum's peers as both ends order them (wire.Known)."""
+        return (None if self.topology is None
+                else Known.of(aggregator, self.topology.get(aggregator, ())))
 
     async def wait_for(self, pending: Callable[[], list[str]], deadline: float) -> list[str]:
         """Wait until ``pending()`` is empty or ``deadline`` passes; returns what still pends.
