@@ -153,7 +153,7 @@ async def _frames_scenario(setup, caplog: pytest.LogCaptureFixture) -> None:
 
     # forged: c (a member, not our neighbour) relays b's genuine frame as if it were b
     assert _deliver(node, c.peer_id, second) == "dropped"
-    assert node.rejections["envelope_wrong_sender"] == 1
+    assert node.rejections["envelope_bad_signature"] == 1  # its sender is signed, not sent
 
     # c's own frame: a member, but not a neighbour
     assert _deliver(node, c.peer_id, c.seal(_contribution(c, me, 1, node))) == "rejected"
@@ -165,7 +165,7 @@ async def _frames_scenario(setup, caplog: pytest.LogCaptureFixture) -> None:
 
     # every drop was logged, naming the peer and the reason
     text = caplog.text
-    for reason in ("stale", "envelope_decryption_failed", "envelope_wrong_sender",
+    for reason in ("stale", "envelope_decryption_failed", "envelope_bad_signature",
                    "not_neighbour", "not_member"):
         assert reason in text
     assert b.peer_id in text and c.peer_id in text
