@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult_base
 from scipy import stats
 
+from gossipfl.crypto import secagg as secagg_module
 from gossipfl.crypto import shamir
 from gossipfl.crypto.secagg import (
     DEFAULT_CLIP,
@@ -277,8 +278,16 @@ def test_sealed_seed_shares_open_only_for_their_recipient_and_round() -> None:
                                 sender_private=alice.mask_private,
                                 recipient_public=bob.mask_public)
     assert share not in sealed
-    # the share, the nonce and the tag: what it is bound to is in the key, not the bytes
-    assert len(sealed) == shamir.SHARE_BYTES + 24 + 16
+    # the share, an 8-byte nonce and the tag: what it is bound to is in the key, not the bytes
+    assert len(sealed) == shamir.SHARE_BYTES + secagg_module.SHARE_NONCE_BYTES + 16 == 59
+    again = encrypt_seed_share(sender="alice", recipient="bob", context=CONTEXT, share=share,
+                               sender_private=alice.mask_private,
+                               recipient_public=bob.mask_public)
+    assert again[:8] != sealed[:8] and again[8:] != sealed[8:]  # a fresh random nonce each
+    with pytest.raises(ValueError, match="authenticate"):  # the nonce is authenticated too
+        decrypt_seed_share(bytes([sealed[0] ^ 1]) + sealed[1:], sender="alice",
+                           recipient="bob", context=CONTEXT,
+                           recipient_private=bob.mask_private, sender_public=alice.mask_public)
     opened = decrypt_seed_share(sealed, sender="alice", recipient="bob", context=CONTEXT,
                                 recipient_private=bob.mask_private,
                                 sender_public=alice.mask_public)

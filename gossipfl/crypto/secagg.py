@@ -62,7 +62,8 @@ SEED_BYTES = 32
 KEY_BYTES = 32
 _NONCE = bytes(16)  # ChaCha20 counter ‖ nonce; each seed keys exactly one stream
 _KDF_LABEL = b"gossipfl/secagg/pair-seed/v1"
-_SHARES_LABEL = b"gossipfl/secagg/shares/v3"
+_SHARES_LABEL = b"gossipfl/secagg/shares/v4"
+SHARE_NONCE_BYTES = 8  # a sealed share's nonce (encrypt_seed_share)
 
 
 # --------------------------------------------------------------------------- checks
@@ -442,8 +443,7 @@ def unmask_sum(
 
 def _share_box(box: Box, sender: str, recipient: str, context: bytes) -> SecretBox:
     """The key one share is sealed under: the pair's Box key bound (BLAKE2b, keyed by it) to
-    sender, recipient and context; a share sealed for another binding fails its MAC, so the
-    binding travels in none (until 2026-12-04 as a 32-byte digest inside each share)."""
+    sender, recipient and context; a share sealed for another binding fails its MAC."""
     return SecretBox(hashlib.blake2b(_SHARES_LABEL + _length_prefixed(
         sender.encode(), recipient.encode(), bytes(context)), key=box.shared_key(),
         digest_size=SecretBox.KEY_SIZE).digest())
@@ -461,19 +461,18 @@ def encrypt_seed_share(
     box: Box | None = None,
 ) -> bytes:
     """Seal one encoded share of ``sender``'s self seed for ``recipient`` (NaCl Box's key,
-    bound to sender, recipient and round: :func:`_share_box`; a fresh random nonce each).
-
-    Pair masks come from the members' certified long-term X25519 keys (a fresh context per
-    aggregator and round), so only the self seed is shared, and a survivor reveals a dropped
-    member's round pair seed directly. Sender, recipient and round are bound in the key, so
-    the relaying aggregator can neither read a share nor replay it to another member or round.
-    ``box``: the pair's Box, made once (:class:`gossipfl.crypto.pair_keys.PairKeys`).
-    """
+    bound to sender, recipient and round: :func:`_share_box`, so the relaying aggregator can
+    neither read a share nor replay it to another member or round; a fresh random nonce of
+    :data:`SHARE_NONCE_BYTES`, zero-padded: a key seals one member's share to one member for
+    one aggregator and round, a handful of messages at most, so 64 random bits do not repeat).
+    Only the self seed is shared: pair masks come from the certified X25519 keys, and a
+    survivor reveals a dropped member's round pair seed directly. ``box``: the pair's Box, made
+    once (:class:`gossipfl.crypto.pair_keys.PairKeys`)."""
     box = box or Box(PrivateKey(_check_bytes("sender_private", sender_private, KEY_BYTES)),
                      PublicKey(_check_bytes("recipient_public", recipient_public, KEY_BYTES)))
-    nonce = _check_bytes("rng_bytes(24)", rng_bytes(Box.NONCE_SIZE), Box.NONCE_SIZE)
-    return bytes(_share_box(box, sender, recipient, context).encrypt(
-        _check_bytes("share", share, shamir.SHARE_BYTES), nonce))
+    nonce = _check_bytes("rng_bytes(8)", rng_bytes(SHARE_NONCE_BYTES), SHARE_NONCE_BYTES)
+    return nonce + _share_box(box, sender, recipient, context).encrypt(_check_bytes(
+        "share", share, shamir.SHARE_BYTES), nonce.ljust(Box.NONCE_SIZE, b"\0")).ciphertext
 
 
 def decrypt_seed_share(
@@ -487,11 +486,12 @@ def decrypt_seed_share(
     box: Box | None = None,
 ) -> bytes:
     """Open a share sealed by :func:`encrypt_seed_share` (``box``: as there); ValueError if it
-    is not authentic, or was sealed for another sender, recipient or round."""
+    is not authentic (or sealed for another sender, recipient or round)."""
     box = box or Box(PrivateKey(_check_bytes("recipient_private", recipient_private, KEY_BYTES)),
                      PublicKey(_check_bytes("sender_public", sender_public, KEY_BYTES)))
     try:
-        plaintext = _share_box(box, sender, recipient, context).decrypt(bytes(ciphertext))
+        plaintext = _share_box(box, sender, recipient, context).decrypt(bytes(
+            ciphertext[SHARE_NONCE_BYTES:]), bytes(ciphertext[:SHARE_NONCE_BYTES]).ljust(24, b"\0"))
     except CryptoError as exc:
         raise ValueError(f"share from {sender!r} to {recipient!r} does not authenticate (or "
                          f"was not sealed from it to them in this round)") from exc
