@@ -93,6 +93,7 @@ from gossipfl.gossip.wire_secagg import (
     MaskedInput,
     UnmaskRequest,
     UnmaskResponse,
+    table_of,
 )
 from gossipfl.gossip.wire_views import VIEW_MIN_BYTES, Buffer, item_len, pack_pieces, unpack_views
 
@@ -236,10 +237,15 @@ TABLED = (MaskedInput, UnmaskRequest)
 OWNER_FIELD: dict[type[Any], str] = {MaskedInput: "aggregator", UnmaskRequest: "sender"}
 
 
-def _fields(message: Message, known: Known | None) -> dict[str, Any]:
+def _body(message: Message, leave: tuple[str, ...], known: Known | None) -> list[Any]:
+    """``message``'s body array: less the fields named in ``leave``, and for a :data:`TABLED`
+    kind with a ``known`` table its peers by place in it and its owner's field left out."""
     if known is not None and isinstance(message, TABLED):
-        return message._fields_to_wire(known)
-    return message._fields_to_wire()
+        named = message._fields_to_wire(known)
+        leave = (*leave, OWNER_FIELD[type(message)])
+    else:
+        named = message._fields_to_wire()
+    return _positional(type(message), message.federation, named, leave)
 
 
 def encode_body(message: Message, leave: tuple[str, ...] = (),
@@ -247,16 +253,7 @@ def encode_body(message: Message, leave: tuple[str, ...] = (),
     """The msgpack body of ``message`` (no length header), less the fields named in ``leave``
     (a sealed inside: :data:`SEALED_IMPLIED`), its peers by place in ``known`` where its kind
     is :data:`TABLED`."""
-    body = _positional(type(message), message.federation, _fields(message, known),
-                       _leave(message, leave, known))
-    return msgpack.packb(body, use_bin_type=True, strict_types=False)
-
-
-def _leave(message: Message, leave: tuple[str, ...], known: Known | None) -> tuple[str, ...]:
-    """The fields left out: ``leave``, and with a known table its owner's."""
-    if known is not None and isinstance(message, TABLED):
-        return (*leave, OWNER_FIELD[type(message)])
-    return leave
+    return msgpack.packb(_body(message, leave, known), use_bin_type=True, strict_types=False)
 
 
 def encode_body_pieces(message: Message, leave: tuple[str, ...] = (),
@@ -266,8 +263,7 @@ def encode_body_pieces(message: Message, leave: tuple[str, ...] = (),
     :func:`encode_body`'s bytes."""
     if not _has_large_binary(message):  # msgpack's own packer: faster for small fields
         return [encode_body(message, leave, known)]
-    return pack_pieces(_positional(type(message), message.federation, _fields(message, known),
-                                   _leave(message, leave, known)))
+    return pack_pieces(_body(message, leave, known))
 
 
 def _has_large_binary(message: Message) -> bool:
@@ -373,10 +369,8 @@ def _decode(body: Buffer, kinds: tuple[type[Message], ...], limits: DecodeLimits
         if name in named:
             raise WireError(f"{cls.KIND} {name} travels in its envelope, not inside it")
         named[name] = value
-    if cls in TABLED and "table" in named:  # by place in a known table, its owner left out
-        if known is None or named["table"] != known.digest:
-            raise WireError(f"{cls.KIND} names its peers by place in a table this node does not "
-                            "hold (another view of the neighbourhood)")
+    # by place in a known table (its digest checked, else refused): its owner's field left out
+    if cls in TABLED and table_of(named, known, cls.KIND) is not None and known is not None:
         named.setdefault(OWNER_FIELD[cls], known.owner)
     wanted, required = _SHAPES[cls]
     keys = set(named)

@@ -50,7 +50,7 @@ class Known:
                                person=b"gossipfl-table").digest()
 
 
-def _table(body: Mapping[str, Any], known: Known | None, what: str) -> tuple[str, ...] | None:
+def table_of(body: Mapping[str, Any], known: Known | None, what: str) -> tuple[str, ...] | None:
     """The known table a frame names its peers by place in (None: it names them by id); a
     WireError when it names one this node does not hold."""
     if "table" not in body:
@@ -235,7 +235,7 @@ class MaskedInput:
         if not 0.0 < weight <= 1.0:
             raise WireError(f"weight {weight} is outside (0, 1]")
         sender = check_str(body["sender"], "sender", MAX_PEER_ID_CHARS)
-        table = _table(body, known, "masked input")
+        table = table_of(body, known, "masked input")
         names = (*(table if table is not None else (sender,)),
                  *_check_peers(body.get("peers", []), "peers"))
         if len(set(names)) != len(names):
@@ -334,7 +334,7 @@ class UnmaskRequest:
     @classmethod
     def _fields_from_wire(cls, federation: str, body: Mapping[str, Any],
                           known: Known | None = None) -> UnmaskRequest:
-        table = _table(body, known, "unmask request")
+        table = table_of(body, known, "unmask request")
         if table is None:
             survivors = _check_peers(body["survivors"], "survivors")
             dropped = _check_peers(body["dropped"], "dropped")
